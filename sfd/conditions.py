@@ -1,0 +1,142 @@
+"""Data-free condition sampling: remain, forget and override conditions (METHOD.md §3).
+
+A training batch is only conditions and noise. Samplers draw the *global* batch (all ranks) from a
+shared random stream and return this rank's slice, so a run's randomness does not depend on how
+many processes share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sfd.errors import SFDConfigError
+
+
+@dataclass
+class ConditionBatch:
+    """The conditions of one training iteration.
+
+    Attributes:
+        remain: conditions to keep, c_r (B,).
+        forget: conditions to remove, c_f (B,), seen by the generator and the fake score.
+        override: safe targets, c_o (B,), seen by the teacher in place of `forget`.
+    """
+
+    remain: Any
+    forget: Any
+    override: Any
+
+
+class ConditionSampler:
+    """Draws remain / forget / override conditions for a batch."""
+
+    def check(self, num_classes: int | None) -> None:
+        """Validate against the teacher; raise `SFDConfigError` naming the bad value."""
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator, world_size: int = 1, rank: int = 0
+    ) -> ConditionBatch:
+        """Draw the global batch of world_size·batch_size and return rank's slice of batch_size."""
+        raise NotImplementedError
+
+
+def _as_list(value: int | list[int]) -> list[int]:
+    return [value] if isinstance(value, int) else list(value)
+
+
+class ClassConditions(ConditionSampler):
+    """Class-label conditions: remain = every class but the forget ones.
+
+    Args:
+        forget: the class or classes to remove.
+        override: one safe class per forget class (a single int applies to all of them), or
+            "random" for a uniformly random remain class per sample.
+        num_classes: number of labels; by default taken from the teacher.
+    """
+
+    def __init__(
+        self,
+        forget: int | list[int] = 0,
+        override: int | list[int] | str = 1,
+        num_classes: int | None = None,
+    ) -> None:
+        self.forget = _as_list(forget)
+        if not self.forget:
+            raise SFDConfigError("forget is empty; give at least one class to forget")
+        if len(set(self.forget)) != len(self.forget):
+            raise SFDConfigError(f"forget={self.forget} lists a class twice")
+        if isinstance(override, str):
+            if override != "random":
+                raise SFDConfigError(
+                    f"override={override!r} is not allowed; give class labels or 'random'"
+                )
+            self.override: list[int] | None = None
+        else:
+            override = _as_list(override)
+            if len(override) == 1:
+                override = override * len(self.forget)
+            if len(override) != len(self.forget):
+                raise SFDConfigError(
+                    f"override={override} must give one class per forget class {self.forget} "
+                    "(or a single class for all)"
+                )
+            for f, o in zip(self.forget, override):
+                if f == o:
+                    raise SFDConfigError(f"override class {o} equals its forget class {f}")
+                if o in self.forget:
+                    raise SFDConfigError(
+                        f"override class {o} is itself in the forget set {self.forget}"
+                    )
+            self.override = override
+        self.num_classes: int | None = None
+        if num_classes is not None:
+            self.check(num_classes)
+
+    def check(self, num_classes: int | None) -> None:
+        if num_classes is None:
+            raise SFDConfigError(
+                "ClassConditions needs a class-conditional teacher (num_classes is unknown)"
+            )
+        if self.num_classes is not None and self.num_classes != num_classes:
+            raise SFDConfigError(
+                f"num_classes={self.num_classes} disagrees with the teacher's {num_classes} classes"
+            )
+        labels = self.forget + (self.override or [])
+        bad = [c for c in labels if not 0 <= c < num_classes]
+        if bad:
+            raise SFDConfigError(
+                f"class {bad[0]} is outside the label range 0..{num_classes - 1} of the teacher"
+            )
+        if len(set(self.forget)) >= num_classes:
+            raise SFDConfigError(
+                f"forget={self.forget} leaves no remain class out of {num_classes}"
+            )
+        self.num_classes = num_classes
+
+    @property
+    def remain(self) -> list[int]:
+        """The classes to keep."""
+        assert self.num_classes is not None, "call check(num_classes) first"
+        return [c for c in range(self.num_classes) if c not in self.forget]
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator, world_size: int = 1, rank: int = 0
+    ) -> ConditionBatch:
+        device = generator.device
+        n = batch_size * world_size
+        remain = torch.tensor(self.remain, device=device)
+        forget = torch.tensor(self.forget, device=device)
+        remain_labels = remain[torch.randint(len(remain), (n,), generator=generator, device=device)]
+        which = torch.randint(len(forget), (n,), generator=generator, device=device)
+        if self.override is None:
+            pick = torch.randint(len(remain), (n,), generator=generator, device=device)
+            override_labels = remain[pick]
+        else:
+            override_labels = torch.tensor(self.override, device=device)[which]
+        part = slice(rank * batch_size, (rank + 1) * batch_size)
+        return ConditionBatch(
+            remain=remain_labels[part], forget=forget[which][part], override=override_labels[part]
+        )

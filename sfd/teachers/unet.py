@@ -1,0 +1,278 @@
+"""Pixel-space diffusers `UNet2DModel` teachers: a VP (DDPM) adapter and an EDM-preconditioned one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, SchedulerMixin, UNet2DModel
+from torch import Tensor
+
+from sfd.errors import SFDConfigError
+from sfd.teachers.base import (
+    Denoiser,
+    sigma_to_t,
+    sigmas_from_alphas_cumprod,
+    vp_input_scale,
+    x0_from_prediction,
+)
+
+SFD_CONFIG_NAME = (
+    "sfd.json"  # beside unet/ and scheduler/: num_classes, null_class, parameterisation
+)
+
+
+class ClassConditionalUNet(Denoiser):
+    """Shared class-label plumbing of the UNet2DModel adapters (labels (B,) int64; optional null class)."""
+
+    unet: UNet2DModel
+
+    def _init_classes(self, num_classes: int | None, null_class: int | None) -> None:
+        embeds = self.unet.config.num_class_embeds
+        if num_classes is None:
+            num_classes = None if embeds is None else embeds - (null_class is not None)
+        if embeds is not None and num_classes is not None and num_classes > embeds:
+            raise SFDConfigError(
+                f"num_classes={num_classes} exceeds the UNet's num_class_embeds={embeds}"
+            )
+        if null_class is not None and (embeds is None or not 0 <= null_class < embeds):
+            raise SFDConfigError(
+                f"null_class={null_class} is not a class embedding of the UNet "
+                f"(num_class_embeds={embeds})"
+            )
+        self.num_classes = num_classes
+        self.null_class = null_class
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        self.sample_shape = (self.unet.config.in_channels, height, width)
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        if self.null_class is None:
+            return super().null_condition(cond)
+        return torch.full_like(cond, self.null_class)
+
+    def _labels(self, cond: Tensor | None) -> Tensor | None:
+        return None if self.unet.config.num_class_embeds is None else cond
+
+    def _class_spec(self) -> dict[str, Any]:
+        return {
+            "unet": dict(self.unet.config),
+            "num_classes": self.num_classes,
+            "null_class": self.null_class,
+        }
+
+
+class VPUNetDenoiser(ClassConditionalUNet):
+    """A discrete VP (DDPM) `UNet2DModel` as a σ-space denoiser (k-diffusion style adapter).
+
+    σ = sqrt((1−ā)/ā); the network sees x_t = x/sqrt(1+σ²) at the continuous timestep t(σ)
+    interpolated in log σ, and its ε-, v- or x0-prediction is converted to x0_hat.
+
+    Args:
+        unet: the network; `num_class_embeds` makes it class-conditional.
+        scheduler: the diffusers scheduler of the training schedule (gives ā_t; any scheduler
+            whose config `DDPMScheduler.from_config` accepts).
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        num_classes: number of real classes (default: num_class_embeds, minus the null class).
+        null_class: label of the unconditional class used for guidance, if the model has one.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        prediction_type: str = "epsilon",
+        num_classes: int | None = None,
+        null_class: int | None = None,
+    ) -> None:
+        super().__init__()
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise SFDConfigError(
+                f"prediction_type {prediction_type!r} is not supported; "
+                "allowed: 'epsilon', 'v_prediction', 'sample'"
+            )
+        self.unet = unet
+        self.prediction_type = prediction_type
+        self.scheduler_config = dict(scheduler.config)
+        self.register_buffer(
+            "sigmas", sigmas_from_alphas_cumprod(scheduler.alphas_cumprod), persistent=False
+        )
+        self._init_classes(num_classes, null_class)
+
+    @property
+    def sigma_table(self) -> Tensor:
+        return self.sigmas
+
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
+        timestep = sigma_to_t(sigma, self.sigmas)  # (B,)
+        sigma = sigma.reshape(-1, 1, 1, 1)
+        x_t = (x * vp_input_scale(sigma)).to(self.unet.dtype)
+        prediction = self.unet(x_t, timestep, class_labels=self._labels(cond)).sample
+        return x0_from_prediction(prediction.float(), x.float(), sigma, self.prediction_type)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "vp_unet",
+            **self._class_spec(),
+            "scheduler": self.scheduler_config,
+            "prediction_type": self.prediction_type,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> VPUNetDenoiser:
+        return cls(
+            UNet2DModel.from_config(spec["unet"]),
+            DDPMScheduler.from_config(spec["scheduler"]),
+            spec["prediction_type"],
+            spec["num_classes"],
+            spec["null_class"],
+        )
+
+
+class EDMUNetDenoiser(ClassConditionalUNet):
+    """An EDM-preconditioned `UNet2DModel` F: D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise) (Karras 2022).
+
+    Args:
+        unet: the raw network F (its timestep input receives c_noise = ln(σ)/4).
+        sigma_data: the data standard deviation σ_data.
+        num_classes: number of real classes (default: num_class_embeds, minus the null class).
+        null_class: label of the unconditional class used for guidance, if the model has one.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        sigma_data: float = 0.5,
+        num_classes: int | None = None,
+        null_class: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not sigma_data > 0:
+            raise SFDConfigError(f"sigma_data={sigma_data} must be positive")
+        self.unet = unet
+        self.sigma_data = sigma_data
+        self._init_classes(num_classes, null_class)
+
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
+        c_noise = sigma.log() / 4  # (B,)
+        sigma = sigma.reshape(-1, 1, 1, 1)
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = (sigma**2 + sd2).rsqrt()
+        raw = self.unet((c_in * x).to(self.unet.dtype), c_noise, class_labels=self._labels(cond))
+        return c_skip * x.float() + c_out * raw.sample.float()
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "edm_unet", **self._class_spec(), "sigma_data": self.sigma_data}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> EDMUNetDenoiser:
+        return cls(
+            UNet2DModel.from_config(spec["unet"]),
+            spec["sigma_data"],
+            spec["num_classes"],
+            spec["null_class"],
+        )
+
+
+# --- loading from a diffusers folder or hub id ---------------------------------------------------
+
+
+def read_sfd_config(path: str) -> dict[str, Any]:
+    """The optional `sfd.json` of a local model folder (empty for hub ids and plain diffusers folders)."""
+    file = Path(path) / SFD_CONFIG_NAME
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def load_unet(path: str, subfolder: str | None, revision: str | None = None) -> UNet2DModel:
+    """`UNet2DModel.from_pretrained` with one clear error for a path that is neither a folder nor a hub id."""
+    try:
+        return UNet2DModel.from_pretrained(path, subfolder=subfolder, revision=revision)
+    except (OSError, ValueError) as error:
+        where = f"{path}/{subfolder}" if subfolder else path
+        raise SFDConfigError(
+            f"cannot load a UNet2DModel from {where!r}: expected a diffusers model folder "
+            f"(config.json + *.safetensors) or a reachable hub id ({error.__class__.__name__})"
+        ) from error
+
+
+class PretrainedVPTeacher(VPUNetDenoiser):
+    """A DDPM-style teacher loaded with diffusers' `from_pretrained` (local folder or hub id).
+
+    The folder layout is the one `DDPMPipeline.save_pretrained` writes: `unet/` and `scheduler/`.
+
+    Args:
+        pretrained_model_name_or_path: local folder or hub id.
+        subfolder: where the UNet lives inside it ("" or None for the folder itself).
+        scheduler_subfolder: where the scheduler config lives (gives ā_t and the prediction type).
+        prediction_type: override the scheduler's prediction type.
+        num_classes: number of real classes (default: from sfd.json, else num_class_embeds).
+        null_class: the unconditional class label (default: from sfd.json, else none).
+        revision: hub revision.
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str,
+        subfolder: str | None = "unet",
+        scheduler_subfolder: str | None = "scheduler",
+        prediction_type: str | None = None,
+        num_classes: int | None = None,
+        null_class: int | None = None,
+        revision: str | None = None,
+    ) -> None:
+        path = pretrained_model_name_or_path
+        extra = read_sfd_config(path)
+        unet = load_unet(path, subfolder or None, revision)
+        try:
+            scheduler = DDPMScheduler.from_pretrained(
+                path, subfolder=scheduler_subfolder or None, revision=revision
+            )
+        except (OSError, ValueError) as error:
+            raise SFDConfigError(
+                f"cannot load a scheduler config from {path!r} (subfolder "
+                f"{scheduler_subfolder!r}): the teacher needs its noise schedule"
+            ) from error
+        super().__init__(
+            unet,
+            scheduler,
+            prediction_type or scheduler.config.prediction_type,
+            num_classes if num_classes is not None else extra.get("num_classes"),
+            null_class if null_class is not None else extra.get("null_class"),
+        )
+        self.unet.eval()
+
+
+class PretrainedEDMTeacher(EDMUNetDenoiser):
+    """An EDM-preconditioned `UNet2DModel` teacher loaded with diffusers' `from_pretrained`.
+
+    Args:
+        pretrained_model_name_or_path: local folder or hub id.
+        subfolder: where the UNet lives inside it.
+        sigma_data: σ_data of the preconditioning (default: from sfd.json, else 0.5).
+        num_classes: number of real classes (default: from sfd.json, else num_class_embeds).
+        null_class: the unconditional class label (default: from sfd.json, else none).
+        revision: hub revision.
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str,
+        subfolder: str | None = "unet",
+        sigma_data: float | None = None,
+        num_classes: int | None = None,
+        null_class: int | None = None,
+        revision: str | None = None,
+    ) -> None:
+        path = pretrained_model_name_or_path
+        extra = read_sfd_config(path)
+        super().__init__(
+            load_unet(path, subfolder or None, revision),
+            sigma_data if sigma_data is not None else extra.get("sigma_data", 0.5),
+            num_classes if num_classes is not None else extra.get("num_classes"),
+            null_class if null_class is not None else extra.get("null_class"),
+        )
+        self.unet.eval()
