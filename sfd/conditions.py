@@ -83,7 +83,7 @@ class ClassConditions(ConditionSampler):
                     f"override={override} must give one class per forget class {self.forget} "
                     "(or a single class for all)"
                 )
-            for f, o in zip(self.forget, override):
+            for f, o in zip(self.forget, override, strict=True):
                 if f == o:
                     raise SFDConfigError(f"override class {o} equals its forget class {f}")
                 if o in self.forget:

@@ -204,7 +204,7 @@ class SFDModule(pl.LightningModule):
         ema_params = list(self.ema.parameters())
         params = [p.detach() for p in self.generator.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - self.hparams.ema_decay)
-        for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers()):
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
     @property
