@@ -20,6 +20,8 @@ commands:
   fit       train a one-step unlearned generator (LightningCLI: -c config.yaml, --trainer.*, --model.*)
   export    write a checkpoint's (EMA) generator as a diffusers folder
   sample    generate images with an exported generator
+  demo      digits end to end: teacher, classifier, SFD vs baselines, evaluation, report
+  eval      evaluate a generator or teacher for class forgetting (UA, accuracy, FID/KID)
 
 Run `sfd <command> --help` for the options of a command.
 """
@@ -52,13 +54,35 @@ def run_sample(args: list[str]) -> None:
     )
     parser.add_argument("generator", help="exported generator folder")
     parser.add_argument("--labels", type=int, nargs="+", help="class labels (default: all)")
-    parser.add_argument("--num-per-label", type=int, default=8, help="images per label")
+    parser.add_argument(
+        "--prompt", action="append", help="text prompt of a text-to-image generator (repeatable)"
+    )
+    parser.add_argument("--negative-prompt", help="negative prompt (with --guidance-scale != 1)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="CFG scale (text)")
+    parser.add_argument(
+        "--num-per-label", "--num-per-prompt", type=int, default=8, help="images per label/prompt"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
     parser.add_argument("--output", default="samples.png", help="PNG grid (rows = labels)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     options = parser.parse_args(args)
     if options.num_per_label < 1:
         raise SFDConfigError(f"--num-per-label={options.num_per_label} must be at least 1")
+    if options.prompt:
+        from sfd.text_pipeline import sample_prompts_to_file
+
+        path = sample_prompts_to_file(
+            options.generator,
+            options.prompt,
+            options.num_per_label,
+            options.seed,
+            Path(options.output),
+            options.negative_prompt,
+            options.guidance_scale,
+            options.device,
+        )
+        print(f"wrote {path}")
+        return
     from sfd.sampling import sample_grid_to_file
 
     path = sample_grid_to_file(
@@ -72,10 +96,26 @@ def run_sample(args: list[str]) -> None:
     print(f"wrote {path}")
 
 
+def run_demo(args: list[str]) -> None:
+    """`sfd demo`: digits teacher, classifier, SFD and baselines, evaluation and report."""
+    from sfd.demo_cli import run_demo_command
+
+    run_demo_command(args)
+
+
+def run_eval(args: list[str]) -> None:
+    """`sfd eval`: class-forgetting metrics of an exported generator or a DDPM teacher."""
+    from sfd.demo_cli import run_eval_command
+
+    run_eval_command(args)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "fit": run_fit,
     "export": run_export,
     "sample": run_sample,
+    "demo": run_demo,
+    "eval": run_eval,
 }
 
 

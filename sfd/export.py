@@ -14,12 +14,15 @@ from sfd.errors import SFDConfigError
 from sfd.generator import OneStepGenerator
 from sfd.module import GENERATOR_SPEC_KEY
 from sfd.pipeline import OneStepPipeline
+from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 from sfd.teachers.unet import EDMUNetDenoiser, VPUNetDenoiser
+from sfd.text_pipeline import OneStepTextPipeline
 
 # Format tags written by `Denoiser.spec()`; the checkpoint records which adapter built the generator.
 DENOISER_FROM_SPEC = {
     "vp_unet": VPUNetDenoiser.from_spec,
     "edm_unet": EDMUNetDenoiser.from_spec,
+    "stable_diffusion": StableDiffusionDenoiser.from_spec,
 }
 
 
@@ -72,7 +75,9 @@ def save_generator(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        OneStepPipeline.from_generator(generator).save_pretrained(staging, safe_serialization=True)
+        text = isinstance(generator.denoiser, StableDiffusionDenoiser)
+        pipeline_class = OneStepTextPipeline if text else OneStepPipeline
+        pipeline_class.from_generator(generator).save_pretrained(staging, safe_serialization=True)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
@@ -82,8 +87,8 @@ def save_generator(
     return output_dir
 
 
-def load_pipeline(path: str | Path) -> OneStepPipeline:
-    """Load an exported one-step pipeline folder."""
+def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
+    """Load an exported one-step pipeline folder (class-conditional or text-to-image)."""
     path = Path(path)
     index = path / "model_index.json"
     if not index.is_file():
@@ -91,11 +96,14 @@ def load_pipeline(path: str | Path) -> OneStepPipeline:
             f"{str(path)!r} is not an exported generator folder (no model_index.json)"
         )
     class_name = json.loads(index.read_text()).get("_class_name")
-    if class_name != OneStepPipeline.__name__:
+    pipeline_classes = {cls.__name__: cls for cls in (OneStepPipeline, OneStepTextPipeline)}
+    if class_name not in pipeline_classes:
         raise SFDConfigError(
-            f"{str(path)!r} holds a {class_name!r} pipeline, not an sfd OneStepPipeline"
+            f"{str(path)!r} holds a {class_name!r} pipeline, not one of {sorted(pipeline_classes)}"
         )
-    return OneStepPipeline.from_pretrained(path)
+    pipeline = pipeline_classes[class_name].from_pretrained(path)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def load_generator(path: str | Path) -> OneStepGenerator:

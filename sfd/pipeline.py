@@ -6,8 +6,6 @@ ordinary diffusers: `model_index.json`, `unet/` (config.json + safetensors) and,
 generators, `scheduler/`.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np
@@ -37,6 +35,7 @@ class OneStepPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    _optional_components = ["scheduler"]  # EDM generators need no schedule
 
     def __init__(
         self,
@@ -67,7 +66,7 @@ class OneStepPipeline(DiffusionPipeline):
         )
 
     @classmethod
-    def from_generator(cls, generator: OneStepGenerator) -> OneStepPipeline:
+    def from_generator(cls, generator: OneStepGenerator) -> "OneStepPipeline":
         """Wrap a trained generator (its networks are shared, not copied)."""
         denoiser = generator.denoiser
         common = {

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.strategies import Strategy
 
+from sfd.callbacks import LoggedSaveConfigCallback
+from sfd.checkpoint_io import AtomicCheckpointIO
 from sfd.module import SFDModule
+from sfd.resume import find_resume_checkpoint
+from sfd.strategies import AlternatingDDPStrategy
+
+__all__ = ["AlternatingDDPStrategy", "SFDLightningCLI", "sfd_lightning_cli"]  # "sfd_ddp" registered
 
 
 def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
@@ -20,12 +30,63 @@ def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
         the LightningCLI (its `.model`, `.trainer` and `.config`).
     """
     trainer_defaults: dict[str, Any] = {"default_root_dir": "runs"}
-    return LightningCLI(
+    with warnings.catch_warnings():
+        # `args` is how the `sfd` console script hands over its command line, on purpose.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        return _build(args, run, trainer_defaults)
+
+
+def _build(args: list[str], run: bool, trainer_defaults: dict[str, Any]) -> LightningCLI:
+    return SFDLightningCLI(
         SFDModule,
         args=args,
         run=run,
         trainer_defaults=trainer_defaults,
+        save_config_callback=LoggedSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         auto_configure_optimizers=False,
     )
+
+
+class SFDLightningCLI(LightningCLI):
+    """LightningCLI with atomic checkpoint writes by default and `--ckpt_path last` that also
+    finds SLURM requeue (hpc) checkpoints and the checkpoints of earlier logger versions."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        plugins = config.get("plugins")
+        if not isinstance(plugins, list):
+            plugins = [] if plugins is None else [plugins]
+        strategy = config.get("strategy")
+        has_io = any(isinstance(p, CheckpointIO) for p in plugins) or (
+            isinstance(strategy, Strategy) and strategy._checkpoint_io is not None
+        )
+        if not has_io:
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        fit_config = self.config_init["fit"]
+        if fit_config.get("ckpt_path") == "last":
+            fit_config["ckpt_path"] = find_resume_checkpoint(self.trainer)
+
+
+class _ParseOnlyCLI(LightningCLI):
+    def instantiate_classes(self) -> None:  # parse and type-check, load nothing
+        return None
+
+
+def parse_fit_config(args: list[str]) -> Any:
+    """Parse and type-check an `sfd fit` command line without instantiating anything.
+
+    Args:
+        args: e.g. ["-c", "configs/tiny.yaml", "--model.batch_size", "4"] (no subcommand).
+
+    Returns:
+        the parsed jsonargparse namespace.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        cli = _ParseOnlyCLI(SFDModule, args=args, run=False, auto_configure_optimizers=False)
+    return cli.config

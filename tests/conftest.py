@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random-weight diffusers teachers saved to temporary folders, offline settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def tiny_unet(
+    num_class_embeds: int | None = 10, sample_size: int = 8, channels: int = 1, seed: int = 0
+) -> UNet2DModel:
+    """A ~60 k-parameter class-conditional UNet2DModel with random weights."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=4,
+        attention_head_dim=8,
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def save_tiny_teacher(
+    path: Path, prediction_type: str = "epsilon", num_class_embeds: int | None = 10, **unet_kwargs
+) -> Path:
+    """Write a tiny DDPM teacher folder (unet/ + scheduler/) as `DDPMPipeline.save_pretrained` does."""
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )
+    unet = tiny_unet(num_class_embeds, **unet_kwargs)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 10-class ε-prediction 8×8 teacher folder, shared by the session (read-only)."""
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny")
+
+
+def fit_args(teacher_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`sfd fit` arguments for the tiny config, writing under `run_dir`."""
+    return [
+        "fit",
+        "-c",
+        str(CONFIGS / "tiny.yaml"),
+        "--model.teacher.init_args.pretrained_model_name_or_path",
+        str(teacher_dir),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
+    ]
