@@ -205,3 +205,25 @@ def test_every_config_parses(config: Path) -> None:
     base = [] if config.name == "tiny.yaml" else ["-c", str(CONFIGS / "tiny.yaml")]
     parsed = parse_fit_config([*base, "-c", str(config)])
     assert parsed.model.teacher.class_path
+
+
+def test_generator_init_from_an_exported_generator(trained, tiny_teacher_dir, tmp_path) -> None:
+    from sfd.conditions import ClassConditions
+    from sfd.module import SFDModule
+    from sfd.sigma import UniformTimestepSigma
+    from sfd.teachers import PretrainedVPTeacher
+
+    _, run_dir = trained
+    last = next(p for p in checkpoints(run_dir) if p.name == "last.ckpt")
+    main(["export", str(last), str(tmp_path / "gen")])
+    module = SFDModule(
+        PretrainedVPTeacher(str(tiny_teacher_dir)),
+        ClassConditions(0, 1),
+        UniformTimestepSigma(),
+        generator_init=str(tmp_path / "gen"),
+    )
+    z, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        assert torch.equal(module.generator(z, labels), load_generator(tmp_path / "gen")(z, labels))
+    assert all(p.requires_grad for p in module.generator.parameters())
+    assert not any(p.requires_grad for p in module.teacher.parameters())
