@@ -22,6 +22,7 @@ commands:
   sample    generate images with an exported generator
   demo      digits end to end: teacher, classifier, SFD vs baselines, evaluation, report
   eval      evaluate a generator or teacher for class forgetting (UA, accuracy, FID/KID)
+  eval-text generate a text-to-image evaluation set (per-prompt seeds); CLIP score, NudeNet
 
 Run `sfd <command> --help` for the options of a command.
 """
@@ -110,12 +111,20 @@ def run_eval(args: list[str]) -> None:
     run_eval_command(args)
 
 
+def run_eval_text(args: list[str]) -> None:
+    """`sfd eval-text`: evaluation image set from a prompt file, CLIP score, NudeNet counts."""
+    from sfd.text_metrics import run_eval_text_command
+
+    run_eval_text_command(args)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "fit": run_fit,
     "export": run_export,
     "sample": run_sample,
     "demo": run_demo,
     "eval": run_eval,
+    "eval-text": run_eval_text,
 }
 
 

@@ -36,6 +36,9 @@ class ConditionSampler:
     def check(self, num_classes: int | None) -> None:
         """Validate against the teacher; raise `SFDConfigError` naming the bad value."""
 
+    def bind(self, teacher: Any) -> None:
+        """Prepare teacher-dependent state once (text samplers encode their prompts here)."""
+
     def sample(
         self, batch_size: int, generator: torch.Generator, world_size: int = 1, rank: int = 0
     ) -> ConditionBatch:

@@ -116,6 +116,7 @@ class SFDModule(pl.LightningModule):
         self.automatic_optimization = False
         _check_settings(batch_size, ema_decay, grad_clip_value, cond_dropout, steps_per_epoch)
         conditions.check(teacher.num_classes)
+        conditions.bind(teacher)
         sigma_sampler.check(teacher.sigma_table)
         self.conditions = conditions
         self.sigma_sampler = sigma_sampler
@@ -296,13 +297,7 @@ class SFDModule(pl.LightningModule):
 
     def _update(self, optimizer: Any, loss: Tensor, counts_as_iteration: bool) -> None:
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.hparams.grad_clip_value is not None:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=self.hparams.grad_clip_value,
-                gradient_clip_algorithm="value",
-            )
+        self.manual_backward(loss)  # gradients clipped in on_before_optimizer_step
         if counts_as_iteration:
             optimizer.step()
             return
@@ -314,6 +309,17 @@ class SFDModule(pl.LightningModule):
             optimizer.step()
         finally:
             optimizer._on_before_step, optimizer._on_after_step = before, after
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Runs inside the precision plugin's optimizer step: after a 16-mixed gradient scaler
+        # unscaled the gradients (clipping scaled ones would clip at value·scale) and before the
+        # step. Both optimizers' steps pass through here, the fake-score one included.
+        if self.hparams.grad_clip_value is not None:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.hparams.grad_clip_value,
+                gradient_clip_algorithm="value",
+            )
 
     def _log_terms(self, name: str, terms: LossTerms) -> None:
         batch = self.hparams.batch_size
