@@ -18,6 +18,7 @@ USAGE = """usage: sfd <command> [options]
 
 commands:
   fit       train a one-step unlearned generator (LightningCLI: -c config.yaml, --trainer.*, --model.*)
+  teacher   train a class-conditional DDPM teacher on labelled images (LightningCLI, --output_dir)
   export    write a checkpoint's (EMA) generator as a diffusers folder
   sample    generate images with an exported generator
   demo      digits end to end: teacher, classifier, SFD vs baselines, evaluation, report
@@ -33,6 +34,13 @@ def run_fit(args: list[str]) -> None:
     from sfd.training_cli import sfd_lightning_cli
 
     sfd_lightning_cli(["fit", *args])
+
+
+def run_teacher(args: list[str]) -> None:
+    """`sfd teacher`: LightningCLI over `DDPMTeacherModule`; writes a diffusers teacher folder."""
+    from sfd.teacher_cli import teacher_lightning_cli
+
+    teacher_lightning_cli(["fit", *args])
 
 
 def run_export(args: list[str]) -> None:
@@ -120,6 +128,7 @@ def run_eval_text(args: list[str]) -> None:
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "fit": run_fit,
+    "teacher": run_teacher,
     "export": run_export,
     "sample": run_sample,
     "demo": run_demo,

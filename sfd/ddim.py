@@ -1,0 +1,65 @@
+"""Deterministic DDIM sampling as a pure function of a σ-space denoiser.
+
+In σ-space (x = x0 + σ·ε) the η = 0 DDIM update of a VP model is the Euler step of the
+probability-flow ODE in σ:
+
+    x_next = x0_hat + σ_next · (x − x0_hat) / σ
+
+and the VP starting point x_T ~ N(0, I) is x = sqrt(1 + σ_T²)·z. Driving the same network, this
+reproduces diffusers' `DDIMScheduler` (η = 0) step for step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sfd.errors import SFDConfigError
+from sfd.teachers.base import Denoiser
+
+
+def ddim_sigmas(sigma_table: Tensor, num_steps: int) -> Tensor:
+    """The noise levels of an n-step DDIM run with "trailing" timestep spacing, ending at σ = 0.
+
+    Timesteps are t_i = round(T − i·T/n) − 1 for i = 0..n−1 (so the first is T − 1), as diffusers'
+    `DDIMScheduler(timestep_spacing="trailing")`; the last step lands on clean data (σ = 0).
+
+    Args:
+        sigma_table: the teacher's σ_t table, (T,), increasing in t.
+        num_steps: number of denoiser evaluations n, 1 <= n <= T.
+
+    Returns:
+        σ schedule, (n + 1,), decreasing, last entry 0.
+    """
+    total = len(sigma_table)
+    if not 1 <= num_steps <= total:
+        raise SFDConfigError(f"num_steps={num_steps} must be between 1 and {total} (timesteps)")
+    step = total / num_steps
+    timesteps = (torch.arange(total, 0, -step, dtype=torch.float64).round() - 1).long()
+    sigmas = sigma_table[timesteps.to(sigma_table.device)].float()
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+@torch.no_grad()
+def sample_ddim(denoiser: Denoiser, z: Tensor, cond: Any, sigmas: Tensor) -> Tensor:
+    """Run deterministic DDIM (η = 0) from noise z through the σ schedule `sigmas`.
+
+    Args:
+        denoiser: the σ-space denoiser D(x, sigma, cond) -> x0_hat.
+        z: standard normal noise, (B, C, H, W).
+        cond: condition batch (e.g. class labels (B,)).
+        sigmas: decreasing noise levels, (n + 1,), from `ddim_sigmas`; n denoiser evaluations.
+
+    Returns:
+        samples x0, (B, C, H, W), float32.
+    """
+    sigmas = sigmas.to(z.device, torch.float32)
+    if sigmas.ndim != 1 or len(sigmas) < 2 or bool((sigmas[1:] >= sigmas[:-1]).any()):
+        raise SFDConfigError("sigmas must be a strictly decreasing 1-D schedule of >= 2 levels")
+    x = z.float() * (1 + sigmas[0] ** 2).sqrt()  # VP x_T ~ N(0, I) in σ-space
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        x0_hat = denoiser(x, sigma, cond)  # (B, C, H, W)
+        x = x0_hat + (sigma_next / sigma) * (x - x0_hat)
+    return x

@@ -1,0 +1,437 @@
+"""Stable Diffusion 1.x / 2.x teachers: `UNet2DConditionModel` in VAE latent space as a σ-space denoiser.
+
+Only the UNet is a registered submodule. The CLIP tokenizer and text encoder are loaded on demand
+to encode fixed prompt sets once (`encode_prompts`) and released; the VAE is loaded only by the
+export / sampling pipeline. So no frozen text encoder or VAE is ever copied into the generator or
+the fake score, optimised, or written to a training checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import diffusers
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, SchedulerMixin, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from torch import Tensor, nn
+
+from sfd.errors import SFDConfigError
+from sfd.teachers.base import (
+    Denoiser,
+    sigma_to_t,
+    sigmas_from_alphas_cumprod,
+    vp_input_scale,
+    x0_from_prediction,
+)
+
+ATTENTION_BACKENDS = ("sdpa", "eager")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass
+class TextCondition:
+    """A batch of text conditions: prompt embeddings plus the negative-prompt embeddings for CFG.
+
+    Attributes:
+        prompt_embeds: text-encoder hidden states of the prompts, (B, L, D).
+        negative_embeds: those of the negative prompt (the empty prompt if none), (B, L, D).
+        prompts: the prompt strings, for logging (optional), length B.
+    """
+
+    prompt_embeds: Tensor
+    negative_embeds: Tensor
+    prompts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_embeds.shape != self.negative_embeds.shape:
+            raise ValueError(
+                f"prompt_embeds {tuple(self.prompt_embeds.shape)} and negative_embeds "
+                f"{tuple(self.negative_embeds.shape)} must have the same shape (B, L, D)"
+            )
+        if self.prompts is not None and len(self.prompts) != len(self.prompt_embeds):
+            raise ValueError(
+                f"{len(self.prompts)} prompts for {len(self.prompt_embeds)} embeddings"
+            )
+
+    def __len__(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+    def __getitem__(self, index: slice | Tensor) -> TextCondition:
+        prompts = None
+        if self.prompts is not None:
+            picked = range(len(self))[index] if isinstance(index, slice) else index.tolist()
+            prompts = tuple(self.prompts[i] for i in picked)
+        return TextCondition(self.prompt_embeds[index], self.negative_embeds[index], prompts)
+
+    def to(self, device: torch.device | str) -> TextCondition:
+        """The same condition with its tensors on `device`."""
+        return TextCondition(
+            self.prompt_embeds.to(device), self.negative_embeds.to(device), self.prompts
+        )
+
+    def null(self) -> TextCondition:
+        """The guidance null condition: the negative prompt in place of every prompt."""
+        prompts = None if self.prompts is None else ("<negative>",) * len(self)
+        return TextCondition(self.negative_embeds, self.negative_embeds, prompts)
+
+    def where(self, drop: Tensor, null: TextCondition) -> TextCondition:
+        """Take `null`'s prompt where `drop` (B,) is True (condition dropout)."""
+        embeds = torch.where(drop.reshape(-1, 1, 1), null.prompt_embeds, self.prompt_embeds)
+        prompts = None
+        if self.prompts is not None and null.prompts is not None:
+            prompts = tuple(
+                n if d else p
+                for p, n, d in zip(self.prompts, null.prompts, drop.tolist(), strict=True)
+            )
+        return TextCondition(embeds, self.negative_embeds, prompts)
+
+
+def set_attention_backend(unet: UNet2DConditionModel, attention: str) -> None:
+    """Select the attention kernel: "sdpa" (PyTorch scaled_dot_product_attention) or "eager"."""
+    if attention not in ATTENTION_BACKENDS:
+        raise SFDConfigError(
+            f"attention={attention!r} is not supported; allowed: {ATTENTION_BACKENDS}"
+        )
+    unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+
+
+def scheduler_from_config(config: dict[str, Any]) -> SchedulerMixin:
+    """The diffusers scheduler named by a saved scheduler config (`_class_name`, default DDPM)."""
+    name = config.get("_class_name", "DDPMScheduler")
+    scheduler_class = getattr(diffusers, name, None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise SFDConfigError(f"scheduler class {name!r} is not a diffusers scheduler")
+    return scheduler_class.from_config(config)
+
+
+class StableDiffusionDenoiser(Denoiser):
+    """A discrete VP `UNet2DConditionModel` on VAE latents as a σ-space denoiser D(x, σ, text).
+
+    The network sees x_t = x / sqrt(1 + σ²) at the continuous timestep t(σ) and the prompt
+    embeddings as `encoder_hidden_states`; its ε- or v-prediction is converted to x0_hat.
+
+    Args:
+        unet: the latent-space network.
+        scheduler_config: config of the training scheduler (gives ā_t; saved with exports).
+        prediction_type: "epsilon" (SD 1.x), "v_prediction" (SD 2.x 768) or "sample".
+        pipeline: folder or hub id of the full pipeline (VAE, text encoder, tokenizer), used to
+            encode prompts and to export.
+        revision: hub revision of `pipeline`.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler_config: dict[str, Any],
+        prediction_type: str = "epsilon",
+        pipeline: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise SFDConfigError(
+                f"prediction_type {prediction_type!r} is not supported; allowed: {PREDICTION_TYPES}"
+            )
+        self.unet = unet
+        self.scheduler_config = dict(scheduler_config)
+        self.prediction_type = prediction_type
+        self.pipeline = pipeline
+        self.revision = revision
+        alphas_cumprod = DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod
+        self.register_buffer("sigmas", sigmas_from_alphas_cumprod(alphas_cumprod), persistent=False)
+        size = unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        self.sample_shape = (unet.config.in_channels, height, width)
+
+    @property
+    def sigma_table(self) -> Tensor:
+        return self.sigmas
+
+    def denoise(self, x: Tensor, sigma: Tensor, cond: TextCondition) -> Tensor:
+        if not isinstance(cond, TextCondition):
+            raise TypeError(f"a Stable Diffusion denoiser needs a TextCondition, got {type(cond)}")
+        timestep = sigma_to_t(sigma, self.sigmas)  # (B,)
+        sigma = sigma.reshape(-1, 1, 1, 1)
+        x_t = (x * vp_input_scale(sigma)).to(self.unet.dtype)  # (B, 4, h, w)
+        embeds = cond.prompt_embeds.to(device=x.device, dtype=self.unet.dtype)  # (B, L, D)
+        prediction = self.unet(x_t, timestep, encoder_hidden_states=embeds).sample
+        return x0_from_prediction(prediction.float(), x.float(), sigma, self.prediction_type)
+
+    def null_condition(self, cond: TextCondition) -> TextCondition:
+        return cond.null()
+
+    def guided(self, x: Tensor, sigma: Tensor | float, cond: TextCondition, scale: float) -> Tensor:
+        """Classifier-free guidance with the conditional and null halves in one UNet batch (2B).
+
+        One call instead of two halves the kernel launches and, under autocast, the bf16 weight
+        copies that frozen networks keep for the backward pass.
+        """
+        if scale == 1.0:
+            return self(x, sigma, cond)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        null = self.null_condition(cond)
+        both = TextCondition(
+            torch.cat([cond.prompt_embeds, null.prompt_embeds]),
+            torch.cat([cond.negative_embeds, null.negative_embeds]),
+        )
+        x0_cond, x0_null = self(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
+        return x0_null + scale * (x0_cond - x0_null)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], batch_size: int = 32) -> Tensor:
+        """Encode prompts with the pipeline's CLIP text encoder (loaded here, released after).
+
+        Args:
+            prompts: the prompt strings, N of them.
+            batch_size: prompts per text-encoder call.
+
+        Returns:
+            prompt embeddings, (N, L, D), float32 on the CPU.
+        """
+        tokenizer, text_encoder = load_text_encoder(self.pipeline, self.revision)
+        return encode_with(tokenizer, text_encoder, prompts, batch_size).cpu()
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "stable_diffusion",
+            "unet": dict(self.unet.config),
+            "scheduler": self.scheduler_config,
+            "prediction_type": self.prediction_type,
+            "pipeline": self.pipeline,
+            "revision": self.revision,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> StableDiffusionDenoiser:
+        return cls(
+            UNet2DConditionModel.from_config(spec["unet"]),
+            spec["scheduler"],
+            spec["prediction_type"],
+            spec["pipeline"],
+            spec["revision"],
+        )
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _load_error(path: str, what: str, error: Exception) -> SFDConfigError:
+    return SFDConfigError(
+        f"cannot load the {what} from {path!r}: expected a diffusers Stable Diffusion folder "
+        f"(unet/, scheduler/, text_encoder/, tokenizer/, vae/) or a reachable hub id "
+        f"({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    )
+
+
+def load_text_encoder(path: str | None, revision: str | None = None) -> tuple[Any, nn.Module]:
+    """The CLIP tokenizer and text encoder of a Stable Diffusion folder or hub id (eval, no grad)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if path is None:
+        raise SFDConfigError("this denoiser has no pipeline path, so it cannot encode prompts")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
+        text_encoder = CLIPTextModel.from_pretrained(
+            path, subfolder="text_encoder", revision=revision
+        )
+    except (OSError, ValueError) as error:
+        raise _load_error(path, "tokenizer/text encoder", error) from error
+    return tokenizer, text_encoder.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def encode_with(
+    tokenizer: Any, text_encoder: nn.Module, prompts: list[str], batch_size: int = 32
+) -> Tensor:
+    """Hidden states of the text encoder's last layer for padded, truncated prompts.
+
+    Args:
+        tokenizer: a CLIP tokenizer (pads to its `model_max_length`).
+        text_encoder: a `CLIPTextModel`.
+        prompts: N prompt strings.
+        batch_size: prompts per call.
+
+    Returns:
+        embeddings, (N, L, D), float32 on the text encoder's device.
+    """
+    device = next(text_encoder.parameters()).device
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(
+            list(prompts[start : start + batch_size]),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        chunks.append(text_encoder(tokens.input_ids.to(device))[0].float())  # (b, L, D)
+    return torch.cat(chunks)
+
+
+def _load_unet(path: str, subfolder: str | None, revision: str | None) -> UNet2DConditionModel:
+    try:
+        return UNet2DConditionModel.from_pretrained(path, subfolder=subfolder, revision=revision)
+    except (OSError, ValueError) as error:
+        raise _load_error(path, "UNet2DConditionModel", error) from error
+
+
+def _load_scheduler_config(path: str, revision: str | None) -> dict[str, Any]:
+    try:
+        return dict(DDPMScheduler.load_config(path, subfolder="scheduler", revision=revision))
+    except (OSError, ValueError) as error:
+        raise _load_error(path, "scheduler config", error) from error
+
+
+class StableDiffusionTeacher(StableDiffusionDenoiser):
+    """A Stable Diffusion 1.x / 2.x teacher loaded from a diffusers pipeline folder or hub id.
+
+    The generator and the fake score are copies of it, so `gradient_checkpointing` and
+    `attention` apply to all three networks.
+
+    Args:
+        pretrained_model_name_or_path: local folder or hub id (e.g.
+            "stable-diffusion-v1-5/stable-diffusion-v1-5").
+        revision: hub revision.
+        prediction_type: override the scheduler's prediction type ("epsilon", "v_prediction").
+        subfolder: where the UNet lives inside the pipeline folder.
+        gradient_checkpointing: recompute UNet block activations in the backward pass.
+        attention: "sdpa" (PyTorch scaled-dot-product attention) or "eager".
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str,
+        revision: str | None = None,
+        prediction_type: str | None = None,
+        subfolder: str = "unet",
+        gradient_checkpointing: bool = False,
+        attention: str = "sdpa",
+    ) -> None:
+        if attention not in ATTENTION_BACKENDS:
+            raise SFDConfigError(
+                f"attention={attention!r} is not supported; allowed: {ATTENTION_BACKENDS}"
+            )
+        path = pretrained_model_name_or_path
+        scheduler_config = _load_scheduler_config(path, revision)
+        unet = _load_unet(path, subfolder or None, revision)
+        super().__init__(
+            unet,
+            scheduler_config,
+            prediction_type or scheduler_config.get("prediction_type", "epsilon"),
+            path,
+            revision,
+        )
+        set_attention_backend(self.unet, attention)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.unet.eval()
+
+
+# --- LoRA fake score -----------------------------------------------------------------------------
+
+
+class LoRALinear(nn.Module):
+    """y = W·x + b + (α/r)·B·A·x with W, b frozen (non-persistent buffers) and B initialised to 0.
+
+    Args:
+        base: the linear layer to adapt.
+        rank: r, the inner dimension of the low-rank update.
+        lora_alpha: α; the update is scaled by α/r.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, lora_alpha: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", base.weight.detach(), persistent=False)
+        self.register_buffer(
+            "bias", None if base.bias is None else base.bias.detach(), persistent=False
+        )
+        self.lora_down = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
+        self.lora_up = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_down, a=5**0.5)
+        self.scale = lora_alpha / rank
+
+    def forward(self, x: Tensor) -> Tensor:
+        update = F.linear(F.linear(x, self.lora_down), self.lora_up)
+        return F.linear(x, self.weight, self.bias) + self.scale * update
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def add_lora(unet: nn.Module, rank: int, lora_alpha: float) -> int:
+    """Freeze every weight of `unet` into non-persistent buffers and add LoRA to its attention.
+
+    After this, the only parameters (and the only state_dict entries) are the LoRA factors, so
+    the frozen base is neither optimised nor checkpointed (it is reloaded from its source).
+
+    Args:
+        unet: the network, modified in place.
+        rank: LoRA rank r.
+        lora_alpha: LoRA α.
+
+    Returns:
+        the number of adapted linear layers.
+    """
+    targets = [
+        name
+        for name, module in unet.named_modules()
+        if isinstance(module, nn.Linear) and any(name.endswith(t) for t in LORA_TARGETS)
+    ]
+    for module in list(unet.modules()):
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                del module._parameters[name]
+                module.register_buffer(name, param.detach(), persistent=False)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = unet.get_submodule(parent_name)
+        setattr(parent, child, LoRALinear(getattr(parent, child), rank, lora_alpha))
+    return len(targets)
+
+
+class StableDiffusionLoRAFakeScore(StableDiffusionTeacher):
+    """A smaller fake score: the pretrained UNet, frozen, plus trainable LoRA on its attention.
+
+    Pass it as `model.fake_score`. Only the LoRA factors are trained and checkpointed; the base
+    weights are reloaded from `pretrained_model_name_or_path` on resume. Since the update B·A
+    starts at 0, the fake score starts equal to the teacher.
+
+    Args:
+        pretrained_model_name_or_path: the same pipeline as the teacher's.
+        rank: LoRA rank r.
+        lora_alpha: LoRA α (update scaled by α/r); default r.
+        revision: hub revision.
+        prediction_type: override the scheduler's prediction type.
+        gradient_checkpointing: recompute UNet block activations in the backward pass.
+        attention: "sdpa" or "eager".
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str,
+        rank: int = 64,
+        lora_alpha: float | None = None,
+        revision: str | None = None,
+        prediction_type: str | None = None,
+        gradient_checkpointing: bool = False,
+        attention: str = "sdpa",
+    ) -> None:
+        if rank < 1:
+            raise SFDConfigError(f"LoRA rank={rank} must be at least 1")
+        super().__init__(
+            pretrained_model_name_or_path,
+            revision,
+            prediction_type,
+            gradient_checkpointing=gradient_checkpointing,
+            attention=attention,
+        )
+        if add_lora(self.unet, rank, float(lora_alpha if lora_alpha is not None else rank)) == 0:
+            raise SFDConfigError("the UNet has no attention projections to adapt with LoRA")
+
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError(
+            "a LoRA fake score is a training-time network; it is not exported"
+        )

@@ -1,0 +1,129 @@
+"""Fit SFD on CPU with N gloo processes and save the final networks (rank zero).
+
+Run as a script (Lightning's "popen" launcher re-runs this command line for the other ranks):
+
+    python tests/scripts/ddp_fit.py --teacher DIR --output OUT.pt --devices 2 --strategy sfd_ddp
+
+The output holds the generator, fake score and EMA state, both optimizer states and the median
+seconds per iteration after the first (warm-up) iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from sfd.conditions import ClassConditions
+from sfd.module import SFDModule
+from sfd.sigma import UniformTimestepSigma
+from sfd.strategies import AlternatingDDPStrategy
+from sfd.teachers import PretrainedVPTeacher
+
+WARMUP_ITERATIONS = 2
+OPTIMIZERS = {
+    "sgd": partial(torch.optim.SGD, lr=1e-2, momentum=0.9),
+    "adam": partial(torch.optim.Adam, lr=1e-4, betas=(0.0, 0.999)),
+}
+
+
+class IterationTimer(Callback):
+    """Wall time between consecutive training-batch ends."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._last: float | None = None
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.seconds.append(now - self._last)
+        self._last = now
+
+
+def build_strategy(name: str) -> Any:
+    if name == "single":
+        return "auto"
+    if name == "sfd_ddp":
+        return AlternatingDDPStrategy(process_group_backend="gloo")
+    if name == "ddp_find_unused":
+        return pl.strategies.DDPStrategy(process_group_backend="gloo", find_unused_parameters=True)
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=2, help="per device")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--strategy", choices=["single", "sfd_ddp", "ddp_find_unused"], default="single"
+    )
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam"],
+        default="sgd",
+        help="sgd (momentum 0.9, lr 1e-2) keeps float noise small: Adam turns the ~1e-12 "
+        "gradients of parameters whose true gradient is zero (attention key biases) into "
+        "lr-sized steps of random sign",
+    )
+    options = parser.parse_args()
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+
+    module = SFDModule(
+        teacher=PretrainedVPTeacher(options.teacher),
+        conditions=ClassConditions(forget=0, override=1),
+        sigma_sampler=UniformTimestepSigma(38, 712),
+        lambda_sg_forget=1.0,
+        lambda_g_forget=1.0,
+        batch_size=options.batch_size,
+        fake_optimizer=OPTIMIZERS[options.optimizer],
+        generator_optimizer=OPTIMIZERS[options.optimizer],
+        ema_decay=0.9,
+        seed=3,
+    )
+    timer = IterationTimer()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=options.devices,
+        strategy=build_strategy(options.strategy),
+        precision=options.precision,
+        max_steps=options.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module)
+    if trainer.is_global_zero:
+        state = {
+            key: value
+            for key, value in module.state_dict().items()
+            if not key.startswith("teacher.")
+        }
+        seconds = timer.seconds[WARMUP_ITERATIONS - 1 :] or timer.seconds
+        torch.save(
+            {
+                "state_dict": state,
+                "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+                "global_step": trainer.global_step,
+                "world_size": trainer.world_size,
+                "seconds_per_iteration": statistics.median(seconds),
+            },
+            options.output,
+        )
+
+
+if __name__ == "__main__":
+    main()
