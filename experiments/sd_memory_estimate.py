@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sfd.teachers.stable_diffusion import LORA_TARGETS
+from sfd.teachers.lora import LORA_TARGETS
 
 SD15_UNET = {
     "sample_size": 64,

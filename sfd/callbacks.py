@@ -86,10 +86,16 @@ class SampleGrids(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         for kind, grid in grids.items():
             grid.save(folder / f"{kind}_step{step:07d}.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                for kind, grid in grids.items():
-                    logger.log_image(f"samples/{kind}", [grid], step=step)
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers:
+            import wandb
+
+            images = {
+                f"samples/{kind}": wandb.Image(grid, caption=f"{kind}, step {step}")
+                for kind, grid in grids.items()
+            }
+            for logger in wandb_loggers:
+                logger.log_metrics(images, step=step)
         return grids
 
     @torch.no_grad()

@@ -149,7 +149,7 @@ def train_classifier(
     train: LabelledImages,
     heldout: LabelledImages,
     *,
-    max_steps: int = 1500,
+    max_steps: int = 800,
     seed: int = 0,
     progress: bool = True,
     batch_size: int = 128,

@@ -86,6 +86,7 @@ class DemoSettings:
     time_full_schedule: bool = True
     grid_per_class: int = 10
     accelerator: str = "cpu"
+    threads: int | None = None
     progress: bool = True
 
 
@@ -127,6 +128,10 @@ def announce(phase: str) -> None:
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
     """Run the whole demo; returns the report's artefact paths."""
     started = time.perf_counter()
+    if settings.threads is not None:
+        if settings.threads < 1:
+            raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
+        torch.set_num_threads(settings.threads)
     if settings.data != DIGITS and not Path(settings.data).exists():
         raise SFDConfigError(f"--data {settings.data!r} does not exist")
     data = load_images(settings.data)

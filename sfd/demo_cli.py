@@ -63,6 +63,11 @@ def demo_parser() -> argparse.ArgumentParser:
         help="do not time the teacher's full-schedule (1000-step) sampler",
     )
     add("--accelerator", default=defaults.accelerator, help="Lightning accelerator")
+    add(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)",
+    )
     add("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -94,6 +99,7 @@ def run_demo_command(args: list[str]) -> None:
         grid_per_class=options.grid_per_class,
         time_full_schedule=not options.skip_full_schedule_timing,
         accelerator=options.accelerator,
+        threads=options.threads,
         progress=not options.no_progress,
     )
     paths = run_demo(settings)

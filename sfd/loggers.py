@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ class ResumableWandbLogger(WandbLogger):
         name: display name of the run.
         tags: run tags.
         group: run group.
-        save_dir: the run folder (wandb files, the run id file, checkpoints).
+        save_dir: the run folder (wandb files, the run id file, checkpoints); None: `sfd fit`
+            uses trainer.default_root_dir.
         offline: write locally only (`wandb sync` uploads later); WANDB_MODE=offline does the same.
         id: an explicit wandb run id (overrides the run id file).
         log_model: upload checkpoints as wandb artifacts (not in offline mode).
@@ -41,7 +44,7 @@ class ResumableWandbLogger(WandbLogger):
         name: str | None = None,
         tags: list[str] | None = None,
         group: str | None = None,
-        save_dir: str = ".",
+        save_dir: str | None = None,
         offline: bool = False,
         id: str | None = None,
         log_model: bool | str = False,
@@ -49,19 +52,32 @@ class ResumableWandbLogger(WandbLogger):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("resume", "allow")
-        super().__init__(
+        self._arguments = dict(
             project=project,
             entity=entity,
             name=name,
             tags=tags,
             group=group,
-            save_dir=save_dir,
             offline=offline,
-            id=id or run_id_for_folder(save_dir),
+            id=id,
             log_model=log_model,
             prefix=prefix,
             **kwargs,
         )
+        if id is None and save_dir is not None:
+            id = run_id_for_folder(save_dir)
+        super().__init__(**{**self._arguments, "id": id, "save_dir": save_dir})
+
+    def in_folder(self, save_dir: str | os.PathLike[str]) -> ResumableWandbLogger:
+        """The same logger settings with `save_dir` (before any run was opened).
+
+        Args:
+            save_dir: the run folder.
+
+        Returns:
+            a new logger writing to `save_dir`.
+        """
+        return ResumableWandbLogger(**self._arguments, save_dir=os.fspath(save_dir))
 
 
 def run_id_for_folder(save_dir: str | os.PathLike[str]) -> str:
@@ -73,12 +89,10 @@ def run_id_for_folder(save_dir: str | os.PathLike[str]) -> str:
     Returns:
         the run id (on ranks other than zero, which never open a wandb run, possibly a fresh one).
     """
-    import wandb
-
     path = Path(save_dir) / RUN_ID_FILE
     if path.is_file():
         return path.read_text().strip()
-    run_id = wandb.util.generate_id()
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if rank_zero_only.rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(run_id + "\n")

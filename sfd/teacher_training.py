@@ -412,6 +412,7 @@ def train_teacher(
             accelerator=accelerator,
             devices=1,
             max_steps=max_steps,
+            max_epochs=1,  # one epoch is max_steps batches: a single progress bar
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,

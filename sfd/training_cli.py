@@ -12,6 +12,7 @@ from lightning.pytorch.strategies import Strategy
 
 from sfd.callbacks import LoggedSaveConfigCallback
 from sfd.checkpoint_io import AtomicCheckpointIO
+from sfd.loggers import ResumableWandbLogger
 from sfd.module import SFDModule
 from sfd.resume import find_resume_checkpoint
 from sfd.strategies import AlternatingDDPStrategy
@@ -64,6 +65,10 @@ class SFDLightningCLI(LightningCLI):
         )
         if not has_io:
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        logger = config.get("logger")
+        if isinstance(logger, ResumableWandbLogger) and logger.save_dir is None:
+            # wandb files, its run id and the checkpoints live in the run folder by default.
+            kwargs.setdefault("logger", logger.in_folder(config["default_root_dir"]))
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:

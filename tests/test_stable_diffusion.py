@@ -24,8 +24,8 @@ from sfd.pipeline import to_uint8
 from sfd.prompts import NudityConditions, PromptConditions, replace_concept
 from sfd.sampling import image_grid
 from sfd.sigma import UniformTimestepSigma
+from sfd.teachers.lora import LoRALinear
 from sfd.teachers.stable_diffusion import (
-    LoRALinear,
     StableDiffusionLoRAFakeScore,
     StableDiffusionTeacher,
     TextCondition,
@@ -410,12 +410,14 @@ def test_memory_levers_lora_checkpointing_bf16_and_generator_init(sd_dirs, tmp_p
     cond = TextCondition(*[teacher.encode_prompts(["a cat", "a dog"])] * 2)
     with torch.no_grad():  # B = 0 at init: the LoRA fake score starts as the teacher
         assert torch.equal(fake(x, sigma, cond), teacher(x, sigma, cond))
-    lora_params = {n for n, _ in fake.named_parameters()}
+    lora_params = {n for n, p in fake.named_parameters() if p.requires_grad}
     assert lora_params and all(n.endswith(("lora_down", "lora_up")) for n in lora_params)
     assert set(fake.state_dict()) == lora_params
 
     module = sd_module(teacher, celebrity_conditions(), fake_score=fake, ema_decay=0.5)
     assert module.generator.denoiser.unet.is_gradient_checkpointing
+    trainable = {n for n, p in module.fake_score.named_parameters() if p.requires_grad}
+    assert trainable == lora_params  # SFDModule's requires_grad_(True) keeps the base frozen
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     fit(module, tmp_path, steps=2, precision="bf16-mixed")
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
@@ -625,3 +627,21 @@ def test_nudenet_counts_and_eval_text_command(exported, tmp_path) -> None:
         )
         == 2
     )
+
+
+def test_lora_fake_score_switch_parses() -> None:
+    from sfd.training_cli import parse_fit_config
+
+    lora = "sfd.teachers.stable_diffusion.StableDiffusionLoRAFakeScore"
+    config = parse_fit_config(
+        [
+            "-c",
+            str(CONFIGS / "sd15_celebrity.yaml"),
+            *("--model.fake_score", lora),
+            *("--model.fake_score.pretrained_model_name_or_path", "some/pipeline"),
+            *("--model.fake_score.rank", "16"),
+            *("--model.fake_score.gradient_checkpointing", "true"),
+        ]
+    )
+    assert config.model.fake_score.class_path == lora
+    assert config.model.fake_score.init_args.rank == 16

@@ -13,7 +13,6 @@ from typing import Any
 
 import diffusers
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, SchedulerMixin, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch import Tensor, nn
@@ -26,12 +25,13 @@ from sfd.teachers.base import (
     vp_input_scale,
     x0_from_prediction,
 )
+from sfd.teachers.lora import add_lora, keep_only_trainable
 
 ATTENTION_BACKENDS = ("sdpa", "eager")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value
 class TextCondition:
     """A batch of text conditions: prompt embeddings plus the negative-prompt embeddings for CFG.
 
@@ -333,71 +333,13 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
 # --- LoRA fake score -----------------------------------------------------------------------------
 
 
-class LoRALinear(nn.Module):
-    """y = W·x + b + (α/r)·B·A·x with W, b frozen (non-persistent buffers) and B initialised to 0.
-
-    Args:
-        base: the linear layer to adapt.
-        rank: r, the inner dimension of the low-rank update.
-        lora_alpha: α; the update is scaled by α/r.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, lora_alpha: float) -> None:
-        super().__init__()
-        self.register_buffer("weight", base.weight.detach(), persistent=False)
-        self.register_buffer(
-            "bias", None if base.bias is None else base.bias.detach(), persistent=False
-        )
-        self.lora_down = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
-        self.lora_up = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_down, a=5**0.5)
-        self.scale = lora_alpha / rank
-
-    def forward(self, x: Tensor) -> Tensor:
-        update = F.linear(F.linear(x, self.lora_down), self.lora_up)
-        return F.linear(x, self.weight, self.bias) + self.scale * update
-
-
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-def add_lora(unet: nn.Module, rank: int, lora_alpha: float) -> int:
-    """Freeze every weight of `unet` into non-persistent buffers and add LoRA to its attention.
-
-    After this, the only parameters (and the only state_dict entries) are the LoRA factors, so
-    the frozen base is neither optimised nor checkpointed (it is reloaded from its source).
-
-    Args:
-        unet: the network, modified in place.
-        rank: LoRA rank r.
-        lora_alpha: LoRA α.
-
-    Returns:
-        the number of adapted linear layers.
-    """
-    targets = [
-        name
-        for name, module in unet.named_modules()
-        if isinstance(module, nn.Linear) and any(name.endswith(t) for t in LORA_TARGETS)
-    ]
-    for module in list(unet.modules()):
-        for name, param in list(module._parameters.items()):
-            if param is not None:
-                del module._parameters[name]
-                module.register_buffer(name, param.detach(), persistent=False)
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = unet.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(getattr(parent, child), rank, lora_alpha))
-    return len(targets)
-
-
 class StableDiffusionLoRAFakeScore(StableDiffusionTeacher):
     """A smaller fake score: the pretrained UNet, frozen, plus trainable LoRA on its attention.
 
-    Pass it as `model.fake_score`. Only the LoRA factors are trained and checkpointed; the base
-    weights are reloaded from `pretrained_model_name_or_path` on resume. Since the update B·A
-    starts at 0, the fake score starts equal to the teacher.
+    Pass it as `model.fake_score`. Only the LoRA factors require gradients, get optimizer state
+    and are checkpointed; the frozen base weights are reloaded from
+    `pretrained_model_name_or_path` on resume. Since the update B·A starts at 0, the fake score
+    starts equal to the teacher.
 
     Args:
         pretrained_model_name_or_path: the same pipeline as the teacher's.
@@ -428,8 +370,19 @@ class StableDiffusionLoRAFakeScore(StableDiffusionTeacher):
             gradient_checkpointing=gradient_checkpointing,
             attention=attention,
         )
-        if add_lora(self.unet, rank, float(lora_alpha if lora_alpha is not None else rank)) == 0:
+        alpha = float(lora_alpha if lora_alpha is not None else rank)
+        self.lora_parameters = ["unet." + name for name in add_lora(self.unet, rank, alpha)]
+        if not self.lora_parameters:
             raise SFDConfigError("the UNet has no attention projections to adapt with LoRA")
+        keep_only_trainable(self, self.lora_parameters)
+
+    def requires_grad_(self, requires_grad: bool = True) -> StableDiffusionLoRAFakeScore:
+        """Switch gradients of the LoRA factors only; the base stays frozen."""
+        lora = set(self.lora_parameters)
+        for name, param in self.named_parameters():
+            if name in lora:
+                param.requires_grad_(requires_grad)
+        return self
 
     def spec(self) -> dict[str, Any]:
         raise NotImplementedError(

@@ -1,0 +1,102 @@
+"""An offline wandb run of `sfd fit -c ... -c configs/wandb.yaml` records every loss term,
+learning rates, gradient norms, images/s, the sample grids and the resolved config; a resumed
+run continues the same wandb run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wandb
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from cluster_helpers import REPO, tiny_run_config, write_config  # noqa: E402
+from wandb_records import read_records  # noqa: E402
+
+from sfd.cli import main  # noqa: E402
+from sfd.loggers import RUN_ID_FILE  # noqa: E402
+
+LOSS_TERMS = [
+    f"{network}/{term}"
+    for network in ("fake", "generator")
+    for term in ("remain", "forget", "total")
+]
+MONITORED = [
+    "lr/fake_score",
+    "lr/generator",
+    "grad_norm/fake_score",
+    "grad_norm/generator",
+    "throughput/images_per_s",
+]
+
+
+def history_keys_and_run(run_dir: Path) -> tuple[set[str], str, dict]:
+    [log] = run_dir.glob("run-*.wandb")
+    keys: set[str] = set()
+    run_id, config = "", {}
+    for record in read_records(log):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif kind == "run":
+            run_id = record.run.run_id
+        elif kind == "config":
+            config |= {item.key: json.loads(item.value_json) for item in record.config.update}
+    return keys, run_id, config
+
+
+def fit(config: Path, *extra: str) -> None:
+    """`sfd fit` in this process, then close the wandb run as the end of the process would."""
+    args = ["fit", "-c", str(config), "-c", str(REPO / "configs" / "wandb.yaml")]
+    grids = ["--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.num_per_condition", "3"]
+    try:
+        assert main([*args, *grids, *extra]) == 0
+    finally:
+        wandb.finish()
+
+
+def test_offline_run_records_losses_grids_config_and_resumes(
+    tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    root = tmp_path / "run"
+    config = write_config(
+        tmp_path / "run.yaml", tiny_run_config(tiny_teacher_dir, root, max_steps=4)
+    )
+    fit(config)
+    [first] = (root / "wandb").glob("offline-run-*")
+    keys, run_id, logged_config = history_keys_and_run(first)
+    assert run_id == (root / RUN_ID_FILE).read_text().strip()
+    missing = [key for key in [*LOSS_TERMS, *MONITORED] if key not in keys]
+    assert not missing, f"not logged: {missing}; logged: {sorted(keys)}"
+    assert {"samples/remain/_type", "samples/forget/_type"} <= keys
+    # The resolved config: the run's own values, as saved in config.yaml.
+    assert logged_config["config"]["model"]["batch_size"] == 2
+    assert logged_config["config"]["trainer"]["max_steps"] == 4
+
+    # Grids: rows = classes (9 remain, 1 forget) x 3 seeds of 8x8 images, at steps 2 and 4.
+    media = sorted((first / "files" / "media" / "images" / "samples").glob("*.png"))
+    assert [p.name.split("_")[0] for p in media].count("remain") == 2
+    assert [p.name.split("_")[0] for p in media].count("forget") == 2
+    remain = np.asarray(Image.open(next(p for p in media if p.name.startswith("remain"))))
+    forget = np.asarray(Image.open(next(p for p in media if p.name.startswith("forget"))))
+    assert remain.shape[:2] == (9 * 8, 3 * 8) and forget.shape[:2] == (1 * 8, 3 * 8)
+    # Fixed seeds: the forget row uses the noise of the first remain row, so at the same
+    # step, class 0's row differs from class 1's only through the label.
+    assert remain.std() > 0
+
+    # Resume: a new process in the same run folder continues the same wandb run.
+    resumed = write_config(
+        tmp_path / "resumed.yaml", tiny_run_config(tiny_teacher_dir, root, max_steps=6)
+    )
+    fit(resumed, "--ckpt_path", "last")
+    runs = sorted((root / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    second = next(run for run in runs if run != first)
+    _, second_id, _ = history_keys_and_run(second)
+    assert second_id == run_id
