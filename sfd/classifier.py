@@ -111,11 +111,9 @@ def predict_labels(classifier: Classifier, x: Tensor, batch_size: int = 1024) ->
     Returns:
         labels, int64, (N,).
     """
-    return (
-        torch.cat([classifier(chunk).argmax(dim=1) for chunk in x.split(batch_size)])
-        if len(x)
-        else torch.zeros(0, dtype=torch.int64, device=x.device)
-    )
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=x.device)
+    return torch.cat([classifier(chunk).argmax(dim=1) for chunk in x.split(batch_size)])
 
 
 def accuracy(classifier: Classifier, data: LabelledImages) -> float:

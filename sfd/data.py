@@ -110,9 +110,14 @@ def load_images(source: str | Path = DIGITS, split: str = "train") -> LabelledIm
     Returns:
         the images (N, C, H, W) uint8 and labels (N,) int64.
     """
+    path = Path(source)
+    is_cifar = path.is_dir() or path.name.endswith((".tar.gz", ".tgz", ".tar"))
+    if split != "train" and not is_cifar:
+        raise SFDConfigError(
+            f"split={split!r} applies to CIFAR-10 archives only; {str(source)!r} has one split"
+        )
     if str(source) == DIGITS:
         return load_digits()
-    path = Path(source)
     if not path.exists():
         raise SFDConfigError(
             f"data source {str(source)!r} is neither 'digits' nor an existing path "
@@ -120,7 +125,7 @@ def load_images(source: str | Path = DIGITS, split: str = "train") -> LabelledIm
         )
     if path.is_file() and path.suffix == ".npz":
         return load_npz(path)
-    if path.is_dir() or path.name.endswith((".tar.gz", ".tgz", ".tar")):
+    if is_cifar:
         return load_cifar10(path, split)
     raise SFDConfigError(
         f"data source {str(source)!r} is not an .npz file, a CIFAR-10 python archive "

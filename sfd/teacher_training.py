@@ -382,7 +382,7 @@ def train_teacher(
         batch_size: images per step.
         lr: peak AdamW learning rate (warm-up, then cosine decay).
         block_out_channels: UNet channels per resolution level (the default is a 0.7 M-parameter
-            UNet for 8×8 images).
+            UNet for 8×8 images); GroupNorm uses gcd(8, channels...) groups.
         null_class: add an unconditional class K for classifier-free guidance.
         seed: seed of the weights, batches, noise and timesteps.
         accelerator: Lightning accelerator ("auto", "cpu", "gpu", ...).
@@ -403,6 +403,8 @@ def train_teacher(
             train.num_classes,
             train.image_shape,
             block_out_channels=tuple(block_out_channels),
+            # Up to 8 GroupNorm groups, as many as divide every level's channels.
+            norm_num_groups=math.gcd(8, *block_out_channels),
             null_class=null_class,
             label_dropout=label_dropout,
             lr=lr,

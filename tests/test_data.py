@@ -183,6 +183,8 @@ def test_cifar_splits(cifar: tuple[Path, Path, tuple[np.ndarray, ...]]) -> None:
     assert len(load_images(archive, split="all")) == 24
     with pytest.raises(SFDConfigError, match="split 'val'"):
         load_images(archive, split="val")
+    with pytest.raises(SFDConfigError, match="applies to CIFAR-10 archives only"):
+        load_images("digits", split="test")
 
 
 def test_cifar_missing_batch(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_teacher_dir: Path, tmp_path: 
 SAVE_SCRIPT = Path(__file__).parent / "scripts" / "slow_save.py"
 
 
-@pytest.mark.parametrize("writer", ["atomic", "plain"])
+@pytest.mark.parametrize("writer", ["atomic", pytest.param("plain", marks=pytest.mark.slow)])
 def test_sigkill_during_save(writer: str, tmp_path: Path) -> None:
     target = tmp_path / "last.ckpt"
     started = tmp_path / "started"
@@ -128,3 +128,25 @@ def wait_for_save(started: Path, process: subprocess.Popen) -> None:
             raise AssertionError(process.stderr.read().decode()[-3000:] if process.stderr else "")
         assert time.monotonic() < deadline, "the slow save never started"
         time.sleep(0.02)
+
+
+def test_sfd_fit_writes_checkpoints_atomically_by_default(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from sfd.checkpoint_io import AtomicCheckpointIO
+    from sfd.strategies import AlternatingDDPStrategy
+    from sfd.training_cli import sfd_lightning_cli
+
+    config = write_config(tmp_path / "run.yaml", tiny_run_config(tiny_teacher_dir, tmp_path))
+    ddp = Path(__file__).parents[1] / "configs" / "ddp.yaml"
+    cli = sfd_lightning_cli(["-c", str(config)], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    cli = sfd_lightning_cli(["-c", str(config), "-c", str(ddp)], run=False)
+    assert isinstance(cli.trainer.strategy, AlternatingDDPStrategy)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    # A checkpoint writer the user configures is kept.
+    plugin = ["--trainer.plugins", "lightning.pytorch.plugins.io.TorchCheckpointIO"]
+    cli = sfd_lightning_cli(["-c", str(config), *plugin], run=False)
+    assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO

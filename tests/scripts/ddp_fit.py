@@ -89,6 +89,8 @@ def build_strategy(name: str) -> Any:
         return "auto"
     if name == "sfd_ddp":
         return CountingAlternatingDDP(process_group_backend="gloo")
+    if name == "ddp":
+        return pl.strategies.DDPStrategy(process_group_backend="gloo")
     if name == "ddp_find_unused":
         return pl.strategies.DDPStrategy(process_group_backend="gloo", find_unused_parameters=True)
     raise ValueError(f"unknown strategy {name!r}")
@@ -102,7 +104,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="per device")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
-        "--strategy", choices=["single", "sfd_ddp", "ddp_find_unused"], default="single"
+        "--strategy", choices=["single", "sfd_ddp", "ddp", "ddp_find_unused"], default="single"
     )
     parser.add_argument("--precision", default="32-true")
     parser.add_argument(
