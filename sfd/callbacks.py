@@ -28,8 +28,9 @@ class SampleGrids(Callback):
 
     The (EMA) generator renders the same noise each time, so successive grids show how the
     model changes. With class conditions each row is one class (all remain classes, all forget
-    classes); with other condition samplers the conditions are drawn once from the module's
-    sampler at `seed`, one row per condition. Grids are logged to every `WandbLogger`
+    classes); with other condition samplers (e.g. text) the module's sampler draws one
+    condition per image at `seed` (num_conditions rows of num_per_condition). Latent generators (4 channels) show their first three
+    latent channels as RGB. Grids are logged to every `WandbLogger`
     (keys `samples/remain`, `samples/forget`) and written as PNGs under
     `<default_root_dir>/samples/`.
 
@@ -112,6 +113,8 @@ class SampleGrids(Callback):
         for kind, cond in (("remain", remain), ("forget", forget)):
             count = rows[kind] * self.num_per_condition
             x_g = generator(noise[:count], cond)  # (rows·num_per_condition, C, H, W)
+            if x_g.shape[1] not in (1, 3):
+                x_g = x_g[:, :3]  # latent models (no decoder here): first 3 channels as RGB
             grids[kind] = image_grid(to_uint8(x_g), rows=rows[kind])
         generator.train(was_training)
         return grids

@@ -33,6 +33,8 @@ def sample_grid_to_file(
     from sfd.export import load_pipeline
 
     pipeline = load_pipeline(generator_dir).to(device)
+    if "num_classes" not in pipeline.config:
+        raise SFDConfigError(f"{generator_dir!r} is a text-to-image generator; pass --prompt")
     num_classes = pipeline.config.num_classes
     if labels is None:
         if num_classes is None:

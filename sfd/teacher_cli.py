@@ -6,6 +6,7 @@ training, rank zero writes the diffusers folder to `--output_dir`.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -66,12 +67,37 @@ def teacher_lightning_cli(args: list[str], run: bool = True) -> TeacherCLI:
     Returns:
         the LightningCLI (its `.model`, `.datamodule`, `.trainer` and `.config`).
     """
-    return TeacherCLI(
-        DDPMTeacherModule,
-        TeacherDataModule,
-        args=args,
-        run=run,
-        trainer_defaults={"default_root_dir": "runs/teacher_training", "max_steps": 3000},
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-    )
+    with warnings.catch_warnings():
+        # `args` is how the `sfd` console script hands over its command line, on purpose.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        return TeacherCLI(
+            DDPMTeacherModule,
+            TeacherDataModule,
+            args=args,
+            run=run,
+            trainer_defaults={"default_root_dir": "runs/teacher_training", "max_steps": 3000},
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+        )
+
+
+class _ParseOnlyTeacherCLI(TeacherCLI):
+    def instantiate_classes(self) -> None:  # parse and type-check, load nothing
+        return None
+
+
+def parse_teacher_config(args: list[str]) -> Any:
+    """Parse and type-check an `sfd teacher` command line without loading data or models.
+
+    Args:
+        args: e.g. ["-c", "configs/teacher_digits.yaml"] (no subcommand).
+
+    Returns:
+        the parsed jsonargparse namespace.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        cli = _ParseOnlyTeacherCLI(
+            DDPMTeacherModule, TeacherDataModule, args=args, run=False, seed_everything_default=0
+        )
+    return cli.config

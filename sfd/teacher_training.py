@@ -178,7 +178,7 @@ class DDPMTeacherModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        total = self.trainer.max_steps if self.trainer is not None else -1
+        total = self.trainer.max_steps  # -1 when training is bounded by epochs: no decay
         warmup = max(1, self.hparams.warmup_steps)
 
         def factor(step: int) -> float:
@@ -426,3 +426,10 @@ def train_teacher(
     if train.class_names is not None:
         extra["class_names"] = list(train.class_names)
     return save_teacher(module, output_dir, extra)
+
+
+def parse_teacher_config(args: list[str]) -> Any:
+    """Parse and type-check an `sfd teacher` command line (see `sfd.teacher_cli`)."""
+    from sfd.teacher_cli import parse_teacher_config as parse
+
+    return parse(args)

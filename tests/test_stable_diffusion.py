@@ -389,6 +389,7 @@ def test_sfd_iterations_export_reload_and_sample(
         generator=torch.Generator().manual_seed(1),
         output_type="pt",
     ).images
+    assert main(["sample", str(out), "--output", str(png)]) == 2  # no --prompt: a clear error
     grid = np.asarray(Image.open(png))
     assert grid.shape == (2 * 16, 3 * 16, 3)
     assert np.array_equal(grid, np.asarray(image_grid(to_uint8(expected), rows=2)))
