@@ -4,11 +4,13 @@ scaler (16-mixed) both optimizers' gradients are unscaled before they are clippe
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
@@ -22,7 +24,16 @@ from sfd.sigma import UniformTimestepSigma  # noqa: E402
 from sfd.teachers import PretrainedVPTeacher  # noqa: E402
 
 
-def test_bf16_mixed_fit_on_cpu(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """In-process fits use one thread, like the subprocess tests (the machine may be shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bf16_mixed_fit_on_cpu(tiny_teacher_dir: Path, tmp_path: Path, one_thread: None) -> None:
     root = tmp_path / "run"
     config = tiny_run_config(tiny_teacher_dir, root, max_steps=2, checkpoint_every=2)
     config["trainer"]["precision"] = "bf16-mixed"
@@ -82,7 +93,7 @@ def update_norm(teacher_dir: Path, module_class: type[SFDModule], plugins: list[
 
 
 def test_gradient_scaler_unscales_before_clipping_for_both_optimizers(
-    tiny_teacher_dir: Path,
+    tiny_teacher_dir: Path, one_thread: None
 ) -> None:
     # 16-mixed with a real GradScaler on CPU (fp16 autocast) goes through the same precision
     # plugin calls as on a GPU. A scale of 256 keeps the tiny model's fp16 gradients finite.

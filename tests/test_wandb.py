@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import wandb
 from PIL import Image
 
@@ -59,18 +61,31 @@ def fit(config: Path, *extra: str) -> None:
         wandb.finish()
 
 
-def test_offline_run_records_losses_grids_config_and_resumes(
-    tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """In-process fits use one thread, like the subprocess tests (the machine may be shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_offline_run_records_losses_grids_and_config(
+    tiny_teacher_dir: Path, tmp_path: Path, offline: None, one_thread: None
+) -> None:
     root = tmp_path / "run"
     config = write_config(
         tmp_path / "run.yaml", tiny_run_config(tiny_teacher_dir, root, max_steps=4)
     )
     fit(config)
-    [first] = (root / "wandb").glob("offline-run-*")
-    keys, run_id, logged_config = history_keys_and_run(first)
+    [run] = (root / "wandb").glob("offline-run-*")
+    keys, run_id, logged_config = history_keys_and_run(run)
     assert run_id == (root / RUN_ID_FILE).read_text().strip()
     missing = [key for key in [*LOSS_TERMS, *MONITORED] if key not in keys]
     assert not missing, f"not logged: {missing}; logged: {sorted(keys)}"
@@ -79,22 +94,30 @@ def test_offline_run_records_losses_grids_config_and_resumes(
     assert logged_config["config"]["model"]["batch_size"] == 2
     assert logged_config["config"]["trainer"]["max_steps"] == 4
 
-    # Grids: rows = classes (9 remain, 1 forget) x 3 seeds of 8x8 images, at steps 2 and 4.
-    media = sorted((first / "files" / "media" / "images" / "samples").glob("*.png"))
-    assert [p.name.split("_")[0] for p in media].count("remain") == 2
-    assert [p.name.split("_")[0] for p in media].count("forget") == 2
+    # Grids at steps 2 and 4: rows = classes (9 remain, 1 forget) x 3 seeds of 8x8 images.
+    media = sorted((run / "files" / "media" / "images" / "samples").glob("*.png"))
+    kinds = [path.name.split("_")[0] for path in media]
+    assert kinds.count("remain") == 2 and kinds.count("forget") == 2
     remain = np.asarray(Image.open(next(p for p in media if p.name.startswith("remain"))))
     forget = np.asarray(Image.open(next(p for p in media if p.name.startswith("forget"))))
     assert remain.shape[:2] == (9 * 8, 3 * 8) and forget.shape[:2] == (1 * 8, 3 * 8)
-    # Fixed seeds: the forget row uses the noise of the first remain row, so at the same
-    # step, class 0's row differs from class 1's only through the label.
     assert remain.std() > 0
+    # The same grids are written as PNGs in the run folder, one per kind and step.
+    pngs = sorted(path.name for path in (root / "samples").glob("*.png"))
+    assert pngs == [
+        f"{kind}_step{step:07d}.png" for kind in ("forget", "remain") for step in (2, 4)
+    ]
 
-    # Resume: a new process in the same run folder continues the same wandb run.
-    resumed = write_config(
-        tmp_path / "resumed.yaml", tiny_run_config(tiny_teacher_dir, root, max_steps=6)
-    )
-    fit(resumed, "--ckpt_path", "last")
+
+def test_resumed_run_continues_the_same_wandb_run(
+    tiny_teacher_dir: Path, tmp_path: Path, offline: None, one_thread: None
+) -> None:
+    root = tmp_path / "run"
+    fit(write_config(tmp_path / "a.yaml", tiny_run_config(tiny_teacher_dir, root, max_steps=4)))
+    [first] = (root / "wandb").glob("offline-run-*")
+    _, run_id, _ = history_keys_and_run(first)
+    resumed = tiny_run_config(tiny_teacher_dir, root, max_steps=6)
+    fit(write_config(tmp_path / "b.yaml", resumed), "--ckpt_path", "last")
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     second = next(run for run in runs if run != first)
