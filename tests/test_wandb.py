@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,11 +37,23 @@ MONITORED = [
 ]
 
 
-def history_keys_and_run(run_dir: Path) -> tuple[set[str], str, dict]:
+def complete_records(run_dir: Path, timeout: float = 60) -> list:
+    """The records of an offline run, once wandb's writer has flushed its final `exit` record
+    (it may still be writing when `wandb.finish()` returns)."""
     [log] = run_dir.glob("run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(read_records(log))
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            return records
+        assert time.monotonic() < deadline, f"{log} has no exit record after {timeout} s"
+        time.sleep(0.1)
+
+
+def history_keys_and_run(run_dir: Path) -> tuple[set[str], str, dict]:
     keys: set[str] = set()
     run_id, config = "", {}
-    for record in read_records(log):
+    for record in complete_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}

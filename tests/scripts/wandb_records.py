@@ -35,6 +35,8 @@ def read_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
         _, length, kind = CHUNK_HEADER.unpack_from(data, offset)
         if kind == 0 and length == 0:
             break  # preallocated, unwritten space
+        if offset + CHUNK_HEADER.size + length > len(data):
+            break  # a chunk still being written
         chunk = data[offset + CHUNK_HEADER.size : offset + CHUNK_HEADER.size + length]
         offset += CHUNK_HEADER.size + length
         if kind in (FULL, FIRST):
