@@ -46,9 +46,9 @@ from sfd.teachers.unet import PretrainedVPTeacher
 class SFDSettings:
     """The demo's SFD hyperparameters (passed to `SFDModule`; the module's math is unchanged)."""
 
-    iterations: int = 600
+    iterations: int = 300
     batch_size: int = 64
-    lr: float = 1e-4
+    lr: float = 3e-4
     alpha: float = 1.2
     sigma_init: float = 2.5
     t_min: int = 38
@@ -57,7 +57,7 @@ class SFDSettings:
     lambda_sg_forget: float = 1.0
     lambda_g_remain: float = 1.0
     lambda_g_forget: float = 1.0
-    ema_decay: float = 0.99
+    ema_decay: float = 0.98
     grad_clip_value: float = 1.0
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sfd.errors import SFDConfigError
+from sfd.folders import write_folder_atomically
 from sfd.generator import OneStepGenerator
 from sfd.module import GENERATOR_SPEC_KEY
 from sfd.pipeline import OneStepPipeline
@@ -72,19 +71,12 @@ def save_generator(
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise SFDConfigError(f"output folder {str(output_dir)!r} exists and is not empty")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        text = isinstance(generator.denoiser, StableDiffusionDenoiser)
-        pipeline_class = OneStepTextPipeline if text else OneStepPipeline
-        pipeline_class.from_generator(generator).save_pretrained(staging, safe_serialization=True)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return output_dir
+    text = isinstance(generator.denoiser, StableDiffusionDenoiser)
+    pipeline_class = OneStepTextPipeline if text else OneStepPipeline
+    pipeline = pipeline_class.from_generator(generator)
+    return write_folder_atomically(
+        output_dir, lambda staging: pipeline.save_pretrained(staging, safe_serialization=True)
+    )
 
 
 def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:

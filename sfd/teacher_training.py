@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from sfd.data import DIGITS, LabelledImages, load_images, train_heldout_split
 from sfd.errors import SFDConfigError
+from sfd.folders import write_folder_atomically
 from sfd.teachers.unet import SFD_CONFIG_NAME
 
 DEFAULT_BLOCK_OUT_CHANNELS = (32, 64)
@@ -333,29 +332,22 @@ def save_teacher(
     output_dir = check_output_dir(output_dir)
     unet = copy.deepcopy(module.export_unet()).to("cpu").eval()
     scheduler = DDPMScheduler.from_config(module.scheduler.config)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(
-            staging, safe_serialization=True
-        )
-        sfd_config = {
-            "num_classes": module.num_classes,
-            "null_class": module.null_class,
-            "image_shape": list(module.hparams.image_shape),
-            "parameters": sum(p.numel() for p in unet.parameters()),
-            "ema": module.ema_unet is not None,
-            "global_step": module.global_step,
-            **(extra or {}),
-        }
+    sfd_config = {
+        "num_classes": module.num_classes,
+        "null_class": module.null_class,
+        "image_shape": list(module.hparams.image_shape),
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "ema": module.ema_unet is not None,
+        "global_step": module.global_step,
+        **(extra or {}),
+    }
+
+    def write(staging: Path) -> None:
+        pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
+        pipeline.save_pretrained(staging, safe_serialization=True)
         (staging / SFD_CONFIG_NAME).write_text(json.dumps(sfd_config, indent=2) + "\n")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return output_dir
+
+    return write_folder_atomically(output_dir, write)
 
 
 def train_teacher(
