@@ -8,43 +8,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from sd_fixtures import clip_tokenizer_files  # noqa: E402
+from sd_fixtures import save_tiny_clip  # noqa: E402
 from torchmetrics.multimodal.clip_score import CLIPScore  # noqa: E402
-from transformers import (  # noqa: E402
-    CLIPConfig,
-    CLIPImageProcessor,
-    CLIPModel,
-    CLIPProcessor,
-    CLIPTokenizer,
-)
+from transformers import CLIPModel, CLIPProcessor  # noqa: E402
 
-torch.manual_seed(0)
-config = CLIPConfig(
-    text_config=dict(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-    ),
-    vision_config=dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    ),
-    projection_dim=16,
-)
-folder = Path(tempfile.mkdtemp()) / "clip"
-CLIPModel(config).save_pretrained(folder)
-tokenizer = CLIPTokenizer.from_pretrained(clip_tokenizer_files(), model_max_length=77)
-image_processor = CLIPImageProcessor(
-    size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-)
-CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+folder = save_tiny_clip(Path(tempfile.mkdtemp()) / "clip")
 
 images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
 prompts = ["a photo of a cat", "a dog"]

@@ -34,8 +34,9 @@ from sfd.evaluation import (
 )
 from sfd.export import load_generator, save_generator
 from sfd.forgetting_curve import ForgettingCurve
-from sfd.metrics import feature_distances, images_to_uint8
+from sfd.metrics import feature_distances
 from sfd.module import SFDModule
+from sfd.pipeline import images_to_uint8
 from sfd.report import DemoResults, write_report
 from sfd.sigma import UniformTimestepSigma
 from sfd.teacher_training import train_teacher

@@ -23,11 +23,11 @@ from sfd.errors import SFDConfigError
 from sfd.generator import OneStepGenerator
 from sfd.metrics import (
     feature_distances,
-    images_to_uint8,
     label_histogram,
     per_class_accuracy,
     unlearning_accuracy,
 )
+from sfd.pipeline import images_to_uint8
 from sfd.teachers.base import Denoiser
 
 LIBRARIES = ("torch", "diffusers", "lightning", "torchmetrics", "numpy", "scikit-learn", "sfd")

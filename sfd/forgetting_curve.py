@@ -11,7 +11,8 @@ from torch import nn
 
 from sfd.errors import SFDConfigError
 from sfd.evaluation import class_noise, classify
-from sfd.metrics import images_to_uint8, unlearning_accuracy
+from sfd.metrics import unlearning_accuracy
+from sfd.pipeline import images_to_uint8
 
 
 @dataclass

@@ -57,11 +57,6 @@ def per_class_accuracy(predicted: Tensor, labels: Tensor, classes: list[int]) ->
     return accuracy
 
 
-def images_to_uint8(images: Tensor) -> Tensor:
-    """Model-space images in [-1, 1] (B, C, H, W) to uint8 [0, 255], the way a PNG stores them."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 class ClassifierFeatures(nn.Module):
     """The evaluation classifier's penultimate layer as a torchmetrics `feature=` module.
 

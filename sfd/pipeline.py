@@ -156,7 +156,11 @@ class OneStepPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=output) if return_dict else (output,)
 
 
+def images_to_uint8(images: Tensor) -> Tensor:
+    """Model-space images in [-1, 1] (B, C, H, W) to uint8 [0, 255], the way a PNG stores them."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(images: Tensor) -> np.ndarray:
     """[-1, 1] images (B, C, H, W) to uint8 arrays (B, H, W, C)."""
-    scaled = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return scaled.permute(0, 2, 3, 1).cpu().numpy()
+    return images_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()

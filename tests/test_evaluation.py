@@ -26,11 +26,11 @@ from sfd.evaluation import (
 from sfd.metrics import (
     ClassifierFeatures,
     feature_distances,
-    images_to_uint8,
     label_histogram,
     per_class_accuracy,
     unlearning_accuracy,
 )
+from sfd.pipeline import images_to_uint8
 from sfd.teachers.base import Denoiser, sigmas_from_alphas_cumprod
 
 NUM_CLASSES = 10
