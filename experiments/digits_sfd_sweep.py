@@ -1,37 +1,39 @@
 """Try SFD settings on one cached digits teacher and classifier (the demo's SFD phase only).
 
     python experiments/digits_sfd_sweep.py --teacher DIR --classifier DIR \
-        "lr3e-4:lr=3e-4,iterations=300" "b32:batch_size=32,iterations=600" ...
+        "lr1e-4:model.fake_optimizer.init_args.lr=1e-4,model.generator_optimizer.init_args.lr=1e-4" \
+        "long:trainer.max_steps=600,model.ema_decay=0.99" ...
 
-Each argument is `name:field=value,...` over `sfd.demo.SFDSettings`. Prints UA, remain accuracy,
-remain FID (ratio to the teacher's DDIM-50 FID), the first iteration with UA >= 95 %, and the
-training wall time; appends one JSON line per run to --results.
+Each argument is `name:key=value,...` over the demo's SFD configuration (the packaged preset
+sfd/apps/demo/sfd_digits.yaml; keys as in `sfd fit`, e.g. model.alpha, trainer.max_steps).
+Prints UA, remain accuracy, remain FID (ratio to the teacher's DDIM-50 FID), the first iteration
+with UA >= 95 %, and the training wall time; appends one JSON line per run to --results.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-from sfd.classifier import load_classifier
-from sfd.data import load_images, train_heldout_split
-from sfd.demo import DemoSettings, SFDSettings, train_sfd
-from sfd.evaluation import ddim_sampler, evaluate_sampler, one_step_sampler
-from sfd.forgetting_curve import ForgettingCurve, first_iteration_reaching
+from sfd.apps.data import load_images, train_heldout_split
+from sfd.apps.demo.run import DemoSettings, train_sfd
+from sfd.eval.classifier import load_classifier
+from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, one_step_sampler
+from sfd.eval.forgetting_curve import ForgettingCurve, first_iteration_reaching
 from sfd.teachers.unet import PretrainedVPTeacher
+from sfd.training.cli import parse_fit_config
 
 
-def parse(spec: str) -> tuple[str, SFDSettings]:
+def parse(spec: str) -> tuple[str, list[str]]:
+    """`name:key=value,...` -> (name, ["--key", "value", ...])."""
     name, _, assignments = spec.partition(":")
-    types = {f.name: f.type for f in dataclasses.fields(SFDSettings)}
-    values = {}
+    args = []
     for item in filter(None, assignments.split(",")):
         key, _, value = item.partition("=")
-        values[key] = int(value) if types[key] in ("int", int) else float(value)
-    return name, SFDSettings(**values)
+        args += [f"--{key}", value]
+    return name, args
 
 
 def main() -> None:
@@ -76,28 +78,30 @@ def main() -> None:
             flush=True,
         )
     for spec in options.configs:
-        name, sfd = parse(spec)
+        name, sfd_args = parse(spec)
         settings = DemoSettings(
-            forget=options.forget, override=options.override, sfd=sfd, progress=False
+            forget=options.forget, override=options.override, sfd_args=sfd_args, progress=False
         )
-        curve = ForgettingCurve(classifier, k, [options.forget], max(1, sfd.iterations // 20))
+        config = parse_fit_config(settings.sfd_command_line(options.teacher), one_line_errors=True)
+        iterations = config.trainer.max_steps
+        curve = ForgettingCurve(classifier, k, [options.forget], max(1, iterations // 20))
         start = time.perf_counter()
         module = train_sfd(
-            teacher, settings, sfd.iterations, True, curve, Path("/tmp/sfd-sweep-logs") / name
+            settings, options.teacher, True, curve, Path("/tmp/sfd-sweep-logs") / name
         )
         seconds = time.perf_counter() - start
         result = evaluate(one_step_sampler(module.export_generator))
         first = first_iteration_reaching(curve.as_dicts(), 0.95)
         row = {
             "name": name,
-            "settings": dataclasses.asdict(sfd),
+            "settings": {"iterations": iterations, "model": config.model.as_dict()},
             "ua": result.ua,
             "forget_as_override": result.forget_as_override,
             "remain_accuracy": result.remain_accuracy,
             "fid_remain": result.fid_remain,
             "teacher_fid": teacher_fid,
             "fid_ratio": result.fid_remain / teacher_fid,
-            "first_ua95_fraction": None if first is None else first / sfd.iterations,
+            "first_ua95_fraction": None if first is None else first / iterations,
             "train_seconds": seconds,
             "curve": curve.as_dicts(),
         }

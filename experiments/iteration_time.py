@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import save_tiny_teacher  # noqa: E402
 
-from sfd.conditions import ClassConditions  # noqa: E402
-from sfd.module import SFDModule  # noqa: E402
-from sfd.sigma import UniformTimestepSigma  # noqa: E402
+from sfd.core.conditions import ClassConditions  # noqa: E402
+from sfd.core.module import SFDModule  # noqa: E402
+from sfd.core.sigma import UniformTimestepSigma  # noqa: E402
 from sfd.teachers import PretrainedVPTeacher  # noqa: E402
 
 

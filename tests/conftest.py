@@ -15,6 +15,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+SCRIPTS = REPO / "tests" / "scripts"  # subprocess entry points and YAML-loadable test helpers
 
 
 def tiny_unet(
@@ -75,3 +76,36 @@ def fit_args(teacher_dir: Path, run_dir: Path, *extra: str) -> list[str]:
         "false",
         *extra,
     ]
+
+
+# --- Stable Diffusion: tiny random pipelines with the real CLIP tokenizer ------------------------
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny networks run fastest, and unaffected by a loaded machine, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def sd_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny ε- (PNDM scheduler, SD 1.x style) and v-prediction (SD 2.x style) pipeline folders."""
+    from sd_fixtures import clip_tokenizer_files, save_tiny_sd_pipeline
+
+    try:
+        clip_tokenizer_files()
+    except RuntimeError as error:
+        pytest.skip(f"the CLIP BPE vocabulary is not cached and cannot be downloaded: {error}")
+    root = tmp_path_factory.mktemp("sd")
+    return {kind: save_tiny_sd_pipeline(root / kind, kind) for kind in ("epsilon", "v_prediction")}
+
+
+@pytest.fixture(scope="session")
+def sd_teacher(sd_dirs: dict[str, Path]):
+    """The tiny ε-prediction pipeline as a `StableDiffusionTeacher` (shared: do not train it)."""
+    from sfd.teachers import StableDiffusionTeacher
+
+    return StableDiffusionTeacher(str(sd_dirs["epsilon"]))

@@ -83,15 +83,10 @@ def clip_tokenizer_files() -> Path:
     return folder
 
 
-def save_tiny_sd_pipeline(path: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """Write a tiny random Stable Diffusion folder (no safety checker) with a real CLIP tokenizer.
-
-    Latents are 4×8×8 (images 16×16 through a 2-level VAE); text embeddings are 77×32.
-    """
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
+def tiny_sd_unet(seed: int = 0) -> UNet2DConditionModel:
+    """A tiny random latent UNet: 4×8×8 latents, cross-attention on 32-d text embeddings."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -103,6 +98,16 @@ def save_tiny_sd_pipeline(path: Path, prediction_type: str = "epsilon", seed: in
         attention_head_dim=8,
         norm_num_groups=8,
     )
+
+
+def save_tiny_sd_pipeline(path: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """Write a tiny random Stable Diffusion folder (no safety checker) with a real CLIP tokenizer.
+
+    Latents are 4×8×8 (images 16×16 through a 2-level VAE); text embeddings are 77×32.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    unet = tiny_sd_unet(seed)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -184,3 +189,17 @@ def save_tiny_clip(path: Path, seed: int = 0) -> Path:
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+NEGATIVE = "blurry, lowres"
+
+
+def celebrity_conditions(negative_prompt: str | None = None):
+    """Two concept pairs over two templates (4 forget prompts), with an optional negative prompt."""
+    from sfd.core.conditions import PromptConditions
+
+    return PromptConditions(
+        {"Brad Pitt": "a middle aged man", "angelina jolie": "a middle aged woman"},
+        templates=["a photo of {concept}", "{concept} holding a coffee cup"],
+        negative_prompt=negative_prompt,
+    )

@@ -1,31 +1,71 @@
-"""Every pretrained model enters `sfd` here, as a σ-space denoiser D(x, sigma, cond) -> x0_hat."""
+"""Every pretrained model enters `sfd` here, as a σ-space denoiser D(x, sigma, cond) -> x0_hat.
 
-from sfd.teachers.base import (
-    Denoiser,
-    prediction_from_x0,
-    sigma_to_t,
-    sigmas_from_alphas_cumprod,
-    t_to_sigma,
-    x0_from_prediction,
-)
+A new kind of teacher is a `Denoiser` subclass in this package with a `kind` tag, `spec()` and
+`from_spec()`, plus one entry in `DENOISER_KINDS` (and, to export it, one entry in
+`sfd.pipelines.io.PIPELINE_FOR_KIND`).
+"""
+
+from typing import Any
+
+from sfd.errors import SFDConfigError
+from sfd.teachers.base import Denoiser
 from sfd.teachers.edm import EDMDenoiser
+from sfd.teachers.stable_diffusion import (
+    StableDiffusionDenoiser,
+    StableDiffusionLoRAFakeScore,
+    StableDiffusionTeacher,
+)
 from sfd.teachers.unet import (
     EDMUNetDenoiser,
     PretrainedEDMTeacher,
     PretrainedVPTeacher,
     VPUNetDenoiser,
 )
+from sfd.teachers.vp import (
+    PREDICTION_TYPES,
+    VPDenoiser,
+    check_prediction_type,
+    prediction_from_x0,
+    sigma_to_t,
+    sigmas_from_alphas_cumprod,
+    t_to_sigma,
+    vp_input_scale,
+    x0_from_prediction,
+)
+
+# The `kind` tag written by `Denoiser.spec()` -> the class whose `from_spec` rebuilds it.
+DENOISER_KINDS: dict[str, type[Denoiser]] = {
+    cls.kind: cls for cls in (VPUNetDenoiser, EDMUNetDenoiser, StableDiffusionDenoiser)
+}
+
+
+def denoiser_from_spec(spec: dict[str, Any]) -> Denoiser:
+    """Rebuild a denoiser's architecture (random weights) from its `spec()`."""
+    kind = spec.get("kind")
+    if kind not in DENOISER_KINDS:
+        raise SFDConfigError(f"unknown denoiser kind {kind!r}; known: {sorted(DENOISER_KINDS)}")
+    return DENOISER_KINDS[kind].from_spec(spec)
+
 
 __all__ = [
+    "DENOISER_KINDS",
+    "PREDICTION_TYPES",
     "Denoiser",
     "EDMDenoiser",
     "EDMUNetDenoiser",
     "PretrainedEDMTeacher",
     "PretrainedVPTeacher",
+    "StableDiffusionDenoiser",
+    "StableDiffusionLoRAFakeScore",
+    "StableDiffusionTeacher",
+    "VPDenoiser",
     "VPUNetDenoiser",
+    "check_prediction_type",
+    "denoiser_from_spec",
     "prediction_from_x0",
     "sigma_to_t",
     "sigmas_from_alphas_cumprod",
     "t_to_sigma",
+    "vp_input_scale",
     "x0_from_prediction",
 ]

@@ -8,8 +8,7 @@ the fake score, optimised, or written to a training checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import diffusers
 import torch
@@ -18,75 +17,16 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError
-from sfd.teachers.base import (
-    Denoiser,
-    sigma_to_t,
-    sigmas_from_alphas_cumprod,
-    vp_input_scale,
-    x0_from_prediction,
-)
 from sfd.teachers.lora import add_lora, keep_only_trainable
+from sfd.teachers.vp import VPDenoiser
 
 ATTENTION_BACKENDS = ("sdpa", "eager")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-@dataclass(eq=False)  # tensors have no single truth value
-class TextCondition:
-    """A batch of text conditions: prompt embeddings plus the negative-prompt embeddings for CFG.
-
-    Attributes:
-        prompt_embeds: text-encoder hidden states of the prompts, (B, L, D).
-        negative_embeds: those of the negative prompt (the empty prompt if none), (B, L, D).
-        prompts: the prompt strings, for logging (optional), length B.
-    """
+class _PromptBatch(NamedTuple):
+    """The conditional and null prompt embeddings of one guidance call, stacked (2B, L, D)."""
 
     prompt_embeds: Tensor
-    negative_embeds: Tensor
-    prompts: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.prompt_embeds.shape != self.negative_embeds.shape:
-            raise ValueError(
-                f"prompt_embeds {tuple(self.prompt_embeds.shape)} and negative_embeds "
-                f"{tuple(self.negative_embeds.shape)} must have the same shape (B, L, D)"
-            )
-        if self.prompts is not None and len(self.prompts) != len(self.prompt_embeds):
-            raise ValueError(
-                f"{len(self.prompts)} prompts for {len(self.prompt_embeds)} embeddings"
-            )
-
-    def __len__(self) -> int:
-        return self.prompt_embeds.shape[0]
-
-    def __getitem__(self, index: slice | Tensor) -> TextCondition:
-        prompts = None
-        if self.prompts is not None:
-            picked = range(len(self))[index] if isinstance(index, slice) else index.tolist()
-            prompts = tuple(self.prompts[i] for i in picked)
-        return TextCondition(self.prompt_embeds[index], self.negative_embeds[index], prompts)
-
-    def to(self, device: torch.device | str) -> TextCondition:
-        """The same condition with its tensors on `device`."""
-        return TextCondition(
-            self.prompt_embeds.to(device), self.negative_embeds.to(device), self.prompts
-        )
-
-    def null(self) -> TextCondition:
-        """The guidance null condition: the negative prompt in place of every prompt."""
-        prompts = None if self.prompts is None else ("<negative>",) * len(self)
-        return TextCondition(self.negative_embeds, self.negative_embeds, prompts)
-
-    def where(self, drop: Tensor, null: TextCondition) -> TextCondition:
-        """Take `null`'s prompt where `drop` (B,) is True (condition dropout)."""
-        embeds = torch.where(drop.reshape(-1, 1, 1), null.prompt_embeds, self.prompt_embeds)
-        prompts = None
-        if self.prompts is not None and null.prompts is not None:
-            prompts = tuple(
-                n if d else p
-                for p, n, d in zip(self.prompts, null.prompts, drop.tolist(), strict=True)
-            )
-        return TextCondition(embeds, self.negative_embeds, prompts)
 
 
 def set_attention_backend(unet: UNet2DConditionModel, attention: str) -> None:
@@ -107,11 +47,13 @@ def scheduler_from_config(config: dict[str, Any]) -> SchedulerMixin:
     return scheduler_class.from_config(config)
 
 
-class StableDiffusionDenoiser(Denoiser):
+class StableDiffusionDenoiser(VPDenoiser):
     """A discrete VP `UNet2DConditionModel` on VAE latents as a σ-space denoiser D(x, σ, text).
 
-    The network sees x_t = x / sqrt(1 + σ²) at the continuous timestep t(σ) and the prompt
-    embeddings as `encoder_hidden_states`; its ε- or v-prediction is converted to x0_hat.
+    The network sees the prompt embeddings as `encoder_hidden_states`; the σ table, t(σ) and the
+    ε / v conversion come from `VPDenoiser`. A text condition is any object with
+    `prompt_embeds` (B, L, D) and `null()` (its guidance null condition), such as
+    `sfd.core.conditions.TextCondition`.
 
     Args:
         unet: the latent-space network.
@@ -122,6 +64,8 @@ class StableDiffusionDenoiser(Denoiser):
         revision: hub revision of `pipeline`.
     """
 
+    kind = "stable_diffusion"
+
     def __init__(
         self,
         unet: UNet2DConditionModel,
@@ -130,40 +74,26 @@ class StableDiffusionDenoiser(Denoiser):
         pipeline: str | None = None,
         revision: str | None = None,
     ) -> None:
-        super().__init__()
-        if prediction_type not in PREDICTION_TYPES:
-            raise SFDConfigError(
-                f"prediction_type {prediction_type!r} is not supported; allowed: {PREDICTION_TYPES}"
-            )
+        super().__init__(scheduler_config, prediction_type)
         self.unet = unet
-        self.scheduler_config = dict(scheduler_config)
-        self.prediction_type = prediction_type
         self.pipeline = pipeline
         self.revision = revision
-        alphas_cumprod = DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod
-        self.register_buffer("sigmas", sigmas_from_alphas_cumprod(alphas_cumprod), persistent=False)
         size = unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         self.sample_shape = (unet.config.in_channels, height, width)
 
-    @property
-    def sigma_table(self) -> Tensor:
-        return self.sigmas
+    def predict(self, x_t: Tensor, timestep: Tensor, cond: Any) -> Tensor:
+        if not isinstance(getattr(cond, "prompt_embeds", None), Tensor):
+            raise TypeError(
+                f"a Stable Diffusion denoiser needs a text condition (prompt_embeds), got {type(cond)}"
+            )
+        embeds = cond.prompt_embeds.to(device=x_t.device, dtype=self.unet.dtype)  # (B, L, D)
+        return self.unet(x_t.to(self.unet.dtype), timestep, encoder_hidden_states=embeds).sample
 
-    def denoise(self, x: Tensor, sigma: Tensor, cond: TextCondition) -> Tensor:
-        if not isinstance(cond, TextCondition):
-            raise TypeError(f"a Stable Diffusion denoiser needs a TextCondition, got {type(cond)}")
-        timestep = sigma_to_t(sigma, self.sigmas)  # (B,)
-        sigma = sigma.reshape(-1, 1, 1, 1)
-        x_t = (x * vp_input_scale(sigma)).to(self.unet.dtype)  # (B, 4, h, w)
-        embeds = cond.prompt_embeds.to(device=x.device, dtype=self.unet.dtype)  # (B, L, D)
-        prediction = self.unet(x_t, timestep, encoder_hidden_states=embeds).sample
-        return x0_from_prediction(prediction.float(), x.float(), sigma, self.prediction_type)
-
-    def null_condition(self, cond: TextCondition) -> TextCondition:
+    def null_condition(self, cond: Any) -> Any:
         return cond.null()
 
-    def guided(self, x: Tensor, sigma: Tensor | float, cond: TextCondition, scale: float) -> Tensor:
+    def guided(self, x: Tensor, sigma: Tensor | float, cond: Any, scale: float) -> Tensor:
         """Classifier-free guidance with the conditional and null halves in one UNet batch (2B).
 
         One call instead of two halves the kernel launches and, under autocast, the bf16 weight
@@ -173,10 +103,7 @@ class StableDiffusionDenoiser(Denoiser):
             return self(x, sigma, cond)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
         null = self.null_condition(cond)
-        both = TextCondition(
-            torch.cat([cond.prompt_embeds, null.prompt_embeds]),
-            torch.cat([cond.negative_embeds, null.negative_embeds]),
-        )
+        both = _PromptBatch(torch.cat([cond.prompt_embeds, null.prompt_embeds]))  # (2B, L, D)
         x0_cond, x0_null = self(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
         return x0_null + scale * (x0_cond - x0_null)
 
@@ -196,7 +123,7 @@ class StableDiffusionDenoiser(Denoiser):
 
     def spec(self) -> dict[str, Any]:
         return {
-            "kind": "stable_diffusion",
+            "kind": self.kind,
             "unet": dict(self.unet.config),
             "scheduler": self.scheduler_config,
             "prediction_type": self.prediction_type,

@@ -11,13 +11,8 @@ from diffusers import DDPMScheduler, SchedulerMixin, UNet2DModel
 from torch import Tensor
 
 from sfd.errors import SFDConfigError
-from sfd.teachers.base import (
-    Denoiser,
-    sigma_to_t,
-    sigmas_from_alphas_cumprod,
-    vp_input_scale,
-    x0_from_prediction,
-)
+from sfd.teachers.base import Denoiser
+from sfd.teachers.vp import VPDenoiser
 
 SFD_CONFIG_NAME = (
     "sfd.json"  # beside unet/ and scheduler/: num_classes, null_class, parameterisation
@@ -64,11 +59,11 @@ class ClassConditionalUNet(Denoiser):
         }
 
 
-class VPUNetDenoiser(ClassConditionalUNet):
+class VPUNetDenoiser(ClassConditionalUNet, VPDenoiser):
     """A discrete VP (DDPM) `UNet2DModel` as a σ-space denoiser (k-diffusion style adapter).
 
-    σ = sqrt((1−ā)/ā); the network sees x_t = x/sqrt(1+σ²) at the continuous timestep t(σ)
-    interpolated in log σ, and its ε-, v- or x0-prediction is converted to x0_hat.
+    The σ table, t(σ) and the ε / v / x0 conversion come from `VPDenoiser`; this class only
+    calls the network with class labels.
 
     Args:
         unet: the network; `num_class_embeds` makes it class-conditional.
@@ -79,6 +74,8 @@ class VPUNetDenoiser(ClassConditionalUNet):
         null_class: label of the unconditional class used for guidance, if the model has one.
     """
 
+    kind = "vp_unet"
+
     def __init__(
         self,
         unet: UNet2DModel,
@@ -87,34 +84,16 @@ class VPUNetDenoiser(ClassConditionalUNet):
         num_classes: int | None = None,
         null_class: int | None = None,
     ) -> None:
-        super().__init__()
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise SFDConfigError(
-                f"prediction_type {prediction_type!r} is not supported; "
-                "allowed: 'epsilon', 'v_prediction', 'sample'"
-            )
+        super().__init__(dict(scheduler.config), prediction_type)
         self.unet = unet
-        self.prediction_type = prediction_type
-        self.scheduler_config = dict(scheduler.config)
-        self.register_buffer(
-            "sigmas", sigmas_from_alphas_cumprod(scheduler.alphas_cumprod), persistent=False
-        )
         self._init_classes(num_classes, null_class)
 
-    @property
-    def sigma_table(self) -> Tensor:
-        return self.sigmas
-
-    def denoise(self, x: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
-        timestep = sigma_to_t(sigma, self.sigmas)  # (B,)
-        sigma = sigma.reshape(-1, 1, 1, 1)
-        x_t = (x * vp_input_scale(sigma)).to(self.unet.dtype)
-        prediction = self.unet(x_t, timestep, class_labels=self._labels(cond)).sample
-        return x0_from_prediction(prediction.float(), x.float(), sigma, self.prediction_type)
+    def predict(self, x_t: Tensor, timestep: Tensor, cond: Tensor | None) -> Tensor:
+        return self.unet(x_t.to(self.unet.dtype), timestep, class_labels=self._labels(cond)).sample
 
     def spec(self) -> dict[str, Any]:
         return {
-            "kind": "vp_unet",
+            "kind": self.kind,
             **self._class_spec(),
             "scheduler": self.scheduler_config,
             "prediction_type": self.prediction_type,
@@ -141,6 +120,8 @@ class EDMUNetDenoiser(ClassConditionalUNet):
         null_class: label of the unconditional class used for guidance, if the model has one.
     """
 
+    kind = "edm_unet"
+
     def __init__(
         self,
         unet: UNet2DModel,
@@ -166,7 +147,7 @@ class EDMUNetDenoiser(ClassConditionalUNet):
         return c_skip * x.float() + c_out * raw.sample.float()
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "edm_unet", **self._class_spec(), "sigma_data": self.sigma_data}
+        return {"kind": self.kind, **self._class_spec(), "sigma_data": self.sigma_data}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> EDMUNetDenoiser:

@@ -73,11 +73,11 @@ def tiny_run_config(
                 "init_args": {"pretrained_model_name_or_path": str(teacher)},
             },
             "conditions": {
-                "class_path": "sfd.conditions.ClassConditions",
+                "class_path": "sfd.core.conditions.ClassConditions",
                 "init_args": {"forget": 0, "override": 1},
             },
             "sigma_sampler": {
-                "class_path": "sfd.sigma.UniformTimestepSigma",
+                "class_path": "sfd.core.sigma.UniformTimestepSigma",
                 "init_args": {"t_min": 38, "t_max": 712},
             },
             "lambda_sg_forget": 1.0,

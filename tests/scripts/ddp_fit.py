@@ -20,11 +20,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from sfd.conditions import ClassConditions
-from sfd.module import SFDModule
-from sfd.sigma import UniformTimestepSigma
-from sfd.strategies import AlternatingDDPStrategy
+from sfd.core.conditions import ClassConditions
+from sfd.core.module import SFDModule
+from sfd.core.sigma import UniformTimestepSigma
 from sfd.teachers import PretrainedVPTeacher
+from sfd.training.strategies import AlternatingDDPStrategy
 
 WARMUP_ITERATIONS = 2
 OPTIMIZERS = {

@@ -2,7 +2,7 @@
 
     python tests/scripts/slow_save.py {atomic,plain} TARGET STARTED_MARKER
 
-"atomic" writes through `sfd.checkpoint_io.AtomicCheckpointIO`, "plain" with `torch.save` to the
+"atomic" writes through `sfd.training.checkpoint_io.AtomicCheckpointIO`, "plain" with `torch.save` to the
 target path. The second checkpoint holds an object whose pickling writes STARTED_MARKER and then
 sleeps, so the parent can SIGKILL the process while the file is being written.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sfd.checkpoint_io import AtomicCheckpointIO
+from sfd.training.checkpoint_io import AtomicCheckpointIO
 
 
 class StallsWhilePickled:

@@ -1,0 +1,1 @@
+"""Applications built on the library: data sets, teacher training, the digits demo and its report."""

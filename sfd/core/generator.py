@@ -1,0 +1,112 @@
+"""The one-step generator G_θ(z, c) = D_θ(σ_init·z, σ_init, c) (docs/method.md §2), and what an
+SFD checkpoint records about it, so that a checkpoint alone rebuilds the generator to ship.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sfd.errors import SFDConfigError
+from sfd.teachers import denoiser_from_spec
+from sfd.teachers.base import Denoiser
+
+GENERATOR_SPEC_KEY = "sfd_generator"  # checkpoint entry describing the generator's architecture
+
+
+class OneStepGenerator(nn.Module):
+    """Maps noise z ~ N(0, I) to a sample in one denoiser evaluation.
+
+    Args:
+        denoiser: D_θ, usually a copy of the teacher (or an already distilled generator).
+        sigma_init: the fixed noise level σ_init the generator denoises from (2.5 in the reference).
+    """
+
+    def __init__(self, denoiser: Denoiser, sigma_init: float = 2.5) -> None:
+        super().__init__()
+        if not sigma_init > 0:
+            raise SFDConfigError(f"sigma_init={sigma_init} must be positive")
+        self.denoiser = denoiser
+        self.sigma_init = float(sigma_init)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return self.denoiser.sample_shape
+
+    def forward(self, z: Tensor, cond: Any) -> Tensor:
+        """Generate samples.
+
+        Args:
+            z: standard normal noise, (B, C, H, W).
+            cond: condition batch for the denoiser (e.g. class labels (B,)).
+
+        Returns:
+            x_g, (B, C, H, W), float32.
+        """
+        return self.denoiser(self.sigma_init * z, self.sigma_init, cond)
+
+    @torch.no_grad()
+    def sample(self, cond: Any, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Draw z from `generator` (on its device) and generate `batch_size` samples."""
+        z = torch.randn(
+            (batch_size, *self.sample_shape), generator=generator, device=generator.device
+        )
+        return self(z, cond)
+
+
+# --- the generator in a training checkpoint ------------------------------------------------------
+
+
+def checkpoint_entry(generator: OneStepGenerator, prefix: str) -> dict[str, Any] | None:
+    """The `GENERATOR_SPEC_KEY` entry of a checkpoint: architecture, σ_init, state-dict prefix.
+
+    Args:
+        generator: the generator to ship (the EMA when there is one).
+        prefix: where its denoiser's tensors sit in the checkpoint's state_dict.
+
+    Returns:
+        the entry, or None when the denoiser cannot describe itself (not exportable).
+    """
+    try:
+        spec = generator.denoiser.spec()
+    except NotImplementedError:
+        return None
+    return {"denoiser": spec, "sigma_init": generator.sigma_init, "prefix": prefix}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint safely (tensors and plain data only; no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SFDConfigError(f"checkpoint {str(path)!r} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def generator_from_checkpoint(checkpoint: str | Path | Mapping[str, Any]) -> OneStepGenerator:
+    """Rebuild the generator to ship (the EMA when the run kept one) from an SFD checkpoint.
+
+    Args:
+        checkpoint: a checkpoint file, or its already loaded contents.
+
+    Returns:
+        the generator, in eval mode on the CPU.
+    """
+    name = "the checkpoint" if isinstance(checkpoint, Mapping) else repr(str(checkpoint))
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = read_checkpoint(checkpoint)
+    if GENERATOR_SPEC_KEY not in checkpoint:
+        raise SFDConfigError(f"{name} is not an SFD training checkpoint (no generator spec)")
+    entry = checkpoint[GENERATOR_SPEC_KEY]
+    denoiser = denoiser_from_spec(entry["denoiser"])
+    prefix = entry["prefix"]
+    state = {
+        key[len(prefix) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
+    denoiser.load_state_dict(state, strict=True)
+    return OneStepGenerator(denoiser, entry["sigma_init"]).eval()

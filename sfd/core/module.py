@@ -1,0 +1,370 @@
+"""`SFDModule`: the frozen teacher, the one-step generator and the fake score, trained as docs/method.md §4."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from sfd.core.conditions import ConditionBatch, ConditionSampler
+from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, checkpoint_entry
+from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
+from sfd.core.sigma import SigmaSampler
+from sfd.errors import SFDConfigError
+from sfd.teachers.base import Denoiser
+
+TEACHER_PREFIX = "teacher."
+# LightningOptimizer's private hooks that count a step in `global_step` (see step_without_counting).
+LIGHTNING_STEP_HOOKS = ("_on_before_step", "_on_after_step")
+
+
+def default_adam(params: Any, lr: float = 1e-5) -> torch.optim.Optimizer:
+    """Adam with β = (0, 0.999), the reference optimizer for both networks."""
+    return torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
+
+
+class IterationStream(IterableDataset):
+    """A data-free "dataset": SFD batches are only conditions and noise, drawn inside the module.
+
+    It yields the index of each iteration so that Lightning's loops (epochs, checkpoints, logging
+    intervals) work unchanged.
+    """
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.steps_per_epoch))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+
+class SFDModule(pl.LightningModule):
+    """Score Forgetting Distillation of a frozen teacher into a one-step generator.
+
+    Args:
+        teacher: the pretrained σ-space denoiser D_φ; frozen, never optimised, never checkpointed.
+        conditions: draws remain / forget / override conditions.
+        sigma_sampler: distribution of the loss noise levels σ.
+        sigma_init: the generator's fixed input noise level.
+        alpha: the SiD α of the generator loss.
+        lambda_sg_remain: weight λ_sg_r of the fake-score loss on remain samples.
+        lambda_sg_forget: weight λ_sg_f of the fake-score loss on forget samples.
+        lambda_g_remain: weight λ_g_r of the generator (distillation) loss on remain samples.
+        lambda_g_forget: weight λ_g_f of the generator unlearning loss on forget samples.
+        batch_size: samples per device in each of the remain and forget batches.
+        fake_optimizer: optimizer factory for the fake score (default Adam lr 1e-5, β = (0, 0.999)).
+        generator_optimizer: optimizer factory for the generator (same default).
+        grad_clip_value: clip every gradient element to ±this value (None: no clipping).
+        ema_decay: decay of the generator's exponential moving average (None: no EMA).
+        fake_train_guidance: guidance scale of the fake score in its own loss (1: none).
+        fake_eval_guidance: guidance scale of the fake score inside the generator loss.
+        teacher_guidance: guidance scale of the teacher inside the generator loss.
+        cond_dropout: share of conditions replaced by the null condition when the fake score is
+            trained with guidance (fake_train_guidance != 1).
+        generator: an already built one-step generator to start from, e.g. an exported one
+            (`sfd.pipelines.PretrainedOneStepGenerator`); its own σ_init is kept. Default: a copy
+            of the teacher at `sigma_init`.
+        fake_score: a fake-score network to train instead of a copy of the teacher.
+        seed: seed of the noise and condition streams (every iteration's draws depend only on
+            the seed and the iteration, not on the number of processes).
+        steps_per_epoch: iterations that make one Lightning epoch.
+    """
+
+    def __init__(
+        self,
+        teacher: Denoiser,
+        conditions: ConditionSampler,
+        sigma_sampler: SigmaSampler,
+        sigma_init: float = 2.5,
+        alpha: float = 1.2,
+        lambda_sg_remain: float = 1.0,
+        lambda_sg_forget: float = 0.01,
+        lambda_g_remain: float = 1.0,
+        lambda_g_forget: float = 0.01,
+        batch_size: int = 64,
+        fake_optimizer: OptimizerCallable | None = None,
+        generator_optimizer: OptimizerCallable | None = None,
+        grad_clip_value: float | None = 1.0,
+        ema_decay: float | None = 0.9999,
+        fake_train_guidance: float = 1.0,
+        fake_eval_guidance: float = 1.0,
+        teacher_guidance: float = 1.0,
+        cond_dropout: float = 0.1,
+        generator: OneStepGenerator | None = None,
+        fake_score: Denoiser | None = None,
+        seed: int = 0,
+        steps_per_epoch: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            ignore=[
+                "teacher",
+                "conditions",
+                "sigma_sampler",
+                "fake_optimizer",
+                "generator_optimizer",
+                "generator",
+                "fake_score",
+            ]
+        )
+        self.automatic_optimization = False
+        _check_settings(batch_size, ema_decay, grad_clip_value, cond_dropout, steps_per_epoch)
+        conditions.check(teacher.num_classes)
+        conditions.bind(teacher)
+        sigma_sampler.check(teacher.sigma_table)
+        self.conditions = conditions
+        self.sigma_sampler = sigma_sampler
+        self.fake_optimizer = fake_optimizer or default_adam
+        self.generator_optimizer = generator_optimizer or default_adam
+
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.fake_score = (fake_score or copy.deepcopy(teacher)).requires_grad_(True).train()
+        self.generator = generator or OneStepGenerator(copy.deepcopy(teacher), sigma_init)
+        self.generator.requires_grad_(True).train()
+        self.ema = (
+            copy.deepcopy(self.generator).requires_grad_(False).eval()
+            if ema_decay is not None
+            else None
+        )
+
+    # --- the algorithm (docs/method.md §4) --------------------------------------------------------
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        fake_opt, generator_opt = self.optimizers()
+        conds = self.conditions.sample(
+            self.hparams.batch_size, self._stream(0), self._world_size, self.global_rank
+        )
+
+        # Step 1: fake score on generated samples (generator frozen).
+        with self._toggled(fake_opt):
+            fake_terms = self.fake_score_losses(conds, self._stream(1))
+            self._update(fake_opt, fake_terms.total, counts_as_iteration=False)
+
+        # Step 2: generator (fake score frozen, but differentiable through its input).
+        with self._toggled(generator_opt):
+            generator_terms = self.generator_losses(conds, self._stream(2))
+            self._update(generator_opt, generator_terms.total, counts_as_iteration=True)
+        self.update_ema()
+
+        self._log_terms("fake", fake_terms)
+        self._log_terms("generator", generator_terms)
+
+    def fake_score_losses(self, conds: ConditionBatch, rng: torch.Generator) -> LossTerms:
+        """L_ψ = λ_sg_r·DSM(c_r) + λ_sg_f·DSM(c_f) on samples of the (frozen) generator."""
+        hp = self.hparams
+        remain = self._fake_dsm(conds.remain, rng)
+        forget = self._maybe(hp.lambda_sg_forget, lambda: self._fake_dsm(conds.forget, rng))
+        return LossTerms.combine(remain, forget, hp.lambda_sg_remain, hp.lambda_sg_forget)
+
+    def generator_losses(self, conds: ConditionBatch, rng: torch.Generator) -> LossTerms:
+        """L_θ = λ_g_r·ℓ(c_r | teacher c_r) + λ_g_f·ℓ(c_f | teacher c_o), the unlearning term last."""
+        hp = self.hparams
+        remain = self._generator_term(conds.remain, conds.remain, rng)
+        forget = self._maybe(
+            hp.lambda_g_forget, lambda: self._generator_term(conds.forget, conds.override, rng)
+        )
+        return LossTerms.combine(remain, forget, hp.lambda_g_remain, hp.lambda_g_forget)
+
+    def _fake_dsm(self, cond: Any, rng: torch.Generator) -> Tensor:
+        hp = self.hparams
+        with torch.no_grad():
+            x_g = self.generator(self._randn(rng), cond)  # (B, C, H, W)
+        sigma = self._sigma(rng)  # (B,)
+        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng)
+        if hp.fake_train_guidance != 1.0 and hp.cond_dropout > 0:
+            drop = self._rand(rng) < hp.cond_dropout
+            cond = self.fake_score.drop_condition(cond, drop)
+        x0_hat = self.fake_score.guided(x, sigma, cond, hp.fake_train_guidance)
+        return fake_score_loss(x0_hat, x_g, sigma)
+
+    def _generator_term(self, cond: Any, teacher_cond: Any, rng: torch.Generator) -> Tensor:
+        hp = self.hparams
+        x_g = self.generator(self._randn(rng), cond)  # (B, C, H, W), with grad
+        sigma = self._sigma(rng)
+        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng)
+        x0_hat_teacher = self.teacher.guided(x, sigma, teacher_cond, hp.teacher_guidance)
+        x0_hat_fake = self.fake_score.guided(x, sigma, cond, hp.fake_eval_guidance)
+        return generator_loss(x0_hat_teacher, x0_hat_fake, x_g, hp.alpha)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema ← decay·ema + (1 − decay)·generator (buffers copied)."""
+        if self.ema is None:
+            return
+        ema_params = list(self.ema.parameters())
+        params = [p.detach() for p in self.generator.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.hparams.ema_decay)
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    @property
+    def export_generator(self) -> OneStepGenerator:
+        """The generator to ship: the EMA if there is one."""
+        return self.ema if self.ema is not None else self.generator
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            self.fake_optimizer(self.fake_score.parameters()),
+            self.generator_optimizer(self.generator.parameters()),
+        ]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(IterationStream(self.hparams.steps_per_epoch), batch_size=None)
+
+    def train(self, mode: bool = True) -> SFDModule:
+        super().train(mode)
+        self.teacher.eval()  # frozen networks stay in eval mode whatever Lightning toggles
+        if self.ema is not None:
+            self.ema.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The teacher is reloaded from its source on resume; it never enters a checkpoint.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]
+        prefix = "ema.denoiser." if self.ema is not None else "generator.denoiser."
+        entry = checkpoint_entry(self.export_generator, prefix)
+        if entry is not None:
+            checkpoint[GENERATOR_SPEC_KEY] = entry
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        stored = [k for k in state if k.startswith(TEACHER_PREFIX)]
+        if stored:
+            raise SFDConfigError(
+                f"checkpoint holds teacher tensors ({stored[0]}, ...); sfd checkpoints never do"
+            )
+        for key, value in self.teacher.state_dict().items():
+            state[TEACHER_PREFIX + key] = value
+
+    @property
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _stream(self, phase: int) -> torch.Generator:
+        """A random stream that depends only on (seed, iteration, phase): identical on every rank."""
+        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 3 + phase
+        return torch.Generator(device=self.device).manual_seed(seed % (2**63))
+
+    def _rank_slice(self, draw: Tensor) -> Tensor:
+        size = self.hparams.batch_size
+        return draw[self.global_rank * size : (self.global_rank + 1) * size]
+
+    def _randn(self, rng: torch.Generator) -> Tensor:
+        n = self.hparams.batch_size * self._world_size
+        shape = (n, *self.teacher.sample_shape)
+        return self._rank_slice(torch.randn(shape, generator=rng, device=rng.device))
+
+    def _rand(self, rng: torch.Generator) -> Tensor:
+        n = self.hparams.batch_size * self._world_size
+        return self._rank_slice(torch.rand(n, generator=rng, device=rng.device))
+
+    def _sigma(self, rng: torch.Generator) -> Tensor:
+        n = self.hparams.batch_size * self._world_size
+        return self._rank_slice(self.sigma_sampler.sample(n, rng, self.teacher.sigma_table))
+
+    def _maybe(self, weight: float, term: Callable[[], Tensor]) -> Tensor:
+        """A loss term, skipped (zero, no compute) when its weight is zero."""
+        return term() if weight != 0 else torch.zeros(1, device=self.device)
+
+    @contextmanager
+    def _toggled(self, optimizer: Any) -> Iterator[None]:
+        """Only `optimizer`'s parameters require grad inside the block."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
+    def _update(self, optimizer: Any, loss: Tensor, counts_as_iteration: bool) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)  # gradients clipped in on_before_optimizer_step
+        if counts_as_iteration:
+            optimizer.step()
+        else:
+            step_without_counting(optimizer)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Runs inside the precision plugin's optimizer step: after a 16-mixed gradient scaler
+        # unscaled the gradients (clipping scaled ones would clip at value·scale) and before the
+        # step. Both optimizers' steps pass through here, the fake-score one included.
+        if self.hparams.grad_clip_value is not None:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.hparams.grad_clip_value,
+                gradient_clip_algorithm="value",
+            )
+
+    def _log_terms(self, name: str, terms: LossTerms) -> None:
+        batch = self.hparams.batch_size
+        self.log_dict(
+            {f"{name}/{key}": value.detach() for key, value in vars(terms).items()},
+            batch_size=batch,
+            prog_bar=False,
+        )
+
+
+def step_without_counting(optimizer: Any) -> None:
+    """`optimizer.step()` that Lightning does not count in `trainer.global_step`.
+
+    Lightning counts every optimizer step, and one SFD iteration is two (fake score, generator),
+    so the fake-score step is kept out of the count and `max_steps`, checkpoint intervals and the
+    random streams all count iterations. Lightning exposes no switch for this: its training loop
+    counts through the private `LightningOptimizer._on_before_step` / `_on_after_step` hooks,
+    which are swapped for no-ops for this one step. If a Lightning release drops them, this
+    fails loudly instead of silently counting two steps per iteration.
+
+    Args:
+        optimizer: a `LightningOptimizer`, as `LightningModule.optimizers()` returns it.
+    """
+    missing = [name for name in LIGHTNING_STEP_HOOKS if not hasattr(optimizer, name)]
+    if missing:
+        import lightning
+
+        raise RuntimeError(
+            f"Lightning {lightning.__version__}'s {type(optimizer).__name__} has no {missing}: "
+            "sfd cannot keep the fake-score step out of global_step with this Lightning version"
+        )
+    saved = [getattr(optimizer, name) for name in LIGHTNING_STEP_HOOKS]
+    for name in LIGHTNING_STEP_HOOKS:
+        setattr(optimizer, name, _do_nothing)
+    try:
+        optimizer.step()
+    finally:
+        for name, hook in zip(LIGHTNING_STEP_HOOKS, saved, strict=True):
+            setattr(optimizer, name, hook)
+
+
+def _do_nothing() -> None:
+    return None
+
+
+def _check_settings(
+    batch_size: int,
+    ema_decay: float | None,
+    grad_clip_value: float | None,
+    cond_dropout: float,
+    steps_per_epoch: int,
+) -> None:
+    if batch_size < 1:
+        raise SFDConfigError(f"batch_size={batch_size} must be at least 1")
+    if ema_decay is not None and not 0 <= ema_decay < 1:
+        raise SFDConfigError(f"ema_decay={ema_decay} must be in [0, 1) or null for no EMA")
+    if grad_clip_value is not None and not grad_clip_value > 0:
+        raise SFDConfigError(f"grad_clip_value={grad_clip_value} must be positive or null")
+    if not 0 <= cond_dropout < 1:
+        raise SFDConfigError(f"cond_dropout={cond_dropout} must be in [0, 1)")
+    if steps_per_epoch < 1:
+        raise SFDConfigError(f"steps_per_epoch={steps_per_epoch} must be at least 1")

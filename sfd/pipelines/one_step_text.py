@@ -1,0 +1,176 @@
+"""`OneStepTextPipeline`: text-to-image sampling of a one-step Stable Diffusion generator.
+
+x0 = D_θ(σ_init·z, σ_init, text) in latent space, decoded by the VAE: one UNet evaluation per image.
+The folder it saves is a complete diffusers folder: `model_index.json`, `unet/`, `vae/`,
+`text_encoder/`, `tokenizer/` and `scheduler/` (safetensors weights).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from torch import Tensor
+
+from sfd.core.conditions import TextCondition
+from sfd.core.generator import OneStepGenerator
+from sfd.errors import SFDConfigError
+from sfd.images import to_unit_numpy
+from sfd.teachers.stable_diffusion import (
+    StableDiffusionDenoiser,
+    encode_with,
+    load_text_encoder,
+    scheduler_from_config,
+)
+
+
+class OneStepTextPipeline(DiffusionPipeline):
+    """One-step text-to-image generation with an SFD/SiD-distilled Stable Diffusion UNet.
+
+    Args:
+        unet: the generator network.
+        vae: the autoencoder that decodes latents to images.
+        text_encoder: the CLIP text encoder.
+        tokenizer: the CLIP tokenizer.
+        scheduler: the teacher's training schedule (gives ā_t).
+        sigma_init: the generator's input noise level.
+        prediction_type: the UNet's output type ("epsilon", "v_prediction", "sample").
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: Any,
+        tokenizer: Any,
+        scheduler: Any,
+        sigma_init: float = 2.5,
+        prediction_type: str = "epsilon",
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
+        )
+        self.register_to_config(sigma_init=sigma_init, prediction_type=prediction_type)
+
+    @classmethod
+    def from_generator(cls, generator: OneStepGenerator) -> OneStepTextPipeline:
+        """Wrap a trained generator; VAE, text encoder and tokenizer come from its source pipeline."""
+        denoiser = generator.denoiser
+        if not isinstance(denoiser, StableDiffusionDenoiser):
+            raise SFDConfigError(
+                f"OneStepTextPipeline needs a StableDiffusionDenoiser, not {type(denoiser).__name__}"
+            )
+        if denoiser.pipeline is None:
+            raise SFDConfigError("the generator records no source pipeline to take the VAE from")
+        tokenizer, text_encoder = load_text_encoder(denoiser.pipeline, denoiser.revision)
+        try:
+            vae = AutoencoderKL.from_pretrained(
+                denoiser.pipeline, subfolder="vae", revision=denoiser.revision
+            )
+        except (OSError, ValueError) as error:
+            raise SFDConfigError(
+                f"cannot load the VAE from {denoiser.pipeline!r} (subfolder 'vae')"
+            ) from error
+        return cls(
+            denoiser.unet,
+            vae.eval(),
+            text_encoder,
+            tokenizer,
+            scheduler_from_config(denoiser.scheduler_config),
+            sigma_init=generator.sigma_init,
+            prediction_type=denoiser.prediction_type,
+        )
+
+    @property
+    def generator(self) -> OneStepGenerator:
+        """The σ-space one-step generator over this pipeline's UNet (weights shared)."""
+        scheduler_config = {**self.scheduler.config, "_class_name": type(self.scheduler).__name__}
+        denoiser = StableDiffusionDenoiser(
+            self.unet, scheduler_config, self.config.prediction_type, self.name_or_path
+        )
+        return OneStepGenerator(denoiser.to(self.unet.device), self.config.sigma_init).eval()
+
+    def encode(self, prompts: list[str], negative_prompts: list[str]) -> TextCondition:
+        """Text conditions for prompts and their negative prompts (both length B)."""
+        embeds = encode_with(self.tokenizer, self.text_encoder, prompts)  # (B, L, D)
+        unique = list(dict.fromkeys(negative_prompts))
+        table = encode_with(self.tokenizer, self.text_encoder, unique)  # (U, L, D)
+        negative = table[torch.tensor([unique.index(n) for n in negative_prompts])]
+        return TextCondition(embeds, negative, tuple(prompts))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple[Any]:
+        """Generate `num_images_per_prompt` images per prompt in one UNet evaluation each.
+
+        Args:
+            prompt: one prompt or a list of P prompts.
+            negative_prompt: replaces the empty prompt as guidance null condition (one, or one
+                per prompt); only meaningful with guidance_scale != 1.
+            num_images_per_prompt: images per prompt (B = P · this).
+            guidance_scale: classifier-free guidance scale; 1 (default) evaluates the distilled
+                generator as trained, in one evaluation.
+            generator: random stream for z (ignored when `latents` is given).
+            latents: the noise z ~ N(0, I) itself, (B, C, h, w).
+            output_type: "pil", "np" (B, H, W, 3 in [0, 1]), "pt" (B, 3, H, W in [-1, 1]) or
+                "latent" (the x0 latents).
+            return_dict: return an `ImagePipelineOutput` rather than a tuple.
+
+        Returns:
+            the images, prompt-major (all images of prompt 0 first).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise SFDConfigError("no prompt given")
+        if num_images_per_prompt < 1:
+            raise SFDConfigError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
+        if negative_prompt is not None and guidance_scale == 1.0:
+            raise SFDConfigError(
+                "negative_prompt has no effect at guidance_scale 1.0; "
+                "give a guidance_scale != 1 or no negative prompt"
+            )
+        negatives = [negative_prompt or ""] * len(prompts)
+        if isinstance(negative_prompt, list):
+            if len(negative_prompt) != len(prompts):
+                raise SFDConfigError(
+                    f"{len(negative_prompt)} negative prompts for {len(prompts)} prompts"
+                )
+            negatives = list(negative_prompt)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
+        device = self.unet.device
+        cond = self.encode(prompts, negatives).to(device)
+        one_step = self.generator
+        if latents is None:
+            latents = torch.randn(
+                (len(prompts), *one_step.sample_shape),
+                generator=generator,
+                device=generator.device if generator is not None else device,
+            )
+        z = latents.to(device=device, dtype=torch.float32)
+        sigma = one_step.sigma_init
+        x0 = one_step.denoiser.guided(sigma * z, sigma, cond, guidance_scale)  # (B, 4, h, w)
+        if output_type == "latent":
+            output: Any = x0
+        else:
+            scaling = self.vae.config.scaling_factor
+            images = self.vae.decode((x0 / scaling).to(self.vae.dtype)).sample.float()
+            if output_type == "pt":
+                output = images
+            else:
+                array = to_unit_numpy(images)
+                output = array if output_type == "np" else self.numpy_to_pil(array)
+        return ImagePipelineOutput(images=output) if return_dict else (output,)

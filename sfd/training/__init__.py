@@ -1,0 +1,2 @@
+"""Training infrastructure around `SFDModule`: LightningCLI wiring, callbacks, the alternating DDP
+strategy, the resumable wandb logger, `--ckpt_path last` and atomic checkpoint writes."""

@@ -1,0 +1,153 @@
+"""`sfd demo` and `sfd eval` end to end on digits (tiny settings), the cache, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sfd.apps.demo.cache import DONE_MARKER, cached_build
+from sfd.cli import main
+from sfd.pipelines.io import load_generator
+
+TINY_DEMO = [
+    "--teacher-steps", "4",
+    "--teacher-channels", "8", "16",
+    "--classifier-steps", "30",
+    "--trainer.max_steps", "3",
+    "--model.batch_size", "4",
+    "--curve-every", "1",
+    "--curve-per-class", "2",
+    "--eval-per-class", "6",
+    "--ddim-steps", "3",
+    "--throughput-batch", "4",
+    "--throughput-repeats", "1",
+    "--grid-per-class", "2",
+    "--skip-full-schedule-timing",
+    "--no-progress",
+]  # fmt: skip
+MODELS = ("teacher", "distilled_without_forgetting", "sfd")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One tiny demo run (forget 3 -> override 5), shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("demo")
+    output, cache = root / "out", root / "cache"
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
+    assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO]) == 0
+    return output, cache
+
+
+def check_model_metrics(model: dict, nfe: int) -> None:
+    for key in ("ua", "remain_accuracy", "forget_as_override"):
+        assert 0.0 <= model[key] <= 1.0, key
+    assert all(0.0 <= v <= 1.0 for v in model["remain_per_class"].values())
+    assert math.isfinite(model["fid_remain"]) and model["fid_remain"] >= 0
+    assert math.isfinite(model["kid_remain"]) and math.isfinite(model["kid_remain_std"])
+    assert model["nfe"] == nfe
+    assert model["images_per_second"] > 0
+    assert sum(model["forget_histogram"]) == 6  # every forget-class sample is counted once
+
+
+def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Path]) -> None:
+    output, cache = demo_run
+    for name in ("metrics.json", "report.md"):
+        assert (output / name).is_file()
+    for name in ("samples.png", "forgetting_curve.png", "forget_histogram.png"):
+        with Image.open(output / name) as image:
+            assert image.width > 100 and image.height > 100
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert (metrics["forget"], metrics["override"]) == (3, 5)
+    check_model_metrics(metrics["teacher"], nfe=3)
+    check_model_metrics(metrics["distilled_without_forgetting"], nfe=1)
+    check_model_metrics(metrics["sfd"], nfe=1)
+    assert set(metrics["sfd"]["remain_per_class"]) == {str(c) for c in range(10)} - {"3"}
+    curve = metrics["forgetting_curve"]
+    assert [point["iteration"] for point in curve] == [0, 1, 2, 3]
+    assert all(0 <= p["ua"] <= 1 and 0 <= p["remain_accuracy"] <= 1 for p in curve)
+    protocol = metrics["protocol"]
+    assert protocol["seed"] == 0 and protocol["generated_per_class"] == 6
+    assert protocol["libraries"]["torchmetrics"] and protocol["libraries"]["diffusers"]
+    assert protocol["sfd_settings"]["iterations"] == 3
+    assert 0 <= protocol["classifier_heldout_accuracy"] <= 1
+    report = (output / "report.md").read_text()
+    assert "| one-step SFD (forgetting) | 1 |" in report and "forgetting_curve.png" in report
+    # the exported SFD generator loads, and the teacher sits in the cache with its marker
+    assert load_generator(output / "generator").sample_shape == (1, 8, 8)
+    (teacher_dir,) = [p for p in cache.iterdir() if p.name.startswith("teacher-")]
+    assert (teacher_dir / DONE_MARKER).is_file() and (teacher_dir / "unet").is_dir()
+
+
+def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    output, cache = demo_run
+    (teacher_dir,) = [p for p in cache.iterdir() if p.name.startswith("teacher-")]
+    for model, nfe in ((output / "generator", 1), (teacher_dir, 2)):
+        result = tmp_path / f"{model.name}.json"
+        args = ["eval", str(model), "--classifier", str(output / "classifier"), "--forget", "3"]
+        args += ["--override", "5", "--num-per-class", "4", "--ddim-steps", "2"]
+        assert main([*args, "--output", str(result)]) == 0
+        metrics = json.loads(result.read_text())
+        assert metrics["nfe"] == nfe and 0 <= metrics["ua"] <= 1
+        assert sum(metrics["forget_histogram"]) == 4
+
+
+def test_cached_build_reuses_and_survives_interruption(tmp_path: Path) -> None:
+    calls = []
+
+    def build(folder: Path) -> None:
+        calls.append(folder)
+        (folder / "weights.txt").write_text("w")
+
+    first, reused = cached_build(tmp_path, "teacher", {"steps": 1}, build)
+    assert not reused and (first / "weights.txt").is_file()
+    again, reused = cached_build(tmp_path, "teacher", {"steps": 1}, build)
+    assert reused and again == first and len(calls) == 1
+    other, reused = cached_build(tmp_path, "teacher", {"steps": 2}, build)
+    assert not reused and other != first
+
+    def crash(folder: Path) -> None:
+        (folder / "partial.txt").write_text("half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        cached_build(tmp_path, "teacher", {"steps": 3}, crash)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--forget", "10"],
+        ["--forget", "2", "--override", "2"],
+        ["--override", "-1"],
+        ["--data", "no/such/file.npz"],
+        ["--trainer.max_steps", "0"],
+    ],
+)
+def test_demo_bad_input_exits_2_and_writes_nothing(
+    bad: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache), "--no-progress"]
+    assert main([*args, *bad]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("sfd: error: ")
+    assert not output.exists() and not cache.exists()
+
+
+@pytest.mark.slow
+def test_full_demo_default_settings(tmp_path: Path) -> None:
+    """The README's demo with its default settings (trains its own teacher: ~15-20 minutes)."""
+    output = tmp_path / "demo-output"
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(tmp_path / "cache")]
+    assert main([*args, "--no-progress"]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    for key in MODELS:
+        assert math.isfinite(metrics[key]["fid_remain"])
+    assert metrics["sfd"]["ua"] >= 0.95
+    assert metrics["distilled_without_forgetting"]["ua"] < 0.5  # forgetting comes from SFD
+    assert metrics["sfd"]["remain_accuracy"] >= metrics["teacher"]["remain_accuracy"] - 0.05

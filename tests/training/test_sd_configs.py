@@ -1,0 +1,86 @@
+"""The Stable Diffusion presets: reference settings, one iteration each on a tiny pipeline, LoRA switch."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONFIGS
+
+from sfd.cli import main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+SD_CONFIGS = {
+    "sd15_celebrity.yaml": "epsilon",
+    "sd15_nudity.yaml": "epsilon",
+    "sd21_vpred.yaml": "v_prediction",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SD_CONFIGS))
+def test_config_parses_with_reference_settings(name) -> None:
+    from sfd.training.cli import parse_fit_config
+
+    config = parse_fit_config(["-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / name)])
+    model = config.model
+    assert model.teacher.class_path == "sfd.teachers.StableDiffusionTeacher"
+    assert (model.alpha, model.sigma_init, model.batch_size, model.ema_decay) == (1.0, 2.5, 8, None)
+    assert (model.fake_train_guidance, model.fake_eval_guidance, model.teacher_guidance) == (
+        4.5,
+    ) * 3
+    assert (
+        model.fake_optimizer.init_args.lr == 3e-6 and model.generator_optimizer.init_args.lr == 1e-6
+    )
+    assert (model.sigma_sampler.init_args.t_min, model.sigma_sampler.init_args.t_max) == (20, 980)
+    assert config.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("name", sorted(SD_CONFIGS))
+def test_config_trains_one_iteration_on_a_tiny_pipeline(sd_dirs, tmp_path, name) -> None:
+    argv = [
+        "fit",
+        "-c",
+        str(CONFIGS / "sd_base.yaml"),
+        "-c",
+        str(CONFIGS / name),
+        "--model.teacher.init_args.pretrained_model_name_or_path",
+        str(sd_dirs[SD_CONFIGS[name]]),
+        "--model.batch_size",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
+    assert main(argv) == 0
+    assert list(tmp_path.rglob("*.ckpt"))
+
+
+def test_lora_fake_score_switch_parses() -> None:
+    from sfd.training.cli import parse_fit_config
+
+    lora = "sfd.teachers.stable_diffusion.StableDiffusionLoRAFakeScore"
+    config = parse_fit_config(
+        [
+            *("-c", str(CONFIGS / "sd_base.yaml")),
+            *("-c", str(CONFIGS / "sd15_celebrity.yaml")),
+            *("--model.fake_score", lora),
+            *("--model.fake_score.pretrained_model_name_or_path", "some/pipeline"),
+            *("--model.fake_score.rank", "16"),
+            *("--model.fake_score.gradient_checkpointing", "true"),
+        ]
+    )
+    assert config.model.fake_score.class_path == lora
+    assert config.model.fake_score.init_args.rank == 16
