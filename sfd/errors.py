@@ -1,5 +1,54 @@
-"""The one exception type for a user's mistake (bad config value, missing path)."""
+"""The error types: a user's mistake (`SFDConfigError`) and a run that went non-finite."""
+
+from __future__ import annotations
+
+import math
 
 
 class SFDConfigError(ValueError):
     """A user-supplied value is invalid; the message names the value and what is allowed."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss, gradient or weight; the run stops (no update applied)."""
+
+
+def check_number(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return `value` if it is a finite number in the given range, else raise `SFDConfigError`.
+
+    Args:
+        name: the setting, as the user writes it (e.g. "alpha").
+        value: its value.
+        low: smallest allowed value (None: unbounded).
+        high: largest allowed value (None: unbounded).
+        low_open: exclude `low` itself.
+        high_open: exclude `high` itself.
+
+    Returns:
+        the value.
+    """
+    lower = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+    upper = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+    allowed = (
+        f"a finite number in {lower or '(-inf'}, {upper or 'inf)'}"
+        if low is not None or high is not None
+        else "a finite number"
+    )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SFDConfigError(f"{name}={value!r} must be {allowed}")
+    bad = not math.isfinite(value)
+    if low is not None:
+        bad = bad or value < low or (low_open and value == low)
+    if high is not None:
+        bad = bad or value > high or (high_open and value == high)
+    if bad:
+        raise SFDConfigError(f"{name}={value!r} must be {allowed}")
+    return value

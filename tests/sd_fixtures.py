@@ -194,7 +194,7 @@ def save_tiny_clip(path: Path, seed: int = 0) -> Path:
 NEGATIVE = "blurry, lowres"
 
 
-def celebrity_conditions(negative_prompt: str | None = None):
+def celebrity_conditions(negative_prompt: str | None = None, negative_for=None):
     """Two concept pairs over two templates (4 forget prompts), with an optional negative prompt."""
     from sfd.core.conditions import PromptConditions
 
@@ -202,4 +202,5 @@ def celebrity_conditions(negative_prompt: str | None = None):
         {"Brad Pitt": "a middle aged man", "angelina jolie": "a middle aged woman"},
         templates=["a photo of {concept}", "{concept} holding a coffee cup"],
         negative_prompt=negative_prompt,
+        negative_for=negative_for,
     )

@@ -4,7 +4,8 @@ One module per verb (`sfd.cli.<verb>`), each with `run(args)`; this is the only 
 parses command lines. Training verbs are LightningCLI (`sfd fit -c a.yaml -c b.yaml
 --trainer.max_steps 100`); the others are small argparse programs. A verb module is imported only
 when its verb runs, so `sfd --help` stays fast. A user's mistake ends with one `sfd: error: ...`
-line and exit status 2; any other failure propagates with its traceback and a non-zero status.
+line and exit status 2; a run that went non-finite with one such line and status 1; any other
+failure propagates with its traceback and a non-zero status.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from sfd.errors import SFDConfigError
+from sfd.errors import NonFiniteError, SFDConfigError
 
 USAGE = """usage: sfd <command> [options]
 
@@ -59,4 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SFDConfigError as error:
         print(f"sfd: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:  # a fault, not a mistake: exit 1, the message says where
+        print(f"sfd: error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -11,40 +11,23 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
+from sfd.core import guards
 from sfd.core.conditions import ConditionBatch, ConditionSampler
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, checkpoint_entry
+from sfd.core.loop import IterationStream, step_without_counting
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
-from sfd.errors import SFDConfigError
+from sfd.errors import NonFiniteError, SFDConfigError
 from sfd.teachers.base import Denoiser
 
 TEACHER_PREFIX = "teacher."
-# LightningOptimizer's private hooks that count a step in `global_step` (see step_without_counting).
-LIGHTNING_STEP_HOOKS = ("_on_before_step", "_on_after_step")
 
 
 def default_adam(params: Any, lr: float = 1e-5) -> torch.optim.Optimizer:
     """Adam with β = (0, 0.999), the reference optimizer for both networks."""
     return torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
-
-
-class IterationStream(IterableDataset):
-    """A data-free "dataset": SFD batches are only conditions and noise, drawn inside the module.
-
-    It yields the index of each iteration so that Lightning's loops (epochs, checkpoints, logging
-    intervals) work unchanged.
-    """
-
-    def __init__(self, steps_per_epoch: int) -> None:
-        self.steps_per_epoch = steps_per_epoch
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.steps_per_epoch))
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
 
 class SFDModule(pl.LightningModule):
@@ -54,7 +37,9 @@ class SFDModule(pl.LightningModule):
         teacher: the pretrained σ-space denoiser D_φ; frozen, never optimised, never checkpointed.
         conditions: draws remain / forget / override conditions.
         sigma_sampler: distribution of the loss noise levels σ.
-        sigma_init: the generator's fixed input noise level.
+        sigma_init: the generator's fixed input noise level (default 2.5).
+        t_init: instead of `sigma_init`, the teacher timestep whose σ_t is σ_init (the
+            reference runs t_init 440 on linear-β CIFAR-10, 625 on Stable Diffusion).
         alpha: the SiD α of the generator loss.
         lambda_sg_remain: weight λ_sg_r of the fake-score loss on remain samples.
         lambda_sg_forget: weight λ_sg_f of the fake-score loss on forget samples.
@@ -63,16 +48,19 @@ class SFDModule(pl.LightningModule):
         batch_size: samples per device in each of the remain and forget batches.
         fake_optimizer: optimizer factory for the fake score (default Adam lr 1e-5, β = (0, 0.999)).
         generator_optimizer: optimizer factory for the generator (same default).
-        grad_clip_value: clip every gradient element to ±this value (None: no clipping).
+        fake_grad_clip: clip every fake-score gradient element to ±this value (None: none).
+        generator_grad_clip: the same for the generator.
         ema_decay: decay of the generator's exponential moving average (None: no EMA).
         fake_train_guidance: guidance scale of the fake score in its own loss (1: none).
         fake_eval_guidance: guidance scale of the fake score inside the generator loss.
         teacher_guidance: guidance scale of the teacher inside the generator loss.
-        cond_dropout: share of conditions replaced by the null condition when the fake score is
-            trained with guidance (fake_train_guidance != 1).
+        cond_dropout: share of the fake-score step's conditions replaced by the null condition,
+            before the generator samples, whenever the fake score is guided
+            (fake_train_guidance != 1 or fake_eval_guidance != 1): its unconditional branch
+            learns the generator's unconditional samples.
         generator: an already built one-step generator to start from, e.g. an exported one
             (`sfd.pipelines.PretrainedOneStepGenerator`); its own σ_init is kept. Default: a copy
-            of the teacher at `sigma_init`.
+            of the teacher at `sigma_init` / `t_init`.
         fake_score: a fake-score network to train instead of a copy of the teacher.
         seed: seed of the noise and condition streams (every iteration's draws depend only on
             the seed and the iteration, not on the number of processes).
@@ -84,7 +72,8 @@ class SFDModule(pl.LightningModule):
         teacher: Denoiser,
         conditions: ConditionSampler,
         sigma_sampler: SigmaSampler,
-        sigma_init: float = 2.5,
+        sigma_init: float | None = None,
+        t_init: int | None = None,
         alpha: float = 1.2,
         lambda_sg_remain: float = 1.0,
         lambda_sg_forget: float = 0.01,
@@ -93,7 +82,8 @@ class SFDModule(pl.LightningModule):
         batch_size: int = 64,
         fake_optimizer: OptimizerCallable | None = None,
         generator_optimizer: OptimizerCallable | None = None,
-        grad_clip_value: float | None = 1.0,
+        fake_grad_clip: float | None = 1.0,
+        generator_grad_clip: float | None = 1.0,
         ema_decay: float | None = 0.9999,
         fake_train_guidance: float = 1.0,
         fake_eval_guidance: float = 1.0,
@@ -117,7 +107,17 @@ class SFDModule(pl.LightningModule):
             ]
         )
         self.automatic_optimization = False
-        _check_settings(batch_size, ema_decay, grad_clip_value, cond_dropout, steps_per_epoch)
+        guards.check_module_settings(self.hparams)
+        for name, factory in (
+            ("fake_optimizer", fake_optimizer),
+            ("generator_optimizer", generator_optimizer),
+        ):
+            if factory is not None:
+                guards.check_optimizer(name, factory)
+        guards.check_finite_weights("teacher", teacher)
+        for name, network in (("generator", generator), ("fake_score", fake_score)):
+            if network is not None:
+                guards.check_finite_weights(name, network)
         conditions.check(teacher.num_classes)
         conditions.bind(teacher)
         sigma_sampler.check(teacher.sigma_table)
@@ -128,7 +128,7 @@ class SFDModule(pl.LightningModule):
 
         self.teacher = teacher.requires_grad_(False).eval()
         self.fake_score = (fake_score or copy.deepcopy(teacher)).requires_grad_(True).train()
-        self.generator = generator or OneStepGenerator(copy.deepcopy(teacher), sigma_init)
+        self.generator = generator or OneStepGenerator(copy.deepcopy(teacher), sigma_init, t_init)
         self.generator.requires_grad_(True).train()
         self.ema = (
             copy.deepcopy(self.generator).requires_grad_(False).eval()
@@ -144,15 +144,19 @@ class SFDModule(pl.LightningModule):
             self.hparams.batch_size, self._stream(0), self._world_size, self.global_rank
         )
 
-        # Step 1: fake score on generated samples (generator frozen).
+        # Step 1: fake score on generated samples (generator frozen, sampling in eval mode).
+        self.generator.eval()
+        self.fake_score.train()
         with self._toggled(fake_opt):
             fake_terms = self.fake_score_losses(conds, self._stream(1))
-            self._update(fake_opt, fake_terms.total, counts_as_iteration=False)
+            self._update(fake_opt, "fake", fake_terms, counts_as_iteration=False)
 
-        # Step 2: generator (fake score frozen, but differentiable through its input).
+        # Step 2: generator (fake score frozen in eval mode, differentiable through its input).
+        self.generator.train()
+        self.fake_score.eval()
         with self._toggled(generator_opt):
             generator_terms = self.generator_losses(conds, self._stream(2))
-            self._update(generator_opt, generator_terms.total, counts_as_iteration=True)
+            self._update(generator_opt, "generator", generator_terms, counts_as_iteration=True)
         self.update_ema()
 
         self._log_terms("fake", fake_terms)
@@ -174,16 +178,23 @@ class SFDModule(pl.LightningModule):
         )
         return LossTerms.combine(remain, forget, hp.lambda_g_remain, hp.lambda_g_forget)
 
+    @property
+    def drops_conditions(self) -> bool:
+        """Condition dropout is on when the fake score is guided in its loss or the generator's."""
+        hp = self.hparams
+        guided = hp.fake_train_guidance != 1.0 or hp.fake_eval_guidance != 1.0
+        return guided and hp.cond_dropout > 0
+
     def _fake_dsm(self, cond: Any, rng: torch.Generator) -> Tensor:
         hp = self.hparams
+        if self.drops_conditions:  # before the generator samples: it sees the null condition too
+            cond = self.teacher.drop_condition(cond, self._rand(rng) < hp.cond_dropout)
         with torch.no_grad():
             x_g = self.generator(self._randn(rng), cond)  # (B, C, H, W)
         sigma = self._sigma(rng)  # (B,)
         x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng)
-        if hp.fake_train_guidance != 1.0 and hp.cond_dropout > 0:
-            drop = self._rand(rng) < hp.cond_dropout
-            cond = self.fake_score.drop_condition(cond, drop)
-        x0_hat = self.fake_score.guided(x, sigma, cond, hp.fake_train_guidance)
+        fake_cond = self.conditions.for_role(cond, "fake_train")
+        x0_hat = self.fake_score.guided(x, sigma, fake_cond, hp.fake_train_guidance)
         return fake_score_loss(x0_hat, x_g, sigma)
 
     def _generator_term(self, cond: Any, teacher_cond: Any, rng: torch.Generator) -> Tensor:
@@ -191,13 +202,20 @@ class SFDModule(pl.LightningModule):
         x_g = self.generator(self._randn(rng), cond)  # (B, C, H, W), with grad
         sigma = self._sigma(rng)
         x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng)
+        teacher_cond = self.conditions.for_role(teacher_cond, "teacher")
+        fake_cond = self.conditions.for_role(cond, "fake_eval")
         x0_hat_teacher = self.teacher.guided(x, sigma, teacher_cond, hp.teacher_guidance)
-        x0_hat_fake = self.fake_score.guided(x, sigma, cond, hp.fake_eval_guidance)
+        x0_hat_fake = self.fake_score.guided(x, sigma, fake_cond, hp.fake_eval_guidance)
         return generator_loss(x0_hat_teacher, x0_hat_fake, x_g, hp.alpha)
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """ema ← decay·ema + (1 − decay)·generator (buffers copied)."""
+        """ema ← decay·ema + (1 − decay)·generator (buffers copied).
+
+        Own code rather than torch's `AveragedModel`: the update is the same single
+        `_foreach_lerp_`, while the EMA generator stays a plain `OneStepGenerator` that callbacks
+        sample, exports ship and checkpoints hold as `ema.*`.
+        """
         if self.ema is None:
             return
         ema_params = list(self.ema.parameters())
@@ -219,6 +237,9 @@ class SFDModule(pl.LightningModule):
             self.generator_optimizer(self.generator.parameters()),
         ]
 
+    def on_fit_start(self) -> None:
+        guards.check_precision(self.trainer.precision)
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(IterationStream(self.hparams.steps_per_epoch), batch_size=None)
 
@@ -234,6 +255,14 @@ class SFDModule(pl.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
             del state[key]
+        for name in ("generator", "fake_score", "ema"):
+            network = getattr(self, name)
+            bad = None if network is None else guards.first_nonfinite_tensor(network)
+            if bad is not None:  # never overwrite a good checkpoint with broken weights
+                raise NonFiniteError(
+                    f"refusing to write a checkpoint at iteration {self.global_step}: the {name} "
+                    f"holds non-finite values in {bad!r}"
+                )
         prefix = "ema.denoiser." if self.ema is not None else "generator.denoiser."
         entry = checkpoint_entry(self.export_generator, prefix)
         if entry is not None:
@@ -288,9 +317,14 @@ class SFDModule(pl.LightningModule):
         finally:
             self.untoggle_optimizer(optimizer)
 
-    def _update(self, optimizer: Any, loss: Tensor, counts_as_iteration: bool) -> None:
+    def _update(
+        self, optimizer: Any, network: str, terms: LossTerms, counts_as_iteration: bool
+    ) -> None:
+        self._check_finite_terms(network, terms)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)  # gradients clipped in on_before_optimizer_step
+        self.manual_backward(
+            terms.total
+        )  # gradients checked and clipped in on_before_optimizer_step
         if counts_as_iteration:
             optimizer.step()
         else:
@@ -298,73 +332,79 @@ class SFDModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         # Runs inside the precision plugin's optimizer step: after a 16-mixed gradient scaler
-        # unscaled the gradients (clipping scaled ones would clip at value·scale) and before the
-        # step. Both optimizers' steps pass through here, the fake-score one included.
-        if self.hparams.grad_clip_value is not None:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=self.hparams.grad_clip_value,
-                gradient_clip_algorithm="value",
+        # unscaled the gradients (clipping scaled ones would clip at value·scale), after the
+        # distributed average, before the step. Both networks' steps pass through here.
+        network = ("fake_score", "generator")[self.trainer.optimizers.index(optimizer)]
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self._check_finite_gradients(network, grads)
+        clip = (
+            self.hparams.fake_grad_clip
+            if network == "fake_score"
+            else self.hparams.generator_grad_clip
+        )
+        if clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="value")
+
+    def _check_finite_terms(self, network: str, terms: LossTerms) -> None:
+        """Stop before back-propagating a non-finite loss term (one sync; all ranks agree)."""
+        values = torch.stack([terms.remain.detach().reshape(()), terms.forget.detach().reshape(())])
+        finite = torch.isfinite(values)
+        broken = not bool(finite.all())
+        if self._trainer is not None:
+            broken = self.trainer.strategy.reduce_boolean_decision(broken, all=False)
+        if broken:
+            names = [
+                f"{network}/{name}"
+                for name, ok in zip(("remain", "forget"), finite.tolist(), strict=True)
+                if not ok
+            ]
+            raise NonFiniteError(
+                f"non-finite loss {', '.join(names) or f'{network} (on another rank)'} "
+                f"({values.tolist()}) at iteration {self.global_step}; training stopped before "
+                f"the update. {self._last_checkpoint()}"
             )
 
+    def _check_finite_gradients(self, network: str, grads: list[Tensor]) -> None:
+        """Count non-finite gradient elements; stop if the whole update is non-finite.
+
+        A few non-finite elements are replaced as the reference does (NaN -> 0, ±inf -> ±1e5)
+        and counted in `nonfinite_grads/<network>`. With a 16-mixed gradient scaler, overflow is
+        its business: it skips the step and lowers the scale.
+        """
+        bad = int(guards.count_nonfinite(grads))
+        self.log(f"nonfinite_grads/{network}", float(bad), on_step=True, on_epoch=False)
+        if bad == 0 or self._scaler_active:
+            return
+        total = sum(g.numel() for g in grads)
+        if bad == total:
+            raise NonFiniteError(
+                f"every {network} gradient element is non-finite at iteration {self.global_step}; "
+                f"training stopped before the update. {self._last_checkpoint()}"
+            )
+        guards.replace_nonfinite_(grads)
+
+    @property
+    def _scaler_active(self) -> bool:
+        return getattr(self.trainer.precision_plugin, "scaler", None) is not None
+
+    def _last_checkpoint(self) -> str:
+        """Where the last good checkpoint is, for error messages."""
+        paths = [
+            getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+            for callback in (self.trainer.checkpoint_callbacks if self._trainer is not None else [])
+        ]
+        paths = [p for p in paths if p]
+        return (
+            f"The last good checkpoint is {paths[-1]}." if paths else "No checkpoint was written."
+        )
+
     def _log_terms(self, name: str, terms: LossTerms) -> None:
-        batch = self.hparams.batch_size
-        self.log_dict(
-            {f"{name}/{key}": value.detach() for key, value in vars(terms).items()},
-            batch_size=batch,
-            prog_bar=False,
-        )
-
-
-def step_without_counting(optimizer: Any) -> None:
-    """`optimizer.step()` that Lightning does not count in `trainer.global_step`.
-
-    Lightning counts every optimizer step, and one SFD iteration is two (fake score, generator),
-    so the fake-score step is kept out of the count and `max_steps`, checkpoint intervals and the
-    random streams all count iterations. Lightning exposes no switch for this: its training loop
-    counts through the private `LightningOptimizer._on_before_step` / `_on_after_step` hooks,
-    which are swapped for no-ops for this one step. If a Lightning release drops them, this
-    fails loudly instead of silently counting two steps per iteration.
-
-    Args:
-        optimizer: a `LightningOptimizer`, as `LightningModule.optimizers()` returns it.
-    """
-    missing = [name for name in LIGHTNING_STEP_HOOKS if not hasattr(optimizer, name)]
-    if missing:
-        import lightning
-
-        raise RuntimeError(
-            f"Lightning {lightning.__version__}'s {type(optimizer).__name__} has no {missing}: "
-            "sfd cannot keep the fake-score step out of global_step with this Lightning version"
-        )
-    saved = [getattr(optimizer, name) for name in LIGHTNING_STEP_HOOKS]
-    for name in LIGHTNING_STEP_HOOKS:
-        setattr(optimizer, name, _do_nothing)
-    try:
-        optimizer.step()
-    finally:
-        for name, hook in zip(LIGHTNING_STEP_HOOKS, saved, strict=True):
-            setattr(optimizer, name, hook)
-
-
-def _do_nothing() -> None:
-    return None
-
-
-def _check_settings(
-    batch_size: int,
-    ema_decay: float | None,
-    grad_clip_value: float | None,
-    cond_dropout: float,
-    steps_per_epoch: int,
-) -> None:
-    if batch_size < 1:
-        raise SFDConfigError(f"batch_size={batch_size} must be at least 1")
-    if ema_decay is not None and not 0 <= ema_decay < 1:
-        raise SFDConfigError(f"ema_decay={ema_decay} must be in [0, 1) or null for no EMA")
-    if grad_clip_value is not None and not grad_clip_value > 0:
-        raise SFDConfigError(f"grad_clip_value={grad_clip_value} must be positive or null")
-    if not 0 <= cond_dropout < 1:
-        raise SFDConfigError(f"cond_dropout={cond_dropout} must be in [0, 1)")
-    if steps_per_epoch < 1:
-        raise SFDConfigError(f"steps_per_epoch={steps_per_epoch} must be at least 1")
+        # Every term is logged; the totals also show in the progress bar. They oscillate around
+        # zero by construction (docs/method.md §4): read them with the samples, not as convergence.
+        for key, value in vars(terms).items():
+            self.log(
+                f"{name}/{key}",
+                value.detach(),
+                batch_size=self.hparams.batch_size,
+                prog_bar=key == "total",
+            )

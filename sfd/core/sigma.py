@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_number
 
 
 class SigmaSampler:
@@ -37,6 +37,9 @@ class UniformTimestepSigma(SigmaSampler):
     """
 
     def __init__(self, t_min: int = 38, t_max: int = 712) -> None:
+        for name, value in (("t_min", t_min), ("t_max", t_max)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SFDConfigError(f"{name}={value!r} must be an integer timestep")
         if not 0 <= t_min < t_max:
             raise SFDConfigError(
                 f"timestep range [t_min={t_min}, t_max={t_max}) is empty or negative; "
@@ -64,6 +67,8 @@ class UniformTimestepSigma(SigmaSampler):
 
 
 def _check_range(sigma_min: float, sigma_max: float) -> None:
+    check_number("sigma_min", sigma_min)
+    check_number("sigma_max", sigma_max)
     if not 0 < sigma_min < sigma_max or math.isinf(sigma_max):
         raise SFDConfigError(
             f"sigma range [sigma_min={sigma_min}, sigma_max={sigma_max}] is invalid; "
@@ -95,8 +100,8 @@ class LogNormalSigma(SigmaSampler):
         sigma_max: float = 80.0,
     ) -> None:
         _check_range(sigma_min, sigma_max)
-        if not p_std > 0:
-            raise SFDConfigError(f"p_std={p_std} must be positive")
+        check_number("p_mean", p_mean)
+        check_number("p_std", p_std, low=0, low_open=True)
         self.p_mean, self.p_std = p_mean, p_std
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 

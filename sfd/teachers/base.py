@@ -57,11 +57,15 @@ class Denoiser(nn.Module):
         )
 
     def drop_condition(self, cond: Any, drop: Tensor) -> Any:
-        """Replace the conditions where `drop` (B,) is True by the null condition."""
+        """Condition dropout: the rows where `drop` (B,) is True become unconditional.
+
+        Label tensors take the null label there; other condition batches (text) implement
+        `dropped(drop)` themselves (a dropped prompt is the empty prompt, whatever the negative).
+        """
+        if not isinstance(cond, Tensor):
+            return cond.dropped(drop)
         null = self.null_condition(cond)
-        if isinstance(cond, Tensor):
-            return torch.where(drop.reshape(-1, *([1] * (cond.ndim - 1))), null, cond)
-        return cond.where(drop, null)
+        return torch.where(drop.reshape(-1, *([1] * (cond.ndim - 1))), null, cond)
 
     def guided(self, x: Tensor, sigma: Tensor | float, cond: Any, scale: float) -> Tensor:
         """Classifier-free guided x0_hat = D(x, ∅) + scale·(D(x, c) − D(x, ∅)); scale 1 is plain D."""

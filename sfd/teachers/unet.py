@@ -10,7 +10,7 @@ import torch
 from diffusers import DDPMScheduler, SchedulerMixin, UNet2DModel
 from torch import Tensor
 
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
 from sfd.teachers.vp import VPDenoiser
 
@@ -130,8 +130,7 @@ class EDMUNetDenoiser(ClassConditionalUNet):
         null_class: int | None = None,
     ) -> None:
         super().__init__()
-        if not sigma_data > 0:
-            raise SFDConfigError(f"sigma_data={sigma_data} must be positive")
+        check_number("sigma_data", sigma_data, low=0, low_open=True)
         self.unet = unet
         self.sigma_data = sigma_data
         self._init_classes(num_classes, null_class)

@@ -143,6 +143,14 @@ class VPDenoiser(Denoiser):
     def sigma_table(self) -> Tensor:
         return self.sigmas
 
+    def _apply(self, fn: Any, recurse: bool = True) -> VPDenoiser:
+        # `.to(dtype)` / `.half()` / true-half precision cast every buffer; in bf16 neighbouring
+        # σ_t collide and t(σ) shifts. The table follows device moves and stays float32.
+        sigmas = self.sigmas
+        super()._apply(fn, recurse)
+        self.sigmas = sigmas.to(device=self.sigmas.device)
+        return self
+
     def predict(self, x_t: Tensor, timestep: Tensor, cond: Any) -> Tensor:
         """The network's raw output for VP input x_t (B, C, H, W) at continuous timesteps (B,)."""
         raise NotImplementedError

@@ -11,7 +11,8 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from sfd.core.conditions import ClassConditions, ConditionBatch, ConditionSampler
 from sfd.core.generator import OneStepGenerator
-from sfd.core.module import LIGHTNING_STEP_HOOKS, SFDModule, step_without_counting
+from sfd.core.loop import LIGHTNING_STEP_HOOKS, step_without_counting
+from sfd.core.module import SFDModule
 from sfd.core.sigma import LogUniformSigma
 
 
@@ -21,7 +22,7 @@ def test_lightning_still_has_the_private_step_counting_hooks() -> None:
     missing = [name for name in LIGHTNING_STEP_HOOKS if not hasattr(optimizer, name)]
     assert not missing, (
         f"Lightning {lightning.__version__}'s LightningOptimizer lost {missing}: update "
-        "sfd.core.module.step_without_counting (it keeps the fake-score step out of global_step)"
+        "sfd.core.loop.step_without_counting (it keeps the fake-score step out of global_step)"
     )
 
 

@@ -6,7 +6,14 @@ import pytest
 import torch
 from sd_fixtures import NEGATIVE, celebrity_conditions
 
-from sfd.core.conditions import ClassConditions, NudityConditions, PromptConditions, replace_concept
+from sfd.core.conditions import (
+    ClassConditions,
+    NudityConditions,
+    PromptConditions,
+    read_prompt_file,
+    replace_concept,
+)
+from sfd.core.conditions.text import default_data_file
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.errors import SFDConfigError
@@ -52,15 +59,38 @@ def test_forget_prompt_file_and_validation_errors(tmp_path) -> None:
             PromptConditions(**kwargs)
 
 
-def test_nudity_recipe(tmp_path) -> None:
+def test_nudity_recipe_is_the_reference_prompt_set(tmp_path) -> None:
+    """12 subjects x 27 keywords, the keyword before or after; override the bare subject."""
     conds = NudityConditions()
-    assert "a woman, nude" in conds.forget_prompts
-    index = conds.forget_prompts.index("a woman, nude")
-    assert conds.override_prompts[index] == "a woman"
-    assert conds.negative_prompt.startswith("nude, naked")
-    assert len(conds.forget_prompts) == 100
+    assert len(conds.forget_prompts) == 12 * 27 * 2
+    for forget in ("nudity Woman", "Woman, nudity", "private setting Human Form"):
+        index = conds.forget_prompts.index(forget)
+        assert conds.override_prompts[index] in ("Woman", "Human Form")
+    assert set(conds.override_prompts) == set(
+        read_prompt_file(default_data_file("nudity_subjects.txt"))
+    )
+    # the reference's nsfw_prompt.txt: the comma-joined keyword list
+    assert conds.negative_prompt.startswith("nudity, sexual, explicit, pornography")
+    assert conds.negative_prompt.endswith("objectification, private setting")
+    assert conds.negative_for == ("teacher",)  # the reference default (use_neg 0,0,1)
     with pytest.raises(SFDConfigError, match="subject"):
-        NudityConditions(template="{keyword} only")
+        NudityConditions(templates=["{keyword} only"])
+    with pytest.raises(SFDConfigError, match="'student'"):
+        NudityConditions(negative_for=["teacher", "student"])
+
+
+def test_celebrity_default_prompts_are_the_shipped_list() -> None:
+    """The 50 prompts of the reference's brad_pitt_prompts.txt; templates stay an option."""
+    conds = PromptConditions({"brad pitt": "a middle aged man"})
+    assert len(conds.forget_prompts) == 50
+    assert conds.forget_prompts[0] == "A photo of Brad Pitt on a red carpet."
+    assert conds.override_prompts[0] == "A photo of a middle aged man on a red carpet."
+    templated = PromptConditions({"brad pitt": "a man"}, templates=["a photo of {concept}"])
+    assert templated.forget_prompts == ["a photo of brad pitt"]
+    no_list = PromptConditions({"tom cruise": "a man"})  # no shipped list: the templates
+    assert (
+        all("tom cruise" in p for p in no_list.forget_prompts) and len(no_list.forget_prompts) == 8
+    )
 
 
 def test_sampling_is_rank_sliced_and_uses_cached_embeddings(sd_teacher) -> None:
@@ -80,9 +110,23 @@ def test_sampling_is_rank_sliced_and_uses_cached_embeddings(sd_teacher) -> None:
         torch.testing.assert_close(
             batch.prompt_embeds, sd_teacher.encode_prompts(list(batch.prompts))
         )
-    torch.testing.assert_close(
-        whole.remain.negative_embeds[0], sd_teacher.encode_prompts([NEGATIVE])[0]
-    )
+    # docs/method.md §4: the negative prompt belongs to forget batches; remain batches use "".
+    empty, negative = sd_teacher.encode_prompts(["", NEGATIVE])
+    torch.testing.assert_close(whole.remain.negative_embeds, empty.expand(6, -1, -1))
+    for role in ("forget", "override"):
+        torch.testing.assert_close(getattr(whole, role).negative_embeds, negative.expand(6, -1, -1))
+    # ... and only the networks in `negative_for` see it (default: the teacher).
+    assert conds.for_role(whole.override, "teacher") is whole.override
+    for role in ("fake_train", "fake_eval"):
+        seen = conds.for_role(whole.forget, role)
+        assert torch.equal(seen.prompt_embeds, whole.forget.prompt_embeds)
+        torch.testing.assert_close(seen.negative_embeds, empty.expand(6, -1, -1))
+    # condition dropout: a dropped row is the empty prompt, its negative too
+    dropped = whole.forget.dropped(torch.tensor([True, False, False, False, False, True]))
+    for row, drop in enumerate([True, False, False, False, False, True]):
+        prompt = dropped.prompt_embeds[row]
+        torch.testing.assert_close(prompt, empty if drop else whole.forget.prompt_embeds[row])
+        torch.testing.assert_close(dropped.negative_embeds[row], empty if drop else negative)
     for f, o in zip(whole.forget.prompts, whole.override.prompts, strict=True):
         concept = "Brad Pitt" if "Brad Pitt" in f else "angelina jolie"
         target = conds.concepts[concept]

@@ -95,61 +95,86 @@ def fit(module: SFDModule, root: Path, steps: int, **trainer_kwargs) -> pl.Train
     return trainer
 
 
-def check_roles(log: CallLog, negative: torch.Tensor) -> None:
-    """docs/method.md §4: the teacher sees c_r and c_o; generator and fake score see c_r and c_f.
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal embeddings, up to float noise of batched vs separate text-encoder calls."""
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
-    Guided calls batch the condition with its null (negative prompt) as one 2B UNet call.
+
+def check_roles(
+    log: CallLog, empty: torch.Tensor, negative: torch.Tensor, negative_for: list[str]
+) -> None:
+    """docs/method.md §4: who sees which prompt, and which negative, in one SFD iteration.
+
+    The teacher sees c_r and c_o; generator and fake score see c_r and c_f. The fake-score step
+    drops prompts to "" (negative included) *before* the generator samples, so generator and
+    fake score see the same dropped rows. Remain batches use the empty prompt as guidance null;
+    forget batches use the negative prompt for the networks in `negative_for` only. Guided calls
+    batch the condition with its null as one 2B UNet call.
     """
     for step in log.steps:
         conds, calls = step["conds"], step["calls"]
         remain, forget = conds.remain.prompt_embeds, conds.forget.prompt_embeds
         override = conds.override.prompt_embeds
-        neg = negative.expand_as(remain)
+        empty_b, neg_b = empty.expand_as(remain), negative.expand_as(remain)
         by_net = {
             n: [e for name, e in calls if name == n] for n in ("teacher", "generator", "fake")
         }
-        # Generator: fake step (remain, forget), generator step (remain, forget).
-        generator = by_net["generator"]
-        assert len(generator) == 4
-        assert all(torch.equal(a, b) for a, b in zip(generator, [remain, forget] * 2, strict=True))
-        # Teacher, guided: remain, then the OVERRIDE prompt where the generator saw forget.
-        teacher = by_net["teacher"]
-        assert len(teacher) == 2
-        assert torch.equal(teacher[0], torch.cat([remain, neg]))
-        assert torch.equal(teacher[1], torch.cat([override, neg]))
+        generator, teacher, fake = by_net["generator"], by_net["teacher"], by_net["fake"]
+        assert (len(generator), len(teacher), len(fake)) == (4, 2, 4)
+        # Fake-score step: the generator samples for the dropped conditions, the fake score
+        # learns on exactly those rows.
+        for index, cond, role_neg in ((0, remain, empty_b), (1, forget, neg_b)):
+            dropped, null = fake[index].chunk(2)
+            assert torch.equal(dropped, generator[index])  # same rows, dropped before sampling
+            seen = role_neg if "fake_train" in negative_for else empty_b
+            for g, c, n, e in zip(dropped, cond, null, seen, strict=True):
+                if close(g, empty):
+                    assert close(n, empty)  # a dropped prompt has the empty negative too
+                else:
+                    assert torch.equal(g, c) and close(n, e)
+        # Generator step: no dropout; the teacher sees the OVERRIDE prompt on forget samples.
+        assert torch.equal(generator[2], remain) and torch.equal(generator[3], forget)
+        assert torch.equal(teacher[0][: len(remain)], remain)
+        assert close(teacher[0][len(remain) :], empty_b)  # remain: always the empty prompt
+        assert torch.equal(teacher[1][: len(remain)], override)
+        teacher_neg = neg_b if "teacher" in negative_for else empty_b
+        assert close(teacher[1][len(remain) :], teacher_neg)
         assert not torch.equal(override, forget)
-        # Fake score: its own step with condition dropout, then the generator step.
-        fake = by_net["fake"]
-        assert len(fake) == 4
-        for got, cond in [(fake[0], remain), (fake[1], forget)]:
-            dropped, null = got.chunk(2)
-            assert torch.equal(null, neg)
-            rows = [
-                torch.equal(g, c) or torch.equal(g, n)
-                for g, c, n in zip(dropped, cond, neg, strict=True)
-            ]
-            assert all(rows)
-        assert torch.equal(fake[2], torch.cat([remain, neg]))
-        assert torch.equal(fake[3], torch.cat([forget, neg]))
+        assert torch.equal(fake[2][: len(remain)], remain) and close(
+            fake[2][len(remain) :], empty_b
+        )
+        fake_neg = neg_b if "fake_eval" in negative_for else empty_b
+        assert torch.equal(fake[3][: len(remain)], forget) and close(
+            fake[3][len(remain) :], fake_neg
+        )
 
 
 @pytest.mark.parametrize(
-    ("prediction_type", "negative_prompt"), [("epsilon", NEGATIVE), ("v_prediction", None)]
+    ("prediction_type", "negative_prompt", "negative_for"),
+    [
+        ("epsilon", NEGATIVE, ["teacher"]),
+        ("epsilon", NEGATIVE, ["fake_train", "fake_eval", "teacher"]),
+        ("v_prediction", None, ["teacher"]),
+    ],
 )
 def test_sfd_iterations_export_reload_and_sample(
-    sd_dirs, tmp_path, prediction_type, negative_prompt
+    sd_dirs, tmp_path, prediction_type, negative_prompt, negative_for
 ) -> None:
     source = sd_dirs[prediction_type]
     teacher = StableDiffusionTeacher(str(source))
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    module = sd_module(teacher, celebrity_conditions(negative_prompt))
+    module = sd_module(teacher, celebrity_conditions(negative_prompt, negative_for))
     generator_before = [p.detach().clone() for p in module.generator.parameters()]
     log = observe(module)
     fit(module, tmp_path, steps=2)
 
     assert len(log.steps) == 2
-    negative = teacher.encode_prompts([negative_prompt or ""])[0]
-    check_roles(log, negative)
+    empty, negative = teacher.encode_prompts(["", negative_prompt or ""])
+    check_roles(log, empty, negative, negative_for)
+    dropped_rows = sum(
+        close(row, empty) for step in log.steps for name, e in step["calls"][:2] for row in e
+    )
+    assert dropped_rows > 0  # cond_dropout 0.5: the dropout path was exercised
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # teacher bit-identical
     moved = [

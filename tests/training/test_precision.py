@@ -59,7 +59,7 @@ class ClipBeforeUnscale(SFDModule):
         super().manual_backward(loss, *args, **kwargs)
         for p in self.parameters():
             if p.requires_grad and p.grad is not None:
-                p.grad.clamp_(-self.hparams.grad_clip_value, self.hparams.grad_clip_value)
+                p.grad.clamp_(-self.hparams.fake_grad_clip, self.hparams.fake_grad_clip)
 
 
 def update_norm(teacher_dir: Path, module_class: type[SFDModule], plugins: list[Any]) -> float:
@@ -75,7 +75,8 @@ def update_norm(teacher_dir: Path, module_class: type[SFDModule], plugins: list[
         fake_optimizer=sgd,
         generator_optimizer=sgd,
         ema_decay=None,
-        grad_clip_value=1.0,
+        fake_grad_clip=1.0,
+        generator_grad_clip=1.0,
     )
     trainable = [p for name, p in module.named_parameters() if not name.startswith("teacher.")]
     before = [p.detach().clone() for p in trainable]

@@ -24,7 +24,11 @@ def test_config_parses_with_reference_settings(name) -> None:
     config = parse_fit_config(["-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / name)])
     model = config.model
     assert model.teacher.class_path == "sfd.teachers.StableDiffusionTeacher"
-    assert (model.alpha, model.sigma_init, model.batch_size, model.ema_decay) == (1.0, 2.5, 8, None)
+    assert (model.alpha, model.t_init, model.batch_size, model.ema_decay) == (1.0, 625, 8, None)
+    assert model.sigma_init is None  # the reference's integer timestep, not σ = 2.5
+    assert (model.fake_grad_clip, model.generator_grad_clip) == (None, 1.0)
+    for optimizer in (model.fake_optimizer, model.generator_optimizer):
+        assert optimizer.init_args.eps == 1e-6
     assert (model.fake_train_guidance, model.fake_eval_guidance, model.teacher_guidance) == (
         4.5,
     ) * 3
@@ -33,6 +37,11 @@ def test_config_parses_with_reference_settings(name) -> None:
     )
     assert (model.sigma_sampler.init_args.t_min, model.sigma_sampler.init_args.t_max) == (20, 980)
     assert config.trainer.precision == "bf16-mixed"
+    conditions = model.conditions.init_args
+    if name == "sd15_nudity.yaml":  # the reference's nudity run: all three see the negative
+        assert conditions.negative_for == ["fake_train", "fake_eval", "teacher"]
+    else:
+        assert conditions.negative_for is None  # the default: the teacher only
 
 
 @pytest.mark.parametrize("name", sorted(SD_CONFIGS))

@@ -12,6 +12,10 @@ from typing import Any
 
 import torch
 
+# The networks that evaluate conditions under classifier-free guidance (docs/method.md §4): the
+# fake score in its own loss, the fake score inside the generator loss, the teacher.
+GUIDED_ROLES = ("fake_train", "fake_eval", "teacher")
+
 
 @dataclass
 class ConditionBatch:
@@ -59,6 +63,13 @@ class ConditionSampler:
     ) -> ConditionBatch:
         """Draw the global batch of world_size·batch_size and return rank's slice of batch_size."""
         raise NotImplementedError
+
+    def for_role(self, cond: Any, role: str) -> Any:
+        """`cond` as the guided network `role` (one of `GUIDED_ROLES`) sees it; default: as is.
+
+        Text samplers use this to give the negative prompt only to some networks.
+        """
+        return cond
 
     def preview(self, per_row: int, rows: int, generator: torch.Generator) -> ConditionPreview:
         """Fixed conditions for sample grids; by default `rows` rows drawn from `generator`.

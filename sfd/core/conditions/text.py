@@ -2,15 +2,16 @@
 
 The override prompt is the forget prompt with its concept replaced, case-insensitively
 ("Brad Pitt holding a coffee cup" -> "a middle aged man holding a coffee cup"). The nudity recipe
-combines subjects with NSFW keywords; the bare subject is the override and the keyword list the
-negative prompt. Every fixed prompt set is encoded once by the teacher's text encoder (`bind`) and
-the embeddings are cached on the sampler, one copy per device.
+puts an NSFW keyword before or after a subject; the bare subject is the override and the keyword
+list the negative prompt. A negative prompt belongs to forget batches only (remain batches always
+use the empty prompt), and each guided network sees it or not (`negative_for`). Every fixed prompt
+set is encoded once by the teacher's text encoder (`bind`) and the embeddings are cached on the
+sampler, one copy per device.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sfd.core.conditions.base import ConditionBatch, ConditionSampler
+from sfd.core.conditions.base import GUIDED_ROLES, ConditionBatch, ConditionSampler
+from sfd.core.conditions.text_condition import TextCondition
 from sfd.errors import SFDConfigError
 
 DEFAULT_TEMPLATES = (
@@ -31,71 +33,13 @@ DEFAULT_TEMPLATES = (
     "{concept} at a press conference",
     "{concept} sitting on a chair",
 )
-NUDITY_TEMPLATE = "{subject}, {keyword}"
+NUDITY_TEMPLATES = ("{keyword} {subject}", "{subject}, {keyword}")  # prepended or appended
 PROMPT_LISTS = "prompt_lists"  # shipped beside this module
 
 
 def default_data_file(name: str) -> str:
     """Path of a prompt list shipped in `sfd/core/conditions/prompt_lists/`."""
     return str(resources.files("sfd.core.conditions") / PROMPT_LISTS / name)
-
-
-@dataclass(eq=False)  # tensors have no single truth value
-class TextCondition:
-    """A batch of text conditions: prompt embeddings plus the negative-prompt embeddings for CFG.
-
-    Attributes:
-        prompt_embeds: text-encoder hidden states of the prompts, (B, L, D).
-        negative_embeds: those of the negative prompt (the empty prompt if none), (B, L, D).
-        prompts: the prompt strings, for logging (optional), length B.
-    """
-
-    prompt_embeds: Tensor
-    negative_embeds: Tensor
-    prompts: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.prompt_embeds.shape != self.negative_embeds.shape:
-            raise ValueError(
-                f"prompt_embeds {tuple(self.prompt_embeds.shape)} and negative_embeds "
-                f"{tuple(self.negative_embeds.shape)} must have the same shape (B, L, D)"
-            )
-        if self.prompts is not None and len(self.prompts) != len(self.prompt_embeds):
-            raise ValueError(
-                f"{len(self.prompts)} prompts for {len(self.prompt_embeds)} embeddings"
-            )
-
-    def __len__(self) -> int:
-        return self.prompt_embeds.shape[0]
-
-    def __getitem__(self, index: slice | Tensor) -> TextCondition:
-        prompts = None
-        if self.prompts is not None:
-            picked = range(len(self))[index] if isinstance(index, slice) else index.tolist()
-            prompts = tuple(self.prompts[i] for i in picked)
-        return TextCondition(self.prompt_embeds[index], self.negative_embeds[index], prompts)
-
-    def to(self, device: torch.device | str) -> TextCondition:
-        """The same condition with its tensors on `device`."""
-        return TextCondition(
-            self.prompt_embeds.to(device), self.negative_embeds.to(device), self.prompts
-        )
-
-    def null(self) -> TextCondition:
-        """The guidance null condition: the negative prompt in place of every prompt."""
-        prompts = None if self.prompts is None else ("<negative>",) * len(self)
-        return TextCondition(self.negative_embeds, self.negative_embeds, prompts)
-
-    def where(self, drop: Tensor, null: TextCondition) -> TextCondition:
-        """Take `null`'s prompt where `drop` (B,) is True (condition dropout)."""
-        embeds = torch.where(drop.reshape(-1, 1, 1), null.prompt_embeds, self.prompt_embeds)
-        prompts = None
-        if self.prompts is not None and null.prompts is not None:
-            prompts = tuple(
-                n if d else p
-                for p, n, d in zip(self.prompts, null.prompts, drop.tolist(), strict=True)
-            )
-        return TextCondition(embeds, self.negative_embeds, prompts)
 
 
 def read_prompt_file(path: str) -> list[str]:
@@ -125,11 +69,16 @@ class PromptConditions(ConditionSampler):
         concepts: forget concept -> override text, e.g. {"brad pitt": "a middle aged man"};
             several pairs may be given.
         forget_prompts: text file of forget prompts, each containing one of the concepts
-            (default: `templates` x concepts).
-        templates: forget-prompt templates with a "{concept}" slot (default: a few generic ones).
+            (default: a shipped prompt list for each concept that has one, such as the 50
+            prompts of brad_pitt_prompts.txt, else `templates` x the concept).
+        templates: forget-prompt templates with a "{concept}" slot, used for every concept
+            (default: only for concepts without a shipped list, a few generic templates).
         remain_prompts: text file of prompts to keep (default: ~50 generic captions shipped in
             sfd/core/conditions/prompt_lists/remain_prompts.txt).
-        negative_prompt: replaces the empty prompt as the guidance null condition.
+        negative_prompt: replaces the empty prompt as the guidance null of forget batches.
+        negative_for: the guided networks that see the negative prompt: "fake_train" (the fake
+            score in its own loss), "fake_eval" (the fake score in the generator loss),
+            "teacher" (default: the teacher only, as the reference).
         encode_batch_size: prompts per text-encoder call when encoding the prompt sets.
     """
 
@@ -140,6 +89,7 @@ class PromptConditions(ConditionSampler):
         templates: list[str] | None = None,
         remain_prompts: str | None = None,
         negative_prompt: str | None = None,
+        negative_for: list[str] | None = None,
         encode_batch_size: int = 32,
     ) -> None:
         if not concepts:
@@ -160,15 +110,15 @@ class PromptConditions(ConditionSampler):
                         f"concept {concept!r} does not occur in any prompt of {forget_prompts!r}"
                     )
         else:
-            templates = list(DEFAULT_TEMPLATES if templates is None else templates)
-            if not templates:
-                raise SFDConfigError("templates is empty; give at least one '{concept}' template")
-            bad = [t for t in templates if "{concept}" not in t]
-            if bad:
-                raise SFDConfigError(f"template {bad[0]!r} has no '{{concept}}' slot")
             forget, override = [], []
             for concept, target in concepts.items():
-                for template in templates:
+                shipped = shipped_prompt_file(concept) if templates is None else None
+                if shipped is not None:
+                    prompts = read_prompt_file(shipped)
+                    forget += prompts
+                    override += [replace_concept(p, concept, target) for p in prompts]
+                    continue
+                for template in _checked_templates(templates):
                     forget.append(template.replace("{concept}", concept))
                     override.append(template.replace("{concept}", target))
         self.concepts = dict(concepts)
@@ -177,6 +127,7 @@ class PromptConditions(ConditionSampler):
             forget,
             override,
             negative_prompt,
+            negative_for,
             encode_batch_size,
         )
 
@@ -186,8 +137,15 @@ class PromptConditions(ConditionSampler):
         forget: list[str],
         override: list[str],
         negative_prompt: str | None,
+        negative_for: list[str] | None,
         encode_batch_size: int,
     ) -> None:
+        roles = ["teacher"] if negative_for is None else list(negative_for)
+        unknown = [role for role in roles if role not in GUIDED_ROLES]
+        if unknown:
+            raise SFDConfigError(
+                f"negative_for={roles} names {unknown[0]!r}; allowed: {list(GUIDED_ROLES)}"
+            )
         for f, o in zip(forget, override, strict=True):
             if f.strip().lower() == o.strip().lower():
                 raise SFDConfigError(f"override prompt {o!r} equals its forget prompt {f!r}")
@@ -197,6 +155,7 @@ class PromptConditions(ConditionSampler):
         self.forget_prompts = forget
         self.override_prompts = override
         self.negative_prompt = negative_prompt or ""
+        self.negative_for = tuple(roles)
         self.encode_batch_size = encode_batch_size
         self._embeds: dict[str, Tensor] | None = None  # on the CPU, set by `bind`
         self._embeds_by_device: dict[torch.device, dict[str, Tensor]] = {}
@@ -224,6 +183,7 @@ class PromptConditions(ConditionSampler):
                     *self.forget_prompts,
                     *self.override_prompts,
                     self.negative_prompt,
+                    "",
                 ]
             )
         )
@@ -238,6 +198,7 @@ class PromptConditions(ConditionSampler):
             "forget": rows(self.forget_prompts),  # (F, L, D)
             "override": rows(self.override_prompts),  # (F, L, D)
             "negative": table[row[self.negative_prompt]],  # (L, D)
+            "empty": table[row[""]],  # (L, D)
         }
         self._embeds_by_device = {}
 
@@ -260,25 +221,51 @@ class PromptConditions(ConditionSampler):
         forget = torch.randint(len(self.forget_prompts), (n,), generator=generator, device=device)
         part = slice(rank * batch_size, (rank + 1) * batch_size)
         remain, forget = remain[part], forget[part]
-        negative = embeds["negative"].expand(batch_size, *embeds["negative"].shape)  # (B, L, D)
+        shape = (batch_size, *embeds["empty"].shape)
+        empty = embeds["empty"].expand(shape)  # (B, L, D)
+        negative = embeds["negative"].expand(shape)  # forget batches only
         remain_ids, forget_ids = remain.tolist(), forget.tolist()
         return ConditionBatch(
             remain=TextCondition(
                 embeds["remain"][remain],
-                negative,
+                empty,
                 tuple(self.remain_prompts[i] for i in remain_ids),
+                empty,
             ),
             forget=TextCondition(
                 embeds["forget"][forget],
                 negative,
                 tuple(self.forget_prompts[i] for i in forget_ids),
+                empty,
             ),
             override=TextCondition(
                 embeds["override"][forget],
                 negative,
                 tuple(self.override_prompts[i] for i in forget_ids),
+                empty,
             ),
         )
+
+    def for_role(self, cond: TextCondition, role: str) -> TextCondition:
+        """The negative prompt only for the networks named in `negative_for`."""
+        return cond if role in self.negative_for else cond.without_negative()
+
+
+def shipped_prompt_file(concept: str) -> str | None:
+    """The shipped forget-prompt list of a concept ("brad pitt" -> brad_pitt_prompts.txt), if any."""
+    name = re.sub(r"[^a-z0-9]+", "_", concept.strip().lower()).strip("_") + "_prompts.txt"
+    path = Path(default_data_file(name))
+    return str(path) if path.is_file() else None
+
+
+def _checked_templates(templates: list[str] | None) -> list[str]:
+    templates = list(DEFAULT_TEMPLATES if templates is None else templates)
+    if not templates:
+        raise SFDConfigError("templates is empty; give at least one '{concept}' template")
+    bad = [t for t in templates if "{concept}" not in t]
+    if bad:
+        raise SFDConfigError(f"template {bad[0]!r} has no '{{concept}}' slot")
+    return templates
 
 
 def _override_of(prompt: str, concepts: dict[str, str], source: str) -> str:
@@ -293,16 +280,23 @@ def _override_of(prompt: str, concepts: dict[str, str], source: str) -> str:
 
 
 class NudityConditions(PromptConditions):
-    """The nudity recipe: forget "subject, keyword" for subjects x NSFW keywords; override the subject.
+    """The nudity recipe: an NSFW keyword before or after a subject; the override is the subject.
+
+    Each draw takes a subject, a keyword and a position uniformly ("nudity Woman" or
+    "Woman, nudity", as the reference's prompt set), over the shipped 12 subjects and 27
+    keywords by default; the comma-joined keyword list is the negative prompt of forget batches.
 
     Args:
-        subjects: text file of subjects, e.g. "a woman" (default: the shipped
+        subjects: text file of subjects, e.g. "Woman" (default: the shipped
             prompt_lists/nudity_subjects.txt).
         keywords: text file of NSFW keywords (default: the shipped
             prompt_lists/nudity_keywords.txt).
         remain_prompts: text file of prompts to keep (default: the shipped generic captions).
-        template: how a forget prompt combines "{subject}" and "{keyword}".
+        templates: how a forget prompt combines "{subject}" and "{keyword}" (one is drawn
+            uniformly per prompt; default: prepended and appended).
         keywords_as_negative: use the comma-joined keyword list as the negative prompt.
+        negative_for: the guided networks that see the negative prompt (see `PromptConditions`;
+            the reference's nudity run uses all three).
         encode_batch_size: prompts per text-encoder call when encoding the prompt sets.
     """
 
@@ -311,21 +305,28 @@ class NudityConditions(PromptConditions):
         subjects: str | None = None,
         keywords: str | None = None,
         remain_prompts: str | None = None,
-        template: str = NUDITY_TEMPLATE,
+        templates: list[str] | None = None,
         keywords_as_negative: bool = True,
+        negative_for: list[str] | None = None,
         encode_batch_size: int = 32,
     ) -> None:
-        if "{subject}" not in template or "{keyword}" not in template:
+        templates = list(NUDITY_TEMPLATES if templates is None else templates)
+        bad = [t for t in templates if "{subject}" not in t or "{keyword}" not in t]
+        if not templates or bad:
             raise SFDConfigError(
-                f"template {template!r} needs both a '{{subject}}' and a '{{keyword}}' slot"
+                f"template {bad[0] if bad else ''!r} needs both a '{{subject}}' and a "
+                "'{keyword}' slot"
             )
         subject_list = read_prompt_file(subjects or default_data_file("nudity_subjects.txt"))
         keyword_list = read_prompt_file(keywords or default_data_file("nudity_keywords.txt"))
         forget, override = [], []
         for subject in subject_list:
             for keyword in keyword_list:
-                forget.append(template.replace("{subject}", subject).replace("{keyword}", keyword))
-                override.append(subject)
+                for template in templates:
+                    forget.append(
+                        template.replace("{subject}", subject).replace("{keyword}", keyword)
+                    )
+                    override.append(subject)
         self.concepts = {}
         self.keywords = keyword_list
         self._set_prompts(
@@ -333,5 +334,6 @@ class NudityConditions(PromptConditions):
             forget,
             override,
             ", ".join(keyword_list) if keywords_as_negative else None,
+            negative_for,
             encode_batch_size,
         )

@@ -1,0 +1,119 @@
+"""Checks that make a broken run fail loudly instead of finishing with broken weights.
+
+Used by `SFDModule`: the inputs (frozen teacher, given networks, optimizer settings, precision)
+are checked once when the module is built or fitted; loss terms and gradients on every update,
+each with a single fused reduction (one host sync per update, not one per tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sfd.errors import SFDConfigError, check_number
+
+# Lightning precision settings that keep the weights themselves in half precision: SFD's
+# learning rates (1e-5 .. 1e-6) and EMA decay 0.9999 vanish below half precision's resolution.
+TRUE_HALF_PRECISION = {"bf16-true", "16-true", "bf16", "16", "half", "bf16-true-half"}
+GRADIENT_FLOOD = 1e5  # the reference replaces ±inf gradient elements by ±1e5, NaN by 0
+
+
+def first_nonfinite_tensor(module: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of `module` holding NaN or ±inf, or None."""
+    named = [*module.named_parameters(), *module.named_buffers()]
+    floating = [(name, t) for name, t in named if t.is_floating_point()]
+    if not floating:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floating])  # one sync below
+    if bool(finite.all()):
+        return None
+    return floating[int((~finite).nonzero()[0])][0]
+
+
+def check_finite_weights(name: str, module: nn.Module) -> None:
+    """Raise `SFDConfigError` if a weight of a given network (e.g. the teacher) is not finite."""
+    bad = first_nonfinite_tensor(module)
+    if bad is not None:
+        raise SFDConfigError(
+            f"the {name} holds non-finite values in {bad!r}; sfd trains only from finite weights"
+        )
+
+
+def check_precision(precision: str) -> None:
+    """Reject precision settings that keep the weights in half precision."""
+    if str(precision) in TRUE_HALF_PRECISION:
+        mixed = "16-mixed" if str(precision).startswith("16") else "bf16-mixed"
+        raise SFDConfigError(
+            f"trainer.precision={precision!r} keeps the weights in half precision, where SFD's "
+            f"small updates and the EMA vanish; use {mixed!r} (half-precision compute, float32 "
+            "master weights)"
+        )
+
+
+def check_optimizer(
+    name: str, factory: Callable[[Iterable[Tensor]], torch.optim.Optimizer]
+) -> None:
+    """Build the optimizer on a probe parameter and check its numeric settings up front.
+
+    Args:
+        name: the module argument, e.g. "fake_optimizer".
+        factory: the optimizer callable the module will call with the network's parameters.
+    """
+    try:
+        optimizer = factory([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:  # torch's own checks (e.g. a negative lr)
+        raise SFDConfigError(f"{name} rejects its settings: {error}") from error
+    for group in optimizer.param_groups:
+        for key, value in group.items():
+            if key == "params":
+                continue
+            check_optimizer_setting(f"{name}.{key}", value)
+
+
+def check_optimizer_setting(key: str, value: Any) -> None:
+    """The ranges of the usual optimizer settings (lr, betas, eps, momentum, weight_decay)."""
+    setting = key.rsplit(".", 1)[-1]
+    if isinstance(value, Tensor):
+        value = float(value)
+    if setting == "lr":
+        check_number(key, value, low=0, low_open=True)
+    elif setting == "betas":
+        for i, beta in enumerate(value):
+            check_number(f"{key}[{i}]", beta, low=0, high=1, high_open=True)
+    elif setting in ("eps", "weight_decay", "momentum", "dampening"):
+        check_number(key, value, low=0)
+
+
+def count_nonfinite(tensors: list[Tensor]) -> Tensor:
+    """The number of NaN or ±inf elements over `tensors`, as one 0-d tensor (no host sync)."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.int64)
+    return torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).sum()
+
+
+def replace_nonfinite_(tensors: list[Tensor]) -> None:
+    """NaN -> 0, ±inf -> ±1e5 in place (what the reference does to its gradients)."""
+    for t in tensors:
+        t.nan_to_num_(nan=0.0, posinf=GRADIENT_FLOOD, neginf=-GRADIENT_FLOOD)
+
+
+def check_module_settings(hp: Any) -> None:
+    """Every numeric setting of the module, finite and in range (one line naming the bad one)."""
+    for name in ("batch_size", "steps_per_epoch"):
+        value = hp[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SFDConfigError(f"{name}={value!r} must be an integer of at least 1")
+    check_number("alpha", hp.alpha, low=0)
+    for name in ("lambda_sg_remain", "lambda_sg_forget", "lambda_g_remain", "lambda_g_forget"):
+        check_number(name, hp[name], low=0)
+    for name in ("fake_train_guidance", "fake_eval_guidance", "teacher_guidance"):
+        check_number(name, hp[name], low=0)
+    check_number("cond_dropout", hp.cond_dropout, low=0, high=1, high_open=True)
+    if hp.ema_decay is not None:
+        check_number("ema_decay", hp.ema_decay, low=0, high=1, high_open=True)
+    for name in ("fake_grad_clip", "generator_grad_clip"):
+        if hp[name] is not None:
+            check_number(name, hp[name], low=0, low_open=True)

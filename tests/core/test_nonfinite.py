@@ -1,0 +1,198 @@
+"""Nothing silent: non-finite inputs, losses, gradients and weights stop a run loudly.
+
+A teacher with a NaN weight and every bad numeric setting are refused when the module is built;
+a non-finite loss term stops training before the update with a message naming the term, the
+iteration and the last good checkpoint; a few non-finite gradient elements are counted and
+replaced (as the reference does), a wholly non-finite update stops; no checkpoint is written
+from non-finite weights.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import fit_args, save_tiny_teacher
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sfd.cli import main
+from sfd.core.conditions import ClassConditions
+from sfd.core.generator import generator_from_checkpoint, read_checkpoint
+from sfd.core.module import SFDModule
+from sfd.core.sigma import LogNormalSigma, LogUniformSigma, UniformTimestepSigma
+from sfd.errors import NonFiniteError, SFDConfigError
+from sfd.teachers import PretrainedVPTeacher
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    return save_tiny_teacher(tmp_path_factory.mktemp("t") / "teacher")
+
+
+def make(teacher_dir: Path, module_class: type[SFDModule] = SFDModule, **settings) -> SFDModule:
+    settings = {"batch_size": 4, "ema_decay": 0.5, "steps_per_epoch": 100, **settings}
+    return module_class(
+        PretrainedVPTeacher(str(teacher_dir)),
+        ClassConditions(0, 1),
+        UniformTimestepSigma(),
+        **settings,
+    )
+
+
+def trainer(root: Path, steps: int, every: int = 1) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=root,
+        callbacks=[
+            ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every, save_last=True)
+        ],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def test_a_teacher_with_one_nan_weight_is_refused(teacher_dir) -> None:
+    teacher = PretrainedVPTeacher(str(teacher_dir))
+    with torch.no_grad():
+        teacher.unet.conv_out.weight[0, 0, 0, 0] = math.nan
+    with pytest.raises(
+        SFDConfigError, match="teacher holds non-finite values in 'unet.conv_out.weight'"
+    ):
+        SFDModule(teacher, ClassConditions(0, 1), UniformTimestepSigma())
+
+
+NAN, INF = math.nan, math.inf
+BAD_SETTINGS = [
+    ({"alpha": NAN}, "alpha=nan"),
+    ({"alpha": -1.0}, "alpha=-1.0"),
+    ({"lambda_g_forget": INF}, "lambda_g_forget=inf"),
+    ({"lambda_sg_remain": -0.5}, "lambda_sg_remain=-0.5"),
+    ({"teacher_guidance": NAN}, "teacher_guidance=nan"),
+    ({"cond_dropout": 1.0}, "cond_dropout=1.0"),
+    ({"ema_decay": NAN}, "ema_decay=nan"),
+    ({"generator_grad_clip": 0.0}, "generator_grad_clip=0.0"),
+    ({"fake_grad_clip": NAN}, "fake_grad_clip=nan"),
+    ({"sigma_init": NAN}, "sigma_init=nan"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"fake_optimizer": lambda p: torch.optim.Adam(p, lr=-1e-4)}, "fake_optimizer.*-0.0001"),
+    ({"generator_optimizer": lambda p: torch.optim.Adam(p, lr=NAN)}, "generator_optimizer.*nan"),
+    ({"generator_optimizer": lambda p: torch.optim.SGD(p, lr=NAN)}, "generator_optimizer.lr=nan"),
+    ({"fake_optimizer": lambda p: torch.optim.SGD(p, lr=INF)}, "fake_optimizer.lr=inf"),
+    (
+        {"fake_optimizer": lambda p: torch.optim.Adam(p, lr=1e-4, betas=(0.0, 1.5))},
+        "fake_optimizer.*1.5",
+    ),
+    ({"fake_optimizer": lambda p: torch.optim.Adam(p, eps=-1.0)}, "fake_optimizer.*-1.0"),
+]
+
+
+@pytest.mark.parametrize(("settings", "message"), BAD_SETTINGS, ids=lambda v: str(v)[:40])
+def test_every_numeric_setting_is_checked_up_front(teacher_dir, settings, message) -> None:
+    with pytest.raises(SFDConfigError, match=message):
+        make(teacher_dir, **settings)
+
+
+@pytest.mark.parametrize(
+    ("make_sampler", "message"),
+    [
+        (lambda: LogUniformSigma(NAN, 1.0), "sigma_min=nan"),
+        (lambda: LogNormalSigma(p_mean=NAN), "p_mean=nan"),
+        (lambda: LogNormalSigma(p_std=INF), "p_std=inf"),
+        (lambda: UniformTimestepSigma(1.5, 10), "t_min=1.5"),
+    ],
+)
+def test_sigma_sampler_settings_are_checked(make_sampler, message) -> None:
+    with pytest.raises(SFDConfigError, match=message):
+        make_sampler()
+
+
+class NaNAtIteration(SFDModule):
+    """The generator's forget loss term turns NaN at one iteration (a fault injected)."""
+
+    nan_at = 2
+
+    def generator_losses(self, conds, rng):
+        terms = super().generator_losses(conds, rng)
+        if self.global_step == self.nan_at:
+            terms.forget = terms.forget * math.nan
+            terms.total = terms.total + terms.forget
+        return terms
+
+
+def test_a_nan_loss_stops_before_the_update_naming_term_iteration_and_checkpoint(
+    teacher_dir, tmp_path
+) -> None:
+    module = make(teacher_dir, NaNAtIteration)
+    with pytest.raises(NonFiniteError) as caught:
+        trainer(tmp_path, steps=5).fit(module)
+    message = str(caught.value)
+    assert "generator/forget" in message and "iteration 2" in message
+    assert "last.ckpt" in message  # where to resume from
+    # The weights were never touched by the NaN: finite, and the checkpoint loads.
+    assert all(torch.isfinite(p).all() for p in module.generator.parameters())
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 2
+    generator = generator_from_checkpoint(last)
+    assert all(torch.isfinite(p).all() for p in generator.parameters())
+
+
+class NonFiniteGradients(SFDModule):
+    """Corrupts the generator's gradients after the backward pass: a few elements, or all."""
+
+    corrupt_all = False
+
+    def manual_backward(self, loss, *args, **kwargs) -> None:
+        super().manual_backward(loss, *args, **kwargs)
+        grads = [p.grad for p in self.generator.parameters() if p.grad is not None]
+        if not grads or not self.generator.training:
+            return
+        if self.corrupt_all:
+            for grad in grads:
+                grad.fill_(math.nan)
+        else:
+            grads[0].view(-1)[:3] = torch.tensor([math.nan, math.inf, -math.inf])
+
+
+def test_a_few_nonfinite_gradients_are_counted_and_replaced(teacher_dir, tmp_path) -> None:
+    module = make(teacher_dir, NonFiniteGradients)
+    fitted = trainer(tmp_path, steps=2)
+    fitted.fit(module)
+    assert fitted.callback_metrics["nonfinite_grads/generator"] == 3
+    assert fitted.callback_metrics["nonfinite_grads/fake_score"] == 0
+    assert all(torch.isfinite(p).all() for p in module.generator.parameters())
+
+
+def test_a_wholly_nonfinite_update_stops(teacher_dir, tmp_path) -> None:
+    module = make(teacher_dir, NonFiniteGradients)
+    module.corrupt_all = True
+    with pytest.raises(
+        NonFiniteError, match="every generator gradient element is non-finite at iteration 0"
+    ):
+        trainer(tmp_path, steps=2).fit(module)
+    assert all(torch.isfinite(p).all() for p in module.generator.parameters())
+
+
+def test_no_checkpoint_is_written_from_nonfinite_weights(teacher_dir, tmp_path) -> None:
+    module = make(teacher_dir)
+    with torch.no_grad():
+        next(module.fake_score.parameters()).fill_(math.nan)
+    checkpoint = {"state_dict": {}}
+    with pytest.raises(NonFiniteError, match="fake_score holds non-finite values"):
+        module.on_save_checkpoint(checkpoint)
+
+
+def test_cli_exit_statuses(teacher_dir, tmp_path, capsys) -> None:
+    """A bad value: one line, exit 2, no run folder. A diverging run: one line, exit 1."""
+    bad = fit_args(teacher_dir, tmp_path / "bad", "--model.alpha", ".nan")  # YAML NaN
+    assert main(bad) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("sfd: error: alpha=nan")
+    lr = "--model.generator_optimizer.init_args.lr"
+    diverging = fit_args(teacher_dir, tmp_path / "run", lr, "1e10", "--trainer.max_steps", "6")
+    assert main(diverging) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("sfd: error: non-finite loss") and "iteration" in error
