@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import lightning.pytorch as pl  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
@@ -19,7 +20,11 @@ SCRIPTS = REPO / "tests" / "scripts"  # subprocess entry points and YAML-loadabl
 
 
 def tiny_unet(
-    num_class_embeds: int | None = 10, sample_size: int = 8, channels: int = 1, seed: int = 0
+    num_class_embeds: int | None = 10,
+    sample_size: int = 8,
+    channels: int = 1,
+    seed: int = 0,
+    dropout: float = 0.0,
 ) -> UNet2DModel:
     """A ~60 k-parameter class-conditional UNet2DModel with random weights."""
     torch.manual_seed(seed)
@@ -34,7 +39,23 @@ def tiny_unet(
         norm_num_groups=4,
         attention_head_dim=8,
         num_class_embeds=num_class_embeds,
+        dropout=dropout,
     )
+
+
+def quiet_trainer(root: Path | None = None, steps: int = 1, **kwargs) -> pl.Trainer:
+    """A CPU `Trainer` for `steps` SFD iterations with nothing but what a test asks for."""
+    settings = {
+        "max_steps": steps,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": root,
+        **kwargs,
+    }
+    return pl.Trainer(**settings)
 
 
 def save_tiny_teacher(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_unet
-from diffusers import DDPMScheduler, UNet2DModel
+from conftest import quiet_trainer, tiny_unet
+from diffusers import DDPMScheduler
 from torch import nn
 
 from sfd.core.conditions import ClassConditions
@@ -20,22 +20,10 @@ NULL = 10
 
 def class_teacher(dropout: float = 0.0) -> VPUNetDenoiser:
     """A tiny 10-class VP teacher with a null class (label 10) for guidance."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=4,
-        attention_head_dim=8,
-        num_class_embeds=11,
-        dropout=dropout,
-    )
     scheduler = DDPMScheduler(beta_start=1e-4, beta_end=0.02, prediction_type="epsilon")
-    return VPUNetDenoiser(unet, scheduler, null_class=NULL)
+    return VPUNetDenoiser(
+        tiny_unet(num_class_embeds=11, dropout=dropout), scheduler, null_class=NULL
+    )
 
 
 def module_for(teacher: VPUNetDenoiser, **settings) -> SFDModule:
@@ -62,18 +50,7 @@ class CallLog:
 
 
 def one_iteration(module: SFDModule) -> None:
-    """The module's training step outside a Trainer (optimizers stepped by hand)."""
-    import lightning.pytorch as pl
-
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module)
+    quiet_trainer().fit(module)
 
 
 @pytest.mark.parametrize(
@@ -199,18 +176,8 @@ def test_the_sigma_table_stays_float32_under_half_precision() -> None:
 
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
 def test_true_half_precision_is_refused_with_the_mixed_alternative(precision, tmp_path) -> None:
-    import lightning.pytorch as pl
-
     module = module_for(class_teacher())
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, precision=precision)
     mixed = "16-mixed" if precision.startswith("16") else "bf16-mixed"
     with pytest.raises(SFDConfigError, match=mixed):
         trainer.fit(module)

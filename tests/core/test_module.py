@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import lightning
-import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import quiet_trainer
 from gaussian import gaussian_teacher
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
@@ -71,15 +71,7 @@ def test_global_step_counts_iterations_while_both_networks_step(tmp_path) -> Non
         ema_decay=None,
         steps_per_epoch=10,
     )
-    trainer = pl.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, steps=3)
     trainer.fit(module)
     assert trainer.global_step == 3
     fake_optimizer, generator_optimizer = (opt.optimizer for opt in module.optimizers())

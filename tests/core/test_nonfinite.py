@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import fit_args, save_tiny_teacher
+from conftest import fit_args, quiet_trainer, save_tiny_teacher
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sfd.cli import main
@@ -42,18 +42,9 @@ def make(teacher_dir: Path, module_class: type[SFDModule] = SFDModule, **setting
     )
 
 
-def trainer(root: Path, steps: int, every: int = 1) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        default_root_dir=root,
-        callbacks=[
-            ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every, save_last=True)
-        ],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+def trainer(root: Path, steps: int) -> pl.Trainer:
+    checkpoints = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1, save_last=True)
+    return quiet_trainer(root, steps, callbacks=[checkpoints], enable_checkpointing=True)
 
 
 def test_a_teacher_with_one_nan_weight_is_refused(teacher_dir) -> None:

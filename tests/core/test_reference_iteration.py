@@ -15,7 +15,7 @@ import copy
 
 import lightning.pytorch as pl
 import torch
-from conftest import tiny_unet
+from conftest import quiet_trainer, tiny_unet
 from diffusers import DDPMScheduler
 
 from sfd.core.conditions import ClassConditions
@@ -160,16 +160,7 @@ def test_one_iteration_equals_the_reference_iteration(tmp_path) -> None:
     assert module.generator.sigma_init == float(module.teacher.sigma_table[T_INIT])
     reference = reference_iteration(module)
     recorder = Recorder()
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[recorder],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, callbacks=[recorder])
     trainer.fit(module)
 
     names = {"sg_remain": "fake/remain", "sg_forget": "fake/forget"}
