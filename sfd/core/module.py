@@ -14,7 +14,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from sfd.core.conditions import ConditionBatch, ConditionSampler
-from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, checkpoint_entry
+from sfd.core.generator import (
+    GENERATOR_SPEC_KEY,
+    OneStepGenerator,
+    checkpoint_entry,
+    training_record,
+)
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import SFDConfigError
@@ -235,7 +240,7 @@ class SFDModule(pl.LightningModule):
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
             del state[key]
         prefix = "ema.denoiser." if self.ema is not None else "generator.denoiser."
-        entry = checkpoint_entry(self.export_generator, prefix)
+        entry = checkpoint_entry(self.export_generator, prefix, training_record(self))
         if entry is not None:
             checkpoint[GENERATOR_SPEC_KEY] = entry
 
