@@ -57,7 +57,7 @@ def _forgetting_lines(conditions: dict[str, Any]) -> list[str]:
     elif "forget" in conditions:
         forget, override = conditions["forget"], conditions.get("override")
         if isinstance(override, list):
-            lines += [f"| class {f} | class {o} |" for f, o in zip(forget, override)]
+            lines += [f"| class {f} | class {o} |" for f, o in zip(forget, override, strict=False)]
         else:
             lines += [f"| class {f} | {override} (a remain class per sample) |" for f in forget]
     if "keywords" in conditions:
