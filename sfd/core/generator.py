@@ -113,7 +113,9 @@ def training_record(module: Any) -> dict[str, Any]:
     }
     forget, override = (getattr(conditions, f"{k}_prompts", None) for k in ("forget", "override"))
     if isinstance(forget, list) and isinstance(override, list):
-        described["examples"] = [list(p) for p in zip(forget, override, strict=True)][:EXAMPLE_PAIRS]
+        described["examples"] = [list(p) for p in zip(forget, override, strict=True)][
+            :EXAMPLE_PAIRS
+        ]
     sampler = module.sigma_sampler
     return {
         "teacher": {"class": type(teacher).__name__, "source": source},
@@ -130,7 +132,11 @@ def _plain(value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         items = [_plain(v) for v in value]
-        return None if any(i is None and v is not None for i, v in zip(items, value, strict=True)) else items
+        return (
+            None
+            if any(i is None and v is not None for i, v in zip(items, value, strict=True))
+            else items
+        )
     if isinstance(value, dict):
         return {str(k): p for k, v in value.items() if (p := _plain(v)) is not None}
     return None
