@@ -164,16 +164,15 @@ def curve_history(run_dir: Path) -> list[dict[str, float]]:
 def test_forgetting_curve_from_yaml_is_logged(
     tiny_teacher_dir: Path, tmp_path: Path, offline: None, one_thread: None
 ) -> None:
+    from sfd.core.generator import OneStepGenerator
     from sfd.eval.classifier import Classifier, save_classifier
     from sfd.eval.evaluate import class_noise
     from sfd.images import from_uint8, to_uint8
+    from sfd.teachers import PretrainedVPTeacher
     from sfd.training.cli import sfd_lightning_cli
 
     # A classifier briefly fit to the teacher's one-step samples of other noise: its labels
     # depend on the image, so UA and remain accuracy are not trivially 0 or 1.
-    from sfd.core.generator import OneStepGenerator
-    from sfd.teachers import PretrainedVPTeacher
-
     teacher = OneStepGenerator(PretrainedVPTeacher(str(tiny_teacher_dir)), 2.5).eval()
     labels = torch.arange(10).repeat_interleave(6)
     with torch.no_grad():
