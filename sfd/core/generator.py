@@ -97,7 +97,8 @@ def training_record(module: Any) -> dict[str, Any]:
         module: the `SFDModule` being checkpointed (read only).
 
     Returns:
-        {"teacher", "conditions", "sigma_sampler", "hyperparameters", "global_step"}.
+        {"teacher", "conditions", "sigma_sampler", "hyperparameters", "optimizers",
+        "global_step"}.
     """
     teacher = module.teacher
     unet = getattr(teacher, "unet", None)
@@ -117,11 +118,17 @@ def training_record(module: Any) -> dict[str, Any]:
             :EXAMPLE_PAIRS
         ]
     sampler = module.sigma_sampler
+    trainer = getattr(module, "_trainer", None)
+    optimizers = [
+        {"class": type(opt).__name__, **_plain(dict(opt.defaults))}
+        for opt in (trainer.optimizers if trainer is not None else [])
+    ]
     return {
         "teacher": {"class": type(teacher).__name__, "source": source},
         "conditions": described,
         "sigma_sampler": {"class": type(sampler).__name__, **_plain(vars(sampler))},
         "hyperparameters": _plain(dict(module.hparams)),
+        "optimizers": optimizers,  # fake score's, generator's (configure_optimizers order)
         "global_step": int(module.global_step),
     }
 
@@ -137,8 +144,8 @@ def _plain(value: Any) -> Any:
             if any(i is None and v is not None for i, v in zip(items, value, strict=True))
             else items
         )
-    if isinstance(value, dict):
-        return {str(k): p for k, v in value.items() if (p := _plain(v)) is not None}
+    if isinstance(value, dict):  # keys whose values are not plain data are left out
+        return {str(k): p for k, v in value.items() if (p := _plain(v)) is not None or v is None}
     return None
 
 

@@ -26,6 +26,7 @@ CARD_SETTINGS = (  # training settings quoted on the card, when the checkpoint r
     "cond_dropout",
     "seed",
 )
+OPTIMIZER_FIELDS = ("lr", "betas", "momentum", "weight_decay")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -180,6 +181,14 @@ def model_card(record: dict[str, Any]) -> str:
             "| setting | value |",
             "|---|---|",
             *[f"| {k} | {settings[k]} |" for k in CARD_SETTINGS if k in settings],
+            *[
+                f"| {role} optimizer | {opt['class']} "
+                + ", ".join(f"{k} {v}" for k, v in opt.items() if k in OPTIMIZER_FIELDS)
+                + " |"
+                for role, opt in zip(
+                    ("fake score", "generator"), training.get("optimizers", []), strict=False
+                )
+            ],
         ]
     else:
         body.append("Not recorded with this export.")
