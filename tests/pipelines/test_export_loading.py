@@ -5,6 +5,7 @@ StableDiffusionPipeline, the single-file checkpoint and the delta LoRA on the te
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -303,3 +304,39 @@ def test_export_options_rejected_with_one_line(class_export: Path, tmp_path, cap
         assert main(["export", str(last), str(tmp_path / "out"), *extra]) == 2
         assert "Stable Diffusion" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["edm", "v_prediction", "sample"])
+def test_standalone_class_pipeline_matches_sfd_for_every_parameterisation(kind, tmp_path) -> None:
+    """The standalone file (imported in-process here) against sfd, bit for bit, for the
+    parameterisations the tiny trained export (VP, ε) does not cover."""
+    from conftest import save_tiny_teacher, tiny_unet
+
+    from sfd.core.generator import OneStepGenerator
+    from sfd.pipelines.io import save_generator
+    from sfd.pipelines.standalone_one_step import OneStepPipeline as Standalone
+    from sfd.teachers import EDMUNetDenoiser, PretrainedVPTeacher
+
+    if kind == "edm":
+        denoiser = EDMUNetDenoiser(tiny_unet(), sigma_data=0.6)
+    else:
+        denoiser = PretrainedVPTeacher(str(save_tiny_teacher(tmp_path / "teacher", kind)))
+    folder = save_generator(OneStepGenerator(denoiser, sigma_init=3.0).eval(), tmp_path / "gen")
+    standalone = Standalone.from_pretrained(folder)
+    if kind == "edm":  # c_noise = ln(σ)/4
+        expected_timestep = math.log(3.0) / 4
+    else:  # t with σ_t = 3 on the linear schedule, log-σ interpolated (float64 oracle)
+        from diffusers import DDPMScheduler
+
+        alphas = DDPMScheduler.from_pretrained(folder, subfolder="scheduler").alphas_cumprod
+        log_sigmas = (((1 - alphas.double()) / alphas.double()).sqrt()).log().numpy()
+        expected_timestep = float(np.interp(math.log(3.0), log_sigmas, np.arange(len(alphas))))
+    assert standalone.config.timestep == pytest.approx(expected_timestep, abs=1e-3)
+    for pipe in (standalone, load_pipeline(folder)):
+        pipe.set_progress_bar_config(disable=True)
+    images = [
+        p(LABELS, generator=torch.Generator().manual_seed(SEED), output_type="pt").images
+        for p in (standalone, load_pipeline(folder))
+    ]
+    assert torch.equal(images[0], images[1])
+    assert images[0].abs().max() > 0.01
