@@ -13,8 +13,33 @@ def run(args: list[str]) -> None:
     parser.add_argument("checkpoint", help="Lightning checkpoint written by `sfd fit`")
     parser.add_argument("output_dir", help="folder to create (diffusers format)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+    parser.add_argument(
+        "--dtype", choices=["fp16", "bf16"], help="also write weights in this dtype (a variant)"
+    )
+    parser.add_argument(
+        "--single-file",
+        action="store_true",
+        help="also write one original-layout checkpoint (A1111 / ComfyUI; Stable Diffusion)",
+    )
+    parser.add_argument(
+        "--lora",
+        type=int,
+        metavar="RANK",
+        help="also write a rank-RANK LoRA of the difference from the teacher (Stable Diffusion)",
+    )
+    parser.add_argument(
+        "--metrics", help="metrics.json for the model card (default: one beside the checkpoint)"
+    )
     options = parser.parse_args(args)
     from sfd.pipelines.io import export_checkpoint
 
-    path = export_checkpoint(options.checkpoint, options.output_dir, options.overwrite)
+    path = export_checkpoint(
+        options.checkpoint,
+        options.output_dir,
+        options.overwrite,
+        dtype=options.dtype,
+        single_file=options.single_file,
+        lora_rank=options.lora,
+        metrics=options.metrics,
+    )
     print(f"exported generator to {path}")

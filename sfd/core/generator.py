@@ -89,12 +89,16 @@ def resolve_sigma_init(denoiser: Denoiser, sigma_init: float | None, t_init: int
 # --- the generator in a training checkpoint ------------------------------------------------------
 
 
-def checkpoint_entry(generator: OneStepGenerator, prefix: str) -> dict[str, Any] | None:
+def checkpoint_entry(
+    generator: OneStepGenerator, prefix: str, training: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The `GENERATOR_SPEC_KEY` entry of a checkpoint: architecture, σ_init, state-dict prefix.
 
     Args:
         generator: the generator to ship (the EMA when there is one).
         prefix: where its denoiser's tensors sit in the checkpoint's state_dict.
+        training: optional description of the run (`training_record`), for the export's
+            model card; older checkpoints have none.
 
     Returns:
         the entry, or None when the denoiser cannot describe itself (not exportable).
@@ -103,12 +107,79 @@ def checkpoint_entry(generator: OneStepGenerator, prefix: str) -> dict[str, Any]
         spec = generator.denoiser.spec()
     except NotImplementedError:
         return None
-    return {
+    entry = {
         "denoiser": spec,
         "sigma_init": generator.sigma_init,
         "t_init": generator.t_init,
         "prefix": prefix,
     }
+    if training is not None:
+        entry["training"] = training
+    return entry
+
+
+# Public attributes of condition samplers that say what is forgotten and what it maps to.
+CONDITION_FIELDS = ("forget", "override", "concepts", "keywords", "negative_prompt")
+EXAMPLE_PAIRS = 5  # forget -> override prompt pairs quoted in the record
+
+
+def training_record(module: Any) -> dict[str, Any]:
+    """What a run was: teacher source, forget -> override, settings and iterations (JSON data).
+
+    Args:
+        module: the `SFDModule` being checkpointed (read only).
+
+    Returns:
+        {"teacher", "conditions", "sigma_sampler", "hyperparameters", "optimizers",
+        "global_step"}.
+    """
+    teacher = module.teacher
+    unet = getattr(teacher, "unet", None)
+    source = getattr(teacher, "pipeline", None) or (
+        unet.config.get("_name_or_path") if unet is not None else None
+    )
+    conditions = module.conditions
+    described = {"class": type(conditions).__name__}
+    described |= {
+        name: _plain(getattr(conditions, name))
+        for name in CONDITION_FIELDS
+        if _plain(getattr(conditions, name, None)) is not None
+    }
+    forget, override = (getattr(conditions, f"{k}_prompts", None) for k in ("forget", "override"))
+    if isinstance(forget, list) and isinstance(override, list):
+        described["examples"] = [list(p) for p in zip(forget, override, strict=True)][
+            :EXAMPLE_PAIRS
+        ]
+    sampler = module.sigma_sampler
+    trainer = getattr(module, "_trainer", None)
+    optimizers = [
+        {"class": type(opt).__name__, **_plain(dict(opt.defaults))}
+        for opt in (trainer.optimizers if trainer is not None else [])
+    ]
+    return {
+        "teacher": {"class": type(teacher).__name__, "source": source},
+        "conditions": described,
+        "sigma_sampler": {"class": type(sampler).__name__, **_plain(vars(sampler))},
+        "hyperparameters": _plain(dict(module.hparams)),
+        "optimizers": optimizers,  # fake score's, generator's (configure_optimizers order)
+        "global_step": int(module.global_step),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON data, or None where it is not plain data (tensors, objects)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return (
+            None
+            if any(i is None and v is not None for i, v in zip(items, value, strict=True))
+            else items
+        )
+    if isinstance(value, dict):  # keys whose values are not plain data are left out
+        return {str(k): p for k, v in value.items() if (p := _plain(v)) is not None or v is None}
+    return None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

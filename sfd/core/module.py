@@ -15,7 +15,12 @@ from torch.utils.data import DataLoader
 
 from sfd.core import guards
 from sfd.core.conditions import ConditionBatch, ConditionSampler
-from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, checkpoint_entry
+from sfd.core.generator import (
+    GENERATOR_SPEC_KEY,
+    OneStepGenerator,
+    checkpoint_entry,
+    training_record,
+)
 from sfd.core.loop import IterationStream, step_without_counting
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
@@ -264,7 +269,7 @@ class SFDModule(pl.LightningModule):
                     f"holds non-finite values in {bad!r}"
                 )
         prefix = "ema.denoiser." if self.ema is not None else "generator.denoiser."
-        entry = checkpoint_entry(self.export_generator, prefix)
+        entry = checkpoint_entry(self.export_generator, prefix, training_record(self))
         if entry is not None:
             checkpoint[GENERATOR_SPEC_KEY] = entry
 

@@ -1,4 +1,8 @@
-"""`ForgettingCurve`: UA and remain accuracy of the (EMA) generator every N SFD iterations."""
+"""`ForgettingCurve`: UA and remain accuracy of the (EMA) generator every N SFD iterations.
+
+Usable from `sfd fit` YAML (give the classifier as the folder `sfd demo` / `save_classifier`
+writes; forget classes and class count default to the run's own), see configs/wandb.yaml.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ import torch
 from torch import nn
 
 from sfd.errors import SFDConfigError
+from sfd.eval.classifier import load_classifier
 from sfd.eval.evaluate import class_noise, classify
-from sfd.eval.metrics import unlearning_accuracy
+from sfd.eval.metrics import per_class_accuracy, unlearning_accuracy
 from sfd.images import to_uint8
 
 
@@ -28,13 +33,14 @@ class ForgettingCurve(pl.Callback):
     """Evaluates the generator to ship (EMA if kept) at iteration 0 and every `every_n` iterations.
 
     Cheap enough to run often: `num_per_class` one-step samples per class with fixed noise, labelled
-    by the evaluation classifier. Points are kept in `points` and logged as `curve/ua` and
-    `curve/remain_accuracy`.
+    by the evaluation classifier. Points are kept in `points` and sent to every logger (wandb,
+    CSV) as `curve/ua` and `curve/remain_accuracy` at step = iteration.
 
     Args:
-        classifier: the evaluation classifier (x in [-1, 1] -> logits).
-        num_classes: number of classes K.
-        forget: the forget classes.
+        classifier: the evaluation classifier (x in [-1, 1] -> logits), or the folder of a
+            saved one (`sfd.eval.classifier.save_classifier`, e.g. demo-output/classifier).
+        num_classes: number of classes K (default: the classifier's).
+        forget: the forget classes (default: the run's, from its class conditions).
         every_n: evaluate every this many iterations (and after the last one).
         num_per_class: samples per class per evaluation.
         seed: seed of the (fixed) evaluation noise.
@@ -42,9 +48,9 @@ class ForgettingCurve(pl.Callback):
 
     def __init__(
         self,
-        classifier: nn.Module,
-        num_classes: int,
-        forget: list[int],
+        classifier: nn.Module | str,
+        num_classes: int | None = None,
+        forget: list[int] | None = None,
         every_n: int = 25,
         num_per_class: int = 32,
         seed: int = 0,
@@ -53,13 +59,37 @@ class ForgettingCurve(pl.Callback):
             raise SFDConfigError(f"every_n={every_n} must be at least 1")
         if num_per_class < 1:
             raise SFDConfigError(f"num_per_class={num_per_class} must be at least 1")
+        if isinstance(classifier, str):
+            classifier = load_classifier(classifier)
         self.classifier = classifier.eval()
-        self.forget = list(forget)
-        self.remain = [c for c in range(num_classes) if c not in self.forget]
+        if num_classes is None:
+            num_classes = getattr(classifier, "num_classes", None)
+            if num_classes is None:
+                raise SFDConfigError("ForgettingCurve needs num_classes for this classifier")
+        self.num_classes = num_classes
+        self.forget = None if forget is None else list(forget)
         self.labels = torch.arange(num_classes).repeat_interleave(num_per_class)
         self.every_n = every_n
         self.seed = seed
         self.points: list[CurvePoint] = []
+
+    @property
+    def remain(self) -> list[int]:
+        return [c for c in range(self.num_classes) if c not in (self.forget or [])]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.forget is None:
+            forget = getattr(getattr(pl_module, "conditions", None), "forget", None)
+            if not isinstance(forget, list):
+                raise SFDConfigError(
+                    "ForgettingCurve needs class conditions (or an explicit forget list)"
+                )
+            self.forget = list(forget)
+        bad = [c for c in self.forget if not 0 <= c < self.num_classes]
+        if bad:
+            raise SFDConfigError(
+                f"ForgettingCurve forget class {bad[0]} is outside 0..{self.num_classes - 1}"
+            )
 
     @torch.no_grad()
     def evaluate(self, module: Any) -> CurvePoint:
@@ -71,12 +101,10 @@ class ForgettingCurve(pl.Callback):
         images = generator(z, self.labels.to(module.device))
         generator.train(was_training)
         self.classifier.to(module.device)
-        predicted = classify(self.classifier, to_uint8(images))
+        predicted = classify(self.classifier, to_uint8(images)).cpu()
         is_forget = torch.isin(self.labels, torch.tensor(self.forget))
-        correct = predicted == self.labels
-        remain_accuracy = sum(
-            correct[self.labels == c].float().mean().item() for c in self.remain
-        ) / len(self.remain)
+        per_class = per_class_accuracy(predicted, self.labels, self.remain)
+        remain_accuracy = sum(per_class.values()) / len(per_class)
         return CurvePoint(
             iteration=int(module.global_step),
             ua=unlearning_accuracy(predicted[is_forget], self.forget),
@@ -89,16 +117,13 @@ class ForgettingCurve(pl.Callback):
         if trainer.is_global_zero:
             point = self.evaluate(module)
             self.points.append(point)
-            module.log_dict(
-                {"curve/ua": point.ua, "curve/remain_accuracy": point.remain_accuracy},
-                rank_zero_only=True,
-            )
+            # Straight to the loggers: `module.log` would drop points between log intervals.
+            metrics = {"curve/ua": point.ua, "curve/remain_accuracy": point.remain_accuracy}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=point.iteration)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.points and self.points[-1].iteration == pl_module.global_step:
-            return
-        if trainer.is_global_zero:
-            self.points.append(self.evaluate(pl_module))  # logging is not allowed here
+        self._record(trainer, pl_module)
 
     def on_train_batch_end(
         self,

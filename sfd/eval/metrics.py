@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.functional.classification import binary_accuracy, multiclass_recall
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -18,7 +19,9 @@ from sfd.images import from_uint8
 def unlearning_accuracy(predicted: Tensor, forget: list[int]) -> float:
     """UA = 1 − (share of forget-class samples the classifier labels as a forget class).
 
-    The denominator is the number of forget-class samples (not all generated images).
+    The denominator is the number of forget-class samples (not all generated images): UA is
+    torchmetrics' binary accuracy of "no longer a forget class" over those samples, whose
+    target is always true.
 
     Args:
         predicted: classifier labels of samples generated *for the forget classes*, (N,).
@@ -30,7 +33,8 @@ def unlearning_accuracy(predicted: Tensor, forget: list[int]) -> float:
     if predicted.numel() == 0:
         raise SFDConfigError("unlearning accuracy needs at least one forget-class sample")
     still_forget = torch.isin(predicted, torch.as_tensor(forget, device=predicted.device))
-    return 1.0 - still_forget.float().mean().item()
+    forgotten = (~still_forget).long()  # (N,) 1 where the sample left the forget set
+    return binary_accuracy(forgotten, torch.ones_like(forgotten)).item()
 
 
 def label_histogram(predicted: Tensor, num_classes: int) -> list[int]:
@@ -49,13 +53,13 @@ def per_class_accuracy(predicted: Tensor, labels: Tensor, classes: list[int]) ->
     Returns:
         {class: accuracy in [0, 1]}.
     """
-    accuracy = {}
-    for label in classes:
-        mask = labels == label
-        if not bool(mask.any()):
-            raise SFDConfigError(f"no samples of class {label} to measure its accuracy")
-        accuracy[label] = (predicted[mask] == label).float().mean().item()
-    return accuracy
+    missing = [label for label in classes if not bool((labels == label).any())]
+    if missing:
+        raise SFDConfigError(f"no samples of class {missing[0]} to measure its accuracy")
+    # The share of class-c samples labelled c is the recall of class c.
+    num_classes = int(max(max(classes), labels.max().item(), predicted.max().item())) + 1
+    recall = multiclass_recall(predicted, labels, num_classes, average="none")  # (K,)
+    return {label: recall[label].item() for label in classes}
 
 
 class ClassifierFeatures(nn.Module):

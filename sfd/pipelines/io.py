@@ -1,7 +1,10 @@
 """Exported generators: checkpoint -> diffusers folder, folder -> pipeline or σ-space generator.
 
 Which pipeline class holds a generator is decided in one place, `PIPELINE_FOR_KIND`, keyed by the
-`kind` tag of the generator's denoiser (`sfd.teachers.DENOISER_KINDS`).
+`kind` tag of the generator's denoiser (`sfd.teachers.DENOISER_KINDS`). Every folder also holds
+a standalone copy of its pipeline class (torch + diffusers only), a model card (`README.md`) and
+`sfd_export.json`; on request an fp16 / bf16 weights variant and, for Stable Diffusion, a
+single-file checkpoint and a LoRA of the difference from the teacher (`export_parts`).
 """
 
 from __future__ import annotations
@@ -12,9 +15,22 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 
-from sfd.core.generator import OneStepGenerator, generator_from_checkpoint
+from sfd.core.generator import (
+    GENERATOR_SPEC_KEY,
+    OneStepGenerator,
+    generator_from_checkpoint,
+    read_checkpoint,
+)
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
+from sfd.pipelines.export_parts import (
+    VARIANT_DTYPES,
+    write_delta_lora,
+    write_single_file_checkpoint,
+    write_standalone_pipeline,
+    write_variant,
+)
+from sfd.pipelines.model_card import EXPORT_RECORD, model_card
 from sfd.pipelines.one_step import OneStepPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers import EDMUNetDenoiser, StableDiffusionDenoiser, VPUNetDenoiser
@@ -39,8 +55,19 @@ def pipeline_for(generator: OneStepGenerator) -> Any:
     return PIPELINE_FOR_KIND[kind].from_generator(generator)
 
 
+METRICS_FILE = "metrics.json"  # an evaluation beside a checkpoint goes onto the export's card
+
+
 def save_generator(
-    generator: OneStepGenerator, output_dir: str | Path, overwrite: bool = False
+    generator: OneStepGenerator,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    single_file: bool = False,
+    lora_rank: int | None = None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    metrics_source: str | None = None,
 ) -> Path:
     """Write a generator as a diffusers folder, atomically (a failure leaves no partial folder).
 
@@ -48,6 +75,12 @@ def save_generator(
         generator: the generator to export.
         output_dir: the folder to create.
         overwrite: replace an existing non-empty folder.
+        dtype: also write a "fp16" or "bf16" weights variant (diffusers' `variant` naming).
+        single_file: also write the original-layout checkpoint (Stable Diffusion only).
+        lora_rank: also write a rank-r LoRA of generator − teacher (Stable Diffusion only).
+        training: the run's record (`sfd.core.generator.training_record`), for the card.
+        metrics: the last evaluation's metrics, for the card.
+        metrics_source: where `metrics` came from (named on the card).
 
     Returns:
         the folder.
@@ -55,10 +88,47 @@ def save_generator(
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise SFDConfigError(f"output folder {str(output_dir)!r} exists and is not empty")
+    if dtype is not None and dtype not in VARIANT_DTYPES:
+        raise SFDConfigError(f"dtype {dtype!r} is not supported; allowed: {sorted(VARIANT_DTYPES)}")
+    if lora_rank is not None and lora_rank < 1:
+        raise SFDConfigError(f"LoRA rank {lora_rank} must be at least 1")
     pipeline = pipeline_for(generator)
-    return write_folder_atomically(
-        output_dir, lambda staging: pipeline.save_pretrained(staging, safe_serialization=True)
-    )
+    text = isinstance(pipeline, OneStepTextPipeline)
+    if (single_file or lora_rank is not None) and not text:
+        raise SFDConfigError(
+            "--single-file and --lora are for Stable Diffusion exports; "
+            f"this generator is a {type(generator.denoiser).__name__}"
+        )
+    record: dict[str, Any] = {
+        "kind": "text" if text else "class",
+        "pipeline_class": type(pipeline).__name__,
+        "sigma_init": generator.sigma_init,
+        "timestep": pipeline.config.timestep,
+        "teacher_source": getattr(generator.denoiser, "pipeline", None),
+        "training": training,
+        "metrics": metrics,
+        "metrics_source": metrics_source,
+    }
+
+    def write(staging: Path) -> None:
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        record["pipeline_file"] = write_standalone_pipeline(pipeline, staging)
+        if dtype is not None:
+            write_variant(pipeline, staging, dtype)
+            record["variant"] = dtype
+            record["variant_dtype"] = {"fp16": "float16", "bf16": "bfloat16"}[dtype]
+        if single_file:
+            record["single_file"] = write_single_file_checkpoint(pipeline, staging, dtype)
+        if lora_rank is not None:
+            conditions = (training or {}).get("conditions", {})
+            forget = [pair[0] for pair in conditions.get("examples", [])]
+            record["lora"] = write_delta_lora(
+                pipeline, generator, staging, lora_rank, forget
+            ).as_dict()
+        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (staging / "README.md").write_text(model_card(record))
+
+    return write_folder_atomically(output_dir, write)
 
 
 def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
@@ -84,11 +154,53 @@ def load_generator(path: str | Path) -> OneStepGenerator:
     return load_pipeline(path).generator
 
 
+def find_metrics(checkpoint: Path, levels: int = 3) -> Path | None:
+    """The nearest `metrics.json` beside the checkpoint or in one of its `levels` parent folders."""
+    for folder in [checkpoint.parent, *checkpoint.parent.parents][:levels]:
+        if (folder / METRICS_FILE).is_file():
+            return folder / METRICS_FILE
+    return None
+
+
 def export_checkpoint(
-    checkpoint: str | Path, output_dir: str | Path, overwrite: bool = False
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    single_file: bool = False,
+    lora_rank: int | None = None,
+    metrics: str | Path | None = None,
 ) -> Path:
-    """`sfd export`: checkpoint → diffusers folder with the (EMA) generator."""
-    return save_generator(generator_from_checkpoint(checkpoint), output_dir, overwrite)
+    """`sfd export`: checkpoint → diffusers folder with the (EMA) generator and its model card.
+
+    Args:
+        checkpoint: an `sfd fit` checkpoint.
+        output_dir: the folder to create.
+        overwrite: replace an existing non-empty folder.
+        dtype: also write a "fp16" / "bf16" weights variant.
+        single_file: also write the original-layout checkpoint (Stable Diffusion).
+        lora_rank: also write a rank-r delta LoRA (Stable Diffusion).
+        metrics: a metrics.json for the card (default: the nearest one beside the checkpoint).
+
+    Returns:
+        the folder.
+    """
+    checkpoint = Path(checkpoint)
+    contents = read_checkpoint(checkpoint)
+    metrics_path = Path(metrics) if metrics is not None else find_metrics(checkpoint)
+    if metrics_path is not None and not metrics_path.is_file():
+        raise SFDConfigError(f"metrics file {str(metrics_path)!r} does not exist")
+    return save_generator(
+        generator_from_checkpoint(contents),
+        output_dir,
+        overwrite,
+        dtype=dtype,
+        single_file=single_file,
+        lora_rank=lora_rank,
+        training=contents.get(GENERATOR_SPEC_KEY, {}).get("training"),
+        metrics=json.loads(metrics_path.read_text()) if metrics_path else None,
+        metrics_source=str(metrics_path) if metrics_path else None,
+    )
 
 
 class PretrainedOneStepGenerator(OneStepGenerator):

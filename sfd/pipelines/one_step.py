@@ -15,10 +15,31 @@ from torch import Tensor
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
 from sfd.images import to_unit_numpy
+from sfd.teachers.base import Denoiser
 from sfd.teachers.unet import EDMUNetDenoiser, VPUNetDenoiser
+from sfd.teachers.vp import VPDenoiser, sigma_to_t
 
 PARAMETERIZATIONS = ("vp", "edm")
 PARAMETERIZATION_OF_KIND = {VPUNetDenoiser.kind: "vp", EDMUNetDenoiser.kind: "edm"}
+
+
+def network_timestep(denoiser: Denoiser, sigma: float) -> float:
+    """What the network's timestep input receives at noise level σ, computed as the denoiser does.
+
+    Args:
+        denoiser: a VP denoiser (t(σ) on its table, log-σ interpolated) or an EDM UNet
+            (c_noise = ln(σ)/4).
+        sigma: the noise level.
+
+    Returns:
+        the timestep, a float32 value as a Python float.
+    """
+    sigma_tensor = torch.tensor([sigma], dtype=torch.float32)
+    if isinstance(denoiser, VPDenoiser):
+        return float(sigma_to_t(sigma_tensor, denoiser.sigmas.cpu())[0])
+    if isinstance(denoiser, EDMUNetDenoiser):
+        return float((sigma_tensor.log() / 4)[0])
+    raise SFDConfigError(f"{type(denoiser).__name__} has no network timestep")
 
 
 class OneStepPipeline(DiffusionPipeline):
@@ -33,6 +54,8 @@ class OneStepPipeline(DiffusionPipeline):
         num_classes: number of class labels.
         null_class: the unconditional label, if any.
         sigma_data: σ_data of EDM preconditioning.
+        timestep: the network's timestep input at σ_init (recorded for other loaders; this
+            pipeline works in σ).
     """
 
     model_cpu_offload_seq = "unet"
@@ -48,6 +71,7 @@ class OneStepPipeline(DiffusionPipeline):
         num_classes: int | None = None,
         null_class: int | None = None,
         sigma_data: float = 0.5,
+        timestep: float | None = None,
     ) -> None:
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
@@ -64,6 +88,7 @@ class OneStepPipeline(DiffusionPipeline):
             num_classes=num_classes,
             null_class=null_class,
             sigma_data=sigma_data,
+            timestep=timestep,
         )
 
     @classmethod
@@ -87,6 +112,7 @@ class OneStepPipeline(DiffusionPipeline):
             num_classes=spec["num_classes"],
             null_class=spec["null_class"],
             sigma_data=spec.get("sigma_data", 0.5),
+            timestep=network_timestep(denoiser, generator.sigma_init),
         )
 
     @property

@@ -2,7 +2,11 @@
 
 x0 = D_θ(σ_init·z, σ_init, text) in latent space, decoded by the VAE: one UNet evaluation per image.
 The folder it saves is a complete diffusers folder: `model_index.json`, `unet/`, `vae/`,
-`text_encoder/`, `tokenizer/` and `scheduler/` (safetensors weights).
+`text_encoder/`, `tokenizer/` and `scheduler/` (safetensors weights). The scheduler is the
+teacher's noise schedule as an `EulerDiscreteScheduler` set up for the one step (trailing
+spacing, final σ 0, discrete timesteps), so that a stock `StableDiffusionPipeline` called with
+`sigmas=[σ_init, 0]` and `guidance_scale=1` reproduces this pipeline's images (docs: README,
+"Sampling without sfd").
 """
 
 from __future__ import annotations
@@ -10,19 +14,45 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    ImagePipelineOutput,
+    UNet2DConditionModel,
+)
 from torch import Tensor
 
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
 from sfd.images import to_unit_numpy
+from sfd.pipelines.one_step import network_timestep
 from sfd.teachers.stable_diffusion import (
     StableDiffusionDenoiser,
     encode_with,
     load_text_encoder,
-    scheduler_from_config,
 )
+
+# EulerDiscreteScheduler settings under which `StableDiffusionPipeline(sigmas=[σ_init, 0])` is the
+# one-step generator: latents scaled by init_noise_sigma = σ_init ("trailing"), t(σ) by log-σ
+# interpolation of the same table, and one Euler step to σ = 0, which lands on x0_hat.
+ONE_STEP_EULER = {
+    "timestep_spacing": "trailing",
+    "timestep_type": "discrete",
+    "final_sigmas_type": "zero",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+}
+
+
+def one_step_scheduler(scheduler_config: dict[str, Any], prediction_type: str) -> Any:
+    """The teacher's noise schedule as the `EulerDiscreteScheduler` of the one-step recipe."""
+    return EulerDiscreteScheduler.from_config(
+        dict(scheduler_config), **ONE_STEP_EULER, prediction_type=prediction_type
+    )
 
 
 class OneStepTextPipeline(DiffusionPipeline):
@@ -36,6 +66,8 @@ class OneStepTextPipeline(DiffusionPipeline):
         scheduler: the teacher's training schedule (gives ā_t).
         sigma_init: the generator's input noise level.
         prediction_type: the UNet's output type ("epsilon", "v_prediction", "sample").
+        timestep: the UNet timestep t(σ_init) (recorded for other loaders; this pipeline
+            works in σ).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -49,12 +81,15 @@ class OneStepTextPipeline(DiffusionPipeline):
         scheduler: Any,
         sigma_init: float = 2.5,
         prediction_type: str = "epsilon",
+        timestep: float | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
             unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
-        self.register_to_config(sigma_init=sigma_init, prediction_type=prediction_type)
+        self.register_to_config(
+            sigma_init=sigma_init, prediction_type=prediction_type, timestep=timestep
+        )
 
     @classmethod
     def from_generator(cls, generator: OneStepGenerator) -> OneStepTextPipeline:
@@ -80,9 +115,10 @@ class OneStepTextPipeline(DiffusionPipeline):
             vae.eval(),
             text_encoder,
             tokenizer,
-            scheduler_from_config(denoiser.scheduler_config),
+            one_step_scheduler(denoiser.scheduler_config, denoiser.prediction_type),
             sigma_init=generator.sigma_init,
             prediction_type=denoiser.prediction_type,
+            timestep=network_timestep(denoiser, generator.sigma_init),
         )
 
     @property

@@ -1,66 +1,47 @@
-"""Low-rank adaptation (LoRA) of a frozen network: a smaller trainable fake score.
+"""Low-rank adaptation (LoRA) of a frozen network with PEFT: a smaller trainable fake score.
 
-The base weights stay frozen parameters (requires_grad False): no gradients, no optimizer state,
-no per-step DDP traffic. `keep_only_trainable` leaves them out of the state_dict, so checkpoints
-hold only the LoRA factors, and fills them back in from the live module on load (they are
-reloaded from the pretrained source, like the teacher).
+The adapters are PEFT's (`LoraConfig` + the diffusers model's `add_adapter`, as diffusers' own
+LoRA training scripts do), so the factors carry PEFT's names (`...to_q.lora_A.default.weight`)
+and PEFT's initialisation (A Kaiming-uniform, B zero: the adapted network starts equal to the
+base). The base weights stay frozen parameters (requires_grad False): no gradients, no optimizer
+state, no per-step DDP traffic. `keep_only_trainable` leaves them out of the state_dict, so
+checkpoints hold only the LoRA factors, and fills them back in from the live module on load
+(they are reloaded from the pretrained source, like the teacher).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from peft import LoraConfig
+from torch import nn
 
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+from sfd.errors import SFDConfigError
 
-
-class LoRALinear(nn.Module):
-    """y = base(x) + (α/r)·B·A·x with `base` frozen and B initialised to 0.
-
-    Args:
-        base: the linear layer to adapt (frozen here).
-        rank: r, the inner dimension of the low-rank update.
-        lora_alpha: α; the update is scaled by α/r.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, lora_alpha: float) -> None:
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        dtype = base.weight.dtype
-        self.lora_down = nn.Parameter(torch.empty(rank, base.in_features, dtype=dtype))
-        self.lora_up = nn.Parameter(torch.zeros(base.out_features, rank, dtype=dtype))
-        nn.init.kaiming_uniform_(self.lora_down, a=5**0.5)
-        self.scale = lora_alpha / rank
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.base(x) + self.scale * F.linear(F.linear(x, self.lora_down), self.lora_up)
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections
 
 
 def add_lora(network: nn.Module, rank: int, lora_alpha: float) -> list[str]:
-    """Freeze `network` and wrap its attention projections (`LORA_TARGETS`) in `LoRALinear`.
+    """Freeze `network` and add trainable PEFT LoRA adapters to its attention projections.
 
     Args:
-        network: the network, modified in place.
+        network: a diffusers model (`add_adapter` from diffusers' PEFT integration), modified in
+            place.
         rank: LoRA rank r.
-        lora_alpha: LoRA α.
+        lora_alpha: LoRA α; the update B·A is scaled by α/r.
 
     Returns:
         the names of the trainable LoRA parameters.
     """
+    if not hasattr(network, "add_adapter"):
+        raise SFDConfigError(f"{type(network).__name__} does not take PEFT adapters")
     network.requires_grad_(False)
-    targets = [
-        name
-        for name, module in network.named_modules()
-        if isinstance(module, nn.Linear) and name.endswith(LORA_TARGETS)
-    ]
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = network.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(getattr(parent, child), rank, lora_alpha))
-    return [name for name, p in network.named_parameters() if p.requires_grad]
+    network.add_adapter(
+        LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    )
+    for name, param in network.named_parameters():
+        param.requires_grad_(".lora_" in name)
+    return [name for name, param in network.named_parameters() if param.requires_grad]
 
 
 def keep_only_trainable(module: nn.Module, trainable: list[str]) -> None:

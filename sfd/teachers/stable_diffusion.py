@@ -261,7 +261,7 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
 
 
 class StableDiffusionLoRAFakeScore(StableDiffusionTeacher):
-    """A smaller fake score: the pretrained UNet, frozen, plus trainable LoRA on its attention.
+    """A smaller fake score: the pretrained UNet, frozen, plus trainable PEFT LoRA on its attention.
 
     Pass it as `model.fake_score`. Only the LoRA factors require gradients, get optimizer state
     and are checkpointed; the frozen base weights are reloaded from

@@ -1,20 +1,25 @@
-"""Rank-zero and monitoring callbacks: sample grids, throughput, learning rates, gradient norms."""
+"""Rank-zero and monitoring callbacks: sample grids, gradient norms, throughput, the logged config.
+
+Learning rates are Lightning's own `LearningRateMonitor` (configs/wandb.yaml).
+"""
 
 from __future__ import annotations
 
-import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import grad_norm
 from PIL import Image
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
 from sfd.images import image_grid, to_uint8
 
@@ -122,72 +127,138 @@ class SampleGrids(Callback):
         return grids
 
 
-class TrainingMonitor(Callback):
-    """Logs images/s, seconds per iteration, learning rates and gradient norms before clipping.
+class GradientNorms(Callback):
+    """Logs each network's total gradient norm before clipping (`grad_norm/<optimizer name>`).
 
-    Gradient norms are read in `on_before_optimizer_step`, which Lightning calls after the
-    backward pass, after a 16-mixed gradient scaler has unscaled the gradients and after the
-    distributed gradient average, but before the module clips them.
+    Lightning's `grad_norm` computes the norms; what stays here is choosing the parameters: one
+    SFD iteration steps two optimizers, and the network of the other one still holds its
+    gradients of the previous update, so the norm is taken over the stepped network only (named
+    like the module's attribute). Lightning calls callbacks' `on_before_optimizer_step` after the
+    backward pass, after the distributed gradient average and after a 16-mixed gradient scaler
+    unscaled the gradients, and before the module's own hook, which clips them.
 
     Args:
-        optimizer_names: metric names of the module's optimizers, in `configure_optimizers` order.
-        images_per_sample: generated images per batch element (remain + forget = 2 for SFD).
+        optimizer_names: the module attributes the optimizers train, in `configure_optimizers`
+            order; also the metric names.
+        norm_type: the p of the p-norm.
+        per_parameter: also log every parameter's norm (`grad_<p>_norm/<name>`; many keys).
     """
 
     def __init__(
         self,
         optimizer_names: tuple[str, ...] = ("fake_score", "generator"),
-        images_per_sample: int = 2,
+        norm_type: float = 2.0,
+        per_parameter: bool = False,
     ) -> None:
         self.optimizer_names = tuple(optimizer_names)
-        self.images_per_sample = images_per_sample
-        self._last_end: float | None = None
+        self.norm_type = norm_type
+        self.per_parameter = per_parameter
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if len(trainer.optimizers) != len(self.optimizer_names):
+        missing = [name for name in self.optimizer_names if not hasattr(pl_module, name)]
+        if len(trainer.optimizers) != len(self.optimizer_names) or missing:
             raise SFDConfigError(
-                f"TrainingMonitor optimizer_names={list(self.optimizer_names)} must name each of "
-                f"the module's {len(trainer.optimizers)} optimizers"
+                f"GradientNorms optimizer_names={list(self.optimizer_names)} must name the "
+                f"network of each of the module's {len(trainer.optimizers)} optimizers"
             )
-        self._last_end = None
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: Any, optimizer: Optimizer
     ) -> None:
         index = next(i for i, opt in enumerate(trainer.optimizers) if opt is optimizer)
-        grads = [
-            p.grad
-            for group in optimizer.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
-        if not grads:
-            return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        pl_module.log(f"grad_norm/{self.optimizer_names[index]}", norm, on_step=True)
+        name = self.optimizer_names[index]
+        norms = grad_norm(getattr(pl_module, name), self.norm_type)
+        total = norms.pop(f"grad_{float(self.norm_type)}_norm_total", None)
+        if total is None:
+            return  # no gradients (e.g. a skipped loss term)
+        pl_module.log(f"grad_norm/{name}", total, on_step=True)
+        if self.per_parameter:
+            pl_module.log_dict({f"{k}/{name}": v for k, v in norms.items()}, on_step=True)
+
+
+class SFDThroughputMonitor(ThroughputMonitor):
+    """Lightning's `ThroughputMonitor`, counting the images one SFD iteration generates.
+
+    A batch here is only an iteration index, so the sample count comes from the module:
+    `images_per_sample` (remain + forget = 2) × `model.batch_size` per device. Logged as
+    `train/device/samples_per_sec`, `train/device/batches_per_sec` (iterations/s),
+    `train/samples_per_sec` (all devices, when there are several), averaged over
+    `window_size` iterations, plus the running `train/samples`, `train/batches`, `train/time`.
+    SFD declares no FLOPs per batch, so Lightning's request for them is not repeated.
+
+    Args:
+        images_per_sample: generated images per batch element.
+        window_size: iterations the rates are averaged over (the first rates appear then).
+    """
+
+    def __init__(self, images_per_sample: int = 2, window_size: int = 50) -> None:
+        if window_size < 2:
+            raise SFDConfigError(f"SFDThroughputMonitor window_size={window_size} must be >= 2")
+        super().__init__(batch_size_fn=self._images_per_batch, window_size=window_size)
+        self.images_per_sample = images_per_sample
+        self._per_batch = 0
+
+    def _images_per_batch(self, batch: Any) -> int:
+        return self._per_batch
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
+        self._per_batch = self.images_per_sample * int(pl_module.hparams.batch_size)
+        super().setup(trainer, pl_module, stage)
 
     @override
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, *args: Any
     ) -> None:
-        for name, optimizer in zip(self.optimizer_names, trainer.optimizers, strict=True):
-            pl_module.log(f"lr/{name}", float(optimizer.param_groups[0]["lr"]), on_step=True)
-        now = time.perf_counter()
-        if self._last_end is not None:
-            seconds = now - self._last_end
-            images = self.images_per_sample * pl_module.hparams.batch_size * trainer.world_size
-            pl_module.log("throughput/seconds_per_iteration", seconds, on_step=True)
-            pl_module.log("throughput/images_per_s", images / seconds, on_step=True)
-        self._last_end = now
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*flops_per_batch.*")
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
+
+
+def flat_run_keys(pl_module: Any) -> dict[str, str]:
+    """What the run forgets, maps to and distils from, as flat strings wandb can filter on.
+
+    Args:
+        pl_module: the `SFDModule`.
+
+    Returns:
+        {"forget", "override", "teacher", "teacher_class", "conditions"}.
+    """
+    record = training_record(pl_module)
+    conditions = record["conditions"]
+
+    def joined(values: Any) -> str:
+        return ", ".join(str(v) for v in values) if isinstance(values, list) else str(values)
+
+    if conditions.get("concepts"):
+        forget = joined(list(conditions["concepts"]))
+        override = joined(list(conditions["concepts"].values()))
+    elif conditions.get("keywords"):
+        forget, override = joined(conditions["keywords"]), "the bare subject"
+    else:
+        forget = joined(conditions.get("forget", ""))
+        override = joined(conditions.get("override", ""))
+    return {
+        "forget": forget,
+        "override": override,
+        "teacher": str(record["teacher"]["source"]),
+        "teacher_class": record["teacher"]["class"],
+        "conditions": conditions["class"],
+    }
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
-    """Saves the resolved config.yaml beside the run (as Lightning does) and logs it to wandb."""
+    """Saves the resolved config.yaml beside the run (as Lightning does) and logs it to wandb:
+    the whole config under `config`, plus flat `forget`, `override`, `teacher`, `teacher_class`
+    and `conditions` keys to filter and group runs by in the wandb UI."""
 
     @override
     def save_config(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_hyperparams({"config": self.config.as_dict()})
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers:
+            return
+        flat = flat_run_keys(pl_module)
+        for logger in loggers:
+            logger.log_hyperparams({"config": self.config.as_dict(), **flat})

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from peft.tuners.lora import LoraLayer
 from PIL import Image
 from safetensors.torch import load_file
 from sd_fixtures import NEGATIVE, celebrity_conditions
@@ -23,7 +24,6 @@ from sfd.errors import SFDConfigError
 from sfd.images import image_grid, to_uint8
 from sfd.pipelines.io import PretrainedOneStepGenerator, load_pipeline, save_generator
 from sfd.pipelines.one_step_text import OneStepTextPipeline
-from sfd.teachers.lora import LoRALinear
 from sfd.teachers.stable_diffusion import StableDiffusionLoRAFakeScore, StableDiffusionTeacher
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -259,8 +259,18 @@ def test_memory_levers_lora_checkpointing_bf16_and_generator_init(sd_dirs, tmp_p
     with torch.no_grad():  # B = 0 at init: the LoRA fake score starts as the teacher
         assert torch.equal(fake(x, sigma, cond), teacher(x, sigma, cond))
     lora_params = {n for n, p in fake.named_parameters() if p.requires_grad}
-    assert lora_params and all(n.endswith(("lora_down", "lora_up")) for n in lora_params)
+    assert lora_params and all(".lora_A." in n or ".lora_B." in n for n in lora_params)
     assert set(fake.state_dict()) == lora_params
+    # PEFT's layer is the LoRA formula: base(x) + (α/r)·B·A·x (checked with B made nonzero).
+    layer = fake.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    assert isinstance(layer, LoraLayer) and layer.scaling["default"] == 1.0  # α = r = 4
+    probe = torch.randn(3, layer.in_features)
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+        down, up = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        expected = probe @ layer.base_layer.weight.T + probe @ down.T @ up.T
+        torch.testing.assert_close(layer(probe), expected, rtol=1e-5, atol=1e-5)
+        layer.lora_B["default"].weight.zero_()
 
     module = sd_module(teacher, celebrity_conditions(), fake_score=fake, ema_decay=0.5)
     assert module.generator.denoiser.unet.is_gradient_checkpointing
@@ -270,11 +280,14 @@ def test_memory_levers_lora_checkpointing_bf16_and_generator_init(sd_dirs, tmp_p
     fit(module, tmp_path, steps=2, precision="bf16-mixed")
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
     assert all(p.dtype == torch.float32 for p in module.generator.parameters())
-    ups = [m.lora_up for m in module.fake_score.modules() if isinstance(m, LoRALinear)]
+    ups = [
+        m.lora_B["default"].weight for m in module.fake_score.modules() if isinstance(m, LoraLayer)
+    ]
     assert any(u.abs().sum() > 0 for u in ups)
     keys = read_checkpoint(tmp_path / "ckpt" / "last.ckpt")["state_dict"]
     fake_keys = [k for k in keys if k.startswith("fake_score.")]
-    assert fake_keys and all(k.endswith(("lora_down", "lora_up")) for k in fake_keys)
+    assert fake_keys and all(".lora_A." in k or ".lora_B." in k for k in fake_keys)
+    assert len(fake_keys) == len(lora_params)
 
     # Resume: the frozen teacher and LoRA base are reloaded from their source, the rest restored.
     resumed = sd_module(

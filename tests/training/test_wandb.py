@@ -1,6 +1,7 @@
 """An offline wandb run of `sfd fit -c ... -c configs/wandb.yaml` records every loss term,
-learning rates, gradient norms, images/s, the sample grids and the resolved config; a resumed
-run continues the same wandb run."""
+learning rates, gradient norms, image counts, the sample grids, the resolved config and flat
+forget / override / teacher keys; the forgetting curve callback logs UA and remain accuracy; a
+resumed run continues the same wandb run."""
 
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ LOSS_TERMS = [
     for term in ("remain", "forget", "total")
 ]
 MONITORED = [
-    "lr/fake_score",
-    "lr/generator",
+    "lr-SGD",  # the fake score's optimizer (tiny_run_config: SGD for both)
+    "lr-SGD-1",  # the generator's
     "grad_norm/fake_score",
     "grad_norm/generator",
-    "throughput/images_per_s",
+    "train/samples",  # rates need configs/wandb.yaml's 50-iteration window
+    "train/batches",
 ]
 
 
@@ -107,6 +109,11 @@ def test_offline_run_records_losses_grids_and_config(
     # The resolved config: the run's own values, as saved in config.yaml.
     assert logged_config["config"]["model"]["batch_size"] == 2
     assert logged_config["config"]["trainer"]["max_steps"] == 4
+    # Flat keys to filter runs by: tiny_run_config forgets class 0 for class 1.
+    assert logged_config["forget"] == "0" and logged_config["override"] == "1"
+    assert logged_config["teacher"] == str(tiny_teacher_dir)
+    assert logged_config["teacher_class"] == "PretrainedVPTeacher"
+    assert logged_config["conditions"] == "ClassConditions"
 
     # Grids at steps 2 and 4: rows = classes (9 remain, 1 forget) x 3 seeds of 8x8 images.
     media = sorted((run / "files" / "media" / "images" / "samples").glob("*.png"))
@@ -137,3 +144,74 @@ def test_resumed_run_continues_the_same_wandb_run(
     second = next(run for run in runs if run != first)
     _, second_id, _ = history_keys_and_run(second)
     assert second_id == run_id
+
+
+def curve_history(run_dir: Path) -> list[dict[str, float]]:
+    """The logged forgetting-curve points: {step, curve/ua, curve/remain_accuracy} per record."""
+    points = []
+    for record in complete_records(run_dir):
+        if record.WhichOneof("record_type") != "history":
+            continue
+        items = {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in record.history.item
+        }
+        if "curve/ua" in items:
+            points.append(items)
+    return points
+
+
+def test_forgetting_curve_from_yaml_is_logged(
+    tiny_teacher_dir: Path, tmp_path: Path, offline: None, one_thread: None
+) -> None:
+    from sfd.core.generator import OneStepGenerator
+    from sfd.eval.classifier import Classifier, save_classifier
+    from sfd.eval.evaluate import class_noise
+    from sfd.images import from_uint8, to_uint8
+    from sfd.teachers import PretrainedVPTeacher
+    from sfd.training.cli import sfd_lightning_cli
+
+    # A classifier briefly fit to the teacher's one-step samples of other noise: its labels
+    # depend on the image, so UA and remain accuracy are not trivially 0 or 1.
+    teacher = OneStepGenerator(PretrainedVPTeacher(str(tiny_teacher_dir)), 2.5).eval()
+    labels = torch.arange(10).repeat_interleave(6)
+    with torch.no_grad():
+        train = from_uint8(to_uint8(teacher(class_noise(60, teacher.sample_shape, 1), labels)))
+    torch.manual_seed(0)
+    classifier = Classifier(1, 10, (8, 8), 8, 16)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(classifier(train), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    classifier_dir = save_classifier(classifier, tmp_path / "classifier")
+    curve = {
+        "class_path": "sfd.eval.forgetting_curve.ForgettingCurve",
+        "init_args": {"classifier": str(classifier_dir), "every_n": 2, "num_per_class": 6},
+    }
+    root = tmp_path / "run"
+    run_config = tiny_run_config(tiny_teacher_dir, root, max_steps=4, extra_callbacks=[curve])
+    config = write_config(tmp_path / "run.yaml", run_config)
+    try:
+        cli = sfd_lightning_cli(["fit", "-c", str(config), "-c", str(REPO / "configs/wandb.yaml")])
+    finally:
+        wandb.finish()
+    [callback] = [c for c in cli.trainer.callbacks if type(c).__name__ == "ForgettingCurve"]
+    assert callback.forget == [0]  # taken from the run's ClassConditions
+    [run] = (root / "wandb").glob("offline-run-*")
+    logged = curve_history(run)
+    assert [p["trainer/global_step"] for p in logged] == [0, 2, 4]
+    for point, item in zip(callback.points, logged, strict=True):
+        assert item["curve/ua"] == pytest.approx(point.ua)
+        assert item["curve/remain_accuracy"] == pytest.approx(point.remain_accuracy)
+    # The last point, recomputed by hand from the final generator and the saved classifier.
+    generator = cli.model.export_generator.eval()
+    with torch.no_grad():
+        images = to_uint8(generator(class_noise(60, generator.sample_shape, 0), labels))
+        predicted = callback.classifier(from_uint8(images)).argmax(dim=1)
+    correct = (predicted == labels).float().reshape(10, 6).mean(dim=1)  # per class
+    ua = 1 - (predicted[labels == 0] == 0).float().mean().item()
+    assert 0 < ua < 1 or 0 < correct[1:].mean() < 1  # a case that can tell values apart
+    assert logged[-1]["curve/ua"] == pytest.approx(ua)
+    assert logged[-1]["curve/remain_accuracy"] == pytest.approx(correct[1:].mean().item())

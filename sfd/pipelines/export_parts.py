@@ -1,0 +1,128 @@
+"""The optional parts of an export folder: the standalone pipeline file, a lower-precision weights
+variant, the single-file checkpoint and the delta LoRA (each written into a staging folder)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+from sfd.core.generator import OneStepGenerator
+from sfd.errors import SFDConfigError
+from sfd.pipelines.delta_lora import (
+    LORA_FOLDER,
+    LORA_WEIGHTS,
+    LoRAFit,
+    delta_lora,
+    output_error,
+)
+from sfd.pipelines.one_step import OneStepPipeline
+from sfd.pipelines.one_step_text import OneStepTextPipeline
+from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_single_file
+from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
+
+# --dtype name -> (torch dtype, diffusers variant name of the weight files)
+VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# pipeline class -> (module of this package copied into the folder, its file name there)
+STANDALONE_FILES = {
+    OneStepPipeline: ("standalone_one_step.py", "one_step_pipeline.py"),
+    OneStepTextPipeline: ("standalone_one_step_text.py", "one_step_text_pipeline.py"),
+}
+LORA_CHECK_PROMPTS = ["a photo of a person", "a landscape painting"]  # + the run's forget prompts
+LORA_CHECK_SEED = 0
+
+
+def write_standalone_pipeline(pipeline: Any, staging: Path) -> str:
+    """Copy the torch + diffusers only twin of the pipeline class into the folder; return its name."""
+    source, name = STANDALONE_FILES[type(pipeline)]
+    shutil.copyfile(Path(__file__).with_name(source), staging / name)
+    return name
+
+
+def write_variant(pipeline: Any, staging: Path, variant: str) -> None:
+    """Add `*.<variant>.safetensors` weights (fp16 / bf16) beside the float32 ones.
+
+    The networks are reloaded from the staged float32 folder in the variant's dtype and saved by
+    diffusers itself, so the files have exactly the names `from_pretrained(variant=...)` reads.
+    """
+    if variant not in VARIANT_DTYPES:
+        raise SFDConfigError(
+            f"dtype {variant!r} is not supported; allowed: {sorted(VARIANT_DTYPES)}"
+        )
+    reduced = type(pipeline).from_pretrained(staging, dtype=VARIANT_DTYPES[variant])
+    with tempfile.TemporaryDirectory(dir=staging.parent) as scratch:
+        reduced.save_pretrained(scratch, safe_serialization=True, variant=variant)
+        for weights in Path(scratch).rglob(f"*.{variant}.safetensors"):
+            target = staging / weights.relative_to(scratch)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(weights, target)
+            index = weights.with_name(weights.name + ".index.json")
+            if index.exists():  # sharded weights keep their index
+                shutil.move(index, target.with_name(index.name))
+
+
+def write_single_file_checkpoint(
+    pipeline: OneStepTextPipeline, staging: Path, variant: str | None
+) -> str:
+    """UNet, VAE and text encoder as one original-layout checkpoint; returns its file name."""
+    dtype = VARIANT_DTYPES[variant] if variant else None
+    write_single_file(
+        pipeline.unet, pipeline.vae, pipeline.text_encoder, staging / SINGLE_FILE_NAME, dtype
+    )
+    return SINGLE_FILE_NAME
+
+
+@torch.no_grad()
+def write_delta_lora(
+    pipeline: OneStepTextPipeline,
+    generator: OneStepGenerator,
+    staging: Path,
+    rank: int,
+    forget_prompts: list[str],
+) -> LoRAFit:
+    """Fit generator − teacher as a rank-r LoRA, save it, and measure it against the generator.
+
+    The error is measured the way a user applies the LoRA: the teacher's UNet with the saved file
+    loaded through diffusers' `load_lora_adapter` (what `load_lora_weights` does for the UNet),
+    sampled at σ_init on fixed noise, against the full generator on the same noise.
+
+    Args:
+        pipeline: the export's pipeline.
+        generator: the generator being exported.
+        staging: the staging folder; the LoRA goes to `lora/`.
+        rank: LoRA rank r.
+        forget_prompts: the run's forget prompts (the check set adds the first two).
+
+    Returns:
+        the fit report with output errors.
+    """
+    denoiser = generator.denoiser
+    teacher_unet = UNet2DConditionModel.from_pretrained(
+        denoiser.pipeline, subfolder="unet", revision=denoiser.revision
+    )
+    state, fit = delta_lora(denoiser.unet, teacher_unet, rank)
+    folder = staging / LORA_FOLDER
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state)
+    teacher_unet.load_lora_adapter(
+        str(folder), prefix="unet", adapter_name="sfd_delta", weight_name=LORA_WEIGHTS
+    )
+    teacher_unet.eval()
+    adapted = StableDiffusionDenoiser(
+        teacher_unet, denoiser.scheduler_config, denoiser.prediction_type
+    )
+    prompts = [*LORA_CHECK_PROMPTS, *forget_prompts[:2]]
+    cond = pipeline.encode(prompts, [""] * len(prompts))
+    z = torch.randn(
+        (len(prompts), *generator.sample_shape),
+        generator=torch.Generator().manual_seed(LORA_CHECK_SEED),
+    )
+    sigma = generator.sigma_init
+    x0_lora = adapted(sigma * z, sigma, cond)  # (N, 4, h, w)
+    x0_full = generator(z, cond)
+    fit.output_max_abs_error, fit.output_relative_rms_error = output_error(x0_lora, x0_full)
+    fit.check_prompts, fit.check_seed = prompts, LORA_CHECK_SEED
+    return fit

@@ -1,0 +1,257 @@
+"""The model card (README.md with Hub metadata) written into every exported generator folder."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sfd.pipelines.delta_lora import LORA_FOLDER
+
+EXPORT_RECORD = "sfd_export.json"  # machine-readable twin of the card's facts
+CARD_SETTINGS = (  # training settings quoted on the card, when the checkpoint records them
+    "sigma_init",
+    "t_init",
+    "alpha",
+    "lambda_sg_remain",
+    "lambda_sg_forget",
+    "lambda_g_remain",
+    "lambda_g_forget",
+    "batch_size",
+    "fake_grad_clip",
+    "generator_grad_clip",
+    "ema_decay",
+    "fake_train_guidance",
+    "fake_eval_guidance",
+    "teacher_guidance",
+    "cond_dropout",
+    "seed",
+)
+OPTIMIZER_FIELDS = ("lr", "betas", "momentum", "weight_decay")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hub_base_model(source: str | None) -> str | None:
+    """`source` if it names a Hub repository (owner/name, not a local folder), else None."""
+    if not source or Path(source).exists() or not HUB_ID.fullmatch(source):
+        return None
+    return source
+
+
+def flat_metrics(metrics: dict[str, Any], depth: int = 2) -> dict[str, float | int | str]:
+    """Scalar entries of a metrics.json, nested keys joined with "." (lists and deeper levels left out)."""
+    flat: dict[str, float | int | str] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float, str)):
+            flat[str(key)] = value
+        elif isinstance(value, dict) and depth > 1:
+            for sub, sub_value in flat_metrics(value, depth - 1).items():
+                flat[f"{key}.{sub}"] = sub_value
+    return flat
+
+
+def _forgetting_lines(conditions: dict[str, Any]) -> list[str]:
+    lines = []
+    if "concepts" in conditions and conditions["concepts"]:
+        lines += [f"| {k} | {v} |" for k, v in conditions["concepts"].items()]
+    elif "forget" in conditions:
+        forget, override = conditions["forget"], conditions.get("override")
+        if isinstance(override, list):
+            lines += [f"| class {f} | class {o} |" for f, o in zip(forget, override, strict=False)]
+        else:
+            lines += [f"| class {f} | {override} (a remain class per sample) |" for f in forget]
+    if "keywords" in conditions:
+        lines.append(f"| {', '.join(conditions['keywords'])} | the bare subject |")
+    for forget, override in conditions.get("examples", []):
+        lines.append(f"| e.g. “{forget}” | “{override}” |")
+    return lines
+
+
+def sampling_snippets(record: dict[str, Any]) -> str:
+    """The card's "How to sample" section, with this export's exact values."""
+    text = record["kind"] == "text"
+    sigma, timestep = record["sigma_init"], record["timestep"]
+    call = (
+        'pipe("a photo of a cat", generator=torch.Generator().manual_seed(0)).images[0]'
+        if text
+        else "pipe(class_labels=[0, 1, 2], generator=torch.Generator().manual_seed(0)).images"
+    )
+    custom = record["pipeline_file"].removesuffix(".py")
+    parts = [
+        "With `sfd` installed (`import sfd.pipelines` registers the pipeline class with diffusers):",
+        "",
+        "```python",
+        "import torch",
+        "import sfd.pipelines  # noqa: F401",
+        "from diffusers import DiffusionPipeline",
+        "",
+        'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")',
+        f"image = {call}",
+        "```",
+        "",
+        f"Without `sfd`: the folder carries its pipeline as `{record['pipeline_file']}` "
+        "(torch and diffusers only):",
+        "",
+        "```python",
+        "pipe = DiffusionPipeline.from_pretrained(",
+        f'    "path/to/this/folder", custom_pipeline="{custom}", trust_remote_code=True',
+        ")",
+        "```",
+    ]
+    if text:
+        parts += [
+            "",
+            "With a stock `StableDiffusionPipeline` (no custom code): one Euler step from "
+            f"σ_init = {sigma} to 0 (the UNet sees t = {timestep}), no guidance; the folder's "
+            "`scheduler/` is an `EulerDiscreteScheduler` set up for it (trailing spacing, so "
+            "the latents are scaled by σ_init):",
+            "",
+            "```python",
+            "from diffusers import StableDiffusionPipeline",
+            "",
+            "pipe = StableDiffusionPipeline.from_pretrained(",
+            '    "path/to/this/folder", safety_checker=None, requires_safety_checker=False',
+            ")",
+            "image = pipe(",
+            f'    "a photo of a cat", sigmas=[{sigma}, 0.0], guidance_scale=1.0,',
+            "    generator=torch.Generator().manual_seed(0),",
+            ").images[0]",
+            "```",
+        ]
+    return "\n".join(parts)
+
+
+def model_card(record: dict[str, Any]) -> str:
+    """README.md text: Hub YAML metadata, what was forgotten, training, metrics, sampling.
+
+    Args:
+        record: the export record (`sfd_export.json`): kind, sigma_init, timestep, files,
+            training (from the checkpoint, optional), metrics (optional), lora fit (optional).
+
+    Returns:
+        the card.
+    """
+    training = record.get("training") or {}
+    source = (training.get("teacher") or {}).get("source") or record.get("teacher_source")
+    base = hub_base_model(source)
+    text = record["kind"] == "text"
+    tags = ["diffusers", "sfd", "score-forgetting-distillation", "machine-unlearning", "one-step"]
+    tags += ["stable-diffusion", "text-to-image"] if text else ["class-conditional"]
+    meta = ["---", "library_name: diffusers"]
+    meta.append(f"pipeline_tag: {'text-to-image' if text else 'unconditional-image-generation'}")
+    if base:
+        meta += [f"base_model: {base}", "base_model_relation: finetune"]
+    meta += ["tags:", *[f"- {tag}" for tag in tags], "---"]
+    body = [
+        "# One-step generator distilled with Score Forgetting Distillation (SFD)",
+        "",
+        f"A one-step {'text-to-image' if text else 'class-conditional'} generator: "
+        f"x0 = D(σ_init·z, σ_init, c) with σ_init = {record['sigma_init']} "
+        f"(network timestep {record['timestep']}), one network evaluation per image.",
+        "",
+        f"- Base model (teacher): {f'`{source}`' if source else 'not recorded'}",
+    ]
+    if training:
+        body.append(f"- Teacher class: `{training['teacher']['class']}`")
+    conditions = training.get("conditions") or {}
+    lines = _forgetting_lines(conditions)
+    body += ["", "## What was forgotten", ""]
+    if lines:
+        body += [
+            f"Condition sampler `{conditions.get('class')}`. Asked for the forgotten "
+            "condition, the generator produces what the teacher produces for its override:",
+            "",
+            "| forgotten | now maps to |",
+            "|---|---|",
+            *lines,
+        ]
+    else:
+        body.append("Not recorded with this export.")
+    body += ["", "## Training", ""]
+    if training:
+        settings = training.get("hyperparameters", {})
+        body += [
+            f"- Iterations: {training.get('global_step')}",
+            f"- σ sampler: `{training.get('sigma_sampler', {}).get('class')}` "
+            + json.dumps(
+                {k: v for k, v in training.get("sigma_sampler", {}).items() if k != "class"}
+            ),
+            "",
+            "| setting | value |",
+            "|---|---|",
+            *[f"| {k} | {settings[k]} |" for k in CARD_SETTINGS if k in settings],
+            *[
+                f"| {role} optimizer | {opt['class']} "
+                + ", ".join(f"{k} {v}" for k, v in opt.items() if k in OPTIMIZER_FIELDS)
+                + " |"
+                for role, opt in zip(
+                    ("fake score", "generator"), training.get("optimizers", []), strict=False
+                )
+            ],
+        ]
+    else:
+        body.append("Not recorded with this export.")
+    body += ["", "## Evaluation", ""]
+    metrics = record.get("metrics")
+    if metrics:
+        body += [
+            f"From `{record.get('metrics_source', 'metrics')}`:",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in flat_metrics(metrics).items()],
+        ]
+    else:
+        body.append(
+            "No evaluation was recorded with this export (run `sfd eval` / `sfd eval-text`)."
+        )
+    body += ["", "## How to sample", "", sampling_snippets(record)]
+    body += _file_sections(record)
+    return "\n".join(meta + [""] + body) + "\n"
+
+
+def _file_sections(record: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if record.get("variant"):
+        lines += [
+            "",
+            f"## {record['variant']} weights",
+            "",
+            f"Each network also has `{record['variant']}` weights (diffusers variant naming): "
+            f'`DiffusionPipeline.from_pretrained(folder, variant="{record["variant"]}", '
+            f"dtype=torch.{record['variant_dtype']})`.",
+        ]
+    if record.get("single_file"):
+        lines += [
+            "",
+            "## Single-file checkpoint",
+            "",
+            f"`{record['single_file']}` holds UNet, VAE and text encoder in the original Stable "
+            "Diffusion layout (A1111, ComfyUI). In diffusers, offline: "
+            f'`StableDiffusionPipeline.from_single_file("{record["single_file"]}", config=folder, '
+            "safety_checker=None)`. Sample it with one Euler step from σ_init to 0, guidance 1.",
+        ]
+    fit = record.get("lora")
+    if fit:
+        lines += [
+            "",
+            "## LoRA of the difference from the teacher",
+            "",
+            f"`{LORA_FOLDER}/pytorch_lora_weights.safetensors`: rank {fit['rank']} fit of every "
+            f"linear / convolution weight difference ({fit['adapted_layers']} layers, "
+            f"{fit['parameters']:,} parameters), for the teacher's pipeline: "
+            f'`pipe.load_lora_weights("{LORA_FOLDER}")`, then sample as above with this folder\'s '
+            "scheduler (`pipe.scheduler = EulerDiscreteScheduler.from_pretrained(folder, "
+            'subfolder="scheduler")`).',
+            "",
+            f"- weight fit: ‖ΔW − B·A‖ / ‖ΔW‖ = {fit['weight_relative_error']:.3g}",
+            f"- normalisation-layer differences left out: {len(fit['uncovered_parameters'])} "
+            f"tensors, relative size {fit['uncovered_relative_delta']:.3g}",
+            f"- output against the full generator ({len(fit['check_prompts'] or [])} prompts, seed "
+            f"{fit['check_seed']}): max |Δx0| = {fit['output_max_abs_error']:.3g}, relative RMS "
+            f"{fit['output_relative_rms_error']:.3g} (latents)",
+        ]
+    return lines

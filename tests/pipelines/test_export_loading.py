@@ -1,0 +1,342 @@
+"""Exported folders load where users load models, each path in a fresh process, against sfd's own
+sampling: diffusers with sfd, the folder's own pipeline file without sfd, a stock
+StableDiffusionPipeline, the single-file checkpoint and the delta LoRA on the teacher."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import SCRIPTS, fit_args
+from lightning.pytorch.callbacks import ModelCheckpoint
+from safetensors.torch import load_file
+from sd_fixtures import celebrity_conditions
+
+from sfd.cli import main
+from sfd.core.module import SFDModule
+from sfd.core.sigma import UniformTimestepSigma
+from sfd.pipelines.io import load_pipeline
+from sfd.teachers import StableDiffusionTeacher
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+LOADER = SCRIPTS / "load_export.py"
+PROMPTS, LABELS, SEED = ["a photo of Brad Pitt", "a cat"], [0, 1, 2], 7  # as in load_export.py
+# The stock scheduler computes t(σ_init) in float64 NumPy on a float32 σ table (sfd: float32
+# torch on a float64-derived table) and returns x0 through an Euler step x + (x0 − x)/σ·σ, so
+# its images differ from sfd's in the last bits only.
+STOCK_ATOL = 1e-5
+
+
+def load_in_subprocess(mode: str, folder: Path, tmp: Path, teacher: Path | None = None) -> dict:
+    """Run tests/scripts/load_export.py in a fresh interpreter and return its arrays."""
+    out = tmp / f"{mode}-{folder.name}.npz"
+    isolated = [] if mode == "with-sfd" else ["-I"]  # -I: no PYTHONPATH, no user site
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp / "hf_modules"),
+        "OMP_NUM_THREADS": "1",
+    }
+    args = [sys.executable, *isolated, str(LOADER), mode, str(folder), str(out)]
+    result = subprocess.run(
+        [*args, *([str(teacher)] if teacher else [])], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(out))
+
+
+def sfd_text_samples(folder: Path) -> dict[str, np.ndarray]:
+    pipe = load_pipeline(folder)
+    outputs = {}
+    for output, key in (("np", "images"), ("latent", "latents")):
+        images = pipe(
+            PROMPTS,
+            num_images_per_prompt=2,
+            generator=torch.Generator().manual_seed(SEED),
+            output_type=output,
+        ).images
+        outputs[key] = np.asarray(images)
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def class_export(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-iteration tiny run with a metrics.json beside its checkpoints, exported by `sfd export`."""
+    root = tmp_path_factory.mktemp("class")
+    assert main(fit_args(tiny_teacher_dir, root / "run", "--trainer.max_steps", "2")) == 0
+    [last] = (root / "run").rglob("last.ckpt")
+    (last.parent / "metrics.json").write_text(json.dumps({"ua": 0.75, "fid_remain": 12.5}))
+    assert main(["export", str(last), str(root / "export")]) == 0
+    return root / "export"
+
+
+def train_sd(source: Path, root: Path) -> Path:
+    """Two SFD iterations on a tiny pipeline; returns the last checkpoint."""
+    module = SFDModule(
+        StableDiffusionTeacher(str(source)),
+        celebrity_conditions(),
+        UniformTimestepSigma(20, 980),
+        alpha=1.0,
+        batch_size=2,
+        ema_decay=None,
+        steps_per_epoch=100,
+        fake_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+        generator_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+    )
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module)
+    return root / "ckpt" / "last.ckpt"
+
+
+@pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
+def text_export(request, sd_dirs, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A trained tiny SD generator exported with the extras: (folder, teacher folder).
+
+    The ε export also has bf16 weights (so its single file is bf16); the v export is float32.
+    """
+    root = tmp_path_factory.mktemp(f"text-{request.param}")
+    last = train_sd(sd_dirs[request.param], root)
+    argv = ["export", str(last), str(root / "export"), "--single-file", "--lora", "4"]
+    variant = ["--dtype", "bf16"] if request.param == "epsilon" else []
+    assert main([*argv, *variant]) == 0
+    return root / "export", sd_dirs[request.param]
+
+
+def test_class_export_loads_with_and_without_sfd(class_export: Path, tmp_path: Path) -> None:
+    expected = load_pipeline(class_export)(
+        LABELS, generator=torch.Generator().manual_seed(SEED), output_type="np"
+    ).images
+    with_sfd = load_in_subprocess("with-sfd", class_export, tmp_path)
+    assert str(with_sfd["pipeline_module"]) == "sfd.pipelines.one_step"
+    assert np.array_equal(with_sfd["images"], expected)
+    without = load_in_subprocess("custom", class_export, tmp_path)
+    assert not without["sfd_imported"]
+    assert str(without["pipeline_module"]).startswith("diffusers_modules.")
+    assert np.array_equal(without["images"], expected)  # the standalone file, bit for bit
+
+
+def test_text_export_loads_with_and_without_sfd(text_export, tmp_path: Path) -> None:
+    folder, _ = text_export
+    expected = sfd_text_samples(folder)
+    for mode in ("with-sfd", "custom"):
+        got = load_in_subprocess(mode, folder, tmp_path)
+        assert bool(got["sfd_imported"]) == (mode == "with-sfd")
+        assert str(got["pipeline_class"]) == "OneStepTextPipeline"
+        for key in ("images", "latents"):
+            assert np.array_equal(got[key], expected[key]), (mode, key)
+
+
+def test_stock_stable_diffusion_pipeline_reproduces_the_generator(text_export, tmp_path) -> None:
+    folder, _ = text_export
+    expected = sfd_text_samples(folder)
+    got = load_in_subprocess("stock", folder, tmp_path)
+    assert str(got["pipeline_class"]) == "StableDiffusionPipeline" and not got["sfd_imported"]
+    np.testing.assert_allclose(got["latents"], expected["latents"], rtol=0, atol=STOCK_ATOL)
+    np.testing.assert_allclose(got["images"], expected["images"], rtol=0, atol=STOCK_ATOL)
+    assert np.abs(expected["latents"]).max() > 0.1  # not a trivially small output
+    # The exact timestep is recorded, and is the one the stock scheduler derives from σ_init.
+    index = json.loads((folder / "model_index.json").read_text())
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+    scheduler.set_timesteps(sigmas=[index["sigma_init"], 0.0])
+    assert scheduler.init_noise_sigma == pytest.approx(index["sigma_init"])
+    assert float(scheduler.timesteps[0]) == pytest.approx(index["timestep"], abs=1e-3)
+
+
+def test_single_file_checkpoint_round_trips(text_export, tmp_path: Path) -> None:
+    folder, _ = text_export
+    from diffusers import StableDiffusionPipeline
+
+    reloaded = StableDiffusionPipeline.from_single_file(
+        str(folder / "sfd_generator.safetensors"),
+        config=str(folder),
+        local_files_only=True,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    exported = load_pipeline(folder)
+    record = json.loads((folder / "sfd_export.json").read_text())
+    dtype = torch.bfloat16 if record.get("variant") == "bf16" else torch.float32
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(exported, name).state_dict(), getattr(reloaded, name).state_dict()
+        assert ours.keys() == theirs.keys(), name
+        assert all(torch.equal(ours[k].to(dtype), theirs[k].to(dtype)) for k in ours), name
+    tensors = load_file(folder / "sfd_generator.safetensors")
+    assert {v.dtype for v in tensors.values()} == {dtype}
+    assert any(k.startswith("model.diffusion_model.input_blocks.") for k in tensors)
+    assert any(k.startswith("first_stage_model.encoder.down.") for k in tensors)
+    assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in tensors)
+    got = load_in_subprocess("single-file", folder, tmp_path)["latents"]
+    expected = sfd_text_samples(folder)["latents"]
+    if dtype == torch.float32:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=STOCK_ATOL)
+    else:  # bf16 weights: 8 mantissa bits
+        np.testing.assert_allclose(got, expected, rtol=0, atol=0.1 * np.abs(expected).max())
+
+
+def test_delta_lora_on_the_teacher_matches_its_reported_error(text_export, tmp_path) -> None:
+    folder, teacher = text_export
+    record = json.loads((folder / "sfd_export.json").read_text())
+    fit = record["lora"]
+    assert fit["rank"] == 4 and fit["adapted_layers"] > 0
+    # A trained generator moves its normalisation layers too, which no LoRA can carry.
+    assert any("norm" in name for name in fit["uncovered_parameters"])
+    got = load_in_subprocess("stock-lora", folder, tmp_path, teacher)
+    full = sfd_text_samples(folder)["latents"]
+    error = np.abs(got["latents"] - full).max()
+    assert 0 < error
+    # The reported error was measured on other prompts: same order of magnitude, not equal.
+    assert fit["output_max_abs_error"] > 0 and fit["output_relative_rms_error"] > 0
+    assert 0.1 < error / fit["output_max_abs_error"] < 10
+    card = (folder / "README.md").read_text()
+    assert f"relative RMS {fit['output_relative_rms_error']:.3g}" in card
+
+
+def test_full_rank_delta_lora_is_exact_without_norm_changes(sd_dirs, tmp_path) -> None:
+    """With every difference in linear / conv layers and rank ≥ their width, the LoRA is exact."""
+    import copy
+
+    from sfd.core.generator import OneStepGenerator
+    from sfd.pipelines.io import save_generator
+
+    teacher = StableDiffusionTeacher(str(sd_dirs["epsilon"]))
+    generator = OneStepGenerator(copy.deepcopy(teacher), 2.5)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for module in generator.denoiser.unet.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.weight.add_(0.02 * torch.randn_like(module.weight))
+                if module.bias is not None:
+                    module.bias.add_(0.02 * torch.randn_like(module.bias))
+    folder = save_generator(generator, tmp_path / "export", lora_rank=10_000)
+    fit = json.loads((folder / "sfd_export.json").read_text())["lora"]
+    assert fit["uncovered_parameters"] == [] and fit["weight_relative_error"] < 1e-6
+    assert fit["output_max_abs_error"] < 1e-4
+    got = load_in_subprocess("stock-lora", folder, tmp_path, sd_dirs["epsilon"])
+    full = sfd_text_samples(folder)["latents"]
+    np.testing.assert_allclose(got["latents"], full, rtol=0, atol=1e-4)
+    assert np.abs(full).max() > 0.1
+
+
+def test_weights_variant_is_the_cast_weights_and_loads(text_export) -> None:
+    folder, _ = text_export
+    if not json.loads((folder / "sfd_export.json").read_text()).get("variant"):
+        assert not list(folder.rglob("*.bf16.safetensors"))
+        return
+    for part, name in [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ]:
+        full = load_file(folder / part / f"{name}.safetensors")
+        variant = load_file(folder / part / f"{name}.bf16.safetensors")
+        assert full.keys() == variant.keys()
+        assert all(torch.equal(variant[k], v.to(torch.bfloat16)) for k, v in full.items())
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, variant="bf16", dtype=torch.bfloat16)
+    assert pipe.unet.dtype == torch.bfloat16
+    images = pipe(PROMPTS, generator=torch.Generator().manual_seed(SEED), output_type="pt").images
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_model_cards(class_export: Path, text_export) -> None:
+    folder, teacher = text_export
+    meta = front_matter((folder / "README.md").read_text())
+    assert meta["library_name"] == "diffusers" and meta["pipeline_tag"] == "text-to-image"
+    assert {"sfd", "machine-unlearning", "stable-diffusion"} <= set(meta["tags"])
+    assert "base_model" not in meta  # a local teacher folder is not a Hub id
+    card = (folder / "README.md").read_text()
+    assert f"`{teacher}`" in card
+    assert "| Brad Pitt | a middle aged man |" in card
+    assert "- Iterations: 2" in card
+    assert "sigmas=[2.5, 0.0]" in card and "custom_pipeline=" in card
+    record = json.loads((folder / "sfd_export.json").read_text())
+    assert record["training"]["global_step"] == 2
+    assert record["training"]["hyperparameters"]["alpha"] == 1.0
+
+    meta = front_matter((class_export / "README.md").read_text())
+    assert meta["pipeline_tag"] == "unconditional-image-generation"
+    card = (class_export / "README.md").read_text()
+    assert "| class 0 | class 1 |" in card  # configs/tiny.yaml: forget 0, override 1
+    assert "| ua | 0.75 |" in card and "| fid_remain | 12.5 |" in card
+    assert "- Iterations: 2" in card
+    assert (class_export / "one_step_pipeline.py").is_file()
+
+
+def test_hub_base_model_only_for_hub_ids(tmp_path: Path) -> None:
+    from sfd.pipelines.model_card import hub_base_model
+
+    hub = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert hub_base_model(hub) == hub
+    assert hub_base_model("runs/teachers/tiny") is None  # a relative path, not owner/name
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    assert hub_base_model(str(tmp_path / "owner" / "name")) is None  # a local folder
+    assert hub_base_model(None) is None
+
+
+def test_export_options_rejected_with_one_line(class_export: Path, tmp_path, capsys) -> None:
+    [last] = class_export.parent.rglob("last.ckpt")
+    for extra in (["--single-file"], ["--lora", "4"]):
+        assert main(["export", str(last), str(tmp_path / "out"), *extra]) == 2
+        assert "Stable Diffusion" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["edm", "v_prediction", "sample"])
+def test_standalone_class_pipeline_matches_sfd_for_every_parameterisation(kind, tmp_path) -> None:
+    """The standalone file (imported in-process here) against sfd, bit for bit, for the
+    parameterisations the tiny trained export (VP, ε) does not cover."""
+    from conftest import save_tiny_teacher, tiny_unet
+
+    from sfd.core.generator import OneStepGenerator
+    from sfd.pipelines.io import save_generator
+    from sfd.pipelines.standalone_one_step import OneStepPipeline as Standalone
+    from sfd.teachers import EDMUNetDenoiser, PretrainedVPTeacher
+
+    if kind == "edm":
+        denoiser = EDMUNetDenoiser(tiny_unet(), sigma_data=0.6)
+    else:
+        denoiser = PretrainedVPTeacher(str(save_tiny_teacher(tmp_path / "teacher", kind)))
+    folder = save_generator(OneStepGenerator(denoiser, sigma_init=3.0).eval(), tmp_path / "gen")
+    standalone = Standalone.from_pretrained(folder)
+    if kind == "edm":  # c_noise = ln(σ)/4
+        expected_timestep = math.log(3.0) / 4
+    else:  # t with σ_t = 3 on the linear schedule, log-σ interpolated (float64 oracle)
+        from diffusers import DDPMScheduler
+
+        alphas = DDPMScheduler.from_pretrained(folder, subfolder="scheduler").alphas_cumprod
+        log_sigmas = (((1 - alphas.double()) / alphas.double()).sqrt()).log().numpy()
+        expected_timestep = float(np.interp(math.log(3.0), log_sigmas, np.arange(len(alphas))))
+    assert standalone.config.timestep == pytest.approx(expected_timestep, abs=1e-3)
+    for pipe in (standalone, load_pipeline(folder)):
+        pipe.set_progress_bar_config(disable=True)
+    images = [
+        p(LABELS, generator=torch.Generator().manual_seed(SEED), output_type="pt").images
+        for p in (standalone, load_pipeline(folder))
+    ]
+    assert torch.equal(images[0], images[1])
+    assert images[0].abs().max() > 0.01

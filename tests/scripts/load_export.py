@@ -1,0 +1,113 @@
+"""Load an exported folder the way a user without (or with) sfd would, sample it, save the arrays.
+
+Usage: python load_export.py MODE FOLDER OUT.npz [TEACHER]
+
+MODE:
+  with-sfd    `import sfd.pipelines`, then plain `DiffusionPipeline.from_pretrained(FOLDER)`
+  custom      no sfd: `DiffusionPipeline.from_pretrained(FOLDER, custom_pipeline=..., trust_remote_code=True)`
+  stock       no sfd: a stock `StableDiffusionPipeline` with `sigmas=[σ_init, 0]`, guidance 1
+  stock-lora  no sfd: the TEACHER's `StableDiffusionPipeline` + `load_lora_weights(FOLDER/lora)`
+  single-file no sfd: `StableDiffusionPipeline.from_single_file(FOLDER/sfd_generator.safetensors)`
+
+Except with-sfd, `sfd` is made unimportable first (run it with `python -I`, which also drops
+PYTHONPATH; the blocker catches an installed copy). The script writes OUT.npz with the images
+("np" output) and, for text pipelines, the x0 latents of fixed noise, plus the pipeline's class
+and module.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import sys
+from pathlib import Path
+
+PROMPTS = ["a photo of Brad Pitt", "a cat"]
+LABELS = [0, 1, 2]
+SEED = 7
+
+
+class BlockSfd(importlib.abc.MetaPathFinder):
+    """Refuse to import `sfd` (as if it were not installed)."""
+
+    def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN201
+        if name == "sfd" or name.startswith("sfd."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+
+def main(mode: str, folder: Path, out: Path, teacher: str | None) -> None:
+    if mode != "with-sfd":
+        sys.meta_path.insert(0, BlockSfd())
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline, EulerDiscreteScheduler, StableDiffusionPipeline
+
+    torch.set_num_threads(1)
+    index = json.loads((folder / "model_index.json").read_text())
+    record = json.loads((folder / "sfd_export.json").read_text())
+    text = index["_class_name"] == "OneStepTextPipeline"
+    if mode == "with-sfd":
+        import sfd.pipelines  # noqa: F401  (registers the pipeline classes with diffusers)
+
+        pipe = DiffusionPipeline.from_pretrained(folder)
+    elif mode == "custom":
+        pipe = DiffusionPipeline.from_pretrained(
+            folder, custom_pipeline=record["pipeline_file"][:-3], trust_remote_code=True
+        )
+    elif mode == "stock":
+        pipe = StableDiffusionPipeline.from_pretrained(
+            folder, safety_checker=None, requires_safety_checker=False
+        )
+    elif mode == "stock-lora":
+        pipe = StableDiffusionPipeline.from_pretrained(
+            teacher, safety_checker=None, requires_safety_checker=False
+        )
+        pipe.load_lora_weights(folder / "lora")
+        pipe.scheduler = EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+    elif mode == "single-file":
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(folder / record["single_file"]),
+            config=str(folder),
+            local_files_only=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    pipe.set_progress_bar_config(disable=True)
+    arrays = {}
+    if not text:
+        arrays["images"] = pipe(
+            LABELS, generator=torch.Generator().manual_seed(SEED), output_type="np"
+        ).images
+    else:
+        stock = mode in ("stock", "stock-lora", "single-file")
+        extra = {"sigmas": [record["sigma_init"], 0.0]} if stock else {}
+        for output in ("np", "latent"):
+            arrays["images" if output == "np" else "latents"] = np.asarray(
+                pipe(
+                    PROMPTS,
+                    num_images_per_prompt=2,
+                    guidance_scale=1.0,
+                    generator=torch.Generator().manual_seed(SEED),
+                    output_type=output,
+                    **extra,
+                ).images
+            )
+    np.savez(
+        out,
+        **arrays,
+        pipeline_class=type(pipe).__name__,
+        pipeline_module=type(pipe).__module__,
+        sfd_imported="sfd" in sys.modules,
+    )
+
+
+if __name__ == "__main__":
+    main(
+        sys.argv[1],
+        Path(sys.argv[2]),
+        Path(sys.argv[3]),
+        sys.argv[4] if len(sys.argv) > 4 else None,
+    )
