@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from grids import assert_tiles
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 from safetensors.torch import load_file
@@ -20,7 +21,6 @@ from sfd.core.generator import generator_from_checkpoint, read_checkpoint
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.errors import SFDConfigError
-from sfd.images import image_grid, to_uint8
 from sfd.pipelines.io import PretrainedOneStepGenerator, load_pipeline, save_generator
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers.lora import LoRALinear
@@ -209,12 +209,11 @@ def test_sfd_iterations_export_reload_and_sample(
         ["a cat", "a dog"],
         num_images_per_prompt=3,
         generator=torch.Generator().manual_seed(1),
-        output_type="pt",
-    ).images
+        output_type="np",
+    ).images  # (6, 16, 16, 3) in [0, 1]
     assert main(["sample", str(out), "--output", str(png)]) == 2  # no --prompt: a clear error
-    grid = np.asarray(Image.open(png))
-    assert grid.shape == (2 * 16, 3 * 16, 3)
-    assert np.array_equal(grid, np.asarray(image_grid(to_uint8(expected), rows=2)))
+    tiles = np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8)
+    assert_tiles(np.asarray(Image.open(png)), tiles, rows=2, scale=4)  # 16 px tiles shown at 64
 
 
 def test_negative_prompt_without_guidance_is_an_error(sd_dirs, sd_teacher, tmp_path) -> None:
