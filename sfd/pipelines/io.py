@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import DiffusionPipeline
 
 from sfd.core.generator import OneStepGenerator, generator_from_checkpoint
@@ -53,12 +54,32 @@ def save_generator(
         the folder.
     """
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SFDConfigError(f"output folder {str(output_dir)!r} is a file")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise SFDConfigError(f"output folder {str(output_dir)!r} exists and is not empty")
+    check_finite_weights(generator, "the generator")
     pipeline = pipeline_for(generator)
     return write_folder_atomically(
         output_dir, lambda staging: pipeline.save_pretrained(staging, safe_serialization=True)
     )
+
+
+def check_finite_weights(module: torch.nn.Module, name: str) -> None:
+    """Refuse a network with a NaN or infinite weight, naming the first such tensor.
+
+    Args:
+        module: the network (e.g. an exported or about-to-be-exported generator).
+        name: how the message names it.
+    """
+    for key, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            raise SFDConfigError(
+                f"{name} has non-finite weights: the first bad tensor is {key} ({nan} NaN, "
+                f"{inf} infinite of {tensor.numel()}); a diverged run cannot be exported or "
+                "sampled, take an earlier checkpoint"
+            )
 
 
 def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
