@@ -131,8 +131,12 @@ def write_folder_atomically(output_dir: str | Path, write: Callable[[Path], None
     recover_interrupted_replace(output_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{STAGING}-", dir=output_dir.parent))
     try:
-        follow_umask(staging)
         write(staging)
+        for path in [staging, *staging.rglob("*")]:
+            # Writers that go through temporary files (safetensors via huggingface_hub) leave
+            # 0600 files: give everything the mode a plain write would have.
+            if not path.is_symlink():
+                follow_umask(path)
         if not output_dir.exists():
             staging.rename(output_dir)
         elif _exchange(staging, output_dir):
