@@ -79,8 +79,10 @@ def run_folders(trainer: pl.Trainer) -> set[Path]:
 # --- the run's identity ----------------------------------------------------------------------
 
 RUN_CONFIG_KEY = "sfd_run_config"  # checkpoint entry: {"hash": ..., "config": {...}}
-# Settings a restart may change: the step budget, and what only observes the run.
+# Settings a restart may change: the step budget, where the run folder is, and what only
+# observes the run.
 RESTART_TRAINER_KEYS = (
+    "default_root_dir",
     "max_steps",
     "max_epochs",
     "max_time",
