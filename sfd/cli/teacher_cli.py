@@ -120,7 +120,7 @@ def teacher_lightning_cli(args: list[str], run: bool = True) -> TeacherCLI:
             trainer_defaults={"max_steps": 3000},
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
-            parser_kwargs=ONE_LINE_PARSER,
+            parser_kwargs={**ONE_LINE_PARSER, "prog": "sfd teacher"},
         )
 
 

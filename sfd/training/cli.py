@@ -74,7 +74,7 @@ def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             auto_configure_optimizers=False,
-            parser_kwargs=ONE_LINE_PARSER,
+            parser_kwargs={**ONE_LINE_PARSER, "prog": "sfd"},
         )
 
 
