@@ -237,3 +237,31 @@ def test_the_checkpoint_of_a_plain_copy_keeps_its_weights(tiny_teacher_dir: Path
     resumed = fit(tiny_teacher_dir, tmp_path / "b", "--trainer.max_steps", "3",
                   "--ckpt_path", "last", *checkpoint_every(2))  # fmt: skip
     assert resumed.trainer.global_step == 3
+
+
+def readme_block(marker: str) -> str:
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    after = text.split(f"<!-- tested: {marker} -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_plain_trainer_snippet(
+    tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's plain-Trainer block as written: trains, checkpoints atomically, resumes."""
+    from sfd.training.checkpoint_io import AtomicCheckpointIO
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_teacher_dir, tmp_path / "runs" / "teachers" / "tiny")
+    code = compile(readme_block("plain-trainer snippet"), "README.md", "exec")
+    first: dict = {}
+    exec(code, first)
+    assert first["trainer"].global_step == 20
+    assert isinstance(first["trainer"].strategy.checkpoint_io, AtomicCheckpointIO)
+    [last] = (tmp_path / "runs" / "python-api").rglob("last.ckpt")
+    second: dict = {}
+    exec(code, second)  # a restart of the same script
+    assert second["trainer"].ckpt_path == str(last.resolve())
+    assert second["trainer"].global_step == 20
