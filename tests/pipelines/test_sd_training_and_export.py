@@ -195,7 +195,8 @@ def test_sfd_iterations_export_reload_and_sample(
     latents = reloaded(prompts, latents=z, output_type="latent").images
     with torch.no_grad():
         x_g = module.generator(z, TextCondition(*[teacher.encode_prompts(prompts)] * 2))
-    torch.testing.assert_close(latents, x_g, rtol=1e-5, atol=1e-5)
+    # The pipeline encodes the prompts itself (another batch than the teacher's): reassociation.
+    torch.testing.assert_close(latents, x_g, rtol=1e-4, atol=1e-4)
     guided = reloaded(
         prompts, negative_prompt="ugly", guidance_scale=3.0, latents=z, output_type="latent"
     )
