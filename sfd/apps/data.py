@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,15 +84,39 @@ def load_digits() -> LabelledImages:
 def load_npz(path: str | Path) -> LabelledImages:
     """A labelled `.npz`: `images` uint8 N×H×W or N×H×W×C, `labels` integers, optional `num_classes`."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as archive:
+    with path.open("rb") as file:
+        magic = file.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise SFDConfigError(
+            f"{str(path)!r} holds a single array (.npy), not an .npz archive with 'images' "
+            "and 'labels'"
+        )
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # .npz files are zip archives
+        raise SFDConfigError(
+            f"{str(path)!r} is not an .npz archive (not a zip file); save one with "
+            "numpy.savez(path, images=..., labels=...)"
+        )
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise SFDConfigError(
+            f"{str(path)!r} is not a readable .npz archive (truncated or corrupted: {error})"
+        ) from error
+    with archive:
         missing = [key for key in ("images", "labels") if key not in archive.files]
         if missing:
             raise SFDConfigError(
                 f"{str(path)!r} lacks the array(s) {missing}; a labelled .npz needs 'images' "
                 f"and 'labels' (found {sorted(archive.files)})"
             )
-        images, labels = archive["images"], archive["labels"]
-        num_classes = int(archive["num_classes"]) if "num_classes" in archive.files else None
+        try:
+            images, labels = archive["images"], archive["labels"]
+            num_classes = int(archive["num_classes"]) if "num_classes" in archive.files else None
+        except ValueError as error:  # object arrays need pickle, which is never allowed here
+            raise SFDConfigError(
+                f"{str(path)!r} holds an object array (pickled Python objects), which sfd "
+                "never loads; store 'images' as uint8 and 'labels' as integers"
+            ) from error
     if images.dtype != np.uint8:
         raise SFDConfigError(f"{str(path)!r}: 'images' must be uint8, got {images.dtype}")
     if images.ndim == 3:

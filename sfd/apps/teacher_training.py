@@ -317,6 +317,27 @@ def check_output_dir(output_dir: str | Path) -> Path:
     return output_dir
 
 
+def single_class_warning(train: LabelledImages) -> str | None:
+    """Why a teacher trained on `train` cannot be used by `sfd fit`, or None if it can.
+
+    Forgetting needs a class to forget and at least one other class to keep (and to map it to).
+
+    Args:
+        train: the teacher's training images.
+
+    Returns:
+        the warning, or None when the images hold at least two classes.
+    """
+    present = sorted(int(c) for c in train.labels.unique())
+    if len(present) >= 2:
+        return None
+    shown = present[0] if present else "none"
+    return (
+        f"the training images hold a single class ({shown}); a teacher of one class cannot "
+        "be used by sfd fit, which needs a forget class and at least one class to keep"
+    )
+
+
 def save_teacher(
     module: DDPMTeacherModule, output_dir: str | Path, extra: dict[str, Any] | None = None
 ) -> Path:

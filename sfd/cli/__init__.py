@@ -3,9 +3,10 @@
 One module per verb (`sfd.cli.<verb>`), each with `run(args)`; this is the only package that
 parses command lines. Training verbs are LightningCLI (`sfd fit -c a.yaml -c b.yaml
 --trainer.max_steps 100`); the others are small argparse programs. A verb module is imported only
-when its verb runs, so `sfd --help` stays fast. A user's mistake ends with one `sfd: error: ...`
-line and exit status 2; a run that went non-finite with one such line and status 1; any other
-failure propagates with its traceback and a non-zero status.
+when its verb runs, and each verb checks its arguments and paths before it imports torch, so
+`sfd --help`, `sfd --version` and a mistyped path answer at once. A user's mistake ends with one
+`sfd: error: ...` line and exit status 2; a run that went non-finite with one such line and status
+1; any other failure propagates with its traceback and a non-zero status.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from sfd import __version__
 from sfd.errors import NonFiniteError, SFDConfigError
 
-USAGE = """usage: sfd <command> [options]
+USAGE = """usage: sfd <command> [options]   (sfd --version: the installed version)
 
 commands:
   fit       train a one-step unlearned generator (LightningCLI: -c config.yaml, --trainer.*, --model.*)
@@ -48,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"sfd {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(

@@ -9,7 +9,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sfd.cli.common import usable_device
 from sfd.errors import SFDConfigError
+from sfd.folders import check_writable_folder
 
 
 def run(args: list[str]) -> None:
@@ -30,7 +32,20 @@ def run(args: list[str]) -> None:
     parser.add_argument("--nudenet", action="store_true", help="count NudeNet detections")
     parser.add_argument("--nudenet-threshold", type=float, default=0.6, help="detection score")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     options = parser.parse_args(args)
+    for name in ("num_per_prompt", "batch_size"):
+        if getattr(options, name) < 1:
+            raise SFDConfigError(f"--{name.replace('_', '-')}={getattr(options, name)} must be ≥ 1")
+    if not (Path(options.generator) / "model_index.json").is_file():
+        raise SFDConfigError(
+            f"{options.generator!r} is not an exported generator folder (no model_index.json)"
+        )
+    if not Path(options.prompts).is_file():
+        raise SFDConfigError(f"prompt file {options.prompts!r} does not exist")
+    check_writable_folder(options.output_dir, "--output-dir")
+    from tqdm.auto import tqdm
+
     from sfd.eval.text import (
         clip_score_of_set,
         generate_eval_set,
@@ -39,21 +54,25 @@ def run(args: list[str]) -> None:
         read_eval_prompts,
         read_manifest,
     )
-    from sfd.pipelines.io import load_pipeline
+    from sfd.pipelines.io import check_finite_weights, load_pipeline
     from sfd.pipelines.one_step_text import OneStepTextPipeline
 
+    device = usable_device(options.device)
+    pairs = read_eval_prompts(options.prompts, options.seed, options.seed_column)
     pipeline = load_pipeline(options.generator)
     if not isinstance(pipeline, OneStepTextPipeline):
         raise SFDConfigError(f"{options.generator!r} is not a text-to-image generator")
-    pairs = read_eval_prompts(options.prompts, options.seed, options.seed_column)
-    manifest = generate_eval_set(
-        pipeline.to(options.device),
-        pairs,
-        options.output_dir,
-        options.num_per_prompt,
-        options.batch_size,
-        options.guidance_scale,
-    )
+    check_finite_weights(pipeline.generator, f"generator {options.generator!r}")
+    total = len(pairs) * options.num_per_prompt
+    with tqdm(total=total, desc="generating", unit="img", disable=options.no_progress) as bar:
+        manifest = generate_eval_set(
+            _Counted(pipeline.to(device), bar, options.num_per_prompt),
+            pairs,
+            options.output_dir,
+            options.num_per_prompt,
+            options.batch_size,
+            options.guidance_scale,
+        )
     rows = read_manifest(manifest)
     versions = {p: metadata.version(p) for p in ("sfd", "torch", "diffusers", "transformers")}
     results: dict[str, Any] = {
@@ -84,3 +103,18 @@ def run(args: list[str]) -> None:
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "versions"}, indent=2))
     print(f"wrote {out}")
+
+
+class _Counted:
+    """A pipeline that advances a progress bar by the images of every call."""
+
+    def __init__(self, pipeline: Any, bar: Any, per_prompt: int) -> None:
+        self._pipeline, self._bar, self._per_prompt = pipeline, bar, per_prompt
+
+    def __call__(self, prompts: list[str], *args: Any, **kwargs: Any) -> Any:
+        output = self._pipeline(prompts, *args, **kwargs)
+        self._bar.update(len(prompts) * self._per_prompt)
+        return output
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)

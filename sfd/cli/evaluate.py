@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from sfd.errors import SFDConfigError
+from sfd.folders import check_writable_file, write_file_atomically
+
+CLASSIFIER_KEYS = {  # config.json of a saved classifier: key -> what it must be
+    "in_channels": "a positive integer",
+    "num_classes": "a positive integer",
+    "image_size": "[height, width]",
+    "width": "a positive integer",
+    "feature_dim": "a positive integer",
+}
 
 
 def run(args: list[str]) -> None:
@@ -28,13 +38,18 @@ def run(args: list[str]) -> None:
     add("--ddim-steps", type=int, default=50, help="DDIM steps for a teacher")
     add("--output", type=Path, help="write the metrics as JSON here")
     options = parser.parse_args(args)
+    model_kind = _model_kind(options.model)
+    classifier_config = _classifier_config(options.classifier)
+    if options.num_per_class < 2:
+        raise SFDConfigError(f"--num-per-class={options.num_per_class} must be at least 2 (FID)")
+    if options.output is not None:
+        check_writable_file(options.output, "--output")
 
     from sfd.apps.data import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
     from sfd.eval.classifier import load_classifier
     from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, library_versions, one_step_sampler
 
-    model_kind = _model_kind(options.model)
     data = load_images(options.data)
     k = data.num_classes
     for name in ("forget", "override"):
@@ -43,16 +58,29 @@ def run(args: list[str]) -> None:
             raise SFDConfigError(f"--{name} {value} is not a class of the data (0..{k - 1})")
     if options.forget == options.override:
         raise SFDConfigError(f"--override {options.override} equals --forget")
-    classifier = load_classifier(options.classifier)
+    _check_fits("classifier", options.classifier, classifier_config_shape(classifier_config), data)
+    try:
+        classifier = load_classifier(options.classifier)
+    except RuntimeError as error:  # load_state_dict: the weights do not fit config.json
+        reason = (str(error).strip().splitlines() or [""])[-1].strip()
+        raise SFDConfigError(
+            f"--classifier {str(options.classifier)!r}: model.safetensors does not fit its "
+            f"config.json ({reason})"
+        ) from error
     _, heldout = train_heldout_split(data, options.heldout_fraction, options.seed)
     if model_kind == "generator":
-        from sfd.pipelines.io import load_generator
+        from sfd.pipelines.io import check_finite_weights, load_generator
 
-        sampler = one_step_sampler(load_generator(options.model))
+        generator = load_generator(options.model)
+        check_finite_weights(generator, f"generator {str(options.model)!r}")
+        model = generator.denoiser
+        sampler = one_step_sampler(generator)
     else:
         from sfd.teachers.unet import PretrainedVPTeacher
 
-        sampler = ddim_sampler(PretrainedVPTeacher(str(options.model)), options.ddim_steps)
+        model = PretrainedVPTeacher(str(options.model))
+        sampler = ddim_sampler(model, options.ddim_steps)
+    _check_fits(model_kind, options.model, (model.num_classes, model.sample_shape), data)
     result = evaluate_sampler(
         sampler,
         classifier,
@@ -80,8 +108,8 @@ def run(args: list[str]) -> None:
     print(summary_table({"sfd" if model_kind == "generator" else "teacher": report}))
     print(f"forget-class labels: {result.forget_histogram}")
     if options.output:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(json.dumps(report, indent=2) + "\n")
+        text = json.dumps(report, indent=2) + "\n"
+        write_file_atomically(options.output, lambda path: path.write_text(text))
         print(f"wrote {options.output}")
 
 
@@ -97,3 +125,54 @@ def _model_kind(path: Path) -> str:
         f"{str(path)!r} is neither an exported generator (OneStepPipeline) nor a DDPM teacher "
         "folder (unet/ + scheduler/)"
     )
+
+
+def _classifier_config(folder: Path) -> dict[str, Any]:
+    """The classifier's config.json, checked for every key `load_classifier` reads."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise SFDConfigError(
+            f"--classifier {str(folder)!r} is not a saved classifier (no config.json)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SFDConfigError(f"{str(config_file)!r} is not valid JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise SFDConfigError(f"{str(config_file)!r} holds no mapping of settings")
+    missing = [key for key in CLASSIFIER_KEYS if key not in config]
+    if missing:
+        raise SFDConfigError(
+            f"{str(config_file)!r} lacks {missing} (a classifier config needs "
+            f"{', '.join(f'{k}: {v}' for k, v in CLASSIFIER_KEYS.items())})"
+        )
+    size = config["image_size"]
+    numbers = [config[k] for k in CLASSIFIER_KEYS if k != "image_size"]
+    size_ok = isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)
+    if not size_ok or not all(isinstance(v, int) and v > 0 for v in numbers):
+        raise SFDConfigError(
+            f"{str(config_file)!r} has invalid values; needs "
+            f"{', '.join(f'{k}: {v}' for k, v in CLASSIFIER_KEYS.items())}"
+        )
+    return config
+
+
+def classifier_config_shape(config: dict[str, Any]) -> tuple[int, tuple[int, int, int]]:
+    """(number of classes, (C, H, W) of its images) of a classifier config."""
+    height, width = config["image_size"]
+    return config["num_classes"], (config["in_channels"], height, width)
+
+
+def _check_fits(what: str, path: Path, fit: tuple[int | None, tuple[int, ...]], data: Any) -> None:
+    """Refuse a classifier, generator or teacher whose classes or image shape differ from the data."""
+    num_classes, shape = fit
+    if num_classes != data.num_classes:
+        raise SFDConfigError(
+            f"the {what} {str(path)!r} has {num_classes} classes but the data has "
+            f"{data.num_classes}; evaluate with the data it was trained for (--data)"
+        )
+    if tuple(shape) != tuple(data.image_shape):
+        raise SFDConfigError(
+            f"the {what} {str(path)!r} makes or reads images of shape (C, H, W) = "
+            f"{tuple(shape)} but the data's are {tuple(data.image_shape)}"
+        )

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import DiffusionPipeline
 
 from sfd.core.generator import (
@@ -86,8 +87,11 @@ def save_generator(
         the folder.
     """
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SFDConfigError(f"output folder {str(output_dir)!r} is a file")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise SFDConfigError(f"output folder {str(output_dir)!r} exists and is not empty")
+    check_finite_weights(generator, "the generator")
     if dtype is not None and dtype not in VARIANT_DTYPES:
         raise SFDConfigError(f"dtype {dtype!r} is not supported; allowed: {sorted(VARIANT_DTYPES)}")
     if lora_rank is not None and lora_rank < 1:
@@ -129,6 +133,23 @@ def save_generator(
         (staging / "README.md").write_text(model_card(record))
 
     return write_folder_atomically(output_dir, write)
+
+
+def check_finite_weights(module: torch.nn.Module, name: str) -> None:
+    """Refuse a network with a NaN or infinite weight, naming the first such tensor.
+
+    Args:
+        module: the network (e.g. an exported or about-to-be-exported generator).
+        name: how the message names it.
+    """
+    for key, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            raise SFDConfigError(
+                f"{name} has non-finite weights: the first bad tensor is {key} ({nan} NaN, "
+                f"{inf} infinite of {tensor.numel()}); a diverged run cannot be exported or "
+                "sampled, take an earlier checkpoint"
+            )
 
 
 def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
@@ -185,13 +206,48 @@ def export_checkpoint(
     Returns:
         the folder.
     """
-    checkpoint = Path(checkpoint)
     contents = read_checkpoint(checkpoint)
-    metrics_path = Path(metrics) if metrics is not None else find_metrics(checkpoint)
+    generator = generator_from_checkpoint(contents)
+    return export_loaded_checkpoint(
+        contents,
+        generator,
+        checkpoint,
+        output_dir,
+        overwrite,
+        dtype,
+        single_file,
+        lora_rank,
+        metrics,
+    )
+
+
+def export_loaded_checkpoint(
+    contents: dict[str, Any],
+    generator: OneStepGenerator,
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    single_file: bool = False,
+    lora_rank: int | None = None,
+    metrics: str | Path | None = None,
+) -> Path:
+    """`export_checkpoint` for a checkpoint already read (and its generator already rebuilt).
+
+    Args:
+        contents: the checkpoint's contents (for the run's training record).
+        generator: the generator rebuilt from them.
+        checkpoint: where they were read from (a metrics.json is looked for beside it).
+        output_dir, overwrite, dtype, single_file, lora_rank, metrics: as `export_checkpoint`.
+
+    Returns:
+        the folder.
+    """
+    metrics_path = Path(metrics) if metrics is not None else find_metrics(Path(checkpoint))
     if metrics_path is not None and not metrics_path.is_file():
         raise SFDConfigError(f"metrics file {str(metrics_path)!r} does not exist")
     return save_generator(
-        generator_from_checkpoint(contents),
+        generator,
         output_dir,
         overwrite,
         dtype=dtype,

@@ -30,10 +30,11 @@ class SampleGrids(Callback):
     """Every `every_n_steps` iterations, rank zero renders forget and remain grids at fixed seeds.
 
     The (EMA) generator renders the same noise each time, so successive grids show how the
-    model changes. The rows are the condition sampler's `preview`: with class conditions one row
-    per class (all remain classes, all forget classes); with other samplers (e.g. text)
-    `num_conditions` rows drawn at `seed`. Latent generators (4 channels) show their first three
-    latent channels as RGB. Grids are logged to every `WandbLogger`
+    model changes. The rows are the condition sampler's `preview`, each captioned with its
+    label (forget rows marked in red): with class conditions one row per class (all remain
+    classes, all forget classes); with prompt samplers `num_conditions` distinct prompts drawn at
+    `seed`. Tiles are upscaled to a visible size (`sfd.images.Grid`). Latent generators
+    (4 channels) show their first three latent channels as RGB. Grids are logged to every `WandbLogger`
     (keys `samples/remain`, `samples/forget`) and written as PNGs under
     `<default_root_dir>/samples/`.
 
@@ -117,12 +118,18 @@ class SampleGrids(Callback):
         was_training = generator.training
         generator.eval()
         grids = {}
+        captions = {"remain": preview.remain_labels, "forget": preview.forget_labels}
         for kind, cond in (("remain", preview.remain), ("forget", preview.forget)):
             count = rows[kind] * self.num_per_condition
             x_g = generator(noise[:count], cond)  # (rows·num_per_condition, C, H, W)
             if x_g.shape[1] not in (1, 3):
                 x_g = x_g[:, :3]  # latent models (no decoder here): first 3 channels as RGB
-            grids[kind] = image_grid(to_uint8(x_g), rows=rows[kind])
+            grids[kind] = image_grid(
+                to_uint8(x_g),
+                rows=rows[kind],
+                labels=list(captions[kind]),
+                highlight=[kind == "forget"] * rows[kind],
+            )
         generator.train(was_training)
         return grids
 

@@ -4,13 +4,17 @@ Lightning's `TorchCheckpointIO` serialises into memory and lets fsspec move a te
 the system temp folder into place. When the run folder is on another file system than /tmp (the
 usual case on clusters) that move is a copy, which a kill can interrupt, and nothing is fsynced.
 Here the temporary file lives in the checkpoint's own folder, is fsynced, and `os.replace`
-swaps it in: a reader sees either the old file or the complete new one.
+swaps it in: a reader sees either the old file or the complete new one. The file gets the mode
+the user's umask gives a plain file. Every load passes `weights_only=True` (tensors and plain
+data only; a checkpoint cannot run code), whatever torch's default.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,12 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
+from sfd.errors import SFDConfigError
+from sfd.folders import follow_umask
+
 TEMP_SUFFIX = ".tmp"  # unfinished checkpoint files end with this; they are never loaded
+# The temporary files `atomic_torch_save` writes: .<name>.<random>.tmp beside <name>.
+TEMP_NAME = re.compile(r"^\..+\.ckpt\.[^.]+\.tmp$")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -39,6 +48,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
+        follow_umask(temp_name)  # mkstemp makes 0600 files
         os.replace(temp_name, path)
     except BaseException:
         # Also on KeyboardInterrupt / SystemExit: never leave the half-written file behind.
@@ -59,11 +69,23 @@ def _fsync_folder(folder: Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO whose local saves are atomic (`atomic_torch_save`).
+    """Lightning checkpoint IO whose local saves are atomic (`atomic_torch_save`) and whose loads
+    are always `weights_only=True`.
 
     Remote paths (s3://, gs://, ...) keep Lightning's own writer: object stores publish an object
-    only once its upload completes. Loading is unchanged.
+    only once its upload completes.
     """
+
+    @override
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if weights_only is False:
+            raise SFDConfigError(
+                "weights_only=False: sfd loads checkpoints with weights_only=True only "
+                "(a checkpoint must not be able to run code)"
+            )
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
     @override
     def save_checkpoint(
@@ -83,3 +105,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def _is_local(path: Any) -> bool:
     protocol = get_filesystem(str(path)).protocol
     return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+
+def remove_stale_temp_files(folders: Iterable[Path]) -> list[Path]:
+    """Delete the `.tmp` files that kills during earlier atomic saves left in `folders`.
+
+    Call it before a run writes its first checkpoint (nothing of this run is in flight then).
+
+    Args:
+        folders: the run's folders (searched recursively).
+
+    Returns:
+        the deleted files.
+    """
+    removed = []
+    for folder in {Path(f).resolve() for f in folders}:
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob(f"*{TEMP_SUFFIX}"):
+            if TEMP_NAME.match(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

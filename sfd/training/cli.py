@@ -1,26 +1,53 @@
-"""LightningCLI wiring shared by the training commands."""
+"""LightningCLI wiring shared by the training commands (`sfd fit`, `sfd teacher`).
+
+`RunCLI` is what both commands add to LightningCLI: one-line errors for bad values, checked run
+folders, checkpoints read safely and checked against the model before Lightning loads them,
+`--ckpt_path last` that finds the run's newest checkpoint and refuses another run's, atomic
+checkpoint writes, one progress bar over the whole run, and nothing left behind when a command
+fails before its first iteration. `SFDLightningCLI` is `sfd fit`.
+"""
 
 from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities import rank_zero_info
 
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
+from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.callbacks import LoggedSaveConfigCallback
-from sfd.training.checkpoint_io import AtomicCheckpointIO
+from sfd.training.checkpoint_files import load_checkpoint_safely
+from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
+from sfd.training.config_files import check_config_files
 from sfd.training.loggers import ResumableWandbLogger
-from sfd.training.resume import find_resume_checkpoint
+from sfd.training.progress import IterationProgressBar, quiet_design_warnings
+from sfd.training.resume import (
+    RunConfigStamp,
+    announce_resume,
+    check_same_run,
+    find_resume_checkpoint,
+    run_folders,
+    run_identity,
+)
 from sfd.training.strategies import AlternatingDDPStrategy
 
-__all__ = ["AlternatingDDPStrategy", "SFDLightningCLI", "sfd_lightning_cli"]  # "sfd_ddp" registered
+__all__ = ["AlternatingDDPStrategy", "RunCLI", "SFDLightningCLI", "sfd_lightning_cli"]
+
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # resolved by Lightning, not files
+FOLDER_KEYS = ("default_root_dir", "save_dir", "dirpath", "root_dir")  # where a run writes
+# jsonargparse raises instead of printing usage and exiting, so a bad value becomes one line.
+ONE_LINE_PARSER = {"exit_on_error": False, "fit": {"exit_on_error": False}}
 
 
 def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
@@ -33,29 +60,71 @@ def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
     Returns:
         the LightningCLI (its `.model`, `.trainer` and `.config`).
     """
-    trainer_defaults: dict[str, Any] = {"default_root_dir": "runs"}
+    check_config_files(args)
     with warnings.catch_warnings():
         # `args` is how the `sfd` console script hands over its command line, on purpose.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        return _build(args, run, trainer_defaults)
+        quiet_design_warnings()
+        return SFDLightningCLI(
+            SFDModule,
+            args=args,
+            run=run,
+            trainer_defaults={"default_root_dir": "runs"},
+            save_config_callback=LoggedSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            parser_kwargs={**ONE_LINE_PARSER, "prog": "sfd"},
+        )
 
 
-def _build(args: list[str], run: bool, trainer_defaults: dict[str, Any]) -> LightningCLI:
-    return SFDLightningCLI(
-        SFDModule,
-        args=args,
-        run=run,
-        trainer_defaults=trainer_defaults,
-        save_config_callback=LoggedSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        auto_configure_optimizers=False,
-    )
+class RunCLI(LightningCLI):
+    """LightningCLI with the behaviour every sfd training command shares (see the module doc)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._new_paths = NewPaths()
+        self._progress = _IterationSeen()
+        self._checkpoint: tuple[str, dict[str, Any]] | None = None  # read by _parse_ckpt_path
+        self._identity: dict[str, Any] = {}
+        try:
+            super().__init__(*args, **kwargs)
+        except ArgumentError as error:
+            self._remove_new_paths()
+            raise SFDConfigError(one_line(error)) from error
+        except BaseException:
+            # A failure before the first iteration leaves nothing behind; a crash later keeps
+            # the run's checkpoints and logs.
+            self._remove_new_paths()
+            raise
 
-class SFDLightningCLI(LightningCLI):
-    """LightningCLI with atomic checkpoint writes by default and `--ckpt_path last` that also
-    finds SLURM requeue (hpc) checkpoints and the checkpoints of earlier logger versions."""
+    # --- hooks for the concrete commands ----------------------------------------------------------
+
+    def check_config(self, config: Mapping[str, Any]) -> None:
+        """Refuse settings that cannot work with this command (raise `SFDConfigError`)."""
+
+    def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
+        """Why `checkpoint` is not one of this command's checkpoints, or None if it is."""
+        return None
+
+    # --- LightningCLI stages ------------------------------------------------------------------
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads an explicit checkpoint here to take its hyperparameters; read it
+        # first, safely, so that a bad file is one clear error rather than a traceback.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and str(path) not in LIGHTNING_CKPT_NAMES:
+            self._checkpoint = (str(path), self._read_checkpoint(path, "--ckpt_path"))
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        config = self._subcommand_config()
+        self.check_config(config)
+        folders = list(_run_folders_of(config))
+        for name, folder in folders:
+            check_writable_folder(folder, name)
+        self._new_paths.watch([folder for _, folder in folders])
+        self._identity = run_identity(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -68,19 +137,178 @@ class SFDLightningCLI(LightningCLI):
         )
         if not has_io:
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        extra: list[Callback] = [RunConfigStamp(self._identity), self._progress]
+        wants_bar = config.get("enable_progress_bar") is not False
+        if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+            extra.append(IterationProgressBar())
+        kwargs.setdefault("callbacks", [*callbacks, *extra])
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        fit_config = self.config_init["fit"]
+        requested = fit_config.get("ckpt_path")
+        if requested == "last":
+            path = find_resume_checkpoint(self.trainer, announce=False)
+            if path is not None:
+                checkpoint = self._read_checkpoint(path, "--ckpt_path last found")
+                check_same_run(checkpoint, self._identity, path)
+                self._checkpoint = (path, checkpoint)
+            fit_config["ckpt_path"] = path
+        if self._checkpoint is not None:
+            path, checkpoint = self._checkpoint
+            check_fits_model(checkpoint, self.model.state_dict(), path)
+        self._checkpoint = None  # Lightning loads it again; do not hold two copies
+        fit_config["weights_only"] = True  # never unpickle code, whatever torch's default
+        if requested == "last":
+            announce_resume(fit_config["ckpt_path"])
+        if self.trainer.is_global_zero:
+            removed = remove_stale_temp_files(run_folders(self.trainer))
+            if removed:
+                rank_zero_info(
+                    f"removed {len(removed)} unfinished checkpoint file(s) of earlier kills"
+                )
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _read_checkpoint(self, path: Any, what: str) -> dict[str, Any]:
+        checkpoint = load_checkpoint_safely(path, what)
+        reason = self.checkpoint_kind_error(checkpoint)
+        if reason is not None:
+            raise SFDConfigError(f"{what} {str(path)!r} {reason}")
+        return checkpoint
+
+    def _subcommand_config(self) -> dict[str, Any]:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        return config.as_dict()
+
+    def _remove_new_paths(self) -> None:
+        if not self._progress.seen:
+            self._new_paths.remove()
+
+
+class _IterationSeen(Callback):
+    """Notes that the run has finished an iteration (from then on a failure keeps its files)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.seen = True
+
+
+def _run_folders_of(config: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(config key, folder) of every folder the trainer section names (root, loggers, ...)."""
+    trainer = config.get("trainer") or {}
+    root = trainer.get("default_root_dir")
+    yield "trainer.default_root_dir", str(root) if root is not None else str(Path.cwd())
+    for key, value in _walk(trainer, "trainer"):
+        if key.rsplit(".", 1)[-1] in FOLDER_KEYS[1:] and isinstance(value, str):
+            yield key, value
+
+
+def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _walk(value, f"{prefix}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{prefix}[{index}]")
+    else:
+        yield prefix, node
+
+
+def check_fits_model(
+    checkpoint: Mapping[str, Any], model_state: Mapping[str, Any], path: str
+) -> None:
+    """Raise `SFDConfigError` unless the checkpoint's weights have the model's names and shapes.
+
+    The frozen teacher (`teacher.*`) is never in an SFD checkpoint and is not compared.
+
+    Args:
+        checkpoint: the loaded checkpoint.
+        model_state: the model's `state_dict()`.
+        path: the checkpoint file, for the message.
+    """
+    stored = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+    expected = {k: v for k, v in model_state.items() if not k.startswith("teacher.")}
+    start = f"--ckpt_path {path!r} does not fit this run's model"
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        raise SFDConfigError(f"{start}: it lacks {missing[0]} ({len(missing)} tensors missing)")
+    unexpected = sorted(set(stored) - set(expected))
+    if unexpected:
+        raise SFDConfigError(
+            f"{start}: it holds {unexpected[0]}, which the model has not "
+            f"({len(unexpected)} such tensors)"
+        )
+    for key, value in expected.items():
+        if tuple(stored[key].shape) != tuple(value.shape):
+            raise SFDConfigError(
+                f"{start} (another architecture): {key} is {tuple(stored[key].shape)} there "
+                f"and {tuple(value.shape)} here"
+            )
+
+
+class SFDLightningCLI(RunCLI):
+    """`sfd fit`: `RunCLI` over `SFDModule`, with no `--data` group (SFD uses no data)."""
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        defaults = {f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"}
+        parser.set_defaults(defaults)
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=False)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        data = [a for a in args or [] if a == "--data" or a.startswith(("--data.", "--data="))]
+        if data:
+            raise SFDConfigError(
+                f"{data[0]}: sfd fit takes no data (an SFD batch is only conditions and noise, "
+                "drawn by model.conditions); remove the --data options"
+            )
+        super().parse_arguments(parser, args)
+
+    def check_config(self, config: Mapping[str, Any]) -> None:
+        trainer = config.get("trainer") or {}
+        if trainer.get("gradient_clip_val") is not None:
+            raise SFDConfigError(
+                f"trainer.gradient_clip_val={trainer['gradient_clip_val']} cannot work: SFD "
+                "optimises manually (two optimizers per iteration) and Lightning clips only "
+                "automatic optimisation; set model.fake_grad_clip / model.generator_grad_clip instead "
+                "(each network's gradient elements clipped to ±value; null: no clipping)"
+            )
+        if trainer.get("gradient_clip_algorithm") is not None:
+            raise SFDConfigError(
+                f"trainer.gradient_clip_algorithm={trainer['gradient_clip_algorithm']!r} cannot "
+                "work with SFD's manual optimisation; model.fake_grad_clip / model.generator_grad_clip "
+                "clip by value"
+            )
+        accumulate = trainer.get("accumulate_grad_batches")
+        if accumulate not in (None, 1):
+            raise SFDConfigError(
+                f"trainer.accumulate_grad_batches={accumulate} cannot work with SFD's manual "
+                "optimisation; raise model.batch_size (or trainer.devices) instead"
+            )
+
+    def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
+        if not any(key.startswith("generator.") for key in checkpoint["state_dict"]):
+            return "is not an SFD training checkpoint (it holds no generator weights)"
+        return None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
         logger = config.get("logger")
         if isinstance(logger, ResumableWandbLogger) and logger.save_dir is None:
             # wandb files, its run id and the checkpoints live in the run folder by default.
             kwargs.setdefault("logger", logger.in_folder(config["default_root_dir"]))
         return super().instantiate_trainer(**kwargs)
 
-    def before_fit(self) -> None:
-        fit_config = self.config_init["fit"]
-        if fit_config.get("ckpt_path") == "last":
-            fit_config["ckpt_path"] = find_resume_checkpoint(self.trainer)
 
+class _ParseOnlyCLI(SFDLightningCLI):
+    def before_instantiate_classes(self) -> None:  # check the settings, touch no folder
+        self.check_config(self._subcommand_config())
 
-class _ParseOnlyCLI(LightningCLI):
     def instantiate_classes(self) -> None:  # parse and type-check, load nothing
         return None
 
@@ -117,23 +345,62 @@ def build_from_fit_config(args: list[str]) -> tuple[SFDModule, dict[str, Any]]:
 
 
 def _parse_only(args: list[str], one_line_errors: bool) -> _ParseOnlyCLI:
+    if one_line_errors:
+        check_config_files(args)
     kwargs: dict[str, Any] = {"parser_kwargs": {"exit_on_error": False}} if one_line_errors else {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        try:
-            return _ParseOnlyCLI(
-                SFDModule, args=args, run=False, auto_configure_optimizers=False, **kwargs
-            )
-        except ArgumentError as error:
-            raise SFDConfigError(one_line(error)) from error
+        return _ParseOnlyCLI(
+            SFDModule, args=args, run=False, auto_configure_optimizers=False, **kwargs
+        )
+
+
+# --- jsonargparse's errors as one line --------------------------------------------------------
+
+_KEY = re.compile(r'Parser key "([^"]+)":')
+_GIVEN = re.compile(r"(?:Given|Got) value: (.*?)(?:\. Got value: .*)?$")
+_CLASS = re.compile(r"<class '([^']+)'>")
 
 
 def one_line(error: Exception) -> str:
-    """jsonargparse's multi-line error as one line: 'key: what is wrong'."""
+    """jsonargparse's multi-line error as one line naming the key, the value and what is allowed.
+
+    Nested keys of a class's arguments are joined the way they are typed on the command line
+    (`model.conditions.init_args.forget`).
+    """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
-    match = re.fullmatch(r'Parser key "([^"]+)":', lines[0])
-    if match and len(lines) > 1:
-        return f"{match.group(1)}: {lines[1]}"
-    return lines[0]
+    keys = [match.group(1) for line in lines for match in _KEY.finditer(line)]
+    if not keys:
+        return _tidy(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[1]}")
+    key = keys[0] + "".join(f".init_args.{k}" for k in keys[1:])
+    deepest = max(i for i, line in enumerate(lines) if _KEY.search(line))
+    rest = lines[deepest:]
+    rest[0] = _KEY.split(rest[0])[-1].strip() or (rest[1] if len(rest) > 1 else "")
+    value = next((m.group(1) for line in rest if (m := _GIVEN.search(line))), None)
+    reason = _reason(rest)
+    shown = f"{key}={value}" if value is not None else key
+    return _tidy(f"{shown}: {reason}" if reason else shown)
+
+
+def _reason(lines: list[str]) -> str:
+    for index, line in enumerate(lines):
+        if line.startswith("Subtypes:"):
+            return f"expected one of {line.removeprefix('Subtypes:').strip()}"
+        if "Problem with given class_path" in line and index + 1 < len(lines):
+            return f"{line.lstrip('- ').rstrip(':')}: {lines[index + 1].lstrip('- ')}"
+    for line in lines:
+        text = line.lstrip("- ")
+        if text.startswith("Expected a") and "Expected a path" not in text:
+            expected = text.split(". Got value:")[0].removeprefix("Expected a").strip()
+            return f"expected {expected}"
+    for line in lines:
+        text = line.lstrip("- ")
+        if text and not text.startswith(("Given value", "Expected a path")):
+            return text.split(". Got value:")[0]
+    return ""
+
+
+def _tidy(text: str) -> str:
+    return _CLASS.sub(r"\1", text)

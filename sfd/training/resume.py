@@ -1,20 +1,32 @@
-"""Which checkpoint `sfd fit --ckpt_path last` continues from."""
+"""Which checkpoint `sfd fit --ckpt_path last` continues from, and whether it is this run's.
+
+A checkpoint written by the CLI records the run's configuration (`RUN_CONFIG_KEY`): everything
+but the step budget and what only observes the run (callbacks, progress bar, logging interval).
+`--ckpt_path last` resumes only a checkpoint whose record matches, so two runs that share a
+folder never continue each other.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
+
+from sfd.errors import SFDConfigError
 
 # Lightning's names: ModelCheckpoint(save_last=True) writes last.ckpt (last-v1.ckpt, ... when
 # names collide); the SLURM requeue signal handler writes hpc_ckpt_<n>.ckpt in default_root_dir.
 RESUMABLE_NAME = re.compile(r"^(last(-v\d+)?|hpc_ckpt_\d+)\.ckpt$")
 
 
-def find_resume_checkpoint(trainer: pl.Trainer) -> str | None:
+def find_resume_checkpoint(trainer: pl.Trainer, announce: bool = True) -> str | None:
     """The newest `last*.ckpt` or `hpc_ckpt_*.ckpt` of this run, or None for a fresh start.
 
     Lightning's own `ckpt_path="last"` looks only in the current logger version's folder, which
@@ -24,10 +36,36 @@ def find_resume_checkpoint(trainer: pl.Trainer) -> str | None:
 
     Args:
         trainer: the (not yet fitted) trainer of the run.
+        announce: log which checkpoint it is (or that there is none).
 
     Returns:
         the checkpoint path, or None if the run has none yet.
     """
+    candidates = {
+        path.resolve()
+        for root in run_folders(trainer)
+        if root.is_dir()
+        for path in root.rglob("*.ckpt")
+        if RESUMABLE_NAME.match(path.name) and path.is_file()
+    }
+    newest = None
+    if candidates:
+        newest = str(max(candidates, key=lambda path: (path.stat().st_mtime_ns, str(path))))
+    if announce:
+        announce_resume(newest)
+    return newest
+
+
+def announce_resume(path: str | None) -> None:
+    """Log what `--ckpt_path last` resolved to."""
+    if path is None:
+        rank_zero_info("--ckpt_path last: this run has no checkpoint yet; starting from scratch")
+    else:
+        rank_zero_info(f"--ckpt_path last: resuming from {path}")
+
+
+def run_folders(trainer: pl.Trainer) -> set[Path]:
+    """The folders a run writes to: default_root_dir, the loggers' and checkpoints' folders."""
     roots = {Path(trainer.default_root_dir)}
     roots |= {Path(logger.save_dir) for logger in trainer.loggers if logger.save_dir}
     roots |= {
@@ -35,16 +73,93 @@ def find_resume_checkpoint(trainer: pl.Trainer) -> str | None:
         for callback in trainer.checkpoint_callbacks
         if isinstance(callback, ModelCheckpoint) and callback.dirpath
     }
-    candidates = {
-        path.resolve()
-        for root in roots
-        if root.is_dir()
-        for path in root.rglob("*.ckpt")
-        if RESUMABLE_NAME.match(path.name) and path.is_file()
-    }
-    if not candidates:
-        rank_zero_info("--ckpt_path last: this run has no checkpoint yet; starting from scratch")
-        return None
-    newest = max(candidates, key=lambda path: (path.stat().st_mtime_ns, str(path)))
-    rank_zero_info(f"--ckpt_path last: resuming from {newest}")
-    return str(newest)
+    return roots
+
+
+# --- the run's identity ----------------------------------------------------------------------
+
+RUN_CONFIG_KEY = "sfd_run_config"  # checkpoint entry: {"hash": ..., "config": {...}}
+# Settings a restart may change: the step budget, where the run folder is, and what only
+# observes the run.
+RESTART_TRAINER_KEYS = (
+    "default_root_dir",
+    "max_steps",
+    "max_epochs",
+    "max_time",
+    "min_steps",
+    "min_epochs",
+    "callbacks",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "log_every_n_steps",
+)
+RESTART_KEYS = ("config", "ckpt_path", "weights_only", "subcommand")  # how it was started
+
+
+def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved run configuration that must not change across restarts.
+
+    Args:
+        config: the resolved configuration of the subcommand (as a plain dict).
+
+    Returns:
+        {"hash": sha256 of the identity, "config": the identity, JSON-ready}.
+    """
+    identity = {k: v for k, v in config.items() if k not in RESTART_KEYS}
+    if isinstance(identity.get("trainer"), Mapping):
+        trainer = identity["trainer"]
+        identity["trainer"] = {k: v for k, v in trainer.items() if k not in RESTART_TRAINER_KEYS}
+    identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return {"hash": digest, "config": identity}
+
+
+def check_same_run(checkpoint: Mapping[str, Any], identity: Mapping[str, Any], path: str) -> None:
+    """Raise `SFDConfigError` unless `checkpoint` was written by the run `identity` describes.
+
+    Args:
+        checkpoint: the loaded checkpoint.
+        identity: `run_identity` of the current configuration.
+        path: the checkpoint file, for the message.
+    """
+    advice = (
+        "use a new trainer.default_root_dir for a new run, or pass the file itself as "
+        "--ckpt_path to resume from it anyway"
+    )
+    stored = checkpoint.get(RUN_CONFIG_KEY)
+    if not isinstance(stored, Mapping) or "hash" not in stored:
+        raise SFDConfigError(
+            f"--ckpt_path last found {path!r}, which records no run configuration (it was not "
+            f"written by this command); {advice}"
+        )
+    if stored["hash"] == identity["hash"]:
+        return
+    key, old, new = _first_difference(stored.get("config", {}), identity["config"])
+    raise SFDConfigError(
+        f"--ckpt_path last found {path!r}, written by a run with another configuration "
+        f"({key}: {old!r} there, {new!r} now; only the step budget may change on resume); {advice}"
+    )
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, Any, Any]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "config", old, new
+
+
+class RunConfigStamp(Callback):
+    """Writes the run's `run_identity` into every checkpoint (`RUN_CONFIG_KEY`).
+
+    Args:
+        identity: `run_identity` of the run's resolved configuration.
+    """
+
+    def __init__(self, identity: Mapping[str, Any]) -> None:
+        self.identity = dict(identity)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RUN_CONFIG_KEY] = self.identity

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, fit_args
 from diffusers import UNet2DModel
+from grids import assert_tiles
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -130,7 +132,14 @@ def test_sample_writes_a_grid(trained, tmp_path) -> None:
     out = tmp_path / "grid.png"
     args = ["sample", str(tmp_path / "gen"), "--labels", "0", "1", "2", "--num-per-label", "4"]
     assert main([*args, "--output", str(out)]) == 0
-    assert Image.open(out).size == (4 * 8, 3 * 8)
+    expected = load_pipeline(tmp_path / "gen")(
+        torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]),
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images  # (12, 8, 8, 1) in [0, 1]
+    tiles = np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8)
+    # 8x8 tiles upscaled 8x to 64 px, row labels at the left (tests/grids.py reads the layout).
+    assert_tiles(np.asarray(Image.open(out)), tiles, rows=3, scale=8)
     assert main([*args[:2], "--labels", "10", "--output", str(tmp_path / "bad.png")]) == 2
     assert not (tmp_path / "bad.png").exists()
 

@@ -107,8 +107,12 @@ def test_sampling_is_rank_sliced_and_uses_cached_embeddings(sd_teacher) -> None:
     # The cached rows are the text encoder's embeddings of the sampled prompts.
     for role in ("remain", "forget", "override"):
         batch = getattr(whole, role)
+        # Encoded in another batch than the cache was: equal up to float reassociation.
         torch.testing.assert_close(
-            batch.prompt_embeds, sd_teacher.encode_prompts(list(batch.prompts))
+            batch.prompt_embeds,
+            sd_teacher.encode_prompts(list(batch.prompts)),
+            rtol=1e-4,
+            atol=1e-4,
         )
     # docs/method.md §4: the negative prompt belongs to forget batches; remain batches use "".
     empty, negative = sd_teacher.encode_prompts(["", NEGATIVE])

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from grids import assert_tiles
 from lightning.pytorch.callbacks import ModelCheckpoint
 from peft.tuners.lora import LoraLayer
 from PIL import Image
@@ -21,7 +22,6 @@ from sfd.core.generator import generator_from_checkpoint, read_checkpoint
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.errors import SFDConfigError
-from sfd.images import image_grid, to_uint8
 from sfd.pipelines.io import PretrainedOneStepGenerator, load_pipeline, save_generator
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers.stable_diffusion import StableDiffusionLoRAFakeScore, StableDiffusionTeacher
@@ -220,7 +220,8 @@ def test_sfd_iterations_export_reload_and_sample(
     latents = reloaded(prompts, latents=z, output_type="latent").images
     with torch.no_grad():
         x_g = module.generator(z, TextCondition(*[teacher.encode_prompts(prompts)] * 2))
-    torch.testing.assert_close(latents, x_g, rtol=1e-5, atol=1e-5)
+    # The pipeline encodes the prompts itself (another batch than the teacher's): reassociation.
+    torch.testing.assert_close(latents, x_g, rtol=1e-4, atol=1e-4)
     guided = reloaded(
         prompts, negative_prompt="ugly", guidance_scale=3.0, latents=z, output_type="latent"
     )
@@ -234,12 +235,11 @@ def test_sfd_iterations_export_reload_and_sample(
         ["a cat", "a dog"],
         num_images_per_prompt=3,
         generator=torch.Generator().manual_seed(1),
-        output_type="pt",
-    ).images
+        output_type="np",
+    ).images  # (6, 16, 16, 3) in [0, 1]
     assert main(["sample", str(out), "--output", str(png)]) == 2  # no --prompt: a clear error
-    grid = np.asarray(Image.open(png))
-    assert grid.shape == (2 * 16, 3 * 16, 3)
-    assert np.array_equal(grid, np.asarray(image_grid(to_uint8(expected), rows=2)))
+    tiles = np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8)
+    assert_tiles(np.asarray(Image.open(png)), tiles, rows=2, scale=4)  # 16 px tiles shown at 64
 
 
 def test_negative_prompt_without_guidance_is_an_error(sd_dirs, sd_teacher, tmp_path) -> None:

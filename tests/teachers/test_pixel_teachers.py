@@ -118,7 +118,10 @@ def test_pretrained_teacher_null_class_and_guidance(tmp_path) -> None:
     x, sigma, labels = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 1.0]), torch.tensor([4, 5])
     with torch.no_grad():
         cond, null = teacher(x, sigma, labels), teacher(x, sigma, torch.tensor([10, 10]))
-        torch.testing.assert_close(teacher.guided(x, sigma, labels, 3.0), null + 3 * (cond - null))
+        # Tolerance for float reassociation (batched vs separate calls), amplified by the scale.
+        torch.testing.assert_close(
+            teacher.guided(x, sigma, labels, 3.0), null + 3 * (cond - null), rtol=1e-3, atol=1e-3
+        )
     dropped = teacher.drop_condition(labels, torch.tensor([True, False]))
     assert dropped.tolist() == [10, 5]
 

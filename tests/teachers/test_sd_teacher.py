@@ -56,7 +56,10 @@ def test_guidance_uses_the_negative_prompt_as_null(sd_teacher) -> None:
         guided = sd_teacher.guided(x, sigma, cond, 4.5)
         d_cond = sd_teacher(x, sigma, TextCondition(prompt, prompt))
         d_null = sd_teacher(x, sigma, TextCondition(negative, negative))
-    torch.testing.assert_close(guided, d_null + 4.5 * (d_cond - d_null))
+    # One batched UNet call (2B) against two separate ones: float results depend on the batch
+    # and the kernel the CPU picks, and the guidance scale amplifies that (~1e-5 · 10); a wrong
+    # null condition is off by O(0.1).
+    torch.testing.assert_close(guided, d_null + 4.5 * (d_cond - d_null), rtol=1e-3, atol=1e-3)
     dropped = sd_teacher.drop_condition(cond, torch.tensor([True, False]))
     assert torch.equal(dropped.prompt_embeds[0], negative[0])
     assert torch.equal(dropped.prompt_embeds[1], prompt[1])

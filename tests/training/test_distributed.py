@@ -87,7 +87,9 @@ def test_two_processes_match_one_process_with_the_global_batch(
         },
     )
     assert outputs[double]["world_size"] == 2
-    assert_same_training(outputs[single], outputs[double], atol=1e-5)
+    # 2e-7 measured here; batch split and CPU kernels move it, a missing half-batch moves it
+    # by > 1e-3 (the slow control below): 1e-4 separates the two.
+    assert_same_training(outputs[single], outputs[double], atol=1e-4)
 
 
 @pytest.mark.slow
@@ -106,6 +108,6 @@ def test_ddp_find_unused_matches_and_per_device_batch_alone_does_not(
             half: ["--devices", "1", "--batch-size", "2", "--steps", "3"],
         },
     )
-    assert_same_training(outputs[single], outputs[ddp], atol=1e-5)
+    assert_same_training(outputs[single], outputs[ddp], atol=1e-4)
     # Control: without the other rank's half of the batch the run really is different.
     assert max_difference(outputs[single], outputs[half]) > 1e-3

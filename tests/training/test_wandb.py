@@ -121,7 +121,9 @@ def test_offline_run_records_losses_grids_and_config(
     assert kinds.count("remain") == 2 and kinds.count("forget") == 2
     remain = np.asarray(Image.open(next(p for p in media if p.name.startswith("remain"))))
     forget = np.asarray(Image.open(next(p for p in media if p.name.startswith("forget"))))
-    assert remain.shape[:2] == (9 * 8, 3 * 8) and forget.shape[:2] == (1 * 8, 3 * 8)
+    # 8x8 tiles upscaled 8x to 64 px, 4 px gutters and border, a caption column at the left.
+    assert remain.shape[0] == 9 * (64 + 4) + 4 and forget.shape[0] == 1 * (64 + 4) + 4
+    assert remain.shape[1] > 3 * (64 + 4) + 4 and forget.shape[1] > 3 * (64 + 4) + 4
     assert remain.std() > 0
     # The same grids are written as PNGs in the run folder, one per kind and step.
     pngs = sorted(path.name for path in (root / "samples").glob("*.png"))

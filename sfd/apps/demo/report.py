@@ -14,6 +14,7 @@ from torch import Tensor
 
 from sfd.eval.evaluate import ModelEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
+from sfd.images import tile
 
 # Report keys of the models, in table order, with their display names.
 MODEL_TITLES = {
@@ -105,19 +106,6 @@ def write_report(results: DemoResults, output_dir: str | Path) -> dict[str, Path
     return paths
 
 
-def tile(images: Tensor, rows: int) -> np.ndarray:
-    """uint8 images (rows·cols, C, H, W) to one (rows·H, cols·W, C) array with 1-pixel gaps."""
-    n, channels, height, width = images.shape
-    cols = n // rows
-    canvas = np.full((rows * (height + 1) - 1, cols * (width + 1) - 1, channels), 255, np.uint8)
-    array = images.permute(0, 2, 3, 1).cpu().numpy()
-    for index in range(rows * cols):
-        row, col = divmod(index, cols)
-        top, left = row * (height + 1), col * (width + 1)
-        canvas[top : top + height, left : left + width] = array[index]
-    return canvas
-
-
 def plot_sample_grids(results: DemoResults, path: Path) -> None:
     """Teacher, no-forgetting and SFD sample grids side by side (rows = classes)."""
     keys = [key for key in MODEL_TITLES if key in results.grids]
@@ -126,7 +114,7 @@ def plot_sample_grids(results: DemoResults, path: Path) -> None:
     figure = Figure(figsize=(len(keys) * (1.2 + 3.6 * aspect), 4.6))
     for index, key in enumerate(keys):
         axes = figure.add_subplot(1, len(keys), index + 1)
-        canvas = tile(results.grids[key], results.num_classes)
+        canvas = tile(results.grids[key], results.num_classes, gap=1)
         gray = canvas.shape[-1] == 1
         axes.imshow(canvas[..., 0] if gray else canvas, cmap="gray" if gray else None)
         axes.set_title(MODEL_TITLES[key], fontsize=9)

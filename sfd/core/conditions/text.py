@@ -19,7 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sfd.core.conditions.base import GUIDED_ROLES, ConditionBatch, ConditionSampler
+from sfd.core.conditions.base import (
+    GUIDED_ROLES,
+    ConditionBatch,
+    ConditionPreview,
+    ConditionSampler,
+)
 from sfd.core.conditions.text_condition import TextCondition
 from sfd.errors import SFDConfigError
 
@@ -47,7 +52,16 @@ def read_prompt_file(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise SFDConfigError(f"prompt file {path!r} does not exist")
-    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise SFDConfigError(
+            f"prompt file {path!r} is not UTF-8 text: line {line} holds the byte "
+            f"{raw[error.start : error.start + 1]!r}; save the file as UTF-8"
+        ) from error
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p]
     if not prompts:
         raise SFDConfigError(f"prompt file {path!r} holds no prompt (one per line expected)")
@@ -249,6 +263,41 @@ class PromptConditions(ConditionSampler):
     def for_role(self, cond: TextCondition, role: str) -> TextCondition:
         """The negative prompt only for the networks named in `negative_for`."""
         return cond if role in self.negative_for else cond.without_negative()
+
+    def preview(self, per_row: int, rows: int, generator: torch.Generator) -> ConditionPreview:
+        """`rows` distinct remain and forget prompts (drawn at `generator`), one per row.
+
+        Args:
+            per_row: images per row.
+            rows: rows per grid (at most the number of distinct prompts).
+            generator: the grid's seeded random stream.
+
+        Returns:
+            the conditions, row-major, captioned with their prompts (forget rows also name
+            their override).
+        """
+        device = generator.device
+        embeds = self.embeddings(device)
+        chosen = {}
+        for kind, prompts in (("remain", self.remain_prompts), ("forget", self.forget_prompts)):
+            order = torch.randperm(len(prompts), generator=generator, device=device)
+            chosen[kind] = order[: min(rows, len(prompts))].sort().values  # (rows,)
+
+        def condition(kind: str, prompts: list[str]) -> TextCondition:
+            index = chosen[kind].repeat_interleave(per_row)  # (rows·per_row,)
+            shape = (len(index), *embeds["empty"].shape)
+            empty = embeds["empty"].expand(shape)
+            negative = embeds["negative"].expand(shape) if kind == "forget" else empty
+            captions = tuple(prompts[i] for i in index.tolist())
+            return TextCondition(embeds[kind][index], negative, captions, empty)
+
+        forget_ids = chosen["forget"].tolist()
+        return ConditionPreview(
+            condition("remain", self.remain_prompts),
+            condition("forget", self.forget_prompts),
+            [self.remain_prompts[i] for i in chosen["remain"].tolist()],
+            [f"{self.forget_prompts[i]} (forget → {self.override_prompts[i]})" for i in forget_ids],
+        )
 
 
 def shipped_prompt_file(concept: str) -> str | None:

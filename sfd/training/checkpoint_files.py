@@ -1,0 +1,80 @@
+"""Reading a checkpoint file a user names: safely (`weights_only=True`) and with one clear error.
+
+torch only, no Lightning: `sfd export` reads checkpoints with it too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sfd.errors import SFDConfigError
+
+
+def load_checkpoint_safely(
+    path: str | os.PathLike[str], what: str = "checkpoint"
+) -> dict[str, Any]:
+    """Read a Lightning checkpoint with `weights_only=True`, every failure as one clear error.
+
+    The tensors are memory-mapped where the file allows it, so validating a large checkpoint
+    before Lightning loads it costs little memory.
+
+    Args:
+        path: the checkpoint file.
+        what: how the message names it, e.g. "--ckpt_path".
+
+    Returns:
+        the checkpoint dictionary (tensors on the CPU).
+    """
+    path = Path(path)
+    name = f"{what} {str(path)!r}"
+    if not path.exists():
+        raise SFDConfigError(f"{name} does not exist")
+    if not path.is_file():
+        raise SFDConfigError(f"{name} is not a file")
+    if path.stat().st_size == 0:
+        raise SFDConfigError(f"{name} is empty (0 bytes)")
+    try:
+        checkpoint = _torch_load(path)
+    except MemoryError:
+        raise
+    except Exception as error:  # any failure to parse a user's file: one line naming it
+        message = str(error)
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in message:
+            raise SFDConfigError(
+                f"{name} cannot be loaded safely: it holds Python objects other than tensors "
+                "and plain data (refused, nothing of it was run)"
+            ) from error
+        reason = _first_sentence(message)
+        if len(reason) < 30:  # bare values such as KeyError's "101" say little on their own
+            reason = f"{type(error).__name__}: {reason}".rstrip(": ")
+        raise SFDConfigError(
+            f"{name} is not a readable torch checkpoint (truncated, corrupted or another "
+            f"format: {reason})"
+        ) from error
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        raise SFDConfigError(
+            f"{name} is not a Lightning checkpoint (no 'pytorch-lightning_version' entry)"
+        )
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise SFDConfigError(f"{name} holds no model weights ('state_dict')")
+    return checkpoint
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap can only be used" not in str(error):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+
+
+def _first_sentence(message: str, limit: int = 120) -> str:
+    text = " ".join(message.split())
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,328 @@
+"""The bad-input table: every user mistake the command line knows of gets one `sfd: error:` line
+naming the value, exit status 2, no traceback, and nothing written.
+
+Every case runs with torch's pre-2.6 loading default forced (`TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`),
+so any `torch.load` that does not pass `weights_only=True` itself would run the planted payload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, fit_args, save_tiny_teacher
+from safetensors.torch import load_file, save_file
+
+from sfd.cli import main
+from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator
+from sfd.eval.classifier import Classifier, save_classifier
+from sfd.pipelines.io import save_generator
+from sfd.teachers import PretrainedVPTeacher
+from sfd.training.cli import sfd_lightning_cli
+from sfd.training.resume import RUN_CONFIG_KEY
+
+NOT_WRITABLE = "/proc/sfd-cannot-write-here/out"  # /proc refuses new files, even for root
+TEACHER_CONFIG = CONFIGS / "teacher_digits.yaml"
+
+
+class Payload:
+    """Unpickling this (without weights_only) creates the marker file: the proof code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@dataclass
+class World:
+    """The inputs of the table (read-only for the cases)."""
+
+    root: Path
+    teacher: Path
+    teacher_rgb: Path
+    ckpt: Path
+    export: Path
+    marker: Path
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+
+@pytest.fixture(scope="module")
+def world(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("bad_inputs")
+    run = root / "run"
+    sfd_lightning_cli(fit_args(tiny_teacher_dir, run, "--trainer.max_steps", "10"))
+    [ckpt] = [p for p in run.rglob("last.ckpt")]
+    assert main(["export", str(ckpt), str(root / "export")]) == 0
+    w = World(
+        root,
+        tiny_teacher_dir,
+        save_tiny_teacher(root / "teacher_rgb", channels=3),
+        ckpt,
+        root / "export",
+        root / "PAYLOAD_RAN",
+    )
+    contents = torch.load(ckpt, weights_only=True)
+
+    # checkpoints
+    (w / "empty.ckpt").write_bytes(b"")
+    (w / "truncated.ckpt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    (w / "random.ckpt").write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save({"weights": torch.ones(3)}, w / "foreign.ckpt")
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {"unet.w": torch.ones(1)}},
+               w / "lightning_foreign.ckpt")  # fmt: skip
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {}, "x": Payload(w.marker)},
+               w / "payload.ckpt")  # fmt: skip
+    tampered = {
+        **contents,
+        GENERATOR_SPEC_KEY: json.loads(json.dumps(contents[GENERATOR_SPEC_KEY])),
+    }
+    tampered[GENERATOR_SPEC_KEY]["denoiser"]["unet"]["block_out_channels"] = [32, 64]
+    torch.save(tampered, w / "tampered.ckpt")
+    nan = {**contents, "state_dict": dict(contents["state_dict"])}
+    key = "ema.denoiser.unet.conv_in.weight"
+    nan["state_dict"][key] = nan["state_dict"][key].clone().fill_(math.nan)
+    torch.save(nan, w / "nan.ckpt")
+    # run folders holding another run's checkpoint, and one without a run record
+    shutil.copytree(run, w / "other_run")
+    unstamped = w / "unstamped_run" / "lightning_logs" / "version_0" / "checkpoints"
+    unstamped.mkdir(parents=True)
+    torch.save({k: v for k, v in contents.items() if k != RUN_CONFIG_KEY}, unstamped / "last.ckpt")
+
+    planted = w / "planted_run" / "lightning_logs" / "version_0" / "checkpoints"
+    planted.mkdir(parents=True)
+    shutil.copy(w / "payload.ckpt", planted / "last.ckpt")  # what --ckpt_path last would resolve
+
+    # exports: non-finite weights; 3-channel images (no fit for digits); not an export
+    shutil.copytree(w.export, w / "nan_export")
+    [weights] = (w / "nan_export" / "unet").glob("*.safetensors")
+    state = load_file(weights)
+    state["conv_in.weight"] = torch.full_like(state["conv_in.weight"], math.inf)
+    save_file(state, weights)
+    save_generator(OneStepGenerator(PretrainedVPTeacher(str(w.teacher_rgb))), w / "rgb_export")
+    (w / "not_export").mkdir()
+    (w / "text_export").mkdir()
+    (w / "text_export" / "model_index.json").write_text('{"_class_name": "OneStepTextPipeline"}')
+
+    # classifiers
+    for name, args in {
+        "clf": (1, 10, (8, 8)),
+        "clf_5_classes": (1, 5, (8, 8)),
+        "clf_16px": (1, 10, (16, 16)),
+        "clf_rgb": (3, 10, (8, 8)),
+    }.items():
+        torch.manual_seed(0)
+        save_classifier(Classifier(*args, width=8, feature_dim=8), w / name)
+    shutil.copytree(w / "clf", w / "clf_no_key")
+    config = json.loads((w / "clf_no_key" / "config.json").read_text())
+    del config["feature_dim"]
+    (w / "clf_no_key" / "config.json").write_text(json.dumps(config))
+    shutil.copytree(w / "clf", w / "clf_bad_json")
+    (w / "clf_bad_json" / "config.json").write_text("{not json")
+
+    # data, configs, prompts, plain files
+    (w / "not.npz").write_text("images and labels, honestly")
+    np.savez(w / "objects.npz", images=np.array([{"a": 1}], dtype=object), labels=np.array([0]))
+    (w / "list.yaml").write_text("- trainer\n- model\n")
+    (w / "broken.yaml").write_text("model: [\n")
+    (w / "latin1.txt").write_bytes("a photo of brad pitt\nbrad pitt in caf\xe9\n".encode("latin-1"))
+    (w / "a_file").write_text("not a folder")
+    return w
+
+
+def fit(w: World, out: Path, *extra: str) -> list[str]:
+    return fit_args(w.teacher, out, *extra)
+
+
+def teacher(w: World, out: Path, *extra: str) -> list[str]:
+    return ["teacher", "-c", str(TEACHER_CONFIG), "--trainer.max_steps", "1",
+            "--output_dir", str(out), "--model.block_out_channels", "[8, 16]",
+            "--model.norm_num_groups", "4", *extra]  # fmt: skip
+
+
+def sample(w: World, out: Path, *extra: str, export: Path | None = None) -> list[str]:
+    return ["sample", str(export or w.export), "--labels", "0", "1", "--num-per-label", "2",
+            "--output", str(out / "grid.png"), "--no-progress", *extra]  # fmt: skip
+
+
+def evaluate(w: World, out: Path, *extra: str, model: Path | None = None, clf: str = "clf"):
+    return ["eval", str(model or w.export), "--classifier", str(w / clf), "--forget", "0",
+            "--override", "1", "--num-per-class", "2", "--output", str(out / "m.json"), *extra]  # fmt: skip
+
+
+Case = tuple[str, Callable[[World, Path], list[str]], str]
+CASES: list[Case] = [
+    # --- sfd fit: checkpoints (issue 14 items 2, 6) ---
+    ("fit-ckpt-missing", lambda w, o: fit(w, o, "--ckpt_path", str(w / "nope.ckpt")), "does not exist"),
+    ("fit-ckpt-empty", lambda w, o: fit(w, o, "--ckpt_path", str(w / "empty.ckpt")), "is empty"),
+    ("fit-ckpt-truncated", lambda w, o: fit(w, o, "--ckpt_path", str(w / "truncated.ckpt")), "truncated"),
+    ("fit-ckpt-random", lambda w, o: fit(w, o, "--ckpt_path", str(w / "random.ckpt")), "not a readable torch checkpoint"),
+    ("fit-ckpt-foreign", lambda w, o: fit(w, o, "--ckpt_path", str(w / "foreign.ckpt")), "not a Lightning checkpoint"),
+    ("fit-ckpt-not-sfd", lambda w, o: fit(w, o, "--ckpt_path", str(w / "lightning_foreign.ckpt")), "not an SFD training checkpoint"),
+    ("fit-ckpt-payload", lambda w, o: fit(w, o, "--ckpt_path", str(w / "payload.ckpt")), "cannot be loaded safely"),
+    ("fit-ckpt-other-architecture",
+     lambda w, o: fit_args(w.teacher_rgb, o, "--ckpt_path", str(w.ckpt)), "another architecture"),
+    ("fit-last-other-config",
+     lambda w, o: fit(w, w / "other_run", "--model.alpha", "1.0", "--ckpt_path", "last"), "model.alpha: 1.2 there, 1.0 now"),
+    ("fit-last-payload",
+     lambda w, o: fit(w, w / "planted_run", "--ckpt_path", "last"), "last.ckpt' cannot be loaded safely"),
+    ("fit-last-unrecorded",
+     lambda w, o: fit(w, w / "unstamped_run", "--ckpt_path", "last"), "records no run configuration"),
+    # --- sfd fit: folders, config files, values (items 5, 6; issue 13 item 4) ---
+    ("fit-root-is-file", lambda w, o: fit(w, w / "a_file"), "is a file"),
+    ("fit-root-not-writable", lambda w, o: fit(w, Path(NOT_WRITABLE)), "not writable"),
+    ("fit-root-under-file", lambda w, o: fit(w, w / "a_file" / "run"), "is a file, not a folder"),
+    ("fit-config-list", lambda w, o: fit(w, o, "-c", str(w / "list.yaml")), "holds a list, not a mapping"),
+    ("fit-config-broken", lambda w, o: fit(w, o, "-c", str(w / "broken.yaml")), "broken.yaml' is not valid YAML"),
+    ("fit-config-missing", lambda w, o: fit(w, o, "-c", str(w / "nope.yaml")), "nope.yaml' does not exist"),
+    ("fit-bad-class-label",
+     lambda w, o: fit(w, o, "--model.conditions.init_args.forget", "abc"), "model.conditions.init_args.forget=abc: expected one of [int, list[int]]"),
+    ("fit-bad-learning-rate",
+     lambda w, o: fit(w, o, "--model.fake_optimizer.init_args.lr", "fast"), "model.fake_optimizer.init_args.lr=fast: expected one of [float"),
+    ("fit-bad-int", lambda w, o: fit(w, o, "--model.batch_size", "many"), "model.batch_size=many: expected int"),
+    ("fit-unknown-option", lambda w, o: fit(w, o, "--model.frobnicate", "1"), "frobnicate"),
+    ("fit-gradient-clip-val",
+     lambda w, o: fit(w, o, "--trainer.gradient_clip_val", "1.0"), "set model.fake_grad_clip / model.generator_grad_clip instead"),
+    ("fit-accumulate", lambda w, o: fit(w, o, "--trainer.accumulate_grad_batches", "2"), "accumulate_grad_batches=2"),
+    ("fit-data-group", lambda w, o: fit(w, o, "--data", "foo"), "sfd fit takes no data"),
+    ("fit-prompt-file-not-utf8",
+     lambda w, o: fit(w, o, "--model.conditions", "sfd.core.conditions.PromptConditions",
+                      "--model.conditions.init_args.concepts", '{"brad pitt": "a man"}',
+                      "--model.conditions.init_args.forget_prompts", str(w / "latin1.txt")),
+     "latin1.txt' is not UTF-8 text: line 2"),
+    # --- sfd teacher (items 5, 6) ---
+    ("teacher-output-is-file", lambda w, o: teacher(w, w / "a_file"), "--output_dir"),
+    ("teacher-output-not-writable", lambda w, o: teacher(w, Path(NOT_WRITABLE)), "not writable"),
+    ("teacher-npz-not-npz",
+     lambda w, o: teacher(w, o, "--data.source", str(w / "not.npz")), "not an .npz archive (not a zip file)"),
+    ("teacher-npz-objects",
+     lambda w, o: teacher(w, o, "--data.source", str(w / "objects.npz")), "holds an object array"),
+    ("teacher-npz-missing", lambda w, o: teacher(w, o, "--data.source", str(w / "none.npz")), "data source"),
+    ("teacher-config-list", lambda w, o: teacher(w, o, "-c", str(w / "list.yaml")), "holds a list"),
+    ("teacher-bad-value", lambda w, o: teacher(w, o, "--model.lr", "quick"), "model.lr=quick"),
+    ("teacher-ckpt-random",
+     lambda w, o: teacher(w, o, "--ckpt_path", str(w / "random.ckpt")), "not a readable torch checkpoint"),
+    ("teacher-ckpt-of-sfd", lambda w, o: teacher(w, o, "--ckpt_path", str(w.ckpt)), "holds no unet weights"),
+    # --- sfd export (items 1, 2, 6, 8) ---
+    ("export-missing", lambda w, o: ["export", str(w / "nope.ckpt"), str(o)], "does not exist"),
+    ("export-empty", lambda w, o: ["export", str(w / "empty.ckpt"), str(o)], "is empty"),
+    ("export-truncated", lambda w, o: ["export", str(w / "truncated.ckpt"), str(o)], "truncated"),
+    ("export-random", lambda w, o: ["export", str(w / "random.ckpt"), str(o)], "not a readable torch"),
+    ("export-foreign", lambda w, o: ["export", str(w / "foreign.ckpt"), str(o)], "not a Lightning checkpoint"),
+    ("export-payload", lambda w, o: ["export", str(w / "payload.ckpt"), str(o)], "cannot be loaded safely"),
+    ("export-not-sfd", lambda w, o: ["export", str(w / "lightning_foreign.ckpt"), str(o)], "not an SFD training checkpoint"),
+    ("export-other-architecture",
+     lambda w, o: ["export", str(w / "tampered.ckpt"), str(o)], "do not fit the architecture it records"),
+    ("export-non-finite",
+     lambda w, o: ["export", str(w / "nan.ckpt"), str(o)], "non-finite weights: the first bad tensor is denoiser.unet.conv_in.weight"),
+    ("export-output-is-file", lambda w, o: ["export", str(w.ckpt), str(w / "a_file")], "is a file"),
+    ("export-output-not-writable", lambda w, o: ["export", str(w.ckpt), NOT_WRITABLE], "not writable"),
+    ("export-output-not-empty", lambda w, o: ["export", str(w.ckpt), str(w.export)], "--overwrite replaces it"),
+    # --- sfd sample (items 1, 6, 7) ---
+    ("sample-output-folder", lambda w, o: sample(w, o, "--output", str(w.root)), "is a folder"),
+    ("sample-output-no-extension", lambda w, o: sample(w, o, "--output", str(o / "grid")), "no image extension"),
+    ("sample-output-not-writable",
+     lambda w, o: sample(w, o, "--output", NOT_WRITABLE + ".png"), "not writable"),
+    ("sample-output-under-file",
+     lambda w, o: sample(w, o, "--output", str(w / "a_file" / "g.png")), "is a file, not a folder"),
+    ("sample-device-nonsense", lambda w, o: sample(w, o, "--device", "gpu0"), "--device 'gpu0' is not a usable torch device"),
+    ("sample-device-absent", lambda w, o: sample(w, o, "--device", "meta:0" if torch.cuda.is_available() else "cuda"), "is not a usable torch device"),
+    ("sample-too-many", lambda w, o: sample(w, o, "--num-per-label", "1000000000"), "more than the 89,478,485"),
+    ("sample-non-finite", lambda w, o: sample(w, o, export=w / "nan_export"), "non-finite weights"),
+    ("sample-not-export", lambda w, o: sample(w, o, export=w / "not_export"), "no model_index.json"),
+    ("sample-bad-label", lambda w, o: sample(w, o, "--labels", "10"), "class label 10 is outside 0..9"),
+    # --- sfd eval (item 3) ---
+    ("eval-classifier-classes", lambda w, o: evaluate(w, o, clf="clf_5_classes"), "has 5 classes but the data has 10"),
+    ("eval-classifier-size", lambda w, o: evaluate(w, o, clf="clf_16px"), "(1, 16, 16) but the data's are (1, 8, 8)"),
+    ("eval-classifier-channels", lambda w, o: evaluate(w, o, clf="clf_rgb"), "(3, 8, 8) but the data's are (1, 8, 8)"),
+    ("eval-generator-channels",
+     lambda w, o: evaluate(w, o, model=w / "rgb_export"), "generator"),
+    ("eval-teacher-channels",
+     lambda w, o: evaluate(w, o, model=w.teacher_rgb), "the teacher"),
+    ("eval-classifier-config-keys", lambda w, o: evaluate(w, o, clf="clf_no_key"), "lacks ['feature_dim']"),
+    ("eval-classifier-config-json", lambda w, o: evaluate(w, o, clf="clf_bad_json"), "is not valid JSON"),
+    ("eval-non-finite", lambda w, o: evaluate(w, o, model=w / "nan_export"), "non-finite weights"),
+    ("eval-forget-outside", lambda w, o: evaluate(w, o, "--forget", "12"), "--forget 12 is not a class"),
+    # --- sfd eval-text (item 6) ---
+    ("eval-text-prompts-not-utf8",
+     lambda w, o: ["eval-text", str(w / "text_export"), "--prompts", str(w / "latin1.txt"),
+                   "--output-dir", str(o), "--no-progress"], "latin1.txt' is not UTF-8 text: line 2 holds the byte b'\\xe9'"),
+    ("eval-text-device",
+     lambda w, o: ["eval-text", str(w / "text_export"), "--prompts", str(w / "latin1.txt"),
+                   "--output-dir", str(o), "--device", "tpu9"], "--device 'tpu9'"),
+    ("eval-text-output-is-file",
+     lambda w, o: ["eval-text", str(w / "text_export"), "--prompts", str(w / "latin1.txt"),
+                   "--output-dir", str(w / "a_file")], "is a file"),
+]  # fmt: skip
+
+
+def listing(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(("name", "command", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input(
+    name: str,
+    command: Callable[[World, Path], list[str]],
+    fragment: str,
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's old, unsafe default
+    out = tmp_path / "out"
+    argv = command(world, out)
+    before = listing(world.root)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("sfd: error:")]
+    assert len(errors) == 1, err
+    assert fragment in errors[0], errors[0]
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
+    assert not Path(str(out) + "-training").exists()
+    assert listing(world.root) == before, "an input folder changed"
+    assert not world.marker.exists(), "the planted payload ran"
+
+
+def test_the_table_covers_every_command() -> None:
+    verbs = {name.split("-")[0] for name, _, _ in CASES}
+    assert verbs == {"fit", "teacher", "export", "sample", "eval"}
+    assert len(CASES) == len({name for name, _, _ in CASES})
+
+
+def test_the_planted_payload_does_run_under_the_old_default(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control: without weights_only=True the table's payload file runs its code."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    try:
+        torch.load(world / "payload.ckpt")
+        assert world.marker.exists()
+    finally:
+        world.marker.unlink(missing_ok=True)
+
+
+def test_lightning_loads_through_a_safe_reader(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint IO `sfd fit` installs loads with weights_only=True whatever it is asked."""
+    from sfd.training.checkpoint_io import AtomicCheckpointIO
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        AtomicCheckpointIO().load_checkpoint(world / "payload.ckpt")
+    assert not world.marker.exists()
+    assert AtomicCheckpointIO().load_checkpoint(world.ckpt)["global_step"] == 10

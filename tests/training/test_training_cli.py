@@ -1,0 +1,267 @@
+"""What `sfd fit` adds to LightningCLI: the run record that `--ckpt_path last` checks, the
+iteration progress bar, quiet design warnings, cleanup of failed starts, stale `.tmp` files."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SCRIPTS, fit_args
+
+from sfd.errors import SFDConfigError
+from sfd.training.cli import one_line, sfd_lightning_cli
+from sfd.training.progress import DESIGN_WARNINGS, RANK_ZERO_LOGGERS, IterationProgressBar
+
+sys.path.insert(0, str(SCRIPTS))  # run_probes: callbacks loaded by class_path
+
+QUIET = ["--trainer.enable_model_summary", "false"]
+
+
+def fit(teacher: Path, root: Path, *extra: str, bar: bool = False):
+    args = fit_args(teacher, root, "--trainer.log_every_n_steps", "1", *extra)
+    if bar:
+        args[args.index("--trainer.enable_progress_bar") + 1] = "true"
+    return sfd_lightning_cli(args)
+
+
+def checkpoint_every(steps: int) -> list[str]:
+    return [
+        "--trainer.callbacks",
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.every_n_train_steps",
+        str(steps),
+        "--trainer.callbacks.save_last",
+        "true",
+    ]
+
+
+def final_state(cli) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+
+# --- resume: the run record, the bar, bit-identical results -------------------------------------
+
+
+def test_resume_with_a_larger_budget_is_bit_identical_and_the_bar_counts_iterations(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    every = checkpoint_every(2)
+    straight = fit(tiny_teacher_dir, tmp_path / "a", "--trainer.max_steps", "6", *every, bar=True)
+    fit(tiny_teacher_dir, tmp_path / "b", "--trainer.max_steps", "4", *every, bar=True)
+    resumed = fit(
+        tiny_teacher_dir, tmp_path / "b", "--trainer.max_steps", "6", "--ckpt_path", "last",
+        *every, bar=True,
+    )  # fmt: skip
+    assert resumed.trainer.global_step == 6
+    a, b = final_state(straight), final_state(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    bar = resumed.trainer.progress_bar_callback
+    assert isinstance(bar, IterationProgressBar)
+    progress = bar.train_progress_bar
+    assert (progress.n, progress.total, progress.initial) == (6, 6, 4)  # not "Epoch 0/-2", 30/19
+    assert resumed.config_init["fit"]["weights_only"] is True
+
+
+def test_last_refuses_a_checkpoint_of_another_configuration(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    every = checkpoint_every(2)
+    fit(tiny_teacher_dir, tmp_path, "--trainer.max_steps", "2", *every)
+    [last] = tmp_path.rglob("last.ckpt")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SFDConfigError, match=r"model\.seed: 0 there, 7 now") as error:
+        fit(tiny_teacher_dir, tmp_path, "--trainer.max_steps", "4", "--model.seed", "7",
+            "--ckpt_path", "last", *every)  # fmt: skip
+    assert "only the step budget may change" in str(error.value)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written by the refused run
+    # Observing settings may change: callbacks (here none), the progress bar, the log interval.
+    resumed = fit(tiny_teacher_dir, tmp_path, "--trainer.max_steps", "3",
+                  "--trainer.log_every_n_steps", "2", "--ckpt_path", "last")  # fmt: skip
+    assert resumed.trainer.global_step == 3
+    # The file named explicitly is the user's choice, whatever its run.
+    explicit = fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3",
+                   "--model.seed", "7", "--ckpt_path", str(last))  # fmt: skip
+    assert explicit.trainer.global_step == 3
+
+
+def test_a_restart_removes_the_stale_temporary_files_of_its_run(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    every = checkpoint_every(2)
+    fit(tiny_teacher_dir, tmp_path, "--trainer.max_steps", "2", *every)
+    [last] = tmp_path.rglob("last.ckpt")
+    stale = [last.parent / ".last.ckpt.k1ll3d.tmp", last.parent / ".epoch=0-step=2.ckpt.x9.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    unrelated = last.parent / ".notes.tmp"
+    unrelated.write_text("not a checkpoint")
+    fit(tiny_teacher_dir, tmp_path, "--trainer.max_steps", "3", "--ckpt_path", "last", *every)
+    assert not any(path.exists() for path in stale)
+    assert unrelated.exists()
+
+
+# --- nothing left behind by a failed start ------------------------------------------------------
+
+
+def test_a_failure_before_the_first_iteration_leaves_nothing(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    probe = ["--trainer.callbacks+", "run_probes.FailAtStep"]
+    with pytest.raises(RuntimeError, match="before the first iteration"):
+        fit(tiny_teacher_dir, tmp_path / "new", *probe)
+    assert not (tmp_path / "new").exists()  # config.yaml was written, then removed
+    # In a folder with an earlier run, only what this command added goes.
+    fit(tiny_teacher_dir, tmp_path / "old", "--trainer.max_steps", "2", *checkpoint_every(2))
+    before = sorted((tmp_path / "old").rglob("*"))
+    with pytest.raises(RuntimeError, match="before the first iteration"):
+        fit(tiny_teacher_dir, tmp_path / "old", *probe)
+    assert sorted((tmp_path / "old").rglob("*")) == before
+
+
+def test_a_failure_after_training_began_keeps_the_run(tiny_teacher_dir: Path, tmp_path: Path):
+    probe = ["--trainer.callbacks+", "run_probes.FailAtStep", "--trainer.callbacks.step", "2"]
+    with pytest.raises(RuntimeError, match="after iteration 2"):
+        fit(tiny_teacher_dir, tmp_path, "--trainer.max_steps", "4", *probe)
+    assert list(tmp_path.rglob("config.yaml"))  # logs of a run that trained stay for diagnosis
+
+
+def test_sfd_teacher_failure_after_the_config_callback_leaves_nothing(tmp_path: Path) -> None:
+    from conftest import CONFIGS
+
+    from sfd.cli.teacher_cli import teacher_lightning_cli
+
+    args = ["fit", "-c", str(CONFIGS / "teacher_digits.yaml"), "--trainer.max_steps", "2",
+            "--output_dir", str(tmp_path / "teacher"), "--model.block_out_channels", "[8, 16]",
+            "--model.norm_num_groups", "4", "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks+", "run_probes.FailAtStep"]  # fmt: skip
+    with pytest.raises(RuntimeError, match="before the first iteration"):
+        teacher_lightning_cli(args)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+# --- warnings -----------------------------------------------------------------------------------
+
+
+def recorded_run(tiny_teacher_dir: Path, root: Path, through_cli: bool) -> list[str]:
+    """Warning messages of a 2-iteration run, through `sfd fit` or a plain Trainer."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if through_cli:
+            fit(tiny_teacher_dir, root, "--trainer.max_steps", "2",
+                "--trainer.callbacks+", "run_probes.WarnOnTrainStart")  # fmt: skip
+        else:
+            import lightning.pytorch as pl
+            from run_probes import WarnOnTrainStart
+
+            from sfd.core.conditions import ClassConditions
+            from sfd.core.module import SFDModule
+            from sfd.core.sigma import UniformTimestepSigma
+            from sfd.teachers import PretrainedVPTeacher
+
+            module = SFDModule(
+                PretrainedVPTeacher(str(tiny_teacher_dir)),
+                ClassConditions(0, 1),
+                UniformTimestepSigma(),
+                batch_size=2,
+            )
+            trainer = pl.Trainer(
+                max_steps=2,
+                default_root_dir=root,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+                logger=False,
+                callbacks=[WarnOnTrainStart()],
+            )
+            trainer.fit(module)
+    return [str(w.message) for w in caught]
+
+
+def is_design(message: str) -> bool:
+    return any(re.search(pattern, message) for pattern in DESIGN_WARNINGS)
+
+
+def test_design_warnings_are_hidden_and_real_ones_stay(
+    tiny_teacher_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    filters = {name: logging.getLogger(name).filters[:] for name in RANK_ZERO_LOGGERS}
+    for name in RANK_ZERO_LOGGERS:  # an earlier sfd fit in this process installed them
+        logging.getLogger(name).filters.clear()
+    try:
+        with caplog.at_level(logging.INFO):
+            plain = recorded_run(tiny_teacher_dir, tmp_path / "plain", through_cli=False)
+        assert any(is_design(m) for m in plain), plain  # control: Lightning does warn
+        assert "litlogger" in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            cli = recorded_run(tiny_teacher_dir, tmp_path / "cli", through_cli=True)
+    finally:
+        for name, kept in filters.items():
+            logging.getLogger(name).filters[:] = kept
+    assert not [m for m in cli if is_design(m)], cli
+    assert "probe: a real problem" in cli
+    assert "litlogger" not in caplog.text
+
+
+# --- one-line errors -------------------------------------------------------------------------
+
+
+def test_one_line_names_the_nested_key_and_value() -> None:
+    error = Exception(
+        'Parser key "model.conditions":\n'
+        "  Problem with given class_path 'sfd.core.conditions.ClassConditions':\n"
+        '    Parser key "forget":\n'
+        "      Does not validate against any of the Union subtypes\n"
+        "      Subtypes: [<class 'int'>, list[int]]\n"
+        "      Given value type: <class 'str'>\n"
+        "      Given value: abc\n"
+    )
+    assert one_line(error) == (
+        "model.conditions.init_args.forget=abc: expected one of [int, list[int]]"
+    )
+    assert one_line(Exception('Parser key "model.batch_size":\n  Expected a <class \'int\'>. '
+                              "Got value: x")) == "model.batch_size=x: expected int"  # fmt: skip
+
+
+def test_the_checkpoint_of_a_plain_copy_keeps_its_weights(tiny_teacher_dir: Path, tmp_path: Path):
+    """A copied run folder resumes (the record is in the checkpoint, not in the path)."""
+    fit(tiny_teacher_dir, tmp_path / "a", "--trainer.max_steps", "2", *checkpoint_every(2))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    resumed = fit(tiny_teacher_dir, tmp_path / "b", "--trainer.max_steps", "3",
+                  "--ckpt_path", "last", *checkpoint_every(2))  # fmt: skip
+    assert resumed.trainer.global_step == 3
+
+
+def readme_block(marker: str) -> str:
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    after = text.split(f"<!-- tested: {marker} -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_plain_trainer_snippet(
+    tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's plain-Trainer block as written: trains, checkpoints atomically, resumes."""
+    from sfd.training.checkpoint_io import AtomicCheckpointIO
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_teacher_dir, tmp_path / "runs" / "teachers" / "tiny")
+    code = compile(readme_block("plain-trainer snippet"), "README.md", "exec")
+    first: dict = {}
+    exec(code, first)
+    assert first["trainer"].global_step == 20
+    assert isinstance(first["trainer"].strategy.checkpoint_io, AtomicCheckpointIO)
+    [last] = (tmp_path / "runs" / "python-api").rglob("last.ckpt")
+    second: dict = {}
+    exec(code, second)  # a restart of the same script
+    assert second["trainer"].ckpt_path == str(last.resolve())
+    assert second["trainer"].global_step == 20
