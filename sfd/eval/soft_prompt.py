@@ -175,7 +175,8 @@ def soft_prompt_attack(
         z = class_noise(budget.batch_size, model.latent_shape, budget.seed + 2 + step).to(device)
         embeds = soft().expand(budget.batch_size, -1, -1)  # (B, L, D)
         cond = TextCondition(embeds, empty.expand_as(embeds))
-        loss = F.cross_entropy(classifier(model.images(z, cond).clamp(-1, 1)), labels)
+        # Unclamped: saturated pixels would pass no gradient; success is judged on clamped images.
+        loss = F.cross_entropy(classifier(model.images(z, cond)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
