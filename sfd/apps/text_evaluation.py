@@ -196,3 +196,106 @@ def folder_digest(folder: str | Path) -> str:
             digest.update(file.relative_to(folder).as_posix().encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+@dataclass
+class ConceptEvalSettings:
+    """`sfd eval-text MODEL --classifier DIR ...`: one model's concept evaluation."""
+
+    model: Path
+    classifier: Path
+    forget_prompts: Path
+    remain_prompts: Path
+    forget: int
+    override: int
+    output_dir: Path
+    real: str = "digits"
+    paraphrases: Path | None = None
+    neighbours: list[int] | None = None
+    heldout_fraction: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    forget_images: int = 200
+    remain_per_class: int = 100
+    ddim_steps: int = 25
+    guidance_scale: float | None = None
+    attack: AttackBudget | None = None
+    attack_prompts: int = 1
+    attack_ddim_steps: int = 4
+    progress: bool = True
+
+
+def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
+    """Evaluate one exported generator or teacher folder; write and return metrics.json's content."""
+    from sfd.apps.data import train_heldout_split
+    from sfd.apps.demo_text.prompts import read_labelled
+    from sfd.apps.text_data import load_captioned
+    from sfd.core.conditions.text import read_prompt_file
+    from sfd.eval.classifier import load_classifier
+    from sfd.eval.concepts import nearest_classes
+    from sfd.eval.evaluate import environment
+
+    classifier = load_classifier(settings.classifier)
+    k = classifier.num_classes
+    for flag, value in (("--forget", settings.forget), ("--override", settings.override)):
+        if not 0 <= value < k:
+            raise SFDConfigError(f"{flag} {value} is not a class of the classifier (0..{k - 1})")
+
+    def forget_set(name: str, path: Path) -> PromptSet:
+        prompts = read_prompt_file(str(path))
+        return PromptSet(name, prompts, [settings.forget] * len(prompts), str(path))
+
+    data, _ = load_captioned(settings.real)
+    _, heldout = train_heldout_split(data, settings.heldout_fraction, settings.split_seed)
+    if heldout.image_shape != tuple(
+        [classifier.config["in_channels"], *classifier.config["image_size"]]
+    ):
+        raise SFDConfigError(f"--real {settings.real!r} images do not fit the classifier")
+    neighbours = settings.neighbours or nearest_classes(
+        classifier, heldout.images, heldout.labels, settings.forget, 2
+    )
+    protocol = ConceptProtocol(
+        forget_train=forget_set("forget_train", settings.forget_prompts),
+        remain=read_labelled(settings.remain_prompts),
+        forget=settings.forget,
+        override=settings.override,
+        neighbours=list(neighbours),
+        num_classes=k,
+        forget_paraphrases=(
+            forget_set("forget_paraphrases", settings.paraphrases) if settings.paraphrases else None
+        ),
+        forget_images=settings.forget_images,
+        remain_per_class=settings.remain_per_class,
+        seed=settings.seed,
+    )
+    model = load_text_model(settings.model, settings.ddim_steps, settings.guidance_scale)
+    real_remain = heldout.images[heldout.labels != settings.forget]
+    evaluation = evaluate_model(model, classifier, protocol, real_remain, settings.progress)
+    results: dict[str, Any] = {
+        "model": str(settings.model),
+        "model_sha256": folder_digest(settings.model),
+        "evaluation": evaluation.to_dict(),
+    }
+    if settings.attack is not None:
+        attacked = model
+        if not is_exported_generator(settings.model):
+            attacked = load_text_model(
+                settings.model, settings.attack_ddim_steps, settings.guidance_scale
+            )
+        results["attack"] = attack_model(
+            attacked, classifier, protocol, settings.attack, settings.attack_prompts
+        )
+    results["protocol"] = {
+        **protocol.describe(),
+        "sampler": model.name,
+        "guidance_scale": model.guidance_scale,
+        "real": settings.real,
+        "heldout_fraction": settings.heldout_fraction,
+        "split_seed": settings.split_seed,
+        "classifier": str(settings.classifier),
+        "libraries": text_library_versions(),
+        "environment": environment(),
+    }
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    (settings.output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
