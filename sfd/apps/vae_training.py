@@ -24,7 +24,7 @@ from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages, from_uint8
 
-DEFAULT_VAE_CHANNELS = (32, 64, 64)  # three levels: 32×32 images -> 8×8 latents
+DEFAULT_VAE_CHANNELS = (16, 32, 64)  # three levels: 32×32 images -> 8×8 latents
 
 
 def make_vae(

@@ -21,7 +21,7 @@ def teacher_text_parser() -> argparse.ArgumentParser:
     add("--output-dir", type=Path, required=True, help="the teacher folder to write")
     add("--heldout-fraction", type=float, default=0.2, help="share of each class kept out")
     add("--seed", type=int, default=0, help="seed of the split, weights, batches and noise")
-    add("--max-steps", type=int, help="UNet training steps (default: 4000 digits, 6000 fashion)")
+    add("--max-steps", type=int, help="UNet training steps (default: 4000 digits, 3000 fashion)")
     add("--batch-size", type=int, help="images per step (default 64)")
     add("--lr", type=float, help="peak AdamW learning rate")
     add("--channels", type=int, nargs="+", help="UNet block_out_channels")
