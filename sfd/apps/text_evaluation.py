@@ -85,10 +85,11 @@ def exported_model(
 def load_text_model(
     folder: str | Path, ddim_steps: int = 25, guidance_scale: float | None = None
 ) -> TextToImage:
-    """An exported generator (guidance default 1) or a teacher (guidance default 3) folder."""
+    """An exported generator (guidance default 1) or a teacher (guidance default 2, as the
+    text presets) folder."""
     if is_exported_generator(folder):
         return exported_model(folder, 1.0 if guidance_scale is None else guidance_scale)
-    return teacher_model(folder, ddim_steps, 3.0 if guidance_scale is None else guidance_scale)
+    return teacher_model(folder, ddim_steps, 2.0 if guidance_scale is None else guidance_scale)
 
 
 @dataclass

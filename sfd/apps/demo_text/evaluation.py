@@ -7,6 +7,7 @@ code behind `sfd eval-text`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,6 @@ def evaluate_runs(
     announce: Callable[[str], None],
 ) -> TextDemoResults:
     """Evaluate the teacher (DDIM) and both exported generators; attack all three."""
-    import time
-
     clock = time.perf_counter()
     announce("5/7 evaluation")
     guidance = float(sfd.model.teacher_guidance)
