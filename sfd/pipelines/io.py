@@ -103,8 +103,14 @@ def save_generator(
             "--single-file and --lora are for Stable Diffusion exports; "
             f"this generator is a {type(generator.denoiser).__name__}"
         )
+    if single_file and text and pipeline.vae is None:
+        raise SFDConfigError(
+            "--single-file needs a VAE (the original checkpoint layout holds UNet, VAE and text "
+            "encoder); this pixel-space generator has none"
+        )
     record: dict[str, Any] = {
         "kind": "text" if text else "class",
+        "has_vae": bool(text and pipeline.vae is not None),
         "pipeline_class": type(pipeline).__name__,
         "sigma_init": generator.sigma_init,
         "timestep": pipeline.config.timestep,

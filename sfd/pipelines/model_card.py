@@ -101,7 +101,7 @@ def sampling_snippets(record: dict[str, Any]) -> str:
         ")",
         "```",
     ]
-    if text:
+    if text and record.get("has_vae", True):
         parts += [
             "",
             "With a stock `StableDiffusionPipeline` (no custom code): one Euler step from "

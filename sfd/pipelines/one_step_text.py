@@ -6,7 +6,8 @@ The folder it saves is a complete diffusers folder: `model_index.json`, `unet/`,
 teacher's noise schedule as an `EulerDiscreteScheduler` set up for the one step (trailing
 spacing, final σ 0, discrete timesteps), so that a stock `StableDiffusionPipeline` called with
 `sigmas=[σ_init, 0]` and `guidance_scale=1` reproduces this pipeline's images (docs: README,
-"Sampling without sfd").
+"Sampling without sfd"). A pixel-space teacher has no VAE: then `vae` is None (saved as
+such in `model_index.json`) and x0 is the image itself.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sfd.teachers.stable_diffusion import (
     StableDiffusionDenoiser,
     encode_with,
     load_text_encoder,
+    model_index,
 )
 
 # EulerDiscreteScheduler settings under which `StableDiffusionPipeline(sigmas=[σ_init, 0])` is the
@@ -55,14 +57,20 @@ def one_step_scheduler(scheduler_config: dict[str, Any], prediction_type: str) -
     )
 
 
+def _has_vae(pipeline: str, revision: str | None) -> bool:
+    """Whether a teacher folder has a VAE (its model_index names one; SD folders always do)."""
+    entry = model_index(pipeline, revision).get("vae", ["diffusers", "AutoencoderKL"])
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
+
+
 class OneStepTextPipeline(DiffusionPipeline):
     """One-step text-to-image generation with an SFD/SiD-distilled Stable Diffusion UNet.
 
     Args:
         unet: the generator network.
-        vae: the autoencoder that decodes latents to images.
-        text_encoder: the CLIP text encoder.
-        tokenizer: the CLIP tokenizer.
+        vae: the autoencoder that decodes latents to images (None: the UNet works on pixels).
+        text_encoder: the text encoder (CLIP, or any transformers encoder of the teacher).
+        tokenizer: its tokenizer.
         scheduler: the teacher's training schedule (gives ā_t).
         sigma_init: the generator's input noise level.
         prediction_type: the UNet's output type ("epsilon", "v_prediction", "sample").
@@ -71,11 +79,12 @@ class OneStepTextPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae"]
 
     def __init__(
         self,
         unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | None,
         text_encoder: Any,
         tokenizer: Any,
         scheduler: Any,
@@ -102,17 +111,19 @@ class OneStepTextPipeline(DiffusionPipeline):
         if denoiser.pipeline is None:
             raise SFDConfigError("the generator records no source pipeline to take the VAE from")
         tokenizer, text_encoder = load_text_encoder(denoiser.pipeline, denoiser.revision)
-        try:
-            vae = AutoencoderKL.from_pretrained(
-                denoiser.pipeline, subfolder="vae", revision=denoiser.revision
-            )
-        except (OSError, ValueError) as error:
-            raise SFDConfigError(
-                f"cannot load the VAE from {denoiser.pipeline!r} (subfolder 'vae')"
-            ) from error
+        vae = None
+        if _has_vae(denoiser.pipeline, denoiser.revision):
+            try:
+                vae = AutoencoderKL.from_pretrained(
+                    denoiser.pipeline, subfolder="vae", revision=denoiser.revision
+                ).eval()
+            except (OSError, ValueError) as error:
+                raise SFDConfigError(
+                    f"cannot load the VAE from {denoiser.pipeline!r} (subfolder 'vae')"
+                ) from error
         return cls(
             denoiser.unet,
-            vae.eval(),
+            vae,
             text_encoder,
             tokenizer,
             one_step_scheduler(denoiser.scheduler_config, denoiser.prediction_type),
@@ -202,11 +213,15 @@ class OneStepTextPipeline(DiffusionPipeline):
         if output_type == "latent":
             output: Any = x0
         else:
-            scaling = self.vae.config.scaling_factor
-            images = self.vae.decode((x0 / scaling).to(self.vae.dtype)).sample.float()
+            images = x0.float() if self.vae is None else self.decode_latents(x0)
             if output_type == "pt":
                 output = images
             else:
                 array = to_unit_numpy(images)
                 output = array if output_type == "np" else self.numpy_to_pil(array)
         return ImagePipelineOutput(images=output) if return_dict else (output,)
+
+    def decode_latents(self, x0: Tensor) -> Tensor:
+        """VAE-decode latents x0 (B, C, h, w) to images in [-1, 1] (B, 3, H, W), float32."""
+        scaling = self.vae.config.scaling_factor
+        return self.vae.decode((x0 / scaling).to(self.vae.dtype)).sample.float()

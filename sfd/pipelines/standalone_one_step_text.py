@@ -26,7 +26,7 @@ class OneStepTextPipeline(DiffusionPipeline):
 
     Args:
         unet: the generator network.
-        vae: the autoencoder that decodes latents to images.
+        vae: the autoencoder that decodes latents to images (None: the UNet works on pixels).
         text_encoder: the CLIP text encoder.
         tokenizer: the CLIP tokenizer.
         scheduler: the one-step scheduler (unused here, kept for the folder's layout).
@@ -36,11 +36,12 @@ class OneStepTextPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae"]
 
     def __init__(
         self,
         unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | None,
         text_encoder: Any,
         tokenizer: Any,
         scheduler: Any,
@@ -150,8 +151,11 @@ class OneStepTextPipeline(DiffusionPipeline):
         if output_type == "latent":
             output: Any = x0
         else:
-            scaling = self.vae.config.scaling_factor
-            images = self.vae.decode((x0 / scaling).to(self.vae.dtype)).sample.float()
+            if self.vae is None:
+                images = x0.float()
+            else:
+                scaling = self.vae.config.scaling_factor
+                images = self.vae.decode((x0 / scaling).to(self.vae.dtype)).sample.float()
             if output_type == "pt":
                 output = images
             else:

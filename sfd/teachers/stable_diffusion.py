@@ -1,9 +1,17 @@
-"""Stable Diffusion 1.x / 2.x teachers: `UNet2DConditionModel` in VAE latent space as a σ-space denoiser.
+"""Stable Diffusion 1.x / 2.x teachers: `UNet2DConditionModel` on VAE latents (or pixels) as a σ-space denoiser.
 
-Only the UNet is a registered submodule. The CLIP tokenizer and text encoder are loaded on demand
-to encode fixed prompt sets once (`encode_prompts`) and released; the VAE is loaded only by the
-export / sampling pipeline. So no frozen text encoder or VAE is ever copied into the generator or
-the fake score, optimised, or written to a training checkpoint.
+Only the UNet is a registered submodule. The tokenizer and text encoder named by the pipeline
+folder's `model_index.json` (CLIP for SD 1.x / 2.x, or any transformers encoder such as a BERT
+sentence encoder) are loaded on demand to encode fixed prompt sets once (`encode_prompts`) and
+released; the VAE (if the pipeline has one) is loaded only by the export / sampling pipeline. So no
+frozen text encoder or VAE is ever copied into the generator or the fake score, optimised, or
+written to a training checkpoint.
+
+Padding follows the encoder: CLIP keeps Stable Diffusion's convention (prompts padded to 77
+tokens, every position attended by the UNet); any other encoder gets its attention mask, and its
+padded positions are returned as zero vectors, which the denoiser masks out of cross-attention
+(`encoder_attention_mask`). A condition needs no extra field for that: the mask is read off the
+embeddings (`cross_attention_mask`).
 """
 
 from __future__ import annotations
@@ -14,10 +22,21 @@ import diffusers
 import torch
 from diffusers import DDPMScheduler, SchedulerMixin, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from torch import Tensor, nn
+from torch import Tensor
 
 from sfd.errors import SFDConfigError
 from sfd.teachers.lora import add_lora, keep_only_trainable
+from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text path's API)
+    CLIP_MODEL_TYPES,
+    cross_attention_mask,
+    encode_with,
+    hidden_states,
+    load_text_encoder,
+    masks_padding,
+    model_index,
+    pipeline_load_error,
+    tokenize,
+)
 from sfd.teachers.vp import VPDenoiser
 
 ATTENTION_BACKENDS = ("sdpa", "eager")
@@ -88,7 +107,12 @@ class StableDiffusionDenoiser(VPDenoiser):
                 f"a Stable Diffusion denoiser needs a text condition (prompt_embeds), got {type(cond)}"
             )
         embeds = cond.prompt_embeds.to(device=x_t.device, dtype=self.unet.dtype)  # (B, L, D)
-        return self.unet(x_t.to(self.unet.dtype), timestep, encoder_hidden_states=embeds).sample
+        return self.unet(
+            x_t.to(self.unet.dtype),
+            timestep,
+            encoder_hidden_states=embeds,
+            encoder_attention_mask=cross_attention_mask(embeds),
+        ).sample
 
     def null_condition(self, cond: Any) -> Any:
         return cond.null()
@@ -109,7 +133,7 @@ class StableDiffusionDenoiser(VPDenoiser):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 32) -> Tensor:
-        """Encode prompts with the pipeline's CLIP text encoder (loaded here, released after).
+        """Encode prompts with the pipeline's text encoder (loaded here, released after).
 
         Args:
             prompts: the prompt strings, N of them.
@@ -145,71 +169,18 @@ class StableDiffusionDenoiser(VPDenoiser):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _load_error(path: str, what: str, error: Exception) -> SFDConfigError:
-    return SFDConfigError(
-        f"cannot load the {what} from {path!r}: expected a diffusers Stable Diffusion folder "
-        f"(unet/, scheduler/, text_encoder/, tokenizer/, vae/) or a reachable hub id "
-        f"({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-    )
-
-
-def load_text_encoder(path: str | None, revision: str | None = None) -> tuple[Any, nn.Module]:
-    """The CLIP tokenizer and text encoder of a Stable Diffusion folder or hub id (eval, no grad)."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    if path is None:
-        raise SFDConfigError("this denoiser has no pipeline path, so it cannot encode prompts")
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
-        text_encoder = CLIPTextModel.from_pretrained(
-            path, subfolder="text_encoder", revision=revision
-        )
-    except (OSError, ValueError) as error:
-        raise _load_error(path, "tokenizer/text encoder", error) from error
-    return tokenizer, text_encoder.requires_grad_(False).eval()
-
-
-@torch.no_grad()
-def encode_with(
-    tokenizer: Any, text_encoder: nn.Module, prompts: list[str], batch_size: int = 32
-) -> Tensor:
-    """Hidden states of the text encoder's last layer for padded, truncated prompts.
-
-    Args:
-        tokenizer: a CLIP tokenizer (pads to its `model_max_length`).
-        text_encoder: a `CLIPTextModel`.
-        prompts: N prompt strings.
-        batch_size: prompts per call.
-
-    Returns:
-        embeddings, (N, L, D), float32 on the text encoder's device.
-    """
-    device = next(text_encoder.parameters()).device
-    chunks = []
-    for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(
-            list(prompts[start : start + batch_size]),
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        chunks.append(text_encoder(tokens.input_ids.to(device))[0].float())  # (b, L, D)
-    return torch.cat(chunks)
-
-
 def _load_unet(path: str, subfolder: str | None, revision: str | None) -> UNet2DConditionModel:
     try:
         return UNet2DConditionModel.from_pretrained(path, subfolder=subfolder, revision=revision)
     except (OSError, ValueError) as error:
-        raise _load_error(path, "UNet2DConditionModel", error) from error
+        raise pipeline_load_error(path, "UNet2DConditionModel", error) from error
 
 
 def _load_scheduler_config(path: str, revision: str | None) -> dict[str, Any]:
     try:
         return dict(DDPMScheduler.load_config(path, subfolder="scheduler", revision=revision))
     except (OSError, ValueError) as error:
-        raise _load_error(path, "scheduler config", error) from error
+        raise pipeline_load_error(path, "scheduler config", error) from error
 
 
 class StableDiffusionTeacher(StableDiffusionDenoiser):

@@ -1,0 +1,1 @@
+"""`sfd demo-text`: concept forgetting end to end on captioned digits or Fashion-MNIST."""

@@ -1,0 +1,359 @@
+"""`sfd demo-text`: text teacher -> classifier -> SFD and a no-forgetting baseline -> evaluation.
+
+Concept forgetting on captioned digits (pixel space) or Fashion-MNIST (VAE latents), through the
+classes a Stable Diffusion user runs: the teacher folder is loaded by `StableDiffusionTeacher`,
+prompts are `PromptConditions` encoded by the folder's own text encoder (all-MiniLM-L6-v2), the
+generators are exported and reloaded as `OneStepTextPipeline`, and the evaluation is
+`sfd eval-text`'s. The teacher is cached like the class demo's (`sfd.apps.demo.cache`); the
+SFD settings are an `sfd fit` preset beside this file, parsed by the same LightningCLI parser.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from sfd.apps.data import DIGITS, train_heldout_split
+from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir
+from sfd.apps.demo_text.evaluation import evaluate_runs
+from sfd.apps.demo_text.prompts import DemoPrompts, shipped_paraphrases, write_prompt_sets
+from sfd.apps.demo_text.report import write_text_report
+from sfd.apps.text_data import FASHION, CaptionVocabulary, load_captioned
+from sfd.apps.text_evaluation import teacher_vae
+from sfd.apps.text_teacher import TextTeacherSettings, build_text_teacher
+from sfd.apps.text_teacher_training import MINILM_PACKAGE
+from sfd.core.conditions import TextCondition
+from sfd.core.module import SFDModule
+from sfd.errors import SFDConfigError
+from sfd.eval.classifier import save_classifier, train_classifier
+from sfd.eval.forgetting_curve import ForgettingCurve
+from sfd.eval.soft_prompt import AttackBudget
+from sfd.eval.text_models import PromptEncoder, vae_decoder
+from sfd.pipelines.io import save_generator
+from sfd.teachers.stable_diffusion import load_text_encoder
+from sfd.training.cli import build_from_fit_config, parse_fit_config
+
+PRESETS = {DIGITS: "sfd_text_digits.yaml", FASHION: "sfd_text_fashion.yaml"}
+DEFAULT_PAIRS = {DIGITS: ("seven", "one"), FASHION: ("sneaker", "sandal")}
+
+
+def default_sfd_config(data: str) -> Path:
+    """The packaged SFD preset of a data set."""
+    name = PRESETS[DIGITS if data == DIGITS else FASHION]
+    return Path(str(resources.files("sfd.apps.demo_text") / name))
+
+
+@dataclass
+class TextDemoSettings:
+    """Everything one text-demo run depends on."""
+
+    output_dir: Path = Path("demo-text-output")
+    data: str = DIGITS
+    forget: str | None = None  # class index or name; default per data set
+    override: str | None = None
+    neighbours: list[int] | None = None  # default: the 2 nearest classes in classifier features
+    paraphrases: Path | None = None  # "{name}" template file; default the shipped set
+    seed: int = 0
+    heldout_fraction: float = 0.2
+    teacher_cache: Path | None = None
+    teacher_steps: int | None = None
+    teacher_channels: tuple[int, ...] | None = None
+    vae_steps: int | None = None
+    text_encoder: str | None = None
+    classifier_steps: int | None = None
+    sfd_config: Path | None = None
+    sfd_args: list[str] = field(default_factory=list)
+    baseline_iterations: int | None = None
+    curve_every: int | None = None
+    curve_per_class: int = 16
+    forget_images: int = 200
+    remain_per_class: int = 100
+    ddim_steps: int = 25
+    attack: AttackBudget = field(default_factory=AttackBudget)
+    attack_prompts: int = 2
+    attack_ddim_steps: int = 4
+    grid_per_prompt: int = 8
+    threads: int | None = None
+    progress: bool = True
+
+    def sfd_command_line(
+        self,
+        teacher_dir: str = "set-by-sfd-demo-text",
+        prompts: DemoPrompts | None = None,
+        forgetting: bool = True,
+    ) -> list[str]:
+        """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings."""
+        init = "--model.conditions.init_args."
+        args = ["-c", str(self.sfd_config or default_sfd_config(self.data)), *self.sfd_args]
+        args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
+        if prompts is not None:
+            import json
+
+            args += [f"{init}concepts", json.dumps(prompts.concepts)]
+            args += [f"{init}forget_prompts", str(prompts.files["forget_prompts"])]
+            args += [f"{init}remain_prompts", str(prompts.files["remain_prompts"])]
+        args += ["--model.seed", str(self.seed)]
+        if not forgetting:
+            args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
+            if self.baseline_iterations is not None:
+                args += ["--trainer.max_steps", str(self.baseline_iterations)]
+        return args
+
+
+def resolve_class(value: str | None, default: str, vocabulary: CaptionVocabulary, flag: str) -> int:
+    """A class given by index ("7") or name ("seven", "sneaker")."""
+    text = (value if value is not None else default).strip().lower()
+    if text.isdigit() and int(text) < vocabulary.num_classes:
+        return int(text)
+    names = [name.lower() for name in vocabulary.class_names]
+    if text in names:
+        return names.index(text)
+    raise SFDConfigError(
+        f"{flag} {text!r} is not a class: give 0..{vocabulary.num_classes - 1} or one of {names}"
+    )
+
+
+def announce(phase: str) -> None:
+    print(f"[sfd demo-text] {phase}", file=sys.stderr, flush=True)
+
+
+def check_settings(
+    settings: TextDemoSettings, vocabulary: CaptionVocabulary
+) -> tuple[Any, int, int]:
+    """Raise `SFDConfigError` for a bad class, count or path before anything is written.
+
+    Returns:
+        (the parsed SFD configuration, forget class, override class).
+    """
+    default_forget, default_override = DEFAULT_PAIRS[DIGITS if settings.data == DIGITS else FASHION]
+    forget = resolve_class(settings.forget, default_forget, vocabulary, "--forget")
+    override = resolve_class(settings.override, default_override, vocabulary, "--override")
+    if forget == override:
+        raise SFDConfigError(f"--override {settings.override!r} equals --forget; choose another")
+    for c in settings.neighbours or []:
+        if not 0 <= c < vocabulary.num_classes or c == forget:
+            raise SFDConfigError(
+                f"--neighbours {c} is not a remain class (0..{vocabulary.num_classes - 1})"
+            )
+    sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
+    positive = {
+        "--trainer.max_steps": sfd.trainer.max_steps,
+        "--model.batch_size": sfd.model.batch_size,
+        "--remain-per-class": settings.remain_per_class - 1,
+        "--forget-images": settings.forget_images,
+        "--curve-per-class": settings.curve_per_class,
+        "--ddim-steps": settings.ddim_steps,
+        "--attack-ddim-steps": settings.attack_ddim_steps,
+        "--attack-prompts": settings.attack_prompts,
+        "--grid-per-prompt": settings.grid_per_prompt,
+    }
+    for flag, value in positive.items():
+        if value < 1:
+            raise SFDConfigError(
+                f"{flag} is too small (got {value}; need at least 1, 2 for remain)"
+            )
+    for flag, value in (
+        ("--curve-every", settings.curve_every),
+        ("--baseline-iterations", settings.baseline_iterations),
+    ):
+        if value is not None and value < 1:
+            raise SFDConfigError(f"{flag} {value} must be >= 1")
+    if settings.output_dir.exists() and not settings.output_dir.is_dir():
+        raise SFDConfigError(f"--output-dir {str(settings.output_dir)!r} is a file, not a folder")
+    return sfd, forget, override
+
+
+def teacher_settings(settings: TextDemoSettings) -> TextTeacherSettings:
+    """The teacher settings of the data set with the demo's overrides."""
+    return TextTeacherSettings.for_data(
+        settings.data,
+        max_steps=settings.teacher_steps,
+        block_out_channels=tuple(settings.teacher_channels) if settings.teacher_channels else None,
+        vae_steps=settings.vae_steps,
+        text_encoder=settings.text_encoder,
+        seed=settings.seed,
+    )
+
+
+def encoder_identity(path: str | None) -> str:
+    """What the cache key records of the text encoder: the wheel's version, or the folder's hash."""
+    if path is None:
+        return f"{MINILM_PACKAGE}-{importlib.metadata.version(MINILM_PACKAGE.replace('_', '-'))}"
+    return data_fingerprint(path)
+
+
+def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
+    """Run the whole text demo; returns the report's artefact paths."""
+    started = time.perf_counter()
+    if settings.threads is not None:
+        if settings.threads < 1:
+            raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
+        torch.set_num_threads(settings.threads)
+    data, vocabulary = load_captioned(settings.data)
+    sfd, forget, override = check_settings(settings, vocabulary)
+    teacher_config = teacher_settings(settings)
+    teacher_config.check()
+    paraphrase_file = settings.paraphrases or shipped_paraphrases(settings.data)
+    train, heldout = train_heldout_split(data, settings.heldout_fraction, settings.seed)
+    output = settings.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    prompts = write_prompt_sets(vocabulary, forget, override, paraphrase_file, output / "prompts")
+    seconds: dict[str, float] = {}
+
+    clock = time.perf_counter()
+    cache = settings.teacher_cache or default_cache_dir()
+    announce(f"1/7 text teacher (cache: {cache})")
+    split = {
+        "data": data_fingerprint(
+            settings.data if settings.data == DIGITS else str(data_source(settings.data))
+        )
+    }
+    split.update(heldout_fraction=settings.heldout_fraction, split_seed=settings.seed)
+    description = {
+        **split,
+        **teacher_config.describe(),
+        "text_encoder": encoder_identity(settings.text_encoder),
+        "captions": {"names": vocabulary.names, "templates": vocabulary.templates},
+    }
+    teacher_dir, cached = cached_build(
+        cache,
+        "text-teacher",
+        description,
+        lambda folder: build_text_teacher(
+            train,
+            vocabulary,
+            folder,
+            teacher_config,
+            sfd.trainer.accelerator,
+            settings.progress,
+            announce,
+        ),
+    )
+    announce(f"teacher {'reused from' if cached else 'trained into'} {teacher_dir}")
+    seconds["teacher"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    announce("2/7 evaluation classifier")
+    given: dict[str, Any] = {"seed": settings.seed}
+    if settings.classifier_steps is not None:
+        given["max_steps"] = settings.classifier_steps
+    classifier, classifier_accuracy = train_classifier(
+        train, heldout, progress=settings.progress, **given
+    )
+    save_classifier(classifier, output / "classifier")
+    announce(f"classifier held-out accuracy {100 * classifier_accuracy:.1f} %")
+    seconds["classifier"] = time.perf_counter() - clock
+
+    if settings.curve_every is None:
+        settings.curve_every = max(1, sfd.trainer.max_steps // 10)
+    curve_cond, decode = curve_conditions(
+        str(teacher_dir), vocabulary, prompts, forget, settings.curve_per_class
+    )
+    runs: dict[str, tuple[Path, list[dict[str, float]]]] = {}
+    for phase, key, forgetting in (
+        ("3/7 SFD (forgetting) + export", "sfd", True),
+        ("4/7 distillation without forgetting + export", "distilled_without_forgetting", False),
+    ):
+        clock = time.perf_counter()
+        announce(phase)
+        generator_dir = output / ("generator" if forgetting else "generator_without_forgetting")
+        curve = ForgettingCurve(
+            classifier,
+            vocabulary.num_classes,
+            [forget],
+            settings.curve_every,
+            settings.curve_per_class,
+            settings.seed,
+            condition=curve_cond,
+            decode=decode,
+        )
+        args = settings.sfd_command_line(str(teacher_dir), prompts, forgetting)
+        module = train_sfd(settings, args, curve, output / "logs" / key)
+        save_generator(module.export_generator, generator_dir, overwrite=True)
+        runs[key] = (generator_dir, curve.as_dicts())
+        seconds[key] = time.perf_counter() - clock
+        del module
+
+    results = evaluate_runs(
+        settings,
+        sfd,
+        str(teacher_dir),
+        classifier,
+        vocabulary,
+        prompts,
+        heldout,
+        train,
+        forget,
+        override,
+        runs,
+        seconds,
+        announce,
+    )
+    results.protocol.update(
+        classifier_heldout_accuracy=classifier_accuracy,
+        teacher={"folder": str(teacher_dir), "reused_from_cache": cached},
+        teacher_settings=description,
+    )
+    seconds["total"] = time.perf_counter() - started
+    results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    announce("7/7 report")
+    return write_text_report(results, output)
+
+
+def data_source(data: str) -> Path:
+    """The folder of a Fashion-MNIST source (for its fingerprint)."""
+    from sfd.apps.text_data import find_fashion_folder
+
+    return find_fashion_folder(data)
+
+
+def curve_conditions(
+    teacher_dir: str,
+    vocabulary: CaptionVocabulary,
+    prompts: DemoPrompts,
+    forget: int,
+    per_class: int,
+) -> tuple[TextCondition, Any]:
+    """The forgetting curve's prompts (training forget prompts, each class's captions), class-major,
+    encoded by the teacher's text encoder, and the teacher's VAE decoder."""
+    encoder = PromptEncoder(*load_text_encoder(teacher_dir))
+    rows = []
+    for label in range(vocabulary.num_classes):
+        own = prompts.forget_train.prompts if label == forget else vocabulary.captions(label)
+        rows += [own[i % len(own)] for i in range(per_class)]
+    return encoder.condition(rows), vae_decoder(teacher_vae(teacher_dir))
+
+
+def train_sfd(
+    settings: TextDemoSettings, args: list[str], curve: ForgettingCurve, log_dir: Path
+) -> SFDModule:
+    """One SFD run with a Lightning `Trainer` (one epoch = the whole run: one progress bar)."""
+    pl.seed_everything(settings.seed, verbose=False)
+    iterations = parse_fit_config(args, one_line_errors=True).trainer.max_steps
+    module, trainer_config = build_from_fit_config(
+        [*args, "--model.steps_per_epoch", str(iterations)]
+    )
+    trainer = pl.Trainer(
+        **{
+            **trainer_config,
+            "devices": 1,
+            "logger": CSVLogger(log_dir.parent, name=log_dir.name, version=""),
+            "callbacks": [*(trainer_config.get("callbacks") or []), curve],
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            "enable_progress_bar": settings.progress,
+            "log_every_n_steps": max(1, min(10, iterations)),
+            "default_root_dir": log_dir,
+        }
+    )
+    trainer.fit(module)
+    return module

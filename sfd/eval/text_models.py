@@ -1,0 +1,155 @@
+"""Text-to-image models under evaluation: a σ-space denoiser with its text encoder and decoder.
+
+`TextToImage` is what the concept metrics and the soft-prompt attack see: prompts are encoded by
+the model's own tokenizer and text encoder (`PromptEncoder`), z is denoised by a one-step
+generator or by the teacher under DDIM, and latents are decoded by the VAE (pixel models decode
+by identity). Every step is differentiable when called with gradients enabled, so the attack can
+optimise through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sfd.core.conditions import TextCondition
+from sfd.core.generator import OneStepGenerator
+from sfd.errors import SFDConfigError
+from sfd.eval.ddim import ddim_sigmas
+from sfd.teachers.base import Denoiser
+from sfd.teachers.stable_diffusion import encode_with
+
+
+class PromptEncoder:
+    """A model's tokenizer and frozen text encoder, with a cache of encoded prompts.
+
+    Args:
+        tokenizer: the pipeline's tokenizer.
+        text_encoder: the pipeline's text encoder.
+    """
+
+    def __init__(self, tokenizer: Any, text_encoder: nn.Module) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self._cache: dict[str, Tensor] = {}
+
+    def encode(self, prompts: list[str]) -> Tensor:
+        """Hidden states of prompts, (N, L, D), float32 on the CPU (each prompt encoded once)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            for prompt, embeds in zip(
+                missing, encode_with(self.tokenizer, self.text_encoder, missing), strict=True
+            ):
+                self._cache[prompt] = embeds.cpu()
+        return torch.stack([self._cache[p] for p in prompts])
+
+    def condition(self, prompts: list[str], negative_prompt: str = "") -> TextCondition:
+        """Prompts against one negative prompt (default the empty prompt) as a `TextCondition`."""
+        embeds = self.encode([*prompts, negative_prompt])
+        negative = embeds[-1].expand_as(embeds[:-1])  # (B, L, D)
+        return TextCondition(embeds[:-1], negative, tuple(prompts))
+
+
+@dataclass
+class TextToImage:
+    """A text-to-image model: prompts -> images in [-1, 1].
+
+    Attributes:
+        name: what it is, for the protocol ("one-step generator", "DDIM 25 steps").
+        nfe: UNet evaluations per image (a guided evaluation counts once).
+        latent_shape: (c, h, w) of the noise z.
+        guidance_scale: classifier-free guidance scale (1: none).
+        denoise: (z (B, c, h, w), condition) -> x0 latents; differentiable.
+        decode: latents -> images (B, C, H, W) in [-1, 1]; differentiable.
+        encoder: the model's prompt encoder.
+    """
+
+    name: str
+    nfe: int
+    latent_shape: tuple[int, int, int]
+    guidance_scale: float
+    denoise: Callable[[Tensor, TextCondition], Tensor]
+    decode: Callable[[Tensor], Tensor]
+    encoder: PromptEncoder
+
+    def images(self, z: Tensor, cond: TextCondition) -> Tensor:
+        """Generate images in [-1, 1] (B, C, H, W), float32."""
+        return self.decode(self.denoise(z, cond)).float()
+
+
+def vae_decoder(vae: nn.Module | None) -> Callable[[Tensor], Tensor]:
+    """Latents -> images through a diffusers `AutoencoderKL` (its scaling factor), or identity."""
+    if vae is None:
+        return lambda x0: x0
+    vae.requires_grad_(False).eval()
+    scaling = vae.config.scaling_factor
+
+    def decode(x0: Tensor) -> Tensor:
+        return vae.decode((x0 / scaling).to(vae.dtype)).sample.float()
+
+    return decode
+
+
+def one_step_text_model(
+    generator: OneStepGenerator,
+    encoder: PromptEncoder,
+    decode: Callable[[Tensor], Tensor],
+    guidance_scale: float = 1.0,
+    name: str = "one-step generator",
+) -> TextToImage:
+    """x0 = D_θ(σ_init·z, σ_init, c) (guided if `guidance_scale` != 1): one UNet evaluation."""
+    generator.requires_grad_(False).eval()
+    denoiser, sigma = generator.denoiser, generator.sigma_init
+
+    def denoise(z: Tensor, cond: TextCondition) -> Tensor:
+        return denoiser.guided(sigma * z, sigma, cond, guidance_scale)
+
+    return TextToImage(
+        f"{name} (sigma_init={sigma:g}, guidance {guidance_scale:g})",
+        1,
+        generator.sample_shape,
+        guidance_scale,
+        denoise,
+        decode,
+        encoder,
+    )
+
+
+def ddim_text_model(
+    teacher: Denoiser,
+    num_steps: int,
+    encoder: PromptEncoder,
+    decode: Callable[[Tensor], Tensor],
+    guidance_scale: float = 1.0,
+) -> TextToImage:
+    """The teacher under deterministic guided DDIM (η = 0, trailing spacing), `num_steps` NFE.
+
+    The update is `sfd.eval.ddim.sample_ddim`'s, without its no-grad guard, so the attack can
+    differentiate through a short sampler.
+    """
+    if teacher.sigma_table is None:
+        raise SFDConfigError("DDIM sampling needs a teacher with a discrete (VP) noise schedule")
+    teacher.requires_grad_(False).eval()
+    sigmas = ddim_sigmas(teacher.sigma_table, num_steps)
+
+    def denoise(z: Tensor, cond: TextCondition) -> Tensor:
+        levels = sigmas.to(z.device)
+        x = z.float() * (1 + levels[0] ** 2).sqrt()  # VP x_T ~ N(0, I) in σ-space
+        for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
+            x0_hat = teacher.guided(x, sigma, cond, guidance_scale)  # (B, c, h, w)
+            x = x0_hat + (sigma_next / sigma) * (x - x0_hat)
+        return x
+
+    return TextToImage(
+        f"DDIM {num_steps} steps (eta=0, trailing spacing, guidance {guidance_scale:g})",
+        num_steps,
+        teacher.sample_shape,
+        guidance_scale,
+        denoise,
+        decode,
+        encoder,
+    )

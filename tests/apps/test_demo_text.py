@@ -1,0 +1,134 @@
+"""`sfd demo-text` end to end for a few steps: digits in pixels, tiny Fashion-MNIST files in latents."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from text_fixtures import save_tiny_bert, write_tiny_fashion
+
+from sfd.apps.demo_text.run import TextDemoSettings, run_text_demo
+from sfd.cli import main
+from sfd.eval.soft_prompt import AttackBudget
+from sfd.pipelines.io import load_pipeline
+from sfd.pipelines.one_step_text import OneStepTextPipeline
+from sfd.teachers import StableDiffusionTeacher
+
+TINY_SFD = ["--trainer.max_steps", "2", "--model.batch_size", "2"]
+
+
+def tiny_settings(root: Path, data: str, bert: Path) -> TextDemoSettings:
+    return TextDemoSettings(
+        output_dir=root / "report",
+        data=data,
+        teacher_cache=root / "cache",
+        teacher_steps=2,
+        teacher_channels=(8, 16),
+        vae_steps=2,
+        text_encoder=str(bert),
+        classifier_steps=2,
+        sfd_args=TINY_SFD,
+        curve_per_class=1,
+        forget_images=4,
+        remain_per_class=2,
+        ddim_steps=2,
+        attack=AttackBudget(num_tokens=2, steps=1, batch_size=2, eval_samples=2),
+        attack_prompts=1,
+        attack_ddim_steps=1,
+        grid_per_prompt=1,
+        progress=False,
+    )
+
+
+def check_in_range(metrics: dict) -> None:
+    for key in ("teacher", "distilled_without_forgetting", "sfd"):
+        m = metrics[key]
+        for share in (
+            m["forget_train"]["ua"],
+            m["forget_train"]["as_override"],
+            m["forget_paraphrases"]["ua"],
+            m["remain_accuracy"],
+            m["neighbour_accuracy"],
+            *m["remain_per_class"].values(),
+            metrics["attack"][key]["success_rate"],
+            metrics["attack"][key]["success_rate_without_attack"],
+        ):
+            assert 0.0 <= share <= 1.0
+        assert math.isfinite(m["fid_remain"]) and m["fid_remain"] >= -1e-6
+        assert math.isfinite(m["kid_remain"])
+        assert sum(m["forget_train"]["histogram"]) == 4
+    assert all(entry["met"] in (True, False) for entry in metrics["targets"].values())
+    sets = metrics["protocol"]["prompt_sets"]
+    assert set(sets) == {"forget_train", "forget_paraphrases", "remain"}
+    assert all(len(entry["file_sha256"]) == 64 for entry in sets.values())
+    assert metrics["protocol"]["libraries"]["transformers"] != "not installed"
+
+
+@pytest.mark.parametrize("space", ["pixels", "latents"])
+def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
+    bert = save_tiny_bert(tmp_path / "bert")
+    data = "digits" if space == "pixels" else str(write_tiny_fashion(tmp_path / "fashion"))
+    settings = tiny_settings(tmp_path, data, bert)
+    paths = run_text_demo(settings)
+    for name in ("metrics", "report", "samples", "forgetting_curve", "forget_histogram"):
+        assert paths[name].is_file() and paths[name].stat().st_size > 0, name
+    report = settings.output_dir
+    for part in ("generator", "generator_without_forgetting", "classifier", "prompts"):
+        assert (report / part).is_dir(), part
+    metrics = json.loads(paths["metrics"].read_text())
+    check_in_range(metrics)
+    pipeline = load_pipeline(report / "generator")
+    assert isinstance(pipeline, OneStepTextPipeline)
+    assert (pipeline.vae is None) == (space == "pixels")
+    teacher_dir = Path(metrics["protocol"]["teacher"]["folder"])
+    assert (teacher_dir / "vae").is_dir() == (space == "latents")
+    assert StableDiffusionTeacher(str(teacher_dir)).sample_shape == (
+        (1, 8, 8) if space == "pixels" else (4, 8, 8)
+    )
+    assert len(metrics["forgetting_curve"]) >= 2
+    if space == "latents":
+        return
+    # `sfd eval-text` on the report's own files reproduces the demo's numbers exactly, on the
+    # exported generator and on the teacher folder (guided DDIM, attack through 1 step).
+    prompts = report / "prompts"
+    common = [
+        "--classifier", str(report / "classifier"),
+        "--forget-prompts", str(prompts / "forget_prompts.txt"),
+        "--paraphrases", str(prompts / "forget_paraphrases.txt"),
+        "--remain-prompts", str(prompts / "remain_prompts.csv"),
+        "--forget", str(metrics["forget"]), "--override", str(metrics["override"]),
+        "--forget-images", "4", "--remain-per-class", "2", "--ddim-steps", "2",
+        "--no-progress",
+    ]  # fmt: skip
+    assert (
+        main(
+            ["eval-text", str(report / "generator"), *common, "--output-dir", str(tmp_path / "e1")]
+        )
+        == 0
+    )
+    again = json.loads((tmp_path / "e1" / "metrics.json").read_text())["evaluation"]
+    assert again["forget_train"] == metrics["sfd"]["forget_train"]
+    assert again["remain_per_class"] == metrics["sfd"]["remain_per_class"]
+    assert again["fid_remain"] == pytest.approx(metrics["sfd"]["fid_remain"], rel=1e-6)
+    guidance = str(metrics["protocol"]["guidance"]["teacher_eval"])
+    attack = [
+        "--attack",
+        "--attack-steps",
+        "1",
+        "--attack-batch",
+        "2",
+        "--attack-eval-samples",
+        "2",
+    ]
+    out = tmp_path / "e2"
+    code = main(["eval-text", str(teacher_dir), *common, "--guidance-scale", guidance, *attack,
+                 "--attack-ddim-steps", "1", "--output-dir", str(out)])  # fmt: skip
+    assert code == 0
+    teacher = json.loads((out / "metrics.json").read_text())
+    assert teacher["evaluation"]["forget_train"] == metrics["teacher"]["forget_train"]
+    assert teacher["attack"]["sampler"].startswith("DDIM 1 steps")
+    # A second demo run reuses the cached teacher.
+    again = run_text_demo(tiny_settings(tmp_path, data, bert))
+    assert json.loads(again["metrics"].read_text())["protocol"]["teacher"]["reused_from_cache"]
