@@ -4,9 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= demo-output
+COMPARE_DIR ?= compare-output
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo compare test test-slow lint clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/sfd demo --output-dir $(DEMO_DIR)
 
+# SFD, two-stage SFD, distillation, ESD, SalUn and Retrain side by side on the digits teacher.
+compare: install
+	$(BIN)/sfd compare --output-dir $(COMPARE_DIR)
+
 test: install
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q --durations=15
 
@@ -31,4 +36,4 @@ lint: install
 	$(BIN)/ruff format --check sfd tests experiments
 
 clean:
-	rm -rf $(VENV) runs $(DEMO_DIR) *.egg-info
+	rm -rf $(VENV) runs $(DEMO_DIR) $(COMPARE_DIR) *.egg-info

@@ -31,7 +31,7 @@ import lightning.pytorch as pl
 import torch
 
 from sfd.apps.compare.curve import TimedForgettingCurve, first_reaching
-from sfd.apps.compare.stages import StageOne, save_fake_score, train_sfd
+from sfd.apps.compare.stages import StageOne, save_vp_denoiser, train_sfd
 from sfd.apps.data import load_images, train_heldout_split
 from sfd.apps.demo.run import DemoSettings
 from sfd.eval.classifier import load_classifier
@@ -169,7 +169,7 @@ def main() -> None:
             folder = options.save_stage1 / name
             save_generator(module.export_generator, folder / "generator", overwrite=True)
             (folder / "fake_score").mkdir(parents=True, exist_ok=True)
-            save_fake_score(module.fake_score, folder / "fake_score")
+            save_vp_denoiser(module.fake_score, folder / "fake_score")
         first = first_reaching(curve.as_dicts())
         row = {
             "name": name,

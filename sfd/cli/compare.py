@@ -52,7 +52,18 @@ def compare_parser() -> argparse.ArgumentParser:
         help="stage-1 distillation iterations (default: the SFD run's)",
     )
     add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/20)")
-    add("--curve-per-class", type=int, default=defaults.curve_per_class)
+    add(
+        "--curve-per-class",
+        type=int,
+        default=defaults.curve_per_class,
+        help="forget-class samples per forgetting-curve point",
+    )
+    add(
+        "--curve-remain-per-class",
+        type=int,
+        default=defaults.curve_remain_per_class,
+        help="samples of each remain class per forgetting-curve point",
+    )
     add("--eval-per-class", type=int, default=defaults.eval_per_class, help="generated per class")
     add(
         "--ddim-steps",

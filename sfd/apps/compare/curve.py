@@ -51,7 +51,9 @@ class TimedForgettingCurve(pl.Callback):
         num_classes: number of classes K.
         forget: the forget classes.
         every_n: evaluate every this many iterations.
-        num_per_class: samples per class per evaluation (fixed noise).
+        num_per_class: samples of each forget class per evaluation (fixed noise).
+        remain_per_class: samples of each remain class per evaluation (default: num_per_class);
+            fewer keep the curve of multi-step models affordable, UA needs the forget samples.
         ddim_steps: DDIM steps for multi-step models.
         seed: seed of the fixed evaluation noise.
     """
@@ -65,15 +67,21 @@ class TimedForgettingCurve(pl.Callback):
         num_per_class: int = 32,
         ddim_steps: int = 50,
         seed: int = 0,
+        remain_per_class: int | None = None,
     ) -> None:
-        if every_n < 1 or num_per_class < 1:
+        remain_per_class = num_per_class if remain_per_class is None else remain_per_class
+        if every_n < 1 or num_per_class < 1 or remain_per_class < 1:
             raise SFDConfigError(
-                f"curve interval {every_n} and samples per class {num_per_class} must be >= 1"
+                f"curve interval {every_n} and samples per class {num_per_class} / "
+                f"{remain_per_class} must be >= 1"
             )
         self.classifier = classifier.eval()
         self.forget = list(forget)
         self.remain = [c for c in range(num_classes) if c not in self.forget]
-        self.labels = torch.arange(num_classes).repeat_interleave(num_per_class)
+        counts = torch.tensor(
+            [num_per_class if c in self.forget else remain_per_class for c in range(num_classes)]
+        )
+        self.labels = torch.arange(num_classes).repeat_interleave(counts)
         self.every_n = every_n
         self.ddim_steps = ddim_steps
         self.seed = seed

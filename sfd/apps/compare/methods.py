@@ -84,6 +84,7 @@ class Run:
             settings.curve_per_class,
             settings.ddim_steps,
             settings.seed,
+            settings.curve_remain_per_class,
         )
 
     @property

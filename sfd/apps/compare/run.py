@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 
 from sfd.apps.compare.curve import first_reaching, sampler_for
 from sfd.apps.compare.methods import METHODS, TITLES, Fitted, Run
 from sfd.apps.compare.report import CompareResults, MethodReport, write_compare_report
 from sfd.apps.compare.settings import CompareSettings, parse_baselines
-from sfd.apps.compare.stages import save_fake_score
+from sfd.apps.compare.stages import save_vp_denoiser
 from sfd.apps.compare.workspace import (
     Workspace,
     announce,
@@ -57,6 +58,8 @@ def run_compare(settings: CompareSettings) -> dict[str, Path]:
         if settings.threads < 1:
             raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
         torch.set_num_threads(settings.threads)
+    if not settings.progress:  # also the loading bars of diffusers' from_pretrained
+        diffusers.utils.logging.disable_progress_bar()
     workspace = load_split(
         settings.data, settings.heldout_fraction, settings.seed, settings.teacher_cache
     )
@@ -177,7 +180,8 @@ def evaluate_methods(
         "samplers": {"one-step": "one network evaluation", "multi-step": teacher_sampler.name},
         "curve": {
             "every": settings.curve_every or "iterations / 20",
-            "per_class": settings.curve_per_class,
+            "forget_per_class": settings.curve_per_class,
+            "remain_per_class": settings.curve_remain_per_class,
             "seconds": "training wall time since Trainer.fit started, curve evaluations excluded",
         },
         "sfd_settings": {"iterations": sfd.trainer.max_steps, "model": sfd.model.as_dict()},
@@ -217,4 +221,4 @@ def export_models(fitted: dict[str, Fitted], output: Path) -> None:
             save_generator(network, folder, overwrite=True)
         elif isinstance(network, VPUNetDenoiser):
             folder.mkdir(parents=True, exist_ok=True)
-            save_fake_score(network, folder)
+            save_vp_denoiser(network, folder)

@@ -92,14 +92,24 @@ def train_sfd(
     return module, seconds, iterations
 
 
-def save_fake_score(fake_score: VPUNetDenoiser, folder: Path) -> Path:
-    """Write a VP fake score as a teacher folder (`DDPMPipeline` + sfd.json), loadable by
-    `PretrainedVPTeacher`, so stage 2 names it as `model.fake_score`."""
-    scheduler = DDPMScheduler.from_config(fake_score.scheduler_config)
-    DDPMPipeline(unet=fake_score.unet, scheduler=scheduler).save_pretrained(
+def save_vp_denoiser(denoiser: VPUNetDenoiser, folder: Path) -> Path:
+    """Write a VP UNet denoiser (a fake score, a fine-tuned teacher) as a teacher folder.
+
+    The `DDPMPipeline` layout plus sfd.json loads with `PretrainedVPTeacher`, with `sfd eval`,
+    and in `sfd fit` as `model.fake_score` or `model.teacher`.
+
+    Args:
+        denoiser: the network with its schedule.
+        folder: an existing, empty folder.
+
+    Returns:
+        the folder.
+    """
+    scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
+    DDPMPipeline(unet=denoiser.unet, scheduler=scheduler).save_pretrained(
         folder, safe_serialization=True
     )
-    config = {"num_classes": fake_score.num_classes, "null_class": fake_score.null_class}
+    config = {"num_classes": denoiser.num_classes, "null_class": denoiser.null_class}
     (folder / SFD_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return folder
 
@@ -175,7 +185,7 @@ def stage_one(
         module, seconds, iterations = train_sfd(args, callbacks, log_dir, progress, seed)
         save_generator(module.export_generator, folder / "generator")
         (folder / "fake_score").mkdir()
-        save_fake_score(module.fake_score, folder / "fake_score")
+        save_vp_denoiser(module.fake_score, folder / "fake_score")
         record = {
             "seconds": seconds - (curve.evaluation_seconds if curve else 0.0),
             "iterations": iterations,

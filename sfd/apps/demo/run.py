@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 
 from sfd.apps.compare.methods import DistillMethod, Fitted, Run, SFDMethod
@@ -56,6 +57,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Path]:
         if settings.threads < 1:
             raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
         torch.set_num_threads(settings.threads)
+    if not settings.progress:  # also the loading bars of diffusers' from_pretrained
+        diffusers.utils.logging.disable_progress_bar()
     workspace = load_split(
         settings.data, settings.heldout_fraction, settings.seed, settings.teacher_cache
     )
@@ -193,7 +196,11 @@ def evaluate_all(
             "teacher": "the original teacher, frozen, in both stages",
         },
         "baseline": "stage 1: the same SFD settings with lambda_sg_forget = lambda_g_forget = 0",
-        "curve": {"every": settings.curve_every, "per_class": settings.curve_per_class},
+        "curve": {
+            "every": settings.curve_every,
+            "forget_per_class": settings.curve_per_class,
+            "remain_per_class": settings.curve_remain_per_class,
+        },
         "throughput": "timed calls on one fixed batch after one warm-up call (no extrapolation)",
         "classifier_heldout_accuracy": workspace.classifier_accuracy,
         "classifier": {

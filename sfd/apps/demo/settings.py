@@ -44,6 +44,7 @@ class DemoSettings:
     baseline_iterations: int | None = None
     curve_every: int | None = None
     curve_per_class: int = 32
+    curve_remain_per_class: int = 8
     eval_per_class: int = 200
     ddim_steps: int = 50
     throughput_batch: int = 64
@@ -105,6 +106,7 @@ def check_settings(settings: DemoSettings, data: LabelledImages) -> Any:
         "--model.batch_size": sfd.model.batch_size,
         "--eval-per-class": settings.eval_per_class - 1,
         "--curve-per-class": settings.curve_per_class,
+        "--curve-remain-per-class": settings.curve_remain_per_class,
         "--ddim-steps": settings.ddim_steps,
         "--throughput-batch": settings.throughput_batch,
         "--grid-per-class": settings.grid_per_class,
