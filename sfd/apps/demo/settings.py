@@ -17,12 +17,18 @@ from sfd.errors import SFDConfigError
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
 
-SFD_PRESET = "sfd_digits.yaml"  # beside this module
+SFD_PRESET = "sfd_digits.yaml"  # beside this module: SFD, and stage 2 of the two-stage path
+STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
 
 
 def default_sfd_config() -> Path:
     """The packaged preset of the demo's SFD settings."""
     return Path(str(resources.files("sfd.apps.demo") / SFD_PRESET))
+
+
+def default_stage1_config() -> Path:
+    """The packaged overlay that turns the SFD preset into stage 1 (distillation, no forgetting)."""
+    return Path(str(resources.files("sfd.apps.demo") / STAGE1_PRESET))
 
 
 @dataclass
@@ -59,14 +65,19 @@ class DemoSettings:
     ) -> list[str]:
         """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings.
 
-        The demo owns the teacher, the forget/override classes and the seed. `stage="stage1"` is
-        distillation without forgetting (both forget weights 0; `baseline_iterations` if
-        given), the first stage of the two-stage path; "sfd" is SFD itself.
+        The demo owns the teacher, the forget/override classes and the seed. `stage="sfd"` is
+        SFD itself (also stage 2 of the two-stage path, which adds the stage-1 networks).
+        `stage="stage1"` is distillation without forgetting, the first stage: the packaged
+        preset plus its stage-1 overlay (or the user's `sfd_config` alone), then the user's
+        overrides, both forget weights 0 and `baseline_iterations` if given.
         """
         if stage not in ("sfd", "stage1"):
             raise ValueError(f"unknown stage {stage!r}")
         conditions = "--model.conditions.init_args."
-        args = ["-c", str(self.sfd_config or default_sfd_config()), *self.sfd_args]
+        args = ["-c", str(self.sfd_config or default_sfd_config())]
+        if stage == "stage1" and self.sfd_config is None:
+            args += ["-c", str(default_stage1_config())]
+        args += self.sfd_args
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         args += [
             f"{conditions}forget",
@@ -92,6 +103,7 @@ def check_settings(settings: DemoSettings, data: LabelledImages) -> Any:
         the parsed SFD configuration (jsonargparse namespace).
     """
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
+    stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     k = data.num_classes
     for name in ("forget", "override"):
         value = getattr(settings, name)
@@ -102,7 +114,7 @@ def check_settings(settings: DemoSettings, data: LabelledImages) -> Any:
             f"--override {settings.override} equals --forget; choose another class"
         )
     positive = {
-        "--trainer.max_steps": sfd.trainer.max_steps,
+        "--trainer.max_steps": min(sfd.trainer.max_steps, stage1.trainer.max_steps),
         "--model.batch_size": sfd.model.batch_size,
         "--eval-per-class": settings.eval_per_class - 1,
         "--curve-per-class": settings.curve_per_class,
