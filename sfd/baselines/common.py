@@ -9,8 +9,10 @@ from sfd.errors import SFDConfigError
 
 # Which weights a fine-tuning baseline may change (ESD's `train_method`, in diffusers names):
 # "xattn" = the cross-attention (attn2) of text UNets, for one concept; "noxattn" = all but the
-# cross-attention, time embedding and output layers, for concepts that are not tied to a word.
-TRAIN_PARAMETERS = ("all", "xattn", "noxattn")
+# cross-attention, time embedding and output layers, for concepts that are not tied to a word;
+# "class_embedding" = the class-label embedding of class-conditional UNets, the pathway that reads
+# the condition (the class-conditional counterpart of "xattn").
+TRAIN_PARAMETERS = ("all", "xattn", "noxattn", "class_embedding")
 NOXATTN_EXCLUDED = ("attn2.", "time_embedding.", "conv_norm_out.", "conv_out.")
 
 
@@ -40,6 +42,8 @@ def select_trainable(network: nn.Module, which: str) -> list[str]:
             keep = True
         elif which == "xattn":
             keep = "attn2." in name
+        elif which == "class_embedding":
+            keep = "class_embedding." in name
         else:
             keep = not any(part in name for part in NOXATTN_EXCLUDED)
         param.requires_grad_(keep)
@@ -48,7 +52,7 @@ def select_trainable(network: nn.Module, which: str) -> list[str]:
     if not chosen:
         raise SFDConfigError(
             f"train_parameters={which!r} selects no weight of {type(network).__name__} "
-            "('xattn' needs a text UNet with cross-attention)"
+            "('xattn' needs a text UNet with cross-attention, 'class_embedding' a class UNet)"
         )
     return chosen
 

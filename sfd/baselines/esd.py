@@ -72,7 +72,9 @@ class ESDModule(pl.LightningModule):
             (ESD: 50).
         sample_guidance: guidance scale of that trajectory (ESD's start_guidance: 3 on Stable
             Diffusion; 1 samples the plain class-conditional model).
-        train_parameters: "all", "xattn" (cross-attention only, ESD-x) or "noxattn" (ESD-u).
+        train_parameters: "all", "xattn" (cross-attention only, ESD-x), "noxattn" (ESD-u) or
+            "class_embedding" (the class-label embedding only, the class-model counterpart of
+            ESD-x).
         grad_clip: clip the gradient norm to this value (None: no clipping, as ESD).
         seed: seed of the noise, step counts and conditions (each step depends only on the seed
             and the iteration).

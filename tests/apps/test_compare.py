@@ -137,3 +137,18 @@ def test_second_run_reuses_teacher_classifier_stage1_and_retrain(
     assert metrics["methods"]["distill"]["cached"] and metrics["methods"]["retrain"]["cached"]
     assert metrics["protocol"]["teacher"]["reused_from_cache"]
     assert metrics["protocol"]["classifier"]["reused_from_cache"]
+
+
+@pytest.mark.slow
+def test_full_compare_default_settings(tmp_path: Path) -> None:
+    """The README's `sfd compare` with default settings (trains teacher and Retrain: ~40 min)."""
+    output = tmp_path / "compare-output"
+    args = ["compare", "--output-dir", str(output), "--teacher-cache", str(tmp_path / "cache")]
+    assert main([*args, "--no-progress", "--threads", "1"]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    for key, m in metrics["methods"].items():
+        assert math.isfinite(m["fid_remain"]), key
+    methods = metrics["methods"]
+    assert methods["sfd_two_stage"]["ua"] >= 0.99 and methods["esd"]["ua"] >= 0.95
+    assert methods["distill"]["ua"] < 0.5  # forgetting comes from SFD, not from distillation
+    assert methods["retrain"]["ua"] >= 0.9  # the class was never trained

@@ -162,13 +162,13 @@ def test_demo_bad_input_exits_2_and_writes_nothing(
 
 @pytest.mark.slow
 def test_full_demo_default_settings(tmp_path: Path) -> None:
-    """The README's demo with its default settings (trains its own teacher: ~15-20 minutes)."""
+    """The README's demo with its default settings (trains teacher and stage 1: ~15 minutes)."""
     output = tmp_path / "demo-output"
     args = ["demo", "--output-dir", str(output), "--teacher-cache", str(tmp_path / "cache")]
     assert main([*args, "--no-progress"]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
     for key in MODELS:
         assert math.isfinite(metrics[key]["fid_remain"])
-    assert metrics["sfd"]["ua"] >= 0.95
+    assert metrics["sfd"]["ua"] >= 0.99
     assert metrics["distilled_without_forgetting"]["ua"] < 0.5  # forgetting comes from SFD
     assert metrics["sfd"]["remain_accuracy"] >= metrics["teacher"]["remain_accuracy"] - 0.05
