@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= demo-output
 DEMO_TEXT_DIR ?= demo-text-output
+COMPARE_DIR ?= compare-output
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-text demo-text-fashion fashion-mnist test test-slow lint clean
+.PHONY: install demo demo-text demo-text-fashion fashion-mnist compare test test-slow lint clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +36,10 @@ fashion-mnist:
 demo-text-fashion: install fashion-mnist
 	$(BIN)/sfd demo-text --data $(FASHION_DIR) --output-dir $(DEMO_TEXT_DIR)-fashion
 
+# SFD, two-stage SFD, distillation, ESD, SalUn and Retrain side by side on the digits teacher.
+compare: install
+	$(BIN)/sfd compare --output-dir $(COMPARE_DIR)
+
 test: install
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q --durations=15
 
@@ -46,4 +51,4 @@ lint: install
 	$(BIN)/ruff format --check sfd tests experiments
 
 clean:
-	rm -rf $(VENV) runs $(DEMO_DIR) $(DEMO_TEXT_DIR) $(DEMO_TEXT_DIR)-fashion *.egg-info
+	rm -rf $(VENV) runs $(DEMO_DIR) $(DEMO_TEXT_DIR) $(DEMO_TEXT_DIR)-fashion $(COMPARE_DIR) *.egg-info

@@ -1,27 +1,42 @@
-"""Try SFD settings on one cached digits teacher and classifier (the demo's SFD phase only).
+"""Try SFD / distillation settings on one cached digits teacher and classifier.
 
-    python experiments/digits_sfd_sweep.py --teacher DIR --classifier DIR \
-        "lr1e-4:model.fake_optimizer.init_args.lr=1e-4,model.generator_optimizer.init_args.lr=1e-4" \
-        "long:trainer.max_steps=600,model.ema_decay=0.99" ...
+    python experiments/digits_sfd_sweep.py --teacher DIR --classifier DIR --threads 1 \
+        --stage distill --eval-every 150 --save-stage1 runs/stage1 \
+        "base:trainer.max_steps=1500" \
+        "lr1e-4:trainer.max_steps=1500,model.fake_optimizer.init_args.lr=1e-4,model.generator_optimizer.init_args.lr=1e-4"
+    python experiments/digits_sfd_sweep.py --teacher DIR --classifier DIR --threads 1 \
+        --stage two_stage --stage1 runs/stage1/base "s2:trainer.max_steps=200"
 
 Each argument is `name:key=value,...` over the demo's SFD configuration (the packaged preset
 sfd/apps/demo/sfd_digits.yaml; keys as in `sfd fit`, e.g. model.alpha, trainer.max_steps).
-Prints UA, remain accuracy, remain FID (ratio to the teacher's DDIM-50 FID), the first iteration
-with UA >= 95 %, and the training wall time; appends one JSON line per run to --results.
+`--stage distill` zeroes both forget weights (stage 1), `sfd` runs SFD from the teacher,
+`two_stage` runs SFD from the stage-1 generator and fake score saved by an earlier
+`--save-stage1` run (the teacher stays the original). With `--eval-every N` the (EMA) generator's
+UA, remain accuracy and remain FID are measured every N iterations during the run (the FID
+trajectory shows whether more iterations would help). Prints one line per evaluation and run and
+appends one JSON line per run to --results, with the load average at the start and the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import time
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
+import torch
+
+from sfd.apps.compare.curve import TimedForgettingCurve, first_reaching
+from sfd.apps.compare.stages import StageOne, save_vp_denoiser, train_sfd
 from sfd.apps.data import load_images, train_heldout_split
-from sfd.apps.demo.run import DemoSettings, train_sfd
+from sfd.apps.demo.run import DemoSettings
 from sfd.eval.classifier import load_classifier
 from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, one_step_sampler
-from sfd.eval.forgetting_curve import ForgettingCurve, first_iteration_reaching
+from sfd.pipelines.io import save_generator
 from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
 
@@ -36,6 +51,47 @@ def parse(spec: str) -> tuple[str, list[str]]:
     return name, args
 
 
+class QualityTrace(pl.Callback):
+    """UA, remain accuracy and remain FID of the shipped generator every `every` iterations.
+
+    `extra_ema` decays keep further exponential moving averages of the generator beside the
+    module's own, so one run shows how the EMA decay changes quality.
+    """
+
+    def __init__(self, every: int, evaluate: Any, extra_ema: list[float]) -> None:
+        self.every = every
+        self.evaluate = evaluate
+        self.decays = extra_ema
+        self.averages: list[Any] = []
+        self.points: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer, module) -> None:  # noqa: ANN001
+        self.averages = [copy.deepcopy(module.generator).eval() for _ in self.decays]
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        live = [p.detach() for p in module.generator.parameters()]
+        for decay, average in zip(self.decays, self.averages, strict=True):
+            torch._foreach_lerp_(list(average.parameters()), live, 1.0 - decay)
+        step = module.global_step
+        if step % self.every and step < trainer.max_steps:
+            return
+        point: dict[str, Any] = {"iteration": step}
+        for name, network in [("ema", module.export_generator)] + [
+            (f"ema{decay:g}", average)
+            for decay, average in zip(self.decays, self.averages, strict=True)
+        ]:
+            result = self.evaluate(one_step_sampler(network))
+            point[name] = {
+                "ua": round(result.ua, 4),
+                "remain_accuracy": round(result.remain_accuracy, 4),
+                "fid_remain": round(result.fid_remain, 3),
+            }
+        module.generator.train()
+        self.points.append(point)
+        print(f"  it {step}: {point}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", required=True)
@@ -44,10 +100,20 @@ def main() -> None:
     parser.add_argument("--forget", type=int, default=0)
     parser.add_argument("--override", type=int, default=1)
     parser.add_argument("--num-per-class", type=int, default=200)
+    parser.add_argument("--stage", choices=("sfd", "distill", "two_stage"), default="sfd")
+    parser.add_argument("--stage1", type=Path, help="stage-1 folder (generator/, fake_score/)")
+    parser.add_argument("--save-stage1", type=Path, help="save distill runs here, one per name")
+    parser.add_argument("--eval-every", type=int, help="measure FID every N iterations")
+    parser.add_argument("--extra-ema", default="", help="more EMA decays to trace, e.g. 0.99,0.995")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--results", type=Path, default=Path("sweep.jsonl"))
     parser.add_argument("--skip-teacher", action="store_true")
     parser.add_argument("configs", nargs="+")
     options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    if options.stage == "two_stage" and options.stage1 is None:
+        parser.error("--stage two_stage needs --stage1")
 
     data = load_images(options.data)
     _, heldout = train_heldout_split(data)
@@ -82,34 +148,54 @@ def main() -> None:
         settings = DemoSettings(
             forget=options.forget, override=options.override, sfd_args=sfd_args, progress=False
         )
-        config = parse_fit_config(settings.sfd_command_line(options.teacher), one_line_errors=True)
-        iterations = config.trainer.max_steps
-        curve = ForgettingCurve(classifier, k, [options.forget], max(1, iterations // 20))
+        stage = {"sfd": "sfd", "distill": "stage1", "two_stage": "sfd"}[options.stage]
+        args = settings.sfd_command_line(options.teacher, stage)
+        if options.stage == "two_stage":
+            args += StageOne(options.stage1, False, 0.0, 0).stage_two_arguments()
+        iterations = parse_fit_config(args, one_line_errors=True).trainer.max_steps
+        curve = TimedForgettingCurve(classifier, k, [options.forget], max(1, iterations // 20))
+        callbacks: list[pl.Callback] = [curve]
+        trace = None
+        if options.eval_every:
+            decays = [float(d) for d in options.extra_ema.split(",") if d]
+            trace = QualityTrace(options.eval_every, evaluate, decays)
+            callbacks.append(trace)
+        load_start = os.getloadavg()
         start = time.perf_counter()
-        module = train_sfd(
-            settings, options.teacher, True, curve, Path("/tmp/sfd-sweep-logs") / name
-        )
-        seconds = time.perf_counter() - start
+        module, seconds, _ = train_sfd(args, callbacks, Path("/tmp/sfd-sweep-logs") / name, False)
+        wall = time.perf_counter() - start
         result = evaluate(one_step_sampler(module.export_generator))
-        first = first_iteration_reaching(curve.as_dicts(), 0.95)
+        if options.save_stage1 is not None and options.stage == "distill":
+            folder = options.save_stage1 / name
+            save_generator(module.export_generator, folder / "generator", overwrite=True)
+            (folder / "fake_score").mkdir(parents=True, exist_ok=True)
+            save_vp_denoiser(module.fake_score, folder / "fake_score")
+        first = first_reaching(curve.as_dicts())
         row = {
             "name": name,
-            "settings": {"iterations": iterations, "model": config.model.as_dict()},
+            "stage": options.stage,
+            "stage1": str(options.stage1) if options.stage1 else None,
+            "settings": {"iterations": iterations, "model": parse_fit_config(args).model.as_dict()},
             "ua": result.ua,
             "forget_as_override": result.forget_as_override,
             "remain_accuracy": result.remain_accuracy,
             "fid_remain": result.fid_remain,
             "teacher_fid": teacher_fid,
             "fid_ratio": result.fid_remain / teacher_fid,
-            "first_ua95_fraction": None if first is None else first / iterations,
+            "first_ua95": first,
             "train_seconds": seconds,
+            "wall_seconds": wall,
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+            "threads": torch.get_num_threads(),
             "curve": curve.as_dicts(),
+            "quality_trace": trace.points if trace else [],
         }
         print(
             f"{name}: UA {row['ua']:.3f} (override {row['forget_as_override']:.2f}) "
             f"remain {row['remain_accuracy']:.3f} FID {row['fid_remain']:.2f} "
-            f"({row['fid_ratio']:.2f}x) UA95 at {row['first_ua95_fraction']} "
-            f"train {seconds:.0f} s",
+            f"({row['fid_ratio']:.2f}x) UA95 at {first} train {seconds:.0f} s "
+            f"load {load_start[0]:.1f}->{os.getloadavg()[0]:.1f}",
             flush=True,
         )
         with options.results.open("a") as handle:

@@ -1,8 +1,9 @@
 """The package's layers, read from the source: imports only point down, argparse only in the CLI.
 
-    errors -> {images | folders} -> teachers -> core -> {training | pipelines | eval} -> apps -> cli
+    errors -> {images | folders} -> teachers -> core -> {training | pipelines | eval | baselines}
+           -> apps -> cli
 
-Peers (training, pipelines, eval) never import each other. Every import counts: module level,
+Peers (training, pipelines, eval, baselines) never import each other. Every import counts: module level,
 inside functions and under TYPE_CHECKING.
 """
 
@@ -24,6 +25,7 @@ LAYERS = {  # top-level part of sfd -> rank; a module may import only lower rank
     "training": 4,
     "pipelines": 4,
     "eval": 4,
+    "baselines": 4,
     "apps": 5,
     "cli": 6,
 }

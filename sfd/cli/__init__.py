@@ -26,6 +26,7 @@ commands:
   export    write a checkpoint's (EMA) generator as a diffusers folder
   sample    generate images with an exported generator
   demo      digits end to end: teacher, classifier, SFD vs baselines, evaluation, report
+  compare   forgetting methods side by side (SFD, two-stage, distill, ESD, SalUn, Retrain), one report
   eval      evaluate a generator or teacher for class forgetting (UA, accuracy, FID/KID)
   eval-text generate a text-to-image evaluation set (per-prompt seeds); CLIP score, NudeNet
   teacher-text  train a text-to-image teacher on captioned digits / Fashion-MNIST (diffusers folder)
@@ -41,6 +42,7 @@ COMMANDS = {
     "export": "export",
     "sample": "sample",
     "demo": "demo",
+    "compare": "compare",
     "eval": "evaluate",
     "eval-text": "eval_text",
     "teacher-text": "teacher_text",

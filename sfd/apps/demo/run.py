@@ -1,31 +1,37 @@
-"""`sfd demo`: teacher -> classifier -> SFD and a no-forgetting baseline -> evaluation -> report.
+"""`sfd demo`: teacher -> classifier -> distillation (stage 1) -> SFD (stage 2) -> evaluation -> report.
 
-Every phase runs the real components: a diffusers DDPM teacher (trained, or reused from the
-cache), the evaluation classifier, `SFDModule` under a Lightning `Trainer`, torchmetrics FID/KID.
-The SFD settings are an `sfd fit` configuration (the preset `sfd_digits.yaml` beside this file
-plus any `--model.*` / `--trainer.*` overrides), parsed and built by the same LightningCLI parser.
+Every phase runs the real components: a diffusers DDPM teacher with a null class (trained, or
+reused from the cache), the evaluation classifier (cached), `SFDModule` under a Lightning
+`Trainer`, torchmetrics FID/KID. SFD takes the two-stage path (docs/method.md §5): stage 1 is
+distillation without forgetting, which is also the demo's no-forgetting baseline and is cached by
+content hash like the teacher; stage 2 is SFD started from the stage-1 generator and fake score
+with the original teacher frozen. The SFD settings are an `sfd fit` configuration (the preset
+`sfd_digits.yaml` beside this file plus any `--model.*` / `--trainer.*` overrides).
 """
 
 from __future__ import annotations
 
-import sys
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
-from importlib import resources
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
+import diffusers
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
-from sfd.apps.data import DIGITS, load_images, train_heldout_split
-from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir, resolved_settings
+from sfd.apps.compare.methods import DistillMethod, Fitted, Run, SFDMethod
+from sfd.apps.compare.run import prepare_classifier
+from sfd.apps.compare.workspace import (
+    Workspace,
+    announce,
+    build_teacher,
+    load_split,
+    teacher_recipe,
+)
 from sfd.apps.demo.report import DemoResults, write_report
-from sfd.apps.teacher_training import train_teacher
-from sfd.core.module import SFDModule
+from sfd.apps.demo.settings import DemoSettings, check_settings, default_sfd_config
 from sfd.errors import SFDConfigError
-from sfd.eval.classifier import Classifier, save_classifier, train_classifier
 from sfd.eval.evaluate import (
     ModelEvaluation,
     ddim_sampler,
@@ -36,113 +42,12 @@ from sfd.eval.evaluate import (
     measure_throughput,
     one_step_sampler,
 )
-from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.eval.metrics import feature_distances
-from sfd.images import LabelledImages, to_uint8
+from sfd.images import to_uint8
 from sfd.pipelines.io import load_generator, save_generator
-from sfd.teachers.unet import PretrainedVPTeacher
-from sfd.training.cli import build_from_fit_config, parse_fit_config
 
-SFD_PRESET = "sfd_digits.yaml"  # beside this module
-
-
-def default_sfd_config() -> Path:
-    """The packaged preset of the demo's SFD settings."""
-    return Path(str(resources.files("sfd.apps.demo") / SFD_PRESET))
-
-
-@dataclass
-class DemoSettings:
-    """Everything one demo run depends on."""
-
-    output_dir: Path = Path("demo-output")
-    data: str = DIGITS
-    forget: int = 0
-    override: int = 1
-    seed: int = 0
-    heldout_fraction: float = 0.2
-    teacher_cache: Path | None = None
-    teacher_steps: int | None = None
-    teacher_channels: tuple[int, ...] | None = None
-    classifier_steps: int | None = None
-    sfd_config: Path | None = None
-    sfd_args: list[str] = field(default_factory=list)
-    baseline_iterations: int | None = None
-    curve_every: int | None = None
-    curve_per_class: int = 32
-    eval_per_class: int = 200
-    ddim_steps: int = 50
-    throughput_batch: int = 64
-    throughput_repeats: int = 3
-    time_full_schedule: bool = True
-    grid_per_class: int = 10
-    threads: int | None = None
-    progress: bool = True
-
-    def sfd_command_line(
-        self, teacher_dir: str = "set-by-sfd-demo", forgetting: bool = True
-    ) -> list[str]:
-        """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings.
-
-        The demo owns the teacher, the forget/override classes and the seed; `forgetting=False`
-        zeroes both forget weights (distillation without forgetting).
-        """
-        conditions = "--model.conditions.init_args."
-        args = ["-c", str(self.sfd_config or default_sfd_config()), *self.sfd_args]
-        args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
-        args += [
-            f"{conditions}forget",
-            str(self.forget),
-            f"{conditions}override",
-            str(self.override),
-        ]
-        args += ["--model.seed", str(self.seed)]
-        if not forgetting:
-            args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
-            if self.baseline_iterations is not None:
-                args += ["--trainer.max_steps", str(self.baseline_iterations)]
-        return args
-
-
-def check_settings(settings: DemoSettings, data: LabelledImages) -> Any:
-    """Raise `SFDConfigError` for a bad class, count or path before anything is written.
-
-    Returns:
-        the parsed SFD configuration (jsonargparse namespace).
-    """
-    sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
-    k = data.num_classes
-    for name in ("forget", "override"):
-        value = getattr(settings, name)
-        if not 0 <= value < k:
-            raise SFDConfigError(f"--{name} {value} is not a class of the data (0..{k - 1})")
-    if settings.forget == settings.override:
-        raise SFDConfigError(
-            f"--override {settings.override} equals --forget; choose another class"
-        )
-    positive = {
-        "--trainer.max_steps": sfd.trainer.max_steps,
-        "--model.batch_size": sfd.model.batch_size,
-        "--eval-per-class": settings.eval_per_class - 1,
-        "--curve-per-class": settings.curve_per_class,
-        "--ddim-steps": settings.ddim_steps,
-        "--throughput-batch": settings.throughput_batch,
-        "--grid-per-class": settings.grid_per_class,
-    }
-    for flag, value in positive.items():
-        if value < 1:
-            raise SFDConfigError(f"{flag} is too small (got {value}; need at least 1, 2 for eval)")
-    if settings.curve_every is not None and settings.curve_every < 1:
-        raise SFDConfigError(f"--curve-every {settings.curve_every} must be >= 1")
-    if settings.baseline_iterations is not None and settings.baseline_iterations < 1:
-        raise SFDConfigError(f"--baseline-iterations {settings.baseline_iterations} must be >= 1")
-    if settings.output_dir.exists() and not settings.output_dir.is_dir():
-        raise SFDConfigError(f"--output-dir {str(settings.output_dir)!r} is a file, not a folder")
-    return sfd
-
-
-def announce(phase: str) -> None:
-    print(f"[sfd demo] {phase}", file=sys.stderr, flush=True)
+TOOL = "sfd demo"
+__all__ = ["DemoSettings", "check_settings", "default_sfd_config", "run_demo"]
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
@@ -152,156 +57,92 @@ def run_demo(settings: DemoSettings) -> dict[str, Path]:
         if settings.threads < 1:
             raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
         torch.set_num_threads(settings.threads)
-    if settings.data != DIGITS and not Path(settings.data).exists():
-        raise SFDConfigError(f"--data {settings.data!r} does not exist")
-    data = load_images(settings.data)
-    sfd = check_settings(settings, data)
-    iterations = sfd.trainer.max_steps
-    train, heldout = train_heldout_split(data, settings.heldout_fraction, settings.seed)
+    if not settings.progress:  # also the loading bars of diffusers' from_pretrained
+        diffusers.utils.logging.disable_progress_bar()
+    workspace = load_split(
+        settings.data, settings.heldout_fraction, settings.seed, settings.teacher_cache
+    )
+    sfd = check_settings(settings, workspace.data)  # every check before anything is written
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
-    cache = settings.teacher_cache or default_cache_dir()
-    split = {"data": data_fingerprint(settings.data), "heldout_fraction": settings.heldout_fraction}
-    split["split_seed"] = settings.seed
     seconds: dict[str, float] = {}
 
     clock = time.perf_counter()
-    announce(f"1/6 teacher (cache: {cache})")
-    teacher_given: dict[str, Any] = {"seed": settings.seed}
-    if settings.teacher_steps is not None:
-        teacher_given["max_steps"] = settings.teacher_steps
-    if settings.teacher_channels is not None:
-        teacher_given["block_out_channels"] = tuple(settings.teacher_channels)
-    teacher_description = {**split, **resolved_settings(train_teacher, **teacher_given)}
-    teacher_dir, teacher_cached = cached_build(
-        cache,
-        "teacher",
-        teacher_description,
-        lambda folder: train_teacher(
-            train,
-            folder,
-            accelerator=sfd.trainer.accelerator,
-            progress=settings.progress,
-            **teacher_given,
-        ),
+    announce(TOOL, f"1/6 teacher (cache: {workspace.cache})")
+    recipe = teacher_recipe(settings.seed, settings.teacher_steps, settings.teacher_channels)
+    teacher_dir, cached, description, _ = build_teacher(
+        workspace, recipe, sfd.trainer.accelerator, settings.progress
     )
-    announce(f"teacher {'reused from' if teacher_cached else 'trained into'} {teacher_dir}")
+    workspace.teacher_dir, workspace.teacher_cached = teacher_dir, cached
+    workspace.teacher_settings = description
+    announce(TOOL, f"teacher {'reused from' if cached else 'trained into'} {teacher_dir}")
     seconds["teacher"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    announce("2/6 evaluation classifier")
-    classifier_given: dict[str, Any] = {"seed": settings.seed}
-    if settings.classifier_steps is not None:
-        classifier_given["max_steps"] = settings.classifier_steps
-    classifier, classifier_accuracy = train_classifier(
-        train, heldout, progress=settings.progress, **classifier_given
-    )
-    save_classifier(classifier, output / "classifier")
-    announce(f"classifier held-out accuracy {100 * classifier_accuracy:.1f} %")
+    announce(TOOL, "2/6 evaluation classifier")
+    prepare_classifier(workspace, settings)
+    assert workspace.classifier_dir is not None
+    shutil.copytree(workspace.classifier_dir, output / "classifier", dirs_exist_ok=True)
+    announce(TOOL, f"classifier held-out accuracy {100 * workspace.classifier_accuracy:.1f} %")
     seconds["classifier"] = time.perf_counter() - clock
 
-    teacher = PretrainedVPTeacher(str(teacher_dir))
-    if settings.curve_every is None:
-        settings.curve_every = max(1, iterations // 20)
-    runs: dict[str, tuple[Path, list[dict[str, float]]]] = {}
-    for phase, key, forgetting in (
-        ("3/6 SFD (forgetting)", "sfd", True),
-        ("4/6 distillation without forgetting", "distilled_without_forgetting", False),
-    ):
-        clock = time.perf_counter()
-        announce(phase)
-        generator_dir = output / ("generator" if forgetting else "generator_without_forgetting")
-        curve = ForgettingCurve(
-            classifier,
-            data.num_classes,
-            [settings.forget],
-            settings.curve_every,
-            settings.curve_per_class,
-            settings.seed,
-        )
-        module = train_sfd(settings, str(teacher_dir), forgetting, curve, output / "logs" / key)
-        save_generator(module.export_generator, generator_dir, overwrite=True)
-        runs[key] = (generator_dir, curve.as_dicts())
-        seconds[key] = time.perf_counter() - clock
-        del module
+    run = Run(settings, workspace, {}, output / "logs", sfd.trainer.accelerator)
+    clock = time.perf_counter()
+    announce(TOOL, "3/6 stage 1: distillation without forgetting (cached like the teacher)")
+    distilled = DistillMethod().fit(run)
+    assert run.stage1 is not None
+    announce(
+        TOOL,
+        f"stage 1 {'reused from' if run.stage1.cached else 'trained into'} {run.stage1.folder}",
+    )
+    save_generator(distilled.unlearned.network, output / "generator_without_forgetting", True)
+    seconds["stage1"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    announce("5/6 evaluation")
-    results = evaluate_all(settings, sfd, teacher, classifier, train, heldout, runs)
+    announce(TOOL, "4/6 stage 2: SFD from the stage-1 generator and fake score")
+    forgetting = SFDMethod(two_stage=True).fit(run)
+    save_generator(forgetting.unlearned.network, output / "generator", overwrite=True)
+    del forgetting.extra["module"]
+    seconds["sfd"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    announce(TOOL, "5/6 evaluation")
+    results = evaluate_all(settings, sfd, workspace, output, distilled, forgetting)
     seconds["evaluation"] = time.perf_counter() - clock
-    results.protocol.update(
-        classifier_heldout_accuracy=classifier_accuracy,
-        teacher={"folder": str(teacher_dir), "reused_from_cache": teacher_cached},
-        teacher_settings=teacher_description,
-        classifier_settings=resolved_settings(train_classifier, **classifier_given),
-    )
     seconds["total"] = time.perf_counter() - started
     results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
 
-    announce("6/6 report")
-    paths = write_report(results, output)
-    return paths
-
-
-def train_sfd(
-    settings: DemoSettings,
-    teacher_dir: str,
-    forgetting: bool,
-    curve: ForgettingCurve,
-    log_dir: Path,
-) -> SFDModule:
-    """One SFD run with a Lightning `Trainer`; `forgetting=False` zeroes both forget weights."""
-    pl.seed_everything(settings.seed, verbose=False)
-    args = settings.sfd_command_line(teacher_dir, forgetting)
-    iterations = parse_fit_config(args, one_line_errors=True).trainer.max_steps
-    # One epoch is the whole run: one progress bar.
-    module, trainer_config = build_from_fit_config(
-        [*args, "--model.steps_per_epoch", str(iterations)]
-    )
-    trainer = pl.Trainer(
-        **{
-            **trainer_config,
-            "devices": 1,
-            "logger": CSVLogger(log_dir.parent, name=log_dir.name, version=""),
-            "callbacks": [*(trainer_config.get("callbacks") or []), curve],
-            "enable_checkpointing": False,
-            "enable_model_summary": False,
-            "enable_progress_bar": settings.progress,
-            "log_every_n_steps": max(1, min(10, iterations)),
-            "default_root_dir": log_dir,
-        }
-    )
-    trainer.fit(module)
-    return module
+    announce(TOOL, "6/6 report")
+    return write_report(results, output)
 
 
 def evaluate_all(
     settings: DemoSettings,
     sfd: Any,
-    teacher: PretrainedVPTeacher,
-    classifier: Classifier,
-    train: LabelledImages,
-    heldout: LabelledImages,
-    runs: dict[str, tuple[Path, list[dict[str, float]]]],
+    workspace: Workspace,
+    output: Path,
+    distilled: Fitted,
+    forgetting: Fitted,
 ) -> DemoResults:
-    """Evaluate the teacher (DDIM), the baseline and SFD generators (reloaded from their exports)."""
-    num_classes = heldout.num_classes
-    remain_mask = heldout.labels != settings.forget
-    real_remain = heldout.images[remain_mask]
+    """Evaluate the teacher (DDIM) and both generators (reloaded from their exports)."""
+    num_classes = workspace.data.num_classes
+    real_remain = workspace.real_remain([settings.forget])
+    teacher = workspace.teacher()
     samplers = {
         "teacher": ddim_sampler(teacher, settings.ddim_steps),
         "distilled_without_forgetting": one_step_sampler(
-            load_generator(runs["distilled_without_forgetting"][0])
+            load_generator(output / "generator_without_forgetting")
         ),
-        "sfd": one_step_sampler(load_generator(runs["sfd"][0])),
+        "sfd": one_step_sampler(load_generator(output / "generator")),
     }
+    assert workspace.classifier is not None
     models: dict[str, ModelEvaluation] = {}
     grids = {}
     grid_labels = torch.arange(num_classes).repeat_interleave(settings.grid_per_class)
     for key, sampler in samplers.items():
         models[key] = evaluate_sampler(
             sampler,
-            classifier,
+            workspace.classifier,
             real_remain,
             num_classes,
             [settings.forget],
@@ -327,13 +168,14 @@ def evaluate_all(
         f"teacher, DDIM {settings.ddim_steps} steps": settings.ddim_steps,
         f"teacher, DDIM {len(teacher.sigma_table)} steps": len(teacher.sigma_table),
     }
-    train_remain = train.images[train.labels != settings.forget]
-    floor = feature_distances(train_remain, real_remain, classifier, seed=settings.seed)
+    train_remain = workspace.train.images[workspace.train.labels != settings.forget]
+    floor = feature_distances(train_remain, real_remain, workspace.classifier, seed=settings.seed)
+    stage1 = forgetting.extra
     protocol = {
         "seed": settings.seed,
         "data": settings.data,
-        "train_images": len(train),
-        "heldout_images": len(heldout),
+        "train_images": len(workspace.train),
+        "heldout_images": len(workspace.heldout),
         "fid_reference": f"{len(real_remain)} held-out real remain-class images (uint8, as stored)",
         "generated_per_class": settings.eval_per_class,
         "generated_remain_images": settings.eval_per_class * (num_classes - 1),
@@ -344,9 +186,33 @@ def evaluate_all(
         "kid_real_train_vs_heldout": floor.kid_mean,
         "samplers": {key: sampler.name for key, sampler in samplers.items()},
         "sfd_settings": {"iterations": sfd.trainer.max_steps, "model": sfd.model.as_dict()},
-        "baseline": "same SFD run with lambda_sg_forget = lambda_g_forget = 0",
-        "curve": {"every": settings.curve_every, "per_class": settings.curve_per_class},
+        "two_stage": {
+            "stage1_iterations": stage1["stage1_iterations"],
+            "stage1_training_seconds": stage1["stage1_seconds"],
+            "stage1_reused_from_cache": stage1["stage1_cached"],
+            "stage1_folder": stage1["stage1_folder"],
+            "stage2_iterations": forgetting.iterations,
+            "stage2_training_seconds": forgetting.train_seconds,
+            "teacher": "the original teacher, frozen, in both stages",
+        },
+        "baseline": "stage 1: the same SFD settings with lambda_sg_forget = lambda_g_forget = 0",
+        "curve": {
+            "every": settings.curve_every,
+            "forget_per_class": settings.curve_per_class,
+            "remain_per_class": settings.curve_remain_per_class,
+        },
         "throughput": "timed calls on one fixed batch after one warm-up call (no extrapolation)",
+        "classifier_heldout_accuracy": workspace.classifier_accuracy,
+        "classifier": {
+            "folder": str(workspace.classifier_dir),
+            "reused_from_cache": workspace.classifier_cached,
+        },
+        "teacher": {
+            "folder": str(workspace.teacher_dir),
+            "reused_from_cache": workspace.teacher_cached,
+        },
+        "teacher_settings": workspace.teacher_settings,
+        "classifier_settings": workspace.classifier_settings,
         "libraries": library_versions(),
         "environment": environment(),
     }
@@ -355,9 +221,9 @@ def evaluate_all(
         forget=settings.forget,
         override=settings.override,
         models=models,
-        forgetting_curve=runs["sfd"][1],
-        baseline_curve=runs["distilled_without_forgetting"][1],
-        iterations=sfd.trainer.max_steps,
+        forgetting_curve=forgetting.curve,
+        baseline_curve=distilled.curve,
+        iterations=forgetting.iterations,
         throughput={name: {**asdict(t), "nfe": nfe[name]} for name, t in throughput.items() if t},
         protocol=protocol,
         grids=grids,

@@ -1,0 +1,160 @@
+"""A forgetting curve for any forgetting method: UA and remain accuracy against iterations and seconds.
+
+`TimedForgettingCurve` samples what the module would ship now (`sfd.baselines.unlearned`: a
+one-step generator directly, a fine-tuned denoiser with DDIM) every N iterations, labels the
+samples with the evaluation classifier, and records the *training* seconds spent so far: the clock
+starts when `Trainer.fit` starts (so preparation inside the fit, such as SalUn's teacher samples and
+saliency mask, counts) and the time spent evaluating the curve itself is left out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from sfd.baselines.method import Unlearned, unlearned
+from sfd.errors import SFDConfigError
+from sfd.eval.evaluate import ImageSampler, classify, ddim_sampler, generate, one_step_sampler
+from sfd.eval.metrics import unlearning_accuracy
+from sfd.images import to_uint8
+
+UA_THRESHOLD = 0.95  # "time and iterations to UA >= 95 %"
+
+
+def sampler_for(result: Unlearned, ddim_steps: int) -> ImageSampler:
+    """One-step generators are sampled directly; denoisers with the teacher's DDIM."""
+    if result.one_step:
+        return one_step_sampler(result.network)
+    return ddim_sampler(result.network, ddim_steps)
+
+
+@dataclass
+class TimedPoint:
+    """One evaluation of the curve."""
+
+    iteration: int
+    seconds: float
+    ua: float
+    remain_accuracy: float
+
+
+class TimedForgettingCurve(pl.Callback):
+    """UA and remain accuracy every `every_n` iterations (and at 0 and the end), with training time.
+
+    Args:
+        classifier: the evaluation classifier (x in [-1, 1] -> logits).
+        num_classes: number of classes K.
+        forget: the forget classes.
+        every_n: evaluate every this many iterations.
+        num_per_class: samples of each forget class per evaluation (fixed noise).
+        remain_per_class: samples of each remain class per evaluation (default: num_per_class);
+            fewer keep the curve of multi-step models affordable, UA needs the forget samples.
+        ddim_steps: DDIM steps for multi-step models.
+        seed: seed of the fixed evaluation noise.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        num_classes: int,
+        forget: list[int],
+        every_n: int,
+        num_per_class: int = 32,
+        ddim_steps: int = 50,
+        seed: int = 0,
+        remain_per_class: int | None = None,
+    ) -> None:
+        remain_per_class = num_per_class if remain_per_class is None else remain_per_class
+        if every_n < 1 or num_per_class < 1 or remain_per_class < 1:
+            raise SFDConfigError(
+                f"curve interval {every_n} and samples per class {num_per_class} / "
+                f"{remain_per_class} must be >= 1"
+            )
+        self.classifier = classifier.eval()
+        self.forget = list(forget)
+        self.remain = [c for c in range(num_classes) if c not in self.forget]
+        counts = torch.tensor(
+            [num_per_class if c in self.forget else remain_per_class for c in range(num_classes)]
+        )
+        self.labels = torch.arange(num_classes).repeat_interleave(counts)
+        self.every_n = every_n
+        self.ddim_steps = ddim_steps
+        self.seed = seed
+        self.points: list[TimedPoint] = []
+        self._start = 0.0
+        self._evaluating = 0.0  # seconds spent on the curve itself, left out of training time
+
+    @property
+    def evaluation_seconds(self) -> float:
+        """Seconds the curve's own evaluations took (to subtract from the fit's wall time)."""
+        return self._evaluating
+
+    def training_seconds(self) -> float:
+        """Seconds since the fit started, without the curve's own evaluations."""
+        return time.perf_counter() - self._start - self._evaluating
+
+    @torch.no_grad()
+    def evaluate(self, module: Any) -> tuple[float, float]:
+        """(UA, mean per-class remain accuracy) of what `module` would ship now."""
+        result = unlearned(module)
+        network = result.network
+        was_training = network.training
+        images = generate(
+            sampler_for(result, self.ddim_steps), self.labels, self.seed, device=module.device
+        )
+        network.train(was_training)
+        predicted = classify(self.classifier.to(module.device), to_uint8(images))
+        is_forget = torch.isin(self.labels, torch.tensor(self.forget))
+        correct = predicted == self.labels
+        remain_accuracy = sum(
+            correct[self.labels == c].float().mean().item() for c in self.remain
+        ) / len(self.remain)
+        return unlearning_accuracy(predicted[is_forget], self.forget), remain_accuracy
+
+    def _record(self, trainer: pl.Trainer, module: Any, log: bool) -> None:
+        step = int(module.global_step)
+        if (self.points and self.points[-1].iteration == step) or not trainer.is_global_zero:
+            return
+        seconds = self.training_seconds()
+        clock = time.perf_counter()
+        ua, remain_accuracy = self.evaluate(module)
+        self._evaluating += time.perf_counter() - clock
+        self.points.append(TimedPoint(step, seconds, ua, remain_accuracy))
+        if log:  # logging is not allowed in on_train_start
+            module.log_dict({"curve/ua": ua, "curve/remain_accuracy": remain_accuracy})
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._evaluating = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, pl_module, log=False)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = pl_module.global_step
+        if step % self.every_n == 0 or (trainer.max_steps > 0 and step >= trainer.max_steps):
+            self._record(trainer, pl_module, log=True)
+
+    def as_dicts(self) -> list[dict[str, float]]:
+        """The curve as [{iteration, seconds, ua, remain_accuracy}, ...]."""
+        return [asdict(point) for point in self.points]
+
+
+def first_reaching(points: list[dict[str, float]], ua: float = UA_THRESHOLD) -> dict[str, Any]:
+    """The first curve point with UA >= `ua`: {"iteration", "seconds"} (None each if never)."""
+    for point in points:
+        if point["ua"] >= ua:
+            return {"iteration": int(point["iteration"]), "seconds": point["seconds"]}
+    return {"iteration": None, "seconds": None}

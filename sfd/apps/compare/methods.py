@@ -1,0 +1,237 @@
+"""The methods `sfd compare` runs, behind one interface: fit with a Lightning `Trainer`, then sample.
+
+Each `Method` trains its own module (`SFDModule`, `ESDModule`, `SalUnModule`, the teacher recipe)
+on the same teacher and returns a `Fitted`: the network to evaluate (`sfd.baselines.Unlearned`:
+one-step generators are sampled directly, fine-tuned denoisers with the teacher's DDIM), its
+forgetting curve with training seconds, and its training wall time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import lightning.pytorch as pl
+
+from sfd.apps.compare.curve import TimedForgettingCurve
+from sfd.apps.compare.settings import BASELINE_MODULES
+from sfd.apps.compare.stages import StageOne, fit_module, stage_one, train_sfd
+from sfd.apps.compare.workspace import Workspace, build_teacher, teacher_recipe
+from sfd.apps.demo.settings import DemoSettings
+from sfd.baselines.method import Unlearned, unlearned
+from sfd.core.conditions import ClassConditions
+from sfd.pipelines.io import load_generator
+from sfd.teachers.unet import PretrainedVPTeacher
+from sfd.training.cli import parse_fit_config
+
+TITLES = {
+    "teacher": "teacher (DDIM)",
+    "sfd": "SFD, one stage (from the teacher)",
+    "sfd_two_stage": "SFD, two-stage (from the distilled generator)",
+    "distill": "distillation without forgetting",
+    "esd": "ESD (fine-tuned teacher)",
+    "salun": "SalUn (fine-tuned teacher, data-free)",
+    "retrain": "Retrain on the remain classes (reference)",
+}
+
+
+@dataclass
+class Fitted:
+    """A trained method, ready for evaluation.
+
+    Attributes:
+        key: the method's key.
+        unlearned: what to sample.
+        iterations: training iterations.
+        train_seconds: training wall time (curve evaluations left out; recorded at build time
+            for cached pieces).
+        curve: {iteration, seconds, ua, remain_accuracy} points (empty: not traced).
+        cached: whether the trained network came from the cache.
+        extra: method-specific facts (stage 1 of the two-stage run, settings).
+    """
+
+    key: str
+    unlearned: Unlearned
+    iterations: int
+    train_seconds: float
+    curve: list[dict[str, float]] = field(default_factory=list)
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """What every method of one harness run shares."""
+
+    settings: DemoSettings
+    workspace: Workspace
+    baselines: dict[str, dict[str, Any]]
+    logs: Path
+    accelerator: str = "cpu"
+    stage1: StageOne | None = None
+
+    def curve(self, iterations: int) -> TimedForgettingCurve:
+        """A fresh forgetting curve at the run's interval (default: 20 points per run)."""
+        settings = self.settings
+        assert self.workspace.classifier is not None
+        every = settings.curve_every or max(1, iterations // 20)
+        return TimedForgettingCurve(
+            self.workspace.classifier,
+            self.workspace.data.num_classes,
+            [settings.forget],
+            every,
+            settings.curve_per_class,
+            settings.ddim_steps,
+            settings.seed,
+            settings.curve_remain_per_class,
+        )
+
+    @property
+    def teacher_dir(self) -> str:
+        assert self.workspace.teacher_dir is not None
+        return str(self.workspace.teacher_dir)
+
+    def stage_one(self) -> StageOne:
+        """Stage 1 (distillation, forget weights 0): cached by content hash, built once per run."""
+        if self.stage1 is None:
+            args = self.settings.sfd_command_line(self.teacher_dir, "stage1")
+            iterations = _iterations(args)
+            curve = self.curve(iterations)
+            self.stage1 = stage_one(
+                self.workspace.cache,
+                Path(self.teacher_dir).name,
+                args,
+                curve,
+                self.logs / "stage1",
+                self.settings.progress,
+                self.settings.seed,
+            )
+        return self.stage1
+
+
+class Method(Protocol):
+    """A forgetting method of the harness: fits on the run's teacher, returns what to sample."""
+
+    key: str
+
+    def fit(self, run: Run) -> Fitted: ...
+
+
+class SFDMethod:
+    """SFD from the teacher in one stage (`two_stage=False`) or from the stage-1 networks."""
+
+    def __init__(self, two_stage: bool) -> None:
+        self.two_stage = two_stage
+        self.key = "sfd_two_stage" if two_stage else "sfd"
+
+    def fit(self, run: Run) -> Fitted:
+        args = run.settings.sfd_command_line(run.teacher_dir, "sfd")
+        extra: dict[str, Any] = {}
+        if self.two_stage:
+            stage1 = run.stage_one()
+            args += stage1.stage_two_arguments()  # the teacher stays the original
+            extra = {
+                "stage1_seconds": stage1.seconds,
+                "stage1_iterations": stage1.iterations,
+                "stage1_cached": stage1.cached,
+                "stage1_folder": str(stage1.folder),
+            }
+        curve = run.curve(_iterations(args))
+        module, seconds, iterations = train_sfd(
+            args, [curve], run.logs / self.key, run.settings.progress, run.settings.seed
+        )
+        extra["module"] = module  # for tests and exports; dropped from the report
+        return Fitted(
+            self.key,
+            unlearned(module),
+            iterations,
+            seconds - curve.evaluation_seconds,
+            curve.as_dicts(),
+            extra=extra,
+        )
+
+
+class DistillMethod:
+    """Distillation without forgetting: the stage-1 generator (cached by content hash)."""
+
+    key = "distill"
+
+    def fit(self, run: Run) -> Fitted:
+        stage1 = run.stage_one()
+        generator = load_generator(stage1.generator_dir)
+        return Fitted(
+            self.key,
+            Unlearned(generator),
+            stage1.iterations,
+            stage1.seconds,
+            stage1.curve,
+            cached=stage1.cached,
+            extra={"folder": str(stage1.folder)},
+        )
+
+
+class BaselineMethod:
+    """A fine-tuning baseline (`ESDModule`, `SalUnModule`) on a copy of the teacher."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def fit(self, run: Run) -> Fitted:
+        settings = dict(run.baselines[self.key])
+        max_steps = settings.pop("max_steps")
+        conditions = ClassConditions(run.settings.forget, run.settings.override)
+        module = BASELINE_MODULES[self.key](
+            run.workspace.teacher(),
+            conditions,
+            **settings,
+            seed=run.settings.seed,
+            steps_per_epoch=max_steps,
+        )
+        curve = run.curve(max_steps)
+        pl.seed_everything(run.settings.seed, verbose=False)
+        seconds = fit_module(module, max_steps, run.logs / self.key, run.settings.progress, [curve])
+        return Fitted(
+            self.key,
+            unlearned(module),
+            max_steps,
+            seconds - curve.evaluation_seconds,
+            curve.as_dicts(),
+            extra={"settings": {"max_steps": max_steps, **settings}, "module": module},
+        )
+
+
+class RetrainMethod:
+    """The teacher's recipe trained on the remain classes only (cached like the teacher)."""
+
+    key = "retrain"
+
+    def fit(self, run: Run) -> Fitted:
+        s = run.settings
+        recipe = teacher_recipe(s.seed, s.teacher_steps, s.teacher_channels)
+        remain = [c for c in range(run.workspace.data.num_classes) if c != s.forget]
+        folder, cached, description, seconds = build_teacher(
+            run.workspace, recipe, run.accelerator, s.progress, classes=remain
+        )
+        return Fitted(
+            self.key,
+            Unlearned(PretrainedVPTeacher(str(folder))),
+            description["max_steps"],
+            seconds,
+            cached=cached,
+            extra={"folder": str(folder), "classes": remain},
+        )
+
+
+METHODS: dict[str, Method] = {
+    "sfd": SFDMethod(two_stage=False),
+    "sfd_two_stage": SFDMethod(two_stage=True),
+    "distill": DistillMethod(),
+    "esd": BaselineMethod("esd"),
+    "salun": BaselineMethod("salun"),
+    "retrain": RetrainMethod(),
+}
+
+
+def _iterations(args: list[str]) -> int:
+    return parse_fit_config(args, one_line_errors=True).trainer.max_steps

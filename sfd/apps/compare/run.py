@@ -1,0 +1,224 @@
+"""`sfd compare`: several forgetting methods on one teacher, one classifier, one protocol, one report.
+
+Phases: the teacher (cached), the evaluation classifier (cached), every chosen method in turn
+(SFD one- and two-stage, distillation without forgetting, ESD, SalUn, Retrain), the evaluation of
+the teacher and every method with the same noise, classifier and FID reference, the report.
+Multi-step models (teacher, ESD, SalUn, Retrain) are sampled with the teacher's DDIM; one-step
+generators directly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+
+from sfd.apps.compare.curve import first_reaching, sampler_for
+from sfd.apps.compare.methods import METHODS, TITLES, Fitted, Run
+from sfd.apps.compare.report import CompareResults, MethodReport, write_compare_report
+from sfd.apps.compare.settings import CompareSettings, parse_baselines
+from sfd.apps.compare.stages import save_vp_denoiser
+from sfd.apps.compare.workspace import (
+    Workspace,
+    announce,
+    build_classifier,
+    build_teacher,
+    load_split,
+    teacher_recipe,
+)
+from sfd.apps.demo.settings import check_settings
+from sfd.errors import SFDConfigError
+from sfd.eval.evaluate import (
+    ModelEvaluation,
+    ddim_sampler,
+    environment,
+    evaluate_sampler,
+    generate,
+    library_versions,
+)
+from sfd.eval.metrics import feature_distances
+from sfd.images import to_uint8
+from sfd.pipelines.io import save_generator
+from sfd.teachers.unet import VPUNetDenoiser
+
+TOOL = "sfd compare"
+
+
+def run_compare(settings: CompareSettings) -> dict[str, Path]:
+    """Run the chosen methods, evaluate them all the same way, write the report.
+
+    Returns:
+        the report's artefact paths.
+    """
+    started = time.perf_counter()
+    if settings.threads is not None:
+        if settings.threads < 1:
+            raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
+        torch.set_num_threads(settings.threads)
+    if not settings.progress:  # also the loading bars of diffusers' from_pretrained
+        diffusers.utils.logging.disable_progress_bar()
+    workspace = load_split(
+        settings.data, settings.heldout_fraction, settings.seed, settings.teacher_cache
+    )
+    sfd = check_settings(settings, workspace.data)  # every check before anything is written
+    baselines = parse_baselines(settings.baselines_config, settings.baseline_args)
+    output = settings.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    total = 4 + len(settings.methods)
+    seconds: dict[str, float] = {}
+
+    clock = time.perf_counter()
+    announce(TOOL, f"1/{total} teacher (cache: {workspace.cache})")
+    recipe = teacher_recipe(settings.seed, settings.teacher_steps, settings.teacher_channels)
+    teacher_dir, cached, description, _ = build_teacher(
+        workspace, recipe, sfd.trainer.accelerator, settings.progress
+    )
+    workspace.teacher_dir, workspace.teacher_cached = teacher_dir, cached
+    workspace.teacher_settings = description
+    announce(TOOL, f"teacher {'reused from' if cached else 'trained into'} {teacher_dir}")
+    seconds["teacher"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    announce(TOOL, f"2/{total} evaluation classifier")
+    prepare_classifier(workspace, settings)
+    announce(TOOL, f"classifier held-out accuracy {100 * workspace.classifier_accuracy:.1f} %")
+    seconds["classifier"] = time.perf_counter() - clock
+
+    run = Run(settings, workspace, baselines, output / "logs", sfd.trainer.accelerator)
+    fitted: dict[str, Fitted] = {}
+    for index, key in enumerate(settings.methods):
+        clock = time.perf_counter()
+        announce(TOOL, f"{3 + index}/{total} {TITLES[key]}")
+        fitted[key] = METHODS[key].fit(run)
+        seconds[key] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    announce(TOOL, f"{total - 1}/{total} evaluation")
+    results = evaluate_methods(settings, workspace, fitted, sfd)
+    seconds["evaluation"] = time.perf_counter() - clock
+    export_models(fitted, output)
+    seconds["total"] = time.perf_counter() - started
+    results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+
+    announce(TOOL, f"{total}/{total} report")
+    return write_compare_report(results, output)
+
+
+def prepare_classifier(workspace: Workspace, settings: Any) -> None:
+    """Build or reuse the evaluation classifier and store it in the workspace."""
+    given: dict[str, Any] = {"seed": settings.seed}
+    if settings.classifier_steps is not None:
+        given["max_steps"] = settings.classifier_steps
+    classifier, folder, accuracy, cached, description = build_classifier(
+        workspace, given, settings.progress
+    )
+    workspace.classifier, workspace.classifier_dir = classifier, folder
+    workspace.classifier_accuracy, workspace.classifier_cached = accuracy, cached
+    workspace.classifier_settings = description
+
+
+def evaluate_one(sampler: Any, settings: CompareSettings, workspace: Workspace) -> ModelEvaluation:
+    """The protocol of docs/method.md §6 for one model (same noise, classifier and reference)."""
+    assert workspace.classifier is not None
+    return evaluate_sampler(
+        sampler,
+        workspace.classifier,
+        workspace.real_remain([settings.forget]),
+        workspace.data.num_classes,
+        [settings.forget],
+        [settings.override],
+        settings.eval_per_class,
+        seed=settings.seed,
+        throughput_batch=settings.throughput_batch,
+        throughput_repeats=settings.throughput_repeats,
+        progress=settings.progress,
+    )
+
+
+def evaluate_methods(
+    settings: CompareSettings, workspace: Workspace, fitted: dict[str, Fitted], sfd: Any
+) -> CompareResults:
+    """Evaluate the teacher (DDIM) and every fitted method; gather the report's content."""
+    num_classes = workspace.data.num_classes
+    grid_labels = torch.arange(num_classes).repeat_interleave(settings.grid_per_class)
+    teacher_sampler = ddim_sampler(workspace.teacher(), settings.ddim_steps)
+    teacher = evaluate_one(teacher_sampler, settings, workspace)
+    grids = {"teacher": to_uint8(generate(teacher_sampler, grid_labels, settings.seed + 1))}
+    methods: dict[str, MethodReport] = {}
+    for key, result in fitted.items():
+        sampler = sampler_for(result.unlearned, settings.ddim_steps)
+        evaluation = evaluate_one(sampler, settings, workspace)
+        grids[key] = to_uint8(generate(sampler, grid_labels, settings.seed + 1))
+        extra = {k: v for k, v in result.extra.items() if k != "module"}
+        methods[key] = MethodReport(
+            key=key,
+            title=TITLES[key],
+            evaluation=evaluation,
+            iterations=result.iterations,
+            train_seconds=result.train_seconds,
+            curve=result.curve,
+            ua95=first_reaching(result.curve),
+            cached=result.cached,
+            extra=extra,
+        )
+    real_remain = workspace.real_remain([settings.forget])
+    train_remain = workspace.train.images[workspace.train.labels != settings.forget]
+    floor = feature_distances(train_remain, real_remain, workspace.classifier, seed=settings.seed)
+    protocol = {
+        "seed": settings.seed,
+        "data": settings.data,
+        "train_images": len(workspace.train),
+        "heldout_images": len(workspace.heldout),
+        "fid_reference": f"{len(real_remain)} held-out real remain-class images (uint8, as stored)",
+        "generated_per_class": settings.eval_per_class,
+        "noise": "sample i uses the same z for every model (seed above)",
+        "feature_extractor": "evaluation classifier penultimate layer (torchmetrics feature=)",
+        "fid_real_train_vs_heldout": floor.fid,
+        "samplers": {"one-step": "one network evaluation", "multi-step": teacher_sampler.name},
+        "curve": {
+            "every": settings.curve_every or "iterations / 20",
+            "forget_per_class": settings.curve_per_class,
+            "remain_per_class": settings.curve_remain_per_class,
+            "seconds": "training wall time since Trainer.fit started, curve evaluations excluded",
+        },
+        "sfd_settings": {"iterations": sfd.trainer.max_steps, "model": sfd.model.as_dict()},
+        "teacher": {
+            "folder": str(workspace.teacher_dir),
+            "reused_from_cache": workspace.teacher_cached,
+            "settings": workspace.teacher_settings,
+        },
+        "classifier": {
+            "folder": str(workspace.classifier_dir),
+            "reused_from_cache": workspace.classifier_cached,
+            "heldout_accuracy": workspace.classifier_accuracy,
+            "settings": workspace.classifier_settings,
+        },
+        "throughput": "timed calls on one fixed batch after one warm-up call (no extrapolation)",
+        "libraries": library_versions(),
+        "environment": environment(),
+    }
+    return CompareResults(
+        num_classes=num_classes,
+        forget=settings.forget,
+        override=settings.override,
+        teacher=teacher,
+        methods=methods,
+        protocol=protocol,
+        grids=grids,
+    )
+
+
+def export_models(fitted: dict[str, Fitted], output: Path) -> None:
+    """Write every trained network: one-step generators as diffusers exports, fine-tuned
+    denoisers as teacher folders (`sfd eval` and `sfd fit` load both)."""
+    for key, result in fitted.items():
+        network = result.unlearned.network
+        folder = output / "models" / key
+        if result.unlearned.one_step:
+            save_generator(network, folder, overwrite=True)
+        elif isinstance(network, VPUNetDenoiser):
+            folder.mkdir(parents=True, exist_ok=True)
+            save_vp_denoiser(network, folder)

@@ -1,0 +1,104 @@
+"""Settings of `sfd compare`: which methods, and the baselines' constructor arguments.
+
+The baselines are configured the way `sfd fit` configures SFD: typed constructor signatures
+(`ESDModule`, `SalUnModule`) read from a YAML preset (`baselines_digits.yaml` beside this module)
+and overridden by `--esd.KEY VALUE` / `--salun.KEY VALUE`, parsed by jsonargparse. Values are
+checked before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentError as JsonArgumentError
+
+from sfd.apps.demo.settings import DemoSettings
+from sfd.baselines import ESDModule, SalUnModule
+from sfd.errors import SFDConfigError
+from sfd.training.cli import one_line
+
+BASELINES_PRESET = "baselines_digits.yaml"  # beside this module
+BASELINE_MODULES = {"esd": ESDModule, "salun": SalUnModule}
+SET_BY_HARNESS = {"teacher", "conditions", "seed", "steps_per_epoch"}
+BASELINE_PREFIXES = tuple(f"--{key}." for key in BASELINE_MODULES)
+# Every method `sfd compare --methods` accepts, in report order.
+METHOD_KEYS = ("sfd", "sfd_two_stage", "distill", "esd", "salun", "retrain")
+
+
+def default_baselines_config() -> Path:
+    """The packaged preset of the baselines' settings."""
+    return Path(str(resources.files("sfd.apps.compare") / BASELINES_PRESET))
+
+
+@dataclass
+class CompareSettings(DemoSettings):
+    """Everything one `sfd compare` run depends on (the demo's settings plus these).
+
+    Attributes:
+        methods: the methods to run, a subset of `METHOD_KEYS`.
+        baselines_config: YAML of the baselines' settings (default: the preset).
+        baseline_args: `--esd.*` / `--salun.*` overrides.
+    """
+
+    output_dir: Path = Path("compare-output")
+    methods: list[str] = field(default_factory=lambda: list(METHOD_KEYS))
+    baselines_config: Path | None = None
+    baseline_args: list[str] = field(default_factory=list)
+    time_full_schedule: bool = False
+
+
+def parse_methods(text: str) -> list[str]:
+    """`"sfd,esd"` -> ["sfd", "esd"], refusing unknown, repeated or no methods."""
+    methods = [name.strip() for name in text.split(",") if name.strip()]
+    if not methods:
+        raise SFDConfigError(f"--methods {text!r} names no method; choose from {list(METHOD_KEYS)}")
+    unknown = [name for name in methods if name not in METHOD_KEYS]
+    if unknown:
+        raise SFDConfigError(
+            f"--methods: unknown method {unknown[0]!r}; choose from {list(METHOD_KEYS)}"
+        )
+    repeated = sorted({name for name in methods if methods.count(name) > 1})
+    if repeated:
+        raise SFDConfigError(f"--methods names {repeated[0]!r} twice")
+    return methods
+
+
+def baselines_parser() -> ArgumentParser:
+    """A jsonargparse parser of `--config FILE` plus every baseline's constructor arguments."""
+    parser = ArgumentParser(exit_on_error=False, prog="sfd compare (baseline settings)")
+    parser.add_argument("--config", action=ActionConfigFile)
+    for key, module in BASELINE_MODULES.items():
+        parser.add_class_arguments(module, key, skip=SET_BY_HARNESS)
+        parser.add_argument(f"--{key}.max_steps", type=int, default=200)
+    return parser
+
+
+def parse_baselines(config: Path | None, args: list[str]) -> dict[str, dict[str, Any]]:
+    """The baselines' settings: the preset (or `config`), then `args`; values checked.
+
+    Args:
+        config: a YAML file replacing the preset.
+        args: `--esd.KEY VALUE` / `--salun.KEY VALUE` overrides.
+
+    Returns:
+        {"esd": {...}, "salun": {...}}, each with "max_steps" and the module's keyword arguments.
+    """
+    path = config or default_baselines_config()
+    if not Path(path).is_file():
+        raise SFDConfigError(f"--baselines-config {str(path)!r} does not exist")
+    try:
+        namespace = baselines_parser().parse_args(["--config", str(path), *args])
+    except JsonArgumentError as error:
+        raise SFDConfigError(one_line(error)) from error
+    settings = {key: dict(vars(namespace[key])) for key in BASELINE_MODULES}
+    for key, module in BASELINE_MODULES.items():
+        values = settings[key]
+        steps = values["max_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise SFDConfigError(f"--{key}.max_steps={steps!r} must be a positive integer")
+        module.check_settings(**{k: v for k, v in values.items() if k != "max_steps"})
+    return settings

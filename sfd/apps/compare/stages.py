@@ -1,0 +1,200 @@
+"""SFD runs under the harness's own `Trainer`, and the two-stage path (docs/method.md §5).
+
+Stage 1 is plain distillation (both forget weights 0) from the teacher; its generator is the
+"distilled without forgetting" model and, with its fake score, is cached by content hash like the
+teacher. Stage 2 is SFD started from the stage-1 generator and fake score, with the ORIGINAL
+teacher frozen: all three networks are `sfd fit` options (`model.generator`, `model.fake_score`,
+`model.teacher`), so stage 2 is one more `sfd fit` command line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from diffusers import DDPMPipeline, DDPMScheduler
+from lightning.pytorch.loggers import CSVLogger
+
+from sfd.apps.compare.curve import TimedForgettingCurve
+from sfd.apps.demo.cache import cached_build
+from sfd.core.module import SFDModule
+from sfd.pipelines.io import save_generator
+from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser
+from sfd.training.cli import build_from_fit_config, parse_fit_config
+
+STAGE_ONE_RUN = "run.json"  # curve and seconds of the stage-1 run, beside its networks
+GENERATOR_CLASS = "sfd.pipelines.io.PretrainedOneStepGenerator"
+FAKE_SCORE_CLASS = "sfd.teachers.PretrainedVPTeacher"
+
+
+def fit_module(
+    module: pl.LightningModule,
+    max_steps: int,
+    log_dir: Path,
+    progress: bool,
+    callbacks: list[pl.Callback],
+    trainer_config: dict[str, Any] | None = None,
+) -> float:
+    """Fit any forgetting module for `max_steps` iterations on one device; returns the seconds.
+
+    Args:
+        module: the module (its dataloader yields one epoch of `steps_per_epoch` iterations).
+        max_steps: iterations.
+        log_dir: where the CSV logs go.
+        progress: show the progress bar.
+        callbacks: extra callbacks (forgetting curves).
+        trainer_config: other `Trainer` arguments (from an `sfd fit` configuration).
+
+    Returns:
+        the wall-clock seconds of `Trainer.fit`.
+    """
+    config = dict(trainer_config or {})
+    trainer = pl.Trainer(
+        **{
+            "accelerator": "cpu",
+            **config,
+            "max_steps": max_steps,
+            "max_epochs": 1,
+            "devices": 1,
+            "logger": CSVLogger(log_dir.parent, name=log_dir.name, version=""),
+            "callbacks": [*(config.get("callbacks") or []), *callbacks],
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            "enable_progress_bar": progress,
+            "log_every_n_steps": max(1, min(10, max_steps)),
+            "default_root_dir": log_dir,
+        }
+    )
+    clock = time.perf_counter()
+    trainer.fit(module)
+    return time.perf_counter() - clock
+
+
+def train_sfd(
+    args: list[str], callbacks: list[pl.Callback], log_dir: Path, progress: bool, seed: int = 0
+) -> tuple[SFDModule, float, int]:
+    """Build `SFDModule` from an `sfd fit` command line and fit it with the harness's Trainer.
+
+    Returns:
+        (the fitted module, seconds of the fit, iterations).
+    """
+    pl.seed_everything(seed, verbose=False)
+    iterations = parse_fit_config(args, one_line_errors=True).trainer.max_steps
+    # One epoch is the whole run: one progress bar.
+    module, trainer_config = build_from_fit_config(
+        [*args, "--model.steps_per_epoch", str(iterations)]
+    )
+    seconds = fit_module(module, iterations, log_dir, progress, callbacks, trainer_config)
+    return module, seconds, iterations
+
+
+def save_vp_denoiser(denoiser: VPUNetDenoiser, folder: Path) -> Path:
+    """Write a VP UNet denoiser (a fake score, a fine-tuned teacher) as a teacher folder.
+
+    The `DDPMPipeline` layout plus sfd.json loads with `PretrainedVPTeacher`, with `sfd eval`,
+    and in `sfd fit` as `model.fake_score` or `model.teacher`.
+
+    Args:
+        denoiser: the network with its schedule.
+        folder: an existing, empty folder.
+
+    Returns:
+        the folder.
+    """
+    scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
+    DDPMPipeline(unet=denoiser.unet, scheduler=scheduler).save_pretrained(
+        folder, safe_serialization=True
+    )
+    config = {"num_classes": denoiser.num_classes, "null_class": denoiser.null_class}
+    (folder / SFD_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+@dataclass
+class StageOne:
+    """The cached stage-1 (distillation) networks and what their run recorded.
+
+    Attributes:
+        folder: the cache folder.
+        cached: whether it was reused.
+        seconds: training seconds of the run that built it.
+        iterations: its iterations.
+        curve: its forgetting curve ({iteration, seconds, ua, remain_accuracy} points).
+        description: what the cache key covers.
+    """
+
+    folder: Path
+    cached: bool
+    seconds: float
+    iterations: int
+    curve: list[dict[str, float]] = field(default_factory=list)
+    description: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def generator_dir(self) -> Path:
+        return self.folder / "generator"
+
+    @property
+    def fake_score_dir(self) -> Path:
+        return self.folder / "fake_score"
+
+    def stage_two_arguments(self) -> list[str]:
+        """`sfd fit` options that start SFD from these networks (the teacher stays as given)."""
+        return [
+            "--model.generator", GENERATOR_CLASS,
+            "--model.generator.init_args.pretrained_model_name_or_path", str(self.generator_dir),
+            "--model.fake_score", FAKE_SCORE_CLASS,
+            "--model.fake_score.init_args.pretrained_model_name_or_path", str(self.fake_score_dir),
+        ]  # fmt: skip
+
+
+def stage_one(
+    cache: Path,
+    teacher_key: str,
+    args: list[str],
+    curve: TimedForgettingCurve | None,
+    log_dir: Path,
+    progress: bool,
+    seed: int,
+) -> StageOne:
+    """Stage 1 from the cache, or distilled now and cached.
+
+    Args:
+        cache: the cache root.
+        teacher_key: the teacher folder's cache name (its content hash).
+        args: the stage-1 `sfd fit` command line (forget weights 0).
+        curve: the run's forgetting curve (recorded in the cache), or None.
+        log_dir: logs of the run.
+        progress: progress bars.
+        seed: seed of the run.
+
+    Returns:
+        the stage-1 networks.
+    """
+    config = parse_fit_config(args, one_line_errors=True)
+    model = config.model.as_dict()
+    model["teacher"]["init_args"]["pretrained_model_name_or_path"] = teacher_key
+    description = {"teacher": teacher_key, "model": model, "iterations": config.trainer.max_steps}
+
+    def build(folder: Path) -> None:
+        callbacks = [] if curve is None else [curve]
+        module, seconds, iterations = train_sfd(args, callbacks, log_dir, progress, seed)
+        save_generator(module.export_generator, folder / "generator")
+        (folder / "fake_score").mkdir()
+        save_vp_denoiser(module.fake_score, folder / "fake_score")
+        record = {
+            "seconds": seconds - (curve.evaluation_seconds if curve else 0.0),
+            "iterations": iterations,
+            "curve": curve.as_dicts() if curve else [],
+        }
+        (folder / STAGE_ONE_RUN).write_text(json.dumps(record, indent=2) + "\n")
+
+    folder, cached = cached_build(cache, "stage1", description, build)
+    record = json.loads((folder / STAGE_ONE_RUN).read_text())
+    return StageOne(
+        folder, cached, record["seconds"], record["iterations"], record["curve"], description
+    )

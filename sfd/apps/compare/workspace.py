@@ -1,0 +1,168 @@
+"""The shared pieces of a class-forgetting run: data split, teacher and classifier, each cached.
+
+Artefacts that take minutes (the teacher, the evaluation classifier, the stage-1 generator, the
+retrained model) are built once per content hash under the cache folder (`sfd.apps.demo.cache`):
+the key covers the data file's hash and every setting the artefact depends on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sfd.apps.data import DIGITS, load_images, train_heldout_split
+from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir, resolved_settings
+from sfd.apps.teacher_training import train_teacher
+from sfd.errors import SFDConfigError
+from sfd.eval.classifier import Classifier, load_classifier, save_classifier, train_classifier
+from sfd.images import LabelledImages
+from sfd.teachers.unet import PretrainedVPTeacher
+
+CLASSIFIER_ACCURACY = "heldout_accuracy.json"
+
+
+@dataclass
+class Workspace:
+    """Data, teacher and classifier of one run, and where the cache is.
+
+    Attributes:
+        data: the whole labelled set.
+        train: the training split (teacher, classifier, Retrain).
+        heldout: the held-out split (classifier accuracy, FID reference).
+        cache: the cache root.
+        split: the description of the split (part of every cache key).
+        teacher_dir: the teacher's folder.
+        teacher_cached: whether it was reused.
+        teacher_settings: everything the teacher depends on.
+        classifier: the evaluation classifier (eval mode).
+        classifier_dir: its cached folder.
+        classifier_accuracy: its held-out accuracy.
+        classifier_cached: whether it was reused.
+        classifier_settings: everything it depends on.
+        seconds: seconds per preparation phase.
+    """
+
+    data: LabelledImages
+    train: LabelledImages
+    heldout: LabelledImages
+    cache: Path
+    split: dict[str, Any]
+    teacher_dir: Path | None = None
+    teacher_cached: bool = False
+    teacher_settings: dict[str, Any] = field(default_factory=dict)
+    classifier: Classifier | None = None
+    classifier_dir: Path | None = None
+    classifier_accuracy: float = float("nan")
+    classifier_cached: bool = False
+    classifier_settings: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def teacher(self) -> PretrainedVPTeacher:
+        """A fresh copy of the frozen teacher, loaded from its folder."""
+        assert self.teacher_dir is not None, "build the teacher first"
+        return PretrainedVPTeacher(str(self.teacher_dir))
+
+    def real_remain(self, forget: list[int]) -> Tensor:
+        """Held-out real images of the remain classes, uint8 (N, C, H, W): the FID reference."""
+        return self.heldout.images[~torch.isin(self.heldout.labels, torch.tensor(forget))]
+
+
+def load_split(source: str, heldout_fraction: float, seed: int, cache: Path | None) -> Workspace:
+    """Load the data and split it (no artefact is built yet).
+
+    Args:
+        source: "digits" or a labelled .npz / CIFAR-10 path.
+        heldout_fraction: share of each class held out.
+        seed: the split's seed.
+        cache: the cache root (None: `default_cache_dir()`).
+
+    Returns:
+        the workspace with data and split.
+    """
+    if source != DIGITS and not Path(source).exists():
+        raise SFDConfigError(f"--data {source!r} does not exist")
+    data = load_images(source)
+    train, heldout = train_heldout_split(data, heldout_fraction, seed)
+    split = {"data": data_fingerprint(source), "heldout_fraction": heldout_fraction}
+    split["split_seed"] = seed
+    return Workspace(data, train, heldout, cache or default_cache_dir(), split)
+
+
+def teacher_recipe(
+    seed: int, steps: int | None, channels: tuple[int, ...] | None, null_class: bool = True
+) -> dict[str, Any]:
+    """The keyword settings of `train_teacher` for this run (the demo trains with a null class)."""
+    given: dict[str, Any] = {"seed": seed, "null_class": null_class}
+    if steps is not None:
+        given["max_steps"] = steps
+    if channels is not None:
+        given["block_out_channels"] = tuple(channels)
+    return given
+
+
+def build_teacher(
+    workspace: Workspace,
+    recipe: dict[str, Any],
+    accelerator: str,
+    progress: bool,
+    classes: list[int] | None = None,
+) -> tuple[Path, bool, dict[str, Any], float]:
+    """The teacher trained by `recipe`, from the cache or trained now (on `classes` only, if given).
+
+    Returns:
+        (folder, reused, description, training seconds as recorded when it was built).
+    """
+    train = workspace.train
+    description = {**workspace.split, **resolved_settings(train_teacher, **recipe)}
+    if classes is not None:  # Retrain: the same recipe on the remain classes only
+        description["classes"] = list(classes)
+        train = train.subset(torch.isin(train.labels, torch.tensor(classes)))
+
+    def build(folder: Path) -> None:
+        clock = time.perf_counter()
+        train_teacher(train, folder, accelerator=accelerator, progress=progress, **recipe)
+        seconds = time.perf_counter() - clock
+        (folder / "build_seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+
+    folder, reused = cached_build(workspace.cache, "teacher", description, build)
+    return folder, reused, description, recorded_seconds(folder)
+
+
+def build_classifier(
+    workspace: Workspace, given: dict[str, Any], progress: bool
+) -> tuple[Classifier, Path, float, bool, dict[str, Any]]:
+    """The evaluation classifier, from the cache or trained now on the training split.
+
+    Returns:
+        (classifier, folder, held-out accuracy, reused, description).
+    """
+    description = {**workspace.split, **resolved_settings(train_classifier, **given)}
+
+    def build(folder: Path) -> None:
+        classifier, accuracy = train_classifier(
+            workspace.train, workspace.heldout, progress=progress, **given
+        )
+        save_classifier(classifier, folder)
+        (folder / CLASSIFIER_ACCURACY).write_text(json.dumps({"accuracy": accuracy}) + "\n")
+
+    folder, reused = cached_build(workspace.cache, "classifier", description, build)
+    accuracy = json.loads((folder / CLASSIFIER_ACCURACY).read_text())["accuracy"]
+    return load_classifier(folder), folder, accuracy, reused, description
+
+
+def recorded_seconds(folder: Path) -> float:
+    """The build time a cached artefact recorded (NaN if it did not)."""
+    file = folder / "build_seconds.json"
+    return json.loads(file.read_text())["seconds"] if file.is_file() else float("nan")
+
+
+def announce(tool: str, phase: str) -> None:
+    """A phase announcement on stderr: `[sfd compare] 3/9 ESD`."""
+    print(f"[{tool}] {phase}", file=sys.stderr, flush=True)

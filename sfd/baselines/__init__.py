@@ -1,0 +1,30 @@
+"""Unlearning baselines beside SFD, each a Lightning module with its own loss (one interface).
+
+- `ESDModule`: ESD (Gandikota et al. 2023), class-conditional (null class) and prompt forms;
+- `SalUnModule`: SalUn (Fan et al. 2024), saliency-masked fine-tuning on the teacher's own samples
+  (data-free);
+- Retrain is the teacher's own recipe on the remain classes (`sfd.apps.teacher_training`), and
+  distillation without forgetting / two-stage SFD are `SFDModule` runs (`sfd.core`).
+
+After `Trainer.fit`, `unlearned(module)` gives the network to evaluate: a one-step generator, or
+a denoiser to sample with the teacher's multi-step sampler.
+"""
+
+from sfd.baselines.esd import ESDModule, esd_loss, esd_target
+from sfd.baselines.method import ForgettingMethod, Unlearned, unlearned
+from sfd.baselines.salun import SalUnModule, saliency_mask
+from sfd.baselines.sampling import ddim_trajectory, sample_pool, trailing_sigmas
+
+__all__ = [
+    "ESDModule",
+    "ForgettingMethod",
+    "SalUnModule",
+    "Unlearned",
+    "ddim_trajectory",
+    "esd_loss",
+    "esd_target",
+    "saliency_mask",
+    "sample_pool",
+    "trailing_sigmas",
+    "unlearned",
+]

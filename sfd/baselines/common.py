@@ -1,0 +1,75 @@
+"""Plumbing shared by the fine-tuning baselines: seeded streams, trainable parts, the ε-MSE."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sfd.errors import SFDConfigError
+
+# Which weights a fine-tuning baseline may change (ESD's `train_method`, in diffusers names):
+# "xattn" = the cross-attention (attn2) of text UNets, for one concept; "noxattn" = all but the
+# cross-attention, time embedding and output layers, for concepts that are not tied to a word;
+# "class_embedding" = the class-label embedding of class-conditional UNets, the pathway that reads
+# the condition (the class-conditional counterpart of "xattn").
+TRAIN_PARAMETERS = ("all", "xattn", "noxattn", "class_embedding")
+NOXATTN_EXCLUDED = ("attn2.", "time_embedding.", "conv_norm_out.", "conv_out.")
+
+
+def stream(seed: int, iteration: int, phase: int, device: torch.device) -> torch.Generator:
+    """A random stream that depends only on (seed, iteration, phase), so a run is reproducible."""
+    value = (seed * 1_000_003 + iteration) * 7 + phase
+    return torch.Generator(device=device).manual_seed(value % (2**63))
+
+
+def select_trainable(network: nn.Module, which: str) -> list[str]:
+    """Make only the chosen parameters of `network` trainable; return their names.
+
+    Args:
+        network: the copy being fine-tuned.
+        which: one of `TRAIN_PARAMETERS`.
+
+    Returns:
+        names (as in `named_parameters`) of the trainable parameters, in order.
+    """
+    if which not in TRAIN_PARAMETERS:
+        raise SFDConfigError(
+            f"train_parameters={which!r} is not allowed; choose from {TRAIN_PARAMETERS}"
+        )
+    chosen = []
+    for name, param in network.named_parameters():
+        if which == "all":
+            keep = True
+        elif which == "xattn":
+            keep = "attn2." in name
+        elif which == "class_embedding":
+            keep = "class_embedding." in name
+        else:
+            keep = not any(part in name for part in NOXATTN_EXCLUDED)
+        param.requires_grad_(keep)
+        if keep:
+            chosen.append(name)
+    if not chosen:
+        raise SFDConfigError(
+            f"train_parameters={which!r} selects no weight of {type(network).__name__} "
+            "('xattn' needs a text UNet with cross-attention, 'class_embedding' a class UNet)"
+        )
+    return chosen
+
+
+def eps_mse(x0_hat: Tensor, target: Tensor, sigma: Tensor) -> Tensor:
+    """Per-sample mean squared ε error between two x0 estimates at noise level σ.
+
+    With ε = (x − x0)/σ for the same input x, ‖ε̂ − ε_target‖² = ‖x0_target − x0_hat‖²/σ²; the
+    mean over pixels matches the `MSELoss` of DDPM and ESD training.
+
+    Args:
+        x0_hat: the trained network's estimate, (B, C, H, W).
+        target: the target x0 (the clean sample, or a target prediction), (B, C, H, W).
+        sigma: noise levels, (B,).
+
+    Returns:
+        per-sample loss, (B,).
+    """
+    error = (x0_hat.float() - target.float()) / sigma.float().view(-1, 1, 1, 1)
+    return error.pow(2).flatten(1).mean(1)

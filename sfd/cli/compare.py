@@ -1,0 +1,146 @@
+"""`sfd compare`: SFD, two-stage SFD, distillation, ESD, SalUn and Retrain on one teacher, one report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from sfd.errors import SFDConfigError
+
+FIT_PREFIXES = ("--model.", "--trainer.")  # forwarded to the SFD configuration
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    """The harness's own options; `--model.*` / `--trainer.*` go to SFD, `--esd.*` / `--salun.*`
+    to the baselines."""
+    from sfd.apps.compare.settings import METHOD_KEYS, CompareSettings
+
+    defaults = CompareSettings()
+    parser = argparse.ArgumentParser(
+        prog="sfd compare",
+        description="Run forgetting methods on one class-conditional teacher (trained or reused "
+        "from the cache) and compare them with one classifier and protocol: UA, where forget "
+        "samples went, remain accuracy per class, remain FID/KID, NFE, images/s, training time "
+        "and time to UA >= 95 %. SFD settings: the preset sfd/apps/demo/sfd_digits.yaml, "
+        "overridden by `sfd fit` options (--model.*, --trainer.*); baseline settings: the preset "
+        "sfd/apps/compare/baselines_digits.yaml, overridden by --esd.KEY VALUE / --salun.KEY VALUE.",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("--output-dir", type=Path, default=defaults.output_dir, help="report folder")
+    add(
+        "--methods",
+        default=",".join(METHOD_KEYS),
+        help=f"comma-separated methods to run, from {','.join(METHOD_KEYS)} (default: all)",
+    )
+    add("--data", default=defaults.data, help="'digits' (default) or a labelled .npz / CIFAR-10")
+    add("--forget", type=int, default=defaults.forget, help="class to forget")
+    add("--override", type=int, default=defaults.override, help="class it is mapped to")
+    add("--seed", type=int, default=defaults.seed, help="seed of every phase")
+    add("--sfd-config", type=Path, help="SFD settings in `sfd fit` YAML (default: the preset)")
+    add("--baselines-config", type=Path, help="ESD / SalUn settings YAML (default: the preset)")
+    add("--teacher-cache", type=Path, help="cache folder of teachers, classifiers, stage 1")
+    add("--teacher-steps", type=int, help="teacher (and Retrain) training steps")
+    add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels")
+    add("--classifier-steps", type=int, help="classifier training steps")
+    add(
+        "--stage1-steps",
+        dest="baseline_iterations",
+        type=int,
+        help="stage-1 distillation iterations (default: the SFD run's)",
+    )
+    add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/20)")
+    add(
+        "--curve-per-class",
+        type=int,
+        default=defaults.curve_per_class,
+        help="forget-class samples per forgetting-curve point",
+    )
+    add(
+        "--curve-remain-per-class",
+        type=int,
+        default=defaults.curve_remain_per_class,
+        help="samples of each remain class per forgetting-curve point",
+    )
+    add("--eval-per-class", type=int, default=defaults.eval_per_class, help="generated per class")
+    add(
+        "--ddim-steps",
+        type=int,
+        default=defaults.ddim_steps,
+        help="DDIM steps of multi-step models",
+    )
+    add("--throughput-batch", type=int, default=defaults.throughput_batch)
+    add("--throughput-repeats", type=int, default=defaults.throughput_repeats)
+    add("--grid-per-class", type=int, default=defaults.grid_per_class)
+    add("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    add("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def run(args: list[str]) -> None:
+    """`sfd compare`: parse, run, print the table and where the report is."""
+    from sfd.apps.compare.report import summary_table
+    from sfd.apps.compare.run import run_compare
+    from sfd.apps.compare.settings import BASELINE_PREFIXES, CompareSettings, parse_methods
+
+    options, rest = compare_parser().parse_known_args(args)
+    sfd_args, baseline_args = split_forwarded(rest, BASELINE_PREFIXES)
+    given = vars(options)
+    settings = CompareSettings(
+        **{
+            f.name: given[f.name]
+            for f in fields(CompareSettings)
+            if f.name in given and f.name != "methods"
+        },
+        methods=parse_methods(options.methods),
+        sfd_args=sfd_args,
+        baseline_args=baseline_args,
+        progress=not options.no_progress,
+    )
+    paths = run_compare(settings)
+    metrics = json.loads(paths["metrics"].read_text())
+    print(summary_table(metrics))
+    print(f"report: {paths['report']}")
+
+
+def split_forwarded(
+    rest: list[str], baseline_prefixes: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
+    """Split unparsed tokens into SFD (`--model.*`, `--trainer.*`) and baseline options.
+
+    Each option takes the tokens up to the next option as its value(s); an option of neither
+    kind, or a value with no option, is a mistake.
+    """
+    sfd_args: list[str] = []
+    baseline_args: list[str] = []
+    target: list[str] | None = None
+    for token in rest:
+        if _is_option(token):
+            name = token.split("=", 1)[0]
+            if name.startswith(FIT_PREFIXES):
+                target = sfd_args
+            elif name.startswith(baseline_prefixes):
+                target = baseline_args
+            else:
+                raise SFDConfigError(
+                    f"unknown option {token!r}; sfd compare takes its own options (sfd compare "
+                    "--help), SFD settings as --model.* / --trainer.* and baseline settings as "
+                    "--esd.* / --salun.*"
+                )
+        elif target is None:
+            raise SFDConfigError(f"unexpected argument {token!r} (sfd compare --help)")
+        target.append(token)
+    return sfd_args, baseline_args
+
+
+def _is_option(token: str) -> bool:
+    """An option name, not a value such as -1 or -.5."""
+    if not token.startswith("-"):
+        return False
+    try:
+        float(token)
+    except ValueError:
+        return True
+    return False
