@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
@@ -106,6 +106,10 @@ def write_delta_lora(
     )
     state, fit = delta_lora(denoiser.unet, teacher_unet, rank)
     folder = staging / LORA_FOLDER
+    # Imported here: the pipeline module imports transformers' image processors, which warn
+    # about torchvision on every command that merely imports the export code.
+    from diffusers import StableDiffusionPipeline
+
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state)
     teacher_unet.load_lora_adapter(
         str(folder), prefix="unet", adapter_name="sfd_delta", weight_name=LORA_WEIGHTS

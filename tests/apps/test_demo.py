@@ -83,6 +83,13 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     # the exported SFD generator loads, and the teacher sits in the cache with its marker
     assert load_generator(output / "generator").sample_shape == (1, 8, 8)
     assert load_generator(output / "generator_without_forgetting").sample_shape == (1, 8, 8)
+    # both exports carry their run on the model card; the SFD one also its measured numbers
+    exported = json.loads((output / "generator" / "sfd_export.json").read_text())
+    assert exported["training"]["conditions"]["forget"] == [3]
+    assert exported["metrics"]["ua"] == metrics["sfd"]["ua"]
+    assert f"{metrics['sfd']['fid_remain']}" in (output / "generator" / "README.md").read_text()
+    distilled = json.loads((output / "generator_without_forgetting" / "sfd_export.json").read_text())
+    assert distilled["training"]["hyperparameters"]["lambda_g_forget"] == 0.0
     (teacher_dir,) = [p for p in cache.iterdir() if p.name.startswith("teacher-")]
     assert (teacher_dir / DONE_MARKER).is_file() and (teacher_dir / "unet").is_dir()
     assert json.loads((teacher_dir / "sfd.json").read_text())["null_class"] == 10

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from sfd.apps.compare.curve import TimedForgettingCurve
 from sfd.apps.demo.cache import cached_build
+from sfd.core.generator import training_record
 from sfd.core.module import SFDModule
 from sfd.pipelines.io import save_generator
 from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser
@@ -183,7 +184,9 @@ def stage_one(
     def build(folder: Path) -> None:
         callbacks = [] if curve is None else [curve]
         module, seconds, iterations = train_sfd(args, callbacks, log_dir, progress, seed)
-        save_generator(module.export_generator, folder / "generator")
+        save_generator(
+            module.export_generator, folder / "generator", training=training_record(module)
+        )
         (folder / "fake_score").mkdir()
         save_vp_denoiser(module.fake_score, folder / "fake_score")
         record = {

@@ -31,6 +31,7 @@ from sfd.apps.compare.workspace import (
 )
 from sfd.apps.demo.report import DemoResults, write_report
 from sfd.apps.demo.settings import DemoSettings, check_settings, default_sfd_config
+from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
 from sfd.eval.evaluate import (
     ModelEvaluation,
@@ -43,6 +44,7 @@ from sfd.eval.evaluate import (
     one_step_sampler,
 )
 from sfd.eval.metrics import feature_distances
+from sfd.folders import write_folder_atomically
 from sfd.images import to_uint8
 from sfd.pipelines.io import load_generator, save_generator
 
@@ -95,25 +97,44 @@ def run_demo(settings: DemoSettings) -> dict[str, Path]:
         TOOL,
         f"stage 1 {'reused from' if run.stage1.cached else 'trained into'} {run.stage1.folder}",
     )
-    save_generator(distilled.unlearned.network, output / "generator_without_forgetting", True)
+    copy_export(run.stage1.generator_dir, output / "generator_without_forgetting")
     seconds["stage1"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     announce(TOOL, "4/6 stage 2: SFD from the stage-1 generator and fake score")
     forgetting = SFDMethod(two_stage=True).fit(run)
-    save_generator(forgetting.unlearned.network, output / "generator", overwrite=True)
-    del forgetting.extra["module"]
+    module = forgetting.extra.pop("module")
+    record = training_record(module)
+    save_generator(module.export_generator, output / "generator", True, training=record)
     seconds["sfd"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     announce(TOOL, "5/6 evaluation")
     results = evaluate_all(settings, sfd, workspace, output, distilled, forgetting)
+    # The same weights again, now with their measured numbers on the model card.
+    save_generator(
+        module.export_generator,
+        output / "generator",
+        True,
+        training=record,
+        metrics=results.models["sfd"].to_dict(),
+        metrics_source=f"{TOOL} evaluation (metrics.json, models.sfd)",
+    )
     seconds["evaluation"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
     results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
 
     announce(TOOL, "6/6 report")
     return write_report(results, output)
+
+
+def copy_export(source: Path, target: Path) -> None:
+    """Copy an exported generator folder (e.g. the cached stage 1, its model card included)."""
+
+    def write(staging: Path) -> None:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+
+    write_folder_atomically(target, write)
 
 
 def evaluate_all(
