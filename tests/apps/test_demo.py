@@ -88,7 +88,9 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     assert exported["training"]["conditions"]["forget"] == [3]
     assert exported["metrics"]["ua"] == metrics["sfd"]["ua"]
     assert f"{metrics['sfd']['fid_remain']}" in (output / "generator" / "README.md").read_text()
-    distilled = json.loads((output / "generator_without_forgetting" / "sfd_export.json").read_text())
+    distilled = json.loads(
+        (output / "generator_without_forgetting" / "sfd_export.json").read_text()
+    )
     assert distilled["training"]["hyperparameters"]["lambda_g_forget"] == 0.0
     (teacher_dir,) = [p for p in cache.iterdir() if p.name.startswith("teacher-")]
     assert (teacher_dir / DONE_MARKER).is_file() and (teacher_dir / "unet").is_dir()

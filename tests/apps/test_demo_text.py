@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,17 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
         (1, 8, 8) if space == "pixels" else (4, 8, 8)
     )
     assert len(metrics["forgetting_curve"]) >= 2
+    assert not metrics["protocol"]["classifier"]["reused_from_cache"]
     if space == "latents":
         return
+    # a second run reuses the cached teacher and classifier, and scores with the same classifier
+    again = run_text_demo(replace(settings, output_dir=tmp_path / "again"))
+    protocol = json.loads(again["metrics"].read_text())["protocol"]
+    assert protocol["teacher"]["reused_from_cache"] and protocol["classifier"]["reused_from_cache"]
+    assert (
+        protocol["classifier_heldout_accuracy"]
+        == metrics["protocol"]["classifier_heldout_accuracy"]
+    )
     # `sfd eval-text` on the report's own files reproduces the demo's numbers exactly, on the
     # exported generator and on the teacher folder (guided DDIM, attack through 1 step).
     prompts = report / "prompts"

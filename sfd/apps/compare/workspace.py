@@ -138,21 +138,48 @@ def build_teacher(
 def build_classifier(
     workspace: Workspace, given: dict[str, Any], progress: bool
 ) -> tuple[Classifier, Path, float, bool, dict[str, Any]]:
+    """The evaluation classifier of a workspace (`cached_classifier` on its split)."""
+    return cached_classifier(
+        workspace.cache,
+        "classifier",
+        workspace.split,
+        workspace.train,
+        workspace.heldout,
+        given,
+        progress,
+    )
+
+
+def cached_classifier(
+    cache: Path,
+    kind: str,
+    split: dict[str, Any],
+    train: Any,
+    heldout: Any,
+    given: dict[str, Any],
+    progress: bool,
+) -> tuple[Classifier, Path, float, bool, dict[str, Any]]:
     """The evaluation classifier, from the cache or trained now on the training split.
+
+    Args:
+        cache: the cache root.
+        kind: the cache entry's name prefix ("classifier", "text-classifier").
+        split: what identifies the data and its split (part of the cache key).
+        train, heldout: the labelled images it trains and is checked on.
+        given: `train_classifier` settings that differ from its defaults.
+        progress: progress bars.
 
     Returns:
         (classifier, folder, held-out accuracy, reused, description).
     """
-    description = {**workspace.split, **resolved_settings(train_classifier, **given)}
+    description = {**split, **resolved_settings(train_classifier, **given)}
 
     def build(folder: Path) -> None:
-        classifier, accuracy = train_classifier(
-            workspace.train, workspace.heldout, progress=progress, **given
-        )
+        classifier, accuracy = train_classifier(train, heldout, progress=progress, **given)
         save_classifier(classifier, folder)
         (folder / CLASSIFIER_ACCURACY).write_text(json.dumps({"accuracy": accuracy}) + "\n")
 
-    folder, reused = cached_build(workspace.cache, "classifier", description, build)
+    folder, reused = cached_build(cache, kind, description, build)
     accuracy = json.loads((folder / CLASSIFIER_ACCURACY).read_text())["accuracy"]
     return load_classifier(folder), folder, accuracy, reused, description
 

@@ -11,6 +11,7 @@ SFD settings are an `sfd fit` preset beside this file, parsed by the same Lightn
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from sfd.apps.compare.workspace import cached_classifier
 from sfd.apps.data import DIGITS, train_heldout_split
 from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir
 from sfd.apps.demo_text.evaluation import evaluate_runs
@@ -34,7 +36,6 @@ from sfd.apps.text_teacher_training import MINILM_PACKAGE
 from sfd.core.conditions import TextCondition
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
-from sfd.eval.classifier import save_classifier, train_classifier
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.eval.soft_prompt import AttackBudget
 from sfd.eval.text_models import PromptEncoder, vae_decoder
@@ -246,11 +247,14 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     given: dict[str, Any] = {"seed": settings.seed}
     if settings.classifier_steps is not None:
         given["max_steps"] = settings.classifier_steps
-    classifier, classifier_accuracy = train_classifier(
-        train, heldout, progress=settings.progress, **given
+    classifier, classifier_dir, classifier_accuracy, classifier_cached, _ = cached_classifier(
+        cache, "text-classifier", split, train, heldout, given, settings.progress
     )
-    save_classifier(classifier, output / "classifier")
-    announce(f"classifier held-out accuracy {100 * classifier_accuracy:.1f} %")
+    shutil.copytree(classifier_dir, output / "classifier", dirs_exist_ok=True)
+    announce(
+        f"classifier {'reused from' if classifier_cached else 'trained into'} {classifier_dir}, "
+        f"held-out accuracy {100 * classifier_accuracy:.1f} %"
+    )
     seconds["classifier"] = time.perf_counter() - clock
 
     if settings.curve_every is None:
@@ -300,6 +304,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     )
     results.protocol.update(
         classifier_heldout_accuracy=classifier_accuracy,
+        classifier={"folder": str(classifier_dir), "reused_from_cache": classifier_cached},
         teacher={"folder": str(teacher_dir), "reused_from_cache": cached},
         teacher_settings=description,
     )
