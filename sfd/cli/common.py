@@ -1,7 +1,10 @@
-"""Checks several verbs share (not a verb itself): the torch device a user names."""
+"""What several verbs share (not a verb itself): the torch device a user names, quiet training."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sfd.errors import SFDConfigError
@@ -28,3 +31,13 @@ def usable_device(name: str, flag: str = "--device") -> Any:
             f"{flag} {name!r} is not a usable torch device here ({reason}); e.g. cpu, cuda, cuda:1"
         ) from error
     return device
+
+
+@contextmanager
+def design_warnings_hidden() -> Iterator[None]:
+    """Within: Lightning's warnings about choices sfd makes on purpose are hidden (as in `sfd fit`)."""
+    from sfd.training.progress import quiet_design_warnings
+
+    with warnings.catch_warnings():
+        quiet_design_warnings()
+        yield

@@ -7,6 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from sfd.cli.common import design_warnings_hidden
 from sfd.errors import SFDConfigError
 
 FIT_PREFIXES = ("--model.", "--trainer.")  # forwarded to the SFD configuration
@@ -49,7 +50,7 @@ def compare_parser() -> argparse.ArgumentParser:
         "--stage1-steps",
         dest="baseline_iterations",
         type=int,
-        help="stage-1 distillation iterations (default: the SFD run's)",
+        help="stage-1 (distillation without forgetting) iterations; default: the stage-1 preset's (600), or --trainer.max_steps, which sets both stages",
     )
     add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/20)")
     add(
@@ -99,7 +100,8 @@ def run(args: list[str]) -> None:
         baseline_args=baseline_args,
         progress=not options.no_progress,
     )
-    paths = run_compare(settings)
+    with design_warnings_hidden():
+        paths = run_compare(settings)
     metrics = json.loads(paths["metrics"].read_text())
     print(summary_table(metrics))
     print(f"report: {paths['report']}")

@@ -7,6 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from sfd.cli.common import design_warnings_hidden
 from sfd.errors import SFDConfigError
 
 FIT_PREFIXES = ("--model.", "--trainer.")  # forwarded to the SFD configuration
@@ -37,7 +38,11 @@ def demo_parser() -> argparse.ArgumentParser:
     add("--teacher-steps", type=int, help="teacher training steps (default: the trainer's)")
     add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels")
     add("--classifier-steps", type=int, help="classifier training steps")
-    add("--baseline-iterations", type=int, help="iterations of the baseline (default: same)")
+    add(
+        "--baseline-iterations",
+        type=int,
+        help="stage-1 (distillation without forgetting) iterations; default: the stage-1 preset's (600), or --trainer.max_steps, which sets both stages",
+    )
     add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/20)")
     add("--curve-per-class", type=int, default=defaults.curve_per_class)
     add("--eval-per-class", type=int, default=defaults.eval_per_class, help="generated per class")
@@ -78,7 +83,8 @@ def run(args: list[str]) -> None:
         time_full_schedule=not options.skip_full_schedule_timing,
         progress=not options.no_progress,
     )
-    paths = run_demo(settings)
+    with design_warnings_hidden():
+        paths = run_demo(settings)
     metrics = json.loads(paths["metrics"].read_text())
     print(summary_table(metrics))
     print(f"report: {paths['report']}")

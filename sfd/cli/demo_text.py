@@ -7,6 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from sfd.cli.common import design_warnings_hidden
 from sfd.cli.demo import FIT_PREFIXES, _is_option
 from sfd.errors import SFDConfigError
 
@@ -93,7 +94,8 @@ def run(args: list[str]) -> None:
         attack=attack,
         progress=not options.no_progress,
     )
-    paths = run_text_demo(settings)
+    with design_warnings_hidden():
+        paths = run_text_demo(settings)
     metrics = json.loads(paths["metrics"].read_text())
     print(summary_table(metrics))
     print(f"report: {paths['report']}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sfd.cli.common import design_warnings_hidden
+
 
 def teacher_text_parser() -> argparse.ArgumentParser:
     """Options of `sfd teacher-text` (defaults per data set come from `TextTeacherSettings`)."""
@@ -58,13 +60,14 @@ def run(args: list[str]) -> None:
     check_output_dir(options.output_dir)
     data, vocabulary = load_captioned(options.data)
     train, _ = train_heldout_split(data, options.heldout_fraction, options.seed)
-    folder = build_text_teacher(
-        train,
-        vocabulary,
-        options.output_dir,
-        settings,
-        options.accelerator,
-        not options.no_progress,
-        lambda message: print(f"[sfd teacher-text] {message}", flush=True),
-    )
+    with design_warnings_hidden():
+        folder = build_text_teacher(
+            train,
+            vocabulary,
+            options.output_dir,
+            settings,
+            options.accelerator,
+            not options.no_progress,
+            lambda message: print(f"[sfd teacher-text] {message}", flush=True),
+        )
     print(f"wrote text-to-image teacher to {folder}")
