@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 
 from sfd.apps.compare.methods import Run, SFDMethod
-from sfd.apps.compare.run import prepare_classifier
 from sfd.apps.compare.settings import METHOD_KEYS, CompareSettings
-from sfd.apps.compare.workspace import build_teacher, load_split, teacher_recipe
+from sfd.apps.compare.workspace import build_teacher, load_split, prepare_classifier, teacher_recipe
 from sfd.cli import main
 from sfd.teachers import PretrainedVPTeacher
 
