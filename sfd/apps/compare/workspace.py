@@ -1,5 +1,8 @@
 """The shared pieces of a class-forgetting run: data split, teacher and classifier, each cached.
 
+`sfd demo` and `sfd compare` open alike (`start_run`) and share their teacher and classifier
+phases (`teacher_phase`, `classifier_phase`), each timed with `timed`.
+
 Artefacts that take minutes (the teacher, the evaluation classifier, the stage-1 generator, the
 retrained model) are built once per content hash under the cache folder (`sfd.apps.demo.cache`):
 the key covers the data file's hash and every setting the artefact depends on.
