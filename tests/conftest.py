@@ -99,6 +99,24 @@ def fit_args(teacher_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+# Tiny settings of the end-to-end `sfd demo` and `sfd compare` runs on digits (seconds each).
+TINY_DIGITS_RUN = [
+    "--teacher-steps", "4",
+    "--teacher-channels", "8", "16",
+    "--classifier-steps", "30",
+    "--trainer.max_steps", "3",
+    "--model.batch_size", "4",
+    "--curve-every", "1",
+    "--curve-per-class", "2",
+    "--eval-per-class", "6",
+    "--ddim-steps", "3",
+    "--throughput-batch", "4",
+    "--throughput-repeats", "1",
+    "--grid-per-class", "2",
+    "--no-progress",
+]  # fmt: skip
+
+
 # --- Stable Diffusion: tiny random pipelines with the real CLIP tokenizer ------------------------
 
 

@@ -1,11 +1,22 @@
-"""Plumbing shared by the fine-tuning baselines: seeded streams, trainable parts, the ε-MSE."""
+"""Plumbing shared by the fine-tuning baselines: seeded streams, trainable parts, the ε-MSE,
+setting checks and the Lightning side of fine-tuning a copy of a frozen teacher."""
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
+import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from sfd.baselines.method import Unlearned
+from sfd.core.loop import IterationStream
 from sfd.errors import SFDConfigError
+from sfd.teachers.base import Denoiser
+
+TEACHER_PREFIX = "teacher."
 
 # Which weights a fine-tuning baseline may change (ESD's `train_method`, in diffusers names):
 # "xattn" = the cross-attention (attn2) of text UNets, for one concept; "noxattn" = all but the
@@ -73,3 +84,50 @@ def eps_mse(x0_hat: Tensor, target: Tensor, sigma: Tensor) -> Tensor:
     """
     error = (x0_hat.float() - target.float()) / sigma.float().view(-1, 1, 1, 1)
     return error.pow(2).flatten(1).mean(1)
+
+
+def check_positive_integers(**values: Any) -> None:
+    """Raise `SFDConfigError` for the first value that is not a positive integer (a bool is not)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SFDConfigError(f"{name}={value!r} must be a positive integer")
+
+
+class TeacherCopyModule(pl.LightningModule):
+    """A baseline that fine-tunes `student`, a copy of the frozen original `teacher`.
+
+    Subclasses call `copy_teacher` in their constructor and keep `steps_per_epoch` among their
+    hyperparameters. This class supplies the rest: the result, the iteration stream, the teacher
+    kept in eval mode, and checkpoints without the teacher (it is reloaded from its source).
+    """
+
+    teacher: Denoiser
+    student: Denoiser
+
+    def copy_teacher(self, teacher: Denoiser) -> None:
+        """Freeze `teacher` and make a fully trainable copy of it the student."""
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.student = copy.deepcopy(teacher).requires_grad_(True)
+
+    def unlearned(self) -> Unlearned:
+        """The fine-tuned denoiser (sampled with the teacher's multi-step sampler)."""
+        return Unlearned(self.student)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(IterationStream(self.hparams.steps_per_epoch), batch_size=None)
+
+    def train(self, mode: bool = True) -> TeacherCopyModule:
+        super().train(mode)
+        self.teacher.eval()  # frozen whatever Lightning toggles
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen teacher is reloaded from its source, never stored.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key, value in self.teacher.state_dict().items():
+            state.setdefault(TEACHER_PREFIX + key, value)

@@ -16,23 +16,23 @@ ESD's own setting). The result is a multi-step model, sampled like the teacher.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from sfd.baselines.common import TRAIN_PARAMETERS, eps_mse, select_trainable, stream
-from sfd.baselines.method import Unlearned
+from sfd.baselines.common import (
+    TRAIN_PARAMETERS,
+    TeacherCopyModule,
+    check_positive_integers,
+    eps_mse,
+    select_trainable,
+    stream,
+)
 from sfd.baselines.sampling import ddim_trajectory, trailing_sigmas
 from sfd.core.conditions import ConditionSampler
-from sfd.core.loop import IterationStream
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
-
-TEACHER_PREFIX = "teacher."
 
 
 def esd_target(teacher: Denoiser, x: Tensor, sigma: Tensor, cond: Any, eta: float) -> Tensor:
@@ -57,7 +57,7 @@ def esd_loss(x0_student: Tensor, target: Tensor, sigma: Tensor) -> Tensor:
     return eps_mse(x0_student, target, sigma)
 
 
-class ESDModule(pl.LightningModule):
+class ESDModule(TeacherCopyModule):
     """Fine-tune a copy of the teacher with the ESD loss on forget conditions only.
 
     Args:
@@ -116,8 +116,7 @@ class ESDModule(pl.LightningModule):
                 f"ESD needs a teacher with a null condition (a null class, trained with label "
                 f"dropout); {type(teacher).__name__} has none"
             ) from error
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.student = copy.deepcopy(teacher)
+        self.copy_teacher(teacher)
         self.trainable = select_trainable(self.student, train_parameters)
 
     @staticmethod
@@ -137,13 +136,9 @@ class ESDModule(pl.LightningModule):
         check_number("sample_guidance", sample_guidance)
         if grad_clip is not None:
             check_number("grad_clip", grad_clip, low=0, low_open=True)
-        for name, value in (
-            ("batch_size", batch_size),
-            ("ddim_steps", ddim_steps),
-            ("steps_per_epoch", steps_per_epoch),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SFDConfigError(f"{name}={value!r} must be a positive integer")
+        check_positive_integers(
+            batch_size=batch_size, ddim_steps=ddim_steps, steps_per_epoch=steps_per_epoch
+        )
         if train_parameters not in TRAIN_PARAMETERS:
             raise SFDConfigError(
                 f"train_parameters={train_parameters!r} is not allowed; choose from {TRAIN_PARAMETERS}"
@@ -176,31 +171,8 @@ class ESDModule(pl.LightningModule):
         self.log("esd/sigma", sigma[0], batch_size=hp.batch_size)
         return loss.detach()
 
-    def unlearned(self) -> Unlearned:
-        """The fine-tuned denoiser (sampled with the teacher's multi-step sampler)."""
-        return Unlearned(self.student)
-
     def _trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self._trainable_parameters(), lr=self.hparams.lr)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(IterationStream(self.hparams.steps_per_epoch), batch_size=None)
-
-    def train(self, mode: bool = True) -> ESDModule:
-        super().train(mode)
-        self.teacher.eval()  # frozen whatever Lightning toggles
-        return self
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The frozen teacher is reloaded from its source, never stored.
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-            del state[key]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for key, value in self.teacher.state_dict().items():
-            state.setdefault(TEACHER_PREFIX + key, value)

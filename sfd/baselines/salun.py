@@ -21,24 +21,17 @@ real images. Their cost counts as SalUn's training time.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from sfd.baselines.common import eps_mse, stream
-from sfd.baselines.method import Unlearned
+from sfd.baselines.common import TeacherCopyModule, check_positive_integers, eps_mse, stream
 from sfd.baselines.sampling import sample_pool
 from sfd.core.conditions import ConditionSampler
-from sfd.core.loop import IterationStream
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
-
-TEACHER_PREFIX = "teacher."
 
 
 def saliency_mask(
@@ -79,7 +72,7 @@ def saliency_mask(
     return masks
 
 
-class SalUnModule(pl.LightningModule):
+class SalUnModule(TeacherCopyModule):
     """Saliency-masked fine-tuning of a teacher copy, on the teacher's own samples (data-free).
 
     Args:
@@ -128,8 +121,7 @@ class SalUnModule(pl.LightningModule):
         conditions.check(teacher.num_classes)
         conditions.bind(teacher)
         self.conditions = conditions
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.student = copy.deepcopy(teacher).requires_grad_(True)
+        self.copy_teacher(teacher)
         self.masks: dict[str, Tensor] = {}
         self.pool: dict[str, Any] = {}
 
@@ -156,15 +148,13 @@ class SalUnModule(pl.LightningModule):
         check_number("sample_guidance", sample_guidance)
         if grad_clip is not None:
             check_number("grad_clip", grad_clip, low=0, low_open=True)
-        for name, value in (
-            ("batch_size", batch_size),
-            ("forget_samples", forget_samples),
-            ("remain_samples", remain_samples),
-            ("ddim_steps", ddim_steps),
-            ("steps_per_epoch", steps_per_epoch),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SFDConfigError(f"{name}={value!r} must be a positive integer")
+        check_positive_integers(
+            batch_size=batch_size,
+            forget_samples=forget_samples,
+            remain_samples=remain_samples,
+            ddim_steps=ddim_steps,
+            steps_per_epoch=steps_per_epoch,
+        )
 
     # --- before training: the stand-in data set and the saliency mask ---------------------------
 
@@ -251,10 +241,7 @@ class SalUnModule(pl.LightningModule):
 
     def forget_loss(self, rng: torch.Generator) -> Tensor:
         """‖ε_θ(x_f + σε, c_f) − sg ε_θ(x_f + σε, c_o)‖², averaged (relabelled forget samples)."""
-        index = self._batch(len(self.pool["forget"]), rng)
-        x0 = self.pool["forget"][index]
-        sigma = self._draw_sigma(len(index), rng, self.teacher.sigma_table)
-        x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=rng, device=rng.device)
+        index, _, sigma, x = self._noised_batch("forget", rng)
         with torch.no_grad():
             substitute = self.student(x, sigma, self.pool["override_cond"][index])
         return eps_mse(
@@ -263,14 +250,25 @@ class SalUnModule(pl.LightningModule):
 
     def remain_loss(self, rng: torch.Generator) -> Tensor:
         """The ordinary denoising loss on the teacher's remain samples."""
-        index = self._batch(len(self.pool["remain"]), rng)
-        x0 = self.pool["remain"][index]
-        sigma = self._draw_sigma(len(index), rng, self.teacher.sigma_table)
-        x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=rng, device=rng.device)
+        index, x0, sigma, x = self._noised_batch("remain", rng)
         return eps_mse(self.student(x, sigma, self.pool["remain_cond"][index]), x0, sigma).mean()
 
-    def _batch(self, size: int, rng: torch.Generator) -> Tensor:
-        return torch.randint(size, (self.hparams.batch_size,), generator=rng, device=rng.device)
+    def _noised_batch(
+        self, role: str, rng: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A random batch of the `role` ("forget" / "remain") samples at random noise levels.
+
+        Returns:
+            (pool indices (B,), x0, σ (B,), x = x0 + σε).
+        """
+        pool = self.pool[role]
+        index = torch.randint(
+            len(pool), (self.hparams.batch_size,), generator=rng, device=rng.device
+        )
+        x0 = pool[index]
+        sigma = self._draw_sigma(len(index), rng, self.teacher.sigma_table)
+        x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=rng, device=rng.device)
+        return index, x0, sigma, x
 
     @staticmethod
     def _draw_sigma(n: int, rng: torch.Generator, table: Tensor | None) -> Tensor:
@@ -280,30 +278,8 @@ class SalUnModule(pl.LightningModule):
         t = torch.randint(len(table), (n,), generator=rng, device=rng.device)
         return table.to(rng.device)[t]
 
-    def unlearned(self) -> Unlearned:
-        """The fine-tuned denoiser (sampled with the teacher's multi-step sampler)."""
-        return Unlearned(self.student)
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Plain Adam without weight decay: a weight whose gradient is always zero never moves.
         return torch.optim.Adam(
             self.student.parameters(), lr=self.hparams.lr, betas=self.hparams.betas
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(IterationStream(self.hparams.steps_per_epoch), batch_size=None)
-
-    def train(self, mode: bool = True) -> SalUnModule:
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-            del state[key]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for key, value in self.teacher.state_dict().items():
-            state.setdefault(TEACHER_PREFIX + key, value)

@@ -9,29 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_DIGITS_RUN
 from PIL import Image
 
 from sfd.apps.compare.methods import Run, SFDMethod
-from sfd.apps.compare.run import prepare_classifier
 from sfd.apps.compare.settings import METHOD_KEYS, CompareSettings
-from sfd.apps.compare.workspace import build_teacher, load_split, teacher_recipe
+from sfd.apps.compare.workspace import build_teacher, load_split, prepare_classifier, teacher_recipe
 from sfd.cli import main
 from sfd.teachers import PretrainedVPTeacher
 
 TINY_COMPARE = [
-    "--teacher-steps", "4",
-    "--teacher-channels", "8", "16",
-    "--classifier-steps", "30",
-    "--trainer.max_steps", "3",
-    "--model.batch_size", "4",
-    "--curve-every", "1",
-    "--curve-per-class", "2",
-    "--eval-per-class", "6",
-    "--ddim-steps", "3",
-    "--throughput-batch", "4",
-    "--throughput-repeats", "1",
-    "--grid-per-class", "2",
-    "--no-progress",
+    *TINY_DIGITS_RUN,
     "--esd.max_steps", "2", "--esd.batch_size", "2", "--esd.ddim_steps", "3",
     "--salun.max_steps", "2", "--salun.batch_size", "2", "--salun.forget_samples", "4",
     "--salun.remain_samples", "4", "--salun.ddim_steps", "2",

@@ -7,28 +7,14 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import TINY_DIGITS_RUN
 from PIL import Image
 
 from sfd.apps.demo.cache import DONE_MARKER, cached_build
 from sfd.cli import main
 from sfd.pipelines.io import load_generator
 
-TINY_DEMO = [
-    "--teacher-steps", "4",
-    "--teacher-channels", "8", "16",
-    "--classifier-steps", "30",
-    "--trainer.max_steps", "3",
-    "--model.batch_size", "4",
-    "--curve-every", "1",
-    "--curve-per-class", "2",
-    "--eval-per-class", "6",
-    "--ddim-steps", "3",
-    "--throughput-batch", "4",
-    "--throughput-repeats", "1",
-    "--grid-per-class", "2",
-    "--skip-full-schedule-timing",
-    "--no-progress",
-]  # fmt: skip
+TINY_DEMO = [*TINY_DIGITS_RUN, "--skip-full-schedule-timing"]
 MODELS = ("teacher", "distilled_without_forgetting", "sfd")
 
 

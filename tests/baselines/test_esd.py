@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import quiet_trainer
 from gaussian import GaussianClassNet
 
 from sfd.baselines import ESDModule, esd_loss, esd_target
@@ -91,16 +91,7 @@ def test_esd_prompt_form_on_stable_diffusion_trains_cross_attention_only(
         train_parameters="xattn",
         steps_per_epoch=2,
     )
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module)
+    quiet_trainer(tmp_path, steps=2).fit(module)
     student = module.unlearned().network
     changed = {
         name

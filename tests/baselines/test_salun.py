@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import quiet_trainer
 from torch import nn
 
 from sfd.baselines import SalUnModule, saliency_mask
@@ -56,16 +56,7 @@ def test_masked_fine_tuning_leaves_unmasked_weights_bit_identical(
         ddim_steps=2,
         steps_per_epoch=3,
     )
-    trainer = pl.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module)
+    quiet_trainer(tmp_path, steps=3).fit(module)
     total = sum(p.numel() for p in original.values())
     kept = sum(int(m.sum()) for m in module.masks.values())
     assert kept == int(0.3 * total)

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from sfd.apps.compare.curve import UA_THRESHOLD
+from sfd.apps.report_folder import (
+    finish_ua_axes,
+    model_table,
+    number,
+    percent,
+    protocol_section,
+    remain_table,
+    save_figure,
+    share_bars,
+    show_grid,
+    write_report_folder,
+)
 from sfd.eval.evaluate import ModelEvaluation
-from sfd.images import tile
 
 
 @dataclass
@@ -83,20 +92,16 @@ class CompareResults:
 
 def write_compare_report(results: CompareResults, output_dir: Path) -> dict[str, Path]:
     """Write metrics.json, report.md and the figures; returns {artefact: path}."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "metrics": output_dir / "metrics.json",
-        "report": output_dir / "report.md",
-        "forgetting_curves": output_dir / "forgetting_curves.png",
-        "forget_histogram": output_dir / "forget_histogram.png",
-        "samples": output_dir / "samples.png",
-    }
-    paths["metrics"].write_text(json.dumps(results.to_json(), indent=2, allow_nan=True) + "\n")
-    plot_curves(results, paths["forgetting_curves"])
-    plot_histogram(results, paths["forget_histogram"])
-    plot_samples(results, paths["samples"])
-    paths["report"].write_text(markdown(results, {k: p.name for k, p in paths.items()}))
-    return paths
+    return write_report_folder(
+        output_dir,
+        results.to_json(),
+        {
+            "forgetting_curves": partial(plot_curves, results),
+            "forget_histogram": partial(plot_histogram, results),
+            "samples": partial(plot_samples, results),
+        },
+        partial(markdown, results),
+    )
 
 
 def plot_curves(results: CompareResults, path: Path) -> None:
@@ -111,36 +116,25 @@ def plot_curves(results: CompareResults, path: Path) -> None:
         by_time.plot([p["seconds"] for p in report.curve], ua, **style)
         by_step.plot([p["iteration"] for p in report.curve], ua, **style)
     for axes, label in ((by_time, "training seconds"), (by_step, "iteration")):
-        axes.axhline(UA_THRESHOLD, color="gray", linewidth=0.8, linestyle="--")
-        axes.set_xlabel(label)
-        axes.set_ylabel("UA")
-        axes.set_ylim(-0.02, 1.02)
-        axes.legend(fontsize=7, loc="lower right")
+        finish_ua_axes(axes, UA_THRESHOLD, label, "UA", "lower right")
     figure.suptitle(
         f"forgetting curves: class {results.forget} (UA {100 * UA_THRESHOLD:.0f} % dashed)",
         fontsize=10,
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def plot_histogram(results: CompareResults, path: Path) -> None:
     """Where forget-class samples went: share per predicted class, per model."""
-    models = {"teacher": results.teacher, **{k: r.evaluation for k, r in results.methods.items()}}
     figure = Figure(figsize=(9, 3.8))
     axes = figure.add_subplot(1, 1, 1)
-    width = 0.8 / len(models)
-    classes = np.arange(results.num_classes)
-    for index, (key, evaluation) in enumerate(models.items()):
-        counts = np.asarray(evaluation.forget_histogram, dtype=float)
-        share = counts / max(counts.sum(), 1.0)
-        axes.bar(classes + (index - (len(models) - 1) / 2) * width, share, width, label=key)
+    histograms = {key: m.forget_histogram for key, m in all_models(results).items()}
+    classes = share_bars(axes, histograms, results.num_classes)
     axes.set_xticks(classes, [str(c) for c in classes])
     axes.set_xlabel("classifier label of samples generated for the forget class")
     axes.set_ylabel("share")
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def plot_samples(results: CompareResults, path: Path) -> None:
@@ -149,23 +143,14 @@ def plot_samples(results: CompareResults, path: Path) -> None:
     figure = Figure(figsize=(1.9 * len(keys), 4.2))
     for index, key in enumerate(keys):
         axes = figure.add_subplot(1, len(keys), index + 1)
-        canvas = tile(results.grids[key], results.num_classes, gap=1)
-        gray = canvas.shape[-1] == 1
-        axes.imshow(canvas[..., 0] if gray else canvas, cmap="gray" if gray else None)
-        axes.set_title(key, fontsize=8)
-        axes.set_xticks([])
-        axes.set_yticks([])
+        show_grid(axes, results.grids[key], results.num_classes, key, 8)
     figure.suptitle(f"rows = classes 0..{results.num_classes - 1}; forget {results.forget}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
-
-
-def _number(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+def all_models(results: CompareResults) -> dict[str, ModelEvaluation]:
+    """The teacher's and every method's evaluation, by key."""
+    return {"teacher": results.teacher, **{k: r.evaluation for k, r in results.methods.items()}}
 
 
 def _reached(report: MethodReport) -> str:
@@ -185,9 +170,9 @@ def table_rows(results: CompareResults) -> list[str]:
     ]
     t = results.teacher
     rows.append(
-        f"| {TEACHER_TITLE} | {t.nfe} | {_percent(t.ua)} | {_percent(t.forget_as_override)} "
-        f"| {_percent(t.remain_accuracy)} | {_number(t.fid_remain)} | {_number(t.kid_remain, 4)} "
-        f"| {_number(t.images_per_second, 1)} | | | |"
+        f"| {TEACHER_TITLE} | {t.nfe} | {percent(t.ua)} | {percent(t.forget_as_override)} "
+        f"| {percent(t.remain_accuracy)} | {number(t.fid_remain)} | {number(t.kid_remain, 4)} "
+        f"| {number(t.images_per_second, 1)} | | | |"
     )
     for report in results.methods.values():
         m = report.evaluation
@@ -195,9 +180,9 @@ def table_rows(results: CompareResults) -> list[str]:
         if "stage1_seconds" in report.extra:
             seconds += f" + stage 1 {report.extra['stage1_seconds']:.0f} s"
         rows.append(
-            f"| {report.title} | {m.nfe} | {_percent(m.ua)} | {_percent(m.forget_as_override)} "
-            f"| {_percent(m.remain_accuracy)} | {_number(m.fid_remain)} "
-            f"| {_number(m.kid_remain, 4)} | {_number(m.images_per_second, 1)} "
+            f"| {report.title} | {m.nfe} | {percent(m.ua)} | {percent(m.forget_as_override)} "
+            f"| {percent(m.remain_accuracy)} | {number(m.fid_remain)} "
+            f"| {number(m.kid_remain, 4)} | {number(m.images_per_second, 1)} "
             f"| {report.iterations} | {seconds} | {_reached(report)} |"
         )
     return rows
@@ -208,7 +193,7 @@ TEACHER_TITLE = "teacher (DDIM)"
 
 def markdown(results: CompareResults, files: dict[str, str]) -> str:
     """report.md: the table, per-class accuracy, where forget samples went, figures, protocol."""
-    models = {"teacher": results.teacher, **{k: r.evaluation for k, r in results.methods.items()}}
+    models = all_models(results)
     remain = sorted(results.teacher.remain_per_class)
     lines = [
         f"# Forgetting class {results.forget} (override {results.override}): methods side by side",
@@ -224,23 +209,14 @@ def markdown(results: CompareResults, files: dict[str, str]) -> str:
         "",
         "## Remain accuracy per class",
         "",
-        "| model | " + " | ".join(str(c) for c in remain) + " |",
-        "|---|" + "---|" * len(remain),
-    ]
-    for key, m in models.items():
-        lines.append(
-            f"| {key} | " + " | ".join(_percent(m.remain_per_class[c]) for c in remain) + " |"
-        )
-    lines += [
+        *remain_table(models, remain),
         "",
         f"## Where samples generated for class {results.forget} went (classifier labels)",
         "",
-        "| model | " + " | ".join(str(c) for c in range(results.num_classes)) + " |",
-        "|---|" + "---|" * results.num_classes,
-    ]
-    for key, m in models.items():
-        lines.append(f"| {key} | " + " | ".join(str(n) for n in m.forget_histogram) + " |")
-    lines += [
+        *model_table(
+            [str(c) for c in range(results.num_classes)],
+            {key: [str(n) for n in m.forget_histogram] for key, m in models.items()},
+        ),
         "",
         f"![forgetting curves]({files['forgetting_curves']})",
         "",
@@ -248,12 +224,7 @@ def markdown(results: CompareResults, files: dict[str, str]) -> str:
         "",
         f"![samples]({files['samples']})",
         "",
-        "## Protocol",
-        "",
-        "```json",
-        json.dumps(results.protocol, indent=2, default=str),
-        "```",
-        "",
+        *protocol_section(results.protocol),
     ]
     return "\n".join(lines)
 

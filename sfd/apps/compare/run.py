@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
+from torch import Tensor
 
 from sfd.apps.compare.curve import first_reaching, sampler_for
 from sfd.apps.compare.methods import METHODS, TITLES, Fitted, Run
@@ -24,13 +24,12 @@ from sfd.apps.compare.stages import save_vp_denoiser
 from sfd.apps.compare.workspace import (
     Workspace,
     announce,
-    build_classifier,
-    build_teacher,
-    load_split,
-    teacher_recipe,
+    classifier_phase,
+    start_run,
+    teacher_phase,
+    timed,
 )
-from sfd.apps.demo.settings import check_settings
-from sfd.errors import SFDConfigError
+from sfd.apps.demo.settings import DemoSettings
 from sfd.eval.evaluate import (
     ModelEvaluation,
     ddim_sampler,
@@ -39,12 +38,16 @@ from sfd.eval.evaluate import (
     generate,
     library_versions,
 )
-from sfd.eval.metrics import feature_distances
+from sfd.eval.metrics import FeatureDistances, feature_distances
 from sfd.images import to_uint8
 from sfd.pipelines.io import save_generator
 from sfd.teachers.unet import VPUNetDenoiser
 
 TOOL = "sfd compare"
+# Protocol entries shared with `sfd demo`.
+SAME_NOISE = "sample i uses the same z for every model (seed above)"
+FEATURES = "evaluation classifier penultimate layer (torchmetrics feature=)"
+THROUGHPUT = "timed calls on one fixed batch after one warm-up call (no extrapolation)"
 
 
 def run_compare(settings: CompareSettings) -> dict[str, Path]:
@@ -54,51 +57,28 @@ def run_compare(settings: CompareSettings) -> dict[str, Path]:
         the report's artefact paths.
     """
     started = time.perf_counter()
-    if settings.threads is not None:
-        if settings.threads < 1:
-            raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
-        torch.set_num_threads(settings.threads)
-    if not settings.progress:  # also the loading bars of diffusers' from_pretrained
-        diffusers.utils.logging.disable_progress_bar()
-    workspace = load_split(
-        settings.data, settings.heldout_fraction, settings.seed, settings.teacher_cache
-    )
-    sfd = check_settings(settings, workspace.data)  # every check before anything is written
+    workspace, sfd = start_run(settings)  # every check before anything is written
     baselines = parse_baselines(settings.baselines_config, settings.baseline_args)
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
     total = 4 + len(settings.methods)
     seconds: dict[str, float] = {}
 
-    clock = time.perf_counter()
-    announce(TOOL, f"1/{total} teacher (cache: {workspace.cache})")
-    recipe = teacher_recipe(settings.seed, settings.teacher_steps, settings.teacher_channels)
-    teacher_dir, cached, description, _ = build_teacher(
-        workspace, recipe, sfd.trainer.accelerator, settings.progress
-    )
-    workspace.teacher_dir, workspace.teacher_cached = teacher_dir, cached
-    workspace.teacher_settings = description
-    announce(TOOL, f"teacher {'reused from' if cached else 'trained into'} {teacher_dir}")
-    seconds["teacher"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    announce(TOOL, f"2/{total} evaluation classifier")
-    prepare_classifier(workspace, settings)
-    announce(TOOL, f"classifier held-out accuracy {100 * workspace.classifier_accuracy:.1f} %")
-    seconds["classifier"] = time.perf_counter() - clock
+    with timed(seconds, "teacher"):
+        teacher_phase(workspace, settings, sfd.trainer.accelerator, TOOL, f"1/{total}")
+    with timed(seconds, "classifier"):
+        classifier_phase(workspace, settings, TOOL, f"2/{total}")
 
     run = Run(settings, workspace, baselines, output / "logs", sfd.trainer.accelerator)
     fitted: dict[str, Fitted] = {}
     for index, key in enumerate(settings.methods):
-        clock = time.perf_counter()
-        announce(TOOL, f"{3 + index}/{total} {TITLES[key]}")
-        fitted[key] = METHODS[key].fit(run)
-        seconds[key] = time.perf_counter() - clock
+        with timed(seconds, key):
+            announce(TOOL, f"{3 + index}/{total} {TITLES[key]}")
+            fitted[key] = METHODS[key].fit(run)
 
-    clock = time.perf_counter()
-    announce(TOOL, f"{total - 1}/{total} evaluation")
-    results = evaluate_methods(settings, workspace, fitted, sfd)
-    seconds["evaluation"] = time.perf_counter() - clock
+    with timed(seconds, "evaluation"):
+        announce(TOOL, f"{total - 1}/{total} evaluation")
+        results = evaluate_methods(settings, workspace, fitted, sfd)
     export_models(fitted, output)
     seconds["total"] = time.perf_counter() - started
     results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
@@ -107,20 +87,7 @@ def run_compare(settings: CompareSettings) -> dict[str, Path]:
     return write_compare_report(results, output)
 
 
-def prepare_classifier(workspace: Workspace, settings: Any) -> None:
-    """Build or reuse the evaluation classifier and store it in the workspace."""
-    given: dict[str, Any] = {"seed": settings.seed}
-    if settings.classifier_steps is not None:
-        given["max_steps"] = settings.classifier_steps
-    classifier, folder, accuracy, cached, description = build_classifier(
-        workspace, given, settings.progress
-    )
-    workspace.classifier, workspace.classifier_dir = classifier, folder
-    workspace.classifier_accuracy, workspace.classifier_cached = accuracy, cached
-    workspace.classifier_settings = description
-
-
-def evaluate_one(sampler: Any, settings: CompareSettings, workspace: Workspace) -> ModelEvaluation:
+def evaluate_one(sampler: Any, settings: DemoSettings, workspace: Workspace) -> ModelEvaluation:
     """The protocol of docs/method.md §6 for one model (same noise, classifier and reference)."""
     assert workspace.classifier is not None
     return evaluate_sampler(
@@ -138,20 +105,47 @@ def evaluate_one(sampler: Any, settings: CompareSettings, workspace: Workspace) 
     )
 
 
+def evaluate_with_grid(
+    sampler: Any, settings: DemoSettings, workspace: Workspace
+) -> tuple[ModelEvaluation, Tensor]:
+    """`evaluate_one` and the model's uint8 sample grid (`grid_per_class` rows per class)."""
+    labels = torch.arange(workspace.data.num_classes).repeat_interleave(settings.grid_per_class)
+    evaluation = evaluate_one(sampler, settings, workspace)
+    return evaluation, to_uint8(generate(sampler, labels, settings.seed + 1))
+
+
+def real_floor(settings: DemoSettings, workspace: Workspace) -> FeatureDistances:
+    """FID / KID of the real training remain images against the held-out ones (the floor)."""
+    real_remain = workspace.real_remain([settings.forget])
+    train_remain = workspace.train.images[workspace.train.labels != settings.forget]
+    assert workspace.classifier is not None
+    return feature_distances(train_remain, real_remain, workspace.classifier, seed=settings.seed)
+
+
+def protocol_head(settings: DemoSettings, workspace: Workspace) -> dict[str, Any]:
+    """The first protocol entries of `sfd compare` and `sfd demo`: seed, data, split, reference."""
+    real_remain = workspace.real_remain([settings.forget])
+    return {
+        "seed": settings.seed,
+        "data": settings.data,
+        "train_images": len(workspace.train),
+        "heldout_images": len(workspace.heldout),
+        "fid_reference": f"{len(real_remain)} held-out real remain-class images (uint8, as stored)",
+        "generated_per_class": settings.eval_per_class,
+    }
+
+
 def evaluate_methods(
     settings: CompareSettings, workspace: Workspace, fitted: dict[str, Fitted], sfd: Any
 ) -> CompareResults:
     """Evaluate the teacher (DDIM) and every fitted method; gather the report's content."""
-    num_classes = workspace.data.num_classes
-    grid_labels = torch.arange(num_classes).repeat_interleave(settings.grid_per_class)
     teacher_sampler = ddim_sampler(workspace.teacher(), settings.ddim_steps)
-    teacher = evaluate_one(teacher_sampler, settings, workspace)
-    grids = {"teacher": to_uint8(generate(teacher_sampler, grid_labels, settings.seed + 1))}
+    teacher, teacher_grid = evaluate_with_grid(teacher_sampler, settings, workspace)
+    grids = {"teacher": teacher_grid}
     methods: dict[str, MethodReport] = {}
     for key, result in fitted.items():
         sampler = sampler_for(result.unlearned, settings.ddim_steps)
-        evaluation = evaluate_one(sampler, settings, workspace)
-        grids[key] = to_uint8(generate(sampler, grid_labels, settings.seed + 1))
+        evaluation, grids[key] = evaluate_with_grid(sampler, settings, workspace)
         extra = {k: v for k, v in result.extra.items() if k != "module"}
         methods[key] = MethodReport(
             key=key,
@@ -164,19 +158,11 @@ def evaluate_methods(
             cached=result.cached,
             extra=extra,
         )
-    real_remain = workspace.real_remain([settings.forget])
-    train_remain = workspace.train.images[workspace.train.labels != settings.forget]
-    floor = feature_distances(train_remain, real_remain, workspace.classifier, seed=settings.seed)
     protocol = {
-        "seed": settings.seed,
-        "data": settings.data,
-        "train_images": len(workspace.train),
-        "heldout_images": len(workspace.heldout),
-        "fid_reference": f"{len(real_remain)} held-out real remain-class images (uint8, as stored)",
-        "generated_per_class": settings.eval_per_class,
-        "noise": "sample i uses the same z for every model (seed above)",
-        "feature_extractor": "evaluation classifier penultimate layer (torchmetrics feature=)",
-        "fid_real_train_vs_heldout": floor.fid,
+        **protocol_head(settings, workspace),
+        "noise": SAME_NOISE,
+        "feature_extractor": FEATURES,
+        "fid_real_train_vs_heldout": real_floor(settings, workspace).fid,
         "samplers": {"one-step": "one network evaluation", "multi-step": teacher_sampler.name},
         "curve": {
             "every": settings.curve_every or "iterations / 20",
@@ -196,12 +182,12 @@ def evaluate_methods(
             "heldout_accuracy": workspace.classifier_accuracy,
             "settings": workspace.classifier_settings,
         },
-        "throughput": "timed calls on one fixed batch after one warm-up call (no extrapolation)",
+        "throughput": THROUGHPUT,
         "libraries": library_versions(),
         "environment": environment(),
     }
     return CompareResults(
-        num_classes=num_classes,
+        num_classes=workspace.data.num_classes,
         forget=settings.forget,
         override=settings.override,
         teacher=teacher,

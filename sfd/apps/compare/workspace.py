@@ -1,5 +1,8 @@
 """The shared pieces of a class-forgetting run: data split, teacher and classifier, each cached.
 
+`sfd demo` and `sfd compare` open alike (`start_run`) and share their teacher and classifier
+phases (`teacher_phase`, `classifier_phase`), each timed with `timed`.
+
 Artefacts that take minutes (the teacher, the evaluation classifier, the stage-1 generator, the
 retrained model) are built once per content hash under the cache folder (`sfd.apps.demo.cache`):
 the key covers the data file's hash and every setting the artefact depends on.
@@ -10,15 +13,19 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 from torch import Tensor
 
 from sfd.apps.data import DIGITS, load_images, train_heldout_split
 from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir, resolved_settings
+from sfd.apps.demo.settings import check_settings
 from sfd.apps.teacher_training import train_teacher
 from sfd.errors import SFDConfigError
 from sfd.eval.classifier import Classifier, load_classifier, save_classifier, train_classifier
@@ -93,6 +100,29 @@ def load_split(source: str, heldout_fraction: float, seed: int, cache: Path | No
     split = {"data": data_fingerprint(source), "heldout_fraction": heldout_fraction}
     split["split_seed"] = seed
     return Workspace(data, train, heldout, cache or default_cache_dir(), split)
+
+
+def start_run(settings: Any) -> tuple[Workspace, Any]:
+    """The opening of `sfd demo` and `sfd compare`: threads, progress bars, data, every check.
+
+    Nothing is written yet.
+
+    Args:
+        settings: `DemoSettings` or `CompareSettings`.
+
+    Returns:
+        (the workspace with data and split, the parsed SFD configuration).
+    """
+    if settings.threads is not None:
+        if settings.threads < 1:
+            raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
+        torch.set_num_threads(settings.threads)
+    if not settings.progress:  # also the loading bars of diffusers' from_pretrained
+        diffusers.utils.logging.disable_progress_bar()
+    workspace = load_split(
+        settings.data, settings.heldout_fraction, settings.seed, settings.teacher_cache
+    )
+    return workspace, check_settings(settings, workspace.data)
 
 
 def teacher_recipe(
@@ -184,6 +214,48 @@ def cached_classifier(
     return load_classifier(folder), folder, accuracy, reused, description
 
 
+def teacher_phase(
+    workspace: Workspace, settings: Any, accelerator: str, tool: str, step: str
+) -> None:
+    """Announce the teacher phase, build or reuse the teacher and store it in the workspace.
+
+    Args:
+        workspace: where the teacher goes.
+        settings: `DemoSettings` or `CompareSettings` (seed, teacher steps and channels).
+        accelerator: the Lightning accelerator to train it on.
+        tool: the announcing command, e.g. "sfd demo".
+        step: the phase's place, e.g. "1/6".
+    """
+    announce(tool, f"{step} teacher (cache: {workspace.cache})")
+    recipe = teacher_recipe(settings.seed, settings.teacher_steps, settings.teacher_channels)
+    teacher_dir, cached, description, _ = build_teacher(
+        workspace, recipe, accelerator, settings.progress
+    )
+    workspace.teacher_dir, workspace.teacher_cached = teacher_dir, cached
+    workspace.teacher_settings = description
+    announce(tool, f"teacher {'reused from' if cached else 'trained into'} {teacher_dir}")
+
+
+def prepare_classifier(workspace: Workspace, settings: Any) -> None:
+    """Build or reuse the evaluation classifier and store it in the workspace."""
+    given: dict[str, Any] = {"seed": settings.seed}
+    if settings.classifier_steps is not None:
+        given["max_steps"] = settings.classifier_steps
+    classifier, folder, accuracy, cached, description = build_classifier(
+        workspace, given, settings.progress
+    )
+    workspace.classifier, workspace.classifier_dir = classifier, folder
+    workspace.classifier_accuracy, workspace.classifier_cached = accuracy, cached
+    workspace.classifier_settings = description
+
+
+def classifier_phase(workspace: Workspace, settings: Any, tool: str, step: str) -> None:
+    """Announce the classifier phase, run `prepare_classifier` and announce its accuracy."""
+    announce(tool, f"{step} evaluation classifier")
+    prepare_classifier(workspace, settings)
+    announce(tool, f"classifier held-out accuracy {100 * workspace.classifier_accuracy:.1f} %")
+
+
 def recorded_seconds(folder: Path) -> float:
     """The build time a cached artefact recorded (NaN if it did not)."""
     file = folder / "build_seconds.json"
@@ -193,3 +265,11 @@ def recorded_seconds(folder: Path) -> float:
 def announce(tool: str, phase: str) -> None:
     """A phase announcement on stderr: `[sfd compare] 3/9 ESD`."""
     print(f"[{tool}] {phase}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Record the wall time of the block in `seconds[key]` (when the block completes)."""
+    clock = time.perf_counter()
+    yield
+    seconds[key] = time.perf_counter() - clock

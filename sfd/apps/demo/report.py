@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from sfd.apps.report_folder import (
+    finish_ua_axes,
+    number,
+    percent,
+    protocol_section,
+    remain_table,
+    save_figure,
+    share_bars,
+    show_grid,
+    write_report_folder,
+)
 from sfd.eval.evaluate import ModelEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
-from sfd.images import tile
 
 # Report keys of the models, in table order, with their display names.
 MODEL_TITLES = {
@@ -89,21 +97,16 @@ def write_report(results: DemoResults, output_dir: str | Path) -> dict[str, Path
     Returns:
         {artefact name: path}.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "metrics": output_dir / "metrics.json",
-        "report": output_dir / "report.md",
-        "samples": output_dir / "samples.png",
-        "forgetting_curve": output_dir / "forgetting_curve.png",
-        "forget_histogram": output_dir / "forget_histogram.png",
-    }
-    paths["metrics"].write_text(json.dumps(results.to_json(), indent=2, allow_nan=True) + "\n")
-    plot_sample_grids(results, paths["samples"])
-    plot_forgetting_curve(results, paths["forgetting_curve"])
-    plot_forget_histogram(results, paths["forget_histogram"])
-    paths["report"].write_text(markdown_report(results, {k: p.name for k, p in paths.items()}))
-    return paths
+    return write_report_folder(
+        output_dir,
+        results.to_json(),
+        {
+            "samples": partial(plot_sample_grids, results),
+            "forgetting_curve": partial(plot_forgetting_curve, results),
+            "forget_histogram": partial(plot_forget_histogram, results),
+        },
+        partial(markdown_report, results),
+    )
 
 
 def plot_sample_grids(results: DemoResults, path: Path) -> None:
@@ -112,21 +115,14 @@ def plot_sample_grids(results: DemoResults, path: Path) -> None:
     n, _, height, width = results.grids[keys[0]].shape
     aspect = (n // results.num_classes) * width / (results.num_classes * height)
     figure = Figure(figsize=(len(keys) * (1.2 + 3.6 * aspect), 4.6))
+    labels = [_class_label(results, c) for c in range(results.num_classes)]
     for index, key in enumerate(keys):
         axes = figure.add_subplot(1, len(keys), index + 1)
-        canvas = tile(results.grids[key], results.num_classes, gap=1)
-        gray = canvas.shape[-1] == 1
-        axes.imshow(canvas[..., 0] if gray else canvas, cmap="gray" if gray else None)
-        axes.set_title(MODEL_TITLES[key], fontsize=9)
-        height = canvas.shape[0] / results.num_classes
-        axes.set_yticks([height * (c + 0.5) for c in range(results.num_classes)])
-        axes.set_yticklabels([_class_label(results, c) for c in range(results.num_classes)])
-        axes.set_xticks([])
+        show_grid(axes, results.grids[key], results.num_classes, MODEL_TITLES[key], 9, labels)
     figure.suptitle(
         f"rows = classes; forget {results.forget} -> override {results.override}", fontsize=10
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def _class_label(results: DemoResults, label: int) -> str:
@@ -155,48 +151,29 @@ def plot_forgetting_curve(results: DemoResults, path: Path) -> None:
             "C1" + style,
             label=f"remain accuracy, {label}",
         )
-    axes.axhline(UA_CURVE_THRESHOLD, color="gray", linewidth=0.8, linestyle="--")
+    finish_ua_axes(axes, UA_CURVE_THRESHOLD, "SFD iteration", "share", "center right")
     axes.axvline(0.2 * results.iterations, color="gray", linewidth=0.8, linestyle=":")
-    axes.set_xlabel("SFD iteration")
-    axes.set_ylabel("share")
-    axes.set_ylim(-0.02, 1.02)
     axes.set_title("swift forgetting: UA and remain accuracy during training", fontsize=10)
-    axes.legend(fontsize=7, loc="center right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def plot_forget_histogram(results: DemoResults, path: Path) -> None:
     """Where forget-class samples went: the classifier's labels of them, per model."""
-    keys = list(results.models)
     figure = Figure(figsize=(7, 3.6))
     axes = figure.add_subplot(1, 1, 1)
-    width = 0.8 / max(len(keys), 1)
-    classes = np.arange(results.num_classes)
-    for index, key in enumerate(keys):
-        counts = np.asarray(results.models[key].forget_histogram, dtype=float)
-        share = counts / max(counts.sum(), 1.0)
-        axes.bar(classes + (index - (len(keys) - 1) / 2) * width, share, width, label=key)
+    histograms = {key: m.forget_histogram for key, m in results.models.items()}
+    classes = share_bars(axes, histograms, results.num_classes)
     axes.set_xticks(classes, [_class_label(results, int(c)) for c in classes], fontsize=7)
     axes.set_ylabel("share of forget-class samples")
     axes.set_title(
         f"classifier labels of samples generated for class {results.forget}", fontsize=10
     )
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
+    save_figure(figure, path)
 
 
 def _scaled(value: float | None, scale: float) -> float | None:
     return None if value is None else scale * value
-
-
-def _number(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
@@ -213,10 +190,10 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
             continue
         m = results.models[key]
         lines.append(
-            f"| {title} | {m.nfe} | {_percent(m.ua)} | {_percent(m.forget_as_override)} "
-            f"| {_percent(m.remain_accuracy)} | {_number(m.fid_remain)} "
-            f"| {_number(m.kid_remain, 4)} ± {_number(m.kid_remain_std, 4)} "
-            f"| {_number(m.images_per_second, 1)} |"
+            f"| {title} | {m.nfe} | {percent(m.ua)} | {percent(m.forget_as_override)} "
+            f"| {percent(m.remain_accuracy)} | {number(m.fid_remain)} "
+            f"| {number(m.kid_remain, 4)} ± {number(m.kid_remain_std, 4)} "
+            f"| {number(m.images_per_second, 1)} |"
         )
     remain = sorted(next(iter(results.models.values())).remain_per_class)
     lines += [
@@ -227,17 +204,13 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
         "",
         "## Remain accuracy per class",
         "",
-        "| model | " + " | ".join(str(c) for c in remain) + " |",
-        "|---|" + "---|" * len(remain),
+        *remain_table(results.models, remain),
     ]
-    for key, m in results.models.items():
-        cells = " | ".join(_percent(m.remain_per_class[c]) for c in remain)
-        lines.append(f"| {key} | {cells} |")
     lines += ["", "## Sampling throughput (measured)", "", "| sampler | NFE | images/s | timed |"]
     lines.append("|---|---|---|---|")
     for name, t in results.throughput.items():
         lines.append(
-            f"| {name} | {t['nfe']} | {_number(t['images_per_second'], 1)} "
+            f"| {name} | {t['nfe']} | {number(t['images_per_second'], 1)} "
             f"| {t['repeats']} call(s) of batch {t['batch_size']} in {t['seconds']:.2f} s |"
         )
     summary = results.curve_summary()
@@ -264,12 +237,7 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
         "",
         f"![samples]({files['samples']})",
         "",
-        "## Protocol",
-        "",
-        "```json",
-        json.dumps(results.protocol, indent=2),
-        "```",
-        "",
+        *protocol_section(results.protocol),
     ]
     return "\n".join(lines)
 
@@ -282,8 +250,8 @@ def summary_table(metrics: dict) -> str:
             continue
         m = metrics[key]
         rows.append(
-            f"{key:30s} {m['nfe']:>5d} {_number(_scaled(m['ua'], 100), 1):>6s} "
-            f"{_number(_scaled(m['remain_accuracy'], 100), 1):>9s} {_number(m['fid_remain']):>8s} "
-            f"{_number(m['images_per_second'], 1):>9s}"
+            f"{key:30s} {m['nfe']:>5d} {number(_scaled(m['ua'], 100), 1):>6s} "
+            f"{number(_scaled(m['remain_accuracy'], 100), 1):>9s} {number(m['fid_remain']):>8s} "
+            f"{number(m['images_per_second'], 1):>9s}"
         )
     return "\n".join(rows)

@@ -17,35 +17,35 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import diffusers
-import torch
-
 from sfd.apps.compare.methods import DistillMethod, Fitted, Run, SFDMethod
-from sfd.apps.compare.run import prepare_classifier
+from sfd.apps.compare.run import (
+    FEATURES,
+    SAME_NOISE,
+    THROUGHPUT,
+    evaluate_with_grid,
+    protocol_head,
+    real_floor,
+)
 from sfd.apps.compare.workspace import (
     Workspace,
     announce,
-    build_teacher,
-    load_split,
-    teacher_recipe,
+    classifier_phase,
+    start_run,
+    teacher_phase,
+    timed,
 )
 from sfd.apps.demo.report import DemoResults, write_report
 from sfd.apps.demo.settings import DemoSettings, check_settings, default_sfd_config
 from sfd.core.generator import training_record
-from sfd.errors import SFDConfigError
 from sfd.eval.evaluate import (
     ModelEvaluation,
     ddim_sampler,
     environment,
-    evaluate_sampler,
-    generate,
     library_versions,
     measure_throughput,
     one_step_sampler,
 )
-from sfd.eval.metrics import feature_distances
 from sfd.folders import write_folder_atomically
-from sfd.images import to_uint8
 from sfd.pipelines.io import load_generator, save_generator
 
 TOOL = "sfd demo"
@@ -55,72 +55,48 @@ __all__ = ["DemoSettings", "check_settings", "default_sfd_config", "run_demo"]
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
     """Run the whole demo; returns the report's artefact paths."""
     started = time.perf_counter()
-    if settings.threads is not None:
-        if settings.threads < 1:
-            raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
-        torch.set_num_threads(settings.threads)
-    if not settings.progress:  # also the loading bars of diffusers' from_pretrained
-        diffusers.utils.logging.disable_progress_bar()
-    workspace = load_split(
-        settings.data, settings.heldout_fraction, settings.seed, settings.teacher_cache
-    )
-    sfd = check_settings(settings, workspace.data)  # every check before anything is written
+    workspace, sfd = start_run(settings)  # every check before anything is written
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
-    clock = time.perf_counter()
-    announce(TOOL, f"1/6 teacher (cache: {workspace.cache})")
-    recipe = teacher_recipe(settings.seed, settings.teacher_steps, settings.teacher_channels)
-    teacher_dir, cached, description, _ = build_teacher(
-        workspace, recipe, sfd.trainer.accelerator, settings.progress
-    )
-    workspace.teacher_dir, workspace.teacher_cached = teacher_dir, cached
-    workspace.teacher_settings = description
-    announce(TOOL, f"teacher {'reused from' if cached else 'trained into'} {teacher_dir}")
-    seconds["teacher"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    announce(TOOL, "2/6 evaluation classifier")
-    prepare_classifier(workspace, settings)
-    assert workspace.classifier_dir is not None
-    shutil.copytree(workspace.classifier_dir, output / "classifier", dirs_exist_ok=True)
-    announce(TOOL, f"classifier held-out accuracy {100 * workspace.classifier_accuracy:.1f} %")
-    seconds["classifier"] = time.perf_counter() - clock
+    with timed(seconds, "teacher"):
+        teacher_phase(workspace, settings, sfd.trainer.accelerator, TOOL, "1/6")
+    with timed(seconds, "classifier"):
+        classifier_phase(workspace, settings, TOOL, "2/6")
+        assert workspace.classifier_dir is not None
+        shutil.copytree(workspace.classifier_dir, output / "classifier", dirs_exist_ok=True)
 
     run = Run(settings, workspace, {}, output / "logs", sfd.trainer.accelerator)
-    clock = time.perf_counter()
-    announce(TOOL, "3/6 stage 1: distillation without forgetting (cached like the teacher)")
-    distilled = DistillMethod().fit(run)
-    assert run.stage1 is not None
-    announce(
-        TOOL,
-        f"stage 1 {'reused from' if run.stage1.cached else 'trained into'} {run.stage1.folder}",
-    )
-    copy_export(run.stage1.generator_dir, output / "generator_without_forgetting")
-    seconds["stage1"] = time.perf_counter() - clock
+    with timed(seconds, "stage1"):
+        announce(TOOL, "3/6 stage 1: distillation without forgetting (cached like the teacher)")
+        distilled = DistillMethod().fit(run)
+        assert run.stage1 is not None
+        announce(
+            TOOL,
+            f"stage 1 {'reused from' if run.stage1.cached else 'trained into'} {run.stage1.folder}",
+        )
+        copy_export(run.stage1.generator_dir, output / "generator_without_forgetting")
 
-    clock = time.perf_counter()
-    announce(TOOL, "4/6 stage 2: SFD from the stage-1 generator and fake score")
-    forgetting = SFDMethod(two_stage=True).fit(run)
-    module = forgetting.extra.pop("module")
-    record = training_record(module)
-    save_generator(module.export_generator, output / "generator", True, training=record)
-    seconds["sfd"] = time.perf_counter() - clock
+    with timed(seconds, "sfd"):
+        announce(TOOL, "4/6 stage 2: SFD from the stage-1 generator and fake score")
+        forgetting = SFDMethod(two_stage=True).fit(run)
+        module = forgetting.extra.pop("module")
+        record = training_record(module)
+        save_generator(module.export_generator, output / "generator", True, training=record)
 
-    clock = time.perf_counter()
-    announce(TOOL, "5/6 evaluation")
-    results = evaluate_all(settings, sfd, workspace, output, distilled, forgetting)
-    # The same weights again, now with their measured numbers on the model card.
-    save_generator(
-        module.export_generator,
-        output / "generator",
-        True,
-        training=record,
-        metrics=results.models["sfd"].to_dict(),
-        metrics_source=f"{TOOL} evaluation (metrics.json, models.sfd)",
-    )
-    seconds["evaluation"] = time.perf_counter() - clock
+    with timed(seconds, "evaluation"):
+        announce(TOOL, "5/6 evaluation")
+        results = evaluate_all(settings, sfd, workspace, output, distilled, forgetting)
+        # The same weights again, now with their measured numbers on the model card.
+        save_generator(
+            module.export_generator,
+            output / "generator",
+            True,
+            training=record,
+            metrics=results.models["sfd"].to_dict(),
+            metrics_source=f"{TOOL} evaluation (metrics.json, models.sfd)",
+        )
     seconds["total"] = time.perf_counter() - started
     results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
 
@@ -147,7 +123,6 @@ def evaluate_all(
 ) -> DemoResults:
     """Evaluate the teacher (DDIM) and both generators (reloaded from their exports)."""
     num_classes = workspace.data.num_classes
-    real_remain = workspace.real_remain([settings.forget])
     teacher = workspace.teacher()
     samplers = {
         "teacher": ddim_sampler(teacher, settings.ddim_steps),
@@ -156,25 +131,10 @@ def evaluate_all(
         ),
         "sfd": one_step_sampler(load_generator(output / "generator")),
     }
-    assert workspace.classifier is not None
     models: dict[str, ModelEvaluation] = {}
     grids = {}
-    grid_labels = torch.arange(num_classes).repeat_interleave(settings.grid_per_class)
     for key, sampler in samplers.items():
-        models[key] = evaluate_sampler(
-            sampler,
-            workspace.classifier,
-            real_remain,
-            num_classes,
-            [settings.forget],
-            [settings.override],
-            settings.eval_per_class,
-            seed=settings.seed,
-            throughput_batch=settings.throughput_batch,
-            throughput_repeats=settings.throughput_repeats,
-            progress=settings.progress,
-        )
-        grids[key] = to_uint8(generate(sampler, grid_labels, settings.seed + 1))
+        models[key], grids[key] = evaluate_with_grid(sampler, settings, workspace)
     slow = None
     if settings.time_full_schedule:
         full = ddim_sampler(teacher, len(teacher.sigma_table))  # the network is warm from DDIM
@@ -189,19 +149,13 @@ def evaluate_all(
         f"teacher, DDIM {settings.ddim_steps} steps": settings.ddim_steps,
         f"teacher, DDIM {len(teacher.sigma_table)} steps": len(teacher.sigma_table),
     }
-    train_remain = workspace.train.images[workspace.train.labels != settings.forget]
-    floor = feature_distances(train_remain, real_remain, workspace.classifier, seed=settings.seed)
+    floor = real_floor(settings, workspace)
     stage1 = forgetting.extra
     protocol = {
-        "seed": settings.seed,
-        "data": settings.data,
-        "train_images": len(workspace.train),
-        "heldout_images": len(workspace.heldout),
-        "fid_reference": f"{len(real_remain)} held-out real remain-class images (uint8, as stored)",
-        "generated_per_class": settings.eval_per_class,
+        **protocol_head(settings, workspace),
         "generated_remain_images": settings.eval_per_class * (num_classes - 1),
-        "noise": "sample i uses the same z for every model (seed above)",
-        "feature_extractor": "evaluation classifier penultimate layer (torchmetrics feature=)",
+        "noise": SAME_NOISE,
+        "feature_extractor": FEATURES,
         "kid": models["sfd"].extra,
         "fid_real_train_vs_heldout": floor.fid,
         "kid_real_train_vs_heldout": floor.kid_mean,
@@ -222,7 +176,7 @@ def evaluate_all(
             "forget_per_class": settings.curve_per_class,
             "remain_per_class": settings.curve_remain_per_class,
         },
-        "throughput": "timed calls on one fixed batch after one warm-up call (no extrapolation)",
+        "throughput": THROUGHPUT,
         "classifier_heldout_accuracy": workspace.classifier_accuracy,
         "classifier": {
             "folder": str(workspace.classifier_dir),

@@ -6,27 +6,33 @@ drawn from the same fields.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from sfd.apps.demo.report import plot_forget_histogram, plot_forgetting_curve
+from sfd.apps.demo.report import (
+    MODEL_TITLES,
+    UA_CURVE_THRESHOLD,
+    plot_forget_histogram,
+    plot_forgetting_curve,
+)
+from sfd.apps.report_folder import (
+    number,
+    percent,
+    protocol_section,
+    remain_table,
+    save_figure,
+    show_grid,
+    write_report_folder,
+)
 from sfd.eval.concepts import ConceptEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
-from sfd.images import tile
 
-MODEL_KEYS = ("teacher", "distilled_without_forgetting", "sfd")
-MODEL_TITLES = {
-    "teacher": "teacher (DDIM)",
-    "distilled_without_forgetting": "one-step, distilled without forgetting",
-    "sfd": "one-step SFD (forgetting)",
-}
-UA_CURVE_THRESHOLD = 0.95
+MODEL_KEYS = tuple(MODEL_TITLES)  # table order: teacher, without forgetting, SFD
 
 
 @dataclass
@@ -98,21 +104,16 @@ class TextDemoResults:
 
 def write_text_report(results: TextDemoResults, output_dir: str | Path) -> dict[str, Path]:
     """Write metrics.json, report.md and the figures into `output_dir`; returns their paths."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "metrics": output_dir / "metrics.json",
-        "report": output_dir / "report.md",
-        "samples": output_dir / "samples.png",
-        "forgetting_curve": output_dir / "forgetting_curve.png",
-        "forget_histogram": output_dir / "forget_histogram.png",
-    }
-    paths["metrics"].write_text(json.dumps(results.to_json(), indent=2, allow_nan=True) + "\n")
-    plot_prompt_grids(results, paths["samples"])
-    plot_forgetting_curve(results, paths["forgetting_curve"])
-    plot_forget_histogram(results, paths["forget_histogram"])
-    paths["report"].write_text(markdown_report(results, {k: p.name for k, p in paths.items()}))
-    return paths
+    return write_report_folder(
+        output_dir,
+        results.to_json(),
+        {
+            "samples": partial(plot_prompt_grids, results),
+            "forgetting_curve": partial(plot_forgetting_curve, results),
+            "forget_histogram": partial(plot_forget_histogram, results),
+        },
+        partial(markdown_report, results),
+    )
 
 
 def plot_prompt_grids(results: TextDemoResults, path: Path) -> None:
@@ -121,28 +122,10 @@ def plot_prompt_grids(results: TextDemoResults, path: Path) -> None:
     figure = Figure(figsize=(3 * 3.4 + 3.2, 0.42 * rows + 1.0))
     for index, key in enumerate(MODEL_KEYS):
         axes = figure.add_subplot(1, 3, index + 1)
-        canvas = tile(results.grids[key], rows, gap=1)
-        gray = canvas.shape[-1] == 1
-        axes.imshow(canvas[..., 0] if gray else canvas, cmap="gray" if gray else None)
-        axes.set_title(MODEL_TITLES[key], fontsize=9)
-        height = canvas.shape[0] / rows
-        axes.set_yticks([height * (r + 0.5) for r in range(rows)])
-        axes.set_yticklabels(
-            [f"{title}: {prompt}" if index == 0 else "" for title, prompt in results.grid_rows],
-            fontsize=6,
-        )
-        axes.set_xticks([])
+        labels = [f"{title}: {prompt}" if index == 0 else "" for title, prompt in results.grid_rows]
+        show_grid(axes, results.grids[key], rows, MODEL_TITLES[key], 9, labels, 6)
     figure.suptitle("one row per prompt (same noise in every panel)", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
-
-
-def _number(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+    save_figure(figure, path)
 
 
 def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
@@ -159,10 +142,10 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         m, attack = results.models[key], results.attacks[key]
         paraphrase = m.forget_paraphrases.ua if m.forget_paraphrases else None
         lines.append(
-            f"| {MODEL_TITLES[key]} | {m.nfe} | {_percent(m.ua)} | {_percent(paraphrase)} "
-            f"| {_percent(m.forget_train.as_override)} | {_percent(m.remain_accuracy)} "
-            f"| {_percent(m.neighbour_accuracy)} | {_number(m.fid_remain)} "
-            f"| {_number(m.kid_remain, 4)} | {_percent(attack['success_rate'])} |"
+            f"| {MODEL_TITLES[key]} | {m.nfe} | {percent(m.ua)} | {percent(paraphrase)} "
+            f"| {percent(m.forget_train.as_override)} | {percent(m.remain_accuracy)} "
+            f"| {percent(m.neighbour_accuracy)} | {number(m.fid_remain)} "
+            f"| {number(m.kid_remain, 4)} | {percent(attack['success_rate'])} |"
         )
     neighbours = results.protocol.get("neighbours", [])
     budget = results.attacks["sfd"]["budget"]
@@ -182,20 +165,16 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
     ]
     for name, entry in results.targets().items():
         lines.append(
-            f"| {name} | {_number(entry['value'], 3)} | {'yes' if entry['met'] else 'no'} |"
+            f"| {name} | {number(entry['value'], 3)} | {'yes' if entry['met'] else 'no'} |"
         )
     classes = sorted(results.models["teacher"].remain_per_class)
     lines += [
         "",
         "## Remain accuracy per class",
         "",
-        "| model | " + " | ".join(names[c] for c in classes) + " |",
-        "|---|" + "---|" * len(classes),
-    ]
-    for key in MODEL_KEYS:
-        per_class = results.models[key].remain_per_class
-        lines.append(f"| {key} | " + " | ".join(_percent(per_class[c]) for c in classes) + " |")
-    lines += [
+        *remain_table(
+            {key: results.models[key] for key in MODEL_KEYS}, classes, [names[c] for c in classes]
+        ),
         "",
         "## Forgetting curve",
         "",
@@ -209,12 +188,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         "",
         f"![samples]({files['samples']})",
         "",
-        "## Protocol",
-        "",
-        "```json",
-        json.dumps(results.protocol, indent=2, default=str),
-        "```",
-        "",
+        *protocol_section(results.protocol),
     ]
     return "\n".join(lines)
 

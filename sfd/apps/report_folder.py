@@ -1,0 +1,148 @@
+"""What the report folders of `sfd demo`, `sfd demo-text` and `sfd compare` share.
+
+Each folder holds metrics.json, PNG figures (matplotlib, no display) and report.md, written by
+`write_report_folder`; the rest are the pieces their figures and tables have in common.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from sfd.images import tile
+
+
+def write_report_folder(
+    output_dir: str | Path,
+    metrics: dict[str, Any],
+    figures: Mapping[str, Callable[[Path], None]],
+    markdown: Callable[[dict[str, str]], str],
+) -> dict[str, Path]:
+    """Write metrics.json, the figures and report.md into `output_dir`.
+
+    Args:
+        output_dir: the report folder (created if missing; report files are replaced).
+        metrics: the content of metrics.json.
+        figures: {artefact name: function drawing it into a path}; the artefact `name` is the
+            file `name.png`; they are drawn in this order.
+        markdown: the content of report.md from {artefact name: file name}.
+
+    Returns:
+        {artefact name: path}: "metrics", "report", then the figures in order.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": output_dir / "metrics.json", "report": output_dir / "report.md"}
+    paths.update({name: output_dir / f"{name}.png" for name in figures})
+    paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    for name, draw in figures.items():
+        draw(paths[name])
+    paths["report"].write_text(markdown({name: path.name for name, path in paths.items()}))
+    return paths
+
+
+def percent(value: float | None) -> str:
+    """A share as "12.3 %" ("n/a" for None or NaN)."""
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
+
+
+def number(value: float | None, digits: int = 2) -> str:
+    """A number with `digits` decimals ("n/a" for None or NaN)."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def model_table(columns: Sequence[str], rows: Mapping[str, Sequence[str]]) -> list[str]:
+    """A markdown table with a "model" column: `columns` after it, one row of cells per model."""
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {key} | " + " | ".join(cells) + " |" for key, cells in rows.items()]
+    return lines
+
+
+def remain_table(
+    models: Mapping[str, Any], classes: Sequence[int], columns: Sequence[str] | None = None
+) -> list[str]:
+    """The per-class remain accuracy table: a row per model (with `remain_per_class`), a column
+    per class of `classes`, headed by `columns` (None: the class numbers)."""
+    rows = {key: [percent(m.remain_per_class[c]) for c in classes] for key, m in models.items()}
+    return model_table([str(c) for c in classes] if columns is None else columns, rows)
+
+
+def protocol_section(protocol: dict[str, Any]) -> list[str]:
+    """The closing "## Protocol" section of report.md: the protocol as a JSON block."""
+    return ["## Protocol", "", "```json", json.dumps(protocol, indent=2, default=str), "```", ""]
+
+
+def show_grid(
+    axes: Axes,
+    grid: Tensor,
+    rows: int,
+    title: str,
+    title_size: float,
+    row_labels: Sequence[str] | None = None,
+    label_size: float | None = None,
+) -> None:
+    """One panel of a sample figure: `grid` tiled in `rows` rows, without x ticks.
+
+    Args:
+        axes: the panel.
+        grid: uint8 samples, (rows·n, C, H, W), row by row.
+        rows: number of rows.
+        title: the panel's title, in `title_size` points.
+        row_labels: one y tick label per row, at the row's centre (None: no y ticks).
+        label_size: font size of the row labels (None: the default).
+    """
+    canvas = tile(grid, rows, gap=1)
+    gray = canvas.shape[-1] == 1
+    axes.imshow(canvas[..., 0] if gray else canvas, cmap="gray" if gray else None)
+    axes.set_title(title, fontsize=title_size)
+    if row_labels is None:
+        axes.set_yticks([])
+    else:
+        height = canvas.shape[0] / rows
+        axes.set_yticks([height * (r + 0.5) for r in range(rows)])
+        size = {} if label_size is None else {"fontsize": label_size}
+        axes.set_yticklabels(row_labels, **size)
+    axes.set_xticks([])
+
+
+def share_bars(axes: Axes, histograms: Mapping[str, Sequence[int]], num_classes: int) -> np.ndarray:
+    """Grouped bars: per class, each model's share of the forget samples labelled as it.
+
+    Args:
+        axes: where to draw.
+        histograms: {model key (the bar label): count of forget samples per classifier label}.
+        num_classes: number of classes K.
+
+    Returns:
+        the class positions 0..K-1 on the x axis.
+    """
+    width = 0.8 / max(len(histograms), 1)
+    classes = np.arange(num_classes)
+    for index, (key, histogram) in enumerate(histograms.items()):
+        counts = np.asarray(histogram, dtype=float)
+        share = counts / max(counts.sum(), 1.0)
+        axes.bar(classes + (index - (len(histograms) - 1) / 2) * width, share, width, label=key)
+    return classes
+
+
+def finish_ua_axes(axes: Axes, threshold: float, xlabel: str, ylabel: str, legend_loc: str) -> None:
+    """The dashed UA threshold, axis labels, the [0, 1] range and the legend of a curve plot."""
+    axes.axhline(threshold, color="gray", linewidth=0.8, linestyle="--")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_ylim(-0.02, 1.02)
+    axes.legend(fontsize=7, loc=legend_loc)
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Lay the figure out and write it as a PNG at 120 dpi."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
