@@ -1,10 +1,13 @@
-"""What several verbs share (not a verb itself): the torch device a user names, quiet training."""
+"""What several verbs share (not a verb itself): the torch device a user names, quiet training,
+the options of the class-conditional runs (`sfd demo`, `sfd compare`)."""
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sfd.errors import SFDConfigError
@@ -41,3 +44,59 @@ def design_warnings_hidden() -> Iterator[None]:
     with warnings.catch_warnings():
         quiet_design_warnings()
         yield
+
+
+def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """The options `sfd demo` and `sfd compare` share (teacher, classifier, stage 1, protocol).
+
+    Args:
+        parser: the verb's parser.
+        defaults: its settings dataclass instance (`DemoSettings` or a subclass), for defaults.
+    """
+    add = parser.add_argument
+    add("--data", default=defaults.data, help="'digits' (default) or a labelled .npz / CIFAR-10")
+    add("--forget", type=int, default=defaults.forget, help="class to forget")
+    add("--override", type=int, default=defaults.override, help="class it is mapped to")
+    add("--seed", type=int, default=defaults.seed, help="seed of every phase")
+    add("--sfd-config", type=Path, help="SFD settings in `sfd fit` YAML (default: the preset)")
+    add("--teacher-cache", type=Path, help="cache of teachers, classifiers, stage 1 (~/.cache/sfd)")
+    add("--teacher-steps", type=int, help="teacher (and Retrain) training steps")
+    add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels")
+    add("--classifier-steps", type=int, help="classifier training steps")
+    add(
+        "--stage1-steps",
+        "--baseline-iterations",
+        dest="baseline_iterations",
+        type=int,
+        help="stage-1 (distillation without forgetting) iterations; default: the stage-1 "
+        "preset's (600), or --trainer.max_steps, which sets both stages",
+    )
+    add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/20)")
+    add(
+        "--curve-per-class",
+        type=int,
+        default=defaults.curve_per_class,
+        help="forget-class samples per forgetting-curve point",
+    )
+    add(
+        "--curve-remain-per-class",
+        type=int,
+        default=defaults.curve_remain_per_class,
+        help="samples of each remain class per forgetting-curve point",
+    )
+    add("--eval-per-class", type=int, default=defaults.eval_per_class, help="generated per class")
+    add(
+        "--ddim-steps",
+        type=int,
+        default=defaults.ddim_steps,
+        help="DDIM steps of multi-step models",
+    )
+    add("--throughput-batch", type=int, default=defaults.throughput_batch)
+    add("--throughput-repeats", type=int, default=defaults.throughput_repeats)
+    add("--grid-per-class", type=int, default=defaults.grid_per_class)
+    add(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)",
+    )
+    add("--no-progress", action="store_true", help="hide progress bars")

@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import design_warnings_hidden
+from sfd.cli.common import add_class_run_options, design_warnings_hidden
 from sfd.errors import SFDConfigError
 
 FIT_PREFIXES = ("--model.", "--trainer.")  # forwarded to the SFD configuration
@@ -29,38 +29,12 @@ def demo_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--output-dir", type=Path, default=defaults.output_dir, help="report folder")
-    add("--data", default=defaults.data, help="'digits' (default) or a labelled .npz / CIFAR-10")
-    add("--forget", type=int, default=defaults.forget, help="class to forget")
-    add("--override", type=int, default=defaults.override, help="class it is mapped to")
-    add("--seed", type=int, default=defaults.seed, help="seed of every phase")
-    add("--sfd-config", type=Path, help="SFD settings in `sfd fit` YAML (default: the preset)")
-    add("--teacher-cache", type=Path, help="teacher cache folder (default ~/.cache/sfd)")
-    add("--teacher-steps", type=int, help="teacher training steps (default: the trainer's)")
-    add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels")
-    add("--classifier-steps", type=int, help="classifier training steps")
-    add(
-        "--baseline-iterations",
-        type=int,
-        help="stage-1 (distillation without forgetting) iterations; default: the stage-1 preset's (600), or --trainer.max_steps, which sets both stages",
-    )
-    add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/20)")
-    add("--curve-per-class", type=int, default=defaults.curve_per_class)
-    add("--eval-per-class", type=int, default=defaults.eval_per_class, help="generated per class")
-    add("--ddim-steps", type=int, default=defaults.ddim_steps, help="teacher DDIM steps")
-    add("--throughput-batch", type=int, default=defaults.throughput_batch)
-    add("--throughput-repeats", type=int, default=defaults.throughput_repeats)
-    add("--grid-per-class", type=int, default=defaults.grid_per_class)
+    add_class_run_options(parser, defaults)
     add(
         "--skip-full-schedule-timing",
         action="store_true",
         help="do not time the teacher's full-schedule (1000-step) sampler",
     )
-    add(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)",
-    )
-    add("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
