@@ -12,6 +12,19 @@ from typing import Any
 
 from sfd.errors import SFDConfigError
 
+FIT_PREFIXES = ("--model.", "--trainer.")  # options the demos forward to the SFD configuration
+
+
+def is_option(token: str) -> bool:
+    """An option name, not a value such as -1 or -.5."""
+    if not token.startswith("-"):
+        return False
+    try:
+        float(token)
+    except ValueError:
+        return True
+    return False
+
 
 def usable_device(name: str, flag: str = "--device") -> Any:
     """The `torch.device` called `name`, if this machine can allocate on it.

@@ -7,10 +7,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import add_class_run_options, design_warnings_hidden
+from sfd.cli.common import FIT_PREFIXES, add_class_run_options, design_warnings_hidden, is_option
 from sfd.errors import SFDConfigError
-
-FIT_PREFIXES = ("--model.", "--trainer.")  # forwarded to the SFD configuration
 
 
 def compare_parser() -> argparse.ArgumentParser:
@@ -80,7 +78,7 @@ def split_forwarded(
     baseline_args: list[str] = []
     target: list[str] | None = None
     for token in rest:
-        if _is_option(token):
+        if is_option(token):
             name = token.split("=", 1)[0]
             if name.startswith(FIT_PREFIXES):
                 target = sfd_args
@@ -96,14 +94,3 @@ def split_forwarded(
             raise SFDConfigError(f"unexpected argument {token!r} (sfd compare --help)")
         target.append(token)
     return sfd_args, baseline_args
-
-
-def _is_option(token: str) -> bool:
-    """An option name, not a value such as -1 or -.5."""
-    if not token.startswith("-"):
-        return False
-    try:
-        float(token)
-    except ValueError:
-        return True
-    return False

@@ -7,10 +7,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import add_class_run_options, design_warnings_hidden
+from sfd.cli.common import FIT_PREFIXES, add_class_run_options, design_warnings_hidden, is_option
 from sfd.errors import SFDConfigError
-
-FIT_PREFIXES = ("--model.", "--trainer.")  # forwarded to the SFD configuration
 
 
 def demo_parser() -> argparse.ArgumentParser:
@@ -44,7 +42,7 @@ def run(args: list[str]) -> None:
     from sfd.apps.demo.run import DemoSettings, run_demo
 
     options, sfd_args = demo_parser().parse_known_args(args)
-    stray = [a for a in sfd_args if _is_option(a) and not a.startswith(FIT_PREFIXES)]
+    stray = [a for a in sfd_args if is_option(a) and not a.startswith(FIT_PREFIXES)]
     if stray:
         raise SFDConfigError(
             f"unknown option {stray[0]!r}; sfd demo takes its own options (sfd demo --help) "
@@ -62,14 +60,3 @@ def run(args: list[str]) -> None:
     metrics = json.loads(paths["metrics"].read_text())
     print(summary_table(metrics))
     print(f"report: {paths['report']}")
-
-
-def _is_option(token: str) -> bool:
-    """An option name, not a value such as -1 or -.5."""
-    if not token.startswith("-"):
-        return False
-    try:
-        float(token)
-    except ValueError:
-        return True
-    return False

@@ -7,8 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import design_warnings_hidden
-from sfd.cli.demo import FIT_PREFIXES, _is_option
+from sfd.cli.common import FIT_PREFIXES, design_warnings_hidden, is_option
 from sfd.errors import SFDConfigError
 
 
@@ -73,7 +72,7 @@ def run(args: list[str]) -> None:
     from sfd.eval.soft_prompt import AttackBudget
 
     options, sfd_args = demo_text_parser().parse_known_args(args)
-    stray = [a for a in sfd_args if _is_option(a) and not a.startswith(FIT_PREFIXES)]
+    stray = [a for a in sfd_args if is_option(a) and not a.startswith(FIT_PREFIXES)]
     if stray:
         raise SFDConfigError(
             f"unknown option {stray[0]!r}; sfd demo-text takes its own options "
