@@ -20,7 +20,7 @@ from torch import nn
 from sfd.baselines.method import Unlearned, unlearned
 from sfd.errors import SFDConfigError
 from sfd.eval.evaluate import ImageSampler, classify, ddim_sampler, generate, one_step_sampler
-from sfd.eval.metrics import unlearning_accuracy
+from sfd.eval.metrics import per_class_accuracy, unlearning_accuracy
 from sfd.images import to_uint8
 
 UA_THRESHOLD = 0.95  # "time and iterations to UA >= 95 %"
@@ -108,12 +108,10 @@ class TimedForgettingCurve(pl.Callback):
             sampler_for(result, self.ddim_steps), self.labels, self.seed, device=module.device
         )
         network.train(was_training)
-        predicted = classify(self.classifier.to(module.device), to_uint8(images))
+        predicted = classify(self.classifier.to(module.device), to_uint8(images)).cpu()
         is_forget = torch.isin(self.labels, torch.tensor(self.forget))
-        correct = predicted == self.labels
-        remain_accuracy = sum(
-            correct[self.labels == c].float().mean().item() for c in self.remain
-        ) / len(self.remain)
+        per_class = per_class_accuracy(predicted, self.labels, self.remain)
+        remain_accuracy = sum(per_class.values()) / len(per_class)
         return unlearning_accuracy(predicted[is_forget], self.forget), remain_accuracy
 
     def _record(self, trainer: pl.Trainer, module: Any, log: bool) -> None:
