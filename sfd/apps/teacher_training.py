@@ -372,6 +372,24 @@ def save_teacher(
     return write_folder_atomically(output_dir, write)
 
 
+def one_device_trainer(
+    accelerator: str, max_steps: int, progress: bool, root_dir: Path
+) -> pl.Trainer:
+    """The `Trainer` of a plain model fit (teacher, VAE): one device, one epoch of `max_steps`
+    batches (a single progress bar), no logger, no checkpoints."""
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=max_steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        default_root_dir=str(root_dir),
+    )
+
+
 def train_teacher(
     train: LabelledImages,
     output_dir: str | Path,
@@ -424,17 +442,7 @@ def train_teacher(
             lr=lr,
             ema_decay=ema_decay,
         )
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            max_steps=max_steps,
-            max_epochs=1,  # one epoch is max_steps batches: a single progress bar
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            default_root_dir=str(output_dir.parent),
-        )
+        trainer = one_device_trainer(accelerator, max_steps, progress, output_dir.parent)
         trainer.fit(module, datamodule=data)
     extra = {"batch_size": batch_size, "lr": lr, "seed": seed, "train_size": len(train)}
     if train.class_names is not None:

@@ -27,7 +27,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
-from sfd.apps.teacher_training import DDPMTeacherModule, TeacherDataModule, check_output_dir
+from sfd.apps.teacher_training import (
+    DDPMTeacherModule,
+    TeacherDataModule,
+    check_output_dir,
+    one_device_trainer,
+)
 from sfd.apps.text_data import CaptionVocabulary
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
@@ -355,17 +360,7 @@ def train_text_teacher(
             lr=lr,
             ema_decay=ema_decay,
         )
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            max_steps=max_steps,
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            default_root_dir=str(output_dir.parent),
-        )
+        trainer = one_device_trainer(accelerator, max_steps, progress, output_dir.parent)
         trainer.fit(module, datamodule=TeacherDataModule.from_images(train, batch_size, seed=seed))
     extra = {
         "kind": "text-to-image teacher",

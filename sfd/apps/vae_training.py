@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
-from sfd.apps.teacher_training import TeacherDataModule
+from sfd.apps.teacher_training import TeacherDataModule, one_device_trainer
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages, from_uint8
@@ -140,17 +140,7 @@ def train_vae(
         pl.seed_everything(seed, verbose=False)
         vae = make_vae(channels, height, tuple(block_out_channels), latent_channels)
         module = VAEModule(vae, lr, kl_weight)
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            max_steps=max_steps,
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            default_root_dir=str(Path(output_dir).parent),
-        )
+        trainer = one_device_trainer(accelerator, max_steps, progress, Path(output_dir).parent)
         trainer.fit(module, datamodule=TeacherDataModule.from_images(train, batch_size, seed=seed))
     vae = module.vae.to("cpu").eval().requires_grad_(False)
     vae.register_to_config(scaling_factor=1.0 / latent_std(vae, train))

@@ -21,8 +21,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
+from sfd.apps.compare.stages import fit_module
 from sfd.apps.compare.workspace import cached_classifier
 from sfd.apps.data import DIGITS, train_heldout_split
 from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir
@@ -347,18 +347,5 @@ def train_sfd(
     module, trainer_config = build_from_fit_config(
         [*args, "--model.steps_per_epoch", str(iterations)]
     )
-    trainer = pl.Trainer(
-        **{
-            **trainer_config,
-            "devices": 1,
-            "logger": CSVLogger(log_dir.parent, name=log_dir.name, version=""),
-            "callbacks": [*(trainer_config.get("callbacks") or []), curve],
-            "enable_checkpointing": False,
-            "enable_model_summary": False,
-            "enable_progress_bar": settings.progress,
-            "log_every_n_steps": max(1, min(10, iterations)),
-            "default_root_dir": log_dir,
-        }
-    )
-    trainer.fit(module)
+    fit_module(module, iterations, log_dir, settings.progress, [curve], trainer_config)
     return module
