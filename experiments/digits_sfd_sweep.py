@@ -20,76 +20,23 @@ appends one JSON line per run to --results, with the load average at the start a
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from sweep_tools import QualityTrace, add_sweep_options, parse, parse_sweep_options
 
 from sfd.apps.compare.curve import TimedForgettingCurve, first_reaching
-from sfd.apps.compare.stages import StageOne, save_vp_denoiser, train_sfd
+from sfd.apps.compare.stages import StageOne, save_stage_one, train_sfd
 from sfd.apps.data import load_images, train_heldout_split
 from sfd.apps.demo.run import DemoSettings
 from sfd.eval.classifier import load_classifier
 from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, one_step_sampler
-from sfd.pipelines.io import save_generator
 from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
-
-
-def parse(spec: str) -> tuple[str, list[str]]:
-    """`name:key=value,...` -> (name, ["--key", "value", ...])."""
-    name, _, assignments = spec.partition(":")
-    args = []
-    for item in filter(None, assignments.split(",")):
-        key, _, value = item.partition("=")
-        args += [f"--{key}", value]
-    return name, args
-
-
-class QualityTrace(pl.Callback):
-    """UA, remain accuracy and remain FID of the shipped generator every `every` iterations.
-
-    `extra_ema` decays keep further exponential moving averages of the generator beside the
-    module's own, so one run shows how the EMA decay changes quality.
-    """
-
-    def __init__(self, every: int, evaluate: Any, extra_ema: list[float]) -> None:
-        self.every = every
-        self.evaluate = evaluate
-        self.decays = extra_ema
-        self.averages: list[Any] = []
-        self.points: list[dict[str, Any]] = []
-
-    def on_train_start(self, trainer, module) -> None:  # noqa: ANN001
-        self.averages = [copy.deepcopy(module.generator).eval() for _ in self.decays]
-
-    @torch.no_grad()
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        live = [p.detach() for p in module.generator.parameters()]
-        for decay, average in zip(self.decays, self.averages, strict=True):
-            torch._foreach_lerp_(list(average.parameters()), live, 1.0 - decay)
-        step = module.global_step
-        if step % self.every and step < trainer.max_steps:
-            return
-        point: dict[str, Any] = {"iteration": step}
-        for name, network in [("ema", module.export_generator)] + [
-            (f"ema{decay:g}", average)
-            for decay, average in zip(self.decays, self.averages, strict=True)
-        ]:
-            result = self.evaluate(one_step_sampler(network))
-            point[name] = {
-                "ua": round(result.ua, 4),
-                "remain_accuracy": round(result.remain_accuracy, 4),
-                "fid_remain": round(result.fid_remain, 3),
-            }
-        module.generator.train()
-        self.points.append(point)
-        print(f"  it {step}: {point}", flush=True)
 
 
 def main() -> None:
@@ -100,20 +47,10 @@ def main() -> None:
     parser.add_argument("--forget", type=int, default=0)
     parser.add_argument("--override", type=int, default=1)
     parser.add_argument("--num-per-class", type=int, default=200)
-    parser.add_argument("--stage", choices=("sfd", "distill", "two_stage"), default="sfd")
-    parser.add_argument("--stage1", type=Path, help="stage-1 folder (generator/, fake_score/)")
-    parser.add_argument("--save-stage1", type=Path, help="save distill runs here, one per name")
-    parser.add_argument("--eval-every", type=int, help="measure FID every N iterations")
-    parser.add_argument("--extra-ema", default="", help="more EMA decays to trace, e.g. 0.99,0.995")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--results", type=Path, default=Path("sweep.jsonl"))
     parser.add_argument("--skip-teacher", action="store_true")
-    parser.add_argument("configs", nargs="+")
-    options = parser.parse_args()
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    if options.stage == "two_stage" and options.stage1 is None:
-        parser.error("--stage two_stage needs --stage1")
+    add_sweep_options(parser)
+    options = parse_sweep_options(parser)
 
     data = load_images(options.data)
     _, heldout = train_heldout_split(data)
@@ -134,6 +71,14 @@ def main() -> None:
             throughput_batch=None,
         )
 
+    def quality(network):  # noqa: ANN001, ANN202
+        result = evaluate(one_step_sampler(network))
+        return {
+            "ua": round(result.ua, 4),
+            "remain_accuracy": round(result.remain_accuracy, 4),
+            "fid_remain": round(result.fid_remain, 3),
+        }
+
     teacher_fid = float("nan")
     if not options.skip_teacher:
         reference = evaluate(ddim_sampler(teacher, 50))
@@ -151,14 +96,13 @@ def main() -> None:
         stage = {"sfd": "sfd", "distill": "stage1", "two_stage": "sfd"}[options.stage]
         args = settings.sfd_command_line(options.teacher, stage)
         if options.stage == "two_stage":
-            args += StageOne(options.stage1, False, 0.0, 0).stage_two_arguments()
+            args += StageOne.load(options.stage1).stage_two_arguments()
         iterations = parse_fit_config(args, one_line_errors=True).trainer.max_steps
         curve = TimedForgettingCurve(classifier, k, [options.forget], max(1, iterations // 20))
         callbacks: list[pl.Callback] = [curve]
         trace = None
         if options.eval_every:
-            decays = [float(d) for d in options.extra_ema.split(",") if d]
-            trace = QualityTrace(options.eval_every, evaluate, decays)
+            trace = QualityTrace(options.eval_every, quality, options.extra_ema)
             callbacks.append(trace)
         load_start = os.getloadavg()
         start = time.perf_counter()
@@ -167,9 +111,8 @@ def main() -> None:
         result = evaluate(one_step_sampler(module.export_generator))
         if options.save_stage1 is not None and options.stage == "distill":
             folder = options.save_stage1 / name
-            save_generator(module.export_generator, folder / "generator", overwrite=True)
-            (folder / "fake_score").mkdir(parents=True, exist_ok=True)
-            save_vp_denoiser(module.fake_score, folder / "fake_score")
+            folder.mkdir(parents=True, exist_ok=True)
+            save_stage_one(module, folder, seconds, iterations)
         first = first_reaching(curve.as_dicts())
         row = {
             "name": name,

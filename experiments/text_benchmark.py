@@ -66,6 +66,8 @@ def run(name: str, output: Path, extra: list[str]) -> dict:
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "phase_seconds": metrics["protocol"]["phase_seconds"],
         "teacher_cached": metrics["protocol"]["teacher"]["reused_from_cache"],
+        "classifier_cached": metrics["protocol"]["classifier"]["reused_from_cache"],
+        "stage1_cached": metrics["protocol"]["two_stage"]["stage1_reused_from_cache"],
         "targets": metrics["targets"],
         "models": {
             key: {
@@ -92,7 +94,9 @@ def markdown(results: list[dict]) -> str:
             f"`{r['command']}`",
             "",
             f"wall {r['wall_seconds'] / 60:.1f} min, CPU {r['cpu_seconds'] / 60:.1f} min, load "
-            f"{r['load_before']} -> {r['load_after']}, teacher cached: {r['teacher_cached']}",
+            f"{r['load_before']} -> {r['load_after']}, cached: teacher {r['teacher_cached']}, "
+            f"classifier {r['classifier_cached']}, stage 1 {r['stage1_cached']}; phases (s): "
+            f"{r['phase_seconds']}",
             "",
             "| model | UA | UA paraphrases | remain acc. | neighbour acc. | FID | attack |",
             "|---|---|---|---|---|---|---|",

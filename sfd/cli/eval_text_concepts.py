@@ -40,7 +40,11 @@ def concepts_parser() -> argparse.ArgumentParser:
     add("--forget-images", type=int, default=200, help="images per forget prompt set")
     add("--remain-per-class", type=int, default=100, help="images per remain class")
     add("--ddim-steps", type=int, default=25, help="DDIM steps of a teacher")
-    add("--guidance-scale", type=float, help="CFG scale (default 1 generator, 2 teacher)")
+    add(
+        "--guidance-scale",
+        type=float,
+        help="CFG scale (default 1 generator, 1.25 teacher as the text demo)",
+    )
     add("--attack", action="store_true", help="run the soft-prompt attack")
     add("--attack-tokens", type=int, default=attack.num_tokens)
     add("--attack-steps", type=int, default=attack.steps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sfd.cli.common import design_warnings_hidden
+from sfd.cli.common import run_quietly
 
 
 def teacher_text_parser() -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def run(args: list[str]) -> None:
     check_output_dir(options.output_dir)
     data, vocabulary = load_captioned(options.data)
     train, _ = train_heldout_split(data, options.heldout_fraction, options.seed)
-    with design_warnings_hidden():
+    with run_quietly(not options.no_progress):
         folder = build_text_teacher(
             train,
             vocabulary,

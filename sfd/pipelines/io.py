@@ -171,7 +171,7 @@ def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
         raise SFDConfigError(
             f"{str(path)!r} holds a {class_name!r} pipeline, not one of {sorted(PIPELINE_CLASSES)}"
         )
-    pipeline = PIPELINE_CLASSES[class_name].from_pretrained(path)
+    pipeline = PIPELINE_CLASSES[class_name].from_pretrained(str(path))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

@@ -90,6 +90,9 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     )
     assert len(metrics["forgetting_curve"]) >= 2
     assert not metrics["protocol"]["classifier"]["reused_from_cache"]
+    two_stage = metrics["protocol"]["two_stage"]  # stage 1 = the no-forgetting baseline
+    assert two_stage["stage1_iterations"] == 2 and not two_stage["stage1_reused_from_cache"]
+    assert metrics["forgetting_curve"][0]["iteration"] == 0  # SFD starts at the stage-1 generator
     if space == "latents":
         return
     # a second run reuses the cached teacher and classifier, and scores with the same classifier
@@ -139,6 +142,23 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     teacher = json.loads((out / "metrics.json").read_text())
     assert teacher["evaluation"]["forget_train"] == metrics["teacher"]["forget_train"]
     assert teacher["attack"]["sampler"].startswith("DDIM 1 steps")
-    # A second demo run reuses the cached teacher.
-    again = run_text_demo(tiny_settings(tmp_path, data, bert))
-    assert json.loads(again["metrics"].read_text())["protocol"]["teacher"]["reused_from_cache"]
+    # A run forgetting another concept reuses the cached teacher and stage 1 (distilled on every
+    # class's captions, the same for every pair).
+    other = replace(tiny_settings(tmp_path, data, bert), forget="two", override="five")
+    protocol = json.loads(run_text_demo(other)["metrics"].read_text())["protocol"]
+    assert protocol["teacher"]["reused_from_cache"] and protocol["forget"] == 2
+    assert protocol["two_stage"]["stage1_folder"] == two_stage["stage1_folder"]
+    assert protocol["two_stage"]["stage1_reused_from_cache"]
+
+
+@pytest.mark.parametrize("data", ["digits", "fashion-mnist"])
+def test_presets_parse_and_eval_text_defaults_to_their_teacher_guidance(data: str) -> None:
+    from sfd.apps.text_evaluation import TEACHER_GUIDANCE
+    from sfd.training.cli import parse_fit_config
+
+    settings = TextDemoSettings(data=data)
+    sfd = parse_fit_config(settings.sfd_command_line())
+    stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"))
+    assert sfd.model.teacher_guidance == TEACHER_GUIDANCE
+    assert (stage1.model.lambda_sg_forget, stage1.model.lambda_g_forget) == (0.0, 0.0)
+    assert stage1.trainer.max_steps != sfd.trainer.max_steps  # the overlay is composed in

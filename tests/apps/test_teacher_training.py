@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, assert_same_vp_outputs
 from diffusers import UNet2DModel
 
 from sfd.apps.data import load_images, train_heldout_split
@@ -207,14 +207,7 @@ def test_ema_update_and_export_are_exact(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
     # The loaded teacher is the EMA network behind the VP adapter, to the bit.
     direct = VPUNetDenoiser(module.ema_unet.eval(), module.scheduler)
-    loaded = PretrainedVPTeacher(str(path))
-    x, sigma, labels = (
-        torch.randn(3, 1, 8, 8),
-        torch.tensor([0.3, 2.0, 9.0]),
-        torch.tensor([1, 5, 9]),
-    )
-    with torch.no_grad():
-        assert torch.equal(loaded(x, sigma, labels), direct(x, sigma, labels))
+    assert_same_vp_outputs(PretrainedVPTeacher(str(path)), direct)
 
 
 def test_data_module_flip_choice_and_scaling(digits_train: LabelledImages) -> None:

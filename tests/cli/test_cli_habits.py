@@ -117,3 +117,25 @@ def test_the_public_api_is_lazy_and_complete(tmp_path: Path) -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'Nonsense'"):
         _ = sfd.Nonsense
+
+
+def test_no_progress_hides_the_libraries_weight_bars_and_restores_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffusers import AutoencoderKL
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from sfd.cli.common import run_quietly
+
+    AutoencoderKL(block_out_channels=(8,), norm_num_groups=4).save_pretrained(tmp_path)
+    capsys.readouterr()
+    with run_quietly(progress=False):
+        assert not transformers_logging.is_progress_bar_enabled()
+        assert not diffusers_logging.is_progress_bar_enabled()
+        AutoencoderKL.from_pretrained(tmp_path)
+    assert "Loading" not in capsys.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()
+    assert diffusers_logging.is_progress_bar_enabled()
+    with run_quietly(progress=True):
+        assert diffusers_logging.is_progress_bar_enabled()

@@ -20,7 +20,7 @@ from sfd.apps.compare.curve import first_reaching, sampler_for
 from sfd.apps.compare.methods import METHODS, TITLES, Fitted, Run
 from sfd.apps.compare.report import CompareResults, MethodReport, write_compare_report
 from sfd.apps.compare.settings import CompareSettings, parse_baselines
-from sfd.apps.compare.stages import save_vp_denoiser
+from sfd.apps.compare.stages import save_denoiser
 from sfd.apps.compare.workspace import (
     Workspace,
     announce,
@@ -207,4 +207,4 @@ def export_models(fitted: dict[str, Fitted], output: Path) -> None:
             save_generator(network, folder, overwrite=True)
         elif isinstance(network, VPUNetDenoiser):
             folder.mkdir(parents=True, exist_ok=True)
-            save_vp_denoiser(network, folder)
+            save_denoiser(network, folder)

@@ -23,13 +23,15 @@ from sfd.apps.compare.curve import TimedForgettingCurve
 from sfd.apps.demo.cache import cached_build
 from sfd.core.generator import training_record
 from sfd.core.module import SFDModule
+from sfd.errors import SFDConfigError
+from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.pipelines.io import save_generator
+from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser
 from sfd.training.cli import build_from_fit_config, parse_fit_config
 
 STAGE_ONE_RUN = "run.json"  # curve and seconds of the stage-1 run, beside its networks
 GENERATOR_CLASS = "sfd.pipelines.io.PretrainedOneStepGenerator"
-FAKE_SCORE_CLASS = "sfd.teachers.PretrainedVPTeacher"
 
 
 def fit_module(
@@ -93,26 +95,48 @@ def train_sfd(
     return module, seconds, iterations
 
 
-def save_vp_denoiser(denoiser: VPUNetDenoiser, folder: Path) -> Path:
-    """Write a VP UNet denoiser (a fake score, a fine-tuned teacher) as a teacher folder.
+FAKE_SCORE_CLASSES = {  # denoiser kind -> the teacher class that loads a `save_denoiser` folder
+    VPUNetDenoiser.kind: "sfd.teachers.PretrainedVPTeacher",
+    StableDiffusionDenoiser.kind: "sfd.teachers.StableDiffusionTeacher",
+}
 
-    The `DDPMPipeline` layout plus sfd.json loads with `PretrainedVPTeacher`, with `sfd eval`,
-    and in `sfd fit` as `model.fake_score` or `model.teacher`.
+
+def save_denoiser(denoiser: VPUNetDenoiser | StableDiffusionDenoiser, folder: Path) -> str:
+    """Write a trained denoiser (a fake score, a fine-tuned teacher) as a folder a teacher class loads.
+
+    A VP UNet denoiser gets the `DDPMPipeline` layout plus sfd.json (it loads with
+    `PretrainedVPTeacher`, `sfd eval`, and in `sfd fit` as `model.fake_score` or
+    `model.teacher`); a Stable Diffusion denoiser gets its `unet/` and `scheduler/` (it loads with
+    `StableDiffusionTeacher` as `model.fake_score`; prompts are still encoded by the teacher's
+    own text encoder).
 
     Args:
         denoiser: the network with its schedule.
         folder: an existing, empty folder.
 
     Returns:
-        the folder.
+        the class path that loads the folder (`FAKE_SCORE_CLASSES`).
     """
+    if isinstance(denoiser, StableDiffusionDenoiser):
+        denoiser.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        scheduler = {**denoiser.scheduler_config, "prediction_type": denoiser.prediction_type}
+        (folder / "scheduler").mkdir(exist_ok=True)
+        (folder / "scheduler" / "scheduler_config.json").write_text(
+            json.dumps(scheduler, indent=2) + "\n"
+        )
+        return FAKE_SCORE_CLASSES[denoiser.kind]
+    if not isinstance(denoiser, VPUNetDenoiser):
+        raise SFDConfigError(
+            f"cannot save a {type(denoiser).__name__}; savable denoiser kinds: "
+            f"{sorted(FAKE_SCORE_CLASSES)}"
+        )
     scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
     DDPMPipeline(unet=denoiser.unet, scheduler=scheduler).save_pretrained(
         folder, safe_serialization=True
     )
     config = {"num_classes": denoiser.num_classes, "null_class": denoiser.null_class}
     (folder / SFD_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    return folder
+    return FAKE_SCORE_CLASSES[denoiser.kind]
 
 
 @dataclass
@@ -122,10 +146,12 @@ class StageOne:
     Attributes:
         folder: the cache folder.
         cached: whether it was reused.
-        seconds: training seconds of the run that built it.
+        seconds: training seconds of the run that built it (a `TimedForgettingCurve`'s own
+            evaluations left out).
         iterations: its iterations.
         curve: its forgetting curve ({iteration, seconds, ua, remain_accuracy} points).
         description: what the cache key covers.
+        fake_score_class: the teacher class that loads its fake score (`save_denoiser`).
     """
 
     folder: Path
@@ -134,6 +160,23 @@ class StageOne:
     iterations: int
     curve: list[dict[str, float]] = field(default_factory=list)
     description: dict[str, Any] = field(default_factory=dict)
+    fake_score_class: str = FAKE_SCORE_CLASSES[VPUNetDenoiser.kind]
+
+    @classmethod
+    def load(
+        cls, folder: Path, cached: bool = False, description: dict[str, Any] | None = None
+    ) -> StageOne:
+        """The stage-1 networks of a folder `save_stage_one` wrote."""
+        record = json.loads((folder / STAGE_ONE_RUN).read_text())
+        return cls(
+            folder,
+            cached,
+            record["seconds"],
+            record["iterations"],
+            record["curve"],
+            description or {},
+            record.get("fake_score_class", FAKE_SCORE_CLASSES[VPUNetDenoiser.kind]),
+        )
 
     @property
     def generator_dir(self) -> Path:
@@ -148,7 +191,7 @@ class StageOne:
         return [
             "--model.generator", GENERATOR_CLASS,
             "--model.generator.init_args.pretrained_model_name_or_path", str(self.generator_dir),
-            "--model.fake_score", FAKE_SCORE_CLASS,
+            "--model.fake_score", self.fake_score_class,
             "--model.fake_score.init_args.pretrained_model_name_or_path", str(self.fake_score_dir),
         ]  # fmt: skip
 
@@ -157,10 +200,11 @@ def stage_one(
     cache: Path,
     teacher_key: str,
     args: list[str],
-    curve: TimedForgettingCurve | None,
+    curve: TimedForgettingCurve | ForgettingCurve | None,
     log_dir: Path,
     progress: bool,
     seed: int,
+    conditions_key: dict[str, Any] | None = None,
 ) -> StageOne:
     """Stage 1 from the cache, or distilled now and cached.
 
@@ -172,6 +216,8 @@ def stage_one(
         log_dir: logs of the run.
         progress: progress bars.
         seed: seed of the run.
+        conditions_key: condition settings the cache key records differently (e.g. a prompt
+            file's content hash instead of its path, which differs between runs).
 
     Returns:
         the stage-1 networks.
@@ -179,25 +225,47 @@ def stage_one(
     config = parse_fit_config(args, one_line_errors=True)
     model = config.model.as_dict()
     model["teacher"]["init_args"]["pretrained_model_name_or_path"] = teacher_key
+    model["conditions"].setdefault("init_args", {}).update(conditions_key or {})
     description = {"teacher": teacher_key, "model": model, "iterations": config.trainer.max_steps}
 
     def build(folder: Path) -> None:
         callbacks = [] if curve is None else [curve]
         module, seconds, iterations = train_sfd(args, callbacks, log_dir, progress, seed)
-        save_generator(
-            module.export_generator, folder / "generator", training=training_record(module)
-        )
-        (folder / "fake_score").mkdir()
-        save_vp_denoiser(module.fake_score, folder / "fake_score")
-        record = {
-            "seconds": seconds - (curve.evaluation_seconds if curve else 0.0),
-            "iterations": iterations,
-            "curve": curve.as_dicts() if curve else [],
-        }
-        (folder / STAGE_ONE_RUN).write_text(json.dumps(record, indent=2) + "\n")
+        curve_points = curve.as_dicts() if curve else []
+        seconds -= getattr(curve, "evaluation_seconds", 0.0)
+        save_stage_one(module, folder, seconds, iterations, curve_points)
 
     folder, cached = cached_build(cache, "stage1", description, build)
-    record = json.loads((folder / STAGE_ONE_RUN).read_text())
-    return StageOne(
-        folder, cached, record["seconds"], record["iterations"], record["curve"], description
+    return StageOne.load(folder, cached, description)
+
+
+def save_stage_one(
+    module: SFDModule,
+    folder: Path,
+    seconds: float,
+    iterations: int,
+    curve: list[dict[str, float]] | None = None,
+) -> None:
+    """Write a distillation run as stage-1 networks: generator/, fake_score/ and run.json.
+
+    Args:
+        module: the fitted module (forget weights 0).
+        folder: an existing folder (empty, or holding an earlier save to replace).
+        seconds: training seconds of the run.
+        iterations: its iterations.
+        curve: its forgetting curve points.
+    """
+    save_generator(
+        module.export_generator,
+        folder / "generator",
+        overwrite=True,
+        training=training_record(module),
     )
+    (folder / "fake_score").mkdir(exist_ok=True)
+    record = {
+        "seconds": seconds,
+        "iterations": iterations,
+        "fake_score_class": save_denoiser(module.fake_score, folder / "fake_score"),
+        "curve": curve or [],
+    }
+    (folder / STAGE_ONE_RUN).write_text(json.dumps(record, indent=2) + "\n")

@@ -147,7 +147,8 @@ def evaluate_runs(
         if settings.neighbours
         else "2 nearest classes (class-mean classifier features of held-out real images)",
         "sfd_settings": {"iterations": sfd.trainer.max_steps, "model": sfd.model.as_dict()},
-        "baseline": "same SFD run with lambda_sg_forget = lambda_g_forget = 0",
+        "baseline": "stage 1: distillation on every class's captions, lambda_sg_forget = "
+        "lambda_g_forget = 0; SFD (stage 2) starts from its generator and fake score",
         "curve": {"every": settings.curve_every, "per_class": settings.curve_per_class},
         "libraries": text_library_versions(),
         "environment": environment(),

@@ -1,7 +1,8 @@
 """The text demo's prompt files: SFD's forget and remain prompts, evaluation-only paraphrases.
 
 SFD trains on the teacher's caption templates: the forget prompts are the forget class's
-captions, the remain prompts those of every other class. The paraphrases are other templates
+captions, the remain prompts those of every other class; stage 1 of the two-stage path (plain
+distillation, the same for every concept pair) distils on every class's captions. The paraphrases are other templates
 (shipped in prompts/ beside this module, one "{name}" template per line) filled with the forget
 class's names; neither the teacher nor SFD ever sees them. Every file is written into the report
 folder, so `sfd eval-text` can re-run the evaluation from them.
@@ -63,8 +64,9 @@ def write_prompt_sets(
     paraphrase_templates: str | Path,
     folder: Path,
 ) -> DemoPrompts:
-    """Write forget_prompts.txt, remain_prompts.txt (+ remain_prompts.csv with classes) and
-    forget_paraphrases.txt into `folder`; return the sets.
+    """Write forget_prompts.txt, remain_prompts.txt (+ remain_prompts.csv with classes),
+    forget_paraphrases.txt and distill_prompts.txt (every class's captions) into `folder`;
+    return the sets.
     """
     folder.mkdir(parents=True, exist_ok=True)
     forget_prompts = vocabulary.captions(forget)
@@ -88,11 +90,14 @@ def write_prompt_sets(
         "forget_paraphrases": folder / "forget_paraphrases.txt",
         "remain_prompts": folder / "remain_prompts.txt",
         "remain_prompts_labelled": folder / "remain_prompts.csv",
+        "distill_prompts": folder / "distill_prompts.txt",
     }
     files["forget_prompts"].write_text("\n".join(forget_prompts) + "\n", encoding="utf-8")
     files["forget_paraphrases"].write_text("\n".join(paraphrases) + "\n", encoding="utf-8")
     files["remain_prompts"].write_text("\n".join(remain) + "\n", encoding="utf-8")
     write_labelled(files["remain_prompts_labelled"], remain, labels)
+    every_caption = vocabulary.caption_table()[0]
+    files["distill_prompts"].write_text("\n".join(every_caption) + "\n", encoding="utf-8")
     return DemoPrompts(
         forget_train=PromptSet(
             "forget_train",

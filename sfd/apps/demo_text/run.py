@@ -1,11 +1,15 @@
-"""`sfd demo-text`: text teacher -> classifier -> SFD and a no-forgetting baseline -> evaluation.
+"""`sfd demo-text`: text teacher -> classifier -> distillation -> SFD from it -> evaluation.
 
 Concept forgetting on captioned digits (pixel space) or Fashion-MNIST (VAE latents), through the
 classes a Stable Diffusion user runs: the teacher folder is loaded by `StableDiffusionTeacher`,
 prompts are `PromptConditions` encoded by the folder's own text encoder (all-MiniLM-L6-v2), the
 generators are exported and reloaded as `OneStepTextPipeline`, and the evaluation is
-`sfd eval-text`'s. The teacher is cached like the class demo's (`sfd.apps.demo.cache`); the
-SFD settings are an `sfd fit` preset beside this file, parsed by the same LightningCLI parser.
+`sfd eval-text`'s. SFD takes the two-stage path (docs/method.md §5), as `sfd demo` does: stage
+1 distils the teacher on every class's captions without forgetting (the no-forgetting baseline,
+the same for every concept pair), stage 2 is SFD started from its generator and fake score, the
+teacher unchanged. Teacher, classifier and stage 1 are cached by content hash
+(`sfd.apps.demo.cache`); the SFD settings are `sfd fit` presets beside this file, parsed by the
+same LightningCLI parser.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 
-from sfd.apps.compare.stages import fit_module
+from sfd.apps.compare.stages import stage_one, train_sfd
 from sfd.apps.compare.workspace import cached_classifier
 from sfd.apps.data import DIGITS, train_heldout_split
 from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir
+from sfd.apps.demo.run import copy_export
 from sfd.apps.demo_text.evaluation import evaluate_runs
 from sfd.apps.demo_text.prompts import DemoPrompts, shipped_paraphrases, write_prompt_sets
 from sfd.apps.demo_text.report import write_text_report
@@ -34,22 +38,27 @@ from sfd.apps.text_evaluation import teacher_vae
 from sfd.apps.text_teacher import TextTeacherSettings, build_text_teacher
 from sfd.apps.text_teacher_training import MINILM_PACKAGE
 from sfd.core.conditions import TextCondition
-from sfd.core.module import SFDModule
+from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.eval.soft_prompt import AttackBudget
 from sfd.eval.text_models import PromptEncoder, vae_decoder
 from sfd.pipelines.io import save_generator
 from sfd.teachers.stable_diffusion import load_text_encoder
-from sfd.training.cli import build_from_fit_config, parse_fit_config
+from sfd.training.cli import parse_fit_config
 
 PRESETS = {DIGITS: "sfd_text_digits.yaml", FASHION: "sfd_text_fashion.yaml"}
+STAGE1_PRESETS = {DIGITS: "sfd_text_digits_stage1.yaml", FASHION: "sfd_text_fashion_stage1.yaml"}
+# Stage 1 is the same for every concept pair: its cache key records the distillation prompts'
+# content, not the pair's prompt files (unused with both forget weights 0).
+STAGE1_CONDITIONS_KEY = {"concepts": "unused", "forget_prompts": "unused"}
 DEFAULT_PAIRS = {DIGITS: ("seven", "one"), FASHION: ("sneaker", "sandal")}
 
 
-def default_sfd_config(data: str) -> Path:
-    """The packaged SFD preset of a data set."""
-    name = PRESETS[DIGITS if data == DIGITS else FASHION]
+def default_sfd_config(data: str, stage: str = "sfd") -> Path:
+    """The packaged SFD preset of a data set, or its stage-1 overlay (`stage="stage1"`, composed
+    after the preset)."""
+    name = (STAGE1_PRESETS if stage == "stage1" else PRESETS)[DIGITS if data == DIGITS else FASHION]
     return Path(str(resources.files("sfd.apps.demo_text") / name))
 
 
@@ -90,20 +99,34 @@ class TextDemoSettings:
         self,
         teacher_dir: str = "set-by-sfd-demo-text",
         prompts: DemoPrompts | None = None,
-        forgetting: bool = True,
+        stage: str = "sfd",
     ) -> list[str]:
-        """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings."""
+        """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings.
+
+        `stage="sfd"` is SFD itself (also stage 2 of the two-stage path, which adds the stage-1
+        networks). `stage="stage1"` is distillation without forgetting: the packaged preset
+        plus its stage-1 overlay (or the user's `sfd_config` alone), the user's overrides, every
+        class's captions as the prompts to keep, both forget weights 0 and
+        `baseline_iterations` if given.
+        """
+        if stage not in ("sfd", "stage1"):
+            raise ValueError(f"unknown stage {stage!r}")
         init = "--model.conditions.init_args."
-        args = ["-c", str(self.sfd_config or default_sfd_config(self.data)), *self.sfd_args]
+        args = ["-c", str(self.sfd_config or default_sfd_config(self.data))]
+        if stage == "stage1" and self.sfd_config is None:
+            args += ["-c", str(default_sfd_config(self.data, "stage1"))]
+        args += self.sfd_args
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         if prompts is not None:
             import json
 
+            keep = prompts.files["distill_prompts" if stage == "stage1" else "remain_prompts"]
             args += [f"{init}concepts", json.dumps(prompts.concepts)]
             args += [f"{init}forget_prompts", str(prompts.files["forget_prompts"])]
-            args += [f"{init}remain_prompts", str(prompts.files["remain_prompts"])]
-        args += ["--model.seed", str(self.seed)]
-        if not forgetting:
+            args += [f"{init}remain_prompts", str(keep)]
+        # The demo seeds every phase itself (`pl.seed_everything(seed, verbose=False)`).
+        args += ["--model.seed", str(self.seed), "--seed_everything", "false"]
+        if stage == "stage1":
             args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
@@ -146,9 +169,11 @@ def check_settings(
                 f"--neighbours {c} is not a remain class (0..{vocabulary.num_classes - 1})"
             )
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
+    stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     positive = {
         "--trainer.max_steps": sfd.trainer.max_steps,
         "--model.batch_size": sfd.model.batch_size,
+        "stage-1 --trainer.max_steps": stage1.trainer.max_steps,
         "--remain-per-class": settings.remain_per_class - 1,
         "--forget-images": settings.forget_images,
         "--curve-per-class": settings.curve_per_class,
@@ -263,29 +288,45 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         str(teacher_dir), vocabulary, prompts, forget, settings.curve_per_class
     )
     runs: dict[str, tuple[Path, list[dict[str, float]]]] = {}
-    for phase, key, forgetting in (
-        ("3/7 SFD (forgetting) + export", "sfd", True),
-        ("4/7 distillation without forgetting + export", "distilled_without_forgetting", False),
-    ):
-        clock = time.perf_counter()
-        announce(phase)
-        generator_dir = output / ("generator" if forgetting else "generator_without_forgetting")
-        curve = ForgettingCurve(
-            classifier,
-            vocabulary.num_classes,
-            [forget],
-            settings.curve_every,
-            settings.curve_per_class,
-            settings.seed,
-            condition=curve_cond,
-            decode=decode,
-        )
-        args = settings.sfd_command_line(str(teacher_dir), prompts, forgetting)
-        module = train_sfd(settings, args, curve, output / "logs" / key)
-        save_generator(module.export_generator, generator_dir, overwrite=True)
-        runs[key] = (generator_dir, curve.as_dicts())
-        seconds[key] = time.perf_counter() - clock
-        del module
+    distill_fingerprint = data_fingerprint(str(prompts.files["distill_prompts"]))
+    clock = time.perf_counter()
+    announce("3/7 stage 1: distillation without forgetting (cached like the teacher)")
+    stage1 = stage_one(
+        cache,
+        teacher_dir.name,
+        settings.sfd_command_line(str(teacher_dir), prompts, "stage1"),
+        None,  # its curve would depend on the concept pair; SFD's curve starts at its generator
+        output / "logs" / "stage1",
+        settings.progress,
+        settings.seed,
+        conditions_key=STAGE1_CONDITIONS_KEY | {"remain_prompts": distill_fingerprint},
+    )
+    announce(f"stage 1 {'reused from' if stage1.cached else 'trained into'} {stage1.folder}")
+    copy_export(stage1.generator_dir, output / "generator_without_forgetting")
+    runs["distilled_without_forgetting"] = (output / "generator_without_forgetting", [])
+    seconds["stage1"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    announce("4/7 stage 2: SFD from the stage-1 generator and fake score + export")
+    curve = ForgettingCurve(
+        classifier,
+        vocabulary.num_classes,
+        [forget],
+        settings.curve_every,
+        settings.curve_per_class,
+        settings.seed,
+        condition=curve_cond,
+        decode=decode,
+    )
+    args = settings.sfd_command_line(str(teacher_dir), prompts) + stage1.stage_two_arguments()
+    module, _, _ = train_sfd(
+        args, [curve], output / "logs" / "sfd", settings.progress, settings.seed
+    )
+    record = training_record(module)
+    save_generator(module.export_generator, output / "generator", overwrite=True, training=record)
+    runs["sfd"] = (output / "generator", curve.as_dicts())
+    seconds["sfd"] = time.perf_counter() - clock
+    del module
 
     results = evaluate_runs(
         settings,
@@ -307,6 +348,15 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         classifier={"folder": str(classifier_dir), "reused_from_cache": classifier_cached},
         teacher={"folder": str(teacher_dir), "reused_from_cache": cached},
         teacher_settings=description,
+        two_stage={
+            "stage1_iterations": stage1.iterations,
+            "stage1_training_seconds": round(stage1.seconds, 1),
+            "stage1_reused_from_cache": stage1.cached,
+            "stage1_folder": str(stage1.folder),
+            "stage1_prompts": "every class's captions (distill_prompts.txt), forget weights 0",
+            "stage2_iterations": sfd.trainer.max_steps,
+            "teacher": "the original teacher, frozen, in both stages",
+        },
     )
     seconds["total"] = time.perf_counter() - started
     results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
@@ -336,16 +386,3 @@ def curve_conditions(
         own = prompts.forget_train.prompts if label == forget else vocabulary.captions(label)
         rows += [own[i % len(own)] for i in range(per_class)]
     return encoder.condition(rows), vae_decoder(teacher_vae(teacher_dir))
-
-
-def train_sfd(
-    settings: TextDemoSettings, args: list[str], curve: ForgettingCurve, log_dir: Path
-) -> SFDModule:
-    """One SFD run with a Lightning `Trainer` (one epoch = the whole run: one progress bar)."""
-    pl.seed_everything(settings.seed, verbose=False)
-    iterations = parse_fit_config(args, one_line_errors=True).trainer.max_steps
-    module, trainer_config = build_from_fit_config(
-        [*args, "--model.steps_per_epoch", str(iterations)]
-    )
-    fit_module(module, iterations, log_dir, settings.progress, [curve], trainer_config)
-    return module
