@@ -1,11 +1,11 @@
 """The text demo's prompt files: SFD's forget and remain prompts, evaluation-only paraphrases.
 
-SFD trains on the teacher's caption templates: the forget prompts are the forget class's
-captions, the remain prompts those of every other class; stage 1 of the two-stage path (plain
-distillation, the same for every concept pair) distils on every class's captions. The paraphrases are other templates
-(shipped in prompts/ beside this module, one "{name}" template per line) filled with the forget
-class's names; neither the teacher nor SFD ever sees them. Every file is written into the report
-folder, so `sfd eval-text` can re-run the evaluation from them.
+SFD trains on the teacher's caption templates: the forget prompts are the forget class's captions,
+the remain prompts those of every other class; stage 1 of the two-stage path (plain distillation,
+the same for every concept pair) distils on every class's captions. The paraphrases are other
+templates (shipped in prompts/ beside this module, one "{name}" template per line) filled with the
+forget class's names; neither the teacher nor SFD ever sees them. Every file is written into the
+report folder, so `sfd eval-text` can re-run the evaluation from them.
 """
 
 from __future__ import annotations
