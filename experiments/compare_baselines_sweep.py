@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from sfd.apps.compare.curve import first_reaching, sampler_for
-from sfd.apps.compare.methods import BaselineMethod, Run
 from sfd.apps.compare.run import evaluate_one
 from sfd.apps.compare.settings import CompareSettings, parse_baselines
-from sfd.apps.compare.workspace import build_teacher, load_split, prepare_classifier, teacher_recipe
+from sfd.apps.harness.curve import first_reaching, sampler_for
+from sfd.apps.harness.methods import BaselineMethod, Run
+from sfd.apps.harness.workspace import build_teacher, load_split, prepare_classifier, teacher_recipe
 
 
 def parse(spec: str) -> tuple[str, str, list[str]]:

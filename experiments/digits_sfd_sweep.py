@@ -8,7 +8,7 @@
         --stage two_stage --stage1 runs/stage1/base "s2:trainer.max_steps=200"
 
 Each argument is `name:key=value,...` over the demo's SFD configuration (the packaged preset
-sfd/apps/demo/sfd_digits.yaml; keys as in `sfd fit`, e.g. model.alpha, trainer.max_steps).
+sfd/apps/harness/sfd_digits.yaml; keys as in `sfd fit`, e.g. model.alpha, trainer.max_steps).
 `--stage distill` zeroes both forget weights (stage 1), `sfd` runs SFD from the teacher,
 `two_stage` runs SFD from the stage-1 generator and fake score saved by an earlier
 `--save-stage1` run (the teacher stays the original). With `--eval-every N` the (EMA) generator's
@@ -29,10 +29,10 @@ import lightning.pytorch as pl
 import torch
 from sweep_tools import QualityTrace, add_sweep_options, parse, parse_sweep_options
 
-from sfd.apps.compare.curve import TimedForgettingCurve, first_reaching
-from sfd.apps.compare.stages import StageOne, save_stage_one, train_sfd
-from sfd.apps.data import load_images, train_heldout_split
-from sfd.apps.demo.run import DemoSettings
+from sfd.apps.data.images import load_images, train_heldout_split
+from sfd.apps.demo.run import ClassRunSettings
+from sfd.apps.harness.curve import TimedForgettingCurve, first_reaching
+from sfd.apps.harness.stages import StageOne, save_stage_one, train_sfd
 from sfd.eval.classifier import load_classifier
 from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, one_step_sampler
 from sfd.teachers.unet import PretrainedVPTeacher
@@ -90,7 +90,7 @@ def main() -> None:
         )
     for spec in options.configs:
         name, sfd_args = parse(spec)
-        settings = DemoSettings(
+        settings = ClassRunSettings(
             forget=options.forget, override=options.override, sfd_args=sfd_args, progress=False
         )
         stage = {"sfd": "sfd", "distill": "stage1", "two_stage": "sfd"}[options.stage]

@@ -32,12 +32,12 @@ from typing import Any
 import torch
 from sweep_tools import QualityTrace, add_sweep_options, parse, parse_sweep_options
 
-from sfd.apps.compare.stages import StageOne, save_stage_one, train_sfd
-from sfd.apps.data import train_heldout_split
+from sfd.apps.data.captions import load_captioned
+from sfd.apps.data.images import train_heldout_split
 from sfd.apps.demo_text.prompts import shipped_paraphrases, write_prompt_sets
 from sfd.apps.demo_text.run import TextDemoSettings
-from sfd.apps.text_data import load_captioned
-from sfd.apps.text_evaluation import ConceptProtocol, evaluate_model, teacher_vae
+from sfd.apps.harness.stages import StageOne, save_stage_one, train_sfd
+from sfd.apps.harness.text_evaluation import ConceptProtocol, evaluate_model, teacher_vae
 from sfd.eval.classifier import load_classifier
 from sfd.eval.text_models import PromptEncoder, one_step_text_model, vae_decoder
 from sfd.teachers.stable_diffusion import load_text_encoder

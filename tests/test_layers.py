@@ -5,6 +5,11 @@
 
 Peers (training, pipelines, eval, baselines) never import each other. Every import counts: module level,
 inside functions and under TYPE_CHECKING.
+
+Inside `sfd.apps` the same rule keeps the floor plan: rooms import only rooms below them, and the
+three applications are leaves that never import each other.
+
+    data -> teachers -> harness -> {demo | compare | demo_text}
 """
 
 from __future__ import annotations
@@ -108,6 +113,55 @@ def layer_graph() -> dict[str, set[str]]:
         here = part_of(module_name(path))
         graph[here] |= {part_of(t) for t in sfd_imports(path)} - {here}
     return graph
+
+
+APP_ROOMS = {  # sfd.apps.<room> -> rank; a room imports only lower ranks or itself
+    "data": 0,  # labelled images and captioned sets
+    "teachers": 1,  # training the teachers the applications forget from
+    "harness": 2,  # what every application shares: settings, cache, phases, stages, methods, reports
+    "demo": 3,  # the applications: leaves
+    "compare": 3,
+    "demo_text": 3,
+}
+APP_SOURCES = [p for p in SOURCES if part_of(module_name(p)) == "apps"]
+
+
+def room_of(module: str) -> str:
+    """The room of an sfd.apps module: sfd.apps.harness.stages -> harness."""
+    parts = module.split(".")
+    assert len(parts) >= 3, f"{module} sits outside every room of sfd.apps"
+    return parts[2]
+
+
+def test_every_apps_module_is_in_a_room() -> None:
+    names = [module_name(p) for p in APP_SOURCES if module_name(p) != "sfd.apps"]
+    rooms = {room_of(name) for name in names}
+    assert rooms <= set(APP_ROOMS), sorted(rooms - set(APP_ROOMS))
+
+
+@pytest.mark.parametrize("path", APP_SOURCES, ids=lambda p: module_name(p))
+def test_apps_rooms_import_down_and_applications_are_leaves(path: Path) -> None:
+    name = module_name(path)
+    if name == "sfd.apps":
+        return
+    here = room_of(name)
+    upward = [
+        target
+        for target in sfd_imports(path)
+        if part_of(target) == "apps"
+        and target != "sfd.apps"
+        and room_of(target) != here
+        and APP_ROOMS[room_of(target)] >= APP_ROOMS[here]
+    ]
+    assert not upward, f"{name} ({here}) imports {sorted(upward)}"
+
+
+def test_the_room_checker_sees_a_leaf_importing_a_leaf() -> None:
+    probe = REPO / "sfd" / "apps" / "demo_text" / "probe.py"  # never written
+    found = imported_modules(probe, "from sfd.apps.demo.run import run_demo\n")
+    assert "sfd.apps.demo.run" in found
+    assert room_of("sfd.apps.demo.run") != room_of(module_name(probe))
+    assert APP_ROOMS[room_of("sfd.apps.demo.run")] >= APP_ROOMS[room_of(module_name(probe))]
 
 
 def test_layer_graph_is_acyclic() -> None:

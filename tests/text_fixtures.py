@@ -82,12 +82,12 @@ def save_tiny_text_teacher(path: Path, encoder_dir: Path, vae: bool = False, see
     latents of a random 16×16 `AutoencoderKL` (scaling factor 0.5)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from sfd.apps.text_teacher_training import (
+    from sfd.apps.teachers.text import (
         make_text_scheduler,
         make_text_unet,
         save_text_teacher,
     )
-    from sfd.apps.vae_training import make_vae
+    from sfd.apps.teachers.vae import make_vae
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     encoder = AutoModel.from_pretrained(encoder_dir)

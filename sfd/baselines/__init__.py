@@ -3,7 +3,7 @@
 - `ESDModule`: ESD (Gandikota et al. 2023), class-conditional (null class) and prompt forms;
 - `SalUnModule`: SalUn (Fan et al. 2024), saliency-masked fine-tuning on the teacher's own samples
   (data-free);
-- Retrain is the teacher's own recipe on the remain classes (`sfd.apps.teacher_training`), and
+- Retrain is the teacher's own recipe on the remain classes (`sfd.apps.teachers.pixel`), and
   distillation without forgetting / two-stage SFD are `SFDModule` runs (`sfd.core`).
 
 After `Trainer.fit`, `unlearned(module)` gives the network to evaluate: a one-step generator, or
@@ -15,7 +15,12 @@ from sfd.baselines.method import ForgettingMethod, Unlearned, unlearned
 from sfd.baselines.salun import SalUnModule, saliency_mask
 from sfd.baselines.sampling import ddim_trajectory, sample_pool, trailing_sigmas
 
+# The registry of fine-tuning baselines: key (as in `sfd compare --methods`) -> module class.
+# A new baseline is one module file plus one line here.
+BASELINES = {"esd": ESDModule, "salun": SalUnModule}
+
 __all__ = [
+    "BASELINES",
     "ESDModule",
     "ForgettingMethod",
     "SalUnModule",

@@ -79,7 +79,7 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
 
     Args:
         parser: the verb's parser.
-        defaults: its settings dataclass instance (`DemoSettings` or a subclass), for defaults.
+        defaults: its settings dataclass instance (`ClassRunSettings` or a subclass), for defaults.
     """
     add = parser.add_argument
     add("--data", default=defaults.data, help="'digits' (default) or a labelled .npz / CIFAR-10")

@@ -22,7 +22,7 @@ def compare_parser() -> argparse.ArgumentParser:
         description="Run forgetting methods on one class-conditional teacher (trained or reused "
         "from the cache) and compare them with one classifier and protocol: UA, where forget "
         "samples went, remain accuracy per class, remain FID/KID, NFE, images/s, training time "
-        "and time to UA >= 95 %. SFD settings: the preset sfd/apps/demo/sfd_digits.yaml, "
+        "and time to UA >= 95 %. SFD settings: the preset sfd/apps/harness/sfd_digits.yaml, "
         "overridden by `sfd fit` options (--model.*, --trainer.*); baseline settings: the preset "
         "sfd/apps/compare/baselines_digits.yaml, overridden by --esd.KEY VALUE / --salun.KEY VALUE.",
         allow_abbrev=False,

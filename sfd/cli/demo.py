@@ -13,14 +13,14 @@ from sfd.errors import SFDConfigError
 
 def demo_parser() -> argparse.ArgumentParser:
     """The demo's own options; `--model.*` / `--trainer.*` go to the SFD configuration."""
-    from sfd.apps.demo.run import DemoSettings
+    from sfd.apps.demo.run import ClassRunSettings
 
-    defaults = DemoSettings()
+    defaults = ClassRunSettings()
     parser = argparse.ArgumentParser(
         prog="sfd demo",
         description="Train a digits teacher (or reuse the cached one), forget one class with SFD, "
         "compare with the teacher and a distilled-without-forgetting generator, write a report. "
-        "SFD settings: the packaged preset sfd/apps/demo/sfd_digits.yaml (or --sfd-config), "
+        "SFD settings: the packaged preset sfd/apps/harness/sfd_digits.yaml (or --sfd-config), "
         "overridden by `sfd fit` options, e.g. --trainer.max_steps 600 --model.ema_decay 0.99 "
         "--model.fake_optimizer.init_args.lr 1e-4.",
         allow_abbrev=False,
@@ -39,7 +39,7 @@ def demo_parser() -> argparse.ArgumentParser:
 def run(args: list[str]) -> None:
     """`sfd demo`: parse, run, print the table and where the report is."""
     from sfd.apps.demo.report import summary_table
-    from sfd.apps.demo.run import DemoSettings, run_demo
+    from sfd.apps.demo.run import ClassRunSettings, run_demo
 
     options, sfd_args = demo_parser().parse_known_args(args)
     stray = [a for a in sfd_args if is_option(a) and not a.startswith(FIT_PREFIXES)]
@@ -49,8 +49,8 @@ def run(args: list[str]) -> None:
             "and SFD settings as --model.* / --trainer.*"
         )
     given = vars(options)
-    settings = DemoSettings(
-        **{f.name: given[f.name] for f in fields(DemoSettings) if f.name in given},
+    settings = ClassRunSettings(
+        **{f.name: given[f.name] for f in fields(ClassRunSettings) if f.name in given},
         sfd_args=sfd_args,
         time_full_schedule=not options.skip_full_schedule_timing,
         progress=not options.no_progress,

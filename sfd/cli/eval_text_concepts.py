@@ -59,7 +59,7 @@ def concepts_parser() -> argparse.ArgumentParser:
 
 def run(args: list[str]) -> None:
     """Parse, evaluate, print the metrics."""
-    from sfd.apps.text_evaluation import ConceptEvalSettings, run_concept_evaluation
+    from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
     from sfd.eval.soft_prompt import AttackBudget
 
     o = concepts_parser().parse_args(args)

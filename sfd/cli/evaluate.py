@@ -45,7 +45,7 @@ def run(args: list[str]) -> None:
     if options.output is not None:
         check_writable_file(options.output, "--output")
 
-    from sfd.apps.data import load_images, train_heldout_split
+    from sfd.apps.data.images import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
     from sfd.eval.classifier import load_classifier
     from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, library_versions, one_step_sampler

@@ -14,7 +14,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from sfd.apps.teacher_training import (
+from sfd.apps.teachers.pixel import (
     DDPMTeacherModule,
     TeacherDataModule,
     check_output_dir,

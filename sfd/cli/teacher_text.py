@@ -38,10 +38,10 @@ def teacher_text_parser() -> argparse.ArgumentParser:
 
 def run(args: list[str]) -> None:
     """Parse, train, write the folder and say where it is."""
-    from sfd.apps.data import train_heldout_split
-    from sfd.apps.text_data import load_captioned
-    from sfd.apps.text_teacher import TextTeacherSettings, build_text_teacher
-    from sfd.apps.text_teacher_training import check_output_dir
+    from sfd.apps.data.captions import load_captioned
+    from sfd.apps.data.images import train_heldout_split
+    from sfd.apps.teachers.text import check_output_dir
+    from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
 
     options = teacher_text_parser().parse_args(args)
     settings = TextTeacherSettings.for_data(

@@ -12,9 +12,9 @@ import torch
 from conftest import TINY_DIGITS_RUN
 from PIL import Image
 
-from sfd.apps.compare.methods import Run, SFDMethod
 from sfd.apps.compare.settings import METHOD_KEYS, CompareSettings
-from sfd.apps.compare.workspace import build_teacher, load_split, prepare_classifier, teacher_recipe
+from sfd.apps.harness.methods import Run, SFDMethod
+from sfd.apps.harness.workspace import build_teacher, load_split, prepare_classifier, teacher_recipe
 from sfd.cli import main
 from sfd.teachers import PretrainedVPTeacher
 

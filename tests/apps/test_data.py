@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sfd.apps.data import load_images, train_heldout_split
+from sfd.apps.data.images import load_images, train_heldout_split
 from sfd.errors import SFDConfigError
 from sfd.images import LabelledImages
 

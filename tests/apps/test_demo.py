@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_DIGITS_RUN
 from PIL import Image
 
-from sfd.apps.demo.cache import DONE_MARKER, cached_build
+from sfd.apps.harness.cache import DONE_MARKER, cached_build
 from sfd.cli import main
 from sfd.pipelines.io import load_generator
 

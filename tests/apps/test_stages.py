@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_same_vp_outputs
 
-from sfd.apps.compare.stages import save_denoiser
+from sfd.apps.harness.stages import save_denoiser
 from sfd.core.conditions import TextCondition
 from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher
 

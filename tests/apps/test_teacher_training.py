@@ -13,8 +13,8 @@ import torch
 from conftest import CONFIGS, assert_same_vp_outputs
 from diffusers import UNet2DModel
 
-from sfd.apps.data import load_images, train_heldout_split
-from sfd.apps.teacher_training import (
+from sfd.apps.data.images import load_images, train_heldout_split
+from sfd.apps.teachers.pixel import (
     DDPMTeacherModule,
     TeacherDataModule,
     save_teacher,

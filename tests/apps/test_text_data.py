@@ -10,8 +10,7 @@ import pytest
 import torch
 from text_fixtures import write_idx, write_tiny_fashion
 
-from sfd.apps.demo_text.prompts import shipped_paraphrases, write_prompt_sets
-from sfd.apps.text_data import (
+from sfd.apps.data.captions import (
     DIGITS_VOCABULARY,
     FASHION_FOLDERS,
     FASHION_VOCABULARY,
@@ -20,6 +19,7 @@ from sfd.apps.text_data import (
     load_fashion_mnist,
     read_idx,
 )
+from sfd.apps.demo_text.prompts import shipped_paraphrases, write_prompt_sets
 from sfd.core.conditions.text import replace_concept
 from sfd.errors import SFDConfigError
 

@@ -9,16 +9,16 @@ import torch
 from diffusers import AutoencoderKL
 from text_fixtures import save_tiny_bert, write_tiny_fashion
 
-from sfd.apps.data import load_digits
-from sfd.apps.text_data import DIGITS_VOCABULARY, load_fashion_mnist
-from sfd.apps.text_teacher_training import (
+from sfd.apps.data.captions import DIGITS_VOCABULARY, load_fashion_mnist
+from sfd.apps.data.images import load_digits
+from sfd.apps.teachers.text import (
     TextTeacherModule,
     load_encoder_folder,
     make_text_scheduler,
     make_text_unet,
     train_text_teacher,
 )
-from sfd.apps.vae_training import latent_std, train_vae
+from sfd.apps.teachers.vae import latent_std, train_vae
 from sfd.cli import main
 from sfd.teachers import StableDiffusionTeacher
 from sfd.teachers.stable_diffusion import encode_with, load_text_encoder

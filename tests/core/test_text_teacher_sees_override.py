@@ -7,7 +7,7 @@ import pytest
 import torch
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
-from sfd.apps.text_data import DIGITS_VOCABULARY
+from sfd.apps.data.captions import DIGITS_VOCABULARY
 from sfd.core.conditions import PromptConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sfd.apps.data import load_images, train_heldout_split
+from sfd.apps.data.images import load_images, train_heldout_split
 from sfd.errors import SFDConfigError
 from sfd.eval.classifier import (
     Classifier,

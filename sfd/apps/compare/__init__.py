@@ -1,1 +1,1 @@
-"""`sfd compare`: forgetting methods side by side on one teacher (run, methods, curve, report)."""
+"""`sfd compare`: forgetting methods side by side on one teacher (`run`, `settings`, `report`)."""

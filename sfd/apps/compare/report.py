@@ -10,8 +10,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from sfd.apps.compare.curve import UA_THRESHOLD
-from sfd.apps.report_folder import (
+from sfd.apps.harness.curve import UA_THRESHOLD
+from sfd.apps.harness.report_folder import (
     finish_ua_axes,
     model_table,
     number,

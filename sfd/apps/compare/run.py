@@ -9,45 +9,29 @@ generators directly.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from sfd.apps.compare.curve import first_reaching, sampler_for
-from sfd.apps.compare.methods import METHODS, TITLES, Fitted, Run
 from sfd.apps.compare.report import CompareResults, MethodReport, write_compare_report
 from sfd.apps.compare.settings import CompareSettings, parse_baselines
-from sfd.apps.compare.stages import save_denoiser
-from sfd.apps.compare.workspace import (
-    Workspace,
-    announce,
-    classifier_phase,
-    start_run,
-    teacher_phase,
-    timed,
+from sfd.apps.harness.curve import first_reaching, sampler_for
+from sfd.apps.harness.evaluation import (
+    FEATURES,
+    SAME_NOISE,
+    THROUGHPUT,
+    evaluate_with_grid,
+    protocol_head,
+    real_floor,
 )
-from sfd.apps.demo.settings import DemoSettings
-from sfd.eval.evaluate import (
-    ModelEvaluation,
-    ddim_sampler,
-    environment,
-    evaluate_sampler,
-    generate,
-    library_versions,
-)
-from sfd.eval.metrics import FeatureDistances, feature_distances
-from sfd.images import to_uint8
+from sfd.apps.harness.methods import METHODS, TITLES, Fitted, Run
+from sfd.apps.harness.phases import Phases
+from sfd.apps.harness.stages import save_denoiser
+from sfd.apps.harness.workspace import Workspace, classifier_phase, start_run, teacher_phase
+from sfd.eval.evaluate import ddim_sampler, environment, library_versions
 from sfd.pipelines.io import save_generator
 from sfd.teachers.unet import VPUNetDenoiser
 
 TOOL = "sfd compare"
-# Protocol entries shared with `sfd demo`.
-SAME_NOISE = "sample i uses the same z for every model (seed above)"
-FEATURES = "evaluation classifier penultimate layer (torchmetrics feature=)"
-THROUGHPUT = "timed calls on one fixed batch after one warm-up call (no extrapolation)"
 
 
 def run_compare(settings: CompareSettings) -> dict[str, Path]:
@@ -56,83 +40,29 @@ def run_compare(settings: CompareSettings) -> dict[str, Path]:
     Returns:
         the report's artefact paths.
     """
-    started = time.perf_counter()
+    phases = Phases(TOOL, 4 + len(settings.methods))
     workspace, sfd = start_run(settings)  # every check before anything is written
     baselines = parse_baselines(settings.baselines_config, settings.baseline_args)
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
-    total = 4 + len(settings.methods)
-    seconds: dict[str, float] = {}
+    accelerator = sfd.trainer.accelerator
 
-    with timed(seconds, "teacher"):
-        teacher_phase(workspace, settings, sfd.trainer.accelerator, TOOL, f"1/{total}")
-    with timed(seconds, "classifier"):
-        classifier_phase(workspace, settings, TOOL, f"2/{total}")
+    teacher_phase(workspace, settings, accelerator, phases)
+    classifier_phase(workspace, settings, phases)
 
-    run = Run(settings, workspace, baselines, output / "logs", sfd.trainer.accelerator)
+    run = Run(settings, workspace, baselines, output / "logs", accelerator)
     fitted: dict[str, Fitted] = {}
-    for index, key in enumerate(settings.methods):
-        with timed(seconds, key):
-            announce(TOOL, f"{3 + index}/{total} {TITLES[key]}")
+    for key in settings.methods:
+        with phases.phase(key, TITLES[key]):
             fitted[key] = METHODS[key].fit(run)
 
-    with timed(seconds, "evaluation"):
-        announce(TOOL, f"{total - 1}/{total} evaluation")
+    with phases.phase("evaluation", "evaluation"):
         results = evaluate_methods(settings, workspace, fitted, sfd)
     export_models(fitted, output)
-    seconds["total"] = time.perf_counter() - started
-    results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    results.protocol["phase_seconds"] = phases.finish()
 
-    announce(TOOL, f"{total}/{total} report")
-    return write_compare_report(results, output)
-
-
-def evaluate_one(sampler: Any, settings: DemoSettings, workspace: Workspace) -> ModelEvaluation:
-    """The protocol of docs/method.md §6 for one model (same noise, classifier and reference)."""
-    assert workspace.classifier is not None
-    return evaluate_sampler(
-        sampler,
-        workspace.classifier,
-        workspace.real_remain([settings.forget]),
-        workspace.data.num_classes,
-        [settings.forget],
-        [settings.override],
-        settings.eval_per_class,
-        seed=settings.seed,
-        throughput_batch=settings.throughput_batch,
-        throughput_repeats=settings.throughput_repeats,
-        progress=settings.progress,
-    )
-
-
-def evaluate_with_grid(
-    sampler: Any, settings: DemoSettings, workspace: Workspace
-) -> tuple[ModelEvaluation, Tensor]:
-    """`evaluate_one` and the model's uint8 sample grid (`grid_per_class` rows per class)."""
-    labels = torch.arange(workspace.data.num_classes).repeat_interleave(settings.grid_per_class)
-    evaluation = evaluate_one(sampler, settings, workspace)
-    return evaluation, to_uint8(generate(sampler, labels, settings.seed + 1))
-
-
-def real_floor(settings: DemoSettings, workspace: Workspace) -> FeatureDistances:
-    """FID / KID of the real training remain images against the held-out ones (the floor)."""
-    real_remain = workspace.real_remain([settings.forget])
-    train_remain = workspace.train.images[workspace.train.labels != settings.forget]
-    assert workspace.classifier is not None
-    return feature_distances(train_remain, real_remain, workspace.classifier, seed=settings.seed)
-
-
-def protocol_head(settings: DemoSettings, workspace: Workspace) -> dict[str, Any]:
-    """The first protocol entries of `sfd compare` and `sfd demo`: seed, data, split, reference."""
-    real_remain = workspace.real_remain([settings.forget])
-    return {
-        "seed": settings.seed,
-        "data": settings.data,
-        "train_images": len(workspace.train),
-        "heldout_images": len(workspace.heldout),
-        "fid_reference": f"{len(real_remain)} held-out real remain-class images (uint8, as stored)",
-        "generated_per_class": settings.eval_per_class,
-    }
+    with phases.phase(None, "report"):
+        return write_compare_report(results, output)
 
 
 def evaluate_methods(

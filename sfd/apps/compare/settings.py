@@ -16,17 +16,16 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 from jsonargparse import ArgumentError as JsonArgumentError
 
-from sfd.apps.demo.settings import DemoSettings
-from sfd.baselines import ESDModule, SalUnModule
+from sfd.apps.harness.settings import ClassRunSettings
+from sfd.baselines import BASELINES
 from sfd.errors import SFDConfigError
 from sfd.training.cli import one_line
 
 BASELINES_PRESET = "baselines_digits.yaml"  # beside this module
-BASELINE_MODULES = {"esd": ESDModule, "salun": SalUnModule}
 SET_BY_HARNESS = {"teacher", "conditions", "seed", "steps_per_epoch"}
-BASELINE_PREFIXES = tuple(f"--{key}." for key in BASELINE_MODULES)
+BASELINE_PREFIXES = tuple(f"--{key}." for key in BASELINES)
 # Every method `sfd compare --methods` accepts, in report order.
-METHOD_KEYS = ("sfd", "sfd_two_stage", "distill", "esd", "salun", "retrain")
+METHOD_KEYS = ("sfd", "sfd_two_stage", "distill", *BASELINES, "retrain")
 
 
 def default_baselines_config() -> Path:
@@ -35,7 +34,7 @@ def default_baselines_config() -> Path:
 
 
 @dataclass
-class CompareSettings(DemoSettings):
+class CompareSettings(ClassRunSettings):
     """Everything one `sfd compare` run depends on (the demo's settings plus these).
 
     Attributes:
@@ -71,7 +70,7 @@ def baselines_parser() -> ArgumentParser:
     """A jsonargparse parser of `--config FILE` plus every baseline's constructor arguments."""
     parser = ArgumentParser(exit_on_error=False, prog="sfd compare (baseline settings)")
     parser.add_argument("--config", action=ActionConfigFile)
-    for key, module in BASELINE_MODULES.items():
+    for key, module in BASELINES.items():
         parser.add_class_arguments(module, key, skip=SET_BY_HARNESS)
         parser.add_argument(f"--{key}.max_steps", type=int, default=200)
     return parser
@@ -94,8 +93,8 @@ def parse_baselines(config: Path | None, args: list[str]) -> dict[str, dict[str,
         namespace = baselines_parser().parse_args(["--config", str(path), *args])
     except JsonArgumentError as error:
         raise SFDConfigError(one_line(error)) from error
-    settings = {key: dict(vars(namespace[key])) for key in BASELINE_MODULES}
-    for key, module in BASELINE_MODULES.items():
+    settings = {key: dict(vars(namespace[key])) for key in BASELINES}
+    for key, module in BASELINES.items():
         values = settings[key]
         steps = values["max_steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -1,1 +1,1 @@
-"""`sfd demo`: the digits demo end to end (`run`), its cache of teachers (`cache`) and its report."""
+"""`sfd demo`: the digits demo end to end (`run`) and its report folder (`report`)."""

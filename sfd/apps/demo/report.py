@@ -10,27 +10,22 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from sfd.apps.report_folder import (
-    finish_ua_axes,
+from sfd.apps.harness.report_folder import (
+    MODEL_TITLES,
+    UA_CURVE_THRESHOLD,
+    class_label,
     number,
     percent,
+    plot_forget_histogram,
+    plot_forgetting_curve,
     protocol_section,
     remain_table,
     save_figure,
-    share_bars,
     show_grid,
     write_report_folder,
 )
 from sfd.eval.evaluate import ModelEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
-
-# Report keys of the models, in table order, with their display names.
-MODEL_TITLES = {
-    "teacher": "teacher (DDIM)",
-    "distilled_without_forgetting": "one-step, distilled without forgetting",
-    "sfd": "one-step SFD (forgetting)",
-}
-UA_CURVE_THRESHOLD = 0.95
 
 
 @dataclass
@@ -115,60 +110,13 @@ def plot_sample_grids(results: DemoResults, path: Path) -> None:
     n, _, height, width = results.grids[keys[0]].shape
     aspect = (n // results.num_classes) * width / (results.num_classes * height)
     figure = Figure(figsize=(len(keys) * (1.2 + 3.6 * aspect), 4.6))
-    labels = [_class_label(results, c) for c in range(results.num_classes)]
+    labels = [class_label(results, c) for c in range(results.num_classes)]
     for index, key in enumerate(keys):
         axes = figure.add_subplot(1, len(keys), index + 1)
         show_grid(axes, results.grids[key], results.num_classes, MODEL_TITLES[key], 9, labels)
     figure.suptitle(
         f"rows = classes; forget {results.forget} -> override {results.override}", fontsize=10
     )
-    save_figure(figure, path)
-
-
-def _class_label(results: DemoResults, label: int) -> str:
-    if label == results.forget:
-        return f"{label} (forget)"
-    if label == results.override:
-        return f"{label} (override)"
-    return str(label)
-
-
-def plot_forgetting_curve(results: DemoResults, path: Path) -> None:
-    """UA and remain accuracy of the EMA generator against the SFD iteration."""
-    figure = Figure(figsize=(6, 4))
-    axes = figure.add_subplot(1, 1, 1)
-    for curve, style, label in (
-        (results.forgetting_curve, "-", "SFD"),
-        (results.baseline_curve, ":", "without forgetting"),
-    ):
-        if not curve:
-            continue
-        iterations = [point["iteration"] for point in curve]
-        axes.plot(iterations, [point["ua"] for point in curve], "C0" + style, label=f"UA, {label}")
-        axes.plot(
-            iterations,
-            [point["remain_accuracy"] for point in curve],
-            "C1" + style,
-            label=f"remain accuracy, {label}",
-        )
-    finish_ua_axes(axes, UA_CURVE_THRESHOLD, "SFD iteration", "share", "center right")
-    axes.axvline(0.2 * results.iterations, color="gray", linewidth=0.8, linestyle=":")
-    axes.set_title("swift forgetting: UA and remain accuracy during training", fontsize=10)
-    save_figure(figure, path)
-
-
-def plot_forget_histogram(results: DemoResults, path: Path) -> None:
-    """Where forget-class samples went: the classifier's labels of them, per model."""
-    figure = Figure(figsize=(7, 3.6))
-    axes = figure.add_subplot(1, 1, 1)
-    histograms = {key: m.forget_histogram for key, m in results.models.items()}
-    classes = share_bars(axes, histograms, results.num_classes)
-    axes.set_xticks(classes, [_class_label(results, int(c)) for c in classes], fontsize=7)
-    axes.set_ylabel("share of forget-class samples")
-    axes.set_title(
-        f"classifier labels of samples generated for class {results.forget}", fontsize=10
-    )
-    axes.legend(fontsize=7)
     save_figure(figure, path)
 
 

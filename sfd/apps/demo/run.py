@@ -6,19 +6,18 @@ reused from the cache), the evaluation classifier (cached), `SFDModule` under a 
 distillation without forgetting, which is also the demo's no-forgetting baseline and is cached by
 content hash like the teacher; stage 2 is SFD started from the stage-1 generator and fake score
 with the original teacher frozen. The SFD settings are an `sfd fit` configuration (the preset
-`sfd_digits.yaml` beside this file plus any `--model.*` / `--trainer.*` overrides).
+`sfd_digits.yaml` in `sfd.apps.harness` plus any `--model.*` / `--trainer.*` overrides).
 """
 
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sfd.apps.compare.methods import DistillMethod, Fitted, Run, SFDMethod
-from sfd.apps.compare.run import (
+from sfd.apps.demo.report import DemoResults, write_report
+from sfd.apps.harness.evaluation import (
     FEATURES,
     SAME_NOISE,
     THROUGHPUT,
@@ -26,16 +25,11 @@ from sfd.apps.compare.run import (
     protocol_head,
     real_floor,
 )
-from sfd.apps.compare.workspace import (
-    Workspace,
-    announce,
-    classifier_phase,
-    start_run,
-    teacher_phase,
-    timed,
-)
-from sfd.apps.demo.report import DemoResults, write_report
-from sfd.apps.demo.settings import DemoSettings, check_settings, default_sfd_config
+from sfd.apps.harness.methods import DistillMethod, Fitted, Run, SFDMethod
+from sfd.apps.harness.phases import Phases
+from sfd.apps.harness.settings import ClassRunSettings, check_settings, default_sfd_config
+from sfd.apps.harness.stages import copy_export
+from sfd.apps.harness.workspace import Workspace, classifier_phase, start_run, teacher_phase
 from sfd.core.generator import training_record
 from sfd.eval.evaluate import (
     ModelEvaluation,
@@ -45,48 +39,41 @@ from sfd.eval.evaluate import (
     measure_throughput,
     one_step_sampler,
 )
-from sfd.folders import write_folder_atomically
 from sfd.pipelines.io import load_generator, save_generator
 
 TOOL = "sfd demo"
-__all__ = ["DemoSettings", "check_settings", "default_sfd_config", "run_demo"]
+__all__ = ["ClassRunSettings", "check_settings", "default_sfd_config", "run_demo"]
 
 
-def run_demo(settings: DemoSettings) -> dict[str, Path]:
+def run_demo(settings: ClassRunSettings) -> dict[str, Path]:
     """Run the whole demo; returns the report's artefact paths."""
-    started = time.perf_counter()
+    phases = Phases(TOOL, 6)
     workspace, sfd = start_run(settings)  # every check before anything is written
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    accelerator = sfd.trainer.accelerator
 
-    with timed(seconds, "teacher"):
-        teacher_phase(workspace, settings, sfd.trainer.accelerator, TOOL, "1/6")
-    with timed(seconds, "classifier"):
-        classifier_phase(workspace, settings, TOOL, "2/6")
-        assert workspace.classifier_dir is not None
-        shutil.copytree(workspace.classifier_dir, output / "classifier", dirs_exist_ok=True)
+    teacher_phase(workspace, settings, accelerator, phases)
+    classifier_phase(workspace, settings, phases)
+    assert workspace.classifier_dir is not None
+    shutil.copytree(workspace.classifier_dir, output / "classifier", dirs_exist_ok=True)
 
-    run = Run(settings, workspace, {}, output / "logs", sfd.trainer.accelerator)
-    with timed(seconds, "stage1"):
-        announce(TOOL, "3/6 stage 1: distillation without forgetting (cached like the teacher)")
+    run = Run(settings, workspace, {}, output / "logs", accelerator)
+    with phases.phase(
+        "stage1", "stage 1: distillation without forgetting (cached like the teacher)"
+    ):
         distilled = DistillMethod().fit(run)
         assert run.stage1 is not None
-        announce(
-            TOOL,
-            f"stage 1 {'reused from' if run.stage1.cached else 'trained into'} {run.stage1.folder}",
-        )
+        phases.built("stage 1", run.stage1.folder, run.stage1.cached)
         copy_export(run.stage1.generator_dir, output / "generator_without_forgetting")
 
-    with timed(seconds, "sfd"):
-        announce(TOOL, "4/6 stage 2: SFD from the stage-1 generator and fake score")
+    with phases.phase("sfd", "stage 2: SFD from the stage-1 generator and fake score"):
         forgetting = SFDMethod(two_stage=True).fit(run)
         module = forgetting.extra.pop("module")
         record = training_record(module)
         save_generator(module.export_generator, output / "generator", True, training=record)
 
-    with timed(seconds, "evaluation"):
-        announce(TOOL, "5/6 evaluation")
+    with phases.phase("evaluation", "evaluation"):
         results = evaluate_all(settings, sfd, workspace, output, distilled, forgetting)
         # The same weights again, now with their measured numbers on the model card.
         save_generator(
@@ -97,24 +84,14 @@ def run_demo(settings: DemoSettings) -> dict[str, Path]:
             metrics=results.models["sfd"].to_dict(),
             metrics_source=f"{TOOL} evaluation (metrics.json, models.sfd)",
         )
-    seconds["total"] = time.perf_counter() - started
-    results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    results.protocol["phase_seconds"] = phases.finish()
 
-    announce(TOOL, "6/6 report")
-    return write_report(results, output)
-
-
-def copy_export(source: Path, target: Path) -> None:
-    """Copy an exported generator folder (e.g. the cached stage 1, its model card included)."""
-
-    def write(staging: Path) -> None:
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-
-    write_folder_atomically(target, write)
+    with phases.phase(None, "report"):
+        return write_report(results, output)
 
 
 def evaluate_all(
-    settings: DemoSettings,
+    settings: ClassRunSettings,
     sfd: Any,
     workspace: Workspace,
     output: Path,

@@ -10,13 +10,12 @@ report folder, so `sfd eval-text` can re-run the evaluation from them.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from sfd.apps.data import DIGITS
-from sfd.apps.text_data import CaptionVocabulary
+from sfd.apps.data.captions import CaptionVocabulary, write_labelled
+from sfd.apps.data.images import DIGITS
 from sfd.errors import SFDConfigError
 from sfd.eval.concepts import PromptSet
 
@@ -115,27 +114,3 @@ def write_prompt_sets(
         concepts=vocabulary.concept_pairs(forget, override),
         files=files,
     )
-
-
-def write_labelled(path: Path, prompts: list[str], labels: list[int]) -> None:
-    """A CSV with columns prompt, label."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["prompt", "label"])
-        writer.writerows(zip(prompts, labels, strict=True))
-
-
-def read_labelled(path: str | Path, name: str = "remain") -> PromptSet:
-    """A prompt set from a CSV with columns prompt, label (or a .txt plus a fixed label: no)."""
-    file = Path(path)
-    if not file.is_file():
-        raise SFDConfigError(f"prompt file {str(path)!r} does not exist")
-    with file.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "prompt" not in rows[0] or "label" not in rows[0]:
-        raise SFDConfigError(f"{str(path)!r} needs a header with 'prompt' and 'label' columns")
-    try:
-        labels = [int(row["label"]) for row in rows]
-    except ValueError as error:
-        raise SFDConfigError(f"{str(path)!r} has a non-integer label") from error
-    return PromptSet(name, [row["prompt"].strip() for row in rows], labels, str(file))

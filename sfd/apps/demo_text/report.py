@@ -1,6 +1,6 @@
 """The text demo's report folder: metrics.json, report.md, per-prompt sample grids, the curve.
 
-The forgetting-curve and forget-histogram figures are the class demo's (`sfd.apps.demo.report`),
+The forgetting-curve and forget-histogram figures are the class demo's (`sfd.apps.harness.report_folder`),
 drawn from the same fields.
 """
 
@@ -14,15 +14,13 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from sfd.apps.demo.report import (
+from sfd.apps.harness.report_folder import (
     MODEL_TITLES,
     UA_CURVE_THRESHOLD,
-    plot_forget_histogram,
-    plot_forgetting_curve,
-)
-from sfd.apps.report_folder import (
     number,
     percent,
+    plot_forget_histogram,
+    plot_forgetting_curve,
     protocol_section,
     remain_table,
     save_figure,

@@ -8,7 +8,7 @@ generators are exported and reloaded as `OneStepTextPipeline`, and the evaluatio
 1 distils the teacher on every class's captions without forgetting (the no-forgetting baseline,
 the same for every concept pair), stage 2 is SFD started from its generator and fake score, the
 teacher unchanged. Teacher, classifier and stage 1 are cached by content hash
-(`sfd.apps.demo.cache`); the SFD settings are `sfd fit` presets beside this file, parsed by the
+(`sfd.apps.harness.cache`); the SFD settings are `sfd fit` presets beside this file, parsed by the
 same LightningCLI parser.
 """
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
-import sys
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,18 +23,18 @@ from typing import Any
 
 import torch
 
-from sfd.apps.compare.stages import stage_one, train_sfd
-from sfd.apps.compare.workspace import cached_classifier
-from sfd.apps.data import DIGITS, train_heldout_split
-from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir
-from sfd.apps.demo.run import copy_export
-from sfd.apps.demo_text.evaluation import evaluate_runs
+from sfd.apps.data.captions import FASHION, CaptionVocabulary, load_captioned
+from sfd.apps.data.images import DIGITS, train_heldout_split
+from sfd.apps.demo_text.evaluation import TextEvaluation
 from sfd.apps.demo_text.prompts import DemoPrompts, shipped_paraphrases, write_prompt_sets
 from sfd.apps.demo_text.report import write_text_report
-from sfd.apps.text_data import FASHION, CaptionVocabulary, load_captioned
-from sfd.apps.text_evaluation import teacher_vae
-from sfd.apps.text_teacher import TextTeacherSettings, build_text_teacher
-from sfd.apps.text_teacher_training import MINILM_PACKAGE
+from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
+from sfd.apps.harness.phases import Phases
+from sfd.apps.harness.stages import copy_export, stage_one, train_sfd
+from sfd.apps.harness.text_evaluation import teacher_vae
+from sfd.apps.harness.workspace import cached_classifier
+from sfd.apps.teachers.text import MINILM_PACKAGE
+from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
@@ -47,6 +45,7 @@ from sfd.pipelines.io import save_generator
 from sfd.teachers.stable_diffusion import load_text_encoder
 from sfd.training.cli import parse_fit_config
 
+TOOL = "sfd demo-text"
 PRESETS = {DIGITS: "sfd_text_digits.yaml", FASHION: "sfd_text_fashion.yaml"}
 STAGE1_PRESETS = {DIGITS: "sfd_text_digits_stage1.yaml", FASHION: "sfd_text_fashion_stage1.yaml"}
 # Stage 1 is the same for every concept pair: its cache key records the distillation prompts'
@@ -146,10 +145,6 @@ def resolve_class(value: str | None, default: str, vocabulary: CaptionVocabulary
     )
 
 
-def announce(phase: str) -> None:
-    print(f"[sfd demo-text] {phase}", file=sys.stderr, flush=True)
-
-
 def check_settings(
     settings: TextDemoSettings, vocabulary: CaptionVocabulary
 ) -> tuple[Any, int, int]:
@@ -219,7 +214,7 @@ def encoder_identity(path: str | None) -> str:
 
 def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     """Run the whole text demo; returns the report's artefact paths."""
-    started = time.perf_counter()
+    phases = Phases(TOOL, 7)
     if settings.threads is not None:
         if settings.threads < 1:
             raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
@@ -233,54 +228,50 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
     prompts = write_prompt_sets(vocabulary, forget, override, paraphrase_file, output / "prompts")
-    seconds: dict[str, float] = {}
-
-    clock = time.perf_counter()
     cache = settings.teacher_cache or default_cache_dir()
-    announce(f"1/7 text teacher (cache: {cache})")
     split = {
         "data": data_fingerprint(
             settings.data if settings.data == DIGITS else str(data_source(settings.data))
-        )
-    }
-    split.update(heldout_fraction=settings.heldout_fraction, split_seed=settings.seed)
-    description = {
-        **split,
-        **teacher_config.describe(),
-        "text_encoder": encoder_identity(settings.text_encoder),
-        "captions": {"names": vocabulary.names, "templates": vocabulary.templates},
-    }
-    teacher_dir, cached = cached_build(
-        cache,
-        "text-teacher",
-        description,
-        lambda folder: build_text_teacher(
-            train,
-            vocabulary,
-            folder,
-            teacher_config,
-            sfd.trainer.accelerator,
-            settings.progress,
-            announce,
         ),
-    )
-    announce(f"teacher {'reused from' if cached else 'trained into'} {teacher_dir}")
-    seconds["teacher"] = time.perf_counter() - clock
+        "heldout_fraction": settings.heldout_fraction,
+        "split_seed": settings.seed,
+    }
 
-    clock = time.perf_counter()
-    announce("2/7 evaluation classifier")
-    given: dict[str, Any] = {"seed": settings.seed}
-    if settings.classifier_steps is not None:
-        given["max_steps"] = settings.classifier_steps
-    classifier, classifier_dir, classifier_accuracy, classifier_cached, _ = cached_classifier(
-        cache, "text-classifier", split, train, heldout, given, settings.progress
-    )
-    shutil.copytree(classifier_dir, output / "classifier", dirs_exist_ok=True)
-    announce(
-        f"classifier {'reused from' if classifier_cached else 'trained into'} {classifier_dir}, "
-        f"held-out accuracy {100 * classifier_accuracy:.1f} %"
-    )
-    seconds["classifier"] = time.perf_counter() - clock
+    with phases.phase("teacher", f"text teacher (cache: {cache})"):
+        description = {
+            **split,
+            **teacher_config.describe(),
+            "text_encoder": encoder_identity(settings.text_encoder),
+            "captions": {"names": vocabulary.names, "templates": vocabulary.templates},
+        }
+        teacher_dir, cached = cached_build(
+            cache,
+            "text-teacher",
+            description,
+            lambda folder: build_text_teacher(
+                train,
+                vocabulary,
+                folder,
+                teacher_config,
+                sfd.trainer.accelerator,
+                settings.progress,
+                phases.say,
+            ),
+        )
+        phases.built("teacher", teacher_dir, cached)
+
+    with phases.phase("classifier", "evaluation classifier"):
+        given: dict[str, Any] = {"seed": settings.seed}
+        if settings.classifier_steps is not None:
+            given["max_steps"] = settings.classifier_steps
+        classifier, classifier_dir, classifier_accuracy, classifier_cached, _ = cached_classifier(
+            cache, "text-classifier", split, train, heldout, given, settings.progress
+        )
+        shutil.copytree(classifier_dir, output / "classifier", dirs_exist_ok=True)
+        phases.say(
+            f"classifier {'reused from' if classifier_cached else 'trained into'} "
+            f"{classifier_dir}, held-out accuracy {100 * classifier_accuracy:.1f} %"
+        )
 
     if settings.curve_every is None:
         settings.curve_every = max(1, sfd.trainer.max_steps // 10)
@@ -289,60 +280,64 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     )
     runs: dict[str, tuple[Path, list[dict[str, float]]]] = {}
     distill_fingerprint = data_fingerprint(str(prompts.files["distill_prompts"]))
-    clock = time.perf_counter()
-    announce("3/7 stage 1: distillation without forgetting (cached like the teacher)")
-    stage1 = stage_one(
-        cache,
-        teacher_dir.name,
-        settings.sfd_command_line(str(teacher_dir), prompts, "stage1"),
-        None,  # its curve would depend on the concept pair; SFD's curve starts at its generator
-        output / "logs" / "stage1",
-        settings.progress,
-        settings.seed,
-        conditions_key=STAGE1_CONDITIONS_KEY | {"remain_prompts": distill_fingerprint},
-    )
-    announce(f"stage 1 {'reused from' if stage1.cached else 'trained into'} {stage1.folder}")
-    copy_export(stage1.generator_dir, output / "generator_without_forgetting")
-    runs["distilled_without_forgetting"] = (output / "generator_without_forgetting", [])
-    seconds["stage1"] = time.perf_counter() - clock
+    with phases.phase(
+        "stage1", "stage 1: distillation without forgetting (cached like the teacher)"
+    ):
+        stage1 = stage_one(
+            cache,
+            teacher_dir.name,
+            settings.sfd_command_line(str(teacher_dir), prompts, "stage1"),
+            None,  # its curve would depend on the concept pair; SFD's curve starts at its generator
+            output / "logs" / "stage1",
+            settings.progress,
+            settings.seed,
+            conditions_key=STAGE1_CONDITIONS_KEY | {"remain_prompts": distill_fingerprint},
+        )
+        phases.built("stage 1", stage1.folder, stage1.cached)
+        copy_export(stage1.generator_dir, output / "generator_without_forgetting")
+        runs["distilled_without_forgetting"] = (output / "generator_without_forgetting", [])
 
-    clock = time.perf_counter()
-    announce("4/7 stage 2: SFD from the stage-1 generator and fake score + export")
-    curve = ForgettingCurve(
-        classifier,
-        vocabulary.num_classes,
-        [forget],
-        settings.curve_every,
-        settings.curve_per_class,
-        settings.seed,
-        condition=curve_cond,
-        decode=decode,
-    )
-    args = settings.sfd_command_line(str(teacher_dir), prompts) + stage1.stage_two_arguments()
-    module, _, _ = train_sfd(
-        args, [curve], output / "logs" / "sfd", settings.progress, settings.seed
-    )
-    record = training_record(module)
-    save_generator(module.export_generator, output / "generator", overwrite=True, training=record)
-    runs["sfd"] = (output / "generator", curve.as_dicts())
-    seconds["sfd"] = time.perf_counter() - clock
-    del module
+    with phases.phase("sfd", "stage 2: SFD from the stage-1 generator and fake score + export"):
+        curve = ForgettingCurve(
+            classifier,
+            vocabulary.num_classes,
+            [forget],
+            settings.curve_every,
+            settings.curve_per_class,
+            settings.seed,
+            condition=curve_cond,
+            decode=decode,
+        )
+        args = settings.sfd_command_line(str(teacher_dir), prompts) + stage1.stage_two_arguments()
+        module, _, _ = train_sfd(
+            args, [curve], output / "logs" / "sfd", settings.progress, settings.seed
+        )
+        record = training_record(module)
+        save_generator(
+            module.export_generator, output / "generator", overwrite=True, training=record
+        )
+        runs["sfd"] = (output / "generator", curve.as_dicts())
+        del module
 
-    results = evaluate_runs(
+    evaluation = TextEvaluation(
         settings,
         sfd,
         str(teacher_dir),
         classifier,
         vocabulary,
         prompts,
-        heldout,
         train,
+        heldout,
         forget,
         override,
         runs,
-        seconds,
-        announce,
     )
+    with phases.phase("evaluation", "evaluation"):
+        evaluation.evaluate()
+    with phases.phase("attack", "soft-prompt attack"):
+        evaluation.attack(phases.say)
+
+    results = evaluation.results()
     results.protocol.update(
         classifier_heldout_accuracy=classifier_accuracy,
         classifier={"folder": str(classifier_dir), "reused_from_cache": classifier_cached},
@@ -358,15 +353,14 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             "teacher": "the original teacher, frozen, in both stages",
         },
     )
-    seconds["total"] = time.perf_counter() - started
-    results.protocol["phase_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-    announce("7/7 report")
-    return write_text_report(results, output)
+    results.protocol["phase_seconds"] = phases.finish()
+    with phases.phase(None, "report"):
+        return write_text_report(results, output)
 
 
 def data_source(data: str) -> Path:
     """The folder of a Fashion-MNIST source (for its fingerprint)."""
-    from sfd.apps.text_data import find_fashion_folder
+    from sfd.apps.data.captions import find_fashion_folder
 
     return find_fashion_folder(data)
 

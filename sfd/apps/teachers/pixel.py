@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from sfd.apps.data import DIGITS, load_images, train_heldout_split
+from sfd.apps.data.images import DIGITS, load_images, train_heldout_split
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages, from_uint8

@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 import lightning.pytorch as pl
 
-from sfd.apps.compare.curve import TimedForgettingCurve
-from sfd.apps.compare.settings import BASELINE_MODULES
-from sfd.apps.compare.stages import StageOne, fit_module, stage_one, train_sfd
-from sfd.apps.compare.workspace import Workspace, build_teacher, teacher_recipe
-from sfd.apps.demo.settings import DemoSettings
+from sfd.apps.harness.curve import TimedForgettingCurve
+from sfd.apps.harness.settings import ClassRunSettings
+from sfd.apps.harness.stages import StageOne, fit_module, stage_one, train_sfd
+from sfd.apps.harness.workspace import Workspace, build_teacher, teacher_recipe
+from sfd.baselines import BASELINES
 from sfd.baselines.method import Unlearned, unlearned
 from sfd.core.conditions import ClassConditions
 from sfd.pipelines.io import load_generator
@@ -64,7 +64,7 @@ class Fitted:
 class Run:
     """What every method of one harness run shares."""
 
-    settings: DemoSettings
+    settings: ClassRunSettings
     workspace: Workspace
     baselines: dict[str, dict[str, Any]]
     logs: Path
@@ -181,7 +181,7 @@ class BaselineMethod:
         settings = dict(run.baselines[self.key])
         max_steps = settings.pop("max_steps")
         conditions = ClassConditions(run.settings.forget, run.settings.override)
-        module = BASELINE_MODULES[self.key](
+        module = BASELINES[self.key](
             run.workspace.teacher(),
             conditions,
             **settings,
@@ -227,8 +227,7 @@ METHODS: dict[str, Method] = {
     "sfd": SFDMethod(two_stage=False),
     "sfd_two_stage": SFDMethod(two_stage=True),
     "distill": DistillMethod(),
-    "esd": BaselineMethod("esd"),
-    "salun": BaselineMethod("salun"),
+    **{key: BaselineMethod(key) for key in BASELINES},  # the fine-tuning baselines' registry
     "retrain": RetrainMethod(),
 }
 

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
-from sfd.apps.teacher_training import TeacherDataModule, one_device_trainer
+from sfd.apps.teachers.pixel import TeacherDataModule, one_device_trainer
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages, from_uint8

@@ -10,6 +10,7 @@ teacher frozen: all three networks are `sfd fit` options (`model.generator`, `mo
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,13 @@ import lightning.pytorch as pl
 from diffusers import DDPMPipeline, DDPMScheduler
 from lightning.pytorch.loggers import CSVLogger
 
-from sfd.apps.compare.curve import TimedForgettingCurve
-from sfd.apps.demo.cache import cached_build
+from sfd.apps.harness.cache import cached_build
+from sfd.apps.harness.curve import TimedForgettingCurve
 from sfd.core.generator import training_record
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
+from sfd.folders import write_folder_atomically
 from sfd.pipelines.io import save_generator
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser
@@ -269,3 +271,12 @@ def save_stage_one(
         "curve": curve or [],
     }
     (folder / STAGE_ONE_RUN).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def copy_export(source: Path, target: Path) -> None:
+    """Copy an exported generator folder (e.g. the cached stage 1, its model card included)."""
+
+    def write(staging: Path) -> None:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+
+    write_folder_atomically(target, write)

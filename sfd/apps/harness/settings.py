@@ -12,27 +12,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sfd.apps.data import DIGITS
+from sfd.apps.data.images import DIGITS
 from sfd.errors import SFDConfigError
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
 
-SFD_PRESET = "sfd_digits.yaml"  # beside this module: SFD, and stage 2 of the two-stage path
+SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD, and stage 2 of the two-stage path
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
 
 
 def default_sfd_config() -> Path:
     """The packaged preset of the demo's SFD settings."""
-    return Path(str(resources.files("sfd.apps.demo") / SFD_PRESET))
+    return Path(str(resources.files("sfd.apps.harness") / SFD_PRESET))
 
 
 def default_stage1_config() -> Path:
     """The packaged overlay that turns the SFD preset into stage 1 (distillation, no forgetting)."""
-    return Path(str(resources.files("sfd.apps.demo") / STAGE1_PRESET))
+    return Path(str(resources.files("sfd.apps.harness") / STAGE1_PRESET))
 
 
 @dataclass
-class DemoSettings:
+class ClassRunSettings:
     """Everything one demo run depends on."""
 
     output_dir: Path = Path("demo-output")
@@ -96,7 +96,7 @@ class DemoSettings:
         return args
 
 
-def check_settings(settings: DemoSettings, data: LabelledImages) -> Any:
+def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     """Raise `SFDConfigError` for a bad class, count or path before anything is written.
 
     Returns:

@@ -1,20 +1,17 @@
 """The shared pieces of a class-forgetting run: data split, teacher and classifier, each cached.
 
 `sfd demo` and `sfd compare` open alike (`start_run`) and share their teacher and classifier
-phases (`teacher_phase`, `classifier_phase`), each timed with `timed`.
+phases (`teacher_phase`, `classifier_phase`), each announced and timed by the run's `Phases`.
 
 Artefacts that take minutes (the teacher, the evaluation classifier, the stage-1 generator, the
-retrained model) are built once per content hash under the cache folder (`sfd.apps.demo.cache`):
+retrained model) are built once per content hash under the cache folder (`sfd.apps.harness.cache`):
 the key covers the data file's hash and every setting the artefact depends on.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +20,16 @@ import diffusers
 import torch
 from torch import Tensor
 
-from sfd.apps.data import DIGITS, load_images, train_heldout_split
-from sfd.apps.demo.cache import cached_build, data_fingerprint, default_cache_dir, resolved_settings
-from sfd.apps.demo.settings import check_settings
-from sfd.apps.teacher_training import train_teacher
+from sfd.apps.data.images import DIGITS, load_images, train_heldout_split
+from sfd.apps.harness.cache import (
+    cached_build,
+    data_fingerprint,
+    default_cache_dir,
+    resolved_settings,
+)
+from sfd.apps.harness.phases import Phases
+from sfd.apps.harness.settings import check_settings
+from sfd.apps.teachers.pixel import train_teacher
 from sfd.errors import SFDConfigError
 from sfd.eval.classifier import Classifier, load_classifier, save_classifier, train_classifier
 from sfd.images import LabelledImages
@@ -108,7 +111,7 @@ def start_run(settings: Any) -> tuple[Workspace, Any]:
     Nothing is written yet.
 
     Args:
-        settings: `DemoSettings` or `CompareSettings`.
+        settings: `ClassRunSettings` or `CompareSettings`.
 
     Returns:
         (the workspace with data and split, the parsed SFD configuration).
@@ -214,26 +217,23 @@ def cached_classifier(
     return load_classifier(folder), folder, accuracy, reused, description
 
 
-def teacher_phase(
-    workspace: Workspace, settings: Any, accelerator: str, tool: str, step: str
-) -> None:
-    """Announce the teacher phase, build or reuse the teacher and store it in the workspace.
+def teacher_phase(workspace: Workspace, settings: Any, accelerator: str, phases: Phases) -> None:
+    """The teacher phase: build or reuse the teacher and store it in the workspace.
 
     Args:
         workspace: where the teacher goes.
-        settings: `DemoSettings` or `CompareSettings` (seed, teacher steps and channels).
+        settings: `ClassRunSettings` or `CompareSettings` (seed, teacher steps and channels).
         accelerator: the Lightning accelerator to train it on.
-        tool: the announcing command, e.g. "sfd demo".
-        step: the phase's place, e.g. "1/6".
+        phases: the run's phases (announced and timed as "teacher").
     """
-    announce(tool, f"{step} teacher (cache: {workspace.cache})")
-    recipe = teacher_recipe(settings.seed, settings.teacher_steps, settings.teacher_channels)
-    teacher_dir, cached, description, _ = build_teacher(
-        workspace, recipe, accelerator, settings.progress
-    )
-    workspace.teacher_dir, workspace.teacher_cached = teacher_dir, cached
-    workspace.teacher_settings = description
-    announce(tool, f"teacher {'reused from' if cached else 'trained into'} {teacher_dir}")
+    with phases.phase("teacher", f"teacher (cache: {workspace.cache})"):
+        recipe = teacher_recipe(settings.seed, settings.teacher_steps, settings.teacher_channels)
+        teacher_dir, cached, description, _ = build_teacher(
+            workspace, recipe, accelerator, settings.progress
+        )
+        workspace.teacher_dir, workspace.teacher_cached = teacher_dir, cached
+        workspace.teacher_settings = description
+        phases.built("teacher", teacher_dir, cached)
 
 
 def prepare_classifier(workspace: Workspace, settings: Any) -> None:
@@ -249,27 +249,14 @@ def prepare_classifier(workspace: Workspace, settings: Any) -> None:
     workspace.classifier_settings = description
 
 
-def classifier_phase(workspace: Workspace, settings: Any, tool: str, step: str) -> None:
-    """Announce the classifier phase, run `prepare_classifier` and announce its accuracy."""
-    announce(tool, f"{step} evaluation classifier")
-    prepare_classifier(workspace, settings)
-    announce(tool, f"classifier held-out accuracy {100 * workspace.classifier_accuracy:.1f} %")
+def classifier_phase(workspace: Workspace, settings: Any, phases: Phases) -> None:
+    """The classifier phase: `prepare_classifier`, then its held-out accuracy is announced."""
+    with phases.phase("classifier", "evaluation classifier"):
+        prepare_classifier(workspace, settings)
+        phases.say(f"classifier held-out accuracy {100 * workspace.classifier_accuracy:.1f} %")
 
 
 def recorded_seconds(folder: Path) -> float:
     """The build time a cached artefact recorded (NaN if it did not)."""
     file = folder / "build_seconds.json"
     return json.loads(file.read_text())["seconds"] if file.is_file() else float("nan")
-
-
-def announce(tool: str, phase: str) -> None:
-    """A phase announcement on stderr: `[sfd compare] 3/9 ESD`."""
-    print(f"[{tool}] {phase}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
-    """Record the wall time of the block in `seconds[key]` (when the block completes)."""
-    clock = time.perf_counter()
-    yield
-    seconds[key] = time.perf_counter() - clock

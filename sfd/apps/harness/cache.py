@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sfd.apps.data import DIGITS
+from sfd.apps.data.images import DIGITS
 from sfd.folders import write_folder_atomically
 
 DONE_MARKER = "cache.json"  # written last: a folder without it is an interrupted build

@@ -19,6 +19,14 @@ from torch import Tensor
 
 from sfd.images import tile
 
+# Report keys of the models, in table order, with their display names.
+MODEL_TITLES = {
+    "teacher": "teacher (DDIM)",
+    "distilled_without_forgetting": "one-step, distilled without forgetting",
+    "sfd": "one-step SFD (forgetting)",
+}
+UA_CURVE_THRESHOLD = 0.95
+
 
 def write_report_folder(
     output_dir: str | Path,
@@ -146,3 +154,54 @@ def save_figure(figure: Figure, path: Path) -> None:
     """Lay the figure out and write it as a PNG at 120 dpi."""
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+# The figures of the two-stage demos (`sfd demo`, `sfd demo-text`): `results` has
+# forgetting_curve, baseline_curve, iterations, models, num_classes, forget and override.
+
+
+def class_label(results: Any, label: int) -> str:
+    if label == results.forget:
+        return f"{label} (forget)"
+    if label == results.override:
+        return f"{label} (override)"
+    return str(label)
+
+
+def plot_forgetting_curve(results: Any, path: Path) -> None:
+    """UA and remain accuracy of the EMA generator against the SFD iteration."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot(1, 1, 1)
+    for curve, style, label in (
+        (results.forgetting_curve, "-", "SFD"),
+        (results.baseline_curve, ":", "without forgetting"),
+    ):
+        if not curve:
+            continue
+        iterations = [point["iteration"] for point in curve]
+        axes.plot(iterations, [point["ua"] for point in curve], "C0" + style, label=f"UA, {label}")
+        axes.plot(
+            iterations,
+            [point["remain_accuracy"] for point in curve],
+            "C1" + style,
+            label=f"remain accuracy, {label}",
+        )
+    finish_ua_axes(axes, UA_CURVE_THRESHOLD, "SFD iteration", "share", "center right")
+    axes.axvline(0.2 * results.iterations, color="gray", linewidth=0.8, linestyle=":")
+    axes.set_title("swift forgetting: UA and remain accuracy during training", fontsize=10)
+    save_figure(figure, path)
+
+
+def plot_forget_histogram(results: Any, path: Path) -> None:
+    """Where forget-class samples went: the classifier's labels of them, per model."""
+    figure = Figure(figsize=(7, 3.6))
+    axes = figure.add_subplot(1, 1, 1)
+    histograms = {key: m.forget_histogram for key, m in results.models.items()}
+    classes = share_bars(axes, histograms, results.num_classes)
+    axes.set_xticks(classes, [class_label(results, int(c)) for c in classes], fontsize=7)
+    axes.set_ylabel("share of forget-class samples")
+    axes.set_title(
+        f"classifier labels of samples generated for class {results.forget}", fontsize=10
+    )
+    axes.legend(fontsize=7)
+    save_figure(figure, path)

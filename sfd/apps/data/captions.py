@@ -13,6 +13,7 @@ two downsamplings gives 8×8 latents.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import random
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfd.apps.data import DIGITS, load_digits
+from sfd.apps.data.images import DIGITS, load_digits
 from sfd.errors import SFDConfigError
+from sfd.eval.concepts import PromptSet
 from sfd.images import LabelledImages
 
 FASHION = "fashion-mnist"
@@ -229,3 +231,30 @@ def caption_sample(vocabulary: CaptionVocabulary, labels: torch.Tensor, seed: in
     """One random training caption per label (seeded), e.g. for previews."""
     rng = random.Random(seed)
     return [rng.choice(vocabulary.captions(int(label))) for label in labels]
+
+
+# Labelled prompt files (CSV, columns prompt and label): the text demo's prompt sets.
+
+
+def write_labelled(path: Path, prompts: list[str], labels: list[int]) -> None:
+    """A CSV with columns prompt, label."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "label"])
+        writer.writerows(zip(prompts, labels, strict=True))
+
+
+def read_labelled(path: str | Path, name: str = "remain") -> PromptSet:
+    """A prompt set from a CSV with columns prompt, label (or a .txt plus a fixed label: no)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SFDConfigError(f"prompt file {str(path)!r} does not exist")
+    with file.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "prompt" not in rows[0] or "label" not in rows[0]:
+        raise SFDConfigError(f"{str(path)!r} needs a header with 'prompt' and 'label' columns")
+    try:
+        labels = [int(row["label"]) for row in rows]
+    except ValueError as error:
+        raise SFDConfigError(f"{str(path)!r} has a non-integer label") from error
+    return PromptSet(name, [row["prompt"].strip() for row in rows], labels, str(file))

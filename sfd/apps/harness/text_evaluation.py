@@ -230,9 +230,8 @@ class ConceptEvalSettings:
 
 def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
     """Evaluate one exported generator or teacher folder; write and return metrics.json's content."""
-    from sfd.apps.data import train_heldout_split
-    from sfd.apps.demo_text.prompts import read_labelled
-    from sfd.apps.text_data import load_captioned
+    from sfd.apps.data.captions import load_captioned, read_labelled
+    from sfd.apps.data.images import train_heldout_split
     from sfd.core.conditions.text import read_prompt_file
     from sfd.eval.classifier import load_classifier
     from sfd.eval.concepts import nearest_classes

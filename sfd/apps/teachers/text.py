@@ -27,13 +27,13 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
-from sfd.apps.teacher_training import (
+from sfd.apps.data.captions import CaptionVocabulary
+from sfd.apps.teachers.pixel import (
     DDPMTeacherModule,
     TeacherDataModule,
     check_output_dir,
     one_device_trainer,
 )
-from sfd.apps.text_data import CaptionVocabulary
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages

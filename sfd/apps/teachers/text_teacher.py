@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sfd.apps.data import DIGITS
-from sfd.apps.text_data import CaptionVocabulary
-from sfd.apps.text_teacher_training import DEFAULT_TEXT_CHANNELS, train_text_teacher
-from sfd.apps.vae_training import DEFAULT_VAE_CHANNELS, reconstruction_error, train_vae
+from sfd.apps.data.captions import CaptionVocabulary
+from sfd.apps.data.images import DIGITS
+from sfd.apps.teachers.text import DEFAULT_TEXT_CHANNELS, train_text_teacher
+from sfd.apps.teachers.vae import DEFAULT_VAE_CHANNELS, reconstruction_error, train_vae
 from sfd.errors import SFDConfigError
 from sfd.images import LabelledImages
 

@@ -1,0 +1,1 @@
+"""Data sets of the applications: labelled images (`images`) and captioned sets (`captions`)."""

@@ -1,0 +1,74 @@
+"""The phases of one application run: each announced on stderr, timed, and recorded.
+
+Every application (`sfd demo`, `sfd compare`, `sfd demo-text`) is a list of phases. A phase is
+announced as `[sfd demo] 3/6 stage 1: ...`, its wall time is recorded under a key, and the
+report's protocol carries the seconds as `phase_seconds` (with `total`, counted from the start of
+the run). Artefacts that take minutes are built once per content hash (`harness.cache`); `built`
+says whether one was reused or trained now.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def announce(tool: str, text: str) -> None:
+    """One line on stderr: `[sfd compare] 3/9 ESD`."""
+    print(f"[{tool}] {text}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Record the wall time of the block in `seconds[key]` (when the block completes)."""
+    clock = time.perf_counter()
+    yield
+    seconds[key] = time.perf_counter() - clock
+
+
+class Phases:
+    """Announce, time and record the phases of one run.
+
+    Args:
+        tool: the announcing command, e.g. "sfd demo".
+        total: the number of phases the run announces.
+    """
+
+    def __init__(self, tool: str, total: int) -> None:
+        self.tool = tool
+        self.total = total
+        self.seconds: dict[str, float] = {}
+        self._count = 0
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def phase(self, key: str | None, title: str) -> Iterator[None]:
+        """Announce the next phase `k/total title`; time the block into `seconds[key]`.
+
+        Args:
+            key: the phase's key in `phase_seconds` (None: announced, not timed).
+            title: what the phase does.
+        """
+        self._count += 1
+        self.say(f"{self._count}/{self.total} {title}")
+        if key is None:
+            yield
+            return
+        with timed(self.seconds, key):
+            yield
+
+    def say(self, text: str) -> None:
+        """A line of the run's own, between phase announcements."""
+        announce(self.tool, text)
+
+    def built(self, what: str, folder: Path, reused: bool) -> None:
+        """Say whether a cached artefact was reused or trained now, and where it is."""
+        self.say(f"{what} {'reused from' if reused else 'trained into'} {folder}")
+
+    def finish(self) -> dict[str, float]:
+        """The seconds of every timed phase and `total` since the run started, rounded to 0.1 s."""
+        self.seconds["total"] = time.perf_counter() - self._started
+        return {key: round(value, 1) for key, value in self.seconds.items()}
