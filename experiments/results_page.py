@@ -92,7 +92,10 @@ def git_commit() -> dict[str, Any]:
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
 
-    return {"hash": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    return {
+        "hash": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain")),
+    }
 
 
 def library_versions() -> dict[str, str]:
