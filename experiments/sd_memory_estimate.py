@@ -79,7 +79,7 @@ def lora_count(unet: torch.nn.Module, rank: int) -> int:
     return sum(
         rank * (m.in_features + m.out_features)
         for name, m in unet.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.endswith(LORA_TARGETS)
+        if isinstance(m, torch.nn.Linear) and name.endswith(tuple(LORA_TARGETS))
     )
 
 
