@@ -115,7 +115,9 @@ def save_record(record: Mapping[str, Any], path: str | os.PathLike[str]) -> None
 
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A record written by `save_record`; one clear error if it has no "run" section."""
+    """A record written by `save_record`; one clear error if it is missing or has no "run"."""
+    if not Path(path).is_file():
+        raise SystemExit(f"--page-from {path}: no such file")
     record = json.loads(Path(path).read_text())
     if not isinstance(record, dict) or "run" not in record:
         raise SystemExit(
