@@ -85,7 +85,7 @@ def run_context(
 
 
 def git_commit() -> dict[str, Any]:
-    """Short hash of HEAD and whether tracked or untracked files differ from it."""
+    """Short hash of HEAD and whether files differ from it (the pages themselves do not count)."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -94,7 +94,7 @@ def git_commit() -> dict[str, Any]:
 
     return {
         "hash": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain")),
+        "dirty": bool(git("status", "--porcelain", "--", ".", ":(exclude)docs/results")),
     }
 
 
