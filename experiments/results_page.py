@@ -1,4 +1,4 @@
-"""The results pages docs/results/<name>.md, written by the benchmark scripts from their JSON output.
+"""Results pages docs/results/<name>.md, written by the benchmark scripts from their JSON output.
 
 A script measures, saves its JSON record (which carries `run_context`: the command, date, commit,
 machine and library versions of the run) and calls `write_page`; `--page-from FILE.json` re-writes
@@ -202,8 +202,8 @@ def write_page(
     temporary = tempfile.gettempdir().rstrip("/") + "/"
     if temporary in text and temporary not in command + json_file:
         raise ValueError(
-            f"page {name!r} shows a path under {temporary} that its command line does not name; "
-            "show run folders as the command line gave them"
+            f"page {name!r} shows a temporary path (under {temporary}) that its command line "
+            "does not name; show run folders as the command line gave them"
         )
     path = Path(results_dir if results_dir is not None else RESULTS_DIR) / f"{name}.md"
     _write_atomically(path, text)
