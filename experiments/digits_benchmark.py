@@ -1,11 +1,13 @@
 """Measure `sfd demo` against the digits targets: UA, remain accuracy, FID ratios, curve, wall time.
 
     python experiments/digits_benchmark.py --output-dir demo-benchmark [-- extra `sfd demo` flags]
+    python experiments/digits_benchmark.py --page-from demo-benchmark/benchmark.json
 
 Runs the demo once (timed wall clock; teacher, classifier and stage-1 cache as configured), reads
 its metrics.json and prints every target with its measured value and the load average; writes
-benchmark.json beside the report. The wall-time budget is 20 minutes for a fresh run and 10 when
-the teacher and stage 1 came from the cache; on a shared machine compare it with the load average.
+benchmark.json beside the report and, unless `--no-page`, the page docs/results/digits.md. The
+wall-time budget is 20 minutes for a fresh run and 10 when the teacher and stage 1 came from the
+cache; on a shared machine compare it with the load average.
 """
 
 from __future__ import annotations
@@ -13,11 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from results_page import (
+    add_page_arguments,
+    command_line,
+    markdown_table,
+    read_record,
+    run_context,
+    save_record,
+    write_page,
+)
+
+from sfd.apps.demo.report import MODEL_TITLES
 from sfd.cli import main as sfd_main
+
+MODEL_KEYS = ("nfe", "ua", "remain_accuracy", "fid_remain", "images_per_second")
 
 
 def targets(metrics: dict, wall_seconds: float) -> list[tuple[str, str, bool]]:
@@ -67,35 +84,144 @@ def targets(metrics: dict, wall_seconds: float) -> list[tuple[str, str, bool]]:
     ]
 
 
-def run(output_dir: Path, demo_args: list[str]) -> int:
+def benchmark_record(metrics: dict, demo_command: list[str], wall: float) -> dict[str, Any]:
+    """What benchmark.json keeps of a demo run: targets, models, curve, caches, phase seconds."""
+    protocol = metrics["protocol"]
+    return {
+        "command": demo_command,
+        "wall_seconds": wall,
+        "phase_seconds": protocol["phase_seconds"],
+        "targets": [{"target": n, "measured": m, "met": ok} for n, m, ok in targets(metrics, wall)],
+        "models": {
+            key: {name: metrics[key][name] for name in MODEL_KEYS}
+            for key in MODEL_TITLES
+            if key in metrics
+        },
+        "iterations": metrics["iterations"],
+        "forgetting_curve_summary": metrics["forgetting_curve_summary"],
+        "cached": {
+            "teacher": protocol["teacher"]["reused_from_cache"],
+            "classifier": protocol["classifier"]["reused_from_cache"],
+            "stage1": protocol["two_stage"]["stage1_reused_from_cache"],
+        },
+    }
+
+
+def run(output_dir: Path, demo_args: list[str], argv: list[str], page: bool = True) -> int:
+    """Run the demo, print the targets, write benchmark.json (and the page); the exit status."""
     load_start = os.getloadavg()
     start = time.perf_counter()
-    status = sfd_main(["demo", "--output-dir", str(output_dir), *demo_args])
+    demo_command = ["demo", "--output-dir", str(output_dir), *demo_args]
+    status = sfd_main(demo_command)
     wall = time.perf_counter() - start
     if status != 0:
         print(f"sfd demo failed with status {status}", file=sys.stderr)
         return status
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    rows = targets(metrics, wall)
-    for name, measured, met in rows:
-        print(f"[{'PASS' if met else 'FAIL'}] {name}: {measured}")
-    print(f"phase seconds: {metrics['protocol']['phase_seconds']}")
-    print(f"load average at start {load_start}, at the end {os.getloadavg()}")
+    record = benchmark_record(metrics, ["sfd", *demo_command], wall)
+    for row in record["targets"]:
+        print(f"[{'PASS' if row['met'] else 'FAIL'}] {row['target']}: {row['measured']}")
+    print(f"phase seconds: {record['phase_seconds']}")
+    context = run_context(command_line(__file__, argv), load_start)
+    load = context["machine"]
+    print(
+        f"load average at start {load['load_average_start']}, at the end {load['load_average_end']}"
+    )
+    # The keys benchmark.json had before pages existed stay at the top level.
     record = {
-        "command": ["sfd", "demo", "--output-dir", str(output_dir), *demo_args],
-        "wall_seconds": wall,
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "phase_seconds": metrics["protocol"]["phase_seconds"],
-        "targets": [{"target": n, "measured": m, "met": ok} for n, m, ok in rows],
+        "run": context,
+        "load_average_start": load["load_average_start"],
+        "load_average_end": load["load_average_end"],
+        **record,
     }
-    (output_dir / "benchmark.json").write_text(json.dumps(record, indent=2) + "\n")
+    json_file = output_dir / "benchmark.json"
+    save_record(record, json_file)
+    if page:
+        print(write_results_page(record, str(json_file)))
     return 0
 
 
-if __name__ == "__main__":
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{100 * value:.2f} %"
+
+
+def _number(value: float | None, digits: int = 2) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def write_results_page(
+    record: dict[str, Any], json_file: str, results_dir: Path | None = None
+) -> Path:
+    """docs/results/digits.md from a benchmark.json record."""
+    models = markdown_table(
+        ("model", "NFE", "UA", "remain accuracy", "remain FID", "images/s"),
+        [
+            (
+                title,
+                m["nfe"],
+                _percent(m["ua"]),
+                _percent(m["remain_accuracy"]),
+                _number(m["fid_remain"]),
+                _number(m["images_per_second"], 1),
+            )
+            for key, title in MODEL_TITLES.items()
+            if (m := record["models"].get(key)) is not None
+        ],
+    )
+    curve = record["forgetting_curve_summary"]
+    threshold = f"UA >= {100 * curve['ua_threshold']:.0f} %"
+    if curve["first_iteration"] is None:
+        reached = f"{threshold}: never reached in {record['iterations']} iterations."
+    else:
+        reached = (
+            f"{threshold}: first reached at iteration {curve['first_iteration']} of "
+            f"{record['iterations']} ({100 * curve['first_fraction']:.0f} % of stage 2)."
+        )
+    cached = record["cached"]
+    return write_page(
+        "digits",
+        "Digits demo: SFD against its targets",
+        record["run"]["command"],
+        json_file,
+        record,
+        {
+            "The demo run": (
+                f"```bash\n{shlex.join(record['command'])}\n```\n\n"
+                f"Wall time {record['wall_seconds'] / 60:.1f} min. From the cache: teacher "
+                f"{_yes(cached['teacher'])}, classifier {_yes(cached['classifier'])}, stage 1 "
+                f"{_yes(cached['stage1'])}."
+            ),
+            "Models": models,
+            "Forgetting curve": reached,
+            "Targets": markdown_table(
+                ("target", "measured", "met"),
+                [(t["target"], t["measured"], _yes(t["met"])) for t in record["targets"]],
+            ),
+            "Phase seconds": markdown_table(
+                ("phase", "seconds"),
+                [(phase, f"{s:.1f}") for phase, s in record["phase_seconds"].items()],
+            ),
+        },
+        results_dir,
+    )
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("demo-benchmark"))
     parser.add_argument("demo_args", nargs="*", help="extra `sfd demo` flags (after --)")
-    options = parser.parse_args()
-    sys.exit(run(options.output_dir, options.demo_args))
+    add_page_arguments(parser)
+    options = parser.parse_args(argv)
+    if options.page_from:
+        print(write_results_page(read_record(options.page_from), options.page_from))
+        return 0
+    return run(options.output_dir, options.demo_args, argv, page=not options.no_page)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,15 +8,33 @@ gradient checkpointing.
 
     python experiments/sd_memory_estimate.py            # parameter counts only (seconds)
     python experiments/sd_memory_estimate.py --measure  # + activations (SD 1.5 size UNet, minutes)
+    python experiments/sd_memory_estimate.py --page-from runs/sd_memory/sd_memory.json
+
+Writes the JSON record (`--json`, default runs/sd_memory/sd_memory.json) and the page
+docs/results/sd_memory.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from results_page import (
+    add_page_arguments,
+    command_line,
+    markdown_table,
+    read_record,
+    run_context,
+    save_record,
+    write_page,
+)
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sfd.teachers.lora import LORA_TARGETS
@@ -61,7 +79,7 @@ def lora_count(unet: torch.nn.Module, rank: int) -> int:
     return sum(
         rank * (m.in_features + m.out_features)
         for name, m in unet.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.endswith(LORA_TARGETS)
+        if isinstance(m, torch.nn.Linear) and name.endswith(tuple(LORA_TARGETS))
     )
 
 
@@ -95,12 +113,12 @@ def saved_activation_bytes(unet: UNet2DConditionModel, checkpointing: bool, batc
     return sum(storages.values())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--measure", action="store_true", help="measure activations (slow)")
-    parser.add_argument("--model", choices=("sd15", "sd21"), default="sd15")
-    options = parser.parse_args()
-    gb = 1e9
+GB = 1e9
+
+
+def parameter_rows() -> list[dict[str, Any]]:
+    """Parameter counts and static memory of SD 1.5 and 2.1 (meta device, nothing downloaded)."""
+    rows = []
     for name, unet_config, text_config in [
         ("SD 1.5", SD15_UNET, SD15_TEXT),
         ("SD 2.1", SD21_UNET, SD21_TEXT),
@@ -109,30 +127,177 @@ def main() -> None:
             unet = UNet2DConditionModel(**unet_config)
             text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, **text_config))
             vae = AutoencoderKL(**VAE)
-        n_unet, n_text, n_vae = count(unet), count(text), count(vae)
-        print(
-            f"{name}: UNet {n_unet / 1e6:.1f} M, text encoder {n_text / 1e6:.1f} M, "
-            f"VAE {n_vae / 1e6:.1f} M, LoRA r=64 {lora_count(unet, 64) / 1e6:.1f} M, "
-            f"r=16 {lora_count(unet, 16) / 1e6:.1f} M"
+        n_unet = count(unet)
+        rows.append(
+            {
+                "model": name,
+                "unet_params": n_unet,
+                "text_encoder_params": count(text),
+                "vae_params": count(vae),
+                "lora_r64_params": lora_count(unet, 64),
+                "lora_r16_params": lora_count(unet, 16),
+                "unet_fp32_gb": n_unet * 4 / GB,
+                "trained_network_gb": 4 * n_unet * 4 / GB,  # weights + grad + Adam m, v
+                "bf16_weight_copy_gb": n_unet * 2 / GB,
+            }
         )
-        weights = n_unet * 4 / gb
-        print(
-            f"  fp32 UNet weights {weights:.2f} GB; trained network (w + grad + Adam m, v) "
-            f"{4 * weights:.2f} GB; bf16 autocast weight copy {n_unet * 2 / gb:.2f} GB"
+    return rows
+
+
+def activation_rows(model: str) -> Iterator[dict[str, Any]]:
+    """Bytes saved for backward at batch 1 and 2, without and with gradient checkpointing."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**(SD15_UNET if model == "sd15" else SD21_UNET))
+    for checkpointing in (False, True):
+        start = time.time()
+        one, two = (saved_activation_bytes(unet, checkpointing, b) for b in (1, 2))
+        yield {
+            "model": model,
+            "checkpointing": checkpointing,
+            "batch1_gb": one / GB,
+            "batch2_gb": two / GB,
+            "per_sample_gb": (two - one) / GB,
+            "per_call_gb": (2 * one - two) / GB,
+            "seconds": round(time.time() - start, 1),
+        }
+
+
+def parameter_lines(r: dict[str, Any]) -> str:
+    """What the script prints for one model's parameter row."""
+    return (
+        f"{r['model']}: UNet {r['unet_params'] / 1e6:.1f} M, text encoder "
+        f"{r['text_encoder_params'] / 1e6:.1f} M, VAE {r['vae_params'] / 1e6:.1f} M, "
+        f"LoRA r=64 {r['lora_r64_params'] / 1e6:.1f} M, r=16 {r['lora_r16_params'] / 1e6:.1f} M\n"
+        f"  fp32 UNet weights {r['unet_fp32_gb']:.2f} GB; trained network (w + grad + Adam m, v) "
+        f"{r['trained_network_gb']:.2f} GB; bf16 autocast weight copy "
+        f"{r['bf16_weight_copy_gb']:.2f} GB"
+    )
+
+
+def activation_line(r: dict[str, Any]) -> str:
+    """What the script prints for one activation measurement."""
+    return (
+        f"{r['model']}, bf16 autocast, checkpointing={r['checkpointing']}: saved for backward "
+        f"{r['batch1_gb']:.2f} GB at batch 1, {r['batch2_gb']:.2f} GB at batch 2 -> "
+        f"{r['per_sample_gb']:.2f} GB per sample + {r['per_call_gb']:.2f} GB per call "
+        f"({r['seconds']:.0f} s)"
+    )
+
+
+def write_results_page(
+    record: dict[str, Any], json_file: str, results_dir: Path | None = None
+) -> Path:
+    """docs/results/sd_memory.md from a record of `main`."""
+    sections = {
+        "Parameters and static memory": (
+            "Counted on UNet / text-encoder / VAE modules built from the published configurations "
+            "on the meta device (no weights). LoRA counts are the adapters on the fake score's "
+            "target layers. The trained network holds weights, gradients and Adam's two moments "
+            "in fp32.\n\n"
+            + markdown_table(
+                (
+                    "model",
+                    "UNet",
+                    "text encoder",
+                    "VAE",
+                    "LoRA r=64",
+                    "LoRA r=16",
+                    "fp32 UNet weights",
+                    "trained UNet (w + grad + m + v)",
+                    "bf16 weight copy",
+                ),
+                [
+                    (
+                        r["model"],
+                        _millions(r["unet_params"]),
+                        _millions(r["text_encoder_params"]),
+                        _millions(r["vae_params"]),
+                        _millions(r["lora_r64_params"]),
+                        _millions(r["lora_r16_params"]),
+                        f"{r['unet_fp32_gb']:.2f} GB",
+                        f"{r['trained_network_gb']:.2f} GB",
+                        f"{r['bf16_weight_copy_gb']:.2f} GB",
+                    )
+                    for r in record["parameters"]
+                ],
+            )  # fmt: skip
         )
-    if options.measure:
-        torch.manual_seed(0)
-        config = SD15_UNET if options.model == "sd15" else SD21_UNET
-        unet = UNet2DConditionModel(**config)
-        for checkpointing in (False, True):
-            start = time.time()
-            one, two = (saved_activation_bytes(unet, checkpointing, b) for b in (1, 2))
-            print(
-                f"{options.model}, bf16 autocast, checkpointing={checkpointing}: saved for backward "
-                f"{one / gb:.2f} GB at batch 1, {two / gb:.2f} GB at batch 2 -> "
-                f"{(two - one) / gb:.2f} GB per sample + {(2 * one - two) / gb:.2f} GB per call "
-                f"({time.time() - start:.0f} s)"
-            )
+    }
+    if record["activations"]:
+        sections["Activations saved for backward (measured)"] = (
+            "One UNet forward with grad under bf16 autocast on the CPU, summing the bytes of "
+            "every tensor autograd saves (distinct storages); the input requires grad, the "
+            "weights do not.\n\n"
+            + markdown_table(
+                (
+                    "model",
+                    "gradient checkpointing",
+                    "batch 1",
+                    "batch 2",
+                    "per sample",
+                    "per call",
+                    "seconds",
+                ),
+                [
+                    (
+                        r["model"],
+                        "yes" if r["checkpointing"] else "no",
+                        f"{r['batch1_gb']:.2f} GB",
+                        f"{r['batch2_gb']:.2f} GB",
+                        f"{r['per_sample_gb']:.2f} GB",
+                        f"{r['per_call_gb']:.2f} GB",
+                        f"{r['seconds']:.0f}",
+                    )
+                    for r in record["activations"]
+                ],
+            )  # fmt: skip
+        )
+    else:
+        sections["Activations saved for backward"] = (
+            "Not measured in this run (`--measure` measures them)."
+        )
+    return write_page(
+        "sd_memory",
+        "Memory estimate of SFD on Stable Diffusion 1.5 / 2.1",
+        record["run"]["command"],
+        json_file,
+        record,
+        sections,
+        results_dir,
+    )
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.1f} M"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", action="store_true", help="measure activations (slow)")
+    parser.add_argument("--model", choices=("sd15", "sd21"), default="sd15")
+    parser.add_argument("--json", default="runs/sd_memory/sd_memory.json", help="the record")
+    add_page_arguments(parser)
+    options = parser.parse_args(argv)
+    if options.page_from:
+        print(write_results_page(read_record(options.page_from), options.page_from))
+        return
+    load_start = os.getloadavg()
+    parameters = parameter_rows()
+    for row in parameters:
+        print(parameter_lines(row))
+    activations = []
+    for row in activation_rows(options.model) if options.measure else ():
+        print(activation_line(row))
+        activations.append(row)
+    record = {
+        "run": run_context(command_line(__file__, argv), load_start),
+        "parameters": parameters,
+        "activations": activations,
+    }
+    save_record(record, options.json)
+    if not options.no_page:
+        print(write_results_page(record, options.json))
 
 
 if __name__ == "__main__":

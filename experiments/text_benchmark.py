@@ -8,7 +8,10 @@ on), digits "three" -> "eight" with the held-back paraphrase set b (not tuned on
 for Fashion-MNIST: "sneaker" -> "sandal" (tuned) and "pullover" -> "coat" with set b (not tuned).
 Each run is a plain `sfd demo-text` command (printed); the teacher of a data set is trained once
 and cached. Writes benchmark.json and benchmark.md (targets met or missed, phase times, load
-averages before and after each run, CPU seconds of the process).
+averages before and after each run, CPU seconds of the process) and, unless `--no-page`, the
+page docs/results/text.md.
+
+    python experiments/text_benchmark.py --page-from runs/text-benchmark/benchmark.json
 """
 
 from __future__ import annotations
@@ -21,6 +24,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from results_page import (
+    add_page_arguments,
+    command_line,
+    markdown_table,
+    read_record,
+    run_context,
+    save_record,
+    write_page,
+)
 
 from sfd.apps.demo_text.prompts import shipped_paraphrases
 
@@ -68,6 +82,7 @@ def run(name: str, output: Path, extra: list[str]) -> dict:
         "teacher_cached": metrics["protocol"]["teacher"]["reused_from_cache"],
         "classifier_cached": metrics["protocol"]["classifier"]["reused_from_cache"],
         "stage1_cached": metrics["protocol"]["two_stage"]["stage1_reused_from_cache"],
+        "torch_threads": metrics["protocol"]["environment"]["torch_threads"],
         "targets": metrics["targets"],
         "models": {
             key: {
@@ -84,13 +99,28 @@ def run(name: str, output: Path, extra: list[str]) -> dict:
     }
 
 
-def markdown(results: list[dict]) -> str:
-    """One table per set-up: the models' numbers, then the targets."""
-    lines = ["# Text-to-image concept-forgetting benchmark", ""]
-    for r in results:
-        lines += [
-            f"## {r['setup']}",
-            "",
+def setup_section(r: dict[str, Any]) -> str:
+    """One set-up: its command, timings and caches, the models' numbers, then the targets."""
+    models = markdown_table(
+        ("model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID", "attack"),
+        [
+            (
+                key, f"{100 * m['ua']:.1f} %", f"{100 * m['ua_paraphrases']:.1f} %",
+                f"{100 * m['remain_accuracy']:.1f} %", f"{100 * m['neighbour_accuracy']:.1f} %",
+                f"{m['fid_remain']:.3f}", f"{100 * m['attack_success']:.1f} %",
+            )
+            for key, m in r["models"].items()
+        ],
+    )  # fmt: skip
+    targets = markdown_table(
+        ("target", "value", "met"),
+        [
+            (name, f"{t['value']:.3f}", "yes" if t["met"] else "no")
+            for name, t in r["targets"].items()
+        ],
+    )
+    return "\n".join(
+        [
             f"`{r['command']}`",
             "",
             f"wall {r['wall_seconds'] / 60:.1f} min, CPU {r['cpu_seconds'] / 60:.1f} min, load "
@@ -98,33 +128,59 @@ def markdown(results: list[dict]) -> str:
             f"classifier {r['classifier_cached']}, stage 1 {r['stage1_cached']}; phases (s): "
             f"{r['phase_seconds']}",
             "",
-            "| model | UA | UA paraphrases | remain acc. | neighbour acc. | FID | attack |",
-            "|---|---|---|---|---|---|---|",
+            models,
+            "",
+            targets,
         ]
-        for key, m in r["models"].items():
-            lines.append(
-                f"| {key} | {100 * m['ua']:.1f} % | {100 * m['ua_paraphrases']:.1f} % "
-                f"| {100 * m['remain_accuracy']:.1f} % | {100 * m['neighbour_accuracy']:.1f} % "
-                f"| {m['fid_remain']:.3f} | {100 * m['attack_success']:.1f} % |"
-            )
-        lines += ["", "| target | value | met |", "|---|---|---|"]
-        for name, t in r["targets"].items():
-            lines.append(f"| {name} | {t['value']:.3f} | {'yes' if t['met'] else 'no'} |")
-        lines.append("")
+    )
+
+
+def markdown(results: list[dict]) -> str:
+    """benchmark.md: one section per set-up."""
+    lines = ["# Text-to-image concept-forgetting benchmark", ""]
+    for r in results:
+        lines += [f"## {r['setup']}", "", setup_section(r), ""]
     return "\n".join(lines)
 
 
-def main() -> None:
+def write_results_page(
+    record: dict[str, Any], json_file: str, results_dir: Path | None = None
+) -> Path:
+    """docs/results/text.md from a benchmark.json record."""
+    return write_page(
+        "text",
+        "Text-to-image concept forgetting (`sfd demo-text`)",
+        record["run"]["command"],
+        json_file,
+        record,
+        {r["setup"]: setup_section(r) for r in record["setups"]},
+        results_dir,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("runs/text-benchmark"))
     parser.add_argument("--only", nargs="+", choices=sorted(SETUPS), help="set-ups to run")
-    options, extra = parser.parse_known_args()
+    add_page_arguments(parser)
+    options, extra = parser.parse_known_args(argv)
+    if options.page_from:
+        print(write_results_page(read_record(options.page_from), options.page_from))
+        return
     extra = [a for a in extra if a != "--"]
+    load_start = os.getloadavg()
     results = [run(name, options.output_dir, extra) for name in options.only or SETUPS]
-    options.output_dir.mkdir(parents=True, exist_ok=True)
-    (options.output_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    threads = sorted({r["torch_threads"] for r in results})
+    context = run_context(
+        command_line(__file__, argv), load_start, ", ".join(str(t) for t in threads)
+    )
+    json_file = options.output_dir / "benchmark.json"
+    save_record({"run": context, "setups": results}, json_file)
     (options.output_dir / "benchmark.md").write_text(markdown(results))
     print(markdown(results))
+    if not options.no_page:
+        print(write_results_page({"run": context, "setups": results}, str(json_file)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,230 @@
+"""Results pages docs/results/<name>.md, written by the benchmark scripts from their JSON output.
+
+A script measures, saves its JSON record (which carries `run_context`: the command, date, commit,
+machine and library versions of the run) and calls `write_page`; `--page-from FILE.json` re-writes
+the page from such a record without measuring again, so every number on a page is the output of the
+command printed on it. Standard library only: `cli_startup.py` must not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sfd.folders import follow_umask
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "docs" / "results"
+LIBRARIES = (
+    "torch", "lightning", "diffusers", "transformers", "peft", "torchmetrics", "numpy",
+    "scikit-learn", "sfd",
+)  # fmt: skip
+
+
+def add_page_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--page-from FILE.json` and `--no-page` (one or the other) to a script's parser."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--page-from",
+        metavar="FILE.json",
+        help="re-write the results page from this earlier run's JSON record; measure nothing",
+    )
+    group.add_argument(
+        "--no-page", action="store_true", help="do not write the page in docs/results/"
+    )
+
+
+def command_line(script: str | os.PathLike[str], args: Sequence[str]) -> str:
+    """The command as typed from the repository root: `python experiments/<script>.py ARGS`."""
+    return shlex.join(["python", f"experiments/{Path(script).name}", *args])
+
+
+def run_context(
+    command: str,
+    load_average_start: Sequence[float],
+    torch_threads: int | str | None = None,
+) -> dict[str, Any]:
+    """What a page shows about the run that is ending now; store it as the record's "run".
+
+    Args:
+        command: `command_line(...)` of the run.
+        load_average_start: `os.getloadavg()` taken before measuring.
+        torch_threads: threads torch used; None reads `torch.get_num_threads()` when torch is
+            imported (a script that runs torch only in subprocesses passes their count).
+
+    Returns:
+        {"command", "date", "commit": {"hash", "dirty"}, "machine": {...}, "libraries": {...}}.
+    """
+    if torch_threads is None and "torch" in sys.modules:
+        torch_threads = sys.modules["torch"].get_num_threads()
+    return {
+        "command": command,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch_threads,
+            "load_average_start": [round(x, 2) for x in load_average_start],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "libraries": library_versions(),
+    }
+
+
+def git_commit() -> dict[str, Any]:
+    """Short hash of HEAD and whether files differ from it (the pages themselves do not count)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    return {
+        "hash": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", ".", ":(exclude)docs/results")),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Python and the installed versions of `LIBRARIES` (importlib.metadata, nothing imported)."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def save_record(record: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write a JSON record (folders created), atomically."""
+    _write_atomically(Path(path), json.dumps(record, indent=2) + "\n")
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A record written by `save_record`; one clear error if it is missing or has no "run"."""
+    if not Path(path).is_file():
+        raise SystemExit(f"--page-from {path}: no such file")
+    record = json.loads(Path(path).read_text())
+    if not isinstance(record, dict) or "run" not in record:
+        raise SystemExit(
+            f"{path} has no 'run' section (command, date, commit, machine): it was written before "
+            "results pages existed; run the benchmark again"
+        )
+    return record
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as a markdown table; cells are `str()`-ed, None shown as "–", `|` escaped."""
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_page(
+    name: str,
+    title: str,
+    command: str,
+    json_file: str,
+    record: Mapping[str, Any],
+    sections: Mapping[str, str],
+    results_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write docs/results/<name>.md (atomically): provenance, then the body sections.
+
+    Args:
+        name: page name, without `.md`.
+        title: the page's heading.
+        command: the command line that produced the record, as typed from the repository root
+            (`python experiments/<script>.py ...`).
+        json_file: the record's path as the command line named it (shown, never resolved).
+        record: the script's JSON record; its "run" section comes from `run_context`.
+        sections: {heading: markdown} in page order (tables rendered from the record).
+        results_dir: where pages go; default `RESULTS_DIR` (docs/results/).
+
+    Returns:
+        the page's path.
+    """
+    words = shlex.split(command)
+    if len(words) < 2 or words[0] != "python" or not words[1].startswith("experiments/"):
+        raise ValueError(f"command {command!r} must start with `python experiments/<script>.py`")
+    run = record["run"]
+    machine, commit = run["machine"], run["commit"]
+    libraries = ", ".join(f"{k} {v}" for k, v in run["libraries"].items())
+    lines = [
+        f"# {title}",
+        "",
+        f"Written by `python {words[1]}` from `{json_file}`; do not edit by hand.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        markdown_table(
+            ("run", ""),
+            [
+                ("date", run["date"]),
+                ("commit", commit["hash"] + (" + uncommitted changes" if commit["dirty"] else "")),
+                (
+                    "machine",
+                    f"{machine['cpu_count']} CPUs ({machine['processor']}, {machine['platform']}), "
+                    f"torch threads {machine['torch_threads'] or 'torch default'}",
+                ),
+                (
+                    "load average (1, 5, 15 min)",
+                    f"{_load(machine['load_average_start'])} at the start, "
+                    f"{_load(machine['load_average_end'])} at the end",
+                ),
+                ("libraries", libraries),
+            ],
+        ),
+    ]
+    for heading, body in sections.items():
+        lines += ["", f"## {heading}", "", body.rstrip("\n")]
+    text = "\n".join(lines) + "\n"
+    temporary = tempfile.gettempdir().rstrip("/") + "/"
+    if temporary in text and temporary not in command + json_file:
+        raise ValueError(
+            f"page {name!r} shows a temporary path (under {temporary}) that its command line "
+            "does not name; show run folders as the command line gave them"
+        )
+    path = Path(results_dir if results_dir is not None else RESULTS_DIR) / f"{name}.md"
+    _write_atomically(path, text)
+    return path
+
+
+def _load(values: Sequence[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        follow_umask(staging)  # mkstemp makes 0600 files
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,334 @@
+"""The results pages in docs/results/: written by experiments/ scripts from their JSON records.
+
+Each benchmark script re-writes its page from a record (`--page-from`); these tests build a minimal
+record, run the script's real entry point on it and read the page back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))  # the scripts import results_page as a neighbour
+results_page = importlib.import_module("results_page")
+
+WRITTEN_BY = re.compile(
+    r"^Written by `python (experiments/[\w-]+\.py)` from `([^`]+)`; do not edit by hand\.$",
+    re.MULTILINE,
+)
+
+
+def run_section(command: str) -> dict[str, Any]:
+    """A "run" section as `results_page.run_context` writes it, with fixed values."""
+    return {
+        "command": command,
+        "date": "2026-01-02 03:04 UTC",
+        "commit": {"hash": "abc1234", "dirty": True},
+        "machine": {
+            "cpu_count": 2,
+            "torch_threads": 1,
+            "load_average_start": [1.5, 1.0, 0.5],
+            "load_average_end": [2.5, 1.25, 0.75],
+            "platform": "Linux",
+            "processor": "x86_64",
+        },
+        "libraries": {"python": "3.11.0", "torch": "2.5.0"},
+    }
+
+
+def model(nfe: int, ua: float, remain: float, fid: float, speed: float) -> dict[str, Any]:
+    return {
+        "nfe": nfe,
+        "ua": ua,
+        "forget_as_override": ua,
+        "remain_accuracy": remain,
+        "fid_remain": fid,
+        "images_per_second": speed,
+    }
+
+
+def digits_record(command: str) -> dict[str, Any]:
+    module = importlib.import_module("digits_benchmark")
+    metrics = {
+        "teacher": model(50, 0.01, 0.98, 3.0, 40.0),
+        "distilled_without_forgetting": model(1, 0.02, 0.975, 3.1, 5000.0),
+        "sfd": model(1, 0.995, 0.97, 3.3, 5100.0),
+        "iterations": 400,
+        "forgetting_curve_summary": {
+            "ua_threshold": 0.95,
+            "first_iteration": 40,
+            "first_fraction": 0.1,
+        },
+        "protocol": {
+            "phase_seconds": {"teacher": 0.5, "sfd": 200.0, "total": 420.0},
+            "teacher": {"reused_from_cache": True},
+            "classifier": {"reused_from_cache": True},
+            "two_stage": {"stage1_reused_from_cache": False},
+        },
+    }
+    demo = ["sfd", "demo", "--output-dir", "runs/demo", "--threads", "1"]
+    return {"run": run_section(command), **module.benchmark_record(metrics, demo, 420.0)}
+
+
+def compare_record(command: str) -> dict[str, Any]:
+    module = importlib.import_module("compare_benchmark")
+
+    def method(title: str, ua: float, seconds: float | None, **extra: Any) -> dict[str, Any]:
+        return {
+            "title": title,
+            **model(1 if title.startswith("SFD") else 50, ua, 0.97, 3.2, 900.0),
+            "iterations": 300,
+            "train_seconds": 120.0,
+            "cached": False,
+            "ua95": {"iteration": None if seconds is None else 30, "seconds": seconds},
+            "curve": [{"iteration": 30, "seconds": 12.0, "ua": ua}],
+            "extra": extra,
+        }
+
+    metrics = {
+        "forget": 3,
+        "override": 5,
+        "teacher": model(50, 0.01, 0.98, 3.0, 40.0),
+        "methods": {
+            "sfd": method("SFD", 0.99, 12.0),
+            "esd": method("ESD", 0.9, None),
+        },
+        "protocol": {"phase_seconds": {"sfd": 130.0, "esd": 140.0}},
+    }
+    return {
+        "run": run_section(command),
+        "command": ["sfd", "compare", "--output-dir", "runs/compare"],
+        "wall_seconds": 600.0,
+        "phase_seconds": metrics["protocol"]["phase_seconds"],
+        "targets": [
+            {"target": n, "measured": m, "met": ok} for n, m, ok in module.targets(metrics)
+        ],
+        "forget": 3,
+        "override": 5,
+        "models": module.models(metrics),
+    }
+
+
+def text_record(command: str) -> dict[str, Any]:
+    scores = {
+        "ua": 0.99,
+        "ua_paraphrases": 0.97,
+        "forget_as_override": 0.9,
+        "remain_accuracy": 0.96,
+        "neighbour_accuracy": 0.95,
+        "fid_remain": 0.123,
+        "attack_success": 0.02,
+    }
+    setup = {
+        "setup": "digits",
+        "command": "sfd demo-text --data digits --forget seven --override one",
+        "wall_seconds": 600.0,
+        "cpu_seconds": 1100.0,
+        "load_before": [1.0, 1.0, 1.0],
+        "load_after": [2.0, 2.0, 2.0],
+        "phase_seconds": {"total": 600.0},
+        "teacher_cached": True,
+        "classifier_cached": True,
+        "stage1_cached": False,
+        "torch_threads": 1,
+        "targets": {"ua": {"value": 0.99, "met": True}},
+        "models": {"sfd": scores},
+    }
+    return {"run": run_section(command), "setups": [setup]}
+
+
+def cli_startup_record(command: str) -> dict[str, Any]:
+    row = {
+        "command": "sfd fit --help",
+        "median_seconds": 8.29,
+        "fastest_seconds": 8.09,
+        "heavy_modules": ["torch", "lightning"],
+    }
+    return {"run": run_section(command), "repeats": 5, "commands": [row]}
+
+
+def iteration_time_record(command: str) -> dict[str, Any]:
+    timing = {"median": 0.1234, "min": 0.1, "max": 0.2, "n": 3}
+    return {
+        "run": run_section(command),
+        "teacher_params": 12345,
+        "batch_size": 8,
+        "warmup": 5,
+        "seconds_per_iteration": timing,
+        "iteration_seconds": [0.1, 0.1234, 0.2],
+    }
+
+
+def sd_memory_record(command: str) -> dict[str, Any]:
+    parameters = {
+        "model": "SD 1.5",
+        "unet_params": 859_520_964,
+        "text_encoder_params": 123_060_480,
+        "vae_params": 83_653_863,
+        "lora_r64_params": 12_750_000,
+        "lora_r16_params": 3_190_000,
+        "unet_fp32_gb": 3.44,
+        "trained_network_gb": 13.75,
+        "bf16_weight_copy_gb": 1.72,
+    }
+    return {"run": run_section(command), "parameters": [parameters], "activations": []}
+
+
+# script, page, record builder, the script's command line, lines the page must hold
+CASES = [
+    (
+        "digits_benchmark",
+        "digits",
+        digits_record,
+        "python experiments/digits_benchmark.py --output-dir runs/demo -- --threads 1",
+        [
+            "| teacher (DDIM) | 50 | 1.00 % | 98.00 % | 3.00 | 40.0 |",
+            "| one-step SFD (forgetting) | 1 | 99.50 % | 97.00 % | 3.30 | 5100.0 |",
+            "UA >= 95 %: first reached at iteration 40 of 400 (10 % of stage 2).",
+            "| SFD UA >= 99 % | 99.50 % | yes |",
+            "| wall time < 20 min (fresh) | 7.0 min | yes |",
+            "| total | 420.0 |",
+            "From the cache: teacher yes, classifier yes, stage 1 no.",
+            "sfd demo --output-dir runs/demo --threads 1",
+        ],
+    ),
+    (
+        "compare_benchmark",
+        "compare",
+        compare_record,
+        "python experiments/compare_benchmark.py --output-dir runs/compare",
+        [
+            "# Forgetting class 3 (override 5): methods compared",
+            "| teacher (DDIM) | 50 | 1.0 % | 1.0 % | 98.0 % | 3.00 | 40.0 | – | – | – |",
+            "| SFD | 1 | 99.0 % | 99.0 % | 97.0 % | 3.20 | 900.0 | 300 | 120 s | it. 30 / 12 s |",
+            "| ESD | 50 | 90.0 % | 90.0 % | 97.0 % | 3.20 | 900.0 | 300 | 120 s | never |",
+            "| sfd reaches UA >= 95 % sooner than esd | 12 s vs never | yes |",
+        ],
+    ),
+    (
+        "text_benchmark",
+        "text",
+        text_record,
+        "python experiments/text_benchmark.py --output-dir runs/text --only digits",
+        [
+            "## digits",
+            "| sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 2.0 % |",
+            "| ua | 0.990 | yes |",
+        ],
+    ),
+    (
+        "cli_startup",
+        "cli_startup",
+        cli_startup_record,
+        "python experiments/cli_startup.py --repeats 5",
+        ["| `sfd fit --help` | 8.29 | 8.09 | torch,lightning |"],
+    ),
+    (
+        "iteration_time",
+        "iteration_time",
+        iteration_time_record,
+        "python experiments/iteration_time.py --threads 1",
+        ["| 12,345 | 8 + 8 | 5 | 3 | 0.1234 | 0.1000 | 0.2000 |"],
+    ),
+    (
+        "sd_memory_estimate",
+        "sd_memory",
+        sd_memory_record,
+        "python experiments/sd_memory_estimate.py",
+        [
+            "| SD 1.5 | 859.5 M | 123.1 M | 83.7 M | 12.8 M | 3.2 M "
+            "| 3.44 GB | 13.75 GB | 1.72 GB |",
+            "Not measured in this run (`--measure` measures them).",
+        ],
+    ),
+]
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pages go to tmp_path/results; the scripts run from tmp_path as if it were the repo root."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(results_page, "RESULTS_DIR", tmp_path / "results")
+    return tmp_path / "results"
+
+
+@pytest.mark.parametrize(("script", "page", "build", "command", "expected"), CASES)
+def test_page_from_record(results_dir, tmp_path, script, page, build, command, expected) -> None:
+    record = build(command)
+    json_file = f"runs/{page}/record.json"
+    results_page.save_record(record, json_file)
+    importlib.import_module(script).main(["--page-from", json_file])
+    text = (results_dir / f"{page}.md").read_text()
+    lines = text.splitlines()
+    written_by = WRITTEN_BY.search(text)
+    assert written_by is not None
+    assert written_by.groups() == (f"experiments/{script}.py", json_file)
+    assert lines[lines.index("```bash") + 1] == command
+    assert "| commit | abc1234 + uncommitted changes |" in lines
+    assert "| load average (1, 5, 15 min) | 1.50 / 1.00 / 0.50 at the start, " in text
+    for line in expected:
+        assert line in lines or line in text, line
+    assert str(tmp_path) not in text and "/tmp/" not in text
+    assert sorted(p.name for p in results_dir.iterdir()) == [f"{page}.md"]  # no staging file left
+
+
+def test_temporary_path_not_on_the_command_line_is_refused(results_dir) -> None:
+    record = iteration_time_record("python experiments/iteration_time.py")
+    with pytest.raises(ValueError, match="temporary"):
+        results_page.write_page(
+            "x", "x", record["run"]["command"], "runs/x.json", record, {"a": "/tmp/run/teacher"}
+        )
+    assert not results_dir.exists() or not any(results_dir.iterdir())
+
+
+def test_temporary_path_given_on_the_command_line_is_shown(results_dir) -> None:
+    record = iteration_time_record("python experiments/iteration_time.py --json /tmp/r.json")
+    page = results_page.write_page(
+        "x", "x", record["run"]["command"], "/tmp/r.json", record, {"a": "see /tmp/r.json"}
+    )
+    assert "from `/tmp/r.json`" in page.read_text()
+
+
+def test_command_must_name_an_experiments_script(results_dir) -> None:
+    record = iteration_time_record("sfd demo")
+    with pytest.raises(ValueError, match="python experiments/"):
+        results_page.write_page("x", "x", "sfd demo", "r.json", record, {})
+
+
+def test_record_without_run_section_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "old.json").write_text("[]")
+    with pytest.raises(SystemExit, match="no 'run' section"):
+        results_page.read_record(tmp_path / "old.json")
+
+
+def test_page_from_and_no_page_exclude_each_other(results_dir) -> None:
+    with pytest.raises(SystemExit):
+        importlib.import_module("cli_startup").main(["--page-from", "r.json", "--no-page"])
+
+
+def test_markdown_table() -> None:
+    table = results_page.markdown_table(("a", "b"), [(1, None), ("x|y", 2.5)])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | – |", "| x\\|y | 2.5 |"]
+
+
+def test_command_line_is_what_the_user_types() -> None:
+    command = results_page.command_line(
+        "/anywhere/experiments/compare_benchmark.py",
+        ["--output-dir", "a b", "--", "--threads", "1"],
+    )
+    assert command == "python experiments/compare_benchmark.py --output-dir 'a b' -- --threads 1"
+
+
+def test_every_results_page_names_an_existing_script() -> None:
+    pages = sorted(p for p in (REPO / "docs" / "results").glob("*.md") if p.name != "index.md")
+    assert pages, "docs/results/ holds no pages"
+    for page in pages:
+        written_by = WRITTEN_BY.search(page.read_text())
+        assert written_by is not None, f"{page.name} has no 'Written by ...' line"
+        assert (REPO / written_by[1]).is_file(), f"{page.name} names {written_by[1]}, missing"
