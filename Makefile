@@ -9,7 +9,7 @@ COMPARE_DIR ?= compare-output
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-text demo-text-fashion fashion-mnist compare test test-slow lint clean
+.PHONY: install demo demo-text demo-text-fashion fashion-mnist compare test test-slow lint docs clean
 
 install: $(VENV)/.installed
 
@@ -50,5 +50,10 @@ lint: install
 	$(BIN)/ruff check sfd tests experiments
 	$(BIN)/ruff format --check sfd tests experiments
 
+# The documentation site (mkdocs-material + mkdocstrings) into site/; any warning fails the build.
+docs: install
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs $(DEMO_DIR) $(DEMO_TEXT_DIR) $(DEMO_TEXT_DIR)-fashion $(COMPARE_DIR) *.egg-info
+	rm -rf $(VENV) site runs $(DEMO_DIR) $(DEMO_TEXT_DIR) $(DEMO_TEXT_DIR)-fashion $(COMPARE_DIR) *.egg-info

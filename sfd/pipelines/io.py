@@ -244,7 +244,12 @@ def export_loaded_checkpoint(
         contents: the checkpoint's contents (for the run's training record).
         generator: the generator rebuilt from them.
         checkpoint: where they were read from (a metrics.json is looked for beside it).
-        output_dir, overwrite, dtype, single_file, lora_rank, metrics: as `export_checkpoint`.
+        output_dir: as `export_checkpoint`.
+        overwrite: as `export_checkpoint`.
+        dtype: as `export_checkpoint`.
+        single_file: as `export_checkpoint`.
+        lora_rank: as `export_checkpoint`.
+        metrics: as `export_checkpoint`.
 
     Returns:
         the folder.

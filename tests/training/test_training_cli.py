@@ -239,23 +239,26 @@ def test_the_checkpoint_of_a_plain_copy_keeps_its_weights(tiny_teacher_dir: Path
     assert resumed.trainer.global_step == 3
 
 
-def readme_block(marker: str) -> str:
+TESTED_PAGE = "docs/training.md"
+
+
+def docs_block(marker: str) -> str:
     from conftest import REPO
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / TESTED_PAGE).read_text()
     after = text.split(f"<!-- tested: {marker} -->", 1)[1]
     return after.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_readme_plain_trainer_snippet(
+def test_docs_plain_trainer_snippet(
     tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's plain-Trainer block as written: trains, checkpoints atomically, resumes."""
+    """The plain-Trainer block of docs/training.md as written: trains, checkpoints atomically, resumes."""
     from sfd.training.checkpoint_io import AtomicCheckpointIO
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_teacher_dir, tmp_path / "runs" / "teachers" / "tiny")
-    code = compile(readme_block("plain-trainer snippet"), "README.md", "exec")
+    code = compile(docs_block("plain-trainer snippet"), TESTED_PAGE, "exec")
     first: dict = {}
     exec(code, first)
     assert first["trainer"].global_step == 20
