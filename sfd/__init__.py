@@ -45,7 +45,9 @@ _PUBLIC = {
     "AlternatingDDPStrategy": "sfd.training.strategies",
     "ResumableWandbLogger": "sfd.training.loggers",
     "SampleGrids": "sfd.training.callbacks",
-    "TrainingMonitor": "sfd.training.callbacks",
+    "GradientNorms": "sfd.training.callbacks",
+    "SFDThroughputMonitor": "sfd.training.callbacks",
+    "ForgettingCurve": "sfd.eval.forgetting_curve",
     "IterationProgressBar": "sfd.training.progress",
     "quiet_design_warnings": "sfd.training.progress",
     # errors
