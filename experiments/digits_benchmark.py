@@ -24,6 +24,7 @@ from typing import Any
 from results_page import (
     add_page_arguments,
     command_line,
+    fill_marked_block,
     markdown_table,
     read_record,
     run_context,
@@ -31,7 +32,7 @@ from results_page import (
     write_page,
 )
 
-from sfd.apps.demo.report import MODEL_TITLES
+from sfd.apps.harness.report_folder import MODEL_TITLES
 from sfd.cli import main as sfd_main
 
 MODEL_KEYS = ("nfe", "ua", "remain_accuracy", "fid_remain", "images_per_second")
@@ -178,6 +179,8 @@ def write_results_page(
             f"{record['iterations']} ({100 * curve['first_fraction']:.0f} % of stage 2)."
         )
     cached = record["cached"]
+    if results_dir is None:  # the front door's headline table, beside its command
+        fill_marked_block("digits", f"```bash\n{record['run']['command']}\n```\n\n{models}")
     return write_page(
         "digits",
         "Digits demo: SFD against its targets",

@@ -210,6 +210,31 @@ def write_page(
     return path
 
 
+def fill_marked_block(name: str, text: str, path: str | os.PathLike[str] | None = None) -> bool:
+    """Replace what stands between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in a page.
+
+    The README's headline table is such a block: the script that writes a results page also
+    writes the numbers the front door shows, beside the command that produced them.
+
+    Args:
+        name: the block's name.
+        text: its new content (markdown).
+        path: the page holding the block (default: README.md).
+
+    Returns:
+        whether the page holds the block (a page without it is left as it is).
+    """
+    page = Path(path) if path is not None else REPO / "README.md"
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    current = page.read_text(encoding="utf-8")
+    if start not in current or end not in current:
+        return False
+    head, rest = current.split(start, 1)
+    _, tail = rest.split(end, 1)
+    _write_atomically(page, f"{head}{start}\n{text.strip()}\n{end}{tail}")
+    return True
+
+
 def _load(values: Sequence[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 

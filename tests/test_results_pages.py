@@ -332,3 +332,21 @@ def test_every_results_page_names_an_existing_script() -> None:
         written_by = WRITTEN_BY.search(page.read_text())
         assert written_by is not None, f"{page.name} has no 'Written by ...' line"
         assert (REPO / written_by[1]).is_file(), f"{page.name} names {written_by[1]}, missing"
+
+
+def test_marked_block_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
+    results_page = importlib.import_module("results_page")
+    page = tmp_path / "README.md"
+    page.write_text("intro\n<!-- results:digits -->\nold\n<!-- /results:digits -->\nend\n")
+    assert results_page.fill_marked_block("digits", "| a |\n|---|", page)
+    assert page.read_text() == (
+        "intro\n<!-- results:digits -->\n| a |\n|---|\n<!-- /results:digits -->\nend\n"
+    )
+    assert not results_page.fill_marked_block("compare", "x", page)  # no such block: unchanged
+    assert "| a |" in page.read_text()
+
+
+def test_readme_holds_the_digits_block() -> None:
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- results:digits -->", 1)[1].split("<!-- /results:digits -->", 1)[0]
+    assert "python experiments/digits_benchmark.py" in block and "| model |" in block
