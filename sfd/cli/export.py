@@ -8,7 +8,6 @@ from typing import Any
 
 from sfd.errors import SFDConfigError
 from sfd.folders import check_writable_folder
-from sfd.pipelines.metrics_file import metrics_mismatch, read_metrics_file
 
 WEIGHT_LIMIT = 1e6  # |w| beyond this: a run that blew up (trained weights are O(1))
 
@@ -52,8 +51,6 @@ def run(args: list[str]) -> None:
     options = parser.parse_args(args)
     if options.lora is not None and options.lora < 1:
         raise SFDConfigError(f"--lora {options.lora} must be a LoRA rank of at least 1")
-    if options.metrics is not None:
-        read_metrics_file(options.metrics)
     checkpoint, output_dir = Path(options.checkpoint), Path(options.output_dir)
     if not checkpoint.is_file():
         what = "is a folder, not a file" if checkpoint.is_dir() else "does not exist"
@@ -63,6 +60,11 @@ def run(args: list[str]) -> None:
         raise SFDConfigError(
             f"output folder {options.output_dir!r} exists and is not empty (--overwrite replaces it)"
         )
+
+    from sfd.pipelines.metrics_file import read_metrics_file
+
+    if options.metrics is not None:
+        read_metrics_file(options.metrics)
 
     from sfd.core.generator import GENERATOR_SPEC_KEY, generator_from_checkpoint
     from sfd.pipelines.io import export_loaded_checkpoint
@@ -109,6 +111,7 @@ def check_export(
     from sfd.core.generator import GENERATOR_SPEC_KEY
     from sfd.core.guards import largest_weight
     from sfd.pipelines.io import find_metrics
+    from sfd.pipelines.metrics_file import metrics_mismatch, read_metrics_file
 
     peak = largest_weight(generator)
     if peak is not None and peak[1] > WEIGHT_LIMIT and not options.force:

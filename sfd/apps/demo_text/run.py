@@ -196,8 +196,6 @@ def check_settings(
         if value is not None and value < 1:
             raise SFDConfigError(f"{flag} {value} must be >= 1")
     for flag, count in (
-        ("--teacher-steps", settings.teacher_steps),
-        ("--vae-steps", settings.vae_steps),
         ("--classifier-steps", settings.classifier_steps),
         ("--threads", settings.threads),
     ):

@@ -248,6 +248,10 @@ class ConceptEvalSettings:
                      high_open=True)  # fmt: skip
         if self.guidance_scale is not None:
             check_guidance("--guidance-scale", self.guidance_scale)
+        if not (Path(self.classifier) / "config.json").is_file():
+            raise SFDConfigError(
+                f"--classifier {str(self.classifier)!r} is not a saved classifier (no config.json)"
+            )
         for flag, path in (
             ("--forget-prompts", self.forget_prompts),
             ("--remain-prompts", self.remain_prompts),
