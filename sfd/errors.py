@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+MAX_GUIDANCE = 100.0  # classifier-free guidance beyond this only saturates images
+
 
 class SFDConfigError(ValueError):
     """A user-supplied value is invalid; the message names the value and what is allowed."""
@@ -52,3 +54,16 @@ def check_number(
     if bad:
         raise SFDConfigError(f"{name}={value!r} must be {allowed}")
     return value
+
+
+def check_guidance(name: str, value: float) -> float:
+    """Return a classifier-free guidance scale if it is finite and in [0, `MAX_GUIDANCE`].
+
+    Args:
+        name: the setting, as the user writes it (e.g. "--guidance-scale").
+        value: its value.
+
+    Returns:
+        the value.
+    """
+    return check_number(name, value, low=0, high=MAX_GUIDANCE)

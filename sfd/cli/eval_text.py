@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sfd.cli.common import usable_device
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_guidance, check_number
 from sfd.folders import check_writable_folder
 
 
@@ -42,6 +42,8 @@ def run(args: list[str]) -> None:
     for name in ("num_per_prompt", "batch_size"):
         if getattr(options, name) < 1:
             raise SFDConfigError(f"--{name.replace('_', '-')}={getattr(options, name)} must be ≥ 1")
+    check_guidance("--guidance-scale", options.guidance_scale)
+    check_number("--nudenet-threshold", options.nudenet_threshold, low=0, high=1)
     if not (Path(options.generator) / "model_index.json").is_file():
         raise SFDConfigError(
             f"{options.generator!r} is not an exported generator folder (no model_index.json)"

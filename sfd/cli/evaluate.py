@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_number
 from sfd.folders import check_writable_file, write_file_atomically
 
 CLASSIFIER_KEYS = {  # config.json of a saved classifier: key -> what it must be
@@ -42,6 +42,10 @@ def run(args: list[str]) -> None:
     classifier_config = _classifier_config(options.classifier)
     if options.num_per_class < 2:
         raise SFDConfigError(f"--num-per-class={options.num_per_class} must be at least 2 (FID)")
+    if options.ddim_steps < 1:
+        raise SFDConfigError(f"--ddim-steps={options.ddim_steps} must be at least 1")
+    check_number("--heldout-fraction", options.heldout_fraction, low=0, high=1, low_open=True,
+                 high_open=True)  # fmt: skip
     if options.output is not None:
         check_writable_file(options.output, "--output")
 
@@ -76,9 +80,16 @@ def run(args: list[str]) -> None:
         model = generator.denoiser
         sampler = one_step_sampler(generator)
     else:
+        from sfd.core.guards import first_nonfinite_tensor
         from sfd.teachers.unet import PretrainedVPTeacher
 
         model = PretrainedVPTeacher(str(options.model))
+        bad = first_nonfinite_tensor(model)
+        if bad is not None:
+            raise SFDConfigError(
+                f"teacher {str(options.model)!r} has non-finite weights: the first bad tensor is "
+                f"{bad}; its metrics would be meaningless"
+            )
         sampler = ddim_sampler(model, options.ddim_steps)
     _check_fits(model_kind, options.model, (model.num_classes, model.sample_shape), data)
     result = evaluate_sampler(

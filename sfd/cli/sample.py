@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sfd.cli.common import usable_device
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_guidance
 from sfd.folders import check_writable_file, write_file_atomically
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -102,6 +102,7 @@ def _check_options(options: argparse.Namespace) -> str | None:
         value = getattr(options, name)
         if value < 1:
             raise SFDConfigError(f"--{name.replace('_', '-')}={value} must be at least 1")
+    check_guidance("--guidance-scale", options.guidance_scale)
     output = Path(options.output)
     if output.is_dir():
         raise SFDConfigError(f"--output {options.output!r} is a folder; give an image file name")

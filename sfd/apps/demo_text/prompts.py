@@ -67,7 +67,6 @@ def write_prompt_sets(
     forget_paraphrases.txt and distill_prompts.txt (every class's captions) into `folder`;
     return the sets.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     forget_prompts = vocabulary.captions(forget)
     templates = read_templates(paraphrase_templates)
     paraphrases = [
@@ -78,6 +77,7 @@ def write_prompt_sets(
         raise SFDConfigError(
             f"paraphrase {overlap[0]!r} is also a training caption; paraphrases must be held out"
         )
+    folder.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     remain, labels = [], []
     for label in range(vocabulary.num_classes):
         if label != forget:

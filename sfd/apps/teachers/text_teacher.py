@@ -14,9 +14,10 @@ from typing import Any
 
 from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.data.images import DIGITS
-from sfd.apps.teachers.text import DEFAULT_TEXT_CHANNELS, train_text_teacher
+from sfd.apps.teachers.pixel import check_channels
+from sfd.apps.teachers.text import DEFAULT_TEXT_CHANNELS, check_text_encoder, train_text_teacher
 from sfd.apps.teachers.vae import DEFAULT_VAE_CHANNELS, reconstruction_error, train_vae
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
 
 
@@ -67,6 +68,13 @@ class TextTeacherSettings:
                 raise SFDConfigError(f"teacher {name}={getattr(self, name)} must be at least 1")
         if not 0.0 <= self.prompt_dropout < 1.0:
             raise SFDConfigError(f"prompt_dropout={self.prompt_dropout} must lie in [0, 1)")
+        check_number("teacher lr", self.lr, low=0, low_open=True)
+        check_number("vae_kl_weight", self.vae_kl_weight, low=0)
+        if self.ema_decay is not None:
+            check_number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
+        check_channels("teacher block_out_channels", self.block_out_channels)
+        check_channels("vae_channels", self.vae_channels)
+        check_text_encoder(self.text_encoder)
 
 
 def build_text_teacher(
