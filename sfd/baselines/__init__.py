@@ -13,18 +13,16 @@ a denoiser to sample with the teacher's multi-step sampler.
 from sfd.baselines.esd import ESDModule, esd_loss, esd_target
 from sfd.baselines.method import ForgettingMethod, Unlearned, unlearned
 from sfd.baselines.salun import SalUnModule, saliency_mask
-from sfd.baselines.sampling import ddim_trajectory, sample_pool, trailing_sigmas
+from sfd.baselines.sampling import sample_pool
 
 __all__ = [
     "ESDModule",
     "ForgettingMethod",
     "SalUnModule",
     "Unlearned",
-    "ddim_trajectory",
     "esd_loss",
     "esd_target",
     "saliency_mask",
     "sample_pool",
-    "trailing_sigmas",
     "unlearned",
 ]

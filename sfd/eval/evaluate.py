@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sfd.core.ddim import ddim_sigmas, sample_ddim
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
-from sfd.eval.ddim import ddim_sigmas, sample_ddim
 from sfd.eval.metrics import (
     feature_distances,
     label_histogram,
@@ -68,10 +68,8 @@ def one_step_sampler(generator: OneStepGenerator) -> ImageSampler:
 
 def ddim_sampler(teacher: Denoiser, num_steps: int) -> ImageSampler:
     """The teacher under deterministic DDIM with `num_steps` trailing-spaced steps (num_steps NFE)."""
-    if teacher.sigma_table is None:
-        raise SFDConfigError("DDIM sampling needs a teacher with a discrete (VP) noise schedule")
-    teacher.eval()
     sigmas = ddim_sigmas(teacher.sigma_table, num_steps)
+    teacher.eval()
 
     def sample(labels: Tensor, z: Tensor) -> Tensor:
         return sample_ddim(teacher, z, labels, sigmas)

@@ -12,8 +12,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from scipy import linalg
 from torch import Tensor, nn
 
+from sfd.core.ddim import ddim_sigmas, sample_ddim
 from sfd.errors import SFDConfigError
-from sfd.eval.ddim import ddim_sigmas, sample_ddim
 from sfd.eval.evaluate import (
     ImageSampler,
     class_noise,
