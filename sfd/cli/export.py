@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sfd.errors import SFDConfigError
-from sfd.folders import check_writable_folder
+from sfd.folders import check_input_file, check_output_folder
 
 
 def run(args: list[str]) -> None:
-    """Parse `sfd export`, check the paths (before importing torch), write the folder."""
+    """Parse `sfd export`, check the paths (before importing torch), export the checkpoint."""
     parser = argparse.ArgumentParser(
         prog="sfd export", description="Export the (EMA) generator of an SFD checkpoint."
     )
@@ -39,40 +37,15 @@ def run(args: list[str]) -> None:
         "--metrics", help="metrics.json for the model card (default: one beside the checkpoint)"
     )
     options = parser.parse_args(args)
-    checkpoint, output_dir = Path(options.checkpoint), Path(options.output_dir)
-    if not checkpoint.is_file():
-        what = "is a folder, not a file" if checkpoint.is_dir() else "does not exist"
-        raise SFDConfigError(f"checkpoint {options.checkpoint!r} {what}")
-    check_writable_folder(output_dir, "output folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not options.overwrite:
-        raise SFDConfigError(
-            f"output folder {options.output_dir!r} exists and is not empty (--overwrite replaces it)"
-        )
+    # The path checks of `export_checkpoint`, made here too so they answer before torch is imported.
+    check_input_file(options.checkpoint, "checkpoint")
+    check_output_folder(options.output_dir, "output folder", options.overwrite)
 
-    from sfd.core.generator import GENERATOR_SPEC_KEY, generator_from_checkpoint
-    from sfd.pipelines.io import export_loaded_checkpoint
-    from sfd.training.checkpoint_files import load_checkpoint_safely
+    from sfd.pipelines.io import export_checkpoint
 
-    contents = load_checkpoint_safely(checkpoint, "checkpoint")
-    if GENERATOR_SPEC_KEY not in contents:
-        raise SFDConfigError(
-            f"checkpoint {options.checkpoint!r} is not an SFD training checkpoint (it records "
-            "no generator to export)"
-        )
-    try:
-        generator = generator_from_checkpoint(contents)
-    except RuntimeError as error:  # load_state_dict: the weights do not fit the recorded spec
-        reason = str(error).strip().splitlines()
-        detail = next((line.strip() for line in reason[1:] if line.strip()), reason[0])
-        raise SFDConfigError(
-            f"checkpoint {options.checkpoint!r}: its generator weights do not fit the "
-            f"architecture it records ({detail})"
-        ) from error
-    path = export_loaded_checkpoint(
-        contents,
-        generator,
-        checkpoint,
-        output_dir,
+    path = export_checkpoint(
+        options.checkpoint,
+        options.output_dir,
         options.overwrite,
         dtype=options.dtype,
         single_file=options.single_file,

@@ -16,14 +16,10 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from sfd.core.generator import (
-    GENERATOR_SPEC_KEY,
-    OneStepGenerator,
-    generator_from_checkpoint,
-    read_checkpoint,
-)
+from sfd.core.checkpoint_files import load_checkpoint_safely
+from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, generator_from_checkpoint
 from sfd.errors import SFDConfigError
-from sfd.folders import write_folder_atomically
+from sfd.folders import check_input_file, check_output_folder, write_folder_atomically
 from sfd.pipelines.export_parts import (
     VARIANT_DTYPES,
     write_delta_lora,
@@ -86,11 +82,7 @@ def save_generator(
     Returns:
         the folder.
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise SFDConfigError(f"output folder {str(output_dir)!r} is a file")
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise SFDConfigError(f"output folder {str(output_dir)!r} exists and is not empty")
+    output_dir = check_output_folder(output_dir, "output folder", overwrite)
     check_finite_weights(generator, "the generator")
     if dtype is not None and dtype not in VARIANT_DTYPES:
         raise SFDConfigError(f"dtype {dtype!r} is not supported; allowed: {sorted(VARIANT_DTYPES)}")
@@ -200,6 +192,10 @@ def export_checkpoint(
 ) -> Path:
     """`sfd export`: checkpoint → diffusers folder with the (EMA) generator and its model card.
 
+    Every check of `sfd export` is made here, each failure one `SFDConfigError` line: the paths
+    first (before the checkpoint is read), then the file is read safely (`weights_only=True`),
+    then its generator is rebuilt and checked for finite weights.
+
     Args:
         checkpoint: an `sfd fit` checkpoint.
         output_dir: the folder to create.
@@ -212,46 +208,13 @@ def export_checkpoint(
     Returns:
         the folder.
     """
-    contents = read_checkpoint(checkpoint)
-    generator = generator_from_checkpoint(contents)
-    return export_loaded_checkpoint(
-        contents,
-        generator,
-        checkpoint,
-        output_dir,
-        overwrite,
-        dtype,
-        single_file,
-        lora_rank,
-        metrics,
-    )
-
-
-def export_loaded_checkpoint(
-    contents: dict[str, Any],
-    generator: OneStepGenerator,
-    checkpoint: str | Path,
-    output_dir: str | Path,
-    overwrite: bool = False,
-    dtype: str | None = None,
-    single_file: bool = False,
-    lora_rank: int | None = None,
-    metrics: str | Path | None = None,
-) -> Path:
-    """`export_checkpoint` for a checkpoint already read (and its generator already rebuilt).
-
-    Args:
-        contents: the checkpoint's contents (for the run's training record).
-        generator: the generator rebuilt from them.
-        checkpoint: where they were read from (a metrics.json is looked for beside it).
-        output_dir, overwrite, dtype, single_file, lora_rank, metrics: as `export_checkpoint`.
-
-    Returns:
-        the folder.
-    """
+    check_input_file(checkpoint, "checkpoint")
+    check_output_folder(output_dir, "output folder", overwrite)
     metrics_path = Path(metrics) if metrics is not None else find_metrics(Path(checkpoint))
     if metrics_path is not None and not metrics_path.is_file():
         raise SFDConfigError(f"metrics file {str(metrics_path)!r} does not exist")
+    contents = load_checkpoint_safely(checkpoint, "checkpoint")
+    generator = generator_from_checkpoint(contents, f"checkpoint {str(checkpoint)!r}")
     return save_generator(
         generator,
         output_dir,

@@ -19,8 +19,9 @@ from conftest import fit_args, quiet_trainer, save_tiny_teacher
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sfd.cli import main
+from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import ClassConditions
-from sfd.core.generator import generator_from_checkpoint, read_checkpoint
+from sfd.core.generator import generator_from_checkpoint
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogNormalSigma, LogUniformSigma, UniformTimestepSigma
 from sfd.errors import NonFiniteError, SFDConfigError
@@ -127,7 +128,7 @@ def test_a_nan_loss_stops_before_the_update_naming_term_iteration_and_checkpoint
     # The weights were never touched by the NaN: finite, and the checkpoint loads.
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())
     last = tmp_path / "ckpt" / "last.ckpt"
-    assert read_checkpoint(last)["global_step"] == 2
+    assert load_checkpoint_safely(last)["global_step"] == 2
     generator = generator_from_checkpoint(last)
     assert all(torch.isfinite(p).all() for p in generator.parameters())
 
