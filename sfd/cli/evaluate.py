@@ -69,10 +69,11 @@ def run(args: list[str]) -> None:
         ) from error
     _, heldout = train_heldout_split(data, options.heldout_fraction, options.seed)
     if model_kind == "generator":
-        from sfd.pipelines.io import check_finite_weights, load_generator
+        from sfd.core.guards import check_finite_weights
+        from sfd.pipelines.io import load_generator
 
         generator = load_generator(options.model)
-        check_finite_weights(generator, f"generator {str(options.model)!r}")
+        check_finite_weights(f"generator {str(options.model)!r}", generator, trained=True)
         model = generator.denoiser
         sampler = one_step_sampler(generator)
     else:

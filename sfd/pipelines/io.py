@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from diffusers import DiffusionPipeline
 
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, generator_from_checkpoint
+from sfd.core.guards import check_finite_weights
 from sfd.errors import SFDConfigError
 from sfd.folders import check_input_file, check_output_folder, write_folder_atomically
 from sfd.pipelines.export_parts import (
@@ -83,7 +83,7 @@ def save_generator(
         the folder.
     """
     output_dir = check_output_folder(output_dir, "output folder", overwrite)
-    check_finite_weights(generator, "the generator")
+    check_finite_weights("the generator", generator, trained=True)
     if dtype is not None and dtype not in VARIANT_DTYPES:
         raise SFDConfigError(f"dtype {dtype!r} is not supported; allowed: {sorted(VARIANT_DTYPES)}")
     if lora_rank is not None and lora_rank < 1:
@@ -131,23 +131,6 @@ def save_generator(
         (staging / "README.md").write_text(model_card(record))
 
     return write_folder_atomically(output_dir, write)
-
-
-def check_finite_weights(module: torch.nn.Module, name: str) -> None:
-    """Refuse a network with a NaN or infinite weight, naming the first such tensor.
-
-    Args:
-        module: the network (e.g. an exported or about-to-be-exported generator).
-        name: how the message names it.
-    """
-    for key, tensor in module.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
-            raise SFDConfigError(
-                f"{name} has non-finite weights: the first bad tensor is {key} ({nan} NaN, "
-                f"{inf} infinite of {tensor.numel()}); a diverged run cannot be exported or "
-                "sampled, take an earlier checkpoint"
-            )
 
 
 def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
