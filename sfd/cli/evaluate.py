@@ -48,7 +48,8 @@ def run(args: list[str]) -> None:
     from sfd.apps.data import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
     from sfd.eval.classifier import load_classifier
-    from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, library_versions, one_step_sampler
+    from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, one_step_sampler
+    from sfd.provenance import library_versions
 
     data = load_images(options.data)
     k = data.num_classes

@@ -33,14 +33,13 @@ from sfd.apps.demo.settings import DemoSettings
 from sfd.eval.evaluate import (
     ModelEvaluation,
     ddim_sampler,
-    environment,
     evaluate_sampler,
     generate,
-    library_versions,
 )
 from sfd.eval.metrics import FeatureDistances, feature_distances
 from sfd.images import to_uint8
 from sfd.pipelines.io import save_generator
+from sfd.provenance import environment, library_versions
 from sfd.teachers.unet import VPUNetDenoiser
 
 TOOL = "sfd compare"
