@@ -8,14 +8,23 @@
 
 After `Trainer.fit`, `unlearned(module)` gives the network to evaluate: a one-step generator, or
 a denoiser to sample with the teacher's multi-step sampler.
+
+A new baseline is one file here (a `ForgettingMethod` module with a static `check_settings`)
+plus one entry in `BASELINES`; `sfd compare` takes its settings and runs it from there.
 """
+
+from lightning.pytorch import LightningModule
 
 from sfd.baselines.esd import ESDModule, esd_loss, esd_target
 from sfd.baselines.method import ForgettingMethod, Unlearned, unlearned
 from sfd.baselines.salun import SalUnModule, saliency_mask
 from sfd.baselines.sampling import sample_pool
 
+# Method key (`sfd compare --methods`, `--KEY.setting`) -> its Lightning module.
+BASELINES: dict[str, type[LightningModule]] = {"esd": ESDModule, "salun": SalUnModule}
+
 __all__ = [
+    "BASELINES",
     "ESDModule",
     "ForgettingMethod",
     "SalUnModule",

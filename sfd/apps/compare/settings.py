@@ -17,12 +17,12 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from jsonargparse import ArgumentError as JsonArgumentError
 
 from sfd.apps.demo.settings import DemoSettings
-from sfd.baselines import ESDModule, SalUnModule
+from sfd.baselines import BASELINES
 from sfd.errors import SFDConfigError
 from sfd.training.cli import one_line
 
 BASELINES_PRESET = "baselines_digits.yaml"  # beside this module
-BASELINE_MODULES = {"esd": ESDModule, "salun": SalUnModule}
+BASELINE_MODULES = BASELINES
 SET_BY_HARNESS = {"teacher", "conditions", "seed", "steps_per_epoch"}
 BASELINE_PREFIXES = tuple(f"--{key}." for key in BASELINE_MODULES)
 # Every method `sfd compare --methods` accepts, in report order.
