@@ -19,8 +19,8 @@ from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError
+from sfd.eval.attacks import AttackBudget, AttackResult, run_attack
 from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
-from sfd.eval.soft_prompt import AttackBudget, AttackResult, soft_prompt_attack
 from sfd.eval.text_models import (
     PromptEncoder,
     TextToImage,
@@ -165,9 +165,7 @@ def attack_model(
         prompt = protocol.forget_train.prompts[index]
         with torch.enable_grad():
             results.append(
-                soft_prompt_attack(
-                    model, classifier, prompt, protocol.forget, budget, progress=progress
-                )
+                run_attack(model, classifier, prompt, protocol.forget, budget, progress=progress)
             )
     return {
         "success_rate": sum(r.success_rate for r in results) / len(results),
