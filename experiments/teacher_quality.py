@@ -20,8 +20,8 @@ import torch
 
 from sfd.apps.data.images import load_images, train_heldout_split
 from sfd.apps.teachers.pixel import train_teacher
+from sfd.core.ddim import ddim_sigmas, sample_ddim
 from sfd.eval.classifier import predict_labels, save_classifier, train_classifier
-from sfd.eval.ddim import ddim_sigmas, sample_ddim
 from sfd.teachers.unet import PretrainedVPTeacher
 
 

@@ -79,6 +79,48 @@ def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     return path
 
 
+def check_input_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Raise `SFDConfigError` unless `path` is a file with something in it (e.g. a checkpoint).
+
+    Args:
+        path: the file.
+        what: how the message names it, e.g. "checkpoint".
+
+    Returns:
+        the path.
+    """
+    path = Path(path)
+    name = f"{what} {str(path)!r}"
+    if not path.exists():
+        raise SFDConfigError(f"{name} does not exist")
+    if path.is_dir():
+        raise SFDConfigError(f"{name} is a folder, not a file")
+    if not path.is_file():
+        raise SFDConfigError(f"{name} is not a file")
+    if path.stat().st_size == 0:
+        raise SFDConfigError(f"{name} is empty (0 bytes)")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike[str], what: str, overwrite: bool) -> Path:
+    """`check_writable_folder`, and refuse a folder with files in it unless `overwrite`.
+
+    Args:
+        path: the folder to create or replace.
+        what: how the message names it, e.g. "output folder".
+        overwrite: whether a non-empty folder may be replaced.
+
+    Returns:
+        the path.
+    """
+    path = check_writable_folder(path, what)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise SFDConfigError(
+            f"{what} {str(path)!r} exists and is not empty (--overwrite replaces it)"
+        )
+    return path
+
+
 def check_writable_file(path: str | os.PathLike[str], what: str) -> Path:
     """Raise `SFDConfigError` unless a file can be written at `path` (not a folder, folder writable).
 

@@ -1,6 +1,6 @@
 """The package's layers, read from the source: imports only point down, argparse only in the CLI.
 
-    errors -> {images | folders} -> teachers -> core -> {training | pipelines | eval | baselines}
+    errors -> {images | folders | provenance} -> teachers -> core -> {training | pipelines | eval | baselines}
            -> apps -> cli
 
 Peers (training, pipelines, eval, baselines) never import each other. Every import counts: module level,
@@ -25,6 +25,7 @@ LAYERS = {  # top-level part of sfd -> rank; a module may import only lower rank
     "errors": 0,
     "images": 1,
     "folders": 1,
+    "provenance": 1,
     "teachers": 2,
     "core": 3,
     "training": 4,

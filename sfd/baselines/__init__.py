@@ -8,16 +8,21 @@
 
 After `Trainer.fit`, `unlearned(module)` gives the network to evaluate: a one-step generator, or
 a denoiser to sample with the teacher's multi-step sampler.
+
+A new baseline is one file here (a `ForgettingMethod` module with a static `check_settings`)
+plus one entry in `BASELINES`; `sfd compare` takes its settings and runs it from there.
 """
+
+from lightning.pytorch import LightningModule
 
 from sfd.baselines.esd import ESDModule, esd_loss, esd_target
 from sfd.baselines.method import ForgettingMethod, Unlearned, unlearned
 from sfd.baselines.salun import SalUnModule, saliency_mask
-from sfd.baselines.sampling import ddim_trajectory, sample_pool, trailing_sigmas
+from sfd.baselines.sampling import sample_pool
 
-# The registry of fine-tuning baselines: key (as in `sfd compare --methods`) -> module class.
-# A new baseline is one module file plus one line here.
-BASELINES = {"esd": ESDModule, "salun": SalUnModule}
+# Method key (`sfd compare --methods`, `--KEY.setting`) -> its Lightning module.
+BASELINES: dict[str, type[LightningModule]] = {"esd": ESDModule, "salun": SalUnModule}
+
 
 __all__ = [
     "BASELINES",
@@ -25,11 +30,9 @@ __all__ = [
     "ForgettingMethod",
     "SalUnModule",
     "Unlearned",
-    "ddim_trajectory",
     "esd_loss",
     "esd_target",
     "saliency_mask",
     "sample_pool",
-    "trailing_sigmas",
     "unlearned",
 ]

@@ -29,8 +29,8 @@ from sfd.baselines.common import (
     select_trainable,
     stream,
 )
-from sfd.baselines.sampling import ddim_trajectory, trailing_sigmas
 from sfd.core.conditions import ConditionSampler
+from sfd.core.ddim import ddim_sigmas, ddim_trajectory
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
 
@@ -106,7 +106,7 @@ class ESDModule(TeacherCopyModule):
         conditions.bind(teacher)
         self.conditions = conditions
         self.register_buffer(
-            "sigmas", trailing_sigmas(teacher.sigma_table, ddim_steps), persistent=False
+            "sigmas", ddim_sigmas(teacher.sigma_table, ddim_steps), persistent=False
         )
         probe = conditions.sample(1, torch.Generator().manual_seed(0)).forget
         try:
@@ -154,7 +154,8 @@ class ESDModule(TeacherCopyModule):
             (hp.batch_size, *self.teacher.sample_shape), generator=rng, device=rng.device
         )
         self.student.eval()
-        x = ddim_trajectory(self.student, z, cond, self.sigmas[: steps + 1], hp.sample_guidance)
+        with torch.no_grad():
+            x = ddim_trajectory(self.student, z, cond, self.sigmas[: steps + 1], hp.sample_guidance)
         self.student.train()
         sigma = self.sigmas[steps].expand(hp.batch_size)  # (B,)
 

@@ -53,6 +53,7 @@ def run(args: list[str]) -> None:
     check_writable_folder(options.output_dir, "--output-dir")
     from tqdm.auto import tqdm
 
+    from sfd.core.guards import check_finite_weights
     from sfd.eval.text import (
         clip_score_of_set,
         generate_eval_set,
@@ -61,7 +62,7 @@ def run(args: list[str]) -> None:
         read_eval_prompts,
         read_manifest,
     )
-    from sfd.pipelines.io import check_finite_weights, load_pipeline
+    from sfd.pipelines.io import load_pipeline
     from sfd.pipelines.one_step_text import OneStepTextPipeline
 
     device = usable_device(options.device)
@@ -69,7 +70,7 @@ def run(args: list[str]) -> None:
     pipeline = load_pipeline(options.generator)
     if not isinstance(pipeline, OneStepTextPipeline):
         raise SFDConfigError(f"{options.generator!r} is not a text-to-image generator")
-    check_finite_weights(pipeline.generator, f"generator {options.generator!r}")
+    check_finite_weights(f"generator {options.generator!r}", pipeline.generator, trained=True)
     total = len(pairs) * options.num_per_prompt
     with tqdm(total=total, desc="generating", unit="img", disable=options.no_progress) as bar:
         manifest = generate_eval_set(

@@ -9,12 +9,14 @@ import argparse
 import json
 from pathlib import Path
 
+ATTACK = "soft_prompt"  # the `sfd.eval.attacks.ATTACKS` entry `--attack` runs
+
 
 def concepts_parser() -> argparse.ArgumentParser:
     """Options of the concept mode (a classifier, prompt files, classes, real images, attack)."""
-    from sfd.eval.soft_prompt import AttackBudget
+    from sfd.eval.attacks import ATTACKS
 
-    attack = AttackBudget()
+    attack = ATTACKS[ATTACK].budget()
     parser = argparse.ArgumentParser(
         prog="sfd eval-text MODEL --classifier DIR",
         description="Concept forgetting of an exported one-step text-to-image generator or a "
@@ -60,12 +62,12 @@ def concepts_parser() -> argparse.ArgumentParser:
 def run(args: list[str]) -> None:
     """Parse, evaluate, print the metrics."""
     from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
-    from sfd.eval.soft_prompt import AttackBudget
+    from sfd.eval.attacks import ATTACKS
 
     o = concepts_parser().parse_args(args)
     attack = None
     if o.attack:
-        attack = AttackBudget(
+        attack = ATTACKS[ATTACK].budget(
             o.attack_tokens,
             o.attack_steps,
             o.attack_lr,

@@ -52,7 +52,8 @@ def run(args: list[str]) -> None:
     from sfd.apps.data.images import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
     from sfd.eval.classifier import load_classifier
-    from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, library_versions, one_step_sampler
+    from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, one_step_sampler
+    from sfd.provenance import library_versions
 
     data = load_images(options.data)
     k = data.num_classes
@@ -73,23 +74,19 @@ def run(args: list[str]) -> None:
         ) from error
     _, heldout = train_heldout_split(data, options.heldout_fraction, options.seed)
     if model_kind == "generator":
-        from sfd.pipelines.io import check_finite_weights, load_generator
+        from sfd.core.guards import check_finite_weights
+        from sfd.pipelines.io import load_generator
 
         generator = load_generator(options.model)
-        check_finite_weights(generator, f"generator {str(options.model)!r}")
+        check_finite_weights(f"generator {str(options.model)!r}", generator, trained=True)
         model = generator.denoiser
         sampler = one_step_sampler(generator)
     else:
-        from sfd.core.guards import first_nonfinite_tensor
+        from sfd.core.guards import check_finite_weights
         from sfd.teachers.unet import PretrainedVPTeacher
 
         model = PretrainedVPTeacher(str(options.model))
-        bad = first_nonfinite_tensor(model)
-        if bad is not None:
-            raise SFDConfigError(
-                f"teacher {str(options.model)!r} has non-finite weights: the first bad tensor is "
-                f"{bad}; its metrics would be meaningless"
-            )
+        check_finite_weights(f"teacher {str(options.model)!r}", model, trained=True)
         sampler = ddim_sampler(model, options.ddim_steps)
     _check_fits(model_kind, options.model, (model.num_classes, model.sample_shape), data)
     result = evaluate_sampler(

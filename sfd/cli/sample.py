@@ -52,13 +52,14 @@ def run(args: list[str]) -> None:
     import torch
     from tqdm.auto import tqdm
 
+    from sfd.core.guards import check_finite_weights
     from sfd.images import Grid, unit_to_uint8
-    from sfd.pipelines.io import check_finite_weights, load_pipeline
+    from sfd.pipelines.io import load_pipeline
     from sfd.pipelines.one_step_text import OneStepTextPipeline
 
     device = usable_device(options.device)
     pipeline = load_pipeline(options.generator).to(device)
-    check_finite_weights(pipeline.generator, f"generator {options.generator!r}")
+    check_finite_weights(f"generator {options.generator!r}", pipeline.generator, trained=True)
     text = isinstance(pipeline, OneStepTextPipeline)
     if text and not options.prompt:
         raise SFDConfigError(f"{options.generator!r} is a text-to-image generator; pass --prompt")

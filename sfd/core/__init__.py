@@ -4,6 +4,7 @@ Everything here is a function of σ-space denoisers (`sfd.teachers`); nothing he
 timesteps, alphas_cumprod, Lightning's CLI, exports or evaluation.
 """
 
+from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import (
     ClassConditions,
     ConditionBatch,
@@ -13,7 +14,8 @@ from sfd.core.conditions import (
     PromptConditions,
     TextCondition,
 )
-from sfd.core.generator import OneStepGenerator, generator_from_checkpoint, read_checkpoint
+from sfd.core.ddim import ddim_sigmas, ddim_trajectory, sample_ddim
+from sfd.core.generator import OneStepGenerator, generator_from_checkpoint
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.module import SFDModule, default_adam
 from sfd.core.sigma import LogNormalSigma, LogUniformSigma, SigmaSampler, UniformTimestepSigma
@@ -33,9 +35,12 @@ __all__ = [
     "SigmaSampler",
     "TextCondition",
     "UniformTimestepSigma",
+    "ddim_sigmas",
+    "ddim_trajectory",
     "default_adam",
     "fake_score_loss",
     "generator_from_checkpoint",
     "generator_loss",
-    "read_checkpoint",
+    "load_checkpoint_safely",
+    "sample_ddim",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers import denoiser_from_spec
 from sfd.teachers.base import Denoiser
@@ -182,28 +183,32 @@ def _plain(value: Any) -> Any:
     return None
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint safely (tensors and plain data only; no code is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SFDConfigError(f"checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def generator_from_checkpoint(checkpoint: str | Path | Mapping[str, Any]) -> OneStepGenerator:
+def generator_from_checkpoint(
+    checkpoint: str | Path | Mapping[str, Any], name: str | None = None
+) -> OneStepGenerator:
     """Rebuild the generator to ship (the EMA when the run kept one) from an SFD checkpoint.
 
     Args:
-        checkpoint: a checkpoint file, or its already loaded contents.
+        checkpoint: a checkpoint file (read with `load_checkpoint_safely`), or its already loaded
+            contents.
+        name: how messages name the checkpoint (default: "checkpoint 'FILE'", or "the
+            checkpoint" for loaded contents).
 
     Returns:
         the generator, in eval mode on the CPU.
     """
-    name = "the checkpoint" if isinstance(checkpoint, Mapping) else repr(str(checkpoint))
+    if name is None:
+        name = (
+            "the checkpoint"
+            if isinstance(checkpoint, Mapping)
+            else f"checkpoint {str(checkpoint)!r}"
+        )
     if not isinstance(checkpoint, Mapping):
-        checkpoint = read_checkpoint(checkpoint)
+        checkpoint = load_checkpoint_safely(checkpoint)
     if GENERATOR_SPEC_KEY not in checkpoint:
-        raise SFDConfigError(f"{name} is not an SFD training checkpoint (no generator spec)")
+        raise SFDConfigError(
+            f"{name} is not an SFD training checkpoint (it records no generator to export)"
+        )
     entry = checkpoint[GENERATOR_SPEC_KEY]
     denoiser = denoiser_from_spec(entry["denoiser"])
     prefix = entry["prefix"]
@@ -212,7 +217,14 @@ def generator_from_checkpoint(checkpoint: str | Path | Mapping[str, Any]) -> One
         for key, value in checkpoint["state_dict"].items()
         if key.startswith(prefix)
     }
-    denoiser.load_state_dict(state, strict=True)
+    try:
+        denoiser.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # the weights do not fit the recorded spec
+        reason = str(error).strip().splitlines()
+        detail = next((line.strip() for line in reason[1:] if line.strip()), reason[0])
+        raise SFDConfigError(
+            f"{name}: its generator weights do not fit the architecture it records ({detail})"
+        ) from error
     t_init = entry.get("t_init")
     sigma_init = None if t_init is not None else entry["sigma_init"]
     return OneStepGenerator(denoiser, sigma_init, t_init).eval()

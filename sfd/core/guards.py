@@ -19,12 +19,17 @@ from sfd.errors import SFDConfigError, check_guidance, check_number
 # learning rates (1e-5 .. 1e-6) and EMA decay 0.9999 vanish below half precision's resolution.
 TRUE_HALF_PRECISION = {"bf16-true", "16-true", "bf16", "16", "half", "bf16-true-half"}
 GRADIENT_FLOOD = 1e5  # the reference replaces ±inf gradient elements by ±1e5, NaN by 0
+WEIGHT_LIMIT = 1e6  # |w| beyond this in a trained network: a run that blew up (weights are O(1))
+
+
+def _floating_tensors(module: nn.Module) -> list[tuple[str, Tensor]]:
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return [(name, t) for name, t in named if t.is_floating_point()]
 
 
 def first_nonfinite_tensor(module: nn.Module) -> str | None:
     """The name of the first parameter or buffer of `module` holding NaN or ±inf, or None."""
-    named = [*module.named_parameters(), *module.named_buffers()]
-    floating = [(name, t) for name, t in named if t.is_floating_point()]
+    floating = _floating_tensors(module)
     if not floating:
         return None
     finite = torch.stack([torch.isfinite(t).all() for _, t in floating])  # one sync below
@@ -35,8 +40,7 @@ def first_nonfinite_tensor(module: nn.Module) -> str | None:
 
 def largest_weight(module: nn.Module) -> tuple[str, float] | None:
     """The floating parameter or buffer of `module` with the largest |value|, and that value."""
-    named = [*module.named_parameters(), *module.named_buffers()]
-    floating = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
+    floating = [(name, t) for name, t in _floating_tensors(module) if t.numel()]
     if not floating:
         return None
     peaks = torch.stack([t.detach().abs().max().float() for _, t in floating])  # one sync below
@@ -44,13 +48,30 @@ def largest_weight(module: nn.Module) -> tuple[str, float] | None:
     return floating[index][0], float(peaks[index])
 
 
-def check_finite_weights(name: str, module: nn.Module) -> None:
-    """Raise `SFDConfigError` if a weight of a given network (e.g. the teacher) is not finite."""
+def check_finite_weights(name: str, module: nn.Module, trained: bool = False) -> None:
+    """Raise `SFDConfigError` if a weight of `module` is NaN or ±inf, naming the first such tensor.
+
+    Args:
+        name: how the message names the network, e.g. "teacher" or "generator 'out/'".
+        module: the network.
+        trained: whether it is a training result about to be exported, sampled or evaluated (the
+            message counts the bad values and points to an earlier checkpoint) rather than an
+            input of training.
+    """
     bad = first_nonfinite_tensor(module)
-    if bad is not None:
+    if bad is None:
+        return
+    if not trained:
         raise SFDConfigError(
             f"the {name} holds non-finite values in {bad!r}; sfd trains only from finite weights"
         )
+    tensor = dict(_floating_tensors(module))[bad]
+    nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+    raise SFDConfigError(
+        f"{name} has non-finite weights: the first bad tensor is {bad} ({nan} NaN, {inf} "
+        f"infinite of {tensor.numel()}); a diverged run cannot be exported or sampled, take an "
+        "earlier checkpoint"
+    )
 
 
 def check_precision(precision: str) -> None:

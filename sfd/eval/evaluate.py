@@ -6,9 +6,6 @@ model sees the same noise for the same sample index, so the table compares like 
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,9 +15,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sfd.core.ddim import ddim_sigmas, sample_ddim
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
-from sfd.eval.ddim import ddim_sigmas, sample_ddim
 from sfd.eval.metrics import (
     feature_distances,
     label_histogram,
@@ -29,8 +26,6 @@ from sfd.eval.metrics import (
 )
 from sfd.images import from_uint8, to_uint8
 from sfd.teachers.base import Denoiser
-
-LIBRARIES = ("torch", "diffusers", "lightning", "torchmetrics", "numpy", "scikit-learn", "sfd")
 
 
 @dataclass
@@ -68,10 +63,8 @@ def one_step_sampler(generator: OneStepGenerator) -> ImageSampler:
 
 def ddim_sampler(teacher: Denoiser, num_steps: int) -> ImageSampler:
     """The teacher under deterministic DDIM with `num_steps` trailing-spaced steps (num_steps NFE)."""
-    if teacher.sigma_table is None:
-        raise SFDConfigError("DDIM sampling needs a teacher with a discrete (VP) noise schedule")
-    teacher.eval()
     sigmas = ddim_sigmas(teacher.sigma_table, num_steps)
+    teacher.eval()
 
     def sample(labels: Tensor, z: Tensor) -> Tensor:
         return sample_ddim(teacher, z, labels, sigmas)
@@ -274,26 +267,3 @@ def evaluate_sampler(
         throughput=throughput,
         extra={"kid_subset_size": distances.kid_subset_size, "kid_subsets": kid_subsets},
     )
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries the numbers depend on (importlib.metadata)."""
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def environment() -> dict[str, Any]:
-    """Where the numbers were measured: machine, torch threads, device, load at measurement."""
-    return {
-        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }

@@ -17,9 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from sfd.core.conditions import TextCondition
+from sfd.core.ddim import ddim_sigmas, ddim_trajectory
 from sfd.core.generator import OneStepGenerator
-from sfd.errors import SFDConfigError
-from sfd.eval.ddim import ddim_sigmas
 from sfd.teachers.base import Denoiser
 from sfd.teachers.stable_diffusion import encode_with
 
@@ -128,21 +127,14 @@ def ddim_text_model(
 ) -> TextToImage:
     """The teacher under deterministic guided DDIM (η = 0, trailing spacing), `num_steps` NFE.
 
-    The update is `sfd.eval.ddim.sample_ddim`'s, without its no-grad guard, so the attack can
-    differentiate through a short sampler.
+    The sampler is `sfd.core.ddim.ddim_trajectory`, without `sample_ddim`'s no-grad guard, so the
+    attack can differentiate through a short sampler.
     """
-    if teacher.sigma_table is None:
-        raise SFDConfigError("DDIM sampling needs a teacher with a discrete (VP) noise schedule")
-    teacher.requires_grad_(False).eval()
     sigmas = ddim_sigmas(teacher.sigma_table, num_steps)
+    teacher.requires_grad_(False).eval()
 
     def denoise(z: Tensor, cond: TextCondition) -> Tensor:
-        levels = sigmas.to(z.device)
-        x = z.float() * (1 + levels[0] ** 2).sqrt()  # VP x_T ~ N(0, I) in σ-space
-        for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
-            x0_hat = teacher.guided(x, sigma, cond, guidance_scale)  # (B, c, h, w)
-            x = x0_hat + (sigma_next / sigma) * (x - x0_hat)
-        return x
+        return ddim_trajectory(teacher, z, cond, sigmas, guidance_scale)  # (B, c, h, w)
 
     return TextToImage(
         f"DDIM {num_steps} steps (eta=0, trailing spacing, guidance {guidance_scale:g})",

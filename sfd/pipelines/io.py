@@ -13,17 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from diffusers import DiffusionPipeline
 
-from sfd.core.generator import (
-    GENERATOR_SPEC_KEY,
-    OneStepGenerator,
-    generator_from_checkpoint,
-    read_checkpoint,
-)
+from sfd.core.checkpoint_files import load_checkpoint_safely
+from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, generator_from_checkpoint
+from sfd.core.guards import WEIGHT_LIMIT, check_finite_weights, largest_weight
 from sfd.errors import SFDConfigError
-from sfd.folders import write_folder_atomically
+from sfd.folders import check_input_file, check_output_folder, write_folder_atomically
 from sfd.pipelines.export_parts import (
     VARIANT_DTYPES,
     write_delta_lora,
@@ -31,6 +27,7 @@ from sfd.pipelines.export_parts import (
     write_standalone_pipeline,
     write_variant,
 )
+from sfd.pipelines.metrics_file import metrics_mismatch, read_metrics_file
 from sfd.pipelines.model_card import EXPORT_RECORD, model_card
 from sfd.pipelines.one_step import OneStepPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
@@ -86,12 +83,8 @@ def save_generator(
     Returns:
         the folder.
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise SFDConfigError(f"output folder {str(output_dir)!r} is a file")
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise SFDConfigError(f"output folder {str(output_dir)!r} exists and is not empty")
-    check_finite_weights(generator, "the generator")
+    output_dir = check_output_folder(output_dir, "output folder", overwrite)
+    check_finite_weights("the generator", generator, trained=True)
     if dtype is not None and dtype not in VARIANT_DTYPES:
         raise SFDConfigError(f"dtype {dtype!r} is not supported; allowed: {sorted(VARIANT_DTYPES)}")
     if lora_rank is not None and lora_rank < 1:
@@ -148,23 +141,6 @@ def save_generator(
     return write_folder_atomically(output_dir, write)
 
 
-def check_finite_weights(module: torch.nn.Module, name: str) -> None:
-    """Refuse a network with a NaN or infinite weight, naming the first such tensor.
-
-    Args:
-        module: the network (e.g. an exported or about-to-be-exported generator).
-        name: how the message names it.
-    """
-    for key, tensor in module.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
-            raise SFDConfigError(
-                f"{name} has non-finite weights: the first bad tensor is {key} ({nan} NaN, "
-                f"{inf} infinite of {tensor.numel()}); a diverged run cannot be exported or "
-                "sampled, take an earlier checkpoint"
-            )
-
-
 def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
     """Load an exported one-step pipeline folder (class-conditional or text-to-image)."""
     path = Path(path)
@@ -204,8 +180,14 @@ def export_checkpoint(
     single_file: bool = False,
     lora_rank: int | None = None,
     metrics: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
     """`sfd export`: checkpoint → diffusers folder with the (EMA) generator and its model card.
+
+    Every check of `sfd export` is made here, each failure one `SFDConfigError` line: the
+    options and paths first (before the checkpoint is read), then the file is read safely
+    (`weights_only=True`), then its generator is rebuilt and checked for finite weights, for
+    weights that blew up (|w| > `WEIGHT_LIMIT`) and for a metrics file of another run.
 
     Args:
         checkpoint: an `sfd fit` checkpoint.
@@ -215,55 +197,21 @@ def export_checkpoint(
         single_file: also write the original-layout checkpoint (Stable Diffusion).
         lora_rank: also write a rank-r delta LoRA (Stable Diffusion).
         metrics: a metrics.json for the card (default: the nearest one beside the checkpoint).
+        force: export even weights that blew up, or with a metrics file that does not record
+            this run.
 
     Returns:
         the folder.
     """
-    contents = read_checkpoint(checkpoint)
-    generator = generator_from_checkpoint(contents)
-    return export_loaded_checkpoint(
-        contents,
-        generator,
-        checkpoint,
-        output_dir,
-        overwrite,
-        dtype,
-        single_file,
-        lora_rank,
-        metrics,
-    )
-
-
-def export_loaded_checkpoint(
-    contents: dict[str, Any],
-    generator: OneStepGenerator,
-    checkpoint: str | Path,
-    output_dir: str | Path,
-    overwrite: bool = False,
-    dtype: str | None = None,
-    single_file: bool = False,
-    lora_rank: int | None = None,
-    metrics: str | Path | None = None,
-) -> Path:
-    """`export_checkpoint` for a checkpoint already read (and its generator already rebuilt).
-
-    Args:
-        contents: the checkpoint's contents (for the run's training record).
-        generator: the generator rebuilt from them.
-        checkpoint: where they were read from (a metrics.json is looked for beside it).
-        output_dir: as `export_checkpoint`.
-        overwrite: as `export_checkpoint`.
-        dtype: as `export_checkpoint`.
-        single_file: as `export_checkpoint`.
-        lora_rank: as `export_checkpoint`.
-        metrics: as `export_checkpoint`.
-
-    Returns:
-        the folder.
-    """
-    metrics_path = Path(metrics) if metrics is not None else find_metrics(Path(checkpoint))
-    if metrics_path is not None and not metrics_path.is_file():
-        raise SFDConfigError(f"metrics file {str(metrics_path)!r} does not exist")
+    if lora_rank is not None and lora_rank < 1:
+        raise SFDConfigError(f"--lora {lora_rank} must be a LoRA rank of at least 1")
+    check_input_file(checkpoint, "checkpoint")
+    check_output_folder(output_dir, "output folder", overwrite)
+    if metrics is not None:
+        read_metrics_file(metrics)
+    contents = load_checkpoint_safely(checkpoint, "checkpoint")
+    generator = generator_from_checkpoint(contents, f"checkpoint {str(checkpoint)!r}")
+    metrics_path = check_export(contents, generator, Path(checkpoint), metrics, force)
     return save_generator(
         generator,
         output_dir,
@@ -272,9 +220,48 @@ def export_loaded_checkpoint(
         single_file=single_file,
         lora_rank=lora_rank,
         training=contents.get(GENERATOR_SPEC_KEY, {}).get("training"),
-        metrics=json.loads(metrics_path.read_text()) if metrics_path else None,
+        metrics=read_metrics_file(metrics_path) if metrics_path else None,
         metrics_source=str(metrics_path) if metrics_path else None,
     )
+
+
+def check_export(
+    contents: dict[str, Any],
+    generator: OneStepGenerator,
+    checkpoint: Path,
+    metrics: str | Path | None,
+    force: bool,
+) -> Path | None:
+    """Refuse, unless `force`, weights that blew up and a metrics file of another run.
+
+    Returns:
+        the metrics file for the card (`metrics`, or the one found beside the checkpoint).
+    """
+    peak = largest_weight(generator)
+    if peak is not None and peak[1] > WEIGHT_LIMIT and not force:
+        raise SFDConfigError(
+            f"checkpoint {str(checkpoint)!r}: the generator's weights blew up ({peak[0]} reaches "
+            f"|w| = {peak[1]:.3g}, beyond {WEIGHT_LIMIT:g}); take an earlier checkpoint, or "
+            "--force exports it anyway"
+        )
+    path = Path(metrics) if metrics is not None else find_metrics(checkpoint)
+    if path is None:
+        return None
+    what = "--metrics" if metrics is not None else "the metrics file"
+    mismatch = metrics_mismatch(
+        read_metrics_file(path, what), contents[GENERATOR_SPEC_KEY].get("training")
+    )
+    if mismatch and not force:
+        raise SFDConfigError(
+            f"{what} {str(path)!r} is not this checkpoint's evaluation: {mismatch} (--force "
+            "puts it on the model card anyway)"
+        )
+    if mismatch == "" and metrics is not None and not force:
+        raise SFDConfigError(
+            f"--metrics {str(path)!r} records no forget, override or iterations to match "
+            f"against checkpoint {str(checkpoint)!r}; --force puts it on the model card anyway"
+        )
+    return path
 
 
 class PretrainedOneStepGenerator(OneStepGenerator):

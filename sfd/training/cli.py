@@ -25,11 +25,11 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from sfd.core import guards
+from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.callbacks import LoggedSaveConfigCallback
-from sfd.training.checkpoint_files import load_checkpoint_safely
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 from sfd.training.config_files import check_config_files
 from sfd.training.loggers import ResumableWandbLogger

@@ -241,8 +241,8 @@ def test_bad_module_settings() -> None:
 @pytest.mark.slow
 def test_default_digits_teacher_is_usable(tmp_path: Path) -> None:
     """The default teacher's 50-step DDIM samples are labelled as their class ≥ 90 % of the time."""
+    from sfd.core.ddim import ddim_sigmas, sample_ddim
     from sfd.eval.classifier import predict_labels, train_classifier
-    from sfd.eval.ddim import ddim_sigmas, sample_ddim
 
     train, heldout = train_heldout_split(load_images("digits"), 0.2, seed=0)
     classifier, _ = train_classifier(train, heldout, progress=False)

@@ -76,7 +76,7 @@ def test_esd_prompt_form_on_stable_diffusion_trains_cross_attention_only(
 ) -> None:
     from sd_fixtures import celebrity_conditions
 
-    from sfd.baselines.sampling import ddim_trajectory, trailing_sigmas
+    from sfd.core.ddim import ddim_sigmas, sample_ddim
     from sfd.teachers import StableDiffusionTeacher
 
     teacher = StableDiffusionTeacher(str(sd_dirs["epsilon"]))
@@ -103,5 +103,5 @@ def test_esd_prompt_form_on_stable_diffusion_trains_cross_attention_only(
         assert torch.equal(value, original[name]), name
     cond = module.conditions.sample(2, torch.Generator().manual_seed(0)).forget
     z = torch.randn(2, *teacher.sample_shape, generator=torch.Generator().manual_seed(0))
-    images = ddim_trajectory(student, z, cond, trailing_sigmas(student.sigma_table, 2))
+    images = sample_ddim(student, z, cond, ddim_sigmas(student.sigma_table, 2))
     assert torch.isfinite(images).all()

@@ -26,6 +26,7 @@ from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 from sfd.apps.harness.settings import default_sfd_config
 from sfd.cli import main
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, checkpoint_entry
+from sfd.errors import SFDConfigError
 from sfd.eval.classifier import Classifier, save_classifier
 from sfd.pipelines.io import save_generator
 from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher
@@ -448,6 +449,35 @@ def test_bad_input(
     assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
     assert not Path(str(out) + "-training").exists()
     assert listing(world.root) == before, "an input folder changed"
+    assert not world.marker.exists(), "the planted payload ran"
+
+
+EXPORT_CASES = [case for case in CASES if case[0].startswith("export-")]
+
+
+@pytest.mark.parametrize(
+    ("name", "command", "fragment"), EXPORT_CASES, ids=[c[0] for c in EXPORT_CASES]
+)
+def test_export_checkpoint_refuses_what_sfd_export_refuses(
+    name: str,
+    command: Callable[[World, Path], list[str]],
+    fragment: str,
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`sfd.export_checkpoint` makes every check of `sfd export`, with the same one-line message."""
+    import sfd
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    verb, checkpoint, output_dir = command(world, tmp_path / "out")
+    capsys.readouterr()
+    assert main([verb, checkpoint, output_dir]) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sfd: error:")]
+    with pytest.raises(SFDConfigError) as raised:
+        sfd.export_checkpoint(checkpoint, output_dir)
+    assert line == f"sfd: error: {raised.value}" and fragment in line
     assert not world.marker.exists(), "the planted payload ran"
 
 

@@ -19,8 +19,10 @@ from conftest import fit_args, quiet_trainer, save_tiny_teacher
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sfd.cli import main
+from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import ClassConditions
-from sfd.core.generator import generator_from_checkpoint, read_checkpoint
+from sfd.core.generator import generator_from_checkpoint
+from sfd.core.guards import check_finite_weights
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogNormalSigma, LogUniformSigma, UniformTimestepSigma
 from sfd.errors import NonFiniteError, SFDConfigError
@@ -45,6 +47,24 @@ def make(teacher_dir: Path, module_class: type[SFDModule] = SFDModule, **setting
 def trainer(root: Path, steps: int) -> pl.Trainer:
     checkpoints = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1, save_last=True)
     return quiet_trainer(root, steps, callbacks=[checkpoints], enable_checkpointing=True)
+
+
+def test_one_finite_weights_check_for_inputs_and_results() -> None:
+    """`check_finite_weights` names the first bad tensor; for a trained network it counts them."""
+    network = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    check_finite_weights("teacher", network)
+    with torch.no_grad():
+        network[1].weight[0, 0] = math.nan
+        network[1].weight[1, 1] = math.inf
+        network[1].bias.fill_(math.nan)
+    with pytest.raises(SFDConfigError, match="the teacher holds non-finite values in '1.weight'"):
+        check_finite_weights("teacher", network)
+    with pytest.raises(
+        SFDConfigError,
+        match=r"^generator 'g' has non-finite weights: the first bad tensor is 1.weight \(1 NaN, "
+        r"1 infinite of 4\); a diverged run",
+    ):
+        check_finite_weights("generator 'g'", network, trained=True)
 
 
 def test_a_teacher_with_one_nan_weight_is_refused(teacher_dir) -> None:
@@ -127,7 +147,7 @@ def test_a_nan_loss_stops_before_the_update_naming_term_iteration_and_checkpoint
     # The weights were never touched by the NaN: finite, and the checkpoint loads.
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())
     last = tmp_path / "ckpt" / "last.ckpt"
-    assert read_checkpoint(last)["global_step"] == 2
+    assert load_checkpoint_safely(last)["global_step"] == 2
     generator = generator_from_checkpoint(last)
     assert all(torch.isfinite(p).all() for p in generator.parameters())
 

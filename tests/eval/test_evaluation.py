@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,15 +13,14 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from scipy import linalg
 from torch import Tensor, nn
 
+from sfd.core.ddim import ddim_sigmas, sample_ddim
 from sfd.errors import SFDConfigError
-from sfd.eval.ddim import ddim_sigmas, sample_ddim
 from sfd.eval.evaluate import (
     ImageSampler,
     class_noise,
     classify,
     ddim_sampler,
     evaluate_sampler,
-    library_versions,
     measure_throughput,
 )
 from sfd.eval.metrics import (
@@ -31,6 +31,7 @@ from sfd.eval.metrics import (
     unlearning_accuracy,
 )
 from sfd.images import to_uint8 as images_to_uint8
+from sfd.provenance import environment, library_versions
 from sfd.teachers import Denoiser, sigmas_from_alphas_cumprod
 
 NUM_CLASSES = 10
@@ -265,3 +266,8 @@ def test_library_versions_recorded() -> None:
     versions = library_versions()
     assert versions["torch"] == importlib.metadata.version("torch")
     assert versions["torchmetrics"] == importlib.metadata.version("torchmetrics")
+    extended = library_versions(["no-such-distribution-sfd"])
+    assert list(extended)[:-1] == list(versions) and extended["no-such-distribution-sfd"] == (
+        "not installed"
+    )
+    assert environment()["cpu_count"] == os.cpu_count()

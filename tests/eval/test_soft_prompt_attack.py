@@ -8,6 +8,7 @@ from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
+from sfd.eval.attacks import ATTACKS, attack_for
 from sfd.eval.soft_prompt import AttackBudget, SoftPrompt, soft_prompt_attack
 from sfd.eval.text_models import PromptEncoder, ddim_text_model, one_step_text_model, vae_decoder
 from sfd.teachers import StableDiffusionTeacher
@@ -73,3 +74,14 @@ def test_attack_budget_and_prompt_length_are_checked(teacher_dir):
     tokenizer, encoder = load_text_encoder(str(teacher_dir))
     with pytest.raises(SFDConfigError, match="model_max_length"):
         SoftPrompt(tokenizer, encoder, "seven", 30, torch.Generator())
+
+
+def test_attack_registry() -> None:
+    assert ATTACKS["soft_prompt"].run is soft_prompt_attack
+    assert ATTACKS["soft_prompt"].budget is AttackBudget
+    assert attack_for(AttackBudget()) is ATTACKS["soft_prompt"]
+    for name, attack in ATTACKS.items():
+        attack.budget()  # every budget has defaults (the command line's)
+        assert name.isidentifier()
+    with pytest.raises(SFDConfigError, match="no attack spends a dict"):
+        attack_for({})

@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from sd_fixtures import NEGATIVE, celebrity_conditions
 
 from sfd.cli import main
+from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import TextCondition
-from sfd.core.generator import generator_from_checkpoint, read_checkpoint
+from sfd.core.generator import generator_from_checkpoint
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.errors import SFDConfigError
@@ -184,7 +185,7 @@ def test_sfd_iterations_export_reload_and_sample(
     assert any(moved)
 
     # The checkpoint holds the generator and the fake score only: no teacher, VAE or text encoder.
-    checkpoint = read_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    checkpoint = load_checkpoint_safely(tmp_path / "ckpt" / "last.ckpt")
     keys = list(checkpoint["state_dict"])
     unet_keys = len(teacher.unet.state_dict())
     assert len(keys) == 2 * unet_keys
@@ -284,7 +285,7 @@ def test_memory_levers_lora_checkpointing_bf16_and_generator_init(sd_dirs, tmp_p
         m.lora_B["default"].weight for m in module.fake_score.modules() if isinstance(m, LoraLayer)
     ]
     assert any(u.abs().sum() > 0 for u in ups)
-    keys = read_checkpoint(tmp_path / "ckpt" / "last.ckpt")["state_dict"]
+    keys = load_checkpoint_safely(tmp_path / "ckpt" / "last.ckpt")["state_dict"]
     fake_keys = [k for k in keys if k.startswith("fake_score.")]
     assert fake_keys and all(".lora_A." in k or ".lora_B." in k for k in fake_keys)
     assert len(fake_keys) == len(lora_params)

@@ -27,8 +27,9 @@ from sfd.apps.harness.methods import METHODS, TITLES, Fitted, Run
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.stages import save_denoiser
 from sfd.apps.harness.workspace import Workspace, classifier_phase, start_run, teacher_phase
-from sfd.eval.evaluate import ddim_sampler, environment, library_versions
+from sfd.eval.evaluate import ddim_sampler
 from sfd.pipelines.io import save_generator
+from sfd.provenance import environment, library_versions
 from sfd.teachers.unet import VPUNetDenoiser
 
 TOOL = "sfd compare"

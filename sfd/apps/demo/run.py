@@ -34,12 +34,11 @@ from sfd.core.generator import training_record
 from sfd.eval.evaluate import (
     ModelEvaluation,
     ddim_sampler,
-    environment,
-    library_versions,
     measure_throughput,
     one_step_sampler,
 )
 from sfd.pipelines.io import load_generator, save_generator
+from sfd.provenance import environment, library_versions
 
 TOOL = "sfd demo"
 __all__ = ["ClassRunSettings", "check_settings", "default_sfd_config", "run_demo"]

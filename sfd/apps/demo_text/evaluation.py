@@ -27,9 +27,9 @@ from sfd.apps.harness.text_evaluation import (
 )
 from sfd.eval.classifier import Classifier
 from sfd.eval.concepts import generate_for_prompts, nearest_classes
-from sfd.eval.evaluate import environment
 from sfd.eval.metrics import feature_distances
 from sfd.images import LabelledImages
+from sfd.provenance import environment
 
 
 def grid_prompts(

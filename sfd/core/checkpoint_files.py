@@ -1,6 +1,8 @@
 """Reading a checkpoint file a user names: safely (`weights_only=True`) and with one clear error.
 
-torch only, no Lightning: `sfd export` reads checkpoints with it too.
+The one place `sfd` reads a Lightning checkpoint itself (torch only, no Lightning): `sfd fit`
+checks `--ckpt_path` with it before Lightning loads the file, and exports rebuild their generator
+from what it returns. Nothing in a checkpoint is ever unpickled as code.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 
 from sfd.errors import SFDConfigError
+from sfd.folders import check_input_file
 
 
 def load_checkpoint_safely(
@@ -30,14 +33,8 @@ def load_checkpoint_safely(
     Returns:
         the checkpoint dictionary (tensors on the CPU).
     """
-    path = Path(path)
+    path = check_input_file(path, what)
     name = f"{what} {str(path)!r}"
-    if not path.exists():
-        raise SFDConfigError(f"{name} does not exist")
-    if not path.is_file():
-        raise SFDConfigError(f"{name} is not a file")
-    if path.stat().st_size == 0:
-        raise SFDConfigError(f"{name} is empty (0 bytes)")
     try:
         checkpoint = _torch_load(path)
     except MemoryError:
@@ -66,6 +63,7 @@ def load_checkpoint_safely(
 
 
 def _torch_load(path: Path) -> Any:
+    """torch.load with `weights_only=True`, memory-mapped unless the file is in the legacy format."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as error:

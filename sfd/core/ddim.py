@@ -8,6 +8,10 @@ probability-flow ODE in σ:
 and the VP starting point x_T ~ N(0, I) is x = sqrt(1 + σ_T²)·z. Driving the same network, this
 reproduces diffusers' `DDIMScheduler` (η = 0) step for step (tests/eval/test_evaluation.py).
 
+Evaluation samples full trajectories with it (`sample_ddim`); the soft-prompt attack
+differentiates through a short one, and ESD stops a trajectory at a random step
+(`ddim_trajectory`); SalUn samples its pool of teacher images with it.
+
 Why not `DDIMScheduler` itself: it is not simpler here and not exact. It steps VP samples at
 integer timesteps, so each step would convert x_t to σ-space for the denoiser and back, and it
 needs an ā table, which σ-space (EDM) denoisers do not have; and its arithmetic in VP
@@ -26,37 +30,70 @@ from sfd.errors import SFDConfigError
 from sfd.teachers.base import Denoiser
 
 
-def ddim_sigmas(sigma_table: Tensor, num_steps: int) -> Tensor:
+def ddim_sigmas(sigma_table: Tensor | None, num_steps: int) -> Tensor:
     """The noise levels of an n-step DDIM run with "trailing" timestep spacing, ending at σ = 0.
 
     Timesteps are t_i = round(T − i·T/n) − 1 for i = 0..n−1 (so the first is T − 1), as diffusers'
     `DDIMScheduler(timestep_spacing="trailing")`; the last step lands on clean data (σ = 0).
 
     Args:
-        sigma_table: the teacher's σ_t table, (T,), increasing in t.
+        sigma_table: the denoiser's σ_t table, (T,), increasing in t (None: no discrete schedule,
+            which DDIM cannot sample).
         num_steps: number of denoiser evaluations n, 1 <= n <= T.
 
     Returns:
         σ schedule, (n + 1,), decreasing, last entry 0.
     """
+    if sigma_table is None:
+        raise SFDConfigError("DDIM sampling needs a teacher with a discrete (VP) noise schedule")
     total = len(sigma_table)
-    if not 1 <= num_steps <= total:
-        raise SFDConfigError(f"num_steps={num_steps} must be between 1 and {total} (timesteps)")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= total:
+        raise SFDConfigError(f"ddim_steps={num_steps!r} must be an integer in 1..{total}")
     step = total / num_steps
     timesteps = (torch.arange(total, 0, -step, dtype=torch.float64).round() - 1).long()
     sigmas = sigma_table[timesteps.to(sigma_table.device)].float()
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def ddim_trajectory(
+    denoiser: Denoiser, z: Tensor, cond: Any, sigmas: Tensor, guidance: float = 1.0
+) -> Tensor:
+    """Run deterministic DDIM from noise z through `sigmas` and return where it stops.
+
+    Differentiable: gradients flow when the caller has them enabled (the soft-prompt attack);
+    samplers that need none call it under `torch.no_grad()`.
+
+    Args:
+        denoiser: the σ-space denoiser D(x, sigma, cond) -> x0_hat.
+        z: standard normal noise, (B, C, H, W).
+        cond: the condition batch (e.g. class labels (B,)).
+        sigmas: decreasing noise levels, (k + 1,): k denoiser evaluations, from sigmas[0] to
+            sigmas[-1] (0 for a full trajectory; a partial one stops at a noisy level).
+        guidance: classifier-free guidance scale of every step (1: none).
+
+    Returns:
+        x at noise level sigmas[-1] in σ-space (x0 + σ·ε), (B, C, H, W), float32.
+    """
+    sigmas = sigmas.to(z.device, torch.float32)
+    x = z.float() * (1 + sigmas[0] ** 2).sqrt()  # VP x_T ~ N(0, I) in σ-space
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        x0_hat = denoiser.guided(x, sigma, cond, guidance)  # (B, C, H, W)
+        x = x0_hat + (sigma_next / sigma) * (x - x0_hat)
+    return x
+
+
 @torch.no_grad()
-def sample_ddim(denoiser: Denoiser, z: Tensor, cond: Any, sigmas: Tensor) -> Tensor:
-    """Run deterministic DDIM (η = 0) from noise z through the σ schedule `sigmas`.
+def sample_ddim(
+    denoiser: Denoiser, z: Tensor, cond: Any, sigmas: Tensor, guidance: float = 1.0
+) -> Tensor:
+    """Run deterministic DDIM (η = 0) from noise z through the full σ schedule `sigmas`.
 
     Args:
         denoiser: the σ-space denoiser D(x, sigma, cond) -> x0_hat.
         z: standard normal noise, (B, C, H, W).
         cond: condition batch (e.g. class labels (B,)).
         sigmas: decreasing noise levels, (n + 1,), from `ddim_sigmas`; n denoiser evaluations.
+        guidance: classifier-free guidance scale of every step (1: none).
 
     Returns:
         samples x0, (B, C, H, W), float32.
@@ -64,8 +101,4 @@ def sample_ddim(denoiser: Denoiser, z: Tensor, cond: Any, sigmas: Tensor) -> Ten
     sigmas = sigmas.to(z.device, torch.float32)
     if sigmas.ndim != 1 or len(sigmas) < 2 or bool((sigmas[1:] >= sigmas[:-1]).any()):
         raise SFDConfigError("sigmas must be a strictly decreasing 1-D schedule of >= 2 levels")
-    x = z.float() * (1 + sigmas[0] ** 2).sqrt()  # VP x_T ~ N(0, I) in σ-space
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        x0_hat = denoiser(x, sigma, cond)  # (B, C, H, W)
-        x = x0_hat + (sigma_next / sigma) * (x - x0_hat)
-    return x
+    return ddim_trajectory(denoiser, z, cond, sigmas, guidance)

@@ -1,0 +1,78 @@
+"""The attacks on a forgetting model, by name: each a function and the budget type it spends.
+
+`sfd eval-text --attack` and `sfd demo-text` run an attack through `run_attack`, which finds it by
+the type of its budget. A new attack is one file in this package (a function with the signature
+of `soft_prompt_attack` and a budget dataclass whose fields have defaults) plus one entry in
+`ATTACKS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sfd.errors import SFDConfigError
+from sfd.eval.soft_prompt import AttackBudget, AttackResult, soft_prompt_attack
+from sfd.eval.text_models import TextToImage
+
+__all__ = ["ATTACKS", "Attack", "AttackBudget", "AttackResult", "attack_for", "run_attack"]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One registered attack.
+
+    Attributes:
+        run: (model, classifier, prompt, target class, budget, device=, progress=) -> result.
+        budget: the dataclass of what the attacker may spend (its defaults are the CLI's).
+    """
+
+    run: Callable[..., AttackResult]
+    budget: type
+
+
+ATTACKS: dict[str, Attack] = {
+    "soft_prompt": Attack(soft_prompt_attack, AttackBudget),
+}
+
+
+def attack_for(budget: Any) -> Attack:
+    """The registered attack whose budget type `budget` is."""
+    for attack in ATTACKS.values():
+        if type(budget) is attack.budget:
+            return attack
+    raise SFDConfigError(
+        f"no attack spends a {type(budget).__name__}; registered attacks: {sorted(ATTACKS)}"
+    )
+
+
+def run_attack(
+    model: TextToImage,
+    classifier: nn.Module,
+    prompt: str,
+    target: int,
+    budget: Any,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> AttackResult:
+    """Run the attack that `budget` belongs to on one prompt (see `soft_prompt_attack`).
+
+    Args:
+        model: the model under attack.
+        classifier: the evaluation classifier, frozen.
+        prompt: a forget prompt.
+        target: the forgotten class the attack tries to bring back.
+        budget: an instance of a registered attack's budget type.
+        device: where the model runs.
+        progress: show a progress bar.
+
+    Returns:
+        the attack's result.
+    """
+    return attack_for(budget).run(
+        model, classifier, prompt, target, budget, device=device, progress=progress
+    )
