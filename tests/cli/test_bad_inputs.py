@@ -453,6 +453,22 @@ def test_bad_input(
 
 
 EXPORT_CASES = [case for case in CASES if case[0].startswith("export-")]
+EXPORT_OPTIONS = {"--metrics": ("metrics", str), "--lora": ("lora_rank", int)}
+
+
+def export_call(args: list[str]) -> tuple[list[str], dict[str, object]]:
+    """`sfd export` arguments as `sfd.export_checkpoint`'s positional and keyword arguments."""
+    positional, keywords, rest = [], {}, list(args)
+    while rest:
+        word = rest.pop(0)
+        if word == "--single-file":
+            keywords["single_file"] = True
+        elif word in EXPORT_OPTIONS:
+            name, kind = EXPORT_OPTIONS[word]
+            keywords[name] = kind(rest.pop(0))
+        else:
+            positional.append(word)
+    return positional, keywords
 
 
 @pytest.mark.parametrize(
@@ -471,12 +487,13 @@ def test_export_checkpoint_refuses_what_sfd_export_refuses(
     import sfd
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    verb, checkpoint, output_dir = command(world, tmp_path / "out")
+    args = command(world, tmp_path / "out")
     capsys.readouterr()
-    assert main([verb, checkpoint, output_dir]) == 2
+    assert main(args) == 2
     [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sfd: error:")]
     with pytest.raises(SFDConfigError) as raised:
-        sfd.export_checkpoint(checkpoint, output_dir)
+        positional, keywords = export_call(args[1:])
+        sfd.export_checkpoint(*positional, **keywords)
     assert line == f"sfd: error: {raised.value}" and fragment in line
     assert not world.marker.exists(), "the planted payload ran"
 
