@@ -24,16 +24,23 @@ class Column:
         value: where the number is in a `ModelEvaluation` (None where it was not measured).
         digits: decimals of a cell.
         percent: write the value, a share in [0, 1], as a percentage ("12.3 %").
+        spread: where the value's standard deviation is, written after it as "± std" where it
+            was measured (None: the column has none).
     """
 
     title: str
     value: Callable[[ModelEvaluation], float | int | None]
     digits: int = 2
     percent: bool = False
+    spread: Callable[[ModelEvaluation], float | None] | None = None
 
     def cell(self, evaluation: ModelEvaluation) -> str:
         """The column's cell for one model ("n/a" for a value that is None or NaN)."""
-        return format_value(self.value(evaluation), self.digits, self.percent)
+        cell = format_value(self.value(evaluation), self.digits, self.percent)
+        std = None if self.spread is None else self.spread(evaluation)
+        if cell == "n/a" or std is None or math.isnan(std):
+            return cell
+        return f"{cell} ± {format_value(std, self.digits, self.percent)}"
 
 
 def format_value(value: float | int | None, digits: int = 2, percent: bool = False) -> str:
@@ -53,7 +60,9 @@ COLUMNS: dict[str, Column] = {
         "remain accuracy", attrgetter("remain_accuracy"), digits=1, percent=True
     ),
     "fid_remain": Column("remain FID", attrgetter("fid_remain")),
-    "kid_remain": Column("remain KID", attrgetter("kid_remain"), digits=4),
+    "kid_remain": Column(
+        "remain KID", attrgetter("kid_remain"), digits=4, spread=attrgetter("kid_remain_std")
+    ),
     "images_per_second": Column("images/s", attrgetter("images_per_second"), digits=1),
 }
 

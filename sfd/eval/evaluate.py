@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -189,6 +189,16 @@ class ModelEvaluation:
         data = asdict(self)
         data["remain_per_class"] = {str(k): v for k, v in self.remain_per_class.items()}
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelEvaluation:
+        """The evaluation in a `to_dict` output (read back from a metrics.json; other keys of
+        `data`, such as a method's training facts, are left out)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["remain_per_class"] = {int(k): v for k, v in data["remain_per_class"].items()}
+        if values.get("throughput") is not None:
+            values["throughput"] = Throughput(**values["throughput"])
+        return cls(**values)
 
 
 def evaluate_sampler(

@@ -32,11 +32,21 @@ def test_cells_and_titles() -> None:
         "n/a",
         "50.0 %",
         "12.35",
-        "0.0123",
+        "0.0123 ± 0.0010",
         "n/a",
     ]
     assert column_titles(["ua", "fid_remain"]) == ["UA", "remain FID"]
     assert format_value(0.25, 1, percent=True) == "25.0 %" and format_value(None) == "n/a"
+
+
+def test_kid_shows_its_std_only_where_it_was_measured() -> None:
+    unmeasured = dataclasses.replace(EVALUATION, kid_remain_std=math.nan)
+    assert row_cells(unmeasured, ["kid_remain"]) == ["0.0123"]
+
+
+def test_an_evaluation_reads_back_from_its_dict() -> None:
+    data = {"title": "a method's other facts", **EVALUATION.to_dict()}
+    assert ModelEvaluation.from_dict(data) == EVALUATION
 
 
 def test_every_column_is_a_field_of_the_evaluation() -> None:

@@ -14,8 +14,7 @@ from sfd.apps.harness.curve import UA_THRESHOLD
 from sfd.apps.harness.report_folder import (
     finish_ua_axes,
     model_table,
-    number,
-    percent,
+    printed_table,
     protocol_section,
     remain_table,
     save_figure,
@@ -23,7 +22,16 @@ from sfd.apps.harness.report_folder import (
     show_grid,
     write_report_folder,
 )
+from sfd.eval.columns import column_titles, row_cells
 from sfd.eval.evaluate import ModelEvaluation
+
+# The metric columns (names in `sfd.eval.columns.COLUMNS`) of report.md's table and of the printed
+# summary, in order; the training columns after them are the comparison's own.
+REPORT_COLUMNS = [
+    "nfe", "ua", "forget_as_override", "remain_accuracy", "fid_remain", "kid_remain",
+    "images_per_second",
+]  # fmt: skip
+SUMMARY_COLUMNS = ["nfe", "ua", "remain_accuracy", "fid_remain"]
 
 
 @dataclass
@@ -161,31 +169,21 @@ def _reached(report: MethodReport) -> str:
     return f"it. {report.ua95['iteration']} / {report.ua95['seconds']:.0f} s"
 
 
+def _training_time(report: MethodReport) -> str:
+    seconds = f"{report.train_seconds:.0f} s" + (" (cached)" if report.cached else "")
+    if "stage1_seconds" in report.extra:
+        seconds += f" + stage 1 {report.extra['stage1_seconds']:.0f} s"
+    return seconds
+
+
 def table_rows(results: CompareResults) -> list[str]:
     """The main table in markdown: one row for the teacher and one per method."""
-    rows = [
-        "| model | NFE | UA | forget → override | remain accuracy | remain FID | remain KID "
-        "| images/s | iterations | training time | UA ≥ 95 % at |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    t = results.teacher
-    rows.append(
-        f"| {TEACHER_TITLE} | {t.nfe} | {percent(t.ua)} | {percent(t.forget_as_override)} "
-        f"| {percent(t.remain_accuracy)} | {number(t.fid_remain)} | {number(t.kid_remain, 4)} "
-        f"| {number(t.images_per_second, 1)} | | | |"
-    )
+    rows = {TEACHER_TITLE: [*row_cells(results.teacher, REPORT_COLUMNS), "", "", ""]}
     for report in results.methods.values():
-        m = report.evaluation
-        seconds = f"{report.train_seconds:.0f} s" + (" (cached)" if report.cached else "")
-        if "stage1_seconds" in report.extra:
-            seconds += f" + stage 1 {report.extra['stage1_seconds']:.0f} s"
-        rows.append(
-            f"| {report.title} | {m.nfe} | {percent(m.ua)} | {percent(m.forget_as_override)} "
-            f"| {percent(m.remain_accuracy)} | {number(m.fid_remain)} "
-            f"| {number(m.kid_remain, 4)} | {number(m.images_per_second, 1)} "
-            f"| {report.iterations} | {seconds} | {_reached(report)} |"
-        )
-    return rows
+        training = [str(report.iterations), _training_time(report), _reached(report)]
+        rows[report.title] = [*row_cells(report.evaluation, REPORT_COLUMNS), *training]
+    titles = column_titles(REPORT_COLUMNS) + ["iterations", "training time", "UA ≥ 95 % at"]
+    return model_table(titles, rows)
 
 
 TEACHER_TITLE = "teacher (DDIM)"
@@ -231,17 +229,13 @@ def markdown(results: CompareResults, files: dict[str, str]) -> str:
 
 def summary_table(metrics: dict[str, Any]) -> str:
     """A plain-text table of a compare metrics.json (printed at the end of `sfd compare`)."""
-    head = f"{'model':16s} {'NFE':>4s} {'UA %':>6s} {'remain %':>9s} {'FID':>7s} {'train s':>8s} {'UA95 s':>7s}"
-    rows = [head]
-    entries = [("teacher", metrics["teacher"], None)] + [
-        (key, m, m) for key, m in metrics["methods"].items()
-    ]
-    for key, m, method in entries:
-        ua95 = "" if method is None else method["ua95"].get("seconds")
-        rows.append(
-            f"{key:16s} {m['nfe']:>4d} {100 * m['ua']:>6.1f} {100 * m['remain_accuracy']:>9.1f} "
-            f"{m['fid_remain']:>7.2f} "
-            f"{'' if method is None else format(method['train_seconds'], '.0f'):>8s} "
-            f"{'' if ua95 in ('', None) else format(ua95, '.0f'):>7s}"
-        )
-    return "\n".join(rows)
+    teacher = ModelEvaluation.from_dict(metrics["teacher"])
+    rows = {"teacher": [*row_cells(teacher, SUMMARY_COLUMNS), "", ""]}
+    for key, method in metrics["methods"].items():
+        ua95 = method["ua95"].get("seconds")
+        rows[key] = [
+            *row_cells(ModelEvaluation.from_dict(method), SUMMARY_COLUMNS),
+            f"{method['train_seconds']:.0f}",
+            "" if ua95 is None else f"{ua95:.0f}",
+        ]
+    return printed_table([*column_titles(SUMMARY_COLUMNS), "train s", "UA95 s"], rows)

@@ -14,18 +14,27 @@ from sfd.apps.harness.report_folder import (
     MODEL_TITLES,
     UA_CURVE_THRESHOLD,
     class_label,
-    number,
-    percent,
+    model_table,
     plot_forget_histogram,
     plot_forgetting_curve,
+    printed_table,
     protocol_section,
     remain_table,
     save_figure,
     show_grid,
     write_report_folder,
 )
+from sfd.eval.columns import column_titles, format_value, row_cells
 from sfd.eval.evaluate import ModelEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
+
+# The metric columns (names in `sfd.eval.columns.COLUMNS`) of report.md's model table and of the
+# printed summary, in order.
+REPORT_COLUMNS = [
+    "nfe", "ua", "forget_as_override", "remain_accuracy", "fid_remain", "kid_remain",
+    "images_per_second",
+]  # fmt: skip
+SUMMARY_COLUMNS = ["nfe", "ua", "remain_accuracy", "fid_remain", "images_per_second"]
 
 
 @dataclass
@@ -120,29 +129,20 @@ def plot_sample_grids(results: DemoResults, path: Path) -> None:
     save_figure(figure, path)
 
 
-def _scaled(value: float | None, scale: float) -> float | None:
-    return None if value is None else scale * value
-
-
 def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
     """report.md: the table, per-class accuracy, throughput, curve summary, figures and protocol."""
     lines = [
         f"# SFD class forgetting: class {results.forget} -> override {results.override}",
         "",
-        "| model | NFE | UA | forget samples labelled as override | remain accuracy "
-        "| remain FID | remain KID | images/s |",
-        "|---|---|---|---|---|---|---|---|",
+        *model_table(
+            column_titles(REPORT_COLUMNS),
+            {
+                title: row_cells(results.models[key], REPORT_COLUMNS)
+                for key, title in MODEL_TITLES.items()
+                if key in results.models
+            },
+        ),
     ]
-    for key, title in MODEL_TITLES.items():
-        if key not in results.models:
-            continue
-        m = results.models[key]
-        lines.append(
-            f"| {title} | {m.nfe} | {percent(m.ua)} | {percent(m.forget_as_override)} "
-            f"| {percent(m.remain_accuracy)} | {number(m.fid_remain)} "
-            f"| {number(m.kid_remain, 4)} ± {number(m.kid_remain_std, 4)} "
-            f"| {number(m.images_per_second, 1)} |"
-        )
     remain = sorted(next(iter(results.models.values())).remain_per_class)
     lines += [
         "",
@@ -158,7 +158,7 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
     lines.append("|---|---|---|---|")
     for name, t in results.throughput.items():
         lines.append(
-            f"| {name} | {t['nfe']} | {number(t['images_per_second'], 1)} "
+            f"| {name} | {t['nfe']} | {format_value(t['images_per_second'], 1)} "
             f"| {t['repeats']} call(s) of batch {t['batch_size']} in {t['seconds']:.2f} s |"
         )
     summary = results.curve_summary()
@@ -192,14 +192,9 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
 
 def summary_table(metrics: dict) -> str:
     """A plain-text table of the models in a metrics.json."""
-    rows = [f"{'model':30s} {'NFE':>5s} {'UA %':>6s} {'remain %':>9s} {'FID':>8s} {'img/s':>9s}"]
-    for key in ("teacher", "distilled_without_forgetting", "sfd"):
-        if key not in metrics:
-            continue
-        m = metrics[key]
-        rows.append(
-            f"{key:30s} {m['nfe']:>5d} {number(_scaled(m['ua'], 100), 1):>6s} "
-            f"{number(_scaled(m['remain_accuracy'], 100), 1):>9s} {number(m['fid_remain']):>8s} "
-            f"{number(m['images_per_second'], 1):>9s}"
-        )
-    return "\n".join(rows)
+    rows = {
+        key: row_cells(ModelEvaluation.from_dict(metrics[key]), SUMMARY_COLUMNS)
+        for key in MODEL_TITLES
+        if key in metrics
+    }
+    return printed_table(column_titles(SUMMARY_COLUMNS), rows)

@@ -17,8 +17,7 @@ from torch import Tensor
 from sfd.apps.harness.report_folder import (
     MODEL_TITLES,
     UA_CURVE_THRESHOLD,
-    number,
-    percent,
+    model_table,
     plot_forget_histogram,
     plot_forgetting_curve,
     protocol_section,
@@ -27,6 +26,7 @@ from sfd.apps.harness.report_folder import (
     show_grid,
     write_report_folder,
 )
+from sfd.eval.columns import format_value
 from sfd.eval.concepts import ConceptEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
 
@@ -126,25 +126,32 @@ def plot_prompt_grids(results: TextDemoResults, path: Path) -> None:
     save_figure(figure, path)
 
 
+def _model_cells(results: TextDemoResults, key: str) -> list[str]:
+    """One model's cells of the report.md table: shares as percentages, FID, KID."""
+    m = results.models[key]
+    paraphrase = m.forget_paraphrases.ua if m.forget_paraphrases else None
+    shares = [m.ua, paraphrase, m.forget_train.as_override, m.remain_accuracy, m.neighbour_accuracy]
+    return [
+        str(m.nfe),
+        *(format_value(share, 1, percent=True) for share in shares),
+        format_value(m.fid_remain),
+        format_value(m.kid_remain, 4),
+        format_value(results.attacks[key]["success_rate"], 1, percent=True),
+    ]
+
+
 def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
     """report.md: the table, attack, per-class accuracy, targets, figures and protocol."""
     names = results.class_names
     lines = [
         f"# SFD concept forgetting: {names[results.forget]!r} -> {names[results.override]!r}",
         "",
-        "| model | NFE | UA (training prompts) | UA (paraphrases) | forget -> override "
-        "| remain accuracy | neighbour accuracy | remain FID | remain KID | attack success |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for key in MODEL_KEYS:
-        m, attack = results.models[key], results.attacks[key]
-        paraphrase = m.forget_paraphrases.ua if m.forget_paraphrases else None
-        lines.append(
-            f"| {MODEL_TITLES[key]} | {m.nfe} | {percent(m.ua)} | {percent(paraphrase)} "
-            f"| {percent(m.forget_train.as_override)} | {percent(m.remain_accuracy)} "
-            f"| {percent(m.neighbour_accuracy)} | {number(m.fid_remain)} "
-            f"| {number(m.kid_remain, 4)} | {percent(attack['success_rate'])} |"
-        )
+        *model_table(
+            ["NFE", "UA (training prompts)", "UA (paraphrases)", "forget -> override",
+             "remain accuracy", "neighbour accuracy", "remain FID", "remain KID", "attack success"],
+            {MODEL_TITLES[key]: _model_cells(results, key) for key in MODEL_KEYS},
+        ),
+    ]  # fmt: skip
     neighbours = results.protocol.get("neighbours", [])
     budget = results.attacks["sfd"]["budget"]
     lines += [
@@ -163,7 +170,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
     ]
     for name, entry in results.targets().items():
         lines.append(
-            f"| {name} | {number(entry['value'], 3)} | {'yes' if entry['met'] else 'no'} |"
+            f"| {name} | {format_value(entry['value'], 3)} | {'yes' if entry['met'] else 'no'} |"
         )
     classes = sorted(results.models["teacher"].remain_per_class)
     lines += [

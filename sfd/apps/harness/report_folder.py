@@ -7,7 +7,6 @@ Each folder holds metrics.json, PNG figures (matplotlib, no display) and report.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from sfd.eval.columns import COLUMNS, format_value
 from sfd.images import tile
 
 # Report keys of the models, in table order, with their display names.
@@ -57,16 +57,6 @@ def write_report_folder(
     return paths
 
 
-def percent(value: float | None) -> str:
-    """A share as "12.3 %" ("n/a" for None or NaN)."""
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
-
-
-def number(value: float | None, digits: int = 2) -> str:
-    """A number with `digits` decimals ("n/a" for None or NaN)."""
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
 def model_table(columns: Sequence[str], rows: Mapping[str, Sequence[str]]) -> list[str]:
     """A markdown table with a "model" column: `columns` after it, one row of cells per model."""
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
@@ -74,12 +64,32 @@ def model_table(columns: Sequence[str], rows: Mapping[str, Sequence[str]]) -> li
     return lines
 
 
+def printed_table(columns: Sequence[str], rows: Mapping[str, Sequence[str]]) -> str:
+    """A plain-text table for the terminal: a "model" column, then `columns` right-aligned, one
+    row of cells per model."""
+    table = [["model", *columns], *([key, *cells] for key, cells in rows.items())]
+    widths = [max(len(row[index]) for row in table) for index in range(len(table[0]))]
+    lines = [
+        " ".join(
+            [row[0].ljust(widths[0])]
+            + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        )
+        for row in table
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def remain_table(
     models: Mapping[str, Any], classes: Sequence[int], columns: Sequence[str] | None = None
 ) -> list[str]:
     """The per-class remain accuracy table: a row per model (with `remain_per_class`), a column
-    per class of `classes`, headed by `columns` (None: the class numbers)."""
-    rows = {key: [percent(m.remain_per_class[c]) for c in classes] for key, m in models.items()}
+    per class of `classes`, headed by `columns` (None: the class numbers); cells are written as
+    the "remain_accuracy" column writes its own."""
+    share = COLUMNS["remain_accuracy"]
+    rows = {
+        key: [format_value(m.remain_per_class[c], share.digits, share.percent) for c in classes]
+        for key, m in models.items()
+    }
     return model_table([str(c) for c in classes] if columns is None else columns, rows)
 
 
