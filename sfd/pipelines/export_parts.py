@@ -1,10 +1,18 @@
-"""The optional parts of an export folder: the standalone pipeline file, a lower-precision weights
-variant, the single-file checkpoint and the delta LoRA (each written into a staging folder)."""
+"""The optional parts of an export folder: a lower-precision weights variant, the single-file
+checkpoint and the delta LoRA, each written into the staging folder beside the standalone pipeline
+file that every export carries.
+
+`EXPORT_PARTS` is the registry: part name -> its check (made before anything is written) and its
+writer (which returns the part's entries of the export record). A new part is one writer plus one
+entry; `save_generator(parts={name: value})` asks for it, `sfd export` names it by an option.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +138,106 @@ def write_delta_lora(
     fit.output_max_abs_error, fit.output_relative_rms_error = output_error(x0_lora, x0_full)
     fit.check_prompts, fit.check_seed = prompts, LORA_CHECK_SEED
     return fit
+
+
+@dataclass
+class ExportJob:
+    """One export being written: what every optional part may read.
+
+    Attributes:
+        pipeline: the export's pipeline (`OneStepPipeline` or `OneStepTextPipeline`).
+        generator: the generator being exported.
+        parts: the parts asked for, name -> the user's value (e.g. {"variant": "fp16"}).
+        training: the run's training record (its conditions name the forget prompts).
+    """
+
+    pipeline: Any
+    generator: OneStepGenerator
+    parts: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> bool:
+        return isinstance(self.pipeline, OneStepTextPipeline)
+
+
+@dataclass(frozen=True)
+class ExportPart:
+    """One optional part of an export folder.
+
+    Attributes:
+        check: `check(job, value)` raises `SFDConfigError` if the part cannot be written for
+            this generator; called for every asked part before anything is written.
+        write: `write(job, staging, value)` writes the part into the staging folder and returns
+            its entries of the export record (export.json, the model card).
+    """
+
+    check: Callable[[ExportJob, Any], None]
+    write: Callable[[ExportJob, Path, Any], dict[str, Any]]
+
+
+def _stable_diffusion_only(job: ExportJob) -> None:
+    if not job.text:
+        raise SFDConfigError(
+            "--single-file and --lora are for Stable Diffusion exports; "
+            f"this generator is a {type(job.generator.denoiser).__name__}"
+        )
+
+
+def check_variant(job: ExportJob, variant: str) -> None:
+    if variant not in VARIANT_DTYPES:
+        raise SFDConfigError(
+            f"dtype {variant!r} is not supported; allowed: {sorted(VARIANT_DTYPES)}"
+        )
+
+
+def variant_part(job: ExportJob, staging: Path, variant: str) -> dict[str, Any]:
+    write_variant(job.pipeline, staging, variant)
+    return {"variant": variant, "variant_dtype": str(VARIANT_DTYPES[variant]).split(".")[-1]}
+
+
+def check_single_file(job: ExportJob, wanted: bool) -> None:
+    if not wanted:
+        return
+    _stable_diffusion_only(job)
+    if job.pipeline.vae is None:
+        raise SFDConfigError(
+            "--single-file needs a VAE (the original checkpoint layout holds UNet, VAE and text "
+            "encoder); this pixel-space generator has none"
+        )
+    encoder = type(job.pipeline.text_encoder).__name__
+    if encoder != "CLIPTextModel":
+        raise SFDConfigError(
+            "--single-file writes the original Stable Diffusion layout, whose text encoder is "
+            f"CLIP; this generator's is a {encoder}, which it cannot hold (export without "
+            "--single-file)"
+        )
+
+
+def single_file_part(job: ExportJob, staging: Path, wanted: bool) -> dict[str, Any]:
+    if not wanted:
+        return {}
+    return {
+        "single_file": write_single_file_checkpoint(job.pipeline, staging, job.parts.get("variant"))
+    }
+
+
+def check_lora(job: ExportJob, rank: int) -> None:
+    if rank < 1:
+        raise SFDConfigError(f"LoRA rank {rank} must be at least 1")
+    _stable_diffusion_only(job)
+
+
+def lora_part(job: ExportJob, staging: Path, rank: int) -> dict[str, Any]:
+    conditions = (job.training or {}).get("conditions", {})
+    forget = [pair[0] for pair in conditions.get("examples", [])]
+    return {"lora": write_delta_lora(job.pipeline, job.generator, staging, rank, forget).as_dict()}
+
+
+# Part name -> check and writer, in the order they are written (the single file reads the
+# variant's dtype).
+EXPORT_PARTS: dict[str, ExportPart] = {
+    "variant": ExportPart(check_variant, variant_part),
+    "single_file": ExportPart(check_single_file, single_file_part),
+    "lora": ExportPart(check_lora, lora_part),
+}

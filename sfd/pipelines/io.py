@@ -20,13 +20,7 @@ from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, generator_f
 from sfd.core.guards import WEIGHT_LIMIT, check_finite_weights, largest_weight
 from sfd.errors import SFDConfigError
 from sfd.folders import check_input_file, check_output_folder, write_folder_atomically
-from sfd.pipelines.export_parts import (
-    VARIANT_DTYPES,
-    write_delta_lora,
-    write_single_file_checkpoint,
-    write_standalone_pipeline,
-    write_variant,
-)
+from sfd.pipelines.export_parts import EXPORT_PARTS, ExportJob, write_standalone_pipeline
 from sfd.pipelines.metrics_file import metrics_mismatch, read_metrics_file
 from sfd.pipelines.model_card import EXPORT_RECORD, model_card
 from sfd.pipelines.one_step import OneStepPipeline
@@ -66,6 +60,7 @@ def save_generator(
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     metrics_source: str | None = None,
+    parts: dict[str, Any] | None = None,
 ) -> Path:
     """Write a generator as a diffusers folder, atomically (a failure leaves no partial folder).
 
@@ -79,35 +74,28 @@ def save_generator(
         training: the run's record (`sfd.core.generator.training_record`), for the card.
         metrics: the last evaluation's metrics, for the card.
         metrics_source: where `metrics` came from (named on the card).
+        parts: other optional parts by their `EXPORT_PARTS` name, {name: value} (`dtype`,
+            `single_file` and `lora_rank` are the parts "variant", "single_file" and "lora").
 
     Returns:
         the folder.
     """
     output_dir = check_output_folder(output_dir, "output folder", overwrite)
     check_finite_weights("the generator", generator, trained=True)
-    if dtype is not None and dtype not in VARIANT_DTYPES:
-        raise SFDConfigError(f"dtype {dtype!r} is not supported; allowed: {sorted(VARIANT_DTYPES)}")
-    if lora_rank is not None and lora_rank < 1:
-        raise SFDConfigError(f"LoRA rank {lora_rank} must be at least 1")
+    asked = {"variant": dtype, "single_file": single_file or None, "lora": lora_rank}
+    asked |= dict(parts or {})
     pipeline = pipeline_for(generator)
-    text = isinstance(pipeline, OneStepTextPipeline)
-    if (single_file or lora_rank is not None) and not text:
+    job = ExportJob(
+        pipeline, generator, {k: v for k, v in asked.items() if v is not None}, training
+    )
+    unknown = sorted(set(job.parts) - set(EXPORT_PARTS))
+    if unknown:
         raise SFDConfigError(
-            "--single-file and --lora are for Stable Diffusion exports; "
-            f"this generator is a {type(generator.denoiser).__name__}"
+            f"export part {unknown[0]!r} is unknown; parts: {sorted(EXPORT_PARTS)}"
         )
-    if single_file and text and pipeline.vae is None:
-        raise SFDConfigError(
-            "--single-file needs a VAE (the original checkpoint layout holds UNet, VAE and text "
-            "encoder); this pixel-space generator has none"
-        )
-    encoder = type(getattr(pipeline, "text_encoder", None)).__name__
-    if single_file and text and encoder != "CLIPTextModel":
-        raise SFDConfigError(
-            "--single-file writes the original Stable Diffusion layout, whose text encoder is "
-            f"CLIP; this generator's is a {encoder}, which it cannot hold (export without "
-            "--single-file)"
-        )
+    for name, value in job.parts.items():
+        EXPORT_PARTS[name].check(job, value)
+    text = job.text
     record: dict[str, Any] = {
         "kind": "text" if text else "class",
         "has_vae": bool(text and pipeline.vae is not None),
@@ -123,18 +111,9 @@ def save_generator(
     def write(staging: Path) -> None:
         pipeline.save_pretrained(staging, safe_serialization=True)
         record["pipeline_file"] = write_standalone_pipeline(pipeline, staging)
-        if dtype is not None:
-            write_variant(pipeline, staging, dtype)
-            record["variant"] = dtype
-            record["variant_dtype"] = {"fp16": "float16", "bf16": "bfloat16"}[dtype]
-        if single_file:
-            record["single_file"] = write_single_file_checkpoint(pipeline, staging, dtype)
-        if lora_rank is not None:
-            conditions = (training or {}).get("conditions", {})
-            forget = [pair[0] for pair in conditions.get("examples", [])]
-            record["lora"] = write_delta_lora(
-                pipeline, generator, staging, lora_rank, forget
-            ).as_dict()
+        for name, part in EXPORT_PARTS.items():  # registry order
+            if name in job.parts:
+                record.update(part.write(job, staging, job.parts[name]))
         (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         (staging / "README.md").write_text(model_card(record))
 

@@ -340,3 +340,36 @@ def test_standalone_class_pipeline_matches_sfd_for_every_parameterisation(kind, 
     ]
     assert torch.equal(images[0], images[1])
     assert images[0].abs().max() > 0.01
+
+
+def test_a_new_export_part_is_one_registry_entry(tmp_path: Path, monkeypatch) -> None:
+    """A part registered in EXPORT_PARTS is checked first, written into the folder, recorded."""
+    from conftest import tiny_unet
+
+    from sfd.core.generator import OneStepGenerator
+    from sfd.errors import SFDConfigError
+    from sfd.pipelines import export_parts
+    from sfd.pipelines.io import save_generator
+    from sfd.pipelines.model_card import EXPORT_RECORD
+    from sfd.teachers import EDMUNetDenoiser
+
+    def check(job, value: str) -> None:
+        if not value:
+            raise SFDConfigError("notes must not be empty")
+
+    def write(job, staging: Path, value: str) -> dict:
+        (staging / "notes.txt").write_text(value)
+        return {"notes": "notes.txt"}
+
+    parts = {**export_parts.EXPORT_PARTS, "notes": export_parts.ExportPart(check, write)}
+    monkeypatch.setattr(export_parts, "EXPORT_PARTS", parts)
+    monkeypatch.setattr("sfd.pipelines.io.EXPORT_PARTS", parts)
+    generator = OneStepGenerator(EDMUNetDenoiser(tiny_unet(), sigma_data=0.5), 2.0).eval()
+    folder = save_generator(generator, tmp_path / "gen", parts={"notes": "kept"})
+    assert (folder / "notes.txt").read_text() == "kept"
+    assert json.loads((folder / EXPORT_RECORD).read_text())["notes"] == "notes.txt"
+    with pytest.raises(SFDConfigError, match="notes must not be empty"):
+        save_generator(generator, tmp_path / "empty", parts={"notes": ""})
+    with pytest.raises(SFDConfigError, match="export part 'other' is unknown"):
+        save_generator(generator, tmp_path / "other", parts={"other": 1})
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "other").exists()
