@@ -12,6 +12,7 @@ from torch import Tensor
 
 from sfd.apps.harness.curve import UA_THRESHOLD
 from sfd.apps.harness.report_folder import (
+    REPORT_COLUMNS,
     finish_ua_axes,
     model_table,
     printed_table,
@@ -25,12 +26,7 @@ from sfd.apps.harness.report_folder import (
 from sfd.eval.columns import column_titles, row_cells
 from sfd.eval.evaluate import ModelEvaluation
 
-# The metric columns (names in `sfd.eval.columns.COLUMNS`) of report.md's table and of the printed
-# summary, in order; the training columns after them are the comparison's own.
-REPORT_COLUMNS = [
-    "nfe", "ua", "forget_as_override", "remain_accuracy", "fid_remain", "kid_remain",
-    "images_per_second",
-]  # fmt: skip
+# The printed summary's metric columns; the training columns after them are the comparison's own.
 SUMMARY_COLUMNS = ["nfe", "ua", "remain_accuracy", "fid_remain"]
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from sfd.apps.harness.report_folder import (
     MODEL_TITLES,
+    REPORT_COLUMNS,
     UA_CURVE_THRESHOLD,
     class_label,
     model_table,
@@ -28,12 +29,7 @@ from sfd.eval.columns import column_titles, format_value, row_cells
 from sfd.eval.evaluate import ModelEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
 
-# The metric columns (names in `sfd.eval.columns.COLUMNS`) of report.md's model table and of the
-# printed summary, in order.
-REPORT_COLUMNS = [
-    "nfe", "ua", "forget_as_override", "remain_accuracy", "fid_remain", "kid_remain",
-    "images_per_second",
-]  # fmt: skip
+# The printed summary's metric columns (names in `sfd.eval.columns.COLUMNS`), in order.
 SUMMARY_COLUMNS = ["nfe", "ua", "remain_accuracy", "fid_remain", "images_per_second"]
 
 

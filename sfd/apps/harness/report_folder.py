@@ -26,6 +26,12 @@ MODEL_TITLES = {
     "sfd": "one-step SFD (forgetting)",
 }
 UA_CURVE_THRESHOLD = 0.95
+# The metric columns (names in `sfd.eval.columns.COLUMNS`) of the model tables in report.md of
+# `sfd demo` and `sfd compare`, in order.
+REPORT_COLUMNS = [
+    "nfe", "ua", "forget_as_override", "remain_accuracy", "fid_remain", "kid_remain",
+    "images_per_second",
+]  # fmt: skip
 
 
 def write_report_folder(
