@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
+    REPO,
     add_page_arguments,
     command_line,
     markdown_table,
@@ -52,9 +54,21 @@ def command(name: str, output: Path, extra: list[str]) -> list[str]:
     return [
         sys.executable, "-m", "sfd.cli", "demo-text", "--data", data,
         "--forget", forget, "--override", override,
-        "--paraphrases", str(shipped_paraphrases(data, variant)),
+        "--paraphrases", shown_path(shipped_paraphrases(data, variant)),
         "--output-dir", str(output / name), "--no-progress", *extra,
     ]  # fmt: skip
+
+
+def shown_path(path: Path) -> str:
+    """A shipped file as the command line shows it: relative to the repository root if inside."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+# The shipped prompt files of a recorded command, wherever the package was: shown from the package.
+SHIPPED_PROMPTS = re.compile(r"\S*/(sfd/apps/demo_text/prompts/\S+)")
 
 
 def run(name: str, output: Path, extra: list[str]) -> dict:
@@ -112,6 +126,7 @@ def setup_section(r: dict[str, Any]) -> str:
             for key, m in r["models"].items()
         ],
     )  # fmt: skip
+    command = SHIPPED_PROMPTS.sub(r"\1", r["command"])
     targets = markdown_table(
         ("target", "value", "met"),
         [
@@ -121,7 +136,7 @@ def setup_section(r: dict[str, Any]) -> str:
     )
     return "\n".join(
         [
-            f"`{r['command']}`",
+            f"`{command}`",
             "",
             f"wall {r['wall_seconds'] / 60:.1f} min, CPU {r['cpu_seconds'] / 60:.1f} min, load "
             f"{r['load_before']} -> {r['load_after']}, cached: teacher {r['teacher_cached']}, "
