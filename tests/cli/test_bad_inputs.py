@@ -264,6 +264,7 @@ CASES: list[Case] = [
      "latin1.txt' is not UTF-8 text: line 2"),
     # --- sfd teacher (items 5, 6) ---
     ("teacher-output-is-file", lambda w, o: teacher(w, w / "a_file"), "--output_dir"),
+    ("teacher-output-holds-teacher", lambda w, o: teacher(w, w / "teacher_rgb"), "already holds a teacher; --overwrite"),
     ("teacher-output-not-writable", lambda w, o: teacher(w, Path(NOT_WRITABLE)), "not writable"),
     ("teacher-npz-not-npz",
      lambda w, o: teacher(w, o, "--data.source", str(w / "not.npz")), "not an .npz archive (not a zip file)"),
@@ -296,6 +297,8 @@ CASES: list[Case] = [
      lambda w, o: teacher_text(w, o, "--output-dir", str(w / "a_file" / "t")), "is a file, not a folder"),
     # --- sfd export (items 1, 2, 6, 8) ---
     ("export-missing", lambda w, o: ["export", str(w / "nope.ckpt"), str(o)], "does not exist"),
+    ("export-run-folder-without-checkpoint", lambda w, o: export(w, o, ckpt=w / "teacher_rgb"), "holds no last*.ckpt"),
+    ("export-run-folder-planted", lambda w, o: export(w, o, ckpt=w / "planted_run"), "cannot be loaded safely"),
     ("export-empty", lambda w, o: ["export", str(w / "empty.ckpt"), str(o)], "is empty"),
     ("export-truncated", lambda w, o: ["export", str(w / "truncated.ckpt"), str(o)], "truncated"),
     ("export-random", lambda w, o: ["export", str(w / "random.ckpt"), str(o)], "not a readable torch"),
