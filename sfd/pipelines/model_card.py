@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
+from sfd.hub import HUB_ID
 from sfd.pipelines.delta_lora import LORA_FOLDER
 
 EXPORT_RECORD = "sfd_export.json"  # machine-readable twin of the card's facts
@@ -28,7 +28,6 @@ CARD_SETTINGS = (  # training settings quoted on the card, when the checkpoint r
     "seed",
 )
 OPTIMIZER_FIELDS = ("lr", "betas", "momentum", "weight_decay")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def hub_base_model(source: str | None) -> str | None:
