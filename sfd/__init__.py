@@ -31,6 +31,7 @@ _PUBLIC = {
     "PretrainedVPTeacher": "sfd.teachers",
     "PretrainedEDMTeacher": "sfd.teachers",
     "StableDiffusionTeacher": "sfd.teachers",
+    "StableDiffusionLoRAFakeScore": "sfd.teachers",
     # exports
     "OneStepPipeline": "sfd.pipelines",
     "OneStepTextPipeline": "sfd.pipelines",

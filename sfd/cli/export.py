@@ -1,8 +1,14 @@
-"""`sfd export CKPT DIR`: the (EMA) generator of an SFD checkpoint as a diffusers folder."""
+"""`sfd export CKPT DIR`: the (EMA) generator of an SFD checkpoint as a diffusers folder.
+
+CKPT is a checkpoint file, a run folder (its newest checkpoint) or `last`; the command says which
+checkpoint it exported and at which iteration.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from sfd.folders import check_input_file, check_output_folder
 
@@ -12,7 +18,11 @@ def run(args: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="sfd export", description="Export the (EMA) generator of an SFD checkpoint."
     )
-    parser.add_argument("checkpoint", help="Lightning checkpoint written by `sfd fit`")
+    parser.add_argument(
+        "checkpoint",
+        help="checkpoint written by `sfd fit`, or its run folder (trainer.default_root_dir: the "
+        "newest checkpoint of the run, resumed starts included), or `last` (the newest under runs/)",
+    )
     parser.add_argument("output_dir", help="folder to create (diffusers format)")
     parser.add_argument(
         "--overwrite",
@@ -44,7 +54,8 @@ def run(args: list[str]) -> None:
     )
     options = parser.parse_args(args)
     # The path checks of `export_checkpoint`, made here too so they answer before torch is imported.
-    check_input_file(options.checkpoint, "checkpoint")
+    if options.checkpoint != "last" and not Path(options.checkpoint).is_dir():
+        check_input_file(options.checkpoint, "checkpoint")
     check_output_folder(options.output_dir, "output folder", options.overwrite)
 
     from sfd.pipelines.io import export_checkpoint
@@ -59,4 +70,9 @@ def run(args: list[str]) -> None:
         metrics=options.metrics,
         force=options.force,
     )
-    print(f"exported generator to {path}")
+    from sfd.pipelines.model_card import EXPORT_RECORD
+
+    record = json.loads((path / EXPORT_RECORD).read_text())
+    step = (record.get("training") or {}).get("global_step")
+    at = f" (iteration {step})" if step is not None else ""
+    print(f"exported the generator of {record['checkpoint']}{at} to {path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
@@ -22,6 +23,7 @@ from sfd.apps.teachers.pixel import (
     save_teacher,
     single_class_warning,
 )
+from sfd.errors import SFDConfigError
 from sfd.folders import check_writable_folder
 from sfd.training.cli import ONE_LINE_PARSER, RunCLI
 from sfd.training.config_files import check_config_files
@@ -37,6 +39,15 @@ def run_folder_for(output_dir: str) -> str:
     return str(output_dir).rstrip("/\\") + RUN_FOLDER_SUFFIX
 
 
+def check_no_teacher_yet(output_dir: str, overwrite: bool) -> None:
+    """Refuse to train over a teacher already in `output_dir`, unless `overwrite`."""
+    if not overwrite and (Path(output_dir) / "model_index.json").is_file():
+        raise SFDConfigError(
+            f"--output_dir {output_dir!r} already holds a teacher; --overwrite replaces it once "
+            "the new one is trained, or choose a new folder"
+        )
+
+
 class TeacherCLI(RunCLI):
     """`RunCLI` with the data → model links and the final export of the teacher folder."""
 
@@ -47,6 +58,11 @@ class TeacherCLI(RunCLI):
             default=DEFAULT_OUTPUT_DIR,
             help="folder to write the trained teacher to (diffusers DDPMPipeline layout + sfd.json); "
             "logs and checkpoints go to <output_dir>-training unless trainer.default_root_dir is set",
+        )
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a teacher already in --output_dir (atomically, once the new one is trained)",
         )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
@@ -65,6 +81,7 @@ class TeacherCLI(RunCLI):
         # Fail before loading data and training, not after.
         check_writable_folder(config["output_dir"], "--output_dir")
         check_output_dir(config["output_dir"])
+        check_no_teacher_yet(config["output_dir"], bool(config.get("overwrite")))
         check_teacher_settings(config["model"], config.get("trainer") or {})
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:

@@ -61,6 +61,7 @@ def save_generator(
     metrics: dict[str, Any] | None = None,
     metrics_source: str | None = None,
     parts: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
 ) -> Path:
     """Write a generator as a diffusers folder, atomically (a failure leaves no partial folder).
 
@@ -76,6 +77,7 @@ def save_generator(
         metrics_source: where `metrics` came from (named on the card).
         parts: other optional parts by their `EXPORT_PARTS` name, {name: value} (`dtype`,
             `single_file` and `lora_rank` are the parts "variant", "single_file" and "lora").
+        checkpoint: the checkpoint file the generator came from (recorded, not on the card).
 
     Returns:
         the folder.
@@ -106,6 +108,7 @@ def save_generator(
         "training": training,
         "metrics": metrics,
         "metrics_source": metrics_source,
+        "checkpoint": checkpoint,
     }
 
     def write(staging: Path) -> None:
@@ -151,6 +154,38 @@ def find_metrics(checkpoint: Path, levels: int = 3) -> Path | None:
     return None
 
 
+LAST = "last"  # `sfd export last OUT`: the newest checkpoint under `sfd fit`'s default run root
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """The checkpoint file that `checkpoint` names: a file, a run folder or `last`.
+
+    A run folder (an `sfd fit` trainer.default_root_dir, or any folder above its checkpoints)
+    stands for its newest `last*.ckpt` / `hpc_ckpt_*.ckpt`, the one `--ckpt_path last` resumes;
+    `last` for the newest one under `runs/`, `sfd fit`'s default run root.
+
+    Args:
+        checkpoint: a checkpoint file, a run folder, or "last".
+
+    Returns:
+        the checkpoint file (not checked further).
+    """
+    from sfd.training.resume import DEFAULT_ROOT_DIR, newest_checkpoint
+
+    folder = Path(DEFAULT_ROOT_DIR) if str(checkpoint) == LAST else Path(checkpoint)
+    if not folder.is_dir():
+        return Path(checkpoint)
+    newest = newest_checkpoint([folder])
+    if newest is None:
+        named = f"{LAST!r} (the run root {str(folder)!r})" if folder != Path(checkpoint) else ""
+        raise SFDConfigError(
+            f"checkpoint {named or repr(str(folder))} is a folder that holds no last*.ckpt or "
+            "hpc_ckpt_*.ckpt (no checkpoint of an `sfd fit` run); name a run folder or a "
+            ".ckpt file"
+        )
+    return Path(newest)
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     output_dir: str | Path,
@@ -169,7 +204,8 @@ def export_checkpoint(
     weights that blew up (|w| > `WEIGHT_LIMIT`) and for a metrics file of another run.
 
     Args:
-        checkpoint: an `sfd fit` checkpoint.
+        checkpoint: an `sfd fit` checkpoint, a run folder (its newest checkpoint, recorded as
+            `checkpoint` in `sfd_export.json`) or "last" (`resolve_checkpoint`).
         output_dir: the folder to create.
         overwrite: replace an existing non-empty folder.
         dtype: also write a "fp16" / "bf16" weights variant.
@@ -184,6 +220,7 @@ def export_checkpoint(
     """
     if lora_rank is not None and lora_rank < 1:
         raise SFDConfigError(f"--lora {lora_rank} must be a LoRA rank of at least 1")
+    checkpoint = resolve_checkpoint(checkpoint)
     check_input_file(checkpoint, "checkpoint")
     check_output_folder(output_dir, "output folder", overwrite)
     if metrics is not None:
@@ -201,6 +238,7 @@ def export_checkpoint(
         training=contents.get(GENERATOR_SPEC_KEY, {}).get("training"),
         metrics=read_metrics_file(metrics_path) if metrics_path else None,
         metrics_source=str(metrics_path) if metrics_path else None,
+        checkpoint=str(checkpoint),
     )
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
+from sfd.hub import HUB_ID
 from sfd.pipelines.delta_lora import LORA_FOLDER
 
 EXPORT_RECORD = "sfd_export.json"  # machine-readable twin of the card's facts
@@ -29,7 +28,6 @@ CARD_SETTINGS = (  # training settings quoted on the card, when the checkpoint r
     "seed",
 )
 OPTIMIZER_FIELDS = ("lr", "betas", "momentum", "weight_decay")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def hub_base_model(source: str | None) -> str | None:
@@ -37,6 +35,23 @@ def hub_base_model(source: str | None) -> str | None:
     if not source or Path(source).exists() or not HUB_ID.fullmatch(source):
         return None
     return source
+
+
+def shown(value: Any) -> str:
+    """A value as the card prints it: floats to 4 significant digits, lists and dicts item by item
+    (keys starting with "_", such as Lightning's `_instantiator`, and None entries left out)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={shown(v)}" for k, v in visible(value).items())
+    return str(value)
+
+
+def visible(entries: dict[str, Any]) -> dict[str, Any]:
+    """`entries` without None values and without private keys (a leading "_")."""
+    return {k: v for k, v in entries.items() if v is not None and not str(k).startswith("_")}
 
 
 def flat_metrics(metrics: dict[str, Any], depth: int = 2) -> dict[str, float | int | str]:
@@ -80,6 +95,7 @@ def sampling_snippets(record: dict[str, Any]) -> str:
         else "pipe(class_labels=[0, 1, 2], generator=torch.Generator().manual_seed(0)).images"
     )
     custom = record["pipeline_file"].removesuffix(".py")
+    seed = "generator=torch.Generator().manual_seed(0)"
     parts = [
         "With `sfd` installed (`import sfd.pipelines` registers the pipeline class with diffusers):",
         "",
@@ -96,20 +112,26 @@ def sampling_snippets(record: dict[str, Any]) -> str:
         "(torch and diffusers only):",
         "",
         "```python",
+        "import torch",
+        "from diffusers import DiffusionPipeline",
+        "",
         "pipe = DiffusionPipeline.from_pretrained(",
         f'    "path/to/this/folder", custom_pipeline="{custom}", trust_remote_code=True',
         ")",
+        f"image = {call}",
         "```",
     ]
     if text and record.get("has_vae", True):
         parts += [
             "",
             "With a stock `StableDiffusionPipeline` (no custom code): one Euler step from "
-            f"σ_init = {sigma} to 0 (the UNet sees t = {timestep}), no guidance; the folder's "
+            f"σ_init = {shown(sigma)} to 0 (the UNet sees t = {shown(timestep)}), no guidance; "
+            "the folder's "
             "`scheduler/` is an `EulerDiscreteScheduler` set up for it (trailing spacing, so "
             "the latents are scaled by σ_init):",
             "",
             "```python",
+            "import torch",
             "from diffusers import StableDiffusionPipeline",
             "",
             "pipe = StableDiffusionPipeline.from_pretrained(",
@@ -117,7 +139,7 @@ def sampling_snippets(record: dict[str, Any]) -> str:
             ")",
             "image = pipe(",
             f'    "a photo of a cat", sigmas=[{sigma}, 0.0], guidance_scale=1.0,',
-            "    generator=torch.Generator().manual_seed(0),",
+            f"    {seed},",
             ").images[0]",
             "```",
         ]
@@ -139,7 +161,11 @@ def model_card(record: dict[str, Any]) -> str:
     base = hub_base_model(source)
     text = record["kind"] == "text"
     tags = ["diffusers", "sfd", "score-forgetting-distillation", "machine-unlearning", "one-step"]
-    tags += ["stable-diffusion", "text-to-image"] if text else ["class-conditional"]
+    tags += (
+        ["stable-diffusion", "text-to-image"]
+        if text
+        else ["class-conditional", "class-conditional-image-generation"]
+    )
     meta = ["---", "library_name: diffusers"]
     meta.append(f"pipeline_tag: {'text-to-image' if text else 'unconditional-image-generation'}")
     if base:
@@ -149,8 +175,9 @@ def model_card(record: dict[str, Any]) -> str:
         "# One-step generator distilled with Score Forgetting Distillation (SFD)",
         "",
         f"A one-step {'text-to-image' if text else 'class-conditional'} generator: "
-        f"x0 = D(σ_init·z, σ_init, c) with σ_init = {record['sigma_init']} "
-        f"(network timestep {record['timestep']}), one network evaluation per image.",
+        f"x0 = D(σ_init·z, σ_init, c) with σ_init = {shown(record['sigma_init'])} "
+        f"(network timestep {shown(record['timestep'])}), one network evaluation per image"
+        + ("." if text else ", c a class label (`class_labels=[...]`)."),
         "",
         f"- Base model (teacher): {f'`{source}`' if source else 'not recorded'}",
     ]
@@ -172,20 +199,21 @@ def model_card(record: dict[str, Any]) -> str:
         body.append("Not recorded with this export.")
     body += ["", "## Training", ""]
     if training:
-        settings = training.get("hyperparameters", {})
+        settings = visible(training.get("hyperparameters") or {})
+        sampler = dict(training.get("sigma_sampler") or {})
+        sampler_class = sampler.pop("class", None)
         body += [
             f"- Iterations: {training.get('global_step')}",
-            f"- σ sampler: `{training.get('sigma_sampler', {}).get('class')}` "
-            + json.dumps(
-                {k: v for k, v in training.get("sigma_sampler", {}).items() if k != "class"}
-            ),
+            f"- σ sampler: `{sampler_class}` {shown(sampler)}".rstrip(),
             "",
             "| setting | value |",
             "|---|---|",
-            *[f"| {k} | {settings[k]} |" for k in CARD_SETTINGS if k in settings],
+            *[f"| {k} | {shown(settings[k])} |" for k in CARD_SETTINGS if k in settings],
             *[
                 f"| {role} optimizer | {opt['class']} "
-                + ", ".join(f"{k} {v}" for k, v in opt.items() if k in OPTIMIZER_FIELDS)
+                + ", ".join(
+                    f"{k} {shown(v)}" for k, v in visible(opt).items() if k in OPTIMIZER_FIELDS
+                )
                 + " |"
                 for role, opt in zip(
                     ("fake score", "generator"), training.get("optimizers", []), strict=False
@@ -202,7 +230,7 @@ def model_card(record: dict[str, Any]) -> str:
             "",
             "| metric | value |",
             "|---|---|",
-            *[f"| {k} | {v} |" for k, v in flat_metrics(metrics).items()],
+            *[f"| {k} | {shown(v)} |" for k, v in flat_metrics(metrics).items()],
         ]
     else:
         body.append(

@@ -25,6 +25,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch import Tensor
 
 from sfd.errors import SFDConfigError
+from sfd.hub import check_hub_source
 from sfd.teachers.lora import add_lora, keep_only_trainable
 from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text path's API)
     CLIP_MODEL_TYPES,
@@ -213,6 +214,7 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
                 f"attention={attention!r} is not supported; allowed: {ATTENTION_BACKENDS}"
             )
         path = pretrained_model_name_or_path
+        check_hub_source(path, "Stable Diffusion pipeline")
         scheduler_config = _load_scheduler_config(path, revision)
         unet = _load_unet(path, subfolder or None, revision)
         super().__init__(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError
+from sfd.hub import check_hub_source
 
 # Text encoders that keep Stable Diffusion's padding convention (no attention mask anywhere).
 CLIP_MODEL_TYPES = ("clip_text_model",)
@@ -92,6 +93,7 @@ def load_text_encoder(path: str | None, revision: str | None = None) -> tuple[An
 
     if path is None:
         raise SFDConfigError("this denoiser has no pipeline path, so it cannot encode prompts")
+    check_hub_source(path, "text encoder pipeline")
     index = model_index(path, revision)
     tokenizer_class = _component_class(index, "tokenizer", AutoTokenizer)
     encoder_class = _component_class(index, "text_encoder", AutoModel)

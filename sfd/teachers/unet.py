@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler, SchedulerMixin, UNet2DModel
 from torch import Tensor
 
 from sfd.errors import SFDConfigError, check_number
+from sfd.hub import check_hub_source
 from sfd.teachers.base import Denoiser
 from sfd.teachers.vp import VPDenoiser
 
@@ -169,6 +170,7 @@ def read_sfd_config(path: str) -> dict[str, Any]:
 
 def load_unet(path: str, subfolder: str | None, revision: str | None = None) -> UNet2DModel:
     """`UNet2DModel.from_pretrained` with one clear error for a path that is neither a folder nor a hub id."""
+    check_hub_source(path, "teacher")
     try:
         return UNet2DModel.from_pretrained(path, subfolder=subfolder, revision=revision)
     except (OSError, ValueError) as error:

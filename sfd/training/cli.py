@@ -9,6 +9,7 @@ fails before its first iteration. `SFDLightningCLI` is `sfd fit`.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.strategies import Strategy
@@ -35,6 +36,8 @@ from sfd.training.config_files import check_config_files
 from sfd.training.loggers import ResumableWandbLogger
 from sfd.training.progress import IterationProgressBar, quiet_design_warnings
 from sfd.training.resume import (
+    CHECKPOINT_FOLDER,
+    DEFAULT_ROOT_DIR,
     RunConfigStamp,
     announce_resume,
     check_same_run,
@@ -71,7 +74,7 @@ def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
             SFDModule,
             args=args,
             run=run,
-            trainer_defaults={"default_root_dir": "runs"},
+            trainer_defaults={"default_root_dir": DEFAULT_ROOT_DIR},
             save_config_callback=LoggedSaveConfigCallback,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
@@ -305,7 +308,48 @@ class SFDLightningCLI(RunCLI):
         if isinstance(logger, ResumableWandbLogger) and logger.save_dir is None:
             # wandb files, its run id and the checkpoints live in the run folder by default.
             kwargs.setdefault("logger", logger.in_folder(config["default_root_dir"]))
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        one_checkpoint_folder(trainer)
+        return trainer
+
+
+def one_checkpoint_folder(trainer: Trainer) -> None:
+    """Give every `ModelCheckpoint` without a dirpath `<default_root_dir>/checkpoints/`.
+
+    Lightning's default is the logger's folder: `lightning_logs/version_<n>/checkpoints/` for
+    CSV / TensorBoard, a new version on every restart, and `<project>/<run id>/checkpoints/` for
+    wandb. One folder for every logger and every restart keeps a resumed run's newest `last.ckpt`
+    where the first start wrote its own.
+
+    Args:
+        trainer: the trainer, before `fit`.
+    """
+    folder = os.path.realpath(Path(trainer.default_root_dir) / CHECKPOINT_FOLDER)
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = folder
+
+
+def fit_summary(trainer: Trainer) -> list[str]:
+    """What `sfd fit` prints when it ends: where the checkpoint is and how to export it.
+
+    Args:
+        trainer: the fitted trainer.
+
+    Returns:
+        the lines (none when the run wrote no checkpoint).
+    """
+    checkpoint = find_resume_checkpoint(trainer, announce=False)
+    if checkpoint is None:
+        return []
+    root = Path(trainer.default_root_dir)
+    inside = Path(checkpoint).is_relative_to(root.resolve())
+    source = str(root) if inside else checkpoint
+    output = f"{str(root).rstrip('/')}-generator" if inside else "GENERATOR_FOLDER"
+    return [
+        f"checkpoint: {checkpoint} (iteration {trainer.global_step})",
+        f"export it: sfd export {source} {output}",
+    ]
 
 
 def check_model_settings(model: Mapping[str, Any]) -> None:

@@ -30,6 +30,8 @@ DESIGN_WARNINGS = (
     r"You're resuming from a checkpoint that ended before the epoch ended",
     # SFD optimises manually; a checkpoint after a whole iteration is what resume needs.
     r"Using ModelCheckpoint with manual optimization",
+    # Every start of a run writes to <default_root_dir>/checkpoints/; a resumed run finds it full.
+    r"Checkpoint directory .* exists and is not empty",
 )
 DESIGN_INFO = ("try installing [litlogger]",)  # Lightning's advertisement, logged at INFO
 RANK_ZERO_LOGGERS = (

@@ -13,6 +13,7 @@ from PIL import Image
 from sfd.apps.harness.cache import DONE_MARKER, cached_build
 from sfd.cli import main
 from sfd.pipelines.io import load_generator
+from sfd.pipelines.model_card import shown
 
 TINY_DEMO = [*TINY_DIGITS_RUN, "--skip-full-schedule-timing"]
 MODELS = ("teacher", "distilled_without_forgetting", "sfd")
@@ -73,7 +74,8 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     exported = json.loads((output / "generator" / "sfd_export.json").read_text())
     assert exported["training"]["conditions"]["forget"] == [3]
     assert exported["metrics"]["ua"] == metrics["sfd"]["ua"]
-    assert f"{metrics['sfd']['fid_remain']}" in (output / "generator" / "README.md").read_text()
+    card = (output / "generator" / "README.md").read_text()
+    assert f"| fid_remain | {shown(metrics['sfd']['fid_remain'])} |" in card
     distilled = json.loads(
         (output / "generator_without_forgetting" / "sfd_export.json").read_text()
     )

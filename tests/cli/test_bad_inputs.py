@@ -232,6 +232,13 @@ CASES: list[Case] = [
     ("fit-ckpt-foreign", lambda w, o: fit(w, o, "--ckpt_path", str(w / "foreign.ckpt")), "not a Lightning checkpoint"),
     ("fit-ckpt-not-sfd", lambda w, o: fit(w, o, "--ckpt_path", str(w / "lightning_foreign.ckpt")), "not an SFD training checkpoint"),
     ("fit-ckpt-payload", lambda w, o: fit(w, o, "--ckpt_path", str(w / "payload.ckpt")), "cannot be loaded safely"),
+    ("fit-hub-unreachable",
+     lambda w, o: fit_args(Path("some-org/no-such-model"), o), "the Hub (http://127.0.0.1:9) cannot be reached"),
+    ("fit-sd-hub-unreachable",
+     lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+                   "--model.teacher.init_args.pretrained_model_name_or_path", "runwayml/stable-diffusion-v1-5",
+                   "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(o)],
+     "'runwayml/stable-diffusion-v1-5' is a Hugging Face Hub id"),
     ("fit-ckpt-other-architecture",
      lambda w, o: fit_args(w.teacher_rgb, o, "--ckpt_path", str(w.ckpt)), "another architecture"),
     ("fit-last-other-config",
@@ -264,6 +271,7 @@ CASES: list[Case] = [
      "latin1.txt' is not UTF-8 text: line 2"),
     # --- sfd teacher (items 5, 6) ---
     ("teacher-output-is-file", lambda w, o: teacher(w, w / "a_file"), "--output_dir"),
+    ("teacher-output-holds-teacher", lambda w, o: teacher(w, w / "teacher_rgb"), "already holds a teacher; --overwrite"),
     ("teacher-output-not-writable", lambda w, o: teacher(w, Path(NOT_WRITABLE)), "not writable"),
     ("teacher-npz-not-npz",
      lambda w, o: teacher(w, o, "--data.source", str(w / "not.npz")), "not an .npz archive (not a zip file)"),
@@ -296,6 +304,8 @@ CASES: list[Case] = [
      lambda w, o: teacher_text(w, o, "--output-dir", str(w / "a_file" / "t")), "is a file, not a folder"),
     # --- sfd export (items 1, 2, 6, 8) ---
     ("export-missing", lambda w, o: ["export", str(w / "nope.ckpt"), str(o)], "does not exist"),
+    ("export-run-folder-without-checkpoint", lambda w, o: export(w, o, ckpt=w / "teacher_rgb"), "holds no last*.ckpt"),
+    ("export-run-folder-planted", lambda w, o: export(w, o, ckpt=w / "planted_run"), "cannot be loaded safely"),
     ("export-empty", lambda w, o: ["export", str(w / "empty.ckpt"), str(o)], "is empty"),
     ("export-truncated", lambda w, o: ["export", str(w / "truncated.ckpt"), str(o)], "truncated"),
     ("export-random", lambda w, o: ["export", str(w / "random.ckpt"), str(o)], "not a readable torch"),
@@ -414,8 +424,22 @@ def _wheel_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.metadata, "version", without_wheel)
 
 
+def _hub_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No HF_HUB_OFFLINE, and a Hub endpoint that refuses connections at once."""
+    from huggingface_hub import constants
+
+    from sfd.hub import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    hub_reachable.cache_clear()
+
+
 SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it changes first
     "demo-text-encoder-wheel-missing": _wheel_missing,
+    "fit-hub-unreachable": _hub_unreachable,
+    "fit-sd-hub-unreachable": _hub_unreachable,
 }
 
 

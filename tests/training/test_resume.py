@@ -77,7 +77,8 @@ def test_sigkill_then_resume_is_bit_identical(tiny_teacher_dir: Path, tmp_path: 
         "last.ckpt",
     ]
 
-    # The resumed run is a new logger version: Lightning's own "last" would look only there.
+    # The resumed run is a new logger version (Lightning's own "last" would look only there);
+    # its checkpoints go where the first start wrote them, <default_root_dir>/checkpoints/.
     output = finish(start_fit(resumed, tmp_path / "resumed.log", "--ckpt_path", "last"))
     assert "resuming from" in output and "last.ckpt" in output
     finish(uninterrupted_run)
@@ -85,8 +86,8 @@ def test_sigkill_then_resume_is_bit_identical(tiny_teacher_dir: Path, tmp_path: 
     final_name = f"epoch=2-step={MAX_STEPS}.ckpt"
     [straight_final] = checkpoints(straight_root, final_name)
     [resumed_final] = checkpoints(resumed_root, final_name)
-    assert straight_final.parent.parent.name == "version_0"
-    assert resumed_final.parent.parent.name == "version_1"
+    assert straight_final.parent == straight_root / "checkpoints"
+    assert resumed_final.parent == resumed_root / "checkpoints"
     assert_bit_identical(
         torch.load(straight_final, weights_only=True), torch.load(resumed_final, weights_only=True)
     )
