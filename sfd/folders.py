@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sfd.errors import SFDConfigError
 
@@ -337,3 +338,10 @@ def _delete(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def pipeline_class_name(index: dict[str, Any]) -> Any:
+    """The pipeline class a model_index.json names, also in an export's custom-pipeline list
+    form `["one_step_pipeline", "OneStepPipeline"]` (file, class)."""
+    name = index.get("_class_name")
+    return name[1] if isinstance(name, list) and len(name) == 2 else name

@@ -1,6 +1,6 @@
 """The package's layers, read from the source: imports only point down, argparse only in the CLI.
 
-    errors -> {images | folders | provenance} -> teachers -> core -> {training | pipelines | eval | baselines}
+    errors -> {images | folders | provenance | notices} -> teachers -> core -> {training | pipelines | eval | baselines}
            -> apps -> cli
 
 Peers (training, pipelines, eval, baselines) never import each other. Every import counts: module level,
@@ -26,6 +26,7 @@ LAYERS = {  # top-level part of sfd -> rank; a module may import only lower rank
     "images": 1,
     "folders": 1,
     "provenance": 1,
+    "notices": 1,
     "teachers": 2,
     "core": 3,
     "training": 4,

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from sfd import __version__
 from sfd.errors import NonFiniteError, SFDConfigError
+from sfd.notices import quiet_known_warnings
 
 USAGE = """usage: sfd <command> [options]   (sfd --version: the installed version)
 
@@ -67,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        importlib.import_module(f"sfd.cli.{COMMANDS[command]}").run(rest)
+        with warnings.catch_warnings():
+            quiet_known_warnings()  # sfd.notices: the one list of hidden warnings, every verb
+            importlib.import_module(f"sfd.cli.{COMMANDS[command]}").run(rest)
     except SFDConfigError as error:
         print(f"sfd: error: {error}", file=sys.stderr)
         return 2

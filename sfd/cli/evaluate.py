@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sfd.errors import SFDConfigError, check_number
-from sfd.folders import check_writable_file, write_file_atomically
+from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
 
 CLASSIFIER_KEYS = {  # config.json of a saved classifier: key -> what it must be
     "in_channels": "a positive integer",
@@ -124,9 +124,13 @@ def run(args: list[str]) -> None:
 def _model_kind(path: Path) -> str:
     """'generator' (an exported OneStepPipeline) or 'teacher' (a DDPM folder with unet/ + scheduler/)."""
     if (path / "model_index.json").is_file():
-        index = json.loads((path / "model_index.json").read_text())
-        if index.get("_class_name") == "OneStepPipeline":
+        name = pipeline_class_name(json.loads((path / "model_index.json").read_text()))
+        if name == "OneStepPipeline":
             return "generator"
+        if name == "OneStepTextPipeline":
+            raise SFDConfigError(
+                f"{str(path)!r} is a text-to-image export; evaluate it with `sfd eval-text`"
+            )
     if (path / "unet").is_dir() and (path / "scheduler").is_dir():
         return "teacher"
     raise SFDConfigError(

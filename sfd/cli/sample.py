@@ -15,7 +15,7 @@ from typing import Any
 
 from sfd.cli.common import usable_device
 from sfd.errors import SFDConfigError, check_guidance
-from sfd.folders import check_writable_file, write_file_atomically
+from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_GRID_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: larger images trip readers' bomb check
@@ -70,7 +70,7 @@ def run(args: list[str]) -> None:
     rows = _rows(options, pipeline, text)
     per_row = options.num_per_label
     _check_pixels(len(rows) * per_row * TILE_FLOOR_PIXELS, len(rows), per_row)
-    forget = set(pipeline.config.get("forget") or [])  # marked when the export records it
+    forgotten = forgotten_rows(Path(options.generator), rows)
     rng = torch.Generator(device=device).manual_seed(options.seed)
     grid: Grid | None = None
     done = 0
@@ -84,8 +84,11 @@ def run(args: list[str]) -> None:
                     len(rows),
                     per_row,
                     tuple(tiles.shape[1:]),
-                    labels=[str(row) for row in rows],
-                    highlight=[row in forget for row in rows],
+                    labels=[
+                        f"{row} (forgotten)" if gone else str(row)
+                        for row, gone in zip(rows, forgotten, strict=True)
+                    ],
+                    highlight=forgotten,
                 )
                 _check_pixels(grid.pixels, len(rows), per_row)
             grid.paste(done, tiles)
@@ -120,13 +123,35 @@ def _check_options(options: argparse.Namespace) -> str | None:
             f"{options.generator!r} is not an exported generator folder (no model_index.json)"
         )
     try:
-        kind = json.loads(index.read_text()).get("_class_name")
+        kind = pipeline_class_name(json.loads(index.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise SFDConfigError(f"{str(index)!r} is not a valid JSON mapping") from error
     known_rows = len(options.labels or options.prompt or [None])
     per_row = options.num_per_label
     _check_pixels(known_rows * per_row * TILE_FLOOR_PIXELS, known_rows, per_row)
     return kind
+
+
+def forgotten_rows(folder: Path, rows: list[Any]) -> list[bool]:
+    """Which rows the run forgot, as its export record (sfd_export.json) names them: a forget
+    class label, or a prompt that is a forget prompt or names a forgotten concept. False for all
+    rows when the folder has no training record."""
+    record_file = folder / "sfd_export.json"
+    if not record_file.is_file():
+        return [False] * len(rows)
+    record = json.loads(record_file.read_text())
+    conditions = (record.get("training") or {}).get("conditions") or {}
+    forget_labels = set(conditions.get("forget") or [])
+    forget_prompts = {pair[0].lower() for pair in conditions.get("examples") or []}
+    concepts = [name.lower() for name in conditions.get("concepts") or {}]
+    marks = []
+    for row in rows:
+        if isinstance(row, str):
+            prompt = row.lower()
+            marks.append(prompt in forget_prompts or any(c in prompt for c in concepts))
+        else:
+            marks.append(row in forget_labels)
+    return marks
 
 
 def _check_pixels(pixels: int, rows: int, per_row: int) -> None:

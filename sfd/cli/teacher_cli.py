@@ -145,7 +145,7 @@ def teacher_lightning_cli(args: list[str], run: bool = True) -> TeacherCLI:
 
 class _ParseOnlyTeacherCLI(TeacherCLI):
     def before_instantiate_classes(self) -> None:  # touch no folder
-        return None
+        self._seed_after_checks()
 
     def instantiate_classes(self) -> None:  # parse and type-check, load nothing
         return None

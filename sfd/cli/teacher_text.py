@@ -38,12 +38,12 @@ def teacher_text_parser() -> argparse.ArgumentParser:
 
 def run(args: list[str]) -> None:
     """Parse, train, write the folder and say where it is."""
+    options = teacher_text_parser().parse_args(args)  # before torch: `--help` answers at once
     from sfd.apps.data.captions import load_captioned
     from sfd.apps.data.images import train_heldout_split
     from sfd.apps.teachers.text import check_output_dir
     from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
 
-    options = teacher_text_parser().parse_args(args)
     settings = TextTeacherSettings.for_data(
         options.data,
         max_steps=options.max_steps,

@@ -1,10 +1,11 @@
 """diffusers pipelines of exported one-step generators, and export / loading.
 
-Importing this package registers `OneStepPipeline` and `OneStepTextPipeline` with diffusers, so
-that `diffusers.DiffusionPipeline.from_pretrained(folder)` resolves the `_class_name` of an
-exported folder's model_index.json (diffusers looks pipeline classes up by name in its own
-namespace; it has no plug-in mechanism for pipelines of other libraries). Without `sfd`, a folder
-loads through the standalone pipeline file it carries (`custom_pipeline=...`).
+An exported folder's model_index.json names the standalone pipeline file it carries in diffusers'
+custom-pipeline form (`["one_step_pipeline", "OneStepPipeline"]`), so it loads without `sfd`
+through `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`; `load_pipeline` and
+the classes' own `from_pretrained` load it as sfd's classes. Importing this package also registers
+both classes with diffusers, so that `DiffusionPipeline.from_pretrained` resolves folders written
+before the list form (a plain `_class_name`), which diffusers looks up by name in its own namespace.
 """
 
 import diffusers

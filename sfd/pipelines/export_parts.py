@@ -9,6 +9,7 @@ entry; `save_generator(parts={name: value})` asks for it, `sfd export` names it 
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from sfd.pipelines.delta_lora import (
     delta_lora,
     output_error,
 )
-from sfd.pipelines.one_step import OneStepPipeline
+from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_single_file
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
@@ -40,14 +41,40 @@ STANDALONE_FILES = {
     OneStepPipeline: ("standalone_one_step.py", "one_step_pipeline.py"),
     OneStepTextPipeline: ("standalone_one_step_text.py", "one_step_text_pipeline.py"),
 }
+# Pipeline classes whose model_index.json names the standalone file in diffusers' custom-pipeline
+# list form. Not the text pipeline: diffusers 0.42 then runs the folder's file whatever class loads
+# the folder (`_resolve_custom_pipeline_and_cls`), and a stock StableDiffusionPipeline must load a
+# text export as itself.
+NAMES_ITS_FILE = (OneStepPipeline,)
+# pipeline class -> its settings kept in model_index.json's private block: a stock pipeline loads
+# the folder of a text export and would warn about unexpected config attributes otherwise
+PRIVATE_SETTINGS = {
+    OneStepPipeline: (),
+    OneStepTextPipeline: ("sigma_init", "prediction_type", "timestep"),
+}
 LORA_CHECK_PROMPTS = ["a photo of a person", "a landscape painting"]  # + the run's forget prompts
 LORA_CHECK_SEED = 0
 
 
 def write_standalone_pipeline(pipeline: Any, staging: Path) -> str:
-    """Copy the torch + diffusers only twin of the pipeline class into the folder; return its name."""
+    """Copy the torch + diffusers only twin of the pipeline class into the folder; return its name.
+
+    For a class-conditional export, model_index.json then names file and class in diffusers'
+    custom-pipeline form, `["one_step_pipeline", "OneStepPipeline"]`, so
+    `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads the folder without
+    sfd and without naming the file. A text export keeps sigma_init, prediction_type and timestep
+    in a private block (`SETTINGS_KEY`) that a stock StableDiffusionPipeline skips silently.
+    """
     source, name = STANDALONE_FILES[type(pipeline)]
     shutil.copyfile(Path(__file__).with_name(source), staging / name)
+    index_file = staging / "model_index.json"
+    index = json.loads(index_file.read_text())
+    if isinstance(pipeline, NAMES_ITS_FILE):
+        index["_class_name"] = [name.removesuffix(".py"), type(pipeline).__name__]
+    private = {key: index.pop(key) for key in PRIVATE_SETTINGS[type(pipeline)]}
+    if private:
+        index[SETTINGS_KEY] = private
+    index_file.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
     return name
 
 
@@ -75,13 +102,21 @@ def write_variant(pipeline: Any, staging: Path, variant: str) -> None:
 
 def write_single_file_checkpoint(
     pipeline: OneStepTextPipeline, staging: Path, variant: str | None
-) -> str:
-    """UNet, VAE and text encoder as one original-layout checkpoint; returns its file name."""
-    dtype = VARIANT_DTYPES[variant] if variant else None
-    write_single_file(
-        pipeline.unet, pipeline.vae, pipeline.text_encoder, staging / SINGLE_FILE_NAME, dtype
-    )
-    return SINGLE_FILE_NAME
+) -> dict[str, str]:
+    """UNet, VAE and text encoder as one original-layout float32 checkpoint and, with a weights
+    variant, a second one in the variant's dtype beside it (`sfd_generator.fp16.safetensors`).
+
+    Returns:
+        the record's entries: `single_file` and, with a variant, `single_file_variant`.
+    """
+    parts = (pipeline.unet, pipeline.vae, pipeline.text_encoder)
+    write_single_file(*parts, staging / SINGLE_FILE_NAME)
+    entries = {"single_file": SINGLE_FILE_NAME}
+    if variant:
+        name = SINGLE_FILE_NAME.replace(".safetensors", f".{variant}.safetensors")
+        write_single_file(*parts, staging / name, VARIANT_DTYPES[variant])
+        entries["single_file_variant"] = name
+    return entries
 
 
 @torch.no_grad()
@@ -217,9 +252,7 @@ def check_single_file(job: ExportJob, wanted: bool) -> None:
 def single_file_part(job: ExportJob, staging: Path, wanted: bool) -> dict[str, Any]:
     if not wanted:
         return {}
-    return {
-        "single_file": write_single_file_checkpoint(job.pipeline, staging, job.parts.get("variant"))
-    }
+    return write_single_file_checkpoint(job.pipeline, staging, job.parts.get("variant"))
 
 
 def check_lora(job: ExportJob, rank: int) -> None:
@@ -234,8 +267,8 @@ def lora_part(job: ExportJob, staging: Path, rank: int) -> dict[str, Any]:
     return {"lora": write_delta_lora(job.pipeline, job.generator, staging, rank, forget).as_dict()}
 
 
-# Part name -> check and writer, in the order they are written (the single file reads the
-# variant's dtype).
+# Part name -> check and writer, in the order they are written (with a variant, the single file
+# is also written in the variant's dtype).
 EXPORT_PARTS: dict[str, ExportPart] = {
     "variant": ExportPart(check_variant, variant_part),
     "single_file": ExportPart(check_single_file, single_file_part),

@@ -19,7 +19,12 @@ from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, generator_from_checkpoint
 from sfd.core.guards import WEIGHT_LIMIT, check_finite_weights, largest_weight
 from sfd.errors import SFDConfigError
-from sfd.folders import check_input_file, check_output_folder, write_folder_atomically
+from sfd.folders import (
+    check_input_file,
+    check_output_folder,
+    pipeline_class_name,
+    write_folder_atomically,
+)
 from sfd.pipelines.export_parts import EXPORT_PARTS, ExportJob, write_standalone_pipeline
 from sfd.pipelines.metrics_file import metrics_mismatch, read_metrics_file
 from sfd.pipelines.model_card import EXPORT_RECORD, model_card
@@ -131,7 +136,7 @@ def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
         raise SFDConfigError(
             f"{str(path)!r} is not an exported generator folder (no model_index.json)"
         )
-    class_name = json.loads(index.read_text()).get("_class_name")
+    class_name = pipeline_class_name(json.loads(index.read_text()))
     if class_name not in PIPELINE_CLASSES:
         raise SFDConfigError(
             f"{str(path)!r} holds a {class_name!r} pipeline, not one of {sorted(PIPELINE_CLASSES)}"

@@ -94,17 +94,17 @@ def sampling_snippets(record: dict[str, Any]) -> str:
         if text
         else "pipe(class_labels=[0, 1, 2], generator=torch.Generator().manual_seed(0)).images"
     )
-    custom = record["pipeline_file"].removesuffix(".py")
+    # a text export names only its class, so that stock pipelines load it: name the file
+    named = f'custom_pipeline="{record["pipeline_file"].removesuffix(".py")}", ' if text else ""
     seed = "generator=torch.Generator().manual_seed(0)"
     parts = [
-        "With `sfd` installed (`import sfd.pipelines` registers the pipeline class with diffusers):",
+        "With `sfd` installed (sfd's own pipeline class):",
         "",
         "```python",
         "import torch",
-        "import sfd.pipelines  # noqa: F401",
-        "from diffusers import DiffusionPipeline",
+        "from sfd.pipelines import load_pipeline",
         "",
-        'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")',
+        'pipe = load_pipeline("path/to/this/folder")',
         f"image = {call}",
         "```",
         "",
@@ -116,7 +116,7 @@ def sampling_snippets(record: dict[str, Any]) -> str:
         "from diffusers import DiffusionPipeline",
         "",
         "pipe = DiffusionPipeline.from_pretrained(",
-        f'    "path/to/this/folder", custom_pipeline="{custom}", trust_remote_code=True',
+        f'    "path/to/this/folder", {named}trust_remote_code=True',
         ")",
         f"image = {call}",
         "```",
@@ -262,6 +262,8 @@ def _file_sections(record: dict[str, Any]) -> list[str]:
             f'`StableDiffusionPipeline.from_single_file("{record["single_file"]}", config=folder, '
             "safety_checker=None)`. Sample it with one Euler step from σ_init to 0, guidance 1.",
         ]
+        if record.get("single_file_variant"):
+            lines[-1] += f" `{record['single_file_variant']}` is the same in {record['variant']}."
     fit = record.get("lora")
     if fit:
         lines += [

@@ -20,7 +20,28 @@ from sfd.teachers.unet import EDMUNetDenoiser, VPUNetDenoiser
 from sfd.teachers.vp import VPDenoiser, sigma_to_t
 
 PARAMETERIZATIONS = ("vp", "edm")
+# model_index.json entry that holds a pipeline's own settings where stock diffusers pipelines skip
+# them silently (diffusers ignores config keys that start with "_"); see `lift_settings`.
+SETTINGS_KEY = "_one_step"
 PARAMETERIZATION_OF_KIND = {VPUNetDenoiser.kind: "vp", EDMUNetDenoiser.kind: "edm"}
+
+
+def as_own_class(loaded: Any, cls: type) -> Any:
+    """`load_config`'s result with an export's `_class_name` naming `cls` itself.
+
+    An export names its standalone pipeline file in diffusers' custom-pipeline list form,
+    `["one_step_pipeline", "OneStepPipeline"]`, so that plain `DiffusionPipeline.from_pretrained`
+    loads it without sfd; sfd's own class, asked directly, loads the folder as itself.
+    """
+    config = loaded[0] if isinstance(loaded, tuple) else loaded
+    if isinstance(config.get("_class_name"), list):
+        config["_class_name"] = cls.__name__
+    return loaded
+
+
+def lift_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline config with the entries of its private `SETTINGS_KEY` block at the top level."""
+    return {**config_dict, **config_dict.get(SETTINGS_KEY, {})}
 
 
 def network_timestep(denoiser: Denoiser, sigma: float) -> float:
@@ -90,6 +111,10 @@ class OneStepPipeline(DiffusionPipeline):
             sigma_data=sigma_data,
             timestep=timestep,
         )
+
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        return as_own_class(super().load_config(*args, **kwargs), cls)
 
     @classmethod
     def from_generator(cls, generator: OneStepGenerator) -> "OneStepPipeline":

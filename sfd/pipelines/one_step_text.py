@@ -28,7 +28,7 @@ from sfd.core.conditions import TextCondition
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
 from sfd.images import to_unit_numpy
-from sfd.pipelines.one_step import network_timestep
+from sfd.pipelines.one_step import as_own_class, lift_settings, network_timestep
 from sfd.teachers.stable_diffusion import (
     StableDiffusionDenoiser,
     encode_with,
@@ -99,6 +99,16 @@ class OneStepTextPipeline(DiffusionPipeline):
         self.register_to_config(
             sigma_init=sigma_init, prediction_type=prediction_type, timestep=timestep
         )
+
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        return as_own_class(super().load_config(*args, **kwargs), cls)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        # An export keeps sigma_init, prediction_type and timestep in a private block, which a
+        # stock StableDiffusionPipeline loading the same folder skips without a warning.
+        return super().extract_init_dict(lift_settings(config_dict), **kwargs)
 
     @classmethod
     def from_generator(cls, generator: OneStepGenerator) -> OneStepTextPipeline:

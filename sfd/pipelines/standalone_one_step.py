@@ -3,8 +3,10 @@
 `sfd export` copies this file verbatim into every class-conditional export as
 `one_step_pipeline.py`, so that the folder loads where `sfd` is not installed:
 
-    DiffusionPipeline.from_pretrained(folder, custom_pipeline="one_step_pipeline",
-                                      trust_remote_code=True)
+    DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+
+(the folder's model_index.json names this file and class: `["one_step_pipeline",
+"OneStepPipeline"]`, diffusers' form for a custom pipeline shipped with the weights).
 
 It imports only torch and diffusers, and computes exactly what `sfd.pipelines.OneStepPipeline`
 computes (tested bit for bit): x0 = D_θ(σ_init·z, σ_init, class_labels) in one UNet evaluation,
@@ -38,6 +40,16 @@ class OneStepPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
     _optional_components = ["scheduler"]
+
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        # model_index.json names this file and class (["one_step_pipeline", "OneStepPipeline"]);
+        # asked directly, this class loads the folder as itself.
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), list):
+            config["_class_name"] = cls.__name__
+        return loaded
 
     def __init__(
         self,

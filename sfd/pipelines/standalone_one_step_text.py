@@ -19,6 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
 
 ENCODE_BATCH = 32  # prompts per text-encoder call
+SETTINGS_KEY = "_one_step"  # model_index.json: this pipeline's settings, which stock pipelines skip
 
 
 class OneStepTextPipeline(DiffusionPipeline):
@@ -37,6 +38,13 @@ class OneStepTextPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["vae"]
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        # sigma_init, prediction_type and timestep sit in a private block of model_index.json,
+        # which a stock StableDiffusionPipeline loading the same folder skips without a warning.
+        settings = config_dict.get(SETTINGS_KEY, {})
+        return super().extract_init_dict({**config_dict, **settings}, **kwargs)
 
     def __init__(
         self,

@@ -122,6 +122,15 @@ class RunCLI(LightningCLI):
             self._checkpoint = (str(path), self._read_checkpoint(path, "--ckpt_path"))
         super()._parse_ckpt_path()
 
+    def _set_seed(self) -> None:
+        # Lightning seeds right after parsing and logs "Seed set to N"; sfd seeds once the
+        # settings and folders are checked (`before_instantiate_classes`), so that the line
+        # never precedes an error.
+        return None
+
+    def _seed_after_checks(self) -> None:
+        LightningCLI._set_seed(self)
+
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
         self.check_config(config)
@@ -130,6 +139,7 @@ class RunCLI(LightningCLI):
             check_writable_folder(folder, name)
         self._new_paths.watch([folder for _, folder in folders])
         self._identity = run_identity(config)
+        self._seed_after_checks()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -368,6 +378,7 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
 class _ParseOnlyCLI(SFDLightningCLI):
     def before_instantiate_classes(self) -> None:  # check the settings, touch no folder
         self.check_config(self._subcommand_config())
+        self._seed_after_checks()
 
     def instantiate_classes(self) -> None:  # parse and type-check, load nothing
         return None

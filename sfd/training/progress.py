@@ -9,58 +9,19 @@ computes, so a resumed run stays bit-identical.
 
 from __future__ import annotations
 
-import logging
-import re
-import warnings
+import sys
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from typing_extensions import override
 
-# Warnings Lightning raises about choices sfd makes on purpose (message prefixes, regular
-# expressions). Every other warning is shown.
-DESIGN_WARNINGS = (
-    # The frozen teacher and the EMA generator stay in eval mode (SFDModule.train).
-    r"Found \d+ module\(s\) in eval mode at the start of training",
-    # The data-free IterationStream has a length so that epochs and intervals work; it never
-    # runs in worker processes.
-    r"Your `IterableDataset` has `__len__` defined",
-    # Batches hold only iteration indices: nothing is lost by resuming mid-epoch.
-    r"You're resuming from a checkpoint that ended before the epoch ended",
-    # SFD optimises manually; a checkpoint after a whole iteration is what resume needs.
-    r"Using ModelCheckpoint with manual optimization",
-    # Every start of a run writes to <default_root_dir>/checkpoints/; a resumed run finds it full.
-    r"Checkpoint directory .* exists and is not empty",
-)
-DESIGN_INFO = ("try installing [litlogger]",)  # Lightning's advertisement, logged at INFO
-RANK_ZERO_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-)
+from sfd.notices import quiet_known_warnings
 
-
-def quiet_design_warnings() -> None:
-    """Hide the warnings of `DESIGN_WARNINGS` (and Lightning's litlogger tip); keep all others.
-
-    Call it inside `warnings.catch_warnings()` to limit it to one run; `sfd fit` and
-    `sfd teacher` call it for theirs.
-    """
-    for message in DESIGN_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    for name in RANK_ZERO_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(_DropMessages(DESIGN_INFO))
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, fragments: tuple[str, ...]) -> None:
-        super().__init__()
-        self.pattern = re.compile("|".join(re.escape(f) for f in fragments))
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.pattern.search(record.getMessage())
+# The one list of hidden warnings is `sfd.notices`; `quiet_design_warnings` is its installer.
+quiet_design_warnings = quiet_known_warnings
+PLAIN_EVERY_PERCENT = 5  # progress lines in a log that is not a terminal
 
 
 class IterationProgressBar(TQDMProgressBar):
@@ -68,14 +29,30 @@ class IterationProgressBar(TQDMProgressBar):
 
     Lightning's bar counts batches of the current epoch against the epoch's length, which for
     SFD shows `Epoch 0/-2` and, after a resume, counts past its total. With `max_steps` unset
-    (a run bounded by epochs) this is Lightning's bar unchanged.
+    (a run bounded by epochs) this is Lightning's bar unchanged. When the bar's stream (stdout) is
+    not a terminal (a SLURM log, `| tee`), the bar is replaced by a plain line every
+    `PLAIN_EVERY_PERCENT` % of the run: `Iterations 50/1000 (5%) loss_fake=…`.
 
     Args:
         refresh_rate: update the bar every this many iterations.
+        plain: print plain lines instead of the bar (default: when stdout is not a terminal).
     """
 
-    def __init__(self, refresh_rate: int = 1) -> None:
+    def __init__(self, refresh_rate: int = 1, plain: bool | None = None) -> None:
         super().__init__(refresh_rate=refresh_rate)
+        self.plain = plain
+        self._last_plain_mark = -1
+
+    def _plain_lines(self) -> bool:
+        if self.plain is None:
+            return not sys.stdout.isatty()
+        return self.plain
+
+    @override
+    def init_train_tqdm(self) -> Tqdm:
+        if self._by_iterations() and self._plain_lines():
+            return Tqdm(disable=True)
+        return super().init_train_tqdm()
 
     def _by_iterations(self) -> bool:
         return self.trainer.max_steps is not None and self.trainer.max_steps > 0
@@ -116,6 +93,10 @@ class IterationProgressBar(TQDMProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
         step = trainer.global_step
+        if self._plain_lines() and not self.is_disabled:
+            self.train_progress_bar.n = step  # the hidden bar still counts
+            self._print_plain_line(trainer, pl_module, step)
+            return
         if self._should_update(step, self.train_progress_bar.total):
             self._show(step)
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
@@ -127,6 +108,21 @@ class IterationProgressBar(TQDMProgressBar):
             return
         if not self.train_progress_bar.disable:
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def _print_plain_line(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
+    ) -> None:
+        """One line when the run crosses the next `PLAIN_EVERY_PERCENT` % mark (and at its end)."""
+        total = trainer.max_steps
+        mark = step * 100 // total // PLAIN_EVERY_PERCENT
+        if mark <= self._last_plain_mark and step < total:
+            return
+        self._last_plain_mark = mark
+        metrics = self.get_metrics(trainer, pl_module)
+        losses = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+        )
+        print(f"Iterations {step}/{total} ({step * 100 // total}%) {losses}".rstrip(), flush=True)
 
     def _show(self, step: int) -> None:
         bar = self.train_progress_bar

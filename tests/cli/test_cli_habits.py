@@ -44,6 +44,9 @@ FAST_ERRORS = [
     (["--version"], None),
     (["export", "--help"], None),
     (["sample", "--help"], None),
+    (["eval", "--help"], None),
+    (["eval-text", "--help"], None),
+    (["teacher-text", "--help"], None),
 ]
 
 

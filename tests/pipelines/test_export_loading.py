@@ -51,7 +51,7 @@ def load_in_subprocess(mode: str, folder: Path, tmp: Path, teacher: Path | None 
         [*args, *([str(teacher)] if teacher else [])], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return dict(np.load(out))
+    return {**np.load(out), "stderr": result.stderr}
 
 
 def sfd_text_samples(folder: Path) -> dict[str, np.ndarray]:
@@ -88,6 +88,7 @@ def train_sd(source: Path, root: Path) -> Path:
         alpha=1.0,
         batch_size=2,
         ema_decay=None,
+        t_init=625,  # as the SD presets: σ_init ≈ 2.5017, not 2.5
         steps_per_epoch=100,
         fake_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
         generator_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
@@ -109,7 +110,8 @@ def train_sd(source: Path, root: Path) -> Path:
 def text_export(request, sd_dirs, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A trained tiny SD generator exported with the extras: (folder, teacher folder).
 
-    The ε export also has bf16 weights (so its single file is bf16); the v export is float32.
+    The ε export also has bf16 weights (and a bf16 single file beside the float32 one); the v
+    export is float32 only.
     """
     root = tmp_path_factory.mktemp(f"text-{request.param}")
     last = train_sd(sd_dirs[request.param], root)
@@ -151,14 +153,16 @@ def test_stock_stable_diffusion_pipeline_reproduces_the_generator(text_export, t
     np.testing.assert_allclose(got["latents"], expected["latents"], rtol=0, atol=STOCK_ATOL)
     np.testing.assert_allclose(got["images"], expected["images"], rtol=0, atol=STOCK_ATOL)
     assert np.abs(expected["latents"]).max() > 0.1  # not a trivially small output
+    assert "not expected" not in got["stderr"]  # no "unexpected config attributes" warning
     # The exact timestep is recorded, and is the one the stock scheduler derives from σ_init.
-    index = json.loads((folder / "model_index.json").read_text())
+    record = json.loads((folder / "sfd_export.json").read_text())
+    assert record["sigma_init"] == pytest.approx(2.5017, abs=1e-4)  # t_init 625
     from diffusers import EulerDiscreteScheduler
 
     scheduler = EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
-    scheduler.set_timesteps(sigmas=[index["sigma_init"], 0.0])
-    assert scheduler.init_noise_sigma == pytest.approx(index["sigma_init"])
-    assert float(scheduler.timesteps[0]) == pytest.approx(index["timestep"], abs=1e-3)
+    scheduler.set_timesteps(sigmas=[record["sigma_init"], 0.0])
+    assert scheduler.init_noise_sigma == pytest.approx(record["sigma_init"])
+    assert float(scheduler.timesteps[0]) == pytest.approx(record["timestep"], abs=1e-3)
 
 
 def test_single_file_checkpoint_round_trips(text_export, tmp_path: Path) -> None:
@@ -174,22 +178,25 @@ def test_single_file_checkpoint_round_trips(text_export, tmp_path: Path) -> None
     )
     exported = load_pipeline(folder)
     record = json.loads((folder / "sfd_export.json").read_text())
-    dtype = torch.bfloat16 if record.get("variant") == "bf16" else torch.float32
     for name in ("unet", "vae", "text_encoder"):
         ours, theirs = getattr(exported, name).state_dict(), getattr(reloaded, name).state_dict()
         assert ours.keys() == theirs.keys(), name
-        assert all(torch.equal(ours[k].to(dtype), theirs[k].to(dtype)) for k in ours), name
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
     tensors = load_file(folder / "sfd_generator.safetensors")
-    assert {v.dtype for v in tensors.values()} == {dtype}
+    assert {v.dtype for v in tensors.values()} == {torch.float32}  # --dtype keeps the float32 file
     assert any(k.startswith("model.diffusion_model.input_blocks.") for k in tensors)
     assert any(k.startswith("first_stage_model.encoder.down.") for k in tensors)
     assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in tensors)
+    if record.get("variant"):  # and adds the variant's dtype beside it
+        reduced = load_file(folder / record["single_file_variant"])
+        assert record["single_file_variant"] == f"sfd_generator.{record['variant']}.safetensors"
+        assert reduced.keys() == tensors.keys()
+        assert all(torch.equal(reduced[k], v.to(torch.bfloat16)) for k, v in tensors.items())
+    else:
+        assert "single_file_variant" not in record
     got = load_in_subprocess("single-file", folder, tmp_path)["latents"]
     expected = sfd_text_samples(folder)["latents"]
-    if dtype == torch.float32:
-        np.testing.assert_allclose(got, expected, rtol=0, atol=STOCK_ATOL)
-    else:  # bf16 weights: 8 mantissa bits
-        np.testing.assert_allclose(got, expected, rtol=0, atol=0.1 * np.abs(expected).max())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=STOCK_ATOL)
 
 
 def test_delta_lora_on_the_teacher_matches_its_reported_error(text_export, tmp_path) -> None:
@@ -273,8 +280,8 @@ def test_model_cards(class_export: Path, text_export) -> None:
     assert f"`{teacher}`" in card
     assert "| Brad Pitt | a middle aged man |" in card
     assert "- Iterations: 2" in card
-    assert "sigmas=[2.5, 0.0]" in card and "custom_pipeline=" in card
     record = json.loads((folder / "sfd_export.json").read_text())
+    assert f"sigmas=[{record['sigma_init']}, 0.0]" in card and "custom_pipeline=" in card
     assert record["training"]["global_step"] == 2
     assert record["training"]["hyperparameters"]["alpha"] == 1.0
 
@@ -285,6 +292,8 @@ def test_model_cards(class_export: Path, text_export) -> None:
     assert "| ua | 0.75 |" in card and "| fid_remain | 12.5 |" in card
     assert "- Iterations: 2" in card
     assert (class_export / "one_step_pipeline.py").is_file()
+    index = json.loads((class_export / "model_index.json").read_text())
+    assert index["_class_name"] == ["one_step_pipeline", "OneStepPipeline"]  # custom-pipeline form
 
 
 def test_hub_base_model_only_for_hub_ids(tmp_path: Path) -> None:
@@ -373,3 +382,46 @@ def test_a_new_export_part_is_one_registry_entry(tmp_path: Path, monkeypatch) ->
     with pytest.raises(SFDConfigError, match="export part 'other' is unknown"):
         save_generator(generator, tmp_path / "other", parts={"other": 1})
     assert not (tmp_path / "empty").exists() and not (tmp_path / "other").exists()
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "exports.md"
+
+
+def stock_snippet() -> str:
+    """The docs' Python block that loads a Stable Diffusion export without sfd."""
+    blocks = DOCS.read_text().split("```python\n")[1:]
+    [snippet] = [b.split("```")[0] for b in blocks if "from_single_file(" in b]
+    return snippet
+
+
+def test_the_docs_stock_snippet_runs_and_matches_sfd(text_export, tmp_path: Path) -> None:
+    """docs/exports.md's stock / single-file / LoRA snippet, verbatim, in a fresh process without
+    sfd: its images are sfd's to within `STOCK_ATOL` (before 8-bit rounding)."""
+    folder, teacher = text_export
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "sd-export").symlink_to(folder)
+    (tmp_path / "runs" / "tiny-sd").symlink_to(teacher)
+    script = tmp_path / "snippet.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
+        "from load_export import BlockSfd\n"
+        "sys.meta_path.insert(0, BlockSfd())\n" + stock_snippet() + "import numpy as np\n"
+        "np.savez('out.npz', stock=np.asarray(image), single=np.asarray(image_single),\n"
+        "         lora=np.asarray(image_lora), sfd_imported='sfd' in sys.modules)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-I", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not expected" not in result.stderr  # no "unexpected config attributes" warning
+    got = np.load(tmp_path / "out.npz")
+    assert not got["sfd_imported"]
+    expected = load_pipeline(folder)(
+        "a photo of brad pitt", generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images[0]  # (H, W, 3) in [0, 1]
+    for key in ("stock", "single"):  # PIL images: rounded to 8 bits from the same floats
+        error = np.abs(got[key].astype(np.float64) / 255 - expected)
+        assert error.max() <= 0.5 / 255 + STOCK_ATOL, key
+    assert got["lora"].shape == got["stock"].shape

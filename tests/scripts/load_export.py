@@ -3,8 +3,9 @@
 Usage: python load_export.py MODE FOLDER OUT.npz [TEACHER]
 
 MODE:
-  with-sfd    `import sfd.pipelines`, then plain `DiffusionPipeline.from_pretrained(FOLDER)`
-  custom      no sfd: `DiffusionPipeline.from_pretrained(FOLDER, custom_pipeline=..., trust_remote_code=True)`
+  with-sfd    `sfd.pipelines.load_pipeline(FOLDER)`
+  custom      no sfd: `DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)`
+              (text exports: with `custom_pipeline=...`)
   stock       no sfd: a stock `StableDiffusionPipeline` with `sigmas=[σ_init, 0]`, guidance 1
   stock-lora  no sfd: the TEACHER's `StableDiffusionPipeline` + `load_lora_weights(FOLDER/lora)`
   single-file no sfd: `StableDiffusionPipeline.from_single_file(FOLDER/sfd_generator.safetensors)`
@@ -44,14 +45,15 @@ def main(mode: str, folder: Path, out: Path, teacher: str | None) -> None:
     from diffusers import DiffusionPipeline, EulerDiscreteScheduler, StableDiffusionPipeline
 
     torch.set_num_threads(1)
-    index = json.loads((folder / "model_index.json").read_text())
     record = json.loads((folder / "sfd_export.json").read_text())
-    text = index["_class_name"] == "OneStepTextPipeline"
+    text = record["pipeline_class"] == "OneStepTextPipeline"
     if mode == "with-sfd":
-        import sfd.pipelines  # noqa: F401  (registers the pipeline classes with diffusers)
+        from sfd.pipelines import load_pipeline
 
-        pipe = DiffusionPipeline.from_pretrained(folder)
-    elif mode == "custom":
+        pipe = load_pipeline(folder)
+    elif mode == "custom" and not text:  # model_index.json names the folder's file and class
+        pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    elif mode == "custom":  # a text export names its class only: stock pipelines load it too
         pipe = DiffusionPipeline.from_pretrained(
             folder, custom_pipeline=record["pipeline_file"][:-3], trust_remote_code=True
         )

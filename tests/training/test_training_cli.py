@@ -14,8 +14,9 @@ import torch
 from conftest import SCRIPTS, fit_args
 
 from sfd.errors import SFDConfigError
+from sfd.notices import HIDDEN_LOG_LINES, HIDDEN_WARNINGS
 from sfd.training.cli import one_line, sfd_lightning_cli
-from sfd.training.progress import DESIGN_WARNINGS, RANK_ZERO_LOGGERS, IterationProgressBar
+from sfd.training.progress import IterationProgressBar
 
 sys.path.insert(0, str(SCRIPTS))  # run_probes: callbacks loaded by class_path
 
@@ -183,7 +184,7 @@ def recorded_run(tiny_teacher_dir: Path, root: Path, through_cli: bool) -> list[
 
 
 def is_design(message: str) -> bool:
-    return any(re.search(pattern, message) for pattern in DESIGN_WARNINGS)
+    return any(re.search(pattern, message) for pattern in HIDDEN_WARNINGS)
 
 
 def test_design_warnings_are_hidden_and_real_ones_stay(
@@ -191,8 +192,8 @@ def test_design_warnings_are_hidden_and_real_ones_stay(
 ) -> None:
     import logging
 
-    filters = {name: logging.getLogger(name).filters[:] for name in RANK_ZERO_LOGGERS}
-    for name in RANK_ZERO_LOGGERS:  # an earlier sfd fit in this process installed them
+    filters = {name: logging.getLogger(name).filters[:] for name in HIDDEN_LOG_LINES}
+    for name in HIDDEN_LOG_LINES:  # an earlier sfd fit in this process installed them
         logging.getLogger(name).filters.clear()
     try:
         with caplog.at_level(logging.INFO):

@@ -87,6 +87,28 @@ class CaptionVocabulary:
         }
 
 
+def resolve_class(value: int | str, vocabulary: CaptionVocabulary, flag: str) -> int:
+    """A class given by index (7, "7") or by name ("seven", "sneaker"; any case).
+
+    Args:
+        value: what the user gave.
+        vocabulary: the data set's vocabulary (its `class_names`).
+        flag: the option that gave it, for the message.
+
+    Returns:
+        the class index.
+    """
+    text = str(value).strip().lower()
+    if text.isdigit() and int(text) < vocabulary.num_classes:
+        return int(text)
+    names = [name.lower() for name in vocabulary.class_names]
+    if text in names:
+        return names.index(text)
+    raise SFDConfigError(
+        f"{flag} {text!r} is not a class: give 0..{vocabulary.num_classes - 1} or one of {names}"
+    )
+
+
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGITS_VOCABULARY = CaptionVocabulary(
     names=tuple((word, str(digit)) for digit, word in enumerate(DIGIT_WORDS)),

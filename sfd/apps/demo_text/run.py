@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from sfd.apps.data.captions import FASHION, CaptionVocabulary, load_captioned
+from sfd.apps.data.captions import FASHION, CaptionVocabulary, load_captioned, resolve_class
 from sfd.apps.data.images import DIGITS, train_heldout_split
 from sfd.apps.demo_text.evaluation import TextEvaluation
 from sfd.apps.demo_text.prompts import (
@@ -138,19 +138,6 @@ class TextDemoSettings:
         return args
 
 
-def resolve_class(value: str | None, default: str, vocabulary: CaptionVocabulary, flag: str) -> int:
-    """A class given by index ("7") or name ("seven", "sneaker")."""
-    text = (value if value is not None else default).strip().lower()
-    if text.isdigit() and int(text) < vocabulary.num_classes:
-        return int(text)
-    names = [name.lower() for name in vocabulary.class_names]
-    if text in names:
-        return names.index(text)
-    raise SFDConfigError(
-        f"{flag} {text!r} is not a class: give 0..{vocabulary.num_classes - 1} or one of {names}"
-    )
-
-
 def check_settings(
     settings: TextDemoSettings, vocabulary: CaptionVocabulary
 ) -> tuple[Any, int, int]:
@@ -160,8 +147,13 @@ def check_settings(
         (the parsed SFD configuration, forget class, override class).
     """
     default_forget, default_override = DEFAULT_PAIRS[DIGITS if settings.data == DIGITS else FASHION]
-    forget = resolve_class(settings.forget, default_forget, vocabulary, "--forget")
-    override = resolve_class(settings.override, default_override, vocabulary, "--override")
+    forget, override = (
+        resolve_class(default if value is None else value, vocabulary, flag)
+        for value, default, flag in (
+            (settings.forget, default_forget, "--forget"),
+            (settings.override, default_override, "--override"),
+        )
+    )
     if forget == override:
         raise SFDConfigError(f"--override {settings.override!r} equals --forget; choose another")
     for c in settings.neighbours or []:

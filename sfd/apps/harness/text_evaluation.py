@@ -8,6 +8,7 @@ for the concept metrics and the soft-prompt attack.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from sfd.eval.text_models import (
     one_step_text_model,
     vae_decoder,
 )
-from sfd.folders import check_writable_folder
+from sfd.folders import check_writable_folder, pipeline_class_name
 from sfd.pipelines.io import load_pipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.provenance import library_versions
@@ -43,7 +44,7 @@ def is_exported_generator(folder: str | Path) -> bool:
     index = Path(folder) / "model_index.json"
     if not index.is_file():
         raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
-    return json.loads(index.read_text()).get("_class_name") == OneStepTextPipeline.__name__
+    return pipeline_class_name(json.loads(index.read_text())) == OneStepTextPipeline.__name__
 
 
 def teacher_vae(folder: str | Path) -> AutoencoderKL | None:
@@ -201,8 +202,8 @@ class ConceptEvalSettings:
     classifier: Path
     forget_prompts: Path
     remain_prompts: Path
-    forget: int
-    override: int
+    forget: int | str  # a class index or a class name of the --real data set
+    override: int | str
     output_dir: Path
     real: str = "digits"
     paraphrases: Path | None = None
@@ -256,7 +257,7 @@ class ConceptEvalSettings:
 def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
     """Evaluate one exported generator or teacher folder; write and return metrics.json's content."""
     settings.check()
-    from sfd.apps.data.captions import load_captioned, read_labelled
+    from sfd.apps.data.captions import load_captioned, read_labelled, resolve_class
     from sfd.apps.data.images import train_heldout_split
     from sfd.core.conditions.text import read_prompt_file
     from sfd.eval.classifier import load_classifier
@@ -265,6 +266,17 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
 
     classifier = load_classifier(settings.classifier)
     k = classifier.num_classes
+    data, vocabulary = load_captioned(settings.real)
+    # --forget / --override: an index or a class name of the --real data set ("seven")
+    forget, override = (
+        resolve_class(value, vocabulary, flag)
+        for flag, value in (("--forget", settings.forget), ("--override", settings.override))
+    )
+    if forget == override:
+        raise SFDConfigError(
+            f"--override {settings.override!r} equals --forget; the override class must be another"
+        )
+    settings = dataclasses.replace(settings, forget=forget, override=override)
     for flag, value in (("--forget", settings.forget), ("--override", settings.override)):
         if not 0 <= value < k:
             raise SFDConfigError(f"{flag} {value} is not a class of the classifier (0..{k - 1})")
@@ -273,7 +285,6 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         prompts = read_prompt_file(str(path))
         return PromptSet(name, prompts, [settings.forget] * len(prompts), str(path))
 
-    data, _ = load_captioned(settings.real)
     _, heldout = train_heldout_split(data, settings.heldout_fraction, settings.split_seed)
     if heldout.image_shape != tuple(
         [classifier.config["in_channels"], *classifier.config["image_size"]]
