@@ -15,14 +15,8 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from sfd.apps.teachers.pixel import (
-    DDPMTeacherModule,
-    TeacherDataModule,
-    check_output_dir,
-    check_teacher_settings,
-    save_teacher,
-    single_class_warning,
-)
+from sfd.apps.teachers.checks import check_output_dir, check_teacher_settings, single_class_warning
+from sfd.apps.teachers.pixel import DDPMTeacherModule, TeacherDataModule, save_teacher
 from sfd.errors import SFDConfigError
 from sfd.folders import check_writable_folder
 from sfd.training.cli import ONE_LINE_PARSER, RunCLI

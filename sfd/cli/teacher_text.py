@@ -41,7 +41,7 @@ def run(args: list[str]) -> None:
     options = teacher_text_parser().parse_args(args)  # before torch: `--help` answers at once
     from sfd.apps.data.captions import load_captioned
     from sfd.apps.data.images import train_heldout_split
-    from sfd.apps.teachers.text import check_output_dir
+    from sfd.apps.teachers.checks import check_output_dir
     from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
 
     settings = TextTeacherSettings.for_data(

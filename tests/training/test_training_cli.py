@@ -15,7 +15,8 @@ from conftest import SCRIPTS, fit_args
 
 from sfd.errors import SFDConfigError
 from sfd.notices import HIDDEN_LOG_LINES, HIDDEN_WARNINGS
-from sfd.training.cli import one_line, sfd_lightning_cli
+from sfd.training.cli import sfd_lightning_cli
+from sfd.training.config_errors import one_line
 from sfd.training.progress import IterationProgressBar
 
 sys.path.insert(0, str(SCRIPTS))  # run_probes: callbacks loaded by class_path

@@ -19,7 +19,7 @@ from jsonargparse import ArgumentError as JsonArgumentError
 from sfd.apps.harness.settings import ClassRunSettings
 from sfd.baselines import BASELINES
 from sfd.errors import SFDConfigError
-from sfd.training.cli import one_line
+from sfd.training.config_errors import one_line
 
 BASELINES_PRESET = "baselines_digits.yaml"  # beside this module
 SET_BY_HARNESS = {"teacher", "conditions", "seed", "steps_per_epoch"}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sfd.apps.data.images import DIGITS
-from sfd.apps.teachers.pixel import check_channels
+from sfd.apps.teachers.checks import check_channels
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config

@@ -28,12 +28,8 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
 from sfd.apps.data.captions import CaptionVocabulary
-from sfd.apps.teachers.pixel import (
-    DDPMTeacherModule,
-    TeacherDataModule,
-    check_output_dir,
-    one_device_trainer,
-)
+from sfd.apps.teachers.checks import check_output_dir
+from sfd.apps.teachers.pixel import DDPMTeacherModule, TeacherDataModule, one_device_trainer
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages

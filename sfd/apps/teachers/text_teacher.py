@@ -14,7 +14,7 @@ from typing import Any
 
 from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.data.images import DIGITS
-from sfd.apps.teachers.pixel import check_channels
+from sfd.apps.teachers.checks import check_channels
 from sfd.apps.teachers.text import DEFAULT_TEXT_CHANNELS, check_text_encoder, train_text_teacher
 from sfd.apps.teachers.vae import DEFAULT_VAE_CHANNELS, reconstruction_error, train_vae
 from sfd.errors import SFDConfigError, check_number
