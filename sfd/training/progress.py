@@ -19,9 +19,15 @@ from typing_extensions import override
 
 from sfd.notices import quiet_known_warnings
 
-# The one list of hidden warnings is `sfd.notices`; `quiet_design_warnings` is its installer.
-quiet_design_warnings = quiet_known_warnings
 PLAIN_EVERY_PERCENT = 5  # progress lines in a log that is not a terminal
+
+
+def quiet_design_warnings() -> None:
+    """Hide the warnings and log lines listed in `sfd.notices` (the one list), every other kept.
+
+    For a plain `lightning.Trainer` run of `SFDModule`; every `sfd` verb installs it itself.
+    """
+    quiet_known_warnings()
 
 
 class IterationProgressBar(TQDMProgressBar):
