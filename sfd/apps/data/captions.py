@@ -23,12 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfd.apps.data.images import DIGITS, load_digits
+from sfd.apps.data.images import load_digits
+from sfd.apps.data.names import DIGITS
+from sfd.apps.data.names import FASHION as FASHION
 from sfd.errors import SFDConfigError
 from sfd.eval.concepts import PromptSet
 from sfd.images import LabelledImages
 
-FASHION = "fashion-mnist"
 FASHION_FOLDERS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
