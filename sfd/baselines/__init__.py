@@ -10,7 +10,9 @@ After `Trainer.fit`, `unlearned(module)` gives the network to evaluate: a one-st
 a denoiser to sample with the teacher's multi-step sampler.
 
 A new baseline is one file here (a `ForgettingMethod` module with a static `check_settings`)
-plus one entry in `BASELINES`; `sfd compare` takes its settings and runs it from there.
+plus one entry in `BASELINES` and its key in `sfd.apps.compare.choices.BASELINE_KEYS` (the
+torch-free list `sfd compare --help` reads; a test checks the two agree); `sfd compare` takes its
+settings and runs it from there.
 """
 
 from lightning.pytorch import LightningModule

@@ -14,7 +14,7 @@ from sfd.errors import SFDConfigError
 def compare_parser() -> argparse.ArgumentParser:
     """The harness's own options; `--model.*` / `--trainer.*` go to SFD, `--esd.*` / `--salun.*`
     to the baselines."""
-    from sfd.apps.compare.settings import METHOD_KEYS, CompareSettings
+    from sfd.apps.compare.choices import METHOD_KEYS, CompareSettings
 
     defaults = CompareSettings()
     parser = argparse.ArgumentParser(
@@ -41,11 +41,9 @@ def compare_parser() -> argparse.ArgumentParser:
 
 def run(args: list[str]) -> None:
     """`sfd compare`: parse, run, print the table and where the report is."""
-    from sfd.apps.compare.report import summary_table
-    from sfd.apps.compare.run import run_compare
-    from sfd.apps.compare.settings import BASELINE_PREFIXES, CompareSettings, parse_methods
+    from sfd.apps.compare.choices import BASELINE_PREFIXES, CompareSettings, parse_methods
 
-    options, rest = compare_parser().parse_known_args(args)
+    options, rest = compare_parser().parse_known_args(args)  # --help answers before torch loads
     sfd_args, baseline_args = split_forwarded(rest, BASELINE_PREFIXES)
     given = vars(options)
     settings = CompareSettings(
@@ -59,6 +57,9 @@ def run(args: list[str]) -> None:
         baseline_args=baseline_args,
         progress=not options.no_progress,
     )
+    from sfd.apps.compare.report import summary_table
+    from sfd.apps.compare.run import run_compare
+
     with run_quietly(not options.no_progress):
         paths = run_compare(settings)
     metrics = json.loads(paths["metrics"].read_text())

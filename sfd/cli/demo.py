@@ -13,7 +13,7 @@ from sfd.errors import SFDConfigError
 
 def demo_parser() -> argparse.ArgumentParser:
     """The demo's own options; `--model.*` / `--trainer.*` go to the SFD configuration."""
-    from sfd.apps.demo.run import ClassRunSettings
+    from sfd.apps.harness.class_run import ClassRunSettings
 
     defaults = ClassRunSettings()
     parser = argparse.ArgumentParser(
@@ -38,10 +38,9 @@ def demo_parser() -> argparse.ArgumentParser:
 
 def run(args: list[str]) -> None:
     """`sfd demo`: parse, run, print the table and where the report is."""
-    from sfd.apps.demo.report import summary_table
-    from sfd.apps.demo.run import ClassRunSettings, run_demo
+    from sfd.apps.harness.class_run import ClassRunSettings
 
-    options, sfd_args = demo_parser().parse_known_args(args)
+    options, sfd_args = demo_parser().parse_known_args(args)  # --help answers before torch loads
     stray = [a for a in sfd_args if is_option(a) and not a.startswith(FIT_PREFIXES)]
     if stray:
         raise SFDConfigError(
@@ -55,6 +54,9 @@ def run(args: list[str]) -> None:
         time_full_schedule=not options.skip_full_schedule_timing,
         progress=not options.no_progress,
     )
+    from sfd.apps.demo.report import summary_table
+    from sfd.apps.demo.run import run_demo
+
     with run_quietly(not options.no_progress):
         paths = run_demo(settings)
     metrics = json.loads(paths["metrics"].read_text())

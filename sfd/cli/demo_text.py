@@ -13,8 +13,8 @@ from sfd.errors import SFDConfigError
 
 def demo_text_parser() -> argparse.ArgumentParser:
     """The text demo's own options; `--model.*` / `--trainer.*` go to the SFD configuration."""
-    from sfd.apps.demo_text.run import TextDemoSettings
-    from sfd.eval.soft_prompt import AttackBudget
+    from sfd.apps.demo_text.settings import TextDemoSettings
+    from sfd.eval.attack_budget import AttackBudget
 
     defaults, attack = TextDemoSettings(), AttackBudget()
     parser = argparse.ArgumentParser(
@@ -76,11 +76,10 @@ def demo_text_parser() -> argparse.ArgumentParser:
 
 def run(args: list[str]) -> None:
     """`sfd demo-text`: parse, run, print the table and where the report is."""
-    from sfd.apps.demo_text.report import summary_table
-    from sfd.apps.demo_text.run import TextDemoSettings, run_text_demo
-    from sfd.eval.soft_prompt import AttackBudget
+    from sfd.apps.demo_text.settings import TextDemoSettings
+    from sfd.eval.attack_budget import AttackBudget
 
-    options, sfd_args = demo_text_parser().parse_known_args(args)
+    options, sfd_args = demo_text_parser().parse_known_args(args)  # --help answers before torch
     stray = [a for a in sfd_args if is_option(a) and not a.startswith(FIT_PREFIXES)]
     if stray:
         raise SFDConfigError(
@@ -102,6 +101,9 @@ def run(args: list[str]) -> None:
         attack=attack,
         progress=not options.no_progress,
     )
+    from sfd.apps.demo_text.report import summary_table
+    from sfd.apps.demo_text.run import run_text_demo
+
     with run_quietly(not options.no_progress):
         paths = run_text_demo(settings)
     metrics = json.loads(paths["metrics"].read_text())

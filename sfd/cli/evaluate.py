@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sfd.errors import SFDConfigError, check_number
 from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
+
+if TYPE_CHECKING:
+    from sfd.images import LabelledImages
 
 CLASSIFIER_KEYS = {  # config.json of a saved classifier: key -> what it must be
     "in_channels": "a positive integer",
@@ -30,8 +33,10 @@ def run(args: list[str]) -> None:
     add("model", type=Path, help="exported generator folder or DDPM teacher folder")
     add("--classifier", type=Path, required=True, help="evaluation classifier folder")
     add("--data", default="digits", help="data source the classifier was trained on")
-    add("--forget", type=int, required=True, help="forget class")
-    add("--override", type=int, help="override class (for the 'labelled as override' share)")
+    add("--forget", required=True, help="forget class, by index or name (digits: zero..nine)")
+    add(
+        "--override", help="override class, by index or name (for the 'labelled as override' share)"
+    )
     add("--heldout-fraction", type=float, default=0.2, help="held-out split (as in training)")
     add("--seed", type=int, default=0, help="seed of the split and the noise")
     add("--num-per-class", type=int, default=200, help="generated samples per class")
@@ -57,12 +62,9 @@ def run(args: list[str]) -> None:
 
     data = load_images(options.data)
     k = data.num_classes
-    for name in ("forget", "override"):
-        value = getattr(options, name)
-        if value is not None and not 0 <= value < k:
-            raise SFDConfigError(f"--{name} {value} is not a class of the data (0..{k - 1})")
-    if options.forget == options.override:
-        raise SFDConfigError(f"--override {options.override} equals --forget")
+    options.forget, options.override = forget_override(
+        options.forget, options.override, options.data, data
+    )
     _check_fits("classifier", options.classifier, classifier_config_shape(classifier_config), data)
     try:
         classifier = load_classifier(options.classifier)
@@ -119,6 +121,30 @@ def run(args: list[str]) -> None:
         text = json.dumps(report, indent=2) + "\n"
         write_file_atomically(options.output, lambda path: path.write_text(text))
         print(f"wrote {options.output}")
+
+
+def forget_override(
+    forget: str, override: str | None, source: str, data: LabelledImages
+) -> tuple[int, int | None]:
+    """The forget and override classes given by index or name (`resolve_class`); they differ.
+
+    Args:
+        forget: `--forget` as given.
+        override: `--override` as given, or None.
+        source: `--data` (digits take their caption names, "zero".."nine").
+        data: the loaded data set (its `class_names`).
+
+    Returns:
+        (forget class, override class or None).
+    """
+    from sfd.apps.data.captions import named_classes, resolve_class
+
+    classes = named_classes(source, data)
+    forget_class = resolve_class(forget, classes, "--forget")
+    override_class = None if override is None else resolve_class(override, classes, "--override")
+    if forget_class == override_class:
+        raise SFDConfigError(f"--override {override!r} equals --forget; choose another class")
+    return forget_class, override_class
 
 
 def _model_kind(path: Path) -> str:

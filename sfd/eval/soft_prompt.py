@@ -22,37 +22,10 @@ from tqdm.auto import tqdm
 
 from sfd.core.conditions import TextCondition
 from sfd.errors import SFDConfigError
+from sfd.eval.attack_budget import AttackBudget as AttackBudget
 from sfd.eval.evaluate import class_noise
 from sfd.eval.text_models import TextToImage
 from sfd.teachers.stable_diffusion import hidden_states, tokenize
-
-
-@dataclass
-class AttackBudget:
-    """What the attacker may spend.
-
-    Attributes:
-        num_tokens: learned token embeddings appended to the prompt.
-        steps: Adam steps.
-        lr: Adam learning rate (the embeddings start at random vocabulary tokens).
-        batch_size: noise samples per step (fresh each step).
-        eval_samples: held-out noise samples the success rate is measured on.
-        seed: seed of the initial tokens and the training / evaluation noise.
-    """
-
-    num_tokens: int = 4
-    steps: int = 40
-    lr: float = 0.05
-    batch_size: int = 16
-    eval_samples: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("num_tokens", "steps", "batch_size", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise SFDConfigError(f"attack {name}={getattr(self, name)} must be at least 1")
-        if not self.lr > 0:
-            raise SFDConfigError(f"attack lr={self.lr} must be positive")
 
 
 @dataclass

@@ -359,7 +359,11 @@ CASES: list[Case] = [
     ("eval-classifier-config-keys", lambda w, o: evaluate(w, o, clf="clf_no_key"), "lacks ['feature_dim']"),
     ("eval-classifier-config-json", lambda w, o: evaluate(w, o, clf="clf_bad_json"), "is not valid JSON"),
     ("eval-non-finite", lambda w, o: evaluate(w, o, model=w / "nan_export"), "non-finite weights"),
-    ("eval-forget-outside", lambda w, o: evaluate(w, o, "--forget", "12"), "--forget 12 is not a class"),
+    ("eval-forget-outside", lambda w, o: evaluate(w, o, "--forget", "12"), "--forget '12' is not a class"),
+    ("eval-forget-unknown-name", lambda w, o: evaluate(w, o, "--forget", "eleven"),
+     "--forget 'eleven' is not a class: give 0..9 or one of ['zero', "),
+    ("eval-override-equals-forget", lambda w, o: evaluate(w, o, "--override", "zero"),
+     "--override 'zero' equals --forget"),
     ("eval-teacher-non-finite",
      lambda w, o: evaluate(w, o, model=w / "nan_teacher"), "non-finite weights: the first bad tensor is unet.conv_in.weight"),
     # --- sfd eval-text (item 6) ---
@@ -552,3 +556,17 @@ def test_lightning_loads_through_a_safe_reader(
         AtomicCheckpointIO().load_checkpoint(world / "payload.ckpt")
     assert not world.marker.exists()
     assert AtomicCheckpointIO().load_checkpoint(world.ckpt)["global_step"] == 10
+
+
+def test_eval_takes_classes_by_index_or_by_the_data_set_s_names() -> None:
+    from sfd.apps.data.images import load_images
+    from sfd.cli.evaluate import forget_override
+    from sfd.images import LabelledImages
+
+    digits = load_images("digits")
+    assert forget_override("Seven", "one", "digits", digits) == (7, 1)
+    assert forget_override("3", None, "digits", digits) == (3, None)
+    unnamed = LabelledImages(digits.images[:4], torch.arange(4), num_classes=4)
+    assert forget_override("2", "0", "unnamed.npz", unnamed) == (2, 0)
+    with pytest.raises(SFDConfigError, match=r"give 0..3 \(the data set names no classes\)$"):
+        forget_override("seven", None, "unnamed.npz", unnamed)

@@ -47,6 +47,9 @@ FAST_ERRORS = [
     (["eval", "--help"], None),
     (["eval-text", "--help"], None),
     (["teacher-text", "--help"], None),
+    (["demo", "--help"], None),
+    (["compare", "--help"], None),
+    (["demo-text", "--help"], None),
 ]
 
 

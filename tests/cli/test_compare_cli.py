@@ -40,3 +40,12 @@ def test_compare_bad_input_exits_2_and_writes_nothing(
     assert len(error) == 1 and error[0].startswith("sfd: error: "), error
     assert named in error[0]
     assert not output.exists() and not cache.exists()
+
+
+def test_the_help_s_method_list_matches_the_baselines() -> None:
+    # `sfd compare --help` reads the torch-free `BASELINE_KEYS`; the modules are `BASELINES`.
+    from sfd.apps.compare.choices import BASELINE_KEYS, METHOD_KEYS
+    from sfd.baselines import BASELINES
+
+    assert BASELINE_KEYS == tuple(BASELINES)
+    assert set(BASELINE_KEYS) < set(METHOD_KEYS)

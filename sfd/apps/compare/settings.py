@@ -8,7 +8,6 @@ checked before anything is trained or written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,54 +15,22 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 from jsonargparse import ArgumentError as JsonArgumentError
 
-from sfd.apps.harness.settings import ClassRunSettings
+from sfd.apps.compare.choices import BASELINE_KEYS as BASELINE_KEYS
+from sfd.apps.compare.choices import BASELINE_PREFIXES as BASELINE_PREFIXES
+from sfd.apps.compare.choices import METHOD_KEYS as METHOD_KEYS
+from sfd.apps.compare.choices import CompareSettings as CompareSettings
+from sfd.apps.compare.choices import parse_methods as parse_methods
 from sfd.baselines import BASELINES
 from sfd.errors import SFDConfigError
 from sfd.training.config_errors import one_line
 
 BASELINES_PRESET = "baselines_digits.yaml"  # beside this module
 SET_BY_HARNESS = {"teacher", "conditions", "seed", "steps_per_epoch"}
-BASELINE_PREFIXES = tuple(f"--{key}." for key in BASELINES)
-# Every method `sfd compare --methods` accepts, in report order.
-METHOD_KEYS = ("sfd", "sfd_two_stage", "distill", *BASELINES, "retrain")
 
 
 def default_baselines_config() -> Path:
     """The packaged preset of the baselines' settings."""
     return Path(str(resources.files("sfd.apps.compare") / BASELINES_PRESET))
-
-
-@dataclass
-class CompareSettings(ClassRunSettings):
-    """Everything one `sfd compare` run depends on (the demo's settings plus these).
-
-    Attributes:
-        methods: the methods to run, a subset of `METHOD_KEYS`.
-        baselines_config: YAML of the baselines' settings (default: the preset).
-        baseline_args: `--esd.*` / `--salun.*` overrides.
-    """
-
-    output_dir: Path = Path("compare-output")
-    methods: list[str] = field(default_factory=lambda: list(METHOD_KEYS))
-    baselines_config: Path | None = None
-    baseline_args: list[str] = field(default_factory=list)
-    time_full_schedule: bool = False
-
-
-def parse_methods(text: str) -> list[str]:
-    """`"sfd,esd"` -> ["sfd", "esd"], refusing unknown, repeated or no methods."""
-    methods = [name.strip() for name in text.split(",") if name.strip()]
-    if not methods:
-        raise SFDConfigError(f"--methods {text!r} names no method; choose from {list(METHOD_KEYS)}")
-    unknown = [name for name in methods if name not in METHOD_KEYS]
-    if unknown:
-        raise SFDConfigError(
-            f"--methods: unknown method {unknown[0]!r}; choose from {list(METHOD_KEYS)}"
-        )
-    repeated = sorted({name for name in methods if methods.count(name) > 1})
-    if repeated:
-        raise SFDConfigError(f"--methods names {repeated[0]!r} twice")
-    return methods
 
 
 def baselines_parser() -> ArgumentParser:

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfd.apps.data.images import DIGITS, load_digits
+from sfd.apps.data.images import load_digits
+from sfd.apps.data.names import DIGITS
+from sfd.apps.data.names import FASHION as FASHION
 from sfd.errors import SFDConfigError
 from sfd.eval.concepts import PromptSet
 from sfd.images import LabelledImages
 
-FASHION = "fashion-mnist"
 FASHION_FOLDERS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -87,12 +88,15 @@ class CaptionVocabulary:
         }
 
 
-def resolve_class(value: int | str, vocabulary: CaptionVocabulary, flag: str) -> int:
+def resolve_class(
+    value: int | str, vocabulary: CaptionVocabulary | LabelledImages, flag: str
+) -> int:
     """A class given by index (7, "7") or by name ("seven", "sneaker"; any case).
 
     Args:
         value: what the user gave.
-        vocabulary: the data set's vocabulary (its `class_names`).
+        vocabulary: the data set's vocabulary, or labelled images (their `class_names`; a data
+            set without names takes indices only).
         flag: the option that gave it, for the message.
 
     Returns:
@@ -101,12 +105,18 @@ def resolve_class(value: int | str, vocabulary: CaptionVocabulary, flag: str) ->
     text = str(value).strip().lower()
     if text.isdigit() and int(text) < vocabulary.num_classes:
         return int(text)
-    names = [name.lower() for name in vocabulary.class_names]
+    names = [name.lower() for name in vocabulary.class_names or ()]
     if text in names:
         return names.index(text)
-    raise SFDConfigError(
-        f"{flag} {text!r} is not a class: give 0..{vocabulary.num_classes - 1} or one of {names}"
-    )
+    allowed = f"0..{vocabulary.num_classes - 1}"
+    allowed += f" or one of {names}" if names else " (the data set names no classes)"
+    raise SFDConfigError(f"{flag} {text!r} is not a class: give {allowed}")
+
+
+def named_classes(source: str, data: LabelledImages) -> CaptionVocabulary | LabelledImages:
+    """What `resolve_class` reads the class names of `data` from: digits by their caption names
+    ("zero".."nine"), any other data set by its own `class_names` (indices only without them)."""
+    return DIGITS_VOCABULARY if source == DIGITS else data
 
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

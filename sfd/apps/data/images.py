@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfd.apps.data.names import DIGITS as DIGITS
 from sfd.errors import SFDConfigError
 from sfd.images import LabelledImages, check_label_range
 
-DIGITS = "digits"
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{index}" for index in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"

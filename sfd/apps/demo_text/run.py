@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,10 @@ from sfd.apps.demo_text.prompts import (
     write_prompt_sets,
 )
 from sfd.apps.demo_text.report import write_text_report
+from sfd.apps.demo_text.settings import PRESETS as PRESETS
+from sfd.apps.demo_text.settings import STAGE1_PRESETS as STAGE1_PRESETS
+from sfd.apps.demo_text.settings import TextDemoSettings as TextDemoSettings
+from sfd.apps.demo_text.settings import default_sfd_config as default_sfd_config
 from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.stages import copy_export, stage_one, train_sfd
@@ -44,7 +46,6 @@ from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
-from sfd.eval.soft_prompt import AttackBudget
 from sfd.eval.text_models import PromptEncoder, vae_decoder
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
@@ -52,90 +53,10 @@ from sfd.teachers.stable_diffusion import load_text_encoder
 from sfd.training.cli import parse_fit_config
 
 TOOL = "sfd demo-text"
-PRESETS = {DIGITS: "sfd_text_digits.yaml", FASHION: "sfd_text_fashion.yaml"}
-STAGE1_PRESETS = {DIGITS: "sfd_text_digits_stage1.yaml", FASHION: "sfd_text_fashion_stage1.yaml"}
 # Stage 1 is the same for every concept pair: its cache key records the distillation prompts'
 # content, not the pair's prompt files (unused with both forget weights 0).
 STAGE1_CONDITIONS_KEY = {"concepts": "unused", "forget_prompts": "unused"}
 DEFAULT_PAIRS = {DIGITS: ("seven", "one"), FASHION: ("sneaker", "sandal")}
-
-
-def default_sfd_config(data: str, stage: str = "sfd") -> Path:
-    """The packaged SFD preset of a data set, or its stage-1 overlay (`stage="stage1"`, composed
-    after the preset)."""
-    name = (STAGE1_PRESETS if stage == "stage1" else PRESETS)[DIGITS if data == DIGITS else FASHION]
-    return Path(str(resources.files("sfd.apps.demo_text") / name))
-
-
-@dataclass
-class TextDemoSettings:
-    """Everything one text-demo run depends on."""
-
-    output_dir: Path = Path("demo-text-output")
-    data: str = DIGITS
-    forget: str | None = None  # class index or name; default per data set
-    override: str | None = None
-    neighbours: list[int] | None = None  # default: the 2 nearest classes in classifier features
-    paraphrases: Path | None = None  # "{name}" template file; default the shipped set
-    seed: int = 0
-    heldout_fraction: float = 0.2
-    teacher_cache: Path | None = None
-    teacher_steps: int | None = None
-    teacher_channels: tuple[int, ...] | None = None
-    vae_steps: int | None = None
-    text_encoder: str | None = None
-    classifier_steps: int | None = None
-    sfd_config: Path | None = None
-    sfd_args: list[str] = field(default_factory=list)
-    baseline_iterations: int | None = None
-    curve_every: int | None = None
-    curve_per_class: int = 16
-    forget_images: int = 200
-    remain_per_class: int = 100
-    ddim_steps: int = 25
-    attack: AttackBudget = field(default_factory=AttackBudget)
-    attack_prompts: int = 2
-    attack_ddim_steps: int = 4
-    grid_per_prompt: int = 8
-    threads: int | None = None
-    progress: bool = True
-
-    def sfd_command_line(
-        self,
-        teacher_dir: str = "set-by-sfd-demo-text",
-        prompts: DemoPrompts | None = None,
-        stage: str = "sfd",
-    ) -> list[str]:
-        """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings.
-
-        `stage="sfd"` is SFD itself (also stage 2 of the two-stage path, which adds the stage-1
-        networks). `stage="stage1"` is distillation without forgetting: the packaged preset
-        plus its stage-1 overlay (or the user's `sfd_config` alone), the user's overrides, every
-        class's captions as the prompts to keep, both forget weights 0 and
-        `baseline_iterations` if given.
-        """
-        if stage not in ("sfd", "stage1"):
-            raise ValueError(f"unknown stage {stage!r}")
-        init = "--model.conditions.init_args."
-        args = ["-c", str(self.sfd_config or default_sfd_config(self.data))]
-        if stage == "stage1" and self.sfd_config is None:
-            args += ["-c", str(default_sfd_config(self.data, "stage1"))]
-        args += self.sfd_args
-        args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
-        if prompts is not None:
-            import json
-
-            keep = prompts.files["distill_prompts" if stage == "stage1" else "remain_prompts"]
-            args += [f"{init}concepts", json.dumps(prompts.concepts)]
-            args += [f"{init}forget_prompts", str(prompts.files["forget_prompts"])]
-            args += [f"{init}remain_prompts", str(keep)]
-        # The demo seeds every phase itself (`pl.seed_everything(seed, verbose=False)`).
-        args += ["--model.seed", str(self.seed), "--seed_everything", "false"]
-        if stage == "stage1":
-            args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
-            if self.baseline_iterations is not None:
-                args += ["--trainer.max_steps", str(self.baseline_iterations)]
-        return args
 
 
 def check_settings(

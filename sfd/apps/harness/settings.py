@@ -1,4 +1,5 @@
-"""The settings of `sfd demo` (and, extended, of `sfd compare`) and their up-front checks.
+"""The up-front checks of `sfd demo`'s settings (and, extended, of `sfd compare`'s); the settings
+themselves are `class_run.ClassRunSettings`, re-exported here.
 
 The SFD settings themselves are an `sfd fit` configuration: the packaged preset `sfd_digits.yaml`
 beside this module plus any `--model.*` / `--trainer.*` overrides, parsed by the same LightningCLI
@@ -7,94 +8,17 @@ parser as `sfd fit`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from sfd.apps.data.images import DIGITS
+from sfd.apps.harness.class_run import SFD_PRESET as SFD_PRESET
+from sfd.apps.harness.class_run import STAGE1_PRESET as STAGE1_PRESET
+from sfd.apps.harness.class_run import ClassRunSettings as ClassRunSettings
+from sfd.apps.harness.class_run import default_sfd_config as default_sfd_config
+from sfd.apps.harness.class_run import default_stage1_config as default_stage1_config
 from sfd.apps.teachers.checks import check_channels
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
-
-SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD, and stage 2 of the two-stage path
-STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
-
-
-def default_sfd_config() -> Path:
-    """The packaged preset of the demo's SFD settings."""
-    return Path(str(resources.files("sfd.apps.harness") / SFD_PRESET))
-
-
-def default_stage1_config() -> Path:
-    """The packaged overlay that turns the SFD preset into stage 1 (distillation, no forgetting)."""
-    return Path(str(resources.files("sfd.apps.harness") / STAGE1_PRESET))
-
-
-@dataclass
-class ClassRunSettings:
-    """Everything one demo run depends on."""
-
-    output_dir: Path = Path("demo-output")
-    data: str = DIGITS
-    forget: int = 0
-    override: int = 1
-    seed: int = 0
-    heldout_fraction: float = 0.2
-    teacher_cache: Path | None = None
-    teacher_steps: int | None = None
-    teacher_channels: tuple[int, ...] | None = None
-    classifier_steps: int | None = None
-    sfd_config: Path | None = None
-    sfd_args: list[str] = field(default_factory=list)
-    baseline_iterations: int | None = None
-    curve_every: int | None = None
-    curve_per_class: int = 32
-    curve_remain_per_class: int = 8
-    eval_per_class: int = 200
-    ddim_steps: int = 50
-    throughput_batch: int = 64
-    throughput_repeats: int = 3
-    time_full_schedule: bool = True
-    grid_per_class: int = 10
-    threads: int | None = None
-    progress: bool = True
-
-    def sfd_command_line(
-        self, teacher_dir: str = "set-by-sfd-demo", stage: str = "sfd"
-    ) -> list[str]:
-        """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings.
-
-        The demo owns the teacher, the forget/override classes and the seed. `stage="sfd"` is
-        SFD itself (also stage 2 of the two-stage path, which adds the stage-1 networks).
-        `stage="stage1"` is distillation without forgetting, the first stage: the packaged
-        preset plus its stage-1 overlay (or the user's `sfd_config` alone), then the user's
-        overrides, both forget weights 0 and `baseline_iterations` if given.
-        """
-        if stage not in ("sfd", "stage1"):
-            raise ValueError(f"unknown stage {stage!r}")
-        conditions = "--model.conditions.init_args."
-        args = ["-c", str(self.sfd_config or default_sfd_config())]
-        if stage == "stage1" and self.sfd_config is None:
-            args += ["-c", str(default_stage1_config())]
-        args += self.sfd_args
-        args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
-        args += [
-            f"{conditions}forget",
-            str(self.forget),
-            f"{conditions}override",
-            str(self.override),
-        ]
-        args += ["--model.seed", str(self.seed)]
-        # The harness seeds every phase itself (`pl.seed_everything(seed, verbose=False)`); a
-        # LightningCLI seed would also print "Seed set to ..." beside a one-line error.
-        args += ["--seed_everything", "false"]
-        if stage == "stage1":
-            args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
-            if self.baseline_iterations is not None:
-                args += ["--trainer.max_steps", str(self.baseline_iterations)]
-        return args
 
 
 def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:

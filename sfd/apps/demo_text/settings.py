@@ -1,0 +1,96 @@
+"""The settings of `sfd demo-text` and its packaged SFD presets, torch-free: the command line's
+help reads their defaults. Their up-front checks are `run.check_settings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sfd.apps.data.names import DIGITS, FASHION
+from sfd.eval.attack_budget import AttackBudget
+
+if TYPE_CHECKING:
+    from sfd.apps.demo_text.prompts import DemoPrompts
+
+PRESETS = {DIGITS: "sfd_text_digits.yaml", FASHION: "sfd_text_fashion.yaml"}
+STAGE1_PRESETS = {DIGITS: "sfd_text_digits_stage1.yaml", FASHION: "sfd_text_fashion_stage1.yaml"}
+
+
+def default_sfd_config(data: str, stage: str = "sfd") -> Path:
+    """The packaged SFD preset of a data set, or its stage-1 overlay (`stage="stage1"`, composed
+    after the preset)."""
+    name = (STAGE1_PRESETS if stage == "stage1" else PRESETS)[DIGITS if data == DIGITS else FASHION]
+    return Path(str(resources.files("sfd.apps.demo_text") / name))
+
+
+@dataclass
+class TextDemoSettings:
+    """Everything one text-demo run depends on."""
+
+    output_dir: Path = Path("demo-text-output")
+    data: str = DIGITS
+    forget: str | None = None  # class index or name; default per data set
+    override: str | None = None
+    neighbours: list[int] | None = None  # default: the 2 nearest classes in classifier features
+    paraphrases: Path | None = None  # "{name}" template file; default the shipped set
+    seed: int = 0
+    heldout_fraction: float = 0.2
+    teacher_cache: Path | None = None
+    teacher_steps: int | None = None
+    teacher_channels: tuple[int, ...] | None = None
+    vae_steps: int | None = None
+    text_encoder: str | None = None
+    classifier_steps: int | None = None
+    sfd_config: Path | None = None
+    sfd_args: list[str] = field(default_factory=list)
+    baseline_iterations: int | None = None
+    curve_every: int | None = None
+    curve_per_class: int = 16
+    forget_images: int = 200
+    remain_per_class: int = 100
+    ddim_steps: int = 25
+    attack: AttackBudget = field(default_factory=AttackBudget)
+    attack_prompts: int = 2
+    attack_ddim_steps: int = 4
+    grid_per_prompt: int = 8
+    threads: int | None = None
+    progress: bool = True
+
+    def sfd_command_line(
+        self,
+        teacher_dir: str = "set-by-sfd-demo-text",
+        prompts: DemoPrompts | None = None,
+        stage: str = "sfd",
+    ) -> list[str]:
+        """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings.
+
+        `stage="sfd"` is SFD itself (also stage 2 of the two-stage path, which adds the stage-1
+        networks). `stage="stage1"` is distillation without forgetting: the packaged preset
+        plus its stage-1 overlay (or the user's `sfd_config` alone), the user's overrides, every
+        class's captions as the prompts to keep, both forget weights 0 and
+        `baseline_iterations` if given.
+        """
+        if stage not in ("sfd", "stage1"):
+            raise ValueError(f"unknown stage {stage!r}")
+        init = "--model.conditions.init_args."
+        args = ["-c", str(self.sfd_config or default_sfd_config(self.data))]
+        if stage == "stage1" and self.sfd_config is None:
+            args += ["-c", str(default_sfd_config(self.data, "stage1"))]
+        args += self.sfd_args
+        args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
+        if prompts is not None:
+            import json
+
+            keep = prompts.files["distill_prompts" if stage == "stage1" else "remain_prompts"]
+            args += [f"{init}concepts", json.dumps(prompts.concepts)]
+            args += [f"{init}forget_prompts", str(prompts.files["forget_prompts"])]
+            args += [f"{init}remain_prompts", str(keep)]
+        # The demo seeds every phase itself (`pl.seed_everything(seed, verbose=False)`).
+        args += ["--model.seed", str(self.seed), "--seed_everything", "false"]
+        if stage == "stage1":
+            args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
+            if self.baseline_iterations is not None:
+                args += ["--trainer.max_steps", str(self.baseline_iterations)]
+        return args
