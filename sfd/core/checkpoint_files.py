@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,30 @@ def _first_sentence(message: str, limit: int = 120) -> str:
     text = " ".join(message.split())
     text = text.split(". ")[0]
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# What `--ckpt_path last` resumes from and `sfd export RUN_FOLDER` exports: Lightning's last
+# checkpoints and SLURM's pre-emption saves.
+RESUMABLE_NAME = re.compile(r"^(last(-v\d+)?|hpc_ckpt_\d+)\.ckpt$")
+DEFAULT_ROOT_DIR = "runs"  # `sfd fit`'s trainer.default_root_dir when no config names one
+
+
+def newest_checkpoint(folders: Iterable[str | Path]) -> str | None:
+    """The most recently written `last*.ckpt` or `hpc_ckpt_*.ckpt` anywhere under `folders`.
+
+    Args:
+        folders: the folders to search, recursively (ones that do not exist are skipped).
+
+    Returns:
+        the checkpoint path, or None if there is none.
+    """
+    candidates = {
+        path.resolve()
+        for root in map(Path, folders)
+        if root.is_dir()
+        for path in root.rglob("*.ckpt")
+        if RESUMABLE_NAME.match(path.name) and path.is_file()
+    }
+    if not candidates:
+        return None
+    return str(max(candidates, key=lambda path: (path.stat().st_mtime_ns, str(path))))

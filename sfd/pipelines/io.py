@@ -15,7 +15,7 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 
-from sfd.core.checkpoint_files import load_checkpoint_safely
+from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely, newest_checkpoint
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, generator_from_checkpoint
 from sfd.core.guards import WEIGHT_LIMIT, check_finite_weights, largest_weight
 from sfd.errors import SFDConfigError
@@ -175,8 +175,6 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
     Returns:
         the checkpoint file (not checked further).
     """
-    from sfd.training.resume import DEFAULT_ROOT_DIR, newest_checkpoint
-
     folder = Path(DEFAULT_ROOT_DIR) if str(checkpoint) == LAST else Path(checkpoint)
     if not folder.is_dir():
         return Path(checkpoint)

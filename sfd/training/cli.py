@@ -25,7 +25,7 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from sfd.core import guards
-from sfd.core.checkpoint_files import load_checkpoint_safely
+from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
@@ -37,7 +37,6 @@ from sfd.training.loggers import ResumableWandbLogger
 from sfd.training.progress import IterationProgressBar, quiet_design_warnings
 from sfd.training.resume import (
     CHECKPOINT_FOLDER,
-    DEFAULT_ROOT_DIR,
     RunConfigStamp,
     announce_resume,
     check_same_run,

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,11 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from sfd.core.checkpoint_files import newest_checkpoint
 from sfd.errors import SFDConfigError
 
 # Lightning's names: ModelCheckpoint(save_last=True) writes last.ckpt (last-v1.ckpt, ... when
 # names collide); the SLURM requeue signal handler writes hpc_ckpt_<n>.ckpt in default_root_dir.
-RESUMABLE_NAME = re.compile(r"^(last(-v\d+)?|hpc_ckpt_\d+)\.ckpt$")
-DEFAULT_ROOT_DIR = "runs"  # `sfd fit`'s trainer.default_root_dir when no config names one
 CHECKPOINT_FOLDER = "checkpoints"  # every run's checkpoints: <default_root_dir>/checkpoints/
 
 
@@ -47,27 +45,6 @@ def find_resume_checkpoint(trainer: pl.Trainer, announce: bool = True) -> str | 
     if announce:
         announce_resume(newest)
     return newest
-
-
-def newest_checkpoint(folders: Iterable[str | Path]) -> str | None:
-    """The most recently written `last*.ckpt` or `hpc_ckpt_*.ckpt` anywhere under `folders`.
-
-    Args:
-        folders: the folders to search, recursively (ones that do not exist are skipped).
-
-    Returns:
-        the checkpoint path, or None if there is none.
-    """
-    candidates = {
-        path.resolve()
-        for root in map(Path, folders)
-        if root.is_dir()
-        for path in root.rglob("*.ckpt")
-        if RESUMABLE_NAME.match(path.name) and path.is_file()
-    }
-    if not candidates:
-        return None
-    return str(max(candidates, key=lambda path: (path.stat().st_mtime_ns, str(path))))
 
 
 def announce_resume(path: str | None) -> None:

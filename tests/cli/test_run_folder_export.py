@@ -5,7 +5,10 @@ often it restarts; `sfd fit` ends by naming its checkpoint and the export comman
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,7 +74,9 @@ def test_a_folder_without_checkpoints_is_one_error(tmp_path: Path) -> None:
 def test_csv_and_wandb_runs_share_one_checkpoint_layout(
     tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+    # Each fit in its own process: wandb keeps the settings of the first run of a process (its
+    # mode and folders) and would impose them on the later runs of this pytest process.
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     layouts = {}
     for name, extra in {
         "csv": ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
@@ -80,7 +85,8 @@ def test_csv_and_wandb_runs_share_one_checkpoint_layout(
     }.items():  # fmt: skip
         run_dir = tmp_path / name
         args = fit_args(tiny_teacher_dir, run_dir, *extra, "--trainer.max_steps", "10")
-        assert main(args) == 0
+        done = subprocess.run([sys.executable, "-m", "sfd.cli", *args], env=env, timeout=600)
+        assert done.returncode == 0
         layouts[name] = relative_checkpoints(run_dir)
     expected = ["checkpoints/epoch=0-step=10.ckpt", "checkpoints/last.ckpt"]
     assert layouts["csv"] == layouts["wandb"] == expected

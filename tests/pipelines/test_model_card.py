@@ -68,8 +68,10 @@ def test_every_snippet_is_complete() -> None:
         assert len(snippets) == (3 if record["kind"] == "text" else 2)
         for snippet in snippets:
             compile(snippet, "snippet", "exec")
-            assert "import torch" in snippet and "from diffusers import" in snippet
-            assert "from_pretrained(" in snippet and "image = pipe(" in snippet
+            assert "import torch" in snippet and "image = pipe(" in snippet
+            assert ("from diffusers import" in snippet and "from_pretrained(" in snippet) or (
+                "from sfd.pipelines import load_pipeline" in snippet and "load_pipeline(" in snippet
+            )
 
 
 def test_shown() -> None:
