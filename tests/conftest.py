@@ -19,6 +19,13 @@ CONFIGS = REPO / "configs"
 SCRIPTS = REPO / "tests" / "scripts"  # subprocess entry points and YAML-loadable test helpers
 
 
+def docs_block(page: str, marker: str) -> str:
+    """The ```python block after `<!-- tested: marker -->` in a docs page, as a reader copies it."""
+    text = (REPO / page).read_text()
+    after = text.split(f"<!-- tested: {marker} -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def tiny_unet(
     num_class_embeds: int | None = 10,
     sample_size: int = 8,

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, docs_block
 
 import sfd
 
@@ -34,17 +34,11 @@ def test_the_api_page_lists_every_public_name() -> None:
 DOCS_PAGE = "docs/getting-started.md"
 
 
-def docs_block(marker: str) -> str:
-    text = (REPO / DOCS_PAGE).read_text()
-    after = text.split(f"<!-- tested: {marker} -->", 1)[1]
-    return after.split("```python\n", 1)[1].split("```", 1)[0]
-
-
 def test_docs_train_export_sample_snippet(
     tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The train → export → sample block of docs/getting-started.md, as written."""
-    code = docs_block("train-export-sample")
+    code = docs_block(DOCS_PAGE, "train-export-sample")
     assert re.findall(r"^from (\S+) import", code, re.M) == ["lightning.pytorch.callbacks", "sfd"]
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_teacher_dir, tmp_path / "runs" / "teachers" / "tiny")

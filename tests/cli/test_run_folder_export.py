@@ -72,7 +72,7 @@ def test_a_folder_without_checkpoints_is_one_error(tmp_path: Path) -> None:
 
 
 def test_csv_and_wandb_runs_share_one_checkpoint_layout(
-    tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_teacher_dir: Path, tmp_path: Path
 ) -> None:
     # Each fit in its own process: wandb keeps the settings of the first run of a process (its
     # mode and folders) and would impose them on the later runs of this pytest process.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SCRIPTS, fit_args
+from conftest import SCRIPTS, docs_block, fit_args
 
 from sfd.errors import SFDConfigError
 from sfd.notices import HIDDEN_LOG_LINES, HIDDEN_WARNINGS
@@ -244,14 +244,6 @@ def test_the_checkpoint_of_a_plain_copy_keeps_its_weights(tiny_teacher_dir: Path
 TESTED_PAGE = "docs/training.md"
 
 
-def docs_block(marker: str) -> str:
-    from conftest import REPO
-
-    text = (REPO / TESTED_PAGE).read_text()
-    after = text.split(f"<!-- tested: {marker} -->", 1)[1]
-    return after.split("```python\n", 1)[1].split("```", 1)[0]
-
-
 def test_docs_plain_trainer_snippet(
     tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,7 +252,7 @@ def test_docs_plain_trainer_snippet(
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_teacher_dir, tmp_path / "runs" / "teachers" / "tiny")
-    code = compile(docs_block("plain-trainer snippet"), TESTED_PAGE, "exec")
+    code = compile(docs_block(TESTED_PAGE, "plain-trainer snippet"), TESTED_PAGE, "exec")
     first: dict = {}
     exec(code, first)
     assert first["trainer"].global_step == 20
