@@ -30,8 +30,10 @@ from sfd.pipelines.delta_lora import (
     output_error,
 )
 from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
+from sfd.pipelines.one_step_flow import OneStepFlowSampling, OneStepFluxPipeline, OneStepSD3Pipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_single_file
+from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 
 # --dtype name -> (torch dtype, diffusers variant name of the weight files)
@@ -46,18 +48,23 @@ STANDALONE_FILES = {
 # the folder (`_resolve_custom_pipeline_and_cls`), and a stock StableDiffusionPipeline must load a
 # text export as itself.
 NAMES_ITS_FILE = (OneStepPipeline,)
+# Flow exports are stock folders: model_index.json names the stock class, no file is copied.
 # pipeline class -> its settings kept in model_index.json's private block: a stock pipeline loads
 # the folder of a text export and would warn about unexpected config attributes otherwise
 PRIVATE_SETTINGS = {
     OneStepPipeline: (),
     OneStepTextPipeline: ("sigma_init", "prediction_type", "timestep"),
+    OneStepSD3Pipeline: ("t_init", "max_sequence_length", "timestep"),
+    OneStepFluxPipeline: ("t_init", "max_sequence_length", "timestep", "guidance", "sample_size"),
 }
 LORA_CHECK_PROMPTS = ["a photo of a person", "a landscape painting"]  # + the run's forget prompts
 LORA_CHECK_SEED = 0
 
 
-def write_standalone_pipeline(pipeline: Any, staging: Path) -> str:
+def write_standalone_pipeline(pipeline: Any, staging: Path) -> str | None:
     """Copy the torch + diffusers only twin of the pipeline class into the folder; return its name.
+
+    A flow export needs none: its model_index.json names the stock class (None is returned).
 
     For a class-conditional export, model_index.json then names file and class in diffusers'
     custom-pipeline form, `["one_step_pipeline", "OneStepPipeline"]`, so
@@ -65,10 +72,14 @@ def write_standalone_pipeline(pipeline: Any, staging: Path) -> str:
     sfd and without naming the file. A text export keeps sigma_init, prediction_type and timestep
     in a private block (`SETTINGS_KEY`) that a stock StableDiffusionPipeline skips silently.
     """
-    source, name = STANDALONE_FILES[type(pipeline)]
-    shutil.copyfile(Path(__file__).with_name(source), staging / name)
     index_file = staging / "model_index.json"
     index = json.loads(index_file.read_text())
+    name = None
+    if isinstance(pipeline, OneStepFlowSampling):
+        index["_class_name"] = pipeline.stock_class.__name__
+    else:
+        source, name = STANDALONE_FILES[type(pipeline)]
+        shutil.copyfile(Path(__file__).with_name(source), staging / name)
     if isinstance(pipeline, NAMES_ITS_FILE):
         index["_class_name"] = [name.removesuffix(".py"), type(pipeline).__name__]
     private = {key: index.pop(key) for key in PRIVATE_SETTINGS[type(pipeline)]}
@@ -193,7 +204,7 @@ class ExportJob:
 
     @property
     def text(self) -> bool:
-        return isinstance(self.pipeline, OneStepTextPipeline)
+        return isinstance(self.pipeline, OneStepTextSampling)
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,12 @@ class ExportPart:
 
 
 def _stable_diffusion_only(job: ExportJob) -> None:
+    if isinstance(job.pipeline, OneStepFlowSampling):
+        raise SFDConfigError(
+            "--single-file and --lora are not written for SD3 / Flux exports yet: the folder "
+            "itself is a stock diffusers folder (load it with StableDiffusion3Pipeline / "
+            "FluxPipeline); export without them"
+        )
     if not job.text:
         raise SFDConfigError(
             "--single-file and --lora are for Stable Diffusion exports; "
