@@ -54,9 +54,19 @@ class OneStepFlowSampling(OneStepTextSampling):
 
     denoiser_class: type[FlowTransformerDenoiser]
     stock_class: type
+    settings: tuple[str, ...] = ("t_init", "max_sequence_length", "timestep")
 
     def denoiser_settings(self) -> dict[str, Any]:
         return {}
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The stock class's components: the networks, tokenizers and scheduler, not the settings."""
+        return {
+            name: getattr(self, name)
+            for name in self.config.keys()
+            if not name.startswith("_") and name not in self.settings
+        }
 
     @property
     def generator(self) -> OneStepGenerator:
@@ -153,6 +163,7 @@ class OneStepSD3Pipeline(OneStepFlowSampling, StableDiffusion3Pipeline):
         feature_extractor: Any = None,
         t_init: float = 0.97,
         max_sequence_length: int = 256,
+        timestep: float | None = None,
     ) -> None:
         super().__init__(
             transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
@@ -171,6 +182,7 @@ class OneStepFluxPipeline(OneStepFlowSampling, FluxPipeline):
 
     denoiser_class = FluxDenoiser
     stock_class = FluxPipeline
+    settings = (*OneStepFlowSampling.settings, "guidance", "sample_size")
 
     def __init__(
         self,
@@ -187,6 +199,7 @@ class OneStepFluxPipeline(OneStepFlowSampling, FluxPipeline):
         max_sequence_length: int = 512,
         guidance: float | None = None,
         sample_size: int = 128,
+        timestep: float | None = None,
     ) -> None:
         super().__init__(
             scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
