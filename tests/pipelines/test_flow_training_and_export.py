@@ -65,7 +65,9 @@ def stock_latents(family: str, folder: Path, z: torch.Tensor, record: dict) -> t
         pipe = StableDiffusion3Pipeline.from_pretrained(folder)
         return pipe(PROMPTS, latents=z, output_type="latent", **call).images
     pipe = FluxPipeline.from_pretrained(folder)
-    packed = pipe(PROMPTS, latents=FluxPipeline._pack_latents(z, *z.shape), output_type="latent", **call)
+    packed = pipe(
+        PROMPTS, latents=FluxPipeline._pack_latents(z, *z.shape), output_type="latent", **call
+    )
     return FluxPipeline._unpack_latents(packed.images, call["height"], call["width"], 1)
 
 
@@ -97,7 +99,9 @@ def test_flow_sfd_trains_exports_and_the_stock_pipeline_samples_it(
     assert record["stock_call"]["sigmas"] == [pytest.approx(T_INIT)]
     assert "num_inference_steps=1" in (folder / "README.md").read_text()
 
-    z = torch.randn(len(PROMPTS), *generator.sample_shape, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(
+        len(PROMPTS), *generator.sample_shape, generator=torch.Generator().manual_seed(3)
+    )
     with torch.no_grad():
         ours = load_pipeline(folder)
         assert isinstance(ours, {"sd3": OneStepSD3Pipeline, "flux": OneStepFluxPipeline}[family])
