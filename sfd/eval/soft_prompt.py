@@ -24,7 +24,7 @@ from sfd.core.conditions import TextCondition
 from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import AttackBudget as AttackBudget
 from sfd.eval.evaluate import class_noise
-from sfd.eval.text_models import TextToImage
+from sfd.eval.text_models import FlowPromptEncoder, PromptEncoder, TextToImage
 from sfd.teachers.stable_diffusion import hidden_states, tokenize
 
 
@@ -54,6 +54,7 @@ class SoftPrompt(nn.Module):
         prompt: the prompt the tokens are appended to.
         num_tokens: learned tokens.
         generator: random stream of the initial tokens (drawn from the vocabulary).
+        max_length: the padded length (None: the tokenizer's `model_max_length`).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class SoftPrompt(nn.Module):
         prompt: str,
         num_tokens: int,
         generator: torch.Generator,
+        max_length: int | None = None,
     ) -> None:
         super().__init__()
         if "inputs_embeds" not in inspect.signature(text_encoder.forward).parameters:
@@ -70,13 +72,24 @@ class SoftPrompt(nn.Module):
                 f"the soft-prompt attack needs a text encoder that takes inputs_embeds; "
                 f"{type(text_encoder).__name__} does not"
             )
-        tokens = tokenize(tokenizer, [prompt])
+        if max_length is None:
+            tokens = tokenize(tokenizer, [prompt])
+        else:  # as the stock flow pipelines tokenize their sequence encoder
+            tokens = tokenizer(
+                [prompt],
+                padding="max_length",
+                max_length=max_length,
+                truncation=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            )
         ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
         length, used = len(ids), int(mask.sum())
         if used + num_tokens > length:
+            limit = "model_max_length" if max_length is None else "max_sequence_length"
             raise SFDConfigError(
                 f"prompt {prompt!r} has {used} tokens; {num_tokens} more exceed the tokenizer's "
-                f"model_max_length={length}"
+                f"{limit}={length}"
             )
         table = text_encoder.get_input_embeddings().weight.detach()  # (V, D_in)
         self.text_encoder = text_encoder
@@ -89,12 +102,52 @@ class SoftPrompt(nn.Module):
         new_mask[: used + num_tokens] = 1
         self.register_buffer("mask", new_mask)
 
-    def forward(self) -> Tensor:
-        """Hidden states of the prompt with the learned tokens, (1, L, D)."""
+    def sequence(self) -> Tensor:
+        """The input embeddings of the prompt with the learned tokens, (L, D_in)."""
         head = self.prompt_embeds[: self.insert_at]
         tail = self.prompt_embeds[self.insert_at :]
-        sequence = torch.cat([head, self.tokens, tail])[: self.length]  # (L, D_in)
-        return hidden_states(self.text_encoder, None, self.mask[None], inputs_embeds=sequence[None])
+        return torch.cat([head, self.tokens, tail])[: self.length]
+
+    def forward(self) -> Tensor:
+        """Hidden states of the prompt with the learned tokens, (1, L, D)."""
+        return hidden_states(
+            self.text_encoder, None, self.mask[None], inputs_embeds=self.sequence()[None]
+        )
+
+
+class FlowSoftPrompt(SoftPrompt):
+    """The soft prompt of a flow pipeline: the learned tokens enter its sequence encoder (SD3's
+    T5 slot, Flux's T5), called as the stock pipeline calls it (last hidden states, no attention
+    mask); the other rows of the packed embeddings (pooled and CLIP rows) are the stock
+    `encode_prompt`'s for the plain prompt.
+
+    Args:
+        encoder: the model's `FlowPromptEncoder`.
+        prompt, num_tokens, generator: as `SoftPrompt`.
+    """
+
+    def __init__(
+        self, encoder: FlowPromptEncoder, prompt: str, num_tokens: int, generator: torch.Generator
+    ) -> None:
+        length = encoder.denoiser.max_sequence_length
+        super().__init__(
+            encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, generator, length
+        )
+        self.register_buffer("packed", encoder.encode([prompt]))  # (1, 1 + R, D)
+
+    def forward(self) -> Tensor:
+        """Packed embeddings of the prompt with the learned tokens, (1, 1 + R, D)."""
+        states = self.text_encoder(inputs_embeds=self.sequence()[None])[0].float()  # (1, L, D)
+        return torch.cat([self.packed[:, : -self.length], states], dim=1)
+
+
+def soft_prompt_for(
+    encoder: PromptEncoder, prompt: str, num_tokens: int, generator: torch.Generator
+) -> SoftPrompt:
+    """The soft prompt of a model's prompt encoder: its family's encoding path."""
+    if isinstance(encoder, FlowPromptEncoder):
+        return FlowSoftPrompt(encoder, prompt, num_tokens, generator)
+    return SoftPrompt(encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, generator)
 
 
 def _target_stats(
@@ -135,7 +188,7 @@ def soft_prompt_attack(
     classifier.requires_grad_(False).eval()
     encoder = model.encoder
     rng = torch.Generator().manual_seed(budget.seed)
-    soft = SoftPrompt(encoder.tokenizer, encoder.text_encoder, prompt, budget.num_tokens, rng)
+    soft = soft_prompt_for(encoder, prompt, budget.num_tokens, rng)
     soft.to(device)
     empty = encoder.encode([""]).to(device)  # (1, L, D)
     plain = encoder.condition([prompt]).to(device)
