@@ -45,8 +45,7 @@ def teacher_text_parser() -> argparse.ArgumentParser:
     add(
         "--max-length",
         type=int,
-        help="tokenizer padding / truncation length (default 24; sd3: 16, its "
-        "max_sequence_length)",
+        help="tokenizer padding / truncation length (default 24; sd3: 16, its max_sequence_length)",
     )
     add("--accelerator", default="auto", help="Lightning accelerator")
     add("--no-progress", action="store_true", help="hide progress bars")

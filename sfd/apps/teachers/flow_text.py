@@ -21,8 +21,9 @@ What the three text-encoder slots of the folder hold:
   one-layer `CLIPTextModelWithProjection`s of width 8 with every weight zero, under a
   `CLIPTokenizer` over the 512 byte-level symbols (no merges) with `model_max_length` 2. Their
   hidden states and pooled projections are exactly zero for every prompt, so the stock
-  `encode_prompt` runs unchanged (2 + 2 zero CLIP rows padded to 384 wide, then the MiniLM
-  rows; pooled projections of 8 + 8 zeros) and MiniLM does all the conditioning. The CLIP
+  `encode_prompt` runs unchanged (2 zero CLIP rows, CLIP-L and CLIP-G side by side padded to
+  384 wide, then the 16 MiniLM rows; pooled projections of 8 + 8 zeros) and MiniLM does all
+  the conditioning. The CLIP
   tokenizer truncates every prompt to [BOS, EOS]; diffusers logs that truncation, which this
   module silences for the demo (`quiet_clip_truncation`).
 
