@@ -55,8 +55,14 @@ from torch import Tensor
 
 from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.teachers.checks import check_output_dir
-from sfd.apps.teachers.pixel import DDPMTeacherModule, TeacherDataModule, one_device_trainer
-from sfd.apps.teachers.text import TextTeacherModule, default_text_encoder, load_encoder_folder
+from sfd.apps.teachers.pixel import TeacherDataModule, one_device_trainer
+from sfd.apps.teachers.text import (
+    CaptionedTeacherModule,
+    default_text_encoder,
+    load_encoder_folder,
+    teacher_record,
+    text_sample_shape,
+)
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages
@@ -173,25 +179,18 @@ def make_flow_pipeline(
     )
 
 
-class FlowTextTeacherModule(pl.LightningModule):
+class FlowTextTeacherModule(CaptionedTeacherModule):
     """Rectified-flow (velocity) training of an `SD3Transformer2DModel` on captioned images.
 
     Args:
-        transformer: the network (kept as `unet` so that the UNet teachers' optimizer schedule
-            and EMA update apply unchanged).
+        transformer: the network.
         caption_embeds: packed SD3 embeddings of every caption (`sfd.teachers.flow.pack_pooled`),
             class-major, (U, 1 + L, D).
         caption_labels: the class of each caption, (U,), sorted.
         empty_embeds: the empty prompt's packed embeddings, (1 + L, D).
-        vae: encodes images to latents (None: the transformer works on pixels).
-        prompt_dropout, lr, weight_decay, warmup_steps, ema_decay: as `TextTeacherModule`.
+        vae, prompt_dropout, lr, weight_decay, warmup_steps, ema_decay: as
+            `CaptionedTeacherModule`.
     """
-
-    configure_optimizers = DDPMTeacherModule.configure_optimizers
-    on_train_batch_end = DDPMTeacherModule.on_train_batch_end
-    to_latents = TextTeacherModule.to_latents
-    captions_for = TextTeacherModule.captions_for
-    export_unet = TextTeacherModule.export_unet
 
     def __init__(
         self,
@@ -206,26 +205,11 @@ class FlowTextTeacherModule(pl.LightningModule):
         warmup_steps: int = 100,
         ema_decay: float | None = 0.999,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(
-            "prompt_dropout", "lr", "weight_decay", "warmup_steps", "ema_decay"
-        )
-        if not 0.0 <= prompt_dropout < 1.0:
-            raise SFDConfigError(f"prompt_dropout={prompt_dropout} must lie in [0, 1)")
-        if bool((caption_labels[1:] < caption_labels[:-1]).any()):
-            raise ValueError("caption_labels must be sorted (class-major captions)")
-        self.unet = transformer
+        super().__init__(
+            transformer, caption_embeds, caption_labels, empty_embeds, vae, prompt_dropout, lr,
+            weight_decay, warmup_steps, ema_decay,
+        )  # fmt: skip
         self.pooled_dim = transformer.config.pooled_projection_dim
-        self.vae = None if vae is None else vae.requires_grad_(False).eval()
-        self.ema_decay = ema_decay
-        self.ema_unet = (
-            None if ema_decay is None else copy.deepcopy(transformer).requires_grad_(False)
-        )
-        counts = torch.bincount(caption_labels)
-        self.register_buffer("caption_embeds", caption_embeds.float(), persistent=False)
-        self.register_buffer("empty_embeds", empty_embeds.float(), persistent=False)
-        self.register_buffer("caption_counts", counts, persistent=False)
-        self.register_buffer("caption_offsets", counts.cumsum(0) - counts, persistent=False)
 
     def flow_loss(self, x0: Tensor, labels: Tensor) -> Tensor:
         """The rectified-flow velocity loss at logit-normal times with captions (some dropped).
@@ -256,10 +240,7 @@ class FlowTextTeacherModule(pl.LightningModule):
         ).sample
         return F.mse_loss(velocity.float(), noise - latents)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self.flow_loss(*batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+    loss = flow_loss
 
 
 def save_flow_teacher(
@@ -315,12 +296,8 @@ def train_flow_text_teacher(
     output_dir = check_output_dir(output_dir)
     encoder_path = text_encoder or default_text_encoder()
     tokenizer, encoder = load_encoder_folder(encoder_path, max_length)
-    channels, height, width = train.image_shape
-    if vae is None:
-        sample_shape = (channels, height, width)
-    else:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        sample_shape = (vae.config.latent_channels, height // factor, width // factor)
+    sample_shape = text_sample_shape(train, vae)
+    if vae is not None:
         vae.register_to_config(shift_factor=0.0)  # the stock SD3 decode adds it
     quiet_clip_truncation()
     with isolate_rng():
@@ -348,30 +325,17 @@ def train_flow_text_teacher(
         trainer = one_device_trainer(accelerator, max_steps, progress, output_dir.parent)
         trainer.fit(module, datamodule=TeacherDataModule.from_images(train, batch_size, seed=seed))
     pipeline.transformer = copy.deepcopy(module.export_unet()).to("cpu").eval()
-    extra = {
-        "kind": "text-to-image teacher",
-        "family": "sd3",
-        "objective": "rectified flow: x_t = (1 - t) x0 + t eps, v = eps - x0, t logit-normal(0, 1)",
-        "space": "pixels" if vae is None else "latents",
-        "sample_shape": list(sample_shape),
-        "text_encoder_source": encoder_path,
-        "text_encoder_slots": {
+    extra = teacher_record(
+        train, vocabulary, vae, sample_shape, encoder_path, max_length, transformer,
+        family="sd3",
+        objective="rectified flow: x_t = (1 - t) x0 + t eps, v = eps - x0, t logit-normal(0, 1)",
+        text_encoder_slots={
             "text_encoder_3": "all-MiniLM-L6-v2 (BertModel), unmasked last hidden states",
             "text_encoder, text_encoder_2": f"zero-weight CLIP (width {CLIP_WIDTH}), outputs 0",
         },
-        "max_length": max_length,
-        "class_names": list(vocabulary.class_names),
-        "names": [list(names) for names in vocabulary.names],
-        "templates": list(vocabulary.templates),
-        "prompt_dropout": prompt_dropout,
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "train_size": len(train),
-        "parameters": sum(p.numel() for p in transformer.parameters()),
-        "diffusers": diffusers.__version__,
-    }
+        prompt_dropout=prompt_dropout, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed,
+        diffusers=diffusers.__version__,
+    )  # fmt: skip
     return save_flow_teacher(output_dir, pipeline, extra)
 
 

@@ -147,38 +147,25 @@ def build_text_teacher(
                 )
         if announce:
             announce(f"text teacher ({settings.family}): {settings.max_steps} steps")
+        common = {
+            "text_encoder": settings.text_encoder,
+            "vae": vae,
+            **{
+                name: getattr(settings, name)
+                for name in ("max_steps", "batch_size", "lr", "prompt_dropout", "max_length")
+            },
+            "ema_decay": settings.ema_decay,
+            "seed": settings.seed,
+            "accelerator": accelerator,
+            "progress": progress,
+        }
         if settings.family == "sd3":
-            return train_flow_text_teacher(
-                train,
-                vocabulary,
-                output_dir,
-                text_encoder=settings.text_encoder,
-                vae=vae,
-                max_steps=settings.max_steps,
-                batch_size=settings.batch_size,
-                lr=settings.lr,
-                prompt_dropout=settings.prompt_dropout,
-                max_length=settings.max_length,
-                ema_decay=settings.ema_decay,
-                seed=settings.seed,
-                accelerator=accelerator,
-                progress=progress,
-            )
+            return train_flow_text_teacher(train, vocabulary, output_dir, **common)
         return train_text_teacher(
             train,
             vocabulary,
             output_dir,
-            text_encoder=settings.text_encoder,
-            vae=vae,
-            max_steps=settings.max_steps,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
             block_out_channels=tuple(settings.block_out_channels),
             layers_per_block=settings.layers_per_block,
-            prompt_dropout=settings.prompt_dropout,
-            max_length=settings.max_length,
-            ema_decay=settings.ema_decay,
-            seed=settings.seed,
-            accelerator=accelerator,
-            progress=progress,
+            **common,
         )
