@@ -118,18 +118,30 @@ def zero_clip_encoder(vocab_size: int, max_length: int = CLIP_LENGTH) -> torch.n
     return encoder.requires_grad_(False).eval()
 
 
-class _DropClipTruncation(logging.Filter):
-    """Drops diffusers' warning that the zero CLIP slots truncate prompts (they encode nothing)."""
+class _DropSlotNotes(logging.Filter):
+    """Drops the notes that this folder's slot layout is by design: the zero CLIP slots truncate
+    prompts to their 2 tokens (diffusers, transformers) and the T5 slot holds a `BertModel`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return f"CLIP can only handle sequences up to {CLIP_LENGTH} tokens" not in str(record.msg)
+        text = str(record.msg)
+        if "Token indices sequence length is longer" in text:  # transformers, CLIP tokenizers
+            return f"> {CLIP_LENGTH})" not in text
+        if "Expected types for text_encoder_3" in text:  # diffusers, the MiniLM in T5's slot
+            return "BertModel" not in text
+        return f"CLIP can only handle sequences up to {CLIP_LENGTH} tokens" not in text
 
 
 def quiet_clip_truncation() -> None:
-    """Silence the zero CLIP slots' truncation warning of the stock SD3 pipeline (idempotent)."""
-    logger = logging.getLogger(StableDiffusion3Pipeline.__module__)
-    if not any(isinstance(f, _DropClipTruncation) for f in logger.filters):
-        logger.addFilter(_DropClipTruncation())
+    """Silence the by-design notes of the flow text teacher's slot layout (idempotent): the
+    zero CLIP slots' truncation warnings and the BertModel-in-the-T5-slot type note."""
+    for name in (
+        StableDiffusion3Pipeline.__module__,
+        "diffusers.pipelines.pipeline_utils",
+        "transformers.tokenization_utils_base",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropSlotNotes) for f in logger.filters):
+            logger.addFilter(_DropSlotNotes())
 
 
 def make_text_transformer(
