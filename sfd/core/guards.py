@@ -1,8 +1,9 @@
 """Checks that make a broken run fail loudly instead of finishing with broken weights.
 
 Used by `SFDModule`: the inputs (frozen teacher, given networks, optimizer settings, precision)
-are checked once when the module is built or fitted; loss terms and gradients on every update,
-each with a single fused reduction (one host sync per update, not one per tensor).
+are checked once when the module is built or fitted. Loss terms and gradients of every update are
+watched on the device (`NonFiniteWatch`: no host sync per update) and read back when the run logs,
+checkpoints or ends.
 """
 
 from __future__ import annotations
@@ -126,10 +127,83 @@ def count_nonfinite(tensors: list[Tensor]) -> Tensor:
     return torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).sum()
 
 
+def count_nonfinite_flat(tensors: list[Tensor]) -> Tensor:
+    """`count_nonfinite` through one concatenated copy: a few large kernels instead of two per tensor."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.int64)
+    return (~torch.isfinite(torch.cat([t.reshape(-1) for t in tensors]))).sum()
+
+
 def replace_nonfinite_(tensors: list[Tensor]) -> None:
     """NaN -> 0, ±inf -> ±1e5 in place (what the reference does to its gradients)."""
     for t in tensors:
         t.nan_to_num_(nan=0.0, posinf=GRADIENT_FLOOD, neginf=-GRADIENT_FLOOD)
+
+
+class NonFiniteWatch:
+    """Non-finite loss terms and gradients of a training run, tracked on the device.
+
+    Every update records into small device tensors (no host sync, no collective); `report` reads
+    them all back with one sync, when the run logs, saves a checkpoint or ends. Gradients are
+    repaired in place unconditionally as the reference does (NaN -> 0, ±inf -> ±1e5; an identity on
+    finite values), so a few bad elements cost nothing but a count, while a loss term or a whole
+    update that is non-finite marks the iteration it happened at: the owner stops the run at the
+    next read, before any checkpoint or export is written from it.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[str, Tensor] = {}
+
+    def _slot(self, key: str, like: Tensor, empty: int) -> Tensor:
+        slot = self._slots.get(key)
+        if slot is None or slot.device != like.device:
+            slot = self._slots[key] = torch.full((), empty, dtype=torch.int64, device=like.device)
+        return slot
+
+    def _first(self, key: str, bad: Tensor, iteration: int) -> None:
+        """Remember the first iteration at which the 0-d boolean `bad` was true."""
+        slot = self._slot(key, bad, -1)
+        slot.masked_fill_(bad & (slot < 0), iteration)
+
+    def loss_terms(self, network: str, terms: dict[str, Tensor], iteration: int) -> None:
+        """Record which of the named 0-d loss terms of `network` are non-finite."""
+        for name, value in terms.items():
+            self._first(f"loss:{network}/{name}", ~torch.isfinite(value.detach()), iteration)
+
+    def gradients(self, network: str, grads: list[Tensor], iteration: int) -> None:
+        """Count and repair the non-finite elements of `grads`; mark a wholly non-finite update."""
+        if not grads:
+            return
+        bad = count_nonfinite_flat(grads)
+        replaced = self._slot(f"replaced:{network}", bad, 0)
+        replaced.add_(bad)
+        self._first(f"whole:{network}", bad == sum(g.numel() for g in grads), iteration)
+        replace_nonfinite_(grads)
+
+    def report(self) -> dict[str, int]:
+        """Every slot as a plain int (one host sync): `replaced:<network>` counts the repaired
+        gradient elements; `loss:<network>/<term>` and `whole:<network>` give the first iteration
+        of a non-finite loss term or update (-1: never)."""
+        if not self._slots:
+            return {}
+        keys = list(self._slots)
+        return dict(zip(keys, torch.stack([self._slots[k] for k in keys]).tolist(), strict=True))
+
+    @staticmethod
+    def first_failure(report: dict[str, int]) -> tuple[int, str] | None:
+        """(iteration, what) of the earliest non-finite loss term or update; a loss before an update."""
+        failures = [
+            (iteration, key.startswith("whole:"), key)
+            for key, iteration in report.items()
+            if not key.startswith("replaced:") and iteration >= 0
+        ]
+        if not failures:
+            return None
+        iteration, _, key = min(failures)
+        kind, what = key.split(":", 1)
+        if kind == "loss":
+            return iteration, f"non-finite loss {what}"
+        return iteration, f"every {what} gradient element is non-finite"
 
 
 def check_module_settings(hp: Any) -> None:

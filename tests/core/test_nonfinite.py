@@ -1,10 +1,11 @@
 """Nothing silent: non-finite inputs, losses, gradients and weights stop a run loudly.
 
 A teacher with a NaN weight and every bad numeric setting are refused when the module is built;
-a non-finite loss term stops training before the update with a message naming the term, the
-iteration and the last good checkpoint; a few non-finite gradient elements are counted and
-replaced (as the reference does), a wholly non-finite update stops; no checkpoint is written
-from non-finite weights.
+a non-finite loss term stops training with a message naming the term, the iteration and the last
+good checkpoint, before any checkpoint is written from it; a few non-finite gradient elements are
+counted and replaced (as the reference does), a wholly non-finite update stops; no checkpoint is
+written from non-finite weights. The updates themselves never wait on the host: the watch is read
+back when the run logs, checkpoints or ends.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def test_a_few_nonfinite_gradients_are_counted_and_replaced(teacher_dir, tmp_pat
     module = make(teacher_dir, NonFiniteGradients)
     fitted = trainer(tmp_path, steps=2)
     fitted.fit(module)
-    assert fitted.callback_metrics["nonfinite_grads/generator"] == 3
+    # the count so far in this fit, read back at the last iteration: 3 elements in each of 2
+    assert fitted.callback_metrics["nonfinite_grads/generator"] == 6
     assert fitted.callback_metrics["nonfinite_grads/fake_score"] == 0
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())
 
@@ -183,9 +185,23 @@ def test_a_wholly_nonfinite_update_stops(teacher_dir, tmp_path) -> None:
     module.corrupt_all = True
     with pytest.raises(
         NonFiniteError, match="every generator gradient element is non-finite at iteration 0"
-    ):
+    ) as caught:
         trainer(tmp_path, steps=2).fit(module)
+    assert "No checkpoint was written" in str(caught.value)  # the save after it was refused
+    assert not (tmp_path / "ckpt" / "last.ckpt").exists()
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())
+
+
+def test_a_broken_update_is_caught_at_the_next_log_step_without_a_checkpoint(
+    teacher_dir, tmp_path
+) -> None:
+    """No checkpoint callback: the read-back at the logger's interval stops the run."""
+    module = make(teacher_dir, NonFiniteGradients)
+    module.corrupt_all = True
+    fitted = quiet_trainer(tmp_path, 20, log_every_n_steps=3)
+    with pytest.raises(NonFiniteError, match="non-finite at iteration 0; training stopped at it"):
+        fitted.fit(module)
+    assert module.global_step == 3
 
 
 def test_no_checkpoint_is_written_from_nonfinite_weights(teacher_dir, tmp_path) -> None:
