@@ -420,9 +420,7 @@ class SFDModule(pl.LightningModule):
             )
             if path and get_filesystem(path).exists(path)
         ]
-        return (
-            f"The last good checkpoint is {paths[0]}." if paths else "No checkpoint was written."
-        )
+        return f"The last good checkpoint is {paths[0]}." if paths else "No checkpoint was written."
 
     def _log_terms(self, name: str, terms: LossTerms) -> None:
         # Every term is logged; the totals also show in the progress bar. They oscillate around
