@@ -82,6 +82,18 @@ def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
         )
 
 
+def _config_error_in(error: BaseException) -> SFDConfigError | None:
+    """The `SFDConfigError` that `error` is or was raised from, if any (following the causes)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SFDConfigError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class RunCLI(LightningCLI):
     """LightningCLI with the behaviour every sfd training command shares (see the module doc)."""
 
@@ -95,10 +107,13 @@ class RunCLI(LightningCLI):
         except ArgumentError as error:
             self._remove_new_paths()
             raise SFDConfigError(one_line(error)) from error
-        except BaseException:
+        except BaseException as error:
             # A failure before the first iteration leaves nothing behind; a crash later keeps
             # the run's checkpoints and logs.
             self._remove_new_paths()
+            cause = _config_error_in(error)
+            if cause is not None and cause is not error:  # e.g. a callback's, wrapped by
+                raise cause from error  # jsonargparse's type check of trainer.callbacks
             raise
 
     # --- hooks for the concrete commands ----------------------------------------------------------
