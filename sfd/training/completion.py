@@ -16,6 +16,7 @@ for resuming, in its own state in the checkpoint.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,7 +53,7 @@ class UntilForgotten(Callback):
     def __init__(
         self,
         every_n: int = 10,
-        threshold: float = 0.01,
+        threshold: float = 0.05,
         patience: int = 3,
         budget: int | None = None,
         max_drift: float | None = None,
@@ -90,6 +91,7 @@ class UntilForgotten(Callback):
         self.streak = 0
         self.reason: str | None = None
         self.stopped_at: int | None = None
+        self.probe_seconds = 0.0  # wall time of the probes (the rule's own cost)
         self.probes: list[dict[str, Any]] = []
         self.reference: torch.Tensor | None = None  # remain samples at the start, (N, C, H, W)
         self._draws: judge.JudgeDraws | None = None
@@ -113,6 +115,7 @@ class UntilForgotten(Callback):
     def probe(self, module: Any) -> dict[str, Any]:
         """Judge the shipped and the raw generator now: {iteration, forget_rate, forget_rate_raw,
         drift, classifier_ua}."""
+        clock = time.perf_counter()
         draws = self._fixed_draws(module)
         shipped = module.export_generator
         networks = {"forget_rate": shipped, "forget_rate_raw": module.generator}
@@ -130,6 +133,7 @@ class UntilForgotten(Callback):
         if self.reference is None:
             self.reference = remain.detach().cpu()
         point["drift"] = judge.remain_drift(remain.cpu(), self.reference)
+        self.probe_seconds += time.perf_counter() - clock  # the classifier's time is not the rule's
         if self.classifier_ua is not None:
             point["classifier_ua"] = float(self.classifier_ua(module))
         return point
@@ -218,6 +222,7 @@ class UntilForgotten(Callback):
             "iterations": self.stopped_at,
             "last_probe": dict(last),
             "probes": len(self.probes),
+            "probe_seconds": self.probe_seconds,
             "settings": {
                 "every_n": self.every_n,
                 "threshold": self.threshold,
@@ -238,6 +243,7 @@ class UntilForgotten(Callback):
             "streak": self.streak,
             "reason": self.reason,
             "stopped_at": self.stopped_at,
+            "probe_seconds": self.probe_seconds,
             "probes": [dict(p) for p in self.probes],
             "reference": self.reference,
         }
@@ -246,5 +252,6 @@ class UntilForgotten(Callback):
         self.streak = int(state_dict["streak"])
         self.reason = state_dict["reason"]
         self.stopped_at = state_dict["stopped_at"]
+        self.probe_seconds = float(state_dict.get("probe_seconds", 0.0))
         self.probes = [dict(p) for p in state_dict["probes"]]
         self.reference = state_dict["reference"]

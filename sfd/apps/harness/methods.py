@@ -24,6 +24,7 @@ from sfd.core.conditions import ClassConditions
 from sfd.pipelines.io import load_generator
 from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
+from sfd.training.completion import UntilForgotten
 
 TITLES = {
     "teacher": "teacher (DDIM)",
@@ -138,18 +139,40 @@ class SFDMethod:
                 "stage1_folder": str(stage1.folder),
             }
         curve = run.curve(_iterations(args))
-        module, seconds, iterations = train_sfd(
-            args, [curve], run.logs / self.key, run.settings.progress, run.settings.seed
+        callbacks: list[pl.Callback] = [curve]
+        if run.settings.until_forgotten:
+            rule = until_forgotten(curve)
+            callbacks.append(rule)
+        module, seconds, _ = train_sfd(
+            args, callbacks, run.logs / self.key, run.settings.progress, run.settings.seed
         )
+        if run.settings.until_forgotten:
+            extra["completion"] = rule.summary()
         extra["module"] = module  # for tests and exports; dropped from the report
         return Fitted(
             self.key,
             unlearned(module),
-            iterations,
+            int(module.global_step),  # fewer than max_steps when the completion rule stopped it
             seconds - curve.evaluation_seconds,
             curve.as_dicts(),
             extra=extra,
         )
+
+
+def until_forgotten(curve: TimedForgettingCurve) -> UntilForgotten:
+    """The completion rule at the curve's interval, with the curve's classifier UA beside it.
+
+    The rule runs after the curve (callback order), so at each probe the curve's point of the same
+    iteration is already there and nothing is evaluated twice.
+    """
+
+    def classifier_ua(module: Any) -> float:
+        last = curve.points[-1] if curve.points else None
+        if last is not None and last.iteration == module.global_step:
+            return last.ua
+        return curve.evaluate(module)[0]
+
+    return UntilForgotten(every_n=curve.every_n, classifier_ua=classifier_ua)
 
 
 class DistillMethod:
