@@ -151,3 +151,37 @@ def test_the_stop_reaches_the_checkpoints_training_record_and_the_card(tmp_path)
         f"- Stopped by the completion rule (`UntilForgotten`): {until.reason} at "
     )
     assert "iteration 2; judged forget rate" in line
+
+
+def test_the_rule_probes_a_text_teacher_under_forget_and_override_prompts(tmp_path) -> None:
+    """Text conditions come from the run's `PromptConditions`: the judge's teacher calls see the
+    forget prompts and their overrides, paired."""
+    from text_fixtures import save_tiny_bert, save_tiny_text_teacher
+
+    from sfd.core.conditions import PromptConditions
+    from sfd.teachers import StableDiffusionTeacher
+
+    teacher_dir = save_tiny_text_teacher(tmp_path / "teacher", save_tiny_bert(tmp_path / "bert"))
+    (tmp_path / "forget.txt").write_text("a photo of seven\n")
+    conditions = PromptConditions({"seven": "one"}, forget_prompts=str(tmp_path / "forget.txt"))
+    sfd = SFDModule(
+        StableDiffusionTeacher(str(teacher_dir)),
+        conditions,
+        UniformTimestepSigma(20, 980),
+        batch_size=2,
+        ema_decay=0.5,
+    )
+    seen = []
+    sfd.teacher.unet.register_forward_pre_hook(
+        lambda net, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach().clone()),
+        with_kwargs=True,
+    )
+    until = rule(every_n=1, budget=1, num_samples=2, draws=1, sigmas=[1.0])
+    quiet_trainer(tmp_path, 3, callbacks=[until]).fit(sfd)
+    assert [p["iteration"] for p in until.probes] == [0, 1] and until.reason == "budget"
+    assert all(p["forget_rate"] in (0.0, 0.5, 1.0) for p in until.probes)
+    embeds = conditions.embeddings(torch.device("cpu"))
+    forget, override = embeds["forget"][0], embeds["override"][0]
+    probe_calls = seen[:4]  # the start's probe: EMA and raw, each under forget then override
+    for i, states in enumerate(probe_calls):
+        assert torch.equal(states[0], forget if i % 2 == 0 else override)
