@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sfd.errors import SFDConfigError, check_guidance, check_number
+from sfd.errors import SFDConfigError, check_count, check_guidance, check_number
 
 # Lightning precision settings that keep the weights themselves in half precision: SFD's
 # learning rates (1e-5 .. 1e-6) and EMA decay 0.9999 vanish below half precision's resolution.
@@ -209,9 +209,7 @@ class NonFiniteWatch:
 def check_module_settings(hp: Any) -> None:
     """Every numeric setting of the module, finite and in range (one line naming the bad one)."""
     for name in ("batch_size", "steps_per_epoch"):
-        value = hp[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SFDConfigError(f"{name}={value!r} must be an integer of at least 1")
+        check_count(name, hp[name])
     check_number("alpha", hp.alpha, low=0)
     for name in ("lambda_sg_remain", "lambda_sg_forget", "lambda_g_remain", "lambda_g_forget"):
         check_number(name, hp[name], low=0)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sfd.core.conditions import ConditionBatch, ConditionSampler
-from sfd.errors import SFDConfigError, check_number
+from sfd.errors import SFDConfigError, check_count, check_number
 from sfd.teachers.base import Denoiser
 
 DEFAULT_SIGMAS = (
@@ -35,9 +35,8 @@ DEFAULT_SIGMAS = (
 
 def check_judge_settings(num_samples: int, sigmas: Any, draws: int) -> tuple[float, ...]:
     """Validate the judge's settings (one line naming the bad value); the levels as floats."""
-    for name, value in (("num_samples", num_samples), ("draws", draws)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SFDConfigError(f"{name}={value!r} must be an integer of at least 1")
+    check_count("num_samples", num_samples)
+    check_count("draws", draws)
     levels = tuple(sigmas) if isinstance(sigmas, (list, tuple)) else (sigmas,)
     if not levels:
         raise SFDConfigError("sigmas=[] must name at least one noise level")

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from sfd.core import judge
-from sfd.errors import SFDConfigError, check_number
+from sfd.errors import check_count, check_number
 
 REASONS = ("forgotten", "drift", "budget", "max_steps")
 
@@ -63,18 +63,11 @@ class UntilForgotten(Callback):
         seed: int = 0,
         classifier_ua: Callable[[Any], float] | None = None,
     ) -> None:
-        for name, value in (("every_n", every_n), ("patience", patience)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SFDConfigError(
-                    f"UntilForgotten {name}={value!r} must be an integer of at least 1"
-                )
+        check_count("UntilForgotten every_n", every_n)
+        check_count("UntilForgotten patience", patience)
         check_number("UntilForgotten threshold", threshold, low=0, high=1)
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, int) or budget < every_n
-        ):
-            raise SFDConfigError(
-                f"UntilForgotten budget={budget!r} must be an integer of at least every_n={every_n}"
-            )
+        if budget is not None:
+            check_count("UntilForgotten budget", budget, every_n, f"every_n={every_n}")
         if max_drift is not None:
             check_number("UntilForgotten max_drift", max_drift, low=0, low_open=True)
         self.sigmas = judge.check_judge_settings(num_samples, sigmas, draws)
