@@ -163,6 +163,43 @@ def pct(value: float | None) -> str | None:
     return None if value is None else f"{100 * value:.1f} %"
 
 
+def first_at(rows: list[dict[str, Any]], key: str, good: Any) -> int | None:
+    """The first probe iteration whose `key` satisfies `good` (None if never)."""
+    return next((r["iteration"] for r in rows if r[key] is not None and good(r[key])), None)
+
+
+def findings(record: dict[str, Any]) -> str:
+    """What the curves show, computed from the record."""
+    rows = record["rows"]
+    ema = first_at(rows, "ua_ema", lambda v: v >= 0.95)
+    raw = first_at(rows, "ua_raw", lambda v: v >= 0.95)
+    judge_ema = first_at(rows, "judge_forget_rate_ema", lambda v: v <= 0.05)
+    judge_raw = first_at(rows, "judge_forget_rate_raw", lambda v: v <= 0.05)
+    gaps = [
+        (abs((1 - r["judge_forget_rate_ema"]) - r["ua_ema"]), r["iteration"])
+        for r in rows
+        if r["ua_ema"] is not None
+    ]
+    gap, gap_at = max(gaps)
+    last = rows[-1]
+
+    def at(value: int | None) -> str:
+        return "never" if value is None else f"iteration {value}"
+
+    return "\n".join(
+        [
+            f"- Classifier UA ≥ 95 %: the raw generator at {at(raw)}, the EMA generator "
+            f"(decay {record['ema_decay']}) at {at(ema)}.",
+            f"- Judged forget rate ≤ 5 %: the raw generator at {at(judge_raw)}, the EMA at "
+            f"{at(judge_ema)}.",
+            f"- The judge's UA (1 − forget rate) and the classifier's UA of the EMA differ by at "
+            f"most {100 * gap:.1f} points, at iteration {gap_at}; at the last probe by "
+            f"{100 * abs(1 - last['judge_forget_rate_ema'] - last['ua_ema']):.1f} points.",
+            f"- Remain drift of the EMA at the last probe: {last['drift']:.4f}.",
+        ]
+    )
+
+
 def write_results_page(
     record: dict[str, Any], json_file: str, results_dir: Path | None = None
 ) -> Path:
@@ -205,6 +242,7 @@ def write_results_page(
                 "judge's UA. Remain drift: RMS distance of the EMA's remain samples to its "
                 "samples at the start of stage 2 (images in [-1, 1]).\n\n" + curves
             ),
+            "What the curves show": findings(record),
             "Where the rule would stop": (
                 "From the same probes: the first iteration at which the judged forget rate of the "
                 "EMA generator stayed at or below the threshold for `patience` probes in a row "
