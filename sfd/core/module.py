@@ -425,10 +425,14 @@ class SFDModule(pl.LightningModule):
     def _log_terms(self, name: str, terms: LossTerms) -> None:
         # Every term is logged; the totals also show in the progress bar. They oscillate around
         # zero by construction (docs/method.md §4): read them with the samples, not as convergence.
-        for key, value in vars(terms).items():
+        # Read back as plain numbers here (one sync, on a log step): Lightning turns progress-bar
+        # tensors into numbers after every batch, which would be a sync per iteration on a GPU.
+        named = vars(terms)
+        values = torch.stack([v.detach().reshape(()) for v in named.values()]).tolist()
+        for key, value in zip(named, values, strict=True):
             self.log(
                 f"{name}/{key}",
-                value.detach(),
+                value,
                 batch_size=self.hparams.batch_size,
                 prog_bar=key == "total",
             )
