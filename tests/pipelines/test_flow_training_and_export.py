@@ -124,3 +124,28 @@ def test_guidance_distilled_flux_refuses_cfg_before_training(flow_dirs) -> None:
     teacher = teachers(flow_dirs)["flux"]()
     with pytest.raises(SFDConfigError, match="teacher_guidance=4.5 is classifier-free guidance"):
         flow_module(teacher, 4.5)
+
+
+def test_flow_resume_is_bit_identical(flow_dirs, tmp_path) -> None:
+    from conftest import CONFIGS
+
+    from sfd.training.cli import sfd_lightning_cli
+
+    def fit(root: Path, steps: int, *extra: str):
+        return sfd_lightning_cli([
+            "fit", "-c", str(CONFIGS / "sd3_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+            "--model.teacher.init_args.pretrained_model_name_or_path", str(flow_dirs["sd3"]),
+            "--model.teacher.init_args.max_sequence_length", "8", "--model.ema_decay", "0.9",
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32",
+            "--trainer.max_steps", str(steps), "--model.batch_size", "1", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.callbacks.every_n_train_steps", "2", "--trainer.default_root_dir", str(root),
+            *extra,
+        ])  # fmt: skip
+
+    straight = fit(tmp_path / "a", 4)
+    fit(tmp_path / "b", 2)
+    resumed = fit(tmp_path / "b", 4, "--ckpt_path", "last")
+    assert resumed.trainer.global_step == 4
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
