@@ -295,6 +295,8 @@ def _file_sections(record: dict[str, Any]) -> list[str]:
             lines[-1] += f" `{record['single_file_variant']}` is the same in {record['variant']}."
     fit = record.get("lora")
     if fit:
+        flow = "stock_call" in record
+        scheduler = "FlowMatchEulerDiscreteScheduler" if flow else "EulerDiscreteScheduler"
         lines += [
             "",
             "## LoRA of the difference from the teacher",
@@ -303,7 +305,7 @@ def _file_sections(record: dict[str, Any]) -> list[str]:
             f"linear / convolution weight difference ({fit['adapted_layers']} layers, "
             f"{fit['parameters']:,} parameters), for the teacher's pipeline: "
             f'`pipe.load_lora_weights("{LORA_FOLDER}")`, then sample as above with this folder\'s '
-            "scheduler (`pipe.scheduler = EulerDiscreteScheduler.from_pretrained(folder, "
+            f"scheduler (`pipe.scheduler = {scheduler}.from_pretrained(folder, "
             'subfolder="scheduler")`).',
             "",
             f"- weight fit: ‖ΔW − B·A‖ / ‖ΔW‖ = {fit['weight_relative_error']:.3g}",

@@ -303,14 +303,18 @@ class FlowTransformerDenoiser(FlowDenoiser):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> FlowTransformerDenoiser:
+        return cls._with(cls.transformer_class.from_config(spec["transformer"]), spec)
+
+    def with_transformer(self, transformer: nn.Module) -> FlowTransformerDenoiser:
+        """The same denoiser (family, settings, source) over another transformer, e.g. the teacher's
+        with a LoRA loaded."""
+        family = next(c for c in type(self).__mro__ if "kind" in vars(c))  # not its …Teacher loader
+        return family._with(transformer, self.spec())
+
+    @classmethod
+    def _with(cls, transformer: nn.Module, spec: dict[str, Any]) -> FlowTransformerDenoiser:
         settings = {k: v for k, v in spec.items() if k not in FLOW_SPEC_PARTS}
-        return cls(
-            cls.transformer_class.from_config(spec["transformer"]),
-            spec["scheduler"],
-            spec["pipeline"],
-            spec["revision"],
-            **settings,
-        )
+        return cls(transformer, spec["scheduler"], spec["pipeline"], spec["revision"], **settings)
 
 
 def flow_load_error(path: str, what: str, error: Exception) -> SFDConfigError:
