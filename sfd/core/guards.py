@@ -121,14 +121,10 @@ def check_optimizer_setting(key: str, value: Any) -> None:
 
 
 def count_nonfinite(tensors: list[Tensor]) -> Tensor:
-    """The number of NaN or ±inf elements over `tensors`, as one 0-d tensor (no host sync)."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.int64)
-    return torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).sum()
+    """The number of NaN or ±inf elements over `tensors`, as one 0-d tensor (no host sync).
 
-
-def count_nonfinite_flat(tensors: list[Tensor]) -> Tensor:
-    """`count_nonfinite` through one concatenated copy: a few large kernels instead of two per tensor."""
+    Counted on one concatenated copy: a few large kernels instead of two small ones per tensor.
+    """
     if not tensors:
         return torch.zeros((), dtype=torch.int64)
     return (~torch.isfinite(torch.cat([t.reshape(-1) for t in tensors]))).sum()
@@ -174,7 +170,7 @@ class NonFiniteWatch:
         """Count and repair the non-finite elements of `grads`; mark a wholly non-finite update."""
         if not grads:
             return
-        bad = count_nonfinite_flat(grads)
+        bad = count_nonfinite(grads)
         replaced = self._slot(f"replaced:{network}", bad, 0)
         replaced.add_(bad)
         self._first(f"whole:{network}", bad == sum(g.numel() for g in grads), iteration)

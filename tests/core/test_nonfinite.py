@@ -23,7 +23,7 @@ from sfd.cli import main
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import ClassConditions
 from sfd.core.generator import generator_from_checkpoint
-from sfd.core.guards import check_finite_weights
+from sfd.core.guards import NonFiniteWatch, check_finite_weights
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogNormalSigma, LogUniformSigma, UniformTimestepSigma
 from sfd.errors import NonFiniteError, SFDConfigError
@@ -223,3 +223,31 @@ def test_cli_exit_statuses(teacher_dir, tmp_path, capsys) -> None:
     assert main(diverging) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("sfd: error: non-finite loss") and "iteration" in error
+
+
+def test_the_watch_repairs_counts_and_remembers_the_first_bad_iteration() -> None:
+    """On the device: elements repaired as the reference does, counted, the first failure kept."""
+    watch = NonFiniteWatch()
+    a, b = torch.tensor([1.0, math.nan, math.inf]), torch.tensor([-math.inf])
+    watch.gradients("generator", [a, b], 3)
+    assert a.tolist() == [1.0, 0.0, 1e5] and b.tolist() == [-1e5]  # NaN -> 0, ±inf -> ±1e5
+    for iteration in (5, 7):  # two wholly non-finite updates: the first one is remembered
+        watch.gradients("generator", [torch.full((2,), math.nan)], iteration)
+    finite = {"remain": torch.tensor(1.0), "forget": torch.tensor(2.0)}
+    watch.loss_terms("fake_score", finite, 6)
+    watch.loss_terms("fake_score", {"remain": torch.tensor(1.0), "forget": torch.tensor(INF)}, 6)
+    report = watch.report()
+    assert report == {
+        "replaced:generator": 7,
+        "whole:generator": 5,
+        "loss:fake_score/remain": -1,
+        "loss:fake_score/forget": 6,
+    }
+    assert NonFiniteWatch.first_failure(report) == (
+        5,
+        "every generator gradient element is non-finite",
+    )
+    # at the same iteration the loss, which comes first in an update, is named
+    tie = {"whole:generator": 4, "loss:generator/forget": 4, "replaced:generator": 9}
+    assert NonFiniteWatch.first_failure(tie) == (4, "non-finite loss generator/forget")
+    assert NonFiniteWatch.first_failure({"replaced:generator": 9}) is None
