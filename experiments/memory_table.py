@@ -287,6 +287,10 @@ def gib(n: int) -> str:
     return f"{n / GIB:.1f}"
 
 
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
 def size(n: int) -> str:
     return f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
@@ -319,21 +323,21 @@ def target_rows(record: dict[str, Any]) -> list[tuple[str, ...]]:
         rows.append(
             (
                 f"{family['family']}: shared-base trainable bytes ≤ 5 % of full copies'",
-                f"{size(shared['trainable_bytes'] // 1)}B vs {size(full['trainable_bytes'])}B "
+                f"{mib(shared['trainable_bytes'])} MiB vs {mib(full['trainable_bytes'])} MiB "
                 f"= {100 * ratio:.2f} %",
                 "yes" if ratio <= 0.05 else "no",
             )
         )
-    flux = next(f for f in record["families"] if f["family"] == "Flux.1-dev")
-    shared = flux["modes"][1]["checkpointing"]
-    rows.append(
-        (
-            "Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU",
-            f"largest batch that fits: {shared['largest_batch']} + {shared['largest_batch']}; "
-            f"at {record['batch']} + {record['batch']}: {gib(shared['total'])} GiB",
-            "yes" if shared["largest_batch"] >= 1 else "no",
+    for flux in (f for f in record["families"] if f["family"] == "Flux.1-dev"):
+        shared = flux["modes"][1]["checkpointing"]
+        rows.append(
+            (
+                "Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU",
+                f"largest batch that fits: {shared['largest_batch']} + {shared['largest_batch']}; "
+                f"at {record['batch']} + {record['batch']}: {gib(shared['total'])} GiB",
+                "yes" if shared["largest_batch"] >= 1 else "no",
+            )
         )
-    )
     return rows
 
 

@@ -34,7 +34,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,6 +42,30 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from sfd.errors import SFDConfigError
+
+__all__ = [
+    "BUDGET_ENV",
+    "CallActivations",
+    "CallCache",
+    "MemoryEstimate",
+    "ParameterGroup",
+    "StaticBytes",
+    "StepShape",
+    "attention_linear_names",
+    "check_fits",
+    "check_run_memory",
+    "device_budget",
+    "estimate_module",
+    "example_inputs",
+    "lora_parameter_count",
+    "measure_call",
+    "meta_twin",
+    "module_groups",
+    "parameter_count",
+    "static_bytes",
+    "step_activations",
+    "trainable_bytes",
+]
 
 GIB = 1024**3
 RUNTIME_OVERHEAD_BYTES = 2 * GIB  # CUDA context, cuBLAS / cuDNN handles, allocator slack
@@ -545,7 +569,6 @@ class MemoryEstimate:
     static: StaticBytes
     activations: int | None  # None: not estimated (a network sfd cannot rebuild on meta)
     overhead: int = RUNTIME_OVERHEAD_BYTES
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def total(self) -> int:
@@ -577,8 +600,7 @@ class MemoryEstimate:
             "memory estimate: parameters: " + ", ".join(counts) + " (shared weights counted once)",
             f"memory estimate per device: weights {_gib(self.static.weights)}, gradients "
             f"{_gib(self.static.gradients)}, optimizer state {_gib(self.static.optimizer)}, "
-            f"{activations}, runtime {_gib(self.overhead)} -> {_gib(self.total)}{of}"
-            + ("".join(f"; {n}" for n in self.notes)),
+            f"{activations}, runtime {_gib(self.overhead)} -> {_gib(self.total)}{of}",
         ]
 
 
@@ -587,7 +609,7 @@ def _millions(n: int) -> str:
 
 
 def _gib(n: int) -> str:
-    return f"{n / GIB:.2f} GiB"
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 100 or n == 0 else f"{n / 2**20:.2f} MiB"
 
 
 def module_groups(networks: Mapping[str, nn.Module]) -> list[ParameterGroup]:
@@ -631,7 +653,11 @@ def compute_dtype(precision: str) -> tuple[torch.dtype | None, bool]:
 
 
 def estimate_module(
-    module: Any, precision: str, shards: int = 1, optimizer_states: int | None = None
+    module: Any,
+    precision: str,
+    shards: int = 1,
+    optimizer_states: int | None = None,
+    overhead: int = RUNTIME_OVERHEAD_BYTES,
 ) -> MemoryEstimate:
     """The memory per device of an `SFDModule` run, from its instantiated networks.
 
@@ -641,6 +667,7 @@ def estimate_module(
         shards: devices weights, gradients and optimizer state are sharded over (FSDP), else 1.
         optimizer_states: per-parameter optimizer state tensors; None reads them from the
             module's optimizer factories (one step on a dummy parameter).
+        overhead: the flat allowance for the runtime (CUDA context, allocator slack).
     """
     networks = {
         "teacher": module.teacher,
@@ -665,12 +692,12 @@ def estimate_module(
     )
     nets = {role: main_network(net) for role, net in networks.items() if role != "ema"}
     if any(net is None for net in nets.values()):
-        return MemoryEstimate(tuple(groups), static, None)
+        return MemoryEstimate(tuple(groups), static, None, overhead)
     dtype, autocast = compute_dtype(precision)
     dtype = dtype or next(nets["teacher"].parameters()).dtype
     twins = {role: meta_twin(net, dtype) for role, net in nets.items()}
     if any(t is None or example_inputs(t, 1, (8, 8), dtype) is None for t in twins.values()):
-        return MemoryEstimate(tuple(groups), static, None)
+        return MemoryEstimate(tuple(groups), static, None, overhead)
     trained_copies = {
         role: sum(p.numel() for p in nets[role].parameters() if p.requires_grad) * dtype.itemsize
         for role in ("generator", "fake score")
@@ -685,7 +712,7 @@ def estimate_module(
         gathered_units=2 if shards > 1 else 0,
         element_bytes=dtype.itemsize,
     )
-    return MemoryEstimate(tuple(groups), static, activations.total)
+    return MemoryEstimate(tuple(groups), static, activations.total, overhead)
 
 
 def device_budget(trainer: Any) -> int | None:
@@ -726,31 +753,6 @@ def check_fits(estimate: MemoryEstimate, budget: int | None, devices: int, shard
     )
 
 
-__all__ = [
-    "BUDGET_ENV",
-    "CallActivations",
-    "CallCache",
-    "MemoryEstimate",
-    "ParameterGroup",
-    "StaticBytes",
-    "StepShape",
-    "attention_linear_names",
-    "check_fits",
-    "check_run_memory",
-    "device_budget",
-    "estimate_module",
-    "example_inputs",
-    "lora_parameter_count",
-    "measure_call",
-    "meta_twin",
-    "module_groups",
-    "parameter_count",
-    "static_bytes",
-    "step_activations",
-    "trainable_bytes",
-]
-
-
 def check_run_memory(module: Any, trainer: Any) -> MemoryEstimate:
     """Print the memory estimate of the run `trainer` is about to start; refuse one that cannot fit.
 
@@ -773,7 +775,9 @@ def check_run_memory(module: Any, trainer: Any) -> MemoryEstimate:
     sharded = isinstance(trainer.strategy, FSDPStrategy)
     shards = trainer.world_size if sharded else 1
     budget = device_budget(trainer)
-    estimate = estimate_module(module, str(trainer.precision), shards)
+    on_gpu = trainer.strategy.root_device.type == "cuda"
+    overhead = RUNTIME_OVERHEAD_BYTES if on_gpu else 0
+    estimate = estimate_module(module, str(trainer.precision), shards, overhead=overhead)
     for line in estimate.lines(budget):
         rank_zero_info(line)
     check_fits(estimate, budget, trainer.num_devices, sharded)
