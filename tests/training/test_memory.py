@@ -269,3 +269,28 @@ def test_the_five_families_build_on_meta_with_their_published_sizes() -> None:
         size = parameter_count(network) + sum(b.numel() for b in network.buffers())
         assert size == pytest.approx(PUBLISHED[name], rel=0.02), name
         assert all(p.device.type == "meta" for p in network.parameters())
+
+
+def test_fit_start_prints_the_estimate_and_refuses_what_does_not_fit(
+    tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from conftest import fit_args
+    from lightning.pytorch import Trainer
+
+    from sfd.training.cli import build_from_fit_config
+    from sfd.training.memory import check_run_memory
+
+    module, _ = build_from_fit_config(fit_args(tiny_teacher_dir, Path("unused"))[1:])
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    with caplog.at_level(logging.INFO):
+        estimate = check_run_memory(module, trainer)  # CPU: printed, not checked
+    assert f"teacher {numel(module.teacher) / 1e6:.1f} M" in caplog.text
+    assert estimate.overhead == 0  # the CUDA allowance only on a GPU
+    monkeypatch.setenv(BUDGET_ENV, str(estimate.total / GIB * 1.01))
+    check_run_memory(module, trainer)
+    monkeypatch.setenv(BUDGET_ENV, str(estimate.total / GIB * 0.99))
+    with pytest.raises(SFDConfigError, match="per device"):
+        check_run_memory(module, trainer)
