@@ -173,9 +173,9 @@ def memory_record(command: str) -> dict[str, Any]:
             "mode": name, "shards": 1, "weights": int(weights * gib), "gradients": 0,
             "optimizer": 0, "trainable_bytes": trainable,
             "no_checkpointing": {"activations": int(2 * act * gib), "total": int(2 * total * gib),
-                                 "largest_batch": 0},
+                                 "largest_batch": 0, "batch1_total": int(total * gib)},
             "checkpointing": {"activations": int(act * gib), "total": int(total * gib),
-                              "largest_batch": 5},
+                              "largest_batch": 5, "batch1_total": int(total / 2 * gib)},
         }  # fmt: skip
 
     flux = {
@@ -259,7 +259,7 @@ CASES = [
             "| Flux.1-dev: shared-base trainable bytes ≤ 5 % of full copies' "
             "| 10 MiB vs 1,000 MiB = 1.00 % | yes |",
             "| Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU "
-            "| largest batch that fits: 5 + 5; at 8 + 8: 70.2 GiB | yes |",
+            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at 8 + 8: 70.2 GiB | yes |",
         ],
     ),
 ]
