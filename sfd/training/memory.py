@@ -53,6 +53,7 @@ __all__ = [
     "StepShape",
     "attention_linear_names",
     "check_fits",
+    "budget_setting",
     "check_run_memory",
     "device_budget",
     "estimate_module",
@@ -715,23 +716,35 @@ def estimate_module(
     return MemoryEstimate(tuple(groups), static, activations.total, overhead)
 
 
+def budget_setting() -> int | None:
+    """The memory per device `SFD_DEVICE_MEMORY_GIB` sets, in bytes (None: unset).
+
+    Raises:
+        SFDConfigError: the variable is not a positive finite number.
+    """
+    value = os.environ.get(BUDGET_ENV)
+    if not value:
+        return None
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = float("nan")
+    if not gib > 0 or math.isinf(gib):
+        raise SFDConfigError(
+            f"{BUDGET_ENV}={value!r}: give the memory per device in GiB, a positive number"
+        )
+    return int(gib * GIB)
+
+
 def device_budget(trainer: Any) -> int | None:
     """Memory of each of the trainer's devices in bytes, or None when unknown (CPU).
 
     `SFD_DEVICE_MEMORY_GIB` overrides it (leave headroom, or check a run for another GPU);
     otherwise CUDA's total memory of the trainer's root device.
     """
-    value = os.environ.get(BUDGET_ENV)
-    if value:
-        try:
-            gib = float(value)
-        except ValueError:
-            gib = float("nan")
-        if not gib > 0 or math.isinf(gib):
-            raise SFDConfigError(
-                f"{BUDGET_ENV}={value!r}: give the memory per device in GiB, a positive number"
-            )
-        return int(gib * GIB)
+    setting = budget_setting()
+    if setting is not None:
+        return setting
     device = getattr(getattr(trainer, "strategy", None), "root_device", None)
     if device is not None and device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
@@ -769,10 +782,10 @@ def check_run_memory(module: Any, trainer: Any) -> MemoryEstimate:
     Raises:
         SFDConfigError: the estimate exceeds the memory of one device.
     """
-    from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
     from lightning.pytorch.utilities import rank_zero_info
 
-    sharded = isinstance(trainer.strategy, FSDPStrategy)
+    sharded = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
     shards = trainer.world_size if sharded else 1
     budget = device_budget(trainer)
     on_gpu = trainer.strategy.root_device.type == "cuda"
