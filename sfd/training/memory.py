@@ -181,11 +181,17 @@ def trainable_bytes(groups: Sequence[ParameterGroup], optimizer_states: int) -> 
 
 
 def optimizer_state_count(factory: Callable[..., torch.optim.Optimizer]) -> int:
-    """Per-parameter state tensors the optimizer keeps, read from one step on a dummy parameter."""
+    """Per-parameter state tensors the optimizer keeps, read from one step on a dummy parameter.
+
+    An optimizer that cannot take that step (one that needs a closure) is counted as Adam's two.
+    """
     probe = nn.Parameter(torch.zeros(3))
-    optimizer = factory([probe])
-    probe.grad = torch.zeros(3)
-    optimizer.step()
+    try:
+        optimizer = factory([probe])
+        probe.grad = torch.zeros(3)
+        optimizer.step()
+    except Exception:
+        return 2
     return sum(
         1
         for state in optimizer.state.values()

@@ -71,10 +71,13 @@ def numel(module: torch.nn.Module) -> int:
 @pytest.mark.parametrize("name", NETWORKS)
 def test_parameter_count_is_the_sum_of_numel(name: str) -> None:
     network = NETWORKS[name]()
-    assert parameter_count(network) == sum(p.numel() for p in network.state_dict().values()
-                                           if p.is_floating_point()) - sum(
-        b.numel() for b in network.buffers() if b.is_floating_point()
-    )  # fmt: skip
+    params = sum(p.numel() for _, p in network.named_parameters())
+    buffers = sum(b.numel() for _, b in network.named_buffers() if b.is_floating_point())
+    assert parameter_count(network) == params
+    groups = module_groups({"teacher": network})
+    assert sum(g.count for g in groups if g.role == "teacher") == params
+    assert sum(g.count for g in groups if g.role == "teacher buffers") == buffers
+    assert static_bytes(groups, 2).weights == 4 * (params + buffers)
 
 
 def test_shared_parameters_are_counted_once_in_the_first_network_that_holds_them() -> None:
@@ -190,6 +193,7 @@ def test_optimizer_state_counts() -> None:
     assert optimizer_state_count(functools.partial(torch.optim.Adam, amsgrad=True)) == 3
     assert optimizer_state_count(functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)) == 1
     assert optimizer_state_count(functools.partial(torch.optim.SGD, lr=0.1)) == 0
+    assert optimizer_state_count(torch.optim.LBFGS) == 2  # needs a closure: counted as Adam
 
 
 def _trainer(device: str) -> SimpleNamespace:
