@@ -298,3 +298,15 @@ def test_fit_start_prints_the_estimate_and_refuses_what_does_not_fit(
     monkeypatch.setenv(BUDGET_ENV, str(estimate.total / GIB * 0.99))
     with pytest.raises(SFDConfigError, match="per device"):
         check_run_memory(module, trainer)
+
+
+def test_the_meta_twin_carries_the_networks_adapters_and_what_is_trained() -> None:
+    from sfd.teachers.lora import add_lora
+
+    unet = tiny_sd_unet()
+    trained = add_lora(unet, rank=4, lora_alpha=4)
+    twin = meta_twin(unet, torch.bfloat16)
+    assert [n for n, p in twin.named_parameters() if p.requires_grad] == trained
+    assert parameter_count(twin) == parameter_count(unet)
+    assert {p.device.type for p in twin.parameters()} == {"meta"}
+    assert {p.dtype for p in twin.parameters()} == {torch.bfloat16}
