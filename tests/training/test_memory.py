@@ -310,3 +310,31 @@ def test_the_meta_twin_carries_the_networks_adapters_and_what_is_trained() -> No
     assert parameter_count(twin) == parameter_count(unet)
     assert {p.device.type for p in twin.parameters()} == {"meta"}
     assert {p.dtype for p in twin.parameters()} == {torch.bfloat16}
+
+
+def test_a_stable_diffusion_run_with_a_lora_fake_score(sd_dirs: dict[str, Path]) -> None:
+    from sd_fixtures import celebrity_conditions
+
+    from sfd.core.module import SFDModule
+    from sfd.core.sigma import UniformTimestepSigma
+    from sfd.teachers import StableDiffusionLoRAFakeScore, StableDiffusionTeacher
+    from sfd.training.memory import estimate_module
+
+    source = str(sd_dirs["epsilon"])
+    estimates = {}
+    for checkpointing in (False, True):
+        teacher = StableDiffusionTeacher(source, gradient_checkpointing=checkpointing)
+        fake = StableDiffusionLoRAFakeScore(source, rank=4)
+        module = SFDModule(
+            teacher, celebrity_conditions(), UniformTimestepSigma(20, 980), batch_size=2,
+            teacher_guidance=4.5, fake_train_guidance=4.5, fake_eval_guidance=4.5,
+            ema_decay=None, fake_score=fake,
+        )  # fmt: skip
+        estimates[checkpointing] = estimate_module(module, "bf16-mixed")
+    estimate = estimates[True]
+    lora = sum(p.numel() for p in fake.parameters() if p.requires_grad)  # peft's adapters
+    assert estimate.role_count("fake score", trainable=True) == lora
+    base = numel(fake.unet) - lora
+    assert estimate.role_count("fake score", trainable=False) == base
+    assert estimate.static.gradients == 4 * (lora + numel(module.generator))
+    assert 0 < estimates[True].activations < estimates[False].activations
