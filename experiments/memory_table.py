@@ -394,7 +394,9 @@ def write_results_page(record: dict[str, Any], json_file: str, results_dir: Any 
         "Method": (
             "Activations are the bytes autograd saves for the backward pass in one meta-device "
             "forward per call shape (`sfd.training.memory`; attention saved as FlashAttention "
-            "saves it), summed over what the larger of SFD's two steps keeps: the generator step "
+            "saves it) with prompts of 77 CLIP tokens (SD 1.5, SDXL), 77 + 256 (SD3.5) and 512 T5 "
+            "tokens (Flux.1-dev), the presets' lengths, summed over what the larger of SFD's two "
+            "steps keeps: the generator step "
             "keeps two generator calls, two teacher and two fake-score calls (conditional and null "
             "halves in one batch when the family uses classifier-free guidance: Flux.1-dev does not, "
             "it is guidance-distilled). With checkpointing only the blocks' inputs stay, plus "

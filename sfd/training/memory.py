@@ -71,11 +71,8 @@ __all__ = [
 GIB = 1024**3
 RUNTIME_OVERHEAD_BYTES = 2 * GIB  # CUDA context, cuBLAS / cuDNN handles, allocator slack
 BUDGET_ENV = "SFD_DEVICE_MEMORY_GIB"  # per-device memory to check against, overriding CUDA's
-TEXT_TOKENS = {  # prompt-embedding length each architecture is given (CLIP 77; T5 256 / 512)
-    "UNet2DConditionModel": 77,
-    "SD3Transformer2DModel": 77 + 256,
-    "FluxTransformer2DModel": 512,
-}
+CLIP_TOKENS = 77  # the CLIP prompt length of SD 1.x / 2.x / XL and of SD3's CLIP half
+T5_TOKENS = {"SD3Transformer2DModel": 256, "FluxTransformer2DModel": 512}  # pipelines' defaults
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -367,7 +364,11 @@ def measure_call(
 
 
 def example_inputs(
-    network: nn.Module, batch: int, latent_size: tuple[int, int], dtype: torch.dtype
+    network: nn.Module,
+    batch: int,
+    latent_size: tuple[int, int],
+    dtype: torch.dtype,
+    t5_tokens: int | None = None,
 ) -> dict[str, Any] | None:
     """Keyword arguments of one forward of a diffusers denoising network, on the meta device.
 
@@ -377,6 +378,8 @@ def example_inputs(
         batch: samples in the call.
         latent_size: (H, W) of the network's input (Flux: before 2×2 packing).
         dtype: the compute dtype.
+        t5_tokens: T5 prompt length of the flow transformers (default: their pipelines' 256 for
+            SD3, after CLIP's 77; 512 for Flux).
 
     Returns:
         the inputs, or None for a network of another kind.
@@ -388,7 +391,10 @@ def example_inputs(
     h, w = latent_size
     meta = {"device": "meta", "dtype": dtype}
     timestep = torch.empty(batch, device="meta")
-    tokens = TEXT_TOKENS.get(kind, 0)
+    tokens = CLIP_TOKENS
+    if kind in T5_TOKENS:
+        t5 = T5_TOKENS[kind] if t5_tokens is None else t5_tokens
+        tokens = t5 + (CLIP_TOKENS if kind == "SD3Transformer2DModel" else 0)
     if kind == "UNet2DModel":
         inputs = {
             "sample": torch.empty(batch, config.in_channels, h, w, **meta),
@@ -546,10 +552,12 @@ class CallCache:
         twins: Mapping[str, nn.Module],
         latent_size: tuple[int, int],
         dtype: torch.dtype,
+        t5_tokens: int | None = None,
     ) -> None:
         self.twins = twins
         self.latent_size = latent_size
         self.dtype = dtype
+        self.t5_tokens = t5_tokens
         self._done: dict[tuple[str, int, bool, bool], CallActivations] = {}
 
     def __call__(
@@ -558,7 +566,7 @@ class CallCache:
         key = (role, batch, train_weights, grad_input)
         if key not in self._done:
             twin = self.twins[role]
-            inputs = example_inputs(twin, batch, self.latent_size, self.dtype)
+            inputs = example_inputs(twin, batch, self.latent_size, self.dtype, self.t5_tokens)
             if inputs is None:
                 raise ValueError(f"no example inputs for {type(twin).__name__}")
             self._done[key] = measure_call(twin, inputs, train_weights, grad_input)
@@ -711,7 +719,12 @@ def estimate_module(
     }
     fp32_weights = next(nets["teacher"].parameters()).dtype != dtype
     activations = step_activations(
-        CallCache(twins, tuple(module.teacher.sample_shape[-2:]), dtype),
+        CallCache(
+            twins,
+            tuple(module.teacher.sample_shape[-2:]),
+            dtype,
+            getattr(module.teacher, "max_sequence_length", None),  # the flow teachers' T5 length
+        ),
         shape,
         checkpointing=getattr(nets["teacher"], "is_gradient_checkpointing", False),
         weight_copies=autocast and fp32_weights and shards == 1,

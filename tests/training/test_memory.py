@@ -338,3 +338,33 @@ def test_a_stable_diffusion_run_with_a_lora_fake_score(sd_dirs: dict[str, Path])
     assert estimate.role_count("fake score", trainable=False) == base
     assert estimate.static.gradients == 4 * (lora + numel(module.generator))
     assert 0 < estimates[True].activations < estimates[False].activations
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_estimate_of_a_flow_transformer_run(flow_dirs: dict[str, Path], family: str) -> None:
+    from sd_fixtures import celebrity_conditions
+
+    from sfd.core.module import SFDModule
+    from sfd.core.sigma import LogitNormalTime
+    from sfd.teachers import FluxTeacher, SD3Teacher
+    from sfd.training.memory import CLIP_TOKENS, estimate_module
+
+    teacher_class = SD3Teacher if family == "sd3" else FluxTeacher
+    estimates = []
+    for length in (8, 16):
+        module = SFDModule(
+            teacher_class(str(flow_dirs[family]), max_sequence_length=length),
+            celebrity_conditions(), LogitNormalTime(0.0, 1.0, 0.02, 0.98), t_init=0.9,
+            batch_size=2, ema_decay=None,
+        )  # fmt: skip
+        estimates.append(estimate_module(module, "bf16-mixed"))
+        network = module.teacher.transformer
+        inputs = example_inputs(network, 2, module.teacher.sample_shape[-2:], torch.float32, length)
+        text = inputs["encoder_hidden_states"].shape[1]
+        assert text == length + (CLIP_TOKENS if family == "sd3" else 0)
+        with torch.no_grad():  # the inputs fit the real network (as shapes)
+            real = {k: torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v
+                    for k, v in inputs.items()}  # fmt: skip
+            network(**real)
+    assert estimates[0].role_count("teacher") == numel(module.teacher)
+    assert 0 < estimates[0].activations < estimates[1].activations  # a longer prompt costs more
