@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -368,3 +369,19 @@ def test_the_estimate_of_a_flow_transformer_run(flow_dirs: dict[str, Path], fami
             network(**real)
     assert estimates[0].role_count("teacher") == numel(module.teacher)
     assert 0 < estimates[0].activations < estimates[1].activations  # a longer prompt costs more
+
+
+@pytest.mark.slow
+def test_the_memory_table_of_sd15(tmp_path: Path) -> None:
+    table = _memory_table()
+    table.main(["--families", "SD 1.5", "--json", str(tmp_path / "m.json"), "--no-page"])
+    [family] = json.loads((tmp_path / "m.json").read_text())["families"]
+    full, shared, fsdp = family["modes"]
+    assert family["lora_params"] == family["peft_lora_params"]
+    assert shared["trainable_bytes"] == 2 * 16 * family["lora_params"]  # two adapters, fp32 + Adam
+    assert full["trainable_bytes"] == 2 * 16 * family["params"]
+    for key in ("weights", "gradients", "optimizer"):
+        assert fsdp[key] == pytest.approx(full[key] / 8, abs=1)
+    for row in (full, shared, fsdp):
+        assert row["checkpointing"]["activations"] < row["no_checkpointing"]["activations"]
+        assert row["checkpointing"]["largest_batch"] >= row["no_checkpointing"]["largest_batch"]
