@@ -15,6 +15,7 @@ from sfd.teachers.stable_diffusion import (
     StableDiffusionLoRAFakeScore,
     StableDiffusionTeacher,
 )
+from sfd.teachers.sdxl import StableDiffusionXLDenoiser, StableDiffusionXLTeacher
 from sfd.teachers.unet import (
     EDMUNetDenoiser,
     PretrainedEDMTeacher,
@@ -35,7 +36,8 @@ from sfd.teachers.vp import (
 
 # The `kind` tag written by `Denoiser.spec()` -> the class whose `from_spec` rebuilds it.
 DENOISER_KINDS: dict[str, type[Denoiser]] = {
-    cls.kind: cls for cls in (VPUNetDenoiser, EDMUNetDenoiser, StableDiffusionDenoiser)
+    cls.kind: cls
+    for cls in (VPUNetDenoiser, EDMUNetDenoiser, StableDiffusionDenoiser, StableDiffusionXLDenoiser)
 }
 
 
@@ -58,6 +60,8 @@ __all__ = [
     "StableDiffusionDenoiser",
     "StableDiffusionLoRAFakeScore",
     "StableDiffusionTeacher",
+    "StableDiffusionXLDenoiser",
+    "StableDiffusionXLTeacher",
     "VPDenoiser",
     "VPUNetDenoiser",
     "check_prediction_type",
