@@ -2,7 +2,7 @@
 
 The layout is SDXL's at toy size: a `text_time` UNet (pooled text embeddings + six size/crop time
 ids), a `CLIPTextModel` and a `CLIPTextModelWithProjection` (OpenCLIP-style "gelu") whose
-penultimate hidden states are concatenated (16 + 16 = 32-d), the second tokenizer padding with
+penultimate hidden states are concatenated (16 + 24 = 40-d), the second tokenizer padding with
 "!" as SDXL's does, and an Euler scheduler with SDXL's noise schedule. Latents are 4×8×8, images
 16×16 (so the default time ids are (16, 16, 0, 0, 16, 16)).
 """
@@ -20,13 +20,15 @@ from diffusers import (
 )
 from sd_fixtures import clip_tokenizer_files
 
-HIDDEN = 16  # each text encoder's width; the UNet sees 2·HIDDEN
+HIDDEN = 16  # text_encoder's width
+HIDDEN_2 = 24  # text_encoder_2's width (a different one, as in SDXL: single-file loading tells
+# the two encoders apart by it); the UNet sees HIDDEN + HIDDEN_2
 POOLED = 16  # text_encoder_2's projection
 TIME_EMBED = 8  # addition_time_embed_dim
 
 
 def tiny_sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
-    """A tiny random SDXL UNet: 4×8×8 latents, 32-d text, pooled 16-d, six time ids."""
+    """A tiny random SDXL UNet: 4×8×8 latents, 40-d text, pooled 16-d, six time ids."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=8,
@@ -39,7 +41,7 @@ def tiny_sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
         transformer_layers_per_block=(1, 2),
         attention_head_dim=(2, 4),
         use_linear_projection=True,
-        cross_attention_dim=2 * HIDDEN,
+        cross_attention_dim=HIDDEN + HIDDEN_2,
         addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED,
         projection_class_embeddings_input_dim=6 * TIME_EMBED + POOLED,
@@ -52,7 +54,7 @@ def _clip_config(projection: bool):
 
     return CLIPTextConfig(
         vocab_size=49408,
-        hidden_size=HIDDEN,
+        hidden_size=HIDDEN_2 if projection else HIDDEN,
         intermediate_size=32,
         num_hidden_layers=3,
         num_attention_heads=2,

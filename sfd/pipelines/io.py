@@ -29,14 +29,21 @@ from sfd.pipelines.export_parts import EXPORT_PARTS, ExportJob, write_standalone
 from sfd.pipelines.metrics_file import metrics_mismatch, read_metrics_file
 from sfd.pipelines.model_card import EXPORT_RECORD, model_card
 from sfd.pipelines.one_step import OneStepPipeline
+from sfd.pipelines.one_step_sdxl import OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
-from sfd.teachers import EDMUNetDenoiser, StableDiffusionDenoiser, VPUNetDenoiser
+from sfd.teachers import (
+    EDMUNetDenoiser,
+    StableDiffusionDenoiser,
+    StableDiffusionXLDenoiser,
+    VPUNetDenoiser,
+)
 
 # Denoiser kind -> the diffusers pipeline class an exported generator of that kind is saved as.
 PIPELINE_FOR_KIND: dict[str, type[DiffusionPipeline]] = {
     VPUNetDenoiser.kind: OneStepPipeline,
     EDMUNetDenoiser.kind: OneStepPipeline,
     StableDiffusionDenoiser.kind: OneStepTextPipeline,
+    StableDiffusionXLDenoiser.kind: OneStepSDXLPipeline,
 }
 PIPELINE_CLASSES = {cls.__name__: cls for cls in PIPELINE_FOR_KIND.values()}
 
@@ -109,6 +116,7 @@ def save_generator(
         "pipeline_class": type(pipeline).__name__,
         "sigma_init": generator.sigma_init,
         "timestep": pipeline.config.timestep,
+        "time_ids": pipeline.config.get("time_ids"),  # SDXL: the size/crop ids it was trained with
         "teacher_source": getattr(generator.denoiser, "pipeline", None),
         "training": training,
         "metrics": metrics,

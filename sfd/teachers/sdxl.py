@@ -137,6 +137,16 @@ class StableDiffusionXLDenoiser(StableDiffusionDenoiser):
             },
         ).sample
 
+    def with_unet(self, unet: UNet2DConditionModel) -> StableDiffusionXLDenoiser:
+        """This denoiser's schedule, time ids and settings around another SDXL network."""
+        return StableDiffusionXLDenoiser(
+            unet,
+            self.scheduler_config,
+            self.prediction_type,
+            self.time_ids,
+            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
+        )
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 32) -> tuple[Tensor, Tensor]:
         """Encode prompts with both text encoders (loaded here, released after).

@@ -137,6 +137,10 @@ class StableDiffusionDenoiser(VPDenoiser):
         x0_cond, x0_null = self(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
         return x0_null + scale * (x0_cond - x0_null)
 
+    def with_unet(self, unet: UNet2DConditionModel) -> StableDiffusionDenoiser:
+        """This denoiser's schedule and settings around another network of the same layout."""
+        return StableDiffusionDenoiser(unet, self.scheduler_config, self.prediction_type)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 32) -> Tensor:
         """Encode prompts with the pipeline's text encoder (loaded here, released after).

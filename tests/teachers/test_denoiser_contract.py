@@ -20,7 +20,7 @@ from conftest import tiny_unet
 from diffusers import DDPMScheduler
 from gaussian import gaussian_teacher
 from sd_fixtures import EMBED_DIM, tiny_sd_unet
-from sdxl_fixtures import HIDDEN, POOLED, tiny_sdxl_unet
+from sdxl_fixtures import HIDDEN, HIDDEN_2, POOLED, tiny_sdxl_unet
 from torch import Tensor
 
 from sfd.core.conditions import TextCondition
@@ -94,7 +94,7 @@ def text_condition(rng: torch.Generator) -> TextCondition:
 
 
 def sdxl_condition(rng: torch.Generator) -> TextCondition:
-    prompt, negative = torch.randn(2, BATCH, 7, 2 * HIDDEN, generator=rng)
+    prompt, negative = torch.randn(2, BATCH, 7, HIDDEN + HIDDEN_2, generator=rng)
     pooled, negative_pooled = torch.randn(2, BATCH, POOLED, generator=rng)
     return TextCondition(
         prompt, negative, pooled_embeds=pooled, negative_pooled=negative_pooled

@@ -29,7 +29,7 @@ def stock_pipeline(folder):
 def test_prompts_are_encoded_as_the_stock_sdxl_pipeline_encodes_them(sdxl_dirs, sdxl_teacher):
     prompts = ["a photo of Brad Pitt", "a cat sitting on a chair"]
     embeds, pooled = sdxl_teacher.encode_prompts([*prompts, NEGATIVE, ""], batch_size=3)
-    assert embeds.shape == (4, 77, 32) and pooled.shape == (4, 16)
+    assert embeds.shape == (4, 77, 40) and pooled.shape == (4, 16)
     pipe = stock_pipeline(sdxl_dirs["epsilon"])
     with torch.no_grad():
         stock = pipe.encode_prompt(prompts, negative_prompt=[NEGATIVE] * 2)
