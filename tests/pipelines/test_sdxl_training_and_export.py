@@ -6,6 +6,7 @@ own pipeline file, the single-file checkpoint and the delta LoRA on the teacher.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from conftest import SCRIPTS
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 from sd_fixtures import NEGATIVE, celebrity_conditions
@@ -26,6 +28,9 @@ from sfd.pipelines import OneStepSDXLPipeline, load_pipeline
 from sfd.teachers import StableDiffusionXLTeacher
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+sys.path.insert(0, str(SCRIPTS))
+from load_export import samples  # noqa: E402
+
 PROMPTS, SEED = ["a photo of Brad Pitt", "a cat"], 7  # as in tests/scripts/load_export.py
 
 
@@ -188,15 +193,19 @@ def sfd_samples(folder: Path) -> dict[str, np.ndarray]:
     }
 
 
-def test_stock_sdxl_pipeline_reproduces_the_generator(sdxl_run, tmp_path) -> None:
+def test_stock_sdxl_pipeline_reproduces_the_generator(sdxl_run, capfd) -> None:
+    """The stock class computes on its own (in this process: sfd's import changes no stock
+    code path; the folder's own file is run without sfd below)."""
     folder = sdxl_run.export
     expected = sfd_samples(folder)
-    got = load_in_subprocess("stock", folder, tmp_path)
-    assert str(got["pipeline_class"]) == "StableDiffusionXLPipeline" and not got["sfd_imported"]
+    capfd.readouterr()
+    got, pipe = samples("stock", folder, None)
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert type(pipe).__module__.startswith("diffusers.pipelines.")
     np.testing.assert_allclose(got["latents"], expected["latents"], rtol=0, atol=STOCK_ATOL)
     np.testing.assert_allclose(got["images"], expected["images"], rtol=0, atol=STOCK_ATOL)
     assert np.abs(expected["latents"]).max() > 0.1
-    assert "not expected" not in got["stderr"]  # no "unexpected config attributes" warning
+    assert "not expected" not in capfd.readouterr().err  # no "unexpected config attributes"
     record = json.loads((folder / "sfd_export.json").read_text())
     assert record["pipeline_class"] == "OneStepSDXLPipeline"
     assert record["time_ids"] == [16, 16, 0, 0, 16, 16]
@@ -204,7 +213,52 @@ def test_stock_sdxl_pipeline_reproduces_the_generator(sdxl_run, tmp_path) -> Non
         assert (folder / part).is_dir(), part
 
 
-def test_own_pipeline_file_loads_without_sfd_bit_for_bit(sdxl_run, tmp_path) -> None:
+def test_own_pipeline_file_computes_sfds_images_bit_for_bit(sdxl_run) -> None:
+    """The folder's `one_step_sdxl_pipeline.py` (imported from the folder, torch + diffusers
+    only) against sfd's class."""
+    import ast
+    import importlib.util
+
+    folder = sdxl_run.export
+    record = json.loads((folder / "sfd_export.json").read_text())
+    path = folder / record["pipeline_file"]
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported <= {"__future__", "typing", "torch", "diffusers"}, imported
+    spec = importlib.util.spec_from_file_location("one_step_sdxl_pipeline_under_test", path)
+    standalone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standalone)
+    pipe = standalone.OneStepSDXLPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    expected = sfd_samples(folder)
+    for output, key in (("np", "images"), ("latent", "latents")):
+        got = pipe(
+            PROMPTS,
+            num_images_per_prompt=2,
+            generator=torch.Generator().manual_seed(SEED),
+            output_type=output,
+        ).images
+        assert np.array_equal(np.asarray(got), expected[key]), key
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    guided = [
+        p(
+            PROMPTS,
+            negative_prompt=[NEGATIVE, ""],
+            guidance_scale=3.0,
+            latents=z,
+            output_type="latent",
+        ).images
+        for p in (pipe, load_pipeline(folder))
+    ]
+    assert torch.equal(guided[0], guided[1])
+
+
+@pytest.mark.slow
+def test_own_pipeline_file_loads_without_sfd(sdxl_run, tmp_path) -> None:
     folder = sdxl_run.export
     expected = sfd_samples(folder)
     got = load_in_subprocess("custom", folder, tmp_path)
@@ -213,7 +267,7 @@ def test_own_pipeline_file_loads_without_sfd_bit_for_bit(sdxl_run, tmp_path) -> 
         assert np.array_equal(got[key], expected[key]), key
 
 
-def test_single_file_checkpoint_round_trips(sdxl_run, tmp_path) -> None:
+def test_single_file_checkpoint_round_trips(sdxl_run) -> None:
     from diffusers import StableDiffusionXLPipeline
 
     folder = sdxl_run.export
@@ -232,11 +286,11 @@ def test_single_file_checkpoint_round_trips(sdxl_run, tmp_path) -> None:
     assert any(k.startswith("model.diffusion_model.label_emb.0.0.") for k in tensors)
     assert any(k.startswith("conditioner.embedders.0.transformer.text_model.") for k in tensors)
     assert "conditioner.embedders.1.model.text_projection" in tensors
-    got = load_in_subprocess("single-file", folder, tmp_path)["latents"]
+    got = samples("single-file", folder, None)[0]["latents"]
     np.testing.assert_allclose(got, sfd_samples(folder)["latents"], rtol=0, atol=STOCK_ATOL)
 
 
-def test_delta_lora_on_the_teacher_matches_its_reported_error(sdxl_run, tmp_path) -> None:
+def test_delta_lora_on_the_teacher_matches_its_reported_error(sdxl_run) -> None:
     folder = sdxl_run.export
     fit = json.loads((folder / "sfd_export.json").read_text())["lora"]
     assert fit["rank"] == 4 and fit["adapted_layers"] > 0
@@ -244,7 +298,7 @@ def test_delta_lora_on_the_teacher_matches_its_reported_error(sdxl_run, tmp_path
         "add_embedding" in key
         for key in load_file(folder / "lora" / "pytorch_lora_weights.safetensors")
     )
-    got = load_in_subprocess("stock-lora", folder, tmp_path, sdxl_run.source)
+    got = samples("stock-lora", folder, str(sdxl_run.source))[0]
     error = np.abs(got["latents"] - sfd_samples(folder)["latents"]).max()
     assert 0 < error and fit["output_max_abs_error"] > 0
     assert 0.1 < error / fit["output_max_abs_error"] < 10
@@ -268,7 +322,7 @@ def test_full_rank_delta_lora_is_exact_without_norm_changes(sdxl_dirs, tmp_path)
     folder = save_generator(generator, tmp_path / "export", lora_rank=10_000)
     fit = json.loads((folder / "sfd_export.json").read_text())["lora"]
     assert fit["uncovered_parameters"] == [] and fit["output_max_abs_error"] < 1e-4
-    got = load_in_subprocess("stock-lora", folder, tmp_path, sdxl_dirs["epsilon"])
+    got = samples("stock-lora", folder, str(sdxl_dirs["epsilon"]))[0]
     full = sfd_samples(folder)["latents"]
     np.testing.assert_allclose(got["latents"], full, rtol=0, atol=1e-4)
     assert np.abs(full).max() > 0.1

@@ -44,6 +44,21 @@ def main(mode: str, folder: Path, out: Path, teacher: str | None) -> None:
     if mode != "with-sfd":
         sys.meta_path.insert(0, BlockSfd())
     import numpy as np
+
+    arrays, pipe = samples(mode, folder, teacher)
+    np.savez(
+        out,
+        **arrays,
+        pipeline_class=type(pipe).__name__,
+        pipeline_module=type(pipe).__module__,
+        sfd_imported="sfd" in sys.modules,
+    )
+
+
+def samples(mode: str, folder: Path, teacher: str | None) -> tuple[dict, object]:
+    """The arrays MODE's pipeline samples from FOLDER, and the pipeline (sfd not blocked here:
+    the stock modes also run in-process, where their stock classes need no isolation)."""
+    import numpy as np
     import torch
     from diffusers import (
         DiffusionPipeline,
@@ -114,13 +129,7 @@ def main(mode: str, folder: Path, out: Path, teacher: str | None) -> None:
                     **extra,
                 ).images
             )
-    np.savez(
-        out,
-        **arrays,
-        pipeline_class=type(pipe).__name__,
-        pipeline_module=type(pipe).__module__,
-        sfd_imported="sfd" in sys.modules,
-    )
+    return arrays, pipe
 
 
 if __name__ == "__main__":

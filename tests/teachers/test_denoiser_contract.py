@@ -96,9 +96,7 @@ def text_condition(rng: torch.Generator) -> TextCondition:
 def sdxl_condition(rng: torch.Generator) -> TextCondition:
     prompt, negative = torch.randn(2, BATCH, 7, HIDDEN + HIDDEN_2, generator=rng)
     pooled, negative_pooled = torch.randn(2, BATCH, POOLED, generator=rng)
-    return TextCondition(
-        prompt, negative, pooled_embeds=pooled, negative_pooled=negative_pooled
-    )
+    return TextCondition(prompt, negative, pooled_embeds=pooled, negative_pooled=negative_pooled)
 
 
 SDXL_TIME_IDS = (24, 20, 2, 1, 16, 16)
