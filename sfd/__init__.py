@@ -31,10 +31,12 @@ _PUBLIC = {
     "PretrainedVPTeacher": "sfd.teachers",
     "PretrainedEDMTeacher": "sfd.teachers",
     "StableDiffusionTeacher": "sfd.teachers",
+    "StableDiffusionXLTeacher": "sfd.teachers",
     "StableDiffusionLoRAFakeScore": "sfd.teachers",
     # exports
     "OneStepPipeline": "sfd.pipelines",
     "OneStepTextPipeline": "sfd.pipelines",
+    "OneStepSDXLPipeline": "sfd.pipelines",
     "PretrainedOneStepGenerator": "sfd.pipelines",
     "export_checkpoint": "sfd.pipelines",
     "load_generator": "sfd.pipelines",

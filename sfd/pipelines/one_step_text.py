@@ -70,9 +70,7 @@ def load_vae(pipeline: str, revision: str | None) -> AutoencoderKL | None:
     try:
         return AutoencoderKL.from_pretrained(pipeline, subfolder="vae", revision=revision).eval()
     except (OSError, ValueError) as error:
-        raise SFDConfigError(
-            f"cannot load the VAE from {pipeline!r} (subfolder 'vae')"
-        ) from error
+        raise SFDConfigError(f"cannot load the VAE from {pipeline!r} (subfolder 'vae')") from error
 
 
 class OneStepTextPipeline(DiffusionPipeline):

@@ -10,12 +10,12 @@ from typing import Any
 from sfd.errors import SFDConfigError
 from sfd.teachers.base import Denoiser
 from sfd.teachers.edm import EDMDenoiser
+from sfd.teachers.sdxl import StableDiffusionXLDenoiser, StableDiffusionXLTeacher
 from sfd.teachers.stable_diffusion import (
     StableDiffusionDenoiser,
     StableDiffusionLoRAFakeScore,
     StableDiffusionTeacher,
 )
-from sfd.teachers.sdxl import StableDiffusionXLDenoiser, StableDiffusionXLTeacher
 from sfd.teachers.unet import (
     EDMUNetDenoiser,
     PretrainedEDMTeacher,

@@ -353,3 +353,30 @@ def test_guided_sampling_uses_the_zero_null_without_a_negative_prompt(sdxl_run) 
         )
     got = pipe("a cat", guidance_scale=3.0, latents=z, output_type="latent").images
     assert torch.equal(got, expected)
+
+
+def test_the_docs_stock_snippet_runs_and_matches_sfd(sdxl_run, tmp_path, monkeypatch) -> None:
+    """docs/families/sdxl.md's stock / single-file / LoRA block, as written, on this run's
+    folders: stock and single-file images are sfd's to within `STOCK_ATOL` before 8-bit rounding;
+    `sfd sample` samples the export."""
+    from conftest import docs_block
+    from PIL import Image
+
+    code = docs_block("docs/families/sdxl.md", "sdxl-stock")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "sdxl-tiny-generator").symlink_to(sdxl_run.export)
+    (tmp_path / "runs" / "tiny-sdxl").symlink_to(sdxl_run.source)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/families/sdxl.md", "exec"), namespace)
+    expected = load_pipeline(sdxl_run.export)(
+        "a photo of brad pitt", generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images[0]  # (H, W, 3) in [0, 1]
+    for key in ("image", "image_single"):
+        error = np.abs(np.asarray(namespace[key]).astype(np.float64) / 255 - expected)
+        assert error.max() <= 0.5 / 255 + STOCK_ATOL, key
+    assert np.asarray(namespace["image_lora"]).shape == expected.shape
+    png = tmp_path / "grid.png"
+    argv = ["sample", str(sdxl_run.export), "--prompt", "a cat", "--num-per-prompt", "2"]
+    assert main([*argv, "--seed", "1", "--output", str(png)]) == 0
+    assert Image.open(png).size[0] > 0
