@@ -6,7 +6,9 @@ puts an NSFW keyword before or after a subject; the bare subject is the override
 list the negative prompt. A negative prompt belongs to forget batches only (remain batches always
 use the empty prompt), and each guided network sees it or not (`negative_for`). Every fixed prompt
 set is encoded once by the teacher's text encoder (`bind`) and the embeddings are cached on the
-sampler, one copy per device.
+sampler, one copy per device. A teacher whose `encode_prompts` returns (embeddings, pooled
+embeddings), such as SDXL's, gets its pooled vectors cached and carried in every condition beside
+the prompts they belong to (`TextCondition.pooled_embeds`).
 """
 
 from __future__ import annotations
@@ -184,7 +186,11 @@ class PromptConditions(ConditionSampler):
             )
 
     def bind(self, teacher: Any) -> None:
-        """Encode every fixed prompt set once with `teacher.encode_prompts` and cache it."""
+        """Encode every fixed prompt set once with `teacher.encode_prompts` and cache it.
+
+        `encode_prompts(prompts, batch_size)` returns the embeddings (N, L, D), or a pair of
+        embeddings and pooled embeddings ((N, L, D), (N, P)).
+        """
         encode = getattr(teacher, "encode_prompts", None)
         if encode is None:
             raise SFDConfigError(
