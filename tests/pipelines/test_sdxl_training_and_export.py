@@ -32,6 +32,9 @@ sys.path.insert(0, str(SCRIPTS))
 from load_export import samples  # noqa: E402
 
 PROMPTS, SEED = ["a photo of Brad Pitt", "a cat"], 7  # as in tests/scripts/load_export.py
+# The ε run keeps a plain generation's time ids (the resolution, 16 × 16, crop (0, 0)) and exports a
+# bf16 variant too; the v run sets its own, which the stock pipeline must then be given.
+TIME_IDS = {"epsilon": (16, 16, 0, 0, 16, 16), "v_prediction": (32, 24, 4, 2, 16, 16)}
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Run:
     calls: UNetCalls
     checkpoint: Path
     export: Path
+    time_ids: tuple[int, ...]
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
@@ -101,7 +105,10 @@ def sdxl_run(request, sdxl_dirs, tmp_path_factory: pytest.TempPathFactory) -> Ru
     """Two SFD iterations on a tiny SDXL pipeline, watched, then `sfd export` with every extra."""
     root = tmp_path_factory.mktemp(f"sdxl-{request.param}")
     source = sdxl_dirs[request.param]
-    teacher = StableDiffusionXLTeacher(str(source))
+    ids = TIME_IDS[request.param]
+    teacher = StableDiffusionXLTeacher(
+        str(source), original_size=list(ids[:2]), crops_coords_top_left=list(ids[2:4])
+    )
     module = sdxl_module(teacher)
     calls = UNetCalls()
     calls.watch("teacher", module.teacher.unet)
@@ -110,8 +117,9 @@ def sdxl_run(request, sdxl_dirs, tmp_path_factory: pytest.TempPathFactory) -> Ru
     trainer(root, 2).fit(module)
     last = root / "ckpt" / "last.ckpt"
     argv = ["export", str(last), str(root / "export"), "--single-file", "--lora", "4"]
-    assert main(argv) == 0
-    return Run(source, teacher, calls, last, root / "export")
+    variant = ["--dtype", "bf16"] if request.param == "epsilon" else []
+    assert main([*argv, *variant]) == 0
+    return Run(source, teacher, calls, last, root / "export", ids)
 
 
 def test_every_unet_call_gets_matching_pooled_embeddings_and_the_time_ids(sdxl_run) -> None:
@@ -127,7 +135,7 @@ def test_every_unet_call_gets_matching_pooled_embeddings_and_the_time_ids(sdxl_r
     known += [NEGATIVE, ""]
     embeds, pooled = teacher.encode_prompts(known)
     ids = torch.tensor([teacher.time_ids], dtype=torch.float32)
-    assert teacher.time_ids == (16, 16, 0, 0, 16, 16)
+    assert teacher.time_ids == sdxl_run.time_ids
     seen = {"": 0, NEGATIVE: 0, "prompt": 0}
     for name, embed_rows, pooled_rows, time_ids in calls:
         assert torch.equal(time_ids, ids.expand(len(embed_rows), -1)), name
@@ -208,7 +216,17 @@ def test_stock_sdxl_pipeline_reproduces_the_generator(sdxl_run, capfd) -> None:
     assert "not expected" not in capfd.readouterr().err  # no "unexpected config attributes"
     record = json.loads((folder / "sfd_export.json").read_text())
     assert record["pipeline_class"] == "OneStepSDXLPipeline"
-    assert record["time_ids"] == [16, 16, 0, 0, 16, 16]
+    assert record["time_ids"] == list(sdxl_run.time_ids)
+    if sdxl_run.time_ids != TIME_IDS["epsilon"]:  # the stock defaults would be another model
+        plain = pipe(
+            PROMPTS,
+            num_images_per_prompt=2,
+            guidance_scale=1.0,
+            sigmas=[record["sigma_init"], 0.0],
+            generator=torch.Generator().manual_seed(SEED),
+            output_type="latent",
+        ).images
+        assert np.abs(plain.numpy() - expected["latents"]).max() > 1e-3
     for part in ("text_encoder_2", "tokenizer_2", "vae", "unet", "scheduler"):
         assert (folder / part).is_dir(), part
 
@@ -333,8 +351,11 @@ def test_model_card_names_the_sdxl_pipeline_and_its_time_ids(sdxl_run) -> None:
     meta = front_matter(card)
     assert {"stable-diffusion-xl", "text-to-image", "sfd"} <= set(meta["tags"])
     assert "StableDiffusionXLPipeline.from_pretrained(" in card
-    assert "original_size=(16, 16), crops_coords_top_left=(0, 0)," in card
-    assert "target_size=(16, 16)," in card
+    ids = sdxl_run.time_ids
+    assert (
+        f"original_size=({ids[0]}, {ids[1]}), crops_coords_top_left=({ids[2]}, {ids[3]})," in card
+    )
+    assert f"target_size=({ids[4]}, {ids[5]})," in card
     assert 'custom_pipeline="one_step_sdxl_pipeline"' in card
     assert "StableDiffusionXLPipeline.from_single_file(" in card
     assert "| Brad Pitt | a middle aged man |" in card
@@ -380,3 +401,24 @@ def test_the_docs_stock_snippet_runs_and_matches_sfd(sdxl_run, tmp_path, monkeyp
     argv = ["sample", str(sdxl_run.export), "--prompt", "a cat", "--num-per-prompt", "2"]
     assert main([*argv, "--seed", "1", "--output", str(png)]) == 0
     assert Image.open(png).size[0] > 0
+
+
+def test_weights_variant_and_its_single_file(sdxl_run) -> None:
+    folder = sdxl_run.export
+    record = json.loads((folder / "sfd_export.json").read_text())
+    if sdxl_run.time_ids != TIME_IDS["epsilon"]:  # only the ε export asked for bf16
+        assert "variant" not in record and not list(folder.rglob("*.bf16.safetensors"))
+        return
+    for part, name in [
+        ("unet", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+        ("text_encoder_2", "model"),
+    ]:
+        full = load_file(folder / part / f"{name}.safetensors")
+        reduced = load_file(folder / part / f"{name}.bf16.safetensors")
+        assert full.keys() == reduced.keys(), part
+        assert all(torch.equal(reduced[k], v.to(torch.bfloat16)) for k, v in full.items()), part
+    single = load_file(folder / "sfd_generator.safetensors")
+    single_reduced = load_file(folder / record["single_file_variant"])
+    assert single.keys() == single_reduced.keys()
+    assert all(torch.equal(single_reduced[k], v.to(torch.bfloat16)) for k, v in single.items())
