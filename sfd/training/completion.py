@@ -47,7 +47,8 @@ class UntilForgotten(Callback):
         draws: noise draws per level.
         seed: seed of every fixed draw.
         classifier_ua: optionally, a function of the module giving a classifier's UA (0..1) of what
-            it would ship now, logged beside the judge's (`completion/classifier_ua`).
+            it would ship now (or None when it has no reading), logged beside the judge's
+            (`completion/classifier_ua`).
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class UntilForgotten(Callback):
         sigmas: Sequence[float] = judge.DEFAULT_SIGMAS,
         draws: int = 2,
         seed: int = 0,
-        classifier_ua: Callable[[Any], float] | None = None,
+        classifier_ua: Callable[[Any], float | None] | None = None,
     ) -> None:
         check_count("UntilForgotten every_n", every_n)
         check_count("UntilForgotten patience", patience)
@@ -127,8 +128,9 @@ class UntilForgotten(Callback):
             self.reference = remain.detach().cpu()
         point["drift"] = judge.remain_drift(remain.cpu(), self.reference)
         self.probe_seconds += time.perf_counter() - clock  # the classifier's time is not the rule's
-        if self.classifier_ua is not None:
-            point["classifier_ua"] = float(self.classifier_ua(module))
+        reading = None if self.classifier_ua is None else self.classifier_ua(module)
+        if reading is not None:
+            point["classifier_ua"] = float(reading)
         return point
 
     def _decide(self, point: dict[str, Any]) -> str | None:

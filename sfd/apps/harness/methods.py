@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import lightning.pytorch as pl
 
-from sfd.apps.harness.curve import TimedForgettingCurve
+from sfd.apps.harness.curve import TimedForgettingCurve, until_forgotten
 from sfd.apps.harness.settings import ClassRunSettings
 from sfd.apps.harness.stages import StageOne, fit_module, stage_one, train_sfd
 from sfd.apps.harness.workspace import Workspace, build_teacher, teacher_recipe
@@ -24,7 +24,6 @@ from sfd.core.conditions import ClassConditions
 from sfd.pipelines.io import load_generator
 from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
-from sfd.training.completion import UntilForgotten
 
 TITLES = {
     "teacher": "teacher (DDIM)",
@@ -157,22 +156,6 @@ class SFDMethod:
             curve.as_dicts(),
             extra=extra,
         )
-
-
-def until_forgotten(curve: TimedForgettingCurve) -> UntilForgotten:
-    """The completion rule at the curve's interval, with the curve's classifier UA beside it.
-
-    The rule runs after the curve (callback order), so at each probe the curve's point of the same
-    iteration is already there and nothing is evaluated twice.
-    """
-
-    def classifier_ua(module: Any) -> float:
-        last = curve.points[-1] if curve.points else None
-        if last is not None and last.iteration == module.global_step:
-            return last.ua
-        return curve.evaluate(module)[0]
-
-    return UntilForgotten(every_n=curve.every_n, classifier_ua=classifier_ua)
 
 
 class DistillMethod:
