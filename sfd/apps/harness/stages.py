@@ -31,6 +31,7 @@ from sfd.pipelines.io import save_generator
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser
 from sfd.training.cli import build_from_fit_config, parse_fit_config
+from sfd.training.progress import IterationProgressBar
 
 STAGE_ONE_RUN = "run.json"  # curve and seconds of the stage-1 run, beside its networks
 GENERATOR_CLASS = "sfd.pipelines.io.PretrainedOneStepGenerator"
@@ -66,7 +67,11 @@ def fit_module(
             "max_epochs": 1,
             "devices": 1,
             "logger": CSVLogger(log_dir.parent, name=log_dir.name, version=""),
-            "callbacks": [*(config.get("callbacks") or []), *callbacks],
+            "callbacks": [
+                *(config.get("callbacks") or []),
+                *callbacks,
+                *([IterationProgressBar()] if progress else []),  # sfd's one progress style
+            ],
             "enable_checkpointing": False,
             "enable_model_summary": False,
             "enable_progress_bar": progress,
