@@ -95,6 +95,12 @@ class RunCLI(LightningCLI):
         except ArgumentError as error:
             self._remove_new_paths()
             raise SFDConfigError(one_line(error)) from error
+        except ValueError as error:
+            self._remove_new_paths()
+            mistake = _user_mistake_inside(error)
+            if mistake is None:
+                raise
+            raise mistake from error
         except BaseException:
             # A failure before the first iteration leaves nothing behind; a crash later keeps
             # the run's checkpoints and logs.
@@ -361,6 +367,18 @@ def fit_summary(trainer: Trainer) -> list[str]:
     ]
 
 
+def _user_mistake_inside(error: BaseException) -> SFDConfigError | None:
+    """The `SFDConfigError` a class raised while jsonargparse instantiated it (jsonargparse
+    wraps it, e.g. in "Does not validate against any of the Union subtypes"), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SFDConfigError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def check_model_settings(model: Mapping[str, Any]) -> None:
     """The checks `SFDModule` makes of its numbers and optimizer settings, run on the parsed
     `model` group before anything is built (so a demo refuses them before training a teacher)."""
@@ -372,6 +390,15 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
         if isinstance(optimizer, Mapping):
             for key, value in (optimizer.get("init_args") or {}).items():
                 guards.check_optimizer_setting(f"model.{name}.init_args.{key}", value)
+    for name in ("teacher", "fake_score", "generator"):  # a LoRA network's rank, before loading
+        network = model.get(name)
+        rank = (
+            (network.get("init_args") or {}).get("rank") if isinstance(network, Mapping) else None
+        )
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise SFDConfigError(
+                f"model.{name}.init_args.rank={rank!r} must be an integer of at least 1 (the LoRA rank)"
+            )
 
 
 class _ParseOnlyCLI(SFDLightningCLI):

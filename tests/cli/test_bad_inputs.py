@@ -386,6 +386,14 @@ CASES: list[Case] = [
      lambda w, o: concepts(w, o, "--override", "1"), "--override 1 equals --forget"),
     ("eval-text-concepts-guidance-negative",
      lambda w, o: concepts(w, o, "--guidance-scale", "-1"), "--guidance-scale=-1.0"),
+    ("fit-lora-rank-zero",
+     lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+                   "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.fake_score", "sfd.teachers.StableDiffusionLoRAFakeScore",
+                   "--model.fake_score.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.fake_score.rank", "0", "--trainer.accelerator", "cpu",
+                   "--trainer.devices", "1", "--trainer.precision", "32-true",
+                   "--trainer.default_root_dir", str(o)], "model.fake_score.init_args.rank=0 must be an integer of at least 1"),
     # --- sfd fit: guidance ---
     ("fit-guidance-absurd", lambda w, o: fit(w, o, "--model.teacher_guidance", "1000"), "teacher_guidance=1000.0"),
     # --- sfd demo / compare ---
@@ -570,3 +578,19 @@ def test_eval_takes_classes_by_index_or_by_the_data_set_s_names() -> None:
     assert forget_override("2", "0", "unnamed.npz", unnamed) == (2, 0)
     with pytest.raises(SFDConfigError, match=r"give 0..3 \(the data set names no classes\)$"):
         forget_override("seven", None, "unnamed.npz", unnamed)
+
+
+def test_a_class_s_own_refusal_inside_jsonargparse_is_one_line() -> None:
+    """jsonargparse wraps what a constructor raises (e.g. in a Union's "Does not validate");
+    `sfd fit` hands the user the constructor's own `SFDConfigError`."""
+    from sfd.training.cli import _user_mistake_inside
+
+    mistake = SFDConfigError("LoRA rank=0 must be at least 1")
+    try:
+        try:
+            raise mistake
+        except SFDConfigError as inner:
+            raise ValueError("Does not validate against any of the Union subtypes") from inner
+    except ValueError as wrapped:
+        assert _user_mistake_inside(wrapped) is mistake
+    assert _user_mistake_inside(ValueError("a library's own fault")) is None
