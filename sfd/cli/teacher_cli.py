@@ -10,12 +10,16 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from sfd.apps.teachers.checks import check_output_dir, check_teacher_settings, single_class_warning
+from sfd.apps.teachers.checks import (
+    check_no_teacher_yet,
+    check_output_dir,
+    check_teacher_settings,
+    single_class_warning,
+)
 from sfd.apps.teachers.pixel import DDPMTeacherModule, TeacherDataModule, save_teacher
 from sfd.cli.teacher import (
     DEFAULT_MAX_STEPS,
@@ -23,7 +27,6 @@ from sfd.cli.teacher import (
     OUTPUT_DIR_HELP,
     OVERWRITE_HELP,
 )
-from sfd.errors import SFDConfigError
 from sfd.folders import check_writable_folder
 from sfd.training.cli import ONE_LINE_PARSER, RunCLI
 from sfd.training.config_files import check_config_files
@@ -36,15 +39,6 @@ def run_folder_for(output_dir: str) -> str:
     """The default run folder of a teacher written to `output_dir`: a sibling, never inside it
     (the teacher folder is replaced whole when it is written)."""
     return str(output_dir).rstrip("/\\") + RUN_FOLDER_SUFFIX
-
-
-def check_no_teacher_yet(output_dir: str, overwrite: bool) -> None:
-    """Refuse to train over a teacher already in `output_dir`, unless `overwrite`."""
-    if not overwrite and (Path(output_dir) / "model_index.json").is_file():
-        raise SFDConfigError(
-            f"--output_dir {output_dir!r} already holds a teacher; --overwrite replaces it once "
-            "the new one is trained, or choose a new folder"
-        )
 
 
 class TeacherCLI(RunCLI):
@@ -72,7 +66,7 @@ class TeacherCLI(RunCLI):
         # Fail before loading data and training, not after.
         check_writable_folder(config["output_dir"], "--output_dir")
         check_output_dir(config["output_dir"])
-        check_no_teacher_yet(config["output_dir"], bool(config.get("overwrite")))
+        check_no_teacher_yet(config["output_dir"], bool(config.get("overwrite")), "--output_dir")
         check_teacher_settings(config["model"], config.get("trainer") or {})
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
