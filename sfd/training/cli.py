@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from sfd.core import guards
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely
 from sfd.core.module import SFDModule
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_integer
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.callbacks import LoggedSaveConfigCallback
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
@@ -395,10 +395,8 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
         rank = (
             (network.get("init_args") or {}).get("rank") if isinstance(network, Mapping) else None
         )
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-            raise SFDConfigError(
-                f"model.{name}.init_args.rank={rank!r} must be an integer of at least 1 (the LoRA rank)"
-            )
+        if rank is not None:
+            check_integer(f"model.{name}.init_args.rank", rank, 1)
 
 
 class _ParseOnlyCLI(SFDLightningCLI):

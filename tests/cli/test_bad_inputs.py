@@ -332,7 +332,7 @@ CASES: list[Case] = [
     ("export-metrics-not-json",
      lambda w, o: export(w, o, "--metrics", str(w / "broken_metrics.json")), "broken_metrics.json' is not valid JSON"),
     ("export-metrics-missing", lambda w, o: export(w, o, "--metrics", str(w / "nope.json")), "nope.json' does not exist"),
-    ("export-lora-rank-zero", lambda w, o: export(w, o, "--lora", "0"), "--lora 0"),
+    ("export-lora-rank-zero", lambda w, o: export(w, o, "--lora", "0"), "--lora=0 must be an integer of at least 1"),
     ("export-single-file-bert",
      lambda w, o: export(w, o, "--single-file", ckpt=w / "text_vae.ckpt"), "this generator's is a BertModel"),
     # --- sfd sample (items 1, 6, 7) ---
@@ -367,6 +367,9 @@ CASES: list[Case] = [
      "--forget 'eleven' is not a class: give 0..9 or one of ['zero', "),
     ("eval-override-equals-forget", lambda w, o: evaluate(w, o, "--override", "zero"),
      "--override 'zero' equals --forget"),
+    ("eval-num-per-class-one", lambda w, o: evaluate(w, o, "--num-per-class", "1"), "--num-per-class=1 must be an integer of at least 2"),
+    ("eval-ddim-steps-zero", lambda w, o: evaluate(w, o, "--ddim-steps", "0"), "--ddim-steps=0 must be an integer of at least 1"),
+    ("eval-heldout-fraction-one", lambda w, o: evaluate(w, o, "--heldout-fraction", "1"), "--heldout-fraction=1.0"),
     ("eval-teacher-non-finite",
      lambda w, o: evaluate(w, o, model=w / "nan_teacher"), "non-finite weights: the first bad tensor is unet.conv_in.weight"),
     # --- sfd eval-text (item 6) ---

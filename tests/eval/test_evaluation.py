@@ -20,8 +20,8 @@ from sfd.eval.evaluate import (
     class_noise,
     classify,
     ddim_sampler,
-    generate,
     evaluate_sampler,
+    generate,
     measure_throughput,
 )
 from sfd.eval.metrics import (
