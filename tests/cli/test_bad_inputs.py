@@ -488,6 +488,7 @@ def test_bad_input(
     assert len(errors) == 1, err
     assert fragment in errors[0], errors[0]
     assert "Traceback" not in err
+    assert "Seed set" not in err  # the seed line comes only once the settings are checked
     assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
     assert not Path(str(out) + "-training").exists()
     assert listing(world.root) == before, "an input folder changed"
