@@ -98,6 +98,7 @@ def sample_ddim(
     cond: Any,
     sigmas: Tensor,
     guidance: float = 1.0,
+    *,
     on_step: Callable[[], None] | None = None,
 ) -> Tensor:
     """Run deterministic DDIM (η = 0) from noise z through the full σ schedule `sigmas`.
