@@ -169,3 +169,20 @@ def test_full_demo_default_settings(tmp_path: Path) -> None:
     assert metrics["sfd"]["ua"] >= 0.99
     assert metrics["distilled_without_forgetting"]["ua"] < 0.5  # forgetting comes from SFD
     assert metrics["sfd"]["remain_accuracy"] >= metrics["teacher"]["remain_accuracy"] - 0.05
+
+
+def test_the_demos_sfd_stages_report_iterations_as_fit_does(
+    tiny_teacher_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Stage 1 / stage 2 runs of the demos (and `sfd compare`'s methods) show `sfd fit`'s
+    iteration progress: iterations against the total with the losses, plain lines in a log."""
+    from sfd.apps.harness.settings import default_sfd_config
+    from sfd.apps.harness.stages import train_sfd
+
+    args = ["-c", str(default_sfd_config()), "--trainer.max_steps", "4", "--model.batch_size", "4",
+            "--model.teacher.init_args.pretrained_model_name_or_path", str(tiny_teacher_dir)]  # fmt: skip
+    train_sfd(args, [], tmp_path / "log", progress=True)
+    out = capfd.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("Iterations ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "fake/total=" in lines[-1] and "generator/total=" in lines[-1] and "\r" not in out
