@@ -67,14 +67,15 @@ def teacher_options() -> dict[str, list[tuple[str, Any, str]]]:
 def teacher_help() -> str:
     """The text of `sfd teacher --help`."""
 
-    def rows(pairs: list[tuple[str, str]]) -> list[str]:
+    def rows(pairs: list[tuple[str, str]]) -> list[str]:  # argparse's layout, 100 columns
         lines = []
         for name, text in pairs:
             wrapped = textwrap.wrap(text, 100 - 32) or [""]
-            lines.append(f"  {name:<30}{wrapped[0]}" if len(name) < 30 else f"  {name}")
-            if len(name) >= 30:
-                lines.append(" " * 32 + wrapped[0])
-            lines += [" " * 32 + line for line in wrapped[1:]]
+            if len(name) < 30:
+                lines.append(f"  {name:<30}{wrapped.pop(0)}")
+            else:  # a long name gets a line of its own
+                lines.append(f"  {name}")
+            lines += [" " * 32 + line for line in wrapped]
         return lines
 
     lines = [
