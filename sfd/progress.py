@@ -89,8 +89,9 @@ class ProgressBar(tqdm):
             kwargs.setdefault("file", sys.stdout)
         super().__init__(*args, **kwargs)
 
-    def set_postfix(self, ordered_dict: Mapping[str, Any] | None = None, refresh: bool = True,
-                    **kwargs: Any) -> None:  # fmt: skip
+    def set_postfix(
+        self, ordered_dict: Mapping[str, Any] | None = None, refresh: bool = True, **kwargs: Any
+    ) -> None:
         """tqdm's `set_postfix`; the values also go on the plain lines."""
         self._values = {**dict(ordered_dict or {}), **kwargs}
         super().set_postfix(ordered_dict, refresh, **kwargs)
