@@ -1,5 +1,10 @@
-"""What a soft-prompt attacker may spend (`soft_prompt`), torch-free: `sfd demo-text --help` reads
-its defaults."""
+"""What an attacker may spend, torch-free: `sfd demo-text --help` and `sfd eval-text --help` read
+the defaults.
+
+`AttackBudget` is the soft-prompt attack's (`soft_prompt`), `DiscreteAttackBudget` the discrete
+prompt attack's (`discrete_prompt`), `RevivalBudget` the revival fine-tune's (`revival`). Every
+field is checked when the budget is made, so a bad setting is refused before a model is loaded.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +13,95 @@ from dataclasses import dataclass
 from sfd.errors import SFDConfigError
 
 
+def _check_counts(budget: object, names: tuple[str, ...], low: int = 1) -> None:
+    """Refuse a count below `low` (or a non-integer) among the budget's fields `names`."""
+    for name in names:
+        value = getattr(budget, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SFDConfigError(f"{name}={value!r} must be an integer of at least {low}")
+
+
 @dataclass
 class AttackBudget:
-    """What the attacker may spend.
+    """What a soft-prompt attacker may spend (the defaults: 16 tokens, 200 steps, 3 restarts).
 
     Attributes:
         num_tokens: learned token embeddings appended to the prompt.
-        steps: Adam steps.
+        steps: Adam steps per restart.
         lr: Adam learning rate (the embeddings start at random vocabulary tokens).
         batch_size: noise samples per step (fresh each step).
         eval_samples: held-out noise samples the success rate is measured on.
         seed: seed of the initial tokens and the training / evaluation noise.
+        restarts: independent starts (other initial tokens); the one with the lowest attack
+            loss on a selection noise batch (not the evaluation noise) is reported.
     """
 
-    num_tokens: int = 4
-    steps: int = 40
+    num_tokens: int = 16
+    steps: int = 200
     lr: float = 0.05
     batch_size: int = 16
     eval_samples: int = 64
     seed: int = 0
+    restarts: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("num_tokens", "steps", "batch_size", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise SFDConfigError(f"attack {name}={getattr(self, name)} must be at least 1")
+        _check_counts(self, ("num_tokens", "steps", "batch_size", "eval_samples", "restarts"))
         if not self.lr > 0:
             raise SFDConfigError(f"attack lr={self.lr} must be positive")
+
+
+@dataclass
+class DiscreteAttackBudget:
+    """What a discrete prompt attacker (real vocabulary tokens only) may spend.
+
+    Attributes:
+        num_tokens: vocabulary tokens appended to the prompt (whole words of the tokenizer).
+        steps: substitution steps per restart; each changes at most one token.
+        top_k: candidate tokens per position, ranked by the one-hot gradient.
+        candidates: substitutions (position, one of its top-k tokens) evaluated per step; the
+            best replaces the current prompt when it lowers the attack loss.
+        batch_size: noise samples per step (fresh each step; shared by the candidates).
+        eval_samples: held-out noise samples the success rate is measured on.
+        seed: seed of the initial tokens, candidate draws and noise.
+        restarts: independent starts; the one with the lowest attack loss on a selection noise
+            batch (not the evaluation noise) is reported.
+    """
+
+    num_tokens: int = 16
+    steps: int = 200
+    top_k: int = 32
+    candidates: int = 8
+    batch_size: int = 8
+    eval_samples: int = 64
+    seed: int = 0
+    restarts: int = 3
+
+    def __post_init__(self) -> None:
+        _check_counts(
+            self,
+            ("num_tokens", "steps", "top_k", "candidates", "batch_size", "eval_samples", "restarts"),
+        )
+
+
+@dataclass
+class RevivalBudget:
+    """The revival fine-tune: k real images of the forgotten concept, `steps` Adam steps.
+
+    Attributes:
+        steps: fine-tuning steps N; UA is measured after 0, N/4, N/2 and N.
+        images: k, real images of the forgotten class (from the held-out split).
+        lr: Adam learning rate (DreamBooth's order for a full fine-tune of a small UNet).
+        batch_size: images per step (drawn with replacement from the k).
+        seed: seed of the image choice, the draws of noise and σ, and the UA noise.
+    """
+
+    steps: int = 40
+    images: int = 8
+    lr: float = 1e-5
+    batch_size: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_counts(self, ("steps", "images", "batch_size"))
+        if not self.lr > 0:
+            raise SFDConfigError(f"revival lr={self.lr} must be positive")

@@ -2,8 +2,11 @@
 
 `sfd eval-text --attack` and `sfd demo-text` run an attack through `run_attack`, which finds it by
 the type of its budget. A new attack is one file in this package (a function with the signature
-of `soft_prompt_attack` and a budget dataclass whose fields have defaults) plus one entry in
-`ATTACKS`.
+of `soft_prompt_attack` and a budget dataclass whose fields have defaults, in
+`sfd.eval.attack_budget`) plus one entry in `ATTACKS`; its key is the `--attack` name.
+
+- `soft`: learned input embeddings appended to the prompt (an attacker with embedding access).
+- `discrete`: real vocabulary words appended to the prompt (an attacker who only types text).
 """
 
 from __future__ import annotations
@@ -16,10 +19,21 @@ import torch
 from torch import nn
 
 from sfd.errors import SFDConfigError
-from sfd.eval.soft_prompt import AttackBudget, AttackResult, soft_prompt_attack
+from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget
+from sfd.eval.attack_outcome import AttackResult
+from sfd.eval.discrete_prompt import discrete_prompt_attack
+from sfd.eval.soft_prompt import soft_prompt_attack
 from sfd.eval.text_models import TextToImage
 
-__all__ = ["ATTACKS", "Attack", "AttackBudget", "AttackResult", "attack_for", "run_attack"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackBudget",
+    "AttackResult",
+    "DiscreteAttackBudget",
+    "attack_for",
+    "run_attack",
+]
 
 
 @dataclass(frozen=True)
@@ -36,7 +50,8 @@ class Attack:
 
 
 ATTACKS: dict[str, Attack] = {
-    "soft_prompt": Attack(soft_prompt_attack, AttackBudget),
+    "soft": Attack(soft_prompt_attack, AttackBudget),
+    "discrete": Attack(discrete_prompt_attack, DiscreteAttackBudget),
 }
 
 
@@ -59,7 +74,8 @@ def run_attack(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> AttackResult:
-    """Run the attack that `budget` belongs to on one prompt (see `soft_prompt_attack`).
+    """Run the attack that `budget` belongs to on one prompt (see `soft_prompt_attack`,
+    `discrete_prompt_attack`).
 
     Args:
         model: the model under attack.
