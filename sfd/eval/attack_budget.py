@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from sfd.errors import SFDConfigError
 
 
-def _check_counts(budget: object, names: tuple[str, ...], low: int = 1) -> None:
-    """Refuse a count below `low` (or a non-integer) among the budget's fields `names`."""
+def _check_counts(budget: object, label: str, names: tuple[str, ...]) -> None:
+    """Refuse a count below 1 (or a non-integer) among the budget's fields `names`."""
     for name in names:
         value = getattr(budget, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise SFDConfigError(f"{name}={value!r} must be an integer of at least {low}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SFDConfigError(f"{label} {name}={value!r} must be an integer of at least 1")
 
 
 @dataclass
@@ -45,7 +45,9 @@ class AttackBudget:
     restarts: int = 3
 
     def __post_init__(self) -> None:
-        _check_counts(self, ("num_tokens", "steps", "batch_size", "eval_samples", "restarts"))
+        _check_counts(
+            self, "attack", ("num_tokens", "steps", "batch_size", "eval_samples", "restarts")
+        )
         if not self.lr > 0:
             raise SFDConfigError(f"attack lr={self.lr} must be positive")
 
@@ -79,7 +81,16 @@ class DiscreteAttackBudget:
     def __post_init__(self) -> None:
         _check_counts(
             self,
-            ("num_tokens", "steps", "top_k", "candidates", "batch_size", "eval_samples", "restarts"),
+            "discrete attack",
+            (
+                "num_tokens",
+                "steps",
+                "top_k",
+                "candidates",
+                "batch_size",
+                "eval_samples",
+                "restarts",
+            ),
         )
 
 
@@ -90,18 +101,20 @@ class RevivalBudget:
     Attributes:
         steps: fine-tuning steps N; UA is measured after 0, N/4, N/2 and N.
         images: k, real images of the forgotten class (from the held-out split).
-        lr: Adam learning rate (DreamBooth's order for a full fine-tune of a small UNet).
+        lr: Adam learning rate; the default is the generator learning rate of the text presets
+            (1e-4), what a user fine-tuning these small UNets picks (DreamBooth's 5e-6 is for
+            860M-parameter Stable Diffusion UNets).
         batch_size: images per step (drawn with replacement from the k).
         seed: seed of the image choice, the draws of noise and σ, and the UA noise.
     """
 
     steps: int = 40
     images: int = 8
-    lr: float = 1e-5
+    lr: float = 1e-4
     batch_size: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_counts(self, ("steps", "images", "batch_size"))
+        _check_counts(self, "revival", ("steps", "images", "batch_size"))
         if not self.lr > 0:
             raise SFDConfigError(f"revival lr={self.lr} must be positive")

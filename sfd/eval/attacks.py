@@ -12,7 +12,7 @@ of `soft_prompt_attack` and a budget dataclass whose fields have defaults, in
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ __all__ = [
     "AttackBudget",
     "AttackResult",
     "DiscreteAttackBudget",
+    "attack_budget",
     "attack_for",
     "run_attack",
 ]
@@ -53,6 +54,16 @@ ATTACKS: dict[str, Attack] = {
     "soft": Attack(soft_prompt_attack, AttackBudget),
     "discrete": Attack(discrete_prompt_attack, DiscreteAttackBudget),
 }
+
+
+def attack_budget(name: str, **given: Any) -> Any:
+    """The budget of attack `name` from the given fields (a None or an absent field: the
+    default; fields the attack does not have are ignored). Checked when made."""
+    if name not in ATTACKS:
+        raise SFDConfigError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}")
+    kind = ATTACKS[name].budget
+    known = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in given.items() if k in known and v is not None})
 
 
 def attack_for(budget: Any) -> Attack:

@@ -178,7 +178,9 @@ def discrete_prompt_attack(
             loss = attack_loss(model, classifier, condition(words.one_hot_states(one_hot),
                                                             len(z)), z, target)  # fmt: skip
             (gradient,) = torch.autograd.grad(loss, one_hot)
-            ranked = allowed[(-gradient[:, allowed.to(device)]).topk(budget.top_k, dim=1).indices.cpu()]
+            ranked = allowed[
+                (-gradient[:, allowed.to(device)]).topk(budget.top_k, dim=1).indices.cpu()
+            ]
             positions = torch.randint(budget.num_tokens, (budget.candidates,), generator=rng)
             picks = torch.randint(ranked.shape[1], (budget.candidates,), generator=rng)
             trials = chosen.expand(budget.candidates, -1).clone()  # (C, n)

@@ -37,12 +37,18 @@ class ImageSampler:
         nfe: network evaluations per sample.
         sample_shape: (C, H, W) of one sample.
         sample: the sampling function.
+        network: the denoiser that is fine-tuned when the model is (the revival test), or None.
+        rebuild: network -> the same sampler around another denoiser (a fine-tuned copy).
+        sigma_init: a one-step generator's noise level; None for a multi-step sampler.
     """
 
     name: str
     nfe: int
     sample_shape: tuple[int, int, int]
     sample: Callable[[Tensor, Tensor], Tensor]
+    network: Denoiser | None = None
+    rebuild: Callable[[Denoiser], ImageSampler] | None = None
+    sigma_init: float | None = None
 
 
 def one_step_sampler(generator: OneStepGenerator) -> ImageSampler:
@@ -58,6 +64,9 @@ def one_step_sampler(generator: OneStepGenerator) -> ImageSampler:
         1,
         generator.sample_shape,
         sample,
+        generator.denoiser,
+        lambda network: one_step_sampler(OneStepGenerator(network, generator.sigma_init)),
+        generator.sigma_init,
     )
 
 
@@ -70,7 +79,12 @@ def ddim_sampler(teacher: Denoiser, num_steps: int) -> ImageSampler:
         return sample_ddim(teacher, z, labels, sigmas)
 
     return ImageSampler(
-        f"DDIM {num_steps} steps (eta=0, trailing spacing)", num_steps, teacher.sample_shape, sample
+        f"DDIM {num_steps} steps (eta=0, trailing spacing)",
+        num_steps,
+        teacher.sample_shape,
+        sample,
+        teacher,
+        lambda network: ddim_sampler(network, num_steps),
     )
 
 

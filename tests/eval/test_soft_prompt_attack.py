@@ -78,8 +78,12 @@ def test_restarts_keep_the_first_start_and_report_the_lowest_selection_loss(teac
     encoder = PromptEncoder(*load_text_encoder(str(teacher_dir)))
     model = one_step_text_model(OneStepGenerator(teacher, 2.5), encoder, vae_decoder(None))
     small = {"num_tokens": 2, "steps": 3, "lr": 0.2, "batch_size": 4, "eval_samples": 8}
-    one = soft_prompt_attack(model, linear_classifier(), "seven", 2, AttackBudget(**small, restarts=1))
-    three = soft_prompt_attack(model, linear_classifier(), "seven", 2, AttackBudget(**small, restarts=3))
+    one = soft_prompt_attack(
+        model, linear_classifier(), "seven", 2, AttackBudget(**small, restarts=1)
+    )
+    three = soft_prompt_attack(
+        model, linear_classifier(), "seven", 2, AttackBudget(**small, restarts=3)
+    )
     assert three.restart_losses[0] == one.restart_losses[0]  # restart 0 is the 1-restart run
     assert len(three.restart_losses) == 3
     assert three.restart_losses[three.chosen_restart] == min(three.restart_losses)
