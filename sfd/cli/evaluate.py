@@ -42,7 +42,24 @@ def run(args: list[str]) -> None:
     add("--num-per-class", type=int, default=200, help="generated samples per class")
     add("--ddim-steps", type=int, default=50, help="DDIM steps for a teacher")
     add("--output", type=Path, help="write the metrics as JSON here")
+    add(
+        "--attack",
+        nargs="*",
+        help="prompt attacks need a text encoder; class models have none (see docs/evaluation.md)",
+    )
+    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy on real "
+        "images of the forget class for STEPS steps; UA after 0, STEPS/4, STEPS/2, STEPS")  # fmt: skip
+    add("--revival-images", type=int, default=8, help="k real images of the forget class")
+    add("--revival-lr", type=float, default=1e-4, help="revival Adam learning rate")
+    add("--revival-batch", type=int, default=4, help="revival images per step")
     options = parser.parse_args(args)
+    if options.attack is not None:
+        given = "".join(f" {name}" for name in options.attack)
+        raise SFDConfigError(
+            f"--attack{given}: the prompt attacks (soft, discrete) need a model with a text "
+            "encoder; a class-conditional model has none (use sfd eval-text on a text-to-image "
+            "model)"
+        )
     model_kind = _model_kind(options.model)
     classifier_config = _classifier_config(options.classifier)
     if options.num_per_class < 2:
@@ -53,6 +70,9 @@ def run(args: list[str]) -> None:
                  high_open=True)  # fmt: skip
     if options.output is not None:
         check_writable_file(options.output, "--output")
+    from sfd.cli.eval_text_concepts import revival_budget
+
+    revival = revival_budget(options, options.seed)
 
     from sfd.apps.data.images import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
@@ -75,6 +95,11 @@ def run(args: list[str]) -> None:
             f"config.json ({reason})"
         ) from error
     _, heldout = train_heldout_split(data, options.heldout_fraction, options.seed)
+    if revival is not None:  # too few real images of the forget class: refused up front
+        from sfd.eval.revival import revival_images
+
+        images = revival_images(heldout.images, heldout.labels, options.forget, revival.images,
+                                revival.seed)  # fmt: skip
     if model_kind == "generator":
         from sfd.core.guards import check_finite_weights
         from sfd.pipelines.io import load_generator
@@ -115,8 +140,16 @@ def run(args: list[str]) -> None:
             "libraries": library_versions(),
         },
     }
+    if revival is not None:
+        from sfd.eval.revival import revive_class_sampler
+
+        outcome = revive_class_sampler(sampler, classifier, options.forget, images, revival,
+                                       options.num_per_class, options.seed, progress=True)  # fmt: skip
+        report["revival"] = outcome.to_dict()
     print(summary_table({"sfd" if model_kind == "generator" else "teacher": report}))
     print(f"forget-class labels: {result.forget_histogram}")
+    if revival is not None:
+        print(f"revival: UA {report['revival']['ua']} after {report['revival']['steps']} steps")
     if options.output:
         text = json.dumps(report, indent=2) + "\n"
         write_file_atomically(options.output, lambda path: path.write_text(text))
