@@ -1,0 +1,183 @@
+"""The attack suite and the revival test on a text demo's report folder: plain SFD against the
+generator that forgot nothing (stage 1), judged by the report's evaluation classifier.
+
+Reads RUN (an `sfd demo-text` output folder: generator/, generator_without_forgetting/,
+classifier/, prompts/, metrics.json for the concept pair), runs the soft-prompt and the discrete
+prompt attacks at the given budgets on the first training forget prompt, the paraphrases' success,
+and the revival test, writes the JSON record and docs/results/attacks.md.
+
+    python experiments/attack_suite.py --run demo-text-output --revival 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from results_page import (
+    add_page_arguments,
+    command_line,
+    markdown_table,
+    read_record,
+    run_context,
+    save_record,
+    write_page,
+)
+
+MODELS = {"sfd": "generator", "distilled_without_forgetting": "generator_without_forgetting"}
+TITLES = {"sfd": "one-step SFD", "distilled_without_forgetting": "one-step, no forgetting"}
+
+
+def measure(options: argparse.Namespace) -> dict[str, Any]:
+    """Run the suite and the revival test on both generators of the report folder."""
+    import torch
+
+    from sfd.apps.data.captions import load_captioned, read_labelled
+    from sfd.apps.data.images import train_heldout_split
+    from sfd.apps.harness.text_evaluation import (
+        ConceptProtocol,
+        attack_model,
+        exported_model,
+        revival_test,
+    )
+    from sfd.core.conditions.text import read_prompt_file
+    from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
+    from sfd.eval.classifier import load_classifier
+    from sfd.eval.concepts import PromptSet, evaluate_forget_set
+
+    torch.set_num_threads(options.threads)
+    run = Path(options.run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    forget, override = metrics["forget"], metrics["override"]
+    classifier = load_classifier(run / "classifier")
+    prompts = run / "prompts"
+    train_prompts = read_prompt_file(str(prompts / "forget_prompts.txt"))
+    paraphrases = read_prompt_file(str(prompts / "forget_paraphrases.txt"))
+    protocol = ConceptProtocol(
+        forget_train=PromptSet("forget_train", train_prompts, [forget] * len(train_prompts)),
+        remain=read_labelled(prompts / "remain_prompts.csv"),
+        forget=forget,
+        override=override,
+        neighbours=[],
+        num_classes=metrics["num_classes"],
+        forget_images=options.ua_images,
+        seed=0,
+    )
+    data, _ = load_captioned(metrics["protocol"]["data"])
+    _, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
+    budgets = {
+        "soft": AttackBudget(options.tokens, options.steps, restarts=options.restarts),
+        "discrete": DiscreteAttackBudget(
+            options.tokens, options.discrete_steps, restarts=options.restarts
+        ),
+    }
+    revival = RevivalBudget(steps=options.revival)
+    models: dict[str, Any] = {}
+    for key, folder in MODELS.items():
+        model = exported_model(run / folder)
+        entry: dict[str, Any] = {"attacks": {}, "seconds": {}}
+        for name, budget in budgets.items():
+            start = time.perf_counter()
+            entry["attacks"][name] = attack_model(model, classifier, protocol, budget)
+            entry["seconds"][name] = round(time.perf_counter() - start, 1)
+            print(f"{key} {name}: {100 * entry['attacks'][name]['success_rate']:.1f} %")
+        para = PromptSet("forget_paraphrases", paraphrases, [forget] * len(paraphrases))
+        result = evaluate_forget_set(model, classifier, para, [forget], [override],
+                                     protocol.num_classes, options.ua_images, 1)  # fmt: skip
+        entry["attacks"]["paraphrases"] = {
+            "success_rate": 1.0 - result.ua,
+            "budget": {"images": result.num_images, "prompts": len(paraphrases)},
+        }
+        start = time.perf_counter()
+        entry["revival"] = revival_test(model, classifier, protocol, heldout, revival).to_dict()
+        entry["seconds"]["revival"] = round(time.perf_counter() - start, 1)
+        print(f"{key} revival UA: {entry['revival']['ua']}")
+        models[key] = entry
+    return {"run_folder": str(run), "forget": forget, "override": override, "models": models,
+            "budgets": {name: vars(b) for name, b in budgets.items()},
+            "revival_budget": vars(revival), "ua_images": options.ua_images}  # fmt: skip
+
+
+def write_results_page(record: dict[str, Any], json_file: str) -> Path:
+    """docs/results/attacks.md from a record of `main`."""
+    models = record["models"]
+    attacks = ["soft", "discrete", "paraphrases"]
+    attack_rows = [
+        [TITLES[key]]
+        + [f"{100 * models[key]['attacks'][name]['success_rate']:.1f} %" for name in attacks]
+        + [f"{models[key]['seconds']['soft']:.0f} / {models[key]['seconds']['discrete']:.0f}"]
+        for key in models
+    ]
+    first = next(iter(models.values()))["revival"]
+    revival_rows = [
+        [TITLES[key]]
+        + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
+        + [entry["revival"]["steps_to_revival"] or f"not within {first['steps'][-1]}"]
+        for key, entry in models.items()
+    ]
+    budgets = record["budgets"]
+    sections = {
+        "Attack success (share of held-out-noise samples labelled as the forgotten class)": (
+            f"Concept pair: forget {record['forget']}, override {record['override']} (report "
+            f"folder `{record['run_folder']}`). Soft prompt: {budgets['soft']}. Discrete prompt "
+            f"(whole vocabulary words): {budgets['discrete']}. Both attack the first training "
+            "forget prompt with the evaluation classifier as objective; success is measured on "
+            "held-out noise for the restart with the lowest loss on separate selection noise. "
+            f"Paraphrases: {record['ua_images']} samples over the held-out paraphrases.\n\n"
+            + markdown_table(
+                ["model", *(f"{a} success" for a in attacks), "seconds soft / discrete"],
+                attack_rows,
+            )
+        ),
+        "Revival (UA after fine-tuning a copy on real images of the concept)": (
+            f"Budget: {record['revival_budget']}; loss: {first['objective']}; images paired "
+            f"with {first['condition']}; UA on {record['ua_images']} samples of the training "
+            "forget prompts.\n\n"
+            + markdown_table(
+                [
+                    "model",
+                    *(f"UA after {s} steps" for s in first["steps"]),
+                    "steps until UA < 50 %",
+                ],
+                revival_rows,
+            )  # fmt: skip
+        ),
+    }
+    return write_page("attacks", "Attack suite and revival test (text digits)",
+                      record["run"]["command"], json_file, record, sections)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", help="an sfd demo-text output folder")
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=200, help="soft-prompt steps")
+    parser.add_argument("--discrete-steps", type=int, default=200)
+    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--revival", type=int, default=40, help="revival steps")
+    parser.add_argument("--ua-images", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default="runs/attacks/attacks.json", help="the record")
+    add_page_arguments(parser)
+    options = parser.parse_args(argv)
+    if options.page_from:
+        print(write_results_page(read_record(options.page_from), options.page_from))
+        return
+    if not options.run:
+        parser.error("--run is required unless --page-from is given")
+    load_start = os.getloadavg()
+    record = measure(options)
+    record["run"] = run_context(command_line(__file__, argv), load_start)
+    save_record(record, options.json)
+    if not options.no_page:
+        print(write_results_page(record, options.json))
+
+
+if __name__ == "__main__":
+    main()
