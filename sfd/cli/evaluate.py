@@ -45,21 +45,22 @@ def run(args: list[str]) -> None:
     add(
         "--attack",
         nargs="*",
-        help="prompt attacks need a text encoder; class models have none (see docs/evaluation.md)",
+        help="attacks: class_embedding (a learned class embedding; bare --attack). The prompt "
+        "attacks (soft, discrete) need a text encoder: sfd eval-text",
     )
+    add("--attack-steps", type=int, help="Adam steps per restart (default 200)")
+    add("--attack-restarts", type=int, help="restarts (default 3)")
+    add("--attack-lr", type=float, help="Adam learning rate (default 0.05)")
+    add("--attack-batch", type=int, help="noise per step (default 16)")
+    add("--attack-eval-samples", type=int, help="held-out samples (default 64)")
+    add("--attack-ddim-steps", type=int, default=4, help="a teacher's sampler in the attack")
     add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy on real "
         "images of the forget class for STEPS steps; UA after 0, STEPS/4, STEPS/2, STEPS")  # fmt: skip
     add("--revival-images", type=int, default=8, help="k real images of the forget class")
     add("--revival-lr", type=float, default=1e-4, help="revival Adam learning rate")
     add("--revival-batch", type=int, default=4, help="revival images per step")
     options = parser.parse_args(args)
-    if options.attack is not None:
-        given = "".join(f" {name}" for name in options.attack)
-        raise SFDConfigError(
-            f"--attack{given}: the prompt attacks (soft, discrete) need a model with a text "
-            "encoder; a class-conditional model has none (use sfd eval-text on a text-to-image "
-            "model)"
-        )
+    attack = class_attack_budget(options)
     model_kind = _model_kind(options.model)
     classifier_config = _classifier_config(options.classifier)
     if options.num_per_class < 2:
@@ -140,6 +141,15 @@ def run(args: list[str]) -> None:
             "libraries": library_versions(),
         },
     }
+    if attack is not None:
+        import torch
+
+        from sfd.eval.class_embedding import class_embedding_attack
+
+        with torch.enable_grad():
+            outcome = class_embedding_attack(sampler, classifier, options.forget, attack,
+                                             options.attack_ddim_steps, progress=True)  # fmt: skip
+        report["attacks"] = {"class_embedding": {**outcome.to_dict(), "sampler": sampler.name}}
     if revival is not None:
         from sfd.eval.revival import revive_class_sampler
 
@@ -148,12 +158,46 @@ def run(args: list[str]) -> None:
         report["revival"] = outcome.to_dict()
     print(summary_table({"sfd" if model_kind == "generator" else "teacher": report}))
     print(f"forget-class labels: {result.forget_histogram}")
+    if attack is not None:
+        entry = report["attacks"]["class_embedding"]
+        print(f"class-embedding attack: success {100 * entry['success_rate']:.1f} % "
+              f"(without attack {100 * entry['success_rate_without_attack']:.1f} %)")  # fmt: skip
     if revival is not None:
         print(f"revival: UA {report['revival']['ua']} after {report['revival']['steps']} steps")
     if options.output:
         text = json.dumps(report, indent=2) + "\n"
         write_file_atomically(options.output, lambda path: path.write_text(text))
         print(f"wrote {options.output}")
+
+
+def class_attack_budget(options: argparse.Namespace) -> Any:
+    """The class-embedding attack's budget from `--attack` and its options (None without it)."""
+    if options.attack is None:
+        return None
+    prompt_attacks = [name for name in options.attack if name in ("soft", "discrete")]
+    if prompt_attacks:
+        raise SFDConfigError(
+            f"--attack {prompt_attacks[0]}: the prompt attacks (soft, discrete) need a model with "
+            "a text encoder; a class-conditional model has none (here: --attack class_embedding; "
+            "prompt attacks: sfd eval-text)"
+        )
+    unknown = [name for name in options.attack if name != "class_embedding"]
+    if unknown:
+        raise SFDConfigError(f"--attack {unknown[0]!r} is unknown; sfd eval has class_embedding")
+    if options.attack_ddim_steps < 1:
+        raise SFDConfigError(f"--attack-ddim-steps={options.attack_ddim_steps} must be at least 1")
+    from sfd.eval.attack_budget import ClassEmbeddingBudget
+
+    given = {
+        "steps": options.attack_steps,
+        "restarts": options.attack_restarts,
+        "lr": options.attack_lr,
+        "batch_size": options.attack_batch,
+        "eval_samples": options.attack_eval_samples,
+    }
+    return ClassEmbeddingBudget(
+        **{k: v for k, v in given.items() if v is not None}, seed=options.seed
+    )
 
 
 def forget_override(

@@ -118,3 +118,33 @@ class RevivalBudget:
         _check_counts(self, "revival", ("steps", "images", "batch_size"))
         if not self.lr > 0:
             raise SFDConfigError(f"revival lr={self.lr} must be positive")
+
+
+@dataclass
+class ClassEmbeddingBudget:
+    """What a class-embedding attacker (class-conditional models) may spend.
+
+    Attributes:
+        steps: Adam steps per restart on the learned class embedding.
+        lr: Adam learning rate.
+        batch_size: noise samples per step (fresh each step).
+        eval_samples: held-out noise samples the success rate is measured on.
+        seed: seed of the initial embeddings and the noise.
+        restarts: independent starts (the first from the forgotten class's own embedding, the
+            others from other classes' embeddings); the one with the lowest attack loss on a
+            selection noise batch (not the evaluation noise) is reported.
+    """
+
+    steps: int = 200
+    lr: float = 0.05
+    batch_size: int = 16
+    eval_samples: int = 64
+    seed: int = 0
+    restarts: int = 3
+
+    def __post_init__(self) -> None:
+        _check_counts(
+            self, "class-embedding attack", ("steps", "batch_size", "eval_samples", "restarts")
+        )
+        if not self.lr > 0:
+            raise SFDConfigError(f"class-embedding attack lr={self.lr} must be positive")

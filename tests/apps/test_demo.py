@@ -107,10 +107,19 @@ def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Pat
         result = tmp_path / f"{model.name}.json"
         args = ["eval", str(model), "--classifier", str(output / "classifier"), "--forget", "3"]
         args += ["--override", "5", "--num-per-class", "4", "--ddim-steps", "2"]
+        args += ["--attack", "--attack-steps", "2", "--attack-restarts", "2", "--attack-batch",
+                 "2", "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
+        args += ["--revival", "2", "--revival-images", "2", "--revival-batch", "2"]
+        weights = {p: p.read_bytes() for p in model.rglob("*.safetensors")}
         assert main([*args, "--output", str(result)]) == 0
         metrics = json.loads(result.read_text())
         assert metrics["nfe"] == nfe and 0 <= metrics["ua"] <= 1
         assert sum(metrics["forget_histogram"]) == 4
+        attack = metrics["attacks"]["class_embedding"]
+        assert 0 <= attack["success_rate"] <= 1 and attack["budget"]["restarts"] == 2
+        assert len(attack["losses"]) == 2 and "held-out noise" in attack["asr_definition"]
+        assert metrics["revival"]["steps"] == [0, 1, 2] and len(metrics["revival"]["ua"]) == 3
+        assert weights == {p: p.read_bytes() for p in model.rglob("*.safetensors")}  # untouched
 
 
 def test_cached_build_reuses_and_survives_interruption(tmp_path: Path) -> None:
