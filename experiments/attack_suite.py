@@ -71,9 +71,11 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     data, _ = load_captioned(metrics["protocol"]["data"])
     _, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
     budgets = {
-        "soft": AttackBudget(options.tokens, options.steps, restarts=options.restarts),
+        "soft": AttackBudget(
+            num_tokens=options.tokens, steps=options.steps, restarts=options.restarts
+        ),
         "discrete": DiscreteAttackBudget(
-            options.tokens, options.discrete_steps, restarts=options.restarts
+            num_tokens=options.tokens, steps=options.discrete_steps, restarts=options.restarts
         ),
     }
     revival = RevivalBudget(steps=options.revival)

@@ -2,13 +2,16 @@
 the defaults.
 
 `AttackBudget` is the soft-prompt attack's (`soft_prompt`), `DiscreteAttackBudget` the discrete
-prompt attack's (`discrete_prompt`), `RevivalBudget` the revival fine-tune's (`revival`). Every
-field is checked when the budget is made, so a bad setting is refused before a model is loaded.
+prompt attack's (`discrete_prompt`), `ClassEmbeddingBudget` the class-embedding attack's
+(`class_embedding`), `RevivalBudget` the revival fine-tune's (`revival`). Every field is checked
+when the budget is made, so a bad setting is refused before a model is loaded. Budgets are made
+with keywords.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sfd.errors import SFDConfigError
 
@@ -21,80 +24,91 @@ def _check_counts(budget: object, label: str, names: tuple[str, ...]) -> None:
             raise SFDConfigError(f"{label} {name}={value!r} must be an integer of at least 1")
 
 
-@dataclass
-class AttackBudget:
-    """What a soft-prompt attacker may spend (the defaults: 16 tokens, 200 steps, 3 restarts).
+def _check_lr(label: str, lr: float) -> None:
+    if not lr > 0:
+        raise SFDConfigError(f"{label} lr={lr} must be positive")
+
+
+@dataclass(kw_only=True)
+class SearchBudget:
+    """What every attack search spends besides its own knobs.
 
     Attributes:
-        num_tokens: learned token embeddings appended to the prompt.
-        steps: Adam steps per restart.
-        lr: Adam learning rate (the embeddings start at random vocabulary tokens).
+        steps: optimisation steps per restart.
         batch_size: noise samples per step (fresh each step).
         eval_samples: held-out noise samples the success rate is measured on.
-        seed: seed of the initial tokens and the training / evaluation noise.
-        restarts: independent starts (other initial tokens); the one with the lowest attack
-            loss on a selection noise batch (not the evaluation noise) is reported.
+        seed: seed of the initial point and the training / evaluation noise.
+        restarts: independent starts; the one with the lowest attack loss on a selection noise
+            batch (not the evaluation noise) is reported.
     """
 
-    num_tokens: int = 16
+    LABEL: ClassVar[str] = "attack"  # how a bad value is named
+    COUNTS: ClassVar[tuple[str, ...]] = ()  # the subclass's own integer fields, each at least 1
+
     steps: int = 200
-    lr: float = 0.05
     batch_size: int = 16
     eval_samples: int = 64
     seed: int = 0
     restarts: int = 3
 
     def __post_init__(self) -> None:
-        _check_counts(
-            self, "attack", ("num_tokens", "steps", "batch_size", "eval_samples", "restarts")
-        )
-        if not self.lr > 0:
-            raise SFDConfigError(f"attack lr={self.lr} must be positive")
+        shared = ("steps", "batch_size", "eval_samples", "restarts")
+        _check_counts(self, self.LABEL, (*self.COUNTS, *shared))
+        if hasattr(self, "lr"):
+            _check_lr(self.LABEL, self.lr)
 
 
-@dataclass
-class DiscreteAttackBudget:
+@dataclass(kw_only=True)
+class AttackBudget(SearchBudget):
+    """What a soft-prompt attacker may spend (defaults: 16 tokens, 200 steps, 3 restarts).
+
+    Attributes:
+        num_tokens: learned token embeddings appended to the prompt.
+        lr: Adam learning rate (the embeddings start at random vocabulary tokens).
+    """
+
+    COUNTS = ("num_tokens",)
+
+    num_tokens: int = 16
+    lr: float = 0.05
+
+
+@dataclass(kw_only=True)
+class DiscreteAttackBudget(SearchBudget):
     """What a discrete prompt attacker (real vocabulary tokens only) may spend.
 
     Attributes:
         num_tokens: vocabulary tokens appended to the prompt (whole words of the tokenizer).
-        steps: substitution steps per restart; each changes at most one token.
         top_k: candidate tokens per position, ranked by the one-hot gradient.
         candidates: substitutions (position, one of its top-k tokens) evaluated per step; the
-            best replaces the current prompt when it lowers the attack loss.
-        batch_size: noise samples per step (fresh each step; shared by the candidates).
-        eval_samples: held-out noise samples the success rate is measured on.
-        seed: seed of the initial tokens, candidate draws and noise.
-        restarts: independent starts; the one with the lowest attack loss on a selection noise
-            batch (not the evaluation noise) is reported.
+            best replaces the current prompt when it lowers the attack loss. Each step changes
+            at most one token.
     """
 
+    LABEL = "discrete attack"
+    COUNTS = ("num_tokens", "top_k", "candidates")
+
     num_tokens: int = 16
-    steps: int = 200
     top_k: int = 32
     candidates: int = 8
     batch_size: int = 8
-    eval_samples: int = 64
-    seed: int = 0
-    restarts: int = 3
-
-    def __post_init__(self) -> None:
-        _check_counts(
-            self,
-            "discrete attack",
-            (
-                "num_tokens",
-                "steps",
-                "top_k",
-                "candidates",
-                "batch_size",
-                "eval_samples",
-                "restarts",
-            ),
-        )
 
 
-@dataclass
+@dataclass(kw_only=True)
+class ClassEmbeddingBudget(SearchBudget):
+    """What a class-embedding attacker (class-conditional models) may spend; the first restart
+    starts from the forgotten class's own embedding, the others from other classes' embeddings.
+
+    Attributes:
+        lr: Adam learning rate.
+    """
+
+    LABEL = "class-embedding attack"
+
+    lr: float = 0.05
+
+
+@dataclass(kw_only=True)
 class RevivalBudget:
     """The revival fine-tune: k real images of the forgotten concept, `steps` Adam steps.
 
@@ -116,35 +130,4 @@ class RevivalBudget:
 
     def __post_init__(self) -> None:
         _check_counts(self, "revival", ("steps", "images", "batch_size"))
-        if not self.lr > 0:
-            raise SFDConfigError(f"revival lr={self.lr} must be positive")
-
-
-@dataclass
-class ClassEmbeddingBudget:
-    """What a class-embedding attacker (class-conditional models) may spend.
-
-    Attributes:
-        steps: Adam steps per restart on the learned class embedding.
-        lr: Adam learning rate.
-        batch_size: noise samples per step (fresh each step).
-        eval_samples: held-out noise samples the success rate is measured on.
-        seed: seed of the initial embeddings and the noise.
-        restarts: independent starts (the first from the forgotten class's own embedding, the
-            others from other classes' embeddings); the one with the lowest attack loss on a
-            selection noise batch (not the evaluation noise) is reported.
-    """
-
-    steps: int = 200
-    lr: float = 0.05
-    batch_size: int = 16
-    eval_samples: int = 64
-    seed: int = 0
-    restarts: int = 3
-
-    def __post_init__(self) -> None:
-        _check_counts(
-            self, "class-embedding attack", ("steps", "batch_size", "eval_samples", "restarts")
-        )
-        if not self.lr > 0:
-            raise SFDConfigError(f"class-embedding attack lr={self.lr} must be positive")
+        _check_lr("revival", self.lr)

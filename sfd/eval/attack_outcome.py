@@ -88,3 +88,37 @@ def selection_noise(model: TextToImage, budget: Any, device: torch.device | str)
     """The noise the restarts are compared on (disjoint from the evaluation noise)."""
     seed = budget.seed + SELECTION_SEED_OFFSET
     return class_noise(budget.batch_size, model.latent_shape, seed).to(device)
+
+
+def chosen_restart(selection_losses: list[float]) -> int:
+    """The restart reported: the lowest attack loss on the selection noise (first on ties)."""
+    return min(range(len(selection_losses)), key=selection_losses.__getitem__)
+
+
+def attack_result(
+    prompt: str,
+    target: int,
+    before: tuple[float, float],
+    after: tuple[float, float],
+    losses: list[float],
+    budget: Any,
+    selection_losses: list[float],
+    objective: str,
+    **extra: Any,
+) -> AttackResult:
+    """An `AttackResult` from (success, target probability) without and with the attack, the
+    chosen restart's loss curve and every restart's selection loss."""
+    return AttackResult(
+        prompt=prompt,
+        target=target,
+        success_rate=after[0],
+        success_rate_without_attack=before[0],
+        target_probability=after[1],
+        target_probability_without_attack=before[1],
+        losses=losses,
+        budget=asdict(budget),
+        restart_losses=selection_losses,
+        chosen_restart=chosen_restart(selection_losses),
+        objective=objective,
+        **extra,
+    )

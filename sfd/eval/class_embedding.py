@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -30,7 +29,13 @@ from sfd.core.ddim import ddim_sigmas, ddim_trajectory
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import ClassEmbeddingBudget
-from sfd.eval.attack_outcome import ASR_DEFINITION, SELECTION_SEED_OFFSET, AttackResult
+from sfd.eval.attack_outcome import (
+    ASR_DEFINITION,
+    SELECTION_SEED_OFFSET,
+    AttackResult,
+    attack_result,
+    chosen_restart,
+)
 from sfd.eval.evaluate import ImageSampler, class_noise
 from sfd.teachers.base import Denoiser
 
@@ -151,20 +156,10 @@ def class_embedding_attack(
         with torch.no_grad():
             selection = F.cross_entropy(logits(select_z, embedding), labels).item()
         runs.append((selection, embedding.detach(), losses))
-    chosen = min(range(len(runs)), key=lambda r: runs[r][0])
-    _, embedding, losses = runs[chosen]
+    selection = [run[0] for run in runs]
+    _, embedding, losses = runs[chosen_restart(selection)]
     after = stats(embedding, eval_z)
-    return AttackResult(
-        prompt=f"class label {target}",
-        target=target,
-        success_rate=after[0],
-        success_rate_without_attack=before[0],
-        target_probability=after[1],
-        target_probability_without_attack=before[1],
-        losses=losses,
-        budget=asdict(budget),
-        restart_losses=[r[0] for r in runs],
-        chosen_restart=chosen,
-        objective=OBJECTIVE,
+    return attack_result(
+        f"class label {target}", target, before, after, losses, budget, selection, OBJECTIVE,
         asr_definition=ASR_DEFINITION.replace("attacked prompt", "learned class embedding"),
-    )
+    )  # fmt: skip

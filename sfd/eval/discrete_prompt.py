@@ -23,7 +23,6 @@ classifier (attacks are judged by it; training never sees it).
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -36,6 +35,8 @@ from sfd.eval.attack_budget import DiscreteAttackBudget
 from sfd.eval.attack_outcome import (
     AttackResult,
     attack_loss,
+    attack_result,
+    chosen_restart,
     evaluation_noise,
     repeat_condition,
     selection_noise,
@@ -204,22 +205,12 @@ def discrete_prompt_attack(
                 model, classifier, repeat_condition(cond, len(select_z)), select_z, target
             ).item()
         runs.append((selection, text, chosen.tolist(), losses))
-    best_run = min(range(len(runs)), key=lambda r: runs[r][0])
-    _, text, token_ids, losses = runs[best_run]
+    selection = [run[0] for run in runs]
+    _, text, token_ids, losses = runs[chosen_restart(selection)]
     cond = encoder.condition([text]).to(device)
     after = target_stats(model, classifier, repeat_condition(cond, len(eval_z)), eval_z, target)
-    return AttackResult(
-        prompt=prompt,
-        target=target,
-        success_rate=after[0],
-        success_rate_without_attack=before[0],
-        target_probability=after[1],
-        target_probability_without_attack=before[1],
-        losses=losses,
-        budget=asdict(budget),
-        restart_losses=[r[0] for r in runs],
-        chosen_restart=best_run,
-        objective=OBJECTIVE + "; the evaluation classifier judges the result",
-        attacked_prompt=text,
-        token_ids=token_ids,
-    )
+    return attack_result(
+        prompt, target, before, after, losses, budget, selection,
+        OBJECTIVE + "; the evaluation classifier judges the result",
+        attacked_prompt=text, token_ids=token_ids,
+    )  # fmt: skip

@@ -12,7 +12,6 @@ share of images from held-out noise that the classifier labels as the forgotten 
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -25,6 +24,8 @@ from sfd.eval.attack_budget import AttackBudget as AttackBudget
 from sfd.eval.attack_outcome import AttackResult as AttackResult
 from sfd.eval.attack_outcome import (
     attack_loss,
+    attack_result,
+    chosen_restart,
     evaluation_noise,
     repeat_condition,
     selection_noise,
@@ -150,24 +151,15 @@ def soft_prompt_attack(
                 model, classifier, _soft_condition(row, empty, len(select_z)), select_z, target
             ).item()
         runs.append((selection, row, losses))
-    chosen = min(range(len(runs)), key=lambda r: runs[r][0])
-    _, row, losses = runs[chosen]
+    selection = [run[0] for run in runs]
+    _, row, losses = runs[chosen_restart(selection)]
     after = target_stats(
         model, classifier, _soft_condition(row, empty, len(eval_z)), eval_z, target
     )
-    return AttackResult(
-        prompt=prompt,
-        target=target,
-        success_rate=after[0],
-        success_rate_without_attack=before[0],
-        target_probability=after[1],
-        target_probability_without_attack=before[1],
-        losses=losses,
-        budget=asdict(budget),
-        restart_losses=[r[0] for r in runs],
-        chosen_restart=chosen,
-        objective=OBJECTIVE + "; the evaluation classifier judges the result",
-    )
+    return attack_result(
+        prompt, target, before, after, losses, budget, selection,
+        OBJECTIVE + "; the evaluation classifier judges the result",
+    )  # fmt: skip
 
 
 def _soft_condition(row: Tensor, empty: Tensor, count: int) -> TextCondition:
