@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sfd.cli.common import add_class_attack_options, class_embedding_budget
 from sfd.errors import SFDConfigError, check_number
 from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
 
@@ -48,12 +49,7 @@ def run(args: list[str]) -> None:
         help="attacks: class_embedding (a learned class embedding; bare --attack). The prompt "
         "attacks (soft, discrete) need a text encoder: sfd eval-text",
     )
-    add("--attack-steps", type=int, help="Adam steps per restart (default 200)")
-    add("--attack-restarts", type=int, help="restarts (default 3)")
-    add("--attack-lr", type=float, help="Adam learning rate (default 0.05)")
-    add("--attack-batch", type=int, help="noise per step (default 16)")
-    add("--attack-eval-samples", type=int, help="held-out samples (default 64)")
-    add("--attack-ddim-steps", type=int, default=4, help="a teacher's sampler in the attack")
+    add_class_attack_options(parser)
     add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy on real "
         "images of the forget class for STEPS steps; UA after 0, STEPS/4, STEPS/2, STEPS")  # fmt: skip
     add("--revival-images", type=int, default=8, help="k real images of the forget class")
@@ -184,20 +180,7 @@ def class_attack_budget(options: argparse.Namespace) -> Any:
     unknown = [name for name in options.attack if name != "class_embedding"]
     if unknown:
         raise SFDConfigError(f"--attack {unknown[0]!r} is unknown; sfd eval has class_embedding")
-    if options.attack_ddim_steps < 1:
-        raise SFDConfigError(f"--attack-ddim-steps={options.attack_ddim_steps} must be at least 1")
-    from sfd.eval.attack_budget import ClassEmbeddingBudget
-
-    given = {
-        "steps": options.attack_steps,
-        "restarts": options.attack_restarts,
-        "lr": options.attack_lr,
-        "batch_size": options.attack_batch,
-        "eval_samples": options.attack_eval_samples,
-    }
-    return ClassEmbeddingBudget(
-        **{k: v for k, v in given.items() if v is not None}, seed=options.seed
-    )
+    return class_embedding_budget(options, options.seed)
 
 
 def forget_override(

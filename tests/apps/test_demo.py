@@ -15,7 +15,9 @@ from sfd.cli import main
 from sfd.pipelines.io import load_generator
 from sfd.pipelines.model_card import shown
 
-TINY_DEMO = [*TINY_DIGITS_RUN, "--skip-full-schedule-timing"]
+TINY_ATTACK = ["--attack-steps", "2", "--attack-restarts", "1", "--attack-batch", "2",
+               "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
+TINY_DEMO = [*TINY_DIGITS_RUN, "--skip-full-schedule-timing", *TINY_ATTACK]
 MODELS = ("teacher", "distilled_without_forgetting", "sfd")
 
 
@@ -56,6 +58,11 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     curve = metrics["forgetting_curve"]
     assert [point["iteration"] for point in curve] == [0, 1, 2, 3]
     assert all(0 <= p["ua"] <= 1 and 0 <= p["remain_accuracy"] <= 1 for p in curve)
+    for key in MODELS:  # the class-embedding attack on every model, with its budget
+        attack = metrics["attack"][key]["class_embedding"]
+        assert 0.0 <= attack["success_rate"] <= 1.0 and attack["budget"]["steps"] == 2
+    assert metrics["attack"]["teacher"]["class_embedding"]["sampler"].startswith("DDIM 1 steps")
+    assert "## Class-embedding attack" in (output / "report.md").read_text()
     protocol = metrics["protocol"]
     assert protocol["seed"] == 0 and protocol["generated_per_class"] == 6
     assert protocol["libraries"]["torchmetrics"] and protocol["libraries"]["diffusers"]

@@ -406,6 +406,8 @@ CASES: list[Case] = [
     ("eval-revival-no-images-of-class",
      lambda w, o: evaluate(w, o, "--revival", "2", "--revival-images", "100000"),
      "needs 100000 real images of the forgotten class 0"),
+    ("demo-attack-steps-zero", lambda w, o: demo(w, o, "--attack-steps", "0"), "class-embedding attack steps=0"),
+    ("demo-attack-ddim-steps-zero", lambda w, o: demo(w, o, "--attack-ddim-steps", "0"), "--attack-ddim-steps=0"),
     ("demo-text-attack-tokens-negative",
      lambda w, o: demo(w, o, "--attack-tokens", "-4", verb="demo-text"), "attack num_tokens=-4"),
     ("demo-text-revival-negative", lambda w, o: demo(w, o, "--revival", "-2", verb="demo-text"), "revival steps=-2"),
