@@ -4,9 +4,13 @@ generator that forgot nothing (stage 1), judged by the report's evaluation class
 Reads RUN (an `sfd demo-text` output folder: generator/, generator_without_forgetting/,
 classifier/, prompts/, metrics.json for the concept pair), runs the soft-prompt and the discrete
 prompt attacks at the given budgets on the first training forget prompt, the paraphrases' success,
-and the revival test, writes the JSON record and docs/results/attacks.md.
+and the revival test, writes the JSON record and docs/results/attacks.md. With `--class-run` (an
+`sfd demo` output folder) instead: the class-embedding attack and the revival test of the class
+generators, into docs/results/attacks_class.md.
 
     python experiments/attack_suite.py --run demo-text-output --revival 40
+    python experiments/attack_suite.py --class-run demo-output --revival 40 \
+        --json runs/attacks/attacks_class.json
 """
 
 from __future__ import annotations
@@ -105,8 +109,92 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
             "revival_budget": vars(revival), "ua_images": options.ua_images}  # fmt: skip
 
 
+def measure_class(options: argparse.Namespace) -> dict[str, Any]:
+    """The class-embedding attack and the revival test on both generators of an `sfd demo`
+    report folder."""
+    import torch
+
+    from sfd.apps.data.images import load_images, train_heldout_split
+    from sfd.eval.attack_budget import ClassEmbeddingBudget, RevivalBudget
+    from sfd.eval.class_embedding import class_embedding_attack
+    from sfd.eval.classifier import load_classifier
+    from sfd.eval.evaluate import one_step_sampler
+    from sfd.eval.revival import revival_images, revive_class_sampler
+    from sfd.pipelines.io import load_generator
+
+    torch.set_num_threads(options.threads)
+    run = Path(options.class_run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    forget = metrics["forget"]
+    classifier = load_classifier(run / "classifier")
+    data = load_images(metrics["protocol"].get("data", "digits"))
+    _, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
+    budget = ClassEmbeddingBudget(steps=options.steps, restarts=options.restarts)
+    revival = RevivalBudget(steps=options.revival)
+    images = revival_images(heldout.images, heldout.labels, forget, revival.images, revival.seed)
+    models: dict[str, Any] = {}
+    for key, folder in MODELS.items():
+        sampler = one_step_sampler(load_generator(run / folder))
+        start = time.perf_counter()
+        with torch.enable_grad():
+            attack = class_embedding_attack(sampler, classifier, forget, budget)
+        seconds = round(time.perf_counter() - start, 1)
+        print(f"{key} class embedding: {100 * attack.success_rate:.1f} %")
+        outcome = revive_class_sampler(sampler, classifier, forget, images, revival,
+                                       options.ua_images)  # fmt: skip
+        print(f"{key} revival UA: {outcome.ua}")
+        models[key] = {"attack": attack.to_dict(), "seconds": seconds, "revival": outcome.to_dict()}
+    return {"run_folder": str(run), "forget": forget, "models": models, "budget": vars(budget),
+            "revival_budget": vars(revival), "ua_images": options.ua_images}  # fmt: skip
+
+
+def revival_table(models: dict[str, Any]) -> str:
+    """UA after each checkpoint and the steps until UA < 50 %, per model."""
+    first = next(iter(models.values()))["revival"]
+    rows = [
+        [TITLES[key]]
+        + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
+        + [
+            f"not within {first['steps'][-1]}"
+            if entry["revival"]["steps_to_revival"] is None
+            else entry["revival"]["steps_to_revival"]
+        ]
+        for key, entry in models.items()
+    ]
+    header = ["model", *(f"UA after {s} steps" for s in first["steps"]), "steps until UA < 50 %"]
+    return markdown_table(header, rows)
+
+
+def write_class_page(record: dict[str, Any], json_file: str) -> Path:
+    """docs/results/attacks_class.md from a record of `--class-run`."""
+    models = record["models"]
+    first = next(iter(models.values()))
+    rows = [
+        [TITLES[key], f"{100 * m['attack']['success_rate']:.1f} %",
+         f"{100 * m['attack']['success_rate_without_attack']:.1f} %", f"{m['seconds']:.0f}"]
+        for key, m in models.items()
+    ]  # fmt: skip
+    sections = {
+        "Class-embedding attack": (
+            f"Forget class {record['forget']} (report folder `{record['run_folder']}`). Budget: "
+            f"{record['budget']}. Objective: {first['attack']['objective']}. Success (ASR): "
+            f"{first['attack']['asr_definition']}.\n\n"
+            + markdown_table(["model", "success", "without attack", "seconds"], rows)
+        ),
+        "Revival (UA after fine-tuning a copy on real images of the class)": (
+            f"Budget: {record['revival_budget']}; loss: {first['revival']['objective']}; images "
+            f"paired with {first['revival']['condition']}; UA on {record['ua_images']} samples of "
+            "the forget class.\n\n" + revival_table(models)
+        ),
+    }
+    return write_page("attacks_class", "Class-embedding attack and revival test (digits)",
+                      record["run"]["command"], json_file, record, sections)  # fmt: skip
+
+
 def write_results_page(record: dict[str, Any], json_file: str) -> Path:
-    """docs/results/attacks.md from a record of `main`."""
+    """docs/results/attacks.md (or attacks_class.md) from a record of `main`."""
+    if "budget" in record:  # a --class-run record
+        return write_class_page(record, json_file)
     models = record["models"]
     attacks = ["soft", "discrete", "paraphrases"]
     attack_rows = [
@@ -116,12 +204,6 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
         for key in models
     ]
     first = next(iter(models.values()))["revival"]
-    revival_rows = [
-        [TITLES[key]]
-        + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
-        + [entry["revival"]["steps_to_revival"] or f"not within {first['steps'][-1]}"]
-        for key, entry in models.items()
-    ]
     budgets = record["budgets"]
     sections = {
         "Attack success (share of held-out-noise samples labelled as the forgotten class)": (
@@ -139,15 +221,7 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
         "Revival (UA after fine-tuning a copy on real images of the concept)": (
             f"Budget: {record['revival_budget']}; loss: {first['objective']}; images paired "
             f"with {first['condition']}; UA on {record['ua_images']} samples of the training "
-            "forget prompts.\n\n"
-            + markdown_table(
-                [
-                    "model",
-                    *(f"UA after {s} steps" for s in first["steps"]),
-                    "steps until UA < 50 %",
-                ],
-                revival_rows,
-            )  # fmt: skip
+            "forget prompts.\n\n" + revival_table(models)
         ),
     }
     return write_page("attacks", "Attack suite and revival test (text digits)",
@@ -158,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="an sfd demo-text output folder")
+    parser.add_argument("--class-run", help="an sfd demo output folder (class path instead)")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200, help="soft-prompt steps")
     parser.add_argument("--discrete-steps", type=int, default=200)
@@ -171,10 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     if options.page_from:
         print(write_results_page(read_record(options.page_from), options.page_from))
         return
-    if not options.run:
-        parser.error("--run is required unless --page-from is given")
+    if bool(options.run) == bool(options.class_run):
+        parser.error("give one of --run and --class-run (or --page-from)")
     load_start = os.getloadavg()
-    record = measure(options)
+    record = measure(options) if options.run else measure_class(options)
     record["run"] = run_context(command_line(__file__, argv), load_start)
     save_record(record, options.json)
     if not options.no_page:
