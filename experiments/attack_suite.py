@@ -34,7 +34,13 @@ from results_page import (
 )
 
 MODELS = {"sfd": "generator", "distilled_without_forgetting": "generator_without_forgetting"}
-TITLES = {"sfd": "one-step SFD", "distilled_without_forgetting": "one-step, no forgetting"}
+TITLES = {
+    "sfd": "one-step SFD",
+    "distilled_without_forgetting": "one-step, no forgetting",
+    "esd": "ESD (DDIM)",
+    "salun": "SalUn (DDIM)",
+}
+BASELINES = ("esd", "salun")  # teacher folders under an `sfd compare` output's models/
 
 
 def measure(options: argparse.Namespace) -> dict[str, Any]:
@@ -144,8 +150,21 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
                                        options.ua_images)  # fmt: skip
         print(f"{key} revival UA: {outcome.ua}")
         models[key] = {"attack": attack.to_dict(), "seconds": seconds, "revival": outcome.to_dict()}
+    if options.baselines:  # multi-step baselines: revival only, judged with their DDIM sampler
+        from sfd.eval.evaluate import ddim_sampler
+        from sfd.teachers.unet import PretrainedVPTeacher
+
+        for key in BASELINES:
+            sampler = ddim_sampler(
+                PretrainedVPTeacher(str(Path(options.baselines) / key)), options.ddim_steps
+            )
+            outcome = revive_class_sampler(sampler, classifier, forget, images, revival,
+                                           options.ua_images)  # fmt: skip
+            print(f"{key} revival UA: {outcome.ua}")
+            models[key] = {"revival": outcome.to_dict(), "sampler": sampler.name}
     return {"run_folder": str(run), "forget": forget, "models": models, "budget": vars(budget),
-            "revival_budget": vars(revival), "ua_images": options.ua_images}  # fmt: skip
+            "revival_budget": vars(revival), "ua_images": options.ua_images,
+            "baselines": options.baselines}  # fmt: skip
 
 
 def revival_table(models: dict[str, Any]) -> str:
@@ -172,8 +191,15 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
     rows = [
         [TITLES[key], f"{100 * m['attack']['success_rate']:.1f} %",
          f"{100 * m['attack']['success_rate_without_attack']:.1f} %", f"{m['seconds']:.0f}"]
-        for key, m in models.items()
+        for key, m in models.items() if "attack" in m
     ]  # fmt: skip
+    baselines = [m["sampler"] for m in models.values() if "sampler" in m]
+    judged = (
+        f" Baselines (ESD, SalUn of `{record.get('baselines')}`, teacher folders): the denoising "
+        f"loss over their DDPM schedule, judged with their sampler ({baselines[0]})."
+        if baselines
+        else ""
+    )
     sections = {
         "Class-embedding attack": (
             f"Forget class {record['forget']} (report folder `{record['run_folder']}`). Budget: "
@@ -184,7 +210,7 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
         "Revival (UA after fine-tuning a copy on real images of the class)": (
             f"Budget: {record['revival_budget']}; loss: {first['revival']['objective']}; images "
             f"paired with {first['revival']['condition']}; UA on {record['ua_images']} samples of "
-            "the forget class.\n\n" + revival_table(models)
+            f"the forget class.{judged}\n\n" + revival_table(models)
         ),
     }
     return write_page("attacks_class", "Class-embedding attack and revival test (digits)",
@@ -233,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="an sfd demo-text output folder")
     parser.add_argument("--class-run", help="an sfd demo output folder (class path instead)")
+    parser.add_argument("--baselines", help="with --class-run: an sfd compare output's models/")
+    parser.add_argument("--ddim-steps", type=int, default=50, help="the baselines' sampler")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200, help="soft-prompt steps")
     parser.add_argument("--discrete-steps", type=int, default=200)
