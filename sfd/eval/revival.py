@@ -7,8 +7,8 @@ and N steps. The loss is the standard denoising loss, ε-MSE (`sfd.core.losses.e
 
     L = mean ‖(D_θ(x0 + σ·ε, σ, c) − x0) / σ‖²,   x0 from the k images, ε ~ N(0, I),
 
-- for a one-step generator G(z, c) = D_θ(σ_init·z, σ_init, c) at its one noise level σ = σ_init
-  (its only input level: G's output regressed onto the real image from z = ε + x0/σ_init), so the
+- for a one-step generator G(z, c) = D_θ(x(z), σ_init, c) at its one noise level σ = σ_init (the
+  only level it is evaluated at: D_θ's output there is regressed onto the real image), so the
   fine-tune is the generator's own denoising loss, no teacher and no sampler in the loop;
 - for a multi-step model (a teacher, or an ESD / SalUn denoiser) at σ_t with t uniform over the
   discrete DDPM schedule (DDPM's training loss), judged with its DDIM sampler.
@@ -46,7 +46,8 @@ REVIVAL_THRESHOLD = 0.5  # the table's "revived": UA below 50 %
 
 ONE_STEP_OBJECTIVE = (
     "eps-MSE denoising loss at the generator's sigma_init: mean ||(D(x0 + s*eps, s, c) - x0) / "
-    "s||^2, s = sigma_init (G's output regressed onto the real image from z = eps + x0/s)"
+    "s||^2, s = sigma_init (the generator's denoiser regressed onto the real image at its one "
+    "noise level)"
 )
 MULTI_STEP_OBJECTIVE = (
     "eps-MSE denoising loss (DDPM's): mean ||(D(x0 + s*eps, s, c) - x0) / s||^2, s = sigma_t, "

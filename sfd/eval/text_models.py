@@ -123,13 +123,14 @@ def one_step_text_model(
     name: str = "one-step generator",
     encode_images: Callable[[Tensor], Tensor] | None = None,
 ) -> TextToImage:
-    """x0 = D_θ(σ_init·z, σ_init, c) (guided if `guidance_scale` != 1): one UNet evaluation."""
+    """x0 = D_θ(x(z), σ_init, c) (guided if `guidance_scale` != 1): one UNet evaluation, x(z) the
+    denoiser's `generator_input` (σ_init·z; (1 + σ_init)·z for flow models)."""
     generator.requires_grad_(False).eval()
     denoiser, sigma = generator.denoiser, generator.sigma_init
     encode = encode_images or vae_encoder(None)
 
-    def denoise(z: Tensor, cond: TextCondition) -> Tensor:
-        return denoiser.guided(sigma * z, sigma, cond, guidance_scale)
+    def denoise(z: Tensor, cond: TextCondition) -> Tensor:  # the generator's own input map
+        return denoiser.guided(denoiser.generator_input(z, sigma), sigma, cond, guidance_scale)
 
     def rebuild(network: Denoiser) -> TextToImage:
         return one_step_text_model(
