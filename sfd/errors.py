@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 MAX_GUIDANCE = 100.0  # classifier-free guidance beyond this only saturates images
 
@@ -12,7 +13,8 @@ class SFDConfigError(ValueError):
 
 
 class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss, gradient or weight; the run stops (no update applied)."""
+    """Training produced a non-finite loss, gradient or weight; the run stops before any checkpoint
+    or export is written from it."""
 
 
 def check_number(
@@ -56,6 +58,23 @@ def check_number(
     return value
 
 
+def check_count(name: str, value: int, low: int = 1, low_name: str | None = None) -> int:
+    """Return `value` if it is an integer (not a bool) of at least `low`, else raise `SFDConfigError`.
+
+    Args:
+        name: the setting, as the user writes it (e.g. "batch_size").
+        value: its value.
+        low: the smallest allowed value.
+        low_name: how the message names `low` when it is another setting (e.g. "every_n=10").
+
+    Returns:
+        the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SFDConfigError(f"{name}={value!r} must be an integer of at least {low_name or low}")
+    return value
+
+
 def check_guidance(name: str, value: float) -> float:
     """Return a classifier-free guidance scale if it is finite and in [0, `MAX_GUIDANCE`].
 
@@ -67,3 +86,19 @@ def check_guidance(name: str, value: float) -> float:
         the value.
     """
     return check_number(name, value, low=0, high=MAX_GUIDANCE)
+
+
+def check_integer(name: str, value: Any, low: int) -> int:
+    """Return `value` if it is an integer of at least `low`, else raise `SFDConfigError`.
+
+    Args:
+        name: the setting, as the user writes it (e.g. "--lora").
+        value: its value.
+        low: smallest allowed value.
+
+    Returns:
+        the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SFDConfigError(f"{name}={value!r} must be an integer of at least {low}")
+    return value

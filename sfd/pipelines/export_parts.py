@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
@@ -31,10 +30,11 @@ from sfd.pipelines.delta_lora import (
 )
 from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
 from sfd.pipelines.one_step_flow import OneStepFlowSampling, OneStepFluxPipeline, OneStepSD3Pipeline
+from sfd.pipelines.one_step_sdxl import SDXL_SETTINGS, OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
-from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_single_file
+from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_sdxl_single_file, write_single_file
 from sfd.pipelines.text_call import OneStepTextSampling
-from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
+from sfd.teachers.flow import FlowTransformerDenoiser
 
 # --dtype name -> (torch dtype, diffusers variant name of the weight files)
 VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,6 +42,7 @@ VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 STANDALONE_FILES = {
     OneStepPipeline: ("standalone_one_step.py", "one_step_pipeline.py"),
     OneStepTextPipeline: ("standalone_one_step_text.py", "one_step_text_pipeline.py"),
+    OneStepSDXLPipeline: ("standalone_one_step_sdxl.py", "one_step_sdxl_pipeline.py"),
 }
 # Pipeline classes whose model_index.json names the standalone file in diffusers' custom-pipeline
 # list form. Not the text pipeline: diffusers 0.42 then runs the folder's file whatever class loads
@@ -54,6 +55,7 @@ NAMES_ITS_FILE = (OneStepPipeline,)
 PRIVATE_SETTINGS = {
     OneStepPipeline: (),
     OneStepTextPipeline: ("sigma_init", "prediction_type", "timestep"),
+    OneStepSDXLPipeline: SDXL_SETTINGS,
     OneStepSD3Pipeline: ("t_init", "max_sequence_length", "timestep"),
     OneStepFluxPipeline: ("t_init", "max_sequence_length", "timestep", "guidance", "sample_size"),
 }
@@ -121,18 +123,21 @@ def write_single_file_checkpoint(
         the record's entries: `single_file` and, with a variant, `single_file_variant`.
     """
     parts = (pipeline.unet, pipeline.vae, pipeline.text_encoder)
-    write_single_file(*parts, staging / SINGLE_FILE_NAME)
+    write = write_single_file
+    if isinstance(pipeline, OneStepSDXLPipeline):  # SDXL's layout holds both text encoders
+        parts, write = (*parts, pipeline.text_encoder_2), write_sdxl_single_file
+    write(*parts, staging / SINGLE_FILE_NAME)
     entries = {"single_file": SINGLE_FILE_NAME}
     if variant:
         name = SINGLE_FILE_NAME.replace(".safetensors", f".{variant}.safetensors")
-        write_single_file(*parts, staging / name, VARIANT_DTYPES[variant])
+        write(*parts, staging / name, dtype=VARIANT_DTYPES[variant])
         entries["single_file_variant"] = name
     return entries
 
 
 @torch.no_grad()
 def write_delta_lora(
-    pipeline: OneStepTextPipeline,
+    pipeline: Any,
     generator: OneStepGenerator,
     staging: Path,
     rank: int,
@@ -140,9 +145,10 @@ def write_delta_lora(
 ) -> LoRAFit:
     """Fit generator − teacher as a rank-r LoRA, save it, and measure it against the generator.
 
-    The error is measured the way a user applies the LoRA: the teacher's UNet with the saved file
-    loaded through diffusers' `load_lora_adapter` (what `load_lora_weights` does for the UNet),
-    sampled at σ_init on fixed noise, against the full generator on the same noise.
+    The error is measured the way a user applies the LoRA: the teacher's network (the UNet of a
+    Stable Diffusion teacher, the transformer of a flow teacher) with the saved file loaded through
+    diffusers' `load_lora_adapter` (what `load_lora_weights` does), sampled at σ_init on fixed
+    noise, against the full generator on the same noise.
 
     Args:
         pipeline: the export's pipeline.
@@ -155,22 +161,30 @@ def write_delta_lora(
         the fit report with output errors.
     """
     denoiser = generator.denoiser
-    teacher_unet = UNet2DConditionModel.from_pretrained(
-        denoiser.pipeline, subfolder="unet", revision=denoiser.revision
+    flow = isinstance(denoiser, FlowTransformerDenoiser)
+    name = "transformer" if flow else "unet"
+    network = getattr(denoiser, name)
+    teacher_network = type(network).from_pretrained(
+        denoiser.pipeline, subfolder=name, revision=denoiser.revision
     )
-    state, fit = delta_lora(denoiser.unet, teacher_unet, rank)
+    state, fit = delta_lora(network, teacher_network, rank)
     folder = staging / LORA_FOLDER
-    # Imported here: the pipeline module imports transformers' image processors, which warn
-    # about torchvision on every command that merely imports the export code.
-    from diffusers import StableDiffusionPipeline
+    if flow:
+        pipeline.stock_class.save_lora_weights(folder, transformer_lora_layers=state)
+    else:
+        # Imported here: the pipeline module imports transformers' image processors, which warn
+        # about torchvision on every command that merely imports the export code.
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state)
-    teacher_unet.load_lora_adapter(
-        str(folder), prefix="unet", adapter_name="sfd_delta", weight_name=LORA_WEIGHTS
+        sdxl = isinstance(pipeline, OneStepSDXLPipeline)
+        stock = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+        stock.save_lora_weights(folder, unet_lora_layers=state)
+    teacher_network.load_lora_adapter(
+        str(folder), prefix=name, adapter_name="sfd_delta", weight_name=LORA_WEIGHTS
     )
-    teacher_unet.eval()
-    adapted = StableDiffusionDenoiser(
-        teacher_unet, denoiser.scheduler_config, denoiser.prediction_type
+    teacher_network.eval()
+    adapted = (
+        denoiser.with_transformer(teacher_network) if flow else denoiser.with_unet(teacher_network)
     )
     prompts = [*LORA_CHECK_PROMPTS, *forget_prompts[:2]]
     cond = pipeline.encode(prompts, [""] * len(prompts))
@@ -179,7 +193,7 @@ def write_delta_lora(
         generator=torch.Generator().manual_seed(LORA_CHECK_SEED),
     )
     sigma = generator.sigma_init
-    x0_lora = adapted(sigma * z, sigma, cond)  # (N, 4, h, w)
+    x0_lora = adapted(denoiser.generator_input(z, sigma), sigma, cond)  # (N, C, h, w)
     x0_full = generator(z, cond)
     fit.output_max_abs_error, fit.output_relative_rms_error = output_error(x0_lora, x0_full)
     fit.check_prompts, fit.check_seed = prompts, LORA_CHECK_SEED
@@ -223,12 +237,6 @@ class ExportPart:
 
 
 def _stable_diffusion_only(job: ExportJob) -> None:
-    if isinstance(job.pipeline, OneStepFlowSampling):
-        raise SFDConfigError(
-            "--single-file and --lora are not written for SD3 / Flux exports yet: the folder "
-            "itself is a stock diffusers folder (load it with StableDiffusion3Pipeline / "
-            "FluxPipeline); export without them"
-        )
     if not job.text:
         raise SFDConfigError(
             "--single-file and --lora are for Stable Diffusion exports; "
@@ -252,6 +260,12 @@ def check_single_file(job: ExportJob, wanted: bool) -> None:
     if not wanted:
         return
     _stable_diffusion_only(job)
+    if isinstance(job.pipeline, OneStepFlowSampling):
+        raise SFDConfigError(
+            "--single-file is not written for SD3 / Flux exports: their original single-file "
+            "layouts need a diffusers -> original key map that diffusers does not have; the "
+            "export folder itself is a stock diffusers folder (export without --single-file)"
+        )
     if job.pipeline.vae is None:
         raise SFDConfigError(
             "--single-file needs a VAE (the original checkpoint layout holds UNet, VAE and text "

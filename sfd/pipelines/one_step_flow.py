@@ -28,7 +28,7 @@ from sfd.errors import SFDConfigError
 from sfd.pipelines.one_step import lift_settings
 from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers.flow import FlowTransformerDenoiser, flow_time
-from sfd.teachers.flux import FluxDenoiser, pack_latents, unpack_latents
+from sfd.teachers.flux import FluxDenoiser
 from sfd.teachers.sd3 import SD3Denoiser
 from sfd.teachers.text_encoder import model_index
 
@@ -241,15 +241,6 @@ class OneStepFluxPipeline(OneStepFlowSampling, FluxPipeline):
             "height": size,
             "width": size,
         }
-
-    @staticmethod
-    def pack(z: Tensor) -> Tensor:
-        """Latents (B, C, H, W) as the packed tokens FluxPipeline's `latents` argument takes."""
-        return pack_latents(z)
-
-    @staticmethod
-    def unpack(tokens: Tensor, size: int) -> Tensor:
-        return unpack_latents(tokens, size, size)
 
 
 # The stock class name a flow export's model_index.json holds -> sfd's class for that folder.

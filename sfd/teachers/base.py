@@ -16,9 +16,11 @@ from sfd.errors import SFDConfigError
 
 
 class PromptBatch(NamedTuple):
-    """Prompt embeddings of one batched guidance call: conditional and null rows stacked (2B, L, D)."""
+    """Prompt embeddings of one batched guidance call: conditional and null rows stacked (2B, L, D),
+    with their pooled embeddings (2B, P) when the condition carries them (SDXL)."""
 
     prompt_embeds: Tensor
+    pooled_embeds: Tensor | None = None
 
 
 class Denoiser(nn.Module):
@@ -80,6 +82,22 @@ class Denoiser(nn.Module):
             sigma = sigma.expand(x.shape[0])
         return self.denoise(x, sigma.reshape(-1), cond).float()
 
+    def network_dtype(self, network: nn.Module) -> torch.dtype:
+        """The dtype `network` takes its inputs in, looked up once and kept until the next `.to()`.
+
+        A diffusers model's `.dtype` walks every submodule (for casting hooks) on each call; the
+        denoisers call their network several times per iteration. `_apply`, which every `.to()`,
+        `.half()` or device move of this denoiser goes through, forgets the cached value.
+        """
+        dtype = self.__dict__.get("_network_dtype")
+        if dtype is None:
+            dtype = self.__dict__["_network_dtype"] = network.dtype
+        return dtype
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Denoiser:
+        self.__dict__.pop("_network_dtype", None)
+        return super()._apply(fn, recurse)
+
     def null_condition(self, cond: Any) -> Any:
         """The unconditional (or negative-prompt) condition matching `cond`, for guidance."""
         raise ValueError(
@@ -119,7 +137,10 @@ class Denoiser(nn.Module):
             return self(x, sigma, cond)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
         null = self.null_condition(cond)
-        both = PromptBatch(torch.cat([cond.prompt_embeds, null.prompt_embeds]))  # (2B, L, D)
+        pooled = getattr(cond, "pooled_embeds", None)
+        if pooled is not None:
+            pooled = torch.cat([pooled, null.pooled_embeds])  # (2B, P)
+        both = PromptBatch(torch.cat([cond.prompt_embeds, null.prompt_embeds]), pooled)
         x0_cond, x0_null = self(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
         return x0_null + scale * (x0_cond - x0_null)
 

@@ -191,7 +191,8 @@ def check_pipeline_class(
         allowed = allowed or ("StableDiffusionPipeline",)
         raise SFDConfigError(
             f"{path!r} holds a {name!r} pipeline; {teacher} loads {' or '.join(allowed)} folders "
-            "(Stable Diffusion 1.x/2.x: sfd.teachers.StableDiffusionTeacher; SD3 / SD3.5: "
+            "(Stable Diffusion 1.x/2.x: sfd.teachers.StableDiffusionTeacher; SDXL: "
+            "sfd.teachers.StableDiffusionXLTeacher; SD3 / SD3.5: "
             "sfd.teachers.SD3Teacher; Flux.1: sfd.teachers.FluxTeacher)"
         )
 
@@ -257,12 +258,11 @@ class FlowTransformerDenoiser(FlowDenoiser):
                 f"max_sequence_length={length!r} must be an integer in 1..512 (T5 tokens)"
             )
         self.max_sequence_length = length
-        self._dtype = next(transformer.parameters()).dtype  # read once: not on every call
 
-    def _apply(self, fn: Any, recurse: bool = True) -> FlowTransformerDenoiser:
-        super()._apply(fn, recurse)
-        self._dtype = next(self.transformer.parameters()).dtype
-        return self
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The transformer's input dtype, looked up once until the next `.to()` (`network_dtype`)."""
+        return self.network_dtype(self.transformer)
 
     @property
     def sampler_shift(self) -> float:
@@ -324,14 +324,18 @@ class FlowTransformerDenoiser(FlowDenoiser):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> FlowTransformerDenoiser:
+        return cls._with(cls.transformer_class.from_config(spec["transformer"]), spec)
+
+    def with_transformer(self, transformer: nn.Module) -> FlowTransformerDenoiser:
+        """The same denoiser (family, settings, source) over another transformer, e.g. the teacher's
+        with a LoRA loaded."""
+        family = next(c for c in type(self).__mro__ if "kind" in vars(c))  # not its …Teacher loader
+        return family._with(transformer, self.spec())
+
+    @classmethod
+    def _with(cls, transformer: nn.Module, spec: dict[str, Any]) -> FlowTransformerDenoiser:
         settings = {k: v for k, v in spec.items() if k not in FLOW_SPEC_PARTS}
-        return cls(
-            cls.transformer_class.from_config(spec["transformer"]),
-            spec["scheduler"],
-            spec["pipeline"],
-            spec["revision"],
-            **settings,
-        )
+        return cls(transformer, spec["scheduler"], spec["pipeline"], spec["revision"], **settings)
 
 
 def flow_load_error(path: str, what: str, error: Exception) -> SFDConfigError:

@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import quiet_trainer
-from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
 from flow_fixtures import LATENT_SIZE
 from lightning.pytorch.callbacks import ModelCheckpoint
 from sd_fixtures import celebrity_conditions
 
 from sfd.core.checkpoint_files import load_checkpoint_safely
-from sfd.core.generator import generator_from_checkpoint
+from sfd.core.generator import OneStepGenerator, generator_from_checkpoint
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogitNormalTime
 from sfd.errors import SFDConfigError
@@ -124,3 +125,63 @@ def test_guidance_distilled_flux_refuses_cfg_before_training(flow_dirs) -> None:
     teacher = teachers(flow_dirs)["flux"]()
     with pytest.raises(SFDConfigError, match="teacher_guidance=4.5 is classifier-free guidance"):
         flow_module(teacher, 4.5)
+
+
+def test_flow_resume_is_bit_identical(flow_dirs, tmp_path) -> None:
+    from conftest import CONFIGS
+
+    from sfd.training.cli import sfd_lightning_cli
+
+    def fit(root: Path, steps: int, *extra: str):
+        return sfd_lightning_cli([
+            "fit", "-c", str(CONFIGS / "sd3_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+            "--model.teacher.init_args.pretrained_model_name_or_path", str(flow_dirs["sd3"]),
+            "--model.teacher.init_args.max_sequence_length", "8", "--model.ema_decay", "0.9",
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32",
+            "--trainer.max_steps", str(steps), "--model.batch_size", "1", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.callbacks.every_n_train_steps", "2", "--trainer.default_root_dir", str(root),
+            *extra,
+        ])  # fmt: skip
+
+    straight = fit(tmp_path / "a", 4)
+    fit(tmp_path / "b", 2)
+    resumed = fit(tmp_path / "b", 4, "--ckpt_path", "last")
+    assert resumed.trainer.global_step == 4
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_delta_lora_applies_to_the_teacher_with_load_lora_weights(
+    family, flow_dirs, tmp_path
+) -> None:
+    teacher = teachers(flow_dirs)[family]()
+    generator = OneStepGenerator(copy.deepcopy(teacher), t_init=T_INIT)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a generator that differs from its teacher by a rank-2 update
+        for module in generator.denoiser.transformer.modules():
+            if isinstance(module, torch.nn.Linear) and min(module.weight.shape) >= 2:
+                out_features, in_features = module.weight.shape
+                module.weight += 0.05 * torch.randn(out_features, 2) @ torch.randn(2, in_features)
+    folder = save_generator(generator, tmp_path / "export", lora_rank=4)
+    record = json.loads((folder / "sfd_export.json").read_text())
+    assert record["lora"]["output_max_abs_error"] < 1e-3, record["lora"]
+    # a user's path: the teacher's stock pipeline, the LoRA, the export's shift-free scheduler
+    stock = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}[family]
+    pipe = stock.from_pretrained(flow_dirs[family])
+    pipe.load_lora_weights(folder / "lora")
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+    z = torch.randn(2, *generator.sample_shape, generator=torch.Generator().manual_seed(1))
+    call = record["stock_call"]
+    latents = FluxPipeline._pack_latents(z, *z.shape) if family == "flux" else z
+    with torch.no_grad():
+        out = pipe(PROMPTS, latents=latents, output_type="latent", **call).images
+        if family == "flux":
+            out = FluxPipeline._unpack_latents(out, call["height"], call["width"], 1)
+        ours = load_pipeline(folder)
+        expected = ours(PROMPTS, latents=z, output_type="latent").images
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=1e-3)
+    with pytest.raises(SFDConfigError, match="--single-file is not written for SD3 / Flux"):
+        save_generator(generator, tmp_path / "single", single_file=True)
+    assert not (tmp_path / "single").exists()

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 
 from sfd.apps.data.captions import FASHION, CaptionVocabulary, load_captioned, resolve_class
@@ -36,6 +37,7 @@ from sfd.apps.demo_text.settings import STAGE1_PRESETS as STAGE1_PRESETS
 from sfd.apps.demo_text.settings import TextDemoSettings as TextDemoSettings
 from sfd.apps.demo_text.settings import default_sfd_config as default_sfd_config
 from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
+from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.stages import copy_export, stage_one, train_sfd
 from sfd.apps.harness.text_evaluation import teacher_encoder, teacher_vae
@@ -46,6 +48,7 @@ from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
+from sfd.eval.revival import revival_images
 from sfd.eval.text_models import vae_decoder
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
@@ -165,7 +168,7 @@ def encoder_identity(path: str | None) -> str:
 
 def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     """Run the whole text demo; returns the report's artefact paths."""
-    phases = Phases(TOOL, 7)
+    phases = Phases(TOOL, 7 + (settings.revival is not None))
     data, vocabulary = load_captioned(settings.data)
     sfd, forget, override = check_settings(settings, vocabulary)
     teacher_config = teacher_settings(settings)
@@ -176,6 +179,9 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     paraphrase_file = settings.paraphrases or shipped_paraphrases(settings.data)
     read_templates(paraphrase_file)  # a bad template file is refused before anything is written
     train, heldout = train_heldout_split(data, settings.heldout_fraction, settings.seed)
+    if settings.revival is not None:  # too few real images of the class: refused up front
+        revival_images(heldout.images, heldout.labels, forget, settings.revival.images,
+                       settings.revival.seed)  # fmt: skip
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
     prompts = write_prompt_sets(vocabulary, forget, override, paraphrase_file, output / "prompts")
@@ -260,8 +266,11 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             decode=decode,
         )
         args = settings.sfd_command_line(str(teacher_dir), prompts) + stage1.stage_two_arguments()
+        callbacks: list[pl.Callback] = [curve]
+        if settings.until_forgotten:
+            callbacks.append(until_forgotten(curve))
         module, _, _ = train_sfd(
-            args, [curve], output / "logs" / "sfd", settings.progress, settings.seed
+            args, callbacks, output / "logs" / "sfd", settings.progress, settings.seed
         )
         record = training_record(module)
         save_generator(
@@ -285,8 +294,11 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     )
     with phases.phase("evaluation", "evaluation"):
         evaluation.evaluate()
-    with phases.phase("attack", "soft-prompt attack"):
+    with phases.phase("attack", "attack suite"):
         evaluation.attack(phases.say)
+    if settings.revival is not None:
+        with phases.phase("revival", "revival test"):
+            evaluation.revival(phases.say)
 
     results = evaluation.results()
     results.protocol.update(
