@@ -95,17 +95,7 @@ class VocabularyPrompt:
         num_tokens: int,
         max_length: int | None = None,
     ):
-        if max_length is None:
-            tokens = tokenize(tokenizer, [prompt])
-        else:  # as the stock flow pipelines tokenize their sequence encoder
-            tokens = tokenizer(
-                [prompt],
-                padding="max_length",
-                max_length=max_length,
-                truncation=True,
-                add_special_tokens=True,
-                return_tensors="pt",
-            )
+        tokens = tokenize(tokenizer, [prompt], max_length)
         ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
         length, used = len(ids), int(mask.sum())
         if used + num_tokens > length:
@@ -127,9 +117,7 @@ class VocabularyPrompt:
     def states(self, chosen: Tensor) -> Tensor:
         """Hidden states (C, L, D) of the prompts with appended ids `chosen` (C, n)."""
         device = next(self.text_encoder.parameters()).device
-        ids = self.sequence(chosen.cpu()).to(device)
-        mask = self.mask.expand(len(chosen), -1).to(device)
-        return hidden_states(self.text_encoder, ids, mask)
+        return self.encode(ids=self.sequence(chosen.cpu()).to(device))
 
     def one_hot_states(self, one_hot: Tensor) -> Tensor:
         """Hidden states (1, L, D) with the appended tokens as one-hot rows (n, V) @ table."""
@@ -138,8 +126,16 @@ class VocabularyPrompt:
         appended = one_hot.to(table.dtype) @ table  # (n, D_in)
         start = self.insert_at
         sequence = torch.cat([base[:start], appended, base[start + self.num_tokens :]])
-        mask = self.mask.to(table.device)
-        return hidden_states(self.text_encoder, None, mask, inputs_embeds=sequence[None])
+        return self.encode(inputs_embeds=sequence[None])
+
+    def encode(self, ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """The encoder's masked hidden states of token ids (C, L) or input embeddings (1, L, D_in)."""
+        rows = len(ids) if ids is not None else 1
+        device = next(self.text_encoder.parameters()).device
+        mask = self.mask.expand(rows, -1).to(device)
+        if ids is not None:
+            return hidden_states(self.text_encoder, ids, mask)
+        return hidden_states(self.text_encoder, None, mask, inputs_embeds=inputs_embeds)
 
 
 class FlowVocabularyPrompt(VocabularyPrompt):
@@ -158,22 +154,11 @@ class FlowVocabularyPrompt(VocabularyPrompt):
         super().__init__(encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, length)
         self.prefix = encoder.encode([prompt])[:, :-length]  # (1, 1 + R - L, D)
 
-    def _packed(self, states: Tensor) -> Tensor:
+    def encode(self, ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """Unmasked last hidden states, as the stock pipeline calls the slot, behind the prefix."""
+        states = self.text_encoder(ids, inputs_embeds=inputs_embeds)[0].float()
         prefix = self.prefix.to(states.device).expand(len(states), -1, -1)
-        return torch.cat([prefix, states.float()], dim=1)
-
-    def states(self, chosen: Tensor) -> Tensor:
-        device = next(self.text_encoder.parameters()).device
-        ids = self.sequence(chosen.cpu()).to(device)
-        return self._packed(self.text_encoder(ids)[0])
-
-    def one_hot_states(self, one_hot: Tensor) -> Tensor:
-        table = self.text_encoder.get_input_embeddings().weight  # (V, D_in)
-        base = table[self.sequence(torch.zeros(1, self.num_tokens, dtype=torch.long))[0]]
-        appended = one_hot.to(table.dtype) @ table  # (n, D_in)
-        start = self.insert_at
-        sequence = torch.cat([base[:start], appended, base[start + self.num_tokens :]])
-        return self._packed(self.text_encoder(inputs_embeds=sequence[None])[0])
+        return torch.cat([prefix, states], dim=1)
 
 
 def discrete_prompt_attack(

@@ -68,17 +68,7 @@ class SoftPrompt(nn.Module):
                 f"the soft-prompt attack needs a text encoder that takes inputs_embeds; "
                 f"{type(text_encoder).__name__} does not"
             )
-        if max_length is None:
-            tokens = tokenize(tokenizer, [prompt])
-        else:  # as the stock flow pipelines tokenize their sequence encoder
-            tokens = tokenizer(
-                [prompt],
-                padding="max_length",
-                max_length=max_length,
-                truncation=True,
-                add_special_tokens=True,
-                return_tensors="pt",
-            )
+        tokens = tokenize(tokenizer, [prompt], max_length)
         ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
         length, used = len(ids), int(mask.sum())
         if used + num_tokens > length:

@@ -147,3 +147,17 @@ def test_flow_soft_prompt_goes_through_the_stock_encoding(flow_teacher_dir) -> N
     with torch.no_grad():
         soft.tokens.copy_(encoder.text_encoder.get_input_embeddings().weight[seven][None])
         torch.testing.assert_close(soft(), encoder.encode(["a handwritten digit seven"]))
+
+
+def test_flow_discrete_prompt_goes_through_the_stock_encoding(flow_teacher_dir) -> None:
+    from sfd.eval.discrete_prompt import FlowVocabularyPrompt
+
+    encoder = flow_prompt_encoder(flow_teacher_dir, flow_teacher(flow_teacher_dir))
+    words = FlowVocabularyPrompt(encoder, "a handwritten digit", 1)
+    seven = encoder.tokenizer.convert_tokens_to_ids("seven")
+    one_hot = torch.zeros(1, encoder.text_encoder.get_input_embeddings().weight.shape[0])
+    one_hot[0, seven] = 1
+    wanted = encoder.encode(["a handwritten digit seven"])
+    with torch.no_grad():
+        torch.testing.assert_close(words.states(torch.tensor([[seven]])), wanted)
+        torch.testing.assert_close(words.one_hot_states(one_hot), wanted)

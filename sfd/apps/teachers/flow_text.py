@@ -194,34 +194,14 @@ def make_flow_pipeline(
 class FlowTextTeacherModule(CaptionedTeacherModule):
     """Rectified-flow (velocity) training of an `SD3Transformer2DModel` on captioned images.
 
-    Args:
-        transformer: the network.
+    Args (those of `CaptionedTeacherModule`):
+        network: the `SD3Transformer2DModel`.
         caption_embeds: packed SD3 embeddings of every caption (`sfd.teachers.flow.pack_pooled`),
             class-major, (U, 1 + L, D).
         caption_labels: the class of each caption, (U,), sorted.
         empty_embeds: the empty prompt's packed embeddings, (1 + L, D).
-        vae, prompt_dropout, lr, weight_decay, warmup_steps, ema_decay: as
-            `CaptionedTeacherModule`.
+        vae, prompt_dropout, lr, weight_decay, warmup_steps, ema_decay: as there.
     """
-
-    def __init__(
-        self,
-        transformer: SD3Transformer2DModel,
-        caption_embeds: Tensor,
-        caption_labels: Tensor,
-        empty_embeds: Tensor,
-        vae: AutoencoderKL | None = None,
-        prompt_dropout: float = 0.1,
-        lr: float = 5e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        ema_decay: float | None = 0.999,
-    ) -> None:
-        super().__init__(
-            transformer, caption_embeds, caption_labels, empty_embeds, vae, prompt_dropout, lr,
-            weight_decay, warmup_steps, ema_decay,
-        )  # fmt: skip
-        self.pooled_dim = transformer.config.pooled_projection_dim
 
     def flow_loss(self, x0: Tensor, labels: Tensor) -> Tensor:
         """The rectified-flow velocity loss at logit-normal times with captions (some dropped).
@@ -247,7 +227,7 @@ class FlowTextTeacherModule(CaptionedTeacherModule):
         velocity = self.unet(
             hidden_states=x_t,
             encoder_hidden_states=embeds[:, 1:],
-            pooled_projections=embeds[:, 0, : self.pooled_dim],
+            pooled_projections=embeds[:, 0, : self.unet.config.pooled_projection_dim],
             timestep=1000 * t,
         ).sample
         return F.mse_loss(velocity.float(), noise - latents)
