@@ -26,6 +26,7 @@ from torch import Tensor
 
 from sfd.errors import SFDConfigError
 from sfd.hub import check_hub_source
+from sfd.teachers.base import pretrained_source
 from sfd.teachers.lora import add_lora, keep_only_trainable
 from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text path's API)
     CLIP_MODEL_TYPES,
@@ -228,6 +229,14 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.unet.eval()
+        self.source = pretrained_source(
+            StableDiffusionTeacher,
+            pretrained_model_name_or_path=path,
+            revision=revision,
+            prediction_type=prediction_type,
+            subfolder=subfolder,
+            attention=attention,
+        )
 
 
 # --- LoRA fake score -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from sfd.errors import SFDConfigError, check_number
 from sfd.hub import check_hub_source
-from sfd.teachers.base import Denoiser
+from sfd.teachers.base import Denoiser, pretrained_source
 from sfd.teachers.vp import VPDenoiser
 
 SFD_CONFIG_NAME = (
@@ -226,6 +226,16 @@ class PretrainedVPTeacher(VPUNetDenoiser):
             null_class if null_class is not None else extra.get("null_class"),
         )
         self.unet.eval()
+        self.source = pretrained_source(
+            PretrainedVPTeacher,
+            pretrained_model_name_or_path=path,
+            subfolder=subfolder,
+            scheduler_subfolder=scheduler_subfolder,
+            prediction_type=prediction_type,
+            num_classes=num_classes,
+            null_class=null_class,
+            revision=revision,
+        )
 
 
 class PretrainedEDMTeacher(EDMUNetDenoiser):
@@ -258,3 +268,12 @@ class PretrainedEDMTeacher(EDMUNetDenoiser):
             null_class if null_class is not None else extra.get("null_class"),
         )
         self.unet.eval()
+        self.source = pretrained_source(
+            PretrainedEDMTeacher,
+            pretrained_model_name_or_path=path,
+            subfolder=subfolder,
+            sigma_data=sigma_data,
+            num_classes=num_classes,
+            null_class=null_class,
+            revision=revision,
+        )
