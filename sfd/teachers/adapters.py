@@ -111,7 +111,9 @@ class AdapterSettings:
         )
 
 
-def check_adapter_settings(settings: Mapping[str, Any] | None, prefix: str = "adapters.") -> None:
+def check_adapter_settings(
+    settings: Mapping[str, Any] | None, prefix: str = "model.adapters."
+) -> None:
     """Raise `SFDConfigError` (one line naming the setting) for a bad `model.adapters` value."""
     if settings is None:
         return

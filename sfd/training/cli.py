@@ -29,6 +29,7 @@ from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
+from sfd.teachers.adapters import check_adapter_settings
 from sfd.training.callbacks import LoggedSaveConfigCallback
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 from sfd.training.config_errors import one_line
@@ -367,6 +368,7 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
     if not model:
         return
     guards.check_module_settings(AttributeDict(model))
+    check_adapter_settings(model.get("adapters"))
     for name in ("fake_optimizer", "generator_optimizer"):
         optimizer = model.get(name)
         if isinstance(optimizer, Mapping):

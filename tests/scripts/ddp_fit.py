@@ -24,6 +24,7 @@ from sfd.core.conditions import ClassConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.teachers import PretrainedVPTeacher
+from sfd.teachers.adapters import AdapterSettings
 from sfd.training.strategies import AlternatingDDPStrategy
 
 WARMUP_ITERATIONS = 2
@@ -115,6 +116,9 @@ def main() -> None:
         "gradients of parameters whose true gradient is zero (attention key biases) into "
         "lr-sized steps of random sign",
     )
+    parser.add_argument(
+        "--adapters", type=int, default=None, metavar="RANK", help="shared base, LoRA rank RANK"
+    )
     options = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
@@ -130,6 +134,7 @@ def main() -> None:
         generator_optimizer=OPTIMIZERS[options.optimizer],
         ema_decay=0.9,
         seed=3,
+        adapters=AdapterSettings(rank=options.adapters) if options.adapters else None,
     )
     timer = IterationTimer()
     callbacks: list[Callback] = [timer]
