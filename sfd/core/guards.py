@@ -27,12 +27,17 @@ def _floating_tensors(module: nn.Module) -> list[tuple[str, Tensor]]:
     return [(name, t) for name, t in named if t.is_floating_point()]
 
 
+def _whole(t: Tensor) -> Tensor:
+    """A reduction of a sharded (FSDP2 DTensor) weight as a plain tensor (a collective)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def first_nonfinite_tensor(module: nn.Module) -> str | None:
     """The name of the first parameter or buffer of `module` holding NaN or ±inf, or None."""
     floating = _floating_tensors(module)
     if not floating:
         return None
-    finite = torch.stack([torch.isfinite(t).all() for _, t in floating])  # one sync below
+    finite = torch.stack([_whole(torch.isfinite(t).all()) for _, t in floating])  # one sync
     if bool(finite.all()):
         return None
     return floating[int((~finite).nonzero()[0])][0]

@@ -263,6 +263,12 @@ class SFDModule(pl.LightningModule):
             self.generator_optimizer(self.generator.parameters()),
         ]
 
+    def configure_model(self) -> None:
+        # A sharding strategy (sfd.training.fsdp) shards the networks here, before the optimizers.
+        shard = getattr(self.trainer.strategy, "shard_networks", None)
+        if shard is not None:
+            shard(self)
+
     def on_fit_start(self) -> None:
         guards.check_precision(self.trainer.precision)
 

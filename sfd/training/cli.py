@@ -34,6 +34,7 @@ from sfd.training.callbacks import LoggedSaveConfigCallback
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 from sfd.training.config_errors import one_line
 from sfd.training.config_files import check_config_files
+from sfd.training.fsdp import check_fsdp_config
 from sfd.training.loggers import ResumableWandbLogger
 from sfd.training.progress import IterationProgressBar, quiet_design_warnings
 from sfd.training.resume import (
@@ -306,6 +307,7 @@ class SFDLightningCLI(RunCLI):
                 "optimisation; raise model.batch_size (or trainer.devices) instead"
             )
         check_model_settings(config.get("model") or {})
+        check_fsdp_config(config)
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
         if not any(key.startswith("generator.") for key in checkpoint["state_dict"]):

@@ -25,6 +25,7 @@ from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.teachers import PretrainedVPTeacher
 from sfd.teachers.adapters import AdapterSettings
+from sfd.training.fsdp import AlternatingFSDPStrategy
 from sfd.training.strategies import AlternatingDDPStrategy
 
 WARMUP_ITERATIONS = 2
@@ -90,6 +91,8 @@ def build_strategy(name: str) -> Any:
         return "auto"
     if name == "sfd_ddp":
         return CountingAlternatingDDP(process_group_backend="gloo")
+    if name == "sfd_fsdp":
+        return AlternatingFSDPStrategy(process_group_backend="gloo")
     if name == "ddp":
         return pl.strategies.DDPStrategy(process_group_backend="gloo")
     if name == "ddp_find_unused":
@@ -105,7 +108,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="per device")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
-        "--strategy", choices=["single", "sfd_ddp", "ddp", "ddp_find_unused"], default="single"
+        "--strategy",
+        choices=["single", "sfd_ddp", "sfd_fsdp", "ddp", "ddp_find_unused"],
+        default="single",
     )
     parser.add_argument("--precision", default="32-true")
     parser.add_argument(
@@ -153,17 +158,16 @@ def main() -> None:
         callbacks=callbacks,
     )
     trainer.fit(module)
+    # The full tensors (gathered on every rank under sfd_fsdp; the module's own otherwise).
+    full_state = trainer.strategy.lightning_module_state_dict()
+    optimizers = [trainer.strategy.optimizer_state(opt) for opt in trainer.optimizers]
     if trainer.is_global_zero:
-        state = {
-            key: value
-            for key, value in module.state_dict().items()
-            if not key.startswith("teacher.")
-        }
+        state = {key: value for key, value in full_state.items() if not key.startswith("teacher.")}
         seconds = timer.seconds[WARMUP_ITERATIONS - 1 :] or timer.seconds
         torch.save(
             {
                 "state_dict": state,
-                "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+                "optimizers": optimizers,
                 "global_step": trainer.global_step,
                 "world_size": trainer.world_size,
                 "seconds_per_iteration": statistics.median(seconds),
