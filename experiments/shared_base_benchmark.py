@@ -151,11 +151,10 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
     )
 
 
-def main() -> int:
-    argv = sys.argv[1:]
-    own, demo_args = (
-        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    )
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    own, demo_args = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("shared-base-benchmark"))
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the shared base")
