@@ -34,7 +34,7 @@ from sfd.errors import SFDConfigError
 from sfd.training.strategies import FROZEN_PREFIXES
 
 SHARDED_NETWORKS = ("teacher", "fake_score", "generator", "ema")
-SUPPORTED_PRECISIONS = ("32-true", "32", "bf16-true")
+SUPPORTED_PRECISIONS = ("32-true", "32")
 
 
 class AlternatingFSDPStrategy(ModelParallelStrategy):
@@ -136,8 +136,8 @@ def check_fsdp_run(precision: Any, adapters: Any) -> None:
     if str(precision) not in SUPPORTED_PRECISIONS:
         raise SFDConfigError(
             f"trainer.precision={precision!r} with sfd_fsdp is not supported; allowed: "
-            f"{SUPPORTED_PRECISIONS} (FSDP keeps its own parameter dtypes: use bf16-true for "
-            "bfloat16 weights)"
+            f"{SUPPORTED_PRECISIONS} (mixed precision under FSDP2 needs its own dtype policy, "
+            "which sfd_fsdp does not set; use sfd_ddp for bf16-mixed)"
         )
     if adapters is not None:
         raise SFDConfigError(
