@@ -88,6 +88,12 @@ class Denoiser(nn.Module):
         raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from a spec")
 
 
-def pretrained_source(cls: type, **init_args: Any) -> dict[str, Any]:
-    """A pretrained teacher's `source`: its class and the arguments that load it again."""
+def pretrained_source(cls: type, arguments: dict[str, Any]) -> dict[str, Any]:
+    """A pretrained teacher's `source`: its class and the arguments that load it again.
+
+    Args:
+        cls: the loading class.
+        arguments: its `__init__`'s `locals()` taken first thing (`self` is left out).
+    """
+    init_args = {k: v for k, v in arguments.items() if k not in ("self", "__class__")}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}

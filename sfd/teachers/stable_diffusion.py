@@ -210,6 +210,7 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
         gradient_checkpointing: bool = False,
         attention: str = "sdpa",
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         if attention not in ATTENTION_BACKENDS:
             raise SFDConfigError(
                 f"attention={attention!r} is not supported; allowed: {ATTENTION_BACKENDS}"
@@ -229,14 +230,7 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.unet.eval()
-        self.source = pretrained_source(
-            StableDiffusionTeacher,
-            pretrained_model_name_or_path=path,
-            revision=revision,
-            prediction_type=prediction_type,
-            subfolder=subfolder,
-            attention=attention,
-        )
+        self.source = pretrained_source(StableDiffusionTeacher, arguments)
 
 
 # --- LoRA fake score -----------------------------------------------------------------------------

@@ -206,6 +206,7 @@ class PretrainedVPTeacher(VPUNetDenoiser):
         null_class: int | None = None,
         revision: str | None = None,
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         extra = read_sfd_config(path)
         unet = load_unet(path, subfolder or None, revision)
@@ -226,16 +227,7 @@ class PretrainedVPTeacher(VPUNetDenoiser):
             null_class if null_class is not None else extra.get("null_class"),
         )
         self.unet.eval()
-        self.source = pretrained_source(
-            PretrainedVPTeacher,
-            pretrained_model_name_or_path=path,
-            subfolder=subfolder,
-            scheduler_subfolder=scheduler_subfolder,
-            prediction_type=prediction_type,
-            num_classes=num_classes,
-            null_class=null_class,
-            revision=revision,
-        )
+        self.source = pretrained_source(PretrainedVPTeacher, arguments)
 
 
 class PretrainedEDMTeacher(EDMUNetDenoiser):
@@ -259,6 +251,7 @@ class PretrainedEDMTeacher(EDMUNetDenoiser):
         null_class: int | None = None,
         revision: str | None = None,
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         extra = read_sfd_config(path)
         super().__init__(
@@ -268,12 +261,4 @@ class PretrainedEDMTeacher(EDMUNetDenoiser):
             null_class if null_class is not None else extra.get("null_class"),
         )
         self.unet.eval()
-        self.source = pretrained_source(
-            PretrainedEDMTeacher,
-            pretrained_model_name_or_path=path,
-            subfolder=subfolder,
-            sigma_data=sigma_data,
-            num_classes=num_classes,
-            null_class=null_class,
-            revision=revision,
-        )
+        self.source = pretrained_source(PretrainedEDMTeacher, arguments)
