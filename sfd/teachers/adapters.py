@@ -339,6 +339,23 @@ class AdapterView(Denoiser):
         with self.shared.active(self.adapter_name):
             return self.shared.teacher.guided(x, sigma, cond, scale)
 
+    def guided_in_one_batch(
+        self, x: Tensor, sigma: Tensor | float, cond: Any, scale: float
+    ) -> Tensor:
+        with self.shared.active(self.adapter_name):
+            return self.shared.teacher.guided_in_one_batch(x, sigma, cond, scale)
+
+    # Everything but the network call is the teacher's.
+
+    def sigma_at_time(self, t_init: Any) -> float:
+        return self.shared.teacher.sigma_at_time(t_init)
+
+    def check_guidance_scales(self, scales: dict[str, float]) -> None:
+        self.shared.teacher.check_guidance_scales(scales)
+
+    def generator_input(self, z: Tensor, sigma: float) -> Tensor:
+        return self.shared.teacher.generator_input(z, sigma)
+
     def null_condition(self, cond: Any) -> Any:
         return self.shared.teacher.null_condition(cond)
 
