@@ -145,7 +145,12 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             "score); the shared base's adapters (LoRA rank "
             f"{record['rank']}) start at the teacher, so they forget and distil in the same "
             "stage-2 iterations. Seconds per iteration are stage-2 training time (forgetting-"
-            "curve evaluations excluded) on a shared machine: read them with the load average.",
+            "curve evaluations excluded) on a shared machine: read them with the load average. "
+            "Trained weights: generator + fake score (the EMA adds as many again, untrained); on "
+            "this small UNet a rank-16 LoRA of its 32/64-channel convolutions is a large share "
+            "of the network, where on Stable Diffusion-sized networks it is a few per cent. Every "
+            "setting is on the demo command lines below (a reduced run where they lower the "
+            "demo's defaults).",
             "The demo runs": runs,
         },
     )
