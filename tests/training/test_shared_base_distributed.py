@@ -29,3 +29,16 @@ def test_two_processes_match_one_process_with_adapters(
     )
     assert outputs[double]["allreduced_bytes_per_iteration"] == 4 * trained
     assert_same_training(outputs[single], outputs[double], atol=1e-4)
+
+
+def test_shared_base_fragment_and_option_parse() -> None:
+    from conftest import CONFIGS
+
+    from sfd.training.cli import parse_fit_config
+
+    tiny = ["-c", str(CONFIGS / "tiny.yaml")]
+    fragment = parse_fit_config([*tiny, "-c", str(CONFIGS / "shared_base.yaml")]).model.adapters
+    assert (fragment.rank, fragment.kind, fragment.base_dtype) == (16, "lora", "float32")
+    option = parse_fit_config([*tiny, "--model.adapters.rank", "8"]).model.adapters
+    assert option.rank == 8 and option.kind == "lora"
+    assert parse_fit_config(tiny).model.adapters is None  # full copies by default
