@@ -115,6 +115,54 @@ def compare_record(command: str) -> dict[str, Any]:
     }
 
 
+def attacks_record(command: str) -> dict[str, Any]:
+    revival = {
+        "steps": [0, 10, 20, 40], "ua": [1.0, 0.6, 0.4, 0.1], "steps_to_revival": 20,
+        "objective": "eps-MSE at sigma_init", "condition": "the forget prompt 'seven'",
+    }  # fmt: skip
+
+    def model(soft: float) -> dict[str, Any]:
+        attacks = {name: {"success_rate": soft} for name in ("soft", "discrete", "paraphrases")}
+        return {
+            "attacks": attacks,
+            "seconds": {"soft": 60.0, "discrete": 180.0},
+            "revival": revival,
+        }
+
+    return {
+        "run": run_section(command),
+        "run_folder": "runs/demo-text",
+        "forget": 7,
+        "override": 1,
+        "models": {"sfd": model(0.5), "distilled_without_forgetting": model(1.0)},
+        "budgets": {"soft": {"num_tokens": 16}, "discrete": {"num_tokens": 16}},
+        "revival_budget": {"steps": 40},
+        "ua_images": 200,
+    }
+
+
+def attacks_class_record(command: str) -> dict[str, Any]:
+    revival = {
+        "steps": [0, 1, 2], "ua": [1.0, 0.6, 0.4], "steps_to_revival": 2,
+        "objective": "eps-MSE at sigma_init", "condition": "the class label 0",
+    }  # fmt: skip
+    attack = {"success_rate": 0.25, "success_rate_without_attack": 0.0, "objective": "CE",
+              "asr_definition": "share"}  # fmt: skip
+    base = {**revival, "ua": [0.0, 0.0, 0.0], "steps_to_revival": 0}
+    return {
+        "run": run_section(command),
+        "run_folder": "runs/demo",
+        "forget": 0,
+        "models": {
+            "sfd": {"attack": attack, "seconds": 80.0, "revival": revival},
+            "distilled_without_forgetting": {"attack": attack, "seconds": 81.0, "revival": base},
+        },
+        "budget": {"steps": 200},
+        "revival_budget": {"steps": 2},
+        "ua_images": 200,
+    }
+
+
 def text_record(command: str) -> dict[str, Any]:
     scores = {
         "ua": 0.99,
@@ -188,19 +236,31 @@ def shared_base_record(command: str) -> dict[str, Any]:
     }
 
 
-def sd_memory_record(command: str) -> dict[str, Any]:
-    parameters = {
-        "model": "SD 1.5",
-        "unet_params": 859_520_964,
-        "text_encoder_params": 123_060_480,
-        "vae_params": 83_653_863,
-        "lora_r64_params": 12_750_000,
-        "lora_r16_params": 3_190_000,
-        "unet_fp32_gb": 3.44,
-        "trained_network_gb": 13.75,
-        "bf16_weight_copy_gb": 1.72,
-    }
-    return {"run": run_section(command), "parameters": [parameters], "activations": []}
+def memory_record(command: str) -> dict[str, Any]:
+    gib = 1024**3
+
+    def mode(name: str, weights: float, trainable: int, act: float, total: float) -> dict[str, Any]:
+        return {
+            "mode": name, "shards": 1, "weights": int(weights * gib), "gradients": 0,
+            "optimizer": 0, "trainable_bytes": trainable,
+            "no_checkpointing": {"activations": int(2 * act * gib), "total": int(2 * total * gib),
+                                 "largest_batch": 0, "batch1_total": int(total * gib)},
+            "checkpointing": {"activations": int(act * gib), "total": int(total * gib),
+                              "largest_batch": 5, "batch1_total": int(total / 2 * gib)},
+        }  # fmt: skip
+
+    flux = {
+        "family": "Flux.1-dev", "network": "FluxTransformer2DModel", "resolution": 1024,
+        "latent": [128, 128], "published": "12 B", "classifier_free_guidance": False,
+        "params": 11_901_408_320, "buffers": 0, "lora_targets": 266,
+        "lora_params": 18_000_000, "peft_lora_params": 18_000_000, "seconds": 1.0,
+        "modes": [
+            mode("full copies", 177.3, 1000 * 2**20, 50.0, 400.0),
+            mode("shared base + LoRA r16", 22.2, 10 * 2**20, 40.0, 70.25),
+            mode("full copies, FSDP over 8", 22.2, 125_000_000, 40.0, 90.0),
+        ],
+    }  # fmt: skip
+    return {"run": run_section(command), "batch": 8, "families": [flux]}
 
 
 # script, page, record builder, the script's command line, lines the page must hold
@@ -246,6 +306,27 @@ CASES = [
         ],
     ),
     (
+        "attack_suite",
+        "attacks",
+        attacks_record,
+        "python experiments/attack_suite.py --run runs/demo-text --revival 40",
+        [
+            "| one-step SFD | 50.0 % | 50.0 % | 50.0 % | 60 / 180 |",
+            "| one-step, no forgetting | 100.0 % | 60.0 % | 40.0 % | 10.0 % | 20 |",
+        ],
+    ),
+    (
+        "attack_suite",
+        "attacks_class",
+        attacks_class_record,
+        "python experiments/attack_suite.py --class-run runs/demo --revival 2",
+        [
+            "| one-step SFD | 25.0 % | 0.0 % | 80 |",
+            "| one-step SFD | 100.0 % | 60.0 % | 40.0 % | 2 |",
+            "| one-step, no forgetting | 0.0 % | 0.0 % | 0.0 % | 0 |",
+        ],
+    ),
+    (
         "cli_startup",
         "cli_startup",
         cli_startup_record,
@@ -270,14 +351,17 @@ CASES = [
         ],
     ),
     (
-        "sd_memory_estimate",
-        "sd_memory",
-        sd_memory_record,
-        "python experiments/sd_memory_estimate.py",
+        "memory_table",
+        "memory",
+        memory_record,
+        "python experiments/memory_table.py",
         [
-            "| SD 1.5 | 859.5 M | 123.1 M | 83.7 M | 12.8 M | 3.2 M "
-            "| 3.44 GB | 13.75 GB | 1.72 GB |",
-            "Not measured in this run (`--measure` measures them).",
+            "| Flux.1-dev | shared base + LoRA r16 | 22.2 | 0.0 | 0.0 | 80.0 | 40.0 | 140.5 "
+            "| 70.2 | 0 / 5 |",
+            "| Flux.1-dev: shared-base trainable bytes ≤ 5 % of full copies' "
+            "| 10 MiB vs 1,000 MiB = 1.00 % | yes |",
+            "| Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU "
+            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at 8 + 8: 70.2 GiB | yes |",
         ],
     ),
 ]

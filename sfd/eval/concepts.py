@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sfd.errors import SFDConfigError
 from sfd.eval.evaluate import class_noise, classify
@@ -29,6 +28,7 @@ from sfd.eval.metrics import (
 )
 from sfd.eval.text_models import TextToImage
 from sfd.images import to_uint8
+from sfd.progress import ProgressBar
 
 
 @dataclass
@@ -104,7 +104,9 @@ def generate_for_prompts(
     z = class_noise(len(prompts), model.latent_shape, seed)
     chunks = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc=f"sampling {model.name}", disable=not progress, leave=False):
+    for start in ProgressBar(
+        starts, desc=f"sampling {model.name}", disable=not progress, leave=False
+    ):
         cond = model.encoder.condition(prompts[start : start + batch_size]).to(device)
         images = model.images(z[start : start + batch_size].to(device), cond)
         chunks.append(to_uint8(images.cpu()))
@@ -165,6 +167,26 @@ def forget_set_result(
     )
 
 
+def evaluate_forget_set(
+    model: TextToImage,
+    classifier: nn.Module,
+    prompt_set: PromptSet,
+    forget: list[int],
+    override: list[int],
+    num_classes: int,
+    images: int,
+    seed: int,
+    batch_size: int = 250,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> ForgetSetResult:
+    """Where `images` samples of a forget prompt set (cycling through its prompts, noise of
+    `seed`) went: UA, share labelled as an override class, label histogram."""
+    prompts = [prompt_set.prompts[i % len(prompt_set.prompts)] for i in range(images)]
+    generated = generate_for_prompts(model, prompts, seed, batch_size, device, progress)
+    return forget_set_result(classify(classifier, generated), forget, override, num_classes)
+
+
 def evaluate_concepts(
     model: TextToImage,
     classifier: nn.Module,
@@ -222,9 +244,10 @@ def evaluate_concepts(
         raise SFDConfigError(f"neighbour class {bad[0]} is not a remain class with prompts")
 
     def forget_result(prompt_set: PromptSet, offset: int) -> ForgetSetResult:
-        prompts = [prompt_set.prompts[i % len(prompt_set.prompts)] for i in range(forget_images)]
-        images = generate_for_prompts(model, prompts, seed + offset, batch_size, device, progress)
-        return forget_set_result(classify(classifier, images), forget, override, num_classes)
+        return evaluate_forget_set(
+            model, classifier, prompt_set, forget, override, num_classes, forget_images,
+            seed + offset, batch_size, device, progress,
+        )  # fmt: skip
 
     train_result = forget_result(forget_train, 0)
     paraphrase_result = (

@@ -18,7 +18,7 @@ from diffusers import DiffusionPipeline
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely, newest_checkpoint
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, generator_from_checkpoint
 from sfd.core.guards import WEIGHT_LIMIT, check_finite_weights, largest_weight
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_integer
 from sfd.folders import (
     check_input_file,
     check_output_folder,
@@ -35,12 +35,14 @@ from sfd.pipelines.one_step_flow import (
     OneStepFluxPipeline,
     OneStepSD3Pipeline,
 )
+from sfd.pipelines.one_step_sdxl import OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers import (
     EDMUNetDenoiser,
     FluxDenoiser,
     SD3Denoiser,
     StableDiffusionDenoiser,
+    StableDiffusionXLDenoiser,
     VPUNetDenoiser,
 )
 from sfd.teachers.adapters import AdapterView, merged_denoiser
@@ -50,12 +52,13 @@ PIPELINE_FOR_KIND: dict[str, type[DiffusionPipeline]] = {
     VPUNetDenoiser.kind: OneStepPipeline,
     EDMUNetDenoiser.kind: OneStepPipeline,
     StableDiffusionDenoiser.kind: OneStepTextPipeline,
+    StableDiffusionXLDenoiser.kind: OneStepSDXLPipeline,
     SD3Denoiser.kind: OneStepSD3Pipeline,
     FluxDenoiser.kind: OneStepFluxPipeline,
 }
 # model_index.json class name -> sfd's class; a flow export names the stock class (FLOW_PIPELINES).
 PIPELINE_CLASSES = {
-    **{cls.__name__: cls for cls in (OneStepPipeline, OneStepTextPipeline)},
+    **{cls.__name__: cls for cls in (OneStepPipeline, OneStepTextPipeline, OneStepSDXLPipeline)},
     **FLOW_PIPELINES,
 }
 
@@ -140,6 +143,7 @@ def save_generator(
         "pipeline_class": type(pipeline).__name__,
         "sigma_init": generator.sigma_init,
         "timestep": pipeline.config.timestep,
+        "time_ids": pipeline.config.get("time_ids"),  # SDXL: the size/crop ids it was trained with
         "teacher_source": getattr(generator.denoiser, "pipeline", None),
         "training": training,
         "metrics": metrics,
@@ -261,8 +265,8 @@ def export_checkpoint(
     Returns:
         the folder.
     """
-    if lora_rank is not None and lora_rank < 1:
-        raise SFDConfigError(f"--lora {lora_rank} must be a LoRA rank of at least 1")
+    if lora_rank is not None:
+        check_integer("--lora", lora_rank, 1)  # a LoRA rank
     checkpoint = resolve_checkpoint(checkpoint)
     check_input_file(checkpoint, "checkpoint")
     check_output_folder(output_dir, "output folder", overwrite)

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from sfd.core import guards
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely
 from sfd.core.module import SFDModule
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_integer
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.teachers.adapters import check_adapter_settings
 from sfd.training.callbacks import LoggedSaveConfigCallback
@@ -36,6 +36,7 @@ from sfd.training.config_errors import one_line
 from sfd.training.config_files import check_config_files
 from sfd.training.fsdp import check_fsdp_config
 from sfd.training.loggers import ResumableWandbLogger
+from sfd.training.memory import budget_setting, check_run_memory
 from sfd.training.progress import IterationProgressBar, quiet_design_warnings
 from sfd.training.resume import (
     CHECKPOINT_FOLDER,
@@ -97,6 +98,12 @@ class RunCLI(LightningCLI):
         except ArgumentError as error:
             self._remove_new_paths()
             raise SFDConfigError(one_line(error)) from error
+        except ValueError as error:
+            self._remove_new_paths()
+            mistake = _user_mistake_inside(error)
+            if mistake is None:
+                raise
+            raise mistake from error
         except BaseException:
             # A failure before the first iteration leaves nothing behind; a crash later keeps
             # the run's checkpoints and logs.
@@ -308,6 +315,13 @@ class SFDLightningCLI(RunCLI):
             )
         check_model_settings(config.get("model") or {})
         check_fsdp_config(config)
+        budget_setting()  # a bad SFD_DEVICE_MEMORY_GIB is refused before the teacher loads
+
+    def before_fit(self) -> None:
+        # The estimate of the run's memory per device, and a run that cannot fit refused, before
+        # any checkpoint is read or anything is written.
+        check_run_memory(self.model, self.trainer)
+        super().before_fit()
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
         if not any(key.startswith("generator.") for key in checkpoint["state_dict"]):
@@ -364,6 +378,18 @@ def fit_summary(trainer: Trainer) -> list[str]:
     ]
 
 
+def _user_mistake_inside(error: BaseException) -> SFDConfigError | None:
+    """The `SFDConfigError` a class raised while jsonargparse instantiated it (jsonargparse
+    wraps it, e.g. in "Does not validate against any of the Union subtypes"), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SFDConfigError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def check_model_settings(model: Mapping[str, Any]) -> None:
     """The checks `SFDModule` makes of its numbers and optimizer settings, run on the parsed
     `model` group before anything is built (so a demo refuses them before training a teacher)."""
@@ -376,6 +402,13 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
         if isinstance(optimizer, Mapping):
             for key, value in (optimizer.get("init_args") or {}).items():
                 guards.check_optimizer_setting(f"model.{name}.init_args.{key}", value)
+    for name in ("teacher", "fake_score", "generator"):  # a LoRA network's rank, before loading
+        network = model.get(name)
+        rank = (
+            (network.get("init_args") or {}).get("rank") if isinstance(network, Mapping) else None
+        )
+        if rank is not None:
+            check_integer(f"model.{name}.init_args.rank", rank, 1)
 
 
 class _ParseOnlyCLI(SFDLightningCLI):

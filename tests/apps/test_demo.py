@@ -15,7 +15,9 @@ from sfd.cli import main
 from sfd.pipelines.io import load_generator
 from sfd.pipelines.model_card import shown
 
-TINY_DEMO = [*TINY_DIGITS_RUN, "--skip-full-schedule-timing"]
+TINY_ATTACK = ["--attack-steps", "2", "--attack-restarts", "1", "--attack-batch", "2",
+               "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
+TINY_DEMO = [*TINY_DIGITS_RUN, "--skip-full-schedule-timing", *TINY_ATTACK]
 MODELS = ("teacher", "distilled_without_forgetting", "sfd")
 
 
@@ -56,6 +58,11 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     curve = metrics["forgetting_curve"]
     assert [point["iteration"] for point in curve] == [0, 1, 2, 3]
     assert all(0 <= p["ua"] <= 1 and 0 <= p["remain_accuracy"] <= 1 for p in curve)
+    for key in MODELS:  # the class-embedding attack on every model, with its budget
+        attack = metrics["attack"][key]["class_embedding"]
+        assert 0.0 <= attack["success_rate"] <= 1.0 and attack["budget"]["steps"] == 2
+    assert metrics["attack"]["teacher"]["class_embedding"]["sampler"].startswith("DDIM 1 steps")
+    assert "## Class-embedding attack" in (output / "report.md").read_text()
     protocol = metrics["protocol"]
     assert protocol["seed"] == 0 and protocol["generated_per_class"] == 6
     assert protocol["libraries"]["torchmetrics"] and protocol["libraries"]["diffusers"]
@@ -126,10 +133,19 @@ def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Pat
         result = tmp_path / f"{model.name}.json"
         args = ["eval", str(model), "--classifier", str(output / "classifier"), "--forget", "3"]
         args += ["--override", "5", "--num-per-class", "4", "--ddim-steps", "2"]
+        args += ["--attack", "--attack-steps", "2", "--attack-restarts", "2", "--attack-batch",
+                 "2", "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
+        args += ["--revival", "2", "--revival-images", "2", "--revival-batch", "2"]
+        weights = {p: p.read_bytes() for p in model.rglob("*.safetensors")}
         assert main([*args, "--output", str(result)]) == 0
         metrics = json.loads(result.read_text())
         assert metrics["nfe"] == nfe and 0 <= metrics["ua"] <= 1
         assert sum(metrics["forget_histogram"]) == 4
+        attack = metrics["attacks"]["class_embedding"]
+        assert 0 <= attack["success_rate"] <= 1 and attack["budget"]["restarts"] == 2
+        assert len(attack["losses"]) == 2 and "held-out noise" in attack["asr_definition"]
+        assert metrics["revival"]["steps"] == [0, 1, 2] and len(metrics["revival"]["ua"]) == 3
+        assert weights == {p: p.read_bytes() for p in model.rglob("*.safetensors")}  # untouched
 
 
 def test_cached_build_reuses_and_survives_interruption(tmp_path: Path) -> None:
@@ -159,7 +175,9 @@ def test_cached_build_reuses_and_survives_interruption(tmp_path: Path) -> None:
     "bad",
     [
         ["--forget", "10"],
+        ["--forget", "eleven"],
         ["--forget", "2", "--override", "2"],
+        ["--forget", "two", "--override", "2"],
         ["--override", "-1"],
         ["--data", "no/such/file.npz"],
         ["--trainer.max_steps", "0"],
@@ -188,3 +206,32 @@ def test_full_demo_default_settings(tmp_path: Path) -> None:
     assert metrics["sfd"]["ua"] >= 0.99
     assert metrics["distilled_without_forgetting"]["ua"] < 0.5  # forgetting comes from SFD
     assert metrics["sfd"]["remain_accuracy"] >= metrics["teacher"]["remain_accuracy"] - 0.05
+
+
+def test_the_demos_sfd_stages_report_iterations_as_fit_does(
+    tiny_teacher_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Stage 1 / stage 2 runs of the demos (and `sfd compare`'s methods) show `sfd fit`'s
+    iteration progress: iterations against the total with the losses, plain lines in a log."""
+    from sfd.apps.harness.settings import default_sfd_config
+    from sfd.apps.harness.stages import train_sfd
+
+    args = ["-c", str(default_sfd_config()), "--trainer.max_steps", "4", "--model.batch_size", "4",
+            "--model.teacher.init_args.pretrained_model_name_or_path", str(tiny_teacher_dir)]  # fmt: skip
+    train_sfd(args, [], tmp_path / "log", progress=True)
+    out = capfd.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("Iterations ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "fake/total=" in lines[-1] and "generator/total=" in lines[-1] and "\r" not in out
+
+
+def test_demo_and_compare_take_classes_by_index_or_name(tmp_path: Path) -> None:
+    """`sfd demo` / `sfd compare` --forget / --override: an index or the data set's class name
+    (digits by their caption names), resolved once the data is loaded, before any check."""
+    from sfd.apps.harness.class_run import ClassRunSettings
+    from sfd.apps.harness.workspace import start_run
+
+    settings = ClassRunSettings(forget="Three", override="5", teacher_cache=tmp_path / "cache")
+    start_run(settings)
+    assert (settings.forget, settings.override) == (3, 5)
+    assert list(tmp_path.iterdir()) == []  # nothing written

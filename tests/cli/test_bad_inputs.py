@@ -31,6 +31,7 @@ from sfd.eval.classifier import Classifier, save_classifier
 from sfd.pipelines.io import save_generator
 from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher
 from sfd.training.cli import sfd_lightning_cli
+from sfd.training.memory import BUDGET_ENV
 from sfd.training.resume import RUN_CONFIG_KEY
 
 NOT_WRITABLE = "/proc/sfd-cannot-write-here/out"  # /proc refuses new files, even for root
@@ -243,6 +244,9 @@ def export(w: World, out: Path, *extra: str, ckpt: Path | None = None) -> list[s
 
 Case = tuple[str, Callable[[World, Path], list[str]], str]
 CASES: list[Case] = [
+    # --- sfd fit: the run's memory estimate against the devices' memory (issue 21 item 4) ---
+    ("fit-memory-exceeds-device", lambda w, o: fit(w, o), "per device"),
+    ("fit-memory-budget-not-a-number", lambda w, o: fit(w, o), "SFD_DEVICE_MEMORY_GIB='lots'"),
     # --- sfd fit: checkpoints (issue 14 items 2, 6) ---
     ("fit-ckpt-missing", lambda w, o: fit(w, o, "--ckpt_path", str(w / "nope.ckpt")), "does not exist"),
     ("fit-ckpt-empty", lambda w, o: fit(w, o, "--ckpt_path", str(w / "empty.ckpt")), "is empty"),
@@ -347,6 +351,9 @@ CASES: list[Case] = [
     ("teacher-text-lr-negative", lambda w, o: teacher_text(w, o, "--lr", "-1"), "teacher lr=-1.0"),
     ("teacher-text-max-steps-negative", lambda w, o: teacher_text(w, o, "--max-steps", "-5"), "max_steps=-5"),
     ("teacher-text-channels-zero", lambda w, o: teacher_text(w, o, "--channels", "0"), "block_out_channels=(0,)"),
+    ("teacher-text-output-holds-teacher",
+     lambda w, o: ["teacher-text", "--output-dir", str(w / "text_teacher"), "--max-steps", "1",
+                   "--text-encoder", str(w.encoder), "--no-progress"], "already holds a teacher; --overwrite"),
     ("teacher-text-encoder-missing",
      lambda w, o: teacher_text(w, o, "--text-encoder", str(w / "nope")), "is not a folder"),
     ("teacher-text-encoder-junk",
@@ -380,7 +387,7 @@ CASES: list[Case] = [
     ("export-metrics-not-json",
      lambda w, o: export(w, o, "--metrics", str(w / "broken_metrics.json")), "broken_metrics.json' is not valid JSON"),
     ("export-metrics-missing", lambda w, o: export(w, o, "--metrics", str(w / "nope.json")), "nope.json' does not exist"),
-    ("export-lora-rank-zero", lambda w, o: export(w, o, "--lora", "0"), "--lora 0"),
+    ("export-lora-rank-zero", lambda w, o: export(w, o, "--lora", "0"), "--lora=0 must be an integer of at least 1"),
     ("export-single-file-bert",
      lambda w, o: export(w, o, "--single-file", ckpt=w / "text_vae.ckpt"), "this generator's is a BertModel"),
     # --- sfd sample (items 1, 6, 7) ---
@@ -415,6 +422,9 @@ CASES: list[Case] = [
      "--forget 'eleven' is not a class: give 0..9 or one of ['zero', "),
     ("eval-override-equals-forget", lambda w, o: evaluate(w, o, "--override", "zero"),
      "--override 'zero' equals --forget"),
+    ("eval-num-per-class-one", lambda w, o: evaluate(w, o, "--num-per-class", "1"), "--num-per-class=1 must be an integer of at least 2"),
+    ("eval-ddim-steps-zero", lambda w, o: evaluate(w, o, "--ddim-steps", "0"), "--ddim-steps=0 must be an integer of at least 1"),
+    ("eval-heldout-fraction-one", lambda w, o: evaluate(w, o, "--heldout-fraction", "1"), "--heldout-fraction=1.0"),
     ("eval-teacher-non-finite",
      lambda w, o: evaluate(w, o, model=w / "nan_teacher"), "non-finite weights: the first bad tensor is unet.conv_in.weight"),
     # --- sfd eval-text (item 6) ---
@@ -437,6 +447,39 @@ CASES: list[Case] = [
      lambda w, o: concepts(w, o, "--override", "1"), "--override 1 equals --forget"),
     ("eval-text-concepts-guidance-negative",
      lambda w, o: concepts(w, o, "--guidance-scale", "-1"), "--guidance-scale=-1.0"),
+    ("fit-lora-rank-zero",
+     lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+                   "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.fake_score", "sfd.teachers.StableDiffusionLoRAFakeScore",
+                   "--model.fake_score.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.fake_score.rank", "0", "--trainer.accelerator", "cpu",
+                   "--trainer.devices", "1", "--trainer.precision", "32-true",
+                   "--trainer.default_root_dir", str(o)], "model.fake_score.init_args.rank=0 must be an integer of at least 1"),
+    # --- attack suite and revival test (sfd eval-text, sfd eval, sfd demo-text) ---
+    ("eval-text-attack-tokens-negative",
+     lambda w, o: concepts(w, o, "--attack", "--attack-tokens", "-1"), "attack num_tokens=-1"),
+    ("eval-text-discrete-steps-negative",
+     lambda w, o: concepts(w, o, "--attack", "discrete", "--attack-steps", "-3"), "discrete attack steps=-3"),
+    ("eval-text-discrete-top-k-zero",
+     lambda w, o: concepts(w, o, "--attack", "discrete", "--attack-top-k", "0"), "discrete attack top_k=0"),
+    ("eval-text-revival-negative", lambda w, o: concepts(w, o, "--revival", "-5"), "revival steps=-5"),
+    ("eval-text-revival-images-zero",
+     lambda w, o: concepts(w, o, "--revival", "4", "--revival-images", "0"), "revival images=0"),
+    ("eval-attack-on-class-model",
+     lambda w, o: evaluate(w, o, "--attack", "discrete"), "--attack discrete: the prompt attacks (soft, discrete) need a model with a text encoder"),
+    ("eval-attack-unknown", lambda w, o: evaluate(w, o, "--attack", "bogus"), "--attack 'bogus' is unknown"),
+    ("eval-attack-steps-negative",
+     lambda w, o: evaluate(w, o, "--attack", "--attack-steps", "-1"), "class-embedding attack steps=-1"),
+    ("eval-revival-negative", lambda w, o: evaluate(w, o, "--revival", "-1"), "revival steps=-1"),
+    ("eval-revival-lr-zero", lambda w, o: evaluate(w, o, "--revival", "2", "--revival-lr", "0"), "revival lr=0.0"),
+    ("eval-revival-no-images-of-class",
+     lambda w, o: evaluate(w, o, "--revival", "2", "--revival-images", "100000"),
+     "needs 100000 real images of the forgotten class 0"),
+    ("demo-attack-steps-zero", lambda w, o: demo(w, o, "--attack-steps", "0"), "class-embedding attack steps=0"),
+    ("demo-attack-ddim-steps-zero", lambda w, o: demo(w, o, "--attack-ddim-steps", "0"), "--attack-ddim-steps=0"),
+    ("demo-text-attack-tokens-negative",
+     lambda w, o: demo(w, o, "--attack-tokens", "-4", verb="demo-text"), "attack num_tokens=-4"),
+    ("demo-text-revival-negative", lambda w, o: demo(w, o, "--revival", "-2", verb="demo-text"), "revival steps=-2"),
     # --- sfd fit: guidance ---
     ("fit-guidance-absurd", lambda w, o: fit(w, o, "--model.teacher_guidance", "1000"), "teacher_guidance=1000.0"),
     # --- sfd demo / compare ---
@@ -491,7 +534,14 @@ def _hub_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     hub_reachable.cache_clear()
 
 
+def _small_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Devices of 1 MiB each (the tiny run needs more than that)."""
+    monkeypatch.setenv(BUDGET_ENV, str(1 / 1024))
+
+
 SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it changes first
+    "fit-memory-exceeds-device": _small_gpu,
+    "fit-memory-budget-not-a-number": lambda mp: mp.setenv(BUDGET_ENV, "lots"),
     "demo-text-encoder-wheel-missing": _wheel_missing,
     "fit-hub-unreachable": _hub_unreachable,
     "fit-sd-hub-unreachable": _hub_unreachable,
@@ -525,6 +575,7 @@ def test_bad_input(
     assert len(errors) == 1, err
     assert fragment in errors[0], errors[0]
     assert "Traceback" not in err
+    assert "Seed set" not in err  # the seed line comes only once the settings are checked
     assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
     assert not Path(str(out) + "-training").exists()
     assert listing(world.root) == before, "an input folder changed"
@@ -621,3 +672,19 @@ def test_eval_takes_classes_by_index_or_by_the_data_set_s_names() -> None:
     assert forget_override("2", "0", "unnamed.npz", unnamed) == (2, 0)
     with pytest.raises(SFDConfigError, match=r"give 0..3 \(the data set names no classes\)$"):
         forget_override("seven", None, "unnamed.npz", unnamed)
+
+
+def test_a_class_s_own_refusal_inside_jsonargparse_is_one_line() -> None:
+    """jsonargparse wraps what a constructor raises (e.g. in a Union's "Does not validate");
+    `sfd fit` hands the user the constructor's own `SFDConfigError`."""
+    from sfd.training.cli import _user_mistake_inside
+
+    mistake = SFDConfigError("LoRA rank=0 must be at least 1")
+    try:
+        try:
+            raise mistake
+        except SFDConfigError as inner:
+            raise ValueError("Does not validate against any of the Union subtypes") from inner
+    except ValueError as wrapped:
+        assert _user_mistake_inside(wrapped) is mistake
+    assert _user_mistake_inside(ValueError("a library's own fault")) is None

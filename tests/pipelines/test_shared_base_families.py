@@ -1,4 +1,4 @@
-"""The shared base on every family: Stable Diffusion, SD3 and Flux teachers. After an SFD iteration
+"""The shared base on every family: Stable Diffusion, SDXL, SD3 and Flux teachers. After an SFD iteration
 the teacher's output is bit-identical to a freshly loaded teacher's, the generator has moved, and a
 checkpoint of adapters alone exports the merged generator (oracle: the live view)."""
 
@@ -15,27 +15,35 @@ from sd_fixtures import celebrity_conditions
 from sfd.core.generator import generator_from_checkpoint
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogitNormalTime, UniformTimestepSigma
-from sfd.teachers import FluxTeacher, SD3Teacher, StableDiffusionTeacher
+from sfd.teachers import (
+    FluxTeacher,
+    SD3Teacher,
+    StableDiffusionTeacher,
+    StableDiffusionXLTeacher,
+)
 from sfd.teachers.adapters import AdapterSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def build(family: str, sd_dirs, flow_dirs):
+def build(family: str, dirs: dict):
     if family == "sd":
-        return StableDiffusionTeacher(str(sd_dirs["epsilon"])), UniformTimestepSigma(20, 980), 625
+        return StableDiffusionTeacher(str(dirs["sd"])), UniformTimestepSigma(20, 980), 625
+    if family == "sdxl":
+        return StableDiffusionXLTeacher(str(dirs["sdxl"])), UniformTimestepSigma(20, 980), 625
     if family == "sd3":
-        return SD3Teacher(str(flow_dirs["sd3"]), max_sequence_length=16), LogitNormalTime(), 0.97
-    teacher = FluxTeacher(str(flow_dirs["flux"]), sample_size=LATENT_SIZE, max_sequence_length=16)
+        return SD3Teacher(str(dirs["sd3"]), max_sequence_length=16), LogitNormalTime(), 0.97
+    teacher = FluxTeacher(str(dirs["flux"]), sample_size=LATENT_SIZE, max_sequence_length=16)
     return teacher, LogitNormalTime(), 0.97
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_shared_base_trains_keeps_the_teacher_and_exports(
-    family, sd_dirs, flow_dirs, tmp_path: Path
+    family, sd_dirs, sdxl_dirs, flow_dirs, tmp_path: Path
 ) -> None:
-    teacher, sigma, t_init = build(family, sd_dirs, flow_dirs)
-    fresh, _, _ = build(family, sd_dirs, flow_dirs)
+    dirs = {"sd": sd_dirs["epsilon"], "sdxl": sdxl_dirs["epsilon"], **flow_dirs}
+    teacher, sigma, t_init = build(family, dirs)
+    fresh, _, _ = build(family, dirs)
     conditions = celebrity_conditions()
     module = SFDModule(
         teacher,
