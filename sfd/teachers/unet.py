@@ -90,7 +90,9 @@ class VPUNetDenoiser(ClassConditionalUNet, VPDenoiser):
         self._init_classes(num_classes, null_class)
 
     def predict(self, x_t: Tensor, timestep: Tensor, cond: Tensor | None) -> Tensor:
-        return self.unet(x_t.to(self.unet.dtype), timestep, class_labels=self._labels(cond)).sample
+        return self.unet(
+            x_t.to(self.network_dtype(self.unet)), timestep, class_labels=self._labels(cond)
+        ).sample
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -143,7 +145,9 @@ class EDMUNetDenoiser(ClassConditionalUNet):
         c_skip = sd2 / (sigma**2 + sd2)
         c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
         c_in = (sigma**2 + sd2).rsqrt()
-        raw = self.unet((c_in * x).to(self.unet.dtype), c_noise, class_labels=self._labels(cond))
+        raw = self.unet(
+            (c_in * x).to(self.network_dtype(self.unet)), c_noise, class_labels=self._labels(cond)
+        )
         return c_skip * x.float() + c_out * raw.sample.float()
 
     def spec(self) -> dict[str, Any]:

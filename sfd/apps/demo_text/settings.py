@@ -56,6 +56,7 @@ class TextDemoSettings:
     sfd_args: list[str] = field(default_factory=list)
     baseline_iterations: int | None = None
     curve_every: int | None = None
+    until_forgotten: bool = False
     curve_per_class: int = 16
     forget_images: int = 200
     remain_per_class: int = 100

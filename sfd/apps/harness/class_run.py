@@ -42,6 +42,7 @@ class ClassRunSettings:
     sfd_args: list[str] = field(default_factory=list)
     baseline_iterations: int | None = None
     curve_every: int | None = None
+    until_forgotten: bool = False
     curve_per_class: int = 32
     curve_remain_per_class: int = 8
     eval_per_class: int = 200
