@@ -13,16 +13,17 @@ What the three text-encoder slots of the folder hold:
 - `text_encoder_3` / `tokenizer_3` (SD3's T5 slot): the real all-MiniLM-L6-v2 `BertModel` and its
   `BertTokenizer` (384 wide). The stock pipeline calls `text_encoder_3(input_ids)[0]`, the last
   hidden states, *without* an attention mask, after padding to `max_sequence_length` tokens
-  (16 here; the teacher and every export record it). So, unlike the UNet teacher's masked
-  encoding, the [PAD] positions are attended by the words and are nonzero rows that the
-  transformer sees: deliberate, since it is what the stock pipeline does with this slot, and
-  training, SFD and sampling all use this one encoding.
+  (24 here, as the UNet teacher's, room for the attacks' 16 appended tokens; the teacher and
+  every export record it). So, unlike the UNet teacher's masked encoding, the [PAD] positions
+  are attended by the words and are nonzero rows that the transformer sees: deliberate, since
+  it is what the stock pipeline does with this slot, and training, SFD and sampling all use this
+  one encoding.
 - `text_encoder` / `tokenizer` and `text_encoder_2` / `tokenizer_2` (CLIP-L and CLIP-G):
   one-layer `CLIPTextModelWithProjection`s of width 8 with every weight zero, under a
   `CLIPTokenizer` over the 512 byte-level symbols (no merges) with `model_max_length` 2. Their
   hidden states and pooled projections are exactly zero for every prompt, so the stock
   `encode_prompt` runs unchanged (2 zero CLIP rows, CLIP-L and CLIP-G side by side padded to
-  384 wide, then the 16 MiniLM rows; pooled projections of 8 + 8 zeros) and MiniLM does all
+  384 wide, then the 24 MiniLM rows; pooled projections of 8 + 8 zeros) and MiniLM does all
   the conditioning. The CLIP
   tokenizer truncates every prompt to [BOS, EOS]; diffusers logs that truncation, which this
   module silences for the demo (`quiet_clip_truncation`).
@@ -72,7 +73,7 @@ from sfd.teachers.unet import SFD_CONFIG_NAME
 FAMILIES = ("unet", "sd3")  # the text teacher's network: UNet2DConditionModel or SD3 transformer
 CLIP_WIDTH = 8  # hidden size and projection of each zero CLIP slot
 CLIP_LENGTH = 2  # the CLIP tokenizers' model_max_length: [BOS, EOS]
-FLOW_SEQUENCE_LENGTH = 16  # MiniLM tokens per prompt (the pipeline's max_sequence_length)
+FLOW_SEQUENCE_LENGTH = 24  # MiniLM tokens per prompt (the pipeline's max_sequence_length)
 
 
 def byte_symbols() -> list[str]:
