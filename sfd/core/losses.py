@@ -27,6 +27,28 @@ def fake_score_loss(x0_hat_fake: Tensor, x_g: Tensor, sigma: Tensor) -> Tensor:
     return squared_error.flatten(1).sum(1) / sigma.float() ** 2
 
 
+def implicit_classifier_margin(
+    x0_hat_override: Tensor, x0_hat_forget: Tensor, x_g: Tensor, sigma: Tensor
+) -> Tensor:
+    """How much more the teacher takes x_g for the forget concept than for the override.
+
+    margin = Σ_pixels w(σ)·[(D_φ(x, σ, c_o) − x_g)² − (D_φ(x, σ, c_f) − x_g)²],  w(σ) = 1/σ²:
+    the difference of the two conditions' ε-weighted denoising errors, one draw of the diffusion
+    ELBO's estimate of 2·log p(x_g | c_f) / p(x_g | c_o) (docs/method.md §7). Data-free: it
+    needs only the frozen teacher.
+
+    Args:
+        x0_hat_override: D_φ(x_g + σ·ε, σ, c_o), (B, C, H, W).
+        x0_hat_forget: D_φ(x_g + σ·ε, σ, c_f), (B, C, H, W).
+        x_g: the generated samples, (B, C, H, W) (gradients flow through it).
+        sigma: noise levels, (B,).
+
+    Returns:
+        per-sample margin, (B,).
+    """
+    return fake_score_loss(x0_hat_override, x_g, sigma) - fake_score_loss(x0_hat_forget, x_g, sigma)
+
+
 def generator_loss(
     x0_hat_teacher: Tensor, x0_hat_fake: Tensor, x_g: Tensor, alpha: float
 ) -> Tensor:

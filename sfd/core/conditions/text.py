@@ -234,28 +234,35 @@ class PromptConditions(ConditionSampler):
         remain = torch.randint(len(self.remain_prompts), (n,), generator=generator, device=device)
         forget = torch.randint(len(self.forget_prompts), (n,), generator=generator, device=device)
         part = slice(rank * batch_size, (rank + 1) * batch_size)
-        remain, forget = remain[part], forget[part]
-        shape = (batch_size, *embeds["empty"].shape)
-        empty = embeds["empty"].expand(shape)  # (B, L, D)
-        negative = embeds["negative"].expand(shape)  # forget batches only
-        remain_ids, forget_ids = remain.tolist(), forget.tolist()
+        remain = remain[part]
+        empty = embeds["empty"].expand(batch_size, *embeds["empty"].shape)  # (B, L, D)
+        forget_cond, override_cond = self.forget_pairs(forget[part])
         return ConditionBatch(
             remain=TextCondition(
                 embeds["remain"][remain],
                 empty,
-                tuple(self.remain_prompts[i] for i in remain_ids),
+                tuple(self.remain_prompts[i] for i in remain.tolist()),
                 empty,
             ),
-            forget=TextCondition(
-                embeds["forget"][forget],
-                negative,
-                tuple(self.forget_prompts[i] for i in forget_ids),
-                empty,
+            forget=forget_cond,
+            override=override_cond,
+        )
+
+    def forget_pairs(self, index: Tensor) -> tuple[TextCondition, TextCondition]:
+        """The forget and override conditions of forget prompts `index` (B,) (on its device)."""
+        embeds = self.embeddings(index.device)
+        shape = (len(index), *embeds["empty"].shape)
+        empty = embeds["empty"].expand(shape)  # (B, L, D)
+        negative = embeds["negative"].expand(shape)  # forget batches only
+        ids = index.tolist()
+        return (
+            TextCondition(
+                embeds["forget"][index], negative, tuple(self.forget_prompts[i] for i in ids), empty
             ),
-            override=TextCondition(
-                embeds["override"][forget],
+            TextCondition(
+                embeds["override"][index],
                 negative,
-                tuple(self.override_prompts[i] for i in forget_ids),
+                tuple(self.override_prompts[i] for i in ids),
                 empty,
             ),
         )
