@@ -34,7 +34,7 @@ def implicit_classifier_margin(
 
     margin = Σ_pixels w(σ)·[(D_φ(x, σ, c_o) − x_g)² − (D_φ(x, σ, c_f) − x_g)²],  w(σ) = 1/σ²:
     the difference of the two conditions' ε-weighted denoising errors, one draw of the diffusion
-    ELBO's estimate of 2·log p(x_g | c_f) / p(x_g | c_o) (docs/method.md §7). Data-free: it
+    ELBO's estimate of 2·log p(x_g | c_f) / p(x_g | c_o) (docs/method.md §8). Data-free: it
     needs only the frozen teacher.
 
     Args:

@@ -71,7 +71,7 @@ class SFDModule(pl.LightningModule):
         seed: seed of the noise and condition streams (every iteration's draws depend only on
             the seed and the iteration, not on the number of processes).
         steps_per_epoch: iterations that make one Lightning epoch.
-        adversarial: adversarial SFD (docs/method.md §7): the unlearning term also on the forget
+        adversarial: adversarial SFD (docs/method.md §8): the unlearning term also on the forget
             conditions an inner attack finds each iteration (None: off).
     """
 
@@ -167,7 +167,7 @@ class SFDModule(pl.LightningModule):
         attacked = None if self.adversarial is None else self.adversarial.attack(self)
         with self._toggled(fake_opt):
             fake_terms = self.fake_score_losses(conds, self._stream(1))
-            if attacked is not None:  # docs/method.md §7: the fake score learns them too
+            if attacked is not None:  # docs/method.md §8: the fake score learns them too
                 fake_terms = self.adversarial.fake_terms(self, attacked, fake_terms)
             self._update(fake_opt, "fake", fake_terms, counts_as_iteration=False)
 

@@ -55,7 +55,7 @@ class Denoiser(nn.Module):
 
         A class condition may then be an object with `labels` (B,), `class_embeds` (B, E) and
         `active` (B,): rows where `active` is True see their `class_embeds` vector in place of
-        their label's embedding (the class-embedding attack, docs/method.md §7).
+        their label's embedding (the class-embedding attack, docs/method.md §8).
         """
         return None
 
