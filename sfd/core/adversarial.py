@@ -82,6 +82,13 @@ class AdversarialSettings:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(
+        cls, value: AdversarialSettings | Mapping[str, Any] | None
+    ) -> AdversarialSettings | None:
+        """Settings from settings, their `as_dict()` (a checkpoint's hyperparameters) or None."""
+        return cls(**value) if isinstance(value, Mapping) else value
+
 
 def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adversarial") -> None:
     """Raise `SFDConfigError` naming the first bad adversarial setting (`prefix.name=value`)."""
@@ -128,6 +135,7 @@ class SoftPromptSpace(AttackSpace):
 
     The same insertion as the evaluation's soft-prompt attack (`sfd.eval.soft_prompt`): after
     the prompt's last word, before its end token; the vectors start at random vocabulary tokens.
+    Like that attack, it takes only forget prompts with room for `tokens` more tokens.
     The frozen text encoder is loaded from the teacher's pipeline and kept outside the module's
     weights (never optimised or checkpointed).
     """
@@ -149,12 +157,14 @@ class SoftPromptSpace(AttackSpace):
         self.input_ids = encoded.input_ids  # (F, L)
         self.used = encoded.attention_mask.sum(1)  # (F,)
         length = self.input_ids.shape[1]
-        longest = int(self.used.argmax())
-        if int(self.used[longest]) + tokens > length:
+        # Only prompts that leave room for the tokens are attacked, as in the evaluation attack.
+        self.attackable = (self.used + tokens <= length).nonzero().flatten()  # (F',)
+        if len(self.attackable) == 0:
+            shortest = int(self.used.argmin())
             raise SFDConfigError(
-                f"model.adversarial.tokens={tokens}: the forget prompt "
-                f"{conditions.forget_prompts[longest]!r} has {int(self.used[longest])} tokens and "
-                f"{tokens} more exceed the tokenizer's model_max_length={length}"
+                f"model.adversarial.tokens={tokens}: even the shortest forget prompt "
+                f"{conditions.forget_prompts[shortest]!r} has {int(self.used[shortest])} tokens, "
+                f"and {tokens} more exceed the tokenizer's model_max_length={length}"
             )
         self.sampler = conditions
         self.tokens = tokens
@@ -163,11 +173,13 @@ class SoftPromptSpace(AttackSpace):
         if self.input_ids.device != device:
             self.text_encoder.to(device)
             self.input_ids, self.used = self.input_ids.to(device), self.used.to(device)
+            self.attackable = self.attackable.to(device)
 
     def draw(self, n: int, rng: torch.Generator, generator: OneStepGenerator) -> dict[str, Tensor]:
         self._on(rng.device)
         vocabulary = self.text_encoder.get_input_embeddings().weight.detach()  # (V, D_in)
-        prompt = torch.randint(len(self.used), (n,), generator=rng, device=rng.device)
+        pick = torch.randint(len(self.attackable), (n,), generator=rng, device=rng.device)
+        prompt = self.attackable[pick]
         picks = torch.randint(len(vocabulary), (n, self.tokens), generator=rng, device=rng.device)
         return {"prompt": prompt, "tokens": vocabulary[picks].float()}  # (n,), (n, tokens, D_in)
 
@@ -230,6 +242,13 @@ def attack_space(
     )
 
 
+def concatenated(conditions: list[Any]) -> Any:
+    """Condition batches (label tensors or `TextCondition`s) one after the other."""
+    if isinstance(conditions[0], Tensor):
+        return torch.cat(conditions)
+    return type(conditions[0]).cat(conditions)
+
+
 class AdversarialTraining:
     """The inner attack of adversarial SFD, its persistent state and its two loss terms.
 
@@ -275,17 +294,24 @@ class AdversarialTraining:
         Returns:
             margin of each row averaged over `noise_levels` draws, (K,).
         """
-        rows = len(learned)
+        rows, levels = len(learned), self.settings.noise_levels
         attacked, forget, override = self.space.conditions(state, learned)
         x_g = module.generator(module._randn(rng, rows), attacked)  # (K, C, H, W)
-        margin = torch.zeros(rows, device=x_g.device)
-        for _ in range(self.settings.noise_levels):
+        sigmas, noisy = [], []
+        for _ in range(levels):
             sigma = module._sigma(rng, rows)  # (K,)
-            x = x_g + sigma.view(-1, 1, 1, 1) * module._randn(rng, rows)
-            margin = margin + implicit_classifier_margin(
-                module.teacher(x, sigma, override), module.teacher(x, sigma, forget), x_g, sigma
-            )
-        return margin / self.settings.noise_levels
+            sigmas.append(sigma)
+            noisy.append(x_g + sigma.view(-1, 1, 1, 1) * module._randn(rng, rows))
+        # One teacher call for every draw under both conditions: (2·levels·K) rows.
+        sigma, x = torch.cat(sigmas), torch.cat(noisy)
+        teacher_cond = concatenated([override] * levels + [forget] * levels)
+        x0_override, x0_forget = module.teacher(
+            torch.cat([x, x]), torch.cat([sigma, sigma]), teacher_cond
+        ).chunk(2)
+        margin = implicit_classifier_margin(
+            x0_override, x0_forget, x_g.repeat(levels, 1, 1, 1), sigma
+        )
+        return margin.view(levels, rows).mean(0)
 
     def attack(self, module: SFDModule) -> Attacked | None:
         """Run this iteration's inner attack; None when there is nothing to attack.

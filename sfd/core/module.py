@@ -117,6 +117,7 @@ class SFDModule(pl.LightningModule):
             ]
         )
         # Plain data in the checkpoint's hyperparameters (it is read with weights_only=True).
+        adversarial = AdversarialSettings.of(adversarial)  # also as stored there: a mapping
         self.hparams["adversarial"] = None if adversarial is None else adversarial.as_dict()
         self.automatic_optimization = False
         guards.check_module_settings(self.hparams)

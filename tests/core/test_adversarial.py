@@ -156,6 +156,8 @@ def test_off_by_default_and_plain_draws_unchanged(single_thread) -> None:
     seeds = {int(torch.randint(2**62, (1,), generator=plain._stream(p))) for p in range(7)}
     assert len(seeds) == 7
     assert attacked.hparams.adversarial["steps"] == 1  # plain data in the checkpoint
+    again = class_module(attacked.hparams.adversarial)  # as `load_from_checkpoint` passes it
+    assert again.adversarial.settings == AdversarialSettings(steps=1)
 
 
 def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, single_thread) -> None:
@@ -224,6 +226,51 @@ def test_models_the_attack_cannot_reach_are_refused(text_setup) -> None:
     with pytest.raises(SFDConfigError, match="needs the teacher's text encoder"):
         SFDModule(bare, conditions, SIGMAS, adversarial=settings)
     with pytest.raises(
-        SFDConfigError, match=r"adversarial.tokens=40: the forget prompt .* model_max_length=24"
+        SFDConfigError, match=r"tokens=40: even the shortest .* model_max_length=24"
     ):
         SFDModule(teacher, conditions, SIGMAS, adversarial=AdversarialSettings(tokens=40))
+    long = SFDModule(teacher, conditions, SIGMAS, adversarial=AdversarialSettings(tokens=18))
+    space = long.adversarial.space  # 24 positions: only prompts of at most 6 tokens are attacked
+    assert 0 < len(space.attackable) < len(conditions.forget_prompts)
+    assert bool((space.used[space.attackable] <= 6).all())
+    drawn = space.draw(64, torch.Generator().manual_seed(0), long.generator)["prompt"]
+    assert set(drawn.tolist()) <= set(space.attackable.tolist())
+
+
+def test_the_preset_holds_the_defaults() -> None:
+    import yaml
+    from conftest import CONFIGS
+
+    preset = yaml.safe_load((CONFIGS / "adversarial.yaml").read_text())
+    assert preset == {"model": {"adversarial": AdversarialSettings().as_dict()}}
+
+
+def test_sfd_fit_with_the_preset_checkpoints_the_attack(tiny_teacher_dir, tmp_path) -> None:
+    from conftest import CONFIGS, fit_args
+
+    from sfd.cli import main
+    from sfd.training.cli import sfd_lightning_cli
+
+    run = tmp_path / "run"
+    extra = ("-c", str(CONFIGS / "adversarial.yaml"), "--trainer.max_steps", "10")
+    cli = sfd_lightning_cli(fit_args(tiny_teacher_dir, run, *extra))
+    assert cli.model.adversarial.rows == 2  # round(0.25 · batch 8)
+    [last] = run.rglob("last.ckpt")
+    stored = torch.load(last, weights_only=True)
+    assert stored[ADVERSARIAL_KEY]["embedding"].shape == (2, 64)
+    assert stored["hyper_parameters"]["adversarial"]["steps"] == 4
+    assert main(["export", str(last), str(tmp_path / "export")]) == 0  # ships as plain SFD
+
+
+def test_the_demos_turn_it_on_for_sfd_only() -> None:
+    from sfd.apps.demo_text.settings import TextDemoSettings
+    from sfd.apps.harness.class_run import ADVERSARIAL_ARGS, ClassRunSettings
+    from sfd.training.cli import parse_fit_config
+
+    for settings in (ClassRunSettings(adversarial=True), TextDemoSettings(adversarial=True)):
+        sfd = settings.sfd_command_line()
+        assert " ".join(ADVERSARIAL_ARGS) in " ".join(sfd)
+        assert " ".join(ADVERSARIAL_ARGS) not in " ".join(settings.sfd_command_line(stage="stage1"))
+    parsed = parse_fit_config(ClassRunSettings(adversarial=True).sfd_command_line())
+    assert parsed.model.adversarial.steps == AdversarialSettings().steps
+    assert parse_fit_config(ClassRunSettings().sfd_command_line()).model.adversarial is None

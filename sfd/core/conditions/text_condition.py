@@ -61,6 +61,18 @@ class TextCondition:
         empty = None if self.empty_embeds is None else self.empty_embeds[index]
         return TextCondition(self.prompt_embeds[index], self.negative_embeds[index], prompts, empty)
 
+    @staticmethod
+    def cat(conditions: list[TextCondition]) -> TextCondition:
+        """The rows of `conditions` one after the other, as one batch."""
+        prompts = [c.prompts for c in conditions]
+        empties = [c.empty_embeds for c in conditions]
+        return TextCondition(
+            torch.cat([c.prompt_embeds for c in conditions]),
+            torch.cat([c.negative_embeds for c in conditions]),
+            None if any(p is None for p in prompts) else sum(prompts, ()),
+            None if any(e is None for e in empties) else torch.cat(empties),
+        )
+
     def to(self, device: torch.device | str) -> TextCondition:
         """The same condition with its tensors on `device`."""
         empty = None if self.empty_embeds is None else self.empty_embeds.to(device)
