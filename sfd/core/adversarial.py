@@ -68,10 +68,10 @@ class AdversarialSettings:
             λ_g_f).
     """
 
-    steps: int = 4
+    steps: int = 2
     tokens: int = 16
     share: float = 0.25
-    refresh_every: int = 50
+    refresh_every: int = 100
     lr: float = 0.05
     noise_levels: int = 2
     weight: float = 1.0

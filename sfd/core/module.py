@@ -316,7 +316,7 @@ class SFDModule(pl.LightningModule):
 
         Phases 0–2 are the conditions, the fake-score step and the generator step; phases from 3
         on (adversarial SFD) are shifted by 2654435761 per block of three: the CPU generator
-        keeps a seed's low 32 bits, where that shift meets another phase's seed only ~8.8·10⁸
+        keeps a seed's low 32 bits, where phases 3–8 meet another phase's seed only some 3·10⁸
         iterations away.
         """
         block, part = divmod(phase, 3)

@@ -258,7 +258,7 @@ def test_sfd_fit_with_the_preset_checkpoints_the_attack(tiny_teacher_dir, tmp_pa
     [last] = run.rglob("last.ckpt")
     stored = torch.load(last, weights_only=True)
     assert stored[ADVERSARIAL_KEY]["embedding"].shape == (2, 64)
-    assert stored["hyper_parameters"]["adversarial"]["steps"] == 4
+    assert stored["hyper_parameters"]["adversarial"]["steps"] == AdversarialSettings().steps
     assert main(["export", str(last), str(tmp_path / "export")]) == 0  # ships as plain SFD
 
 
