@@ -41,7 +41,7 @@ from conftest import save_tiny_teacher  # noqa: E402
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher  # noqa: E402
 
 from sfd.apps.data.captions import DIGITS_VOCABULARY  # noqa: E402
-from sfd.core.adversarial import AdversarialSettings  # noqa: E402
+from sfd.core.adversarial import AdversarialSettings, adversarial_rows  # noqa: E402
 from sfd.core.conditions import ClassConditions, ConditionSampler, PromptConditions  # noqa: E402
 from sfd.core.module import SFDModule  # noqa: E402
 from sfd.core.sigma import UniformTimestepSigma  # noqa: E402
@@ -134,7 +134,7 @@ def measure(paths: list[str], batch_size: int, iterations: int, warmup: int) -> 
         "batch_size": batch_size,
         "warmup": warmup,
         "adversarial_settings": asdict(settings),
-        "adversarial_rows": round(settings.share * batch_size),
+        "adversarial_rows": adversarial_rows(settings.share, batch_size),
         "paths": rows,
     }
 

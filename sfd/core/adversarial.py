@@ -18,6 +18,7 @@ each row's attack is independent of the others, so one process computes what N p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,8 @@ class AdversarialSettings:
         steps: inner attack steps (Adam) per iteration, warm-started from the last iteration's
             vectors; 0 keeps the freshly drawn ones.
         tokens: learned soft-prompt tokens inserted into each forget prompt (text teachers).
-        share: adversarial samples per device, as a share of `batch_size` (rounded; in [0, 1]).
+        share: adversarial samples per device, as a share of `batch_size` (in [0, 1]; rounded
+            up, so any positive share attacks at least one row).
         refresh_every: iterations between fresh draws of the attacked rows (their prompts or
             classes and starting vectors).
         lr: the inner Adam's learning rate.
@@ -88,6 +90,11 @@ class AdversarialSettings:
     ) -> AdversarialSettings | None:
         """Settings from settings, their `as_dict()` (a checkpoint's hyperparameters) or None."""
         return cls(**value) if isinstance(value, Mapping) else value
+
+
+def adversarial_rows(share: float, batch_size: int) -> int:
+    """Adversarial samples per device: ⌈share·batch_size⌉ (a positive share attacks a row)."""
+    return math.ceil(round(share * batch_size, 6))  # 0.1·30 is 3, not 3.0000000000000004
 
 
 def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adversarial") -> None:
@@ -269,7 +276,7 @@ class AdversarialTraining:
         batch_size: int,
     ) -> None:
         self.settings = settings
-        self.rows = round(settings.share * batch_size)  # adversarial samples per device
+        self.rows = adversarial_rows(settings.share, batch_size)  # per device
         self.space = attack_space(settings, teacher, generator, conditions)
         self.state: dict[str, Tensor] | None = None  # the global rows (every rank's)
         self.last_objective: Tensor | None = None

@@ -254,7 +254,7 @@ def test_sfd_fit_with_the_preset_checkpoints_the_attack(tiny_teacher_dir, tmp_pa
     run = tmp_path / "run"
     extra = ("-c", str(CONFIGS / "adversarial.yaml"), "--trainer.max_steps", "10")
     cli = sfd_lightning_cli(fit_args(tiny_teacher_dir, run, *extra))
-    assert cli.model.adversarial.rows == 2  # round(0.25 · batch 8)
+    assert cli.model.adversarial.rows == 2  # ⌈0.25 · batch 8⌉
     [last] = run.rglob("last.ckpt")
     stored = torch.load(last, weights_only=True)
     assert stored[ADVERSARIAL_KEY]["embedding"].shape == (2, 64)
