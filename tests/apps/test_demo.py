@@ -169,3 +169,15 @@ def test_full_demo_default_settings(tmp_path: Path) -> None:
     assert metrics["sfd"]["ua"] >= 0.99
     assert metrics["distilled_without_forgetting"]["ua"] < 0.5  # forgetting comes from SFD
     assert metrics["sfd"]["remain_accuracy"] >= metrics["teacher"]["remain_accuracy"] - 0.05
+
+
+@pytest.mark.slow  # ~1 minute: a tiny demo end to end
+def test_demo_adversarial_trains_sfd_against_the_class_embedding_attack(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(tmp_path / "cache")]
+    assert main([*args, *TINY_DEMO, "--adversarial", "--model.adversarial.steps", "1"]) == 0
+    record = json.loads((output / "generator" / "sfd_export.json").read_text())
+    assert record["training"]["hyperparameters"]["adversarial"]["steps"] == 1
+    [log] = (output / "logs" / "sfd").rglob("metrics.csv")
+    header = log.read_text().splitlines()[0].split(",")
+    assert {"adversarial/objective", "fake/adversarial", "generator/adversarial"} <= set(header)
