@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from sfd.core.adversarial import AdversarialSettings
 from sfd.core.conditions import ClassConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
@@ -115,6 +116,9 @@ def main() -> None:
         "gradients of parameters whose true gradient is zero (attention key biases) into "
         "lr-sized steps of random sign",
     )
+    parser.add_argument(
+        "--adversarial-share", type=float, help="adversarial SFD with this share (default: off)"
+    )
     options = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
@@ -130,6 +134,9 @@ def main() -> None:
         generator_optimizer=OPTIMIZERS[options.optimizer],
         ema_decay=0.9,
         seed=3,
+        adversarial=None
+        if options.adversarial_share is None
+        else AdversarialSettings(steps=2, share=options.adversarial_share, refresh_every=3),
     )
     timer = IterationTimer()
     callbacks: list[Callback] = [timer]
@@ -161,6 +168,9 @@ def main() -> None:
                 "optimizers": [opt.state_dict() for opt in trainer.optimizers],
                 "global_step": trainer.global_step,
                 "world_size": trainer.world_size,
+                "adversarial": None
+                if module.adversarial is None
+                else module.adversarial.state_dict(),
                 "seconds_per_iteration": statistics.median(seconds),
                 "allreduced_bytes_per_iteration": getattr(trainer.strategy, "allreduced_bytes", 0)
                 / max(trainer.global_step, 1),
