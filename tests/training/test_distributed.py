@@ -99,6 +99,7 @@ def test_two_processes_match_one_process_with_the_global_batch(
     assert_same_training(outputs[single], outputs[double], atol=1e-4)
 
 
+@pytest.mark.slow  # ~75 s on a loaded 2-core machine
 def test_two_processes_match_one_process_with_adversarial_sfd(
     tiny_teacher_dir: Path, tmp_path: Path
 ) -> None:
