@@ -24,6 +24,8 @@ _PUBLIC = {
     "UniformTimestepSigma": "sfd.core.sigma",
     "LogNormalSigma": "sfd.core.sigma",
     "LogUniformSigma": "sfd.core.sigma",
+    "LogitNormalTime": "sfd.core.sigma",
+    "UniformTime": "sfd.core.sigma",
     "SigmaSampler": "sfd.core.sigma",
     "OneStepGenerator": "sfd.core.generator",
     "generator_from_checkpoint": "sfd.core.generator",
@@ -33,6 +35,8 @@ _PUBLIC = {
     "PretrainedEDMTeacher": "sfd.teachers",
     "StableDiffusionTeacher": "sfd.teachers",
     "StableDiffusionLoRAFakeScore": "sfd.teachers",
+    "SD3Teacher": "sfd.teachers",
+    "FluxTeacher": "sfd.teachers",
     # exports
     "OneStepPipeline": "sfd.pipelines",
     "OneStepTextPipeline": "sfd.pipelines",

@@ -157,6 +157,21 @@ def sd_teacher(sd_dirs: dict[str, Path]):
     return StableDiffusionTeacher(str(sd_dirs["epsilon"]))
 
 
+@pytest.fixture(scope="session")
+def flow_dirs(
+    sd_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Tiny SD3 (shift 3) and Flux (guidance-distilled, dynamic shift) pipeline folders."""
+    from flow_fixtures import save_tiny_flux_pipeline, save_tiny_sd3_pipeline
+
+    root = tmp_path_factory.mktemp("flow")
+    return {
+        "sd3": save_tiny_sd3_pipeline(root / "sd3"),
+        "flux": save_tiny_flux_pipeline(root / "flux"),
+        "flux_schnell": save_tiny_flux_pipeline(root / "flux_schnell", guidance_embeds=False),
+    }
+
+
 def assert_same_vp_outputs(a: torch.nn.Module, b: torch.nn.Module) -> None:
     """Two class-conditional 1×8×8 VP denoisers give bit-identical x0 at low, mid and high σ."""
     torch.manual_seed(1)

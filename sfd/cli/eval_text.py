@@ -63,12 +63,12 @@ def run(args: list[str]) -> None:
         read_manifest,
     )
     from sfd.pipelines.io import load_pipeline
-    from sfd.pipelines.one_step_text import OneStepTextPipeline
+    from sfd.pipelines.text_call import OneStepTextSampling
 
     device = usable_device(options.device)
     pairs = read_eval_prompts(options.prompts, options.seed, options.seed_column)
     pipeline = load_pipeline(options.generator)
-    if not isinstance(pipeline, OneStepTextPipeline):
+    if not isinstance(pipeline, OneStepTextSampling):
         raise SFDConfigError(f"{options.generator!r} is not a text-to-image generator")
     check_finite_weights(f"generator {options.generator!r}", pipeline.generator, trained=True)
     total = len(pairs) * options.num_per_prompt

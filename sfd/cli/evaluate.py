@@ -147,13 +147,17 @@ def forget_override(
     return forget_class, override_class
 
 
+# model_index.json class names of text-to-image exports (flow exports name the stock class)
+TEXT_EXPORT_CLASSES = ("OneStepTextPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
+
+
 def _model_kind(path: Path) -> str:
     """'generator' (an exported OneStepPipeline) or 'teacher' (a DDPM folder with unet/ + scheduler/)."""
     if (path / "model_index.json").is_file():
         name = pipeline_class_name(json.loads((path / "model_index.json").read_text()))
         if name == "OneStepPipeline":
             return "generator"
-        if name == "OneStepTextPipeline":
+        if name in TEXT_EXPORT_CLASSES:
             raise SFDConfigError(
                 f"{str(path)!r} is a text-to-image export; evaluate it with `sfd eval-text`"
             )

@@ -55,12 +55,12 @@ def run(args: list[str]) -> None:
     from sfd.core.guards import check_finite_weights
     from sfd.images import Grid, unit_to_uint8
     from sfd.pipelines.io import load_pipeline
-    from sfd.pipelines.one_step_text import OneStepTextPipeline
+    from sfd.pipelines.text_call import OneStepTextSampling
 
     device = usable_device(options.device)
     pipeline = load_pipeline(options.generator).to(device)
     check_finite_weights(f"generator {options.generator!r}", pipeline.generator, trained=True)
-    text = isinstance(pipeline, OneStepTextPipeline)
+    text = isinstance(pipeline, OneStepTextSampling)
     if text and not options.prompt:
         raise SFDConfigError(f"{options.generator!r} is a text-to-image generator; pass --prompt")
     if not text and options.prompt:

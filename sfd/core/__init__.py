@@ -18,7 +18,14 @@ from sfd.core.ddim import ddim_sigmas, ddim_trajectory, sample_ddim
 from sfd.core.generator import OneStepGenerator, generator_from_checkpoint
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.module import SFDModule, default_adam
-from sfd.core.sigma import LogNormalSigma, LogUniformSigma, SigmaSampler, UniformTimestepSigma
+from sfd.core.sigma import (
+    LogitNormalTime,
+    LogNormalSigma,
+    LogUniformSigma,
+    SigmaSampler,
+    UniformTime,
+    UniformTimestepSigma,
+)
 
 __all__ = [
     "ClassConditions",
@@ -26,6 +33,7 @@ __all__ = [
     "ConditionPreview",
     "ConditionSampler",
     "LogNormalSigma",
+    "LogitNormalTime",
     "LogUniformSigma",
     "LossTerms",
     "NudityConditions",
@@ -34,6 +42,7 @@ __all__ = [
     "SFDModule",
     "SigmaSampler",
     "TextCondition",
+    "UniformTime",
     "UniformTimestepSigma",
     "ddim_sigmas",
     "ddim_trajectory",

@@ -25,14 +25,17 @@ class OneStepGenerator(nn.Module):
     Args:
         denoiser: D_θ, usually a copy of the teacher (or an already distilled generator).
         sigma_init: the fixed noise level σ_init the generator denoises from.
-        t_init: instead of `sigma_init`, the integer timestep of a discrete-schedule denoiser
-            whose σ_t is σ_init (the reference's t_init: 440 on linear-β CIFAR-10, σ = 2.50233;
-            625 on Stable Diffusion, σ = 2.50170). Give at most one of the two; with neither,
-            σ_init = 2.5.
+        t_init: instead of `sigma_init`, the denoiser's own time of σ_init: the integer timestep
+            of a discrete VP schedule (the reference's 440 on linear-β CIFAR-10, σ = 2.50233;
+            625 on Stable Diffusion, σ = 2.50170) or a flow time in (0, 1) (σ = t/(1 − t)).
+            Give at most one of the two; with neither, σ_init = 2.5.
     """
 
     def __init__(
-        self, denoiser: Denoiser, sigma_init: float | None = None, t_init: int | None = None
+        self,
+        denoiser: Denoiser,
+        sigma_init: float | None = None,
+        t_init: int | float | None = None,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
@@ -53,7 +56,9 @@ class OneStepGenerator(nn.Module):
         Returns:
             x_g, (B, C, H, W), float32.
         """
-        return self.denoiser(self.sigma_init * z, self.sigma_init, cond)
+        return self.denoiser(
+            self.denoiser.generator_input(z, self.sigma_init), self.sigma_init, cond
+        )
 
     @torch.no_grad()
     def sample(self, cond: Any, batch_size: int, generator: torch.Generator) -> Tensor:
@@ -64,7 +69,9 @@ class OneStepGenerator(nn.Module):
         return self(z, cond)
 
 
-def resolve_sigma_init(denoiser: Denoiser, sigma_init: float | None, t_init: int | None) -> float:
+def resolve_sigma_init(
+    denoiser: Denoiser, sigma_init: float | None, t_init: int | float | None
+) -> float:
     """σ_init from exactly one of `sigma_init` and `t_init` (default 2.5); see `OneStepGenerator`."""
     if sigma_init is not None and t_init is not None:
         raise SFDConfigError(
@@ -74,17 +81,7 @@ def resolve_sigma_init(denoiser: Denoiser, sigma_init: float | None, t_init: int
         return check_number(
             "sigma_init", 2.5 if sigma_init is None else sigma_init, low=0, low_open=True
         )
-    table = denoiser.sigma_table
-    if table is None:
-        raise SFDConfigError(
-            f"t_init={t_init} needs a teacher with a discrete noise schedule; "
-            f"{type(denoiser).__name__} has none (give sigma_init instead)"
-        )
-    if isinstance(t_init, bool) or not isinstance(t_init, int) or not 0 <= t_init < len(table):
-        raise SFDConfigError(
-            f"t_init={t_init!r} must be an integer timestep in 0..{len(table) - 1}"
-        )
-    return float(table[t_init])
+    return denoiser.sigma_at_time(t_init)
 
 
 # --- the generator in a training checkpoint ------------------------------------------------------

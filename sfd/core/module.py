@@ -44,8 +44,9 @@ class SFDModule(pl.LightningModule):
         conditions: draws remain / forget / override conditions.
         sigma_sampler: distribution of the loss noise levels σ.
         sigma_init: the generator's fixed input noise level (default 2.5).
-        t_init: instead of `sigma_init`, the teacher timestep whose σ_t is σ_init (the
-            reference runs t_init 440 on linear-β CIFAR-10, 625 on Stable Diffusion).
+        t_init: instead of `sigma_init`, the teacher's time of σ_init: a VP timestep (the
+            reference runs t_init 440 on linear-β CIFAR-10, 625 on Stable Diffusion) or a flow
+            time in (0, 1) for flow-matching teachers.
         alpha: the SiD α of the generator loss.
         lambda_sg_remain: weight λ_sg_r of the fake-score loss on remain samples.
         lambda_sg_forget: weight λ_sg_f of the fake-score loss on forget samples.
@@ -81,7 +82,7 @@ class SFDModule(pl.LightningModule):
         conditions: ConditionSampler,
         sigma_sampler: SigmaSampler,
         sigma_init: float | None = None,
-        t_init: int | None = None,
+        t_init: int | float | None = None,
         alpha: float = 1.2,
         lambda_sg_remain: float = 1.0,
         lambda_sg_forget: float = 0.01,
@@ -131,6 +132,12 @@ class SFDModule(pl.LightningModule):
         for name, network in (("generator", generator), ("fake_score", fake_score)):
             if network is not None:
                 guards.check_finite_weights(name, network)
+        teacher.check_guidance_scales(
+            {
+                name: self.hparams[name]
+                for name in ("teacher_guidance", "fake_train_guidance", "fake_eval_guidance")
+            }
+        )
         conditions.check(teacher.num_classes)
         conditions.bind(teacher)
         sigma_sampler.check(teacher.sigma_table)

@@ -50,8 +50,9 @@ class UniformTimestepSigma(SigmaSampler):
     def check(self, sigma_table: Tensor | None) -> None:
         if sigma_table is None:
             raise SFDConfigError(
-                "UniformTimestepSigma needs a teacher with a discrete schedule; "
-                "use LogNormalSigma or LogUniformSigma for continuous (EDM) teachers"
+                "UniformTimestepSigma needs a teacher with a discrete schedule; use "
+                "LogNormalSigma or LogUniformSigma for continuous (EDM) teachers, "
+                "LogitNormalTime or UniformTime for flow-matching teachers"
             )
         if self.t_max > len(sigma_table):
             raise SFDConfigError(
@@ -108,3 +109,51 @@ class LogNormalSigma(SigmaSampler):
     def sample(self, n: int, generator: torch.Generator, sigma_table: Tensor | None) -> Tensor:
         normal = torch.randn(n, generator=generator, device=generator.device)
         return (self.p_mean + self.p_std * normal).exp().clamp(self.sigma_min, self.sigma_max)
+
+
+def _check_time_range(t_min: float, t_max: float) -> None:
+    check_number("t_min", t_min)
+    check_number("t_max", t_max)
+    if not 0 < t_min < t_max < 1:
+        raise SFDConfigError(
+            f"flow-time range [t_min={t_min}, t_max={t_max}] is invalid; need 0 < t_min < t_max < 1"
+        )
+
+
+class LogitNormalTime(SigmaSampler):
+    """Flow time t = sigmoid(m + s·n), n ~ N(0, 1), clamped to [t_min, t_max]; σ = t / (1 − t).
+
+    The logit-normal time density flow-matching models (SD3, Flux) are trained with. Since
+    logit(t) = log(t / (1 − t)) = log σ, it is exactly log σ ~ N(m, s²): EDM's log-normal in σ.
+    """
+
+    def __init__(
+        self, mean: float = 0.0, std: float = 1.0, t_min: float = 0.02, t_max: float = 0.98
+    ) -> None:
+        check_number("mean", mean)
+        check_number("std", std, low=0, low_open=True)
+        _check_time_range(t_min, t_max)
+        self.mean, self.std = mean, std
+        self.t_min, self.t_max = t_min, t_max
+
+    def sample(self, n: int, generator: torch.Generator, sigma_table: Tensor | None) -> Tensor:
+        normal = torch.randn(n, generator=generator, device=generator.device)
+        t = torch.sigmoid(self.mean + self.std * normal).clamp(self.t_min, self.t_max)
+        return t / (1 - t)
+
+
+class UniformTime(SigmaSampler):
+    """Flow time t uniform in [t_min, t_max] ⊂ (0, 1); σ = t / (1 − t).
+
+    The flow counterpart of `UniformTimestepSigma`'s timestep ranges (t ∈ [20, 980) of 1000 is
+    [0.02, 0.98]).
+    """
+
+    def __init__(self, t_min: float = 0.02, t_max: float = 0.98) -> None:
+        _check_time_range(t_min, t_max)
+        self.t_min, self.t_max = t_min, t_max
+
+    def sample(self, n: int, generator: torch.Generator, sigma_table: Tensor | None) -> Tensor:
+        u = torch.rand(n, generator=generator, device=generator.device)
+        t = self.t_min + (self.t_max - self.t_min) * u
+        return t / (1 - t)

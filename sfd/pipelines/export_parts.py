@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
@@ -30,8 +29,11 @@ from sfd.pipelines.delta_lora import (
     output_error,
 )
 from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
+from sfd.pipelines.one_step_flow import OneStepFlowSampling, OneStepFluxPipeline, OneStepSD3Pipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_single_file
+from sfd.pipelines.text_call import OneStepTextSampling
+from sfd.teachers.flow import FlowTransformerDenoiser
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 
 # --dtype name -> (torch dtype, diffusers variant name of the weight files)
@@ -46,18 +48,23 @@ STANDALONE_FILES = {
 # the folder (`_resolve_custom_pipeline_and_cls`), and a stock StableDiffusionPipeline must load a
 # text export as itself.
 NAMES_ITS_FILE = (OneStepPipeline,)
+# Flow exports are stock folders: model_index.json names the stock class, no file is copied.
 # pipeline class -> its settings kept in model_index.json's private block: a stock pipeline loads
 # the folder of a text export and would warn about unexpected config attributes otherwise
 PRIVATE_SETTINGS = {
     OneStepPipeline: (),
     OneStepTextPipeline: ("sigma_init", "prediction_type", "timestep"),
+    OneStepSD3Pipeline: ("t_init", "max_sequence_length", "timestep"),
+    OneStepFluxPipeline: ("t_init", "max_sequence_length", "timestep", "guidance", "sample_size"),
 }
 LORA_CHECK_PROMPTS = ["a photo of a person", "a landscape painting"]  # + the run's forget prompts
 LORA_CHECK_SEED = 0
 
 
-def write_standalone_pipeline(pipeline: Any, staging: Path) -> str:
+def write_standalone_pipeline(pipeline: Any, staging: Path) -> str | None:
     """Copy the torch + diffusers only twin of the pipeline class into the folder; return its name.
+
+    A flow export needs none: its model_index.json names the stock class (None is returned).
 
     For a class-conditional export, model_index.json then names file and class in diffusers'
     custom-pipeline form, `["one_step_pipeline", "OneStepPipeline"]`, so
@@ -65,10 +72,14 @@ def write_standalone_pipeline(pipeline: Any, staging: Path) -> str:
     sfd and without naming the file. A text export keeps sigma_init, prediction_type and timestep
     in a private block (`SETTINGS_KEY`) that a stock StableDiffusionPipeline skips silently.
     """
-    source, name = STANDALONE_FILES[type(pipeline)]
-    shutil.copyfile(Path(__file__).with_name(source), staging / name)
     index_file = staging / "model_index.json"
     index = json.loads(index_file.read_text())
+    name = None
+    if isinstance(pipeline, OneStepFlowSampling):
+        index["_class_name"] = pipeline.stock_class.__name__
+    else:
+        source, name = STANDALONE_FILES[type(pipeline)]
+        shutil.copyfile(Path(__file__).with_name(source), staging / name)
     if isinstance(pipeline, NAMES_ITS_FILE):
         index["_class_name"] = [name.removesuffix(".py"), type(pipeline).__name__]
     private = {key: index.pop(key) for key in PRIVATE_SETTINGS[type(pipeline)]}
@@ -121,7 +132,7 @@ def write_single_file_checkpoint(
 
 @torch.no_grad()
 def write_delta_lora(
-    pipeline: OneStepTextPipeline,
+    pipeline: Any,
     generator: OneStepGenerator,
     staging: Path,
     rank: int,
@@ -129,9 +140,10 @@ def write_delta_lora(
 ) -> LoRAFit:
     """Fit generator − teacher as a rank-r LoRA, save it, and measure it against the generator.
 
-    The error is measured the way a user applies the LoRA: the teacher's UNet with the saved file
-    loaded through diffusers' `load_lora_adapter` (what `load_lora_weights` does for the UNet),
-    sampled at σ_init on fixed noise, against the full generator on the same noise.
+    The error is measured the way a user applies the LoRA: the teacher's network (the UNet of a
+    Stable Diffusion teacher, the transformer of a flow teacher) with the saved file loaded through
+    diffusers' `load_lora_adapter` (what `load_lora_weights` does), sampled at σ_init on fixed
+    noise, against the full generator on the same noise.
 
     Args:
         pipeline: the export's pipeline.
@@ -144,22 +156,32 @@ def write_delta_lora(
         the fit report with output errors.
     """
     denoiser = generator.denoiser
-    teacher_unet = UNet2DConditionModel.from_pretrained(
-        denoiser.pipeline, subfolder="unet", revision=denoiser.revision
+    flow = isinstance(denoiser, FlowTransformerDenoiser)
+    name = "transformer" if flow else "unet"
+    network = getattr(denoiser, name)
+    teacher_network = type(network).from_pretrained(
+        denoiser.pipeline, subfolder=name, revision=denoiser.revision
     )
-    state, fit = delta_lora(denoiser.unet, teacher_unet, rank)
+    state, fit = delta_lora(network, teacher_network, rank)
     folder = staging / LORA_FOLDER
-    # Imported here: the pipeline module imports transformers' image processors, which warn
-    # about torchvision on every command that merely imports the export code.
-    from diffusers import StableDiffusionPipeline
+    if flow:
+        pipeline.stock_class.save_lora_weights(folder, transformer_lora_layers=state)
+    else:
+        # Imported here: the pipeline module imports transformers' image processors, which warn
+        # about torchvision on every command that merely imports the export code.
+        from diffusers import StableDiffusionPipeline
 
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state)
-    teacher_unet.load_lora_adapter(
-        str(folder), prefix="unet", adapter_name="sfd_delta", weight_name=LORA_WEIGHTS
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state)
+    teacher_network.load_lora_adapter(
+        str(folder), prefix=name, adapter_name="sfd_delta", weight_name=LORA_WEIGHTS
     )
-    teacher_unet.eval()
-    adapted = StableDiffusionDenoiser(
-        teacher_unet, denoiser.scheduler_config, denoiser.prediction_type
+    teacher_network.eval()
+    adapted = (
+        denoiser.with_transformer(teacher_network)
+        if flow
+        else StableDiffusionDenoiser(
+            teacher_network, denoiser.scheduler_config, denoiser.prediction_type
+        )
     )
     prompts = [*LORA_CHECK_PROMPTS, *forget_prompts[:2]]
     cond = pipeline.encode(prompts, [""] * len(prompts))
@@ -168,7 +190,7 @@ def write_delta_lora(
         generator=torch.Generator().manual_seed(LORA_CHECK_SEED),
     )
     sigma = generator.sigma_init
-    x0_lora = adapted(sigma * z, sigma, cond)  # (N, 4, h, w)
+    x0_lora = adapted(denoiser.generator_input(z, sigma), sigma, cond)  # (N, C, h, w)
     x0_full = generator(z, cond)
     fit.output_max_abs_error, fit.output_relative_rms_error = output_error(x0_lora, x0_full)
     fit.check_prompts, fit.check_seed = prompts, LORA_CHECK_SEED
@@ -193,7 +215,7 @@ class ExportJob:
 
     @property
     def text(self) -> bool:
-        return isinstance(self.pipeline, OneStepTextPipeline)
+        return isinstance(self.pipeline, OneStepTextSampling)
 
 
 @dataclass(frozen=True)
@@ -235,6 +257,12 @@ def check_single_file(job: ExportJob, wanted: bool) -> None:
     if not wanted:
         return
     _stable_diffusion_only(job)
+    if isinstance(job.pipeline, OneStepFlowSampling):
+        raise SFDConfigError(
+            "--single-file is not written for SD3 / Flux exports: their original single-file "
+            "layouts need a diffusers -> original key map that diffusers does not have; the "
+            "export folder itself is a stock diffusers folder (export without --single-file)"
+        )
     if job.pipeline.vae is None:
         raise SFDConfigError(
             "--single-file needs a VAE (the original checkpoint layout holds UNet, VAE and text "

@@ -28,17 +28,35 @@ from sfd.folders import (
 from sfd.pipelines.export_parts import EXPORT_PARTS, ExportJob, write_standalone_pipeline
 from sfd.pipelines.metrics_file import metrics_mismatch, read_metrics_file
 from sfd.pipelines.model_card import EXPORT_RECORD, model_card
-from sfd.pipelines.one_step import OneStepPipeline
+from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
+from sfd.pipelines.one_step_flow import (
+    FLOW_PIPELINES,
+    OneStepFlowSampling,
+    OneStepFluxPipeline,
+    OneStepSD3Pipeline,
+)
 from sfd.pipelines.one_step_text import OneStepTextPipeline
-from sfd.teachers import EDMUNetDenoiser, StableDiffusionDenoiser, VPUNetDenoiser
+from sfd.teachers import (
+    EDMUNetDenoiser,
+    FluxDenoiser,
+    SD3Denoiser,
+    StableDiffusionDenoiser,
+    VPUNetDenoiser,
+)
 
 # Denoiser kind -> the diffusers pipeline class an exported generator of that kind is saved as.
 PIPELINE_FOR_KIND: dict[str, type[DiffusionPipeline]] = {
     VPUNetDenoiser.kind: OneStepPipeline,
     EDMUNetDenoiser.kind: OneStepPipeline,
     StableDiffusionDenoiser.kind: OneStepTextPipeline,
+    SD3Denoiser.kind: OneStepSD3Pipeline,
+    FluxDenoiser.kind: OneStepFluxPipeline,
 }
-PIPELINE_CLASSES = {cls.__name__: cls for cls in PIPELINE_FOR_KIND.values()}
+# model_index.json class name -> sfd's class; a flow export names the stock class (FLOW_PIPELINES).
+PIPELINE_CLASSES = {
+    **{cls.__name__: cls for cls in (OneStepPipeline, OneStepTextPipeline)},
+    **FLOW_PIPELINES,
+}
 
 
 def pipeline_for(generator: OneStepGenerator) -> Any:
@@ -115,6 +133,9 @@ def save_generator(
         "metrics_source": metrics_source,
         "checkpoint": checkpoint,
     }
+    if isinstance(pipeline, OneStepFlowSampling):  # a stock folder: the stock call samples it
+        record["stock_class"] = pipeline.stock_class.__name__
+        record["stock_call"] = pipeline.stock_call()
 
     def write(staging: Path) -> None:
         pipeline.save_pretrained(staging, safe_serialization=True)
@@ -128,7 +149,7 @@ def save_generator(
     return write_folder_atomically(output_dir, write)
 
 
-def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
+def load_pipeline(path: str | Path) -> Any:
     """Load an exported one-step pipeline folder (class-conditional or text-to-image)."""
     path = Path(path)
     index = path / "model_index.json"
@@ -136,10 +157,16 @@ def load_pipeline(path: str | Path) -> OneStepPipeline | OneStepTextPipeline:
         raise SFDConfigError(
             f"{str(path)!r} is not an exported generator folder (no model_index.json)"
         )
-    class_name = pipeline_class_name(json.loads(index.read_text()))
+    config = json.loads(index.read_text())
+    class_name = pipeline_class_name(config)
     if class_name not in PIPELINE_CLASSES:
         raise SFDConfigError(
             f"{str(path)!r} holds a {class_name!r} pipeline, not one of {sorted(PIPELINE_CLASSES)}"
+        )
+    if class_name in FLOW_PIPELINES and SETTINGS_KEY not in config:
+        raise SFDConfigError(
+            f"{str(path)!r} is a stock {class_name} folder, not an sfd export (its "
+            "model_index.json has no one-step settings); a teacher folder is trained with sfd fit"
         )
     pipeline = PIPELINE_CLASSES[class_name].from_pretrained(str(path))
     pipeline.set_progress_bar_config(disable=True)

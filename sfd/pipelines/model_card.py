@@ -85,8 +85,37 @@ def _forgetting_lines(conditions: dict[str, Any]) -> list[str]:
     return lines
 
 
+def flow_snippets(record: dict[str, Any]) -> str:
+    """ "How to sample" for a flow export: the folder is a stock one, sampled by the stock class."""
+    stock = record["stock_class"]
+    arguments = ", ".join(f"{key}={value!r}" for key, value in record["stock_call"].items())
+    return "\n".join(
+        [
+            f"The folder is a stock `{stock}` folder: one Euler step from t_init = "
+            f"{record['stock_call']['sigmas'][0]} to 0 is the one-step generator (no custom code):",
+            "",
+            "```python",
+            "import torch",
+            f"from diffusers import {stock}",
+            "",
+            f'pipe = {stock}.from_pretrained("path/to/this/folder")',
+            "image = pipe(",
+            '    "a photo of a cat",',
+            f"    {arguments},",
+            "    generator=torch.Generator().manual_seed(0),",
+            ").images[0]",
+            "```",
+            "",
+            'With `sfd` installed, `sfd.pipelines.load_pipeline("path/to/this/folder")` gives the '
+            'same images through sfd\'s σ-space generator (`pipe("a photo of a cat")`).',
+        ]
+    )
+
+
 def sampling_snippets(record: dict[str, Any]) -> str:
     """The card's "How to sample" section, with this export's exact values."""
+    if "stock_call" in record:
+        return flow_snippets(record)
     text = record["kind"] == "text"
     sigma, timestep = record["sigma_init"], record["timestep"]
     call = (
@@ -266,6 +295,8 @@ def _file_sections(record: dict[str, Any]) -> list[str]:
             lines[-1] += f" `{record['single_file_variant']}` is the same in {record['variant']}."
     fit = record.get("lora")
     if fit:
+        flow = "stock_call" in record
+        scheduler = "FlowMatchEulerDiscreteScheduler" if flow else "EulerDiscreteScheduler"
         lines += [
             "",
             "## LoRA of the difference from the teacher",
@@ -274,7 +305,7 @@ def _file_sections(record: dict[str, Any]) -> list[str]:
             f"linear / convolution weight difference ({fit['adapted_layers']} layers, "
             f"{fit['parameters']:,} parameters), for the teacher's pipeline: "
             f'`pipe.load_lora_weights("{LORA_FOLDER}")`, then sample as above with this folder\'s '
-            "scheduler (`pipe.scheduler = EulerDiscreteScheduler.from_pretrained(folder, "
+            f"scheduler (`pipe.scheduler = {scheduler}.from_pretrained(folder, "
             'subfolder="scheduler")`).',
             "",
             f"- weight fit: ‖ΔW − B·A‖ / ‖ΔW‖ = {fit['weight_relative_error']:.3g}",

@@ -19,7 +19,6 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     EulerDiscreteScheduler,
-    ImagePipelineOutput,
     UNet2DConditionModel,
 )
 from torch import Tensor
@@ -27,8 +26,8 @@ from torch import Tensor
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
-from sfd.images import to_unit_numpy
 from sfd.pipelines.one_step import as_own_class, lift_settings, network_timestep
+from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers.stable_diffusion import (
     StableDiffusionDenoiser,
     encode_with,
@@ -63,7 +62,7 @@ def _has_vae(pipeline: str, revision: str | None) -> bool:
     return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
 
 
-class OneStepTextPipeline(DiffusionPipeline):
+class OneStepTextPipeline(OneStepTextSampling, DiffusionPipeline):
     """One-step text-to-image generation with an SFD/SiD-distilled Stable Diffusion UNet.
 
     Args:
@@ -158,78 +157,6 @@ class OneStepTextPipeline(DiffusionPipeline):
         table = encode_with(self.tokenizer, self.text_encoder, unique)  # (U, L, D)
         negative = table[torch.tensor([unique.index(n) for n in negative_prompts])]
         return TextCondition(embeds, negative, tuple(prompts))
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        guidance_scale: float = 1.0,
-        generator: torch.Generator | None = None,
-        latents: Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ) -> ImagePipelineOutput | tuple[Any]:
-        """Generate `num_images_per_prompt` images per prompt in one UNet evaluation each.
-
-        Args:
-            prompt: one prompt or a list of P prompts.
-            negative_prompt: replaces the empty prompt as guidance null condition (one, or one
-                per prompt); only meaningful with guidance_scale != 1.
-            num_images_per_prompt: images per prompt (B = P · this).
-            guidance_scale: classifier-free guidance scale; 1 (default) evaluates the distilled
-                generator as trained, in one evaluation.
-            generator: random stream for z (ignored when `latents` is given).
-            latents: the noise z ~ N(0, I) itself, (B, C, h, w).
-            output_type: "pil", "np" (B, H, W, 3 in [0, 1]), "pt" (B, 3, H, W in [-1, 1]) or
-                "latent" (the x0 latents).
-            return_dict: return an `ImagePipelineOutput` rather than a tuple.
-
-        Returns:
-            the images, prompt-major (all images of prompt 0 first).
-        """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise SFDConfigError("no prompt given")
-        if num_images_per_prompt < 1:
-            raise SFDConfigError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
-        if negative_prompt is not None and guidance_scale == 1.0:
-            raise SFDConfigError(
-                "negative_prompt has no effect at guidance_scale 1.0; "
-                "give a guidance_scale != 1 or no negative prompt"
-            )
-        negatives = [negative_prompt or ""] * len(prompts)
-        if isinstance(negative_prompt, list):
-            if len(negative_prompt) != len(prompts):
-                raise SFDConfigError(
-                    f"{len(negative_prompt)} negative prompts for {len(prompts)} prompts"
-                )
-            negatives = list(negative_prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
-        device = self.unet.device
-        cond = self.encode(prompts, negatives).to(device)
-        one_step = self.generator
-        if latents is None:
-            latents = torch.randn(
-                (len(prompts), *one_step.sample_shape),
-                generator=generator,
-                device=generator.device if generator is not None else device,
-            )
-        z = latents.to(device=device, dtype=torch.float32)
-        sigma = one_step.sigma_init
-        x0 = one_step.denoiser.guided(sigma * z, sigma, cond, guidance_scale)  # (B, 4, h, w)
-        if output_type == "latent":
-            output: Any = x0
-        else:
-            images = x0.float() if self.vae is None else self.decode_latents(x0)
-            if output_type == "pt":
-                output = images
-            else:
-                array = to_unit_numpy(images)
-                output = array if output_type == "np" else self.numpy_to_pil(array)
-        return ImagePipelineOutput(images=output) if return_dict else (output,)
 
     def decode_latents(self, x0: Tensor) -> Tensor:
         """VAE-decode latents x0 (B, C, h, w) to images in [-1, 1] (B, 3, H, W), float32."""

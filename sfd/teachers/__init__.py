@@ -1,5 +1,7 @@
 """Every pretrained model enters `sfd` here, as a σ-space denoiser D(x, sigma, cond) -> x0_hat.
 
+Families: pixel VP / EDM UNets (`unet`), Stable Diffusion 1.x / 2.x (`stable_diffusion`), and the
+flow-matching transformers SD3 / SD3.5 (`sd3`) and Flux.1 (`flux`) on the flow base (`flow`).
 A new kind of teacher is a `Denoiser` subclass in this package with a `kind` tag, `spec()` and
 `from_spec()`, plus one entry in `DENOISER_KINDS` (and, to export it, one entry in
 `sfd.pipelines.io.PIPELINE_FOR_KIND`).
@@ -10,6 +12,9 @@ from typing import Any
 from sfd.errors import SFDConfigError
 from sfd.teachers.base import Denoiser
 from sfd.teachers.edm import EDMDenoiser
+from sfd.teachers.flow import FlowDenoiser, FlowTransformerDenoiser, flow_sigma, flow_time
+from sfd.teachers.flux import FluxDenoiser, FluxTeacher
+from sfd.teachers.sd3 import SD3Denoiser, SD3Teacher
 from sfd.teachers.stable_diffusion import (
     StableDiffusionDenoiser,
     StableDiffusionLoRAFakeScore,
@@ -35,7 +40,8 @@ from sfd.teachers.vp import (
 
 # The `kind` tag written by `Denoiser.spec()` -> the class whose `from_spec` rebuilds it.
 DENOISER_KINDS: dict[str, type[Denoiser]] = {
-    cls.kind: cls for cls in (VPUNetDenoiser, EDMUNetDenoiser, StableDiffusionDenoiser)
+    cls.kind: cls
+    for cls in (VPUNetDenoiser, EDMUNetDenoiser, StableDiffusionDenoiser, SD3Denoiser, FluxDenoiser)
 }
 
 
@@ -53,8 +59,14 @@ __all__ = [
     "Denoiser",
     "EDMDenoiser",
     "EDMUNetDenoiser",
+    "FlowDenoiser",
+    "FlowTransformerDenoiser",
+    "FluxDenoiser",
+    "FluxTeacher",
     "PretrainedEDMTeacher",
     "PretrainedVPTeacher",
+    "SD3Denoiser",
+    "SD3Teacher",
     "StableDiffusionDenoiser",
     "StableDiffusionLoRAFakeScore",
     "StableDiffusionTeacher",
@@ -62,6 +74,8 @@ __all__ = [
     "VPUNetDenoiser",
     "check_prediction_type",
     "denoiser_from_spec",
+    "flow_sigma",
+    "flow_time",
     "prediction_from_x0",
     "sigma_to_t",
     "sigmas_from_alphas_cumprod",

@@ -16,7 +16,7 @@ embeddings (`cross_attention_mask`).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import diffusers
 import torch
@@ -26,6 +26,8 @@ from torch import Tensor
 
 from sfd.errors import SFDConfigError
 from sfd.hub import check_hub_source
+from sfd.teachers.base import Denoiser
+from sfd.teachers.flow import check_pipeline_class
 from sfd.teachers.lora import add_lora, keep_only_trainable
 from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text path's API)
     CLIP_MODEL_TYPES,
@@ -41,12 +43,6 @@ from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text pa
 from sfd.teachers.vp import VPDenoiser
 
 ATTENTION_BACKENDS = ("sdpa", "eager")
-
-
-class _PromptBatch(NamedTuple):
-    """The conditional and null prompt embeddings of one guidance call, stacked (2B, L, D)."""
-
-    prompt_embeds: Tensor
 
 
 def set_attention_backend(unet: UNet2DConditionModel, attention: str) -> None:
@@ -118,19 +114,7 @@ class StableDiffusionDenoiser(VPDenoiser):
     def null_condition(self, cond: Any) -> Any:
         return cond.null()
 
-    def guided(self, x: Tensor, sigma: Tensor | float, cond: Any, scale: float) -> Tensor:
-        """Classifier-free guidance with the conditional and null halves in one UNet batch (2B).
-
-        One call instead of two halves the kernel launches and, under autocast, the bf16 weight
-        copies that frozen networks keep for the backward pass.
-        """
-        if scale == 1.0:
-            return self(x, sigma, cond)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        null = self.null_condition(cond)
-        both = _PromptBatch(torch.cat([cond.prompt_embeds, null.prompt_embeds]))  # (2B, L, D)
-        x0_cond, x0_null = self(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
-        return x0_null + scale * (x0_cond - x0_null)
+    guided = Denoiser.guided_in_one_batch
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 32) -> Tensor:
@@ -215,6 +199,7 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
             )
         path = pretrained_model_name_or_path
         check_hub_source(path, "Stable Diffusion pipeline")
+        check_pipeline_class(path, model_index(path, revision), None, "StableDiffusionTeacher")
         scheduler_config = _load_scheduler_config(path, revision)
         unet = _load_unet(path, subfolder or None, revision)
         super().__init__(

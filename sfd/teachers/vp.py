@@ -151,6 +151,15 @@ class VPDenoiser(Denoiser):
         self.sigmas = sigmas.to(device=self.sigmas.device)
         return self
 
+    def sigma_at_time(self, t_init: Any) -> float:
+        """σ_init = σ_t of the integer timestep t_init (the reference's 440 / 625)."""
+        table = self.sigmas
+        if isinstance(t_init, bool) or not isinstance(t_init, int) or not 0 <= t_init < len(table):
+            raise SFDConfigError(
+                f"t_init={t_init!r} must be an integer timestep in 0..{len(table) - 1}"
+            )
+        return float(table[t_init])
+
     def predict(self, x_t: Tensor, timestep: Tensor, cond: Any) -> Tensor:
         """The network's raw output for VP input x_t (B, C, H, W) at continuous timesteps (B,)."""
         raise NotImplementedError

@@ -178,6 +178,15 @@ def world(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> W
     (w / "broken.yaml").write_text("model: [\n")
     (w / "latin1.txt").write_bytes("a photo of brad pitt\nbrad pitt in caf\xe9\n".encode("latin-1"))
     (w / "a_file").write_text("not a folder")
+    # flow-matching folders: SD3, Flux-dev (guidance-distilled), an SD3 folder with a DDPM scheduler
+    from flow_fixtures import save_tiny_flux_pipeline, save_tiny_sd3_pipeline
+
+    save_tiny_sd3_pipeline(w / "sd3")
+    save_tiny_flux_pipeline(w / "flux")
+    shutil.copytree(w / "sd3", w / "sd3_ddpm")
+    (w / "sd3_ddpm" / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "DDPMScheduler", "num_train_timesteps": 1000})
+    )
     return w
 
 
@@ -218,6 +227,16 @@ def concepts(w: World, out: Path, *extra: str) -> list[str]:
             "--override", "2", "--output-dir", str(out), "--no-progress", *extra]  # fmt: skip
 
 
+def flow_fit(w: World, out: Path, family: str, folder: str, *extra: str) -> list[str]:
+    """`sfd fit` of a flow preset with the celebrity concepts on a tiny folder, one CPU step."""
+    sized = ["--model.teacher.init_args.sample_size", "8"] if family == "flux" else []
+    return ["fit", "-c", str(CONFIGS / f"{family}_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+            "--model.teacher.init_args.pretrained_model_name_or_path", str(w / folder), *sized,
+            "--model.teacher.init_args.max_sequence_length", "8", "--trainer.accelerator", "cpu",
+            "--trainer.precision", "32", "--trainer.max_steps", "1", "--model.batch_size", "1",
+            "--trainer.default_root_dir", str(out), *extra]  # fmt: skip
+
+
 def export(w: World, out: Path, *extra: str, ckpt: Path | None = None) -> list[str]:
     return ["export", str(ckpt or w.ckpt), str(out), *extra]
 
@@ -247,6 +266,26 @@ CASES: list[Case] = [
      lambda w, o: fit(w, w / "planted_run", "--ckpt_path", "last"), "last.ckpt' cannot be loaded safely"),
     ("fit-last-unrecorded",
      lambda w, o: fit(w, w / "unstamped_run", "--ckpt_path", "last"), "records no run configuration"),
+    # --- sfd fit: flow-matching teachers (issue 20) ---
+    ("fit-flow-t-init-one", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.t_init", "1.0"),
+     "t_init=1.0 must be a flow time strictly between 0 and 1"),
+    ("fit-flow-t-init-timestep", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.t_init", "625"),
+     "t_init=625 must be a flow time strictly between 0 and 1"),
+    ("fit-flux-cfg-on-guidance-distilled",
+     lambda w, o: flow_fit(w, o, "flux", "flux", "--model.teacher_guidance", "4.5"),
+     "teacher_guidance=4.5 is classifier-free guidance"),
+    ("fit-sd3-teacher-on-flux-folder", lambda w, o: flow_fit(w, o, "sd3", "flux"),
+     "holds a 'FluxPipeline' pipeline; SD3Teacher loads StableDiffusion3Pipeline folders"),
+    ("fit-sd-teacher-on-sd3-folder",
+     lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+                   "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "sd3"),
+                   "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(o)],
+     "holds a 'StableDiffusion3Pipeline' pipeline; StableDiffusionTeacher"),
+    ("fit-flow-ddpm-scheduler", lambda w, o: flow_fit(w, o, "sd3", "sd3_ddpm"),
+     "a flow-matching teacher needs one of ('FlowMatchEulerDiscreteScheduler',)"),
+    ("fit-flow-timestep-sampler",
+     lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.sigma_sampler", "sfd.core.sigma.UniformTimestepSigma"),
+     "LogitNormalTime or UniformTime for flow-matching teachers"),
     # --- sfd fit: folders, config files, values (items 5, 6; issue 13 item 4) ---
     ("fit-root-is-file", lambda w, o: fit(w, w / "a_file"), "is a file"),
     ("fit-root-not-writable", lambda w, o: fit(w, Path(NOT_WRITABLE)), "not writable"),

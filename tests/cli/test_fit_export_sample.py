@@ -223,6 +223,21 @@ def test_every_config_parses(config: Path) -> None:
     assert parsed.model.teacher.class_path
 
 
+FLOW_BASES = {
+    "sd3_base.yaml": "sfd.teachers.SD3Teacher",
+    "flux_base.yaml": "sfd.teachers.FluxTeacher",
+}
+
+
+@pytest.mark.parametrize("concept", ["sd15_celebrity.yaml", "sd15_nudity.yaml"])
+@pytest.mark.parametrize("base", sorted(FLOW_BASES))
+def test_flow_presets_compose_with_the_concept_presets(base: str, concept: str) -> None:
+    parsed = parse_fit_config(["-c", str(CONFIGS / base), "-c", str(CONFIGS / concept)])
+    assert parsed.model.teacher.class_path == FLOW_BASES[base]
+    assert parsed.model.sigma_sampler.class_path == "sfd.core.sigma.LogitNormalTime"
+    assert parsed.model.t_init == 0.97 and "Conditions" in parsed.model.conditions.class_path
+
+
 def test_generator_init_from_an_exported_generator(trained, tiny_teacher_dir, tmp_path) -> None:
     from sfd.core.conditions import ClassConditions
     from sfd.core.module import SFDModule

@@ -27,6 +27,8 @@ from sfd.teachers import (
     DENOISER_KINDS,
     Denoiser,
     EDMUNetDenoiser,
+    FluxDenoiser,
+    SD3Denoiser,
     StableDiffusionDenoiser,
     VPUNetDenoiser,
     denoiser_from_spec,
@@ -134,6 +136,69 @@ def sd_case(prediction_type: str) -> Case:
     )
 
 
+def flow_reference(call: Callable[[Denoiser, Tensor, Tensor, Any], Tensor]):
+    """x0 from the rectified flow x_t = (1 − t)·x0 + t·ε: x_t = x·(1 − t), x0 = x_t − t·v."""
+
+    def reference(denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+        t = sigma / (1 + sigma)
+        x_t = x * (1 - t).view(-1, 1, 1, 1)
+        return x_t - t.view(-1, 1, 1, 1) * call(denoiser, x_t, t, cond)
+
+    return reference
+
+
+def packed_text_condition(rng: torch.Generator) -> TextCondition:
+    """Sequence (7 rows) and pooled (row 0, 32 wide) embeddings of width 32, as `pack_pooled` packs."""
+    prompt, negative = torch.randn(2, BATCH, 8, 32, generator=rng)
+    return TextCondition(prompt, negative)
+
+
+def sd3_velocity(d: Denoiser, x_t: Tensor, t: Tensor, cond: TextCondition) -> Tensor:
+    embeds = cond.prompt_embeds
+    return d.transformer(
+        hidden_states=x_t,
+        encoder_hidden_states=embeds[:, 1:],
+        pooled_projections=embeds[:, 0],
+        timestep=1000 * t,
+    ).sample
+
+
+def flux_velocity(d: Denoiser, x_t: Tensor, t: Tensor, cond: TextCondition) -> Tensor:
+    from diffusers import FluxPipeline
+
+    b, c, h, w = x_t.shape
+    embeds = cond.prompt_embeds
+    tokens = d.transformer(
+        hidden_states=FluxPipeline._pack_latents(x_t, b, c, h, w),
+        timestep=t,
+        guidance=None,
+        pooled_projections=embeds[:, 0],
+        encoder_hidden_states=embeds[:, 1:],
+        txt_ids=torch.zeros(embeds.shape[1] - 1, 3),
+        img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32),
+    ).sample
+    return FluxPipeline._unpack_latents(tokens, h, w, 1)
+
+
+def flow_case(family: str) -> Case:
+    from flow_fixtures import LATENT_SIZE, tiny_flux_transformer, tiny_sd3_transformer
+
+    scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
+    if family == "sd3":
+        make = lambda: SD3Denoiser(tiny_sd3_transformer(), scheduler)  # noqa: E731
+    else:  # schnell-like: no guidance embedding, so classifier-free guidance applies
+        make = lambda: FluxDenoiser(  # noqa: E731
+            tiny_flux_transformer(guidance_embeds=False), scheduler, sample_size=LATENT_SIZE
+        )
+    return Case(
+        make=make,
+        cond=packed_text_condition,
+        reference=flow_reference(sd3_velocity if family == "sd3" else flux_velocity),
+        has_null=True,
+        exportable=True,
+    )
+
+
 CASES = {
     "vp_unet-epsilon": vp_case("epsilon", None),
     "vp_unet-v_prediction-null": vp_case("v_prediction", 10),
@@ -154,6 +219,8 @@ CASES = {
     ),
     "stable_diffusion-epsilon": sd_case("epsilon"),
     "stable_diffusion-v_prediction": sd_case("v_prediction"),
+    "sd3-velocity": flow_case("sd3"),
+    "flux-velocity": flow_case("flux"),
 }
 
 

@@ -1,0 +1,362 @@
+"""Rectified-flow (flow-matching) models in σ-space, and the base class of every flow adapter.
+
+Rectified flow interpolates x_t = (1 − t)·x0 + t·ε for t ∈ [0, 1] and trains a velocity
+v(x_t, t, c) ≈ ε − x0. Dividing by (1 − t) gives σ-space (docs/method.md §1):
+
+    x_σ = x_t / (1 − t) = x0 + σ·ε,   σ = t / (1 − t),   t = σ / (1 + σ),   x_t = x_σ / (1 + σ),
+
+so a velocity model is the denoiser D(x_σ, σ, c) = x_t − t·v(x_t, t, c). Losses, the generator and
+the trainer see only D; t, the velocity and the network's call convention stay in this module and
+in the family adapters (`sfd.teachers.sd3`, `sfd.teachers.flux`), which implement `predict`.
+
+A scheduler's shift (static, or resolution-dependent as Flux's) changes which t a *sampler* visits,
+never the map from (x_t, t) to v, so it does not enter the denoiser. The one-step generator starts
+from pure noise at t_init near 1 (x_t = z, as the model's own sampler does), so its output is one
+Euler step from t_init to 0: x0 = z − t_init·v(z, t_init) (`FlowDenoiser.generator_input`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from torch import Tensor, nn
+
+from sfd.errors import SFDConfigError
+from sfd.hub import check_hub_source
+from sfd.teachers.base import Denoiser
+from sfd.teachers.text_encoder import model_index
+
+
+def flow_time(sigma: Tensor) -> Tensor:
+    """t = σ / (1 + σ): the flow time of σ-space noise level σ (any shape)."""
+    return sigma / (1 + sigma)
+
+
+def flow_sigma(t: Tensor | float) -> Tensor | float:
+    """σ = t / (1 − t): the σ-space noise level of flow time t ∈ [0, 1) (inverse of `flow_time`)."""
+    return t / (1 - t)
+
+
+def check_flow_time(name: str, t: float) -> float:
+    """Return `t` if it is a number strictly inside (0, 1), else raise `SFDConfigError`."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+        raise SFDConfigError(f"{name}={t!r} must be a flow time strictly between 0 and 1")
+    return float(t)
+
+
+def x0_from_velocity(velocity: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """x0_hat = x_t − t·v: the clean sample a velocity points to (v = ε − x0).
+
+    Args:
+        velocity: the network's output v, (B, C, H, W).
+        x_t: the flow-space input (1 − t)·x0 + t·ε, (B, C, H, W).
+        t: flow times, broadcastable to x_t, e.g. (B, 1, 1, 1).
+
+    Returns:
+        x0_hat, (B, C, H, W).
+    """
+    return x_t - t * velocity
+
+
+def velocity_from_x0(x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """v = (x_t − x0) / t: the velocity `x0_from_velocity` maps to `x0` (its exact inverse)."""
+    return (x_t - x0) / t
+
+
+def shifted_time(t: Tensor, shift: float) -> Tensor:
+    """The time a flow sampler with static shift s visits instead of t: s·t / (1 + (s − 1)·t).
+
+    diffusers' `FlowMatchEulerDiscreteScheduler` applies it to its step grid (SD3: s = 3); in
+    σ-space it is simply σ → s·σ. Resolution-dependent shifting (Flux) picks s = exp(μ).
+    """
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def flow_euler_sigmas(num_steps: int, shift: float = 1.0, t_max: float = 1.0 - 1e-4) -> Tensor:
+    """σ-levels of an n-step flow Euler run on the grid t_i = 1 − i/n (shifted), then 0.
+
+    The grid is FluxPipeline's default; diffusers' scheduler applies the shift to it as here.
+
+    In σ-space the flow Euler step x_t' = x_t + (t' − t)·v is exactly the DDIM step
+    x' = x0_hat + σ'/σ·(x − x0_hat), so `sfd.core.ddim.ddim_trajectory` samples flow teachers
+    with these levels. t = 1 is σ = ∞: the first level is capped at `t_max`.
+
+    Args:
+        num_steps: number of velocity evaluations n >= 1.
+        shift: the sampler's static shift (1: none).
+        t_max: the largest flow time used for the first level.
+
+    Returns:
+        σ schedule, (n + 1,), decreasing, last entry 0.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise SFDConfigError(f"num_steps={num_steps!r} must be a positive integer")
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        raise SFDConfigError(f"shift={shift!r} must be a positive number")
+    grid = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
+    t = shifted_time(grid, float(shift)).clamp(max=t_max)
+    return torch.cat([flow_sigma(t), t.new_zeros(1)]).float()
+
+
+class FlowDenoiser(Denoiser):
+    """Base of the flow-matching adapters: σ ↔ t, the velocity → x0 conversion, the noise input.
+
+    Subclasses call the network in `predict` (its own latent layout, prompt inputs and timestep
+    scale); everything between σ-space and flow time happens here, once. A flow model has no
+    discrete σ table: its loss noise levels come from a continuous sampler
+    (`sfd.core.sigma.LogitNormalTime`, `UniformTime`) and its one-step generator from a flow time
+    t_init ∈ (0, 1).
+    """
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
+        """The network's velocity for flow input x_t (B, C, H, W) at flow times t (B,) in [0, 1]."""
+        raise NotImplementedError
+
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+        t = flow_time(sigma.float())  # (B,)
+        t_b = t.reshape(-1, 1, 1, 1)
+        x_t = x.float() / (1 + sigma.float().reshape(-1, 1, 1, 1))  # (B, C, H, W)
+        velocity = self.predict(x_t, t, cond).float()  # (B, C, H, W)
+        return x0_from_velocity(velocity, x_t, t_b)
+
+    def sigma_at_time(self, t_init: float) -> float:
+        """σ_init of a generator started at flow time t_init ∈ (0, 1)."""
+        return float(flow_sigma(check_flow_time("t_init", t_init)))
+
+    def generator_input(self, z: Tensor, sigma: float) -> Tensor:
+        """x_σ = (1 + σ)·z, i.e. x_t = z: pure noise at t, as a flow sampler starts."""
+        return (1 + sigma) * z
+
+
+# --- prompts: sequence and pooled embeddings in one tensor ---------------------------------------
+
+
+def pack_pooled(prompt_embeds: Tensor, pooled: Tensor) -> Tensor:
+    """Sequence embeddings (N, L, D) and pooled embeddings (N, P), P <= D, as one (N, 1 + L, D).
+
+    Row 0 holds the pooled vector (zero-padded to D); rows 1.. the sequence. One tensor keeps a
+    family with pooled projections inside `TextCondition` unchanged: batching, dropout to the
+    empty prompt, negatives and appended soft-prompt tokens act on rows as for any encoder.
+    """
+    n, _, dim = prompt_embeds.shape
+    if pooled.shape[0] != n or pooled.shape[1] > dim:
+        raise SFDConfigError(
+            f"pooled embeddings {tuple(pooled.shape)} do not fit sequence embeddings "
+            f"{tuple(prompt_embeds.shape)} (need (N, P) with P <= {dim})"
+        )
+    row = pooled.new_zeros(n, 1, dim)
+    row[:, 0, : pooled.shape[1]] = pooled
+    return torch.cat([row, prompt_embeds.to(pooled.dtype)], dim=1)
+
+
+def unpack_pooled(embeds: Tensor, pooled_dim: int) -> tuple[Tensor, Tensor]:
+    """The inverse of `pack_pooled`: (sequence (N, L, D), pooled (N, pooled_dim))."""
+    return embeds[:, 1:], embeds[:, 0, :pooled_dim]
+
+
+# --- loading a flow pipeline folder --------------------------------------------------------------
+
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+
+
+FLOW_PIPELINE_CLASSES = ("StableDiffusion3Pipeline", "FluxPipeline")
+
+
+def check_pipeline_class(
+    path: str, index: dict[str, Any], allowed: tuple[str, ...] | None, teacher: str
+) -> None:
+    """Refuse, in one line, a pipeline folder whose model_index names another family.
+
+    Args:
+        path: the folder or hub id.
+        index: its model_index.json ({} when it has none: nothing to check).
+        allowed: the pipeline classes `teacher` loads; None: any but the flow families'.
+        teacher: the teacher's name, for the message.
+    """
+    name = index.get("_class_name")
+    if isinstance(name, list):
+        name = name[-1]
+    refused = name in FLOW_PIPELINE_CLASSES if allowed is None else name not in allowed
+    if index and refused:
+        allowed = allowed or ("StableDiffusionPipeline",)
+        raise SFDConfigError(
+            f"{path!r} holds a {name!r} pipeline; {teacher} loads {' or '.join(allowed)} folders "
+            "(Stable Diffusion 1.x/2.x: sfd.teachers.StableDiffusionTeacher; SD3 / SD3.5: "
+            "sfd.teachers.SD3Teacher; Flux.1: sfd.teachers.FluxTeacher)"
+        )
+
+
+def check_flow_scheduler(path: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Return the scheduler config of a flow folder; refuse a scheduler that is not flow matching."""
+    name = config.get("_class_name")
+    if name not in FLOW_SCHEDULERS:
+        raise SFDConfigError(
+            f"{path!r} has a {name!r} scheduler; a flow-matching teacher needs one of "
+            f"{FLOW_SCHEDULERS} (a DDPM-style folder belongs to StableDiffusionTeacher)"
+        )
+    return config
+
+
+FLOW_SPEC_PARTS = ("kind", "transformer", "scheduler", "pipeline", "revision")
+
+
+class FlowTransformerDenoiser(FlowDenoiser):
+    """What every diffusers flow transformer family shares: the network, its folder, prompts, spec.
+
+    A family (`sfd.teachers.sd3`, `sfd.teachers.flux`; a new one is one file like them) sets
+    `kind`, `transformer_class`, `pipeline_class` (the stock diffusers pipeline of its folders),
+    and implements `predict` (the network's call convention) and `encode_with_pipeline` (its
+    prompt encoders, run by the stock pipeline's own `encode_prompt`).
+
+    Args:
+        transformer: the diffusers transformer.
+        scheduler_config: the folder's `FlowMatchEulerDiscreteScheduler` config (its shift is the
+            sampler's business, kept for exports and the teacher's own multi-step sampling).
+        pipeline: folder or hub id of the full pipeline (VAE, text encoders), to encode prompts
+            and to export.
+        revision: hub revision of `pipeline`.
+        max_sequence_length: T5 tokens per prompt (None: the stock pipeline's default, 256 for
+            SD3, 512 for Flux); exports record it, since the stock call must use the same.
+    """
+
+    transformer_class: type
+    pipeline_class: type
+    default_sequence_length: int = 256
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        scheduler_config: dict[str, Any],
+        pipeline: str | None = None,
+        revision: str | None = None,
+        max_sequence_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.scheduler_config = dict(scheduler_config)
+        self.pipeline = pipeline
+        self.revision = revision
+        length = (
+            self.default_sequence_length if max_sequence_length is None else max_sequence_length
+        )
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 512:
+            raise SFDConfigError(
+                f"max_sequence_length={length!r} must be an integer in 1..512 (T5 tokens)"
+            )
+        self.max_sequence_length = length
+        self._dtype = next(transformer.parameters()).dtype  # read once: not on every call
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FlowTransformerDenoiser:
+        super()._apply(fn, recurse)
+        self._dtype = next(self.transformer.parameters()).dtype
+        return self
+
+    def null_condition(self, cond: Any) -> Any:
+        return cond.null()
+
+    def split_prompt(self, cond: Any) -> tuple[Tensor, Tensor]:
+        """(sequence embeddings (B, L, D), pooled embeddings (B, P)) of a text condition."""
+        embeds = getattr(cond, "prompt_embeds", None)
+        if not isinstance(embeds, Tensor):
+            raise TypeError(
+                f"a {type(self).__name__} needs a text condition (prompt_embeds), got {type(cond)}"
+            )
+        return unpack_pooled(embeds, self.transformer.config.pooled_projection_dim)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], batch_size: int = 32) -> Tensor:
+        """Encode prompts once with the folder's encoders (loaded here, released after).
+
+        Returns:
+            packed embeddings (`pack_pooled`), (N, 1 + L, D), float32 on the CPU.
+        """
+        if self.pipeline is None:
+            raise SFDConfigError(f"{type(self).__name__} records no pipeline to encode prompts")
+        try:
+            encoders = self.pipeline_class.from_pretrained(
+                self.pipeline, revision=self.revision, transformer=None, vae=None
+            )
+        except (OSError, ValueError) as error:
+            raise flow_load_error(self.pipeline, "text encoders", error) from error
+        rows = [
+            self.encode_with_pipeline(encoders, prompts[i : i + batch_size]).float().cpu()
+            for i in range(0, len(prompts), batch_size)
+        ]
+        return torch.cat(rows)
+
+    def encode_with_pipeline(self, pipeline: Any, prompts: list[str]) -> Tensor:
+        """Packed embeddings (N, 1 + L, D) of prompts by a stock pipeline's `encode_prompt`."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "transformer": dict(self.transformer.config),
+            "scheduler": self.scheduler_config,
+            "pipeline": self.pipeline,
+            "revision": self.revision,
+            "max_sequence_length": self.max_sequence_length,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> FlowTransformerDenoiser:
+        return cls._with(cls.transformer_class.from_config(spec["transformer"]), spec)
+
+    def with_transformer(self, transformer: nn.Module) -> FlowTransformerDenoiser:
+        """The same denoiser (family, settings, source) over another transformer, e.g. the teacher's
+        with a LoRA loaded."""
+        family = next(c for c in type(self).__mro__ if "kind" in vars(c))  # not its …Teacher loader
+        return family._with(transformer, self.spec())
+
+    @classmethod
+    def _with(cls, transformer: nn.Module, spec: dict[str, Any]) -> FlowTransformerDenoiser:
+        settings = {k: v for k, v in spec.items() if k not in FLOW_SPEC_PARTS}
+        return cls(transformer, spec["scheduler"], spec["pipeline"], spec["revision"], **settings)
+
+
+def flow_load_error(path: str, what: str, error: Exception) -> SFDConfigError:
+    """The one-line error of a flow pipeline folder or hub id that does not load."""
+    return SFDConfigError(
+        f"cannot load the {what} from {path!r}: expected a diffusers SD3 / Flux folder "
+        f"(transformer/, scheduler/, vae/, text encoders) or a reachable hub id "
+        f"({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    )
+
+
+def load_flow_parts(
+    family: type[FlowTransformerDenoiser], path: str, revision: str | None, teacher: str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The transformer and scheduler config of a flow pipeline folder, each checked for its family.
+
+    Args:
+        family: the denoiser class whose `pipeline_class` / `transformer_class` the folder must hold.
+        path: folder or hub id.
+        revision: hub revision.
+        teacher: the teacher's name, for messages.
+
+    Returns:
+        (transformer in eval mode, scheduler config).
+    """
+    check_hub_source(path, f"{family.pipeline_class.__name__} pipeline")
+    check_pipeline_class(
+        path, model_index(path, revision), (family.pipeline_class.__name__,), teacher
+    )
+    try:
+        config = dict(
+            FlowMatchEulerDiscreteScheduler.load_config(
+                path, subfolder="scheduler", revision=revision
+            )
+        )
+    except (OSError, ValueError) as error:
+        raise flow_load_error(path, "scheduler config", error) from error
+    check_flow_scheduler(path, config)
+    try:
+        transformer = family.transformer_class.from_pretrained(
+            path, subfolder="transformer", revision=revision
+        )
+    except (OSError, ValueError) as error:
+        raise flow_load_error(path, family.transformer_class.__name__, error) from error
+    return transformer.eval(), config
