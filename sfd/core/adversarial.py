@@ -38,6 +38,7 @@ from sfd.errors import NonFiniteError, SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
 from sfd.teachers.text_encoder import (
     check_inputs_embeds,
+    hidden_states,
     insert_soft_tokens,
     load_text_encoder,
     tokenize,
@@ -159,10 +160,11 @@ class SoftPromptSpace(AttackSpace):
         tokenizer, self.text_encoder = load_text_encoder(
             pipeline, getattr(teacher, "revision", None)
         )
-        check_inputs_embeds(self.text_encoder, "the soft-prompt attack of model.adversarial")
         encoded = tokenize(tokenizer, conditions.forget_prompts)
         self.input_ids = encoded.input_ids  # (F, L)
         self.used = encoded.attention_mask.sum(1)  # (F,)
+        check_same_embeddings(self.text_encoder, encoded, conditions, type(teacher).__name__)
+        check_inputs_embeds(self.text_encoder, "the soft-prompt attack of model.adversarial")
         length = self.input_ids.shape[1]
         # Only prompts that leave room for the tokens are attacked, as in the evaluation attack.
         self.attackable = (self.used + tokens <= length).nonzero().flatten()  # (F',)
@@ -202,6 +204,27 @@ class SoftPromptSpace(AttackSpace):
             hidden, forget.negative_embeds, captions or None, forget.empty_embeds
         )
         return attacked, forget, override
+
+
+def check_same_embeddings(
+    text_encoder: torch.nn.Module, encoded: Any, conditions: PromptConditions, teacher: str
+) -> None:
+    """Refuse teachers whose prompt embeddings are not this encoder's hidden states.
+
+    The soft-prompt attack re-encodes forget prompts with the one text encoder of the pipeline;
+    that must give the embeddings the teacher was bound with (Stable Diffusion 1.x / 2.x-style
+    teachers do; multi-encoder flow teachers pack several encoders and pooled vectors).
+    """
+    bound = conditions.embeddings("cpu")["forget"][:2]  # (2, L, D)
+    with torch.no_grad():
+        again = hidden_states(text_encoder, encoded.input_ids[:2], encoded.attention_mask[:2])
+    if again.shape != bound.shape or not torch.allclose(again, bound, atol=1e-4, rtol=1e-4):
+        raise SFDConfigError(
+            f"the soft-prompt attack of model.adversarial re-encodes forget prompts with the "
+            f"pipeline's text encoder, which does not give {teacher}'s prompt embeddings "
+            f"({tuple(again.shape[1:])} vs {tuple(bound.shape[1:])}); it supports teachers "
+            "conditioned on one text encoder's hidden states (Stable Diffusion 1.x / 2.x style)"
+        )
 
 
 class ClassEmbeddingSpace(AttackSpace):

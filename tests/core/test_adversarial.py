@@ -274,3 +274,34 @@ def test_the_demos_turn_it_on_for_sfd_only() -> None:
     parsed = parse_fit_config(ClassRunSettings(adversarial=True).sfd_command_line())
     assert parsed.model.adversarial.steps == AdversarialSettings().steps
     assert parse_fit_config(ClassRunSettings().sfd_command_line()).model.adversarial is None
+
+
+def test_a_multi_encoder_flow_teacher_is_refused_in_one_line(flow_dirs, single_thread) -> None:
+    """SD3 packs CLIP-L, CLIP-G, T5 and pooled vectors: one encoder cannot re-encode its prompts."""
+    from sd_fixtures import celebrity_conditions
+
+    from sfd.core.sigma import LogitNormalTime
+    from sfd.teachers import SD3Teacher
+
+    teacher = SD3Teacher(str(flow_dirs["sd3"]), max_sequence_length=16)
+    with pytest.raises(SFDConfigError, match="does not give SD3Teacher's prompt embeddings"):
+        SFDModule(
+            teacher,
+            celebrity_conditions(),
+            LogitNormalTime(),
+            t_init=0.97,
+            adversarial=AdversarialSettings(tokens=2),
+        )
+
+
+def test_a_clip_encoder_is_refused_in_one_line(sd_dirs) -> None:
+    """transformers' CLIPTextModel takes no `inputs_embeds`: no soft prompt (as in evaluation)."""
+    from sd_fixtures import celebrity_conditions
+
+    with pytest.raises(SFDConfigError, match="takes inputs_embeds; CLIPTextModel does not"):
+        SFDModule(
+            StableDiffusionTeacher(str(sd_dirs["epsilon"])),
+            celebrity_conditions(),
+            SIGMAS,
+            adversarial=AdversarialSettings(tokens=4),
+        )
