@@ -29,7 +29,9 @@ def main() -> None:
     if options.family == "sd3":
         path = save_tiny_sd3_pipeline(Path(options.output_dir))
     else:
-        path = save_tiny_flux_pipeline(Path(options.output_dir), guidance_embeds=not options.schnell)
+        path = save_tiny_flux_pipeline(
+            Path(options.output_dir), guidance_embeds=not options.schnell
+        )
     print(f"wrote {path}")
 
 

@@ -150,6 +150,22 @@ def sd_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def sdxl_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny ε- and v-prediction SDXL pipeline folders (`tests/sdxl_fixtures.py`)."""
+    from sd_fixtures import clip_tokenizer_files
+    from sdxl_fixtures import save_tiny_sdxl_pipeline
+
+    try:
+        clip_tokenizer_files()
+    except RuntimeError as error:
+        pytest.skip(f"the CLIP BPE vocabulary is not cached and cannot be downloaded: {error}")
+    root = tmp_path_factory.mktemp("sdxl")
+    return {
+        kind: save_tiny_sdxl_pipeline(root / kind, kind) for kind in ("epsilon", "v_prediction")
+    }
+
+
+@pytest.fixture(scope="session")
 def sd_teacher(sd_dirs: dict[str, Path]):
     """The tiny ε-prediction pipeline as a `StableDiffusionTeacher` (shared: do not train it)."""
     from sfd.teachers import StableDiffusionTeacher

@@ -184,19 +184,31 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def sd_memory_record(command: str) -> dict[str, Any]:
-    parameters = {
-        "model": "SD 1.5",
-        "unet_params": 859_520_964,
-        "text_encoder_params": 123_060_480,
-        "vae_params": 83_653_863,
-        "lora_r64_params": 12_750_000,
-        "lora_r16_params": 3_190_000,
-        "unet_fp32_gb": 3.44,
-        "trained_network_gb": 13.75,
-        "bf16_weight_copy_gb": 1.72,
-    }
-    return {"run": run_section(command), "parameters": [parameters], "activations": []}
+def memory_record(command: str) -> dict[str, Any]:
+    gib = 1024**3
+
+    def mode(name: str, weights: float, trainable: int, act: float, total: float) -> dict[str, Any]:
+        return {
+            "mode": name, "shards": 1, "weights": int(weights * gib), "gradients": 0,
+            "optimizer": 0, "trainable_bytes": trainable,
+            "no_checkpointing": {"activations": int(2 * act * gib), "total": int(2 * total * gib),
+                                 "largest_batch": 0, "batch1_total": int(total * gib)},
+            "checkpointing": {"activations": int(act * gib), "total": int(total * gib),
+                              "largest_batch": 5, "batch1_total": int(total / 2 * gib)},
+        }  # fmt: skip
+
+    flux = {
+        "family": "Flux.1-dev", "network": "FluxTransformer2DModel", "resolution": 1024,
+        "latent": [128, 128], "published": "12 B", "classifier_free_guidance": False,
+        "params": 11_901_408_320, "buffers": 0, "lora_targets": 266,
+        "lora_params": 18_000_000, "peft_lora_params": 18_000_000, "seconds": 1.0,
+        "modes": [
+            mode("full copies", 177.3, 1000 * 2**20, 50.0, 400.0),
+            mode("shared base + LoRA r16", 22.2, 10 * 2**20, 40.0, 70.25),
+            mode("full copies, FSDP over 8", 22.2, 125_000_000, 40.0, 90.0),
+        ],
+    }  # fmt: skip
+    return {"run": run_section(command), "batch": 8, "families": [flux]}
 
 
 # script, page, record builder, the script's command line, lines the page must hold
@@ -267,14 +279,17 @@ CASES = [
         ["| 12,345 | 8 + 8 | 5 | 3 | 0.1234 | 0.1000 | 0.2000 |"],
     ),
     (
-        "sd_memory_estimate",
-        "sd_memory",
-        sd_memory_record,
-        "python experiments/sd_memory_estimate.py",
+        "memory_table",
+        "memory",
+        memory_record,
+        "python experiments/memory_table.py",
         [
-            "| SD 1.5 | 859.5 M | 123.1 M | 83.7 M | 12.8 M | 3.2 M "
-            "| 3.44 GB | 13.75 GB | 1.72 GB |",
-            "Not measured in this run (`--measure` measures them).",
+            "| Flux.1-dev | shared base + LoRA r16 | 22.2 | 0.0 | 0.0 | 80.0 | 40.0 | 140.5 "
+            "| 70.2 | 0 / 5 |",
+            "| Flux.1-dev: shared-base trainable bytes ≤ 5 % of full copies' "
+            "| 10 MiB vs 1,000 MiB = 1.00 % | yes |",
+            "| Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU "
+            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at 8 + 8: 70.2 GiB | yes |",
         ],
     ),
 ]

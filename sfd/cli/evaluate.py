@@ -148,7 +148,12 @@ def forget_override(
 
 
 # model_index.json class names of text-to-image exports (flow exports name the stock class)
-TEXT_EXPORT_CLASSES = ("OneStepTextPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
+TEXT_EXPORT_CLASSES = (
+    "OneStepTextPipeline",
+    "OneStepSDXLPipeline",
+    "StableDiffusion3Pipeline",
+    "FluxPipeline",
+)
 
 
 def _model_kind(path: Path) -> str:

@@ -19,12 +19,13 @@ from sfd.pipelines.io import (
     save_generator,
 )
 from sfd.pipelines.one_step import OneStepPipeline
+from sfd.pipelines.one_step_sdxl import OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 
 
 def register_with_diffusers() -> None:
     """Make the exported pipeline classes resolvable by name from diffusers' namespace."""
-    for cls in (OneStepPipeline, OneStepTextPipeline):
+    for cls in (OneStepPipeline, OneStepTextPipeline, OneStepSDXLPipeline):
         existing = getattr(diffusers, cls.__name__, None)
         if existing is not None and existing is not cls:
             raise RuntimeError(
@@ -39,6 +40,7 @@ register_with_diffusers()
 __all__ = [
     "PIPELINE_FOR_KIND",
     "OneStepPipeline",
+    "OneStepSDXLPipeline",
     "OneStepTextPipeline",
     "PretrainedOneStepGenerator",
     "export_checkpoint",

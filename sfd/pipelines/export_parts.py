@@ -30,11 +30,11 @@ from sfd.pipelines.delta_lora import (
 )
 from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
 from sfd.pipelines.one_step_flow import OneStepFlowSampling, OneStepFluxPipeline, OneStepSD3Pipeline
+from sfd.pipelines.one_step_sdxl import SDXL_SETTINGS, OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
-from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_single_file
+from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_sdxl_single_file, write_single_file
 from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers.flow import FlowTransformerDenoiser
-from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 
 # --dtype name -> (torch dtype, diffusers variant name of the weight files)
 VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,6 +42,7 @@ VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 STANDALONE_FILES = {
     OneStepPipeline: ("standalone_one_step.py", "one_step_pipeline.py"),
     OneStepTextPipeline: ("standalone_one_step_text.py", "one_step_text_pipeline.py"),
+    OneStepSDXLPipeline: ("standalone_one_step_sdxl.py", "one_step_sdxl_pipeline.py"),
 }
 # Pipeline classes whose model_index.json names the standalone file in diffusers' custom-pipeline
 # list form. Not the text pipeline: diffusers 0.42 then runs the folder's file whatever class loads
@@ -54,6 +55,7 @@ NAMES_ITS_FILE = (OneStepPipeline,)
 PRIVATE_SETTINGS = {
     OneStepPipeline: (),
     OneStepTextPipeline: ("sigma_init", "prediction_type", "timestep"),
+    OneStepSDXLPipeline: SDXL_SETTINGS,
     OneStepSD3Pipeline: ("t_init", "max_sequence_length", "timestep"),
     OneStepFluxPipeline: ("t_init", "max_sequence_length", "timestep", "guidance", "sample_size"),
 }
@@ -121,11 +123,14 @@ def write_single_file_checkpoint(
         the record's entries: `single_file` and, with a variant, `single_file_variant`.
     """
     parts = (pipeline.unet, pipeline.vae, pipeline.text_encoder)
-    write_single_file(*parts, staging / SINGLE_FILE_NAME)
+    write = write_single_file
+    if isinstance(pipeline, OneStepSDXLPipeline):  # SDXL's layout holds both text encoders
+        parts, write = (*parts, pipeline.text_encoder_2), write_sdxl_single_file
+    write(*parts, staging / SINGLE_FILE_NAME)
     entries = {"single_file": SINGLE_FILE_NAME}
     if variant:
         name = SINGLE_FILE_NAME.replace(".safetensors", f".{variant}.safetensors")
-        write_single_file(*parts, staging / name, VARIANT_DTYPES[variant])
+        write(*parts, staging / name, dtype=VARIANT_DTYPES[variant])
         entries["single_file_variant"] = name
     return entries
 
@@ -169,19 +174,17 @@ def write_delta_lora(
     else:
         # Imported here: the pipeline module imports transformers' image processors, which warn
         # about torchvision on every command that merely imports the export code.
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state)
+        sdxl = isinstance(pipeline, OneStepSDXLPipeline)
+        stock = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+        stock.save_lora_weights(folder, unet_lora_layers=state)
     teacher_network.load_lora_adapter(
         str(folder), prefix=name, adapter_name="sfd_delta", weight_name=LORA_WEIGHTS
     )
     teacher_network.eval()
     adapted = (
-        denoiser.with_transformer(teacher_network)
-        if flow
-        else StableDiffusionDenoiser(
-            teacher_network, denoiser.scheduler_config, denoiser.prediction_type
-        )
+        denoiser.with_transformer(teacher_network) if flow else denoiser.with_unet(teacher_network)
     )
     prompts = [*LORA_CHECK_PROMPTS, *forget_prompts[:2]]
     cond = pipeline.encode(prompts, [""] * len(prompts))

@@ -35,12 +35,14 @@ from sfd.pipelines.one_step_flow import (
     OneStepFluxPipeline,
     OneStepSD3Pipeline,
 )
+from sfd.pipelines.one_step_sdxl import OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers import (
     EDMUNetDenoiser,
     FluxDenoiser,
     SD3Denoiser,
     StableDiffusionDenoiser,
+    StableDiffusionXLDenoiser,
     VPUNetDenoiser,
 )
 
@@ -49,12 +51,13 @@ PIPELINE_FOR_KIND: dict[str, type[DiffusionPipeline]] = {
     VPUNetDenoiser.kind: OneStepPipeline,
     EDMUNetDenoiser.kind: OneStepPipeline,
     StableDiffusionDenoiser.kind: OneStepTextPipeline,
+    StableDiffusionXLDenoiser.kind: OneStepSDXLPipeline,
     SD3Denoiser.kind: OneStepSD3Pipeline,
     FluxDenoiser.kind: OneStepFluxPipeline,
 }
 # model_index.json class name -> sfd's class; a flow export names the stock class (FLOW_PIPELINES).
 PIPELINE_CLASSES = {
-    **{cls.__name__: cls for cls in (OneStepPipeline, OneStepTextPipeline)},
+    **{cls.__name__: cls for cls in (OneStepPipeline, OneStepTextPipeline, OneStepSDXLPipeline)},
     **FLOW_PIPELINES,
 }
 
@@ -127,6 +130,7 @@ def save_generator(
         "pipeline_class": type(pipeline).__name__,
         "sigma_init": generator.sigma_init,
         "timestep": pipeline.config.timestep,
+        "time_ids": pipeline.config.get("time_ids"),  # SDXL: the size/crop ids it was trained with
         "teacher_source": getattr(generator.denoiser, "pipeline", None),
         "training": training,
         "metrics": metrics,

@@ -85,6 +85,19 @@ def _forgetting_lines(conditions: dict[str, Any]) -> list[str]:
     return lines
 
 
+def stock_pipeline(record: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """The stock diffusers class that samples a text export, its loading options, and the call
+    options (lines) an SDXL export adds: the size/crop time ids it was trained with."""
+    if record.get("pipeline_class") != "OneStepSDXLPipeline":
+        return "StableDiffusionPipeline", "safety_checker=None, requires_safety_checker=False", []
+    ids = record.get("time_ids") or []
+    sizes = [
+        f"    original_size=({ids[0]}, {ids[1]}), crops_coords_top_left=({ids[2]}, {ids[3]}),",
+        f"    target_size=({ids[4]}, {ids[5]}),",
+    ]
+    return "StableDiffusionXLPipeline", "add_watermarker=False", sizes if len(ids) == 6 else []
+
+
 def flow_snippets(record: dict[str, Any]) -> str:
     """ "How to sample" for a flow export: the folder is a stock one, sampled by the stock class."""
     stock = record["stock_class"]
@@ -150,10 +163,11 @@ def sampling_snippets(record: dict[str, Any]) -> str:
         f"image = {call}",
         "```",
     ]
+    stock, load_options, call_options = stock_pipeline(record)
     if text and record.get("has_vae", True):
         parts += [
             "",
-            "With a stock `StableDiffusionPipeline` (no custom code): one Euler step from "
+            f"With a stock `{stock}` (no custom code): one Euler step from "
             f"σ_init = {shown(sigma)} to 0 (the UNet sees t = {shown(timestep)}), no guidance; "
             "the folder's "
             "`scheduler/` is an `EulerDiscreteScheduler` set up for it (trailing spacing, so "
@@ -161,13 +175,14 @@ def sampling_snippets(record: dict[str, Any]) -> str:
             "",
             "```python",
             "import torch",
-            "from diffusers import StableDiffusionPipeline",
+            f"from diffusers import {stock}",
             "",
-            "pipe = StableDiffusionPipeline.from_pretrained(",
-            '    "path/to/this/folder", safety_checker=None, requires_safety_checker=False',
+            f"pipe = {stock}.from_pretrained(",
+            f'    "path/to/this/folder", {load_options}',
             ")",
             "image = pipe(",
             f'    "a photo of a cat", sigmas=[{sigma}, 0.0], guidance_scale=1.0,',
+            *call_options,
             f"    {seed},",
             ").images[0]",
             "```",
@@ -195,6 +210,8 @@ def model_card(record: dict[str, Any]) -> str:
         if text
         else ["class-conditional", "class-conditional-image-generation"]
     )
+    if record.get("pipeline_class") == "OneStepSDXLPipeline":
+        tags.append("stable-diffusion-xl")
     meta = ["---", "library_name: diffusers"]
     meta.append(f"pipeline_tag: {'text-to-image' if text else 'unconditional-image-generation'}")
     if base:
@@ -286,10 +303,11 @@ def _file_sections(record: dict[str, Any]) -> list[str]:
             "",
             "## Single-file checkpoint",
             "",
-            f"`{record['single_file']}` holds UNet, VAE and text encoder in the original Stable "
-            "Diffusion layout (A1111, ComfyUI). In diffusers, offline: "
-            f'`StableDiffusionPipeline.from_single_file("{record["single_file"]}", config=folder, '
-            "safety_checker=None)`. Sample it with one Euler step from σ_init to 0, guidance 1.",
+            f"`{record['single_file']}` holds UNet, VAE and text encoder(s) in the original "
+            "Stable Diffusion layout (A1111, ComfyUI). In diffusers, offline: "
+            f'`{stock_pipeline(record)[0]}.from_single_file("{record["single_file"]}", '
+            f"config=folder, {stock_pipeline(record)[1]})`. Sample it with one Euler step from "
+            "σ_init to 0, guidance 1.",
         ]
         if record.get("single_file_variant"):
             lines[-1] += f" `{record['single_file_variant']}` is the same in {record['variant']}."

@@ -62,6 +62,16 @@ def _has_vae(pipeline: str, revision: str | None) -> bool:
     return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
 
 
+def load_vae(pipeline: str, revision: str | None) -> AutoencoderKL | None:
+    """The VAE of a teacher folder (eval mode), or None for a pixel-space one."""
+    if not _has_vae(pipeline, revision):
+        return None
+    try:
+        return AutoencoderKL.from_pretrained(pipeline, subfolder="vae", revision=revision).eval()
+    except (OSError, ValueError) as error:
+        raise SFDConfigError(f"cannot load the VAE from {pipeline!r} (subfolder 'vae')") from error
+
+
 class OneStepTextPipeline(OneStepTextSampling, DiffusionPipeline):
     """One-step text-to-image generation with an SFD/SiD-distilled Stable Diffusion UNet.
 
@@ -120,19 +130,9 @@ class OneStepTextPipeline(OneStepTextSampling, DiffusionPipeline):
         if denoiser.pipeline is None:
             raise SFDConfigError("the generator records no source pipeline to take the VAE from")
         tokenizer, text_encoder = load_text_encoder(denoiser.pipeline, denoiser.revision)
-        vae = None
-        if _has_vae(denoiser.pipeline, denoiser.revision):
-            try:
-                vae = AutoencoderKL.from_pretrained(
-                    denoiser.pipeline, subfolder="vae", revision=denoiser.revision
-                ).eval()
-            except (OSError, ValueError) as error:
-                raise SFDConfigError(
-                    f"cannot load the VAE from {denoiser.pipeline!r} (subfolder 'vae')"
-                ) from error
         return cls(
             denoiser.unet,
-            vae,
+            load_vae(denoiser.pipeline, denoiser.revision),
             text_encoder,
             tokenizer,
             one_step_scheduler(denoiser.scheduler_config, denoiser.prediction_type),

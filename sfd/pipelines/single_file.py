@@ -1,11 +1,14 @@
-"""A Stable Diffusion export as one checkpoint file in the original (LDM) layout.
+"""A Stable Diffusion (or SDXL) export as one checkpoint file in the original (LDM / SGM) layout.
 
 A1111, ComfyUI and diffusers' `from_single_file` read Stable Diffusion checkpoints in the layout
 of the original latent-diffusion code: the UNet under `model.diffusion_model.` (input / middle /
 output blocks), the VAE under `first_stage_model.` (encoder.down.i.block.j, mid.attn_1 with 1×1
 convolutions), the text encoder under `cond_stage_model.transformer.text_model.` (OpenAI CLIP,
-SD 1.x) or `cond_stage_model.model.` (OpenCLIP, SD 2.x). This module renames diffusers'
-state dicts into it; the round trip through `from_single_file` is tested.
+SD 1.x) or `cond_stage_model.model.` (OpenCLIP, SD 2.x). SDXL's layout (Stability's `sgm` code)
+keeps UNet and VAE there, adds the UNet's pooled-text/time-id embedding as `label_emb.0`, and
+holds both text encoders under `conditioner.embedders.0.transformer.text_model.` (OpenAI CLIP) and
+`conditioner.embedders.1.model.` (OpenCLIP, with its `text_projection`). This module renames
+diffusers' state dicts into them; the round trips through `from_single_file` are tested.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -40,6 +45,8 @@ UNET_FIXED = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL: pooled text + time ids
+    "add_embedding.linear_2": "label_emb.0.2",
 }
 VAE_ATTENTION = {
     "group_norm": "norm",
@@ -85,7 +92,7 @@ def unet_to_ldm(state: dict[str, Tensor], config: Any) -> dict[str, Tensor]:
         except KeyError as error:
             raise SFDConfigError(
                 f"the UNet parameter {name!r} has no place in the original Stable Diffusion "
-                "layout; only SD 1.x / 2.x UNets export as a single file"
+                "layout; only SD 1.x / 2.x and SDXL UNets export as a single file"
             ) from error
     return out
 
@@ -160,29 +167,38 @@ def _vae_key(name: str, num_blocks: int) -> tuple[str, bool]:
     return name, False  # quant_conv, post_quant_conv
 
 
-def text_encoder_to_ldm(state: dict[str, Tensor], open_clip: bool) -> dict[str, Tensor]:
-    """A transformers `CLIPTextModel` state dict in the original layout.
+def text_encoder_to_ldm(
+    state: dict[str, Tensor], open_clip: bool, prefix: str | None = None
+) -> dict[str, Tensor]:
+    """A transformers `CLIPTextModel` (or `CLIPTextModelWithProjection`) state dict in the
+    original layout.
 
     Args:
         state: the text encoder's state dict (with or without the `text_model.` level).
         open_clip: write the OpenCLIP layout of SD 2.x (q, k, v fused into `in_proj`) instead of
             the OpenAI CLIP layout of SD 1.x.
+        prefix: the key prefix (default: SD 1.x's / 2.x's for the layout); an OpenCLIP encoder
+            with a projection also gets its `text_projection` (stored transposed, as OpenCLIP
+            multiplies from the right).
 
     Returns:
         the renamed tensors.
     """
     state = {k.removeprefix("text_model."): v for k, v in state.items() if "position_ids" not in k}
     if not open_clip:
-        return {CLIP_PREFIX + k: v for k, v in state.items()}
+        return {(prefix or CLIP_PREFIX) + k: v for k, v in state.items()}
+    head = prefix or OPEN_CLIP_PREFIX
     out: dict[str, Tensor] = {
-        OPEN_CLIP_PREFIX + "token_embedding.weight": state["embeddings.token_embedding.weight"],
-        OPEN_CLIP_PREFIX + "positional_embedding": state["embeddings.position_embedding.weight"],
-        OPEN_CLIP_PREFIX + "ln_final.weight": state["final_layer_norm.weight"],
-        OPEN_CLIP_PREFIX + "ln_final.bias": state["final_layer_norm.bias"],
+        head + "token_embedding.weight": state["embeddings.token_embedding.weight"],
+        head + "positional_embedding": state["embeddings.position_embedding.weight"],
+        head + "ln_final.weight": state["final_layer_norm.weight"],
+        head + "ln_final.bias": state["final_layer_norm.bias"],
     }
+    if "text_projection.weight" in state:
+        out[head + "text_projection"] = state["text_projection.weight"].T
     layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
     for i in layers:
-        source, target = f"encoder.layers.{i}.", f"{OPEN_CLIP_PREFIX}transformer.resblocks.{i}."
+        source, target = f"encoder.layers.{i}.", f"{head}transformer.resblocks.{i}."
         for leaf in ("weight", "bias"):
             out[f"{target}attn.in_proj_{leaf}"] = torch.cat(
                 [state[f"{source}self_attn.{p}_proj.{leaf}"] for p in ("q", "k", "v")]
@@ -214,6 +230,40 @@ def write_single_file(
         **vae_to_ldm(vae.state_dict(), len(vae.config.down_block_types)),
         **text_encoder_to_ldm(text_encoder.state_dict(), open_clip),
     }
+    return _save(tensors, path, dtype)
+
+
+def write_sdxl_single_file(
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    text_encoder_2: Any,
+    path: Path,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write an SDXL UNet, VAE and both text encoders as one SGM-layout safetensors checkpoint.
+
+    Args:
+        unet: the generator's SDXL `UNet2DConditionModel`.
+        vae: the `AutoencoderKL`.
+        text_encoder: the `CLIPTextModel` (OpenAI CLIP layout).
+        text_encoder_2: the `CLIPTextModelWithProjection` (OpenCLIP layout).
+        path: the file to write.
+        dtype: cast floating tensors to this dtype (default: keep).
+
+    Returns:
+        the file.
+    """
+    tensors = {
+        **unet_to_ldm(unet.state_dict(), unet.config),
+        **vae_to_ldm(vae.state_dict(), len(vae.config.down_block_types)),
+        **text_encoder_to_ldm(text_encoder.state_dict(), False, SDXL_CLIP_PREFIX),
+        **text_encoder_to_ldm(text_encoder_2.state_dict(), True, SDXL_OPEN_CLIP_PREFIX),
+    }
+    return _save(tensors, path, dtype)
+
+
+def _save(tensors: dict[str, Tensor], path: Path, dtype: torch.dtype | None) -> Path:
     tensors = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
         for k, v in tensors.items()

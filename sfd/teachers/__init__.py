@@ -15,6 +15,7 @@ from sfd.teachers.edm import EDMDenoiser
 from sfd.teachers.flow import FlowDenoiser, FlowTransformerDenoiser, flow_sigma, flow_time
 from sfd.teachers.flux import FluxDenoiser, FluxTeacher
 from sfd.teachers.sd3 import SD3Denoiser, SD3Teacher
+from sfd.teachers.sdxl import StableDiffusionXLDenoiser, StableDiffusionXLTeacher
 from sfd.teachers.stable_diffusion import (
     StableDiffusionDenoiser,
     StableDiffusionLoRAFakeScore,
@@ -41,7 +42,14 @@ from sfd.teachers.vp import (
 # The `kind` tag written by `Denoiser.spec()` -> the class whose `from_spec` rebuilds it.
 DENOISER_KINDS: dict[str, type[Denoiser]] = {
     cls.kind: cls
-    for cls in (VPUNetDenoiser, EDMUNetDenoiser, StableDiffusionDenoiser, SD3Denoiser, FluxDenoiser)
+    for cls in (
+        VPUNetDenoiser,
+        EDMUNetDenoiser,
+        StableDiffusionDenoiser,
+        StableDiffusionXLDenoiser,
+        SD3Denoiser,
+        FluxDenoiser,
+    )
 }
 
 
@@ -70,6 +78,8 @@ __all__ = [
     "StableDiffusionDenoiser",
     "StableDiffusionLoRAFakeScore",
     "StableDiffusionTeacher",
+    "StableDiffusionXLDenoiser",
+    "StableDiffusionXLTeacher",
     "VPDenoiser",
     "VPUNetDenoiser",
     "check_prediction_type",

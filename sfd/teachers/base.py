@@ -16,9 +16,11 @@ from sfd.errors import SFDConfigError
 
 
 class PromptBatch(NamedTuple):
-    """Prompt embeddings of one batched guidance call: conditional and null rows stacked (2B, L, D)."""
+    """Prompt embeddings of one batched guidance call: conditional and null rows stacked (2B, L, D),
+    with their pooled embeddings (2B, P) when the condition carries them (SDXL)."""
 
     prompt_embeds: Tensor
+    pooled_embeds: Tensor | None = None
 
 
 class Denoiser(nn.Module):
@@ -124,7 +126,10 @@ class Denoiser(nn.Module):
             return self(x, sigma, cond)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
         null = self.null_condition(cond)
-        both = PromptBatch(torch.cat([cond.prompt_embeds, null.prompt_embeds]))  # (2B, L, D)
+        pooled = getattr(cond, "pooled_embeds", None)
+        if pooled is not None:
+            pooled = torch.cat([pooled, null.pooled_embeds])  # (2B, P)
+        both = PromptBatch(torch.cat([cond.prompt_embeds, null.prompt_embeds]), pooled)
         x0_cond, x0_null = self(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
         return x0_null + scale * (x0_cond - x0_null)
 

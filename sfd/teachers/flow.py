@@ -184,7 +184,8 @@ def check_pipeline_class(
         allowed = allowed or ("StableDiffusionPipeline",)
         raise SFDConfigError(
             f"{path!r} holds a {name!r} pipeline; {teacher} loads {' or '.join(allowed)} folders "
-            "(Stable Diffusion 1.x/2.x: sfd.teachers.StableDiffusionTeacher; SD3 / SD3.5: "
+            "(Stable Diffusion 1.x/2.x: sfd.teachers.StableDiffusionTeacher; SDXL: "
+            "sfd.teachers.StableDiffusionXLTeacher; SD3 / SD3.5: "
             "sfd.teachers.SD3Teacher; Flux.1: sfd.teachers.FluxTeacher)"
         )
 

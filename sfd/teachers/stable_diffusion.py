@@ -116,6 +116,10 @@ class StableDiffusionDenoiser(VPDenoiser):
 
     guided = Denoiser.guided_in_one_batch
 
+    def with_unet(self, unet: UNet2DConditionModel) -> StableDiffusionDenoiser:
+        """This denoiser's schedule and settings around another network of the same layout."""
+        return StableDiffusionDenoiser(unet, self.scheduler_config, self.prediction_type)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 32) -> Tensor:
         """Encode prompts with the pipeline's text encoder (loaded here, released after).
@@ -153,6 +157,8 @@ class StableDiffusionDenoiser(VPDenoiser):
 
 # --- loading -------------------------------------------------------------------------------------
 
+SDXL_ADDITION = "text_time"  # an SDXL UNet's addition_embed_type: pooled text + size/crop ids
+
 
 def _load_unet(path: str, subfolder: str | None, revision: str | None) -> UNet2DConditionModel:
     try:
@@ -168,11 +174,61 @@ def _load_scheduler_config(path: str, revision: str | None) -> dict[str, Any]:
         raise pipeline_load_error(path, "scheduler config", error) from error
 
 
+def _check_family(path: str, subfolder: str | None, revision: str | None, sdxl: bool) -> None:
+    """Refuse, before any weight is read, an SDXL folder for SD 1.x / 2.x and the reverse."""
+    try:
+        config = UNet2DConditionModel.load_config(path, subfolder=subfolder, revision=revision)
+    except (OSError, ValueError) as error:
+        raise pipeline_load_error(path, "UNet config", error) from error
+    is_sdxl = config.get("addition_embed_type") == SDXL_ADDITION
+    if is_sdxl and not sdxl:
+        raise SFDConfigError(
+            f"{path!r} is an SDXL pipeline (its UNet takes pooled text embeddings and size/crop "
+            "time ids); load it with sfd.teachers.StableDiffusionXLTeacher (configs/sdxl_base.yaml)"
+        )
+    if sdxl and not is_sdxl:
+        raise SFDConfigError(
+            f"{path!r} is not an SDXL pipeline (its UNet's addition_embed_type is "
+            f"{config.get('addition_embed_type')!r}, not {SDXL_ADDITION!r}); load it with "
+            "sfd.teachers.StableDiffusionTeacher (configs/sd_base.yaml)"
+        )
+
+
+def load_pretrained_unet(
+    path: str, revision: str | None, subfolder: str | None, attention: str, sdxl: bool = False
+) -> tuple[dict[str, Any], UNet2DConditionModel]:
+    """The scheduler config and UNet of a Stable Diffusion (or, with `sdxl`, SDXL) folder.
+
+    Every check comes first: the attention backend, the source, the scheduler and the family.
+    """
+    if attention not in ATTENTION_BACKENDS:
+        raise SFDConfigError(
+            f"attention={attention!r} is not supported; allowed: {ATTENTION_BACKENDS}"
+        )
+    check_hub_source(path, "Stable Diffusion XL pipeline" if sdxl else "Stable Diffusion pipeline")
+    teacher = "StableDiffusionXLTeacher" if sdxl else "StableDiffusionTeacher"
+    check_pipeline_class(path, model_index(path, revision), None, teacher)
+    scheduler_config = _load_scheduler_config(path, revision)
+    _check_family(path, subfolder, revision, sdxl)
+    return scheduler_config, _load_unet(path, subfolder, revision)
+
+
+def prepare_teacher_unet(
+    unet: UNet2DConditionModel, attention: str, gradient_checkpointing: bool
+) -> None:
+    """Attention kernel, gradient checkpointing and eval mode of a loaded teacher UNet."""
+    set_attention_backend(unet, attention)
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.eval()
+
+
 class StableDiffusionTeacher(StableDiffusionDenoiser):
     """A Stable Diffusion 1.x / 2.x teacher loaded from a diffusers pipeline folder or hub id.
 
     The generator and the fake score are copies of it, so `gradient_checkpointing` and
-    `attention` apply to all three networks.
+    `attention` apply to all three networks. An SDXL folder is refused with a pointer to
+    `sfd.teachers.StableDiffusionXLTeacher`.
 
     Args:
         pretrained_model_name_or_path: local folder or hub id (e.g.
@@ -193,15 +249,8 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
         gradient_checkpointing: bool = False,
         attention: str = "sdpa",
     ) -> None:
-        if attention not in ATTENTION_BACKENDS:
-            raise SFDConfigError(
-                f"attention={attention!r} is not supported; allowed: {ATTENTION_BACKENDS}"
-            )
         path = pretrained_model_name_or_path
-        check_hub_source(path, "Stable Diffusion pipeline")
-        check_pipeline_class(path, model_index(path, revision), None, "StableDiffusionTeacher")
-        scheduler_config = _load_scheduler_config(path, revision)
-        unet = _load_unet(path, subfolder or None, revision)
+        scheduler_config, unet = load_pretrained_unet(path, revision, subfolder or None, attention)
         super().__init__(
             unet,
             scheduler_config,
@@ -209,10 +258,7 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
             path,
             revision,
         )
-        set_attention_backend(self.unet, attention)
-        if gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-        self.unet.eval()
+        prepare_teacher_unet(self.unet, attention, gradient_checkpointing)
 
 
 # --- LoRA fake score -----------------------------------------------------------------------------

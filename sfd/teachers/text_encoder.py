@@ -83,11 +83,14 @@ def _component_class(index: dict[str, Any], name: str, auto: type) -> type:
     return found
 
 
-def load_text_encoder(path: str | None, revision: str | None = None) -> tuple[Any, nn.Module]:
+def load_text_encoder(
+    path: str | None, revision: str | None = None, suffix: str = ""
+) -> tuple[Any, nn.Module]:
     """The tokenizer and text encoder of a pipeline folder or hub id (eval mode, no grad).
 
     The classes are the ones `model_index.json` names (e.g. CLIPTokenizer / CLIPTextModel, or
     BertTokenizer / BertModel); without an index, transformers' AutoTokenizer / AutoModel.
+    `suffix` picks a second pair: "_2" loads `tokenizer_2/` and `text_encoder_2/` (SDXL).
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -95,12 +98,15 @@ def load_text_encoder(path: str | None, revision: str | None = None) -> tuple[An
         raise SFDConfigError("this denoiser has no pipeline path, so it cannot encode prompts")
     check_hub_source(path, "text encoder pipeline")
     index = model_index(path, revision)
-    tokenizer_class = _component_class(index, "tokenizer", AutoTokenizer)
-    encoder_class = _component_class(index, "text_encoder", AutoModel)
+    tokenizer_name, encoder_name = "tokenizer" + suffix, "text_encoder" + suffix
+    tokenizer_class = _component_class(index, tokenizer_name, AutoTokenizer)
+    encoder_class = _component_class(index, encoder_name, AutoModel)
     try:
-        tokenizer = tokenizer_class.from_pretrained(path, subfolder="tokenizer", revision=revision)
+        tokenizer = tokenizer_class.from_pretrained(
+            path, subfolder=tokenizer_name, revision=revision
+        )
         text_encoder = encoder_class.from_pretrained(
-            path, subfolder="text_encoder", revision=revision
+            path, subfolder=encoder_name, revision=revision
         )
     except (OSError, ValueError) as error:
         raise pipeline_load_error(path, "tokenizer/text encoder", error) from error

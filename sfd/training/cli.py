@@ -35,6 +35,7 @@ from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_fil
 from sfd.training.config_errors import one_line
 from sfd.training.config_files import check_config_files
 from sfd.training.loggers import ResumableWandbLogger
+from sfd.training.memory import budget_setting, check_run_memory
 from sfd.training.progress import IterationProgressBar, quiet_design_warnings
 from sfd.training.resume import (
     CHECKPOINT_FOLDER,
@@ -306,6 +307,13 @@ class SFDLightningCLI(RunCLI):
                 "optimisation; raise model.batch_size (or trainer.devices) instead"
             )
         check_model_settings(config.get("model") or {})
+        budget_setting()  # a bad SFD_DEVICE_MEMORY_GIB is refused before the teacher loads
+
+    def before_fit(self) -> None:
+        # The estimate of the run's memory per device, and a run that cannot fit refused, before
+        # any checkpoint is read or anything is written.
+        check_run_memory(self.model, self.trainer)
+        super().before_fit()
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
         if not any(key.startswith("generator.") for key in checkpoint["state_dict"]):

@@ -31,6 +31,7 @@ from sfd.eval.classifier import Classifier, save_classifier
 from sfd.pipelines.io import save_generator
 from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher
 from sfd.training.cli import sfd_lightning_cli
+from sfd.training.memory import BUDGET_ENV
 from sfd.training.resume import RUN_CONFIG_KEY
 
 NOT_WRITABLE = "/proc/sfd-cannot-write-here/out"  # /proc refuses new files, even for root
@@ -243,6 +244,9 @@ def export(w: World, out: Path, *extra: str, ckpt: Path | None = None) -> list[s
 
 Case = tuple[str, Callable[[World, Path], list[str]], str]
 CASES: list[Case] = [
+    # --- sfd fit: the run's memory estimate against the devices' memory (issue 21 item 4) ---
+    ("fit-memory-exceeds-device", lambda w, o: fit(w, o), "per device"),
+    ("fit-memory-budget-not-a-number", lambda w, o: fit(w, o), "SFD_DEVICE_MEMORY_GIB='lots'"),
     # --- sfd fit: checkpoints (issue 14 items 2, 6) ---
     ("fit-ckpt-missing", lambda w, o: fit(w, o, "--ckpt_path", str(w / "nope.ckpt")), "does not exist"),
     ("fit-ckpt-empty", lambda w, o: fit(w, o, "--ckpt_path", str(w / "empty.ckpt")), "is empty"),
@@ -492,7 +496,14 @@ def _hub_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     hub_reachable.cache_clear()
 
 
+def _small_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Devices of 1 MiB each (the tiny run needs more than that)."""
+    monkeypatch.setenv(BUDGET_ENV, str(1 / 1024))
+
+
 SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it changes first
+    "fit-memory-exceeds-device": _small_gpu,
+    "fit-memory-budget-not-a-number": lambda mp: mp.setenv(BUDGET_ENV, "lots"),
     "demo-text-encoder-wheel-missing": _wheel_missing,
     "fit-hub-unreachable": _hub_unreachable,
     "fit-sd-hub-unreachable": _hub_unreachable,

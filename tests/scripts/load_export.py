@@ -10,6 +10,9 @@ MODE:
   stock-lora  no sfd: the TEACHER's `StableDiffusionPipeline` + `load_lora_weights(FOLDER/lora)`
   single-file no sfd: `StableDiffusionPipeline.from_single_file(FOLDER/sfd_generator.safetensors)`
 
+An SDXL export (`OneStepSDXLPipeline`) is loaded by `StableDiffusionXLPipeline` in the stock
+modes, called with the time ids its record names.
+
 Except with-sfd, `sfd` is made unimportable first (run it with `python -I`, which also drops
 PYTHONPATH; the blocker catches an installed copy). The script writes OUT.npz with the images
 ("np" output) and, for text pipelines, the x0 latents of fixed noise, plus the pipeline's class
@@ -41,12 +44,39 @@ def main(mode: str, folder: Path, out: Path, teacher: str | None) -> None:
     if mode != "with-sfd":
         sys.meta_path.insert(0, BlockSfd())
     import numpy as np
+
+    arrays, pipe = samples(mode, folder, teacher)
+    np.savez(
+        out,
+        **arrays,
+        pipeline_class=type(pipe).__name__,
+        pipeline_module=type(pipe).__module__,
+        sfd_imported="sfd" in sys.modules,
+    )
+
+
+def samples(mode: str, folder: Path, teacher: str | None) -> tuple[dict, object]:
+    """The arrays MODE's pipeline samples from FOLDER, and the pipeline (sfd not blocked here:
+    the stock modes also run in-process, where their stock classes need no isolation)."""
+    import numpy as np
     import torch
-    from diffusers import DiffusionPipeline, EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import (
+        DiffusionPipeline,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     torch.set_num_threads(1)
     record = json.loads((folder / "sfd_export.json").read_text())
-    text = record["pipeline_class"] == "OneStepTextPipeline"
+    sdxl = record["pipeline_class"] == "OneStepSDXLPipeline"
+    text = record["pipeline_class"] in ("OneStepTextPipeline", "OneStepSDXLPipeline")
+    stock_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    options = (
+        {"add_watermarker": False}
+        if sdxl
+        else {"safety_checker": None, "requires_safety_checker": False}
+    )
     if mode == "with-sfd":
         from sfd.pipelines import load_pipeline
 
@@ -58,22 +88,17 @@ def main(mode: str, folder: Path, out: Path, teacher: str | None) -> None:
             folder, custom_pipeline=record["pipeline_file"][:-3], trust_remote_code=True
         )
     elif mode == "stock":
-        pipe = StableDiffusionPipeline.from_pretrained(
-            folder, safety_checker=None, requires_safety_checker=False
-        )
+        pipe = stock_class.from_pretrained(folder, **options)
     elif mode == "stock-lora":
-        pipe = StableDiffusionPipeline.from_pretrained(
-            teacher, safety_checker=None, requires_safety_checker=False
-        )
+        pipe = stock_class.from_pretrained(teacher, **options)
         pipe.load_lora_weights(folder / "lora")
         pipe.scheduler = EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
     elif mode == "single-file":
-        pipe = StableDiffusionPipeline.from_single_file(
+        pipe = stock_class.from_single_file(
             str(folder / record["single_file"]),
             config=str(folder),
             local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
+            **options,
         )
     else:
         raise SystemExit(f"unknown mode {mode!r}")
@@ -86,6 +111,13 @@ def main(mode: str, folder: Path, out: Path, teacher: str | None) -> None:
     else:
         stock = mode in ("stock", "stock-lora", "single-file")
         extra = {"sigmas": [record["sigma_init"], 0.0]} if stock else {}
+        if stock and sdxl:  # the size/crop time ids the generator was trained with
+            ids = record["time_ids"]
+            extra |= {
+                "original_size": tuple(ids[0:2]),
+                "crops_coords_top_left": tuple(ids[2:4]),
+                "target_size": tuple(ids[4:6]),
+            }
         for output in ("np", "latent"):
             arrays["images" if output == "np" else "latents"] = np.asarray(
                 pipe(
@@ -97,13 +129,7 @@ def main(mode: str, folder: Path, out: Path, teacher: str | None) -> None:
                     **extra,
                 ).images
             )
-    np.savez(
-        out,
-        **arrays,
-        pipeline_class=type(pipe).__name__,
-        pipeline_module=type(pipe).__module__,
-        sfd_imported="sfd" in sys.modules,
-    )
+    return arrays, pipe
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from conftest import tiny_unet
 from diffusers import DDPMScheduler
 from gaussian import gaussian_teacher
 from sd_fixtures import EMBED_DIM, tiny_sd_unet
+from sdxl_fixtures import HIDDEN, HIDDEN_2, POOLED, tiny_sdxl_unet
 from torch import Tensor
 
 from sfd.core.conditions import TextCondition
@@ -30,6 +31,7 @@ from sfd.teachers import (
     FluxDenoiser,
     SD3Denoiser,
     StableDiffusionDenoiser,
+    StableDiffusionXLDenoiser,
     VPUNetDenoiser,
     denoiser_from_spec,
 )
@@ -93,6 +95,15 @@ def text_condition(rng: torch.Generator) -> TextCondition:
     return TextCondition(prompt, negative)
 
 
+def sdxl_condition(rng: torch.Generator) -> TextCondition:
+    prompt, negative = torch.randn(2, BATCH, 7, HIDDEN + HIDDEN_2, generator=rng)
+    pooled, negative_pooled = torch.randn(2, BATCH, POOLED, generator=rng)
+    return TextCondition(prompt, negative, pooled_embeds=pooled, negative_pooled=negative_pooled)
+
+
+SDXL_TIME_IDS = (24, 20, 2, 1, 16, 16)
+
+
 @dataclass
 class Case:
     """One adapter under the contract."""
@@ -131,6 +142,29 @@ def sd_case(prediction_type: str) -> Case:
         reference=lambda d, x, s, c: vp_reference(
             lambda x_t, t, text: d.unet(x_t, t, encoder_hidden_states=text.prompt_embeds).sample
         )(d, x, s, c),
+        has_null=True,
+        exportable=True,
+    )
+
+
+def sdxl_case(prediction_type: str) -> Case:
+    def raw(denoiser: Denoiser, x_t: Tensor, t: Tensor, text: TextCondition) -> Tensor:
+        time_ids = torch.tensor([SDXL_TIME_IDS], dtype=torch.float32).expand(len(x_t), -1)
+        return denoiser.unet(
+            x_t,
+            t,
+            encoder_hidden_states=text.prompt_embeds,
+            added_cond_kwargs={"text_embeds": text.pooled_embeds, "time_ids": time_ids},
+        ).sample
+
+    return Case(
+        make=lambda: StableDiffusionXLDenoiser(
+            tiny_sdxl_unet(), scaled_linear(prediction_type), prediction_type, SDXL_TIME_IDS
+        ),
+        cond=sdxl_condition,
+        reference=lambda d, x, s, c: vp_reference(lambda x_t, t, text: raw(d, x_t, t, text))(
+            d, x, s, c
+        ),
         has_null=True,
         exportable=True,
     )
@@ -219,6 +253,8 @@ CASES = {
     ),
     "stable_diffusion-epsilon": sd_case("epsilon"),
     "stable_diffusion-v_prediction": sd_case("v_prediction"),
+    "sdxl-epsilon": sdxl_case("epsilon"),
+    "sdxl-v_prediction": sdxl_case("v_prediction"),
     "sd3-velocity": flow_case("sd3"),
     "flux-velocity": flow_case("flux"),
 }

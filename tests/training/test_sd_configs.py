@@ -93,3 +93,57 @@ def test_lora_fake_score_switch_parses() -> None:
     )
     assert config.model.fake_score.class_path == lora
     assert config.model.fake_score.init_args.rank == 16
+
+
+SDXL_CONCEPTS = ("sd15_celebrity.yaml", "sd15_nudity.yaml")
+
+
+@pytest.mark.parametrize("name", SDXL_CONCEPTS)
+def test_sdxl_base_composes_with_the_concept_files(name) -> None:
+    """configs/sdxl_base.yaml carries sd_base.yaml's reference settings onto an SDXL teacher."""
+    from sfd.training.cli import parse_fit_config
+
+    config = parse_fit_config(["-c", str(CONFIGS / "sdxl_base.yaml"), "-c", str(CONFIGS / name)])
+    reference = parse_fit_config(["-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / name)])
+    model = config.model
+    assert model.teacher.class_path == "sfd.teachers.StableDiffusionXLTeacher"
+    teacher = model.teacher.init_args
+    assert teacher.pretrained_model_name_or_path == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert teacher.gradient_checkpointing and teacher.original_size is None
+    assert model.conditions == reference.model.conditions
+    same = {k: v for k, v in vars(reference.model).items() if k != "teacher"}
+    assert {k: getattr(model, k) for k in same} == same
+    assert config.trainer == reference.trainer
+
+
+@pytest.mark.parametrize("name", SDXL_CONCEPTS)
+def test_sdxl_config_trains_one_iteration_on_a_tiny_pipeline(sdxl_dirs, tmp_path, name) -> None:
+    argv = [
+        "fit",
+        *("-c", str(CONFIGS / "sdxl_base.yaml"), "-c", str(CONFIGS / name)),
+        "--model.teacher.init_args.pretrained_model_name_or_path",
+        str(sdxl_dirs["epsilon"]),
+        *("--model.batch_size", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1"),
+        *("--trainer.precision", "32-true", "--trainer.max_steps", "1"),
+        *("--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)),
+        *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
+    ]
+    assert main(argv) == 0
+    assert list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_folder_of_the_other_family_is_one_line_exit_2(sd_dirs, sdxl_dirs, tmp_path, capsys):
+    common = [
+        *("--trainer.accelerator", "cpu", "--trainer.max_steps", "1", "--trainer.logger", "false"),
+        *("--trainer.default_root_dir", str(tmp_path / "run")),
+    ]
+    source = "--model.teacher.init_args.pretrained_model_name_or_path"
+    for base, folder, expected in [
+        ("sd_base.yaml", sdxl_dirs["epsilon"], "is an SDXL pipeline"),
+        ("sdxl_base.yaml", sd_dirs["epsilon"], "is not an SDXL pipeline"),
+    ]:
+        configs = ["-c", str(CONFIGS / base), "-c", str(CONFIGS / "sd15_celebrity.yaml")]
+        assert main(["fit", *configs, source, str(folder), *common]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -119,6 +119,11 @@ def save_denoiser(denoiser: VPUNetDenoiser | StableDiffusionDenoiser, folder: Pa
     Returns:
         the class path that loads the folder (`FAKE_SCORE_CLASSES`).
     """
+    if denoiser.kind not in FAKE_SCORE_CLASSES:  # e.g. SDXL: no teacher class loads a bare UNet
+        raise SFDConfigError(
+            f"cannot save a {type(denoiser).__name__}; savable denoiser kinds: "
+            f"{sorted(FAKE_SCORE_CLASSES)}"
+        )
     if isinstance(denoiser, StableDiffusionDenoiser):
         denoiser.unet.save_pretrained(folder / "unet", safe_serialization=True)
         scheduler = {**denoiser.scheduler_config, "prediction_type": denoiser.prediction_type}
@@ -127,11 +132,6 @@ def save_denoiser(denoiser: VPUNetDenoiser | StableDiffusionDenoiser, folder: Pa
             json.dumps(scheduler, indent=2) + "\n"
         )
         return FAKE_SCORE_CLASSES[denoiser.kind]
-    if not isinstance(denoiser, VPUNetDenoiser):
-        raise SFDConfigError(
-            f"cannot save a {type(denoiser).__name__}; savable denoiser kinds: "
-            f"{sorted(FAKE_SCORE_CLASSES)}"
-        )
     scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
     DDPMPipeline(unet=denoiser.unet, scheduler=scheduler).save_pretrained(
         folder, safe_serialization=True

@@ -6,7 +6,9 @@ puts an NSFW keyword before or after a subject; the bare subject is the override
 list the negative prompt. A negative prompt belongs to forget batches only (remain batches always
 use the empty prompt), and each guided network sees it or not (`negative_for`). Every fixed prompt
 set is encoded once by the teacher's text encoder (`bind`) and the embeddings are cached on the
-sampler, one copy per device.
+sampler, one copy per device. A teacher whose `encode_prompts` returns (embeddings, pooled
+embeddings), such as SDXL's, gets its pooled vectors cached and carried in every condition beside
+the prompts they belong to (`TextCondition.pooled_embeds`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ DEFAULT_TEMPLATES = (
 )
 NUDITY_TEMPLATES = ("{keyword} {subject}", "{subject}, {keyword}")  # prepended or appended
 PROMPT_LISTS = "prompt_lists"  # shipped beside this module
+POOLED = "_pooled"  # cached pooled embeddings: "<set>_pooled" beside "<set>"
 
 
 def default_data_file(name: str) -> str:
@@ -183,7 +186,11 @@ class PromptConditions(ConditionSampler):
             )
 
     def bind(self, teacher: Any) -> None:
-        """Encode every fixed prompt set once with `teacher.encode_prompts` and cache it."""
+        """Encode every fixed prompt set once with `teacher.encode_prompts` and cache it.
+
+        `encode_prompts(prompts, batch_size)` returns the embeddings (N, L, D), or a pair of
+        embeddings and pooled embeddings ((N, L, D), (N, P)).
+        """
         encode = getattr(teacher, "encode_prompts", None)
         if encode is None:
             raise SFDConfigError(
@@ -201,19 +208,22 @@ class PromptConditions(ConditionSampler):
                 ]
             )
         )
-        table = encode(unique, self.encode_batch_size)  # (U, L, D)
+        encoded = encode(unique, self.encode_batch_size)  # (U, L, D) or with pooled (U, P)
+        table, pooled = encoded if isinstance(encoded, tuple) else (encoded, None)
         row = {prompt: i for i, prompt in enumerate(unique)}
-
-        def rows(prompts: list[str]) -> Tensor:
-            return table[torch.tensor([row[p] for p in prompts])]
-
-        self._embeds = {
-            "remain": rows(self.remain_prompts),  # (R, L, D)
-            "forget": rows(self.forget_prompts),  # (F, L, D)
-            "override": rows(self.override_prompts),  # (F, L, D)
-            "negative": table[row[self.negative_prompt]],  # (L, D)
-            "empty": table[row[""]],  # (L, D)
+        sets = {
+            "remain": self.remain_prompts,
+            "forget": self.forget_prompts,
+            "override": self.override_prompts,
         }
+        self._embeds = {}
+        for suffix, source in (("", table), (POOLED, pooled)):
+            if source is None:
+                continue
+            for name, prompts in sets.items():  # (R or F, L, D) / (R or F, P)
+                self._embeds[name + suffix] = source[torch.tensor([row[p] for p in prompts])]
+            self._embeds["negative" + suffix] = source[row[self.negative_prompt]]  # (L, D) / (P,)
+            self._embeds["empty" + suffix] = source[row[""]]
         self._embeds_by_device = {}
 
     def embeddings(self, device: torch.device | str) -> dict[str, Tensor]:
@@ -235,14 +245,10 @@ class PromptConditions(ConditionSampler):
         forget = torch.randint(len(self.forget_prompts), (n,), generator=generator, device=device)
         part = slice(rank * batch_size, (rank + 1) * batch_size)
         remain = remain[part]
-        empty = embeds["empty"].expand(batch_size, *embeds["empty"].shape)  # (B, L, D)
         forget_cond, override_cond = self.forget_pairs(forget[part])
         return ConditionBatch(
-            remain=TextCondition(
-                embeds["remain"][remain],
-                empty,
-                tuple(self.remain_prompts[i] for i in remain.tolist()),
-                empty,
+            remain=_condition(
+                embeds, "remain", remain, "empty", [self.remain_prompts[i] for i in remain.tolist()]
             ),
             forget=forget_cond,
             override=override_cond,
@@ -250,20 +256,11 @@ class PromptConditions(ConditionSampler):
 
     def forget_pairs(self, index: Tensor) -> tuple[TextCondition, TextCondition]:
         """The forget and override conditions of forget prompts `index` (B,) (on its device)."""
-        embeds = self.embeddings(index.device)
-        shape = (len(index), *embeds["empty"].shape)
-        empty = embeds["empty"].expand(shape)  # (B, L, D)
-        negative = embeds["negative"].expand(shape)  # forget batches only
-        ids = index.tolist()
+        embeds, ids = self.embeddings(index.device), index.tolist()
         return (
-            TextCondition(
-                embeds["forget"][index], negative, tuple(self.forget_prompts[i] for i in ids), empty
-            ),
-            TextCondition(
-                embeds["override"][index],
-                negative,
-                tuple(self.override_prompts[i] for i in ids),
-                empty,
+            _condition(embeds, "forget", index, "negative", [self.forget_prompts[i] for i in ids]),
+            _condition(
+                embeds, "override", index, "negative", [self.override_prompts[i] for i in ids]
             ),
         )
 
@@ -292,11 +289,8 @@ class PromptConditions(ConditionSampler):
 
         def condition(kind: str, prompts: list[str]) -> TextCondition:
             index = chosen[kind].repeat_interleave(per_row)  # (rows·per_row,)
-            shape = (len(index), *embeds["empty"].shape)
-            empty = embeds["empty"].expand(shape)
-            negative = embeds["negative"].expand(shape) if kind == "forget" else empty
-            captions = tuple(prompts[i] for i in index.tolist())
-            return TextCondition(embeds[kind][index], negative, captions, empty)
+            negative = "negative" if kind == "forget" else "empty"
+            return _condition(embeds, kind, index, negative, [prompts[i] for i in index.tolist()])
 
         forget_ids = chosen["forget"].tolist()
         return ConditionPreview(
@@ -305,6 +299,36 @@ class PromptConditions(ConditionSampler):
             [self.remain_prompts[i] for i in chosen["remain"].tolist()],
             [f"{self.forget_prompts[i]} (forget → {self.override_prompts[i]})" for i in forget_ids],
         )
+
+
+def _condition(
+    embeds: dict[str, Tensor], kind: str, index: Tensor, negative: str, prompts: list[str]
+) -> TextCondition:
+    """The `TextCondition` of rows `index` (B,) of a cached prompt set, with its guidance null.
+
+    Args:
+        embeds: the cached embeddings (`PromptConditions.embeddings`), with their pooled
+            twins ("<name>_pooled") when the teacher's encoder has pooled outputs.
+        kind: the prompt set, "remain", "forget" or "override".
+        index: rows of that set, (B,).
+        negative: "negative" (the negative prompt) or "empty" (the empty prompt) as null.
+        prompts: the B prompt strings.
+    """
+    batch = len(index)
+
+    def rows(name: str) -> Tensor:  # one cached (L, D) / (P,) entry for every row
+        return embeds[name].expand(batch, *embeds[name].shape)
+
+    pooled = {}
+    if kind + POOLED in embeds:
+        pooled = {
+            "pooled_embeds": embeds[kind + POOLED][index],
+            "negative_pooled": rows(negative + POOLED),
+            "empty_pooled": rows("empty" + POOLED),
+        }
+    return TextCondition(
+        embeds[kind][index], rows(negative), tuple(prompts), rows("empty"), **pooled
+    )
 
 
 def shipped_prompt_file(concept: str) -> str | None:
