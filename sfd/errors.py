@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 MAX_GUIDANCE = 100.0  # classifier-free guidance beyond this only saturates images
 
@@ -67,3 +68,19 @@ def check_guidance(name: str, value: float) -> float:
         the value.
     """
     return check_number(name, value, low=0, high=MAX_GUIDANCE)
+
+
+def check_integer(name: str, value: Any, low: int) -> int:
+    """Return `value` if it is an integer of at least `low`, else raise `SFDConfigError`.
+
+    Args:
+        name: the setting, as the user writes it (e.g. "--lora").
+        value: its value.
+        low: smallest allowed value.
+
+    Returns:
+        the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SFDConfigError(f"{name}={value!r} must be an integer of at least {low}")
+    return value

@@ -1,6 +1,6 @@
 """The package's layers, read from the source: imports only point down, argparse only in the CLI.
 
-    errors -> {images | folders | provenance | notices | hub} -> teachers -> core -> {training | pipelines | eval | baselines}
+    errors -> {images | folders | provenance | notices | progress | hub} -> teachers -> core -> {training | pipelines | eval | baselines}
            -> apps -> cli
 
 Peers (training, pipelines, eval, baselines) never import each other. Every import counts: module level,
@@ -27,6 +27,7 @@ LAYERS = {  # top-level part of sfd -> rank; a module may import only lower rank
     "folders": 1,
     "provenance": 1,
     "notices": 1,
+    "progress": 1,
     "hub": 1,
     "teachers": 2,
     "core": 3,

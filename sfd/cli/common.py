@@ -83,8 +83,12 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
     """
     add = parser.add_argument
     add("--data", default=defaults.data, help="'digits' (default) or a labelled .npz / CIFAR-10")
-    add("--forget", type=int, default=defaults.forget, help="class to forget")
-    add("--override", type=int, default=defaults.override, help="class it is mapped to")
+    add(
+        "--forget",
+        default=defaults.forget,
+        help="class to forget, by index or name (digits: zero..nine)",
+    )
+    add("--override", default=defaults.override, help="class it is mapped to, by index or name")
     add("--seed", type=int, default=defaults.seed, help="seed of every phase")
     add("--sfd-config", type=Path, help="SFD settings in `sfd fit` YAML (default: the preset)")
     add("--teacher-cache", type=Path, help="cache of teachers, classifiers, stage 1 (~/.cache/sfd)")

@@ -51,8 +51,6 @@ def run(args: list[str]) -> None:
     if not Path(options.prompts).is_file():
         raise SFDConfigError(f"prompt file {options.prompts!r} does not exist")
     check_writable_folder(options.output_dir, "--output-dir")
-    from tqdm.auto import tqdm
-
     from sfd.core.guards import check_finite_weights
     from sfd.eval.text import (
         clip_score_of_set,
@@ -64,6 +62,7 @@ def run(args: list[str]) -> None:
     )
     from sfd.pipelines.io import load_pipeline
     from sfd.pipelines.text_call import OneStepTextSampling
+    from sfd.progress import ProgressBar
 
     device = usable_device(options.device)
     pairs = read_eval_prompts(options.prompts, options.seed, options.seed_column)
@@ -72,7 +71,9 @@ def run(args: list[str]) -> None:
         raise SFDConfigError(f"{options.generator!r} is not a text-to-image generator")
     check_finite_weights(f"generator {options.generator!r}", pipeline.generator, trained=True)
     total = len(pairs) * options.num_per_prompt
-    with tqdm(total=total, desc="generating", unit="img", disable=options.no_progress) as bar:
+    with ProgressBar(
+        total=total, desc="generating", unit="img", disable=options.no_progress
+    ) as bar:
         manifest = generate_eval_set(
             _Counted(pipeline.to(device), bar, options.num_per_prompt),
             pairs,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sfd.errors import SFDConfigError, check_number
+from sfd.errors import SFDConfigError, check_integer, check_number
 from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
 
 if TYPE_CHECKING:
@@ -42,17 +42,9 @@ def run(args: list[str]) -> None:
     add("--num-per-class", type=int, default=200, help="generated samples per class")
     add("--ddim-steps", type=int, default=50, help="DDIM steps for a teacher")
     add("--output", type=Path, help="write the metrics as JSON here")
+    add("--no-progress", action="store_true", help="hide progress (sampling steps)")
     options = parser.parse_args(args)
-    model_kind = _model_kind(options.model)
-    classifier_config = _classifier_config(options.classifier)
-    if options.num_per_class < 2:
-        raise SFDConfigError(f"--num-per-class={options.num_per_class} must be at least 2 (FID)")
-    if options.ddim_steps < 1:
-        raise SFDConfigError(f"--ddim-steps={options.ddim_steps} must be at least 1")
-    check_number("--heldout-fraction", options.heldout_fraction, low=0, high=1, low_open=True,
-                 high_open=True)  # fmt: skip
-    if options.output is not None:
-        check_writable_file(options.output, "--output")
+    model_kind, classifier_config = check_options(options)
 
     from sfd.apps.data.images import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
@@ -100,7 +92,7 @@ def run(args: list[str]) -> None:
         None if options.override is None else [options.override],
         options.num_per_class,
         seed=options.seed,
-        progress=True,
+        progress=not options.no_progress,
     )
     report = {
         "model": str(options.model),
@@ -121,6 +113,24 @@ def run(args: list[str]) -> None:
         text = json.dumps(report, indent=2) + "\n"
         write_file_atomically(options.output, lambda path: path.write_text(text))
         print(f"wrote {options.output}")
+
+
+def check_options(options: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """Every check of `sfd eval` that needs no data or network, before torch is imported (the
+    class names and the fit to the data come once the data is loaded).
+
+    Returns:
+        the model's kind ("generator" or "teacher") and the classifier's config.json.
+    """
+    model_kind = _model_kind(options.model)
+    classifier_config = _classifier_config(options.classifier)
+    check_integer("--num-per-class", options.num_per_class, 2)  # FID needs two
+    check_integer("--ddim-steps", options.ddim_steps, 1)
+    check_number("--heldout-fraction", options.heldout_fraction, low=0, high=1, low_open=True,
+                 high_open=True)  # fmt: skip
+    if options.output is not None:
+        check_writable_file(options.output, "--output")
+    return model_kind, classifier_config
 
 
 def forget_override(

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from sfd.errors import check_integer
 from sfd.folders import check_input_file, check_output_folder
 
 
@@ -53,10 +54,7 @@ def run(args: list[str]) -> None:
         "file that does not record this run (another run's forget, override or iterations)",
     )
     options = parser.parse_args(args)
-    # The path checks of `export_checkpoint`, made here too so they answer before torch is imported.
-    if options.checkpoint != "last" and not Path(options.checkpoint).is_dir():
-        check_input_file(options.checkpoint, "checkpoint")
-    check_output_folder(options.output_dir, "output folder", options.overwrite)
+    check_options(options)
 
     from sfd.pipelines.io import export_checkpoint
 
@@ -76,3 +74,13 @@ def run(args: list[str]) -> None:
     step = (record.get("training") or {}).get("global_step")
     at = f" (iteration {step})" if step is not None else ""
     print(f"exported the generator of {record['checkpoint']}{at} to {path}")
+
+
+def check_options(options: argparse.Namespace) -> None:
+    """The checks of `sfd export` that need no checkpoint (paths, LoRA rank), before torch is
+    imported; `export_checkpoint` makes them again for library callers, then the rest."""
+    if options.checkpoint != "last" and not Path(options.checkpoint).is_dir():
+        check_input_file(options.checkpoint, "checkpoint")
+    check_output_folder(options.output_dir, "output folder", options.overwrite)
+    if options.lora is not None:
+        check_integer("--lora", options.lora, 1)  # a LoRA rank

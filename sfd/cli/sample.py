@@ -50,12 +50,12 @@ def run(args: list[str]) -> None:
     _check_options(options)
 
     import torch
-    from tqdm.auto import tqdm
 
     from sfd.core.guards import check_finite_weights
     from sfd.images import Grid, unit_to_uint8
     from sfd.pipelines.io import load_pipeline
     from sfd.pipelines.text_call import OneStepTextSampling
+    from sfd.progress import ProgressBar
 
     device = usable_device(options.device)
     pipeline = load_pipeline(options.generator).to(device)
@@ -74,7 +74,7 @@ def run(args: list[str]) -> None:
     rng = torch.Generator(device=device).manual_seed(options.seed)
     grid: Grid | None = None
     done = 0
-    with tqdm(
+    with ProgressBar(
         total=len(rows) * per_row, desc="sampling", unit="img", disable=options.no_progress
     ) as bar:
         for batch in _batches(rows, per_row, options.batch_size):

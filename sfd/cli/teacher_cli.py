@@ -10,20 +10,28 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from sfd.apps.teachers.checks import check_output_dir, check_teacher_settings, single_class_warning
+from sfd.apps.teachers.checks import (
+    check_no_teacher_yet,
+    check_output_dir,
+    check_teacher_settings,
+    single_class_warning,
+)
 from sfd.apps.teachers.pixel import DDPMTeacherModule, TeacherDataModule, save_teacher
-from sfd.errors import SFDConfigError
+from sfd.cli.teacher import (
+    DEFAULT_MAX_STEPS,
+    DEFAULT_OUTPUT_DIR,
+    OUTPUT_DIR_HELP,
+    OVERWRITE_HELP,
+)
 from sfd.folders import check_writable_folder
 from sfd.training.cli import ONE_LINE_PARSER, RunCLI
 from sfd.training.config_files import check_config_files
 from sfd.training.progress import quiet_design_warnings
 
-DEFAULT_OUTPUT_DIR = "runs/teachers/digits"
 RUN_FOLDER_SUFFIX = "-training"  # logs and checkpoints: <output_dir>-training/
 
 
@@ -33,31 +41,14 @@ def run_folder_for(output_dir: str) -> str:
     return str(output_dir).rstrip("/\\") + RUN_FOLDER_SUFFIX
 
 
-def check_no_teacher_yet(output_dir: str, overwrite: bool) -> None:
-    """Refuse to train over a teacher already in `output_dir`, unless `overwrite`."""
-    if not overwrite and (Path(output_dir) / "model_index.json").is_file():
-        raise SFDConfigError(
-            f"--output_dir {output_dir!r} already holds a teacher; --overwrite replaces it once "
-            "the new one is trained, or choose a new folder"
-        )
-
-
 class TeacherCLI(RunCLI):
     """`RunCLI` with the data → model links and the final export of the teacher folder."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
-            "--output_dir",
-            type=str,
-            default=DEFAULT_OUTPUT_DIR,
-            help="folder to write the trained teacher to (diffusers DDPMPipeline layout + sfd.json); "
-            "logs and checkpoints go to <output_dir>-training unless trainer.default_root_dir is set",
+            "--output_dir", type=str, default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP
         )
-        parser.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="replace a teacher already in --output_dir (atomically, once the new one is trained)",
-        )
+        parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
 
@@ -75,7 +66,7 @@ class TeacherCLI(RunCLI):
         # Fail before loading data and training, not after.
         check_writable_folder(config["output_dir"], "--output_dir")
         check_output_dir(config["output_dir"])
-        check_no_teacher_yet(config["output_dir"], bool(config.get("overwrite")))
+        check_no_teacher_yet(config["output_dir"], bool(config.get("overwrite")), "--output_dir")
         check_teacher_settings(config["model"], config.get("trainer") or {})
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
@@ -130,7 +121,7 @@ def teacher_lightning_cli(args: list[str], run: bool = True) -> TeacherCLI:
             TeacherDataModule,
             args=args,
             run=run,
-            trainer_defaults={"max_steps": 3000},
+            trainer_defaults={"max_steps": DEFAULT_MAX_STEPS},
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             parser_kwargs={**ONE_LINE_PARSER, "prog": "sfd teacher"},

@@ -32,6 +32,11 @@ def teacher_text_parser() -> argparse.ArgumentParser:
     add("--text-encoder", help="transformers tokenizer + model folder (default: MiniLM)")
     add("--max-length", type=int, help="tokenizer padding / truncation length (default 24)")
     add("--accelerator", default="auto", help="Lightning accelerator")
+    add(
+        "--overwrite",
+        action="store_true",
+        help="replace a teacher already in --output-dir (atomically, once the new one is trained)",
+    )
     add("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -41,7 +46,7 @@ def run(args: list[str]) -> None:
     options = teacher_text_parser().parse_args(args)  # before torch: `--help` answers at once
     from sfd.apps.data.captions import load_captioned
     from sfd.apps.data.images import train_heldout_split
-    from sfd.apps.teachers.checks import check_output_dir
+    from sfd.apps.teachers.checks import check_no_teacher_yet, check_output_dir
     from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
 
     settings = TextTeacherSettings.for_data(
@@ -58,6 +63,7 @@ def run(args: list[str]) -> None:
     )
     settings.check()
     check_output_dir(options.output_dir)
+    check_no_teacher_yet(options.output_dir, options.overwrite, "--output-dir")
     data, vocabulary = load_captioned(options.data)
     train, _ = train_heldout_split(data, options.heldout_fraction, options.seed)
     with run_quietly(not options.no_progress):

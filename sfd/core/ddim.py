@@ -21,6 +21,7 @@ them at 1e-4). The σ-space loop is the shorter and the more general of the two.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,7 +57,12 @@ def ddim_sigmas(sigma_table: Tensor | None, num_steps: int) -> Tensor:
 
 
 def ddim_trajectory(
-    denoiser: Denoiser, z: Tensor, cond: Any, sigmas: Tensor, guidance: float = 1.0
+    denoiser: Denoiser,
+    z: Tensor,
+    cond: Any,
+    sigmas: Tensor,
+    guidance: float = 1.0,
+    on_step: Callable[[], None] | None = None,
 ) -> Tensor:
     """Run deterministic DDIM from noise z through `sigmas` and return where it stops.
 
@@ -70,6 +76,7 @@ def ddim_trajectory(
         sigmas: decreasing noise levels, (k + 1,): k denoiser evaluations, from sigmas[0] to
             sigmas[-1] (0 for a full trajectory; a partial one stops at a noisy level).
         guidance: classifier-free guidance scale of every step (1: none).
+        on_step: called after each denoiser evaluation (progress of long samplings).
 
     Returns:
         x at noise level sigmas[-1] in σ-space (x0 + σ·ε), (B, C, H, W), float32.
@@ -79,12 +86,20 @@ def ddim_trajectory(
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         x0_hat = denoiser.guided(x, sigma, cond, guidance)  # (B, C, H, W)
         x = x0_hat + (sigma_next / sigma) * (x - x0_hat)
+        if on_step is not None:
+            on_step()
     return x
 
 
 @torch.no_grad()
 def sample_ddim(
-    denoiser: Denoiser, z: Tensor, cond: Any, sigmas: Tensor, guidance: float = 1.0
+    denoiser: Denoiser,
+    z: Tensor,
+    cond: Any,
+    sigmas: Tensor,
+    guidance: float = 1.0,
+    *,
+    on_step: Callable[[], None] | None = None,
 ) -> Tensor:
     """Run deterministic DDIM (η = 0) from noise z through the full σ schedule `sigmas`.
 
@@ -94,6 +109,7 @@ def sample_ddim(
         cond: condition batch (e.g. class labels (B,)).
         sigmas: decreasing noise levels, (n + 1,), from `ddim_sigmas`; n denoiser evaluations.
         guidance: classifier-free guidance scale of every step (1: none).
+        on_step: called after each denoiser evaluation (progress of long samplings).
 
     Returns:
         samples x0, (B, C, H, W), float32.
@@ -101,4 +117,4 @@ def sample_ddim(
     sigmas = sigmas.to(z.device, torch.float32)
     if sigmas.ndim != 1 or len(sigmas) < 2 or bool((sigmas[1:] >= sigmas[:-1]).any()):
         raise SFDConfigError("sigmas must be a strictly decreasing 1-D schedule of >= 2 levels")
-    return ddim_trajectory(denoiser, z, cond, sigmas, guidance)
+    return ddim_trajectory(denoiser, z, cond, sigmas, guidance, on_step)

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sfd.errors import SFDConfigError
 from sfd.images import LabelledImages
+from sfd.progress import ProgressBar
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -197,7 +197,7 @@ def train_classifier(
         )
         x_all, labels_all = train.to_model_space(), train.labels
         classifier.train()
-        bar = tqdm(range(max_steps), desc="classifier", disable=not progress, leave=False)
+        bar = ProgressBar(range(max_steps), desc="classifier", disable=not progress, leave=False)
         for _ in bar:
             index = torch.randint(0, len(train), (min(batch_size, len(train)),), generator=rng)
             x = _augment(x_all[index], shift, train.horizontal_flip, rng)  # (B, C, H, W)

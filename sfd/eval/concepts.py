@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sfd.errors import SFDConfigError
 from sfd.eval.evaluate import class_noise, classify
@@ -29,6 +28,7 @@ from sfd.eval.metrics import (
 )
 from sfd.eval.text_models import TextToImage
 from sfd.images import to_uint8
+from sfd.progress import ProgressBar
 
 
 @dataclass
@@ -104,7 +104,9 @@ def generate_for_prompts(
     z = class_noise(len(prompts), model.latent_shape, seed)
     chunks = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc=f"sampling {model.name}", disable=not progress, leave=False):
+    for start in ProgressBar(
+        starts, desc=f"sampling {model.name}", disable=not progress, leave=False
+    ):
         cond = model.encoder.condition(prompts[start : start + batch_size]).to(device)
         images = model.images(z[start : start + batch_size].to(device), cond)
         chunks.append(to_uint8(images.cpu()))

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sfd.core.ddim import ddim_sigmas, sample_ddim
 from sfd.core.generator import OneStepGenerator
@@ -25,6 +24,7 @@ from sfd.eval.metrics import (
     unlearning_accuracy,
 )
 from sfd.images import from_uint8, to_uint8
+from sfd.progress import ProgressBar
 from sfd.teachers.base import Denoiser
 
 
@@ -37,12 +37,15 @@ class ImageSampler:
         nfe: network evaluations per sample.
         sample_shape: (C, H, W) of one sample.
         sample: the sampling function.
+        sample_stepwise: the same sampling, calling its third argument after each of its `nfe`
+            network evaluations (None: one-step samplers; progress then counts whole calls).
     """
 
     name: str
     nfe: int
     sample_shape: tuple[int, int, int]
     sample: Callable[[Tensor, Tensor], Tensor]
+    sample_stepwise: Callable[[Tensor, Tensor, Callable[[], None]], Tensor] | None = None
 
 
 def one_step_sampler(generator: OneStepGenerator) -> ImageSampler:
@@ -66,11 +69,15 @@ def ddim_sampler(teacher: Denoiser, num_steps: int) -> ImageSampler:
     sigmas = ddim_sigmas(teacher.sigma_table, num_steps)
     teacher.eval()
 
-    def sample(labels: Tensor, z: Tensor) -> Tensor:
-        return sample_ddim(teacher, z, labels, sigmas)
+    def sample(labels: Tensor, z: Tensor, on_step: Callable[[], None] | None = None) -> Tensor:
+        return sample_ddim(teacher, z, labels, sigmas, on_step=on_step)
 
     return ImageSampler(
-        f"DDIM {num_steps} steps (eta=0, trailing spacing)", num_steps, teacher.sample_shape, sample
+        f"DDIM {num_steps} steps (eta=0, trailing spacing)",
+        num_steps,
+        teacher.sample_shape,
+        sample,
+        sample_stepwise=sample,
     )
 
 
@@ -95,18 +102,31 @@ def generate(
         seed: seed of the noise (the same seed gives every model the same z).
         batch_size: samples per network call.
         device: where the model runs.
-        progress: show a progress bar.
+        progress: show progress (`sfd.progress`): every network evaluation of a multi-step
+            sampler, every batch of a one-step one.
 
     Returns:
         images in [-1, 1], (N, C, H, W), float32 on CPU.
     """
     z = class_noise(len(labels), sampler.sample_shape, seed)
     chunks = list(zip(labels.split(batch_size), z.split(batch_size), strict=True))
+    stepwise = sampler.sample_stepwise
     images = []
-    for label_chunk, z_chunk in tqdm(
-        chunks, desc=f"sampling {sampler.name}", disable=not progress, leave=False
-    ):
-        images.append(sampler.sample(label_chunk.to(device), z_chunk.to(device)).float().cpu())
+    with ProgressBar(
+        total=len(chunks) * (sampler.nfe if stepwise else 1),
+        desc=f"sampling {sampler.name}",
+        unit="step" if stepwise else "batch",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        for label_chunk, z_chunk in chunks:
+            label_chunk, z_chunk = label_chunk.to(device), z_chunk.to(device)
+            if stepwise is None:
+                chunk = sampler.sample(label_chunk, z_chunk)
+                bar.update(1)
+            else:
+                chunk = stepwise(label_chunk, z_chunk, lambda: bar.update(1))
+            images.append(chunk.float().cpu())
     return torch.cat(images)
 
 

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sfd.core.conditions import TextCondition
 from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import AttackBudget as AttackBudget
 from sfd.eval.evaluate import class_noise
 from sfd.eval.text_models import TextToImage
+from sfd.progress import ProgressBar
 from sfd.teachers.text_encoder import check_inputs_embeds, insert_soft_tokens, tokenize
 
 
@@ -134,7 +134,7 @@ def soft_prompt_attack(
     optimizer = torch.optim.Adam([soft.tokens], lr=budget.lr)
     labels = torch.full((budget.batch_size,), target, device=device)
     losses = []
-    for step in tqdm(range(budget.steps), desc="soft-prompt attack", disable=not progress):
+    for step in ProgressBar(range(budget.steps), desc="soft-prompt attack", disable=not progress):
         z = class_noise(budget.batch_size, model.latent_shape, budget.seed + 2 + step).to(device)
         embeds = soft().expand(budget.batch_size, -1, -1)  # (B, L, D)
         cond = TextCondition(embeds, empty.expand_as(embeds))

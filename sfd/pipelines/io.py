@@ -18,7 +18,7 @@ from diffusers import DiffusionPipeline
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely, newest_checkpoint
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, generator_from_checkpoint
 from sfd.core.guards import WEIGHT_LIMIT, check_finite_weights, largest_weight
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_integer
 from sfd.folders import (
     check_input_file,
     check_output_folder,
@@ -252,8 +252,8 @@ def export_checkpoint(
     Returns:
         the folder.
     """
-    if lora_rank is not None and lora_rank < 1:
-        raise SFDConfigError(f"--lora {lora_rank} must be a LoRA rank of at least 1")
+    if lora_rank is not None:
+        check_integer("--lora", lora_rank, 1)  # a LoRA rank
     checkpoint = resolve_checkpoint(checkpoint)
     check_input_file(checkpoint, "checkpoint")
     check_output_folder(output_dir, "output folder", overwrite)

@@ -28,7 +28,7 @@ from sfd.core import guards
 from sfd.core.adversarial import check_adversarial_settings
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely
 from sfd.core.module import SFDModule
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_integer
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.callbacks import LoggedSaveConfigCallback
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
@@ -97,6 +97,12 @@ class RunCLI(LightningCLI):
         except ArgumentError as error:
             self._remove_new_paths()
             raise SFDConfigError(one_line(error)) from error
+        except ValueError as error:
+            self._remove_new_paths()
+            mistake = _user_mistake_inside(error)
+            if mistake is None:
+                raise
+            raise mistake from error
         except BaseException:
             # A failure before the first iteration leaves nothing behind; a crash later keeps
             # the run's checkpoints and logs.
@@ -370,6 +376,18 @@ def fit_summary(trainer: Trainer) -> list[str]:
     ]
 
 
+def _user_mistake_inside(error: BaseException) -> SFDConfigError | None:
+    """The `SFDConfigError` a class raised while jsonargparse instantiated it (jsonargparse
+    wraps it, e.g. in "Does not validate against any of the Union subtypes"), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SFDConfigError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def check_model_settings(model: Mapping[str, Any]) -> None:
     """The checks `SFDModule` makes of its numbers and optimizer settings, run on the parsed
     `model` group before anything is built (so a demo refuses them before training a teacher)."""
@@ -384,6 +402,13 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
         if isinstance(optimizer, Mapping):
             for key, value in (optimizer.get("init_args") or {}).items():
                 guards.check_optimizer_setting(f"model.{name}.init_args.{key}", value)
+    for name in ("teacher", "fake_score", "generator"):  # a LoRA network's rank, before loading
+        network = model.get(name)
+        rank = (
+            (network.get("init_args") or {}).get("rank") if isinstance(network, Mapping) else None
+        )
+        if rank is not None:
+            check_integer(f"model.{name}.init_args.rank", rank, 1)
 
 
 class _ParseOnlyCLI(SFDLightningCLI):

@@ -9,7 +9,6 @@ computes, so a resumed run stays bit-identical.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,8 +17,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from typing_extensions import override
 
 from sfd.notices import quiet_known_warnings
-
-PLAIN_EVERY_PERCENT = 5  # progress lines in a log that is not a terminal
+from sfd.progress import PlainMarks, plain_output, progress_line
 
 
 def quiet_design_warnings() -> None:
@@ -47,12 +45,10 @@ class IterationProgressBar(TQDMProgressBar):
     def __init__(self, refresh_rate: int = 1, plain: bool | None = None) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self.plain = plain
-        self._last_plain_mark = -1
+        self._marks = PlainMarks()
 
     def _plain_lines(self) -> bool:
-        if self.plain is None:
-            return not sys.stdout.isatty()
-        return self.plain
+        return plain_output() if self.plain is None else self.plain
 
     @override
     def init_train_tqdm(self) -> Tqdm:
@@ -119,16 +115,9 @@ class IterationProgressBar(TQDMProgressBar):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int
     ) -> None:
         """One line when the run crosses the next `PLAIN_EVERY_PERCENT` % mark (and at its end)."""
-        total = trainer.max_steps
-        mark = step * 100 // total // PLAIN_EVERY_PERCENT
-        if mark <= self._last_plain_mark and step < total:
-            return
-        self._last_plain_mark = mark
-        metrics = self.get_metrics(trainer, pl_module)
-        losses = " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-        )
-        print(f"Iterations {step}/{total} ({step * 100 // total}%) {losses}".rstrip(), flush=True)
+        if self._marks.due(step, trainer.max_steps):
+            metrics = self.get_metrics(trainer, pl_module)
+            print(progress_line("Iterations", step, trainer.max_steps, metrics), flush=True)
 
     def _show(self, step: int) -> None:
         bar = self.train_progress_bar

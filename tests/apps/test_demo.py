@@ -140,7 +140,9 @@ def test_cached_build_reuses_and_survives_interruption(tmp_path: Path) -> None:
     "bad",
     [
         ["--forget", "10"],
+        ["--forget", "eleven"],
         ["--forget", "2", "--override", "2"],
+        ["--forget", "two", "--override", "2"],
         ["--override", "-1"],
         ["--data", "no/such/file.npz"],
         ["--trainer.max_steps", "0"],
@@ -169,6 +171,35 @@ def test_full_demo_default_settings(tmp_path: Path) -> None:
     assert metrics["sfd"]["ua"] >= 0.99
     assert metrics["distilled_without_forgetting"]["ua"] < 0.5  # forgetting comes from SFD
     assert metrics["sfd"]["remain_accuracy"] >= metrics["teacher"]["remain_accuracy"] - 0.05
+
+
+def test_the_demos_sfd_stages_report_iterations_as_fit_does(
+    tiny_teacher_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Stage 1 / stage 2 runs of the demos (and `sfd compare`'s methods) show `sfd fit`'s
+    iteration progress: iterations against the total with the losses, plain lines in a log."""
+    from sfd.apps.harness.settings import default_sfd_config
+    from sfd.apps.harness.stages import train_sfd
+
+    args = ["-c", str(default_sfd_config()), "--trainer.max_steps", "4", "--model.batch_size", "4",
+            "--model.teacher.init_args.pretrained_model_name_or_path", str(tiny_teacher_dir)]  # fmt: skip
+    train_sfd(args, [], tmp_path / "log", progress=True)
+    out = capfd.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("Iterations ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "fake/total=" in lines[-1] and "generator/total=" in lines[-1] and "\r" not in out
+
+
+def test_demo_and_compare_take_classes_by_index_or_name(tmp_path: Path) -> None:
+    """`sfd demo` / `sfd compare` --forget / --override: an index or the data set's class name
+    (digits by their caption names), resolved once the data is loaded, before any check."""
+    from sfd.apps.harness.class_run import ClassRunSettings
+    from sfd.apps.harness.workspace import start_run
+
+    settings = ClassRunSettings(forget="Three", override="5", teacher_cache=tmp_path / "cache")
+    start_run(settings)
+    assert (settings.forget, settings.override) == (3, 5)
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 @pytest.mark.slow  # ~1 minute: a tiny demo end to end

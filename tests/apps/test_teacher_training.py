@@ -188,6 +188,21 @@ def test_train_teacher_with_null_class(tmp_path: Path, digits_train: LabelledIma
     torch.testing.assert_close(guided, x0_null + 3.0 * (x0_cond - x0_null), rtol=1e-3, atol=1e-3)
 
 
+def test_the_demos_teacher_training_reports_iterations_as_fit_does(
+    tmp_path: Path, digits_train: LabelledImages, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The teachers the demos train show sfd's one progress style: iterations against the
+    total with the loss, as plain lines when the output is not a terminal."""
+    train_teacher(
+        digits_train, tmp_path / "t", max_steps=4, block_out_channels=(4, 8), progress=True,
+        accelerator="cpu",
+    )  # fmt: skip
+    out = capfd.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("Iterations ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "loss=" in lines[-1] and "\r" not in out and "Epoch" not in out
+
+
 def test_ema_update_and_export_are_exact(tmp_path: Path) -> None:
     module = DDPMTeacherModule(10, (1, 8, 8), ema_decay=0.99, **TINY)
     with torch.no_grad():

@@ -119,3 +119,15 @@ def test_teacher_text_cli_writes_a_latent_teacher(bert, tmp_path, single_thread,
         .splitlines()[-1]
         .startswith("sfd: error: teacher max_steps=0")
     )
+    # A teacher is never replaced by accident: --overwrite replaces it, once the new one is trained.
+    rest = [*tiny, "--text-encoder", str(bert), "--accelerator", "cpu", "--no-progress"]
+    written = (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert main([*args, *rest]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"sfd: error: --output-dir {str(out)!r} already holds a teacher; --overwrite replaces it "
+        "once the new one is trained, or choose a new folder"
+    )
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == written
+    assert main([*args, *rest, "--seed", "1", "--overwrite"]) == 0
+    assert StableDiffusionTeacher(str(out)).sample_shape == (4, 8, 8)

@@ -339,6 +339,9 @@ CASES: list[Case] = [
     ("teacher-text-lr-negative", lambda w, o: teacher_text(w, o, "--lr", "-1"), "teacher lr=-1.0"),
     ("teacher-text-max-steps-negative", lambda w, o: teacher_text(w, o, "--max-steps", "-5"), "max_steps=-5"),
     ("teacher-text-channels-zero", lambda w, o: teacher_text(w, o, "--channels", "0"), "block_out_channels=(0,)"),
+    ("teacher-text-output-holds-teacher",
+     lambda w, o: ["teacher-text", "--output-dir", str(w / "text_teacher"), "--max-steps", "1",
+                   "--text-encoder", str(w.encoder), "--no-progress"], "already holds a teacher; --overwrite"),
     ("teacher-text-encoder-missing",
      lambda w, o: teacher_text(w, o, "--text-encoder", str(w / "nope")), "is not a folder"),
     ("teacher-text-encoder-junk",
@@ -372,7 +375,7 @@ CASES: list[Case] = [
     ("export-metrics-not-json",
      lambda w, o: export(w, o, "--metrics", str(w / "broken_metrics.json")), "broken_metrics.json' is not valid JSON"),
     ("export-metrics-missing", lambda w, o: export(w, o, "--metrics", str(w / "nope.json")), "nope.json' does not exist"),
-    ("export-lora-rank-zero", lambda w, o: export(w, o, "--lora", "0"), "--lora 0"),
+    ("export-lora-rank-zero", lambda w, o: export(w, o, "--lora", "0"), "--lora=0 must be an integer of at least 1"),
     ("export-single-file-bert",
      lambda w, o: export(w, o, "--single-file", ckpt=w / "text_vae.ckpt"), "this generator's is a BertModel"),
     # --- sfd sample (items 1, 6, 7) ---
@@ -407,6 +410,9 @@ CASES: list[Case] = [
      "--forget 'eleven' is not a class: give 0..9 or one of ['zero', "),
     ("eval-override-equals-forget", lambda w, o: evaluate(w, o, "--override", "zero"),
      "--override 'zero' equals --forget"),
+    ("eval-num-per-class-one", lambda w, o: evaluate(w, o, "--num-per-class", "1"), "--num-per-class=1 must be an integer of at least 2"),
+    ("eval-ddim-steps-zero", lambda w, o: evaluate(w, o, "--ddim-steps", "0"), "--ddim-steps=0 must be an integer of at least 1"),
+    ("eval-heldout-fraction-one", lambda w, o: evaluate(w, o, "--heldout-fraction", "1"), "--heldout-fraction=1.0"),
     ("eval-teacher-non-finite",
      lambda w, o: evaluate(w, o, model=w / "nan_teacher"), "non-finite weights: the first bad tensor is unet.conv_in.weight"),
     # --- sfd eval-text (item 6) ---
@@ -429,6 +435,14 @@ CASES: list[Case] = [
      lambda w, o: concepts(w, o, "--override", "1"), "--override 1 equals --forget"),
     ("eval-text-concepts-guidance-negative",
      lambda w, o: concepts(w, o, "--guidance-scale", "-1"), "--guidance-scale=-1.0"),
+    ("fit-lora-rank-zero",
+     lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+                   "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.fake_score", "sfd.teachers.StableDiffusionLoRAFakeScore",
+                   "--model.fake_score.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.fake_score.rank", "0", "--trainer.accelerator", "cpu",
+                   "--trainer.devices", "1", "--trainer.precision", "32-true",
+                   "--trainer.default_root_dir", str(o)], "model.fake_score.init_args.rank=0 must be an integer of at least 1"),
     # --- sfd fit: guidance ---
     ("fit-guidance-absurd", lambda w, o: fit(w, o, "--model.teacher_guidance", "1000"), "teacher_guidance=1000.0"),
     # --- sfd demo / compare ---
@@ -537,6 +551,7 @@ def test_bad_input(
     assert len(errors) == 1, err
     assert fragment in errors[0], errors[0]
     assert "Traceback" not in err
+    assert "Seed set" not in err  # the seed line comes only once the settings are checked
     assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
     assert not Path(str(out) + "-training").exists()
     assert listing(world.root) == before, "an input folder changed"
@@ -633,3 +648,19 @@ def test_eval_takes_classes_by_index_or_by_the_data_set_s_names() -> None:
     assert forget_override("2", "0", "unnamed.npz", unnamed) == (2, 0)
     with pytest.raises(SFDConfigError, match=r"give 0..3 \(the data set names no classes\)$"):
         forget_override("seven", None, "unnamed.npz", unnamed)
+
+
+def test_a_class_s_own_refusal_inside_jsonargparse_is_one_line() -> None:
+    """jsonargparse wraps what a constructor raises (e.g. in a Union's "Does not validate");
+    `sfd fit` hands the user the constructor's own `SFDConfigError`."""
+    from sfd.training.cli import _user_mistake_inside
+
+    mistake = SFDConfigError("LoRA rank=0 must be at least 1")
+    try:
+        try:
+            raise mistake
+        except SFDConfigError as inner:
+            raise ValueError("Does not validate against any of the Union subtypes") from inner
+    except ValueError as wrapped:
+        assert _user_mistake_inside(wrapped) is mistake
+    assert _user_mistake_inside(ValueError("a library's own fault")) is None

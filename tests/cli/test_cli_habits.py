@@ -47,6 +47,7 @@ FAST_ERRORS = [
     (["eval", "--help"], None),
     (["eval-text", "--help"], None),
     (["teacher-text", "--help"], None),
+    (["teacher", "--help"], None),
     (["demo", "--help"], None),
     (["compare", "--help"], None),
     (["demo-text", "--help"], None),
@@ -145,3 +146,27 @@ def test_no_progress_hides_the_libraries_weight_bars_and_restores_them(
     assert diffusers_logging.is_progress_bar_enabled()
     with run_quietly(progress=True):
         assert diffusers_logging.is_progress_bar_enabled()
+
+
+def test_teacher_help_lists_what_the_lightning_parser_takes(capsys) -> None:
+    """`sfd teacher --help` is read from the source without torch (above); its options and
+    defaults are those of the LightningCLI parser itself (the oracle), and --help-all is that
+    parser's own page."""
+    from sfd.cli.teacher import teacher_options
+    from sfd.cli.teacher_cli import parse_teacher_config
+
+    parsed = parse_teacher_config([])
+    for group, options in teacher_options().items():
+        assert {name: value for name, value, _ in options} == {
+            key: (tuple(v) if isinstance(v, list) else v) for key, v in dict(parsed[group]).items()
+        }, group
+        assert all(text for _, _, text in options), group  # every option described
+    assert main(["teacher", "--help"]) == 0
+    short = capsys.readouterr().out
+    for group, options in teacher_options().items():
+        assert all(f"--{group}.{name} " in short for name, _, _ in options)
+    with pytest.raises(SystemExit) as stop:
+        main(["teacher", "--help-all"])
+    assert stop.value.code == 0
+    full = capsys.readouterr().out
+    assert "--trainer.max_steps" in full and "--model.block_out_channels" in full

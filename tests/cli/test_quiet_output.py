@@ -134,3 +134,25 @@ def test_sample_marks_the_forgotten_rows(tmp_path: Path) -> None:
     rows = ["brad pitt on a horse", "a cat", "a photo of Brad Pitt"]
     assert forgotten_rows(tmp_path, rows) == [True, False, True]
     assert forgotten_rows(tmp_path / "missing", rows) == [False, False, False]
+
+
+def test_sfd_eval_of_a_teacher_reports_every_ddim_step(
+    tiny_teacher_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A teacher samples in many steps: `sfd eval` counts each (here 3 DDIM steps of one batch),
+    as plain lines since the captured output is not a terminal; --no-progress hides them."""
+    import torch
+
+    from sfd.eval.classifier import Classifier, save_classifier
+
+    torch.manual_seed(0)
+    save_classifier(Classifier(1, 10, (8, 8), width=8, feature_dim=8), tmp_path / "clf")
+    argv = ["eval", str(tiny_teacher_dir), "--classifier", str(tmp_path / "clf"), "--forget", "0",
+            "--num-per-class", "2", "--ddim-steps", "3"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    steps = [line for line in out.splitlines() if line.startswith("sampling DDIM 3 steps")]
+    assert [line.rsplit(" ", 2)[1:] for line in steps] == [["1/3", "(33%)"], ["2/3", "(66%)"],
+                                                           ["3/3", "(100%)"]]  # fmt: skip
+    assert main([*argv, "--no-progress"]) == 0
+    assert "sampling" not in capsys.readouterr().out

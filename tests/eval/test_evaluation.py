@@ -21,6 +21,7 @@ from sfd.eval.evaluate import (
     classify,
     ddim_sampler,
     evaluate_sampler,
+    generate,
     measure_throughput,
 )
 from sfd.eval.metrics import (
@@ -271,3 +272,17 @@ def test_library_versions_recorded() -> None:
         "not installed"
     )
     assert environment()["cpu_count"] == os.cpu_count()
+
+
+def test_generate_reports_every_ddim_step_as_plain_lines(capsys) -> None:
+    """`sfd eval` of a teacher: progress counts network evaluations (chunks × DDIM steps), and
+    in a log that is not a terminal it prints a line per 5 % of them, the same images as without."""
+    sigmas_t = sigmas_from_alphas_cumprod(linear_schedule().alphas_cumprod)
+    sampler = ddim_sampler(GaussianDenoiser(0.0, 1.0, sigmas_t), 10)
+    labels = torch.arange(8) % NUM_CLASSES
+    quiet = generate(sampler, labels, seed=3, batch_size=4, progress=False)
+    assert capsys.readouterr().out == ""
+    shown = generate(sampler, labels, seed=3, batch_size=4, progress=True)
+    assert torch.equal(shown, quiet)
+    lines = capsys.readouterr().out.splitlines()  # captured: not a terminal
+    assert lines == [f"sampling {sampler.name} {n}/20 ({n * 5}%)" for n in range(1, 21)]

@@ -165,6 +165,55 @@ def test_stock_stable_diffusion_pipeline_reproduces_the_generator(text_export, t
     assert float(scheduler.timesteps[0]) == pytest.approx(record["timestep"], abs=1e-3)
 
 
+LIST_FORM_PROBE = """
+import json, sys
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+listed, named = sys.argv[1], sys.argv[2]
+stock = {"safety_checker": None, "requires_safety_checker": False}
+found = {}
+try:  # the list form: a stock class's load runs the folder's file...
+    StableDiffusionPipeline.from_pretrained(listed, **stock)
+except ValueError as error:
+    found["stock_refused"] = "trust_remote_code=True" in str(error)
+pipe = StableDiffusionPipeline.from_pretrained(listed, trust_remote_code=True, **stock)
+found["stock_class_with_trust"] = type(pipe).__name__  # ...and returns the custom class
+try:  # the class-name form: DiffusionPipeline alone looks for the class in diffusers
+    DiffusionPipeline.from_pretrained(named, trust_remote_code=True)
+except AttributeError as error:
+    found["plain_diffusion_pipeline"] = str(error)
+print(json.dumps(found))
+"""
+
+
+def test_why_a_text_export_names_only_its_class(text_export, tmp_path: Path) -> None:
+    """docs/exports.md: in diffusers (0.42) `from_pretrained` runs the folder's pipeline file
+    whenever model_index.json's `_class_name` is the list form naming it, whatever class it is
+    called on. A text export in that form would refuse the stock `StableDiffusionPipeline` load
+    without trust_remote_code and, with it, return the custom class. So a text export names its
+    class only: the stock load works (test above), and `custom_pipeline=` names the file."""
+    folder, _ = text_export
+    index = json.loads((folder / "model_index.json").read_text())
+    record = json.loads((folder / "sfd_export.json").read_text())
+    assert index["_class_name"] == "OneStepTextPipeline"
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    for item in folder.iterdir():
+        if item.name != "model_index.json":
+            (listed / item.name).symlink_to(item)
+    index["_class_name"] = [record["pipeline_file"][: -len(".py")], "OneStepTextPipeline"]
+    (listed / "model_index.json").write_text(json.dumps(index))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", LIST_FORM_PROBE, str(listed), str(folder)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["stock_refused"] and found["stock_class_with_trust"] == "OneStepTextPipeline"
+    assert "OneStepTextPipeline" in found["plain_diffusion_pipeline"]
+
+
 def test_single_file_checkpoint_round_trips(text_export, tmp_path: Path) -> None:
     folder, _ = text_export
     from diffusers import StableDiffusionPipeline

@@ -85,3 +85,26 @@ def test_unmappable_unet_is_a_clear_error() -> None:
     state = {**unet.state_dict(), "class_embedding.weight": torch.zeros(3, 3)}
     with pytest.raises(SFDConfigError, match="class_embedding.weight"):
         unet_to_ldm(state, unet.config)
+
+
+def test_single_file_with_fp16_keeps_the_float32_file(sd_dirs, tmp_path: Path) -> None:
+    """`sfd export --single-file --dtype fp16`: the float32 single file is the full-precision
+    weights (as `--dtype` keeps the float32 folder), and the fp16 file beside it is their cast."""
+    import json
+
+    from sfd.core.generator import OneStepGenerator
+    from sfd.pipelines.io import load_pipeline, save_generator
+    from sfd.teachers import StableDiffusionTeacher
+
+    generator = OneStepGenerator(StableDiffusionTeacher(str(sd_dirs["epsilon"])))
+    folder = save_generator(generator, tmp_path / "export", dtype="fp16", single_file=True)
+    record = json.loads((folder / "sfd_export.json").read_text())
+    full = load_file(folder / record["single_file"])
+    half = load_file(folder / record["single_file_variant"])
+    assert record["single_file_variant"] == "sfd_generator.fp16.safetensors"
+    assert {v.dtype for v in full.values()} == {torch.float32}
+    assert full.keys() == half.keys()
+    assert all(torch.equal(half[k], v.to(torch.float16)) for k, v in full.items())
+    exported = load_pipeline(folder).unet.state_dict()  # the float32 file is the generator
+    [prefix] = {k.split("input_blocks")[0] for k in full if "input_blocks.0.0.weight" in k}
+    assert torch.equal(full[prefix + "input_blocks.0.0.weight"], exported["conv_in.weight"])

@@ -32,8 +32,8 @@ class ClassRunSettings:
 
     output_dir: Path = Path("demo-output")
     data: str = DIGITS
-    forget: int = 0
-    override: int = 1
+    forget: int | str = 0  # an index, or a class name (`start_run` resolves it)
+    override: int | str = 1
     seed: int = 0
     heldout_fraction: float = 0.2
     teacher_cache: Path | None = None

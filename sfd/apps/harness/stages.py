@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from diffusers import DDPMPipeline, DDPMScheduler
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from sfd.apps.harness.cache import cached_build
@@ -31,6 +32,7 @@ from sfd.pipelines.io import save_generator
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser
 from sfd.training.cli import build_from_fit_config, parse_fit_config
+from sfd.training.progress import IterationProgressBar
 
 STAGE_ONE_RUN = "run.json"  # curve and seconds of the stage-1 run, beside its networks
 GENERATOR_CLASS = "sfd.pipelines.io.PretrainedOneStepGenerator"
@@ -58,6 +60,9 @@ def fit_module(
         the wall-clock seconds of `Trainer.fit`.
     """
     config = dict(trainer_config or {})
+    given = [*(config.get("callbacks") or []), *callbacks]
+    if progress and not any(isinstance(c, ProgressBar) for c in given):
+        given.append(IterationProgressBar())  # sfd's one progress style
     trainer = pl.Trainer(
         **{
             "accelerator": "cpu",
@@ -66,7 +71,7 @@ def fit_module(
             "max_epochs": 1,
             "devices": 1,
             "logger": CSVLogger(log_dir.parent, name=log_dir.name, version=""),
-            "callbacks": [*(config.get("callbacks") or []), *callbacks],
+            "callbacks": given,
             "enable_checkpointing": False,
             "enable_model_summary": False,
             "enable_progress_bar": progress,

@@ -20,6 +20,7 @@ import diffusers
 import torch
 from torch import Tensor
 
+from sfd.apps.data.captions import named_classes, resolve_class
 from sfd.apps.data.images import DIGITS, load_images, train_heldout_split
 from sfd.apps.harness.cache import (
     cached_build,
@@ -106,7 +107,8 @@ def load_split(source: str, heldout_fraction: float, seed: int, cache: Path | No
 
 
 def start_run(settings: Any) -> tuple[Workspace, Any]:
-    """The opening of `sfd demo` and `sfd compare`: threads, progress bars, data, every check.
+    """The opening of `sfd demo` and `sfd compare`: threads, progress bars, data, the forget and
+    override classes (a name becomes its index in `settings`), every check.
 
     Nothing is written yet.
 
@@ -125,6 +127,9 @@ def start_run(settings: Any) -> tuple[Workspace, Any]:
     workspace = load_split(
         settings.data, settings.heldout_fraction, settings.seed, settings.teacher_cache
     )
+    classes = named_classes(settings.data, workspace.data)  # --forget seven, --forget 7
+    settings.forget = resolve_class(settings.forget, classes, "--forget")
+    settings.override = resolve_class(settings.override, classes, "--override")
     return workspace, check_settings(settings, workspace.data)
 
 

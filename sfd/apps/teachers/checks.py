@@ -67,6 +67,16 @@ def check_output_dir(output_dir: str | Path) -> Path:
     return output_dir
 
 
+def check_no_teacher_yet(output_dir: str | Path, overwrite: bool, option: str) -> None:
+    """Refuse to train over a teacher already in `output_dir` (named by `option`), unless
+    `overwrite` (the new teacher then replaces it once trained, atomically)."""
+    if not overwrite and (Path(output_dir) / "model_index.json").is_file():
+        raise SFDConfigError(
+            f"{option} {str(output_dir)!r} already holds a teacher; --overwrite replaces it once "
+            "the new one is trained, or choose a new folder"
+        )
+
+
 def single_class_warning(train: LabelledImages) -> str | None:
     """Why a teacher trained on `train` cannot be used by `sfd fit`, or None if it can.
 

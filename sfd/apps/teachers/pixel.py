@@ -28,6 +28,7 @@ from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages, from_uint8
 from sfd.teachers.unet import SFD_CONFIG_NAME
+from sfd.training.progress import IterationProgressBar
 
 DEFAULT_BLOCK_OUT_CHANNELS = (32, 64)
 
@@ -349,6 +350,7 @@ def one_device_trainer(
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
+        callbacks=[IterationProgressBar()] if progress else None,  # sfd's one progress style
         default_root_dir=str(root_dir),
     )
 
