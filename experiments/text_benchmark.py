@@ -106,7 +106,7 @@ def run(name: str, output: Path, extra: list[str]) -> dict:
                 "remain_accuracy": metrics[key]["remain_accuracy"],
                 "neighbour_accuracy": metrics[key]["neighbour_accuracy"],
                 "fid_remain": metrics[key]["fid_remain"],
-                "attack_success": metrics["attack"][key]["success_rate"],
+                "attack_success": metrics["attack"][key]["soft"]["success_rate"],
             }
             for key in ("teacher", "distilled_without_forgetting", "sfd")
         },
@@ -116,7 +116,7 @@ def run(name: str, output: Path, extra: list[str]) -> dict:
 def setup_section(r: dict[str, Any]) -> str:
     """One set-up: its command, timings and caches, the models' numbers, then the targets."""
     models = markdown_table(
-        ("model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID", "attack"),
+        ("model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID", "soft attack"),
         [
             (
                 key, f"{100 * m['ua']:.1f} %", f"{100 * m['ua_paraphrases']:.1f} %",

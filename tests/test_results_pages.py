@@ -115,6 +115,54 @@ def compare_record(command: str) -> dict[str, Any]:
     }
 
 
+def attacks_record(command: str) -> dict[str, Any]:
+    revival = {
+        "steps": [0, 10, 20, 40], "ua": [1.0, 0.6, 0.4, 0.1], "steps_to_revival": 20,
+        "objective": "eps-MSE at sigma_init", "condition": "the forget prompt 'seven'",
+    }  # fmt: skip
+
+    def model(soft: float) -> dict[str, Any]:
+        attacks = {name: {"success_rate": soft} for name in ("soft", "discrete", "paraphrases")}
+        return {
+            "attacks": attacks,
+            "seconds": {"soft": 60.0, "discrete": 180.0},
+            "revival": revival,
+        }
+
+    return {
+        "run": run_section(command),
+        "run_folder": "runs/demo-text",
+        "forget": 7,
+        "override": 1,
+        "models": {"sfd": model(0.5), "distilled_without_forgetting": model(1.0)},
+        "budgets": {"soft": {"num_tokens": 16}, "discrete": {"num_tokens": 16}},
+        "revival_budget": {"steps": 40},
+        "ua_images": 200,
+    }
+
+
+def attacks_class_record(command: str) -> dict[str, Any]:
+    revival = {
+        "steps": [0, 1, 2], "ua": [1.0, 0.6, 0.4], "steps_to_revival": 2,
+        "objective": "eps-MSE at sigma_init", "condition": "the class label 0",
+    }  # fmt: skip
+    attack = {"success_rate": 0.25, "success_rate_without_attack": 0.0, "objective": "CE",
+              "asr_definition": "share"}  # fmt: skip
+    base = {**revival, "ua": [0.0, 0.0, 0.0], "steps_to_revival": 0}
+    return {
+        "run": run_section(command),
+        "run_folder": "runs/demo",
+        "forget": 0,
+        "models": {
+            "sfd": {"attack": attack, "seconds": 80.0, "revival": revival},
+            "distilled_without_forgetting": {"attack": attack, "seconds": 81.0, "revival": base},
+        },
+        "budget": {"steps": 200},
+        "revival_budget": {"steps": 2},
+        "ua_images": 200,
+    }
+
+
 def text_record(command: str) -> dict[str, Any]:
     scores = {
         "ua": 0.99,
@@ -262,6 +310,27 @@ CASES = [
             "## digits",
             "| sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 2.0 % |",
             "| ua | 0.990 | yes |",
+        ],
+    ),
+    (
+        "attack_suite",
+        "attacks",
+        attacks_record,
+        "python experiments/attack_suite.py --run runs/demo-text --revival 40",
+        [
+            "| one-step SFD | 50.0 % | 50.0 % | 50.0 % | 60 / 180 |",
+            "| one-step, no forgetting | 100.0 % | 60.0 % | 40.0 % | 10.0 % | 20 |",
+        ],
+    ),
+    (
+        "attack_suite",
+        "attacks_class",
+        attacks_class_record,
+        "python experiments/attack_suite.py --class-run runs/demo --revival 2",
+        [
+            "| one-step SFD | 25.0 % | 0.0 % | 80 |",
+            "| one-step SFD | 100.0 % | 60.0 % | 40.0 % | 2 |",
+            "| one-step, no forgetting | 0.0 % | 0.0 % | 0.0 % | 0 |",
         ],
     ),
     (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,3 +103,20 @@ def save_tiny_text_teacher(path: Path, encoder_dir: Path, vae: bool = False, see
     return save_text_teacher(
         path, unet, make_text_scheduler(latent=vae), tokenizer, encoder, autoencoder, {"test": True}
     )
+
+
+def text_sensitive(teacher: Any) -> Any:
+    """Random cross-attention barely moves a random UNet: amplify it so prompts matter."""
+    with torch.no_grad():
+        for name, module in teacher.unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_v.weight.mul_(30.0)
+    return teacher
+
+
+def linear_classifier(seed: int = 1) -> torch.nn.Module:
+    """A linear 3-class classifier of 8×8 images (a random CNN hardly varies on random images)."""
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(64, 3)
+    torch.nn.init.normal_(linear.weight, std=0.5)
+    return torch.nn.Sequential(torch.nn.Flatten(), linear).eval()

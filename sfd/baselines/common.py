@@ -8,11 +8,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from sfd.baselines.method import Unlearned
 from sfd.core.loop import IterationStream
+from sfd.core.losses import eps_mse as eps_mse  # the ε-MSE of the baselines' losses
 from sfd.errors import SFDConfigError
 from sfd.teachers.base import Denoiser
 
@@ -66,24 +67,6 @@ def select_trainable(network: nn.Module, which: str) -> list[str]:
             "('xattn' needs a text UNet with cross-attention, 'class_embedding' a class UNet)"
         )
     return chosen
-
-
-def eps_mse(x0_hat: Tensor, target: Tensor, sigma: Tensor) -> Tensor:
-    """Per-sample mean squared ε error between two x0 estimates at noise level σ.
-
-    With ε = (x − x0)/σ for the same input x, ‖ε̂ − ε_target‖² = ‖x0_target − x0_hat‖²/σ²; the
-    mean over pixels matches the `MSELoss` of DDPM and ESD training.
-
-    Args:
-        x0_hat: the trained network's estimate, (B, C, H, W).
-        target: the target x0 (the clean sample, or a target prediction), (B, C, H, W).
-        sigma: noise levels, (B,).
-
-    Returns:
-        per-sample loss, (B,).
-    """
-    error = (x0_hat.float() - target.float()) / sigma.float().view(-1, 1, 1, 1)
-    return error.pow(2).flatten(1).mean(1)
 
 
 def check_positive_integers(**values: Any) -> None:

@@ -132,3 +132,33 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)",
     )
     add("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_class_attack_options(parser: argparse.ArgumentParser) -> None:
+    """The class-embedding attack's budget options (`sfd eval --attack`, `sfd demo`)."""
+    from sfd.eval.attack_budget import ClassEmbeddingBudget
+
+    budget = ClassEmbeddingBudget()
+    add = parser.add_argument
+    add("--attack-steps", type=int, help=f"Adam steps per restart (default {budget.steps})")
+    add("--attack-restarts", type=int, help=f"restarts (default {budget.restarts})")
+    add("--attack-lr", type=float, help=f"Adam learning rate (default {budget.lr})")
+    add("--attack-batch", type=int, help=f"noise per step (default {budget.batch_size})")
+    add("--attack-eval-samples", type=int, help=f"held-out samples (default {budget.eval_samples})")
+    add("--attack-ddim-steps", type=int, default=4, help="a teacher's sampler in the attack")
+
+
+def class_embedding_budget(options: argparse.Namespace, seed: int) -> Any:
+    """The class-embedding attack's budget from `add_class_attack_options` (checked here)."""
+    from sfd.eval.attack_budget import ClassEmbeddingBudget
+
+    if options.attack_ddim_steps < 1:
+        raise SFDConfigError(f"--attack-ddim-steps={options.attack_ddim_steps} must be at least 1")
+    given = {
+        "steps": options.attack_steps,
+        "restarts": options.attack_restarts,
+        "lr": options.attack_lr,
+        "batch_size": options.attack_batch,
+        "eval_samples": options.attack_eval_samples,
+    }
+    return ClassEmbeddingBudget(**{k: v for k, v in given.items() if v is not None}, seed=seed)

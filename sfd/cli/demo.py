@@ -7,7 +7,14 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import FIT_PREFIXES, add_class_run_options, is_option, run_quietly
+from sfd.cli.common import (
+    FIT_PREFIXES,
+    add_class_attack_options,
+    add_class_run_options,
+    class_embedding_budget,
+    is_option,
+    run_quietly,
+)
 from sfd.errors import SFDConfigError
 
 
@@ -19,7 +26,8 @@ def demo_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sfd demo",
         description="Train a digits teacher (or reuse the cached one), forget one class with SFD, "
-        "compare with the teacher and a distilled-without-forgetting generator, write a report. "
+        "compare with the teacher and a distilled-without-forgetting generator, attack all three "
+        "with a learned class embedding, write a report. "
         "SFD settings: the packaged preset sfd/apps/harness/sfd_digits.yaml (or --sfd-config), "
         "overridden by `sfd fit` options, e.g. --trainer.max_steps 600 --model.ema_decay 0.99 "
         "--model.fake_optimizer.init_args.lr 1e-4.",
@@ -39,6 +47,8 @@ def demo_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not time the teacher's full-schedule (1000-step) sampler",
     )
+    add("--no-attack", action="store_true", help="skip the class-embedding attack")
+    add_class_attack_options(parser)
     return parser
 
 
@@ -54,9 +64,11 @@ def run(args: list[str]) -> None:
             "and SFD settings as --model.* / --trainer.*"
         )
     given = vars(options)
+    attack = None if options.no_attack else class_embedding_budget(options, options.seed)
     settings = ClassRunSettings(
         **{f.name: given[f.name] for f in fields(ClassRunSettings) if f.name in given},
         sfd_args=sfd_args,
+        attack=attack,
         time_full_schedule=not options.skip_full_schedule_timing,
         progress=not options.no_progress,
     )

@@ -14,15 +14,16 @@ from sfd.errors import SFDConfigError
 def demo_text_parser() -> argparse.ArgumentParser:
     """The text demo's own options; `--model.*` / `--trainer.*` go to the SFD configuration."""
     from sfd.apps.demo_text.settings import TextDemoSettings
-    from sfd.eval.attack_budget import AttackBudget
+    from sfd.cli.eval_text_concepts import ATTACK_NAMES, add_attack_options
 
-    defaults, attack = TextDemoSettings(), AttackBudget()
+    defaults = TextDemoSettings()
     parser = argparse.ArgumentParser(
         prog="sfd demo-text",
         description="Train a text-to-image teacher on captioned digits or Fashion-MNIST (or reuse "
         "the cached one), distil it into a one-step generator without forgetting (stage 1, "
         "cached), forget one concept with SFD started from it (stage 2), compare with the "
-        "teacher and the stage-1 generator, attack all three with a soft prompt, write a "
+        "teacher and the stage-1 generator, attack them (soft-prompt and discrete prompt "
+        "attacks; the teacher with the soft prompt only), optionally test revival, write a "
         "report. SFD settings: the packaged preset sfd/apps/demo_text/sfd_text_<data>.yaml "
         "(stage 2; stage 1 adds sfd_text_<data>_stage1.yaml) or --sfd-config, overridden by "
         "`sfd fit` options, e.g. --trainer.max_steps 400.",
@@ -61,11 +62,14 @@ def demo_text_parser() -> argparse.ArgumentParser:
     add("--forget-images", type=int, default=defaults.forget_images, help="per forget set")
     add("--remain-per-class", type=int, default=defaults.remain_per_class)
     add("--ddim-steps", type=int, default=defaults.ddim_steps, help="teacher DDIM steps")
-    add("--attack-tokens", type=int, default=attack.num_tokens, help="learned tokens")
-    add("--attack-steps", type=int, default=attack.steps, help="attack Adam steps")
-    add("--attack-lr", type=float, default=attack.lr, help="attack learning rate")
-    add("--attack-batch", type=int, default=attack.batch_size, help="attack noise per step")
-    add("--attack-eval-samples", type=int, default=attack.eval_samples)
+    add(
+        "--attack",
+        nargs="+",
+        choices=ATTACK_NAMES,
+        default=list(defaults.attacks),
+        help="attacks of the suite (default: soft discrete)",
+    )
+    add_attack_options(parser)
     add("--attack-prompts", type=int, default=defaults.attack_prompts, help="prompts attacked")
     add("--attack-ddim-steps", type=int, default=defaults.attack_ddim_steps, help="teacher")
     add("--grid-per-prompt", type=int, default=defaults.grid_per_prompt)
@@ -83,7 +87,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
 def run(args: list[str]) -> None:
     """`sfd demo-text`: parse, run, print the table and where the report is."""
     from sfd.apps.demo_text.settings import TextDemoSettings
-    from sfd.eval.attack_budget import AttackBudget
+    from sfd.cli.eval_text_concepts import attack_budgets, revival_budget
 
     options, sfd_args = demo_text_parser().parse_known_args(args)  # --help answers before torch
     stray = [a for a in sfd_args if is_option(a) and not a.startswith(FIT_PREFIXES)]
@@ -93,20 +97,15 @@ def run(args: list[str]) -> None:
             "(sfd demo-text --help) and SFD settings as --model.* / --trainer.*"
         )
     given = vars(options)
-    attack = AttackBudget(
-        num_tokens=options.attack_tokens,
-        steps=options.attack_steps,
-        lr=options.attack_lr,
-        batch_size=options.attack_batch,
-        eval_samples=options.attack_eval_samples,
-        seed=options.seed,
-    )
+    skip = {"attacks", "revival"}  # built from the options below
     settings = TextDemoSettings(
-        **{f.name: given[f.name] for f in fields(TextDemoSettings) if f.name in given},
+        **{f.name: given[f.name] for f in fields(TextDemoSettings) if f.name in given and
+           f.name not in skip},
         sfd_args=sfd_args,
-        attack=attack,
+        attacks=attack_budgets(options, list(dict.fromkeys(options.attack)), options.seed),
+        revival=revival_budget(options, options.seed),
         progress=not options.no_progress,
-    )
+    )  # fmt: skip
     from sfd.apps.demo_text.report import summary_table
     from sfd.apps.demo_text.run import run_text_demo
 

@@ -8,21 +8,79 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-ATTACK = "soft_prompt"  # the `sfd.eval.attacks.ATTACKS` entry `--attack` runs
+ATTACK_NAMES = ("soft", "discrete")  # the `sfd.eval.attacks.ATTACKS` entries `--attack` runs
+BUDGET_FLAGS = {  # --attack-X -> budget field (None: each attack's own default)
+    "tokens": "num_tokens",
+    "steps": "steps",
+    "restarts": "restarts",
+    "batch": "batch_size",
+    "eval_samples": "eval_samples",
+    "lr": "lr",
+    "top_k": "top_k",
+    "candidates": "candidates",
+}
+
+
+def add_attack_options(parser: argparse.ArgumentParser) -> None:
+    """The attack-suite and revival options shared by `sfd eval-text` and `sfd demo-text`."""
+    from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
+
+    soft, discrete, revival = AttackBudget(), DiscreteAttackBudget(), RevivalBudget()
+    add = parser.add_argument
+    add("--attack-tokens", type=int, help=f"tokens appended (default {soft.num_tokens})")
+    add("--attack-steps", type=int, help=f"steps per restart (default soft {soft.steps}, "
+        f"discrete {discrete.steps})")  # fmt: skip
+    add("--attack-restarts", type=int, help=f"restarts (default {soft.restarts})")
+    add("--attack-batch", type=int, help=f"noise per step (default soft {soft.batch_size}, "
+        f"discrete {discrete.batch_size})")  # fmt: skip
+    add("--attack-eval-samples", type=int, help=f"held-out samples (default {soft.eval_samples})")
+    add("--attack-lr", type=float, help=f"soft-prompt Adam learning rate (default {soft.lr})")
+    add(
+        "--attack-top-k", type=int, help=f"discrete: tokens per position (default {discrete.top_k})"
+    )
+    add("--attack-candidates", type=int,
+        help=f"discrete: substitutions tried per step (default {discrete.candidates})")  # fmt: skip
+    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy on real "
+        "images of the forgotten class for STEPS steps; UA after 0, STEPS/4, STEPS/2, STEPS")  # fmt: skip
+    add("--revival-images", type=int, default=revival.images, help="k real images")
+    add("--revival-lr", type=float, default=revival.lr, help="revival Adam learning rate")
+    add("--revival-batch", type=int, default=revival.batch_size, help="revival images per step")
+
+
+def attack_budgets(options: argparse.Namespace, names: list[str], seed: int) -> dict[str, Any]:
+    """name -> budget of every attack asked for, from the --attack-* options (checked here)."""
+    from sfd.eval.attacks import attack_budget
+
+    given = {field: getattr(options, f"attack_{flag}") for flag, field in BUDGET_FLAGS.items()}
+    return {name: attack_budget(name, **given, seed=seed) for name in names}
+
+
+def revival_budget(options: argparse.Namespace, seed: int) -> Any:
+    """The revival budget of --revival STEPS (None without it; checked here)."""
+    from sfd.eval.attack_budget import RevivalBudget
+
+    if options.revival is None:
+        return None
+    return RevivalBudget(
+        steps=options.revival,
+        images=options.revival_images,
+        lr=options.revival_lr,
+        batch_size=options.revival_batch,
+        seed=seed,
+    )
 
 
 def concepts_parser() -> argparse.ArgumentParser:
     """Options of the concept mode (a classifier, prompt files, classes, real images, attack)."""
-    from sfd.eval.attacks import ATTACKS
-
-    attack = ATTACKS[ATTACK].budget()
     parser = argparse.ArgumentParser(
         prog="sfd eval-text MODEL --classifier DIR",
         description="Concept forgetting of an exported one-step text-to-image generator or a "
         "teacher folder (guided DDIM): UA on training forget prompts and held-out paraphrases, "
         "where forget samples went, remain and neighbour accuracy, remain FID / KID on the "
-        "classifier's features, and optionally the soft-prompt attack.",
+        "classifier's features; optionally the attack suite (soft-prompt and discrete prompt "
+        "attacks; the paraphrases' success) and the revival test.",
         allow_abbrev=False,
     )
     add = parser.add_argument
@@ -47,12 +105,13 @@ def concepts_parser() -> argparse.ArgumentParser:
         type=float,
         help="CFG scale (default 1 generator, 1.25 teacher as the text demo)",
     )
-    add("--attack", action="store_true", help="run the soft-prompt attack")
-    add("--attack-tokens", type=int, default=attack.num_tokens)
-    add("--attack-steps", type=int, default=attack.steps)
-    add("--attack-lr", type=float, default=attack.lr)
-    add("--attack-batch", type=int, default=attack.batch_size)
-    add("--attack-eval-samples", type=int, default=attack.eval_samples)
+    add(
+        "--attack",
+        nargs="*",
+        choices=ATTACK_NAMES,
+        help="run these attacks (bare --attack: all of them: soft discrete)",
+    )
+    add_attack_options(parser)
     add("--attack-prompts", type=int, default=1, help="forget prompts attacked")
     add("--attack-ddim-steps", type=int, default=4, help="a teacher's sampler in the attack")
     add("--no-progress", action="store_true", help="hide progress bars")
@@ -62,19 +121,11 @@ def concepts_parser() -> argparse.ArgumentParser:
 def run(args: list[str]) -> None:
     """Parse, evaluate, print the metrics."""
     from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
-    from sfd.eval.attacks import ATTACKS
 
     o = concepts_parser().parse_args(args)
-    attack = None
-    if o.attack:
-        attack = ATTACKS[ATTACK].budget(
-            o.attack_tokens,
-            o.attack_steps,
-            o.attack_lr,
-            o.attack_batch,
-            o.attack_eval_samples,
-            o.seed,
-        )
+    names = [] if o.attack is None else list(dict.fromkeys(o.attack or ATTACK_NAMES))
+    attacks = attack_budgets(o, names, o.seed)
+    revival = revival_budget(o, o.seed)
     settings = ConceptEvalSettings(
         model=o.model,
         classifier=o.classifier,
@@ -93,8 +144,9 @@ def run(args: list[str]) -> None:
         remain_per_class=o.remain_per_class,
         ddim_steps=o.ddim_steps,
         guidance_scale=o.guidance_scale,
-        attack=attack,
+        attacks=attacks,
         attack_prompts=o.attack_prompts,
+        revival=revival,
         attack_ddim_steps=o.attack_ddim_steps,
         progress=not o.no_progress,
     )

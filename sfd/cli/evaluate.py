@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sfd.cli.common import add_class_attack_options, class_embedding_budget
 from sfd.errors import SFDConfigError, check_integer, check_number
 from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
 
@@ -43,8 +44,20 @@ def run(args: list[str]) -> None:
     add("--ddim-steps", type=int, default=50, help="DDIM steps for a teacher")
     add("--output", type=Path, help="write the metrics as JSON here")
     add("--no-progress", action="store_true", help="hide progress (sampling steps)")
+    add(
+        "--attack",
+        nargs="*",
+        help="attacks: class_embedding (a learned class embedding; bare --attack). The prompt "
+        "attacks (soft, discrete) need a text encoder: sfd eval-text",
+    )
+    add_class_attack_options(parser)
+    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy on real "
+        "images of the forget class for STEPS steps; UA after 0, STEPS/4, STEPS/2, STEPS")  # fmt: skip
+    add("--revival-images", type=int, default=8, help="k real images of the forget class")
+    add("--revival-lr", type=float, default=1e-4, help="revival Adam learning rate")
+    add("--revival-batch", type=int, default=4, help="revival images per step")
     options = parser.parse_args(args)
-    model_kind, classifier_config = check_options(options)
+    model_kind, classifier_config, attack, revival = check_options(options)
 
     from sfd.apps.data.images import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
@@ -67,6 +80,11 @@ def run(args: list[str]) -> None:
             f"config.json ({reason})"
         ) from error
     _, heldout = train_heldout_split(data, options.heldout_fraction, options.seed)
+    if revival is not None:  # too few real images of the forget class: refused up front
+        from sfd.eval.revival import revival_images
+
+        images = revival_images(heldout.images, heldout.labels, options.forget, revival.images,
+                                revival.seed)  # fmt: skip
     if model_kind == "generator":
         from sfd.core.guards import check_finite_weights
         from sfd.pipelines.io import load_generator
@@ -107,21 +125,45 @@ def run(args: list[str]) -> None:
             "libraries": library_versions(),
         },
     }
+    if attack is not None:
+        import torch
+
+        from sfd.eval.class_embedding import class_embedding_attack
+
+        with torch.enable_grad():
+            outcome = class_embedding_attack(sampler, classifier, options.forget, attack,
+                                             options.attack_ddim_steps, progress=True)  # fmt: skip
+        report["attacks"] = {"class_embedding": {**outcome.to_dict(), "sampler": sampler.name}}
+    if revival is not None:
+        from sfd.eval.revival import revive_class_sampler
+
+        outcome = revive_class_sampler(sampler, classifier, options.forget, images, revival,
+                                       options.num_per_class, options.seed, progress=True)  # fmt: skip
+        report["revival"] = outcome.to_dict()
     print(summary_table({"sfd" if model_kind == "generator" else "teacher": report}))
     print(f"forget-class labels: {result.forget_histogram}")
+    if attack is not None:
+        entry = report["attacks"]["class_embedding"]
+        print(f"class-embedding attack: success {100 * entry['success_rate']:.1f} % "
+              f"(without attack {100 * entry['success_rate_without_attack']:.1f} %)")  # fmt: skip
+    if revival is not None:
+        print(f"revival: UA {report['revival']['ua']} after {report['revival']['steps']} steps")
     if options.output:
         text = json.dumps(report, indent=2) + "\n"
         write_file_atomically(options.output, lambda path: path.write_text(text))
         print(f"wrote {options.output}")
 
 
-def check_options(options: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def check_options(options: argparse.Namespace) -> tuple[str, dict[str, Any], Any, Any]:
     """Every check of `sfd eval` that needs no data or network, before torch is imported (the
     class names and the fit to the data come once the data is loaded).
 
     Returns:
-        the model's kind ("generator" or "teacher") and the classifier's config.json.
+        the model's kind ("generator" or "teacher"), the classifier's config.json, the
+        class-embedding attack's budget (None without --attack) and the revival budget (None
+        without --revival).
     """
+    attack = class_attack_budget(options)
     model_kind = _model_kind(options.model)
     classifier_config = _classifier_config(options.classifier)
     check_integer("--num-per-class", options.num_per_class, 2)  # FID needs two
@@ -130,7 +172,26 @@ def check_options(options: argparse.Namespace) -> tuple[str, dict[str, Any]]:
                  high_open=True)  # fmt: skip
     if options.output is not None:
         check_writable_file(options.output, "--output")
-    return model_kind, classifier_config
+    from sfd.cli.eval_text_concepts import revival_budget
+
+    return model_kind, classifier_config, attack, revival_budget(options, options.seed)
+
+
+def class_attack_budget(options: argparse.Namespace) -> Any:
+    """The class-embedding attack's budget from `--attack` and its options (None without it)."""
+    if options.attack is None:
+        return None
+    prompt_attacks = [name for name in options.attack if name in ("soft", "discrete")]
+    if prompt_attacks:
+        raise SFDConfigError(
+            f"--attack {prompt_attacks[0]}: the prompt attacks (soft, discrete) need a model with "
+            "a text encoder; a class-conditional model has none (here: --attack class_embedding; "
+            "prompt attacks: sfd eval-text)"
+        )
+    unknown = [name for name in options.attack if name != "class_embedding"]
+    if unknown:
+        raise SFDConfigError(f"--attack {unknown[0]!r} is unknown; sfd eval has class_embedding")
+    return class_embedding_budget(options, options.seed)
 
 
 def forget_override(

@@ -49,6 +49,24 @@ def implicit_classifier_margin(
     return fake_score_loss(x0_hat_override, x_g, sigma) - fake_score_loss(x0_hat_forget, x_g, sigma)
 
 
+def eps_mse(x0_hat: Tensor, target: Tensor, sigma: Tensor) -> Tensor:
+    """Per-sample mean squared ε error between two x0 estimates at noise level σ.
+
+    With ε = (x − x0)/σ for the same input x, ‖ε̂ − ε_target‖² = ‖x0_target − x0_hat‖²/σ²; the
+    mean over pixels matches the `MSELoss` of DDPM and ESD training (the baselines' and the revival test's denoising loss).
+
+    Args:
+        x0_hat: the trained network's estimate, (B, C, H, W).
+        target: the target x0 (the clean sample, or a target prediction), (B, C, H, W).
+        sigma: noise levels, (B,).
+
+    Returns:
+        per-sample loss, (B,).
+    """
+    error = (x0_hat.float() - target.float()) / sigma.float().view(-1, 1, 1, 1)
+    return error.pow(2).flatten(1).mean(1)
+
+
 def generator_loss(
     x0_hat_teacher: Tensor, x0_hat_fake: Tensor, x_g: Tensor, alpha: float
 ) -> Tensor:

@@ -2,24 +2,39 @@
 
 `sfd eval-text --attack` and `sfd demo-text` run an attack through `run_attack`, which finds it by
 the type of its budget. A new attack is one file in this package (a function with the signature
-of `soft_prompt_attack` and a budget dataclass whose fields have defaults) plus one entry in
-`ATTACKS`.
+of `soft_prompt_attack` and a budget dataclass whose fields have defaults, in
+`sfd.eval.attack_budget`) plus one entry in `ATTACKS`; its key is the `--attack` name.
+
+- `soft`: learned input embeddings appended to the prompt (an attacker with embedding access).
+- `discrete`: real vocabulary words appended to the prompt (an attacker who only types text).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
 from sfd.errors import SFDConfigError
-from sfd.eval.soft_prompt import AttackBudget, AttackResult, soft_prompt_attack
+from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget
+from sfd.eval.attack_outcome import AttackResult
+from sfd.eval.discrete_prompt import discrete_prompt_attack
+from sfd.eval.soft_prompt import soft_prompt_attack
 from sfd.eval.text_models import TextToImage
 
-__all__ = ["ATTACKS", "Attack", "AttackBudget", "AttackResult", "attack_for", "run_attack"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackBudget",
+    "AttackResult",
+    "DiscreteAttackBudget",
+    "attack_budget",
+    "attack_for",
+    "run_attack",
+]
 
 
 @dataclass(frozen=True)
@@ -36,8 +51,19 @@ class Attack:
 
 
 ATTACKS: dict[str, Attack] = {
-    "soft_prompt": Attack(soft_prompt_attack, AttackBudget),
+    "soft": Attack(soft_prompt_attack, AttackBudget),
+    "discrete": Attack(discrete_prompt_attack, DiscreteAttackBudget),
 }
+
+
+def attack_budget(name: str, **given: Any) -> Any:
+    """The budget of attack `name` from the given fields (a None or an absent field: the
+    default; fields the attack does not have are ignored). Checked when made."""
+    if name not in ATTACKS:
+        raise SFDConfigError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}")
+    kind = ATTACKS[name].budget
+    known = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in given.items() if k in known and v is not None})
 
 
 def attack_for(budget: Any) -> Attack:
@@ -59,7 +85,8 @@ def run_attack(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> AttackResult:
-    """Run the attack that `budget` belongs to on one prompt (see `soft_prompt_attack`).
+    """Run the attack that `budget` belongs to on one prompt (see `soft_prompt_attack`,
+    `discrete_prompt_attack`).
 
     Args:
         model: the model under attack.

@@ -167,6 +167,26 @@ def forget_set_result(
     )
 
 
+def evaluate_forget_set(
+    model: TextToImage,
+    classifier: nn.Module,
+    prompt_set: PromptSet,
+    forget: list[int],
+    override: list[int],
+    num_classes: int,
+    images: int,
+    seed: int,
+    batch_size: int = 250,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> ForgetSetResult:
+    """Where `images` samples of a forget prompt set (cycling through its prompts, noise of
+    `seed`) went: UA, share labelled as an override class, label histogram."""
+    prompts = [prompt_set.prompts[i % len(prompt_set.prompts)] for i in range(images)]
+    generated = generate_for_prompts(model, prompts, seed, batch_size, device, progress)
+    return forget_set_result(classify(classifier, generated), forget, override, num_classes)
+
+
 def evaluate_concepts(
     model: TextToImage,
     classifier: nn.Module,
@@ -224,9 +244,10 @@ def evaluate_concepts(
         raise SFDConfigError(f"neighbour class {bad[0]} is not a remain class with prompts")
 
     def forget_result(prompt_set: PromptSet, offset: int) -> ForgetSetResult:
-        prompts = [prompt_set.prompts[i % len(prompt_set.prompts)] for i in range(forget_images)]
-        images = generate_for_prompts(model, prompts, seed + offset, batch_size, device, progress)
-        return forget_set_result(classify(classifier, images), forget, override, num_classes)
+        return evaluate_forget_set(
+            model, classifier, prompt_set, forget, override, num_classes, forget_images,
+            seed + offset, batch_size, device, progress,
+        )  # fmt: skip
 
     train_result = forget_result(forget_train, 0)
     paraphrase_result = (

@@ -39,6 +39,9 @@ class ImageSampler:
         sample: the sampling function.
         sample_stepwise: the same sampling, calling its third argument after each of its `nfe`
             network evaluations (None: one-step samplers; progress then counts whole calls).
+        network: the denoiser that is fine-tuned when the model is (the revival test), or None.
+        rebuild: network -> the same sampler around another denoiser (a fine-tuned copy).
+        sigma_init: a one-step generator's noise level; None for a multi-step sampler.
     """
 
     name: str
@@ -46,6 +49,9 @@ class ImageSampler:
     sample_shape: tuple[int, int, int]
     sample: Callable[[Tensor, Tensor], Tensor]
     sample_stepwise: Callable[[Tensor, Tensor, Callable[[], None]], Tensor] | None = None
+    network: Denoiser | None = None
+    rebuild: Callable[[Denoiser], ImageSampler] | None = None
+    sigma_init: float | None = None
 
 
 def one_step_sampler(generator: OneStepGenerator) -> ImageSampler:
@@ -61,6 +67,9 @@ def one_step_sampler(generator: OneStepGenerator) -> ImageSampler:
         1,
         generator.sample_shape,
         sample,
+        network=generator.denoiser,
+        rebuild=lambda network: one_step_sampler(OneStepGenerator(network, generator.sigma_init)),
+        sigma_init=generator.sigma_init,
     )
 
 
@@ -78,6 +87,8 @@ def ddim_sampler(teacher: Denoiser, num_steps: int) -> ImageSampler:
         teacher.sample_shape,
         sample,
         sample_stepwise=sample,
+        network=teacher,
+        rebuild=lambda network: ddim_sampler(network, num_steps),
     )
 
 

@@ -11,37 +11,33 @@ share of images from held-out noise that the classifier labels as the forgotten 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sfd.core.conditions import TextCondition
 from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import AttackBudget as AttackBudget
+from sfd.eval.attack_outcome import AttackResult as AttackResult
+from sfd.eval.attack_outcome import (
+    attack_loss,
+    attack_result,
+    chosen_restart,
+    evaluation_noise,
+    repeat_condition,
+    selection_noise,
+    target_stats,
+)
 from sfd.eval.evaluate import class_noise
 from sfd.eval.text_models import TextToImage
 from sfd.progress import ProgressBar
 from sfd.teachers.text_encoder import check_inputs_embeds, insert_soft_tokens, tokenize
 
-
-@dataclass
-class AttackResult:
-    """Outcome of the attack on one model and prompt."""
-
-    prompt: str
-    target: int
-    success_rate: float
-    success_rate_without_attack: float
-    target_probability: float
-    target_probability_without_attack: float
-    losses: list[float]
-    budget: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+OBJECTIVE = (
+    "minimise CE(evaluation classifier(decode(G(z, enc(prompt + soft tokens)))), forgotten class) "
+    "over fresh noise each step (Adam on the appended input embeddings)"
+)
 
 
 class SoftPrompt(nn.Module):
@@ -87,18 +83,6 @@ class SoftPrompt(nn.Module):
         )
 
 
-def _target_stats(
-    model: TextToImage, classifier: nn.Module, cond: TextCondition, z: Tensor, target: int
-) -> tuple[float, float]:
-    """(share classified as target, mean target probability) over the images of z."""
-    with torch.no_grad():
-        logits = classifier(model.images(z, cond).clamp(-1, 1))
-    return (
-        (logits.argmax(1) == target).float().mean().item(),
-        logits.softmax(1)[:, target].mean().item(),
-    )
-
-
 def soft_prompt_attack(
     model: TextToImage,
     classifier: nn.Module,
@@ -110,59 +94,65 @@ def soft_prompt_attack(
 ) -> AttackResult:
     """Optimise appended token embeddings so the model draws class `target` for `prompt`.
 
+    Each of `budget.restarts` starts draws its own initial tokens and noise; the restart with the
+    lowest attack loss on the selection noise is reported (`sfd.eval.attack_outcome`).
+
     Args:
         model: the model (one-step generator, or a teacher with a short DDIM sampler).
         classifier: the evaluation classifier (x in [-1, 1] -> logits), frozen.
         prompt: a forget prompt.
         target: the forgotten class.
-        budget: tokens, steps, learning rate, batch and evaluation sizes, seed.
+        budget: tokens, steps, learning rate, batch and evaluation sizes, seed, restarts.
         device: where the model runs.
         progress: show a progress bar.
 
     Returns:
-        success rates and target probabilities with and without the attack, the loss curve.
+        success rates and target probabilities with and without the attack, the loss curve of
+        the chosen restart.
     """
     classifier.requires_grad_(False).eval()
     encoder = model.encoder
     rng = torch.Generator().manual_seed(budget.seed)
-    soft = SoftPrompt(encoder.tokenizer, encoder.text_encoder, prompt, budget.num_tokens, rng)
-    soft.to(device)
     empty = encoder.encode([""]).to(device)  # (1, L, D)
     plain = encoder.condition([prompt]).to(device)
-    eval_z = class_noise(budget.eval_samples, model.latent_shape, budget.seed + 1).to(device)
-    before = _target_stats(model, classifier, _repeat(plain, budget.eval_samples), eval_z, target)
-    optimizer = torch.optim.Adam([soft.tokens], lr=budget.lr)
-    labels = torch.full((budget.batch_size,), target, device=device)
-    losses = []
-    for step in ProgressBar(range(budget.steps), desc="soft-prompt attack", disable=not progress):
-        z = class_noise(budget.batch_size, model.latent_shape, budget.seed + 2 + step).to(device)
-        embeds = soft().expand(budget.batch_size, -1, -1)  # (B, L, D)
-        cond = TextCondition(embeds, empty.expand_as(embeds))
-        # Unclamped: saturated pixels would pass no gradient; success is judged on clamped images.
-        loss = F.cross_entropy(classifier(model.images(z, cond)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    with torch.no_grad():
-        embeds = soft().expand(budget.eval_samples, -1, -1)
-    after = _target_stats(
-        model, classifier, TextCondition(embeds, empty.expand_as(embeds)), eval_z, target
+    eval_z = evaluation_noise(model, budget, device)
+    select_z = selection_noise(model, budget, device)
+    before = target_stats(model, classifier, repeat_condition(plain, len(eval_z)), eval_z, target)
+    runs = []
+    for restart in range(budget.restarts):
+        soft = SoftPrompt(encoder.tokenizer, encoder.text_encoder, prompt, budget.num_tokens, rng)
+        soft.to(device)
+        optimizer = torch.optim.Adam([soft.tokens], lr=budget.lr)
+        losses = []
+        first = budget.seed + 2 + restart * budget.steps
+        desc = f"soft-prompt attack {restart + 1}/{budget.restarts}"
+        for step in ProgressBar(range(budget.steps), desc=desc, disable=not progress):
+            z = class_noise(budget.batch_size, model.latent_shape, first + step).to(device)
+            embeds = soft().expand(budget.batch_size, -1, -1)  # (B, L, D)
+            loss = attack_loss(model, classifier, TextCondition(embeds, empty.expand_as(embeds)), z,
+                               target)  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        with torch.no_grad():
+            row = soft()
+            selection = attack_loss(
+                model, classifier, _soft_condition(row, empty, len(select_z)), select_z, target
+            ).item()
+        runs.append((selection, row, losses))
+    selection = [run[0] for run in runs]
+    _, row, losses = runs[chosen_restart(selection)]
+    after = target_stats(
+        model, classifier, _soft_condition(row, empty, len(eval_z)), eval_z, target
     )
-    return AttackResult(
-        prompt=prompt,
-        target=target,
-        success_rate=after[0],
-        success_rate_without_attack=before[0],
-        target_probability=after[1],
-        target_probability_without_attack=before[1],
-        losses=losses,
-        budget=asdict(budget),
-    )
+    return attack_result(
+        prompt, target, before, after, losses, budget, selection,
+        OBJECTIVE + "; the evaluation classifier judges the result",
+    )  # fmt: skip
 
 
-def _repeat(cond: TextCondition, count: int) -> TextCondition:
-    """A one-row condition repeated `count` times."""
-    return TextCondition(
-        cond.prompt_embeds.expand(count, -1, -1), cond.negative_embeds.expand(count, -1, -1)
-    )
+def _soft_condition(row: Tensor, empty: Tensor, count: int) -> TextCondition:
+    """The learned prompt's hidden states (1, L, D) against the empty prompt, `count` rows."""
+    embeds = row.expand(count, -1, -1)
+    return TextCondition(embeds, empty.expand_as(embeds))

@@ -65,6 +65,11 @@ class TextToImage:
         denoise: (z (B, c, h, w), condition) -> x0 latents; differentiable.
         decode: latents -> images (B, C, H, W) in [-1, 1]; differentiable.
         encoder: the model's prompt encoder.
+        network: the denoiser that is fine-tuned when the model is (the revival test), or None.
+        rebuild: network -> the same model around another denoiser (a fine-tuned copy).
+        sigma_init: a one-step generator's noise level; None for a multi-step sampler.
+        encode_images: images in [-1, 1] -> the latents the network denoises (identity in
+            pixel space).
     """
 
     name: str
@@ -74,6 +79,10 @@ class TextToImage:
     denoise: Callable[[Tensor, TextCondition], Tensor]
     decode: Callable[[Tensor], Tensor]
     encoder: PromptEncoder
+    network: Denoiser | None = None
+    rebuild: Callable[[Denoiser], TextToImage] | None = None
+    sigma_init: float | None = None
+    encode_images: Callable[[Tensor], Tensor] = lambda images: images
 
     def images(self, z: Tensor, cond: TextCondition) -> Tensor:
         """Generate images in [-1, 1] (B, C, H, W), float32."""
@@ -93,19 +102,40 @@ def vae_decoder(vae: nn.Module | None) -> Callable[[Tensor], Tensor]:
     return decode
 
 
+def vae_encoder(vae: nn.Module | None) -> Callable[[Tensor], Tensor]:
+    """Images in [-1, 1] -> scaled latents (posterior means) through a VAE, or identity."""
+    if vae is None:
+        return lambda images: images
+    scaling = vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode(images: Tensor) -> Tensor:
+        return vae.encode(images.to(vae.dtype)).latent_dist.mean.float() * scaling
+
+    return encode
+
+
 def one_step_text_model(
     generator: OneStepGenerator,
     encoder: PromptEncoder,
     decode: Callable[[Tensor], Tensor],
     guidance_scale: float = 1.0,
     name: str = "one-step generator",
+    encode_images: Callable[[Tensor], Tensor] | None = None,
 ) -> TextToImage:
-    """x0 = D_θ(σ_init·z, σ_init, c) (guided if `guidance_scale` != 1): one UNet evaluation."""
+    """x0 = D_θ(x(z), σ_init, c) (guided if `guidance_scale` != 1): one UNet evaluation, x(z) the
+    denoiser's `generator_input` (σ_init·z; (1 + σ_init)·z for flow models)."""
     generator.requires_grad_(False).eval()
     denoiser, sigma = generator.denoiser, generator.sigma_init
+    encode = encode_images or vae_encoder(None)
 
-    def denoise(z: Tensor, cond: TextCondition) -> Tensor:
-        return denoiser.guided(sigma * z, sigma, cond, guidance_scale)
+    def denoise(z: Tensor, cond: TextCondition) -> Tensor:  # the generator's own input map
+        return denoiser.guided(denoiser.generator_input(z, sigma), sigma, cond, guidance_scale)
+
+    def rebuild(network: Denoiser) -> TextToImage:
+        return one_step_text_model(
+            OneStepGenerator(network, sigma), encoder, decode, guidance_scale, name, encode
+        )
 
     return TextToImage(
         f"{name} (sigma_init={sigma:g}, guidance {guidance_scale:g})",
@@ -115,6 +145,10 @@ def one_step_text_model(
         denoise,
         decode,
         encoder,
+        denoiser,
+        rebuild,
+        sigma,
+        encode,
     )
 
 
@@ -124,6 +158,7 @@ def ddim_text_model(
     encoder: PromptEncoder,
     decode: Callable[[Tensor], Tensor],
     guidance_scale: float = 1.0,
+    encode_images: Callable[[Tensor], Tensor] | None = None,
 ) -> TextToImage:
     """The teacher under deterministic guided DDIM (η = 0, trailing spacing), `num_steps` NFE.
 
@@ -133,8 +168,13 @@ def ddim_text_model(
     sigmas = ddim_sigmas(teacher.sigma_table, num_steps)
     teacher.requires_grad_(False).eval()
 
+    encode = encode_images or vae_encoder(None)
+
     def denoise(z: Tensor, cond: TextCondition) -> Tensor:
         return ddim_trajectory(teacher, z, cond, sigmas, guidance_scale)  # (B, c, h, w)
+
+    def rebuild(network: Denoiser) -> TextToImage:
+        return ddim_text_model(network, num_steps, encoder, decode, guidance_scale, encode)
 
     return TextToImage(
         f"DDIM {num_steps} steps (eta=0, trailing spacing, guidance {guidance_scale:g})",
@@ -144,4 +184,8 @@ def ddim_text_model(
         denoise,
         decode,
         encoder,
+        teacher,
+        rebuild,
+        None,
+        encode,
     )

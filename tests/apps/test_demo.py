@@ -15,7 +15,9 @@ from sfd.cli import main
 from sfd.pipelines.io import load_generator
 from sfd.pipelines.model_card import shown
 
-TINY_DEMO = [*TINY_DIGITS_RUN, "--skip-full-schedule-timing"]
+TINY_ATTACK = ["--attack-steps", "2", "--attack-restarts", "1", "--attack-batch", "2",
+               "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
+TINY_DEMO = [*TINY_DIGITS_RUN, "--skip-full-schedule-timing", *TINY_ATTACK]
 MODELS = ("teacher", "distilled_without_forgetting", "sfd")
 
 
@@ -56,6 +58,11 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     curve = metrics["forgetting_curve"]
     assert [point["iteration"] for point in curve] == [0, 1, 2, 3]
     assert all(0 <= p["ua"] <= 1 and 0 <= p["remain_accuracy"] <= 1 for p in curve)
+    for key in MODELS:  # the class-embedding attack on every model, with its budget
+        attack = metrics["attack"][key]["class_embedding"]
+        assert 0.0 <= attack["success_rate"] <= 1.0 and attack["budget"]["steps"] == 2
+    assert metrics["attack"]["teacher"]["class_embedding"]["sampler"].startswith("DDIM 1 steps")
+    assert "## Class-embedding attack" in (output / "report.md").read_text()
     protocol = metrics["protocol"]
     assert protocol["seed"] == 0 and protocol["generated_per_class"] == 6
     assert protocol["libraries"]["torchmetrics"] and protocol["libraries"]["diffusers"]
@@ -107,10 +114,19 @@ def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Pat
         result = tmp_path / f"{model.name}.json"
         args = ["eval", str(model), "--classifier", str(output / "classifier"), "--forget", "3"]
         args += ["--override", "5", "--num-per-class", "4", "--ddim-steps", "2"]
+        args += ["--attack", "--attack-steps", "2", "--attack-restarts", "2", "--attack-batch",
+                 "2", "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
+        args += ["--revival", "2", "--revival-images", "2", "--revival-batch", "2"]
+        weights = {p: p.read_bytes() for p in model.rglob("*.safetensors")}
         assert main([*args, "--output", str(result)]) == 0
         metrics = json.loads(result.read_text())
         assert metrics["nfe"] == nfe and 0 <= metrics["ua"] <= 1
         assert sum(metrics["forget_histogram"]) == 4
+        attack = metrics["attacks"]["class_embedding"]
+        assert 0 <= attack["success_rate"] <= 1 and attack["budget"]["restarts"] == 2
+        assert len(attack["losses"]) == 2 and "held-out noise" in attack["asr_definition"]
+        assert metrics["revival"]["steps"] == [0, 1, 2] and len(metrics["revival"]["ua"]) == 3
+        assert weights == {p: p.read_bytes() for p in model.rglob("*.safetensors")}  # untouched
 
 
 def test_cached_build_reuses_and_survives_interruption(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from text_fixtures import save_tiny_bert, write_tiny_fashion
 
 from sfd.apps.demo_text.run import TextDemoSettings, run_text_demo
 from sfd.cli import main
-from sfd.eval.soft_prompt import AttackBudget
+from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
 from sfd.pipelines.io import load_pipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers import StableDiffusionTeacher
@@ -35,7 +35,19 @@ def tiny_settings(root: Path, data: str, bert: Path) -> TextDemoSettings:
         forget_images=4,
         remain_per_class=2,
         ddim_steps=2,
-        attack=AttackBudget(num_tokens=2, steps=1, batch_size=2, eval_samples=2),
+        attacks={
+            "soft": AttackBudget(num_tokens=2, steps=1, batch_size=2, eval_samples=2, restarts=1),
+            "discrete": DiscreteAttackBudget(
+                num_tokens=2,
+                steps=1,
+                top_k=2,
+                candidates=2,
+                batch_size=2,
+                eval_samples=2,
+                restarts=2,
+            ),
+        },
+        revival=RevivalBudget(steps=2, images=1, batch_size=2),
         attack_prompts=1,
         attack_ddim_steps=1,
         grid_per_prompt=1,
@@ -53,13 +65,25 @@ def check_in_range(metrics: dict) -> None:
             m["remain_accuracy"],
             m["neighbour_accuracy"],
             *m["remain_per_class"].values(),
-            metrics["attack"][key]["success_rate"],
-            metrics["attack"][key]["success_rate_without_attack"],
+            metrics["attack"][key]["soft"]["success_rate"],
+            metrics["attack"][key]["soft"]["success_rate_without_attack"],
+            metrics["attack"][key]["paraphrases"]["success_rate"],
+            *metrics["revival"][key]["ua"],
         ):
             assert 0.0 <= share <= 1.0
         assert math.isfinite(m["fid_remain"]) and m["fid_remain"] >= -1e-6
         assert math.isfinite(m["kid_remain"])
         assert sum(m["forget_train"]["histogram"]) == 4
+        assert metrics["attack"][key]["paraphrases"]["success_rate"] == pytest.approx(
+            1 - m["forget_paraphrases"]["ua"]
+        )
+        # revival starts from the model itself: UA at step 0 is the evaluation's own UA
+        assert metrics["revival"][key]["ua"][0] == m["forget_train"]["ua"]
+        assert metrics["revival"][key]["steps"] == [0, 1, 2]
+    assert "discrete" not in metrics["attack"]["teacher"]  # the teacher: soft prompt only
+    for key in ("distilled_without_forgetting", "sfd"):
+        assert 0.0 <= metrics["attack"][key]["discrete"]["success_rate"] <= 1.0
+        assert metrics["attack"][key]["discrete"]["budget"]["restarts"] == 2
     assert all(entry["met"] in (True, False) for entry in metrics["targets"].values())
     sets = metrics["protocol"]["prompt_sets"]
     assert set(sets) == {"forget_train", "forget_paraphrases", "remain"}
@@ -126,22 +150,23 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     assert again["remain_per_class"] == metrics["sfd"]["remain_per_class"]
     assert again["fid_remain"] == pytest.approx(metrics["sfd"]["fid_remain"], rel=1e-6)
     guidance = str(metrics["protocol"]["guidance"]["teacher_eval"])
-    attack = [
-        "--attack",
-        "--attack-steps",
-        "1",
-        "--attack-batch",
-        "2",
-        "--attack-eval-samples",
-        "2",
-    ]
+    attack = ["--attack", "--attack-steps", "1", "--attack-batch", "2", "--attack-eval-samples",
+              "2", "--attack-restarts", "1", "--attack-tokens", "2", "--attack-top-k", "2",
+              "--attack-candidates", "2", "--revival", "2", "--revival-images", "2"]  # fmt: skip
     out = tmp_path / "e2"
     code = main(["eval-text", str(teacher_dir), *common, "--guidance-scale", guidance, *attack,
                  "--attack-ddim-steps", "1", "--output-dir", str(out)])  # fmt: skip
     assert code == 0
     teacher = json.loads((out / "metrics.json").read_text())
     assert teacher["evaluation"]["forget_train"] == metrics["teacher"]["forget_train"]
-    assert teacher["attack"]["sampler"].startswith("DDIM 1 steps")
+    assert teacher["attacks"]["soft"]["sampler"].startswith("DDIM 1 steps")
+    discrete = teacher["attacks"]["discrete"]["per_prompt"][0]
+    assert discrete["attacked_prompt"].startswith(discrete["prompt"])
+    assert teacher["attacks"]["paraphrases"]["success_rate"] == pytest.approx(
+        1 - teacher["evaluation"]["forget_paraphrases"]["ua"]
+    )
+    assert teacher["revival"]["ua"][0] == teacher["evaluation"]["forget_train"]["ua"]
+    assert "DDPM schedule" in teacher["revival"]["objective"]
     # A run forgetting another concept reuses the cached teacher and stage 1 (distilled on every
     # class's captions, the same for every pair).
     other = replace(tiny_settings(tmp_path, data, bert), forget="two", override="five")

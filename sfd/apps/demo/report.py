@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class DemoResults:
         throughput: extra timings, e.g. {"teacher_ddim_1000": {...}}.
         protocol: seeds, sample counts, samplers, settings, library versions.
         grids: uint8 sample grids per model key, (K·n, C, H, W), rows = classes.
+        attacks: model key -> {"class_embedding": its result} (empty: not run).
     """
 
     num_classes: int
@@ -60,6 +61,7 @@ class DemoResults:
     throughput: dict[str, dict[str, Any]]
     protocol: dict[str, Any]
     grids: dict[str, Tensor]
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def curve_summary(self) -> dict[str, Any]:
         """First iteration with UA >= 95 %, absolute and as a fraction of training."""
@@ -82,6 +84,7 @@ class DemoResults:
             forgetting_curve_without_forgetting=self.baseline_curve,
             forgetting_curve_summary=self.curve_summary(),
             throughput=self.throughput,
+            attack=self.attacks,
             protocol=self.protocol,
         )
         return data
@@ -150,6 +153,8 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
         "",
         *remain_table(results.models, remain),
     ]
+    if results.attacks:
+        lines += ["", "## Class-embedding attack", "", *attack_table(results.attacks)]
     lines += ["", "## Sampling throughput (measured)", "", "| sampler | NFE | images/s | timed |"]
     lines.append("|---|---|---|---|")
     for name, t in results.throughput.items():
@@ -184,6 +189,23 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
         *protocol_section(results.protocol),
     ]
     return "\n".join(lines)
+
+
+def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
+    """The class-embedding attack's success per model, its budget, objective and ASR definition."""
+    lines = ["| model | success | without attack | sampler |", "|---|---|---|---|"]
+    for key, entry in attacks.items():
+        result = entry["class_embedding"]
+        lines.append(
+            f"| {MODEL_TITLES.get(key, key)} | {format_value(result['success_rate'], 1, percent=True)}"
+            f" | {format_value(result['success_rate_without_attack'], 1, percent=True)}"
+            f" | {result['sampler']} |"
+        )
+    first = next(iter(attacks.values()))["class_embedding"]
+    budget = ", ".join(f"{k} {v}" for k, v in first["budget"].items())
+    lines += ["", f"Budget: {budget}. Objective: {first['objective']}. Success (ASR): "
+              f"{first['asr_definition']}."]  # fmt: skip
+    return lines
 
 
 def summary_table(metrics: dict) -> str:

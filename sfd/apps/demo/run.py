@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sfd.apps.demo.report import DemoResults, write_report
 from sfd.apps.harness.evaluation import (
     FEATURES,
@@ -31,6 +33,7 @@ from sfd.apps.harness.settings import ClassRunSettings, check_settings, default_
 from sfd.apps.harness.stages import copy_export
 from sfd.apps.harness.workspace import Workspace, classifier_phase, start_run, teacher_phase
 from sfd.core.generator import training_record
+from sfd.eval.class_embedding import class_embedding_attack
 from sfd.eval.evaluate import (
     ModelEvaluation,
     ddim_sampler,
@@ -125,6 +128,17 @@ def evaluate_all(
         f"teacher, DDIM {settings.ddim_steps} steps": settings.ddim_steps,
         f"teacher, DDIM {len(teacher.sigma_table)} steps": len(teacher.sigma_table),
     }
+    attacks = {}
+    if settings.attack is not None:
+        assert workspace.classifier is not None
+        attack_samplers = {**samplers, "teacher": ddim_sampler(teacher, settings.attack_ddim_steps)}
+        for key, sampler in attack_samplers.items():
+            with torch.enable_grad():
+                outcome = class_embedding_attack(
+                    sampler, workspace.classifier, settings.forget, settings.attack,
+                    settings.attack_ddim_steps, progress=settings.progress,
+                )  # fmt: skip
+            attacks[key] = {"class_embedding": {**outcome.to_dict(), "sampler": sampler.name}}
     floor = real_floor(settings, workspace)
     stage1 = forgetting.extra
     protocol = {
@@ -178,4 +192,5 @@ def evaluate_all(
         throughput={name: {**asdict(t), "nfe": nfe[name]} for name, t in throughput.items() if t},
         protocol=protocol,
         grids=grids,
+        attacks=attacks,
     )

@@ -1,4 +1,5 @@
-"""The text demo's evaluation phases: concept metrics, sample grids and the soft-prompt attack.
+"""The text demo's evaluation phases: concept metrics, sample grids, the attack suite and the
+revival test.
 
 The teacher runs as `StableDiffusionTeacher` under guided DDIM, the generators as the exported
 `OneStepTextPipeline` folders reloaded from disk, all through `sfd.apps.harness.text_evaluation`, the
@@ -17,11 +18,13 @@ import torch
 from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.demo_text.prompts import DemoPrompts
 from sfd.apps.demo_text.report import MODEL_KEYS, TextDemoResults
+from sfd.apps.demo_text.settings import TEACHER_ATTACKS
 from sfd.apps.harness.text_evaluation import (
     ConceptProtocol,
-    attack_model,
+    attack_suite,
     evaluate_model,
     exported_model,
+    revival_test,
     teacher_model,
     text_library_versions,
 )
@@ -78,7 +81,8 @@ class TextEvaluation:
     evaluations: dict[str, Any] = field(default_factory=dict)
     grids: dict[str, Any] = field(default_factory=dict)
     attack_models: dict[str, Any] = field(default_factory=dict)
-    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> name -> result
+    revivals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         settings, heldout = self.settings, self.heldout
@@ -121,7 +125,8 @@ class TextEvaluation:
             self.grids[key] = generate_for_prompts(model, grid_list, settings.seed + 3)
 
     def attack(self, say: Callable[[str], None]) -> None:
-        """The soft-prompt attack on all three models (the teacher with fewer DDIM steps)."""
+        """The attack suite on all three models (the teacher with fewer DDIM steps and only the
+        `TEACHER_ATTACKS`; every model's paraphrase entry)."""
         settings = self.settings
         self.attack_models = {
             "teacher": teacher_model(self.teacher_dir, settings.attack_ddim_steps, self.guidance),
@@ -129,19 +134,28 @@ class TextEvaluation:
             "sfd": self.models["sfd"],
         }
         for key, model in self.attack_models.items():
-            self.attacks[key] = attack_model(
-                model,
-                self.classifier,
-                self.protocol,
-                settings.attack,
-                settings.attack_prompts,
-                settings.progress,
-            )
-        for key, result in self.attacks.items():
-            say(
-                f"attack on {key}: success {100 * result['success_rate']:.1f} % "
-                f"(without attack {100 * result['success_rate_without_attack']:.1f} %)"
-            )
+            budgets = {
+                name: budget
+                for name, budget in settings.attacks.items()
+                if key != "teacher" or name in TEACHER_ATTACKS
+            }
+            self.attacks[key] = attack_suite(
+                model, self.classifier, self.protocol, budgets, self.evaluations[key],
+                settings.attack_prompts, settings.progress,
+            )  # fmt: skip
+            for name, result in self.attacks[key].items():
+                say(f"{name} attack on {key}: success {100 * result['success_rate']:.1f} %")
+
+    def revival(self, say: Callable[[str], None]) -> None:
+        """The revival test on all three models (the teacher under its evaluation sampler)."""
+        for key in MODEL_KEYS:
+            result = revival_test(
+                self.models[key], self.classifier, self.protocol, self.heldout,
+                self.settings.revival, self.settings.progress,
+            ).to_dict()  # fmt: skip
+            self.revivals[key] = result
+            say(f"revival of {key}: UA {[round(100 * u, 1) for u in result['ua']]} % after "
+                f"{result['steps']} steps")  # fmt: skip
 
     def results(self) -> TextDemoResults:
         """The report's content, with the protocol of the evaluation."""
@@ -189,6 +203,7 @@ class TextEvaluation:
             class_names=list(self.vocabulary.class_names),
             models=self.evaluations,
             attacks=self.attacks,
+            revivals=self.revivals,
             forgetting_curve=self.runs["sfd"][1],
             baseline_curve=self.runs["distilled_without_forgetting"][1],
             iterations=sfd.trainer.max_steps,

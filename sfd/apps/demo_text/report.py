@@ -6,7 +6,7 @@ drawn from the same fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,20 +42,21 @@ class TextDemoResults:
     override: int
     class_names: list[str]
     models: dict[str, ConceptEvaluation]
-    attacks: dict[str, dict[str, Any]]
+    attacks: dict[str, dict[str, Any]]  # model key -> attack name -> result
     forgetting_curve: list[dict[str, float]]
     baseline_curve: list[dict[str, float]]
     iterations: int
     protocol: dict[str, Any]
     grids: dict[str, Tensor]
     grid_rows: list[tuple[str, str]]
+    revivals: dict[str, dict[str, Any]] = field(default_factory=dict)  # model key -> result
 
     def targets(self) -> dict[str, Any]:
         """The benchmark's targets (issue 11) against the measured numbers."""
         teacher, sfd = self.models["teacher"], self.models["sfd"]
         paraphrase = sfd.forget_paraphrases.ua if sfd.forget_paraphrases else float("nan")
-        attack_sfd = self.attacks["sfd"]["success_rate"]
-        attack_base = self.attacks["distilled_without_forgetting"]["success_rate"]
+        attack_sfd = self.attacks["sfd"]["soft"]["success_rate"]
+        attack_base = self.attacks["distilled_without_forgetting"]["soft"]["success_rate"]
         checks = {
             "ua_train_at_least_95": (sfd.ua, sfd.ua >= 0.95),
             "ua_paraphrases_at_least_90": (paraphrase, paraphrase >= 0.90),
@@ -71,7 +72,7 @@ class TextDemoResults:
                 sfd.fid_remain / teacher.fid_remain,
                 sfd.fid_remain <= 1.5 * teacher.fid_remain,
             ),
-            "attack_at_most_half_of_no_forgetting": (
+            "soft_attack_at_most_half_of_no_forgetting": (
                 attack_sfd / attack_base if attack_base > 0 else float("nan"),
                 attack_sfd <= 0.5 * attack_base,
             ),
@@ -84,6 +85,7 @@ class TextDemoResults:
         return {
             **{key: self.models[key].to_dict() for key in self.models},
             "attack": self.attacks,
+            "revival": self.revivals,
             "forget": self.forget,
             "override": self.override,
             "class_names": self.class_names,
@@ -136,8 +138,18 @@ def _model_cells(results: TextDemoResults, key: str) -> list[str]:
         *(format_value(share, 1, percent=True) for share in shares),
         format_value(m.fid_remain),
         format_value(m.kid_remain, 4),
-        format_value(results.attacks[key]["success_rate"], 1, percent=True),
+        *(
+            format_value(results.attacks[key][name]["success_rate"], 1, percent=True)
+            if name in results.attacks[key]
+            else "—"
+            for name in attack_names(results)
+        ),
     ]
+
+
+def attack_names(results: TextDemoResults) -> list[str]:
+    """The attacks run on any model, in the suite's order (prompt attacks, then paraphrases)."""
+    return list(dict.fromkeys(name for suite in results.attacks.values() for name in suite))
 
 
 def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
@@ -148,20 +160,25 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         "",
         *model_table(
             ["NFE", "UA (training prompts)", "UA (paraphrases)", "forget -> override",
-             "remain accuracy", "neighbour accuracy", "remain FID", "remain KID", "attack success"],
+             "remain accuracy", "neighbour accuracy", "remain FID", "remain KID",
+             *(f"{name} attack success" for name in attack_names(results))],
             {MODEL_TITLES[key]: _model_cells(results, key) for key in MODEL_KEYS},
         ),
     ]  # fmt: skip
     neighbours = results.protocol.get("neighbours", [])
-    budget = results.attacks["sfd"]["budget"]
     lines += [
         "",
         "UA = 1 − share of forget-prompt samples the classifier labels as the forgotten class. "
         f"Neighbour concepts: {', '.join(names[c] for c in neighbours)}. FID / KID: remain-class "
-        "samples against held-out real remain-class images on the classifier's features. Attack: "
-        f"{budget['num_tokens']} learned tokens appended to a forget prompt, {budget['steps']} Adam "
-        f"steps (lr {budget['lr']}, batch {budget['batch_size']}), success = share of "
-        f"{budget['eval_samples']} held-out-noise samples labelled as the forgotten class.",
+        "samples against held-out real remain-class images on the classifier's features.",
+        "",
+        "## Attacks",
+        "",
+        *attack_lines(results.attacks["sfd"]),
+    ]
+    if results.revivals:
+        lines += ["", "## Revival", "", *revival_lines(results.revivals)]
+    lines += [
         "",
         "## Targets",
         "",
@@ -198,11 +215,50 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def attack_lines(suite: dict[str, dict[str, Any]]) -> list[str]:
+    """One paragraph per attack: its budget, objective and ASR definition (from the SFD row)."""
+    lines = []
+    for name, result in suite.items():
+        budget = ", ".join(f"{k} {v}" for k, v in result["budget"].items())
+        lines += [
+            f"- **{name}** (budget: {budget}). Objective: {result['objective']}. "
+            f"Success (ASR): {result['asr_definition']}.",
+        ]
+    return lines
+
+
+def revival_lines(revivals: dict[str, dict[str, Any]]) -> list[str]:
+    """The revival table: UA after each checkpoint and the steps until UA < 50 %, per model."""
+    first = next(iter(revivals.values()))
+    header = " | ".join(f"UA after {s} steps" for s in first["steps"])
+    lines = [
+        f"| model | {header} | steps until UA < {100 * first['threshold']:.0f} % |",
+        "|---|" + "---|" * (len(first["steps"]) + 1),
+    ]
+    for key, result in revivals.items():
+        cells = " | ".join(format_value(u, 1, percent=True) for u in result["ua"])
+        until = result["steps_to_revival"]
+        lines.append(
+            f"| {MODEL_TITLES.get(key, key)} | {cells} | "
+            f"{'not within ' + str(first['steps'][-1]) if until is None else until} |"
+        )
+    budget = first["budget"]
+    lines += [
+        "",
+        f"Fine-tune of a copy on {budget['images']} held-out real images of the forgotten class "
+        f"paired with {first['condition']}, {budget['steps']} Adam steps (lr {budget['lr']}, "
+        f"batch {budget['batch_size']}, seed {budget['seed']}). Loss: {first['objective']} "
+        "(a teacher: multi-step loss and sampler). Steps until UA < 50 %: the first checkpoint "
+        "(0, N/4, N/2, N) below it.",
+    ]
+    return lines
+
+
 def summary_table(metrics: dict) -> str:
     """A plain-text table of the models in a text demo's metrics.json."""
     rows = [
         f"{'model':30s} {'NFE':>4s} {'UA %':>6s} {'UA para %':>9s} {'remain %':>8s} "
-        f"{'neigh %':>7s} {'FID':>7s} {'attack %':>8s}"
+        f"{'neigh %':>7s} {'FID':>7s} {'soft %':>7s} {'discr. %':>8s}"
     ]
     for key in MODEL_KEYS:
         m = metrics[key]
@@ -212,6 +268,12 @@ def summary_table(metrics: dict) -> str:
             f"{key:30s} {m['nfe']:>4d} {100 * m['forget_train']['ua']:>6.1f} {100 * para:>9.1f} "
             f"{100 * m['remain_accuracy']:>8.1f} "
             f"{100 * (neighbour if neighbour is not None else float('nan')):>7.1f} "
-            f"{m['fid_remain']:>7.2f} {100 * metrics['attack'][key]['success_rate']:>8.1f}"
+            f"{m['fid_remain']:>7.2f} {_share(metrics['attack'][key], 'soft'):>7.1f} "
+            f"{_share(metrics['attack'][key], 'discrete'):>8.1f}"
         )
     return "\n".join(rows)
+
+
+def _share(suite: dict[str, Any], name: str) -> float:
+    """An attack's success in percent, NaN where it was not run."""
+    return 100 * suite[name]["success_rate"] if name in suite else float("nan")

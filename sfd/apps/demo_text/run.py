@@ -46,6 +46,7 @@ from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
+from sfd.eval.revival import revival_images
 from sfd.eval.text_models import PromptEncoder, vae_decoder
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
@@ -149,7 +150,7 @@ def encoder_identity(path: str | None) -> str:
 
 def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     """Run the whole text demo; returns the report's artefact paths."""
-    phases = Phases(TOOL, 7)
+    phases = Phases(TOOL, 7 + (settings.revival is not None))
     data, vocabulary = load_captioned(settings.data)
     sfd, forget, override = check_settings(settings, vocabulary)
     teacher_config = teacher_settings(settings)
@@ -160,6 +161,9 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     paraphrase_file = settings.paraphrases or shipped_paraphrases(settings.data)
     read_templates(paraphrase_file)  # a bad template file is refused before anything is written
     train, heldout = train_heldout_split(data, settings.heldout_fraction, settings.seed)
+    if settings.revival is not None:  # too few real images of the class: refused up front
+        revival_images(heldout.images, heldout.labels, forget, settings.revival.images,
+                       settings.revival.seed)  # fmt: skip
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
     prompts = write_prompt_sets(vocabulary, forget, override, paraphrase_file, output / "prompts")
@@ -269,8 +273,11 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     )
     with phases.phase("evaluation", "evaluation"):
         evaluation.evaluate()
-    with phases.phase("attack", "soft-prompt attack"):
+    with phases.phase("attack", "attack suite"):
         evaluation.attack(phases.say)
+    if settings.revival is not None:
+        with phases.phase("revival", "revival test"):
+            evaluation.revival(phases.say)
 
     results = evaluation.results()
     results.protocol.update(

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sfd.apps.data.names import DIGITS, FASHION
 from sfd.apps.harness.class_run import ADVERSARIAL_ARGS
-from sfd.eval.attack_budget import AttackBudget
+from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
 
 if TYPE_CHECKING:
     from sfd.apps.demo_text.prompts import DemoPrompts
@@ -24,6 +24,15 @@ def default_sfd_config(data: str, stage: str = "sfd") -> Path:
     after the preset)."""
     name = (STAGE1_PRESETS if stage == "stage1" else PRESETS)[DIGITS if data == DIGITS else FASHION]
     return Path(str(resources.files("sfd.apps.demo_text") / name))
+
+
+TEACHER_ATTACKS = ("soft",)  # the teacher (4-step DDIM, 4x a generator's cost) is the reference
+
+
+def default_attacks() -> dict[str, Any]:
+    """The demo's attack suite: both prompt attacks at their strong default budgets (16 tokens,
+    200 steps, 3 restarts), so plain SFD's weakness shows."""
+    return {"soft": AttackBudget(), "discrete": DiscreteAttackBudget()}
 
 
 @dataclass
@@ -53,9 +62,10 @@ class TextDemoSettings:
     forget_images: int = 200
     remain_per_class: int = 100
     ddim_steps: int = 25
-    attack: AttackBudget = field(default_factory=AttackBudget)
-    attack_prompts: int = 2
+    attacks: dict[str, Any] = field(default_factory=default_attacks)  # name -> budget
+    attack_prompts: int = 1
     attack_ddim_steps: int = 4
+    revival: RevivalBudget | None = None
     grid_per_prompt: int = 8
     threads: int | None = None
     progress: bool = True

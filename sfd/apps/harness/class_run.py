@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from sfd.apps.data.names import DIGITS
+from sfd.eval.attack_budget import ClassEmbeddingBudget
 
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD, and stage 2 of the two-stage path
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
@@ -53,6 +54,8 @@ class ClassRunSettings:
     throughput_repeats: int = 3
     time_full_schedule: bool = True
     grid_per_class: int = 10
+    attack: ClassEmbeddingBudget | None = None  # `sfd demo`: the class-embedding attack
+    attack_ddim_steps: int = 4
     threads: int | None = None
     progress: bool = True
 

@@ -3,7 +3,8 @@
 An exported generator is loaded as the `OneStepTextPipeline` a user loads; a teacher folder as
 `StableDiffusionTeacher` under guided DDIM, with the tokenizer and text encoder its
 `model_index.json` names and its VAE where it has one. Both become `sfd.eval.TextToImage` models
-for the concept metrics and the soft-prompt attack.
+for the concept metrics, the attack suite (`sfd.eval.attacks`: soft prompt, discrete prompt, and
+the held-out paraphrases) and the revival test (`sfd.eval.revival`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,21 @@ from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError, check_guidance, check_number
-from sfd.eval.attacks import AttackBudget, AttackResult, run_attack
+from sfd.eval.attack_budget import RevivalBudget
+from sfd.eval.attack_outcome import ASR_DEFINITION
+from sfd.eval.attacks import ATTACKS, AttackResult, run_attack
 from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
+from sfd.eval.revival import RevivalResult, revival_images, revive_text_model
 from sfd.eval.text_models import (
     PromptEncoder,
     TextToImage,
     ddim_text_model,
     one_step_text_model,
     vae_decoder,
+    vae_encoder,
 )
 from sfd.folders import check_writable_folder, pipeline_class_name
+from sfd.images import LabelledImages
 from sfd.pipelines.io import load_pipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.provenance import library_versions
@@ -59,12 +65,14 @@ def teacher_model(folder: str | Path, ddim_steps: int, guidance_scale: float) ->
     """A teacher folder as `StableDiffusionTeacher` under guided DDIM."""
     teacher = StableDiffusionTeacher(str(folder))
     tokenizer, text_encoder = load_text_encoder(str(folder))
+    vae = teacher_vae(folder)
     return ddim_text_model(
         teacher,
         ddim_steps,
         PromptEncoder(tokenizer, text_encoder),
-        vae_decoder(teacher_vae(folder)),
+        vae_decoder(vae),
         guidance_scale,
+        vae_encoder(vae),
     )
 
 
@@ -81,6 +89,7 @@ def exported_model(
         vae_decoder(pipeline.vae),
         guidance_scale,
         name,
+        vae_encoder(pipeline.vae),
     )
 
 
@@ -157,11 +166,12 @@ def attack_model(
     model: TextToImage,
     classifier: nn.Module,
     protocol: ConceptProtocol,
-    budget: AttackBudget,
+    budget: Any,
     prompts: int = 1,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """The soft-prompt attack on the first `prompts` training forget prompts; mean success."""
+    """One attack (the one `budget` belongs to) on the first `prompts` training forget prompts;
+    mean success (`ASR_DEFINITION`)."""
     results: list[AttackResult] = []
     for index in range(min(prompts, len(protocol.forget_train.prompts))):
         prompt = protocol.forget_train.prompts[index]
@@ -175,8 +185,67 @@ def attack_model(
         / len(results),
         "per_prompt": [r.to_dict() for r in results],
         "budget": results[0].budget,
+        "prompts_attacked": len(results),
+        "objective": results[0].objective,
+        "asr_definition": "mean over the attacked prompts of the " + ASR_DEFINITION,
         "sampler": model.name,
     }
+
+
+def paraphrase_attack(evaluation: ConceptEvaluation) -> dict[str, Any] | None:
+    """The held-out paraphrases as an attack: the share of their samples labelled as the
+    forgotten class (1 − UA on paraphrases); None without paraphrases."""
+    result = evaluation.forget_paraphrases
+    if result is None:
+        return None
+    return {
+        "success_rate": 1.0 - result.ua,
+        "budget": {"images": result.num_images, "prompts": "the held-out paraphrase file"},
+        "asr_definition": "share of the paraphrase samples (the concept evaluation's, cycling "
+        "through the held-out paraphrases, noise seed + 1) that the evaluation classifier labels "
+        "as the forgotten class: 1 - UA on paraphrases",
+        "objective": "none (no search: prompts written for evaluation, never trained on)",
+        "sampler": evaluation.sampler,
+    }
+
+
+def attack_suite(
+    model: TextToImage,
+    classifier: nn.Module,
+    protocol: ConceptProtocol,
+    budgets: dict[str, Any],
+    evaluation: ConceptEvaluation | None = None,
+    prompts: int = 1,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Every attack of `budgets` (`ATTACKS` name -> budget) on one model, and the paraphrase
+    entry from its concept evaluation: name -> result, each with its budget and ASR definition."""
+    suite = {
+        name: attack_model(model, classifier, protocol, budget, prompts, progress)
+        for name, budget in budgets.items()
+    }
+    paraphrases = paraphrase_attack(evaluation) if evaluation is not None else None
+    if paraphrases is not None:
+        suite["paraphrases"] = paraphrases
+    return suite
+
+
+def revival_test(
+    model: TextToImage,
+    classifier: nn.Module,
+    protocol: ConceptProtocol,
+    real: LabelledImages,
+    budget: RevivalBudget,
+    progress: bool = False,
+) -> RevivalResult:
+    """The revival test (`sfd.eval.revival`) on k images of the forgotten class from `real`
+    (the held-out split), UA on the training forget prompts with the evaluation's noise."""
+    images = revival_images(real.images, real.labels, protocol.forget, budget.images, budget.seed)
+    return revive_text_model(
+        model, classifier, protocol.forget_train, protocol.forget, protocol.override,
+        protocol.num_classes, images, budget, protocol.forget_images, protocol.seed,
+        progress=progress,
+    )  # fmt: skip
 
 
 def text_library_versions() -> dict[str, str]:
@@ -215,8 +284,9 @@ class ConceptEvalSettings:
     remain_per_class: int = 100
     ddim_steps: int = 25
     guidance_scale: float | None = None
-    attack: AttackBudget | None = None
+    attacks: dict[str, Any] = dataclasses.field(default_factory=dict)  # ATTACKS name -> budget
     attack_prompts: int = 1
+    revival: RevivalBudget | None = None
     attack_ddim_steps: int = 4
     progress: bool = True
 
@@ -251,6 +321,11 @@ class ConceptEvalSettings:
         ):
             if path is not None and not Path(path).is_file():
                 raise SFDConfigError(f"{flag} {str(path)!r} is not a file")
+        unknown = sorted(set(self.attacks) - set(ATTACKS))
+        if unknown:
+            raise SFDConfigError(
+                f"--attack {unknown[0]!r} is unknown; choose from {sorted(ATTACKS)}"
+            )
         check_writable_folder(self.output_dir, "--output-dir")
 
 
@@ -308,6 +383,13 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         seed=settings.seed,
     )
     model = load_text_model(settings.model, settings.ddim_steps, settings.guidance_scale)
+    if settings.revival is not None:  # refused before the evaluation: too few class images
+        revival_images(heldout.images, heldout.labels, settings.forget, settings.revival.images,
+                       settings.revival.seed)  # fmt: skip
+    if settings.attacks and model.encoder.text_encoder is None:
+        raise SFDConfigError(
+            f"--attack needs a model with a text encoder; {settings.model} has none"
+        )
     real_remain = heldout.images[heldout.labels != settings.forget]
     evaluation = evaluate_model(model, classifier, protocol, real_remain, settings.progress)
     results: dict[str, Any] = {
@@ -315,15 +397,20 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         "model_sha256": folder_digest(settings.model),
         "evaluation": evaluation.to_dict(),
     }
-    if settings.attack is not None:
+    if settings.attacks:
         attacked = model
         if not is_exported_generator(settings.model):
             attacked = load_text_model(
                 settings.model, settings.attack_ddim_steps, settings.guidance_scale
             )
-        results["attack"] = attack_model(
-            attacked, classifier, protocol, settings.attack, settings.attack_prompts
-        )
+        results["attacks"] = attack_suite(
+            attacked, classifier, protocol, settings.attacks, evaluation, settings.attack_prompts,
+            settings.progress,
+        )  # fmt: skip
+    if settings.revival is not None:
+        results["revival"] = revival_test(
+            model, classifier, protocol, heldout, settings.revival, settings.progress
+        ).to_dict()
     results["protocol"] = {
         **protocol.describe(),
         "sampler": model.name,
