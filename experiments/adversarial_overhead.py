@@ -179,7 +179,7 @@ def write_results_page(
                 f"{timed} timed; adversarial SFD with the defaults of `configs/adversarial.yaml` "
                 f"({settings}: {record['adversarial_rows']} attacked rows per iteration). "
                 "Random-weight teachers: the time, not the forgetting, is what this measures. "
-                "docs/method.md §8 says what the attack costs.\n\n" + table
+                "docs/method.md §9 says what the attack costs.\n\n" + table
             )
         },
         results_dir,

@@ -13,7 +13,8 @@ class SFDConfigError(ValueError):
 
 
 class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss, gradient or weight; the run stops (no update applied)."""
+    """Training produced a non-finite loss, gradient or weight; the run stops before any checkpoint
+    or export is written from it."""
 
 
 def check_number(
@@ -54,6 +55,23 @@ def check_number(
         bad = bad or value > high or (high_open and value == high)
     if bad:
         raise SFDConfigError(f"{name}={value!r} must be {allowed}")
+    return value
+
+
+def check_count(name: str, value: int, low: int = 1, low_name: str | None = None) -> int:
+    """Return `value` if it is an integer (not a bool) of at least `low`, else raise `SFDConfigError`.
+
+    Args:
+        name: the setting, as the user writes it (e.g. "batch_size").
+        value: its value.
+        low: the smallest allowed value.
+        low_name: how the message names `low` when it is another setting (e.g. "every_n=10").
+
+    Returns:
+        the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SFDConfigError(f"{name}={value!r} must be an integer of at least {low_name or low}")
     return value
 
 

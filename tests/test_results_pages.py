@@ -232,6 +232,59 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def hot_path_record(command: str) -> dict[str, Any]:
+    pairs = [
+        {"module": 0.21, "plain": 0.2, "ratio": 1.05},
+        {"module": 0.19, "plain": 0.2, "ratio": 0.95},
+    ]
+    return {
+        "run": run_section(command),
+        "teacher_params": 12345,
+        "batch_size": 8,
+        "warmup": 5,
+        "block": 10,
+        "pairs": pairs,
+        "median_ratio": 1.0,
+        "total_ratio": 1.0,
+        "median_module_seconds": 0.2,
+        "median_plain_seconds": 0.2,
+    }
+
+
+def completion_record(command: str) -> dict[str, Any]:
+    row = {
+        "iteration": 10,
+        "ua_ema": 0.5,
+        "ua_raw": 1.0,
+        "remain_accuracy_ema": 0.98,
+        "judge_forget_rate_ema": 0.75,
+        "judge_forget_rate_raw": 0.0,
+        "drift": 0.0123,
+    }
+    stop = {
+        "threshold": 0.05,
+        "patience": 3,
+        "iteration": None,
+        "ua_ema": None,
+        "judge_forget_rate": None,
+        "remain_accuracy_ema": None,
+    }
+    return {
+        "run": run_section(command),
+        "pair": {"forget": 0, "override": 1},
+        "iterations": 200,
+        "every": 10,
+        "stage2_seconds": 90.0,
+        "curve_seconds": 20.0,
+        "probe_seconds": 8.0,
+        "probes": 21,
+        "ema_decay": 0.99,
+        "judge": {"num_samples": 64, "sigmas": [0.4, 0.8, 1.6], "draws": 2},
+        "rows": [row],
+        "stops": [stop],
+    }
+
+
 def memory_record(command: str) -> dict[str, Any]:
     gib = 1024**3
 
@@ -346,6 +399,26 @@ CASES = [
         iteration_time_record,
         "python experiments/iteration_time.py --threads 1",
         ["| 12,345 | 8 + 8 | 5 | 3 | 0.1234 | 0.1000 | 0.2000 |"],
+    ),
+    (
+        "hot_path",
+        "hot_path",
+        hot_path_record,
+        "python experiments/hot_path.py --threads 1",
+        [
+            "| 12,345 | 8 + 8 | 10 | 2 | 1.000× | 1.000× | ≤ 1.0× |",
+            "| 2 | 0.1900 | 0.2000 | 0.950× |",
+        ],
+    ),
+    (
+        "completion_curves",
+        "completion",
+        completion_record,
+        "python experiments/completion_curves.py --threads 1",
+        [
+            "| 10 | 50.0 % | 100.0 % | 75.0 % | 0.0 % | 98.0 % | 0.0123 |",
+            "| 0.05 | 3 | never | – | – | – |",
+        ],
     ),
     (
         "memory_table",

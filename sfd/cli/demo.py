@@ -39,7 +39,7 @@ def demo_parser() -> argparse.ArgumentParser:
     add(
         "--adversarial",
         action="store_true",
-        help="adversarial SFD (docs/method.md §8): train against an inner attack with the "
+        help="adversarial SFD (docs/method.md §9): train against an inner attack with the "
         "defaults of configs/adversarial.yaml; refine with --model.adversarial.steps etc.",
     )
     add(

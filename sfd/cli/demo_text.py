@@ -58,6 +58,13 @@ def demo_text_parser() -> argparse.ArgumentParser:
         "preset's, or --trainer.max_steps, which sets both stages",
     )
     add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/10)")
+    add(
+        "--until-forgotten",
+        action="store_true",
+        help="stage 2 stops once the data-free judge finds the forget prompts' concept gone "
+        "(sfd.training.completion.UntilForgotten at the curve interval), within "
+        "--trainer.max_steps; the classifier's UA is logged beside the judge's",
+    )
     add("--curve-per-class", type=int, default=defaults.curve_per_class)
     add("--forget-images", type=int, default=defaults.forget_images, help="per forget set")
     add("--remain-per-class", type=int, default=defaults.remain_per_class)
@@ -76,7 +83,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
     add(
         "--adversarial",
         action="store_true",
-        help="adversarial SFD (docs/method.md §8): train against an inner attack with the "
+        help="adversarial SFD (docs/method.md §9): train against an inner attack with the "
         "defaults of configs/adversarial.yaml; refine with --model.adversarial.steps etc.",
     )
     add("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")

@@ -1,4 +1,4 @@
-"""Adversarial SFD (docs/method.md §8): the unlearning term also on the worst forget conditions.
+"""Adversarial SFD (docs/method.md §9): the unlearning term also on the worst forget conditions.
 
 Each iteration, before the fake-score step, an inner attack looks for what an attacker would feed
 the generator to bring the forgotten concept back: learned soft-prompt tokens inserted into forget

@@ -129,7 +129,8 @@ def training_record(module: Any) -> dict[str, Any]:
 
     Returns:
         {"teacher", "conditions", "sigma_sampler", "hyperparameters", "optimizers",
-        "global_step"}.
+        "global_step"}, and "completion" when a completion rule
+        (`sfd.training.completion.UntilForgotten`) left its summary in `module.completion`.
     """
     teacher = module.teacher
     unet = getattr(teacher, "unet", None)
@@ -154,7 +155,7 @@ def training_record(module: Any) -> dict[str, Any]:
         {"class": type(opt).__name__, **_plain(dict(opt.defaults))}
         for opt in (trainer.optimizers if trainer is not None else [])
     ]
-    return {
+    record = {
         "teacher": {"class": type(teacher).__name__, "source": source},
         "conditions": described,
         "sigma_sampler": {"class": type(sampler).__name__, **_plain(vars(sampler))},
@@ -162,6 +163,10 @@ def training_record(module: Any) -> dict[str, Any]:
         "optimizers": optimizers,  # fake score's, generator's (configure_optimizers order)
         "global_step": int(module.global_step),
     }
+    completion = getattr(module, "completion", None)  # the completion rule's, when it ran
+    if completion is not None:
+        record["completion"] = _plain(completion)
+    return record
 
 
 def _plain(value: Any) -> Any:

@@ -1,8 +1,9 @@
 """Checks that make a broken run fail loudly instead of finishing with broken weights.
 
 Used by `SFDModule`: the inputs (frozen teacher, given networks, optimizer settings, precision)
-are checked once when the module is built or fitted; loss terms and gradients on every update,
-each with a single fused reduction (one host sync per update, not one per tensor).
+are checked once when the module is built or fitted. Loss terms and gradients of every update are
+watched on the device (`NonFiniteWatch`: no host sync per update) and read back when the run logs,
+checkpoints or ends.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sfd.errors import SFDConfigError, check_guidance, check_number
+from sfd.errors import SFDConfigError, check_count, check_guidance, check_number
 
 # Lightning precision settings that keep the weights themselves in half precision: SFD's
 # learning rates (1e-5 .. 1e-6) and EMA decay 0.9999 vanish below half precision's resolution.
@@ -120,10 +121,13 @@ def check_optimizer_setting(key: str, value: Any) -> None:
 
 
 def count_nonfinite(tensors: list[Tensor]) -> Tensor:
-    """The number of NaN or ±inf elements over `tensors`, as one 0-d tensor (no host sync)."""
+    """The number of NaN or ±inf elements over `tensors`, as one 0-d tensor (no host sync).
+
+    Counted on one concatenated copy: a few large kernels instead of two small ones per tensor.
+    """
     if not tensors:
         return torch.zeros((), dtype=torch.int64)
-    return torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).sum()
+    return (~torch.isfinite(torch.cat([t.reshape(-1) for t in tensors]))).sum()
 
 
 def replace_nonfinite_(tensors: list[Tensor]) -> None:
@@ -132,12 +136,76 @@ def replace_nonfinite_(tensors: list[Tensor]) -> None:
         t.nan_to_num_(nan=0.0, posinf=GRADIENT_FLOOD, neginf=-GRADIENT_FLOOD)
 
 
+class NonFiniteWatch:
+    """Non-finite loss terms and gradients of a training run, tracked on the device.
+
+    Every update records into small device tensors (no host sync, no collective); `report` reads
+    them all back with one sync, when the run logs, saves a checkpoint or ends. Gradients are
+    repaired in place unconditionally as the reference does (NaN -> 0, ±inf -> ±1e5; an identity on
+    finite values), so a few bad elements cost nothing but a count, while a loss term or a whole
+    update that is non-finite marks the iteration it happened at: the owner stops the run at the
+    next read, before any checkpoint or export is written from it.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[str, Tensor] = {}
+
+    def _slot(self, key: str, like: Tensor, empty: int) -> Tensor:
+        slot = self._slots.get(key)
+        if slot is None or slot.device != like.device:
+            slot = self._slots[key] = torch.full((), empty, dtype=torch.int64, device=like.device)
+        return slot
+
+    def _first(self, key: str, bad: Tensor, iteration: int) -> None:
+        """Remember the first iteration at which the 0-d boolean `bad` was true."""
+        slot = self._slot(key, bad, -1)
+        slot.masked_fill_(bad & (slot < 0), iteration)
+
+    def loss_terms(self, network: str, terms: dict[str, Tensor], iteration: int) -> None:
+        """Record which of the named 0-d loss terms of `network` are non-finite."""
+        for name, value in terms.items():
+            self._first(f"loss:{network}/{name}", ~torch.isfinite(value.detach()), iteration)
+
+    def gradients(self, network: str, grads: list[Tensor], iteration: int) -> None:
+        """Count and repair the non-finite elements of `grads`; mark a wholly non-finite update."""
+        if not grads:
+            return
+        bad = count_nonfinite(grads)
+        replaced = self._slot(f"replaced:{network}", bad, 0)
+        replaced.add_(bad)
+        self._first(f"whole:{network}", bad == sum(g.numel() for g in grads), iteration)
+        replace_nonfinite_(grads)
+
+    def report(self) -> dict[str, int]:
+        """Every slot as a plain int (one host sync): `replaced:<network>` counts the repaired
+        gradient elements; `loss:<network>/<term>` and `whole:<network>` give the first iteration
+        of a non-finite loss term or update (-1: never)."""
+        if not self._slots:
+            return {}
+        keys = list(self._slots)
+        return dict(zip(keys, torch.stack([self._slots[k] for k in keys]).tolist(), strict=True))
+
+    @staticmethod
+    def first_failure(report: dict[str, int]) -> tuple[int, str] | None:
+        """(iteration, what) of the earliest non-finite loss term or update; a loss before an update."""
+        failures = [
+            (iteration, key.startswith("whole:"), key)
+            for key, iteration in report.items()
+            if not key.startswith("replaced:") and iteration >= 0
+        ]
+        if not failures:
+            return None
+        iteration, _, key = min(failures)
+        kind, what = key.split(":", 1)
+        if kind == "loss":
+            return iteration, f"non-finite loss {what}"
+        return iteration, f"every {what} gradient element is non-finite"
+
+
 def check_module_settings(hp: Any) -> None:
     """Every numeric setting of the module, finite and in range (one line naming the bad one)."""
     for name in ("batch_size", "steps_per_epoch"):
-        value = hp[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SFDConfigError(f"{name}={value!r} must be an integer of at least 1")
+        check_count(name, hp[name])
     check_number("alpha", hp.alpha, low=0)
     for name in ("lambda_sg_remain", "lambda_sg_forget", "lambda_g_remain", "lambda_g_forget"):
         check_number(name, hp[name], low=0)

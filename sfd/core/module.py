@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -72,7 +73,7 @@ class SFDModule(pl.LightningModule):
         seed: seed of the noise and condition streams (every iteration's draws depend only on
             the seed and the iteration, not on the number of processes).
         steps_per_epoch: iterations that make one Lightning epoch.
-        adversarial: adversarial SFD (docs/method.md §8): the unlearning term also on the forget
+        adversarial: adversarial SFD (docs/method.md §9): the unlearning term also on the forget
             conditions an inner attack finds each iteration (None: off).
     """
 
@@ -155,6 +156,7 @@ class SFDModule(pl.LightningModule):
             if ema_decay is not None
             else None
         )
+        self._watch = guards.NonFiniteWatch()  # non-finite losses and gradients, on the device
         self.adversarial = (
             None
             if adversarial is None
@@ -175,7 +177,7 @@ class SFDModule(pl.LightningModule):
         attacked = None if self.adversarial is None else self.adversarial.attack(self)
         with self._toggled(fake_opt):
             fake_terms = self.fake_score_losses(conds, self._stream(1))
-            if attacked is not None:  # docs/method.md §8: the fake score learns them too
+            if attacked is not None:  # docs/method.md §9: the fake score learns them too
                 fake_terms = self.adversarial.fake_terms(self, attacked, fake_terms)
             self._update(fake_opt, "fake", fake_terms, counts_as_iteration=False)
 
@@ -189,8 +191,10 @@ class SFDModule(pl.LightningModule):
             self._update(generator_opt, "generator", generator_terms, counts_as_iteration=True)
         self.update_ema()
 
-        self._log_terms("fake", fake_terms)
-        self._log_terms("generator", generator_terms)
+        if self._reads_back_now:  # nothing on the hot path reads the device between log steps
+            self._raise_if_nonfinite(log=True)
+            self._log_terms("fake", fake_terms)
+            self._log_terms("generator", generator_terms)
 
     def fake_score_losses(self, conds: ConditionBatch, rng: torch.Generator) -> LossTerms:
         """L_ψ = λ_sg_r·DSM(c_r) + λ_sg_f·DSM(c_f) on samples of the (frozen) generator."""
@@ -282,7 +286,11 @@ class SFDModule(pl.LightningModule):
             self.ema.eval()
         return self
 
+    def on_train_end(self) -> None:
+        self._raise_if_nonfinite()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._raise_if_nonfinite()  # no checkpoint from a run that went non-finite since its last read
         # The teacher is reloaded from its source on resume; it never enters a checkpoint.
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
@@ -364,7 +372,8 @@ class SFDModule(pl.LightningModule):
     def _update(
         self, optimizer: Any, network: str, terms: LossTerms, counts_as_iteration: bool
     ) -> None:
-        self._check_finite_terms(network, terms)
+        names = {"remain": terms.remain.reshape(()), "forget": terms.forget.reshape(())}
+        self._watch.loss_terms(network, names, self.global_step)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(
             terms.total
@@ -389,43 +398,50 @@ class SFDModule(pl.LightningModule):
         if clip is not None:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="value")
 
-    def _check_finite_terms(self, network: str, terms: LossTerms) -> None:
-        """Stop before back-propagating a non-finite loss term (one sync; all ranks agree)."""
-        values = torch.stack([terms.remain.detach().reshape(()), terms.forget.detach().reshape(())])
-        finite = torch.isfinite(values)
-        broken = not bool(finite.all())
+    def _check_finite_gradients(self, network: str, grads: list[Tensor]) -> None:
+        """Repair and count non-finite gradient elements on the device, without a host sync.
+
+        A few non-finite elements are replaced as the reference does (NaN -> 0, ±inf -> ±1e5) and
+        counted; `nonfinite_grads/<network>` logs how many so far. A wholly non-finite update is
+        marked and stops the run at the next read-back (`_raise_if_nonfinite`). With a 16-mixed
+        gradient scaler, overflow is its business: it skips the step and lowers the scale.
+        """
+        if not self._scaler_active:
+            self._watch.gradients(network, grads, self.global_step)
+
+    @property
+    def _reads_back_now(self) -> bool:
+        """Whether this iteration logs (the logger's interval, and the last iteration)."""
+        if self._trainer is None:
+            return True
+        trainer, step = self.trainer, self.global_step
+        every = trainer.log_every_n_steps
+        return (every > 0 and step % every == 0) or 0 < trainer.max_steps <= step
+
+    def _raise_if_nonfinite(self, log: bool = False) -> None:
+        """Read the non-finite watch back (one sync) and stop the run if a loss term or a whole
+        update went non-finite since the start; all ranks agree.
+
+        Read when the run logs, saves a checkpoint and ends: the iterations in between cost no
+        sync, and a broken run is stopped before any checkpoint or export is written from it (its
+        weights stay finite meanwhile: every bad gradient element is repaired).
+        """
+        report = self._watch.report()
+        failure = guards.NonFiniteWatch.first_failure(report)
+        broken = failure is not None
         if self._trainer is not None:
             broken = self.trainer.strategy.reduce_boolean_decision(broken, all=False)
         if broken:
-            names = [
-                f"{network}/{name}"
-                for name, ok in zip(("remain", "forget"), finite.tolist(), strict=True)
-                if not ok
-            ]
+            iteration, what = failure if failure is not None else (-1, "non-finite values")
+            where = f" at iteration {iteration}" if iteration >= 0 else " on another rank"
             raise NonFiniteError(
-                f"non-finite loss {', '.join(names) or f'{network} (on another rank)'} "
-                f"({values.tolist()}) at iteration {self.global_step}; training stopped before "
-                f"the update. {self._last_checkpoint()}"
+                f"{what}{where}; training stopped at iteration {self.global_step}, before any "
+                f"checkpoint was written from it. {self._last_checkpoint()}"
             )
-
-    def _check_finite_gradients(self, network: str, grads: list[Tensor]) -> None:
-        """Count non-finite gradient elements; stop if the whole update is non-finite.
-
-        A few non-finite elements are replaced as the reference does (NaN -> 0, ±inf -> ±1e5)
-        and counted in `nonfinite_grads/<network>`. With a 16-mixed gradient scaler, overflow is
-        its business: it skips the step and lowers the scale.
-        """
-        bad = int(guards.count_nonfinite(grads))
-        self.log(f"nonfinite_grads/{network}", float(bad), on_step=True, on_epoch=False)
-        if bad == 0 or self._scaler_active:
-            return
-        total = sum(g.numel() for g in grads)
-        if bad == total:
-            raise NonFiniteError(
-                f"every {network} gradient element is non-finite at iteration {self.global_step}; "
-                f"training stopped before the update. {self._last_checkpoint()}"
-            )
-        guards.replace_nonfinite_(grads)
+        if log:
+            for network in ("fake_score", "generator"):
+                count = float(report.get(f"replaced:{network}", 0))
+                self.log(f"nonfinite_grads/{network}", count, on_step=True, on_epoch=False)
 
     @property
     def _scaler_active(self) -> bool:
@@ -433,22 +449,29 @@ class SFDModule(pl.LightningModule):
 
     def _last_checkpoint(self) -> str:
         """Where the last good checkpoint is, for error messages."""
-        paths = [
-            getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-            for callback in (self.trainer.checkpoint_callbacks if self._trainer is not None else [])
+        callbacks = self.trainer.checkpoint_callbacks if self._trainer is not None else []
+        paths = [  # a path the callback recorded before a refused save does not exist
+            path
+            for callback in callbacks
+            for path in (
+                getattr(callback, "last_model_path", ""),
+                getattr(callback, "best_model_path", ""),
+            )
+            if path and get_filesystem(path).exists(path)
         ]
-        paths = [p for p in paths if p]
-        return (
-            f"The last good checkpoint is {paths[-1]}." if paths else "No checkpoint was written."
-        )
+        return f"The last good checkpoint is {paths[0]}." if paths else "No checkpoint was written."
 
     def _log_terms(self, name: str, terms: LossTerms) -> None:
         # Every term is logged; the totals also show in the progress bar. They oscillate around
         # zero by construction (docs/method.md §4): read them with the samples, not as convergence.
-        for key, value in vars(terms).items():
+        # Read back as plain numbers here (one sync, on a log step): Lightning turns progress-bar
+        # tensors into numbers after every batch, which would be a sync per iteration on a GPU.
+        named = vars(terms)
+        values = torch.stack([v.detach().reshape(()) for v in named.values()]).tolist()
+        for key, value in zip(named, values, strict=True):
             self.log(
                 f"{name}/{key}",
-                value.detach(),
+                value,
                 batch_size=self.hparams.batch_size,
                 prog_bar=key == "total",
             )

@@ -190,6 +190,22 @@ def sampling_snippets(record: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def completion_line(completion: dict[str, Any]) -> str:
+    """The card's line on the completion rule: why the run stopped, after how many iterations."""
+    last = completion.get("last_probe") or {}
+    settings = completion.get("settings") or {}
+    judged = (
+        f"; judged forget rate {last['forget_rate']:.3f} (threshold {settings.get('threshold')}), "
+        f"remain drift {last['drift']:.4f}"
+        if "forget_rate" in last and "drift" in last
+        else ""
+    )
+    return (
+        f"- Stopped by the completion rule (`UntilForgotten`): {completion['stop_reason']} at "
+        f"iteration {completion.get('iterations')}{judged}"
+    )
+
+
 def model_card(record: dict[str, Any]) -> str:
     """README.md text: Hub YAML metadata, what was forgotten, training, metrics, sampling.
 
@@ -248,8 +264,10 @@ def model_card(record: dict[str, Any]) -> str:
         settings = visible(training.get("hyperparameters") or {})
         sampler = dict(training.get("sigma_sampler") or {})
         sampler_class = sampler.pop("class", None)
+        completion = training.get("completion") or {}
         body += [
             f"- Iterations: {training.get('global_step')}",
+            *([completion_line(completion)] if completion.get("stop_reason") else []),
             f"- σ sampler: `{sampler_class}` {shown(sampler)}".rstrip(),
             "",
             "| setting | value |",

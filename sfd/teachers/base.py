@@ -83,9 +83,25 @@ class Denoiser(nn.Module):
 
         A class condition may then be an object with `labels` (B,), `class_embeds` (B, E) and
         `active` (B,): rows where `active` is True see their `class_embeds` vector in place of
-        their label's embedding (the class-embedding attack, docs/method.md §8).
+        their label's embedding (the class-embedding attack, docs/method.md §9).
         """
         return None
+
+    def network_dtype(self, network: nn.Module) -> torch.dtype:
+        """The dtype `network` takes its inputs in, looked up once and kept until the next `.to()`.
+
+        A diffusers model's `.dtype` walks every submodule (for casting hooks) on each call; the
+        denoisers call their network several times per iteration. `_apply`, which every `.to()`,
+        `.half()` or device move of this denoiser goes through, forgets the cached value.
+        """
+        dtype = self.__dict__.get("_network_dtype")
+        if dtype is None:
+            dtype = self.__dict__["_network_dtype"] = network.dtype
+        return dtype
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Denoiser:
+        self.__dict__.pop("_network_dtype", None)
+        return super()._apply(fn, recurse)
 
     def null_condition(self, cond: Any) -> Any:
         """The unconditional (or negative-prompt) condition matching `cond`, for guidance."""

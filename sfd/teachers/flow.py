@@ -248,12 +248,11 @@ class FlowTransformerDenoiser(FlowDenoiser):
                 f"max_sequence_length={length!r} must be an integer in 1..512 (T5 tokens)"
             )
         self.max_sequence_length = length
-        self._dtype = next(transformer.parameters()).dtype  # read once: not on every call
 
-    def _apply(self, fn: Any, recurse: bool = True) -> FlowTransformerDenoiser:
-        super()._apply(fn, recurse)
-        self._dtype = next(self.transformer.parameters()).dtype
-        return self
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The transformer's input dtype, looked up once until the next `.to()` (`network_dtype`)."""
+        return self.network_dtype(self.transformer)
 
     def null_condition(self, cond: Any) -> Any:
         return cond.null()

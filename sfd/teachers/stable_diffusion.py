@@ -103,9 +103,10 @@ class StableDiffusionDenoiser(VPDenoiser):
             raise TypeError(
                 f"a Stable Diffusion denoiser needs a text condition (prompt_embeds), got {type(cond)}"
             )
-        embeds = cond.prompt_embeds.to(device=x_t.device, dtype=self.unet.dtype)  # (B, L, D)
+        dtype = self.network_dtype(self.unet)
+        embeds = cond.prompt_embeds.to(device=x_t.device, dtype=dtype)  # (B, L, D)
         return self.unet(
-            x_t.to(self.unet.dtype),
+            x_t.to(dtype),
             timestep,
             encoder_hidden_states=embeds,
             encoder_attention_mask=cross_attention_mask(embeds),

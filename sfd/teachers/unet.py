@@ -120,7 +120,7 @@ class VPUNetDenoiser(ClassConditionalUNet, VPDenoiser):
         self._init_classes(num_classes, null_class)
 
     def predict(self, x_t: Tensor, timestep: Tensor, cond: Tensor | None) -> Tensor:
-        return self._run_unet(x_t.to(self.unet.dtype), timestep, cond).sample
+        return self._run_unet(x_t.to(self.network_dtype(self.unet)), timestep, cond).sample
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -173,7 +173,7 @@ class EDMUNetDenoiser(ClassConditionalUNet):
         c_skip = sd2 / (sigma**2 + sd2)
         c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
         c_in = (sigma**2 + sd2).rsqrt()
-        raw = self._run_unet((c_in * x).to(self.unet.dtype), c_noise, cond)
+        raw = self._run_unet((c_in * x).to(self.network_dtype(self.unet)), c_noise, cond)
         return c_skip * x.float() + c_out * raw.sample.float()
 
     def spec(self) -> dict[str, Any]:

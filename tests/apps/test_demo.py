@@ -97,14 +97,26 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
 def test_demo_again_reuses_teacher_classifier_and_stage1(
     demo_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    """... also with the completion rule on stage 2, which leaves stage 1 (and its cache) alone."""
     _, cache = demo_run
     output = tmp_path / "again"
-    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache), "--until-forgotten"]
     assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO]) == 0
-    protocol = json.loads((output / "metrics.json").read_text())["protocol"]
+    metrics = json.loads((output / "metrics.json").read_text())
+    protocol = metrics["protocol"]
     assert protocol["teacher"]["reused_from_cache"]
     assert protocol["classifier"]["reused_from_cache"]
     assert protocol["two_stage"]["stage1_reused_from_cache"]
+    # the rule probed at the curve's interval, with the classifier's UA of the same point beside
+    completion = protocol["two_stage"]["stage2_completion"]
+    assert completion["stop_reason"] in ("forgotten", "max_steps")
+    assert completion["iterations"] == protocol["two_stage"]["stage2_iterations"]
+    last = completion["last_probe"]
+    curve = {p["iteration"]: p["ua"] for p in metrics["forgetting_curve"]}
+    assert last["classifier_ua"] == curve[last["iteration"]]
+    assert 0 <= last["forget_rate"] <= 1 and 0 <= last["forget_rate_raw"] <= 1
+    card = (output / "generator" / "README.md").read_text()
+    assert f"Stopped by the completion rule (`UntilForgotten`): {completion['stop_reason']}" in card
 
 
 def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Path) -> None:

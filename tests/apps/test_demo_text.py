@@ -120,7 +120,11 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     if space == "latents":
         return
     # a second run reuses the cached teacher and classifier, and scores with the same classifier
-    again = run_text_demo(replace(settings, output_dir=tmp_path / "again"))
+    # (with the completion rule on stage 2: the judge probes the text teacher, the card says why
+    # stage 2 stopped)
+    again = run_text_demo(replace(settings, output_dir=tmp_path / "again", until_forgotten=True))
+    card = (tmp_path / "again" / "generator" / "README.md").read_text()
+    assert "Stopped by the completion rule (`UntilForgotten`)" in card
     protocol = json.loads(again["metrics"].read_text())["protocol"]
     assert protocol["teacher"]["reused_from_cache"] and protocol["classifier"]["reused_from_cache"]
     assert (

@@ -36,6 +36,7 @@ from sfd.training.resume import RUN_CONFIG_KEY
 
 NOT_WRITABLE = "/proc/sfd-cannot-write-here/out"  # /proc refuses new files, even for root
 TEACHER_CONFIG = CONFIGS / "teacher_digits.yaml"
+UNTIL = CONFIGS / "until_forgotten.yaml"
 
 
 class Payload:
@@ -270,6 +271,13 @@ CASES: list[Case] = [
      lambda w, o: fit(w, w / "planted_run", "--ckpt_path", "last"), "last.ckpt' cannot be loaded safely"),
     ("fit-last-unrecorded",
      lambda w, o: fit(w, w / "unstamped_run", "--ckpt_path", "last"), "records no run configuration"),
+    # --- sfd fit: the completion rule's settings (issue 24 item 1) ---
+    ("fit-until-threshold",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.threshold", "1.5"), "UntilForgotten threshold=1.5"),
+    ("fit-until-interval",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.every_n", "0"), "UntilForgotten every_n=0"),
+    ("fit-until-budget",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.budget", "5"), "budget=5 must be an integer of at least every_n=10"),
     # --- sfd fit: flow-matching teachers (issue 20) ---
     ("fit-flow-t-init-one", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.t_init", "1.0"),
      "t_init=1.0 must be a flow time strictly between 0 and 1"),

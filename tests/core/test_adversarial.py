@@ -1,4 +1,4 @@
-"""Adversarial SFD (docs/method.md §8): the inner attack, where its term goes, its checkpoint."""
+"""Adversarial SFD (docs/method.md §9): the inner attack, where its term goes, its checkpoint."""
 
 from __future__ import annotations
 

@@ -170,6 +170,14 @@ def test_the_sigma_table_stays_float32_under_half_precision() -> None:
     half = teacher.to(torch.bfloat16)
     assert half.sigma_table.dtype == torch.float32 and torch.equal(half.sigma_table, table)
     assert half.unet.dtype == torch.bfloat16
+    # the input dtype the denoiser caches follows every .to(): bf16 inputs now, float32 after
+    x = torch.randn(2, *teacher.sample_shape)
+    labels = torch.tensor([0, 1])
+    assert half.network_dtype(half.unet) == torch.bfloat16
+    assert half(x, 1.0, labels).dtype == torch.float32  # ran in bf16, returned as float32
+    back = half.to(torch.float32)
+    assert back.network_dtype(back.unet) == torch.float32
+    assert back(x, 1.0, labels).dtype == torch.float32
     # in bf16 the table itself would collide: the guard is not cosmetic
     assert len(torch.unique(table[38:712].to(torch.bfloat16))) < 712 - 38
 

@@ -1,10 +1,11 @@
 """Nothing silent: non-finite inputs, losses, gradients and weights stop a run loudly.
 
 A teacher with a NaN weight and every bad numeric setting are refused when the module is built;
-a non-finite loss term stops training before the update with a message naming the term, the
-iteration and the last good checkpoint; a few non-finite gradient elements are counted and
-replaced (as the reference does), a wholly non-finite update stops; no checkpoint is written
-from non-finite weights.
+a non-finite loss term stops training with a message naming the term, the iteration and the last
+good checkpoint, before any checkpoint is written from it; a few non-finite gradient elements are
+counted and replaced (as the reference does), a wholly non-finite update stops; no checkpoint is
+written from non-finite weights. The updates themselves never wait on the host: the watch is read
+back when the run logs, checkpoints or ends.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sfd.cli import main
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import ClassConditions
 from sfd.core.generator import generator_from_checkpoint
-from sfd.core.guards import check_finite_weights
+from sfd.core.guards import NonFiniteWatch, check_finite_weights
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogNormalSigma, LogUniformSigma, UniformTimestepSigma
 from sfd.errors import NonFiniteError, SFDConfigError
@@ -173,7 +174,8 @@ def test_a_few_nonfinite_gradients_are_counted_and_replaced(teacher_dir, tmp_pat
     module = make(teacher_dir, NonFiniteGradients)
     fitted = trainer(tmp_path, steps=2)
     fitted.fit(module)
-    assert fitted.callback_metrics["nonfinite_grads/generator"] == 3
+    # the count so far in this fit, read back at the last iteration: 3 elements in each of 2
+    assert fitted.callback_metrics["nonfinite_grads/generator"] == 6
     assert fitted.callback_metrics["nonfinite_grads/fake_score"] == 0
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())
 
@@ -183,9 +185,23 @@ def test_a_wholly_nonfinite_update_stops(teacher_dir, tmp_path) -> None:
     module.corrupt_all = True
     with pytest.raises(
         NonFiniteError, match="every generator gradient element is non-finite at iteration 0"
-    ):
+    ) as caught:
         trainer(tmp_path, steps=2).fit(module)
+    assert "No checkpoint was written" in str(caught.value)  # the save after it was refused
+    assert not (tmp_path / "ckpt" / "last.ckpt").exists()
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())
+
+
+def test_a_broken_update_is_caught_at_the_next_log_step_without_a_checkpoint(
+    teacher_dir, tmp_path
+) -> None:
+    """No checkpoint callback: the read-back at the logger's interval stops the run."""
+    module = make(teacher_dir, NonFiniteGradients)
+    module.corrupt_all = True
+    fitted = quiet_trainer(tmp_path, 20, log_every_n_steps=3)
+    with pytest.raises(NonFiniteError, match="non-finite at iteration 0; training stopped at it"):
+        fitted.fit(module)
+    assert module.global_step == 3
 
 
 def test_no_checkpoint_is_written_from_nonfinite_weights(teacher_dir, tmp_path) -> None:
@@ -207,3 +223,31 @@ def test_cli_exit_statuses(teacher_dir, tmp_path, capsys) -> None:
     assert main(diverging) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("sfd: error: non-finite loss") and "iteration" in error
+
+
+def test_the_watch_repairs_counts_and_remembers_the_first_bad_iteration() -> None:
+    """On the device: elements repaired as the reference does, counted, the first failure kept."""
+    watch = NonFiniteWatch()
+    a, b = torch.tensor([1.0, math.nan, math.inf]), torch.tensor([-math.inf])
+    watch.gradients("generator", [a, b], 3)
+    assert a.tolist() == [1.0, 0.0, 1e5] and b.tolist() == [-1e5]  # NaN -> 0, ±inf -> ±1e5
+    for iteration in (5, 7):  # two wholly non-finite updates: the first one is remembered
+        watch.gradients("generator", [torch.full((2,), math.nan)], iteration)
+    finite = {"remain": torch.tensor(1.0), "forget": torch.tensor(2.0)}
+    watch.loss_terms("fake_score", finite, 6)
+    watch.loss_terms("fake_score", {"remain": torch.tensor(1.0), "forget": torch.tensor(INF)}, 6)
+    report = watch.report()
+    assert report == {
+        "replaced:generator": 7,
+        "whole:generator": 5,
+        "loss:fake_score/remain": -1,
+        "loss:fake_score/forget": 6,
+    }
+    assert NonFiniteWatch.first_failure(report) == (
+        5,
+        "every generator gradient element is non-finite",
+    )
+    # at the same iteration the loss, which comes first in an update, is named
+    tie = {"whole:generator": 4, "loss:generator/forget": 4, "replaced:generator": 9}
+    assert NonFiniteWatch.first_failure(tie) == (4, "non-finite loss generator/forget")
+    assert NonFiniteWatch.first_failure({"replaced:generator": 9}) is None

@@ -157,6 +157,7 @@ def evaluate_all(
             "stage1_reused_from_cache": stage1["stage1_cached"],
             "stage1_folder": stage1["stage1_folder"],
             "stage2_iterations": forgetting.iterations,
+            "stage2_completion": forgetting.extra.get("completion"),
             "stage2_training_seconds": forgetting.train_seconds,
             "teacher": "the original teacher, frozen, in both stages",
         },

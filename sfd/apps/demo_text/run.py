@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 
 from sfd.apps.data.captions import FASHION, CaptionVocabulary, load_captioned, resolve_class
@@ -36,6 +37,7 @@ from sfd.apps.demo_text.settings import STAGE1_PRESETS as STAGE1_PRESETS
 from sfd.apps.demo_text.settings import TextDemoSettings as TextDemoSettings
 from sfd.apps.demo_text.settings import default_sfd_config as default_sfd_config
 from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
+from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.stages import copy_export, stage_one, train_sfd
 from sfd.apps.harness.text_evaluation import teacher_vae
@@ -248,8 +250,11 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             decode=decode,
         )
         args = settings.sfd_command_line(str(teacher_dir), prompts) + stage1.stage_two_arguments()
+        callbacks: list[pl.Callback] = [curve]
+        if settings.until_forgotten:
+            callbacks.append(until_forgotten(curve))
         module, _, _ = train_sfd(
-            args, [curve], output / "logs" / "sfd", settings.progress, settings.seed
+            args, callbacks, output / "logs" / "sfd", settings.progress, settings.seed
         )
         record = training_record(module)
         save_generator(

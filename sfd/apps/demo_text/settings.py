@@ -55,9 +55,10 @@ class TextDemoSettings:
     classifier_steps: int | None = None
     sfd_config: Path | None = None
     sfd_args: list[str] = field(default_factory=list)
-    adversarial: bool = False  # adversarial SFD (docs/method.md §8), its default settings
+    adversarial: bool = False  # adversarial SFD (docs/method.md §9), its default settings
     baseline_iterations: int | None = None
     curve_every: int | None = None
+    until_forgotten: bool = False
     curve_per_class: int = 16
     forget_images: int = 200
     remain_per_class: int = 100

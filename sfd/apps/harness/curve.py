@@ -20,8 +20,10 @@ from torch import nn
 from sfd.baselines.method import Unlearned, unlearned
 from sfd.errors import SFDConfigError
 from sfd.eval.evaluate import ImageSampler, classify, ddim_sampler, generate, one_step_sampler
+from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.eval.metrics import per_class_accuracy, unlearning_accuracy
 from sfd.images import to_uint8
+from sfd.training.completion import UntilForgotten
 
 UA_THRESHOLD = 0.95  # "time and iterations to UA >= 95 %"
 
@@ -148,6 +150,20 @@ class TimedForgettingCurve(pl.Callback):
     def as_dicts(self) -> list[dict[str, float]]:
         """The curve as [{iteration, seconds, ua, remain_accuracy}, ...]."""
         return [asdict(point) for point in self.points]
+
+
+def until_forgotten(curve: TimedForgettingCurve | ForgettingCurve) -> UntilForgotten:
+    """The completion rule at a forgetting curve's interval, with the curve's classifier UA beside it.
+
+    Put it after the curve among the callbacks: at each probe the curve's point of the same
+    iteration is then already there and nothing is evaluated twice.
+    """
+
+    def classifier_ua(module: Any) -> float | None:
+        last = curve.points[-1] if curve.points else None
+        return last.ua if last is not None and last.iteration == module.global_step else None
+
+    return UntilForgotten(every_n=curve.every_n, classifier_ua=classifier_ua)
 
 
 def first_reaching(points: list[dict[str, float]], ua: float = UA_THRESHOLD) -> dict[str, Any]:

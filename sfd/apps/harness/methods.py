@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import lightning.pytorch as pl
 
-from sfd.apps.harness.curve import TimedForgettingCurve
+from sfd.apps.harness.curve import TimedForgettingCurve, until_forgotten
 from sfd.apps.harness.settings import ClassRunSettings
 from sfd.apps.harness.stages import StageOne, fit_module, stage_one, train_sfd
 from sfd.apps.harness.workspace import Workspace, build_teacher, teacher_recipe
@@ -138,14 +138,20 @@ class SFDMethod:
                 "stage1_folder": str(stage1.folder),
             }
         curve = run.curve(_iterations(args))
-        module, seconds, iterations = train_sfd(
-            args, [curve], run.logs / self.key, run.settings.progress, run.settings.seed
+        callbacks: list[pl.Callback] = [curve]
+        if run.settings.until_forgotten:
+            rule = until_forgotten(curve)
+            callbacks.append(rule)
+        module, seconds, _ = train_sfd(
+            args, callbacks, run.logs / self.key, run.settings.progress, run.settings.seed
         )
+        if run.settings.until_forgotten:
+            extra["completion"] = rule.summary()
         extra["module"] = module  # for tests and exports; dropped from the report
         return Fitted(
             self.key,
             unlearned(module),
-            iterations,
+            int(module.global_step),  # fewer than max_steps when the completion rule stopped it
             seconds - curve.evaluation_seconds,
             curve.as_dicts(),
             extra=extra,

@@ -20,7 +20,7 @@ class ClassEmbeddingCondition:
     """Class labels of which some rows see a given embedding vector in place of their label's.
 
     Denoisers with a class-embedding table (`Denoiser.class_embedding_table`) feed `class_embeds`
-    where `active` is True; it is how the class-embedding attack (docs/method.md §8) conditions
+    where `active` is True; it is how the class-embedding attack (docs/method.md §9) conditions
     a network on a learned vector.
 
     Attributes:

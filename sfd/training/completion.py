@@ -1,0 +1,252 @@
+"""`UntilForgotten`: train until the teacher judges the concept gone, within a budget (docs/method.md §8).
+
+Every `every_n` iterations the callback probes the generator to ship (the EMA if kept) and the raw
+generator with the data-free judge of `sfd.core.judge` on fixed draws, and the remain drift of the
+shipped generator against its own samples at the start of the fit. It stops the fit when
+
+- the shipped generator's judged forget rate is at most `threshold` for `patience` probes in a row
+  (reason "forgotten"),
+- the remain drift exceeds `max_drift` (reason "drift": forgetting is damaging what must stay),
+- the budget of `budget` iterations is spent (reason "budget"),
+
+and records the reason, the iterations used and the last probe in the loggers (`completion/*`), in
+`module.completion` (which the checkpoint's training record, and so the model card, carries) and,
+for resuming, in its own state in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from sfd.core import judge
+from sfd.errors import check_count, check_number
+
+REASONS = ("forgotten", "drift", "budget", "max_steps")
+
+
+class UntilForgotten(Callback):
+    """Stop training once the generator has forgotten, judged without data or a classifier.
+
+    Args:
+        every_n: iterations between probes (and a probe at the start of the fit).
+        threshold: a probe counts as forgotten when the judged forget rate is at most this, in [0, 1].
+        patience: forgotten probes in a row that stop the fit.
+        budget: the most iterations the fit may use (at least `every_n`); None: the trainer's
+            `max_steps` only.
+        max_drift: stop when the RMS distance of the remain samples (fixed noise) to those of the
+            start exceeds this (data units, images in [-1, 1]); None: the drift is only logged.
+        num_samples: forget and remain samples per probe.
+        sigmas: the judge's noise levels σ.
+        draws: noise draws per level.
+        seed: seed of every fixed draw.
+        classifier_ua: optionally, a function of the module giving a classifier's UA (0..1) of what
+            it would ship now (or None when it has no reading), logged beside the judge's
+            (`completion/classifier_ua`).
+    """
+
+    def __init__(
+        self,
+        every_n: int = 10,
+        threshold: float = 0.05,
+        patience: int = 3,
+        budget: int | None = None,
+        max_drift: float | None = None,
+        num_samples: int = 64,
+        sigmas: Sequence[float] = judge.DEFAULT_SIGMAS,
+        draws: int = 2,
+        seed: int = 0,
+        classifier_ua: Callable[[Any], float | None] | None = None,
+    ) -> None:
+        check_count("UntilForgotten every_n", every_n)
+        check_count("UntilForgotten patience", patience)
+        check_number("UntilForgotten threshold", threshold, low=0, high=1)
+        if budget is not None:
+            check_count("UntilForgotten budget", budget, every_n, f"every_n={every_n}")
+        if max_drift is not None:
+            check_number("UntilForgotten max_drift", max_drift, low=0, low_open=True)
+        self.sigmas = judge.check_judge_settings(num_samples, sigmas, draws)
+        self.every_n = every_n
+        self.threshold = float(threshold)
+        self.patience = patience
+        self.budget = budget
+        self.max_drift = max_drift
+        self.num_samples = num_samples
+        self.draws = draws
+        self.seed = seed
+        self.classifier_ua = classifier_ua
+        # the rule's state (kept across resumes)
+        self.streak = 0
+        self.reason: str | None = None
+        self.stopped_at: int | None = None
+        self.probe_seconds = 0.0  # wall time of the probes (the rule's own cost)
+        self.probes: list[dict[str, Any]] = []
+        self.reference: torch.Tensor | None = None  # remain samples at the start, (N, C, H, W)
+        self._draws: judge.JudgeDraws | None = None
+
+    # --- the probe ------------------------------------------------------------------------------
+
+    def _fixed_draws(self, module: Any) -> judge.JudgeDraws:
+        if self._draws is None:
+            self._draws = judge.JudgeDraws.draw(
+                module.conditions,
+                tuple(module.teacher.sample_shape),
+                self.num_samples,
+                self.sigmas,
+                self.draws,
+                self.seed,
+                module.device,
+            )
+        return self._draws
+
+    @torch.no_grad()
+    def probe(self, module: Any) -> dict[str, Any]:
+        """Judge the shipped and the raw generator now: {iteration, forget_rate, forget_rate_raw,
+        drift, classifier_ua}."""
+        clock = time.perf_counter()
+        draws = self._fixed_draws(module)
+        shipped = module.export_generator
+        networks = {"forget_rate": shipped, "forget_rate_raw": module.generator}
+        modes = {name: net.training for name, net in networks.items()}
+        try:
+            for net in networks.values():
+                net.eval()
+            point: dict[str, Any] = {"iteration": int(module.global_step)}
+            for name, net in networks.items():
+                point[name] = judge.forget_rate(module.teacher, net, draws)
+            remain = judge.remain_samples(shipped, draws)
+        finally:
+            for name, net in networks.items():
+                net.train(modes[name])
+        if self.reference is None:
+            self.reference = remain.detach().cpu()
+        point["drift"] = judge.remain_drift(remain.cpu(), self.reference)
+        self.probe_seconds += time.perf_counter() - clock  # the classifier's time is not the rule's
+        reading = None if self.classifier_ua is None else self.classifier_ua(module)
+        if reading is not None:
+            point["classifier_ua"] = float(reading)
+        return point
+
+    def _decide(self, point: dict[str, Any]) -> str | None:
+        self.streak = self.streak + 1 if point["forget_rate"] <= self.threshold else 0
+        if self.max_drift is not None and point["drift"] > self.max_drift:
+            return "drift"
+        if self.streak >= self.patience:
+            return "forgotten"
+        if self.budget is not None and point["iteration"] >= self.budget:
+            return "budget"
+        return None
+
+    # --- Lightning hooks ------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.reason in ("forgotten", "drift", "budget"):  # resumed after the rule stopped it
+            rank_zero_info(
+                f"UntilForgotten: this run already stopped at iteration {self.stopped_at} "
+                f"({self.reason}); nothing to do"
+            )
+            trainer.should_stop = True
+            return
+        self.reason = self.stopped_at = None  # a resumed run with a larger max_steps goes on
+        if not self.probes or self.probes[-1]["iteration"] != pl_module.global_step:
+            self._record(trainer, pl_module, self.probe(pl_module))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = int(pl_module.global_step)
+        at_budget = self.budget is not None and step >= self.budget
+        at_end = 0 < trainer.max_steps <= step
+        if step % self.every_n != 0 and not (at_budget or at_end):
+            return
+        point = self.probe(pl_module)
+        reason = self._decide(point)
+        stop = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
+        self._record(trainer, pl_module, point)
+        if stop:
+            self._stop(trainer, pl_module, reason or "budget")
+        elif at_end:  # the trainer's own limit came first; before the last checkpoint is saved
+            self.reason = "max_steps"
+            self._publish(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.reason is None:  # ended by another limit (epochs, another callback)
+            self.reason = "max_steps"
+            self._publish(trainer, pl_module)
+
+    def _stop(self, trainer: pl.Trainer, module: Any, reason: str) -> None:
+        trainer.should_stop = True
+        self.reason = reason
+        self._publish(trainer, module)
+        last = self.probes[-1]
+        rank_zero_info(
+            f"UntilForgotten: stopped at iteration {last['iteration']} ({reason}): judged forget "
+            f"rate {last['forget_rate']:.3f} (raw generator {last['forget_rate_raw']:.3f}), "
+            f"remain drift {last['drift']:.4f}"
+        )
+
+    def _record(self, trainer: pl.Trainer, module: Any, point: dict[str, Any]) -> None:
+        self.probes.append(point)
+        module.completion = self.summary()
+        if trainer.is_global_zero:
+            metrics = {f"completion/{k}": v for k, v in point.items() if k != "iteration"}
+            metrics["completion/streak"] = self.streak
+            for logger in trainer.loggers:  # straight to the loggers, at the probe's iteration
+                logger.log_metrics(metrics, step=point["iteration"])
+
+    def _publish(self, trainer: pl.Trainer, module: Any) -> None:
+        step = self.stopped_at = int(module.global_step)
+        module.completion = self.summary()
+        if trainer.is_global_zero:
+            code = {f"completion/stopped_{self.reason}": 1.0, "completion/iterations": step}
+            for logger in trainer.loggers:
+                logger.log_metrics(code, step=step)
+                logger.log_hyperparams({"completion/stop_reason": self.reason})
+
+    def summary(self) -> dict[str, Any]:
+        """What the checkpoint's training record (and the model card) shows of the rule."""
+        last = self.probes[-1] if self.probes else {}
+        return {
+            "stop_reason": self.reason,
+            "iterations": self.stopped_at,
+            "last_probe": dict(last),
+            "probes": len(self.probes),
+            "probe_seconds": self.probe_seconds,
+            "settings": {
+                "every_n": self.every_n,
+                "threshold": self.threshold,
+                "patience": self.patience,
+                "budget": self.budget,
+                "max_drift": self.max_drift,
+                "num_samples": self.num_samples,
+                "sigmas": list(self.sigmas),
+                "draws": self.draws,
+                "seed": self.seed,
+            },
+        }
+
+    # --- resume ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "streak": self.streak,
+            "reason": self.reason,
+            "stopped_at": self.stopped_at,
+            "probe_seconds": self.probe_seconds,
+            "probes": [dict(p) for p in self.probes],
+            "reference": self.reference,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.streak = int(state_dict["streak"])
+        self.reason = state_dict["reason"]
+        self.stopped_at = state_dict["stopped_at"]
+        self.probe_seconds = float(state_dict.get("probe_seconds", 0.0))
+        self.probes = [dict(p) for p in state_dict["probes"]]
+        self.reference = state_dict["reference"]

@@ -1,0 +1,110 @@
+"""The data-free judge against an exact oracle: an analytic Gaussian teacher and its own samples.
+
+With class-conditional Gaussians N(μ_k, s²·I) the teacher's denoiser is the exact posterior mean,
+and the teacher's own samples of a class are draws from that class's Gaussian: the judge must call
+a forget-class sample forget and an override-class sample override.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gaussian import GaussianClassNet
+
+from sfd.core.conditions import ClassConditions
+from sfd.core.generator import OneStepGenerator
+from sfd.core.judge import (
+    JudgeDraws,
+    check_judge_settings,
+    forget_rate,
+    judged_forget,
+    remain_drift,
+    remain_samples,
+)
+from sfd.errors import SFDConfigError
+from sfd.teachers import EDMDenoiser
+
+SHAPE = (1, 2, 2)
+STD = 0.3
+
+
+def teacher_with(means: torch.Tensor) -> EDMDenoiser:
+    return EDMDenoiser(GaussianClassNet(means, STD), SHAPE, num_classes=len(means))
+
+
+def separated_means() -> torch.Tensor:
+    """Four classes at ±1.5 per pixel: every pair at least 3 apart, ten standard deviations."""
+    signs = torch.tensor([[1, 1, 1, 1], [-1, -1, -1, -1], [1, 1, -1, -1], [-1, -1, 1, 1]])
+    return 1.5 * signs.float().reshape(4, *SHAPE)
+
+
+def draws_for(conditions: ClassConditions, n: int = 32, seed: int = 0) -> JudgeDraws:
+    conditions.check(4)
+    return JudgeDraws.draw(conditions, SHAPE, n, (0.4, 0.8, 1.6), 2, seed)
+
+
+def teacher_samples(means: torch.Tensor, label: int, n: int, seed: int) -> torch.Tensor:
+    """Exact draws from class `label` of the teacher's data distribution."""
+    noise = torch.randn((n, *SHAPE), generator=torch.Generator().manual_seed(seed))
+    return means[label] + STD * noise
+
+
+@pytest.mark.parametrize(("forget", "override"), [(0, 1), (2, 3), (3, 0)])
+def test_the_judge_ranks_the_teachers_own_samples(forget, override) -> None:
+    means = separated_means()
+    teacher = teacher_with(means)
+    draws = draws_for(ClassConditions(forget, override))
+    f = torch.full((32,), forget)
+    o = torch.full((32,), override)
+    of_forget = judged_forget(teacher, teacher_samples(means, forget, 32, 1), f, o, draws)
+    of_override = judged_forget(teacher, teacher_samples(means, override, 32, 2), f, o, draws)
+    assert of_forget.all()  # a sample of the forget class: judged forget
+    assert not of_override.any()  # a sample of the override class: judged override
+
+
+def test_forget_rate_of_generators_that_have_and_have_not_forgotten() -> None:
+    means = separated_means()
+    teacher = teacher_with(means)
+    draws = draws_for(ClassConditions(0, 1))
+    unchanged = OneStepGenerator(teacher_with(means), sigma_init=2.5)
+    forgotten_means = means.clone()
+    forgotten_means[0] = means[1]  # asked for class 0, it draws class 1
+    forgotten = OneStepGenerator(teacher_with(forgotten_means), sigma_init=2.5)
+    assert forget_rate(teacher, unchanged, draws) == 1.0
+    assert forget_rate(teacher, forgotten, draws) == 0.0
+
+
+def test_remain_drift_is_the_rms_distance_on_fixed_noise() -> None:
+    means = separated_means()
+    draws = draws_for(ClassConditions(0, 1))
+    generator = OneStepGenerator(teacher_with(means), sigma_init=2.5)
+    start = remain_samples(generator, draws)
+    assert remain_drift(remain_samples(generator, draws), start) == 0.0  # fixed draws
+    shifted = OneStepGenerator(teacher_with(means + 0.25), sigma_init=2.5)
+    # the remain samples move by (1 − shrink)·0.25 everywhere: shrink = s² / (s² + σ_init²)
+    shrink = STD**2 / (STD**2 + 2.5**2)
+    assert remain_drift(remain_samples(shifted, draws), start) == pytest.approx(
+        0.25 * (1 - shrink), rel=1e-5
+    )
+
+
+def test_the_draws_depend_only_on_the_seed() -> None:
+    conditions = ClassConditions(0, 1)
+    a, b = draws_for(conditions, seed=3), draws_for(conditions, seed=3)
+    assert torch.equal(a.noise, b.noise) and torch.equal(a.z_forget, b.z_forget)
+    assert torch.equal(a.conditions.remain, b.conditions.remain)
+    assert a.sigmas.tolist() == pytest.approx([0.4, 0.4, 0.8, 0.8, 1.6, 1.6])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ((0, (1.0,), 1), "num_samples=0"),
+        ((4, (), 1), "sigmas=\\[\\]"),
+        ((4, (1.0, -1.0), 1), "sigmas=-1.0"),
+        ((4, (1.0,), 0), "draws=0"),
+    ],
+)
+def test_bad_judge_settings(settings, message) -> None:
+    with pytest.raises(SFDConfigError, match=message):
+        check_judge_settings(*settings)

@@ -1,0 +1,187 @@
+"""The completion rule `UntilForgotten` on fixed tiny models: an analytic Gaussian teacher, and
+generators that have or have not forgotten (learning rate so small they do not move)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import quiet_trainer, save_tiny_teacher
+from gaussian import GaussianClassNet
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sfd.core.checkpoint_files import load_checkpoint_safely
+from sfd.core.conditions import ClassConditions
+from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, training_record
+from sfd.core.module import SFDModule
+from sfd.core.sigma import LogUniformSigma, UniformTimestepSigma
+from sfd.errors import SFDConfigError
+from sfd.pipelines.model_card import completion_line
+from sfd.teachers import EDMDenoiser, PretrainedVPTeacher
+from sfd.training.completion import UntilForgotten
+
+SHAPE = (1, 2, 2)
+
+
+def gaussian(means: torch.Tensor) -> EDMDenoiser:
+    return EDMDenoiser(GaussianClassNet(means, 0.3), SHAPE, num_classes=len(means))
+
+
+def means() -> torch.Tensor:
+    signs = torch.tensor([[1, 1, 1, 1], [-1, -1, -1, -1], [1, 1, -1, -1], [-1, -1, 1, 1]])
+    return 1.5 * signs.float().reshape(4, *SHAPE)
+
+
+def module(forgotten: bool, lr: float = 1e-12) -> SFDModule:
+    """Forget 0 -> override 1; the generator starts as the teacher or as one drawing 1 for 0."""
+    generator_means = means()
+    if forgotten:
+        generator_means[0] = generator_means[1]
+    optimizer = lambda p: torch.optim.SGD(p, lr=lr)  # noqa: E731
+    return SFDModule(
+        gaussian(means()),
+        ClassConditions(0, 1),
+        LogUniformSigma(0.1, 5.0),
+        batch_size=4,
+        ema_decay=None,
+        generator=OneStepGenerator(gaussian(generator_means), sigma_init=2.5),
+        fake_optimizer=optimizer,
+        generator_optimizer=optimizer,
+        steps_per_epoch=100,
+    )
+
+
+def rule(**settings) -> UntilForgotten:
+    return UntilForgotten(**{"every_n": 2, "patience": 2, "num_samples": 16, **settings})
+
+
+def test_it_stops_a_generator_that_has_forgotten(tmp_path) -> None:
+    sfd, until = module(forgotten=True), rule()
+    trainer = quiet_trainer(tmp_path, 40, callbacks=[until])
+    trainer.fit(sfd)
+    assert until.reason == "forgotten"
+    assert sfd.global_step == 4  # probes at 2 and 4 (the start's probe only sets the reference)
+    assert [p["iteration"] for p in until.probes] == [0, 2, 4]
+    assert all(p["forget_rate"] == 0.0 == p["forget_rate_raw"] for p in until.probes)
+    assert sfd.completion["stop_reason"] == "forgotten" and sfd.completion["iterations"] == 4
+
+
+def test_it_does_not_stop_one_that_has_not(tmp_path) -> None:
+    sfd, until = module(forgotten=False), rule()
+    trainer = quiet_trainer(tmp_path, 8, callbacks=[until])
+    trainer.fit(sfd)
+    assert sfd.global_step == 8 and until.reason == "max_steps"
+    assert all(p["forget_rate"] == 1.0 for p in until.probes)
+    assert until.streak == 0
+
+
+def test_the_budget_is_honoured(tmp_path) -> None:
+    sfd, until = module(forgotten=False), rule(every_n=3, budget=7)
+    trainer = quiet_trainer(tmp_path, 40, callbacks=[until])
+    trainer.fit(sfd)
+    assert sfd.global_step == 7 and until.reason == "budget"
+    assert [p["iteration"] for p in until.probes] == [0, 3, 6, 7]
+
+
+def test_drift_beyond_the_bound_stops_with_that_reason(tmp_path) -> None:
+    sfd, until = module(forgotten=False, lr=0.5), rule(max_drift=1e-6)
+    trainer = quiet_trainer(tmp_path, 40, callbacks=[until])
+    trainer.fit(sfd)
+    assert until.reason == "drift" and sfd.global_step == 2
+    assert until.probes[-1]["drift"] > 1e-6
+
+
+def test_resume_keeps_the_rules_state(tmp_path) -> None:
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    sfd, first = module(forgotten=True), rule(patience=3)
+    trainer = quiet_trainer(tmp_path, 4, callbacks=[first, checkpoints], enable_checkpointing=True)
+    trainer.fit(sfd)
+    assert first.streak == 2 and first.reason == "max_steps"
+    last = tmp_path / "ckpt" / "last.ckpt"
+
+    # Resumed with a larger max_steps: the third forgotten probe in a row (iteration 6) stops it.
+    # A rule that had lost its state would count from zero and stop at iteration 8.
+    resumed, second = module(forgotten=True), rule(patience=3)
+    later = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    trainer = quiet_trainer(tmp_path, 20, callbacks=[second, later], enable_checkpointing=True)
+    trainer.fit(resumed, ckpt_path=last)
+    assert second.reason == "forgotten" and resumed.global_step == 6
+    assert [p["iteration"] for p in second.probes] == [0, 2, 4, 6]
+    assert torch.equal(second.reference, first.reference)
+    assert load_checkpoint_safely(last)["callbacks"]  # the state the resume read
+
+    # Resumed once more after the rule stopped the run: nothing to do.
+    again, third = module(forgotten=True), rule(patience=3)
+    trainer = quiet_trainer(tmp_path, 20, callbacks=[third])
+    trainer.fit(again, ckpt_path=last)
+    assert again.global_step == 6 and third.reason == "forgotten"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"threshold": 1.5}, "threshold=1.5"),
+        ({"threshold": -0.1}, "threshold=-0.1"),
+        ({"every_n": 0}, "every_n=0"),
+        ({"budget": 3, "every_n": 5}, "budget=3 must be an integer of at least every_n=5"),
+        ({"patience": 0}, "patience=0"),
+        ({"max_drift": 0.0}, "max_drift=0.0"),
+        ({"num_samples": 0}, "num_samples=0"),
+    ],
+)
+def test_bad_settings_are_refused_in_one_line(settings, message) -> None:
+    with pytest.raises(SFDConfigError, match=message):
+        UntilForgotten(**settings)
+
+
+def test_the_stop_reaches_the_checkpoints_training_record_and_the_card(tmp_path) -> None:
+    """An exportable teacher: the record of the last checkpoint carries the rule's summary."""
+    teacher = PretrainedVPTeacher(str(save_tiny_teacher(tmp_path / "teacher")))
+    sfd = SFDModule(teacher, ClassConditions(0, 1), UniformTimestepSigma(), batch_size=2)
+    until = rule(every_n=1, budget=2, num_samples=4, draws=1)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = quiet_trainer(tmp_path, 5, callbacks=[until, checkpoints], enable_checkpointing=True)
+    trainer.fit(sfd)
+    checkpoint = load_checkpoint_safely(tmp_path / "ckpt" / "last.ckpt")
+    record = checkpoint[GENERATOR_SPEC_KEY]["training"]["completion"]
+    assert record == training_record(sfd)["completion"]
+    assert record["stop_reason"] == until.reason and record["iterations"] == 2
+    assert record["settings"]["budget"] == 2
+    line = completion_line(record)
+    assert line.startswith(
+        f"- Stopped by the completion rule (`UntilForgotten`): {until.reason} at "
+    )
+    assert "iteration 2; judged forget rate" in line
+
+
+def test_the_rule_probes_a_text_teacher_under_forget_and_override_prompts(tmp_path) -> None:
+    """Text conditions come from the run's `PromptConditions`: the judge's teacher calls see the
+    forget prompts and their overrides, paired."""
+    from text_fixtures import save_tiny_bert, save_tiny_text_teacher
+
+    from sfd.core.conditions import PromptConditions
+    from sfd.teachers import StableDiffusionTeacher
+
+    teacher_dir = save_tiny_text_teacher(tmp_path / "teacher", save_tiny_bert(tmp_path / "bert"))
+    (tmp_path / "forget.txt").write_text("a photo of seven\n")
+    conditions = PromptConditions({"seven": "one"}, forget_prompts=str(tmp_path / "forget.txt"))
+    sfd = SFDModule(
+        StableDiffusionTeacher(str(teacher_dir)),
+        conditions,
+        UniformTimestepSigma(20, 980),
+        batch_size=2,
+        ema_decay=0.5,
+    )
+    seen = []
+    sfd.teacher.unet.register_forward_pre_hook(
+        lambda net, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach().clone()),
+        with_kwargs=True,
+    )
+    until = rule(every_n=1, budget=1, num_samples=2, draws=1, sigmas=[1.0])
+    quiet_trainer(tmp_path, 3, callbacks=[until]).fit(sfd)
+    assert [p["iteration"] for p in until.probes] == [0, 1] and until.reason == "budget"
+    assert all(p["forget_rate"] in (0.0, 0.5, 1.0) for p in until.probes)
+    embeds = conditions.embeddings(torch.device("cpu"))
+    forget, override = embeds["forget"][0], embeds["override"][0]
+    probe_calls = seen[:4]  # the start's probe: EMA and raw, each under forget then override
+    for i, states in enumerate(probe_calls):
+        assert torch.equal(states[0], forget if i % 2 == 0 else override)
