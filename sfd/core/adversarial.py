@@ -34,7 +34,7 @@ from sfd.core.conditions import (
     TextCondition,
 )
 from sfd.core.losses import LossTerms, implicit_classifier_margin
-from sfd.errors import NonFiniteError, SFDConfigError, check_number
+from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
 from sfd.teachers.text_encoder import (
     check_inputs_embeds,
@@ -372,11 +372,11 @@ class AdversarialTraining:
             optimizer.step()
             self.last_objective = objective.detach().mean()
         learned = learned.detach()
-        if not bool(torch.isfinite(learned).all()):
-            raise NonFiniteError(
-                f"the adversarial attack's learned vectors went non-finite at iteration "
-                f"{module.global_step}; lower model.adversarial.lr"
-            )
+        # Recorded on the device like the loss terms (no host sync): a non-finite attack stops
+        # the run at the next read-back, before any checkpoint holds it.
+        module._watch.loss_terms(
+            "adversarial", {"learned vectors": learned.sum()}, module.global_step
+        )
         gathered = module.all_gather(learned).flatten(0, 1) if world > 1 else learned
         self.state[self.space.learned] = gathered
         mine[self.space.learned] = learned

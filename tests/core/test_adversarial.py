@@ -305,3 +305,18 @@ def test_a_clip_encoder_is_refused_in_one_line(sd_dirs) -> None:
             SIGMAS,
             adversarial=AdversarialSettings(tokens=4),
         )
+
+
+def test_non_finite_learned_vectors_stop_the_run_at_the_next_read_back(
+    single_thread, monkeypatch
+) -> None:
+    from sfd.errors import NonFiniteError
+
+    module = class_module(AdversarialSettings(steps=1, refresh_every=5))
+    module.adversarial.attack(module)  # iteration 0: fresh rows
+    module.adversarial.state["embedding"].fill_(float("nan"))
+    monkeypatch.setattr(SFDModule, "global_step", property(lambda self: 1))
+    module._raise_if_nonfinite()  # nothing recorded yet
+    with pytest.raises(NonFiniteError, match="non-finite loss adversarial/learned vectors"):
+        module.adversarial.attack(module)  # warm-started from the broken rows (no sync here)
+        module._raise_if_nonfinite()
