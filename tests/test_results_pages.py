@@ -232,6 +232,29 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def shared_base_record(command: str) -> dict[str, Any]:
+    def mode(ua: float, seconds: float, weights: int) -> dict[str, Any]:
+        return {
+            "ua": ua,
+            "remain_accuracy": 0.95,
+            "teacher_remain_accuracy": 0.97,
+            "fid_remain": 3.3,
+            "teacher_fid_remain": 3.0,
+            "fid_ratio": 1.1,
+            "iterations": 200,
+            "seconds_per_iteration": seconds,
+            "trained_weights": weights,
+            "wall_seconds": 600.0,
+        }
+
+    return {
+        "run": run_section(command),
+        "rank": 16,
+        "commands": {"full copies": ["sfd", "demo"], "shared base": ["sfd", "demo", "-x"]},
+        "modes": {"full copies": mode(1.0, 0.5, 1400000), "shared base": mode(0.99, 0.4, 98765)},
+    }
+
+
 def hot_path_record(command: str) -> dict[str, Any]:
     pairs = [
         {"module": 0.21, "plain": 0.2, "ratio": 1.05},
@@ -399,6 +422,16 @@ CASES = [
         iteration_time_record,
         "python experiments/iteration_time.py --threads 1",
         ["| 12,345 | 8 + 8 | 5 | 3 | 0.1234 | 0.1000 | 0.2000 |"],
+    ),
+    (
+        "shared_base_benchmark",
+        "shared_base",
+        shared_base_record,
+        "python experiments/shared_base_benchmark.py --output-dir runs/sb --rank 16",
+        [
+            "| shared base | 99.00 % | 95.00 % (97.00 %) | 3.30 (3.00) | 1.10 | 0.400 | 200 | 98,765 |",
+            "LoRA rank 16",
+        ],
     ),
     (
         "hot_path",

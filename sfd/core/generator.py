@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers import denoiser_from_spec
+from sfd.teachers.adapters import ADAPTED_KIND, denoiser_from_adapter_spec
 from sfd.teachers.base import Denoiser
 
 GENERATOR_SPEC_KEY = "sfd_generator"  # checkpoint entry describing the generator's architecture
@@ -212,7 +213,6 @@ def generator_from_checkpoint(
             f"{name} is not an SFD training checkpoint (it records no generator to export)"
         )
     entry = checkpoint[GENERATOR_SPEC_KEY]
-    denoiser = denoiser_from_spec(entry["denoiser"])
     prefix = entry["prefix"]
     state = {
         key[len(prefix) :]: value
@@ -220,7 +220,11 @@ def generator_from_checkpoint(
         if key.startswith(prefix)
     }
     try:
-        denoiser.load_state_dict(state, strict=True)
+        if entry["denoiser"].get("kind") == ADAPTED_KIND:  # a shared-base run: adapter only
+            denoiser = denoiser_from_adapter_spec(entry["denoiser"], state)
+        else:
+            denoiser = denoiser_from_spec(entry["denoiser"])
+            denoiser.load_state_dict(state, strict=True)
     except RuntimeError as error:  # the weights do not fit the recorded spec
         reason = str(error).strip().splitlines()
         detail = next((line.strip() for line in reason[1:] if line.strip()), reason[0])

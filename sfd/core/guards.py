@@ -28,12 +28,17 @@ def _floating_tensors(module: nn.Module) -> list[tuple[str, Tensor]]:
     return [(name, t) for name, t in named if t.is_floating_point()]
 
 
+def _whole(t: Tensor) -> Tensor:
+    """A reduction of a sharded (FSDP2 DTensor) weight as a plain tensor (a collective)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def first_nonfinite_tensor(module: nn.Module) -> str | None:
     """The name of the first parameter or buffer of `module` holding NaN or ±inf, or None."""
     floating = _floating_tensors(module)
     if not floating:
         return None
-    finite = torch.stack([torch.isfinite(t).all() for _, t in floating])  # one sync below
+    finite = torch.stack([_whole(torch.isfinite(t).all()) for _, t in floating])  # one sync
     if bool(finite.all()):
         return None
     return floating[int((~finite).nonzero()[0])][0]
@@ -120,20 +125,26 @@ def check_optimizer_setting(key: str, value: Any) -> None:
         check_number(key, value, low=0)
 
 
+def _local(t: Tensor) -> Tensor:
+    """This process's shard of a sharded (FSDP2 DTensor) tensor; a plain tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def count_nonfinite(tensors: list[Tensor]) -> Tensor:
     """The number of NaN or ±inf elements over `tensors`, as one 0-d tensor (no host sync).
 
     Counted on one concatenated copy: a few large kernels instead of two small ones per tensor.
+    Sharded tensors count this process's shard.
     """
     if not tensors:
         return torch.zeros((), dtype=torch.int64)
-    return (~torch.isfinite(torch.cat([t.reshape(-1) for t in tensors]))).sum()
+    return (~torch.isfinite(torch.cat([_local(t).reshape(-1) for t in tensors]))).sum()
 
 
 def replace_nonfinite_(tensors: list[Tensor]) -> None:
     """NaN -> 0, ±inf -> ±1e5 in place (what the reference does to its gradients)."""
     for t in tensors:
-        t.nan_to_num_(nan=0.0, posinf=GRADIENT_FLOOD, neginf=-GRADIENT_FLOOD)
+        _local(t).nan_to_num_(nan=0.0, posinf=GRADIENT_FLOOD, neginf=-GRADIENT_FLOOD)
 
 
 class NonFiniteWatch:
@@ -173,7 +184,7 @@ class NonFiniteWatch:
         bad = count_nonfinite(grads)
         replaced = self._slot(f"replaced:{network}", bad, 0)
         replaced.add_(bad)
-        self._first(f"whole:{network}", bad == sum(g.numel() for g in grads), iteration)
+        self._first(f"whole:{network}", bad == sum(_local(g).numel() for g in grads), iteration)
         replace_nonfinite_(grads)
 
     def report(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ from sfd.core.loop import IterationStream, step_without_counting
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import NonFiniteError, SFDConfigError
+from sfd.teachers.adapters import AdapterSettings, shared_base_views
 from sfd.teachers.base import Denoiser
 
 TEACHER_PREFIX = "teacher."
@@ -70,6 +71,9 @@ class SFDModule(pl.LightningModule):
             (`sfd.pipelines.PretrainedOneStepGenerator`); its own σ_init is kept. Default: a copy
             of the teacher at `sigma_init` / `t_init`.
         fake_score: a fake-score network to train instead of a copy of the teacher.
+        adapters: instead of full copies, train the generator and the fake score as PEFT
+            adapters of the one frozen teacher network (`sfd.teachers.adapters`); the EMA is a
+            third adapter.
         seed: seed of the noise and condition streams (every iteration's draws depend only on
             the seed and the iteration, not on the number of processes).
         steps_per_epoch: iterations that make one Lightning epoch.
@@ -101,6 +105,7 @@ class SFDModule(pl.LightningModule):
         cond_dropout: float = 0.1,
         generator: OneStepGenerator | None = None,
         fake_score: Denoiser | None = None,
+        adapters: AdapterSettings | None = None,
         seed: int = 0,
         steps_per_epoch: int = 1000,
         adversarial: AdversarialSettings | None = None,
@@ -116,6 +121,7 @@ class SFDModule(pl.LightningModule):
                 "generator",
                 "fake_score",
                 "adversarial",
+                "adapters",
             ]
         )
         # Plain data in the checkpoint's hyperparameters (it is read with weights_only=True).
@@ -148,14 +154,29 @@ class SFDModule(pl.LightningModule):
         self.generator_optimizer = generator_optimizer or default_adam
 
         self.teacher = teacher.requires_grad_(False).eval()
-        self.fake_score = (fake_score or copy.deepcopy(teacher)).requires_grad_(True).train()
-        self.generator = generator or OneStepGenerator(copy.deepcopy(teacher), sigma_init, t_init)
-        self.generator.requires_grad_(True).train()
-        self.ema = (
-            copy.deepcopy(self.generator).requires_grad_(False).eval()
-            if ema_decay is not None
-            else None
+        self.adapters = adapters
+        if adapters is not None and (generator is not None or fake_score is not None):
+            raise SFDConfigError(
+                "model.adapters trains adapters of the teacher's network: give no "
+                "model.generator or model.fake_score with it"
+            )
+        views = (
+            {} if adapters is None else shared_base_views(adapters, teacher, ema_decay is not None)
         )
+        self.fake_score = (
+            (fake_score or views.get("fake_score") or copy.deepcopy(teacher))
+            .requires_grad_(True)
+            .train()
+        )
+        self.generator = generator or OneStepGenerator(
+            views.get("generator") or copy.deepcopy(teacher), sigma_init, t_init
+        )
+        self.generator.requires_grad_(True).train()
+        self.ema = None
+        if ema_decay is not None and "ema" in views:
+            self.ema = OneStepGenerator(views["ema"], sigma_init, t_init).requires_grad_(False)
+        elif ema_decay is not None:
+            self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         self._watch = guards.NonFiniteWatch()  # non-finite losses and gradients, on the device
         self.adversarial = (
             None
@@ -272,6 +293,12 @@ class SFDModule(pl.LightningModule):
             self.fake_optimizer(self.fake_score.parameters()),
             self.generator_optimizer(self.generator.parameters()),
         ]
+
+    def configure_model(self) -> None:
+        # A sharding strategy (sfd.training.fsdp) shards the networks here, before the optimizers.
+        shard = getattr(self.trainer.strategy, "shard_networks", None)
+        if shard is not None:
+            shard(self)
 
     def on_fit_start(self) -> None:
         guards.check_precision(self.trainer.precision)

@@ -45,6 +45,7 @@ from sfd.teachers import (
     StableDiffusionXLDenoiser,
     VPUNetDenoiser,
 )
+from sfd.teachers.adapters import AdapterView, merged_denoiser
 
 # Denoiser kind -> the diffusers pipeline class an exported generator of that kind is saved as.
 PIPELINE_FOR_KIND: dict[str, type[DiffusionPipeline]] = {
@@ -71,6 +72,17 @@ def pipeline_for(generator: OneStepGenerator) -> Any:
             f"exportable denoiser kinds: {sorted(PIPELINE_FOR_KIND)}"
         )
     return PIPELINE_FOR_KIND[kind].from_generator(generator)
+
+
+def standalone_generator(generator: OneStepGenerator) -> OneStepGenerator:
+    """The generator as one network: a shared-base run's adapter merged into a copy of the base
+    (`sfd.teachers.adapters.merged_denoiser`); any other generator as it is."""
+    if not isinstance(generator.denoiser, AdapterView):
+        return generator
+    merged = merged_denoiser(generator.denoiser)
+    if generator.t_init is not None:
+        return OneStepGenerator(merged, t_init=generator.t_init).eval()
+    return OneStepGenerator(merged, generator.sigma_init).eval()
 
 
 METRICS_FILE = "metrics.json"  # an evaluation beside a checkpoint goes onto the export's card
@@ -109,6 +121,7 @@ def save_generator(
         the folder.
     """
     output_dir = check_output_folder(output_dir, "output folder", overwrite)
+    generator = standalone_generator(generator)
     check_finite_weights("the generator", generator, trained=True)
     asked = {"variant": dtype, "single_file": single_file or None, "lora": lora_rank}
     asked |= dict(parts or {})

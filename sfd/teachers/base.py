@@ -34,6 +34,9 @@ class Denoiser(nn.Module):
     sample_shape: tuple[int, int, int]
     num_classes: int | None = None
     kind: str | None = None  # the spec tag of exportable denoisers
+    # How to load a pretrained teacher again ({"class_path", "init_args"}, `pretrained_source`):
+    # an adapter run's checkpoint holds no base weights, its export reloads them from here.
+    source: dict[str, Any] | None = None
 
     @property
     def sigma_table(self) -> Tensor | None:
@@ -157,3 +160,14 @@ class Denoiser(nn.Module):
     def from_spec(cls, spec: dict[str, Any]) -> Denoiser:
         """Rebuild the architecture described by `spec()` (random weights)."""
         raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from a spec")
+
+
+def pretrained_source(cls: type, arguments: dict[str, Any]) -> dict[str, Any]:
+    """A pretrained teacher's `source`: its class and the arguments that load it again.
+
+    Args:
+        cls: the loading class.
+        arguments: its `__init__`'s `locals()` taken first thing (`self` is left out).
+    """
+    init_args = {k: v for k, v in arguments.items() if k not in ("self", "__class__")}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}

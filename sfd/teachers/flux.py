@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import Tensor
 
 from sfd.errors import SFDConfigError, check_number
-from sfd.teachers.base import Denoiser
+from sfd.teachers.base import Denoiser, pretrained_source
 from sfd.teachers.flow import FlowTransformerDenoiser, load_flow_parts, pack_pooled
 
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale for guidance-distilled models
@@ -174,6 +174,7 @@ class FluxTeacher(FluxDenoiser):
         sample_size: int = 128,
         gradient_checkpointing: bool = False,
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         transformer, scheduler_config = load_flow_parts(FluxDenoiser, path, revision, "FluxTeacher")
         super().__init__(
@@ -187,3 +188,4 @@ class FluxTeacher(FluxDenoiser):
         )
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+        self.source = pretrained_source(FluxTeacher, arguments)

@@ -15,7 +15,7 @@ from typing import Any
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import Tensor
 
-from sfd.teachers.base import Denoiser
+from sfd.teachers.base import Denoiser, pretrained_source
 from sfd.teachers.flow import FlowTransformerDenoiser, load_flow_parts, pack_pooled
 
 
@@ -81,8 +81,10 @@ class SD3Teacher(SD3Denoiser):
         max_sequence_length: int | None = None,
         gradient_checkpointing: bool = False,
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         transformer, scheduler_config = load_flow_parts(SD3Denoiser, path, revision, "SD3Teacher")
         super().__init__(transformer, scheduler_config, path, revision, max_sequence_length)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+        self.source = pretrained_source(SD3Teacher, arguments)

@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError
+from sfd.teachers.base import pretrained_source
 from sfd.teachers.stable_diffusion import (
     SDXL_ADDITION,
     StableDiffusionDenoiser,
@@ -272,6 +273,7 @@ class StableDiffusionXLTeacher(StableDiffusionXLDenoiser):
         crops_coords_top_left: list[int] | None = None,
         target_size: list[int] | None = None,
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         crop = (0, 0) if crops_coords_top_left is None else crops_coords_top_left
         sdxl_time_ids((1, 1), original_size, crop, target_size)  # checked before loading
@@ -297,3 +299,4 @@ class StableDiffusionXLTeacher(StableDiffusionXLDenoiser):
             bool(index.get("force_zeros_for_empty_prompt", True)),
         )
         prepare_teacher_unet(self.unet, attention, gradient_checkpointing)
+        self.source = pretrained_source(StableDiffusionXLTeacher, arguments)

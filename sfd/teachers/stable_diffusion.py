@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sfd.errors import SFDConfigError
 from sfd.hub import check_hub_source
-from sfd.teachers.base import Denoiser
+from sfd.teachers.base import Denoiser, pretrained_source
 from sfd.teachers.flow import check_pipeline_class
 from sfd.teachers.lora import add_lora, keep_only_trainable
 from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text path's API)
@@ -250,6 +250,7 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
         gradient_checkpointing: bool = False,
         attention: str = "sdpa",
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         scheduler_config, unet = load_pretrained_unet(path, revision, subfolder or None, attention)
         super().__init__(
@@ -260,6 +261,7 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
             revision,
         )
         prepare_teacher_unet(self.unet, attention, gradient_checkpointing)
+        self.source = pretrained_source(StableDiffusionTeacher, arguments)
 
 
 # --- LoRA fake score -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError, check_number
 from sfd.hub import check_hub_source
-from sfd.teachers.base import Denoiser
+from sfd.teachers.base import Denoiser, pretrained_source
 from sfd.teachers.vp import VPDenoiser
 
 SFD_CONFIG_NAME = (
@@ -236,6 +236,7 @@ class PretrainedVPTeacher(VPUNetDenoiser):
         null_class: int | None = None,
         revision: str | None = None,
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         extra = read_sfd_config(path)
         unet = load_unet(path, subfolder or None, revision)
@@ -256,6 +257,7 @@ class PretrainedVPTeacher(VPUNetDenoiser):
             null_class if null_class is not None else extra.get("null_class"),
         )
         self.unet.eval()
+        self.source = pretrained_source(PretrainedVPTeacher, arguments)
 
 
 class PretrainedEDMTeacher(EDMUNetDenoiser):
@@ -279,6 +281,7 @@ class PretrainedEDMTeacher(EDMUNetDenoiser):
         null_class: int | None = None,
         revision: str | None = None,
     ) -> None:
+        arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         extra = read_sfd_config(path)
         super().__init__(
@@ -288,3 +291,4 @@ class PretrainedEDMTeacher(EDMUNetDenoiser):
             null_class if null_class is not None else extra.get("null_class"),
         )
         self.unet.eval()
+        self.source = pretrained_source(PretrainedEDMTeacher, arguments)

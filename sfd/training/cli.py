@@ -30,10 +30,12 @@ from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError, check_integer
 from sfd.folders import NewPaths, check_writable_folder
+from sfd.teachers.adapters import check_adapter_settings
 from sfd.training.callbacks import LoggedSaveConfigCallback
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 from sfd.training.config_errors import one_line
 from sfd.training.config_files import check_config_files
+from sfd.training.fsdp import check_fsdp_config
 from sfd.training.loggers import ResumableWandbLogger
 from sfd.training.memory import budget_setting, check_run_memory
 from sfd.training.progress import IterationProgressBar, quiet_design_warnings
@@ -313,6 +315,7 @@ class SFDLightningCLI(RunCLI):
                 "optimisation; raise model.batch_size (or trainer.devices) instead"
             )
         check_model_settings(config.get("model") or {})
+        check_fsdp_config(config)
         budget_setting()  # a bad SFD_DEVICE_MEMORY_GIB is refused before the teacher loads
 
     def before_fit(self) -> None:
@@ -394,6 +397,7 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
     if not model:
         return
     guards.check_module_settings(AttributeDict(model))
+    check_adapter_settings(model.get("adapters"))
     adversarial = model.get("adversarial")
     if isinstance(adversarial, Mapping):
         check_adversarial_settings(adversarial, "model.adversarial")

@@ -128,7 +128,12 @@ def _distributed_ready() -> bool:
 
 
 def _named_state(module: nn.Module) -> list[tuple[str, Tensor]]:
-    return [*module.named_parameters(), *module.named_buffers()]
+    # Every name of a shared tensor: a shared-base run's adapters live in the frozen teacher's
+    # network and are broadcast under their trained networks' names.
+    return [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
 
 
 def _buckets(tensors: list[Tensor], max_bytes: int) -> list[list[Tensor]]:

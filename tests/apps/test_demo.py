@@ -119,6 +119,25 @@ def test_demo_again_reuses_teacher_classifier_and_stage1(
     assert f"Stopped by the completion rule (`UntilForgotten`): {completion['stop_reason']}" in card
 
 
+def test_shared_base_demo_reuses_stage1_and_exports_a_full_generator(
+    demo_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`--model.adapters.*` makes the SFD stage a shared-base run; stage 1 stays full copies (the
+    same cache entry) and the exported generator is a plain network."""
+    _, cache = demo_run
+    output = tmp_path / "shared"
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
+    extra = ["--model.adapters.rank", "4"]
+    assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO, *extra]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    protocol = metrics["protocol"]
+    assert protocol["two_stage"]["stage1_reused_from_cache"]
+    assert protocol["sfd_settings"]["model"]["adapters"]["rank"] == 4
+    check_model_metrics(metrics["sfd"], nfe=1)
+    generator = load_generator(output / "generator")
+    assert not any("lora" in key for key in generator.state_dict())
+
+
 def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
     output, cache = demo_run
     (teacher_dir,) = [p for p in cache.iterdir() if p.name.startswith("teacher-")]

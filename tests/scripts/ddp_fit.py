@@ -25,6 +25,8 @@ from sfd.core.conditions import ClassConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.teachers import PretrainedVPTeacher
+from sfd.teachers.adapters import AdapterSettings
+from sfd.training.fsdp import AlternatingFSDPStrategy
 from sfd.training.strategies import AlternatingDDPStrategy
 
 WARMUP_ITERATIONS = 2
@@ -90,6 +92,8 @@ def build_strategy(name: str) -> Any:
         return "auto"
     if name == "sfd_ddp":
         return CountingAlternatingDDP(process_group_backend="gloo")
+    if name == "sfd_fsdp":
+        return AlternatingFSDPStrategy(process_group_backend="gloo")
     if name == "ddp":
         return pl.strategies.DDPStrategy(process_group_backend="gloo")
     if name == "ddp_find_unused":
@@ -105,7 +109,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="per device")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
-        "--strategy", choices=["single", "sfd_ddp", "ddp", "ddp_find_unused"], default="single"
+        "--strategy",
+        choices=["single", "sfd_ddp", "sfd_fsdp", "ddp", "ddp_find_unused"],
+        default="single",
     )
     parser.add_argument("--precision", default="32-true")
     parser.add_argument(
@@ -115,6 +121,9 @@ def main() -> None:
         help="sgd (momentum 0.9, lr 1e-2) keeps float noise small: Adam turns the ~1e-12 "
         "gradients of parameters whose true gradient is zero (attention key biases) into "
         "lr-sized steps of random sign",
+    )
+    parser.add_argument(
+        "--adapters", type=int, default=None, metavar="RANK", help="shared base, LoRA rank RANK"
     )
     parser.add_argument(
         "--adversarial-share", type=float, help="adversarial SFD with this share (default: off)"
@@ -134,6 +143,7 @@ def main() -> None:
         generator_optimizer=OPTIMIZERS[options.optimizer],
         ema_decay=0.9,
         seed=3,
+        adapters=AdapterSettings(rank=options.adapters) if options.adapters else None,
         adversarial=None
         if options.adversarial_share is None
         else AdversarialSettings(steps=2, share=options.adversarial_share, refresh_every=3),
@@ -155,17 +165,16 @@ def main() -> None:
         callbacks=callbacks,
     )
     trainer.fit(module)
+    # The full tensors (gathered on every rank under sfd_fsdp; the module's own otherwise).
+    full_state = trainer.strategy.lightning_module_state_dict()
+    optimizers = [trainer.strategy.optimizer_state(opt) for opt in trainer.optimizers]
     if trainer.is_global_zero:
-        state = {
-            key: value
-            for key, value in module.state_dict().items()
-            if not key.startswith("teacher.")
-        }
+        state = {key: value for key, value in full_state.items() if not key.startswith("teacher.")}
         seconds = timer.seconds[WARMUP_ITERATIONS - 1 :] or timer.seconds
         torch.save(
             {
                 "state_dict": state,
-                "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+                "optimizers": optimizers,
                 "global_step": trainer.global_step,
                 "world_size": trainer.world_size,
                 "adversarial": None

@@ -93,6 +93,7 @@ class ClassRunSettings:
         args += ["--seed_everything", "false"]
         if stage == "stage1":
             args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
+            args += ["--model.adapters", "null"]  # full copies: they start a full stage 2
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args

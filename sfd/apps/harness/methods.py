@@ -130,7 +130,10 @@ class SFDMethod:
         extra: dict[str, Any] = {}
         if self.two_stage:
             stage1 = run.stage_one()
-            args += stage1.stage_two_arguments()  # the teacher stays the original
+            # A shared-base run's adapters start at the teacher: the stage-1 networks are full
+            # copies, which adapters of the teacher's network cannot start from.
+            if parse_fit_config(args, one_line_errors=True).model.adapters is None:
+                args += stage1.stage_two_arguments()  # the teacher stays the original
             extra = {
                 "stage1_seconds": stage1.seconds,
                 "stage1_iterations": stage1.iterations,

@@ -1,0 +1,457 @@
+"""One frozen base, several adapters: the generator and the fake score as PEFT adapters on the teacher.
+
+Full fine-tuning keeps three copies of the teacher's network (teacher, generator, fake score, plus
+the generator's EMA). In the shared-base mode the teacher's network is held once, frozen, and
+carries named PEFT adapters (LoRA, DoRA or LoKr): "generator", "fake_score" and, with an EMA,
+"ema". The teacher is the network with every adapter disabled; the generator and the fake score
+are `AdapterView`s, Denoisers that run the same network with their own adapter active.
+
+Switching adapters. PEFT's `set_adapter` / `enable_adapters` also set `requires_grad` of the
+adapter weights, which would undo Lightning's `toggle_optimizer` (only the network being updated
+requires grad). `SharedBase.active` switches the layers and puts every adapter weight's
+`requires_grad` back. Autograd records the tensors a forward pass used, so switching adapters
+between the generator's, the teacher's and the fake score's forward passes of one loss leaves
+each backward pass with the right weights. Gradient checkpointing recomputes a block's forward
+pass during the backward pass, when another adapter may be active: the checkpoint function of
+the shared base re-activates, for the recomputation, the adapter that ran the original pass.
+
+Weights. The base weights stay frozen parameters (no gradients, no optimizer state) and are left
+out of the teacher's state_dict, so a training checkpoint holds only the adapter weights (under
+`generator.`, `fake_score.`, `ema.`) and the optimizer states. `base_dtype="bfloat16"` stores the
+base in bf16 (the adapters stay float32 and get float32 gradients).
+
+Export. `merged_denoiser` folds one adapter into a plain copy of the base: the generator as a
+full network, exported like a full fine-tuning run's.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from peft import LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from sfd.errors import SFDConfigError, check_number
+from sfd.teachers.base import Denoiser
+
+GENERATOR_ADAPTER = "generator"
+FAKE_SCORE_ADAPTER = "fake_score"
+EMA_ADAPTER = "ema"
+ADAPTER_KINDS = ("lora", "dora", "lokr")
+BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Linear and convolution layers of diffusers UNets and transformers: attention projections,
+# feed-forward layers, the residual blocks' convolutions and time embeddings. Names match as
+# PEFT matches them (the module name or its last components); absent ones are skipped.
+DEFAULT_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "time_emb_proj",
+)
+VIEW_SEPARATOR = "/"  # parameter names inside a view: the network's dotted name with "/"
+ADAPTED_KIND = "shared_base_adapter"  # spec tag of an adapter view (see `generator_from_spec`)
+
+
+@dataclass
+class AdapterSettings:
+    """The shared-base mode of `SFDModule` (`model.adapters`; null: full copies).
+
+    Args:
+        rank: adapter rank r (LoRA / DoRA rank, LoKr rank).
+        alpha: scaling α (the update is scaled by α/r); default r.
+        kind: "lora", "dora" (weight-decomposed LoRA) or "lokr" (Kronecker product).
+        targets: names of the layers to adapt (PEFT's `target_modules`); default
+            `DEFAULT_TARGETS`, those the teacher has.
+        base_dtype: "float32" or "bfloat16": the dtype of the frozen base weights.
+        gradient_checkpointing: recompute the network's blocks in the backward pass (diffusers
+            networks).
+        seed: seed of the adapters' random initialisation (LoRA's A, LoKr's w1).
+    """
+
+    rank: int = 16
+    alpha: float | None = None
+    kind: str = "lora"
+    targets: list[str] | None = None
+    base_dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_adapter_settings(asdict(self))
+
+    def peft_config(self) -> PeftConfig:
+        """The PEFT config of one adapter."""
+        alpha = float(self.alpha if self.alpha is not None else self.rank)
+        targets = list(self.targets or DEFAULT_TARGETS)
+        if self.kind == "lokr":
+            return LoKrConfig(r=self.rank, alpha=alpha, target_modules=targets)
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=alpha,
+            target_modules=targets,
+            lora_dropout=0.0,
+            use_dora=self.kind == "dora",
+        )
+
+
+def check_adapter_settings(
+    settings: Mapping[str, Any] | None, prefix: str = "model.adapters."
+) -> None:
+    """Raise `SFDConfigError` (one line naming the setting) for a bad `model.adapters` value."""
+    if settings is None:
+        return
+    rank = settings.get("rank", 16)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise SFDConfigError(f"{prefix}rank={rank!r} must be an integer of at least 1")
+    if settings.get("alpha") is not None:
+        check_number(f"{prefix}alpha", settings["alpha"], low=0, low_open=True)
+    kind = settings.get("kind", "lora")
+    if kind not in ADAPTER_KINDS:
+        raise SFDConfigError(f"{prefix}kind={kind!r} is not supported; allowed: {ADAPTER_KINDS}")
+    dtype = settings.get("base_dtype", "float32")
+    if dtype not in BASE_DTYPES:
+        raise SFDConfigError(
+            f"{prefix}base_dtype={dtype!r} is not supported; allowed: {tuple(BASE_DTYPES)}"
+        )
+    targets = settings.get("targets")
+    if targets is not None and (
+        not isinstance(targets, list | tuple)
+        or not targets
+        or not all(isinstance(t, str) and t for t in targets)
+    ):
+        raise SFDConfigError(
+            f"{prefix}targets={targets!r} must be a non-empty list of layer names (or null)"
+        )
+
+
+def _adapter_of(name: str, adapters: Sequence[str]) -> str | None:
+    """Which adapter a parameter name of the adapted network belongs to (None: the base)."""
+    parts = name.split(".")
+    found = [a for a in adapters if a in parts]
+    return found[0] if found else None
+
+
+class SharedBase:
+    """The teacher's network, frozen, carrying one PEFT adapter per trained network.
+
+    Not an `nn.Module`: the network is registered once, as the teacher; the views register
+    only their adapter's weights.
+
+    Args:
+        teacher: the teacher denoiser; adapters are injected into it in place.
+        settings: rank, kind, targets, base dtype, gradient checkpointing.
+        names: the adapters to create.
+    """
+
+    def __init__(self, teacher: Denoiser, settings: AdapterSettings, names: Sequence[str]) -> None:
+        self.teacher = teacher
+        self.settings = settings
+        self.names = tuple(names)
+        taken = {part for name, _ in teacher.named_modules() for part in name.split(".")}
+        clash = sorted(taken & set(self.names))
+        if clash:
+            raise SFDConfigError(
+                f"model.adapters: the teacher has a layer named {clash[0]!r}, an adapter's name"
+            )
+        teacher.requires_grad_(False)
+        for index, name in enumerate(self.names):
+            # The adapters' random initialisation depends only on the seed, not on the global
+            # random state: two builds of one run (a restart, another rank) start equal.
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(settings.seed * 1_000_003 + index)
+                warnings.filterwarnings("ignore", message=".*peft_config.*")
+                try:
+                    inject_adapter_in_model(settings.peft_config(), teacher, adapter_name=name)
+                except (ValueError, TypeError) as error:
+                    raise SFDConfigError(
+                        f"model.adapters: PEFT cannot adapt the teacher {type(teacher).__name__} "
+                        f"({str(error).splitlines()[0][:200]}); adapters need linear or "
+                        "convolution layers named by adapters.targets (default: the attention, "
+                        "feed-forward and residual layers of diffusers networks); use full "
+                        "copies (model.adapters: null)"
+                    ) from error
+        self.layers = [m for m in teacher.modules() if isinstance(m, BaseTunerLayer)]
+        self.adapter_parameters: dict[str, dict[str, nn.Parameter]] = {n: {} for n in self.names}
+        base = []
+        for key, param in teacher.named_parameters():
+            owner = _adapter_of(key, self.names)
+            if owner is None:
+                base.append(param)
+            else:
+                self.adapter_parameters[owner][key] = param
+        if not all(self.adapter_parameters.values()):
+            raise SFDConfigError(
+                f"model.adapters: PEFT added no trainable weights to {type(teacher).__name__}"
+            )
+        dtype = BASE_DTYPES[settings.base_dtype]
+        for param in base:
+            param.data = param.data.to(dtype)
+            param.requires_grad_(False)
+        self._hide_adapters_from_teacher_state()
+        self.current: str | None = None
+        self._switch(None)
+        if settings.gradient_checkpointing:
+            self._enable_checkpointing()
+
+    # --- switching --------------------------------------------------------------------------------
+
+    @contextmanager
+    def active(self, name: str | None) -> Iterator[None]:
+        """Run the network with adapter `name` (None: none, the teacher) inside the block."""
+        previous = self.current
+        if name == previous:
+            yield
+            return
+        self._switch(name)
+        try:
+            yield
+        finally:
+            self._switch(previous)
+
+    def _switch(self, name: str | None) -> None:
+        wanted = [
+            p.requires_grad for group in self.adapter_parameters.values() for p in group.values()
+        ]
+        for layer in self.layers:
+            if name is None:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(name)
+        params = [p for group in self.adapter_parameters.values() for p in group.values()]
+        for param, requires_grad in zip(params, wanted, strict=True):
+            param.requires_grad_(requires_grad)
+        self.current = name
+
+    def _checkpoint(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Non-reentrant activation checkpointing that recomputes with the adapter that ran."""
+        name = self.current
+        return checkpoint(
+            function,
+            *args,
+            use_reentrant=False,
+            context_fn=lambda: (nullcontext(), self.active(name)),
+            **kwargs,
+        )
+
+    def _enable_checkpointing(self) -> None:
+        networks = [
+            m
+            for m in self.teacher.modules()
+            if getattr(m, "_supports_gradient_checkpointing", False)
+            and hasattr(m, "enable_gradient_checkpointing")
+        ]
+        if not networks:
+            raise SFDConfigError(
+                "model.adapters.gradient_checkpointing: the teacher "
+                f"{type(self.teacher).__name__} has no diffusers network that supports it"
+            )
+        for network in networks:
+            network.enable_gradient_checkpointing(gradient_checkpointing_func=self._checkpoint)
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def _hide_adapters_from_teacher_state(self) -> None:
+        """The teacher's state_dict is the base alone: adapter weights are saved by the views."""
+        adapter_keys = {k for group in self.adapter_parameters.values() for k in group}
+
+        def drop(module: nn.Module, state: dict[str, Any], prefix: str, _meta: Any) -> None:
+            for key in adapter_keys:
+                state.pop(prefix + key, None)
+
+        def not_missing(module: nn.Module, incompatible: Any) -> None:
+            incompatible.missing_keys[:] = [
+                k for k in incompatible.missing_keys if not _is_adapter_key(k, adapter_keys)
+            ]
+
+        self.hooks = [
+            self.teacher.register_state_dict_post_hook(drop),
+            self.teacher.register_load_state_dict_post_hook(not_missing),
+        ]
+
+    def copy_adapter(self, source: str, target: str) -> None:
+        """Set adapter `target`'s weights to adapter `source`'s (same keys up to the name)."""
+        with torch.no_grad():
+            for key, param in self.adapter_parameters[target].items():
+                param.copy_(self.adapter_parameters[source][_rename(key, target, source)])
+
+    def trainable_count(self, name: str) -> int:
+        """Number of weights of adapter `name`."""
+        return sum(p.numel() for p in self.adapter_parameters[name].values())
+
+
+def _rename(key: str, old: str, new: str) -> str:
+    return ".".join(new if part == old else part for part in key.split("."))
+
+
+def _is_adapter_key(key: str, adapter_keys: set[str]) -> bool:
+    return any(key == k or key.endswith("." + k) for k in adapter_keys)
+
+
+class AdapterView(Denoiser):
+    """The shared network with one adapter active: the generator's or the fake score's denoiser.
+
+    Registers only its adapter's weights (as `weights`, names with "/" for "."), so its
+    `parameters()`, `requires_grad_`, optimizer and state_dict are the adapter's alone.
+
+    Args:
+        base: the shared base.
+        name: the adapter this view runs.
+    """
+
+    def __init__(self, base: SharedBase, name: str) -> None:
+        super().__init__()
+        self.shared = base  # a plain attribute: the network itself is registered as the teacher
+        self.adapter_name = name
+        self.sample_shape = base.teacher.sample_shape
+        self.num_classes = base.teacher.num_classes
+        params = base.adapter_parameters[name]
+        self.weights = nn.ParameterDict(
+            {key.replace(".", VIEW_SEPARATOR): params[key] for key in sorted(params, key=_stem)}
+        )
+
+    @property
+    def sigma_table(self) -> Tensor | None:
+        return self.shared.teacher.sigma_table
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Any) -> Tensor:
+        with self.shared.active(self.adapter_name):
+            return self.shared.teacher(x, sigma, cond)
+
+    def guided(self, x: Tensor, sigma: Tensor | float, cond: Any, scale: float) -> Tensor:
+        with self.shared.active(self.adapter_name):
+            return self.shared.teacher.guided(x, sigma, cond, scale)
+
+    def guided_in_one_batch(
+        self, x: Tensor, sigma: Tensor | float, cond: Any, scale: float
+    ) -> Tensor:
+        with self.shared.active(self.adapter_name):
+            return self.shared.teacher.guided_in_one_batch(x, sigma, cond, scale)
+
+    # Everything but the network call is the teacher's.
+
+    def sigma_at_time(self, t_init: Any) -> float:
+        return self.shared.teacher.sigma_at_time(t_init)
+
+    def check_guidance_scales(self, scales: dict[str, float]) -> None:
+        self.shared.teacher.check_guidance_scales(scales)
+
+    def generator_input(self, z: Tensor, sigma: float) -> Tensor:
+        return self.shared.teacher.generator_input(z, sigma)
+
+    def null_condition(self, cond: Any) -> Any:
+        return self.shared.teacher.null_condition(cond)
+
+    def drop_condition(self, cond: Any, drop: Tensor) -> Any:
+        return self.shared.teacher.drop_condition(cond, drop)
+
+    def spec(self) -> dict[str, Any]:
+        """The base's spec, where to load its weights and the adapter's settings."""
+        source = getattr(self.shared.teacher, "source", None)
+        if source is None:
+            raise NotImplementedError(
+                f"{type(self.shared.teacher).__name__} records no source to reload its weights"
+            )
+        return {
+            "kind": ADAPTED_KIND,
+            "base": self.shared.teacher.spec(),
+            "base_source": source,
+            "adapter": self.adapter_name,
+            "settings": asdict(self.shared.settings),
+        }
+
+
+def _stem(key: str) -> str:
+    """A parameter name with its adapter's name removed: equal across adapters of one layer."""
+    return ".".join(
+        p for p in key.split(".") if p not in (GENERATOR_ADAPTER, FAKE_SCORE_ADAPTER, EMA_ADAPTER)
+    )
+
+
+def shared_base_views(
+    settings: AdapterSettings, teacher: Denoiser, ema: bool
+) -> dict[str, AdapterView]:
+    """Inject the adapters of an SFD run into `teacher` and return the views, by adapter name.
+
+    The EMA adapter starts as a copy of the generator's; every adapter starts as the identity
+    (LoRA's B and DoRA's are zero-initialised, LoKr's w2 likewise), so every view starts equal
+    to the teacher, as full copies do.
+    """
+    names = [GENERATOR_ADAPTER, FAKE_SCORE_ADAPTER] + ([EMA_ADAPTER] if ema else [])
+    base = SharedBase(teacher, settings, names)
+    if ema:
+        base.copy_adapter(GENERATOR_ADAPTER, EMA_ADAPTER)
+    return {name: AdapterView(base, name).requires_grad_(name != EMA_ADAPTER) for name in names}
+
+
+# --- merging and export ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def merged_denoiser(view: AdapterView) -> Denoiser:
+    """A plain float32 copy of the base network with `view`'s adapter folded into its weights."""
+    teacher = view.shared.teacher
+    merged = copy.deepcopy(teacher).float()
+    for parent in list(merged.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                child.merge(adapter_names=[view.adapter_name])
+                setattr(parent, child_name, child.get_base_layer())
+    merged.__dict__.pop("peft_config", None)
+    for handle in view.shared.hooks:  # the copy's state_dict holds all its weights
+        merged._state_dict_hooks.pop(handle.id, None)
+        merged._load_state_dict_post_hooks.pop(handle.id, None)
+    for network in merged.modules():  # the copy's checkpointing calls the live shared base
+        if getattr(network, "gradient_checkpointing", False) and hasattr(
+            network, "disable_gradient_checkpointing"
+        ):
+            network.disable_gradient_checkpointing()
+    return merged.requires_grad_(False).eval()
+
+
+def teacher_from_source(source: Mapping[str, Any]) -> Denoiser:
+    """Load a pretrained teacher from its recorded source ({"class_path", "init_args"}).
+
+    Only `sfd.teachers` denoiser classes are loaded: a checkpoint cannot name other code.
+    """
+    class_path = str(source.get("class_path", ""))
+    module_name, _, class_name = class_path.rpartition(".")
+    if not module_name.startswith("sfd.teachers"):
+        raise SFDConfigError(f"the recorded teacher class {class_path!r} is not an sfd teacher")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Denoiser)):
+        raise SFDConfigError(f"the recorded teacher class {class_path!r} is not a denoiser")
+    return cls(**dict(source.get("init_args") or {}))
+
+
+def denoiser_from_adapter_spec(spec: Mapping[str, Any], state: Mapping[str, Tensor]) -> Denoiser:
+    """The merged generator denoiser of an adapter checkpoint: the teacher reloaded from its
+    source, the adapter's weights (`state`, the view's state_dict) loaded and folded in."""
+    settings = AdapterSettings(**spec["settings"])
+    teacher = teacher_from_source(spec["base_source"])
+    if teacher.spec() != spec["base"]:
+        raise SFDConfigError(
+            "the teacher loaded from the checkpoint's recorded source is not the architecture "
+            "the run adapted"
+        )
+    name = spec["adapter"]
+    view = AdapterView(SharedBase(teacher, settings, [name]), name)
+    view.load_state_dict(dict(state), strict=True)
+    return merged_denoiser(view)

@@ -1,0 +1,77 @@
+"""The shared base on every family: Stable Diffusion, SDXL, SD3 and Flux teachers. After an SFD iteration
+the teacher's output is bit-identical to a freshly loaded teacher's, the generator has moved, and a
+checkpoint of adapters alone exports the merged generator (oracle: the live view)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import quiet_trainer
+from flow_fixtures import LATENT_SIZE
+from sd_fixtures import celebrity_conditions
+
+from sfd.core.generator import generator_from_checkpoint
+from sfd.core.module import SFDModule
+from sfd.core.sigma import LogitNormalTime, UniformTimestepSigma
+from sfd.teachers import (
+    FluxTeacher,
+    SD3Teacher,
+    StableDiffusionTeacher,
+    StableDiffusionXLTeacher,
+)
+from sfd.teachers.adapters import AdapterSettings
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def build(family: str, dirs: dict):
+    if family == "sd":
+        return StableDiffusionTeacher(str(dirs["sd"])), UniformTimestepSigma(20, 980), 625
+    if family == "sdxl":
+        return StableDiffusionXLTeacher(str(dirs["sdxl"])), UniformTimestepSigma(20, 980), 625
+    if family == "sd3":
+        return SD3Teacher(str(dirs["sd3"]), max_sequence_length=16), LogitNormalTime(), 0.97
+    teacher = FluxTeacher(str(dirs["flux"]), sample_size=LATENT_SIZE, max_sequence_length=16)
+    return teacher, LogitNormalTime(), 0.97
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_shared_base_trains_keeps_the_teacher_and_exports(
+    family, sd_dirs, sdxl_dirs, flow_dirs, tmp_path: Path
+) -> None:
+    dirs = {"sd": sd_dirs["epsilon"], "sdxl": sdxl_dirs["epsilon"], **flow_dirs}
+    teacher, sigma, t_init = build(family, dirs)
+    fresh, _, _ = build(family, dirs)
+    conditions = celebrity_conditions()
+    module = SFDModule(
+        teacher,
+        conditions,
+        sigma,
+        t_init=t_init,
+        batch_size=2,
+        ema_decay=0.5,
+        fake_optimizer=lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.0, 0.999)),
+        generator_optimizer=lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.0, 0.999)),
+        adapters=AdapterSettings(rank=2, gradient_checkpointing=True),
+    )
+    cond = conditions.sample(2, torch.Generator().manual_seed(0), 1, 0).remain
+    z = torch.randn(2, *teacher.sample_shape, generator=torch.Generator().manual_seed(1))
+    sigma_probe = torch.tensor([0.5, 3.0])
+    trainer = quiet_trainer(tmp_path, steps=1)
+    trainer.fit(module)
+    with torch.no_grad():
+        assert torch.equal(module.teacher(z, sigma_probe, cond), fresh(z, sigma_probe, cond))
+        moved = module.generator(z, cond) - module.teacher(
+            z * module.generator.sigma_init, module.generator.sigma_init, cond
+        )
+    assert moved.abs().max() > 0
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    checkpoint = torch.load(tmp_path / "run.ckpt", weights_only=True)
+    assert all("lora_" in key for key in checkpoint["state_dict"])
+    exported = generator_from_checkpoint(checkpoint)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            exported(z, cond), module.export_generator(z, cond), atol=1e-5, rtol=1e-5
+        )

@@ -1,0 +1,119 @@
+"""FSDP2 (`sfd_fsdp`, configs/fsdp.yaml) on CPU gloo processes: two sharded processes with batch B
+end where one process with batch 2·B ends, a resumed sharded run ends bit-exactly where a straight
+one ends, and settings it cannot run are refused in one line.
+
+Runs in subprocesses (tests/scripts/ddp_fit.py, `sfd fit`): in-process, Lightning would re-run
+the pytest command line as rank 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, SCRIPTS
+from test_distributed import TIMEOUT, assert_same_training, run_all
+
+from sfd.errors import SFDConfigError
+from sfd.training.cli import parse_fit_config
+from sfd.training.fsdp import AlternatingFSDPStrategy, check_fsdp_config, outer_blocks
+
+sys.path.insert(0, str(SCRIPTS))
+from cluster_helpers import start_fit, tiny_run_config, write_config  # noqa: E402
+
+
+def by_position(optimizer_state: dict) -> dict:
+    """Optimizer state keyed 0..n-1: a sharded run numbers parameters over the whole module."""
+    keys = sorted(optimizer_state["state"])
+    return {
+        **optimizer_state,
+        "state": {i: optimizer_state["state"][k] for i, k in enumerate(keys)},
+    }
+
+
+def test_two_sharded_processes_match_one_process(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    single, sharded = tmp_path / "single.pt", tmp_path / "fsdp.pt"
+    outputs = run_all(
+        tiny_teacher_dir,
+        {
+            single: ["--devices", "1", "--batch-size", "4", "--steps", "3"],
+            sharded: [
+                "--devices",
+                "2",
+                "--batch-size",
+                "2",
+                "--steps",
+                "3",
+                "--strategy",
+                "sfd_fsdp",
+            ],
+        },
+    )
+    assert outputs[sharded]["world_size"] == 2
+    for output in outputs.values():
+        output["optimizers"] = [by_position(state) for state in output["optimizers"]]
+    assert_same_training(outputs[single], outputs[sharded], atol=1e-4)
+
+
+def last_state(root: Path) -> dict:
+    [path] = sorted(root.rglob("last.ckpt"))
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.slow
+def test_sharded_resume_is_bit_exact(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    straight_root, resumed_root = tmp_path / "straight", tmp_path / "resumed"
+    configs = {
+        root: write_config(
+            tmp_path / f"{root.name}.yaml",
+            tiny_run_config(tiny_teacher_dir, root, max_steps=4, checkpoint_every=2),
+        )
+        for root in (straight_root, resumed_root)
+    }
+    sharded = ["-c", str(CONFIGS / "fsdp.yaml"), "--trainer.devices", "2"]
+    runs = [
+        (configs[straight_root], [*sharded]),
+        (configs[resumed_root], [*sharded, "--trainer.max_steps", "2"]),
+    ]
+    for index, (config, args) in enumerate(runs):
+        process = start_fit(config, tmp_path / f"run{index}.log", *args)
+        assert process.wait(timeout=TIMEOUT) == 0, process.log.read_text()[-3000:]
+    process = start_fit(
+        configs[resumed_root], tmp_path / "resume.log", *sharded, "--ckpt_path", "last"
+    )
+    assert process.wait(timeout=TIMEOUT) == 0, process.log.read_text()[-3000:]
+    straight, resumed = last_state(straight_root), last_state(resumed_root)
+    assert straight["global_step"] == resumed["global_step"] == 4
+    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
+    assert not any(key.startswith("teacher.") for key in resumed["state_dict"])
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    for a, b in zip(straight["optimizer_states"], resumed["optimizer_states"], strict=True):
+        for index, state in a["state"].items():
+            assert all(torch.equal(b["state"][index][k], v) for k, v in state.items())
+
+
+def test_fsdp_config_parses_to_the_sharding_strategy() -> None:
+    config = parse_fit_config(["-c", str(CONFIGS / "tiny.yaml"), "-c", str(CONFIGS / "fsdp.yaml")])
+    strategy = config.trainer.strategy
+    assert strategy.class_path == "sfd.training.fsdp.AlternatingFSDPStrategy"
+    assert strategy.init_args.reshard_after_forward is True
+    assert AlternatingFSDPStrategy()._save_distributed_checkpoint is False  # single files
+
+
+def test_fsdp_refuses_what_it_cannot_run() -> None:
+    fsdp = {"class_path": "sfd.training.fsdp.AlternatingFSDPStrategy"}
+    with pytest.raises(SFDConfigError, match=r"trainer.precision='16-mixed' with sfd_fsdp"):
+        check_fsdp_config({"trainer": {"strategy": fsdp, "precision": "16-mixed"}})
+    with pytest.raises(SFDConfigError, match="model.adapters with sfd_fsdp is not supported"):
+        check_fsdp_config({"trainer": {"strategy": "sfd_fsdp"}, "model": {"adapters": {"rank": 4}}})
+    check_fsdp_config({"trainer": {"strategy": "sfd_ddp", "precision": "16-mixed"}})  # not FSDP
+
+
+def test_blocks_are_the_outermost_module_lists() -> None:
+    inner = torch.nn.ModuleList([torch.nn.Linear(1, 1)])
+    outer = torch.nn.ModuleList([torch.nn.Sequential(inner), torch.nn.Linear(1, 1)])
+    network = torch.nn.Sequential(outer, torch.nn.ModuleList([torch.nn.ReLU()]))
+    assert outer_blocks(network) == [outer[0], outer[1], network[1][0]]
