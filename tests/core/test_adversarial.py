@@ -320,3 +320,15 @@ def test_non_finite_learned_vectors_stop_the_run_at_the_next_read_back(
     with pytest.raises(NonFiniteError, match="non-finite loss adversarial/learned vectors"):
         module.adversarial.attack(module)  # warm-started from the broken rows (no sync here)
         module._raise_if_nonfinite()
+
+
+def test_with_a_shared_base_the_attack_reads_the_frozen_table(tmp_path, single_thread) -> None:
+    """model.adapters: the generator is an adapter view of the teacher's network; the attack
+    starts from the base's class embeddings, which stay bit-identical."""
+    from sfd.teachers.adapters import AdapterSettings
+
+    module = class_module(AdversarialSettings(steps=1, share=0.5), adapters=AdapterSettings(rank=4))
+    table = module.teacher.class_embedding_table().detach().clone()
+    quiet_trainer(tmp_path, steps=2).fit(module)
+    assert module.adversarial.state["embedding"].shape == (2, table.shape[1])
+    assert torch.equal(module.generator.denoiser.class_embedding_table(), table)
