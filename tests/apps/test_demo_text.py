@@ -191,3 +191,20 @@ def test_presets_parse_and_eval_text_defaults_to_their_teacher_guidance(data: st
     assert sfd.model.teacher_guidance == TEACHER_GUIDANCE
     assert (stage1.model.lambda_sg_forget, stage1.model.lambda_g_forget) == (0.0, 0.0)
     assert stage1.trainer.max_steps != sfd.trainer.max_steps  # the overlay is composed in
+
+
+@pytest.mark.slow  # ~40 s: a tiny demo end to end
+def test_text_demo_adversarial_trains_stage2_against_the_attack(tmp_path, single_thread):
+    """`--adversarial`: stage 2 is adversarial SFD (its own text encoder, the stage-1 networks)."""
+    bert = save_tiny_bert(tmp_path / "bert")
+    settings = replace(tiny_settings(tmp_path, "digits", bert), adversarial=True)
+    tiny_attack = ["--model.adversarial.tokens", "2", "--model.adversarial.steps", "1"]
+    settings.sfd_args = [*TINY_SFD, *tiny_attack]
+    paths = run_text_demo(settings)
+    metrics = json.loads(paths["metrics"].read_text())
+    check_in_range(metrics)
+    record = json.loads((settings.output_dir / "generator" / "sfd_export.json").read_text())
+    assert record["training"]["hyperparameters"]["adversarial"]["tokens"] == 2
+    [log] = (settings.output_dir / "logs" / "sfd").rglob("metrics.csv")
+    header = log.read_text().splitlines()[0].split(",")  # the attacked rows were trained on
+    assert {"adversarial/objective", "fake/adversarial", "generator/adversarial"} <= set(header)
