@@ -213,6 +213,25 @@ def iteration_time_record(command: str) -> dict[str, Any]:
     }
 
 
+def adversarial_overhead_record(command: str) -> dict[str, Any]:
+    def timing(median: float) -> dict[str, Any]:
+        return {"teacher_params": 1234, "median": median, "min": median, "max": median, "n": 3}
+
+    return {
+        "run": run_section(command),
+        "batch_size": 8,
+        "warmup": 2,
+        "adversarial_settings": {"steps": 4, "share": 0.25},
+        "adversarial_rows": 2,
+        "paths": [
+            {"path": "class", "teacher_params": 1234, "plain": timing(0.1),
+             "adversarial": timing(0.15), "ratio": 1.5},
+            {"path": "text", "teacher_params": 5678, "plain": timing(0.2),
+             "adversarial": timing(0.5), "ratio": 2.5},
+        ],
+    }  # fmt: skip
+
+
 def shared_base_record(command: str) -> dict[str, Any]:
     def mode(ua: float, seconds: float, weights: int) -> dict[str, Any]:
         return {
@@ -318,6 +337,17 @@ def memory_record(command: str) -> dict[str, Any]:
 
 # script, page, record builder, the script's command line, lines the page must hold
 CASES = [
+    (
+        "adversarial_overhead",
+        "adversarial_overhead",
+        adversarial_overhead_record,
+        "python experiments/adversarial_overhead.py --threads 1",
+        [
+            "| class (class embedding) | 1,234 | 0.1000 | 0.1500 | 1.50× | yes |",
+            "| text (soft prompt) | 5,678 | 0.2000 | 0.5000 | 2.50× | no |",
+            "(steps 4, share 0.25: 2 attacked rows per iteration)",
+        ],
+    ),
     (
         "digits_benchmark",
         "digits",

@@ -37,6 +37,12 @@ def demo_parser() -> argparse.ArgumentParser:
     add("--output-dir", type=Path, default=defaults.output_dir, help="report folder")
     add_class_run_options(parser, defaults)
     add(
+        "--adversarial",
+        action="store_true",
+        help="adversarial SFD (docs/method.md §9): train against an inner attack with the "
+        "defaults of configs/adversarial.yaml; refine with --model.adversarial.steps etc.",
+    )
+    add(
         "--skip-full-schedule-timing",
         action="store_true",
         help="do not time the teacher's full-schedule (1000-step) sampler",

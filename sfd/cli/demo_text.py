@@ -91,6 +91,12 @@ def demo_text_parser() -> argparse.ArgumentParser:
     add("--attack-prompts", type=int, default=defaults.attack_prompts, help="prompts attacked")
     add("--attack-ddim-steps", type=int, default=defaults.attack_ddim_steps, help="teacher")
     add("--grid-per-prompt", type=int, default=defaults.grid_per_prompt)
+    add(
+        "--adversarial",
+        action="store_true",
+        help="adversarial SFD (docs/method.md §9): train against an inner attack with the "
+        "defaults of configs/adversarial.yaml; refine with --model.adversarial.steps etc.",
+    )
     add("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     add("--no-progress", action="store_true", help="hide progress bars")
     return parser

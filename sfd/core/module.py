@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from sfd.core import guards
+from sfd.core.adversarial import ADVERSARIAL_KEY, AdversarialSettings, AdversarialTraining
 from sfd.core.conditions import ConditionBatch, ConditionSampler
 from sfd.core.generator import (
     GENERATOR_SPEC_KEY,
@@ -76,6 +77,8 @@ class SFDModule(pl.LightningModule):
         seed: seed of the noise and condition streams (every iteration's draws depend only on
             the seed and the iteration, not on the number of processes).
         steps_per_epoch: iterations that make one Lightning epoch.
+        adversarial: adversarial SFD (docs/method.md §9): the unlearning term also on the forget
+            conditions an inner attack finds each iteration (None: off).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class SFDModule(pl.LightningModule):
         adapters: AdapterSettings | None = None,
         seed: int = 0,
         steps_per_epoch: int = 1000,
+        adversarial: AdversarialSettings | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -116,9 +120,13 @@ class SFDModule(pl.LightningModule):
                 "generator_optimizer",
                 "generator",
                 "fake_score",
+                "adversarial",
                 "adapters",
             ]
         )
+        # Plain data in the checkpoint's hyperparameters (it is read with weights_only=True).
+        adversarial = AdversarialSettings.of(adversarial)  # also as stored there: a mapping
+        self.hparams["adversarial"] = None if adversarial is None else adversarial.as_dict()
         self.automatic_optimization = False
         guards.check_module_settings(self.hparams)
         for name, factory in (
@@ -170,6 +178,11 @@ class SFDModule(pl.LightningModule):
         elif ema_decay is not None:
             self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         self._watch = guards.NonFiniteWatch()  # non-finite losses and gradients, on the device
+        self.adversarial = (
+            None
+            if adversarial is None
+            else AdversarialTraining(adversarial, teacher, self.generator, conditions, batch_size)
+        )
 
     # --- the algorithm (docs/method.md §4) --------------------------------------------------------
 
@@ -182,8 +195,11 @@ class SFDModule(pl.LightningModule):
         # Step 1: fake score on generated samples (generator frozen, sampling in eval mode).
         self.generator.eval()
         self.fake_score.train()
+        attacked = None if self.adversarial is None else self.adversarial.attack(self)
         with self._toggled(fake_opt):
             fake_terms = self.fake_score_losses(conds, self._stream(1))
+            if attacked is not None:  # docs/method.md §9: the fake score learns them too
+                fake_terms = self.adversarial.fake_terms(self, attacked, fake_terms)
             self._update(fake_opt, "fake", fake_terms, counts_as_iteration=False)
 
         # Step 2: generator (fake score frozen in eval mode, differentiable through its input).
@@ -191,6 +207,8 @@ class SFDModule(pl.LightningModule):
         self.fake_score.eval()
         with self._toggled(generator_opt):
             generator_terms = self.generator_losses(conds, self._stream(2))
+            if attacked is not None:
+                generator_terms = self.adversarial.generator_terms(self, attacked, generator_terms)
             self._update(generator_opt, "generator", generator_terms, counts_as_iteration=True)
         self.update_ema()
 
@@ -222,23 +240,25 @@ class SFDModule(pl.LightningModule):
         guided = hp.fake_train_guidance != 1.0 or hp.fake_eval_guidance != 1.0
         return guided and hp.cond_dropout > 0
 
-    def _fake_dsm(self, cond: Any, rng: torch.Generator) -> Tensor:
+    def _fake_dsm(self, cond: Any, rng: torch.Generator, rows: int | None = None) -> Tensor:
         hp = self.hparams
         if self.drops_conditions:  # before the generator samples: it sees the null condition too
-            cond = self.teacher.drop_condition(cond, self._rand(rng) < hp.cond_dropout)
+            cond = self.teacher.drop_condition(cond, self._rand(rng, rows) < hp.cond_dropout)
         with torch.no_grad():
-            x_g = self.generator(self._randn(rng), cond)  # (B, C, H, W)
-        sigma = self._sigma(rng)  # (B,)
-        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng)
+            x_g = self.generator(self._randn(rng, rows), cond)  # (B, C, H, W)
+        sigma = self._sigma(rng, rows)  # (B,)
+        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng, rows)
         fake_cond = self.conditions.for_role(cond, "fake_train")
         x0_hat = self.fake_score.guided(x, sigma, fake_cond, hp.fake_train_guidance)
         return fake_score_loss(x0_hat, x_g, sigma)
 
-    def _generator_term(self, cond: Any, teacher_cond: Any, rng: torch.Generator) -> Tensor:
+    def _generator_term(
+        self, cond: Any, teacher_cond: Any, rng: torch.Generator, rows: int | None = None
+    ) -> Tensor:
         hp = self.hparams
-        x_g = self.generator(self._randn(rng), cond)  # (B, C, H, W), with grad
-        sigma = self._sigma(rng)
-        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng)
+        x_g = self.generator(self._randn(rng, rows), cond)  # (B, C, H, W), with grad
+        sigma = self._sigma(rng, rows)
+        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng, rows)
         teacher_cond = self.conditions.for_role(teacher_cond, "teacher")
         fake_cond = self.conditions.for_role(cond, "fake_eval")
         x0_hat_teacher = self.teacher.guided(x, sigma, teacher_cond, hp.teacher_guidance)
@@ -310,6 +330,8 @@ class SFDModule(pl.LightningModule):
                     f"refusing to write a checkpoint at iteration {self.global_step}: the {name} "
                     f"holds non-finite values in {bad!r}"
                 )
+        if self.adversarial is not None:
+            checkpoint[ADVERSARIAL_KEY] = self.adversarial.state_dict()
         prefix = "ema.denoiser." if self.ema is not None else "generator.denoiser."
         entry = checkpoint_entry(self.export_generator, prefix, training_record(self))
         if entry is not None:
@@ -324,32 +346,42 @@ class SFDModule(pl.LightningModule):
             )
         for key, value in self.teacher.state_dict().items():
             state[TEACHER_PREFIX + key] = value
+        if self.adversarial is not None:
+            self.adversarial.load_state_dict(checkpoint.get(ADVERSARIAL_KEY), self._world_size)
 
     @property
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
 
     def _stream(self, phase: int) -> torch.Generator:
-        """A random stream that depends only on (seed, iteration, phase): identical on every rank."""
-        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 3 + phase
+        """A random stream that depends only on (seed, iteration, phase): identical on every rank.
+
+        Phases 0–2 are the conditions, the fake-score step and the generator step; phases from 3
+        on (adversarial SFD) are shifted by 2654435761 per block of three: the CPU generator
+        keeps a seed's low 32 bits, where phases 3–8 meet another phase's seed only some 3·10⁸
+        iterations away.
+        """
+        block, part = divmod(phase, 3)
+        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 3 + part + block * 2654435761
         return torch.Generator(device=self.device).manual_seed(seed % (2**63))
 
-    def _rank_slice(self, draw: Tensor) -> Tensor:
-        size = self.hparams.batch_size
+    def _rank_slice(self, draw: Tensor, rows: int | None = None) -> Tensor:
+        size = self.hparams.batch_size if rows is None else rows
         return draw[self.global_rank * size : (self.global_rank + 1) * size]
 
-    def _randn(self, rng: torch.Generator) -> Tensor:
-        n = self.hparams.batch_size * self._world_size
+    def _randn(self, rng: torch.Generator, rows: int | None = None) -> Tensor:
+        """Normal noise for `rows` samples per rank (default: batch_size), this rank's slice."""
+        n = (self.hparams.batch_size if rows is None else rows) * self._world_size
         shape = (n, *self.teacher.sample_shape)
-        return self._rank_slice(torch.randn(shape, generator=rng, device=rng.device))
+        return self._rank_slice(torch.randn(shape, generator=rng, device=rng.device), rows)
 
-    def _rand(self, rng: torch.Generator) -> Tensor:
-        n = self.hparams.batch_size * self._world_size
-        return self._rank_slice(torch.rand(n, generator=rng, device=rng.device))
+    def _rand(self, rng: torch.Generator, rows: int | None = None) -> Tensor:
+        n = (self.hparams.batch_size if rows is None else rows) * self._world_size
+        return self._rank_slice(torch.rand(n, generator=rng, device=rng.device), rows)
 
-    def _sigma(self, rng: torch.Generator) -> Tensor:
-        n = self.hparams.batch_size * self._world_size
-        return self._rank_slice(self.sigma_sampler.sample(n, rng, self.teacher.sigma_table))
+    def _sigma(self, rng: torch.Generator, rows: int | None = None) -> Tensor:
+        n = (self.hparams.batch_size if rows is None else rows) * self._world_size
+        return self._rank_slice(self.sigma_sampler.sample(n, rng, self.teacher.sigma_table), rows)
 
     def _maybe(self, weight: float, term: Callable[[], Tensor]) -> Tensor:
         """A loss term, skipped (zero, no compute) when its weight is zero."""

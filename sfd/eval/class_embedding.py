@@ -3,8 +3,8 @@
 The class-conditional counterpart of the soft-prompt attack. A diffusers `UNet2DModel` reads its
 class label through an embedding table (`class_embedding`, one row per class) whose row is added
 to the time embedding. The attacker replaces that row by a free vector e of the same size (a
-forward hook on the table: every sample of the batch gets e instead of its label's row) and
-optimises it with Adam so that the model's images are classified as the forgotten class:
+`ClassEmbeddingCondition` through the denoiser contract: every sample of the batch gets e instead
+of its label's row, `Denoiser.class_embedding_table`) and optimises it with Adam so that the model's images are classified as the forgotten class:
 minimise CE(evaluation classifier(G(z, e)), forgotten class) over fresh noise each step. The
 first restart starts from the forgotten class's own row (the unattacked model), the others from
 other classes' rows. For a teacher the gradient runs through a short DDIM sampler.
@@ -17,14 +17,13 @@ on separate selection noise, as for the prompt attacks (`sfd.eval.attack_outcome
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sfd.core.conditions import ClassEmbeddingCondition
 from sfd.core.ddim import ddim_sigmas, ddim_trajectory
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
@@ -46,10 +45,10 @@ OBJECTIVE = (
 )
 
 
-def class_embedding_table(network: Denoiser) -> nn.Embedding:
-    """The class-embedding table of a class-conditional UNet denoiser."""
-    table = getattr(getattr(network, "unet", None), "class_embedding", None)
-    if not isinstance(table, nn.Embedding):
+def class_embedding_table(network: Denoiser) -> Tensor:
+    """The class-embedding table (num_embeds, E) of a class-conditional UNet denoiser."""
+    table = network.class_embedding_table()
+    if table is None:
         raise SFDConfigError(
             f"the class-embedding attack needs a UNet with a class-embedding table; "
             f"{type(network).__name__} has none"
@@ -57,16 +56,11 @@ def class_embedding_table(network: Denoiser) -> nn.Embedding:
     return table
 
 
-@contextmanager
-def replaced_embedding(table: nn.Embedding, embedding: Tensor) -> Any:
-    """Within the block, every lookup of `table` returns `embedding` (D,) for every sample."""
-    handle = table.register_forward_hook(
-        lambda module, inputs, output: embedding.to(output.dtype).expand_as(output)
-    )
-    try:
-        yield
-    finally:
-        handle.remove()
+def replaced_embedding(labels: Tensor, embedding: Tensor) -> ClassEmbeddingCondition:
+    """The condition under which every sample of `labels` (B,) sees `embedding` (E,) in place of
+    its label's class embedding."""
+    active = torch.ones_like(labels, dtype=torch.bool)
+    return ClassEmbeddingCondition(labels, embedding.expand(len(labels), -1), active)
 
 
 def differentiable_images(
@@ -117,11 +111,7 @@ def class_embedding_attack(
 
     def logits(z: Tensor, embedding: Tensor | None, clamp: bool = False) -> Tensor:
         labels = torch.full((len(z),), target, device=device)
-        if embedding is None:
-            x = images(labels, z)
-        else:
-            with replaced_embedding(table, embedding):
-                x = images(labels, z)
+        x = images(labels if embedding is None else replaced_embedding(labels, embedding), z)
         # Unclamped while attacking: saturated pixels would pass no gradient.
         return classifier(x.clamp(-1, 1) if clamp else x)
 
@@ -139,9 +129,8 @@ def class_embedding_attack(
     labels = torch.full((budget.batch_size,), target, device=device)
     runs = []
     for restart in range(budget.restarts):
-        start = target if restart == 0 else int(torch.randint(table.num_embeddings, (1,),
-                                                              generator=rng))  # fmt: skip
-        embedding = table.weight.detach()[start].clone().to(device).requires_grad_(True)
+        start = target if restart == 0 else int(torch.randint(len(table), (1,), generator=rng))
+        embedding = table.detach()[start].clone().to(device).requires_grad_(True)
         optimizer = torch.optim.Adam([embedding], lr=budget.lr)
         losses = []
         first = budget.seed + 2 + restart * budget.steps

@@ -218,7 +218,8 @@ def revive_text_model(
         model: the model under test (its `network`, `rebuild` and `encode_images` are used).
         classifier: the evaluation classifier.
         forget_prompts: the training forget prompts.
-        forget, override: the concept pair's classes.
+        forget: the forgotten concept's class.
+        override: the override concept's class.
         num_classes: K.
         images: the k real images of the forgotten class, uint8 (k, C, H, W).
         budget: the fine-tune's budget.

@@ -11,7 +11,6 @@ share of images from held-out noise that the classifier labels as the forgotten 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from sfd.eval.attack_outcome import (
 from sfd.eval.evaluate import class_noise
 from sfd.eval.text_models import FlowPromptEncoder, PromptEncoder, TextToImage
 from sfd.progress import ProgressBar
-from sfd.teachers.stable_diffusion import hidden_states, tokenize
+from sfd.teachers.text_encoder import check_inputs_embeds, insert_soft_tokens, tokenize
 
 OBJECTIVE = (
     "minimise CE(evaluation classifier(decode(G(z, enc(prompt + soft tokens)))), forgotten class) "
@@ -63,11 +62,7 @@ class SoftPrompt(nn.Module):
         max_length: int | None = None,
     ) -> None:
         super().__init__()
-        if "inputs_embeds" not in inspect.signature(text_encoder.forward).parameters:
-            raise SFDConfigError(
-                f"the soft-prompt attack needs a text encoder that takes inputs_embeds; "
-                f"{type(text_encoder).__name__} does not"
-            )
+        check_inputs_embeds(text_encoder, "the soft-prompt attack")
         tokens = tokenize(tokenizer, [prompt], max_length)
         ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
         length, used = len(ids), int(mask.sum())
@@ -79,25 +74,15 @@ class SoftPrompt(nn.Module):
             )
         table = text_encoder.get_input_embeddings().weight.detach()  # (V, D_in)
         self.text_encoder = text_encoder
-        self.register_buffer("prompt_embeds", table[ids].clone())  # (L, D_in)
+        self.register_buffer("input_ids", ids.clone())  # (L,)
+        self.register_buffer("used", torch.tensor(used))
         picks = torch.randint(len(table), (num_tokens,), generator=generator)
         self.tokens = nn.Parameter(table[picks].clone())  # (n, D_in)
-        self.insert_at = used - 1  # before the end token
-        self.length = length
-        new_mask = torch.zeros(length, dtype=mask.dtype)
-        new_mask[: used + num_tokens] = 1
-        self.register_buffer("mask", new_mask)
-
-    def sequence(self) -> Tensor:
-        """The input embeddings of the prompt with the learned tokens, (L, D_in)."""
-        head = self.prompt_embeds[: self.insert_at]
-        tail = self.prompt_embeds[self.insert_at :]
-        return torch.cat([head, self.tokens, tail])[: self.length]
 
     def forward(self) -> Tensor:
         """Hidden states of the prompt with the learned tokens, (1, L, D)."""
-        return hidden_states(
-            self.text_encoder, None, self.mask[None], inputs_embeds=self.sequence()[None]
+        return insert_soft_tokens(
+            self.text_encoder, self.input_ids[None], self.used[None], self.tokens[None]
         )
 
 
@@ -119,11 +104,15 @@ class FlowSoftPrompt(SoftPrompt):
         super().__init__(
             encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, generator, length
         )
+        self.length = length
         self.register_buffer("packed", encoder.encode([prompt]))  # (1, 1 + R, D)
 
     def forward(self) -> Tensor:
         """Packed embeddings of the prompt with the learned tokens, (1, 1 + R, D)."""
-        states = self.text_encoder(inputs_embeds=self.sequence()[None])[0].float()  # (1, L, D)
+        words = self.text_encoder.get_input_embeddings()(self.input_ids)  # (L, D_in)
+        at = int(self.used) - 1  # before the end token
+        sequence = torch.cat([words[:at], self.tokens.to(words.dtype), words[at:]])[: self.length]
+        states = self.text_encoder(inputs_embeds=sequence[None])[0].float()  # (1, L, D)
         return torch.cat([self.packed[:, : -self.length], states], dim=1)
 
 

@@ -359,6 +359,9 @@ class AdapterView(Denoiser):
     def null_condition(self, cond: Any) -> Any:
         return self.shared.teacher.null_condition(cond)
 
+    def class_embedding_table(self) -> Tensor | None:
+        return self.shared.teacher.class_embedding_table()  # the frozen base's (not adapted)
+
     def drop_condition(self, cond: Any, drop: Tensor) -> Any:
         return self.shared.teacher.drop_condition(cond, drop)
 

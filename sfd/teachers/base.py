@@ -85,6 +85,16 @@ class Denoiser(nn.Module):
             sigma = sigma.expand(x.shape[0])
         return self.denoise(x, sigma.reshape(-1), cond).float()
 
+    def class_embedding_table(self) -> Tensor | None:
+        """The learned class embeddings (num_embeds, E) that a condition's `class_embeds` can stand
+        in for, or None for denoisers whose labels do not pass through an embedding table.
+
+        A class condition may then be an object with `labels` (B,), `class_embeds` (B, E) and
+        `active` (B,): rows where `active` is True see their `class_embeds` vector in place of
+        their label's embedding (the class-embedding attack, docs/method.md §9).
+        """
+        return None
+
     def network_dtype(self, network: nn.Module) -> torch.dtype:
         """The dtype `network` takes its inputs in, looked up once and kept until the next `.to()`.
 

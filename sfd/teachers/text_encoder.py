@@ -173,3 +173,53 @@ def encode_with(
             )
         )  # (b, L, D)
     return torch.cat(chunks)
+
+
+def check_inputs_embeds(text_encoder: nn.Module, what: str) -> None:
+    """Raise `SFDConfigError` unless the encoder takes learned token embeddings (`inputs_embeds`).
+
+    Args:
+        text_encoder: the text encoder.
+        what: what needs it, for the message (e.g. "the soft-prompt attack").
+    """
+    import inspect
+
+    if "inputs_embeds" not in inspect.signature(text_encoder.forward).parameters:
+        raise SFDConfigError(
+            f"{what} needs a text encoder that takes inputs_embeds; "
+            f"{type(text_encoder).__name__} does not"
+        )
+
+
+def insert_soft_tokens(
+    text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
+) -> Tensor:
+    """Hidden states of prompts with learned token embeddings inserted before their end token.
+
+    Row b reads: its first used[b] − 1 tokens, the n learned vectors soft[b], its end token and
+    padding, truncated to the prompt length L (callers check that used + n ≤ L).
+
+    Args:
+        text_encoder: a frozen encoder that takes `inputs_embeds`.
+        input_ids: token ids of the prompts, (B, L).
+        used: non-padding tokens of each prompt (start and end tokens included), (B,).
+        soft: the learned vectors in the encoder's input-embedding space, (B, n, D_in).
+
+    Returns:
+        float32 hidden states, (B, L, D), differentiable in `soft`.
+    """
+    batch, length = input_ids.shape
+    n = soft.shape[1]
+    words = text_encoder.get_input_embeddings()(input_ids)  # (B, L, D_in)
+    position = torch.arange(length, device=input_ids.device).expand(batch, length)  # (B, L)
+    start = (used - 1).reshape(-1, 1)  # where the learned vectors go: before the end token
+    # Index into [words ; soft] (B, L + n): words before `start`, then soft, then the rest shifted.
+    source = torch.where(
+        position < start,
+        position,
+        torch.where(position < start + n, length + position - start, position - n),
+    )
+    sequence = torch.cat([words, soft.to(words.dtype)], dim=1)
+    sequence = sequence.gather(1, source.unsqueeze(-1).expand(-1, -1, sequence.shape[-1]))
+    mask = (position < (used.reshape(-1, 1) + n)).to(torch.long)  # (B, L)
+    return hidden_states(text_encoder, None, mask, inputs_embeds=sequence)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, SchedulerMixin, UNet2DModel
-from torch import Tensor
+from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError, check_number
 from sfd.hub import check_hub_source
@@ -44,13 +44,43 @@ class ClassConditionalUNet(Denoiser):
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         self.sample_shape = (self.unet.config.in_channels, height, width)
 
-    def null_condition(self, cond: Tensor) -> Tensor:
+    def null_condition(self, cond: Any) -> Tensor:
         if self.null_class is None:
             return super().null_condition(cond)
-        return torch.full_like(cond, self.null_class)
+        return torch.full_like(getattr(cond, "labels", cond), self.null_class)
+
+    def drop_condition(self, cond: Any, drop: Tensor) -> Any:
+        if not hasattr(cond, "class_embeds"):
+            return super().drop_condition(cond, drop)
+        return cond.dropped(drop, self.null_condition(cond))  # dropped rows: the null label
+
+    def class_embedding_table(self) -> Tensor | None:
+        layer = self.unet.class_embedding
+        return layer.weight if isinstance(layer, nn.Embedding) else None
 
     def _labels(self, cond: Tensor | None) -> Tensor | None:
         return None if self.unet.config.num_class_embeds is None else cond
+
+    def _run_unet(self, x: Tensor, timestep: Tensor, cond: Any) -> Any:
+        """The UNet on class labels, or on learned class embeddings where a condition carries
+        them (`class_embeds`, see `Denoiser.class_embedding_table`)."""
+        embeds = getattr(cond, "class_embeds", None)
+        if embeds is None:
+            return self.unet(x, timestep, class_labels=self._labels(cond))
+        if self.class_embedding_table() is None:
+            raise SFDConfigError(
+                "this UNet has no class-embedding table, so a class embedding cannot replace a label"
+            )
+        active = cond.active.reshape(-1, 1)
+
+        def replace(_layer: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+            return torch.where(active, embeds.to(output.dtype), output)
+
+        handle = self.unet.class_embedding.register_forward_hook(replace)
+        try:
+            return self.unet(x, timestep, class_labels=cond.labels)
+        finally:
+            handle.remove()
 
     def _class_spec(self) -> dict[str, Any]:
         return {
@@ -90,9 +120,7 @@ class VPUNetDenoiser(ClassConditionalUNet, VPDenoiser):
         self._init_classes(num_classes, null_class)
 
     def predict(self, x_t: Tensor, timestep: Tensor, cond: Tensor | None) -> Tensor:
-        return self.unet(
-            x_t.to(self.network_dtype(self.unet)), timestep, class_labels=self._labels(cond)
-        ).sample
+        return self._run_unet(x_t.to(self.network_dtype(self.unet)), timestep, cond).sample
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -145,9 +173,7 @@ class EDMUNetDenoiser(ClassConditionalUNet):
         c_skip = sd2 / (sigma**2 + sd2)
         c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
         c_in = (sigma**2 + sd2).rsqrt()
-        raw = self.unet(
-            (c_in * x).to(self.network_dtype(self.unet)), c_noise, class_labels=self._labels(cond)
-        )
+        raw = self._run_unet((c_in * x).to(self.network_dtype(self.unet)), c_noise, cond)
         return c_skip * x.float() + c_out * raw.sample.float()
 
     def spec(self) -> dict[str, Any]:

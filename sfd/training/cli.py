@@ -25,6 +25,7 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from sfd.core import guards
+from sfd.core.adversarial import check_adversarial_settings
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError, check_integer
@@ -397,6 +398,9 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
         return
     guards.check_module_settings(AttributeDict(model))
     check_adapter_settings(model.get("adapters"))
+    adversarial = model.get("adversarial")
+    if isinstance(adversarial, Mapping):
+        check_adversarial_settings(adversarial, "model.adversarial")
     for name in ("fake_optimizer", "generator_optimizer"):
         optimizer = model.get(name)
         if isinstance(optimizer, Mapping):

@@ -247,3 +247,15 @@ def test_demo_and_compare_take_classes_by_index_or_name(tmp_path: Path) -> None:
     start_run(settings)
     assert (settings.forget, settings.override) == (3, 5)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.slow  # ~1 minute: a tiny demo end to end
+def test_demo_adversarial_trains_sfd_against_the_class_embedding_attack(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(tmp_path / "cache")]
+    assert main([*args, *TINY_DEMO, "--adversarial", "--model.adversarial.steps", "1"]) == 0
+    record = json.loads((output / "generator" / "sfd_export.json").read_text())
+    assert record["training"]["hyperparameters"]["adversarial"]["steps"] == 1
+    headers = [set(log.read_text().splitlines()[0].split(",")) for log in output.rglob("*.csv")]
+    wanted = {"adversarial/objective", "fake/adversarial", "generator/adversarial"}
+    assert any(wanted <= header for header in headers)  # the attacked rows were trained on

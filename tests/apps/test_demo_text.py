@@ -243,3 +243,20 @@ def test_flow_presets_parse_with_flow_times() -> None:
         assert 0 < sfd.model.t_init < 1 and sfd.model.sigma_init is None
         assert stage1.model.t_init == sfd.model.t_init
         assert settings.teacher_sampler_steps() == 28
+
+
+@pytest.mark.slow  # ~40 s: a tiny demo end to end
+def test_text_demo_adversarial_trains_stage2_against_the_attack(tmp_path, single_thread):
+    """`--adversarial`: stage 2 is adversarial SFD (its own text encoder, the stage-1 networks)."""
+    bert = save_tiny_bert(tmp_path / "bert")
+    settings = replace(tiny_settings(tmp_path, "digits", bert), adversarial=True)
+    tiny_attack = ["--model.adversarial.tokens", "2", "--model.adversarial.steps", "1"]
+    settings.sfd_args = [*TINY_SFD, *tiny_attack]
+    paths = run_text_demo(settings)
+    metrics = json.loads(paths["metrics"].read_text())
+    check_in_range(metrics)
+    record = json.loads((settings.output_dir / "generator" / "sfd_export.json").read_text())
+    assert record["training"]["hyperparameters"]["adversarial"]["tokens"] == 2
+    [log] = (settings.output_dir / "logs" / "sfd").rglob("metrics.csv")
+    header = log.read_text().splitlines()[0].split(",")  # the attacked rows were trained on
+    assert {"adversarial/objective", "fake/adversarial", "generator/adversarial"} <= set(header)

@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from sfd.core.adversarial import AdversarialSettings
 from sfd.core.conditions import ClassConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
@@ -124,6 +125,9 @@ def main() -> None:
     parser.add_argument(
         "--adapters", type=int, default=None, metavar="RANK", help="shared base, LoRA rank RANK"
     )
+    parser.add_argument(
+        "--adversarial-share", type=float, help="adversarial SFD with this share (default: off)"
+    )
     options = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
@@ -140,6 +144,9 @@ def main() -> None:
         ema_decay=0.9,
         seed=3,
         adapters=AdapterSettings(rank=options.adapters) if options.adapters else None,
+        adversarial=None
+        if options.adversarial_share is None
+        else AdversarialSettings(steps=2, share=options.adversarial_share, refresh_every=3),
     )
     timer = IterationTimer()
     callbacks: list[Callback] = [timer]
@@ -170,6 +177,9 @@ def main() -> None:
                 "optimizers": optimizers,
                 "global_step": trainer.global_step,
                 "world_size": trainer.world_size,
+                "adversarial": None
+                if module.adversarial is None
+                else module.adversarial.state_dict(),
                 "seconds_per_iteration": statistics.median(seconds),
                 "allreduced_bytes_per_iteration": getattr(trainer.strategy, "allreduced_bytes", 0)
                 / max(trainer.global_step, 1),

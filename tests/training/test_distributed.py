@@ -99,6 +99,27 @@ def test_two_processes_match_one_process_with_the_global_batch(
     assert_same_training(outputs[single], outputs[double], atol=1e-4)
 
 
+@pytest.mark.slow  # ~75 s on a loaded 2-core machine
+def test_two_processes_match_one_process_with_adversarial_sfd(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    """The attacked rows split over ranks and gathered back: 2 × 1 rows = 1 × 2 rows."""
+    single, double = tmp_path / "single.pt", tmp_path / "sfd_ddp.pt"
+    adversarial = ["--adversarial-share", "0.5", "--steps", "3"]
+    outputs = run_all(
+        tiny_teacher_dir,
+        {
+            single: ["--devices", "1", "--batch-size", "4", *adversarial],
+            double: ["--devices", "2", "--batch-size", "2", "--strategy", "sfd_ddp", *adversarial],
+        },
+    )
+    assert_same_training(outputs[single], outputs[double], atol=1e-4)
+    rows = outputs[single]["adversarial"]
+    assert len(rows["forget"]) == 2  # iterations 1 and 2 warm-start from the gathered rows
+    for key, value in rows.items():
+        torch.testing.assert_close(outputs[double]["adversarial"][key], value, atol=1e-4, rtol=0)
+
+
 @pytest.mark.slow
 def test_ddp_find_unused_matches_and_per_device_batch_alone_does_not(
     tiny_teacher_dir: Path, tmp_path: Path

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfd.apps.data.names import DIGITS, FASHION
+from sfd.apps.harness.class_run import ADVERSARIAL_ARGS
 from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class TextDemoSettings:
     classifier_steps: int | None = None
     sfd_config: Path | None = None
     sfd_args: list[str] = field(default_factory=list)
+    adversarial: bool = False  # adversarial SFD (docs/method.md §9), its default settings
     baseline_iterations: int | None = None
     curve_every: int | None = None
     until_forgotten: bool = False
@@ -103,6 +105,8 @@ class TextDemoSettings:
         args = ["-c", str(self.sfd_config or default_sfd_config(self.data, family=self.family))]
         if stage == "stage1" and self.sfd_config is None:
             args += ["-c", str(default_sfd_config(self.data, "stage1"))]
+        if self.adversarial and stage == "sfd":
+            args += ADVERSARIAL_ARGS
         args += self.sfd_args
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         if prompts is not None:

@@ -12,6 +12,9 @@ from sfd.eval.attack_budget import ClassEmbeddingBudget
 
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD, and stage 2 of the two-stage path
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
+# `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
+# (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
+ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
 
 
 def default_sfd_config() -> Path:
@@ -40,6 +43,7 @@ class ClassRunSettings:
     classifier_steps: int | None = None
     sfd_config: Path | None = None
     sfd_args: list[str] = field(default_factory=list)
+    adversarial: bool = False  # adversarial SFD (docs/method.md §9), its default settings
     baseline_iterations: int | None = None
     curve_every: int | None = None
     until_forgotten: bool = False
@@ -73,6 +77,8 @@ class ClassRunSettings:
         args = ["-c", str(self.sfd_config or default_sfd_config())]
         if stage == "stage1" and self.sfd_config is None:
             args += ["-c", str(default_stage1_config())]
+        if self.adversarial and stage == "sfd":
+            args += ADVERSARIAL_ARGS
         args += self.sfd_args
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         args += [

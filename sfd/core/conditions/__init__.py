@@ -10,7 +10,7 @@ from sfd.core.conditions.base import (
     ConditionPreview,
     ConditionSampler,
 )
-from sfd.core.conditions.classes import ClassConditions
+from sfd.core.conditions.classes import ClassConditions, ClassEmbeddingCondition
 from sfd.core.conditions.text import (
     NudityConditions,
     PromptConditions,
@@ -22,6 +22,7 @@ from sfd.core.conditions.text_condition import TextCondition
 __all__ = [
     "GUIDED_ROLES",
     "ClassConditions",
+    "ClassEmbeddingCondition",
     "ConditionBatch",
     "ConditionPreview",
     "ConditionSampler",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import Tensor
 
 from sfd.core.conditions.base import ConditionBatch, ConditionPreview, ConditionSampler
 from sfd.errors import SFDConfigError
@@ -10,6 +13,35 @@ from sfd.errors import SFDConfigError
 
 def _as_list(value: int | list[int]) -> list[int]:
     return [value] if isinstance(value, int) else list(value)
+
+
+@dataclass(eq=False)  # tensors have no single truth value
+class ClassEmbeddingCondition:
+    """Class labels of which some rows see a given embedding vector in place of their label's.
+
+    Denoisers with a class-embedding table (`Denoiser.class_embedding_table`) feed `class_embeds`
+    where `active` is True; it is how the class-embedding attack (docs/method.md §9) conditions
+    a network on a learned vector.
+
+    Attributes:
+        labels: class labels, (B,) int64.
+        class_embeds: the vectors fed in place of the label embeddings, (B, E).
+        active: rows that see `class_embeds`, (B,) bool; the others see their label.
+    """
+
+    labels: Tensor
+    class_embeds: Tensor
+    active: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def dropped(self, drop: Tensor, null_labels: Tensor) -> ClassEmbeddingCondition:
+        """Condition dropout: rows where `drop` (B,) is True become `null_labels`, embedding off."""
+        drop = drop.to(self.labels.device)
+        return ClassEmbeddingCondition(
+            torch.where(drop, null_labels, self.labels), self.class_embeds, self.active & ~drop
+        )
 
 
 class ClassConditions(ConditionSampler):

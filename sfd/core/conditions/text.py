@@ -244,21 +244,23 @@ class PromptConditions(ConditionSampler):
         remain = torch.randint(len(self.remain_prompts), (n,), generator=generator, device=device)
         forget = torch.randint(len(self.forget_prompts), (n,), generator=generator, device=device)
         part = slice(rank * batch_size, (rank + 1) * batch_size)
-        remain, forget = remain[part], forget[part]
-        remain_ids, forget_ids = remain.tolist(), forget.tolist()
+        remain = remain[part]
+        forget_cond, override_cond = self.forget_pairs(forget[part])
         return ConditionBatch(
             remain=_condition(
-                embeds, "remain", remain, "empty", [self.remain_prompts[i] for i in remain_ids]
+                embeds, "remain", remain, "empty", [self.remain_prompts[i] for i in remain.tolist()]
             ),
-            forget=_condition(
-                embeds, "forget", forget, "negative", [self.forget_prompts[i] for i in forget_ids]
-            ),
-            override=_condition(
-                embeds,
-                "override",
-                forget,
-                "negative",
-                [self.override_prompts[i] for i in forget_ids],
+            forget=forget_cond,
+            override=override_cond,
+        )
+
+    def forget_pairs(self, index: Tensor) -> tuple[TextCondition, TextCondition]:
+        """The forget and override conditions of forget prompts `index` (B,) (on its device)."""
+        embeds, ids = self.embeddings(index.device), index.tolist()
+        return (
+            _condition(embeds, "forget", index, "negative", [self.forget_prompts[i] for i in ids]),
+            _condition(
+                embeds, "override", index, "negative", [self.override_prompts[i] for i in ids]
             ),
         )
 

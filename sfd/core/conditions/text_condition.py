@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -110,6 +110,21 @@ class TextCondition:
             _rows(self.negative_pooled, index),
             _rows(self.empty_pooled, index),
         )
+
+    @staticmethod
+    def cat(conditions: list[TextCondition]) -> TextCondition:
+        """The rows of `conditions` one after the other, as one batch (a field missing from one
+        of them is left out)."""
+        parts = {}
+        for field in fields(TextCondition):
+            values = [getattr(c, field.name) for c in conditions]
+            if any(v is None for v in values):
+                parts[field.name] = None
+            elif field.name == "prompts":
+                parts[field.name] = sum(values, ())
+            else:
+                parts[field.name] = torch.cat(values)
+        return TextCondition(**parts)
 
     def to(self, device: torch.device | str) -> TextCondition:
         """The same condition with its tensors on `device`."""

@@ -1,0 +1,219 @@
+"""Seconds per iteration of adversarial SFD against plain SFD, on the tests' tiny teachers.
+
+    python experiments/adversarial_overhead.py [--paths class text] [--batch-size 8] \
+        [--iterations 10] [--warmup 2] [--threads 1] \
+        [--json runs/adversarial_overhead/adversarial_overhead.json]
+    python experiments/adversarial_overhead.py --page-from runs/adversarial_overhead/adversarial_overhead.json
+
+For each path (class: the tiny 8×8 10-class UNet, the class-embedding attack; text: the tiny
+BERT-conditioned 8×8 UNet on digit captions, the soft-prompt attack) it fits `SFDModule` in a real
+`lightning.Trainer` twice, without and with `adversarial=AdversarialSettings()` (the defaults of
+configs/adversarial.yaml), and reports the median wall time per iteration after warm-up and their
+ratio (the target is at most 2×). Writes the JSON record and docs/results/adversarial_overhead.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from iteration_time import IterationTimer
+from results_page import (
+    add_page_arguments,
+    command_line,
+    markdown_table,
+    read_record,
+    run_context,
+    save_record,
+    write_page,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import save_tiny_teacher  # noqa: E402
+from text_fixtures import save_tiny_bert, save_tiny_text_teacher  # noqa: E402
+
+from sfd.apps.data.captions import DIGITS_VOCABULARY  # noqa: E402
+from sfd.core.adversarial import AdversarialSettings, adversarial_rows  # noqa: E402
+from sfd.core.conditions import ClassConditions, ConditionSampler, PromptConditions  # noqa: E402
+from sfd.core.module import SFDModule  # noqa: E402
+from sfd.core.sigma import UniformTimestepSigma  # noqa: E402
+from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher  # noqa: E402
+from sfd.teachers.base import Denoiser  # noqa: E402
+
+PATHS = ("class", "text")
+TARGET = 2.0  # adversarial SFD may cost at most twice plain SFD per iteration
+
+
+def teacher_and_conditions(path: str, folder: Path) -> tuple[Denoiser, ConditionSampler]:
+    """The tiny teacher of a path and its conditions (forget 0 -> 1; captions seven -> one)."""
+    if path == "class":
+        return PretrainedVPTeacher(str(save_tiny_teacher(folder / "teacher"))), ClassConditions(
+            0, 1
+        )
+    teacher = save_tiny_text_teacher(folder / "teacher", save_tiny_bert(folder / "bert"))
+    forget, remain = folder / "forget.txt", folder / "remain.txt"
+    forget.write_text("\n".join(DIGITS_VOCABULARY.captions(7)))
+    remain.write_text("\n".join(DIGITS_VOCABULARY.captions(3) + DIGITS_VOCABULARY.captions(4)))
+    conditions = PromptConditions(
+        DIGITS_VOCABULARY.concept_pairs(7, 1),
+        forget_prompts=str(forget),
+        remain_prompts=str(remain),
+    )
+    return StableDiffusionTeacher(str(teacher)), conditions
+
+
+def seconds_per_iteration(
+    path: str,
+    folder: Path,
+    adversarial: AdversarialSettings | None,
+    batch_size: int,
+    iterations: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Fit SFD (plain or adversarial); the timing of each iteration after `warmup`."""
+    teacher, conditions = teacher_and_conditions(path, folder)
+    module = SFDModule(
+        teacher,
+        conditions,
+        UniformTimestepSigma(20, 712),
+        batch_size=batch_size,
+        lambda_sg_forget=1.0,
+        lambda_g_forget=1.0,
+        ema_decay=0.99,
+        adversarial=adversarial,
+    )
+    timer = IterationTimer()
+    trainer = pl.Trainer(
+        max_steps=warmup + iterations,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module)
+    measured = timer.times[warmup:]
+    return {
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "median": statistics.median(measured),
+        "min": min(measured),
+        "max": max(measured),
+        "n": len(measured),
+    }
+
+
+def measure(paths: list[str], batch_size: int, iterations: int, warmup: int) -> dict[str, Any]:
+    settings = AdversarialSettings()
+    rows = []
+    for path in paths:
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = seconds_per_iteration(path, Path(tmp), None, batch_size, iterations, warmup)
+        with tempfile.TemporaryDirectory() as tmp:
+            attacked = seconds_per_iteration(
+                path, Path(tmp), settings, batch_size, iterations, warmup
+            )
+        rows.append(
+            {
+                "path": path,
+                "teacher_params": plain["teacher_params"],
+                "plain": plain,
+                "adversarial": attacked,
+                "ratio": attacked["median"] / plain["median"],
+            }
+        )
+    return {
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "adversarial_settings": asdict(settings),
+        "adversarial_rows": adversarial_rows(settings.share, batch_size),
+        "paths": rows,
+    }
+
+
+def summary(record: dict[str, Any]) -> str:
+    """The lines the script prints."""
+    return "\n".join(
+        f"{row['path']}: plain {row['plain']['median']:.4f} s/it, adversarial "
+        f"{row['adversarial']['median']:.4f} s/it, ratio {row['ratio']:.2f}× "
+        f"(target ≤ {TARGET:g}×: {'yes' if row['ratio'] <= TARGET else 'no'})"
+        for row in record["paths"]
+    )
+
+
+def write_results_page(
+    record: dict[str, Any], json_file: str, results_dir: Path | None = None
+) -> Path:
+    """docs/results/adversarial_overhead.md from a record of `main`."""
+    batch = record["batch_size"]
+    table = markdown_table(
+        ("path (attack)", "teacher params", "plain s/iteration", "adversarial s/iteration",
+         "ratio", f"≤ {TARGET:g}×"),
+        [(
+            {"class": "class (class embedding)", "text": "text (soft prompt)"}[row["path"]],
+            f"{row['teacher_params']:,}", f"{row['plain']['median']:.4f}",
+            f"{row['adversarial']['median']:.4f}", f"{row['ratio']:.2f}×",
+            "yes" if row["ratio"] <= TARGET else "no",
+        ) for row in record["paths"]],
+    )  # fmt: skip
+    settings = ", ".join(f"{k} {v}" for k, v in record["adversarial_settings"].items())
+    timed = record["paths"][0]["plain"]["n"] if record["paths"] else 0
+    return write_page(
+        "adversarial_overhead",
+        "Training-time overhead of adversarial SFD (tiny teachers, CPU)",
+        record["run"]["command"],
+        json_file,
+        record,
+        {
+            "Wall time per iteration": (
+                f"Median seconds per iteration of `SFDModule` in a real `lightning.Trainer` fit, "
+                f"batch {batch} remain + {batch} forget, {record['warmup']} warm-up iterations, "
+                f"{timed} timed; adversarial SFD with the defaults of `configs/adversarial.yaml` "
+                f"({settings}: {record['adversarial_rows']} attacked rows per iteration). "
+                "Random-weight teachers: the time, not the forgetting, is what this measures. "
+                "docs/method.md §9 says what the attack costs.\n\n" + table
+            )
+        },
+        results_dir,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--batch-size", type=int, default=8, help="remain and forget batch each")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--json",
+        default="runs/adversarial_overhead/adversarial_overhead.json",
+        help="the record",
+    )
+    add_page_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.page_from:
+        print(write_results_page(read_record(args.page_from), args.page_from))
+        return
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    record = measure(args.paths, args.batch_size, args.iterations, args.warmup)
+    record = {"run": run_context(command_line(__file__, argv), load_start), **record}
+    print(summary(record))
+    save_record(record, args.json)
+    if not args.no_page:
+        print(write_results_page(record, args.json))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Adversarial SFD (docs/method.md §9): the inner attack, where its term goes, its checkpoint."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import quiet_trainer, tiny_unet
+from diffusers import DDPMScheduler
+from gaussian import gaussian_teacher
+from lightning.pytorch.callbacks import ModelCheckpoint
+from text_fixtures import save_tiny_bert, save_tiny_text_teacher
+
+from sfd.apps.data.captions import DIGITS_VOCABULARY
+from sfd.core.adversarial import ADVERSARIAL_KEY, AdversarialSettings, check_adversarial_settings
+from sfd.core.conditions import ClassConditions, PromptConditions
+from sfd.core.losses import LossTerms
+from sfd.core.module import SFDModule
+from sfd.core.sigma import LogUniformSigma, UniformTimestepSigma
+from sfd.errors import SFDConfigError
+from sfd.teachers import StableDiffusionDenoiser, StableDiffusionTeacher, VPUNetDenoiser
+
+SIGMAS = UniformTimestepSigma(20, 980)
+
+
+def class_module(settings: AdversarialSettings, **kwargs) -> SFDModule:
+    """A 10-class tiny-UNet module forgetting 0 (override 1), the attack on."""
+    teacher = VPUNetDenoiser(tiny_unet(), DDPMScheduler(num_train_timesteps=1000))
+    options = {"batch_size": 4, "ema_decay": None, "lambda_sg_forget": 1.0, "lambda_g_forget": 1.0}
+    return SFDModule(
+        teacher, ClassConditions(0, 1), SIGMAS, adversarial=settings, **{**options, **kwargs}
+    )
+
+
+@pytest.fixture(scope="module")
+def text_setup(tmp_path_factory):
+    """A tiny BERT text teacher folder and its digit prompt files (forget seven -> one)."""
+    root = tmp_path_factory.mktemp("adversarial_text")
+    teacher = save_tiny_text_teacher(root / "teacher", save_tiny_bert(root / "bert"))
+    forget, remain = root / "forget.txt", root / "remain.txt"
+    forget.write_text("\n".join(DIGITS_VOCABULARY.captions(7)))
+    remain.write_text("\n".join(DIGITS_VOCABULARY.captions(3)))
+    return teacher, forget, remain
+
+
+def text_module(text_setup, settings: AdversarialSettings) -> SFDModule:
+    teacher_dir, forget, remain = text_setup
+    conditions = PromptConditions(
+        DIGITS_VOCABULARY.concept_pairs(7, 1),
+        forget_prompts=str(forget),
+        remain_prompts=str(remain),
+    )
+    return SFDModule(
+        StableDiffusionTeacher(str(teacher_dir)),
+        conditions,
+        SIGMAS,
+        batch_size=4,
+        ema_decay=None,
+        adversarial=settings,
+    )
+
+
+def mean_objective(module: SFDModule, state: dict, rng: torch.Generator) -> float:
+    """The attack objective of `state`'s rows on the draws of `rng` (the oracle)."""
+    attack = module.adversarial
+    with torch.no_grad():
+        learned = state[attack.space.learned]
+        return float(attack.objective(module, state, learned, rng).mean())
+
+
+def attacked_from_fresh_rows(module: SFDModule) -> dict:
+    """Run iteration 0's attack on a fixed generator; return the rows it started from."""
+    attack = module.adversarial
+    module.generator.eval()
+    generator = copy.deepcopy(module.generator.state_dict())
+    start = attack.space.draw(attack.rows, module._stream(3), module.generator)
+    attack.attack(module)  # iteration 0 draws afresh: the same rows as `start`
+    rows = "forget" if "forget" in start else "prompt"
+    assert torch.equal(attack.state[rows], start[rows])
+    for key, value in module.generator.state_dict().items():  # the generator stayed fixed
+        assert torch.equal(value, generator[key]), key
+    return start
+
+
+def test_class_embedding_attack_raises_its_objective(single_thread) -> None:
+    """On held-out draws (z, σ, ε) the attacked vectors score higher than where they started."""
+    module = class_module(AdversarialSettings(steps=15, share=1.0, lr=0.2, noise_levels=4))
+    start = attacked_from_fresh_rows(module)
+    for seed in (11, 12):
+        before = mean_objective(module, start, torch.Generator().manual_seed(seed))
+        after = mean_objective(
+            module, module.adversarial.state, torch.Generator().manual_seed(seed)
+        )
+        assert after > before, (seed, before, after)
+
+
+def test_soft_prompt_attack_step_raises_its_objective(text_setup, single_thread) -> None:
+    """One inner step raises the objective on the draws it took (a random text teacher barely
+    depends on the prompt, so held-out draws would measure noise; the class test does that)."""
+    module = text_module(
+        text_setup, AdversarialSettings(steps=1, share=1.0, tokens=4, lr=1e-3, noise_levels=4)
+    )
+    start = attacked_from_fresh_rows(module)
+    assert not torch.equal(module.adversarial.state["tokens"], start["tokens"])
+    before = mean_objective(module, start, module._stream(4))  # iteration 0's attack draws
+    after = mean_objective(module, module.adversarial.state, module._stream(4))
+    assert after > before, (before, after)
+
+
+def test_a_class_embedding_condition_is_the_label_where_it_equals_the_label() -> None:
+    """Feeding the table's own row as the learned vector changes nothing (the injection oracle)."""
+    from sfd.core.conditions import ClassEmbeddingCondition
+
+    denoiser = VPUNetDenoiser(tiny_unet(), DDPMScheduler(num_train_timesteps=1000)).eval()
+    labels = torch.tensor([0, 3, 7])
+    x, sigma = torch.randn(3, 1, 8, 8), torch.tensor([0.5, 2.0, 8.0])
+    rows = denoiser.class_embedding_table()[labels].detach()
+    same = ClassEmbeddingCondition(labels, rows, torch.ones(3, dtype=torch.bool))
+    other = ClassEmbeddingCondition(labels, rows[[1, 2, 0]], torch.tensor([True, False, True]))
+    with torch.no_grad():
+        plain = denoiser(x, sigma, labels)
+        assert torch.equal(denoiser(x, sigma, same), plain)
+        swapped = denoiser(x, sigma, other)
+        assert torch.equal(swapped[1], plain[1])  # inactive row: its label
+        assert torch.equal(swapped[0], denoiser(x, sigma, torch.tensor([3, 3, 0]))[0])
+
+
+def test_the_adversarial_term_reaches_the_generator_never_the_teacher(tmp_path, single_thread):
+    module = class_module(AdversarialSettings(steps=2, share=0.5, refresh_every=2))
+    teacher = copy.deepcopy(module.teacher.state_dict())
+    attacked = module.adversarial.attack(module)
+    zero = torch.zeros(())
+    terms = module.adversarial.generator_terms(module, attacked, LossTerms(zero, zero, zero))
+    terms.total.backward()
+    grads = [p.grad for p in module.generator.parameters() if p.grad is not None]
+    assert grads and any(bool(g.abs().sum() > 0) for g in grads)
+    assert all(p.grad is None for p in module.teacher.parameters())
+    assert not attacked.condition.class_embeds.requires_grad  # the vectors are data here
+    module.zero_grad(set_to_none=True)
+    quiet_trainer(tmp_path, steps=3).fit(module)
+    for key, value in module.teacher.state_dict().items():
+        assert torch.equal(value, teacher[key]), key
+
+
+def test_off_by_default_and_plain_draws_unchanged(single_thread) -> None:
+    """The attack draws from its own streams: the plain terms' draws are those of plain SFD."""
+    plain = class_module(None)
+    assert plain.adversarial is None and plain.hparams.adversarial is None
+    attacked = class_module(AdversarialSettings(steps=1))
+    for phase in (0, 1, 2):
+        assert torch.equal(
+            torch.rand(3, generator=plain._stream(phase)),
+            torch.rand(3, generator=attacked._stream(phase)),
+        )
+    seeds = {int(torch.randint(2**62, (1,), generator=plain._stream(p))) for p in range(7)}
+    assert len(seeds) == 7
+    assert attacked.hparams.adversarial["steps"] == 1  # plain data in the checkpoint
+    again = class_module(attacked.hparams.adversarial)  # as `load_from_checkpoint` passes it
+    assert again.adversarial.settings == AdversarialSettings(steps=1)
+
+
+def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, single_thread) -> None:
+    settings = AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1)
+
+    def fit(root, steps, ckpt=None) -> SFDModule:
+        module = class_module(settings)
+        saver = ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_top_k=-1)
+        trainer = quiet_trainer(root, steps=steps, enable_checkpointing=True, callbacks=[saver])
+        trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+        return module
+
+    straight = fit(tmp_path / "straight", 5)
+    fit(tmp_path / "first", 2)
+    [ckpt] = (tmp_path / "first").glob("*.ckpt")
+    stored = torch.load(ckpt, weights_only=True)[ADVERSARIAL_KEY]
+    assert set(stored) == {"forget", "override", "embedding"} and len(stored["forget"]) == 2
+    resumed = fit(tmp_path / "resumed", 5, ckpt)
+    for network in ("generator", "fake_score"):
+        a, b = getattr(straight, network).state_dict(), getattr(resumed, network).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{network}.{key}"
+    for key, value in straight.adversarial.state.items():
+        assert torch.equal(value, resumed.adversarial.state[key]), key
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"steps": -1}, "adversarial.steps=-1 must be an integer of at least 0"),
+        ({"tokens": 0}, "adversarial.tokens=0 must be an integer of at least 1"),
+        ({"tokens": -3}, "adversarial.tokens=-3"),
+        ({"share": 1.5}, "adversarial.share=1.5 must be a finite number in [0, 1]"),
+        ({"share": -0.1}, "adversarial.share=-0.1"),
+        ({"refresh_every": 0}, "adversarial.refresh_every=0"),
+        ({"lr": 0.0}, "adversarial.lr=0.0"),
+        ({"noise_levels": 0}, "adversarial.noise_levels=0"),
+        ({"weight": -1.0}, "adversarial.weight=-1.0"),
+    ],
+)
+def test_bad_settings_are_one_line(settings, fragment) -> None:
+    with pytest.raises(SFDConfigError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
+        AdversarialSettings(**settings)
+    with pytest.raises(SFDConfigError, match="model.adversarial"):
+        check_adversarial_settings(
+            {**AdversarialSettings().as_dict(), **settings}, "model.adversarial"
+        )
+
+
+def test_models_the_attack_cannot_reach_are_refused(text_setup) -> None:
+    settings = AdversarialSettings()
+    with pytest.raises(SFDConfigError, match="class-embedding table; EDMDenoiser has none"):
+        SFDModule(
+            gaussian_teacher(), ClassConditions(0, 1), LogUniformSigma(), adversarial=settings
+        )
+    teacher_dir, forget, remain = text_setup
+    teacher = StableDiffusionTeacher(str(teacher_dir))
+    conditions = PromptConditions(
+        DIGITS_VOCABULARY.concept_pairs(7, 1),
+        forget_prompts=str(forget),
+        remain_prompts=str(remain),
+    )
+    conditions.bind(teacher)  # a denoiser rebuilt without its pipeline has no text encoder
+    bare = StableDiffusionDenoiser(teacher.unet, teacher.scheduler_config)
+    bare.encode_prompts = teacher.encode_prompts
+    with pytest.raises(SFDConfigError, match="needs the teacher's text encoder"):
+        SFDModule(bare, conditions, SIGMAS, adversarial=settings)
+    with pytest.raises(
+        SFDConfigError, match=r"tokens=40: even the shortest .* model_max_length=24"
+    ):
+        SFDModule(teacher, conditions, SIGMAS, adversarial=AdversarialSettings(tokens=40))
+    long = SFDModule(teacher, conditions, SIGMAS, adversarial=AdversarialSettings(tokens=18))
+    space = long.adversarial.space  # 24 positions: only prompts of at most 6 tokens are attacked
+    assert 0 < len(space.attackable) < len(conditions.forget_prompts)
+    assert bool((space.used[space.attackable] <= 6).all())
+    drawn = space.draw(64, torch.Generator().manual_seed(0), long.generator)["prompt"]
+    assert set(drawn.tolist()) <= set(space.attackable.tolist())
+
+
+def test_the_preset_holds_the_defaults() -> None:
+    import yaml
+    from conftest import CONFIGS
+
+    preset = yaml.safe_load((CONFIGS / "adversarial.yaml").read_text())
+    assert preset == {"model": {"adversarial": AdversarialSettings().as_dict()}}
+
+
+def test_sfd_fit_with_the_preset_checkpoints_the_attack(tiny_teacher_dir, tmp_path) -> None:
+    from conftest import CONFIGS, fit_args
+
+    from sfd.cli import main
+    from sfd.training.cli import sfd_lightning_cli
+
+    run = tmp_path / "run"
+    extra = ("-c", str(CONFIGS / "adversarial.yaml"), "--trainer.max_steps", "10")
+    cli = sfd_lightning_cli(fit_args(tiny_teacher_dir, run, *extra))
+    assert cli.model.adversarial.rows == 2  # ⌈0.25 · batch 8⌉
+    [last] = run.rglob("last.ckpt")
+    stored = torch.load(last, weights_only=True)
+    assert stored[ADVERSARIAL_KEY]["embedding"].shape == (2, 64)
+    assert stored["hyper_parameters"]["adversarial"]["steps"] == AdversarialSettings().steps
+    assert main(["export", str(last), str(tmp_path / "export")]) == 0  # ships as plain SFD
+
+
+def test_the_demos_turn_it_on_for_sfd_only() -> None:
+    from sfd.apps.demo_text.settings import TextDemoSettings
+    from sfd.apps.harness.class_run import ADVERSARIAL_ARGS, ClassRunSettings
+    from sfd.training.cli import parse_fit_config
+
+    for settings in (ClassRunSettings(adversarial=True), TextDemoSettings(adversarial=True)):
+        sfd = settings.sfd_command_line()
+        assert " ".join(ADVERSARIAL_ARGS) in " ".join(sfd)
+        assert " ".join(ADVERSARIAL_ARGS) not in " ".join(settings.sfd_command_line(stage="stage1"))
+    parsed = parse_fit_config(ClassRunSettings(adversarial=True).sfd_command_line())
+    assert parsed.model.adversarial.steps == AdversarialSettings().steps
+    assert parse_fit_config(ClassRunSettings().sfd_command_line()).model.adversarial is None
+
+
+def test_a_multi_encoder_flow_teacher_is_refused_in_one_line(flow_dirs, single_thread) -> None:
+    """SD3 packs CLIP-L, CLIP-G, T5 and pooled vectors: one encoder cannot re-encode its prompts."""
+    from sd_fixtures import celebrity_conditions
+
+    from sfd.core.sigma import LogitNormalTime
+    from sfd.teachers import SD3Teacher
+
+    teacher = SD3Teacher(str(flow_dirs["sd3"]), max_sequence_length=16)
+    with pytest.raises(SFDConfigError, match="does not give SD3Teacher's prompt embeddings"):
+        SFDModule(
+            teacher,
+            celebrity_conditions(),
+            LogitNormalTime(),
+            t_init=0.97,
+            adversarial=AdversarialSettings(tokens=2),
+        )
+
+
+def test_a_clip_encoder_is_refused_in_one_line(sd_dirs) -> None:
+    """transformers' CLIPTextModel takes no `inputs_embeds`: no soft prompt (as in evaluation)."""
+    from sd_fixtures import celebrity_conditions
+
+    with pytest.raises(SFDConfigError, match="takes inputs_embeds; CLIPTextModel does not"):
+        SFDModule(
+            StableDiffusionTeacher(str(sd_dirs["epsilon"])),
+            celebrity_conditions(),
+            SIGMAS,
+            adversarial=AdversarialSettings(tokens=4),
+        )
+
+
+def test_non_finite_learned_vectors_stop_the_run_at_the_next_read_back(
+    single_thread, monkeypatch
+) -> None:
+    from sfd.errors import NonFiniteError
+
+    module = class_module(AdversarialSettings(steps=1, refresh_every=5))
+    module.adversarial.attack(module)  # iteration 0: fresh rows
+    module.adversarial.state["embedding"].fill_(float("nan"))
+    monkeypatch.setattr(SFDModule, "global_step", property(lambda self: 1))
+    module._raise_if_nonfinite()  # nothing recorded yet
+    with pytest.raises(NonFiniteError, match="non-finite loss adversarial/learned vectors"):
+        module.adversarial.attack(module)  # warm-started from the broken rows (no sync here)
+        module._raise_if_nonfinite()
+
+
+def test_with_a_shared_base_the_attack_reads_the_frozen_table(tmp_path, single_thread) -> None:
+    """model.adapters: the generator is an adapter view of the teacher's network; the attack
+    starts from the base's class embeddings, which stay bit-identical."""
+    from sfd.teachers.adapters import AdapterSettings
+
+    module = class_module(AdversarialSettings(steps=1, share=0.5), adapters=AdapterSettings(rank=4))
+    table = module.teacher.class_embedding_table().detach().clone()
+    quiet_trainer(tmp_path, steps=2).fit(module)
+    assert module.adversarial.state["embedding"].shape == (2, table.shape[1])
+    assert torch.equal(module.generator.denoiser.class_embedding_table(), table)
