@@ -12,6 +12,10 @@ averages before and after each run, CPU seconds of the process) and, unless `--n
 page docs/results/text.md.
 
     python experiments/text_benchmark.py --page-from runs/text-benchmark/benchmark.json
+
+With `--family sd3` every set-up runs on the flow-matching teacher (`sfd demo-text --family
+sd3`: a small SD3Transformer2DModel trained with rectified flow, loaded by SD3Teacher), the
+targets are issue 20's (`FLOW_TARGETS`) and the page is docs/results/flow_text.md.
 """
 
 from __future__ import annotations
@@ -48,6 +52,40 @@ SETUPS = {
 }
 
 
+# Issue 20's targets on the flow teacher, from the models' numbers (name -> (value, met)).
+FLOW_TARGETS = {
+    "ua_train_at_least_99": lambda m: (m["sfd"]["ua"], m["sfd"]["ua"] >= 0.99),
+    "ua_paraphrases_at_least_95": lambda m: (
+        m["sfd"]["ua_paraphrases"],
+        m["sfd"]["ua_paraphrases"] >= 0.95,
+    ),
+    "remain_accuracy_within_2_points": lambda m: within(m, "remain_accuracy", 0.02),
+    "neighbour_accuracy_within_2_points": lambda m: within(m, "neighbour_accuracy", 0.02),
+    "fid_at_most_1.5x_teacher": lambda m: (
+        m["sfd"]["fid_remain"] / m["teacher"]["fid_remain"],
+        m["sfd"]["fid_remain"] <= 1.5 * m["teacher"]["fid_remain"],
+    ),
+    "attack_at_most_half_of_no_forgetting": lambda m: (
+        m["sfd"]["attack_success"],
+        m["sfd"]["attack_success"] <= 0.5 * m["distilled_without_forgetting"]["attack_success"],
+    ),
+}
+
+
+def within(models: dict[str, Any], key: str, points: float) -> tuple[float, bool]:
+    """SFD's accuracy minus the teacher's, and whether it is at most `points` below."""
+    difference = models["sfd"][key] - models["teacher"][key]
+    return difference, difference >= -points
+
+
+def flow_targets(models: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 20's targets of one set-up, in the demo's {"value", "met"} form."""
+    return {
+        name: dict(zip(("value", "met"), check(models), strict=True))
+        for name, check in FLOW_TARGETS.items()
+    }
+
+
 def command(name: str, output: Path, extra: list[str]) -> list[str]:
     """The `sfd demo-text` command line of one set-up."""
     data, forget, override, variant = SETUPS[name]
@@ -71,8 +109,10 @@ def shown_path(path: Path) -> str:
 SHIPPED_PROMPTS = re.compile(r"\S*/(sfd/apps/demo_text/prompts/\S+)")
 
 
-def run(name: str, output: Path, extra: list[str]) -> dict:
+def run(name: str, output: Path, extra: list[str], family: str = "unet") -> dict:
     """Run one set-up; its metrics' targets and timings."""
+    if family != "unet":
+        extra = ["--family", family, *extra]
     args = command(name, output, extra)
     print("$", " ".join(args[1:]).replace("-m sfd.cli", "sfd"), flush=True)
     load_before = os.getloadavg()
@@ -82,7 +122,7 @@ def run(name: str, output: Path, extra: list[str]) -> dict:
     wall = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     metrics = json.loads((output / name / "metrics.json").read_text())
-    return {
+    result = {
         "setup": name,
         "command": " ".join(args[1:]).replace("-m sfd.cli", "sfd"),
         "wall_seconds": round(wall, 1),
@@ -111,6 +151,9 @@ def run(name: str, output: Path, extra: list[str]) -> dict:
             for key in ("teacher", "distilled_without_forgetting", "sfd")
         },
     }
+    if family == "sd3":
+        result["targets"] = flow_targets(result["models"])
+    return result
 
 
 def setup_section(r: dict[str, Any]) -> str:
@@ -161,10 +204,13 @@ def markdown(results: list[dict]) -> str:
 def write_results_page(
     record: dict[str, Any], json_file: str, results_dir: Path | None = None
 ) -> Path:
-    """docs/results/text.md from a benchmark.json record."""
+    """docs/results/text.md (flow_text.md for the flow teacher) from a benchmark.json record."""
+    flow = record["run"].get("family") == "sd3"
     return write_page(
-        "text",
-        "Text-to-image concept forgetting (`sfd demo-text`)",
+        "flow_text" if flow else "text",
+        "Text-to-image concept forgetting on a flow-matching teacher (`sfd demo-text --family sd3`)"
+        if flow
+        else "Text-to-image concept forgetting (`sfd demo-text`)",
         record["run"]["command"],
         json_file,
         record,
@@ -178,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("runs/text-benchmark"))
     parser.add_argument("--only", nargs="+", choices=sorted(SETUPS), help="set-ups to run")
+    parser.add_argument(
+        "--family", choices=("unet", "sd3"), default="unet", help="the teacher (demo-text --family)"
+    )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
     if options.page_from:
@@ -185,11 +234,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     extra = [a for a in extra if a != "--"]
     load_start = os.getloadavg()
-    results = [run(name, options.output_dir, extra) for name in options.only or SETUPS]
+    results = [
+        run(name, options.output_dir, extra, options.family) for name in options.only or SETUPS
+    ]
     threads = sorted({r["torch_threads"] for r in results})
     context = run_context(
         command_line(__file__, argv), load_start, ", ".join(str(t) for t in threads)
     )
+    if options.family != "unet":
+        context["family"] = options.family
     json_file = options.output_dir / "benchmark.json"
     save_record({"run": context, "setups": results}, json_file)
     (options.output_dir / "benchmark.md").write_text(markdown(results))

@@ -37,6 +37,13 @@ def demo_text_parser() -> argparse.ArgumentParser:
         help="'digits' (default), 'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder "
         "of Fashion-MNIST idx files",
     )
+    add(
+        "--family",
+        default=defaults.family,
+        help="the teacher: 'unet' (UNet2DConditionModel, DDPM; default) or 'sd3' (an "
+        "SD3Transformer2DModel trained with rectified flow, saved as a StableDiffusion3Pipeline "
+        "folder and loaded by sfd.teachers.SD3Teacher; SFD preset sfd_text_<data>_sd3.yaml)",
+    )
     add("--forget", help="class to forget, by index or name (default: seven / sneaker)")
     add("--override", help="class its prompts are mapped to (default: one / sandal)")
     add("--neighbours", type=int, nargs="+", help="classes reported apart (default: 2 nearest)")
@@ -45,7 +52,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
     add("--sfd-config", type=Path, help="SFD settings in `sfd fit` YAML (default: the preset)")
     add("--teacher-cache", type=Path, help="cache of teachers, classifiers, stage 1 (~/.cache/sfd)")
     add("--teacher-steps", type=int, help="teacher training steps (default per data set)")
-    add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels")
+    add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels (unet)")
     add("--vae-steps", type=int, help="VAE training steps (Fashion-MNIST)")
     add("--text-encoder", help="transformers encoder folder (default: all-MiniLM-L6-v2)")
     add("--classifier-steps", type=int, help="classifier training steps")
@@ -68,7 +75,11 @@ def demo_text_parser() -> argparse.ArgumentParser:
     add("--curve-per-class", type=int, default=defaults.curve_per_class)
     add("--forget-images", type=int, default=defaults.forget_images, help="per forget set")
     add("--remain-per-class", type=int, default=defaults.remain_per_class)
-    add("--ddim-steps", type=int, default=defaults.ddim_steps, help="teacher DDIM steps")
+    add(
+        "--ddim-steps",
+        type=int,
+        help="the teacher's sampler steps: DDIM (unet, default 25) or flow Euler (sd3, default 28)",
+    )
     add(
         "--attack",
         nargs="+",

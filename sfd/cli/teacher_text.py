@@ -12,25 +12,41 @@ def teacher_text_parser() -> argparse.ArgumentParser:
     """Options of `sfd teacher-text` (defaults per data set come from `TextTeacherSettings`)."""
     parser = argparse.ArgumentParser(
         prog="sfd teacher-text",
-        description="Train a UNet2DConditionModel on captioned images with a frozen text encoder "
-        "(default all-MiniLM-L6-v2), in pixel space (digits) or in the latent space of a small "
-        "AutoencoderKL trained first (Fashion-MNIST), and write a diffusers text-to-image folder "
-        "that `sfd fit` loads as sfd.teachers.StableDiffusionTeacher.",
+        description="Train a UNet2DConditionModel (DDPM, --family unet, the default) or an "
+        "SD3Transformer2DModel (rectified flow, --family sd3) on captioned images with a frozen "
+        "text encoder (default all-MiniLM-L6-v2), in pixel space (digits) or in the latent space "
+        "of a small AutoencoderKL trained first (Fashion-MNIST), and write a diffusers "
+        "text-to-image folder that `sfd fit` loads as sfd.teachers.StableDiffusionTeacher "
+        "(unet) or sfd.teachers.SD3Teacher (sd3: a StableDiffusion3Pipeline folder).",
         allow_abbrev=False,
     )
     add = parser.add_argument
     add("--data", default="digits", help="'digits', 'fashion-mnist' or a folder of idx files")
     add("--output-dir", type=Path, required=True, help="the teacher folder to write")
+    add(
+        "--family",
+        default="unet",
+        help="'unet' (UNet2DConditionModel, DDPM ε loss) or 'sd3' (SD3Transformer2DModel, "
+        "rectified flow, saved as a StableDiffusion3Pipeline folder)",
+    )
     add("--heldout-fraction", type=float, default=0.2, help="share of each class kept out")
     add("--seed", type=int, default=0, help="seed of the split, weights, batches and noise")
-    add("--max-steps", type=int, help="UNet training steps (default: 4000 digits, 3000 fashion)")
+    add(
+        "--max-steps",
+        type=int,
+        help="training steps (default: 4000 digits, 3000 fashion; sd3: 2500)",
+    )
     add("--batch-size", type=int, help="images per step (default 64)")
     add("--lr", type=float, help="peak AdamW learning rate")
-    add("--channels", type=int, nargs="+", help="UNet block_out_channels")
+    add("--channels", type=int, nargs="+", help="UNet block_out_channels (family unet)")
     add("--vae-steps", type=int, help="VAE training steps (latent data sets)")
     add("--pixel-space", action="store_true", help="no VAE, even for Fashion-MNIST")
     add("--text-encoder", help="transformers tokenizer + model folder (default: MiniLM)")
-    add("--max-length", type=int, help="tokenizer padding / truncation length (default 24)")
+    add(
+        "--max-length",
+        type=int,
+        help="tokenizer padding / truncation length (default 24; sd3: 16, its max_sequence_length)",
+    )
     add("--accelerator", default="auto", help="Lightning accelerator")
     add(
         "--overwrite",
@@ -51,6 +67,7 @@ def run(args: list[str]) -> None:
 
     settings = TextTeacherSettings.for_data(
         options.data,
+        family=options.family,
         max_steps=options.max_steps,
         batch_size=options.batch_size,
         lr=options.lr,

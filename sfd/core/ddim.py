@@ -7,6 +7,9 @@ probability-flow ODE in σ:
 
 and the VP starting point x_T ~ N(0, I) is x = sqrt(1 + σ_T²)·z. Driving the same network, this
 reproduces diffusers' `DDIMScheduler` (η = 0) step for step (tests/eval/test_evaluation.py).
+For a flow-matching model the same update is the flow Euler step and the start is x_t = z, i.e.
+x = (1 + σ)·z: each denoiser says where its sampler starts (`Denoiser.sampler_start`), and
+`sampler_sigmas` picks the levels (DDIM's trailing timesteps, or the flow Euler grid).
 
 Evaluation samples full trajectories with it (`sample_ddim`); the soft-prompt attack
 differentiates through a short one, and ESD stops a trajectory at a random step
@@ -29,6 +32,7 @@ from torch import Tensor
 
 from sfd.errors import SFDConfigError
 from sfd.teachers.base import Denoiser
+from sfd.teachers.flow import FlowDenoiser, flow_euler_sigmas
 
 
 def ddim_sigmas(sigma_table: Tensor | None, num_steps: int) -> Tensor:
@@ -54,6 +58,18 @@ def ddim_sigmas(sigma_table: Tensor | None, num_steps: int) -> Tensor:
     timesteps = (torch.arange(total, 0, -step, dtype=torch.float64).round() - 1).long()
     sigmas = sigma_table[timesteps.to(sigma_table.device)].float()
     return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def sampler_sigmas(denoiser: Denoiser, num_steps: int) -> Tensor:
+    """The σ levels of the model's own n-step deterministic sampler.
+
+    A flow-matching model: the flow Euler grid t_i = 1 − i/n under its scheduler's static shift
+    (`sfd.teachers.flow.flow_euler_sigmas`, FluxPipeline's and SD3's grid); a VP model: DDIM
+    with trailing spacing (`ddim_sigmas`).
+    """
+    if isinstance(denoiser, FlowDenoiser):
+        return flow_euler_sigmas(num_steps, shift=denoiser.sampler_shift)
+    return ddim_sigmas(denoiser.sigma_table, num_steps)
 
 
 def ddim_trajectory(
@@ -82,7 +98,7 @@ def ddim_trajectory(
         x at noise level sigmas[-1] in σ-space (x0 + σ·ε), (B, C, H, W), float32.
     """
     sigmas = sigmas.to(z.device, torch.float32)
-    x = z.float() * (1 + sigmas[0] ** 2).sqrt()  # VP x_T ~ N(0, I) in σ-space
+    x = denoiser.sampler_start(z.float(), sigmas[0])  # VP: x_T = z; flow: x_t = z
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         x0_hat = denoiser.guided(x, sigma, cond, guidance)  # (B, C, H, W)
         x = x0_hat + (sigma_next / sigma) * (x - x0_hat)

@@ -43,7 +43,7 @@ from sfd.eval.attack_outcome import (
     target_stats,
 )
 from sfd.eval.evaluate import class_noise
-from sfd.eval.text_models import TextToImage
+from sfd.eval.text_models import FlowPromptEncoder, TextToImage
 from sfd.teachers.stable_diffusion import hidden_states, tokenize
 
 OBJECTIVE = (
@@ -84,10 +84,18 @@ class VocabularyPrompt:
         text_encoder: its frozen text encoder (takes `inputs_embeds` for the gradient step).
         prompt: the forget prompt.
         num_tokens: appended tokens.
+        max_length: the padded length (None: the tokenizer's `model_max_length`).
     """
 
-    def __init__(self, tokenizer: Any, text_encoder: nn.Module, prompt: str, num_tokens: int):
-        tokens = tokenize(tokenizer, [prompt])
+    def __init__(
+        self,
+        tokenizer: Any,
+        text_encoder: nn.Module,
+        prompt: str,
+        num_tokens: int,
+        max_length: int | None = None,
+    ):
+        tokens = tokenize(tokenizer, [prompt], max_length)
         ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
         length, used = len(ids), int(mask.sum())
         if used + num_tokens > length:
@@ -109,9 +117,7 @@ class VocabularyPrompt:
     def states(self, chosen: Tensor) -> Tensor:
         """Hidden states (C, L, D) of the prompts with appended ids `chosen` (C, n)."""
         device = next(self.text_encoder.parameters()).device
-        ids = self.sequence(chosen.cpu()).to(device)
-        mask = self.mask.expand(len(chosen), -1).to(device)
-        return hidden_states(self.text_encoder, ids, mask)
+        return self.encode(ids=self.sequence(chosen.cpu()).to(device))
 
     def one_hot_states(self, one_hot: Tensor) -> Tensor:
         """Hidden states (1, L, D) with the appended tokens as one-hot rows (n, V) @ table."""
@@ -120,8 +126,39 @@ class VocabularyPrompt:
         appended = one_hot.to(table.dtype) @ table  # (n, D_in)
         start = self.insert_at
         sequence = torch.cat([base[:start], appended, base[start + self.num_tokens :]])
-        mask = self.mask.to(table.device)
-        return hidden_states(self.text_encoder, None, mask, inputs_embeds=sequence[None])
+        return self.encode(inputs_embeds=sequence[None])
+
+    def encode(self, ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """The encoder's masked hidden states of token ids (C, L) or input embeddings (1, L, D_in)."""
+        rows = len(ids) if ids is not None else 1
+        device = next(self.text_encoder.parameters()).device
+        mask = self.mask.expand(rows, -1).to(device)
+        if ids is not None:
+            return hidden_states(self.text_encoder, ids, mask)
+        return hidden_states(self.text_encoder, None, mask, inputs_embeds=inputs_embeds)
+
+
+class FlowVocabularyPrompt(VocabularyPrompt):
+    """The vocabulary prompt of a flow pipeline: the ids enter its sequence encoder (SD3's T5
+    slot, Flux's T5) called as the stock pipeline calls it (last hidden states, no attention
+    mask); the other rows of the packed embeddings are the stock encoding of the plain prompt
+    (as `sfd.eval.soft_prompt.FlowSoftPrompt`).
+
+    Args:
+        encoder: the model's `FlowPromptEncoder`.
+        prompt, num_tokens: as `VocabularyPrompt`.
+    """
+
+    def __init__(self, encoder: FlowPromptEncoder, prompt: str, num_tokens: int):
+        length = encoder.denoiser.max_sequence_length
+        super().__init__(encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, length)
+        self.prefix = encoder.encode([prompt])[:, :-length]  # (1, 1 + R - L, D)
+
+    def encode(self, ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """Unmasked last hidden states, as the stock pipeline calls the slot, behind the prefix."""
+        states = self.text_encoder(ids, inputs_embeds=inputs_embeds)[0].float()
+        prefix = self.prefix.to(states.device).expand(len(states), -1, -1)
+        return torch.cat([prefix, states], dim=1)
 
 
 def discrete_prompt_attack(
@@ -151,7 +188,10 @@ def discrete_prompt_attack(
     classifier.requires_grad_(False).eval()
     encoder = model.encoder
     tokenizer = encoder.tokenizer
-    words = VocabularyPrompt(tokenizer, encoder.text_encoder, prompt, budget.num_tokens)
+    if isinstance(encoder, FlowPromptEncoder):
+        words: VocabularyPrompt = FlowVocabularyPrompt(encoder, prompt, budget.num_tokens)
+    else:
+        words = VocabularyPrompt(tokenizer, encoder.text_encoder, prompt, budget.num_tokens)
     allowed = whole_word_ids(tokenizer)  # (A,)
     vocabulary = encoder.text_encoder.get_input_embeddings().weight.shape[0]
     rng = torch.Generator().manual_seed(budget.seed)

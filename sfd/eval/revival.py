@@ -41,6 +41,7 @@ from sfd.eval.metrics import unlearning_accuracy
 from sfd.eval.text_models import TextToImage
 from sfd.images import from_uint8, to_uint8
 from sfd.teachers.base import Denoiser
+from sfd.teachers.flow import FlowDenoiser
 
 REVIVAL_THRESHOLD = 0.5  # the table's "revived": UA below 50 %
 
@@ -52,6 +53,11 @@ ONE_STEP_OBJECTIVE = (
 MULTI_STEP_OBJECTIVE = (
     "eps-MSE denoising loss (DDPM's): mean ||(D(x0 + s*eps, s, c) - x0) / s||^2, s = sigma_t, "
     "t uniform over the DDPM schedule; judged with the model's DDIM sampler"
+)
+FLOW_OBJECTIVE = (
+    "eps-MSE denoising loss: mean ||(D(x0 + s*eps, s, c) - x0) / s||^2, s = t / (1 - t), flow "
+    "time t logit-normal(0, 1) in [0.02, 0.98] (a flow model's training times); judged with the "
+    "model's flow Euler sampler"
 )
 
 
@@ -134,7 +140,8 @@ def revive(
         UA after 0, N/4, N/2 and N steps, and the loss curve.
     """
     table = None
-    if sigma_init is None:
+    flow = sigma_init is None and isinstance(network, FlowDenoiser)
+    if sigma_init is None and not flow:
         table = network.sigma_table
         if table is None:
             raise SFDConfigError(
@@ -158,7 +165,10 @@ def revive(
         index = torch.randint(len(x0), (budget.batch_size,), generator=rng)
         batch = x0[index].to(device)
         noise = torch.randn(batch.shape, generator=rng).to(device)
-        if table is None:
+        if flow:  # logit-normal flow times, σ = t / (1 − t)
+            t = torch.sigmoid(torch.randn(len(batch), generator=rng)).clamp(0.02, 0.98)
+            sigma = (t / (1 - t)).to(device)
+        elif table is None:
             sigma = torch.full((len(batch),), float(sigma_init), device=device)
         else:
             sigma = table[torch.randint(len(table), (len(batch),), generator=rng).to(device)]
@@ -174,7 +184,11 @@ def revive(
         ua=ua,
         losses=losses,
         steps_to_revival=revived[0] if revived else None,
-        objective=ONE_STEP_OBJECTIVE if table is None else MULTI_STEP_OBJECTIVE,
+        objective=FLOW_OBJECTIVE
+        if flow
+        else ONE_STEP_OBJECTIVE
+        if table is None
+        else MULTI_STEP_OBJECTIVE,
         condition=condition_text,
         budget=asdict(budget),
     )

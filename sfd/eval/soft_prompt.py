@@ -30,7 +30,7 @@ from sfd.eval.attack_outcome import (
     target_stats,
 )
 from sfd.eval.evaluate import class_noise
-from sfd.eval.text_models import TextToImage
+from sfd.eval.text_models import FlowPromptEncoder, PromptEncoder, TextToImage
 from sfd.progress import ProgressBar
 from sfd.teachers.text_encoder import check_inputs_embeds, insert_soft_tokens, tokenize
 
@@ -49,6 +49,7 @@ class SoftPrompt(nn.Module):
         prompt: the prompt the tokens are appended to.
         num_tokens: learned tokens.
         generator: random stream of the initial tokens (drawn from the vocabulary).
+        max_length: the padded length (None: the tokenizer's `model_max_length`).
     """
 
     def __init__(
@@ -58,16 +59,18 @@ class SoftPrompt(nn.Module):
         prompt: str,
         num_tokens: int,
         generator: torch.Generator,
+        max_length: int | None = None,
     ) -> None:
         super().__init__()
         check_inputs_embeds(text_encoder, "the soft-prompt attack")
-        tokens = tokenize(tokenizer, [prompt])
+        tokens = tokenize(tokenizer, [prompt], max_length)
         ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
         length, used = len(ids), int(mask.sum())
         if used + num_tokens > length:
+            limit = "model_max_length" if max_length is None else "max_sequence_length"
             raise SFDConfigError(
                 f"prompt {prompt!r} has {used} tokens; {num_tokens} more exceed the tokenizer's "
-                f"model_max_length={length}"
+                f"{limit}={length}"
             )
         table = text_encoder.get_input_embeddings().weight.detach()  # (V, D_in)
         self.text_encoder = text_encoder
@@ -81,6 +84,45 @@ class SoftPrompt(nn.Module):
         return insert_soft_tokens(
             self.text_encoder, self.input_ids[None], self.used[None], self.tokens[None]
         )
+
+
+class FlowSoftPrompt(SoftPrompt):
+    """The soft prompt of a flow pipeline: the learned tokens enter its sequence encoder (SD3's
+    T5 slot, Flux's T5), called as the stock pipeline calls it (last hidden states, no attention
+    mask); the other rows of the packed embeddings (pooled and CLIP rows) are the stock
+    `encode_prompt`'s for the plain prompt.
+
+    Args:
+        encoder: the model's `FlowPromptEncoder`.
+        prompt, num_tokens, generator: as `SoftPrompt`.
+    """
+
+    def __init__(
+        self, encoder: FlowPromptEncoder, prompt: str, num_tokens: int, generator: torch.Generator
+    ) -> None:
+        length = encoder.denoiser.max_sequence_length
+        super().__init__(
+            encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, generator, length
+        )
+        self.length = length
+        self.register_buffer("packed", encoder.encode([prompt]))  # (1, 1 + R, D)
+
+    def forward(self) -> Tensor:
+        """Packed embeddings of the prompt with the learned tokens, (1, 1 + R, D)."""
+        words = self.text_encoder.get_input_embeddings()(self.input_ids)  # (L, D_in)
+        at = int(self.used) - 1  # before the end token
+        sequence = torch.cat([words[:at], self.tokens.to(words.dtype), words[at:]])[: self.length]
+        states = self.text_encoder(inputs_embeds=sequence[None])[0].float()  # (1, L, D)
+        return torch.cat([self.packed[:, : -self.length], states], dim=1)
+
+
+def soft_prompt_for(
+    encoder: PromptEncoder, prompt: str, num_tokens: int, generator: torch.Generator
+) -> SoftPrompt:
+    """The soft prompt of a model's prompt encoder: its family's encoding path."""
+    if isinstance(encoder, FlowPromptEncoder):
+        return FlowSoftPrompt(encoder, prompt, num_tokens, generator)
+    return SoftPrompt(encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, generator)
 
 
 def soft_prompt_attack(
@@ -120,7 +162,7 @@ def soft_prompt_attack(
     before = target_stats(model, classifier, repeat_condition(plain, len(eval_z)), eval_z, target)
     runs = []
     for restart in range(budget.restarts):
-        soft = SoftPrompt(encoder.tokenizer, encoder.text_encoder, prompt, budget.num_tokens, rng)
+        soft = soft_prompt_for(encoder, prompt, budget.num_tokens, rng)
         soft.to(device)
         optimizer = torch.optim.Adam([soft.tokens], lr=budget.lr)
         losses = []

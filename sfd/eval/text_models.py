@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from sfd.core.conditions import TextCondition
-from sfd.core.ddim import ddim_sigmas, ddim_trajectory
+from sfd.core.ddim import ddim_trajectory, sampler_sigmas
 from sfd.core.generator import OneStepGenerator
 from sfd.teachers.base import Denoiser
+from sfd.teachers.flow import FlowDenoiser, FlowTransformerDenoiser
 from sfd.teachers.stable_diffusion import encode_with
 
 
@@ -40,17 +41,42 @@ class PromptEncoder:
         """Hidden states of prompts, (N, L, D), float32 on the CPU (each prompt encoded once)."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
-            for prompt, embeds in zip(
-                missing, encode_with(self.tokenizer, self.text_encoder, missing), strict=True
-            ):
-                self._cache[prompt] = embeds.cpu()
+            for prompt, embeds in zip(missing, self.encode_new(missing), strict=True):
+                self._cache[prompt] = embeds.float().cpu()
         return torch.stack([self._cache[p] for p in prompts])
+
+    def encode_new(self, prompts: list[str]) -> Tensor:
+        """Encode prompts without the cache: the masked last hidden states (Stable Diffusion)."""
+        return encode_with(self.tokenizer, self.text_encoder, prompts)
 
     def condition(self, prompts: list[str], negative_prompt: str = "") -> TextCondition:
         """Prompts against one negative prompt (default the empty prompt) as a `TextCondition`."""
         embeds = self.encode([*prompts, negative_prompt])
         negative = embeds[-1].expand_as(embeds[:-1])  # (B, L, D)
         return TextCondition(embeds[:-1], negative, tuple(prompts))
+
+
+class FlowPromptEncoder(PromptEncoder):
+    """A flow pipeline's prompt encoding: the stock pipeline's `encode_prompt` via its family's
+    denoiser (`encode_with_pipeline`: packed sequence + pooled embeddings).
+
+    `tokenizer` / `text_encoder` are the family's sequence encoder (SD3's T5 slot, Flux's T5),
+    the one the soft-prompt attack appends learned tokens to.
+
+    Args:
+        pipeline: a stock flow pipeline object holding the text encoders (no transformer needed).
+        denoiser: the family's denoiser (its `max_sequence_length` and encoding convention).
+    """
+
+    def __init__(self, pipeline: Any, denoiser: FlowTransformerDenoiser) -> None:
+        tokenizer_name, encoder_name = denoiser.sequence_encoder
+        super().__init__(getattr(pipeline, tokenizer_name), getattr(pipeline, encoder_name))
+        self.pipeline = pipeline
+        self.denoiser = denoiser
+
+    @torch.no_grad()
+    def encode_new(self, prompts: list[str]) -> Tensor:
+        return self.denoiser.encode_with_pipeline(self.pipeline, prompts)
 
 
 @dataclass
@@ -90,14 +116,16 @@ class TextToImage:
 
 
 def vae_decoder(vae: nn.Module | None) -> Callable[[Tensor], Tensor]:
-    """Latents -> images through a diffusers `AutoencoderKL` (its scaling factor), or identity."""
+    """Latents -> images through a diffusers `AutoencoderKL` (its scaling and shift factors), or
+    identity."""
     if vae is None:
         return lambda x0: x0
     vae.requires_grad_(False).eval()
     scaling = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # SD3 / Flux VAEs: latents shifted
 
     def decode(x0: Tensor) -> Tensor:
-        return vae.decode((x0 / scaling).to(vae.dtype)).sample.float()
+        return vae.decode((x0 / scaling + shift).to(vae.dtype)).sample.float()
 
     return decode
 
@@ -107,10 +135,11 @@ def vae_encoder(vae: nn.Module | None) -> Callable[[Tensor], Tensor]:
     if vae is None:
         return lambda images: images
     scaling = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # SD3 / Flux VAEs
 
     @torch.no_grad()
     def encode(images: Tensor) -> Tensor:
-        return vae.encode(images.to(vae.dtype)).latent_dist.mean.float() * scaling
+        return (vae.encode(images.to(vae.dtype)).latent_dist.mean.float() - shift) * scaling
 
     return encode
 
@@ -160,12 +189,14 @@ def ddim_text_model(
     guidance_scale: float = 1.0,
     encode_images: Callable[[Tensor], Tensor] | None = None,
 ) -> TextToImage:
-    """The teacher under deterministic guided DDIM (η = 0, trailing spacing), `num_steps` NFE.
+    """The teacher under its own deterministic guided sampler, `num_steps` NFE: DDIM (η = 0,
+    trailing spacing) for a VP model, the flow Euler sampler for a flow-matching one.
 
-    The sampler is `sfd.core.ddim.ddim_trajectory`, without `sample_ddim`'s no-grad guard, so the
-    attack can differentiate through a short sampler.
+    The sampler is `sfd.core.ddim.ddim_trajectory` (in σ-space the flow Euler step is the DDIM
+    step; `sampler_sigmas` picks the levels, the denoiser the start), without `sample_ddim`'s
+    no-grad guard, so the attack can differentiate through a short sampler.
     """
-    sigmas = ddim_sigmas(teacher.sigma_table, num_steps)
+    sigmas = sampler_sigmas(teacher, num_steps)
     teacher.requires_grad_(False).eval()
 
     encode = encode_images or vae_encoder(None)
@@ -176,8 +207,13 @@ def ddim_text_model(
     def rebuild(network: Denoiser) -> TextToImage:
         return ddim_text_model(network, num_steps, encoder, decode, guidance_scale, encode)
 
+    if isinstance(teacher, FlowDenoiser):
+        shift = getattr(teacher, "sampler_shift", 1.0)
+        name = f"flow Euler {num_steps} steps (shift {shift:g}, guidance {guidance_scale:g})"
+    else:
+        name = f"DDIM {num_steps} steps (eta=0, trailing spacing, guidance {guidance_scale:g})"
     return TextToImage(
-        f"DDIM {num_steps} steps (eta=0, trailing spacing, guidance {guidance_scale:g})",
+        name,
         num_steps,
         teacher.sample_shape,
         guidance_scale,

@@ -30,6 +30,7 @@ from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers.flow import FlowTransformerDenoiser, flow_time
 from sfd.teachers.flux import FluxDenoiser
 from sfd.teachers.sd3 import SD3Denoiser
+from sfd.teachers.text_encoder import model_index
 
 # FlowMatchEulerDiscreteScheduler settings under which `sigmas=[t_init]` is used as given: no static
 # or resolution-dependent shift, no terminal stretch, no Karras-style respacing.
@@ -50,7 +51,11 @@ def one_step_flow_scheduler(scheduler_config: dict[str, Any]) -> FlowMatchEulerD
 
 
 class OneStepFlowSampling(OneStepTextSampling):
-    """sfd's side of a stock flow pipeline class: the σ-space generator, prompts, decoding."""
+    """sfd's side of a stock flow pipeline class: the σ-space generator, prompts, decoding.
+
+    The VAE is optional here (a pixel-space model, as the text demo's digits teacher, has none:
+    `vae` is null in model_index.json); the stock classes load such a folder with `vae=None`.
+    """
 
     denoiser_class: type[FlowTransformerDenoiser]
     stock_class: type
@@ -111,9 +116,14 @@ class OneStepFlowSampling(OneStepTextSampling):
             )
         if denoiser.pipeline is None:
             raise SFDConfigError("the generator records no source pipeline to take the VAE from")
+        absent = {
+            name: None
+            for name, entry in model_index(denoiser.pipeline, denoiser.revision).items()
+            if isinstance(entry, list) and entry and entry[-1] is None
+        }
         try:
             parts = cls.stock_class.from_pretrained(
-                denoiser.pipeline, revision=denoiser.revision, transformer=None
+                denoiser.pipeline, revision=denoiser.revision, **{**absent, "transformer": None}
             )
         except (OSError, ValueError) as error:
             raise SFDConfigError(
@@ -147,6 +157,7 @@ class OneStepSD3Pipeline(OneStepFlowSampling, StableDiffusion3Pipeline):
 
     denoiser_class = SD3Denoiser
     stock_class = StableDiffusion3Pipeline
+    _optional_components = [*StableDiffusion3Pipeline._optional_components, "vae"]
 
     def __init__(
         self,
@@ -182,6 +193,7 @@ class OneStepFluxPipeline(OneStepFlowSampling, FluxPipeline):
 
     denoiser_class = FluxDenoiser
     stock_class = FluxPipeline
+    _optional_components = [*FluxPipeline._optional_components, "vae"]
     settings = (*OneStepFlowSampling.settings, "guidance", "sample_size")
 
     def __init__(

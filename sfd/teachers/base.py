@@ -64,6 +64,11 @@ class Denoiser(nn.Module):
         """The σ-space input of the one-step generator for noise z ~ N(0, I): σ·z (SiD's)."""
         return sigma * z
 
+    def sampler_start(self, z: Tensor, sigma: Tensor | float) -> Tensor:
+        """Where the model's own multi-step sampler starts at level σ for noise z ~ N(0, I):
+        the VP start x_T = z, i.e. sqrt(1 + σ²)·z in σ-space (flow models: (1 + σ)·z)."""
+        return z * (1 + torch.as_tensor(sigma, dtype=z.dtype, device=z.device) ** 2).sqrt()
+
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Any) -> Tensor:
         """Estimate x0 from x at noise level sigma.
 

@@ -130,6 +130,13 @@ class FlowDenoiser(Denoiser):
         """x_σ = (1 + σ)·z, i.e. x_t = z: pure noise at t, as a flow sampler starts."""
         return (1 + sigma) * z
 
+    sampler_start = generator_input  # the Euler sampler starts from x_t = z as well
+
+    @property
+    def sampler_shift(self) -> float:
+        """The static shift of the model's own multi-step sampler (1: none)."""
+        return 1.0
+
 
 # --- prompts: sequence and pooled embeddings in one tensor ---------------------------------------
 
@@ -209,8 +216,8 @@ class FlowTransformerDenoiser(FlowDenoiser):
 
     A family (`sfd.teachers.sd3`, `sfd.teachers.flux`; a new one is one file like them) sets
     `kind`, `transformer_class`, `pipeline_class` (the stock diffusers pipeline of its folders),
-    and implements `predict` (the network's call convention) and `encode_with_pipeline` (its
-    prompt encoders, run by the stock pipeline's own `encode_prompt`).
+    `sequence_encoder`, and implements `predict` (the network's call convention) and
+    `encode_with_pipeline` (its prompt encoders, run by the stock pipeline's own `encode_prompt`).
 
     Args:
         transformer: the diffusers transformer.
@@ -226,6 +233,9 @@ class FlowTransformerDenoiser(FlowDenoiser):
     transformer_class: type
     pipeline_class: type
     default_sequence_length: int = 256
+    # (tokenizer, text encoder) attributes of the pipeline's sequence encoder (T5): its last
+    # hidden states are the packed tensor's last `max_sequence_length` rows.
+    sequence_encoder: tuple[str, str]
 
     def __init__(
         self,
@@ -253,6 +263,17 @@ class FlowTransformerDenoiser(FlowDenoiser):
     def _dtype(self) -> torch.dtype:
         """The transformer's input dtype, looked up once until the next `.to()` (`network_dtype`)."""
         return self.network_dtype(self.transformer)
+
+    @property
+    def sampler_shift(self) -> float:
+        """The folder scheduler's static shift (SD3: 3.0); resolution-dependent shifting (Flux's
+        `use_dynamic_shifting`) has no single value and is refused."""
+        if self.scheduler_config.get("use_dynamic_shifting"):
+            raise SFDConfigError(
+                f"the {self.kind} scheduler shifts with the resolution (use_dynamic_shifting); "
+                "sfd's multi-step flow sampler takes a static shift only"
+            )
+        return float(self.scheduler_config.get("shift", 1.0))
 
     def null_condition(self, cond: Any) -> Any:
         return cond.null()

@@ -81,6 +81,7 @@ class FluxDenoiser(FlowTransformerDenoiser):
     kind = "flux"
     transformer_class = FluxTransformer2DModel
     pipeline_class = FluxPipeline
+    sequence_encoder = ("tokenizer_2", "text_encoder_2")
     default_sequence_length = 512
 
     def __init__(

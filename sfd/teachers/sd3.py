@@ -25,6 +25,7 @@ class SD3Denoiser(FlowTransformerDenoiser):
     kind = "sd3"
     transformer_class = SD3Transformer2DModel
     pipeline_class = StableDiffusion3Pipeline
+    sequence_encoder = ("tokenizer_3", "text_encoder_3")
 
     def __init__(
         self,

@@ -113,9 +113,11 @@ def load_text_encoder(
     return tokenizer, text_encoder.requires_grad_(False).eval()
 
 
-def tokenize(tokenizer: Any, prompts: list[str]) -> Any:
-    """Token ids and attention mask, padded and truncated to the tokenizer's `model_max_length`."""
-    length = tokenizer.model_max_length
+def tokenize(tokenizer: Any, prompts: list[str], max_length: int | None = None) -> Any:
+    """Token ids and attention mask, padded and truncated to `max_length` (default the
+    tokenizer's `model_max_length`; a flow pipeline's sequence encoder pads to its
+    `max_sequence_length`, as the stock pipelines do)."""
+    length = tokenizer.model_max_length if max_length is None else max_length
     if not 0 < length <= 4096:
         raise SFDConfigError(
             f"the tokenizer's model_max_length={length} is not a usable sequence length; "

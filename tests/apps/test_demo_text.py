@@ -193,6 +193,58 @@ def test_presets_parse_and_eval_text_defaults_to_their_teacher_guidance(data: st
     assert stage1.trainer.max_steps != sfd.trainer.max_steps  # the overlay is composed in
 
 
+@pytest.mark.slow
+def test_text_demo_on_the_flow_teacher(tmp_path, single_thread):
+    """`--family sd3`: an SD3 folder through SD3Teacher, OneStepSD3Pipeline exports, eval-text."""
+    from sfd.pipelines.one_step_flow import OneStepSD3Pipeline
+    from sfd.teachers import SD3Teacher
+
+    bert = save_tiny_bert(tmp_path / "bert")
+    settings = replace(tiny_settings(tmp_path, "digits", bert), family="sd3", teacher_channels=None)
+    paths = run_text_demo(settings)
+    metrics = json.loads(paths["metrics"].read_text())
+    check_in_range(metrics)
+    assert metrics["protocol"]["samplers"]["teacher"].startswith("flow Euler 2 steps")
+    assert metrics["protocol"]["attack_samplers"]["teacher"].startswith("flow Euler 1 steps")
+    teacher_dir = Path(metrics["protocol"]["teacher"]["folder"])
+    assert json.loads((teacher_dir / "model_index.json").read_text())["_class_name"] == (
+        "StableDiffusion3Pipeline"
+    )
+    assert SD3Teacher(str(teacher_dir)).sample_shape == (1, 8, 8)
+    report = settings.output_dir
+    for part in ("generator", "generator_without_forgetting"):
+        pipeline = load_pipeline(report / part)
+        assert isinstance(pipeline, OneStepSD3Pipeline) and pipeline.vae is None
+    prompts = report / "prompts"
+    code = main([
+        "eval-text", str(report / "generator"), "--classifier", str(report / "classifier"),
+        "--forget-prompts", str(prompts / "forget_prompts.txt"),
+        "--remain-prompts", str(prompts / "remain_prompts.csv"),
+        "--forget", str(metrics["forget"]), "--override", str(metrics["override"]),
+        "--forget-images", "4", "--remain-per-class", "2", "--no-progress",
+        "--output-dir", str(tmp_path / "e1"),
+    ])  # fmt: skip
+    assert code == 0
+    again = json.loads((tmp_path / "e1" / "metrics.json").read_text())["evaluation"]
+    assert again["forget_train"] == metrics["sfd"]["forget_train"]
+    assert again["remain_per_class"] == metrics["sfd"]["remain_per_class"]
+
+
+def test_flow_presets_parse_with_flow_times() -> None:
+    from sfd.core.sigma import LogitNormalTime
+    from sfd.training.cli import parse_fit_config
+
+    for data in ("digits", "fashion-mnist"):
+        settings = TextDemoSettings(data=data, family="sd3")
+        sfd = parse_fit_config(settings.sfd_command_line())
+        stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"))
+        assert sfd.model.teacher.class_path == "sfd.teachers.SD3Teacher"
+        assert sfd.model.sigma_sampler.class_path.endswith(LogitNormalTime.__name__)
+        assert 0 < sfd.model.t_init < 1 and sfd.model.sigma_init is None
+        assert stage1.model.t_init == sfd.model.t_init
+        assert settings.teacher_sampler_steps() == 28
+
+
 @pytest.mark.slow  # ~40 s: a tiny demo end to end
 def test_text_demo_adversarial_trains_stage2_against_the_attack(tmp_path, single_thread):
     """`--adversarial`: stage 2 is adversarial SFD (its own text encoder, the stage-1 networks)."""

@@ -36,6 +36,7 @@ from sfd.training.resume import RUN_CONFIG_KEY
 
 NOT_WRITABLE = "/proc/sfd-cannot-write-here/out"  # /proc refuses new files, even for root
 TEACHER_CONFIG = CONFIGS / "teacher_digits.yaml"
+TEXT_UNET_PRESET = Path(__file__).parents[2] / "sfd" / "apps" / "demo_text" / "sfd_text_digits.yaml"
 UNTIL = CONFIGS / "until_forgotten.yaml"
 
 
@@ -356,6 +357,11 @@ CASES: list[Case] = [
      lambda w, o: teacher(w, o, "--data.source", str(w / "huge_label.npz")), "labels up to 1,000,000,000"),
     # --- sfd teacher-text ---
     ("teacher-text-lr-zero", lambda w, o: teacher_text(w, o, "--lr", "0"), "teacher lr=0.0"),
+    ("teacher-text-family-unknown",
+     lambda w, o: teacher_text(w, o, "--family", "flux"), "--family 'flux' is not one of unet, sd3"),
+    ("teacher-text-sd3-channels",
+     lambda w, o: teacher_text(w, o, "--family", "sd3", "--channels", "8", "16"),
+     "sets the UNet of family 'unet'"),
     ("teacher-text-lr-negative", lambda w, o: teacher_text(w, o, "--lr", "-1"), "teacher lr=-1.0"),
     ("teacher-text-max-steps-negative", lambda w, o: teacher_text(w, o, "--max-steps", "-5"), "max_steps=-5"),
     ("teacher-text-channels-zero", lambda w, o: teacher_text(w, o, "--channels", "0"), "block_out_channels=(0,)"),
@@ -517,6 +523,11 @@ CASES: list[Case] = [
     ("demo-text-lr-negative",
      lambda w, o: demo(w, o, "--model.generator_optimizer.init_args.lr", "-0.0001", verb="demo-text"),
      "model.generator_optimizer.init_args.lr=-0.0001"),
+    ("demo-text-family-unknown",
+     lambda w, o: demo(w, o, "--family", "dit", verb="demo-text"), "--family 'dit' is not one of"),
+    ("demo-text-family-preset-mismatch",
+     lambda w, o: demo(w, o, "--family", "sd3", "--sfd-config", str(TEXT_UNET_PRESET), verb="demo-text"),
+     "cannot load a --family sd3 teacher"),
     ("demo-text-attack-lr-zero", lambda w, o: demo(w, o, "--attack-lr", "0", verb="demo-text"), "attack lr=0.0"),
     ("demo-text-remain-per-class", lambda w, o: demo(w, o, "--remain-per-class", "1", verb="demo-text"), "--remain-per-class 1"),
     ("demo-text-teacher-channels-zero",

@@ -1,8 +1,9 @@
 """The text demo's evaluation phases: concept metrics, sample grids, the attack suite and the
 revival test.
 
-The teacher runs as `StableDiffusionTeacher` under guided DDIM, the generators as the exported
-`OneStepTextPipeline` folders reloaded from disk, all through `sfd.apps.harness.text_evaluation`, the
+The teacher runs as `StableDiffusionTeacher` under guided DDIM (or, a flow-matching teacher, as
+`SD3Teacher` under its guided flow Euler sampler), the generators as the exported
+`OneStepTextPipeline` (`OneStepSD3Pipeline`) folders reloaded from disk, all through `sfd.apps.harness.text_evaluation`, the
 code behind `sfd eval-text`.
 """
 
@@ -107,10 +108,12 @@ class TextEvaluation:
         self.rows = grid_prompts(self.vocabulary, self.prompts, self.forget, self.override)
 
     def evaluate(self) -> None:
-        """Concept metrics and sample grids of the teacher (DDIM) and both exported generators."""
+        """Concept metrics and sample grids of the teacher (multi-step) and both exported generators."""
         settings = self.settings
         self.models = {
-            "teacher": teacher_model(self.teacher_dir, settings.ddim_steps, self.guidance),
+            "teacher": teacher_model(
+                self.teacher_dir, settings.teacher_sampler_steps(), self.guidance
+            ),
             "distilled_without_forgetting": exported_model(
                 self.runs["distilled_without_forgetting"][0], name="one-step, no forgetting"
             ),
@@ -125,7 +128,7 @@ class TextEvaluation:
             self.grids[key] = generate_for_prompts(model, grid_list, settings.seed + 3)
 
     def attack(self, say: Callable[[str], None]) -> None:
-        """The attack suite on all three models (the teacher with fewer DDIM steps and only the
+        """The attack suite on all three models (the teacher with fewer sampler steps and only the
         `TEACHER_ATTACKS`; every model's paraphrase entry)."""
         settings = self.settings
         self.attack_models = {

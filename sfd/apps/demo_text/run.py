@@ -40,7 +40,7 @@ from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache
 from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.stages import copy_export, stage_one, train_sfd
-from sfd.apps.harness.text_evaluation import teacher_vae
+from sfd.apps.harness.text_evaluation import teacher_encoder, teacher_vae
 from sfd.apps.harness.workspace import cached_classifier
 from sfd.apps.teachers.text import MINILM_PACKAGE
 from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
@@ -49,10 +49,9 @@ from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.eval.revival import revival_images
-from sfd.eval.text_models import PromptEncoder, vae_decoder
+from sfd.eval.text_models import vae_decoder
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
-from sfd.teachers.stable_diffusion import load_text_encoder
 from sfd.training.cli import parse_fit_config
 
 TOOL = "sfd demo-text"
@@ -87,6 +86,7 @@ def check_settings(
             )
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
+    check_teacher_class(settings.family, sfd.model.teacher.class_path)
     if settings.remain_per_class < 2:
         raise SFDConfigError(
             f"--remain-per-class {settings.remain_per_class} is too small; need at least 2 (FID)"
@@ -97,7 +97,7 @@ def check_settings(
         "stage-1 --trainer.max_steps": stage1.trainer.max_steps,
         "--forget-images": settings.forget_images,
         "--curve-per-class": settings.curve_per_class,
-        "--ddim-steps": settings.ddim_steps,
+        "--ddim-steps": settings.teacher_sampler_steps(),
         "--attack-ddim-steps": settings.attack_ddim_steps,
         "--attack-prompts": settings.attack_prompts,
         "--grid-per-prompt": settings.grid_per_prompt,
@@ -123,10 +123,26 @@ def check_settings(
     return sfd, forget, override
 
 
+TEACHER_CLASSES = {"unet": "StableDiffusionTeacher", "sd3": "SD3Teacher"}
+
+
+def check_teacher_class(family: str, class_path: str) -> None:
+    """Refuse SFD settings whose teacher class cannot load the demo's teacher folder."""
+    if family not in TEACHER_CLASSES:
+        raise SFDConfigError(f"--family {family!r} is not one of {', '.join(TEACHER_CLASSES)}")
+    expected = TEACHER_CLASSES[family]
+    if class_path.rsplit(".", 1)[-1] != expected:
+        raise SFDConfigError(
+            f"the SFD settings' teacher {class_path} cannot load a --family {family} teacher "
+            f"(it needs sfd.teachers.{expected}); drop --sfd-config or give one for {expected}"
+        )
+
+
 def teacher_settings(settings: TextDemoSettings) -> TextTeacherSettings:
     """The teacher settings of the data set with the demo's overrides."""
     return TextTeacherSettings.for_data(
         settings.data,
+        family=settings.family,
         max_steps=settings.teacher_steps,
         block_out_channels=tuple(settings.teacher_channels) if settings.teacher_channels else None,
         vae_steps=settings.vae_steps,
@@ -321,7 +337,7 @@ def curve_conditions(
 ) -> tuple[TextCondition, Any]:
     """The forgetting curve's prompts (training forget prompts, each class's captions), class-major,
     encoded by the teacher's text encoder, and the teacher's VAE decoder."""
-    encoder = PromptEncoder(*load_text_encoder(teacher_dir))
+    encoder = teacher_encoder(teacher_dir)
     rows = []
     for label in range(vocabulary.num_classes):
         own = prompts.forget_train.prompts if label == forget else vocabulary.captions(label)

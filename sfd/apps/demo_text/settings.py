@@ -17,12 +17,18 @@ if TYPE_CHECKING:
 
 PRESETS = {DIGITS: "sfd_text_digits.yaml", FASHION: "sfd_text_fashion.yaml"}
 STAGE1_PRESETS = {DIGITS: "sfd_text_digits_stage1.yaml", FASHION: "sfd_text_fashion_stage1.yaml"}
+# The flow-matching (SD3 transformer) teacher's presets; stage 1 composes the same overlays.
+FLOW_PRESETS = {DIGITS: "sfd_text_digits_sd3.yaml", FASHION: "sfd_text_fashion_sd3.yaml"}
 
 
-def default_sfd_config(data: str, stage: str = "sfd") -> Path:
-    """The packaged SFD preset of a data set, or its stage-1 overlay (`stage="stage1"`, composed
-    after the preset)."""
-    name = (STAGE1_PRESETS if stage == "stage1" else PRESETS)[DIGITS if data == DIGITS else FASHION]
+def default_sfd_config(data: str, stage: str = "sfd", family: str = "unet") -> Path:
+    """The packaged SFD preset of a data set and teacher family, or its stage-1 overlay
+    (`stage="stage1"`, composed after the preset)."""
+    key = DIGITS if data == DIGITS else FASHION
+    if stage == "stage1":
+        name = STAGE1_PRESETS[key]
+    else:
+        name = (FLOW_PRESETS if family == "sd3" else PRESETS)[key]
     return Path(str(resources.files("sfd.apps.demo_text") / name))
 
 
@@ -41,6 +47,7 @@ class TextDemoSettings:
 
     output_dir: Path = Path("demo-text-output")
     data: str = DIGITS
+    family: str = "unet"  # the teacher: "unet" (DDPM UNet) or "sd3" (flow-matching transformer)
     forget: str | None = None  # class index or name; default per data set
     override: str | None = None
     neighbours: list[int] | None = None  # default: the 2 nearest classes in classifier features
@@ -62,7 +69,7 @@ class TextDemoSettings:
     curve_per_class: int = 16
     forget_images: int = 200
     remain_per_class: int = 100
-    ddim_steps: int = 25
+    ddim_steps: int | None = None  # the teacher's sampler steps; None: `teacher_sampler_steps`
     attacks: dict[str, Any] = field(default_factory=default_attacks)  # name -> budget
     attack_prompts: int = 1
     attack_ddim_steps: int = 4
@@ -70,6 +77,13 @@ class TextDemoSettings:
     grid_per_prompt: int = 8
     threads: int | None = None
     progress: bool = True
+
+    def teacher_sampler_steps(self) -> int:
+        """The teacher's sampler steps in the evaluation: --ddim-steps, else the count its users
+        run: 25 DDIM steps (UNet), 28 flow Euler steps (SD3, StableDiffusion3Pipeline's default)."""
+        if self.ddim_steps is not None:
+            return self.ddim_steps
+        return 28 if self.family == "sd3" else 25
 
     def sfd_command_line(
         self,
@@ -88,7 +102,7 @@ class TextDemoSettings:
         if stage not in ("sfd", "stage1"):
             raise ValueError(f"unknown stage {stage!r}")
         init = "--model.conditions.init_args."
-        args = ["-c", str(self.sfd_config or default_sfd_config(self.data))]
+        args = ["-c", str(self.sfd_config or default_sfd_config(self.data, family=self.family))]
         if stage == "stage1" and self.sfd_config is None:
             args += ["-c", str(default_sfd_config(self.data, "stage1"))]
         if self.adversarial and stage == "sfd":

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -29,6 +29,7 @@ from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.folders import write_folder_atomically
 from sfd.pipelines.io import save_generator
+from sfd.teachers.sd3 import SD3Denoiser
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser
 from sfd.training.cli import build_from_fit_config, parse_fit_config
@@ -105,17 +106,21 @@ def train_sfd(
 FAKE_SCORE_CLASSES = {  # denoiser kind -> the teacher class that loads a `save_denoiser` folder
     VPUNetDenoiser.kind: "sfd.teachers.PretrainedVPTeacher",
     StableDiffusionDenoiser.kind: "sfd.teachers.StableDiffusionTeacher",
+    SD3Denoiser.kind: "sfd.teachers.SD3Teacher",
 }
 
 
-def save_denoiser(denoiser: VPUNetDenoiser | StableDiffusionDenoiser, folder: Path) -> str:
+def save_denoiser(
+    denoiser: VPUNetDenoiser | StableDiffusionDenoiser | SD3Denoiser, folder: Path
+) -> str:
     """Write a trained denoiser (a fake score, a fine-tuned teacher) as a folder a teacher class loads.
 
     A VP UNet denoiser gets the `DDPMPipeline` layout plus sfd.json (it loads with
     `PretrainedVPTeacher`, `sfd eval`, and in `sfd fit` as `model.fake_score` or
     `model.teacher`); a Stable Diffusion denoiser gets its `unet/` and `scheduler/` (it loads with
     `StableDiffusionTeacher` as `model.fake_score`; prompts are still encoded by the teacher's
-    own text encoder).
+    own text encoder); an SD3 denoiser gets its `transformer/` and `scheduler/` (it loads with
+    `SD3Teacher` as `model.fake_score`, prompts likewise encoded by the teacher's pipeline).
 
     Args:
         denoiser: the network with its schedule.
@@ -136,6 +141,11 @@ def save_denoiser(denoiser: VPUNetDenoiser | StableDiffusionDenoiser, folder: Pa
         (folder / "scheduler" / "scheduler_config.json").write_text(
             json.dumps(scheduler, indent=2) + "\n"
         )
+        return FAKE_SCORE_CLASSES[denoiser.kind]
+    if isinstance(denoiser, SD3Denoiser):
+        denoiser.transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(denoiser.scheduler_config)
+        scheduler.save_pretrained(folder / "scheduler")
         return FAKE_SCORE_CLASSES[denoiser.kind]
     scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
     DDPMPipeline(unet=denoiser.unet, scheduler=scheduler).save_pretrained(

