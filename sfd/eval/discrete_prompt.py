@@ -146,7 +146,8 @@ class FlowVocabularyPrompt(VocabularyPrompt):
 
     Args:
         encoder: the model's `FlowPromptEncoder`.
-        prompt, num_tokens: as `VocabularyPrompt`.
+        prompt: as `VocabularyPrompt`.
+        num_tokens: as `VocabularyPrompt`.
     """
 
     def __init__(self, encoder: FlowPromptEncoder, prompt: str, num_tokens: int):

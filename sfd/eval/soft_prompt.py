@@ -94,7 +94,9 @@ class FlowSoftPrompt(SoftPrompt):
 
     Args:
         encoder: the model's `FlowPromptEncoder`.
-        prompt, num_tokens, generator: as `SoftPrompt`.
+        prompt: as `SoftPrompt`.
+        num_tokens: as `SoftPrompt`.
+        generator: as `SoftPrompt`.
     """
 
     def __init__(
