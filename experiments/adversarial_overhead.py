@@ -15,7 +15,6 @@ ratio (the target is at most 2×). Writes the JSON record and docs/results/adver
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -24,15 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from iteration_time import IterationTimer
 from results_page import (
     add_page_arguments,
-    command_line,
     markdown_table,
-    read_record,
-    run_context,
-    save_record,
+    measure_and_write,
     write_page,
 )
 
@@ -201,18 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_page_arguments(parser)
     args = parser.parse_args(argv)
-    if args.page_from:
-        print(write_results_page(read_record(args.page_from), args.page_from))
-        return
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
-    record = measure(args.paths, args.batch_size, args.iterations, args.warmup)
-    record = {"run": run_context(command_line(__file__, argv), load_start), **record}
-    print(summary(record))
-    save_record(record, args.json)
-    if not args.no_page:
-        print(write_results_page(record, args.json))
+    measure_and_write(
+        args,
+        argv,
+        __file__,
+        lambda: measure(args.paths, args.batch_size, args.iterations, args.warmup),
+        summary,
+        write_results_page,
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import tempfile
@@ -31,11 +30,8 @@ import lightning.pytorch as pl
 import torch
 from results_page import (
     add_page_arguments,
-    command_line,
     markdown_table,
-    read_record,
-    run_context,
-    save_record,
+    measure_and_write,
     write_page,
 )
 
@@ -263,18 +259,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default="runs/hot_path/hot_path.json", help="the record")
     add_page_arguments(parser)
     args = parser.parse_args(argv)
-    if args.page_from:
-        print(write_results_page(read_record(args.page_from), args.page_from))
-        return
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
-    record = measure(args.batch_size, args.block, args.blocks, args.warmup)
-    record = {"run": run_context(command_line(__file__, argv), load_start), **record}
-    print(summary(record))
-    save_record(record, args.json)
-    if not args.no_page:
-        print(write_results_page(record, args.json))
+    measure_and_write(
+        args,
+        argv,
+        __file__,
+        lambda: measure(args.batch_size, args.block, args.blocks, args.warmup),
+        summary,
+        write_results_page,
+    )
 
 
 if __name__ == "__main__":

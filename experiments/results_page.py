@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,32 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def measure_and_write(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    script: str | os.PathLike[str],
+    measure: Callable[[], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str],
+    write_results_page: Callable[[dict[str, Any], str], str],
+) -> None:
+    """The common tail of a timing script: `--page-from` rewrites the page from a record; otherwise
+    set `--threads`, run `measure`, stamp the record with its run context, print the summary, save
+    the record to `--json` and write the page (unless `--no-page`)."""
+    if args.page_from:
+        print(write_results_page(read_record(args.page_from), args.page_from))
+        return
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    record = {"run": run_context(command_line(script, argv), load_start), **measure()}
+    print(summary(record))
+    save_record(record, args.json)
+    if not args.no_page:
+        print(write_results_page(record, args.json))
 
 
 def save_record(record: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
