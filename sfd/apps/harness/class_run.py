@@ -76,7 +76,8 @@ class ClassRunSettings:
         conditions = "--model.conditions.init_args."
         args = ["-c", str(self.sfd_config or default_sfd_config())]
         if stage == "stage1" and self.sfd_config is None:
-            args += ["-c", str(default_stage1_config())]
+            # stage 1 keeps its overlay's constant-decay EMA (the preset's power EMA is stage 2's)
+            args += ["-c", str(default_stage1_config()), "--model.ema_power", "null"]
         if self.adversarial and stage == "sfd":
             args += ADVERSARIAL_ARGS
         args += self.sfd_args
