@@ -97,10 +97,11 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
 def test_demo_again_reuses_teacher_classifier_and_stage1(
     demo_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """... also with the completion rule on stage 2, which leaves stage 1 (and its cache) alone."""
+    """... also with the completion rule on stage 2 (the default), which leaves stage 1 (and its
+    cache) alone."""
     _, cache = demo_run
     output = tmp_path / "again"
-    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache), "--until-forgotten"]
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
     assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
     protocol = metrics["protocol"]
@@ -127,11 +128,12 @@ def test_shared_base_demo_reuses_stage1_and_exports_a_full_generator(
     _, cache = demo_run
     output = tmp_path / "shared"
     args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
-    extra = ["--model.adapters.rank", "4"]
+    extra = ["--model.adapters.rank", "4", "--no-until-forgotten"]  # the fixed iteration count
     assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO, *extra]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
     protocol = metrics["protocol"]
     assert protocol["two_stage"]["stage1_reused_from_cache"]
+    assert protocol["two_stage"]["stage2_completion"] is None
     assert protocol["sfd_settings"]["model"]["adapters"]["rank"] == 4
     check_model_metrics(metrics["sfd"], nfe=1)
     generator = load_generator(output / "generator")

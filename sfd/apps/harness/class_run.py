@@ -46,7 +46,7 @@ class ClassRunSettings:
     adversarial: bool = False  # adversarial SFD (docs/method.md §9), its default settings
     baseline_iterations: int | None = None
     curve_every: int | None = None
-    until_forgotten: bool = False
+    until_forgotten: bool = True  # the completion rule; False: the fixed max_steps
     curve_per_class: int = 32
     curve_remain_per_class: int = 8
     eval_per_class: int = 200
