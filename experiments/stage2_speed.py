@@ -237,8 +237,8 @@ def write_results_page(
             "The runs": (
                 f"One `sfd compare` per pair, in turn on the same machine:\n\n```bash\n{commands}\n"
                 "```\n\nTeacher, classifier and stage 1 come from the cache; stage 2 of two-stage "
-                f"SFD (at most {first['max_steps']} iterations, EMA: power function γ "
-                f"{ema['ema_power']}, decay cap {ema['ema_decay']}) stops by the completion rule "
+                f"SFD (at most {first['max_steps']} iterations, EMA: {ema_words(ema)}) stops by "
+                "the completion rule "
                 "(`UntilForgotten`, the demos' default). Training seconds are the wall time of "
                 "`Trainer.fit` without the classifier's forgetting-curve evaluations (the "
                 "judge's probes count: the rule is part of the method); the raw generator is the "
@@ -259,9 +259,9 @@ def write_results_page(
             ),  # fmt: skip
             "Where the completion rule stopped": (
                 "Classifier UA at the stop: the forgetting curve's point of the stop's iteration "
-                "(32 forget samples); judge UA: 1 − the judged forget rate there (64 samples); UA "
-                "in the first column: the full evaluation (200 samples). FID ratio: remain FID of "
-                "the shipped generator over the teacher's (DDIM 50).\n\n"
+                "(32 forget samples); judge UA: 1 − the judged forget rate there (64 samples); UA: "
+                "the final evaluation of the shipped generator (200 forget samples). FID ratio: "
+                "its remain FID over the teacher's (DDIM).\n\n"
                 + markdown_table(
                     (
                         "pair",
@@ -282,6 +282,12 @@ def write_results_page(
         },
         results_dir,
     )
+
+
+def ema_words(ema: dict[str, Any]) -> str:
+    if ema.get("ema_power") is None:
+        return f"constant decay {ema['ema_decay']}"
+    return f"power function γ {ema['ema_power']:g}, decay cap {ema['ema_decay']}"
 
 
 def _flag(args: list[str], name: str) -> str | None:
