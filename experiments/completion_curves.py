@@ -80,7 +80,7 @@ def measure(
         classifier_phase(workspace, settings, phases)
         run = Run(settings, workspace, {}, Path(tmp) / "logs", sfd.trainer.accelerator)
         stage1 = run.stage_one()
-        args = settings.sfd_command_line(run.teacher_dir, "sfd") + stage1.stage_two_arguments()
+        args = settings.sfd_command_line(run.teacher_dir, "stage2") + stage1.stage_two_arguments()
         iterations = int(sfd.trainer.max_steps)
         curve = run.curve(iterations, raw=True)  # the EMA's and the raw generator's
         rule = UntilForgotten(every_n=every, patience=10**9)

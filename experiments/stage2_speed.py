@@ -71,14 +71,14 @@ def run_pair(output: Path, forget: int, override: int, extra: list[str]) -> dict
         models[key] = {k: m[k] for k in MODEL_KEYS}
         models[key] |= {"ua95": m["ua95"], "train_seconds": m["train_seconds"]}
     completion = methods[EMA]["extra"].get("completion") or {}
-    settings = metrics["protocol"]["sfd_settings"]
+    settings = metrics["protocol"]["sfd_settings"]  # the SFD preset (stage 2: its extra)
     return {
         "forget": forget,
         "override": override,
         "command": ["sfd", *command],
         "wall_seconds": wall,
         "max_steps": settings["iterations"],
-        "ema": {k: settings["model"].get(k) for k in ("ema_decay", "ema_power")},
+        "ema": methods[EMA]["extra"]["ema"],
         "stage1_seconds": methods[EMA]["extra"].get("stage1_seconds"),
         "stage1_cached": methods[EMA]["extra"].get("stage1_cached"),
         "models": models,

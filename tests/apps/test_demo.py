@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ from conftest import TINY_DIGITS_RUN
 from PIL import Image
 
 from sfd.apps.harness.cache import DONE_MARKER, cached_build
+from sfd.apps.harness.settings import ClassRunSettings
 from sfd.cli import main
 from sfd.pipelines.io import load_generator
 from sfd.pipelines.model_card import shown
+from sfd.training.cli import parse_fit_config
 
 TINY_ATTACK = ["--attack-steps", "2", "--attack-restarts", "1", "--attack-batch", "2",
                "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
@@ -261,3 +264,23 @@ def test_demo_adversarial_trains_sfd_against_the_class_embedding_attack(tmp_path
     headers = [set(log.read_text().splitlines()[0].split(",")) for log in output.rglob("*.csv")]
     wanted = {"adversarial/objective", "fake/adversarial", "generator/adversarial"}
     assert any(wanted <= header for header in headers)  # the attacked rows were trained on
+
+
+def test_stage_two_alone_composes_the_forgetting_overlay() -> None:
+    """Stage 2 (two-stage SFD) gets the power-function EMA and its generator step from
+    sfd_digits_stage2.yaml; stage 1 and one-stage SFD keep the preset's constant EMA and step, and
+    command-line overrides still come last."""
+    settings = ClassRunSettings()
+
+    def model(stage: str, *extra: str):
+        args = replace(settings, sfd_args=list(extra)).sfd_command_line(stage=stage)
+        return parse_fit_config(args, one_line_errors=True).model
+
+    stage2, stage1, one_stage = model("stage2"), model("stage1"), model("sfd")
+    assert (stage2.ema_power, stage2.ema_decay) == (7.0, 0.99)
+    assert stage2.generator_optimizer.init_args.lr == 1e-4
+    assert stage1.ema_power is None and stage1.ema_decay == 0.995
+    assert one_stage.ema_power is None and one_stage.ema_decay == 0.99
+    for other in (stage1, one_stage):
+        assert other.generator_optimizer.init_args.lr == 3e-4
+    assert model("stage2", "--model.ema_power", "null").ema_power is None

@@ -31,6 +31,7 @@ from sfd.eval.evaluate import ddim_sampler
 from sfd.pipelines.io import save_generator
 from sfd.provenance import environment, library_versions
 from sfd.teachers.unet import VPUNetDenoiser
+from sfd.training.cli import parse_fit_config
 
 TOOL = "sfd compare"
 
@@ -107,7 +108,13 @@ def evaluate_methods(
             "remain_per_class": settings.curve_remain_per_class,
             "seconds": "training wall time since Trainer.fit started, curve evaluations excluded",
         },
-        "sfd_settings": {"iterations": sfd.trainer.max_steps, "model": sfd.model.as_dict()},
+        "sfd_settings": {  # SFD from the teacher; two-stage SFD's stage 2 adds its overlay
+            "iterations": sfd.trainer.max_steps,
+            "model": sfd.model.as_dict(),
+            "stage2_model": parse_fit_config(
+                settings.sfd_command_line(stage="stage2"), one_line_errors=True
+            ).model.as_dict(),
+        },
         "teacher": {
             "folder": str(workspace.teacher_dir),
             "reused_from_cache": workspace.teacher_cached,

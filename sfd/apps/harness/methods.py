@@ -133,7 +133,8 @@ class SFDMethod:
         self.key = "sfd_two_stage" if two_stage else "sfd"
 
     def fit(self, run: Run) -> Fitted:
-        args = run.settings.sfd_command_line(run.teacher_dir, "sfd")
+        stage = "stage2" if self.two_stage else "sfd"
+        args = run.settings.sfd_command_line(run.teacher_dir, stage)
         extra: dict[str, Any] = {}
         if self.two_stage:
             stage1 = run.stage_one()
@@ -157,6 +158,7 @@ class SFDMethod:
         )
         if run.settings.until_forgotten:
             extra["completion"] = rule.summary()
+        extra["ema"] = {k: module.hparams[k] for k in ("ema_decay", "ema_power")}
         extra["module"] = module  # for tests and exports; dropped from the report
         return Fitted(
             self.key,
