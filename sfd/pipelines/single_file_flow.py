@@ -57,38 +57,62 @@ def _fused(key: str, names: tuple[str, ...]) -> dict[str, Slot]:
     return {name: Slot(key, i, len(names)) for i, name in enumerate(names)}
 
 
+def _column(
+    table: dict[str, tuple[str, str]], column: int, leaf: str = "{leaf}"
+) -> dict[str, Slot]:
+    return {name: Slot(f"{keys[column]}.{leaf}") for name, keys in table.items()}
+
+
+# The two families side by side, diffusers name -> (SD3 original, Flux original): outside the
+# blocks ...
+EMBEDDINGS = {
+    "time_text_embed.timestep_embedder.linear_1": ("t_embedder.mlp.0", "time_in.in_layer"),
+    "time_text_embed.timestep_embedder.linear_2": ("t_embedder.mlp.2", "time_in.out_layer"),
+    "time_text_embed.text_embedder.linear_1": ("y_embedder.mlp.0", "vector_in.in_layer"),
+    "time_text_embed.text_embedder.linear_2": ("y_embedder.mlp.2", "vector_in.out_layer"),
+    "context_embedder": ("context_embedder", "txt_in"),
+    "proj_out": ("final_layer.linear", "final_layer.linear"),
+}
+# ... and in the two-stream blocks, transformer_blocks.i.<name> -> (joint_blocks.i.<SD3 key>,
+# double_blocks.i.<Flux key>); the q/k norms keep a `weight` in SD3, a `scale` in Flux.
+TWO_STREAM = {
+    "norm1.linear": ("x_block.adaLN_modulation.1", "img_mod.lin"),
+    "norm1_context.linear": ("context_block.adaLN_modulation.1", "txt_mod.lin"),
+    "attn.to_out.0": ("x_block.attn.proj", "img_attn.proj"),
+    "attn.to_add_out": ("context_block.attn.proj", "txt_attn.proj"),
+    "ff.net.0.proj": ("x_block.mlp.fc1", "img_mlp.0"),
+    "ff.net.2": ("x_block.mlp.fc2", "img_mlp.2"),
+    "ff_context.net.0.proj": ("context_block.mlp.fc1", "txt_mlp.0"),
+    "ff_context.net.2": ("context_block.mlp.fc2", "txt_mlp.2"),
+}
+QK_NORMS = {
+    "attn.norm_q": ("x_block.attn.ln_q", "img_attn.norm.query_norm"),
+    "attn.norm_k": ("x_block.attn.ln_k", "img_attn.norm.key_norm"),
+    "attn.norm_added_q": ("context_block.attn.ln_q", "txt_attn.norm.query_norm"),
+    "attn.norm_added_k": ("context_block.attn.ln_k", "txt_attn.norm.key_norm"),
+}
+SAMPLE_QKV = ("attn.to_q", "attn.to_k", "attn.to_v")
+CONTEXT_QKV = ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")
+FINAL_MODULATION = {"norm_out.linear": Slot("final_layer.adaLN_modulation.1.{leaf}", swap=True)}
+
 # --- SD3 / SD3.5 ---------------------------------------------------------------------------------
 
 SD3_FIXED = {
+    **_column(EMBEDDINGS, 0),
     "pos_embed.proj": Slot("x_embedder.proj.{leaf}"),
-    "time_text_embed.timestep_embedder.linear_1": Slot("t_embedder.mlp.0.{leaf}"),
-    "time_text_embed.timestep_embedder.linear_2": Slot("t_embedder.mlp.2.{leaf}"),
-    "time_text_embed.text_embedder.linear_1": Slot("y_embedder.mlp.0.{leaf}"),
-    "time_text_embed.text_embedder.linear_2": Slot("y_embedder.mlp.2.{leaf}"),
-    "context_embedder": Slot("context_embedder.{leaf}"),
-    "proj_out": Slot("final_layer.linear.{leaf}"),
-    "norm_out.linear": Slot("final_layer.adaLN_modulation.1.{leaf}", swap=True),
+    **FINAL_MODULATION,
 }
 SD3_BLOCK = {  # transformer_blocks.i.<name> -> joint_blocks.i.<slot>
-    **_fused("x_block.attn.qkv.{leaf}", ("attn.to_q", "attn.to_k", "attn.to_v")),
-    **_fused("context_block.attn.qkv.{leaf}", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
+    **_column(TWO_STREAM, 0),
+    **_column(QK_NORMS, 0),
+    **_fused("x_block.attn.qkv.{leaf}", SAMPLE_QKV),
+    **_fused("context_block.attn.qkv.{leaf}", CONTEXT_QKV),
+    # SD3.5 Medium's second self-attention of the image stream
     **_fused("x_block.attn2.qkv.{leaf}", ("attn2.to_q", "attn2.to_k", "attn2.to_v")),
-    "attn.norm_q": Slot("x_block.attn.ln_q.{leaf}"),
-    "attn.norm_k": Slot("x_block.attn.ln_k.{leaf}"),
-    "attn.norm_added_q": Slot("context_block.attn.ln_q.{leaf}"),
-    "attn.norm_added_k": Slot("context_block.attn.ln_k.{leaf}"),
     "attn2.norm_q": Slot("x_block.attn2.ln_q.{leaf}"),
     "attn2.norm_k": Slot("x_block.attn2.ln_k.{leaf}"),
-    "attn.to_out.0": Slot("x_block.attn.proj.{leaf}"),
-    "attn.to_add_out": Slot("context_block.attn.proj.{leaf}"),
     "attn2.to_out.0": Slot("x_block.attn2.proj.{leaf}"),
-    "norm1.linear": Slot("x_block.adaLN_modulation.1.{leaf}"),
-    "norm1_context.linear": Slot("context_block.adaLN_modulation.1.{leaf}"),
-    "ff.net.0.proj": Slot("x_block.mlp.fc1.{leaf}"),
-    "ff.net.2": Slot("x_block.mlp.fc2.{leaf}"),
-    "ff_context.net.0.proj": Slot("context_block.mlp.fc1.{leaf}"),
-    "ff_context.net.2": Slot("context_block.mlp.fc2.{leaf}"),
-}  # fmt: skip
+}
 
 
 def sd3_slot(name: str, config: Any) -> Slot:
@@ -115,36 +139,21 @@ def sd3_slot(name: str, config: Any) -> Slot:
 # --- Flux.1 ---------------------------------------------------------------------------------------
 
 FLUX_FIXED = {
-    "time_text_embed.timestep_embedder.linear_1": Slot("time_in.in_layer.{leaf}"),
-    "time_text_embed.timestep_embedder.linear_2": Slot("time_in.out_layer.{leaf}"),
-    "time_text_embed.text_embedder.linear_1": Slot("vector_in.in_layer.{leaf}"),
-    "time_text_embed.text_embedder.linear_2": Slot("vector_in.out_layer.{leaf}"),
+    **_column(EMBEDDINGS, 1),
     "time_text_embed.guidance_embedder.linear_1": Slot("guidance_in.in_layer.{leaf}"),
     "time_text_embed.guidance_embedder.linear_2": Slot("guidance_in.out_layer.{leaf}"),
-    "context_embedder": Slot("txt_in.{leaf}"),
     "x_embedder": Slot("img_in.{leaf}"),
-    "proj_out": Slot("final_layer.linear.{leaf}"),
-    "norm_out.linear": Slot("final_layer.adaLN_modulation.1.{leaf}", swap=True),
+    **FINAL_MODULATION,
 }
 FLUX_DOUBLE = {  # transformer_blocks.i.<name> -> double_blocks.i.<slot>
-    "norm1.linear": Slot("img_mod.lin.{leaf}"),
-    "norm1_context.linear": Slot("txt_mod.lin.{leaf}"),
-    **_fused("img_attn.qkv.{leaf}", ("attn.to_q", "attn.to_k", "attn.to_v")),
-    **_fused("txt_attn.qkv.{leaf}", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
-    "attn.norm_q": Slot("img_attn.norm.query_norm.scale"),
-    "attn.norm_k": Slot("img_attn.norm.key_norm.scale"),
-    "attn.norm_added_q": Slot("txt_attn.norm.query_norm.scale"),
-    "attn.norm_added_k": Slot("txt_attn.norm.key_norm.scale"),
-    "attn.to_out.0": Slot("img_attn.proj.{leaf}"),
-    "attn.to_add_out": Slot("txt_attn.proj.{leaf}"),
-    "ff.net.0.proj": Slot("img_mlp.0.{leaf}"),
-    "ff.net.2": Slot("img_mlp.2.{leaf}"),
-    "ff_context.net.0.proj": Slot("txt_mlp.0.{leaf}"),
-    "ff_context.net.2": Slot("txt_mlp.2.{leaf}"),
+    **_column(TWO_STREAM, 1),
+    **_column(QK_NORMS, 1, leaf="scale"),
+    **_fused("img_attn.qkv.{leaf}", SAMPLE_QKV),
+    **_fused("txt_attn.qkv.{leaf}", CONTEXT_QKV),
 }
 FLUX_SINGLE = {  # single_transformer_blocks.i.<name> -> single_blocks.i.<slot>
     "norm.linear": Slot("modulation.lin.{leaf}"),
-    **_fused("linear1.{leaf}", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
+    **_fused("linear1.{leaf}", (*SAMPLE_QKV, "proj_mlp")),
     "attn.norm_q": Slot("norm.query_norm.scale"),
     "attn.norm_k": Slot("norm.key_norm.scale"),
     "proj_out": Slot("linear2.{leaf}"),
@@ -300,7 +309,7 @@ def check_flow_single_file(pipeline: Any, stock_class: str) -> None:
     """Refuse, in one line, a flow export whose single file diffusers would not read back as it is.
 
     diffusers' `from_single_file` tells SD3's CLIP-L from CLIP-G by their widths, gives CLIP-L an
-    identity text projection (SD3's original code uses its pooled output unprojected), and splits
+    identity text projection, and splits
     Flux's fused single-block weights at FLUX.1's width; a file outside these would load with
     other weights or not at all.
 

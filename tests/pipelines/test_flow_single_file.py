@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -39,6 +40,7 @@ from sfd.teachers import FluxTeacher, SD3Teacher
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 T_INIT = 0.97
+DOCS = Path(__file__).parents[2] / "docs" / "families" / "flow.md"
 PROMPTS = ["a photo of brad pitt", "a landscape painting"]
 CONVERTERS = {
     "SD3Transformer2DModel": convert_sd3_transformer_checkpoint_to_diffusers,
@@ -135,17 +137,28 @@ def assert_same_weights(ours: torch.nn.Module, loaded: torch.nn.Module) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sd3_single_file_export_samples_sfds_latents_with_the_stock_loader(tmp_path) -> None:
-    """`sfd export --single-file` of an SD3 generator: StableDiffusion3Pipeline.from_single_file
-    (offline, config = the export's configs, no weights) loads every network bit-identically, and
-    one stock step from t_init gives sfd's latents."""
-    teacher_dir = save_tiny_sd3_pipeline(tmp_path / "sd3", as_released=True)
-    teacher = SD3Teacher(str(teacher_dir), max_sequence_length=16)
+@pytest.fixture(scope="module")
+def sd3_export(tmp_path_factory) -> tuple[Path, OneStepGenerator]:
+    """`sfd export --single-file --dtype fp16` of an SD3 generator that is not its teacher."""
+    root = tmp_path_factory.mktemp("sd3_single_file")
+    teacher = SD3Teacher(
+        str(save_tiny_sd3_pipeline(root / "sd3", as_released=True)), max_sequence_length=16
+    )
     generator = OneStepGenerator(copy.deepcopy(teacher), t_init=T_INIT).eval()
-    with torch.no_grad():  # a generator that is not its teacher
+    torch.manual_seed(0)
+    with torch.no_grad():
         for p in generator.denoiser.transformer.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    folder = save_generator(generator, tmp_path / "export", single_file=True, dtype="fp16")
+    return save_generator(generator, root / "export", single_file=True, dtype="fp16"), generator
+
+
+def test_sd3_single_file_export_samples_sfds_latents_with_the_stock_loader(
+    sd3_export, tmp_path
+) -> None:
+    """StableDiffusion3Pipeline.from_single_file (offline, config = the export's configs without
+    weights) loads every network bit-identically, and one stock step from t_init gives sfd's
+    latents."""
+    folder, generator = sd3_export
     record = json.loads((folder / "sfd_export.json").read_text())
     assert record["single_file"] == "sfd_generator.safetensors"
     assert "pipe.text_encoder_3.eval()" in (folder / "README.md").read_text()
@@ -166,6 +179,24 @@ def test_sd3_single_file_export_samples_sfds_latents_with_the_stock_loader(tmp_p
     half = load_file(folder / record["single_file_variant"])
     assert {v.dtype for v in half.values() if v.is_floating_point()} == {torch.float16}
     assert half.keys() == load_file(folder / record["single_file"]).keys()
+
+
+def test_the_docs_single_file_snippet_runs_and_matches_sfd(sd3_export, tmp_path, monkeypatch):
+    """docs/families/flow.md's single-file snippet, verbatim: its image is sfd's (8-bit)."""
+    folder, _ = sd3_export
+    blocks = DOCS.read_text().split("```python\n")[1:]
+    [snippet] = [b.split("```")[0] for b in blocks if "from_single_file(" in b]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "sd3-tiny-generator").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    with torch.no_grad():
+        exec(snippet, scope)
+        expected = load_pipeline(folder)(
+            "a photo of a cat", generator=torch.Generator().manual_seed(0), output_type="np"
+        ).images[0]  # (H, W, 3) in [0, 1]
+    error = np.abs(np.asarray(scope["image"]).astype(np.float64) / 255 - expected)
+    assert error.max() <= 0.5 / 255 + 1e-5
 
 
 def test_flux_single_file_holds_vae_and_text_encoders_for_the_stock_loader(
