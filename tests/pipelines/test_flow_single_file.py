@@ -199,6 +199,27 @@ def test_the_docs_single_file_snippet_runs_and_matches_sfd(sd3_export, tmp_path,
     assert error.max() <= 0.5 / 255 + 1e-5
 
 
+def test_sfd_export_single_file_on_an_sd3_checkpoint(sd3_export, tmp_path, capsys) -> None:
+    """`sfd export CKPT OUT --single-file` (the CLI path, checks included) writes the same file as
+    the library export of the same generator."""
+    from sfd.cli import main
+    from sfd.core.generator import GENERATOR_SPEC_KEY, checkpoint_entry
+
+    folder, generator = sd3_export
+    prefix = "ema.denoiser."
+    torch.save(
+        {
+            "pytorch-lightning_version": "2.6.0",
+            "state_dict": {prefix + k: v for k, v in generator.denoiser.state_dict().items()},
+            GENERATOR_SPEC_KEY: checkpoint_entry(generator, prefix),
+        },
+        tmp_path / "sd3.ckpt",
+    )
+    assert main(["export", str(tmp_path / "sd3.ckpt"), str(tmp_path / "out"), "--single-file"]) == 0
+    ours, theirs = (load_file(f / "sfd_generator.safetensors") for f in (tmp_path / "out", folder))
+    assert_identity(theirs, ours)
+
+
 def test_flux_single_file_holds_vae_and_text_encoders_for_the_stock_loader(
     flow_dirs, tmp_path
 ) -> None:
