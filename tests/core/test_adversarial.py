@@ -333,6 +333,19 @@ def test_sfd_trains_with_the_attack_and_never_moves_the_teacher(
     assert bool(tokens.isfinite().all())
 
 
+def test_an_sdxl_teacher_is_refused_in_one_line(sdxl_dirs) -> None:
+    """SDXL packs two CLIP encoders' hidden states and a pooled vector: not yet attacked."""
+    from sd_fixtures import celebrity_conditions
+
+    from sfd.teachers import StableDiffusionXLTeacher
+
+    teacher = StableDiffusionXLTeacher(str(sdxl_dirs["epsilon"]))
+    with pytest.raises(SFDConfigError, match="does not give StableDiffusionXLTeacher's prompt"):
+        SFDModule(
+            teacher, celebrity_conditions(), SIGMAS, adversarial=AdversarialSettings(tokens=4)
+        )
+
+
 def test_non_finite_learned_vectors_stop_the_run_at_the_next_read_back(
     single_thread, monkeypatch
 ) -> None:
