@@ -69,13 +69,6 @@ def select_trainable(network: nn.Module, which: str) -> list[str]:
     return chosen
 
 
-def check_positive_integers(**values: Any) -> None:
-    """Raise `SFDConfigError` for the first value that is not a positive integer (a bool is not)."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SFDConfigError(f"{name}={value!r} must be a positive integer")
-
-
 class TeacherCopyModule(pl.LightningModule):
     """A baseline that fine-tunes `student`, a copy of the frozen original `teacher`.
 

@@ -24,14 +24,13 @@ from torch import Tensor
 from sfd.baselines.common import (
     TRAIN_PARAMETERS,
     TeacherCopyModule,
-    check_positive_integers,
     eps_mse,
     select_trainable,
     stream,
 )
 from sfd.core.conditions import ConditionSampler
 from sfd.core.ddim import ddim_sigmas, ddim_trajectory
-from sfd.errors import SFDConfigError, check_number
+from sfd.errors import SFDConfigError, check_count, check_number
 from sfd.teachers.base import Denoiser
 
 
@@ -136,9 +135,12 @@ class ESDModule(TeacherCopyModule):
         check_number("sample_guidance", sample_guidance)
         if grad_clip is not None:
             check_number("grad_clip", grad_clip, low=0, low_open=True)
-        check_positive_integers(
-            batch_size=batch_size, ddim_steps=ddim_steps, steps_per_epoch=steps_per_epoch
-        )
+        for name, count in (
+            ("batch_size", batch_size),
+            ("ddim_steps", ddim_steps),
+            ("steps_per_epoch", steps_per_epoch),
+        ):
+            check_count(name, count)
         if train_parameters not in TRAIN_PARAMETERS:
             raise SFDConfigError(
                 f"train_parameters={train_parameters!r} is not allowed; choose from {TRAIN_PARAMETERS}"

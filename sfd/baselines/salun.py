@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sfd.baselines.common import TeacherCopyModule, check_positive_integers, eps_mse, stream
+from sfd.baselines.common import TeacherCopyModule, eps_mse, stream
 from sfd.baselines.sampling import sample_pool
 from sfd.core.conditions import ConditionSampler
-from sfd.errors import SFDConfigError, check_number
+from sfd.errors import SFDConfigError, check_count, check_number
 from sfd.teachers.base import Denoiser
 
 
@@ -148,13 +148,14 @@ class SalUnModule(TeacherCopyModule):
         check_number("sample_guidance", sample_guidance)
         if grad_clip is not None:
             check_number("grad_clip", grad_clip, low=0, low_open=True)
-        check_positive_integers(
-            batch_size=batch_size,
-            forget_samples=forget_samples,
-            remain_samples=remain_samples,
-            ddim_steps=ddim_steps,
-            steps_per_epoch=steps_per_epoch,
-        )
+        for name, count in (
+            ("batch_size", batch_size),
+            ("forget_samples", forget_samples),
+            ("remain_samples", remain_samples),
+            ("ddim_steps", ddim_steps),
+            ("steps_per_epoch", steps_per_epoch),
+        ):
+            check_count(name, count)
 
     # --- before training: the stand-in data set and the saliency mask ---------------------------
 

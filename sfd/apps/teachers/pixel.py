@@ -28,6 +28,7 @@ from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages, from_uint8
 from sfd.teachers.unet import SFD_CONFIG_NAME
+from sfd.training.memory import parameter_count
 from sfd.training.progress import IterationProgressBar
 
 DEFAULT_BLOCK_OUT_CHANNELS = (32, 64)
@@ -322,7 +323,7 @@ def save_teacher(
         "num_classes": module.num_classes,
         "null_class": module.null_class,
         "image_shape": list(module.hparams.image_shape),
-        "parameters": sum(p.numel() for p in unet.parameters()),
+        "parameters": parameter_count(unet),
         "ema": module.ema_unet is not None,
         "global_step": module.global_step,
         **(extra or {}),
