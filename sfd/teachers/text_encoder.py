@@ -191,10 +191,10 @@ def check_inputs_embeds(text_encoder: nn.Module, what: str) -> None:
         )
 
 
-def insert_soft_tokens(
+def soft_token_inputs(
     text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
-) -> Tensor:
-    """Hidden states of prompts with learned token embeddings inserted before their end token.
+) -> tuple[Tensor, Tensor]:
+    """Input embeddings of prompts with learned token embeddings inserted before their end token.
 
     Row b reads: its first used[b] − 1 tokens, the n learned vectors soft[b], its end token and
     padding, truncated to the prompt length L (callers check that used + n ≤ L).
@@ -206,7 +206,8 @@ def insert_soft_tokens(
         soft: the learned vectors in the encoder's input-embedding space, (B, n, D_in).
 
     Returns:
-        float32 hidden states, (B, L, D), differentiable in `soft`.
+        (inputs_embeds (B, L, D_in), differentiable in `soft`; attention mask (B, L), 1 for the
+        used tokens and the learned ones).
     """
     batch, length = input_ids.shape
     n = soft.shape[1]
@@ -222,4 +223,17 @@ def insert_soft_tokens(
     sequence = torch.cat([words, soft.to(words.dtype)], dim=1)
     sequence = sequence.gather(1, source.unsqueeze(-1).expand(-1, -1, sequence.shape[-1]))
     mask = (position < (used.reshape(-1, 1) + n)).to(torch.long)  # (B, L)
+    return sequence, mask
+
+
+def insert_soft_tokens(
+    text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
+) -> Tensor:
+    """Hidden states of prompts with learned token embeddings inserted before their end token
+    (`soft_token_inputs`), under the encoder's padding convention (`hidden_states`).
+
+    Returns:
+        float32 hidden states, (B, L, D), differentiable in `soft`.
+    """
+    sequence, mask = soft_token_inputs(text_encoder, input_ids, used, soft)
     return hidden_states(text_encoder, None, mask, inputs_embeds=sequence)
