@@ -274,6 +274,14 @@ def test_the_demos_turn_it_on_for_sfd_only() -> None:
     parsed = parse_fit_config(ClassRunSettings(adversarial=True).sfd_command_line())
     assert parsed.model.adversarial.steps == AdversarialSettings().steps
     assert parse_fit_config(ClassRunSettings().sfd_command_line()).model.adversarial is None
+    refined = ["--model.adversarial.steps", "5"]  # refines SFD; stage 1 stays plain distillation
+    for settings in (
+        ClassRunSettings(adversarial=True, sfd_args=refined),
+        TextDemoSettings(adversarial=True, sfd_args=refined, family="sd3"),
+    ):
+        assert parse_fit_config(settings.sfd_command_line()).model.adversarial.steps == 5
+        stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"))
+        assert stage1.model.adversarial is None
 
 
 FLOW_LENGTH = 32  # T5 tokens per prompt (the tiny T5 vocabulary spells names letter by letter)

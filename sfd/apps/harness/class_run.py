@@ -13,7 +13,8 @@ from sfd.eval.attack_budget import ClassEmbeddingBudget
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD, and stage 2 of the two-stage path
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
 # `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
-# (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
+# (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it (SFD only:
+# stage 1 sets `--model.adversarial null` after them).
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
 
 
@@ -94,6 +95,7 @@ class ClassRunSettings:
         if stage == "stage1":
             args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
             args += ["--model.adapters", "null"]  # full copies: they start a full stage 2
+            args += ["--model.adversarial", "null"]  # `--model.adversarial.*` refine SFD only
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args
