@@ -13,9 +13,12 @@ page docs/results/text.md.
 
     python experiments/text_benchmark.py --page-from runs/text-benchmark/benchmark.json
 
-With `--family sd3` every set-up runs on the flow-matching teacher (`sfd demo-text --family
-sd3`: a small SD3Transformer2DModel trained with rectified flow, loaded by SD3Teacher), the
-targets are issue 20's (`FLOW_TARGETS`) and the page is docs/results/flow_text.md.
+With `--adversarial` each set-up runs a second time with adversarial SFD (`sfd demo-text
+--adversarial` into `<set-up>-adversarial`; `--adversarial-set KEY=VALUE` refines its settings
+alone), reported beside plain SFD. With `--family sd3` every set-up runs on the flow-matching
+teacher (`sfd demo-text --family sd3`: a small SD3Transformer2DModel trained with rectified flow,
+loaded by SD3Teacher), the targets are issue 20's (`FLOW_TARGETS`) and the page is
+docs/results/flow_text.md.
 """
 
 from __future__ import annotations
@@ -117,15 +120,28 @@ def shown_path(path: Path) -> str:
 SHIPPED_PROMPTS = re.compile(r"\S*/(sfd/apps/demo_text/prompts/\S+)")
 
 
+def adversarial_options(settings: list[str]) -> list[str]:
+    """`--adversarial-set KEY=VALUE` settings as `sfd demo-text` options of the adversarial run."""
+    options = ["--adversarial"]
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        options += [f"--model.adversarial.{key}", value]
+    return options
+
+
 def run_setup(
-    name: str, output: Path, extra: list[str], family: str = "unet", adversarial: bool = False
+    name: str,
+    output: Path,
+    extra: list[str],
+    family: str = "unet",
+    adversarial: list[str] | None = None,
 ) -> dict:
-    """Run one set-up (with `adversarial`: then again with adversarial SFD, merged)."""
+    """Run one set-up (with `adversarial`, its settings: then again with adversarial SFD, merged)."""
     result = run(name, output, extra, family)
-    if not adversarial:
+    if adversarial is None:
         return result
     folder = name + ADVERSARIAL_SUFFIX
-    again = run(name, output, [*extra, "--adversarial"], family, folder)
+    again = run(name, output, [*extra, *adversarial_options(adversarial)], family, folder)
     result["models"]["adversarial_sfd"] = again["models"]["sfd"]
     result["adversarial"] = {
         key: again[key]
@@ -276,6 +292,14 @@ def main(argv: list[str] | None = None) -> None:
         help="also run each set-up with adversarial SFD (demo-text --adversarial) and report it "
         "beside plain SFD",
     )
+    parser.add_argument(
+        "--adversarial-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; implies "
+        "--adversarial), e.g. steps=4",
+    )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
     if options.page_from:
@@ -283,8 +307,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     extra = [a for a in extra if a != "--"]
     load_start = os.getloadavg()
+    bad = [a for a in options.adversarial_set if "=" not in a or a.startswith("=")]
+    if bad:
+        parser.error(f"--adversarial-set {bad[0]!r}: expected KEY=VALUE, e.g. steps=4")
+    adversarial = (
+        options.adversarial_set if options.adversarial or options.adversarial_set else None
+    )
     results = [
-        run_setup(name, options.output_dir, extra, options.family, options.adversarial)
+        run_setup(name, options.output_dir, extra, options.family, adversarial)
         for name in options.only or SETUPS
     ]
     threads = sorted({r["torch_threads"] for r in results})

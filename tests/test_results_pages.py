@@ -622,3 +622,12 @@ def test_the_flow_targets_judge_the_model_they_are_asked_for() -> None:
     assert (plain[attack]["met"], plain[fid]["met"]) == (False, True)
     assert (adversarial[attack]["met"], adversarial[fid]["met"]) == (True, False)
     assert adversarial[attack]["value"] == 0.3 and adversarial[fid]["value"] == 2.0
+
+
+def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
+    module = importlib.import_module("text_benchmark")
+    assert module.adversarial_options(["steps=4", "weight=2"]) == [
+        "--adversarial", "--model.adversarial.steps", "4", "--model.adversarial.weight", "2",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        module.main(["--adversarial-set", "steps", "--no-page"])
