@@ -337,9 +337,10 @@ class FlowTransformerDenoiser(FlowDenoiser):
         self, text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
     ) -> Tensor:
         """`sequence_states` of prompts with learned token embeddings inserted before their end
-        token (`sfd.teachers.text_encoder.soft_token_inputs`), (B, L, D), differentiable."""
-        sequence, _ = soft_token_inputs(text_encoder, input_ids, used, soft)
-        return self.sequence_states(text_encoder, inputs_embeds=sequence)
+        token (`sfd.teachers.text_encoder.soft_token_inputs`: T5's forward embeds ids with a
+        module of its own, so the learned rows enter as `inputs_embeds`), (B, L, D), differentiable."""
+        embeds = soft_token_inputs(text_encoder, input_ids, used, soft)
+        return self.sequence_states(text_encoder, inputs_embeds=embeds)
 
     def sequence_rows(self, prompt_embeds: Tensor) -> Tensor:
         """The sequence encoder's rows of prompt embeddings: the last `max_sequence_length`."""
