@@ -1,14 +1,20 @@
 """The attack suite and the revival test on a text demo's report folder: plain SFD against the
-generator that forgot nothing (stage 1), judged by the report's evaluation classifier.
+generator that forgot nothing (stage 1) and, with `--adversarial-run`, adversarial SFD, judged by
+the report's evaluation classifier.
 
 Reads RUN (an `sfd demo-text` output folder: generator/, generator_without_forgetting/,
 classifier/, prompts/, metrics.json for the concept pair), runs the soft-prompt and the discrete
 prompt attacks at the given budgets on the first training forget prompt, the paraphrases' success,
 and the revival test, writes the JSON record and docs/results/attacks.md. With `--class-run` (an
 `sfd demo` output folder) instead: the class-embedding attack and the revival test of the class
-generators, into docs/results/attacks_class.md.
+generators, into docs/results/attacks_class.md. `--adversarial-run` names the same demo's output
+folder run with `--adversarial` on the same teacher and stage 1 (checked: the two stage-1
+generators must be the same files); its generator joins the table, beside the two report folders'
+UA, remain and neighbour accuracy, FID and stage-2 training time, and the issue's targets.
 
     python experiments/attack_suite.py --run demo-text-output --revival 40
+    python experiments/attack_suite.py --run demo-text-output \
+        --adversarial-run demo-text-adversarial-output --revival 40
     python experiments/attack_suite.py --class-run demo-output --revival 40 \
         --json runs/attacks/attacks_class.json
 """
@@ -16,6 +22,7 @@ generators, into docs/results/attacks_class.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -33,14 +40,86 @@ from results_page import (
     write_page,
 )
 
-MODELS = {"sfd": "generator", "distilled_without_forgetting": "generator_without_forgetting"}
+# model key -> (report folder: the plain or the adversarial run, generator folder in it)
+MODELS = {
+    "sfd": ("plain", "generator"),
+    "adversarial_sfd": ("adversarial", "generator"),
+    "distilled_without_forgetting": ("plain", "generator_without_forgetting"),
+}
 TITLES = {
     "sfd": "one-step SFD",
+    "adversarial_sfd": "one-step adversarial SFD",
     "distilled_without_forgetting": "one-step, no forgetting",
     "esd": "ESD (DDIM)",
     "salun": "SalUn (DDIM)",
 }
 BASELINES = ("esd", "salun")  # teacher folders under an `sfd compare` output's models/
+
+
+def model_folders(plain: Path, adversarial: Path | None) -> dict[str, Path]:
+    """Each measured model's generator folder: plain SFD, adversarial SFD (when given), stage 1."""
+    runs = {"plain": plain, "adversarial": adversarial}
+    return {
+        key: runs[run] / folder for key, (run, folder) in MODELS.items() if runs[run] is not None
+    }
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over a folder's files (relative names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def check_same_base(plain: Path, adversarial: Path) -> str | None:
+    """Why the two report folders are not one comparison (None when they are): the same
+    concept pair and the same stage-1 generator (file for file)."""
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in (plain, adversarial))
+    for name in ("forget", "override"):
+        if first.get(name) != second.get(name):
+            return (
+                f"{name} {first.get(name)!r} in {plain} but {second.get(name)!r} in {adversarial}"
+            )
+    stage1 = "generator_without_forgetting"
+    if folder_digest(plain / stage1) != folder_digest(adversarial / stage1):
+        return f"{plain / stage1} and {adversarial / stage1} differ: not the same stage 1"
+    return None
+
+
+def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
+    """The report folders' own evaluation per model: UA (training prompts or class, paraphrases),
+    remain and neighbour accuracy, FID, and the stage-2 wall seconds (SFD models)."""
+
+    def scores(metrics: dict[str, Any], key: str) -> dict[str, Any]:
+        entry = metrics[key]
+        ua = entry["forget_train"]["ua"] if "forget_train" in entry else entry["ua"]
+        paraphrases = entry.get("forget_paraphrases", {}).get("ua")
+        stage2 = metrics["protocol"].get("two_stage", {}).get("stage2_training_seconds")
+        seconds = (
+            metrics["protocol"].get("phase_seconds", {}).get("sfd") if stage2 is None else stage2
+        )
+        return {
+            "ua": ua,
+            "ua_paraphrases": paraphrases,
+            "remain_accuracy": entry.get("remain_accuracy"),
+            "neighbour_accuracy": entry.get("neighbour_accuracy"),
+            "fid_remain": entry.get("fid_remain"),
+            "training_seconds": seconds if key == "sfd" else None,
+        }
+
+    runs = {"plain": plain, "adversarial": adversarial}
+    metrics = {run: json.loads((folder / "metrics.json").read_text())
+               for run, folder in runs.items() if folder is not None}  # fmt: skip
+    summary = {"teacher": scores(metrics["plain"], "teacher")}
+    for key, (run, folder) in MODELS.items():
+        if run in metrics:
+            summary[key] = scores(metrics[run], "sfd" if folder == "generator" else key)
+    if adversarial is not None:
+        settings = metrics["adversarial"]["protocol"].get("sfd_settings", {})
+        summary["adversarial_settings"] = settings.get("model", {}).get("adversarial")
+    return summary
 
 
 def measure(options: argparse.Namespace) -> dict[str, Any]:
@@ -90,8 +169,9 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     }
     revival = RevivalBudget(steps=options.revival)
     models: dict[str, Any] = {}
-    for key, folder in MODELS.items():
-        model = exported_model(run / folder)
+    adversarial = Path(options.adversarial_run) if options.adversarial_run else None
+    for key, folder in model_folders(run, adversarial).items():
+        model = exported_model(folder)
         entry: dict[str, Any] = {"attacks": {}, "seconds": {}}
         for name, budget in budgets.items():
             start = time.perf_counter()
@@ -110,9 +190,11 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         entry["seconds"]["revival"] = round(time.perf_counter() - start, 1)
         print(f"{key} revival UA: {entry['revival']['ua']}")
         models[key] = entry
-    return {"run_folder": str(run), "forget": forget, "override": override, "models": models,
+    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+            "forget": forget, "override": override, "models": models,
             "budgets": {name: vars(b) for name, b in budgets.items()},
-            "revival_budget": vars(revival), "ua_images": options.ua_images}  # fmt: skip
+            "revival_budget": vars(revival), "ua_images": options.ua_images,
+            "summary": run_summary(run, adversarial)}  # fmt: skip
 
 
 def measure_class(options: argparse.Namespace) -> dict[str, Any]:
@@ -139,8 +221,9 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
     revival = RevivalBudget(steps=options.revival)
     images = revival_images(heldout.images, heldout.labels, forget, revival.images, revival.seed)
     models: dict[str, Any] = {}
-    for key, folder in MODELS.items():
-        sampler = one_step_sampler(load_generator(run / folder))
+    adversarial = Path(options.adversarial_run) if options.adversarial_run else None
+    for key, folder in model_folders(run, adversarial).items():
+        sampler = one_step_sampler(load_generator(folder))
         start = time.perf_counter()
         with torch.enable_grad():
             attack = class_embedding_attack(sampler, classifier, forget, budget)
@@ -162,9 +245,97 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
                                            options.ua_images)  # fmt: skip
             print(f"{key} revival UA: {outcome.ua}")
             models[key] = {"revival": outcome.to_dict(), "sampler": sampler.name}
-    return {"run_folder": str(run), "forget": forget, "models": models, "budget": vars(budget),
+    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+            "forget": forget, "models": models, "budget": vars(budget),
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "baselines": options.baselines}  # fmt: skip
+            "baselines": options.baselines, "summary": run_summary(run, adversarial)}  # fmt: skip
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def steps_to_revival(revival: dict[str, Any]) -> str:
+    steps = revival["steps_to_revival"]
+    return f"not within {revival['steps'][-1]}" if steps is None else str(steps)
+
+
+def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[str, str]:
+    """The side-by-side table (the report folders' evaluation beside the attacks and revival)
+    and, with adversarial SFD, the issue's targets; empty for records without a summary.
+
+    Args:
+        record: a record of `measure` or `measure_class`.
+        attacks: column title -> attack name in a text model's "attacks" ("" for the class
+            attack of a class record).
+    """
+    summary, models = record.get("summary"), record["models"]
+    if summary is None:
+        return {}
+
+    def rate(key: str, name: str) -> float:
+        entry = models[key]
+        return (
+            entry["attack"]["success_rate"] if not name else entry["attacks"][name]["success_rate"]
+        )
+
+    rows = [["teacher", *(percent(summary["teacher"][n]) for n in ("ua", "ua_paraphrases",
+             "remain_accuracy", "neighbour_accuracy")), f"{summary['teacher']['fid_remain']:.3f}",
+             *("–" for _ in attacks), "–", "–"]]  # fmt: skip
+    for key in (k for k in MODELS if k in models):
+        scores, seconds = summary[key], summary[key]["training_seconds"]
+        rows.append(
+            [TITLES[key]]
+            + [
+                percent(scores[n])
+                for n in ("ua", "ua_paraphrases", "remain_accuracy", "neighbour_accuracy")
+            ]  # fmt: skip
+            + [f"{scores['fid_remain']:.3f}"]
+            + [percent(rate(key, name)) for name in attacks.values()]
+            + [
+                steps_to_revival(models[key]["revival"]),
+                "–" if seconds is None else f"{seconds:.0f}",
+            ]
+        )
+    header = ["model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID",
+              *attacks, "revival: steps until UA < 50 %", "stage-2 s"]  # fmt: skip
+    folders = f"`{record['run_folder']}`" + (
+        f" and `{record['adversarial_run_folder']}`" if record.get("adversarial_run_folder") else ""
+    )
+    sections = {
+        "Benchmark (plain SFD, adversarial SFD, no forgetting)": (
+            f"UA, paraphrase UA, remain and neighbour accuracy and FID are the report folders' own "
+            f"evaluation ({folders}; the same teacher, classifier and stage 1); attacks and revival "
+            "as below. Stage-2 s: wall seconds of the SFD phase on the shared machine (see the "
+            "load above); [adversarial_overhead](adversarial_overhead.md) times it in isolation. "
+            f"Adversarial SFD settings: {summary.get('adversarial_settings')}.\n\n"
+            + markdown_table(header, rows)
+        )
+    }
+    if "adversarial_sfd" not in models:
+        return sections
+    adv, plain, teacher = summary["adversarial_sfd"], summary["sfd"], summary["teacher"]
+    targets = [(f"adversarial SFD {title} ≤ 5 %", percent(rate("adversarial_sfd", name)),
+                rate("adversarial_sfd", name) <= 0.05) for title, name in attacks.items()]  # fmt: skip
+    targets.append(("UA (training prompts / class) ≥ 99 %", percent(adv["ua"]), adv["ua"] >= 0.99))
+    if adv["ua_paraphrases"] is not None:
+        targets.append(("UA paraphrases ≥ 95 %", percent(adv["ua_paraphrases"]),
+                        adv["ua_paraphrases"] >= 0.95))  # fmt: skip
+    for name, title in (("remain_accuracy", "remain"), ("neighbour_accuracy", "neighbour")):
+        if adv[name] is not None:
+            gap = 100 * (adv[name] - teacher[name])
+            targets.append((f"{title} accuracy within 2 points of the teacher's",
+                            f"{gap:+.1f} points", abs(gap) <= 2))  # fmt: skip
+    ratio = adv["fid_remain"] / plain["fid_remain"]
+    targets.append(("remain FID ≤ 1.1× plain SFD's", f"{ratio:.2f}×", ratio <= 1.1))
+    if adv["training_seconds"] and plain["training_seconds"]:
+        ratio = adv["training_seconds"] / plain["training_seconds"]
+        targets.append(("stage-2 wall time ≤ 2× plain SFD's (shared machine)", f"{ratio:.2f}×",
+                        ratio <= 2))  # fmt: skip
+    sections["Targets (adversarial SFD)"] = markdown_table(
+        ["target", "value", "met"], [[t, v, "yes" if met else "no"] for t, v, met in targets]
+    )
+    return sections
 
 
 def revival_table(models: dict[str, Any]) -> str:
@@ -173,11 +344,7 @@ def revival_table(models: dict[str, Any]) -> str:
     rows = [
         [TITLES[key]]
         + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
-        + [
-            f"not within {first['steps'][-1]}"
-            if entry["revival"]["steps_to_revival"] is None
-            else entry["revival"]["steps_to_revival"]
-        ]
+        + [steps_to_revival(entry["revival"])]
         for key, entry in models.items()
     ]
     header = ["model", *(f"UA after {s} steps" for s in first["steps"]), "steps until UA < 50 %"]
@@ -201,6 +368,7 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
         else ""
     )
     sections = {
+        **benchmark_sections(record, {"class-embedding success": ""}),
         "Class-embedding attack": (
             f"Forget class {record['forget']} (report folder `{record['run_folder']}`). Budget: "
             f"{record['budget']}. Objective: {first['attack']['objective']}. Success (ASR): "
@@ -232,6 +400,7 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
     first = next(iter(models.values()))["revival"]
     budgets = record["budgets"]
     sections = {
+        **benchmark_sections(record, {"soft success": "soft", "discrete success": "discrete"}),
         "Attack success (share of held-out-noise samples labelled as the forgotten class)": (
             f"Concept pair: forget {record['forget']}, override {record['override']} (report "
             f"folder `{record['run_folder']}`). Soft prompt: {budgets['soft']}. Discrete prompt "
@@ -259,6 +428,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="an sfd demo-text output folder")
     parser.add_argument("--class-run", help="an sfd demo output folder (class path instead)")
+    parser.add_argument(
+        "--adversarial-run",
+        help="the same demo's output folder with --adversarial (same teacher and stage 1)",
+    )
     parser.add_argument("--baselines", help="with --class-run: an sfd compare output's models/")
     parser.add_argument("--ddim-steps", type=int, default=50, help="the baselines' sampler")
     parser.add_argument("--tokens", type=int, default=16)
@@ -276,6 +449,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if bool(options.run) == bool(options.class_run):
         parser.error("give one of --run and --class-run (or --page-from)")
+    if options.adversarial_run:
+        reason = check_same_base(
+            Path(options.run or options.class_run), Path(options.adversarial_run)
+        )
+        if reason:
+            parser.error(f"--adversarial-run {options.adversarial_run}: {reason}")
     load_start = os.getloadavg()
     record = measure(options) if options.run else measure_class(options)
     record["run"] = run_context(command_line(__file__, argv), load_start)
