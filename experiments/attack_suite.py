@@ -122,6 +122,38 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
     return summary
 
 
+# The options that must agree for a record's models to be reused (`--reuse`).
+SAME_SETTINGS = ("run", "class_run", "adversarial_run", "tokens", "steps", "discrete_steps",
+                 "restarts", "revival", "ua_images")  # fmt: skip
+
+
+def to_measure(options: argparse.Namespace, run: Path, adversarial: Path | None) -> dict[str, Path]:
+    """The generator folders this command measures: `--only`'s models (all by default), less the
+    models taken from the `--reuse` record."""
+    folders = model_folders(run, adversarial)
+    return {key: folder for key, folder in folders.items()
+            if key in (options.only or folders) and key not in options.reused_models}  # fmt: skip
+
+
+def reused(options: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]:
+    """The measured models and the reused ones, in the order of `MODELS` (baselines last)."""
+    models = {**options.reused_models, **measured}
+    return {key: models[key] for key in [*MODELS, *models] if key in models}
+
+
+def check_reuse(options: argparse.Namespace) -> str | None:
+    """Why the `--reuse` record cannot be reused by this command (None when it can): it must come
+    from the same report folders and budgets."""
+    old = read_record(options.reuse)
+    if old.get("settings") is None:
+        return "it names no settings (written before --reuse existed); measure again"
+    for name in SAME_SETTINGS:
+        if old["settings"].get(name) != getattr(options, name):
+            was, now = old["settings"].get(name), getattr(options, name)
+            return f"it was measured with {name}={was!r}, not {now!r}"
+    return None
+
+
 def measure(options: argparse.Namespace) -> dict[str, Any]:
     """Run the suite and the revival test on both generators of the report folder."""
     import torch
@@ -170,7 +202,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     revival = RevivalBudget(steps=options.revival)
     models: dict[str, Any] = {}
     adversarial = Path(options.adversarial_run) if options.adversarial_run else None
-    for key, folder in model_folders(run, adversarial).items():
+    for key, folder in to_measure(options, run, adversarial).items():
         model = exported_model(folder)
         entry: dict[str, Any] = {"attacks": {}, "seconds": {}}
         for name, budget in budgets.items():
@@ -191,7 +223,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         print(f"{key} revival UA: {entry['revival']['ua']}")
         models[key] = entry
     return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
-            "forget": forget, "override": override, "models": models,
+            "forget": forget, "override": override, "models": reused(options, models),
             "budgets": {name: vars(b) for name, b in budgets.items()},
             "revival_budget": vars(revival), "ua_images": options.ua_images,
             "summary": run_summary(run, adversarial)}  # fmt: skip
@@ -222,7 +254,7 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
     images = revival_images(heldout.images, heldout.labels, forget, revival.images, revival.seed)
     models: dict[str, Any] = {}
     adversarial = Path(options.adversarial_run) if options.adversarial_run else None
-    for key, folder in model_folders(run, adversarial).items():
+    for key, folder in to_measure(options, run, adversarial).items():
         sampler = one_step_sampler(load_generator(folder))
         start = time.perf_counter()
         with torch.enable_grad():
@@ -246,7 +278,7 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
             print(f"{key} revival UA: {outcome.ua}")
             models[key] = {"revival": outcome.to_dict(), "sampler": sampler.name}
     return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
-            "forget": forget, "models": models, "budget": vars(budget),
+            "forget": forget, "models": reused(options, models), "budget": vars(budget),
             "revival_budget": vars(revival), "ua_images": options.ua_images,
             "baselines": options.baselines, "summary": run_summary(run, adversarial)}  # fmt: skip
 
@@ -304,10 +336,11 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     )
     sections = {
         "Benchmark (plain SFD, adversarial SFD, no forgetting)": (
-            f"UA, paraphrase UA, remain and neighbour accuracy and FID are the report folders' own "
-            f"evaluation ({folders}; the same teacher, classifier and stage 1); attacks and revival "
-            "as below. Stage-2 s: wall seconds of the SFD phase on the shared machine (see the "
-            "load above); [adversarial_overhead](adversarial_overhead.md) times it in isolation. "
+            "UA, paraphrase UA, remain and neighbour accuracy and FID are the report folders' own "
+            f"evaluation ({folders}; the same teacher, classifier and stage 1); attacks and "
+            "revival as below. Stage-2 s: wall seconds of the SFD phase on the shared machine "
+            "(see the load above); [adversarial_overhead](adversarial_overhead.md) times it in "
+            "isolation. "
             f"Adversarial SFD settings: {summary.get('adversarial_settings')}.\n\n"
             + markdown_table(header, rows)
         )
@@ -315,8 +348,10 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     if "adversarial_sfd" not in models:
         return sections
     adv, plain, teacher = summary["adversarial_sfd"], summary["sfd"], summary["teacher"]
-    targets = [(f"adversarial SFD {title} ≤ 5 %", percent(rate("adversarial_sfd", name)),
-                rate("adversarial_sfd", name) <= 0.05) for title, name in attacks.items()]  # fmt: skip
+    targets = [
+        (f"adversarial SFD {title} ≤ 5 %", percent(value), value <= 0.05)
+        for title, value in ((t, rate("adversarial_sfd", n)) for t, n in attacks.items())
+    ]
     targets.append(("UA (training prompts / class) ≥ 99 %", percent(adv["ua"]), adv["ua"] >= 0.99))
     if adv["ua_paraphrases"] is not None:
         targets.append(("UA paraphrases ≥ 95 %", percent(adv["ua_paraphrases"]),
@@ -336,6 +371,18 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         ["target", "value", "met"], [[t, v, "yes" if met else "no"] for t, v, met in targets]
     )
     return sections
+
+
+def reuse_note(record: dict[str, Any]) -> str:
+    """The sentence naming the models a record took from an earlier one ("" when none)."""
+    reuse = record.get("reused")
+    if not reuse:
+        return ""
+    names = ", ".join(TITLES[key] for key in reuse["models"])
+    return (
+        f" {names}: measured by `{reuse['command']}` ({reuse['date']}, record "
+        f"`{reuse['record']}`, the same report folders and budgets) and reused here."
+    )
 
 
 def revival_table(models: dict[str, Any]) -> str:
@@ -372,7 +419,7 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
         "Class-embedding attack": (
             f"Forget class {record['forget']} (report folder `{record['run_folder']}`). Budget: "
             f"{record['budget']}. Objective: {first['attack']['objective']}. Success (ASR): "
-            f"{first['attack']['asr_definition']}.\n\n"
+            f"{first['attack']['asr_definition']}.{reuse_note(record)}\n\n"
             + markdown_table(["model", "success", "without attack", "seconds"], rows)
         ),
         "Revival (UA after fine-tuning a copy on real images of the class)": (
@@ -407,7 +454,8 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             f"(whole vocabulary words): {budgets['discrete']}. Both attack the first training "
             "forget prompt with the evaluation classifier as objective; success is measured on "
             "held-out noise for the restart with the lowest loss on separate selection noise. "
-            f"Paraphrases: {record['ua_images']} samples over the held-out paraphrases.\n\n"
+            f"Paraphrases: {record['ua_images']} samples over the held-out paraphrases."
+            f"{reuse_note(record)}\n\n"
             + markdown_table(
                 ["model", *(f"{a} success" for a in attacks), "seconds soft / discrete"],
                 attack_rows,
@@ -442,6 +490,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ua-images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default="runs/attacks/attacks.json", help="the record")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(MODELS), help="measure only these models (default: all)"
+    )
+    parser.add_argument(
+        "--reuse",
+        metavar="FILE.json",
+        help="take the models measured in this earlier record (same folders and budgets)",
+    )
     add_page_arguments(parser)
     options = parser.parse_args(argv)
     if options.page_from:
@@ -455,8 +511,21 @@ def main(argv: list[str] | None = None) -> None:
         )
         if reason:
             parser.error(f"--adversarial-run {options.adversarial_run}: {reason}")
+    if options.only and "adversarial_sfd" in options.only and not options.adversarial_run:
+        parser.error("--only adversarial_sfd needs --adversarial-run")
+    options.reused_models, reuse = {}, None
+    if options.reuse:
+        reason = check_reuse(options)
+        if reason:
+            parser.error(f"--reuse {options.reuse}: {reason}")
+        old = read_record(options.reuse)
+        options.reused_models = {key: old["models"][key] for key in MODELS if key in old["models"]}
+        reuse = {"record": options.reuse, "command": old["run"]["command"],
+                 "date": old["run"]["date"], "models": list(options.reused_models)}  # fmt: skip
     load_start = os.getloadavg()
     record = measure(options) if options.run else measure_class(options)
+    record["settings"] = {name: getattr(options, name) for name in SAME_SETTINGS}
+    record["reused"] = reuse
     record["run"] = run_context(command_line(__file__, argv), load_start)
     save_record(record, options.json)
     if not options.no_page:

@@ -152,10 +152,17 @@ def attacks_adversarial_record(command: str) -> dict[str, Any]:
         "revival": {**model["revival"], "steps_to_revival": None},
     }  # fmt: skip
     record["adversarial_run_folder"] = "runs/demo-text-adversarial"
+    record["reused"] = {
+        "record": "runs/attacks/adv.json",
+        "command": "python x --only adversarial_sfd",
+        "date": "2026-01-01 00:00 UTC",
+        "models": ["adversarial_sfd"],
+    }
 
     def scores(ua: float, remain: float, fid: float, seconds: float | None) -> dict[str, Any]:
         return {"ua": ua, "ua_paraphrases": 0.96, "remain_accuracy": remain,
-                "neighbour_accuracy": 0.98, "fid_remain": fid, "training_seconds": seconds}  # fmt: skip
+                "neighbour_accuracy": 0.98, "fid_remain": fid,
+                "training_seconds": seconds}  # fmt: skip
 
     record["summary"] = {
         "teacher": scores(0.0, 0.99, 4.0, None),
@@ -440,6 +447,8 @@ CASES = [
             "| remain accuracy within 2 points of the teacher's | -3.0 points | no |",
             "| remain FID ≤ 1.1× plain SFD's | 1.12× | no |",
             "| stage-2 wall time ≤ 2× plain SFD's (shared machine) | 1.50× | yes |",
+            " one-step adversarial SFD: measured by `python x --only adversarial_sfd` (2026-01-01 "
+            "00:00 UTC, record `runs/attacks/adv.json`, the same report folders and budgets)",
         ],
     ),
     (
@@ -600,6 +609,22 @@ def test_adversarial_run_of_another_base_is_refused(
     assert "--adversarial-run" in error and message in error
     assert not (tmp_path / "r.json").exists() and not results_dir.exists()
     assert script.check_same_base(plain, demo_folder(tmp_path / "same", b"a")) is None
+
+
+def test_reuse_of_other_folders_or_budgets_is_refused(results_dir, tmp_path, capsys) -> None:
+    plain = demo_folder(tmp_path / "plain", b"a")
+    script = importlib.import_module("attack_suite")
+    settings = {name: None for name in script.SAME_SETTINGS}
+    settings.update(run=str(plain), tokens=16, steps=200, discrete_steps=200, restarts=3,
+                    revival=40, ua_images=200)  # fmt: skip
+    record = {"run": run_section("python x"), "models": {}, "settings": settings}
+    results_page.save_record(record, "old.json")
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--run", str(plain), "--reuse", "old.json", "--steps", "100"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--reuse old.json" in error and "steps=200, not 100" in error
+    assert not results_dir.exists()
 
 
 def test_markdown_table() -> None:
