@@ -363,12 +363,13 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
                             f"{gap:+.1f} points", abs(gap) <= 2))  # fmt: skip
     ratio = adv["fid_remain"] / plain["fid_remain"]
     targets.append(("remain FID ≤ 1.1× plain SFD's", f"{ratio:.2f}×", ratio <= 1.1))
-    if adv["training_seconds"] and plain["training_seconds"]:
-        ratio = adv["training_seconds"] / plain["training_seconds"]
-        targets.append(("stage-2 wall time ≤ 2× plain SFD's (shared machine)", f"{ratio:.2f}×",
-                        ratio <= 2))  # fmt: skip
-    sections["Targets (adversarial SFD)"] = markdown_table(
-        ["target", "value", "met"], [[t, v, "yes" if met else "no"] for t, v, met in targets]
+    sections["Targets (adversarial SFD)"] = (
+        "The training-time overhead (target ≤ 2×) is timed apart, on an idle process, by "
+        "[adversarial_overhead](adversarial_overhead.md): the stage-2 wall seconds above ran "
+        "on a shared machine under different loads.\n\n"
+        + markdown_table(
+            ["target", "value", "met"], [[t, v, "yes" if met else "no"] for t, v, met in targets]
+        )
     )
     return sections
 

@@ -446,7 +446,6 @@ CASES = [
             "| UA (training prompts / class) ≥ 99 % | 99.5 % | yes |",
             "| remain accuracy within 2 points of the teacher's | -3.0 points | no |",
             "| remain FID ≤ 1.1× plain SFD's | 1.12× | no |",
-            "| stage-2 wall time ≤ 2× plain SFD's (shared machine) | 1.50× | yes |",
             " one-step adversarial SFD: measured by `python x --only adversarial_sfd` (2026-01-01 "
             "00:00 UTC, record `runs/attacks/adv.json`, the same report folders and budgets)",
         ],
