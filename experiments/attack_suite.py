@@ -305,8 +305,10 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     if summary is None:
         return {}
 
-    def rate(key: str, name: str) -> float:
-        entry = models[key]
+    def rate(key: str, name: str) -> float | None:
+        entry = models.get(key)
+        if entry is None:  # not measured by this command (`--only`)
+            return None
         return (
             entry["attack"]["success_rate"] if not name else entry["attacks"][name]["success_rate"]
         )
@@ -314,7 +316,7 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     rows = [["teacher", *(percent(summary["teacher"][n]) for n in ("ua", "ua_paraphrases",
              "remain_accuracy", "neighbour_accuracy")), f"{summary['teacher']['fid_remain']:.3f}",
              *("–" for _ in attacks), "–", "–"]]  # fmt: skip
-    for key in (k for k in MODELS if k in models):
+    for key in (k for k in MODELS if k in summary):
         scores, seconds = summary[key], summary[key]["training_seconds"]
         rows.append(
             [TITLES[key]]
@@ -325,7 +327,7 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
             + [f"{scores['fid_remain']:.3f}"]
             + [percent(rate(key, name)) for name in attacks.values()]
             + [
-                steps_to_revival(models[key]["revival"]),
+                steps_to_revival(models[key]["revival"]) if key in models else "–",
                 "–" if seconds is None else f"{seconds:.0f}",
             ]
         )
@@ -345,11 +347,11 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
             + markdown_table(header, rows)
         )
     }
-    if "adversarial_sfd" not in models:
+    if "adversarial_sfd" not in summary:
         return sections
     adv, plain, teacher = summary["adversarial_sfd"], summary["sfd"], summary["teacher"]
     targets = [
-        (f"adversarial SFD {title} ≤ 5 %", percent(value), value <= 0.05)
+        (f"adversarial SFD {title} ≤ 5 %", percent(value), value is not None and value <= 0.05)
         for title, value in ((t, rate("adversarial_sfd", n)) for t, n in attacks.items())
     ]
     targets.append(("UA (training prompts / class) ≥ 99 %", percent(adv["ua"]), adv["ua"] >= 0.99))
@@ -384,6 +386,12 @@ def reuse_note(record: dict[str, Any]) -> str:
         f" {names}: measured by `{reuse['command']}` ({reuse['date']}, record "
         f"`{reuse['record']}`, the same report folders and budgets) and reused here."
     )
+
+
+def page_name(name: str, record: dict[str, Any]) -> str:
+    """`name`, or `name`_adversarial for a record with adversarial SFD (its own page, beside the
+    plain-SFD page of the same report folder)."""
+    return f"{name}_adversarial" if record.get("adversarial_run_folder") else name
 
 
 def revival_table(models: dict[str, Any]) -> str:
@@ -429,7 +437,8 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
             f"the forget class.{judged}\n\n" + revival_table(models)
         ),
     }
-    return write_page("attacks_class", "Class-embedding attack and revival test (digits)",
+    return write_page(page_name("attacks_class", record),
+                      "Class-embedding attack and revival test (digits)",
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
@@ -468,7 +477,7 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             "forget prompts.\n\n" + revival_table(models)
         ),
     }
-    return write_page("attacks", "Attack suite and revival test (text digits)",
+    return write_page(page_name("attacks", record), "Attack suite and revival test (text digits)",
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 

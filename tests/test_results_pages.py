@@ -152,6 +152,7 @@ def attacks_adversarial_record(command: str) -> dict[str, Any]:
         "revival": {**model["revival"], "steps_to_revival": None},
     }  # fmt: skip
     record["adversarial_run_folder"] = "runs/demo-text-adversarial"
+    del record["models"]["distilled_without_forgetting"]  # not measured (`--only`)
     record["reused"] = {
         "record": "runs/attacks/adv.json",
         "command": "python x --only adversarial_sfd",
@@ -433,7 +434,7 @@ CASES = [
     ),
     (
         "attack_suite",
-        "attacks",
+        "attacks_adversarial",
         attacks_adversarial_record,
         "python experiments/attack_suite.py --run runs/demo-text --adversarial-run "
         "runs/demo-text-adversarial --revival 40",
@@ -441,6 +442,7 @@ CASES = [
             "| one-step adversarial SFD | 99.5 % | 96.0 % | 96.0 % | 98.0 % | 5.600 | 4.0 % "
             "| 6.2 % | not within 40 | 150 |",
             "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – |",
+            "| one-step, no forgetting | 1.0 % | 96.0 % | 99.0 % | 98.0 % | 6.000 | – | – | – | – |",
             "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |",
             "| adversarial SFD discrete success ≤ 5 % | 6.2 % | no |",
             "| UA (training prompts / class) ≥ 99 % | 99.5 % | yes |",
