@@ -327,6 +327,21 @@ def test_the_demos_turn_it_on_for_sfd_only() -> None:
     assert parse_fit_config(ClassRunSettings().sfd_command_line()).model.adversarial is None
 
 
+def test_adversarial_overrides_do_not_reach_stage_1() -> None:
+    """Stage 1 does not forget: `--model.adversarial.*` would only change its cache key."""
+    from sfd.apps.demo_text.settings import TextDemoSettings
+    from sfd.apps.harness.class_run import ClassRunSettings
+
+    extra = ["--model.adversarial.weight", "0.25", "--model.adversarial.steps=4"]
+    for kind in (ClassRunSettings, TextDemoSettings):
+        keep = ["--trainer.max_steps", "10"]
+        tuned = kind(adversarial=True, sfd_args=[*extra[:2], *keep, extra[2]])
+        plain = kind(sfd_args=keep)
+        assert tuned.sfd_command_line(stage="stage1") == plain.sfd_command_line(stage="stage1")
+        stage2 = tuned.sfd_command_line()
+        assert all(arg in stage2 for arg in [*extra, *keep])
+
+
 def test_a_multi_encoder_flow_teacher_is_refused_in_one_line(flow_dirs, single_thread) -> None:
     """SD3 packs CLIP-L, CLIP-G, T5 and pooled vectors: one encoder cannot re-encode its prompts."""
     from sd_fixtures import celebrity_conditions
