@@ -65,9 +65,10 @@ def model_folders(plain: Path, adversarial: Path | None) -> dict[str, Path]:
 
 
 def folder_digest(folder: Path) -> str:
-    """sha256 over a folder's files (relative names and contents)."""
+    """sha256 over a generator folder's weights (relative names and contents of its
+    *.safetensors files; its README and metadata may differ between exports of one network)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(folder.rglob("*.safetensors")):
         digest.update(str(path.relative_to(folder)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -84,7 +85,10 @@ def check_same_base(plain: Path, adversarial: Path) -> str | None:
             )
     stage1 = "generator_without_forgetting"
     if folder_digest(plain / stage1) != folder_digest(adversarial / stage1):
-        return f"{plain / stage1} and {adversarial / stage1} differ: not the same stage 1"
+        return (
+            f"the weights of {plain / stage1} and {adversarial / stage1} differ: "
+            "not the same stage 1"
+        )
     return None
 
 

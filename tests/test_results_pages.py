@@ -589,7 +589,8 @@ def test_page_from_and_no_page_exclude_each_other(results_dir) -> None:
 def demo_folder(root: Path, stage1: bytes, forget: int = 7) -> Path:
     """A report folder with what `attack_suite.check_same_base` reads."""
     (root / "generator_without_forgetting").mkdir(parents=True)
-    (root / "generator_without_forgetting" / "weights.bin").write_bytes(stage1)
+    (root / "generator_without_forgetting" / "unet.safetensors").write_bytes(stage1)
+    (root / "generator_without_forgetting" / "README.md").write_text(str(root))  # may differ
     (root / "metrics.json").write_text(f'{{"forget": {forget}, "override": 1}}')
     return root
 
