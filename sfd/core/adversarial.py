@@ -82,7 +82,7 @@ class AdversarialSettings:
     refresh_every: int = 100
     lr: float = 0.05
     noise_levels: int = 2
-    weight: float = 1.0
+    weight: float = 0.25
     anchor: float = 1.0
 
     def __post_init__(self) -> None:
