@@ -37,7 +37,7 @@ from sfd.core.losses import LossTerms, implicit_classifier_margin
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
 from sfd.teachers.text_encoder import (
-    check_inputs_embeds,
+    check_token_embeddings,
     hidden_states,
     insert_soft_tokens,
     load_text_encoder,
@@ -184,7 +184,7 @@ class SoftPromptSpace(AttackSpace):
         remain = tokenize(tokenizer, conditions.remain_prompts)
         self.remain_ids, self.remain_used = remain.input_ids, remain.attention_mask.sum(1)
         check_same_embeddings(self.text_encoder, encoded, conditions, type(teacher).__name__)
-        check_inputs_embeds(self.text_encoder, "the soft-prompt attack of model.adversarial")
+        check_token_embeddings(self.text_encoder, "the soft-prompt attack of model.adversarial")
         length = self.input_ids.shape[1]
         # Only prompts that leave room for the tokens are attacked, as in the evaluation attack.
         self.attackable = (self.used + tokens <= length).nonzero().flatten()  # (F',)
