@@ -227,14 +227,16 @@ class SoftPromptSpace(AttackSpace):
         self._on(learned.device)
         prompt = state["prompt"]
         forget, override = self.sampler.forget_pairs(prompt)
-        hidden = insert_soft_tokens(
-            self.text_encoder, self.input_ids[prompt], self.used[prompt], learned
-        )  # (K, L, D)
-        captions = tuple(f"{p} <{self.tokens} learned tokens>" for p in forget.prompts or ())
-        attacked = TextCondition(
-            hidden, forget.negative_embeds, captions or None, forget.empty_embeds
-        )
+        attacked = self._with_tokens(forget, self.input_ids[prompt], self.used[prompt], learned)
         return attacked, forget, override
+
+    def _with_tokens(
+        self, plain: TextCondition, input_ids: Tensor, used: Tensor, learned: Tensor
+    ) -> TextCondition:
+        """`plain` (K rows) with the learned tokens inserted into its prompts' ids (K, L)."""
+        hidden = insert_soft_tokens(self.text_encoder, input_ids, used, learned)  # (K, L, D)
+        captions = tuple(f"{p} <{self.tokens} learned tokens>" for p in plain.prompts or ())
+        return TextCondition(hidden, plain.negative_embeds, captions or None, plain.empty_embeds)
 
     def remain_conditions(
         self, state: Mapping[str, Tensor], learned: Tensor
@@ -244,14 +246,8 @@ class SoftPromptSpace(AttackSpace):
         self._on(learned.device)
         prompt = state["remain"]
         remain = self.sampler.remain_conditions(prompt)
-        hidden = insert_soft_tokens(
-            self.text_encoder, self.remain_ids[prompt], self.remain_used[prompt], learned
-        )  # (K, L, D)
-        captions = tuple(f"{p} <{self.tokens} learned tokens>" for p in remain.prompts or ())
-        anchored = TextCondition(
-            hidden, remain.negative_embeds, captions or None, remain.empty_embeds
-        )
-        return anchored, remain
+        ids, used = self.remain_ids[prompt], self.remain_used[prompt]
+        return self._with_tokens(remain, ids, used, learned), remain
 
 
 def check_same_embeddings(
