@@ -73,7 +73,7 @@ class AdversarialSettings:
             each row's learned tokens also go into a remain prompt, and the generator under
             remain ⊕ tokens is distilled towards the teacher at the remain prompt (soft prompts
             only; a class attack replaces the forget label's own embedding, which no remain
-            class has). 0 turns it off.
+            class has). 0 (the default) turns it off.
     """
 
     steps: int = 2
@@ -83,7 +83,7 @@ class AdversarialSettings:
     lr: float = 0.05
     noise_levels: int = 2
     weight: float = 0.25
-    anchor: float = 1.0
+    anchor: float = 0.0
 
     def __post_init__(self) -> None:
         check_adversarial_settings(asdict(self))
