@@ -441,8 +441,10 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
             f"the forget class.{judged}\n\n" + revival_table(models)
         ),
     }
-    return write_page(page_name("attacks_class", record),
-                      "Class-embedding attack and revival test (digits)",
+    title = "Class-embedding attack and revival test (digits)"
+    if record.get("adversarial_run_folder"):
+        title = f"Adversarial SFD: {title[0].lower()}{title[1:]}"
+    return write_page(page_name("attacks_class", record), title,
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
@@ -481,7 +483,10 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             "forget prompts.\n\n" + revival_table(models)
         ),
     }
-    return write_page(page_name("attacks", record), "Attack suite and revival test (text digits)",
+    title = "Attack suite and revival test (text digits)"
+    if record.get("adversarial_run_folder"):
+        title = f"Adversarial SFD: {title[0].lower()}{title[1:]}"
+    return write_page(page_name("attacks", record), title,
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 

@@ -443,6 +443,7 @@ CASES = [
             "| 6.2 % | not within 40 | 150 |",
             "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – |",
             "| one-step, no forgetting | 1.0 % | 96.0 % | 99.0 % | 98.0 % | 6.000 | – | – | – | – |",
+            "# Adversarial SFD: attack suite and revival test (text digits)",
             "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |",
             "| adversarial SFD discrete success ≤ 5 % | 6.2 % | no |",
             "| UA (training prompts / class) ≥ 99 % | 99.5 % | yes |",
