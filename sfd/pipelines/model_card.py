@@ -21,6 +21,7 @@ CARD_SETTINGS = (  # training settings quoted on the card, when the checkpoint r
     "fake_grad_clip",
     "generator_grad_clip",
     "ema_decay",
+    "ema_power",
     "fake_train_guidance",
     "fake_eval_guidance",
     "teacher_guidance",

@@ -291,6 +291,11 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.every_n", "0"), "UntilForgotten every_n=0"),
     ("fit-until-budget",
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.budget", "5"), "budget=5 must be an integer of at least every_n=10"),
+    # --- sfd fit / sfd demo: the power-function EMA (issue 24 item 2) ---
+    ("fit-ema-power-negative", lambda w, o: fit(w, o, "--model.ema_power", "-1"), "ema_power=-1.0 must be"),
+    ("fit-ema-power-without-ema",
+     lambda w, o: fit(w, o, "--model.ema_power", "7", "--model.ema_decay", "null"), "ema_decay=null turns off"),
+    ("demo-ema-power-nan", lambda w, o: demo(w, o, "--model.ema_power", "nan"), "ema_power=nan"),
     # --- sfd fit: flow-matching teachers (issue 20) ---
     ("fit-flow-t-init-one", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.t_init", "1.0"),
      "t_init=1.0 must be a flow time strictly between 0 and 1"),

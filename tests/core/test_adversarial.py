@@ -341,6 +341,8 @@ def test_the_demos_turn_it_on_for_sfd_only() -> None:
         sfd = settings.sfd_command_line()
         assert " ".join(ADVERSARIAL_ARGS) in " ".join(sfd)
         assert " ".join(ADVERSARIAL_ARGS) not in " ".join(settings.sfd_command_line(stage="stage1"))
+    stage2 = ClassRunSettings(adversarial=True).sfd_command_line(stage="stage2")
+    assert " ".join(ADVERSARIAL_ARGS) in " ".join(stage2)  # the two-stage path's SFD stage
     parsed = parse_fit_config(ClassRunSettings(adversarial=True).sfd_command_line())
     assert parsed.model.adversarial.steps == AdversarialSettings().steps
     assert parse_fit_config(ClassRunSettings().sfd_command_line()).model.adversarial is None
