@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfd.apps.data.names import DIGITS, FASHION
-from sfd.apps.harness.class_run import ADVERSARIAL_ARGS
+from sfd.apps.harness.class_run import ADVERSARIAL_ARGS, stage1_overrides
 from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class TextDemoSettings:
             args += ["-c", str(default_sfd_config(self.data, "stage1"))]
         if self.adversarial and stage == "sfd":
             args += ADVERSARIAL_ARGS
-        args += self.sfd_args
+        args += self.sfd_args if stage == "sfd" else stage1_overrides(self.sfd_args)
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         if prompts is not None:
             import json
