@@ -96,10 +96,23 @@ class AdapterSettings:
     def __post_init__(self) -> None:
         check_adapter_settings(asdict(self))
 
+    def resolved_alpha(self) -> float:
+        """α with its default filled in."""
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    def resolved_targets(self) -> list[str]:
+        """The layer names PEFT is asked to adapt, with the default filled in."""
+        return list(self.targets or DEFAULT_TARGETS)
+
+    def described(self) -> dict[str, Any]:
+        """The settings with defaults filled in (kind, rank, alpha, targets, ...): the training
+        record's and the model card's "adapters"."""
+        return asdict(self) | {"alpha": self.resolved_alpha(), "targets": self.resolved_targets()}
+
     def peft_config(self) -> PeftConfig:
         """The PEFT config of one adapter."""
-        alpha = float(self.alpha if self.alpha is not None else self.rank)
-        targets = list(self.targets or DEFAULT_TARGETS)
+        alpha = self.resolved_alpha()
+        targets = self.resolved_targets()
         if self.kind == "lokr":
             return LoKrConfig(r=self.rank, alpha=alpha, target_modules=targets)
         return LoraConfig(
