@@ -130,8 +130,8 @@ def training_record(module: Any) -> dict[str, Any]:
 
     Returns:
         {"teacher", "conditions", "sigma_sampler", "hyperparameters", "optimizers",
-        "global_step", "trained_weights"}, "adapters" for a shared-base run (`model.adapters`: kind, rank, alpha,
-        targets, ...), and "completion" when a completion rule
+        "global_step", "trained_weights"}, "adapters" for a shared-base run (`model.adapters`:
+        kind, rank, alpha, targets, ...), and "completion" when a completion rule
         (`sfd.training.completion.UntilForgotten`) left its summary in `module.completion`.
     """
     teacher = module.teacher
