@@ -289,6 +289,20 @@ def shared_base_record(command: str) -> dict[str, Any]:
     }
 
 
+def shared_base_text_record(command: str) -> dict[str, Any]:
+    record = shared_base_record(command)
+    record["benchmark"] = "text"
+    for mode in record["modes"].values():
+        mode["ua_paraphrases"] = 0.97
+    record["modes"]["shared base"]["adapters"] = {
+        "kind": "lora",
+        "rank": 16,
+        "alpha": 64.0,
+        "targets": ["to_q", "conv1"],
+    }
+    return record
+
+
 def hot_path_record(command: str) -> dict[str, Any]:
     pairs = [
         {"module": 0.21, "plain": 0.2, "ratio": 1.05},
@@ -517,6 +531,17 @@ CASES = [
         [
             "| shared base | 99.00 % | 95.00 % (97.00 %) | 3.30 (3.00) | 1.10 | 0.400 | 200 | 98,765 |",
             "LoRA rank 16",
+        ],
+    ),
+    (
+        "shared_base_benchmark",
+        "shared_base_text",
+        shared_base_text_record,
+        "python experiments/shared_base_benchmark.py --benchmark text --output-dir runs/sbt",
+        [
+            "| shared base | 99.00 % | 97.00 % | 95.00 % (97.00 %) | 3.30 (3.00) | 1.10 | 0.400 "
+            "| 200 | 98,765 |",
+            "LoRA rank 16, alpha 64, adapted layers to_q, conv1",
         ],
     ),
     (
