@@ -31,6 +31,7 @@ from sfd.core.conditions import (
     ClassEmbeddingCondition,
     ConditionSampler,
     PromptConditions,
+    TextCondition,
 )
 from sfd.core.losses import LossTerms, implicit_classifier_margin
 from sfd.errors import SFDConfigError, check_number
@@ -69,6 +70,11 @@ class AdversarialSettings:
         noise_levels: (σ, ε) draws per sample in the attack objective.
         weight: weight of the adversarial terms relative to the plain forget terms (λ_sg_f,
             λ_g_f).
+        anchor: weight of the remain anchor relative to the plain remain terms (λ_sg_r, λ_g_r):
+            each row's learned tokens also go into a remain prompt, and the generator under
+            remain ⊕ tokens is distilled towards the teacher at the remain prompt (soft prompts
+            only; a class attack replaces the forget label's own embedding, which no remain
+            class has). 0 (the default) turns it off.
     """
 
     steps: int = 2
@@ -77,7 +83,8 @@ class AdversarialSettings:
     refresh_every: int = 100
     lr: float = 0.05
     noise_levels: int = 2
-    weight: float = 1.0
+    weight: float = 0.25
+    anchor: float = 0.0
 
     def __post_init__(self) -> None:
         check_adversarial_settings(asdict(self))
@@ -107,6 +114,7 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
     check_number(f"{prefix}.share", settings.get("share"), low=0, high=1)
     check_number(f"{prefix}.lr", settings.get("lr"), low=0, low_open=True)
     check_number(f"{prefix}.weight", settings.get("weight"), low=0)
+    check_number(f"{prefix}.anchor", settings.get("anchor", 0.0), low=0)
 
 
 @dataclass
@@ -117,11 +125,15 @@ class Attacked:
         condition: what the generator and the fake score see (forget condition ⊕ attack), (K,).
         override: what the teacher sees for them, (K,).
         rows: K, the adversarial samples per device.
+        remain: the remain anchor's conditions (remain prompt ⊕ the same attack), (K,), or None.
+        remain_plain: what the teacher sees for them (the remain prompts), (K,), or None.
     """
 
     condition: Any
     override: Any
     rows: int
+    remain: Any = None
+    remain_plain: Any = None
 
 
 class AttackSpace:
@@ -136,6 +148,13 @@ class AttackSpace:
     def conditions(self, state: Mapping[str, Tensor], learned: Tensor) -> tuple[Any, Any, Any]:
         """(attacked condition, plain forget condition, override condition) of the rows."""
         raise NotImplementedError
+
+    def remain_conditions(
+        self, state: Mapping[str, Tensor], learned: Tensor
+    ) -> tuple[Any, Any] | None:
+        """(remain prompt ⊕ the rows' attack, remain prompt) of the rows, or None where the
+        attack has no remain counterpart (the default)."""
+        return None
 
 
 class SoftPromptSpace(AttackSpace):
@@ -162,6 +181,8 @@ class SoftPromptSpace(AttackSpace):
         encoded = self._tokenize(tokenizer, conditions.forget_prompts)
         self.input_ids = encoded.input_ids  # (F, L)
         self.used = encoded.attention_mask.sum(1)  # (F,)
+        remain = self._tokenize(tokenizer, conditions.remain_prompts)
+        self.remain_ids, self.remain_used = remain.input_ids, remain.attention_mask.sum(1)
         check_same_embeddings(self, encoded, conditions, type(teacher).__name__)
         check_token_embeddings(self.text_encoder, "the soft-prompt attack of model.adversarial")
         length = self.input_ids.shape[1]
@@ -174,6 +195,8 @@ class SoftPromptSpace(AttackSpace):
                 f"{conditions.forget_prompts[shortest]!r} has {int(self.used[shortest])} tokens, "
                 f"and {tokens} more exceed the {self.length_name}={length}"
             )
+        # The remain anchor takes the remain prompts with room for the tokens (none: no anchor).
+        self.remain_attackable = (self.remain_used + tokens <= length).nonzero().flatten()  # (R',)
         self.sampler = conditions
         self.tokens = tokens
 
@@ -182,6 +205,9 @@ class SoftPromptSpace(AttackSpace):
             self.text_encoder.to(device)
             self.input_ids, self.used = self.input_ids.to(device), self.used.to(device)
             self.attackable = self.attackable.to(device)
+            self.remain_ids = self.remain_ids.to(device)
+            self.remain_used = self.remain_used.to(device)
+            self.remain_attackable = self.remain_attackable.to(device)
 
     def draw(self, n: int, rng: torch.Generator, generator: OneStepGenerator) -> dict[str, Tensor]:
         self._on(rng.device)
@@ -189,20 +215,43 @@ class SoftPromptSpace(AttackSpace):
         pick = torch.randint(len(self.attackable), (n,), generator=rng, device=rng.device)
         prompt = self.attackable[pick]
         picks = torch.randint(len(vocabulary), (n, self.tokens), generator=rng, device=rng.device)
-        return {"prompt": prompt, "tokens": vocabulary[picks].float()}  # (n,), (n, tokens, D_in)
+        state = {"prompt": prompt, "tokens": vocabulary[picks].float()}  # (n,), (n, tokens, D_in)
+        if len(self.remain_attackable) > 0:  # drawn last: the draws above do not depend on it
+            pick = torch.randint(
+                len(self.remain_attackable), (n,), generator=rng, device=rng.device
+            )
+            state["remain"] = self.remain_attackable[pick]  # (n,)
+        return state
 
     def conditions(self, state: Mapping[str, Tensor], learned: Tensor) -> tuple[Any, Any, Any]:
         self._on(learned.device)
         prompt = state["prompt"]
         forget, override = self.sampler.forget_pairs(prompt)
-        hidden = self._soft_states(self.input_ids[prompt], self.used[prompt], learned)
-        captions = tuple(f"{p} <{self.tokens} learned tokens>" for p in forget.prompts or ())
-        attacked = replace(
-            forget,
-            prompt_embeds=self._with_states(forget.prompt_embeds, hidden),
-            prompts=captions or None,
-        )  # the negative, empty and any pooled embeddings: the plain forget prompt's
+        attacked = self._with_tokens(forget, self.input_ids[prompt], self.used[prompt], learned)
         return attacked, forget, override
+
+    def _with_tokens(
+        self, plain: TextCondition, input_ids: Tensor, used: Tensor, learned: Tensor
+    ) -> TextCondition:
+        """`plain` (K rows) with the learned tokens inserted into its prompts' ids (K, L)."""
+        hidden = self._soft_states(input_ids, used, learned)
+        captions = tuple(f"{p} <{self.tokens} learned tokens>" for p in plain.prompts or ())
+        return replace(
+            plain,
+            prompt_embeds=self._with_states(plain.prompt_embeds, hidden),
+            prompts=captions or None,
+        )  # the negative, empty and any pooled embeddings: the plain prompt's
+
+    def remain_conditions(
+        self, state: Mapping[str, Tensor], learned: Tensor
+    ) -> tuple[Any, Any] | None:
+        if "remain" not in state:  # no remain prompt has room for the tokens
+            return None
+        self._on(learned.device)
+        prompt = state["remain"]
+        remain = self.sampler.remain_conditions(prompt)
+        ids, used = self.remain_ids[prompt], self.remain_used[prompt]
+        return self._with_tokens(remain, ids, used, learned), remain
 
     # --- the family's encoding path (Stable Diffusion 1.x / 2.x: one encoder, all rows) ---------
 
@@ -439,9 +488,13 @@ class AdversarialTraining:
         mine[self.space.learned] = learned
         with torch.no_grad():
             condition, _, override = self.space.conditions(mine, learned)
+            anchored = (
+                self.space.remain_conditions(mine, learned) if self.settings.anchor > 0 else None
+            )
         if self.last_objective is not None:
             module.log("adversarial/objective", self.last_objective, batch_size=self.rows)
-        return Attacked(condition, override, self.rows)
+        remain, remain_plain = anchored or (None, None)
+        return Attacked(condition, override, self.rows, remain, remain_plain)
 
     # --- the two loss terms ---------------------------------------------------------------
 
@@ -451,8 +504,14 @@ class AdversarialTraining:
         weight = module.hparams.lambda_sg_forget
         if weight == 0:
             return terms
-        dsm = module._fake_dsm(attacked.condition, module._stream(FAKE_PHASE), attacked.rows)
-        return self._added(module, "fake", terms, dsm, weight)
+        rng = module._stream(FAKE_PHASE)
+        dsm = module._fake_dsm(attacked.condition, rng, attacked.rows)
+        terms = self._added(module, "fake", terms, dsm, weight)
+        if attacked.remain is None:
+            return terms
+        # The remain anchor: the fake score learns the generator under remain ⊕ tokens too.
+        anchor = module._fake_dsm(attacked.remain, rng, attacked.rows)
+        return self._anchored(module, "fake", terms, anchor, module.hparams.lambda_sg_remain)
 
     def generator_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
         """The unlearning loss ℓ(attacked | teacher at the override), added to the forget term."""
@@ -461,7 +520,12 @@ class AdversarialTraining:
             return terms
         rng = module._stream(GENERATOR_PHASE)
         loss = module._generator_term(attacked.condition, attacked.override, rng, attacked.rows)
-        return self._added(module, "generator", terms, loss, weight)
+        terms = self._added(module, "generator", terms, loss, weight)
+        if attacked.remain is None:
+            return terms
+        # The remain anchor: G(z, remain ⊕ tokens) is distilled towards the teacher at remain.
+        anchor = module._generator_term(attacked.remain, attacked.remain_plain, rng, attacked.rows)
+        return self._anchored(module, "generator", terms, anchor, module.hparams.lambda_g_remain)
 
     def _added(
         self, module: SFDModule, name: str, terms: LossTerms, loss: Tensor, weight: float
@@ -469,6 +533,13 @@ class AdversarialTraining:
         extra = self.settings.weight * loss.mean()
         module.log(f"{name}/adversarial", extra.detach(), batch_size=self.rows)
         return LossTerms(terms.remain, terms.forget + extra, terms.total + weight * extra)
+
+    def _anchored(
+        self, module: SFDModule, name: str, terms: LossTerms, loss: Tensor, weight: float
+    ) -> LossTerms:
+        extra = self.settings.anchor * loss.mean()
+        module.log(f"{name}/anchor", extra.detach(), batch_size=self.rows)
+        return LossTerms(terms.remain + extra, terms.forget, terms.total + weight * extra)
 
     # --- checkpoint -----------------------------------------------------------------------
 

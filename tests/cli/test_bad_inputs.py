@@ -541,6 +541,10 @@ CASES: list[Case] = [
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.share", "2"), "model.adversarial.share=2.0"),
     ("demo-text-adversarial-steps-negative",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.steps", "-3", verb="demo-text"), "model.adversarial.steps=-3"),
+    ("fit-adversarial-anchor-negative",
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.anchor", "-1"), "model.adversarial.anchor=-1.0 must be"),
+    ("demo-text-adversarial-anchor-text",
+     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.anchor", "strong", verb="demo-text"), "anchor=strong: expected float"),
     # --- sfd demo-text: refused before any file is written or any teacher trained ---
     ("demo-text-guidance-absurd",
      lambda w, o: demo(w, o, "--model.teacher_guidance", "1000", verb="demo-text"), "teacher_guidance=1000.0"),

@@ -127,6 +127,56 @@ def test_soft_prompt_attack_step_raises_its_objective(prompt_module, single_thre
     assert after > before, (before, after)
 
 
+def test_the_remain_anchor_is_the_remain_prompt_with_the_rows_tokens(text_setup, single_thread):
+    """Oracle: with the learned vectors set to vocabulary rows, the anchored condition is the
+    text encoder's encoding of the remain prompt followed by those words, and the teacher sees
+    the remain prompt's own cached condition."""
+    from sfd.teachers.text_encoder import encode_with, load_text_encoder
+
+    module = text_module(text_setup, AdversarialSettings(steps=0, share=1.0, tokens=2))
+    space, attack = module.adversarial.space, module.adversarial
+    attack.attack(module)  # iteration 0: fresh rows, each with a remain prompt
+    state = attack.state
+    tokenizer, _ = load_text_encoder(module.teacher.pipeline, None)
+    table = space.text_encoder.get_input_embeddings().weight.detach()
+    ids = tokenizer("one two three four five six seven eight").input_ids[1:-1]
+    words = torch.tensor(ids).view(4, 2)  # whole-word vocabulary ids, (K, 2)
+    with torch.no_grad():
+        anchored, remain = space.remain_conditions(state, table[words])
+    prompts = [module.conditions.remain_prompts[i] for i in state["remain"].tolist()]
+    texts = [
+        tokenizer.decode(tokenizer(p).input_ids[1:-1] + row.tolist())
+        for p, row in zip(prompts, words, strict=True)
+    ]
+    expected = encode_with(tokenizer, space.text_encoder, texts)  # the same tokens as text
+    torch.testing.assert_close(anchored.prompt_embeds, expected, rtol=1e-4, atol=1e-5)
+    cached = module.conditions.embeddings("cpu")["remain"][state["remain"]]
+    assert torch.equal(remain.prompt_embeds, cached)
+    assert set(state["remain"].tolist()) <= set(space.remain_attackable.tolist())
+
+
+def test_the_remain_anchor_leaves_the_adversarial_draws_and_adds_a_remain_term(
+    text_setup, single_thread
+) -> None:
+    """anchor=0 is adversarial SFD without it: the same rows, vectors and adversarial terms;
+    anchor>0 adds its weighted term to the remain side only."""
+    zero = torch.zeros(())
+    results = {}
+    for anchor in (0.0, 2.0):
+        module = text_module(text_setup, AdversarialSettings(steps=1, share=0.5, anchor=anchor))
+        attacked = module.adversarial.attack(module)
+        with torch.no_grad():
+            fake = module.adversarial.fake_terms(module, attacked, LossTerms(zero, zero, zero))
+        results[anchor] = (module.adversarial.state, fake, attacked)
+    (off_state, off, off_attacked), (on_state, on, on_attacked) = results[0.0], results[2.0]
+    assert off_attacked.remain is None and on_attacked.remain is not None
+    for key in ("prompt", "tokens"):
+        assert torch.equal(off_state[key], on_state[key]), key
+    assert torch.equal(off.forget, on.forget)  # the adversarial term: the same draws
+    assert float(off.remain) == 0.0 and float(on.remain) > 0.0
+    torch.testing.assert_close(on.total - off.total, on.remain)  # λ_sg_r = 1
+
+
 def test_a_class_embedding_condition_is_the_label_where_it_equals_the_label() -> None:
     """Feeding the table's own row as the learned vector changes nothing (the injection oracle)."""
     from sfd.core.conditions import ClassEmbeddingCondition
@@ -215,6 +265,7 @@ def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, single_thread)
         ({"lr": 0.0}, "adversarial.lr=0.0"),
         ({"noise_levels": 0}, "adversarial.noise_levels=0"),
         ({"weight": -1.0}, "adversarial.weight=-1.0"),
+        ({"anchor": -0.5}, "adversarial.anchor=-0.5"),
     ],
 )
 def test_bad_settings_are_one_line(settings, fragment) -> None:
@@ -303,6 +354,21 @@ def test_the_demos_turn_it_on_for_sfd_only() -> None:
         assert parse_fit_config(settings.sfd_command_line()).model.adversarial.steps == 5
         stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"))
         assert stage1.model.adversarial is None
+
+
+def test_adversarial_overrides_do_not_reach_stage_1() -> None:
+    """Stage 1 does not forget: `--model.adversarial.*` would only change its cache key."""
+    from sfd.apps.demo_text.settings import TextDemoSettings
+    from sfd.apps.harness.class_run import ClassRunSettings
+
+    extra = ["--model.adversarial.weight", "0.25", "--model.adversarial.steps=4"]
+    for kind in (ClassRunSettings, TextDemoSettings):
+        keep = ["--trainer.max_steps", "10"]
+        tuned = kind(adversarial=True, sfd_args=[*extra[:2], *keep, extra[2]])
+        plain = kind(sfd_args=keep)
+        assert tuned.sfd_command_line(stage="stage1") == plain.sfd_command_line(stage="stage1")
+        stage2 = tuned.sfd_command_line()
+        assert all(arg in stage2 for arg in [*extra, *keep])
 
 
 FLOW_LENGTH = 32  # T5 tokens per prompt (the tiny T5 vocabulary spells names letter by letter)

@@ -14,9 +14,22 @@ SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD fro
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
 STAGE2_PRESET = "sfd_digits_stage2.yaml"  # composed after it for stage 2 (forgetting)
 # `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
-# (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it (SFD only:
-# stage 1 sets `--model.adversarial null` after them).
+# (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
+
+
+def stage1_overrides(args: list[str]) -> list[str]:
+    """The user's `sfd fit` overrides for stage 1: all but `--model.adversarial*` (with their
+    values). Stage 1 does not forget, so they would change nothing there but its cache key."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("--model.adversarial"):
+            skip = "=" not in arg
+        else:
+            kept.append(arg)
+    return kept
 
 
 def default_sfd_config() -> Path:
@@ -90,7 +103,7 @@ class ClassRunSettings:
             args += ["-c", str(default_stage2_config())]
         if self.adversarial and stage != "stage1":
             args += ADVERSARIAL_ARGS
-        args += self.sfd_args
+        args += self.sfd_args if stage == "sfd" else stage1_overrides(self.sfd_args)
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         args += [
             f"{conditions}forget",
@@ -105,7 +118,6 @@ class ClassRunSettings:
         if stage == "stage1":
             args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
             args += ["--model.adapters", "null"]  # full copies: they start a full stage 2
-            args += ["--model.adversarial", "null"]  # `--model.adversarial.*` refine SFD only
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args
