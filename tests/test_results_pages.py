@@ -225,6 +225,28 @@ def text_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "setups": [setup]}
 
 
+def flow_text_record(command: str) -> dict[str, Any]:
+    """The flow teacher's benchmark with `--adversarial`: targets of SFD and adversarial SFD."""
+    record = text_record(command)
+    record["run"]["family"] = "sd3"
+    setup = record["setups"][0]
+    sfd = setup["models"]["sfd"]
+    setup["models"] = {
+        "teacher": {**sfd, "fid_remain": 0.1, "attack_success": 0.9},
+        "distilled_without_forgetting": {**sfd, "attack_success": 0.8},
+        "sfd": {**sfd, "attack_success": 0.6},
+        "adversarial_sfd": {**sfd, "attack_success": 0.3},
+    }
+    setup["targets"] = {"attack": {"value": 0.6, "met": False}}
+    adversarial = {key: setup[key] for key in ("wall_seconds", "cpu_seconds", "load_before",
+                   "load_after", "phase_seconds", "teacher_cached", "classifier_cached",
+                   "stage1_cached")}  # fmt: skip
+    adversarial["command"] = setup["command"] + " --adversarial"
+    adversarial["targets"] = {"attack": {"value": 0.3, "met": True}}
+    setup["adversarial"] = adversarial
+    return record
+
+
 def cli_startup_record(command: str) -> dict[str, Any]:
     row = {
         "command": "sfd fit --help",
@@ -465,6 +487,18 @@ CASES = [
             "## digits",
             "| sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 2.0 % |",
             "| ua | 0.990 | yes |",
+        ],
+    ),
+    (
+        "text_benchmark",
+        "flow_text",
+        flow_text_record,
+        "python experiments/text_benchmark.py --family sd3 --only digits --adversarial",
+        [
+            "| adversarial_sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 30.0 % |",
+            "| attack | 0.600 | no |",
+            "`sfd demo-text --data digits --forget seven --override one --adversarial`",
+            "| attack | 0.300 | yes |",
         ],
     ),
     (
@@ -740,3 +774,30 @@ def test_readme_holds_the_digits_block() -> None:
     text = (REPO / "README.md").read_text()
     block = text.split("<!-- results:digits -->", 1)[1].split("<!-- /results:digits -->", 1)[0]
     assert "python experiments/digits_benchmark.py" in block and "| model |" in block
+
+
+def test_the_flow_targets_judge_the_model_they_are_asked_for() -> None:
+    """Hand-checked: plain SFD misses the attack target and meets FID; adversarial the reverse."""
+    module = importlib.import_module("text_benchmark")
+    base = {"ua": 1.0, "ua_paraphrases": 1.0, "remain_accuracy": 0.9, "neighbour_accuracy": 0.9}
+    models = {
+        "teacher": {**base, "fid_remain": 1.0, "attack_success": 1.0},
+        "distilled_without_forgetting": {**base, "fid_remain": 1.0, "attack_success": 0.8},
+        "sfd": {**base, "fid_remain": 1.2, "attack_success": 0.6},
+        "adversarial_sfd": {**base, "fid_remain": 2.0, "attack_success": 0.3},
+    }
+    plain = module.flow_targets(models)
+    adversarial = module.flow_targets(models, "adversarial_sfd")
+    attack, fid = "attack_at_most_half_of_no_forgetting", "fid_at_most_1.5x_teacher"
+    assert (plain[attack]["met"], plain[fid]["met"]) == (False, True)
+    assert (adversarial[attack]["met"], adversarial[fid]["met"]) == (True, False)
+    assert adversarial[attack]["value"] == 0.3 and adversarial[fid]["value"] == 2.0
+
+
+def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
+    module = importlib.import_module("text_benchmark")
+    assert module.adversarial_options(["steps=4", "weight=2"]) == [
+        "--adversarial", "--model.adversarial.steps", "4", "--model.adversarial.weight", "2",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        module.main(["--adversarial-set", "steps", "--no-page"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,6 +36,7 @@ from sfd.core.conditions import (
 from sfd.core.losses import LossTerms, implicit_classifier_margin
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
+from sfd.teachers.flow import FlowTransformerDenoiser
 from sfd.teachers.text_encoder import (
     check_token_embeddings,
     hidden_states,
@@ -167,23 +168,22 @@ class SoftPromptSpace(AttackSpace):
     """
 
     learned = "tokens"
+    length_name = "tokenizer's model_max_length"  # what bounds the tokens per prompt
 
     def __init__(self, teacher: Denoiser, conditions: PromptConditions, tokens: int) -> None:
-        pipeline = getattr(teacher, "pipeline", None)
-        if pipeline is None:
+        if getattr(teacher, "pipeline", None) is None:
             raise SFDConfigError(
                 f"the soft-prompt attack of model.adversarial needs the teacher's text encoder; "
                 f"{type(teacher).__name__} names no pipeline folder to load it from"
             )
-        tokenizer, self.text_encoder = load_text_encoder(
-            pipeline, getattr(teacher, "revision", None)
-        )
-        encoded = tokenize(tokenizer, conditions.forget_prompts)
+        self.teacher = teacher
+        tokenizer, self.text_encoder = self._load_encoder()
+        encoded = self._tokenize(tokenizer, conditions.forget_prompts)
         self.input_ids = encoded.input_ids  # (F, L)
         self.used = encoded.attention_mask.sum(1)  # (F,)
-        remain = tokenize(tokenizer, conditions.remain_prompts)
+        remain = self._tokenize(tokenizer, conditions.remain_prompts)
         self.remain_ids, self.remain_used = remain.input_ids, remain.attention_mask.sum(1)
-        check_same_embeddings(self.text_encoder, encoded, conditions, type(teacher).__name__)
+        check_same_embeddings(self, encoded, conditions, type(teacher).__name__)
         check_token_embeddings(self.text_encoder, "the soft-prompt attack of model.adversarial")
         length = self.input_ids.shape[1]
         # Only prompts that leave room for the tokens are attacked, as in the evaluation attack.
@@ -193,7 +193,7 @@ class SoftPromptSpace(AttackSpace):
             raise SFDConfigError(
                 f"model.adversarial.tokens={tokens}: even the shortest forget prompt "
                 f"{conditions.forget_prompts[shortest]!r} has {int(self.used[shortest])} tokens, "
-                f"and {tokens} more exceed the tokenizer's model_max_length={length}"
+                f"and {tokens} more exceed the {self.length_name}={length}"
             )
         # The remain anchor takes the remain prompts with room for the tokens (none: no anchor).
         self.remain_attackable = (self.remain_used + tokens <= length).nonzero().flatten()  # (R',)
@@ -234,9 +234,13 @@ class SoftPromptSpace(AttackSpace):
         self, plain: TextCondition, input_ids: Tensor, used: Tensor, learned: Tensor
     ) -> TextCondition:
         """`plain` (K rows) with the learned tokens inserted into its prompts' ids (K, L)."""
-        hidden = insert_soft_tokens(self.text_encoder, input_ids, used, learned)  # (K, L, D)
+        hidden = self._soft_states(input_ids, used, learned)
         captions = tuple(f"{p} <{self.tokens} learned tokens>" for p in plain.prompts or ())
-        return TextCondition(hidden, plain.negative_embeds, captions or None, plain.empty_embeds)
+        return replace(
+            plain,
+            prompt_embeds=self._with_states(plain.prompt_embeds, hidden),
+            prompts=captions or None,
+        )  # the negative, empty and any pooled embeddings: the plain prompt's
 
     def remain_conditions(
         self, state: Mapping[str, Tensor], learned: Tensor
@@ -249,25 +253,80 @@ class SoftPromptSpace(AttackSpace):
         ids, used = self.remain_ids[prompt], self.remain_used[prompt]
         return self._with_tokens(remain, ids, used, learned), remain
 
+    # --- the family's encoding path (Stable Diffusion 1.x / 2.x: one encoder, all rows) ---------
+
+    def _load_encoder(self) -> tuple[Any, torch.nn.Module]:
+        return load_text_encoder(self.teacher.pipeline, getattr(self.teacher, "revision", None))
+
+    def _tokenize(self, tokenizer: Any, prompts: list[str]) -> Any:
+        return tokenize(tokenizer, prompts)
+
+    def _plain_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The encoder's hidden states of tokenised prompts, as the teacher was bound with."""
+        return hidden_states(self.text_encoder, input_ids, attention_mask)
+
+    def _soft_states(self, input_ids: Tensor, used: Tensor, learned: Tensor) -> Tensor:
+        """Hidden states with the learned tokens inserted, (K, L, D), differentiable."""
+        return insert_soft_tokens(self.text_encoder, input_ids, used, learned)
+
+    def _bound_rows(self, prompt_embeds: Tensor) -> Tensor:
+        """The rows of the teacher's prompt embeddings that this encoder gives."""
+        return prompt_embeds
+
+    def _with_states(self, prompt_embeds: Tensor, states: Tensor) -> Tensor:
+        """Prompt embeddings with this encoder's rows replaced by `states`."""
+        return states
+
+
+class FlowSoftPromptSpace(SoftPromptSpace):
+    """The soft-prompt attack of a flow teacher (SD3, Flux): the learned tokens enter the family's
+    sequence encoder (SD3's T5 slot, Flux's T5), called as the stock pipeline calls it (no
+    attention mask, padded to `max_sequence_length`), as the evaluation's `FlowSoftPrompt`; its
+    rows replace the forget prompt's sequence rows, and every other part of the condition (CLIP
+    rows, pooled embeddings) stays the plain forget prompt's (`FlowTransformerDenoiser`'s
+    `with_sequence_states`)."""
+
+    teacher: FlowTransformerDenoiser
+    length_name = "teacher's max_sequence_length"
+
+    def _load_encoder(self) -> tuple[Any, torch.nn.Module]:
+        return self.teacher.load_sequence_encoder()
+
+    def _tokenize(self, tokenizer: Any, prompts: list[str]) -> Any:
+        return self.teacher.tokenize_sequence(tokenizer, prompts)
+
+    def _plain_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.teacher.sequence_states(self.text_encoder, input_ids=input_ids)
+
+    def _soft_states(self, input_ids: Tensor, used: Tensor, learned: Tensor) -> Tensor:
+        return self.teacher.soft_sequence_states(self.text_encoder, input_ids, used, learned)
+
+    def _bound_rows(self, prompt_embeds: Tensor) -> Tensor:
+        return self.teacher.sequence_rows(prompt_embeds)
+
+    def _with_states(self, prompt_embeds: Tensor, states: Tensor) -> Tensor:
+        return self.teacher.with_sequence_states(prompt_embeds, states)
+
 
 def check_same_embeddings(
-    text_encoder: torch.nn.Module, encoded: Any, conditions: PromptConditions, teacher: str
+    space: SoftPromptSpace, encoded: Any, conditions: PromptConditions, teacher: str
 ) -> None:
-    """Refuse teachers whose prompt embeddings are not this encoder's hidden states.
+    """Refuse teachers whose prompt embeddings are not what the attack's encoder gives.
 
-    The soft-prompt attack re-encodes forget prompts with the one text encoder of the pipeline;
-    that must give the embeddings the teacher was bound with (Stable Diffusion 1.x / 2.x-style
-    teachers do; multi-encoder flow teachers pack several encoders and pooled vectors).
+    The soft-prompt attack re-encodes forget prompts with one text encoder of the pipeline (a
+    flow family's sequence encoder); that must give the embeddings (their sequence rows) the
+    teacher was bound with.
     """
-    bound = conditions.embeddings("cpu")["forget"][:2]  # (2, L, D)
+    bound = space._bound_rows(conditions.embeddings("cpu")["forget"][:2])  # (2, L, D)
     with torch.no_grad():
-        again = hidden_states(text_encoder, encoded.input_ids[:2], encoded.attention_mask[:2])
+        again = space._plain_states(encoded.input_ids[:2], encoded.attention_mask[:2])
     if again.shape != bound.shape or not torch.allclose(again, bound, atol=1e-4, rtol=1e-4):
         raise SFDConfigError(
             f"the soft-prompt attack of model.adversarial re-encodes forget prompts with the "
             f"pipeline's text encoder, which does not give {teacher}'s prompt embeddings "
             f"({tuple(again.shape[1:])} vs {tuple(bound.shape[1:])}); it supports teachers "
-            "conditioned on one text encoder's hidden states (Stable Diffusion 1.x / 2.x style)"
+            "conditioned on one text encoder's hidden states (Stable Diffusion 1.x / 2.x style) "
+            "and flow teachers' sequence encoder (SD3, Flux)"
         )
 
 
@@ -307,7 +366,10 @@ def attack_space(
 ) -> AttackSpace:
     """The attack that fits the conditions: soft prompts for prompts, embeddings for classes."""
     if isinstance(conditions, PromptConditions):
-        return SoftPromptSpace(teacher, conditions, settings.tokens)
+        space = (
+            FlowSoftPromptSpace if isinstance(teacher, FlowTransformerDenoiser) else SoftPromptSpace
+        )
+        return space(teacher, conditions, settings.tokens)
     if isinstance(conditions, ClassConditions):
         return ClassEmbeddingSpace(generator, conditions)
     raise SFDConfigError(
