@@ -247,14 +247,27 @@ def learned_token_rows(
     ids, learned, mask = shifted_token_ids(text_encoder, input_ids, used, soft.shape[1])
     placed = placed_learned_rows(used, soft, input_ids.shape[1])  # (B, L, D_in)
 
+    fired = []
+
     def substitute(_module: nn.Module, _inputs: Any, words: Tensor) -> Tensor:
+        fired.append(True)
         return torch.where(learned.unsqueeze(-1), placed.to(words.dtype), words)
 
-    hook = text_encoder.get_input_embeddings().register_forward_hook(substitute)
+    # Every layer that embeds with the input table: T5EncoderModel ties `shared` to a separate
+    # `encoder.embed_tokens`, and its forward calls only the latter.
+    table = text_encoder.get_input_embeddings().weight
+    layers = [m for m in text_encoder.modules() if getattr(m, "weight", None) is table]
+    hooks = [layer.register_forward_hook(substitute) for layer in layers]
     try:
         yield ids, mask
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
+    if not fired:  # the learned vectors never entered: a wrong result, not a soft prompt
+        raise RuntimeError(
+            f"{type(text_encoder).__name__} was not called through its token-embedding layer "
+            "inside learned_token_rows; the learned vectors were not used"
+        )
 
 
 def soft_token_inputs(
