@@ -155,7 +155,8 @@ def write_quality_page(files: Sequence[Path], script: str, argv: Sequence[str]) 
             f"{first['run']['date']}, commit {first['run']['commit']['hash']}, stage "
             f"`{first['stage']}`"
             + (f" from `{first['stage1']}`" if first.get("stage1") else "")
-            + f", teacher's remain FID {_number(first['teacher_fid'])}.",
+            + f", teacher's remain FID {_number(first['teacher_fid'])} "
+            + ("(the `--demo` run's multi-step teacher)." if first.get("demo") else "(DDIM-50)."),
             "",
             markdown_table(
                 (
@@ -200,7 +201,7 @@ def _run_cells(row: dict[str, Any]) -> list[Any]:
         f"{100 * row['remain_accuracy']:.1f} %",
         _number(row["fid_remain"]),
         _number(row["fid_remain"] / row["teacher_fid"]),
-        round(row["train_seconds"]),
+        None if row["train_seconds"] is None else round(row["train_seconds"]),
         f"{load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}",
     ]
 
