@@ -261,6 +261,13 @@ def fill_marked_block(name: str, text: str, path: str | os.PathLike[str] | None 
     return True
 
 
+def number(value: float | None, digits: int = 2) -> str | None:
+    """A table cell: `value` with `digits` decimals; None for a missing (None or NaN) value."""
+    if value is None or value != value:  # NaN
+        return None
+    return f"{value:.{digits}f}"
+
+
 def _load(values: Sequence[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from results_page import command_line, markdown_table, run_context, write_page
+from results_page import command_line, markdown_table, number, run_context, write_page
 
 PAGE = "one_step_quality"
 
@@ -145,7 +144,7 @@ def write_quality_page(files: Sequence[Path], script: str, argv: Sequence[str]) 
     for row in rows:
         by_command.setdefault(row["command"], []).append(row)
     sections = {}
-    for number, (command, runs) in enumerate(by_command.items(), 1):
+    for index, (command, runs) in enumerate(by_command.items(), 1):
         first = runs[0]
         body = [
             "```bash",
@@ -155,7 +154,7 @@ def write_quality_page(files: Sequence[Path], script: str, argv: Sequence[str]) 
             f"{first['run']['date']}, commit {first['run']['commit']['hash']}, stage "
             f"`{first['stage']}`"
             + (f" from `{first['stage1']}`" if first.get("stage1") else "")
-            + f", teacher's remain FID {_number(first['teacher_fid'])} "
+            + f", teacher's remain FID {number(first['teacher_fid'])} "
             + ("(the `--demo` run's multi-step teacher)." if first.get("demo") else "(DDIM-50)."),
             "",
             markdown_table(
@@ -177,7 +176,7 @@ def write_quality_page(files: Sequence[Path], script: str, argv: Sequence[str]) 
         if traced:
             body += ["", "FID / teacher's FID during training:", ""]
             body.append(_trace_table(traced))
-        sections[f"{number}. {', '.join(row['name'] for row in runs)}"] = "\n".join(body)
+        sections[f"{index}. {', '.join(row['name'] for row in runs)}"] = "\n".join(body)
     record = {"run": rows[-1]["run"]}
     page_command = command_line(script, argv)
     return write_page(
@@ -199,8 +198,8 @@ def _run_cells(row: dict[str, Any]) -> list[Any]:
         row["settings"]["iterations"],
         f"{100 * row['ua']:.1f} %",
         f"{100 * row['remain_accuracy']:.1f} %",
-        _number(row["fid_remain"]),
-        _number(row["fid_remain"] / row["teacher_fid"]),
+        number(row["fid_remain"]),
+        number(row["fid_remain"] / row["teacher_fid"]),
         None if row["train_seconds"] is None else round(row["train_seconds"]),
         f"{load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}",
     ]
@@ -216,13 +215,7 @@ def _trace_table(rows: list[dict[str, Any]]) -> str:
             for key in ["ema", *extra]:
                 value = point.get(key)
                 ratio = None if value is None else value["fid_remain"] / row["teacher_fid"]
-                cells.append(_number(ratio))
+                cells.append(number(ratio))
             table.append(cells)
     header = ["run", "iteration", "EMA decay", "shipped EMA", *(f"EMA {k[3:]}" for k in extra)]
     return markdown_table(header, table)
-
-
-def _number(value: float | None, digits: int = 2) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return f"{value:.{digits}f}"
