@@ -248,9 +248,11 @@ def fill_marked_block(name: str, text: str, path: str | os.PathLike[str] | None 
         path: the page holding the block (default: README.md).
 
     Returns:
-        whether the page holds the block (a page without it is left as it is).
+        whether the page holds the block (a page without it, or no page, is left as it is).
     """
     page = Path(path) if path is not None else REPO / "README.md"
+    if not page.is_file():
+        return False
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     current = page.read_text(encoding="utf-8")
     if start not in current or end not in current:

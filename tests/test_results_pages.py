@@ -473,14 +473,17 @@ CASES = [
 
 @pytest.fixture
 def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Pages go to tmp_path/results; the scripts run from tmp_path as if it were the repo root."""
+    """Pages go to tmp_path/results; the scripts run from tmp_path as if it were the repo root
+    (so the README's results blocks are looked for there, never in the real README)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(results_page, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(results_page, "REPO", tmp_path)
     return tmp_path / "results"
 
 
 @pytest.mark.parametrize(("script", "page", "build", "command", "expected"), CASES)
 def test_page_from_record(results_dir, tmp_path, script, page, build, command, expected) -> None:
+    readme = (REPO / "README.md").read_text()
     record = build(command)
     json_file = f"runs/{page}/record.json"
     results_page.save_record(record, json_file)
@@ -497,6 +500,7 @@ def test_page_from_record(results_dir, tmp_path, script, page, build, command, e
         assert line in lines or line in text, line
     assert str(tmp_path) not in text and "/tmp/" not in text
     assert sorted(p.name for p in results_dir.iterdir()) == [f"{page}.md"]  # no staging file left
+    assert (REPO / "README.md").read_text() == readme  # the real README's blocks untouched
 
 
 def test_temporary_path_not_on_the_command_line_is_refused(results_dir) -> None:
@@ -564,6 +568,7 @@ def test_marked_block_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
         "intro\n<!-- results:digits -->\n| a |\n|---|\n<!-- /results:digits -->\nend\n"
     )
     assert not results_page.fill_marked_block("compare", "x", page)  # no such block: unchanged
+    assert not results_page.fill_marked_block("digits", "x", tmp_path / "missing.md")  # no page
     assert "| a |" in page.read_text()
 
 
