@@ -33,35 +33,22 @@ from results_page import (
     write_page,
 )
 
-from sfd.apps.harness.curve import TimedForgettingCurve
 from sfd.apps.harness.methods import Run
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.settings import ClassRunSettings
 from sfd.apps.harness.stages import train_sfd
 from sfd.apps.harness.workspace import classifier_phase, start_run, teacher_phase
-from sfd.baselines.method import Unlearned
 from sfd.training.completion import UntilForgotten
 
 PATIENCE = 3
 THRESHOLDS = (0.0, 0.01, 0.05)
 
 
-class RawView:
-    """What the raw (not averaged) generator of an SFD module would ship: a `ForgettingMethod`."""
-
-    def __init__(self, module: Any) -> None:
-        self.module = module
-        self.device = module.device
-
-    def unlearned(self) -> Unlearned:
-        return Unlearned(self.module.generator)
-
-
-class RawCurve(TimedForgettingCurve):
-    """The forgetting curve of the raw generator."""
-
-    def evaluate(self, module: Any) -> tuple[float, float]:
-        return super().evaluate(RawView(module))
+def ema_text(record: dict[str, Any]) -> str:
+    """The shipped generator's EMA in words, from a record's `ema_decay` and `ema_power`."""
+    if record.get("ema_power") is None:
+        return f"EMA decay {record['ema_decay']}"
+    return f"power-function EMA γ {record['ema_power']:g}, decay cap {record['ema_decay']}"
 
 
 def would_stop(probes: list[dict[str, Any]], threshold: float, patience: int) -> int | None:
@@ -93,25 +80,15 @@ def measure(
         classifier_phase(workspace, settings, phases)
         run = Run(settings, workspace, {}, Path(tmp) / "logs", sfd.trainer.accelerator)
         stage1 = run.stage_one()
-        args = settings.sfd_command_line(run.teacher_dir, "sfd") + stage1.stage_two_arguments()
+        args = settings.sfd_command_line(run.teacher_dir, "stage2") + stage1.stage_two_arguments()
         iterations = int(sfd.trainer.max_steps)
-        ema_curve = run.curve(iterations)
-        raw_curve = RawCurve(
-            workspace.classifier,
-            workspace.data.num_classes,
-            [forget],
-            every,
-            settings.curve_per_class,
-            settings.ddim_steps,
-            settings.seed,
-            settings.curve_remain_per_class,
-        )
+        curve = run.curve(iterations, raw=True)  # the EMA's and the raw generator's
         rule = UntilForgotten(every_n=every, patience=10**9)
         module, seconds, _ = train_sfd(
-            args, [ema_curve, raw_curve, rule], Path(tmp) / "logs" / "stage2", False, settings.seed
+            args, [curve, rule], Path(tmp) / "logs" / "stage2", False, settings.seed
         )
-    ema = {int(p["iteration"]): p for p in ema_curve.as_dicts()}
-    raw = {int(p["iteration"]): p for p in raw_curve.as_dicts()}
+    ema = {int(p["iteration"]): p for p in curve.as_dicts()}
+    raw = {int(p["iteration"]): p for p in curve.raw_dicts()}
     rows = []
     for probe in rule.probes:
         i = int(probe["iteration"])
@@ -145,10 +122,11 @@ def measure(
         "iterations": iterations,
         "every": every,
         "stage2_seconds": seconds,
-        "curve_seconds": ema_curve.evaluation_seconds + raw_curve.evaluation_seconds,
+        "curve_seconds": curve.evaluation_seconds,
         "probe_seconds": rule.probe_seconds,
         "probes": len(rule.probes),
         "ema_decay": module.hparams.ema_decay,
+        "ema_power": module.hparams.ema_power,
         "judge": {
             "num_samples": rule.num_samples,
             "sigmas": list(rule.sigmas),
@@ -189,7 +167,7 @@ def findings(record: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"- Classifier UA ≥ 95 %: the raw generator at {at(raw)}, the EMA generator "
-            f"(decay {record['ema_decay']}) at {at(ema)}.",
+            f"({ema_text(record)}) at {at(ema)}.",
             f"- Judged forget rate ≤ 5 %: the raw generator at {at(judge_raw)}, the EMA at "
             f"{at(judge_ema)}.",
             f"- The judge's UA (1 − forget rate) and the classifier's UA of the EMA differ by at "
@@ -230,8 +208,8 @@ def write_results_page(
         record,
         {
             "Curves": (
-                f"Stage 2 of the digits demo ({record['iterations']} iterations, EMA decay "
-                f"{record['ema_decay']}; {record['stage2_seconds']:.0f} s of fit, of which "
+                f"Stage 2 of the digits demo ({record['iterations']} iterations, "
+                f"{ema_text(record)}; {record['stage2_seconds']:.0f} s of fit, of which "
                 f"{record['curve_seconds']:.0f} s the two classifier curves and "
                 f"{record['probe_seconds']:.0f} s the {record['probes']} judge probes), "
                 f"probed every {record['every']} iterations. Classifier UA: the demo's curve "

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = ClassRunSettings(
             forget=options.forget, override=options.override, sfd_args=sfd_args, progress=False
         )
-        stage = {"sfd": "sfd", "distill": "stage1", "two_stage": "sfd"}[options.stage]
+        stage = {"sfd": "sfd", "distill": "stage1", "two_stage": "stage2"}[options.stage]
         args = settings.sfd_command_line(options.teacher, stage)
         if options.stage == "two_stage":
             args += StageOne.load(options.stage1).stage_two_arguments()

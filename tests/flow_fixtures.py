@@ -113,19 +113,23 @@ def tiny_sd3_transformer(seed: int = 0) -> SD3Transformer2DModel:
     )
 
 
-def tiny_flux_transformer(seed: int = 0, guidance_embeds: bool = True) -> FluxTransformer2DModel:
+def tiny_flux_transformer(
+    seed: int = 0, guidance_embeds: bool = True, heads: int = 2, head_dim: int = 16
+) -> FluxTransformer2DModel:
+    """Two heads of 16 by default; `heads=24, head_dim=128` is FLUX.1's width with one block of
+    each kind (0.5 B parameters), what diffusers' single-file loader reads."""
     torch.manual_seed(seed)
     return FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * LATENT_CHANNELS,
         num_layers=1,
         num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
         joint_attention_dim=32,
         pooled_projection_dim=32,
         guidance_embeds=guidance_embeds,
-        axes_dims_rope=(4, 6, 6),
+        axes_dims_rope=(4, 6, 6) if head_dim == 16 else (16, 56, 56),
     )
 
 
@@ -133,16 +137,27 @@ def flow_scheduler(shift: float = 3.0, dynamic: bool = False) -> FlowMatchEulerD
     return FlowMatchEulerDiscreteScheduler(shift=shift, use_dynamic_shifting=dynamic)
 
 
-def save_tiny_sd3_pipeline(path: Path, seed: int = 0) -> Path:
-    """Write a tiny random `StableDiffusion3Pipeline` folder (CLIP-L, CLIP-G, T5)."""
+def save_tiny_sd3_pipeline(path: Path, seed: int = 0, as_released: bool = False) -> Path:
+    """Write a tiny random `StableDiffusion3Pipeline` folder (CLIP-L, CLIP-G, T5).
+
+    `as_released`: CLIP-L and CLIP-G of different widths (8, 24, as 768 / 1280 differ) and
+    CLIP-L's text projection the identity: what diffusers' SD3 single-file loader assumes (it
+    tells the two apart by width and gives CLIP-L an identity projection).
+    """
     torch.manual_seed(seed + 1)
+    transformer, vae = tiny_sd3_transformer(seed), tiny_vae()  # drawn in the order of the call
+    widths = (8, 24) if as_released else (16, 16)
+    clip_l = clip_encoder(widths[0], projection=True)
+    if as_released:
+        with torch.no_grad():
+            clip_l.text_projection.weight.copy_(torch.eye(widths[0]))
     StableDiffusion3Pipeline(
-        transformer=tiny_sd3_transformer(seed),
+        transformer=transformer,
         scheduler=flow_scheduler(shift=3.0),
-        vae=tiny_vae(),
-        text_encoder=clip_encoder(16, projection=True),
+        vae=vae,
+        text_encoder=clip_l,
         tokenizer=clip_tokenizer(),
-        text_encoder_2=clip_encoder(16, projection=True),
+        text_encoder_2=clip_encoder(widths[1], projection=True),
         tokenizer_2=clip_tokenizer(),
         text_encoder_3=t5_encoder(32),
         tokenizer_3=t5_tokenizer(),
@@ -150,11 +165,16 @@ def save_tiny_sd3_pipeline(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def save_tiny_flux_pipeline(path: Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
-    """Write a tiny random `FluxPipeline` folder (CLIP pooled + T5 sequence); dev-like by default."""
+def save_tiny_flux_pipeline(
+    path: Path, seed: int = 0, guidance_embeds: bool = True, transformer=None
+) -> Path:
+    """Write a tiny random `FluxPipeline` folder (CLIP pooled + T5 sequence); dev-like by default.
+
+    `transformer`: use this one instead of `tiny_flux_transformer(seed, guidance_embeds)`.
+    """
     torch.manual_seed(seed + 1)
     FluxPipeline(
-        transformer=tiny_flux_transformer(seed, guidance_embeds),
+        transformer=transformer or tiny_flux_transformer(seed, guidance_embeds),
         scheduler=flow_scheduler(shift=1.0, dynamic=True),
         vae=tiny_vae(),
         text_encoder=clip_encoder(32, projection=False),

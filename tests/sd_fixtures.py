@@ -191,6 +191,26 @@ def save_tiny_clip(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def save_tiny_clip_text(path: Path, seed: int = 0, max_length: int = 24) -> Path:
+    """Write a tiny random `CLIPTextModel` (32-d, SD 1.x's end-token convention) and the real
+    CLIP tokenizer (padding to `max_length`) as one folder, like a text demo's encoder folder."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=EMBED_DIM,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+    )
+    CLIPTextModel(config).eval().save_pretrained(path)
+    tokenizer = CLIPTokenizer.from_pretrained(clip_tokenizer_files(), model_max_length=max_length)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 NEGATIVE = "blurry, lowres"
 
 

@@ -309,6 +309,37 @@ def completion_record(command: str) -> dict[str, Any]:
     }
 
 
+def stage2_speed_record(command: str) -> dict[str, Any]:
+    module = importlib.import_module("stage2_speed")
+
+    def row(ua: float, fid: float, at: int | None, seconds: float, iterations: int) -> dict:
+        return {
+            "ua": ua, "remain_accuracy": 0.985, "fid_remain": fid, "iterations": iterations,
+            "remain_per_class": {"1": 0.99, "2": 0.98}, "train_seconds": seconds,
+            "ua95": {"iteration": at, "seconds": None if at is None else seconds / 2},
+        }  # fmt: skip
+
+    pair = {
+        "forget": 0, "override": 1, "wall_seconds": 300.0, "max_steps": 200,
+        "command": ["sfd", "compare", "--output-dir", "runs/s2/pair-0-1", "--until-forgotten"],
+        "ema": {"ema_decay": 0.99, "ema_power": 7.0}, "stage1_seconds": 400.0,
+        "stage1_cached": True,
+        "models": {
+            "teacher": {"ua": 0.02, "remain_accuracy": 0.98, "fid_remain": 3.0,
+                        "remain_per_class": {"1": 1.0, "2": 0.97}},
+            "sfd_two_stage": row(1.0, 3.3, 20, 16.0, 40),
+            "sfd_two_stage_raw": row(1.0, 3.6, 10, 16.0, 40),
+            "salun": row(1.0, 10.5, 50, 36.0, 200),
+        },
+        "completion": {
+            "stop_reason": "forgotten", "iterations": 40, "probe_seconds": 10.0,
+            "last_probe": {"iteration": 40, "forget_rate": 0.02, "classifier_ua": 1.0},
+        },
+    }  # fmt: skip
+    pair["targets"] = [{"target": n, "measured": m, "met": ok} for n, m, ok in module.targets(pair)]
+    return {"run": run_section(command), "pairs": [pair]}
+
+
 def memory_record(command: str) -> dict[str, Any]:
     gib = 1024**3
 
@@ -452,6 +483,22 @@ CASES = [
         [
             "| 10 | 50.0 % | 100.0 % | 75.0 % | 0.0 % | 98.0 % | 0.0123 |",
             "| 0.05 | 3 | never | – | – | – |",
+        ],
+    ),
+    (
+        "stage2_speed",
+        "stage2_speed",
+        stage2_speed_record,
+        "python experiments/stage2_speed.py --output-dir runs/s2 -- --threads 1",
+        [
+            "| 0 → 1 | SFD stage 2, EMA (shipped) | it. 20 / 8 s | 100.0 % | 98.5 % | 3.30 | 40 | 16 s |",
+            "| 0 → 1 | SalUn | it. 50 / 18 s | 100.0 % | 98.5 % | 10.50 | 200 | 36 s |",
+            "| 0 → 1 | 40 | forgotten | 100.0 % | 100.0 % | 98.0 % | 98.5 % (teacher 98.0 %) "
+            "| 1.10 | 16 s | 5.0 min |",
+            "| 0 → 1: EMA reaches UA ≥ 95 % sooner than SalUn | 8 s vs 18 s | yes |",
+            "| 0 → 1: neighbour (class 1) accuracy within 2 points of the teacher's "
+            "| 99.0 % vs 100.0 % | yes |",
+            "sfd compare --output-dir runs/s2/pair-0-1 --until-forgotten",
         ],
     ),
     (

@@ -106,10 +106,12 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
     add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/20)")
     add(
         "--until-forgotten",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.until_forgotten,
         help="SFD (stage 2) stops once the data-free judge finds the forget class gone "
         "(sfd.training.completion.UntilForgotten, probing at the curve interval), within "
-        "--trainer.max_steps; the classifier's UA is logged beside the judge's",
+        "--trainer.max_steps; the classifier's UA is logged beside the judge's (default: on; "
+        "--no-until-forgotten runs the fixed --trainer.max_steps)",
     )
     add(
         "--curve-per-class",

@@ -67,10 +67,12 @@ def demo_text_parser() -> argparse.ArgumentParser:
     add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/10)")
     add(
         "--until-forgotten",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.until_forgotten,
         help="stage 2 stops once the data-free judge finds the forget prompts' concept gone "
         "(sfd.training.completion.UntilForgotten at the curve interval), within "
-        "--trainer.max_steps; the classifier's UA is logged beside the judge's",
+        "--trainer.max_steps; the classifier's UA is logged beside the judge's (default: on; "
+        "--no-until-forgotten runs the fixed --trainer.max_steps)",
     )
     add("--curve-per-class", type=int, default=defaults.curve_per_class)
     add("--forget-images", type=int, default=defaults.forget_images, help="per forget set")

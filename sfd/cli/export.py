@@ -36,13 +36,14 @@ def run(args: list[str]) -> None:
     parser.add_argument(
         "--single-file",
         action="store_true",
-        help="also write one original-layout checkpoint (A1111 / ComfyUI; Stable Diffusion)",
+        help="also write one original-layout checkpoint (text-to-image: SD 1.x / 2.x, SDXL, SD3, "
+        "Flux)",
     )
     parser.add_argument(
         "--lora",
         type=int,
         metavar="RANK",
-        help="also write a rank-RANK LoRA of the difference from the teacher (Stable Diffusion)",
+        help="also write a rank-RANK LoRA of the difference from the teacher (text-to-image)",
     )
     parser.add_argument(
         "--metrics", help="metrics.json for the model card (default: one beside the checkpoint)"

@@ -198,10 +198,3 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return str(list(value))
     return str(value)
-
-
-def __getattr__(name: str) -> Any:
-    # teacher_lightning_cli, parse_teacher_config, TeacherCLI, ...: imported on first use.
-    from sfd.cli import teacher_cli
-
-    return getattr(teacher_cli, name)

@@ -37,7 +37,7 @@ from sfd.core.losses import LossTerms, implicit_classifier_margin
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
 from sfd.teachers.text_encoder import (
-    check_inputs_embeds,
+    check_token_embeddings,
     hidden_states,
     insert_soft_tokens,
     load_text_encoder,
@@ -164,7 +164,7 @@ class SoftPromptSpace(AttackSpace):
         self.input_ids = encoded.input_ids  # (F, L)
         self.used = encoded.attention_mask.sum(1)  # (F,)
         check_same_embeddings(self.text_encoder, encoded, conditions, type(teacher).__name__)
-        check_inputs_embeds(self.text_encoder, "the soft-prompt attack of model.adversarial")
+        check_token_embeddings(self.text_encoder, "the soft-prompt attack of model.adversarial")
         length = self.input_ids.shape[1]
         # Only prompts that leave room for the tokens are attacked, as in the evaluation attack.
         self.attackable = (self.used + tokens <= length).nonzero().flatten()  # (F',)

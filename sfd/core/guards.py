@@ -225,6 +225,13 @@ def check_module_settings(hp: Any) -> None:
     check_number("cond_dropout", hp.cond_dropout, low=0, high=1, high_open=True)
     if hp.ema_decay is not None:
         check_number("ema_decay", hp.ema_decay, low=0, high=1, high_open=True)
+    if hp.get("ema_power") is not None:
+        check_number("ema_power", hp.ema_power, low=0)
+        if hp.ema_decay is None:
+            raise SFDConfigError(
+                f"ema_power={hp.ema_power} shapes the generator's EMA, which ema_decay=null turns "
+                "off: give an ema_decay (the largest decay, e.g. 0.9999) or no ema_power"
+            )
     for name in ("fake_grad_clip", "generator_grad_clip"):
         if hp[name] is not None:
             check_number(name, hp[name], low=0, low_open=True)

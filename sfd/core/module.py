@@ -38,6 +38,21 @@ def default_adam(params: Any, lr: float = 1e-5) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
 
 
+def ema_decay_at(step: int, decay: float, power: float | None) -> float:
+    """The EMA's decay at iteration `step` (>= 1) of a fit.
+
+    Constant (`power` None): `decay`. Power function (EDM2, γ = `power`):
+    min(decay, (1 − 1/step)^(γ+1)). Uncapped, the EMA after t iterations is then
+    Σ_{i=1..t} (i^(γ+1) − (i−1)^(γ+1)) / t^(γ+1) · θ_i over the generator iterates θ_i of the fit (the
+    decay of iteration 1 is 0: the EMA restarts at the first iterate).
+    """
+    if power is None:
+        return decay
+    if step < 1:
+        raise ValueError(f"EMA step {step} must be >= 1")
+    return min(decay, (1.0 - 1.0 / step) ** (power + 1.0))
+
+
 class SFDModule(pl.LightningModule):
     """Score Forgetting Distillation of a frozen teacher into a one-step generator.
 
@@ -59,7 +74,13 @@ class SFDModule(pl.LightningModule):
         generator_optimizer: optimizer factory for the generator (same default).
         fake_grad_clip: clip every fake-score gradient element to ±this value (None: none).
         generator_grad_clip: the same for the generator.
-        ema_decay: decay of the generator's exponential moving average (None: no EMA).
+        ema_decay: decay of the generator's exponential moving average (None: no EMA); with
+            `ema_power`, the largest decay the average reaches.
+        ema_power: γ of a power-function EMA (EDM2): at iteration t of this fit the decay is
+            min(ema_decay, (1 − 1/t)^(γ+1)), so until the cap the EMA is the average of all
+            generator iterates of the fit with weights ∝ t^γ: a fixed fraction of the run so far,
+            and it starts at the generator the fit starts from (docs/method.md §4, "The EMA").
+            None: the constant decay `ema_decay` from the first iteration.
         fake_train_guidance: guidance scale of the fake score in its own loss (1: none).
         fake_eval_guidance: guidance scale of the fake score inside the generator loss.
         teacher_guidance: guidance scale of the teacher inside the generator loss.
@@ -99,6 +120,7 @@ class SFDModule(pl.LightningModule):
         fake_grad_clip: float | None = 1.0,
         generator_grad_clip: float | None = 1.0,
         ema_decay: float | None = 0.9999,
+        ema_power: float | None = None,
         fake_train_guidance: float = 1.0,
         fake_eval_guidance: float = 1.0,
         teacher_guidance: float = 1.0,
@@ -210,7 +232,7 @@ class SFDModule(pl.LightningModule):
             if attacked is not None:
                 generator_terms = self.adversarial.generator_terms(self, attacked, generator_terms)
             self._update(generator_opt, "generator", generator_terms, counts_as_iteration=True)
-        self.update_ema()
+        self.update_ema(self.global_step)  # the generator step above counted: t >= 1
 
         if self._reads_back_now:  # nothing on the hot path reads the device between log steps
             self._raise_if_nonfinite(log=True)
@@ -266,18 +288,22 @@ class SFDModule(pl.LightningModule):
         return generator_loss(x0_hat_teacher, x0_hat_fake, x_g, hp.alpha)
 
     @torch.no_grad()
-    def update_ema(self) -> None:
-        """ema ← decay·ema + (1 − decay)·generator (buffers copied).
+    def update_ema(self, step: int) -> None:
+        """ema ← decay·ema + (1 − decay)·generator (buffers copied), after the generator's update
+        of iteration `step` (1 for the first of this fit; the decay: `ema_decay_at`).
 
         Own code rather than torch's `AveragedModel`: the update is the same single
         `_foreach_lerp_`, while the EMA generator stays a plain `OneStepGenerator` that callbacks
-        sample, exports ship and checkpoints hold as `ema.*`.
+        sample, exports ship and checkpoints hold as `ema.*`. The step is the trainer's
+        `global_step`, which a resumed run restores, so a resumed power-function EMA continues
+        bit-identically.
         """
         if self.ema is None:
             return
+        decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.get("ema_power"))
         ema_params = list(self.ema.parameters())
         params = [p.detach() for p in self.generator.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.hparams.ema_decay)
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 

@@ -45,6 +45,7 @@ from sfd.eval.attack_outcome import (
 from sfd.eval.evaluate import class_noise
 from sfd.eval.text_models import FlowPromptEncoder, TextToImage
 from sfd.teachers.stable_diffusion import hidden_states, tokenize
+from sfd.teachers.text_encoder import learned_token_rows
 
 OBJECTIVE = (
     "minimise CE(evaluation classifier(decode(G(z, enc(prompt + vocabulary tokens)))), forgotten "
@@ -81,7 +82,7 @@ class VocabularyPrompt:
 
     Args:
         tokenizer: the model's tokenizer.
-        text_encoder: its frozen text encoder (takes `inputs_embeds` for the gradient step).
+        text_encoder: its frozen text encoder.
         prompt: the forget prompt.
         num_tokens: appended tokens.
         max_length: the padded length (None: the tokenizer's `model_max_length`).
@@ -122,20 +123,16 @@ class VocabularyPrompt:
     def one_hot_states(self, one_hot: Tensor) -> Tensor:
         """Hidden states (1, L, D) with the appended tokens as one-hot rows (n, V) @ table."""
         table = self.text_encoder.get_input_embeddings().weight  # (V, D_in)
-        base = table[self.sequence(torch.zeros(1, self.num_tokens, dtype=torch.long))[0]]
         appended = one_hot.to(table.dtype) @ table  # (n, D_in)
-        start = self.insert_at
-        sequence = torch.cat([base[:start], appended, base[start + self.num_tokens :]])
-        return self.encode(inputs_embeds=sequence[None])
+        ids = self.ids[None].to(table.device)
+        used = torch.tensor([self.insert_at + 1], device=table.device)
+        with learned_token_rows(self.text_encoder, ids, used, appended[None]) as (shifted, _):
+            return self.encode(shifted)
 
-    def encode(self, ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
-        """The encoder's masked hidden states of token ids (C, L) or input embeddings (1, L, D_in)."""
-        rows = len(ids) if ids is not None else 1
-        device = next(self.text_encoder.parameters()).device
-        mask = self.mask.expand(rows, -1).to(device)
-        if ids is not None:
-            return hidden_states(self.text_encoder, ids, mask)
-        return hidden_states(self.text_encoder, None, mask, inputs_embeds=inputs_embeds)
+    def encode(self, ids: Tensor) -> Tensor:
+        """The encoder's masked hidden states of token ids (C, L)."""
+        mask = self.mask.expand(len(ids), -1).to(ids.device)
+        return hidden_states(self.text_encoder, ids, mask)
 
 
 class FlowVocabularyPrompt(VocabularyPrompt):
@@ -155,9 +152,9 @@ class FlowVocabularyPrompt(VocabularyPrompt):
         super().__init__(encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, length)
         self.prefix = encoder.encode([prompt])[:, :-length]  # (1, 1 + R - L, D)
 
-    def encode(self, ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+    def encode(self, ids: Tensor) -> Tensor:
         """Unmasked last hidden states, as the stock pipeline calls the slot, behind the prefix."""
-        states = self.text_encoder(ids, inputs_embeds=inputs_embeds)[0].float()
+        states = self.text_encoder(ids)[0].float()
         prefix = self.prefix.to(states.device).expand(len(states), -1, -1)
         return torch.cat([prefix, states], dim=1)
 

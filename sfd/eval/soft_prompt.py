@@ -32,7 +32,7 @@ from sfd.eval.attack_outcome import (
 from sfd.eval.evaluate import class_noise
 from sfd.eval.text_models import FlowPromptEncoder, PromptEncoder, TextToImage
 from sfd.progress import ProgressBar
-from sfd.teachers.text_encoder import check_inputs_embeds, insert_soft_tokens, tokenize
+from sfd.teachers.text_encoder import check_token_embeddings, insert_soft_tokens, tokenize
 
 OBJECTIVE = (
     "minimise CE(evaluation classifier(decode(G(z, enc(prompt + soft tokens)))), forgotten class) "
@@ -44,8 +44,8 @@ class SoftPrompt(nn.Module):
     """A prompt with learned token embeddings inserted before its end token.
 
     Args:
-        tokenizer: the model's tokenizer (BERT-style: [CLS] words [SEP] padding).
-        text_encoder: a frozen transformers encoder that accepts `inputs_embeds`.
+        tokenizer: the model's tokenizer (start token, words, end token, padding).
+        text_encoder: a frozen transformers text encoder (BERT-style or CLIP).
         prompt: the prompt the tokens are appended to.
         num_tokens: learned tokens.
         generator: random stream of the initial tokens (drawn from the vocabulary).
@@ -62,7 +62,7 @@ class SoftPrompt(nn.Module):
         max_length: int | None = None,
     ) -> None:
         super().__init__()
-        check_inputs_embeds(text_encoder, "the soft-prompt attack")
+        check_token_embeddings(text_encoder, "the soft-prompt attack")
         tokens = tokenize(tokenizer, [prompt], max_length)
         ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
         length, used = len(ids), int(mask.sum())

@@ -33,6 +33,7 @@ from sfd.pipelines.one_step_flow import OneStepFlowSampling, OneStepFluxPipeline
 from sfd.pipelines.one_step_sdxl import SDXL_SETTINGS, OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_sdxl_single_file, write_single_file
+from sfd.pipelines.single_file_flow import FLOW_SINGLE_FILE_WRITERS, check_flow_single_file
 from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers.flow import FlowTransformerDenoiser
 
@@ -114,23 +115,30 @@ def write_variant(pipeline: Any, staging: Path, variant: str) -> None:
 
 
 def write_single_file_checkpoint(
-    pipeline: OneStepTextPipeline, staging: Path, variant: str | None
+    pipeline: Any, staging: Path, variant: str | None
 ) -> dict[str, str]:
-    """UNet, VAE and text encoder as one original-layout float32 checkpoint and, with a weights
-    variant, a second one in the variant's dtype beside it (`sfd_generator.fp16.safetensors`).
+    """The generator with VAE and text encoders as one original-layout float32 checkpoint and,
+    with a weights variant, a second one in the variant's dtype beside it
+    (`sfd_generator.fp16.safetensors`).
 
     Returns:
         the record's entries: `single_file` and, with a variant, `single_file_variant`.
     """
-    parts = (pipeline.unet, pipeline.vae, pipeline.text_encoder)
-    write = write_single_file
-    if isinstance(pipeline, OneStepSDXLPipeline):  # SDXL's layout holds both text encoders
-        parts, write = (*parts, pipeline.text_encoder_2), write_sdxl_single_file
-    write(*parts, staging / SINGLE_FILE_NAME)
+
+    def write(target: Path, dtype: torch.dtype | None = None) -> Path:
+        if isinstance(pipeline, OneStepFlowSampling):
+            writer = FLOW_SINGLE_FILE_WRITERS[pipeline.stock_class.__name__]
+            return writer(pipeline, target, dtype)
+        parts = (pipeline.unet, pipeline.vae, pipeline.text_encoder)
+        if isinstance(pipeline, OneStepSDXLPipeline):  # SDXL's layout holds both text encoders
+            return write_sdxl_single_file(*parts, pipeline.text_encoder_2, target, dtype)
+        return write_single_file(*parts, target, dtype)
+
+    write(staging / SINGLE_FILE_NAME)
     entries = {"single_file": SINGLE_FILE_NAME}
     if variant:
         name = SINGLE_FILE_NAME.replace(".safetensors", f".{variant}.safetensors")
-        write(*parts, staging / name, dtype=VARIANT_DTYPES[variant])
+        write(staging / name, VARIANT_DTYPES[variant])
         entries["single_file_variant"] = name
     return entries
 
@@ -236,10 +244,11 @@ class ExportPart:
     write: Callable[[ExportJob, Path, Any], dict[str, Any]]
 
 
-def _stable_diffusion_only(job: ExportJob) -> None:
+def _text_to_image_only(job: ExportJob) -> None:
     if not job.text:
         raise SFDConfigError(
-            "--single-file and --lora are for Stable Diffusion exports; "
+            "--single-file and --lora are for text-to-image exports (Stable Diffusion, SDXL, "
+            "SD3, Flux); "
             f"this generator is a {type(job.generator.denoiser).__name__}"
         )
 
@@ -259,18 +268,15 @@ def variant_part(job: ExportJob, staging: Path, variant: str) -> dict[str, Any]:
 def check_single_file(job: ExportJob, wanted: bool) -> None:
     if not wanted:
         return
-    _stable_diffusion_only(job)
-    if isinstance(job.pipeline, OneStepFlowSampling):
-        raise SFDConfigError(
-            "--single-file is not written for SD3 / Flux exports: their original single-file "
-            "layouts need a diffusers -> original key map that diffusers does not have; the "
-            "export folder itself is a stock diffusers folder (export without --single-file)"
-        )
+    _text_to_image_only(job)
     if job.pipeline.vae is None:
         raise SFDConfigError(
-            "--single-file needs a VAE (the original checkpoint layout holds UNet, VAE and text "
-            "encoder); this pixel-space generator has none"
+            "--single-file needs a VAE (the original checkpoint layouts hold the denoising "
+            "network, VAE and text encoders); this pixel-space generator has none"
         )
+    if isinstance(job.pipeline, OneStepFlowSampling):
+        check_flow_single_file(job.pipeline, job.pipeline.stock_class.__name__)
+        return
     encoder = type(job.pipeline.text_encoder).__name__
     if encoder != "CLIPTextModel":
         raise SFDConfigError(
@@ -289,7 +295,7 @@ def single_file_part(job: ExportJob, staging: Path, wanted: bool) -> dict[str, A
 def check_lora(job: ExportJob, rank: int) -> None:
     if rank < 1:
         raise SFDConfigError(f"LoRA rank {rank} must be at least 1")
-    _stable_diffusion_only(job)
+    _text_to_image_only(job)
 
 
 def lora_part(job: ExportJob, staging: Path, rank: int) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Which pipeline class holds a generator is decided in one place, `PIPELINE_FOR_KI
 `kind` tag of the generator's denoiser (`sfd.teachers.DENOISER_KINDS`). Every folder also holds
 a standalone copy of its pipeline class (torch + diffusers only), a model card (`README.md`) and
 `sfd_export.json`; on request an fp16 / bf16 weights variant and, for Stable Diffusion, a
-single-file checkpoint and a LoRA of the difference from the teacher (`export_parts`).
+single-file checkpoint and a LoRA of the difference from the teacher (`export_parts`) for
+text-to-image generators (Stable Diffusion, SDXL, SD3, Flux).
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ def save_generator(
         output_dir: the folder to create.
         overwrite: replace an existing non-empty folder.
         dtype: also write a "fp16" or "bf16" weights variant (diffusers' `variant` naming).
-        single_file: also write the original-layout checkpoint (Stable Diffusion only).
-        lora_rank: also write a rank-r LoRA of generator − teacher (Stable Diffusion only).
+        single_file: also write the original-layout checkpoint (text-to-image exports).
+        lora_rank: also write a rank-r LoRA of generator − teacher (text-to-image exports).
         training: the run's record (`sfd.core.generator.training_record`), for the card.
         metrics: the last evaluation's metrics, for the card.
         metrics_source: where `metrics` came from (named on the card).
@@ -256,8 +257,8 @@ def export_checkpoint(
         output_dir: the folder to create.
         overwrite: replace an existing non-empty folder.
         dtype: also write a "fp16" / "bf16" weights variant.
-        single_file: also write the original-layout checkpoint (Stable Diffusion).
-        lora_rank: also write a rank-r delta LoRA (Stable Diffusion).
+        single_file: also write the original-layout checkpoint (text-to-image exports).
+        lora_rank: also write a rank-r delta LoRA (text-to-image exports).
         metrics: a metrics.json for the card (default: the nearest one beside the checkpoint).
         force: export even weights that blew up, or with a metrics file that does not record
             this run.

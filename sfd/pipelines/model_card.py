@@ -21,6 +21,7 @@ CARD_SETTINGS = (  # training settings quoted on the card, when the checkpoint r
     "fake_grad_clip",
     "generator_grad_clip",
     "ema_decay",
+    "ema_power",
     "fake_train_guidance",
     "fake_eval_guidance",
     "teacher_guidance",
@@ -305,6 +306,41 @@ def model_card(record: dict[str, Any]) -> str:
     return "\n".join(meta + [""] + body) + "\n"
 
 
+# stock flow class -> (what its single file holds, the T5 attribute a single-file load leaves in
+# training mode: diffusers 0.42 does not switch the T5 it builds from a single file to eval)
+FLOW_SINGLE_FILES = {
+    "StableDiffusion3Pipeline": (
+        "the transformer, VAE and CLIP-L / CLIP-G / T5 text encoders in the layout of the original "
+        "(SAI) SD3 single files",
+        "text_encoder_3",
+    ),
+    "FluxPipeline": (
+        "the transformer in the original Flux (BFL) layout, with VAE and CLIP-L / T5 text "
+        "encoders as all-in-one Flux checkpoints hold them",
+        "text_encoder_2",
+    ),
+}
+
+
+def single_file_text(record: dict[str, Any]) -> str:
+    """The card's paragraph on the single-file checkpoint: what it holds, how diffusers loads it."""
+    name = record["single_file"]
+    if "stock_class" in record:
+        stock = record["stock_class"]
+        holds, t5 = FLOW_SINGLE_FILES[stock]
+        return (
+            f"`{name}` holds {holds}. In diffusers, offline: `pipe = {stock}.from_single_file("
+            f'"{name}", config=folder)`, then `pipe.{t5}.eval()` (diffusers leaves the T5 it '
+            "reads from a single file in training mode, with dropout) and the stock call above."
+        )
+    return (
+        f"`{name}` holds UNet, VAE and text encoder(s) in the original Stable Diffusion layout "
+        f'(A1111, ComfyUI). In diffusers, offline: `{stock_pipeline(record)[0]}.from_single_file("'
+        f'{name}", config=folder, {stock_pipeline(record)[1]})`. Sample it with one Euler step '
+        "from σ_init to 0, guidance 1."
+    )
+
+
 def _file_sections(record: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if record.get("variant"):
@@ -317,16 +353,7 @@ def _file_sections(record: dict[str, Any]) -> list[str]:
             f"dtype=torch.{record['variant_dtype']})`.",
         ]
     if record.get("single_file"):
-        lines += [
-            "",
-            "## Single-file checkpoint",
-            "",
-            f"`{record['single_file']}` holds UNet, VAE and text encoder(s) in the original "
-            "Stable Diffusion layout (A1111, ComfyUI). In diffusers, offline: "
-            f'`{stock_pipeline(record)[0]}.from_single_file("{record["single_file"]}", '
-            f"config=folder, {stock_pipeline(record)[1]})`. Sample it with one Euler step from "
-            "σ_init to 0, guidance 1.",
-        ]
+        lines += ["", "## Single-file checkpoint", "", single_file_text(record)]
         if record.get("single_file_variant"):
             lines[-1] += f" `{record['single_file_variant']}` is the same in {record['variant']}."
     fit = record.get("lora")

@@ -230,7 +230,7 @@ def write_single_file(
         **vae_to_ldm(vae.state_dict(), len(vae.config.down_block_types)),
         **text_encoder_to_ldm(text_encoder.state_dict(), open_clip),
     }
-    return _save(tensors, path, dtype)
+    return save_tensors(tensors, path, dtype)
 
 
 def write_sdxl_single_file(
@@ -260,13 +260,23 @@ def write_sdxl_single_file(
         **text_encoder_to_ldm(text_encoder.state_dict(), False, SDXL_CLIP_PREFIX),
         **text_encoder_to_ldm(text_encoder_2.state_dict(), True, SDXL_OPEN_CLIP_PREFIX),
     }
-    return _save(tensors, path, dtype)
+    return save_tensors(tensors, path, dtype)
 
 
-def _save(tensors: dict[str, Tensor], path: Path, dtype: torch.dtype | None) -> Path:
-    tensors = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-        for k, v in tensors.items()
-    }
+def save_tensors(tensors: dict[str, Tensor], path: Path, dtype: torch.dtype | None) -> Path:
+    """Write tensors as one safetensors file, floating ones cast to `dtype` (None: kept).
+
+    Tensors that share memory (tied weights, e.g. T5's `shared` and `encoder.embed_tokens`) are
+    written as separate copies, as safetensors requires.
+    """
+    seen: set[int] = set()
+    out: dict[str, Tensor] = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        tensor = tensor.detach().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
+    tensors = out
     save_file(tensors, str(path), metadata={"format": "pt"})
     return path

@@ -12,6 +12,8 @@ therefore needs no extra field: the mask is read off the embeddings.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,23 +130,20 @@ def tokenize(tokenizer: Any, prompts: list[str], max_length: int | None = None) 
     )
 
 
-def hidden_states(
-    text_encoder: nn.Module, input_ids: Tensor | None, attention_mask: Tensor, **inputs: Tensor
-) -> Tensor:
+def hidden_states(text_encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The encoder's last hidden states under its padding convention (see the module docstring).
 
     Args:
         text_encoder: the text encoder.
-        input_ids: token ids, (B, L), or None when `inputs_embeds` (B, L, D_in) is given.
+        input_ids: token ids, (B, L).
         attention_mask: 1 for tokens, 0 for padding, (B, L).
-        inputs: more encoder inputs (e.g. `inputs_embeds` for learned token embeddings).
 
     Returns:
         float32 hidden states, (B, L, D); padded positions are zero for non-CLIP encoders.
     """
     if not masks_padding(text_encoder):
-        return text_encoder(input_ids, **inputs)[0].float()
-    states = text_encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs)[0]
+        return text_encoder(input_ids).last_hidden_state.float()
+    states = text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return states.float() * attention_mask.unsqueeze(-1).to(torch.float32)
 
 
@@ -175,19 +174,26 @@ def encode_with(
     return torch.cat(chunks)
 
 
-def check_inputs_embeds(text_encoder: nn.Module, what: str) -> None:
-    """Raise `SFDConfigError` unless the encoder takes learned token embeddings (`inputs_embeds`).
+def check_token_embeddings(text_encoder: nn.Module | None, what: str) -> None:
+    """Raise `SFDConfigError` unless learned token embeddings can enter the encoder: it must
+    exist and have a token-embedding layer (`get_input_embeddings()`), which every transformers
+    text encoder has (CLIP's and BERT's alike).
 
     Args:
-        text_encoder: the text encoder.
+        text_encoder: the text encoder, or None when the model has none.
         what: what needs it, for the message (e.g. "the soft-prompt attack").
     """
-    import inspect
-
-    if "inputs_embeds" not in inspect.signature(text_encoder.forward).parameters:
+    if text_encoder is None:
+        raise SFDConfigError(f"{what} needs a model with a text encoder; this one has none")
+    get = getattr(text_encoder, "get_input_embeddings", None)
+    try:
+        layer = get() if callable(get) else None
+    except NotImplementedError:
+        layer = None
+    if not isinstance(layer, nn.Embedding):
         raise SFDConfigError(
-            f"{what} needs a text encoder that takes inputs_embeds; "
-            f"{type(text_encoder).__name__} does not"
+            f"{what} needs a text encoder with a token-embedding layer (get_input_embeddings); "
+            f"{type(text_encoder).__name__} has none"
         )
 
 
@@ -199,8 +205,17 @@ def insert_soft_tokens(
     Row b reads: its first used[b] − 1 tokens, the n learned vectors soft[b], its end token and
     padding, truncated to the prompt length L (callers check that used + n ≤ L).
 
+    The encoder runs on token ids, so any transformers text encoder works (CLIP's forward takes
+    no `inputs_embeds`): the ids are shifted as if n tokens had been typed before the end token,
+    with a placeholder id at the learned positions, and a forward hook on the token-embedding
+    layer puts the learned vectors in those rows. Everything after the embedding layer (position
+    embeddings, CLIP's causal mask and its pooling at the end token) sees what it would see for
+    real tokens: the end token moves to position used[b] − 1 + n, and the placeholder is neither
+    the end token nor above it (CLIP pools at the first `eos_token_id`, or, in configs from
+    before that convention, at the largest id).
+
     Args:
-        text_encoder: a frozen encoder that takes `inputs_embeds`.
+        text_encoder: a frozen transformers text encoder (`check_token_embeddings`).
         input_ids: token ids of the prompts, (B, L).
         used: non-padding tokens of each prompt (start and end tokens included), (B,).
         soft: the learned vectors in the encoder's input-embedding space, (B, n, D_in).
@@ -208,18 +223,63 @@ def insert_soft_tokens(
     Returns:
         float32 hidden states, (B, L, D), differentiable in `soft`.
     """
-    batch, length = input_ids.shape
-    n = soft.shape[1]
-    words = text_encoder.get_input_embeddings()(input_ids)  # (B, L, D_in)
-    position = torch.arange(length, device=input_ids.device).expand(batch, length)  # (B, L)
-    start = (used - 1).reshape(-1, 1)  # where the learned vectors go: before the end token
-    # Index into [words ; soft] (B, L + n): words before `start`, then soft, then the rest shifted.
-    source = torch.where(
-        position < start,
-        position,
-        torch.where(position < start + n, length + position - start, position - n),
-    )
-    sequence = torch.cat([words, soft.to(words.dtype)], dim=1)
-    sequence = sequence.gather(1, source.unsqueeze(-1).expand(-1, -1, sequence.shape[-1]))
-    mask = (position < (used.reshape(-1, 1) + n)).to(torch.long)  # (B, L)
-    return hidden_states(text_encoder, None, mask, inputs_embeds=sequence)
+    with learned_token_rows(text_encoder, input_ids, used, soft) as (ids, mask):
+        return hidden_states(text_encoder, ids, mask)
+
+
+@contextmanager
+def learned_token_rows(
+    text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The shifted ids and attention mask of `insert_soft_tokens`; inside the block, the encoder's
+    token-embedding layer returns the learned vectors at their placeholder rows (so any output of
+    the encoder called on those ids, e.g. CLIP's pooled one, is that of the soft prompt).
+
+    Args:
+        text_encoder: as `insert_soft_tokens`.
+        input_ids: as `insert_soft_tokens`, (B, L).
+        used: as `insert_soft_tokens`, (B,).
+        soft: as `insert_soft_tokens`, (B, n, D_in).
+
+    Yields:
+        the shifted token ids (B, L) and their attention mask (B, L).
+    """
+    ids, learned, mask = shifted_token_ids(text_encoder, input_ids, used, soft.shape[1])
+    start = (used - 1).reshape(-1, 1)  # (B, 1): the first learned position
+    position = torch.arange(input_ids.shape[1], device=input_ids.device)  # (L,)
+    which = (position - start).clamp(0, soft.shape[1] - 1)  # (B, L): the learned row read there
+    placed = soft.gather(1, which.unsqueeze(-1).expand(-1, -1, soft.shape[-1]))  # (B, L, D_in)
+
+    def substitute(_module: nn.Module, _inputs: Any, words: Tensor) -> Tensor:
+        return torch.where(learned.unsqueeze(-1), placed.to(words.dtype), words)
+
+    hook = text_encoder.get_input_embeddings().register_forward_hook(substitute)
+    try:
+        yield ids, mask
+    finally:
+        hook.remove()
+
+
+def shifted_token_ids(
+    text_encoder: nn.Module, input_ids: Tensor, used: Tensor, n: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Token ids with n placeholder tokens before each prompt's end token.
+
+    Args:
+        text_encoder: the encoder (its config's `eos_token_id` rules out that placeholder).
+        input_ids: token ids of the prompts, (B, L).
+        used: non-padding tokens of each prompt, (B,).
+        n: inserted tokens.
+
+    Returns:
+        the shifted ids (B, L), where the placeholders are (B, L) bool, the attention mask (B, L).
+    """
+    length = input_ids.shape[1]
+    position = torch.arange(length, device=input_ids.device).expand_as(input_ids)  # (B, L)
+    start = (used - 1).reshape(-1, 1)
+    learned = (position >= start) & (position < start + n)
+    source = torch.where(position < start, position, (position - n).clamp(min=0))
+    placeholder = 1 if getattr(text_encoder.config, "eos_token_id", None) == 0 else 0
+    ids = torch.where(learned, placeholder, input_ids.gather(1, source))
+    mask = (position < (used.reshape(-1, 1) + n)).to(torch.long)
+    return ids, learned, mask

@@ -18,6 +18,7 @@ from sfd.apps.harness.workspace import build_teacher, load_split, prepare_classi
 from sfd.cli import main
 from sfd.teachers import PretrainedVPTeacher
 
+RAW_ROWS = ("sfd_raw", "sfd_two_stage_raw")
 TINY_COMPARE = [
     *TINY_DIGITS_RUN,
     "--esd.max_steps", "2", "--esd.batch_size", "2", "--esd.ddim_steps", "3",
@@ -40,8 +41,11 @@ def test_every_method_fits_and_has_finite_metrics(compare_run: tuple[Path, Path]
     output, _ = compare_run
     metrics = json.loads((output / "metrics.json").read_text())
     assert (metrics["forget"], metrics["override"]) == (2, 7)
-    assert list(metrics["methods"]) == list(METHOD_KEYS)
+    # SFD ships its EMA; its raw generator is reported beside it
+    rows = [k for key in METHOD_KEYS for k in (key, f"{key}_raw") if k in RAW_ROWS or k == key]
+    assert list(metrics["methods"]) == rows
     nfe = {"sfd": 1, "sfd_two_stage": 1, "distill": 1, "esd": 3, "salun": 3, "retrain": 3}
+    nfe |= {row: 1 for row in RAW_ROWS}
     for key, m in metrics["methods"].items():
         assert m["nfe"] == nfe[key], key
         for name in ("ua", "remain_accuracy", "forget_as_override"):
@@ -60,6 +64,13 @@ def test_every_method_fits_and_has_finite_metrics(compare_run: tuple[Path, Path]
     assert two_stage["stage1_iterations"] == 3 and not two_stage["stage1_cached"]
     distill = metrics["methods"]["distill"]  # the same stage-1 run, built once
     assert distill["extra"]["folder"] == two_stage["stage1_folder"] and not distill["cached"]
+    for row in RAW_ROWS:  # both curves start at the same generator: the same first point
+        ema, raw = metrics["methods"][row.removesuffix("_raw")], metrics["methods"][row]
+        assert raw["iterations"] == ema["iterations"]
+        assert [p["iteration"] for p in raw["curve"]] == [p["iteration"] for p in ema["curve"]]
+        assert raw["curve"][0]["ua"] == ema["curve"][0]["ua"] == ema["curve"][0]["ua_raw"]
+        assert raw["curve"][0]["remain_accuracy"] == ema["curve"][0]["remain_accuracy"]
+    assert "ua_raw" not in metrics["methods"]["esd"]["curve"][0]
     assert math.isfinite(metrics["teacher"]["fid_remain"]) and metrics["teacher"]["nfe"] == 3
 
 

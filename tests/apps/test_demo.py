@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ from conftest import TINY_DIGITS_RUN
 from PIL import Image
 
 from sfd.apps.harness.cache import DONE_MARKER, cached_build
+from sfd.apps.harness.settings import ClassRunSettings
 from sfd.cli import main
 from sfd.pipelines.io import load_generator
 from sfd.pipelines.model_card import shown
+from sfd.training.cli import parse_fit_config
 
 TINY_ATTACK = ["--attack-steps", "2", "--attack-restarts", "1", "--attack-batch", "2",
                "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
@@ -97,10 +100,11 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
 def test_demo_again_reuses_teacher_classifier_and_stage1(
     demo_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """... also with the completion rule on stage 2, which leaves stage 1 (and its cache) alone."""
+    """... also with the completion rule on stage 2 (the default), which leaves stage 1 (and its
+    cache) alone."""
     _, cache = demo_run
     output = tmp_path / "again"
-    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache), "--until-forgotten"]
+    args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
     assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
     protocol = metrics["protocol"]
@@ -127,11 +131,12 @@ def test_shared_base_demo_reuses_stage1_and_exports_a_full_generator(
     _, cache = demo_run
     output = tmp_path / "shared"
     args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
-    extra = ["--model.adapters.rank", "4"]
+    extra = ["--model.adapters.rank", "4", "--no-until-forgotten"]  # the fixed iteration count
     assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO, *extra]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
     protocol = metrics["protocol"]
     assert protocol["two_stage"]["stage1_reused_from_cache"]
+    assert protocol["two_stage"]["stage2_completion"] is None
     assert protocol["sfd_settings"]["model"]["adapters"]["rank"] == 4
     check_model_metrics(metrics["sfd"], nfe=1)
     generator = load_generator(output / "generator")
@@ -259,3 +264,23 @@ def test_demo_adversarial_trains_sfd_against_the_class_embedding_attack(tmp_path
     headers = [set(log.read_text().splitlines()[0].split(",")) for log in output.rglob("*.csv")]
     wanted = {"adversarial/objective", "fake/adversarial", "generator/adversarial"}
     assert any(wanted <= header for header in headers)  # the attacked rows were trained on
+
+
+def test_stage_two_alone_composes_the_forgetting_overlay() -> None:
+    """Stage 2 (two-stage SFD) gets the power-function EMA and its generator step from
+    sfd_digits_stage2.yaml; stage 1 and one-stage SFD keep the preset's constant EMA and step, and
+    command-line overrides still come last."""
+    settings = ClassRunSettings()
+
+    def model(stage: str, *extra: str):
+        args = replace(settings, sfd_args=list(extra)).sfd_command_line(stage=stage)
+        return parse_fit_config(args, one_line_errors=True).model
+
+    stage2, stage1, one_stage = model("stage2"), model("stage1"), model("sfd")
+    assert (stage2.ema_power, stage2.ema_decay) == (7.0, 0.99)
+    assert stage2.generator_optimizer.init_args.lr == 1e-4
+    assert stage1.ema_power is None and stage1.ema_decay == 0.995
+    assert one_stage.ema_power is None and one_stage.ema_decay == 0.99
+    for other in (stage1, one_stage):
+        assert other.generator_optimizer.init_args.lr == 3e-4
+    assert model("stage2", "--model.ema_power", "null").ema_power is None

@@ -95,7 +95,8 @@ def check_in_range(metrics: dict) -> None:
 def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     bert = save_tiny_bert(tmp_path / "bert")
     data = "digits" if space == "pixels" else str(write_tiny_fashion(tmp_path / "fashion"))
-    settings = tiny_settings(tmp_path, data, bert)
+    # the fixed iteration count first (--no-until-forgotten); the second run below has the rule
+    settings = replace(tiny_settings(tmp_path, data, bert), until_forgotten=False)
     paths = run_text_demo(settings)
     for name in ("metrics", "report", "samples", "forgetting_curve", "forget_histogram"):
         assert paths[name].is_file() and paths[name].stat().st_size > 0, name
@@ -120,8 +121,8 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     if space == "latents":
         return
     # a second run reuses the cached teacher and classifier, and scores with the same classifier
-    # (with the completion rule on stage 2: the judge probes the text teacher, the card says why
-    # stage 2 stopped)
+    # (with the completion rule on stage 2, the default: the judge probes the text teacher, the
+    # card says why stage 2 stopped)
     again = run_text_demo(replace(settings, output_dir=tmp_path / "again", until_forgotten=True))
     card = (tmp_path / "again" / "generator" / "README.md").read_text()
     assert "Stopped by the completion rule (`UntilForgotten`)" in card

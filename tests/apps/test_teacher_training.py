@@ -21,7 +21,7 @@ from sfd.apps.teachers.pixel import (
     train_teacher,
 )
 from sfd.cli import main
-from sfd.cli.teacher import teacher_lightning_cli
+from sfd.cli.teacher_cli import teacher_lightning_cli
 from sfd.errors import SFDConfigError
 from sfd.images import LabelledImages
 from sfd.teachers.unet import PretrainedVPTeacher, VPUNetDenoiser

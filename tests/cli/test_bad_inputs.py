@@ -29,7 +29,7 @@ from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, checkpoint_
 from sfd.errors import SFDConfigError
 from sfd.eval.classifier import Classifier, save_classifier
 from sfd.pipelines.io import save_generator
-from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher
+from sfd.teachers import FluxTeacher, PretrainedVPTeacher, SD3Teacher, StableDiffusionTeacher
 from sfd.training.cli import sfd_lightning_cli
 from sfd.training.memory import BUDGET_ENV
 from sfd.training.resume import RUN_CONFIG_KEY
@@ -190,6 +190,18 @@ def world(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> W
     (w / "sd3_ddpm" / "scheduler" / "scheduler_config.json").write_text(
         json.dumps({"_class_name": "DDPMScheduler", "num_train_timesteps": 1000})
     )
+    # flow generators whose single file diffusers would not read back: a Flux transformer
+    # narrower than FLUX.1's, an SD3 with CLIP-L and CLIP-G of one width
+    flow_teachers = {
+        "flux": FluxTeacher(str(w / "flux"), sample_size=8, max_sequence_length=8),
+        "sd3": SD3Teacher(str(w / "sd3"), max_sequence_length=8),
+    }
+    for name, flow_teacher in flow_teachers.items():
+        flow_generator = OneStepGenerator(flow_teacher, t_init=0.97)
+        torch.save({"pytorch-lightning_version": "2.6.0",
+                    "state_dict": {prefix + k: v for k, v in flow_teacher.state_dict().items()},
+                    GENERATOR_SPEC_KEY: checkpoint_entry(flow_generator, prefix)},
+                   w / f"{name}.ckpt")  # fmt: skip
     return w
 
 
@@ -279,6 +291,11 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.every_n", "0"), "UntilForgotten every_n=0"),
     ("fit-until-budget",
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.budget", "5"), "budget=5 must be an integer of at least every_n=10"),
+    # --- sfd fit / sfd demo: the power-function EMA (issue 24 item 2) ---
+    ("fit-ema-power-negative", lambda w, o: fit(w, o, "--model.ema_power", "-1"), "ema_power=-1.0 must be"),
+    ("fit-ema-power-without-ema",
+     lambda w, o: fit(w, o, "--model.ema_power", "7", "--model.ema_decay", "null"), "ema_decay=null turns off"),
+    ("demo-ema-power-nan", lambda w, o: demo(w, o, "--model.ema_power", "nan"), "ema_power=nan"),
     # --- sfd fit: flow-matching teachers (issue 20) ---
     ("fit-flow-t-init-one", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.t_init", "1.0"),
      "t_init=1.0 must be a flow time strictly between 0 and 1"),
@@ -404,6 +421,10 @@ CASES: list[Case] = [
     ("export-lora-rank-zero", lambda w, o: export(w, o, "--lora", "0"), "--lora=0 must be an integer of at least 1"),
     ("export-single-file-bert",
      lambda w, o: export(w, o, "--single-file", ckpt=w / "text_vae.ckpt"), "this generator's is a BertModel"),
+    ("export-single-file-flux-width",
+     lambda w, o: export(w, o, "--single-file", ckpt=w / "flux.ckpt"), "this Flux transformer is 32 wide"),
+    ("export-single-file-sd3-clip-widths",
+     lambda w, o: export(w, o, "--single-file", ckpt=w / "sd3.ckpt"), "both CLIP text encoders are 16 wide"),
     # --- sfd sample (items 1, 6, 7) ---
     ("sample-output-folder", lambda w, o: sample(w, o, "--output", str(w.root)), "is a folder"),
     ("sample-output-no-extension", lambda w, o: sample(w, o, "--output", str(o / "grid")), "no image extension"),

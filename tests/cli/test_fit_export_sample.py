@@ -212,7 +212,7 @@ def test_every_config_parses(config: Path) -> None:
     """Each YAML in configs/ (and the demo's preset) parses and type-checks with its CLI."""
     if config.name.startswith("teacher"):
         pytest.importorskip("sfd.apps.teachers.pixel")
-        from sfd.cli.teacher import parse_teacher_config
+        from sfd.cli.teacher_cli import parse_teacher_config
 
         parse_teacher_config(["-c", str(config)])
         return

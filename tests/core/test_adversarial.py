@@ -44,21 +44,40 @@ def text_setup(tmp_path_factory):
     return teacher, forget, remain
 
 
-def text_module(text_setup, settings: AdversarialSettings) -> SFDModule:
+def text_module(text_setup, settings: AdversarialSettings, **kwargs) -> SFDModule:
     teacher_dir, forget, remain = text_setup
     conditions = PromptConditions(
         DIGITS_VOCABULARY.concept_pairs(7, 1),
         forget_prompts=str(forget),
         remain_prompts=str(remain),
     )
+    options = {"batch_size": 4, "ema_decay": None, **kwargs}
     return SFDModule(
         StableDiffusionTeacher(str(teacher_dir)),
         conditions,
         SIGMAS,
-        batch_size=4,
-        ema_decay=None,
         adversarial=settings,
+        **options,
     )
+
+
+def clip_module(sd_dirs, settings: AdversarialSettings, **kwargs) -> SFDModule:
+    """The tiny Stable Diffusion 1.x teacher (CLIPTextModel) forgetting the celebrity concepts."""
+    from sd_fixtures import celebrity_conditions
+
+    options = {"batch_size": 4, "ema_decay": None, **kwargs}
+    teacher = StableDiffusionTeacher(str(sd_dirs["epsilon"]))
+    return SFDModule(teacher, celebrity_conditions(), SIGMAS, adversarial=settings, **options)
+
+
+@pytest.fixture(params=["bert", "clip"])
+def prompt_module(request):
+    """`(settings, **kwargs) -> SFDModule` on a BERT-style text teacher or an SD 1.x (CLIP) one."""
+    if request.param == "bert":
+        setup = request.getfixturevalue("text_setup")
+        return lambda settings, **kwargs: text_module(setup, settings, **kwargs)
+    dirs = request.getfixturevalue("sd_dirs")
+    return lambda settings, **kwargs: clip_module(dirs, settings, **kwargs)
 
 
 def mean_objective(module: SFDModule, state: dict, rng: torch.Generator) -> float:
@@ -95,11 +114,11 @@ def test_class_embedding_attack_raises_its_objective(single_thread) -> None:
         assert after > before, (seed, before, after)
 
 
-def test_soft_prompt_attack_step_raises_its_objective(text_setup, single_thread) -> None:
+def test_soft_prompt_attack_step_raises_its_objective(prompt_module, single_thread) -> None:
     """One inner step raises the objective on the draws it took (a random text teacher barely
     depends on the prompt, so held-out draws would measure noise; the class test does that)."""
-    module = text_module(
-        text_setup, AdversarialSettings(steps=1, share=1.0, tokens=4, lr=1e-3, noise_levels=4)
+    module = prompt_module(
+        AdversarialSettings(steps=1, share=1.0, tokens=4, lr=1e-3, noise_levels=4)
     )
     start = attacked_from_fresh_rows(module)
     assert not torch.equal(module.adversarial.state["tokens"], start["tokens"])
@@ -271,6 +290,8 @@ def test_the_demos_turn_it_on_for_sfd_only() -> None:
         sfd = settings.sfd_command_line()
         assert " ".join(ADVERSARIAL_ARGS) in " ".join(sfd)
         assert " ".join(ADVERSARIAL_ARGS) not in " ".join(settings.sfd_command_line(stage="stage1"))
+    stage2 = ClassRunSettings(adversarial=True).sfd_command_line(stage="stage2")
+    assert " ".join(ADVERSARIAL_ARGS) in " ".join(stage2)  # the two-stage path's SFD stage
     parsed = parse_fit_config(ClassRunSettings(adversarial=True).sfd_command_line())
     assert parsed.model.adversarial.steps == AdversarialSettings().steps
     assert parse_fit_config(ClassRunSettings().sfd_command_line()).model.adversarial is None
@@ -294,16 +315,36 @@ def test_a_multi_encoder_flow_teacher_is_refused_in_one_line(flow_dirs, single_t
         )
 
 
-def test_a_clip_encoder_is_refused_in_one_line(sd_dirs) -> None:
-    """transformers' CLIPTextModel takes no `inputs_embeds`: no soft prompt (as in evaluation)."""
+def test_sfd_trains_with_the_attack_and_never_moves_the_teacher(
+    prompt_module, tmp_path, single_thread
+) -> None:
+    """One adversarial SFD iteration through BERT-style and CLIP (SD 1.x) text encoders alike."""
+    module = prompt_module(AdversarialSettings(steps=1, share=0.5, tokens=4), batch_size=2)
+    teacher = copy.deepcopy(module.teacher.state_dict())
+    encoder = module.adversarial.space.text_encoder
+    encoder_weights = copy.deepcopy(encoder.state_dict())
+    generator = copy.deepcopy(module.generator.state_dict())
+    quiet_trainer(tmp_path, steps=1).fit(module)
+    for key, value in module.teacher.state_dict().items():
+        assert torch.equal(value, teacher[key]), key
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, encoder_weights[key]), key
+    assert any(not torch.equal(v, generator[k]) for k, v in module.generator.state_dict().items())
+    tokens = module.adversarial.state["tokens"]
+    assert tokens.shape == (1, 4, encoder.get_input_embeddings().embedding_dim)
+    assert bool(tokens.isfinite().all())
+
+
+def test_an_sdxl_teacher_is_refused_in_one_line(sdxl_dirs) -> None:
+    """SDXL packs two CLIP encoders' hidden states and a pooled vector: not yet attacked."""
     from sd_fixtures import celebrity_conditions
 
-    with pytest.raises(SFDConfigError, match="takes inputs_embeds; CLIPTextModel does not"):
+    from sfd.teachers import StableDiffusionXLTeacher
+
+    teacher = StableDiffusionXLTeacher(str(sdxl_dirs["epsilon"]))
+    with pytest.raises(SFDConfigError, match="does not give StableDiffusionXLTeacher's prompt"):
         SFDModule(
-            StableDiffusionTeacher(str(sd_dirs["epsilon"])),
-            celebrity_conditions(),
-            SIGMAS,
-            adversarial=AdversarialSettings(tokens=4),
+            teacher, celebrity_conditions(), SIGMAS, adversarial=AdversarialSettings(tokens=4)
         )
 
 

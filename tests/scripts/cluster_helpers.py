@@ -40,8 +40,10 @@ def tiny_run_config(
     steps_per_epoch: int = 3,
     extra_callbacks: list[dict[str, Any]] | None = None,
     trainer: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A tiny `sfd fit` config (batch 2 per device, SGD so float noise stays small)."""
+    """A tiny `sfd fit` config (batch 2 per device, SGD so float noise stays small); `model`
+    overrides model settings."""
     sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 1.0e-2, "momentum": 0.9}}
     callbacks = [
         {
@@ -88,6 +90,7 @@ def tiny_run_config(
             "ema_decay": 0.9,
             "seed": 5,
             "steps_per_epoch": steps_per_epoch,
+            **(model or {}),
         },
     }
 

@@ -23,7 +23,7 @@ from sfd.apps.harness.evaluation import (
     protocol_head,
     real_floor,
 )
-from sfd.apps.harness.methods import METHODS, TITLES, Fitted, Run
+from sfd.apps.harness.methods import METHODS, RAW_SUFFIX, TITLES, Fitted, Run
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.stages import save_denoiser
 from sfd.apps.harness.workspace import Workspace, classifier_phase, start_run, teacher_phase
@@ -31,6 +31,7 @@ from sfd.eval.evaluate import ddim_sampler
 from sfd.pipelines.io import save_generator
 from sfd.provenance import environment, library_versions
 from sfd.teachers.unet import VPUNetDenoiser
+from sfd.training.cli import parse_fit_config
 
 TOOL = "sfd compare"
 
@@ -75,20 +76,26 @@ def evaluate_methods(
     grids = {"teacher": teacher_grid}
     methods: dict[str, MethodReport] = {}
     for key, result in fitted.items():
-        sampler = sampler_for(result.unlearned, settings.ddim_steps)
-        evaluation, grids[key] = evaluate_with_grid(sampler, settings, workspace)
         extra = {k: v for k, v in result.extra.items() if k != "module"}
-        methods[key] = MethodReport(
-            key=key,
-            title=TITLES[key],
-            evaluation=evaluation,
-            iterations=result.iterations,
-            train_seconds=result.train_seconds,
-            curve=result.curve,
-            ua95=first_reaching(result.curve),
-            cached=result.cached,
-            extra=extra,
-        )
+        # SFD ships its EMA; its raw generator is evaluated beside it, as its own row
+        shown = [(key, TITLES[key], result.unlearned, result.curve)]
+        if result.raw is not None:
+            title = f"{TITLES[key]}, raw generator (not shipped)"
+            shown.append((key + RAW_SUFFIX, title, result.raw, result.raw_curve))
+        for row, title, network, curve in shown:
+            sampler = sampler_for(network, settings.ddim_steps)
+            evaluation, grids[row] = evaluate_with_grid(sampler, settings, workspace)
+            methods[row] = MethodReport(
+                key=row,
+                title=title,
+                evaluation=evaluation,
+                iterations=result.iterations,
+                train_seconds=result.train_seconds,
+                curve=curve,
+                ua95=first_reaching(curve),
+                cached=result.cached,
+                extra=extra,
+            )
     protocol = {
         **protocol_head(settings, workspace),
         "noise": SAME_NOISE,
@@ -101,7 +108,13 @@ def evaluate_methods(
             "remain_per_class": settings.curve_remain_per_class,
             "seconds": "training wall time since Trainer.fit started, curve evaluations excluded",
         },
-        "sfd_settings": {"iterations": sfd.trainer.max_steps, "model": sfd.model.as_dict()},
+        "sfd_settings": {  # SFD from the teacher; two-stage SFD's stage 2 adds its overlay
+            "iterations": sfd.trainer.max_steps,
+            "model": sfd.model.as_dict(),
+            "stage2_model": parse_fit_config(
+                settings.sfd_command_line(stage="stage2"), one_line_errors=True
+            ).model.as_dict(),
+        },
         "teacher": {
             "folder": str(workspace.teacher_dir),
             "reused_from_cache": workspace.teacher_cached,

@@ -42,6 +42,7 @@ from sfd.eval.evaluate import (
 )
 from sfd.pipelines.io import load_generator, save_generator
 from sfd.provenance import environment, library_versions
+from sfd.training.cli import parse_fit_config
 
 TOOL = "sfd demo"
 __all__ = ["ClassRunSettings", "check_settings", "default_sfd_config", "run_demo"]
@@ -140,6 +141,7 @@ def evaluate_all(
                 )  # fmt: skip
             attacks[key] = {"class_embedding": {**outcome.to_dict(), "sampler": sampler.name}}
     floor = real_floor(settings, workspace)
+    stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
     stage1 = forgetting.extra
     protocol = {
         **protocol_head(settings, workspace),
@@ -150,7 +152,10 @@ def evaluate_all(
         "fid_real_train_vs_heldout": floor.fid,
         "kid_real_train_vs_heldout": floor.kid_mean,
         "samplers": {key: sampler.name for key, sampler in samplers.items()},
-        "sfd_settings": {"iterations": sfd.trainer.max_steps, "model": sfd.model.as_dict()},
+        "sfd_settings": {  # the demo's SFD is stage 2: the preset with its stage-2 overlay
+            "iterations": stage2.trainer.max_steps,
+            "model": stage2.model.as_dict(),
+        },
         "two_stage": {
             "stage1_iterations": stage1["stage1_iterations"],
             "stage1_training_seconds": stage1["stage1_seconds"],

@@ -65,7 +65,7 @@ class TextDemoSettings:
     adversarial: bool = False  # adversarial SFD (docs/method.md §9), its default settings
     baseline_iterations: int | None = None
     curve_every: int | None = None
-    until_forgotten: bool = False
+    until_forgotten: bool = True  # the completion rule; False: the fixed max_steps
     curve_per_class: int = 16
     forget_images: int = 200
     remain_per_class: int = 100

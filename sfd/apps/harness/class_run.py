@@ -10,8 +10,9 @@ from pathlib import Path
 from sfd.apps.data.names import DIGITS
 from sfd.eval.attack_budget import ClassEmbeddingBudget
 
-SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD, and stage 2 of the two-stage path
+SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD from the teacher
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
+STAGE2_PRESET = "sfd_digits_stage2.yaml"  # composed after it for stage 2 (forgetting)
 # `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
 # (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
@@ -25,6 +26,11 @@ def default_sfd_config() -> Path:
 def default_stage1_config() -> Path:
     """The packaged overlay that turns the SFD preset into stage 1 (distillation, no forgetting)."""
     return Path(str(resources.files("sfd.apps.harness") / STAGE1_PRESET))
+
+
+def default_stage2_config() -> Path:
+    """The packaged overlay that turns the SFD preset into stage 2 (forgetting from stage 1)."""
+    return Path(str(resources.files("sfd.apps.harness") / STAGE2_PRESET))
 
 
 @dataclass
@@ -46,7 +52,7 @@ class ClassRunSettings:
     adversarial: bool = False  # adversarial SFD (docs/method.md §9), its default settings
     baseline_iterations: int | None = None
     curve_every: int | None = None
-    until_forgotten: bool = False
+    until_forgotten: bool = True  # the completion rule; False: the fixed max_steps
     curve_per_class: int = 32
     curve_remain_per_class: int = 8
     eval_per_class: int = 200
@@ -66,18 +72,22 @@ class ClassRunSettings:
         """The `sfd fit`-style arguments of one SFD run: preset, user overrides, demo settings.
 
         The demo owns the teacher, the forget/override classes and the seed. `stage="sfd"` is
-        SFD itself (also stage 2 of the two-stage path, which adds the stage-1 networks).
-        `stage="stage1"` is distillation without forgetting, the first stage: the packaged
-        preset plus its stage-1 overlay (or the user's `sfd_config` alone), then the user's
-        overrides, both forget weights 0 and `baseline_iterations` if given.
+        SFD itself, from the teacher. `stage="stage1"` is distillation without forgetting, the
+        first stage of the two-stage path: the packaged preset plus its stage-1 overlay (or the
+        user's `sfd_config` alone), then the user's overrides, both forget weights 0 and
+        `baseline_iterations` if given. `stage="stage2"` is SFD from the stage-1 networks (the
+        caller adds them): the packaged preset plus its stage-2 overlay (or `sfd_config` alone),
+        then the user's overrides.
         """
-        if stage not in ("sfd", "stage1"):
+        if stage not in ("sfd", "stage1", "stage2"):
             raise ValueError(f"unknown stage {stage!r}")
         conditions = "--model.conditions.init_args."
         args = ["-c", str(self.sfd_config or default_sfd_config())]
         if stage == "stage1" and self.sfd_config is None:
             args += ["-c", str(default_stage1_config())]
-        if self.adversarial and stage == "sfd":
+        if stage == "stage2" and self.sfd_config is None:
+            args += ["-c", str(default_stage2_config())]
+        if self.adversarial and stage != "stage1":
             args += ADVERSARIAL_ARGS
         args += self.sfd_args
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]

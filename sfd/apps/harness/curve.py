@@ -2,7 +2,8 @@
 
 `TimedForgettingCurve` samples what the module would ship now (`sfd.baselines.unlearned`: a
 one-step generator directly, a fine-tuned denoiser with DDIM) every N iterations, labels the
-samples with the evaluation classifier, and records the *training* seconds spent so far: the clock
+samples with the evaluation classifier, and records the *training* seconds spent so far (for an
+SFD module with an EMA, optionally the raw generator beside the shipped EMA): the clock
 starts when `Trainer.fit` starts (so preparation inside the fit, such as SalUn's teacher samples and
 saliency mask, counts) and the time spent evaluating the curve itself is left out.
 """
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from sfd.baselines.method import Unlearned, unlearned
+from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
 from sfd.eval.evaluate import ImageSampler, classify, ddim_sampler, generate, one_step_sampler
 from sfd.eval.forgetting_curve import ForgettingCurve
@@ -43,6 +45,8 @@ class TimedPoint:
     seconds: float
     ua: float
     remain_accuracy: float
+    ua_raw: float | None = None  # the raw generator's, when the curve traces it
+    remain_accuracy_raw: float | None = None
 
 
 class TimedForgettingCurve(pl.Callback):
@@ -58,6 +62,8 @@ class TimedForgettingCurve(pl.Callback):
             fewer keep the curve of multi-step models affordable, UA needs the forget samples.
         ddim_steps: DDIM steps for multi-step models.
         seed: seed of the fixed evaluation noise.
+        raw: also evaluate the raw generator of an SFD module that ships its EMA (same noise,
+            same clock): `ua_raw` and `remain_accuracy_raw` of every point.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class TimedForgettingCurve(pl.Callback):
         ddim_steps: int = 50,
         seed: int = 0,
         remain_per_class: int | None = None,
+        raw: bool = False,
     ) -> None:
         remain_per_class = num_per_class if remain_per_class is None else remain_per_class
         if every_n < 1 or num_per_class < 1 or remain_per_class < 1:
@@ -87,6 +94,7 @@ class TimedForgettingCurve(pl.Callback):
         self.every_n = every_n
         self.ddim_steps = ddim_steps
         self.seed = seed
+        self.raw = raw
         self.points: list[TimedPoint] = []
         self._start = 0.0
         self._evaluating = 0.0  # seconds spent on the curve itself, left out of training time
@@ -100,17 +108,20 @@ class TimedForgettingCurve(pl.Callback):
         """Seconds since the fit started, without the curve's own evaluations."""
         return time.perf_counter() - self._start - self._evaluating
 
-    @torch.no_grad()
     def evaluate(self, module: Any) -> tuple[float, float]:
         """(UA, mean per-class remain accuracy) of what `module` would ship now."""
-        result = unlearned(module)
+        return self.evaluate_network(unlearned(module), module.device)
+
+    @torch.no_grad()
+    def evaluate_network(self, result: Unlearned, device: Any) -> tuple[float, float]:
+        """(UA, mean per-class remain accuracy) of one network (fixed noise)."""
         network = result.network
         was_training = network.training
         images = generate(
-            sampler_for(result, self.ddim_steps), self.labels, self.seed, device=module.device
+            sampler_for(result, self.ddim_steps), self.labels, self.seed, device=device
         )
         network.train(was_training)
-        predicted = classify(self.classifier.to(module.device), to_uint8(images)).cpu()
+        predicted = classify(self.classifier.to(device), to_uint8(images)).cpu()
         is_forget = torch.isin(self.labels, torch.tensor(self.forget))
         per_class = per_class_accuracy(predicted, self.labels, self.remain)
         remain_accuracy = sum(per_class.values()) / len(per_class)
@@ -122,11 +133,16 @@ class TimedForgettingCurve(pl.Callback):
             return
         seconds = self.training_seconds()
         clock = time.perf_counter()
-        ua, remain_accuracy = self.evaluate(module)
+        point = TimedPoint(step, seconds, *self.evaluate(module))
+        if self.raw and raw_generator(module) is not None:
+            raw = Unlearned(raw_generator(module))
+            point.ua_raw, point.remain_accuracy_raw = self.evaluate_network(raw, module.device)
         self._evaluating += time.perf_counter() - clock
-        self.points.append(TimedPoint(step, seconds, ua, remain_accuracy))
+        self.points.append(point)
         if log:  # logging is not allowed in on_train_start
-            module.log_dict({"curve/ua": ua, "curve/remain_accuracy": remain_accuracy})
+            module.log_dict({"curve/ua": point.ua, "curve/remain_accuracy": point.remain_accuracy})
+            if point.ua_raw is not None:
+                module.log_dict({"curve/ua_raw": point.ua_raw})
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -148,8 +164,34 @@ class TimedForgettingCurve(pl.Callback):
             self._record(trainer, pl_module, log=True)
 
     def as_dicts(self) -> list[dict[str, float]]:
-        """The curve as [{iteration, seconds, ua, remain_accuracy}, ...]."""
-        return [asdict(point) for point in self.points]
+        """The curve as [{iteration, seconds, ua, remain_accuracy}, ...] (plus `ua_raw`,
+        `remain_accuracy_raw` when the raw generator is traced)."""
+        keep = ("ua_raw", "remain_accuracy_raw")
+        return [
+            {k: v for k, v in asdict(point).items() if k not in keep or v is not None}
+            for point in self.points
+        ]
+
+    def raw_dicts(self) -> list[dict[str, float]]:
+        """The raw generator's curve as [{iteration, seconds, ua, remain_accuracy}, ...] (empty
+        when it is not traced)."""
+        return [
+            {
+                "iteration": p.iteration,
+                "seconds": p.seconds,
+                "ua": p.ua_raw,
+                "remain_accuracy": p.remain_accuracy_raw,
+            }
+            for p in self.points
+            if p.ua_raw is not None
+        ]
+
+
+def raw_generator(module: Any) -> nn.Module | None:
+    """The raw (not averaged) generator of an SFD module that ships its EMA, else None."""
+    if isinstance(module, SFDModule) and module.ema is not None:
+        return module.generator
+    return None
 
 
 def until_forgotten(curve: TimedForgettingCurve | ForgettingCurve) -> UntilForgotten:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import lightning.pytorch as pl
 
-from sfd.apps.harness.curve import TimedForgettingCurve, until_forgotten
+from sfd.apps.harness.curve import TimedForgettingCurve, raw_generator, until_forgotten
 from sfd.apps.harness.settings import ClassRunSettings
 from sfd.apps.harness.stages import StageOne, fit_module, stage_one, train_sfd
 from sfd.apps.harness.workspace import Workspace, build_teacher, teacher_recipe
@@ -25,6 +25,7 @@ from sfd.pipelines.io import load_generator
 from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
 
+RAW_SUFFIX = "_raw"  # the key of SFD's raw generator beside its EMA: "sfd_two_stage_raw"
 TITLES = {
     "teacher": "teacher (DDIM)",
     "sfd": "SFD, one stage (from the teacher)",
@@ -49,6 +50,8 @@ class Fitted:
         curve: {iteration, seconds, ua, remain_accuracy} points (empty: not traced).
         cached: whether the trained network came from the cache.
         extra: method-specific facts (stage 1 of the two-stage run, settings).
+        raw: for SFD with an EMA, the raw generator beside the shipped EMA (None otherwise).
+        raw_curve: its forgetting curve, same noise and clock (empty: not traced).
     """
 
     key: str
@@ -58,6 +61,8 @@ class Fitted:
     curve: list[dict[str, float]] = field(default_factory=list)
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    raw: Unlearned | None = None
+    raw_curve: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,8 +76,9 @@ class Run:
     accelerator: str = "cpu"
     stage1: StageOne | None = None
 
-    def curve(self, iterations: int) -> TimedForgettingCurve:
-        """A fresh forgetting curve at the run's interval (default: 20 points per run)."""
+    def curve(self, iterations: int, raw: bool = False) -> TimedForgettingCurve:
+        """A fresh forgetting curve at the run's interval (default: 20 points per run); `raw`:
+        SFD's raw generator beside its EMA too."""
         settings = self.settings
         assert self.workspace.classifier is not None
         every = settings.curve_every or max(1, iterations // 20)
@@ -85,6 +91,7 @@ class Run:
             settings.ddim_steps,
             settings.seed,
             settings.curve_remain_per_class,
+            raw,
         )
 
     @property
@@ -126,7 +133,8 @@ class SFDMethod:
         self.key = "sfd_two_stage" if two_stage else "sfd"
 
     def fit(self, run: Run) -> Fitted:
-        args = run.settings.sfd_command_line(run.teacher_dir, "sfd")
+        stage = "stage2" if self.two_stage else "sfd"
+        args = run.settings.sfd_command_line(run.teacher_dir, stage)
         extra: dict[str, Any] = {}
         if self.two_stage:
             stage1 = run.stage_one()
@@ -140,7 +148,7 @@ class SFDMethod:
                 "stage1_cached": stage1.cached,
                 "stage1_folder": str(stage1.folder),
             }
-        curve = run.curve(_iterations(args))
+        curve = run.curve(_iterations(args), raw=True)  # the raw generator beside the EMA
         callbacks: list[pl.Callback] = [curve]
         if run.settings.until_forgotten:
             rule = until_forgotten(curve)
@@ -150,6 +158,7 @@ class SFDMethod:
         )
         if run.settings.until_forgotten:
             extra["completion"] = rule.summary()
+        extra["ema"] = {k: module.hparams[k] for k in ("ema_decay", "ema_power")}
         extra["module"] = module  # for tests and exports; dropped from the report
         return Fitted(
             self.key,
@@ -158,6 +167,8 @@ class SFDMethod:
             seconds - curve.evaluation_seconds,
             curve.as_dicts(),
             extra=extra,
+            raw=None if raw_generator(module) is None else Unlearned(module.generator),
+            raw_curve=curve.raw_dicts(),
         )
 
 

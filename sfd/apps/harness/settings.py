@@ -15,6 +15,7 @@ from sfd.apps.harness.class_run import STAGE1_PRESET as STAGE1_PRESET
 from sfd.apps.harness.class_run import ClassRunSettings as ClassRunSettings
 from sfd.apps.harness.class_run import default_sfd_config as default_sfd_config
 from sfd.apps.harness.class_run import default_stage1_config as default_stage1_config
+from sfd.apps.harness.class_run import default_stage2_config as default_stage2_config
 from sfd.apps.teachers.checks import check_channels
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
@@ -29,6 +30,7 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     """
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
+    stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
     k = data.num_classes
     for name in ("forget", "override"):
         value = getattr(settings, name)
@@ -43,7 +45,7 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
             f"--eval-per-class {settings.eval_per_class} is too small; need at least 2 (FID)"
         )
     positive = {
-        "--trainer.max_steps": min(sfd.trainer.max_steps, stage1.trainer.max_steps),
+        "--trainer.max_steps": min(c.trainer.max_steps for c in (sfd, stage1, stage2)),
         "--model.batch_size": sfd.model.batch_size,
         "--curve-per-class": settings.curve_per_class,
         "--curve-remain-per-class": settings.curve_remain_per_class,
