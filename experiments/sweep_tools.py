@@ -143,7 +143,17 @@ def write_quality_page(files: Sequence[Path], script: str, argv: Sequence[str]) 
     by_command: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_command.setdefault(row["command"], []).append(row)
-    sections = {}
+    sections = {
+        "How to read it": (
+            "One section per sweep command, in the order run. Each run is `name:key=value,...` over "
+            "the demo's packaged presets at the commit shown (`(preset)`: no change), started from "
+            "the cached teacher (`--stage distill`: stage 1; `two_stage`: stage 2 from the stage-1 "
+            "folder named). UA, remain accuracy and FID are the shipped (EMA) generator's at the "
+            "end, with the demo's evaluation protocol; FID / teacher divides by the teacher's "
+            "remain FID named in the section; train s is the training time without the "
+            "evaluations during it, on a shared 2-core machine (load average in the last column)."
+        )
+    }
     for index, (command, runs) in enumerate(by_command.items(), 1):
         first = runs[0]
         body = [
