@@ -1,14 +1,20 @@
 """The attack suite and the revival test on a text demo's report folder: plain SFD against the
-generator that forgot nothing (stage 1), judged by the report's evaluation classifier.
+generator that forgot nothing (stage 1) and, with `--adversarial-run`, adversarial SFD, judged by
+the report's evaluation classifier.
 
 Reads RUN (an `sfd demo-text` output folder: generator/, generator_without_forgetting/,
 classifier/, prompts/, metrics.json for the concept pair), runs the soft-prompt and the discrete
 prompt attacks at the given budgets on the first training forget prompt, the paraphrases' success,
 and the revival test, writes the JSON record and docs/results/attacks.md. With `--class-run` (an
 `sfd demo` output folder) instead: the class-embedding attack and the revival test of the class
-generators, into docs/results/attacks_class.md.
+generators, into docs/results/attacks_class.md. `--adversarial-run` names the same demo's output
+folder run with `--adversarial` on the same teacher and stage 1 (checked: the two stage-1
+generators must be the same files); its generator joins the table, beside the two report folders'
+UA, remain and neighbour accuracy, FID and stage-2 training time, and the issue's targets.
 
     python experiments/attack_suite.py --run demo-text-output --revival 40
+    python experiments/attack_suite.py --run demo-text-output \
+        --adversarial-run demo-text-adversarial-output --revival 40
     python experiments/attack_suite.py --class-run demo-output --revival 40 \
         --json runs/attacks/attacks_class.json
 """
@@ -16,6 +22,7 @@ generators, into docs/results/attacks_class.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -33,14 +40,122 @@ from results_page import (
     write_page,
 )
 
-MODELS = {"sfd": "generator", "distilled_without_forgetting": "generator_without_forgetting"}
+# model key -> (report folder: the plain or the adversarial run, generator folder in it)
+MODELS = {
+    "sfd": ("plain", "generator"),
+    "adversarial_sfd": ("adversarial", "generator"),
+    "distilled_without_forgetting": ("plain", "generator_without_forgetting"),
+}
 TITLES = {
     "sfd": "one-step SFD",
+    "adversarial_sfd": "one-step adversarial SFD",
     "distilled_without_forgetting": "one-step, no forgetting",
     "esd": "ESD (DDIM)",
     "salun": "SalUn (DDIM)",
 }
 BASELINES = ("esd", "salun")  # teacher folders under an `sfd compare` output's models/
+
+
+def model_folders(plain: Path, adversarial: Path | None) -> dict[str, Path]:
+    """Each measured model's generator folder: plain SFD, adversarial SFD (when given), stage 1."""
+    runs = {"plain": plain, "adversarial": adversarial}
+    return {
+        key: runs[run] / folder for key, (run, folder) in MODELS.items() if runs[run] is not None
+    }
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over a generator folder's weights (relative names and contents of its
+    *.safetensors files; its README and metadata may differ between exports of one network)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def check_same_base(plain: Path, adversarial: Path) -> str | None:
+    """Why the two report folders are not one comparison (None when they are): the same
+    concept pair and the same stage-1 generator (file for file)."""
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in (plain, adversarial))
+    for name in ("forget", "override"):
+        if first.get(name) != second.get(name):
+            return (
+                f"{name} {first.get(name)!r} in {plain} but {second.get(name)!r} in {adversarial}"
+            )
+    stage1 = "generator_without_forgetting"
+    if folder_digest(plain / stage1) != folder_digest(adversarial / stage1):
+        return (
+            f"the weights of {plain / stage1} and {adversarial / stage1} differ: "
+            "not the same stage 1"
+        )
+    return None
+
+
+def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
+    """The report folders' own evaluation per model: UA (training prompts or class, paraphrases),
+    remain and neighbour accuracy, FID, and the stage-2 wall seconds (SFD models)."""
+
+    def scores(metrics: dict[str, Any], key: str) -> dict[str, Any]:
+        entry = metrics[key]
+        ua = entry["forget_train"]["ua"] if "forget_train" in entry else entry["ua"]
+        paraphrases = entry.get("forget_paraphrases", {}).get("ua")
+        stage2 = metrics["protocol"].get("two_stage", {}).get("stage2_training_seconds")
+        seconds = (
+            metrics["protocol"].get("phase_seconds", {}).get("sfd") if stage2 is None else stage2
+        )
+        return {
+            "ua": ua,
+            "ua_paraphrases": paraphrases,
+            "remain_accuracy": entry.get("remain_accuracy"),
+            "neighbour_accuracy": entry.get("neighbour_accuracy"),
+            "fid_remain": entry.get("fid_remain"),
+            "training_seconds": seconds if key == "sfd" else None,
+        }
+
+    runs = {"plain": plain, "adversarial": adversarial}
+    metrics = {run: json.loads((folder / "metrics.json").read_text())
+               for run, folder in runs.items() if folder is not None}  # fmt: skip
+    summary = {"teacher": scores(metrics["plain"], "teacher")}
+    for key, (run, folder) in MODELS.items():
+        if run in metrics:
+            summary[key] = scores(metrics[run], "sfd" if folder == "generator" else key)
+    if adversarial is not None:
+        settings = metrics["adversarial"]["protocol"].get("sfd_settings", {})
+        summary["adversarial_settings"] = settings.get("model", {}).get("adversarial")
+    return summary
+
+
+# The options that must agree for a record's models to be reused (`--reuse`).
+SAME_SETTINGS = ("run", "class_run", "adversarial_run", "tokens", "steps", "discrete_steps",
+                 "restarts", "revival", "ua_images")  # fmt: skip
+
+
+def to_measure(options: argparse.Namespace, run: Path, adversarial: Path | None) -> dict[str, Path]:
+    """The generator folders this command measures: `--only`'s models (all by default), less the
+    models taken from the `--reuse` record."""
+    folders = model_folders(run, adversarial)
+    return {key: folder for key, folder in folders.items()
+            if key in (options.only or folders) and key not in options.reused_models}  # fmt: skip
+
+
+def reused(options: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]:
+    """The measured models and the reused ones, in the order of `MODELS` (baselines last)."""
+    models = {**options.reused_models, **measured}
+    return {key: models[key] for key in [*MODELS, *models] if key in models}
+
+
+def check_reuse(options: argparse.Namespace) -> str | None:
+    """Why the `--reuse` record cannot be reused by this command (None when it can): it must come
+    from the same report folders and budgets."""
+    old = read_record(options.reuse)
+    if old.get("settings") is None:
+        return "it names no settings (written before --reuse existed); measure again"
+    for name in SAME_SETTINGS:
+        if old["settings"].get(name) != getattr(options, name):
+            was, now = old["settings"].get(name), getattr(options, name)
+            return f"it was measured with {name}={was!r}, not {now!r}"
+    return None
 
 
 def measure(options: argparse.Namespace) -> dict[str, Any]:
@@ -90,8 +205,9 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     }
     revival = RevivalBudget(steps=options.revival)
     models: dict[str, Any] = {}
-    for key, folder in MODELS.items():
-        model = exported_model(run / folder)
+    adversarial = Path(options.adversarial_run) if options.adversarial_run else None
+    for key, folder in to_measure(options, run, adversarial).items():
+        model = exported_model(folder)
         entry: dict[str, Any] = {"attacks": {}, "seconds": {}}
         for name, budget in budgets.items():
             start = time.perf_counter()
@@ -110,9 +226,11 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         entry["seconds"]["revival"] = round(time.perf_counter() - start, 1)
         print(f"{key} revival UA: {entry['revival']['ua']}")
         models[key] = entry
-    return {"run_folder": str(run), "forget": forget, "override": override, "models": models,
+    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+            "forget": forget, "override": override, "models": reused(options, models),
             "budgets": {name: vars(b) for name, b in budgets.items()},
-            "revival_budget": vars(revival), "ua_images": options.ua_images}  # fmt: skip
+            "revival_budget": vars(revival), "ua_images": options.ua_images,
+            "summary": run_summary(run, adversarial)}  # fmt: skip
 
 
 def measure_class(options: argparse.Namespace) -> dict[str, Any]:
@@ -139,8 +257,9 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
     revival = RevivalBudget(steps=options.revival)
     images = revival_images(heldout.images, heldout.labels, forget, revival.images, revival.seed)
     models: dict[str, Any] = {}
-    for key, folder in MODELS.items():
-        sampler = one_step_sampler(load_generator(run / folder))
+    adversarial = Path(options.adversarial_run) if options.adversarial_run else None
+    for key, folder in to_measure(options, run, adversarial).items():
+        sampler = one_step_sampler(load_generator(folder))
         start = time.perf_counter()
         with torch.enable_grad():
             attack = class_embedding_attack(sampler, classifier, forget, budget)
@@ -162,9 +281,121 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
                                            options.ua_images)  # fmt: skip
             print(f"{key} revival UA: {outcome.ua}")
             models[key] = {"revival": outcome.to_dict(), "sampler": sampler.name}
-    return {"run_folder": str(run), "forget": forget, "models": models, "budget": vars(budget),
+    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+            "forget": forget, "models": reused(options, models), "budget": vars(budget),
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "baselines": options.baselines}  # fmt: skip
+            "baselines": options.baselines, "summary": run_summary(run, adversarial)}  # fmt: skip
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def steps_to_revival(revival: dict[str, Any]) -> str:
+    steps = revival["steps_to_revival"]
+    return f"not within {revival['steps'][-1]}" if steps is None else str(steps)
+
+
+def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[str, str]:
+    """The side-by-side table (the report folders' evaluation beside the attacks and revival)
+    and, with adversarial SFD, the issue's targets; empty for records without a summary.
+
+    Args:
+        record: a record of `measure` or `measure_class`.
+        attacks: column title -> attack name in a text model's "attacks" ("" for the class
+            attack of a class record).
+    """
+    summary, models = record.get("summary"), record["models"]
+    if summary is None:
+        return {}
+
+    def rate(key: str, name: str) -> float | None:
+        entry = models.get(key)
+        if entry is None:  # not measured by this command (`--only`)
+            return None
+        return (
+            entry["attack"]["success_rate"] if not name else entry["attacks"][name]["success_rate"]
+        )
+
+    rows = [["teacher", *(percent(summary["teacher"][n]) for n in ("ua", "ua_paraphrases",
+             "remain_accuracy", "neighbour_accuracy")), f"{summary['teacher']['fid_remain']:.3f}",
+             *("–" for _ in attacks), "–", "–"]]  # fmt: skip
+    for key in (k for k in MODELS if k in summary):
+        scores, seconds = summary[key], summary[key]["training_seconds"]
+        rows.append(
+            [TITLES[key]]
+            + [
+                percent(scores[n])
+                for n in ("ua", "ua_paraphrases", "remain_accuracy", "neighbour_accuracy")
+            ]  # fmt: skip
+            + [f"{scores['fid_remain']:.3f}"]
+            + [percent(rate(key, name)) for name in attacks.values()]
+            + [
+                steps_to_revival(models[key]["revival"]) if key in models else "–",
+                "–" if seconds is None else f"{seconds:.0f}",
+            ]
+        )
+    header = ["model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID",
+              *attacks, "revival: steps until UA < 50 %", "stage-2 s"]  # fmt: skip
+    folders = f"`{record['run_folder']}`" + (
+        f" and `{record['adversarial_run_folder']}`" if record.get("adversarial_run_folder") else ""
+    )
+    sections = {
+        "Benchmark (plain SFD, adversarial SFD, no forgetting)": (
+            "UA, paraphrase UA, remain and neighbour accuracy and FID are the report folders' own "
+            f"evaluation ({folders}; the same teacher, classifier and stage 1); attacks and "
+            "revival as below. Stage-2 s: wall seconds of the SFD phase on the shared machine "
+            "(see the load above); [adversarial_overhead](adversarial_overhead.md) times it in "
+            "isolation. "
+            f"Adversarial SFD settings: {summary.get('adversarial_settings')}.\n\n"
+            + markdown_table(header, rows)
+        )
+    }
+    if "adversarial_sfd" not in summary:
+        return sections
+    adv, plain, teacher = summary["adversarial_sfd"], summary["sfd"], summary["teacher"]
+    targets = [
+        (f"adversarial SFD {title} ≤ 5 %", percent(value), value is not None and value <= 0.05)
+        for title, value in ((t, rate("adversarial_sfd", n)) for t, n in attacks.items())
+    ]
+    targets.append(("UA (training prompts / class) ≥ 99 %", percent(adv["ua"]), adv["ua"] >= 0.99))
+    if adv["ua_paraphrases"] is not None:
+        targets.append(("UA paraphrases ≥ 95 %", percent(adv["ua_paraphrases"]),
+                        adv["ua_paraphrases"] >= 0.95))  # fmt: skip
+    for name, title in (("remain_accuracy", "remain"), ("neighbour_accuracy", "neighbour")):
+        if adv[name] is not None:
+            gap = 100 * (adv[name] - teacher[name])
+            targets.append((f"{title} accuracy within 2 points of the teacher's",
+                            f"{gap:+.1f} points", abs(gap) <= 2))  # fmt: skip
+    ratio = adv["fid_remain"] / plain["fid_remain"]
+    targets.append(("remain FID ≤ 1.1× plain SFD's", f"{ratio:.2f}×", ratio <= 1.1))
+    sections["Targets (adversarial SFD)"] = (
+        "The training-time overhead (target ≤ 2×) is timed apart, on an idle process, by "
+        "[adversarial_overhead](adversarial_overhead.md): the stage-2 wall seconds above ran "
+        "on a shared machine under different loads.\n\n"
+        + markdown_table(
+            ["target", "value", "met"], [[t, v, "yes" if met else "no"] for t, v, met in targets]
+        )
+    )
+    return sections
+
+
+def reuse_note(record: dict[str, Any]) -> str:
+    """The sentence naming the models a record took from an earlier one ("" when none)."""
+    reuse = record.get("reused")
+    if not reuse:
+        return ""
+    names = ", ".join(TITLES[key] for key in reuse["models"])
+    return (
+        f" {names}: measured by `{reuse['command']}` ({reuse['date']}, record "
+        f"`{reuse['record']}`, the same report folders and budgets) and reused here."
+    )
+
+
+def page_name(name: str, record: dict[str, Any]) -> str:
+    """`name`, or `name`_adversarial for a record with adversarial SFD (its own page, beside the
+    plain-SFD page of the same report folder)."""
+    return f"{name}_adversarial" if record.get("adversarial_run_folder") else name
 
 
 def revival_table(models: dict[str, Any]) -> str:
@@ -173,11 +404,7 @@ def revival_table(models: dict[str, Any]) -> str:
     rows = [
         [TITLES[key]]
         + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
-        + [
-            f"not within {first['steps'][-1]}"
-            if entry["revival"]["steps_to_revival"] is None
-            else entry["revival"]["steps_to_revival"]
-        ]
+        + [steps_to_revival(entry["revival"])]
         for key, entry in models.items()
     ]
     header = ["model", *(f"UA after {s} steps" for s in first["steps"]), "steps until UA < 50 %"]
@@ -201,10 +428,11 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
         else ""
     )
     sections = {
+        **benchmark_sections(record, {"class-embedding success": ""}),
         "Class-embedding attack": (
             f"Forget class {record['forget']} (report folder `{record['run_folder']}`). Budget: "
             f"{record['budget']}. Objective: {first['attack']['objective']}. Success (ASR): "
-            f"{first['attack']['asr_definition']}.\n\n"
+            f"{first['attack']['asr_definition']}.{reuse_note(record)}\n\n"
             + markdown_table(["model", "success", "without attack", "seconds"], rows)
         ),
         "Revival (UA after fine-tuning a copy on real images of the class)": (
@@ -213,7 +441,10 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
             f"the forget class.{judged}\n\n" + revival_table(models)
         ),
     }
-    return write_page("attacks_class", "Class-embedding attack and revival test (digits)",
+    title = "Class-embedding attack and revival test (digits)"
+    if record.get("adversarial_run_folder"):
+        title = f"Adversarial SFD: {title[0].lower()}{title[1:]}"
+    return write_page(page_name("attacks_class", record), title,
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
@@ -232,13 +463,15 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
     first = next(iter(models.values()))["revival"]
     budgets = record["budgets"]
     sections = {
+        **benchmark_sections(record, {"soft success": "soft", "discrete success": "discrete"}),
         "Attack success (share of held-out-noise samples labelled as the forgotten class)": (
             f"Concept pair: forget {record['forget']}, override {record['override']} (report "
             f"folder `{record['run_folder']}`). Soft prompt: {budgets['soft']}. Discrete prompt "
             f"(whole vocabulary words): {budgets['discrete']}. Both attack the first training "
             "forget prompt with the evaluation classifier as objective; success is measured on "
             "held-out noise for the restart with the lowest loss on separate selection noise. "
-            f"Paraphrases: {record['ua_images']} samples over the held-out paraphrases.\n\n"
+            f"Paraphrases: {record['ua_images']} samples over the held-out paraphrases."
+            f"{reuse_note(record)}\n\n"
             + markdown_table(
                 ["model", *(f"{a} success" for a in attacks), "seconds soft / discrete"],
                 attack_rows,
@@ -250,7 +483,10 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             "forget prompts.\n\n" + revival_table(models)
         ),
     }
-    return write_page("attacks", "Attack suite and revival test (text digits)",
+    title = "Attack suite and revival test (text digits)"
+    if record.get("adversarial_run_folder"):
+        title = f"Adversarial SFD: {title[0].lower()}{title[1:]}"
+    return write_page(page_name("attacks", record), title,
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
@@ -259,6 +495,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="an sfd demo-text output folder")
     parser.add_argument("--class-run", help="an sfd demo output folder (class path instead)")
+    parser.add_argument(
+        "--adversarial-run",
+        help="the same demo's output folder with --adversarial (same teacher and stage 1)",
+    )
     parser.add_argument("--baselines", help="with --class-run: an sfd compare output's models/")
     parser.add_argument("--ddim-steps", type=int, default=50, help="the baselines' sampler")
     parser.add_argument("--tokens", type=int, default=16)
@@ -269,6 +509,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ua-images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default="runs/attacks/attacks.json", help="the record")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(MODELS), help="measure only these models (default: all)"
+    )
+    parser.add_argument(
+        "--reuse",
+        metavar="FILE.json",
+        help="take the models measured in this earlier record (same folders and budgets)",
+    )
     add_page_arguments(parser)
     options = parser.parse_args(argv)
     if options.page_from:
@@ -276,8 +524,27 @@ def main(argv: list[str] | None = None) -> None:
         return
     if bool(options.run) == bool(options.class_run):
         parser.error("give one of --run and --class-run (or --page-from)")
+    if options.adversarial_run:
+        reason = check_same_base(
+            Path(options.run or options.class_run), Path(options.adversarial_run)
+        )
+        if reason:
+            parser.error(f"--adversarial-run {options.adversarial_run}: {reason}")
+    if options.only and "adversarial_sfd" in options.only and not options.adversarial_run:
+        parser.error("--only adversarial_sfd needs --adversarial-run")
+    options.reused_models, reuse = {}, None
+    if options.reuse:
+        reason = check_reuse(options)
+        if reason:
+            parser.error(f"--reuse {options.reuse}: {reason}")
+        old = read_record(options.reuse)
+        options.reused_models = {key: old["models"][key] for key in MODELS if key in old["models"]}
+        reuse = {"record": options.reuse, "command": old["run"]["command"],
+                 "date": old["run"]["date"], "models": list(options.reused_models)}  # fmt: skip
     load_start = os.getloadavg()
     record = measure(options) if options.run else measure_class(options)
+    record["settings"] = {name: getattr(options, name) for name in SAME_SETTINGS}
+    record["reused"] = reuse
     record["run"] = run_context(command_line(__file__, argv), load_start)
     save_record(record, options.json)
     if not options.no_page:

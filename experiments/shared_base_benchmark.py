@@ -1,16 +1,20 @@
-"""Shared-base SFD (adapters on the one frozen teacher) beside full fine-tuning on the digits demo.
+"""Shared-base SFD (adapters on the one frozen teacher) beside full fine-tuning, class or text.
 
-    python experiments/shared_base_benchmark.py --output-dir shared-base-benchmark \
-        --rank 16 [-- extra `sfd demo` flags, e.g. --teacher-cache DIR --threads 1]
-    python experiments/shared_base_benchmark.py --page-from shared-base-benchmark/shared_base.json
+    python experiments/shared_base_benchmark.py --output-dir runs/shared-base-benchmark \
+        [--benchmark class] [--rank 16] [-- extra `sfd demo` flags, e.g. --teacher-cache DIR]
+    python experiments/shared_base_benchmark.py --benchmark text --output-dir runs/sb-text \
+        [-- extra `sfd demo-text` flags, e.g. --data digits --forget seven --override one]
+    python experiments/shared_base_benchmark.py --page-from runs/shared-base-benchmark/shared_base.json
 
-Runs `sfd demo` twice with the same teacher, classifier and stage-1 cache: full copies (the demo
-as it is: SFD from the stage-1 generator and fake score) and `--model.adapters.rank RANK` (the
-generator, fake score and EMA as LoRA adapters of the teacher's network, starting at the teacher;
-stage 1 stays full copies and gives the distilled-without-forgetting row). Reports, for each, UA,
-remain accuracy, remain FID over the teacher's (DDIM) remain FID, stage-2 training seconds per
-iteration and the number of trained weights; writes shared_base.json in the output folder and the
-page docs/results/shared_base.md.
+Runs the class digits demo (`sfd demo`) or the text demo (`sfd demo-text`) twice with the same
+teacher, classifier and stage-1 cache: full copies (the demo as it is: SFD from the stage-1
+generator and fake score) and `--model.adapters.rank RANK` (the generator, fake score and EMA as
+adapters of the teacher's network, the other settings those of configs/shared_base.yaml, starting
+at the teacher; stage 1 stays full copies and gives the distilled-without-forgetting row).
+Reports, for each, UA, remain accuracy, remain FID over the teacher's remain FID, stage-2 training
+seconds per iteration and the number of trained weights (from the export's training record);
+writes shared_base.json in the output folder and the page docs/results/shared_base.md (class) or
+docs/results/shared_base_text.md (text).
 """
 
 from __future__ import annotations
@@ -35,19 +39,28 @@ from results_page import (
 )
 
 from sfd.cli import main as sfd_main
-from sfd.teachers import PretrainedVPTeacher
-from sfd.teachers.adapters import AdapterSettings, shared_base_views
 
 MODES = ("full copies", "shared base")
+# benchmark -> (sfd command, results page, page title)
+BENCHMARKS = {
+    "class": ("demo", "shared_base", "Shared base (adapters) beside full fine-tuning: digits"),
+    "text": (
+        "demo-text",
+        "shared_base_text",
+        "Shared base (adapters) beside full fine-tuning: text-to-image digits",
+    ),
+}
 
 
-def demo_row(folder: Path, wall: float, rank: int | None) -> dict[str, Any]:
-    """What the comparison keeps of one demo run."""
+def demo_row(folder: Path, wall: float) -> dict[str, Any]:
+    """What the comparison keeps of one demo run (a class or a text demo's report folder)."""
     metrics = json.loads((folder / "metrics.json").read_text())
     teacher, sfd = metrics["teacher"], metrics["sfd"]
     stage2 = metrics["protocol"]["two_stage"]
-    return {
-        "ua": sfd["ua"],
+    text = "forget_train" in sfd  # the text demo's forget sets: training prompts, paraphrases
+    export = json.loads((folder / "generator" / "sfd_export.json").read_text())
+    row = {
+        "ua": sfd["forget_train"]["ua"] if text else sfd["ua"],
         "remain_accuracy": sfd["remain_accuracy"],
         "teacher_remain_accuracy": teacher["remain_accuracy"],
         "fid_remain": sfd["fid_remain"],
@@ -56,40 +69,35 @@ def demo_row(folder: Path, wall: float, rank: int | None) -> dict[str, Any]:
         "iterations": stage2["stage2_iterations"],
         "seconds_per_iteration": stage2["stage2_training_seconds"]
         / max(stage2["stage2_iterations"], 1),
-        "trained_weights": trained_weights(metrics, rank),
+        "trained_weights": sum(export["training"]["trained_weights"].values()),
+        "adapters": export["training"].get("adapters"),
         "wall_seconds": wall,
     }
-
-
-def trained_weights(metrics: dict[str, Any], rank: int | None) -> int:
-    """Generator + fake-score weights a run optimises: two copies of the teacher's network, or
-    the two adapters of rank `rank` on it."""
-    teacher = PretrainedVPTeacher(metrics["protocol"]["teacher"]["folder"])
-    if rank is None:
-        return 2 * sum(p.numel() for p in teacher.parameters())
-    views = shared_base_views(AdapterSettings(rank=rank), teacher, ema=False)
-    return sum(p.numel() for view in views.values() for p in view.parameters())
+    if text:
+        row["ua_paraphrases"] = sfd["forget_paraphrases"]["ua"]
+    return row
 
 
 def run(options: argparse.Namespace, demo_args: list[str], argv: list[str]) -> int:
     load_start = os.getloadavg()
     rows: dict[str, Any] = {}
     commands = {}
+    tool = BENCHMARKS[options.benchmark][0]
     for mode in MODES:
         folder = options.output_dir / mode.replace(" ", "_")
         extra = ["--model.adapters.rank", str(options.rank)] if mode == "shared base" else []
-        command = ["demo", "--output-dir", str(folder), *demo_args, *extra]
+        command = [tool, "--output-dir", str(folder), *demo_args, *extra]
         start = time.perf_counter()
         status = sfd_main(command)
         if status != 0:
-            print(f"sfd demo ({mode}) failed with status {status}", file=sys.stderr)
+            print(f"sfd {tool} ({mode}) failed with status {status}", file=sys.stderr)
             return status
-        rank = options.rank if mode == "shared base" else None
-        rows[mode] = demo_row(folder, time.perf_counter() - start, rank)
+        rows[mode] = demo_row(folder, time.perf_counter() - start)
         commands[mode] = ["sfd", *command]
         print(mode, json.dumps(rows[mode]))
     record = {
         "run": run_context(command_line(__file__, argv), load_start),
+        "benchmark": options.benchmark,
         "rank": options.rank,
         "commands": commands,
         "modes": rows,
@@ -102,14 +110,18 @@ def run(options: argparse.Namespace, demo_args: list[str], argv: list[str]) -> i
 
 
 def write_results_page(record: dict[str, Any], json_file: str) -> Path:
-    """docs/results/shared_base.md from a shared_base.json record."""
+    """docs/results/shared_base.md (class) or shared_base_text.md (text) from a record."""
+    benchmark = record.get("benchmark", "class")
+    _, page, title = BENCHMARKS[benchmark]
     modes = record["modes"]
+    text = benchmark == "text"
     table = markdown_table(
         (
             "mode",
             "UA",
+            *(["UA paraphrases"] if text else []),
             "remain accuracy (teacher)",
-            "remain FID (teacher DDIM)",
+            "remain FID (teacher)",
             "FID ratio",
             "s / iteration",
             "iterations",
@@ -119,6 +131,7 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             (
                 mode,
                 f"{100 * m['ua']:.2f} %",
+                *([f"{100 * m['ua_paraphrases']:.2f} %"] if text else []),
                 f"{100 * m['remain_accuracy']:.2f} % ({100 * m['teacher_remain_accuracy']:.2f} %)",
                 f"{m['fid_remain']:.2f} ({m['teacher_fid_remain']:.2f})",
                 f"{m['fid_ratio']:.2f}",
@@ -129,28 +142,38 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             for mode, m in modes.items()
         ],
     )
+    adapters = modes["shared base"].get("adapters") or {"kind": "lora", "rank": record["rank"]}
+    kind = {"lora": "LoRA", "dora": "DoRA", "lokr": "LoKr"}.get(adapters["kind"], adapters["kind"])
+    described = f"{kind} rank {adapters['rank']}" + (
+        f", alpha {adapters['alpha']:g}, adapted layers {', '.join(adapters['targets'])}"
+        if "alpha" in adapters
+        else ""
+    )
+    timing = (
+        "stage-2 training time with the forgetting curve's few evaluations"
+        if text
+        else "stage-2 training time (forgetting-curve evaluations excluded)"
+    )
     runs = "\n\n".join(
         f"{mode}:\n\n```bash\n{shlex.join(command)}\n```"
         for mode, command in record["commands"].items()
     )
     return write_page(
-        "shared_base",
-        "Shared base (adapters) beside full fine-tuning: digits",
+        page,
+        title,
         record["run"]["command"],
         json_file,
         record,
         {
             "Comparison": table
             + "\n\nFull copies run the demo's two-stage SFD (from the stage-1 generator and fake "
-            "score); the shared base's adapters (LoRA rank "
-            f"{record['rank']}) start at the teacher, so they forget and distil in the same "
-            "stage-2 iterations. Seconds per iteration are stage-2 training time (forgetting-"
-            "curve evaluations excluded) on a shared machine: read them with the load average. "
-            "Trained weights: generator + fake score (the EMA adds as many again, untrained); on "
-            "this small UNet a rank-16 LoRA of its 32/64-channel convolutions is a large share "
-            "of the network, where on Stable Diffusion-sized networks it is a few per cent. Every "
-            "setting is on the demo command lines below (a reduced run where they lower the "
-            "demo's defaults).",
+            f"score); the shared base's adapters ({described}) start at the teacher, so they "
+            "forget and distil in the same stage-2 iterations. The teacher's remain FID is its "
+            "multi-step sampler's. Seconds per iteration are "
+            f"{timing} on a shared machine: read them with the load average. Trained weights: "
+            "generator + fake score (the EMA adds as many again, untrained). Every setting is "
+            "on the demo command lines below (a reduced run where they lower the demo's "
+            "defaults).",
             "The demo runs": runs,
         },
     )
@@ -162,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     own, demo_args = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("shared-base-benchmark"))
-    parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the shared base")
+    parser.add_argument("--benchmark", choices=tuple(BENCHMARKS), default="class")
+    parser.add_argument("--rank", type=int, default=16, help="adapter rank of the shared base")
     add_page_arguments(parser)
     options = parser.parse_args(own)
     if options.page_from:

@@ -13,9 +13,12 @@ page docs/results/text.md.
 
     python experiments/text_benchmark.py --page-from runs/text-benchmark/benchmark.json
 
-With `--family sd3` every set-up runs on the flow-matching teacher (`sfd demo-text --family
-sd3`: a small SD3Transformer2DModel trained with rectified flow, loaded by SD3Teacher), the
-targets are issue 20's (`FLOW_TARGETS`) and the page is docs/results/flow_text.md.
+With `--adversarial` each set-up runs a second time with adversarial SFD (`sfd demo-text
+--adversarial` into `<set-up>-adversarial`; `--adversarial-set KEY=VALUE` refines its settings
+alone), reported beside plain SFD. With `--family sd3` every set-up runs on the flow-matching
+teacher (`sfd demo-text --family sd3`: a small SD3Transformer2DModel trained with rectified flow,
+loaded by SD3Teacher), the targets are issue 20's (`FLOW_TARGETS`) and the page is
+docs/results/flow_text.md.
 """
 
 from __future__ import annotations
@@ -78,22 +81,30 @@ def within(models: dict[str, Any], key: str, points: float) -> tuple[float, bool
     return difference, difference >= -points
 
 
-def flow_targets(models: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Issue 20's targets of one set-up, in the demo's {"value", "met"} form."""
+def flow_targets(models: dict[str, Any], sfd: str = "sfd") -> dict[str, dict[str, Any]]:
+    """Issue 20's targets of one set-up for the SFD model `sfd` ("sfd" or "adversarial_sfd"),
+    in the demo's {"value", "met"} form."""
+    models = {**models, "sfd": models[sfd]}
     return {
         name: dict(zip(("value", "met"), check(models), strict=True))
         for name, check in FLOW_TARGETS.items()
     }
 
 
-def command(name: str, output: Path, extra: list[str]) -> list[str]:
-    """The `sfd demo-text` command line of one set-up."""
+# `--adversarial`: each set-up also runs `sfd demo-text --adversarial` into `<set-up>-adversarial`
+# (teacher, classifier and stage 1 from the plain run's cache), its SFD model reported beside
+# plain SFD as "adversarial_sfd" with its own targets.
+ADVERSARIAL_SUFFIX = "-adversarial"
+
+
+def command(name: str, output: Path, extra: list[str], folder: str | None = None) -> list[str]:
+    """The `sfd demo-text` command line of one set-up (into `output/folder`, default its name)."""
     data, forget, override, variant = SETUPS[name]
     return [
         sys.executable, "-m", "sfd.cli", "demo-text", "--data", data,
         "--forget", forget, "--override", override,
         "--paraphrases", shown_path(shipped_paraphrases(data, variant)),
-        "--output-dir", str(output / name), "--no-progress", *extra,
+        "--output-dir", str(output / (folder or name)), "--no-progress", *extra,
     ]  # fmt: skip
 
 
@@ -109,11 +120,48 @@ def shown_path(path: Path) -> str:
 SHIPPED_PROMPTS = re.compile(r"\S*/(sfd/apps/demo_text/prompts/\S+)")
 
 
-def run(name: str, output: Path, extra: list[str], family: str = "unet") -> dict:
-    """Run one set-up; its metrics' targets and timings."""
+def adversarial_options(settings: list[str]) -> list[str]:
+    """`--adversarial-set KEY=VALUE` settings as `sfd demo-text` options of the adversarial run."""
+    options = ["--adversarial"]
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        options += [f"--model.adversarial.{key}", value]
+    return options
+
+
+def run_setup(
+    name: str,
+    output: Path,
+    extra: list[str],
+    family: str = "unet",
+    adversarial: list[str] | None = None,
+) -> dict:
+    """Run one set-up (with `adversarial`, its settings: then again with adversarial SFD, merged)."""
+    result = run(name, output, extra, family)
+    if adversarial is None:
+        return result
+    folder = name + ADVERSARIAL_SUFFIX
+    again = run(name, output, [*extra, *adversarial_options(adversarial)], family, folder)
+    result["models"]["adversarial_sfd"] = again["models"]["sfd"]
+    result["adversarial"] = {
+        key: again[key]
+        for key in ("command", "wall_seconds", "cpu_seconds", "load_before", "load_after",
+                    "phase_seconds", "teacher_cached", "classifier_cached", "stage1_cached")
+    }  # fmt: skip
+    result["adversarial"]["targets"] = (
+        flow_targets(result["models"], "adversarial_sfd") if family == "sd3" else again["targets"]
+    )
+    return result
+
+
+def run(
+    name: str, output: Path, extra: list[str], family: str = "unet", folder: str | None = None
+) -> dict:
+    """Run one set-up's `sfd demo-text` (into `output/folder`); its metrics' targets and timings."""
+    folder = folder or name
     if family != "unet":
         extra = ["--family", family, *extra]
-    args = command(name, output, extra)
+    args = command(name, output, extra, folder)
     print("$", " ".join(args[1:]).replace("-m sfd.cli", "sfd"), flush=True)
     load_before = os.getloadavg()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -121,7 +169,7 @@ def run(name: str, output: Path, extra: list[str], family: str = "unet") -> dict
     subprocess.run(args, check=True)
     wall = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    metrics = json.loads((output / name / "metrics.json").read_text())
+    metrics = json.loads((output / folder / "metrics.json").read_text())
     result = {
         "setup": name,
         "command": " ".join(args[1:]).replace("-m sfd.cli", "sfd"),
@@ -169,27 +217,38 @@ def setup_section(r: dict[str, Any]) -> str:
             for key, m in r["models"].items()
         ],
     )  # fmt: skip
-    command = SHIPPED_PROMPTS.sub(r"\1", r["command"])
-    targets = markdown_table(
-        ("target", "value", "met"),
-        [
-            (name, f"{t['value']:.3f}", "yes" if t["met"] else "no")
-            for name, t in r["targets"].items()
-        ],
-    )
-    return "\n".join(
-        [
-            f"`{command}`",
+    lines = [*run_lines(r), "", models, "", targets_table(r["targets"])]
+    if "adversarial" in r:
+        lines += [
             "",
-            f"wall {r['wall_seconds'] / 60:.1f} min, CPU {r['cpu_seconds'] / 60:.1f} min, load "
-            f"{r['load_before']} -> {r['load_after']}, cached: teacher {r['teacher_cached']}, "
-            f"classifier {r['classifier_cached']}, stage 1 {r['stage1_cached']}; phases (s): "
-            f"{r['phase_seconds']}",
+            "Adversarial SFD (`--adversarial`, the row adversarial_sfd above; teacher and "
+            "no-forgetting rows from the plain run):",
             "",
-            models,
+            *run_lines(r["adversarial"]),
             "",
-            targets,
+            targets_table(r["adversarial"]["targets"]),
         ]
+    return "\n".join(lines)
+
+
+def run_lines(r: dict[str, Any]) -> list[str]:
+    """One `sfd demo-text` run: its command, then its timings and caches."""
+    command = SHIPPED_PROMPTS.sub(r"\1", r["command"])
+    return [
+        f"`{command}`",
+        "",
+        f"wall {r['wall_seconds'] / 60:.1f} min, CPU {r['cpu_seconds'] / 60:.1f} min, load "
+        f"{r['load_before']} -> {r['load_after']}, cached: teacher {r['teacher_cached']}, "
+        f"classifier {r['classifier_cached']}, stage 1 {r['stage1_cached']}; phases (s): "
+        f"{r['phase_seconds']}",
+    ]
+
+
+def targets_table(targets: dict[str, dict[str, Any]]) -> str:
+    """The targets of one SFD model: value and whether it is met."""
+    return markdown_table(
+        ("target", "value", "met"),
+        [(name, f"{t['value']:.3f}", "yes" if t["met"] else "no") for name, t in targets.items()],
     )
 
 
@@ -227,6 +286,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--family", choices=("unet", "sd3"), default="unet", help="the teacher (demo-text --family)"
     )
+    parser.add_argument(
+        "--adversarial",
+        action="store_true",
+        help="also run each set-up with adversarial SFD (demo-text --adversarial) and report it "
+        "beside plain SFD",
+    )
+    parser.add_argument(
+        "--adversarial-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; implies "
+        "--adversarial), e.g. steps=4",
+    )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
     if options.page_from:
@@ -234,8 +307,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     extra = [a for a in extra if a != "--"]
     load_start = os.getloadavg()
+    bad = [a for a in options.adversarial_set if "=" not in a or a.startswith("=")]
+    if bad:
+        parser.error(f"--adversarial-set {bad[0]!r}: expected KEY=VALUE, e.g. steps=4")
+    adversarial = (
+        options.adversarial_set if options.adversarial or options.adversarial_set else None
+    )
     results = [
-        run(name, options.output_dir, extra, options.family) for name in options.only or SETUPS
+        run_setup(name, options.output_dir, extra, options.family, adversarial)
+        for name in options.only or SETUPS
     ]
     threads = sorted({r["torch_threads"] for r in results})
     context = run_context(

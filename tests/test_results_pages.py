@@ -142,6 +142,40 @@ def attacks_record(command: str) -> dict[str, Any]:
     }
 
 
+def attacks_adversarial_record(command: str) -> dict[str, Any]:
+    """A text record with adversarial SFD and the report folders' summary."""
+    record = attacks_record(command)
+    model = record["models"]["sfd"]
+    record["models"]["adversarial_sfd"] = {
+        **model,
+        "attacks": {**model["attacks"], "soft": {"success_rate": 0.04},
+                    "discrete": {"success_rate": 0.0625}},
+        "revival": {**model["revival"], "steps_to_revival": None},
+    }  # fmt: skip
+    record["adversarial_run_folder"] = "runs/demo-text-adversarial"
+    del record["models"]["distilled_without_forgetting"]  # not measured (`--only`)
+    record["reused"] = {
+        "record": "runs/attacks/adv.json",
+        "command": "python x --only adversarial_sfd",
+        "date": "2026-01-01 00:00 UTC",
+        "models": ["adversarial_sfd"],
+    }
+
+    def scores(ua: float, remain: float, fid: float, seconds: float | None) -> dict[str, Any]:
+        return {"ua": ua, "ua_paraphrases": 0.96, "remain_accuracy": remain,
+                "neighbour_accuracy": 0.98, "fid_remain": fid,
+                "training_seconds": seconds}  # fmt: skip
+
+    record["summary"] = {
+        "teacher": scores(0.0, 0.99, 4.0, None),
+        "sfd": scores(1.0, 0.98, 5.0, 100.0),
+        "adversarial_sfd": scores(0.995, 0.96, 5.6, 150.0),
+        "distilled_without_forgetting": scores(0.01, 0.99, 6.0, None),
+        "adversarial_settings": {"steps": 2},
+    }
+    return record
+
+
 def attacks_class_record(command: str) -> dict[str, Any]:
     revival = {
         "steps": [0, 1, 2], "ua": [1.0, 0.6, 0.4], "steps_to_revival": 2,
@@ -190,6 +224,28 @@ def text_record(command: str) -> dict[str, Any]:
         "models": {"sfd": scores},
     }
     return {"run": run_section(command), "setups": [setup]}
+
+
+def flow_text_record(command: str) -> dict[str, Any]:
+    """The flow teacher's benchmark with `--adversarial`: targets of SFD and adversarial SFD."""
+    record = text_record(command)
+    record["run"]["family"] = "sd3"
+    setup = record["setups"][0]
+    sfd = setup["models"]["sfd"]
+    setup["models"] = {
+        "teacher": {**sfd, "fid_remain": 0.1, "attack_success": 0.9},
+        "distilled_without_forgetting": {**sfd, "attack_success": 0.8},
+        "sfd": {**sfd, "attack_success": 0.6},
+        "adversarial_sfd": {**sfd, "attack_success": 0.3},
+    }
+    setup["targets"] = {"attack": {"value": 0.6, "met": False}}
+    adversarial = {key: setup[key] for key in ("wall_seconds", "cpu_seconds", "load_before",
+                   "load_after", "phase_seconds", "teacher_cached", "classifier_cached",
+                   "stage1_cached")}  # fmt: skip
+    adversarial["command"] = setup["command"] + " --adversarial"
+    adversarial["targets"] = {"attack": {"value": 0.3, "met": True}}
+    setup["adversarial"] = adversarial
+    return record
 
 
 def cli_startup_record(command: str) -> dict[str, Any]:
@@ -254,6 +310,20 @@ def shared_base_record(command: str) -> dict[str, Any]:
         "commands": {"full copies": ["sfd", "demo"], "shared base": ["sfd", "demo", "-x"]},
         "modes": {"full copies": mode(1.0, 0.5, 1400000), "shared base": mode(0.99, 0.4, 98765)},
     }
+
+
+def shared_base_text_record(command: str) -> dict[str, Any]:
+    record = shared_base_record(command)
+    record["benchmark"] = "text"
+    for mode in record["modes"].values():
+        mode["ua_paraphrases"] = 0.97
+    record["modes"]["shared base"]["adapters"] = {
+        "kind": "lora",
+        "rank": 16,
+        "alpha": 64.0,
+        "targets": ["to_q", "conv1"],
+    }
+    return record
 
 
 def hot_path_record(command: str) -> dict[str, Any]:
@@ -421,6 +491,18 @@ CASES = [
         ],
     ),
     (
+        "text_benchmark",
+        "flow_text",
+        flow_text_record,
+        "python experiments/text_benchmark.py --family sd3 --only digits --adversarial",
+        [
+            "| adversarial_sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 30.0 % |",
+            "| attack | 0.600 | no |",
+            "`sfd demo-text --data digits --forget seven --override one --adversarial`",
+            "| attack | 0.300 | yes |",
+        ],
+    ),
+    (
         "attack_suite",
         "attacks",
         attacks_record,
@@ -428,6 +510,27 @@ CASES = [
         [
             "| one-step SFD | 50.0 % | 50.0 % | 50.0 % | 60 / 180 |",
             "| one-step, no forgetting | 100.0 % | 60.0 % | 40.0 % | 10.0 % | 20 |",
+        ],
+    ),
+    (
+        "attack_suite",
+        "attacks_adversarial",
+        attacks_adversarial_record,
+        "python experiments/attack_suite.py --run runs/demo-text --adversarial-run "
+        "runs/demo-text-adversarial --revival 40",
+        [
+            "| one-step adversarial SFD | 99.5 % | 96.0 % | 96.0 % | 98.0 % | 5.600 | 4.0 % "
+            "| 6.2 % | not within 40 | 150 |",
+            "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – |",
+            "| one-step, no forgetting | 1.0 % | 96.0 % | 99.0 % | 98.0 % | 6.000 | – | – | – | – |",
+            "# Adversarial SFD: attack suite and revival test (text digits)",
+            "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |",
+            "| adversarial SFD discrete success ≤ 5 % | 6.2 % | no |",
+            "| UA (training prompts / class) ≥ 99 % | 99.5 % | yes |",
+            "| remain accuracy within 2 points of the teacher's | -3.0 points | no |",
+            "| remain FID ≤ 1.1× plain SFD's | 1.12× | no |",
+            " one-step adversarial SFD: measured by `python x --only adversarial_sfd` (2026-01-01 "
+            "00:00 UTC, record `runs/attacks/adv.json`, the same report folders and budgets)",
         ],
     ),
     (
@@ -463,6 +566,17 @@ CASES = [
         [
             "| shared base | 99.00 % | 95.00 % (97.00 %) | 3.30 (3.00) | 1.10 | 0.400 | 200 | 98,765 |",
             "LoRA rank 16",
+        ],
+    ),
+    (
+        "shared_base_benchmark",
+        "shared_base_text",
+        shared_base_text_record,
+        "python experiments/shared_base_benchmark.py --benchmark text --output-dir runs/sbt",
+        [
+            "| shared base | 99.00 % | 97.00 % | 95.00 % (97.00 %) | 3.30 (3.00) | 1.10 | 0.400 "
+            "| 200 | 98,765 |",
+            "LoRA rank 16, alpha 64, adapted layers to_q, conv1",
         ],
     ),
     (
@@ -584,6 +698,49 @@ def test_page_from_and_no_page_exclude_each_other(results_dir) -> None:
         importlib.import_module("cli_startup").main(["--page-from", "r.json", "--no-page"])
 
 
+def demo_folder(root: Path, stage1: bytes, forget: int = 7) -> Path:
+    """A report folder with what `attack_suite.check_same_base` reads."""
+    (root / "generator_without_forgetting").mkdir(parents=True)
+    (root / "generator_without_forgetting" / "unet.safetensors").write_bytes(stage1)
+    (root / "generator_without_forgetting" / "README.md").write_text(str(root))  # may differ
+    (root / "metrics.json").write_text(f'{{"forget": {forget}, "override": 1}}')
+    return root
+
+
+@pytest.mark.parametrize(
+    ("stage1", "forget", "message"), [(b"b", 7, "not the same stage 1"), (b"a", 3, "forget 7")]
+)
+def test_adversarial_run_of_another_base_is_refused(
+    results_dir, tmp_path, capsys, stage1, forget, message
+) -> None:
+    plain = demo_folder(tmp_path / "plain", b"a")
+    other = demo_folder(tmp_path / "adversarial", stage1, forget)
+    script = importlib.import_module("attack_suite")
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--run", str(plain), "--adversarial-run", str(other), "--json", "r.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--adversarial-run" in error and message in error
+    assert not (tmp_path / "r.json").exists() and not results_dir.exists()
+    assert script.check_same_base(plain, demo_folder(tmp_path / "same", b"a")) is None
+
+
+def test_reuse_of_other_folders_or_budgets_is_refused(results_dir, tmp_path, capsys) -> None:
+    plain = demo_folder(tmp_path / "plain", b"a")
+    script = importlib.import_module("attack_suite")
+    settings = {name: None for name in script.SAME_SETTINGS}
+    settings.update(run=str(plain), tokens=16, steps=200, discrete_steps=200, restarts=3,
+                    revival=40, ua_images=200)  # fmt: skip
+    record = {"run": run_section("python x"), "models": {}, "settings": settings}
+    results_page.save_record(record, "old.json")
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--run", str(plain), "--reuse", "old.json", "--steps", "100"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--reuse old.json" in error and "steps=200, not 100" in error
+    assert not results_dir.exists()
+
+
 def test_markdown_table() -> None:
     table = results_page.markdown_table(("a", "b"), [(1, None), ("x|y", 2.5)])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | – |", "| x\\|y | 2.5 |"]
@@ -680,3 +837,30 @@ def test_sweep_page_from_results_lines(results_dir) -> None:
         "| a | 200 | 0.995 | 1.50 | 2.00 |" in lines
     )  # FID / teacher's FID, shipped and extra EMA
     assert "| a | 400 | 0.995 | – | – |" in lines
+
+
+def test_the_flow_targets_judge_the_model_they_are_asked_for() -> None:
+    """Hand-checked: plain SFD misses the attack target and meets FID; adversarial the reverse."""
+    module = importlib.import_module("text_benchmark")
+    base = {"ua": 1.0, "ua_paraphrases": 1.0, "remain_accuracy": 0.9, "neighbour_accuracy": 0.9}
+    models = {
+        "teacher": {**base, "fid_remain": 1.0, "attack_success": 1.0},
+        "distilled_without_forgetting": {**base, "fid_remain": 1.0, "attack_success": 0.8},
+        "sfd": {**base, "fid_remain": 1.2, "attack_success": 0.6},
+        "adversarial_sfd": {**base, "fid_remain": 2.0, "attack_success": 0.3},
+    }
+    plain = module.flow_targets(models)
+    adversarial = module.flow_targets(models, "adversarial_sfd")
+    attack, fid = "attack_at_most_half_of_no_forgetting", "fid_at_most_1.5x_teacher"
+    assert (plain[attack]["met"], plain[fid]["met"]) == (False, True)
+    assert (adversarial[attack]["met"], adversarial[fid]["met"]) == (True, False)
+    assert adversarial[attack]["value"] == 0.3 and adversarial[fid]["value"] == 2.0
+
+
+def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
+    module = importlib.import_module("text_benchmark")
+    assert module.adversarial_options(["steps=4", "weight=2"]) == [
+        "--adversarial", "--model.adversarial.steps", "4", "--model.adversarial.weight", "2",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        module.main(["--adversarial-set", "steps", "--no-page"])

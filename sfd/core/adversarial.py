@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,6 +36,7 @@ from sfd.core.conditions import (
 from sfd.core.losses import LossTerms, implicit_classifier_margin
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
+from sfd.teachers.flow import FlowTransformerDenoiser
 from sfd.teachers.text_encoder import (
     check_token_embeddings,
     hidden_states,
@@ -69,6 +70,11 @@ class AdversarialSettings:
         noise_levels: (σ, ε) draws per sample in the attack objective.
         weight: weight of the adversarial terms relative to the plain forget terms (λ_sg_f,
             λ_g_f).
+        anchor: weight of the remain anchor relative to the plain remain terms (λ_sg_r, λ_g_r):
+            each row's learned tokens also go into a remain prompt, and the generator under
+            remain ⊕ tokens is distilled towards the teacher at the remain prompt (soft prompts
+            only; a class attack replaces the forget label's own embedding, which no remain
+            class has). 0 (the default) turns it off.
     """
 
     steps: int = 2
@@ -77,7 +83,8 @@ class AdversarialSettings:
     refresh_every: int = 100
     lr: float = 0.05
     noise_levels: int = 2
-    weight: float = 1.0
+    weight: float = 0.25
+    anchor: float = 0.0
 
     def __post_init__(self) -> None:
         check_adversarial_settings(asdict(self))
@@ -107,6 +114,7 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
     check_number(f"{prefix}.share", settings.get("share"), low=0, high=1)
     check_number(f"{prefix}.lr", settings.get("lr"), low=0, low_open=True)
     check_number(f"{prefix}.weight", settings.get("weight"), low=0)
+    check_number(f"{prefix}.anchor", settings.get("anchor", 0.0), low=0)
 
 
 @dataclass
@@ -117,11 +125,15 @@ class Attacked:
         condition: what the generator and the fake score see (forget condition ⊕ attack), (K,).
         override: what the teacher sees for them, (K,).
         rows: K, the adversarial samples per device.
+        remain: the remain anchor's conditions (remain prompt ⊕ the same attack), (K,), or None.
+        remain_plain: what the teacher sees for them (the remain prompts), (K,), or None.
     """
 
     condition: Any
     override: Any
     rows: int
+    remain: Any = None
+    remain_plain: Any = None
 
 
 class AttackSpace:
@@ -137,6 +149,13 @@ class AttackSpace:
         """(attacked condition, plain forget condition, override condition) of the rows."""
         raise NotImplementedError
 
+    def remain_conditions(
+        self, state: Mapping[str, Tensor], learned: Tensor
+    ) -> tuple[Any, Any] | None:
+        """(remain prompt ⊕ the rows' attack, remain prompt) of the rows, or None where the
+        attack has no remain counterpart (the default)."""
+        return None
+
 
 class SoftPromptSpace(AttackSpace):
     """`tokens` learned vectors in the text encoder's input space, inserted into forget prompts.
@@ -149,21 +168,22 @@ class SoftPromptSpace(AttackSpace):
     """
 
     learned = "tokens"
+    length_name = "tokenizer's model_max_length"  # what bounds the tokens per prompt
 
     def __init__(self, teacher: Denoiser, conditions: PromptConditions, tokens: int) -> None:
-        pipeline = getattr(teacher, "pipeline", None)
-        if pipeline is None:
+        if getattr(teacher, "pipeline", None) is None:
             raise SFDConfigError(
                 f"the soft-prompt attack of model.adversarial needs the teacher's text encoder; "
                 f"{type(teacher).__name__} names no pipeline folder to load it from"
             )
-        tokenizer, self.text_encoder = load_text_encoder(
-            pipeline, getattr(teacher, "revision", None)
-        )
-        encoded = tokenize(tokenizer, conditions.forget_prompts)
+        self.teacher = teacher
+        tokenizer, self.text_encoder = self._load_encoder()
+        encoded = self._tokenize(tokenizer, conditions.forget_prompts)
         self.input_ids = encoded.input_ids  # (F, L)
         self.used = encoded.attention_mask.sum(1)  # (F,)
-        check_same_embeddings(self.text_encoder, encoded, conditions, type(teacher).__name__)
+        remain = self._tokenize(tokenizer, conditions.remain_prompts)
+        self.remain_ids, self.remain_used = remain.input_ids, remain.attention_mask.sum(1)
+        check_same_embeddings(self, encoded, conditions, type(teacher).__name__)
         check_token_embeddings(self.text_encoder, "the soft-prompt attack of model.adversarial")
         length = self.input_ids.shape[1]
         # Only prompts that leave room for the tokens are attacked, as in the evaluation attack.
@@ -173,8 +193,10 @@ class SoftPromptSpace(AttackSpace):
             raise SFDConfigError(
                 f"model.adversarial.tokens={tokens}: even the shortest forget prompt "
                 f"{conditions.forget_prompts[shortest]!r} has {int(self.used[shortest])} tokens, "
-                f"and {tokens} more exceed the tokenizer's model_max_length={length}"
+                f"and {tokens} more exceed the {self.length_name}={length}"
             )
+        # The remain anchor takes the remain prompts with room for the tokens (none: no anchor).
+        self.remain_attackable = (self.remain_used + tokens <= length).nonzero().flatten()  # (R',)
         self.sampler = conditions
         self.tokens = tokens
 
@@ -183,6 +205,9 @@ class SoftPromptSpace(AttackSpace):
             self.text_encoder.to(device)
             self.input_ids, self.used = self.input_ids.to(device), self.used.to(device)
             self.attackable = self.attackable.to(device)
+            self.remain_ids = self.remain_ids.to(device)
+            self.remain_used = self.remain_used.to(device)
+            self.remain_attackable = self.remain_attackable.to(device)
 
     def draw(self, n: int, rng: torch.Generator, generator: OneStepGenerator) -> dict[str, Tensor]:
         self._on(rng.device)
@@ -190,40 +215,118 @@ class SoftPromptSpace(AttackSpace):
         pick = torch.randint(len(self.attackable), (n,), generator=rng, device=rng.device)
         prompt = self.attackable[pick]
         picks = torch.randint(len(vocabulary), (n, self.tokens), generator=rng, device=rng.device)
-        return {"prompt": prompt, "tokens": vocabulary[picks].float()}  # (n,), (n, tokens, D_in)
+        state = {"prompt": prompt, "tokens": vocabulary[picks].float()}  # (n,), (n, tokens, D_in)
+        if len(self.remain_attackable) > 0:  # drawn last: the draws above do not depend on it
+            pick = torch.randint(
+                len(self.remain_attackable), (n,), generator=rng, device=rng.device
+            )
+            state["remain"] = self.remain_attackable[pick]  # (n,)
+        return state
 
     def conditions(self, state: Mapping[str, Tensor], learned: Tensor) -> tuple[Any, Any, Any]:
         self._on(learned.device)
         prompt = state["prompt"]
         forget, override = self.sampler.forget_pairs(prompt)
-        hidden = insert_soft_tokens(
-            self.text_encoder, self.input_ids[prompt], self.used[prompt], learned
-        )  # (K, L, D)
-        captions = tuple(f"{p} <{self.tokens} learned tokens>" for p in forget.prompts or ())
-        attacked = TextCondition(
-            hidden, forget.negative_embeds, captions or None, forget.empty_embeds
-        )
+        attacked = self._with_tokens(forget, self.input_ids[prompt], self.used[prompt], learned)
         return attacked, forget, override
+
+    def _with_tokens(
+        self, plain: TextCondition, input_ids: Tensor, used: Tensor, learned: Tensor
+    ) -> TextCondition:
+        """`plain` (K rows) with the learned tokens inserted into its prompts' ids (K, L)."""
+        hidden = self._soft_states(input_ids, used, learned)
+        captions = tuple(f"{p} <{self.tokens} learned tokens>" for p in plain.prompts or ())
+        return replace(
+            plain,
+            prompt_embeds=self._with_states(plain.prompt_embeds, hidden),
+            prompts=captions or None,
+        )  # the negative, empty and any pooled embeddings: the plain prompt's
+
+    def remain_conditions(
+        self, state: Mapping[str, Tensor], learned: Tensor
+    ) -> tuple[Any, Any] | None:
+        if "remain" not in state:  # no remain prompt has room for the tokens
+            return None
+        self._on(learned.device)
+        prompt = state["remain"]
+        remain = self.sampler.remain_conditions(prompt)
+        ids, used = self.remain_ids[prompt], self.remain_used[prompt]
+        return self._with_tokens(remain, ids, used, learned), remain
+
+    # --- the family's encoding path (Stable Diffusion 1.x / 2.x: one encoder, all rows) ---------
+
+    def _load_encoder(self) -> tuple[Any, torch.nn.Module]:
+        return load_text_encoder(self.teacher.pipeline, getattr(self.teacher, "revision", None))
+
+    def _tokenize(self, tokenizer: Any, prompts: list[str]) -> Any:
+        return tokenize(tokenizer, prompts)
+
+    def _plain_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The encoder's hidden states of tokenised prompts, as the teacher was bound with."""
+        return hidden_states(self.text_encoder, input_ids, attention_mask)
+
+    def _soft_states(self, input_ids: Tensor, used: Tensor, learned: Tensor) -> Tensor:
+        """Hidden states with the learned tokens inserted, (K, L, D), differentiable."""
+        return insert_soft_tokens(self.text_encoder, input_ids, used, learned)
+
+    def _bound_rows(self, prompt_embeds: Tensor) -> Tensor:
+        """The rows of the teacher's prompt embeddings that this encoder gives."""
+        return prompt_embeds
+
+    def _with_states(self, prompt_embeds: Tensor, states: Tensor) -> Tensor:
+        """Prompt embeddings with this encoder's rows replaced by `states`."""
+        return states
+
+
+class FlowSoftPromptSpace(SoftPromptSpace):
+    """The soft-prompt attack of a flow teacher (SD3, Flux): the learned tokens enter the family's
+    sequence encoder (SD3's T5 slot, Flux's T5), called as the stock pipeline calls it (no
+    attention mask, padded to `max_sequence_length`), as the evaluation's `FlowSoftPrompt`; its
+    rows replace the forget prompt's sequence rows, and every other part of the condition (CLIP
+    rows, pooled embeddings) stays the plain forget prompt's (`FlowTransformerDenoiser`'s
+    `with_sequence_states`)."""
+
+    teacher: FlowTransformerDenoiser
+    length_name = "teacher's max_sequence_length"
+
+    def _load_encoder(self) -> tuple[Any, torch.nn.Module]:
+        return self.teacher.load_sequence_encoder()
+
+    def _tokenize(self, tokenizer: Any, prompts: list[str]) -> Any:
+        return self.teacher.tokenize_sequence(tokenizer, prompts)
+
+    def _plain_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.teacher.sequence_states(self.text_encoder, input_ids=input_ids)
+
+    def _soft_states(self, input_ids: Tensor, used: Tensor, learned: Tensor) -> Tensor:
+        return self.teacher.soft_sequence_states(self.text_encoder, input_ids, used, learned)
+
+    def _bound_rows(self, prompt_embeds: Tensor) -> Tensor:
+        return self.teacher.sequence_rows(prompt_embeds)
+
+    def _with_states(self, prompt_embeds: Tensor, states: Tensor) -> Tensor:
+        return self.teacher.with_sequence_states(prompt_embeds, states)
 
 
 def check_same_embeddings(
-    text_encoder: torch.nn.Module, encoded: Any, conditions: PromptConditions, teacher: str
+    space: SoftPromptSpace, encoded: Any, conditions: PromptConditions, teacher: str
 ) -> None:
-    """Refuse teachers whose prompt embeddings are not this encoder's hidden states.
+    """Refuse teachers whose prompt embeddings are not what the attack's encoder gives.
 
-    The soft-prompt attack re-encodes forget prompts with the one text encoder of the pipeline;
-    that must give the embeddings the teacher was bound with (Stable Diffusion 1.x / 2.x-style
-    teachers do; multi-encoder flow teachers pack several encoders and pooled vectors).
+    The soft-prompt attack re-encodes forget prompts with one text encoder of the pipeline (a
+    flow family's sequence encoder); that must give the embeddings (their sequence rows) the
+    teacher was bound with.
     """
-    bound = conditions.embeddings("cpu")["forget"][:2]  # (2, L, D)
+    bound = space._bound_rows(conditions.embeddings("cpu")["forget"][:2])  # (2, L, D)
     with torch.no_grad():
-        again = hidden_states(text_encoder, encoded.input_ids[:2], encoded.attention_mask[:2])
+        again = space._plain_states(encoded.input_ids[:2], encoded.attention_mask[:2])
     if again.shape != bound.shape or not torch.allclose(again, bound, atol=1e-4, rtol=1e-4):
         raise SFDConfigError(
             f"the soft-prompt attack of model.adversarial re-encodes forget prompts with the "
             f"pipeline's text encoder, which does not give {teacher}'s prompt embeddings "
             f"({tuple(again.shape[1:])} vs {tuple(bound.shape[1:])}); it supports teachers "
-            "conditioned on one text encoder's hidden states (Stable Diffusion 1.x / 2.x style)"
+            "conditioned on one text encoder's hidden states (Stable Diffusion 1.x / 2.x style) "
+            "and flow teachers' sequence encoder (SD3, Flux)"
         )
 
 
@@ -263,7 +366,10 @@ def attack_space(
 ) -> AttackSpace:
     """The attack that fits the conditions: soft prompts for prompts, embeddings for classes."""
     if isinstance(conditions, PromptConditions):
-        return SoftPromptSpace(teacher, conditions, settings.tokens)
+        space = (
+            FlowSoftPromptSpace if isinstance(teacher, FlowTransformerDenoiser) else SoftPromptSpace
+        )
+        return space(teacher, conditions, settings.tokens)
     if isinstance(conditions, ClassConditions):
         return ClassEmbeddingSpace(generator, conditions)
     raise SFDConfigError(
@@ -382,9 +488,13 @@ class AdversarialTraining:
         mine[self.space.learned] = learned
         with torch.no_grad():
             condition, _, override = self.space.conditions(mine, learned)
+            anchored = (
+                self.space.remain_conditions(mine, learned) if self.settings.anchor > 0 else None
+            )
         if self.last_objective is not None:
             module.log("adversarial/objective", self.last_objective, batch_size=self.rows)
-        return Attacked(condition, override, self.rows)
+        remain, remain_plain = anchored or (None, None)
+        return Attacked(condition, override, self.rows, remain, remain_plain)
 
     # --- the two loss terms ---------------------------------------------------------------
 
@@ -394,8 +504,14 @@ class AdversarialTraining:
         weight = module.hparams.lambda_sg_forget
         if weight == 0:
             return terms
-        dsm = module._fake_dsm(attacked.condition, module._stream(FAKE_PHASE), attacked.rows)
-        return self._added(module, "fake", terms, dsm, weight)
+        rng = module._stream(FAKE_PHASE)
+        dsm = module._fake_dsm(attacked.condition, rng, attacked.rows)
+        terms = self._added(module, "fake", terms, dsm, weight)
+        if attacked.remain is None:
+            return terms
+        # The remain anchor: the fake score learns the generator under remain ⊕ tokens too.
+        anchor = module._fake_dsm(attacked.remain, rng, attacked.rows)
+        return self._anchored(module, "fake", terms, anchor, module.hparams.lambda_sg_remain)
 
     def generator_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
         """The unlearning loss ℓ(attacked | teacher at the override), added to the forget term."""
@@ -404,7 +520,12 @@ class AdversarialTraining:
             return terms
         rng = module._stream(GENERATOR_PHASE)
         loss = module._generator_term(attacked.condition, attacked.override, rng, attacked.rows)
-        return self._added(module, "generator", terms, loss, weight)
+        terms = self._added(module, "generator", terms, loss, weight)
+        if attacked.remain is None:
+            return terms
+        # The remain anchor: G(z, remain ⊕ tokens) is distilled towards the teacher at remain.
+        anchor = module._generator_term(attacked.remain, attacked.remain_plain, rng, attacked.rows)
+        return self._anchored(module, "generator", terms, anchor, module.hparams.lambda_g_remain)
 
     def _added(
         self, module: SFDModule, name: str, terms: LossTerms, loss: Tensor, weight: float
@@ -412,6 +533,13 @@ class AdversarialTraining:
         extra = self.settings.weight * loss.mean()
         module.log(f"{name}/adversarial", extra.detach(), batch_size=self.rows)
         return LossTerms(terms.remain, terms.forget + extra, terms.total + weight * extra)
+
+    def _anchored(
+        self, module: SFDModule, name: str, terms: LossTerms, loss: Tensor, weight: float
+    ) -> LossTerms:
+        extra = self.settings.anchor * loss.mean()
+        module.log(f"{name}/anchor", extra.detach(), batch_size=self.rows)
+        return LossTerms(terms.remain + extra, terms.forget, terms.total + weight * extra)
 
     # --- checkpoint -----------------------------------------------------------------------
 

@@ -130,7 +130,8 @@ def training_record(module: Any) -> dict[str, Any]:
 
     Returns:
         {"teacher", "conditions", "sigma_sampler", "hyperparameters", "optimizers",
-        "global_step"}, and "completion" when a completion rule
+        "global_step", "trained_weights"}, "adapters" for a shared-base run (`model.adapters`:
+        kind, rank, alpha, targets, ...), and "completion" when a completion rule
         (`sfd.training.completion.UntilForgotten`) left its summary in `module.completion`.
     """
     teacher = module.teacher
@@ -163,6 +164,14 @@ def training_record(module: Any) -> dict[str, Any]:
         "hyperparameters": _plain(dict(module.hparams)),
         "optimizers": optimizers,  # fake score's, generator's (configure_optimizers order)
         "global_step": int(module.global_step),
+    }
+    adapters = getattr(module, "adapters", None)  # a shared-base run's AdapterSettings
+    if adapters is not None:
+        record["adapters"] = _plain(adapters.described())
+    # Weights the two optimizers train: whole networks, or a shared base's adapters.
+    record["trained_weights"] = {
+        name: sum(p.numel() for p in getattr(module, name).parameters())
+        for name in ("generator", "fake_score")
     }
     completion = getattr(module, "completion", None)  # the completion rule's, when it ran
     if completion is not None:

@@ -106,16 +106,17 @@ class FlowSoftPrompt(SoftPrompt):
         super().__init__(
             encoder.tokenizer, encoder.text_encoder, prompt, num_tokens, generator, length
         )
-        self.length = length
+        # The family's encoding path (bound methods: the denoiser is no submodule of this one).
+        self.soft_states = encoder.denoiser.soft_sequence_states
+        self.with_states = encoder.denoiser.with_sequence_states
         self.register_buffer("packed", encoder.encode([prompt]))  # (1, 1 + R, D)
 
     def forward(self) -> Tensor:
         """Packed embeddings of the prompt with the learned tokens, (1, 1 + R, D)."""
-        words = self.text_encoder.get_input_embeddings()(self.input_ids)  # (L, D_in)
-        at = int(self.used) - 1  # before the end token
-        sequence = torch.cat([words[:at], self.tokens.to(words.dtype), words[at:]])[: self.length]
-        states = self.text_encoder(inputs_embeds=sequence[None])[0].float()  # (1, L, D)
-        return torch.cat([self.packed[:, : -self.length], states], dim=1)
+        states = self.soft_states(
+            self.text_encoder, self.input_ids[None], self.used[None], self.tokens[None]
+        )  # (1, L, D)
+        return self.with_states(self.packed, states)
 
 
 def soft_prompt_for(

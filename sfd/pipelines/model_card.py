@@ -207,6 +207,17 @@ def completion_line(completion: dict[str, Any]) -> str:
     )
 
 
+def adapters_line(adapters: dict[str, Any]) -> str:
+    """The card's line on a shared-base run's adapters (the training record's "adapters")."""
+    targets = ", ".join(f"`{t}`" for t in adapters.get("targets") or [])
+    return (
+        f"- Trained as a shared base: the generator was a {adapters.get('kind')} adapter "
+        f"(rank {adapters.get('rank')}, alpha {shown(adapters.get('alpha'))}, base "
+        f"{adapters.get('base_dtype')}) of the frozen teacher network, merged into it for this "
+        f"export; adapted layers: {targets}"
+    )
+
+
 def model_card(record: dict[str, Any]) -> str:
     """README.md text: Hub YAML metadata, what was forgotten, training, metrics, sampling.
 
@@ -268,6 +279,7 @@ def model_card(record: dict[str, Any]) -> str:
         completion = training.get("completion") or {}
         body += [
             f"- Iterations: {training.get('global_step')}",
+            *([adapters_line(training["adapters"])] if training.get("adapters") else []),
             *([completion_line(completion)] if completion.get("stop_reason") else []),
             f"- σ sampler: `{sampler_class}` {shown(sampler)}".rstrip(),
             "",

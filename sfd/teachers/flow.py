@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from sfd.errors import SFDConfigError
 from sfd.hub import check_hub_source
 from sfd.teachers.base import Denoiser
-from sfd.teachers.text_encoder import model_index
+from sfd.teachers.text_encoder import load_text_encoder, model_index, soft_token_inputs, tokenize
 
 
 def flow_time(sigma: Tensor) -> Tensor:
@@ -311,6 +311,46 @@ class FlowTransformerDenoiser(FlowDenoiser):
     def encode_with_pipeline(self, pipeline: Any, prompts: list[str]) -> Tensor:
         """Packed embeddings (N, 1 + L, D) of prompts by a stock pipeline's `encode_prompt`."""
         raise NotImplementedError
+
+    # --- the sequence encoder, where a soft-prompt attack appends its tokens ---------------------
+    # The stock pipelines place its hidden states last along the token axis of `prompt_embeds`
+    # (SD3: [CLIP rows ; T5 rows]; Flux: the T5 rows only), so they are the last
+    # `max_sequence_length` rows of any prompt embeddings the family returns.
+
+    def load_sequence_encoder(self) -> tuple[Any, nn.Module]:
+        """The tokenizer and frozen text encoder of the pipeline's sequence encoder (SD3's T5
+        slot, Flux's T5), loaded from `pipeline` alone (no other encoder, no transformer)."""
+        suffix = self.sequence_encoder[0].removeprefix("tokenizer")
+        return load_text_encoder(self.pipeline, self.revision, suffix)
+
+    def tokenize_sequence(self, tokenizer: Any, prompts: list[str]) -> Any:
+        """Token ids and attention mask of prompts as the stock pipeline pads them for the
+        sequence encoder: to `max_sequence_length`, truncated."""
+        return tokenize(tokenizer, prompts, self.max_sequence_length)
+
+    def sequence_states(self, text_encoder: nn.Module, **inputs: Tensor) -> Tensor:
+        """The sequence encoder's hidden states as the stock pipeline computes them: its last
+        hidden states, without an attention mask (`input_ids` or `inputs_embeds`), (B, L, D)."""
+        return text_encoder(**inputs)[0].float()
+
+    def soft_sequence_states(
+        self, text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
+    ) -> Tensor:
+        """`sequence_states` of prompts with learned token embeddings inserted before their end
+        token (`sfd.teachers.text_encoder.soft_token_inputs`: T5's forward embeds ids with a
+        module of its own, so the learned rows enter as `inputs_embeds`), (B, L, D), differentiable."""
+        embeds = soft_token_inputs(text_encoder, input_ids, used, soft)
+        return self.sequence_states(text_encoder, inputs_embeds=embeds)
+
+    def sequence_rows(self, prompt_embeds: Tensor) -> Tensor:
+        """The sequence encoder's rows of prompt embeddings: the last `max_sequence_length`."""
+        return prompt_embeds[:, -self.max_sequence_length :]
+
+    def with_sequence_states(self, prompt_embeds: Tensor, states: Tensor) -> Tensor:
+        """Prompt embeddings (B, R, D) with their sequence-encoder rows replaced by `states`
+        (B, max_sequence_length, D); every other row (CLIP rows, a packed pooled row) kept."""
+        kept = prompt_embeds[:, : -self.max_sequence_length]
+        return torch.cat([kept, states.to(prompt_embeds.dtype)], dim=1)
 
     def spec(self) -> dict[str, Any]:
         return {

@@ -245,19 +245,51 @@ def learned_token_rows(
         the shifted token ids (B, L) and their attention mask (B, L).
     """
     ids, learned, mask = shifted_token_ids(text_encoder, input_ids, used, soft.shape[1])
-    start = (used - 1).reshape(-1, 1)  # (B, 1): the first learned position
-    position = torch.arange(input_ids.shape[1], device=input_ids.device)  # (L,)
-    which = (position - start).clamp(0, soft.shape[1] - 1)  # (B, L): the learned row read there
-    placed = soft.gather(1, which.unsqueeze(-1).expand(-1, -1, soft.shape[-1]))  # (B, L, D_in)
+    placed = placed_learned_rows(used, soft, input_ids.shape[1])  # (B, L, D_in)
+
+    fired = []
 
     def substitute(_module: nn.Module, _inputs: Any, words: Tensor) -> Tensor:
+        fired.append(True)
         return torch.where(learned.unsqueeze(-1), placed.to(words.dtype), words)
 
-    hook = text_encoder.get_input_embeddings().register_forward_hook(substitute)
+    # Every layer that embeds with the input table: T5EncoderModel ties `shared` to a separate
+    # `encoder.embed_tokens`, and its forward calls only the latter.
+    table = text_encoder.get_input_embeddings().weight
+    layers = [m for m in text_encoder.modules() if getattr(m, "weight", None) is table]
+    hooks = [layer.register_forward_hook(substitute) for layer in layers]
     try:
         yield ids, mask
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
+    if not fired:  # the learned vectors never entered: a wrong result, not a soft prompt
+        raise RuntimeError(
+            f"{type(text_encoder).__name__} was not called through its token-embedding layer "
+            "inside learned_token_rows; the learned vectors were not used"
+        )
+
+
+def soft_token_inputs(
+    text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
+) -> Tensor:
+    """The `inputs_embeds` (B, L, D_in) of `learned_token_rows`' shifted ids: the token-embedding
+    rows, the learned vectors at the placeholders. For encoders whose forward embeds the ids with
+    another module than `get_input_embeddings()` (transformers' T5EncoderModel ties `shared` to a
+    separate `encoder.embed_tokens`), where the hook would not fire."""
+    ids, learned, _ = shifted_token_ids(text_encoder, input_ids, used, soft.shape[1])
+    words = text_encoder.get_input_embeddings()(ids)  # (B, L, D_in)
+    placed = placed_learned_rows(used, soft, input_ids.shape[1])
+    return torch.where(learned.unsqueeze(-1), placed.to(words.dtype), words)
+
+
+def placed_learned_rows(used: Tensor, soft: Tensor, length: int) -> Tensor:
+    """soft (B, n, D_in) spread over L positions: row b's learned vector j at used[b] − 1 + j
+    (the other positions hold an arbitrary learned row, masked by the caller), (B, L, D_in)."""
+    start = (used - 1).reshape(-1, 1)  # (B, 1): the first learned position
+    position = torch.arange(length, device=soft.device)  # (L,)
+    which = (position - start).clamp(0, soft.shape[1] - 1)  # (B, L): the learned row read there
+    return soft.gather(1, which.unsqueeze(-1).expand(-1, -1, soft.shape[-1]))
 
 
 def shifted_token_ids(

@@ -141,6 +141,14 @@ def test_shared_base_demo_reuses_stage1_and_exports_a_full_generator(
     check_model_metrics(metrics["sfd"], nfe=1)
     generator = load_generator(output / "generator")
     assert not any("lora" in key for key in generator.state_dict())
+    # the training record and the card name the adapters; the trained weights are the adapters'
+    training = json.loads((output / "generator" / "sfd_export.json").read_text())["training"]
+    assert training["adapters"]["kind"] == "lora" and training["adapters"]["rank"] == 4
+    assert "conv1" in training["adapters"]["targets"]
+    full = sum(p.numel() for p in generator.parameters())
+    assert 0 < training["trained_weights"]["generator"] < full
+    card = (output / "generator" / "README.md").read_text()
+    assert "Trained as a shared base: the generator was a lora adapter (rank 4" in card
 
 
 def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Path) -> None:

@@ -261,3 +261,57 @@ def test_text_demo_adversarial_trains_stage2_against_the_attack(tmp_path, single
     [log] = (settings.output_dir / "logs" / "sfd").rglob("metrics.csv")
     header = log.read_text().splitlines()[0].split(",")  # the attacked rows were trained on
     assert {"adversarial/objective", "fake/adversarial", "generator/adversarial"} <= set(header)
+
+
+@pytest.mark.slow  # ~60 s: a tiny flow demo end to end
+def test_flow_text_demo_adversarial_attacks_the_sequence_encoder(tmp_path, single_thread):
+    """`--family sd3 --adversarial`: stage 2 is adversarial SFD through the SD3 folder's T5 slot
+    (the tiny BERT), stage 1 plain distillation."""
+    bert = save_tiny_bert(tmp_path / "bert")
+    settings = replace(
+        tiny_settings(tmp_path, "digits", bert),
+        family="sd3",
+        teacher_channels=None,
+        adversarial=True,
+    )
+    settings.sfd_args = [
+        *TINY_SFD,
+        "--model.adversarial.tokens",
+        "2",
+        "--model.adversarial.steps",
+        "1",
+    ]
+    paths = run_text_demo(settings)
+    check_in_range(json.loads(paths["metrics"].read_text()))
+    record = json.loads((settings.output_dir / "generator" / "sfd_export.json").read_text())
+    assert record["training"]["hyperparameters"]["adversarial"]["tokens"] == 2
+    [log] = (settings.output_dir / "logs" / "sfd").rglob("metrics.csv")
+    header = log.read_text().splitlines()[0].split(",")
+    assert {"adversarial/objective", "fake/adversarial", "generator/adversarial"} <= set(header)
+    [stage1] = (settings.output_dir / "logs" / "stage1").rglob("metrics.csv")
+    assert "adversarial/objective" not in stage1.read_text().splitlines()[0]
+
+
+@pytest.mark.slow  # ~40 s: a tiny demo end to end
+def test_text_demo_shared_base_starts_stage2_at_the_teacher(tmp_path, single_thread):
+    """`--model.adapters.*`: stage 1 stays full copies, stage 2 trains adapters of the frozen
+    teacher from the teacher (not the stage-1 networks) and exports a plain merged generator."""
+    bert = save_tiny_bert(tmp_path / "bert")
+    settings = tiny_settings(tmp_path, "digits", bert)
+    settings.sfd_args = [*TINY_SFD, "--model.adapters.rank", "2"]
+    paths = run_text_demo(settings)
+    metrics = json.loads(paths["metrics"].read_text())
+    check_in_range(metrics)
+    two_stage = metrics["protocol"]["two_stage"]
+    assert two_stage["stage2_start"] == "the teacher (shared-base adapters)"
+    assert two_stage["stage2_training_seconds"] > 0
+    assert metrics["protocol"]["sfd_settings"]["model"]["adapters"]["rank"] == 2
+    stage1 = json.loads((Path(two_stage["stage1_folder"]) / "cache.json").read_text())
+    assert stage1["model"]["adapters"] is None
+    record = json.loads((settings.output_dir / "generator" / "sfd_export.json").read_text())
+    assert record["training"]["adapters"]["rank"] == 2
+    pipeline = load_pipeline(settings.output_dir / "generator")
+    weights = pipeline.unet.state_dict()
+    assert not any("lora" in key for key in weights)  # merged: a plain network
+    full = sum(w.numel() for w in weights.values())
+    assert 0 < record["training"]["trained_weights"]["generator"] < full

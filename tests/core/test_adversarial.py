@@ -127,6 +127,56 @@ def test_soft_prompt_attack_step_raises_its_objective(prompt_module, single_thre
     assert after > before, (before, after)
 
 
+def test_the_remain_anchor_is_the_remain_prompt_with_the_rows_tokens(text_setup, single_thread):
+    """Oracle: with the learned vectors set to vocabulary rows, the anchored condition is the
+    text encoder's encoding of the remain prompt followed by those words, and the teacher sees
+    the remain prompt's own cached condition."""
+    from sfd.teachers.text_encoder import encode_with, load_text_encoder
+
+    module = text_module(text_setup, AdversarialSettings(steps=0, share=1.0, tokens=2))
+    space, attack = module.adversarial.space, module.adversarial
+    attack.attack(module)  # iteration 0: fresh rows, each with a remain prompt
+    state = attack.state
+    tokenizer, _ = load_text_encoder(module.teacher.pipeline, None)
+    table = space.text_encoder.get_input_embeddings().weight.detach()
+    ids = tokenizer("one two three four five six seven eight").input_ids[1:-1]
+    words = torch.tensor(ids).view(4, 2)  # whole-word vocabulary ids, (K, 2)
+    with torch.no_grad():
+        anchored, remain = space.remain_conditions(state, table[words])
+    prompts = [module.conditions.remain_prompts[i] for i in state["remain"].tolist()]
+    texts = [
+        tokenizer.decode(tokenizer(p).input_ids[1:-1] + row.tolist())
+        for p, row in zip(prompts, words, strict=True)
+    ]
+    expected = encode_with(tokenizer, space.text_encoder, texts)  # the same tokens as text
+    torch.testing.assert_close(anchored.prompt_embeds, expected, rtol=1e-4, atol=1e-5)
+    cached = module.conditions.embeddings("cpu")["remain"][state["remain"]]
+    assert torch.equal(remain.prompt_embeds, cached)
+    assert set(state["remain"].tolist()) <= set(space.remain_attackable.tolist())
+
+
+def test_the_remain_anchor_leaves_the_adversarial_draws_and_adds_a_remain_term(
+    text_setup, single_thread
+) -> None:
+    """anchor=0 is adversarial SFD without it: the same rows, vectors and adversarial terms;
+    anchor>0 adds its weighted term to the remain side only."""
+    zero = torch.zeros(())
+    results = {}
+    for anchor in (0.0, 2.0):
+        module = text_module(text_setup, AdversarialSettings(steps=1, share=0.5, anchor=anchor))
+        attacked = module.adversarial.attack(module)
+        with torch.no_grad():
+            fake = module.adversarial.fake_terms(module, attacked, LossTerms(zero, zero, zero))
+        results[anchor] = (module.adversarial.state, fake, attacked)
+    (off_state, off, off_attacked), (on_state, on, on_attacked) = results[0.0], results[2.0]
+    assert off_attacked.remain is None and on_attacked.remain is not None
+    for key in ("prompt", "tokens"):
+        assert torch.equal(off_state[key], on_state[key]), key
+    assert torch.equal(off.forget, on.forget)  # the adversarial term: the same draws
+    assert float(off.remain) == 0.0 and float(on.remain) > 0.0
+    torch.testing.assert_close(on.total - off.total, on.remain)  # λ_sg_r = 1
+
+
 def test_a_class_embedding_condition_is_the_label_where_it_equals_the_label() -> None:
     """Feeding the table's own row as the learned vector changes nothing (the injection oracle)."""
     from sfd.core.conditions import ClassEmbeddingCondition
@@ -215,6 +265,7 @@ def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, single_thread)
         ({"lr": 0.0}, "adversarial.lr=0.0"),
         ({"noise_levels": 0}, "adversarial.noise_levels=0"),
         ({"weight": -1.0}, "adversarial.weight=-1.0"),
+        ({"anchor": -0.5}, "adversarial.anchor=-0.5"),
     ],
 )
 def test_bad_settings_are_one_line(settings, fragment) -> None:
@@ -295,24 +346,112 @@ def test_the_demos_turn_it_on_for_sfd_only() -> None:
     parsed = parse_fit_config(ClassRunSettings(adversarial=True).sfd_command_line())
     assert parsed.model.adversarial.steps == AdversarialSettings().steps
     assert parse_fit_config(ClassRunSettings().sfd_command_line()).model.adversarial is None
+    refined = ["--model.adversarial.steps", "5"]  # refines SFD; stage 1 stays plain distillation
+    for settings in (
+        ClassRunSettings(adversarial=True, sfd_args=refined),
+        TextDemoSettings(adversarial=True, sfd_args=refined, family="sd3"),
+    ):
+        assert parse_fit_config(settings.sfd_command_line()).model.adversarial.steps == 5
+        stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"))
+        assert stage1.model.adversarial is None
 
 
-def test_a_multi_encoder_flow_teacher_is_refused_in_one_line(flow_dirs, single_thread) -> None:
-    """SD3 packs CLIP-L, CLIP-G, T5 and pooled vectors: one encoder cannot re-encode its prompts."""
+def test_adversarial_overrides_do_not_reach_stage_1() -> None:
+    """Stage 1 does not forget: `--model.adversarial.*` would only change its cache key."""
+    from sfd.apps.demo_text.settings import TextDemoSettings
+    from sfd.apps.harness.class_run import ClassRunSettings
+
+    extra = ["--model.adversarial.weight", "0.25", "--model.adversarial.steps=4"]
+    for kind in (ClassRunSettings, TextDemoSettings):
+        keep = ["--trainer.max_steps", "10"]
+        tuned = kind(adversarial=True, sfd_args=[*extra[:2], *keep, extra[2]])
+        plain = kind(sfd_args=keep)
+        assert tuned.sfd_command_line(stage="stage1") == plain.sfd_command_line(stage="stage1")
+        stage2 = tuned.sfd_command_line()
+        assert all(arg in stage2 for arg in [*extra, *keep])
+
+
+FLOW_LENGTH = 32  # T5 tokens per prompt (the tiny T5 vocabulary spells names letter by letter)
+
+
+def flow_module(flow_dirs, family: str, settings: AdversarialSettings, **kwargs) -> SFDModule:
+    """A tiny SD3 (CLIP-L, CLIP-G, T5, pooled) or Flux (CLIP pooled, T5) teacher forgetting two
+    celebrities, the soft-prompt attack on its sequence encoder (T5, `FLOW_LENGTH` tokens)."""
     from sd_fixtures import celebrity_conditions
 
     from sfd.core.sigma import LogitNormalTime
-    from sfd.teachers import SD3Teacher
+    from sfd.teachers import FluxTeacher, SD3Teacher
 
-    teacher = SD3Teacher(str(flow_dirs["sd3"]), max_sequence_length=16)
-    with pytest.raises(SFDConfigError, match="does not give SD3Teacher's prompt embeddings"):
-        SFDModule(
-            teacher,
-            celebrity_conditions(),
-            LogitNormalTime(),
-            t_init=0.97,
-            adversarial=AdversarialSettings(tokens=2),
-        )
+    loader = {"sd3": SD3Teacher, "flux": FluxTeacher}[family]
+    teacher = loader(str(flow_dirs[family]), max_sequence_length=FLOW_LENGTH)
+    options = {"batch_size": 4, "ema_decay": None, "t_init": 0.97, **kwargs}
+    return SFDModule(
+        teacher, celebrity_conditions(), LogitNormalTime(), adversarial=settings, **options
+    )
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_flow_soft_prompt_is_the_stock_encoding_of_the_inserted_tokens(
+    flow_dirs, family, single_thread
+) -> None:
+    """Oracle: learned vectors that are vocabulary rows give what the stock pipeline's
+    `encode_prompt` gives for the prompt, its sequence-encoder rows replaced by that encoder's
+    plain call (ids, no attention mask) on the prompt's ids with those token ids inserted
+    before the end token; the other rows (CLIP, pooled) stay the plain prompt's."""
+    module = flow_module(flow_dirs, family, AdversarialSettings(tokens=3, share=1.0))
+    space, teacher = module.adversarial.space, module.teacher
+    tokenizer_name, encoder_name = teacher.sequence_encoder
+    stock = teacher.pipeline_class.from_pretrained(teacher.pipeline, transformer=None, vae=None)
+    encoder = getattr(stock, encoder_name)
+    picks = torch.tensor([[5, 9, 7], [12, 3, 20]])
+    state = {"prompt": torch.tensor([0, 3])}
+    learned = encoder.get_input_embeddings().weight[picks].detach()
+    with torch.no_grad():
+        attacked, forget, _ = space.conditions(state, learned)
+    prompts = [module.conditions.forget_prompts[i] for i in (0, 3)]
+    expected = teacher.encode_prompts(prompts)  # the stock encode_prompt, packed
+    tokens = getattr(stock, tokenizer_name)(
+        prompts, padding="max_length", max_length=FLOW_LENGTH, truncation=True, return_tensors="pt"
+    )
+    for row, ids in enumerate(tokens.input_ids):
+        end = int(tokens.attention_mask[row].sum()) - 1
+        inserted = torch.cat([ids[:end], picks[row], ids[end:]])[:FLOW_LENGTH]
+        with torch.no_grad():
+            t5 = encoder(inserted[None])[0].float()  # (1, L, D)
+        sequence = attacked.prompt_embeds[row, -FLOW_LENGTH:]
+        assert torch.allclose(sequence, t5[0], atol=1e-5)
+        others = attacked.prompt_embeds[row, :-FLOW_LENGTH]
+        assert torch.allclose(others, expected[row, :-FLOW_LENGTH], atol=1e-5)
+    assert torch.equal(attacked.negative_embeds, forget.negative_embeds)
+    assert attacked.prompts[0] == f"{prompts[0]} <3 learned tokens>"
+
+
+def test_the_flow_soft_prompt_attack_raises_its_objective_and_spares_the_teacher(
+    flow_dirs, tmp_path, single_thread
+) -> None:
+    """One inner step on a fixed generator raises the objective on the draws it took; then
+    training with the attack changes the generator, never the SD3 teacher."""
+    module = flow_module(
+        flow_dirs, "sd3", AdversarialSettings(steps=1, share=1.0, tokens=4, lr=1e-2, noise_levels=4)
+    )
+    teacher = copy.deepcopy(module.teacher.state_dict())
+    start = attacked_from_fresh_rows(module)
+    assert not torch.equal(module.adversarial.state["tokens"], start["tokens"])
+    before = mean_objective(module, start, module._stream(4))  # iteration 0's attack draws
+    after = mean_objective(module, module.adversarial.state, module._stream(4))
+    assert after > before, (before, after)
+    generator = copy.deepcopy(module.generator.state_dict())
+    quiet_trainer(tmp_path, steps=2).fit(module)
+    assert any(not torch.equal(v, generator[k]) for k, v in module.generator.state_dict().items())
+    for key, value in module.teacher.state_dict().items():
+        assert torch.equal(value, teacher[key]), key
+
+
+def test_flow_tokens_beyond_the_sequence_length_are_one_line(flow_dirs) -> None:
+    with pytest.raises(
+        SFDConfigError, match=r"tokens=30: even the shortest .* max_sequence_length=32"
+    ):
+        flow_module(flow_dirs, "sd3", AdversarialSettings(tokens=30))
 
 
 def test_sfd_trains_with_the_attack_and_never_moves_the_teacher(

@@ -80,7 +80,9 @@ def test_each_adapter_gets_its_own_gradients_only(tiny_teacher_dir: Path) -> Non
     """The generator loss through three adapters of one network equals the same loss through
     three separate networks (each adapter merged into its own copy), gradient for gradient."""
     teacher = PretrainedVPTeacher(str(tiny_teacher_dir))
-    views = shared_base_views(AdapterSettings(rank=4), teacher, ema=False)
+    views = shared_base_views(
+        AdapterSettings(rank=4, alpha=4), teacher, ema=False
+    )  # α = r: unit-scale updates
     generator, fake = views["generator"], views["fake_score"]
     with torch.no_grad():  # make both adapters non-trivial and different
         rng = torch.Generator().manual_seed(5)

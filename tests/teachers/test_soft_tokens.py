@@ -3,7 +3,8 @@
 The oracle: with the learned vectors set to the token-embedding rows of real vocabulary tokens,
 the encoder's outputs (hidden states and pooled vector) are those of the prompt with these tokens
 really typed before its end token, for CLIP (SD 1.x / 2.x, SDXL's second encoder, old and new
-end-token conventions) and BERT-style encoders alike.
+end-token conventions), BERT-style encoders and T5 (whose forward embeds with a separate
+`encoder.embed_tokens` tied to the input table) alike.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sfd.teachers.text_encoder import (
 )
 
 PROMPTS = ["a photo of a cat", "a red car"]
-WORDS = ["dog house", "blue sky"]  # really typed after each prompt: two tokens each
+WORDS = ["dog cat", "man woman"]  # really typed after each prompt: two tokens in every vocabulary
 
 
 def tiny_clip(kind: str):
@@ -69,16 +70,31 @@ def tiny_bert(tmp_path):
     return AutoTokenizer.from_pretrained(folder), encoder
 
 
-@pytest.fixture(params=["sd1", "legacy", "sd2", "sdxl_2", "bert"])
+def tiny_t5():
+    from flow_fixtures import t5_encoder, t5_tokenizer
+
+    tokenizer = t5_tokenizer()
+    tokenizer.model_max_length = 48  # the small vocabulary spells unknown words by letters
+    torch.manual_seed(0)
+    return tokenizer, t5_encoder().requires_grad_(False).eval()
+
+
+@pytest.fixture(params=["sd1", "legacy", "sd2", "sdxl_2", "bert", "t5"])
 def encoder(request, tmp_path):
     if request.param == "bert":
         return tiny_bert(tmp_path)
+    if request.param == "t5":
+        return tiny_t5()
     return tiny_clip(request.param)
 
 
 def pooled(output) -> torch.Tensor:
     """The encoder's pooled vector (CLIP: at the end token; with projection: projected)."""
-    return output.text_embeds if hasattr(output, "text_embeds") else output.pooler_output
+    if hasattr(output, "text_embeds"):
+        return output.text_embeds
+    if getattr(output, "pooler_output", None) is not None:
+        return output.pooler_output
+    return output.last_hidden_state  # T5: no pooled output
 
 
 def typed(tokenizer, prompts: list[str], words: list[str]):
@@ -122,7 +138,7 @@ def test_real_tokens_as_learned_vectors_give_the_typed_prompt(encoder) -> None:
     assert all(p.grad is None for p in model.parameters())
     for key, value in model.state_dict().items():  # the encoder is untouched
         assert torch.equal(value, weights[key]), key
-    assert not model.get_input_embeddings()._forward_hooks  # the substitution is gone
+    assert not any(m._forward_hooks for m in model.modules())  # the substitution is gone
     again = hidden_states(model, real.input_ids, real.attention_mask)
     assert torch.equal(again, expected)
 
@@ -133,7 +149,17 @@ def test_the_substitution_is_removed_when_the_encoder_fails(encoder) -> None:
     wrong = torch.zeros(len(PROMPTS), 2, 5)  # not the encoder's embedding width
     with pytest.raises(RuntimeError):
         insert_soft_tokens(model, plain.input_ids, plain.attention_mask.sum(1), wrong)
-    assert not model.get_input_embeddings()._forward_hooks
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_an_encoder_not_called_inside_the_block_is_an_error(encoder) -> None:
+    """Leaving the block without the learned vectors entering any embedding is never silent."""
+    tokenizer, model = encoder
+    plain = tokenize(tokenizer, PROMPTS)
+    soft = model.get_input_embeddings().weight[:2][None].expand(len(PROMPTS), -1, -1)
+    with pytest.raises(RuntimeError, match="learned vectors were not used"):
+        with learned_token_rows(model, plain.input_ids, plain.attention_mask.sum(1), soft):
+            pass
 
 
 def test_only_models_without_token_embeddings_are_refused(encoder) -> None:

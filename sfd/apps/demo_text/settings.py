@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfd.apps.data.names import DIGITS, FASHION
-from sfd.apps.harness.class_run import ADVERSARIAL_ARGS
+from sfd.apps.harness.class_run import ADVERSARIAL_ARGS, stage1_overrides
 from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class TextDemoSettings:
             args += ["-c", str(default_sfd_config(self.data, "stage1"))]
         if self.adversarial and stage == "sfd":
             args += ADVERSARIAL_ARGS
-        args += self.sfd_args
+        args += self.sfd_args if stage == "sfd" else stage1_overrides(self.sfd_args)
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         if prompts is not None:
             import json
@@ -120,6 +120,7 @@ class TextDemoSettings:
         args += ["--model.seed", str(self.seed), "--seed_everything", "false"]
         if stage == "stage1":
             args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
+            args += ["--model.adapters", "null"]  # full copies, the distilled row's generator
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args

@@ -18,6 +18,20 @@ STAGE2_PRESET = "sfd_digits_stage2.yaml"  # composed after it for stage 2 (forge
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
 
 
+def stage1_overrides(args: list[str]) -> list[str]:
+    """The user's `sfd fit` overrides for stage 1: all but `--model.adversarial*` (with their
+    values). Stage 1 does not forget, so they would change nothing there but its cache key."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("--model.adversarial"):
+            skip = "=" not in arg
+        else:
+            kept.append(arg)
+    return kept
+
+
 def default_sfd_config() -> Path:
     """The packaged preset of the demo's SFD settings."""
     return Path(str(resources.files("sfd.apps.harness") / SFD_PRESET))
@@ -89,7 +103,7 @@ class ClassRunSettings:
             args += ["-c", str(default_stage2_config())]
         if self.adversarial and stage != "stage1":
             args += ADVERSARIAL_ARGS
-        args += self.sfd_args
+        args += self.sfd_args if stage == "sfd" else stage1_overrides(self.sfd_args)
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         args += [
             f"{conditions}forget",

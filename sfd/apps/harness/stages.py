@@ -213,6 +213,14 @@ class StageOne:
         ]  # fmt: skip
 
 
+def stage_two_label(adapters: Any) -> str:
+    """The demos' stage-2 phase label: full copies start from the stage-1 networks, a shared
+    base's adapters (`model.adapters` set) from the teacher."""
+    if adapters is None:
+        return "stage 2: SFD from the stage-1 generator and fake score"
+    return "stage 2: SFD with adapters of the frozen teacher (shared base), from the teacher"
+
+
 def stage_one(
     cache: Path,
     teacher_key: str,

@@ -239,17 +239,13 @@ class PromptConditions(ConditionSampler):
         self, batch_size: int, generator: torch.Generator, world_size: int = 1, rank: int = 0
     ) -> ConditionBatch:
         device = generator.device
-        embeds = self.embeddings(device)
         n = batch_size * world_size
         remain = torch.randint(len(self.remain_prompts), (n,), generator=generator, device=device)
         forget = torch.randint(len(self.forget_prompts), (n,), generator=generator, device=device)
         part = slice(rank * batch_size, (rank + 1) * batch_size)
-        remain = remain[part]
         forget_cond, override_cond = self.forget_pairs(forget[part])
         return ConditionBatch(
-            remain=_condition(
-                embeds, "remain", remain, "empty", [self.remain_prompts[i] for i in remain.tolist()]
-            ),
+            remain=self.remain_conditions(remain[part]),
             forget=forget_cond,
             override=override_cond,
         )
@@ -263,6 +259,11 @@ class PromptConditions(ConditionSampler):
                 embeds, "override", index, "negative", [self.override_prompts[i] for i in ids]
             ),
         )
+
+    def remain_conditions(self, index: Tensor) -> TextCondition:
+        """The condition of remain prompts `index` (B,) (on its device), as `sample` builds it."""
+        embeds, ids = self.embeddings(index.device), index.tolist()
+        return _condition(embeds, "remain", index, "empty", [self.remain_prompts[i] for i in ids])
 
     def for_role(self, cond: TextCondition, role: str) -> TextCondition:
         """The negative prompt only for the networks named in `negative_for`."""
