@@ -28,6 +28,7 @@ from results_page import (
     add_page_arguments,
     command_line,
     markdown_table,
+    number,
     read_record,
     run_context,
     save_record,
@@ -162,8 +163,8 @@ def write_results_page(
                 _percent(m["ua"]),
                 _percent(m["forget_as_override"]),
                 _percent(m["remain_accuracy"]),
-                _number(m["fid_remain"]),
-                _number(m["images_per_second"], 1),
+                number(m["fid_remain"]),
+                number(m["images_per_second"], 1),
                 m["iterations"] if method else None,
                 seconds,
                 _ua95(m) if method else None,
@@ -215,10 +216,6 @@ def write_results_page(
 
 def _percent(value: float | None) -> str | None:
     return None if value is None else f"{100 * value:.1f} %"
-
-
-def _number(value: float | None, digits: int = 2) -> str | None:
-    return None if value is None else f"{value:.{digits}f}"
 
 
 def _ua95(model: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ from results_page import (
     command_line,
     fill_marked_block,
     markdown_table,
+    number,
     read_record,
     run_context,
     save_record,
@@ -146,10 +147,6 @@ def _percent(value: float | None) -> str | None:
     return None if value is None else f"{100 * value:.2f} %"
 
 
-def _number(value: float | None, digits: int = 2) -> str | None:
-    return None if value is None else f"{value:.{digits}f}"
-
-
 def write_results_page(
     record: dict[str, Any], json_file: str, results_dir: Path | None = None
 ) -> Path:
@@ -162,8 +159,8 @@ def write_results_page(
                 m["nfe"],
                 _percent(m["ua"]),
                 _percent(m["remain_accuracy"]),
-                _number(m["fid_remain"]),
-                _number(m["images_per_second"], 1),
+                number(m["fid_remain"]),
+                number(m["images_per_second"], 1),
             )
             for key, title in MODEL_TITLES.items()
             if (m := record["models"].get(key)) is not None

@@ -14,7 +14,9 @@ sfd/apps/harness/sfd_digits.yaml; keys as in `sfd fit`, e.g. model.alpha, traine
 `--save-stage1` run (the teacher stays the original). With `--eval-every N` the (EMA) generator's
 UA, remain accuracy and remain FID are measured every N iterations during the run (the FID
 trajectory shows whether more iterations would help). Prints one line per evaluation and run and
-appends one JSON line per run to --results, with the load average at the start and the end.
+appends one JSON line per run to --results, with its command and run context (date, commit,
+load average at the start and the end); `--page-from FILE.jsonl ...` writes
+docs/results/one_step_quality.md from such files (see text_sfd_sweep.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from sweep_tools import QualityTrace, add_sweep_options, parse, parse_sweep_options
+from sweep_tools import QualityTrace, add_sweep_options, parse, parse_sweep_options, sweep_row
 
 from sfd.apps.data.images import load_images, train_heldout_split
 from sfd.apps.demo.run import ClassRunSettings
@@ -39,10 +41,12 @@ from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", required=True)
-    parser.add_argument("--classifier", required=True)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="digits_sfd_sweep.py", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--teacher")
+    parser.add_argument("--classifier")
     parser.add_argument("--data", default="digits")
     parser.add_argument("--forget", type=int, default=0)
     parser.add_argument("--override", type=int, default=1)
@@ -50,7 +54,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("sweep.jsonl"))
     parser.add_argument("--skip-teacher", action="store_true")
     add_sweep_options(parser)
-    options = parse_sweep_options(parser)
+    options = parse_sweep_options(parser, argv, measuring_needs=("teacher", "classifier"))
+    if options is None:  # --page-from: the page is written
+        return
 
     data = load_images(options.data)
     _, heldout = train_heldout_split(data)
@@ -114,26 +120,29 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             save_stage_one(module, folder, seconds, iterations)
         first = first_reaching(curve.as_dicts())
-        row = {
-            "name": name,
-            "stage": options.stage,
-            "stage1": str(options.stage1) if options.stage1 else None,
-            "settings": {"iterations": iterations, "model": parse_fit_config(args).model.as_dict()},
-            "ua": result.ua,
-            "forget_as_override": result.forget_as_override,
-            "remain_accuracy": result.remain_accuracy,
-            "fid_remain": result.fid_remain,
-            "teacher_fid": teacher_fid,
-            "fid_ratio": result.fid_remain / teacher_fid,
-            "first_ua95": first,
-            "train_seconds": seconds,
-            "wall_seconds": wall,
-            "load_average_start": load_start,
-            "load_average_end": os.getloadavg(),
-            "threads": torch.get_num_threads(),
-            "curve": curve.as_dicts(),
-            "quality_trace": trace.points if trace else [],
-        }
+        row = sweep_row(
+            __file__,
+            options.argv,
+            spec,
+            load_start,
+            name=name,
+            stage=options.stage,
+            stage1=str(options.stage1) if options.stage1 else None,
+            settings={"iterations": iterations, "model": parse_fit_config(args).model.as_dict()},
+            ua=result.ua,
+            forget_as_override=result.forget_as_override,
+            remain_accuracy=result.remain_accuracy,
+            fid_remain=result.fid_remain,
+            teacher_fid=teacher_fid,
+            fid_ratio=result.fid_remain / teacher_fid,
+            first_ua95=first,
+            train_seconds=seconds - (trace.seconds if trace else 0.0),
+            train_seconds_with_evaluations=seconds,
+            wall_seconds=wall,
+            threads=torch.get_num_threads(),
+            curve=curve.as_dicts(),
+            quality_trace=trace.points if trace else [],
+        )
         print(
             f"{name}: UA {row['ua']:.3f} (override {row['forget_as_override']:.2f}) "
             f"remain {row['remain_accuracy']:.3f} FID {row['fid_remain']:.2f} "

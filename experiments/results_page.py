@@ -248,9 +248,11 @@ def fill_marked_block(name: str, text: str, path: str | os.PathLike[str] | None 
         path: the page holding the block (default: README.md).
 
     Returns:
-        whether the page holds the block (a page without it is left as it is).
+        whether the page holds the block (a page without it, or no page, is left as it is).
     """
     page = Path(path) if path is not None else REPO / "README.md"
+    if not page.is_file():
+        return False
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     current = page.read_text(encoding="utf-8")
     if start not in current or end not in current:
@@ -259,6 +261,13 @@ def fill_marked_block(name: str, text: str, path: str | os.PathLike[str] | None 
     _, tail = rest.split(end, 1)
     _write_atomically(page, f"{head}{start}\n{text.strip()}\n{end}{tail}")
     return True
+
+
+def number(value: float | None, digits: int = 2) -> str | None:
+    """A table cell: `value` with `digits` decimals; None for a missing (None or NaN) value."""
+    if value is None or value != value:  # NaN
+        return None
+    return f"{value:.{digits}f}"
 
 
 def _load(values: Sequence[float]) -> str:

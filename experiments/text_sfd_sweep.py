@@ -16,7 +16,11 @@ every class's captions, both forget weights 0), `sfd` runs SFD from the teacher,
 `--save-stage1` run (the teacher stays the original). The evaluation is the demo's (`sfd
 eval-text`'s metrics, same prompts, sample counts and seed), on the in-memory generator; with
 `--eval-every N` it runs every N iterations too. Prints one line per evaluation and run and
-appends one JSON line per run to --results, with the load average at the start and the end.
+appends one JSON line per run to --results, with its command and run context (date, commit,
+load average at the start and the end). `--page-from FILE.jsonl ...` writes
+docs/results/one_step_quality.md from such files (either sweep's) and measures nothing:
+
+    python experiments/text_sfd_sweep.py --page-from runs/text_sweep.jsonl runs/digits_sweep.jsonl
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sweep_tools import QualityTrace, add_sweep_options, parse, parse_sweep_options
+from sweep_tools import QualityTrace, add_sweep_options, parse, parse_sweep_options, sweep_row
 
 from sfd.apps.data.captions import load_captioned
 from sfd.apps.data.images import train_heldout_split
@@ -44,12 +48,14 @@ from sfd.teachers.stable_diffusion import load_text_encoder
 from sfd.training.cli import parse_fit_config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, required=True, help="an sfd demo-text report folder")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="text_sfd_sweep.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, help="an sfd demo-text report folder")
     parser.add_argument("--results", type=Path, default=Path("text_sweep.jsonl"))
     add_sweep_options(parser)
-    options = parse_sweep_options(parser)
+    options = parse_sweep_options(parser, argv, measuring_needs=("demo",))
+    if options is None:  # --page-from: the page is written
+        return
 
     metrics = json.loads((options.demo / "metrics.json").read_text())
     protocol_entry = metrics["protocol"]
@@ -117,21 +123,24 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             save_stage_one(module, folder, seconds, iterations)
         last = trace.points[-1]["ema"]
-        row = {
-            "name": name,
-            "demo": str(options.demo),
-            "stage": options.stage,
-            "stage1": str(options.stage1) if options.stage1 else None,
-            "settings": {"iterations": iterations, "model": parse_fit_config(args).model.as_dict()},
+        row = sweep_row(
+            __file__,
+            options.argv,
+            spec,
+            load_start,
+            name=name,
+            demo=str(options.demo),
+            stage=options.stage,
+            stage1=str(options.stage1) if options.stage1 else None,
+            settings={"iterations": iterations, "model": parse_fit_config(args).model.as_dict()},
             **last,
-            "teacher_fid": teacher_fid,
-            "train_seconds_with_evaluations": seconds,
-            "wall_seconds": wall,
-            "load_average_start": load_start,
-            "load_average_end": os.getloadavg(),
-            "threads": torch.get_num_threads(),
-            "quality_trace": trace.points,
-        }
+            teacher_fid=teacher_fid,
+            train_seconds=seconds - trace.seconds,
+            train_seconds_with_evaluations=seconds,
+            wall_seconds=wall,
+            threads=torch.get_num_threads(),
+            quality_trace=trace.points,
+        )
         print(
             f"{name}: {last} wall {wall:.0f} s load {load_start[0]:.1f}->{os.getloadavg()[0]:.1f}",
             flush=True,

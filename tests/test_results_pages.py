@@ -7,6 +7,7 @@ record, run the script's real entry point on it and read the page back.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -633,14 +634,17 @@ CASES = [
 
 @pytest.fixture
 def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Pages go to tmp_path/results; the scripts run from tmp_path as if it were the repo root."""
+    """Pages go to tmp_path/results; the scripts run from tmp_path as if it were the repo root
+    (so the README's results blocks are looked for there, never in the real README)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(results_page, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(results_page, "REPO", tmp_path)
     return tmp_path / "results"
 
 
 @pytest.mark.parametrize(("script", "page", "build", "command", "expected"), CASES)
 def test_page_from_record(results_dir, tmp_path, script, page, build, command, expected) -> None:
+    readme = (REPO / "README.md").read_text()
     record = build(command)
     json_file = f"runs/{page}/record.json"
     results_page.save_record(record, json_file)
@@ -657,6 +661,7 @@ def test_page_from_record(results_dir, tmp_path, script, page, build, command, e
         assert line in lines or line in text, line
     assert str(tmp_path) not in text and "/tmp/" not in text
     assert sorted(p.name for p in results_dir.iterdir()) == [f"{page}.md"]  # no staging file left
+    assert (REPO / "README.md").read_text() == readme  # the real README's blocks untouched
 
 
 def test_temporary_path_not_on_the_command_line_is_refused(results_dir) -> None:
@@ -767,6 +772,7 @@ def test_marked_block_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
         "intro\n<!-- results:digits -->\n| a |\n|---|\n<!-- /results:digits -->\nend\n"
     )
     assert not results_page.fill_marked_block("compare", "x", page)  # no such block: unchanged
+    assert not results_page.fill_marked_block("digits", "x", tmp_path / "missing.md")  # no page
     assert "| a |" in page.read_text()
 
 
@@ -774,6 +780,63 @@ def test_readme_holds_the_digits_block() -> None:
     text = (REPO / "README.md").read_text()
     block = text.split("<!-- results:digits -->", 1)[1].split("<!-- /results:digits -->", 1)[0]
     assert "python experiments/digits_benchmark.py" in block and "| model |" in block
+
+
+def sweep_line(command: str, name: str, fid: float, trace: list[dict[str, Any]]) -> str:
+    """One --results line of the SFD sweeps (text_sfd_sweep.py / digits_sfd_sweep.py)."""
+    row = {
+        "spec": f"{name}:trainer.max_steps=400",
+        "command": command,
+        "run": run_section(command),
+        "name": name,
+        "stage": "distill",
+        "stage1": None,
+        "settings": {"iterations": 400, "model": {"ema_decay": 0.995}},
+        "ua": 0.5,
+        "remain_accuracy": 0.985,
+        "fid_remain": fid,
+        "teacher_fid": 4.0,
+        "train_seconds": 123.4,
+        "quality_trace": trace,
+    }
+    return json.dumps(row) + "\n"
+
+
+def test_sweep_page_from_results_lines(results_dir) -> None:
+    point = {"ema": {"fid_remain": 6.0}, "ema0.98": {"fid_remain": 8.0}}
+    text_command = "python experiments/text_sfd_sweep.py --demo runs/d a:trainer.max_steps=400"
+    digits_command = "python experiments/digits_sfd_sweep.py --teacher t b:trainer.max_steps=400"
+    Path("runs").mkdir()
+    Path("runs/text.jsonl").write_text(
+        sweep_line(text_command, "a", 5.0, [{"iteration": 200, **point}, {"iteration": 400}])
+    )
+    Path("runs/digits.jsonl").write_text(sweep_line(digits_command, "b", 2.0, []))
+    importlib.import_module("text_sfd_sweep").main(
+        ["--page-from", "runs/text.jsonl", "runs/digits.jsonl"]
+    )
+    text = (results_dir / "one_step_quality.md").read_text()
+    lines = text.splitlines()
+    assert WRITTEN_BY.search(text).groups() == (
+        "experiments/text_sfd_sweep.py",
+        "runs/text.jsonl, runs/digits.jsonl",
+    )
+    page_command = (
+        "python experiments/text_sfd_sweep.py --page-from runs/text.jsonl runs/digits.jsonl"
+    )
+    assert lines[lines.index("```bash") + 1] == page_command
+    assert text_command in lines and digits_command in lines  # each run under its own command
+    assert (
+        "| a | `trainer.max_steps=400` | 400 | 50.0 % | 98.5 % | 5.00 | 1.25 | 123 | 1.5–2.5 |"
+        in lines
+    )
+    assert (
+        "| b | `trainer.max_steps=400` | 400 | 50.0 % | 98.5 % | 2.00 | 0.50 | 123 | 1.5–2.5 |"
+        in lines
+    )
+    assert (
+        "| a | 200 | 0.995 | 1.50 | 2.00 |" in lines
+    )  # FID / teacher's FID, shipped and extra EMA
+    assert "| a | 400 | 0.995 | – | – |" in lines
 
 
 def test_the_flow_targets_judge_the_model_they_are_asked_for() -> None:
