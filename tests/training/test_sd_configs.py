@@ -46,12 +46,25 @@ def test_config_parses_with_reference_settings(name) -> None:
 
 @pytest.mark.parametrize("name", sorted(SD_CONFIGS))
 def test_config_trains_one_iteration_on_a_tiny_pipeline(sd_dirs, tmp_path, name) -> None:
+    train_one_iteration(sd_dirs, tmp_path, name)
+
+
+def test_adversarial_preset_trains_one_iteration_on_a_clip_teacher(sd_dirs, tmp_path) -> None:
+    """The README's SD 1.5 adversarial command: the soft-prompt inner attack through CLIP."""
+    train_one_iteration(
+        sd_dirs, tmp_path, "sd15_nudity.yaml", "-c", str(CONFIGS / "adversarial.yaml")
+    )
+
+
+def train_one_iteration(sd_dirs, tmp_path, name: str, *extra: str) -> None:
+    """`sfd fit` with sd_base.yaml, the preset `name` and `extra` for one iteration on a tiny SD."""
     argv = [
         "fit",
         "-c",
         str(CONFIGS / "sd_base.yaml"),
         "-c",
         str(CONFIGS / name),
+        *extra,
         "--model.teacher.init_args.pretrained_model_name_or_path",
         str(sd_dirs[SD_CONFIGS[name]]),
         "--model.batch_size",
