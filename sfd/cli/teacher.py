@@ -14,15 +14,13 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-OUTPUT_DIR_HELP = (
-    "folder to write the trained teacher to (diffusers DDPMPipeline layout + sfd.json); logs and "
-    "checkpoints go to <output_dir>-training unless trainer.default_root_dir is set"
+from sfd.cli.teacher_defaults import (
+    DEFAULT_MAX_STEPS,
+    DEFAULT_OUTPUT_DIR,
+    OUTPUT_DIR_HELP,
+    OVERWRITE_HELP,
 )
-OVERWRITE_HELP = (
-    "replace a teacher already in --output_dir (atomically, once the new one is trained)"
-)
-DEFAULT_OUTPUT_DIR = "runs/teachers/digits"
-DEFAULT_MAX_STEPS = 3000
+
 SOURCE = Path(__file__).resolve().parents[1] / "apps" / "teachers" / "pixel.py"
 GROUPS = {"model": "DDPMTeacherModule", "data": "TeacherDataModule"}
 LINKED = {"num_classes", "image_shape"}  # set from the data by `sfd teacher`, not options

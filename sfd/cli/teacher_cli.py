@@ -21,7 +21,7 @@ from sfd.apps.teachers.checks import (
     single_class_warning,
 )
 from sfd.apps.teachers.pixel import DDPMTeacherModule, TeacherDataModule, save_teacher
-from sfd.cli.teacher import (
+from sfd.cli.teacher_defaults import (
     DEFAULT_MAX_STEPS,
     DEFAULT_OUTPUT_DIR,
     OUTPUT_DIR_HELP,
