@@ -27,7 +27,12 @@ from torch import Tensor, nn
 from sfd.errors import SFDConfigError
 from sfd.hub import check_hub_source
 from sfd.teachers.base import Denoiser
-from sfd.teachers.text_encoder import load_text_encoder, model_index, soft_token_inputs, tokenize
+from sfd.teachers.text_encoder import (
+    learned_token_rows,
+    load_text_encoder,
+    model_index,
+    tokenize,
+)
 
 
 def flow_time(sigma: Tensor) -> Tensor:
@@ -330,17 +335,16 @@ class FlowTransformerDenoiser(FlowDenoiser):
 
     def sequence_states(self, text_encoder: nn.Module, **inputs: Tensor) -> Tensor:
         """The sequence encoder's hidden states as the stock pipeline computes them: its last
-        hidden states, without an attention mask (`input_ids` or `inputs_embeds`), (B, L, D)."""
+        hidden states, without an attention mask, (B, L, D)."""
         return text_encoder(**inputs)[0].float()
 
     def soft_sequence_states(
         self, text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
     ) -> Tensor:
         """`sequence_states` of prompts with learned token embeddings inserted before their end
-        token (`sfd.teachers.text_encoder.soft_token_inputs`: T5's forward embeds ids with a
-        module of its own, so the learned rows enter as `inputs_embeds`), (B, L, D), differentiable."""
-        embeds = soft_token_inputs(text_encoder, input_ids, used, soft)
-        return self.sequence_states(text_encoder, inputs_embeds=embeds)
+        token (`sfd.teachers.text_encoder.learned_token_rows`), (B, L, D), differentiable."""
+        with learned_token_rows(text_encoder, input_ids, used, soft) as (ids, _):
+            return self.sequence_states(text_encoder, input_ids=ids)
 
     def sequence_rows(self, prompt_embeds: Tensor) -> Tensor:
         """The sequence encoder's rows of prompt embeddings: the last `max_sequence_length`."""

@@ -270,19 +270,6 @@ def learned_token_rows(
         )
 
 
-def soft_token_inputs(
-    text_encoder: nn.Module, input_ids: Tensor, used: Tensor, soft: Tensor
-) -> Tensor:
-    """The `inputs_embeds` (B, L, D_in) of `learned_token_rows`' shifted ids: the token-embedding
-    rows, the learned vectors at the placeholders. For encoders whose forward embeds the ids with
-    another module than `get_input_embeddings()` (transformers' T5EncoderModel ties `shared` to a
-    separate `encoder.embed_tokens`), where the hook would not fire."""
-    ids, learned, _ = shifted_token_ids(text_encoder, input_ids, used, soft.shape[1])
-    words = text_encoder.get_input_embeddings()(ids)  # (B, L, D_in)
-    placed = placed_learned_rows(used, soft, input_ids.shape[1])
-    return torch.where(learned.unsqueeze(-1), placed.to(words.dtype), words)
-
-
 def placed_learned_rows(used: Tensor, soft: Tensor, length: int) -> Tensor:
     """soft (B, n, D_in) spread over L positions: row b's learned vector j at used[b] − 1 + j
     (the other positions hold an arbitrary learned row, masked by the caller), (B, L, D_in)."""
