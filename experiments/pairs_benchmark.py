@@ -223,7 +223,7 @@ def write_results_page(
                 "yes" if row["tuned"] else "no",
                 f"{row['iterations']} / {row['max_steps']}",
                 done.get("stop_reason", "rule off"),
-                f"{_percent(judge)} vs {_percent(classifier)}",
+                f"{_percent(judge) or '–'} vs {_percent(classifier) or '–'}",
                 _percent(sfd["ua"]),
                 _percent(sfd["ua_paraphrases"]),
                 f"{_percent(sfd['remain_accuracy'])} ({_percent(teacher['remain_accuracy'])})",

@@ -410,6 +410,41 @@ def stage2_speed_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "pairs": [pair]}
 
 
+def pairs_record(command: str) -> dict[str, Any]:
+    """A class pair that meets every target and a text pair stopped by the budget."""
+
+    def models(ua: float, paraphrases: float | None, remain: float, neighbour: float) -> dict:
+        teacher = {"ua": 0.01, "ua_paraphrases": None if paraphrases is None else 0.02,
+                   "remain_accuracy": 0.98, "neighbour_accuracy": 0.99, "fid_remain": 4.0}
+        sfd = {"ua": ua, "ua_paraphrases": paraphrases, "remain_accuracy": remain,
+               "neighbour_accuracy": neighbour, "fid_remain": 5.0}
+        return {"teacher": teacher, "sfd": sfd}  # fmt: skip
+
+    def row(name: str, kind: str, forget: str, override: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name, "data": "digits", "kind": kind, "forget": forget, "override": override,
+            "tuned": kind == "class", "wall_seconds": 240.0, "stage2_seconds": 30.0,
+            "max_steps": 200, "command": f"sfd demo --output-dir runs/p/{name}",
+            "cached": {"teacher": True, "classifier": True, "stage1": True}, **extra,
+        }  # fmt: skip
+
+    pairs = {
+        "digits-0-1": row(
+            "digits-0-1", "class", "0", "1", iterations=70, neighbours="class 1 (the override)",
+            models=models(1.0, None, 0.975, 0.98),
+            completion={"stop_reason": "forgotten", "iterations": 70,
+                        "last_probe": {"iteration": 70, "forget_rate": 0.0, "classifier_ua": 0.97}},
+        ),
+        "text-digits-three-eight": row(
+            "text-digits-three-eight", "text", "three", "eight", iterations=200,
+            neighbours="five, nine", models=models(0.9, 0.8, 0.95, 0.99),
+            completion={"stop_reason": "max_steps", "iterations": 200,
+                        "last_probe": {"iteration": 200, "forget_rate": 0.25}},
+        ),
+    }  # fmt: skip
+    return {"run": run_section(command), "pairs": pairs}
+
+
 def memory_record(command: str) -> dict[str, Any]:
     gib = 1024**3
 
@@ -613,6 +648,23 @@ CASES = [
             "| 0 → 1: neighbour (class 1) accuracy within 2 points of the teacher's "
             "| 99.0 % vs 100.0 % | yes |",
             "sfd compare --output-dir runs/s2/pair-0-1 --until-forgotten",
+        ],
+    ),
+    (
+        "pairs_benchmark",
+        "pairs",
+        pairs_record,
+        "python experiments/pairs_benchmark.py --output-dir runs/p --threads 1",
+        [
+            "| digits | class | 0 → 1 | yes | 70 / 200 | forgotten | 100.0 % vs 97.0 % | 100.0 % "
+            "| – | 97.5 % (98.0 %) | 98.0 % (99.0 %; class 1 (the override)) | 1.25 "
+            "| 4.0 min (stage 2 30 s) |",
+            "| digits | text | three → eight | no | 200 / 200 | max_steps | 75.0 % vs – | 90.0 % "
+            "| 80.0 % | 95.0 % (98.0 %) | 99.0 % (99.0 %; five, nine) | 1.25 "
+            "| 4.0 min (stage 2 30 s) |",
+            "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
+            "| three → eight (text) | no | no | yes | no | no |",
+            "sfd demo --output-dir runs/p/text-digits-three-eight",
         ],
     ),
     (
