@@ -414,10 +414,20 @@ def pairs_record(command: str) -> dict[str, Any]:
     """A class pair that meets every target and a text pair stopped by the budget."""
 
     def models(ua: float, paraphrases: float | None, remain: float, neighbour: float) -> dict:
-        teacher = {"ua": 0.01, "ua_paraphrases": None if paraphrases is None else 0.02,
-                   "remain_accuracy": 0.98, "neighbour_accuracy": 0.99, "fid_remain": 4.0}
-        sfd = {"ua": ua, "ua_paraphrases": paraphrases, "remain_accuracy": remain,
-               "neighbour_accuracy": neighbour, "fid_remain": 5.0}
+        teacher = {
+            "ua": 0.01,
+            "ua_paraphrases": None if paraphrases is None else 0.02,
+            "remain_accuracy": 0.98,
+            "neighbour_accuracy": 0.99,
+            "fid_remain": 4.0,
+        }
+        sfd = {
+            "ua": ua,
+            "ua_paraphrases": paraphrases,
+            "remain_accuracy": remain,
+            "neighbour_accuracy": neighbour,
+            "fid_remain": 5.0,
+        }
         return {"teacher": teacher, "sfd": sfd}  # fmt: skip
 
     def row(name: str, kind: str, forget: str, override: str, **extra: Any) -> dict[str, Any]:
