@@ -118,6 +118,7 @@ def run_class(name: str, pair: Pair, output: Path, common: list[str]) -> dict[st
         "completion": two_stage["stage2_completion"],
         "stage2_seconds": two_stage["stage2_training_seconds"],
         "neighbours": f"class {neighbour} (the override)",
+        "curve_samples": metrics["protocol"]["curve"]["forget_per_class"],
         "cached": cached_flags(metrics["protocol"]),
         "models": models,
     }
@@ -137,6 +138,7 @@ def run_text(name: str, pair: Pair, output: Path, common: list[str]) -> dict[str
         "completion": result["completion"],
         "stage2_seconds": protocol["two_stage"].get("stage2_training_seconds"),
         "neighbours": ", ".join(names[c] for c in protocol["neighbours"]),
+        "curve_samples": protocol["curve"]["per_class"],
         "cached": cached_flags(protocol),
         "models": {key: result["models"][key] for key in ("teacher", "sfd")},
     }
@@ -151,7 +153,8 @@ def cached_flags(protocol: dict[str, Any]) -> dict[str, bool]:
 
 
 def judge_and_classifier(row: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(judge UA, classifier UA) at the rule's last probe; None where there is no reading."""
+    """(judge UA, the forgetting curve's classifier UA) at the rule's last probe; None where
+    there is no reading."""
     last = (row["completion"] or {}).get("last_probe", {})
     judge = None if "forget_rate" not in last else 1 - last["forget_rate"]
     return judge, last.get("classifier_ua")
@@ -160,7 +163,7 @@ def judge_and_classifier(row: dict[str, Any]) -> tuple[float | None, float | Non
 def targets(row: dict[str, Any]) -> dict[str, bool]:
     """Issue 24's targets of one pair: {name: met}."""
     sfd, teacher = row["models"]["sfd"], row["models"]["teacher"]
-    judge, classifier = judge_and_classifier(row)
+    judge, _ = judge_and_classifier(row)
     reason = (row["completion"] or {}).get("stop_reason")
     return {
         f"UA ≥ {100 * UA_TARGET:.0f} %": sfd["ua"] >= UA_TARGET,
@@ -169,8 +172,7 @@ def targets(row: dict[str, Any]) -> dict[str, bool]:
         >= teacher["neighbour_accuracy"] - POINTS,
         "stopped as forgotten": reason == "forgotten",
         "judge and classifier within 5 points": judge is not None
-        and classifier is not None
-        and abs(judge - classifier) <= AGREEMENT,
+        and abs(judge - sfd["ua"]) <= AGREEMENT,
     }
 
 
@@ -223,7 +225,8 @@ def write_results_page(
                 "yes" if row["tuned"] else "no",
                 f"{row['iterations']} / {row['max_steps']}",
                 done.get("stop_reason", "rule off"),
-                f"{_percent(judge) or '–'} vs {_percent(classifier) or '–'}",
+                f"{_percent(judge) or '–'} vs {_percent(sfd['ua'])} "
+                f"(curve, {row['curve_samples']} samples: {_percent(classifier) or '–'})",
                 _percent(sfd["ua"]),
                 _percent(sfd["ua_paraphrases"]),
                 f"{_percent(sfd['remain_accuracy'])} ({_percent(teacher['remain_accuracy'])})",
@@ -255,8 +258,11 @@ def write_results_page(
                 f"\n\n```bash\n{chr(10).join(commands)}\n```"
             ),
             "Every pair": (
-                "Iterations: used / the budget. Judge vs classifier UA: 1 − the judge's forget "
-                "rate and the forgetting curve's classifier UA at the rule's last probe. UA, "
+                "Iterations: used / the budget. Judge vs classifier UA at the stop: 1 − the "
+                "judge's forget rate at the rule's last probe (64 samples) against the classifier's "
+                "UA of the generator stopped there (the final evaluation's, the UA column; in "
+                "brackets the forgetting curve's reading at that probe, on fewer fixed "
+                "samples). UA, "
                 "remain and neighbour accuracy: the final evaluation of the shipped generator "
                 "(teacher's in brackets); the neighbour of a class pair is its override class, "
                 "of a text pair the two classes nearest the forget class. FID ratio: SFD's "

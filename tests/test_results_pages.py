@@ -434,7 +434,7 @@ def pairs_record(command: str) -> dict[str, Any]:
         return {
             "name": name, "data": "digits", "kind": kind, "forget": forget, "override": override,
             "tuned": kind == "class", "wall_seconds": 240.0, "stage2_seconds": 30.0,
-            "max_steps": 200, "command": f"sfd demo --output-dir runs/p/{name}",
+            "max_steps": 200, "command": f"sfd demo --output-dir runs/p/{name}", "curve_samples": 32,
             "cached": {"teacher": True, "classifier": True, "stage1": True}, **extra,
         }  # fmt: skip
 
@@ -666,10 +666,12 @@ CASES = [
         pairs_record,
         "python experiments/pairs_benchmark.py --output-dir runs/p --threads 1",
         [
-            "| digits | class | 0 → 1 | yes | 70 / 200 | forgotten | 100.0 % vs 97.0 % | 100.0 % "
+            "| digits | class | 0 → 1 | yes | 70 / 200 | forgotten "
+            "| 100.0 % vs 100.0 % (curve, 32 samples: 97.0 %) | 100.0 % "
             "| – | 97.5 % (98.0 %) | 98.0 % (99.0 %; class 1 (the override)) | 1.25 "
             "| 4.0 min (stage 2 30 s) |",
-            "| digits | text | three → eight | no | 200 / 200 | max_steps | 75.0 % vs – | 90.0 % "
+            "| digits | text | three → eight | no | 200 / 200 | max_steps "
+            "| 75.0 % vs 90.0 % (curve, 32 samples: –) | 90.0 % "
             "| 80.0 % | 95.0 % (98.0 %) | 99.0 % (99.0 %; five, nine) | 1.25 "
             "| 4.0 min (stage 2 30 s) |",
             "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
