@@ -241,6 +241,7 @@ def write_results_page(
             + tuple("yes" if met else "no" for met in targets(row).values())
         )
         commands.append(row["command"])
+    missing = [name for name in PAIRS if name not in record["pairs"]]
     first = next(iter(record["pairs"].values()), None)
     check_header = ("pair", *targets(first)) if first else ("pair",)
     return write_page(
@@ -254,8 +255,18 @@ def write_results_page(
                 "Each pair is one demo at its defaults: SFD's stage 2 runs under the data-free "
                 "completion rule (`UntilForgotten`) within the preset's iteration budget, with no "
                 "per-pair setting. Teacher, classifier and stage 1 come from the cache where they "
-                "were there (the wall time includes what was built). Commands, in the order run:"
+                "were there (the wall time includes what was built). The 8×8 Fashion-MNIST pairs "
+                f"read `{FASHION8}`, built by `experiments/make_fashion_npz.py` (from Debian's "
+                "`dataset-fashion-mnist`) when missing. Commands, in the order run:"
                 f"\n\n```bash\n{chr(10).join(commands)}\n```"
+                + (
+                    "\n\nNot in this record (run them with the same command and `--only NAME`; "
+                    "pairs already measured are kept): "
+                    + ", ".join(f"`{n}`" for n in missing)
+                    + "."
+                    if missing
+                    else ""
+                )
             ),
             "Every pair": (
                 "Iterations: used / the budget. Judge vs classifier UA at the stop: 1 − the "

@@ -677,6 +677,7 @@ CASES = [
             "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
             "| three → eight (text) | no | no | yes | no | no |",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
+            "pairs already measured are kept): `digits-4-9`, `digits-7-2`,",
         ],
     ),
     (
