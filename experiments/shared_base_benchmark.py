@@ -7,10 +7,11 @@
     python experiments/shared_base_benchmark.py --page-from runs/shared-base-benchmark/shared_base.json
 
 Runs the class digits demo (`sfd demo`) or the text demo (`sfd demo-text`) twice with the same
-teacher, classifier and stage-1 cache: full copies (the demo as it is: SFD from the stage-1
-generator and fake score) and `--model.adapters.rank RANK` (the generator, fake score and EMA as
-adapters of the teacher's network, the other settings those of configs/shared_base.yaml, starting
-at the teacher; stage 1 stays full copies and gives the distilled-without-forgetting row).
+teacher and classifier cache: full copies (the demo as it is: SFD from the stage-1 generator and
+fake score) and `--model.adapters.rank RANK` (the generator, fake score and EMA as adapters of the
+teacher's network, the other settings those of configs/shared_base.yaml, in both stages: stage 1
+distils as adapters, cached as adapters beside the full copies' stage 1, and stage 2 continues
+from them, so the whole run holds one copy of the base).
 Reports, for each, UA, remain accuracy, remain FID over the teacher's remain FID, stage-2 training
 seconds per iteration and the number of trained weights (from the export's training record);
 writes shared_base.json in the output folder and the page docs/results/shared_base.md (class) or
@@ -166,9 +167,11 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
         record,
         {
             "Comparison": table
-            + "\n\nFull copies run the demo's two-stage SFD (from the stage-1 generator and fake "
-            f"score); the shared base's adapters ({described}) start at the teacher, so they "
-            "forget and distil in the same stage-2 iterations. The teacher's remain FID is its "
+            + "\n\nBoth modes run the demo's two-stage SFD: stage 1 distils without forgetting, "
+            "stage 2 forgets starting from stage 1's generator and fake score. Full copies train "
+            f"three networks in both stages; the shared base trains adapters ({described}) of the "
+            "one frozen teacher network in both stages, and its stage 2 starts from the stage-1 "
+            "adapters (cached as adapters, not the base). The teacher's remain FID is its "
             "multi-step sampler's. Seconds per iteration are "
             f"{timing} on a shared machine: read them with the load average. Trained weights: "
             "generator + fake score (the EMA adds as many again, untrained). Every setting is "

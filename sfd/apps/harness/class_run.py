@@ -89,9 +89,10 @@ class ClassRunSettings:
         SFD itself, from the teacher. `stage="stage1"` is distillation without forgetting, the
         first stage of the two-stage path: the packaged preset plus its stage-1 overlay (or the
         user's `sfd_config` alone), then the user's overrides, both forget weights 0 and
-        `baseline_iterations` if given. `stage="stage2"` is SFD from the stage-1 networks (the
-        caller adds them): the packaged preset plus its stage-2 overlay (or `sfd_config` alone),
-        then the user's overrides.
+        `baseline_iterations` if given; it trains what stage 2 trains: full copies, or with
+        `--model.adapters.*` adapters of the frozen teacher. `stage="stage2"` is SFD from the
+        stage-1 networks or adapters (the caller adds them): the packaged preset plus its stage-2
+        overlay (or `sfd_config` alone), then the user's overrides.
         """
         if stage not in ("sfd", "stage1", "stage2"):
             raise ValueError(f"unknown stage {stage!r}")
@@ -117,7 +118,6 @@ class ClassRunSettings:
         args += ["--seed_everything", "false"]
         if stage == "stage1":
             args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
-            args += ["--model.adapters", "null"]  # full copies: they start a full stage 2
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args
