@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from sfd.apps.data.names import DIGITS
+from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import ClassEmbeddingBudget
 
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD from the teacher
@@ -16,11 +17,22 @@ STAGE2_PRESET = "sfd_digits_stage2.yaml"  # composed after it for stage 2 (forge
 # `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
 # (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
+START_FROM = "--model.adapters.start_from"  # the demos' own: stage 2 from the stage-1 adapters
 
 
 def stage1_overrides(args: list[str]) -> list[str]:
     """The user's `sfd fit` overrides for stage 1: all but `--model.adversarial*` (with their
-    values). Stage 1 does not forget, so they would change nothing there but its cache key."""
+    values). Stage 1 does not forget, so they would change nothing there but its cache key.
+
+    Raises:
+        SFDConfigError: for `--model.adapters.start_from`, which the demos set themselves (a
+            shared base's stage 2 starts from its stage-1 adapters).
+    """
+    if any(arg.startswith(START_FROM) for arg in args):
+        raise SFDConfigError(
+            f"{START_FROM}: the demo sets it (a shared base's stage 2 starts from the stage-1 "
+            "adapters, stage 1 from the teacher); leave it out"
+        )
     kept, skip = [], False
     for arg in args:
         if skip:
