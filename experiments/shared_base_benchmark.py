@@ -76,7 +76,30 @@ def demo_row(folder: Path, wall: float) -> dict[str, Any]:
     }
     if text:
         row["ua_paraphrases"] = sfd["forget_paraphrases"]["ua"]
-    return row
+    return row | stage_one_row(metrics)
+
+
+def stage_one_row(metrics: dict[str, Any]) -> dict[str, float]:
+    """The stage-1 generator's (distilled without forgetting) remain FID ratio and accuracy."""
+    distilled, teacher = metrics["distilled_without_forgetting"], metrics["teacher"]
+    return {
+        "stage1_fid_ratio": distilled["fid_remain"] / teacher["fid_remain"],
+        "stage1_remain_accuracy": distilled["remain_accuracy"],
+    }
+
+
+def complete_rows(record: dict[str, Any], json_file: str) -> None:
+    """Fill the stage-1 columns of a record written before they existed from the demo folders it
+    names (their metrics.json), and save it back; rows whose folder is gone stay as they are."""
+    changed = False
+    for mode, row in record["modes"].items():
+        command = record["commands"][mode]
+        folder = Path(command[command.index("--output-dir") + 1])
+        if "stage1_fid_ratio" not in row and (folder / "metrics.json").is_file():
+            row |= stage_one_row(json.loads((folder / "metrics.json").read_text()))
+            changed = True
+    if changed:
+        save_record(record, json_file)
 
 
 def run(options: argparse.Namespace, demo_args: list[str], argv: list[str]) -> int:
@@ -116,6 +139,7 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
     _, page, title = BENCHMARKS[benchmark]
     modes = record["modes"]
     text = benchmark == "text"
+    stage1 = all("stage1_fid_ratio" in m for m in modes.values())
     table = markdown_table(
         (
             "mode",
@@ -124,6 +148,7 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             "remain accuracy (teacher)",
             "remain FID (teacher)",
             "FID ratio",
+            *(["stage-1 FID ratio (remain accuracy)"] if stage1 else []),
             "s / iteration",
             "iterations",
             "trained weights",
@@ -136,6 +161,11 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
                 f"{100 * m['remain_accuracy']:.2f} % ({100 * m['teacher_remain_accuracy']:.2f} %)",
                 f"{m['fid_remain']:.2f} ({m['teacher_fid_remain']:.2f})",
                 f"{m['fid_ratio']:.2f}",
+                *(
+                    [f"{m['stage1_fid_ratio']:.2f} ({100 * m['stage1_remain_accuracy']:.2f} %)"]
+                    if stage1
+                    else []
+                ),
                 f"{m['seconds_per_iteration']:.3f}",
                 m["iterations"],
                 f"{m['trained_weights']:,}",
@@ -171,7 +201,9 @@ def write_results_page(record: dict[str, Any], json_file: str) -> Path:
             "stage 2 forgets starting from stage 1's generator and fake score. Full copies train "
             f"three networks in both stages; the shared base trains adapters ({described}) of the "
             "one frozen teacher network in both stages, and its stage 2 starts from the stage-1 "
-            "adapters (cached as adapters, not the base). The teacher's remain FID is its "
+            "adapters (cached as adapters, not the base). The stage-1 column is that stage's "
+            "generator (distilled without forgetting, the EMA stage 2 starts from) on the same "
+            "evaluation. The teacher's remain FID is its "
             "multi-step sampler's. Seconds per iteration are "
             f"{timing} on a shared machine: read them with the load average. Trained weights: "
             "generator + fake score (the EMA adds as many again, untrained). Every setting is "
@@ -193,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     add_page_arguments(parser)
     options = parser.parse_args(own)
     if options.page_from:
-        print(write_results_page(read_record(options.page_from), options.page_from))
+        record = read_record(options.page_from)
+        complete_rows(record, options.page_from)
+        print(write_results_page(record, options.page_from))
         return 0
     return run(options, demo_args, argv)
 
