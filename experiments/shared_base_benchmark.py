@@ -67,9 +67,10 @@ def demo_row(folder: Path, wall: float) -> dict[str, Any]:
         "fid_remain": sfd["fid_remain"],
         "teacher_fid_remain": teacher["fid_remain"],
         "fid_ratio": sfd["fid_remain"] / teacher["fid_remain"],
-        "iterations": stage2["stage2_iterations"],
+        # the iterations that ran (the completion rule may stop stage 2 before max_steps)
+        "iterations": export["training"]["global_step"],
         "seconds_per_iteration": stage2["stage2_training_seconds"]
-        / max(stage2["stage2_iterations"], 1),
+        / max(export["training"]["global_step"], 1),
         "trained_weights": sum(export["training"]["trained_weights"].values()),
         "adapters": export["training"].get("adapters"),
         "wall_seconds": wall,
@@ -89,15 +90,17 @@ def stage_one_row(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def complete_rows(record: dict[str, Any], json_file: str) -> None:
-    """Fill the stage-1 columns of a record written before they existed from the demo folders it
-    names (their metrics.json), and save it back; rows whose folder is gone stay as they are."""
+    """Read every row again from the demo folder the record names (its metrics.json and export),
+    keeping the row's wall seconds, and save the record back: a record written before a column
+    existed gets it. Rows whose folder is gone stay as they are."""
     changed = False
     for mode, row in record["modes"].items():
         command = record["commands"][mode]
         folder = Path(command[command.index("--output-dir") + 1])
-        if "stage1_fid_ratio" not in row and (folder / "metrics.json").is_file():
-            row |= stage_one_row(json.loads((folder / "metrics.json").read_text()))
-            changed = True
+        if (folder / "metrics.json").is_file():
+            fresh = demo_row(folder, row["wall_seconds"])
+            changed |= fresh != row
+            record["modes"][mode] = fresh
     if changed:
         save_record(record, json_file)
 

@@ -315,6 +315,7 @@ def test_text_demo_shared_base_trains_both_stages_as_adapters(tmp_path, single_t
     record = json.loads((settings.output_dir / "generator" / "sfd_export.json").read_text())
     assert record["training"]["adapters"]["rank"] == 2
     assert record["training"]["adapters"]["start_from"] == str(folder / "adapters")
+    assert two_stage["stage2_iterations"] == record["training"]["global_step"]  # those that ran
     for export in ("generator", "generator_without_forgetting"):
         weights = load_pipeline(settings.output_dir / export).unet.state_dict()
         assert not any("lora" in key for key in weights)  # merged: a plain network

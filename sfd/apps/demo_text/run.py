@@ -278,6 +278,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             module.export_generator, output / "generator", overwrite=True, training=record
         )
         runs["sfd"] = (output / "generator", curve.as_dicts())
+        stage2_iterations = int(module.global_step)  # fewer than max_steps when the rule stopped
         del module
 
     evaluation = TextEvaluation(
@@ -313,7 +314,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             "stage1_reused_from_cache": stage1.cached,
             "stage1_folder": str(stage1.folder),
             "stage1_prompts": "every class's captions (distill_prompts.txt), forget weights 0",
-            "stage2_iterations": sfd.trainer.max_steps,
+            "stage2_iterations": stage2_iterations,
             "stage2_training_seconds": round(stage2_seconds, 1),  # with its curve's points
             "stage2_start": "the stage-1 generator's and fake score's adapters (shared base)"
             if stage1.adapters
