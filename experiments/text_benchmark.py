@@ -369,8 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     planned = {"run": {"family": options.family}, "setups": [{"setup": n} for n in names]}
     merged_setups(planned, options.merge)  # refused before anything is measured
     results = [
-        run_setup(name, options.output_dir, extra, options.family, adversarial)
-        for name in names
+        run_setup(name, options.output_dir, extra, options.family, adversarial) for name in names
     ]
     threads = sorted({r["torch_threads"] for r in results})
     context = run_context(
