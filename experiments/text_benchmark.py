@@ -45,6 +45,7 @@ from results_page import (
     REPO,
     add_page_arguments,
     command_line,
+    git_commit,
     markdown_table,
     read_record,
     run_context,
@@ -368,12 +369,13 @@ def main(argv: list[str] | None = None) -> None:
     names = options.only or list(SETUPS)
     planned = {"run": {"family": options.family}, "setups": [{"setup": n} for n in names]}
     merged_setups(planned, options.merge)  # refused before anything is measured
+    commit = git_commit()  # the code the set-ups' subprocesses start with
     results = [
         run_setup(name, options.output_dir, extra, options.family, adversarial) for name in names
     ]
     threads = sorted({r["torch_threads"] for r in results})
     context = run_context(
-        command_line(__file__, argv), load_start, ", ".join(str(t) for t in threads)
+        command_line(__file__, argv), load_start, ", ".join(str(t) for t in threads), commit
     )
     if options.family != "unet":
         context["family"] = options.family

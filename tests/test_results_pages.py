@@ -893,3 +893,12 @@ def test_merged_set_ups_show_under_the_command_that_measured_them(results_dir) -
         module.main(["--page-from", "runs/a.json", "--merge", "runs/c.json"])
     with pytest.raises(SystemExit, match="already on the page"):  # before anything runs
         module.main(["--family", "sd3", "--only", "digits", "--merge", "runs/a.json"])
+
+
+def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
+    """A long run records the commit its subprocesses started with, not the one at its end."""
+    started = {"hash": "0123abc", "dirty": False}
+    context = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1, started)
+    assert context["commit"] == started
+    now = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1)["commit"]
+    assert now == results_page.git_commit() and now != started
