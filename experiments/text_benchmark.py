@@ -154,7 +154,8 @@ def run_setup(
     result["adversarial"] = {
         key: again[key]
         for key in ("command", "wall_seconds", "cpu_seconds", "load_before", "load_after",
-                    "phase_seconds", "teacher_cached", "classifier_cached", "stage1_cached")
+                    "phase_seconds", "phase_cpu_seconds", "teacher_cached", "classifier_cached",
+                    "stage1_cached")
     }  # fmt: skip
     result["adversarial"]["targets"] = (
         flow_targets(result["models"], "adversarial_sfd") if family == "sd3" else again["targets"]
@@ -189,6 +190,7 @@ def run(
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "phase_seconds": metrics["protocol"]["phase_seconds"],
+        "phase_cpu_seconds": metrics["protocol"].get("phase_cpu_seconds"),
         "teacher_cached": metrics["protocol"]["teacher"]["reused_from_cache"],
         "classifier_cached": metrics["protocol"]["classifier"]["reused_from_cache"],
         "stage1_cached": metrics["protocol"]["two_stage"]["stage1_reused_from_cache"],
@@ -283,7 +285,12 @@ def run_lines(r: dict[str, Any]) -> list[str]:
         f"wall {r['wall_seconds'] / 60:.1f} min, CPU {r['cpu_seconds'] / 60:.1f} min, load "
         f"{r['load_before']} -> {r['load_after']}, cached: teacher {r['teacher_cached']}, "
         f"classifier {r['classifier_cached']}, stage 1 {r['stage1_cached']}; phases (s): "
-        f"{r['phase_seconds']}",
+        f"{r['phase_seconds']}"
+        + (
+            f"; phases, CPU of the run (s): {r['phase_cpu_seconds']}"
+            if r.get("phase_cpu_seconds")
+            else ""
+        ),
     ]
 
 

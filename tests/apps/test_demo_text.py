@@ -88,6 +88,8 @@ def check_in_range(metrics: dict) -> None:
     # the teacher, a reference row, is attacked with one restart (`teacher_attack_restarts`)
     assert metrics["attack"]["teacher"]["soft"]["budget"]["restarts"] == 1
     assert set(metrics["protocol"]["attack_seconds"]) == set(metrics["attack"])
+    protocol = metrics["protocol"]
+    assert set(protocol["phase_cpu_seconds"]) == set(protocol["phase_seconds"])
     assert all(entry["met"] in (True, False) for entry in metrics["targets"].values())
     sets = metrics["protocol"]["prompt_sets"]
     assert set(sets) == {"forget_train", "forget_paraphrases", "remain"}

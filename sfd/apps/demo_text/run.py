@@ -324,6 +324,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         },
     )
     results.protocol["phase_seconds"] = phases.finish()
+    results.protocol["phase_cpu_seconds"] = phases.finish_cpu()
     with phases.phase(None, "report"):
         return write_text_report(results, output)
 
