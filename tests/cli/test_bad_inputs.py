@@ -523,6 +523,11 @@ CASES: list[Case] = [
     # --- sfd demo / compare ---
     ("demo-sfd-config-unknown-key",
      lambda w, o: demo(w, o, "--sfd-config", str(w / "unknown_key.yaml")), "model.teacher.init_args.frobnicate: unknown key"),
+    ("demo-average-after-below-interval",
+     lambda w, o: demo(w, o, "--average-after", "1", "--curve-every", "5"), "--average-after 1 needs"),
+    ("compare-average-after-without-rule",
+     lambda w, o: demo(w, o, "--average-after", "50", "--no-until-forgotten", verb="compare"),
+     "--average-after 50 needs --until-forgotten"),
     ("demo-eval-per-class-zero", lambda w, o: demo(w, o, "--eval-per-class", "0"), "--eval-per-class 0 is too small"),
     ("demo-teacher-channels-zero", lambda w, o: demo(w, o, "--teacher-channels", "0", "16"), "--teacher-channels=(0, 16)"),
     ("demo-guidance-nan", lambda w, o: demo(w, o, "--model.teacher_guidance", "nan"), "teacher_guidance=nan"),

@@ -67,6 +67,8 @@ class ClassRunSettings:
     baseline_iterations: int | None = None
     curve_every: int | None = None
     until_forgotten: bool = True  # the completion rule; False: the fixed max_steps
+    # EMA after forgetting: iterations the restarted average must hold at the rule's stop (0: off)
+    average_after: int = 0
     curve_per_class: int = 32
     curve_remain_per_class: int = 8
     eval_per_class: int = 200
