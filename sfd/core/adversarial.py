@@ -501,9 +501,13 @@ class AdversarialTraining:
         return state
 
     def _block(self, module: SFDModule, rank: int) -> Tensor:
-        """Global indices of `rank`'s rows attacked at this iteration (its pool's current block)."""
-        pool = self.rows * self.settings.pool
-        first = rank * pool + (module.global_step % self.settings.pool) * self.rows
+        """Global indices of `rank`'s rows attacked at this iteration.
+
+        The pool is block-major: block j holds every rank's rows of that block, rank by rank,
+        so block j of one process with N·K rows is block j of N processes with K rows each.
+        """
+        block = module.global_step % self.settings.pool
+        first = (block * module._world_size + rank) * self.rows
         return torch.arange(first, first + self.rows, device=module.device)
 
     def _ascend(self, learned: Tensor, grad: Tensor, moments: dict[str, Tensor]) -> Tensor:
