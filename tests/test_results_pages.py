@@ -6,6 +6,7 @@ record, run the script's real entry point on it and read the page back.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import re
@@ -739,6 +740,27 @@ def test_reuse_of_other_folders_or_budgets_is_refused(results_dir, tmp_path, cap
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--reuse old.json" in error and "steps=200, not 100" in error
     assert not results_dir.exists()
+
+
+def test_run_context_is_taken_after_measuring(monkeypatch, tmp_path: Path) -> None:
+    """The page's "at the end" load is read after the measurement, "at the start" before it."""
+    measured: list[bool] = []
+    monkeypatch.setattr(
+        results_page.os, "getloadavg", lambda: (9.0, 8.0, 7.0) if measured else (1.0, 2.0, 3.0)
+    )
+
+    def measure() -> dict[str, Any]:
+        measured.append(True)
+        return {"value": 3}
+
+    args = argparse.Namespace(
+        page_from=None, threads=None, json=str(tmp_path / "r.json"), no_page=True
+    )
+    results_page.measure_and_write(args, [], "experiments/x.py", measure, str, None)
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["value"] == 3
+    assert record["run"]["machine"]["load_average_start"] == [1.0, 2.0, 3.0]
+    assert record["run"]["machine"]["load_average_end"] == [9.0, 8.0, 7.0]
 
 
 def test_markdown_table() -> None:
