@@ -33,6 +33,7 @@ from results_page import (
     add_page_arguments,
     markdown_table,
     measure_and_write,
+    number,
     write_page,
 )
 
@@ -244,10 +245,11 @@ def write_results_page(
     """docs/results/hot_path.md from a record of `main` (records before CPU times show "–")."""
 
     def seconds(value: float | None) -> str | None:
-        return None if value is None else f"{value:.4f}"
+        return number(value, 4)
 
     def ratio(value: float | None) -> str | None:
-        return None if value is None else f"{value:.3f}×"
+        cell = number(value, 3)
+        return None if cell is None else f"{cell}×"
 
     pairs = markdown_table(
         ("block pair", "SFDModule s/iteration", "plain loop s/iteration", "ratio",
