@@ -751,6 +751,21 @@ def test_reuse_of_other_folders_or_budgets_is_refused(results_dir, tmp_path, cap
     assert not results_dir.exists()
 
 
+def test_reuse_ignores_the_adversarial_run_only_for_models_of_the_plain_run(tmp_path) -> None:
+    """Plain SFD and stage 1 come from --run alone: a record of them measured without
+    --adversarial-run is reusable with one; a record holding adversarial SFD is not, elsewhere."""
+    script = importlib.import_module("attack_suite")
+    settings = {name: None for name in script.SAME_SETTINGS}
+    settings.update(run="plain", tokens=16, steps=200, revival=40)
+    options = argparse.Namespace(**{**settings, "adversarial_run": "adv", "reuse": "old.json"})
+    for models, refused in (({"sfd": {}}, False), ({"sfd": {}, "adversarial_sfd": {}}, True)):
+        record = {"run": run_section("python x"), "models": models, "settings": settings}
+        results_page.save_record(record, str(tmp_path / "old.json"))
+        options.reuse = str(tmp_path / "old.json")
+        reason = script.check_reuse(options)
+        assert (reason == "it was measured with adversarial_run=None, not 'adv'") is refused
+
+
 def test_run_context_is_taken_after_measuring(monkeypatch, tmp_path: Path) -> None:
     """The page's "at the end" load is read after the measurement, "at the start" before it."""
     measured: list[bool] = []
