@@ -481,7 +481,7 @@ class SFDModule(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="value")
 
     def _check_finite_gradients(self, network: str, grads: list[Tensor]) -> None:
-        """Repair and count non-finite gradient elements on the device, without a host sync.
+        """Repair and count non-finite gradient elements on the device (`guards.NonFiniteWatch`).
 
         A few non-finite elements are replaced as the reference does (NaN -> 0, ±inf -> ±1e5) and
         counted; `nonfinite_grads/<network>` logs how many so far. A wholly non-finite update is
