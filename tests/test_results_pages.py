@@ -410,7 +410,9 @@ def stage2_speed_record(command: str) -> dict[str, Any]:
         "completion": {
             "stop_reason": "forgotten", "iterations": 40, "probe_seconds": 10.0,
             "last_probe": {"iteration": 40, "forget_rate": 0.02, "classifier_ua": 1.0},
+            "averaged_from": 20, "average_after": 20,
         },
+        "fid_curve": [{"iteration": 20, "ua": 1.0, "fid_remain": 5.25, "fid_remain_raw": 5.5}],
     }  # fmt: skip
     pair["targets"] = [{"target": n, "measured": m, "met": ok} for n, m, ok in module.targets(pair)]
     return {"run": run_section(command), "pairs": [pair]}
@@ -617,12 +619,14 @@ CASES = [
         [
             "| 0 → 1 | SFD stage 2, EMA (shipped) | it. 20 / 8 s | 100.0 % | 98.5 % | 3.30 | 40 | 16 s |",
             "| 0 → 1 | SalUn | it. 50 / 18 s | 100.0 % | 98.5 % | 10.50 | 200 | 36 s |",
-            "| 0 → 1 | 40 | forgotten | 100.0 % | 100.0 % | 98.0 % | 98.5 % (teacher 98.0 %) "
+            "| 0 → 1 | 40 | forgotten | it. 20 | 100.0 % | 100.0 % | 98.0 % | 98.5 % (teacher 98.0 %) "
             "| 1.10 | 16 s | 5.0 min |",
             "| 0 → 1: EMA reaches UA ≥ 95 % sooner than SalUn | 8 s vs 18 s | yes |",
             "| 0 → 1: neighbour (class 1) accuracy within 2 points of the teacher's "
             "| 99.0 % vs 100.0 % | yes |",
             "sfd compare --output-dir runs/s2/pair-0-1 --until-forgotten",
+            "| 0 → 1: EMA remain FID ≤ 1× the teacher's (DDIM) at the stop | 3.30 vs 3.00 | no |",
+            "| 0 → 1 | 20 | 100.0 % | 5.25 | 5.50 |",
         ],
     ),
     (

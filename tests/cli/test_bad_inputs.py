@@ -523,6 +523,10 @@ CASES: list[Case] = [
     # --- sfd demo / compare ---
     ("demo-sfd-config-unknown-key",
      lambda w, o: demo(w, o, "--sfd-config", str(w / "unknown_key.yaml")), "model.teacher.init_args.frobnicate: unknown key"),
+    ("demo-average-after-negative",
+     lambda w, o: demo(w, o, "--average-after", "-5"), "--average-after -5 must be >= 0"),
+    ("compare-average-after-negative",
+     lambda w, o: demo(w, o, "--average-after", "-1", verb="compare"), "--average-after -1 must be"),
     ("demo-eval-per-class-zero", lambda w, o: demo(w, o, "--eval-per-class", "0"), "--eval-per-class 0 is too small"),
     ("demo-teacher-channels-zero", lambda w, o: demo(w, o, "--teacher-channels", "0", "16"), "--teacher-channels=(0, 16)"),
     ("demo-guidance-nan", lambda w, o: demo(w, o, "--model.teacher_guidance", "nan"), "teacher_guidance=nan"),
