@@ -131,7 +131,8 @@ def measure_and_write(
 
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    record = {"run": run_context(command_line(script, argv), load_start), **measure()}
+    measured = measure()  # before the run context: its end load and date are after measuring
+    record = {"run": run_context(command_line(script, argv), load_start), **measured}
     print(summary(record))
     save_record(record, args.json)
     if not args.no_page:
