@@ -914,3 +914,41 @@ def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
     ]  # fmt: skip
     with pytest.raises(SystemExit):
         module.main(["--adversarial-set", "steps", "--no-page"])
+
+
+def test_merged_set_ups_show_under_the_command_that_measured_them(results_dir) -> None:
+    """`--merge`: a set-up measured by another command joins the page under that command; a
+    record of another family, or a set-up already on the page, is refused."""
+    module = importlib.import_module("text_benchmark")
+    first = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    second = flow_text_record("python experiments/text_benchmark.py --family sd3 --only fashion")
+    second["run"]["date"] = "2026-01-03 04:05 UTC"
+    second["setups"][0]["setup"] = "fashion"
+    results_page.save_record(first, "runs/a.json")
+    results_page.save_record(second, "runs/b.json")
+    module.main(["--page-from", "runs/a.json", "--merge", "runs/b.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    assert "## digits" in text and "## fashion" in text
+    fashion = text[text.index("## fashion") :]
+    assert fashion.startswith(
+        "## fashion\n\nMeasured by `python experiments/text_benchmark.py --family sd3 --only "
+        "fashion` (2026-01-03 04:05 UTC, commit abc1234 + uncommitted changes, load "
+        "[1.5, 1.0, 0.5] -> [2.5, 1.25, 0.75]; record `runs/b.json`)."
+    )
+    assert "Measured by" not in text[: text.index("## fashion")]  # this run's own set-up
+    with pytest.raises(SystemExit, match="already on the page"):
+        module.main(["--page-from", "runs/a.json", "--merge", "runs/a.json"])
+    results_page.save_record(text_record("python experiments/text_benchmark.py"), "runs/c.json")
+    with pytest.raises(SystemExit, match="--family unet record"):
+        module.main(["--page-from", "runs/a.json", "--merge", "runs/c.json"])
+    with pytest.raises(SystemExit, match="already on the page"):  # before anything runs
+        module.main(["--family", "sd3", "--only", "digits", "--merge", "runs/a.json"])
+
+
+def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
+    """A long run records the commit its subprocesses started with, not the one at its end."""
+    started = {"hash": "0123abc", "dirty": False}
+    context = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1, started)
+    assert context["commit"] == started
+    now = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1)["commit"]
+    assert now == results_page.git_commit() and now != started
