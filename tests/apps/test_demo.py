@@ -115,6 +115,8 @@ def test_demo_again_reuses_teacher_classifier_and_stage1(
     completion = protocol["two_stage"]["stage2_completion"]
     assert completion["stop_reason"] in ("forgotten", "max_steps")
     assert completion["iterations"] == protocol["two_stage"]["stage2_iterations"]
+    # EMA after forgetting, the demos' default: the restarted average must hold 150 iterations
+    assert completion["settings"]["average_after"] == 150 and "averaged_from" in completion
     last = completion["last_probe"]
     curve = {p["iteration"]: p["ua"] for p in metrics["forgetting_curve"]}
     assert last["classifier_ua"] == curve[last["iteration"]]

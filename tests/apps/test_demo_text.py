@@ -36,7 +36,7 @@ def tiny_settings(root: Path, data: str, bert: Path) -> TextDemoSettings:
         remain_per_class=2,
         ddim_steps=2,
         attacks={
-            "soft": AttackBudget(num_tokens=2, steps=1, batch_size=2, eval_samples=2, restarts=1),
+            "soft": AttackBudget(num_tokens=2, steps=1, batch_size=2, eval_samples=2, restarts=2),
             "discrete": DiscreteAttackBudget(
                 num_tokens=2,
                 steps=1,
@@ -84,6 +84,12 @@ def check_in_range(metrics: dict) -> None:
     for key in ("distilled_without_forgetting", "sfd"):
         assert 0.0 <= metrics["attack"][key]["discrete"]["success_rate"] <= 1.0
         assert metrics["attack"][key]["discrete"]["budget"]["restarts"] == 2
+        assert metrics["attack"][key]["soft"]["budget"]["restarts"] == 2
+    # the teacher, a reference row, is attacked with one restart (`teacher_attack_restarts`)
+    assert metrics["attack"]["teacher"]["soft"]["budget"]["restarts"] == 1
+    assert set(metrics["protocol"]["attack_seconds"]) == set(metrics["attack"])
+    protocol = metrics["protocol"]
+    assert set(protocol["phase_cpu_seconds"]) == set(protocol["phase_seconds"])
     assert all(entry["met"] in (True, False) for entry in metrics["targets"].values())
     sets = metrics["protocol"]["prompt_sets"]
     assert set(sets) == {"forget_train", "forget_paraphrases", "remain"}

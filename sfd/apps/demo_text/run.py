@@ -101,6 +101,7 @@ def check_settings(
         "--attack-ddim-steps": settings.attack_ddim_steps,
         "--attack-prompts": settings.attack_prompts,
         "--grid-per-prompt": settings.grid_per_prompt,
+        "teacher_attack_restarts": settings.teacher_attack_restarts,
     }
     for flag, value in positive.items():
         if value < 1:
@@ -323,6 +324,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         },
     )
     results.protocol["phase_seconds"] = phases.finish()
+    results.protocol["phase_cpu_seconds"] = phases.finish_cpu()
     with phases.phase(None, "report"):
         return write_text_report(results, output)
 

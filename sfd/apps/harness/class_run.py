@@ -79,6 +79,9 @@ class ClassRunSettings:
     baseline_iterations: int | None = None
     curve_every: int | None = None
     until_forgotten: bool = True  # the completion rule; False: the fixed max_steps
+    # EMA after forgetting (docs/method.md §4): iterations the average restarted at the first
+    # forgotten probe holds at the rule's stop (at least one probe interval); 0: off
+    average_after: int = 150
     curve_per_class: int = 32
     curve_remain_per_class: int = 8
     eval_per_class: int = 200

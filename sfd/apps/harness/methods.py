@@ -77,7 +77,7 @@ class Run:
 
     def curve(self, iterations: int, raw: bool = False) -> TimedForgettingCurve:
         """A fresh forgetting curve at the run's interval (default: 20 points per run); `raw`:
-        SFD's raw generator beside its EMA too."""
+        SFD's raw generator beside its EMA too, and the remain FID of one-step models."""
         settings = self.settings
         assert self.workspace.classifier is not None
         every = settings.curve_every or max(1, iterations // 20)
@@ -91,6 +91,7 @@ class Run:
             settings.seed,
             settings.curve_remain_per_class,
             raw,
+            self.workspace.real_remain([settings.forget]) if raw else None,
         )
 
     @property
@@ -147,7 +148,8 @@ class SFDMethod:
         curve = run.curve(_iterations(args), raw=True)  # the raw generator beside the EMA
         callbacks: list[pl.Callback] = [curve]
         if run.settings.until_forgotten:
-            rule = until_forgotten(curve)
+            after = run.settings.average_after
+            rule = until_forgotten(curve, max(after, curve.every_n) if after else None)
             callbacks.append(rule)
         module, seconds, _ = train_sfd(
             args, callbacks, run.logs / self.key, run.settings.progress, run.settings.seed
