@@ -95,7 +95,9 @@ def complete_rows(record: dict[str, Any], json_file: str) -> None:
     existed gets it. Rows whose folder is gone stay as they are."""
     changed = False
     for mode, row in record["modes"].items():
-        command = record["commands"][mode]
+        command = record["commands"].get(mode, [])
+        if "--output-dir" not in command:
+            continue
         folder = Path(command[command.index("--output-dir") + 1])
         if (folder / "metrics.json").is_file():
             fresh = demo_row(folder, row["wall_seconds"])
