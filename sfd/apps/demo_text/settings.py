@@ -126,7 +126,6 @@ class TextDemoSettings:
         args += ["--model.seed", str(self.seed), "--seed_everything", "false"]
         if stage == "stage1":
             args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
-            args += ["--model.adapters", "null"]  # full copies, the distilled row's generator
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args

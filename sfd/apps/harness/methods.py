@@ -21,7 +21,6 @@ from sfd.apps.harness.workspace import Workspace, build_teacher, teacher_recipe
 from sfd.baselines import BASELINES
 from sfd.baselines.method import Unlearned, unlearned
 from sfd.core.conditions import ClassConditions
-from sfd.pipelines.io import load_generator
 from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
 
@@ -138,11 +137,8 @@ class SFDMethod:
         args = run.settings.sfd_command_line(run.teacher_dir, stage)
         extra: dict[str, Any] = {}
         if self.two_stage:
-            stage1 = run.stage_one()
-            # A shared-base run's adapters start at the teacher: the stage-1 networks are full
-            # copies, which adapters of the teacher's network cannot start from.
-            if parse_fit_config(args, one_line_errors=True).model.adapters is None:
-                args += stage1.stage_two_arguments()  # the teacher stays the original
+            stage1 = run.stage_one()  # networks, or adapters of the teacher (shared base)
+            args += stage1.stage_two_arguments()  # the teacher stays the original
             extra = {
                 "stage1_seconds": stage1.seconds,
                 "stage1_iterations": stage1.iterations,
@@ -181,7 +177,7 @@ class DistillMethod:
 
     def fit(self, run: Run) -> Fitted:
         stage1 = run.stage_one()
-        generator = load_generator(stage1.generator_dir)
+        generator = stage1.generator(run.teacher_dir)
         return Fitted(
             self.key,
             Unlearned(generator),
