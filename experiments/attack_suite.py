@@ -152,6 +152,8 @@ def check_reuse(options: argparse.Namespace) -> str | None:
     if old.get("settings") is None:
         return "it names no settings (written before --reuse existed); measure again"
     for name in SAME_SETTINGS:
+        if name == "adversarial_run" and "adversarial_sfd" not in old["models"]:
+            continue  # the reused models all come from --run (or --class-run)
         if old["settings"].get(name) != getattr(options, name):
             was, now = old["settings"].get(name), getattr(options, name)
             return f"it was measured with {name}={was!r}, not {now!r}"

@@ -66,6 +66,11 @@ def targets(metrics: dict, wall_seconds: float) -> list[tuple[str, str, bool]]:
             sfd_ratio <= 1.2,
         ),
         (
+            f"SFD remain FID <= 1.0x teacher's DDIM-{teacher['nfe']} FID (one-step quality)",
+            f"{sfd_ratio:.2f}x",
+            sfd_ratio <= 1.0,
+        ),
+        (
             "distilled-without-forgetting remain FID <= 1.1x the teacher's",
             f"{distilled['fid_remain']:.2f} ({distilled_ratio:.2f}x)",
             distilled_ratio <= 1.1,

@@ -54,6 +54,7 @@ def run_context(
     command: str,
     load_average_start: Sequence[float],
     torch_threads: int | str | None = None,
+    commit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a page shows about the run that is ending now; store it as the record's "run".
 
@@ -62,6 +63,8 @@ def run_context(
         load_average_start: `os.getloadavg()` taken before measuring.
         torch_threads: threads torch used; None reads `torch.get_num_threads()` when torch is
             imported (a script that runs torch only in subprocesses passes their count).
+        commit: `git_commit()` taken before measuring, for a run long enough that the tree may
+            move while it runs (subprocesses load the code they start with); None: now.
 
     Returns:
         {"command", "date", "commit": {"hash", "dirty"}, "machine": {...}, "libraries": {...}}.
@@ -71,7 +74,7 @@ def run_context(
     return {
         "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git_commit(),
+        "commit": git_commit() if commit is None else commit,
         "machine": {
             "cpu_count": os.cpu_count(),
             "torch_threads": torch_threads,
@@ -128,7 +131,8 @@ def measure_and_write(
 
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    record = {"run": run_context(command_line(script, argv), load_start), **measure()}
+    measured = measure()  # before the run context: its end load and date are after measuring
+    record = {"run": run_context(command_line(script, argv), load_start), **measured}
     print(summary(record))
     save_record(record, args.json)
     if not args.no_page:

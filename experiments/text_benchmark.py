@@ -19,6 +19,13 @@ alone), reported beside plain SFD. With `--family sd3` every set-up runs on the 
 teacher (`sfd demo-text --family sd3`: a small SD3Transformer2DModel trained with rectified flow,
 loaded by SD3Teacher), the targets are issue 20's (`FLOW_TARGETS`) and the page is
 docs/results/flow_text.md.
+
+    python experiments/text_benchmark.py --page-from runs/a/benchmark.json \
+        --merge runs/b/benchmark.json runs/c/benchmark.json
+
+`--merge` adds the set-ups of earlier records (set-ups measured by other commands, e.g. one
+`--only` at a time so each teacher trains once) to this run's page and record, each shown under
+the command, date, commit and load of the run that measured it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from results_page import (
     REPO,
     add_page_arguments,
     command_line,
+    git_commit,
     markdown_table,
     read_record,
     run_context,
@@ -146,7 +154,8 @@ def run_setup(
     result["adversarial"] = {
         key: again[key]
         for key in ("command", "wall_seconds", "cpu_seconds", "load_before", "load_after",
-                    "phase_seconds", "teacher_cached", "classifier_cached", "stage1_cached")
+                    "phase_seconds", "phase_cpu_seconds", "teacher_cached", "classifier_cached",
+                    "stage1_cached")
     }  # fmt: skip
     result["adversarial"]["targets"] = (
         flow_targets(result["models"], "adversarial_sfd") if family == "sd3" else again["targets"]
@@ -181,6 +190,7 @@ def run(
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "phase_seconds": metrics["protocol"]["phase_seconds"],
+        "phase_cpu_seconds": metrics["protocol"].get("phase_cpu_seconds"),
         "teacher_cached": metrics["protocol"]["teacher"]["reused_from_cache"],
         "classifier_cached": metrics["protocol"]["classifier"]["reused_from_cache"],
         "stage1_cached": metrics["protocol"]["two_stage"]["stage1_reused_from_cache"],
@@ -206,6 +216,41 @@ def run(
     return result
 
 
+def merged_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
+    """The set-ups of the records in `files`, each carrying its record's "run" (command, date,
+    commit, machine) and file; SystemExit for another teacher family or a set-up twice."""
+    family = record["run"].get("family", "unet")
+    seen = {r["setup"] for r in record["setups"]}
+    merged = []
+    for file in files:
+        other = read_record(file)
+        if other["run"].get("family", "unet") != family:
+            raise SystemExit(
+                f"--merge {file}: a --family {other['run'].get('family', 'unet')} record; this "
+                f"page is --family {family}'s"
+            )
+        for r in other["setups"]:
+            if r["setup"] in seen:
+                raise SystemExit(f"--merge {file}: set-up {r['setup']!r} is already on the page")
+            seen.add(r["setup"])
+            merged.append({**r, "run": r.get("run", other["run"]), "record": r.get("record", file)})
+    return merged
+
+
+def measured_by(r: dict[str, Any]) -> list[str]:
+    """Where a merged set-up was measured: its record's command, date, commit and load."""
+    if "run" not in r:
+        return []
+    run = r["run"]
+    commit = run["commit"]["hash"] + (" + uncommitted changes" if run["commit"]["dirty"] else "")
+    load = run["machine"]
+    return [
+        f"Measured by `{run['command']}` ({run['date']}, commit {commit}, load "
+        f"{load['load_average_start']} -> {load['load_average_end']}; record `{r['record']}`).",
+        "",
+    ]
+
+
 def setup_section(r: dict[str, Any]) -> str:
     """One set-up: its command, timings and caches, the models' numbers, then the targets."""
     models = markdown_table(
@@ -219,7 +264,7 @@ def setup_section(r: dict[str, Any]) -> str:
             for key, m in r["models"].items()
         ],
     )  # fmt: skip
-    lines = [*run_lines(r), "", models, "", targets_table(r["targets"])]
+    lines = [*measured_by(r), *run_lines(r), "", models, "", targets_table(r["targets"])]
     if "adversarial" in r:
         lines += [
             "",
@@ -242,7 +287,12 @@ def run_lines(r: dict[str, Any]) -> list[str]:
         f"wall {r['wall_seconds'] / 60:.1f} min, CPU {r['cpu_seconds'] / 60:.1f} min, load "
         f"{r['load_before']} -> {r['load_after']}, cached: teacher {r['teacher_cached']}, "
         f"classifier {r['classifier_cached']}, stage 1 {r['stage1_cached']}; phases (s): "
-        f"{r['phase_seconds']}",
+        f"{r['phase_seconds']}"
+        + (
+            f"; phases, CPU of the run (s): {r['phase_cpu_seconds']}"
+            if r.get("phase_cpu_seconds")
+            else ""
+        ),
     ]
 
 
@@ -302,10 +352,20 @@ def main(argv: list[str] | None = None) -> None:
         help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; implies "
         "--adversarial), e.g. steps=4",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="FILE.json",
+        help="also show the set-ups of these earlier records (same --family), each under the "
+        "command that measured it",
+    )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
     if options.page_from:
-        print(write_results_page(read_record(options.page_from), options.page_from))
+        record = read_record(options.page_from)
+        record["setups"] += merged_setups(record, options.merge)
+        print(write_results_page(record, options.page_from))
         return
     extra = [a for a in extra if a != "--"]
     load_start = os.getloadavg()
@@ -315,16 +375,20 @@ def main(argv: list[str] | None = None) -> None:
     adversarial = (
         options.adversarial_set if options.adversarial or options.adversarial_set else None
     )
+    names = options.only or list(SETUPS)
+    planned = {"run": {"family": options.family}, "setups": [{"setup": n} for n in names]}
+    merged_setups(planned, options.merge)  # refused before anything is measured
+    commit = git_commit()  # the code the set-ups' subprocesses start with
     results = [
-        run_setup(name, options.output_dir, extra, options.family, adversarial)
-        for name in options.only or SETUPS
+        run_setup(name, options.output_dir, extra, options.family, adversarial) for name in names
     ]
     threads = sorted({r["torch_threads"] for r in results})
     context = run_context(
-        command_line(__file__, argv), load_start, ", ".join(str(t) for t in threads)
+        command_line(__file__, argv), load_start, ", ".join(str(t) for t in threads), commit
     )
     if options.family != "unet":
         context["family"] = options.family
+    results += merged_setups({"run": context, "setups": results}, options.merge)
     json_file = options.output_dir / "benchmark.json"
     save_record({"run": context, "setups": results}, json_file)
     (options.output_dir / "benchmark.md").write_text(markdown(results))

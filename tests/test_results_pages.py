@@ -6,6 +6,7 @@ record, run the script's real entry point on it and read the page back.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import re
@@ -328,9 +329,10 @@ def shared_base_text_record(command: str) -> dict[str, Any]:
 
 def hot_path_record(command: str) -> dict[str, Any]:
     pairs = [
-        {"module": 0.21, "plain": 0.2, "ratio": 1.05},
-        {"module": 0.19, "plain": 0.2, "ratio": 0.95},
-    ]
+        {"module": 0.21, "plain": 0.2, "ratio": 1.05},  # a record from before the CPU times
+        {"module": 0.19, "plain": 0.2, "ratio": 0.95, "module_cpu": 0.0693, "plain_cpu": 0.07,
+         "cpu_ratio": 0.99},
+    ]  # fmt: skip
     return {
         "run": run_section(command),
         "teacher_params": 12345,
@@ -342,6 +344,10 @@ def hot_path_record(command: str) -> dict[str, Any]:
         "total_ratio": 1.0,
         "median_module_seconds": 0.2,
         "median_plain_seconds": 0.2,
+        "median_module_cpu_seconds": 0.0693,
+        "median_plain_cpu_seconds": 0.07,
+        "median_cpu_ratio": 0.99,
+        "total_cpu_ratio": 0.995,
     }
 
 
@@ -404,7 +410,9 @@ def stage2_speed_record(command: str) -> dict[str, Any]:
         "completion": {
             "stop_reason": "forgotten", "iterations": 40, "probe_seconds": 10.0,
             "last_probe": {"iteration": 40, "forget_rate": 0.02, "classifier_ua": 1.0},
+            "averaged_from": 20, "average_after": 20,
         },
+        "fid_curve": [{"iteration": 20, "ua": 1.0, "fid_remain": 5.25, "fid_remain_raw": 5.5}],
     }  # fmt: skip
     pair["targets"] = [{"target": n, "measured": m, "met": ok} for n, m, ok in module.targets(pair)]
     return {"run": run_section(command), "pairs": [pair]}
@@ -630,8 +638,12 @@ CASES = [
         hot_path_record,
         "python experiments/hot_path.py --threads 1",
         [
-            "| 12,345 | 8 + 8 | 10 | 2 | 1.000× | 1.000× | ≤ 1.0× |",
-            "| 2 | 0.1900 | 0.2000 | 0.950× |",
+            "Teacher 12,345 parameters, batch 8 remain + 8 forget, 10 iterations per block, "
+            "2 block pairs.",
+            "| wall | 0.2000 | 0.2000 | 1.000× | 1.000× | ≤ 1.0× |",
+            "| CPU time of the process | 0.0693 | 0.0700 | 0.990× | 0.995× | ≤ 1.0× |",
+            "| 1 | 0.2100 | 0.2000 | 1.050× | – | – | – |",
+            "| 2 | 0.1900 | 0.2000 | 0.950× | 0.0693 | 0.0700 | 0.990× |",
         ],
     ),
     (
@@ -652,12 +664,14 @@ CASES = [
         [
             "| 0 → 1 | SFD stage 2, EMA (shipped) | it. 20 / 8 s | 100.0 % | 98.5 % | 3.30 | 40 | 16 s |",
             "| 0 → 1 | SalUn | it. 50 / 18 s | 100.0 % | 98.5 % | 10.50 | 200 | 36 s |",
-            "| 0 → 1 | 40 | forgotten | 100.0 % | 100.0 % | 98.0 % | 98.5 % (teacher 98.0 %) "
+            "| 0 → 1 | 40 | forgotten | it. 20 | 100.0 % | 100.0 % | 98.0 % | 98.5 % (teacher 98.0 %) "
             "| 1.10 | 16 s | 5.0 min |",
             "| 0 → 1: EMA reaches UA ≥ 95 % sooner than SalUn | 8 s vs 18 s | yes |",
             "| 0 → 1: neighbour (class 1) accuracy within 2 points of the teacher's "
             "| 99.0 % vs 100.0 % | yes |",
             "sfd compare --output-dir runs/s2/pair-0-1 --until-forgotten",
+            "| 0 → 1: EMA remain FID ≤ 1× the teacher's (DDIM) at the stop | 3.30 vs 3.00 | no |",
+            "| 0 → 1 | 20 | 100.0 % | 5.25 | 5.50 |",
         ],
     ),
     (
@@ -806,6 +820,42 @@ def test_reuse_of_other_folders_or_budgets_is_refused(results_dir, tmp_path, cap
     assert not results_dir.exists()
 
 
+def test_reuse_ignores_the_adversarial_run_only_for_models_of_the_plain_run(tmp_path) -> None:
+    """Plain SFD and stage 1 come from --run alone: a record of them measured without
+    --adversarial-run is reusable with one; a record holding adversarial SFD is not, elsewhere."""
+    script = importlib.import_module("attack_suite")
+    settings = {name: None for name in script.SAME_SETTINGS}
+    settings.update(run="plain", tokens=16, steps=200, revival=40)
+    options = argparse.Namespace(**{**settings, "adversarial_run": "adv", "reuse": "old.json"})
+    for models, refused in (({"sfd": {}}, False), ({"sfd": {}, "adversarial_sfd": {}}, True)):
+        record = {"run": run_section("python x"), "models": models, "settings": settings}
+        results_page.save_record(record, str(tmp_path / "old.json"))
+        options.reuse = str(tmp_path / "old.json")
+        reason = script.check_reuse(options)
+        assert (reason == "it was measured with adversarial_run=None, not 'adv'") is refused
+
+
+def test_run_context_is_taken_after_measuring(monkeypatch, tmp_path: Path) -> None:
+    """The page's "at the end" load is read after the measurement, "at the start" before it."""
+    measured: list[bool] = []
+    monkeypatch.setattr(
+        results_page.os, "getloadavg", lambda: (9.0, 8.0, 7.0) if measured else (1.0, 2.0, 3.0)
+    )
+
+    def measure() -> dict[str, Any]:
+        measured.append(True)
+        return {"value": 3}
+
+    args = argparse.Namespace(
+        page_from=None, threads=None, json=str(tmp_path / "r.json"), no_page=True
+    )
+    results_page.measure_and_write(args, [], "experiments/x.py", measure, str, None)
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["value"] == 3
+    assert record["run"]["machine"]["load_average_start"] == [1.0, 2.0, 3.0]
+    assert record["run"]["machine"]["load_average_end"] == [9.0, 8.0, 7.0]
+
+
 def test_markdown_table() -> None:
     table = results_page.markdown_table(("a", "b"), [(1, None), ("x|y", 2.5)])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | – |", "| x\\|y | 2.5 |"]
@@ -929,3 +979,41 @@ def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
     ]  # fmt: skip
     with pytest.raises(SystemExit):
         module.main(["--adversarial-set", "steps", "--no-page"])
+
+
+def test_merged_set_ups_show_under_the_command_that_measured_them(results_dir) -> None:
+    """`--merge`: a set-up measured by another command joins the page under that command; a
+    record of another family, or a set-up already on the page, is refused."""
+    module = importlib.import_module("text_benchmark")
+    first = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    second = flow_text_record("python experiments/text_benchmark.py --family sd3 --only fashion")
+    second["run"]["date"] = "2026-01-03 04:05 UTC"
+    second["setups"][0]["setup"] = "fashion"
+    results_page.save_record(first, "runs/a.json")
+    results_page.save_record(second, "runs/b.json")
+    module.main(["--page-from", "runs/a.json", "--merge", "runs/b.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    assert "## digits" in text and "## fashion" in text
+    fashion = text[text.index("## fashion") :]
+    assert fashion.startswith(
+        "## fashion\n\nMeasured by `python experiments/text_benchmark.py --family sd3 --only "
+        "fashion` (2026-01-03 04:05 UTC, commit abc1234 + uncommitted changes, load "
+        "[1.5, 1.0, 0.5] -> [2.5, 1.25, 0.75]; record `runs/b.json`)."
+    )
+    assert "Measured by" not in text[: text.index("## fashion")]  # this run's own set-up
+    with pytest.raises(SystemExit, match="already on the page"):
+        module.main(["--page-from", "runs/a.json", "--merge", "runs/a.json"])
+    results_page.save_record(text_record("python experiments/text_benchmark.py"), "runs/c.json")
+    with pytest.raises(SystemExit, match="--family unet record"):
+        module.main(["--page-from", "runs/a.json", "--merge", "runs/c.json"])
+    with pytest.raises(SystemExit, match="already on the page"):  # before anything runs
+        module.main(["--family", "sd3", "--only", "digits", "--merge", "runs/a.json"])
+
+
+def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
+    """A long run records the commit its subprocesses started with, not the one at its end."""
+    started = {"hash": "0123abc", "dirty": False}
+    context = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1, started)
+    assert context["commit"] == started
+    now = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1)["commit"]
+    assert now == results_page.git_commit() and now != started

@@ -114,6 +114,16 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
         "--no-until-forgotten runs the fixed --trainer.max_steps)",
     )
     add(
+        "--average-after",
+        type=int,
+        default=defaults.average_after,
+        help="EMA after forgetting (with --until-forgotten): once the judge first finds the "
+        "forget class gone, the shipped generator restarts as the plain mean of the generator "
+        "iterates from there, and the completion rule stops only once it averages at least this "
+        "many iterations (and one curve interval), within --trainer.max_steps; docs/method.md §4 "
+        "(default: %(default)s; 0: off, the EMA keeps its schedule)",
+    )
+    add(
         "--curve-per-class",
         type=int,
         default=defaults.curve_per_class,

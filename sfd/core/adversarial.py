@@ -10,8 +10,11 @@ conditions then enter both SFD steps beside the plain ones: the fake score learn
 generator's samples under them, and the generator gets the unlearning loss on them with the
 teacher at the override.
 
-The learned vectors persist across iterations (warm start) and are drawn afresh every
-`refresh_every` iterations; they are checkpointed (`ADVERSARIAL_KEY`), so a resume is bit-exact.
+The learned vectors persist across iterations in a pool of `pool` × the attacked rows, with
+their Adam moments (a warm start of the vectors and of their optimiser); each iteration the next
+rows of the pool, round robin, are refined and trained on, and the whole pool is drawn afresh
+every `refresh_every` iterations. The pool is checkpointed (`ADVERSARIAL_KEY`), so a resume is
+bit-exact.
 Every draw comes from the module's (seed, iteration, phase) streams, for the global batch, and
 each row's attack is independent of the others, so one process computes what N processes do.
 """
@@ -19,8 +22,8 @@ each row's attack is independent of the others, so one process computes what N p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +36,7 @@ from sfd.core.conditions import (
     PromptConditions,
     TextCondition,
 )
+from sfd.core.judge import DEFAULT_SIGMAS
 from sfd.core.losses import LossTerms, implicit_classifier_margin
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
@@ -49,7 +53,8 @@ if TYPE_CHECKING:
     from sfd.core.generator import OneStepGenerator
     from sfd.core.module import SFDModule
 
-ADVERSARIAL_KEY = "sfd_adversarial"  # checkpoint entry: the learned vectors and their rows
+ADVERSARIAL_KEY = "sfd_adversarial"  # checkpoint entry: the pool's rows, vectors, Adam moments
+MOMENT_KEYS = ("adam_m", "adam_v", "adam_t")  # the pool's per-row Adam state
 # `SFDModule._stream` phases of adversarial SFD: fresh draws, the inner attack, the two steps.
 DRAW_PHASE, ATTACK_PHASE, FAKE_PHASE, GENERATOR_PHASE = 3, 4, 5, 6
 
@@ -59,15 +64,23 @@ class AdversarialSettings:
     """The settings of adversarial SFD (`SFDModule(adversarial=...)`, `model.adversarial`).
 
     Attributes:
-        steps: inner attack steps (Adam) per iteration, warm-started from the last iteration's
-            vectors; 0 keeps the freshly drawn ones.
+        steps: inner attack steps (Adam) per iteration, warm-started from the vectors and Adam
+            moments the rows last had; 0 keeps the freshly drawn ones.
         tokens: learned soft-prompt tokens inserted into each forget prompt (text teachers).
         share: adversarial samples per device, as a share of `batch_size` (in [0, 1]; rounded
             up, so any positive share attacks at least one row).
-        refresh_every: iterations between fresh draws of the attacked rows (their prompts or
-            classes and starting vectors).
+        refresh_every: iterations between fresh draws of the whole pool (its prompts or classes,
+            starting vectors, zero Adam moments).
+        pool: the persistent pool, in multiples of the attacked rows: it holds `pool` ×
+            ⌈share·batch_size⌉ rows per device, and iteration t refines and trains on block
+            t mod `pool` of them (1: the same rows every iteration).
+        samples: generator draws z per row in the attack objective (each with its own
+            `noise_levels` (σ, ε) draws).
+        sigmas: fixed noise levels of the attack objective, each taken `noise_levels` times
+            with fresh ε (default: the judge's 0.4, 0.8, 1.6, where the condition decides the
+            teacher's answer); None draws `noise_levels` σ from the loss's sampler instead.
         lr: the inner Adam's learning rate.
-        noise_levels: (σ, ε) draws per sample in the attack objective.
+        noise_levels: (σ, ε) draws per sample (per level of `sigmas`) in the attack objective.
         weight: weight of the adversarial terms relative to the plain forget terms (λ_sg_f,
             λ_g_f).
         anchor: weight of the remain anchor relative to the plain remain terms (λ_sg_r, λ_g_r):
@@ -82,12 +95,17 @@ class AdversarialSettings:
     share: float = 0.25
     refresh_every: int = 100
     lr: float = 0.05
-    noise_levels: int = 2
+    noise_levels: int = 1
     weight: float = 0.25
     anchor: float = 0.0
+    pool: int = 1
+    samples: int = 1
+    sigmas: list[float] | None = field(default_factory=lambda: list(DEFAULT_SIGMAS))
 
     def __post_init__(self) -> None:
         check_adversarial_settings(asdict(self))
+        if self.sigmas is not None:  # a list from a configuration or a checkpoint
+            self.sigmas = [float(s) for s in self.sigmas]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,14 +125,25 @@ def adversarial_rows(share: float, batch_size: int) -> int:
 
 def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adversarial") -> None:
     """Raise `SFDConfigError` naming the first bad adversarial setting (`prefix.name=value`)."""
-    for name, low in (("steps", 0), ("tokens", 1), ("refresh_every", 1), ("noise_levels", 1)):
-        value = settings.get(name)
+    integers = ("steps", 0), ("tokens", 1), ("refresh_every", 1), ("noise_levels", 1)
+    for name, low in (*integers, ("pool", 1), ("samples", 1)):
+        value = settings.get(name, 1 if name in ("pool", "samples") else None)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SFDConfigError(f"{prefix}.{name}={value!r} must be an integer of at least {low}")
     check_number(f"{prefix}.share", settings.get("share"), low=0, high=1)
     check_number(f"{prefix}.lr", settings.get("lr"), low=0, low_open=True)
     check_number(f"{prefix}.weight", settings.get("weight"), low=0)
     check_number(f"{prefix}.anchor", settings.get("anchor", 0.0), low=0)
+    sigmas = settings.get("sigmas")
+    if sigmas is None:
+        return
+    if isinstance(sigmas, (str, bytes)) or not isinstance(sigmas, Sequence) or not sigmas:
+        raise SFDConfigError(
+            f"{prefix}.sigmas={sigmas!r} must be a non-empty list of positive noise levels "
+            "(or null: the loss's sampler)"
+        )
+    for level in sigmas:
+        check_number(f"{prefix}.sigmas", level, low=0, low_open=True)
 
 
 @dataclass
@@ -428,64 +457,112 @@ class AdversarialTraining:
             rng: the stream of z, σ and ε (draws for every rank's rows; this rank's are used).
 
         Returns:
-            margin of each row averaged over `noise_levels` draws, (K,).
+            margin of each row averaged over its `samples` z and their (σ, ε) draws, (K,).
         """
-        rows, levels = len(learned), self.settings.noise_levels
+        rows, settings = len(learned), self.settings
         attacked, forget, override = self.space.conditions(state, learned)
-        x_g = module.generator(module._randn(rng, rows), attacked)  # (K, C, H, W)
+        # `samples` z per row, rows repeated block by block: (S·K) samples.
+        z = torch.cat([module._randn(rng, rows) for _ in range(settings.samples)])
+        x_g = module.generator(z, concatenated([attacked] * settings.samples))
+        if settings.sigmas is None:
+            levels = [lambda: module._sigma(rng, rows)] * settings.noise_levels
+        else:
+            levels = [
+                lambda level=level: torch.full((rows,), level, device=x_g.device)
+                for level in settings.sigmas
+                for _ in range(settings.noise_levels)
+            ]
         sigmas, noisy = [], []
-        for _ in range(levels):
-            sigma = module._sigma(rng, rows)  # (K,)
+        for level in levels:
+            sigma = torch.cat([level() for _ in range(settings.samples)])  # (S·K,)
+            eps = torch.cat([module._randn(rng, rows) for _ in range(settings.samples)])
             sigmas.append(sigma)
-            noisy.append(x_g + sigma.view(-1, 1, 1, 1) * module._randn(rng, rows))
-        # One teacher call for every draw under both conditions: (2·levels·K) rows.
+            noisy.append(x_g + sigma.view(-1, 1, 1, 1) * eps)
+        # One teacher call for every draw under both conditions: (2·draws·S·K) rows.
+        draws = len(levels) * settings.samples
         sigma, x = torch.cat(sigmas), torch.cat(noisy)
-        teacher_cond = concatenated([override] * levels + [forget] * levels)
+        teacher_cond = concatenated([override] * draws + [forget] * draws)
         x0_override, x0_forget = module.teacher(
             torch.cat([x, x]), torch.cat([sigma, sigma]), teacher_cond
         ).chunk(2)
         margin = implicit_classifier_margin(
-            x0_override, x0_forget, x_g.repeat(levels, 1, 1, 1), sigma
+            x0_override, x0_forget, x_g.repeat(len(levels), 1, 1, 1), sigma
         )
-        return margin.view(levels, rows).mean(0)
+        return margin.view(-1, rows).mean(0)  # draws·S blocks of the K rows
+
+    def _fresh_pool(self, module: SFDModule) -> dict[str, Tensor]:
+        """Every rank's pool drawn afresh, with zero Adam moments."""
+        size = self.rows * self.settings.pool * module._world_size
+        state = self.space.draw(size, module._stream(DRAW_PHASE), module.generator)
+        learned = state[self.space.learned]
+        state[MOMENT_KEYS[0]] = torch.zeros_like(learned)
+        state[MOMENT_KEYS[1]] = torch.zeros_like(learned)
+        state[MOMENT_KEYS[2]] = torch.zeros(size, device=learned.device)
+        return state
+
+    def _block(self, module: SFDModule, rank: int) -> Tensor:
+        """Global indices of `rank`'s rows attacked at this iteration.
+
+        The pool is block-major: block j holds every rank's rows of that block, rank by rank,
+        so block j of one process with N·K rows is block j of N processes with K rows each.
+        """
+        block = module.global_step % self.settings.pool
+        first = (block * module._world_size + rank) * self.rows
+        return torch.arange(first, first + self.rows, device=module.device)
+
+    def _ascend(self, learned: Tensor, grad: Tensor, moments: dict[str, Tensor]) -> Tensor:
+        """One Adam ascent step per row (β = 0.9, 0.999, ε = 1e-8, each row's own step count):
+        torch.optim.Adam(maximize=True) whose moments live in the pool, not in an optimiser."""
+        m, v, t = (moments[key] for key in MOMENT_KEYS)
+        t = t + 1
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad.square()
+        shape = (-1,) + (1,) * (learned.dim() - 1)
+        m_hat = m / (1 - 0.9 ** t.view(shape))
+        v_hat = v / (1 - 0.999 ** t.view(shape))
+        moments.update(zip(MOMENT_KEYS, (m, v, t), strict=True))
+        return learned + self.settings.lr * m_hat / (v_hat.sqrt() + 1e-8)
 
     def attack(self, module: SFDModule) -> Attacked | None:
         """Run this iteration's inner attack; None when there is nothing to attack.
 
-        Draws fresh rows at the first iteration and every `refresh_every` iterations, then takes
-        `steps` Adam ascent steps on this rank's rows (the generator as it is now, in eval mode),
-        and shares the result with every rank so that each holds (and checkpoints) all rows.
+        Draws a fresh pool at the first iteration and every `refresh_every` iterations, then
+        takes `steps` Adam ascent steps on this rank's current block of its pool (the generator
+        as it is now, in eval mode), and shares the result with every rank so that each holds
+        (and checkpoints) the whole pool.
         """
         hp = module.hparams
         if self.rows == 0 or (hp.lambda_sg_forget == 0 and hp.lambda_g_forget == 0):
             return None
         world, rank = module._world_size, module.global_rank
         if self.state is None or module.global_step % self.settings.refresh_every == 0:
-            self.state = self.space.draw(
-                self.rows * world, module._stream(DRAW_PHASE), module.generator
-            )
+            self.state = self._fresh_pool(module)
         self.state = {key: value.to(module.device) for key, value in self.state.items()}
-        part = slice(rank * self.rows, (rank + 1) * self.rows)
-        mine = {key: value[part] for key, value in self.state.items()}
-        learned = mine[self.space.learned].clone().requires_grad_(True)
+        block = self._block(module, rank)
+        mine = {key: value[block] for key, value in self.state.items()}
+        learned = mine[self.space.learned].detach()
+        moments = {key: mine[key] for key in MOMENT_KEYS}
         self.last_objective = None
-        optimizer = torch.optim.Adam([learned], lr=self.settings.lr, maximize=True)
         rng = module._stream(ATTACK_PHASE)
         for _ in range(self.settings.steps):
+            learned.requires_grad_(True)
             # Rows are independent: the sum gives each row its own gradient, whatever K is.
             objective = self.objective(module, mine, learned, rng)
-            (learned.grad,) = torch.autograd.grad(objective.sum(), [learned])
-            optimizer.step()
+            (grad,) = torch.autograd.grad(objective.sum(), [learned])
+            learned = self._ascend(learned.detach(), grad, moments)
             self.last_objective = objective.detach().mean()
-        learned = learned.detach()
         # Recorded on the device like the loss terms (no host sync): a non-finite attack stops
         # the run at the next read-back, before any checkpoint holds it.
         module._watch.loss_terms(
             "adversarial", {"learned vectors": learned.sum()}, module.global_step
         )
-        gathered = module.all_gather(learned).flatten(0, 1) if world > 1 else learned
-        self.state[self.space.learned] = gathered
-        mine[self.space.learned] = learned
+        mine.update(moments, **{self.space.learned: learned})
+        for key in (self.space.learned, *MOMENT_KEYS):
+            if world > 1:
+                blocks = torch.cat([self._block(module, r) for r in range(world)])
+                self.state[key][blocks] = module.all_gather(mine[key]).flatten(0, 1)
+            else:
+                self.state[key][block] = mine[key]
         with torch.no_grad():
             condition, _, override = self.space.conditions(mine, learned)
             anchored = (
@@ -544,7 +621,8 @@ class AdversarialTraining:
     # --- checkpoint -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Tensor] | None:
-        """The rows and learned vectors of every rank (None before the first attack)."""
+        """The pool of every rank: rows, learned vectors, Adam moments (None before the first
+        attack)."""
         if self.state is None:
             return None
         return {key: value.detach().clone() for key, value in self.state.items()}
@@ -555,9 +633,10 @@ class AdversarialTraining:
             self.state = None
             return
         rows = len(next(iter(state.values())))
-        if rows != self.rows * world_size:
+        if rows != self.rows * self.settings.pool * world_size:
             raise SFDConfigError(
-                f"the checkpoint's adversarial state holds {rows} rows; this run attacks "
-                f"{self.rows * world_size} (model.adversarial.share × model.batch_size × devices)"
+                f"the checkpoint's adversarial pool holds {rows} rows; this run keeps "
+                f"{self.rows * self.settings.pool * world_size} (model.adversarial.share × "
+                "model.batch_size × model.adversarial.pool × devices)"
             )
         self.state = {key: value.clone() for key, value in state.items()}

@@ -2,8 +2,8 @@
 
 Used by `SFDModule`: the inputs (frozen teacher, given networks, optimizer settings, precision)
 are checked once when the module is built or fitted. Loss terms and gradients of every update are
-watched on the device (`NonFiniteWatch`: no host sync per update) and read back when the run logs,
-checkpoints or ends.
+watched on the device (`NonFiniteWatch`: no host sync per update on an accelerator) and read back
+when the run logs, checkpoints or ends.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from sfd.errors import SFDConfigError, check_count, check_guidance, check_number
 TRUE_HALF_PRECISION = {"bf16-true", "16-true", "bf16", "16", "half", "bf16-true-half"}
 GRADIENT_FLOOD = 1e5  # the reference replaces ±inf gradient elements by ±1e5, NaN by 0
 WEIGHT_LIMIT = 1e6  # |w| beyond this in a trained network: a run that blew up (weights are O(1))
+# Device types whose tensors the host reads without stalling a queue: the watch may branch there.
+SYNC_FREE_DEVICES = frozenset({"cpu"})
 
 
 def _floating_tensors(module: nn.Module) -> list[tuple[str, Tensor]]:
@@ -133,12 +135,29 @@ def _local(t: Tensor) -> Tensor:
 def count_nonfinite(tensors: list[Tensor]) -> Tensor:
     """The number of NaN or ±inf elements over `tensors`, as one 0-d tensor (no host sync).
 
-    Counted on one concatenated copy: a few large kernels instead of two small ones per tensor.
+    Counted on one concatenated copy, as the non-zero elements of x − x: exactly 0 where x is
+    finite, NaN where x is NaN or ±inf (half the time of counting `~isfinite`, which composes
+    several elementwise kernels).
     Sharded tensors count this process's shard.
     """
     if not tensors:
         return torch.zeros((), dtype=torch.int64)
-    return (~torch.isfinite(torch.cat([_local(t).reshape(-1) for t in tensors]))).sum()
+    flat = torch.cat([_local(t).reshape(-1) for t in tensors])
+    return (flat - flat).count_nonzero()
+
+
+def any_nonfinite(tensors: list[Tensor]) -> bool:
+    """Whether any element of `tensors` (all on one device) is NaN or ±inf; read back (one sync).
+
+    One fused pass over all tensors: the check torch's gradient scaler runs on the gradients it
+    unscales, here at a scale of 1, which leaves every value as it was (-0.0 and subnormals too).
+    """
+    if not tensors:
+        return False
+    device = tensors[0].device
+    found = torch.zeros(1, device=device)
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones(1, device=device))
+    return bool(found.item())
 
 
 def replace_nonfinite_(tensors: list[Tensor]) -> None:
@@ -156,10 +175,16 @@ class NonFiniteWatch:
     finite values), so a few bad elements cost nothing but a count, while a loss term or a whole
     update that is non-finite marks the iteration it happened at: the owner stops the run at the
     next read, before any checkpoint or export is written from it.
+
+    Args:
+        sync_free_devices: device types where `gradients` may read a value back (default: the
+            CPU, where a read stalls no queue) to skip the count and the repair of an update
+            without a single non-finite element.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync_free_devices: frozenset[str] = SYNC_FREE_DEVICES) -> None:
         self._slots: dict[str, Tensor] = {}
+        self._sync_free_devices = sync_free_devices
 
     def _slot(self, key: str, like: Tensor, empty: int) -> Tensor:
         slot = self._slots.get(key)
@@ -178,14 +203,22 @@ class NonFiniteWatch:
             self._first(f"loss:{network}/{name}", ~torch.isfinite(value.detach()), iteration)
 
     def gradients(self, network: str, grads: list[Tensor], iteration: int) -> None:
-        """Count and repair the non-finite elements of `grads`; mark a wholly non-finite update."""
+        """Count and repair the non-finite elements of `grads`; mark a wholly non-finite update.
+
+        On a sync-free device one fused pass first asks whether any element is non-finite, and
+        an update without one costs only that pass; elsewhere the count and the repair run on the
+        device for every update and nothing is read back.
+        """
         if not grads:
             return
-        bad = count_nonfinite(grads)
+        local = [_local(g) for g in grads]
+        if local[0].device.type in self._sync_free_devices and not any_nonfinite(local):
+            return
+        bad = count_nonfinite(local)
         replaced = self._slot(f"replaced:{network}", bad, 0)
         replaced.add_(bad)
-        self._first(f"whole:{network}", bad == sum(_local(g).numel() for g in grads), iteration)
-        replace_nonfinite_(grads)
+        self._first(f"whole:{network}", bad == sum(g.numel() for g in local), iteration)
+        replace_nonfinite_(local)
 
     def report(self) -> dict[str, int]:
         """Every slot as a plain int (one host sync): `replaced:<network>` counts the repaired

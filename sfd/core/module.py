@@ -26,11 +26,12 @@ from sfd.core.generator import (
 from sfd.core.loop import IterationStream, step_without_counting
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
-from sfd.errors import NonFiniteError, SFDConfigError
+from sfd.errors import NonFiniteError, SFDConfigError, check_number
 from sfd.teachers.adapters import AdapterSettings, shared_base_views
 from sfd.teachers.base import Denoiser
 
 TEACHER_PREFIX = "teacher."
+EMA_RESTART_KEY = "sfd_ema_restart"  # checkpoint entry: [iteration, γ] of `SFDModule.restart_ema`
 
 
 def default_adam(params: Any, lr: float = 1e-5) -> torch.optim.Optimizer:
@@ -199,6 +200,8 @@ class SFDModule(pl.LightningModule):
             self.ema = OneStepGenerator(views["ema"], sigma_init, t_init).requires_grad_(False)
         elif ema_decay is not None:
             self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
+        # (iteration, γ) of the EMA's restart (`restart_ema`); None: the schedule of the settings
+        self.ema_restart: tuple[int, float] | None = None
         self._watch = guards.NonFiniteWatch()  # non-finite losses and gradients, on the device
         self.adversarial = (
             None
@@ -300,10 +303,32 @@ class SFDModule(pl.LightningModule):
         """
         if self.ema is None:
             return
-        decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.get("ema_power"))
+        if self.ema_restart is not None:  # the average of the iterates since the restart
+            start, power = self.ema_restart
+            decay = ema_decay_at(step - start + 1, self.hparams.ema_decay, power)
+        else:
+            decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.get("ema_power"))
         ema_params = list(self.ema.parameters())
         params = [p.detach() for p in self.generator.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    @torch.no_grad()
+    def restart_ema(self, power: float = 0.0) -> None:
+        """Restart the EMA at the generator now (after the update of iteration `global_step` = s):
+        from then on it is the power-function average (γ = `power`, capped at `ema_decay`) of the
+        iterates θ_s, θ_{s+1}, ... only, whatever the EMA's schedule before (docs/method.md §4,
+        "EMA after forgetting"; γ = 0: their plain mean). The completion rule calls it when the
+        judge first calls the concept gone. The restart point travels in the checkpoint, so a
+        resumed run continues bit-identically.
+        """
+        if self.ema is None:
+            raise SFDConfigError("restarting the EMA needs one: model.ema_decay is null")
+        check_number("EMA restart power", power, low=0)
+        self.ema_restart = (int(self.global_step), float(power))
+        ema_params = list(self.ema.parameters())
+        torch._foreach_copy_(ema_params, [p.detach() for p in self.generator.parameters()])
         for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
@@ -358,6 +383,8 @@ class SFDModule(pl.LightningModule):
                 )
         if self.adversarial is not None:
             checkpoint[ADVERSARIAL_KEY] = self.adversarial.state_dict()
+        if self.ema_restart is not None:
+            checkpoint[EMA_RESTART_KEY] = list(self.ema_restart)
         prefix = "ema.denoiser." if self.ema is not None else "generator.denoiser."
         entry = checkpoint_entry(self.export_generator, prefix, training_record(self))
         if entry is not None:
@@ -374,6 +401,8 @@ class SFDModule(pl.LightningModule):
             state[TEACHER_PREFIX + key] = value
         if self.adversarial is not None:
             self.adversarial.load_state_dict(checkpoint.get(ADVERSARIAL_KEY), self._world_size)
+        restart = checkpoint.get(EMA_RESTART_KEY)
+        self.ema_restart = None if restart is None else (int(restart[0]), float(restart[1]))
 
     @property
     def _world_size(self) -> int:
@@ -452,7 +481,7 @@ class SFDModule(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="value")
 
     def _check_finite_gradients(self, network: str, grads: list[Tensor]) -> None:
-        """Repair and count non-finite gradient elements on the device, without a host sync.
+        """Repair and count non-finite gradient elements on the device (`guards.NonFiniteWatch`).
 
         A few non-finite elements are replaced as the reference does (NaN -> 0, ±inf -> ±1e5) and
         counted; `nonfinite_grads/<network>` logs how many so far. A wholly non-finite update is

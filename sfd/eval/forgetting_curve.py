@@ -21,6 +21,35 @@ from sfd.eval.metrics import per_class_accuracy, unlearning_accuracy
 from sfd.images import to_uint8
 
 
+class EveryNIterations(pl.Callback):
+    """The schedule every forgetting curve shares: `_record` at the start of training (`log`
+    False: Lightning allows no logging there), every `every_n` iterations and after the last one.
+
+    Subclasses set `every_n` and implement `_record(trainer, module, log)`, which skips an
+    iteration it already holds (a resumed fit starts where a point was taken).
+    """
+
+    every_n: int
+
+    def _record(self, trainer: pl.Trainer, module: Any, log: bool) -> None:
+        raise NotImplementedError
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, pl_module, log=False)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = pl_module.global_step
+        if step % self.every_n == 0 or (trainer.max_steps > 0 and step >= trainer.max_steps):
+            self._record(trainer, pl_module, log=True)
+
+
 @dataclass
 class CurvePoint:
     """One evaluation of the forgetting curve."""
@@ -30,7 +59,7 @@ class CurvePoint:
     remain_accuracy: float
 
 
-class ForgettingCurve(pl.Callback):
+class ForgettingCurve(EveryNIterations):
     """Evaluates the generator to ship (EMA if kept) at iteration 0 and every `every_n` iterations.
 
     Cheap enough to run often: `num_per_class` one-step samples per class with fixed noise, labelled
@@ -128,7 +157,7 @@ class ForgettingCurve(pl.Callback):
             remain_accuracy=remain_accuracy,
         )
 
-    def _record(self, trainer: pl.Trainer, module: Any) -> None:
+    def _record(self, trainer: pl.Trainer, module: Any, log: bool) -> None:
         if self.points and self.points[-1].iteration == module.global_step:
             return
         if trainer.is_global_zero:
@@ -138,21 +167,6 @@ class ForgettingCurve(pl.Callback):
             metrics = {"curve/ua": point.ua, "curve/remain_accuracy": point.remain_accuracy}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=point.iteration)
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer, pl_module)
-
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        step = pl_module.global_step
-        if step % self.every_n == 0 or (trainer.max_steps > 0 and step >= trainer.max_steps):
-            self._record(trainer, pl_module)
 
     def as_dicts(self) -> list[dict[str, float]]:
         """The curve as [{iteration, ua, remain_accuracy}, ...]."""

@@ -210,11 +210,13 @@ def completion_line(completion: dict[str, Any]) -> str:
 def adapters_line(adapters: dict[str, Any]) -> str:
     """The card's line on a shared-base run's adapters (the training record's "adapters")."""
     targets = ", ".join(f"`{t}`" for t in adapters.get("targets") or [])
+    start = adapters.get("start_from")
+    started = f"; the adapters started from the saved adapters in `{start}`" if start else ""
     return (
         f"- Trained as a shared base: the generator was a {adapters.get('kind')} adapter "
         f"(rank {adapters.get('rank')}, alpha {shown(adapters.get('alpha'))}, base "
         f"{adapters.get('base_dtype')}) of the frozen teacher network, merged into it for this "
-        f"export; adapted layers: {targets}"
+        f"export; adapted layers: {targets}{started}"
     )
 
 

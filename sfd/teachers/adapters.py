@@ -22,21 +22,30 @@ base in bf16 (the adapters stay float32 and get float32 gradients).
 
 Export. `merged_denoiser` folds one adapter into a plain copy of the base: the generator as a
 full network, exported like a full fine-tuning run's.
+
+Starting from saved adapters. `save_adapters` writes adapters alone (one safetensors file each,
+their names free of the adapter's name, and `adapters.json` with the settings and the base's
+architecture), never the base; `model.adapters.start_from` starts a run's generator (and its
+EMA) and fake score from such a folder instead of the identity: the demos' stage 2 continues
+from the stage-1 adapters as full copies continue from the stage-1 networks.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
+import json
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -74,6 +83,9 @@ DEFAULT_TARGETS = (
 ALPHA_PER_RANK = 16
 VIEW_SEPARATOR = "/"  # parameter names inside a view: the network's dotted name with "/"
 ADAPTED_KIND = "shared_base_adapter"  # spec tag of an adapter view (see `generator_from_spec`)
+ADAPTERS_RECORD = "adapters.json"  # beside the saved adapters (`save_adapters`)
+# Settings that change the function an adapter's weights compute: saved and started-from must agree.
+FUNCTION_SETTINGS = ("kind", "rank", "alpha", "targets")
 
 
 @dataclass
@@ -91,6 +103,8 @@ class AdapterSettings:
         gradient_checkpointing: recompute the network's blocks in the backward pass (diffusers
             networks).
         seed: seed of the adapters' random initialisation (LoRA's A, LoKr's w1).
+        start_from: a folder of saved adapters (`save_adapters`; e.g. a demo's stage 1) to start
+            the generator, its EMA and the fake score from; None: the identity (the teacher).
     """
 
     rank: int = 16
@@ -100,6 +114,7 @@ class AdapterSettings:
     base_dtype: str = "float32"
     gradient_checkpointing: bool = False
     seed: int = 0
+    start_from: str | None = None
 
     def __post_init__(self) -> None:
         check_adapter_settings(asdict(self))
@@ -159,6 +174,11 @@ def check_adapter_settings(
     ):
         raise SFDConfigError(
             f"{prefix}targets={targets!r} must be a non-empty list of layer names (or null)"
+        )
+    start = settings.get("start_from")
+    if start is not None and (not isinstance(start, str | Path) or not str(start)):
+        raise SFDConfigError(
+            f"{prefix}start_from={start!r} must be a folder of saved adapters (or null)"
         )
 
 
@@ -420,9 +440,112 @@ def shared_base_views(
     """
     names = [GENERATOR_ADAPTER, FAKE_SCORE_ADAPTER] + ([EMA_ADAPTER] if ema else [])
     base = SharedBase(teacher, settings, names)
+    views = {name: AdapterView(base, name).requires_grad_(name != EMA_ADAPTER) for name in names}
+    if settings.start_from is not None:  # the generator and the fake score continue saved ones
+        load_adapters({n: views[n] for n in (GENERATOR_ADAPTER, FAKE_SCORE_ADAPTER)}, settings)
     if ema:
         base.copy_adapter(GENERATOR_ADAPTER, EMA_ADAPTER)
-    return {name: AdapterView(base, name).requires_grad_(name != EMA_ADAPTER) for name in names}
+    return views
+
+
+# --- saved adapters (`start_from`) -------------------------------------------------------------
+
+
+def _saved_state(view: AdapterView) -> dict[str, Tensor]:
+    """A view's adapter weights under names free of the adapter's name (equal across adapters)."""
+    return {
+        _stem(key.replace(VIEW_SEPARATOR, ".")): param.detach().contiguous()
+        for key, param in view.weights.items()
+    }
+
+
+def _architecture(teacher: Denoiser) -> dict[str, Any] | None:
+    try:
+        return teacher.spec()
+    except NotImplementedError:
+        return None
+
+
+def save_adapters(
+    views: Mapping[str, AdapterView], folder: Path, record: Mapping[str, Any] | None = None
+) -> None:
+    """Write adapters alone (not the base): `<name>.safetensors` per entry, and `adapters.json`.
+
+    Args:
+        views: saved name -> the view whose weights to save (e.g. "generator": the EMA's view).
+        folder: an existing folder.
+        record: more facts for adapters.json (e.g. the generator's σ_init).
+    """
+    base = next(iter(views.values())).shared
+    for name, view in views.items():
+        save_file(_saved_state(view), str(folder / f"{name}.safetensors"))
+    described = {
+        "adapters": sorted(views),
+        "settings": base.settings.described() | {"start_from": None},
+        "base": _architecture(base.teacher),
+        "base_source": getattr(base.teacher, "source", None),
+        **dict(record or {}),
+    }
+    (folder / ADAPTERS_RECORD).write_text(json.dumps(described, indent=2, default=str) + "\n")
+
+
+def read_adapters_record(folder: str | Path, setting: str = "model.adapters.start_from") -> dict:
+    """`adapters.json` of a folder `save_adapters` wrote; one line naming `setting` if absent."""
+    record = Path(folder) / ADAPTERS_RECORD
+    if not record.is_file():
+        raise SFDConfigError(
+            f"{setting}={str(folder)!r} is not a folder of saved adapters (no {ADAPTERS_RECORD})"
+        )
+    return json.loads(record.read_text())
+
+
+def load_adapters(views: Mapping[str, AdapterView], settings: AdapterSettings) -> None:
+    """Set each view's adapter to the saved adapter of the same name in `settings.start_from`.
+
+    The saved adapters must compute the same function family (kind, rank, α, layers) on a base
+    of the same architecture; anything else is one line naming the difference.
+    """
+    folder = Path(str(settings.start_from))
+    setting = "model.adapters.start_from"
+    saved = read_adapters_record(folder, setting)
+    ours = settings.described()
+    for key in FUNCTION_SETTINGS:
+        if saved["settings"].get(key) != ours[key]:
+            raise SFDConfigError(
+                f"{setting}={str(folder)!r} holds adapters with {key}="
+                f"{saved['settings'].get(key)!r}, this run's is {ours[key]!r}"
+            )
+    base = next(iter(views.values())).shared
+    if saved.get("base") is not None and saved["base"] != _architecture(base.teacher):
+        raise SFDConfigError(
+            f"{setting}={str(folder)!r} holds adapters of another architecture than the teacher's"
+        )
+    for name, view in views.items():
+        if name not in saved["adapters"]:
+            raise SFDConfigError(
+                f"{setting}={str(folder)!r} has no {name!r} adapter (it has {saved['adapters']})"
+            )
+        state = load_file(str(folder / f"{name}.safetensors"))
+        ours_state = _saved_state(view)
+        if set(state) != set(ours_state) or any(
+            state[k].shape != ours_state[k].shape for k in state
+        ):
+            raise SFDConfigError(
+                f"{setting}={str(folder)!r}: the {name!r} adapter's weights do not fit this "
+                "teacher's adapted layers"
+            )
+        with torch.no_grad():
+            for key, param in view.weights.items():
+                param.copy_(state[_stem(key.replace(VIEW_SEPARATOR, "."))])
+
+
+def saved_adapter_view(teacher: Denoiser, folder: str | Path, name: str) -> AdapterView:
+    """One saved adapter on `teacher` (injected in place): e.g. a stage-1 generator to sample."""
+    saved = read_adapters_record(folder, "the saved adapters")
+    settings = AdapterSettings(**(saved["settings"] | {"start_from": str(folder)}))
+    view = AdapterView(SharedBase(teacher, settings, [name]), name)
+    load_adapters({name: view}, settings)
+    return view.requires_grad_(False).eval()
 
 
 # --- merging and export ----------------------------------------------------------------------

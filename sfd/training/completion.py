@@ -5,7 +5,9 @@ generator with the data-free judge of `sfd.core.judge` on fixed draws, and the r
 shipped generator against its own samples at the start of the fit. It stops the fit when
 
 - the shipped generator's judged forget rate is at most `threshold` for `patience` probes in a row
-  (reason "forgotten"),
+  (reason "forgotten"); with `average_after`, the first forgotten probe also restarts the EMA as
+  the average of the iterates from then on (`SFDModule.restart_ema`, "EMA after forgetting"), and
+  the rule stops only once that average holds at least `average_after` iterations,
 - the remain drift exceeds `max_drift` (reason "drift": forgetting is damaging what must stay),
 - the budget of `budget` iterations is spent (reason "budget"),
 
@@ -26,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from sfd.core import judge
-from sfd.errors import check_count, check_number
+from sfd.errors import SFDConfigError, check_count, check_number
 
 REASONS = ("forgotten", "drift", "budget", "max_steps")
 
@@ -49,6 +51,12 @@ class UntilForgotten(Callback):
         classifier_ua: optionally, a function of the module giving a classifier's UA (0..1) of what
             it would ship now (or None when it has no reading), logged beside the judge's
             (`completion/classifier_ua`).
+        average_after: "EMA after forgetting": at the first probe that judges the concept gone,
+            restart the module's EMA as the average of the generator iterates from there on
+            (`SFDModule.restart_ema`, power `average_power`), and stop as forgotten only once it
+            averages at least this many iterations (at least `every_n`). None: off, the EMA keeps
+            its schedule.
+        average_power: γ of that average (0: the plain mean of the iterates since the restart).
     """
 
     def __init__(
@@ -63,6 +71,8 @@ class UntilForgotten(Callback):
         draws: int = 2,
         seed: int = 0,
         classifier_ua: Callable[[Any], float | None] | None = None,
+        average_after: int | None = None,
+        average_power: float = 0.0,
     ) -> None:
         check_count("UntilForgotten every_n", every_n)
         check_count("UntilForgotten patience", patience)
@@ -71,6 +81,11 @@ class UntilForgotten(Callback):
             check_count("UntilForgotten budget", budget, every_n, f"every_n={every_n}")
         if max_drift is not None:
             check_number("UntilForgotten max_drift", max_drift, low=0, low_open=True)
+        if average_after is not None:
+            check_count(
+                "UntilForgotten average_after", average_after, every_n, f"every_n={every_n}"
+            )
+        check_number("UntilForgotten average_power", average_power, low=0)
         self.sigmas = judge.check_judge_settings(num_samples, sigmas, draws)
         self.every_n = every_n
         self.threshold = float(threshold)
@@ -81,10 +96,13 @@ class UntilForgotten(Callback):
         self.draws = draws
         self.seed = seed
         self.classifier_ua = classifier_ua
+        self.average_after = average_after
+        self.average_power = float(average_power)
         # the rule's state (kept across resumes)
         self.streak = 0
         self.reason: str | None = None
         self.stopped_at: int | None = None
+        self.averaged_from: int | None = None  # the iteration of the EMA's restart
         self.probe_seconds = 0.0  # wall time of the probes (the rule's own cost)
         self.probes: list[dict[str, Any]] = []
         self.reference: torch.Tensor | None = None  # remain samples at the start, (N, C, H, W)
@@ -133,11 +151,19 @@ class UntilForgotten(Callback):
             point["classifier_ua"] = float(reading)
         return point
 
+    def _averaged(self, iteration: int) -> bool:
+        """Whether the shipped average is long enough to stop on (always, without `average_after`)."""
+        if self.average_after is None:
+            return True
+        return (
+            self.averaged_from is not None and iteration - self.averaged_from >= self.average_after
+        )
+
     def _decide(self, point: dict[str, Any]) -> str | None:
         self.streak = self.streak + 1 if point["forget_rate"] <= self.threshold else 0
         if self.max_drift is not None and point["drift"] > self.max_drift:
             return "drift"
-        if self.streak >= self.patience:
+        if self.streak >= self.patience and self._averaged(point["iteration"]):
             return "forgotten"
         if self.budget is not None and point["iteration"] >= self.budget:
             return "budget"
@@ -153,6 +179,11 @@ class UntilForgotten(Callback):
             )
             trainer.should_stop = True
             return
+        if self.average_after is not None and getattr(pl_module, "ema", None) is None:
+            raise SFDConfigError(
+                "UntilForgotten average_after restarts the generator's EMA: this module has none "
+                "(model.ema_decay is null)"
+            )
         self.reason = self.stopped_at = None  # a resumed run with a larger max_steps goes on
         if not self.probes or self.probes[-1]["iteration"] != pl_module.global_step:
             self._record(trainer, pl_module, self.probe(pl_module))
@@ -168,6 +199,15 @@ class UntilForgotten(Callback):
         point = self.probe(pl_module)
         reason = self._decide(point)
         stop = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
+        first_forgotten = (
+            self.average_after is not None
+            and self.averaged_from is None
+            and point["forget_rate"] <= self.threshold
+        )
+        if trainer.strategy.reduce_boolean_decision(first_forgotten, all=False) and not stop:
+            pl_module.restart_ema(self.average_power)  # the average of the iterates from here on
+            self.averaged_from = step
+            point["averaged_from"] = step
         self._record(trainer, pl_module, point)
         if stop:
             self._stop(trainer, pl_module, reason or "budget")
@@ -218,6 +258,7 @@ class UntilForgotten(Callback):
             "last_probe": dict(last),
             "probes": len(self.probes),
             "probe_seconds": self.probe_seconds,
+            "averaged_from": self.averaged_from,
             "settings": {
                 "every_n": self.every_n,
                 "threshold": self.threshold,
@@ -228,6 +269,8 @@ class UntilForgotten(Callback):
                 "sigmas": list(self.sigmas),
                 "draws": self.draws,
                 "seed": self.seed,
+                "average_after": self.average_after,
+                "average_power": self.average_power,
             },
         }
 
@@ -238,6 +281,7 @@ class UntilForgotten(Callback):
             "streak": self.streak,
             "reason": self.reason,
             "stopped_at": self.stopped_at,
+            "averaged_from": self.averaged_from,
             "probe_seconds": self.probe_seconds,
             "probes": [dict(p) for p in self.probes],
             "reference": self.reference,
@@ -247,6 +291,7 @@ class UntilForgotten(Callback):
         self.streak = int(state_dict["streak"])
         self.reason = state_dict["reason"]
         self.stopped_at = state_dict["stopped_at"]
+        self.averaged_from = state_dict.get("averaged_from")
         self.probe_seconds = float(state_dict.get("probe_seconds", 0.0))
         self.probes = [dict(p) for p in state_dict["probes"]]
         self.reference = state_dict["reference"]

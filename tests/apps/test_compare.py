@@ -70,7 +70,11 @@ def test_every_method_fits_and_has_finite_metrics(compare_run: tuple[Path, Path]
         assert [p["iteration"] for p in raw["curve"]] == [p["iteration"] for p in ema["curve"]]
         assert raw["curve"][0]["ua"] == ema["curve"][0]["ua"] == ema["curve"][0]["ua_raw"]
         assert raw["curve"][0]["remain_accuracy"] == ema["curve"][0]["remain_accuracy"]
+        # the remain FID along the run, EMA and raw on the same noise: equal at the start
+        assert all(math.isfinite(p["fid_remain"]) for p in ema["curve"] + raw["curve"])
+        assert raw["curve"][0]["fid_remain"] == ema["curve"][0]["fid_remain"]
     assert "ua_raw" not in metrics["methods"]["esd"]["curve"][0]
+    assert "fid_remain" not in metrics["methods"]["esd"]["curve"][0]  # multi-step: not traced
     assert math.isfinite(metrics["teacher"]["fid_remain"]) and metrics["teacher"]["nfe"] == 3
 
 

@@ -115,6 +115,8 @@ def test_demo_again_reuses_teacher_classifier_and_stage1(
     completion = protocol["two_stage"]["stage2_completion"]
     assert completion["stop_reason"] in ("forgotten", "max_steps")
     assert completion["iterations"] == protocol["two_stage"]["stage2_iterations"]
+    # EMA after forgetting, the demos' default: the restarted average must hold 150 iterations
+    assert completion["settings"]["average_after"] == 150 and "averaged_from" in completion
     last = completion["last_probe"]
     curve = {p["iteration"]: p["ua"] for p in metrics["forgetting_curve"]}
     assert last["classifier_ua"] == curve[last["iteration"]]
@@ -123,11 +125,11 @@ def test_demo_again_reuses_teacher_classifier_and_stage1(
     assert f"Stopped by the completion rule (`UntilForgotten`): {completion['stop_reason']}" in card
 
 
-def test_shared_base_demo_reuses_stage1_and_exports_a_full_generator(
+def test_shared_base_demo_trains_both_stages_as_adapters_and_exports_full_generators(
     demo_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """`--model.adapters.*` makes the SFD stage a shared-base run; stage 1 stays full copies (the
-    same cache entry) and the exported generator is a plain network."""
+    """`--model.adapters.*` makes both stages shared-base runs: stage 1 is cached as its adapters
+    (not the base), stage 2 starts from them, and both exported generators are plain networks."""
     _, cache = demo_run
     output = tmp_path / "shared"
     args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
@@ -135,20 +137,34 @@ def test_shared_base_demo_reuses_stage1_and_exports_a_full_generator(
     assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO, *extra]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
     protocol = metrics["protocol"]
-    assert protocol["two_stage"]["stage1_reused_from_cache"]
+    assert not protocol["two_stage"]["stage1_reused_from_cache"]  # its own cache entry
+    stage1 = Path(protocol["two_stage"]["stage1_folder"])
+    assert json.loads((stage1 / DONE_MARKER).read_text())["model"]["adapters"]["rank"] == 4
+    assert sorted(p.name for p in stage1.iterdir()) == ["adapters", DONE_MARKER, "run.json"]
     assert protocol["two_stage"]["stage2_completion"] is None
     assert protocol["sfd_settings"]["model"]["adapters"]["rank"] == 4
     check_model_metrics(metrics["sfd"], nfe=1)
+    check_model_metrics(metrics["distilled_without_forgetting"], nfe=1)
     generator = load_generator(output / "generator")
-    assert not any("lora" in key for key in generator.state_dict())
-    # the training record and the card name the adapters; the trained weights are the adapters'
+    distilled = load_generator(output / "generator_without_forgetting")
+    for network in (generator, distilled):
+        assert not any("lora" in key for key in network.state_dict())
+    # the training record and the card name the adapters and where stage 2 started
     training = json.loads((output / "generator" / "sfd_export.json").read_text())["training"]
     assert training["adapters"]["kind"] == "lora" and training["adapters"]["rank"] == 4
+    assert training["adapters"]["start_from"] == str(stage1 / "adapters")
     assert "conv1" in training["adapters"]["targets"]
     full = sum(p.numel() for p in generator.parameters())
     assert 0 < training["trained_weights"]["generator"] < full
     card = (output / "generator" / "README.md").read_text()
     assert "Trained as a shared base: the generator was a lora adapter (rank 4" in card
+    # the same run again reuses the stage-1 adapters
+    again = tmp_path / "again"
+    args = ["demo", "--output-dir", str(again), "--teacher-cache", str(cache)]
+    assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO, *extra]) == 0
+    protocol = json.loads((again / "metrics.json").read_text())["protocol"]
+    assert protocol["two_stage"]["stage1_reused_from_cache"]
+    assert protocol["two_stage"]["stage1_folder"] == str(stage1)
 
 
 def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Path) -> None:

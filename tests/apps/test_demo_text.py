@@ -36,7 +36,7 @@ def tiny_settings(root: Path, data: str, bert: Path) -> TextDemoSettings:
         remain_per_class=2,
         ddim_steps=2,
         attacks={
-            "soft": AttackBudget(num_tokens=2, steps=1, batch_size=2, eval_samples=2, restarts=1),
+            "soft": AttackBudget(num_tokens=2, steps=1, batch_size=2, eval_samples=2, restarts=2),
             "discrete": DiscreteAttackBudget(
                 num_tokens=2,
                 steps=1,
@@ -84,6 +84,12 @@ def check_in_range(metrics: dict) -> None:
     for key in ("distilled_without_forgetting", "sfd"):
         assert 0.0 <= metrics["attack"][key]["discrete"]["success_rate"] <= 1.0
         assert metrics["attack"][key]["discrete"]["budget"]["restarts"] == 2
+        assert metrics["attack"][key]["soft"]["budget"]["restarts"] == 2
+    # the teacher, a reference row, is attacked with one restart (`teacher_attack_restarts`)
+    assert metrics["attack"]["teacher"]["soft"]["budget"]["restarts"] == 1
+    assert set(metrics["protocol"]["attack_seconds"]) == set(metrics["attack"])
+    protocol = metrics["protocol"]
+    assert set(protocol["phase_cpu_seconds"]) == set(protocol["phase_seconds"])
     assert all(entry["met"] in (True, False) for entry in metrics["targets"].values())
     sets = metrics["protocol"]["prompt_sets"]
     assert set(sets) == {"forget_train", "forget_paraphrases", "remain"}
@@ -305,9 +311,9 @@ def test_flow_text_demo_adversarial_attacks_the_sequence_encoder(tmp_path, singl
 
 
 @pytest.mark.slow  # ~40 s: a tiny demo end to end
-def test_text_demo_shared_base_starts_stage2_at_the_teacher(tmp_path, single_thread):
-    """`--model.adapters.*`: stage 1 stays full copies, stage 2 trains adapters of the frozen
-    teacher from the teacher (not the stage-1 networks) and exports a plain merged generator."""
+def test_text_demo_shared_base_trains_both_stages_as_adapters(tmp_path, single_thread):
+    """`--model.adapters.*`: stage 1 trains adapters of the frozen teacher and is cached as them
+    (not the base), stage 2 continues from them; both exports are plain merged networks."""
     bert = save_tiny_bert(tmp_path / "bert")
     settings = tiny_settings(tmp_path, "digits", bert)
     settings.sfd_args = [*TINY_SFD, "--model.adapters.rank", "2"]
@@ -315,15 +321,23 @@ def test_text_demo_shared_base_starts_stage2_at_the_teacher(tmp_path, single_thr
     metrics = json.loads(paths["metrics"].read_text())
     check_in_range(metrics)
     two_stage = metrics["protocol"]["two_stage"]
-    assert two_stage["stage2_start"] == "the teacher (shared-base adapters)"
+    assert two_stage["stage2_start"] == (
+        "the stage-1 generator's and fake score's adapters (shared base)"
+    )
     assert two_stage["stage2_training_seconds"] > 0
     assert metrics["protocol"]["sfd_settings"]["model"]["adapters"]["rank"] == 2
-    stage1 = json.loads((Path(two_stage["stage1_folder"]) / "cache.json").read_text())
-    assert stage1["model"]["adapters"] is None
+    folder = Path(two_stage["stage1_folder"])
+    stage1 = json.loads((folder / "cache.json").read_text())
+    assert stage1["model"]["adapters"]["rank"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["adapters", "cache.json", "run.json"]
     record = json.loads((settings.output_dir / "generator" / "sfd_export.json").read_text())
     assert record["training"]["adapters"]["rank"] == 2
+    assert record["training"]["adapters"]["start_from"] == str(folder / "adapters")
+    assert two_stage["stage2_iterations"] == record["training"]["global_step"]  # those that ran
+    for export in ("generator", "generator_without_forgetting"):
+        weights = load_pipeline(settings.output_dir / export).unet.state_dict()
+        assert not any("lora" in key for key in weights)  # merged: a plain network
     pipeline = load_pipeline(settings.output_dir / "generator")
     weights = pipeline.unet.state_dict()
-    assert not any("lora" in key for key in weights)  # merged: a plain network
     full = sum(w.numel() for w in weights.values())
     assert 0 < record["training"]["trained_weights"]["generator"] < full

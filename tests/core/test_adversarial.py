@@ -114,6 +114,54 @@ def test_class_embedding_attack_raises_its_objective(single_thread) -> None:
         assert after > before, (seed, before, after)
 
 
+def test_the_pooled_attack_raises_its_objective_and_leaves_the_teacher(single_thread) -> None:
+    """Several z per row, fixed σ levels, a pool of two blocks: on a fixed generator, iteration
+    0 refines block 0 and leaves block 1 as drawn; the objective rises on held-out draws; the
+    teacher's weights stay bit-identical."""
+    settings = AdversarialSettings(
+        steps=15, share=1.0, lr=0.2, noise_levels=2, pool=2, samples=2, sigmas=[0.4, 0.8, 1.6]
+    )
+    module = class_module(settings)
+    teacher = copy.deepcopy(module.teacher.state_dict())
+    attack = module.adversarial
+    module.generator.eval()
+    pool = attack.space.draw(2 * attack.rows, module._stream(3), module.generator)
+    attack.attack(module)
+    first, second = slice(0, attack.rows), slice(attack.rows, 2 * attack.rows)
+    assert torch.equal(attack.state["forget"], pool["forget"])
+    assert torch.equal(attack.state["embedding"][second], pool["embedding"][second])
+    assert attack.state["adam_t"].tolist() == [15.0] * attack.rows + [0.0] * attack.rows
+    block = {key: value[first] for key, value in pool.items()}
+    refined = {key: value[first] for key, value in attack.state.items()}
+    for seed in (11, 12):
+        before = mean_objective(module, block, torch.Generator().manual_seed(seed))
+        after = mean_objective(module, refined, torch.Generator().manual_seed(seed))
+        assert after > before, (seed, before, after)
+    for key, value in module.teacher.state_dict().items():
+        assert torch.equal(value, teacher[key]), key
+
+
+def test_the_inner_steps_are_torch_adam_ascent(single_thread) -> None:
+    """The pool's hand-kept Adam is torch.optim.Adam(maximize=True) on the same draws."""
+    module = class_module(AdversarialSettings(steps=3, share=0.5, lr=0.1))
+    attack = module.adversarial
+    module.generator.eval()
+    start = attack.space.draw(attack.rows, module._stream(3), module.generator)
+    attack.attack(module)
+    learned = start["embedding"].clone().requires_grad_(True)
+    reference = torch.optim.Adam([learned], lr=0.1, maximize=True)
+    rng = module._stream(4)
+    for _ in range(3):
+        (learned.grad,) = torch.autograd.grad(
+            attack.objective(module, start, learned, rng).sum(), [learned]
+        )
+        reference.step()
+    torch.testing.assert_close(attack.state["embedding"], learned.detach())
+    adam = reference.state[learned]
+    torch.testing.assert_close(attack.state["adam_m"], -adam["exp_avg"])  # maximize: of −grad
+    torch.testing.assert_close(attack.state["adam_v"], adam["exp_avg_sq"])
+
+
 def test_soft_prompt_attack_step_raises_its_objective(prompt_module, single_thread) -> None:
     """One inner step raises the objective on the draws it took (a random text teacher barely
     depends on the prompt, so held-out draws would measure noise; the class test does that)."""
@@ -229,8 +277,19 @@ def test_off_by_default_and_plain_draws_unchanged(single_thread) -> None:
     assert again.adversarial.settings == AdversarialSettings(steps=1)
 
 
-def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, single_thread) -> None:
-    settings = AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1),
+        # The pool is drawn once (refresh after the run): the resumed run must carry its two
+        # blocks, their vectors and their Adam moments through the checkpoint.
+        AdversarialSettings(
+            steps=2, share=0.5, refresh_every=10, lr=0.1, pool=2, samples=2, sigmas=[0.4, 1.6]
+        ),
+    ],
+    ids=["rows", "pool"],
+)
+def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, single_thread):
 
     def fit(root, steps, ckpt=None) -> SFDModule:
         module = class_module(settings)
@@ -243,7 +302,11 @@ def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, single_thread)
     fit(tmp_path / "first", 2)
     [ckpt] = (tmp_path / "first").glob("*.ckpt")
     stored = torch.load(ckpt, weights_only=True)[ADVERSARIAL_KEY]
-    assert set(stored) == {"forget", "override", "embedding"} and len(stored["forget"]) == 2
+    assert set(stored) == {"forget", "override", "embedding", "adam_m", "adam_v", "adam_t"}
+    assert len(stored["forget"]) == 2 * settings.pool
+    # Two iterations of two steps: on the same rows, or one iteration on each block.
+    expected = [4.0, 4.0] if settings.pool == 1 else [2.0] * 4
+    assert stored["adam_t"].tolist() == expected
     resumed = fit(tmp_path / "resumed", 5, ckpt)
     for network in ("generator", "fake_score"):
         a, b = getattr(straight, network).state_dict(), getattr(resumed, network).state_dict()
@@ -266,6 +329,10 @@ def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, single_thread)
         ({"noise_levels": 0}, "adversarial.noise_levels=0"),
         ({"weight": -1.0}, "adversarial.weight=-1.0"),
         ({"anchor": -0.5}, "adversarial.anchor=-0.5"),
+        ({"pool": 0}, "adversarial.pool=0 must be an integer of at least 1"),
+        ({"samples": 0}, "adversarial.samples=0 must be an integer of at least 1"),
+        ({"sigmas": []}, "adversarial.sigmas=[] must be a non-empty list"),
+        ({"sigmas": [0.4, -1.0]}, "adversarial.sigmas=-1.0 must be a finite number in"),
     ],
 )
 def test_bad_settings_are_one_line(settings, fragment) -> None:

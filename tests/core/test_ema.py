@@ -115,6 +115,45 @@ def test_a_fit_counts_ema_steps_from_its_first_iteration(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("power", "expected"),
+    [
+        # γ = 0 from the restart at θ_2 = 2: the mean of 2, 3, 4, whatever came before
+        (0.0, 3.0),
+        # γ = 1: weights (2i − 1)/9 on 2, 3, 4
+        (1.0, 31 / 9),
+    ],
+)
+def test_a_restarted_ema_is_the_closed_form_average_of_the_iterates_since(power, expected) -> None:
+    m = module(ema_decay=0.9999, ema_power=7.0)
+    run_sequence(m, [1.0, 2.0])
+    m.restart_ema(power)  # global_step 0 outside a trainer: the restart counts from step 0
+    assert m.ema_restart == (0, power)
+    assert ema_values(m) == {2.0}  # the EMA jumped to the generator now
+    for step, value in ((1, 3.0), (2, 4.0)):
+        set_all(m.generator, value)
+        m.update_ema(step)
+    [value] = ema_values(m)
+    assert value == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_restarted_ema_keeps_its_cap() -> None:
+    """Cap 0.5 after the restart: decays 0 (restart), min(0.5, 1/2), min(0.5, 2/3) = 0.5."""
+    m = module(ema_decay=0.5)
+    set_all(m.generator, 2.0)
+    m.restart_ema(0.0)
+    for step, value in ((1, 4.0), (2, 8.0)):
+        set_all(m.generator, value)
+        m.update_ema(step)
+    [value] = ema_values(m)
+    assert value == pytest.approx(0.5 * 3.0 + 0.5 * 8.0, abs=1e-6)
+
+
+def test_restarting_without_an_ema_is_one_clear_error() -> None:
+    with pytest.raises(SFDConfigError, match="restarting the EMA needs one"):
+        module(ema_decay=None).restart_ema()
+
+
+@pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"ema_power": -1.0}, "ema_power=-1.0 must be"),

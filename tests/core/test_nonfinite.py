@@ -23,7 +23,7 @@ from sfd.cli import main
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import ClassConditions
 from sfd.core.generator import generator_from_checkpoint
-from sfd.core.guards import NonFiniteWatch, check_finite_weights
+from sfd.core.guards import NonFiniteWatch, any_nonfinite, check_finite_weights, count_nonfinite
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogNormalSigma, LogUniformSigma, UniformTimestepSigma
 from sfd.errors import NonFiniteError, SFDConfigError
@@ -48,6 +48,17 @@ def make(teacher_dir: Path, module_class: type[SFDModule] = SFDModule, **setting
 def trainer(root: Path, steps: int) -> pl.Trainer:
     checkpoints = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1, save_last=True)
     return quiet_trainer(root, steps, callbacks=[checkpoints], enable_checkpointing=True)
+
+
+# The CPU default (a fused check first, count and repair only when something is non-finite) and
+# the path of accelerators, where the count and the repair always run and nothing is read back.
+WATCHES = pytest.mark.parametrize(
+    "sync_free", [None, frozenset()], ids=["check-first", "device-only"]
+)
+
+
+def watch_of(sync_free: frozenset[str] | None) -> NonFiniteWatch:
+    return NonFiniteWatch() if sync_free is None else NonFiniteWatch(sync_free)
 
 
 def test_one_finite_weights_check_for_inputs_and_results() -> None:
@@ -170,8 +181,12 @@ class NonFiniteGradients(SFDModule):
             grads[0].view(-1)[:3] = torch.tensor([math.nan, math.inf, -math.inf])
 
 
-def test_a_few_nonfinite_gradients_are_counted_and_replaced(teacher_dir, tmp_path) -> None:
+@WATCHES
+def test_a_few_nonfinite_gradients_are_counted_and_replaced(
+    teacher_dir, tmp_path, sync_free
+) -> None:
     module = make(teacher_dir, NonFiniteGradients)
+    module._watch = watch_of(sync_free)
     fitted = trainer(tmp_path, steps=2)
     fitted.fit(module)
     # the count so far in this fit, read back at the last iteration: 3 elements in each of 2
@@ -180,8 +195,10 @@ def test_a_few_nonfinite_gradients_are_counted_and_replaced(teacher_dir, tmp_pat
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())
 
 
-def test_a_wholly_nonfinite_update_stops(teacher_dir, tmp_path) -> None:
+@WATCHES
+def test_a_wholly_nonfinite_update_stops(teacher_dir, tmp_path, sync_free) -> None:
     module = make(teacher_dir, NonFiniteGradients)
+    module._watch = watch_of(sync_free)
     module.corrupt_all = True
     with pytest.raises(
         NonFiniteError, match="every generator gradient element is non-finite at iteration 0"
@@ -225,9 +242,10 @@ def test_cli_exit_statuses(teacher_dir, tmp_path, capsys) -> None:
     assert error.startswith("sfd: error: non-finite loss") and "iteration" in error
 
 
-def test_the_watch_repairs_counts_and_remembers_the_first_bad_iteration() -> None:
-    """On the device: elements repaired as the reference does, counted, the first failure kept."""
-    watch = NonFiniteWatch()
+@WATCHES
+def test_the_watch_repairs_counts_and_remembers_the_first_bad_iteration(sync_free) -> None:
+    """Elements repaired as the reference does, counted, the first failure kept."""
+    watch = watch_of(sync_free)
     a, b = torch.tensor([1.0, math.nan, math.inf]), torch.tensor([-math.inf])
     watch.gradients("generator", [a, b], 3)
     assert a.tolist() == [1.0, 0.0, 1e5] and b.tolist() == [-1e5]  # NaN -> 0, ±inf -> ±1e5
@@ -251,3 +269,32 @@ def test_the_watch_repairs_counts_and_remembers_the_first_bad_iteration() -> Non
     tie = {"whole:generator": 4, "loss:generator/forget": 4, "replaced:generator": 9}
     assert NonFiniteWatch.first_failure(tie) == (4, "non-finite loss generator/forget")
     assert NonFiniteWatch.first_failure({"replaced:generator": 9}) is None
+
+
+@WATCHES
+def test_finite_gradients_pass_the_watch_unchanged(sync_free) -> None:
+    """Finite updates: values bit-identical (-0.0 and subnormals too), nothing counted or marked."""
+    grads = [torch.tensor([-0.0, 1e-45, 3.0e38]), torch.randn(4, 3), torch.randn(5).bfloat16()]
+    before = [g.clone() for g in grads]
+    watch = watch_of(sync_free)
+    for iteration in range(3):
+        watch.gradients("fake_score", grads, iteration)
+    for g, b in zip(grads, before, strict=True):
+        assert torch.equal(g, b) and torch.equal(torch.signbit(g), torch.signbit(b))
+    report = watch.report()
+    assert report.get("replaced:fake_score", 0) == 0
+    assert NonFiniteWatch.first_failure(report) is None
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_the_fused_check_and_the_count_against_isfinite(bad) -> None:
+    """Oracle: torch.isfinite element by element, one bad element in any tensor of any dtype."""
+    dtypes = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+    for where in range(len(dtypes)):
+        grads = [torch.randn(3, 2, dtype=d) for d in dtypes]
+        grads[where][1, 0] = bad
+        expected = sum(int((~torch.isfinite(g)).sum()) for g in grads)
+        assert expected == 1
+        assert any_nonfinite(grads) and int(count_nonfinite(grads)) == expected
+        assert torch.isnan(grads[where][1, 0]) or grads[where][1, 0] == bad  # left as it was
+    assert not any_nonfinite([torch.randn(4), torch.empty(0)]) and not any_nonfinite([])

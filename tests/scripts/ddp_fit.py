@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument(
         "--adversarial-share", type=float, help="adversarial SFD with this share (default: off)"
     )
+    parser.add_argument(
+        "--adversarial-pool", type=int, default=1, help="adversarial SFD's pool (blocks of rows)"
+    )
     options = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
@@ -146,7 +149,12 @@ def main() -> None:
         adapters=AdapterSettings(rank=options.adapters) if options.adapters else None,
         adversarial=None
         if options.adversarial_share is None
-        else AdversarialSettings(steps=2, share=options.adversarial_share, refresh_every=3),
+        else AdversarialSettings(
+            steps=2,
+            share=options.adversarial_share,
+            refresh_every=3,
+            pool=options.adversarial_pool,
+        ),
     )
     timer = IterationTimer()
     callbacks: list[Callback] = [timer]

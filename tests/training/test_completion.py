@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import quiet_trainer, save_tiny_teacher
 from gaussian import GaussianClassNet
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import ClassConditions
@@ -31,7 +31,7 @@ def means() -> torch.Tensor:
     return 1.5 * signs.float().reshape(4, *SHAPE)
 
 
-def module(forgotten: bool, lr: float = 1e-12) -> SFDModule:
+def module(forgotten: bool, lr: float = 1e-12, ema_decay: float | None = None) -> SFDModule:
     """Forget 0 -> override 1; the generator starts as the teacher or as one drawing 1 for 0."""
     generator_means = means()
     if forgotten:
@@ -42,7 +42,7 @@ def module(forgotten: bool, lr: float = 1e-12) -> SFDModule:
         ClassConditions(0, 1),
         LogUniformSigma(0.1, 5.0),
         batch_size=4,
-        ema_decay=None,
+        ema_decay=ema_decay,
         generator=OneStepGenerator(gaussian(generator_means), sigma_init=2.5),
         fake_optimizer=optimizer,
         generator_optimizer=optimizer,
@@ -116,9 +116,75 @@ def test_resume_keeps_the_rules_state(tmp_path) -> None:
     assert again.global_step == 6 and third.reason == "forgotten"
 
 
+class RecordIterates(Callback):
+    """The generator's parameters after every iteration (before the rule, which comes after it)."""
+
+    def __init__(self) -> None:
+        self.iterates: list[list[torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.iterates.append([p.detach().clone() for p in pl_module.generator.parameters()])
+
+
+def test_ema_after_forgetting_ships_the_mean_of_the_iterates_since_the_first_forgotten_probe(
+    tmp_path,
+) -> None:
+    """Probes at 2, 4, 6: the first (forgotten) restarts the EMA at θ_2; the rule stops at 6, once
+    the restarted average holds 4 iterations, shipping (θ_2 + ... + θ_6) / 5 (closed form)."""
+    sfd = module(forgotten=True, lr=1e-3, ema_decay=0.99)
+    recorder, until = RecordIterates(), rule(average_after=4)
+    quiet_trainer(tmp_path, 40, callbacks=[recorder, until]).fit(sfd)
+    assert until.reason == "forgotten" and sfd.global_step == 6
+    assert until.averaged_from == 2 and sfd.ema_restart == (2, 0.0)
+    assert until.summary()["averaged_from"] == 2
+    since = recorder.iterates[1:6]  # θ_2 .. θ_6
+    assert not torch.equal(since[0][0], since[-1][0])  # the iterates do move
+    for k, p_ema in enumerate(sfd.ema.parameters()):
+        mean = sum(iterate[k] for iterate in since) / len(since)
+        torch.testing.assert_close(p_ema, mean, rtol=1e-5, atol=1e-7)
+
+
+def test_ema_after_forgetting_waits_for_the_first_forgotten_probe(tmp_path) -> None:
+    """A generator that has not forgotten: no restart, the EMA keeps its schedule, budget stop."""
+    sfd, until = module(forgotten=False, ema_decay=0.99), rule(average_after=2, budget=6)
+    quiet_trainer(tmp_path, 40, callbacks=[until]).fit(sfd)
+    assert until.reason == "budget" and until.averaged_from is None and sfd.ema_restart is None
+
+
+def test_resume_continues_the_restarted_average_bit_identically(tmp_path) -> None:
+    """Stopped at 4 (restart at 2) and resumed: the same EMA, bit for bit, as one uninterrupted
+    fit; a resume that lost the restart point would go back to the constant 0.99 decay."""
+    straight, rule_a = module(forgotten=True, lr=1e-3, ema_decay=0.99), rule(average_after=4)
+    quiet_trainer(tmp_path / "a", 40, callbacks=[rule_a]).fit(straight)
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    first, rule_b = module(forgotten=True, lr=1e-3, ema_decay=0.99), rule(average_after=4)
+    trainer = quiet_trainer(
+        tmp_path / "b", 4, callbacks=[rule_b, checkpoints], enable_checkpointing=True
+    )
+    trainer.fit(first)
+    assert first.ema_restart == (2, 0.0) and rule_b.reason == "max_steps"
+    resumed, rule_c = module(forgotten=True, lr=1e-3, ema_decay=0.99), rule(average_after=4)
+    quiet_trainer(tmp_path / "c", 40, callbacks=[rule_c]).fit(
+        resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+    )
+    assert resumed.global_step == straight.global_step == 6 and rule_c.averaged_from == 2
+    assert resumed.ema_restart == straight.ema_restart
+    for a, b in zip(resumed.ema.parameters(), straight.ema.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ema_after_forgetting_needs_an_ema(tmp_path) -> None:
+    sfd, until = module(forgotten=True), rule(average_after=4)
+    with pytest.raises(SFDConfigError, match="average_after restarts the generator's EMA"):
+        quiet_trainer(tmp_path, 4, callbacks=[until]).fit(sfd)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
+        ({"average_after": 1, "every_n": 2}, "average_after=1 must be an integer of at least"),
+        ({"average_power": -1.0}, "average_power=-1.0"),
         ({"threshold": 1.5}, "threshold=1.5"),
         ({"threshold": -0.1}, "threshold=-0.1"),
         ({"every_n": 0}, "every_n=0"),

@@ -100,12 +100,14 @@ def test_two_processes_match_one_process_with_the_global_batch(
 
 
 @pytest.mark.slow  # ~75 s on a loaded 2-core machine
+@pytest.mark.parametrize("pool", [1, 2])
 def test_two_processes_match_one_process_with_adversarial_sfd(
-    tiny_teacher_dir: Path, tmp_path: Path
+    tiny_teacher_dir: Path, tmp_path: Path, pool: int
 ) -> None:
-    """The attacked rows split over ranks and gathered back: 2 × 1 rows = 1 × 2 rows."""
+    """The attacked rows split over ranks and gathered back: 2 × 1 rows = 1 × 2 rows (with a
+    pool of two blocks: each rank's block of its pool, written back into every rank's copy)."""
     single, double = tmp_path / "single.pt", tmp_path / "sfd_ddp.pt"
-    adversarial = ["--adversarial-share", "0.5", "--steps", "3"]
+    adversarial = ["--adversarial-share", "0.5", "--steps", "3", "--adversarial-pool", str(pool)]
     outputs = run_all(
         tiny_teacher_dir,
         {
@@ -115,7 +117,7 @@ def test_two_processes_match_one_process_with_adversarial_sfd(
     )
     assert_same_training(outputs[single], outputs[double], atol=1e-4)
     rows = outputs[single]["adversarial"]
-    assert len(rows["forget"]) == 2  # iterations 1 and 2 warm-start from the gathered rows
+    assert len(rows["forget"]) == 2 * pool  # later iterations warm-start from the gathered pool
     for key, value in rows.items():
         torch.testing.assert_close(outputs[double]["adversarial"][key], value, atol=1e-4, rtol=0)
 

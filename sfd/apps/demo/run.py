@@ -30,7 +30,7 @@ from sfd.apps.harness.evaluation import (
 from sfd.apps.harness.methods import DistillMethod, Fitted, Run, SFDMethod
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.settings import ClassRunSettings, check_settings, default_sfd_config
-from sfd.apps.harness.stages import copy_export, stage_two_label
+from sfd.apps.harness.stages import stage_two_label
 from sfd.apps.harness.workspace import Workspace, classifier_phase, start_run, teacher_phase
 from sfd.core.generator import training_record
 from sfd.eval.class_embedding import class_embedding_attack
@@ -68,7 +68,7 @@ def run_demo(settings: ClassRunSettings) -> dict[str, Path]:
         distilled = DistillMethod().fit(run)
         assert run.stage1 is not None
         phases.built("stage 1", run.stage1.folder, run.stage1.cached)
-        copy_export(run.stage1.generator_dir, output / "generator_without_forgetting")
+        run.stage1.export_generator(run.teacher_dir, output / "generator_without_forgetting")
 
     with phases.phase("sfd", stage_two_label(sfd.model.adapters)):
         forgetting = SFDMethod(two_stage=True).fit(run)

@@ -9,8 +9,9 @@ code behind `sfd eval-text`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ class TextEvaluation:
     grids: dict[str, Any] = field(default_factory=dict)
     attack_models: dict[str, Any] = field(default_factory=dict)
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> name -> result
+    attack_seconds: dict[str, float] = field(default_factory=dict)  # model -> wall seconds
     revivals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,8 +130,9 @@ class TextEvaluation:
             self.grids[key] = generate_for_prompts(model, grid_list, settings.seed + 3)
 
     def attack(self, say: Callable[[str], None]) -> None:
-        """The attack suite on all three models (the teacher with fewer sampler steps and only the
-        `TEACHER_ATTACKS`; every model's paraphrase entry)."""
+        """The attack suite on all three models (the teacher with fewer sampler steps, only the
+        `TEACHER_ATTACKS` and at most `teacher_attack_restarts` restarts; every model's paraphrase
+        entry), timed per model."""
         settings = self.settings
         self.attack_models = {
             "teacher": teacher_model(self.teacher_dir, settings.attack_ddim_steps, self.guidance),
@@ -137,15 +140,20 @@ class TextEvaluation:
             "sfd": self.models["sfd"],
         }
         for key, model in self.attack_models.items():
-            budgets = {
-                name: budget
-                for name, budget in settings.attacks.items()
-                if key != "teacher" or name in TEACHER_ATTACKS
-            }
+            budgets = settings.attacks
+            if key == "teacher":
+                restarts = settings.teacher_attack_restarts
+                budgets = {
+                    name: replace(budget, restarts=min(budget.restarts, restarts))
+                    for name, budget in budgets.items()
+                    if name in TEACHER_ATTACKS
+                }
+            started = time.perf_counter()
             self.attacks[key] = attack_suite(
                 model, self.classifier, self.protocol, budgets, self.evaluations[key],
                 settings.attack_prompts, settings.progress,
             )  # fmt: skip
+            self.attack_seconds[key] = round(time.perf_counter() - started, 1)
             for name, result in self.attacks[key].items():
                 say(f"{name} attack on {key}: success {100 * result['success_rate']:.1f} %")
 
@@ -188,6 +196,7 @@ class TextEvaluation:
             },
             "samplers": {key: model.name for key, model in self.models.items()},
             "attack_samplers": {key: model.name for key, model in self.attack_models.items()},
+            "attack_seconds": self.attack_seconds,
             "neighbours": self.neighbours,
             "neighbours_from": "--neighbours"
             if settings.neighbours

@@ -175,6 +175,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         "## Attacks",
         "",
         *attack_lines(results.attacks["sfd"]),
+        *teacher_attack_line(results.attacks.get("teacher", {})),
     ]
     if results.revivals:
         lines += ["", "## Revival", "", *revival_lines(results.revivals)]
@@ -225,6 +226,21 @@ def attack_lines(suite: dict[str, dict[str, Any]]) -> list[str]:
             f"Success (ASR): {result['asr_definition']}.",
         ]
     return lines
+
+
+def teacher_attack_line(suite: dict[str, dict[str, Any]]) -> list[str]:
+    """The teacher's restarts per attack (`TextDemoSettings.teacher_attack_restarts` caps them)."""
+    budgets = [
+        f"{name} {result['budget']['restarts']} restart(s)"
+        for name, result in suite.items()
+        if "restarts" in result.get("budget", {})
+    ]
+    if not budgets:
+        return []
+    return [
+        f"- The teacher (a reference: it has forgotten nothing, no target reads its row) is "
+        f"attacked with {', '.join(budgets)}, under its attack sampler."
+    ]
 
 
 def revival_lines(revivals: dict[str, dict[str, Any]]) -> list[str]:

@@ -39,7 +39,7 @@ from sfd.apps.demo_text.settings import default_sfd_config as default_sfd_config
 from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
 from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
-from sfd.apps.harness.stages import copy_export, stage_one, stage_two_label, train_sfd
+from sfd.apps.harness.stages import stage_one, stage_two_label, train_sfd
 from sfd.apps.harness.text_evaluation import teacher_encoder, teacher_vae
 from sfd.apps.harness.workspace import cached_classifier
 from sfd.apps.teachers.text import MINILM_PACKAGE
@@ -101,6 +101,7 @@ def check_settings(
         "--attack-ddim-steps": settings.attack_ddim_steps,
         "--attack-prompts": settings.attack_prompts,
         "--grid-per-prompt": settings.grid_per_prompt,
+        "teacher_attack_restarts": settings.teacher_attack_restarts,
     }
     for flag, value in positive.items():
         if value < 1:
@@ -251,7 +252,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             conditions_key=STAGE1_CONDITIONS_KEY | {"remain_prompts": distill_fingerprint},
         )
         phases.built("stage 1", stage1.folder, stage1.cached)
-        copy_export(stage1.generator_dir, output / "generator_without_forgetting")
+        stage1.export_generator(teacher_dir, output / "generator_without_forgetting")
         runs["distilled_without_forgetting"] = (output / "generator_without_forgetting", [])
 
     with phases.phase("sfd", stage_two_label(sfd.model.adapters) + " + export"):
@@ -266,8 +267,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             decode=decode,
         )
         args = settings.sfd_command_line(str(teacher_dir), prompts)
-        if sfd.model.adapters is None:  # a shared base's adapters start at the teacher
-            args += stage1.stage_two_arguments()
+        args += stage1.stage_two_arguments()  # networks, or a shared base's adapters
         callbacks: list[pl.Callback] = [curve]
         rule = until_forgotten(curve) if settings.until_forgotten else None
         if rule is not None:
@@ -275,12 +275,12 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         module, stage2_seconds, _ = train_sfd(
             args, callbacks, output / "logs" / "sfd", settings.progress, settings.seed
         )
-        stage2_iterations = int(module.global_step)  # fewer than max_steps when the rule stopped
         record = training_record(module)
         save_generator(
             module.export_generator, output / "generator", overwrite=True, training=record
         )
         runs["sfd"] = (output / "generator", curve.as_dicts())
+        stage2_iterations = int(module.global_step)  # fewer than max_steps when the rule stopped
         del module
 
     evaluation = TextEvaluation(
@@ -321,13 +321,14 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             "stage2_max_steps": sfd.trainer.max_steps,
             "stage2_completion": None if rule is None else rule.summary(),
             "stage2_training_seconds": round(stage2_seconds, 1),  # with its curve's points
-            "stage2_start": "the teacher (shared-base adapters)"
-            if sfd.model.adapters is not None
+            "stage2_start": "the stage-1 generator's and fake score's adapters (shared base)"
+            if stage1.adapters
             else "the stage-1 generator and fake score",
             "teacher": "the original teacher, frozen, in both stages",
         },
     )
     results.protocol["phase_seconds"] = phases.finish()
+    results.protocol["phase_cpu_seconds"] = phases.finish_cpu()
     with phases.phase(None, "report"):
         return write_text_report(results, output)
 

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from sfd.apps.data.names import DIGITS
+from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import ClassEmbeddingBudget
 
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD from the teacher
@@ -16,11 +17,22 @@ STAGE2_PRESET = "sfd_digits_stage2.yaml"  # composed after it for stage 2 (forge
 # `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
 # (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
+START_FROM = "--model.adapters.start_from"  # the demos' own: stage 2 from the stage-1 adapters
 
 
 def stage1_overrides(args: list[str]) -> list[str]:
     """The user's `sfd fit` overrides for stage 1: all but `--model.adversarial*` (with their
-    values). Stage 1 does not forget, so they would change nothing there but its cache key."""
+    values). Stage 1 does not forget, so they would change nothing there but its cache key.
+
+    Raises:
+        SFDConfigError: for `--model.adapters.start_from`, which the demos set themselves (a
+            shared base's stage 2 starts from its stage-1 adapters).
+    """
+    if any(arg.startswith(START_FROM) for arg in args):
+        raise SFDConfigError(
+            f"{START_FROM}: the demo sets it (a shared base's stage 2 starts from the stage-1 "
+            "adapters, stage 1 from the teacher); leave it out"
+        )
     kept, skip = [], False
     for arg in args:
         if skip:
@@ -67,6 +79,9 @@ class ClassRunSettings:
     baseline_iterations: int | None = None
     curve_every: int | None = None
     until_forgotten: bool = True  # the completion rule; False: the fixed max_steps
+    # EMA after forgetting (docs/method.md §4): iterations the average restarted at the first
+    # forgotten probe holds at the rule's stop (at least one probe interval); 0: off
+    average_after: int = 150
     curve_per_class: int = 32
     curve_remain_per_class: int = 8
     eval_per_class: int = 200
@@ -89,9 +104,10 @@ class ClassRunSettings:
         SFD itself, from the teacher. `stage="stage1"` is distillation without forgetting, the
         first stage of the two-stage path: the packaged preset plus its stage-1 overlay (or the
         user's `sfd_config` alone), then the user's overrides, both forget weights 0 and
-        `baseline_iterations` if given. `stage="stage2"` is SFD from the stage-1 networks (the
-        caller adds them): the packaged preset plus its stage-2 overlay (or `sfd_config` alone),
-        then the user's overrides.
+        `baseline_iterations` if given; it trains what stage 2 trains: full copies, or with
+        `--model.adapters.*` adapters of the frozen teacher. `stage="stage2"` is SFD from the
+        stage-1 networks or adapters (the caller adds them): the packaged preset plus its stage-2
+        overlay (or `sfd_config` alone), then the user's overrides.
         """
         if stage not in ("sfd", "stage1", "stage2"):
             raise ValueError(f"unknown stage {stage!r}")
@@ -117,7 +133,6 @@ class ClassRunSettings:
         args += ["--seed_everything", "false"]
         if stage == "stage1":
             args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
-            args += ["--model.adapters", "null"]  # full copies: they start a full stage 2
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args

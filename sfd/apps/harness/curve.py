@@ -22,8 +22,8 @@ from sfd.baselines.method import Unlearned, unlearned
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
 from sfd.eval.evaluate import ImageSampler, classify, ddim_sampler, generate, one_step_sampler
-from sfd.eval.forgetting_curve import ForgettingCurve
-from sfd.eval.metrics import per_class_accuracy, unlearning_accuracy
+from sfd.eval.forgetting_curve import EveryNIterations, ForgettingCurve
+from sfd.eval.metrics import feature_distances, per_class_accuracy, unlearning_accuracy
 from sfd.images import to_uint8
 from sfd.training.completion import UntilForgotten
 
@@ -47,9 +47,11 @@ class TimedPoint:
     remain_accuracy: float
     ua_raw: float | None = None  # the raw generator's, when the curve traces it
     remain_accuracy_raw: float | None = None
+    fid_remain: float | None = None  # remain FID of one-step models, when the curve has a reference
+    fid_remain_raw: float | None = None
 
 
-class TimedForgettingCurve(pl.Callback):
+class TimedForgettingCurve(EveryNIterations):
     """UA and remain accuracy every `every_n` iterations (and at 0 and the end), with training time.
 
     Args:
@@ -64,6 +66,11 @@ class TimedForgettingCurve(pl.Callback):
         seed: seed of the fixed evaluation noise.
         raw: also evaluate the raw generator of an SFD module that ships its EMA (same noise,
             same clock): `ua_raw` and `remain_accuracy_raw` of every point.
+        real_remain: real remain-class images (uint8, (N, C, H, W)): one-step models also get a
+            remain FID at every point (`fid_remain`, `fid_remain_raw`) of `fid_per_class` samples
+            per remain class on fixed noise, on the classifier's features. Few samples bias it
+            upward against the final evaluation's; it is for following the curve, not for tables.
+        fid_per_class: samples per remain class of that FID.
     """
 
     def __init__(
@@ -77,12 +84,14 @@ class TimedForgettingCurve(pl.Callback):
         seed: int = 0,
         remain_per_class: int | None = None,
         raw: bool = False,
+        real_remain: torch.Tensor | None = None,
+        fid_per_class: int = 32,
     ) -> None:
         remain_per_class = num_per_class if remain_per_class is None else remain_per_class
-        if every_n < 1 or num_per_class < 1 or remain_per_class < 1:
+        if every_n < 1 or num_per_class < 1 or remain_per_class < 1 or fid_per_class < 2:
             raise SFDConfigError(
                 f"curve interval {every_n} and samples per class {num_per_class} / "
-                f"{remain_per_class} must be >= 1"
+                f"{remain_per_class} must be >= 1, FID samples per class {fid_per_class} >= 2"
             )
         self.classifier = classifier.eval()
         self.forget = list(forget)
@@ -95,6 +104,8 @@ class TimedForgettingCurve(pl.Callback):
         self.ddim_steps = ddim_steps
         self.seed = seed
         self.raw = raw
+        self.real_remain = real_remain
+        self.fid_labels = torch.tensor(self.remain).repeat_interleave(fid_per_class)
         self.points: list[TimedPoint] = []
         self._start = 0.0
         self._evaluating = 0.0  # seconds spent on the curve itself, left out of training time
@@ -111,6 +122,18 @@ class TimedForgettingCurve(pl.Callback):
     def evaluate(self, module: Any) -> tuple[float, float]:
         """(UA, mean per-class remain accuracy) of what `module` would ship now."""
         return self.evaluate_network(unlearned(module), module.device)
+
+    @torch.no_grad()
+    def remain_fid(self, result: Unlearned, device: Any) -> float | None:
+        """Remain FID of a one-step network on fixed noise (None: no reference, or multi-step)."""
+        if self.real_remain is None or not result.one_step:
+            return None
+        network = result.network
+        was_training = network.training
+        images = generate(sampler_for(result, self.ddim_steps), self.fid_labels, self.seed + 1,
+                          device=device)  # fmt: skip
+        network.train(was_training)
+        return feature_distances(self.real_remain, to_uint8(images), self.classifier).fid
 
     @torch.no_grad()
     def evaluate_network(self, result: Unlearned, device: Any) -> tuple[float, float]:
@@ -133,58 +156,49 @@ class TimedForgettingCurve(pl.Callback):
             return
         seconds = self.training_seconds()
         clock = time.perf_counter()
-        point = TimedPoint(step, seconds, *self.evaluate(module))
+        shipped = unlearned(module)
+        point = TimedPoint(step, seconds, *self.evaluate_network(shipped, module.device))
+        point.fid_remain = self.remain_fid(shipped, module.device)
         if self.raw and raw_generator(module) is not None:
             raw = Unlearned(raw_generator(module))
             point.ua_raw, point.remain_accuracy_raw = self.evaluate_network(raw, module.device)
+            point.fid_remain_raw = self.remain_fid(raw, module.device)
         self._evaluating += time.perf_counter() - clock
         self.points.append(point)
         if log:  # logging is not allowed in on_train_start
             module.log_dict({"curve/ua": point.ua, "curve/remain_accuracy": point.remain_accuracy})
-            if point.ua_raw is not None:
-                module.log_dict({"curve/ua_raw": point.ua_raw})
+            optional = {
+                "curve/ua_raw": point.ua_raw,
+                "curve/fid_remain": point.fid_remain,
+                "curve/fid_remain_raw": point.fid_remain_raw,
+            }
+            module.log_dict({k: v for k, v in optional.items() if v is not None})
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
         self._evaluating = 0.0
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer, pl_module, log=False)
-
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        step = pl_module.global_step
-        if step % self.every_n == 0 or (trainer.max_steps > 0 and step >= trainer.max_steps):
-            self._record(trainer, pl_module, log=True)
-
     def as_dicts(self) -> list[dict[str, float]]:
         """The curve as [{iteration, seconds, ua, remain_accuracy}, ...] (plus `ua_raw`,
-        `remain_accuracy_raw` when the raw generator is traced)."""
-        keep = ("ua_raw", "remain_accuracy_raw")
-        return [
-            {k: v for k, v in asdict(point).items() if k not in keep or v is not None}
-            for point in self.points
-        ]
+        `remain_accuracy_raw` when the raw generator is traced, `fid_remain` (`_raw`) when
+        measured)."""
+        return [{k: v for k, v in asdict(point).items() if v is not None} for point in self.points]
 
     def raw_dicts(self) -> list[dict[str, float]]:
-        """The raw generator's curve as [{iteration, seconds, ua, remain_accuracy}, ...] (empty
-        when it is not traced)."""
-        return [
+        """The raw generator's curve as [{iteration, seconds, ua, remain_accuracy}, ...] (plus
+        `fid_remain` when measured; empty when it is not traced)."""
+        points = [
             {
                 "iteration": p.iteration,
                 "seconds": p.seconds,
                 "ua": p.ua_raw,
                 "remain_accuracy": p.remain_accuracy_raw,
+                "fid_remain": p.fid_remain_raw,
             }
             for p in self.points
             if p.ua_raw is not None
         ]
+        return [{k: v for k, v in p.items() if v is not None} for p in points]
 
 
 def raw_generator(module: Any) -> nn.Module | None:
@@ -194,8 +208,11 @@ def raw_generator(module: Any) -> nn.Module | None:
     return None
 
 
-def until_forgotten(curve: TimedForgettingCurve | ForgettingCurve) -> UntilForgotten:
-    """The completion rule at a forgetting curve's interval, with the curve's classifier UA beside it.
+def until_forgotten(
+    curve: TimedForgettingCurve | ForgettingCurve, average_after: int | None = None
+) -> UntilForgotten:
+    """The completion rule at a forgetting curve's interval, with the curve's classifier UA beside it
+    (`average_after`: the rule's "EMA after forgetting", None: off).
 
     Put it after the curve among the callbacks: at each probe the curve's point of the same
     iteration is then already there and nothing is evaluated twice.
@@ -205,7 +222,9 @@ def until_forgotten(curve: TimedForgettingCurve | ForgettingCurve) -> UntilForgo
         last = curve.points[-1] if curve.points else None
         return last.ua if last is not None and last.iteration == module.global_step else None
 
-    return UntilForgotten(every_n=curve.every_n, classifier_ua=classifier_ua)
+    return UntilForgotten(
+        every_n=curve.every_n, classifier_ua=classifier_ua, average_after=average_after
+    )
 
 
 def first_reaching(points: list[dict[str, float]], ua: float = UA_THRESHOLD) -> dict[str, Any]:

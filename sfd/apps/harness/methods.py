@@ -21,7 +21,6 @@ from sfd.apps.harness.workspace import Workspace, build_teacher, teacher_recipe
 from sfd.baselines import BASELINES
 from sfd.baselines.method import Unlearned, unlearned
 from sfd.core.conditions import ClassConditions
-from sfd.pipelines.io import load_generator
 from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
 
@@ -78,7 +77,7 @@ class Run:
 
     def curve(self, iterations: int, raw: bool = False) -> TimedForgettingCurve:
         """A fresh forgetting curve at the run's interval (default: 20 points per run); `raw`:
-        SFD's raw generator beside its EMA too."""
+        SFD's raw generator beside its EMA too, and the remain FID of one-step models."""
         settings = self.settings
         assert self.workspace.classifier is not None
         every = settings.curve_every or max(1, iterations // 20)
@@ -92,6 +91,7 @@ class Run:
             settings.seed,
             settings.curve_remain_per_class,
             raw,
+            self.workspace.real_remain([settings.forget]) if raw else None,
         )
 
     @property
@@ -137,11 +137,8 @@ class SFDMethod:
         args = run.settings.sfd_command_line(run.teacher_dir, stage)
         extra: dict[str, Any] = {}
         if self.two_stage:
-            stage1 = run.stage_one()
-            # A shared-base run's adapters start at the teacher: the stage-1 networks are full
-            # copies, which adapters of the teacher's network cannot start from.
-            if parse_fit_config(args, one_line_errors=True).model.adapters is None:
-                args += stage1.stage_two_arguments()  # the teacher stays the original
+            stage1 = run.stage_one()  # networks, or adapters of the teacher (shared base)
+            args += stage1.stage_two_arguments()  # the teacher stays the original
             extra = {
                 "stage1_seconds": stage1.seconds,
                 "stage1_iterations": stage1.iterations,
@@ -151,7 +148,8 @@ class SFDMethod:
         curve = run.curve(_iterations(args), raw=True)  # the raw generator beside the EMA
         callbacks: list[pl.Callback] = [curve]
         if run.settings.until_forgotten:
-            rule = until_forgotten(curve)
+            after = run.settings.average_after
+            rule = until_forgotten(curve, max(after, curve.every_n) if after else None)
             callbacks.append(rule)
         module, seconds, _ = train_sfd(
             args, callbacks, run.logs / self.key, run.settings.progress, run.settings.seed
@@ -179,7 +177,7 @@ class DistillMethod:
 
     def fit(self, run: Run) -> Fitted:
         stage1 = run.stage_one()
-        generator = load_generator(stage1.generator_dir)
+        generator = stage1.generator(run.teacher_dir)
         return Fitted(
             self.key,
             Unlearned(generator),

@@ -3,7 +3,7 @@
 Every application (`sfd demo`, `sfd compare`, `sfd demo-text`) is a list of phases. A phase is
 announced as `[sfd demo] 3/6 stage 1: ...`, its wall time is recorded under a key, and the
 report's protocol carries the seconds as `phase_seconds` (with `total`, counted from the start of
-the run). Artefacts that take minutes are built once per content hash (`harness.cache`); `built`
+the run) and, where the app records them, the process's CPU seconds as `phase_cpu_seconds`. Artefacts that take minutes are built once per content hash (`harness.cache`); `built`
 says whether one was reused or trained now.
 """
 
@@ -22,11 +22,16 @@ def announce(tool: str, text: str) -> None:
 
 
 @contextmanager
-def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
-    """Record the wall time of the block in `seconds[key]` (when the block completes)."""
-    clock = time.perf_counter()
+def timed(
+    seconds: dict[str, float], key: str, cpu_seconds: dict[str, float] | None = None
+) -> Iterator[None]:
+    """Record the wall time of the block in `seconds[key]` (when the block completes) and, given
+    `cpu_seconds`, the process's CPU time in `cpu_seconds[key]`."""
+    clock, cpu = time.perf_counter(), time.process_time()
     yield
     seconds[key] = time.perf_counter() - clock
+    if cpu_seconds is not None:
+        cpu_seconds[key] = time.process_time() - cpu
 
 
 class Phases:
@@ -41,8 +46,10 @@ class Phases:
         self.tool = tool
         self.total = total
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}  # the process's CPU time (all its threads)
         self._count = 0
         self._started = time.perf_counter()
+        self._cpu_started = time.process_time()
 
     @contextmanager
     def phase(self, key: str | None, title: str) -> Iterator[None]:
@@ -57,7 +64,7 @@ class Phases:
         if key is None:
             yield
             return
-        with timed(self.seconds, key):
+        with timed(self.seconds, key, self.cpu_seconds):
             yield
 
     def say(self, text: str) -> None:
@@ -72,3 +79,9 @@ class Phases:
         """The seconds of every timed phase and `total` since the run started, rounded to 0.1 s."""
         self.seconds["total"] = time.perf_counter() - self._started
         return {key: round(value, 1) for key, value in self.seconds.items()}
+
+    def finish_cpu(self) -> dict[str, float]:
+        """The CPU seconds of every timed phase and `total`, rounded to 0.1 s: on a shared machine
+        the work a phase did, where its wall time also counts the other processes' load."""
+        self.cpu_seconds["total"] = time.process_time() - self._cpu_started
+        return {key: round(value, 1) for key, value in self.cpu_seconds.items()}

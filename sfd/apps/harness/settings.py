@@ -71,6 +71,8 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
                  high_open=True)  # fmt: skip
     if settings.curve_every is not None and settings.curve_every < 1:
         raise SFDConfigError(f"--curve-every {settings.curve_every} must be >= 1")
+    if settings.average_after < 0:
+        raise SFDConfigError(f"--average-after {settings.average_after} must be >= 0 (0: off)")
     if settings.baseline_iterations is not None and settings.baseline_iterations < 1:
         raise SFDConfigError(f"--baseline-iterations {settings.baseline_iterations} must be >= 1")
     if settings.output_dir.exists() and not settings.output_dir.is_dir():

@@ -5,6 +5,10 @@ Stage 1 is plain distillation (both forget weights 0) from the teacher; its gene
 teacher. Stage 2 is SFD started from the stage-1 generator and fake score, with the ORIGINAL
 teacher frozen: all three networks are `sfd fit` options (`model.generator`, `model.fake_score`,
 `model.teacher`), so stage 2 is one more `sfd fit` command line.
+
+In the shared-base mode (`model.adapters`) both stages train adapters of the one frozen teacher:
+the cache holds the stage-1 generator's and fake score's adapters (`adapters/`), not the base,
+and stage 2 starts its adapters from them (`model.adapters.start_from`).
 """
 
 from __future__ import annotations
@@ -23,12 +27,20 @@ from lightning.pytorch.loggers import CSVLogger
 
 from sfd.apps.harness.cache import cached_build
 from sfd.apps.harness.curve import TimedForgettingCurve
-from sfd.core.generator import training_record
+from sfd.core.generator import OneStepGenerator, training_record
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.folders import write_folder_atomically
-from sfd.pipelines.io import save_generator
+from sfd.pipelines.io import load_generator, save_generator
+from sfd.teachers.adapters import (
+    FAKE_SCORE_ADAPTER,
+    GENERATOR_ADAPTER,
+    read_adapters_record,
+    save_adapters,
+    saved_adapter_view,
+    teacher_from_source,
+)
 from sfd.teachers.sd3 import SD3Denoiser
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser
@@ -36,6 +48,7 @@ from sfd.training.cli import build_from_fit_config, parse_fit_config
 from sfd.training.progress import IterationProgressBar
 
 STAGE_ONE_RUN = "run.json"  # curve and seconds of the stage-1 run, beside its networks
+STAGE_ONE_ADAPTERS = "adapters"  # a shared-base stage 1's folder of adapters (no base weights)
 GENERATOR_CLASS = "sfd.pipelines.io.PretrainedOneStepGenerator"
 
 
@@ -169,6 +182,7 @@ class StageOne:
         curve: its forgetting curve ({iteration, seconds, ua, remain_accuracy} points).
         description: what the cache key covers.
         fake_score_class: the teacher class that loads its fake score (`save_denoiser`).
+        adapters: whether it holds adapters of the teacher (shared base) instead of networks.
     """
 
     folder: Path
@@ -178,6 +192,7 @@ class StageOne:
     curve: list[dict[str, float]] = field(default_factory=list)
     description: dict[str, Any] = field(default_factory=dict)
     fake_score_class: str = FAKE_SCORE_CLASSES[VPUNetDenoiser.kind]
+    adapters: bool = False
 
     @classmethod
     def load(
@@ -193,6 +208,7 @@ class StageOne:
             record["curve"],
             description or {},
             record.get("fake_score_class", FAKE_SCORE_CLASSES[VPUNetDenoiser.kind]),
+            (folder / STAGE_ONE_ADAPTERS).is_dir(),
         )
 
     @property
@@ -203,8 +219,38 @@ class StageOne:
     def fake_score_dir(self) -> Path:
         return self.folder / "fake_score"
 
+    @property
+    def adapters_dir(self) -> Path:
+        return self.folder / STAGE_ONE_ADAPTERS
+
+    def generator(self, teacher_dir: str | Path) -> OneStepGenerator:
+        """The stage-1 generator (the distilled-without-forgetting model), in eval mode.
+
+        Args:
+            teacher_dir: the teacher folder stage 1 ran on (a shared-base stage 1 holds only
+                adapters: its generator is the teacher reloaded from there with the adapter).
+        """
+        if not self.adapters:
+            return load_generator(self.generator_dir)
+        record = read_adapters_record(self.adapters_dir, "stage 1")
+        source = record["base_source"]
+        init_args = dict(source["init_args"]) | {"pretrained_model_name_or_path": str(teacher_dir)}
+        teacher = teacher_from_source(source | {"init_args": init_args})
+        view = saved_adapter_view(teacher, self.adapters_dir, GENERATOR_ADAPTER)
+        return OneStepGenerator(view, record["sigma_init"], record["t_init"]).eval()
+
+    def export_generator(self, teacher_dir: str | Path, target: Path) -> None:
+        """Write the stage-1 generator as an exported generator folder (a shared base's merged)."""
+        if self.adapters:
+            save_generator(self.generator(teacher_dir), target, overwrite=True)
+        else:
+            copy_export(self.generator_dir, target)
+
     def stage_two_arguments(self) -> list[str]:
-        """`sfd fit` options that start SFD from these networks (the teacher stays as given)."""
+        """`sfd fit` options that start SFD from these networks (the teacher stays as given):
+        a shared base's adapters from the stage-1 adapters."""
+        if self.adapters:
+            return ["--model.adapters.start_from", str(self.adapters_dir)]
         return [
             "--model.generator", GENERATOR_CLASS,
             "--model.generator.init_args.pretrained_model_name_or_path", str(self.generator_dir),
@@ -215,10 +261,10 @@ class StageOne:
 
 def stage_two_label(adapters: Any) -> str:
     """The demos' stage-2 phase label: full copies start from the stage-1 networks, a shared
-    base's adapters (`model.adapters` set) from the teacher."""
+    base's adapters (`model.adapters` set) from the stage-1 adapters."""
     if adapters is None:
         return "stage 2: SFD from the stage-1 generator and fake score"
-    return "stage 2: SFD with adapters of the frozen teacher (shared base), from the teacher"
+    return "stage 2: SFD with adapters of the frozen teacher (shared base), from stage 1's"
 
 
 def stage_one(
@@ -271,7 +317,9 @@ def save_stage_one(
     iterations: int,
     curve: list[dict[str, float]] | None = None,
 ) -> None:
-    """Write a distillation run as stage-1 networks: generator/, fake_score/ and run.json.
+    """Write a distillation run as stage-1 networks: generator/, fake_score/ and run.json; a
+    shared-base run as its adapters alone: adapters/ (the shipped generator's, under
+    "generator", and the fake score's) and run.json.
 
     Args:
         module: the fitted module (forget weights 0).
@@ -280,19 +328,29 @@ def save_stage_one(
         iterations: its iterations.
         curve: its forgetting curve points.
     """
-    save_generator(
-        module.export_generator,
-        folder / "generator",
-        overwrite=True,
-        training=training_record(module),
-    )
-    (folder / "fake_score").mkdir(exist_ok=True)
-    record = {
-        "seconds": seconds,
-        "iterations": iterations,
-        "fake_score_class": save_denoiser(module.fake_score, folder / "fake_score"),
-        "curve": curve or [],
-    }
+    record: dict[str, Any] = {"seconds": seconds, "iterations": iterations}
+    if module.adapters is not None:
+        shipped = module.export_generator
+        (folder / STAGE_ONE_ADAPTERS).mkdir(exist_ok=True)
+        save_adapters(
+            {GENERATOR_ADAPTER: shipped.denoiser, FAKE_SCORE_ADAPTER: module.fake_score},
+            folder / STAGE_ONE_ADAPTERS,
+            {
+                "sigma_init": None if shipped.t_init is not None else shipped.sigma_init,
+                "t_init": shipped.t_init,
+                "training": training_record(module),
+            },
+        )
+    else:
+        save_generator(
+            module.export_generator,
+            folder / "generator",
+            overwrite=True,
+            training=training_record(module),
+        )
+        (folder / "fake_score").mkdir(exist_ok=True)
+        record["fake_score_class"] = save_denoiser(module.fake_score, folder / "fake_score")
+    record["curve"] = curve or []
     (folder / STAGE_ONE_RUN).write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -36,12 +36,22 @@ class ClassEmbeddingCondition:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @staticmethod
+    def cat(conditions: list[ClassEmbeddingCondition]) -> ClassEmbeddingCondition:
+        """The rows of `conditions` one after the other, as one batch."""
+        return ClassEmbeddingCondition(
+            *(torch.cat([getattr(c, name) for c in conditions]) for name in _EMBEDDING_FIELDS)
+        )
+
     def dropped(self, drop: Tensor, null_labels: Tensor) -> ClassEmbeddingCondition:
         """Condition dropout: rows where `drop` (B,) is True become `null_labels`, embedding off."""
         drop = drop.to(self.labels.device)
         return ClassEmbeddingCondition(
             torch.where(drop, null_labels, self.labels), self.class_embeds, self.active & ~drop
         )
+
+
+_EMBEDDING_FIELDS = ("labels", "class_embeds", "active")  # ClassEmbeddingCondition's, in order
 
 
 class ClassConditions(ConditionSampler):
