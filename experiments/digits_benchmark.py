@@ -114,9 +114,9 @@ def benchmark_record(metrics: dict, demo_command: list[str], wall: float) -> dic
     }
 
 
-def run(output_dir: Path, demo_args: list[str], argv: list[str], page: bool = True) -> int:
-    """Run the demo, print the targets, write benchmark.json (and the page); the exit status."""
-    load_start = os.getloadavg()
+def run_demo(output_dir: Path, demo_args: list[str]) -> tuple[dict, list[str], float] | int:
+    """Run `sfd demo` into `output_dir` (timed wall clock): (its metrics.json, the command as
+    typed, wall seconds), or the demo's exit status when it failed."""
     start = time.perf_counter()
     demo_command = ["demo", "--output-dir", str(output_dir), *demo_args]
     status = sfd_main(demo_command)
@@ -125,7 +125,17 @@ def run(output_dir: Path, demo_args: list[str], argv: list[str], page: bool = Tr
         print(f"sfd demo failed with status {status}", file=sys.stderr)
         return status
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    record = benchmark_record(metrics, ["sfd", *demo_command], wall)
+    return metrics, ["sfd", *demo_command], wall
+
+
+def run(output_dir: Path, demo_args: list[str], argv: list[str], page: bool = True) -> int:
+    """Run the demo, print the targets, write benchmark.json (and the page); the exit status."""
+    load_start = os.getloadavg()
+    demo = run_demo(output_dir, demo_args)
+    if isinstance(demo, int):
+        return demo
+    metrics, demo_command, wall = demo
+    record = benchmark_record(metrics, demo_command, wall)
     for row in record["targets"]:
         print(f"[{'PASS' if row['met'] else 'FAIL'}] {row['target']}: {row['measured']}")
     print(f"phase seconds: {record['phase_seconds']}")

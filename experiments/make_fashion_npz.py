@@ -43,25 +43,30 @@ def downsample(images: np.ndarray, crop: int = 24, factor: int = 3) -> np.ndarra
     return np.rint(blocks).astype(np.uint8)
 
 
+def build(output: Path, source: Path = SOURCE, per_class: int = 1200) -> str:
+    """Write the 8×8 `.npz` of the first `per_class` training images of each class; what it wrote."""
+    images = read_idx(source / "train-images-idx3-ubyte.gz")
+    labels = read_idx(source / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    keep = np.concatenate(
+        [np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASS_NAMES))]
+    )
+    keep.sort()
+    small = downsample(images[keep])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        output, images=small, labels=labels[keep], class_names=np.array(CLASS_NAMES)
+    )
+    counts = np.bincount(labels[keep], minlength=len(CLASS_NAMES)).tolist()
+    return f"wrote {output}: {small.shape} uint8, per class {counts}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--output", type=Path, default=Path("runs/fashion8.npz"))
     parser.add_argument("--per-class", type=int, default=1200)
     options = parser.parse_args()
-    images = read_idx(options.source / "train-images-idx3-ubyte.gz")
-    labels = read_idx(options.source / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    keep = np.concatenate(
-        [np.flatnonzero(labels == c)[: options.per_class] for c in range(len(CLASS_NAMES))]
-    )
-    keep.sort()
-    small = downsample(images[keep])
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        options.output, images=small, labels=labels[keep], class_names=np.array(CLASS_NAMES)
-    )
-    counts = np.bincount(labels[keep], minlength=len(CLASS_NAMES)).tolist()
-    print(f"wrote {options.output}: {small.shape} uint8, per class {counts}")
+    print(build(options.output, options.source, options.per_class))
 
 
 if __name__ == "__main__":

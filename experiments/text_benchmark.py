@@ -196,6 +196,8 @@ def run(
         "stage1_cached": metrics["protocol"]["two_stage"]["stage1_reused_from_cache"],
         "torch_threads": metrics["protocol"]["environment"]["torch_threads"],
         "targets": metrics["targets"],
+        "iterations": metrics["iterations"],
+        "completion": metrics["protocol"]["two_stage"].get("stage2_completion"),
         "models": {
             key: {
                 "ua": metrics[key]["forget_train"]["ua"],

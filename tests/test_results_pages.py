@@ -418,6 +418,51 @@ def stage2_speed_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "pairs": [pair]}
 
 
+def pairs_record(command: str) -> dict[str, Any]:
+    """A class pair that meets every target and a text pair stopped by the budget."""
+
+    def models(ua: float, paraphrases: float | None, remain: float, neighbour: float) -> dict:
+        teacher = {
+            "ua": 0.01,
+            "ua_paraphrases": None if paraphrases is None else 0.02,
+            "remain_accuracy": 0.98,
+            "neighbour_accuracy": 0.99,
+            "fid_remain": 4.0,
+        }
+        sfd = {
+            "ua": ua,
+            "ua_paraphrases": paraphrases,
+            "remain_accuracy": remain,
+            "neighbour_accuracy": neighbour,
+            "fid_remain": 5.0,
+        }
+        return {"teacher": teacher, "sfd": sfd}  # fmt: skip
+
+    def row(name: str, kind: str, forget: str, override: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name, "data": "digits", "kind": kind, "forget": forget, "override": override,
+            "tuned": kind == "class", "wall_seconds": 240.0, "stage2_seconds": 30.0,
+            "max_steps": 200, "command": f"sfd demo --output-dir runs/p/{name}", "curve_samples": 32,
+            "cached": {"teacher": True, "classifier": True, "stage1": True}, **extra,
+        }  # fmt: skip
+
+    pairs = {
+        "digits-0-1": row(
+            "digits-0-1", "class", "0", "1", iterations=70, neighbours="class 1 (the override)",
+            models=models(1.0, None, 0.975, 0.98),
+            completion={"stop_reason": "forgotten", "iterations": 70,
+                        "last_probe": {"iteration": 70, "forget_rate": 0.0, "classifier_ua": 0.97}},
+        ),
+        "text-digits-three-eight": row(
+            "text-digits-three-eight", "text", "three", "eight", iterations=200,
+            neighbours="five, nine", models=models(0.9, 0.8, 0.95, 0.99),
+            completion={"stop_reason": "max_steps", "iterations": 200,
+                        "last_probe": {"iteration": 200, "forget_rate": 0.25}},
+        ),
+    }  # fmt: skip
+    return {"run": run_section(command), "pairs": pairs}
+
+
 def memory_record(command: str) -> dict[str, Any]:
     gib = 1024**3
 
@@ -627,6 +672,26 @@ CASES = [
             "sfd compare --output-dir runs/s2/pair-0-1 --until-forgotten",
             "| 0 → 1: EMA remain FID ≤ 1× the teacher's (DDIM) at the stop | 3.30 vs 3.00 | no |",
             "| 0 → 1 | 20 | 100.0 % | 5.25 | 5.50 |",
+        ],
+    ),
+    (
+        "pairs_benchmark",
+        "pairs",
+        pairs_record,
+        "python experiments/pairs_benchmark.py --output-dir runs/p --threads 1",
+        [
+            "| digits | class | 0 → 1 | yes | 70 / 200 | forgotten "
+            "| 100.0 % vs 100.0 % (curve, 32 samples: 97.0 %) | 100.0 % "
+            "| – | 97.5 % (98.0 %) | 98.0 % (99.0 %; class 1 (the override)) | 1.25 "
+            "| 4.0 min (stage 2 30 s) |",
+            "| digits | text | three → eight | no | 200 / 200 | max_steps "
+            "| 75.0 % vs 90.0 % (curve, 32 samples: –) | 90.0 % "
+            "| 80.0 % | 95.0 % (98.0 %) | 99.0 % (99.0 %; five, nine) | 1.25 "
+            "| 4.0 min (stage 2 30 s) |",
+            "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
+            "| three → eight (text) | no | no | yes | no | no |",
+            "sfd demo --output-dir runs/p/text-digits-three-eight",
+            "pairs already measured are kept): `digits-4-9`, `digits-7-2`,",
         ],
     ),
     (

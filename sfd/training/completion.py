@@ -62,7 +62,7 @@ class UntilForgotten(Callback):
     def __init__(
         self,
         every_n: int = 10,
-        threshold: float = 0.05,
+        threshold: float = 0.01,
         patience: int = 3,
         budget: int | None = None,
         max_drift: float | None = None,

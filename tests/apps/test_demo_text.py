@@ -123,6 +123,8 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     assert not metrics["protocol"]["classifier"]["reused_from_cache"]
     two_stage = metrics["protocol"]["two_stage"]  # stage 1 = the no-forgetting baseline
     assert two_stage["stage1_iterations"] == 2 and not two_stage["stage1_reused_from_cache"]
+    assert two_stage["stage2_completion"] is None  # the fixed count: every iteration ran
+    assert metrics["iterations"] == two_stage["stage2_iterations"] == two_stage["stage2_max_steps"]
     assert metrics["forgetting_curve"][0]["iteration"] == 0  # SFD starts at the stage-1 generator
     if space == "latents":
         return
@@ -132,7 +134,17 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     again = run_text_demo(replace(settings, output_dir=tmp_path / "again", until_forgotten=True))
     card = (tmp_path / "again" / "generator" / "README.md").read_text()
     assert "Stopped by the completion rule (`UntilForgotten`)" in card
-    protocol = json.loads(again["metrics"].read_text())["protocol"]
+    again_metrics = json.loads(again["metrics"].read_text())
+    protocol = again_metrics["protocol"]
+    # metrics.json says where the rule stopped stage 2 and counts the iterations it used
+    completion = protocol["two_stage"]["stage2_completion"]
+    assert completion["stop_reason"] in ("forgotten", "max_steps")
+    used = completion["iterations"]
+    assert again_metrics["iterations"] == protocol["two_stage"]["stage2_iterations"] == used
+    assert f"Stopped by the completion rule (`UntilForgotten`): {completion['stop_reason']}" in card
+    last = completion["last_probe"]
+    curve = {p["iteration"]: p["ua"] for p in again_metrics["forgetting_curve"]}
+    assert last["iteration"] == used and last["classifier_ua"] == curve[used]
     assert protocol["teacher"]["reused_from_cache"] and protocol["classifier"]["reused_from_cache"]
     assert (
         protocol["classifier_heldout_accuracy"]

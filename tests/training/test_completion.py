@@ -251,3 +251,17 @@ def test_the_rule_probes_a_text_teacher_under_forget_and_override_prompts(tmp_pa
     probe_calls = seen[:4]  # the start's probe: EMA and raw, each under forget then override
     for i, states in enumerate(probe_calls):
         assert torch.equal(states[0], forget if i % 2 == 0 else override)
+
+
+def test_the_default_threshold_waits_for_the_last_forget_samples() -> None:
+    """The demos' target is UA ≥ 99 %: under the defaults (64 samples), probes with 2 of 64 forget
+    samples still judged forget (3.1 %, the digits 4 → 9 run the old 0.05 stopped at UA 97 %) never
+    stop the run; three probes in a row with none judged forget do."""
+    until = UntilForgotten()
+    assert until.num_samples == 64
+    for iteration in (10, 20, 30, 40, 50):
+        assert until._decide({"iteration": iteration, "forget_rate": 2 / 64, "drift": 0.1}) is None
+    reasons = [
+        until._decide({"iteration": i, "forget_rate": 0.0, "drift": 0.1}) for i in (60, 70, 80)
+    ]
+    assert reasons == [None, None, "forgotten"]

@@ -269,8 +269,9 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         args = settings.sfd_command_line(str(teacher_dir), prompts)
         args += stage1.stage_two_arguments()  # networks, or a shared base's adapters
         callbacks: list[pl.Callback] = [curve]
-        if settings.until_forgotten:
-            callbacks.append(until_forgotten(curve))
+        rule = until_forgotten(curve) if settings.until_forgotten else None
+        if rule is not None:
+            callbacks.append(rule)
         module, stage2_seconds, _ = train_sfd(
             args, callbacks, output / "logs" / "sfd", settings.progress, settings.seed
         )
@@ -304,6 +305,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             evaluation.revival(phases.say)
 
     results = evaluation.results()
+    results.iterations = stage2_iterations
     results.protocol.update(
         classifier_heldout_accuracy=classifier_accuracy,
         classifier={"folder": str(classifier_dir), "reused_from_cache": classifier_cached},
@@ -316,6 +318,8 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             "stage1_folder": str(stage1.folder),
             "stage1_prompts": "every class's captions (distill_prompts.txt), forget weights 0",
             "stage2_iterations": stage2_iterations,
+            "stage2_max_steps": sfd.trainer.max_steps,
+            "stage2_completion": None if rule is None else rule.summary(),
             "stage2_training_seconds": round(stage2_seconds, 1),  # with its curve's points
             "stage2_start": "the stage-1 generator's and fake score's adapters (shared base)"
             if stage1.adapters
