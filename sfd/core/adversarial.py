@@ -632,6 +632,12 @@ class AdversarialTraining:
         if state is None:
             self.state = None
             return
+        missing = [key for key in MOMENT_KEYS if key not in state]
+        if missing:
+            raise SFDConfigError(
+                f"the checkpoint's adversarial state has no {', '.join(missing)}: it was written "
+                "before model.adversarial.pool (per-row Adam) and cannot be resumed"
+            )
         rows = len(next(iter(state.values())))
         if rows != self.rows * self.settings.pool * world_size:
             raise SFDConfigError(

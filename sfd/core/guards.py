@@ -150,13 +150,16 @@ def any_nonfinite(tensors: list[Tensor]) -> bool:
     """Whether any element of `tensors` (all on one device) is NaN or ±inf; read back (one sync).
 
     One fused pass over all tensors: the check torch's gradient scaler runs on the gradients it
-    unscales, here at a scale of 1, which leaves every value as it was (-0.0 and subnormals too).
+    unscales, here at a scale of 1, which leaves every value as it was (-0.0 and subnormals too,
+    unless `torch.set_flush_denormal(True)` is on).
     """
     if not tensors:
         return False
     device = tensors[0].device
-    found = torch.zeros(1, device=device)
-    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones(1, device=device))
+    # float32 whatever the default dtype (64-bit precision makes it float64 in the step)
+    found = torch.zeros(1, device=device, dtype=torch.float32)
+    scale = torch.ones(1, device=device, dtype=torch.float32)
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, scale)
     return bool(found.item())
 
 

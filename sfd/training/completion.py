@@ -204,7 +204,10 @@ class UntilForgotten(Callback):
             and self.averaged_from is None
             and point["forget_rate"] <= self.threshold
         )
-        if trainer.strategy.reduce_boolean_decision(first_forgotten, all=False) and not stop:
+        # Restart only while training goes on: at the last iteration a restart would ship one raw
+        # iterate in place of the average.
+        restart = trainer.strategy.reduce_boolean_decision(first_forgotten, all=False)
+        if restart and not stop and not at_end:
             pl_module.restart_ema(self.average_power)  # the average of the iterates from here on
             self.averaged_from = step
             point["averaged_from"] = step

@@ -579,3 +579,12 @@ def test_with_a_shared_base_the_attack_reads_the_frozen_table(tmp_path, single_t
     quiet_trainer(tmp_path, steps=2).fit(module)
     assert module.adversarial.state["embedding"].shape == (2, table.shape[1])
     assert torch.equal(module.generator.denoiser.class_embedding_table(), table)
+
+
+def test_a_pool_without_adam_moments_is_refused_in_one_line() -> None:
+    """A checkpoint written before the per-row Adam holds rows and vectors only: one clear line,
+    never a KeyError at the first attack after resuming."""
+    attacker = class_module(AdversarialSettings(steps=1, share=0.5)).adversarial
+    old = {"forget": torch.zeros(2, dtype=torch.long), "embedding": torch.zeros(2, 4)}
+    with pytest.raises(SFDConfigError, match="has no adam_m, adam_v, adam_t: it was written"):
+        attacker.load_state_dict(old, world_size=1)

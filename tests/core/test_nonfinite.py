@@ -298,3 +298,16 @@ def test_the_fused_check_and_the_count_against_isfinite(bad) -> None:
         assert any_nonfinite(grads) and int(count_nonfinite(grads)) == expected
         assert torch.isnan(grads[where][1, 0]) or grads[where][1, 0] == bad  # left as it was
     assert not any_nonfinite([torch.randn(4), torch.empty(0)]) and not any_nonfinite([])
+
+
+def test_the_fused_check_under_a_float64_default_dtype() -> None:
+    """Lightning's 64-bit precision sets the default dtype to float64 inside the step."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        grads = [torch.randn(3), torch.randn(2, dtype=torch.float32)]
+        assert not any_nonfinite(grads)
+        grads[0][1] = float("nan")
+        assert any_nonfinite(grads)
+    finally:
+        torch.set_default_dtype(previous)

@@ -151,6 +151,18 @@ def test_ema_after_forgetting_waits_for_the_first_forgotten_probe(tmp_path) -> N
     assert until.reason == "budget" and until.averaged_from is None and sfd.ema_restart is None
 
 
+def test_no_restart_at_the_last_iteration(tmp_path) -> None:
+    """First forgotten probe at max_steps: a restart there would ship the raw last iterate in place
+    of the average; the run's EMA is kept instead."""
+    sfd = module(forgotten=True, lr=1e-3, ema_decay=0.99)
+    recorder, until = RecordIterates(), rule(average_after=4)
+    quiet_trainer(tmp_path, 2, callbacks=[recorder, until]).fit(sfd)
+    assert until.reason == "max_steps" and sfd.global_step == 2
+    assert until.averaged_from is None and sfd.ema_restart is None
+    last = recorder.iterates[-1]
+    assert any(not torch.equal(e, r) for e, r in zip(sfd.ema.parameters(), last, strict=True))
+
+
 def test_resume_continues_the_restarted_average_bit_identically(tmp_path) -> None:
     """Stopped at 4 (restart at 2) and resumed: the same EMA, bit for bit, as one uninterrupted
     fit; a resume that lost the restart point would go back to the constant 0.99 decay."""

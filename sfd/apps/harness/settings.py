@@ -73,6 +73,15 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
         raise SFDConfigError(f"--curve-every {settings.curve_every} must be >= 1")
     if settings.average_after < 0:
         raise SFDConfigError(f"--average-after {settings.average_after} must be >= 0 (0: off)")
+    if (
+        settings.until_forgotten
+        and settings.average_after
+        and any(config.model.ema_decay is None for config in (sfd, stage2))
+    ):
+        raise SFDConfigError(
+            f"--average-after {settings.average_after} restarts the generator's EMA, and "
+            "--model.ema_decay null leaves it none: give --average-after 0 as well"
+        )
     if settings.baseline_iterations is not None and settings.baseline_iterations < 1:
         raise SFDConfigError(f"--baseline-iterations {settings.baseline_iterations} must be >= 1")
     if settings.output_dir.exists() and not settings.output_dir.is_dir():
