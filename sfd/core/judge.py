@@ -111,10 +111,21 @@ def judged_forget(
 
 
 @torch.no_grad()
-def forget_rate(teacher: Denoiser, generator: Any, draws: JudgeDraws) -> float:
-    """The share of the generator's forget-condition samples the teacher judges forget (0..1)."""
+def forget_rate(
+    teacher: Denoiser, generator: Any, draws: JudgeDraws, sampled: str = "forget"
+) -> float:
+    """The share of the generator's samples the teacher judges forget (0..1).
+
+    `sampled="forget"`: of its forget-condition samples. `sampled="override"`: of its samples for
+    the override conditions, on the same noise: the judge's floor, how often it reads what the
+    generator makes for the override as the forget concept (0 where the two are well apart; on
+    pairs the teacher itself confuses, what a generator that draws the override exactly for the
+    forget condition is judged).
+    """
+    if sampled not in ("forget", "override"):
+        raise ValueError(f"sampled={sampled!r}: 'forget' or 'override'")
     conds = draws.conditions
-    x = generator(draws.z_forget, conds.forget)
+    x = generator(draws.z_forget, getattr(conds, sampled))
     return float(judged_forget(teacher, x, conds.forget, conds.override, draws).float().mean())
 
 

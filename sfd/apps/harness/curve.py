@@ -209,10 +209,13 @@ def raw_generator(module: Any) -> nn.Module | None:
 
 
 def until_forgotten(
-    curve: TimedForgettingCurve | ForgettingCurve, average_after: int | None = None
+    curve: TimedForgettingCurve | ForgettingCurve,
+    average_after: int | None = None,
+    override_floor: bool = False,
 ) -> UntilForgotten:
     """The completion rule at a forgetting curve's interval, with the curve's classifier UA beside it
-    (`average_after`: the rule's "EMA after forgetting", None: off).
+    (`average_after`: the rule's "EMA after forgetting", None: off; `override_floor`: the threshold
+    counts above the judged rate of the generator's override samples).
 
     Put it after the curve among the callbacks: at each probe the curve's point of the same
     iteration is then already there and nothing is evaluated twice.
@@ -223,7 +226,10 @@ def until_forgotten(
         return last.ua if last is not None and last.iteration == module.global_step else None
 
     return UntilForgotten(
-        every_n=curve.every_n, classifier_ua=classifier_ua, average_after=average_after
+        every_n=curve.every_n,
+        classifier_ua=classifier_ua,
+        average_after=average_after,
+        override_floor=override_floor,
     )
 
 
