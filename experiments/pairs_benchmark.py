@@ -6,10 +6,12 @@
 
 Runs `sfd demo` (class-conditional teachers) or `sfd demo-text` (text teachers, through
 `text_benchmark.run`) once per pair in `PAIRS`, each with its defaults — SFD's stage 2 stopped by the
-data-free completion rule (`UntilForgotten`) within the preset's budget, no per-pair settings —
+data-free completion rule (`UntilForgotten`) within the preset's cap, no per-pair settings —
 and collects per pair: iterations used and why the rule stopped, the judge's UA (1 − judged forget
 rate) beside the classifier's at the stop, UA (text: also on the held-back paraphrases), remain and
-neighbour accuracy beside the teacher's, the remain FID over the teacher's, and wall time. The class
+neighbour accuracy beside the teacher's, the remain FID over the teacher's, the judge's floor and
+the classifier's UA ceiling on the pair (class pairs: 1 − its reading of real override images as the
+forget class), and wall time. The class
 demos skip their attack and full-schedule timing (`--no-attack --skip-full-schedule-timing`: neither
 touches training nor the numbers here). Each pair's numbers are saved in OUTPUT_DIR/<pair>/pair.json
 as soon as it finishes; a later call skips pairs already there (`--again` reruns them), so the pairs
@@ -121,7 +123,29 @@ def run_class(name: str, pair: Pair, output: Path, common: list[str]) -> dict[st
         "curve_samples": metrics["protocol"]["curve"]["forget_per_class"],
         "cached": cached_flags(metrics["protocol"]),
         "models": models,
+        "override_read_as_forget": override_read_as_forget(output / name, pair),
     }
+
+
+def override_read_as_forget(folder: Path, pair: Pair) -> float:
+    """The share of the held-out real images of the override class that the class run's evaluation
+    classifier (in `folder`, with its metrics.json) reads as the forget class: a generator that draws
+    the override class exactly for the forget condition gets UA 1 − this (its ceiling under this
+    classifier)."""
+    import torch
+
+    from sfd.apps.harness.workspace import load_split
+    from sfd.eval.classifier import load_classifier, predict_labels
+    from sfd.images import from_uint8
+
+    protocol = json.loads((folder / "metrics.json").read_text())["protocol"]
+    split = protocol["classifier_settings"]
+    heldout = load_split(
+        protocol["data"], split["heldout_fraction"], split["split_seed"], None
+    ).heldout
+    images = heldout.images[heldout.labels == pair.override_index]
+    labels = predict_labels(load_classifier(folder / "classifier"), from_uint8(images))
+    return float((labels == pair.forget_index).to(torch.float32).mean())
 
 
 def run_text(name: str, pair: Pair, output: Path, common: list[str]) -> dict[str, Any]:
@@ -160,6 +184,17 @@ def judge_and_classifier(row: dict[str, Any]) -> tuple[float | None, float | Non
     return judge, last.get("classifier_ua")
 
 
+def floors(row: dict[str, Any]) -> str:
+    """The judge's floor at the stop (its forget rate on the generator's own override samples,
+    where the rule measured it) and the classifier's UA ceiling (1 − its reading of real override
+    images as the forget class, class pairs)."""
+    last = (row["completion"] or {}).get("last_probe", {})
+    judge = _percent(last.get("override_rate")) or "–"
+    read = row.get("override_read_as_forget")
+    ceiling = "–" if read is None else _percent(1 - read)
+    return f"{judge} / {ceiling}"
+
+
 def targets(row: dict[str, Any]) -> dict[str, bool]:
     """Issue 24's targets of one pair: {name: met}."""
     sfd, teacher = row["models"]["sfd"], row["models"]["teacher"]
@@ -184,6 +219,10 @@ def run_pairs(
         saved = output / name / "pair.json"
         if saved.is_file() and not again:
             print(f"{name}: already measured ({saved}); --again reruns it", flush=True)
+            row = json.loads(saved.read_text())
+            if PAIRS[name].kind == "class" and "override_read_as_forget" not in row:
+                row["override_read_as_forget"] = override_read_as_forget(output / name, PAIRS[name])
+                save_record(row, saved)  # a record from before the ceiling was measured
             continue
         pair = PAIRS[name]
         run_one = run_class if pair.kind == "class" else run_text
@@ -233,6 +272,7 @@ def write_results_page(
                 f"{_percent(sfd['neighbour_accuracy'])} "
                 f"({_percent(teacher['neighbour_accuracy'])}; {row['neighbours']})",
                 number(sfd["fid_remain"] / teacher["fid_remain"]),
+                floors(row),
                 f"{row['wall_seconds'] / 60:.1f} min (stage 2 {row['stage2_seconds']:.0f} s)",
             )
         )
@@ -253,7 +293,7 @@ def write_results_page(
         {
             "The runs": (
                 "Each pair is one demo at its defaults: SFD's stage 2 runs under the data-free "
-                "completion rule (`UntilForgotten`) within the preset's iteration budget, with no "
+                "completion rule (`UntilForgotten`) within the preset's iteration cap, with no "
                 "per-pair setting. Teacher, classifier and stage 1 come from the cache where they "
                 "were there (the wall time includes what was built). The 8×8 Fashion-MNIST pairs "
                 f"read `{FASHION8}`, built by `experiments/make_fashion_npz.py` (from Debian's "
@@ -277,7 +317,12 @@ def write_results_page(
                 "remain and neighbour accuracy: the final evaluation of the shipped generator "
                 "(teacher's in brackets); the neighbour of a class pair is its override class, "
                 "of a text pair the two classes nearest the forget class. FID ratio: SFD's "
-                "remain FID over the teacher's (class: DDIM; text: its multi-step sampler).\n\n"
+                "remain FID over the teacher's (class: DDIM; text: its multi-step sampler). Judge "
+                "floor: at the stop, the judge's forget rate on the generator's own samples for the "
+                "override (same noise; the rule's `override_floor`, which stops at most the "
+                "threshold above it). UA ceiling: 1 − the share of the held-out real images of the "
+                "override class that the evaluation classifier reads as the forget class, the UA a "
+                "generator drawing the override class exactly would get (class pairs).\n\n"
                 + markdown_table(
                     (
                         "data set",
@@ -292,6 +337,7 @@ def write_results_page(
                         "remain acc. (teacher)",
                         "neighbour acc. (teacher)",
                         "FID ratio",
+                        "judge floor / UA ceiling",
                         "wall time",
                     ),
                     rows,
