@@ -123,29 +123,69 @@ def run_class(name: str, pair: Pair, output: Path, common: list[str]) -> dict[st
         "curve_samples": metrics["protocol"]["curve"]["forget_per_class"],
         "cached": cached_flags(metrics["protocol"]),
         "models": models,
-        "override_read_as_forget": override_read_as_forget(output / name, pair),
+        **sample_by_sample(output / name, pair),
     }
 
 
-def override_read_as_forget(folder: Path, pair: Pair) -> float:
-    """The share of the held-out real images of the override class that the class run's evaluation
-    classifier (in `folder`, with its metrics.json) reads as the forget class: a generator that draws
-    the override class exactly for the forget condition gets UA 1 − this (its ceiling under this
-    classifier)."""
+SAMPLES = 256  # forget samples of the judge-vs-classifier comparison, sample by sample
+
+
+def sample_by_sample(folder: Path, pair: Pair) -> dict[str, Any]:
+    """Judge and classifier on the same images, for a finished class run in `folder` (its
+    metrics.json, classifier, exported generator and cached teacher):
+
+    - `override_read_as_forget`: the share of the held-out real images of the override class that
+      the evaluation classifier reads as the forget class (a generator that draws the override class
+      exactly for the forget condition gets UA 1 − this: its ceiling under this classifier);
+    - `judge_real_override`: the share of the same real images the data-free judge reads as forget;
+    - `agreement`: on SAMPLES forget samples of the exported generator (judge draws of seed 1, not the
+      rule's), the shares read as the forget class by the judge, by the classifier, and by both.
+    """
     import torch
 
     from sfd.apps.harness.workspace import load_split
+    from sfd.core import judge
+    from sfd.core.conditions import ClassConditions
     from sfd.eval.classifier import load_classifier, predict_labels
     from sfd.images import from_uint8
+    from sfd.pipelines.io import load_generator
+    from sfd.teachers.unet import PretrainedVPTeacher
 
     protocol = json.loads((folder / "metrics.json").read_text())["protocol"]
     split = protocol["classifier_settings"]
     heldout = load_split(
         protocol["data"], split["heldout_fraction"], split["split_seed"], None
     ).heldout
-    images = heldout.images[heldout.labels == pair.override_index]
-    labels = predict_labels(load_classifier(folder / "classifier"), from_uint8(images))
-    return float((labels == pair.forget_index).to(torch.float32).mean())
+    classifier = load_classifier(folder / "classifier")
+    teacher = PretrainedVPTeacher(protocol["teacher"]["folder"]).eval()
+    forget, override = pair.forget_index, pair.override_index
+    conditions = ClassConditions(forget, override)
+    conditions.check(teacher.num_classes)
+    shape = tuple(teacher.sample_shape)
+    real = from_uint8(heldout.images[heldout.labels == override])
+    draws = judge.JudgeDraws.draw(conditions, shape, len(real), judge.DEFAULT_SIGMAS, 2, seed=1)
+    labels = draws.conditions
+    judged_real = judge.judged_forget(teacher, real, labels.forget, labels.override, draws)
+    draws = judge.JudgeDraws.draw(conditions, shape, SAMPLES, judge.DEFAULT_SIGMAS, 2, seed=1)
+    labels = draws.conditions
+    with torch.no_grad():
+        x = load_generator(folder / "generator").eval()(draws.z_forget, labels.forget)
+    judged = judge.judged_forget(teacher, x, labels.forget, labels.override, draws)
+    read = predict_labels(classifier, x) == forget
+
+    def share(flags: torch.Tensor) -> float:
+        return float(flags.to(torch.float32).mean())
+
+    return {
+        "override_read_as_forget": share(predict_labels(classifier, real) == forget),
+        "judge_real_override": share(judged_real),
+        "agreement": {
+            "samples": SAMPLES,
+            "judge": share(judged),
+            "classifier": share(read),
+            "both": share(judged & read),
+        },
+    }
 
 
 def run_text(name: str, pair: Pair, output: Path, common: list[str]) -> dict[str, Any]:
@@ -220,9 +260,9 @@ def run_pairs(
         if saved.is_file() and not again:
             print(f"{name}: already measured ({saved}); --again reruns it", flush=True)
             row = json.loads(saved.read_text())
-            if PAIRS[name].kind == "class" and "override_read_as_forget" not in row:
-                row["override_read_as_forget"] = override_read_as_forget(output / name, PAIRS[name])
-                save_record(row, saved)  # a record from before the ceiling was measured
+            if PAIRS[name].kind == "class" and "agreement" not in row:
+                row |= sample_by_sample(output / name, PAIRS[name])
+                save_record(row, saved)  # a record from before these were measured
             continue
         pair = PAIRS[name]
         run_one = run_class if pair.kind == "class" else run_text
@@ -251,8 +291,20 @@ def write_results_page(
     record: dict[str, Any], json_file: str, results_dir: Path | None = None
 ) -> Path:
     """docs/results/pairs.md from a pairs.json record."""
-    rows, checks, commands = [], [], []
+    rows, checks, commands, samples = [], [], [], []
     for row in record["pairs"].values():
+        if "agreement" in row:
+            both = row["agreement"]
+            samples.append(
+                (
+                    f"{row['forget']} → {row['override']} ({row['kind']})",
+                    _percent(row["override_read_as_forget"]),
+                    _percent(row["judge_real_override"]),
+                    _percent(1 - row["override_read_as_forget"]),
+                    f"{_percent(both['judge'])} / {_percent(both['classifier'])} / "
+                    f"{_percent(both['both'])}",
+                )
+            )
         sfd, teacher = row["models"]["sfd"], row["models"]["teacher"]
         judge, classifier = judge_and_classifier(row)
         done = row["completion"] or {}
@@ -344,6 +396,27 @@ def write_results_page(
                 )  # fmt: skip
             ),
             "Targets": markdown_table(check_header, checks),
+            "Judge and classifier, sample by sample": (
+                "Class pairs, after the run. Real override images: the held-out real images of the "
+                "override class read as the forget class by the evaluation classifier and by the "
+                "data-free judge; the UA ceiling is 1 − the classifier's share, the UA of a "
+                "generator that draws the override class exactly. Forget samples: "
+                f"{SAMPLES} forget samples of the shipped generator (other draws than the rule's) "
+                "read as the forget class by the judge, by the classifier, and by both: where "
+                "*both* is far below either, the two mostly flag different samples.\n\n"
+                + markdown_table(
+                    (
+                        "pair",
+                        "real override read as forget: classifier",
+                        "judge",
+                        "UA ceiling",
+                        "forget samples read as forget: judge / classifier / both",
+                    ),
+                    samples,
+                )
+                if samples
+                else "No class pair in this record."
+            ),
         },
         results_dir,
     )

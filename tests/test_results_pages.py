@@ -450,6 +450,8 @@ def pairs_record(command: str) -> dict[str, Any]:
         "digits-0-1": row(
             "digits-0-1", "class", "0", "1", iterations=70, neighbours="class 1 (the override)",
             models=models(1.0, None, 0.975, 0.98), override_read_as_forget=0.03,
+            judge_real_override=0.0,
+            agreement={"samples": 256, "judge": 0.125, "classifier": 0.25, "both": 0.0625},
             completion={"stop_reason": "forgotten", "iterations": 70,
                         "last_probe": {"iteration": 70, "forget_rate": 0.0, "classifier_ua": 0.97,
                                        "override_rate": 0.015625}},
@@ -693,6 +695,7 @@ CASES = [
             "| three → eight (text) | no | no | yes | no | no |",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
             "pairs already measured are kept): `digits-4-9`, `digits-7-2`,",
+            "| 0 → 1 (class) | 3.0 % | 0.0 % | 97.0 % | 12.5 % / 25.0 % / 6.2 % |",
         ],
     ),
     (
