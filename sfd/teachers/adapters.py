@@ -81,6 +81,9 @@ DEFAULT_TARGETS = (
 # --model.adapters.alpha A`, 200 SFD iterations) the remain FID fell from 6.8x the teacher's at
 # α = r to 4.5x at 4r, 3.5x at 8r and 3.1x at 16r; the comparison: docs/results/shared_base.md.
 ALPHA_PER_RANK = 16
+# How the EMA adapter averages the generator's (`SharedBase.average_into`): the merged updates B·A,
+# truncated to the rank. Caches of adapter runs record it (a stage 1 averaged otherwise differs).
+ADAPTER_EMA = "merged updates, rank-truncated"
 VIEW_SEPARATOR = "/"  # parameter names inside a view: the network's dotted name with "/"
 ADAPTED_KIND = "shared_base_adapter"  # spec tag of an adapter view (see `generator_from_spec`)
 ADAPTERS_RECORD = "adapters.json"  # beside the saved adapters (`save_adapters`)
