@@ -74,13 +74,15 @@ DEFAULT_TARGETS = (
     "conv_shortcut",
     "time_emb_proj",
 )
-# Default α per unit of rank (α = 16 r, the update scaled by 16). Adam moves each factor's entries
-# by about the learning rate per step whatever α is, so LoRA's update (α/r)·B·A grows slower than a
-# full weight under the same optimizer; α/r scales the adapters' effective learning rate. On the
-# digits demo (`sfd demo --no-attack --eval-per-class 100 --model.adapters.rank 16
-# --model.adapters.alpha A`, 200 SFD iterations) the remain FID fell from 6.8x the teacher's at
-# α = r to 4.5x at 4r, 3.5x at 8r and 3.1x at 16r; the comparison: docs/results/shared_base.md.
-ALPHA_PER_RANK = 16
+# Default α per unit of rank (α = 4 r, the update scaled by 4). Adam moves each factor's entries by
+# about the learning rate per step whatever α is, so LoRA's update (α/r)·B·A grows slower than a full
+# weight under the same optimizer at α = r; α/r scales the adapters' effective learning rate. 16 r
+# trained stage 2 from the teacher fastest (digits demo, 200 iterations: remain FID 6.8x the
+# teacher's at α = r, 4.5x at 4r, 3.5x at 8r, 3.1x at 16r), but diverged in the demo's stage 1 (600
+# iterations at the generator's lr 3e-4: the losses jump at ~400 and the generator's FID goes from
+# 2.4x to 68x; docs/results/shared_base_stage1.md). 4 r keeps the per-weight step of LoRA near a
+# full copy's; the comparison: docs/results/shared_base.md.
+ALPHA_PER_RANK = 4
 # How the EMA adapter averages the generator's (`SharedBase.average_into`): the merged updates B·A,
 # truncated to the rank. Caches of adapter runs record it (a stage 1 averaged otherwise differs).
 ADAPTER_EMA = "merged updates, rank-truncated"
@@ -97,7 +99,7 @@ class AdapterSettings:
 
     Args:
         rank: adapter rank r (LoRA / DoRA rank, LoKr rank).
-        alpha: scaling α (the update is scaled by α/r); default `ALPHA_PER_RANK` · r (16 r):
+        alpha: scaling α (the update is scaled by α/r); default `ALPHA_PER_RANK` · r (4 r):
             with Adam, α/r multiplies the adapters' effective learning rate.
         kind: "lora", "dora" (weight-decomposed LoRA) or "lokr" (Kronecker product).
         targets: names of the layers to adapt (PEFT's `target_modules`); default
