@@ -151,7 +151,7 @@ def test_starting_from_adapters_that_do_not_fit_is_one_line(
     _, saved = stage1
     with pytest.raises(SFDConfigError, match=r"start_from=.* holds adapters with rank=4, .* 8$"):
         module(tiny_teacher_dir, 1.0, rank=8, start_from=str(saved.adapters_dir))
-    with pytest.raises(SFDConfigError, match=r"holds adapters with alpha=64.0, .* 32.0$"):
+    with pytest.raises(SFDConfigError, match=r"holds adapters with alpha=16.0, .* 32.0$"):
         module(tiny_teacher_dir, 1.0, alpha=32.0, start_from=str(saved.adapters_dir))
     with pytest.raises(SFDConfigError, match="is not a folder of saved adapters"):
         module(tiny_teacher_dir, 1.0, start_from=str(tmp_path))
