@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -209,6 +210,11 @@ def main(argv: list[str] | None = None) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
+def in_cache(command: str) -> str:
+    """A run's command with its cached teacher and classifier folders as `CACHE/<name>`."""
+    return re.sub(r"/tmp/\S*/(?=[^/\s]+(\s|$))", "CACHE/", command)
+
+
 def write_results_page(files: list[Path], argv: list[str]) -> Path:
     """docs/results/shared_base_stage1.md from --output files (the first run's context)."""
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line]
@@ -235,7 +241,7 @@ def write_results_page(files: list[Path], argv: list[str]) -> Path:
         f"{' + uncommitted changes' if row['run']['commit']['dirty'] else ''}, load "
         f"{row['run']['machine']['load_average_start'][0]:.1f} → "
         f"{row['run']['machine']['load_average_end'][0]:.1f}, "
-        f"{row['train_seconds']:.0f} s of training):\n\n```bash\n{row['command']}\n```"
+        f"{row['train_seconds']:.0f} s of training):\n\n```bash\n{in_cache(row['command'])}\n```"
         for row in rows
     )
     sections = {
@@ -250,7 +256,8 @@ def write_results_page(files: list[Path], argv: list[str]) -> Path:
             "0.995^t of the teacher's weights (37 % at 200, 5 % at 600).\n\n"
             + markdown_table(header, table)
         ),
-        "Runs": runs,
+        "Runs": "CACHE: the demos' teacher cache (`sfd demo --teacher-cache`), the teacher and "
+        "classifier `sfd demo` trained.\n\n" + runs,
     }
     names = ", ".join(str(f) for f in files)
     command = command_line(__file__, argv)
