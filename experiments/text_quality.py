@@ -255,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--threads", str(options.threads)]
 
     def keep(row: dict[str, Any]) -> None:
-        rows[:] = [r for r in rows if r["name"] != row["name"]] + [row]
+        names = [r["name"] for r in rows]
+        if row["name"] in names:  # the same place in the table
+            rows[names.index(row["name"])] = row
+        else:
+            rows.append(row)
         context = run_context(command_line(__file__, argv), load_start, options.threads)
         record = {"run": context, "rows": rows}
         save_record(record, json_file)  # after every run: a later failure keeps the earlier
