@@ -216,10 +216,42 @@ def limits_text(rows: list[dict[str, Any]]) -> str:
     best = min(rows, key=ratio)
     stage1 = sorted({round(ratio(r, "distilled_without_forgetting"), 2) for r in rows})
     lines = [
-        f"Stage 2 starts from stage 1 at {' / '.join(f'{s:.2f}×' for s in stage1)} the "
-        f"teacher's FID; the best stage 2 here is **{best['name']}** at "
-        f"**{ratio(best):.2f}×** ({ema_text(best)}; {stop_text(best)})."
+        f"**Stage 1.** Every row starts stage 2 from the same stage-1 generator, at "
+        f"{' / '.join(f'{s:.2f}×' for s in stage1)} the teacher's FID; stage 2 improves on it in "
+        "every row ("
+        + ", ".join(f"{r['name']} {ratio(r):.2f}×" for r in rows)
+        + f"). The best here is **{best['name']}** at **{ratio(best):.2f}×** ({ema_text(best)}; "
+        f"{stop_text(best)}): the distance left to the teacher is mostly stage 1's, which stage 2 "
+        "closes only slowly, a little more with each stretch of iterations after forgetting."
     ]
+    by_name = {r["name"]: r for r in rows}
+    before, power = by_name.get("before"), by_name.get("power-ema")
+    if before and power:
+        lines.append(
+            f"**EMA.** With the constant decay {before['ema_decay']:g} the shipped generator is a "
+            "~50-iteration average whatever the rule does (EMA after forgetting restarts it, but "
+            "the cap turns the restarted mean back into the same EMA after ~50 iterations). The "
+            f"power-function EMA (γ {power['ema_power']:g}) capped at {power['ema_decay']:g} "
+            f"follows the raw generator while the concept moves and, restarted at the rule's "
+            f"first forgotten probe ({stop_text(power)}), ships the plain mean of every iterate "
+            f"after it: {ratio(before):.2f}× → {ratio(power):.2f}×, UA "
+            f"{percent(power['models']['sfd']['ua'])}. The average helps, but it cannot remove "
+            "what the iterates themselves have not learned."
+        )
+    budget = by_name.get("budget-400")
+    if budget and power:
+        lines.append(
+            f"**Iterations.** With a budget of {budget['max_steps']} the rule can finish: "
+            f"{stop_text(budget)}, {ratio(budget):.2f}× against {ratio(power):.2f}× at the "
+            f"{power['max_steps']}-iteration budget."
+        )
+    lines.append(
+        "**Not varied here.** The guidance scale (the demo evaluates the teacher at the guidance "
+        "SFD trains with, so changing it moves the reference too; the presets' comments say why "
+        "1.25), the learning rates and the fake score's learning rate (its update ratio: one fake "
+        "update per generator update, faster or slower only through its rate) were swept for "
+        "stage 1 on [one-step quality](one_step_quality.md), sections 1–2."
+    )
     return "\n\n".join(lines)
 
 

@@ -719,7 +719,7 @@ CASES = [
             "max_steps; restart at 60 | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) "
             "| 4.00 | 8.00 (2.00×) | 5.00 (**1.25×**) | 140 s |",
             "sfd demo-text --output-dir runs/q/restarted",
-            "the best stage 2 here is **restarted** at **1.25×**",
+            "The best here is **restarted** at **1.25×**",
         ],
     ),
     (
