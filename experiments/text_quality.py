@@ -221,16 +221,18 @@ def limits_text(rows: list[dict[str, Any]]) -> str:
         "every row ("
         + ", ".join(f"{r['name']} {ratio(r):.2f}×" for r in rows)
         + f"). The best here is **{best['name']}** at **{ratio(best):.2f}×** ({ema_text(best)}; "
-        f"{stop_text(best)}): the distance left to the teacher is mostly stage 1's, which stage 2 "
-        "closes only slowly, a little more with each stretch of iterations after forgetting."
+        f"{stop_text(best)}). So the one-step quality starts from stage 1's distance to the "
+        "teacher, and stage 2's budget closes only part of it."
     ]
     by_name = {r["name"]: r for r in rows}
     before, power = by_name.get("before"), by_name.get("power-ema")
     if before and power:
         lines.append(
             f"**EMA.** With the constant decay {before['ema_decay']:g} the shipped generator is a "
-            "~50-iteration average whatever the rule does (EMA after forgetting restarts it, but "
-            "the cap turns the restarted mean back into the same EMA after ~50 iterations). The "
+            "~50-iteration average whatever the rule does: EMA after forgetting restarts it as a "
+            "mean, but the cap β ≤ decay turns that mean back into the same EMA ~50 iterations "
+            "after the restart (so at this cap the restart alone changes little at the stop; not "
+            "run separately). The "
             f"power-function EMA (γ {power['ema_power']:g}) capped at {power['ema_decay']:g} "
             f"follows the raw generator while the concept moves and, restarted at the rule's "
             f"first forgotten probe ({stop_text(power)}), ships the plain mean of every iterate "
@@ -244,6 +246,14 @@ def limits_text(rows: list[dict[str, Any]]) -> str:
             f"**Iterations.** With a budget of {budget['max_steps']} the rule can finish: "
             f"{stop_text(budget)}, {ratio(budget):.2f}× against {ratio(power):.2f}× at the "
             f"{power['max_steps']}-iteration budget."
+        )
+    if not budget:
+        lines.append(
+            "**Iterations.** Not varied here: every row has the preset's 200-iteration budget, "
+            "which the rule uses whole (the restarted mean cannot hold its 150 iterations before "
+            "it). Whether a longer budget closes more of stage 1's gap, and by how much per "
+            "iteration, is the next measurement (`--trainer.max_steps 400 --stage1-steps 400`, "
+            "which keeps stage 1's cache)."
         )
     lines.append(
         "**Not varied here.** The guidance scale (the demo evaluates the teacher at the guidance "
