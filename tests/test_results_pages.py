@@ -1065,3 +1065,36 @@ def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
     assert context["commit"] == started
     now = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1)["commit"]
     assert now == results_page.git_commit() and now != started
+
+
+def test_shared_base_stage1_page_from_results_lines(results_dir) -> None:
+    command = "python experiments/shared_base_stage1.py --teacher t --classifier c default:"
+    fid = {"remain_accuracy": 0.99, "fid_remain": 8.0}
+    row = {
+        "name": "default",
+        "spec": "default:",
+        "command": command,
+        "run": run_section(command),
+        "iterations": 600,
+        "teacher_fid": 4.0,
+        "train_seconds": 700.0,
+        "points": [
+            {"iteration": 200, "raw": fid, "ema": fid, "merged_ema": fid, "low_rank_ema": fid},
+            {"iteration": 400, "raw": fid, "ema": fid},
+        ],
+    }
+    Path("runs").mkdir()
+    Path("runs/stage1.jsonl").write_text(json.dumps(row) + "\n")
+    importlib.import_module("shared_base_stage1").main(["--page-from", "runs/stage1.jsonl"])
+    text = (results_dir / "shared_base_stage1.md").read_text()
+    lines = text.splitlines()
+    assert WRITTEN_BY.search(text).groups() == (
+        "experiments/shared_base_stage1.py",
+        "runs/stage1.jsonl",
+    )
+    assert command in lines  # the run under its own command
+    assert (
+        "| default | `default:` | 200 | 2.00 (99.0 %) | 2.00 (99.0 %) | 2.00 (99.0 %) | 2.00 (99.0 %) |"
+        in lines
+    )
+    assert "| default | `default:` | 400 | 2.00 (99.0 %) | 2.00 (99.0 %) | – | – |" in lines
