@@ -519,6 +519,38 @@ def memory_record(command: str) -> dict[str, Any]:
 
 
 # script, page, record builder, the script's command line, lines the page must hold
+def text_quality_record(command: str) -> dict[str, Any]:
+    """Two stage-2 variants on one cached stage 1: a constant EMA and a restarted one."""
+
+    def model(ua: float, fid: float) -> dict[str, float]:
+        return {"ua": ua, "ua_paraphrases": ua - 0.01, "remain_accuracy": 0.99,
+                "neighbour_accuracy": 0.975, "fid_remain": fid}  # fmt: skip
+
+    def row(name: str, options: str | None, decay: float, power: float | None, fid: float,
+            completion: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+        return {
+            "name": name, "options": options, "setup": "digits-untuned",
+            "command": f"sfd demo-text --output-dir runs/q/{name}", "wall_seconds": 400.0,
+            "run": run_section(f"sfd demo-text --output-dir runs/q/{name}"),
+            "folder": f"runs/q/{name}", "forget": "three", "override": "eight",
+            "ema_decay": decay, "ema_power": power, "generator_lr": 1e-4, "fake_lr": 2e-4,
+            "teacher_guidance": 1.25, "max_steps": 200, "iterations": 200,
+            "stage1_iterations": 400, "completion": completion, "stage2_seconds": 140.0,
+            "phase_seconds": {"sfd": 140.0},
+            "models": {"teacher": model(0.01, 4.0), "distilled_without_forgetting": model(0.02, 8.0),
+                       "sfd": model(1.0, fid)},
+        }  # fmt: skip
+
+    restarted = {"stop_reason": "max_steps", "iterations": 200, "averaged_from": 60,
+                 "settings": {"average_after": 150}}  # fmt: skip
+    rows = [
+        row("constant", None, 0.98, None, 6.0, {"stop_reason": "max_steps", "iterations": 200,
+                                                 "averaged_from": None, "settings": {}}),
+        row("restarted", "--average-after 150", 0.995, 7.0, 5.0, restarted),
+    ]  # fmt: skip
+    return {"run": run_section(command), "rows": rows}
+
+
 CASES = [
     (
         "adversarial_overhead",
@@ -700,6 +732,22 @@ CASES = [
             "sfd compare --output-dir runs/s2/pair-0-1 --until-forgotten",
             "| 0 → 1: EMA remain FID ≤ 1× the teacher's (DDIM) at the stop | 3.30 vs 3.00 | no |",
             "| 0 → 1 | 20 | 100.0 % | 5.25 | 5.50 |",
+        ],
+    ),
+    (
+        "text_quality",
+        "text_quality",
+        text_quality_record,
+        "python experiments/text_quality.py --output-dir runs/q --threads 1",
+        [
+            "| constant | three → eight | (pairs benchmark) | 0.98 | 200 / 200, max_steps; no "
+            "restart (off) | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) | 4.00 "
+            "| 8.00 (2.00×) | 6.00 (**1.50×**) | 140 s |",
+            "| restarted | three → eight | `--average-after 150` | power 7, cap 0.995 | 200 / 200, "
+            "max_steps; restart at 60 | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) "
+            "| 4.00 | 8.00 (2.00×) | 5.00 (**1.25×**) | 140 s |",
+            "sfd demo-text --output-dir runs/q/restarted",
+            "The best here is **restarted** at **1.25×**",
         ],
     ),
     (
@@ -1058,3 +1106,36 @@ def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
     assert context["commit"] == started
     now = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1)["commit"]
     assert now == results_page.git_commit() and now != started
+
+
+def test_shared_base_stage1_page_from_results_lines(results_dir) -> None:
+    command = "python experiments/shared_base_stage1.py --teacher t --classifier c default:"
+    fid = {"remain_accuracy": 0.99, "fid_remain": 8.0}
+    row = {
+        "name": "default",
+        "spec": "default:",
+        "command": command,
+        "run": run_section(command),
+        "iterations": 600,
+        "teacher_fid": 4.0,
+        "train_seconds": 700.0,
+        "points": [
+            {"iteration": 200, "raw": fid, "ema": fid, "merged_ema": fid, "low_rank_ema": fid},
+            {"iteration": 400, "raw": fid, "ema": fid},
+        ],
+    }
+    Path("runs").mkdir()
+    Path("runs/stage1.jsonl").write_text(json.dumps(row) + "\n")
+    importlib.import_module("shared_base_stage1").main(["--page-from", "runs/stage1.jsonl"])
+    text = (results_dir / "shared_base_stage1.md").read_text()
+    lines = text.splitlines()
+    assert WRITTEN_BY.search(text).groups() == (
+        "experiments/shared_base_stage1.py",
+        "runs/stage1.jsonl",
+    )
+    assert command in lines  # the run under its own command
+    assert (
+        "| default | `default:` | 200 | 2.00 (99.0 %) | 2.00 (99.0 %) | 2.00 (99.0 %) | 2.00 (99.0 %) |"
+        in lines
+    )
+    assert "| default | `default:` | 400 | 2.00 (99.0 %) | 2.00 (99.0 %) | – | – |" in lines
