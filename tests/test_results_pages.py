@@ -463,6 +463,34 @@ def pairs_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "pairs": pairs}
 
 
+def judge_levels_record(command: str) -> dict[str, Any]:
+    def reading(classifier_forget: float, judged: float, count: int, both: int) -> dict[str, Any]:
+        return {
+            "n": 200,
+            "classifier_forget": classifier_forget,
+            "classifier_override": 0.85,
+            "judged_forget": judged,
+            "judged_forget_per_level": {"0.4": 0.04, "0.8": 0.08, "1.6": 0.115},
+            "classifier_forget_count": count,
+            "classifier_forget_judged_forget": both,
+        }
+
+    case = {
+        "name": "Fashion-MNIST sneaker → sandal",
+        "teacher": "cache/text-teacher-abc",
+        "family": "sd3",
+        "classifier": "cache/text-classifier-def",
+        "forget": "sneaker",
+        "override": "sandal",
+        "guidance": 1.25,
+        "sets": {
+            "teacher (28 steps), override prompts": reading(0.105, 0.015, 21, 3),
+            "generator runs/g, forget prompts": reading(0.115, 0.015, 23, 1),
+        },
+    }
+    return {"run": run_section(command), "cases": [case]}
+
+
 def memory_record(command: str) -> dict[str, Any]:
     gib = 1024**3
 
@@ -740,6 +768,19 @@ CASES = [
             "| three → eight (text) | no | no | yes | no | no |",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
             "pairs already measured are kept): `digits-4-9`, `digits-7-2`,",
+        ],
+    ),
+    (
+        "judge_levels",
+        "judge_levels",
+        judge_levels_record,
+        "python experiments/judge_levels.py --case fashion cache/t cache/c sneaker sandal runs/g",
+        [
+            "## Fashion-MNIST sneaker → sandal",
+            "| teacher (28 steps), override prompts | 10.5 % | 85.0 % | 1.5 % | 4.0 % | 8.0 % "
+            "| 11.5 % | 3 of 21 |",
+            "| generator runs/g, forget prompts | 11.5 % | 85.0 % | 1.5 % | 4.0 % | 8.0 % "
+            "| 11.5 % | 1 of 23 |",
         ],
     ),
     (
