@@ -161,11 +161,8 @@ class SFDMethod:
         curve = run.curve(_iterations(args), raw=True, under_rule=rule_on)  # raw beside the EMA
         callbacks: list[pl.Callback] = [curve]
         if rule_on:
-            after = run.settings.average_after
             rule = until_forgotten(
-                curve,
-                max(after, curve.every_n) if after else None,
-                override_floor=run.settings.override_floor,
+                curve, run.settings.average_after, override_floor=run.settings.override_floor
             )
             callbacks.append(rule)
         module, seconds, _ = train_sfd(
