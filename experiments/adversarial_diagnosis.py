@@ -174,10 +174,17 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             f"generator of `{s['run']}`, {s['steps']} steps per objective; read on 16 held-out "
             "draws per row: the evaluation classifier's share of the forgotten class, the "
             "teacher judge's (§8) share judged forget, and the classifier's label counts. "
-            f"`inner`: the inner attack's objective at its settings ({record['adversarial']}); "
-            f"`concepts`: the teacher as a diffusion classifier over every concept (scale "
-            f"{s['scale']}, {s['samples']} z per row); `classifier`: the evaluation attack's "
-            f"objective ({s['samples']} z per row), for reference only."
+            + " ".join(
+                {
+                    "inner": "`inner`: the inner attack's objective at its settings "
+                    f"({record['adversarial']}).",
+                    "concepts": "`concepts`: the teacher as a diffusion classifier over every "
+                    f"concept (scale {s['scale']}, {s['samples']} z per row).",
+                    "classifier": "`classifier`: the evaluation attack's objective "
+                    f"({s['samples']} z per row), for reference only.",
+                }[name]
+                for name in record["objectives"]
+            )
         ),
         "Results": markdown_table(
             (
