@@ -27,7 +27,7 @@ from sfd.core.loop import IterationStream, step_without_counting
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import NonFiniteError, SFDConfigError, check_number
-from sfd.teachers.adapters import AdapterSettings, shared_base_views
+from sfd.teachers.adapters import AdapterSettings, AdapterView, shared_base_views
 from sfd.teachers.base import Denoiser
 
 TEACHER_PREFIX = "teacher."
@@ -299,7 +299,8 @@ class SFDModule(pl.LightningModule):
         `_foreach_lerp_`, while the EMA generator stays a plain `OneStepGenerator` that callbacks
         sample, exports ship and checkpoints hold as `ema.*`. The step is the trainer's
         `global_step`, which a resumed run restores, so a resumed power-function EMA continues
-        bit-identically.
+        bit-identically. In the shared base the EMA adapter averages the generator adapter's
+        merged updates B·A (`SharedBase.average_into`), as full copies average the weights.
         """
         if self.ema is None:
             return
@@ -308,9 +309,14 @@ class SFDModule(pl.LightningModule):
             decay = ema_decay_at(step - start + 1, self.hparams.ema_decay, power)
         else:
             decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.get("ema_power"))
-        ema_params = list(self.ema.parameters())
-        params = [p.detach() for p in self.generator.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        ema, live = self.ema.denoiser, self.generator.denoiser
+        if isinstance(ema, AdapterView) and isinstance(live, AdapterView):
+            # the average of the merged updates B·A, not of each factor (shared base)
+            ema.shared.average_into(ema.adapter_name, live.adapter_name, 1.0 - decay)
+        else:
+            ema_params = list(self.ema.parameters())
+            params = [p.detach() for p in self.generator.parameters()]
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
