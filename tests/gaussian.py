@@ -26,6 +26,32 @@ class GaussianClassNet(nn.Module):
         return mu + shrink * (x - mu)
 
 
+class EmbeddedGaussianNet(GaussianClassNet):
+    """`GaussianClassNet` whose means are its class-embedding table (K, C·H·W): a condition's
+    `class_embeds` stand in for its label's mean where `active` (`ClassEmbeddingCondition`)."""
+
+    def forward(self, x: Tensor, sigma: Tensor, cond) -> Tensor:
+        labels = getattr(cond, "labels", cond)
+        mu = self.means[labels]
+        embeds = getattr(cond, "class_embeds", None)
+        if embeds is not None:
+            active = cond.active.view(-1, 1, 1, 1)
+            mu = torch.where(active, embeds.view_as(mu).to(mu.dtype), mu)
+        variance = (2 * self.log_std).exp()
+        shrink = variance / (variance + sigma.view(-1, 1, 1, 1) ** 2)
+        return mu + shrink * (x - mu)
+
+
+class EmbeddedGaussian(EDMDenoiser):
+    """The Gaussian denoiser over `EmbeddedGaussianNet`, with its class-embedding table."""
+
+    def __init__(self, means: Tensor, std: float) -> None:
+        super().__init__(EmbeddedGaussianNet(means, std), tuple(means.shape[1:]), len(means))
+
+    def class_embedding_table(self) -> Tensor:
+        return self.net.means.flatten(1)
+
+
 def gaussian_teacher(num_classes: int = 4, shape=(1, 2, 2), std: float = 0.5, seed: int = 0):
     """An `EDMDenoiser` over `GaussianClassNet` with well-separated random class means."""
     g = torch.Generator().manual_seed(seed)

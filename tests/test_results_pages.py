@@ -290,6 +290,25 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
+    def point(step: int, classifier: float, judged: float, labels: list[int]) -> dict[str, Any]:
+        values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
+        return {**values, "labels": labels, **({"objective": 0.05} if step else {})}
+
+    return {
+        "run": run_section(command),
+        "settings": {"run": "runs/adv/p", "teacher": "teacher", "data": "digits", "steps": 25,
+                     "every": 25, "rows": 8, "samples": 8, "scale": 100.0},
+        "forget": 2,
+        "class_names": ["zero", "one", "two"],
+        "adversarial": {"tokens": 16, "lr": 0.05},
+        "objectives": {
+            "inner": [point(0, 0.0, 0.05, [1, 7, 0]), point(25, 0.0, 0.85, [8, 0, 0])],
+            "classifier": [point(0, 0.0, 0.05, [1, 7, 0]), point(25, 0.25, 0.5, [0, 6, 2])],
+        },
+    }  # fmt: skip
+
+
 def shared_base_record(command: str) -> dict[str, Any]:
     def mode(ua: float, seconds: float, weights: int) -> dict[str, Any]:
         return {
@@ -564,6 +583,17 @@ CASES = [
             "| class (class embedding) | 1,234 | 0.1000 | 0.1500 | 1.50× | yes |",
             "| text (soft prompt) | 5,678 | 0.2000 | 0.5000 | 2.50× | no |",
             "(steps 4, share 0.25: 2 attacked rows per iteration)",
+        ],
+    ),
+    (
+        "adversarial_diagnosis",
+        "adversarial_diagnosis",
+        adversarial_diagnosis_record,
+        "python experiments/adversarial_diagnosis.py --run runs/adv/p --teacher teacher",
+        [
+            "| inner | 25 | 0.0500 | 0.0 % | 85.0 % | zero 8 |",
+            "| classifier | 25 | 0.0500 | 25.0 % | 50.0 % | one 6, two 2 |",
+            "| inner | 0 | – | 0.0 % | 5.0 % | zero 1, one 7 |",
         ],
     ),
     (
