@@ -367,10 +367,10 @@ class SFDModule(pl.LightningModule):
             raise SFDConfigError("restarting the EMA needs one: model.ema_decay is null")
         check_number("EMA restart power", power, low=0)
         self.ema_restart = (int(self.global_step), float(power))
-        ema_params = list(self.ema.parameters())
-        torch._foreach_copy_(ema_params, [p.detach() for p in self.generator.parameters()])
-        for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        ema_params, params, ema_buffers, buffers = self._ema_tensors()
+        torch._foreach_copy_(ema_params, params)
+        if buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
 
     @property
     def export_generator(self) -> OneStepGenerator:
