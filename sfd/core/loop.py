@@ -78,12 +78,14 @@ def _do_nothing() -> None:
 
 # --- the networks' structure; training / evaluation mode ------------------------------------------
 
-_registrations = 0  # modules, parameters and buffers registered anywhere in the process so far
+_registrations = 0  # registrations into watched modules so far (`structure_version`)
+_watched: set[int] = set()  # ids of the modules of networks whose structure something caches
 
 
 def _count_registration(module: nn.Module, name: str, value: Any) -> None:
     global _registrations
-    _registrations += 1
+    if id(module) in _watched:
+        _registrations += 1
 
 
 for _register in (
@@ -94,12 +96,25 @@ for _register in (
     _register(_count_registration)
 
 
+def watch_structure(network: nn.Module) -> int:
+    """Start counting registrations into `network`'s modules in `structure_version`; its value now.
+
+    Call it when caching anything derived from `network`'s module tree (modules, parameters,
+    buffers) and keep the returned version with the cache.
+    """
+    _watched.update(id(m) for m in network.modules())
+    return _registrations
+
+
 def structure_version() -> int:
-    """A number that changes whenever a submodule, parameter or buffer is registered anywhere in
-    the process (attribute assignment, `add_module`, `register_buffer`, PEFT's adapter
-    injection, FSDP's sharded parameters, `load_state_dict(assign=True)`, ...): lists of a
-    network's modules or tensors made at one version are still the network's at the same one,
-    unless `_apply` (`.to()`, `.half()`) replaced buffers in between.
+    """A number that changes whenever a submodule, parameter or buffer is registered into a
+    module of a watched network (`watch_structure`): attribute assignment, `add_module`,
+    `register_buffer`, PEFT's adapter injection, FSDP's sharded parameters,
+    `load_state_dict(assign=True)`, ... Lists of a watched network's modules or tensors made at
+    one version are still the network's at the same one, unless `_apply` (`.to()`, `.half()`)
+    replaced buffers in between. Registrations into modules outside watched networks (e.g. the
+    `nn.ModuleList` a slice of one builds, as diffusers' blocks do on every forward) leave it
+    alone; a module that joins a watched network is registered into one of its modules.
     """
     return _registrations
 
@@ -116,7 +131,7 @@ class _ModePlan:
     """
 
     def __init__(self, network: nn.Module) -> None:
-        self.version = structure_version()
+        self.version = watch_structure(network)
         self.steps: list[tuple[nn.Module, bool]] = []  # (module, call its own train)
         self._record(network)
 

@@ -28,6 +28,7 @@ from sfd.core.loop import (
     set_training_mode,
     step_without_counting,
     structure_version,
+    watch_structure,
 )
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
@@ -335,6 +336,8 @@ class SFDModule(pl.LightningModule):
             or cached[1] is not ema
             or cached[2] is not generator
         ):
+            watch_structure(generator)
+            version = watch_structure(ema)
             tensors = (
                 list(ema.parameters()),
                 list(generator.parameters()),

@@ -87,6 +87,17 @@ def test_a_plan_follows_a_network_that_changed() -> None:
     assert flags(net) == flags(oracle.train(True))
 
 
+def test_a_plan_outlives_containers_built_outside_the_network() -> None:
+    """Slicing a ModuleList builds a new one (diffusers' blocks do on every forward): the
+    network did not change, its plan stays."""
+    net, plans = network(), {}
+    set_training_mode(net, True, plans)
+    plan = plans[id(net)]
+    _ = net["b"][0:2], nn.Sequential(nn.Linear(2, 2))
+    set_training_mode(net, False, plans)
+    assert plans[id(net)] is plan
+
+
 def make(**settings) -> SFDModule:
     return SFDModule(
         gaussian_teacher(),
