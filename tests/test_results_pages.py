@@ -290,6 +290,25 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
+    def point(step: int, classifier: float, judged: float, labels: list[int]) -> dict[str, Any]:
+        values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
+        return {**values, "labels": labels, **({"objective": 0.05} if step else {})}
+
+    return {
+        "run": run_section(command),
+        "settings": {"run": "runs/adv/p", "teacher": "teacher", "data": "digits", "steps": 25,
+                     "every": 25, "rows": 8, "samples": 8, "scale": 100.0},
+        "forget": 2,
+        "class_names": ["zero", "one", "two"],
+        "adversarial": {"tokens": 16, "lr": 0.05},
+        "objectives": {
+            "inner": [point(0, 0.0, 0.05, [1, 7, 0]), point(25, 0.0, 0.85, [8, 0, 0])],
+            "classifier": [point(0, 0.0, 0.05, [1, 7, 0]), point(25, 0.25, 0.5, [0, 6, 2])],
+        },
+    }  # fmt: skip
+
+
 def shared_base_record(command: str) -> dict[str, Any]:
     def mode(ua: float, seconds: float, weights: int) -> dict[str, Any]:
         return {
@@ -463,6 +482,34 @@ def pairs_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "pairs": pairs}
 
 
+def judge_levels_record(command: str) -> dict[str, Any]:
+    def reading(classifier_forget: float, judged: float, count: int, both: int) -> dict[str, Any]:
+        return {
+            "n": 200,
+            "classifier_forget": classifier_forget,
+            "classifier_override": 0.85,
+            "judged_forget": judged,
+            "judged_forget_per_level": {"0.4": 0.04, "0.8": 0.08, "1.6": 0.115},
+            "classifier_forget_count": count,
+            "classifier_forget_judged_forget": both,
+        }
+
+    case = {
+        "name": "Fashion-MNIST sneaker → sandal",
+        "teacher": "cache/text-teacher-abc",
+        "family": "sd3",
+        "classifier": "cache/text-classifier-def",
+        "forget": "sneaker",
+        "override": "sandal",
+        "guidance": 1.25,
+        "sets": {
+            "teacher (28 steps), override prompts": reading(0.105, 0.015, 21, 3),
+            "generator runs/g, forget prompts": reading(0.115, 0.015, 23, 1),
+        },
+    }
+    return {"run": run_section(command), "cases": [case]}
+
+
 def memory_record(command: str) -> dict[str, Any]:
     gib = 1024**3
 
@@ -491,6 +538,38 @@ def memory_record(command: str) -> dict[str, Any]:
 
 
 # script, page, record builder, the script's command line, lines the page must hold
+def text_quality_record(command: str) -> dict[str, Any]:
+    """Two stage-2 variants on one cached stage 1: a constant EMA and a restarted one."""
+
+    def model(ua: float, fid: float) -> dict[str, float]:
+        return {"ua": ua, "ua_paraphrases": ua - 0.01, "remain_accuracy": 0.99,
+                "neighbour_accuracy": 0.975, "fid_remain": fid}  # fmt: skip
+
+    def row(name: str, options: str | None, decay: float, power: float | None, fid: float,
+            completion: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+        return {
+            "name": name, "options": options, "setup": "digits-untuned",
+            "command": f"sfd demo-text --output-dir runs/q/{name}", "wall_seconds": 400.0,
+            "run": run_section(f"sfd demo-text --output-dir runs/q/{name}"),
+            "folder": f"runs/q/{name}", "forget": "three", "override": "eight",
+            "ema_decay": decay, "ema_power": power, "generator_lr": 1e-4, "fake_lr": 2e-4,
+            "teacher_guidance": 1.25, "max_steps": 200, "iterations": 200,
+            "stage1_iterations": 400, "completion": completion, "stage2_seconds": 140.0,
+            "phase_seconds": {"sfd": 140.0},
+            "models": {"teacher": model(0.01, 4.0), "distilled_without_forgetting": model(0.02, 8.0),
+                       "sfd": model(1.0, fid)},
+        }  # fmt: skip
+
+    restarted = {"stop_reason": "max_steps", "iterations": 200, "averaged_from": 60,
+                 "settings": {"average_after": 150}}  # fmt: skip
+    rows = [
+        row("constant", None, 0.98, None, 6.0, {"stop_reason": "max_steps", "iterations": 200,
+                                                 "averaged_from": None, "settings": {}}),
+        row("restarted", "--average-after 150", 0.995, 7.0, 5.0, restarted),
+    ]  # fmt: skip
+    return {"run": run_section(command), "rows": rows}
+
+
 CASES = [
     (
         "adversarial_overhead",
@@ -501,6 +580,17 @@ CASES = [
             "| class (class embedding) | 1,234 | 0.1000 | 0.1500 | 1.50× | yes |",
             "| text (soft prompt) | 5,678 | 0.2000 | 0.5000 | 2.50× | no |",
             "(steps 4, share 0.25: 2 attacked rows per iteration)",
+        ],
+    ),
+    (
+        "adversarial_diagnosis",
+        "adversarial_diagnosis",
+        adversarial_diagnosis_record,
+        "python experiments/adversarial_diagnosis.py --run runs/adv/p --teacher teacher",
+        [
+            "| inner | 25 | 0.0500 | 0.0 % | 85.0 % | zero 8 |",
+            "| classifier | 25 | 0.0500 | 25.0 % | 50.0 % | one 6, two 2 |",
+            "| inner | 0 | – | 0.0 % | 5.0 % | zero 1, one 7 |",
         ],
     ),
     (
@@ -675,6 +765,22 @@ CASES = [
         ],
     ),
     (
+        "text_quality",
+        "text_quality",
+        text_quality_record,
+        "python experiments/text_quality.py --output-dir runs/q --threads 1",
+        [
+            "| constant | three → eight | (pairs benchmark) | 0.98 | 200 / 200, max_steps; no "
+            "restart (off) | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) | 4.00 "
+            "| 8.00 (2.00×) | 6.00 (**1.50×**) | 140 s |",
+            "| restarted | three → eight | `--average-after 150` | power 7, cap 0.995 | 200 / 200, "
+            "max_steps; restart at 60 | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) "
+            "| 4.00 | 8.00 (2.00×) | 5.00 (**1.25×**) | 140 s |",
+            "sfd demo-text --output-dir runs/q/restarted",
+            "The best here is **restarted** at **1.25×**",
+        ],
+    ),
+    (
         "pairs_benchmark",
         "pairs",
         pairs_record,
@@ -692,6 +798,19 @@ CASES = [
             "| three → eight (text) | no | no | yes | no | no |",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
             "pairs already measured are kept): `digits-4-9`, `digits-7-2`,",
+        ],
+    ),
+    (
+        "judge_levels",
+        "judge_levels",
+        judge_levels_record,
+        "python experiments/judge_levels.py --case fashion cache/t cache/c sneaker sandal runs/g",
+        [
+            "## Fashion-MNIST sneaker → sandal",
+            "| teacher (28 steps), override prompts | 10.5 % | 85.0 % | 1.5 % | 4.0 % | 8.0 % "
+            "| 11.5 % | 3 of 21 |",
+            "| generator runs/g, forget prompts | 11.5 % | 85.0 % | 1.5 % | 4.0 % | 8.0 % "
+            "| 11.5 % | 1 of 23 |",
         ],
     ),
     (
@@ -1017,3 +1136,36 @@ def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
     assert context["commit"] == started
     now = results_page.run_context("python experiments/x.py", [0.0, 0.0, 0.0], 1)["commit"]
     assert now == results_page.git_commit() and now != started
+
+
+def test_shared_base_stage1_page_from_results_lines(results_dir) -> None:
+    command = "python experiments/shared_base_stage1.py --teacher t --classifier c default:"
+    fid = {"remain_accuracy": 0.99, "fid_remain": 8.0}
+    row = {
+        "name": "default",
+        "spec": "default:",
+        "command": command,
+        "run": run_section(command),
+        "iterations": 600,
+        "teacher_fid": 4.0,
+        "train_seconds": 700.0,
+        "points": [
+            {"iteration": 200, "raw": fid, "ema": fid, "merged_ema": fid, "low_rank_ema": fid},
+            {"iteration": 400, "raw": fid, "ema": fid},
+        ],
+    }
+    Path("runs").mkdir()
+    Path("runs/stage1.jsonl").write_text(json.dumps(row) + "\n")
+    importlib.import_module("shared_base_stage1").main(["--page-from", "runs/stage1.jsonl"])
+    text = (results_dir / "shared_base_stage1.md").read_text()
+    lines = text.splitlines()
+    assert WRITTEN_BY.search(text).groups() == (
+        "experiments/shared_base_stage1.py",
+        "runs/stage1.jsonl",
+    )
+    assert command in lines  # the run under its own command
+    assert (
+        "| default | `default:` | 200 | 2.00 (99.0 %) | 2.00 (99.0 %) | 2.00 (99.0 %) | 2.00 (99.0 %) |"
+        in lines
+    )
+    assert "| default | `default:` | 400 | 2.00 (99.0 %) | 2.00 (99.0 %) | – | – |" in lines

@@ -113,16 +113,7 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
         "--trainer.max_steps; the classifier's UA is logged beside the judge's (default: on; "
         "--no-until-forgotten runs the fixed --trainer.max_steps)",
     )
-    add(
-        "--average-after",
-        type=int,
-        default=defaults.average_after,
-        help="EMA after forgetting (with --until-forgotten): once the judge first finds the "
-        "forget class gone, the shipped generator restarts as the plain mean of the generator "
-        "iterates from there, and the completion rule stops only once it averages at least this "
-        "many iterations (and one curve interval), within --trainer.max_steps; docs/method.md §4 "
-        "(default: %(default)s; 0: off, the EMA keeps its schedule)",
-    )
+    add_average_after_option(parser, defaults.average_after, "class")
     add(
         "--curve-per-class",
         type=int,
@@ -151,6 +142,21 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)",
     )
     add("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_average_after_option(parser: argparse.ArgumentParser, default: int, concept: str) -> None:
+    """`--average-after`, the completion rule's "EMA after forgetting" (`sfd demo`, `sfd compare`,
+    `sfd demo-text`; `concept`: what is forgotten, for the help)."""
+    parser.add_argument(
+        "--average-after",
+        type=int,
+        default=default,
+        help=f"EMA after forgetting (with --until-forgotten): once the judge first finds the "
+        f"forget {concept} gone, the shipped generator restarts as the plain mean of the generator "
+        "iterates from there, and the completion rule stops only once it averages at least this "
+        "many iterations (and one curve interval), within --trainer.max_steps; docs/method.md §4 "
+        "(default: %(default)s; 0: off, the EMA keeps its schedule)",
+    )
 
 
 def add_class_attack_options(parser: argparse.ArgumentParser) -> None:

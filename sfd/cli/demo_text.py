@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import FIT_PREFIXES, is_option, run_quietly
+from sfd.cli.common import FIT_PREFIXES, add_average_after_option, is_option, run_quietly
 from sfd.errors import SFDConfigError
 
 
@@ -74,6 +74,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
         "--trainer.max_steps; the classifier's UA is logged beside the judge's (default: on; "
         "--no-until-forgotten runs the fixed --trainer.max_steps)",
     )
+    add_average_after_option(parser, defaults.average_after, "prompts' concept")
     add("--curve-per-class", type=int, default=defaults.curve_per_class)
     add("--forget-images", type=int, default=defaults.forget_images, help="per forget set")
     add("--remain-per-class", type=int, default=defaults.remain_per_class)

@@ -573,6 +573,24 @@ class AdversarialTraining:
         remain, remain_plain = anchored or (None, None)
         return Attacked(condition, override, self.rows, remain, remain_plain)
 
+    @torch.no_grad()
+    def probe_conditions(self, n: int, device: torch.device) -> tuple[Any, Any, Any] | None:
+        """The pool's attacked conditions for `n` probe samples, for the completion rule.
+
+        Sample i takes pool row i mod the pool's size (the whole pool of every rank: the same
+        on every rank), its learned vectors as they are now.
+
+        Returns:
+            (attacked condition, plain forget condition, override condition), `n` rows each,
+            or None before the first attack.
+        """
+        if self.state is None:
+            return None
+        size = len(self.state[self.space.learned])
+        index = torch.arange(n) % size
+        rows = {key: value[index.to(value.device)].to(device) for key, value in self.state.items()}
+        return self.space.conditions(rows, rows[self.space.learned])
+
     # --- the two loss terms ---------------------------------------------------------------
 
     def fake_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:

@@ -111,11 +111,24 @@ def judged_forget(
 
 
 @torch.no_grad()
-def forget_rate(teacher: Denoiser, generator: Any, draws: JudgeDraws) -> float:
-    """The share of the generator's forget-condition samples the teacher judges forget (0..1)."""
+def forget_rate(
+    teacher: Denoiser, generator: Any, draws: JudgeDraws, attacked: Any | None = None
+) -> float:
+    """The share of the generator's forget-condition samples the teacher judges forget (0..1).
+
+    Args:
+        teacher: the frozen teacher.
+        generator: the generator under judgement.
+        draws: the fixed draws.
+        attacked: None, or (condition, forget, override), N rows each: the generator then draws
+            under `condition` (e.g. a forget condition with an attacker's soft prompt,
+            `AdversarialTraining.probe_conditions`) and each sample is judged between its plain
+            `forget` and `override` conditions.
+    """
     conds = draws.conditions
-    x = generator(draws.z_forget, conds.forget)
-    return float(judged_forget(teacher, x, conds.forget, conds.override, draws).float().mean())
+    condition, forget, override = attacked or (conds.forget, conds.forget, conds.override)
+    x = generator(draws.z_forget, condition)
+    return float(judged_forget(teacher, x, forget, override, draws).float().mean())
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from sfd.core.loop import (
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import NonFiniteError, SFDConfigError, check_number
-from sfd.teachers.adapters import AdapterSettings, shared_base_views
+from sfd.teachers.adapters import AdapterSettings, AdapterView, shared_base_views
 from sfd.teachers.base import Denoiser
 
 TEACHER_PREFIX = "teacher."
@@ -304,7 +304,8 @@ class SFDModule(pl.LightningModule):
         `_foreach_lerp_`, while the EMA generator stays a plain `OneStepGenerator` that callbacks
         sample, exports ship and checkpoints hold as `ema.*`. The step is the trainer's
         `global_step`, which a resumed run restores, so a resumed power-function EMA continues
-        bit-identically.
+        bit-identically. In the shared base the EMA adapter averages the generator adapter's
+        merged updates B·A (`SharedBase.average_into`), as full copies average the weights.
         """
         if self.ema is None:
             return
@@ -314,7 +315,12 @@ class SFDModule(pl.LightningModule):
         else:
             decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.get("ema_power"))
         ema_params, params, ema_buffers, buffers = self._ema_tensors()
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        ema, live = self.ema.denoiser, self.generator.denoiser
+        if isinstance(ema, AdapterView) and isinstance(live, AdapterView):
+            # the average of the merged updates B·A, not of each factor (shared base)
+            ema.shared.average_into(ema.adapter_name, live.adapter_name, 1.0 - decay)
+        else:
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         if buffers:
             torch._foreach_copy_(ema_buffers, buffers)
 
@@ -322,7 +328,7 @@ class SFDModule(pl.LightningModule):
         """The EMA's and the generator's parameters and buffers, in matching order.
 
         Kept between iterations instead of walking both module trees twice each time: rebuilt
-        when a network is replaced, when anything was registered in the process since
+        when a network is replaced, when anything was registered into either since
         (`structure_version`) and after `_apply` (`.to()` / `.half()` of this module replace
         buffers). No grad is recorded (`update_ema` runs under `no_grad`), so the generator's
         parameters are kept as they are rather than as detached views, which an assignment to

@@ -74,13 +74,19 @@ DEFAULT_TARGETS = (
     "conv_shortcut",
     "time_emb_proj",
 )
-# Default α per unit of rank (α = 16 r, the update scaled by 16). Adam moves each factor's entries
-# by about the learning rate per step whatever α is, so LoRA's update (α/r)·B·A grows slower than a
-# full weight under the same optimizer; α/r scales the adapters' effective learning rate. On the
-# digits demo (`sfd demo --no-attack --eval-per-class 100 --model.adapters.rank 16
-# --model.adapters.alpha A`, 200 SFD iterations) the remain FID fell from 6.8x the teacher's at
-# α = r to 4.5x at 4r, 3.5x at 8r and 3.1x at 16r; the comparison: docs/results/shared_base.md.
-ALPHA_PER_RANK = 16
+# Default α per unit of rank (α = 4 r, the update scaled by 4). Adam moves each factor's entries by
+# about the learning rate per step whatever α is, so LoRA's update (α/r)·B·A grows slower than a full
+# weight under the same optimizer at α = r; α/r scales the adapters' effective learning rate. 16 r
+# trained stage 2 from the teacher fastest (digits demo, 200 iterations: remain FID 6.8x the
+# teacher's at α = r, 4.5x at 4r, 3.5x at 8r, 3.1x at 16r), but diverged in the demo's stage 1 (600
+# iterations at the generator's lr 3e-4: the losses jump at ~400 and the generator's FID goes from
+# 2.4x to 68x; docs/results/shared_base_stage1.md). 4 r keeps the per-weight step of LoRA near a
+# full copy's: stage 1 ends at 1.10x (6.66x at 16 r), the demo's final remain FID at 1.53x (1.33x at
+# 16 r, from the diverged stage 1; full copies 0.88x): docs/results/shared_base.md.
+ALPHA_PER_RANK = 4
+# How the EMA adapter averages the generator's (`SharedBase.average_into`): the merged updates B·A,
+# truncated to the rank. Caches of adapter runs record it (a stage 1 averaged otherwise differs).
+ADAPTER_EMA = "merged updates, rank-truncated"
 VIEW_SEPARATOR = "/"  # parameter names inside a view: the network's dotted name with "/"
 ADAPTED_KIND = "shared_base_adapter"  # spec tag of an adapter view (see `generator_from_spec`)
 ADAPTERS_RECORD = "adapters.json"  # beside the saved adapters (`save_adapters`)
@@ -94,7 +100,7 @@ class AdapterSettings:
 
     Args:
         rank: adapter rank r (LoRA / DoRA rank, LoKr rank).
-        alpha: scaling α (the update is scaled by α/r); default `ALPHA_PER_RANK` · r (16 r):
+        alpha: scaling α (the update is scaled by α/r); default `ALPHA_PER_RANK` · r (4 r):
             with Adam, α/r multiplies the adapters' effective learning rate.
         kind: "lora", "dora" (weight-decomposed LoRA) or "lokr" (Kronecker product).
         targets: names of the layers to adapt (PEFT's `target_modules`); default
@@ -333,6 +339,26 @@ class SharedBase:
             for key, param in self.adapter_parameters[target].items():
                 param.copy_(self.adapter_parameters[source][_rename(key, target, source)])
 
+    @torch.no_grad()
+    def average_into(self, target: str, source: str, weight: float) -> None:
+        """Adapter `target` ← the EMA step toward adapter `source` (weight w = 1 − decay) of the
+        function they compute: each LoRA (and DoRA) layer's merged update B·A by `low_rank_lerp`,
+        the rest of the weights (DoRA's magnitudes, LoKr's factors, biases) lerped as they are."""
+        averaged: set[int] = set()
+        for layer in self.layers:
+            for ema, live in zip(
+                _lora_pairs(layer, target), _lora_pairs(layer, source), strict=True
+            ):
+                low_rank_lerp(ema, live, weight)
+                averaged.update(id(t) for t in ema)
+        rest = [
+            (param, self.adapter_parameters[source][_rename(key, target, source)])
+            for key, param in self.adapter_parameters[target].items()
+            if id(param) not in averaged
+        ]
+        if rest:
+            torch._foreach_lerp_([t for t, _ in rest], [s.detach() for _, s in rest], weight)
+
     def trainable_count(self, name: str) -> int:
         """Number of weights of adapter `name`."""
         return sum(p.numel() for p in self.adapter_parameters[name].values())
@@ -340,6 +366,16 @@ class SharedBase:
 
 def _rename(key: str, old: str, new: str) -> str:
     return ".".join(new if part == old else part for part in key.split("."))
+
+
+def _lora_pairs(layer: nn.Module, name: str) -> list[tuple[Tensor, Tensor]]:
+    """(B, A) weights of adapter `name` in a PEFT LoRA / DoRA layer (none in other kinds)."""
+    pairs = []
+    if name in getattr(layer, "lora_A", {}):
+        pairs.append((layer.lora_B[name].weight, layer.lora_A[name].weight))
+    if name in getattr(layer, "lora_embedding_A", {}):
+        pairs.append((layer.lora_embedding_B[name], layer.lora_embedding_A[name]))
+    return pairs
 
 
 def _is_adapter_key(key: str, adapter_keys: set[str]) -> bool:
@@ -602,3 +638,38 @@ def denoiser_from_adapter_spec(spec: Mapping[str, Any], state: Mapping[str, Tens
     view = AdapterView(SharedBase(teacher, settings, [name]), name)
     view.load_state_dict(dict(state), strict=True)
     return merged_denoiser(view)
+
+
+# --- the EMA of merged updates -------------------------------------------------------------------
+
+
+@torch.no_grad()
+def low_rank_lerp(ema: tuple[Tensor, Tensor], live: tuple[Tensor, Tensor], weight: float) -> None:
+    """B_e·A_e ← the best rank-k approximation of (1 − w)·B_e·A_e + w·B·A, in place (k: A_e's rows).
+
+    The EMA of a LoRA's merged update B·A, kept as rank-k factors: lerping each factor on its own
+    averages neither B·A nor anything of the network's weights (the mean of products is not the
+    product of means). The sum of the two products has rank ≤ k + r; with thin QRs of the stacked
+    factors and the SVD of their (k + r)² core it is written exactly, then truncated to rank k
+    (Eckart–Young: no rank-k matrix is closer). Exact whenever the sum has rank ≤ k, e.g. while
+    the updates share one column or row space. The new factors are balanced (B_e = U·√S,
+    A_e = √S·Vᵀ).
+
+    Args:
+        ema: (B_e, A_e): (out, k, ...) and (k, in, ...) tensors (a convolution's trailing kernel
+            dimensions are flattened into `in`; B's 1×1 kernel into `out`).
+        live: (B, A) of the adapter being averaged, shaped likewise with rank r.
+        weight: w = 1 − decay.
+    """
+    b_ema, a_ema = ema
+    b_live, a_live = live
+    rank = a_ema.shape[0]
+    keep, take = (1.0 - weight) ** 0.5, weight**0.5
+    left = torch.cat([keep * b_ema.flatten(1).double(), take * b_live.flatten(1).double()], 1)
+    right = torch.cat([keep * a_ema.flatten(1).double(), take * a_live.flatten(1).double()], 0)
+    q_left, r_left = torch.linalg.qr(left)
+    q_right, r_right = torch.linalg.qr(right.T)
+    u, s, vh = torch.linalg.svd(r_left @ r_right.T)
+    root = s[:rank].sqrt()
+    b_ema.copy_((q_left @ (u[:, :rank] * root)).reshape(b_ema.shape))
+    a_ema.copy_(((root[:, None] * vh[:rank]) @ q_right.T).reshape(a_ema.shape))

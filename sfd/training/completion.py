@@ -2,7 +2,8 @@
 
 Every `every_n` iterations the callback probes the generator to ship (the EMA if kept) and the raw
 generator with the data-free judge of `sfd.core.judge` on fixed draws, and the remain drift of the
-shipped generator against its own samples at the start of the fit. It stops the fit when
+shipped generator against its own samples at the start of the fit. With adversarial SFD the judged
+forget rate also covers the conditions of the inner attack's pool (`probe`). It stops the fit when
 
 - the shipped generator's judged forget rate is at most `threshold` for `patience` probes in a row
   (reason "forgotten"); with `average_after`, the first forgotten probe also restarts the EMA as
@@ -126,7 +127,14 @@ class UntilForgotten(Callback):
     @torch.no_grad()
     def probe(self, module: Any) -> dict[str, Any]:
         """Judge the shipped and the raw generator now: {iteration, forget_rate, forget_rate_raw,
-        drift, classifier_ua}."""
+        drift, classifier_ua}.
+
+        With adversarial SFD (`module.adversarial`), each generator is also judged on the
+        attacked pool's conditions (`forget_rate_attacked`, `forget_rate_raw_attacked`), and
+        `forget_rate` / `forget_rate_raw` are the larger of that and the plain forget
+        conditions' rate (`forget_rate_plain`, `forget_rate_raw_plain`): a run does not stop as
+        forgotten while the conditions its own attacker found still give the concept.
+        """
         clock = time.perf_counter()
         draws = self._fixed_draws(module)
         shipped = module.export_generator
@@ -136,8 +144,15 @@ class UntilForgotten(Callback):
             for net in networks.values():
                 net.eval()
             point: dict[str, Any] = {"iteration": int(module.global_step)}
+            attacked = self._attacked(module)
             for name, net in networks.items():
                 point[name] = judge.forget_rate(module.teacher, net, draws)
+                if attacked is not None:
+                    # Adversarial SFD: the concept counts as gone only where the attacked rows
+                    # give it no more than the plain forget conditions do.
+                    rate = judge.forget_rate(module.teacher, net, draws, attacked)
+                    point[f"{name}_plain"], point[f"{name}_attacked"] = point[name], rate
+                    point[name] = max(point[name], rate)
             remain = judge.remain_samples(shipped, draws)
         finally:
             for name, net in networks.items():
@@ -150,6 +165,14 @@ class UntilForgotten(Callback):
         if reading is not None:
             point["classifier_ua"] = float(reading)
         return point
+
+    def _attacked(self, module: Any) -> tuple[Any, Any, Any] | None:
+        """The adversarial pool's attacked conditions for the probe (`num_samples` rows), or None
+        when the module trains without adversarial SFD or has not attacked yet."""
+        adversarial = getattr(module, "adversarial", None)
+        if adversarial is None:
+            return None
+        return adversarial.probe_conditions(self.num_samples, module.device)
 
     def _averaged(self, iteration: int) -> bool:
         """Whether the shipped average is long enough to stop on (always, without `average_after`)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from gaussian import gaussian_teacher
 
-from sfd.apps.harness.curve import TimedForgettingCurve
+from sfd.apps.harness.curve import TimedForgettingCurve, until_forgotten
 from sfd.baselines.method import Unlearned
 from sfd.core.generator import OneStepGenerator
 from sfd.eval.classifier import Classifier
@@ -44,3 +44,14 @@ def test_no_reference_or_a_multi_step_model_gets_no_fid() -> None:
     assert curve(None).remain_fid(Unlearned(generator), "cpu") is None
     real = to_uint8(torch.zeros(4, *SHAPE))
     assert curve(real).remain_fid(Unlearned(teacher), "cpu") is None
+
+
+def test_the_demos_average_after_is_at_least_one_probe_interval_and_0_is_off() -> None:
+    """`--average-after N` of `sfd demo` / `sfd compare` / `sfd demo-text`: the rule averages
+    max(N, the curve's interval) iterations after its restart; 0 leaves the EMA's schedule alone."""
+    timed = curve(None)  # every_n=2
+    assert until_forgotten(timed, 0).average_after is None
+    assert until_forgotten(timed).average_after is None
+    assert until_forgotten(timed, 1).average_after == 2
+    assert until_forgotten(timed, 150).average_after == 150
+    assert until_forgotten(timed, 150).every_n == 2

@@ -141,6 +141,13 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     assert completion["stop_reason"] in ("forgotten", "max_steps")
     used = completion["iterations"]
     assert again_metrics["iterations"] == protocol["two_stage"]["stage2_iterations"] == used
+    # EMA after forgetting, the default as in `sfd demo`: the restarted average must hold 150
+    # iterations (the rule's setting; 0 would be None, off)
+    assert completion["settings"]["average_after"] == 150
+    restart = completion["averaged_from"]  # a probe's iteration before the last one, or none
+    if restart is not None:
+        assert restart % completion["settings"]["every_n"] == 0
+        assert restart < used
     assert f"Stopped by the completion rule (`UntilForgotten`): {completion['stop_reason']}" in card
     last = completion["last_probe"]
     curve = {p["iteration"]: p["ua"] for p in again_metrics["forgetting_curve"]}

@@ -14,14 +14,20 @@ import torch
 from conftest import quiet_trainer
 from safetensors.torch import load_file
 
-from sfd.apps.harness.stages import STAGE_ONE_ADAPTERS, StageOne, save_stage_one
+from sfd.apps.harness.class_run import ClassRunSettings
+from sfd.apps.harness.stages import (
+    STAGE_ONE_ADAPTERS,
+    StageOne,
+    save_stage_one,
+    stage_one_description,
+)
 from sfd.core.conditions import ClassConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.errors import SFDConfigError
 from sfd.pipelines.io import load_generator
 from sfd.teachers import PretrainedVPTeacher
-from sfd.teachers.adapters import AdapterSettings
+from sfd.teachers.adapters import ADAPTER_EMA, AdapterSettings
 
 
 def module(teacher_dir: Path, forget_weight: float, **settings) -> SFDModule:
@@ -145,9 +151,19 @@ def test_starting_from_adapters_that_do_not_fit_is_one_line(
     _, saved = stage1
     with pytest.raises(SFDConfigError, match=r"start_from=.* holds adapters with rank=4, .* 8$"):
         module(tiny_teacher_dir, 1.0, rank=8, start_from=str(saved.adapters_dir))
-    with pytest.raises(SFDConfigError, match=r"holds adapters with alpha=64.0, .* 32.0$"):
+    with pytest.raises(SFDConfigError, match=r"holds adapters with alpha=16.0, .* 32.0$"):
         module(tiny_teacher_dir, 1.0, alpha=32.0, start_from=str(saved.adapters_dir))
     with pytest.raises(SFDConfigError, match="is not a folder of saved adapters"):
         module(tiny_teacher_dir, 1.0, start_from=str(tmp_path))
     with pytest.raises(SFDConfigError, match="start_from=3 must be a folder"):
         AdapterSettings(start_from=3)
+
+
+def test_the_cache_key_records_how_the_ema_averaged(tiny_teacher_dir: Path) -> None:
+    """A shared-base stage 1 cached before the EMA averaged the merged updates is not reused;
+    full copies' keys stay as they were."""
+    args = ClassRunSettings().sfd_command_line(str(tiny_teacher_dir), "stage1")
+    full = stage_one_description("teacher-x", args)
+    shared = stage_one_description("teacher-x", [*args, "--model.adapters.rank", "4"])
+    assert "adapter_ema" not in full
+    assert shared["adapter_ema"] == ADAPTER_EMA

@@ -526,6 +526,11 @@ CASES: list[Case] = [
     ("demo-text-attack-tokens-negative",
      lambda w, o: demo(w, o, "--attack-tokens", "-4", verb="demo-text"), "attack num_tokens=-4"),
     ("demo-text-revival-negative", lambda w, o: demo(w, o, "--revival", "-2", verb="demo-text"), "revival steps=-2"),
+    ("demo-text-average-after-negative",
+     lambda w, o: demo(w, o, "--average-after", "-3", verb="demo-text"), "--average-after -3 must be >= 0"),
+    ("demo-text-average-after-without-ema",
+     lambda w, o: demo(w, o, "--model.ema_decay", "null", "--model.ema_power", "null", verb="demo-text"),
+     "--average-after 150 restarts the"),
     # --- sfd fit: guidance ---
     ("fit-guidance-absurd", lambda w, o: fit(w, o, "--model.teacher_guidance", "1000"), "teacher_guidance=1000.0"),
     # --- sfd demo / compare ---

@@ -203,6 +203,37 @@ def test_the_remain_anchor_is_the_remain_prompt_with_the_rows_tokens(text_setup,
     assert set(state["remain"].tolist()) <= set(space.remain_attackable.tolist())
 
 
+def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single_thread):
+    """Oracle for the completion rule's attacked probe (docs/method.md §8): with the pool's
+    vectors set to vocabulary rows, probe sample i is the encoding of pool row (i mod 4)'s forget
+    prompt followed by those words, judged against that prompt's cached forget and override
+    conditions; nothing before the first attack."""
+    from sfd.teachers.text_encoder import encode_with, load_text_encoder
+
+    module = text_module(text_setup, AdversarialSettings(steps=0, share=1.0, tokens=2))
+    space, attack = module.adversarial.space, module.adversarial
+    assert attack.probe_conditions(6, torch.device("cpu")) is None
+    attack.attack(module)  # iteration 0: a pool of 4 fresh rows
+    tokenizer, _ = load_text_encoder(module.teacher.pipeline, None)
+    table = space.text_encoder.get_input_embeddings().weight.detach()
+    ids = tokenizer("one two three four five six seven eight").input_ids[1:-1]
+    words = torch.tensor(ids).view(4, 2)  # whole-word vocabulary ids, (4, 2)
+    attack.state["tokens"] = table[words].clone()
+    attacked, forget, override = attack.probe_conditions(6, torch.device("cpu"))
+    rows = [i % 4 for i in range(6)]
+    prompts = [module.conditions.forget_prompts[int(attack.state["prompt"][r])] for r in rows]
+    texts = [
+        tokenizer.decode(tokenizer(p).input_ids[1:-1] + words[r].tolist())
+        for p, r in zip(prompts, rows, strict=True)
+    ]
+    expected = encode_with(tokenizer, space.text_encoder, texts)  # the same tokens as text
+    torch.testing.assert_close(attacked.prompt_embeds, expected, rtol=1e-4, atol=1e-5)
+    cached = module.conditions.embeddings("cpu")
+    index = attack.state["prompt"][rows]
+    assert torch.equal(forget.prompt_embeds, cached["forget"][index])
+    assert torch.equal(override.prompt_embeds, cached["override"][index])
+
+
 def test_the_remain_anchor_leaves_the_adversarial_draws_and_adds_a_remain_term(
     text_setup, single_thread
 ) -> None:

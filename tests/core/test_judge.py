@@ -2,16 +2,19 @@
 
 With class-conditional Gaussians N(μ_k, s²·I) the teacher's denoiser is the exact posterior mean,
 and the teacher's own samples of a class are draws from that class's Gaussian: the judge must call
-a forget-class sample forget and an override-class sample override.
+a forget-class sample forget and an override-class sample override. The same holds for a
+flow-matching teacher (the exact velocity through the flow adapter base), whose own samples come
+from its flow Euler sampler: the judge's σ levels are σ-space levels, the same for every family.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from gaussian import GaussianClassNet
+from gaussian import GaussianClassFlow, GaussianClassNet
 
 from sfd.core.conditions import ClassConditions
+from sfd.core.ddim import ddim_trajectory
 from sfd.core.generator import OneStepGenerator
 from sfd.core.judge import (
     JudgeDraws,
@@ -23,6 +26,7 @@ from sfd.core.judge import (
 )
 from sfd.errors import SFDConfigError
 from sfd.teachers import EDMDenoiser
+from sfd.teachers.flow import flow_euler_sigmas
 
 SHAPE = (1, 2, 2)
 STD = 0.3
@@ -60,6 +64,24 @@ def test_the_judge_ranks_the_teachers_own_samples(forget, override) -> None:
     of_override = judged_forget(teacher, teacher_samples(means, override, 32, 2), f, o, draws)
     assert of_forget.all()  # a sample of the forget class: judged forget
     assert not of_override.any()  # a sample of the override class: judged override
+
+
+@pytest.mark.parametrize(("forget", "override"), [(0, 1), (2, 3), (3, 0)])
+def test_the_judge_ranks_a_flow_teachers_own_samples(forget, override) -> None:
+    means = separated_means()
+    teacher = GaussianClassFlow(means, STD)
+    draws = draws_for(ClassConditions(forget, override))
+    f = torch.full((32,), forget)
+    o = torch.full((32,), override)
+    levels = flow_euler_sigmas(28)  # the flow sampler a user runs (StableDiffusion3Pipeline's)
+    z = torch.randn((2, 32, *SHAPE), generator=torch.Generator().manual_seed(1))
+    of_forget = ddim_trajectory(teacher, z[0], f, levels)
+    of_override = ddim_trajectory(teacher, z[1], o, levels)
+    # they are the classes' samples: within 4 standard deviations of their own mean (10 apart)
+    assert (of_forget - means[forget]).abs().max() < 4 * STD
+    assert (of_override - means[override]).abs().max() < 4 * STD
+    assert judged_forget(teacher, of_forget, f, o, draws).all()
+    assert not judged_forget(teacher, of_override, f, o, draws).any()
 
 
 def test_forget_rate_of_generators_that_have_and_have_not_forgotten() -> None:

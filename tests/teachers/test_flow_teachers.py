@@ -9,14 +9,14 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 from flow_fixtures import LATENT_SIZE
-from torch import Tensor, nn
+from gaussian import GaussianClassFlow
+from torch import Tensor
 
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import OneStepGenerator
 from sfd.core.sigma import LogitNormalTime, UniformTime
 from sfd.errors import SFDConfigError
 from sfd.teachers import (
-    FlowDenoiser,
     FluxDenoiser,
     FluxTeacher,
     SD3Denoiser,
@@ -36,43 +36,18 @@ from sfd.teachers.flow import (
 from sfd.teachers.flux import image_ids, pack_latents, unpack_latents
 
 
-class GaussianVelocity(nn.Module):
-    """The exact velocity E[ε − x0 | x_t] of N(μ, s²·I) data under x_t = (1 − t)·x0 + t·ε."""
-
-    def __init__(self, mean: Tensor, std: float) -> None:
-        super().__init__()
-        self.mean, self.std = mean, std
-
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        t = t.view(-1, 1, 1, 1)
-        a, s2 = 1 - t, self.std**2
-        centred = x_t - a * self.mean  # x_t − E[x_t]
-        denominator = a**2 * s2 + t**2
-        x0 = self.mean + a * s2 / denominator * centred
-        eps = t / denominator * centred
-        return eps - x0
-
-
-class GaussianFlow(FlowDenoiser):
-    def __init__(self, mean: Tensor, std: float) -> None:
-        super().__init__()
-        self.net = GaussianVelocity(mean, std)
-        self.sample_shape = tuple(mean.shape)
-
-    def predict(self, x_t: Tensor, t: Tensor, cond) -> Tensor:
-        return self.net(x_t, t)
-
-
 def test_gaussian_flow_denoiser_is_the_exact_posterior_mean() -> None:
     torch.manual_seed(0)
     mean, std = torch.randn(2, 3, 3), 0.7
-    denoiser = GaussianFlow(mean, std)
+    denoiser = GaussianClassFlow(mean.unsqueeze(0), std)
     x0, eps = mean + std * torch.randn(5, 2, 3, 3), torch.randn(5, 2, 3, 3)
     sigma = torch.tensor([0.05, 0.4, 1.0, 3.0, 30.0])
     x = x0 + sigma.view(-1, 1, 1, 1) * eps
     shrink = (std**2 / (std**2 + sigma**2)).view(-1, 1, 1, 1)
     expected = mean + shrink * (x - mean)  # E[x0 | x0 + σ·ε], independent of the flow form
-    torch.testing.assert_close(denoiser(x, sigma, None), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        denoiser(x, sigma, torch.zeros(5, dtype=torch.long)), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_flow_identities_are_exact_inverses() -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import quiet_trainer, save_tiny_teacher
-from gaussian import GaussianClassNet
+from gaussian import EmbeddedGaussian, GaussianClassNet
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from sfd.core.adversarial import AdversarialSettings
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import ClassConditions
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, training_record
@@ -48,6 +49,64 @@ def module(forgotten: bool, lr: float = 1e-12, ema_decay: float | None = None) -
         generator_optimizer=optimizer,
         steps_per_epoch=100,
     )
+
+
+def adversarial_module(steps: int) -> SFDModule:
+    """A generator that has forgotten 0 (its table's row 0 is the mean of 1) under adversarial
+    SFD: the class-embedding attack looks for the vector that gives 0 back. The generator
+    barely moves (learning rate 1e-12), so its sample under a vector v is v up to noise of scale
+    s²/(s² + 2.5²)·2.5 ≈ 0.04: the teacher judges it forget exactly when v is nearer μ_0 than μ_1."""
+    forgotten = means()
+    forgotten[0] = forgotten[1]
+    optimizer = lambda p: torch.optim.SGD(p, lr=1e-12)  # noqa: E731
+    attack = AdversarialSettings(steps=steps, lr=0.5, share=0.5, refresh_every=1000)
+    return SFDModule(
+        gaussian(means()),
+        ClassConditions(0, 1),
+        LogUniformSigma(0.1, 5.0),
+        batch_size=4,
+        ema_decay=None,
+        cond_dropout=0.0,
+        lambda_sg_forget=1.0,
+        lambda_g_forget=1.0,
+        generator=OneStepGenerator(EmbeddedGaussian(forgotten, 0.3), sigma_init=2.5),
+        fake_score=EmbeddedGaussian(forgotten, 0.3),
+        fake_optimizer=optimizer,
+        generator_optimizer=optimizer,
+        adversarial=attack,
+        steps_per_epoch=100,
+    )
+
+
+def nearer_forget(vectors: torch.Tensor) -> float:
+    """The oracle: the share of class-embedding vectors nearer μ_0 (forget) than μ_1 (override)."""
+    m = means().flatten(1)
+    return float(((vectors - m[0]).norm(dim=1) < (vectors - m[1]).norm(dim=1)).float().mean())
+
+
+def test_with_adversarial_sfd_attacked_rows_that_give_the_concept_keep_it_going(tmp_path) -> None:
+    """The plain forget label is judged gone at every probe, but the inner attack has found
+    vectors that give 0 back: the rule must not stop as forgotten (it used to, at iteration 4)."""
+    sfd, until = adversarial_module(steps=8), rule()
+    quiet_trainer(tmp_path, 8, callbacks=[until]).fit(sfd)
+    pool = sfd.adversarial.state["embedding"]
+    assert nearer_forget(pool) == 1.0  # what the attacker found (oracle: the nearer mean)
+    assert until.reason == "max_steps" and sfd.global_step == 8
+    assert "forget_rate_attacked" not in until.probes[0]  # no attack before the first iteration
+    for point in until.probes[1:]:
+        assert point["forget_rate_plain"] == 0.0 == point["forget_rate_raw_plain"]
+        assert point["forget_rate_attacked"] == 1.0 == point["forget_rate"]
+    assert until.streak == 0
+
+
+def test_with_adversarial_sfd_an_attack_that_finds_nothing_lets_it_stop(tmp_path) -> None:
+    """No inner steps: the pool holds the generator's own (forgotten) row 0, nearer μ_1, so
+    the attacked rows are judged gone as the plain ones are and the rule stops as forgotten."""
+    sfd, until = adversarial_module(steps=0), rule()
+    quiet_trainer(tmp_path, 40, callbacks=[until]).fit(sfd)
+    assert nearer_forget(sfd.adversarial.state["embedding"]) == 0.0
+    assert until.reason == "forgotten" and sfd.global_step == 4
+    assert [p["forget_rate_attacked"] for p in until.probes[1:]] == [0.0, 0.0]
 
 
 def rule(**settings) -> UntilForgotten:

@@ -39,6 +39,7 @@ from sfd.apps.demo_text.settings import default_sfd_config as default_sfd_config
 from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
 from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
+from sfd.apps.harness.settings import check_average_after
 from sfd.apps.harness.stages import stage_one, stage_two_label, train_sfd
 from sfd.apps.harness.text_evaluation import teacher_encoder, teacher_vae
 from sfd.apps.harness.workspace import cached_classifier
@@ -87,6 +88,7 @@ def check_settings(
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     check_teacher_class(settings.family, sfd.model.teacher.class_path)
+    check_average_after(settings.average_after, settings.until_forgotten, (sfd,))
     if settings.remain_per_class < 2:
         raise SFDConfigError(
             f"--remain-per-class {settings.remain_per_class} is too small; need at least 2 (FID)"
@@ -269,7 +271,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         args = settings.sfd_command_line(str(teacher_dir), prompts)
         args += stage1.stage_two_arguments()  # networks, or a shared base's adapters
         callbacks: list[pl.Callback] = [curve]
-        rule = until_forgotten(curve) if settings.until_forgotten else None
+        rule = until_forgotten(curve, settings.average_after) if settings.until_forgotten else None
         if rule is not None:
             callbacks.append(rule)
         module, stage2_seconds, _ = train_sfd(

@@ -71,6 +71,9 @@ class TextDemoSettings:
     baseline_iterations: int | None = None
     curve_every: int | None = None
     until_forgotten: bool = True  # the completion rule; False: the fixed max_steps
+    # EMA after forgetting (docs/method.md §4), as in `sfd demo`: iterations the average restarted
+    # at the first forgotten probe holds at the rule's stop (at least one probe interval); 0: off
+    average_after: int = 150
     curve_per_class: int = 16
     forget_images: int = 200
     remain_per_class: int = 100

@@ -209,10 +209,11 @@ def raw_generator(module: Any) -> nn.Module | None:
 
 
 def until_forgotten(
-    curve: TimedForgettingCurve | ForgettingCurve, average_after: int | None = None
+    curve: TimedForgettingCurve | ForgettingCurve, average_after: int = 0
 ) -> UntilForgotten:
     """The completion rule at a forgetting curve's interval, with the curve's classifier UA beside it
-    (`average_after`: the rule's "EMA after forgetting", None: off).
+    (`average_after`: the rule's "EMA after forgetting", the demos' `--average-after`: at least
+    one curve interval; 0: off).
 
     Put it after the curve among the callbacks: at each probe the curve's point of the same
     iteration is then already there and nothing is evaluated twice.
@@ -223,7 +224,9 @@ def until_forgotten(
         return last.ua if last is not None and last.iteration == module.global_step else None
 
     return UntilForgotten(
-        every_n=curve.every_n, classifier_ua=classifier_ua, average_after=average_after
+        every_n=curve.every_n,
+        classifier_ua=classifier_ua,
+        average_after=max(average_after, curve.every_n) if average_after else None,
     )
 
 

@@ -148,8 +148,7 @@ class SFDMethod:
         curve = run.curve(_iterations(args), raw=True)  # the raw generator beside the EMA
         callbacks: list[pl.Callback] = [curve]
         if run.settings.until_forgotten:
-            after = run.settings.average_after
-            rule = until_forgotten(curve, max(after, curve.every_n) if after else None)
+            rule = until_forgotten(curve, run.settings.average_after)
             callbacks.append(rule)
         module, seconds, _ = train_sfd(
             args, callbacks, run.logs / self.key, run.settings.progress, run.settings.seed

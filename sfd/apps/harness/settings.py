@@ -71,19 +71,31 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
                  high_open=True)  # fmt: skip
     if settings.curve_every is not None and settings.curve_every < 1:
         raise SFDConfigError(f"--curve-every {settings.curve_every} must be >= 1")
-    if settings.average_after < 0:
-        raise SFDConfigError(f"--average-after {settings.average_after} must be >= 0 (0: off)")
-    if (
-        settings.until_forgotten
-        and settings.average_after
-        and any(config.model.ema_decay is None for config in (sfd, stage2))
-    ):
-        raise SFDConfigError(
-            f"--average-after {settings.average_after} restarts the generator's EMA, and "
-            "--model.ema_decay null leaves it none: give --average-after 0 as well"
-        )
+    check_average_after(settings.average_after, settings.until_forgotten, (sfd, stage2))
     if settings.baseline_iterations is not None and settings.baseline_iterations < 1:
         raise SFDConfigError(f"--baseline-iterations {settings.baseline_iterations} must be >= 1")
     if settings.output_dir.exists() and not settings.output_dir.is_dir():
         raise SFDConfigError(f"--output-dir {str(settings.output_dir)!r} is a file, not a folder")
     return sfd
+
+
+def check_average_after(average_after: int, until_forgotten: bool, configs: Any) -> None:
+    """Refuse a negative `--average-after`, and one the rule would use on SFD settings without an
+    EMA to restart (the demos' "EMA after forgetting", `sfd demo`, `sfd compare`, `sfd demo-text`).
+
+    Args:
+        average_after: the option's value (0: off).
+        until_forgotten: whether the completion rule runs (without it the option is unused).
+        configs: the parsed SFD configurations the rule may run on.
+    """
+    if average_after < 0:
+        raise SFDConfigError(f"--average-after {average_after} must be >= 0 (0: off)")
+    if (
+        until_forgotten
+        and average_after
+        and any(config.model.ema_decay is None for config in configs)
+    ):
+        raise SFDConfigError(
+            f"--average-after {average_after} restarts the generator's EMA, and "
+            "--model.ema_decay null leaves it none: give --average-after 0 as well"
+        )

@@ -34,6 +34,7 @@ from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.folders import write_folder_atomically
 from sfd.pipelines.io import load_generator, save_generator
 from sfd.teachers.adapters import (
+    ADAPTER_EMA,
     FAKE_SCORE_ADAPTER,
     GENERATOR_ADAPTER,
     read_adapters_record,
@@ -267,6 +268,22 @@ def stage_two_label(adapters: Any) -> str:
     return "stage 2: SFD with adapters of the frozen teacher (shared base), from stage 1's"
 
 
+def stage_one_description(
+    teacher_key: str, args: list[str], conditions_key: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a stage-1 cache key covers (`stage_one`'s arguments): the teacher, the `sfd fit`
+    model settings and iterations, and for adapters how their EMA averages (`ADAPTER_EMA`: a
+    stage 1 cached while the EMA averaged each factor is not reused)."""
+    config = parse_fit_config(args, one_line_errors=True)
+    model = config.model.as_dict()
+    model["teacher"]["init_args"]["pretrained_model_name_or_path"] = teacher_key
+    model["conditions"].setdefault("init_args", {}).update(conditions_key or {})
+    description = {"teacher": teacher_key, "model": model, "iterations": config.trainer.max_steps}
+    if model.get("adapters") is not None:
+        description["adapter_ema"] = ADAPTER_EMA
+    return description
+
+
 def stage_one(
     cache: Path,
     teacher_key: str,
@@ -293,11 +310,7 @@ def stage_one(
     Returns:
         the stage-1 networks.
     """
-    config = parse_fit_config(args, one_line_errors=True)
-    model = config.model.as_dict()
-    model["teacher"]["init_args"]["pretrained_model_name_or_path"] = teacher_key
-    model["conditions"].setdefault("init_args", {}).update(conditions_key or {})
-    description = {"teacher": teacher_key, "model": model, "iterations": config.trainer.max_steps}
+    description = stage_one_description(teacher_key, args, conditions_key)
 
     def build(folder: Path) -> None:
         callbacks = [] if curve is None else [curve]

@@ -1,0 +1,241 @@
+"""The data-free judge (sfd/core/judge.py) against the evaluation classifier, level by level.
+
+    python experiments/judge_levels.py \
+        --case NAME TEACHER_FOLDER CLASSIFIER_FOLDER FORGET OVERRIDE [GENERATOR_FOLDER ...] \
+        [--case ...] [--samples 200] [--threads 1] [--json runs/judge/judge_levels.json]
+    python experiments/judge_levels.py --page-from runs/judge/judge_levels.json
+
+For each case (a text-demo teacher folder, its evaluation classifier, a forget and an override
+class by name or index, optionally exported one-step generators of the pair) it draws N samples of
+the training captions of the forget class and of the override class from the teacher under its own
+sampler (the evaluation's: 28 flow Euler steps for an SD3 teacher, 25 DDIM steps for a UNet one,
+guidance 1.25), and N forget-caption samples from each generator. For every sample set it reports
+
+- what the classifier reads: the share read as the forget class (1 − UA for forget prompts) and as
+  the override class;
+- what the judge reads at its defaults (σ 0.4, 0.8, 1.6 averaged, 2 draws each, as the completion
+  rule runs it) and at each of those levels alone: the share judged forget;
+- how the two agree: of the samples the classifier reads as the forget class, how many the judge
+  (defaults) calls forget.
+
+The teacher's own override samples bound what any forgetting that redirects the forget prompts to
+the override class can reach on the classifier: a generator that draws exactly the teacher's override
+class is read as the forget class as often as those samples are. Writes the JSON record and
+docs/results/judge_levels.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from results_page import (
+    add_page_arguments,
+    command_line,
+    markdown_table,
+    read_record,
+    run_context,
+    save_record,
+    write_page,
+)
+
+from sfd.apps.harness.text_evaluation import load_text_model
+from sfd.core import judge
+from sfd.core.conditions.base import ConditionBatch
+from sfd.eval.classifier import load_classifier, predict_labels
+
+GUIDANCE = 1.25  # the text presets' teacher guidance, the evaluation's too
+
+
+def class_index(value: str, class_names: list[str]) -> int:
+    """A class given by index or by its name in the teacher's sfd.json."""
+    if value.isdigit():
+        return int(value)
+    lowered = [n.lower() for n in class_names]
+    if value.lower() not in lowered:
+        raise SystemExit(f"class {value!r} is not one of {', '.join(class_names)}")
+    return lowered.index(value.lower())
+
+
+def captions(meta: dict[str, Any], label: int, n: int) -> list[str]:
+    """n training captions of class `label`: templates × names, cycled (template-major)."""
+    names, templates = meta["names"][label], meta["templates"]
+    every = [t.format(name=name) for name in names for t in templates]
+    return [every[i % len(every)] for i in range(n)]
+
+
+def judge_draws(shape: tuple[int, ...], n: int, seed: int) -> judge.JudgeDraws:
+    """The judge's noise at its default levels and draws (the completion rule's), fixed by seed."""
+    generator = torch.Generator().manual_seed(seed)
+    levels = torch.tensor(judge.DEFAULT_SIGMAS).repeat_interleave(2)
+    noise = torch.randn((len(levels), n, *shape), generator=generator)
+    return judge.JudgeDraws(ConditionBatch(None, None, None), noise[0], noise[0], levels, noise)
+
+
+def one_level(draws: judge.JudgeDraws, sigma: float) -> judge.JudgeDraws:
+    """The same draws restricted to one noise level."""
+    keep = draws.sigmas == sigma
+    return judge.JudgeDraws(
+        draws.conditions, draws.z_forget, draws.z_remain, draws.sigmas[keep], draws.noise[keep]
+    )
+
+
+@torch.no_grad()
+def readings(
+    teacher: Any, classifier: Any, decode: Any, x: torch.Tensor, forget_cond: Any,
+    override_cond: Any, forget: int, override: int, draws: judge.JudgeDraws,
+) -> dict[str, Any]:  # fmt: skip
+    """What the classifier and the judge read of latents x (N, C, H, W)."""
+    labels = predict_labels(classifier, decode(x).clamp(-1, 1))
+    read_forget = labels == forget
+    judged = judge.judged_forget(teacher, x, forget_cond, override_cond, draws)
+    per_level = {
+        f"{s:g}": float(
+            judge.judged_forget(teacher, x, forget_cond, override_cond, one_level(draws, s))
+            .float()
+            .mean()
+        )
+        for s in judge.DEFAULT_SIGMAS
+    }
+    return {
+        "n": len(x),
+        "classifier_forget": float(read_forget.float().mean()),
+        "classifier_override": float((labels == override).float().mean()),
+        "judged_forget": float(judged.float().mean()),
+        "judged_forget_per_level": per_level,
+        "classifier_forget_count": int(read_forget.sum()),
+        "classifier_forget_judged_forget": int((read_forget & judged).sum()),
+    }
+
+
+def measure_case(spec: list[str], samples: int, seed: int) -> dict[str, Any]:
+    if len(spec) < 5:
+        raise SystemExit("--case needs NAME TEACHER CLASSIFIER FORGET OVERRIDE [GENERATOR ...]")
+    name, teacher_dir, classifier_dir, forget_name, override_name, *generators = spec
+    meta = json.loads((Path(teacher_dir) / "sfd.json").read_text())
+    forget = class_index(forget_name, meta["class_names"])
+    override = class_index(override_name, meta["class_names"])
+    teacher_steps = 28 if meta.get("family") == "sd3" else 25
+    teacher_model = load_text_model(teacher_dir, teacher_steps, GUIDANCE)
+    teacher = teacher_model.network
+    classifier = load_classifier(classifier_dir)
+    encoder = teacher_model.encoder
+    forget_cond = encoder.condition(captions(meta, forget, samples))
+    override_cond = encoder.condition(captions(meta, override, samples))
+    shape = tuple(teacher_model.latent_shape)
+    noise = torch.randn((2, samples, *shape), generator=torch.Generator().manual_seed(seed))
+    draws = judge_draws(shape, samples, seed + 1)
+
+    def read(x: torch.Tensor) -> dict[str, Any]:
+        return readings(
+            teacher, classifier, teacher_model.decode, x, forget_cond, override_cond,
+            forget, override, draws,
+        )  # fmt: skip
+
+    with torch.no_grad():
+        sets = {
+            f"teacher ({teacher_steps} steps), forget prompts": read(
+                teacher_model.denoise(noise[0], forget_cond)
+            ),
+            f"teacher ({teacher_steps} steps), override prompts": read(
+                teacher_model.denoise(noise[1], override_cond)
+            ),
+        }
+        for folder in generators:
+            model = load_text_model(folder)
+            sets[f"generator {folder}, forget prompts"] = read(model.denoise(noise[0], forget_cond))
+    return {
+        "name": name,
+        "teacher": teacher_dir,
+        "family": meta.get("family", "unet"),
+        "classifier": classifier_dir,
+        "forget": meta["class_names"][forget],
+        "override": meta["class_names"][override],
+        "guidance": GUIDANCE,
+        "sets": sets,
+    }
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def case_section(case: dict[str, Any]) -> str:
+    levels = list(next(iter(case["sets"].values()))["judged_forget_per_level"])
+    header = (
+        "samples",
+        "classifier: forget",
+        "classifier: override",
+        "judge: forget (defaults)",
+        *(f"judge σ = {s}" for s in levels),
+        "classifier-forget judged forget",
+    )
+    rows = [
+        (
+            label,
+            percent(r["classifier_forget"]),
+            percent(r["classifier_override"]),
+            percent(r["judged_forget"]),
+            *(percent(r["judged_forget_per_level"][s]) for s in levels),
+            f"{r['classifier_forget_judged_forget']} of {r['classifier_forget_count']}",
+        )
+        for label, r in case["sets"].items()
+    ]
+    n = next(iter(case["sets"].values()))["n"]
+    return (
+        f"{case['family']} teacher `{case['teacher']}`, classifier `{case['classifier']}`; forget "
+        f"{case['forget']}, override {case['override']}; {n} samples a set (training captions), "
+        f"guidance {case['guidance']}.\n\n" + markdown_table(header, rows)
+    )
+
+
+def write_results_page(record: dict[str, Any], json_file: str) -> str:
+    sections = {case["name"]: case_section(case) for case in record["cases"]}
+    return str(
+        write_page(
+            "judge_levels",
+            "The data-free judge against the evaluation classifier, level by level",
+            record["run"]["command"],
+            json_file,
+            record,
+            sections,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", nargs="+", action="append", default=[], metavar="ARG")
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default="runs/judge/judge_levels.json")
+    add_page_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.page_from:
+        print(write_results_page(read_record(args.page_from), args.page_from))
+        return
+    if not args.case:
+        parser.error("give at least one --case")
+    if args.samples < 1:
+        parser.error(f"--samples {args.samples} must be at least 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    cases = [measure_case(spec, args.samples, args.seed) for spec in args.case]
+    record = {"run": run_context(command_line(__file__, argv), load_start), "cases": cases}
+    save_record(record, args.json)
+    for case in cases:
+        print(case_section(case))
+    if not args.no_page:
+        print(write_results_page(record, args.json))
+
+
+if __name__ == "__main__":
+    main()
