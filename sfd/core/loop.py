@@ -9,7 +9,8 @@ iteration switches both networks twice).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -79,13 +80,20 @@ def _do_nothing() -> None:
 # --- the networks' structure; training / evaluation mode ------------------------------------------
 
 _registrations = 0  # registrations into watched modules so far (`structure_version`)
-_watched: set[int] = set()  # ids of the modules of networks whose structure something caches
+# id -> weak reference of the modules of networks whose structure something caches; an entry
+# leaves when its module dies, so a new module reusing the id is not taken for a watched one
+_watched: dict[int, weakref.ref] = {}
 
 
 def _count_registration(module: nn.Module, name: str, value: Any) -> None:
     global _registrations
-    if id(module) in _watched:
+    watched = _watched.get(id(module))
+    if watched is not None and watched() is module:
         _registrations += 1
+
+
+def _forget(key: int) -> Callable[[weakref.ref], None]:
+    return lambda _: _watched.pop(key, None)
 
 
 for _register in (
@@ -102,7 +110,10 @@ def watch_structure(network: nn.Module) -> int:
     Call it when caching anything derived from `network`'s module tree (modules, parameters,
     buffers) and keep the returned version with the cache.
     """
-    _watched.update(id(m) for m in network.modules())
+    for module in network.modules():
+        key = id(module)
+        if key not in _watched:
+            _watched[key] = weakref.ref(module, _forget(key))
     return _registrations
 
 
