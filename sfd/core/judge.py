@@ -112,9 +112,13 @@ def judged_forget(
 
 @torch.no_grad()
 def forget_rate(
-    teacher: Denoiser, generator: Any, draws: JudgeDraws, attacked: Any | None = None
+    teacher: Denoiser,
+    generator: Any,
+    draws: JudgeDraws,
+    attacked: Any | None = None,
+    sampled: str = "forget",
 ) -> float:
-    """The share of the generator's forget-condition samples the teacher judges forget (0..1).
+    """The share of the generator's samples the teacher judges forget (0..1).
 
     Args:
         teacher: the frozen teacher.
@@ -124,9 +128,19 @@ def forget_rate(
             under `condition` (e.g. a forget condition with an attacker's soft prompt,
             `AdversarialTraining.probe_conditions`) and each sample is judged between its plain
             `forget` and `override` conditions.
+        sampled: without `attacked`, "forget": of its forget-condition samples; "override": of
+            its samples for the override conditions, on the same noise: the judge's floor, how
+            often it reads what the generator makes for the override as the forget concept (0
+            where the two are well apart; on pairs the teacher itself confuses, what a generator
+            that draws the override exactly for the forget condition is judged).
     """
+    if sampled not in ("forget", "override") or (attacked is not None and sampled != "forget"):
+        raise ValueError(
+            f"sampled={sampled!r}: 'forget' or 'override' (only 'forget' with attacked)"
+        )
     conds = draws.conditions
-    condition, forget, override = attacked or (conds.forget, conds.forget, conds.override)
+    plain = (getattr(conds, sampled), conds.forget, conds.override)
+    condition, forget, override = attacked or plain
     x = generator(draws.z_forget, condition)
     return float(judged_forget(teacher, x, forget, override, draws).float().mean())
 
