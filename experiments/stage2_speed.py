@@ -87,7 +87,7 @@ def run_pair(output: Path, forget: int, override: int, extra: list[str]) -> dict
         "override": override,
         "command": ["sfd", *command],
         "wall_seconds": wall,
-        "max_steps": settings["iterations"],
+        "max_steps": methods[EMA]["extra"].get("max_steps", settings["iterations"]),
         "ema": methods[EMA]["extra"]["ema"],
         "stage1_seconds": methods[EMA]["extra"].get("stage1_seconds"),
         "stage1_cached": methods[EMA]["extra"].get("stage1_cached"),

@@ -62,6 +62,7 @@ def test_every_method_fits_and_has_finite_metrics(compare_run: tuple[Path, Path]
             assert set(m["ua95"]) == {"iteration", "seconds"}
     two_stage = metrics["methods"]["sfd_two_stage"]["extra"]
     assert two_stage["stage1_iterations"] == 3 and not two_stage["stage1_cached"]
+    assert two_stage["max_steps"] == 3  # its cap (TINY_DIGITS_RUN), beside the iterations used
     distill = metrics["methods"]["distill"]  # the same stage-1 run, built once
     assert distill["extra"]["folder"] == two_stage["stage1_folder"] and not distill["cached"]
     for row in RAW_ROWS:  # both curves start at the same generator: the same first point

@@ -170,6 +170,7 @@ class SFDMethod:
         )
         if run.settings.until_forgotten:
             extra["completion"] = rule.summary()
+        extra["max_steps"] = _iterations(args)  # stage 2's cap under the rule
         extra["ema"] = {k: module.hparams[k] for k in ("ema_decay", "ema_power")}
         extra["module"] = module  # for tests and exports; dropped from the report
         return Fitted(
