@@ -219,7 +219,7 @@ def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single
     ids = tokenizer("one two three four five six seven eight").input_ids[1:-1]
     words = torch.tensor(ids).view(4, 2)  # whole-word vocabulary ids, (4, 2)
     attack.state["tokens"] = table[words].clone()
-    attacked, forget, override = attack.probe_conditions(6, torch.device("cpu"))
+    attacked, forget, rivals = attack.probe_conditions(6, torch.device("cpu"))
     rows = [i % 4 for i in range(6)]
     prompts = [module.conditions.forget_prompts[int(attack.state["prompt"][r])] for r in rows]
     texts = [
@@ -231,7 +231,12 @@ def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single
     cached = module.conditions.embeddings("cpu")
     index = attack.state["prompt"][rows]
     assert torch.equal(forget.prompt_embeds, cached["forget"][index])
+    override, *remain = rivals
     assert torch.equal(override.prompt_embeds, cached["override"][index])
+    # Then the fixed remain rivals: the middle of each of 9 equal slices of the 16 remain prompts.
+    assert len(module.conditions.remain_prompts) == 16
+    for rival, prompt in zip(remain, [0, 1, 3, 5, 7, 8, 10, 12, 14], strict=True):
+        assert torch.equal(rival.prompt_embeds, cached["remain"][[prompt] * 6])
 
 
 def test_the_remain_anchor_leaves_the_adversarial_draws_and_adds_a_remain_term(
