@@ -3,9 +3,10 @@
 Each iteration, before the fake-score step, an inner attack looks for what an attacker would feed
 the generator to bring the forgotten concept back: learned soft-prompt tokens inserted into forget
 prompts (text teachers), or a learned vector in place of the forget label's class embedding
-(class teachers). Its objective is data-free: the implicit-classifier margin of the frozen
-teacher (`implicit_classifier_margin`), i.e. make the generator's sample under the attacked
-condition denoise better under the forget condition than under the override. The attacked
+(class teachers). Its objective is data-free: the frozen teacher as a diffusion classifier
+(`concept_log_probability`), i.e. make the generator's sample under the attacked condition
+denoise better under the forget condition than under the override and the remain conditions
+(`rivals`; 0: the override only, `implicit_classifier_margin`). The attacked
 conditions then enter both SFD steps beside the plain ones: the fake score learns the
 generator's samples under them, and the generator gets the unlearning loss on them with the
 teacher at the override.
