@@ -292,11 +292,15 @@ def write_results_page(
                 "copies of the networks), in alternating blocks inside the same process. Each "
                 "block is timed on the wall clock and by the CPU time the process used: on a "
                 "loaded machine the CPU time leaves out the time other processes ran. The "
-                "module's extra work is Lightning's loop and hooks, the optimizer toggling, the "
-                "non-finite watch (on the CPU one fused check of every gradient per update; the "
-                "count and the repair only for an update with a non-finite element; on an "
-                "accelerator they run on the device, never read back) and logging at the "
-                "logger's interval."
+                "module's extra work is Lightning's loop and hooks (batch fetch, hook calls, "
+                "the backward and optimizer-step wrappers, clipping through the precision "
+                "plugin), the non-finite watch (on the CPU one read of the loss terms and one "
+                "fused check of every gradient per update; the count and the repair only for an "
+                "update with a non-finite element; on an accelerator they run on the device, "
+                "never read back) and logging at the logger's interval. Where the plain loop "
+                "walks the module trees on every iteration (`.train()` / `.eval()`, "
+                "`requires_grad_`, the EMA's `parameters()`), the module replays cached plans "
+                "and tensor lists, rebuilt whenever a network changes."
                 "\n\n" + setting + "\n\n" + result
             ),
             "Block pairs": pairs,

@@ -6,10 +6,12 @@
 
 Runs `sfd demo` (class-conditional teachers) or `sfd demo-text` (text teachers, through
 `text_benchmark.run`) once per pair in `PAIRS`, each with its defaults — SFD's stage 2 stopped by the
-data-free completion rule (`UntilForgotten`) within the preset's budget, no per-pair settings —
+data-free completion rule (`UntilForgotten`) within the preset's cap, no per-pair settings —
 and collects per pair: iterations used and why the rule stopped, the judge's UA (1 − judged forget
 rate) beside the classifier's at the stop, UA (text: also on the held-back paraphrases), remain and
-neighbour accuracy beside the teacher's, the remain FID over the teacher's, and wall time. The class
+neighbour accuracy beside the teacher's, the remain FID over the teacher's, the judge's floor and
+the classifier's UA ceiling on the pair (class pairs: 1 − its reading of real override images as the
+forget class), and wall time. The class
 demos skip their attack and full-schedule timing (`--no-attack --skip-full-schedule-timing`: neither
 touches training nor the numbers here). Each pair's numbers are saved in OUTPUT_DIR/<pair>/pair.json
 as soon as it finishes; a later call skips pairs already there (`--again` reruns them), so the pairs
@@ -121,6 +123,68 @@ def run_class(name: str, pair: Pair, output: Path, common: list[str]) -> dict[st
         "curve_samples": metrics["protocol"]["curve"]["forget_per_class"],
         "cached": cached_flags(metrics["protocol"]),
         "models": models,
+        **sample_by_sample(output / name, pair),
+    }
+
+
+SAMPLES = 256  # forget samples of the judge-vs-classifier comparison, sample by sample
+
+
+def sample_by_sample(folder: Path, pair: Pair) -> dict[str, Any]:
+    """Judge and classifier on the same images, for a finished class run in `folder` (its
+    metrics.json, classifier, exported generator and cached teacher):
+
+    - `override_read_as_forget`: the share of the held-out real images of the override class that
+      the evaluation classifier reads as the forget class (a generator that draws the override class
+      exactly for the forget condition gets UA 1 − this: its ceiling under this classifier);
+    - `judge_real_override`: the share of the same real images the data-free judge reads as forget;
+    - `agreement`: on SAMPLES forget samples of the exported generator (judge draws of seed 1, not the
+      rule's), the shares read as the forget class by the judge, by the classifier, and by both.
+    """
+    import torch
+
+    from sfd.apps.harness.workspace import load_split
+    from sfd.core import judge
+    from sfd.core.conditions import ClassConditions
+    from sfd.eval.classifier import load_classifier, predict_labels
+    from sfd.images import from_uint8
+    from sfd.pipelines.io import load_generator
+    from sfd.teachers.unet import PretrainedVPTeacher
+
+    protocol = json.loads((folder / "metrics.json").read_text())["protocol"]
+    split = protocol["classifier_settings"]
+    heldout = load_split(
+        protocol["data"], split["heldout_fraction"], split["split_seed"], None
+    ).heldout
+    classifier = load_classifier(folder / "classifier")
+    teacher = PretrainedVPTeacher(protocol["teacher"]["folder"]).eval()
+    forget, override = pair.forget_index, pair.override_index
+    conditions = ClassConditions(forget, override)
+    conditions.check(teacher.num_classes)
+    shape = tuple(teacher.sample_shape)
+    real = from_uint8(heldout.images[heldout.labels == override])
+    draws = judge.JudgeDraws.draw(conditions, shape, len(real), judge.DEFAULT_SIGMAS, 2, seed=1)
+    labels = draws.conditions
+    judged_real = judge.judged_forget(teacher, real, labels.forget, labels.override, draws)
+    draws = judge.JudgeDraws.draw(conditions, shape, SAMPLES, judge.DEFAULT_SIGMAS, 2, seed=1)
+    labels = draws.conditions
+    with torch.no_grad():
+        x = load_generator(folder / "generator").eval()(draws.z_forget, labels.forget)
+    judged = judge.judged_forget(teacher, x, labels.forget, labels.override, draws)
+    read = predict_labels(classifier, x) == forget
+
+    def share(flags: torch.Tensor) -> float:
+        return float(flags.to(torch.float32).mean())
+
+    return {
+        "override_read_as_forget": share(predict_labels(classifier, real) == forget),
+        "judge_real_override": share(judged_real),
+        "agreement": {
+            "samples": SAMPLES,
+            "judge": share(judged),
+            "classifier": share(read),
+            "both": share(judged & read),
+        },
     }
 
 
@@ -160,6 +224,17 @@ def judge_and_classifier(row: dict[str, Any]) -> tuple[float | None, float | Non
     return judge, last.get("classifier_ua")
 
 
+def floors(row: dict[str, Any]) -> str:
+    """The judge's floor at the stop (its forget rate on the generator's own override samples,
+    where the rule measured it) and the classifier's UA ceiling (1 − its reading of real override
+    images as the forget class, class pairs)."""
+    last = (row["completion"] or {}).get("last_probe", {})
+    judge = _percent(last.get("override_rate")) or "–"
+    read = row.get("override_read_as_forget")
+    ceiling = "–" if read is None else _percent(1 - read)
+    return f"{judge} / {ceiling}"
+
+
 def targets(row: dict[str, Any]) -> dict[str, bool]:
     """Issue 24's targets of one pair: {name: met}."""
     sfd, teacher = row["models"]["sfd"], row["models"]["teacher"]
@@ -184,6 +259,10 @@ def run_pairs(
         saved = output / name / "pair.json"
         if saved.is_file() and not again:
             print(f"{name}: already measured ({saved}); --again reruns it", flush=True)
+            row = json.loads(saved.read_text())
+            if PAIRS[name].kind == "class" and "agreement" not in row:
+                row |= sample_by_sample(output / name, PAIRS[name])
+                save_record(row, saved)  # a record from before these were measured
             continue
         pair = PAIRS[name]
         run_one = run_class if pair.kind == "class" else run_text
@@ -212,8 +291,20 @@ def write_results_page(
     record: dict[str, Any], json_file: str, results_dir: Path | None = None
 ) -> Path:
     """docs/results/pairs.md from a pairs.json record."""
-    rows, checks, commands = [], [], []
+    rows, checks, commands, samples = [], [], [], []
     for row in record["pairs"].values():
+        if "agreement" in row:
+            both = row["agreement"]
+            samples.append(
+                (
+                    f"{row['forget']} → {row['override']} ({row['kind']})",
+                    _percent(row["override_read_as_forget"]),
+                    _percent(row["judge_real_override"]),
+                    _percent(1 - row["override_read_as_forget"]),
+                    f"{_percent(both['judge'])} / {_percent(both['classifier'])} / "
+                    f"{_percent(both['both'])}",
+                )
+            )
         sfd, teacher = row["models"]["sfd"], row["models"]["teacher"]
         judge, classifier = judge_and_classifier(row)
         done = row["completion"] or {}
@@ -233,6 +324,7 @@ def write_results_page(
                 f"{_percent(sfd['neighbour_accuracy'])} "
                 f"({_percent(teacher['neighbour_accuracy'])}; {row['neighbours']})",
                 number(sfd["fid_remain"] / teacher["fid_remain"]),
+                floors(row),
                 f"{row['wall_seconds'] / 60:.1f} min (stage 2 {row['stage2_seconds']:.0f} s)",
             )
         )
@@ -253,7 +345,7 @@ def write_results_page(
         {
             "The runs": (
                 "Each pair is one demo at its defaults: SFD's stage 2 runs under the data-free "
-                "completion rule (`UntilForgotten`) within the preset's iteration budget, with no "
+                "completion rule (`UntilForgotten`) within the preset's iteration cap, with no "
                 "per-pair setting. Teacher, classifier and stage 1 come from the cache where they "
                 "were there (the wall time includes what was built). The 8×8 Fashion-MNIST pairs "
                 f"read `{FASHION8}`, built by `experiments/make_fashion_npz.py` (from Debian's "
@@ -277,7 +369,12 @@ def write_results_page(
                 "remain and neighbour accuracy: the final evaluation of the shipped generator "
                 "(teacher's in brackets); the neighbour of a class pair is its override class, "
                 "of a text pair the two classes nearest the forget class. FID ratio: SFD's "
-                "remain FID over the teacher's (class: DDIM; text: its multi-step sampler).\n\n"
+                "remain FID over the teacher's (class: DDIM; text: its multi-step sampler). Judge "
+                "floor: at the stop, the judge's forget rate on the generator's own samples for the "
+                "override (same noise; the rule's `override_floor`, which stops at most the "
+                "threshold above it). UA ceiling: 1 − the share of the held-out real images of the "
+                "override class that the evaluation classifier reads as the forget class, the UA a "
+                "generator drawing the override class exactly would get (class pairs).\n\n"
                 + markdown_table(
                     (
                         "data set",
@@ -292,12 +389,34 @@ def write_results_page(
                         "remain acc. (teacher)",
                         "neighbour acc. (teacher)",
                         "FID ratio",
+                        "judge floor / UA ceiling",
                         "wall time",
                     ),
                     rows,
                 )  # fmt: skip
             ),
             "Targets": markdown_table(check_header, checks),
+            "Judge and classifier, sample by sample": (
+                "Class pairs, after the run. Real override images: the held-out real images of the "
+                "override class read as the forget class by the evaluation classifier and by the "
+                "data-free judge; the UA ceiling is 1 − the classifier's share, the UA of a "
+                "generator that draws the override class exactly. Forget samples: "
+                f"{SAMPLES} forget samples of the shipped generator (other draws than the rule's) "
+                "read as the forget class by the judge, by the classifier, and by both: where "
+                "*both* is far below either, the two mostly flag different samples.\n\n"
+                + markdown_table(
+                    (
+                        "pair",
+                        "real override read as forget: classifier",
+                        "judge",
+                        "UA ceiling",
+                        "forget samples read as forget: judge / classifier / both",
+                    ),
+                    samples,
+                )
+                if samples
+                else "No class pair in this record."
+            ),
         },
         results_dir,
     )

@@ -470,9 +470,12 @@ def pairs_record(command: str) -> dict[str, Any]:
     pairs = {
         "digits-0-1": row(
             "digits-0-1", "class", "0", "1", iterations=70, neighbours="class 1 (the override)",
-            models=models(1.0, None, 0.975, 0.98),
+            models=models(1.0, None, 0.975, 0.98), override_read_as_forget=0.03,
+            judge_real_override=0.0,
+            agreement={"samples": 256, "judge": 0.125, "classifier": 0.25, "both": 0.0625},
             completion={"stop_reason": "forgotten", "iterations": 70,
-                        "last_probe": {"iteration": 70, "forget_rate": 0.0, "classifier_ua": 0.97}},
+                        "last_probe": {"iteration": 70, "forget_rate": 0.0, "classifier_ua": 0.97,
+                                       "override_rate": 0.015625}},
         ),
         "text-digits-three-eight": row(
             "text-digits-three-eight", "text", "three", "eight", iterations=200,
@@ -792,15 +795,16 @@ CASES = [
             "| digits | class | 0 → 1 | yes | 70 / 200 | forgotten "
             "| 100.0 % vs 100.0 % (curve, 32 samples: 97.0 %) | 100.0 % "
             "| – | 97.5 % (98.0 %) | 98.0 % (99.0 %; class 1 (the override)) | 1.25 "
-            "| 4.0 min (stage 2 30 s) |",
+            "| 1.6 % / 97.0 % | 4.0 min (stage 2 30 s) |",
             "| digits | text | three → eight | no | 200 / 200 | max_steps "
             "| 75.0 % vs 90.0 % (curve, 32 samples: –) | 90.0 % "
             "| 80.0 % | 95.0 % (98.0 %) | 99.0 % (99.0 %; five, nine) | 1.25 "
-            "| 4.0 min (stage 2 30 s) |",
+            "| – / – | 4.0 min (stage 2 30 s) |",
             "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
             "| three → eight (text) | no | no | yes | no | no |",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
             "pairs already measured are kept): `digits-4-9`, `digits-7-2`,",
+            "| 0 → 1 (class) | 3.0 % | 0.0 % | 97.0 % | 12.5 % / 25.0 % / 6.2 % |",
         ],
     ),
     (

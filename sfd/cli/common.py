@@ -103,17 +103,31 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
         help="stage-1 (distillation without forgetting) iterations; default: the stage-1 "
         "preset's (600), or --trainer.max_steps, which sets both stages",
     )
-    add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/20)")
+    add(
+        "--curve-every",
+        type=int,
+        help="forgetting-curve interval (default: iterations/20; SFD under --until-forgotten: "
+        "the rule's probe interval, 10)",
+    )
     add(
         "--until-forgotten",
         action=argparse.BooleanOptionalAction,
         default=defaults.until_forgotten,
         help="SFD (stage 2) stops once the data-free judge finds the forget class gone "
         "(sfd.training.completion.UntilForgotten, probing at the curve interval), within "
-        "--trainer.max_steps; the classifier's UA is logged beside the judge's (default: on; "
-        "--no-until-forgotten runs the fixed --trainer.max_steps)",
+        "stage 2's cap of iterations (its preset: 600); the classifier's UA is logged beside the "
+        "judge's (default: on; --no-until-forgotten runs the whole cap)",
     )
     add_average_after_option(parser, defaults.average_after, "class")
+    add(
+        "--override-floor",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.override_floor,
+        help="with --until-forgotten: a probe counts as forgotten when the judge reads the forget "
+        "samples as the forget class at most the rule's threshold (0.01) more often than the "
+        "generator's own override samples on the same noise, where the teacher itself confuses "
+        "the pair (docs/method.md §8; default: on; --no-override-floor: the bare threshold)",
+    )
     add(
         "--curve-per-class",
         type=int,

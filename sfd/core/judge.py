@@ -122,9 +122,13 @@ def judged_forget_among(
 
 @torch.no_grad()
 def forget_rate(
-    teacher: Denoiser, generator: Any, draws: JudgeDraws, attacked: Any | None = None
+    teacher: Denoiser,
+    generator: Any,
+    draws: JudgeDraws,
+    attacked: Any | None = None,
+    sampled: str = "forget",
 ) -> float:
-    """The share of the generator's forget-condition samples the teacher judges forget (0..1).
+    """The share of the generator's samples the teacher judges forget (0..1).
 
     Args:
         teacher: the frozen teacher.
@@ -135,10 +139,19 @@ def forget_rate(
             `AdversarialTraining.probe_conditions`) and each sample is judged forget only where
             its plain `forget` condition beats every rival (a list of conditions: the override
             and remain conditions; one condition: the override alone).
+        sampled: without `attacked`, "forget": of its forget-condition samples; "override": of
+            its samples for the override conditions, on the same noise: the judge's floor, how
+            often it reads what the generator makes for the override as the forget concept (0
+            where the two are well apart; on pairs the teacher itself confuses, what a generator
+            that draws the override exactly for the forget condition is judged).
     """
+    if sampled not in ("forget", "override") or (attacked is not None and sampled != "forget"):
+        raise ValueError(
+            f"sampled={sampled!r}: 'forget' or 'override' (only 'forget' with attacked)"
+        )
     conds = draws.conditions
     if attacked is None:  # the plain judge: forget against its override
-        x = generator(draws.z_forget, conds.forget)
+        x = generator(draws.z_forget, getattr(conds, sampled))
         return float(judged_forget(teacher, x, conds.forget, conds.override, draws).float().mean())
     condition, forget, rivals = attacked
     x = generator(draws.z_forget, condition)

@@ -23,7 +23,13 @@ from sfd.core.generator import (
     checkpoint_entry,
     training_record,
 )
-from sfd.core.loop import IterationStream, step_without_counting
+from sfd.core.loop import (
+    IterationStream,
+    set_training_mode,
+    step_without_counting,
+    structure_version,
+    watch_structure,
+)
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import NonFiniteError, SFDConfigError, check_number
@@ -203,6 +209,7 @@ class SFDModule(pl.LightningModule):
         # (iteration, γ) of the EMA's restart (`restart_ema`); None: the schedule of the settings
         self.ema_restart: tuple[int, float] | None = None
         self._watch = guards.NonFiniteWatch()  # non-finite losses and gradients, on the device
+        self._mode_plans: dict[int, Any] = {}  # `_modes`: how each network switches train / eval
         self.adversarial = (
             None
             if adversarial is None
@@ -218,8 +225,7 @@ class SFDModule(pl.LightningModule):
         )
 
         # Step 1: fake score on generated samples (generator frozen, sampling in eval mode).
-        self.generator.eval()
-        self.fake_score.train()
+        self._modes(generator=False, fake_score=True)
         attacked = None if self.adversarial is None else self.adversarial.attack(self)
         with self._toggled(fake_opt):
             fake_terms = self.fake_score_losses(conds, self._stream(1))
@@ -228,8 +234,7 @@ class SFDModule(pl.LightningModule):
             self._update(fake_opt, "fake", fake_terms, counts_as_iteration=False)
 
         # Step 2: generator (fake score frozen in eval mode, differentiable through its input).
-        self.generator.train()
-        self.fake_score.eval()
+        self._modes(generator=True, fake_score=False)
         with self._toggled(generator_opt):
             generator_terms = self.generator_losses(conds, self._stream(2))
             if attacked is not None:
@@ -309,16 +314,54 @@ class SFDModule(pl.LightningModule):
             decay = ema_decay_at(step - start + 1, self.hparams.ema_decay, power)
         else:
             decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.get("ema_power"))
+        ema_params, params, ema_buffers, buffers = self._ema_tensors()
         ema, live = self.ema.denoiser, self.generator.denoiser
         if isinstance(ema, AdapterView) and isinstance(live, AdapterView):
             # the average of the merged updates B·A, not of each factor (shared base)
             ema.shared.average_into(ema.adapter_name, live.adapter_name, 1.0 - decay)
         else:
-            ema_params = list(self.ema.parameters())
-            params = [p.detach() for p in self.generator.parameters()]
             torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        if buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
+
+    def _ema_tensors(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """The EMA's and the generator's parameters and buffers, in matching order.
+
+        Kept between iterations instead of walking both module trees twice each time: rebuilt
+        when a network is replaced, when anything was registered into either since
+        (`structure_version`) and after `_apply` (`.to()` / `.half()` of this module replace
+        buffers). No grad is recorded (`update_ema` runs under `no_grad`), so the generator's
+        parameters are kept as they are rather than as detached views, which an assignment to
+        `param.data` would leave behind.
+        """
+        ema, generator, version = self.ema, self.generator, structure_version()
+        cached = self.__dict__.get("_ema_cache")
+        if (
+            cached is None
+            or cached[0] != version
+            or cached[1] is not ema
+            or cached[2] is not generator
+        ):
+            watch_structure(generator)
+            version = watch_structure(ema)
+            tensors = (
+                list(ema.parameters()),
+                list(generator.parameters()),
+                list(ema.buffers()),
+                list(generator.buffers()),
+            )
+            for ours, theirs, what in ((0, 1, "parameters"), (2, 3, "buffers")):
+                if len(tensors[ours]) != len(tensors[theirs]):
+                    raise RuntimeError(
+                        f"the EMA has {len(tensors[ours])} {what}, the generator "
+                        f"{len(tensors[theirs])}: they must be the same network"
+                    )
+            cached = self.__dict__["_ema_cache"] = (version, ema, generator, tensors)
+        return cached[3]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SFDModule:
+        self.__dict__.pop("_ema_cache", None)  # `.to()` replaces buffers
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def restart_ema(self, power: float = 0.0) -> None:
@@ -333,10 +376,10 @@ class SFDModule(pl.LightningModule):
             raise SFDConfigError("restarting the EMA needs one: model.ema_decay is null")
         check_number("EMA restart power", power, low=0)
         self.ema_restart = (int(self.global_step), float(power))
-        ema_params = list(self.ema.parameters())
-        torch._foreach_copy_(ema_params, [p.detach() for p in self.generator.parameters()])
-        for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        ema_params, params, ema_buffers, buffers = self._ema_tensors()
+        torch._foreach_copy_(ema_params, params)
+        if buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
 
     @property
     def export_generator(self) -> OneStepGenerator:
@@ -448,14 +491,41 @@ class SFDModule(pl.LightningModule):
         """A loss term, skipped (zero, no compute) when its weight is zero."""
         return term() if weight != 0 else torch.zeros(1, device=self.device)
 
+    def _modes(self, generator: bool, fake_score: bool) -> None:
+        """`self.generator.train(generator)`, then `self.fake_score.train(fake_score)`, from cached
+        plans (`set_training_mode`: no walk of the module trees on each of the iteration's four
+        switches)."""
+        set_training_mode(self.generator, generator, self._mode_plans)
+        set_training_mode(self.fake_score, fake_score, self._mode_plans)
+
     @contextmanager
     def _toggled(self, optimizer: Any) -> Iterator[None]:
-        """Only `optimizer`'s parameters require grad inside the block."""
-        self.toggle_optimizer(optimizer)
+        """Only `optimizer`'s parameters require grad inside the block.
+
+        What Lightning's `toggle_optimizer` / `untoggle_optimizer` do (every parameter of the
+        other optimizers that is not also `optimizer`'s stops requiring grad; each is put back
+        as it was afterwards; `optimizer`'s own are left as they are), at a third of the cost:
+        parameters are keyed by `id` rather than `Tensor.__hash__`, a Python call each, and only
+        the other optimizers' parameters are touched.
+        """
+        current = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer's own
+        seen = {id(p) for group in current.param_groups for p in group["params"]}
+        frozen = []
+        for other in self.trainer.optimizers:
+            if other is current:
+                continue
+            for group in other.param_groups:
+                for param in group["params"]:
+                    if id(param) not in seen:
+                        seen.add(id(param))
+                        frozen.append((param, param.requires_grad))
+        for param, _ in frozen:
+            param.requires_grad = False
         try:
             yield
         finally:
-            self.untoggle_optimizer(optimizer)
+            for param, requires_grad in frozen:
+                param.requires_grad = requires_grad
 
     def _update(
         self, optimizer: Any, network: str, terms: LossTerms, counts_as_iteration: bool

@@ -195,9 +195,12 @@ def completion_line(completion: dict[str, Any]) -> str:
     """The card's line on the completion rule: why the run stopped, after how many iterations."""
     last = completion.get("last_probe") or {}
     settings = completion.get("settings") or {}
+    floor = (
+        f" + the override samples' {last['override_rate']:.3f}" if "override_rate" in last else ""
+    )
     judged = (
-        f"; judged forget rate {last['forget_rate']:.3f} (threshold {settings.get('threshold')}), "
-        f"remain drift {last['drift']:.4f}"
+        f"; judged forget rate {last['forget_rate']:.3f} (threshold "
+        f"{settings.get('threshold')}{floor}), remain drift {last['drift']:.4f}"
         if "forget_rate" in last and "drift" in last
         else ""
     )

@@ -7,7 +7,7 @@ carries named PEFT adapters (LoRA, DoRA or LoKr): "generator", "fake_score" and,
 are `AdapterView`s, Denoisers that run the same network with their own adapter active.
 
 Switching adapters. PEFT's `set_adapter` / `enable_adapters` also set `requires_grad` of the
-adapter weights, which would undo Lightning's `toggle_optimizer` (only the network being updated
+adapter weights, which would undo the module's optimizer toggle (only the network being updated
 requires grad). `SharedBase.active` switches the layers and puts every adapter weight's
 `requires_grad` back. Autograd records the tensors a forward pass used, so switching adapters
 between the generator's, the teacher's and the fake score's forward passes of one loss leaves

@@ -125,7 +125,7 @@ class StableDiffusionXLDenoiser(StableDiffusionDenoiser):
                 "an SDXL denoiser needs a text condition with prompt_embeds and pooled_embeds "
                 f"(encoded by an SDXL teacher), got {type(cond).__name__}"
             )
-        dtype = self.unet.dtype
+        dtype = self.network_dtype(self.unet)
         batch = x_t.shape[0]
         time_ids = torch.tensor([self.time_ids], dtype=dtype, device=x_t.device).expand(batch, -1)
         return self.unet(

@@ -5,10 +5,12 @@ generator with the data-free judge of `sfd.core.judge` on fixed draws, and the r
 shipped generator against its own samples at the start of the fit. With adversarial SFD the judged
 forget rate also covers the conditions of the inner attack's pool (`probe`). It stops the fit when
 
-- the shipped generator's judged forget rate is at most `threshold` for `patience` probes in a row
-  (reason "forgotten"); with `average_after`, the first forgotten probe also restarts the EMA as
-  the average of the iterates from then on (`SFDModule.restart_ema`, "EMA after forgetting"), and
-  the rule stops only once that average holds at least `average_after` iterations,
+- the shipped generator's judged forget rate is at most `threshold` (with `override_floor`: at
+  most `threshold` above the judged forget rate of its own override samples) for `patience` probes
+  in a row (reason "forgotten"); with `average_after`, the first forgotten probe also restarts the
+  EMA as the average of the iterates from then on (`SFDModule.restart_ema`, "EMA after
+  forgetting"), and the rule stops only once that average holds at least `average_after`
+  iterations,
 - the remain drift exceeds `max_drift` (reason "drift": forgetting is damaging what must stay),
 - the budget of `budget` iterations is spent (reason "budget"),
 
@@ -32,6 +34,7 @@ from sfd.core import judge
 from sfd.errors import SFDConfigError, check_count, check_number
 
 REASONS = ("forgotten", "drift", "budget", "max_steps")
+PROBE_EVERY = 10  # the default probe interval (iterations)
 
 
 class UntilForgotten(Callback):
@@ -58,11 +61,17 @@ class UntilForgotten(Callback):
             averages at least this many iterations (at least `every_n`). None: off, the EMA keeps
             its schedule.
         average_power: γ of that average (0: the plain mean of the iterates since the restart).
+        override_floor: also judge the shipped generator's samples for the override conditions (same
+            noise; `judge.forget_rate(sampled="override")`, logged as `completion/override_rate`)
+            and count a probe as forgotten when the forget samples are judged forget at most
+            `threshold` more often than those: where the teacher itself confuses the pair, a
+            generator that draws the override exactly for the forget condition is judged that
+            often, and a bare `threshold` below it never stops. False: the bare threshold.
     """
 
     def __init__(
         self,
-        every_n: int = 10,
+        every_n: int = PROBE_EVERY,
         threshold: float = 0.01,
         patience: int = 3,
         budget: int | None = None,
@@ -74,6 +83,7 @@ class UntilForgotten(Callback):
         classifier_ua: Callable[[Any], float | None] | None = None,
         average_after: int | None = None,
         average_power: float = 0.0,
+        override_floor: bool = False,
     ) -> None:
         check_count("UntilForgotten every_n", every_n)
         check_count("UntilForgotten patience", patience)
@@ -99,6 +109,7 @@ class UntilForgotten(Callback):
         self.classifier_ua = classifier_ua
         self.average_after = average_after
         self.average_power = float(average_power)
+        self.override_floor = bool(override_floor)
         # the rule's state (kept across resumes)
         self.streak = 0
         self.reason: str | None = None
@@ -127,7 +138,8 @@ class UntilForgotten(Callback):
     @torch.no_grad()
     def probe(self, module: Any) -> dict[str, Any]:
         """Judge the shipped and the raw generator now: {iteration, forget_rate, forget_rate_raw,
-        drift, classifier_ua}.
+        drift, classifier_ua} (and `override_rate`, the shipped generator's floor, with
+        `override_floor`).
 
         With adversarial SFD (`module.adversarial`), each generator is also judged on the
         attacked pool's conditions (`forget_rate_attacked`, `forget_rate_raw_attacked`), and
@@ -153,6 +165,10 @@ class UntilForgotten(Callback):
                     rate = judge.forget_rate(module.teacher, net, draws, attacked)
                     point[f"{name}_plain"], point[f"{name}_attacked"] = point[name], rate
                     point[name] = max(point[name], rate)
+            if self.override_floor:
+                point["override_rate"] = judge.forget_rate(
+                    module.teacher, shipped, draws, sampled="override"
+                )
             remain = judge.remain_samples(shipped, draws)
         finally:
             for name, net in networks.items():
@@ -182,8 +198,14 @@ class UntilForgotten(Callback):
             self.averaged_from is not None and iteration - self.averaged_from >= self.average_after
         )
 
+    def forgotten(self, point: dict[str, Any]) -> bool:
+        """Whether a probe judges the concept gone: the forget rate at most `threshold` (above the
+        override samples' rate with `override_floor`)."""
+        floor = point.get("override_rate", 0.0) if self.override_floor else 0.0
+        return point["forget_rate"] <= floor + self.threshold
+
     def _decide(self, point: dict[str, Any]) -> str | None:
-        self.streak = self.streak + 1 if point["forget_rate"] <= self.threshold else 0
+        self.streak = self.streak + 1 if self.forgotten(point) else 0
         if self.max_drift is not None and point["drift"] > self.max_drift:
             return "drift"
         if self.streak >= self.patience and self._averaged(point["iteration"]):
@@ -223,9 +245,7 @@ class UntilForgotten(Callback):
         reason = self._decide(point)
         stop = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
         first_forgotten = (
-            self.average_after is not None
-            and self.averaged_from is None
-            and point["forget_rate"] <= self.threshold
+            self.average_after is not None and self.averaged_from is None and self.forgotten(point)
         )
         # Restart only while training goes on: at the last iteration a restart would ship one raw
         # iterate in place of the average.
@@ -253,8 +273,9 @@ class UntilForgotten(Callback):
         last = self.probes[-1]
         rank_zero_info(
             f"UntilForgotten: stopped at iteration {last['iteration']} ({reason}): judged forget "
-            f"rate {last['forget_rate']:.3f} (raw generator {last['forget_rate_raw']:.3f}), "
-            f"remain drift {last['drift']:.4f}"
+            f"rate {last['forget_rate']:.3f} (raw generator {last['forget_rate_raw']:.3f}"
+            + (f"; override samples {last['override_rate']:.3f}" if "override_rate" in last else "")
+            + f"), remain drift {last['drift']:.4f}"
         )
 
     def _record(self, trainer: pl.Trainer, module: Any, point: dict[str, Any]) -> None:
@@ -297,6 +318,7 @@ class UntilForgotten(Callback):
                 "seed": self.seed,
                 "average_after": self.average_after,
                 "average_power": self.average_power,
+                "override_floor": self.override_floor,
             },
         }
 

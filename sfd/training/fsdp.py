@@ -8,7 +8,7 @@ transformer blocks, ...) one FSDP unit per block. Every rank then holds 1/world 
 weights, gradients and optimizer state, and gathers one block's weights at a time.
 
 The alternating step needs nothing more. FSDP2 reduce-scatters, after a backward pass, the
-gradients of the parameters that required grad in it: Lightning's `toggle_optimizer` leaves only
+gradients of the parameters that required grad in it: the module's optimizer toggle leaves only
 the network being updated requiring grad (FSDP2 copies the flag to the gathered weights at every
 gather), so the fake-score backward reduces only the fake score's gradients and the generator
 backward (which passes *through* the frozen fake score) only the generator's: once each per

@@ -9,9 +9,9 @@ walks the autograd graph to find unused parameters, and it reduces every registe
 `AlternatingDDPStrategy` keeps Lightning's process launch, process groups, cluster environments
 (SLURM, torchrun) and rank-zero checkpointing, but does not wrap the module. Right after each
 backward it averages, across ranks, exactly the gradients that backward produced: those of the
-parameters that currently require grad (the network `toggle_optimizer` enabled). The frozen
-teacher never requires grad, so it is never synchronised, and it is not broadcast at start either:
-every rank loads it from the same source.
+parameters that currently require grad (the network the module's optimizer toggle enabled). The
+frozen teacher never requires grad, so it is never synchronised, and it is not broadcast at start
+either: every rank loads it from the same source.
 """
 
 from __future__ import annotations

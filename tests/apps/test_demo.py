@@ -312,3 +312,24 @@ def test_stage_two_alone_composes_the_forgetting_overlay() -> None:
     for other in (stage1, one_stage):
         assert other.generator_optimizer.init_args.lr == 3e-4
     assert model("stage2", "--model.ema_power", "null").ema_power is None
+
+
+def test_stage_two_is_capped_at_three_times_the_preset_and_probed_every_ten() -> None:
+    """Under the completion rule stage 2's max_steps is a cap (600, three times the preset's 200)
+    inside which the rule stops at about restart + --average-after; stage 1 keeps its 600 and
+    one-stage SFD its 200, --trainer.max_steps still sets every stage, and the forgetting curve
+    (where the rule probes) keeps the rule's 10-iteration interval, not a twentieth of the cap."""
+    from sfd.apps.harness.methods import curve_every
+
+    settings = ClassRunSettings()
+
+    def max_steps(stage: str, *extra: str) -> int:
+        args = replace(settings, sfd_args=list(extra)).sfd_command_line(stage=stage)
+        return parse_fit_config(args, one_line_errors=True).trainer.max_steps
+
+    assert [max_steps(s) for s in ("stage2", "stage1", "sfd")] == [600, 600, 200]
+    assert {max_steps(s, "--trainer.max_steps", "50") for s in ("stage2", "stage1", "sfd")} == {50}
+    assert settings.until_forgotten and settings.override_floor and settings.average_after == 150
+    assert curve_every(settings, 600, under_rule=True) == 10
+    assert curve_every(settings, 600) == 30  # stage 1, the baselines, SFD without the rule
+    assert curve_every(replace(settings, curve_every=4), 600, under_rule=True) == 4

@@ -118,6 +118,30 @@ def test_the_attacked_reading_counts_forget_only_where_it_beats_every_rival() ->
     assert forget_rate(teacher, generator, draws, (label(1), label(0), every)) == 0.0
 
 
+def test_the_floor_judges_the_generators_override_samples_on_the_forget_noise() -> None:
+    """`sampled="override"`: the generator's samples for the override conditions, on the forget
+    samples' noise, judged forget vs override. Separated classes: 0. A generator that draws the same
+    ambiguous shapes (the midpoint of 0 and 1) for both conditions: the forget samples' rate, which
+    is neither 0 nor 1, and the judge applied to those samples by hand."""
+    means = separated_means()
+    teacher = teacher_with(means)
+    draws = draws_for(ClassConditions(0, 1))
+    unchanged = OneStepGenerator(teacher_with(means), sigma_init=2.5)
+    assert forget_rate(teacher, unchanged, draws, sampled="override") == 0.0
+    blended = means.clone()
+    blended[0] = blended[1] = 0.5 * (means[0] + means[1])
+    ambiguous = OneStepGenerator(teacher_with(blended), sigma_init=2.5)
+    conds = draws.conditions
+    by_hand = judged_forget(
+        teacher, ambiguous(draws.z_forget, conds.override), conds.forget, conds.override, draws
+    )
+    floor = forget_rate(teacher, ambiguous, draws, sampled="override")
+    assert floor == float(by_hand.float().mean())
+    assert 0 < floor < 1 and floor == forget_rate(teacher, ambiguous, draws)
+    with pytest.raises(ValueError, match="sampled='remain'"):
+        forget_rate(teacher, ambiguous, draws, sampled="remain")
+
+
 def test_remain_drift_is_the_rms_distance_on_fixed_noise() -> None:
     means = separated_means()
     draws = draws_for(ClassConditions(0, 1))

@@ -32,9 +32,15 @@ def means() -> torch.Tensor:
     return 1.5 * signs.float().reshape(4, *SHAPE)
 
 
-def module(forgotten: bool, lr: float = 1e-12, ema_decay: float | None = None) -> SFDModule:
-    """Forget 0 -> override 1; the generator starts as the teacher or as one drawing 1 for 0."""
+def module(
+    forgotten: bool, lr: float = 1e-12, ema_decay: float | None = None, ambiguous: bool = False
+) -> SFDModule:
+    """Forget 0 -> override 1; the generator starts as the teacher or as one drawing 1 for 0.
+    `ambiguous`: its class 1 is the midpoint of the teacher's 0 and 1, shapes the teacher itself
+    cannot tell apart (judged forget at a rate well above the threshold)."""
     generator_means = means()
+    if ambiguous:
+        generator_means[1] = 0.5 * (generator_means[0] + generator_means[1])
     if forgotten:
         generator_means[0] = generator_means[1]
     optimizer = lambda p: torch.optim.SGD(p, lr=lr)  # noqa: E731
@@ -141,6 +147,37 @@ def test_the_budget_is_honoured(tmp_path) -> None:
     assert [p["iteration"] for p in until.probes] == [0, 3, 6, 7]
 
 
+def test_the_override_floor_stops_a_generator_that_draws_the_override_the_judge_confuses(
+    tmp_path,
+) -> None:
+    """Asked for 0, the generator draws exactly what it draws for the override 1, shapes the judge
+    reads as 0 at a rate far above the threshold: the bare threshold runs to max_steps, the floor
+    (the judged rate of the override samples on the same noise) stops it as forgotten."""
+    sfd, bare = module(forgotten=True, ambiguous=True), rule()
+    quiet_trainer(tmp_path / "bare", 8, callbacks=[bare]).fit(sfd)
+    assert bare.reason == "max_steps" and bare.streak == 0
+    assert all(p["forget_rate"] > 0.1 for p in bare.probes)
+    assert all("override_rate" not in p for p in bare.probes)
+
+    sfd, floored = module(forgotten=True, ambiguous=True), rule(override_floor=True)
+    quiet_trainer(tmp_path / "floor", 8, callbacks=[floored]).fit(sfd)
+    assert floored.reason == "forgotten" and sfd.global_step == 4
+    assert [p["forget_rate"] for p in floored.probes] == [p["forget_rate"] for p in bare.probes[:3]]
+    assert all(p["override_rate"] == p["forget_rate"] for p in floored.probes)
+    assert floored.summary()["settings"]["override_floor"] is True
+    assert "threshold 0.01 + the override samples'" in completion_line(sfd.completion)
+
+
+def test_the_override_floor_does_not_stop_one_that_has_not(tmp_path) -> None:
+    """Asked for 0 it still draws 0: judged forget throughout, far above the override samples'
+    floor (ambiguous shapes, judged forget at a rate in (0, 1))."""
+    sfd, until = module(forgotten=False, ambiguous=True), rule(override_floor=True)
+    quiet_trainer(tmp_path, 8, callbacks=[until]).fit(sfd)
+    assert sfd.global_step == 8 and until.reason == "max_steps" and until.streak == 0
+    assert all(p["forget_rate"] == 1.0 for p in until.probes)
+    assert all(0 < p["override_rate"] < 0.99 for p in until.probes)
+
+
 def test_drift_beyond_the_bound_stops_with_that_reason(tmp_path) -> None:
     sfd, until = module(forgotten=False, lr=0.5), rule(max_drift=1e-6)
     trainer = quiet_trainer(tmp_path, 40, callbacks=[until])
@@ -149,9 +186,12 @@ def test_drift_beyond_the_bound_stops_with_that_reason(tmp_path) -> None:
     assert until.probes[-1]["drift"] > 1e-6
 
 
-def test_resume_keeps_the_rules_state(tmp_path) -> None:
+@pytest.mark.parametrize("floor", [False, True], ids=["bare-threshold", "override-floor"])
+def test_resume_keeps_the_rules_state(tmp_path, floor) -> None:
+    """With the floor, on the ambiguous generator only the floor makes its probes forgotten."""
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
-    sfd, first = module(forgotten=True), rule(patience=3)
+    settings = {"patience": 3, "override_floor": floor}
+    sfd, first = module(forgotten=True, ambiguous=floor), rule(**settings)
     trainer = quiet_trainer(tmp_path, 4, callbacks=[first, checkpoints], enable_checkpointing=True)
     trainer.fit(sfd)
     assert first.streak == 2 and first.reason == "max_steps"
@@ -159,17 +199,20 @@ def test_resume_keeps_the_rules_state(tmp_path) -> None:
 
     # Resumed with a larger max_steps: the third forgotten probe in a row (iteration 6) stops it.
     # A rule that had lost its state would count from zero and stop at iteration 8.
-    resumed, second = module(forgotten=True), rule(patience=3)
+    resumed, second = module(forgotten=True, ambiguous=floor), rule(**settings)
     later = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
     trainer = quiet_trainer(tmp_path, 20, callbacks=[second, later], enable_checkpointing=True)
     trainer.fit(resumed, ckpt_path=last)
     assert second.reason == "forgotten" and resumed.global_step == 6
     assert [p["iteration"] for p in second.probes] == [0, 2, 4, 6]
+    assert second.probes[:3] == first.probes  # the probes before the resume, as recorded
+    if floor:
+        assert all(p["forget_rate"] > 0.1 for p in second.probes)
     assert torch.equal(second.reference, first.reference)
     assert load_checkpoint_safely(last)["callbacks"]  # the state the resume read
 
     # Resumed once more after the rule stopped the run: nothing to do.
-    again, third = module(forgotten=True), rule(patience=3)
+    again, third = module(forgotten=True, ambiguous=floor), rule(**settings)
     trainer = quiet_trainer(tmp_path, 20, callbacks=[third])
     trainer.fit(again, ckpt_path=last)
     assert again.global_step == 6 and third.reason == "forgotten"

@@ -82,6 +82,9 @@ class ClassRunSettings:
     # EMA after forgetting (docs/method.md §4): iterations the average restarted at the first
     # forgotten probe holds at the rule's stop (at least one probe interval); 0: off
     average_after: int = 150
+    # the rule counts a probe as forgotten at most its threshold above the judged forget rate of the
+    # generator's own override samples (docs/method.md §8); False: the bare threshold
+    override_floor: bool = True
     curve_per_class: int = 32
     curve_remain_per_class: int = 8
     eval_per_class: int = 200

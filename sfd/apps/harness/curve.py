@@ -209,11 +209,14 @@ def raw_generator(module: Any) -> nn.Module | None:
 
 
 def until_forgotten(
-    curve: TimedForgettingCurve | ForgettingCurve, average_after: int = 0
+    curve: TimedForgettingCurve | ForgettingCurve,
+    average_after: int = 0,
+    override_floor: bool = False,
 ) -> UntilForgotten:
     """The completion rule at a forgetting curve's interval, with the curve's classifier UA beside it
     (`average_after`: the rule's "EMA after forgetting", the demos' `--average-after`: at least
-    one curve interval; 0: off).
+    one curve interval; 0: off; `override_floor`: the threshold counts above the judged rate of the
+    generator's override samples).
 
     Put it after the curve among the callbacks: at each probe the curve's point of the same
     iteration is then already there and nothing is evaluated twice.
@@ -227,6 +230,7 @@ def until_forgotten(
         every_n=curve.every_n,
         classifier_ua=classifier_ua,
         average_after=max(average_after, curve.every_n) if average_after else None,
+        override_floor=override_floor,
     )
 
 

@@ -23,6 +23,7 @@ from sfd.baselines.method import Unlearned, unlearned
 from sfd.core.conditions import ClassConditions
 from sfd.teachers.unet import PretrainedVPTeacher
 from sfd.training.cli import parse_fit_config
+from sfd.training.completion import PROBE_EVERY
 
 RAW_SUFFIX = "_raw"  # the key of SFD's raw generator beside its EMA: "sfd_two_stage_raw"
 TITLES = {
@@ -64,6 +65,15 @@ class Fitted:
     raw_curve: list[dict[str, float]] = field(default_factory=list)
 
 
+def curve_every(settings: ClassRunSettings, iterations: int, under_rule: bool = False) -> int:
+    """The forgetting curve's interval: `--curve-every`; else, for SFD under the completion rule,
+    the rule's probe interval (the rule probes at the curve's points; `max_steps` is only its
+    cap); else 20 points over the `iterations` of the run."""
+    if settings.curve_every:
+        return settings.curve_every
+    return PROBE_EVERY if under_rule else max(1, iterations // 20)
+
+
 @dataclass
 class Run:
     """What every method of one harness run shares."""
@@ -75,12 +85,14 @@ class Run:
     accelerator: str = "cpu"
     stage1: StageOne | None = None
 
-    def curve(self, iterations: int, raw: bool = False) -> TimedForgettingCurve:
-        """A fresh forgetting curve at the run's interval (default: 20 points per run); `raw`:
-        SFD's raw generator beside its EMA too, and the remain FID of one-step models."""
+    def curve(
+        self, iterations: int, raw: bool = False, under_rule: bool = False
+    ) -> TimedForgettingCurve:
+        """A fresh forgetting curve at the run's interval (`curve_every`); `raw`: SFD's raw
+        generator beside its EMA too, and the remain FID of one-step models."""
         settings = self.settings
         assert self.workspace.classifier is not None
-        every = settings.curve_every or max(1, iterations // 20)
+        every = curve_every(settings, iterations, under_rule)
         return TimedForgettingCurve(
             self.workspace.classifier,
             self.workspace.data.num_classes,
@@ -145,10 +157,13 @@ class SFDMethod:
                 "stage1_cached": stage1.cached,
                 "stage1_folder": str(stage1.folder),
             }
-        curve = run.curve(_iterations(args), raw=True)  # the raw generator beside the EMA
+        rule_on = run.settings.until_forgotten
+        curve = run.curve(_iterations(args), raw=True, under_rule=rule_on)  # raw beside the EMA
         callbacks: list[pl.Callback] = [curve]
-        if run.settings.until_forgotten:
-            rule = until_forgotten(curve, run.settings.average_after)
+        if rule_on:
+            rule = until_forgotten(
+                curve, run.settings.average_after, override_floor=run.settings.override_floor
+            )
             callbacks.append(rule)
         module, seconds, _ = train_sfd(
             args, callbacks, run.logs / self.key, run.settings.progress, run.settings.seed
