@@ -13,7 +13,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
 from sfd.apps.data.captions import DIGITS_VOCABULARY
-from sfd.core.adversarial import ADVERSARIAL_KEY, AdversarialSettings, check_adversarial_settings
+from sfd.core.adversarial import (
+    ADVERSARIAL_KEY,
+    AdversarialSettings,
+    check_adversarial_settings,
+    spread,
+)
 from sfd.core.conditions import ClassConditions, PromptConditions
 from sfd.core.generator import OneStepGenerator
 from sfd.core.losses import LossTerms
@@ -197,6 +202,17 @@ def test_the_attack_over_every_concept_finds_the_forget_class_not_a_remain_one(s
     assert (ends[0] > 3.0).all(), ends[0]
 
 
+def test_the_rivals_take_one_of_each_slice() -> None:
+    """`spread`: one index per row from each of the equal slices (random, or the slice's
+    middle), every item when there are no more items than picks."""
+    rng = torch.Generator().manual_seed(0)
+    picked = spread(9, 3, 200, rng, "cpu")
+    for (low, high), index in zip([(0, 3), (3, 6), (6, 9)], picked, strict=True):
+        assert set(index.tolist()) == set(range(low, high))  # 200 draws reach the whole slice
+    assert [int(i[0]) for i in spread(9, 3, 2, None, "cpu")] == [1, 4, 7]
+    assert [i.tolist() for i in spread(2, 3, 2, rng, "cpu")] == [[0, 0], [1, 1]]
+
+
 def test_the_inner_steps_are_torch_adam_ascent(single_thread) -> None:
     """The pool's hand-kept Adam is torch.optim.Adam(maximize=True) on the same draws."""
     module = class_module(AdversarialSettings(steps=3, share=0.5, lr=0.1))
@@ -378,8 +394,11 @@ def test_off_by_default_and_plain_draws_unchanged(single_thread) -> None:
         AdversarialSettings(
             steps=2, share=0.5, refresh_every=10, lr=0.1, pool=2, samples=2, sigmas=[0.4, 1.6]
         ),
+        # Fewer rivals than remain classes: a random one of each slice per step, from the
+        # attack's stream.
+        AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1, rivals=3),
     ],
-    ids=["rows", "pool"],
+    ids=["rows", "pool", "rivals"],
 )
 def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, single_thread):
 
