@@ -64,15 +64,20 @@ def demo_text_parser() -> argparse.ArgumentParser:
         help="stage-1 (distillation without forgetting, cached) iterations; default: the stage-1 "
         "preset's, or --trainer.max_steps, which sets both stages",
     )
-    add("--curve-every", type=int, help="forgetting-curve interval (default: iterations/10)")
+    add(
+        "--curve-every",
+        type=int,
+        help="forgetting-curve interval (default: iterations/10; SFD under --until-forgotten: "
+        "the rule's 10)",
+    )
     add(
         "--until-forgotten",
         action=argparse.BooleanOptionalAction,
         default=defaults.until_forgotten,
         help="stage 2 stops once the data-free judge finds the forget prompts' concept gone "
         "(sfd.training.completion.UntilForgotten at the curve interval), within "
-        "--trainer.max_steps; the classifier's UA is logged beside the judge's (default: on; "
-        "--no-until-forgotten runs the fixed --trainer.max_steps)",
+        "--trainer.max_steps (a cap, 600 in the presets); the classifier's UA is logged beside "
+        "the judge's (default: on; --no-until-forgotten runs the whole cap)",
     )
     add_average_after_option(parser, defaults.average_after, "prompts' concept")
     add("--curve-per-class", type=int, default=defaults.curve_per_class)

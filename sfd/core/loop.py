@@ -117,11 +117,19 @@ def watch_structure(network: nn.Module) -> int:
     return _registrations
 
 
+def bump_structure_version() -> None:
+    """Invalidate every cache made at the current `structure_version`: for changes that bypass
+    torch's registration hooks (e.g. FSDP2 putting sharded parameters into `_parameters`)."""
+    global _registrations
+    _registrations += 1
+
+
 def structure_version() -> int:
     """A number that changes whenever a submodule, parameter or buffer is registered into a
     module of a watched network (`watch_structure`): attribute assignment, `add_module`,
-    `register_buffer`, PEFT's adapter injection, FSDP's sharded parameters,
-    `load_state_dict(assign=True)`, ... Lists of a watched network's modules or tensors made at
+    `register_buffer`, PEFT's adapter injection, `load_state_dict(assign=True)`, ... (FSDP2's
+    `fully_shard` swaps parameters without a registration hook: the sharding step calls
+    `bump_structure_version`). Lists of a watched network's modules or tensors made at
     one version are still the network's at the same one, unless `_apply` (`.to()`, `.half()`)
     replaced buffers in between. Registrations into modules outside watched networks (e.g. the
     `nn.ModuleList` a slice of one builds, as diffusers' blocks do on every forward) leave it

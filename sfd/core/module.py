@@ -363,6 +363,14 @@ class SFDModule(pl.LightningModule):
         self.__dict__.pop("_ema_cache", None)  # `.to()` replaces buffers
         return super()._apply(fn, recurse)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (deepcopy, pickle, a spawned process) gets networks nobody watches
+        # (`watch_structure`): its caches of their tensors and modes are rebuilt, not carried over.
+        state = super().__getstate__()
+        state.pop("_ema_cache", None)
+        state["_mode_plans"] = {}
+        return state
+
     @torch.no_grad()
     def restart_ema(self, power: float = 0.0) -> None:
         """Restart the EMA at the generator now (after the update of iteration `global_step` = s):

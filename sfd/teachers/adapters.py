@@ -670,6 +670,10 @@ def low_rank_lerp(ema: tuple[Tensor, Tensor], live: tuple[Tensor, Tensor], weigh
     q_left, r_left = torch.linalg.qr(left)
     q_right, r_right = torch.linalg.qr(right.T)
     u, s, vh = torch.linalg.svd(r_left @ r_right.T)
-    root = s[:rank].sqrt()
-    b_ema.copy_((q_left @ (u[:, :rank] * root)).reshape(b_ema.shape))
-    a_ema.copy_(((root[:, None] * vh[:rank]) @ q_right.T).reshape(a_ema.shape))
+    kept = min(rank, s.numel())  # a rank above the layer's out or in size: the rest stays zero
+    root = s[:kept].sqrt()
+    b_new, a_new = torch.zeros_like(left[:, :rank]), torch.zeros_like(right[:rank])
+    b_new[:, :kept] = q_left @ (u[:, :kept] * root)
+    a_new[:kept] = (root[:, None] * vh[:kept]) @ q_right.T
+    b_ema.copy_(b_new.reshape(b_ema.shape))
+    a_ema.copy_(a_new.reshape(a_ema.shape))

@@ -35,6 +35,7 @@ from sfd.errors import SFDConfigError, check_count, check_number
 
 REASONS = ("forgotten", "drift", "budget", "max_steps")
 PROBE_EVERY = 10  # the default probe interval (iterations)
+MAX_FLOOR = 0.5  # the highest override floor (`UntilForgotten.forgotten`)
 
 
 class UntilForgotten(Callback):
@@ -200,8 +201,20 @@ class UntilForgotten(Callback):
 
     def forgotten(self, point: dict[str, Any]) -> bool:
         """Whether a probe judges the concept gone: the forget rate at most `threshold` (above the
-        override samples' rate with `override_floor`)."""
-        floor = point.get("override_rate", 0.0) if self.override_floor else 0.0
+        override samples' rate with `override_floor`).
+
+        The floor stands for how much the teacher confuses the pair, not for what the generator
+        draws: it is the lower of the override samples' rate now and at the fit's first probe (a
+        generator that loses the override on the way does not raise it), and none at all when
+        that is above `MAX_FLOOR` (override samples judged forget more often than not are not the
+        override: e.g. a generator drawing the forget concept for both conditions, both rates 1).
+        """
+        floor = 0.0
+        if self.override_floor:
+            now = point.get("override_rate", 0.0)
+            first = self.probes[0].get("override_rate", now) if self.probes else now
+            floor = min(now, first)
+            floor = floor if floor <= MAX_FLOOR else 0.0
         return point["forget_rate"] <= floor + self.threshold
 
     def _decide(self, point: dict[str, Any]) -> str | None:

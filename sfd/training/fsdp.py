@@ -30,6 +30,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
 from typing_extensions import override
 
+from sfd.core.loop import bump_structure_version
 from sfd.errors import SFDConfigError
 from sfd.training.strategies import FROZEN_PREFIXES
 
@@ -109,6 +110,7 @@ class AlternatingFSDPStrategy(ModelParallelStrategy):
             for block in outer_blocks(network):
                 fully_shard(block, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
             fully_shard(network, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+        bump_structure_version()  # fully_shard swapped parameters without a registration hook
 
     @classmethod
     @override

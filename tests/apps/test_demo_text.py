@@ -219,6 +219,22 @@ def test_presets_parse_and_eval_text_defaults_to_their_teacher_guidance(data: st
     assert stage1.trainer.max_steps != sfd.trainer.max_steps  # the overlay is composed in
 
 
+@pytest.mark.parametrize("family", ["unet", "sd3"])
+@pytest.mark.parametrize("data", ["digits", "fashion-mnist"])
+def test_stage_two_is_a_cap_of_600_under_the_rule(data: str, family: str) -> None:
+    """As in the class demos: stage 2's max_steps is a cap (600) inside which the completion rule
+    stops at about restart + --average-after; stage 1 keeps its own count (400, its cache key);
+    --trainer.max_steps still sets stage 2."""
+    from sfd.training.cli import parse_fit_config
+
+    settings = TextDemoSettings(data=data, family=family)
+    assert settings.until_forgotten and settings.average_after == 150
+    assert parse_fit_config(settings.sfd_command_line()).trainer.max_steps == 600
+    assert parse_fit_config(settings.sfd_command_line(stage="stage1")).trainer.max_steps == 400
+    given = replace(settings, sfd_args=["--trainer.max_steps", "50"])
+    assert parse_fit_config(given.sfd_command_line()).trainer.max_steps == 50
+
+
 @pytest.mark.slow
 def test_text_demo_on_the_flow_teacher(tmp_path, single_thread):
     """`--family sd3`: an SD3 folder through SD3Teacher, OneStepSD3Pipeline exports, eval-text."""

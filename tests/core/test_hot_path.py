@@ -165,3 +165,18 @@ def test_the_ema_follows_networks_that_changed() -> None:
     m.update_ema(3)
     assert m.ema.probe.tolist() == [7.0, 7.0]
     assert m.ema.denoiser.net.log_std.item() == 2.0
+
+
+def test_a_copy_of_the_module_does_not_reuse_the_originals_caches() -> None:
+    """A deep copy's networks are watched by nobody: what is registered into them after the copy
+    reaches its EMA (closed form: decay 0.5 from 0 towards 4 gives 2; a buffer is copied)."""
+    m = make(ema_decay=0.5)
+    m.update_ema(1)  # the original's cached tensor lists
+    c = copy.deepcopy(m)
+    for network, value in ((c.generator, 7.0), (c.ema, 0.0)):
+        network.register_buffer("probe", torch.full((2,), value))
+    c.generator.denoiser.net.log_std = nn.Parameter(torch.tensor(4.0))
+    c.ema.denoiser.net.log_std = nn.Parameter(torch.tensor(0.0))
+    c.update_ema(2)
+    assert c.ema.probe.tolist() == [7.0, 7.0]
+    assert c.ema.denoiser.net.log_std.item() == 2.0

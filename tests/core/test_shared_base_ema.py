@@ -63,6 +63,20 @@ def test_low_rank_lerp_truncates_to_the_best_rank_k_matrix() -> None:
     torch.testing.assert_close(b_ema @ a_ema, best, rtol=1e-9, atol=1e-9)
 
 
+def test_low_rank_lerp_with_a_rank_above_the_layers_size() -> None:
+    """Rank 8 on a layer with 4 outputs (peft allows it): the sum has rank <= 4, so the EMA of the
+    merged updates is exact, its factors zero beyond."""
+    rng = torch.Generator().manual_seed(3)
+    shape = {"dtype": torch.float64, "generator": rng}
+    b_ema, a_ema = torch.randn(4, 8, **shape), torch.randn(8, 16, **shape)
+    b, a = torch.randn(4, 8, **shape), torch.randn(8, 16, **shape)
+    exact = 0.9 * b_ema @ a_ema + 0.1 * b @ a
+    low_rank_lerp((b_ema, a_ema), (b, a), 0.1)
+    torch.testing.assert_close(b_ema @ a_ema, exact, rtol=1e-9, atol=1e-9)
+    assert b_ema.shape == (4, 8) and a_ema.shape == (8, 16)
+    assert not b_ema[:, 4:].any() and not a_ema[4:].any()
+
+
 def test_low_rank_lerp_of_convolution_factors() -> None:
     """A convolution's A is (r, in, kh, kw) and B is (out, r, 1, 1): flattened, the same maths."""
     rng = torch.Generator().manual_seed(2)

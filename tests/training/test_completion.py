@@ -33,12 +33,19 @@ def means() -> torch.Tensor:
 
 
 def module(
-    forgotten: bool, lr: float = 1e-12, ema_decay: float | None = None, ambiguous: bool = False
+    forgotten: bool,
+    lr: float = 1e-12,
+    ema_decay: float | None = None,
+    ambiguous: bool = False,
+    lost_override: bool = False,
 ) -> SFDModule:
     """Forget 0 -> override 1; the generator starts as the teacher or as one drawing 1 for 0.
     `ambiguous`: its class 1 is the midpoint of the teacher's 0 and 1, shapes the teacher itself
-    cannot tell apart (judged forget at a rate well above the threshold)."""
+    cannot tell apart (judged forget at a rate well above the threshold). `lost_override`: asked
+    for 1 it draws 0."""
     generator_means = means()
+    if lost_override:
+        generator_means[1] = generator_means[0]
     if ambiguous:
         generator_means[1] = 0.5 * (generator_means[0] + generator_means[1])
     if forgotten:
@@ -176,6 +183,26 @@ def test_the_override_floor_does_not_stop_one_that_has_not(tmp_path) -> None:
     assert sfd.global_step == 8 and until.reason == "max_steps" and until.streak == 0
     assert all(p["forget_rate"] == 1.0 for p in until.probes)
     assert all(0 < p["override_rate"] < 0.99 for p in until.probes)
+
+
+def test_the_override_floor_does_not_stop_a_generator_that_lost_the_override(tmp_path) -> None:
+    """Asked for the override 1 it draws the forget class 0, as it does for 0: both rates are 1, and
+    override samples judged forget are no floor — the bare threshold's verdict (max_steps)."""
+    sfd, until = module(forgotten=False, lost_override=True), None
+    until = rule(override_floor=True)
+    quiet_trainer(tmp_path, 8, callbacks=[until]).fit(sfd)
+    assert until.reason == "max_steps" and until.streak == 0
+    assert all(p["forget_rate"] == p["override_rate"] == 1.0 for p in until.probes)
+
+
+def test_the_override_floor_is_not_raised_by_a_generator_losing_the_override() -> None:
+    """The floor is the lower of the override rate now and at the first probe."""
+    until = rule(override_floor=True)
+    until.probes = [{"iteration": 0, "forget_rate": 1.0, "override_rate": 0.05}]
+    assert not until.forgotten({"forget_rate": 0.9, "override_rate": 0.95})
+    assert until.forgotten({"forget_rate": 0.055, "override_rate": 0.95})
+    assert until.forgotten({"forget_rate": 0.03, "override_rate": 0.02})
+    assert not until.forgotten({"forget_rate": 0.04, "override_rate": 0.02})
 
 
 def test_drift_beyond_the_bound_stops_with_that_reason(tmp_path) -> None:

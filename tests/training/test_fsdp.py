@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import CONFIGS, SCRIPTS
 from test_distributed import TIMEOUT, assert_same_training, run_all
+from torch import nn
 
 from sfd.errors import SFDConfigError
 from sfd.training.cli import parse_fit_config
@@ -117,3 +118,23 @@ def test_blocks_are_the_outermost_module_lists() -> None:
     outer = torch.nn.ModuleList([torch.nn.Sequential(inner), torch.nn.Linear(1, 1)])
     network = torch.nn.Sequential(outer, torch.nn.ModuleList([torch.nn.ReLU()]))
     assert outer_blocks(network) == [outer[0], outer[1], network[1][0]]
+
+
+def test_sharding_invalidates_the_caches_of_the_networks_structure(monkeypatch) -> None:
+    """`fully_shard` swaps parameters without torch's registration hooks: the sharding step moves
+    `structure_version`, so an EMA list or mode plan made before it is rebuilt, not reused."""
+    import torch.distributed.fsdp as fsdp
+
+    from sfd.core.loop import structure_version, watch_structure
+    from sfd.training.fsdp import AlternatingFSDPStrategy
+
+    sharded: list[nn.Module] = []
+    monkeypatch.setattr(fsdp, "fully_shard", lambda module, **_: sharded.append(module))
+    strategy = AlternatingFSDPStrategy()
+    strategy._device_mesh = {"data_parallel": None}
+    holder = nn.Module()
+    holder.generator = nn.Sequential(nn.Linear(2, 2))
+    version = watch_structure(holder.generator)
+    strategy.shard_networks(holder)
+    assert sharded[-1] is holder.generator
+    assert structure_version() != version

@@ -54,6 +54,7 @@ from sfd.eval.text_models import vae_decoder
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
 from sfd.training.cli import parse_fit_config
+from sfd.training.completion import PROBE_EVERY
 
 TOOL = "sfd demo-text"
 # Stage 1 is the same for every concept pair: its cache key records the distillation prompts'
@@ -233,8 +234,10 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             f"{classifier_dir}, held-out accuracy {100 * classifier_accuracy:.1f} %"
         )
 
-    if settings.curve_every is None:
-        settings.curve_every = max(1, sfd.trainer.max_steps // 10)
+    if settings.curve_every is None:  # under the rule, its probe interval (max_steps is a cap)
+        settings.curve_every = (
+            PROBE_EVERY if settings.until_forgotten else max(1, sfd.trainer.max_steps // 10)
+        )
     curve_cond, decode = curve_conditions(
         str(teacher_dir), vocabulary, prompts, forget, settings.curve_per_class
     )
