@@ -3,10 +3,13 @@ demo's plain-SFD generator (docs/method.md §9).
 
 Draws the inner attack's rows (forget prompts with 16 random vocabulary tokens inserted, as
 `AdversarialTraining` does) and runs Adam on the learned tokens of the *fixed* generator, with one
-of three objectives:
+of four objectives:
 
 - `inner`: the inner attack's own, data-free objective (`AdversarialTraining.objective` at the
-  default settings: the teacher's implicit-classifier margin, forget prompt against its override);
+  default settings: the teacher as a diffusion classifier over the forget prompt, its override and
+  `rivals` remain prompts, log p(forget | x));
+- `margin`: the same at `rivals` 0, the first version's objective (the implicit-classifier margin,
+  forget prompt against its override only);
 - `concepts`: a data-free variant for comparison, the teacher as a diffusion classifier over every
   concept (the row's forget prompt and the first remain prompt of each remain class), log-softmax
   of −e(x, c) towards the forget prompt;
@@ -15,10 +18,12 @@ of three objectives:
 
 Every `every` steps it reports, on fixed held-out noise (16 draws per row), the share of samples the
 evaluation classifier labels as the forgotten class, the share the teacher's judge (§8) reads as
-forget, and the classifier's label counts.
+forget (forget prompt against its override), the share it reads as forget against every rival
+(as the completion rule reads the pool), and the classifier's label counts.
 
     python experiments/adversarial_diagnosis.py --run runs/adv/digits-plain \
-        --teacher /tmp/benchcache/sfd/text-teacher-90c1820040c67763 --steps 50
+        --teacher /tmp/benchcache/sfd/text-teacher-90c1820040c67763 --steps 50 \
+        --objectives inner margin classifier
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from typing import Any
 
 from results_page import add_page_arguments, markdown_table, measure_and_write, write_page
 
-OBJECTIVES = ("inner", "concepts", "classifier")
+OBJECTIVES = ("inner", "margin", "concepts", "classifier")
 
 
 def measure(options: argparse.Namespace) -> dict[str, Any]:
     import json
+    from dataclasses import replace
 
     import torch
 
@@ -42,7 +48,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     from sfd.apps.demo_text.settings import TextDemoSettings
     from sfd.apps.harness.stages import GENERATOR_CLASS
     from sfd.core.adversarial import MOMENT_KEYS, concatenated
-    from sfd.core.judge import DEFAULT_SIGMAS, JudgeDraws, judged_forget
+    from sfd.core.judge import DEFAULT_SIGMAS, JudgeDraws, judged_forget, judged_forget_among
     from sfd.eval.classifier import load_classifier
     from sfd.training.cli import build_from_fit_config
 
@@ -63,6 +69,8 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     module, _ = build_from_fit_config(args)
     module.eval()
     adversarial, teacher = module.adversarial, module.teacher
+    inner_settings = adversarial.settings
+    rivals_setting = inner_settings.rivals
     classifier = load_classifier(run / "classifier").eval().requires_grad_(False)
     remain_labels = [int(line.rsplit(",", 1)[1]) for line in
                      (run / "prompts" / "remain_prompts.csv").read_text().splitlines()[1:]]  # fmt: skip
@@ -79,9 +87,14 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         judged = judged_forget(
             teacher, x, concatenated([plain] * 16), concatenated([override] * 16), draws
         )
+        rivals = adversarial.space.rivals(state, rivals_setting, None)  # the rule's fixed ones
+        among = judged_forget_among(
+            teacher, x, concatenated([plain] * 16), [concatenated([r] * 16) for r in rivals], draws
+        )
         return {
             "classifier_forget": float((labels == forget).float().mean()),
             "judged_forget": float(judged.float().mean()),
+            "judged_forget_among": float(among.float().mean()),
             "labels": torch.bincount(labels, minlength=num_classes).tolist(),
         }
 
@@ -122,8 +135,11 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         for step in range(options.steps):
             rng = torch.Generator().manual_seed(1000 + step)
             learned.requires_grad_(True)
-            if name == "inner":
+            if name in ("inner", "margin"):
+                rivals = inner_settings.rivals if name == "inner" else 0
+                adversarial.settings = replace(inner_settings, rivals=rivals)
                 objective = adversarial.objective(module, state, learned, rng)
+                adversarial.settings = inner_settings
             elif name == "concepts":
                 objective = concept_objective(state, learned, rng)
             else:
@@ -163,8 +179,10 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
         for p in points:
             counts = ", ".join(f"{names[k]} {c}" for k, c in enumerate(p["labels"]) if c)
             objective = "–" if "objective" not in p else f"{p['objective']:.4f}"
+            among = p.get("judged_forget_among")
+            among = "–" if among is None else f"{100 * among:.1f} %"
             table.append((name, p["step"], objective, f"{100 * p['classifier_forget']:.1f} %",
-                          f"{100 * p['judged_forget']:.1f} %", counts))  # fmt: skip
+                          f"{100 * p['judged_forget']:.1f} %", among, counts))  # fmt: skip
     s = record["settings"]
     sections = {
         "What it measures": (
@@ -173,11 +191,15 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             f"(lr {record['adversarial']['lr']}) on their tokens against the fixed plain-SFD "
             f"generator of `{s['run']}`, {s['steps']} steps per objective; read on 16 held-out "
             "draws per row: the evaluation classifier's share of the forgotten class, the "
-            "teacher judge's (§8) share judged forget, and the classifier's label counts. "
+            "teacher judge's (§8) share judged forget (forget prompt against its override), its "
+            "share judged forget against every rival (as the completion rule reads the pool, "
+            "§8), and the classifier's label counts. "
             + " ".join(
                 {
                     "inner": "`inner`: the inner attack's objective at its settings "
                     f"({record['adversarial']}).",
+                    "margin": "`margin`: the same at `rivals` 0, the forget prompt against "
+                    "its override only (the first version's objective).",
                     "concepts": "`concepts`: the teacher as a diffusion classifier over every "
                     f"concept (scale {s['scale']}, {s['samples']} z per row).",
                     "classifier": "`classifier`: the evaluation attack's objective "
@@ -193,6 +215,7 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
                 "objective value",
                 "classifier: forgotten class",
                 "judge: forget",
+                "judge: forget among all",
                 "classifier labels",
             ),
             table,

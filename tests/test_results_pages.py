@@ -291,9 +291,10 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
 
 
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
-    def point(step: int, classifier: float, judged: float, labels: list[int]) -> dict[str, Any]:
+    def point(step: int, classifier: float, judged: float, labels: list[int], among=None):
         values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
-        return {**values, "labels": labels, **({"objective": 0.05} if step else {})}
+        among = {} if among is None else {"judged_forget_among": among}  # older records: none
+        return {**values, **among, "labels": labels, **({"objective": 0.05} if step else {})}
 
     return {
         "run": run_section(command),
@@ -303,7 +304,8 @@ def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
         "class_names": ["zero", "one", "two"],
         "adversarial": {"tokens": 16, "lr": 0.05},
         "objectives": {
-            "inner": [point(0, 0.0, 0.05, [1, 7, 0]), point(25, 0.0, 0.85, [8, 0, 0])],
+            "inner": [point(0, 0.0, 0.05, [1, 7, 0], 0.0), point(25, 0.5, 0.85, [4, 0, 4], 0.5)],
+            "margin": [point(0, 0.0, 0.05, [1, 7, 0]), point(25, 0.0, 0.85, [8, 0, 0])],
             "classifier": [point(0, 0.0, 0.05, [1, 7, 0]), point(25, 0.25, 0.5, [0, 6, 2])],
         },
     }  # fmt: skip
@@ -591,9 +593,10 @@ CASES = [
         adversarial_diagnosis_record,
         "python experiments/adversarial_diagnosis.py --run runs/adv/p --teacher teacher",
         [
-            "| inner | 25 | 0.0500 | 0.0 % | 85.0 % | zero 8 |",
-            "| classifier | 25 | 0.0500 | 25.0 % | 50.0 % | one 6, two 2 |",
-            "| inner | 0 | – | 0.0 % | 5.0 % | zero 1, one 7 |",
+            "| inner | 25 | 0.0500 | 50.0 % | 85.0 % | 50.0 % | zero 4, two 4 |",
+            "| margin | 25 | 0.0500 | 0.0 % | 85.0 % | – | zero 8 |",
+            "| classifier | 25 | 0.0500 | 25.0 % | 50.0 % | – | one 6, two 2 |",
+            "| inner | 0 | – | 0.0 % | 5.0 % | 0.0 % | zero 1, one 7 |",
         ],
     ),
     (

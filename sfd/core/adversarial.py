@@ -3,9 +3,10 @@
 Each iteration, before the fake-score step, an inner attack looks for what an attacker would feed
 the generator to bring the forgotten concept back: learned soft-prompt tokens inserted into forget
 prompts (text teachers), or a learned vector in place of the forget label's class embedding
-(class teachers). Its objective is data-free: the implicit-classifier margin of the frozen
-teacher (`implicit_classifier_margin`), i.e. make the generator's sample under the attacked
-condition denoise better under the forget condition than under the override. The attacked
+(class teachers). Its objective is data-free: the frozen teacher as a diffusion classifier
+(`concept_log_probability`), i.e. make the generator's sample under the attacked condition
+denoise better under the forget condition than under the override and the remain conditions
+(`rivals`; 0: the override only, `implicit_classifier_margin`). The attacked
 conditions then enter both SFD steps beside the plain ones: the fake score learns the
 generator's samples under them, and the generator gets the unlearning loss on them with the
 teacher at the override.
@@ -37,7 +38,7 @@ from sfd.core.conditions import (
     TextCondition,
 )
 from sfd.core.judge import DEFAULT_SIGMAS
-from sfd.core.losses import LossTerms, implicit_classifier_margin
+from sfd.core.losses import LossTerms, eps_mse, implicit_classifier_margin
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers.base import Denoiser
 from sfd.teachers.flow import FlowTransformerDenoiser
@@ -88,6 +89,12 @@ class AdversarialSettings:
             remain ⊕ tokens is distilled towards the teacher at the remain prompt (soft prompts
             only; a class attack replaces the forget label's own embedding, which no remain
             class has). 0 (the default) turns it off.
+        rivals: remain concepts the attack objective and the completion rule's reading of the
+            pool weigh the forget concept against, besides its override (the teacher as a
+            diffusion classifier over them all, docs/method.md §9): one from each of `rivals`
+            equal slices of the remain classes or prompts, drawn afresh each step (every remain
+            class or prompt when there are no more than `rivals`). 0: the forget condition
+            against its override only (the pairwise margin).
     """
 
     steps: int = 2
@@ -100,6 +107,7 @@ class AdversarialSettings:
     anchor: float = 0.0
     pool: int = 1
     samples: int = 1
+    rivals: int = 9
     sigmas: list[float] | None = field(default_factory=lambda: list(DEFAULT_SIGMAS))
 
     def __post_init__(self) -> None:
@@ -126,8 +134,9 @@ def adversarial_rows(share: float, batch_size: int) -> int:
 def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adversarial") -> None:
     """Raise `SFDConfigError` naming the first bad adversarial setting (`prefix.name=value`)."""
     integers = ("steps", 0), ("tokens", 1), ("refresh_every", 1), ("noise_levels", 1)
-    for name, low in (*integers, ("pool", 1), ("samples", 1)):
-        value = settings.get(name, 1 if name in ("pool", "samples") else None)
+    optional = {"pool": 1, "samples": 1, "rivals": 9}  # settings added later: their defaults
+    for name, low in (*integers, ("pool", 1), ("samples", 1), ("rivals", 0)):
+        value = settings.get(name, optional.get(name))
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SFDConfigError(f"{prefix}.{name}={value!r} must be an integer of at least {low}")
     check_number(f"{prefix}.share", settings.get("share"), low=0, high=1)
@@ -144,6 +153,24 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
         )
     for level in sigmas:
         check_number(f"{prefix}.sigmas", level, low=0, low_open=True)
+
+
+def spread(count: int, picks: int, n: int, rng: torch.Generator | None, device) -> list[Tensor]:
+    """Indices into `count` items for `n` rows: one index tensor (n,) from each of `picks` equal
+    slices of them — a random item of its slice per row (`rng`), or the slice's middle (None) —
+    or every item when `count` ≤ `picks`. Lists grouped by concept (the demos' remain prompts,
+    class by class) then give every concept a rival whenever `picks` covers their number."""
+    if count <= picks:
+        return [torch.full((n,), i, device=device) for i in range(count)]
+    indices = []
+    for j in range(picks):
+        low, high = j * count // picks, (j + 1) * count // picks
+        if rng is None:
+            indices.append(torch.full((n,), (low + high - 1) // 2, device=device))
+        else:
+            offset = torch.randint(high - low, (n,), generator=rng, device=rng.device)
+            indices.append(low + offset.to(device))
+    return indices
 
 
 @dataclass
@@ -184,6 +211,13 @@ class AttackSpace:
         """(remain prompt ⊕ the rows' attack, remain prompt) of the rows, or None where the
         attack has no remain counterpart (the default)."""
         return None
+
+    def rivals(
+        self, state: Mapping[str, Tensor], picks: int, rng: torch.Generator | None
+    ) -> list[Any]:
+        """The concepts each row's forget condition competes with, K rows each: its override
+        first, then `picks` remain conditions (`spread`; `rng` None: fixed ones)."""
+        raise NotImplementedError
 
 
 class SoftPromptSpace(AttackSpace):
@@ -281,6 +315,15 @@ class SoftPromptSpace(AttackSpace):
         remain = self.sampler.remain_conditions(prompt)
         ids, used = self.remain_ids[prompt], self.remain_used[prompt]
         return self._with_tokens(remain, ids, used, learned), remain
+
+    def rivals(
+        self, state: Mapping[str, Tensor], picks: int, rng: torch.Generator | None
+    ) -> list[Any]:
+        prompt = state["prompt"]
+        _, override = self.sampler.forget_pairs(prompt)
+        count = len(self.sampler.remain_prompts)
+        picked = spread(count, picks, len(prompt), rng, prompt.device) if picks > 0 else []
+        return [override, *(self.sampler.remain_conditions(index) for index in picked)]
 
     # --- the family's encoding path (Stable Diffusion 1.x / 2.x: one encoder, all rows) ---------
 
@@ -386,6 +429,17 @@ class ClassEmbeddingSpace(AttackSpace):
         active = torch.ones_like(forget, dtype=torch.bool)
         return ClassEmbeddingCondition(forget, learned, active), forget, state["override"]
 
+    def rivals(
+        self, state: Mapping[str, Tensor], picks: int, rng: torch.Generator | None
+    ) -> list[Any]:
+        override = state["override"]
+        remain = torch.tensor(self.sampler.remain, device=override.device)
+        if picks == 0:
+            return [override]
+        picked = [remain[i] for i in spread(len(remain), picks, len(override), rng, remain.device)]
+        # Every remain class holds the override (a remain class): it is not counted twice.
+        return picked if len(remain) <= picks else [override, *picked]
+
 
 def attack_space(
     settings: AdversarialSettings,
@@ -405,6 +459,24 @@ def attack_space(
         f"model.adversarial supports PromptConditions and ClassConditions, not "
         f"{type(conditions).__name__}"
     )
+
+
+def concept_log_probability(errors: Tensor, elements: int) -> Tensor:
+    """log p(c_0 | x) of a diffusion classifier over concepts (row 0: the forget concept).
+
+    log p(x | c) ≈ −(elements / 2)·e(x, c) + terms that do not depend on c: each ε-space error
+    of the teacher taken as a unit-variance Gaussian residual per element (e is a per-element
+    mean), uniform prior over the concepts. Scale-free in its maximiser's sign, not in its
+    sharpness: with that scale, the nearest rival decides the gradient.
+
+    Args:
+        errors: e(x, c) of each concept (row) for each sample (column), (C, N).
+        elements: elements per sample (C·H·W).
+
+    Returns:
+        log-softmax of −(elements / 2)·e towards concept 0, (N,).
+    """
+    return torch.log_softmax(-0.5 * elements * errors, dim=0)[0]
 
 
 def concatenated(conditions: list[Any]) -> Any:
@@ -448,7 +520,9 @@ class AdversarialTraining:
         learned: Tensor,
         rng: torch.Generator,
     ) -> Tensor:
-        """Per-row attack objective: the teacher's implicit-classifier margin of G(z, attacked).
+        """Per-row attack objective on G(z, attacked): log p(forget | x) of the teacher as a
+        diffusion classifier over the forget concept and its rivals (`concept_log_probability`),
+        or, with `rivals` 0, the implicit-classifier margin forget vs override.
 
         Args:
             module: the SFD module (generator, teacher, σ sampler, rank-sliced draws).
@@ -457,7 +531,7 @@ class AdversarialTraining:
             rng: the stream of z, σ and ε (draws for every rank's rows; this rank's are used).
 
         Returns:
-            margin of each row averaged over its `samples` z and their (σ, ε) draws, (K,).
+            the objective of each row averaged over its `samples` z, (K,).
         """
         rows, settings = len(learned), self.settings
         attacked, forget, override = self.space.conditions(state, learned)
@@ -478,17 +552,29 @@ class AdversarialTraining:
             eps = torch.cat([module._randn(rng, rows) for _ in range(settings.samples)])
             sigmas.append(sigma)
             noisy.append(x_g + sigma.view(-1, 1, 1, 1) * eps)
-        # One teacher call for every draw under both conditions: (2·draws·S·K) rows.
         draws = len(levels) * settings.samples
         sigma, x = torch.cat(sigmas), torch.cat(noisy)
-        teacher_cond = concatenated([override] * draws + [forget] * draws)
-        x0_override, x0_forget = module.teacher(
-            torch.cat([x, x]), torch.cat([sigma, sigma]), teacher_cond
-        ).chunk(2)
-        margin = implicit_classifier_margin(
-            x0_override, x0_forget, x_g.repeat(len(levels), 1, 1, 1), sigma
+        target = x_g.repeat(len(levels), 1, 1, 1)
+        if settings.rivals == 0:
+            # One teacher call for every draw under both conditions: (2·draws·S·K) rows.
+            teacher_cond = concatenated([override] * draws + [forget] * draws)
+            x0_override, x0_forget = module.teacher(
+                torch.cat([x, x]), torch.cat([sigma, sigma]), teacher_cond
+            ).chunk(2)
+            margin = implicit_classifier_margin(x0_override, x0_forget, target, sigma)
+            return margin.view(-1, rows).mean(0)  # draws·S blocks of the K rows
+        # The teacher as a diffusion classifier over the forget concept and its rivals (drawn
+        # after every other draw of the step): one call for every draw under every concept.
+        concepts = [forget, *self.space.rivals(state, settings.rivals, rng)]
+        teacher_cond = concatenated([c for c in concepts for _ in range(draws)])
+        x0 = module.teacher(
+            x.repeat(len(concepts), 1, 1, 1), sigma.repeat(len(concepts)), teacher_cond
+        ).chunk(len(concepts))
+        # e(x_g, c) per sample, averaged over its (σ, ε) draws: (concepts, S·K).
+        errors = torch.stack(
+            [eps_mse(x0_c, target, sigma).view(len(levels), -1).mean(0) for x0_c in x0]
         )
-        return margin.view(-1, rows).mean(0)  # draws·S blocks of the K rows
+        return concept_log_probability(errors, x_g[0].numel()).view(-1, rows).mean(0)
 
     def _fresh_pool(self, module: SFDModule) -> dict[str, Tensor]:
         """Every rank's pool drawn afresh, with zero Adam moments."""
@@ -581,15 +667,18 @@ class AdversarialTraining:
         on every rank), its learned vectors as they are now.
 
         Returns:
-            (attacked condition, plain forget condition, override condition), `n` rows each,
-            or None before the first attack.
+            (attacked condition, plain forget condition, its rivals: the override and the
+            fixed remain rivals of `AttackSpace.rivals`), `n` rows each, or None before the
+            first attack. The judge counts a sample forget only where the forget condition
+            beats every rival (`sfd.core.judge.forget_rate`).
         """
         if self.state is None:
             return None
         size = len(self.state[self.space.learned])
         index = torch.arange(n) % size
         rows = {key: value[index.to(value.device)].to(device) for key, value in self.state.items()}
-        return self.space.conditions(rows, rows[self.space.learned])
+        attacked, forget, _ = self.space.conditions(rows, rows[self.space.learned])
+        return attacked, forget, self.space.rivals(rows, self.settings.rivals, None)
 
     # --- the two loss terms ---------------------------------------------------------------
 

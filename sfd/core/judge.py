@@ -111,6 +111,16 @@ def judged_forget(
 
 
 @torch.no_grad()
+def judged_forget_among(
+    teacher: Denoiser, x: Tensor, forget: Any, rivals: list[Any], draws: JudgeDraws
+) -> Tensor:
+    """Whether the teacher denoises each sample x (N, C, H, W) better under `forget` than under
+    every one of `rivals` (the teacher as a diffusion classifier over them all; boolean, (N,))."""
+    best = torch.stack([denoising_error(teacher, x, c, draws) for c in rivals]).amin(0)
+    return denoising_error(teacher, x, forget, draws) < best
+
+
+@torch.no_grad()
 def forget_rate(
     teacher: Denoiser,
     generator: Any,
@@ -124,10 +134,11 @@ def forget_rate(
         teacher: the frozen teacher.
         generator: the generator under judgement.
         draws: the fixed draws.
-        attacked: None, or (condition, forget, override), N rows each: the generator then draws
+        attacked: None, or (condition, forget, rivals), N rows each: the generator then draws
             under `condition` (e.g. a forget condition with an attacker's soft prompt,
-            `AdversarialTraining.probe_conditions`) and each sample is judged between its plain
-            `forget` and `override` conditions.
+            `AdversarialTraining.probe_conditions`) and each sample is judged forget only where
+            its plain `forget` condition beats every rival (a list of conditions: the override
+            and remain conditions; one condition: the override alone).
         sampled: without `attacked`, "forget": of its forget-condition samples; "override": of
             its samples for the override conditions, on the same noise: the judge's floor, how
             often it reads what the generator makes for the override as the forget concept (0
@@ -139,10 +150,13 @@ def forget_rate(
             f"sampled={sampled!r}: 'forget' or 'override' (only 'forget' with attacked)"
         )
     conds = draws.conditions
-    plain = (getattr(conds, sampled), conds.forget, conds.override)
-    condition, forget, override = attacked or plain
+    if attacked is None:  # the plain judge: forget against its override
+        x = generator(draws.z_forget, getattr(conds, sampled))
+        return float(judged_forget(teacher, x, conds.forget, conds.override, draws).float().mean())
+    condition, forget, rivals = attacked
     x = generator(draws.z_forget, condition)
-    return float(judged_forget(teacher, x, forget, override, draws).float().mean())
+    rivals = rivals if isinstance(rivals, list) else [rivals]
+    return float(judged_forget_among(teacher, x, forget, rivals, draws).float().mean())
 
 
 @torch.no_grad()

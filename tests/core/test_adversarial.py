@@ -8,18 +8,29 @@ import pytest
 import torch
 from conftest import quiet_trainer, tiny_unet
 from diffusers import DDPMScheduler
-from gaussian import gaussian_teacher
+from gaussian import EmbeddedGaussian, GaussianClassNet, gaussian_teacher
 from lightning.pytorch.callbacks import ModelCheckpoint
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
 from sfd.apps.data.captions import DIGITS_VOCABULARY
-from sfd.core.adversarial import ADVERSARIAL_KEY, AdversarialSettings, check_adversarial_settings
+from sfd.core.adversarial import (
+    ADVERSARIAL_KEY,
+    AdversarialSettings,
+    check_adversarial_settings,
+    spread,
+)
 from sfd.core.conditions import ClassConditions, PromptConditions
+from sfd.core.generator import OneStepGenerator
 from sfd.core.losses import LossTerms
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogUniformSigma, UniformTimestepSigma
 from sfd.errors import SFDConfigError
-from sfd.teachers import StableDiffusionDenoiser, StableDiffusionTeacher, VPUNetDenoiser
+from sfd.teachers import (
+    EDMDenoiser,
+    StableDiffusionDenoiser,
+    StableDiffusionTeacher,
+    VPUNetDenoiser,
+)
 
 SIGMAS = UniformTimestepSigma(20, 980)
 
@@ -141,6 +152,67 @@ def test_the_pooled_attack_raises_its_objective_and_leaves_the_teacher(single_th
         assert torch.equal(value, teacher[key]), key
 
 
+LINE = torch.tensor([1.5, -1.5, 4.5]).view(3, 1, 1, 1)  # forget 0, override 1, remain 2
+
+
+def line_module(rivals: int) -> SFDModule:
+    """Three one-pixel Gaussian classes on a line, the forget class between the override and a
+    remain class, equally far from both. The generator has forgotten 0 (its table's row 0 is
+    μ_1) and barely trains: its sample under a class vector v is v up to noise of scale ≈ 0.04,
+    so where the attack's vectors end is where its samples are."""
+    forgotten = LINE.clone()
+    forgotten[0] = forgotten[1]
+    optimizer = lambda p: torch.optim.SGD(p, lr=1e-12)  # noqa: E731
+    attack = AdversarialSettings(steps=60, lr=0.2, share=1.0, samples=2, rivals=rivals)
+    return SFDModule(
+        EDMDenoiser(GaussianClassNet(LINE, 0.3), (1, 1, 1), num_classes=3),
+        ClassConditions(0, 1),
+        LogUniformSigma(0.1, 5.0),
+        batch_size=4,
+        ema_decay=None,
+        generator=OneStepGenerator(EmbeddedGaussian(forgotten, 0.3), sigma_init=2.5),
+        fake_score=EmbeddedGaussian(forgotten, 0.3),
+        fake_optimizer=optimizer,
+        generator_optimizer=optimizer,
+        adversarial=attack,
+    )
+
+
+def test_the_attack_over_every_concept_finds_the_forget_class_not_a_remain_one(single_thread):
+    """Oracle: the class means of an exact Gaussian teacher. The attack over every concept
+    (forget, override, remain; `rivals`) ends at the forget class's mean, where the teacher's
+    posterior of the forget class peaks; the forget-vs-override margin (`rivals` 0), linear in
+    the sample, only moves away from the override, past the forget class to the remain class
+    (what the diagnosis found on text digits: fives and threes for seven → one)."""
+    ends = {}
+    for rivals in (9, 0):
+        module = line_module(rivals)
+        module.generator.eval()
+        attack = module.adversarial
+        start = attack.space.draw(attack.rows, module._stream(3), module.generator)
+        assert torch.equal(start["embedding"], LINE[[1] * 4].flatten(1))  # at the override
+        attack.attack(module)
+        ends[rivals] = attack.state["embedding"].flatten()
+    nearest = (ends[9].view(-1, 1) - LINE.view(1, -1)).abs().argmin(1)
+    assert nearest.tolist() == [0] * 4, ends[9]
+    # Within the forget class's half-cell: the posterior is ≈ 1 on a plateau around μ_0, where
+    # the ascent stops moving (ends near 2.0 here), far from the cell's edges at 0 and 3.
+    assert (ends[9] - LINE[0].flatten()).abs().max() < 1.0, ends[9]
+    # The pairwise margin's maximiser: nearer the remain class than the forget class.
+    assert (ends[0] > 3.0).all(), ends[0]
+
+
+def test_the_rivals_take_one_of_each_slice() -> None:
+    """`spread`: one index per row from each of the equal slices (random, or the slice's
+    middle), every item when there are no more items than picks."""
+    rng = torch.Generator().manual_seed(0)
+    picked = spread(9, 3, 200, rng, "cpu")
+    for (low, high), index in zip([(0, 3), (3, 6), (6, 9)], picked, strict=True):
+        assert set(index.tolist()) == set(range(low, high))  # 200 draws reach the whole slice
+    assert [int(i[0]) for i in spread(9, 3, 2, None, "cpu")] == [1, 4, 7]
+    assert [i.tolist() for i in spread(2, 3, 2, rng, "cpu")] == [[0, 0], [1, 1]]
+
+
 def test_the_inner_steps_are_torch_adam_ascent(single_thread) -> None:
     """The pool's hand-kept Adam is torch.optim.Adam(maximize=True) on the same draws."""
     module = class_module(AdversarialSettings(steps=3, share=0.5, lr=0.1))
@@ -219,7 +291,7 @@ def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single
     ids = tokenizer("one two three four five six seven eight").input_ids[1:-1]
     words = torch.tensor(ids).view(4, 2)  # whole-word vocabulary ids, (4, 2)
     attack.state["tokens"] = table[words].clone()
-    attacked, forget, override = attack.probe_conditions(6, torch.device("cpu"))
+    attacked, forget, rivals = attack.probe_conditions(6, torch.device("cpu"))
     rows = [i % 4 for i in range(6)]
     prompts = [module.conditions.forget_prompts[int(attack.state["prompt"][r])] for r in rows]
     texts = [
@@ -231,7 +303,12 @@ def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single
     cached = module.conditions.embeddings("cpu")
     index = attack.state["prompt"][rows]
     assert torch.equal(forget.prompt_embeds, cached["forget"][index])
+    override, *remain = rivals
     assert torch.equal(override.prompt_embeds, cached["override"][index])
+    # Then the fixed remain rivals: the middle of each of 9 equal slices of the 16 remain prompts.
+    assert len(module.conditions.remain_prompts) == 16
+    for rival, prompt in zip(remain, [0, 1, 3, 5, 7, 8, 10, 12, 14], strict=True):
+        assert torch.equal(rival.prompt_embeds, cached["remain"][[prompt] * 6])
 
 
 def test_the_remain_anchor_leaves_the_adversarial_draws_and_adds_a_remain_term(
@@ -317,8 +394,11 @@ def test_off_by_default_and_plain_draws_unchanged(single_thread) -> None:
         AdversarialSettings(
             steps=2, share=0.5, refresh_every=10, lr=0.1, pool=2, samples=2, sigmas=[0.4, 1.6]
         ),
+        # Fewer rivals than remain classes: a random one of each slice per step, from the
+        # attack's stream.
+        AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1, rivals=3),
     ],
-    ids=["rows", "pool"],
+    ids=["rows", "pool", "rivals"],
 )
 def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, single_thread):
 
@@ -362,6 +442,8 @@ def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, sing
         ({"anchor": -0.5}, "adversarial.anchor=-0.5"),
         ({"pool": 0}, "adversarial.pool=0 must be an integer of at least 1"),
         ({"samples": 0}, "adversarial.samples=0 must be an integer of at least 1"),
+        ({"rivals": -1}, "adversarial.rivals=-1 must be an integer of at least 0"),
+        ({"rivals": 2.5}, "adversarial.rivals=2.5 must be an integer"),
         ({"sigmas": []}, "adversarial.sigmas=[] must be a non-empty list"),
         ({"sigmas": [0.4, -1.0]}, "adversarial.sigmas=-1.0 must be a finite number in"),
     ],

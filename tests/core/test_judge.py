@@ -96,6 +96,28 @@ def test_forget_rate_of_generators_that_have_and_have_not_forgotten() -> None:
     assert forget_rate(teacher, forgotten, draws) == 0.0
 
 
+def test_the_attacked_reading_counts_forget_only_where_it_beats_every_rival() -> None:
+    """Adversarial SFD's reading of the pool (docs/method.md §8, §9). Oracle: the nearest class
+    mean of an exact Gaussian teacher's own samples. A remain class nearer the forget class
+    than the override (here 3 against 5.2 apart) is forget to the pairwise judge; among every
+    concept it is its own class, while the forget class's samples stay forget."""
+    means = separated_means()[:3]
+    means[2] = 1.5 * torch.tensor([1.0, 1.0, 1.0, -1.0]).view(SHAPE)
+    teacher = teacher_with(means)
+    conditions = ClassConditions(0, 1)
+    conditions.check(3)
+    draws = JudgeDraws.draw(conditions, SHAPE, 32, (0.4, 0.8, 1.6), 2, 0)
+    generator = OneStepGenerator(teacher_with(means), sigma_init=2.5)  # draws each class
+    label = lambda k: torch.full((32,), k)  # noqa: E731
+    remain_like = (label(2), label(0), label(1))  # drawn as class 2, judged as forget 0
+    assert forget_rate(teacher, generator, draws, remain_like) == 1.0  # pairwise: "forget"
+    assert forget_rate(teacher, generator, draws, (label(2), label(0), [label(1)])) == 1.0
+    every = [label(1), label(2)]
+    assert forget_rate(teacher, generator, draws, (label(2), label(0), every)) == 0.0
+    assert forget_rate(teacher, generator, draws, (label(0), label(0), every)) == 1.0
+    assert forget_rate(teacher, generator, draws, (label(1), label(0), every)) == 0.0
+
+
 def test_the_floor_judges_the_generators_override_samples_on_the_forget_noise() -> None:
     """`sampled="override"`: the generator's samples for the override conditions, on the forget
     samples' noise, judged forget vs override. Separated classes: 0. A generator that draws the same
