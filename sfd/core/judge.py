@@ -106,8 +106,8 @@ def judged_forget(
     teacher: Denoiser, x: Tensor, forget: Any, override: Any, draws: JudgeDraws
 ) -> Tensor:
     """Whether the teacher judges each sample x (N, C, H, W) to be of `forget` rather than
-    `override` (boolean, (N,))."""
-    return denoising_error(teacher, x, forget, draws) < denoising_error(teacher, x, override, draws)
+    `override` (boolean, (N,)): `judged_forget_among` with the one rival."""
+    return judged_forget_among(teacher, x, forget, [override], draws)
 
 
 @torch.no_grad()
@@ -116,8 +116,8 @@ def judged_forget_among(
 ) -> Tensor:
     """Whether the teacher denoises each sample x (N, C, H, W) better under `forget` than under
     every one of `rivals` (the teacher as a diffusion classifier over them all; boolean, (N,))."""
-    best = torch.stack([denoising_error(teacher, x, c, draws) for c in rivals]).amin(0)
-    return denoising_error(teacher, x, forget, draws) < best
+    error = denoising_error(teacher, x, forget, draws)
+    return error < torch.stack([denoising_error(teacher, x, c, draws) for c in rivals]).amin(0)
 
 
 @torch.no_grad()
@@ -150,10 +150,8 @@ def forget_rate(
             f"sampled={sampled!r}: 'forget' or 'override' (only 'forget' with attacked)"
         )
     conds = draws.conditions
-    if attacked is None:  # the plain judge: forget against its override
-        x = generator(draws.z_forget, getattr(conds, sampled))
-        return float(judged_forget(teacher, x, conds.forget, conds.override, draws).float().mean())
-    condition, forget, rivals = attacked
+    # the plain judge: the samples for `sampled`, forget against its override
+    condition, forget, rivals = attacked or (getattr(conds, sampled), conds.forget, conds.override)
     x = generator(draws.z_forget, condition)
     rivals = rivals if isinstance(rivals, list) else [rivals]
     return float(judged_forget_among(teacher, x, forget, rivals, draws).float().mean())
