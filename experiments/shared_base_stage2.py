@@ -14,7 +14,8 @@ stage 2 alone, given as `name:key=value,...`:
 
 - `key=value`: an `sfd fit` key of stage 2 only (e.g. model.generator_optimizer.init_args.lr);
   given to `sfd demo` itself it would change stage 1 too (and retrain it);
-- `demo.FLAG=value`: an `sfd demo` flag (`--FLAG value`), e.g. demo.average-after=0;
+- `demo.FLAG=value`: an `sfd demo` flag (`--FLAG value`; `demo.FLAG=`: `--FLAG`), e.g.
+  demo.average-after=0 or demo.no-until-forgotten= (with trainer.max_steps=200: a fixed stage 2);
 - `start.alpha=A`: stage 2 at adapter alpha A, started from the stage-1 adapters rewritten to
   compute the same function at A (each LoRA's B scaled by alpha_1 / A): Adam's step on B then
   moves the merged update A / alpha_1 times as far;
@@ -61,8 +62,8 @@ def parse_run(spec: str) -> tuple[str, list[str], list[str], dict[str, float]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"{spec!r}: {item!r} is not key=value")
-        if key.startswith("demo."):
-            demo += [f"--{key[5:]}", value]
+        if key.startswith("demo."):  # an empty value: a flag without one
+            demo += [f"--{key[5:]}", value] if value else [f"--{key[5:]}"]
         elif key in ("start.alpha", "start.balance"):
             start[key[6:]] = float(value)
         elif key.startswith("start."):
