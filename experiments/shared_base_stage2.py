@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -177,6 +178,11 @@ def measure(options: argparse.Namespace, demo_args: list[str], argv: list[str]) 
     return 0
 
 
+def in_cache(command: str) -> str:
+    """A command with its cache folder (under /tmp/) written as CACHE."""
+    return re.sub(r"/tmp/\S+", "CACHE", command)
+
+
 def write_results_page(files: list[Path], argv: list[str]) -> Path:
     """docs/results/shared_base_stage2.md from --results files (the last run's context)."""
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line]
@@ -201,7 +207,8 @@ def write_results_page(files: list[Path], argv: list[str]) -> Path:
     runs = "\n\n".join(
         f"`{row['name']}` ({row['run']['date']}, commit {row['run']['commit']['hash']}"
         f"{' + uncommitted changes' if row['run']['commit']['dirty'] else ''}):\n\n"
-        f"```bash\n{row['run']['command']}\n```\n\nran `{shlex.join(row['demo_command'])}`"
+        f"```bash\n{in_cache(row['run']['command'])}\n```\n\nran "
+        f"`{in_cache(shlex.join(row['demo_command']))}`"
         + (
             f" with stage 2 alone given `{shlex.join(row['stage2_fit_options'])}`"
             if row["stage2_fit_options"]
@@ -213,6 +220,12 @@ def write_results_page(files: list[Path], argv: list[str]) -> Path:
             else ""
         )
         + "."
+        + (
+            " Its numbers are that demo command's, run before and read by `--reuse` (the "
+            "load column is the reading's)."
+            if row.get("reused")
+            else ""
+        )
         for row in rows
     )
     sections = {
@@ -231,7 +244,9 @@ def write_results_page(files: list[Path], argv: list[str]) -> Path:
             "stage 2 ran 200 iterations (FID ratio 1.53, remain accuracy 96.1 %).\n\n"
             + markdown_table(header, table)
         ),
-        "Runs": runs,
+        "Runs": "CACHE: the demos' teacher cache (`sfd demo --teacher-cache`), which holds the "
+        "teacher, the classifier and the shared-base stage 1 every run reuses. A command that "
+        "names more runs than it has rows here was stopped after those rows.\n\n" + runs,
     }
     names = ", ".join(str(f) for f in files)
     title = "Shared base, stage 2: one change at a time"
