@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -47,6 +46,7 @@ from typing import Any
 from results_page import command_line, markdown_table, run_context, write_page
 from safetensors.torch import load_file, save_file
 from shared_base_benchmark import demo_row
+from shared_base_stage1 import in_cache
 
 from sfd.apps.harness import class_run, stages
 from sfd.cli import main as sfd_main
@@ -178,11 +178,6 @@ def measure(options: argparse.Namespace, demo_args: list[str], argv: list[str]) 
     return 0
 
 
-def in_cache(command: str) -> str:
-    """A command with its cache folder (under /tmp/) written as CACHE."""
-    return re.sub(r"/tmp/\S+", "CACHE", command)
-
-
 def write_results_page(files: list[Path], argv: list[str]) -> Path:
     """docs/results/shared_base_stage2.md from --results files (the last run's context)."""
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line]
@@ -244,7 +239,7 @@ def write_results_page(files: list[Path], argv: list[str]) -> Path:
             "stage 2 ran 200 iterations (FID ratio 1.53, remain accuracy 96.1 %).\n\n"
             + markdown_table(header, table)
         ),
-        "Runs": "CACHE: the demos' teacher cache (`sfd demo --teacher-cache`), which holds the "
+        "Runs": "CACHE/sfd: the demos' teacher cache (`sfd demo --teacher-cache`), which holds the "
         "teacher, the classifier and the shared-base stage 1 every run reuses. A command that "
         "names more runs than it has rows here was stopped after those rows.\n\n" + runs,
     }
