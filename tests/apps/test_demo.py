@@ -314,6 +314,26 @@ def test_stage_two_alone_composes_the_forgetting_overlay() -> None:
     assert model("stage2", "--model.ema_power", "null").ema_power is None
 
 
+def test_stage_two_of_the_shared_base_doubles_the_fake_scores_step() -> None:
+    """The shared base's stage 2 (any `--model.adapters.*` option) composes its overlay: the fake
+    score's lr 2.4e-3, twice full copies' 1.2e-3; the user's own lr still wins; stage 1 and the
+    one-stage SFD keep the preset's; `--model.adapters null` is full copies."""
+    settings = ClassRunSettings()
+
+    def fake_lr(stage: str, *extra: str) -> float:
+        args = replace(settings, sfd_args=list(extra)).sfd_command_line(stage=stage)
+        return parse_fit_config(args, one_line_errors=True).model.fake_optimizer.init_args.lr
+
+    shared = ("--model.adapters.rank", "4")
+    assert fake_lr("stage2") == 1.2e-3
+    assert fake_lr("stage2", *shared) == 2.4e-3
+    assert fake_lr("stage2", "--model.adapters", "{rank: 4}") == 2.4e-3
+    assert fake_lr("stage2", "--model.adapters=null") == 1.2e-3
+    assert fake_lr("stage2", *shared, "--model.fake_optimizer.init_args.lr", "5e-4") == 5e-4
+    assert fake_lr("stage1", *shared) == 6e-4
+    assert fake_lr("sfd", *shared) == 1.2e-3
+
+
 def test_stage_two_is_capped_at_three_times_the_preset_and_probed_every_ten() -> None:
     """Under the completion rule stage 2's max_steps is a cap (600, three times the preset's 200)
     inside which the rule stops at about restart + --average-after; stage 1 keeps its 600 and
