@@ -226,7 +226,10 @@ def write_results_page(files: list[Path], argv: list[str]) -> Path:
     sections = {
         "Stage 2 as adapters": (
             "The shared-base row of docs/results/shared_base.md (`sfd demo ... --model.adapters."
-            "rank 16`, the cached stage 1 reused), with one change to stage 2 alone per run. "
+            "rank 16`, the cached stage 1 reused), with one change to stage 2 alone per run, "
+            "measured before its stage 2 composed sfd_digits_stage2_shared_base.yaml (the "
+            "fake score's lr 1.2e-3 there, as full copies'; the overlay sets fake-lr-double's "
+            "2.4e-3). "
             "FID ratio: the shipped generator's remain FID over the teacher's DDIM-50 remain FID "
             "(the demo's evaluation); the stage-1 column is the generator stage 2 starts from, "
             "on the same evaluation. Seconds per iteration: stage-2 training on a shared machine "
