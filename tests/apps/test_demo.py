@@ -147,6 +147,8 @@ def test_shared_base_demo_trains_both_stages_as_adapters_and_exports_full_genera
     assert sorted(p.name for p in stage1.iterdir()) == ["adapters", DONE_MARKER, "run.json"]
     assert protocol["two_stage"]["stage2_completion"] is None
     assert protocol["sfd_settings"]["model"]["adapters"]["rank"] == 4
+    # stage 2 ran, and records, the shared base's overlay: the fake score's lr twice full copies'
+    assert protocol["sfd_settings"]["model"]["fake_optimizer"]["init_args"]["lr"] == 2.4e-3
     check_model_metrics(metrics["sfd"], nfe=1)
     check_model_metrics(metrics["distilled_without_forgetting"], nfe=1)
     generator = load_generator(output / "generator")
@@ -158,6 +160,7 @@ def test_shared_base_demo_trains_both_stages_as_adapters_and_exports_full_genera
     assert training["adapters"]["kind"] == "lora" and training["adapters"]["rank"] == 4
     assert training["adapters"]["start_from"] == str(stage1 / "adapters")
     assert "conv1" in training["adapters"]["targets"]
+    assert [opt["lr"] for opt in training["optimizers"]] == [2.4e-3, 1e-4]  # fake score, generator
     full = sum(p.numel() for p in generator.parameters())
     assert 0 < training["trained_weights"]["generator"] < full
     card = (output / "generator" / "README.md").read_text()
