@@ -800,7 +800,7 @@ CASES = [
             "| power | `model.ema_power=7.0` | 2.20× (0.99: 2.10×) | – | 99.5 % | 600 s | 1.5–2.5 |",
             "python experiments/text_sfd_sweep.py --stage distill power:model.ema_power=7.0",
             "ends between 1.90× and 2.20×",
-            "None is below the preset's 2.00× by more than 0.10",
+            "lowest: trange at 1.90×, 0.10 below the preset's",
             "sfd demo-text --output-dir runs/q/restarted",
             "The best here is **restarted** at **1.25×**",
         ],
