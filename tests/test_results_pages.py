@@ -311,6 +311,26 @@ def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def flow_adversarial_diagnosis_record(command: str) -> dict[str, Any]:
+    record = adversarial_diagnosis_record(command)
+    record["settings"]["family"] = "sd3"
+    return record
+
+
+def attack_reach_record(command: str) -> dict[str, Any]:
+    def row(model: str, start: str, success: float, steps: int | None) -> dict[str, Any]:
+        return {"run": "runs/f/digits", "sampler": "one-step SFD", "model": model,
+                "start": start, "prompt": f"a {start} prompt", "tokens": 16,
+                "success": success, "success_without_attack": 0.0,
+                "steps_to_half": steps, "losses": [3.0, 0.5]}  # fmt: skip
+
+    return {
+        "run": run_section(command),
+        "settings": {"runs": ["runs/f/digits"], "steps": 20, "tokens": [16], "seed": 0},
+        "rows": [row("SFD", "forget", 1.0, 2), row("SFD", "remain", 0.015625, None)],
+    }
+
+
 def shared_base_record(command: str) -> dict[str, Any]:
     def mode(ua: float, seconds: float, weights: int) -> dict[str, Any]:
         return {
@@ -597,6 +617,26 @@ CASES = [
             "| margin | 25 | 0.0500 | 0.0 % | 85.0 % | – | zero 8 |",
             "| classifier | 25 | 0.0500 | 25.0 % | 50.0 % | – | one 6, two 2 |",
             "| inner | 0 | – | 0.0 % | 5.0 % | 0.0 % | zero 1, one 7 |",
+        ],
+    ),
+    (
+        "adversarial_diagnosis",
+        "flow_adversarial_diagnosis",
+        flow_adversarial_diagnosis_record,
+        "python experiments/adversarial_diagnosis.py --run runs/f --teacher t --family sd3",
+        [
+            "# Adversarial SFD: what the inner attack finds on the flow-matching teacher",
+            "| inner | 25 | 0.0500 | 50.0 % | 85.0 % | 50.0 % | zero 4, two 4 |",
+        ],
+    ),
+    (
+        "attack_reach",
+        "attack_reach",
+        attack_reach_record,
+        "python experiments/attack_reach.py --runs runs/f/digits --steps 20",
+        [
+            "| `runs/f/digits` | SFD | forget: “a forget prompt” | 16 | 0.0 % | 100.0 % | 2 |",
+            "| `runs/f/digits` | SFD | remain: “a remain prompt” | 16 | 0.0 % | 1.6 % | – |",
         ],
     ),
     (
