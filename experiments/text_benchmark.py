@@ -23,6 +23,10 @@ docs/results/flow_text.md.
     python experiments/text_benchmark.py --page-from runs/a/benchmark.json \
         --merge runs/b/benchmark.json runs/c/benchmark.json
 
+`--plain-from FILE.json` (with `--adversarial`) takes each set-up's plain run from an earlier
+record of the same `sfd demo-text` options and runs only the adversarial one, to try adversarial
+settings without measuring plain SFD again.
+
 `--merge` adds the set-ups of earlier records (set-ups measured by other commands, e.g. one
 `--only` at a time so each teacher trains once) to this run's page and record, each shown under
 the command, date, commit and load of the run that measured it.
@@ -143,9 +147,11 @@ def run_setup(
     extra: list[str],
     family: str = "unet",
     adversarial: list[str] | None = None,
+    plain: dict[str, Any] | None = None,
 ) -> dict:
-    """Run one set-up (with `adversarial`, its settings: then again with adversarial SFD, merged)."""
-    result = run(name, output, extra, family)
+    """Run one set-up (with `adversarial`, its settings: then again with adversarial SFD, merged;
+    with `plain`, an earlier record's plain run of it (`plain_run`), not measured again)."""
+    result = run(name, output, extra, family) if plain is None else plain
     if adversarial is None:
         return result
     folder = name + ADVERSARIAL_SUFFIX
@@ -216,6 +222,33 @@ def run(
     return result
 
 
+def without_output_dir(command: str) -> str:
+    """A recorded `sfd demo-text` command with its --output-dir value left out."""
+    return re.sub(r"--output-dir \S+", "--output-dir", command)
+
+
+def plain_run(
+    file: str, name: str, output: Path, extra: list[str], family: str = "unet"
+) -> dict[str, Any]:
+    """Set-up `name`'s plain run from the benchmark record `file` (`--plain-from`), without its
+    adversarial run; SystemExit unless that record ran it with this command's `sfd demo-text`
+    options (the output folder aside)."""
+    record = read_record(file)
+    found = [r for r in record["setups"] if r["setup"] == name and "record" not in r]
+    options = ["--family", family, *extra] if family != "unet" else extra
+    wanted = " ".join(command(name, output, options)[1:]).replace("-m sfd.cli", "sfd")
+    if not found:
+        raise SystemExit(f"--plain-from {file}: no set-up {name!r} measured by that record")
+    if without_output_dir(found[0]["command"]) != without_output_dir(wanted):
+        raise SystemExit(
+            f"--plain-from {file}: set-up {name!r} ran `{found[0]['command']}`, not this "
+            f"command's `{wanted}` (the output folder aside)"
+        )
+    result = {k: v for k, v in found[0].items() if k != "adversarial"}
+    models = {k: v for k, v in result["models"].items() if k != "adversarial_sfd"}
+    return {**result, "models": models, "plain_from": file}
+
+
 def merged_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
     """The set-ups of the records in `files`, each carrying its record's "run" (command, date,
     commit, machine) and file; SystemExit for another teacher family or a set-up twice."""
@@ -264,7 +297,14 @@ def setup_section(r: dict[str, Any]) -> str:
             for key, m in r["models"].items()
         ],
     )  # fmt: skip
-    lines = [*measured_by(r), *run_lines(r), "", models, "", targets_table(r["targets"])]
+    plain_from = (
+        [f"Plain run (teacher, no-forgetting and SFD rows) from `{r['plain_from']}` "
+         "(`--plain-from`), not measured again:", ""]
+        if "plain_from" in r
+        else []
+    )  # fmt: skip
+    lines = [*measured_by(r), *plain_from, *run_lines(r), "", models, "",
+             targets_table(r["targets"])]  # fmt: skip
     if "adversarial" in r:
         lines += [
             "",
@@ -360,6 +400,13 @@ def main(argv: list[str] | None = None) -> None:
         help="also show the set-ups of these earlier records (same --family), each under the "
         "command that measured it",
     )
+    parser.add_argument(
+        "--plain-from",
+        metavar="FILE.json",
+        help="take each set-up's plain run from this earlier record (the same sfd demo-text "
+        "options) and measure only the adversarial run (needs --adversarial or "
+        "--adversarial-set)",
+    )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
     if options.page_from:
@@ -375,12 +422,19 @@ def main(argv: list[str] | None = None) -> None:
     adversarial = (
         options.adversarial_set if options.adversarial or options.adversarial_set else None
     )
+    if options.plain_from and adversarial is None:
+        parser.error("--plain-from measures only the adversarial run: add --adversarial")
     names = options.only or list(SETUPS)
     planned = {"run": {"family": options.family}, "setups": [{"setup": n} for n in names]}
     merged_setups(planned, options.merge)  # refused before anything is measured
+    plain = {
+        name: plain_run(options.plain_from, name, options.output_dir, extra, options.family)
+        for name in (names if options.plain_from else [])
+    }  # refused before anything is measured
     commit = git_commit()  # the code the set-ups' subprocesses start with
     results = [
-        run_setup(name, options.output_dir, extra, options.family, adversarial) for name in names
+        run_setup(name, options.output_dir, extra, options.family, adversarial, plain.get(name))
+        for name in names
     ]
     threads = sorted({r["torch_threads"] for r in results})
     context = run_context(

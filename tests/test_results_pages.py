@@ -1216,3 +1216,48 @@ def test_shared_base_stage1_page_from_results_lines(results_dir) -> None:
         in lines
     )
     assert "| default | `default:` | 400 | 2.00 (99.0 %) | 2.00 (99.0 %) | – | – |" in lines
+
+
+def test_plain_from_measures_only_the_adversarial_run(results_dir, monkeypatch) -> None:
+    """`--plain-from`: the plain rows come from the earlier record, only the adversarial run is
+    measured (with the given settings); a record of other demo-text options is refused before
+    anything runs."""
+    module = importlib.import_module("text_benchmark")
+    earlier = flow_text_record("python experiments/text_benchmark.py --family sd3 --adversarial")
+    setup = earlier["setups"][0]
+    options = ["--family", "sd3", "--threads", "1"]
+    setup["command"] = " ".join(module.command("digits", Path("runs/old"), options)[1:]).replace(
+        "-m sfd.cli", "sfd"
+    )
+    results_page.save_record(earlier, "runs/old.json")
+    calls = []
+
+    def fake_run(name, output, extra, family="unet", folder=None):
+        calls.append((name, output, extra, family, folder))
+        models = {"sfd": {**setup["models"]["sfd"], "attack_success": 0.25}}
+        return {**{k: v for k, v in setup.items() if k != "adversarial"}, "models": models,
+                "command": "sfd demo-text --adversarial --model.adversarial.steps 4",
+                "phase_cpu_seconds": None}  # fmt: skip
+
+    monkeypatch.setattr(module, "run", fake_run)
+    monkeypatch.setattr(module, "git_commit", lambda: {"hash": "abc1234", "dirty": False})
+    argv = ["--output-dir", "runs/new", "--family", "sd3", "--only", "digits",
+            "--adversarial-set", "steps=4", "--plain-from", "runs/old.json", "--no-page",
+            "--", "--threads", "1"]  # fmt: skip
+    module.main(argv)
+    adversarial = ["--threads", "1", "--adversarial", "--model.adversarial.steps", "4"]
+    assert calls == [("digits", Path("runs/new"), adversarial, "sd3", "digits-adversarial")]
+    new = json.loads(Path("runs/new/benchmark.json").read_text())["setups"][0]
+    assert new["plain_from"] == "runs/old.json" and new["command"] == setup["command"]
+    assert new["models"]["sfd"]["attack_success"] == 0.6  # the earlier plain SFD
+    assert new["models"]["adversarial_sfd"]["attack_success"] == 0.25  # measured now
+    assert new["adversarial"]["targets"]["attack_at_most_half_of_no_forgetting"]["met"]
+    page = module.markdown([new])
+    assert "Plain run (teacher, no-forgetting and SFD rows) from `runs/old.json`" in page
+    for bad in (["--", "--threads", "2"], ["--only", "fashion"]):
+        calls.clear()
+        with pytest.raises(SystemExit, match="--plain-from runs/old.json"):
+            module.main([*argv[:-3], *bad] if bad[0] == "--" else [*argv, *bad])
+        assert calls == []
+    with pytest.raises(SystemExit):  # no adversarial run to measure
+        module.main(["--plain-from", "runs/old.json", "--no-page"])
