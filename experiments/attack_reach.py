@@ -65,7 +65,6 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         forget, override = int(metrics["forget"]), int(metrics["override"])
         classifier = load_classifier(run / "classifier")
         prompts = start_prompts(run, forget, override)
-        sampler = metrics["protocol"]["samplers"]["sfd"]
         for key, name in GENERATORS.items():
             model = exported_model(run / key, name=name)
             for start, prompt in prompts.items():
@@ -77,7 +76,6 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
                         result = soft_prompt_attack(model, classifier, prompt, forget, budget)
                     row = {
                         "run": folder,
-                        "sampler": sampler,
                         "model": name,
                         "start": start,
                         "prompt": prompt,

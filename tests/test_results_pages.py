@@ -319,7 +319,7 @@ def flow_adversarial_diagnosis_record(command: str) -> dict[str, Any]:
 
 def attack_reach_record(command: str) -> dict[str, Any]:
     def row(model: str, start: str, success: float, steps: int | None) -> dict[str, Any]:
-        return {"run": "runs/f/digits", "sampler": "one-step SFD", "model": model,
+        return {"run": "runs/f/digits", "model": model,
                 "start": start, "prompt": f"a {start} prompt", "tokens": 16,
                 "success": success, "success_without_attack": 0.0,
                 "steps_to_half": steps, "losses": [3.0, 0.5]}  # fmt: skip
