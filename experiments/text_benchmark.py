@@ -137,7 +137,8 @@ def adversarial_options(settings: list[str]) -> list[str]:
     options = ["--adversarial"]
     for setting in settings:
         key, _, value = setting.partition("=")
-        options += [f"--model.adversarial.{key}", value]
+        # A dotted key is any demo-text option of that run alone (e.g. trainer.max_steps=200).
+        options += [f"--{key}" if "." in key else f"--model.adversarial.{key}", value]
     return options
 
 
@@ -389,8 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; implies "
-        "--adversarial), e.g. steps=4",
+        help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; a dotted KEY "
+        "is --KEY VALUE, e.g. trainer.max_steps=200; implies --adversarial), e.g. steps=4",
     )
     parser.add_argument(
         "--merge",
