@@ -185,17 +185,26 @@ def run(
     subprocess.run(args, check=True)
     wall = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    metrics = json.loads((output / folder / "metrics.json").read_text())
-    result = {
-        "setup": name,
-        "command": " ".join(args[1:]).replace("-m sfd.cli", "sfd"),
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    timing = {
         "wall_seconds": round(wall, 1),
-        "cpu_seconds": round(
-            (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime),
-            1,
-        ),
+        "cpu_seconds": round(cpu, 1),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    return setup_result(name, output / folder, " ".join(args[1:]), timing, family)
+
+
+def setup_result(
+    name: str, folder: Path, shown: str, timing: dict[str, Any], family: str = "unet"
+) -> dict:
+    """One finished `sfd demo-text` run in `folder`: its command (`shown`), timings, targets
+    and the models' numbers from its metrics.json."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    result = {
+        "setup": name,
+        "command": shown.replace("-m sfd.cli", "sfd"),
+        **timing,
         "phase_seconds": metrics["protocol"]["phase_seconds"],
         "phase_cpu_seconds": metrics["protocol"].get("phase_cpu_seconds"),
         "teacher_cached": metrics["protocol"]["teacher"]["reused_from_cache"],
@@ -234,10 +243,12 @@ def plain_run(
     """Set-up `name`'s plain run from the benchmark record `file` (`--plain-from`), without its
     adversarial run; SystemExit unless that record ran it with this command's `sfd demo-text`
     options (the output folder aside)."""
-    record = read_record(file)
-    found = [r for r in record["setups"] if r["setup"] == name and "record" not in r]
     options = ["--family", family, *extra] if family != "unet" else extra
     wanted = " ".join(command(name, output, options)[1:]).replace("-m sfd.cli", "sfd")
+    if Path(file).is_dir():
+        return finished_plain_run(Path(file), name, options, family)
+    record = read_record(file)
+    found = [r for r in record["setups"] if r["setup"] == name and "record" not in r]
     if not found:
         raise SystemExit(f"--plain-from {file}: no set-up {name!r} measured by that record")
     if without_output_dir(found[0]["command"]) != without_output_dir(wanted):
@@ -248,6 +259,32 @@ def plain_run(
     result = {k: v for k, v in found[0].items() if k != "adversarial"}
     models = {k: v for k, v in result["models"].items() if k != "adversarial_sfd"}
     return {**result, "models": models, "plain_from": file}
+
+
+def finished_plain_run(output: Path, name: str, options: list[str], family: str) -> dict:
+    """Set-up `name`'s finished plain run in an earlier `--output-dir` whose benchmark stopped
+    before writing its record (`--plain-from DIR`). Its command is the one this benchmark runs
+    into that folder (the run records no command line: its set-up, data and family are checked);
+    wall and CPU time are the run's own phase totals, the load the one at its start."""
+    folder = output / name
+    if not (folder / "metrics.json").is_file():
+        raise SystemExit(f"--plain-from {output}: no finished run in {folder} (no metrics.json)")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    protocol, names = metrics["protocol"], metrics["class_names"]
+    data, forget, override, _ = SETUPS[name]
+    ran = (protocol["data"], names[metrics["forget"]], names[metrics["override"]],
+           protocol["teacher_settings"].get("family", "unet"))  # fmt: skip
+    if ran != (data, forget, override, family):
+        raise SystemExit(f"--plain-from {output}: {folder} ran {ran}, not set-up {name!r}")
+    load = protocol["environment"]["load_average_1_5_15_min"]
+    timing = {
+        "wall_seconds": protocol["phase_seconds"]["total"],
+        "cpu_seconds": protocol["phase_cpu_seconds"]["total"],
+        "load_before": load,
+        "load_after": load,
+    }
+    shown = " ".join(command(name, output, options)[1:])
+    return {**setup_result(name, folder, shown, timing, family), "plain_from": str(output)}
 
 
 def merged_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
@@ -403,10 +440,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--plain-from",
-        metavar="FILE.json",
+        metavar="FILE.json|DIR",
         help="take each set-up's plain run from this earlier record (the same sfd demo-text "
-        "options) and measure only the adversarial run (needs --adversarial or "
-        "--adversarial-set)",
+        "options), or from the finished plain runs in an earlier --output-dir whose benchmark "
+        "was stopped before writing its record, and measure only the adversarial run (needs "
+        "--adversarial or --adversarial-set)",
     )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
