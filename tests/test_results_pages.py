@@ -1262,3 +1262,49 @@ def test_plain_from_measures_only_the_adversarial_run(results_dir, monkeypatch) 
         assert calls == []
     with pytest.raises(SystemExit):  # no adversarial run to measure
         module.main(["--plain-from", "runs/old.json", "--no-page"])
+
+
+DIGIT_NAMES = "zero one two three four five six seven eight nine".split()
+
+
+def finished_demo_metrics(data: str, forget: int, family: str) -> dict[str, Any]:
+    """What `text_benchmark.setup_result` reads of a finished `sfd demo-text` run."""
+    scores = {"forget_train": {"ua": 1.0, "as_override": 0.9}, "forget_paraphrases": {"ua": 0.99},
+              "remain_accuracy": 0.98, "neighbour_accuracy": 0.97, "fid_remain": 5.0}  # fmt: skip
+    keys = ("teacher", "distilled_without_forgetting", "sfd")
+    return {
+        "forget": forget, "override": 1, "class_names": DIGIT_NAMES,
+        "iterations": 220, "targets": {},
+        "protocol": {
+            "data": data, "teacher_settings": {"family": family},
+            "phase_seconds": {"total": 1993.4}, "phase_cpu_seconds": {"total": 234.8},
+            "environment": {"load_average_1_5_15_min": [7.8, 8.4, 8.0], "torch_threads": 1},
+            "teacher": {"reused_from_cache": True}, "classifier": {"reused_from_cache": True},
+            "two_stage": {"stage1_reused_from_cache": True},
+        },
+        **{key: scores for key in keys},
+        "attack": {key: {"soft": {"success_rate": 1.0}} for key in keys},
+    }  # fmt: skip
+
+
+def test_plain_from_a_stopped_benchmark_folder(tmp_path) -> None:
+    """`--plain-from DIR`: the finished plain run of a benchmark stopped before its record, under
+    the command the benchmark runs into that folder, with the run's own phase totals; a folder of
+    another set-up or family is refused."""
+    module = importlib.import_module("text_benchmark")
+    folder = tmp_path / "old" / "digits"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(finished_demo_metrics("digits", 7, "sd3")))
+    extra = ["--threads", "1"]
+    plain = module.plain_run(str(tmp_path / "old"), "digits", tmp_path / "new", extra, "sd3")
+    assert plain["plain_from"] == str(tmp_path / "old")
+    assert plain["command"] == " ".join(
+        module.command("digits", tmp_path / "old", ["--family", "sd3", *extra])[1:]
+    ).replace("-m sfd.cli", "sfd")
+    assert (plain["wall_seconds"], plain["cpu_seconds"]) == (1993.4, 234.8)
+    assert plain["models"]["sfd"]["attack_success"] == 1.0
+    assert not plain["targets"]["attack_at_most_half_of_no_forgetting"]["met"]
+    with pytest.raises(SystemExit, match="not set-up 'digits'"):
+        module.plain_run(str(tmp_path / "old"), "digits", tmp_path / "new", extra, "unet")
+    with pytest.raises(SystemExit, match="no finished run"):
+        module.plain_run(str(tmp_path / "old"), "fashion", tmp_path / "new", extra, "sd3")
