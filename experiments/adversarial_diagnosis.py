@@ -56,6 +56,10 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     from sfd.eval.classifier import load_classifier
     from sfd.training.cli import build_from_fit_config
 
+    if options.family == "sd3":
+        from sfd.apps.teachers.flow_text import quiet_clip_truncation
+
+        quiet_clip_truncation()  # the flow text teacher's zero CLIP slots truncate by design
     run = Path(options.run)
     metrics = json.loads((run / "metrics.json").read_text())
     forget, num_classes = int(metrics["forget"]), int(metrics["num_classes"])
