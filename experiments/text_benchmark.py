@@ -137,8 +137,10 @@ def adversarial_options(settings: list[str]) -> list[str]:
     options = ["--adversarial"]
     for setting in settings:
         key, _, value = setting.partition("=")
-        # A dotted key is any demo-text option of that run alone (e.g. trainer.max_steps=200).
-        options += [f"--{key}" if "." in key else f"--model.adversarial.{key}", value]
+        # A key with a dot or a dash is any demo-text option of that run alone (e.g.
+        # trainer.max_steps=200, with baseline-iterations=400 to keep stage 1's own length).
+        option = f"--{key}" if "." in key or "-" in key else f"--model.adversarial.{key}"
+        options += [option, value]
     return options
 
 
@@ -427,8 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; a dotted KEY "
-        "is --KEY VALUE, e.g. trainer.max_steps=200; implies --adversarial), e.g. steps=4",
+        help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; a KEY with a "
+        "dot or a dash is --KEY VALUE, e.g. trainer.max_steps=200 with baseline-iterations=400, "
+        "stage 1's own length, to cap stage 2 alone; implies --adversarial), e.g. steps=4",
     )
     parser.add_argument(
         "--merge",

@@ -1140,9 +1140,10 @@ def test_the_flow_targets_judge_the_model_they_are_asked_for() -> None:
 
 def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
     module = importlib.import_module("text_benchmark")
-    assert module.adversarial_options(["steps=4", "weight=2", "trainer.max_steps=200"]) == [
+    settings = ["steps=4", "weight=2", "trainer.max_steps=200", "baseline-iterations=400"]
+    assert module.adversarial_options(settings) == [
         "--adversarial", "--model.adversarial.steps", "4", "--model.adversarial.weight", "2",
-        "--trainer.max_steps", "200",
+        "--trainer.max_steps", "200", "--baseline-iterations", "400",
     ]  # fmt: skip
     with pytest.raises(SystemExit):
         module.main(["--adversarial-set", "steps", "--no-page"])
