@@ -13,6 +13,11 @@ forget rate also covers the conditions of the inner attack's pool (`probe`). It 
   iterations,
 - the remain drift exceeds `max_drift` (reason "drift": forgetting is damaging what must stay),
 - the budget of `budget` iterations is spent (reason "budget"),
+- with `stall_window`, the judged forget rate has stopped falling (reason "stalled"): no probe of
+  the last 2·`stall_window` counted as forgotten, and the mean rate of the last `stall_window`
+  probes is not at least `stall_margin` below the mean of the `stall_window` probes before them (a
+  plateau above the threshold, e.g. where the judge or the generator cannot separate the pair any
+  further, ends there instead of spending the whole budget),
 
 and records the reason, the iterations used and the last probe in the loggers (`completion/*`), in
 `module.completion` (which the checkpoint's training record, and so the model card, carries) and,
@@ -33,9 +38,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from sfd.core import judge
 from sfd.errors import SFDConfigError, check_count, check_number
 
-REASONS = ("forgotten", "drift", "budget", "max_steps")
+REASONS = ("forgotten", "drift", "stalled", "budget", "max_steps")
 PROBE_EVERY = 10  # the default probe interval (iterations)
 MAX_FLOOR = 0.5  # the highest override floor (`UntilForgotten.forgotten`)
+STALL_WINDOW = 10  # probes per window of the "stalled" test (100 iterations at PROBE_EVERY)
+STALL_MARGIN = 0.02  # the least drop of the mean judged forget rate from one window to the next
 
 
 class UntilForgotten(Callback):
@@ -68,6 +75,11 @@ class UntilForgotten(Callback):
             `threshold` more often than those: where the teacher itself confuses the pair, a
             generator that draws the override exactly for the forget condition is judged that
             often, and a bare `threshold` below it never stops. False: the bare threshold.
+        stall_window: probes per window of the "stalled" stop: the fit stops as stalled once
+            none of the last 2·`stall_window` probes counted as forgotten and the mean judged
+            forget rate of the last `stall_window` probes is not at least `stall_margin` below
+            that of the `stall_window` probes before them. None: never stalled.
+        stall_margin: the least drop of that mean, in [0, 1], that counts as progress.
     """
 
     def __init__(
@@ -85,6 +97,8 @@ class UntilForgotten(Callback):
         average_after: int | None = None,
         average_power: float = 0.0,
         override_floor: bool = False,
+        stall_window: int | None = STALL_WINDOW,
+        stall_margin: float = STALL_MARGIN,
     ) -> None:
         check_count("UntilForgotten every_n", every_n)
         check_count("UntilForgotten patience", patience)
@@ -98,6 +112,9 @@ class UntilForgotten(Callback):
                 "UntilForgotten average_after", average_after, every_n, f"every_n={every_n}"
             )
         check_number("UntilForgotten average_power", average_power, low=0)
+        if stall_window is not None:
+            check_count("UntilForgotten stall_window", stall_window)
+        check_number("UntilForgotten stall_margin", stall_margin, low=0, high=1)
         self.sigmas = judge.check_judge_settings(num_samples, sigmas, draws)
         self.every_n = every_n
         self.threshold = float(threshold)
@@ -111,6 +128,8 @@ class UntilForgotten(Callback):
         self.average_after = average_after
         self.average_power = float(average_power)
         self.override_floor = bool(override_floor)
+        self.stall_window = stall_window
+        self.stall_margin = float(stall_margin)
         # the rule's state (kept across resumes)
         self.streak = 0
         self.reason: str | None = None
@@ -217,12 +236,33 @@ class UntilForgotten(Callback):
             floor = floor if floor <= MAX_FLOOR else 0.0
         return point["forget_rate"] <= floor + self.threshold
 
+    def stalled(self, point: dict[str, Any]) -> bool:
+        """Whether the judged forget rate has stopped falling, with `point` the newest probe (not
+        yet recorded): none of the last 2·`stall_window` probes counted as forgotten, and the
+        mean forget rate of the last `stall_window` is not `stall_margin` below that of the
+        `stall_window` before them. Always False without `stall_window` or with fewer probes.
+
+        Only the probes of the fit count (the one at its start included), so a resumed fit
+        decides as the uninterrupted one would.
+        """
+        window = self.stall_window
+        if window is None or len(self.probes) + 1 < 2 * window:
+            return False
+        recent = [*self.probes[len(self.probes) + 1 - 2 * window :], point]
+        if any(self.forgotten(probe) for probe in recent):
+            return False
+        before = sum(p["forget_rate"] for p in recent[:window]) / window
+        after = sum(p["forget_rate"] for p in recent[window:]) / window
+        return after > before - self.stall_margin
+
     def _decide(self, point: dict[str, Any]) -> str | None:
         self.streak = self.streak + 1 if self.forgotten(point) else 0
         if self.max_drift is not None and point["drift"] > self.max_drift:
             return "drift"
         if self.streak >= self.patience and self._averaged(point["iteration"]):
             return "forgotten"
+        if self.stalled(point):
+            return "stalled"
         if self.budget is not None and point["iteration"] >= self.budget:
             return "budget"
         return None
@@ -230,7 +270,12 @@ class UntilForgotten(Callback):
     # --- Lightning hooks ------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if self.reason in ("forgotten", "drift", "budget"):  # resumed after the rule stopped it
+        if self.reason in (
+            "forgotten",
+            "drift",
+            "stalled",
+            "budget",
+        ):  # resumed after the rule stopped it
             rank_zero_info(
                 f"UntilForgotten: this run already stopped at iteration {self.stopped_at} "
                 f"({self.reason}); nothing to do"
@@ -332,6 +377,8 @@ class UntilForgotten(Callback):
                 "average_after": self.average_after,
                 "average_power": self.average_power,
                 "override_floor": self.override_floor,
+                "stall_window": self.stall_window,
+                "stall_margin": self.stall_margin,
             },
         }
 
