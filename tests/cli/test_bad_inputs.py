@@ -293,6 +293,8 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.budget", "5"), "budget=5 must be an integer of at least every_n=10"),
     ("fit-until-stall-window",
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.stall_window", "0"), "UntilForgotten stall_window=0"),
+    ("fit-until-stall-drop",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.stall_drop", "-1"), "UntilForgotten stall_drop=-1"),
     ("fit-until-stall-margin",
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.stall_margin", "2"), "UntilForgotten stall_margin=2"),
     # --- sfd fit / sfd demo: the power-function EMA (issue 24 item 2) ---

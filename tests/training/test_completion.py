@@ -336,6 +336,7 @@ def test_ema_after_forgetting_needs_an_ema(tmp_path) -> None:
         ({"stall_window": 0}, "stall_window=0"),
         ({"stall_margin": 1.5}, "stall_margin=1.5"),
         ({"stall_margin": -0.01}, "stall_margin=-0.01"),
+        ({"stall_drop": 1.5}, "stall_drop=1.5"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(settings, message) -> None:
@@ -442,19 +443,37 @@ def decide_all(until: UntilForgotten, rates: list[float]) -> list[str | None]:
 
 
 def test_an_improving_generator_does_not_stall() -> None:
-    """A forget rate falling 0.5 points per probe (5 points a window) never stalls; a flat one
-    stalls at the first probe that closes two windows; a window holding one forgotten probe does
-    not stall (the digits pairs' rates touch 0 long before they stop)."""
-    falling = [1.0 - 0.005 * i for i in range(60)]
-    assert decide_all(UntilForgotten(stall_window=5), falling) == [None] * 60
+    """A forget rate falling 20 % a window never stalls; a flat one stalls at the first probe that
+    closes two windows; a window holding one forgotten probe does not stall (the digits pairs'
+    rates touch the threshold long before they stop); nor does a plateau within `stall_margin`
+    of the threshold (digits 3 → 5 held one sample in 64, 0.016, for 350 iterations, then
+    finished)."""
+    falling = [0.8**i / 5 for i in range(60)]  # 0.2, shrinking 20 % a probe
+    assert "stalled" not in decide_all(UntilForgotten(stall_window=5), falling)
+    slow = [0.3 * 0.97**i for i in range(40)]  # 14 % a window of five: above stall_drop 0.1
+    assert "stalled" not in decide_all(UntilForgotten(stall_window=5), slow)
+    assert decide_all(UntilForgotten(stall_window=5, stall_drop=0.2), slow)[9] == "stalled"
     flat = decide_all(UntilForgotten(stall_window=5), [0.2] * 12)
     assert flat.index("stalled") == 9  # probes 0..9: two windows of five
     touching = [0.2] * 12
     touching[5] = 0.0
     assert "stalled" not in decide_all(UntilForgotten(stall_window=5), touching)[:10]
-    small = [1.0 - 0.003 * i for i in range(12)]  # 1.5 points a window: below the margin
-    assert decide_all(UntilForgotten(stall_window=5, stall_margin=0.02), small)[9] == "stalled"
-    assert decide_all(UntilForgotten(stall_window=5, stall_margin=0.01), small)[9] is None
+    near = [1 / 64] * 40  # threshold 0.01 + margin 0.02 = 0.03 above it: left to finish
+    assert "stalled" not in decide_all(UntilForgotten(stall_window=5), near)
+    assert decide_all(UntilForgotten(stall_window=5, stall_margin=0.0), near)[9] == "stalled"
+
+
+def test_the_stall_margin_counts_from_the_override_floor() -> None:
+    """With the floor, the stall needs the mean above threshold + floor + margin = 0.01 + 0.1 +
+    0.02 = 0.13: a flat 0.15 stalls, a flat 0.12 does not."""
+    for rate, stalls in ((0.15, True), (0.12, False)):
+        until = UntilForgotten(stall_window=5, override_floor=True)
+        reasons = []
+        for index in range(12):
+            point = {"iteration": 10 * index, "forget_rate": rate, "override_rate": 0.1, "drift": 0}
+            reasons.append(until._decide(point) if index else None)
+            until.probes.append(point)
+        assert ("stalled" in reasons) is stalls
 
 
 def test_resume_keeps_the_stall_windows(tmp_path) -> None:
