@@ -533,6 +533,19 @@ def classifier_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "classifiers": rows}
 
 
+def stall_replay_record(command: str) -> dict[str, Any]:
+    settings = {"stall_window": 15, "stall_drop": 0.1, "stall_margin": 0.02}
+    runs = [
+        {"name": "digits 3 → 5", "log": "runs/a/metrics.csv", "override_floor": True,
+         "probes": 58, "last_iteration": 570, "last_rate": 0.0, "stalled_at": None,
+         "rate_at_stall": None, "settings": settings},
+        {"name": "Fashion sneaker → sandal", "log": "runs/b/metrics.csv", "override_floor": True,
+         "probes": 61, "last_iteration": 600, "last_rate": 11 / 64, "stalled_at": 360,
+         "rate_at_stall": 8 / 64, "settings": settings},
+    ]  # fmt: skip
+    return {"run": run_section(command), "runs": runs}
+
+
 def memory_record(command: str) -> dict[str, Any]:
     gib = 1024**3
 
@@ -848,6 +861,17 @@ CASES = [
             "| 15.8 % | 84.2 % | 5.0 % | cache |",
             "| fashion-mnist 8×8 (sfd demo) | default | 3000 | 81.7 % | sneaker → sandal | 5.0 % "
             "| 95.0 % | 5.0 % | 61 s |",
+        ],
+    ),
+    (
+        "stall_replay",
+        "stall_replay",
+        stall_replay_record,
+        "python experiments/stall_replay.py 'digits 3 → 5=runs/a/metrics.csv'",
+        [
+            "| digits 3 → 5 | 58 | 570 (0 of 64) | never | yes |",
+            "| Fashion sneaker → sandal | 61 | 600 (11 of 64) | 360 (8 of 64) | yes |",
+            "stall_window 15, stall_drop 0.1, stall_margin 0.02",
         ],
     ),
     (
