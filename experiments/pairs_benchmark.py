@@ -205,13 +205,31 @@ def run_text(name: str, pair: Pair, output: Path, common: list[str]) -> dict[str
         "curve_samples": protocol["curve"]["per_class"],
         "cached": cached_flags(protocol),
         "models": {key: result["models"][key] for key in ("teacher", "sfd")},
-        # the demo's UA ceiling: 1 − the held-out real override images read as the forget class
-        **(
-            {"override_read_as_forget": 1 - protocol["ua_ceiling"]}
-            if "ua_ceiling" in protocol
-            else {}
-        ),
+        **text_ceiling(output / name),
     }
+
+
+def text_ceiling(folder: Path) -> dict[str, float]:
+    """`override_read_as_forget` of a finished text run in `folder`: 1 − the demo's UA ceiling
+    (`ua_ceiling` in its metrics.json), or, for a record from before the demo measured it, the
+    same measured now from the run's saved classifier and the held-out split of its data."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    protocol = metrics["protocol"]
+    if "ua_ceiling" not in protocol:
+        from sfd.apps.data.captions import load_captioned
+        from sfd.apps.data.images import train_heldout_split
+        from sfd.eval.classifier import load_classifier
+        from sfd.eval.evaluate import ua_ceiling
+
+        split = protocol["teacher_settings"]
+        data, _ = load_captioned(protocol["data"])
+        _, heldout = train_heldout_split(data, split["heldout_fraction"], split["split_seed"])
+        classifier = load_classifier(folder / "classifier")
+        forget, override = metrics["forget"], metrics["override"]
+        protocol["ua_ceiling"] = ua_ceiling(
+            classifier, heldout.images, heldout.labels, forget, override
+        )
+    return {"override_read_as_forget": 1 - protocol["ua_ceiling"]}
 
 
 def cached_flags(protocol: dict[str, Any]) -> dict[str, bool]:
@@ -269,6 +287,9 @@ def run_pairs(
             if PAIRS[name].kind == "class" and "agreement" not in row:
                 row |= sample_by_sample(output / name, PAIRS[name])
                 save_record(row, saved)  # a record from before these were measured
+            if PAIRS[name].kind == "text" and "override_read_as_forget" not in row:
+                row |= text_ceiling(output / name)
+                save_record(row, saved)
             continue
         pair = PAIRS[name]
         run_one = run_class if pair.kind == "class" else run_text
