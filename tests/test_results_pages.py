@@ -500,7 +500,8 @@ def pairs_record(command: str) -> dict[str, Any]:
         "text-digits-three-eight": row(
             "text-digits-three-eight", "text", "three", "eight", iterations=200,
             neighbours="five, nine", models=models(0.9, 0.8, 0.95, 0.99),
-            completion={"stop_reason": "max_steps", "iterations": 200,
+            override_read_as_forget=0.125,
+            completion={"stop_reason": "stalled", "iterations": 200,
                         "last_probe": {"iteration": 200, "forget_rate": 0.25}},
         ),
     }  # fmt: skip
@@ -533,6 +534,36 @@ def judge_levels_record(command: str) -> dict[str, Any]:
         },
     }
     return {"run": run_section(command), "cases": [case]}
+
+
+def classifier_record(command: str) -> dict[str, Any]:
+    def row(recipe: str, steps: int, accuracy: float, read: float, seconds: float | None) -> dict:
+        return {
+            "data": "fashion-mnist 8×8 (sfd demo)", "recipe": recipe, "max_steps": steps,
+            "train_images": 9600, "heldout_images": 2400, "accuracy": accuracy,
+            "folder": "cache/classifier-abc", "reused": seconds is None, "seconds": seconds,
+            "pairs": [{"forget": "sneaker", "override": "sandal", "override_read_as_forget": read,
+                       "forget_read_as_override": 0.05}],
+        }  # fmt: skip
+
+    rows = [
+        row("800 steps (before)", 800, 0.733, 0.158, None),
+        row("default", 3000, 0.817, 0.05, 61.0),
+    ]
+    return {"run": run_section(command), "classifiers": rows}
+
+
+def stall_replay_record(command: str) -> dict[str, Any]:
+    settings = {"stall_window": 15, "stall_drop": 0.1, "stall_margin": 0.02}
+    runs = [
+        {"name": "digits 3 → 5", "log": "runs/a/metrics.csv", "override_floor": True,
+         "probes": 58, "last_iteration": 570, "last_rate": 0.0, "stalled_at": None,
+         "rate_at_stall": None, "settings": settings},
+        {"name": "Fashion sneaker → sandal", "log": "runs/b/metrics.csv", "override_floor": True,
+         "probes": 61, "last_iteration": 600, "last_rate": 11 / 64, "stalled_at": 360,
+         "rate_at_stall": 8 / 64, "settings": settings},
+    ]  # fmt: skip
+    return {"run": run_section(command), "runs": runs}
 
 
 def memory_record(command: str) -> dict[str, Any]:
@@ -836,10 +867,10 @@ CASES = [
             "| 100.0 % vs 100.0 % (curve, 32 samples: 97.0 %) | 100.0 % "
             "| – | 97.5 % (98.0 %) | 98.0 % (99.0 %; class 1 (the override)) | 1.25 "
             "| 1.6 % / 97.0 % | 4.0 min (stage 2 30 s) |",
-            "| digits | text | three → eight | no | 200 / 200 | max_steps "
+            "| digits | text | three → eight | no | 200 / 200 | stalled "
             "| 75.0 % vs 90.0 % (curve, 32 samples: –) | 90.0 % "
             "| 80.0 % | 95.0 % (98.0 %) | 99.0 % (99.0 %; five, nine) | 1.25 "
-            "| – / – | 4.0 min (stage 2 30 s) |",
+            "| – / 87.5 % | 4.0 min (stage 2 30 s) |",
             "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
             "| three → eight (text) | no | no | yes | no | no |",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
@@ -858,6 +889,29 @@ CASES = [
             "| 11.5 % | 3 of 21 |",
             "| generator runs/g, forget prompts | 11.5 % | 85.0 % | 1.5 % | 4.0 % | 8.0 % "
             "| 11.5 % | 1 of 23 |",
+        ],
+    ),
+    (
+        "classifier_strength",
+        "classifier",
+        classifier_record,
+        "python experiments/classifier_strength.py --cache cache --threads 1",
+        [
+            "| fashion-mnist 8×8 (sfd demo) | 800 steps (before) | 800 | 73.3 % | sneaker → sandal "
+            "| 15.8 % | 84.2 % | 5.0 % | cache |",
+            "| fashion-mnist 8×8 (sfd demo) | default | 3000 | 81.7 % | sneaker → sandal | 5.0 % "
+            "| 95.0 % | 5.0 % | 61 s |",
+        ],
+    ),
+    (
+        "stall_replay",
+        "stall_replay",
+        stall_replay_record,
+        "python experiments/stall_replay.py 'digits 3 → 5=runs/a/metrics.csv'",
+        [
+            "| digits 3 → 5 | 58 | 570 (0 of 64) | never | yes |",
+            "| Fashion sneaker → sandal | 61 | 600 (11 of 64) | 360 (8 of 64) | yes |",
+            "stall_window 15, stall_drop 0.1, stall_margin 0.02",
         ],
     ),
     (
