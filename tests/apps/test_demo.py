@@ -13,7 +13,10 @@ from PIL import Image
 
 from sfd.apps.harness.cache import DONE_MARKER, cached_build
 from sfd.apps.harness.settings import ClassRunSettings
+from sfd.apps.harness.workspace import load_split
 from sfd.cli import main
+from sfd.eval.classifier import load_classifier, predict_labels
+from sfd.images import from_uint8
 from sfd.pipelines.io import load_generator
 from sfd.pipelines.model_card import shown
 from sfd.training.cli import parse_fit_config
@@ -75,7 +78,14 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     assert not two_stage["stage1_reused_from_cache"]
     assert [p["iteration"] for p in metrics["forgetting_curve_without_forgetting"]] == [0, 1, 2, 3]
     assert 0 <= protocol["classifier_heldout_accuracy"] <= 1
+    # the UA ceiling: 1 − the held-out real 5s the saved classifier reads as 3 (held-out split of
+    # the run's data, read here through `predict_labels`)
+    split = load_split("digits", protocol["classifier_settings"]["heldout_fraction"], 0, None)
+    real = split.heldout.images[split.heldout.labels == 5]
+    read = predict_labels(load_classifier(output / "classifier"), from_uint8(real)) == 3
+    assert protocol["ua_ceiling"] == pytest.approx(1 - read.float().mean().item())
     report = (output / "report.md").read_text()
+    assert "UA ceiling under this classifier" in report
     assert "| one-step SFD (forgetting) | 1 |" in report and "forgetting_curve.png" in report
     # the exported SFD generator loads, and the teacher sits in the cache with its marker
     assert load_generator(output / "generator").sample_shape == (1, 8, 8)
