@@ -1293,6 +1293,51 @@ def test_shared_base_stage1_page_from_results_lines(results_dir) -> None:
     assert "| default | `default:` | 400 | 2.00 (99.0 %) | 2.00 (99.0 %) | – | – |" in lines
 
 
+def test_shared_base_stage2_page_from_results_lines(results_dir) -> None:
+    command = (
+        "python experiments/shared_base_stage2.py --output-dir runs/sb2 baseline: "
+        "alpha-8r:start.alpha=128"
+    )
+    rows = []
+    for name, spec, fit, start, ratio in (
+        ("baseline", "baseline:", [], {}, 1.5),
+        ("alpha-8r", "alpha-8r:start.alpha=128", [], {"alpha": 128.0}, 1.25),
+    ):
+        rows.append(
+            {
+                "name": name,
+                "spec": spec,
+                "run": run_section(command),
+                "demo_command": ["sfd", "demo", "--output-dir", f"runs/sb2/{name}"],
+                "stage2_fit_options": fit,
+                "start": start,
+                "reused": False,
+                "ua": 1.0,
+                "remain_accuracy": 0.9611,
+                "fid_ratio": ratio,
+                "stage1_fid_ratio": 1.1,
+                "iterations": 300,
+                "seconds_per_iteration": 2.5,
+            }
+        )
+    Path("runs").mkdir()
+    Path("runs/stage2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    importlib.import_module("shared_base_stage2").main(["--page-from", "runs/stage2.jsonl"])
+    text = (results_dir / "shared_base_stage2.md").read_text()
+    lines = text.splitlines()
+    assert WRITTEN_BY.search(text).groups() == (
+        "experiments/shared_base_stage2.py",
+        "runs/stage2.jsonl",
+    )
+    for row in (
+        "| baseline | `as the demo` | 1.10 | **1.50** | 100.0 % | 96.11 % | 300 | 2.50 | 1.5 |",
+        "| alpha-8r | `start.alpha=128` | 1.10 | **1.25** | 100.0 % | 96.11 % | 300 | 2.50 | 1.5 |",
+    ):
+        assert row in lines
+    assert command in lines  # each run under its own command
+    assert any("rewritten by {'alpha': 128.0}" in line for line in lines)
+
+
 def test_plain_from_measures_only_the_adversarial_run(results_dir, monkeypatch) -> None:
     """`--plain-from`: the plain rows come from the earlier record, only the adversarial run is
     measured (with the given settings); a record of other demo-text options is refused before
