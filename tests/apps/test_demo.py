@@ -327,6 +327,19 @@ def test_stage_two_alone_composes_the_forgetting_overlay() -> None:
     assert model("stage2", "--model.ema_power", "null").ema_power is None
 
 
+def test_stage_two_keeps_the_users_adversarial_settings() -> None:
+    """`sfd demo --adversarial --model.adversarial.steps 5`: stage 2 (where the forgetting and the
+    inner attack run) trains with steps 5; stage 1 leaves adversarial options out (its cache key)."""
+    settings = ClassRunSettings(adversarial=True, sfd_args=["--model.adversarial.steps", "5"])
+
+    def model(stage: str):
+        return parse_fit_config(settings.sfd_command_line(stage=stage), one_line_errors=True).model
+
+    assert model("stage2").adversarial.steps == 5
+    assert model("sfd").adversarial.steps == 5
+    assert model("stage1").adversarial is None
+
+
 def test_stage_two_of_the_shared_base_doubles_the_fake_scores_step() -> None:
     """The shared base's stage 2 (any `--model.adapters.*` option) composes its overlay: the fake
     score's lr 2.4e-3, twice full copies' 1.2e-3; the user's own lr still wins; stage 1 and the

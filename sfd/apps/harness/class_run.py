@@ -147,7 +147,11 @@ class ClassRunSettings:
                 args += ["-c", str(default_stage2_shared_base_config())]
         if self.adversarial and stage != "stage1":
             args += ADVERSARIAL_ARGS
-        args += self.sfd_args if stage == "sfd" else stage1_overrides(self.sfd_args)
+        if stage == "sfd":
+            args += self.sfd_args
+        else:  # stage 1 leaves out the adversarial options (it does not forget), stage 2 not
+            user = stage1_overrides(self.sfd_args)  # (also refuses the demo's own options)
+            args += user if stage == "stage1" else self.sfd_args
         args += ["--model.teacher.init_args.pretrained_model_name_or_path", teacher_dir]
         args += [
             f"{conditions}forget",
