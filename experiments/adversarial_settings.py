@@ -4,6 +4,10 @@
         --forget seven --override one \
         --paraphrases sfd/apps/demo_text/prompts/digits_paraphrases.txt \
         "default:" "posterior-w1:posterior_weight=true,weight=1.0"
+    python experiments/adversarial_settings.py --output-root runs/advset-38 --stage2-steps 60 \
+        --forget three --override eight \
+        --paraphrases sfd/apps/demo_text/prompts/digits_paraphrases_b.txt \
+        --include runs/advset/adversarial_settings.json "s60-postw1:posterior_weight=true,weight=1.0"
     python experiments/adversarial_settings.py --page-from runs/advset/adversarial_settings.json
 
 Each variant is `name:key=value,...` over `model.adversarial` (empty: the defaults of
@@ -17,6 +21,8 @@ the held-out paraphrases, remain accuracy against the teacher's, remain FID, the
 attack's success (the demo's default budget: 16 tokens, 200 steps, 3 restarts, 64 held-out
 samples, judged by the evaluation classifier) and stage 2's wall seconds. Variants can be run one
 call at a time: a later call naming them all reads the finished folders and writes the whole page.
+`--include` adds the rows of earlier records of this script (another concept pair) to the page,
+each with the command that measured it.
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ def row_of(name: str, pairs: list[tuple[str, str]], command: list[str], folder: 
     sfd, teacher = metrics["sfd"], metrics["teacher"]
     phases = metrics["protocol"]["phase_seconds"]
     return {
+        "pair": f"{metrics['class_names'][metrics['forget']]} → "
+        f"{metrics['class_names'][metrics['override']]}",
         "name": name,
         "settings": dict(pairs),
         "command": shlex.join(command),
@@ -123,15 +131,17 @@ def percent(value: float) -> str:
 
 
 def write_results_page(record: dict[str, Any], json_file: str) -> str:
-    rows = record["rows"]
+    rows = [row for earlier in record.get("included", []) for row in earlier["rows"]]
+    rows += record["rows"]
     header = [
-        "variant", "model.adversarial", "iterations", "UA (para.)", "remain (teacher)",
+        "pair", "variant", "model.adversarial", "iterations", "UA (para.)", "remain (teacher)",
         "remain FID", "soft attack", "stage 2 s",
     ]  # fmt: skip
     table = markdown_table(
         header,
         [
             [
+                row["pair"],
                 row["name"],
                 ", ".join(f"{k} {v}" for k, v in row["settings"].items()) or "defaults",
                 row["iterations"],
@@ -145,13 +155,25 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
         ],
     )
     per_class = markdown_table(
-        ["variant", *sorted(rows[0]["remain_per_class"], key=int)],
+        ["pair", "variant", *(str(c) for c in range(10))],
         [
-            [row["name"], *(percent(v) for _, v in sorted(row["remain_per_class"].items()))]
+            [
+                row["pair"],
+                row["name"],
+                *(
+                    percent(row["remain_per_class"][str(c)])
+                    if str(c) in row["remain_per_class"]
+                    else "–"
+                    for c in range(10)
+                ),
+            ]
             for row in rows
         ],
     )
-    commands = "\n".join(f"- `{row['name']}`: `{row['command']}`" for row in rows)
+    commands = "\n".join(f"- {row['pair']}, `{row['name']}`: `{row['command']}`" for row in rows)
+    for earlier in record.get("included", []):
+        commands += f"\n\nRows of {earlier['run']['command']} ({earlier['run']['date']}, "
+        commands += f"commit {earlier['run']['commit']['hash']}) are included above."
     sections = {
         "What it measures": __doc__.split("\n\n", 2)[2].strip(),
         "Results": table,
@@ -182,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-cache", default="/tmp/benchcache/sfd")
     parser.add_argument("--stage2-steps", type=int, default=None)
     parser.add_argument(
+        "--include", nargs="*", default=[], help="earlier records of this script on the page too"
+    )
+    parser.add_argument(
         "--json", default=None, help="default: OUTPUT_ROOT/adversarial_settings.json"
     )
     add_page_arguments(parser)
@@ -195,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "run": run_context(command_line(__file__, argv), load_start, 1, commit),
         "rows": rows,
+        "included": [read_record(path) for path in args.include],
     }
     save_record(record, json_file)
     if not args.no_page:
