@@ -1,13 +1,14 @@
 """Adversarial SFD settings on the text demo: each variant one `sfd demo-text` run, one table.
 
-    python experiments/adversarial_settings.py --output-root runs/advset --stage2-steps 120 \
-        --forget seven --override one \
+    python experiments/adversarial_settings.py --output-root runs/advset --stage2-steps 60 \
+        --teacher-cache /tmp/benchcache/sfd --forget seven --override one \
         --paraphrases sfd/apps/demo_text/prompts/digits_paraphrases.txt \
-        "default:" "posterior-w1:posterior_weight=true,weight=1.0"
-    python experiments/adversarial_settings.py --output-root runs/advset-38 --stage2-steps 60 \
+        "s60-postw1:posterior_weight=true,weight=1.0" "s60-default:"
+    python experiments/adversarial_settings.py "s60-postw1:posterior_weight=true,weight=1.0" \
+        --output-root runs/advset-38 --teacher-cache /tmp/benchcache/sfd --stage2-steps 60 \
         --forget three --override eight \
         --paraphrases sfd/apps/demo_text/prompts/digits_paraphrases_b.txt \
-        --include runs/advset/adversarial_settings.json "s60-postw1:posterior_weight=true,weight=1.0"
+        --include runs/advset/adversarial_settings.json
     python experiments/adversarial_settings.py --page-from runs/advset/adversarial_settings.json
 
 Each variant is `name:key=value,...` over `model.adversarial` (empty: the defaults of
@@ -204,7 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-cache", default="/tmp/benchcache/sfd")
     parser.add_argument("--stage2-steps", type=int, default=None)
     parser.add_argument(
-        "--include", nargs="*", default=[], help="earlier records of this script on the page too"
+        "--include",
+        action="append",
+        default=[],
+        metavar="FILE.json",
+        help="an earlier record of this script whose rows the page shows too (repeatable)",
     )
     parser.add_argument(
         "--json", default=None, help="default: OUTPUT_ROOT/adversarial_settings.json"
