@@ -2,7 +2,7 @@
 
 Every network is built from its published config (written below) on the meta device: shapes only,
 nothing downloaded, no memory. Parameter counts are those modules' own; activations come from
-`sfd.training.memory` (one meta-device forward per call shape, summing the bytes autograd saves for
+`sfd.training.activations` (one meta-device forward per call shape, summing the bytes autograd saves for
 the backward pass; the method and what it leaves out are in docs/training.md#memory). Three modes:
 
 - full copies: frozen teacher, generator and fake score as full networks, fp32 weights under
@@ -43,17 +43,21 @@ from results_page import (
     write_page,
 )
 
+from sfd.training.activations import (
+    CallCache,
+    StepShape,
+    step_activations,
+)
 from sfd.training.memory import (
     GIB,
     RUNTIME_OVERHEAD_BYTES,
-    CallCache,
+)
+from sfd.training.parameter_bytes import (
     ParameterGroup,
-    StepShape,
     attention_linear_names,
     lora_parameter_count,
     parameter_count,
     static_bytes,
-    step_activations,
     trainable_bytes,
 )
 
@@ -393,7 +397,7 @@ def write_results_page(record: dict[str, Any], json_file: str, results_dir: Any 
         ),
         "Method": (
             "Activations are the bytes autograd saves for the backward pass in one meta-device "
-            "forward per call shape (`sfd.training.memory`; attention saved as FlashAttention "
+            "forward per call shape (`sfd.training.activations`; attention saved as FlashAttention "
             "saves it) with prompts of 77 CLIP tokens (SD 1.5, SDXL), 77 + 256 (SD3.5) and 512 T5 "
             "tokens (Flux.1-dev), the presets' lengths, summed over what the larger of SFD's two "
             "steps keeps: the generator step "

@@ -20,19 +20,23 @@ from sd_fixtures import tiny_sd_unet
 
 from sfd.errors import SFDConfigError
 from sfd.teachers.lora import LORA_TARGETS
+from sfd.training.activations import (
+    example_inputs,
+    measure_call,
+    meta_twin,
+)
 from sfd.training.memory import (
     BUDGET_ENV,
     GIB,
     MemoryEstimate,
+    check_fits,
+    device_budget,
+)
+from sfd.training.parameter_bytes import (
     ParameterGroup,
     StaticBytes,
     attention_linear_names,
-    check_fits,
-    device_budget,
-    example_inputs,
     lora_parameter_count,
-    measure_call,
-    meta_twin,
     module_groups,
     optimizer_state_count,
     parameter_count,
@@ -348,7 +352,8 @@ def test_the_estimate_of_a_flow_transformer_run(flow_dirs: dict[str, Path], fami
     from sfd.core.module import SFDModule
     from sfd.core.sigma import LogitNormalTime
     from sfd.teachers import FluxTeacher, SD3Teacher
-    from sfd.training.memory import CLIP_TOKENS, estimate_module
+    from sfd.training.activations import CLIP_TOKENS
+    from sfd.training.memory import estimate_module
 
     teacher_class = SD3Teacher if family == "sd3" else FluxTeacher
     estimates = []

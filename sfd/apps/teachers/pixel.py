@@ -28,7 +28,7 @@ from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages, from_uint8
 from sfd.teachers.unet import SFD_CONFIG_NAME
-from sfd.training.memory import parameter_count
+from sfd.training.parameter_bytes import parameter_count
 from sfd.training.progress import IterationProgressBar
 
 DEFAULT_BLOCK_OUT_CHANNELS = (32, 64)

