@@ -293,15 +293,27 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
 def adversarial_settings_record(command: str) -> dict[str, Any]:
     def row(pair: str, name: str, settings: dict, remain: float, attack: float) -> dict:
         return {
-            "pair": pair, "name": name, "settings": settings, "command": f"sfd demo-text {name}",
-            "iterations": 60, "ua": 1.0, "ua_paraphrases": 0.99, "remain": remain,
-            "remain_teacher": 0.994, "remain_per_class": {"0": 0.99, "3": remain},
-            "fid": 8.5, "soft_attack": attack, "soft_attack_without_forgetting": 1.0,
-            "stage2_seconds": 600.4, "total_seconds": 1000.0,
+            "pair": pair,
+            "name": name,
+            "settings": settings,
+            "command": f"sfd demo-text {name}",
+            "iterations": 60,
+            "ua": 1.0,
+            "ua_paraphrases": 0.99,
+            "remain": remain,
+            "remain_teacher": 0.994,
+            "remain_per_class": {"0": 0.99, "3": remain},
+            "fid": 8.5,
+            "soft_attack": attack,
+            "soft_attack_without_forgetting": 1.0,
+            "stage2_seconds": 600.4,
+            "total_seconds": 1000.0,
         }
 
-    earlier = {"run": run_section("python experiments/adversarial_settings.py a:"),
-               "rows": [row("seven → one", "a", {}, 0.967, 0.4375)]}
+    earlier = {
+        "run": run_section("python experiments/adversarial_settings.py a:"),
+        "rows": [row("seven → one", "a", {}, 0.967, 0.4375)],
+    }
     return {
         "run": run_section(command),
         "rows": [row("three → eight", "b", {"weight": "1.0"}, 0.978, 0.25)],
