@@ -24,6 +24,9 @@ forget (forget prompt against its override), the share it reads as forget agains
     python experiments/adversarial_diagnosis.py --run runs/adv/digits-plain \
         --teacher /tmp/benchcache/sfd/text-teacher-90c1820040c67763 --steps 50 \
         --objectives inner margin classifier
+
+`--family sd3` reads a flow-teacher run (`sfd demo-text --family sd3`); its page is
+docs/results/flow_adversarial_diagnosis.md.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 from results_page import add_page_arguments, markdown_table, measure_and_write, write_page
 
 OBJECTIVES = ("inner", "margin", "concepts", "classifier")
+SETTINGS = ("run", "teacher", "data", "family", "steps", "every", "rows", "samples", "scale")
 
 
 def measure(options: argparse.Namespace) -> dict[str, Any]:
@@ -52,11 +56,15 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     from sfd.eval.classifier import load_classifier
     from sfd.training.cli import build_from_fit_config
 
+    if options.family == "sd3":
+        from sfd.apps.teachers.flow_text import quiet_clip_truncation
+
+        quiet_clip_truncation()  # the flow text teacher's zero CLIP slots truncate by design
     run = Path(options.run)
     metrics = json.loads((run / "metrics.json").read_text())
     forget, num_classes = int(metrics["forget"]), int(metrics["num_classes"])
     override = int(metrics["override"])
-    settings = TextDemoSettings(data=options.data, adversarial=True)
+    settings = TextDemoSettings(data=options.data, adversarial=True, family=options.family)
     init = "--model.conditions.init_args."
     args = settings.sfd_command_line(options.teacher) + [
         f"{init}forget_prompts", str(run / "prompts" / "forget_prompts.txt"),
@@ -153,10 +161,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
                 points.append(point)
         results[name] = points
     return {
-        "settings": {
-            key: getattr(options, key)
-            for key in ("run", "teacher", "data", "steps", "every", "rows", "samples", "scale")
-        },  # fmt: skip
+        "settings": {key: getattr(options, key) for key in SETTINGS},
         "forget": forget,
         "class_names": metrics.get("class_names"),
         "adversarial": adversarial.settings.as_dict(),
@@ -221,10 +226,12 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             table,
         ),  # fmt: skip
     }
+    flow = s.get("family", "unet") == "sd3"  # the flow teacher's diagnosis has its own page
     return str(
         write_page(
-            "adversarial_diagnosis",
-            "Adversarial SFD: what the inner attack finds",
+            "flow_adversarial_diagnosis" if flow else "adversarial_diagnosis",
+            "Adversarial SFD: what the inner attack finds"
+            + (" on the flow-matching teacher" if flow else ""),
             record["run"]["command"],
             json_file,
             record,
@@ -239,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="an sfd demo-text output folder (plain SFD)")
     parser.add_argument("--teacher", help="the run's text-teacher folder (in its teacher cache)")
     parser.add_argument("--data", default="digits", help="the run's data set")
+    parser.add_argument(
+        "--family", default="unet", choices=("unet", "sd3"), help="the run's teacher family"
+    )
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--every", type=int, default=25)

@@ -10,8 +10,8 @@ data-free completion rule (`UntilForgotten`) within the preset's cap, no per-pai
 and collects per pair: iterations used and why the rule stopped, the judge's UA (1 − judged forget
 rate) beside the classifier's at the stop, UA (text: also on the held-back paraphrases), remain and
 neighbour accuracy beside the teacher's, the remain FID over the teacher's, the judge's floor and
-the classifier's UA ceiling on the pair (class pairs: 1 − its reading of real override images as the
-forget class), and wall time. The class
+the classifier's UA ceiling on the pair (1 − its reading of held-out real images of the override class
+or concept as the forget class), and wall time. The class
 demos skip their attack and full-schedule timing (`--no-attack --skip-full-schedule-timing`: neither
 touches training nor the numbers here). Each pair's numbers are saved in OUTPUT_DIR/<pair>/pair.json
 as soon as it finishes; a later call skips pairs already there (`--again` reruns them), so the pairs
@@ -205,7 +205,31 @@ def run_text(name: str, pair: Pair, output: Path, common: list[str]) -> dict[str
         "curve_samples": protocol["curve"]["per_class"],
         "cached": cached_flags(protocol),
         "models": {key: result["models"][key] for key in ("teacher", "sfd")},
+        **text_ceiling(output / name),
     }
+
+
+def text_ceiling(folder: Path) -> dict[str, float]:
+    """`override_read_as_forget` of a finished text run in `folder`: 1 − the demo's UA ceiling
+    (`ua_ceiling` in its metrics.json), or, for a record from before the demo measured it, the
+    same measured now from the run's saved classifier and the held-out split of its data."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    protocol = metrics["protocol"]
+    if "ua_ceiling" not in protocol:
+        from sfd.apps.data.captions import load_captioned
+        from sfd.apps.data.images import train_heldout_split
+        from sfd.eval.classifier import load_classifier
+        from sfd.eval.evaluate import ua_ceiling
+
+        split = protocol["teacher_settings"]
+        data, _ = load_captioned(protocol["data"])
+        _, heldout = train_heldout_split(data, split["heldout_fraction"], split["split_seed"])
+        classifier = load_classifier(folder / "classifier")
+        forget, override = metrics["forget"], metrics["override"]
+        protocol["ua_ceiling"] = ua_ceiling(
+            classifier, heldout.images, heldout.labels, forget, override
+        )
+    return {"override_read_as_forget": 1 - protocol["ua_ceiling"]}
 
 
 def cached_flags(protocol: dict[str, Any]) -> dict[str, bool]:
@@ -226,8 +250,8 @@ def judge_and_classifier(row: dict[str, Any]) -> tuple[float | None, float | Non
 
 def floors(row: dict[str, Any]) -> str:
     """The judge's floor at the stop (its forget rate on the generator's own override samples,
-    where the rule measured it) and the classifier's UA ceiling (1 − its reading of real override
-    images as the forget class, class pairs)."""
+    where the rule measured it) and the classifier's UA ceiling (1 − its reading of held-out real
+    override images as the forget class; text pairs: from the demo's record)."""
     last = (row["completion"] or {}).get("last_probe", {})
     judge = _percent(last.get("override_rate")) or "–"
     read = row.get("override_read_as_forget")
@@ -263,6 +287,9 @@ def run_pairs(
             if PAIRS[name].kind == "class" and "agreement" not in row:
                 row |= sample_by_sample(output / name, PAIRS[name])
                 save_record(row, saved)  # a record from before these were measured
+            if PAIRS[name].kind == "text" and "override_read_as_forget" not in row:
+                row |= text_ceiling(output / name)
+                save_record(row, saved)
             continue
         pair = PAIRS[name]
         run_one = run_class if pair.kind == "class" else run_text
@@ -374,7 +401,8 @@ def write_results_page(
                 "override (same noise; the rule's `override_floor`, which stops at most the "
                 "threshold above it). UA ceiling: 1 − the share of the held-out real images of the "
                 "override class that the evaluation classifier reads as the forget class, the UA a "
-                "generator drawing the override class exactly would get (class pairs).\n\n"
+                "generator drawing the override class exactly would get (text pairs: the real images of "
+                "the override concept's class).\n\n"
                 + markdown_table(
                     (
                         "data set",

@@ -23,6 +23,10 @@ docs/results/flow_text.md.
     python experiments/text_benchmark.py --page-from runs/a/benchmark.json \
         --merge runs/b/benchmark.json runs/c/benchmark.json
 
+`--plain-from FILE.json` (with `--adversarial`) takes each set-up's plain run from an earlier
+record of the same `sfd demo-text` options and runs only the adversarial one, to try adversarial
+settings without measuring plain SFD again.
+
 `--merge` adds the set-ups of earlier records (set-ups measured by other commands, e.g. one
 `--only` at a time so each teacher trains once) to this run's page and record, each shown under
 the command, date, commit and load of the run that measured it.
@@ -133,7 +137,10 @@ def adversarial_options(settings: list[str]) -> list[str]:
     options = ["--adversarial"]
     for setting in settings:
         key, _, value = setting.partition("=")
-        options += [f"--model.adversarial.{key}", value]
+        # A key with a dot or a dash is any demo-text option of that run alone (e.g.
+        # trainer.max_steps=200, with baseline-iterations=400 to keep stage 1's own length).
+        option = f"--{key}" if "." in key or "-" in key else f"--model.adversarial.{key}"
+        options += [option, value]
     return options
 
 
@@ -143,9 +150,11 @@ def run_setup(
     extra: list[str],
     family: str = "unet",
     adversarial: list[str] | None = None,
+    plain: dict[str, Any] | None = None,
 ) -> dict:
-    """Run one set-up (with `adversarial`, its settings: then again with adversarial SFD, merged)."""
-    result = run(name, output, extra, family)
+    """Run one set-up (with `adversarial`, its settings: then again with adversarial SFD, merged;
+    with `plain`, an earlier record's plain run of it (`plain_run`), not measured again)."""
+    result = run(name, output, extra, family) if plain is None else plain
     if adversarial is None:
         return result
     folder = name + ADVERSARIAL_SUFFIX
@@ -178,17 +187,26 @@ def run(
     subprocess.run(args, check=True)
     wall = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    metrics = json.loads((output / folder / "metrics.json").read_text())
-    result = {
-        "setup": name,
-        "command": " ".join(args[1:]).replace("-m sfd.cli", "sfd"),
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    timing = {
         "wall_seconds": round(wall, 1),
-        "cpu_seconds": round(
-            (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime),
-            1,
-        ),
+        "cpu_seconds": round(cpu, 1),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    return setup_result(name, output / folder, " ".join(args[1:]), timing, family)
+
+
+def setup_result(
+    name: str, folder: Path, shown: str, timing: dict[str, Any], family: str = "unet"
+) -> dict:
+    """One finished `sfd demo-text` run in `folder`: its command (`shown`), timings, targets
+    and the models' numbers from its metrics.json."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    result = {
+        "setup": name,
+        "command": shown.replace("-m sfd.cli", "sfd"),
+        **timing,
         "phase_seconds": metrics["protocol"]["phase_seconds"],
         "phase_cpu_seconds": metrics["protocol"].get("phase_cpu_seconds"),
         "teacher_cached": metrics["protocol"]["teacher"]["reused_from_cache"],
@@ -214,6 +232,61 @@ def run(
     if family == "sd3":
         result["targets"] = flow_targets(result["models"])
     return result
+
+
+def without_output_dir(command: str) -> str:
+    """A recorded `sfd demo-text` command with its --output-dir value left out."""
+    return re.sub(r"--output-dir \S+", "--output-dir", command)
+
+
+def plain_run(
+    file: str, name: str, output: Path, extra: list[str], family: str = "unet"
+) -> dict[str, Any]:
+    """Set-up `name`'s plain run from the benchmark record `file` (`--plain-from`), without its
+    adversarial run; SystemExit unless that record ran it with this command's `sfd demo-text`
+    options (the output folder aside)."""
+    options = ["--family", family, *extra] if family != "unet" else extra
+    wanted = " ".join(command(name, output, options)[1:]).replace("-m sfd.cli", "sfd")
+    if Path(file).is_dir():
+        return finished_plain_run(Path(file), name, options, family)
+    record = read_record(file)
+    found = [r for r in record["setups"] if r["setup"] == name and "record" not in r]
+    if not found:
+        raise SystemExit(f"--plain-from {file}: no set-up {name!r} measured by that record")
+    if without_output_dir(found[0]["command"]) != without_output_dir(wanted):
+        raise SystemExit(
+            f"--plain-from {file}: set-up {name!r} ran `{found[0]['command']}`, not this "
+            f"command's `{wanted}` (the output folder aside)"
+        )
+    result = {k: v for k, v in found[0].items() if k != "adversarial"}
+    models = {k: v for k, v in result["models"].items() if k != "adversarial_sfd"}
+    return {**result, "models": models, "plain_from": file}
+
+
+def finished_plain_run(output: Path, name: str, options: list[str], family: str) -> dict:
+    """Set-up `name`'s finished plain run in an earlier `--output-dir` whose benchmark stopped
+    before writing its record (`--plain-from DIR`). Its command is the one this benchmark runs
+    into that folder (the run records no command line: its set-up, data and family are checked);
+    wall and CPU time are the run's own phase totals, the load the one at its start."""
+    folder = output / name
+    if not (folder / "metrics.json").is_file():
+        raise SystemExit(f"--plain-from {output}: no finished run in {folder} (no metrics.json)")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    protocol, names = metrics["protocol"], metrics["class_names"]
+    data, forget, override, _ = SETUPS[name]
+    ran = (protocol["data"], names[metrics["forget"]], names[metrics["override"]],
+           protocol["teacher_settings"].get("family", "unet"))  # fmt: skip
+    if ran != (data, forget, override, family):
+        raise SystemExit(f"--plain-from {output}: {folder} ran {ran}, not set-up {name!r}")
+    load = protocol["environment"]["load_average_1_5_15_min"]
+    timing = {
+        "wall_seconds": protocol["phase_seconds"]["total"],
+        "cpu_seconds": protocol["phase_cpu_seconds"]["total"],
+        "load_before": load,
+        "load_after": load,
+    }
+    shown = " ".join(command(name, output, options)[1:])
+    return {**setup_result(name, folder, shown, timing, family), "plain_from": str(output)}
 
 
 def merged_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
@@ -264,7 +337,14 @@ def setup_section(r: dict[str, Any]) -> str:
             for key, m in r["models"].items()
         ],
     )  # fmt: skip
-    lines = [*measured_by(r), *run_lines(r), "", models, "", targets_table(r["targets"])]
+    plain_from = (
+        [f"Plain run (teacher, no-forgetting and SFD rows) from `{r['plain_from']}` "
+         "(`--plain-from`), not measured again:", ""]
+        if "plain_from" in r
+        else []
+    )  # fmt: skip
+    lines = [*measured_by(r), *plain_from, *run_lines(r), "", models, "",
+             targets_table(r["targets"])]  # fmt: skip
     if "adversarial" in r:
         lines += [
             "",
@@ -349,8 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; implies "
-        "--adversarial), e.g. steps=4",
+        help="a setting of the adversarial run only (--model.adversarial.KEY VALUE; a KEY with a "
+        "dot or a dash is --KEY VALUE, e.g. trainer.max_steps=200 with baseline-iterations=400, "
+        "stage 1's own length, to cap stage 2 alone; implies --adversarial), e.g. steps=4",
     )
     parser.add_argument(
         "--merge",
@@ -359,6 +440,14 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FILE.json",
         help="also show the set-ups of these earlier records (same --family), each under the "
         "command that measured it",
+    )
+    parser.add_argument(
+        "--plain-from",
+        metavar="FILE.json|DIR",
+        help="take each set-up's plain run from this earlier record (the same sfd demo-text "
+        "options), or from the finished plain runs in an earlier --output-dir whose benchmark "
+        "was stopped before writing its record, and measure only the adversarial run (needs "
+        "--adversarial or --adversarial-set)",
     )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
@@ -375,12 +464,19 @@ def main(argv: list[str] | None = None) -> None:
     adversarial = (
         options.adversarial_set if options.adversarial or options.adversarial_set else None
     )
+    if options.plain_from and adversarial is None:
+        parser.error("--plain-from measures only the adversarial run: add --adversarial")
     names = options.only or list(SETUPS)
     planned = {"run": {"family": options.family}, "setups": [{"setup": n} for n in names]}
     merged_setups(planned, options.merge)  # refused before anything is measured
+    plain = {
+        name: plain_run(options.plain_from, name, options.output_dir, extra, options.family)
+        for name in (names if options.plain_from else [])
+    }  # refused before anything is measured
     commit = git_commit()  # the code the set-ups' subprocesses start with
     results = [
-        run_setup(name, options.output_dir, extra, options.family, adversarial) for name in names
+        run_setup(name, options.output_dir, extra, options.family, adversarial, plain.get(name))
+        for name in names
     ]
     threads = sorted({r["torch_threads"] for r in results})
     context = run_context(

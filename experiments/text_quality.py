@@ -70,6 +70,9 @@ def sfd_settings(folder: Path) -> dict[str, Any]:
         "max_steps": two_stage["stage2_max_steps"],
         "iterations": two_stage["stage2_iterations"],
         "stage1_iterations": two_stage["stage1_iterations"],
+        "stage1_folder": two_stage["stage1_folder"],
+        "stage1_cached": two_stage["stage1_reused_from_cache"],
+        "stage1_seconds": two_stage["stage1_training_seconds"],
         "completion": two_stage.get("stage2_completion"),
         "stage2_seconds": two_stage["stage2_training_seconds"],
         "phase_seconds": protocol["phase_seconds"],
@@ -107,6 +110,21 @@ def added(name: str, folder: Path) -> dict:
     return row | sfd_settings(folder)
 
 
+def options_text(options: str | None) -> str:
+    """A row's options: a pairs-benchmark run (None), the presets at the row's commit ("")."""
+    if options is None:
+        return "(pairs benchmark)"
+    return f"`{options}`" if options else "(the presets at the row's commit)"
+
+
+def stage1_time(row: dict[str, Any]) -> str:
+    """Stage 1's training seconds where the row trained it; "cached" (or "–" for rows recorded
+    before the column) where it did not."""
+    if row.get("stage1_cached") is None:
+        return "–"
+    return "cached" if row["stage1_cached"] else f"{row['stage1_seconds']:.0f} s"
+
+
 def ema_text(row: dict[str, Any]) -> str:
     power = row.get("ema_power")
     decay = row["ema_decay"]
@@ -140,7 +158,7 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
             (
                 row["name"],
                 f"{row['forget']} → {row['override']}",
-                f"`{row['options']}`" if row["options"] else "(pairs benchmark)",
+                options_text(row["options"]),
                 ema_text(row),
                 stop_text(row),
                 f"{percent(sfd['ua'])} ({percent(sfd['ua_paraphrases'])})",
@@ -149,6 +167,7 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
                 number(teacher["fid_remain"]),
                 f"{number(stage1['fid_remain'])} ({number(stage1['fid_remain'] / teacher['fid_remain'])}×)",
                 f"{number(sfd['fid_remain'])} (**{number(sfd['fid_remain'] / teacher['fid_remain'])}×**)",
+                stage1_time(row),
                 f"{row['stage2_seconds']:.0f} s",
             )
         )
@@ -168,10 +187,16 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
         record,
         {
             "The runs": (
-                "Each row is one `sfd demo-text` run with the teacher, classifier and stage 1 from "
-                "the cache, so only stage 2 differs between rows (stage 1 is the same "
-                "generator in every row: its cache key is unchanged by stage-2 settings). "
+                "Each row is one `sfd demo-text` run with the teacher and classifier from the "
+                "cache. Rows with the same stage-1 settings share one stage-1 generator (its cache "
+                "key is unchanged by stage-2 settings); a row whose stage-1 settings are new "
+                "trains stage 1 once (its seconds in the table) and later rows reuse it. "
                 "Commands, in the order of the table:\n\n" + "\n".join(runs)
+            ),
+            **(
+                {"Stage-1 knobs": stage1_section(record["stage1_rows"])}
+                if record.get("stage1_rows")
+                else {}
             ),
             "Stage 1 and stage 2": (
                 "EMA: the shipped generator's average in stage 2 (a constant decay, or a "
@@ -180,9 +205,10 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
                 'forgetting", `--average-after`). UA on the training forget prompts (held-back '
                 "paraphrases in brackets); remain and neighbour accuracy with the teacher's in "
                 "brackets. FID: remain FID (900 samples) of the teacher's multi-step sampler, of "
-                "stage 1 and of SFD, each over the teacher's in brackets. Stage 2: its training "
-                "seconds with the rule's probes and the forgetting curve, on a shared 2-core "
-                "machine.\n\n"
+                "stage 1 and of SFD, each over the teacher's in brackets. Stage 1: its training "
+                'seconds where the row trained it ("cached" where it came from the cache); '
+                "stage 2: its training seconds with the rule's probes and the forgetting curve; "
+                "both on a shared 2-core machine.\n\n"
                 + markdown_table(
                     (
                         "run",
@@ -196,33 +222,133 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
                         "teacher FID",
                         "stage-1 FID",
                         "SFD FID",
+                        "stage 1",
                         "stage 2",
                     ),
                     table,
                 )
             ),
-            "What limits it": limits_text(rows),
+            "What limits it": limits_text(rows, record.get("stage1_rows", [])),
         },
     )
 
 
-def limits_text(rows: list[dict[str, Any]]) -> str:
-    """The reading of the table, its numbers from the record."""
+def stage1_rows(files: list[Path]) -> list[dict[str, Any]]:
+    """The runs of `experiments/text_sfd_sweep.py --stage distill` results files (JSON lines)."""
+    rows = [json.loads(line) for file in files for line in file.read_text().splitlines()]
+    wrong = [r["name"] for r in rows if r.get("stage") != "distill"]
+    if wrong:
+        raise SystemExit(f"--stage1-from: {', '.join(wrong)} are not --stage distill runs")
+    return rows
+
+
+def trace_text(point: dict[str, Any]) -> str:
+    """One evaluation of a stage-1 trace: the shipped EMA's FID ratio, extra EMAs in brackets."""
+    extra = [f"{k[3:]}: {v['fid_ratio']:.2f}×" for k, v in point.items() if k.startswith("ema0")]
+    return f"{point['ema']['fid_ratio']:.2f}×" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def stage1_section(rows: list[dict[str, Any]]) -> str:
+    """Stage-1 knobs: one sweep run per row, its FID ratio through training."""
+    iterations = sorted({p["iteration"] for r in rows for p in r["quality_trace"]})
+    table = []
+    for row in rows:
+        trace = {p["iteration"]: p for p in row["quality_trace"]}
+        settings = row["spec"].partition(":")[2]
+        load = row["run"]["machine"]
+        table.append(
+            (
+                row["name"],
+                f"`{settings}`" if settings else "(preset)",
+                *(trace_text(trace[i]) if i in trace else "–" for i in iterations),
+                percent(row["remain_accuracy"]),
+                f"{row['train_seconds']:.0f} s",
+                f"{load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}",
+            )
+        )
+    commands = sorted({(r["run"]["date"], r["run"]["commit"]["hash"], r["command"]) for r in rows})
+    return (
+        "Stage 1 alone (distillation without forgetting, the same generator for every pair), "
+        "one knob at a time over the digits text preset, from the cached teacher: each row is "
+        "one `experiments/text_sfd_sweep.py --stage distill` run. FID: the remain FID (900 "
+        "samples, the demo's protocol and seed) of the shipped EMA generator over the teacher's "
+        "multi-step FID, at each evaluated iteration (the preset ships a constant-decay EMA "
+        "0.995 started at the teacher's weights; a row's settings may change it), with further "
+        "constant-decay EMAs of the same iterates in brackets (decay: ratio); remain accuracy "
+        "at the end; training seconds without the evaluations, on a shared 2-core machine "
+        "(load average in the last column). A run's command may name further runs that were "
+        "stopped before they finished; only finished runs are rows.\n\n"
+        + markdown_table(
+            (
+                "knob",
+                "settings",
+                *(f"FID ratio, it. {i}" for i in iterations),
+                "remain acc.",
+                "train",
+                "load",
+            ),
+            table,
+        )
+        + "\n\nCommands:\n\n"
+        + "\n".join(
+            f"- {date}, commit {commit}:\n\n  ```bash\n  {command}\n  ```"
+            for date, commit, command in commands
+        )
+    )
+
+
+def stage1_limits(knobs: list[dict[str, Any]], preset: list[float]) -> str:
+    """The reading of the stage-1 knobs table: every knob's end beside the preset's stage 1."""
+
+    def ends(row: dict[str, Any]) -> list[float]:
+        last = row["quality_trace"][-1]
+        return [v["fid_ratio"] for k, v in last.items() if k.startswith("ema")]
+
+    every = [r for row in knobs for r in ends(row)]
+    best = min(knobs, key=lambda row: min(ends(row)))
+    gap = min(preset) - min(ends(best))
+    return (
+        "**Stage-1 knobs.** The preset's stage 1 ends at "
+        + " / ".join(f"{s:.2f}×" for s in preset)
+        + " the teacher's FID (the demo rows above). Every stage-1 knob tried ends between "
+        f"{min(every):.2f}× and {max(every):.2f}× with any of the averages traced ("
+        + "; ".join(
+            f"{row['name']} {row['quality_trace'][-1]['ema']['fid_ratio']:.2f}×"
+            + (
+                f" (best average {min(ends(row)):.2f}×)"
+                if min(ends(row)) < row["quality_trace"][-1]["ema"]["fid_ratio"]
+                else ""
+            )
+            for row in knobs
+        )
+        + f"; lowest: {best['name']} at {min(ends(best)):.2f}×, {abs(gap):.2f} "
+        + ("below" if gap > 0 else "above")
+        + " the preset's). A stage-1 number alone changes no preset: stage 2, UA, the "
+        "accuracies and the time of whole demo runs of both pairs decide (the demo rows above "
+        "whose stage 1 was trained with a knob's settings)."
+    )
+
+
+def limits_text(rows: list[dict[str, Any]], knobs: list[dict[str, Any]]) -> str:
+    """The reading of the tables, its numbers from the record."""
 
     def ratio(row: dict[str, Any], key: str = "sfd") -> float:
         models = row["models"]
         return models[key]["fid_remain"] / models["teacher"]["fid_remain"]
 
     best = min(rows, key=ratio)
-    stage1 = sorted({round(ratio(r, "distilled_without_forgetting"), 2) for r in rows})
+    preset = sorted(
+        {round(ratio(r, "distilled_without_forgetting"), 2) for r in rows if r["options"] is None}
+    )
+    better = [r for r in rows if ratio(r) < ratio(r, "distilled_without_forgetting")]
     lines = [
-        f"**Stage 1.** Every row starts stage 2 from the same stage-1 generator, at "
-        f"{' / '.join(f'{s:.2f}×' for s in stage1)} the teacher's FID; stage 2 improves on it in "
-        "every row ("
-        + ", ".join(f"{r['name']} {ratio(r):.2f}×" for r in rows)
-        + f"). The best here is **{best['name']}** at **{ratio(best):.2f}×** ({ema_text(best)}; "
-        f"{stop_text(best)}). So the one-step quality starts from stage 1's distance to the "
-        "teacher, and stage 2's budget closes only part of it."
+        "**Stage 1.** Stage 1 → the shipped SFD generator, over the teacher's FID: "
+        + ", ".join(
+            f"{r['name']} {ratio(r, 'distilled_without_forgetting'):.2f}× → {ratio(r):.2f}×"
+            for r in rows
+        )
+        + f". Stage 2 lowers the FID in {len(better)} of {len(rows)} rows. The best here is "
+        f"**{best['name']}** at **{ratio(best):.2f}×** ({ema_text(best)}; {stop_text(best)})."
     ]
     by_name = {r["name"]: r for r in rows}
     before, power = by_name.get("before"), by_name.get("power-ema")
@@ -249,12 +375,14 @@ def limits_text(rows: list[dict[str, Any]]) -> str:
         )
     if not budget:
         lines.append(
-            "**Iterations.** Not varied here: every row has the preset's 200-iteration budget, "
-            "which the rule uses whole (the restarted mean cannot hold its 150 iterations before "
-            "it). Whether a longer budget closes more of stage 1's gap, and by how much per "
+            "**Iterations.** Not varied here: no row sets stage 2's budget itself (the rows "
+            "recorded before the 600-iteration cap ran the 200-iteration budget whole, the "
+            "restarted mean unable to hold its 150 iterations before it). Whether a longer budget closes more of stage 1's gap, and by how much per "
             "iteration, is the next measurement (`--trainer.max_steps 400 --stage1-steps 400`, "
             "which keeps stage 1's cache)."
         )
+    if knobs:
+        lines.append(stage1_limits(knobs, preset))
     lines.append(
         "**Not varied here.** The guidance scale (the demo evaluates the teacher at the guidance "
         "SFD trains with, so changing it moves the reference too; the presets' comments say why "
@@ -275,6 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--add", nargs="+", default=[], metavar="NAME=FOLDER", help="finished pairs-benchmark runs"
     )
+    parser.add_argument(
+        "--stage1-from",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE.jsonl",
+        help="experiments/text_sfd_sweep.py --stage distill results: the stage-1 knobs table",
+    )
     parser.add_argument("variants", nargs="*", metavar="NAME=OPTIONS", help="runs to measure")
     add_page_arguments(parser)
     options = parser.parse_args(argv)
@@ -283,13 +419,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     variants = [parse_named(v, "variant") for v in options.variants]
     additions = [parse_named(a, "--add") for a in options.add]
-    if not variants and not additions:
-        parser.error("give at least one NAME=OPTIONS variant or --add NAME=FOLDER (or --page-from)")
+    if not variants and not additions and not options.stage1_from:
+        parser.error(
+            "give at least one NAME=OPTIONS variant, --add NAME=FOLDER or --stage1-from FILE "
+            "(or --page-from)"
+        )
     for _, folder in additions:
         if not (Path(folder) / "pair.json").is_file():
             raise SystemExit(f"--add {folder}: no pair.json (not a pairs-benchmark run folder)")
     json_file = options.output_dir / "text_quality.json"
-    rows = read_record(json_file)["rows"] if json_file.is_file() else []
+    earlier = read_record(json_file) if json_file.is_file() else {}
+    rows = earlier.get("rows", [])
+    stage1 = earlier.get("stage1_rows", [])
+    if options.stage1_from:  # a name given again replaces its row
+        fresh = stage1_rows(options.stage1_from)
+        names = {r["name"] for r in fresh}
+        stage1 = [r for r in stage1 if r["name"] not in names] + fresh
     common: list[str] = []
     if options.teacher_cache:
         common += ["--teacher-cache", options.teacher_cache]
@@ -303,10 +448,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows.append(row)
         context = run_context(command_line(__file__, argv), load_start, options.threads)
-        record = {"run": context, "rows": rows}
+        save(context)
+
+    def save(context: dict[str, Any]) -> None:
+        record = {"run": context, "rows": rows, "stage1_rows": stage1}
         save_record(record, json_file)  # after every run: a later failure keeps the earlier
 
     load_start = os.getloadavg()
+    save(run_context(command_line(__file__, argv), load_start, options.threads))
     for name, folder in additions:
         keep(added(name, Path(folder)))
     for name, extra in variants:

@@ -342,6 +342,26 @@ def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def flow_adversarial_diagnosis_record(command: str) -> dict[str, Any]:
+    record = adversarial_diagnosis_record(command)
+    record["settings"]["family"] = "sd3"
+    return record
+
+
+def attack_reach_record(command: str) -> dict[str, Any]:
+    def row(model: str, start: str, success: float, steps: int | None) -> dict[str, Any]:
+        return {"run": "runs/f/digits", "model": model,
+                "start": start, "prompt": f"a {start} prompt", "tokens": 16,
+                "success": success, "success_without_attack": 0.0,
+                "steps_to_half": steps, "losses": [3.0, 0.5]}  # fmt: skip
+
+    return {
+        "run": run_section(command),
+        "settings": {"runs": ["runs/f/digits"], "steps": 20, "tokens": [16], "seed": 0},
+        "rows": [row("SFD", "forget", 1.0, 2), row("SFD", "remain", 0.015625, None)],
+    }
+
+
 def shared_base_record(command: str) -> dict[str, Any]:
     def mode(ua: float, seconds: float, weights: int) -> dict[str, Any]:
         return {
@@ -511,7 +531,8 @@ def pairs_record(command: str) -> dict[str, Any]:
         "text-digits-three-eight": row(
             "text-digits-three-eight", "text", "three", "eight", iterations=200,
             neighbours="five, nine", models=models(0.9, 0.8, 0.95, 0.99),
-            completion={"stop_reason": "max_steps", "iterations": 200,
+            override_read_as_forget=0.125,
+            completion={"stop_reason": "stalled", "iterations": 200,
                         "last_probe": {"iteration": 200, "forget_rate": 0.25}},
         ),
     }  # fmt: skip
@@ -544,6 +565,36 @@ def judge_levels_record(command: str) -> dict[str, Any]:
         },
     }
     return {"run": run_section(command), "cases": [case]}
+
+
+def classifier_record(command: str) -> dict[str, Any]:
+    def row(recipe: str, steps: int, accuracy: float, read: float, seconds: float | None) -> dict:
+        return {
+            "data": "fashion-mnist 8×8 (sfd demo)", "recipe": recipe, "max_steps": steps,
+            "train_images": 9600, "heldout_images": 2400, "accuracy": accuracy,
+            "folder": "cache/classifier-abc", "reused": seconds is None, "seconds": seconds,
+            "pairs": [{"forget": "sneaker", "override": "sandal", "override_read_as_forget": read,
+                       "forget_read_as_override": 0.05}],
+        }  # fmt: skip
+
+    rows = [
+        row("800 steps (before)", 800, 0.733, 0.158, None),
+        row("default", 3000, 0.817, 0.05, 61.0),
+    ]
+    return {"run": run_section(command), "classifiers": rows}
+
+
+def stall_replay_record(command: str) -> dict[str, Any]:
+    settings = {"stall_window": 15, "stall_drop": 0.1, "stall_margin": 0.02}
+    runs = [
+        {"name": "digits 3 → 5", "log": "runs/a/metrics.csv", "override_floor": True,
+         "probes": 58, "last_iteration": 570, "last_rate": 0.0, "stalled_at": None,
+         "rate_at_stall": None, "settings": settings},
+        {"name": "Fashion sneaker → sandal", "log": "runs/b/metrics.csv", "override_floor": True,
+         "probes": 61, "last_iteration": 600, "last_rate": 11 / 64, "stalled_at": 360,
+         "rate_at_stall": 8 / 64, "settings": settings},
+    ]  # fmt: skip
+    return {"run": run_section(command), "runs": runs}
 
 
 def memory_record(command: str) -> dict[str, Any]:
@@ -603,7 +654,20 @@ def text_quality_record(command: str) -> dict[str, Any]:
                                                  "averaged_from": None, "settings": {}}),
         row("restarted", "--average-after 150", 0.995, 7.0, 5.0, restarted),
     ]  # fmt: skip
-    return {"run": run_section(command), "rows": rows}
+
+    def knob(name: str, spec: str, ratios: list[dict[str, float]]) -> dict[str, Any]:
+        trace = [{"iteration": 200 * (k + 1)} | {key: {"fid_ratio": v} for key, v in r.items()}
+                 for k, r in enumerate(ratios)]  # fmt: skip
+        command = f"python experiments/text_sfd_sweep.py --stage distill {spec}"
+        return {"spec": spec, "command": command, "run": run_section(command), "name": name,
+                "stage": "distill", "remain_accuracy": 0.995, "train_seconds": 600.0,
+                "quality_trace": trace}  # fmt: skip
+
+    knobs = [
+        knob("trange", "trange:model.x=1", [{"ema": 3.0, "ema0.98": 2.5}, {"ema": 2.0, "ema0.98": 1.9}]),
+        knob("power", "power:model.ema_power=7.0", [{"ema": 2.2, "ema0.99": 2.1}]),
+    ]  # fmt: skip
+    return {"run": run_section(command), "rows": rows, "stage1_rows": knobs}
 
 
 CASES = [
@@ -642,6 +706,26 @@ CASES = [
             "| margin | 25 | 0.0500 | 0.0 % | 85.0 % | – | zero 8 |",
             "| classifier | 25 | 0.0500 | 25.0 % | 50.0 % | – | one 6, two 2 |",
             "| inner | 0 | – | 0.0 % | 5.0 % | 0.0 % | zero 1, one 7 |",
+        ],
+    ),
+    (
+        "adversarial_diagnosis",
+        "flow_adversarial_diagnosis",
+        flow_adversarial_diagnosis_record,
+        "python experiments/adversarial_diagnosis.py --run runs/f --teacher t --family sd3",
+        [
+            "# Adversarial SFD: what the inner attack finds on the flow-matching teacher",
+            "| inner | 25 | 0.0500 | 50.0 % | 85.0 % | 50.0 % | zero 4, two 4 |",
+        ],
+    ),
+    (
+        "attack_reach",
+        "attack_reach",
+        attack_reach_record,
+        "python experiments/attack_reach.py --runs runs/f/digits --steps 20",
+        [
+            "| `runs/f/digits` | SFD | forget: “a forget prompt” | 16 | 0.0 % | 100.0 % | 2 |",
+            "| `runs/f/digits` | SFD | remain: “a remain prompt” | 16 | 0.0 % | 1.6 % | – |",
         ],
     ),
     (
@@ -823,10 +907,16 @@ CASES = [
         [
             "| constant | three → eight | (pairs benchmark) | 0.98 | 200 / 200, max_steps; no "
             "restart (off) | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) | 4.00 "
-            "| 8.00 (2.00×) | 6.00 (**1.50×**) | 140 s |",
+            "| 8.00 (2.00×) | 6.00 (**1.50×**) | – | 140 s |",
             "| restarted | three → eight | `--average-after 150` | power 7, cap 0.995 | 200 / 200, "
             "max_steps; restart at 60 | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) "
-            "| 4.00 | 8.00 (2.00×) | 5.00 (**1.25×**) | 140 s |",
+            "| 4.00 | 8.00 (2.00×) | 5.00 (**1.25×**) | – | 140 s |",
+            "| trange | `model.x=1` | 3.00× (0.98: 2.50×) | 2.00× (0.98: 1.90×) | 99.5 % | 600 s "
+            "| 1.5–2.5 |",
+            "| power | `model.ema_power=7.0` | 2.20× (0.99: 2.10×) | – | 99.5 % | 600 s | 1.5–2.5 |",
+            "python experiments/text_sfd_sweep.py --stage distill power:model.ema_power=7.0",
+            "ends between 1.90× and 2.20×",
+            "lowest: trange at 1.90×, 0.10 below the preset's",
             "sfd demo-text --output-dir runs/q/restarted",
             "The best here is **restarted** at **1.25×**",
         ],
@@ -841,10 +931,10 @@ CASES = [
             "| 100.0 % vs 100.0 % (curve, 32 samples: 97.0 %) | 100.0 % "
             "| – | 97.5 % (98.0 %) | 98.0 % (99.0 %; class 1 (the override)) | 1.25 "
             "| 1.6 % / 97.0 % | 4.0 min (stage 2 30 s) |",
-            "| digits | text | three → eight | no | 200 / 200 | max_steps "
+            "| digits | text | three → eight | no | 200 / 200 | stalled "
             "| 75.0 % vs 90.0 % (curve, 32 samples: –) | 90.0 % "
             "| 80.0 % | 95.0 % (98.0 %) | 99.0 % (99.0 %; five, nine) | 1.25 "
-            "| – / – | 4.0 min (stage 2 30 s) |",
+            "| – / 87.5 % | 4.0 min (stage 2 30 s) |",
             "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
             "| three → eight (text) | no | no | yes | no | no |",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
@@ -863,6 +953,29 @@ CASES = [
             "| 11.5 % | 3 of 21 |",
             "| generator runs/g, forget prompts | 11.5 % | 85.0 % | 1.5 % | 4.0 % | 8.0 % "
             "| 11.5 % | 1 of 23 |",
+        ],
+    ),
+    (
+        "classifier_strength",
+        "classifier",
+        classifier_record,
+        "python experiments/classifier_strength.py --cache cache --threads 1",
+        [
+            "| fashion-mnist 8×8 (sfd demo) | 800 steps (before) | 800 | 73.3 % | sneaker → sandal "
+            "| 15.8 % | 84.2 % | 5.0 % | cache |",
+            "| fashion-mnist 8×8 (sfd demo) | default | 3000 | 81.7 % | sneaker → sandal | 5.0 % "
+            "| 95.0 % | 5.0 % | 61 s |",
+        ],
+    ),
+    (
+        "stall_replay",
+        "stall_replay",
+        stall_replay_record,
+        "python experiments/stall_replay.py 'digits 3 → 5=runs/a/metrics.csv'",
+        [
+            "| digits 3 → 5 | 58 | 570 (0 of 64) | never | yes |",
+            "| Fashion sneaker → sandal | 61 | 600 (11 of 64) | 360 (8 of 64) | yes |",
+            "stall_window 15, stall_drop 0.1, stall_margin 0.02",
         ],
     ),
     (
@@ -1145,8 +1258,10 @@ def test_the_flow_targets_judge_the_model_they_are_asked_for() -> None:
 
 def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
     module = importlib.import_module("text_benchmark")
-    assert module.adversarial_options(["steps=4", "weight=2"]) == [
+    settings = ["steps=4", "weight=2", "trainer.max_steps=200", "baseline-iterations=400"]
+    assert module.adversarial_options(settings) == [
         "--adversarial", "--model.adversarial.steps", "4", "--model.adversarial.weight", "2",
+        "--trainer.max_steps", "200", "--baseline-iterations", "400",
     ]  # fmt: skip
     with pytest.raises(SystemExit):
         module.main(["--adversarial-set", "steps", "--no-page"])
@@ -1221,3 +1336,139 @@ def test_shared_base_stage1_page_from_results_lines(results_dir) -> None:
         in lines
     )
     assert "| default | `default:` | 400 | 2.00 (99.0 %) | 2.00 (99.0 %) | – | – |" in lines
+
+
+def test_shared_base_stage2_page_from_results_lines(results_dir) -> None:
+    command = (
+        "python experiments/shared_base_stage2.py --output-dir runs/sb2 baseline: "
+        "alpha-8r:start.alpha=128"
+    )
+    rows = []
+    for name, spec, fit, start, ratio in (
+        ("baseline", "baseline:", [], {}, 1.5),
+        ("alpha-8r", "alpha-8r:start.alpha=128", [], {"alpha": 128.0}, 1.25),
+    ):
+        rows.append(
+            {
+                "name": name,
+                "spec": spec,
+                "run": run_section(command),
+                "demo_command": ["sfd", "demo", "--output-dir", f"runs/sb2/{name}"],
+                "stage2_fit_options": fit,
+                "start": start,
+                "reused": False,
+                "ua": 1.0,
+                "remain_accuracy": 0.9611,
+                "fid_ratio": ratio,
+                "stage1_fid_ratio": 1.1,
+                "iterations": 300,
+                "seconds_per_iteration": 2.5,
+            }
+        )
+    Path("runs").mkdir()
+    Path("runs/stage2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    importlib.import_module("shared_base_stage2").main(["--page-from", "runs/stage2.jsonl"])
+    text = (results_dir / "shared_base_stage2.md").read_text()
+    lines = text.splitlines()
+    assert WRITTEN_BY.search(text).groups() == (
+        "experiments/shared_base_stage2.py",
+        "runs/stage2.jsonl",
+    )
+    for row in (
+        "| baseline | `as the demo` | 1.10 | **1.50** | 100.0 % | 96.11 % | 300 | 2.50 | 1.5 |",
+        "| alpha-8r | `start.alpha=128` | 1.10 | **1.25** | 100.0 % | 96.11 % | 300 | 2.50 | 1.5 |",
+    ):
+        assert row in lines
+    assert command in lines  # each run under its own command
+    assert any("rewritten by {'alpha': 128.0}" in line for line in lines)
+
+
+def test_plain_from_measures_only_the_adversarial_run(results_dir, monkeypatch) -> None:
+    """`--plain-from`: the plain rows come from the earlier record, only the adversarial run is
+    measured (with the given settings); a record of other demo-text options is refused before
+    anything runs."""
+    module = importlib.import_module("text_benchmark")
+    earlier = flow_text_record("python experiments/text_benchmark.py --family sd3 --adversarial")
+    setup = earlier["setups"][0]
+    options = ["--family", "sd3", "--threads", "1"]
+    setup["command"] = " ".join(module.command("digits", Path("runs/old"), options)[1:]).replace(
+        "-m sfd.cli", "sfd"
+    )
+    results_page.save_record(earlier, "runs/old.json")
+    calls = []
+
+    def fake_run(name, output, extra, family="unet", folder=None):
+        calls.append((name, output, extra, family, folder))
+        models = {"sfd": {**setup["models"]["sfd"], "attack_success": 0.25}}
+        return {**{k: v for k, v in setup.items() if k != "adversarial"}, "models": models,
+                "command": "sfd demo-text --adversarial --model.adversarial.steps 4",
+                "phase_cpu_seconds": None}  # fmt: skip
+
+    monkeypatch.setattr(module, "run", fake_run)
+    monkeypatch.setattr(module, "git_commit", lambda: {"hash": "abc1234", "dirty": False})
+    argv = ["--output-dir", "runs/new", "--family", "sd3", "--only", "digits",
+            "--adversarial-set", "steps=4", "--plain-from", "runs/old.json", "--no-page",
+            "--", "--threads", "1"]  # fmt: skip
+    module.main(argv)
+    adversarial = ["--threads", "1", "--adversarial", "--model.adversarial.steps", "4"]
+    assert calls == [("digits", Path("runs/new"), adversarial, "sd3", "digits-adversarial")]
+    new = json.loads(Path("runs/new/benchmark.json").read_text())["setups"][0]
+    assert new["plain_from"] == "runs/old.json" and new["command"] == setup["command"]
+    assert new["models"]["sfd"]["attack_success"] == 0.6  # the earlier plain SFD
+    assert new["models"]["adversarial_sfd"]["attack_success"] == 0.25  # measured now
+    assert new["adversarial"]["targets"]["attack_at_most_half_of_no_forgetting"]["met"]
+    page = module.markdown([new])
+    assert "Plain run (teacher, no-forgetting and SFD rows) from `runs/old.json`" in page
+    for bad in (["--", "--threads", "2"], ["--only", "fashion"]):
+        calls.clear()
+        with pytest.raises(SystemExit, match="--plain-from runs/old.json"):
+            module.main([*argv[:-3], *bad] if bad[0] == "--" else [*argv, *bad])
+        assert calls == []
+    with pytest.raises(SystemExit):  # no adversarial run to measure
+        module.main(["--plain-from", "runs/old.json", "--no-page"])
+
+
+DIGIT_NAMES = "zero one two three four five six seven eight nine".split()
+
+
+def finished_demo_metrics(data: str, forget: int, family: str) -> dict[str, Any]:
+    """What `text_benchmark.setup_result` reads of a finished `sfd demo-text` run."""
+    scores = {"forget_train": {"ua": 1.0, "as_override": 0.9}, "forget_paraphrases": {"ua": 0.99},
+              "remain_accuracy": 0.98, "neighbour_accuracy": 0.97, "fid_remain": 5.0}  # fmt: skip
+    keys = ("teacher", "distilled_without_forgetting", "sfd")
+    return {
+        "forget": forget, "override": 1, "class_names": DIGIT_NAMES,
+        "iterations": 220, "targets": {},
+        "protocol": {
+            "data": data, "teacher_settings": {"family": family},
+            "phase_seconds": {"total": 1993.4}, "phase_cpu_seconds": {"total": 234.8},
+            "environment": {"load_average_1_5_15_min": [7.8, 8.4, 8.0], "torch_threads": 1},
+            "teacher": {"reused_from_cache": True}, "classifier": {"reused_from_cache": True},
+            "two_stage": {"stage1_reused_from_cache": True},
+        },
+        **{key: scores for key in keys},
+        "attack": {key: {"soft": {"success_rate": 1.0}} for key in keys},
+    }  # fmt: skip
+
+
+def test_plain_from_a_stopped_benchmark_folder(tmp_path) -> None:
+    """`--plain-from DIR`: the finished plain run of a benchmark stopped before its record, under
+    the command the benchmark runs into that folder, with the run's own phase totals; a folder of
+    another set-up or family is refused."""
+    module = importlib.import_module("text_benchmark")
+    folder = tmp_path / "old" / "digits"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(finished_demo_metrics("digits", 7, "sd3")))
+    extra = ["--threads", "1"]
+    plain = module.plain_run(str(tmp_path / "old"), "digits", tmp_path / "new", extra, "sd3")
+    assert plain["plain_from"] == str(tmp_path / "old")
+    assert plain["command"] == " ".join(
+        module.command("digits", tmp_path / "old", ["--family", "sd3", *extra])[1:]
+    ).replace("-m sfd.cli", "sfd")
+    assert (plain["wall_seconds"], plain["cpu_seconds"]) == (1993.4, 234.8)
+    assert plain["models"]["sfd"]["attack_success"] == 1.0
+    assert not plain["targets"]["attack_at_most_half_of_no_forgetting"]["met"]
+    with pytest.raises(SystemExit, match="not set-up 'digits'"):
+        module.plain_run(str(tmp_path / "old"), "digits", tmp_path / "new", extra, "unet")
+    with pytest.raises(SystemExit, match="no finished run"):
+        module.plain_run(str(tmp_path / "old"), "fashion", tmp_path / "new", extra, "sd3")

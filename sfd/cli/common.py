@@ -94,7 +94,11 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
     add("--teacher-cache", type=Path, help="cache of teachers, classifiers, stage 1 (~/.cache/sfd)")
     add("--teacher-steps", type=int, help="teacher (and Retrain) training steps")
     add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels")
-    add("--classifier-steps", type=int, help="classifier training steps")
+    add(
+        "--classifier-steps",
+        type=int,
+        help="classifier training steps (default: 40 passes over the training images within a compute cap, at least 800)",
+    )
     add(
         "--stage1-steps",
         "--baseline-iterations",

@@ -55,7 +55,11 @@ def demo_text_parser() -> argparse.ArgumentParser:
     add("--teacher-channels", type=int, nargs="+", help="teacher UNet block_out_channels (unet)")
     add("--vae-steps", type=int, help="VAE training steps (Fashion-MNIST)")
     add("--text-encoder", help="transformers encoder folder (default: all-MiniLM-L6-v2)")
-    add("--classifier-steps", type=int, help="classifier training steps")
+    add(
+        "--classifier-steps",
+        type=int,
+        help="classifier training steps (default: 40 passes over the training images within a compute cap, at least 800)",
+    )
     add(
         "--stage1-steps",
         "--baseline-iterations",

@@ -152,6 +152,29 @@ def classify(classifier: nn.Module, images: Tensor, batch_size: int = 1000) -> T
     return torch.cat(predicted)
 
 
+def ua_ceiling(
+    classifier: nn.Module, images: Tensor, labels: Tensor, forget: int, override: int
+) -> float:
+    """The highest UA this classifier gives a forget-to-override pair: the UA of a generator that
+    draws, for the forget condition, real images of the override class, i.e. 1 − the share of the
+    real override images (`labels == override`) that it labels as the forget class.
+
+    Args:
+        classifier: the evaluation classifier.
+        images: real uint8 images (N, C, H, W), e.g. the held-out split.
+        labels: their classes, (N,).
+        forget: the forget class.
+        override: the override class.
+
+    Returns:
+        the ceiling in [0, 1].
+    """
+    real = images[labels == override]
+    if len(real) == 0:
+        raise SFDConfigError(f"no real images of the override class {override} for the UA ceiling")
+    return unlearning_accuracy(classify(classifier, real), [forget])
+
+
 @dataclass
 class Throughput:
     """Measured sampling speed: `repeats` timed calls on one batch after one warm-up call."""

@@ -81,8 +81,9 @@ DEFAULT_TARGETS = (
 # teacher's at α = r, 4.5x at 4r, 3.5x at 8r, 3.1x at 16r), but diverged in the demo's stage 1 (600
 # iterations at the generator's lr 3e-4: the losses jump at ~400 and the generator's FID goes from
 # 2.4x to 68x; docs/results/shared_base_stage1.md). 4 r keeps the per-weight step of LoRA near a
-# full copy's: stage 1 ends at 1.10x (6.66x at 16 r), the demo's final remain FID at 1.53x (1.33x at
-# 16 r, from the diverged stage 1; full copies 0.88x): docs/results/shared_base.md.
+# full copy's: stage 1 ends at 1.10x (6.66x at 16 r; full copies 0.97x), docs/results/shared_base.md.
+# Stage 2 needs a faster fake score than full copies' (the demos' sfd_digits_stage2_shared_base.yaml):
+# docs/results/shared_base_stage2.md.
 ALPHA_PER_RANK = 4
 # How the EMA adapter averages the generator's (`SharedBase.average_into`): the merged updates B·A,
 # truncated to the rank. Caches of adapter runs record it (a stage 1 averaged otherwise differs).

@@ -13,6 +13,12 @@ forget rate also covers the conditions of the inner attack's pool (`probe`). It 
   iterations,
 - the remain drift exceeds `max_drift` (reason "drift": forgetting is damaging what must stay),
 - the budget of `budget` iterations is spent (reason "budget"),
+- with `stall_window`, the judged forget rate has stopped falling well above what counts as
+  forgotten (reason "stalled"): no probe of the last 2·`stall_window` counted as forgotten, the
+  mean rate of the last `stall_window` probes is more than `stall_margin` above the forgotten level
+  (`threshold`, plus the override floor) and not at least the share `stall_drop` below the mean of
+  the `stall_window` probes before them (a plateau, e.g. where the judge or the generator cannot
+  separate the pair any further, ends there instead of spending the whole budget),
 
 and records the reason, the iterations used and the last probe in the loggers (`completion/*`), in
 `module.completion` (which the checkpoint's training record, and so the model card, carries) and,
@@ -33,9 +39,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from sfd.core import judge
 from sfd.errors import SFDConfigError, check_count, check_number
 
-REASONS = ("forgotten", "drift", "budget", "max_steps")
+REASONS = ("forgotten", "drift", "stalled", "budget", "max_steps")
 PROBE_EVERY = 10  # the default probe interval (iterations)
 MAX_FLOOR = 0.5  # the highest override floor (`UntilForgotten.forgotten`)
+STALL_WINDOW = 15  # probes per window of the "stalled" test (150 iterations at PROBE_EVERY)
+STALL_DROP = 0.1  # the least relative drop of the mean judged forget rate from window to window
+STALL_MARGIN = 0.02  # a plateau this close above the forgotten level never stalls
 
 
 class UntilForgotten(Callback):
@@ -68,6 +77,15 @@ class UntilForgotten(Callback):
             `threshold` more often than those: where the teacher itself confuses the pair, a
             generator that draws the override exactly for the forget condition is judged that
             often, and a bare `threshold` below it never stops. False: the bare threshold.
+        stall_window: probes per window of the "stalled" stop: the fit stops as stalled once
+            none of the last 2·`stall_window` probes counted as forgotten and the mean judged
+            forget rate of the last `stall_window` probes is more than `stall_margin` above the
+            forgotten level and not at least the share `stall_drop` below the mean of the
+            `stall_window` probes before them. None: never stalled.
+        stall_drop: the least relative drop of that mean, in [0, 1], that counts as progress.
+        stall_margin: how far above the forgotten level (`threshold`, plus the override floor)
+            the mean must stay to stall, in [0, 1]: a generator a sample or two from the threshold
+            is left to finish.
     """
 
     def __init__(
@@ -85,6 +103,9 @@ class UntilForgotten(Callback):
         average_after: int | None = None,
         average_power: float = 0.0,
         override_floor: bool = False,
+        stall_window: int | None = STALL_WINDOW,
+        stall_drop: float = STALL_DROP,
+        stall_margin: float = STALL_MARGIN,
     ) -> None:
         check_count("UntilForgotten every_n", every_n)
         check_count("UntilForgotten patience", patience)
@@ -98,6 +119,10 @@ class UntilForgotten(Callback):
                 "UntilForgotten average_after", average_after, every_n, f"every_n={every_n}"
             )
         check_number("UntilForgotten average_power", average_power, low=0)
+        if stall_window is not None:
+            check_count("UntilForgotten stall_window", stall_window)
+        check_number("UntilForgotten stall_drop", stall_drop, low=0, high=1)
+        check_number("UntilForgotten stall_margin", stall_margin, low=0, high=1)
         self.sigmas = judge.check_judge_settings(num_samples, sigmas, draws)
         self.every_n = every_n
         self.threshold = float(threshold)
@@ -111,6 +136,9 @@ class UntilForgotten(Callback):
         self.average_after = average_after
         self.average_power = float(average_power)
         self.override_floor = bool(override_floor)
+        self.stall_window = stall_window
+        self.stall_drop = float(stall_drop)
+        self.stall_margin = float(stall_margin)
         # the rule's state (kept across resumes)
         self.streak = 0
         self.reason: str | None = None
@@ -199,9 +227,9 @@ class UntilForgotten(Callback):
             self.averaged_from is not None and iteration - self.averaged_from >= self.average_after
         )
 
-    def forgotten(self, point: dict[str, Any]) -> bool:
-        """Whether a probe judges the concept gone: the forget rate at most `threshold` (above the
-        override samples' rate with `override_floor`).
+    def level(self, point: dict[str, Any]) -> float:
+        """The judged forget rate at or below which a probe counts as forgotten: `threshold`, plus
+        the override floor with `override_floor`.
 
         The floor stands for how much the teacher confuses the pair, not for what the generator
         draws: it is the lower of the override samples' rate now and at the fit's first probe (a
@@ -215,7 +243,32 @@ class UntilForgotten(Callback):
             first = self.probes[0].get("override_rate", now) if self.probes else now
             floor = min(now, first)
             floor = floor if floor <= MAX_FLOOR else 0.0
-        return point["forget_rate"] <= floor + self.threshold
+        return floor + self.threshold
+
+    def forgotten(self, point: dict[str, Any]) -> bool:
+        """Whether a probe judges the concept gone: the forget rate at most `level`."""
+        return point["forget_rate"] <= self.level(point)
+
+    def stalled(self, point: dict[str, Any]) -> bool:
+        """Whether the judged forget rate has stopped falling well above the forgotten level, with
+        `point` the newest probe (not yet recorded): none of the last 2·`stall_window` probes
+        counted as forgotten, and the mean forget rate of the last `stall_window` is more than
+        `stall_margin` above `level` and not the share `stall_drop` below that of the
+        `stall_window` before them. Always False without `stall_window` or with fewer probes.
+
+        Only the probes of the fit count (the one at its start included), so a resumed fit
+        decides as the uninterrupted one would.
+        """
+        window = self.stall_window
+        if window is None or len(self.probes) + 1 < 2 * window:
+            return False
+        recent = [*self.probes[len(self.probes) + 1 - 2 * window :], point]
+        if any(self.forgotten(probe) for probe in recent):
+            return False
+        before = sum(p["forget_rate"] for p in recent[:window]) / window
+        after = sum(p["forget_rate"] for p in recent[window:]) / window
+        high = after > self.level(point) + self.stall_margin
+        return high and after > (1 - self.stall_drop) * before
 
     def _decide(self, point: dict[str, Any]) -> str | None:
         self.streak = self.streak + 1 if self.forgotten(point) else 0
@@ -223,6 +276,8 @@ class UntilForgotten(Callback):
             return "drift"
         if self.streak >= self.patience and self._averaged(point["iteration"]):
             return "forgotten"
+        if self.stalled(point):
+            return "stalled"
         if self.budget is not None and point["iteration"] >= self.budget:
             return "budget"
         return None
@@ -230,7 +285,12 @@ class UntilForgotten(Callback):
     # --- Lightning hooks ------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if self.reason in ("forgotten", "drift", "budget"):  # resumed after the rule stopped it
+        if self.reason in (
+            "forgotten",
+            "drift",
+            "stalled",
+            "budget",
+        ):  # resumed after the rule stopped it
             rank_zero_info(
                 f"UntilForgotten: this run already stopped at iteration {self.stopped_at} "
                 f"({self.reason}); nothing to do"
@@ -332,6 +392,9 @@ class UntilForgotten(Callback):
                 "average_after": self.average_after,
                 "average_power": self.average_power,
                 "override_floor": self.override_floor,
+                "stall_window": self.stall_window,
+                "stall_drop": self.stall_drop,
+                "stall_margin": self.stall_margin,
             },
         }
 

@@ -41,6 +41,7 @@ def test_every_method_fits_and_has_finite_metrics(compare_run: tuple[Path, Path]
     output, _ = compare_run
     metrics = json.loads((output / "metrics.json").read_text())
     assert (metrics["forget"], metrics["override"]) == (2, 7)
+    assert 0 <= metrics["protocol"]["ua_ceiling"] <= 1  # shared with `sfd demo` (protocol_head)
     # SFD ships its EMA; its raw generator is reported beside it
     rows = [k for key in METHOD_KEYS for k in (key, f"{key}_raw") if k in RAW_ROWS or k == key]
     assert list(metrics["methods"]) == rows

@@ -13,7 +13,10 @@ from PIL import Image
 
 from sfd.apps.harness.cache import DONE_MARKER, cached_build
 from sfd.apps.harness.settings import ClassRunSettings
+from sfd.apps.harness.workspace import load_split
 from sfd.cli import main
+from sfd.eval.classifier import load_classifier, predict_labels
+from sfd.images import from_uint8
 from sfd.pipelines.io import load_generator
 from sfd.pipelines.model_card import shown
 from sfd.training.cli import parse_fit_config
@@ -75,7 +78,14 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     assert not two_stage["stage1_reused_from_cache"]
     assert [p["iteration"] for p in metrics["forgetting_curve_without_forgetting"]] == [0, 1, 2, 3]
     assert 0 <= protocol["classifier_heldout_accuracy"] <= 1
+    # the UA ceiling: 1 − the held-out real 5s the saved classifier reads as 3 (held-out split of
+    # the run's data, read here through `predict_labels`)
+    split = load_split("digits", protocol["classifier_settings"]["heldout_fraction"], 0, None)
+    real = split.heldout.images[split.heldout.labels == 5]
+    read = predict_labels(load_classifier(output / "classifier"), from_uint8(real)) == 3
+    assert protocol["ua_ceiling"] == pytest.approx(1 - read.float().mean().item())
     report = (output / "report.md").read_text()
+    assert "UA ceiling under this classifier" in report
     assert "| one-step SFD (forgetting) | 1 |" in report and "forgetting_curve.png" in report
     # the exported SFD generator loads, and the teacher sits in the cache with its marker
     assert load_generator(output / "generator").sample_shape == (1, 8, 8)
@@ -147,6 +157,8 @@ def test_shared_base_demo_trains_both_stages_as_adapters_and_exports_full_genera
     assert sorted(p.name for p in stage1.iterdir()) == ["adapters", DONE_MARKER, "run.json"]
     assert protocol["two_stage"]["stage2_completion"] is None
     assert protocol["sfd_settings"]["model"]["adapters"]["rank"] == 4
+    # stage 2 ran, and records, the shared base's overlay: the fake score's lr twice full copies'
+    assert protocol["sfd_settings"]["model"]["fake_optimizer"]["init_args"]["lr"] == 2.4e-3
     check_model_metrics(metrics["sfd"], nfe=1)
     check_model_metrics(metrics["distilled_without_forgetting"], nfe=1)
     generator = load_generator(output / "generator")
@@ -158,6 +170,7 @@ def test_shared_base_demo_trains_both_stages_as_adapters_and_exports_full_genera
     assert training["adapters"]["kind"] == "lora" and training["adapters"]["rank"] == 4
     assert training["adapters"]["start_from"] == str(stage1 / "adapters")
     assert "conv1" in training["adapters"]["targets"]
+    assert [opt["lr"] for opt in training["optimizers"]] == [2.4e-3, 1e-4]  # fake score, generator
     full = sum(p.numel() for p in generator.parameters())
     assert 0 < training["trained_weights"]["generator"] < full
     card = (output / "generator" / "README.md").read_text()
@@ -312,6 +325,26 @@ def test_stage_two_alone_composes_the_forgetting_overlay() -> None:
     for other in (stage1, one_stage):
         assert other.generator_optimizer.init_args.lr == 3e-4
     assert model("stage2", "--model.ema_power", "null").ema_power is None
+
+
+def test_stage_two_of_the_shared_base_doubles_the_fake_scores_step() -> None:
+    """The shared base's stage 2 (any `--model.adapters.*` option) composes its overlay: the fake
+    score's lr 2.4e-3, twice full copies' 1.2e-3; the user's own lr still wins; stage 1 and the
+    one-stage SFD keep the preset's; `--model.adapters null` is full copies."""
+    settings = ClassRunSettings()
+
+    def fake_lr(stage: str, *extra: str) -> float:
+        args = replace(settings, sfd_args=list(extra)).sfd_command_line(stage=stage)
+        return parse_fit_config(args, one_line_errors=True).model.fake_optimizer.init_args.lr
+
+    shared = ("--model.adapters.rank", "4")
+    assert fake_lr("stage2") == 1.2e-3
+    assert fake_lr("stage2", *shared) == 2.4e-3
+    assert fake_lr("stage2", "--model.adapters", "{rank: 4}") == 2.4e-3
+    assert fake_lr("stage2", "--model.adapters=null") == 1.2e-3
+    assert fake_lr("stage2", *shared, "--model.fake_optimizer.init_args.lr", "5e-4") == 5e-4
+    assert fake_lr("stage1", *shared) == 6e-4
+    assert fake_lr("sfd", *shared) == 1.2e-3
 
 
 def test_stage_two_is_capped_at_three_times_the_preset_and_probed_every_ten() -> None:

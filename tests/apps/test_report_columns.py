@@ -102,3 +102,15 @@ def test_a_new_column_is_one_registry_entry_and_one_name(monkeypatch: pytest.Mon
         "sfd",
         "4",
     ]
+
+
+def test_the_ua_ceiling_stands_beside_ua_in_the_reports_and_summaries() -> None:
+    results = demo_results()
+    results.protocol["ua_ceiling"] = 0.842
+    line = "UA ceiling under this classifier: 84.2 %"
+    assert line in demo_report.markdown_report(results, FILES)
+    assert line in demo_report.summary_table(results.to_json())
+    compared = compare_results()
+    compared.protocol["ua_ceiling"] = 0.842
+    assert line in compare_report.summary_table(compared.to_json())
+    assert "ceiling" not in demo_report.summary_table(demo_results().to_json())  # old records

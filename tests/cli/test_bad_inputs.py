@@ -291,6 +291,12 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.every_n", "0"), "UntilForgotten every_n=0"),
     ("fit-until-budget",
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.budget", "5"), "budget=5 must be an integer of at least every_n=10"),
+    ("fit-until-stall-window",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.stall_window", "0"), "UntilForgotten stall_window=0"),
+    ("fit-until-stall-drop",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.stall_drop", "-1"), "UntilForgotten stall_drop=-1"),
+    ("fit-until-stall-margin",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.stall_margin", "2"), "UntilForgotten stall_margin=2"),
     # --- sfd fit / sfd demo: the power-function EMA (issue 24 item 2) ---
     ("fit-ema-power-negative", lambda w, o: fit(w, o, "--model.ema_power", "-1"), "ema_power=-1.0 must be"),
     ("fit-ema-power-without-ema",

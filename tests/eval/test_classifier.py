@@ -11,8 +11,10 @@ import torch
 from sfd.apps.data.images import load_images, train_heldout_split
 from sfd.errors import SFDConfigError
 from sfd.eval.classifier import (
+    STEPS,
     Classifier,
     accuracy,
+    classifier_steps,
     load_classifier,
     predict_labels,
     save_classifier,
@@ -86,3 +88,13 @@ def test_default_classifier_reaches_97_percent(digits_split) -> None:
     train, heldout = digits_split
     _, heldout_accuracy = train_classifier(train, heldout, progress=False)
     assert heldout_accuracy >= 0.97
+
+
+def test_classifier_steps_are_passes_within_a_compute_cap() -> None:
+    """The demos' training length: the digits keep the default 800 steps (so their cached
+    classifiers keep their keys), 8×8 Fashion-MNIST gets 40 passes, 32×32 images stay at 800."""
+    assert classifier_steps(1437, 8 * 8) == STEPS == 800  # digits: 71 passes already
+    assert classifier_steps(9600, 8 * 8) == 3000  # 40 · 9600 / 128
+    assert classifier_steps(56000, 32 * 32) == STEPS  # the cap (190 steps) is below the floor
+    assert classifier_steps(20000, 8 * 8) == 25_000_000 // (128 * 64)  # the cap
+    assert classifier_steps(9600, 8 * 8, batch_size=64) == 6000

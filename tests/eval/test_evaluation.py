@@ -23,6 +23,7 @@ from sfd.eval.evaluate import (
     evaluate_sampler,
     generate,
     measure_throughput,
+    ua_ceiling,
 )
 from sfd.eval.metrics import (
     ClassifierFeatures,
@@ -286,3 +287,27 @@ def test_generate_reports_every_ddim_step_as_plain_lines(capsys) -> None:
     assert torch.equal(shown, quiet)
     lines = capsys.readouterr().out.splitlines()  # captured: not a terminal
     assert lines == [f"sampling {sampler.name} {n}/20 ({n * 5}%)" for n in range(1, 21)]
+
+
+class MarkReader(torch.nn.Module):
+    """An oracle classifier: class 0 where the first pixel is bright (> 0 in [-1, 1]), else 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        marked = x[:, 0, 0, 0] > 0  # (B,)
+        return torch.stack([marked.float(), (~marked).float()], dim=1)  # (B, 2)
+
+
+def test_the_ua_ceiling_is_one_minus_the_override_images_read_as_forget() -> None:
+    """Ten real override images (class 1), three marked so the classifier reads them as the
+    forget class 0: the ceiling is 0.7; the forget class's own images do not count."""
+    images = torch.zeros(14, 1, 4, 4, dtype=torch.uint8)
+    labels = torch.tensor([1] * 10 + [0] * 4)
+    images[[0, 4, 9], 0, 0, 0] = 255
+    images[10:, 0, 0, 0] = 255  # forget-class images, read as forget: not in the ceiling
+    assert ua_ceiling(MarkReader(), images, labels, forget=0, override=1) == pytest.approx(0.7)
+    with pytest.raises(SFDConfigError, match="no real images of the override class 3"):
+        ua_ceiling(MarkReader(), images, labels, forget=0, override=3)

@@ -333,6 +333,10 @@ def test_ema_after_forgetting_needs_an_ema(tmp_path) -> None:
         ({"patience": 0}, "patience=0"),
         ({"max_drift": 0.0}, "max_drift=0.0"),
         ({"num_samples": 0}, "num_samples=0"),
+        ({"stall_window": 0}, "stall_window=0"),
+        ({"stall_margin": 1.5}, "stall_margin=1.5"),
+        ({"stall_margin": -0.01}, "stall_margin=-0.01"),
+        ({"stall_drop": 1.5}, "stall_drop=1.5"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(settings, message) -> None:
@@ -406,3 +410,88 @@ def test_the_default_threshold_waits_for_the_last_forget_samples() -> None:
         until._decide({"iteration": i, "forget_rate": 0.0, "drift": 0.1}) for i in (60, 70, 80)
     ]
     assert reasons == [None, None, "forgotten"]
+
+
+def test_a_plateaued_generator_stops_as_stalled(tmp_path) -> None:
+    """The generator does not move (learning rate 1e-12) and draws 0 for 0: its judged forget rate
+    stays 1, so after two windows of probes with no drop it stops as stalled, not at max_steps;
+    the reason reaches the training record and the model card."""
+    sfd, until = module(forgotten=False), rule(stall_window=2)
+    quiet_trainer(tmp_path, 40, callbacks=[until]).fit(sfd)
+    assert until.reason == "stalled" and sfd.global_step == 6
+    assert [p["iteration"] for p in until.probes] == [0, 2, 4, 6]
+    assert sfd.completion["stop_reason"] == "stalled" and sfd.completion["iterations"] == 6
+    assert sfd.completion["settings"]["stall_window"] == 2
+    assert "stalled at iteration 6" in completion_line(sfd.completion)
+
+
+def test_stall_is_off_with_no_window(tmp_path) -> None:
+    sfd, until = module(forgotten=False), rule(stall_window=None)
+    quiet_trainer(tmp_path, 12, callbacks=[until]).fit(sfd)
+    assert until.reason == "max_steps" and sfd.global_step == 12
+
+
+def decide_all(until: UntilForgotten, rates: list[float]) -> list[str | None]:
+    """The rule's decision at each of a run's probes (every 10 iterations, the first at 0, which
+    only records, as at the start of a fit)."""
+    reasons = []
+    for index, rate in enumerate(rates):
+        point = {"iteration": 10 * index, "forget_rate": rate, "drift": 0.0}
+        reasons.append(until._decide(point) if index else None)
+        until.probes.append(point)
+    return reasons
+
+
+def test_an_improving_generator_does_not_stall() -> None:
+    """A forget rate falling 20 % a window never stalls; a flat one stalls at the first probe that
+    closes two windows; a window holding one forgotten probe does not stall (the digits pairs'
+    rates touch the threshold long before they stop); nor does a plateau within `stall_margin`
+    of the threshold (digits 3 → 5 held one sample in 64, 0.016, for 350 iterations, then
+    finished)."""
+    falling = [0.8**i / 5 for i in range(60)]  # 0.2, shrinking 20 % a probe
+    assert "stalled" not in decide_all(UntilForgotten(stall_window=5), falling)
+    slow = [0.3 * 0.97**i for i in range(40)]  # 14 % a window of five: above stall_drop 0.1
+    assert "stalled" not in decide_all(UntilForgotten(stall_window=5), slow)
+    assert decide_all(UntilForgotten(stall_window=5, stall_drop=0.2), slow)[9] == "stalled"
+    flat = decide_all(UntilForgotten(stall_window=5), [0.2] * 12)
+    assert flat.index("stalled") == 9  # probes 0..9: two windows of five
+    touching = [0.2] * 12
+    touching[5] = 0.0
+    assert "stalled" not in decide_all(UntilForgotten(stall_window=5), touching)[:10]
+    near = [1 / 64] * 40  # threshold 0.01 + margin 0.02 = 0.03 above it: left to finish
+    assert "stalled" not in decide_all(UntilForgotten(stall_window=5), near)
+    assert decide_all(UntilForgotten(stall_window=5, stall_margin=0.0), near)[9] == "stalled"
+
+
+def test_the_stall_margin_counts_from_the_override_floor() -> None:
+    """With the floor, the stall needs the mean above threshold + floor + margin = 0.01 + 0.1 +
+    0.02 = 0.13: a flat 0.15 stalls, a flat 0.12 does not."""
+    for rate, stalls in ((0.15, True), (0.12, False)):
+        until = UntilForgotten(stall_window=5, override_floor=True)
+        reasons = []
+        for index in range(12):
+            point = {"iteration": 10 * index, "forget_rate": rate, "override_rate": 0.1, "drift": 0}
+            reasons.append(until._decide(point) if index else None)
+            until.probes.append(point)
+        assert ("stalled" in reasons) is stalls
+
+
+def test_resume_keeps_the_stall_windows(tmp_path) -> None:
+    """Interrupted after the probes at 0, 2 and 4 and resumed, the plateaued generator stalls at 6,
+    as the uninterrupted run does; a rule that had lost its probes would wait two more windows."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    first = rule(stall_window=2)
+    trainer = quiet_trainer(tmp_path, 4, callbacks=[first, checkpoints], enable_checkpointing=True)
+    trainer.fit(module(forgotten=False))
+    assert first.reason == "max_steps"
+    resumed, second = module(forgotten=False), rule(stall_window=2)
+    later = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    trainer = quiet_trainer(tmp_path, 40, callbacks=[second, later], enable_checkpointing=True)
+    trainer.fit(resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert second.reason == "stalled" and resumed.global_step == 6
+    assert second.probes[:3] == first.probes
+    # Resumed once more after the rule stopped the run: nothing to do.
+    again, third = module(forgotten=False), rule(stall_window=2)
+    trainer = quiet_trainer(tmp_path, 40, callbacks=[third])
+    trainer.fit(again, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert again.global_step == 6 and third.reason == "stalled"

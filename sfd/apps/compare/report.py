@@ -21,6 +21,7 @@ from sfd.apps.harness.report_folder import (
     save_figure,
     share_bars,
     show_grid,
+    ua_ceiling_line,
     write_report_folder,
 )
 from sfd.eval.columns import column_titles, row_cells
@@ -234,4 +235,5 @@ def summary_table(metrics: dict[str, Any]) -> str:
             f"{method['train_seconds']:.0f}",
             "" if ua95 is None else f"{ua95:.0f}",
         ]
-    return printed_table([*column_titles(SUMMARY_COLUMNS), "train s", "UA95 s"], rows)
+    table = printed_table([*column_titles(SUMMARY_COLUMNS), "train s", "UA95 s"], rows)
+    return "\n".join([table, *ua_ceiling_line(metrics.get("protocol", {}))])

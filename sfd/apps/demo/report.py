@@ -23,6 +23,7 @@ from sfd.apps.harness.report_folder import (
     remain_table,
     save_figure,
     show_grid,
+    ua_ceiling_line,
     write_report_folder,
 )
 from sfd.eval.columns import column_titles, format_value, row_cells
@@ -148,6 +149,7 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
         "UA = 1 − (share of forget-class samples the classifier labels as the forget class). FID and "
         "KID compare generated remain-class samples with held-out real remain-class images on the "
         "evaluation classifier's penultimate features (both sets as uint8 images, same preprocessing).",
+        *ua_ceiling_line(results.protocol),
         "",
         "## Remain accuracy per class",
         "",
@@ -215,4 +217,5 @@ def summary_table(metrics: dict) -> str:
         for key in MODEL_TITLES
         if key in metrics
     }
-    return printed_table(column_titles(SUMMARY_COLUMNS), rows)
+    table = printed_table(column_titles(SUMMARY_COLUMNS), rows)
+    return "\n".join([table, *ua_ceiling_line(metrics.get("protocol", {}))])

@@ -24,6 +24,7 @@ from sfd.apps.harness.report_folder import (
     remain_table,
     save_figure,
     show_grid,
+    ua_ceiling_line,
     write_report_folder,
 )
 from sfd.eval.columns import format_value
@@ -171,6 +172,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         "UA = 1 − share of forget-prompt samples the classifier labels as the forgotten class. "
         f"Neighbour concepts: {', '.join(names[c] for c in neighbours)}. FID / KID: remain-class "
         "samples against held-out real remain-class images on the classifier's features.",
+        *ua_ceiling_line(results.protocol),
         "",
         "## Attacks",
         "",
@@ -287,7 +289,7 @@ def summary_table(metrics: dict) -> str:
             f"{m['fid_remain']:>7.2f} {_share(metrics['attack'][key], 'soft'):>7.1f} "
             f"{_share(metrics['attack'][key], 'discrete'):>8.1f}"
         )
-    return "\n".join(rows)
+    return "\n".join([*rows, *ua_ceiling_line(metrics.get("protocol", {}))])
 
 
 def _share(suite: dict[str, Any], name: str) -> float:

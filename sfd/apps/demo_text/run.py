@@ -48,6 +48,7 @@ from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teach
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
+from sfd.eval.evaluate import ua_ceiling
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.eval.revival import revival_images
 from sfd.eval.text_models import vae_decoder
@@ -313,6 +314,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     results.iterations = stage2_iterations
     results.protocol.update(
         classifier_heldout_accuracy=classifier_accuracy,
+        ua_ceiling=ua_ceiling(classifier, heldout.images, heldout.labels, forget, override),
         classifier={"folder": str(classifier_dir), "reused_from_cache": classifier_cached},
         teacher={"folder": str(teacher_dir), "reused_from_cache": cached},
         teacher_settings=description,

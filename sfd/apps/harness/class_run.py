@@ -14,6 +14,8 @@ from sfd.eval.attack_budget import ClassEmbeddingBudget
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD from the teacher
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
 STAGE2_PRESET = "sfd_digits_stage2.yaml"  # composed after it for stage 2 (forgetting)
+# composed after the stage-2 overlay when the options turn the shared base on (`shared_base_on`)
+STAGE2_SHARED_BASE_PRESET = "sfd_digits_stage2_shared_base.yaml"
 # `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
 # (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
@@ -44,6 +46,21 @@ def stage1_overrides(args: list[str]) -> list[str]:
     return kept
 
 
+def shared_base_on(args: list[str]) -> bool:
+    """Whether `sfd fit` options turn the shared base on: any `--model.adapters.*` option, or
+    `--model.adapters` with a value other than null (the last such option decides)."""
+    on = False
+    for index, arg in enumerate(args):
+        key, given, value = arg.partition("=")
+        if key == "--model.adapters":
+            if not given:
+                value = args[index + 1] if index + 1 < len(args) else ""
+            on = value.strip().lower() not in ("", "null", "none")
+        elif key.startswith("--model.adapters."):
+            on = True
+    return on
+
+
 def default_sfd_config() -> Path:
     """The packaged preset of the demo's SFD settings."""
     return Path(str(resources.files("sfd.apps.harness") / SFD_PRESET))
@@ -57,6 +74,11 @@ def default_stage1_config() -> Path:
 def default_stage2_config() -> Path:
     """The packaged overlay that turns the SFD preset into stage 2 (forgetting from stage 1)."""
     return Path(str(resources.files("sfd.apps.harness") / STAGE2_PRESET))
+
+
+def default_stage2_shared_base_config() -> Path:
+    """The packaged overlay of stage 2 in the shared-base mode (after `default_stage2_config`)."""
+    return Path(str(resources.files("sfd.apps.harness") / STAGE2_SHARED_BASE_PRESET))
 
 
 @dataclass
@@ -110,7 +132,8 @@ class ClassRunSettings:
         `baseline_iterations` if given; it trains what stage 2 trains: full copies, or with
         `--model.adapters.*` adapters of the frozen teacher. `stage="stage2"` is SFD from the
         stage-1 networks or adapters (the caller adds them): the packaged preset plus its stage-2
-        overlay (or `sfd_config` alone), then the user's overrides.
+        overlay (or `sfd_config` alone), in the shared-base mode (`shared_base_on`) then its
+        shared-base overlay, then the user's overrides.
         """
         if stage not in ("sfd", "stage1", "stage2"):
             raise ValueError(f"unknown stage {stage!r}")
@@ -120,6 +143,8 @@ class ClassRunSettings:
             args += ["-c", str(default_stage1_config())]
         if stage == "stage2" and self.sfd_config is None:
             args += ["-c", str(default_stage2_config())]
+            if shared_base_on(self.sfd_args):
+                args += ["-c", str(default_stage2_shared_base_config())]
         if self.adversarial and stage != "stage1":
             args += ADVERSARIAL_ARGS
         args += self.sfd_args if stage == "sfd" else stage1_overrides(self.sfd_args)

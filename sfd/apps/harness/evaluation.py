@@ -11,7 +11,7 @@ from torch import Tensor
 
 from sfd.apps.harness.settings import ClassRunSettings
 from sfd.apps.harness.workspace import Workspace
-from sfd.eval.evaluate import ModelEvaluation, evaluate_sampler, generate
+from sfd.eval.evaluate import ModelEvaluation, evaluate_sampler, generate, ua_ceiling
 from sfd.eval.metrics import FeatureDistances, feature_distances
 from sfd.images import to_uint8
 
@@ -59,6 +59,8 @@ def real_floor(settings: ClassRunSettings, workspace: Workspace) -> FeatureDista
 def protocol_head(settings: ClassRunSettings, workspace: Workspace) -> dict[str, Any]:
     """The first protocol entries of `sfd compare` and `sfd demo`: seed, data, split, reference."""
     real_remain = workspace.real_remain([settings.forget])
+    assert workspace.classifier is not None
+    heldout = workspace.heldout
     return {
         "seed": settings.seed,
         "data": settings.data,
@@ -66,4 +68,7 @@ def protocol_head(settings: ClassRunSettings, workspace: Workspace) -> dict[str,
         "heldout_images": len(workspace.heldout),
         "fid_reference": f"{len(real_remain)} held-out real remain-class images (uint8, as stored)",
         "generated_per_class": settings.eval_per_class,
+        "ua_ceiling": ua_ceiling(
+            workspace.classifier, heldout.images, heldout.labels, settings.forget, settings.override
+        ),
     }

@@ -99,6 +99,19 @@ def remain_table(
     return model_table([str(c) for c in classes] if columns is None else columns, rows)
 
 
+def ua_ceiling_line(protocol: Mapping[str, Any]) -> list[str]:
+    """The UA ceiling beside UA (one line; none where the protocol has no ceiling, e.g. a record
+    written before it was measured)."""
+    ceiling = protocol.get("ua_ceiling")
+    if ceiling is None:
+        return []
+    return [
+        f"UA ceiling under this classifier: {format_value(ceiling, 1, percent=True)} (1 − the "
+        "share of held-out real images of the override class that it labels as the forget class: "
+        "the UA of a generator that draws the override exactly)."
+    ]
+
+
 def protocol_section(protocol: dict[str, Any]) -> list[str]:
     """The closing "## Protocol" section of report.md: the protocol as a JSON block."""
     return ["## Protocol", "", "```json", json.dumps(protocol, indent=2, default=str), "```", ""]

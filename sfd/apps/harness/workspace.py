@@ -32,7 +32,13 @@ from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.settings import check_settings
 from sfd.apps.teachers.pixel import train_teacher
 from sfd.errors import SFDConfigError
-from sfd.eval.classifier import Classifier, load_classifier, save_classifier, train_classifier
+from sfd.eval.classifier import (
+    Classifier,
+    classifier_steps,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
 from sfd.images import LabelledImages
 from sfd.teachers.unet import PretrainedVPTeacher
 
@@ -204,12 +210,17 @@ def cached_classifier(
         kind: the cache entry's name prefix ("classifier", "text-classifier").
         split: what identifies the data and its split (part of the cache key).
         train, heldout: the labelled images it trains and is checked on.
-        given: `train_classifier` settings that differ from its defaults.
+        given: `train_classifier` settings that differ from its defaults; without `max_steps`,
+            `classifier_steps` of the training set's size.
         progress: progress bars.
 
     Returns:
         (classifier, folder, held-out accuracy, reused, description).
     """
+    if "max_steps" not in given:
+        batch_size = resolved_settings(train_classifier, **given)["batch_size"]
+        pixels = train.image_shape[1] * train.image_shape[2]
+        given = {**given, "max_steps": classifier_steps(len(train), pixels, batch_size)}
     description = {**split, **resolved_settings(train_classifier, **given)}
 
     def build(folder: Path) -> None:
