@@ -290,6 +290,37 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def adversarial_settings_record(command: str) -> dict[str, Any]:
+    def row(pair: str, name: str, settings: dict, remain: float, attack: float) -> dict:
+        return {
+            "pair": pair,
+            "name": name,
+            "settings": settings,
+            "command": f"sfd demo-text {name}",
+            "iterations": 60,
+            "ua": 1.0,
+            "ua_paraphrases": 0.99,
+            "remain": remain,
+            "remain_teacher": 0.994,
+            "remain_per_class": {"0": 0.99, "3": remain},
+            "fid": 8.5,
+            "soft_attack": attack,
+            "soft_attack_without_forgetting": 1.0,
+            "stage2_seconds": 600.4,
+            "total_seconds": 1000.0,
+        }
+
+    earlier = {
+        "run": run_section("python experiments/adversarial_settings.py a:"),
+        "rows": [row("seven → one", "a", {}, 0.967, 0.4375)],
+    }
+    return {
+        "run": run_section(command),
+        "rows": [row("three → eight", "b", {"weight": "1.0"}, 0.978, 0.25)],
+        "included": [earlier],
+    }  # fmt: skip
+
+
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     def point(step: int, classifier: float, judged: float, labels: list[int], among=None):
         values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
@@ -649,6 +680,20 @@ CASES = [
             "| class (class embedding) | 1,234 | 0.1000 | 0.1500 | 1.50× | yes |",
             "| text (soft prompt) | 5,678 | 0.2000 | 0.5000 | 2.50× | no |",
             "(steps 4, share 0.25: 2 attacked rows per iteration)",
+        ],
+    ),
+    (
+        "adversarial_settings",
+        "adversarial_settings",
+        adversarial_settings_record,
+        "python experiments/adversarial_settings.py b:weight=1.0 --include runs/a.json",
+        [
+            "| seven → one | a | defaults | 60 | 100.0 % (99.0 %) | 96.7 % (99.4 %) | 8.50 "
+            "| 43.8 % | 600 |",
+            "| three → eight | b | weight 1.0 | 60 | 100.0 % (99.0 %) | 97.8 % (99.4 %) | 8.50 "
+            "| 25.0 % | 600 |",
+            "| seven → one | a | 99.0 % | – | – | 96.7 % | – | – | – | – | – | – |",
+            "- three → eight, `b`: `sfd demo-text b`",
         ],
     ),
     (

@@ -95,6 +95,10 @@ class AdversarialSettings:
             equal slices of the remain classes or prompts, drawn afresh each step (every remain
             class or prompt when there are no more than `rivals`). 0: the forget condition
             against its override only (the pairwise margin).
+        posterior_weight: weigh each attacked row's unlearning term (step 2) by the teacher's
+            posterior p(forget | x) of its samples at the row's last inner step (detached), so
+            that rows whose samples the teacher reads as another concept are not redirected to
+            the override (needs `rivals` ≥ 1 and `steps` ≥ 1). False: every row weighs 1.
     """
 
     steps: int = 2
@@ -109,6 +113,7 @@ class AdversarialSettings:
     samples: int = 1
     rivals: int = 9
     sigmas: list[float] | None = field(default_factory=lambda: list(DEFAULT_SIGMAS))
+    posterior_weight: bool = False
 
     def __post_init__(self) -> None:
         check_adversarial_settings(asdict(self))
@@ -143,6 +148,15 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
     check_number(f"{prefix}.lr", settings.get("lr"), low=0, low_open=True)
     check_number(f"{prefix}.weight", settings.get("weight"), low=0)
     check_number(f"{prefix}.anchor", settings.get("anchor", 0.0), low=0)
+    posterior = settings.get("posterior_weight", False)
+    if not isinstance(posterior, bool):
+        raise SFDConfigError(f"{prefix}.posterior_weight={posterior!r} must be true or false")
+    if posterior and (settings.get("rivals", 9) == 0 or settings.get("steps") == 0):
+        raise SFDConfigError(
+            f"{prefix}.posterior_weight=True needs {prefix}.rivals ≥ 1 and {prefix}.steps ≥ 1 "
+            f"(got rivals {settings.get('rivals', 9)!r}, steps {settings.get('steps')!r}): the "
+            "weight is the teacher's posterior of the forget concept at the row's last inner step"
+        )
     sigmas = settings.get("sigmas")
     if sigmas is None:
         return
@@ -183,6 +197,8 @@ class Attacked:
         rows: K, the adversarial samples per device.
         remain: the remain anchor's conditions (remain prompt ⊕ the same attack), (K,), or None.
         remain_plain: what the teacher sees for them (the remain prompts), (K,), or None.
+        weights: each row's weight in the generator's unlearning term (`posterior_weight`:
+            p(forget | x) at its last inner step, detached), (K,), or None (every row 1).
     """
 
     condition: Any
@@ -190,6 +206,7 @@ class Attacked:
     rows: int
     remain: Any = None
     remain_plain: Any = None
+    weights: Tensor | None = None
 
 
 class AttackSpace:
@@ -630,6 +647,7 @@ class AdversarialTraining:
         moments = {key: mine[key] for key in MOMENT_KEYS}
         self.last_objective = None
         rng = module._stream(ATTACK_PHASE)
+        objective = None
         for _ in range(self.settings.steps):
             learned.requires_grad_(True)
             # Rows are independent: the sum gives each row its own gradient, whatever K is.
@@ -637,6 +655,8 @@ class AdversarialTraining:
             (grad,) = torch.autograd.grad(objective.sum(), [learned])
             learned = self._ascend(learned.detach(), grad, moments)
             self.last_objective = objective.detach().mean()
+        # log p(forget | x) per row at its last step (rivals ≥ 1, steps ≥ 1: checked).
+        weights = objective.detach().exp() if self.settings.posterior_weight else None
         # Recorded on the device like the loss terms (no host sync): a non-finite attack stops
         # the run at the next read-back, before any checkpoint holds it.
         module._watch.loss_terms(
@@ -656,8 +676,10 @@ class AdversarialTraining:
             )
         if self.last_objective is not None:
             module.log("adversarial/objective", self.last_objective, batch_size=self.rows)
+        if weights is not None:
+            module.log("adversarial/posterior", weights.mean(), batch_size=self.rows)
         remain, remain_plain = anchored or (None, None)
-        return Attacked(condition, override, self.rows, remain, remain_plain)
+        return Attacked(condition, override, self.rows, remain, remain_plain, weights)
 
     @torch.no_grad()
     def probe_conditions(self, n: int, device: torch.device) -> tuple[Any, Any, Any] | None:
@@ -704,6 +726,8 @@ class AdversarialTraining:
             return terms
         rng = module._stream(GENERATOR_PHASE)
         loss = module._generator_term(attacked.condition, attacked.override, rng, attacked.rows)
+        if attacked.weights is not None:  # rows the teacher reads as the forgotten concept
+            loss = loss * attacked.weights
         terms = self._added(module, "generator", terms, loss, weight)
         if attacked.remain is None:
             return terms

@@ -577,6 +577,10 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "--model.adversarial.sigmas", "[0.4, -1]"), "model.adversarial.sigmas=-1.0 must be a finite number in"),
     ("demo-text-adversarial-refresh-zero",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.refresh_every", "0", verb="demo-text"), "model.adversarial.refresh_every=0"),
+    ("demo-text-adversarial-posterior-without-rivals",
+     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.posterior_weight", "true", "--model.adversarial.rivals", "0", verb="demo-text"), "model.adversarial.posterior_weight=True needs model.adversarial.rivals ≥ 1"),
+    ("fit-adversarial-posterior-not-bool",
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.posterior_weight", "often"), "posterior_weight"),
     ("demo-text-adversarial-anchor-text",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.anchor", "strong", verb="demo-text"), "anchor=strong: expected float"),
     # --- sfd demo-text: refused before any file is written or any teacher trained ---

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -333,6 +334,33 @@ def test_the_remain_anchor_leaves_the_adversarial_draws_and_adds_a_remain_term(
     torch.testing.assert_close(on.total - off.total, on.remain)  # λ_sg_r = 1
 
 
+def test_the_posterior_weight_is_the_teachers_reading_of_each_row(single_thread) -> None:
+    """posterior_weight: each row's unlearning term times exp(objective) of its vectors at its
+    last inner step (oracle: the objective of the freshly drawn rows on the attack's stream, and
+    the unweighted per-row term on the generator step's stream), the attack itself unchanged."""
+    settings = AdversarialSettings(steps=1, share=0.5, rivals=3, posterior_weight=True)
+    module = class_module(settings)
+    attack = module.adversarial
+    start = attacked_from_fresh_rows(module)  # iteration 0's rows, before their one step
+    attack.state = None  # draw them again below, as iteration 0 does
+    with torch.no_grad():
+        expected = attack.objective(module, start, start["embedding"], module._stream(4)).exp()
+    attacked = attack.attack(module)
+    torch.testing.assert_close(attacked.weights, expected)
+    assert bool(((expected > 0) & (expected < 1)).all())
+    zero = torch.zeros(())
+    with torch.no_grad():
+        per_row = module._generator_term(
+            attacked.condition, attacked.override, module._stream(6), attacked.rows
+        )
+        terms = attack.generator_terms(module, attacked, LossTerms(zero, zero, zero))
+    torch.testing.assert_close(terms.forget, settings.weight * (per_row * expected).mean())
+    unweighted = class_module(replace(settings, posterior_weight=False))
+    plain = unweighted.adversarial.attack(unweighted)
+    assert plain.weights is None
+    assert torch.equal(unweighted.adversarial.state["embedding"], attack.state["embedding"])
+
+
 def test_a_class_embedding_condition_is_the_label_where_it_equals_the_label() -> None:
     """Feeding the table's own row as the learned vector changes nothing (the injection oracle)."""
     from sfd.core.conditions import ClassEmbeddingCondition
@@ -397,8 +425,10 @@ def test_off_by_default_and_plain_draws_unchanged(single_thread) -> None:
         # Fewer rivals than remain classes: a random one of each slice per step, from the
         # attack's stream.
         AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1, rivals=3),
+        # Rows weighted by the teacher's posterior at their last step (no state of its own).
+        AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1, posterior_weight=True),
     ],
-    ids=["rows", "pool", "rivals"],
+    ids=["rows", "pool", "rivals", "posterior"],
 )
 def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, single_thread):
 
@@ -446,6 +476,12 @@ def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, sing
         ({"rivals": 2.5}, "adversarial.rivals=2.5 must be an integer"),
         ({"sigmas": []}, "adversarial.sigmas=[] must be a non-empty list"),
         ({"sigmas": [0.4, -1.0]}, "adversarial.sigmas=-1.0 must be a finite number in"),
+        ({"posterior_weight": 1}, "adversarial.posterior_weight=1 must be true or false"),
+        (
+            {"posterior_weight": True, "rivals": 0},
+            "adversarial.posterior_weight=True needs adversarial.rivals ≥ 1",
+        ),
+        ({"posterior_weight": True, "steps": 0}, "(got rivals 9, steps 0)"),
     ],
 )
 def test_bad_settings_are_one_line(settings, fragment) -> None:
