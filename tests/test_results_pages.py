@@ -1487,3 +1487,13 @@ def test_plain_from_a_stopped_benchmark_folder(tmp_path) -> None:
         module.plain_run(str(tmp_path / "old"), "digits", tmp_path / "new", extra, "unet")
     with pytest.raises(SystemExit, match="no finished run"):
         module.plain_run(str(tmp_path / "old"), "fashion", tmp_path / "new", extra, "sd3")
+
+
+def test_attack_reach_counts_the_updates_before_the_loss_falls_below_ln_2() -> None:
+    """`losses[i]` is the attack's loss before its update i: a start already below ln 2 took 0
+    updates, a loss first below it at index 3 took 3, one never below it None."""
+    from attack_reach import steps_below
+
+    assert steps_below([0.5, 0.4]) == 0
+    assert steps_below([3.0, 2.0, 1.0, 0.6, 0.2]) == 3
+    assert steps_below([3.0, 2.0]) is None
