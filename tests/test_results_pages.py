@@ -321,6 +321,10 @@ def adversarial_settings_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def adversarial_budget_record(command: str) -> dict[str, Any]:
+    return {**adversarial_settings_record(command), "page": "adversarial_budget"}
+
+
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     def point(step: int, classifier: float, judged: float, labels: list[int], among=None):
         values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
@@ -694,6 +698,17 @@ CASES = [
             "| 25.0 % | 600 |",
             "| seven → one | a | 99.0 % | – | – | 96.7 % | – | – | – | – | – | – |",
             "- three → eight, `b`: `sfd demo-text b`",
+        ],
+    ),
+    (
+        "adversarial_settings",
+        "adversarial_budget",
+        adversarial_budget_record,
+        "python experiments/adversarial_settings.py --page adversarial_budget b:steps=8",
+        [
+            "# Adversarial SFD: the inner attack's budget on the text digits demo",
+            "| three → eight | b | weight 1.0 | 60 | 100.0 % (99.0 %) | 97.8 % (99.4 %) | 8.50 "
+            "| 25.0 % | 600 |",
         ],
     ),
     (
