@@ -10,6 +10,9 @@
         --paraphrases sfd/apps/demo_text/prompts/digits_paraphrases_b.txt \
         --include runs/advset/adversarial_settings.json
     python experiments/adversarial_settings.py --page-from runs/advset/adversarial_settings.json
+    python experiments/adversarial_settings.py --page adversarial_budget --output-root runs/advset \
+        --teacher-cache /tmp/benchcache/sfd --stage2-steps 60 \
+        "s60-postw1-steps8:posterior_weight=true,weight=1.0,steps=8"
 
 Each variant is `name:key=value,...` over `model.adversarial` (empty: the defaults of
 configs/adversarial.yaml; `plain` as the name: plain SFD, no `--adversarial`). It runs
@@ -23,7 +26,9 @@ attack's success (the demo's default budget: 16 tokens, 200 steps, 3 restarts, 6
 samples, judged by the evaluation classifier) and stage 2's wall seconds. Variants can be run one
 call at a time: a later call naming them all reads the finished folders and writes the whole page.
 `--include` adds the rows of earlier records of this script (another concept pair) to the page,
-each with the command that measured it.
+each with the command that measured it. `--page` picks the results page (default
+adversarial_settings; adversarial_budget: the inner attack's budget), kept in the record so that
+`--page-from` rewrites the same page.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ from results_page import (
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE1_STEPS = 400  # sfd_text_digits_stage1.yaml: passed explicitly so stage 1 stays cached
+PAGES = {  # results page -> its heading
+    "adversarial_settings": "Adversarial SFD: settings on the text digits demo",
+    "adversarial_budget": "Adversarial SFD: the inner attack's budget on the text digits demo",
+}
 
 
 def parse_variant(spec: str) -> tuple[str, list[tuple[str, str]]]:
@@ -181,9 +190,10 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
         "Remain accuracy per class": per_class,
         "Commands": commands,
     }
+    name = record.get("page", "adversarial_settings")  # older records: the settings page
     page = write_page(
-        "adversarial_settings",
-        "Adversarial SFD: settings on the text digits demo",
+        name,
+        PAGES[name],
         record["run"]["command"],
         json_file,
         record,
@@ -214,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--json", default=None, help="default: OUTPUT_ROOT/adversarial_settings.json"
     )
+    parser.add_argument("--page", choices=sorted(PAGES), default="adversarial_settings")
     add_page_arguments(parser)
     args = parser.parse_args(argv)
     if args.page_from:
@@ -224,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = measure(args)
     record = {
         "run": run_context(command_line(__file__, argv), load_start, 1, commit),
+        "page": args.page,
         "rows": rows,
         "included": [read_record(path) for path in args.include],
     }

@@ -8,8 +8,8 @@ class other than the override (a prompt SFD never changed). If the attack reache
 class from the remain prompt as fast on the SFD generator as on the generator without forgetting,
 SFD's forgetting is local to the forget prompts' embeddings: the generator still draws the concept
 wherever the learned tokens take it. Success is the evaluation's (`ASR_DEFINITION`: the classifier's
-share of the forgotten class on held-out noise); "steps to p > 1/2" is the first step whose
-attack loss (cross-entropy towards the forgotten class) falls below ln 2.
+share of the forgotten class on held-out noise); "updates to loss < ln 2" counts the Adam updates
+made before the attack loss (cross-entropy towards the forgotten class) first fell below ln 2.
 
     python experiments/attack_reach.py --runs runs/flow-adv/digits runs/adv/digits-plain \
         --steps 20 --tokens 16 2 --threads 1
@@ -26,7 +26,15 @@ from typing import Any
 
 from results_page import add_page_arguments, markdown_table, measure_and_write, write_page
 
-HEADER = ("run", "generator", "start", "tokens", "before the attack", "success", "steps to p > ½")
+HEADER = (
+    "run",
+    "generator",
+    "start",
+    "tokens",
+    "before the attack",
+    "success",
+    "updates to loss < ln 2",
+)
 GENERATORS = {
     "generator_without_forgetting": "without forgetting",
     "generator": "SFD",
@@ -44,8 +52,9 @@ def start_prompts(run: Path, forget: int, override: int) -> dict[str, str]:
 
 
 def steps_below(losses: list[float], level: float = math.log(2)) -> int | None:
-    """The first step (1-based) whose loss is below `level`; None if none is."""
-    return next((i + 1 for i, loss in enumerate(losses) if loss < level), None)
+    """Adam updates the attack made before its loss first fell below `level` (0: the starting
+    prompt's loss already was); None if it never did. `losses[i]` is the loss before update i."""
+    return next((i for i, loss in enumerate(losses) if loss < level), None)
 
 
 def measure(options: argparse.Namespace) -> dict[str, Any]:
@@ -118,8 +127,9 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             "run's one-step generators, started from the run's first forget prompt and from a "
             "remain prompt (the lowest remain class other than the override), towards the "
             "forgotten class. Success: the evaluation classifier's share of the forgotten class "
-            "on 64 held-out draws; steps to p > ½: the first step whose attack loss falls below "
-            "ln 2."
+            "on 64 held-out draws; updates to loss < ln 2: the Adam updates made before the attack's "
+            "batch-mean cross-entropy first fell below ln 2 (0: already at the start; a mean "
+            "below ln 2 is not every sample's p > ½)."
         ),
         "Results": markdown_table(HEADER, table),
     }

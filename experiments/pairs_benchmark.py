@@ -229,7 +229,8 @@ def text_ceiling(folder: Path) -> dict[str, float]:
         protocol["ua_ceiling"] = ua_ceiling(
             classifier, heldout.images, heldout.labels, forget, override
         )
-    return {"override_read_as_forget": 1 - protocol["ua_ceiling"]}
+    ceiling = protocol["ua_ceiling"]
+    return {"override_read_as_forget": None if ceiling is None else 1 - ceiling}
 
 
 def cached_flags(protocol: dict[str, Any]) -> dict[str, bool]:

@@ -144,10 +144,11 @@ def save_record(record: Mapping[str, Any], path: str | os.PathLike[str]) -> None
     _write_atomically(Path(path), json.dumps(record, indent=2) + "\n")
 
 
-def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A record written by `save_record`; one clear error if it is missing or has no "run"."""
+def read_record(path: str | os.PathLike[str], flag: str = "--page-from") -> dict[str, Any]:
+    """A record written by `save_record`; one clear error, naming the option `flag` that gave
+    it, if it is missing or has no "run"."""
     if not Path(path).is_file():
-        raise SystemExit(f"--page-from {path}: no such file")
+        raise SystemExit(f"{flag} {path}: no such file")
     record = json.loads(Path(path).read_text())
     if not isinstance(record, dict) or "run" not in record:
         raise SystemExit(

@@ -86,6 +86,7 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             "never"
             if run["stalled_at"] is None
             else f"{run['stalled_at']} ({samples(run['rate_at_stall'])})",
+            "yes" if run["probes"] >= 2 * run["settings"]["stall_window"] else "no",
             "yes" if run["override_floor"] else "no",
         )
         for run in record["runs"]
@@ -104,10 +105,12 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
                 "fed in order to the rule's decision with its defaults "
                 f"({', '.join(f'{k} {v}' for k, v in settings.items())}; docs/method.md §8) and the "
                 '"forgotten" stop off. Ended at: the run\'s last probe (where it stopped), with its '
-                'judged forget samples. Stalled at: where "stalled" alone would have ended it.'
+                'judged forget samples. Stalled at: where "stalled" alone would have ended it. '
+                "Could stall: whether the run has the 2 × stall_window probes the stop needs at "
+                "all; a run with fewer says nothing about the settings."
             ),
             "Runs": markdown_table(
-                ("run", "probes", "ended at", "stalled at", "override floor"), rows
+                ("run", "probes", "ended at", "stalled at", "could stall", "override floor"), rows
             ),
         },
     )
@@ -129,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
             f"give NAME=METRICS.csv of existing files (not: {', '.join(bad) or 'none given'})"
         )
 
+    probes = {name: read_probes(Path(path)) for name, _, path in named}
+    empty = [path for name, _, path in named if not probes[name]]
+    if not options.page_from and empty:
+        parser.error(
+            f"no completion/* probes in {', '.join(empty)}: give logs of runs with the rule"
+        )
+
     def measure() -> dict[str, Any]:
         return {
-            "runs": [
-                {"name": name, "log": path, **replay(read_probes(Path(path)))}
-                for name, _, path in named
-            ]
+            "runs": [{"name": name, "log": path, **replay(probes[name])} for name, _, path in named]
         }
 
     measure_and_write(options, argv, __file__, measure, summary, write_results_page)

@@ -249,7 +249,7 @@ def plain_run(
     wanted = " ".join(command(name, output, options)[1:]).replace("-m sfd.cli", "sfd")
     if Path(file).is_dir():
         return finished_plain_run(Path(file), name, options, family)
-    record = read_record(file)
+    record = read_record(file, "--plain-from")
     found = [r for r in record["setups"] if r["setup"] == name and "record" not in r]
     if not found:
         raise SystemExit(f"--plain-from {file}: no set-up {name!r} measured by that record")
@@ -296,7 +296,7 @@ def merged_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, An
     seen = {r["setup"] for r in record["setups"]}
     merged = []
     for file in files:
-        other = read_record(file)
+        other = read_record(file, "--merge")
         if other["run"].get("family", "unet") != family:
             raise SystemExit(
                 f"--merge {file}: a --family {other['run'].get('family', 'unet')} record; this "

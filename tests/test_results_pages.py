@@ -321,6 +321,10 @@ def adversarial_settings_record(command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def adversarial_budget_record(command: str) -> dict[str, Any]:
+    return {**adversarial_settings_record(command), "page": "adversarial_budget"}
+
+
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     def point(step: int, classifier: float, judged: float, labels: list[int], among=None):
         values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
@@ -694,6 +698,17 @@ CASES = [
             "| 25.0 % | 600 |",
             "| seven → one | a | 99.0 % | – | – | 96.7 % | – | – | – | – | – | – |",
             "- three → eight, `b`: `sfd demo-text b`",
+        ],
+    ),
+    (
+        "adversarial_settings",
+        "adversarial_budget",
+        adversarial_budget_record,
+        "python experiments/adversarial_settings.py --page adversarial_budget b:steps=8",
+        [
+            "# Adversarial SFD: the inner attack's budget on the text digits demo",
+            "| three → eight | b | weight 1.0 | 60 | 100.0 % (99.0 %) | 97.8 % (99.4 %) | 8.50 "
+            "| 25.0 % | 600 |",
         ],
     ),
     (
@@ -1474,3 +1489,13 @@ def test_plain_from_a_stopped_benchmark_folder(tmp_path) -> None:
         module.plain_run(str(tmp_path / "old"), "digits", tmp_path / "new", extra, "unet")
     with pytest.raises(SystemExit, match="no finished run"):
         module.plain_run(str(tmp_path / "old"), "fashion", tmp_path / "new", extra, "sd3")
+
+
+def test_attack_reach_counts_the_updates_before_the_loss_falls_below_ln_2() -> None:
+    """`losses[i]` is the attack's loss before its update i: a start already below ln 2 took 0
+    updates, a loss first below it at index 3 took 3, one never below it None."""
+    from attack_reach import steps_below
+
+    assert steps_below([0.5, 0.4]) == 0
+    assert steps_below([3.0, 2.0, 1.0, 0.6, 0.2]) == 3
+    assert steps_below([3.0, 2.0]) is None

@@ -42,6 +42,7 @@ from sfd.errors import SFDConfigError, check_count, check_number
 REASONS = ("forgotten", "drift", "stalled", "budget", "max_steps")
 PROBE_EVERY = 10  # the default probe interval (iterations)
 MAX_FLOOR = 0.5  # the highest override floor (`UntilForgotten.forgotten`)
+STALL_LATEST = 3  # the newest probes whose mean must also have stopped falling (`stalled`)
 STALL_WINDOW = 15  # probes per window of the "stalled" test (150 iterations at PROBE_EVERY)
 STALL_DROP = 0.1  # the least relative drop of the mean judged forget rate from window to window
 STALL_MARGIN = 0.02  # a plateau this close above the forgotten level never stalls
@@ -253,8 +254,10 @@ class UntilForgotten(Callback):
         """Whether the judged forget rate has stopped falling well above the forgotten level, with
         `point` the newest probe (not yet recorded): none of the last 2·`stall_window` probes
         counted as forgotten, and the mean forget rate of the last `stall_window` is more than
-        `stall_margin` above `level` and not the share `stall_drop` below that of the
-        `stall_window` before them. Always False without `stall_window` or with fewer probes.
+        `stall_margin` above `level`, and neither it nor the mean of the last `STALL_LATEST`
+        probes is the share `stall_drop` below the mean of the `stall_window` before them (a fall
+        that began a few probes ago goes on). Always False without `stall_window` or with fewer
+        probes.
 
         Only the probes of the fit count (the one at its start included), so a resumed fit
         decides as the uninterrupted one would.
@@ -265,10 +268,13 @@ class UntilForgotten(Callback):
         recent = [*self.probes[len(self.probes) + 1 - 2 * window :], point]
         if any(self.forgotten(probe) for probe in recent):
             return False
-        before = sum(p["forget_rate"] for p in recent[:window]) / window
-        after = sum(p["forget_rate"] for p in recent[window:]) / window
+        rates = [p["forget_rate"] for p in recent]
+        before = sum(rates[:window]) / window
+        after = sum(rates[window:]) / window
+        latest = rates[-STALL_LATEST:]
         high = after > self.level(point) + self.stall_margin
-        return high and after > (1 - self.stall_drop) * before
+        flat = min(after, sum(latest) / len(latest)) > (1 - self.stall_drop) * before
+        return high and flat
 
     def _decide(self, point: dict[str, Any]) -> str | None:
         self.streak = self.streak + 1 if self.forgotten(point) else 0

@@ -18,6 +18,7 @@ from sfd.apps.harness.class_run import ClassRunSettings
 from sfd.apps.harness.stages import (
     STAGE_ONE_ADAPTERS,
     StageOne,
+    curve_read_by,
     save_stage_one,
     stage_one_description,
 )
@@ -167,3 +168,26 @@ def test_the_cache_key_records_how_the_ema_averaged(tiny_teacher_dir: Path) -> N
     shared = stage_one_description("teacher-x", [*args, "--model.adapters.rank", "4"])
     assert "adapter_ema" not in full
     assert shared["adapter_ema"] == ADAPTER_EMA
+
+
+def test_a_cached_curve_is_kept_only_for_the_classifier_that_read_it(stage1, tmp_path) -> None:
+    """The stage-1 cache key does not cover the evaluation classifier: a curve saved with one
+    classifier's fingerprint comes back for that classifier, and is left out for another one or
+    when no fingerprint was recorded (a cache entry from before it was)."""
+    from sfd.apps.harness.cache import weights_fingerprint
+
+    first, _ = stage1
+    reader = torch.nn.Linear(3, 2)
+    fingerprint = weights_fingerprint(reader)
+    assert weights_fingerprint(torch.nn.Linear(3, 2)) != fingerprint  # other weights
+    assert weights_fingerprint(reader) == fingerprint
+    curve = [{"iteration": 0, "seconds": 0.0, "ua": 0.0, "remain_accuracy": 1.0}]
+    for name, recorded in (("now", fingerprint), ("old", None)):
+        tmp_path.joinpath(name).mkdir()  # (the cache hands save_stage_one an existing folder)
+        save_stage_one(first, tmp_path / name, 1.0, 2, curve, recorded)
+    now, old = StageOne.load(tmp_path / "now"), StageOne.load(tmp_path / "old")
+    assert curve_read_by(now, fingerprint).curve == curve
+    with torch.no_grad():
+        reader.weight[0, 0] += 1.0
+    assert curve_read_by(now, weights_fingerprint(reader)).curve == []
+    assert curve_read_by(old, fingerprint).curve == []

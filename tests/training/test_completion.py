@@ -463,6 +463,16 @@ def test_an_improving_generator_does_not_stall() -> None:
     assert decide_all(UntilForgotten(stall_window=5, stall_margin=0.0), near)[9] == "stalled"
 
 
+def test_a_fall_that_has_just_begun_does_not_stall() -> None:
+    """A rate flat at 1 for 26 probes, then falling 0.1 a probe: the last window's mean (0.93)
+    is still within stall_drop of the one before, but its newest probes (0.8, 0.7, 0.6) are not,
+    so the run goes on, and stops as forgotten once the rate reaches the threshold."""
+    rates = [1.0] * 26 + [max(0.0, 0.9 - 0.1 * i) for i in range(30)]
+    reasons = decide_all(UntilForgotten(stall_window=15, patience=1), rates)
+    assert "stalled" not in reasons
+    assert reasons.index("forgotten") == 35  # rate 0.0 at probe 35
+
+
 def test_the_stall_margin_counts_from_the_override_floor() -> None:
     """With the floor, the stall needs the mean above threshold + floor + margin = 0.01 + 0.1 +
     0.02 = 0.13: a flat 0.15 stalls, a flat 0.12 does not."""

@@ -38,6 +38,18 @@ def data_fingerprint(source: str) -> str:
     return f"{path.name}/sha256-{digest.hexdigest()[:16]}"
 
 
+def weights_fingerprint(module: Any) -> str:
+    """Identity of a network's weights: a hash of its state dict (names, dtypes, shapes, values)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return f"sha256-{digest.hexdigest()[:16]}"
+
+
 def resolved_settings(function: Callable[..., Any], **given: Any) -> dict[str, Any]:
     """Every keyword setting `function` would run with: `given` plus its defaults (JSON-ready).
 

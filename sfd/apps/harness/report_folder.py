@@ -108,7 +108,7 @@ def ua_ceiling_line(protocol: Mapping[str, Any]) -> list[str]:
     return [
         f"UA ceiling under this classifier: {format_value(ceiling, 1, percent=True)} (1 − the "
         "share of held-out real images of the override class that it labels as the forget class: "
-        "the UA of a generator that draws the override exactly)."
+        "the UA of a generator that draws the override exactly; not an upper bound)."
     ]
 
 

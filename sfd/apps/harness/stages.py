@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteSchedul
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from sfd.apps.harness.cache import cached_build
+from sfd.apps.harness.cache import cached_build, weights_fingerprint
 from sfd.apps.harness.curve import TimedForgettingCurve
+from sfd.apps.harness.phases import announce
 from sfd.core.generator import OneStepGenerator, training_record
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError
@@ -194,6 +195,7 @@ class StageOne:
     description: dict[str, Any] = field(default_factory=dict)
     fake_score_class: str = FAKE_SCORE_CLASSES[VPUNetDenoiser.kind]
     adapters: bool = False
+    curve_classifier: str | None = None  # `weights_fingerprint` of the classifier that read `curve`
 
     @classmethod
     def load(
@@ -210,6 +212,7 @@ class StageOne:
             description or {},
             record.get("fake_score_class", FAKE_SCORE_CLASSES[VPUNetDenoiser.kind]),
             (folder / STAGE_ONE_ADAPTERS).is_dir(),
+            record.get("curve_classifier"),
         )
 
     @property
@@ -312,15 +315,32 @@ def stage_one(
     """
     description = stage_one_description(teacher_key, args, conditions_key)
 
+    reader = None if curve is None else weights_fingerprint(curve.classifier)
+
     def build(folder: Path) -> None:
         callbacks = [] if curve is None else [curve]
         module, seconds, iterations = train_sfd(args, callbacks, log_dir, progress, seed)
         curve_points = curve.as_dicts() if curve else []
         seconds -= getattr(curve, "evaluation_seconds", 0.0)
-        save_stage_one(module, folder, seconds, iterations, curve_points)
+        save_stage_one(module, folder, seconds, iterations, curve_points, reader)
 
     folder, cached = cached_build(cache, "stage1", description, build)
-    return StageOne.load(folder, cached, description)
+    return curve_read_by(StageOne.load(folder, cached, description), reader)
+
+
+def curve_read_by(stage1: StageOne, reader: str | None) -> StageOne:
+    """`stage1` with its cached forgetting curve left out unless the evaluation classifier
+    `reader` (its `weights_fingerprint`) read it: the cache key covers what stage 1 trains, not the
+    classifier that read its curve, and a curve read by another one (or by one not recorded)
+    would sit beside numbers read by this one."""
+    if not stage1.curve or stage1.curve_classifier == reader:
+        return stage1
+    announce(
+        "sfd",
+        "stage 1's cached forgetting curve was read by another evaluation classifier; it is left "
+        "out (delete the cache entry to measure it again)",
+    )
+    return replace(stage1, curve=[], curve_classifier=None)
 
 
 def save_stage_one(
@@ -329,6 +349,7 @@ def save_stage_one(
     seconds: float,
     iterations: int,
     curve: list[dict[str, float]] | None = None,
+    curve_classifier: str | None = None,
 ) -> None:
     """Write a distillation run as stage-1 networks: generator/, fake_score/ and run.json; a
     shared-base run as its adapters alone: adapters/ (the shipped generator's, under
@@ -340,8 +361,11 @@ def save_stage_one(
         seconds: training seconds of the run.
         iterations: its iterations.
         curve: its forgetting curve points.
+        curve_classifier: `weights_fingerprint` of the evaluation classifier that read them.
     """
     record: dict[str, Any] = {"seconds": seconds, "iterations": iterations}
+    if curve_classifier is not None:
+        record["curve_classifier"] = curve_classifier
     if module.adapters is not None:
         shipped = module.export_generator
         (folder / STAGE_ONE_ADAPTERS).mkdir(exist_ok=True)
