@@ -160,6 +160,7 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
                 f"{row['forget']} → {row['override']}",
                 options_text(row["options"]),
                 ema_text(row),
+                f"{row['generator_lr']:g} / {row['fake_lr']:g}",
                 stop_text(row),
                 f"{percent(sfd['ua'])} ({percent(sfd['ua_paraphrases'])})",
                 f"{percent(sfd['remain_accuracy'])} ({percent(teacher['remain_accuracy'])})",
@@ -200,7 +201,8 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
             ),
             "Stage 1 and stage 2": (
                 "EMA: the shipped generator's average in stage 2 (a constant decay, or a "
-                "power-function EMA with its cap). Stop: iterations used / the budget, the "
+                "power-function EMA with its cap); lr: stage 2's learning rates of the generator "
+                "and of the fake score. Stop: iterations used / the budget, the "
                 "completion rule's reason, and where it restarted the EMA (\"EMA after "
                 'forgetting", `--average-after`). UA on the training forget prompts (held-back '
                 "paraphrases in brackets); remain and neighbour accuracy with the teacher's in "
@@ -215,6 +217,7 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
                         "pair",
                         "options",
                         "stage-2 EMA",
+                        "stage-2 lr (gen. / fake)",
                         "stop",
                         "UA (para.)",
                         "remain (teacher)",

@@ -920,10 +920,12 @@ CASES = [
         text_quality_record,
         "python experiments/text_quality.py --output-dir runs/q --threads 1",
         [
-            "| constant | three → eight | (pairs benchmark) | 0.98 | 200 / 200, max_steps; no "
+            "| constant | three → eight | (pairs benchmark) | 0.98 | 0.0001 / 0.0002 | 200 / 200, "
+            "max_steps; no "
             "restart (off) | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) | 4.00 "
             "| 8.00 (2.00×) | 6.00 (**1.50×**) | – | 140 s |",
-            "| restarted | three → eight | `--average-after 150` | power 7, cap 0.995 | 200 / 200, "
+            "| restarted | three → eight | `--average-after 150` | power 7, cap 0.995 | 0.0001 / "
+            "0.0002 | 200 / 200, "
             "max_steps; restart at 60 | 100.0 % (99.0 %) | 99.0 % (99.0 %) | 97.5 % (97.5 %) "
             "| 4.00 | 8.00 (2.00×) | 5.00 (**1.25×**) | – | 140 s |",
             "| trange | `model.x=1` | 3.00× (0.98: 2.50×) | 2.00× (0.98: 1.90×) | 99.5 % | 600 s "
