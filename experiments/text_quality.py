@@ -42,6 +42,10 @@ from results_page import (
 )
 
 PAGE = "text_quality"
+PAGES = {  # --page: the results page a record is written to, and its title
+    PAGE: "Text demo quality: what limits the one-step FID",
+    "text_quality_stage2": "Text demo quality: stage 2's learning rates",
+}
 
 
 def parse_named(value: str, flag: str) -> tuple[str, str]:
@@ -145,7 +149,7 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
-def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
+def write_quality_page(record: dict[str, Any], json_file: str, page: str = PAGE) -> Path:
     """docs/results/text_quality.md from the record."""
     rows = record["rows"]
     table, runs = [], []
@@ -180,9 +184,10 @@ def write_quality_page(record: dict[str, Any], json_file: str) -> Path:
             + f", load {load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}):"
             f"\n\n  ```bash\n  {row['command']}\n  ```"
         )
+    page = record.get("page", page)
     return write_page(
-        PAGE,
-        "Text demo quality: what limits the one-step FID",
+        page,
+        PAGES[page],
         record["run"]["command"],
         json_file,
         record,
@@ -415,10 +420,17 @@ def main(argv: list[str] | None = None) -> int:
         help="experiments/text_sfd_sweep.py --stage distill results: the stage-1 knobs table",
     )
     parser.add_argument("variants", nargs="*", metavar="NAME=OPTIONS", help="runs to measure")
+    parser.add_argument(
+        "--page",
+        choices=sorted(PAGES),
+        default=PAGE,
+        help="the results page (kept in the record; for --page-from, a record without one)",
+    )
     add_page_arguments(parser)
     options = parser.parse_args(argv)
     if options.page_from:
-        print(write_quality_page(read_record(options.page_from), options.page_from))
+        record = read_record(options.page_from)
+        print(write_quality_page(record, options.page_from, options.page))
         return 0
     variants = [parse_named(v, "variant") for v in options.variants]
     additions = [parse_named(a, "--add") for a in options.add]
@@ -454,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         save(context)
 
     def save(context: dict[str, Any]) -> None:
-        record = {"run": context, "rows": rows, "stage1_rows": stage1}
+        record = {"run": context, "rows": rows, "stage1_rows": stage1, "page": options.page}
         save_record(record, json_file)  # after every run: a later failure keeps the earlier
 
     load_start = os.getloadavg()

@@ -1022,6 +1022,27 @@ def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "results"
 
 
+def test_text_quality_writes_the_page_its_record_names(results_dir) -> None:
+    """A record saved with `--page text_quality_stage2` is rewritten to that page; one without a
+    page goes to the page `--page` names, and to text_quality by default."""
+    import text_quality
+
+    command = "python experiments/text_quality.py --output-dir runs/q --page text_quality_stage2"
+    named = {**text_quality_record(command), "page": "text_quality_stage2"}
+    results_page.save_record(named, "runs/q/named.json")
+    text_quality.main(["--page-from", "runs/q/named.json"])
+    assert sorted(p.name for p in results_dir.iterdir()) == ["text_quality_stage2.md"]
+    assert (
+        (results_dir / "text_quality_stage2.md")
+        .read_text()
+        .startswith("# Text demo quality: stage 2's learning rates")
+    )
+    plain = text_quality_record("python experiments/text_quality.py --output-dir runs/q")
+    results_page.save_record(plain, "runs/q/plain.json")
+    text_quality.main(["--page-from", "runs/q/plain.json"])
+    assert (results_dir / "text_quality.md").is_file()
+
+
 @pytest.mark.parametrize(("script", "page", "build", "command", "expected"), CASES)
 def test_page_from_record(results_dir, tmp_path, script, page, build, command, expected) -> None:
     readme = (REPO / "README.md").read_text()
