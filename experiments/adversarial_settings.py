@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
+    REPO,
     add_page_arguments,
     command_line,
     git_commit,
@@ -53,7 +54,6 @@ from results_page import (
     write_page,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE1_STEPS = 400  # sfd_text_digits_stage1.yaml: passed explicitly so stage 1 stays cached
 PAGES = {  # results page -> its heading
     "adversarial_settings": "Adversarial SFD: settings on the text digits demo",

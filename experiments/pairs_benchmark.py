@@ -147,6 +147,7 @@ def sample_by_sample(folder: Path, pair: Pair) -> dict[str, Any]:
     from sfd.core import judge
     from sfd.core.conditions import ClassConditions
     from sfd.eval.classifier import load_classifier, predict_labels
+    from sfd.eval.evaluate import ua_ceiling
     from sfd.images import from_uint8
     from sfd.pipelines.io import load_generator
     from sfd.teachers.unet import PretrainedVPTeacher
@@ -172,12 +173,13 @@ def sample_by_sample(folder: Path, pair: Pair) -> dict[str, Any]:
         x = load_generator(folder / "generator").eval()(draws.z_forget, labels.forget)
     judged = judge.judged_forget(teacher, x, labels.forget, labels.override, draws)
     read = predict_labels(classifier, x) == forget
+    ceiling = ua_ceiling(classifier, heldout.images, heldout.labels, forget, override)
 
     def share(flags: torch.Tensor) -> float:
         return float(flags.to(torch.float32).mean())
 
     return {
-        "override_read_as_forget": share(predict_labels(classifier, real) == forget),
+        "override_read_as_forget": 1 - ceiling,
         "judge_real_override": share(judged_real),
         "agreement": {
             "samples": SAMPLES,
