@@ -27,7 +27,8 @@ samples, judged by the evaluation classifier) and stage 2's wall seconds. Varian
 call at a time: a later call naming them all reads the finished folders and writes the whole page.
 `--include` adds the rows of earlier records of this script (another concept pair) to the page,
 each with the command that measured it. `--page` picks the results page (default
-adversarial_settings; adversarial_budget: the inner attack's budget), kept in the record so that
+adversarial_settings; adversarial_budget: the inner attack's budget; adversarial_refresh: how often
+the pool is drawn afresh), kept in the record so that
 `--page-from` rewrites the same page.
 """
 
@@ -58,6 +59,7 @@ STAGE1_STEPS = 400  # sfd_text_digits_stage1.yaml: passed explicitly so stage 1 
 PAGES = {  # results page -> its heading
     "adversarial_settings": "Adversarial SFD: settings on the text digits demo",
     "adversarial_budget": "Adversarial SFD: the inner attack's budget on the text digits demo",
+    "adversarial_refresh": "Adversarial SFD: refreshing the inner attack's pool on the text digits demo",
 }
 
 
