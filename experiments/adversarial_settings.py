@@ -13,6 +13,13 @@
     python experiments/adversarial_settings.py --page adversarial_budget --output-root runs/advset \
         --teacher-cache /tmp/benchcache/sfd --stage2-steps 60 \
         "s60-postw1-steps8:posterior_weight=true,weight=1.0,steps=8"
+    python experiments/adversarial_settings.py --page adversarial_refresh \
+        --output-root runs/advrefresh --teacher-cache /tmp/benchcache/sfd --stage2-steps 60 \
+        --include runs/advrefresh/included-settings.json \
+        --include runs/advrefresh/included-budget.json "plain:" \
+        "r5-steps8:posterior_weight=true,weight=1.0,refresh_every=5,steps=8" \
+        "r1-steps8:posterior_weight=true,weight=1.0,refresh_every=1,steps=8" \
+        "restart025-steps8:posterior_weight=true,weight=1.0,restart_share=0.25,steps=8"
 
 Each variant is `name:key=value,...` over `model.adversarial` (empty: the defaults of
 configs/adversarial.yaml; `plain` as the name: plain SFD, no `--adversarial`). It runs
