@@ -20,12 +20,9 @@ from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.errors import SFDConfigError
 from sfd.teachers import PretrainedVPTeacher, adapters
-from sfd.teachers.adapters import (
-    AdapterSettings,
-    AdapterView,
-    merged_denoiser,
-    shared_base_views,
-)
+from sfd.teachers.adapter_io import merged_denoiser, shared_base_views
+from sfd.teachers.adapter_settings import AdapterSettings
+from sfd.teachers.adapters import AdapterView
 
 
 def module(teacher_dir: Path, **kwargs) -> SFDModule:

@@ -21,7 +21,7 @@ from sfd.teachers import (
     StableDiffusionTeacher,
     StableDiffusionXLTeacher,
 )
-from sfd.teachers.adapters import AdapterSettings
+from sfd.teachers.adapter_settings import AdapterSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

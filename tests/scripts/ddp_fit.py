@@ -25,7 +25,7 @@ from sfd.core.conditions import ClassConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.teachers import PretrainedVPTeacher
-from sfd.teachers.adapters import AdapterSettings
+from sfd.teachers.adapter_settings import AdapterSettings
 from sfd.training.fsdp import AlternatingFSDPStrategy
 from sfd.training.strategies import AlternatingDDPStrategy
 
