@@ -115,3 +115,29 @@ def test_family_preset_with_shared_base_preset_trains(
     assert cli.trainer.global_step == 1
     shared: SharedBase = cli.model.generator.denoiser.shared
     assert shared.checkpointing and not shared.settings.gradient_checkpointing
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/families/flow.md"])
+def test_the_flux_shared_base_command_parses_at_a_batch_the_memory_table_fits(page: str) -> None:
+    import re
+    import shlex
+
+    from conftest import CONFIGS
+
+    from sfd.training.cli import parse_fit_config
+
+    root = CONFIGS.parent
+    command = re.search(
+        r"sfd fit -c configs/flux_base\.yaml [^\n]*shared_base\.yaml(?:[^\n]*\\\n)+[^\n]*",
+        (root / page).read_text(),
+    )
+    assert command, page
+    words = shlex.split(re.sub(r"#[^\n]*", "", command.group(0)).replace("\\\n", " "))
+    config = parse_fit_config([str(root / w) if w.startswith("configs/") else w for w in words[2:]])
+    assert config.model.adapters.base_dtype == "bfloat16"
+    assert config.model.adapters.gradient_checkpointing is True
+    largest = re.search(  # the memory page's target row
+        r"Flux\.1-dev shared base[^\n]*largest batch that fits: (\d+) \+",
+        (root / "docs/results/memory.md").read_text(),
+    )
+    assert largest and 1 <= config.model.batch_size <= int(largest.group(1))

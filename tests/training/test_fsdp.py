@@ -74,8 +74,10 @@ def test_two_sharded_bf16_processes_match_one_bf16_process(
     tiny_teacher_dir: Path, tmp_path: Path
 ) -> None:
     """bf16-mixed under FSDP2 (bf16 gathered weights, fp32 reductions and master weights) against
-    one process of bf16 autocast without FSDP; bf16 rounding (~3e-3 here; the generator moves by
-    ~5e-2 in these 3 steps) sets the tolerance."""
+    one process of bf16 autocast without FSDP. bf16 rounding sets the tolerances: weights differ
+    by ~4e-3 here while the generator moves by ~6e-2 in these 3 steps; momentum buffers (gradients
+    up to ~2.7) by ~0.23, as bf16 and fp32 runs differ by ~0.55; a gradient reduced twice or
+    not averaged would be off by the gradient itself."""
     single, sharded = tmp_path / "single.pt", tmp_path / "fsdp.pt"
     bf16 = ["--precision", "bf16-mixed", "--steps", "3"]
     outputs = run_all(
@@ -88,7 +90,7 @@ def test_two_sharded_bf16_processes_match_one_bf16_process(
     assert_reduced_once_per_update(outputs[sharded], steps=3)
     for output in outputs.values():
         output["optimizers"] = [by_position(state) for state in output["optimizers"]]
-    assert_same_training(outputs[single], outputs[sharded], atol=1e-2)
+    assert_same_training(outputs[single], outputs[sharded], atol=1e-2, optimizer_atol=0.5)
 
 
 def test_the_bf16_policy_gathers_bf16_and_reduces_in_fp32() -> None:
