@@ -64,7 +64,8 @@ class AdapterSettings:
             `DEFAULT_TARGETS`, those the teacher has.
         base_dtype: "float32" or "bfloat16": the dtype of the frozen base weights.
         gradient_checkpointing: recompute the network's blocks in the backward pass (diffusers
-            networks).
+            networks). The teacher's own `gradient_checkpointing` (on in the family presets)
+            turns it on too: either way through the shared base's adapter-aware function.
         seed: seed of the adapters' random initialisation (LoRA's A, LoKr's w1).
         start_from: a folder of saved adapters (`save_adapters`; e.g. a demo's stage 1) to start
             the generator, its EMA and the fake score from; None: the identity (the teacher).

@@ -14,6 +14,9 @@ between the generator's, the teacher's and the fake score's forward passes of on
 each backward pass with the right weights. Gradient checkpointing recomputes a block's forward
 pass during the backward pass, when another adapter may be active: the checkpoint function of
 the shared base re-activates, for the recomputation, the adapter that ran the original pass.
+Whichever setting turns checkpointing on, `model.adapters.gradient_checkpointing` or the teacher's
+own (`gradient_checkpointing` of the family presets), the shared network checkpoints through that
+function: diffusers' own would recompute with whatever adapter is active in the backward pass.
 
 Weights. The base weights stay frozen parameters (no gradients, no optimizer state) and are left
 out of the teacher's state_dict, so a training checkpoint holds only the adapter weights (under
@@ -130,7 +133,12 @@ class SharedBase:
         self._hide_adapters_from_teacher_state()
         self.current: str | None = None
         self._switch(None)
-        if settings.gradient_checkpointing:
+        # The teacher's own checkpointing (diffusers' function) would recompute a block with the
+        # adapter active in the backward pass: either setting checkpoints through `_checkpoint`.
+        self.checkpointing = settings.gradient_checkpointing or any(
+            getattr(m, "is_gradient_checkpointing", False) for m in teacher.modules()
+        )
+        if self.checkpointing:
             self._enable_checkpointing()
 
     # --- switching --------------------------------------------------------------------------------

@@ -261,6 +261,8 @@ CASES: list[Case] = [
     # --- sfd fit: the run's memory estimate against the devices' memory (issue 21 item 4) ---
     ("fit-memory-exceeds-device", lambda w, o: fit(w, o), "per device"),
     ("fit-memory-budget-not-a-number", lambda w, o: fit(w, o), "SFD_DEVICE_MEMORY_GIB='lots'"),
+    ("fit-memory-shared-base-activations",  # its weights and Adam state fit: its activations do not
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "shared_base.yaml")), "per device"),
     # --- sfd fit: checkpoints (issue 14 items 2, 6) ---
     ("fit-ckpt-missing", lambda w, o: fit(w, o, "--ckpt_path", str(w / "nope.ckpt")), "does not exist"),
     ("fit-ckpt-empty", lambda w, o: fit(w, o, "--ckpt_path", str(w / "empty.ckpt")), "is empty"),
@@ -640,6 +642,7 @@ def _small_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it changes first
     "fit-memory-exceeds-device": _small_gpu,
     "fit-memory-budget-not-a-number": lambda mp: mp.setenv(BUDGET_ENV, "lots"),
+    "fit-memory-shared-base-activations": lambda mp: mp.setenv(BUDGET_ENV, str(8 / 1024)),  # 8 MiB
     "demo-text-encoder-wheel-missing": _wheel_missing,
     "fit-hub-unreachable": _hub_unreachable,
     "fit-sd-hub-unreachable": _hub_unreachable,
