@@ -43,6 +43,7 @@ __all__ = [
     "MemoryEstimate",
     "budget_setting",
     "check_fits",
+    "remedies_for",
     "check_run_memory",
     "compute_dtype",
     "device_budget",
@@ -54,6 +55,15 @@ __all__ = [
 GIB = 1024**3
 RUNTIME_OVERHEAD_BYTES = 2 * GIB  # CUDA context, cuBLAS / cuDNN handles, allocator slack
 BUDGET_ENV = "SFD_DEVICE_MEMORY_GIB"  # per-device memory to check against, overriding CUDA's
+# What a refused run can change, in the refusal's order (`remedies_for` drops those it applies).
+CHECKPOINTING_REMEDY = "turn on the teacher's gradient_checkpointing"
+SHARED_REMEDY = "train adapters on one shared base"
+REMEDIES = (
+    "lower --model.batch_size",
+    CHECKPOINTING_REMEDY,
+    SHARED_REMEDY,
+    "shard over more devices",
+)
 
 
 # --- the estimate of a run --------------------------------------------------------------------
@@ -258,8 +268,17 @@ def device_budget(trainer: Any) -> int | None:
     return None
 
 
-def check_fits(estimate: MemoryEstimate, budget: int | None, devices: int, sharded: bool) -> None:
-    """Raise `SFDConfigError` (one line) when the estimate exceeds the memory of a device."""
+def check_fits(
+    estimate: MemoryEstimate,
+    budget: int | None,
+    devices: int,
+    sharded: bool,
+    remedies: tuple[str, ...] = REMEDIES,
+) -> None:
+    """Raise `SFDConfigError` (one line) when the estimate exceeds the memory of a device.
+
+    `remedies`: what the line suggests (`remedies_for`: those the run has not applied yet).
+    """
     if budget is None or estimate.total <= budget:
         return
     layout = f"{devices} device(s)" + (", sharded" if sharded else "")
@@ -268,8 +287,24 @@ def check_fits(estimate: MemoryEstimate, budget: int | None, devices: int, shard
         f"{_gib(estimate.static.weights)}, gradients {_gib(estimate.static.gradients)}, optimizer "
         f"{_gib(estimate.static.optimizer)}, activations "
         f"{'?' if estimate.activations is None else _gib(estimate.activations)}) but each of its "
-        f"{layout} has {_gib(budget)}; lower --model.batch_size, turn on the teacher's "
-        "gradient_checkpointing, train adapters on one shared base, or shard over more devices"
+        f"{layout} has {_gib(budget)}; {_either(remedies)}"
+    )
+
+
+def _either(remedies: tuple[str, ...]) -> str:
+    return remedies[0] if len(remedies) == 1 else ", ".join(remedies[:-1]) + ", or " + remedies[-1]
+
+
+def remedies_for(module: Any) -> tuple[str, ...]:
+    """The refusal's suggestions that `module` has not applied already (checkpointing, adapters)."""
+    checkpointing = any(
+        getattr(m, "is_gradient_checkpointing", False) for m in module.teacher.modules()
+    )
+    shared = getattr(module, "adapters", None) is not None
+    return tuple(
+        r
+        for r in REMEDIES
+        if not (checkpointing and r == CHECKPOINTING_REMEDY) and not (shared and r == SHARED_REMEDY)
     )
 
 
@@ -300,5 +335,5 @@ def check_run_memory(module: Any, trainer: Any) -> MemoryEstimate:
     estimate = estimate_module(module, str(trainer.precision), shards, overhead=overhead)
     for line in estimate.lines(budget):
         rank_zero_info(line)
-    check_fits(estimate, budget, trainer.num_devices, sharded)
+    check_fits(estimate, budget, trainer.num_devices, sharded, remedies_for(module))
     return estimate

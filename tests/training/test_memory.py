@@ -338,8 +338,32 @@ def test_a_shared_base_run_that_fits_only_without_its_activations_is_refused(
     assert estimate.activations > estimate.static.total * 0.05
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
     monkeypatch.setenv(BUDGET_ENV, str((estimate.static.total + estimate.activations / 2) / GIB))
-    with pytest.raises(SFDConfigError, match="per device"):
+    with pytest.raises(SFDConfigError, match="per device") as error:
         check_run_memory(module, trainer)
+    # The run already trains adapters on one shared base: the line does not suggest it.
+    assert "shared base" not in str(error.value)
+    assert "lower --model.batch_size" in str(error.value)
+
+
+@pytest.mark.parametrize(("adapters", "checkpointing"), [(False, False), (True, True)])
+def test_the_refusal_suggests_only_what_the_run_has_not_applied(
+    tiny_teacher_dir: Path, adapters: bool, checkpointing: bool
+) -> None:
+    from conftest import fit_args
+
+    from sfd.training.cli import build_from_fit_config
+    from sfd.training.memory import REMEDIES, remedies_for
+
+    if adapters:
+        module = _shared_base_module(
+            tiny_teacher_dir, "--model.adapters.gradient_checkpointing", "true"
+        )
+    else:
+        module = build_from_fit_config(fit_args(tiny_teacher_dir, Path("unused"))[1:])[0]
+    suggested = remedies_for(module)
+    assert ("train adapters on one shared base" in suggested) == (not adapters)
+    assert ("turn on the teacher's gradient_checkpointing" in suggested) == (not checkpointing)
+    assert suggested[0] == REMEDIES[0] and suggested[-1] == REMEDIES[-1]
 
 
 def _memory_table() -> Any:
