@@ -108,8 +108,9 @@ def test_transfer_record_names_its_objective_and_is_seeded(text_model):
     judge, attacker = linear_classifier(1), linear_classifier(2)
     budget = AttackBudget(**{**SMALL, "steps": 3})
     runs = [
-        soft_prompt_attack(model, judge, "seven", 2, budget, attacker=attacker,
-                           objective="transfer").to_dict()  # fmt: skip
+        soft_prompt_attack(
+            model, judge, "seven", 2, budget, attacker=attacker, objective="transfer"
+        ).to_dict()  # fmt: skip
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
