@@ -5,6 +5,8 @@
         "adversarial SFD=runs/advset/s60-postw1/generator" \
         "no forgetting=runs/advset/s60-postw1/generator_without_forgetting" \
         --report runs/advset/s60-postw1
+    python experiments/attack_judge.py --output-root runs/judge-class --class-report \
+        runs/digits-fresh "SFD=runs/digits-fresh/generator" --include runs/judge/attack_judge.json
     python experiments/attack_judge.py --page-from runs/judge/attack_judge.json
 
 The prompt attacks optimise CE(classifier(images), forgotten class) and are judged by the
@@ -24,8 +26,11 @@ classifier of REPORT (an `sfd demo-text` output folder). Per model and attack:
 - transfer ASR: the objective differentiates the attacker classifier; the judge only judges.
 
 Budgets, noise and prompt are `sfd eval-text`'s (16 tokens, 200 steps, 3 restarts by default; the
-first training forget prompt; 64 held-out samples). A model folder whose metrics.json exists is
-read, not measured again (the page prints the command that wrote it).
+first training forget prompt; 64 held-out samples). With `--class-report` (an `sfd demo` output
+folder) the models are class-conditional generators and the attack is the class-embedding attack,
+measured with `sfd eval MODEL --attack --attack-objective both` (200 steps, 3 restarts, 64 held-out
+samples by default). A model whose metrics file exists is read, not measured again (the page
+prints the command that wrote it). `--include` adds the rows of an earlier record of this script.
 """
 
 from __future__ import annotations
@@ -63,7 +68,16 @@ def parse_model(spec: str) -> tuple[str, str]:
 
 
 def eval_command(args: argparse.Namespace, name: str, folder: str) -> list[str]:
-    """The `sfd eval-text` command of one model."""
+    """The `sfd eval-text` (`sfd eval` for a class report) command of one model."""
+    if args.class_report:
+        report = Path(args.class_report)
+        metrics = json.loads((report / "metrics.json").read_text())
+        return [
+            "sfd", "eval", folder, "--classifier", str(report / "classifier"),
+            "--forget", str(metrics["forget"]), "--override", str(metrics["override"]),
+            "--attack", "--attack-objective", "both", "--cache", args.cache,
+            "--output", str(result_file(args, name)), "--no-progress",
+        ]  # fmt: skip
     report = Path(args.report)
     prompts = report / "prompts"
     metrics = json.loads((report / "metrics.json").read_text())
@@ -83,16 +97,22 @@ def slug(name: str) -> str:
     return name.replace(" ", "-")
 
 
-def row_of(name: str, command: list[str], folder: Path) -> dict[str, Any]:
-    """One model's row from its metrics.json."""
-    metrics = json.loads((folder / "metrics.json").read_text())
+def result_file(args: argparse.Namespace, name: str) -> Path:
+    """Where one model's metrics go: OUTPUT_ROOT/<name>/metrics.json (eval-text writes the name,
+    `sfd eval --output` takes it)."""
+    return Path(args.output_root) / slug(name) / "metrics.json"
+
+
+def row_of(name: str, command: list[str], file: Path) -> dict[str, Any]:
+    """One model's row from its metrics file (`sfd eval-text`'s or `sfd eval`'s)."""
+    metrics = json.loads(file.read_text())
     attacks = metrics["attacks"]
     row: dict[str, Any] = {
         "name": name,
         "model": metrics["model"],
-        "model_sha256": metrics["model_sha256"],
+        "model_sha256": metrics.get("model_sha256"),
         "command": shlex.join(command),
-        "ua": metrics["evaluation"]["forget_train"]["ua"],
+        "ua": metrics["evaluation"]["forget_train"]["ua"] if "evaluation" in metrics else None,
         "attacker_classifier": metrics["protocol"]["attacker_classifier"],
         "attacks": {},
     }
@@ -121,13 +141,14 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     for spec in args.models:
         name, folder = parse_model(spec)
         command = eval_command(args, name, folder)
-        out = Path(args.output_root) / slug(name)
-        if not (out / "metrics.json").exists():
+        file = result_file(args, name)
+        if not file.exists():
             print("running:", shlex.join(command), flush=True)
             env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
             python = [sys.executable, "-m", "sfd.cli", *command[1:]]
+            file.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(python, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-        rows.append(row_of(name, command, out))
+        rows.append(row_of(name, command, file))
         print(
             json.dumps({k: row[k] for row in rows[-1:] for k in ("name", "attacks")}, default=str)
         )
@@ -139,7 +160,8 @@ def percent(value: float | None) -> str:
 
 
 def write_results_page(record: dict[str, Any], json_file: str) -> str:
-    rows = record["rows"]
+    rows = [row for earlier in record.get("included", []) for row in earlier["rows"]]
+    rows += record["rows"]
     table = markdown_table(
         ["model", "attack", "white-box ASR", "agreement", "both classifiers read it",
          "transfer ASR", "attacker classifier reads (transfer)", "without attack"],
@@ -166,9 +188,14 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
         ]
     )
     commands = "\n".join(
-        f"- {row['name']} (`{row['model']}`, sha256 {row['model_sha256']}): `{row['command']}`"
+        f"- {row['name']} (`{row['model']}`"
+        + (f", sha256 {row['model_sha256']}" if row["model_sha256"] else "")
+        + f"): `{row['command']}`"
         for row in rows
     )
+    for earlier in record.get("included", []):
+        commands += f"\n\nRows of {earlier['run']['command']} ({earlier['run']['date']}, "
+        commands += f"commit {earlier['run']['commit']['hash']}) are included above."
     sections = {
         "What it measures": __doc__.split("\n\n", 2)[2].strip(),
         "Results": table,
@@ -187,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="attack_judge.py", description=__doc__)
     parser.add_argument("models", nargs="*", help="name=folder (an exported generator)")
     parser.add_argument("--report", help="the sfd demo-text output folder (classifier, prompts)")
+    parser.add_argument("--class-report", help="an sfd demo output folder (class generators)")
+    parser.add_argument("--include", action="append", default=[], metavar="FILE.json",
+                        help="an earlier record of this script whose rows the page shows too")  # fmt: skip
     parser.add_argument("--output-root", default="runs/judge")
     parser.add_argument("--cache", default="/tmp/benchcache/sfd")
     parser.add_argument("--attacks", nargs="+", default=["soft"], choices=["soft", "discrete"])
@@ -197,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.page_from:
         print(write_results_page(read_record(args.page_from), args.page_from))
         return
-    if not args.models or not args.report:
-        parser.error("give models (name=folder) and --report, or --page-from")
+    if not args.models or bool(args.report) == bool(args.class_report):
+        parser.error(
+            "give models (name=folder) and one of --report, --class-report (or --page-from)"
+        )
     json_file = args.json or str(Path(args.output_root) / "attack_judge.json")
     load_start, commit = os.getloadavg(), git_commit()
     rows = measure(args)
@@ -206,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         "run": run_context(command_line(__file__, argv), load_start, 1, commit),
         "rows": rows,
         "notes": args.notes,
+        "included": [read_record(path, "--include") for path in args.include],
     }
     save_record(record, json_file)
     if not args.no_page:

@@ -1546,7 +1546,7 @@ def test_attack_judge_reads_eval_text_and_multiplies_agreement(results_dir, tmp_
                     "paraphrases": {"success_rate": 0.0}},
     }  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    row = script.row_of("SFD", ["sfd", "eval-text", "x"], folder)
+    row = script.row_of("SFD", ["sfd", "eval-text", "x"], folder / "metrics.json")
     record = {"run": run_section("python experiments/attack_judge.py SFD=x"), "rows": [row]}
     results_page.save_record(record, "runs/judge.json")
     script.main(["--page-from", "runs/judge.json"])

@@ -30,6 +30,7 @@ from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import ClassEmbeddingBudget, suite_key
 from sfd.eval.attack_outcome import (
+    AGREEMENT_DEFINITION,
     ASR_DEFINITION,
     SELECTION_SEED_OFFSET,
     AttackResult,
@@ -181,8 +182,8 @@ def class_embedding_suite(
                 sampler, classifier, target, budget, ddim_steps, progress=progress,
                 attacker=attacker, objective=objective,
             )  # fmt: skip
-        suite[suite_key("class_embedding", objective)] = {
-            **outcome.to_dict(),
-            "sampler": sampler.name,
-        }
+        entry = {**outcome.to_dict(), "sampler": sampler.name}
+        if attacker is not None:
+            entry["agreement_definition"] = AGREEMENT_DEFINITION
+        suite[suite_key("class_embedding", objective)] = entry
     return suite
