@@ -173,20 +173,31 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             for attack, a in row["attacks"].items()
         ],
     )  # fmt: skip
-    first = next(iter(rows[0]["attacks"].values()))
-    attacker = rows[0]["attacker_classifier"]
-    definitions = "\n".join(
-        [
-            f"- Budget: {', '.join(f'{k} {v}' for k, v in first['budget'].items())}.",
-            f"- White-box objective: {first['objective_white_box']}.",
-            f"- Transfer objective: {first['objective_transfer']}.",
-            f"- ASR: {first['asr_definition']}.",
-            f"- Agreement: {first['agreement_definition']}.",
-            "- Both classifiers read it: white-box ASR × agreement.",
-            f"- Attacker classifier: `{attacker['folder']}`, held-out accuracy "
-            f"{percent(attacker['heldout_accuracy'])}; recipe {attacker['recipe']}.",
+    lines = []
+    for attack in dict.fromkeys(a for row in rows for a in row["attacks"]):
+        first = next(row["attacks"][attack] for row in rows if attack in row["attacks"])
+        lines += [
+            f"- **{attack}**: budget {', '.join(f'{k} {v}' for k, v in first['budget'].items())}.",
+            f"  White-box objective: {first['objective_white_box']}.",
+            f"  Transfer objective: {first['objective_transfer']}.",
+            f"  ASR: {first['asr_definition']}.",
         ]
-    )
+    lines += [
+        f"- Agreement: {first['agreement_definition']}.",
+        "- Both classifiers read it: white-box ASR × agreement.",
+    ]
+    attackers: dict[str, list[str]] = {}
+    for row in rows:
+        attackers.setdefault(row["attacker_classifier"]["folder"], []).append(row["name"])
+    for folder, names in attackers.items():
+        entry = next(
+            r["attacker_classifier"] for r in rows if r["attacker_classifier"]["folder"] == folder
+        )
+        lines.append(
+            f"- Attacker classifier of {', '.join(names)}: `{folder}`, held-out accuracy "
+            f"{percent(entry['heldout_accuracy'])}; recipe {entry['recipe']}."
+        )
+    definitions = "\n".join(lines)
     commands = "\n".join(
         f"- {row['name']} (`{row['model']}`"
         + (f", sha256 {row['model_sha256']}" if row["model_sha256"] else "")
