@@ -127,15 +127,22 @@ def test_guidance_distilled_flux_refuses_cfg_before_training(flow_dirs) -> None:
         flow_module(teacher, 4.5)
 
 
-def test_flow_resume_is_bit_identical(flow_dirs, tmp_path) -> None:
+# the tiny Flux folder records no sample size (Flux transformers do not): give its latent size
+RESUME_SETTINGS = {"sd3": (), "flux": ("--model.teacher.init_args.sample_size", str(LATENT_SIZE))}
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_resume_is_bit_identical(family, flow_dirs, tmp_path) -> None:
     from conftest import CONFIGS
 
     from sfd.training.cli import sfd_lightning_cli
 
     def fit(root: Path, steps: int, *extra: str):
         return sfd_lightning_cli([
-            "fit", "-c", str(CONFIGS / "sd3_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
-            "--model.teacher.init_args.pretrained_model_name_or_path", str(flow_dirs["sd3"]),
+            "fit", "-c", str(CONFIGS / f"{family}_base.yaml"),
+            "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+            "--model.teacher.init_args.pretrained_model_name_or_path", str(flow_dirs[family]),
+            *RESUME_SETTINGS[family],
             "--model.teacher.init_args.max_sequence_length", "8", "--model.ema_decay", "0.9",
             "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32",
             "--trainer.max_steps", str(steps), "--model.batch_size", "1", "--trainer.logger", "false",
