@@ -189,3 +189,23 @@ def test_flow_delta_lora_applies_to_the_teacher_with_load_lora_weights(
         ours = load_pipeline(folder)
         expected = ours(PROMPTS, latents=z, output_type="latent").images
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=1e-3)
+
+
+def test_every_flow_family_has_the_registrations_the_docs_list() -> None:
+    """docs/families/flow.md "A new flow family": the family file, its `DENOISER_KINDS` entry and
+    its pipeline class in `FLOW_PIPELINES`; the export's kind table, private settings and the
+    folder-family refusal follow from them."""
+    from sfd.pipelines.export_parts import PRIVATE_SETTINGS
+    from sfd.pipelines.io import PIPELINE_FOR_KIND
+    from sfd.pipelines.one_step_flow import FLOW_PIPELINES
+    from sfd.teachers import DENOISER_KINDS, FluxDenoiser, SD3Denoiser
+    from sfd.teachers.flow import flow_families
+
+    families = flow_families()
+    assert sorted(families, key=lambda c: c.kind) == [FluxDenoiser, SD3Denoiser]
+    for family in families:
+        assert DENOISER_KINDS[family.kind] is family
+        exported = FLOW_PIPELINES[family.pipeline_class.__name__]
+        assert exported.denoiser_class is family and exported.stock_class is family.pipeline_class
+        assert PIPELINE_FOR_KIND[family.kind] is exported
+        assert set(PRIVATE_SETTINGS[exported]) >= {"t_init", "max_sequence_length", "timestep"}
