@@ -219,9 +219,10 @@ class FlowTransformerDenoiser(FlowDenoiser):
 
     A family (`sfd.teachers.sd3`, `sfd.teachers.flux`; a new one is one file like them plus the
     registrations docs/families/flow.md lists: `DENOISER_KINDS`, an export class in
-    `FLOW_PIPELINES`) sets `kind`, `transformer_class`, `pipeline_class` (the stock diffusers pipeline of its folders),
-    `sequence_encoder`, and implements `predict` (the network's call convention) and
-    `encode_with_pipeline` (its prompt encoders, run by the stock pipeline's own `encode_prompt`).
+    `FLOW_PIPELINES`) sets `kind`, `transformer_class`, `pipeline_class` (the stock diffusers
+    pipeline of its folders), `sequence_encoder`, and implements `predict` (the network's call
+    convention) and `encode_with_pipeline` (its prompt encoders, run by the stock pipeline's own
+    `encode_prompt`).
 
     Args:
         transformer: the diffusers transformer.
