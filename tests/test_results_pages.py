@@ -7,6 +7,7 @@ record, run the script's real entry point on it and read the page back.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import re
@@ -1332,6 +1333,36 @@ def test_merged_set_ups_show_under_the_command_that_measured_them(results_dir) -
         module.main(["--page-from", "runs/a.json", "--merge", "runs/c.json"])
     with pytest.raises(SystemExit, match="already on the page"):  # before anything runs
         module.main(["--family", "sd3", "--only", "digits", "--merge", "runs/a.json"])
+
+
+def test_a_set_up_measured_again_replaces_its_section_in_place(results_dir) -> None:
+    """`--replace`: a newer record's set-up takes the place of the same set-up on the page (a
+    merged one too), under the command that measured it; one not on the page is refused."""
+    module = importlib.import_module("text_benchmark")
+    first = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    fashion = flow_text_record("python experiments/text_benchmark.py --family sd3 --only fashion")
+    fashion["setups"][0]["setup"] = "fashion"
+    again = copy.deepcopy(fashion)
+    again["run"]["command"] += " --again"
+    again["run"]["date"] = "2026-01-03 04:05 UTC"
+    again["setups"][0]["models"]["sfd"]["ua"] = 0.5
+    results_page.save_record(fashion, "runs/b.json")
+    first["setups"] += module.merged_setups(first, ["runs/b.json"])  # as a run with --merge
+    first["setups"].append({**first["setups"][0], "setup": "digits-untuned"})
+    results_page.save_record(first, "runs/a.json")
+    results_page.save_record(again, "runs/c.json")
+    module.main(["--page-from", "runs/a.json", "--replace", "runs/c.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    assert text.index("## digits\n") < text.index("## fashion") < text.index("## digits-untuned")
+    fashion_section = text[text.index("## fashion") : text.index("## digits-untuned")]
+    assert "--only fashion --again` (2026-01-03 04:05 UTC" in fashion_section
+    assert "record `runs/c.json`" in fashion_section and "runs/b.json" not in text
+    assert "| sfd | 50.0 % |" in fashion_section
+    assert "| sfd | 99.0 % |" in text[: text.index("## fashion")]  # the others as they were
+    with pytest.raises(SystemExit, match="'digits' is not on the page; --merge adds it"):
+        module.main(["--page-from", "runs/c.json", "--replace", "runs/a.json"])
+    with pytest.raises(SystemExit):
+        module.main(["--replace", "runs/c.json", "--no-page"])
 
 
 def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
