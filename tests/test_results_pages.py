@@ -1006,8 +1006,9 @@ CASES = [
             "| 70.2 | 0 / 5 |",
             "| Flux.1-dev: shared-base trainable bytes ≤ 5 % of full copies' "
             "| 10 MiB vs 1,000 MiB = 1.00 % | yes |",
-            "| Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU "
-            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at 8 + 8: 70.2 GiB | yes |",
+            "| Flux.1-dev shared base, bf16 base, checkpointing, 1024²: fits one 80 GB GPU "
+            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at the preset's 8 + 8: "
+            "70.2 GiB (fits) | yes, at batch 1 + 1 to 5 + 5 |",
         ],
     ),
 ]
