@@ -162,7 +162,9 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             [
                 row["pair"],
                 row["name"],
-                ", ".join(f"{k} {v}" for k, v in row["settings"].items()) or "defaults",
+                "off (plain SFD)"
+                if row["name"] == "plain"
+                else ", ".join(f"{k} {v}" for k, v in row["settings"].items()) or "defaults",
                 row["iterations"],
                 f"{percent(row['ua'])} ({percent(row['ua_paraphrases'])})",
                 f"{percent(row['remain'])} ({percent(row['remain_teacher'])})",
