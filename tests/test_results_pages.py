@@ -1525,3 +1525,18 @@ def test_attack_reach_counts_the_updates_before_the_loss_falls_below_ln_2() -> N
     assert steps_below([0.5, 0.4]) == 0
     assert steps_below([3.0, 2.0, 1.0, 0.6, 0.2]) == 3
     assert steps_below([3.0, 2.0]) is None
+
+
+def test_pairs_page_names_a_pair_whose_record_was_lost(results_dir, monkeypatch) -> None:
+    """A pair missing from the record whose last record was lost is named with the commit whose
+    page shows its row, not dropped silently; other missing pairs get no such note."""
+    pairs_benchmark = importlib.import_module("pairs_benchmark")
+    monkeypatch.setattr(pairs_benchmark, "LOST_RECORDS", {"digits-4-9": "abc9876"})
+    command = "python experiments/pairs_benchmark.py --output-dir runs/p --threads 1"
+    results_page.save_record(pairs_record(command), "runs/p/pairs.json")
+    pairs_benchmark.main(["--page-from", "runs/p/pairs.json"])
+    text = (results_dir / "pairs.md").read_text()
+    assert (
+        "`digits-4-9` (its last run's record was lost; its row is on this page as of commit "
+        "abc9876: `git show abc9876:docs/results/pairs.md`), `digits-7-2`," in text
+    )
