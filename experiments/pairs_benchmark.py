@@ -408,7 +408,8 @@ def write_results_page(
                 "threshold above it). UA ceiling: 1 − the share of the held-out real images of the "
                 "override class that the evaluation classifier reads as the forget class, the UA a "
                 "generator drawing the override class exactly would get (text pairs: the real images of "
-                "the override concept's class).\n\n"
+                "the override concept's class); the ceilings of the Fashion-MNIST pairs under "
+                "stronger classifiers: [the classifier page](classifier.md).\n\n"
                 + markdown_table(
                     (
                         "data set",
