@@ -15,6 +15,14 @@ row: the completion rule's stop and EMA restart, the shipped generator's UA, rem
 accuracy, and the remain FID of the teacher (its multi-step sampler), of stage 1 (distillation
 without forgetting, where stage 2 starts) and of SFD.
 
+`--stage1-from` / `--stage2-from FILE.jsonl` add `experiments/text_sfd_sweep.py` runs (`--stage
+distill` / `--stage two_stage`) as sections of their own: every average of the same iterates at
+every evaluation. `--page` names the results page (kept in the record), e.g. the stage-2 knobs
+from the half-lr stage 1:
+
+    python experiments/text_quality.py --output-dir runs/text-quality-stage2b \
+        --page text_quality_stage2b --stage2-from runs/text_stage2b.jsonl
+
     python experiments/text_quality.py --page-from runs/text-quality/text_quality.json
 """
 
