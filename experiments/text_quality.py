@@ -366,7 +366,13 @@ def stage2_section(rows: list[dict[str, Any]]) -> str:
                     f"{load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}",
                 )
             )
-    commands = sorted({(r["run"]["date"], r["run"]["commit"]["hash"], r["command"]) for r in rows})
+    first: dict[str, tuple[str, str]] = {}  # one command may run several knobs: its first run
+    for r in rows:
+        first[r["command"]] = min(
+            first.get(r["command"], (r["run"]["date"], r["run"]["commit"]["hash"])),
+            (r["run"]["date"], r["run"]["commit"]["hash"]),
+        )
+    commands = sorted((date, commit, command) for command, (date, commit) in first.items())
     stage1 = sorted({r["stage1"] for r in rows})
     return (
         "Stage 2 alone from one stage-1 generator and fake score ("
@@ -400,9 +406,18 @@ def stage2_section(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def stage2_limits(rows: list[dict[str, Any]], floor: float = 0.99) -> str:
+def stage2_limits(
+    rows: list[dict[str, Any]], demos: list[dict[str, Any]], floor: float = 0.99
+) -> str:
     """The reading of the stage-2 knobs table: the lowest FID of any average at any evaluation
-    with UA at least `floor`, per knob."""
+    with UA at least `floor`, per knob, beside the FID of the stage 1 they start from where a
+    demo row (`demos`) measured it."""
+    start = {
+        d["stage1_folder"]: d["models"]["distilled_without_forgetting"]["fid_remain"]
+        / d["models"]["teacher"]["fid_remain"]
+        for d in demos
+        if d.get("stage1_folder")
+    }
     best = []
     for row in rows:
         points = [
@@ -416,10 +431,24 @@ def stage2_limits(rows: list[dict[str, Any]], floor: float = 0.99) -> str:
             best.append(f"{row['name']} {ratio:.2f}× ({average_name(key)}, it. {iteration})")
         else:
             best.append(f"{row['name']} never")
-    return (
+    starts = sorted({start[r["stage1"]] for r in rows if r["stage1"] in start})
+    lowest = min(
+        (v["fid_ratio"] for r in rows for p in r["quality_trace"] for k, v in p.items()
+         if k.startswith("ema")),
+        default=None,
+    )  # fmt: skip
+    text = (
         f"**Stage-2 knobs.** The lowest FID ratio with UA ≥ {100 * floor:.0f} % of any average "
         "at any evaluation, per knob: " + "; ".join(best) + "."
     )
+    if starts and lowest is not None:
+        text += (
+            " Stage 1 starts them at "
+            + " / ".join(f"{s:.2f}×" for s in starts)
+            + f" (the demo rows' stage-1 FID); the lowest of any average at any evaluation, "
+            f"whatever its UA, is {lowest:.2f}×."
+        )
+    return text
 
 
 def stage1_limits(knobs: list[dict[str, Any]], preset: list[float]) -> str:
@@ -531,7 +560,7 @@ def limits_text(
     if knobs:
         lines.append(stage1_limits(knobs, preset))
     if stage2:
-        lines.append(stage2_limits(stage2))
+        lines.append(stage2_limits(stage2, rows))
     guidance = (
         "**Not varied here.** The guidance scale (the demo evaluates the teacher at the guidance "
         "SFD trains with, so changing it moves the reference too; the presets' comments say why "
