@@ -278,6 +278,19 @@ def trace_text(point: dict[str, Any]) -> str:
     return f"{point['ema']['fid_ratio']:.2f}×" + (f" ({', '.join(extra)})" if extra else "")
 
 
+def sweep_commands(rows: list[dict[str, Any]]) -> str:
+    """The sweep commands of `rows` as a list, each once (a command may run several knobs),
+    under the date and commit of its first run, in the order run."""
+    first: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        when = (r["run"]["date"], r["run"]["commit"]["hash"])
+        first[r["command"]] = min(first.get(r["command"], when), when)
+    return "\n".join(
+        f"- {date}, commit {commit}:\n\n  ```bash\n  {command}\n  ```"
+        for date, commit, command in sorted((*when, c) for c, when in first.items())
+    )
+
+
 def stage1_section(rows: list[dict[str, Any]]) -> str:
     """Stage-1 knobs: one sweep run per row, its FID ratio through training."""
     iterations = sorted({p["iteration"] for r in rows for p in r["quality_trace"]})
@@ -296,7 +309,6 @@ def stage1_section(rows: list[dict[str, Any]]) -> str:
                 f"{load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}",
             )
         )
-    commands = sorted({(r["run"]["date"], r["run"]["commit"]["hash"], r["command"]) for r in rows})
     return (
         "Stage 1 alone (distillation without forgetting, the same generator for every pair), "
         "one knob at a time over the digits text preset, from the cached teacher: each row is "
@@ -320,10 +332,7 @@ def stage1_section(rows: list[dict[str, Any]]) -> str:
             table,
         )
         + "\n\nCommands:\n\n"
-        + "\n".join(
-            f"- {date}, commit {commit}:\n\n  ```bash\n  {command}\n  ```"
-            for date, commit, command in commands
-        )
+        + sweep_commands(rows)
     )
 
 
@@ -366,13 +375,6 @@ def stage2_section(rows: list[dict[str, Any]]) -> str:
                     f"{load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}",
                 )
             )
-    first: dict[str, tuple[str, str]] = {}  # one command may run several knobs: its first run
-    for r in rows:
-        first[r["command"]] = min(
-            first.get(r["command"], (r["run"]["date"], r["run"]["commit"]["hash"])),
-            (r["run"]["date"], r["run"]["commit"]["hash"]),
-        )
-    commands = sorted((date, commit, command) for command, (date, commit) in first.items())
     stage1 = sorted({r["stage1"] for r in rows})
     return (
         "Stage 2 alone from one stage-1 generator and fake score ("
@@ -399,10 +401,7 @@ def stage2_section(rows: list[dict[str, Any]]) -> str:
             table,
         )
         + "\n\nCommands:\n\n"
-        + "\n".join(
-            f"- {date}, commit {commit}:\n\n  ```bash\n  {command}\n  ```"
-            for date, commit, command in commands
-        )
+        + sweep_commands(rows)
     )
 
 
