@@ -411,8 +411,10 @@ def stage2_limits(
     """The reading of the stage-2 knobs table: the lowest FID of any average at any evaluation
     with UA at least `floor`, per knob, beside the FID of the stage 1 they start from where a
     demo row (`demos`) measured it."""
-    start = {
-        d["stage1_folder"]: d["models"]["distilled_without_forgetting"]["fid_remain"]
+    start = {  # same stage 1 and same protocol (the teacher's FID on the same remain set)
+        (d["stage1_folder"], round(d["models"]["teacher"]["fid_remain"], 3)): d["models"][
+            "distilled_without_forgetting"
+        ]["fid_remain"]
         / d["models"]["teacher"]["fid_remain"]
         for d in demos
         if d.get("stage1_folder")
@@ -430,7 +432,8 @@ def stage2_limits(
             best.append(f"{row['name']} {ratio:.2f}× ({average_name(key)}, it. {iteration})")
         else:
             best.append(f"{row['name']} never")
-    starts = sorted({start[r["stage1"]] for r in rows if r["stage1"] in start})
+    keys = [(r["stage1"], round(r["teacher_fid"], 3)) for r in rows]
+    starts = sorted({start[k] for k in keys if k in start})
     lowest = min(
         (v["fid_ratio"] for r in rows for p in r["quality_trace"] for k, v in p.items()
          if k.startswith("ema")),

@@ -7,6 +7,7 @@ record, run the script's real entry point on it and read the page back.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import re
@@ -680,6 +681,11 @@ def text_quality_stage2b_record(command: str) -> dict[str, Any]:
     record = text_quality_record(command)
     record["rows"] = record["rows"][1:]  # no preset (pairs benchmark) row
     record["rows"][0]["stage1_folder"] = "cache/stage1-x"  # the sweeps' stage 1
+    other = copy.deepcopy(record["rows"][0])  # another pair's protocol: not the sweeps' start
+    other["name"] = "other-pair"
+    other["models"]["teacher"]["fid_remain"] = 5.0
+    other["models"]["sfd"]["fid_remain"] = 10.0
+    record["rows"].append(other)
     record["page"] = "text_quality_stage2b"
     first, second = record["stage1_rows"]
     record["stage1_rows"] = [first]
@@ -691,6 +697,7 @@ def text_quality_stage2b_record(command: str) -> dict[str, Any]:
         command = f"python experiments/text_sfd_sweep.py --stage two_stage {spec}"
         return {"spec": spec, "command": command, "run": run_section(command), "name": name,
                 "stage": "two_stage", "stage1": "cache/stage1-x", "train_seconds": 300.0,
+                "teacher_fid": 4.0,
                 "quality_trace": trace}  # fmt: skip
 
     record["stage2_rows"] = [
