@@ -1066,8 +1066,9 @@ CASES = [
             "| 70.2 | 0 / 5 |",
             "| Flux.1-dev: shared-base trainable bytes ≤ 5 % of full copies' "
             "| 10 MiB vs 1,000 MiB = 1.00 % | yes |",
-            "| Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU "
-            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at 8 + 8: 70.2 GiB | yes |",
+            "| Flux.1-dev shared base, bf16 base, checkpointing, 1024²: fits one 80 GB GPU "
+            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at the preset's 8 + 8: "
+            "70.2 GiB (fits) | yes, at batch 1 + 1 to 5 + 5 |",
         ],
     ),
 ]
@@ -1395,6 +1396,36 @@ def test_merged_set_ups_show_under_the_command_that_measured_them(results_dir) -
         module.main(["--family", "sd3", "--only", "digits", "--merge", "runs/a.json"])
 
 
+def test_a_set_up_measured_again_replaces_its_section_in_place(results_dir) -> None:
+    """`--replace`: a newer record's set-up takes the place of the same set-up on the page (a
+    merged one too), under the command that measured it; one not on the page is refused."""
+    module = importlib.import_module("text_benchmark")
+    first = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    fashion = flow_text_record("python experiments/text_benchmark.py --family sd3 --only fashion")
+    fashion["setups"][0]["setup"] = "fashion"
+    again = copy.deepcopy(fashion)
+    again["run"]["command"] += " --again"
+    again["run"]["date"] = "2026-01-03 04:05 UTC"
+    again["setups"][0]["models"]["sfd"]["ua"] = 0.5
+    results_page.save_record(fashion, "runs/b.json")
+    first["setups"] += module.merged_setups(first, ["runs/b.json"])  # as a run with --merge
+    first["setups"].append({**first["setups"][0], "setup": "digits-untuned"})
+    results_page.save_record(first, "runs/a.json")
+    results_page.save_record(again, "runs/c.json")
+    module.main(["--page-from", "runs/a.json", "--replace", "runs/c.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    assert text.index("## digits\n") < text.index("## fashion") < text.index("## digits-untuned")
+    fashion_section = text[text.index("## fashion") : text.index("## digits-untuned")]
+    assert "--only fashion --again` (2026-01-03 04:05 UTC" in fashion_section
+    assert "record `runs/c.json`" in fashion_section and "runs/b.json" not in text
+    assert "| sfd | 50.0 % |" in fashion_section
+    assert "| sfd | 99.0 % |" in text[: text.index("## fashion")]  # the others as they were
+    with pytest.raises(SystemExit, match="'digits' is not on the page; --merge adds it"):
+        module.main(["--page-from", "runs/c.json", "--replace", "runs/a.json"])
+    with pytest.raises(SystemExit):
+        module.main(["--replace", "runs/c.json", "--no-page"])
+
+
 def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
     """A long run records the commit its subprocesses started with, not the one at its end."""
     started = {"hash": "0123abc", "dirty": False}
@@ -1581,3 +1612,36 @@ def test_attack_reach_counts_the_updates_before_the_loss_falls_below_ln_2() -> N
     assert steps_below([0.5, 0.4]) == 0
     assert steps_below([3.0, 2.0, 1.0, 0.6, 0.2]) == 3
     assert steps_below([3.0, 2.0]) is None
+
+
+def test_attack_judge_reads_eval_text_and_multiplies_agreement(results_dir, tmp_path) -> None:
+    """attack_judge's row from an `sfd eval-text --attack-objective both` metrics.json: the
+    white-box and transfer entries side by side, and ASR × agreement as what both classifiers
+    read."""
+    script = importlib.import_module("attack_judge")
+
+    def entry(rate: float, agreement: float | None, second: float, objective: str) -> dict:
+        return {"success_rate": rate, "success_rate_without_attack": 0.0, "agreement": agreement,
+                "second_classifier_success_rate": second, "budget": {"steps": 200},
+                "objective": objective, "asr_definition": "share judged",
+                "agreement_definition": "share also read"}  # fmt: skip
+
+    folder = tmp_path / "runs" / "SFD"
+    folder.mkdir(parents=True)
+    metrics = {
+        "model": "runs/plain/generator", "model_sha256": "0123",
+        "evaluation": {"forget_train": {"ua": 1.0}},
+        "protocol": {"attacker_classifier": {"folder": "c", "heldout_accuracy": 0.99,
+                                             "recipe": {"seed": 1}}},
+        "attacks": {"soft": entry(0.5, 0.25, 0.2, "white"),
+                    "soft-transfer": entry(0.1, None, 0.9, "transfer"),
+                    "paraphrases": {"success_rate": 0.0}},
+    }  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    row = script.row_of("SFD", ["sfd", "eval-text", "x"], folder / "metrics.json")
+    record = {"run": run_section("python experiments/attack_judge.py SFD=x"), "rows": [row]}
+    results_page.save_record(record, "runs/judge.json")
+    script.main(["--page-from", "runs/judge.json"])
+    text = (results_dir / "attack_judge.md").read_text()
+    assert "| SFD | soft | 50.0 % | 25.0 % | 12.5 % | 10.0 % | 90.0 % | 0.0 % |" in text
+    assert "- SFD (`runs/plain/generator`, sha256 0123): `sfd eval-text x`" in text
