@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers import denoiser_from_spec
-from sfd.teachers.adapters import ADAPTED_KIND, denoiser_from_adapter_spec
+from sfd.teachers.adapter_io import denoiser_from_adapter_spec
+from sfd.teachers.adapters import ADAPTED_KIND
 from sfd.teachers.base import Denoiser
 
 GENERATOR_SPEC_KEY = "sfd_generator"  # checkpoint entry describing the generator's architecture
@@ -165,9 +166,9 @@ def training_record(module: Any) -> dict[str, Any]:
         "optimizers": optimizers,  # fake score's, generator's (configure_optimizers order)
         "global_step": int(module.global_step),
     }
-    adapters = getattr(module, "adapters", None)  # a shared-base run's AdapterSettings
-    if adapters is not None:
-        record["adapters"] = _plain(adapters.described())
+    shared = getattr(getattr(module, "fake_score", None), "shared", None)  # a shared-base run
+    if shared is not None:
+        record["adapters"] = _plain(shared.described())
     # Weights the two optimizers train: whole networks, or a shared base's adapters.
     record["trained_weights"] = {
         name: sum(p.numel() for p in getattr(module, name).parameters())

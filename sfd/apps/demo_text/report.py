@@ -18,6 +18,7 @@ from sfd.apps.harness.report_folder import (
     MODEL_TITLES,
     UA_CURVE_THRESHOLD,
     model_table,
+    model_titles,
     plot_forget_histogram,
     plot_forgetting_curve,
     protocol_section,
@@ -56,8 +57,11 @@ class TextDemoResults:
         """The benchmark's targets (issue 11) against the measured numbers."""
         teacher, sfd = self.models["teacher"], self.models["sfd"]
         paraphrase = sfd.forget_paraphrases.ua if sfd.forget_paraphrases else float("nan")
-        attack_sfd = self.attacks["sfd"]["soft"]["success_rate"]
-        attack_base = self.attacks["distilled_without_forgetting"]["soft"]["success_rate"]
+        # The white-box soft attack (absent under --attack-objective transfer: NaN, not met).
+        attack_sfd, attack_base = (
+            self.attacks[key].get("soft", {}).get("success_rate", float("nan"))
+            for key in ("sfd", "distilled_without_forgetting")
+        )
         checks = {
             "ua_train_at_least_95": (sfd.ua, sfd.ua >= 0.95),
             "ua_paraphrases_at_least_90": (paraphrase, paraphrase >= 0.90),
@@ -119,12 +123,12 @@ def write_text_report(results: TextDemoResults, output_dir: str | Path) -> dict[
 
 def plot_prompt_grids(results: TextDemoResults, path: Path) -> None:
     """Teacher, no-forgetting and SFD samples side by side, one row per prompt."""
-    rows = len(results.grid_rows)
+    rows, titles = len(results.grid_rows), model_titles(results.models)
     figure = Figure(figsize=(3 * 3.4 + 3.2, 0.42 * rows + 1.0))
     for index, key in enumerate(MODEL_KEYS):
         axes = figure.add_subplot(1, 3, index + 1)
         labels = [f"{title}: {prompt}" if index == 0 else "" for title, prompt in results.grid_rows]
-        show_grid(axes, results.grids[key], rows, MODEL_TITLES[key], 9, labels, 6)
+        show_grid(axes, results.grids[key], rows, titles[key], 9, labels, 6)
     figure.suptitle("one row per prompt (same noise in every panel)", fontsize=10)
     save_figure(figure, path)
 
@@ -155,7 +159,7 @@ def attack_names(results: TextDemoResults) -> list[str]:
 
 def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
     """report.md: the table, attack, per-class accuracy, targets, figures and protocol."""
-    names = results.class_names
+    names, titles = results.class_names, model_titles(results.models)
     lines = [
         f"# SFD concept forgetting: {names[results.forget]!r} -> {names[results.override]!r}",
         "",
@@ -163,7 +167,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
             ["NFE", "UA (training prompts)", "UA (paraphrases)", "forget -> override",
              "remain accuracy", "neighbour accuracy", "remain FID", "remain KID",
              *(f"{name} attack success" for name in attack_names(results))],
-            {MODEL_TITLES[key]: _model_cells(results, key) for key in MODEL_KEYS},
+            {titles[key]: _model_cells(results, key) for key in MODEL_KEYS},
         ),
     ]  # fmt: skip
     neighbours = results.protocol.get("neighbours", [])
@@ -180,7 +184,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         *teacher_attack_line(results.attacks.get("teacher", {})),
     ]
     if results.revivals:
-        lines += ["", "## Revival", "", *revival_lines(results.revivals)]
+        lines += ["", "## Revival", "", *revival_lines(results.revivals, titles)]
     lines += [
         "",
         "## Targets",
@@ -219,14 +223,21 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
 
 
 def attack_lines(suite: dict[str, dict[str, Any]]) -> list[str]:
-    """One paragraph per attack: its budget, objective and ASR definition (from the SFD row)."""
+    """One paragraph per attack: its budget, objective and ASR definition (from the SFD row),
+    and, where the attacker classifier read the judged images, their agreement."""
     lines = []
     for name, result in suite.items():
         budget = ", ".join(f"{k} {v}" for k, v in result["budget"].items())
-        lines += [
+        line = (
             f"- **{name}** (budget: {budget}). Objective: {result['objective']}. "
-            f"Success (ASR): {result['asr_definition']}.",
-        ]
+            f"Success (ASR): {result['asr_definition']}."
+        )
+        if "agreement_definition" in result:
+            line += (
+                f" Agreement {format_value(result['agreement'], 1, percent=True)}: "
+                f"{result['agreement_definition']}."
+            )
+        lines.append(line)
     return lines
 
 
@@ -245,8 +256,9 @@ def teacher_attack_line(suite: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
-def revival_lines(revivals: dict[str, dict[str, Any]]) -> list[str]:
-    """The revival table: UA after each checkpoint and the steps until UA < 50 %, per model."""
+def revival_lines(revivals: dict[str, dict[str, Any]], titles: dict[str, str]) -> list[str]:
+    """The revival table: UA after each checkpoint and the steps until UA < 50 %, per model
+    (rows titled by `titles`, keys where a model has no title)."""
     first = next(iter(revivals.values()))
     header = " | ".join(f"UA after {s} steps" for s in first["steps"])
     lines = [
@@ -257,7 +269,7 @@ def revival_lines(revivals: dict[str, dict[str, Any]]) -> list[str]:
         cells = " | ".join(format_value(u, 1, percent=True) for u in result["ua"])
         until = result["steps_to_revival"]
         lines.append(
-            f"| {MODEL_TITLES.get(key, key)} | {cells} | "
+            f"| {titles.get(key, key)} | {cells} | "
             f"{'not within ' + str(first['steps'][-1]) if until is None else until} |"
         )
     budget = first["budget"]
