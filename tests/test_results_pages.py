@@ -583,8 +583,11 @@ def classifier_record(command: str) -> dict[str, Any]:
         }  # fmt: skip
 
     rows = [
-        row("800 steps (before)", 800, 0.733, 0.158, None),
-        row("default", 3000, 0.817, 0.05, 61.0),
+        row("800 steps (before)", 800, 0.733, 0.158, None),  # a record from before the costs
+        row("demos' default", 3000, 0.817, 0.05, 61.0)
+        | {"width": 32, "cpu_seconds": 50.0, "cpu_seconds_per_step": 0.02},
+        row("width 16, 6000 steps", 6000, 0.85, 0.005, None)
+        | {"width": 16, "cpu_seconds": None, "cpu_seconds_per_step": 0.005},
     ]
     return {"run": run_section(command), "classifiers": rows}
 
@@ -1039,10 +1042,12 @@ CASES = [
         classifier_record,
         "python experiments/classifier_strength.py --cache cache --threads 1",
         [
-            "| fashion-mnist 8×8 (sfd demo) | 800 steps (before) | 800 | 73.3 % | sneaker → sandal "
-            "| 15.8 % | 84.2 % | 5.0 % | cache |",
-            "| fashion-mnist 8×8 (sfd demo) | default | 3000 | 81.7 % | sneaker → sandal | 5.0 % "
-            "| 95.0 % | 5.0 % | 61 s |",
+            "| fashion-mnist 8×8 (sfd demo) | 800 steps (before) | 32 | 800 | – | – | 73.3 % "
+            "| sneaker → sandal | 15.8 % | 84.2 % | no | 5.0 % | cache |",
+            "| fashion-mnist 8×8 (sfd demo) | demos' default | 32 | 3000 | 0.020 s | 1.00× "
+            "| 81.7 % | sneaker → sandal | 5.0 % | 95.0 % | no | 5.0 % | 61 s (CPU 50 s) |",
+            "| fashion-mnist 8×8 (sfd demo) | width 16, 6000 steps | 16 | 6000 | 0.005 s | 0.50× "
+            "| 85.0 % | sneaker → sandal | 0.5 % | 99.5 % | yes | 5.0 % | cache |",
         ],
     ),
     (
@@ -1612,6 +1617,21 @@ def test_attack_reach_counts_the_updates_before_the_loss_falls_below_ln_2() -> N
     assert steps_below([0.5, 0.4]) == 0
     assert steps_below([3.0, 2.0, 1.0, 0.6, 0.2]) == 3
     assert steps_below([3.0, 2.0]) is None
+
+
+def test_pairs_page_names_a_pair_whose_record_was_lost(results_dir, monkeypatch) -> None:
+    """A pair missing from the record whose last record was lost is named with the commit whose
+    page shows its row, not dropped silently; other missing pairs get no such note."""
+    pairs_benchmark = importlib.import_module("pairs_benchmark")
+    monkeypatch.setattr(pairs_benchmark, "LOST_RECORDS", {"digits-4-9": "abc9876"})
+    command = "python experiments/pairs_benchmark.py --output-dir runs/p --threads 1"
+    results_page.save_record(pairs_record(command), "runs/p/pairs.json")
+    pairs_benchmark.main(["--page-from", "runs/p/pairs.json"])
+    text = (results_dir / "pairs.md").read_text()
+    assert (
+        "`digits-4-9` (its last run's record was lost; its row is on this page as of commit "
+        "abc9876: `git show abc9876:docs/results/pairs.md`), `digits-7-2`," in text
+    )
 
 
 def test_attack_judge_reads_eval_text_and_multiplies_agreement(results_dir, tmp_path) -> None:
