@@ -83,6 +83,8 @@ def demo_command(args: argparse.Namespace, name: str, pairs: list[tuple[str, str
         "--output-dir", str(Path(args.output_root) / name), "--teacher-cache", args.teacher_cache,
         "--threads", "1", "--no-progress", "--attack", "soft",
     ]  # fmt: skip
+    if args.family != "unet":
+        command += ["--family", args.family]
     if name != "plain":
         command.append("--adversarial")
     for key, value in pairs:
@@ -214,6 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--teacher-cache", default="/tmp/benchcache/sfd")
     parser.add_argument("--stage2-steps", type=int, default=None)
+    parser.add_argument(
+        "--family",
+        default="unet",
+        help="the teacher: unet (default) or sd3 (sfd demo-text --family)",
+    )
     parser.add_argument(
         "--include",
         action="append",
