@@ -225,14 +225,21 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
     for earlier in record.get("included", []):
         commands += f"\n\nRows of {earlier['run']['command']} ({earlier['run']['date']}, "
         commands += f"commit {earlier['run']['commit']['hash']}) are included above."
-    if name == "flow_robust":
-        table = flow_table(rows)
     sections = {
         "What it measures": __doc__.split("\n\n", 2)[2].strip(),
         "Results": table,
         "Remain accuracy per class": per_class,
         "Commands": commands,
     }
+    if name == "flow_robust":
+        sections["Results"] = flow_table(rows)
+        sections = {
+            **sections,
+            "Earlier rows": "Plain SFD and adversarial SFD at the defaults on the same teacher, "
+            "pair and attack budget (stage 2 under the completion rule, capped at 200): "
+            "[the flow-matching text demo](flow_text.md); why the attack reaches the concept from "
+            "any prompt: [where the attack starts](attack_reach.md) and docs/method.md §5.",
+        }
     page = write_page(
         name,
         PAGES[name],
