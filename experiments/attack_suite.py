@@ -17,6 +17,12 @@ UA, remain and neighbour accuracy, FID and stage-2 training time, and the issue'
         --adversarial-run demo-text-adversarial-output --revival 40
     python experiments/attack_suite.py --class-run demo-output --revival 40 \
         --json runs/attacks/attacks_class.json
+
+`--attack-objective both` also runs every attack with the attacker classifier as its objective
+(the key NAME-transfer in the record; the report folder's attacker_classifier/, else one trained
+once from classifier/'s recorded recipe with another seed, cached under --cache) and records, for
+the white-box attacks, the attacker classifier's agreement with the judge. The pages compare the
+white-box attacks, so it is always run (`white-box` or `both`).
 """
 
 from __future__ import annotations
@@ -160,6 +166,21 @@ def check_reuse(options: argparse.Namespace) -> str | None:
     return None
 
 
+def attacker_of(options: argparse.Namespace, run: Path, judge: Any, real: str, train: Any,
+                heldout: Any, kind: str) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
+    """The attacker classifier of a report folder under --attack-objective both, else None."""
+    if options.attack_objective == "white-box":
+        return None, None
+    from sfd.apps.harness.workspace import attacker_classifier
+
+    given = run / "attacker_classifier"
+    return attacker_classifier(
+        judge, run / "classifier", given if given.is_dir() else None, options.cache and
+        Path(options.cache), kind, real, train, heldout, {"heldout_fraction": 0.2,
+        "split_seed": 0}, False,
+    )  # fmt: skip
+
+
 def measure(options: argparse.Namespace) -> dict[str, Any]:
     """Run the suite and the revival test on both generators of the report folder."""
     import torch
@@ -173,7 +194,13 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         revival_test,
     )
     from sfd.core.conditions.text import read_prompt_file
-    from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
+    from sfd.eval.attack_budget import (
+        AttackBudget,
+        DiscreteAttackBudget,
+        RevivalBudget,
+        attack_objectives,
+        suite_key,
+    )
     from sfd.eval.classifier import load_classifier
     from sfd.eval.concepts import PromptSet, evaluate_forget_set
 
@@ -196,7 +223,10 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         seed=0,
     )
     data, _ = load_captioned(metrics["protocol"]["data"])
-    _, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
+    train, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
+    attacker, attacker_entry = attacker_of(options, run, classifier, metrics["protocol"]["data"],
+                                           train, heldout, "text-classifier")  # fmt: skip
+    objectives = attack_objectives(options.attack_objective)
     budgets = {
         "soft": AttackBudget(
             num_tokens=options.tokens, steps=options.steps, restarts=options.restarts
@@ -212,10 +242,12 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         model = exported_model(folder)
         entry: dict[str, Any] = {"attacks": {}, "seconds": {}}
         for name, budget in budgets.items():
-            start = time.perf_counter()
-            entry["attacks"][name] = attack_model(model, classifier, protocol, budget)
-            entry["seconds"][name] = round(time.perf_counter() - start, 1)
-            print(f"{key} {name}: {100 * entry['attacks'][name]['success_rate']:.1f} %")
+            for objective in objectives:
+                start, at = time.perf_counter(), suite_key(name, objective)
+                entry["attacks"][at] = attack_model(model, classifier, protocol, budget,
+                                                    attacker=attacker, objective=objective)  # fmt: skip
+                entry["seconds"][at] = round(time.perf_counter() - start, 1)
+                print(f"{key} {at}: {100 * entry['attacks'][at]['success_rate']:.1f} %")
         para = PromptSet("forget_paraphrases", paraphrases, [forget] * len(paraphrases))
         result = evaluate_forget_set(model, classifier, para, [forget], [override],
                                      protocol.num_classes, options.ua_images, 1)  # fmt: skip
@@ -232,7 +264,8 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
             "forget": forget, "override": override, "models": reused(options, models),
             "budgets": {name: vars(b) for name, b in budgets.items()},
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "summary": run_summary(run, adversarial)}  # fmt: skip
+            "summary": run_summary(run, adversarial), "attack_objective": options.attack_objective,
+            "attacker_classifier": attacker_entry}  # fmt: skip
 
 
 def measure_class(options: argparse.Namespace) -> dict[str, Any]:
@@ -241,8 +274,8 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from sfd.apps.data.images import load_images, train_heldout_split
-    from sfd.eval.attack_budget import ClassEmbeddingBudget, RevivalBudget
-    from sfd.eval.class_embedding import class_embedding_attack
+    from sfd.eval.attack_budget import ClassEmbeddingBudget, RevivalBudget, attack_objectives
+    from sfd.eval.class_embedding import class_embedding_suite
     from sfd.eval.classifier import load_classifier
     from sfd.eval.evaluate import one_step_sampler
     from sfd.eval.revival import revival_images, revive_class_sampler
@@ -253,8 +286,12 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
     metrics = json.loads((run / "metrics.json").read_text())
     forget = metrics["forget"]
     classifier = load_classifier(run / "classifier")
-    data = load_images(metrics["protocol"].get("data", "digits"))
-    _, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
+    source = metrics["protocol"].get("data", "digits")
+    data = load_images(source)
+    train, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
+    attacker, attacker_entry = attacker_of(
+        options, run, classifier, source, train, heldout, "classifier"
+    )
     budget = ClassEmbeddingBudget(steps=options.steps, restarts=options.restarts)
     revival = RevivalBudget(steps=options.revival)
     images = revival_images(heldout.images, heldout.labels, forget, revival.images, revival.seed)
@@ -263,14 +300,16 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
     for key, folder in to_measure(options, run, adversarial).items():
         sampler = one_step_sampler(load_generator(folder))
         start = time.perf_counter()
-        with torch.enable_grad():
-            attack = class_embedding_attack(sampler, classifier, forget, budget)
+        suite = class_embedding_suite(sampler, classifier, forget, budget, attacker=attacker,
+                                      objectives=attack_objectives(options.attack_objective))  # fmt: skip
         seconds = round(time.perf_counter() - start, 1)
-        print(f"{key} class embedding: {100 * attack.success_rate:.1f} %")
+        for name, result in suite.items():
+            print(f"{key} {name}: {100 * result['success_rate']:.1f} %")
         outcome = revive_class_sampler(sampler, classifier, forget, images, revival,
                                        options.ua_images)  # fmt: skip
         print(f"{key} revival UA: {outcome.ua}")
-        models[key] = {"attack": attack.to_dict(), "seconds": seconds, "revival": outcome.to_dict()}
+        models[key] = {"attack": suite["class_embedding"], "attacks": suite, "seconds": seconds,
+                       "revival": outcome.to_dict()}  # fmt: skip
     if options.baselines:  # multi-step baselines: revival only, judged with their DDIM sampler
         from sfd.eval.evaluate import ddim_sampler
         from sfd.teachers.unet import PretrainedVPTeacher
@@ -286,7 +325,9 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
     return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
             "forget": forget, "models": reused(options, models), "budget": vars(budget),
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "baselines": options.baselines, "summary": run_summary(run, adversarial)}  # fmt: skip
+            "baselines": options.baselines, "summary": run_summary(run, adversarial),
+            "attack_objective": options.attack_objective,
+            "attacker_classifier": attacker_entry}  # fmt: skip
 
 
 def percent(value: float | None) -> str:
@@ -511,6 +552,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ua-images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default="runs/attacks/attacks.json", help="the record")
+    parser.add_argument(
+        "--attack-objective",
+        default="white-box",
+        choices=("white-box", "both"),
+        help="both: also the transfer attacks (the attacker classifier's objective) and the "
+        "white-box attacks' agreement",
+    )
+    parser.add_argument("--cache", help="where a trained attacker classifier is cached")
     parser.add_argument(
         "--only", nargs="+", choices=list(MODELS), help="measure only these models (default: all)"
     )

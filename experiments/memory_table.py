@@ -10,7 +10,7 @@ the backward pass; the method and what it leaves out are in docs/training.md#mem
 - shared base: one frozen base in bf16, generator and fake score as two rank-16 LoRA adapters (fp32,
   Adam in fp32) on every nn.Linear of the attention modules;
 - FSDP over 8 GPUs: full copies with weights, gradients and Adam state divided by 8; bf16 compute
-  on the gathered units (two at a time).
+  on the gathered units (two at a time), as `sfd_fsdp` runs `bf16-mixed` (FSDP2's bf16 gather).
 
 Batch 8 + 8 per device (configs/sd_base.yaml) at SD 1.5 512², the others 1024².
 
@@ -335,13 +335,16 @@ def target_rows(record: dict[str, Any]) -> list[tuple[str, ...]]:
         )
     for flux in (f for f in record["families"] if f["family"] == "Flux.1-dev"):
         shared = flux["modes"][1]["checkpointing"]
+        most, preset = shared["largest_batch"], record["batch"]
+        preset_fits = shared["total"] <= GPU_BYTES
         rows.append(
             (
-                "Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU",
+                "Flux.1-dev shared base, bf16 base, checkpointing, 1024²: fits one 80 GB GPU",
                 f"at 1 + 1: {gib(shared['batch1_total'])} GiB; largest batch that fits: "
-                f"{shared['largest_batch']} + {shared['largest_batch']}; at {record['batch']} + "
-                f"{record['batch']}: {gib(shared['total'])} GiB",
-                "yes" if shared["largest_batch"] >= 1 else "no",
+                f"{most} + {most}; at the preset's {preset} + {preset}: "
+                f"{gib(shared['total'])} GiB ({'fits' if preset_fits else 'does not fit'})",
+                (f"yes, at batch 1 + 1 to {most} + {most}" if most >= 1 else "no")
+                + ("" if preset_fits else f"; not at the preset's {preset} + {preset}"),
             )
         )
     return rows
@@ -384,8 +387,13 @@ def write_results_page(record: dict[str, Any], json_file: str, results_dir: Any 
             "gradient checkpointing. The last column is the largest batch (remain and forget "
             f"each) whose total fits {GPU_BYTES / 1e9:.0f} GB (0: not even 1 + 1). Full copies: "
             "fp32 weights under bf16 autocast, Adam state fp32; shared base: one bf16 base, two "
-            f"rank-{RANK} adapters in fp32 with their Adam state; FSDP: weights, gradients and "
-            "Adam state / 8, the batch per device unchanged.\n\n" + table
+            f"rank-{RANK} LoRA adapters in fp32 with their Adam state on the attention layers' "
+            "`nn.Linear`s (the shipped default targets also adapt the feed-forward and residual "
+            "layers: more adapter bytes, and more activations, the adapters' own, not counted "
+            "here; `sfd fit` prints the estimate of the run it starts); FSDP "
+            "(`trainer.precision: bf16-mixed` with FSDP2's bf16 gather, configs/fsdp.yaml): "
+            "weights, gradients and Adam state / 8, two bf16 blocks gathered at a time, the batch "
+            "per device unchanged.\n\n" + table
         ),
         "Targets": markdown_table(("target", "measured", "met"), target_rows(record)),
         "Networks": (

@@ -40,7 +40,8 @@ from sfd.core.generator import OneStepGenerator
 from sfd.core.module import ema_decay_at
 from sfd.eval.classifier import load_classifier
 from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, one_step_sampler
-from sfd.teachers.adapters import EMA_ADAPTER, GENERATOR_ADAPTER, low_rank_lerp
+from sfd.teachers.adapter_settings import EMA_ADAPTER, GENERATOR_ADAPTER
+from sfd.teachers.adapters import low_rank_lerp
 from sfd.teachers.unet import PretrainedVPTeacher
 
 PAGE = "shared_base_stage1"

@@ -1539,3 +1539,36 @@ def test_attack_reach_counts_the_updates_before_the_loss_falls_below_ln_2() -> N
     assert steps_below([0.5, 0.4]) == 0
     assert steps_below([3.0, 2.0, 1.0, 0.6, 0.2]) == 3
     assert steps_below([3.0, 2.0]) is None
+
+
+def test_attack_judge_reads_eval_text_and_multiplies_agreement(results_dir, tmp_path) -> None:
+    """attack_judge's row from an `sfd eval-text --attack-objective both` metrics.json: the
+    white-box and transfer entries side by side, and ASR × agreement as what both classifiers
+    read."""
+    script = importlib.import_module("attack_judge")
+
+    def entry(rate: float, agreement: float | None, second: float, objective: str) -> dict:
+        return {"success_rate": rate, "success_rate_without_attack": 0.0, "agreement": agreement,
+                "second_classifier_success_rate": second, "budget": {"steps": 200},
+                "objective": objective, "asr_definition": "share judged",
+                "agreement_definition": "share also read"}  # fmt: skip
+
+    folder = tmp_path / "runs" / "SFD"
+    folder.mkdir(parents=True)
+    metrics = {
+        "model": "runs/plain/generator", "model_sha256": "0123",
+        "evaluation": {"forget_train": {"ua": 1.0}},
+        "protocol": {"attacker_classifier": {"folder": "c", "heldout_accuracy": 0.99,
+                                             "recipe": {"seed": 1}}},
+        "attacks": {"soft": entry(0.5, 0.25, 0.2, "white"),
+                    "soft-transfer": entry(0.1, None, 0.9, "transfer"),
+                    "paraphrases": {"success_rate": 0.0}},
+    }  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    row = script.row_of("SFD", ["sfd", "eval-text", "x"], folder / "metrics.json")
+    record = {"run": run_section("python experiments/attack_judge.py SFD=x"), "rows": [row]}
+    results_page.save_record(record, "runs/judge.json")
+    script.main(["--page-from", "runs/judge.json"])
+    text = (results_dir / "attack_judge.md").read_text()
+    assert "| SFD | soft | 50.0 % | 25.0 % | 12.5 % | 10.0 % | 90.0 % | 0.0 % |" in text
+    assert "- SFD (`runs/plain/generator`, sha256 0123): `sfd eval-text x`" in text

@@ -177,12 +177,28 @@ def add_average_after_option(parser: argparse.ArgumentParser, default: int, conc
     )
 
 
+def add_objective_option(parser: argparse.ArgumentParser) -> None:
+    """--attack-objective, shared by every command that attacks (`OBJECTIVE_CHOICES`)."""
+    from sfd.eval.attack_budget import OBJECTIVE_CHOICES
+
+    parser.add_argument(
+        "--attack-objective",
+        default="white-box",
+        metavar="|".join(OBJECTIVE_CHOICES),
+        help="the classifier the attacks' objective differentiates: the evaluation classifier "
+        "that judges them (white-box, default), an attacker classifier of the same recipe and "
+        "another seed (transfer, the key NAME-transfer), or both; with the attacker classifier "
+        "each result also reports its agreement with the judge",
+    )
+
+
 def add_class_attack_options(parser: argparse.ArgumentParser) -> None:
     """The class-embedding attack's budget options (`sfd eval --attack`, `sfd demo`)."""
     from sfd.eval.attack_budget import ClassEmbeddingBudget
 
     budget = ClassEmbeddingBudget()
     add = parser.add_argument
+    add_objective_option(parser)
     add("--attack-steps", type=int, help=f"Adam steps per restart (default {budget.steps})")
     add("--attack-restarts", type=int, help=f"restarts (default {budget.restarts})")
     add("--attack-lr", type=float, help=f"Adam learning rate (default {budget.lr})")
@@ -193,8 +209,9 @@ def add_class_attack_options(parser: argparse.ArgumentParser) -> None:
 
 def class_embedding_budget(options: argparse.Namespace, seed: int) -> Any:
     """The class-embedding attack's budget from `add_class_attack_options` (checked here)."""
-    from sfd.eval.attack_budget import ClassEmbeddingBudget
+    from sfd.eval.attack_budget import ClassEmbeddingBudget, attack_objectives
 
+    attack_objectives(options.attack_objective)
     if options.attack_ddim_steps < 1:
         raise SFDConfigError(f"--attack-ddim-steps={options.attack_ddim_steps} must be at least 1")
     given = {

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sfd.cli.common import add_objective_option
+
 ATTACK_NAMES = ("soft", "discrete")  # the `sfd.eval.attacks.ATTACKS` entries `--attack` runs
 BUDGET_FLAGS = {  # --attack-X -> budget field (None: each attack's own default)
     "tokens": "num_tokens",
@@ -29,6 +31,7 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
 
     soft, discrete, revival = AttackBudget(), DiscreteAttackBudget(), RevivalBudget()
     add = parser.add_argument
+    add_objective_option(parser)
     add("--attack-tokens", type=int, help=f"tokens appended (default {soft.num_tokens})")
     add("--attack-steps", type=int, help=f"steps per restart (default soft {soft.steps}, "
         f"discrete {discrete.steps})")  # fmt: skip
@@ -114,6 +117,10 @@ def concepts_parser() -> argparse.ArgumentParser:
     add_attack_options(parser)
     add("--attack-prompts", type=int, default=1, help="forget prompts attacked")
     add("--attack-ddim-steps", type=int, default=4, help="a teacher's sampler in the attack")
+    add("--attacker-classifier", type=Path, help="transfer: the attacker classifier folder "
+        "(default: trained once, cached, from --classifier's recorded recipe with another seed)")  # fmt: skip
+    add("--cache", type=Path, help="where that trained attacker classifier is cached "
+        "(default ~/.cache/sfd)")  # fmt: skip
     add("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -121,8 +128,10 @@ def concepts_parser() -> argparse.ArgumentParser:
 def run(args: list[str]) -> None:
     """Parse, evaluate, print the metrics."""
     from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
+    from sfd.eval.attack_budget import attack_objectives
 
     o = concepts_parser().parse_args(args)
+    attack_objectives(o.attack_objective)
     names = [] if o.attack is None else list(dict.fromkeys(o.attack or ATTACK_NAMES))
     attacks = attack_budgets(o, names, o.seed)
     revival = revival_budget(o, o.seed)
@@ -148,6 +157,9 @@ def run(args: list[str]) -> None:
         attack_prompts=o.attack_prompts,
         revival=revival,
         attack_ddim_steps=o.attack_ddim_steps,
+        attack_objective=o.attack_objective,
+        attacker_classifier=o.attacker_classifier,
+        cache=o.cache,
         progress=not o.no_progress,
     )
     results = run_concept_evaluation(settings)

@@ -51,6 +51,10 @@ def run(args: list[str]) -> None:
         "attacks (soft, discrete) need a text encoder: sfd eval-text",
     )
     add_class_attack_options(parser)
+    add("--attacker-classifier", type=Path, help="transfer: the attacker classifier folder "
+        "(default: trained once, cached, from --classifier's recorded recipe with another seed)")  # fmt: skip
+    add("--cache", type=Path, help="where that trained attacker classifier is cached "
+        "(default ~/.cache/sfd)")  # fmt: skip
     add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy on real "
         "images of the forget class for STEPS steps; UA after 0, STEPS/4, STEPS/2, STEPS")  # fmt: skip
     add("--revival-images", type=int, default=8, help="k real images of the forget class")
@@ -61,6 +65,7 @@ def run(args: list[str]) -> None:
 
     from sfd.apps.data.images import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
+    from sfd.eval.attack_budget import attack_objectives
     from sfd.eval.classifier import load_classifier
     from sfd.eval.evaluate import ddim_sampler, evaluate_sampler, one_step_sampler
     from sfd.provenance import library_versions
@@ -79,7 +84,16 @@ def run(args: list[str]) -> None:
             f"--classifier {str(options.classifier)!r}: model.safetensors does not fit its "
             f"config.json ({reason})"
         ) from error
-    _, heldout = train_heldout_split(data, options.heldout_fraction, options.seed)
+    train, heldout = train_heldout_split(data, options.heldout_fraction, options.seed)
+    attacker, attacker_entry = None, None
+    if attack is not None and "transfer" in attack_objectives(options.attack_objective):
+        from sfd.apps.harness.workspace import attacker_classifier
+
+        split = {"heldout_fraction": options.heldout_fraction, "split_seed": options.seed}
+        attacker, attacker_entry = attacker_classifier(
+            classifier, options.classifier, options.attacker_classifier, options.cache,
+            "classifier", options.data, train, heldout, split, not options.no_progress,
+        )  # fmt: skip
     if revival is not None:  # too few real images of the forget class: refused up front
         from sfd.eval.revival import revival_images
 
@@ -126,14 +140,14 @@ def run(args: list[str]) -> None:
         },
     }
     if attack is not None:
-        import torch
+        from sfd.eval.class_embedding import class_embedding_suite
 
-        from sfd.eval.class_embedding import class_embedding_attack
-
-        with torch.enable_grad():
-            outcome = class_embedding_attack(sampler, classifier, options.forget, attack,
-                                             options.attack_ddim_steps, progress=True)  # fmt: skip
-        report["attacks"] = {"class_embedding": {**outcome.to_dict(), "sampler": sampler.name}}
+        report["attacks"] = class_embedding_suite(
+            sampler, classifier, options.forget, attack, options.attack_ddim_steps, True,
+            attacker, attack_objectives(options.attack_objective),
+        )  # fmt: skip
+        report["protocol"]["attack_objective"] = options.attack_objective
+        report["protocol"]["attacker_classifier"] = attacker_entry
     if revival is not None:
         from sfd.eval.revival import revive_class_sampler
 
@@ -142,10 +156,11 @@ def run(args: list[str]) -> None:
         report["revival"] = outcome.to_dict()
     print(summary_table({"sfd" if model_kind == "generator" else "teacher": report}))
     print(f"forget-class labels: {result.forget_histogram}")
-    if attack is not None:
-        entry = report["attacks"]["class_embedding"]
-        print(f"class-embedding attack: success {100 * entry['success_rate']:.1f} % "
-              f"(without attack {100 * entry['success_rate_without_attack']:.1f} %)")  # fmt: skip
+    for name, entry in report.get("attacks", {}).items():
+        agreement = entry.get("agreement")
+        agree = "" if agreement is None else f", agreement {100 * agreement:.1f} %"
+        print(f"{name} attack: success {100 * entry['success_rate']:.1f} % "
+              f"(without attack {100 * entry['success_rate_without_attack']:.1f} %{agree})")  # fmt: skip
     if revival is not None:
         print(f"revival: UA {report['revival']['ua']} after {report['revival']['steps']} steps")
     if options.output:
@@ -164,6 +179,8 @@ def check_options(options: argparse.Namespace) -> tuple[str, dict[str, Any], Any
         without --revival).
     """
     attack = class_attack_budget(options)
+    if options.attacker_classifier is not None:
+        _classifier_config(options.attacker_classifier, "--attacker-classifier")
     model_kind = _model_kind(options.model)
     classifier_config = _classifier_config(options.classifier)
     check_integer("--num-per-class", options.num_per_class, 2)  # FID needs two
@@ -245,13 +262,11 @@ def _model_kind(path: Path) -> str:
     )
 
 
-def _classifier_config(folder: Path) -> dict[str, Any]:
+def _classifier_config(folder: Path, flag: str = "--classifier") -> dict[str, Any]:
     """The classifier's config.json, checked for every key `load_classifier` reads."""
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise SFDConfigError(
-            f"--classifier {str(folder)!r} is not a saved classifier (no config.json)"
-        )
+        raise SFDConfigError(f"{flag} {str(folder)!r} is not a saved classifier (no config.json)")
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers import denoiser_from_spec
-from sfd.teachers.adapters import ADAPTED_KIND, denoiser_from_adapter_spec
+from sfd.teachers.adapter_io import denoiser_from_adapter_spec
+from sfd.teachers.adapters import ADAPTED_KIND
 from sfd.teachers.base import Denoiser
 
 GENERATOR_SPEC_KEY = "sfd_generator"  # checkpoint entry describing the generator's architecture

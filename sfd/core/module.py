@@ -33,7 +33,9 @@ from sfd.core.loop import (
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import NonFiniteError, SFDConfigError, check_number
-from sfd.teachers.adapters import AdapterSettings, AdapterView, shared_base_views
+from sfd.teachers.adapter_io import shared_base_views
+from sfd.teachers.adapter_settings import AdapterSettings
+from sfd.teachers.adapters import AdapterView
 from sfd.teachers.base import Denoiser
 
 TEACHER_PREFIX = "teacher."

@@ -15,6 +15,30 @@ from typing import ClassVar
 
 from sfd.errors import SFDConfigError
 
+# Which classifier an attack's objective differentiates (`sfd.eval.attack_outcome`): the judge
+# itself ("white-box") or the attacker classifier ("transfer"); the CLI's --attack-objective
+# choices name one or both.
+OBJECTIVE_CHOICES = {
+    "white-box": ("white-box",),
+    "transfer": ("transfer",),
+    "both": ("white-box", "transfer"),
+}
+ATTACKER_SEED_OFFSET = 1  # the attacker classifier trains with the judge's seed + this
+
+
+def attack_objectives(choice: str) -> tuple[str, ...]:
+    """The objectives an --attack-objective choice runs (checked)."""
+    if choice not in OBJECTIVE_CHOICES:
+        raise SFDConfigError(
+            f"--attack-objective {choice!r}; choose from {', '.join(OBJECTIVE_CHOICES)}"
+        )
+    return OBJECTIVE_CHOICES[choice]
+
+
+def suite_key(name: str, objective: str) -> str:
+    """An attack's key in a suite's results: its name (white-box), or name-transfer."""
+    return name if objective == "white-box" else f"{name}-{objective}"
+
 
 def _check_counts(budget: object, label: str, names: tuple[str, ...]) -> None:
     """Refuse a count below 1 (or a non-integer) among the budget's fields `names`."""

@@ -42,7 +42,8 @@ class Attack:
     """One registered attack.
 
     Attributes:
-        run: (model, classifier, prompt, target class, budget, device=, progress=) -> result.
+        run: (model, classifier, prompt, target class, budget, device=, progress=, attacker=,
+            objective=) -> result.
         budget: the dataclass of what the attacker may spend (its defaults are the CLI's).
     """
 
@@ -84,6 +85,8 @@ def run_attack(
     budget: Any,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    attacker: nn.Module | None = None,
+    objective: str = "white-box",
 ) -> AttackResult:
     """Run the attack that `budget` belongs to on one prompt (see `soft_prompt_attack`,
     `discrete_prompt_attack`).
@@ -96,10 +99,14 @@ def run_attack(
         budget: an instance of a registered attack's budget type.
         device: where the model runs.
         progress: show a progress bar.
+        attacker: the attacker classifier, or None (`sfd.eval.attack_outcome.OBJECTIVES`).
+        objective: "white-box" (the objective differentiates the judge) or "transfer" (the
+            attacker classifier).
 
     Returns:
         the attack's result.
     """
     return attack_for(budget).run(
-        model, classifier, prompt, target, budget, device=device, progress=progress
-    )
+        model, classifier, prompt, target, budget, device=device, progress=progress,
+        attacker=attacker, objective=objective,
+    )  # fmt: skip

@@ -9,8 +9,9 @@ minimise CE(evaluation classifier(G(z, e)), forgotten class) over fresh noise ea
 first restart starts from the forgotten class's own row (the unattacked model), the others from
 other classes' rows. For a teacher the gradient runs through a short DDIM sampler.
 
-Success (ASR): the share of `eval_samples` images from held-out noise (seed + 1) that the
-evaluation classifier labels as the forgotten class, for the restart with the lowest attack loss
+The objective's classifier is the evaluation classifier (white-box) or the attacker classifier
+(transfer; `sfd.eval.attack_outcome.OBJECTIVES`). Success (ASR): the share of `eval_samples`
+images from held-out noise (seed + 1) that the evaluation classifier labels as the forgotten class, for the restart with the lowest attack loss
 on separate selection noise, as for the prompt attacks (`sfd.eval.attack_outcome`).
 """
 
@@ -27,21 +28,24 @@ from sfd.core.conditions import ClassEmbeddingCondition
 from sfd.core.ddim import ddim_sigmas, ddim_trajectory
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
-from sfd.eval.attack_budget import ClassEmbeddingBudget
+from sfd.eval.attack_budget import ClassEmbeddingBudget, suite_key
 from sfd.eval.attack_outcome import (
+    AGREEMENT_DEFINITION,
     ASR_DEFINITION,
     SELECTION_SEED_OFFSET,
     AttackResult,
     attack_result,
     chosen_restart,
+    judged,
+    objective_classifier,
+    objective_text,
 )
 from sfd.eval.evaluate import ImageSampler, class_noise
 from sfd.teachers.base import Denoiser
 
-OBJECTIVE = (
-    "minimise CE(evaluation classifier(G(z, e)), forgotten class) over fresh noise each step (Adam "
-    "on a learned class embedding e replacing the class-embedding row); the evaluation "
-    "classifier judges the result"
+OBJECTIVE = (  # `{classifier}`: the objective's classifier (`objective_text`)
+    "minimise CE({classifier}(G(z, e)), forgotten class) over fresh noise each step (Adam on a "
+    "learned class embedding e replacing the class-embedding row)"
 )
 
 
@@ -85,6 +89,8 @@ def class_embedding_attack(
     ddim_steps: int = 4,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    attacker: nn.Module | None = None,
+    objective: str = "white-box",
 ) -> AttackResult:
     """Optimise a class embedding so the model draws the forgotten class `target`.
 
@@ -96,12 +102,15 @@ def class_embedding_attack(
         ddim_steps: DDIM steps of a teacher's sampler in the attack.
         device: where the model runs.
         progress: show a progress bar.
+        attacker: as `sfd.eval.soft_prompt.soft_prompt_attack`.
+        objective: as `sfd.eval.soft_prompt.soft_prompt_attack`.
 
     Returns:
         success rates and target probabilities with and without the attack, the loss curve of
         the chosen restart.
     """
     classifier.requires_grad_(False).eval()
+    aim = objective_classifier(classifier, attacker, objective)
     table = class_embedding_table(sampler.network)
     images = differentiable_images(sampler, ddim_steps)
     rng = torch.Generator().manual_seed(budget.seed)
@@ -109,23 +118,21 @@ def class_embedding_attack(
     def noise(count: int, seed: int) -> Tensor:
         return class_noise(count, sampler.sample_shape, seed).to(device)
 
-    def logits(z: Tensor, embedding: Tensor | None, clamp: bool = False) -> Tensor:
+    def drawn(z: Tensor, embedding: Tensor | None) -> Tensor:
         labels = torch.full((len(z),), target, device=device)
-        x = images(labels if embedding is None else replaced_embedding(labels, embedding), z)
-        # Unclamped while attacking: saturated pixels would pass no gradient.
-        return classifier(x.clamp(-1, 1) if clamp else x)
+        return images(labels if embedding is None else replaced_embedding(labels, embedding), z)
 
-    def stats(embedding: Tensor | None, z: Tensor) -> tuple[float, float]:
+    def logits(z: Tensor, embedding: Tensor) -> Tensor:
+        return aim(drawn(z, embedding))  # unclamped: saturated pixels would pass no gradient
+
+    def reading(embedding: Tensor | None, z: Tensor) -> tuple[tuple[float, float], dict]:
         with torch.no_grad():
-            out = logits(z, embedding, clamp=True)  # judged clamped, as saved
-        return (
-            (out.argmax(1) == target).float().mean().item(),
-            out.softmax(1)[:, target].mean().item(),
-        )
+            x = drawn(z, embedding).clamp(-1, 1)  # judged clamped, as saved
+        return judged(classifier, attacker, x, target)
 
     eval_z = noise(budget.eval_samples, budget.seed + 1)
     select_z = noise(budget.batch_size, budget.seed + SELECTION_SEED_OFFSET)
-    before = stats(None, eval_z)
+    before, _ = reading(None, eval_z)
     labels = torch.full((budget.batch_size,), target, device=device)
     runs = []
     for restart in range(budget.restarts):
@@ -147,8 +154,36 @@ def class_embedding_attack(
         runs.append((selection, embedding.detach(), losses))
     selection = [run[0] for run in runs]
     _, embedding, losses = runs[chosen_restart(selection)]
-    after = stats(embedding, eval_z)
+    after, second = reading(embedding, eval_z)
     return attack_result(
-        f"class label {target}", target, before, after, losses, budget, selection, OBJECTIVE,
+        f"class label {target}", target, before, after, losses, budget, selection,
+        objective_text(OBJECTIVE, objective),
         asr_definition=ASR_DEFINITION.replace("attacked prompt", "learned class embedding"),
+        objective_classifier=objective, **second,
     )  # fmt: skip
+
+
+def class_embedding_suite(
+    sampler: ImageSampler,
+    classifier: nn.Module,
+    target: int,
+    budget: ClassEmbeddingBudget,
+    ddim_steps: int = 4,
+    progress: bool = False,
+    attacker: nn.Module | None = None,
+    objectives: tuple[str, ...] = ("white-box",),
+) -> dict[str, dict]:
+    """`class_embedding_attack` under each objective (`suite_key`: class_embedding, or
+    class_embedding-transfer -> its result and the sampler's name)."""
+    suite = {}
+    for objective in objectives:
+        with torch.enable_grad():
+            outcome = class_embedding_attack(
+                sampler, classifier, target, budget, ddim_steps, progress=progress,
+                attacker=attacker, objective=objective,
+            )  # fmt: skip
+        entry = {**outcome.to_dict(), "sampler": sampler.name}
+        if attacker is not None:
+            entry["agreement_definition"] = AGREEMENT_DEFINITION
+        suite[suite_key("class_embedding", objective)] = entry
+    return suite

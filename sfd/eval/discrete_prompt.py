@@ -18,7 +18,8 @@ GCG: each step
 Only token ids enter the model (the one-hot gradient is the attacker's ranking heuristic, as in
 the white-box word attacks); the reported success is measured on the attacked prompt's text,
 encoded by the model's tokenizer like any user prompt. The objective uses the evaluation
-classifier (attacks are judged by it; training never sees it).
+classifier (white-box; attacks are judged by it, training never sees it) or the attacker
+classifier (transfer; `sfd.eval.attack_outcome.OBJECTIVES`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from sfd.eval.attack_outcome import (
     attack_result,
     chosen_restart,
     evaluation_noise,
+    final_reading,
+    objective_classifier,
+    objective_text,
     repeat_condition,
     selection_noise,
     target_stats,
@@ -47,8 +51,8 @@ from sfd.eval.text_models import FlowPromptEncoder, TextToImage
 from sfd.teachers.stable_diffusion import hidden_states, tokenize
 from sfd.teachers.text_encoder import learned_token_rows
 
-OBJECTIVE = (
-    "minimise CE(evaluation classifier(decode(G(z, enc(prompt + vocabulary tokens)))), forgotten "
+OBJECTIVE = (  # `{classifier}`: the objective's classifier (`objective_text`)
+    "minimise CE({classifier}(decode(G(z, enc(prompt + vocabulary tokens)))), forgotten "
     "class) by greedy substitution of appended whole-word tokens, candidates ranked by the "
     "one-hot gradient"
 )
@@ -167,6 +171,8 @@ def discrete_prompt_attack(
     budget: DiscreteAttackBudget,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    attacker: nn.Module | None = None,
+    objective: str = "white-box",
 ) -> AttackResult:
     """Append real vocabulary words to `prompt` so the model draws class `target`.
 
@@ -178,12 +184,15 @@ def discrete_prompt_attack(
         budget: tokens, steps, top-k, candidates, batch and evaluation sizes, seed, restarts.
         device: where the model runs.
         progress: show a progress bar.
+        attacker: as `sfd.eval.soft_prompt.soft_prompt_attack`.
+        objective: as `sfd.eval.soft_prompt.soft_prompt_attack`.
 
     Returns:
         success rates with and without the attack (measured on the attacked prompt's text), the
         attacked prompt and its appended ids, the loss curve of the chosen restart.
     """
     classifier.requires_grad_(False).eval()
+    aim = objective_classifier(classifier, attacker, objective)
     encoder = model.encoder
     tokenizer = encoder.tokenizer
     if isinstance(encoder, FlowPromptEncoder):
@@ -214,7 +223,7 @@ def discrete_prompt_attack(
             one_hot = torch.zeros(budget.num_tokens, vocabulary, device=device)
             one_hot[torch.arange(budget.num_tokens), chosen.to(device)] = 1.0
             one_hot.requires_grad_(True)
-            loss = attack_loss(model, classifier, condition(words.one_hot_states(one_hot),
+            loss = attack_loss(model, aim, condition(words.one_hot_states(one_hot),
                                                             len(z)), z, target)  # fmt: skip
             (gradient,) = torch.autograd.grad(loss, one_hot)
             ranked = allowed[
@@ -227,7 +236,7 @@ def discrete_prompt_attack(
             with torch.no_grad():
                 states = words.states(trials)  # (C, L, D)
                 cond = condition(states, len(z))
-                logits = classifier(model.images(z.repeat(budget.candidates, 1, 1, 1), cond))
+                logits = aim(model.images(z.repeat(budget.candidates, 1, 1, 1), cond))
                 labels = torch.full((len(logits),), target, device=logits.device)
                 each = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
                 trial_losses = each.view(budget.candidates, len(z)).mean(1)
@@ -240,15 +249,17 @@ def discrete_prompt_attack(
         cond = encoder.condition([text]).to(device)
         with torch.no_grad():
             selection = attack_loss(
-                model, classifier, repeat_condition(cond, len(select_z)), select_z, target
+                model, aim, repeat_condition(cond, len(select_z)), select_z, target
             ).item()
         runs.append((selection, text, chosen.tolist(), losses))
     selection = [run[0] for run in runs]
     _, text, token_ids, losses = runs[chosen_restart(selection)]
     cond = encoder.condition([text]).to(device)
-    after = target_stats(model, classifier, repeat_condition(cond, len(eval_z)), eval_z, target)
+    after, reading = final_reading(
+        model, classifier, attacker, repeat_condition(cond, len(eval_z)), eval_z, target
+    )
     return attack_result(
         prompt, target, before, after, losses, budget, selection,
-        OBJECTIVE + "; the evaluation classifier judges the result",
-        attacked_prompt=text, token_ids=token_ids,
+        objective_text(OBJECTIVE, objective), attacked_prompt=text, token_ids=token_ids,
+        objective_classifier=objective, **reading,
     )  # fmt: skip

@@ -5,8 +5,10 @@ input-embedding space (after the prompt's last word, before the end token). They
 with Adam so that the model's images are classified as the forgotten concept:
 minimise CE(classifier(decode(G(z, enc(prompt ⊕ soft)))), forget class) over fresh noise each
 step, the gradient running through the classifier, the VAE decoder, the generator (for a
-multi-step teacher: through its short DDIM sampler) and the frozen text encoder. Success is the
-share of images from held-out noise that the classifier labels as the forgotten concept.
+multi-step teacher: through its short DDIM sampler) and the frozen text encoder. The classifier
+of the objective is the evaluation classifier (white-box) or the attacker classifier (transfer;
+`sfd.eval.attack_outcome.OBJECTIVES`). Success is the share of images from held-out noise that the
+evaluation classifier labels as the forgotten concept.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from sfd.eval.attack_outcome import (
     attack_result,
     chosen_restart,
     evaluation_noise,
+    final_reading,
+    objective_classifier,
+    objective_text,
     repeat_condition,
     selection_noise,
     target_stats,
@@ -34,8 +39,8 @@ from sfd.eval.text_models import FlowPromptEncoder, PromptEncoder, TextToImage
 from sfd.progress import ProgressBar
 from sfd.teachers.text_encoder import check_token_embeddings, insert_soft_tokens, tokenize
 
-OBJECTIVE = (
-    "minimise CE(evaluation classifier(decode(G(z, enc(prompt + soft tokens)))), forgotten class) "
+OBJECTIVE = (  # `{classifier}`: the objective's classifier (`objective_text`)
+    "minimise CE({classifier}(decode(G(z, enc(prompt + soft tokens)))), forgotten class) "
     "over fresh noise each step (Adam on the appended input embeddings)"
 )
 
@@ -136,6 +141,8 @@ def soft_prompt_attack(
     budget: AttackBudget,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    attacker: nn.Module | None = None,
+    objective: str = "white-box",
 ) -> AttackResult:
     """Optimise appended token embeddings so the model draws class `target` for `prompt`.
 
@@ -150,12 +157,17 @@ def soft_prompt_attack(
         budget: tokens, steps, learning rate, batch and evaluation sizes, seed, restarts.
         device: where the model runs.
         progress: show a progress bar.
+        attacker: the attacker classifier (the judge's recipe, another seed), or None. Given,
+            its reading of the judged images is reported (`AGREEMENT_DEFINITION`).
+        objective: "white-box" (the objective differentiates `classifier`, the judge) or
+            "transfer" (it differentiates `attacker`; the judge only judges).
 
     Returns:
         success rates and target probabilities with and without the attack, the loss curve of
         the chosen restart.
     """
     classifier.requires_grad_(False).eval()
+    aim = objective_classifier(classifier, attacker, objective)
     encoder = model.encoder
     rng = torch.Generator().manual_seed(budget.seed)
     empty = encoder.encode([""]).to(device)  # (1, L, D)
@@ -174,7 +186,7 @@ def soft_prompt_attack(
         for step in ProgressBar(range(budget.steps), desc=desc, disable=not progress):
             z = class_noise(budget.batch_size, model.latent_shape, first + step).to(device)
             embeds = soft().expand(budget.batch_size, -1, -1)  # (B, L, D)
-            loss = attack_loss(model, classifier, TextCondition(embeds, empty.expand_as(embeds)), z,
+            loss = attack_loss(model, aim, TextCondition(embeds, empty.expand_as(embeds)), z,
                                target)  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -183,17 +195,17 @@ def soft_prompt_attack(
         with torch.no_grad():
             row = soft()
             selection = attack_loss(
-                model, classifier, _soft_condition(row, empty, len(select_z)), select_z, target
+                model, aim, _soft_condition(row, empty, len(select_z)), select_z, target
             ).item()
         runs.append((selection, row, losses))
     selection = [run[0] for run in runs]
     _, row, losses = runs[chosen_restart(selection)]
-    after = target_stats(
-        model, classifier, _soft_condition(row, empty, len(eval_z)), eval_z, target
+    after, reading = final_reading(
+        model, classifier, attacker, _soft_condition(row, empty, len(eval_z)), eval_z, target
     )
     return attack_result(
         prompt, target, before, after, losses, budget, selection,
-        OBJECTIVE + "; the evaluation classifier judges the result",
+        objective_text(OBJECTIVE, objective), objective_classifier=objective, **reading,
     )  # fmt: skip
 
 

@@ -46,7 +46,8 @@ from sfd.teachers import (
     StableDiffusionXLDenoiser,
     VPUNetDenoiser,
 )
-from sfd.teachers.adapters import AdapterView, merged_denoiser
+from sfd.teachers.adapter_io import merged_denoiser
+from sfd.teachers.adapters import AdapterView
 
 # Denoiser kind -> the diffusers pipeline class an exported generator of that kind is saved as.
 PIPELINE_FOR_KIND: dict[str, type[DiffusionPipeline]] = {
@@ -77,7 +78,7 @@ def pipeline_for(generator: OneStepGenerator) -> Any:
 
 def standalone_generator(generator: OneStepGenerator) -> OneStepGenerator:
     """The generator as one network: a shared-base run's adapter merged into a copy of the base
-    (`sfd.teachers.adapters.merged_denoiser`); any other generator as it is."""
+    (`sfd.teachers.adapter_io.merged_denoiser`); any other generator as it is."""
     if not isinstance(generator.denoiser, AdapterView):
         return generator
     merged = merged_denoiser(generator.denoiser)

@@ -41,6 +41,7 @@ __all__ = [
     "CallActivations",
     "CallCache",
     "StepShape",
+    "adapter_twin",
     "example_inputs",
     "measure_call",
     "meta_twin",
@@ -312,6 +313,29 @@ def meta_twin(network: nn.Module, dtype: torch.dtype) -> nn.Module | None:
         param.requires_grad_(name in trained)
     if getattr(network, "is_gradient_checkpointing", False):
         twin.enable_gradient_checkpointing()
+    return twin
+
+
+def adapter_twin(
+    network: nn.Module, config: Any, adapter: str, dtype: torch.dtype
+) -> nn.Module | None:
+    """`meta_twin` of a shared base's network (`sfd.teachers.adapters`) as one view runs it: with
+    the PEFT adapter `adapter` (`config`, a `PeftConfig`) injected, active and the only weights
+    trained. The shared base's other adapters are off in that view's calls: they save nothing.
+    None when the network is not a diffusers model or PEFT cannot adapt its twin."""
+    from peft import inject_adapter_in_model
+
+    twin = meta_twin(network, dtype)
+    if twin is None:
+        return None
+    try:
+        with torch.device("meta"):
+            inject_adapter_in_model(copy.deepcopy(config), twin, adapter_name=adapter)
+    except (ValueError, TypeError):
+        return None
+    nn.Module.to(twin, dtype)
+    for name, param in twin.named_parameters():
+        param.requires_grad_(adapter in name.split("."))
     return twin
 
 

@@ -30,7 +30,7 @@ from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR, load_checkpoint_safely
 from sfd.core.module import SFDModule
 from sfd.errors import SFDConfigError, check_integer
 from sfd.folders import NewPaths, check_writable_folder
-from sfd.teachers.adapters import check_adapter_settings
+from sfd.teachers.adapter_settings import check_adapter_settings
 from sfd.training.callbacks import LoggedSaveConfigCallback
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 from sfd.training.config_errors import one_line

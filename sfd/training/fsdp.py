@@ -14,7 +14,14 @@ gather), so the fake-score backward reduces only the fake score's gradients and 
 backward (which passes *through* the frozen fake score) only the generator's: once each per
 iteration, as `AlternatingDDPStrategy` does. The teacher never requires grad and is never reduced.
 
-Runs on CPU processes with gloo (torch ≥ 2.4's FSDP2 supports it) and on GPUs with NCCL.
+Precision: `32-true`, or `bf16-mixed`: FSDP2's `MixedPrecisionPolicy` gathers each block's weights
+in bf16 (the fp32 shards stay the master weights, Adam's state fp32) and reduce-scatters the
+gradients in fp32, under Lightning's bf16 autocast; inputs are not cast (σ stays fp32 for the
+preconditioning, as in a bf16-mixed run without FSDP). The memory estimate's FSDP rows assume
+exactly this: one bf16 unit computing and one prefetched (`sfd.training.memory`).
+
+Runs on CPU processes with gloo (torch ≥ 2.4's FSDP2 supports it, bf16 included) and on GPUs with
+NCCL.
 Checkpoints are single files gathered on rank zero (`save_distributed_checkpoint` False), the
 same files `sfd export` and `--ckpt_path` read.
 """
@@ -35,7 +42,9 @@ from sfd.errors import SFDConfigError
 from sfd.training.strategies import FROZEN_PREFIXES
 
 SHARDED_NETWORKS = ("teacher", "fake_score", "generator", "ema")
-SUPPORTED_PRECISIONS = ("32-true", "32")
+SUPPORTED_PRECISIONS = ("32-true", "32", "bf16-mixed")
+# FSDP2's dtype policy per supported precision (None: weights gathered as stored, fp32).
+PARAMETER_DTYPES = {"bf16-mixed": torch.bfloat16}
 
 
 class AlternatingFSDPStrategy(ModelParallelStrategy):
@@ -103,13 +112,24 @@ class AlternatingFSDPStrategy(ModelParallelStrategy):
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         mesh = self.device_mesh["data_parallel"]
+        options = {
+            "mesh": mesh,
+            "reshard_after_forward": self.reshard_after_forward,
+            "mp_policy": mixed_precision_policy(self.precision_plugin.precision),
+        }
         for name in SHARDED_NETWORKS:
             network = getattr(module, name, None)
             if network is None or isinstance(network, FSDPModule):
                 continue
             for block in outer_blocks(network):
-                fully_shard(block, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
-            fully_shard(network, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+                fully_shard(block, **options)
+            fully_shard(network, **options)
+            # FSDP2 reads, at its lazy initialisation, which parameters are trained and so which
+            # dtype their reduced gradients return to (fp32 under a bf16 policy); it would run at
+            # the network's first forward, when the optimizer toggle may have frozen it. Run it
+            # now, while the trained networks require grad.
+            if isinstance(network, FSDPModule):
+                network._get_fsdp_state()._lazy_init()
         bump_structure_version()  # fully_shard swapped parameters without a registration hook
 
     @classmethod
@@ -118,6 +138,19 @@ class AlternatingFSDPStrategy(ModelParallelStrategy):
         strategy_registry.register(
             "sfd_fsdp", cls, description="SFD full copies sharded with FSDP2 (fully_shard)"
         )
+
+
+def mixed_precision_policy(precision: Any) -> Any:
+    """FSDP2's `MixedPrecisionPolicy` for a Lightning precision: under `bf16-mixed` the gathered
+    weights are bf16 and the gradients are reduced in fp32; the forward inputs are left as given."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    dtype = PARAMETER_DTYPES.get(str(precision))
+    if dtype is None:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(
+        param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False
+    )
 
 
 def outer_blocks(network: nn.Module) -> list[nn.Module]:
@@ -138,8 +171,8 @@ def check_fsdp_run(precision: Any, adapters: Any) -> None:
     if str(precision) not in SUPPORTED_PRECISIONS:
         raise SFDConfigError(
             f"trainer.precision={precision!r} with sfd_fsdp is not supported; allowed: "
-            f"{SUPPORTED_PRECISIONS} (mixed precision under FSDP2 needs its own dtype policy, "
-            "which sfd_fsdp does not set; use sfd_ddp for bf16-mixed)"
+            f"{SUPPORTED_PRECISIONS} (fp16 under FSDP2 needs a gradient scaler sfd_fsdp does not "
+            "set up; use sfd_ddp for 16-mixed)"
         )
     if adapters is not None:
         raise SFDConfigError(

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from sfd.errors import SFDConfigError
+from sfd.teachers.adapters import AdapterView
 from sfd.training.activations import (
     CallCache,
     StepShape,
+    adapter_twin,
     example_inputs,
     meta_twin,
     step_activations,
@@ -41,16 +43,27 @@ __all__ = [
     "MemoryEstimate",
     "budget_setting",
     "check_fits",
+    "remedies_for",
     "check_run_memory",
     "compute_dtype",
     "device_budget",
     "estimate_module",
     "main_network",
+    "shared_base_view",
 ]
 
 GIB = 1024**3
 RUNTIME_OVERHEAD_BYTES = 2 * GIB  # CUDA context, cuBLAS / cuDNN handles, allocator slack
 BUDGET_ENV = "SFD_DEVICE_MEMORY_GIB"  # per-device memory to check against, overriding CUDA's
+# What a refused run can change, in the refusal's order (`remedies_for` drops those it applies).
+CHECKPOINTING_REMEDY = "turn on the teacher's gradient_checkpointing"
+SHARED_REMEDY = "train adapters on one shared base"
+REMEDIES = (
+    "lower --model.batch_size",
+    CHECKPOINTING_REMEDY,
+    SHARED_REMEDY,
+    "shard over more devices",
+)
 
 
 # --- the estimate of a run --------------------------------------------------------------------
@@ -107,11 +120,29 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 100 or n == 0 else f"{n / 2**20:.2f} MiB"
 
 
+def shared_base_view(denoiser: nn.Module) -> AdapterView | None:
+    """The shared-base adapter view a denoiser is or wraps (a generator's), if any."""
+    return next((m for m in denoiser.modules() if isinstance(m, AdapterView)), None)
+
+
 def main_network(denoiser: nn.Module) -> nn.Module | None:
-    """The outermost diffusers model inside a denoiser (its UNet or transformer), if any."""
+    """The outermost diffusers model inside a denoiser (its UNet or transformer), if any; of an
+    adapter view (shared base), the shared network's, which the view runs but does not hold."""
     from diffusers import ModelMixin
 
+    view = shared_base_view(denoiser)
+    if view is not None:
+        return main_network(view.shared.teacher)
     return next((m for m in denoiser.modules() if isinstance(m, ModelMixin)), None)
+
+
+def _twin(network: nn.Module, denoiser: nn.Module, dtype: torch.dtype) -> nn.Module | None:
+    """The meta twin a role's calls are measured on: a view's runs the shared network with its
+    adapter active and trained; the shared base's teacher runs it with every adapter off."""
+    view = shared_base_view(denoiser)
+    if view is None:
+        return meta_twin(network, dtype)
+    return adapter_twin(network, view.shared.settings.peft_config(), view.adapter_name, dtype)
 
 
 def compute_dtype(precision: str) -> tuple[torch.dtype | None, bool]:
@@ -150,7 +181,10 @@ def estimate_module(
     }
     if module.ema is not None:
         networks["ema"] = module.ema
-    groups = module_groups(networks)
+    # A parameter is counted in the first role that holds it: the adapter views before the
+    # teacher, which holds the shared base's adapters too (as weights of its network).
+    views = [role for role, net in networks.items() if shared_base_view(net) is not None]
+    groups = module_groups({r: networks[r] for r in [*views, *networks]})
     if optimizer_states is None:
         optimizer_states = max(
             optimizer_state_count(module.fake_optimizer),
@@ -169,11 +203,16 @@ def estimate_module(
         return MemoryEstimate(tuple(groups), static, None, overhead)
     dtype, autocast = compute_dtype(precision)
     dtype = dtype or next(nets["teacher"].parameters()).dtype
-    twins = {role: meta_twin(net, dtype) for role, net in nets.items()}
+    twins = {role: _twin(net, networks[role], dtype) for role, net in nets.items()}
     if any(t is None or example_inputs(t, 1, (8, 8), dtype) is None for t in twins.values()):
         return MemoryEstimate(tuple(groups), static, None, overhead)
-    trained_copies = {
-        role: sum(p.numel() for p in nets[role].parameters() if p.requires_grad) * dtype.itemsize
+    trained_copies = {  # a view trains its adapter alone, not the shared network
+        role: sum(
+            p.numel()
+            for p in (shared_base_view(networks[role]) or nets[role]).parameters()
+            if p.requires_grad
+        )
+        * dtype.itemsize
         for role in ("generator", "fake score")
     }
     fp32_weights = next(nets["teacher"].parameters()).dtype != dtype
@@ -229,8 +268,17 @@ def device_budget(trainer: Any) -> int | None:
     return None
 
 
-def check_fits(estimate: MemoryEstimate, budget: int | None, devices: int, sharded: bool) -> None:
-    """Raise `SFDConfigError` (one line) when the estimate exceeds the memory of a device."""
+def check_fits(
+    estimate: MemoryEstimate,
+    budget: int | None,
+    devices: int,
+    sharded: bool,
+    remedies: tuple[str, ...] = REMEDIES,
+) -> None:
+    """Raise `SFDConfigError` (one line) when the estimate exceeds the memory of a device.
+
+    `remedies`: what the line suggests (`remedies_for`: those the run has not applied yet).
+    """
     if budget is None or estimate.total <= budget:
         return
     layout = f"{devices} device(s)" + (", sharded" if sharded else "")
@@ -239,8 +287,24 @@ def check_fits(estimate: MemoryEstimate, budget: int | None, devices: int, shard
         f"{_gib(estimate.static.weights)}, gradients {_gib(estimate.static.gradients)}, optimizer "
         f"{_gib(estimate.static.optimizer)}, activations "
         f"{'?' if estimate.activations is None else _gib(estimate.activations)}) but each of its "
-        f"{layout} has {_gib(budget)}; lower --model.batch_size, turn on the teacher's "
-        "gradient_checkpointing, train adapters on one shared base, or shard over more devices"
+        f"{layout} has {_gib(budget)}; {_either(remedies)}"
+    )
+
+
+def _either(remedies: tuple[str, ...]) -> str:
+    return remedies[0] if len(remedies) == 1 else ", ".join(remedies[:-1]) + ", or " + remedies[-1]
+
+
+def remedies_for(module: Any) -> tuple[str, ...]:
+    """The refusal's suggestions that `module` has not applied already (checkpointing, adapters)."""
+    checkpointing = any(
+        getattr(m, "is_gradient_checkpointing", False) for m in module.teacher.modules()
+    )
+    shared = getattr(module, "adapters", None) is not None
+    return tuple(
+        r
+        for r in REMEDIES
+        if not (checkpointing and r == CHECKPOINTING_REMEDY) and not (shared and r == SHARED_REMEDY)
     )
 
 
@@ -271,5 +335,5 @@ def check_run_memory(module: Any, trainer: Any) -> MemoryEstimate:
     estimate = estimate_module(module, str(trainer.precision), shards, overhead=overhead)
     for line in estimate.lines(budget):
         rank_zero_info(line)
-    check_fits(estimate, budget, trainer.num_devices, sharded)
+    check_fits(estimate, budget, trainer.num_devices, sharded, remedies_for(module))
     return estimate

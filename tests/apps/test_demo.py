@@ -33,7 +33,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("demo")
     output, cache = root / "out", root / "cache"
     args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
-    assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO]) == 0
+    objective = ["--attack-objective", "both"]  # white-box and transfer attacks
+    assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO, *objective]) == 0
     return output, cache
 
 
@@ -69,6 +70,15 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
         assert 0.0 <= attack["success_rate"] <= 1.0 and attack["budget"]["steps"] == 2
     assert metrics["attack"]["teacher"]["class_embedding"]["sampler"].startswith("DDIM 1 steps")
     assert "## Class-embedding attack" in (output / "report.md").read_text()
+    for key in MODELS:  # the transfer attack beside it; the attacker read the white-box images
+        white, transfer = (metrics["attack"][key][f"class_embedding{s}"] for s in ("", "-transfer"))
+        assert white["objective_classifier"] == "white-box"
+        assert white["second_classifier_success_rate"] is not None
+        assert transfer["objective_classifier"] == "transfer"
+        assert transfer["objective"].startswith("minimise CE(attacker classifier(")
+    attacker = metrics["protocol"]["attacker_classifier"]
+    assert attacker["folder"] != metrics["protocol"]["classifier"]["folder"]
+    assert metrics["protocol"]["attack_objective"] == "both"
     protocol = metrics["protocol"]
     assert protocol["seed"] == 0 and protocol["generated_per_class"] == 6
     assert protocol["libraries"]["torchmetrics"] and protocol["libraries"]["diffusers"]
@@ -103,8 +113,8 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     (teacher_dir,) = [p for p in cache.iterdir() if p.name.startswith("teacher-")]
     assert (teacher_dir / DONE_MARKER).is_file() and (teacher_dir / "unet").is_dir()
     assert json.loads((teacher_dir / "sfd.json").read_text())["null_class"] == 10
-    for kind in ("classifier", "stage1"):
-        assert len([p for p in cache.iterdir() if p.name.startswith(f"{kind}-")]) == 1, kind
+    for kind, count in (("classifier", 2), ("stage1", 1)):  # the judge and the attacker
+        assert len([p for p in cache.iterdir() if p.name.startswith(f"{kind}-")]) == count, kind
 
 
 def test_demo_again_reuses_teacher_classifier_and_stage1(
@@ -194,6 +204,7 @@ def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Pat
         args += ["--attack", "--attack-steps", "2", "--attack-restarts", "2", "--attack-batch",
                  "2", "--attack-eval-samples", "4", "--attack-ddim-steps", "1"]  # fmt: skip
         args += ["--revival", "2", "--revival-images", "2", "--revival-batch", "2"]
+        args += ["--attack-objective", "both", "--cache", str(cache)]
         weights = {p: p.read_bytes() for p in model.rglob("*.safetensors")}
         assert main([*args, "--output", str(result)]) == 0
         metrics = json.loads(result.read_text())
@@ -202,6 +213,9 @@ def test_eval_command_on_demo_outputs(demo_run: tuple[Path, Path], tmp_path: Pat
         attack = metrics["attacks"]["class_embedding"]
         assert 0 <= attack["success_rate"] <= 1 and attack["budget"]["restarts"] == 2
         assert len(attack["losses"]) == 2 and "held-out noise" in attack["asr_definition"]
+        assert metrics["attacks"]["class_embedding-transfer"]["objective_classifier"] == "transfer"
+        # the demo's attacker classifier, found again from classifier/'s recorded recipe
+        assert metrics["protocol"]["attacker_classifier"]["reused_from_cache"]
         assert metrics["revival"]["steps"] == [0, 1, 2] and len(metrics["revival"]["ua"]) == 3
         assert weights == {p: p.read_bytes() for p in model.rglob("*.safetensors")}  # untouched
 

@@ -102,14 +102,25 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
     bert = save_tiny_bert(tmp_path / "bert")
     data = "digits" if space == "pixels" else str(write_tiny_fashion(tmp_path / "fashion"))
     # the fixed iteration count first (--no-until-forgotten); the second run below has the rule
-    settings = replace(tiny_settings(tmp_path, data, bert), until_forgotten=False)
+    settings = replace(
+        tiny_settings(tmp_path, data, bert), until_forgotten=False, attack_objective="both"
+    )
     paths = run_text_demo(settings)
     for name in ("metrics", "report", "samples", "forgetting_curve", "forget_histogram"):
         assert paths[name].is_file() and paths[name].stat().st_size > 0, name
     report = settings.output_dir
-    for part in ("generator", "generator_without_forgetting", "classifier", "prompts"):
+    for part in ("generator", "generator_without_forgetting", "classifier", "attacker_classifier",
+                 "prompts"):  # fmt: skip
         assert (report / part).is_dir(), part
     metrics = json.loads(paths["metrics"].read_text())
+    for name in ("soft", "discrete"):  # white-box (with its agreement) and transfer, side by side
+        white, transfer = (
+            metrics["attack"]["sfd"][name],
+            metrics["attack"]["sfd"][f"{name}-transfer"],
+        )
+        assert white["objective_classifier"] == "white-box" and "agreement" in white
+        assert transfer["objective_classifier"] == "transfer"
+    assert metrics["protocol"]["attacker_classifier"]["heldout_accuracy"] >= 0
     check_in_range(metrics)
     pipeline = load_pipeline(report / "generator")
     assert isinstance(pipeline, OneStepTextPipeline)
@@ -187,9 +198,13 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
               "--attack-candidates", "2", "--revival", "2", "--revival-images", "2"]  # fmt: skip
     out = tmp_path / "e2"
     code = main(["eval-text", str(teacher_dir), *common, "--guidance-scale", guidance, *attack,
-                 "--attack-ddim-steps", "1", "--output-dir", str(out)])  # fmt: skip
+                 "--attack-ddim-steps", "1", "--output-dir", str(out), "--attack-objective",
+                 "both", "--cache", str(settings.teacher_cache)])  # fmt: skip
     assert code == 0
     teacher = json.loads((out / "metrics.json").read_text())
+    # the demo's attacker classifier, found again from classifier/'s recorded recipe
+    assert teacher["protocol"]["attacker_classifier"]["reused_from_cache"]
+    assert teacher["attacks"]["soft-transfer"]["objective_classifier"] == "transfer"
     assert teacher["evaluation"]["forget_train"] == metrics["teacher"]["forget_train"]
     assert teacher["attacks"]["soft"]["sampler"].startswith("DDIM 1 steps")
     discrete = teacher["attacks"]["discrete"]["per_prompt"][0]

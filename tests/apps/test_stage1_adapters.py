@@ -28,7 +28,8 @@ from sfd.core.sigma import UniformTimestepSigma
 from sfd.errors import SFDConfigError
 from sfd.pipelines.io import load_generator
 from sfd.teachers import PretrainedVPTeacher
-from sfd.teachers.adapters import ADAPTER_EMA, AdapterSettings
+from sfd.teachers.adapter_settings import AdapterSettings
+from sfd.teachers.adapters import ADAPTER_EMA
 
 
 def module(teacher_dir: Path, forget_weight: float, **settings) -> SFDModule:

@@ -261,6 +261,8 @@ CASES: list[Case] = [
     # --- sfd fit: the run's memory estimate against the devices' memory (issue 21 item 4) ---
     ("fit-memory-exceeds-device", lambda w, o: fit(w, o), "per device"),
     ("fit-memory-budget-not-a-number", lambda w, o: fit(w, o), "SFD_DEVICE_MEMORY_GIB='lots'"),
+    ("fit-memory-shared-base-activations",  # its weights and Adam state fit: its activations do not
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "shared_base.yaml")), "per device"),
     # --- sfd fit: checkpoints (issue 14 items 2, 6) ---
     ("fit-ckpt-missing", lambda w, o: fit(w, o, "--ckpt_path", str(w / "nope.ckpt")), "does not exist"),
     ("fit-ckpt-empty", lambda w, o: fit(w, o, "--ckpt_path", str(w / "empty.ckpt")), "is empty"),
@@ -509,6 +511,22 @@ CASES: list[Case] = [
      lambda w, o: concepts(w, o, "--attack", "discrete", "--attack-steps", "-3"), "discrete attack steps=-3"),
     ("eval-text-discrete-top-k-zero",
      lambda w, o: concepts(w, o, "--attack", "discrete", "--attack-top-k", "0"), "discrete attack top_k=0"),
+    ("eval-text-attack-objective-unknown",
+     lambda w, o: concepts(w, o, "--attack", "--attack-objective", "grey-box"), "--attack-objective 'grey-box'"),
+    ("eval-text-attacker-is-not-a-classifier",
+     lambda w, o: concepts(w, o, "--attack", "--attack-objective", "transfer", "--attacker-classifier", str(o)),
+     "--attacker-classifier"),
+    ("eval-attack-objective-unknown",
+     lambda w, o: evaluate(w, o, "--attack", "--attack-objective", "blind"), "--attack-objective 'blind'"),
+    ("eval-attacker-is-the-judge",
+     lambda w, o: evaluate(w, o, "--attack", "--attack-steps", "1", "--attack-objective", "transfer",
+                           "--attacker-classifier", str(w / "clf")), "has the evaluation classifier's weights"),
+    ("eval-transfer-judge-without-recipe",
+     lambda w, o: evaluate(w, o, "--attack", "--attack-steps", "1", "--attack-objective", "both"),
+     "records no training recipe (cache.json); a transfer attack needs --attacker-classifier DIR"),
+    ("demo-attack-objective-unknown", lambda w, o: demo(w, o, "--attack-objective", "x"), "--attack-objective 'x'"),
+    ("demo-text-attack-objective-unknown",
+     lambda w, o: demo(w, o, "--attack-objective", "judge", verb="demo-text"), "--attack-objective 'judge'"),
     ("eval-text-revival-negative", lambda w, o: concepts(w, o, "--revival", "-5"), "revival steps=-5"),
     ("eval-text-revival-images-zero",
      lambda w, o: concepts(w, o, "--revival", "4", "--revival-images", "0"), "revival images=0"),
@@ -644,6 +662,7 @@ def _small_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it changes first
     "fit-memory-exceeds-device": _small_gpu,
     "fit-memory-budget-not-a-number": lambda mp: mp.setenv(BUDGET_ENV, "lots"),
+    "fit-memory-shared-base-activations": lambda mp: mp.setenv(BUDGET_ENV, str(8 / 1024)),  # 8 MiB
     "demo-text-encoder-wheel-missing": _wheel_missing,
     "fit-hub-unreachable": _hub_unreachable,
     "fit-sd-hub-unreachable": _hub_unreachable,

@@ -816,7 +816,7 @@ def test_non_finite_learned_vectors_stop_the_run_at_the_next_read_back(
 def test_with_a_shared_base_the_attack_reads_the_frozen_table(tmp_path, single_thread) -> None:
     """model.adapters: the generator is an adapter view of the teacher's network; the attack
     starts from the base's class embeddings, which stay bit-identical."""
-    from sfd.teachers.adapters import AdapterSettings
+    from sfd.teachers.adapter_settings import AdapterSettings
 
     module = class_module(AdversarialSettings(steps=1, share=0.5), adapters=AdapterSettings(rank=4))
     table = module.teacher.class_embedding_table().detach().clone()

@@ -20,12 +20,9 @@ from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.errors import SFDConfigError
 from sfd.teachers import PretrainedVPTeacher, adapters
-from sfd.teachers.adapters import (
-    AdapterSettings,
-    AdapterView,
-    merged_denoiser,
-    shared_base_views,
-)
+from sfd.teachers.adapter_io import merged_denoiser, shared_base_views
+from sfd.teachers.adapter_settings import AdapterSettings
+from sfd.teachers.adapters import AdapterView
 
 
 def module(teacher_dir: Path, **kwargs) -> SFDModule:
@@ -121,37 +118,62 @@ def _single_adapter_copy(view: AdapterView) -> AdapterView:
     return AdapterView(base, view.adapter_name)
 
 
-@pytest.mark.parametrize("kind", ["lora", "dora", "lokr"])
+def _generator_grads(
+    teacher_dir: Path, kind: str, teacher_checkpointing: bool, adapter_checkpointing: bool
+) -> list[torch.Tensor]:
+    """Gradients of a generator loss that runs generator, teacher and fake score in one graph."""
+    teacher = PretrainedVPTeacher(str(teacher_dir))
+    if teacher_checkpointing:  # as the family presets' `gradient_checkpointing: true` does
+        teacher.unet.enable_gradient_checkpointing()
+    settings = AdapterSettings(rank=2, kind=kind, gradient_checkpointing=adapter_checkpointing)
+    views = shared_base_views(settings, teacher, ema=False)
+    with torch.no_grad():
+        rng = torch.Generator().manual_seed(2)
+        for view in views.values():
+            for p in view.parameters():
+                p.copy_(torch.randn(p.shape, generator=rng) * 0.05)
+    views["fake_score"].requires_grad_(False)
+    z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    x = views["generator"](2.5 * z, 2.5, torch.tensor([1, 2])) + z
+    sigma = torch.tensor([1.0, 2.0])
+    with torch.enable_grad():
+        loss = teacher(x, sigma, torch.tensor([1, 2])) - views["fake_score"](
+            x, sigma, torch.tensor([1, 2])
+        )
+    loss.square().sum().backward()
+    return [p.grad.clone() for p in views["generator"].parameters()]
+
+
+@pytest.mark.parametrize(
+    ("kind", "teacher_checkpointing", "adapter_checkpointing"),
+    [
+        ("lora", False, True),
+        ("dora", False, True),
+        ("lokr", False, True),
+        ("lora", True, False),  # a family preset's teacher setting with shared_base.yaml's
+        ("lora", True, True),
+    ],
+)
 def test_gradient_checkpointing_recomputes_with_the_adapter_that_ran(
-    tiny_teacher_dir: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+    tiny_teacher_dir: Path,
+    kind: str,
+    teacher_checkpointing: bool,
+    adapter_checkpointing: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Oracle: the same loss without checkpointing. Whichever setting turns it on, the blocks are
+    recomputed by the shared base's checkpoint function, with the adapter that ran them."""
+    plain = _generator_grads(tiny_teacher_dir, kind, False, False)
     calls = []
-    monkeypatch.setattr(  # count the checkpointed blocks
+    monkeypatch.setattr(  # count the blocks the shared base checkpoints
         adapters, "checkpoint", lambda *a, **k: (calls.append(1), checkpoint(*a, **k))[1]
     )
-    grads = []
-    for checkpointing in (False, True):
-        teacher = PretrainedVPTeacher(str(tiny_teacher_dir))
-        settings = AdapterSettings(rank=2, kind=kind, gradient_checkpointing=checkpointing)
-        views = shared_base_views(settings, teacher, ema=False)
-        with torch.no_grad():
-            rng = torch.Generator().manual_seed(2)
-            for view in views.values():
-                for p in view.parameters():
-                    p.copy_(torch.randn(p.shape, generator=rng) * 0.05)
-        views["fake_score"].requires_grad_(False)
-        z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-        x = views["generator"](2.5 * z, 2.5, torch.tensor([1, 2])) + z
-        sigma = torch.tensor([1.0, 2.0])
-        with torch.enable_grad():
-            loss = teacher(x, sigma, torch.tensor([1, 2])) - views["fake_score"](
-                x, sigma, torch.tensor([1, 2])
-            )
-        loss.square().sum().backward()
-        grads.append([p.grad.clone() for p in views["generator"].parameters()])
-        assert bool(calls) == checkpointing  # the blocks really were checkpointed
-    for plain, recomputed in zip(*grads, strict=True):
-        torch.testing.assert_close(recomputed, plain, atol=1e-6, rtol=1e-5)
+    recomputed = _generator_grads(
+        tiny_teacher_dir, kind, teacher_checkpointing, adapter_checkpointing
+    )
+    assert calls  # the blocks really were checkpointed, by the shared base
+    for a, b in zip(recomputed, plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_bfloat16_base_keeps_float32_adapters_and_trains(tiny_teacher_dir: Path) -> None:

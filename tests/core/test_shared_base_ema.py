@@ -18,7 +18,8 @@ from sfd.core.conditions import ClassConditions
 from sfd.core.module import SFDModule, ema_decay_at
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.teachers import PretrainedVPTeacher
-from sfd.teachers.adapters import EMA_ADAPTER, GENERATOR_ADAPTER, AdapterSettings, low_rank_lerp
+from sfd.teachers.adapter_settings import EMA_ADAPTER, GENERATOR_ADAPTER, AdapterSettings
+from sfd.teachers.adapters import low_rank_lerp
 
 
 def gauged_updates(out: int, inner: int, rank: int, steps: int, seed: int = 0) -> list:

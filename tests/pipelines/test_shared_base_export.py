@@ -20,7 +20,7 @@ from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.pipelines.io import export_checkpoint, load_generator, save_generator
 from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher
-from sfd.teachers.adapters import AdapterSettings
+from sfd.teachers.adapter_settings import AdapterSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

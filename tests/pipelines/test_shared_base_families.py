@@ -21,7 +21,7 @@ from sfd.teachers import (
     StableDiffusionTeacher,
     StableDiffusionXLTeacher,
 )
-from sfd.teachers.adapters import AdapterSettings
+from sfd.teachers.adapter_settings import AdapterSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -75,3 +75,69 @@ def test_shared_base_trains_keeps_the_teacher_and_exports(
         torch.testing.assert_close(
             exported(z, cond), module.export_generator(z, cond), atol=1e-5, rtol=1e-5
         )
+
+
+PRESETS = {
+    "sd": ("sd_base.yaml",),
+    "sdxl": ("sdxl_base.yaml",),
+    "sd3": ("sd3_base.yaml", "--model.teacher.init_args.max_sequence_length", "8"),
+    "flux": (
+        "flux_base.yaml",
+        *("--model.teacher.init_args.max_sequence_length", "8"),
+        *("--model.teacher.init_args.sample_size", str(LATENT_SIZE)),
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(PRESETS))
+def test_family_preset_with_shared_base_preset_trains(
+    family, sd_dirs, sdxl_dirs, flow_dirs, tmp_path: Path
+) -> None:
+    """Each family preset turns on the teacher's gradient checkpointing and shared_base.yaml leaves
+    its own off: the network still checkpoints through the shared base (no recomputation with the
+    wrong adapter, which torch refuses as a CheckpointError)."""
+    from conftest import CONFIGS
+
+    from sfd.teachers.adapters import SharedBase
+    from sfd.training.cli import sfd_lightning_cli
+
+    dirs = {"sd": sd_dirs["epsilon"], "sdxl": sdxl_dirs["epsilon"], **flow_dirs}
+    preset, *extra = PRESETS[family]
+    cli = sfd_lightning_cli([
+        "fit", "-c", str(CONFIGS / preset), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+        "-c", str(CONFIGS / "shared_base.yaml"), "--model.adapters.rank", "2",
+        "--model.teacher.init_args.pretrained_model_name_or_path", str(dirs[family]), *extra,
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32",
+        "--trainer.max_steps", "1", "--model.batch_size", "1", "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+    ])  # fmt: skip
+    assert cli.trainer.global_step == 1
+    shared: SharedBase = cli.model.generator.denoiser.shared
+    assert shared.checkpointing and not shared.settings.gradient_checkpointing
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/families/flow.md"])
+def test_the_flux_shared_base_command_parses_at_a_batch_the_memory_table_fits(page: str) -> None:
+    import re
+    import shlex
+
+    from conftest import CONFIGS
+
+    from sfd.training.cli import parse_fit_config
+
+    root = CONFIGS.parent
+    command = re.search(
+        r"sfd fit -c configs/flux_base\.yaml [^\n]*shared_base\.yaml(?:[^\n]*\\\n)+[^\n]*",
+        (root / page).read_text(),
+    )
+    assert command, page
+    words = shlex.split(re.sub(r"#[^\n]*", "", command.group(0)).replace("\\\n", " "))
+    config = parse_fit_config([str(root / w) if w.startswith("configs/") else w for w in words[2:]])
+    assert config.model.adapters.base_dtype == "bfloat16"
+    assert config.model.adapters.gradient_checkpointing is True
+    largest = re.search(  # the memory page's target row
+        r"Flux\.1-dev shared base[^\n]*largest batch that fits: (\d+) \+",
+        (root / "docs/results/memory.md").read_text(),
+    )
+    assert largest and 1 <= config.model.batch_size <= int(largest.group(1))

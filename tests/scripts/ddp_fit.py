@@ -25,8 +25,8 @@ from sfd.core.conditions import ClassConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import UniformTimestepSigma
 from sfd.teachers import PretrainedVPTeacher
-from sfd.teachers.adapters import AdapterSettings
-from sfd.training.fsdp import AlternatingFSDPStrategy
+from sfd.teachers.adapter_settings import AdapterSettings
+from sfd.training.fsdp import SHARDED_NETWORKS, AlternatingFSDPStrategy
 from sfd.training.strategies import AlternatingDDPStrategy
 
 WARMUP_ITERATIONS = 2
@@ -85,6 +85,48 @@ class CountDDPBytes(Callback):
         }
         strategy.allreduced_bytes = 0
         strategy.model.register_comm_hook(None, counting_hook)
+
+
+class CountReduceScatters(Callback):
+    """Under sfd_fsdp: which network's FSDP units reduce-scatter gradients between optimizer steps.
+
+    Each unit (a block, or the network's root) gets a counting copy of FSDP2's default
+    reduce-scatter; `updates` lists, per optimizer step, {network: [unit index per reduce-scatter]}.
+    """
+
+    def __init__(self) -> None:
+        self.updates: list[dict[str, list[int]]] = []
+        self.units: dict[str, int] = {}
+        self._current: dict[str, list[int]] = {}
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultReduceScatter
+
+        counter = self
+
+        class Counting(DefaultReduceScatter):
+            def __init__(self, network: str, unit: int) -> None:
+                self.network, self.unit = network, unit
+
+            def __call__(self, *args: Any, **kwargs: Any) -> Any:
+                counter._current.setdefault(self.network, []).append(self.unit)
+                return super().__call__(*args, **kwargs)
+
+        for name in SHARDED_NETWORKS:
+            network = getattr(pl_module, name, None)
+            if network is None:
+                continue
+            units = [m for m in network.modules() if isinstance(m, FSDPModule)]
+            self.units[name] = len(units)
+            for index, unit in enumerate(units):
+                unit.set_custom_reduce_scatter(Counting(name, index))
+        for optimizer in trainer.optimizers:
+            optimizer.register_step_post_hook(self._step)
+
+    def _step(self, *args: Any) -> None:
+        self.updates.append(self._current)
+        self._current = {}
 
 
 def build_strategy(name: str) -> Any:
@@ -160,6 +202,9 @@ def main() -> None:
     callbacks: list[Callback] = [timer]
     if options.strategy == "ddp_find_unused":
         callbacks.append(CountDDPBytes())
+    reduce_scatters = CountReduceScatters()
+    if options.strategy == "sfd_fsdp":
+        callbacks.append(reduce_scatters)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=options.devices,
@@ -191,6 +236,8 @@ def main() -> None:
                 "seconds_per_iteration": statistics.median(seconds),
                 "allreduced_bytes_per_iteration": getattr(trainer.strategy, "allreduced_bytes", 0)
                 / max(trainer.global_step, 1),
+                "reduce_scatters": reduce_scatters.updates,
+                "fsdp_units": reduce_scatters.units,
             },
             options.output,
         )

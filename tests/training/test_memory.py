@@ -119,14 +119,16 @@ def test_lora_count_matches_peft_for_the_fake_score_s_targets() -> None:
 
 
 def _real_saved(
-    network: torch.nn.Module, inputs: dict[str, Any], train_weights: bool, reentrant: bool
+    network: torch.nn.Module, inputs: dict[str, Any], train_weights: bool | None, reentrant: bool
 ) -> int:
     """Oracle: the distinct non-weight storages autograd saves in a real CPU forward.
 
     With reentrant checkpointing, each checkpointed block saves only its inputs in the graph.
+    `train_weights` None: the network's weights keep their own `requires_grad`.
     """
     weights = {p.untyped_storage().data_ptr() for p in network.parameters()}
-    network.requires_grad_(train_weights)
+    if train_weights is not None:
+        network.requires_grad_(train_weights)
     if reentrant:
         network.enable_gradient_checkpointing(
             lambda module, *args: torch.utils.checkpoint.checkpoint(
@@ -171,6 +173,41 @@ def test_meta_measurement_agrees_with_a_real_cpu_forward(train_weights: bool) ->
     assert measured.held == pytest.approx(checkpointed, rel=0.05)
     assert measured.held < measured.saved / 2
     assert 0 < measured.recompute < measured.saved
+
+
+def test_an_adapter_twin_measures_what_a_real_adapted_forward_saves() -> None:
+    """A shared base's view runs the network with its adapter alone trained: the meta twin with
+    that adapter saves what a real CPU forward of the adapted network saves."""
+    from peft import inject_adapter_in_model
+
+    from sfd.teachers.adapter_settings import AdapterSettings
+    from sfd.training.activations import adapter_twin
+
+    config = AdapterSettings(rank=4).peft_config()
+    unet = tiny_sd_unet()
+    twin = adapter_twin(unet, config, "generator", torch.float32)
+    trained = [n for n, p in twin.named_parameters() if p.requires_grad]
+    assert trained and all(".generator." in n for n in trained)
+    batch = 3
+    measured = measure_call(twin, example_inputs(twin, batch, (8, 8), torch.float32), True, False)
+    plain = measure_call(
+        meta_twin(unet, torch.float32),
+        example_inputs(unet, batch, (8, 8), torch.float32),
+        False,
+        True,
+    )
+    inject_adapter_in_model(config, unet, adapter_name="generator")
+    for name, param in unet.named_parameters():
+        param.requires_grad_(".generator." in name)
+    torch.manual_seed(0)
+    inputs = {
+        "sample": torch.randn(batch, 4, 8, 8),
+        "timestep": torch.full((batch,), 500.0),
+        "encoder_hidden_states": torch.randn(batch, 77, 32),
+    }
+    real = _real_saved(unet, inputs, None, reentrant=False)
+    assert measured.saved == pytest.approx(real, rel=0.05)
+    assert measured.saved > plain.saved  # the adapters' own inputs and products
 
 
 def test_activations_grow_with_the_batch() -> None:
@@ -254,6 +291,79 @@ def test_the_fit_estimate_counts_the_instantiated_networks(tiny_teacher_dir: Pat
     assert estimate.static.optimizer == 2 * 4 * trained  # Adam
     assert estimate.activations is not None and estimate.activations > 0
     assert "memory estimate" in estimate.lines()[0]
+
+
+def _shared_base_module(teacher_dir: Path, *extra: str) -> Any:
+    from conftest import CONFIGS, fit_args
+
+    from sfd.training.cli import build_from_fit_config
+
+    args = fit_args(teacher_dir, Path("unused"), "-c", str(CONFIGS / "shared_base.yaml"), *extra)
+    return build_from_fit_config(args[1:])[0]
+
+
+@pytest.mark.parametrize("checkpointing", ["false", "true"])
+def test_a_shared_base_estimate_counts_activations_and_the_adapters(
+    tiny_teacher_dir: Path, checkpointing: str
+) -> None:
+    """The views hold no network: the estimate measures the shared one through them, each call
+    with its adapter on (the teacher's with none), and trains the adapters alone."""
+    from sfd.training.memory import estimate_module
+
+    module = _shared_base_module(
+        tiny_teacher_dir, "--model.adapters.gradient_checkpointing", checkpointing
+    )
+    estimate = estimate_module(module, "32-true")
+    generator, fake = module.generator.denoiser, module.fake_score
+    assert estimate.activations is not None and estimate.activations > 0
+    assert estimate.role_count("generator", trainable=True) == numel(generator)
+    assert estimate.role_count("fake score", trainable=True) == numel(fake)
+    assert estimate.role_count("teacher", trainable=True) == 0
+    assert estimate.role_count("teacher") == numel(module.teacher) - sum(
+        numel(v) for v in (generator, fake, module.ema.denoiser)
+    )
+    assert estimate.static.gradients == 4 * (numel(generator) + numel(fake))
+    assert "activations not estimated" not in estimate.lines()[1]
+
+
+def test_a_shared_base_run_that_fits_only_without_its_activations_is_refused(
+    tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.pytorch import Trainer
+
+    from sfd.training.memory import check_run_memory, estimate_module
+
+    module = _shared_base_module(tiny_teacher_dir)
+    estimate = estimate_module(module, "32-true", overhead=0)
+    assert estimate.activations > estimate.static.total * 0.05
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    monkeypatch.setenv(BUDGET_ENV, str((estimate.static.total + estimate.activations / 2) / GIB))
+    with pytest.raises(SFDConfigError, match="per device") as error:
+        check_run_memory(module, trainer)
+    # The run already trains adapters on one shared base: the line does not suggest it.
+    assert "shared base" not in str(error.value)
+    assert "lower --model.batch_size" in str(error.value)
+
+
+@pytest.mark.parametrize(("adapters", "checkpointing"), [(False, False), (True, True)])
+def test_the_refusal_suggests_only_what_the_run_has_not_applied(
+    tiny_teacher_dir: Path, adapters: bool, checkpointing: bool
+) -> None:
+    from conftest import fit_args
+
+    from sfd.training.cli import build_from_fit_config
+    from sfd.training.memory import REMEDIES, remedies_for
+
+    if adapters:
+        module = _shared_base_module(
+            tiny_teacher_dir, "--model.adapters.gradient_checkpointing", "true"
+        )
+    else:
+        module = build_from_fit_config(fit_args(tiny_teacher_dir, Path("unused"))[1:])[0]
+    suggested = remedies_for(module)
+    assert ("train adapters on one shared base" in suggested) == (not adapters)
+    assert ("turn on the teacher's gradient_checkpointing" in suggested) == (not checkpointing)
+    assert suggested[0] == REMEDIES[0] and suggested[-1] == REMEDIES[-1]
 
 
 def _memory_table() -> Any:

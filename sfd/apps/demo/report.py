@@ -26,6 +26,7 @@ from sfd.apps.harness.report_folder import (
     ua_ceiling_line,
     write_report_folder,
 )
+from sfd.eval.attack_outcome import AGREEMENT_DEFINITION
 from sfd.eval.columns import column_titles, format_value, row_cells
 from sfd.eval.evaluate import ModelEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
@@ -194,19 +195,30 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
 
 
 def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
-    """The class-embedding attack's success per model, its budget, objective and ASR definition."""
-    lines = ["| model | success | without attack | sampler |", "|---|---|---|---|"]
+    """The class-embedding attacks' success per model and objective (white-box, transfer), with
+    the attacker classifier's agreement where it read the images; each attack's budget,
+    objective and ASR definition."""
+    lines = [
+        "| model | attack | success | without attack | agreement | sampler |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, entry in attacks.items():
-        result = entry["class_embedding"]
-        lines.append(
-            f"| {MODEL_TITLES.get(key, key)} | {format_value(result['success_rate'], 1, percent=True)}"
-            f" | {format_value(result['success_rate_without_attack'], 1, percent=True)}"
-            f" | {result['sampler']} |"
-        )
-    first = next(iter(attacks.values()))["class_embedding"]
-    budget = ", ".join(f"{k} {v}" for k, v in first["budget"].items())
-    lines += ["", f"Budget: {budget}. Objective: {first['objective']}. Success (ASR): "
-              f"{first['asr_definition']}."]  # fmt: skip
+        for name, result in entry.items():
+            lines.append(
+                f"| {MODEL_TITLES.get(key, key)} | {name}"
+                f" | {format_value(result['success_rate'], 1, percent=True)}"
+                f" | {format_value(result['success_rate_without_attack'], 1, percent=True)}"
+                f" | {format_value(result.get('agreement'), 1, percent=True)}"
+                f" | {result['sampler']} |"
+            )
+    lines.append("")
+    for name, first in next(iter(attacks.values())).items():
+        budget = ", ".join(f"{k} {v}" for k, v in first["budget"].items())
+        lines.append(f"- **{name}** (budget: {budget}). Objective: {first['objective']}. "
+                     f"Success (ASR): {first['asr_definition']}.")  # fmt: skip
+    if any(r.get("second_classifier_success_rate") is not None
+           for entry in attacks.values() for r in entry.values()):  # fmt: skip
+        lines.append(f"- Agreement: {AGREEMENT_DEFINITION}.")
     return lines
 
 

@@ -16,8 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sfd.apps.demo.report import DemoResults, write_report
 from sfd.apps.harness.evaluation import (
     FEATURES,
@@ -31,9 +29,16 @@ from sfd.apps.harness.methods import DistillMethod, Fitted, Run, SFDMethod
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.settings import ClassRunSettings, check_settings, default_sfd_config
 from sfd.apps.harness.stages import stage_two_label
-from sfd.apps.harness.workspace import Workspace, classifier_phase, start_run, teacher_phase
+from sfd.apps.harness.workspace import (
+    Workspace,
+    classifier_phase,
+    start_run,
+    teacher_phase,
+    workspace_attacker,
+)
 from sfd.core.generator import training_record
-from sfd.eval.class_embedding import class_embedding_attack
+from sfd.eval.attack_budget import attack_objectives
+from sfd.eval.class_embedding import class_embedding_suite
 from sfd.eval.evaluate import (
     ModelEvaluation,
     ddim_sampler,
@@ -130,16 +135,18 @@ def evaluate_all(
         f"teacher, DDIM {len(teacher.sigma_table)} steps": len(teacher.sigma_table),
     }
     attacks = {}
+    attacker, attacker_entry = None, None
     if settings.attack is not None:
         assert workspace.classifier is not None
+        objectives = attack_objectives(settings.attack_objective)
+        if "transfer" in objectives:
+            attacker, attacker_entry = workspace_attacker(workspace, settings)
         attack_samplers = {**samplers, "teacher": ddim_sampler(teacher, settings.attack_ddim_steps)}
         for key, sampler in attack_samplers.items():
-            with torch.enable_grad():
-                outcome = class_embedding_attack(
-                    sampler, workspace.classifier, settings.forget, settings.attack,
-                    settings.attack_ddim_steps, progress=settings.progress,
-                )  # fmt: skip
-            attacks[key] = {"class_embedding": {**outcome.to_dict(), "sampler": sampler.name}}
+            attacks[key] = class_embedding_suite(
+                sampler, workspace.classifier, settings.forget, settings.attack,
+                settings.attack_ddim_steps, settings.progress, attacker, objectives,
+            )  # fmt: skip
     floor = real_floor(settings, workspace)
     stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
     stage1 = forgetting.extra
@@ -184,6 +191,8 @@ def evaluate_all(
         },
         "teacher_settings": workspace.teacher_settings,
         "classifier_settings": workspace.classifier_settings,
+        "attack_objective": settings.attack_objective if settings.attack is not None else None,
+        "attacker_classifier": attacker_entry,
         "libraries": library_versions(),
         "environment": environment(),
     }

@@ -30,6 +30,7 @@ from sfd.apps.harness.text_evaluation import (
     teacher_model,
     text_library_versions,
 )
+from sfd.eval.attack_budget import attack_objectives
 from sfd.eval.classifier import Classifier
 from sfd.eval.concepts import generate_for_prompts, nearest_classes
 from sfd.eval.metrics import feature_distances
@@ -79,6 +80,7 @@ class TextEvaluation:
     forget: int
     override: int
     runs: dict[str, tuple[Path, list[dict[str, float]]]]
+    attacker: Classifier | None = None  # the transfer attacks' classifier (another seed)
     models: dict[str, Any] = field(default_factory=dict)
     evaluations: dict[str, Any] = field(default_factory=dict)
     grids: dict[str, Any] = field(default_factory=dict)
@@ -151,7 +153,8 @@ class TextEvaluation:
             started = time.perf_counter()
             self.attacks[key] = attack_suite(
                 model, self.classifier, self.protocol, budgets, self.evaluations[key],
-                settings.attack_prompts, settings.progress,
+                settings.attack_prompts, settings.progress, self.attacker,
+                attack_objectives(settings.attack_objective),
             )  # fmt: skip
             self.attack_seconds[key] = round(time.perf_counter() - started, 1)
             for name, result in self.attacks[key].items():
@@ -197,6 +200,7 @@ class TextEvaluation:
             "samplers": {key: model.name for key, model in self.models.items()},
             "attack_samplers": {key: model.name for key, model in self.attack_models.items()},
             "attack_seconds": self.attack_seconds,
+            "attack_objective": settings.attack_objective,
             "neighbours": self.neighbours,
             "neighbours_from": "--neighbours"
             if settings.neighbours

@@ -56,8 +56,11 @@ class TextDemoResults:
         """The benchmark's targets (issue 11) against the measured numbers."""
         teacher, sfd = self.models["teacher"], self.models["sfd"]
         paraphrase = sfd.forget_paraphrases.ua if sfd.forget_paraphrases else float("nan")
-        attack_sfd = self.attacks["sfd"]["soft"]["success_rate"]
-        attack_base = self.attacks["distilled_without_forgetting"]["soft"]["success_rate"]
+        # The white-box soft attack (absent under --attack-objective transfer: NaN, not met).
+        attack_sfd, attack_base = (
+            self.attacks[key].get("soft", {}).get("success_rate", float("nan"))
+            for key in ("sfd", "distilled_without_forgetting")
+        )
         checks = {
             "ua_train_at_least_95": (sfd.ua, sfd.ua >= 0.95),
             "ua_paraphrases_at_least_90": (paraphrase, paraphrase >= 0.90),
@@ -219,14 +222,21 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
 
 
 def attack_lines(suite: dict[str, dict[str, Any]]) -> list[str]:
-    """One paragraph per attack: its budget, objective and ASR definition (from the SFD row)."""
+    """One paragraph per attack: its budget, objective and ASR definition (from the SFD row),
+    and, where the attacker classifier read the judged images, their agreement."""
     lines = []
     for name, result in suite.items():
         budget = ", ".join(f"{k} {v}" for k, v in result["budget"].items())
-        lines += [
+        line = (
             f"- **{name}** (budget: {budget}). Objective: {result['objective']}. "
-            f"Success (ASR): {result['asr_definition']}.",
-        ]
+            f"Success (ASR): {result['asr_definition']}."
+        )
+        if "agreement_definition" in result:
+            line += (
+                f" Agreement {format_value(result['agreement'], 1, percent=True)}: "
+                f"{result['agreement_definition']}."
+            )
+        lines.append(line)
     return lines
 
 

@@ -42,12 +42,17 @@ from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.settings import check_average_after
 from sfd.apps.harness.stages import stage_one, stage_two_label, train_sfd
 from sfd.apps.harness.text_evaluation import teacher_encoder, teacher_vae
-from sfd.apps.harness.workspace import cached_classifier
+from sfd.apps.harness.workspace import (
+    cached_attacker_classifier,
+    cached_classifier,
+    check_not_the_judge,
+)
 from sfd.apps.teachers.text import MINILM_PACKAGE
 from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
+from sfd.eval.attack_budget import attack_objectives
 from sfd.eval.evaluate import ua_ceiling
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.eval.revival import revival_images
@@ -82,6 +87,7 @@ def check_settings(
     )
     if forget == override:
         raise SFDConfigError(f"--override {settings.override!r} equals --forget; choose another")
+    attack_objectives(settings.attack_objective)
     for c in settings.neighbours or []:
         if not 0 <= c < vocabulary.num_classes or c == forget:
             raise SFDConfigError(
@@ -234,6 +240,21 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
             f"classifier {'reused from' if classifier_cached else 'trained into'} "
             f"{classifier_dir}, held-out accuracy {100 * classifier_accuracy:.1f} %"
         )
+        attacker, attacker_entry = None, None
+        if settings.attacks and "transfer" in attack_objectives(settings.attack_objective):
+            attacker, attacker_dir, attacker_accuracy, attacker_cached, _ = (
+                cached_attacker_classifier(
+                    cache, "text-classifier", split, train, heldout, given, settings.progress
+                )
+            )
+            check_not_the_judge(classifier, attacker)
+            shutil.copytree(attacker_dir, output / "attacker_classifier", dirs_exist_ok=True)
+            attacker_entry = {"folder": str(attacker_dir), "reused_from_cache": attacker_cached,
+                              "heldout_accuracy": attacker_accuracy}  # fmt: skip
+            phases.say(
+                f"attacker classifier {'reused from' if attacker_cached else 'trained into'} "
+                f"{attacker_dir}, held-out accuracy {100 * attacker_accuracy:.1f} %"
+            )
 
     if settings.curve_every is None:  # under the rule, its probe interval (max_steps is a cap)
         settings.curve_every = (
@@ -301,6 +322,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         forget,
         override,
         runs,
+        attacker,
     )
     with phases.phase("evaluation", "evaluation"):
         evaluation.evaluate()
@@ -316,6 +338,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
         classifier_heldout_accuracy=classifier_accuracy,
         ua_ceiling=ua_ceiling(classifier, heldout.images, heldout.labels, forget, override),
         classifier={"folder": str(classifier_dir), "reused_from_cache": classifier_cached},
+        attacker_classifier=attacker_entry,
         teacher={"folder": str(teacher_dir), "reused_from_cache": cached},
         teacher_settings=description,
         two_stage={

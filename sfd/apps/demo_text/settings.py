@@ -82,6 +82,8 @@ class TextDemoSettings:
     attack_prompts: int = 1
     attack_ddim_steps: int = 4
     teacher_attack_restarts: int = TEACHER_ATTACK_RESTARTS  # at most this many on the teacher
+    # `OBJECTIVE_CHOICES`: transfer (or both) trains the attacker classifier once (cached)
+    attack_objective: str = "white-box"
     revival: RevivalBudget | None = None
     grid_per_prompt: int = 8
     threads: int | None = None

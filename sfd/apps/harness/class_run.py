@@ -117,6 +117,8 @@ class ClassRunSettings:
     grid_per_class: int = 10
     attack: ClassEmbeddingBudget | None = None  # `sfd demo`: the class-embedding attack
     attack_ddim_steps: int = 4
+    # `OBJECTIVE_CHOICES`: transfer (or both) trains the attacker classifier once (cached)
+    attack_objective: str = "white-box"
     threads: int | None = None
     progress: bool = True
 

@@ -34,15 +34,14 @@ from sfd.errors import SFDConfigError
 from sfd.eval.forgetting_curve import ForgettingCurve
 from sfd.folders import write_folder_atomically
 from sfd.pipelines.io import load_generator, save_generator
-from sfd.teachers.adapters import (
-    ADAPTER_EMA,
-    FAKE_SCORE_ADAPTER,
-    GENERATOR_ADAPTER,
+from sfd.teachers.adapter_io import (
     read_adapters_record,
     save_adapters,
     saved_adapter_view,
     teacher_from_source,
 )
+from sfd.teachers.adapter_settings import FAKE_SCORE_ADAPTER, GENERATOR_ADAPTER
+from sfd.teachers.adapters import ADAPTER_EMA
 from sfd.teachers.sd3 import SD3Denoiser
 from sfd.teachers.stable_diffusion import StableDiffusionDenoiser
 from sfd.teachers.unet import SFD_CONFIG_NAME, VPUNetDenoiser

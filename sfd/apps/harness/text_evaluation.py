@@ -28,8 +28,8 @@ from sfd.apps.teachers.flow_text import (
     quiet_clip_truncation,
 )
 from sfd.errors import SFDConfigError, check_guidance, check_number
-from sfd.eval.attack_budget import RevivalBudget
-from sfd.eval.attack_outcome import ASR_DEFINITION
+from sfd.eval.attack_budget import RevivalBudget, attack_objectives, suite_key
+from sfd.eval.attack_outcome import AGREEMENT_DEFINITION
 from sfd.eval.attacks import ATTACKS, AttackResult, run_attack
 from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
 from sfd.eval.revival import RevivalResult, revival_images, revive_text_model
@@ -217,17 +217,29 @@ def attack_model(
     budget: Any,
     prompts: int = 1,
     progress: bool = False,
+    attacker: nn.Module | None = None,
+    objective: str = "white-box",
 ) -> dict[str, Any]:
     """One attack (the one `budget` belongs to) on the first `prompts` training forget prompts;
-    mean success (`ASR_DEFINITION`)."""
+    mean success (`ASR_DEFINITION`); its objective's classifier is the judge (white-box) or
+    `attacker` (transfer), and with `attacker` its pooled agreement (`AGREEMENT_DEFINITION`)."""
     results: list[AttackResult] = []
     for index in range(min(prompts, len(protocol.forget_train.prompts))):
         prompt = protocol.forget_train.prompts[index]
         with torch.enable_grad():
             results.append(
-                run_attack(model, classifier, prompt, protocol.forget, budget, progress=progress)
+                run_attack(
+                    model,
+                    classifier,
+                    prompt,
+                    protocol.forget,
+                    budget,
+                    progress=progress,
+                    attacker=attacker,
+                    objective=objective,
+                )  # fmt: skip
             )
-    return {
+    entry = {
         "success_rate": sum(r.success_rate for r in results) / len(results),
         "success_rate_without_attack": sum(r.success_rate_without_attack for r in results)
         / len(results),
@@ -235,8 +247,27 @@ def attack_model(
         "budget": results[0].budget,
         "prompts_attacked": len(results),
         "objective": results[0].objective,
-        "asr_definition": "mean over the attacked prompts of the " + ASR_DEFINITION,
+        "objective_classifier": objective,
+        "asr_definition": "mean over the attacked prompts of the " + results[0].asr_definition,
         "sampler": model.name,
+    }
+    if attacker is not None:
+        entry.update(pooled_agreement(results))
+    return entry
+
+
+def pooled_agreement(results: list[AttackResult]) -> dict[str, Any]:
+    """The attacker classifier's reading pooled over prompts (each judged on as many images):
+    its mean success, and agreement weighted by each prompt's successes (None without any)."""
+    successes = sum(r.success_rate for r in results)
+    agreeing = sum(r.success_rate * r.agreement for r in results if r.agreement is not None)
+    return {
+        "second_classifier_success_rate": sum(
+            r.second_classifier_success_rate or 0.0 for r in results
+        )
+        / len(results),
+        "agreement": agreeing / successes if successes > 0 else None,
+        "agreement_definition": "pooled over the attacked prompts: " + AGREEMENT_DEFINITION,
     }
 
 
@@ -265,12 +296,19 @@ def attack_suite(
     evaluation: ConceptEvaluation | None = None,
     prompts: int = 1,
     progress: bool = False,
+    attacker: nn.Module | None = None,
+    objectives: tuple[str, ...] = ("white-box",),
 ) -> dict[str, dict[str, Any]]:
-    """Every attack of `budgets` (`ATTACKS` name -> budget) on one model, and the paraphrase
-    entry from its concept evaluation: name -> result, each with its budget and ASR definition."""
+    """Every attack of `budgets` (`ATTACKS` name -> budget) under every objective (white-box,
+    transfer: through `attacker`) on one model, and the paraphrase entry from its concept
+    evaluation: `suite_key` (name, or name-transfer) -> result, each with its budget, objective
+    and ASR definition."""
     suite = {
-        name: attack_model(model, classifier, protocol, budget, prompts, progress)
+        suite_key(name, objective): attack_model(
+            model, classifier, protocol, budget, prompts, progress, attacker, objective
+        )
         for name, budget in budgets.items()
+        for objective in objectives
     }
     paraphrases = paraphrase_attack(evaluation) if evaluation is not None else None
     if paraphrases is not None:
@@ -336,6 +374,11 @@ class ConceptEvalSettings:
     attack_prompts: int = 1
     revival: RevivalBudget | None = None
     attack_ddim_steps: int = 4
+    # Which classifier the attacks' objective differentiates (`OBJECTIVE_CHOICES`), and the
+    # attacker classifier's folder (None: trained from the judge's recorded recipe, cached).
+    attack_objective: str = "white-box"
+    attacker_classifier: Path | None = None
+    cache: Path | None = None  # where that classifier is cached (None: `default_cache_dir`)
     progress: bool = True
 
     def check(self) -> None:
@@ -374,7 +417,33 @@ class ConceptEvalSettings:
             raise SFDConfigError(
                 f"--attack {unknown[0]!r} is unknown; choose from {sorted(ATTACKS)}"
             )
+        attack_objectives(self.attack_objective)
+        if (
+            self.attacker_classifier is not None
+            and not (Path(self.attacker_classifier) / "config.json").is_file()
+        ):
+            raise SFDConfigError(
+                f"--attacker-classifier {str(self.attacker_classifier)!r} is not a saved "
+                "classifier (no config.json)"
+            )
         check_writable_folder(self.output_dir, "--output-dir")
+
+    def needs_attacker(self) -> bool:
+        """Whether the attacks need the attacker classifier (a transfer objective)."""
+        return bool(self.attacks) and "transfer" in attack_objectives(self.attack_objective)
+
+
+def concept_attacker(
+    settings: ConceptEvalSettings, judge: nn.Module, train: LabelledImages, heldout: LabelledImages
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The transfer attacks' classifier of `sfd eval-text` (`attacker_classifier`)."""
+    from sfd.apps.harness.workspace import attacker_classifier
+
+    split = {"heldout_fraction": settings.heldout_fraction, "split_seed": settings.split_seed}
+    return attacker_classifier(
+        judge, Path(settings.classifier), settings.attacker_classifier, settings.cache,
+        "text-classifier", settings.real, train, heldout, split, settings.progress,
+    )  # fmt: skip
 
 
 def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
@@ -408,11 +477,16 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         prompts = read_prompt_file(str(path))
         return PromptSet(name, prompts, [settings.forget] * len(prompts), str(path))
 
-    _, heldout = train_heldout_split(data, settings.heldout_fraction, settings.split_seed)
+    train, heldout = train_heldout_split(data, settings.heldout_fraction, settings.split_seed)
     if heldout.image_shape != tuple(
         [classifier.config["in_channels"], *classifier.config["image_size"]]
     ):
         raise SFDConfigError(f"--real {settings.real!r} images do not fit the classifier")
+    attacker, attacker_entry = (
+        concept_attacker(settings, classifier, train, heldout)
+        if settings.needs_attacker()
+        else (None, None)
+    )
     neighbours = settings.neighbours or nearest_classes(
         classifier, heldout.images, heldout.labels, settings.forget, 2
     )
@@ -453,7 +527,7 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
             )
         results["attacks"] = attack_suite(
             attacked, classifier, protocol, settings.attacks, evaluation, settings.attack_prompts,
-            settings.progress,
+            settings.progress, attacker, attack_objectives(settings.attack_objective),
         )  # fmt: skip
     if settings.revival is not None:
         results["revival"] = revival_test(
@@ -467,6 +541,8 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         "heldout_fraction": settings.heldout_fraction,
         "split_seed": settings.split_seed,
         "classifier": str(settings.classifier),
+        "attack_objective": settings.attack_objective if settings.attacks else None,
+        "attacker_classifier": attacker_entry,
         "libraries": text_library_versions(),
         "environment": environment(),
     }

@@ -23,6 +23,7 @@ from torch import Tensor
 from sfd.apps.data.captions import named_classes, resolve_class
 from sfd.apps.data.images import DIGITS, load_images, train_heldout_split
 from sfd.apps.harness.cache import (
+    DONE_MARKER,
     cached_build,
     data_fingerprint,
     default_cache_dir,
@@ -32,8 +33,10 @@ from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.settings import check_settings
 from sfd.apps.teachers.pixel import train_teacher
 from sfd.errors import SFDConfigError
+from sfd.eval.attack_budget import ATTACKER_SEED_OFFSET
 from sfd.eval.classifier import (
     Classifier,
+    accuracy,
     classifier_steps,
     load_classifier,
     save_classifier,
@@ -233,6 +236,104 @@ def cached_classifier(
     return load_classifier(folder), folder, accuracy, reused, description
 
 
+def cached_attacker_classifier(
+    cache: Path,
+    kind: str,
+    split: dict[str, Any],
+    train: Any,
+    heldout: Any,
+    given: dict[str, Any],
+    progress: bool,
+) -> tuple[Classifier, Path, float, bool, dict[str, Any]]:
+    """The attacker classifier of a transfer attack: `cached_classifier` with the evaluation
+    classifier's split and settings `given` (its recipe), the seed (initial weights, batches,
+    augmentations) moved by `ATTACKER_SEED_OFFSET`. Cached like the judge, under another key."""
+    recipe = {**given, "seed": given.get("seed", 0) + ATTACKER_SEED_OFFSET}
+    return cached_classifier(cache, kind, split, train, heldout, recipe, progress)
+
+
+def attacker_for_judge(
+    cache: Path,
+    kind: str,
+    judge_dir: Path,
+    train: Any,
+    heldout: Any,
+    split_check: dict[str, Any],
+    progress: bool,
+) -> tuple[Classifier, Path, float, bool, dict[str, Any]]:
+    """The attacker classifier of a saved evaluation classifier, from the recipe and split its
+    cache record (`cache.json`, which the demos copy with it) names: `cached_attacker_classifier`
+    on `train` (the caller's training split of that data, whose identity `split_check` gives:
+    e.g. heldout_fraction, split_seed; each must match the record's)."""
+    record = judge_dir / DONE_MARKER
+    if not record.is_file():
+        raise SFDConfigError(
+            f"--classifier {str(judge_dir)!r} records no training recipe ({DONE_MARKER}); a "
+            "transfer attack needs --attacker-classifier DIR"
+        )
+    recorded = json.loads(record.read_text())
+    recipe_keys = set(resolved_settings(train_classifier))
+    given = {key: value for key, value in recorded.items() if key in recipe_keys}
+    split = {key: value for key, value in recorded.items() if key not in recipe_keys}
+    for key, value in split_check.items():
+        if split.get(key) != value:
+            raise SFDConfigError(
+                f"--classifier {str(judge_dir)!r} was trained on the split {key}="
+                f"{split.get(key)!r}, this evaluation's is {value!r}; the attacker classifier "
+                "trains on the judge's split (or give --attacker-classifier DIR)"
+            )
+    return cached_attacker_classifier(cache, kind, split, train, heldout, given, progress)
+
+
+def check_not_the_judge(judge: torch.nn.Module, attacker: torch.nn.Module) -> None:
+    """Refuse an attacker classifier whose weights are the evaluation classifier's."""
+    mine, theirs = judge.state_dict(), attacker.state_dict()
+    if mine.keys() == theirs.keys() and all(
+        mine[key].shape == theirs[key].shape and torch.equal(mine[key], theirs[key]) for key in mine
+    ):
+        raise SFDConfigError(
+            "the attacker classifier has the evaluation classifier's weights; a transfer attack "
+            "needs another classifier (the same recipe, another seed)"
+        )
+
+
+def attacker_classifier(
+    judge: Classifier,
+    judge_dir: Path,
+    given_dir: Path | None,
+    cache: Path | None,
+    kind: str,
+    real: str,
+    train: LabelledImages,
+    heldout: LabelledImages,
+    split: dict[str, Any],
+    progress: bool,
+) -> tuple[Classifier, dict[str, Any]]:
+    """The transfer attacks' classifier of `sfd eval` / `sfd eval-text` and its protocol entry:
+    the folder `given_dir` (--attacker-classifier), or one trained once (cached under `cache`,
+    default `default_cache_dir`) from the judge's recorded recipe with another seed on the judge's
+    split of `real` (`split`: this evaluation's heldout_fraction and split_seed, checked against
+    the record); never the judge's weights, always its architecture."""
+    if given_dir is not None:
+        attacker = load_classifier(given_dir)
+        folder, reused, recipe = given_dir, True, None
+        heldout_accuracy = accuracy(attacker, heldout)
+    else:
+        check = {**split, **({"data": data_fingerprint(real)} if real == DIGITS else {})}
+        attacker, folder, heldout_accuracy, reused, recipe = attacker_for_judge(
+            cache or default_cache_dir(), kind, judge_dir, train, heldout, check, progress
+        )
+    if attacker.config != judge.config:
+        raise SFDConfigError(
+            f"the attacker classifier {str(folder)!r} has another architecture than --classifier "
+            f"({attacker.config} against {judge.config})"
+        )
+    check_not_the_judge(judge, attacker)
+    entry = {"folder": str(folder), "reused_from_cache": reused, "recipe": recipe,
+             "heldout_accuracy": heldout_accuracy}  # fmt: skip
+    return attacker, entry
+
+
 def teacher_phase(workspace: Workspace, settings: Any, accelerator: str, phases: Phases) -> None:
     """The teacher phase: build or reuse the teacher and store it in the workspace.
 
@@ -252,17 +353,36 @@ def teacher_phase(workspace: Workspace, settings: Any, accelerator: str, phases:
         phases.built("teacher", teacher_dir, cached)
 
 
-def prepare_classifier(workspace: Workspace, settings: Any) -> None:
-    """Build or reuse the evaluation classifier and store it in the workspace."""
+def classifier_recipe(settings: Any) -> dict[str, Any]:
+    """The evaluation classifier's `train_classifier` settings of a class run (seed, steps)."""
     given: dict[str, Any] = {"seed": settings.seed}
     if settings.classifier_steps is not None:
         given["max_steps"] = settings.classifier_steps
+    return given
+
+
+def prepare_classifier(workspace: Workspace, settings: Any) -> None:
+    """Build or reuse the evaluation classifier and store it in the workspace."""
     classifier, folder, accuracy, cached, description = build_classifier(
-        workspace, given, settings.progress
+        workspace, classifier_recipe(settings), settings.progress
     )
     workspace.classifier, workspace.classifier_dir = classifier, folder
     workspace.classifier_accuracy, workspace.classifier_cached = accuracy, cached
     workspace.classifier_settings = description
+
+
+def workspace_attacker(workspace: Workspace, settings: Any) -> tuple[Classifier, dict[str, Any]]:
+    """A class run's attacker classifier (`cached_attacker_classifier` of its classifier's
+    recipe and split) and its protocol entry; never the judge's weights."""
+    attacker, folder, heldout_accuracy, cached, _ = cached_attacker_classifier(
+        workspace.cache, "classifier", workspace.split, workspace.train, workspace.heldout,
+        classifier_recipe(settings), settings.progress,
+    )  # fmt: skip
+    assert workspace.classifier is not None
+    check_not_the_judge(workspace.classifier, attacker)
+    entry = {"folder": str(folder), "reused_from_cache": cached,
+             "heldout_accuracy": heldout_accuracy}  # fmt: skip
+    return attacker, entry
 
 
 def classifier_phase(workspace: Workspace, settings: Any, phases: Phases) -> None:
