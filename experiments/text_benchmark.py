@@ -30,6 +30,12 @@ settings without measuring plain SFD again.
 `--merge` adds the set-ups of earlier records (set-ups measured by other commands, e.g. one
 `--only` at a time so each teacher trains once) to this run's page and record, each shown under
 the command, date, commit and load of the run that measured it.
+
+    python experiments/text_benchmark.py --page-from runs/a/benchmark.json \
+        --replace runs/fashion-again/benchmark.json
+
+`--replace` (with `--page-from`) puts the set-ups of newer records in the place of the same
+set-ups on the page (a set-up measured again), each under the command that measured it.
 """
 
 from __future__ import annotations
@@ -289,25 +295,42 @@ def finished_plain_run(output: Path, name: str, options: list[str], family: str)
     return {**setup_result(name, folder, shown, timing, family), "plain_from": str(output)}
 
 
-def merged_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
-    """The set-ups of the records in `files`, each carrying its record's "run" (command, date,
-    commit, machine) and file; SystemExit for another teacher family or a set-up twice."""
+def merged_setups(
+    record: dict[str, Any], files: list[str], flag: str = "--merge"
+) -> list[dict[str, Any]]:
+    """The set-ups of the records in `files` (given by option `flag`), each carrying its record's
+    "run" (command, date, commit, machine) and file; SystemExit for another teacher family or a
+    set-up twice."""
     family = record["run"].get("family", "unet")
     seen = {r["setup"] for r in record["setups"]}
     merged = []
     for file in files:
-        other = read_record(file, "--merge")
+        other = read_record(file, flag)
         if other["run"].get("family", "unet") != family:
             raise SystemExit(
-                f"--merge {file}: a --family {other['run'].get('family', 'unet')} record; this "
+                f"{flag} {file}: a --family {other['run'].get('family', 'unet')} record; this "
                 f"page is --family {family}'s"
             )
         for r in other["setups"]:
             if r["setup"] in seen:
-                raise SystemExit(f"--merge {file}: set-up {r['setup']!r} is already on the page")
+                raise SystemExit(f"{flag} {file}: set-up {r['setup']!r} is already on the page")
             seen.add(r["setup"])
             merged.append({**r, "run": r.get("run", other["run"]), "record": r.get("record", file)})
     return merged
+
+
+def replaced_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
+    """The record's set-ups with those of the records in `files` in their places (the same set-up
+    measured again, shown under the command that measured it); SystemExit for another teacher
+    family, a set-up twice in `files` or one that is not in the record (`--merge` adds those)."""
+    newer = merged_setups({"run": record["run"], "setups": []}, files, "--replace")
+    missing = [
+        r["setup"] for r in newer if r["setup"] not in {s["setup"] for s in record["setups"]}
+    ]
+    if missing:
+        raise SystemExit(f"--replace: set-up {missing[0]!r} is not on the page; --merge adds it")
+    by_name = {r["setup"]: r for r in newer}
+    return [by_name.get(r["setup"], r) for r in record["setups"]]
 
 
 def measured_by(r: dict[str, Any]) -> list[str]:
@@ -442,6 +465,14 @@ def main(argv: list[str] | None = None) -> None:
         "command that measured it",
     )
     parser.add_argument(
+        "--replace",
+        nargs="+",
+        default=[],
+        metavar="FILE.json",
+        help="with --page-from: the set-ups of these newer records (same --family) take the "
+        "places of the same set-ups on the page, each under the command that measured it",
+    )
+    parser.add_argument(
         "--plain-from",
         metavar="FILE.json|DIR",
         help="take each set-up's plain run from this earlier record (the same sfd demo-text "
@@ -451,8 +482,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
+    if options.replace and not options.page_from:
+        parser.error("--replace rewrites a page's set-ups: use it with --page-from")
     if options.page_from:
         record = read_record(options.page_from)
+        record["setups"] = replaced_setups(record, options.replace)
         record["setups"] += merged_setups(record, options.merge)
         print(write_results_page(record, options.page_from))
         return

@@ -7,6 +7,7 @@ record, run the script's real entry point on it and read the page back.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import re
@@ -680,6 +681,43 @@ def text_quality_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "rows": rows, "stage1_rows": knobs}
 
 
+def text_quality_stage2b_record(command: str) -> dict[str, Any]:
+    """The stage-2 knobs page: one demo row, a stage-1 trace without a preset row, and two
+    two_stage sweep runs with a constant EMA beside the module's own."""
+    record = text_quality_record(command)
+    record["rows"] = record["rows"][1:]  # no preset (pairs benchmark) row
+    record["rows"][0]["stage1_folder"] = "cache/stage1-x"  # the sweeps' stage 1
+    other = copy.deepcopy(record["rows"][0])  # another pair's protocol: not the sweeps' start
+    other["name"] = "other-pair"
+    other["models"]["teacher"]["fid_remain"] = 5.0
+    other["models"]["sfd"]["fid_remain"] = 10.0
+    record["rows"].append(other)
+    record["page"] = "text_quality_stage2b"
+    first, second = record["stage1_rows"]
+    record["stage1_rows"] = [first]
+
+    def point(ua: float, ratio: float) -> dict[str, float]:
+        return {"ua": ua, "ua_paraphrases": ua, "remain_accuracy": 0.99, "fid_ratio": ratio}
+
+    def run(name: str, spec: str, trace: list[dict[str, Any]]) -> dict[str, Any]:
+        command = f"python experiments/text_sfd_sweep.py --stage two_stage {spec}"
+        return {"spec": spec, "command": command, "run": run_section(command), "name": name,
+                "stage": "two_stage", "stage1": "cache/stage1-x", "train_seconds": 300.0,
+                "teacher_fid": 4.0,
+                "quality_trace": trace}  # fmt: skip
+
+    record["stage2_rows"] = [
+        run("preset", "preset:trainer.max_steps=180", [
+            {"iteration": 90, "ema": point(1.0, 2.1), "ema0.995": point(0.3, 1.4)},
+            {"iteration": 180, "ema": point(1.0, 1.6), "ema0.995": point(0.995, 1.3)},
+        ]),
+        run("glr-half", "glr-half:model.x=5e-5", [
+            {"iteration": 180, "ema": point(0.98, 1.5), "ema0.995": point(0.5, 1.2)},
+        ]),
+    ]  # fmt: skip
+    return record
+
+
 CASES = [
     (
         "adversarial_overhead",
@@ -958,6 +996,29 @@ CASES = [
         ],
     ),
     (
+        "text_quality",
+        "text_quality_stage2b",
+        text_quality_stage2b_record,
+        "python experiments/text_quality.py --output-dir runs/q --page text_quality_stage2b",
+        [
+            "# Text demo quality: stage 2's knobs from the half-lr stage 1",
+            "| preset | `trainer.max_steps=180` | shipped (power 7, cap 0.995; no restart) "
+            "| 2.10× · UA 100.0 % (100.0 %) | 1.60× · UA 100.0 % (100.0 %) | 99.0 % | 300 s "
+            "| 1.5–2.5 |",
+            "| preset | `trainer.max_steps=180` | constant 0.995 | 1.40× · UA 30.0 % (30.0 %) "
+            "| 1.30× · UA 99.5 % (99.5 %) | 99.0 % | 300 s | 1.5–2.5 |",
+            "| glr-half | `model.x=5e-5` | constant 0.995 | – | 1.20× · UA 50.0 % (50.0 %) "
+            "| 99.0 % | 300 s | 1.5–2.5 |",
+            "python experiments/text_sfd_sweep.py --stage two_stage glr-half:model.x=5e-5",
+            "per knob: preset 1.30× (constant 0.995, it. 180); glr-half never. Stage 1 starts "
+            "them at 2.00× (the demo rows' stage-1 FID); the lowest of any average at any "
+            "evaluation, whatever its UA, is 1.20×.",
+            "trange, shipped: 3.00× (it. 200) → 2.00× (it. 400); "
+            "trange, constant 0.98: 2.50× (it. 200) → 1.90× (it. 400).",
+            "The best here is **restarted** at **1.25×**",
+        ],
+    ),
+    (
         "pairs_benchmark",
         "pairs",
         pairs_record,
@@ -1024,8 +1085,9 @@ CASES = [
             "| 70.2 | 0 / 5 |",
             "| Flux.1-dev: shared-base trainable bytes ≤ 5 % of full copies' "
             "| 10 MiB vs 1,000 MiB = 1.00 % | yes |",
-            "| Flux.1-dev shared base, bf16, checkpointing, 1024²: fits one 80 GB GPU "
-            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at 8 + 8: 70.2 GiB | yes |",
+            "| Flux.1-dev shared base, bf16 base, checkpointing, 1024²: fits one 80 GB GPU "
+            "| at 1 + 1: 35.1 GiB; largest batch that fits: 5 + 5; at the preset's 8 + 8: "
+            "70.2 GiB (fits) | yes, at batch 1 + 1 to 5 + 5 |",
         ],
     ),
 ]
@@ -1351,6 +1413,36 @@ def test_merged_set_ups_show_under_the_command_that_measured_them(results_dir) -
         module.main(["--page-from", "runs/a.json", "--merge", "runs/c.json"])
     with pytest.raises(SystemExit, match="already on the page"):  # before anything runs
         module.main(["--family", "sd3", "--only", "digits", "--merge", "runs/a.json"])
+
+
+def test_a_set_up_measured_again_replaces_its_section_in_place(results_dir) -> None:
+    """`--replace`: a newer record's set-up takes the place of the same set-up on the page (a
+    merged one too), under the command that measured it; one not on the page is refused."""
+    module = importlib.import_module("text_benchmark")
+    first = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    fashion = flow_text_record("python experiments/text_benchmark.py --family sd3 --only fashion")
+    fashion["setups"][0]["setup"] = "fashion"
+    again = copy.deepcopy(fashion)
+    again["run"]["command"] += " --again"
+    again["run"]["date"] = "2026-01-03 04:05 UTC"
+    again["setups"][0]["models"]["sfd"]["ua"] = 0.5
+    results_page.save_record(fashion, "runs/b.json")
+    first["setups"] += module.merged_setups(first, ["runs/b.json"])  # as a run with --merge
+    first["setups"].append({**first["setups"][0], "setup": "digits-untuned"})
+    results_page.save_record(first, "runs/a.json")
+    results_page.save_record(again, "runs/c.json")
+    module.main(["--page-from", "runs/a.json", "--replace", "runs/c.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    assert text.index("## digits\n") < text.index("## fashion") < text.index("## digits-untuned")
+    fashion_section = text[text.index("## fashion") : text.index("## digits-untuned")]
+    assert "--only fashion --again` (2026-01-03 04:05 UTC" in fashion_section
+    assert "record `runs/c.json`" in fashion_section and "runs/b.json" not in text
+    assert "| sfd | 50.0 % |" in fashion_section
+    assert "| sfd | 99.0 % |" in text[: text.index("## fashion")]  # the others as they were
+    with pytest.raises(SystemExit, match="'digits' is not on the page; --merge adds it"):
+        module.main(["--page-from", "runs/c.json", "--replace", "runs/a.json"])
+    with pytest.raises(SystemExit):
+        module.main(["--replace", "runs/c.json", "--no-page"])
 
 
 def test_run_context_keeps_the_commit_taken_before_measuring() -> None:

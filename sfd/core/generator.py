@@ -166,9 +166,9 @@ def training_record(module: Any) -> dict[str, Any]:
         "optimizers": optimizers,  # fake score's, generator's (configure_optimizers order)
         "global_step": int(module.global_step),
     }
-    adapters = getattr(module, "adapters", None)  # a shared-base run's AdapterSettings
-    if adapters is not None:
-        record["adapters"] = _plain(adapters.described())
+    shared = getattr(getattr(module, "fake_score", None), "shared", None)  # a shared-base run
+    if shared is not None:
+        record["adapters"] = _plain(shared.described())
     # Weights the two optimizers train: whole networks, or a shared base's adapters.
     record["trained_weights"] = {
         name: sum(p.numel() for p in getattr(module, name).parameters())

@@ -29,7 +29,7 @@ from sfd.pipelines.delta_lora import (
     output_error,
 )
 from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
-from sfd.pipelines.one_step_flow import OneStepFlowSampling, OneStepFluxPipeline, OneStepSD3Pipeline
+from sfd.pipelines.one_step_flow import FLOW_PIPELINES, OneStepFlowSampling
 from sfd.pipelines.one_step_sdxl import SDXL_SETTINGS, OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_sdxl_single_file, write_single_file
@@ -57,8 +57,7 @@ PRIVATE_SETTINGS = {
     OneStepPipeline: (),
     OneStepTextPipeline: ("sigma_init", "prediction_type", "timestep"),
     OneStepSDXLPipeline: SDXL_SETTINGS,
-    OneStepSD3Pipeline: ("t_init", "max_sequence_length", "timestep"),
-    OneStepFluxPipeline: ("t_init", "max_sequence_length", "timestep", "guidance", "sample_size"),
+    **{cls: cls.settings for cls in FLOW_PIPELINES.values()},
 }
 LORA_CHECK_PROMPTS = ["a photo of a person", "a landscape painting"]  # + the run's forget prompts
 LORA_CHECK_SEED = 0

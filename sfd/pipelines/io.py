@@ -30,18 +30,11 @@ from sfd.pipelines.export_parts import EXPORT_PARTS, ExportJob, write_standalone
 from sfd.pipelines.metrics_file import metrics_mismatch, read_metrics_file
 from sfd.pipelines.model_card import EXPORT_RECORD, model_card
 from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
-from sfd.pipelines.one_step_flow import (
-    FLOW_PIPELINES,
-    OneStepFlowSampling,
-    OneStepFluxPipeline,
-    OneStepSD3Pipeline,
-)
+from sfd.pipelines.one_step_flow import FLOW_PIPELINES, OneStepFlowSampling
 from sfd.pipelines.one_step_sdxl import OneStepSDXLPipeline
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.teachers import (
     EDMUNetDenoiser,
-    FluxDenoiser,
-    SD3Denoiser,
     StableDiffusionDenoiser,
     StableDiffusionXLDenoiser,
     VPUNetDenoiser,
@@ -55,8 +48,7 @@ PIPELINE_FOR_KIND: dict[str, type[DiffusionPipeline]] = {
     EDMUNetDenoiser.kind: OneStepPipeline,
     StableDiffusionDenoiser.kind: OneStepTextPipeline,
     StableDiffusionXLDenoiser.kind: OneStepSDXLPipeline,
-    SD3Denoiser.kind: OneStepSD3Pipeline,
-    FluxDenoiser.kind: OneStepFluxPipeline,
+    **{cls.denoiser_class.kind: cls for cls in FLOW_PIPELINES.values()},
 }
 # model_index.json class name -> sfd's class; a flow export names the stock class (FLOW_PIPELINES).
 PIPELINE_CLASSES = {

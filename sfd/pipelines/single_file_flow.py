@@ -315,8 +315,14 @@ def check_flow_single_file(pipeline: Any, stock_class: str) -> None:
 
     Args:
         pipeline: the export's pipeline.
-        stock_class: "StableDiffusion3Pipeline" or "FluxPipeline".
+        stock_class: "StableDiffusion3Pipeline" or "FluxPipeline"; another flow family's class
+            is refused (no original layout is known for it).
     """
+    if stock_class not in FLOW_SINGLE_FILE_WRITERS:
+        raise SFDConfigError(
+            f"--single-file: no original single-file layout is known for {stock_class} exports "
+            f"(only {', '.join(FLOW_SINGLE_FILE_WRITERS)}); export without --single-file"
+        )
     for name, expected in TEXT_ENCODERS[stock_class]:
         encoder = getattr(pipeline, name)
         if encoder is None and name == "text_encoder_3":

@@ -243,6 +243,11 @@ class SharedBase:
         if rest:
             torch._foreach_lerp_([t for t, _ in rest], [s.detach() for _, s in rest], weight)
 
+    def described(self) -> dict[str, Any]:
+        """The settings as the run used them: `gradient_checkpointing` is true when either the
+        adapters' setting or the teacher's own turned it on (the training record, the card)."""
+        return self.settings.described() | {"gradient_checkpointing": self.checkpointing}
+
     def trainable_count(self, name: str) -> int:
         """Number of weights of adapter `name`."""
         return sum(p.numel() for p in self.adapter_parameters[name].values())

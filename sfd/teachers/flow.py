@@ -174,9 +174,6 @@ def unpack_pooled(embeds: Tensor, pooled_dim: int) -> tuple[Tensor, Tensor]:
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
 
-FLOW_PIPELINE_CLASSES = ("StableDiffusion3Pipeline", "FluxPipeline")
-
-
 def check_pipeline_class(
     path: str, index: dict[str, Any], allowed: tuple[str, ...] | None, teacher: str
 ) -> None:
@@ -191,7 +188,8 @@ def check_pipeline_class(
     name = index.get("_class_name")
     if isinstance(name, list):
         name = name[-1]
-    refused = name in FLOW_PIPELINE_CLASSES if allowed is None else name not in allowed
+    flow_classes = {family.pipeline_class.__name__ for family in flow_families()}
+    refused = name in flow_classes if allowed is None else name not in allowed
     if index and refused:
         allowed = allowed or ("StableDiffusionPipeline",)
         raise SFDConfigError(
@@ -219,10 +217,12 @@ FLOW_SPEC_PARTS = ("kind", "transformer", "scheduler", "pipeline", "revision")
 class FlowTransformerDenoiser(FlowDenoiser):
     """What every diffusers flow transformer family shares: the network, its folder, prompts, spec.
 
-    A family (`sfd.teachers.sd3`, `sfd.teachers.flux`; a new one is one file like them) sets
-    `kind`, `transformer_class`, `pipeline_class` (the stock diffusers pipeline of its folders),
-    `sequence_encoder`, and implements `predict` (the network's call convention) and
-    `encode_with_pipeline` (its prompt encoders, run by the stock pipeline's own `encode_prompt`).
+    A family (`sfd.teachers.sd3`, `sfd.teachers.flux`; a new one is one file like them plus the
+    registrations docs/families/flow.md lists: `DENOISER_KINDS`, an export class in
+    `FLOW_PIPELINES`) sets `kind`, `transformer_class`, `pipeline_class` (the stock diffusers
+    pipeline of its folders), `sequence_encoder`, and implements `predict` (the network's call
+    convention) and `encode_with_pipeline` (its prompt encoders, run by the stock pipeline's own
+    `encode_prompt`).
 
     Args:
         transformer: the diffusers transformer.
@@ -380,6 +380,18 @@ class FlowTransformerDenoiser(FlowDenoiser):
     def _with(cls, transformer: nn.Module, spec: dict[str, Any]) -> FlowTransformerDenoiser:
         settings = {k: v for k, v in spec.items() if k not in FLOW_SPEC_PARTS}
         return cls(transformer, spec["scheduler"], spec["pipeline"], spec["revision"], **settings)
+
+
+def flow_families() -> list[type[FlowTransformerDenoiser]]:
+    """Every flow family defined so far: the subclasses of `FlowTransformerDenoiser` that set their
+    own `kind` (a family file registers itself by being imported; `sfd.teachers` imports them)."""
+    families, pending = [], [FlowTransformerDenoiser]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        if "kind" in vars(cls):
+            families.append(cls)
+    return families
 
 
 def flow_load_error(path: str, what: str, error: Exception) -> SFDConfigError:

@@ -265,6 +265,7 @@ def test_text_demo_on_the_flow_teacher(tmp_path, single_thread):
     check_in_range(metrics)
     assert metrics["protocol"]["samplers"]["teacher"].startswith("flow Euler 2 steps")
     assert metrics["protocol"]["attack_samplers"]["teacher"].startswith("flow Euler 1 steps")
+    assert "\n| teacher (flow Euler) | 2 |" in paths["report"].read_text()  # not "(DDIM)"
     teacher_dir = Path(metrics["protocol"]["teacher"]["folder"])
     assert json.loads((teacher_dir / "model_index.json").read_text())["_class_name"] == (
         "StableDiffusion3Pipeline"

@@ -1,6 +1,8 @@
 """One `SFDModule` iteration on a flow-matching teacher against a hand-written flow-time iteration.
 
-The flow form, written directly on the SD3 transformers (no sfd code but the condition draw):
+The flow form, written directly on the SD3 and Flux transformers (no sfd code but the condition
+draw; Flux's packed 2×2 latents, image / text ids and guidance embedding input come from the stock
+`FluxPipeline`'s own helpers, and the whole Flux iteration runs on packed tokens):
 x_t = (1 − t)·x0 + t·ε with t = sigmoid(m + s·n) (logit-normal, clamped); the generator is one
 Euler step from pure noise at t_init, x0 = z − t_init·v(z, t_init); denoised estimates are
 x̂0 = x_t − t·v; the fake-score loss is the velocity MSE weighted by (1 − t)²,
@@ -17,22 +19,32 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import quiet_trainer
+from diffusers import FluxPipeline
 from sd_fixtures import celebrity_conditions
 
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogitNormalTime
-from sfd.teachers import SD3Teacher
+from sfd.teachers import FluxTeacher, SD3Teacher
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 BATCH, T_INIT, ALPHA, LR, CLIP, EMA = 2, 0.9, 1.2, 1e-2, 1.0, 0.9
 MEAN, STD, T_MIN, T_MAX = 0.2, 1.1, 0.05, 0.95
 WEIGHTS = {"sg_remain": 1.0, "sg_forget": 0.5, "g_remain": 1.0, "g_forget": 0.7}
+GUIDANCE = (
+    2.5  # Flux's embedded guidance input, not its default 3.5: the setting must reach the net
+)
 
 
-def make_module(folder: str) -> SFDModule:
+def make_teacher(family: str, folder: str):
+    if family == "sd3":
+        return SD3Teacher(folder, max_sequence_length=8)
+    return FluxTeacher(folder, max_sequence_length=8, guidance=GUIDANCE, sample_size=8)
+
+
+def make_module(family: str, folder: str) -> SFDModule:
     sgd = lambda params: torch.optim.SGD(params, lr=LR)  # noqa: E731
     return SFDModule(
-        SD3Teacher(folder, max_sequence_length=8),
+        make_teacher(family, folder),
         celebrity_conditions(),
         LogitNormalTime(MEAN, STD, T_MIN, T_MAX),
         t_init=T_INIT,
@@ -52,16 +64,11 @@ def make_module(folder: str) -> SFDModule:
     )
 
 
-def reference_iteration(module: SFDModule) -> dict[str, object]:
-    teacher = module.teacher.transformer
-    fake = copy.deepcopy(module.fake_score.transformer)
-    generator = copy.deepcopy(module.generator.denoiser.transformer)
-    ema = copy.deepcopy(generator)
-    pooled_dim = teacher.config.pooled_projection_dim
-    shape = (BATCH, *module.teacher.sample_shape)
+def sd3_velocity(pooled_dim: int):
+    """v(x_t, t, c) of an SD3 transformer on (B, C, H, W) latents: the timestep scaled to 0..1000."""
 
     def velocity(net, x_t, t, cond):
-        embeds = cond.prompt_embeds
+        embeds = cond.prompt_embeds  # row 0: the pooled projection; rows 1..: the sequence
         return net(
             hidden_states=x_t,
             encoder_hidden_states=embeds[:, 1:],
@@ -69,28 +76,71 @@ def reference_iteration(module: SFDModule) -> dict[str, object]:
             timestep=1000 * t,
         ).sample
 
+    return velocity
+
+
+def flux_velocity(pooled_dim: int, height: int, width: int):
+    """v(x_t, t, c) of a Flux transformer on packed tokens (B, H/2·W/2, 4C): the flow time itself
+    (the transformer scales it), image ids of the 2×2 patches, zero text ids, the guidance input."""
+    img_ids = FluxPipeline._prepare_latent_image_ids(
+        1, height // 2, width // 2, "cpu", torch.float32
+    )
+
+    def velocity(net, x_t, t, cond):
+        embeds = cond.prompt_embeds
+        return net(
+            hidden_states=x_t,
+            timestep=t,
+            guidance=torch.full((x_t.shape[0],), GUIDANCE),
+            pooled_projections=embeds[:, 0, :pooled_dim],
+            encoder_hidden_states=embeds[:, 1:],
+            txt_ids=torch.zeros(embeds.shape[1] - 1, 3),
+            img_ids=img_ids,
+        ).sample
+
+    return velocity
+
+
+def reference_iteration(family: str, module: SFDModule) -> dict[str, object]:
+    teacher = module.teacher.transformer
+    fake = copy.deepcopy(module.fake_score.transformer)
+    generator = copy.deepcopy(module.generator.denoiser.transformer)
+    ema = copy.deepcopy(generator)
+    pooled_dim = teacher.config.pooled_projection_dim
+    shape = (BATCH, *module.teacher.sample_shape)  # the latents sfd draws noise in, (B, C, H, W)
+    if family == "sd3":
+        velocity, to_net = sd3_velocity(pooled_dim), lambda x: x
+    else:  # the whole iteration on the packed tokens the Flux transformer sees
+        velocity = flux_velocity(pooled_dim, *shape[2:])
+        to_net = lambda x: FluxPipeline._pack_latents(x, *x.shape)  # noqa: E731
+
+    def per_sample(t, x):  # flow times (B,) against samples of any layout
+        return t.view(-1, *[1] * (x.dim() - 1))
+
+    def total(x):  # per-sample sums, averaged over the batch
+        return x.flatten(1).sum(dim=1).mean()
+
     def run_generator(net, z, cond):
         return z - T_INIT * velocity(net, z, torch.full((BATCH,), T_INIT), cond)
 
     def draws(rng):
         z = torch.randn(shape, generator=rng)
         t = torch.sigmoid(MEAN + STD * torch.randn(BATCH, generator=rng)).clamp(T_MIN, T_MAX)
-        return z, t, torch.randn(shape, generator=rng)
+        return to_net(z), t, to_net(torch.randn(shape, generator=rng))
 
     def sg_loss(x0, t, cond, eps):
-        tb = t.view(-1, 1, 1, 1)
+        tb = per_sample(t, x0)
         v_hat = velocity(fake, (1 - tb) * x0 + tb * eps, t, cond)
-        return ((1 - tb) ** 2 * (v_hat - (eps - x0)) ** 2).sum(dim=(1, 2, 3)).mean()
+        return total((1 - tb) ** 2 * (v_hat - (eps - x0)) ** 2)
 
     def g_loss(x0, t, teacher_cond, cond, eps):
-        tb = t.view(-1, 1, 1, 1)
+        tb = per_sample(t, x0)
         x_t = (1 - tb) * x0 + tb * eps
         p_x = x_t - tb * velocity(teacher, x_t, t, teacher_cond)
         sg_x = x_t - tb * velocity(fake, x_t, t, cond)
         with torch.no_grad():
-            omega = (p_x - x0).abs().mean(dim=[1, 2, 3], keepdim=True).clamp(min=1e-5)
-        loss = (p_x - sg_x) * ((p_x - x0) - ALPHA * (p_x - sg_x)) / omega
-        return loss.sum(dim=(1, 2, 3)).mean()
+            omega = per_sample((p_x - x0).abs().flatten(1).mean(dim=1).clamp(min=1e-5), x0)
+        return total((p_x - sg_x) * ((p_x - x0) - ALPHA * (p_x - sg_x)) / omega)
 
     conds = module.conditions.sample(BATCH, module._stream(0), 1, 0)
     losses = {}
@@ -141,10 +191,13 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-5)
 
 
-def test_one_flow_iteration_equals_the_hand_written_flow_iteration(flow_dirs, tmp_path) -> None:
-    module = make_module(str(flow_dirs["sd3"]))
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_one_flow_iteration_equals_the_hand_written_flow_iteration(
+    family, flow_dirs, tmp_path
+) -> None:
+    module = make_module(family, str(flow_dirs[family]))
     teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
-    reference = reference_iteration(module)
+    reference = reference_iteration(family, module)
     recorder = Recorder()
     quiet_trainer(tmp_path, callbacks=[recorder]).fit(module)
 

@@ -35,7 +35,11 @@ from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
 from sfd.pipelines.io import load_pipeline, pipeline_for, save_generator
 from sfd.pipelines.single_file import UNET_PREFIX
-from sfd.pipelines.single_file_flow import transformer_to_original, write_flux_single_file
+from sfd.pipelines.single_file_flow import (
+    check_flow_single_file,
+    transformer_to_original,
+    write_flux_single_file,
+)
 from sfd.teachers import FluxTeacher, SD3Teacher
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -123,6 +127,14 @@ def test_an_unknown_transformer_parameter_is_refused_in_one_line() -> None:
     del state["transformer_blocks.0.extra.weight"], state["transformer_blocks.0.attn.to_k.weight"]
     with pytest.raises(SFDConfigError, match="2 of the 3 tensors fused"):
         transformer_to_original(state, transformer.config, "SD3Transformer2DModel")
+
+
+def test_a_flow_family_without_a_known_layout_is_refused_in_one_line() -> None:
+    """A new flow family exports without --single-file until its original layout is written."""
+    with pytest.raises(SFDConfigError, match=r"^--single-file: no original single-file layout is "
+                       r"known for QwenImagePipeline exports \(only StableDiffusion3Pipeline, "
+                       r"FluxPipeline\); export without --single-file$"):  # fmt: skip
+        check_flow_single_file(None, "QwenImagePipeline")
 
 
 def config_only(folder: Path, target: Path) -> Path:

@@ -127,15 +127,22 @@ def test_guidance_distilled_flux_refuses_cfg_before_training(flow_dirs) -> None:
         flow_module(teacher, 4.5)
 
 
-def test_flow_resume_is_bit_identical(flow_dirs, tmp_path) -> None:
+# the tiny Flux folder records no sample size (Flux transformers do not): give its latent size
+RESUME_SETTINGS = {"sd3": (), "flux": ("--model.teacher.init_args.sample_size", str(LATENT_SIZE))}
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_resume_is_bit_identical(family, flow_dirs, tmp_path) -> None:
     from conftest import CONFIGS
 
     from sfd.training.cli import sfd_lightning_cli
 
     def fit(root: Path, steps: int, *extra: str):
         return sfd_lightning_cli([
-            "fit", "-c", str(CONFIGS / "sd3_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
-            "--model.teacher.init_args.pretrained_model_name_or_path", str(flow_dirs["sd3"]),
+            "fit", "-c", str(CONFIGS / f"{family}_base.yaml"),
+            "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+            "--model.teacher.init_args.pretrained_model_name_or_path", str(flow_dirs[family]),
+            *RESUME_SETTINGS[family],
             "--model.teacher.init_args.max_sequence_length", "8", "--model.ema_decay", "0.9",
             "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32",
             "--trainer.max_steps", str(steps), "--model.batch_size", "1", "--trainer.logger", "false",
@@ -182,3 +189,23 @@ def test_flow_delta_lora_applies_to_the_teacher_with_load_lora_weights(
         ours = load_pipeline(folder)
         expected = ours(PROMPTS, latents=z, output_type="latent").images
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=1e-3)
+
+
+def test_every_flow_family_has_the_registrations_the_docs_list() -> None:
+    """docs/families/flow.md "A new flow family": the family file, its `DENOISER_KINDS` entry and
+    its pipeline class in `FLOW_PIPELINES`; the export's kind table, private settings and the
+    folder-family refusal follow from them."""
+    from sfd.pipelines.export_parts import PRIVATE_SETTINGS
+    from sfd.pipelines.io import PIPELINE_FOR_KIND
+    from sfd.pipelines.one_step_flow import FLOW_PIPELINES
+    from sfd.teachers import DENOISER_KINDS, FluxDenoiser, SD3Denoiser
+    from sfd.teachers.flow import flow_families
+
+    families = flow_families()
+    assert sorted(families, key=lambda c: c.kind) == [FluxDenoiser, SD3Denoiser]
+    for family in families:
+        assert DENOISER_KINDS[family.kind] is family
+        exported = FLOW_PIPELINES[family.pipeline_class.__name__]
+        assert exported.denoiser_class is family and exported.stock_class is family.pipeline_class
+        assert PIPELINE_FOR_KIND[family.kind] is exported
+        assert set(PRIVATE_SETTINGS[exported]) >= {"t_init", "max_sequence_length", "timestep"}

@@ -12,7 +12,7 @@ from conftest import quiet_trainer
 from flow_fixtures import LATENT_SIZE
 from sd_fixtures import celebrity_conditions
 
-from sfd.core.generator import generator_from_checkpoint
+from sfd.core.generator import generator_from_checkpoint, training_record
 from sfd.core.module import SFDModule
 from sfd.core.sigma import LogitNormalTime, UniformTimestepSigma
 from sfd.teachers import (
@@ -115,6 +115,8 @@ def test_family_preset_with_shared_base_preset_trains(
     assert cli.trainer.global_step == 1
     shared: SharedBase = cli.model.generator.denoiser.shared
     assert shared.checkpointing and not shared.settings.gradient_checkpointing
+    # The training record says what ran: checkpointed, by the teacher's setting.
+    assert training_record(cli.model)["adapters"]["gradient_checkpointing"] is True
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/families/flow.md"])

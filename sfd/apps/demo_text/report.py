@@ -18,6 +18,7 @@ from sfd.apps.harness.report_folder import (
     MODEL_TITLES,
     UA_CURVE_THRESHOLD,
     model_table,
+    model_titles,
     plot_forget_histogram,
     plot_forgetting_curve,
     protocol_section,
@@ -122,12 +123,12 @@ def write_text_report(results: TextDemoResults, output_dir: str | Path) -> dict[
 
 def plot_prompt_grids(results: TextDemoResults, path: Path) -> None:
     """Teacher, no-forgetting and SFD samples side by side, one row per prompt."""
-    rows = len(results.grid_rows)
+    rows, titles = len(results.grid_rows), model_titles(results.models)
     figure = Figure(figsize=(3 * 3.4 + 3.2, 0.42 * rows + 1.0))
     for index, key in enumerate(MODEL_KEYS):
         axes = figure.add_subplot(1, 3, index + 1)
         labels = [f"{title}: {prompt}" if index == 0 else "" for title, prompt in results.grid_rows]
-        show_grid(axes, results.grids[key], rows, MODEL_TITLES[key], 9, labels, 6)
+        show_grid(axes, results.grids[key], rows, titles[key], 9, labels, 6)
     figure.suptitle("one row per prompt (same noise in every panel)", fontsize=10)
     save_figure(figure, path)
 
@@ -158,7 +159,7 @@ def attack_names(results: TextDemoResults) -> list[str]:
 
 def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
     """report.md: the table, attack, per-class accuracy, targets, figures and protocol."""
-    names = results.class_names
+    names, titles = results.class_names, model_titles(results.models)
     lines = [
         f"# SFD concept forgetting: {names[results.forget]!r} -> {names[results.override]!r}",
         "",
@@ -166,7 +167,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
             ["NFE", "UA (training prompts)", "UA (paraphrases)", "forget -> override",
              "remain accuracy", "neighbour accuracy", "remain FID", "remain KID",
              *(f"{name} attack success" for name in attack_names(results))],
-            {MODEL_TITLES[key]: _model_cells(results, key) for key in MODEL_KEYS},
+            {titles[key]: _model_cells(results, key) for key in MODEL_KEYS},
         ),
     ]  # fmt: skip
     neighbours = results.protocol.get("neighbours", [])
@@ -183,7 +184,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         *teacher_attack_line(results.attacks.get("teacher", {})),
     ]
     if results.revivals:
-        lines += ["", "## Revival", "", *revival_lines(results.revivals)]
+        lines += ["", "## Revival", "", *revival_lines(results.revivals, titles)]
     lines += [
         "",
         "## Targets",
@@ -255,8 +256,9 @@ def teacher_attack_line(suite: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
-def revival_lines(revivals: dict[str, dict[str, Any]]) -> list[str]:
-    """The revival table: UA after each checkpoint and the steps until UA < 50 %, per model."""
+def revival_lines(revivals: dict[str, dict[str, Any]], titles: dict[str, str]) -> list[str]:
+    """The revival table: UA after each checkpoint and the steps until UA < 50 %, per model
+    (rows titled by `titles`, keys where a model has no title)."""
     first = next(iter(revivals.values()))
     header = " | ".join(f"UA after {s} steps" for s in first["steps"])
     lines = [
@@ -267,7 +269,7 @@ def revival_lines(revivals: dict[str, dict[str, Any]]) -> list[str]:
         cells = " | ".join(format_value(u, 1, percent=True) for u in result["ua"])
         until = result["steps_to_revival"]
         lines.append(
-            f"| {MODEL_TITLES.get(key, key)} | {cells} | "
+            f"| {titles.get(key, key)} | {cells} | "
             f"{'not within ' + str(first['steps'][-1]) if until is None else until} |"
         )
     budget = first["budget"]

@@ -26,6 +26,25 @@ MODEL_TITLES = {
     "sfd": "one-step SFD (forgetting)",
 }
 UA_CURVE_THRESHOLD = 0.95
+
+
+def teacher_title(sampler: str) -> str:
+    """The teacher row's title naming the sampler it was evaluated under: the words of the
+    sampler's name before its step count ("DDIM 25 steps (…)" -> "teacher (DDIM)", "flow Euler
+    28 steps (…)" -> "teacher (flow Euler)"; `sfd.eval.text_models.ddim_text_model` names them)."""
+    words = sampler.split()
+    kind = " ".join(words[: next((i for i, w in enumerate(words) if w.isdigit()), len(words))])
+    return f"teacher ({kind or sampler})"
+
+
+def model_titles(models: Mapping[str, Any]) -> dict[str, str]:
+    """`MODEL_TITLES` with the teacher's title naming its sampler (`teacher_title`), given the
+    evaluations (with a `sampler` name) per model key."""
+    if "teacher" not in models:
+        return dict(MODEL_TITLES)
+    return {**MODEL_TITLES, "teacher": teacher_title(models["teacher"].sampler)}
+
+
 # The metric columns (names in `sfd.eval.columns.COLUMNS`) of the model tables in report.md of
 # `sfd demo` and `sfd compare`, in order.
 REPORT_COLUMNS = [
