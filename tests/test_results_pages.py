@@ -326,6 +326,12 @@ def adversarial_budget_record(command: str) -> dict[str, Any]:
     return {**adversarial_settings_record(command), "page": "adversarial_budget"}
 
 
+def flow_robust_record(command: str) -> dict[str, Any]:
+    record = {**adversarial_settings_record(command), "page": "flow_robust"}
+    record["rows"] = [{**row, "fid_teacher": 5.0} for row in record["rows"]]
+    return record  # the included row has no teacher FID (an older record)
+
+
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     def point(step: int, classifier: float, judged: float, labels: list[int], among=None):
         values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
@@ -750,6 +756,19 @@ CASES = [
             "# Adversarial SFD: the inner attack's budget on the text digits demo",
             "| three → eight | b | weight 1.0 | 60 | 100.0 % (99.0 %) | 97.8 % (99.4 %) | 8.50 "
             "| 25.0 % | 600 |",
+        ],
+    ),
+    (
+        "adversarial_settings",
+        "flow_robust",
+        flow_robust_record,
+        "python experiments/adversarial_settings.py --page flow_robust --family sd3 b:weight=1.0",
+        [
+            "# Adversarial SFD on the flow-matching text teacher: the attack from any prompt",
+            "| three → eight | b | weight 1.0 | 60 | 100.0 % | 99.0 % | 97.8 % (99.4 %) "
+            "| 1.70× (8.50) | 25.0 % | 100.0 % | 600 |",
+            "| seven → one | a | defaults | 60 | 100.0 % | 99.0 % | 96.7 % (99.4 %) "
+            "| – (8.50) | 43.8 % | 100.0 % | 600 |",
         ],
     ),
     (
