@@ -20,6 +20,9 @@
         "r5-steps8:posterior_weight=true,weight=1.0,refresh_every=5,steps=8" \
         "r1-steps8:posterior_weight=true,weight=1.0,refresh_every=1,steps=8" \
         "restart025-steps8:posterior_weight=true,weight=1.0,restart_share=0.25,steps=8"
+    python experiments/adversarial_settings.py --page flow_robust --family sd3 \
+        --output-root runs/flow-robust --teacher-cache ~/.cache/sfd --stage2-steps 60 \
+        "b-remain0.5:refresh_every=5,steps=4,share=0.5,remain_starts=0.5,posterior_weight=true"
 
 Each variant is `name:key=value,...` over `model.adversarial` (empty: the defaults of
 configs/adversarial.yaml; `plain` as the name: plain SFD, no `--adversarial`). It runs
@@ -35,7 +38,9 @@ call at a time: a later call naming them all reads the finished folders and writ
 `--include` adds the rows of earlier records of this script (another concept pair) to the page,
 each with the command that measured it. `--page` picks the results page (default
 adversarial_settings; adversarial_budget: the inner attack's budget; adversarial_refresh: how often
-the pool is drawn afresh), kept in the record so that
+the pool is drawn afresh; flow_robust: the flow-matching teacher, `--family sd3`, with the remain FID
+over the teacher's multi-step FID and the same run's no-forgetting generator's attack success beside
+each row), kept in the record so that
 `--page-from` rewrites the same page.
 """
 
@@ -67,6 +72,7 @@ PAGES = {  # results page -> its heading
     "adversarial_settings": "Adversarial SFD: settings on the text digits demo",
     "adversarial_budget": "Adversarial SFD: the inner attack's budget on the text digits demo",
     "adversarial_refresh": "Adversarial SFD: refreshing the inner attack's pool on the text digits demo",
+    "flow_robust": "Adversarial SFD on the flow-matching text teacher: the attack from any prompt",
 }
 
 
@@ -92,6 +98,8 @@ def demo_command(args: argparse.Namespace, name: str, pairs: list[tuple[str, str
         "--output-dir", str(Path(args.output_root) / name), "--teacher-cache", args.teacher_cache,
         "--threads", "1", "--no-progress", "--attack", "soft",
     ]  # fmt: skip
+    if args.family != "unet":
+        command += ["--family", args.family]
     if name != "plain":
         command.append("--adversarial")
     for key, value in pairs:
@@ -120,6 +128,7 @@ def row_of(name: str, pairs: list[tuple[str, str]], command: list[str], folder: 
         "remain_teacher": teacher["remain_accuracy"],
         "remain_per_class": sfd["remain_per_class"],
         "fid": sfd["fid_remain"],
+        "fid_teacher": teacher["fid_remain"],
         "soft_attack": metrics["attack"]["sfd"]["soft"]["success_rate"],
         "soft_attack_without_forgetting": metrics["attack"]["distilled_without_forgetting"]["soft"][
             "success_rate"
@@ -149,9 +158,41 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def flow_table(rows: list[dict[str, Any]]) -> str:
+    """The flow_robust page's table: the targets' quantities beside each variant (FID over the
+    teacher's multi-step FID, the no-forgetting generator's attack success of the same run)."""
+    header = [
+        "pair", "variant", "model.adversarial", "iterations", "UA", "UA paraphrases",
+        "remain (teacher)", "FID ÷ teacher", "soft attack", "no forgetting: soft attack",
+        "stage 2 s",
+    ]  # fmt: skip
+    return markdown_table(
+        header,
+        [
+            [
+                row["pair"],
+                row["name"],
+                ", ".join(f"{k} {v}" for k, v in row["settings"].items()) or "defaults",
+                row["iterations"],
+                percent(row["ua"]),
+                percent(row["ua_paraphrases"]),
+                f"{percent(row['remain'])} ({percent(row['remain_teacher'])})",
+                f"{row['fid'] / row['fid_teacher']:.2f}× ({row['fid']:.2f})"
+                if "fid_teacher" in row
+                else f"– ({row['fid']:.2f})",
+                percent(row["soft_attack"]),
+                percent(row["soft_attack_without_forgetting"]),
+                f"{row['stage2_seconds']:.0f}",
+            ]
+            for row in rows
+        ],
+    )
+
+
 def write_results_page(record: dict[str, Any], json_file: str) -> str:
     rows = [row for earlier in record.get("included", []) for row in earlier["rows"]]
     rows += record["rows"]
+    name = record.get("page", "adversarial_settings")  # older records: the settings page
     header = [
         "pair", "variant", "model.adversarial", "iterations", "UA (para.)", "remain (teacher)",
         "remain FID", "soft attack", "stage 2 s",
@@ -201,7 +242,15 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
         "Remain accuracy per class": per_class,
         "Commands": commands,
     }
-    name = record.get("page", "adversarial_settings")  # older records: the settings page
+    if name == "flow_robust":
+        sections["Results"] = flow_table(rows)
+        sections = {
+            **sections,
+            "Earlier rows": "Plain SFD and adversarial SFD at the defaults on the same teacher, "
+            "pair and attack budget (stage 2 under the completion rule, capped at 200): "
+            "[the flow-matching text demo](flow_text.md); why the attack reaches the concept from "
+            "any prompt: [where the attack starts](attack_reach.md) and docs/method.md §5.",
+        }
     page = write_page(
         name,
         PAGES[name],
@@ -225,6 +274,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--teacher-cache", default="/tmp/benchcache/sfd")
     parser.add_argument("--stage2-steps", type=int, default=None)
+    parser.add_argument(
+        "--family",
+        default="unet",
+        help="the teacher: unet (default) or sd3 (sfd demo-text --family)",
+    )
     parser.add_argument(
         "--include",
         action="append",

@@ -51,6 +51,9 @@ UA_TARGET = 0.99
 POINTS = 0.02  # remain / neighbour accuracy: at most this below the teacher's
 AGREEMENT = 0.05  # judge UA and classifier UA at the stop: at most this apart
 FASHION8 = Path("runs/fashion8.npz")  # built by make_fashion_npz.build when missing
+# Pairs whose last run's record is lost: {name: the commit whose docs/results/pairs.md shows its row}.
+# The page names them among the pairs not in its record, so their row is not dropped silently.
+LOST_RECORDS = {"fashion8-sneaker-sandal": "70cd0c3"}
 
 
 @dataclass(frozen=True)
@@ -384,7 +387,7 @@ def write_results_page(
                 + (
                     "\n\nNot in this record (run them with the same command and `--only NAME`; "
                     "pairs already measured are kept): "
-                    + ", ".join(f"`{n}`" for n in missing)
+                    + ", ".join(f"`{n}`{_lost(n)}" for n in missing)
                     + "."
                     if missing
                     else ""
@@ -405,7 +408,8 @@ def write_results_page(
                 "threshold above it). UA ceiling: 1 − the share of the held-out real images of the "
                 "override class that the evaluation classifier reads as the forget class, the UA a "
                 "generator drawing the override class exactly would get (text pairs: the real images of "
-                "the override concept's class).\n\n"
+                "the override concept's class); the ceilings of the Fashion-MNIST pairs under "
+                "stronger classifiers: [the classifier page](classifier.md).\n\n"
                 + markdown_table(
                     (
                         "data set",
@@ -450,6 +454,16 @@ def write_results_page(
             ),
         },
         results_dir,
+    )
+
+
+def _lost(name: str) -> str:
+    """For a pair missing from the record whose last run's record is lost: where its row is."""
+    if name not in LOST_RECORDS:
+        return ""
+    return (
+        f" (its last run's record was lost; its row is on this page as of commit "
+        f"{LOST_RECORDS[name]}: `git show {LOST_RECORDS[name]}:docs/results/pairs.md`)"
     )
 
 

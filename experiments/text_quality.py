@@ -15,6 +15,14 @@ row: the completion rule's stop and EMA restart, the shipped generator's UA, rem
 accuracy, and the remain FID of the teacher (its multi-step sampler), of stage 1 (distillation
 without forgetting, where stage 2 starts) and of SFD.
 
+`--stage1-from` / `--stage2-from FILE.jsonl` add `experiments/text_sfd_sweep.py` runs (`--stage
+distill` / `--stage two_stage`) as sections of their own: every average of the same iterates at
+every evaluation. `--page` names the results page (kept in the record), e.g. the stage-2 knobs
+from the half-lr stage 1:
+
+    python experiments/text_quality.py --output-dir runs/text-quality-stage2b \
+        --page text_quality_stage2b --stage2-from runs/text_stage2b.jsonl
+
     python experiments/text_quality.py --page-from runs/text-quality/text_quality.json
 """
 
@@ -45,6 +53,7 @@ PAGE = "text_quality"
 PAGES = {  # --page: the results page a record is written to, and its title
     PAGE: "Text demo quality: what limits the one-step FID",
     "text_quality_stage2": "Text demo quality: stage 2's learning rates",
+    "text_quality_stage2b": "Text demo quality: stage 2's knobs from the half-lr stage 1",
 }
 
 
@@ -204,6 +213,11 @@ def write_quality_page(record: dict[str, Any], json_file: str, page: str = PAGE)
                 if record.get("stage1_rows")
                 else {}
             ),
+            **(
+                {"Stage-2 knobs": stage2_section(record["stage2_rows"])}
+                if record.get("stage2_rows")
+                else {}
+            ),
             "Stage 1 and stage 2": (
                 "EMA: the shipped generator's average in stage 2 (a constant decay, or a "
                 "power-function EMA with its cap); lr: stage 2's learning rates of the generator "
@@ -236,24 +250,45 @@ def write_quality_page(record: dict[str, Any], json_file: str, page: str = PAGE)
                     table,
                 )
             ),
-            "What limits it": limits_text(rows, record.get("stage1_rows", [])),
+            "What limits it": limits_text(
+                rows, record.get("stage1_rows", []), record.get("stage2_rows", [])
+            ),
         },
     )
 
 
+def sweep_rows(files: list[Path], stage: str, flag: str) -> list[dict[str, Any]]:
+    """The runs of `experiments/text_sfd_sweep.py --stage STAGE` results files (JSON lines);
+    SystemExit naming `flag` for a run of another stage."""
+    rows = [json.loads(line) for file in files for line in file.read_text().splitlines()]
+    wrong = [r["name"] for r in rows if r.get("stage") != stage]
+    if wrong:
+        raise SystemExit(f"{flag}: {', '.join(wrong)} are not --stage {stage} runs")
+    return rows
+
+
 def stage1_rows(files: list[Path]) -> list[dict[str, Any]]:
     """The runs of `experiments/text_sfd_sweep.py --stage distill` results files (JSON lines)."""
-    rows = [json.loads(line) for file in files for line in file.read_text().splitlines()]
-    wrong = [r["name"] for r in rows if r.get("stage") != "distill"]
-    if wrong:
-        raise SystemExit(f"--stage1-from: {', '.join(wrong)} are not --stage distill runs")
-    return rows
+    return sweep_rows(files, "distill", "--stage1-from")
 
 
 def trace_text(point: dict[str, Any]) -> str:
     """One evaluation of a stage-1 trace: the shipped EMA's FID ratio, extra EMAs in brackets."""
     extra = [f"{k[3:]}: {v['fid_ratio']:.2f}×" for k, v in point.items() if k.startswith("ema0")]
     return f"{point['ema']['fid_ratio']:.2f}×" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def sweep_commands(rows: list[dict[str, Any]]) -> str:
+    """The sweep commands of `rows` as a list, each once (a command may run several knobs),
+    under the date and commit of its first run, in the order run."""
+    first: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        when = (r["run"]["date"], r["run"]["commit"]["hash"])
+        first[r["command"]] = min(first.get(r["command"], when), when)
+    return "\n".join(
+        f"- {date}, commit {commit}:\n\n  ```bash\n  {command}\n  ```"
+        for date, commit, command in sorted((*when, c) for c, when in first.items())
+    )
 
 
 def stage1_section(rows: list[dict[str, Any]]) -> str:
@@ -274,7 +309,6 @@ def stage1_section(rows: list[dict[str, Any]]) -> str:
                 f"{load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}",
             )
         )
-    commands = sorted({(r["run"]["date"], r["run"]["commit"]["hash"], r["command"]) for r in rows})
     return (
         "Stage 1 alone (distillation without forgetting, the same generator for every pair), "
         "one knob at a time over the digits text preset, from the cached teacher: each row is "
@@ -298,11 +332,125 @@ def stage1_section(rows: list[dict[str, Any]]) -> str:
             table,
         )
         + "\n\nCommands:\n\n"
-        + "\n".join(
-            f"- {date}, commit {commit}:\n\n  ```bash\n  {command}\n  ```"
-            for date, commit, command in commands
-        )
+        + sweep_commands(rows)
     )
+
+
+AVERAGES = {"ema": "shipped (power 7, cap 0.995; no restart)"}  # a two_stage trace's averages
+
+
+def average_name(key: str) -> str:
+    """A quality-trace key as the page names the average: the module's own or a constant decay."""
+    return AVERAGES.get(key, f"constant {key[3:]}")
+
+
+def point_text(point: dict[str, Any]) -> str:
+    """One evaluation of one average: FID ratio and UA (held-back paraphrases in brackets)."""
+    return (
+        f"{point['fid_ratio']:.2f}× · UA {percent(point['ua'])} "
+        f"({percent(point['ua_paraphrases'])})"
+    )
+
+
+def stage2_section(rows: list[dict[str, Any]]) -> str:
+    """Stage-2 knobs: one two_stage sweep run per knob, each average of its iterates a row."""
+    iterations = sorted({p["iteration"] for r in rows for p in r["quality_trace"]})
+    table = []
+    for row in rows:
+        trace = {p["iteration"]: p for p in row["quality_trace"]}
+        settings = row["spec"].partition(":")[2]
+        load = row["run"]["machine"]
+        for key in row["quality_trace"][-1]:
+            if not key.startswith("ema"):
+                continue
+            last = row["quality_trace"][-1][key]
+            table.append(
+                (
+                    row["name"],
+                    f"`{settings}`" if settings else "(preset)",
+                    average_name(key),
+                    *(point_text(trace[i][key]) if i in trace else "–" for i in iterations),
+                    percent(last["remain_accuracy"]),
+                    f"{row['train_seconds']:.0f} s",
+                    f"{load['load_average_start'][0]:.1f}–{load['load_average_end'][0]:.1f}",
+                )
+            )
+    stage1 = sorted({r["stage1"] for r in rows})
+    return (
+        "Stage 2 alone from one stage-1 generator and fake score ("
+        + ", ".join(f"`{s}`" for s in stage1)
+        + "), one knob at a time over the digits text preset: each run is one "
+        "`experiments/text_sfd_sweep.py --stage two_stage` run of the whole budget, without the "
+        "completion rule (so without its restart of the average), evaluated every few "
+        "iterations with the demo's protocol (900 remain samples, its seed; UA on the training "
+        "forget prompts, the shipped paraphrases in brackets). Each run is several rows: the "
+        "averages of the same iterates, the module's own and constant-decay EMAs started at "
+        "stage 2's start. Cells: FID over the teacher's multi-step FID · UA; remain accuracy "
+        "at the end; training seconds without the evaluations, on a shared 2-core machine "
+        "(load average in the last column).\n\n"
+        + markdown_table(
+            (
+                "knob",
+                "settings",
+                "average",
+                *(f"it. {i}" for i in iterations),
+                "remain acc.",
+                "train",
+                "load",
+            ),
+            table,
+        )
+        + "\n\nCommands:\n\n"
+        + sweep_commands(rows)
+    )
+
+
+def stage2_limits(
+    rows: list[dict[str, Any]], demos: list[dict[str, Any]], floor: float = 0.99
+) -> str:
+    """The reading of the stage-2 knobs table: the lowest FID of any average at any evaluation
+    with UA at least `floor`, per knob, beside the FID of the stage 1 they start from where a
+    demo row (`demos`) measured it."""
+    start = {  # same stage 1 and same protocol (the teacher's FID on the same remain set)
+        (d["stage1_folder"], round(d["models"]["teacher"]["fid_remain"], 3)): d["models"][
+            "distilled_without_forgetting"
+        ]["fid_remain"]
+        / d["models"]["teacher"]["fid_remain"]
+        for d in demos
+        if d.get("stage1_folder")
+    }
+    best = []
+    for row in rows:
+        points = [
+            (value["fid_ratio"], point["iteration"], key)
+            for point in row["quality_trace"]
+            for key, value in point.items()
+            if key.startswith("ema") and value["ua"] >= floor
+        ]
+        if points:
+            ratio, iteration, key = min(points)
+            best.append(f"{row['name']} {ratio:.2f}× ({average_name(key)}, it. {iteration})")
+        else:
+            best.append(f"{row['name']} never")
+    keys = [(r["stage1"], round(r["teacher_fid"], 3)) for r in rows]
+    starts = sorted({start[k] for k in keys if k in start})
+    lowest = min(
+        (v["fid_ratio"] for r in rows for p in r["quality_trace"] for k, v in p.items()
+         if k.startswith("ema")),
+        default=None,
+    )  # fmt: skip
+    text = (
+        f"**Stage-2 knobs.** The lowest FID ratio with UA ≥ {100 * floor:.0f} % of any average "
+        "at any evaluation, per knob: " + "; ".join(best) + "."
+    )
+    if starts and lowest is not None:
+        text += (
+            " Stage 1 starts them at "
+            + " / ".join(f"{s:.2f}×" for s in starts)
+            + f" (the demo rows' stage-1 FID); the lowest of any average at any evaluation, "
+            f"whatever its UA, is {lowest:.2f}×."
+        )
+    return text
 
 
 def stage1_limits(knobs: list[dict[str, Any]], preset: list[float]) -> str:
@@ -314,6 +462,22 @@ def stage1_limits(knobs: list[dict[str, Any]], preset: list[float]) -> str:
 
     every = [r for row in knobs for r in ends(row)]
     best = min(knobs, key=lambda row: min(ends(row)))
+    if not preset:  # no preset row on this page: each knob's averages through training
+        return (
+            "**Stage-1 knobs.** FID ratio through training, per average: "
+            + "; ".join(
+                f"{row['name']}, {average_name(key) if key != 'ema' else 'shipped'}: "
+                + " → ".join(
+                    f"{p[key]['fid_ratio']:.2f}× (it. {p['iteration']})"
+                    for p in row["quality_trace"]
+                    if key in p
+                )
+                for row in knobs
+                for key in row["quality_trace"][-1]
+                if key.startswith("ema")
+            )
+            + "."
+        )
     gap = min(preset) - min(ends(best))
     return (
         "**Stage-1 knobs.** The preset's stage 1 ends at "
@@ -337,27 +501,33 @@ def stage1_limits(knobs: list[dict[str, Any]], preset: list[float]) -> str:
     )
 
 
-def limits_text(rows: list[dict[str, Any]], knobs: list[dict[str, Any]]) -> str:
+def limits_text(
+    rows: list[dict[str, Any]],
+    knobs: list[dict[str, Any]],
+    stage2: list[dict[str, Any]] | None = None,
+) -> str:
     """The reading of the tables, its numbers from the record."""
 
     def ratio(row: dict[str, Any], key: str = "sfd") -> float:
         models = row["models"]
         return models[key]["fid_remain"] / models["teacher"]["fid_remain"]
 
-    best = min(rows, key=ratio)
     preset = sorted(
         {round(ratio(r, "distilled_without_forgetting"), 2) for r in rows if r["options"] is None}
     )
-    better = [r for r in rows if ratio(r) < ratio(r, "distilled_without_forgetting")]
-    lines = [
-        "**Stage 1.** Stage 1 → the shipped SFD generator, over the teacher's FID: "
-        + ", ".join(
-            f"{r['name']} {ratio(r, 'distilled_without_forgetting'):.2f}× → {ratio(r):.2f}×"
-            for r in rows
+    lines = []
+    if rows:
+        best = min(rows, key=ratio)
+        better = [r for r in rows if ratio(r) < ratio(r, "distilled_without_forgetting")]
+        lines.append(
+            "**Stage 1.** Stage 1 → the shipped SFD generator, over the teacher's FID: "
+            + ", ".join(
+                f"{r['name']} {ratio(r, 'distilled_without_forgetting'):.2f}× → {ratio(r):.2f}×"
+                for r in rows
+            )
+            + f". Stage 2 lowers the FID in {len(better)} of {len(rows)} rows. The best here is "
+            f"**{best['name']}** at **{ratio(best):.2f}×** ({ema_text(best)}; {stop_text(best)})."
         )
-        + f". Stage 2 lowers the FID in {len(better)} of {len(rows)} rows. The best here is "
-        f"**{best['name']}** at **{ratio(best):.2f}×** ({ema_text(best)}; {stop_text(best)})."
-    ]
     by_name = {r["name"]: r for r in rows}
     before, power = by_name.get("before"), by_name.get("power-ema")
     if before and power:
@@ -381,7 +551,7 @@ def limits_text(rows: list[dict[str, Any]], knobs: list[dict[str, Any]]) -> str:
             f"{stop_text(budget)}, {ratio(budget):.2f}× against {ratio(power):.2f}× at the "
             f"{power['max_steps']}-iteration budget."
         )
-    if not budget:
+    if not budget and power:
         lines.append(
             "**Iterations.** Not varied here: no row sets stage 2's budget itself (the rows "
             "recorded before the 600-iteration cap ran the 200-iteration budget whole, the "
@@ -391,14 +561,29 @@ def limits_text(rows: list[dict[str, Any]], knobs: list[dict[str, Any]]) -> str:
         )
     if knobs:
         lines.append(stage1_limits(knobs, preset))
-    lines.append(
+    if stage2:
+        lines.append(stage2_limits(stage2, rows))
+    guidance = (
         "**Not varied here.** The guidance scale (the demo evaluates the teacher at the guidance "
         "SFD trains with, so changing it moves the reference too; the presets' comments say why "
-        "1.25), the learning rates and the fake score's learning rate (its update ratio: one fake "
-        "update per generator update, faster or slower only through its rate) were swept for "
-        "stage 1 on [one-step quality](one_step_quality.md), sections 1–2."
+        "1.25)"
     )
+    if stage2:
+        lines.append(guidance + ".")
+    else:
+        lines.append(
+            guidance + ", the learning rates and the fake score's learning rate (its update "
+            "ratio: one fake update per generator update, faster or slower only through its "
+            "rate) were swept for stage 1 on [one-step quality](one_step_quality.md), "
+            "sections 1–2."
+        )
     return "\n\n".join(lines)
+
+
+def replaced(rows: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` then `fresh`, a name given again in `fresh` replacing its earlier row."""
+    names = {r["name"] for r in fresh}
+    return [r for r in rows if r["name"] not in names] + fresh
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,6 +604,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE.jsonl",
         help="experiments/text_sfd_sweep.py --stage distill results: the stage-1 knobs table",
     )
+    parser.add_argument(
+        "--stage2-from",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE.jsonl",
+        help="experiments/text_sfd_sweep.py --stage two_stage results: the stage-2 knobs table",
+    )
     parser.add_argument("variants", nargs="*", metavar="NAME=OPTIONS", help="runs to measure")
     parser.add_argument(
         "--page",
@@ -434,10 +627,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     variants = [parse_named(v, "variant") for v in options.variants]
     additions = [parse_named(a, "--add") for a in options.add]
-    if not variants and not additions and not options.stage1_from:
+    if not variants and not additions and not options.stage1_from and not options.stage2_from:
         parser.error(
-            "give at least one NAME=OPTIONS variant, --add NAME=FOLDER or --stage1-from FILE "
-            "(or --page-from)"
+            "give at least one NAME=OPTIONS variant, --add NAME=FOLDER, --stage1-from FILE or "
+            "--stage2-from FILE (or --page-from)"
         )
     for _, folder in additions:
         if not (Path(folder) / "pair.json").is_file():
@@ -445,11 +638,11 @@ def main(argv: list[str] | None = None) -> int:
     json_file = options.output_dir / "text_quality.json"
     earlier = read_record(json_file) if json_file.is_file() else {}
     rows = earlier.get("rows", [])
-    stage1 = earlier.get("stage1_rows", [])
-    if options.stage1_from:  # a name given again replaces its row
-        fresh = stage1_rows(options.stage1_from)
-        names = {r["name"] for r in fresh}
-        stage1 = [r for r in stage1 if r["name"] not in names] + fresh
+    stage1 = replaced(earlier.get("stage1_rows", []), stage1_rows(options.stage1_from))
+    stage2 = replaced(
+        earlier.get("stage2_rows", []),
+        sweep_rows(options.stage2_from, "two_stage", "--stage2-from"),
+    )
     common: list[str] = []
     if options.teacher_cache:
         common += ["--teacher-cache", options.teacher_cache]
@@ -467,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(context: dict[str, Any]) -> None:
         record = {"run": context, "rows": rows, "stage1_rows": stage1, "page": options.page}
+        if stage2:
+            record["stage2_rows"] = stage2
         save_record(record, json_file)  # after every run: a later failure keeps the earlier
 
     load_start = os.getloadavg()

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from sfd.core.module import SFDModule
 
 ADVERSARIAL_KEY = "sfd_adversarial"  # checkpoint entry: the pool's rows, vectors, Adam moments
+START_KEY = "remain_start"  # pool entry (`remain_starts` > 0): the rows that start from remain
 MOMENT_KEYS = ("adam_m", "adam_v", "adam_t")  # the pool's per-row Adam state
 # `SFDModule._stream` phases of adversarial SFD: fresh draws, the inner attack, the two steps.
 DRAW_PHASE, ATTACK_PHASE, FAKE_PHASE, GENERATOR_PHASE = 3, 4, 5, 6
@@ -104,6 +105,14 @@ class AdversarialSettings:
             posterior p(forget | x) of its samples at the row's last inner step (detached), so
             that rows whose samples the teacher reads as another concept are not redirected to
             the override (needs `rivals` ≥ 1 and `steps` ≥ 1). False: every row weighs 1.
+        remain_starts: share of the attacked rows (per device, rounded up like `share`) whose
+            learned tokens go into a remain prompt instead of a forget prompt (soft prompts
+            only): the inner attack then searches tokens that make the generator draw the
+            forget concept from a remain prompt (the same objective: the forget concept against
+            its override and rivals), and the unlearning term sends those rows to the teacher at
+            the override of the row's forget prompt, as every attacked row. The last rows of
+            each device's block start from remain prompts. 0 (the default): every row starts
+            from a forget prompt.
     """
 
     steps: int = 2
@@ -119,6 +128,7 @@ class AdversarialSettings:
     rivals: int = 9
     sigmas: list[float] | None = field(default_factory=lambda: list(DEFAULT_SIGMAS))
     posterior_weight: bool = False
+    remain_starts: float = 0.0
     restart_share: float = 0.0
 
     def __post_init__(self) -> None:
@@ -155,6 +165,7 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
     check_number(f"{prefix}.lr", settings.get("lr"), low=0, low_open=True)
     check_number(f"{prefix}.weight", settings.get("weight"), low=0)
     check_number(f"{prefix}.anchor", settings.get("anchor", 0.0), low=0)
+    check_number(f"{prefix}.remain_starts", settings.get("remain_starts", 0.0), low=0, high=1)
     posterior = settings.get("posterior_weight", False)
     if not isinstance(posterior, bool):
         raise SFDConfigError(f"{prefix}.posterior_weight={posterior!r} must be true or false")
@@ -314,8 +325,24 @@ class SoftPromptSpace(AttackSpace):
         self._on(learned.device)
         prompt = state["prompt"]
         forget, override = self.sampler.forget_pairs(prompt)
-        attacked = self._with_tokens(forget, self.input_ids[prompt], self.used[prompt], learned)
-        return attacked, forget, override
+        start = state.get(START_KEY)
+        if start is None or not bool(start.any()):
+            attacked = self._with_tokens(forget, self.input_ids[prompt], self.used[prompt], learned)
+            return attacked, forget, override
+        # Rows that start from a remain prompt (`remain_starts`): the tokens go into it.
+        rows, remain = (~start).nonzero().flatten(), start.nonzero().flatten()
+        on_forget = self._with_tokens(
+            forget[rows], self.input_ids[prompt[rows]], self.used[prompt[rows]], learned[rows]
+        )
+        index = state["remain"][remain]
+        on_remain = self._with_tokens(
+            self.sampler.remain_conditions(index),
+            self.remain_ids[index],
+            self.remain_used[index],
+            learned[remain],
+        )
+        order = torch.argsort(torch.cat([rows, remain]))  # back to the rows' order
+        return type(forget).cat([on_forget, on_remain])[order], forget, override
 
     def _with_tokens(
         self, plain: TextCondition, input_ids: Tensor, used: Tensor, learned: Tensor
@@ -478,6 +505,12 @@ def attack_space(
         )
         return space(teacher, conditions, settings.tokens)
     if isinstance(conditions, ClassConditions):
+        if settings.remain_starts > 0:
+            raise SFDConfigError(
+                f"model.adversarial.remain_starts={settings.remain_starts!r} needs prompt "
+                "conditions (soft prompts); the class attack replaces the forget label's own "
+                "embedding, which no remain class has (use 0)"
+            )
         return ClassEmbeddingSpace(generator, conditions)
     raise SFDConfigError(
         f"model.adversarial supports PromptConditions and ClassConditions, not "
@@ -532,6 +565,12 @@ class AdversarialTraining:
         self.settings = settings
         self.rows = adversarial_rows(settings.share, batch_size)  # per device
         self.space = attack_space(settings, teacher, generator, conditions)
+        if settings.remain_starts > 0 and len(self.space.remain_attackable) == 0:
+            raise SFDConfigError(
+                f"model.adversarial.remain_starts={settings.remain_starts!r}: no remain prompt "
+                f"has room for model.adversarial.tokens={settings.tokens} more tokens "
+                f"(the {self.space.length_name}); use fewer tokens or remain_starts 0"
+            )
         self.state: dict[str, Tensor] | None = None  # the global rows (every rank's)
         self.last_objective: Tensor | None = None
 
@@ -608,6 +647,18 @@ class AdversarialTraining:
         state[MOMENT_KEYS[0]] = torch.zeros_like(learned)
         state[MOMENT_KEYS[1]] = torch.zeros_like(learned)
         state[MOMENT_KEYS[2]] = torch.zeros(size, device=learned.device)
+        return self._with_starts(state)
+
+    def _with_starts(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`state` with the rows that start from a remain prompt marked (`remain_starts` > 0:
+        the last ⌈remain_starts·K⌉ of each device's K rows; the pool is block-major, so pool row
+        i is row i mod K of its device), or unmarked (0). No draw: the other draws stay put."""
+        state.pop(START_KEY, None)
+        if self.settings.remain_starts > 0:
+            learned = state[self.space.learned]
+            starts = adversarial_rows(self.settings.remain_starts, self.rows)
+            row = torch.arange(len(learned), device=learned.device) % self.rows
+            state[START_KEY] = row >= self.rows - starts
         return state
 
     def _restart(self, module: SFDModule) -> None:
@@ -805,4 +856,4 @@ class AdversarialTraining:
                 f"{self.rows * self.settings.pool * world_size} (model.adversarial.share × "
                 "model.batch_size × model.adversarial.pool × devices)"
             )
-        self.state = {key: value.clone() for key, value in state.items()}
+        self.state = self._with_starts({key: value.clone() for key, value in state.items()})

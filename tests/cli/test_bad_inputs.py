@@ -601,6 +601,10 @@ CASES: list[Case] = [
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.posterior_weight", "true", "--model.adversarial.rivals", "0", verb="demo-text"), "model.adversarial.posterior_weight=True needs model.adversarial.rivals ≥ 1"),
     ("fit-adversarial-posterior-not-bool",
      lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.posterior_weight", "often"), "posterior_weight"),
+    ("demo-text-adversarial-remain-starts-above-one",
+     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.remain_starts", "1.5", verb="demo-text"), "model.adversarial.remain_starts=1.5 must be a finite number in [0, 1]"),
+    ("fit-adversarial-remain-starts-class-teacher",
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.remain_starts", "0.5"), "model.adversarial.remain_starts=0.5 needs prompt conditions"),
     ("demo-text-adversarial-anchor-text",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.anchor", "strong", verb="demo-text"), "anchor=strong: expected float"),
     # --- sfd demo-text: refused before any file is written or any teacher trained ---

@@ -16,6 +16,7 @@ from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 from sfd.apps.data.captions import DIGITS_VOCABULARY
 from sfd.core.adversarial import (
     ADVERSARIAL_KEY,
+    START_KEY,
     AdversarialSettings,
     check_adversarial_settings,
     spread,
@@ -315,6 +316,48 @@ def test_the_remain_anchor_is_the_remain_prompt_with_the_rows_tokens(text_setup,
     assert set(state["remain"].tolist()) <= set(space.remain_attackable.tolist())
 
 
+def test_remain_starts_put_the_last_rows_tokens_into_remain_prompts(text_setup, single_thread):
+    """Oracle: with the learned vectors set to vocabulary rows and remain_starts 0.5 of 4 rows,
+    rows 0-1 are the encoding of their forget prompt followed by those words, rows 2-3 that of
+    their remain prompt followed by them; every row keeps its forget prompt's cached forget and
+    override conditions (the objective's concept and the unlearning target). The rows, vectors
+    and remain prompts are those drawn with remain_starts 0 (no extra draw)."""
+    from sfd.teachers.text_encoder import encode_with, load_text_encoder
+
+    states = {}
+    for starts in (0.0, 0.5):
+        settings = AdversarialSettings(steps=0, share=1.0, tokens=2, remain_starts=starts)
+        module = text_module(text_setup, settings)
+        module.adversarial.attack(module)  # iteration 0: a pool of 4 fresh rows
+        states[starts] = module.adversarial.state
+    assert START_KEY not in states[0.0]
+    assert states[0.5].pop(START_KEY).tolist() == [False, False, True, True]
+    assert states[0.0].keys() == states[0.5].keys()
+    for key, value in states[0.0].items():
+        assert torch.equal(value, states[0.5][key]), key
+    space, state = module.adversarial.space, module.adversarial._with_starts(states[0.5])
+    tokenizer, _ = load_text_encoder(module.teacher.pipeline, None)
+    table = space.text_encoder.get_input_embeddings().weight.detach()
+    ids = tokenizer("one two three four five six seven eight").input_ids[1:-1]
+    words = torch.tensor(ids).view(4, 2)  # whole-word vocabulary ids, (4, 2)
+    with torch.no_grad():
+        attacked, forget, override = space.conditions(state, table[words])
+    conditions = module.conditions
+    prompts = [conditions.forget_prompts[i] for i in state["prompt"][:2].tolist()]
+    prompts += [conditions.remain_prompts[i] for i in state["remain"][2:].tolist()]
+    texts = [
+        tokenizer.decode(tokenizer(p).input_ids[1:-1] + row.tolist())
+        for p, row in zip(prompts, words, strict=True)
+    ]
+    expected = encode_with(tokenizer, space.text_encoder, texts)  # the same tokens as text
+    torch.testing.assert_close(attacked.prompt_embeds, expected, rtol=1e-4, atol=1e-5)
+    assert attacked.prompts == tuple(f"{p} <2 learned tokens>" for p in prompts)
+    cached = conditions.embeddings("cpu")
+    assert torch.equal(forget.prompt_embeds, cached["forget"][state["prompt"]])
+    assert torch.equal(override.prompt_embeds, cached["override"][state["prompt"]])
+    assert torch.equal(attacked.negative_embeds, cached["empty"].expand(4, -1, -1))
+
+
 def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single_thread):
     """Oracle for the completion rule's attacked probe (docs/method.md §8): with the pool's
     vectors set to vocabulary rows, probe sample i is the encoding of pool row (i mod 4)'s forget
@@ -500,6 +543,38 @@ def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, sing
         assert torch.equal(value, resumed.adversarial.state[key]), key
 
 
+@pytest.mark.slow
+def test_remain_starts_resume_bit_exact_and_checkpoint_their_rows(
+    text_setup, tmp_path, single_thread
+):
+    """A text run whose rows start from remain prompts resumes bit-exact; the checkpointed pool
+    marks them, and a resume takes the marks of its own settings."""
+    settings = AdversarialSettings(steps=1, share=0.5, refresh_every=3, tokens=2, remain_starts=0.5)
+
+    def fit(root, steps, ckpt=None) -> SFDModule:
+        module = text_module(text_setup, settings)
+        saver = ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_top_k=-1)
+        trainer = quiet_trainer(root, steps=steps, enable_checkpointing=True, callbacks=[saver])
+        trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+        return module
+
+    straight = fit(tmp_path / "straight", 4)
+    fit(tmp_path / "first", 2)
+    [ckpt] = (tmp_path / "first").glob("*.ckpt")
+    stored = torch.load(ckpt, weights_only=True)[ADVERSARIAL_KEY]
+    assert stored[START_KEY].tolist() == [False, True]  # ⌈0.5·2⌉ of the 2 rows
+    resumed = fit(tmp_path / "resumed", 4, ckpt)
+    for network in ("generator", "fake_score"):
+        a, b = getattr(straight, network).state_dict(), getattr(resumed, network).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{network}.{key}"
+    for key, value in straight.adversarial.state.items():
+        assert torch.equal(value, resumed.adversarial.state[key]), key
+    plain = text_module(text_setup, replace(settings, remain_starts=0.0)).adversarial
+    plain.load_state_dict(stored, world_size=1)
+    assert START_KEY not in plain.state
+
+
 @pytest.mark.parametrize(
     ("settings", "fragment"),
     [
@@ -527,6 +602,8 @@ def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, sing
             "adversarial.posterior_weight=True needs adversarial.rivals ≥ 1",
         ),
         ({"posterior_weight": True, "steps": 0}, "(got rivals 9, steps 0)"),
+        ({"remain_starts": 1.5}, "adversarial.remain_starts=1.5 must be a finite number in [0, 1]"),
+        ({"remain_starts": -0.1}, "adversarial.remain_starts=-0.1"),
     ],
 )
 def test_bad_settings_are_one_line(settings, fragment) -> None:
@@ -566,6 +643,24 @@ def test_models_the_attack_cannot_reach_are_refused(text_setup) -> None:
     assert bool((space.used[space.attackable] <= 6).all())
     drawn = space.draw(64, torch.Generator().manual_seed(0), long.generator)["prompt"]
     assert set(drawn.tolist()) <= set(space.attackable.tolist())
+    with pytest.raises(SFDConfigError, match=r"remain_starts=0.5 needs prompt conditions"):
+        class_module(AdversarialSettings(remain_starts=0.5))
+
+
+def test_remain_starts_without_a_remain_prompt_with_room_are_one_line(text_setup, tmp_path):
+    teacher_dir, forget, _ = text_setup
+    remain = tmp_path / "remain.txt"  # 19 words: no room for 18 tokens in 24 positions
+    remain.write_text(" ".join(["three"] * 19) + "\n")
+    conditions = PromptConditions(
+        DIGITS_VOCABULARY.concept_pairs(7, 1),
+        forget_prompts=str(forget),
+        remain_prompts=str(remain),
+    )
+    settings = AdversarialSettings(tokens=18, remain_starts=0.25)
+    with pytest.raises(SFDConfigError, match=r"remain_starts=0.25: no remain prompt has room"):
+        SFDModule(
+            StableDiffusionTeacher(str(teacher_dir)), conditions, SIGMAS, adversarial=settings
+        )
 
 
 def test_the_preset_holds_the_defaults() -> None:
