@@ -8,7 +8,8 @@ the backward pass; the method and what it leaves out are in docs/training.md#mem
 - full copies: frozen teacher, generator and fake score as full networks, fp32 weights under
   bf16 autocast (configs/sd_base.yaml), Adam state in fp32;
 - shared base: one frozen base in bf16, generator and fake score as two rank-16 LoRA adapters (fp32,
-  Adam in fp32) on every nn.Linear of the attention modules;
+  Adam in fp32) on the layers sfd adapts by default (`DEFAULT_TARGETS`: attention, feed-forward,
+  residual convolutions, time embeddings), activations counted with the adapters in the network;
 - FSDP over 8 GPUs: full copies with weights, gradients and Adam state divided by 8; bf16 compute
   on the gathered units (two at a time), as `sfd_fsdp` runs `bf16-mixed` (FSDP2's bf16 gather).
 
@@ -43,9 +44,11 @@ from results_page import (
     write_page,
 )
 
+from sfd.teachers.adapter_settings import GENERATOR_ADAPTER, AdapterSettings
 from sfd.training.activations import (
     CallCache,
     StepShape,
+    adapter_twin,
     step_activations,
 )
 from sfd.training.memory import (
@@ -153,17 +156,20 @@ def build(network_class: type, config: dict[str, Any]) -> torch.nn.Module:
     return network.requires_grad_(True)
 
 
-def with_adapter(
-    network_class: type, config: dict[str, Any], targets: list[str]
-) -> torch.nn.Module:
-    """A second meta twin with one LoRA adapter (peft), only the adapter trainable."""
-    network = build(network_class, config)
-    with torch.device("meta"):
-        network.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=targets))
-    torch.nn.Module.to(network, torch.bfloat16)
-    for name, param in network.named_parameters():
-        param.requires_grad_(".lora_" in name)
-    return network
+def with_adapter(network: torch.nn.Module, config: Any) -> torch.nn.Module:
+    """A bf16 meta twin of `network` with one PEFT adapter (`config`), only the adapter trained."""
+    twin = adapter_twin(network, config, GENERATOR_ADAPTER, torch.bfloat16)
+    if twin is None:
+        raise SystemExit(f"peft cannot adapt {type(network).__name__} with {config}")
+    return twin
+
+
+def trained_count(network: torch.nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters() if p.requires_grad)
+
+
+def adapted_layers(network: torch.nn.Module) -> int:
+    return sum(1 for m in network.modules() if GENERATOR_ADAPTER in getattr(m, "lora_A", {}))
 
 
 def mode_groups(
@@ -193,10 +199,15 @@ def family_rows(family: tuple[Any, ...]) -> dict[str, Any]:
     network = build(network_class, config)
     params = parameter_count(network)
     buffers = sum(b.numel() for b in network.buffers() if b.is_floating_point())
+    # The attention layers' LoRA, counted two ways (a cross-check of the walk against peft) ...
     targets = attention_linear_names(network)
-    lora = lora_parameter_count(network, RANK, targets)
-    adapted = with_adapter(network_class, config, targets)
-    peft_lora = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    attention_lora = lora_parameter_count(network, RANK, targets)
+    peft_attention = trained_count(
+        with_adapter(network, LoraConfig(r=RANK, target_modules=targets))
+    )
+    # ... and the shipped one (`model.adapters`' default layers), which the shared-base rows train.
+    adapted = with_adapter(network, AdapterSettings(rank=RANK).peft_config())
+    lora = trained_count(adapted)
     latent = (resolution // factor, resolution // factor)
     full_twins = {"generator": network, "teacher": network, "fake score": network}
     shared_twins = {"generator": adapted, "teacher": network, "fake score": adapted}
@@ -225,8 +236,10 @@ def family_rows(family: tuple[Any, ...]) -> dict[str, Any]:
         "params": params,
         "buffers": buffers,
         "lora_targets": len(targets),
-        "lora_params": lora,
-        "peft_lora_params": peft_lora,
+        "lora_params": attention_lora,
+        "peft_lora_params": peft_attention,
+        "shipped_lora_layers": adapted_layers(adapted),
+        "shipped_lora_params": lora,
         "modes": rows,
         "seconds": round(time.time() - start, 1),
     }
@@ -306,7 +319,9 @@ def summary_lines(family: dict[str, Any]) -> list[str]:
         f"{family['family']}: {size(family['params'])} parameters (+ {size(family['buffers'])} "
         f"buffers; published {family['published']}), LoRA r{RANK} on {family['lora_targets']} "
         f"attention layers {size(family['lora_params'])} per adapter "
-        f"(peft {size(family['peft_lora_params'])}), {family['seconds']:.0f} s"
+        f"(peft {size(family['peft_lora_params'])}); shipped LoRA on "
+        f"{family['shipped_lora_layers']} layers {size(family['shipped_lora_params'])}, "
+        f"{family['seconds']:.0f} s"
     ]
     for row in family["modes"]:
         ckpt, plain = row["checkpointing"], row["no_checkpointing"]
@@ -354,11 +369,13 @@ def write_results_page(record: dict[str, Any], json_file: str, results_dir: Any 
     """docs/results/memory.md from a record of `main`."""
     parameters = markdown_table(
         ("family", "network", "parameters", "published", "buffers", "attention layers",
-         f"LoRA r{RANK} per adapter (walk)", "peft's count"),
+         f"attention LoRA r{RANK} (walk)", "peft's count", "shipped layers adapted",
+         f"shipped LoRA r{RANK} per adapter"),
         [
             (f["family"], f"`{f['network']}`", size(f["params"]), f["published"],
              size(f["buffers"]), f["lora_targets"], size(f["lora_params"]),
-             size(f["peft_lora_params"]))
+             size(f["peft_lora_params"]), f["shipped_lora_layers"],
+             size(f["shipped_lora_params"]))
             for f in record["families"]
         ],
     )  # fmt: skip
@@ -387,10 +404,10 @@ def write_results_page(record: dict[str, Any], json_file: str, results_dir: Any 
             "gradient checkpointing. The last column is the largest batch (remain and forget "
             f"each) whose total fits {GPU_BYTES / 1e9:.0f} GB (0: not even 1 + 1). Full copies: "
             "fp32 weights under bf16 autocast, Adam state fp32; shared base: one bf16 base, two "
-            f"rank-{RANK} LoRA adapters in fp32 with their Adam state on the attention layers' "
-            "`nn.Linear`s (the shipped default targets also adapt the feed-forward and residual "
-            "layers: more adapter bytes, and more activations, the adapters' own, not counted "
-            "here; `sfd fit` prints the estimate of the run it starts); FSDP "
+            f"rank-{RANK} LoRA adapters in fp32 with their Adam state on the layers `sfd` "
+            "adapts by default (`model.adapters.targets`: attention projections, feed-forward, "
+            "residual convolutions and time embeddings; the activations counted with the "
+            "adapters in the network); FSDP "
             "(`trainer.precision: bf16-mixed` with FSDP2's bf16 gather, configs/fsdp.yaml): "
             "weights, gradients and Adam state / 8, two bf16 blocks gathered at a time, the batch "
             "per device unchanged.\n\n" + table
@@ -399,9 +416,11 @@ def write_results_page(record: dict[str, Any], json_file: str, results_dir: Any 
         "Networks": (
             "Parameters of the networks built from their published configs on the meta device; "
             "buffers are persistent tensors outside the parameters (SD3.5's position-embedding "
-            "table: the published sizes count it). The LoRA count walks the module tree for the "
-            "`nn.Linear` layers of the attention modules; peft's is the count peft gives the "
-            "same targets.\n\n" + parameters
+            "table: the published sizes count it). The attention LoRA count walks the module tree "
+            "for the `nn.Linear` layers of the attention modules; peft's is the count peft gives "
+            "the same targets (a cross-check). The shared-base rows train the shipped LoRA: "
+            "peft's adapter on the default layers (`sfd.teachers.adapter_settings.DEFAULT_TARGETS`)"
+            ".\n\n" + parameters
         ),
         "Method": (
             "Activations are the bytes autograd saves for the backward pass in one meta-device "

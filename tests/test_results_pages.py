@@ -628,7 +628,8 @@ def memory_record(command: str) -> dict[str, Any]:
         "family": "Flux.1-dev", "network": "FluxTransformer2DModel", "resolution": 1024,
         "latent": [128, 128], "published": "12 B", "classifier_free_guidance": False,
         "params": 11_901_408_320, "buffers": 0, "lora_targets": 266,
-        "lora_params": 18_000_000, "peft_lora_params": 18_000_000, "seconds": 1.0,
+        "lora_params": 18_000_000, "peft_lora_params": 18_000_000, "shipped_lora_layers": 500,
+        "shipped_lora_params": 30_000_000, "seconds": 1.0,
         "modes": [
             mode("full copies", 177.3, 1000 * 2**20, 50.0, 400.0),
             mode("shared base + LoRA r16", 22.2, 10 * 2**20, 40.0, 70.25),
@@ -1088,6 +1089,7 @@ CASES = [
         [
             "| Flux.1-dev | shared base + LoRA r16 | 22.2 | 0.0 | 0.0 | 80.0 | 40.0 | 140.5 "
             "| 70.2 | 0 / 5 |",
+            "| 266 | 18.0 M | 18.0 M | 500 | 30.0 M |",
             "| Flux.1-dev: shared-base trainable bytes ≤ 5 % of full copies' "
             "| 10 MiB vs 1,000 MiB = 1.00 % | yes |",
             "| Flux.1-dev shared base, bf16 base, checkpointing, 1024²: fits one 80 GB GPU "

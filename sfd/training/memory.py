@@ -58,11 +58,12 @@ BUDGET_ENV = "SFD_DEVICE_MEMORY_GIB"  # per-device memory to check against, over
 # What a refused run can change, in the refusal's order (`remedies_for` drops those it applies).
 CHECKPOINTING_REMEDY = "turn on the teacher's gradient_checkpointing"
 SHARED_REMEDY = "train adapters on one shared base"
+SHARD_REMEDY = "shard over more devices"  # full copies only: sfd_fsdp refuses model.adapters
 REMEDIES = (
     "lower --model.batch_size",
     CHECKPOINTING_REMEDY,
     SHARED_REMEDY,
-    "shard over more devices",
+    SHARD_REMEDY,
 )
 
 
@@ -296,7 +297,8 @@ def _either(remedies: tuple[str, ...]) -> str:
 
 
 def remedies_for(module: Any) -> tuple[str, ...]:
-    """The refusal's suggestions that `module` has not applied already (checkpointing, adapters)."""
+    """The refusal's suggestions that `module` has not applied already (checkpointing, adapters)
+    and that apply to it (a shared-base run cannot be sharded: `sfd_fsdp` refuses adapters)."""
     checkpointing = any(
         getattr(m, "is_gradient_checkpointing", False) for m in module.teacher.modules()
     )
@@ -304,7 +306,8 @@ def remedies_for(module: Any) -> tuple[str, ...]:
     return tuple(
         r
         for r in REMEDIES
-        if not (checkpointing and r == CHECKPOINTING_REMEDY) and not (shared and r == SHARED_REMEDY)
+        if not (checkpointing and r == CHECKPOINTING_REMEDY)
+        and not (shared and r in (SHARED_REMEDY, SHARD_REMEDY))
     )
 
 
