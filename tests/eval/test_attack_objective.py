@@ -243,3 +243,49 @@ def test_attacker_of_a_judge_trained_on_other_data_is_refused(tmp_path):
                                    heldout, this, False)  # fmt: skip
     assert not entry["reused_from_cache"] and entry["recipe"]["seed"] == ATTACKER_SEED_OFFSET
     assert source_fingerprint("classifier", str(data)) == split["data"]
+
+
+@pytest.fixture(scope="module")
+def digits_judges(tmp_path_factory):
+    """Evaluation classifiers of the digits split (0.2, seed 0) with their cache records, as the
+    demos leave them: {kind: folder}, for `sfd eval` ("classifier") and `sfd eval-text`."""
+    from sfd.apps.data.images import DIGITS, load_images, train_heldout_split
+
+    root = tmp_path_factory.mktemp("judges")
+    train, heldout = train_heldout_split(load_images(DIGITS), 0.2, 0)
+    split = {"data": data_fingerprint(DIGITS), "heldout_fraction": 0.2, "split_seed": 0}
+    given = {"seed": 0, "max_steps": 2, "width": 4, "feature_dim": 4, "batch_size": 8}
+    return {kind: cached_classifier(root, kind, split, train, heldout, given, False)[1]
+            for kind in ("classifier", "text-classifier")}  # fmt: skip
+
+
+def test_eval_refuses_before_training_the_attacker(digits_judges, tiny_teacher_dir, tmp_path):
+    """A refusal of `sfd eval`'s own inputs (here too few revival images) comes before the
+    attacker classifier of a transfer attack is trained: its cache stays empty."""
+    from sfd.cli import main
+
+    cache = tmp_path / "cache"
+    code = main(["eval", str(tiny_teacher_dir), "--classifier", str(digits_judges["classifier"]),
+                 "--forget", "0", "--num-per-class", "2", "--attack", "--attack-steps", "1",
+                 "--attack-objective", "transfer", "--cache", str(cache), "--revival", "1",
+                 "--revival-images", "100000", "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_eval_text_refuses_before_training_the_attacker(digits_judges, tmp_path):
+    """`sfd eval-text`: a bad prompt file is refused before the attacker classifier trains."""
+    from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 seven\n".encode("latin-1"))
+    cache = tmp_path / "cache"
+    settings = ConceptEvalSettings(
+        model=tmp_path / "never-loaded", classifier=digits_judges["text-classifier"],
+        forget_prompts=latin1, remain_prompts=latin1, forget=7, override=1,
+        output_dir=tmp_path / "out", attacks={"soft": AttackBudget(**SMALL)},
+        attack_objective="transfer", cache=cache, progress=False,
+    )  # fmt: skip
+    with pytest.raises(SFDConfigError, match="prompt file"):
+        run_concept_evaluation(settings)
+    assert not cache.exists() or not any(cache.iterdir())

@@ -482,11 +482,6 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         [classifier.config["in_channels"], *classifier.config["image_size"]]
     ):
         raise SFDConfigError(f"--real {settings.real!r} images do not fit the classifier")
-    attacker, attacker_entry = (
-        concept_attacker(settings, classifier, train, heldout)
-        if settings.needs_attacker()
-        else (None, None)
-    )
     neighbours = settings.neighbours or nearest_classes(
         classifier, heldout.images, heldout.labels, settings.forget, 2
     )
@@ -512,6 +507,12 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         raise SFDConfigError(
             f"--attack needs a model with a text encoder; {settings.model} has none"
         )
+    # the attacker classifier (trained for minutes) once every cheap check has passed
+    attacker, attacker_entry = (
+        concept_attacker(settings, classifier, train, heldout)
+        if settings.needs_attacker()
+        else (None, None)
+    )
     real_remain = heldout.images[heldout.labels != settings.forget]
     evaluation = evaluate_model(model, classifier, protocol, real_remain, settings.progress)
     results: dict[str, Any] = {
