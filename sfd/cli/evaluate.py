@@ -178,6 +178,9 @@ def check_options(options: argparse.Namespace) -> tuple[str, dict[str, Any], Any
         class-embedding attack's budget (None without --attack) and the revival budget (None
         without --revival).
     """
+    from sfd.eval.attack_budget import checked_objectives  # no torch
+
+    checked_objectives(options.attack_objective, options.attacker_classifier is not None)
     attack = class_attack_budget(options)
     if options.attacker_classifier is not None:
         _classifier_config(options.attacker_classifier, "--attacker-classifier")

@@ -28,7 +28,12 @@ from sfd.apps.teachers.flow_text import (
     quiet_clip_truncation,
 )
 from sfd.errors import SFDConfigError, check_guidance, check_number
-from sfd.eval.attack_budget import RevivalBudget, attack_objectives, suite_key
+from sfd.eval.attack_budget import (
+    RevivalBudget,
+    attack_objectives,
+    checked_objectives,
+    suite_key,
+)
 from sfd.eval.attack_outcome import AGREEMENT_DEFINITION
 from sfd.eval.attacks import ATTACKS, AttackResult, run_attack
 from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
@@ -417,7 +422,7 @@ class ConceptEvalSettings:
             raise SFDConfigError(
                 f"--attack {unknown[0]!r} is unknown; choose from {sorted(ATTACKS)}"
             )
-        attack_objectives(self.attack_objective)
+        checked_objectives(self.attack_objective, self.attacker_classifier is not None)
         if (
             self.attacker_classifier is not None
             and not (Path(self.attacker_classifier) / "config.json").is_file()
