@@ -1684,3 +1684,38 @@ def test_attack_judge_reads_eval_text_and_multiplies_agreement(results_dir, tmp_
     text = (results_dir / "attack_judge.md").read_text()
     assert "| SFD | soft | 50.0 % | 25.0 % | 12.5 % | 10.0 % | 90.0 % | 0.0 % |" in text
     assert "- SFD (`runs/plain/generator`, sha256 0123): `sfd eval-text x`" in text
+
+
+def test_attack_judge_reuses_a_metrics_file_only_from_its_own_command(tmp_path) -> None:
+    """A metrics file is read again only when the command kept beside it is this one; another
+    command's (or an unrecorded one's) file is refused, never shown under the current command."""
+    script = importlib.import_module("attack_judge")
+    file = tmp_path / "SFD" / "metrics.json"
+    file.parent.mkdir()
+    file.write_text("{}")
+    command = ["sfd", "eval-text", "gen", "--attack", "soft"]
+    with pytest.raises(SystemExit, match="a command it does not record"):
+        script.reused_command(file, command)
+    (file.parent / script.COMMAND_FILE).write_text("sfd eval-text gen --attack discrete\n")
+    with pytest.raises(SystemExit, match="written by `sfd eval-text gen --attack discrete`"):
+        script.reused_command(file, command)
+    (file.parent / script.COMMAND_FILE).write_text("sfd eval-text gen --attack soft\n")
+    script.reused_command(file, command)  # its own: reused
+
+
+def test_attack_suite_takes_the_split_its_report_recorded(tmp_path) -> None:
+    """attack_suite's split is the report's (protocol, else classifier/cache.json), not a fixed
+    0.2 / seed 0."""
+    script = importlib.import_module("attack_suite")
+    (tmp_path / "classifier").mkdir()
+    (tmp_path / "classifier" / "cache.json").write_text(
+        json.dumps({"data": "d", "heldout_fraction": 0.3, "split_seed": 4, "seed": 4})
+    )
+    text = {"protocol": {"seed": 4, "data": "digits"}}
+    assert script.split_of(tmp_path, text) == {"heldout_fraction": 0.3, "split_seed": 4}
+    settings = {"heldout_fraction": 0.25, "split_seed": 2, "seed": 2}
+    cls = {"protocol": {"seed": 2, "classifier_settings": settings}}
+    assert script.split_of(tmp_path, cls) == {"heldout_fraction": 0.25, "split_seed": 2}
+    (tmp_path / "classifier" / "cache.json").unlink()
+    with pytest.raises(SystemExit, match="records no split"):
+        script.split_of(tmp_path, text)
