@@ -30,7 +30,8 @@ first training forget prompt; 64 held-out samples). With `--class-report` (an `s
 folder) the models are class-conditional generators and the attack is the class-embedding attack,
 measured with `sfd eval MODEL --attack --attack-objective both` (200 steps, 3 restarts, 64 held-out
 samples by default). A model whose metrics file exists is read, not measured again, when the
-command that wrote it (kept beside it, command.txt) is this one; otherwise the script refuses. `--include` adds the rows of an earlier record of this script.
+command that wrote it (kept beside it, command.txt) is this one; otherwise the script refuses.
+`--include` adds the rows of an earlier record of this script.
 """
 
 from __future__ import annotations
@@ -200,11 +201,9 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             f"  White-box objective: {first['objective_white_box']}.",
             f"  Transfer objective: {first['objective_transfer']}.",
             f"  ASR: {first['asr_definition']}.",
+            f"  Agreement: {first['agreement_definition']}.",
         ]
-    lines += [
-        f"- Agreement: {first['agreement_definition']}.",
-        "- Both classifiers read it: white-box ASR × agreement.",
-    ]
+    lines.append("- Both classifiers read it: white-box ASR × agreement.")
     attackers: dict[str, list[str]] = {}
     for row in rows:
         attackers.setdefault(row["attacker_classifier"]["folder"], []).append(row["name"])

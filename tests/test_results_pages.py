@@ -1684,6 +1684,11 @@ def test_attack_judge_reads_eval_text_and_multiplies_agreement(results_dir, tmp_
     text = (results_dir / "attack_judge.md").read_text()
     assert "| SFD | soft | 50.0 % | 25.0 % | 12.5 % | 10.0 % | 90.0 % | 0.0 % |" in text
     assert "- SFD (`runs/plain/generator`, sha256 0123): `sfd eval-text x`" in text
+    assert "- **soft**: budget steps 200.\n  White-box objective: white.\n" in text
+    assert "  Agreement: share also read.\n" in text
+    assert (
+        "- Attacker classifier of SFD: `c`, held-out accuracy 99.0 %; recipe {'seed': 1}." in text
+    )
 
 
 def test_attack_judge_reuses_a_metrics_file_only_from_its_own_command(tmp_path) -> None:
@@ -1719,3 +1724,19 @@ def test_attack_suite_takes_the_split_its_report_recorded(tmp_path) -> None:
     (tmp_path / "classifier" / "cache.json").unlink()
     with pytest.raises(SystemExit, match="records no split"):
         script.split_of(tmp_path, text)
+
+
+def test_the_committed_attack_judge_page_has_the_current_format() -> None:
+    """docs/results/attack_judge.md as the script writes it now: each attack's definitions under
+    its name (the class rows' budget and objectives too) and one attacker line per model group."""
+    text = (REPO / "docs" / "results" / "attack_judge.md").read_text()
+    assert "- **soft**: budget steps 200, " in text
+    assert "- **class_embedding**: budget steps 200, batch_size 16, eval_samples 64, " in text
+    assert "  White-box objective: minimise CE(evaluation classifier(G(z, e)), " in text
+    assert "  Transfer objective: minimise CE(attacker classifier(G(z, e)), " in text
+    attackers = [line for line in text.splitlines() if line.startswith("- Attacker classifier")]
+    assert [line.split(":")[0] for line in attackers] == [
+        "- Attacker classifier of SFD, adversarial SFD, no forgetting",
+        "- Attacker classifier of SFD (class), no forgetting (class)",
+    ]
+    assert all("held-out accuracy " in line and "; recipe {" in line for line in attackers)
