@@ -13,6 +13,13 @@
     python experiments/adversarial_settings.py --page adversarial_budget --output-root runs/advset \
         --teacher-cache /tmp/benchcache/sfd --stage2-steps 60 \
         "s60-postw1-steps8:posterior_weight=true,weight=1.0,steps=8"
+    python experiments/adversarial_settings.py --page adversarial_refresh \
+        --output-root runs/advrefresh --teacher-cache /tmp/benchcache/sfd --stage2-steps 60 \
+        --include runs/advrefresh/included-settings.json \
+        --include runs/advrefresh/included-budget.json "plain:" \
+        "r5-steps8:posterior_weight=true,weight=1.0,refresh_every=5,steps=8" \
+        "r1-steps8:posterior_weight=true,weight=1.0,refresh_every=1,steps=8" \
+        "restart025-steps8:posterior_weight=true,weight=1.0,restart_share=0.25,steps=8"
     python experiments/adversarial_settings.py --page flow_robust --family sd3 \
         --output-root runs/flow-robust --teacher-cache ~/.cache/sfd --stage2-steps 60 \
         "b-remain0.5:refresh_every=5,steps=4,share=0.5,remain_starts=0.5,posterior_weight=true"
@@ -30,9 +37,10 @@ samples, judged by the evaluation classifier) and stage 2's wall seconds. Varian
 call at a time: a later call naming them all reads the finished folders and writes the whole page.
 `--include` adds the rows of earlier records of this script (another concept pair) to the page,
 each with the command that measured it. `--page` picks the results page (default
-adversarial_settings; adversarial_budget: the inner attack's budget; flow_robust: the flow-matching
-teacher, `--family sd3`, with the remain FID over the teacher's multi-step FID and the same run's
-no-forgetting generator's attack success beside each row), kept in the record so that
+adversarial_settings; adversarial_budget: the inner attack's budget; adversarial_refresh: how often
+the pool is drawn afresh; flow_robust: the flow-matching teacher, `--family sd3`, with the remain FID
+over the teacher's multi-step FID and the same run's no-forgetting generator's attack success beside
+each row), kept in the record so that
 `--page-from` rewrites the same page.
 """
 
@@ -63,6 +71,7 @@ STAGE1_STEPS = 400  # sfd_text_digits_stage1.yaml: passed explicitly so stage 1 
 PAGES = {  # results page -> its heading
     "adversarial_settings": "Adversarial SFD: settings on the text digits demo",
     "adversarial_budget": "Adversarial SFD: the inner attack's budget on the text digits demo",
+    "adversarial_refresh": "Adversarial SFD: refreshing the inner attack's pool on the text digits demo",
     "flow_robust": "Adversarial SFD on the flow-matching text teacher: the attack from any prompt",
 }
 
@@ -194,7 +203,9 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             [
                 row["pair"],
                 row["name"],
-                ", ".join(f"{k} {v}" for k, v in row["settings"].items()) or "defaults",
+                "off (plain SFD)"
+                if row["name"] == "plain"
+                else ", ".join(f"{k} {v}" for k, v in row["settings"].items()) or "defaults",
                 row["iterations"],
                 f"{percent(row['ua'])} ({percent(row['ua_paraphrases'])})",
                 f"{percent(row['remain'])} ({percent(row['remain_teacher'])})",

@@ -14,7 +14,8 @@ teacher at the override.
 The learned vectors persist across iterations in a pool of `pool` × the attacked rows, with
 their Adam moments (a warm start of the vectors and of their optimiser); each iteration the next
 rows of the pool, round robin, are refined and trained on, and the whole pool is drawn afresh
-every `refresh_every` iterations. The pool is checkpointed (`ADVERSARIAL_KEY`), so a resume is
+every `refresh_every` iterations; in between, `restart_share` of the attacked rows are drawn afresh
+each iteration, the oldest first, so that fresh starts meet the generator as it is now. The pool is checkpointed (`ADVERSARIAL_KEY`), so a resume is
 bit-exact.
 Every draw comes from the module's (seed, iteration, phase) streams, for the global batch, and
 each row's attack is independent of the others, so one process computes what N processes do.
@@ -73,6 +74,10 @@ class AdversarialSettings:
             up, so any positive share attacks at least one row).
         refresh_every: iterations between fresh draws of the whole pool (its prompts or classes,
             starting vectors, zero Adam moments).
+        restart_share: share of the attacked rows drawn afresh (as at a refresh) before the inner
+            steps of each iteration that does not refresh the pool, in [0, 1], rounded up: the
+            rows of the block in turn, so a row lives ⌈1/share⌉ visits of its block. 0 (the
+            default): rows live until the next refresh.
         pool: the persistent pool, in multiples of the attacked rows: it holds `pool` ×
             ⌈share·batch_size⌉ rows per device, and iteration t refines and trains on block
             t mod `pool` of them (1: the same rows every iteration).
@@ -124,6 +129,7 @@ class AdversarialSettings:
     sigmas: list[float] | None = field(default_factory=lambda: list(DEFAULT_SIGMAS))
     posterior_weight: bool = False
     remain_starts: float = 0.0
+    restart_share: float = 0.0
 
     def __post_init__(self) -> None:
         check_adversarial_settings(asdict(self))
@@ -155,6 +161,7 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SFDConfigError(f"{prefix}.{name}={value!r} must be an integer of at least {low}")
     check_number(f"{prefix}.share", settings.get("share"), low=0, high=1)
+    check_number(f"{prefix}.restart_share", settings.get("restart_share", 0.0), low=0, high=1)
     check_number(f"{prefix}.lr", settings.get("lr"), low=0, low_open=True)
     check_number(f"{prefix}.weight", settings.get("weight"), low=0)
     check_number(f"{prefix}.anchor", settings.get("anchor", 0.0), low=0)
@@ -654,6 +661,25 @@ class AdversarialTraining:
             state[START_KEY] = row >= self.rows - starts
         return state
 
+    def _restart(self, module: SFDModule) -> None:
+        """Draw `restart_share` of this iteration's block afresh on every rank, with zero Adam
+        moments: in each rank's K rows, the ⌈restart_share·K⌉ positions after those of the
+        block's previous visit (cyclically), from the draw stream (unused when the pool is not
+        refreshed). A function of the iteration only: no state of its own."""
+        count = adversarial_rows(self.settings.restart_share, self.rows)
+        if count == 0:
+            return
+        visit = module.global_step // self.settings.pool
+        offsets = (visit * count + torch.arange(count, device=module.device)) % self.rows
+        index = torch.cat(
+            [self._block(module, rank)[offsets] for rank in range(module._world_size)]
+        )
+        fresh = self.space.draw(len(index), module._stream(DRAW_PHASE), module.generator)
+        for key, value in fresh.items():
+            self.state[key][index] = value.to(self.state[key].device, self.state[key].dtype)
+        for key in MOMENT_KEYS:
+            self.state[key][index] = 0
+
     def _block(self, module: SFDModule, rank: int) -> Tensor:
         """Global indices of `rank`'s rows attacked at this iteration.
 
@@ -680,8 +706,8 @@ class AdversarialTraining:
     def attack(self, module: SFDModule) -> Attacked | None:
         """Run this iteration's inner attack; None when there is nothing to attack.
 
-        Draws a fresh pool at the first iteration and every `refresh_every` iterations, then
-        takes `steps` Adam ascent steps on this rank's current block of its pool (the generator
+        Draws a fresh pool at the first iteration and every `refresh_every` iterations (in
+        between, `restart_share` of the block afresh: `_restart`), then takes `steps` Adam ascent steps on this rank's current block of its pool (the generator
         as it is now, in eval mode), and shares the result with every rank so that each holds
         (and checkpoints) the whole pool.
         """
@@ -689,9 +715,12 @@ class AdversarialTraining:
         if self.rows == 0 or (hp.lambda_sg_forget == 0 and hp.lambda_g_forget == 0):
             return None
         world, rank = module._world_size, module.global_rank
-        if self.state is None or module.global_step % self.settings.refresh_every == 0:
+        fresh = self.state is None or module.global_step % self.settings.refresh_every == 0
+        if fresh:
             self.state = self._fresh_pool(module)
         self.state = {key: value.to(module.device) for key, value in self.state.items()}
+        if not fresh and self.settings.restart_share > 0:
+            self._restart(module)
         block = self._block(module, rank)
         mine = {key: value[block] for key, value in self.state.items()}
         learned = mine[self.space.learned].detach()

@@ -601,6 +601,8 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "--model.adversarial.samples", "0"), "model.adversarial.samples=0 must be an integer of at least 1"),
     ("fit-adversarial-sigmas-negative",
      lambda w, o: fit(w, o, "--model.adversarial.sigmas", "[0.4, -1]"), "model.adversarial.sigmas=-1.0 must be a finite number in"),
+    ("demo-text-adversarial-restart-share-above-one",
+     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.restart_share", "2", verb="demo-text"), "model.adversarial.restart_share=2.0 must be a finite number in [0, 1]"),
     ("demo-text-adversarial-refresh-zero",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.refresh_every", "0", verb="demo-text"), "model.adversarial.refresh_every=0"),
     ("demo-text-adversarial-posterior-without-rivals",

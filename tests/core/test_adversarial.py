@@ -236,6 +236,45 @@ def test_the_inner_steps_are_torch_adam_ascent(single_thread) -> None:
     torch.testing.assert_close(attack.state["adam_v"], adam["exp_avg_sq"])
 
 
+def test_restarted_rows_are_fresh_draws_in_turn(monkeypatch, single_thread) -> None:
+    """`restart_share`: between refreshes, each iteration starts ⌈share·K⌉ rows of the block,
+    the positions after the previous visit's (cyclically), from the draw stream's fresh rows at
+    that iteration (oracle: `space.draw` called by hand) with zero Adam moments; the other rows
+    start from their vectors and moments. Without it every row keeps its own until the refresh."""
+    step = {"now": 0}
+    monkeypatch.setattr(SFDModule, "global_step", property(lambda self: step["now"]))
+    cases = {0.5: [[2, 3], [0, 1], [2, 3]], 0.25: [[1], [2], [3]], 0.0: [[], [], []]}
+    for share, restarted in cases.items():
+        step["now"] = 0
+        module = class_module(AdversarialSettings(steps=1, share=1.0, lr=0.1, restart_share=share))
+        attack = module.adversarial
+        module.generator.eval()
+        starts = []
+        objective = attack.objective
+        monkeypatch.setattr(
+            attack,
+            "objective",
+            lambda m, state, learned, rng, starts=starts, objective=objective: (
+                starts.append(learned.detach().clone()) or objective(m, state, learned, rng)
+            ),
+        )
+        attack.attack(module)  # iteration 0: the whole pool drawn afresh, one step each
+        for positions, now in zip(restarted, (1, 2, 3), strict=True):
+            step["now"] = now
+            before = {key: value.clone() for key, value in attack.state.items()}
+            fresh = attack.space.draw(len(positions), module._stream(3), module.generator)
+            kept = [i for i in range(attack.rows) if i not in positions]
+            attack.attack(module)
+            start = starts[-1]
+            assert torch.equal(start[positions], fresh["embedding"])
+            assert torch.equal(start[kept], before["embedding"][kept])
+            assert attack.state["adam_t"][positions].tolist() == [1.0] * len(positions)
+            assert torch.equal(attack.state["adam_t"][kept], before["adam_t"][kept] + 1)
+            for key in ("forget", "override"):
+                assert torch.equal(attack.state[key][positions], fresh[key])
+                assert torch.equal(attack.state[key][kept], before[key][kept])
+
+
 def test_soft_prompt_attack_step_raises_its_objective(prompt_module, single_thread) -> None:
     """One inner step raises the objective on the draws it took (a random text teacher barely
     depends on the prompt, so held-out draws would measure noise; the class test does that)."""
@@ -470,8 +509,12 @@ def test_off_by_default_and_plain_draws_unchanged(single_thread) -> None:
         AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1, rivals=3),
         # Rows weighted by the teacher's posterior at their last step (no state of its own).
         AdversarialSettings(steps=2, share=0.5, refresh_every=3, lr=0.1, posterior_weight=True),
+        # A share of the pool drawn afresh each iteration (from the iteration: no state).
+        AdversarialSettings(
+            steps=2, share=0.5, refresh_every=10, lr=0.1, pool=2, restart_share=0.5
+        ),
     ],
-    ids=["rows", "pool", "rivals", "posterior"],
+    ids=["rows", "pool", "rivals", "posterior", "restart"],
 )
 def test_resume_is_bit_exact_with_the_adversarial_state(tmp_path, settings, single_thread):
 
@@ -540,6 +583,8 @@ def test_remain_starts_resume_bit_exact_and_checkpoint_their_rows(
         ({"tokens": -3}, "adversarial.tokens=-3"),
         ({"share": 1.5}, "adversarial.share=1.5 must be a finite number in [0, 1]"),
         ({"share": -0.1}, "adversarial.share=-0.1"),
+        ({"restart_share": 1.5}, "adversarial.restart_share=1.5 must be a finite number in [0, 1]"),
+        ({"restart_share": -0.5}, "adversarial.restart_share=-0.5"),
         ({"refresh_every": 0}, "adversarial.refresh_every=0"),
         ({"lr": 0.0}, "adversarial.lr=0.0"),
         ({"noise_levels": 0}, "adversarial.noise_levels=0"),
