@@ -1740,3 +1740,14 @@ def test_the_committed_attack_judge_page_has_the_current_format() -> None:
         "- Attacker classifier of SFD (class), no forgetting (class)",
     ]
     assert all("held-out accuracy " in line and "; recipe {" in line for line in attackers)
+
+
+def test_text_benchmark_shows_an_unmeasured_target_as_such() -> None:
+    """A target the demo did not measure (met None, value None) is "not measured" on the page."""
+    script = importlib.import_module("text_benchmark")
+    table = script.targets_table(
+        {"ua_train_at_least_95": {"value": 1.0, "met": True},
+         "soft_attack_at_most_half_of_no_forgetting": {"value": None, "met": None}}
+    )  # fmt: skip
+    assert "| soft_attack_at_most_half_of_no_forgetting | — | not measured |" in table
+    assert "| ua_train_at_least_95 | 1.000 | yes |" in table
