@@ -29,8 +29,9 @@ Budgets, noise and prompt are `sfd eval-text`'s (16 tokens, 200 steps, 3 restart
 first training forget prompt; 64 held-out samples). With `--class-report` (an `sfd demo` output
 folder) the models are class-conditional generators and the attack is the class-embedding attack,
 measured with `sfd eval MODEL --attack --attack-objective both` (200 steps, 3 restarts, 64 held-out
-samples by default). A model whose metrics file exists is read, not measured again (the page
-prints the command that wrote it). `--include` adds the rows of an earlier record of this script.
+samples by default). A model whose metrics file exists is read, not measured again, when the
+command that wrote it (kept beside it, command.txt) is this one; otherwise the script refuses.
+`--include` adds the rows of an earlier record of this script.
 """
 
 from __future__ import annotations
@@ -136,18 +137,37 @@ def row_of(name: str, command: list[str], file: Path) -> dict[str, Any]:
     return row
 
 
+COMMAND_FILE = "command.txt"  # beside metrics.json: the command that wrote it
+
+
+def reused_command(file: Path, command: list[str]) -> None:
+    """Refuse to reuse a metrics file that another command wrote (or that names none)."""
+    saved = file.parent / COMMAND_FILE
+    recorded = saved.read_text().strip() if saved.is_file() else None
+    if recorded != shlex.join(command):
+        raise SystemExit(
+            f"attack_judge.py: {file} was written by "
+            + (f"`{recorded}`" if recorded else "a command it does not record")
+            + f", not `{shlex.join(command)}`; remove {file.parent} to measure it again"
+        )
+
+
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for spec in args.models:
         name, folder = parse_model(spec)
         command = eval_command(args, name, folder)
         file = result_file(args, name)
-        if not file.exists():
+        if file.exists():
+            reused_command(file, command)
+        else:
             print("running:", shlex.join(command), flush=True)
             env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
             python = [sys.executable, "-m", "sfd.cli", *command[1:]]
             file.parent.mkdir(parents=True, exist_ok=True)
+            (file.parent / COMMAND_FILE).unlink(missing_ok=True)
             subprocess.run(python, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+            (file.parent / COMMAND_FILE).write_text(shlex.join(command) + "\n")
         rows.append(row_of(name, command, file))
         print(
             json.dumps({k: row[k] for row in rows[-1:] for k in ("name", "attacks")}, default=str)
@@ -181,11 +201,9 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
             f"  White-box objective: {first['objective_white_box']}.",
             f"  Transfer objective: {first['objective_transfer']}.",
             f"  ASR: {first['asr_definition']}.",
+            f"  Agreement: {first['agreement_definition']}.",
         ]
-    lines += [
-        f"- Agreement: {first['agreement_definition']}.",
-        "- Both classifiers read it: white-box ASR × agreement.",
-    ]
+    lines.append("- Both classifiers read it: white-box ASR × agreement.")
     attackers: dict[str, list[str]] = {}
     for row in rows:
         attackers.setdefault(row["attacker_classifier"]["folder"], []).append(row["name"])

@@ -166,8 +166,22 @@ def check_reuse(options: argparse.Namespace) -> str | None:
     return None
 
 
+def split_of(run: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The report's split (heldout_fraction, split_seed): its protocol's, else the record of its
+    classifier (classifier/cache.json, which names the split it was trained on)."""
+    protocol = metrics["protocol"]
+    record_file = run / "classifier" / "cache.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    recorded = {**record, **protocol.get("classifier_settings", {})}
+    fraction = protocol.get("heldout_fraction", recorded.get("heldout_fraction"))
+    seed = protocol.get("split_seed", recorded.get("split_seed", protocol.get("seed")))
+    if fraction is None or seed is None:
+        raise SystemExit(f"attack_suite.py: {run} records no split (heldout_fraction, seed)")
+    return {"heldout_fraction": fraction, "split_seed": seed}
+
+
 def attacker_of(options: argparse.Namespace, run: Path, judge: Any, real: str, train: Any,
-                heldout: Any, kind: str) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
+                heldout: Any, kind: str, split: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
     """The attacker classifier of a report folder under --attack-objective both, else None."""
     if options.attack_objective == "white-box":
         return None, None
@@ -176,8 +190,7 @@ def attacker_of(options: argparse.Namespace, run: Path, judge: Any, real: str, t
     given = run / "attacker_classifier"
     return attacker_classifier(
         judge, run / "classifier", given if given.is_dir() else None, options.cache and
-        Path(options.cache), kind, real, train, heldout, {"heldout_fraction": 0.2,
-        "split_seed": 0}, False,
+        Path(options.cache), kind, real, train, heldout, split, False,
     )  # fmt: skip
 
 
@@ -223,9 +236,10 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         seed=0,
     )
     data, _ = load_captioned(metrics["protocol"]["data"])
-    train, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
+    split = split_of(run, metrics)
+    train, heldout = train_heldout_split(data, split["heldout_fraction"], split["split_seed"])
     attacker, attacker_entry = attacker_of(options, run, classifier, metrics["protocol"]["data"],
-                                           train, heldout, "text-classifier")  # fmt: skip
+                                           train, heldout, "text-classifier", split)  # fmt: skip
     objectives = attack_objectives(options.attack_objective)
     budgets = {
         "soft": AttackBudget(
@@ -288,9 +302,10 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
     classifier = load_classifier(run / "classifier")
     source = metrics["protocol"].get("data", "digits")
     data = load_images(source)
-    train, heldout = train_heldout_split(data, metrics["protocol"].get("heldout_fraction", 0.2), 0)
+    split = split_of(run, metrics)
+    train, heldout = train_heldout_split(data, split["heldout_fraction"], split["split_seed"])
     attacker, attacker_entry = attacker_of(
-        options, run, classifier, source, train, heldout, "classifier"
+        options, run, classifier, source, train, heldout, "classifier", split
     )
     budget = ClassEmbeddingBudget(steps=options.steps, restarts=options.restarts)
     revival = RevivalBudget(steps=options.revival)

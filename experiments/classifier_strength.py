@@ -76,16 +76,14 @@ def splits() -> dict[str, tuple[str, dict[str, Any], Any, Any]]:
     """{data set: (cache kind, split description, train, held-out)} as the demos build them."""
     from sfd.apps.data.captions import load_fashion_mnist
     from sfd.apps.data.images import train_heldout_split
-    from sfd.apps.demo_text.run import data_source
-    from sfd.apps.harness.cache import data_fingerprint
-    from sfd.apps.harness.workspace import load_split
+    from sfd.apps.harness.workspace import load_split, source_fingerprint
 
     if not FASHION8.is_file():
         print(make_fashion_npz.build(FASHION8), flush=True)
     small = load_split(str(FASHION8), HELDOUT_FRACTION, SEED, None)
     train, heldout = train_heldout_split(load_fashion_mnist(), HELDOUT_FRACTION, SEED)
     text_split = {
-        "data": data_fingerprint(str(data_source("fashion-mnist"))),
+        "data": source_fingerprint("text-classifier", "fashion-mnist"),
         "heldout_fraction": HELDOUT_FRACTION,
         "split_seed": SEED,
     }

@@ -403,7 +403,12 @@ def targets_table(targets: dict[str, dict[str, Any]]) -> str:
     """The targets of one SFD model: value and whether it is met."""
     return markdown_table(
         ("target", "value", "met"),
-        [(name, f"{t['value']:.3f}", "yes" if t["met"] else "no") for name, t in targets.items()],
+        [
+            (name, "—", "not measured")  # e.g. the white-box soft attack under transfer only
+            if t["met"] is None
+            else (name, f"{t['value']:.3f}", "yes" if t["met"] else "no")
+            for name, t in targets.items()
+        ],
     )
 
 

@@ -1686,3 +1686,70 @@ def test_attack_judge_reads_eval_text_and_multiplies_agreement(results_dir, tmp_
     text = (results_dir / "attack_judge.md").read_text()
     assert "| SFD | soft | 50.0 % | 25.0 % | 12.5 % | 10.0 % | 90.0 % | 0.0 % |" in text
     assert "- SFD (`runs/plain/generator`, sha256 0123): `sfd eval-text x`" in text
+    assert "- **soft**: budget steps 200.\n  White-box objective: white.\n" in text
+    assert "  Agreement: share also read.\n" in text
+    assert (
+        "- Attacker classifier of SFD: `c`, held-out accuracy 99.0 %; recipe {'seed': 1}." in text
+    )
+
+
+def test_attack_judge_reuses_a_metrics_file_only_from_its_own_command(tmp_path) -> None:
+    """A metrics file is read again only when the command kept beside it is this one; another
+    command's (or an unrecorded one's) file is refused, never shown under the current command."""
+    script = importlib.import_module("attack_judge")
+    file = tmp_path / "SFD" / "metrics.json"
+    file.parent.mkdir()
+    file.write_text("{}")
+    command = ["sfd", "eval-text", "gen", "--attack", "soft"]
+    with pytest.raises(SystemExit, match="a command it does not record"):
+        script.reused_command(file, command)
+    (file.parent / script.COMMAND_FILE).write_text("sfd eval-text gen --attack discrete\n")
+    with pytest.raises(SystemExit, match="written by `sfd eval-text gen --attack discrete`"):
+        script.reused_command(file, command)
+    (file.parent / script.COMMAND_FILE).write_text("sfd eval-text gen --attack soft\n")
+    script.reused_command(file, command)  # its own: reused
+
+
+def test_attack_suite_takes_the_split_its_report_recorded(tmp_path) -> None:
+    """attack_suite's split is the report's (protocol, else classifier/cache.json), not a fixed
+    0.2 / seed 0."""
+    script = importlib.import_module("attack_suite")
+    (tmp_path / "classifier").mkdir()
+    (tmp_path / "classifier" / "cache.json").write_text(
+        json.dumps({"data": "d", "heldout_fraction": 0.3, "split_seed": 4, "seed": 4})
+    )
+    text = {"protocol": {"seed": 4, "data": "digits"}}
+    assert script.split_of(tmp_path, text) == {"heldout_fraction": 0.3, "split_seed": 4}
+    settings = {"heldout_fraction": 0.25, "split_seed": 2, "seed": 2}
+    cls = {"protocol": {"seed": 2, "classifier_settings": settings}}
+    assert script.split_of(tmp_path, cls) == {"heldout_fraction": 0.25, "split_seed": 2}
+    (tmp_path / "classifier" / "cache.json").unlink()
+    with pytest.raises(SystemExit, match="records no split"):
+        script.split_of(tmp_path, text)
+
+
+def test_the_committed_attack_judge_page_has_the_current_format() -> None:
+    """docs/results/attack_judge.md as the script writes it now: each attack's definitions under
+    its name (the class rows' budget and objectives too) and one attacker line per model group."""
+    text = (REPO / "docs" / "results" / "attack_judge.md").read_text()
+    assert "- **soft**: budget steps 200, " in text
+    assert "- **class_embedding**: budget steps 200, batch_size 16, eval_samples 64, " in text
+    assert "  White-box objective: minimise CE(evaluation classifier(G(z, e)), " in text
+    assert "  Transfer objective: minimise CE(attacker classifier(G(z, e)), " in text
+    attackers = [line for line in text.splitlines() if line.startswith("- Attacker classifier")]
+    assert [line.split(":")[0] for line in attackers] == [
+        "- Attacker classifier of SFD, adversarial SFD, no forgetting",
+        "- Attacker classifier of SFD (class), no forgetting (class)",
+    ]
+    assert all("held-out accuracy " in line and "; recipe {" in line for line in attackers)
+
+
+def test_text_benchmark_shows_an_unmeasured_target_as_such() -> None:
+    """A target the demo did not measure (met None, value None) is "not measured" on the page."""
+    script = importlib.import_module("text_benchmark")
+    table = script.targets_table(
+        {"ua_train_at_least_95": {"value": 1.0, "met": True},
+         "soft_attack_at_most_half_of_no_forgetting": {"value": None, "met": None}}
+    )  # fmt: skip
+    assert "| soft_attack_at_most_half_of_no_forgetting | — | not measured |" in table
+    assert "| ua_train_at_least_95 | 1.000 | yes |" in table

@@ -128,10 +128,10 @@ def concepts_parser() -> argparse.ArgumentParser:
 def run(args: list[str]) -> None:
     """Parse, evaluate, print the metrics."""
     from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
-    from sfd.eval.attack_budget import attack_objectives
+    from sfd.eval.attack_budget import checked_objectives
 
     o = concepts_parser().parse_args(args)
-    attack_objectives(o.attack_objective)
+    checked_objectives(o.attack_objective, o.attacker_classifier is not None)
     names = [] if o.attack is None else list(dict.fromkeys(o.attack or ATTACK_NAMES))
     attacks = attack_budgets(o, names, o.seed)
     revival = revival_budget(o, o.seed)

@@ -85,15 +85,6 @@ def run(args: list[str]) -> None:
             f"config.json ({reason})"
         ) from error
     train, heldout = train_heldout_split(data, options.heldout_fraction, options.seed)
-    attacker, attacker_entry = None, None
-    if attack is not None and "transfer" in attack_objectives(options.attack_objective):
-        from sfd.apps.harness.workspace import attacker_classifier
-
-        split = {"heldout_fraction": options.heldout_fraction, "split_seed": options.seed}
-        attacker, attacker_entry = attacker_classifier(
-            classifier, options.classifier, options.attacker_classifier, options.cache,
-            "classifier", options.data, train, heldout, split, not options.no_progress,
-        )  # fmt: skip
     if revival is not None:  # too few real images of the forget class: refused up front
         from sfd.eval.revival import revival_images
 
@@ -115,6 +106,15 @@ def run(args: list[str]) -> None:
         check_finite_weights(f"teacher {str(options.model)!r}", model, trained=True)
         sampler = ddim_sampler(model, options.ddim_steps)
     _check_fits(model_kind, options.model, (model.num_classes, model.sample_shape), data)
+    attacker, attacker_entry = None, None  # trained (minutes) once every cheap check has passed
+    if attack is not None and "transfer" in attack_objectives(options.attack_objective):
+        from sfd.apps.harness.workspace import attacker_classifier
+
+        split = {"heldout_fraction": options.heldout_fraction, "split_seed": options.seed}
+        attacker, attacker_entry = attacker_classifier(
+            classifier, options.classifier, options.attacker_classifier, options.cache,
+            "classifier", options.data, train, heldout, split, not options.no_progress,
+        )  # fmt: skip
     result = evaluate_sampler(
         sampler,
         classifier,
@@ -178,6 +178,9 @@ def check_options(options: argparse.Namespace) -> tuple[str, dict[str, Any], Any
         class-embedding attack's budget (None without --attack) and the revival budget (None
         without --revival).
     """
+    from sfd.eval.attack_budget import checked_objectives  # no torch
+
+    checked_objectives(options.attack_objective, options.attacker_classifier is not None)
     attack = class_attack_budget(options)
     if options.attacker_classifier is not None:
         _classifier_config(options.attacker_classifier, "--attacker-classifier")

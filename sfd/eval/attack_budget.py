@@ -35,6 +35,18 @@ def attack_objectives(choice: str) -> tuple[str, ...]:
     return OBJECTIVE_CHOICES[choice]
 
 
+def checked_objectives(choice: str, attacker_given: bool) -> tuple[str, ...]:
+    """`attack_objectives`, and a refusal of an attacker classifier folder
+    (--attacker-classifier) that the objective would never read (white-box)."""
+    objectives = attack_objectives(choice)
+    if attacker_given and "transfer" not in objectives:
+        raise SFDConfigError(
+            f"--attacker-classifier is read only by a transfer attack; --attack-objective {choice} "
+            "has none (give --attack-objective transfer or both, or leave the folder out)"
+        )
+    return objectives
+
+
 def suite_key(name: str, objective: str) -> str:
     """An attack's key in a suite's results: its name (white-box), or name-transfer."""
     return name if objective == "white-box" else f"{name}-{objective}"

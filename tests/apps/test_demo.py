@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_DIGITS_RUN
 from PIL import Image
 
@@ -78,6 +79,10 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
         assert transfer["objective"].startswith("minimise CE(attacker classifier(")
     attacker = metrics["protocol"]["attacker_classifier"]
     assert attacker["folder"] != metrics["protocol"]["classifier"]["folder"]
+    copied = load_classifier(output / "attacker_classifier")  # beside the judge, as in demo-text
+    cached = load_classifier(attacker["folder"]).state_dict()
+    assert all(torch.equal(v, cached[k]) for k, v in copied.state_dict().items())
+    assert (output / "attacker_classifier" / "cache.json").is_file()  # its recipe travels along
     assert metrics["protocol"]["attack_objective"] == "both"
     protocol = metrics["protocol"]
     assert protocol["seed"] == 0 and protocol["generated_per_class"] == 6

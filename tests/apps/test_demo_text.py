@@ -90,7 +90,7 @@ def check_in_range(metrics: dict) -> None:
     assert set(metrics["protocol"]["attack_seconds"]) == set(metrics["attack"])
     protocol = metrics["protocol"]
     assert set(protocol["phase_cpu_seconds"]) == set(protocol["phase_seconds"])
-    assert all(entry["met"] in (True, False) for entry in metrics["targets"].values())
+    assert all(entry["met"] in (True, False) for entry in metrics["targets"].values())  # measured
     sets = metrics["protocol"]["prompt_sets"]
     assert set(sets) == {"forget_train", "forget_paraphrases", "remain"}
     assert all(len(entry["file_sha256"]) == 64 for entry in sets.values())
@@ -382,3 +382,28 @@ def test_text_demo_shared_base_trains_both_stages_as_adapters(tmp_path, single_t
     weights = pipeline.unet.state_dict()
     full = sum(w.numel() for w in weights.values())
     assert 0 < record["training"]["trained_weights"]["generator"] < full
+
+
+def test_a_target_the_run_did_not_measure_reads_not_measured() -> None:
+    """Under --attack-objective transfer the white-box soft attack is absent: its target is "not
+    measured" (met None), never "not met"; with it, the ratio is checked as before."""
+    from types import SimpleNamespace
+
+    from sfd.apps.demo_text.report import TextDemoResults, target_rows
+
+    model = SimpleNamespace(ua=1.0, forget_paraphrases=None, remain_accuracy=0.9,
+                            neighbour_accuracy=0.9, fid_remain=2.0)  # fmt: skip
+    keys = ("teacher", "distilled_without_forgetting", "sfd")
+    transfer_only = {key: {"soft-transfer": {"success_rate": 0.5}} for key in keys}
+    results = TextDemoResults(10, 7, 1, [str(c) for c in range(10)], dict.fromkeys(keys, model),
+                              transfer_only, [], [], 0, {}, {}, [])  # fmt: skip
+    soft = results.targets()["soft_attack_at_most_half_of_no_forgetting"]
+    assert soft == {"value": None, "met": None}
+    row = [r for r in target_rows(results.targets()) if "soft_attack" in r]
+    assert row == ["| soft_attack_at_most_half_of_no_forgetting | — | not measured |"]
+    assert "| ua_train_at_least_95 | 1.000 | yes |" in target_rows(results.targets())
+    white_box = {
+        key: {"soft": {"success_rate": rate}} for key, rate in zip(keys, (1, 0.8, 0.2), strict=True)
+    }
+    measured = replace(results, attacks=white_box).targets()
+    assert measured["soft_attack_at_most_half_of_no_forgetting"] == {"value": 0.25, "met": True}

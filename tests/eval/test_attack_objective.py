@@ -11,11 +11,14 @@ import torch
 import torch.nn.functional as F
 from text_fixtures import linear_classifier, save_tiny_bert, save_tiny_text_teacher, text_sensitive
 
+from sfd.apps.harness.cache import data_fingerprint
 from sfd.apps.harness.workspace import (
+    attacker_classifier,
     attacker_for_judge,
     cached_attacker_classifier,
     cached_classifier,
     check_not_the_judge,
+    source_fingerprint,
 )
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import OneStepGenerator
@@ -216,3 +219,73 @@ def test_attacker_classifier_is_another_seed_of_the_judges_recipe(tmp_path):
     with pytest.raises(SFDConfigError, match="split_seed=0"):
         attacker_for_judge(tmp_path, "classifier", judge_dir, train, heldout, {"split_seed": 3},
                            False)  # fmt: skip
+
+
+def test_attacker_of_a_judge_trained_on_other_data_is_refused(tmp_path):
+    """The attacker trains on this evaluation's data but is keyed on the judge's record: another
+    --data (of any kind, not only digits) must be refused, not trained and filed under the
+    judge's data."""
+    train, heldout = tiny_split()
+    data, other = tmp_path / "data.npz", tmp_path / "other.npz"
+    data.write_bytes(b"the judge's data")
+    other.write_bytes(b"another data set")
+    cache = tmp_path / "cache"
+    split = {"data": data_fingerprint(str(data)), "heldout_fraction": 0.25, "split_seed": 0}
+    given = {"seed": 0, "max_steps": 3, "width": 4, "feature_dim": 4, "batch_size": 8}
+    judge, judge_dir, *_ = cached_classifier(cache, "classifier", split, train, heldout, given,
+                                             False)  # fmt: skip
+    this = {"heldout_fraction": 0.25, "split_seed": 0}
+    with pytest.raises(SFDConfigError, match="was trained on the data 'data.npz/sha256-"):
+        attacker_classifier(judge, judge_dir, None, cache, "classifier", str(other), train,
+                            heldout, this, False)  # fmt: skip
+    assert [p.name for p in cache.iterdir()] == [judge_dir.name]  # nothing trained
+    _, entry = attacker_classifier(judge, judge_dir, None, cache, "classifier", str(data), train,
+                                   heldout, this, False)  # fmt: skip
+    assert not entry["reused_from_cache"] and entry["recipe"]["seed"] == ATTACKER_SEED_OFFSET
+    assert source_fingerprint("classifier", str(data)) == split["data"]
+
+
+@pytest.fixture(scope="module")
+def digits_judges(tmp_path_factory):
+    """Evaluation classifiers of the digits split (0.2, seed 0) with their cache records, as the
+    demos leave them: {kind: folder}, for `sfd eval` ("classifier") and `sfd eval-text`."""
+    from sfd.apps.data.images import DIGITS, load_images, train_heldout_split
+
+    root = tmp_path_factory.mktemp("judges")
+    train, heldout = train_heldout_split(load_images(DIGITS), 0.2, 0)
+    split = {"data": data_fingerprint(DIGITS), "heldout_fraction": 0.2, "split_seed": 0}
+    given = {"seed": 0, "max_steps": 2, "width": 4, "feature_dim": 4, "batch_size": 8}
+    return {kind: cached_classifier(root, kind, split, train, heldout, given, False)[1]
+            for kind in ("classifier", "text-classifier")}  # fmt: skip
+
+
+def test_eval_refuses_before_training_the_attacker(digits_judges, tiny_teacher_dir, tmp_path):
+    """A refusal of `sfd eval`'s own inputs (here too few revival images) comes before the
+    attacker classifier of a transfer attack is trained: its cache stays empty."""
+    from sfd.cli import main
+
+    cache = tmp_path / "cache"
+    code = main(["eval", str(tiny_teacher_dir), "--classifier", str(digits_judges["classifier"]),
+                 "--forget", "0", "--num-per-class", "2", "--attack", "--attack-steps", "1",
+                 "--attack-objective", "transfer", "--cache", str(cache), "--revival", "1",
+                 "--revival-images", "100000", "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_eval_text_refuses_before_training_the_attacker(digits_judges, tmp_path):
+    """`sfd eval-text`: a bad prompt file is refused before the attacker classifier trains."""
+    from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 seven\n".encode("latin-1"))
+    cache = tmp_path / "cache"
+    settings = ConceptEvalSettings(
+        model=tmp_path / "never-loaded", classifier=digits_judges["text-classifier"],
+        forget_prompts=latin1, remain_prompts=latin1, forget=7, override=1,
+        output_dir=tmp_path / "out", attacks={"soft": AttackBudget(**SMALL)},
+        attack_objective="transfer", cache=cache, progress=False,
+    )  # fmt: skip
+    with pytest.raises(SFDConfigError, match="prompt file"):
+        run_concept_evaluation(settings)
+    assert not cache.exists() or not any(cache.iterdir())

@@ -141,6 +141,8 @@ def evaluate_all(
         objectives = attack_objectives(settings.attack_objective)
         if "transfer" in objectives:
             attacker, attacker_entry = workspace_attacker(workspace, settings)
+            shutil.copytree(attacker_entry["folder"], settings.output_dir / "attacker_classifier",
+                            dirs_exist_ok=True)  # fmt: skip
         attack_samplers = {**samplers, "teacher": ddim_sampler(teacher, settings.attack_ddim_steps)}
         for key, sampler in attack_samplers.items():
             attacks[key] = class_embedding_suite(

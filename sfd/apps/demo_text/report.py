@@ -57,10 +57,13 @@ class TextDemoResults:
         """The benchmark's targets (issue 11) against the measured numbers."""
         teacher, sfd = self.models["teacher"], self.models["sfd"]
         paraphrase = sfd.forget_paraphrases.ua if sfd.forget_paraphrases else float("nan")
-        # The white-box soft attack (absent under --attack-objective transfer: NaN, not met).
+        # The white-box soft attack (absent under --attack-objective transfer or without soft:
+        # not measured, value and met None).
+        soft = [
+            self.attacks.get(key, {}).get("soft") for key in ("sfd", "distilled_without_forgetting")
+        ]
         attack_sfd, attack_base = (
-            self.attacks[key].get("soft", {}).get("success_rate", float("nan"))
-            for key in ("sfd", "distilled_without_forgetting")
+            float("nan") if entry is None else entry["success_rate"] for entry in soft
         )
         checks = {
             "ua_train_at_least_95": (sfd.ua, sfd.ua >= 0.95),
@@ -82,7 +85,10 @@ class TextDemoResults:
                 attack_sfd <= 0.5 * attack_base,
             ),
         }
-        return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()}
+        if None in soft:
+            checks["soft_attack_at_most_half_of_no_forgetting"] = (None, None)
+        return {name: {"value": value, "met": None if met is None else bool(met)}
+                for name, (value, met) in checks.items()}  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """The content of metrics.json."""
@@ -105,6 +111,19 @@ class TextDemoResults:
             "targets": self.targets(),
             "protocol": self.protocol,
         }
+
+
+def target_rows(targets: dict[str, Any]) -> list[str]:
+    """The targets table's rows: met "yes" / "no", or "not measured" (value "—") where the run
+    did not measure it (e.g. the white-box soft attack under --attack-objective transfer)."""
+    rows = []
+    for name, entry in targets.items():
+        if entry["met"] is None:
+            rows.append(f"| {name} | — | not measured |")
+        else:
+            met = "yes" if entry["met"] else "no"
+            rows.append(f"| {name} | {format_value(entry['value'], 3)} | {met} |")
+    return rows
 
 
 def write_text_report(results: TextDemoResults, output_dir: str | Path) -> dict[str, Path]:
@@ -192,10 +211,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         "| target | value | met |",
         "|---|---|---|",
     ]
-    for name, entry in results.targets().items():
-        lines.append(
-            f"| {name} | {format_value(entry['value'], 3)} | {'yes' if entry['met'] else 'no'} |"
-        )
+    lines += target_rows(results.targets())
     classes = sorted(results.models["teacher"].remain_per_class)
     lines += [
         "",

@@ -46,6 +46,7 @@ from sfd.apps.harness.workspace import (
     cached_attacker_classifier,
     cached_classifier,
     check_not_the_judge,
+    source_fingerprint,
 )
 from sfd.apps.teachers.text import MINILM_PACKAGE
 from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
@@ -198,9 +199,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     prompts = write_prompt_sets(vocabulary, forget, override, paraphrase_file, output / "prompts")
     cache = settings.teacher_cache or default_cache_dir()
     split = {
-        "data": data_fingerprint(
-            settings.data if settings.data == DIGITS else str(data_source(settings.data))
-        ),
+        "data": source_fingerprint("text-classifier", settings.data),
         "heldout_fraction": settings.heldout_fraction,
         "split_seed": settings.seed,
     }
@@ -361,13 +360,6 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     results.protocol["phase_cpu_seconds"] = phases.finish_cpu()
     with phases.phase(None, "report"):
         return write_text_report(results, output)
-
-
-def data_source(data: str) -> Path:
-    """The folder of a Fashion-MNIST source (for its fingerprint)."""
-    from sfd.apps.data.captions import find_fashion_folder
-
-    return find_fashion_folder(data)
 
 
 def curve_conditions(

@@ -28,7 +28,12 @@ from sfd.apps.teachers.flow_text import (
     quiet_clip_truncation,
 )
 from sfd.errors import SFDConfigError, check_guidance, check_number
-from sfd.eval.attack_budget import RevivalBudget, attack_objectives, suite_key
+from sfd.eval.attack_budget import (
+    RevivalBudget,
+    attack_objectives,
+    checked_objectives,
+    suite_key,
+)
 from sfd.eval.attack_outcome import AGREEMENT_DEFINITION
 from sfd.eval.attacks import ATTACKS, AttackResult, run_attack
 from sfd.eval.concepts import ConceptEvaluation, PromptSet, evaluate_concepts
@@ -417,7 +422,7 @@ class ConceptEvalSettings:
             raise SFDConfigError(
                 f"--attack {unknown[0]!r} is unknown; choose from {sorted(ATTACKS)}"
             )
-        attack_objectives(self.attack_objective)
+        checked_objectives(self.attack_objective, self.attacker_classifier is not None)
         if (
             self.attacker_classifier is not None
             and not (Path(self.attacker_classifier) / "config.json").is_file()
@@ -482,11 +487,6 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         [classifier.config["in_channels"], *classifier.config["image_size"]]
     ):
         raise SFDConfigError(f"--real {settings.real!r} images do not fit the classifier")
-    attacker, attacker_entry = (
-        concept_attacker(settings, classifier, train, heldout)
-        if settings.needs_attacker()
-        else (None, None)
-    )
     neighbours = settings.neighbours or nearest_classes(
         classifier, heldout.images, heldout.labels, settings.forget, 2
     )
@@ -512,6 +512,12 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         raise SFDConfigError(
             f"--attack needs a model with a text encoder; {settings.model} has none"
         )
+    # the attacker classifier (trained for minutes) once every cheap check has passed
+    attacker, attacker_entry = (
+        concept_attacker(settings, classifier, train, heldout)
+        if settings.needs_attacker()
+        else (None, None)
+    )
     real_remain = heldout.images[heldout.labels != settings.forget]
     evaluation = evaluate_model(model, classifier, protocol, real_remain, settings.progress)
     results: dict[str, Any] = {

@@ -20,7 +20,7 @@ import diffusers
 import torch
 from torch import Tensor
 
-from sfd.apps.data.captions import named_classes, resolve_class
+from sfd.apps.data.captions import find_fashion_folder, named_classes, resolve_class
 from sfd.apps.data.images import DIGITS, load_images, train_heldout_split
 from sfd.apps.harness.cache import (
     DONE_MARKER,
@@ -276,6 +276,12 @@ def attacker_for_judge(
     given = {key: value for key, value in recorded.items() if key in recipe_keys}
     split = {key: value for key, value in recorded.items() if key not in recipe_keys}
     for key, value in split_check.items():
+        if key == "data" and split.get(key) != value:
+            raise SFDConfigError(
+                f"--classifier {str(judge_dir)!r} was trained on the data {split.get(key)!r}, "
+                f"this evaluation's is {value!r}; the attacker classifier trains on the judge's "
+                "data (evaluate with that --data, or give --attacker-classifier DIR)"
+            )
         if split.get(key) != value:
             raise SFDConfigError(
                 f"--classifier {str(judge_dir)!r} was trained on the split {key}="
@@ -283,6 +289,15 @@ def attacker_for_judge(
                 "trains on the judge's split (or give --attacker-classifier DIR)"
             )
     return cached_attacker_classifier(cache, kind, split, train, heldout, given, progress)
+
+
+def source_fingerprint(kind: str, source: str) -> str:
+    """The "data" entry a classifier's cache record holds for `source`: `data_fingerprint` of the
+    class data ("classifier"), or of the Fashion-MNIST folder a text source names
+    ("text-classifier", as `sfd demo-text` records it)."""
+    if kind == "text-classifier" and source != DIGITS:
+        return data_fingerprint(str(find_fashion_folder(source)))
+    return data_fingerprint(source)
 
 
 def check_not_the_judge(judge: torch.nn.Module, attacker: torch.nn.Module) -> None:
@@ -319,7 +334,7 @@ def attacker_classifier(
         folder, reused, recipe = given_dir, True, None
         heldout_accuracy = accuracy(attacker, heldout)
     else:
-        check = {**split, **({"data": data_fingerprint(real)} if real == DIGITS else {})}
+        check = {**split, "data": source_fingerprint(kind, real)}
         attacker, folder, heldout_accuracy, reused, recipe = attacker_for_judge(
             cache or default_cache_dir(), kind, judge_dir, train, heldout, check, progress
         )
