@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage2-steps", type=int, default=None)
     parser.add_argument(
         "--family",
+        choices=("unet", "sd3"),
         default="unet",
         help="the teacher: unet (default) or sd3 (sfd demo-text --family)",
     )
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.page_from:
         print(write_results_page(read_record(args.page_from), args.page_from))
         return
+    if args.page == "flow_robust" and args.family != "sd3":
+        parser.error(f"--page flow_robust is the flow teacher's: --family sd3 (got {args.family})")
     json_file = args.json or str(Path(args.output_root) / "adversarial_settings.json")
     load_start, commit = os.getloadavg(), git_commit()
     rows = measure(args)

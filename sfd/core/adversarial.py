@@ -14,11 +14,13 @@ teacher at the override.
 The learned vectors persist across iterations in a pool of `pool` × the attacked rows, with
 their Adam moments (a warm start of the vectors and of their optimiser); each iteration the next
 rows of the pool, round robin, are refined and trained on, and the whole pool is drawn afresh
-every `refresh_every` iterations; in between, `restart_share` of the attacked rows are drawn afresh
-each iteration, the oldest first, so that fresh starts meet the generator as it is now. The pool is checkpointed (`ADVERSARIAL_KEY`), so a resume is
-bit-exact.
+every `refresh_every` iterations; in between, `restart_share` of the attacked rows are drawn
+afresh each iteration, the oldest first, so that fresh starts meet the generator as it is now.
+The pool is checkpointed (`ADVERSARIAL_KEY`), so a resume is bit-exact.
 Every draw comes from the module's (seed, iteration, phase) streams, for the global batch, and
-each row's attack is independent of the others, so one process computes what N processes do.
+each row's attack is independent of the others, so one process computes what N processes do —
+except that `restart_share` and `remain_starts` are shares of each device's K attacked rows
+(rounded up per device): with either above 0, runs agree only at the same rows per device.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ class AdversarialSettings:
             starting vectors, zero Adam moments).
         restart_share: share of the attacked rows drawn afresh (as at a refresh) before the inner
             steps of each iteration that does not refresh the pool, in [0, 1], rounded up: the
-            rows of the block in turn, so a row lives ⌈1/share⌉ visits of its block. 0 (the
-            default): rows live until the next refresh.
+            rows of the block in turn, so a row lives about K/⌈share·K⌉ visits of its block (K:
+            the attacked rows per device). 0 (the default): rows live until the next refresh.
         pool: the persistent pool, in multiples of the attacked rows: it holds `pool` ×
             ⌈share·batch_size⌉ rows per device, and iteration t refines and trains on block
             t mod `pool` of them (1: the same rows every iteration).
@@ -166,6 +168,12 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
     check_number(f"{prefix}.weight", settings.get("weight"), low=0)
     check_number(f"{prefix}.anchor", settings.get("anchor", 0.0), low=0)
     check_number(f"{prefix}.remain_starts", settings.get("remain_starts", 0.0), low=0, high=1)
+    if settings.get("anchor", 0.0) > 0 and settings.get("remain_starts", 0.0) > 0:
+        raise SFDConfigError(
+            f"{prefix}.anchor={settings.get('anchor')!r} with {prefix}.remain_starts="
+            f"{settings.get('remain_starts')!r}: a row that starts from a remain prompt would be "
+            "sent to the override and anchored to that remain prompt at once (set one to 0)"
+        )
     posterior = settings.get("posterior_weight", False)
     if not isinstance(posterior, bool):
         raise SFDConfigError(f"{prefix}.posterior_weight={posterior!r} must be true or false")
@@ -185,6 +193,16 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
         )
     for level in sigmas:
         check_number(f"{prefix}.sigmas", level, low=0, low_open=True)
+
+
+def check_class_attack(remain_starts: float) -> None:
+    """Refuse (one line) settings a class-embedding attack cannot run: `remain_starts` > 0."""
+    if remain_starts > 0:
+        raise SFDConfigError(
+            f"model.adversarial.remain_starts={remain_starts!r} needs prompt "
+            "conditions (soft prompts); the class attack replaces the forget label's own "
+            "embedding, which no remain class has (use 0)"
+        )
 
 
 def spread(count: int, picks: int, n: int, rng: torch.Generator | None, device) -> list[Tensor]:
@@ -331,18 +349,22 @@ class SoftPromptSpace(AttackSpace):
             return attacked, forget, override
         # Rows that start from a remain prompt (`remain_starts`): the tokens go into it.
         rows, remain = (~start).nonzero().flatten(), start.nonzero().flatten()
-        on_forget = self._with_tokens(
-            forget[rows], self.input_ids[prompt[rows]], self.used[prompt[rows]], learned[rows]
-        )
         index = state["remain"][remain]
-        on_remain = self._with_tokens(
-            self.sampler.remain_conditions(index),
-            self.remain_ids[index],
-            self.remain_used[index],
-            learned[remain],
-        )
+        parts = [
+            self._with_tokens(
+                self.sampler.remain_conditions(index),
+                self.remain_ids[index],
+                self.remain_used[index],
+                learned[remain],
+            )
+        ]
+        if len(rows) > 0:  # every row starts from a remain prompt when ⌈remain_starts·K⌉ = K
+            on_forget = self._with_tokens(
+                forget[rows], self.input_ids[prompt[rows]], self.used[prompt[rows]], learned[rows]
+            )
+            parts.insert(0, on_forget)
         order = torch.argsort(torch.cat([rows, remain]))  # back to the rows' order
-        return type(forget).cat([on_forget, on_remain])[order], forget, override
+        return type(forget).cat(parts)[order], forget, override
 
     def _with_tokens(
         self, plain: TextCondition, input_ids: Tensor, used: Tensor, learned: Tensor
@@ -505,12 +527,7 @@ def attack_space(
         )
         return space(teacher, conditions, settings.tokens)
     if isinstance(conditions, ClassConditions):
-        if settings.remain_starts > 0:
-            raise SFDConfigError(
-                f"model.adversarial.remain_starts={settings.remain_starts!r} needs prompt "
-                "conditions (soft prompts); the class attack replaces the forget label's own "
-                "embedding, which no remain class has (use 0)"
-            )
+        check_class_attack(settings.remain_starts)
         return ClassEmbeddingSpace(generator, conditions)
     raise SFDConfigError(
         f"model.adversarial supports PromptConditions and ClassConditions, not "

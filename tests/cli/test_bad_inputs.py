@@ -611,6 +611,10 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.posterior_weight", "often"), "posterior_weight"),
     ("demo-text-adversarial-remain-starts-above-one",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.remain_starts", "1.5", verb="demo-text"), "model.adversarial.remain_starts=1.5 must be a finite number in [0, 1]"),
+    ("demo-adversarial-remain-starts-class-teacher",  # refused before the teacher trains
+     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.remain_starts", "0.5"), "model.adversarial.remain_starts=0.5 needs prompt conditions"),
+    ("fit-adversarial-anchor-with-remain-starts",
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.anchor", "1", "--model.adversarial.remain_starts", "0.5"), "model.adversarial.anchor=1.0 with model.adversarial.remain_starts=0.5"),
     ("fit-adversarial-remain-starts-class-teacher",
      lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.remain_starts", "0.5"), "model.adversarial.remain_starts=0.5 needs prompt conditions"),
     ("demo-text-adversarial-anchor-text",

@@ -358,6 +358,33 @@ def test_remain_starts_put_the_last_rows_tokens_into_remain_prompts(text_setup, 
     assert torch.equal(attacked.negative_embeds, cached["empty"].expand(4, -1, -1))
 
 
+def test_remain_starts_on_every_row_attack_remain_prompts_only(text_setup, single_thread):
+    """Oracle: with ⌈remain_starts·K⌉ = K (here remain_starts 1), no row starts from a forget
+    prompt: each row is the encoding of its remain prompt followed by its words, and the inner
+    attack runs on them (it had run the text encoder on zero forget rows and crashed)."""
+    from sfd.teachers.text_encoder import encode_with, load_text_encoder
+
+    settings = AdversarialSettings(steps=1, share=1.0, tokens=2, remain_starts=1.0)
+    module = text_module(text_setup, settings)
+    module.adversarial.attack(module)  # iteration 0: a pool of 4 fresh rows, one inner step
+    space = module.adversarial.space
+    state = module.adversarial._with_starts(module.adversarial.state)
+    assert state[START_KEY].tolist() == [True] * 4
+    tokenizer, _ = load_text_encoder(module.teacher.pipeline, None)
+    table = space.text_encoder.get_input_embeddings().weight.detach()
+    ids = tokenizer("one two three four five six seven eight").input_ids[1:-1]
+    words = torch.tensor(ids).view(4, 2)
+    with torch.no_grad():
+        attacked, _, _ = space.conditions(state, table[words])
+    prompts = [module.conditions.remain_prompts[i] for i in state["remain"].tolist()]
+    texts = [
+        tokenizer.decode(tokenizer(p).input_ids[1:-1] + row.tolist())
+        for p, row in zip(prompts, words, strict=True)
+    ]
+    expected = encode_with(tokenizer, space.text_encoder, texts)
+    torch.testing.assert_close(attacked.prompt_embeds, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single_thread):
     """Oracle for the completion rule's attacked probe (docs/method.md §8): with the pool's
     vectors set to vocabulary rows, probe sample i is the encoding of pool row (i mod 4)'s forget

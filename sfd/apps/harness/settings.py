@@ -17,6 +17,7 @@ from sfd.apps.harness.class_run import default_sfd_config as default_sfd_config
 from sfd.apps.harness.class_run import default_stage1_config as default_stage1_config
 from sfd.apps.harness.class_run import default_stage2_config as default_stage2_config
 from sfd.apps.teachers.checks import check_channels
+from sfd.core.adversarial import check_class_attack
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
@@ -31,6 +32,9 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
+    adversarial = getattr(stage2.model, "adversarial", None)  # class runs: the class attack
+    if adversarial is not None:
+        check_class_attack(getattr(adversarial, "remain_starts", 0.0))
     k = data.num_classes
     for name in ("forget", "override"):
         value = getattr(settings, name)
