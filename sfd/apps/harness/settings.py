@@ -17,7 +17,7 @@ from sfd.apps.harness.class_run import default_sfd_config as default_sfd_config
 from sfd.apps.harness.class_run import default_stage1_config as default_stage1_config
 from sfd.apps.harness.class_run import default_stage2_config as default_stage2_config
 from sfd.apps.teachers.checks import check_channels
-from sfd.core.adversarial import check_class_attack
+from sfd.core.attack_spaces import check_class_attack
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
