@@ -30,7 +30,8 @@ configs/adversarial.yaml; `plain` as the name: plain SFD, no `--adversarial`). I
 OUTPUT_ROOT/<name> with the shared teacher cache (teacher, classifier and stage 1 reused), stage 2
 capped at --stage2-steps iterations (stage 1 kept at its preset's 400, so its cache is reused), one
 run at a time, and reads its metrics.json; a folder that already holds metrics.json is read, not
-run again (the page prints the command that wrote it). The table: UA on the training prompts and
+run again, when the command kept beside it (command.txt) is this one; otherwise the script refuses
+(folders measured before command.txt was kept: `--page-from` their record). The table: UA on the training prompts and
 the held-out paraphrases, remain accuracy against the teacher's, remain FID, the soft-prompt
 attack's success (the demo's default budget: 16 tokens, 200 steps, 3 restarts, 64 held-out
 samples, judged by the evaluation classifier) and stage 2's wall seconds. Variants can be run one
@@ -61,6 +62,7 @@ from results_page import (
     command_line,
     git_commit,
     markdown_table,
+    measured_once,
     read_record,
     run_context,
     save_record,
@@ -144,11 +146,14 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         name, pairs = parse_variant(spec)
         command = demo_command(args, name, pairs)
         folder = Path(args.output_root) / name
-        if not (folder / "metrics.json").exists():
+
+        def run(command: list[str] = command) -> None:
             print("running:", shlex.join(command), flush=True)
             env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
             python = [sys.executable, "-m", "sfd.cli", *command[1:]]
             subprocess.run(python, cwd=REPO, env=env, check=True)
+
+        measured_once(folder / "metrics.json", command, run)
         rows.append(row_of(name, pairs, command, folder))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "remain_per_class"}))
     return rows

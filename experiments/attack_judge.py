@@ -51,6 +51,7 @@ from results_page import (
     command_line,
     git_commit,
     markdown_table,
+    measured_once,
     read_record,
     run_context,
     save_record,
@@ -137,37 +138,21 @@ def row_of(name: str, command: list[str], file: Path) -> dict[str, Any]:
     return row
 
 
-COMMAND_FILE = "command.txt"  # beside metrics.json: the command that wrote it
-
-
-def reused_command(file: Path, command: list[str]) -> None:
-    """Refuse to reuse a metrics file that another command wrote (or that names none)."""
-    saved = file.parent / COMMAND_FILE
-    recorded = saved.read_text().strip() if saved.is_file() else None
-    if recorded != shlex.join(command):
-        raise SystemExit(
-            f"attack_judge.py: {file} was written by "
-            + (f"`{recorded}`" if recorded else "a command it does not record")
-            + f", not `{shlex.join(command)}`; remove {file.parent} to measure it again"
-        )
-
-
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for spec in args.models:
         name, folder = parse_model(spec)
         command = eval_command(args, name, folder)
         file = result_file(args, name)
-        if file.exists():
-            reused_command(file, command)
-        else:
+
+        def run(command: list[str] = command) -> None:
             print("running:", shlex.join(command), flush=True)
             env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
             python = [sys.executable, "-m", "sfd.cli", *command[1:]]
-            file.parent.mkdir(parents=True, exist_ok=True)
-            (file.parent / COMMAND_FILE).unlink(missing_ok=True)
             subprocess.run(python, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-            (file.parent / COMMAND_FILE).write_text(shlex.join(command) + "\n")
+
+        file.parent.mkdir(parents=True, exist_ok=True)
+        measured_once(file, command, run)
         rows.append(row_of(name, command, file))
         print(
             json.dumps({k: row[k] for row in rows[-1:] for k in ("name", "attacks")}, default=str)

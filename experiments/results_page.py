@@ -139,6 +139,33 @@ def measure_and_write(
         print(write_results_page(record, args.json))
 
 
+COMMAND_FILE = "command.txt"  # beside a measured file: the command that wrote it
+
+
+def reused_command(file: Path, command: Sequence[str]) -> None:
+    """Refuse to reuse a measured file that another command wrote (or that names none)."""
+    saved = file.parent / COMMAND_FILE
+    recorded = saved.read_text().strip() if saved.is_file() else None
+    if recorded != shlex.join(command):
+        raise SystemExit(
+            f"{file} was written by "
+            + (f"`{recorded}`" if recorded else "a command it does not record")
+            + f", not `{shlex.join(command)}`; remove {file.parent} to measure it again"
+        )
+
+
+def measured_once(file: Path, command: Sequence[str], run: Callable[[], None]) -> None:
+    """`run()` measures `command` into `file` unless `file` exists; an existing file is reused
+    only when the command kept beside it (COMMAND_FILE) is this one, so a page never shows
+    numbers under a command that did not produce them."""
+    if file.exists():
+        reused_command(file, command)
+        return
+    (file.parent / COMMAND_FILE).unlink(missing_ok=True)
+    run()
+    (file.parent / COMMAND_FILE).write_text(shlex.join(command) + "\n")
+
+
 def save_record(record: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a JSON record (folders created), atomically."""
     _write_atomically(Path(path), json.dumps(record, indent=2) + "\n")

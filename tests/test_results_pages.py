@@ -1693,21 +1693,31 @@ def test_attack_judge_reads_eval_text_and_multiplies_agreement(results_dir, tmp_
     )
 
 
-def test_attack_judge_reuses_a_metrics_file_only_from_its_own_command(tmp_path) -> None:
+def test_a_measured_file_is_reused_only_from_its_own_command(tmp_path) -> None:
     """A metrics file is read again only when the command kept beside it is this one; another
     command's (or an unrecorded one's) file is refused, never shown under the current command."""
-    script = importlib.import_module("attack_judge")
+    script = importlib.import_module("results_page")
     file = tmp_path / "SFD" / "metrics.json"
-    file.parent.mkdir()
-    file.write_text("{}")
     command = ["sfd", "eval-text", "gen", "--attack", "soft"]
+    runs = []
+
+    def run() -> None:
+        runs.append(1)
+        file.parent.mkdir()
+        file.write_text("{}")
+
+    script.measured_once(file, command, run)  # measured, and the command kept beside it
+    script.measured_once(file, command, run)  # its own: reused, not run again
+    assert runs == [1]
+    (file.parent / script.COMMAND_FILE).unlink()
     with pytest.raises(SystemExit, match="a command it does not record"):
-        script.reused_command(file, command)
+        script.measured_once(file, command, run)
     (file.parent / script.COMMAND_FILE).write_text("sfd eval-text gen --attack discrete\n")
     with pytest.raises(SystemExit, match="written by `sfd eval-text gen --attack discrete`"):
-        script.reused_command(file, command)
-    (file.parent / script.COMMAND_FILE).write_text("sfd eval-text gen --attack soft\n")
-    script.reused_command(file, command)  # its own: reused
+        script.measured_once(file, command, run)
+    assert runs == [1]
+    for name in ("attack_judge", "adversarial_settings"):  # both scripts measure through it
+        assert "measured_once(" in (REPO / "experiments" / f"{name}.py").read_text()
 
 
 def test_attack_suite_takes_the_split_its_report_recorded(tmp_path) -> None:
