@@ -51,13 +51,11 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from results_page import (
-    REPO,
     add_page_arguments,
     command_line,
     git_commit,
@@ -66,6 +64,7 @@ from results_page import (
     read_record,
     run_context,
     save_record,
+    sfd_run,
     write_page,
 )
 
@@ -146,14 +145,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         name, pairs = parse_variant(spec)
         command = demo_command(args, name, pairs)
         folder = Path(args.output_root) / name
-
-        def run(command: list[str] = command) -> None:
-            print("running:", shlex.join(command), flush=True)
-            env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-            python = [sys.executable, "-m", "sfd.cli", *command[1:]]
-            subprocess.run(python, cwd=REPO, env=env, check=True)
-
-        measured_once(folder / "metrics.json", command, run)
+        measured_once(folder / "metrics.json", command, sfd_run(command))
         rows.append(row_of(name, pairs, command, folder))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "remain_per_class"}))
     return rows

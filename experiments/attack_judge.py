@@ -40,13 +40,11 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from results_page import (
-    REPO,
     add_page_arguments,
     command_line,
     git_commit,
@@ -55,6 +53,7 @@ from results_page import (
     read_record,
     run_context,
     save_record,
+    sfd_run,
     write_page,
 )
 
@@ -145,14 +144,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         command = eval_command(args, name, folder)
         file = result_file(args, name)
 
-        def run(command: list[str] = command) -> None:
-            print("running:", shlex.join(command), flush=True)
-            env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-            python = [sys.executable, "-m", "sfd.cli", *command[1:]]
-            subprocess.run(python, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-
         file.parent.mkdir(parents=True, exist_ok=True)
-        measured_once(file, command, run)
+        measured_once(file, command, sfd_run(command, quiet=True))
         rows.append(row_of(name, command, file))
         print(
             json.dumps({k: row[k] for row in rows[-1:] for k in ("name", "attacks")}, default=str)

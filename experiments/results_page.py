@@ -154,6 +154,19 @@ def reused_command(file: Path, command: Sequence[str]) -> None:
         )
 
 
+def sfd_run(command: Sequence[str], quiet: bool = False) -> Callable[[], None]:
+    """`command` (`sfd VERB ...`) as a call that runs it with this checkout's `sfd`, one thread."""
+
+    def run() -> None:
+        print("running:", shlex.join(command), flush=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        python = [sys.executable, "-m", "sfd.cli", *command[1:]]
+        output = subprocess.DEVNULL if quiet else None
+        subprocess.run(python, cwd=REPO, env=env, check=True, stdout=output)
+
+    return run
+
+
 def measured_once(file: Path, command: Sequence[str], run: Callable[[], None]) -> None:
     """`run()` measures `command` into `file` unless `file` exists; an existing file is reused
     only when the command kept beside it (COMMAND_FILE) is this one, so a page never shows
