@@ -18,6 +18,14 @@ UA, remain and neighbour accuracy, FID and stage-2 training time, and the issue'
     python experiments/attack_suite.py --class-run demo-output --revival 40 \
         --json runs/attacks/attacks_class.json
 
+`--include RECORD.json` (repeatable) adds earlier text records of this script, each another
+concept pair or teacher, to the page: each pair's tables under its name ("fashion-mnist sneaker →
+sandal") with the command that measured it; `--page NAME` names the page. Measure each pair with
+`--no-page`, then combine them without measuring:
+
+    python experiments/attack_suite.py --page-from runs/attacks/fashion.json \
+        --include runs/attacks/digits-3-8.json --page attacks_adversarial_pairs
+
 `--attack-objective both` also runs every attack with the attacker classifier as its objective
 (the key NAME-transfer in the record; the report folder's attacker_classifier/, else one trained
 once from classifier/'s recorded recipe with another seed, cached under --cache) and records, for
