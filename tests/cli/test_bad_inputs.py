@@ -812,7 +812,7 @@ def test_eval_takes_classes_by_index_or_by_the_data_set_s_names() -> None:
 def test_a_class_s_own_refusal_inside_jsonargparse_is_one_line() -> None:
     """jsonargparse wraps what a constructor raises (e.g. in a Union's "Does not validate");
     `sfd fit` hands the user the constructor's own `SFDConfigError`."""
-    from sfd.training.cli import _user_mistake_inside
+    from sfd.training.run_cli import _user_mistake_inside
 
     mistake = SFDConfigError("LoRA rank=0 must be at least 1")
     try:
