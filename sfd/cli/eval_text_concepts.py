@@ -140,7 +140,7 @@ def concepts_parser() -> argparse.ArgumentParser:
 
 def run(args: list[str]) -> None:
     """Parse, evaluate, print the metrics."""
-    from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
+    from sfd.apps.harness.concept_run import ConceptEvalSettings, run_concept_evaluation
     from sfd.eval.attack_budget import checked_objectives
 
     parser = concepts_parser()
