@@ -15,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -48,6 +49,8 @@ class LightningHooks(pl.LightningModule):
     ema_restart: tuple[int, float] | None
     adversarial: AdversarialTraining | None
     export_generator: OneStepGenerator
+    fake_optimizer: OptimizerCallable
+    generator_optimizer: OptimizerCallable
     _watch: guards.NonFiniteWatch
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
