@@ -22,6 +22,7 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from sfd.core.checkpoint_files import load_checkpoint_safely
+from sfd.core.module_hooks import TEACHER_PREFIX
 from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
@@ -211,8 +212,8 @@ def check_fits_model(
         model_state: the model's `state_dict()`.
         path: the checkpoint file, for the message.
     """
-    stored = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
-    expected = {k: v for k, v in model_state.items() if not k.startswith("teacher.")}
+    stored = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(TEACHER_PREFIX)}
+    expected = {k: v for k, v in model_state.items() if not k.startswith(TEACHER_PREFIX)}
     start = f"--ckpt_path {path!r} does not fit this run's model"
     missing = sorted(set(expected) - set(stored))
     if missing:
