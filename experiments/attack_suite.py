@@ -514,24 +514,22 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
 # What the pages with adversarial SFD say about its misses (what was tried is measured on the
 # linked pages, each written by its own script).
 LIMITS = (
-    "The soft-prompt attack is the target adversarial SFD misses. The inner attack is data-free: "
-    "it raises the teacher's own evidence for the forget concept (its denoising error under the "
-    "override against the forget prompt and rival concepts), while the attacks here are judged "
-    "by the evaluation classifier, which training never sees. "
+    "Where adversarial SFD misses the soft-prompt target, this is what limits it. The inner "
+    "attack is data-free: it raises the teacher's own evidence for the forget concept (its "
+    "denoising error under the override against the forget prompt and rival concepts), while "
+    "the attacks here are judged by the evaluation classifier, which training never sees. "
     "[adversarial_diagnosis](adversarial_diagnosis.md) shows the two disagree: tokens that make "
-    "the teacher read the forget concept mostly do not make the classifier read it, and the "
-    "generator learns to defeat the teacher's reading, not the classifier's. More inner steps, a "
-    "larger inner learning rate ([adversarial_budget](adversarial_budget.md)), a fresh pool "
+    "the teacher read the forget concept mostly do not make the classifier read it, so the "
+    "generator learns to defeat the teacher's reading, not the classifier's. More inner steps and "
+    "a larger inner learning rate ([adversarial_budget](adversarial_budget.md)), a fresh pool "
     "every 1 or 5 iterations, or a share of rows restarted afresh "
     "([adversarial_refresh](adversarial_refresh.md)) did not bring the attack down further: "
     "rows lose the concept within a few iterations whether warm or fresh, and with the posterior "
-    "weight those rows weigh almost nothing, so the term is nearly off. The default weight "
-    "without the posterior weight costs remain quality instead "
-    "([adversarial_settings](adversarial_settings.md)). The discrete attack (whole vocabulary "
-    "words) is weak on these small text encoders for every forgetting model; the generator "
-    "that forgot nothing shows what it finds when the concept is there. Revival is not what "
-    "adversarial SFD trains against: it fine-tunes the weights, which no inner attack on the "
-    "condition touches."
+    "weight those rows weigh almost nothing, so the term is nearly off. Without the posterior "
+    "weight, the preset's weight costs remain accuracy and FID instead "
+    "([adversarial_settings](adversarial_settings.md)). Revival is not what adversarial SFD "
+    "trains against: it fine-tunes the weights, which no inner attack on the condition touches. "
+    "The no-forgetting generator's row shows what each attack finds when the concept is there."
 )
 
 
