@@ -253,6 +253,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
             num_tokens=options.tokens, steps=options.discrete_steps, restarts=options.restarts
         ),
     }
+    budgets = {name: budget for name, budget in budgets.items() if name in options.attacks}
     revival = RevivalBudget(steps=options.revival)
     models: dict[str, Any] = {}
     adversarial = Path(options.adversarial_run) if options.adversarial_run else None
@@ -376,9 +377,9 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         entry = models.get(key)
         if entry is None:  # not measured by this command (`--only`)
             return None
-        return (
-            entry["attack"]["success_rate"] if not name else entry["attacks"][name]["success_rate"]
-        )
+        if not name:
+            return entry["attack"]["success_rate"]
+        return entry["attacks"].get(name, {}).get("success_rate")  # None: not run (`--attacks`)
 
     rows = [["teacher", *(percent(summary["teacher"][n]) for n in ("ua", "ua_paraphrases",
              "remain_accuracy", "neighbour_accuracy")), f"{summary['teacher']['fid_remain']:.3f}",
@@ -418,9 +419,10 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         return sections
     adv, plain, teacher = summary["adversarial_sfd"], summary["sfd"], summary["teacher"]
     targets = [
-        (f"adversarial SFD {title} ≤ 5 %", percent(value), value is not None and value <= 0.05)
+        (f"adversarial SFD {title} ≤ 5 %", "not measured" if value is None else percent(value),
+         None if value is None else value <= 0.05)
         for title, value in ((t, rate("adversarial_sfd", n)) for t, n in attacks.items())
-    ]
+    ]  # fmt: skip
     targets.append(("UA (training prompts / class) ≥ 99 %", percent(adv["ua"]), adv["ua"] >= 0.99))
     if adv["ua_paraphrases"] is not None:
         targets.append(("UA paraphrases ≥ 95 %", percent(adv["ua_paraphrases"]),
@@ -437,7 +439,8 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         "[adversarial_overhead](adversarial_overhead.md): the stage-2 wall seconds above ran "
         "on a shared machine under different loads.\n\n"
         + markdown_table(
-            ["target", "value", "met"], [[t, v, "yes" if met else "no"] for t, v, met in targets]
+            ["target", "value", "met"],
+            [[t, v, "–" if met is None else "yes" if met else "no"] for t, v, met in targets],
         )
     )
     return sections
@@ -544,6 +547,13 @@ def pair_label(record: dict[str, Any]) -> str:
     return f"{record.get('data', 'digits')} {name(record['forget'])} → {name(record['override'])}"
 
 
+NOT_RUN = "not run by this command (`--attacks`)"
+
+
+def seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def text_sections(record: dict[str, Any]) -> dict[str, str]:
     """The sections of one concept pair's text record: the benchmark and targets (with
     adversarial SFD), the attacks' success and the revival test."""
@@ -551,8 +561,8 @@ def text_sections(record: dict[str, Any]) -> dict[str, str]:
     attacks = ["soft", "discrete", "paraphrases"]
     attack_rows = [
         [TITLES[key]]
-        + [f"{100 * models[key]['attacks'][name]['success_rate']:.1f} %" for name in attacks]
-        + [f"{models[key]['seconds']['soft']:.0f} / {models[key]['seconds']['discrete']:.0f}"]
+        + [percent(models[key]["attacks"].get(name, {}).get("success_rate")) for name in attacks]
+        + [" / ".join(seconds(models[key]["seconds"].get(name)) for name in ("soft", "discrete"))]
         for key in models
     ]
     first = next(iter(models.values()))["revival"]
@@ -561,8 +571,8 @@ def text_sections(record: dict[str, Any]) -> dict[str, str]:
         **benchmark_sections(record, {"soft success": "soft", "discrete success": "discrete"}),
         "Attack success (share of held-out-noise samples labelled as the forgotten class)": (
             f"Concept pair: forget {record['forget']}, override {record['override']} (report "
-            f"folder `{record['run_folder']}`). Soft prompt: {budgets['soft']}. Discrete prompt "
-            f"(whole vocabulary words): {budgets['discrete']}. Both attack the first training "
+            f"folder `{record['run_folder']}`). Soft prompt: {budgets.get('soft', NOT_RUN)}. Discrete "
+            f"prompt (whole vocabulary words): {budgets.get('discrete', NOT_RUN)}. Both attack the first training "
             "forget prompt with the evaluation classifier as objective; success is measured on "
             "held-out noise for the restart with the lowest loss on separate selection noise. "
             f"Paraphrases: {record['ua_images']} samples over the held-out paraphrases."
@@ -639,6 +649,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="soft-prompt steps")
     parser.add_argument("--discrete-steps", type=int, default=200)
     parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument(
+        "--attacks",
+        nargs="+",
+        default=["soft", "discrete"],
+        choices=("soft", "discrete"),
+        help="the prompt attacks run on text models (default: both); the page shows – for the "
+        "others",
+    )
     parser.add_argument("--revival", type=int, default=40, help="revival steps")
     parser.add_argument("--ua-images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)

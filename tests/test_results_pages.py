@@ -1284,6 +1284,22 @@ def test_included_pairs_show_each_table_under_its_own_command(results_dir, capsy
     assert not (results_dir / "other.md").exists()
 
 
+def test_an_attack_not_run_shows_as_such(results_dir) -> None:
+    """A record measured with `--attacks soft` shows – for the discrete attack and its target as
+    not measured, never a number or a pass."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_adversarial_record("python experiments/attack_suite.py --attacks soft")
+    for entry in record["models"].values():
+        entry["attacks"].pop("discrete", None), entry["seconds"].pop("discrete", None)
+    del record["budgets"]["discrete"]
+    results_page.save_record(record, "runs/soft.json")
+    script.main(["--page-from", "runs/soft.json"])
+    lines = (results_dir / "attacks_adversarial.md").read_text().splitlines()
+    assert "| adversarial SFD discrete success ≤ 5 % | not measured | – |" in lines
+    assert "| one-step SFD | 50.0 % | – | 50.0 % | 60 / – |" in lines
+    assert "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |" in lines
+
+
 def test_run_context_is_taken_after_measuring(monkeypatch, tmp_path: Path) -> None:
     """The page's "at the end" load is read after the measurement, "at the start" before it."""
     measured: list[bool] = []
