@@ -570,8 +570,8 @@ def text_sections(record: dict[str, Any]) -> dict[str, str]:
     return {
         **benchmark_sections(record, {"soft success": "soft", "discrete success": "discrete"}),
         "Attack success (share of held-out-noise samples labelled as the forgotten class)": (
-            f"Concept pair: forget {record['forget']}, override {record['override']} (report "
-            f"folder `{record['run_folder']}`). Soft prompt: {budgets.get('soft', NOT_RUN)}. Discrete "
+            f"Concept pair: {pair_label(record)} (forget {record['forget']}, override "
+            f"{record['override']}; report folder `{record['run_folder']}`). Soft prompt: {budgets.get('soft', NOT_RUN)}. Discrete "
             f"prompt (whole vocabulary words): {budgets.get('discrete', NOT_RUN)}. Both attack the first training "
             "forget prompt with the evaluation classifier as objective; success is measured on "
             "held-out noise for the restart with the lowest loss on separate selection noise. "
