@@ -447,15 +447,25 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
 
 
 def reuse_note(record: dict[str, Any]) -> str:
-    """The sentence naming the models a record took from an earlier one ("" when none)."""
+    """The sentences naming the models a record took from an earlier one ("" when none), each
+    under the command that measured it: a reused record that itself reused models names theirs
+    (its "reused", kept in the reuse entry, else read from its record file when it is there)."""
     reuse = record.get("reused")
     if not reuse:
         return ""
-    names = ", ".join(TITLES[key] for key in reuse["models"])
-    return (
-        f" {names}: measured by `{reuse['command']}` ({reuse['date']}, record "
-        f"`{reuse['record']}`, the same report folders and budgets) and reused here."
+    earlier = reuse.get("reused")
+    if earlier is None and Path(reuse["record"]).is_file():
+        earlier = read_record(reuse["record"]).get("reused")
+    taken = set(earlier["models"]) if earlier else set()
+    own = [key for key in reuse["models"] if key not in taken]
+    note = (
+        f" {', '.join(TITLES[key] for key in own)}: measured by `{reuse['command']}` "
+        f"({reuse['date']}, record `{reuse['record']}`, the same report folders and budgets) "
+        "and reused here."
+        if own
+        else ""
     )
+    return note + (reuse_note({"reused": earlier}) if earlier else "")
 
 
 def page_name(name: str, record: dict[str, Any]) -> str:
@@ -719,7 +729,8 @@ def main(argv: list[str] | None = None) -> None:
         old = read_record(options.reuse)
         options.reused_models = {key: old["models"][key] for key in MODELS if key in old["models"]}
         reuse = {"record": options.reuse, "command": old["run"]["command"],
-                 "date": old["run"]["date"], "models": list(options.reused_models)}  # fmt: skip
+                 "date": old["run"]["date"], "models": list(options.reused_models),
+                 "reused": old.get("reused")}  # fmt: skip
     load_start = os.getloadavg()
     record = measure(options) if options.run else measure_class(options)
     record["settings"] = {name: getattr(options, name) for name in SAME_SETTINGS}

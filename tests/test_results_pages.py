@@ -1300,6 +1300,18 @@ def test_an_attack_not_run_shows_as_such(results_dir) -> None:
     assert "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |" in lines
 
 
+def test_a_reused_model_names_the_command_that_measured_it() -> None:
+    """A record that reused a record that itself reused names each model under its own command."""
+    script = importlib.import_module("attack_suite")
+    first = {"record": "a.json", "command": "python a", "date": "d1", "models": ["adversarial_sfd"]}
+    second = {"record": "b.json", "command": "python b", "date": "d2",
+              "models": ["sfd", "adversarial_sfd"], "reused": first}  # fmt: skip
+    note = script.reuse_note({"reused": second})
+    assert " one-step SFD: measured by `python b` (d2," in note
+    assert " one-step adversarial SFD: measured by `python a` (d1," in note
+    assert note.count("measured by") == 2
+
+
 def test_run_context_is_taken_after_measuring(monkeypatch, tmp_path: Path) -> None:
     """The page's "at the end" load is read after the measurement, "at the start" before it."""
     measured: list[bool] = []
