@@ -456,7 +456,7 @@ def targets_summary(setups: list[dict[str, Any]]) -> str:
             rows.append((r["setup"], tuned, model, *cells))
     lines = [
         "Each target of each set-up below, met or missed (value as in its section's table); "
-        "\"tuned on\": whether the demo's settings were tuned on that concept pair and "
+        "'tuned on': whether the demo's settings were tuned on that concept pair and "
         "paraphrase set.",
         "",
         markdown_table(("set-up", "tuned on", "model", *names), rows),
