@@ -433,6 +433,11 @@ FLOW_TRIED = {
         "[Evaluation classifiers](classifier.md)"
     ),
     "ua_paraphrases_at_least_95": "as for ua_train_at_least_99",
+    "fid_at_most_1.5x_teacher": (
+        "for adversarial SFD, its settings (among them the posterior weight and "
+        "`model.adversarial.remain_starts`) and the remain FID of each on "
+        "[Adversarial SFD, flow teacher: attacks from any prompt](flow_robust.md)"
+    ),
 }
 
 
