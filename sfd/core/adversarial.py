@@ -42,7 +42,7 @@ from sfd.teachers.base import Denoiser
 
 if TYPE_CHECKING:
     from sfd.core.generator import OneStepGenerator
-    from sfd.core.module import SFDModule
+    from sfd.core.module import Draw, SFDModule
 
 ADVERSARIAL_KEY = "sfd_adversarial"  # checkpoint entry: the pool's rows, vectors, Adam moments
 MOMENT_KEYS = ("adam_m", "adam_v", "adam_t")  # the pool's per-row Adam state
@@ -200,10 +200,13 @@ def concept_log_probability(errors: Tensor, elements: int) -> Tensor:
 
 
 def concatenated(conditions: list[Any]) -> Any:
-    """Condition batches (label tensors or `TextCondition`s) one after the other."""
-    if isinstance(conditions[0], Tensor):
+    """Condition batches (label tensors, `ClassEmbeddingCondition`s, `TextCondition`s) one after
+    the other; label tensors beside class-embedding conditions join as rows that see their
+    labels (`ClassEmbeddingCondition.cat`)."""
+    joined = next((c for c in conditions if not isinstance(c, Tensor)), None)
+    if joined is None:
         return torch.cat(conditions)
-    return type(conditions[0]).cat(conditions)
+    return type(joined).cat(conditions)
 
 
 class AdversarialTraining:
@@ -447,36 +450,79 @@ class AdversarialTraining:
 
     # --- the two loss terms ---------------------------------------------------------------
 
-    def fake_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
+    def fake_draws(self, module: SFDModule, attacked: Attacked) -> list[Draw]:
+        """The draws of the fake score's terms on the attacked rows (and the remain anchor's),
+        from their own stream: the plain draws are unchanged."""
+        rng = module._stream(FAKE_PHASE)
+        draws = [module._fake_draw(attacked.condition, rng, attacked.rows)]
+        if attacked.remain is not None:
+            draws.append(module._fake_draw(attacked.remain, rng, attacked.rows))
+        return draws
+
+    def fake_terms(
+        self,
+        module: SFDModule,
+        attacked: Attacked,
+        terms: LossTerms,
+        losses: list[Tensor] | None = None,
+    ) -> LossTerms:
         """The fake score's DSM on the generator's samples under the attacked conditions, added
-        to the forget term with weight `weight` (its own stream: the plain draws are unchanged)."""
+        to the forget term with weight `weight`.
+
+        Args:
+            losses: the per-row DSM of `fake_draws` (the module computes them in the plain
+                forget term's network calls); None: computed here.
+        """
         weight = module.hparams.lambda_sg_forget
         if weight == 0:
             return terms
-        rng = module._stream(FAKE_PHASE)
-        dsm = module._fake_dsm(attacked.condition, rng, attacked.rows)
-        terms = self._added(module, "fake", terms, dsm, weight)
+        if losses is None:
+            losses = [module._fake_dsms([draw])[0] for draw in self.fake_draws(module, attacked)]
+        terms = self._added(module, "fake", terms, losses[0], weight)
         if attacked.remain is None:
             return terms
         # The remain anchor: the fake score learns the generator under remain ⊕ tokens too.
-        anchor = module._fake_dsm(attacked.remain, rng, attacked.rows)
-        return self._anchored(module, "fake", terms, anchor, module.hparams.lambda_sg_remain)
+        return self._anchored(module, "fake", terms, losses[1], module.hparams.lambda_sg_remain)
 
-    def generator_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
-        """The unlearning loss ℓ(attacked | teacher at the override), added to the forget term."""
+    def generator_draws(self, module: SFDModule, attacked: Attacked) -> list[Draw]:
+        """The draws of the generator's terms on the attacked rows (and the remain anchor's)."""
+        rng = module._stream(GENERATOR_PHASE)
+        draws = [module._generator_draw(attacked.condition, attacked.override, rng, attacked.rows)]
+        if attacked.remain is not None:
+            remain = module._generator_draw(
+                attacked.remain, attacked.remain_plain, rng, attacked.rows
+            )
+            draws.append(remain)
+        return draws
+
+    def generator_terms(
+        self,
+        module: SFDModule,
+        attacked: Attacked,
+        terms: LossTerms,
+        losses: list[Tensor] | None = None,
+    ) -> LossTerms:
+        """The unlearning loss ℓ(attacked | teacher at the override), added to the forget term.
+
+        Args:
+            losses: the per-row losses of `generator_draws` (the module computes them in the
+                plain forget term's network calls); None: computed here, each term in its own
+                calls.
+        """
         weight = module.hparams.lambda_g_forget
         if weight == 0:
             return terms
-        rng = module._stream(GENERATOR_PHASE)
-        loss = module._generator_term(attacked.condition, attacked.override, rng, attacked.rows)
+        if losses is None:
+            draws = self.generator_draws(module, attacked)
+            losses = [module._generator_terms([draw])[0] for draw in draws]
+        loss = losses[0]
         if attacked.weights is not None:  # rows the teacher reads as the forgotten concept
             loss = loss * attacked.weights
         terms = self._added(module, "generator", terms, loss, weight)
         if attacked.remain is None:
             return terms
         # The remain anchor: G(z, remain ⊕ tokens) is distilled towards the teacher at remain.
-        anchor = module._generator_term(attacked.remain, attacked.remain_plain, rng, attacked.rows)
-        return self._anchored(module, "generator", terms, anchor, module.hparams.lambda_g_remain)
+        return self._anchored(module, "generator", terms, losses[1], module.hparams.lambda_g_remain)
 
     def _added(
         self, module: SFDModule, name: str, terms: LossTerms, loss: Tensor, weight: float
