@@ -1763,3 +1763,42 @@ def test_text_benchmark_shows_an_unmeasured_target_as_such() -> None:
     )  # fmt: skip
     assert "| soft_attack_at_most_half_of_no_forgetting | — | not measured |" in table
     assert "| ua_train_at_least_95 | 1.000 | yes |" in table
+
+
+def test_included_class_runs_join_the_page_titled_by_their_settings(results_dir) -> None:
+    """`--page-from A --include B`: B's adversarial SFD is one more row of every table, titled by
+    the settings where they differ from A's; a record of other budgets is refused."""
+    script = importlib.import_module("attack_suite")
+
+    def adversarial(folder: str, settings: dict[str, Any], rate: float) -> dict[str, Any]:
+        record = attacks_class_record(
+            f"python experiments/attack_suite.py --adversarial-run {folder}"
+        )
+        model = record["models"]["sfd"]
+        record["models"]["adversarial_sfd"] = {
+            **model,
+            "attack": {**model["attack"], "success_rate": rate},
+        }
+        record["adversarial_run_folder"] = folder
+        scores = {"ua": 1.0, "ua_paraphrases": None, "remain_accuracy": 0.98,
+                  "neighbour_accuracy": None, "fid_remain": 3.0, "training_seconds": 100.0}  # fmt: skip
+        record["summary"] = {"teacher": scores, "sfd": scores, "adversarial_sfd": scores,
+                             "distilled_without_forgetting": scores,
+                             "adversarial_settings": settings}  # fmt: skip
+        return record
+
+    results_page.save_record(adversarial("runs/adv", {"steps": 2, "weight": 0.25}, 0.5), "a.json")
+    results_page.save_record(
+        adversarial("runs/adv-w1", {"steps": 2, "weight": 1.0}, 0.125), "b.json"
+    )
+    script.main(["--page-from", "a.json", "--include", "b.json"])
+    page = (results_dir / "attacks_class_adversarial.md").read_text()
+    assert "| one-step adversarial SFD | 50.0 % | 0.0 % | 80 |" in page
+    assert "| one-step adversarial SFD (weight 1.0) | 12.5 % | 0.0 % | 80 |" in page
+    assert "| one-step adversarial SFD (weight 1.0) | 100.0 % | 60.0 % | 40.0 % | 2 |" in page
+    assert "- one-step adversarial SFD (weight 1.0): `python experiments/attack_suite.py " in page
+    other = adversarial("runs/adv-w1", {"weight": 1.0}, 0.1)
+    other["budget"] = {"steps": 100}
+    results_page.save_record(other, "c.json")
+    with pytest.raises(SystemExit, match="--include c.json: its budget is"):
+        script.main(["--page-from", "a.json", "--include", "c.json"])
