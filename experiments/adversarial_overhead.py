@@ -103,6 +103,7 @@ def seconds_per_iteration(
         "min": min(measured),
         "max": max(measured),
         "n": len(measured),
+        "cpu_median": statistics.median(timer.cpu_times[warmup:]),
     }
 
 
@@ -123,6 +124,7 @@ def measure(paths: list[str], batch_size: int, iterations: int, warmup: int) -> 
                 "plain": plain,
                 "adversarial": attacked,
                 "ratio": attacked["median"] / plain["median"],
+                "cpu_ratio": attacked["cpu_median"] / plain["cpu_median"],
             }
         )
     return {
@@ -139,9 +141,21 @@ def summary(record: dict[str, Any]) -> str:
     return "\n".join(
         f"{row['path']}: plain {row['plain']['median']:.4f} s/it, adversarial "
         f"{row['adversarial']['median']:.4f} s/it, ratio {row['ratio']:.2f}× "
-        f"(target ≤ {TARGET:g}×: {'yes' if row['ratio'] <= TARGET else 'no'})"
+        f"(target ≤ {TARGET:g}×: {'yes' if row['ratio'] <= TARGET else 'no'}); CPU ratio "
+        f"{cpu_ratio(row)}"
         for row in record["paths"]
     )
+
+
+def cpu_ratio(row: dict[str, Any]) -> str:
+    """The CPU-time ratio of a path ("–" in records written before it was measured)."""
+    return "–" if "cpu_ratio" not in row else f"{row['cpu_ratio']:.2f}×"
+
+
+def cpu_seconds(row: dict[str, Any]) -> str:
+    if "cpu_ratio" not in row:
+        return "–"
+    return f"{row['plain']['cpu_median']:.4f} / {row['adversarial']['cpu_median']:.4f}"
 
 
 def write_results_page(
@@ -151,12 +165,13 @@ def write_results_page(
     batch = record["batch_size"]
     table = markdown_table(
         ("path (attack)", "teacher params", "plain s/iteration", "adversarial s/iteration",
-         "ratio", f"≤ {TARGET:g}×"),
+         "ratio", f"≤ {TARGET:g}×", "CPU s/iteration (plain / adversarial)", "CPU ratio"),
         [(
             {"class": "class (class embedding)", "text": "text (soft prompt)"}[row["path"]],
             f"{row['teacher_params']:,}", f"{row['plain']['median']:.4f}",
             f"{row['adversarial']['median']:.4f}", f"{row['ratio']:.2f}×",
             "yes" if row["ratio"] <= TARGET else "no",
+            cpu_seconds(row), cpu_ratio(row),
         ) for row in record["paths"]],
     )  # fmt: skip
     settings = ", ".join(f"{k} {v}" for k, v in record["adversarial_settings"].items())
@@ -174,6 +189,8 @@ def write_results_page(
                 f"{timed} timed; adversarial SFD with the defaults of `configs/adversarial.yaml` "
                 f"({settings}: {record['adversarial_rows']} attacked rows per iteration). "
                 "Random-weight teachers: the time, not the forgetting, is what this measures. "
+                "CPU s/iteration: the median CPU time of the process over an iteration, which "
+                "other processes on a shared machine inflate less than the wall time. "
                 "docs/method.md §9 says what the attack costs.\n\n" + table
             )
         },
