@@ -200,12 +200,8 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
 
     from sfd.apps.data.captions import load_captioned, read_labelled
     from sfd.apps.data.images import train_heldout_split
-    from sfd.apps.harness.text_evaluation import (
-        ConceptProtocol,
-        attack_model,
-        exported_model,
-        revival_test,
-    )
+    from sfd.apps.harness.text_evaluation import ConceptProtocol, attack_model, revival_test
+    from sfd.apps.harness.text_folders import exported_model
     from sfd.core.conditions.text import read_prompt_file
     from sfd.eval.attack_budget import (
         AttackBudget,

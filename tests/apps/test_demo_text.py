@@ -225,7 +225,7 @@ def test_text_demo_writes_every_artefact(tmp_path, space, single_thread):
 
 @pytest.mark.parametrize("data", ["digits", "fashion-mnist"])
 def test_presets_parse_and_eval_text_defaults_to_their_teacher_guidance(data: str) -> None:
-    from sfd.apps.harness.text_evaluation import TEACHER_GUIDANCE
+    from sfd.apps.harness.text_folders import TEACHER_GUIDANCE
     from sfd.training.cli import parse_fit_config
 
     settings = TextDemoSettings(data=data)
