@@ -48,6 +48,11 @@ ADVERSARIAL_KEY = "sfd_adversarial"  # checkpoint entry: the pool's rows, vector
 MOMENT_KEYS = ("adam_m", "adam_v", "adam_t")  # the pool's per-row Adam state
 # `SFDModule._stream` phases of adversarial SFD: fresh draws, the inner attack, the two steps.
 DRAW_PHASE, ATTACK_PHASE, FAKE_PHASE, GENERATOR_PHASE = 3, 4, 5, 6
+# Per SFD step: the weights (hparams) of its forget term and of its remain term.
+STEP_WEIGHTS = {
+    "fake": ("lambda_sg_forget", "lambda_sg_remain"),
+    "generator": ("lambda_g_forget", "lambda_g_remain"),
+}
 
 
 @dataclass
@@ -450,79 +455,62 @@ class AdversarialTraining:
 
     # --- the two loss terms ---------------------------------------------------------------
 
-    def fake_draws(self, module: SFDModule, attacked: Attacked) -> list[Draw]:
-        """The draws of the fake score's terms on the attacked rows (and the remain anchor's),
-        from their own stream: the plain draws are unchanged."""
-        rng = module._stream(FAKE_PHASE)
-        draws = [module._fake_draw(attacked.condition, rng, attacked.rows)]
+    def draws(self, step: str, module: SFDModule, attacked: Attacked) -> list[Draw]:
+        """The draws of SFD step `step`'s ("fake" or "generator") terms on the attacked rows, and
+        then the remain anchor's, from the step's own stream: the plain draws are unchanged."""
+        rng = module._stream(FAKE_PHASE if step == "fake" else GENERATOR_PHASE)
+
+        def draw(cond: Any, teacher_cond: Any) -> Draw:
+            if step == "fake":
+                return module._fake_draw(cond, rng, attacked.rows)
+            return module._generator_draw(cond, teacher_cond, rng, attacked.rows)
+
+        draws = [draw(attacked.condition, attacked.override)]
         if attacked.remain is not None:
-            draws.append(module._fake_draw(attacked.remain, rng, attacked.rows))
+            draws.append(draw(attacked.remain, attacked.remain_plain))
         return draws
 
-    def fake_terms(
+    def step_terms(
         self,
+        step: str,
         module: SFDModule,
         attacked: Attacked,
         terms: LossTerms,
         losses: list[Tensor] | None = None,
     ) -> LossTerms:
-        """The fake score's DSM on the generator's samples under the attacked conditions, added
-        to the forget term with weight `weight`.
+        """`terms` of SFD step `step` plus its adversarial term with weight `weight`: the fake
+        score's DSM on the generator's samples under the attacked conditions ("fake"), or the
+        unlearning loss ℓ(attacked | teacher at the override) ("generator", times each row's
+        posterior weight if any), added to the forget term; and the remain anchor's term.
 
         Args:
-            losses: the per-row DSM of `fake_draws` (the module computes them in the plain
-                forget term's network calls); None: computed here.
+            losses: the per-row losses of `draws` (the module computes them in the plain forget
+                term's network calls); None: computed here, each term in its own calls.
         """
-        weight = module.hparams.lambda_sg_forget
+        weight = module.hparams[STEP_WEIGHTS[step][0]]
         if weight == 0:
             return terms
         if losses is None:
-            losses = [module._fake_dsms([draw])[0] for draw in self.fake_draws(module, attacked)]
-        terms = self._added(module, "fake", terms, losses[0], weight)
-        if attacked.remain is None:
-            return terms
-        # The remain anchor: the fake score learns the generator under remain ⊕ tokens too.
-        return self._anchored(module, "fake", terms, losses[1], module.hparams.lambda_sg_remain)
-
-    def generator_draws(self, module: SFDModule, attacked: Attacked) -> list[Draw]:
-        """The draws of the generator's terms on the attacked rows (and the remain anchor's)."""
-        rng = module._stream(GENERATOR_PHASE)
-        draws = [module._generator_draw(attacked.condition, attacked.override, rng, attacked.rows)]
-        if attacked.remain is not None:
-            remain = module._generator_draw(
-                attacked.remain, attacked.remain_plain, rng, attacked.rows
-            )
-            draws.append(remain)
-        return draws
-
-    def generator_terms(
-        self,
-        module: SFDModule,
-        attacked: Attacked,
-        terms: LossTerms,
-        losses: list[Tensor] | None = None,
-    ) -> LossTerms:
-        """The unlearning loss ℓ(attacked | teacher at the override), added to the forget term.
-
-        Args:
-            losses: the per-row losses of `generator_draws` (the module computes them in the
-                plain forget term's network calls); None: computed here, each term in its own
-                calls.
-        """
-        weight = module.hparams.lambda_g_forget
-        if weight == 0:
-            return terms
-        if losses is None:
-            draws = self.generator_draws(module, attacked)
-            losses = [module._generator_terms([draw])[0] for draw in draws]
+            compute = module._fake_dsms if step == "fake" else module._generator_terms
+            losses = [compute([draw])[0] for draw in self.draws(step, module, attacked)]
         loss = losses[0]
-        if attacked.weights is not None:  # rows the teacher reads as the forgotten concept
+        if step == "generator" and attacked.weights is not None:  # rows read as the concept
             loss = loss * attacked.weights
-        terms = self._added(module, "generator", terms, loss, weight)
+        terms = self._added(module, step, terms, loss, weight)
         if attacked.remain is None:
             return terms
-        # The remain anchor: G(z, remain ⊕ tokens) is distilled towards the teacher at remain.
-        return self._anchored(module, "generator", terms, losses[1], module.hparams.lambda_g_remain)
+        # The remain anchor: G(z, remain ⊕ tokens) learned by the fake score and distilled
+        # towards the teacher at the remain prompt.
+        anchor_weight = module.hparams[STEP_WEIGHTS[step][1]]
+        return self._anchored(module, step, terms, losses[1], anchor_weight)
+
+    def fake_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
+        """`step_terms("fake", ...)`, each term in its own network calls."""
+        return self.step_terms("fake", module, attacked, terms)
+
+    def generator_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
+        """`step_terms("generator", ...)`, each term in its own network calls."""
+        return self.step_terms("generator", module, attacked, terms)
 
     def _added(
         self, module: SFDModule, name: str, terms: LossTerms, loss: Tensor, weight: float

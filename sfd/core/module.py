@@ -260,12 +260,12 @@ class SFDModule(LightningHooks, GeneratorEMA):
             return LossTerms.combine(
                 remain, torch.zeros(1, device=self.device), hp.lambda_sg_remain, 0
             )
-        extra = [] if attacked is None else self.adversarial.fake_draws(self, attacked)
+        extra = [] if attacked is None else self.adversarial.draws("fake", self, attacked)
         forget, *losses = self._fake_dsms([self._fake_draw(conds.forget, rng), *extra])
         terms = LossTerms.combine(remain, forget, hp.lambda_sg_remain, hp.lambda_sg_forget)
         if attacked is None:
             return terms
-        return self.adversarial.fake_terms(self, attacked, terms, losses)
+        return self.adversarial.step_terms("fake", self, attacked, terms, losses)
 
     def generator_losses(
         self, conds: ConditionBatch, rng: torch.Generator, attacked: Attacked | None = None
@@ -278,13 +278,13 @@ class SFDModule(LightningHooks, GeneratorEMA):
             return LossTerms.combine(
                 remain, torch.zeros(1, device=self.device), hp.lambda_g_remain, 0
             )
-        extra = [] if attacked is None else self.adversarial.generator_draws(self, attacked)
+        extra = [] if attacked is None else self.adversarial.draws("generator", self, attacked)
         plain = self._generator_draw(conds.forget, conds.override, rng)
         forget, *losses = self._generator_terms([plain, *extra])
         terms = LossTerms.combine(remain, forget, hp.lambda_g_remain, hp.lambda_g_forget)
         if attacked is None:
             return terms
-        return self.adversarial.generator_terms(self, attacked, terms, losses)
+        return self.adversarial.step_terms("generator", self, attacked, terms, losses)
 
     @property
     def drops_conditions(self) -> bool:
