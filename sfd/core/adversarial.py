@@ -9,7 +9,7 @@ denoise better under the forget condition than under the override and the remain
 (`rivals`; 0: the override only, `implicit_classifier_margin`). The attacked
 conditions then enter both SFD steps beside the plain ones: the fake score learns the
 generator's samples under them, and the generator gets the unlearning loss on them with the
-teacher at the override.
+teacher at the override (computed in the plain forget term's network calls, `step_terms`).
 
 The learned vectors persist across iterations in a pool of `pool` × the attacked rows, with
 their Adam moments (a warm start of the vectors and of their optimiser); each iteration the next
