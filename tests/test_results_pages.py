@@ -1763,3 +1763,15 @@ def test_text_benchmark_shows_an_unmeasured_target_as_such() -> None:
     )  # fmt: skip
     assert "| soft_attack_at_most_half_of_no_forgetting | — | not measured |" in table
     assert "| ua_train_at_least_95 | 1.000 | yes |" in table
+
+
+def test_every_results_page_is_listed_in_the_index_and_the_nav() -> None:
+    """Each docs/results/*.md page has a row in docs/results/index.md and an entry in mkdocs.yml's
+    nav, so a new page cannot go unlisted."""
+    pages = sorted(p.name for p in (REPO / "docs" / "results").glob("*.md") if p.name != "index.md")
+    index = (REPO / "docs" / "results" / "index.md").read_text()
+    listed = set(re.findall(r"^\| \[[^\]]+\]\(([\w-]+\.md)\) \|", index, re.MULTILINE))
+    nav = set(re.findall(r"results/([\w-]+\.md)\s*$", (REPO / "mkdocs.yml").read_text(), re.M))
+    assert pages and not [page for page in pages if page not in listed]
+    assert not [page for page in pages if page not in nav]
+    assert listed <= set(pages) and nav - {"index.md"} <= set(pages)
