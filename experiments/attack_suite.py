@@ -345,11 +345,6 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def steps_to_revival(revival: dict[str, Any]) -> str:
-    steps = revival["steps_to_revival"]
-    return f"not within {revival['steps'][-1]}" if steps is None else str(steps)
-
-
 def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[str, str]:
     """The side-by-side table (the report folders' evaluation beside the attacks and revival)
     and, with adversarial SFD, the issue's targets; empty for records without a summary.
@@ -359,6 +354,8 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         attacks: column title -> attack name in a text model's "attacks" ("" for the class
             attack of a class record).
     """
+    from sfd.eval.revival import revival_column, revived_at
+
     summary, models = record.get("summary"), record["models"]
     if summary is None:
         return {}
@@ -385,12 +382,12 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
             + [f"{scores['fid_remain']:.3f}"]
             + [percent(rate(key, name)) for name in attacks.values()]
             + [
-                steps_to_revival(models[key]["revival"]) if key in models else "–",
+                revived_at(models[key]["revival"]) if key in models else "–",
                 "–" if seconds is None else f"{seconds:.0f}",
             ]
         )
     header = ["model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID",
-              *attacks, "revival: steps until UA < 50 %", "stage-2 s"]  # fmt: skip
+              *attacks, f"revival: {revival_column()}", "stage-2 s"]  # fmt: skip
     folders = f"`{record['run_folder']}`" + (
         f" and `{record['adversarial_run_folder']}`" if record.get("adversarial_run_folder") else ""
     )
@@ -453,16 +450,20 @@ def page_name(name: str, record: dict[str, Any]) -> str:
 
 
 def revival_table(models: dict[str, Any]) -> str:
-    """UA after each checkpoint and the steps until UA < 50 %, per model."""
+    """UA after each checkpoint and the first checkpoint with UA < 50 %, per model, and what that
+    column can and cannot say."""
+    from sfd.eval.revival import REVIVAL_RESOLUTION, REVIVAL_THRESHOLD, revival_column, revived_at
+
     first = next(iter(models.values()))["revival"]
     rows = [
         [TITLES[key]]
         + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
-        + [steps_to_revival(entry["revival"])]
+        + [revived_at(entry["revival"])]
         for key, entry in models.items()
     ]
-    header = ["model", *(f"UA after {s} steps" for s in first["steps"]), "steps until UA < 50 %"]
-    return markdown_table(header, rows)
+    header = ["model", *(f"UA after {s} steps" for s in first["steps"])]
+    header.append(revival_column(first.get("threshold", REVIVAL_THRESHOLD)))
+    return markdown_table(header, rows) + f"\n\n{REVIVAL_RESOLUTION}."
 
 
 def write_class_page(record: dict[str, Any], json_file: str) -> Path:

@@ -864,6 +864,10 @@ CASES = [
         [
             "| one-step SFD | 50.0 % | 50.0 % | 50.0 % | 60 / 180 |",
             "| one-step, no forgetting | 100.0 % | 60.0 % | 40.0 % | 10.0 % | 20 |",
+            "| model | UA after 0 steps | UA after 10 steps | UA after 20 steps | UA after 40 steps "
+            "| first checkpoint with UA < 50 % |",
+            "UA is measured only after 0, N/4, N/2 and N steps: the column is the first of these "
+            "checkpoints with UA below the threshold, not the step UA fell below it",
         ],
     ),
     (
@@ -875,6 +879,7 @@ CASES = [
         [
             "| one-step adversarial SFD | 99.5 % | 96.0 % | 96.0 % | 98.0 % | 5.600 | 4.0 % "
             "| 6.2 % | not within 40 | 150 |",
+            "| soft success | discrete success | revival: first checkpoint with UA < 50 % | stage-2 s |",
             "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – |",
             "| one-step, no forgetting | 1.0 % | 96.0 % | 99.0 % | 98.0 % | 6.000 | – | – | – | – |",
             "# Adversarial SFD: attack suite and revival test (text digits)",
