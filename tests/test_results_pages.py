@@ -222,8 +222,18 @@ def text_record(command: str) -> dict[str, Any]:
         "classifier_cached": True,
         "stage1_cached": False,
         "torch_threads": 1,
-        "targets": {"ua": {"value": 0.99, "met": True}},
-        "models": {"sfd": scores},
+        "targets": {"ua": {"value": 0.99, "met": True}},  # stored: an older issue's; not shown
+        "models": {
+            "teacher": {
+                **scores,
+                "ua": 0.0,
+                "remain_accuracy": 0.97,
+                "fid_remain": 0.1,
+                "attack_success": 0.9,
+            },
+            "distilled_without_forgetting": {**scores, "ua": 0.0, "attack_success": 0.8},
+            "sfd": scores,
+        },
     }
     return {"run": run_section(command), "setups": [setup]}
 
@@ -841,7 +851,12 @@ CASES = [
         [
             "## digits",
             "| sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 2.0 % |",
-            "| ua | 0.990 | yes |",
+            "| ua_train_at_least_99 | 0.990 | yes |",
+            "| remain_accuracy_at_most_2_points_below_teacher | -0.010 | yes |",
+            "| fid_at_most_1.2x_teacher | 1.230 | no |",
+            "The remain / neighbour accuracy targets are one-sided: met when SFD's accuracy is no "
+            "more than the stated points below the teacher's, however far above it; their value "
+            "is SFD's accuracy minus the teacher's.",
         ],
     ),
     (
@@ -851,9 +866,10 @@ CASES = [
         "python experiments/text_benchmark.py --family sd3 --only digits --adversarial",
         [
             "| adversarial_sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 30.0 % |",
-            "| attack | 0.600 | no |",
+            "| soft_attack_at_most_half_of_no_forgetting | 0.750 | no |",
+            "| fid_at_most_1.5x_teacher | 1.230 | yes |",
             "`sfd demo-text --data digits --forget seven --override one --adversarial`",
-            "| attack | 0.300 | yes |",
+            "| soft_attack_at_most_half_of_no_forgetting | 0.375 | yes |",
         ],
     ),
     (
@@ -973,7 +989,7 @@ CASES = [
             "| 0 → 1 | 40 | forgotten | it. 20 | 100.0 % | 100.0 % | 98.0 % | 98.5 % (teacher 98.0 %) "
             "| 1.10 | 16 s | 5.0 min |",
             "| 0 → 1: EMA reaches UA ≥ 95 % sooner than SalUn | 8 s vs 18 s | yes |",
-            "| 0 → 1: neighbour (class 1) accuracy within 2 points of the teacher's "
+            "| 0 → 1: neighbour (class 1) accuracy no more than 2 points below the teacher's "
             "| 99.0 % vs 100.0 % | yes |",
             "sfd compare --output-dir runs/s2/pair-0-1 --until-forgotten",
             "| 0 → 1: EMA remain FID ≤ 1× the teacher's (DDIM) at the stop | 3.30 vs 3.00 | no |",
@@ -1043,6 +1059,8 @@ CASES = [
             "| – / 87.5 % | 4.0 min (stage 2 30 s) |",
             "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
             "| three → eight (text) | no | no | yes | no | no |",
+            "| pair | UA ≥ 99 % | remain ≤ 2 points below the teacher's "
+            "| neighbour ≤ 2 points below the teacher's | stopped as forgotten ",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
             "pairs already measured are kept): `digits-4-9`, `digits-7-2`,",
             "| 0 → 1 (class) | 3.0 % | 0.0 % | 97.0 % | 12.5 % / 25.0 % / 6.2 % |",
@@ -1369,24 +1387,6 @@ def test_sweep_page_from_results_lines(results_dir) -> None:
     assert "| a | 400 | 0.995 | – | – |" in lines
 
 
-def test_the_flow_targets_judge_the_model_they_are_asked_for() -> None:
-    """Hand-checked: plain SFD misses the attack target and meets FID; adversarial the reverse."""
-    module = importlib.import_module("text_benchmark")
-    base = {"ua": 1.0, "ua_paraphrases": 1.0, "remain_accuracy": 0.9, "neighbour_accuracy": 0.9}
-    models = {
-        "teacher": {**base, "fid_remain": 1.0, "attack_success": 1.0},
-        "distilled_without_forgetting": {**base, "fid_remain": 1.0, "attack_success": 0.8},
-        "sfd": {**base, "fid_remain": 1.2, "attack_success": 0.6},
-        "adversarial_sfd": {**base, "fid_remain": 2.0, "attack_success": 0.3},
-    }
-    plain = module.flow_targets(models)
-    adversarial = module.flow_targets(models, "adversarial_sfd")
-    attack, fid = "attack_at_most_half_of_no_forgetting", "fid_at_most_1.5x_teacher"
-    assert (plain[attack]["met"], plain[fid]["met"]) == (False, True)
-    assert (adversarial[attack]["met"], adversarial[fid]["met"]) == (True, False)
-    assert adversarial[attack]["value"] == 0.3 and adversarial[fid]["value"] == 2.0
-
-
 def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
     module = importlib.import_module("text_benchmark")
     settings = ["steps=4", "weight=2", "trainer.max_steps=200", "baseline-iterations=400"]
@@ -1577,7 +1577,7 @@ def test_plain_from_measures_only_the_adversarial_run(results_dir, monkeypatch) 
     assert new["plain_from"] == "runs/old.json" and new["command"] == setup["command"]
     assert new["models"]["sfd"]["attack_success"] == 0.6  # the earlier plain SFD
     assert new["models"]["adversarial_sfd"]["attack_success"] == 0.25  # measured now
-    assert new["adversarial"]["targets"]["attack_at_most_half_of_no_forgetting"]["met"]
+    assert new["adversarial"]["targets"]["soft_attack_at_most_half_of_no_forgetting"]["met"]
     page = module.markdown([new])
     assert "Plain run (teacher, no-forgetting and SFD rows) from `runs/old.json`" in page
     for bad in (["--", "--threads", "2"], ["--only", "fashion"]):
@@ -1628,7 +1628,7 @@ def test_plain_from_a_stopped_benchmark_folder(tmp_path) -> None:
     ).replace("-m sfd.cli", "sfd")
     assert (plain["wall_seconds"], plain["cpu_seconds"]) == (1993.4, 234.8)
     assert plain["models"]["sfd"]["attack_success"] == 1.0
-    assert not plain["targets"]["attack_at_most_half_of_no_forgetting"]["met"]
+    assert not plain["targets"]["soft_attack_at_most_half_of_no_forgetting"]["met"]
     with pytest.raises(SystemExit, match="not set-up 'digits'"):
         module.plain_run(str(tmp_path / "old"), "digits", tmp_path / "new", extra, "unet")
     with pytest.raises(SystemExit, match="no finished run"):
