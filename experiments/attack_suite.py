@@ -43,6 +43,7 @@ from results_page import (
     read_record,
     run_context,
     save_record,
+    shown_path,
     write_page,
 )
 
@@ -60,6 +61,11 @@ TITLES = {
     "salun": "SalUn (DDIM)",
 }
 BASELINES = ("esd", "salun")  # teacher folders under an `sfd compare` output's models/
+
+
+def shown(path: str | Path | None) -> str | None:
+    """`shown_path` of an optional folder (None stays None)."""
+    return None if path is None else shown_path(path)
 
 
 def model_folders(plain: Path, adversarial: Path | None) -> dict[str, Path]:
@@ -270,7 +276,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         entry["seconds"]["revival"] = round(time.perf_counter() - start, 1)
         print(f"{key} revival UA: {entry['revival']['ua']}")
         models[key] = entry
-    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+    return {"run_folder": shown_path(run), "adversarial_run_folder": shown(options.adversarial_run),
             "forget": forget, "override": override, "models": reused(options, models),
             "budgets": {name: vars(b) for name, b in budgets.items()},
             "revival_budget": vars(revival), "ua_images": options.ua_images,
@@ -333,10 +339,10 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
                                            options.ua_images)  # fmt: skip
             print(f"{key} revival UA: {outcome.ua}")
             models[key] = {"revival": outcome.to_dict(), "sampler": sampler.name}
-    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+    return {"run_folder": shown_path(run), "adversarial_run_folder": shown(options.adversarial_run),
             "forget": forget, "models": reused(options, models), "budget": vars(budget),
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "baselines": options.baselines, "summary": run_summary(run, adversarial),
+            "baselines": shown(options.baselines), "summary": run_summary(run, adversarial),
             "attack_objective": options.attack_objective,
             "attacker_classifier": attacker_entry}  # fmt: skip
 

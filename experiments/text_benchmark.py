@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
-    REPO,
     add_page_arguments,
     command_line,
     git_commit,
@@ -61,6 +60,7 @@ from results_page import (
     read_record,
     run_context,
     save_record,
+    shown_path,
     write_page,
 )
 
@@ -90,14 +90,6 @@ def command(name: str, output: Path, extra: list[str], folder: str | None = None
         "--paraphrases", shown_path(shipped_paraphrases(data, variant)),
         "--output-dir", str(output / (folder or name)), "--no-progress", *extra,
     ]  # fmt: skip
-
-
-def shown_path(path: Path) -> str:
-    """A shipped file as the command line shows it: relative to the repository root if inside."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
 
 
 # The shipped prompt files of a recorded command, wherever the package was: shown from the package.

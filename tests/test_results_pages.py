@@ -1780,3 +1780,22 @@ def test_every_results_page_is_listed_in_the_index_and_the_nav() -> None:
     assert pages and not [page for page in pages if page not in listed]
     assert not [page for page in pages if page not in nav]
     assert listed <= set(pages) and nav - {"index.md"} <= set(pages)
+
+
+def test_commands_and_records_show_paths_from_the_repository_root(tmp_path) -> None:
+    """An absolute path inside the repository (as a worktree's own `runs/`) is shown relative to
+    its root, also after `--option=` and `name=`; other paths and relative ones as typed. The
+    page's record path is shown the same way."""
+    args = [f"--json={REPO}/runs/a/x.json", "--run", str(REPO / "runs" / "demo"),
+            f"SFD={REPO}/runs/demo/generator", "--cache", "/opt/elsewhere", "runs/b",
+            "s1:lr=1e-4", "--steps", "2"]  # fmt: skip
+    assert results_page.command_line("experiments/attack_suite.py", args) == (
+        "python experiments/attack_suite.py --json=runs/a/x.json --run runs/demo "
+        "SFD=runs/demo/generator --cache /opt/elsewhere runs/b s1:lr=1e-4 --steps 2"
+    )
+    assert results_page.shown_path(REPO) == str(REPO)  # the root itself: as given
+    page = results_page.write_page(
+        "cli_startup", "t", "python experiments/cli_startup.py", str(REPO / "runs" / "c.json"),
+        {"run": run_section("python experiments/cli_startup.py")}, {}, tmp_path,
+    )  # fmt: skip
+    assert "from `runs/c.json`; do not edit by hand." in page.read_text()
