@@ -34,7 +34,7 @@ from results_page import (
 )
 
 from sfd.apps.harness.report_folder import MODEL_TITLES
-from sfd.apps.harness.targets import UA_TRAIN, not_below_teacher, points_below
+from sfd.apps.harness.targets import ONE_SIDED, UA_TRAIN, not_below_teacher, points_below
 from sfd.cli import main as sfd_main
 
 MODEL_KEYS = ("nfe", "ua", "remain_accuracy", "fid_remain", "images_per_second")
@@ -212,7 +212,8 @@ def write_results_page(
             "Targets": markdown_table(
                 ("target", "measured", "met"),
                 [(t["target"], t["measured"], _yes(t["met"])) for t in record["targets"]],
-            ),
+            )
+            + f"\n\n{ONE_SIDED}",
             "Phase seconds": markdown_table(
                 ("phase", "seconds"),
                 [(phase, f"{s:.1f}") for phase, s in record["phase_seconds"].items()],

@@ -65,7 +65,7 @@ from results_page import (
 )
 
 from sfd.apps.demo_text.prompts import shipped_paraphrases
-from sfd.apps.harness.targets import ONE_SIDED, text_targets
+from sfd.apps.harness.targets import DIFFERENCE, ONE_SIDED, text_targets
 
 SETUPS = {
     "digits": ("digits", "seven", "one", ""),
@@ -368,7 +368,7 @@ def targets_table(targets: dict[str, dict[str, Any]]) -> str:
                 for name, t in targets.items()
             ],
         )
-        + f"\n\n{ONE_SIDED}"
+        + f"\n\n{ONE_SIDED} {DIFFERENCE}"
     )
 
 

@@ -824,6 +824,8 @@ CASES = [
             "| one-step SFD (forgetting) | 1 | 99.50 % | 97.00 % | 3.30 | 5100.0 |",
             "UA >= 95 %: first reached at iteration 40 of 400 (10 % of stage 2).",
             "| SFD UA >= 99 % | 99.50 % | yes |",
+            "The remain / neighbour accuracy targets are one-sided: met when SFD's accuracy is no "
+            "more than the stated points below the teacher's, however far above it.",
             "| wall time < 20 min (fresh) | 7.0 min | yes |",
             "| total | 420.0 |",
             "From the cache: teacher yes, classifier yes, stage 1 no.",
@@ -855,7 +857,7 @@ CASES = [
             "| remain_accuracy_at_most_2_points_below_teacher | -0.010 | yes |",
             "| fid_at_most_1.2x_teacher | 1.230 | no |",
             "The remain / neighbour accuracy targets are one-sided: met when SFD's accuracy is no "
-            "more than the stated points below the teacher's, however far above it; their value "
+            "more than the stated points below the teacher's, however far above it. Their value "
             "is SFD's accuracy minus the teacher's.",
         ],
     ),

@@ -28,7 +28,7 @@ from sfd.apps.harness.report_folder import (
     ua_ceiling_line,
     write_report_folder,
 )
-from sfd.apps.harness.targets import ONE_SIDED, text_targets
+from sfd.apps.harness.targets import DIFFERENCE, ONE_SIDED, text_targets
 from sfd.eval.columns import format_value
 from sfd.eval.concepts import ConceptEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
@@ -195,7 +195,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         "| target | value | met |",
         "|---|---|---|",
     ]
-    lines += [*target_rows(results.targets()), "", ONE_SIDED]
+    lines += [*target_rows(results.targets()), "", f"{ONE_SIDED} {DIFFERENCE}"]
     classes = sorted(results.models["teacher"].remain_per_class)
     lines += [
         "",

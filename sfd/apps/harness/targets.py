@@ -19,9 +19,9 @@ ATTACK_SHARE = 0.5  # soft-prompt attack success: at most this share of no forge
 TEXT_FID_RATIO = {"unet": 1.2, "sd3": 1.5}
 ONE_SIDED = (
     "The remain / neighbour accuracy targets are one-sided: met when SFD's accuracy is no more "
-    "than the stated points below the teacher's, however far above it; their value is SFD's "
-    "accuracy minus the teacher's."
+    "than the stated points below the teacher's, however far above it."
 )
+DIFFERENCE = "Their value is SFD's accuracy minus the teacher's."
 
 
 def points_below(name: str) -> str:
