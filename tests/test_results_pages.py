@@ -904,7 +904,7 @@ CASES = [
             "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |",
             "| adversarial SFD discrete success ≤ 5 % | 6.2 % | no |",
             "| UA (training prompts / class) ≥ 99 % | 99.5 % | yes |",
-            "| remain accuracy within 2 points of the teacher's | -3.0 points | no |",
+            "| remain accuracy no more than 2 points below the teacher's | -3.0 points | no |",
             "| remain FID ≤ 1.1× plain SFD's | 1.12× | no |",
             " one-step adversarial SFD: measured by `python x --only adversarial_sfd` (2026-01-01 "
             "00:00 UTC, record `runs/attacks/adv.json`, the same report folders and budgets)",
@@ -1801,3 +1801,14 @@ def test_commands_and_records_show_paths_from_the_repository_root(tmp_path) -> N
         {"run": run_section("python experiments/cli_startup.py")}, {}, tmp_path,
     )  # fmt: skip
     assert "from `runs/c.json`; do not edit by hand." in page.read_text()
+
+
+def test_no_page_calls_the_first_checkpoint_below_half_the_steps_it_took() -> None:
+    """The revival column has checkpoint resolution: no page titles it "steps until UA < 50 %"
+    (the attack pages, whose records are lost, were relabelled by hand to the scripts' title)."""
+    pages = [*REPO.joinpath("docs").rglob("*.md")]
+    assert not [p.name for p in pages if "steps until UA" in p.read_text()]
+    for name in ("attacks", "attacks_adversarial", "attacks_class"):
+        text = (REPO / "docs" / "results" / f"{name}.md").read_text()
+        assert "| first checkpoint with UA < 50 % |" in text
+        assert "UA is measured only after 0, N/4, N/2 and N steps" in text
