@@ -43,6 +43,7 @@ from results_page import (
     read_record,
     run_context,
     save_record,
+    shown_path,
     write_page,
 )
 
@@ -60,6 +61,11 @@ TITLES = {
     "salun": "SalUn (DDIM)",
 }
 BASELINES = ("esd", "salun")  # teacher folders under an `sfd compare` output's models/
+
+
+def shown(path: str | Path | None) -> str | None:
+    """`shown_path` of an optional folder (None stays None)."""
+    return None if path is None else shown_path(path)
 
 
 def model_folders(plain: Path, adversarial: Path | None) -> dict[str, Path]:
@@ -270,7 +276,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         entry["seconds"]["revival"] = round(time.perf_counter() - start, 1)
         print(f"{key} revival UA: {entry['revival']['ua']}")
         models[key] = entry
-    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+    return {"run_folder": shown_path(run), "adversarial_run_folder": shown(options.adversarial_run),
             "forget": forget, "override": override, "models": reused(options, models),
             "budgets": {name: vars(b) for name, b in budgets.items()},
             "revival_budget": vars(revival), "ua_images": options.ua_images,
@@ -333,10 +339,10 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
                                            options.ua_images)  # fmt: skip
             print(f"{key} revival UA: {outcome.ua}")
             models[key] = {"revival": outcome.to_dict(), "sampler": sampler.name}
-    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+    return {"run_folder": shown_path(run), "adversarial_run_folder": shown(options.adversarial_run),
             "forget": forget, "models": reused(options, models), "budget": vars(budget),
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "baselines": options.baselines, "summary": run_summary(run, adversarial),
+            "baselines": shown(options.baselines), "summary": run_summary(run, adversarial),
             "attack_objective": options.attack_objective,
             "attacker_classifier": attacker_entry}  # fmt: skip
 
@@ -392,11 +398,6 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def steps_to_revival(revival: dict[str, Any]) -> str:
-    steps = revival["steps_to_revival"]
-    return f"not within {revival['steps'][-1]}" if steps is None else str(steps)
-
-
 def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[str, str]:
     """The side-by-side table (the report folders' evaluation beside the attacks and revival)
     and, with adversarial SFD, the issue's targets; empty for records without a summary.
@@ -406,6 +407,9 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         attacks: column title -> attack name in a text model's "attacks" ("" for the class
             attack of a class record).
     """
+    from sfd.apps.harness.targets import not_below_teacher, points_below
+    from sfd.eval.revival import revival_column, revived_at
+
     summary, models = record.get("summary"), record["models"]
     if summary is None:
         return {}
@@ -433,12 +437,12 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
             + [f"{scores['fid_remain']:.3f}"]
             + [percent(rate(key, name)) for name in attacks.values()]
             + [
-                steps_to_revival(models[key]["revival"]) if key in models else "–",
+                revived_at(models[key]["revival"]) if key in models else "–",
                 "–" if seconds is None else f"{seconds:.0f}",
             ]
         )
     header = ["model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID",
-              *attacks, "revival: steps until UA < 50 %", "stage-2 s"]  # fmt: skip
+              *attacks, f"revival: {revival_column()}", "stage-2 s"]  # fmt: skip
     folders = f"`{record['run_folder']}`" + (
         f" and `{record['adversarial_run_folder']}`" if record.get("adversarial_run_folder") else ""
     )
@@ -467,8 +471,8 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     for name, title in (("remain_accuracy", "remain"), ("neighbour_accuracy", "neighbour")):
         if adv[name] is not None:
             gap = 100 * (adv[name] - teacher[name])
-            targets.append((f"{title} accuracy within 2 points of the teacher's",
-                            f"{gap:+.1f} points", abs(gap) <= 2))  # fmt: skip
+            targets.append((points_below(title), f"{gap:+.1f} points",
+                            not_below_teacher(adv[name], teacher[name])))  # fmt: skip
     ratio = adv["fid_remain"] / plain["fid_remain"]
     targets.append(("remain FID ≤ 1.1× plain SFD's", f"{ratio:.2f}×", ratio <= 1.1))
     sections["Targets (adversarial SFD)"] = (
@@ -501,16 +505,20 @@ def page_name(name: str, record: dict[str, Any]) -> str:
 
 
 def revival_table(models: dict[str, Any], record: dict[str, Any] | None = None) -> str:
-    """UA after each checkpoint and the steps until UA < 50 %, per model (titles: `model_title`)."""
+    """UA after each checkpoint and the first checkpoint with UA < 50 %, per model (titles:
+    `model_title`), and what that column can and cannot say."""
+    from sfd.eval.revival import REVIVAL_RESOLUTION, REVIVAL_THRESHOLD, revival_column, revived_at
+
     first = next(iter(models.values()))["revival"]
     rows = [
         [model_title(key, record)]
         + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
-        + [steps_to_revival(entry["revival"])]
+        + [revived_at(entry["revival"])]
         for key, entry in models.items()
     ]
-    header = ["model", *(f"UA after {s} steps" for s in first["steps"]), "steps until UA < 50 %"]
-    return markdown_table(header, rows)
+    header = ["model", *(f"UA after {s} steps" for s in first["steps"])]
+    header.append(revival_column(first.get("threshold", REVIVAL_THRESHOLD)))
+    return markdown_table(header, rows) + f"\n\n{REVIVAL_RESOLUTION}."
 
 
 def write_class_page(record: dict[str, Any], json_file: str) -> Path:
