@@ -347,6 +347,53 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
             "attacker_classifier": attacker_entry}  # fmt: skip
 
 
+VARIANT = "adversarial_sfd@"  # model keys of adversarial runs folded in by `--include`
+
+
+def model_title(key: str, record: dict[str, Any] | None = None) -> str:
+    """The table title of a model key; an included adversarial run's names its settings where
+    they differ from those of the record's own adversarial run."""
+    if not key.startswith(VARIANT):
+        return TITLES[key]
+    summary = (record or {}).get("summary") or {}
+    base = summary.get("adversarial_settings") or {}
+    settings = summary.get("variant_settings", {}).get(key) or {}
+    changed = ", ".join(f"{k} {v}" for k, v in settings.items() if base.get(k) != v)
+    return f"{TITLES['adversarial_sfd']} ({changed or key[len(VARIANT) :]})"
+
+
+def with_included(record: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """`record` (a `--class-run` record) with the adversarial SFD of each record in `files` as
+    one more model (`VARIANT` + its report folder): each must come from the same plain report
+    folder and budgets; its command is named on the page (`included`)."""
+    if not files:
+        return record
+    if record.get("summary") is None or "budget" not in record:
+        raise SystemExit(
+            "--include: the page's own record must be a --class-run record with a summary"
+        )
+    record = json.loads(json.dumps(record))
+    summary = record["summary"]
+    for file in files:
+        other = read_record(file, "--include")
+        for name in ("run_folder", "budget", "revival_budget", "ua_images"):
+            if other.get(name) != record.get(name):
+                raise SystemExit(
+                    f"--include {file}: its {name} is {other.get(name)!r}, not {record.get(name)!r}"
+                )
+        if "adversarial_sfd" not in other["models"]:
+            raise SystemExit(f"--include {file}: it measured no adversarial SFD")
+        key = VARIANT + str(other["adversarial_run_folder"])
+        record["models"][key] = other["models"]["adversarial_sfd"]
+        summary[key] = other["summary"]["adversarial_sfd"]
+        summary.setdefault("variant_settings", {})[key] = other["summary"]["adversarial_settings"]
+        record.setdefault("included", []).append(
+            {"record": file, "command": other["run"]["command"], "date": other["run"]["date"],
+             "commit": other["run"]["commit"], "model": key}
+        )  # fmt: skip
+    return record
+
+
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
@@ -378,10 +425,11 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     rows = [["teacher", *(percent(summary["teacher"][n]) for n in ("ua", "ua_paraphrases",
              "remain_accuracy", "neighbour_accuracy")), f"{summary['teacher']['fid_remain']:.3f}",
              *("–" for _ in attacks), "–", "–"]]  # fmt: skip
-    for key in (k for k in MODELS if k in summary):
+    variants = [k for k in summary if k.startswith(VARIANT)]
+    for key in [*(k for k in MODELS if k in summary), *variants]:
         scores, seconds = summary[key], summary[key]["training_seconds"]
         rows.append(
-            [TITLES[key]]
+            [model_title(key, record)]
             + [
                 percent(scores[n])
                 for n in ("ua", "ua_paraphrases", "remain_accuracy", "neighbour_accuracy")
@@ -456,14 +504,14 @@ def page_name(name: str, record: dict[str, Any]) -> str:
     return f"{name}_adversarial" if record.get("adversarial_run_folder") else name
 
 
-def revival_table(models: dict[str, Any]) -> str:
-    """UA after each checkpoint and the first checkpoint with UA < 50 %, per model, and what that
-    column can and cannot say."""
+def revival_table(models: dict[str, Any], record: dict[str, Any] | None = None) -> str:
+    """UA after each checkpoint and the first checkpoint with UA < 50 %, per model (titles:
+    `model_title`), and what that column can and cannot say."""
     from sfd.eval.revival import REVIVAL_RESOLUTION, REVIVAL_THRESHOLD, revival_column, revived_at
 
     first = next(iter(models.values()))["revival"]
     rows = [
-        [TITLES[key]]
+        [model_title(key, record)]
         + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
         + [revived_at(entry["revival"])]
         for key, entry in models.items()
@@ -478,7 +526,7 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
     models = record["models"]
     first = next(iter(models.values()))
     rows = [
-        [TITLES[key], f"{100 * m['attack']['success_rate']:.1f} %",
+        [model_title(key, record), f"{100 * m['attack']['success_rate']:.1f} %",
          f"{100 * m['attack']['success_rate_without_attack']:.1f} %", f"{m['seconds']:.0f}"]
         for key, m in models.items() if "attack" in m
     ]  # fmt: skip
@@ -500,13 +548,19 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
         "Revival (UA after fine-tuning a copy on real images of the class)": (
             f"Budget: {record['revival_budget']}; loss: {first['revival']['objective']}; images "
             f"paired with {first['revival']['condition']}; UA on {record['ua_images']} samples of "
-            f"the forget class.{judged}\n\n" + revival_table(models)
+            f"the forget class.{judged}\n\n" + revival_table(models, record)
         ),
     }
-    title = "Class-embedding attack and revival test (digits)"
+    if record.get("included"):
+        sections["Included runs"] = "\n".join(
+            f"- {model_title(entry['model'], record)}: `{entry['command']}` ({entry['date']}, commit "
+            f"{entry['commit']['hash']}, record `{entry['record']}`)"
+            for entry in record["included"]
+        )
+    heading = "Class-embedding attack and revival test (digits)"
     if record.get("adversarial_run_folder"):
-        title = f"Adversarial SFD: {title[0].lower()}{title[1:]}"
-    return write_page(page_name("attacks_class", record), title,
+        heading = f"Adversarial SFD: {heading[0].lower()}{heading[1:]}"
+    return write_page(page_name("attacks_class", record), heading,
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
@@ -587,11 +641,23 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FILE.json",
         help="take the models measured in this earlier record (same folders and budgets)",
     )
+    parser.add_argument(
+        "--include",
+        nargs="+",
+        default=[],
+        metavar="FILE.json",
+        help="with --class-run or --page-from: add the adversarial SFD of these records (the same "
+        "plain report folder and budgets, e.g. `--only adversarial_sfd` runs of other settings) "
+        "to the page",
+    )
     add_page_arguments(parser)
     options = parser.parse_args(argv)
     if options.page_from:
-        print(write_results_page(read_record(options.page_from), options.page_from))
+        record = with_included(read_record(options.page_from), options.include)
+        print(write_results_page(record, options.page_from))
         return
+    if options.include and not options.class_run:
+        parser.error("--include needs --class-run (or --page-from)")
     if bool(options.run) == bool(options.class_run):
         parser.error("give one of --run and --class-run (or --page-from)")
     if options.adversarial_run:
@@ -618,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
     record["run"] = run_context(command_line(__file__, argv), load_start)
     save_record(record, options.json)
     if not options.no_page:
-        print(write_results_page(record, options.json))
+        print(write_results_page(with_included(record, options.include), options.json))
 
 
 if __name__ == "__main__":

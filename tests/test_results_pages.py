@@ -293,8 +293,10 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
         "adversarial_settings": {"steps": 4, "share": 0.25},
         "adversarial_rows": 2,
         "paths": [
-            {"path": "class", "teacher_params": 1234, "plain": timing(0.1),
-             "adversarial": timing(0.15), "ratio": 1.5},
+            {"path": "class", "batch_size": 32, "attacked_rows": 8, "teacher_params": 1234,
+             "plain": {**timing(0.1), "cpu_median": 0.09},
+             "adversarial": {**timing(0.15), "cpu_median": 0.162}, "ratio": 1.5,
+             "cpu_ratio": 1.8},
             {"path": "text", "teacher_params": 5678, "plain": timing(0.2),
              "adversarial": timing(0.5), "ratio": 2.5},
         ],
@@ -739,9 +741,10 @@ CASES = [
         adversarial_overhead_record,
         "python experiments/adversarial_overhead.py --threads 1",
         [
-            "| class (class embedding) | 1,234 | 0.1000 | 0.1500 | 1.50× | yes |",
-            "| text (soft prompt) | 5,678 | 0.2000 | 0.5000 | 2.50× | no |",
-            "(steps 4, share 0.25: 2 attacked rows per iteration)",
+            "| class (class embedding) | 32 + 32 (8) | 1,234 | 0.1000 | 0.1500 | 1.50× | yes "
+            "| 0.0900 / 0.1620 | 1.80× |",
+            "| text (soft prompt) | 8 + 8 (2) | 5,678 | 0.2000 | 0.5000 | 2.50× | no | – | – |",
+            "(steps 4, share 0.25: ⌈share·B⌉ attacked rows per iteration)",
         ],
     ),
     (
@@ -1770,6 +1773,45 @@ def test_text_benchmark_shows_an_unmeasured_target_as_such() -> None:
     )  # fmt: skip
     assert "| soft_attack_at_most_half_of_no_forgetting | — | not measured |" in table
     assert "| ua_train_at_least_95 | 1.000 | yes |" in table
+
+
+def test_included_class_runs_join_the_page_titled_by_their_settings(results_dir) -> None:
+    """`--page-from A --include B`: B's adversarial SFD is one more row of every table, titled by
+    the settings where they differ from A's; a record of other budgets is refused."""
+    script = importlib.import_module("attack_suite")
+
+    def adversarial(folder: str, settings: dict[str, Any], rate: float) -> dict[str, Any]:
+        record = attacks_class_record(
+            f"python experiments/attack_suite.py --adversarial-run {folder}"
+        )
+        model = record["models"]["sfd"]
+        record["models"]["adversarial_sfd"] = {
+            **model,
+            "attack": {**model["attack"], "success_rate": rate},
+        }
+        record["adversarial_run_folder"] = folder
+        scores = {"ua": 1.0, "ua_paraphrases": None, "remain_accuracy": 0.98,
+                  "neighbour_accuracy": None, "fid_remain": 3.0, "training_seconds": 100.0}  # fmt: skip
+        record["summary"] = {"teacher": scores, "sfd": scores, "adversarial_sfd": scores,
+                             "distilled_without_forgetting": scores,
+                             "adversarial_settings": settings}  # fmt: skip
+        return record
+
+    results_page.save_record(adversarial("runs/adv", {"steps": 2, "weight": 0.25}, 0.5), "a.json")
+    results_page.save_record(
+        adversarial("runs/adv-w1", {"steps": 2, "weight": 1.0}, 0.125), "b.json"
+    )
+    script.main(["--page-from", "a.json", "--include", "b.json"])
+    page = (results_dir / "attacks_class_adversarial.md").read_text()
+    assert "| one-step adversarial SFD | 50.0 % | 0.0 % | 80 |" in page
+    assert "| one-step adversarial SFD (weight 1.0) | 12.5 % | 0.0 % | 80 |" in page
+    assert "| one-step adversarial SFD (weight 1.0) | 100.0 % | 60.0 % | 40.0 % | 2 |" in page
+    assert "- one-step adversarial SFD (weight 1.0): `python experiments/attack_suite.py " in page
+    other = adversarial("runs/adv-w1", {"weight": 1.0}, 0.1)
+    other["budget"] = {"steps": 100}
+    results_page.save_record(other, "c.json")
+    with pytest.raises(SystemExit, match="--include c.json: its budget is"):
+        script.main(["--page-from", "a.json", "--include", "c.json"])
 
 
 def test_every_results_page_is_listed_in_the_index_and_the_nav() -> None:
