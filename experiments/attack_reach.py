@@ -62,7 +62,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from sfd.apps.harness.text_evaluation import exported_model
+    from sfd.apps.harness.text_folders import exported_model
     from sfd.eval.attack_budget import AttackBudget
     from sfd.eval.classifier import load_classifier
     from sfd.eval.soft_prompt import soft_prompt_attack

@@ -44,7 +44,7 @@ from results_page import (
     write_page,
 )
 
-from sfd.apps.harness.text_evaluation import load_text_model
+from sfd.apps.harness.text_folders import load_text_model
 from sfd.core import judge
 from sfd.core.conditions.base import ConditionBatch
 from sfd.eval.classifier import load_classifier, predict_labels

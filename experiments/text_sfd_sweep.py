@@ -41,7 +41,8 @@ from sfd.apps.data.images import train_heldout_split
 from sfd.apps.demo_text.prompts import shipped_paraphrases, write_prompt_sets
 from sfd.apps.demo_text.run import TextDemoSettings
 from sfd.apps.harness.stages import StageOne, save_stage_one, train_sfd
-from sfd.apps.harness.text_evaluation import ConceptProtocol, evaluate_model, teacher_vae
+from sfd.apps.harness.text_evaluation import ConceptProtocol, evaluate_model
+from sfd.apps.harness.text_folders import teacher_vae
 from sfd.eval.classifier import load_classifier
 from sfd.eval.text_models import PromptEncoder, one_step_text_model, vae_decoder
 from sfd.teachers.stable_diffusion import load_text_encoder

@@ -14,10 +14,9 @@ from torch.utils.data import DataLoader
 from sfd.baselines.method import Unlearned
 from sfd.core.loop import IterationStream
 from sfd.core.losses import eps_mse as eps_mse  # the ε-MSE of the baselines' losses
+from sfd.core.module_hooks import TEACHER_PREFIX
 from sfd.errors import SFDConfigError
 from sfd.teachers.base import Denoiser
-
-TEACHER_PREFIX = "teacher."
 
 # Which weights a fine-tuning baseline may change (ESD's `train_method`, in diffusers names):
 # "xattn" = the cross-attention (attn2) of text UNets, for one concept; "noxattn" = all but the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,92 @@ def is_option(token: str) -> bool:
     except ValueError:
         return True
     return False
+
+
+def given_options(
+    parser: argparse.ArgumentParser, args: list[str], dests: Iterable[str]
+) -> set[str]:
+    """Which of the options `dests` (argparse destinations) `args` names, defaults included.
+
+    `args` is parsed again into a namespace that holds a marker for each of `dests`: argparse
+    fills in a default only where the namespace has none, so a marker left means not given
+    (`--flag=value` and abbreviations count as given).
+    """
+    unset = object()
+    wanted = set(dests)
+    parsed, _ = parser.parse_known_args(args, argparse.Namespace(**dict.fromkeys(wanted, unset)))
+    return {dest for dest in wanted if getattr(parsed, dest) is not unset}
+
+
+def refuse_unread(
+    parser: argparse.ArgumentParser,
+    args: list[str],
+    options: argparse.Namespace,
+    dests: Iterable[str],
+    needs: str,
+    instead: str,
+) -> None:
+    """Refuse the first option of `dests` that `args` gives: nothing would read it, and a
+    setting silently unused is a wrong result.
+
+    Args:
+        parser: the command's parser (for the option names).
+        args: its command line.
+        options: what `parser` made of it (for the value in the message).
+        dests: argparse destinations; the first given one is named.
+        needs: what would read them, e.g. "with --attack".
+        instead: the other way out, e.g. "give --attack".
+    """
+    dests = list(dests)
+    given = given_options(parser, args, dests)
+    for dest in (d for d in dests if d in given):
+        action = next(a for a in parser._actions if a.dest == dest)
+        flag = next((o for o in action.option_strings if o.startswith("--")), dest)
+        value = getattr(options, dest)
+        shown = value if isinstance(value, (int, float)) else repr(str(value))
+        raise SFDConfigError(f"{flag} {shown} is read only {needs}; {instead} or leave {flag} out")
+
+
+def check_attack_suite_options(
+    parser: argparse.ArgumentParser,
+    args: list[str],
+    options: argparse.Namespace,
+    attacking: bool,
+    needs: str = "with --attack",
+    instead: str = "give --attack",
+) -> None:
+    """Refuse the attack-suite options of a command line that nothing would read: an attack's
+    options (--attack-*, --attacker-classifier, --cache) without an attack, the revival test's
+    (--revival-*) without --revival, and --cache unless an attacker classifier is trained.
+
+    Args:
+        parser: the command's parser; its options named attack_* / revival_* are checked.
+        args: its command line.
+        options: what `parser` made of it.
+        attacking: whether the command runs an attack.
+        needs: what runs one (for the message), e.g. "with --attack".
+        instead: how to turn one on, e.g. "give --attack".
+    """
+    from sfd.eval.attack_budget import attack_objectives  # no torch
+
+    dests = [a.dest for a in parser._actions]
+    # --cache is the attacker classifier's where the command takes --attacker-classifier (the
+    # demos' --cache is their own)
+    transfer = "attacker_classifier" in dests
+    first = ["attacker_classifier", "cache"] if transfer else []
+    if not attacking:
+        attack = first + [d for d in dests if d.startswith("attack_")]
+        refuse_unread(parser, args, options, attack, needs, instead)
+    if "revival" in dests and options.revival is None:
+        revival = [d for d in dests if d.startswith("revival_")]
+        refuse_unread(parser, args, options, revival, "with --revival", "give --revival STEPS")
+    if attacking and transfer:
+        if "transfer" not in attack_objectives(options.attack_objective):
+            refuse_unread(parser, args, options, ["cache"], "by a transfer attack's trained "
+                          "attacker classifier", "give --attack-objective transfer or both")  # fmt: skip
+        elif options.attacker_classifier is not None:
+            refuse_unread(parser, args, options, ["cache"], "when the attacker classifier is "
+                          "trained", "give no --attacker-classifier")  # fmt: skip
 
 
 def usable_device(name: str, flag: str = "--device") -> Any:

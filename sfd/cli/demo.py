@@ -11,6 +11,7 @@ from sfd.cli.common import (
     FIT_PREFIXES,
     add_class_attack_options,
     add_class_run_options,
+    check_attack_suite_options,
     class_embedding_budget,
     is_option,
     run_quietly,
@@ -56,13 +57,16 @@ def run(args: list[str]) -> None:
     """`sfd demo`: parse, run, print the table and where the report is."""
     from sfd.apps.harness.class_run import ClassRunSettings
 
-    options, sfd_args = demo_parser().parse_known_args(args)  # --help answers before torch loads
+    parser = demo_parser()
+    options, sfd_args = parser.parse_known_args(args)  # --help answers before torch loads
     stray = [a for a in sfd_args if is_option(a) and not a.startswith(FIT_PREFIXES)]
     if stray:
         raise SFDConfigError(
             f"unknown option {stray[0]!r}; sfd demo takes its own options (sfd demo --help) "
             "and SFD settings as --model.* / --trainer.*"
         )
+    check_attack_suite_options(parser, args, options, not options.no_attack,
+                               "by the attack, which --no-attack skips", "drop --no-attack")  # fmt: skip
     given = vars(options)
     attack = None if options.no_attack else class_embedding_budget(options, options.seed)
     settings = ClassRunSettings(

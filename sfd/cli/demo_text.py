@@ -7,7 +7,13 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import FIT_PREFIXES, add_average_after_option, is_option, run_quietly
+from sfd.cli.common import (
+    FIT_PREFIXES,
+    add_average_after_option,
+    check_attack_suite_options,
+    is_option,
+    run_quietly,
+)
 from sfd.errors import SFDConfigError
 
 
@@ -119,13 +125,15 @@ def run(args: list[str]) -> None:
     from sfd.apps.demo_text.settings import TextDemoSettings
     from sfd.cli.eval_text_concepts import attack_budgets, revival_budget
 
-    options, sfd_args = demo_text_parser().parse_known_args(args)  # --help answers before torch
+    parser = demo_text_parser()
+    options, sfd_args = parser.parse_known_args(args)  # --help answers before torch
     stray = [a for a in sfd_args if is_option(a) and not a.startswith(FIT_PREFIXES)]
     if stray:
         raise SFDConfigError(
             f"unknown option {stray[0]!r}; sfd demo-text takes its own options "
             "(sfd demo-text --help) and SFD settings as --model.* / --trainer.*"
         )
+    check_attack_suite_options(parser, args, options, attacking=True)  # the --revival-* options
     given = vars(options)
     skip = {"attacks", "revival"}  # built from the options below
     settings = TextDemoSettings(

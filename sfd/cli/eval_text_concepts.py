@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sfd.cli.common import add_objective_option
+from sfd.cli.common import add_objective_option, check_attack_suite_options
+from sfd.errors import SFDConfigError
 
 ATTACK_NAMES = ("soft", "discrete")  # the `sfd.eval.attacks.ATTACKS` entries `--attack` runs
 BUDGET_FLAGS = {  # --attack-X -> budget field (None: each attack's own default)
@@ -54,9 +55,21 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
 
 def attack_budgets(options: argparse.Namespace, names: list[str], seed: int) -> dict[str, Any]:
     """name -> budget of every attack asked for, from the --attack-* options (checked here)."""
-    from sfd.eval.attacks import attack_budget
+    from dataclasses import fields
+
+    from sfd.eval.attacks import ATTACKS, attack_budget
 
     given = {field: getattr(options, f"attack_{flag}") for flag, field in BUDGET_FLAGS.items()}
+    readers = {name: {f.name for f in fields(ATTACKS[name].budget)} for name in ATTACK_NAMES}
+    for flag, field in BUDGET_FLAGS.items():  # an option none of the chosen attacks reads
+        value = given[field]
+        if names and value is not None and not any(field in readers[n] for n in names):
+            option = f"--attack-{flag.replace('_', '-')}"
+            wanted = " or ".join(n for n in ATTACK_NAMES if field in readers[n])
+            raise SFDConfigError(
+                f"{option} {value} is read only by the {wanted} attack; --attack "
+                f"{' '.join(names)} has none (add {wanted} to --attack or leave {option} out)"
+            )
     return {name: attack_budget(name, **given, seed=seed) for name in names}
 
 
@@ -127,10 +140,12 @@ def concepts_parser() -> argparse.ArgumentParser:
 
 def run(args: list[str]) -> None:
     """Parse, evaluate, print the metrics."""
-    from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
+    from sfd.apps.harness.concept_run import ConceptEvalSettings, run_concept_evaluation
     from sfd.eval.attack_budget import checked_objectives
 
-    o = concepts_parser().parse_args(args)
+    parser = concepts_parser()
+    o = parser.parse_args(args)
+    check_attack_suite_options(parser, args, o, attacking=o.attack is not None)
     checked_objectives(o.attack_objective, o.attacker_classifier is not None)
     names = [] if o.attack is None else list(dict.fromkeys(o.attack or ATTACK_NAMES))
     attacks = attack_budgets(o, names, o.seed)

@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sfd.cli.common import add_class_attack_options, class_embedding_budget
+from sfd.cli.common import (
+    add_class_attack_options,
+    check_attack_suite_options,
+    class_embedding_budget,
+)
 from sfd.errors import SFDConfigError, check_integer, check_number
 from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
 
@@ -61,6 +65,7 @@ def run(args: list[str]) -> None:
     add("--revival-lr", type=float, default=1e-4, help="revival Adam learning rate")
     add("--revival-batch", type=int, default=4, help="revival images per step")
     options = parser.parse_args(args)
+    check_attack_suite_options(parser, args, options, attacking=options.attack is not None)
     model_kind, classifier_config, attack, revival = check_options(options)
 
     from sfd.apps.data.images import load_images, train_heldout_split

@@ -28,9 +28,9 @@ from sfd.cli.teacher_defaults import (
     OVERWRITE_HELP,
 )
 from sfd.folders import check_writable_folder
-from sfd.training.cli import ONE_LINE_PARSER, RunCLI
 from sfd.training.config_files import check_config_files
 from sfd.training.progress import quiet_design_warnings
+from sfd.training.run_cli import ONE_LINE_PARSER, RunCLI
 
 RUN_FOLDER_SUFFIX = "-training"  # logs and checkpoints: <output_dir>-training/
 

@@ -1,45 +1,62 @@
-"""`SFDModule`: the frozen teacher, the one-step generator and the fake score, trained as docs/method.md §4."""
+"""`SFDModule`: the frozen teacher, the one-step generator and the fake score, trained as docs/method.md §4.
+
+This file is the algorithm (the two steps of an iteration, their losses and the random draws they
+use); the EMA lives in `ema.py` (`GeneratorEMA`) and what Lightning calls around the algorithm
+(optimizers, checkpoint state, the non-finite guard, logging) in `module_hooks.py` (`LightningHooks`),
+the two bases of `SFDModule`.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
-import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from sfd.core import guards
-from sfd.core.adversarial import ADVERSARIAL_KEY, AdversarialSettings, AdversarialTraining
+from sfd.core.adversarial import AdversarialSettings, AdversarialTraining, concatenated
+from sfd.core.attack_spaces import Attacked
 from sfd.core.conditions import ConditionBatch, ConditionSampler
-from sfd.core.generator import (
-    GENERATOR_SPEC_KEY,
-    OneStepGenerator,
-    checkpoint_entry,
-    training_record,
-)
-from sfd.core.loop import (
-    IterationStream,
-    set_training_mode,
-    step_without_counting,
-    structure_version,
-    watch_structure,
-)
+from sfd.core.ema import EMA_RESTART_KEY, GeneratorEMA, ema_decay_at
+from sfd.core.generator import OneStepGenerator
+from sfd.core.loop import set_training_mode
 from sfd.core.losses import LossTerms, fake_score_loss, generator_loss
+from sfd.core.module_hooks import TEACHER_PREFIX, LightningHooks
 from sfd.core.sigma import SigmaSampler
-from sfd.errors import NonFiniteError, SFDConfigError, check_number
+from sfd.errors import SFDConfigError
 from sfd.teachers.adapter_io import shared_base_views
 from sfd.teachers.adapter_settings import AdapterSettings
-from sfd.teachers.adapters import AdapterView
 from sfd.teachers.base import Denoiser
 
-TEACHER_PREFIX = "teacher."
-EMA_RESTART_KEY = "sfd_ema_restart"  # checkpoint entry: [iteration, γ] of `SFDModule.restart_ema`
+# The names that lived here before the EMA and the Lightning hooks moved out still import from here.
+__all__ = ["EMA_RESTART_KEY", "TEACHER_PREFIX", "SFDModule", "default_adam", "ema_decay_at"]
+
+
+class Draw(NamedTuple):
+    """The draws of one loss term's rows: the condition the generator sees, the teacher's (the
+    generator loss; None for the fake score's DSM), z, σ and ε."""
+
+    cond: Any
+    teacher_cond: Any
+    z: Tensor
+    sigma: Tensor
+    eps: Tensor
+
+
+def joined(draws: list[Draw]) -> Draw:
+    """The rows of `draws` one after the other: one batch for one call of each network."""
+    if len(draws) == 1:
+        return draws[0]
+    teacher = (
+        None if draws[0].teacher_cond is None else concatenated([d.teacher_cond for d in draws])
+    )
+    return Draw(
+        concatenated([d.cond for d in draws]),
+        teacher,
+        *(torch.cat([getattr(d, name) for d in draws]) for name in ("z", "sigma", "eps")),
+    )
 
 
 def default_adam(params: Any, lr: float = 1e-5) -> torch.optim.Optimizer:
@@ -47,22 +64,7 @@ def default_adam(params: Any, lr: float = 1e-5) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
 
 
-def ema_decay_at(step: int, decay: float, power: float | None) -> float:
-    """The EMA's decay at iteration `step` (>= 1) of a fit.
-
-    Constant (`power` None): `decay`. Power function (EDM2, γ = `power`):
-    min(decay, (1 − 1/step)^(γ+1)). Uncapped, the EMA after t iterations is then
-    Σ_{i=1..t} (i^(γ+1) − (i−1)^(γ+1)) / t^(γ+1) · θ_i over the generator iterates θ_i of the fit (the
-    decay of iteration 1 is 0: the EMA restarts at the first iterate).
-    """
-    if power is None:
-        return decay
-    if step < 1:
-        raise ValueError(f"EMA step {step} must be >= 1")
-    return min(decay, (1.0 - 1.0 / step) ** (power + 1.0))
-
-
-class SFDModule(pl.LightningModule):
+class SFDModule(LightningHooks, GeneratorEMA):
     """Score Forgetting Distillation of a frozen teacher into a one-step generator.
 
     Args:
@@ -230,17 +232,14 @@ class SFDModule(pl.LightningModule):
         self._modes(generator=False, fake_score=True)
         attacked = None if self.adversarial is None else self.adversarial.attack(self)
         with self._toggled(fake_opt):
-            fake_terms = self.fake_score_losses(conds, self._stream(1))
-            if attacked is not None:  # docs/method.md §9: the fake score learns them too
-                fake_terms = self.adversarial.fake_terms(self, attacked, fake_terms)
+            # docs/method.md §9: the fake score learns the attacked rows too (`attacked`).
+            fake_terms = self.fake_score_losses(conds, self._stream(1), attacked)
             self._update(fake_opt, "fake", fake_terms, counts_as_iteration=False)
 
         # Step 2: generator (fake score frozen in eval mode, differentiable through its input).
         self._modes(generator=True, fake_score=False)
         with self._toggled(generator_opt):
-            generator_terms = self.generator_losses(conds, self._stream(2))
-            if attacked is not None:
-                generator_terms = self.adversarial.generator_terms(self, attacked, generator_terms)
+            generator_terms = self.generator_losses(conds, self._stream(2), attacked)
             self._update(generator_opt, "generator", generator_terms, counts_as_iteration=True)
         self.update_ema(self.global_step)  # the generator step above counted: t >= 1
 
@@ -249,21 +248,43 @@ class SFDModule(pl.LightningModule):
             self._log_terms("fake", fake_terms)
             self._log_terms("generator", generator_terms)
 
-    def fake_score_losses(self, conds: ConditionBatch, rng: torch.Generator) -> LossTerms:
-        """L_ψ = λ_sg_r·DSM(c_r) + λ_sg_f·DSM(c_f) on samples of the (frozen) generator."""
+    def fake_score_losses(
+        self, conds: ConditionBatch, rng: torch.Generator, attacked: Attacked | None = None
+    ) -> LossTerms:
+        """L_ψ = λ_sg_r·DSM(c_r) + λ_sg_f·DSM(c_f) on samples of the (frozen) generator, plus
+        adversarial SFD's terms on `attacked` (docs/method.md §9), computed in the forget term's
+        network calls (their draws from their own stream: the numbers of separate calls)."""
         hp = self.hparams
         remain = self._fake_dsm(conds.remain, rng)
-        forget = self._maybe(hp.lambda_sg_forget, lambda: self._fake_dsm(conds.forget, rng))
-        return LossTerms.combine(remain, forget, hp.lambda_sg_remain, hp.lambda_sg_forget)
+        if hp.lambda_sg_forget == 0:  # no forget term, no adversarial term: no compute
+            return LossTerms.combine(
+                remain, torch.zeros(1, device=self.device), hp.lambda_sg_remain, 0
+            )
+        extra = [] if attacked is None else self.adversarial.draws("fake", self, attacked)
+        forget, *losses = self._fake_dsms([self._fake_draw(conds.forget, rng), *extra])
+        terms = LossTerms.combine(remain, forget, hp.lambda_sg_remain, hp.lambda_sg_forget)
+        if attacked is None:
+            return terms
+        return self.adversarial.step_terms("fake", self, attacked, terms, losses)
 
-    def generator_losses(self, conds: ConditionBatch, rng: torch.Generator) -> LossTerms:
-        """L_θ = λ_g_r·ℓ(c_r | teacher c_r) + λ_g_f·ℓ(c_f | teacher c_o), the unlearning term last."""
+    def generator_losses(
+        self, conds: ConditionBatch, rng: torch.Generator, attacked: Attacked | None = None
+    ) -> LossTerms:
+        """L_θ = λ_g_r·ℓ(c_r | teacher c_r) + λ_g_f·ℓ(c_f | teacher c_o), the unlearning term last,
+        plus adversarial SFD's terms on `attacked`, in the forget term's network calls."""
         hp = self.hparams
         remain = self._generator_term(conds.remain, conds.remain, rng)
-        forget = self._maybe(
-            hp.lambda_g_forget, lambda: self._generator_term(conds.forget, conds.override, rng)
-        )
-        return LossTerms.combine(remain, forget, hp.lambda_g_remain, hp.lambda_g_forget)
+        if hp.lambda_g_forget == 0:
+            return LossTerms.combine(
+                remain, torch.zeros(1, device=self.device), hp.lambda_g_remain, 0
+            )
+        extra = [] if attacked is None else self.adversarial.draws("generator", self, attacked)
+        plain = self._generator_draw(conds.forget, conds.override, rng)
+        forget, *losses = self._generator_terms([plain, *extra])
+        terms = LossTerms.combine(remain, forget, hp.lambda_g_remain, hp.lambda_g_forget)
+        if attacked is None:
+            return terms
+        return self.adversarial.step_terms("generator", self, attacked, terms, losses)
 
     @property
     def drops_conditions(self) -> bool:
@@ -273,199 +294,61 @@ class SFDModule(pl.LightningModule):
         return guided and hp.cond_dropout > 0
 
     def _fake_dsm(self, cond: Any, rng: torch.Generator, rows: int | None = None) -> Tensor:
-        hp = self.hparams
+        """The fake score's per-sample DSM on `rows` fresh generator samples under `cond`."""
+        return self._fake_dsms([self._fake_draw(cond, rng, rows)])[0]
+
+    def _fake_draw(self, cond: Any, rng: torch.Generator, rows: int | None = None) -> Draw:
+        """The draws of one DSM term (condition dropout, z, σ, ε), in the stream's order."""
         if self.drops_conditions:  # before the generator samples: it sees the null condition too
-            cond = self.teacher.drop_condition(cond, self._rand(rng, rows) < hp.cond_dropout)
+            cond = self.teacher.drop_condition(
+                cond, self._rand(rng, rows) < self.hparams.cond_dropout
+            )
+        z = self._randn(rng, rows)
+        return Draw(cond, None, z, self._sigma(rng, rows), self._randn(rng, rows))
+
+    def _fake_dsms(self, draws: list[Draw]) -> list[Tensor]:
+        """The per-sample DSM of each of `draws`, in one call of each network (`joined`)."""
+        cond, _, z, sigma, eps = joined(draws)
         with torch.no_grad():
-            x_g = self.generator(self._randn(rng, rows), cond)  # (B, C, H, W)
-        sigma = self._sigma(rng, rows)  # (B,)
-        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng, rows)
+            x_g = self.generator(z, cond)  # (B, C, H, W)
+        x = x_g + sigma.view(-1, 1, 1, 1) * eps
         fake_cond = self.conditions.for_role(cond, "fake_train")
-        x0_hat = self.fake_score.guided(x, sigma, fake_cond, hp.fake_train_guidance)
-        return fake_score_loss(x0_hat, x_g, sigma)
+        x0_hat = self.fake_score.guided(x, sigma, fake_cond, self.hparams.fake_train_guidance)
+        return list(fake_score_loss(x0_hat, x_g, sigma).split([len(d.z) for d in draws]))
 
     def _generator_term(
         self, cond: Any, teacher_cond: Any, rng: torch.Generator, rows: int | None = None
     ) -> Tensor:
+        """The per-sample generator loss on `rows` samples under `cond`, the teacher at
+        `teacher_cond`."""
+        return self._generator_terms([self._generator_draw(cond, teacher_cond, rng, rows)])[0]
+
+    def _generator_draw(
+        self, cond: Any, teacher_cond: Any, rng: torch.Generator, rows: int | None = None
+    ) -> Draw:
+        """The draws of one generator term (z, σ, ε), in the stream's order."""
+        z = self._randn(rng, rows)
+        return Draw(cond, teacher_cond, z, self._sigma(rng, rows), self._randn(rng, rows))
+
+    def _generator_terms(self, draws: list[Draw]) -> list[Tensor]:
+        """The per-sample generator loss of each of `draws`, in one call of each network."""
         hp = self.hparams
-        x_g = self.generator(self._randn(rng, rows), cond)  # (B, C, H, W), with grad
-        sigma = self._sigma(rng, rows)
-        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng, rows)
+        cond, teacher_cond, z, sigma, eps = joined(draws)
+        x_g = self.generator(z, cond)  # (B, C, H, W), with grad
+        x = x_g + sigma.view(-1, 1, 1, 1) * eps
         teacher_cond = self.conditions.for_role(teacher_cond, "teacher")
         fake_cond = self.conditions.for_role(cond, "fake_eval")
         x0_hat_teacher = self.teacher.guided(x, sigma, teacher_cond, hp.teacher_guidance)
         x0_hat_fake = self.fake_score.guided(x, sigma, fake_cond, hp.fake_eval_guidance)
-        return generator_loss(x0_hat_teacher, x0_hat_fake, x_g, hp.alpha)
-
-    @torch.no_grad()
-    def update_ema(self, step: int) -> None:
-        """ema ← decay·ema + (1 − decay)·generator (buffers copied), after the generator's update
-        of iteration `step` (1 for the first of this fit; the decay: `ema_decay_at`).
-
-        Own code rather than torch's `AveragedModel`: the update is the same single
-        `_foreach_lerp_`, while the EMA generator stays a plain `OneStepGenerator` that callbacks
-        sample, exports ship and checkpoints hold as `ema.*`. The step is the trainer's
-        `global_step`, which a resumed run restores, so a resumed power-function EMA continues
-        bit-identically. In the shared base the EMA adapter averages the generator adapter's
-        merged updates B·A (`SharedBase.average_into`), as full copies average the weights.
-        """
-        if self.ema is None:
-            return
-        if self.ema_restart is not None:  # the average of the iterates since the restart
-            start, power = self.ema_restart
-            decay = ema_decay_at(step - start + 1, self.hparams.ema_decay, power)
-        else:
-            decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.get("ema_power"))
-        ema_params, params, ema_buffers, buffers = self._ema_tensors()
-        ema, live = self.ema.denoiser, self.generator.denoiser
-        if isinstance(ema, AdapterView) and isinstance(live, AdapterView):
-            # the average of the merged updates B·A, not of each factor (shared base)
-            ema.shared.average_into(ema.adapter_name, live.adapter_name, 1.0 - decay)
-        else:
-            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        if buffers:
-            torch._foreach_copy_(ema_buffers, buffers)
-
-    def _ema_tensors(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """The EMA's and the generator's parameters and buffers, in matching order.
-
-        Kept between iterations instead of walking both module trees twice each time: rebuilt
-        when a network is replaced, when anything was registered into either since
-        (`structure_version`) and after `_apply` (`.to()` / `.half()` of this module replace
-        buffers). No grad is recorded (`update_ema` runs under `no_grad`), so the generator's
-        parameters are kept as they are rather than as detached views, which an assignment to
-        `param.data` would leave behind.
-        """
-        ema, generator, version = self.ema, self.generator, structure_version()
-        cached = self.__dict__.get("_ema_cache")
-        if (
-            cached is None
-            or cached[0] != version
-            or cached[1] is not ema
-            or cached[2] is not generator
-        ):
-            watch_structure(generator)
-            version = watch_structure(ema)
-            tensors = (
-                list(ema.parameters()),
-                list(generator.parameters()),
-                list(ema.buffers()),
-                list(generator.buffers()),
-            )
-            for ours, theirs, what in ((0, 1, "parameters"), (2, 3, "buffers")):
-                if len(tensors[ours]) != len(tensors[theirs]):
-                    raise RuntimeError(
-                        f"the EMA has {len(tensors[ours])} {what}, the generator "
-                        f"{len(tensors[theirs])}: they must be the same network"
-                    )
-            cached = self.__dict__["_ema_cache"] = (version, ema, generator, tensors)
-        return cached[3]
-
-    def _apply(self, fn: Any, recurse: bool = True) -> SFDModule:
-        self.__dict__.pop("_ema_cache", None)  # `.to()` replaces buffers
-        return super()._apply(fn, recurse)
+        loss = generator_loss(x0_hat_teacher, x0_hat_fake, x_g, hp.alpha)
+        return list(loss.split([len(d.z) for d in draws]))
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle, a spawned process) gets networks nobody watches
-        # (`watch_structure`): its caches of their tensors and modes are rebuilt, not carried over.
+        # (`watch_structure`): its plans of their modes are rebuilt, not carried over.
         state = super().__getstate__()
-        state.pop("_ema_cache", None)
         state["_mode_plans"] = {}
         return state
-
-    @torch.no_grad()
-    def restart_ema(self, power: float = 0.0) -> None:
-        """Restart the EMA at the generator now (after the update of iteration `global_step` = s):
-        from then on it is the power-function average (γ = `power`, capped at `ema_decay`) of the
-        iterates θ_s, θ_{s+1}, ... only, whatever the EMA's schedule before (docs/method.md §4,
-        "EMA after forgetting"; γ = 0: their plain mean). The completion rule calls it when the
-        judge first calls the concept gone. The restart point travels in the checkpoint, so a
-        resumed run continues bit-identically.
-        """
-        if self.ema is None:
-            raise SFDConfigError("restarting the EMA needs one: model.ema_decay is null")
-        check_number("EMA restart power", power, low=0)
-        self.ema_restart = (int(self.global_step), float(power))
-        ema_params, params, ema_buffers, buffers = self._ema_tensors()
-        torch._foreach_copy_(ema_params, params)
-        if buffers:
-            torch._foreach_copy_(ema_buffers, buffers)
-
-    @property
-    def export_generator(self) -> OneStepGenerator:
-        """The generator to ship: the EMA if there is one."""
-        return self.ema if self.ema is not None else self.generator
-
-    # --- plumbing -------------------------------------------------------------------------------
-
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [
-            self.fake_optimizer(self.fake_score.parameters()),
-            self.generator_optimizer(self.generator.parameters()),
-        ]
-
-    def configure_model(self) -> None:
-        # A sharding strategy (sfd.training.fsdp) shards the networks here, before the optimizers.
-        shard = getattr(self.trainer.strategy, "shard_networks", None)
-        if shard is not None:
-            shard(self)
-
-    def on_fit_start(self) -> None:
-        guards.check_precision(self.trainer.precision)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(IterationStream(self.hparams.steps_per_epoch), batch_size=None)
-
-    def train(self, mode: bool = True) -> SFDModule:
-        super().train(mode)
-        self.teacher.eval()  # frozen networks stay in eval mode whatever Lightning toggles
-        if self.ema is not None:
-            self.ema.eval()
-        return self
-
-    def on_train_end(self) -> None:
-        self._raise_if_nonfinite()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._raise_if_nonfinite()  # no checkpoint from a run that went non-finite since its last read
-        # The teacher is reloaded from its source on resume; it never enters a checkpoint.
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-            del state[key]
-        for name in ("generator", "fake_score", "ema"):
-            network = getattr(self, name)
-            bad = None if network is None else guards.first_nonfinite_tensor(network)
-            if bad is not None:  # never overwrite a good checkpoint with broken weights
-                raise NonFiniteError(
-                    f"refusing to write a checkpoint at iteration {self.global_step}: the {name} "
-                    f"holds non-finite values in {bad!r}"
-                )
-        if self.adversarial is not None:
-            checkpoint[ADVERSARIAL_KEY] = self.adversarial.state_dict()
-        if self.ema_restart is not None:
-            checkpoint[EMA_RESTART_KEY] = list(self.ema_restart)
-        prefix = "ema.denoiser." if self.ema is not None else "generator.denoiser."
-        entry = checkpoint_entry(self.export_generator, prefix, training_record(self))
-        if entry is not None:
-            checkpoint[GENERATOR_SPEC_KEY] = entry
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        stored = [k for k in state if k.startswith(TEACHER_PREFIX)]
-        if stored:
-            raise SFDConfigError(
-                f"checkpoint holds teacher tensors ({stored[0]}, ...); sfd checkpoints never do"
-            )
-        for key, value in self.teacher.state_dict().items():
-            state[TEACHER_PREFIX + key] = value
-        if self.adversarial is not None:
-            self.adversarial.load_state_dict(checkpoint.get(ADVERSARIAL_KEY), self._world_size)
-        restart = checkpoint.get(EMA_RESTART_KEY)
-        self.ema_restart = None if restart is None else (int(restart[0]), float(restart[1]))
-
-    @property
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
 
     def _stream(self, phase: int) -> torch.Generator:
         """A random stream that depends only on (seed, iteration, phase): identical on every rank.
@@ -497,149 +380,9 @@ class SFDModule(pl.LightningModule):
         n = (self.hparams.batch_size if rows is None else rows) * self._world_size
         return self._rank_slice(self.sigma_sampler.sample(n, rng, self.teacher.sigma_table), rows)
 
-    def _maybe(self, weight: float, term: Callable[[], Tensor]) -> Tensor:
-        """A loss term, skipped (zero, no compute) when its weight is zero."""
-        return term() if weight != 0 else torch.zeros(1, device=self.device)
-
     def _modes(self, generator: bool, fake_score: bool) -> None:
         """`self.generator.train(generator)`, then `self.fake_score.train(fake_score)`, from cached
         plans (`set_training_mode`: no walk of the module trees on each of the iteration's four
         switches)."""
         set_training_mode(self.generator, generator, self._mode_plans)
         set_training_mode(self.fake_score, fake_score, self._mode_plans)
-
-    @contextmanager
-    def _toggled(self, optimizer: Any) -> Iterator[None]:
-        """Only `optimizer`'s parameters require grad inside the block.
-
-        What Lightning's `toggle_optimizer` / `untoggle_optimizer` do (every parameter of the
-        other optimizers that is not also `optimizer`'s stops requiring grad; each is put back
-        as it was afterwards; `optimizer`'s own are left as they are), at a third of the cost:
-        parameters are keyed by `id` rather than `Tensor.__hash__`, a Python call each, and only
-        the other optimizers' parameters are touched.
-        """
-        current = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer's own
-        seen = {id(p) for group in current.param_groups for p in group["params"]}
-        frozen = []
-        for other in self.trainer.optimizers:
-            if other is current:
-                continue
-            for group in other.param_groups:
-                for param in group["params"]:
-                    if id(param) not in seen:
-                        seen.add(id(param))
-                        frozen.append((param, param.requires_grad))
-        for param, _ in frozen:
-            param.requires_grad = False
-        try:
-            yield
-        finally:
-            for param, requires_grad in frozen:
-                param.requires_grad = requires_grad
-
-    def _update(
-        self, optimizer: Any, network: str, terms: LossTerms, counts_as_iteration: bool
-    ) -> None:
-        names = {"remain": terms.remain.reshape(()), "forget": terms.forget.reshape(())}
-        self._watch.loss_terms(network, names, self.global_step)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(
-            terms.total
-        )  # gradients checked and clipped in on_before_optimizer_step
-        if counts_as_iteration:
-            optimizer.step()
-        else:
-            step_without_counting(optimizer)
-
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        # Runs inside the precision plugin's optimizer step: after a 16-mixed gradient scaler
-        # unscaled the gradients (clipping scaled ones would clip at value·scale), after the
-        # distributed average, before the step. Both networks' steps pass through here.
-        network = ("fake_score", "generator")[self.trainer.optimizers.index(optimizer)]
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        self._check_finite_gradients(network, grads)
-        clip = (
-            self.hparams.fake_grad_clip
-            if network == "fake_score"
-            else self.hparams.generator_grad_clip
-        )
-        if clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="value")
-
-    def _check_finite_gradients(self, network: str, grads: list[Tensor]) -> None:
-        """Repair and count non-finite gradient elements on the device (`guards.NonFiniteWatch`).
-
-        A few non-finite elements are replaced as the reference does (NaN -> 0, ±inf -> ±1e5) and
-        counted; `nonfinite_grads/<network>` logs how many so far. A wholly non-finite update is
-        marked and stops the run at the next read-back (`_raise_if_nonfinite`). With a 16-mixed
-        gradient scaler, overflow is its business: it skips the step and lowers the scale.
-        """
-        if not self._scaler_active:
-            self._watch.gradients(network, grads, self.global_step)
-
-    @property
-    def _reads_back_now(self) -> bool:
-        """Whether this iteration logs (the logger's interval, and the last iteration)."""
-        if self._trainer is None:
-            return True
-        trainer, step = self.trainer, self.global_step
-        every = trainer.log_every_n_steps
-        return (every > 0 and step % every == 0) or 0 < trainer.max_steps <= step
-
-    def _raise_if_nonfinite(self, log: bool = False) -> None:
-        """Read the non-finite watch back (one sync) and stop the run if a loss term or a whole
-        update went non-finite since the start; all ranks agree.
-
-        Read when the run logs, saves a checkpoint and ends: the iterations in between cost no
-        sync, and a broken run is stopped before any checkpoint or export is written from it (its
-        weights stay finite meanwhile: every bad gradient element is repaired).
-        """
-        report = self._watch.report()
-        failure = guards.NonFiniteWatch.first_failure(report)
-        broken = failure is not None
-        if self._trainer is not None:
-            broken = self.trainer.strategy.reduce_boolean_decision(broken, all=False)
-        if broken:
-            iteration, what = failure if failure is not None else (-1, "non-finite values")
-            where = f" at iteration {iteration}" if iteration >= 0 else " on another rank"
-            raise NonFiniteError(
-                f"{what}{where}; training stopped at iteration {self.global_step}, before any "
-                f"checkpoint was written from it. {self._last_checkpoint()}"
-            )
-        if log:
-            for network in ("fake_score", "generator"):
-                count = float(report.get(f"replaced:{network}", 0))
-                self.log(f"nonfinite_grads/{network}", count, on_step=True, on_epoch=False)
-
-    @property
-    def _scaler_active(self) -> bool:
-        return getattr(self.trainer.precision_plugin, "scaler", None) is not None
-
-    def _last_checkpoint(self) -> str:
-        """Where the last good checkpoint is, for error messages."""
-        callbacks = self.trainer.checkpoint_callbacks if self._trainer is not None else []
-        paths = [  # a path the callback recorded before a refused save does not exist
-            path
-            for callback in callbacks
-            for path in (
-                getattr(callback, "last_model_path", ""),
-                getattr(callback, "best_model_path", ""),
-            )
-            if path and get_filesystem(path).exists(path)
-        ]
-        return f"The last good checkpoint is {paths[0]}." if paths else "No checkpoint was written."
-
-    def _log_terms(self, name: str, terms: LossTerms) -> None:
-        # Every term is logged; the totals also show in the progress bar. They oscillate around
-        # zero by construction (docs/method.md §4): read them with the samples, not as convergence.
-        # Read back as plain numbers here (one sync, on a log step): Lightning turns progress-bar
-        # tensors into numbers after every batch, which would be a sync per iteration on a GPU.
-        named = vars(terms)
-        values = torch.stack([v.detach().reshape(()) for v in named.values()]).tolist()
-        for key, value in zip(named, values, strict=True):
-            self.log(
-                f"{name}/{key}",
-                value,
-                batch_size=self.hparams.batch_size,
-                prog_bar=key == "total",
-            )

@@ -28,9 +28,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from sfd.core.module_hooks import TEACHER_PREFIX
 from sfd.errors import SFDConfigError
 
-FROZEN_PREFIXES = ("teacher.",)  # module state never broadcast (loaded identically on every rank)
+# module state never broadcast (loaded identically on every rank)
+FROZEN_PREFIXES = (TEACHER_PREFIX,)
 
 
 class AlternatingDDPStrategy(DDPStrategy):

@@ -15,7 +15,7 @@ from text_fixtures import save_tiny_bert
 
 from sfd.apps.data.captions import DIGITS_VOCABULARY
 from sfd.apps.data.images import load_digits
-from sfd.apps.harness.text_evaluation import flow_prompt_encoder, flow_teacher, teacher_model
+from sfd.apps.harness.text_folders import flow_prompt_encoder, flow_teacher, teacher_model
 from sfd.apps.teachers.flow_text import (
     CLIP_LENGTH,
     CLIP_WIDTH,

@@ -535,6 +535,49 @@ CASES: list[Case] = [
     ("demo-attack-objective-unknown", lambda w, o: demo(w, o, "--attack-objective", "x"), "--attack-objective 'x'"),
     ("demo-text-attack-objective-unknown",
      lambda w, o: demo(w, o, "--attack-objective", "judge", verb="demo-text"), "--attack-objective 'judge'"),
+    # options that only an attack (or the revival test) reads, given without one: refused, not ignored
+    ("eval-text-attacker-classifier-without-attack",
+     lambda w, o: concepts(w, o, "--attack-objective", "transfer", "--attacker-classifier", str(w / "clf")),
+     "is read only with --attack; give --attack or leave --attacker-classifier out"),
+    ("eval-attacker-classifier-without-attack",
+     lambda w, o: evaluate(w, o, "--attack-objective", "both", "--attacker-classifier", str(w / "clf")),
+     "is read only with --attack; give --attack or leave --attacker-classifier out"),
+    ("eval-text-attack-objective-without-attack",
+     lambda w, o: concepts(w, o, "--attack-objective", "transfer"),
+     "--attack-objective 'transfer' is read only with --attack"),
+    ("eval-attack-objective-abbreviated-without-attack",
+     lambda w, o: evaluate(w, o, "--attack-obj=white-box"), "--attack-objective 'white-box' is read only with --attack"),
+    ("eval-attack-steps-without-attack",
+     lambda w, o: evaluate(w, o, "--attack-steps", "5"), "--attack-steps 5 is read only with --attack"),
+    ("eval-text-attack-prompts-without-attack",
+     lambda w, o: concepts(w, o, "--attack-prompts", "1"), "--attack-prompts 1 is read only with --attack"),
+    ("eval-text-cache-without-attack",
+     lambda w, o: concepts(w, o, "--cache", str(o.parent / "c")), "is read only with --attack; give --attack or leave --cache out"),
+    ("eval-cache-under-white-box",
+     lambda w, o: evaluate(w, o, "--attack", "--cache", str(o.parent / "c")),
+     "is read only by a transfer attack's trained attacker classifier; give --attack-objective transfer or both"),
+    ("eval-text-cache-beside-attacker-classifier",
+     lambda w, o: concepts(w, o, "--attack", "--attack-objective", "transfer", "--attacker-classifier",
+                           str(w / "clf"), "--cache", str(o.parent / "c")),
+     "is read only when the attacker classifier is trained; give no --attacker-classifier or leave --cache out"),
+    ("eval-text-revival-images-without-revival",
+     lambda w, o: concepts(w, o, "--revival-images", "3"), "--revival-images 3 is read only with --revival"),
+    ("eval-revival-lr-without-revival",
+     lambda w, o: evaluate(w, o, "--revival-lr", "0.1"), "--revival-lr 0.1 is read only with --revival"),
+    ("demo-attack-steps-with-no-attack",
+     lambda w, o: demo(w, o, "--no-attack", "--attack-steps", "3"),
+     "--attack-steps 3 is read only by the attack, which --no-attack skips; drop --no-attack"),
+    ("demo-attack-objective-with-no-attack",
+     lambda w, o: demo(w, o, "--no-attack", "--attack-objective", "transfer"),
+     "--attack-objective 'transfer' is read only by the attack, which --no-attack skips"),
+    ("demo-text-revival-batch-without-revival",
+     lambda w, o: demo(w, o, "--revival-batch", "2", verb="demo-text"), "--revival-batch 2 is read only with --revival"),
+    ("eval-text-top-k-without-discrete",
+     lambda w, o: concepts(w, o, "--attack", "soft", "--attack-top-k", "4"),
+     "--attack-top-k 4 is read only by the discrete attack; --attack soft has none"),
+    ("demo-text-lr-without-soft",
+     lambda w, o: demo(w, o, "--attack", "discrete", "--attack-lr", "0.1", verb="demo-text"),
+     "--attack-lr 0.1 is read only by the soft attack; --attack discrete has none"),
     ("eval-text-revival-negative", lambda w, o: concepts(w, o, "--revival", "-5"), "revival steps=-5"),
     ("eval-text-revival-images-zero",
      lambda w, o: concepts(w, o, "--revival", "4", "--revival-images", "0"), "revival images=0"),
@@ -812,7 +855,7 @@ def test_eval_takes_classes_by_index_or_by_the_data_set_s_names() -> None:
 def test_a_class_s_own_refusal_inside_jsonargparse_is_one_line() -> None:
     """jsonargparse wraps what a constructor raises (e.g. in a Union's "Does not validate");
     `sfd fit` hands the user the constructor's own `SFDConfigError`."""
-    from sfd.training.cli import _user_mistake_inside
+    from sfd.training.run_cli import _user_mistake_inside
 
     mistake = SFDConfigError("LoRA rank=0 must be at least 1")
     try:

@@ -96,7 +96,7 @@ def test_class_names_resolve_in_one_place() -> None:
 def test_eval_text_takes_class_names(monkeypatch) -> None:
     """`sfd eval-text ... --classifier` hands --forget / --override on as given (resolved later
     against the --real data set's class names, as `sfd demo-text` does)."""
-    from sfd.apps.harness import text_evaluation
+    from sfd.apps.harness import concept_run
 
     seen = {}
 
@@ -104,7 +104,7 @@ def test_eval_text_takes_class_names(monkeypatch) -> None:
         seen.update(forget=settings.forget, override=settings.override)
         raise SFDConfigError("stop")
 
-    monkeypatch.setattr(text_evaluation, "run_concept_evaluation", fake_run)
+    monkeypatch.setattr(concept_run, "run_concept_evaluation", fake_run)
     argv = ["eval-text", "m", "--classifier", "c", "--forget-prompts", "f", "--remain-prompts",
             "r", "--forget", "seven", "--override", "1", "--output-dir", "o"]  # fmt: skip
     assert main(argv) == 2

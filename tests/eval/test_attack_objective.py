@@ -275,7 +275,7 @@ def test_eval_refuses_before_training_the_attacker(digits_judges, tiny_teacher_d
 
 def test_eval_text_refuses_before_training_the_attacker(digits_judges, tmp_path):
     """`sfd eval-text`: a bad prompt file is refused before the attacker classifier trains."""
-    from sfd.apps.harness.text_evaluation import ConceptEvalSettings, run_concept_evaluation
+    from sfd.apps.harness.concept_run import ConceptEvalSettings, run_concept_evaluation
 
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 seven\n".encode("latin-1"))

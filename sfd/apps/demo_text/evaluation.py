@@ -3,8 +3,8 @@ revival test.
 
 The teacher runs as `StableDiffusionTeacher` under guided DDIM (or, a flow-matching teacher, as
 `SD3Teacher` under its guided flow Euler sampler), the generators as the exported
-`OneStepTextPipeline` (`OneStepSD3Pipeline`) folders reloaded from disk, all through `sfd.apps.harness.text_evaluation`, the
-code behind `sfd eval-text`.
+`OneStepTextPipeline` (`OneStepSD3Pipeline`) folders reloaded from disk, all through
+`sfd.apps.harness.text_folders` and `sfd.apps.harness.text_evaluation`, the code behind `sfd eval-text`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from sfd.apps.harness.text_evaluation import (
     ConceptProtocol,
     attack_suite,
     evaluate_model,
-    exported_model,
     revival_test,
-    teacher_model,
     text_library_versions,
 )
+from sfd.apps.harness.text_folders import exported_model, teacher_model
 from sfd.eval.attack_budget import attack_objectives
 from sfd.eval.classifier import Classifier
 from sfd.eval.concepts import generate_for_prompts, nearest_classes

@@ -41,7 +41,7 @@ from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.settings import check_average_after
 from sfd.apps.harness.stages import stage_one, stage_two_label, train_sfd
-from sfd.apps.harness.text_evaluation import teacher_encoder, teacher_vae
+from sfd.apps.harness.text_folders import teacher_encoder, teacher_vae
 from sfd.apps.harness.workspace import (
     cached_attacker_classifier,
     cached_classifier,
