@@ -372,6 +372,80 @@ def targets_table(targets: dict[str, dict[str, Any]]) -> str:
     )
 
 
+# The flow page's missed targets: what was tried for each, on other results pages (shown under the
+# targets table for a target that a set-up misses).
+FLOW_TRIED = {
+    "soft_attack_at_most_half_of_no_forgetting": (
+        "adversarial SFD (`--adversarial`, the adversarial_sfd row of a set-up that ran it); "
+        "its settings (pool refresh, inner steps and rows, rows that start from remain "
+        "prompts, `model.adversarial.remain_starts`) on "
+        "[Adversarial SFD, flow teacher: attacks from any prompt](flow_robust.md); what the inner "
+        "attack finds against the plain SFD generator on "
+        "[Adversarial SFD diagnosis, flow teacher](flow_adversarial_diagnosis.md); why the attack "
+        "reaches the concept from any prompt: [where the attack starts](attack_reach.md) and "
+        "docs/method.md §5"
+    ),
+    "ua_train_at_least_99": (
+        "the completion rule's data-free judge (it stops stage 2) against the evaluation "
+        "classifier on this teacher's sneaker and sandal samples, level by level, on "
+        "[The judge, level by level](judge_levels.md); the classifier's UA ceiling for the "
+        "Fashion-MNIST pairs (real override images it reads as the forget class) on "
+        "[Evaluation classifiers](classifier.md)"
+    ),
+    "ua_paraphrases_at_least_95": "as for ua_train_at_least_99",
+    "fid_at_most_1.5x_teacher": (
+        "for adversarial SFD, its settings (among them the posterior weight and "
+        "`model.adversarial.remain_starts`) and the remain FID of each on "
+        "[Adversarial SFD, flow teacher: attacks from any prompt](flow_robust.md)"
+    ),
+}
+
+
+def targets_summary(setups: list[dict[str, Any]], family: str = "sd3") -> str:
+    """The flow page's first section: every set-up's targets, met or missed, per SFD model, and
+    what was tried for the missed ones (`FLOW_TRIED`)."""
+    names = list(
+        dict.fromkeys(n for r in setups for t in model_targets(r, family).values() for n in t)
+    )
+    rows, missed = [], {}
+    for r in setups:
+        tuned = "no" if SETUPS[r["setup"]][3] else "yes"
+        for model, targets in model_targets(r, family).items():
+            cells = []
+            for name in names:
+                t = targets.get(name)
+                if t is None or t["met"] is None:
+                    cells.append("not measured" if t else None)
+                    continue
+                cells.append(f"{'yes' if t['met'] else '**no**'} ({t['value']:.3f})")
+                if not t["met"]:
+                    missed.setdefault(name, []).append(f"{r['setup']} ({model})")
+            rows.append((r["setup"], tuned, model, *cells))
+    lines = [
+        "Each target of each set-up below, met or missed (value as in its section's table); "
+        "'tuned on': whether the demo's settings were tuned on that concept pair and "
+        "paraphrase set.",
+        "",
+        markdown_table(("set-up", "tuned on", "model", *names), rows),
+    ]
+    if missed:
+        lines += ["", "Missed:", ""]
+        for name, where in missed.items():
+            tried = f" Tried: {FLOW_TRIED[name]}." if name in FLOW_TRIED else ""
+            lines.append(f"- {name}: {', '.join(where)}.{tried}")
+    return "\n".join(lines)
+
+
+def model_targets(r: dict[str, Any], family: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """A set-up's targets per SFD model ("sfd", and "adversarial_sfd" when it ran), checked now
+    on the recorded numbers as its section's tables are (`text_targets`)."""
+    return {
+        model: text_targets(r["models"], family, model)
+        for model in ("sfd", "adversarial_sfd")
+        if model in r["models"]
+    }
+
+
 def markdown(results: list[dict], family: str = "unet") -> str:
     """benchmark.md: one section per set-up."""
     lines = ["# Text-to-image concept-forgetting benchmark", ""]
@@ -386,6 +460,15 @@ def write_results_page(
     """docs/results/text.md (flow_text.md for the flow teacher) from a benchmark.json record."""
     family = record["run"].get("family", "unet")
     flow = family == "sd3"
+    sections = {r["setup"]: setup_section(r, family) for r in record["setups"]}
+    if flow:
+        sections = {"Issue 20's targets": targets_summary(record["setups"], family), **sections}
+    if "page_command" in record:
+        first = next(iter(sections))
+        sections[first] = (
+            f"This page was put together by `{record['page_command']}` (each set-up's numbers "
+            "from the record named in its section).\n\n" + sections[first]
+        )
     return write_page(
         "flow_text" if flow else "text",
         "Text-to-image concept forgetting on a flow-matching teacher (`sfd demo-text --family sd3`)"
@@ -394,7 +477,7 @@ def write_results_page(
         record["run"]["command"],
         json_file,
         record,
-        {r["setup"]: setup_section(r, family) for r in record["setups"]},
+        sections,
         results_dir,
     )
 
@@ -454,6 +537,8 @@ def main(argv: list[str] | None = None) -> None:
         record = read_record(options.page_from)
         record["setups"] = replaced_setups(record, options.replace)
         record["setups"] += merged_setups(record, options.merge)
+        if options.replace or options.merge:  # the page is no longer the record's alone
+            record["page_command"] = command_line(__file__, argv)
         print(write_results_page(record, options.page_from))
         return
     extra = [a for a in extra if a != "--"]

@@ -1462,6 +1462,52 @@ def test_a_set_up_measured_again_replaces_its_section_in_place(results_dir) -> N
         module.main(["--replace", "runs/c.json", "--no-page"])
 
 
+def test_flow_page_opens_with_every_targets_verdict_and_what_was_tried(results_dir) -> None:
+    """The flow page's first section: each set-up's targets per SFD model (tuned on or not),
+    checked on the recorded numbers, the missed ones listed with the pages of what was tried; the
+    command that put a merged page together is on it. The UNet page has no such section."""
+    module = importlib.import_module("text_benchmark")
+    digits = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    untuned = flow_text_record("python experiments/text_benchmark.py --family sd3 --only u")
+    untuned["setups"][0]["setup"] = "digits-untuned"
+    del untuned["setups"][0]["adversarial"]
+    del untuned["setups"][0]["models"]["adversarial_sfd"]
+    untuned["setups"][0]["models"]["sfd"]["ua"] = 0.88
+    untuned["setups"][0]["models"]["sfd"]["fid_remain"] = 0.2  # 2x the teacher's
+    results_page.save_record(digits, "runs/a.json")
+    results_page.save_record(untuned, "runs/b.json")
+    module.main(["--page-from", "runs/a.json", "--merge", "runs/b.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    summary = text[text.index("## Issue 20's targets") : text.index("## digits\n")]
+    assert (
+        "This page was put together by `python experiments/text_benchmark.py --page-from "
+        "runs/a.json --merge runs/b.json`" in summary
+    )
+    assert "| set-up | tuned on | model | ua_train_at_least_99 | ua_paraphrases_at_least_95 |" in (
+        summary
+    )
+    rows = [line for line in summary.splitlines() if line.startswith("| digits")]
+    assert rows[0].startswith("| digits | yes | sfd | yes (0.990) | yes (0.970) |")
+    assert rows[0].endswith("| yes (1.230) | **no** (0.750) |")  # FID 1.23x; attack 0.6 / 0.8
+    assert rows[1].startswith("| digits | yes | adversarial_sfd | yes (0.990) |")
+    assert rows[1].endswith("| yes (0.375) |")
+    assert rows[2].startswith("| digits-untuned | no | sfd | **no** (0.880) |")
+    assert rows[2].endswith("| **no** (2.000) | **no** (0.750) |")
+    missed = summary[summary.index("Missed:") :]
+    assert "- soft_attack_at_most_half_of_no_forgetting: digits (sfd), digits-untuned (sfd). " in (
+        missed
+    )
+    assert "(flow_robust.md)" in missed and "(flow_adversarial_diagnosis.md)" in missed
+    assert "- ua_train_at_least_99: digits-untuned (sfd). Tried:" in missed
+    assert "(judge_levels.md)" in missed and "(classifier.md)" in missed
+    assert "- fid_at_most_1.5x_teacher: digits-untuned (sfd). Tried:" in missed
+    module.main(["--page-from", "runs/a.json"])  # the record's own page: its own command
+    assert "put together" not in (results_dir / "flow_text.md").read_text()
+    results_page.save_record(text_record("python experiments/text_benchmark.py"), "runs/c.json")
+    module.main(["--page-from", "runs/c.json"])
+    assert "Issue 20's targets" not in (results_dir / "text.md").read_text()
+
+
 def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
     """A long run records the commit its subprocesses started with, not the one at its end."""
     started = {"hash": "0123abc", "dirty": False}
