@@ -23,7 +23,11 @@ from sfd.apps.harness.text_evaluation import (
     revival_test,
     text_library_versions,
 )
-from sfd.apps.harness.text_folders import is_exported_generator, load_text_model
+from sfd.apps.harness.text_folders import (
+    is_exported_generator,
+    load_text_model,
+    text_model_index,
+)
 from sfd.errors import SFDConfigError, check_guidance, check_number
 from sfd.eval.attack_budget import RevivalBudget, attack_objectives, checked_objectives
 from sfd.eval.attacks import ATTACKS
@@ -31,6 +35,7 @@ from sfd.eval.concepts import PromptSet
 from sfd.eval.revival import revival_images
 from sfd.folders import check_writable_folder
 from sfd.images import LabelledImages
+from sfd.teachers.text_encoder import tokenize_with_room
 
 
 def folder_digest(folder: str | Path) -> str:
@@ -120,6 +125,7 @@ class ConceptEvalSettings:
                 f"--attacker-classifier {str(self.attacker_classifier)!r} is not a saved "
                 "classifier (no config.json)"
             )
+        text_model_index(self.model)
         check_writable_folder(self.output_dir, "--output-dir")
 
     def needs_attacker(self) -> bool:
@@ -201,6 +207,12 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         raise SFDConfigError(
             f"--attack needs a model with a text encoder; {settings.model} has none"
         )
+    counts = [getattr(budget, "num_tokens", 0) for budget in settings.attacks.values()]
+    if settings.attacks and max(counts):  # the attacks would find out after the evaluation
+        encoder = model.encoder
+        length = getattr(getattr(encoder, "denoiser", None), "max_sequence_length", None)
+        for prompt in protocol.forget_train.prompts[: settings.attack_prompts]:
+            tokenize_with_room(encoder.tokenizer, prompt, max(counts), length, "--attack-tokens")
     # the attacker classifier (trained for minutes) once every cheap check has passed
     attacker, attacker_entry = (
         concept_attacker(settings, classifier, train, heldout)

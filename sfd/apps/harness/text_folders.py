@@ -39,16 +39,37 @@ from sfd.teachers.stable_diffusion import StableDiffusionTeacher, load_text_enco
 TEACHER_GUIDANCE = 1.25  # the teacher_guidance of sfd/apps/demo_text/sfd_text_*.yaml
 
 
+# model_index.json classes of class-conditional folders: an export, a teacher (`sfd eval` takes them)
+CLASS_PIPELINES = ("OneStepPipeline", "DDPMPipeline")
+
+
+def text_model_index(folder: str | Path) -> dict[str, Any]:
+    """The model_index.json of a text-to-image folder; a class-conditional one, or a folder
+    without one, is refused in one line before anything loads."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
+    try:
+        config = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SFDConfigError(f"{str(index)!r} is not valid JSON ({error})") from error
+    name = pipeline_class_name(config)
+    if name in CLASS_PIPELINES:
+        raise SFDConfigError(
+            f"{str(folder)!r} holds a class-conditional model ({name}); sfd eval-text takes "
+            f"text-to-image models: evaluate it with sfd eval {str(folder)} --classifier DIR "
+            "--forget CLASS"
+        )
+    return config
+
+
 def is_exported_generator(folder: str | Path) -> bool:
     """Whether a folder holds an exported one-step text pipeline (else: a teacher).
 
     A flow export names the stock class (StableDiffusion3Pipeline, FluxPipeline), as a teacher
     folder does; the export alone carries the one-step settings block.
     """
-    index = Path(folder) / "model_index.json"
-    if not index.is_file():
-        raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
-    config = json.loads(index.read_text())
+    config = text_model_index(folder)
     name = pipeline_class_name(config)
     return name == OneStepTextPipeline.__name__ or (
         name in FLOW_PIPELINES and SETTINGS_KEY in config
