@@ -135,7 +135,8 @@ class SFDLightningCLI(RunCLI):
     def before_fit(self) -> None:
         # The estimate of the run's memory per device, and a run that cannot fit refused, before
         # any checkpoint is read or anything is written.
-        check_run_memory(self.model, self.trainer)
+        with self._held_lines:  # said with the rest once the checkpoint is checked too
+            check_run_memory(self.model, self.trainer)
         super().before_fit()
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
