@@ -7,21 +7,19 @@ so any `torch.load` that does not pass `weights_only=True` itself would run the 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
-import logging
 import math
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, fit_args, save_tiny_teacher
+from conftest import CONFIGS, fit_args, lightning_logs_to_stderr, save_tiny_teacher
 from safetensors.torch import load_file, save_file
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
@@ -780,25 +778,6 @@ SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it ch
     "fit-hub-unreachable": _hub_unreachable,
     "fit-sd-hub-unreachable": _hub_unreachable,
 }
-
-
-@contextlib.contextmanager
-def lightning_logs_to_stderr() -> Iterator[None]:
-    """Lightning's log handlers write to the stderr of the moment the test collected them (pytest's
-    own capture): point them at the current one, so that `capfd` sees "Seed set to 0" and the rest
-    as a user's terminal does."""
-    handlers = [
-        handler
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric")
-        for handler in logging.getLogger(name).handlers
-        if type(handler) is logging.StreamHandler  # not pytest's own capture handlers
-    ]
-    streams = [handler.setStream(sys.stderr) for handler in handlers]
-    try:
-        yield
-    finally:
-        for handler, stream in zip(handlers, streams, strict=True):
-            handler.setStream(stream)
 
 
 # Cases refused only once a pipeline has loaded (its loading bars come first): known gaps.
