@@ -11,7 +11,7 @@ from typing import Any
 
 from sfd.cli.common import run_quietly, usable_device
 from sfd.errors import SFDConfigError, check_guidance, check_number
-from sfd.folders import check_writable_folder
+from sfd.folders import check_writable_folder, text_model_index
 
 
 def run(args: list[str]) -> None:
@@ -39,23 +39,26 @@ def run(args: list[str]) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     options = parser.parse_args(args)
-    with run_quietly(not options.no_progress):  # also the libraries' loading bars
-        _evaluate_prompts(options)
-
-
-def _evaluate_prompts(options: argparse.Namespace) -> None:
-    """`sfd eval-text --prompts`: check, generate the set, score it, write metrics.json."""
     for name in ("num_per_prompt", "batch_size"):
         if getattr(options, name) < 1:
             raise SFDConfigError(f"--{name.replace('_', '-')}={getattr(options, name)} must be ≥ 1")
     check_guidance("--guidance-scale", options.guidance_scale)
     check_number("--nudenet-threshold", options.nudenet_threshold, low=0, high=1)
-    from sfd.apps.harness.text_folders import text_model_index
-
-    text_model_index(options.generator)
+    if not (Path(options.generator) / "model_index.json").is_file():
+        raise SFDConfigError(
+            f"{options.generator!r} is not an exported generator folder (no model_index.json)"
+        )
+    text_model_index(options.generator)  # a class model: pointed to sfd eval before it loads
     if not Path(options.prompts).is_file():
         raise SFDConfigError(f"prompt file {options.prompts!r} does not exist")
     check_writable_folder(options.output_dir, "--output-dir")
+    with run_quietly(not options.no_progress):  # also the libraries' loading bars
+        _evaluate_prompts(options)
+
+
+def _evaluate_prompts(options: argparse.Namespace) -> None:
+    """`sfd eval-text --prompts` once the cheap checks have passed: generate the set, score it,
+    write metrics.json."""
     from sfd.core.guards import check_finite_weights
     from sfd.eval.text import (
         clip_score_of_set,

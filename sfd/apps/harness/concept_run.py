@@ -23,17 +23,13 @@ from sfd.apps.harness.text_evaluation import (
     revival_test,
     text_library_versions,
 )
-from sfd.apps.harness.text_folders import (
-    is_exported_generator,
-    load_text_model,
-    text_model_index,
-)
+from sfd.apps.harness.text_folders import is_exported_generator, load_text_model
 from sfd.errors import SFDConfigError, check_guidance, check_number
 from sfd.eval.attack_budget import RevivalBudget, attack_objectives, checked_objectives
 from sfd.eval.attacks import ATTACKS
 from sfd.eval.concepts import PromptSet
 from sfd.eval.revival import revival_images
-from sfd.folders import check_writable_folder
+from sfd.folders import check_writable_folder, text_model_index
 from sfd.images import LabelledImages
 from sfd.teachers.text_encoder import tokenize_with_room
 

@@ -10,7 +10,6 @@ has one.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from sfd.eval.text_models import (
     vae_decoder,
     vae_encoder,
 )
-from sfd.folders import pipeline_class_name
+from sfd.folders import pipeline_class_name, text_model_index
 from sfd.pipelines.io import load_pipeline
 from sfd.pipelines.one_step import SETTINGS_KEY
 from sfd.pipelines.one_step_flow import FLOW_PIPELINES, OneStepFlowSampling
@@ -37,30 +36,6 @@ from sfd.teachers import SD3Teacher
 from sfd.teachers.stable_diffusion import StableDiffusionTeacher, load_text_encoder, model_index
 
 TEACHER_GUIDANCE = 1.25  # the teacher_guidance of sfd/apps/demo_text/sfd_text_*.yaml
-
-
-# model_index.json classes of class-conditional folders: an export, a teacher (`sfd eval` takes them)
-CLASS_PIPELINES = ("OneStepPipeline", "DDPMPipeline")
-
-
-def text_model_index(folder: str | Path) -> dict[str, Any]:
-    """The model_index.json of a text-to-image folder; a class-conditional one, or a folder
-    without one, is refused in one line before anything loads."""
-    index = Path(folder) / "model_index.json"
-    if not index.is_file():
-        raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
-    try:
-        config = json.loads(index.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SFDConfigError(f"{str(index)!r} is not valid JSON ({error})") from error
-    name = pipeline_class_name(config)
-    if name in CLASS_PIPELINES:
-        raise SFDConfigError(
-            f"{str(folder)!r} holds a class-conditional model ({name}); sfd eval-text takes "
-            f"text-to-image models: evaluate it with sfd eval {str(folder)} --classifier DIR "
-            "--forget CLASS"
-        )
-    return config
 
 
 def is_exported_generator(folder: str | Path) -> bool:
