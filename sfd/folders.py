@@ -348,6 +348,14 @@ def pipeline_class_name(index: dict[str, Any]) -> Any:
     return name[1] if isinstance(name, list) and len(name) == 2 else name
 
 
+def read_json_file(path: Path) -> Any:
+    """The content of a JSON file; one that is not JSON is refused in one line."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SFDConfigError(f"{str(path)!r} is not valid JSON ({error})") from error
+
+
 # model_index.json classes of class-conditional folders: an export, a teacher (`sfd eval` takes them)
 CLASS_PIPELINES = ("OneStepPipeline", "DDPMPipeline")
 
@@ -358,10 +366,7 @@ def text_model_index(folder: str | Path) -> dict[str, Any]:
     index = Path(folder) / "model_index.json"
     if not index.is_file():
         raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
-    try:
-        config = json.loads(index.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SFDConfigError(f"{str(index)!r} is not valid JSON ({error})") from error
+    config = read_json_file(index)
     name = pipeline_class_name(config)
     if name in CLASS_PIPELINES:
         raise SFDConfigError(

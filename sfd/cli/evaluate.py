@@ -14,7 +14,12 @@ from sfd.cli.common import (
     run_quietly,
 )
 from sfd.errors import SFDConfigError, check_integer, check_number
-from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
+from sfd.folders import (
+    check_writable_file,
+    pipeline_class_name,
+    read_json_file,
+    write_file_atomically,
+)
 
 if TYPE_CHECKING:
     from sfd.images import LabelledImages
@@ -289,10 +294,7 @@ def _classifier_config(folder: Path, flag: str = "--classifier") -> dict[str, An
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise SFDConfigError(f"{flag} {str(folder)!r} is not a saved classifier (no config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SFDConfigError(f"{str(config_file)!r} is not valid JSON ({error})") from error
+    config = read_json_file(config_file)
     if not isinstance(config, dict):
         raise SFDConfigError(f"{str(config_file)!r} holds no mapping of settings")
     missing = [key for key in CLASSIFIER_KEYS if key not in config]
