@@ -115,8 +115,8 @@ class RunCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
-        self.check_config(config)
         check_callback_settings(config)
+        self.check_config(config)
         self.check_sources(config)
         folders = list(_run_folders_of(config))
         for name, folder in folders:
