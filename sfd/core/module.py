@@ -28,7 +28,7 @@ from sfd.core.sigma import SigmaSampler
 from sfd.errors import SFDConfigError
 from sfd.teachers.adapter_io import shared_base_views
 from sfd.teachers.adapter_settings import AdapterSettings
-from sfd.teachers.base import Denoiser
+from sfd.teachers.base import GUIDANCE_SCALES, Denoiser
 
 # The names that lived here before the EMA and the Lightning hooks moved out still import from here.
 __all__ = ["EMA_RESTART_KEY", "TEACHER_PREFIX", "SFDModule", "default_adam", "ema_decay_at"]
@@ -172,12 +172,7 @@ class SFDModule(LightningHooks, GeneratorEMA):
         for name, network in (("generator", generator), ("fake_score", fake_score)):
             if network is not None:
                 guards.check_finite_weights(name, network)
-        teacher.check_guidance_scales(
-            {
-                name: self.hparams[name]
-                for name in ("teacher_guidance", "fake_train_guidance", "fake_eval_guidance")
-            }
-        )
+        teacher.check_guidance_scales({name: self.hparams[name] for name in GUIDANCE_SCALES})
         conditions.check(teacher.num_classes)
         conditions.bind(teacher)
         sigma_sampler.check(teacher.sigma_table)
