@@ -1273,6 +1273,71 @@ def test_reuse_ignores_the_adversarial_run_only_for_models_of_the_plain_run(tmp_
         assert (reason == "it was measured with adversarial_run=None, not 'adv'") is refused
 
 
+def test_included_pairs_show_each_table_under_its_own_command(results_dir, capsys) -> None:
+    """`--pair` puts another concept pair's tables on the page, headed by its name and with
+    the command that measured it; the page names the command that combined them; a class
+    record is refused in one line, exit 2, nothing written."""
+    script = importlib.import_module("attack_suite")
+    digits = attacks_adversarial_record("python experiments/attack_suite.py --run runs/d")
+    fashion = attacks_adversarial_record("python experiments/attack_suite.py --run runs/f")
+    fashion.update(data="fashion-mnist", forget=7, override=5,
+                   class_names=[f"c{i}" for i in range(5)] + ["sandal", "x", "sneaker"])  # fmt: skip
+    fashion["models"]["adversarial_sfd"]["attacks"]["soft"] = {"success_rate": 0.375}
+    results_page.save_record(digits, "runs/d.json")
+    results_page.save_record(fashion, "runs/f.json")
+    argv = ["--page-from", "runs/d.json", "--pair", "runs/f.json", "--page", "pairs"]
+    script.main(argv)
+    text = (results_dir / "pairs.md").read_text()
+    assert text.startswith("# Adversarial SFD: attack suite and revival test (text digits and "
+                           "fashion-mnist)\n")  # fmt: skip
+    lines = text.splitlines()
+    assert lines[lines.index("```bash") + 1] == "python experiments/attack_suite.py --run runs/d"
+    assert "## digits 7 → 1: Targets (adversarial SFD)" in lines
+    assert "## fashion-mnist sneaker → sandal: Targets (adversarial SFD)" in lines
+    targets = text.split("## fashion-mnist sneaker → sandal: Targets")[1]
+    assert "| adversarial SFD soft success ≤ 5 % | 37.5 % | no |" in targets
+    assert (
+        "- fashion-mnist sneaker → sandal: `python experiments/attack_suite.py --run runs/f`"
+        in text
+    )
+    assert "This page: `python experiments/attack_suite.py --page-from runs/d.json --pair " in text
+    assert "## What limits adversarial SFD" in lines
+    results_page.save_record(attacks_class_record("python x"), "runs/c.json")
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--page-from", "runs/d.json", "--pair", "runs/c.json", "--page", "other"])
+    assert stop.value.code == 2
+    assert "--pair runs/c.json" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (results_dir / "other.md").exists()
+
+
+def test_an_attack_not_run_shows_as_such(results_dir) -> None:
+    """A record measured with `--attacks soft` shows – for the discrete attack and its target as
+    not measured, never a number or a pass."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_adversarial_record("python experiments/attack_suite.py --attacks soft")
+    for entry in record["models"].values():
+        entry["attacks"].pop("discrete", None), entry["seconds"].pop("discrete", None)
+    del record["budgets"]["discrete"]
+    results_page.save_record(record, "runs/soft.json")
+    script.main(["--page-from", "runs/soft.json"])
+    lines = (results_dir / "attacks_adversarial.md").read_text().splitlines()
+    assert "| adversarial SFD discrete success ≤ 5 % | not measured | – |" in lines
+    assert "| one-step SFD | 50.0 % | – | 50.0 % | 60 / – |" in lines
+    assert "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |" in lines
+
+
+def test_a_reused_model_names_the_command_that_measured_it() -> None:
+    """A record that reused a record that itself reused names each model under its own command."""
+    script = importlib.import_module("attack_suite")
+    first = {"record": "a.json", "command": "python a", "date": "d1", "models": ["adversarial_sfd"]}
+    second = {"record": "b.json", "command": "python b", "date": "d2",
+              "models": ["sfd", "adversarial_sfd"], "reused": first}  # fmt: skip
+    note = script.reuse_note({"reused": second})
+    assert " one-step SFD: measured by `python b` (d2," in note
+    assert " one-step adversarial SFD: measured by `python a` (d1," in note
+    assert note.count("measured by") == 2
+
+
 def test_run_context_is_taken_after_measuring(monkeypatch, tmp_path: Path) -> None:
     """The page's "at the end" load is read after the measurement, "at the start" before it."""
     measured: list[bool] = []
