@@ -85,6 +85,9 @@ PAIRS = {
         "fashion-mnist", "text", "pullover", "coat", False, setup="fashion-untuned"
     ),
     "text-digits-seven-one": Pair("digits", "text", "seven", "one", True, setup="digits"),
+    "text-fashion-sneaker-sandal": Pair(
+        "fashion-mnist", "text", "sneaker", "sandal", True, setup="fashion"
+    ),
 }
 
 
@@ -409,7 +412,10 @@ def write_results_page(
                 "override class that the evaluation classifier reads as the forget class, the UA a "
                 "generator drawing the override class exactly would get (text pairs: the real images of "
                 "the override concept's class); the ceilings of the Fashion-MNIST pairs under "
-                "stronger classifiers: [the classifier page](classifier.md).\n\n"
+                "stronger classifiers: [the classifier page](classifier.md); how far the "
+                "classifier and the judge read the text teacher's own override samples as the "
+                "forget class (the classifier's floor, which bounds their agreement at the stop): "
+                "[the judge, level by level](judge_levels.md).\n\n"
                 + markdown_table(
                     (
                         "data set",
