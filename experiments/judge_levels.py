@@ -241,13 +241,12 @@ def floor(case: dict[str, Any]) -> str:
         else f"within the {100 * AGREEMENT:.0f} points issue 24 allows between them at the stop"
     )
     return (
-        f"\n\nThe classifier reads {percent(read)} of the teacher's own {case['override']} "
-        f"samples as {case['forget']} (the judge: {percent(judged)}). A generator that draws "
-        f"exactly these {case['override']}s for the {case['forget']} prompts, what forgetting by "
-        f"redirection to the override aims for, gets UA {percent(1 - read)} from the classifier "
-        f"(the classifier's floor of {percent(read)} forget read on the override: a UA ceiling) "
-        f"and {percent(1 - judged)} from the judge: "
-        f"{100 * abs(gap):.1f} points apart, {verdict}."
+        f"\n\nThe classifier's floor: it reads {percent(read)} of the teacher's own "
+        f"{case['override']} samples as {case['forget']} (the judge: {percent(judged)}). A "
+        f"generator that draws exactly these {case['override']}s for the {case['forget']} prompts, "
+        f"what forgetting by redirection to the override aims for, gets UA {percent(1 - read)} from "
+        f"the classifier and {percent(1 - judged)} from the judge: {100 * abs(gap):.1f} points "
+        f"apart, {verdict}."
     )
 
 

@@ -1056,8 +1056,8 @@ CASES = [
             "| generator runs/g, forget prompts | 11.5 % | 85.0 % | 1.5 % | 4.0 % | 8.0 % "
             "| 11.5 % | 1 of 23 |",
             "sd3 teacher of the run `runs/p/fashion`, classifier `cache/text-classifier-def`;",
-            "The classifier reads 10.5 % of the teacher's own sandal samples as sneaker (the judge: "
-            "1.5 %).",
+            "The classifier's floor: it reads 10.5 % of the teacher's own sandal samples as "
+            "sneaker (the judge: 1.5 %).",
             "gets UA 89.5 % from the classifier",
             "and 98.5 % from the judge: 9.0 points apart, more than the 5 points issue 24 allows",
         ],
