@@ -43,6 +43,7 @@ from results_page import (
     read_record,
     run_context,
     save_record,
+    shown_path,
     write_page,
 )
 
@@ -60,6 +61,11 @@ TITLES = {
     "salun": "SalUn (DDIM)",
 }
 BASELINES = ("esd", "salun")  # teacher folders under an `sfd compare` output's models/
+
+
+def shown(path: str | Path | None) -> str | None:
+    """`shown_path` of an optional folder (None stays None)."""
+    return None if path is None else shown_path(path)
 
 
 def model_folders(plain: Path, adversarial: Path | None) -> dict[str, Path]:
@@ -270,7 +276,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         entry["seconds"]["revival"] = round(time.perf_counter() - start, 1)
         print(f"{key} revival UA: {entry['revival']['ua']}")
         models[key] = entry
-    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+    return {"run_folder": shown_path(run), "adversarial_run_folder": shown(options.adversarial_run),
             "forget": forget, "override": override, "models": reused(options, models),
             "budgets": {name: vars(b) for name, b in budgets.items()},
             "revival_budget": vars(revival), "ua_images": options.ua_images,
@@ -333,21 +339,63 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
                                            options.ua_images)  # fmt: skip
             print(f"{key} revival UA: {outcome.ua}")
             models[key] = {"revival": outcome.to_dict(), "sampler": sampler.name}
-    return {"run_folder": str(run), "adversarial_run_folder": options.adversarial_run,
+    return {"run_folder": shown_path(run), "adversarial_run_folder": shown(options.adversarial_run),
             "forget": forget, "models": reused(options, models), "budget": vars(budget),
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "baselines": options.baselines, "summary": run_summary(run, adversarial),
+            "baselines": shown(options.baselines), "summary": run_summary(run, adversarial),
             "attack_objective": options.attack_objective,
             "attacker_classifier": attacker_entry}  # fmt: skip
 
 
+VARIANT = "adversarial_sfd@"  # model keys of adversarial runs folded in by `--include`
+
+
+def model_title(key: str, record: dict[str, Any] | None = None) -> str:
+    """The table title of a model key; an included adversarial run's names its settings where
+    they differ from those of the record's own adversarial run."""
+    if not key.startswith(VARIANT):
+        return TITLES[key]
+    summary = (record or {}).get("summary") or {}
+    base = summary.get("adversarial_settings") or {}
+    settings = summary.get("variant_settings", {}).get(key) or {}
+    changed = ", ".join(f"{k} {v}" for k, v in settings.items() if base.get(k) != v)
+    return f"{TITLES['adversarial_sfd']} ({changed or key[len(VARIANT) :]})"
+
+
+def with_included(record: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """`record` (a `--class-run` record) with the adversarial SFD of each record in `files` as
+    one more model (`VARIANT` + its report folder): each must come from the same plain report
+    folder and budgets; its command is named on the page (`included`)."""
+    if not files:
+        return record
+    if record.get("summary") is None or "budget" not in record:
+        raise SystemExit(
+            "--include: the page's own record must be a --class-run record with a summary"
+        )
+    record = json.loads(json.dumps(record))
+    summary = record["summary"]
+    for file in files:
+        other = read_record(file, "--include")
+        for name in ("run_folder", "budget", "revival_budget", "ua_images"):
+            if other.get(name) != record.get(name):
+                raise SystemExit(
+                    f"--include {file}: its {name} is {other.get(name)!r}, not {record.get(name)!r}"
+                )
+        if "adversarial_sfd" not in other["models"]:
+            raise SystemExit(f"--include {file}: it measured no adversarial SFD")
+        key = VARIANT + str(other["adversarial_run_folder"])
+        record["models"][key] = other["models"]["adversarial_sfd"]
+        summary[key] = other["summary"]["adversarial_sfd"]
+        summary.setdefault("variant_settings", {})[key] = other["summary"]["adversarial_settings"]
+        record.setdefault("included", []).append(
+            {"record": file, "command": other["run"]["command"], "date": other["run"]["date"],
+             "commit": other["run"]["commit"], "model": key}
+        )  # fmt: skip
+    return record
+
+
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
-
-
-def steps_to_revival(revival: dict[str, Any]) -> str:
-    steps = revival["steps_to_revival"]
-    return f"not within {revival['steps'][-1]}" if steps is None else str(steps)
 
 
 def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[str, str]:
@@ -359,6 +407,9 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         attacks: column title -> attack name in a text model's "attacks" ("" for the class
             attack of a class record).
     """
+    from sfd.apps.harness.targets import not_below_teacher, points_below
+    from sfd.eval.revival import revival_column, revived_at
+
     summary, models = record.get("summary"), record["models"]
     if summary is None:
         return {}
@@ -374,10 +425,11 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     rows = [["teacher", *(percent(summary["teacher"][n]) for n in ("ua", "ua_paraphrases",
              "remain_accuracy", "neighbour_accuracy")), f"{summary['teacher']['fid_remain']:.3f}",
              *("–" for _ in attacks), "–", "–"]]  # fmt: skip
-    for key in (k for k in MODELS if k in summary):
+    variants = [k for k in summary if k.startswith(VARIANT)]
+    for key in [*(k for k in MODELS if k in summary), *variants]:
         scores, seconds = summary[key], summary[key]["training_seconds"]
         rows.append(
-            [TITLES[key]]
+            [model_title(key, record)]
             + [
                 percent(scores[n])
                 for n in ("ua", "ua_paraphrases", "remain_accuracy", "neighbour_accuracy")
@@ -385,12 +437,12 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
             + [f"{scores['fid_remain']:.3f}"]
             + [percent(rate(key, name)) for name in attacks.values()]
             + [
-                steps_to_revival(models[key]["revival"]) if key in models else "–",
+                revived_at(models[key]["revival"]) if key in models else "–",
                 "–" if seconds is None else f"{seconds:.0f}",
             ]
         )
     header = ["model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID",
-              *attacks, "revival: steps until UA < 50 %", "stage-2 s"]  # fmt: skip
+              *attacks, f"revival: {revival_column()}", "stage-2 s"]  # fmt: skip
     folders = f"`{record['run_folder']}`" + (
         f" and `{record['adversarial_run_folder']}`" if record.get("adversarial_run_folder") else ""
     )
@@ -419,8 +471,8 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     for name, title in (("remain_accuracy", "remain"), ("neighbour_accuracy", "neighbour")):
         if adv[name] is not None:
             gap = 100 * (adv[name] - teacher[name])
-            targets.append((f"{title} accuracy within 2 points of the teacher's",
-                            f"{gap:+.1f} points", abs(gap) <= 2))  # fmt: skip
+            targets.append((points_below(title), f"{gap:+.1f} points",
+                            not_below_teacher(adv[name], teacher[name])))  # fmt: skip
     ratio = adv["fid_remain"] / plain["fid_remain"]
     targets.append(("remain FID ≤ 1.1× plain SFD's", f"{ratio:.2f}×", ratio <= 1.1))
     sections["Targets (adversarial SFD)"] = (
@@ -452,17 +504,21 @@ def page_name(name: str, record: dict[str, Any]) -> str:
     return f"{name}_adversarial" if record.get("adversarial_run_folder") else name
 
 
-def revival_table(models: dict[str, Any]) -> str:
-    """UA after each checkpoint and the steps until UA < 50 %, per model."""
+def revival_table(models: dict[str, Any], record: dict[str, Any] | None = None) -> str:
+    """UA after each checkpoint and the first checkpoint with UA < 50 %, per model (titles:
+    `model_title`), and what that column can and cannot say."""
+    from sfd.eval.revival import REVIVAL_RESOLUTION, REVIVAL_THRESHOLD, revival_column, revived_at
+
     first = next(iter(models.values()))["revival"]
     rows = [
-        [TITLES[key]]
+        [model_title(key, record)]
         + [f"{100 * u:.1f} %" for u in entry["revival"]["ua"]]
-        + [steps_to_revival(entry["revival"])]
+        + [revived_at(entry["revival"])]
         for key, entry in models.items()
     ]
-    header = ["model", *(f"UA after {s} steps" for s in first["steps"]), "steps until UA < 50 %"]
-    return markdown_table(header, rows)
+    header = ["model", *(f"UA after {s} steps" for s in first["steps"])]
+    header.append(revival_column(first.get("threshold", REVIVAL_THRESHOLD)))
+    return markdown_table(header, rows) + f"\n\n{REVIVAL_RESOLUTION}."
 
 
 def write_class_page(record: dict[str, Any], json_file: str) -> Path:
@@ -470,7 +526,7 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
     models = record["models"]
     first = next(iter(models.values()))
     rows = [
-        [TITLES[key], f"{100 * m['attack']['success_rate']:.1f} %",
+        [model_title(key, record), f"{100 * m['attack']['success_rate']:.1f} %",
          f"{100 * m['attack']['success_rate_without_attack']:.1f} %", f"{m['seconds']:.0f}"]
         for key, m in models.items() if "attack" in m
     ]  # fmt: skip
@@ -492,13 +548,19 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
         "Revival (UA after fine-tuning a copy on real images of the class)": (
             f"Budget: {record['revival_budget']}; loss: {first['revival']['objective']}; images "
             f"paired with {first['revival']['condition']}; UA on {record['ua_images']} samples of "
-            f"the forget class.{judged}\n\n" + revival_table(models)
+            f"the forget class.{judged}\n\n" + revival_table(models, record)
         ),
     }
-    title = "Class-embedding attack and revival test (digits)"
+    if record.get("included"):
+        sections["Included runs"] = "\n".join(
+            f"- {model_title(entry['model'], record)}: `{entry['command']}` ({entry['date']}, commit "
+            f"{entry['commit']['hash']}, record `{entry['record']}`)"
+            for entry in record["included"]
+        )
+    heading = "Class-embedding attack and revival test (digits)"
     if record.get("adversarial_run_folder"):
-        title = f"Adversarial SFD: {title[0].lower()}{title[1:]}"
-    return write_page(page_name("attacks_class", record), title,
+        heading = f"Adversarial SFD: {heading[0].lower()}{heading[1:]}"
+    return write_page(page_name("attacks_class", record), heading,
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
@@ -579,11 +641,23 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FILE.json",
         help="take the models measured in this earlier record (same folders and budgets)",
     )
+    parser.add_argument(
+        "--include",
+        nargs="+",
+        default=[],
+        metavar="FILE.json",
+        help="with --class-run or --page-from: add the adversarial SFD of these records (the same "
+        "plain report folder and budgets, e.g. `--only adversarial_sfd` runs of other settings) "
+        "to the page",
+    )
     add_page_arguments(parser)
     options = parser.parse_args(argv)
     if options.page_from:
-        print(write_results_page(read_record(options.page_from), options.page_from))
+        record = with_included(read_record(options.page_from), options.include)
+        print(write_results_page(record, options.page_from))
         return
+    if options.include and not options.class_run:
+        parser.error("--include needs --class-run (or --page-from)")
     if bool(options.run) == bool(options.class_run):
         parser.error("give one of --run and --class-run (or --page-from)")
     if options.adversarial_run:
@@ -610,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
     record["run"] = run_context(command_line(__file__, argv), load_start)
     save_record(record, options.json)
     if not options.no_page:
-        print(write_results_page(record, options.json))
+        print(write_results_page(with_included(record, options.include), options.json))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from sfd.apps.compare.run import evaluate_one
 from sfd.apps.compare.settings import CompareSettings, parse_baselines
 from sfd.apps.harness.curve import first_reaching, sampler_for
+from sfd.apps.harness.evaluation import evaluate_one
 from sfd.apps.harness.methods import BaselineMethod, Run
 from sfd.apps.harness.workspace import build_teacher, load_split, prepare_classifier, teacher_recipe
 
@@ -63,7 +63,7 @@ def main() -> None:
         seed=options.seed,
         teacher_cache=options.teacher_cache,
         teacher_steps=options.teacher_steps,
-        teacher_channels=options.teacher_channels,
+        teacher_channels=tuple(options.teacher_channels) if options.teacher_channels else None,
         eval_per_class=options.eval_per_class,
         throughput_batch=64,
         progress=False,

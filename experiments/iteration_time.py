@@ -38,16 +38,19 @@ from sfd.teachers import PretrainedVPTeacher  # noqa: E402
 
 
 class IterationTimer(pl.Callback):
-    """Wall time of each training batch."""
+    """Wall time of each training batch, and the CPU time of this process over it (`cpu_times`:
+    less sensitive than wall time to other processes on a shared machine)."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.times.append(time.perf_counter() - self.start)
+        self.cpu_times.append(time.process_time() - self.cpu_start)
 
 
 def measure(batch_size: int, iterations: int, warmup: int) -> dict[str, Any]:

@@ -46,8 +46,32 @@ def add_page_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_line(script: str | os.PathLike[str], args: Sequence[str]) -> str:
-    """The command as typed from the repository root: `python experiments/<script>.py ARGS`."""
-    return shlex.join(["python", f"experiments/{Path(script).name}", *args])
+    """The command as typed from the repository root: `python experiments/<script>.py ARGS`,
+    each absolute path in ARGS (also after `--option=` or `name=`) as `shown_path` shows it."""
+    return shlex.join(["python", f"experiments/{Path(script).name}", *map(shown_argument, args)])
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path as a page shows it: an absolute path inside the repository relative to its root (a
+    worktree's `runs/` is `runs/` on the page, as the command is typed from the root); a relative
+    path (from the repository root, where the scripts run) or any other as given."""
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        return text
+    resolved, root = Path(text).resolve(), REPO.resolve()
+    return (
+        str(resolved.relative_to(root))
+        if resolved.is_relative_to(root) and resolved != root
+        else text
+    )
+
+
+def shown_argument(argument: str) -> str:
+    """`shown_path` of a command-line argument that is a path, `--option=PATH` or `name=PATH`."""
+    head, equals, tail = argument.partition("=") if "=" in argument else ("", "", argument)
+    if not os.path.isabs(tail):
+        return argument
+    return head + equals + shown_path(tail)
 
 
 def run_context(
@@ -225,7 +249,8 @@ def write_page(
         title: the page's heading.
         command: the command line that produced the record, as typed from the repository root
             (`python experiments/<script>.py ...`).
-        json_file: the record's path as the command line named it (shown, never resolved).
+        json_file: the record's path as the command line named it (shown as `shown_path` shows
+            it, never resolved otherwise).
         record: the script's JSON record; its "run" section comes from `run_context`.
         sections: {heading: markdown} in page order (tables rendered from the record).
         results_dir: where pages go; default `RESULTS_DIR` (docs/results/).
@@ -233,6 +258,7 @@ def write_page(
     Returns:
         the page's path.
     """
+    json_file = ", ".join(shown_path(file) for file in json_file.split(", "))
     words = shlex.split(command)
     if len(words) < 2 or words[0] != "python" or not words[1].startswith("experiments/"):
         raise ValueError(f"command {command!r} must start with `python experiments/<script>.py`")

@@ -37,13 +37,14 @@ from results_page import (
     write_page,
 )
 
+from sfd.apps.harness.targets import UA_TRAIN, not_below_teacher, points_below
 from sfd.cli import main as sfd_main
 
 PAIRS = ("0:1", "3:5")
 EMA, RAW, SALUN = "sfd_two_stage", "sfd_two_stage_raw", "salun"
 MODEL_KEYS = ("ua", "remain_accuracy", "fid_remain", "remain_per_class", "iterations")
-UA_AT_STOP = 0.99  # the completion rule's stop: UA at least this ...
-POINTS = 0.02  # ... and remain / neighbour (override class) accuracy within this of the teacher's
+UA_AT_STOP = UA_TRAIN  # the completion rule's stop: UA at least this, and remain / neighbour
+# (override class) accuracy at most 2 points below the teacher's (sfd.apps.harness.targets)
 LAG = 10  # the EMA forgets as fast as the raw generator: within one curve interval of it
 AGREEMENT = 0.05  # the judge's UA and the classifier's UA at the stop, at most this apart
 FID_RATIO = 1.2  # the demo's quality target: shipped remain FID at most this times the teacher's
@@ -156,15 +157,14 @@ def targets(pair: dict[str, Any]) -> list[tuple[str, str, bool]]:
             ema["ua"] >= UA_AT_STOP,
         ),
         (
-            f"{name}: remain accuracy within {100 * POINTS:.0f} points of the teacher's",
+            f"{name}: {points_below('remain')}",
             f"{_percent(ema['remain_accuracy'])} vs {_percent(teacher['remain_accuracy'])}",
-            ema["remain_accuracy"] >= teacher["remain_accuracy"] - POINTS,
+            not_below_teacher(ema["remain_accuracy"], teacher["remain_accuracy"]),
         ),
         (
-            f"{name}: neighbour (class {neighbour}) accuracy within {100 * POINTS:.0f} points "
-            "of the teacher's",
+            f"{name}: {points_below(f'neighbour (class {neighbour})')}",
             f"{_percent(n_sfd)} vs {_percent(n_teacher)}",
-            n_sfd >= n_teacher - POINTS,
+            not_below_teacher(n_sfd, n_teacher),
         ),
         (
             f"{name}: judge and classifier UA within {100 * AGREEMENT:.0f} points at the stop",

@@ -17,8 +17,9 @@ With `--adversarial` each set-up runs a second time with adversarial SFD (`sfd d
 --adversarial` into `<set-up>-adversarial`; `--adversarial-set KEY=VALUE` refines its settings
 alone), reported beside plain SFD. With `--family sd3` every set-up runs on the flow-matching
 teacher (`sfd demo-text --family sd3`: a small SD3Transformer2DModel trained with rectified flow,
-loaded by SD3Teacher), the targets are issue 20's (`FLOW_TARGETS`) and the page is
-docs/results/flow_text.md.
+loaded by SD3Teacher), the FID ratio target is issue 20's (1.5x the teacher's, not 1.2x) and the
+page is docs/results/flow_text.md. The targets (`sfd.apps.harness.targets`) are computed from the
+models' numbers, for plain and adversarial SFD alike.
 
     python experiments/text_benchmark.py --page-from runs/a/benchmark.json \
         --merge runs/b/benchmark.json runs/c/benchmark.json
@@ -52,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
-    REPO,
     add_page_arguments,
     command_line,
     git_commit,
@@ -60,10 +60,12 @@ from results_page import (
     read_record,
     run_context,
     save_record,
+    shown_path,
     write_page,
 )
 
 from sfd.apps.demo_text.prompts import shipped_paraphrases
+from sfd.apps.harness.targets import DIFFERENCE, ONE_SIDED, text_targets
 
 SETUPS = {
     "digits": ("digits", "seven", "one", ""),
@@ -71,42 +73,6 @@ SETUPS = {
     "fashion": ("fashion-mnist", "sneaker", "sandal", ""),
     "fashion-untuned": ("fashion-mnist", "pullover", "coat", "b"),
 }
-
-
-# Issue 20's targets on the flow teacher, from the models' numbers (name -> (value, met)).
-FLOW_TARGETS = {
-    "ua_train_at_least_99": lambda m: (m["sfd"]["ua"], m["sfd"]["ua"] >= 0.99),
-    "ua_paraphrases_at_least_95": lambda m: (
-        m["sfd"]["ua_paraphrases"],
-        m["sfd"]["ua_paraphrases"] >= 0.95,
-    ),
-    "remain_accuracy_within_2_points": lambda m: within(m, "remain_accuracy", 0.02),
-    "neighbour_accuracy_within_2_points": lambda m: within(m, "neighbour_accuracy", 0.02),
-    "fid_at_most_1.5x_teacher": lambda m: (
-        m["sfd"]["fid_remain"] / m["teacher"]["fid_remain"],
-        m["sfd"]["fid_remain"] <= 1.5 * m["teacher"]["fid_remain"],
-    ),
-    "attack_at_most_half_of_no_forgetting": lambda m: (
-        m["sfd"]["attack_success"],
-        m["sfd"]["attack_success"] <= 0.5 * m["distilled_without_forgetting"]["attack_success"],
-    ),
-}
-
-
-def within(models: dict[str, Any], key: str, points: float) -> tuple[float, bool]:
-    """SFD's accuracy minus the teacher's, and whether it is at most `points` below."""
-    difference = models["sfd"][key] - models["teacher"][key]
-    return difference, difference >= -points
-
-
-def flow_targets(models: dict[str, Any], sfd: str = "sfd") -> dict[str, dict[str, Any]]:
-    """Issue 20's targets of one set-up for the SFD model `sfd` ("sfd" or "adversarial_sfd"),
-    in the demo's {"value", "met"} form."""
-    models = {**models, "sfd": models[sfd]}
-    return {
-        name: dict(zip(("value", "met"), check(models), strict=True))
-        for name, check in FLOW_TARGETS.items()
-    }
 
 
 # `--adversarial`: each set-up also runs `sfd demo-text --adversarial` into `<set-up>-adversarial`
@@ -124,14 +90,6 @@ def command(name: str, output: Path, extra: list[str], folder: str | None = None
         "--paraphrases", shown_path(shipped_paraphrases(data, variant)),
         "--output-dir", str(output / (folder or name)), "--no-progress", *extra,
     ]  # fmt: skip
-
-
-def shown_path(path: Path) -> str:
-    """A shipped file as the command line shows it: relative to the repository root if inside."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
 
 
 # The shipped prompt files of a recorded command, wherever the package was: shown from the package.
@@ -172,9 +130,7 @@ def run_setup(
                     "phase_seconds", "phase_cpu_seconds", "teacher_cached", "classifier_cached",
                     "stage1_cached")
     }  # fmt: skip
-    result["adversarial"]["targets"] = (
-        flow_targets(result["models"], "adversarial_sfd") if family == "sd3" else again["targets"]
-    )
+    result["adversarial"]["targets"] = text_targets(result["models"], family, "adversarial_sfd")
     return result
 
 
@@ -219,7 +175,6 @@ def setup_result(
         "classifier_cached": metrics["protocol"]["classifier"]["reused_from_cache"],
         "stage1_cached": metrics["protocol"]["two_stage"]["stage1_reused_from_cache"],
         "torch_threads": metrics["protocol"]["environment"]["torch_threads"],
-        "targets": metrics["targets"],
         "iterations": metrics["iterations"],
         "completion": metrics["protocol"]["two_stage"].get("stage2_completion"),
         "models": {
@@ -235,8 +190,7 @@ def setup_result(
             for key in ("teacher", "distilled_without_forgetting", "sfd")
         },
     }
-    if family == "sd3":
-        result["targets"] = flow_targets(result["models"])
+    result["targets"] = text_targets(result["models"], family)
     return result
 
 
@@ -347,8 +301,10 @@ def measured_by(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def setup_section(r: dict[str, Any]) -> str:
-    """One set-up: its command, timings and caches, the models' numbers, then the targets."""
+def setup_section(r: dict[str, Any], family: str = "unet") -> str:
+    """One set-up: its command, timings and caches, the models' numbers, then the targets, checked
+    now (`text_targets` on the recorded numbers: a record's stored targets may be an older
+    issue's)."""
     models = markdown_table(
         ("model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID", "soft attack"),
         [
@@ -367,7 +323,7 @@ def setup_section(r: dict[str, Any]) -> str:
         else []
     )  # fmt: skip
     lines = [*measured_by(r), *plain_from, *run_lines(r), "", models, "",
-             targets_table(r["targets"])]  # fmt: skip
+             targets_table(text_targets(r["models"], family))]  # fmt: skip
     if "adversarial" in r:
         lines += [
             "",
@@ -376,7 +332,7 @@ def setup_section(r: dict[str, Any]) -> str:
             "",
             *run_lines(r["adversarial"]),
             "",
-            targets_table(r["adversarial"]["targets"]),
+            targets_table(text_targets(r["models"], family, "adversarial_sfd")),
         ]
     return "\n".join(lines)
 
@@ -400,23 +356,101 @@ def run_lines(r: dict[str, Any]) -> list[str]:
 
 
 def targets_table(targets: dict[str, dict[str, Any]]) -> str:
-    """The targets of one SFD model: value and whether it is met."""
-    return markdown_table(
-        ("target", "value", "met"),
-        [
-            (name, "—", "not measured")  # e.g. the white-box soft attack under transfer only
-            if t["met"] is None
-            else (name, f"{t['value']:.3f}", "yes" if t["met"] else "no")
-            for name, t in targets.items()
-        ],
+    """The targets of one SFD model: value and whether it is met, and how the accuracy targets
+    read (one-sided)."""
+    return (
+        markdown_table(
+            ("target", "value", "met"),
+            [
+                (name, "—", "not measured")  # e.g. the white-box soft attack under transfer only
+                if t["met"] is None
+                else (name, f"{t['value']:.3f}", "yes" if t["met"] else "no")
+                for name, t in targets.items()
+            ],
+        )
+        + f"\n\n{ONE_SIDED} {DIFFERENCE}"
     )
 
 
-def markdown(results: list[dict]) -> str:
+# The flow page's missed targets: what was tried for each, on other results pages (shown under the
+# targets table for a target that a set-up misses).
+FLOW_TRIED = {
+    "soft_attack_at_most_half_of_no_forgetting": (
+        "adversarial SFD (`--adversarial`, the adversarial_sfd row of a set-up that ran it); "
+        "its settings (pool refresh, inner steps and rows, rows that start from remain "
+        "prompts, `model.adversarial.remain_starts`) on "
+        "[Adversarial SFD, flow teacher: attacks from any prompt](flow_robust.md); what the inner "
+        "attack finds against the plain SFD generator on "
+        "[Adversarial SFD diagnosis, flow teacher](flow_adversarial_diagnosis.md); why the attack "
+        "reaches the concept from any prompt: [where the attack starts](attack_reach.md) and "
+        "docs/method.md §5"
+    ),
+    "ua_train_at_least_99": (
+        "the completion rule's data-free judge (it stops stage 2) against the evaluation "
+        "classifier on this teacher's sneaker and sandal samples, level by level, on "
+        "[The judge, level by level](judge_levels.md); the classifier's UA ceiling for the "
+        "Fashion-MNIST pairs (real override images it reads as the forget class) on "
+        "[Evaluation classifiers](classifier.md)"
+    ),
+    "ua_paraphrases_at_least_95": "as for ua_train_at_least_99",
+    "fid_at_most_1.5x_teacher": (
+        "for adversarial SFD, its settings (among them the posterior weight and "
+        "`model.adversarial.remain_starts`) and the remain FID of each on "
+        "[Adversarial SFD, flow teacher: attacks from any prompt](flow_robust.md)"
+    ),
+}
+
+
+def targets_summary(setups: list[dict[str, Any]], family: str = "sd3") -> str:
+    """The flow page's first section: every set-up's targets, met or missed, per SFD model, and
+    what was tried for the missed ones (`FLOW_TRIED`)."""
+    names = list(
+        dict.fromkeys(n for r in setups for t in model_targets(r, family).values() for n in t)
+    )
+    rows, missed = [], {}
+    for r in setups:
+        tuned = "no" if SETUPS[r["setup"]][3] else "yes"
+        for model, targets in model_targets(r, family).items():
+            cells = []
+            for name in names:
+                t = targets.get(name)
+                if t is None or t["met"] is None:
+                    cells.append("not measured" if t else None)
+                    continue
+                cells.append(f"{'yes' if t['met'] else '**no**'} ({t['value']:.3f})")
+                if not t["met"]:
+                    missed.setdefault(name, []).append(f"{r['setup']} ({model})")
+            rows.append((r["setup"], tuned, model, *cells))
+    lines = [
+        "Each target of each set-up below, met or missed (value as in its section's table); "
+        "'tuned on': whether the demo's settings were tuned on that concept pair and "
+        "paraphrase set.",
+        "",
+        markdown_table(("set-up", "tuned on", "model", *names), rows),
+    ]
+    if missed:
+        lines += ["", "Missed:", ""]
+        for name, where in missed.items():
+            tried = f" Tried: {FLOW_TRIED[name]}." if name in FLOW_TRIED else ""
+            lines.append(f"- {name}: {', '.join(where)}.{tried}")
+    return "\n".join(lines)
+
+
+def model_targets(r: dict[str, Any], family: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """A set-up's targets per SFD model ("sfd", and "adversarial_sfd" when it ran), checked now
+    on the recorded numbers as its section's tables are (`text_targets`)."""
+    return {
+        model: text_targets(r["models"], family, model)
+        for model in ("sfd", "adversarial_sfd")
+        if model in r["models"]
+    }
+
+
+def markdown(results: list[dict], family: str = "unet") -> str:
     """benchmark.md: one section per set-up."""
     lines = ["# Text-to-image concept-forgetting benchmark", ""]
     for r in results:
-        lines += [f"## {r['setup']}", "", setup_section(r), ""]
+        lines += [f"## {r['setup']}", "", setup_section(r, family), ""]
     return "\n".join(lines)
 
 
@@ -424,7 +458,17 @@ def write_results_page(
     record: dict[str, Any], json_file: str, results_dir: Path | None = None
 ) -> Path:
     """docs/results/text.md (flow_text.md for the flow teacher) from a benchmark.json record."""
-    flow = record["run"].get("family") == "sd3"
+    family = record["run"].get("family", "unet")
+    flow = family == "sd3"
+    sections = {r["setup"]: setup_section(r, family) for r in record["setups"]}
+    if flow:
+        sections = {"Issue 20's targets": targets_summary(record["setups"], family), **sections}
+    if "page_command" in record:
+        first = next(iter(sections))
+        sections[first] = (
+            f"This page was put together by `{record['page_command']}` (each set-up's numbers "
+            "from the record named in its section).\n\n" + sections[first]
+        )
     return write_page(
         "flow_text" if flow else "text",
         "Text-to-image concept forgetting on a flow-matching teacher (`sfd demo-text --family sd3`)"
@@ -433,7 +477,7 @@ def write_results_page(
         record["run"]["command"],
         json_file,
         record,
-        {r["setup"]: setup_section(r) for r in record["setups"]},
+        sections,
         results_dir,
     )
 
@@ -493,6 +537,8 @@ def main(argv: list[str] | None = None) -> None:
         record = read_record(options.page_from)
         record["setups"] = replaced_setups(record, options.replace)
         record["setups"] += merged_setups(record, options.merge)
+        if options.replace or options.merge:  # the page is no longer the record's alone
+            record["page_command"] = command_line(__file__, argv)
         print(write_results_page(record, options.page_from))
         return
     extra = [a for a in extra if a != "--"]
@@ -526,8 +572,8 @@ def main(argv: list[str] | None = None) -> None:
     results += merged_setups({"run": context, "setups": results}, options.merge)
     json_file = options.output_dir / "benchmark.json"
     save_record({"run": context, "setups": results}, json_file)
-    (options.output_dir / "benchmark.md").write_text(markdown(results))
-    print(markdown(results))
+    (options.output_dir / "benchmark.md").write_text(markdown(results, options.family))
+    print(markdown(results, options.family))
     if not options.no_page:
         print(write_results_page({"run": context, "setups": results}, str(json_file)))
 

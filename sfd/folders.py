@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import shutil
 import sys
@@ -345,3 +346,32 @@ def pipeline_class_name(index: dict[str, Any]) -> Any:
     form `["one_step_pipeline", "OneStepPipeline"]` (file, class)."""
     name = index.get("_class_name")
     return name[1] if isinstance(name, list) and len(name) == 2 else name
+
+
+def read_json_file(path: Path) -> Any:
+    """The content of a JSON file; one that is not JSON is refused in one line."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SFDConfigError(f"{str(path)!r} is not valid JSON ({error})") from error
+
+
+# model_index.json classes of class-conditional folders: an export, a teacher (`sfd eval` takes them)
+CLASS_PIPELINES = ("OneStepPipeline", "DDPMPipeline")
+
+
+def text_model_index(folder: str | Path) -> dict[str, Any]:
+    """The model_index.json of a text-to-image folder; a class-conditional one, or a folder
+    without one, is refused in one line before anything loads."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
+    config = read_json_file(index)
+    name = pipeline_class_name(config)
+    if name in CLASS_PIPELINES:
+        raise SFDConfigError(
+            f"{str(folder)!r} holds a class-conditional model ({name}); sfd eval-text takes "
+            f"text-to-image models: evaluate it with sfd eval {str(folder)} --classifier DIR "
+            "--forget CLASS"
+        )
+    return config

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -198,3 +202,22 @@ def assert_same_vp_outputs(a: torch.nn.Module, b: torch.nn.Module) -> None:
     )
     with torch.no_grad():
         assert torch.equal(a(x, sigma, labels), b(x, sigma, labels))
+
+
+@contextlib.contextmanager
+def lightning_logs_to_stderr() -> Iterator[None]:
+    """Lightning's log handlers write to the stderr of the moment the test collected them (pytest's
+    own capture): point them at the current one, so that `capfd` sees "Seed set to 0" and the rest
+    as a user's terminal does."""
+    handlers = [
+        handler
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric")
+        for handler in logging.getLogger(name).handlers
+        if type(handler) is logging.StreamHandler  # not pytest's own capture handlers
+    ]
+    streams = [handler.setStream(sys.stderr) for handler in handlers]
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.setStream(stream)

@@ -222,8 +222,18 @@ def text_record(command: str) -> dict[str, Any]:
         "classifier_cached": True,
         "stage1_cached": False,
         "torch_threads": 1,
-        "targets": {"ua": {"value": 0.99, "met": True}},
-        "models": {"sfd": scores},
+        "targets": {"ua": {"value": 0.99, "met": True}},  # stored: an older issue's; not shown
+        "models": {
+            "teacher": {
+                **scores,
+                "ua": 0.0,
+                "remain_accuracy": 0.97,
+                "fid_remain": 0.1,
+                "attack_success": 0.9,
+            },
+            "distilled_without_forgetting": {**scores, "ua": 0.0, "attack_success": 0.8},
+            "sfd": scores,
+        },
     }
     return {"run": run_section(command), "setups": [setup]}
 
@@ -283,8 +293,10 @@ def adversarial_overhead_record(command: str) -> dict[str, Any]:
         "adversarial_settings": {"steps": 4, "share": 0.25},
         "adversarial_rows": 2,
         "paths": [
-            {"path": "class", "teacher_params": 1234, "plain": timing(0.1),
-             "adversarial": timing(0.15), "ratio": 1.5},
+            {"path": "class", "batch_size": 32, "attacked_rows": 8, "teacher_params": 1234,
+             "plain": {**timing(0.1), "cpu_median": 0.09},
+             "adversarial": {**timing(0.15), "cpu_median": 0.162}, "ratio": 1.5,
+             "cpu_ratio": 1.8},
             {"path": "text", "teacher_params": 5678, "plain": timing(0.2),
              "adversarial": timing(0.5), "ratio": 2.5},
         ],
@@ -730,9 +742,10 @@ CASES = [
         adversarial_overhead_record,
         "python experiments/adversarial_overhead.py --threads 1",
         [
-            "| class (class embedding) | 1,234 | 0.1000 | 0.1500 | 1.50× | yes |",
-            "| text (soft prompt) | 5,678 | 0.2000 | 0.5000 | 2.50× | no |",
-            "(steps 4, share 0.25: 2 attacked rows per iteration)",
+            "| class (class embedding) | 32 + 32 (8) | 1,234 | 0.1000 | 0.1500 | 1.50× | yes "
+            "| 0.0900 / 0.1620 | 1.80× |",
+            "| text (soft prompt) | 8 + 8 (2) | 5,678 | 0.2000 | 0.5000 | 2.50× | no | – | – |",
+            "(steps 4, share 0.25: ⌈share·B⌉ attacked rows per iteration)",
         ],
     ),
     (
@@ -815,6 +828,8 @@ CASES = [
             "| one-step SFD (forgetting) | 1 | 99.50 % | 97.00 % | 3.30 | 5100.0 |",
             "UA >= 95 %: first reached at iteration 40 of 400 (10 % of stage 2).",
             "| SFD UA >= 99 % | 99.50 % | yes |",
+            "The remain / neighbour accuracy targets are one-sided: met when SFD's accuracy is no "
+            "more than the stated points below the teacher's, however far above it.",
             "| wall time < 20 min (fresh) | 7.0 min | yes |",
             "| total | 420.0 |",
             "From the cache: teacher yes, classifier yes, stage 1 no.",
@@ -842,7 +857,12 @@ CASES = [
         [
             "## digits",
             "| sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 2.0 % |",
-            "| ua | 0.990 | yes |",
+            "| ua_train_at_least_99 | 0.990 | yes |",
+            "| remain_accuracy_at_most_2_points_below_teacher | -0.010 | yes |",
+            "| fid_at_most_1.2x_teacher | 1.230 | no |",
+            "The remain / neighbour accuracy targets are one-sided: met when SFD's accuracy is no "
+            "more than the stated points below the teacher's, however far above it. Their value "
+            "is SFD's accuracy minus the teacher's.",
         ],
     ),
     (
@@ -852,9 +872,10 @@ CASES = [
         "python experiments/text_benchmark.py --family sd3 --only digits --adversarial",
         [
             "| adversarial_sfd | 99.0 % | 97.0 % | 96.0 % | 95.0 % | 0.123 | 30.0 % |",
-            "| attack | 0.600 | no |",
+            "| soft_attack_at_most_half_of_no_forgetting | 0.750 | no |",
+            "| fid_at_most_1.5x_teacher | 1.230 | yes |",
             "`sfd demo-text --data digits --forget seven --override one --adversarial`",
-            "| attack | 0.300 | yes |",
+            "| soft_attack_at_most_half_of_no_forgetting | 0.375 | yes |",
         ],
     ),
     (
@@ -865,6 +886,10 @@ CASES = [
         [
             "| one-step SFD | 50.0 % | 50.0 % | 50.0 % | 60 / 180 |",
             "| one-step, no forgetting | 100.0 % | 60.0 % | 40.0 % | 10.0 % | 20 |",
+            "| model | UA after 0 steps | UA after 10 steps | UA after 20 steps | UA after 40 steps "
+            "| first checkpoint with UA < 50 % |",
+            "UA is measured only after 0, N/4, N/2 and N steps: the column is the first of these "
+            "checkpoints with UA below the threshold, not the step UA fell below it",
         ],
     ),
     (
@@ -876,13 +901,14 @@ CASES = [
         [
             "| one-step adversarial SFD | 99.5 % | 96.0 % | 96.0 % | 98.0 % | 5.600 | 4.0 % "
             "| 6.2 % | not within 40 | 150 |",
+            "| soft success | discrete success | revival: first checkpoint with UA < 50 % | stage-2 s |",
             "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – |",
             "| one-step, no forgetting | 1.0 % | 96.0 % | 99.0 % | 98.0 % | 6.000 | – | – | – | – |",
             "# Adversarial SFD: attack suite and revival test (text digits)",
             "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |",
             "| adversarial SFD discrete success ≤ 5 % | 6.2 % | no |",
             "| UA (training prompts / class) ≥ 99 % | 99.5 % | yes |",
-            "| remain accuracy within 2 points of the teacher's | -3.0 points | no |",
+            "| remain accuracy no more than 2 points below the teacher's | -3.0 points | no |",
             "| remain FID ≤ 1.1× plain SFD's | 1.12× | no |",
             " one-step adversarial SFD: measured by `python x --only adversarial_sfd` (2026-01-01 "
             "00:00 UTC, record `runs/attacks/adv.json`, the same report folders and budgets)",
@@ -969,7 +995,7 @@ CASES = [
             "| 0 → 1 | 40 | forgotten | it. 20 | 100.0 % | 100.0 % | 98.0 % | 98.5 % (teacher 98.0 %) "
             "| 1.10 | 16 s | 5.0 min |",
             "| 0 → 1: EMA reaches UA ≥ 95 % sooner than SalUn | 8 s vs 18 s | yes |",
-            "| 0 → 1: neighbour (class 1) accuracy within 2 points of the teacher's "
+            "| 0 → 1: neighbour (class 1) accuracy no more than 2 points below the teacher's "
             "| 99.0 % vs 100.0 % | yes |",
             "sfd compare --output-dir runs/s2/pair-0-1 --until-forgotten",
             "| 0 → 1: EMA remain FID ≤ 1× the teacher's (DDIM) at the stop | 3.30 vs 3.00 | no |",
@@ -1039,6 +1065,8 @@ CASES = [
             "| – / 87.5 % | 4.0 min (stage 2 30 s) |",
             "| 0 → 1 (class) | yes | yes | yes | yes | yes |",
             "| three → eight (text) | no | no | yes | no | no |",
+            "| pair | UA ≥ 99 % | remain ≤ 2 points below the teacher's "
+            "| neighbour ≤ 2 points below the teacher's | stopped as forgotten ",
             "sfd demo --output-dir runs/p/text-digits-three-eight",
             "pairs already measured are kept): `digits-4-9`, `digits-7-2`,",
             "| 0 → 1 (class) | 3.0 % | 0.0 % | 97.0 % | 12.5 % / 25.0 % / 6.2 % |",
@@ -1370,24 +1398,6 @@ def test_sweep_page_from_results_lines(results_dir) -> None:
     assert "| a | 400 | 0.995 | – | – |" in lines
 
 
-def test_the_flow_targets_judge_the_model_they_are_asked_for() -> None:
-    """Hand-checked: plain SFD misses the attack target and meets FID; adversarial the reverse."""
-    module = importlib.import_module("text_benchmark")
-    base = {"ua": 1.0, "ua_paraphrases": 1.0, "remain_accuracy": 0.9, "neighbour_accuracy": 0.9}
-    models = {
-        "teacher": {**base, "fid_remain": 1.0, "attack_success": 1.0},
-        "distilled_without_forgetting": {**base, "fid_remain": 1.0, "attack_success": 0.8},
-        "sfd": {**base, "fid_remain": 1.2, "attack_success": 0.6},
-        "adversarial_sfd": {**base, "fid_remain": 2.0, "attack_success": 0.3},
-    }
-    plain = module.flow_targets(models)
-    adversarial = module.flow_targets(models, "adversarial_sfd")
-    attack, fid = "attack_at_most_half_of_no_forgetting", "fid_at_most_1.5x_teacher"
-    assert (plain[attack]["met"], plain[fid]["met"]) == (False, True)
-    assert (adversarial[attack]["met"], adversarial[fid]["met"]) == (True, False)
-    assert adversarial[attack]["value"] == 0.3 and adversarial[fid]["value"] == 2.0
-
-
 def test_adversarial_settings_reach_the_adversarial_run_only() -> None:
     module = importlib.import_module("text_benchmark")
     settings = ["steps=4", "weight=2", "trainer.max_steps=200", "baseline-iterations=400"]
@@ -1456,6 +1466,52 @@ def test_a_set_up_measured_again_replaces_its_section_in_place(results_dir) -> N
         module.main(["--page-from", "runs/c.json", "--replace", "runs/a.json"])
     with pytest.raises(SystemExit):
         module.main(["--replace", "runs/c.json", "--no-page"])
+
+
+def test_flow_page_opens_with_every_targets_verdict_and_what_was_tried(results_dir) -> None:
+    """The flow page's first section: each set-up's targets per SFD model (tuned on or not),
+    checked on the recorded numbers, the missed ones listed with the pages of what was tried; the
+    command that put a merged page together is on it. The UNet page has no such section."""
+    module = importlib.import_module("text_benchmark")
+    digits = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    untuned = flow_text_record("python experiments/text_benchmark.py --family sd3 --only u")
+    untuned["setups"][0]["setup"] = "digits-untuned"
+    del untuned["setups"][0]["adversarial"]
+    del untuned["setups"][0]["models"]["adversarial_sfd"]
+    untuned["setups"][0]["models"]["sfd"]["ua"] = 0.88
+    untuned["setups"][0]["models"]["sfd"]["fid_remain"] = 0.2  # 2x the teacher's
+    results_page.save_record(digits, "runs/a.json")
+    results_page.save_record(untuned, "runs/b.json")
+    module.main(["--page-from", "runs/a.json", "--merge", "runs/b.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    summary = text[text.index("## Issue 20's targets") : text.index("## digits\n")]
+    assert (
+        "This page was put together by `python experiments/text_benchmark.py --page-from "
+        "runs/a.json --merge runs/b.json`" in summary
+    )
+    assert "| set-up | tuned on | model | ua_train_at_least_99 | ua_paraphrases_at_least_95 |" in (
+        summary
+    )
+    rows = [line for line in summary.splitlines() if line.startswith("| digits")]
+    assert rows[0].startswith("| digits | yes | sfd | yes (0.990) | yes (0.970) |")
+    assert rows[0].endswith("| yes (1.230) | **no** (0.750) |")  # FID 1.23x; attack 0.6 / 0.8
+    assert rows[1].startswith("| digits | yes | adversarial_sfd | yes (0.990) |")
+    assert rows[1].endswith("| yes (0.375) |")
+    assert rows[2].startswith("| digits-untuned | no | sfd | **no** (0.880) |")
+    assert rows[2].endswith("| **no** (2.000) | **no** (0.750) |")
+    missed = summary[summary.index("Missed:") :]
+    assert "- soft_attack_at_most_half_of_no_forgetting: digits (sfd), digits-untuned (sfd). " in (
+        missed
+    )
+    assert "(flow_robust.md)" in missed and "(flow_adversarial_diagnosis.md)" in missed
+    assert "- ua_train_at_least_99: digits-untuned (sfd). Tried:" in missed
+    assert "(judge_levels.md)" in missed and "(classifier.md)" in missed
+    assert "- fid_at_most_1.5x_teacher: digits-untuned (sfd). Tried:" in missed
+    module.main(["--page-from", "runs/a.json"])  # the record's own page: its own command
+    assert "put together" not in (results_dir / "flow_text.md").read_text()
+    results_page.save_record(text_record("python experiments/text_benchmark.py"), "runs/c.json")
+    module.main(["--page-from", "runs/c.json"])
+    assert "Issue 20's targets" not in (results_dir / "text.md").read_text()
 
 
 def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
@@ -1578,7 +1634,7 @@ def test_plain_from_measures_only_the_adversarial_run(results_dir, monkeypatch) 
     assert new["plain_from"] == "runs/old.json" and new["command"] == setup["command"]
     assert new["models"]["sfd"]["attack_success"] == 0.6  # the earlier plain SFD
     assert new["models"]["adversarial_sfd"]["attack_success"] == 0.25  # measured now
-    assert new["adversarial"]["targets"]["attack_at_most_half_of_no_forgetting"]["met"]
+    assert new["adversarial"]["targets"]["soft_attack_at_most_half_of_no_forgetting"]["met"]
     page = module.markdown([new])
     assert "Plain run (teacher, no-forgetting and SFD rows) from `runs/old.json`" in page
     for bad in (["--", "--threads", "2"], ["--only", "fashion"]):
@@ -1629,7 +1685,7 @@ def test_plain_from_a_stopped_benchmark_folder(tmp_path) -> None:
     ).replace("-m sfd.cli", "sfd")
     assert (plain["wall_seconds"], plain["cpu_seconds"]) == (1993.4, 234.8)
     assert plain["models"]["sfd"]["attack_success"] == 1.0
-    assert not plain["targets"]["attack_at_most_half_of_no_forgetting"]["met"]
+    assert not plain["targets"]["soft_attack_at_most_half_of_no_forgetting"]["met"]
     with pytest.raises(SystemExit, match="not set-up 'digits'"):
         module.plain_run(str(tmp_path / "old"), "digits", tmp_path / "new", extra, "unet")
     with pytest.raises(SystemExit, match="no finished run"):
@@ -1798,3 +1854,84 @@ def test_judge_levels_floor_within_the_agreement_target() -> None:
     assert "3.0 points apart, within the 5 points issue 24 allows" in text
     del case["sets"]["teacher (28 steps), override prompts"]
     assert judge_levels.floor(case) == ""
+
+
+def test_included_class_runs_join_the_page_titled_by_their_settings(results_dir) -> None:
+    """`--page-from A --include B`: B's adversarial SFD is one more row of every table, titled by
+    the settings where they differ from A's; a record of other budgets is refused."""
+    script = importlib.import_module("attack_suite")
+
+    def adversarial(folder: str, settings: dict[str, Any], rate: float) -> dict[str, Any]:
+        record = attacks_class_record(
+            f"python experiments/attack_suite.py --adversarial-run {folder}"
+        )
+        model = record["models"]["sfd"]
+        record["models"]["adversarial_sfd"] = {
+            **model,
+            "attack": {**model["attack"], "success_rate": rate},
+        }
+        record["adversarial_run_folder"] = folder
+        scores = {"ua": 1.0, "ua_paraphrases": None, "remain_accuracy": 0.98,
+                  "neighbour_accuracy": None, "fid_remain": 3.0, "training_seconds": 100.0}  # fmt: skip
+        record["summary"] = {"teacher": scores, "sfd": scores, "adversarial_sfd": scores,
+                             "distilled_without_forgetting": scores,
+                             "adversarial_settings": settings}  # fmt: skip
+        return record
+
+    results_page.save_record(adversarial("runs/adv", {"steps": 2, "weight": 0.25}, 0.5), "a.json")
+    results_page.save_record(
+        adversarial("runs/adv-w1", {"steps": 2, "weight": 1.0}, 0.125), "b.json"
+    )
+    script.main(["--page-from", "a.json", "--include", "b.json"])
+    page = (results_dir / "attacks_class_adversarial.md").read_text()
+    assert "| one-step adversarial SFD | 50.0 % | 0.0 % | 80 |" in page
+    assert "| one-step adversarial SFD (weight 1.0) | 12.5 % | 0.0 % | 80 |" in page
+    assert "| one-step adversarial SFD (weight 1.0) | 100.0 % | 60.0 % | 40.0 % | 2 |" in page
+    assert "- one-step adversarial SFD (weight 1.0): `python experiments/attack_suite.py " in page
+    other = adversarial("runs/adv-w1", {"weight": 1.0}, 0.1)
+    other["budget"] = {"steps": 100}
+    results_page.save_record(other, "c.json")
+    with pytest.raises(SystemExit, match="--include c.json: its budget is"):
+        script.main(["--page-from", "a.json", "--include", "c.json"])
+
+
+def test_every_results_page_is_listed_in_the_index_and_the_nav() -> None:
+    """Each docs/results/*.md page has a row in docs/results/index.md and an entry in mkdocs.yml's
+    nav, so a new page cannot go unlisted."""
+    pages = sorted(p.name for p in (REPO / "docs" / "results").glob("*.md") if p.name != "index.md")
+    index = (REPO / "docs" / "results" / "index.md").read_text()
+    listed = set(re.findall(r"^\| \[[^\]]+\]\(([\w-]+\.md)\) \|", index, re.MULTILINE))
+    nav = set(re.findall(r"results/([\w-]+\.md)\s*$", (REPO / "mkdocs.yml").read_text(), re.M))
+    assert pages and not [page for page in pages if page not in listed]
+    assert not [page for page in pages if page not in nav]
+    assert listed <= set(pages) and nav - {"index.md"} <= set(pages)
+
+
+def test_commands_and_records_show_paths_from_the_repository_root(tmp_path) -> None:
+    """An absolute path inside the repository (as a worktree's own `runs/`) is shown relative to
+    its root, also after `--option=` and `name=`; other paths and relative ones as typed. The
+    page's record path is shown the same way."""
+    args = [f"--json={REPO}/runs/a/x.json", "--run", str(REPO / "runs" / "demo"),
+            f"SFD={REPO}/runs/demo/generator", "--cache", "/opt/elsewhere", "runs/b",
+            "s1:lr=1e-4", "--steps", "2"]  # fmt: skip
+    assert results_page.command_line("experiments/attack_suite.py", args) == (
+        "python experiments/attack_suite.py --json=runs/a/x.json --run runs/demo "
+        "SFD=runs/demo/generator --cache /opt/elsewhere runs/b s1:lr=1e-4 --steps 2"
+    )
+    assert results_page.shown_path(REPO) == str(REPO)  # the root itself: as given
+    page = results_page.write_page(
+        "cli_startup", "t", "python experiments/cli_startup.py", str(REPO / "runs" / "c.json"),
+        {"run": run_section("python experiments/cli_startup.py")}, {}, tmp_path,
+    )  # fmt: skip
+    assert "from `runs/c.json`; do not edit by hand." in page.read_text()
+
+
+def test_no_page_calls_the_first_checkpoint_below_half_the_steps_it_took() -> None:
+    """The revival column has checkpoint resolution: no page titles it "steps until UA < 50 %"
+    (the attack pages, whose records are lost, were relabelled by hand to the scripts' title)."""
+    pages = [*REPO.joinpath("docs").rglob("*.md")]
+    assert not [p.name for p in pages if "steps until UA" in p.read_text()]
+    for name in ("attacks", "attacks_adversarial", "attacks_class"):
+        text = (REPO / "docs" / "results" / f"{name}.md").read_text()
+        assert "| first checkpoint with UA < 50 % |" in text
+        assert "UA is measured only after 0, N/4, N/2 and N steps" in text

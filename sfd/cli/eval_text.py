@@ -9,9 +9,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sfd.cli.common import usable_device
+from sfd.cli.common import run_quietly, usable_device
 from sfd.errors import SFDConfigError, check_guidance, check_number
-from sfd.folders import check_writable_folder
+from sfd.folders import check_writable_folder, text_model_index
 
 
 def run(args: list[str]) -> None:
@@ -48,9 +48,17 @@ def run(args: list[str]) -> None:
         raise SFDConfigError(
             f"{options.generator!r} is not an exported generator folder (no model_index.json)"
         )
+    text_model_index(options.generator)  # a class model: pointed to sfd eval before it loads
     if not Path(options.prompts).is_file():
         raise SFDConfigError(f"prompt file {options.prompts!r} does not exist")
     check_writable_folder(options.output_dir, "--output-dir")
+    with run_quietly(not options.no_progress):  # also the libraries' loading bars
+        _evaluate_prompts(options)
+
+
+def _evaluate_prompts(options: argparse.Namespace) -> None:
+    """`sfd eval-text --prompts` once the cheap checks have passed: generate the set, score it,
+    write metrics.json."""
     from sfd.core.guards import check_finite_weights
     from sfd.eval.text import (
         clip_score_of_set,

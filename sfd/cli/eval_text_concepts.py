@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sfd.cli.common import add_objective_option, check_attack_suite_options
+from sfd.cli.common import add_objective_option, check_attack_suite_options, run_quietly
 from sfd.errors import SFDConfigError
 
 ATTACK_NAMES = ("soft", "discrete")  # the `sfd.eval.attacks.ATTACKS` entries `--attack` runs
@@ -177,6 +177,7 @@ def run(args: list[str]) -> None:
         cache=o.cache,
         progress=not o.no_progress,
     )
-    results = run_concept_evaluation(settings)
+    with run_quietly(settings.progress):  # also the libraries' loading bars
+        results = run_concept_evaluation(settings)
     print(json.dumps({k: v for k, v in results.items() if k != "protocol"}, indent=2))
     print(f"wrote {settings.output_dir / 'metrics.json'}")

@@ -11,9 +11,15 @@ from sfd.cli.common import (
     add_class_attack_options,
     check_attack_suite_options,
     class_embedding_budget,
+    run_quietly,
 )
 from sfd.errors import SFDConfigError, check_integer, check_number
-from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
+from sfd.folders import (
+    check_writable_file,
+    pipeline_class_name,
+    read_json_file,
+    write_file_atomically,
+)
 
 if TYPE_CHECKING:
     from sfd.images import LabelledImages
@@ -67,6 +73,18 @@ def run(args: list[str]) -> None:
     options = parser.parse_args(args)
     check_attack_suite_options(parser, args, options, attacking=options.attack is not None)
     model_kind, classifier_config, attack, revival = check_options(options)
+    with run_quietly(not options.no_progress):  # also the libraries' loading bars
+        _evaluate(options, model_kind, classifier_config, attack, revival)
+
+
+def _evaluate(
+    options: argparse.Namespace,
+    model_kind: str,
+    classifier_config: dict[str, Any],
+    attack: Any,
+    revival: Any,
+) -> None:
+    """`sfd eval` once every cheap check has passed: load, evaluate, attack, report."""
 
     from sfd.apps.data.images import load_images, train_heldout_split
     from sfd.apps.demo.report import summary_table
@@ -148,8 +166,8 @@ def run(args: list[str]) -> None:
         from sfd.eval.class_embedding import class_embedding_suite
 
         report["attacks"] = class_embedding_suite(
-            sampler, classifier, options.forget, attack, options.attack_ddim_steps, True,
-            attacker, attack_objectives(options.attack_objective),
+            sampler, classifier, options.forget, attack, options.attack_ddim_steps,
+            not options.no_progress, attacker, attack_objectives(options.attack_objective),
         )  # fmt: skip
         report["protocol"]["attack_objective"] = options.attack_objective
         report["protocol"]["attacker_classifier"] = attacker_entry
@@ -157,7 +175,8 @@ def run(args: list[str]) -> None:
         from sfd.eval.revival import revive_class_sampler
 
         outcome = revive_class_sampler(sampler, classifier, options.forget, images, revival,
-                                       options.num_per_class, options.seed, progress=True)  # fmt: skip
+                                       options.num_per_class, options.seed,
+                                       progress=not options.no_progress)  # fmt: skip
         report["revival"] = outcome.to_dict()
     print(summary_table({"sfd" if model_kind == "generator" else "teacher": report}))
     print(f"forget-class labels: {result.forget_histogram}")
@@ -275,10 +294,7 @@ def _classifier_config(folder: Path, flag: str = "--classifier") -> dict[str, An
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise SFDConfigError(f"{flag} {str(folder)!r} is not a saved classifier (no config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SFDConfigError(f"{str(config_file)!r} is not valid JSON ({error})") from error
+    config = read_json_file(config_file)
     if not isinstance(config, dict):
         raise SFDConfigError(f"{str(config_file)!r} holds no mapping of settings")
     missing = [key for key in CLASSIFIER_KEYS if key not in config]

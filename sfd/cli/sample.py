@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sfd.cli.common import usable_device
+from sfd.cli.common import run_quietly, usable_device
 from sfd.errors import SFDConfigError, check_guidance
 from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
 
@@ -48,6 +48,12 @@ def run(args: list[str]) -> None:
     """Parse `sfd sample`, check everything cheap first, then generate and write the grid."""
     options = sample_parser().parse_args(args)
     _check_options(options)
+    with run_quietly(not options.no_progress):  # also the libraries' loading bars
+        _sample(options)
+
+
+def _sample(options: argparse.Namespace) -> None:
+    """`sfd sample` once every cheap check has passed: load, generate, write the grid."""
 
     import torch
 

@@ -9,7 +9,7 @@ denoise better under the forget condition than under the override and the remain
 (`rivals`; 0: the override only, `implicit_classifier_margin`). The attacked
 conditions then enter both SFD steps beside the plain ones: the fake score learns the
 generator's samples under them, and the generator gets the unlearning loss on them with the
-teacher at the override.
+teacher at the override (computed in the plain forget term's network calls, `step_terms`).
 
 The learned vectors persist across iterations in a pool of `pool` × the attacked rows, with
 their Adam moments (a warm start of the vectors and of their optimiser); each iteration the next
@@ -42,12 +42,17 @@ from sfd.teachers.base import Denoiser
 
 if TYPE_CHECKING:
     from sfd.core.generator import OneStepGenerator
-    from sfd.core.module import SFDModule
+    from sfd.core.module import Draw, SFDModule
 
 ADVERSARIAL_KEY = "sfd_adversarial"  # checkpoint entry: the pool's rows, vectors, Adam moments
 MOMENT_KEYS = ("adam_m", "adam_v", "adam_t")  # the pool's per-row Adam state
 # `SFDModule._stream` phases of adversarial SFD: fresh draws, the inner attack, the two steps.
 DRAW_PHASE, ATTACK_PHASE, FAKE_PHASE, GENERATOR_PHASE = 3, 4, 5, 6
+# Per SFD step: the weights (hparams) of its forget term and of its remain term.
+STEP_WEIGHTS = {
+    "fake": ("lambda_sg_forget", "lambda_sg_remain"),
+    "generator": ("lambda_g_forget", "lambda_g_remain"),
+}
 
 
 @dataclass
@@ -200,10 +205,13 @@ def concept_log_probability(errors: Tensor, elements: int) -> Tensor:
 
 
 def concatenated(conditions: list[Any]) -> Any:
-    """Condition batches (label tensors or `TextCondition`s) one after the other."""
-    if isinstance(conditions[0], Tensor):
+    """Condition batches (label tensors, `ClassEmbeddingCondition`s, `TextCondition`s) one after
+    the other; label tensors beside class-embedding conditions join as rows that see their
+    labels (`ClassEmbeddingCondition.cat`)."""
+    joined = next((c for c in conditions if not isinstance(c, Tensor)), None)
+    if joined is None:
         return torch.cat(conditions)
-    return type(conditions[0]).cat(conditions)
+    return type(joined).cat(conditions)
 
 
 class AdversarialTraining:
@@ -447,36 +455,62 @@ class AdversarialTraining:
 
     # --- the two loss terms ---------------------------------------------------------------
 
-    def fake_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
-        """The fake score's DSM on the generator's samples under the attacked conditions, added
-        to the forget term with weight `weight` (its own stream: the plain draws are unchanged)."""
-        weight = module.hparams.lambda_sg_forget
+    def draws(self, step: str, module: SFDModule, attacked: Attacked) -> list[Draw]:
+        """The draws of SFD step `step`'s ("fake" or "generator") terms on the attacked rows, and
+        then the remain anchor's, from the step's own stream: the plain draws are unchanged."""
+        rng = module._stream(FAKE_PHASE if step == "fake" else GENERATOR_PHASE)
+
+        def draw(cond: Any, teacher_cond: Any) -> Draw:
+            if step == "fake":
+                return module._fake_draw(cond, rng, attacked.rows)
+            return module._generator_draw(cond, teacher_cond, rng, attacked.rows)
+
+        draws = [draw(attacked.condition, attacked.override)]
+        if attacked.remain is not None:
+            draws.append(draw(attacked.remain, attacked.remain_plain))
+        return draws
+
+    def step_terms(
+        self,
+        step: str,
+        module: SFDModule,
+        attacked: Attacked,
+        terms: LossTerms,
+        losses: list[Tensor] | None = None,
+    ) -> LossTerms:
+        """`terms` of SFD step `step` plus its adversarial term with weight `weight`: the fake
+        score's DSM on the generator's samples under the attacked conditions ("fake"), or the
+        unlearning loss ℓ(attacked | teacher at the override) ("generator", times each row's
+        posterior weight if any), added to the forget term; and the remain anchor's term.
+
+        Args:
+            losses: the per-row losses of `draws` (the module computes them in the plain forget
+                term's network calls); None: computed here, each term in its own calls.
+        """
+        weight = module.hparams[STEP_WEIGHTS[step][0]]
         if weight == 0:
             return terms
-        rng = module._stream(FAKE_PHASE)
-        dsm = module._fake_dsm(attacked.condition, rng, attacked.rows)
-        terms = self._added(module, "fake", terms, dsm, weight)
+        if losses is None:
+            compute = module._fake_dsms if step == "fake" else module._generator_terms
+            losses = [compute([draw])[0] for draw in self.draws(step, module, attacked)]
+        loss = losses[0]
+        if step == "generator" and attacked.weights is not None:  # rows read as the concept
+            loss = loss * attacked.weights
+        terms = self._added(module, step, terms, loss, weight)
         if attacked.remain is None:
             return terms
-        # The remain anchor: the fake score learns the generator under remain ⊕ tokens too.
-        anchor = module._fake_dsm(attacked.remain, rng, attacked.rows)
-        return self._anchored(module, "fake", terms, anchor, module.hparams.lambda_sg_remain)
+        # The remain anchor: G(z, remain ⊕ tokens) learned by the fake score and distilled
+        # towards the teacher at the remain prompt.
+        anchor_weight = module.hparams[STEP_WEIGHTS[step][1]]
+        return self._anchored(module, step, terms, losses[1], anchor_weight)
+
+    def fake_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
+        """`step_terms("fake", ...)`, each term in its own network calls."""
+        return self.step_terms("fake", module, attacked, terms)
 
     def generator_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
-        """The unlearning loss ℓ(attacked | teacher at the override), added to the forget term."""
-        weight = module.hparams.lambda_g_forget
-        if weight == 0:
-            return terms
-        rng = module._stream(GENERATOR_PHASE)
-        loss = module._generator_term(attacked.condition, attacked.override, rng, attacked.rows)
-        if attacked.weights is not None:  # rows the teacher reads as the forgotten concept
-            loss = loss * attacked.weights
-        terms = self._added(module, "generator", terms, loss, weight)
-        if attacked.remain is None:
-            return terms
-        # The remain anchor: G(z, remain ⊕ tokens) is distilled towards the teacher at remain.
-        anchor = module._generator_term(attacked.remain, attacked.remain_plain, rng, attacked.rows)
-        return self._anchored(module, "generator", terms, anchor, module.hparams.lambda_g_remain)
+        """`step_terms("generator", ...)`, each term in its own network calls."""
+        return self.step_terms("generator", module, attacked, terms)
 
     def _added(
         self, module: SFDModule, name: str, terms: LossTerms, loss: Tensor, weight: float

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError, check_count, check_guidance, check_number
+from sfd.teachers.base import GUIDANCE_SCALES
 
 # Lightning precision settings that keep the weights themselves in half precision: SFD's
 # learning rates (1e-5 .. 1e-6) and EMA decay 0.9999 vanish below half precision's resolution.
@@ -269,7 +270,7 @@ def check_module_settings(hp: Any) -> None:
     check_number("alpha", hp.alpha, low=0)
     for name in ("lambda_sg_remain", "lambda_sg_forget", "lambda_g_remain", "lambda_g_forget"):
         check_number(name, hp[name], low=0)
-    for name in ("fake_train_guidance", "fake_eval_guidance", "teacher_guidance"):
+    for name in GUIDANCE_SCALES:
         check_guidance(name, hp[name])
     check_number("cond_dropout", hp.cond_dropout, low=0, high=1, high_open=True)
     if hp.ema_decay is not None:

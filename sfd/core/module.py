@@ -9,15 +9,15 @@ the two bases of `SFDModule`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from sfd.core import guards
-from sfd.core.adversarial import AdversarialSettings, AdversarialTraining
+from sfd.core.adversarial import AdversarialSettings, AdversarialTraining, concatenated
+from sfd.core.attack_spaces import Attacked
 from sfd.core.conditions import ConditionBatch, ConditionSampler
 from sfd.core.ema import EMA_RESTART_KEY, GeneratorEMA, ema_decay_at
 from sfd.core.generator import OneStepGenerator
@@ -28,10 +28,35 @@ from sfd.core.sigma import SigmaSampler
 from sfd.errors import SFDConfigError
 from sfd.teachers.adapter_io import shared_base_views
 from sfd.teachers.adapter_settings import AdapterSettings
-from sfd.teachers.base import Denoiser
+from sfd.teachers.base import GUIDANCE_SCALES, Denoiser
 
 # The names that lived here before the EMA and the Lightning hooks moved out still import from here.
 __all__ = ["EMA_RESTART_KEY", "TEACHER_PREFIX", "SFDModule", "default_adam", "ema_decay_at"]
+
+
+class Draw(NamedTuple):
+    """The draws of one loss term's rows: the condition the generator sees, the teacher's (the
+    generator loss; None for the fake score's DSM), z, σ and ε."""
+
+    cond: Any
+    teacher_cond: Any
+    z: Tensor
+    sigma: Tensor
+    eps: Tensor
+
+
+def joined(draws: list[Draw]) -> Draw:
+    """The rows of `draws` one after the other: one batch for one call of each network."""
+    if len(draws) == 1:
+        return draws[0]
+    teacher = (
+        None if draws[0].teacher_cond is None else concatenated([d.teacher_cond for d in draws])
+    )
+    return Draw(
+        concatenated([d.cond for d in draws]),
+        teacher,
+        *(torch.cat([getattr(d, name) for d in draws]) for name in ("z", "sigma", "eps")),
+    )
 
 
 def default_adam(params: Any, lr: float = 1e-5) -> torch.optim.Optimizer:
@@ -147,12 +172,7 @@ class SFDModule(LightningHooks, GeneratorEMA):
         for name, network in (("generator", generator), ("fake_score", fake_score)):
             if network is not None:
                 guards.check_finite_weights(name, network)
-        teacher.check_guidance_scales(
-            {
-                name: self.hparams[name]
-                for name in ("teacher_guidance", "fake_train_guidance", "fake_eval_guidance")
-            }
-        )
+        teacher.check_guidance_scales({name: self.hparams[name] for name in GUIDANCE_SCALES})
         conditions.check(teacher.num_classes)
         conditions.bind(teacher)
         sigma_sampler.check(teacher.sigma_table)
@@ -207,17 +227,14 @@ class SFDModule(LightningHooks, GeneratorEMA):
         self._modes(generator=False, fake_score=True)
         attacked = None if self.adversarial is None else self.adversarial.attack(self)
         with self._toggled(fake_opt):
-            fake_terms = self.fake_score_losses(conds, self._stream(1))
-            if attacked is not None:  # docs/method.md §9: the fake score learns them too
-                fake_terms = self.adversarial.fake_terms(self, attacked, fake_terms)
+            # docs/method.md §9: the fake score learns the attacked rows too (`attacked`).
+            fake_terms = self.fake_score_losses(conds, self._stream(1), attacked)
             self._update(fake_opt, "fake", fake_terms, counts_as_iteration=False)
 
         # Step 2: generator (fake score frozen in eval mode, differentiable through its input).
         self._modes(generator=True, fake_score=False)
         with self._toggled(generator_opt):
-            generator_terms = self.generator_losses(conds, self._stream(2))
-            if attacked is not None:
-                generator_terms = self.adversarial.generator_terms(self, attacked, generator_terms)
+            generator_terms = self.generator_losses(conds, self._stream(2), attacked)
             self._update(generator_opt, "generator", generator_terms, counts_as_iteration=True)
         self.update_ema(self.global_step)  # the generator step above counted: t >= 1
 
@@ -226,21 +243,43 @@ class SFDModule(LightningHooks, GeneratorEMA):
             self._log_terms("fake", fake_terms)
             self._log_terms("generator", generator_terms)
 
-    def fake_score_losses(self, conds: ConditionBatch, rng: torch.Generator) -> LossTerms:
-        """L_ψ = λ_sg_r·DSM(c_r) + λ_sg_f·DSM(c_f) on samples of the (frozen) generator."""
+    def fake_score_losses(
+        self, conds: ConditionBatch, rng: torch.Generator, attacked: Attacked | None = None
+    ) -> LossTerms:
+        """L_ψ = λ_sg_r·DSM(c_r) + λ_sg_f·DSM(c_f) on samples of the (frozen) generator, plus
+        adversarial SFD's terms on `attacked` (docs/method.md §9), computed in the forget term's
+        network calls (their draws from their own stream: the numbers of separate calls)."""
         hp = self.hparams
         remain = self._fake_dsm(conds.remain, rng)
-        forget = self._maybe(hp.lambda_sg_forget, lambda: self._fake_dsm(conds.forget, rng))
-        return LossTerms.combine(remain, forget, hp.lambda_sg_remain, hp.lambda_sg_forget)
+        if hp.lambda_sg_forget == 0:  # no forget term, no adversarial term: no compute
+            return LossTerms.combine(
+                remain, torch.zeros(1, device=self.device), hp.lambda_sg_remain, 0
+            )
+        extra = [] if attacked is None else self.adversarial.draws("fake", self, attacked)
+        forget, *losses = self._fake_dsms([self._fake_draw(conds.forget, rng), *extra])
+        terms = LossTerms.combine(remain, forget, hp.lambda_sg_remain, hp.lambda_sg_forget)
+        if attacked is None:
+            return terms
+        return self.adversarial.step_terms("fake", self, attacked, terms, losses)
 
-    def generator_losses(self, conds: ConditionBatch, rng: torch.Generator) -> LossTerms:
-        """L_θ = λ_g_r·ℓ(c_r | teacher c_r) + λ_g_f·ℓ(c_f | teacher c_o), the unlearning term last."""
+    def generator_losses(
+        self, conds: ConditionBatch, rng: torch.Generator, attacked: Attacked | None = None
+    ) -> LossTerms:
+        """L_θ = λ_g_r·ℓ(c_r | teacher c_r) + λ_g_f·ℓ(c_f | teacher c_o), the unlearning term last,
+        plus adversarial SFD's terms on `attacked`, in the forget term's network calls."""
         hp = self.hparams
         remain = self._generator_term(conds.remain, conds.remain, rng)
-        forget = self._maybe(
-            hp.lambda_g_forget, lambda: self._generator_term(conds.forget, conds.override, rng)
-        )
-        return LossTerms.combine(remain, forget, hp.lambda_g_remain, hp.lambda_g_forget)
+        if hp.lambda_g_forget == 0:
+            return LossTerms.combine(
+                remain, torch.zeros(1, device=self.device), hp.lambda_g_remain, 0
+            )
+        extra = [] if attacked is None else self.adversarial.draws("generator", self, attacked)
+        plain = self._generator_draw(conds.forget, conds.override, rng)
+        forget, *losses = self._generator_terms([plain, *extra])
+        terms = LossTerms.combine(remain, forget, hp.lambda_g_remain, hp.lambda_g_forget)
+        if attacked is None:
+            return terms
+        return self.adversarial.step_terms("generator", self, attacked, terms, losses)
 
     @property
     def drops_conditions(self) -> bool:
@@ -250,29 +289,54 @@ class SFDModule(LightningHooks, GeneratorEMA):
         return guided and hp.cond_dropout > 0
 
     def _fake_dsm(self, cond: Any, rng: torch.Generator, rows: int | None = None) -> Tensor:
-        hp = self.hparams
+        """The fake score's per-sample DSM on `rows` fresh generator samples under `cond`."""
+        return self._fake_dsms([self._fake_draw(cond, rng, rows)])[0]
+
+    def _fake_draw(self, cond: Any, rng: torch.Generator, rows: int | None = None) -> Draw:
+        """The draws of one DSM term (condition dropout, z, σ, ε), in the stream's order."""
         if self.drops_conditions:  # before the generator samples: it sees the null condition too
-            cond = self.teacher.drop_condition(cond, self._rand(rng, rows) < hp.cond_dropout)
+            cond = self.teacher.drop_condition(
+                cond, self._rand(rng, rows) < self.hparams.cond_dropout
+            )
+        z = self._randn(rng, rows)
+        return Draw(cond, None, z, self._sigma(rng, rows), self._randn(rng, rows))
+
+    def _fake_dsms(self, draws: list[Draw]) -> list[Tensor]:
+        """The per-sample DSM of each of `draws`, in one call of each network (`joined`)."""
+        cond, _, z, sigma, eps = joined(draws)
         with torch.no_grad():
-            x_g = self.generator(self._randn(rng, rows), cond)  # (B, C, H, W)
-        sigma = self._sigma(rng, rows)  # (B,)
-        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng, rows)
+            x_g = self.generator(z, cond)  # (B, C, H, W)
+        x = x_g + sigma.view(-1, 1, 1, 1) * eps
         fake_cond = self.conditions.for_role(cond, "fake_train")
-        x0_hat = self.fake_score.guided(x, sigma, fake_cond, hp.fake_train_guidance)
-        return fake_score_loss(x0_hat, x_g, sigma)
+        x0_hat = self.fake_score.guided(x, sigma, fake_cond, self.hparams.fake_train_guidance)
+        return list(fake_score_loss(x0_hat, x_g, sigma).split([len(d.z) for d in draws]))
 
     def _generator_term(
         self, cond: Any, teacher_cond: Any, rng: torch.Generator, rows: int | None = None
     ) -> Tensor:
+        """The per-sample generator loss on `rows` samples under `cond`, the teacher at
+        `teacher_cond`."""
+        return self._generator_terms([self._generator_draw(cond, teacher_cond, rng, rows)])[0]
+
+    def _generator_draw(
+        self, cond: Any, teacher_cond: Any, rng: torch.Generator, rows: int | None = None
+    ) -> Draw:
+        """The draws of one generator term (z, σ, ε), in the stream's order."""
+        z = self._randn(rng, rows)
+        return Draw(cond, teacher_cond, z, self._sigma(rng, rows), self._randn(rng, rows))
+
+    def _generator_terms(self, draws: list[Draw]) -> list[Tensor]:
+        """The per-sample generator loss of each of `draws`, in one call of each network."""
         hp = self.hparams
-        x_g = self.generator(self._randn(rng, rows), cond)  # (B, C, H, W), with grad
-        sigma = self._sigma(rng, rows)
-        x = x_g + sigma.view(-1, 1, 1, 1) * self._randn(rng, rows)
+        cond, teacher_cond, z, sigma, eps = joined(draws)
+        x_g = self.generator(z, cond)  # (B, C, H, W), with grad
+        x = x_g + sigma.view(-1, 1, 1, 1) * eps
         teacher_cond = self.conditions.for_role(teacher_cond, "teacher")
         fake_cond = self.conditions.for_role(cond, "fake_eval")
         x0_hat_teacher = self.teacher.guided(x, sigma, teacher_cond, hp.teacher_guidance)
         x0_hat_fake = self.fake_score.guided(x, sigma, fake_cond, hp.fake_eval_guidance)
-        return generator_loss(x0_hat_teacher, x0_hat_fake, x_g, hp.alpha)
+        loss = generator_loss(x0_hat_teacher, x0_hat_fake, x_g, hp.alpha)
+        return list(loss.split([len(d.z) for d in draws]))
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle, a spawned process) gets networks nobody watches
@@ -310,10 +374,6 @@ class SFDModule(LightningHooks, GeneratorEMA):
     def _sigma(self, rng: torch.Generator, rows: int | None = None) -> Tensor:
         n = (self.hparams.batch_size if rows is None else rows) * self._world_size
         return self._rank_slice(self.sigma_sampler.sample(n, rng, self.teacher.sigma_table), rows)
-
-    def _maybe(self, weight: float, term: Callable[[], Tensor]) -> Tensor:
-        """A loss term, skipped (zero, no compute) when its weight is zero."""
-        return term() if weight != 0 else torch.zeros(1, device=self.device)
 
     def _modes(self, generator: bool, fake_score: bool) -> None:
         """`self.generator.train(generator)`, then `self.fake_score.train(fake_score)`, from cached

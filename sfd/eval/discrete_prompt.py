@@ -48,8 +48,8 @@ from sfd.eval.attack_outcome import (
 )
 from sfd.eval.evaluate import class_noise
 from sfd.eval.text_models import FlowPromptEncoder, TextToImage
-from sfd.teachers.stable_diffusion import hidden_states, tokenize
-from sfd.teachers.text_encoder import learned_token_rows
+from sfd.teachers.stable_diffusion import hidden_states
+from sfd.teachers.text_encoder import learned_token_rows, tokenize_with_room
 
 OBJECTIVE = (  # `{classifier}`: the objective's classifier (`objective_text`)
     "minimise CE({classifier}(decode(G(z, enc(prompt + vocabulary tokens)))), forgotten "
@@ -100,14 +100,8 @@ class VocabularyPrompt:
         num_tokens: int,
         max_length: int | None = None,
     ):
-        tokens = tokenize(tokenizer, [prompt], max_length)
-        ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
+        ids, mask = tokenize_with_room(tokenizer, prompt, num_tokens, max_length)
         length, used = len(ids), int(mask.sum())
-        if used + num_tokens > length:
-            raise SFDConfigError(
-                f"prompt {prompt!r} has {used} tokens; {num_tokens} more exceed the tokenizer's "
-                f"model_max_length={length}"
-            )
         self.text_encoder = text_encoder
         self.ids, self.insert_at, self.length, self.num_tokens = ids, used - 1, length, num_tokens
         self.mask = torch.zeros(1, length, dtype=mask.dtype)

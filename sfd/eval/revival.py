@@ -23,7 +23,7 @@ the same UA sequence.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +44,11 @@ from sfd.teachers.base import Denoiser
 from sfd.teachers.flow import FlowDenoiser
 
 REVIVAL_THRESHOLD = 0.5  # the table's "revived": UA below 50 %
+REVIVAL_RESOLUTION = (
+    "UA is measured only after 0, N/4, N/2 and N steps: the column is the first of these "
+    "checkpoints with UA below the threshold, not the step UA fell below it (it may fall earlier, "
+    "between two checkpoints)"
+)
 
 ONE_STEP_OBJECTIVE = (
     "eps-MSE denoising loss at the generator's sigma_init: mean ||(D(x0 + s*eps, s, c) - x0) / "
@@ -86,6 +91,18 @@ class RevivalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def revival_column(threshold: float = REVIVAL_THRESHOLD) -> str:
+    """The title of a table's `steps_to_revival` column (checkpoint resolution, see
+    `REVIVAL_RESOLUTION`)."""
+    return f"first checkpoint with UA < {100 * threshold:.0f} %"
+
+
+def revived_at(result: Mapping[str, Any]) -> str:
+    """A `RevivalResult.to_dict()`'s cell in that column: the checkpoint, or "not within N"."""
+    until = result["steps_to_revival"]
+    return f"not within {result['steps'][-1]}" if until is None else str(until)
 
 
 def checkpoints(steps: int) -> list[int]:

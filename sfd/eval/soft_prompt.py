@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from sfd.core.conditions import TextCondition
-from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import AttackBudget as AttackBudget
 from sfd.eval.attack_outcome import AttackResult as AttackResult
 from sfd.eval.attack_outcome import (
@@ -37,7 +36,11 @@ from sfd.eval.attack_outcome import (
 from sfd.eval.evaluate import class_noise
 from sfd.eval.text_models import FlowPromptEncoder, PromptEncoder, TextToImage
 from sfd.progress import ProgressBar
-from sfd.teachers.text_encoder import check_token_embeddings, insert_soft_tokens, tokenize
+from sfd.teachers.text_encoder import (
+    check_token_embeddings,
+    insert_soft_tokens,
+    tokenize_with_room,
+)
 
 OBJECTIVE = (  # `{classifier}`: the objective's classifier (`objective_text`)
     "minimise CE({classifier}(decode(G(z, enc(prompt + soft tokens)))), forgotten class) "
@@ -68,15 +71,8 @@ class SoftPrompt(nn.Module):
     ) -> None:
         super().__init__()
         check_token_embeddings(text_encoder, "the soft-prompt attack")
-        tokens = tokenize(tokenizer, [prompt], max_length)
-        ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
-        length, used = len(ids), int(mask.sum())
-        if used + num_tokens > length:
-            limit = "model_max_length" if max_length is None else "max_sequence_length"
-            raise SFDConfigError(
-                f"prompt {prompt!r} has {used} tokens; {num_tokens} more exceed the tokenizer's "
-                f"{limit}={length}"
-            )
+        ids, mask = tokenize_with_room(tokenizer, prompt, num_tokens, max_length)
+        used = int(mask.sum())
         table = text_encoder.get_input_embeddings().weight.detach()  # (V, D_in)
         self.text_encoder = text_encoder
         self.register_buffer("input_ids", ids.clone())  # (L,)

@@ -7,12 +7,16 @@ stay inside the adapters in this package.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError
+
+# The module's classifier-free guidance scales (`SFDModule` settings), which a teacher may refuse.
+GUIDANCE_SCALES = ("teacher_guidance", "fake_train_guidance", "fake_eval_guidance")
 
 
 class PromptBatch(NamedTuple):
@@ -59,6 +63,17 @@ class Denoiser(nn.Module):
 
     def check_guidance_scales(self, scales: dict[str, float]) -> None:
         """Refuse, in one line, classifier-free guidance scales this model cannot take (default: none)."""
+
+    @classmethod
+    def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
+        """Refuse, in one line, what the teacher's settings and the files beside its weights
+        (model_index.json, configs) already rule out, before a weight is read or the run is seeded
+        (`sfd fit` calls it on the configuration; default: nothing to check).
+
+        Args:
+            settings: the teacher's init_args as configured.
+            module: the module's settings (t_init, the guidance scales, ...).
+        """
 
     def generator_input(self, z: Tensor, sigma: float) -> Tensor:
         """The σ-space input of the one-step generator for noise z ~ N(0, I): σ·z (SiD's)."""

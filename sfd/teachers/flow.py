@@ -18,6 +18,7 @@ Euler step from t_init to 0: x0 = z − t_init·v(z, t_init) (`FlowDenoiser.gene
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -367,6 +368,15 @@ class FlowTransformerDenoiser(FlowDenoiser):
         }
 
     @classmethod
+    def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
+        """The folder's pipeline class and scheduler (`check_flow_folder`) and the generator's
+        flow time t_init, before the transformer loads."""
+        path = str(settings["pretrained_model_name_or_path"])
+        check_flow_folder(cls, path, settings.get("revision"), cls.__name__)
+        if module.get("t_init") is not None:
+            check_flow_time("t_init", module["t_init"])
+
+    @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> FlowTransformerDenoiser:
         return cls._with(cls.transformer_class.from_config(spec["transformer"]), spec)
 
@@ -403,6 +413,35 @@ def flow_load_error(path: str, what: str, error: Exception) -> SFDConfigError:
     )
 
 
+def check_flow_folder(
+    family: type[FlowTransformerDenoiser], path: str, revision: str | None, teacher: str
+) -> dict[str, Any]:
+    """Refuse a flow pipeline folder of another family or scheduler, reading no weights.
+
+    Args:
+        family: the denoiser class whose `pipeline_class` the folder must hold.
+        path: folder or hub id.
+        revision: hub revision.
+        teacher: the teacher's name, for messages.
+
+    Returns:
+        the scheduler config.
+    """
+    check_hub_source(path, f"{family.pipeline_class.__name__} pipeline")
+    check_pipeline_class(
+        path, model_index(path, revision), (family.pipeline_class.__name__,), teacher
+    )
+    try:
+        config = dict(
+            FlowMatchEulerDiscreteScheduler.load_config(
+                path, subfolder="scheduler", revision=revision
+            )
+        )
+    except (OSError, ValueError) as error:
+        raise flow_load_error(path, "scheduler config", error) from error
+    return check_flow_scheduler(path, config)
+
+
 def load_flow_parts(
     family: type[FlowTransformerDenoiser], path: str, revision: str | None, teacher: str
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -417,19 +456,7 @@ def load_flow_parts(
     Returns:
         (transformer in eval mode, scheduler config).
     """
-    check_hub_source(path, f"{family.pipeline_class.__name__} pipeline")
-    check_pipeline_class(
-        path, model_index(path, revision), (family.pipeline_class.__name__,), teacher
-    )
-    try:
-        config = dict(
-            FlowMatchEulerDiscreteScheduler.load_config(
-                path, subfolder="scheduler", revision=revision
-            )
-        )
-    except (OSError, ValueError) as error:
-        raise flow_load_error(path, "scheduler config", error) from error
-    check_flow_scheduler(path, config)
+    config = check_flow_folder(family, path, revision, teacher)
     try:
         transformer = family.transformer_class.from_pretrained(
             path, subfolder="transformer", revision=revision

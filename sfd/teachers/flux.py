@@ -15,6 +15,7 @@ prompt, as the stock pipeline's `true_cfg_scale` does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,8 +24,13 @@ from einops import rearrange
 from torch import Tensor
 
 from sfd.errors import SFDConfigError, check_number
-from sfd.teachers.base import Denoiser, pretrained_source
-from sfd.teachers.flow import FlowTransformerDenoiser, load_flow_parts, pack_pooled
+from sfd.teachers.base import GUIDANCE_SCALES, Denoiser, pretrained_source
+from sfd.teachers.flow import (
+    FlowTransformerDenoiser,
+    flow_load_error,
+    load_flow_parts,
+    pack_pooled,
+)
 
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale for guidance-distilled models
 
@@ -48,9 +54,10 @@ def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype)
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=1).to(dtype)
 
 
-def resolve_guidance(transformer: FluxTransformer2DModel, guidance: float | None) -> float | None:
-    """The embedded guidance input of a Flux transformer: a number if it has one, else None."""
-    if not transformer.config.guidance_embeds:
+def resolve_guidance(guidance_embeds: bool, guidance: float | None) -> float | None:
+    """The embedded guidance input of a Flux transformer (`guidance_embeds`: its config's): a
+    number if it has one, else None."""
+    if not guidance_embeds:
         if guidance is not None:
             raise SFDConfigError(
                 f"guidance={guidance} is an input of guidance-distilled Flux models only; this "
@@ -61,6 +68,19 @@ def resolve_guidance(transformer: FluxTransformer2DModel, guidance: float | None
     return check_number(
         "guidance", DEFAULT_GUIDANCE if guidance is None else guidance, low=0, low_open=True
     )
+
+
+def check_scales_without_cfg(scales: Mapping[str, float], guidance: float | None) -> None:
+    """Refuse classifier-free guidance scales != 1 where the embedded `guidance` is set (a
+    guidance-distilled model; None: none, every scale allowed), in one line."""
+    given = {name: s for name, s in scales.items() if s != 1.0}
+    if given and guidance is not None:
+        name, scale = next(iter(given.items()))
+        raise SFDConfigError(
+            f"{name}={scale} is classifier-free guidance, which a guidance-distilled Flux "
+            f"model does not take: its guidance is the embedded input, set by the teacher's "
+            f"guidance (now {guidance}); keep every guidance scale at 1"
+        )
 
 
 class FluxDenoiser(FlowTransformerDenoiser):
@@ -95,7 +115,7 @@ class FluxDenoiser(FlowTransformerDenoiser):
         sample_size: int = 128,
     ) -> None:
         super().__init__(transformer, scheduler_config, pipeline, revision, max_sequence_length)
-        self.guidance = resolve_guidance(transformer, guidance)
+        self.guidance = resolve_guidance(transformer.config.guidance_embeds, guidance)
         if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 2:
             raise SFDConfigError(f"sample_size={sample_size!r} must be an even integer >= 2")
         if sample_size % 2:
@@ -134,14 +154,7 @@ class FluxDenoiser(FlowTransformerDenoiser):
 
     def check_guidance_scales(self, scales: dict[str, float]) -> None:
         """Refuse classifier-free guidance scales != 1 on a guidance-distilled model, in one line."""
-        given = {name: s for name, s in scales.items() if s != 1.0}
-        if given and self.guidance_distilled:
-            name, scale = next(iter(given.items()))
-            raise SFDConfigError(
-                f"{name}={scale} is classifier-free guidance, which a guidance-distilled Flux "
-                f"model does not take: its guidance is the embedded input, set by the teacher's "
-                f"guidance (now {self.guidance}); keep every guidance scale at 1"
-            )
+        check_scales_without_cfg(scales, self.guidance)
 
     def encode_with_pipeline(self, pipeline: Any, prompts: list[str]) -> Tensor:
         prompt_embeds, pooled, _ = pipeline.encode_prompt(
@@ -190,3 +203,19 @@ class FluxTeacher(FluxDenoiser):
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.source = pretrained_source(FluxTeacher, arguments)
+
+    @classmethod
+    def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
+        """Besides the folder and t_init: the embedded guidance against the transformer's config
+        (guidance_embeds) and the module's classifier-free guidance scales."""
+        super().check_before_loading(settings, module)
+        path, revision = str(settings["pretrained_model_name_or_path"]), settings.get("revision")
+        try:
+            config = FluxTransformer2DModel.load_config(
+                path, subfolder="transformer", revision=revision
+            )
+        except (OSError, ValueError) as error:
+            raise flow_load_error(path, "transformer config", error) from error
+        guidance = resolve_guidance(bool(config.get("guidance_embeds")), settings.get("guidance"))
+        scales = {name: module[name] for name in GUIDANCE_SCALES if module.get(name) is not None}
+        check_scales_without_cfg(scales, guidance)

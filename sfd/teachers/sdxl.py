@@ -18,6 +18,7 @@ only the UNet is a submodule.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -29,7 +30,9 @@ from sfd.teachers.base import pretrained_source
 from sfd.teachers.stable_diffusion import (
     SDXL_ADDITION,
     StableDiffusionDenoiser,
-    load_pretrained_unet,
+    check_pretrained_folder,
+    folder_settings,
+    load_unet,
     prepare_teacher_unet,
 )
 from sfd.teachers.text_encoder import load_text_encoder, model_index, tokenize
@@ -276,16 +279,8 @@ class StableDiffusionXLTeacher(StableDiffusionXLDenoiser):
         arguments = dict(locals())  # the teacher's `source`
         path = pretrained_model_name_or_path
         crop = (0, 0) if crops_coords_top_left is None else crops_coords_top_left
-        sdxl_time_ids((1, 1), original_size, crop, target_size)  # checked before loading
-        scheduler_config, unet = load_pretrained_unet(
-            path, revision, subfolder or None, attention, sdxl=True
-        )
-        index = model_index(path, revision)
-        if "text_encoder_2" not in index:
-            raise SFDConfigError(
-                f"{path!r} has no text_encoder_2 in its model_index.json; an SDXL folder has two "
-                "text encoders (text_encoder/, text_encoder_2/) and their tokenizers"
-            )
+        scheduler_config, index = _check_sdxl_folder(arguments)
+        unet = load_unet(path, subfolder or None, revision)
         size = unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         scale = vae_scale_factor(path, revision)
@@ -300,3 +295,24 @@ class StableDiffusionXLTeacher(StableDiffusionXLDenoiser):
         )
         prepare_teacher_unet(self.unet, attention, gradient_checkpointing)
         self.source = pretrained_source(StableDiffusionXLTeacher, arguments)
+
+    @classmethod
+    def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
+        _check_sdxl_folder(settings)
+
+
+def _check_sdxl_folder(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Refuse what an SDXL teacher's init_args and its folder's configs rule out, reading no
+    weights; return (scheduler config, model_index.json)."""
+    crop = settings.get("crops_coords_top_left")
+    crop = (0, 0) if crop is None else crop
+    sdxl_time_ids((1, 1), settings.get("original_size"), crop, settings.get("target_size"))
+    path, revision, subfolder, attention = folder_settings(settings)
+    scheduler_config = check_pretrained_folder(path, revision, subfolder, attention, sdxl=True)
+    index = model_index(path, revision)
+    if "text_encoder_2" not in index:
+        raise SFDConfigError(
+            f"{path!r} has no text_encoder_2 in its model_index.json; an SDXL folder has two "
+            "text encoders (text_encoder/, text_encoder_2/) and their tokenizers"
+        )
+    return scheduler_config, index

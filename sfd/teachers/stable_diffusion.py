@@ -16,6 +16,7 @@ embeddings (`cross_attention_mask`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import diffusers
@@ -161,7 +162,7 @@ class StableDiffusionDenoiser(VPDenoiser):
 SDXL_ADDITION = "text_time"  # an SDXL UNet's addition_embed_type: pooled text + size/crop ids
 
 
-def _load_unet(path: str, subfolder: str | None, revision: str | None) -> UNet2DConditionModel:
+def load_unet(path: str, subfolder: str | None, revision: str | None) -> UNet2DConditionModel:
     try:
         return UNet2DConditionModel.from_pretrained(path, subfolder=subfolder, revision=revision)
     except (OSError, ValueError) as error:
@@ -200,7 +201,20 @@ def load_pretrained_unet(
 ) -> tuple[dict[str, Any], UNet2DConditionModel]:
     """The scheduler config and UNet of a Stable Diffusion (or, with `sdxl`, SDXL) folder.
 
-    Every check comes first: the attention backend, the source, the scheduler and the family.
+    Every check comes first (`check_pretrained_folder`).
+    """
+    scheduler_config = check_pretrained_folder(path, revision, subfolder, attention, sdxl)
+    return scheduler_config, load_unet(path, subfolder, revision)
+
+
+def check_pretrained_folder(
+    path: str, revision: str | None, subfolder: str | None, attention: str, sdxl: bool = False
+) -> dict[str, Any]:
+    """Refuse what a Stable Diffusion (or SDXL) folder's configs rule out, reading no weights:
+    the attention backend, the source, the pipeline class, the scheduler and the family.
+
+    Returns:
+        the scheduler config.
     """
     if attention not in ATTENTION_BACKENDS:
         raise SFDConfigError(
@@ -211,7 +225,7 @@ def load_pretrained_unet(
     check_pipeline_class(path, model_index(path, revision), None, teacher)
     scheduler_config = _load_scheduler_config(path, revision)
     _check_family(path, subfolder, revision, sdxl)
-    return scheduler_config, _load_unet(path, subfolder, revision)
+    return scheduler_config
 
 
 def prepare_teacher_unet(
@@ -262,6 +276,20 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
         )
         prepare_teacher_unet(self.unet, attention, gradient_checkpointing)
         self.source = pretrained_source(StableDiffusionTeacher, arguments)
+
+    @classmethod
+    def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
+        check_pretrained_folder(*folder_settings(settings))
+
+
+def folder_settings(settings: Mapping[str, Any]) -> tuple[str, str | None, str | None, str]:
+    """(path, revision, subfolder, attention) of a Stable Diffusion teacher's init_args."""
+    return (
+        str(settings["pretrained_model_name_or_path"]),
+        settings.get("revision"),
+        settings.get("subfolder", "unet") or None,
+        settings.get("attention", "sdpa"),
+    )
 
 
 # --- LoRA fake score -----------------------------------------------------------------------------

@@ -130,6 +130,33 @@ def tokenize(tokenizer: Any, prompts: list[str], max_length: int | None = None) 
     )
 
 
+def tokenize_with_room(
+    tokenizer: Any, prompt: str, num_tokens: int, max_length: int | None = None, what: str = ""
+) -> tuple[Tensor, Tensor]:
+    """A prompt's token ids and attention mask, (L,) each, refused in one line when
+    `num_tokens` more tokens (an attack's, inserted before the end token) do not fit.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        prompt: the prompt.
+        num_tokens: the tokens to insert.
+        max_length: the padded length (None: the tokenizer's `model_max_length`; a flow
+            pipeline's sequence encoder: its `max_sequence_length`).
+        what: the setting that asks for the tokens, to start the message (e.g. "--attack-tokens").
+    """
+    tokens = tokenize(tokenizer, [prompt], max_length)
+    ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
+    length, used = len(ids), int(mask.sum())
+    if used + num_tokens > length:
+        limit = "model_max_length" if max_length is None else "max_sequence_length"
+        start = f"{what} {num_tokens}: " if what else ""
+        raise SFDConfigError(
+            f"{start}prompt {prompt!r} has {used} tokens; {num_tokens} more exceed the "
+            f"tokenizer's {limit}={length} (room for {max(length - used, 0)})"
+        )
+    return ids, mask
+
+
 def hidden_states(text_encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The encoder's last hidden states under its padding convention (see the module docstring).
 

@@ -22,9 +22,14 @@ from sfd.core import guards
 from sfd.core.adversarial import check_adversarial_settings
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR
 from sfd.core.module import SFDModule
+from sfd.core.sigma import SigmaSampler
 from sfd.errors import SFDConfigError, check_integer
 from sfd.teachers.adapter_settings import check_adapter_settings
+from sfd.teachers.base import Denoiser
+from sfd.teachers.flow import FlowDenoiser
 from sfd.training.callbacks import LoggedSaveConfigCallback
+from sfd.training.completion import PROBE_EVERY, UntilForgotten, check_rule_within
+from sfd.training.config_errors import callback_entries, class_at
 from sfd.training.config_files import check_config_files
 from sfd.training.fsdp import check_fsdp_config
 from sfd.training.loggers import ResumableWandbLogger
@@ -105,13 +110,33 @@ class SFDLightningCLI(RunCLI):
                 "optimisation; raise model.batch_size (or trainer.devices) instead"
             )
         check_model_settings(config.get("model") or {})
+        for entry in callback_entries(config):
+            if class_at(str(entry.get("class_path", ""))) is UntilForgotten:
+                rule = entry.get("init_args") or {}
+                every_n, budget = rule.get("every_n", PROBE_EVERY), rule.get("budget")
+                check_rule_within(trainer.get("max_steps"), every_n, budget)
         check_fsdp_config(config)
         budget_setting()  # a bad SFD_DEVICE_MEMORY_GIB is refused before the teacher loads
+
+    def check_sources(self, config: Mapping[str, Any]) -> None:
+        model = config.get("model") or {}
+        teacher = model.get("teacher")
+        if isinstance(teacher, Mapping):
+            cls = class_at(str(teacher.get("class_path", "")))
+            if cls is not None and issubclass(cls, Denoiser):
+                cls.check_before_loading(teacher.get("init_args") or {}, model)
+            sampler = model.get("sigma_sampler")
+            if cls is not None and issubclass(cls, FlowDenoiser) and isinstance(sampler, Mapping):
+                # a flow teacher has no discrete schedule: the sampler's own check, before loading
+                sampler_class = class_at(str(sampler.get("class_path", "")))
+                if sampler_class is not None and issubclass(sampler_class, SigmaSampler):
+                    sampler_class(**(sampler.get("init_args") or {})).check(None)
 
     def before_fit(self) -> None:
         # The estimate of the run's memory per device, and a run that cannot fit refused, before
         # any checkpoint is read or anything is written.
-        check_run_memory(self.model, self.trainer)
+        with self._held_lines:  # said with the rest once the checkpoint is checked too
+            check_run_memory(self.model, self.trainer)
         super().before_fit()
 
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:

@@ -3,13 +3,22 @@ allowed (`sfd fit`, the demos' SFD options, `sfd compare`'s baseline settings)."
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import re
+from collections.abc import Mapping
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from sfd.errors import SFDConfigError
 
 _KEY = re.compile(r'Parser key "([^"]+)":')
 _GIVEN = re.compile(r"(?:Given|Got) value: (.*?)(?:\. Got value: .*)?$")
 _CLASS = re.compile(r"<class '([^']+)'>")
 _UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")
 _CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
+_EXPECTED = re.compile(r"Expected a <class '(?:int|float)'>\. Got value: (.*)$")
 
 
 def one_line(error: Exception) -> str:
@@ -24,6 +33,11 @@ def one_line(error: Exception) -> str:
     keys = [match.group(1) for line in lines for match in _KEY.finditer(line)]
     if not keys:
         return _tidy(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[1]}")
+    refusal = _class_refusal(lines)
+    if refusal is not None:
+        return refusal
+    lines = _first_class_path_only(lines)
+    keys = [match.group(1) for line in lines for match in _KEY.finditer(line)]
     key = keys[0] + "".join(f".init_args.{k}" for k in keys[1:])
     deepest = max(i for i, line in enumerate(lines) if _KEY.search(line))
     rest = lines[deepest:]
@@ -39,6 +53,71 @@ def one_line(error: Exception) -> str:
     reason = _reason(rest)
     shown = f"{key}={value}" if value is not None else key
     return _tidy(f"{shown}: {reason}" if reason else shown)
+
+
+def _first_class_path_only(lines: list[str]) -> list[str]:
+    """The lines of a Union error up to the second class_path it tried: the first is the class the
+    configuration names; the others (e.g. lightning.Callback) only reject its keys as unknown."""
+    starts = [i for i, line in enumerate(lines) if _CLASS_PATH.search(line)]
+    if len(starts) < 2:
+        return lines
+    return [line for line in lines[: starts[1]] if not line.startswith("Subtypes:")]
+
+
+def _class_refusal(lines: list[str]) -> str | None:
+    """The refusal of sfd's own settings class (a callback or a settings dataclass) when given the
+    value jsonargparse rejected as no int / float ("nan", "high"): its check names the allowed
+    range. None when the error is another kind, or the class does not refuse it in one line."""
+    path = next((m.group(1) for line in lines if (m := _CLASS_PATH.search(line))), None)
+    found = [m.group(1) for line in lines if (m := _KEY.search(line))]
+    given = next((m.group(1).strip() for line in lines if (m := _EXPECTED.search(line))), None)
+    if path is None or len(found) < 2 or given is None:
+        return None
+    cls = checking_class(path)
+    if cls is None:
+        return None
+    try:
+        value: object = float(given)
+    except ValueError:
+        value = given
+    try:
+        cls(**{found[-1]: value})
+    except SFDConfigError as refusal:
+        if found[-1] in str(refusal) and "\n" not in str(refusal):
+            return str(refusal)
+    except Exception:  # noqa: BLE001 - the class cannot be built from this one value
+        return None
+    return None
+
+
+def checking_class(path: str) -> type | None:
+    """sfd's own class at a configuration's class_path if building it does nothing but check and
+    store its settings (a callback, a settings dataclass), else None.
+
+    Args:
+        path: the class_path, e.g. "sfd.training.completion.UntilForgotten".
+    """
+    cls = class_at(path) if path.startswith("sfd.") else None
+    if cls is not None and (issubclass(cls, Callback) or dataclasses.is_dataclass(cls)):
+        return cls
+    return None
+
+
+def callback_entries(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The {class_path, init_args} entries of a parsed configuration's trainer.callbacks."""
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    entries = callbacks if isinstance(callbacks, list) else [callbacks]
+    return [entry for entry in entries if isinstance(entry, Mapping)]
+
+
+def class_at(path: str) -> type | None:
+    """The class a configuration's class_path names ("module.Class"), or None if there is none."""
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        return None
+    return cls if isinstance(cls, type) else None
 
 
 def _reason(lines: list[str]) -> str:

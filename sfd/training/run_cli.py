@@ -9,12 +9,13 @@ left behind when a command fails before its first iteration. The commands are it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
-from lightning.pytorch import Trainer
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -26,7 +27,7 @@ from sfd.core.module_hooks import TEACHER_PREFIX
 from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
-from sfd.training.config_errors import one_line
+from sfd.training.config_errors import callback_entries, checking_class, one_line
 from sfd.training.progress import IterationProgressBar
 from sfd.training.resume import (
     RunConfigStamp,
@@ -37,6 +38,7 @@ from sfd.training.resume import (
     run_identity,
 )
 
+RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"  # Lightning's "GPU available: ..."
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # resolved by Lightning, not files
 FOLDER_KEYS = ("default_root_dir", "save_dir", "dirpath", "root_dir")  # where a run writes
 # jsonargparse raises instead of printing usage and exiting, so a bad value becomes one line.
@@ -51,6 +53,8 @@ class RunCLI(LightningCLI):
         self._progress = _IterationSeen()
         self._checkpoint: tuple[str, dict[str, Any]] | None = None  # read by _parse_ckpt_path
         self._identity: dict[str, Any] = {}
+        self._seed_line = ""  # "Seed set to N", said once the run starts
+        self._held_lines = _HeldLines(RANK_ZERO_LOGGER)
         try:
             super().__init__(*args, **kwargs)
         except ArgumentError as error:
@@ -73,6 +77,10 @@ class RunCLI(LightningCLI):
     def check_config(self, config: Mapping[str, Any]) -> None:
         """Refuse settings that cannot work with this command (raise `SFDConfigError`)."""
 
+    def check_sources(self, config: Mapping[str, Any]) -> None:
+        """Refuse what the files beside the weights (a teacher folder's configs) rule out, before
+        the seed and before a weight is read (raise `SFDConfigError`)."""
+
     def checkpoint_kind_error(self, checkpoint: Mapping[str, Any]) -> str | None:
         """Why `checkpoint` is not one of this command's checkpoints, or None if it is."""
         return None
@@ -90,16 +98,26 @@ class RunCLI(LightningCLI):
 
     def _set_seed(self) -> None:
         # Lightning seeds right after parsing and logs "Seed set to N"; sfd seeds once the
-        # settings and folders are checked (`before_instantiate_classes`), so that the line
-        # never precedes an error.
+        # settings and folders are checked (`before_instantiate_classes`), before the classes are
+        # built, and says so only once every check has passed (`before_fit`: the memory estimate
+        # and the checkpoint need the built model), so that the line never precedes an error.
         return None
 
     def _seed_after_checks(self) -> None:
-        LightningCLI._set_seed(self)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        requested = config.get("seed_everything")
+        if requested is False:
+            return
+        given = None if requested is True else requested
+        seed = seed_everything(given, workers=True, verbose=False)
+        config["seed_everything"] = seed
+        self._seed_line = f"Seed set to {seed}"
 
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
+        check_callback_settings(config)
         self.check_config(config)
+        self.check_sources(config)
         folders = list(_run_folders_of(config))
         for name, folder in folders:
             check_writable_folder(folder, name)
@@ -125,7 +143,8 @@ class RunCLI(LightningCLI):
         if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             extra.append(IterationProgressBar())
         kwargs.setdefault("callbacks", [*callbacks, *extra])
-        return super().instantiate_trainer(**kwargs)
+        with self._held_lines:  # "GPU available: ...": said once every check has passed
+            return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         fit_config = self.config_init["fit"]
@@ -142,6 +161,9 @@ class RunCLI(LightningCLI):
             check_fits_model(checkpoint, self.model.state_dict(), path)
         self._checkpoint = None  # Lightning loads it again; do not hold two copies
         fit_config["weights_only"] = True  # never unpickle code, whatever torch's default
+        if self._seed_line:
+            rank_zero_info(self._seed_line)
+        self._held_lines.release()
         if requested == "last":
             announce_resume(fit_config["ckpt_path"])
         if self.trainer.is_global_zero:
@@ -169,6 +191,31 @@ class RunCLI(LightningCLI):
             self._new_paths.remove()
 
 
+class _HeldLines(logging.Filter):
+    """Within: what a logger says is held back; `release` says it (once the checks have passed,
+    so that a refusal is the only line its user sees)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def __enter__(self) -> None:
+        self.logger.addFilter(self)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeFilter(self)
+
+    def release(self) -> None:
+        records, self.records = self.records, []
+        for record in records:
+            self.logger.handle(record)
+
+
 class _IterationSeen(Callback):
     """Notes that the run has finished an iteration (from then on a failure keeps its files)."""
 
@@ -187,6 +234,19 @@ def _run_folders_of(config: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     for key, value in _walk(trainer, "trainer"):
         if key.rsplit(".", 1)[-1] in FOLDER_KEYS[1:] and isinstance(value, str):
             yield key, value
+
+
+def check_callback_settings(config: Mapping[str, Any]) -> None:
+    """Build sfd's own callbacks of the trainer section once, so that their checks refuse a bad
+    setting before the seed, the folders or the teacher (their constructors only check and store).
+
+    Args:
+        config: the subcommand's parsed configuration (`trainer.callbacks`: class_path + init_args).
+    """
+    for entry in callback_entries(config):
+        cls = checking_class(str(entry.get("class_path", "")))
+        if cls is not None:
+            cls(**(entry.get("init_args") or {}))
 
 
 def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:

@@ -401,7 +401,7 @@ def test_a_target_the_run_did_not_measure_reads_not_measured() -> None:
     assert soft == {"value": None, "met": None}
     row = [r for r in target_rows(results.targets()) if "soft_attack" in r]
     assert row == ["| soft_attack_at_most_half_of_no_forgetting | — | not measured |"]
-    assert "| ua_train_at_least_95 | 1.000 | yes |" in target_rows(results.targets())
+    assert "| ua_train_at_least_99 | 1.000 | yes |" in target_rows(results.targets())
     white_box = {
         key: {"soft": {"success_rate": rate}} for key, rate in zip(keys, (1, 0.8, 0.2), strict=True)
     }

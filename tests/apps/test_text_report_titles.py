@@ -55,3 +55,16 @@ def test_the_teacher_row_names_its_real_sampler(family, title, sd_dirs, flow_dir
     assert len(rows) == 3  # the model table, the revival table, the per-class remain table
     assert rows[0].startswith(f"| {title} | 28 |") and rows[1].startswith(f"| {title} | 90.0 % |")
     assert all("DDIM" not in line for line in lines if line.startswith("|")) == (family == "sd3")
+
+
+def test_the_revival_column_says_it_has_checkpoint_resolution() -> None:
+    """The revival table's last column is the first checkpoint (0, N/4, N/2, N) with UA < 50 %,
+    titled so, and the note under it says UA is measured only there."""
+    lines = report("DDIM", 50)
+    header = next(line for line in lines if line.startswith("| model | UA after 0 steps"))
+    assert header.endswith("| first checkpoint with UA < 50 % |")
+    assert any(
+        line.startswith("| teacher (DDIM) | 90.0 % | 80.0 % | not within 4 |") for line in lines
+    )
+    assert any("UA is measured only after 0, N/4, N/2 and N steps" in line for line in lines)
+    assert not any("steps until" in line for line in lines)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, fit_args, save_tiny_teacher
+from conftest import CONFIGS, fit_args, lightning_logs_to_stderr, save_tiny_teacher
 from safetensors.torch import load_file, save_file
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
@@ -181,6 +181,8 @@ def world(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> W
     (w / "broken.yaml").write_text("model: [\n")
     (w / "latin1.txt").write_bytes("a photo of brad pitt\nbrad pitt in caf\xe9\n".encode("latin-1"))
     (w / "a_file").write_text("not a folder")
+    (w / "digit_prompts.txt").write_text("a handwritten digit one\n", encoding="utf-8")
+    (w / "remain.csv").write_text("prompt,label\na handwritten digit two,2\n", encoding="utf-8")
     # flow-matching folders: SD3, Flux-dev (guidance-distilled), an SD3 folder with a DDPM scheduler
     from flow_fixtures import save_tiny_flux_pipeline, save_tiny_sd3_pipeline
 
@@ -222,7 +224,8 @@ def sample(w: World, out: Path, *extra: str, export: Path | None = None) -> list
 
 def evaluate(w: World, out: Path, *extra: str, model: Path | None = None, clf: str = "clf"):
     return ["eval", str(model or w.export), "--classifier", str(w / clf), "--forget", "0",
-            "--override", "1", "--num-per-class", "2", "--output", str(out / "m.json"), *extra]  # fmt: skip
+            "--override", "1", "--num-per-class", "2", "--output", str(out / "m.json"),
+            "--no-progress", *extra]  # fmt: skip
 
 
 def teacher_text(w: World, out: Path, *extra: str) -> list[str]:
@@ -240,6 +243,13 @@ def concepts(w: World, out: Path, *extra: str) -> list[str]:
     return ["eval-text", str(w / "text_export"), "--classifier", str(w / "clf"),
             "--forget-prompts", prompts, "--remain-prompts", prompts, "--forget", "1",
             "--override", "2", "--output-dir", str(out), "--no-progress", *extra]  # fmt: skip
+
+
+def digit_concepts(w: World, out: Path, model: Path, *extra: str) -> list[str]:
+    """`sfd eval-text MODEL --classifier` with UTF-8 prompt files of the digits captions."""
+    return ["eval-text", str(model), "--classifier", str(w / "clf"),
+            "--forget-prompts", str(w / "digit_prompts.txt"), "--remain-prompts", str(w / "remain.csv"),
+            "--forget", "1", "--override", "2", "--output-dir", str(out), "--no-progress", *extra]  # fmt: skip
 
 
 def flow_fit(w: World, out: Path, family: str, folder: str, *extra: str) -> list[str]:
@@ -299,6 +309,30 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.stall_drop", "-1"), "UntilForgotten stall_drop=-1"),
     ("fit-until-stall-margin",
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.stall_margin", "2"), "UntilForgotten stall_margin=2"),
+    ("fit-until-patience",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.patience", "0"), "UntilForgotten patience=0"),
+    ("fit-until-draws", lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.draws", "0"), "draws=0"),
+    ("fit-until-threshold-nan",  # the callback's own check names the range, not "unknown key"
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.threshold", "nan"),
+     "UntilForgotten threshold=nan must be a finite number in [0, 1]"),
+    ("fit-until-threshold-word",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.threshold", "high"),
+     "UntilForgotten threshold='high' must be a finite number in [0, 1]"),
+    ("fit-until-interval-word",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.every_n", "often"),
+     "UntilForgotten every_n='often' must be an integer of at least 1"),
+    ("fit-until-unknown-key",
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.frobnicate", "1"),
+     "trainer.callbacks.init_args.frobnicate: unknown key (sfd.training.completion.UntilForgotten"),
+    ("fit-until-budget-beyond-max-steps",  # max_steps would stop the run before the budget
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.budget", "30", "--trainer.max_steps", "20"),
+     "UntilForgotten budget=30 exceeds trainer.max_steps=20"),
+    ("fit-until-interval-beyond-max-steps",  # the rule would never probe
+     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.max_steps", "5"),
+     "UntilForgotten every_n=10 exceeds trainer.max_steps=5"),
+    ("fit-adversarial-share-nan",
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.share", "nan"),
+     "adversarial.share=nan must be a finite number in [0, 1]"),
     # --- sfd fit / sfd demo: the power-function EMA (issue 24 item 2) ---
     ("fit-ema-power-negative", lambda w, o: fit(w, o, "--model.ema_power", "-1"), "ema_power=-1.0 must be"),
     ("fit-ema-power-without-ema",
@@ -307,6 +341,10 @@ CASES: list[Case] = [
     # --- sfd fit: flow-matching teachers (issue 20) ---
     ("fit-flow-t-init-one", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.t_init", "1.0"),
      "t_init=1.0 must be a flow time strictly between 0 and 1"),
+    ("fit-flow-t-init-zero", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.t_init", "0"),
+     "t_init=0 must be a flow time strictly between 0 and 1"),
+    ("fit-sd3-teacher-on-sd-folder", lambda w, o: flow_fit(w, o, "sd3", "text_teacher"),
+     "holds a 'StableDiffusionPipeline' pipeline; SD3Teacher loads StableDiffusion3Pipeline folders"),
     ("fit-flow-t-init-timestep", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.t_init", "625"),
      "t_init=625 must be a flow time strictly between 0 and 1"),
     ("fit-flux-cfg-on-guidance-distilled",
@@ -492,6 +530,15 @@ CASES: list[Case] = [
     ("eval-text-guidance-absurd",
      lambda w, o: ["eval-text", str(w / "text_export"), "--prompts", str(w / "latin1.txt"),
                    "--output-dir", str(o), "--guidance-scale", "500"], "--guidance-scale=500.0"),
+    ("eval-text-class-export",  # a class model: one line pointing to sfd eval, nothing loaded
+     lambda w, o: digit_concepts(w, o, w.export, "--attack", "soft"),
+     "holds a class-conditional model (OneStepPipeline); sfd eval-text takes text-to-image models: evaluate it with sfd eval"),
+    ("eval-text-class-teacher",
+     lambda w, o: ["eval-text", str(w.teacher), "--prompts", str(w / "digit_prompts.txt"), "--output-dir", str(o)],
+     "holds a class-conditional model (DDPMPipeline)"),
+    ("eval-text-attack-tokens-beyond-room",  # refused before the evaluation and the attacks
+     lambda w, o: digit_concepts(w, o, w / "text_teacher", "--attack", "soft", "--attack-tokens", "1000"),
+     "--attack-tokens 1000: prompt 'a handwritten digit one' has"),
     ("eval-text-concepts-forget-is-override",
      lambda w, o: concepts(w, o, "--override", "1"), "--override 1 equals --forget"),
     ("eval-text-concepts-guidance-negative",
@@ -598,6 +645,13 @@ CASES: list[Case] = [
      "--model.adapters.start_from: the demo sets it"),
     ("demo-attack-steps-zero", lambda w, o: demo(w, o, "--attack-steps", "0"), "class-embedding attack steps=0"),
     ("demo-attack-ddim-steps-zero", lambda w, o: demo(w, o, "--attack-ddim-steps", "0"), "--attack-ddim-steps=0"),
+    ("demo-text-attack-tokens-beyond-room",  # refused before prompts/ and the teacher
+     lambda w, o: demo(w, o, "--attack-tokens", "1000", verb="demo-text"),
+     "--attack-tokens 1000: prompt 'a handwritten digit seven' has"),
+    ("demo-text-curve-every-beyond-max-steps",
+     lambda w, o: demo(w, o, "--curve-every", "100000", verb="demo-text"), "--curve-every=100000 exceeds trainer.max_steps="),
+    ("demo-curve-every-beyond-max-steps",
+     lambda w, o: demo(w, o, "--curve-every", "100000"), "--curve-every=100000 exceeds trainer.max_steps="),
     ("demo-text-attack-tokens-negative",
      lambda w, o: demo(w, o, "--attack-tokens", "-4", verb="demo-text"), "attack num_tokens=-4"),
     ("demo-text-revival-negative", lambda w, o: demo(w, o, "--revival", "-2", verb="demo-text"), "revival steps=-2"),
@@ -661,7 +715,7 @@ CASES: list[Case] = [
     ("fit-adversarial-remain-starts-class-teacher",
      lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.remain_starts", "0.5"), "model.adversarial.remain_starts=0.5 needs prompt conditions"),
     ("demo-text-adversarial-anchor-text",
-     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.anchor", "strong", verb="demo-text"), "anchor=strong: expected float"),
+     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.anchor", "strong", verb="demo-text"), "adversarial.anchor='strong' must be a finite number in [0, inf)"),
     # --- sfd demo-text: refused before any file is written or any teacher trained ---
     ("demo-text-guidance-absurd",
      lambda w, o: demo(w, o, "--model.teacher_guidance", "1000", verb="demo-text"), "teacher_guidance=1000.0"),
@@ -726,6 +780,16 @@ SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it ch
 }
 
 
+# Cases refused only once a pipeline has loaded (its loading bars come first): known gaps.
+LOADS_BEFORE_REFUSING = {
+    "fit-flow-adversarial-tokens",  # needs the sequence tokenizer and the conditions' prompts
+    # sfd export builds the pipeline (transformers' "Loading weights" bar) before these checks
+    "export-single-file-bert",
+    "export-single-file-flux-width",
+    "export-single-file-sd3-clip-widths",
+}
+
+
 def listing(root: Path) -> dict[str, float]:
     return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
 
@@ -737,7 +801,7 @@ def test_bad_input(
     fragment: str,
     world: World,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's old, unsafe default
@@ -746,11 +810,14 @@ def test_bad_input(
     out = tmp_path / "out"
     argv = command(world, out)
     before = listing(world.root)
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
+    with lightning_logs_to_stderr():
+        capfd.readouterr()
+        assert main(argv) == 2
+        err = capfd.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("sfd: error:")]
     assert len(errors) == 1, err
+    if name not in LOADS_BEFORE_REFUSING:
+        assert [line for line in err.splitlines() if line.strip()] == errors, err  # nothing else
     assert fragment in errors[0], errors[0]
     assert "Traceback" not in err
     assert "Seed set" not in err  # the seed line comes only once the settings are checked

@@ -11,12 +11,13 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import fit_args
+from conftest import fit_args, lightning_logs_to_stderr
 
 from sfd.apps.data.captions import DIGITS_VOCABULARY, FASHION_VOCABULARY, resolve_class
 from sfd.cli import main
 from sfd.errors import SFDConfigError
 from sfd.notices import HIDDEN_LOG_LINES, HIDDEN_WARNINGS, quiet_known_warnings
+from sfd.training.memory import BUDGET_ENV
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -78,10 +79,18 @@ def test_a_tiny_fit_prints_no_hidden_warning_and_plain_progress_lines(
 def test_no_seed_line_before_an_error(
     tiny_teacher_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    bad = fit_args(tiny_teacher_dir, tmp_path / "run", "--trainer.accumulate_grad_batches", "2")
-    assert main(bad) == 2
-    out, err = capfd.readouterr()
-    assert "sfd: error:" in err and "Seed set" not in out + err
+    """Lightning's seed and device lines wait for the checks: none before a refusal (here one
+    that needs the built trainer and model: the memory estimate), all once the run starts."""
+    bad = fit_args(tiny_teacher_dir, tmp_path / "run", "--trainer.max_steps", "1")
+    with lightning_logs_to_stderr():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(BUDGET_ENV, str(1 / 1024))  # 1 MiB devices: refused in before_fit
+            assert main(bad) == 2
+        out, err = capfd.readouterr()
+        assert err.startswith("sfd: error:") and err.count("\n") == 1, err
+        assert main(bad) == 0
+        err = capfd.readouterr().err
+    assert "Seed set to 0" in err and "GPU available" in err and "memory estimate" in err, err
 
 
 def test_class_names_resolve_in_one_place() -> None:
@@ -156,3 +165,30 @@ def test_sfd_eval_of_a_teacher_reports_every_ddim_step(
                                                            ["3/3", "(100%)"]]  # fmt: skip
     assert main([*argv, "--no-progress"]) == 0
     assert "sampling" not in capsys.readouterr().out
+
+
+def test_no_progress_hides_the_loading_and_revival_bars(
+    tiny_teacher_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`sfd eval --no-progress`: neither diffusers' "Loading pipeline components" bar nor the
+    revival test's bar; without it both show (the control)."""
+    import torch
+
+    from sfd.core.generator import OneStepGenerator
+    from sfd.eval.classifier import Classifier, save_classifier
+    from sfd.pipelines.io import save_generator
+    from sfd.teachers import PretrainedVPTeacher
+
+    torch.manual_seed(0)
+    save_classifier(Classifier(1, 10, (8, 8), width=8, feature_dim=8), tmp_path / "clf")
+    save_generator(OneStepGenerator(PretrainedVPTeacher(str(tiny_teacher_dir))), tmp_path / "gen")
+    argv = ["eval", str(tmp_path / "gen"), "--classifier", str(tmp_path / "clf"), "--forget", "0",
+            "--num-per-class", "2", "--revival", "2", "--revival-images", "2",
+            "--revival-batch", "2"]  # fmt: skip
+    capfd.readouterr()
+    assert main(argv) == 0
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" in err and "revival:" in err, err
+    assert main([*argv, "--no-progress"]) == 0
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" not in err and "revival:" not in err, err

@@ -899,3 +899,75 @@ def test_a_pool_without_adam_moments_is_refused_in_one_line() -> None:
     old = {"forget": torch.zeros(2, dtype=torch.long), "embedding": torch.zeros(2, 4)}
     with pytest.raises(SFDConfigError, match="has no adam_m, adam_v, adam_t: it was written"):
         attacker.load_state_dict(old, world_size=1)
+
+
+@pytest.mark.parametrize("path", ["class", "text"])
+def test_the_attacked_rows_in_the_forget_terms_calls_give_the_separate_calls_numbers(
+    path, text_setup, single_thread
+) -> None:
+    """The training step computes the adversarial terms (and the remain anchor's) in the plain
+    forget term's network calls; oracle: each term in its own calls on the same streams, as
+    method §9 writes them (loss terms and the generator's gradients; float tolerance: one
+    batched call against several)."""
+    if path == "class":
+        settings = AdversarialSettings(steps=1, share=0.5, rivals=3, posterior_weight=True)
+        module = class_module(settings)
+    else:
+        settings = AdversarialSettings(steps=1, tokens=2, share=0.5, anchor=0.5)
+        module = text_module(text_setup, settings, lambda_sg_forget=1.0, lambda_g_forget=1.0)
+    hp, attack = module.hparams, module.adversarial
+    module.generator.eval()
+    attacked = attack.attack(module)
+    assert (attacked.remain is not None) == (path == "text")
+    conds = module.conditions.sample(hp.batch_size, module._stream(0))
+    rows = attacked.rows
+
+    def separate(name: str) -> tuple[float, float, float]:
+        """(remain, forget, total) of step `name` with every term in its own calls."""
+        if name == "fake":
+            rng, own = module._stream(1), module._stream(5)
+            remain = module._fake_dsm(conds.remain, rng).mean()
+            forget = module._fake_dsm(conds.forget, rng).mean()
+            extra = module._fake_dsm(attacked.condition, own, rows).mean()
+            anchor = module._fake_dsm(attacked.remain, own, rows).mean() if path == "text" else 0
+            weights = (hp.lambda_sg_remain, hp.lambda_sg_forget)
+        else:
+            rng, own = module._stream(2), module._stream(6)
+            remain = module._generator_term(conds.remain, conds.remain, rng).mean()
+            forget = module._generator_term(conds.forget, conds.override, rng).mean()
+            per_row = module._generator_term(attacked.condition, attacked.override, own, rows)
+            if attacked.weights is not None:
+                per_row = per_row * attacked.weights
+            extra = per_row.mean()
+            anchor = 0
+            if path == "text":
+                anchor = module._generator_term(
+                    attacked.remain, attacked.remain_plain, own, rows
+                ).mean()
+            weights = (hp.lambda_g_remain, hp.lambda_g_forget)
+        remain = remain + settings.anchor * anchor
+        forget = forget + settings.weight * extra
+        return remain, forget, weights[0] * remain + weights[1] * forget
+
+    for name in ("fake", "generator"):
+        results = []
+        for merged in (True, False):
+            module.zero_grad(set_to_none=True)
+            if merged and name == "fake":
+                terms = module.fake_score_losses(conds, module._stream(1), attacked)
+                terms = (terms.remain, terms.forget, terms.total)
+            elif merged:
+                terms = module.generator_losses(conds, module._stream(2), attacked)
+                terms = (terms.remain, terms.forget, terms.total)
+            else:
+                terms = separate(name)
+            network = module.fake_score if name == "fake" else module.generator
+            terms[2].backward()
+            grads = torch.cat([p.grad.flatten() for p in network.parameters()])
+            results.append((torch.stack([torch.as_tensor(t).float() for t in terms]), grads))
+        (merged_terms, merged_grads), (own_terms, own_grads) = results
+        torch.testing.assert_close(merged_terms, own_terms, rtol=1e-4, atol=1e-6)
+        # Per-parameter sums over the batch in another order: tolerance relative to their scale.
+        scale = float(own_grads.abs().max())
+        torch.testing.assert_close(merged_grads, own_grads, rtol=1e-4, atol=1e-5 * scale)
+        assert bool(own_grads.abs().sum() > 0)

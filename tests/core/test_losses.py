@@ -101,9 +101,9 @@ def test_remain_gradient_vanishes_when_generator_fake_and_teacher_agree() -> Non
 class TeacherSeesForgetModule(SFDModule):
     """A deliberately wrong variant: the teacher is given c_f instead of the override c_o."""
 
-    def generator_losses(self, conds, rng):
+    def generator_losses(self, conds, rng, attacked=None):
         wrong = ConditionBatch(conds.remain, conds.forget, conds.forget)
-        return super().generator_losses(wrong, rng)
+        return super().generator_losses(wrong, rng, attacked)
 
 
 def generated_means(module: SFDModule, num_classes: int) -> torch.Tensor:

@@ -139,8 +139,8 @@ class NaNAtIteration(SFDModule):
 
     nan_at = 2
 
-    def generator_losses(self, conds, rng):
-        terms = super().generator_losses(conds, rng)
+    def generator_losses(self, conds, rng, attacked=None):
+        terms = super().generator_losses(conds, rng, attacked)
         if self.global_step == self.nan_at:
             terms.forget = terms.forget * math.nan
             terms.total = terms.total + terms.forget

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from gaussian import GaussianClassNet
 from text_fixtures import linear_classifier, save_tiny_bert, save_tiny_text_teacher, text_sensitive
 
 from sfd.core.generator import OneStepGenerator
@@ -15,10 +16,16 @@ from sfd.eval.attack_budget import RevivalBudget
 from sfd.eval.classifier import Classifier
 from sfd.eval.concepts import PromptSet
 from sfd.eval.evaluate import ddim_sampler, one_step_sampler
-from sfd.eval.revival import checkpoints, revival_images, revive_class_sampler, revive_text_model
+from sfd.eval.revival import (
+    checkpoints,
+    revival_images,
+    revive,
+    revive_class_sampler,
+    revive_text_model,
+)
 from sfd.eval.text_models import PromptEncoder, one_step_text_model, vae_decoder
 from sfd.images import from_uint8
-from sfd.teachers import PretrainedVPTeacher, StableDiffusionTeacher
+from sfd.teachers import EDMDenoiser, PretrainedVPTeacher, StableDiffusionTeacher
 from sfd.teachers.stable_diffusion import load_text_encoder
 
 FORGET = PromptSet("forget_train", ["the number 7", "a drawing of seven"], [2, 2])
@@ -116,3 +123,57 @@ def test_revival_needs_images_of_the_class_and_a_sound_budget() -> None:
             RevivalBudget(**{field: -2})
     with pytest.raises(SFDConfigError, match="revival lr=0"):
         RevivalBudget(lr=0)
+
+
+def test_the_fine_tune_revives_a_forgotten_gaussian_class(single_thread) -> None:
+    """Oracle on an analytic one-step set-up: class 0 of a Gaussian denoiser has been "forgotten"
+    (its mean is the override class's); the k real images are drawn around the true class-0 mean.
+    The fine-tune's loss falls, the copy's weights follow a hand-written Adam iteration of the
+    ε-MSE at σ_init on the same draws, its class-0 mean moves to the images', so UA (share of
+    one-step samples nearer the override mean than the real class's) falls from 1 to 0; the
+    model under test is unchanged. A fine-tune that does not step fails every one of these."""
+    override, real = torch.full((1, 2, 2), 2.0), torch.full((1, 2, 2), -2.0)
+    network = EDMDenoiser(GaussianClassNet(torch.stack([override, override]), 0.5), (1, 2, 2), 2)
+    before = snapshot(network)
+    x0 = real + 0.1 * torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    budget, sigma_init = RevivalBudget(steps=40, images=4, lr=0.2, batch_size=2, seed=3), 2.5
+    z = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(2))
+    labels = torch.zeros(64, dtype=torch.long)
+    copies = []
+
+    def measure(work) -> float:  # UA of the copy's one-step samples G(z) = D(σ_init·z, σ_init, 0)
+        copies.append(work)
+        samples = work(sigma_init * z, torch.full((64,), sigma_init), labels)
+        nearer = (samples - override).flatten(1).norm(dim=1) < (samples - real).flatten(1).norm(
+            dim=1
+        )
+        return nearer.float().mean().item()
+
+    def condition(count: int) -> torch.Tensor:
+        return torch.zeros(count, dtype=torch.long)
+
+    result = revive(network, x0, condition, sigma_init, measure, budget, "class 0")
+    # the hand-written reference: Adam on ε-MSE at σ_init, the same draws in the same order
+    reference = copy.deepcopy(network)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=budget.lr)
+    rng, losses = torch.Generator().manual_seed(budget.seed), []
+    for _ in range(budget.steps):
+        batch = x0[torch.randint(4, (2,), generator=rng)]
+        sigma = torch.full((2,), sigma_init)
+        x = batch + sigma_init * torch.randn(batch.shape, generator=rng)
+        error = (reference(x, sigma, condition(2)) - batch) / sigma_init
+        loss = error.pow(2).flatten(1).mean(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert result.losses == pytest.approx(losses, rel=1e-5)
+    assert sum(result.losses[-10:]) / 10 < 0.2 * result.losses[0]  # the loss falls
+    tuned = copies[-1].net
+    assert all(work is copies[0] for work in copies) and copies[0] is not network  # one copy
+    assert torch.allclose(tuned.means, reference.net.means, atol=1e-5)
+    assert (tuned.means[0] - real).abs().max() < 0.5  # class 0 moved to the real images
+    assert torch.equal(tuned.means[1], override)  # no gradient reaches the other class
+    assert result.ua[0] == 1.0 and result.ua[-1] == 0.0 and result.steps_to_revival is not None
+    for key, value in network.state_dict().items():  # the model under test: bit-identical
+        assert torch.equal(value, before[key]), key

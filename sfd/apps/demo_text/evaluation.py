@@ -35,6 +35,7 @@ from sfd.eval.concepts import generate_for_prompts, nearest_classes
 from sfd.eval.metrics import feature_distances
 from sfd.images import LabelledImages
 from sfd.provenance import environment
+from sfd.teachers.base import GUIDANCE_SCALES
 
 
 def grid_prompts(
@@ -191,10 +192,7 @@ class TextEvaluation:
             "guidance": {
                 "teacher_eval": self.guidance,
                 "generators_eval": 1.0,
-                "sfd_training": {
-                    k: getattr(sfd.model, k)
-                    for k in ("teacher_guidance", "fake_train_guidance", "fake_eval_guidance")
-                },
+                "sfd_training": {k: getattr(sfd.model, k) for k in GUIDANCE_SCALES},
             },
             "samplers": {key: model.name for key, model in self.models.items()},
             "attack_samplers": {key: model.name for key, model in self.attack_models.items()},

@@ -39,7 +39,7 @@ from sfd.apps.demo_text.settings import default_sfd_config as default_sfd_config
 from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
 from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
-from sfd.apps.harness.settings import check_average_after
+from sfd.apps.harness.settings import check_average_after, check_curve_every
 from sfd.apps.harness.stages import stage_one, stage_two_label, train_sfd
 from sfd.apps.harness.text_folders import teacher_encoder, teacher_vae
 from sfd.apps.harness.workspace import (
@@ -48,7 +48,7 @@ from sfd.apps.harness.workspace import (
     check_not_the_judge,
     source_fingerprint,
 )
-from sfd.apps.teachers.text import MINILM_PACKAGE
+from sfd.apps.teachers.text import MINILM_PACKAGE, default_text_encoder
 from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
@@ -60,6 +60,7 @@ from sfd.eval.revival import revival_images
 from sfd.eval.text_models import vae_decoder
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
+from sfd.teachers.text_encoder import tokenize_with_room
 from sfd.training.cli import parse_fit_config
 from sfd.training.completion import PROBE_EVERY
 
@@ -117,12 +118,9 @@ def check_settings(
     for flag, value in positive.items():
         if value < 1:
             raise SFDConfigError(f"{flag} is too small (got {value}; need at least 1)")
-    for flag, value in (
-        ("--curve-every", settings.curve_every),
-        ("--baseline-iterations", settings.baseline_iterations),
-    ):
-        if value is not None and value < 1:
-            raise SFDConfigError(f"{flag} {value} must be >= 1")
+    check_curve_every(settings.curve_every, settings.until_forgotten, (sfd,))
+    if settings.baseline_iterations is not None and settings.baseline_iterations < 1:
+        raise SFDConfigError(f"--baseline-iterations {settings.baseline_iterations} must be >= 1")
     for flag, count in (
         ("--classifier-steps", settings.classifier_steps),
         ("--threads", settings.threads),
@@ -133,6 +131,23 @@ def check_settings(
         raise SFDConfigError(f"--paraphrases {str(settings.paraphrases)!r} is not a file")
     check_writable_folder(settings.output_dir, "--output-dir")
     return sfd, forget, override
+
+
+def check_attack_room(
+    settings: TextDemoSettings, teacher: TextTeacherSettings, forget_prompts: list[str]
+) -> None:
+    """Refuse `--attack-tokens` that do not fit after an attacked forget prompt in the teacher's
+    tokenizer (the text encoder's, padded to the teacher's max_length), before anything is
+    written or trained: the attacks find out only at the end of the run."""
+    counts = {getattr(budget, "num_tokens", 0) for budget in settings.attacks.values()}
+    if not max(counts, default=0):
+        return
+    from transformers import AutoTokenizer
+
+    encoder = teacher.text_encoder or default_text_encoder()
+    tokenizer = AutoTokenizer.from_pretrained(encoder, model_max_length=teacher.max_length)
+    for prompt in forget_prompts[: settings.attack_prompts]:
+        tokenize_with_room(tokenizer, prompt, max(counts), what="--attack-tokens")
 
 
 TEACHER_CLASSES = {"unet": "StableDiffusionTeacher", "sd3": "SD3Teacher"}
@@ -185,6 +200,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     sfd, forget, override = check_settings(settings, vocabulary)
     teacher_config = teacher_settings(settings)
     teacher_config.check()
+    check_attack_room(settings, teacher_config, vocabulary.captions(forget))
     encoder = encoder_identity(settings.text_encoder)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)

@@ -29,8 +29,9 @@ from sfd.eval.attack_budget import RevivalBudget, attack_objectives, checked_obj
 from sfd.eval.attacks import ATTACKS
 from sfd.eval.concepts import PromptSet
 from sfd.eval.revival import revival_images
-from sfd.folders import check_writable_folder
+from sfd.folders import check_writable_folder, text_model_index
 from sfd.images import LabelledImages
+from sfd.teachers.text_encoder import tokenize_with_room
 
 
 def folder_digest(folder: str | Path) -> str:
@@ -120,6 +121,7 @@ class ConceptEvalSettings:
                 f"--attacker-classifier {str(self.attacker_classifier)!r} is not a saved "
                 "classifier (no config.json)"
             )
+        text_model_index(self.model)
         check_writable_folder(self.output_dir, "--output-dir")
 
     def needs_attacker(self) -> bool:
@@ -201,6 +203,12 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         raise SFDConfigError(
             f"--attack needs a model with a text encoder; {settings.model} has none"
         )
+    counts = [getattr(budget, "num_tokens", 0) for budget in settings.attacks.values()]
+    if settings.attacks and max(counts):  # the attacks would find out after the evaluation
+        encoder = model.encoder
+        length = getattr(getattr(encoder, "denoiser", None), "max_sequence_length", None)
+        for prompt in protocol.forget_train.prompts[: settings.attack_prompts]:
+            tokenize_with_room(encoder.tokenizer, prompt, max(counts), length, "--attack-tokens")
     # the attacker classifier (trained for minutes) once every cheap check has passed
     attacker, attacker_entry = (
         concept_attacker(settings, classifier, train, heldout)

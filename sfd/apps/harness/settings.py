@@ -21,6 +21,7 @@ from sfd.core.attack_spaces import check_class_attack
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
+from sfd.training.completion import check_rule_within
 
 
 def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
@@ -73,14 +74,31 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
         check_channels("--teacher-channels", tuple(settings.teacher_channels))
     check_number("heldout_fraction", settings.heldout_fraction, low=0, high=1, low_open=True,
                  high_open=True)  # fmt: skip
-    if settings.curve_every is not None and settings.curve_every < 1:
-        raise SFDConfigError(f"--curve-every {settings.curve_every} must be >= 1")
+    check_curve_every(settings.curve_every, settings.until_forgotten, (sfd, stage2))
     check_average_after(settings.average_after, settings.until_forgotten, (sfd, stage2))
     if settings.baseline_iterations is not None and settings.baseline_iterations < 1:
         raise SFDConfigError(f"--baseline-iterations {settings.baseline_iterations} must be >= 1")
     if settings.output_dir.exists() and not settings.output_dir.is_dir():
         raise SFDConfigError(f"--output-dir {str(settings.output_dir)!r} is a file, not a folder")
     return sfd
+
+
+def check_curve_every(curve_every: int | None, until_forgotten: bool, configs: Any) -> None:
+    """Refuse a `--curve-every` below 1, and one beyond the max_steps of a run the completion rule
+    probes at that interval (it would never probe: `check_rule_within`).
+
+    Args:
+        curve_every: the option's value (None: the default interval).
+        until_forgotten: whether the completion rule runs (its probe interval is the curve's).
+        configs: the parsed SFD configurations the rule may run on.
+    """
+    if curve_every is None:
+        return
+    if curve_every < 1:
+        raise SFDConfigError(f"--curve-every {curve_every} must be >= 1")
+    if until_forgotten:
+        for config in configs:
+            check_rule_within(config.trainer.max_steps, curve_every, every_name="--curve-every")
 
 
 def check_average_after(average_after: int, until_forgotten: bool, configs: Any) -> None:

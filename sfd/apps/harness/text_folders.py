@@ -10,7 +10,6 @@ has one.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from sfd.eval.text_models import (
     vae_decoder,
     vae_encoder,
 )
-from sfd.folders import pipeline_class_name
+from sfd.folders import pipeline_class_name, text_model_index
 from sfd.pipelines.io import load_pipeline
 from sfd.pipelines.one_step import SETTINGS_KEY
 from sfd.pipelines.one_step_flow import FLOW_PIPELINES, OneStepFlowSampling
@@ -45,10 +44,7 @@ def is_exported_generator(folder: str | Path) -> bool:
     A flow export names the stock class (StableDiffusion3Pipeline, FluxPipeline), as a teacher
     folder does; the export alone carries the one-step settings block.
     """
-    index = Path(folder) / "model_index.json"
-    if not index.is_file():
-        raise SFDConfigError(f"{str(folder)!r} is not a diffusers folder (no model_index.json)")
-    config = json.loads(index.read_text())
+    config = text_model_index(folder)
     name = pipeline_class_name(config)
     return name == OneStepTextPipeline.__name__ or (
         name in FLOW_PIPELINES and SETTINGS_KEY in config

@@ -37,10 +37,24 @@ class ClassEmbeddingCondition:
         return len(self.labels)
 
     @staticmethod
-    def cat(conditions: list[ClassEmbeddingCondition]) -> ClassEmbeddingCondition:
-        """The rows of `conditions` one after the other, as one batch."""
+    def cat(conditions: list[ClassEmbeddingCondition | Tensor]) -> ClassEmbeddingCondition:
+        """The rows of `conditions` one after the other, as one batch; a label tensor among them
+        joins as rows that see their labels (`active` False: the network sees exactly its label's
+        embedding, `ClassConditionalUNet._run_unet`)."""
+        embedded = next(c for c in conditions if isinstance(c, ClassEmbeddingCondition))
+        width, dtype = embedded.class_embeds.shape[1], embedded.class_embeds.dtype
+        parts = [
+            c
+            if isinstance(c, ClassEmbeddingCondition)
+            else ClassEmbeddingCondition(
+                c,
+                torch.zeros(len(c), width, dtype=dtype, device=c.device),
+                torch.zeros(len(c), dtype=torch.bool, device=c.device),
+            )
+            for c in conditions
+        ]
         return ClassEmbeddingCondition(
-            *(torch.cat([getattr(c, name) for c in conditions]) for name in _EMBEDDING_FIELDS)
+            *(torch.cat([getattr(c, name) for c in parts]) for name in _EMBEDDING_FIELDS)
         )
 
     def dropped(self, drop: Tensor, null_labels: Tensor) -> ClassEmbeddingCondition:

@@ -1,0 +1,85 @@
+"""The forgetting targets the demos' reports and the benchmarks under experiments/ check: one home
+for the thresholds (issue 24's, and issue 20's on the flow-matching teacher) and their wording.
+
+The remain / neighbour accuracy targets are one-sided: SFD's accuracy may be at most `POINTS` below
+the teacher's, and any amount above it is met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+UA_TRAIN = 0.99  # UA on the training forget prompts (a class model: on the forgotten class)
+UA_PARAPHRASES = 0.95  # UA on held-out paraphrases of the forget prompts
+POINTS = 0.02  # remain / neighbour accuracy: at most this far below the teacher's (above: met)
+ATTACK_SHARE = 0.5  # soft-prompt attack success: at most this share of no forgetting's
+# Remain FID over the teacher's own multi-step remain FID, per text teacher family: issue 24 item 3
+# (UNet text demos, the teacher's DDIM sampler) and issue 20 (the flow teacher, its Euler sampler).
+TEXT_FID_RATIO = {"unet": 1.2, "sd3": 1.5}
+ONE_SIDED = (
+    "The remain / neighbour accuracy targets are one-sided: met when SFD's accuracy is no more "
+    "than the stated points below the teacher's, however far above it."
+)
+DIFFERENCE = "Their value is SFD's accuracy minus the teacher's."
+
+
+def points_below(name: str) -> str:
+    """`"remain"` -> "remain accuracy no more than 2 points below the teacher's"."""
+    return f"{name} accuracy no more than {100 * POINTS:.0f} points below the teacher's"
+
+
+def not_below_teacher(model: float, teacher: float) -> bool:
+    """Whether `model`'s accuracy is at most `POINTS` below `teacher`'s (rounded to 1e-9, so
+    exactly 2 points below is met)."""
+    return round(model - teacher, 9) >= -POINTS
+
+
+def text_targets(
+    models: Mapping[str, Mapping[str, Any]], family: str = "unet", sfd: str = "sfd"
+) -> dict[str, dict[str, Any]]:
+    """The text demo's targets for the SFD model `sfd` ("sfd" or "adversarial_sfd").
+
+    Args:
+        models: model key ("teacher", "distilled_without_forgetting", `sfd`) -> its numbers:
+            "ua", "ua_paraphrases", "remain_accuracy", "neighbour_accuracy", "fid_remain" and
+            "attack_success" (the white-box soft-prompt attack); None where not measured.
+        family: the teacher's family, "unet" or "sd3" (its FID ratio target, `TEXT_FID_RATIO`).
+        sfd: which model the targets judge.
+
+    Returns:
+        target name -> {"value", "met"}; both None for a number the run did not measure.
+    """
+    model, teacher = models[sfd], models["teacher"]
+    base = models.get("distilled_without_forgetting", {}).get("attack_success")
+    attack = model.get("attack_success")
+    ratio = TEXT_FID_RATIO[family]
+
+    def at_least(value: float | None, bound: float) -> tuple[float | None, bool | None]:
+        return (None, None) if value is None else (value, value >= bound)
+
+    def below(key: str) -> tuple[float | None, bool | None]:
+        if model.get(key) is None or teacher.get(key) is None:
+            return None, None
+        return model[key] - teacher[key], not_below_teacher(model[key], teacher[key])
+
+    checks = {
+        f"ua_train_at_least_{100 * UA_TRAIN:.0f}": at_least(model["ua"], UA_TRAIN),
+        f"ua_paraphrases_at_least_{100 * UA_PARAPHRASES:.0f}": at_least(
+            model.get("ua_paraphrases"), UA_PARAPHRASES
+        ),
+        f"remain_accuracy_at_most_{100 * POINTS:.0f}_points_below_teacher": below(
+            "remain_accuracy"
+        ),
+        f"neighbour_accuracy_at_most_{100 * POINTS:.0f}_points_below_teacher": below(
+            "neighbour_accuracy"
+        ),
+        f"fid_at_most_{ratio:g}x_teacher": (
+            model["fid_remain"] / teacher["fid_remain"],
+            model["fid_remain"] <= ratio * teacher["fid_remain"],
+        ),
+        "soft_attack_at_most_half_of_no_forgetting": (None, None)
+        if attack is None or base is None
+        else (attack / base if base > 0 else float("nan"), attack <= ATTACK_SHARE * base),
+    }
+    return {name: {"value": value, "met": met} for name, (value, met) in checks.items()}
