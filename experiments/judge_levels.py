@@ -3,10 +3,14 @@
     python experiments/judge_levels.py \
         --case NAME TEACHER_FOLDER CLASSIFIER_FOLDER FORGET OVERRIDE [GENERATOR_FOLDER ...] \
         [--case ...] [--samples 200] [--threads 1] [--json runs/judge/judge_levels.json]
+    python experiments/judge_levels.py --case NAME RUN_FOLDER RUN_FOLDER FORGET OVERRIDE ...
     python experiments/judge_levels.py --page-from runs/judge/judge_levels.json
 
 For each case (a text-demo teacher folder, its evaluation classifier, a forget and an override
-class by name or index, optionally exported one-step generators of the pair) it draws N samples of
+class by name or index, optionally exported one-step generators of the pair; the teacher and the
+classifier may be given as a finished `sfd demo-text` run folder, which stands for the teacher and
+the classifier its metrics.json records, so the command names no hash-named cache folder) it draws
+N samples of
 the training captions of the forget class and of the override class from the teacher under its own
 sampler (the evaluation's: 28 flow Euler steps for an SD3 teacher, 25 DDIM steps for a UNet one,
 guidance 1.25), and N forget-caption samples from each generator. For every sample set it reports
@@ -20,8 +24,9 @@ guidance 1.25), and N forget-caption samples from each generator. For every samp
 
 The teacher's own override samples bound what any forgetting that redirects the forget prompts to
 the override class can reach on the classifier: a generator that draws exactly the teacher's override
-class is read as the forget class as often as those samples are. Writes the JSON record and
-docs/results/judge_levels.md.
+class is read as the forget class as often as those samples are. The page says, per case, how far
+apart judge and classifier read such a generator, against issue 24's agreement target
+(`pairs_benchmark.AGREEMENT`). Writes the JSON record and docs/results/judge_levels.md.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pairs_benchmark import AGREEMENT
 from results_page import (
     add_page_arguments,
     command_line,
@@ -67,6 +73,15 @@ def captions(meta: dict[str, Any], label: int, n: int) -> list[str]:
     names, templates = meta["names"][label], meta["templates"]
     every = [t.format(name=name) for name in names for t in templates]
     return [every[i % len(every)] for i in range(n)]
+
+
+def model_folder(folder: str, key: str) -> str:
+    """`folder` itself, or, for a finished demo run folder (one with a metrics.json), the folder of
+    its `key` ("teacher" or "classifier") that the run's record names."""
+    metrics = Path(folder) / "metrics.json"
+    if not metrics.is_file():
+        return folder
+    return json.loads(metrics.read_text())["protocol"][key]["folder"]
 
 
 def judge_draws(shape: tuple[int, ...], n: int, seed: int) -> judge.JudgeDraws:
@@ -116,7 +131,9 @@ def readings(
 def measure_case(spec: list[str], samples: int, seed: int) -> dict[str, Any]:
     if len(spec) < 5:
         raise SystemExit("--case needs NAME TEACHER CLASSIFIER FORGET OVERRIDE [GENERATOR ...]")
-    name, teacher_dir, classifier_dir, forget_name, override_name, *generators = spec
+    name, teacher_given, classifier_given, forget_name, override_name, *generators = spec
+    teacher_dir = model_folder(teacher_given, "teacher")
+    classifier_dir = model_folder(classifier_given, "classifier")
     meta = json.loads((Path(teacher_dir) / "sfd.json").read_text())
     forget = class_index(forget_name, meta["class_names"])
     override = class_index(override_name, meta["class_names"])
@@ -152,8 +169,10 @@ def measure_case(spec: list[str], samples: int, seed: int) -> dict[str, Any]:
     return {
         "name": name,
         "teacher": teacher_dir,
+        "teacher_given": teacher_given,
         "family": meta.get("family", "unet"),
         "classifier": classifier_dir,
+        "classifier_given": classifier_given,
         "forget": meta["class_names"][forget],
         "override": meta["class_names"][override],
         "guidance": GUIDANCE,
@@ -188,9 +207,46 @@ def case_section(case: dict[str, Any]) -> str:
     ]
     n = next(iter(case["sets"].values()))["n"]
     return (
-        f"{case['family']} teacher `{case['teacher']}`, classifier `{case['classifier']}`; forget "
-        f"{case['forget']}, override {case['override']}; {n} samples a set (training captions), "
-        f"guidance {case['guidance']}.\n\n" + markdown_table(header, rows)
+        f"{case['family']} teacher {shown(case, 'teacher')}, classifier "
+        f"{shown(case, 'classifier')}; forget {case['forget']}, override {case['override']}; {n} "
+        f"samples a set (training captions), guidance {case['guidance']}.\n\n"
+        + markdown_table(header, rows)
+        + floor(case)
+    )
+
+
+def shown(case: dict[str, Any], key: str) -> str:
+    """The teacher or classifier as the command gave it: the folder, or the demo run standing
+    for it (records from before runs could stand for them give the folder)."""
+    given = case.get(f"{key}_given", case[key])
+    if given == case[key]:
+        return f"`{given}`"
+    return f"of the run `{given}`"
+
+
+def floor(case: dict[str, Any]) -> str:
+    """What the teacher's own override samples bound: the UA the classifier and the judge give a
+    generator that draws exactly them for the forget prompts, and whether the two are within issue
+    24's agreement target there. Empty when the case has no such set."""
+    found = [r for label, r in case["sets"].items() if label.endswith("override prompts")]
+    if not found:
+        return ""
+    read, judged = found[0]["classifier_forget"], found[0]["judged_forget"]
+    gap = read - judged
+    verdict = (
+        f"more than the {100 * AGREEMENT:.0f} points issue 24 allows between them at the stop: "
+        "with this classifier, the agreement target cannot be met on this pair by a generator that "
+        f"draws the teacher's {case['override']}s"
+        if abs(gap) > AGREEMENT
+        else f"within the {100 * AGREEMENT:.0f} points issue 24 allows between them at the stop"
+    )
+    return (
+        f"\n\nThe classifier's floor: it reads {percent(read)} of the teacher's own "
+        f"{case['override']} samples as {case['forget']} (the judge: {percent(judged)}). A "
+        f"generator that draws exactly these {case['override']}s for the {case['forget']} prompts, "
+        f"what forgetting by redirection to the override aims for, gets UA {percent(1 - read)} from "
+        f"the classifier and {percent(1 - judged)} from the judge: {100 * abs(gap):.1f} points "
+        f"apart, {verdict}."
     )
 
 

@@ -55,7 +55,7 @@ AGREEMENT = 0.05  # judge UA and classifier UA at the stop: at most this apart
 FASHION8 = Path("runs/fashion8.npz")  # built by make_fashion_npz.build when missing
 # Pairs whose last run's record is lost: {name: the commit whose docs/results/pairs.md shows its row}.
 # The page names them among the pairs not in its record, so their row is not dropped silently.
-LOST_RECORDS = {"fashion8-sneaker-sandal": "70cd0c3"}
+LOST_RECORDS: dict[str, str] = {}  # fashion8-sneaker-sandal (70cd0c3) was measured again
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,9 @@ PAIRS = {
         "fashion-mnist", "text", "pullover", "coat", False, setup="fashion-untuned"
     ),
     "text-digits-seven-one": Pair("digits", "text", "seven", "one", True, setup="digits"),
+    "text-fashion-sneaker-sandal": Pair(
+        "fashion-mnist", "text", "sneaker", "sandal", True, setup="fashion"
+    ),
 }
 
 
@@ -414,7 +417,10 @@ def write_results_page(
                 "override class that the evaluation classifier reads as the forget class, the UA a "
                 "generator drawing the override class exactly would get (text pairs: the real images of "
                 "the override concept's class); the ceilings of the Fashion-MNIST pairs under "
-                "stronger classifiers: [the classifier page](classifier.md).\n\n"
+                "stronger classifiers: [the classifier page](classifier.md); how far the "
+                "classifier and the judge read the text teacher's own override samples as the "
+                "forget class (the classifier's floor, which bounds their agreement at the stop): "
+                "[the judge, level by level](judge_levels.md).\n\n"
                 + markdown_table(
                     (
                         "data set",

@@ -577,8 +577,9 @@ def judge_levels_record(command: str) -> dict[str, Any]:
     case = {
         "name": "Fashion-MNIST sneaker → sandal",
         "teacher": "cache/text-teacher-abc",
+        "teacher_given": "runs/p/fashion",  # a demo run folder standing for its teacher
         "family": "sd3",
-        "classifier": "cache/text-classifier-def",
+        "classifier": "cache/text-classifier-def",  # a record without "classifier_given"
         "forget": "sneaker",
         "override": "sandal",
         "guidance": 1.25,
@@ -1082,6 +1083,11 @@ CASES = [
             "| 11.5 % | 3 of 21 |",
             "| generator runs/g, forget prompts | 11.5 % | 85.0 % | 1.5 % | 4.0 % | 8.0 % "
             "| 11.5 % | 1 of 23 |",
+            "sd3 teacher of the run `runs/p/fashion`, classifier `cache/text-classifier-def`;",
+            "The classifier's floor: it reads 10.5 % of the teacher's own sandal samples as "
+            "sneaker (the judge: 1.5 %).",
+            "gets UA 89.5 % from the classifier",
+            "and 98.5 % from the judge: 9.0 points apart, more than the 5 points issue 24 allows",
         ],
     ),
     (
@@ -1884,6 +1890,35 @@ def test_text_benchmark_shows_an_unmeasured_target_as_such() -> None:
     )  # fmt: skip
     assert "| soft_attack_at_most_half_of_no_forgetting | — | not measured |" in table
     assert "| ua_train_at_least_95 | 1.000 | yes |" in table
+
+
+def test_judge_levels_reads_a_run_folder_as_its_teacher_and_classifier(tmp_path: Path) -> None:
+    """A finished demo run folder stands for the teacher and the classifier its metrics.json
+    names; any other folder is itself."""
+    import judge_levels
+
+    run = tmp_path / "run"
+    run.mkdir()
+    protocol = {"teacher": {"folder": "cache/t-1"}, "classifier": {"folder": "cache/c-2"}}
+    (run / "metrics.json").write_text(json.dumps({"protocol": protocol}))
+    assert judge_levels.model_folder(str(run), "teacher") == "cache/t-1"
+    assert judge_levels.model_folder(str(run), "classifier") == "cache/c-2"
+    assert judge_levels.model_folder(str(tmp_path / "teacher"), "teacher") == str(
+        tmp_path / "teacher"
+    )
+
+
+def test_judge_levels_floor_within_the_agreement_target() -> None:
+    """Judge and classifier 3 points apart on the teacher's override samples: within the target;
+    a case without override samples says nothing."""
+    import judge_levels
+
+    case = judge_levels_record("python experiments/judge_levels.py")["cases"][0]
+    case["sets"]["teacher (28 steps), override prompts"]["classifier_forget"] = 0.045
+    text = judge_levels.floor(case)
+    assert "3.0 points apart, within the 5 points issue 24 allows" in text
+    del case["sets"]["teacher (28 steps), override prompts"]
+    assert judge_levels.floor(case) == ""
 
 
 def test_included_class_runs_join_the_page_titled_by_their_settings(results_dir) -> None:
