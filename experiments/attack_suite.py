@@ -419,7 +419,14 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         attacks: column title -> attack name in a text model's "attacks" ("" for the class
             attack of a class record).
     """
-    from sfd.apps.harness.targets import not_below_teacher, points_below
+    from sfd.apps.harness.targets import (
+        ADV_FID_RATIO,
+        UA_PARAPHRASES,
+        UA_TRAIN,
+        at_most_times,
+        not_below_teacher,
+        points_below,
+    )
     from sfd.eval.revival import revival_column, revived_at
 
     summary, models = record.get("summary"), record["models"]
@@ -434,8 +441,11 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
             return entry["attack"]["success_rate"]
         return entry["attacks"].get(name, {}).get("success_rate")  # None: not run (`--attacks`)
 
+    def fid(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
     rows = [["teacher", *(percent(summary["teacher"][n]) for n in ("ua", "ua_paraphrases",
-             "remain_accuracy", "neighbour_accuracy")), f"{summary['teacher']['fid_remain']:.3f}",
+             "remain_accuracy", "neighbour_accuracy")), fid(summary["teacher"]["fid_remain"]),
              *("–" for _ in attacks), "–", "–"]]  # fmt: skip
     variants = [k for k in summary if k.startswith(VARIANT)]
     for key in [*(k for k in MODELS if k in summary), *variants]:
@@ -446,7 +456,7 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
                 percent(scores[n])
                 for n in ("ua", "ua_paraphrases", "remain_accuracy", "neighbour_accuracy")
             ]  # fmt: skip
-            + [f"{scores['fid_remain']:.3f}"]
+            + [fid(scores["fid_remain"])]
             + [percent(rate(key, name)) for name in attacks.values()]
             + [
                 revived_at(models[key]["revival"]) if key in models else "–",
@@ -477,21 +487,28 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
          None if value is None else value <= 0.05)
         for title, value in ((t, rate("adversarial_sfd", n)) for t, n in attacks.items())
     ]  # fmt: skip
-    targets.append(("UA (training prompts / class) ≥ 99 %", percent(adv["ua"]), adv["ua"] >= 0.99))
+    targets.append((f"UA (training prompts / class) ≥ {100 * UA_TRAIN:.0f} %", percent(adv["ua"]),
+                    adv["ua"] >= UA_TRAIN))  # fmt: skip
     if adv["ua_paraphrases"] is not None:
-        targets.append(("UA paraphrases ≥ 95 %", percent(adv["ua_paraphrases"]),
-                        adv["ua_paraphrases"] >= 0.95))  # fmt: skip
+        targets.append((f"UA paraphrases ≥ {100 * UA_PARAPHRASES:.0f} %",
+                        percent(adv["ua_paraphrases"]), adv["ua_paraphrases"] >= UA_PARAPHRASES))  # fmt: skip
     for name, title in (("remain_accuracy", "remain"), ("neighbour_accuracy", "neighbour")):
-        if adv[name] is not None:
+        if adv[name] is None:
+            continue
+        if teacher.get(name) is None:  # no teacher's number: no gap to judge
+            targets.append((points_below(title), "not measured", None))
+        else:
             gap = 100 * (adv[name] - teacher[name])
             targets.append((points_below(title), f"{gap:+.1f} points",
                             not_below_teacher(adv[name], teacher[name])))  # fmt: skip
-    ratio = adv["fid_remain"] / plain["fid_remain"]
-    targets.append(("remain FID ≤ 1.1× plain SFD's", f"{ratio:.2f}×", ratio <= 1.1))
+    ratio, met = at_most_times(adv.get("fid_remain"), plain.get("fid_remain"), ADV_FID_RATIO)
+    shown = "not measured" if ratio is None else f"{ratio:.2f}×"
+    targets.append((f"remain FID ≤ {ADV_FID_RATIO:g}× plain SFD's", shown, met))
     sections["Targets (adversarial SFD)"] = (
-        "The training-time overhead (target ≤ 2×) is timed apart, on an idle process, by "
-        "[adversarial_overhead](adversarial_overhead.md): the stage-2 wall seconds above ran "
-        "on a shared machine under different loads.\n\n"
+        "The training-time overhead (target ≤ 2×) is timed apart by "
+        "[adversarial_overhead](adversarial_overhead.md), in one process with its CPU time beside "
+        "the wall time (that page records the machine's load): the stage-2 wall seconds above "
+        "ran on a shared machine under different loads.\n\n"
         + markdown_table(
             ["target", "value", "met"],
             [[t, v, "–" if met is None else "yes" if met else "no"] for t, v, met in targets],

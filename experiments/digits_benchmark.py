@@ -34,7 +34,13 @@ from results_page import (
 )
 
 from sfd.apps.harness.report_folder import MODEL_TITLES
-from sfd.apps.harness.targets import ONE_SIDED, UA_TRAIN, not_below_teacher, points_below
+from sfd.apps.harness.targets import (
+    CLASS_FID_RATIO,
+    ONE_SIDED,
+    UA_TRAIN,
+    not_below_teacher,
+    points_below,
+)
 from sfd.cli import main as sfd_main
 
 MODEL_KEYS = ("nfe", "ua", "remain_accuracy", "fid_remain", "images_per_second")
@@ -62,9 +68,9 @@ def targets(metrics: dict, wall_seconds: float) -> list[tuple[str, str, bool]]:
             not_below_teacher(sfd["remain_accuracy"], teacher["remain_accuracy"]),
         ),
         (
-            f"SFD remain FID <= 1.2x teacher's DDIM-{teacher['nfe']} FID",
+            f"SFD remain FID <= {CLASS_FID_RATIO:g}x teacher's DDIM-{teacher['nfe']} FID",
             f"{sfd['fid_remain']:.2f} vs {teacher['fid_remain']:.2f} ({sfd_ratio:.2f}x)",
-            sfd_ratio <= 1.2,
+            sfd_ratio <= CLASS_FID_RATIO,
         ),
         (
             f"SFD remain FID <= 1.0x teacher's DDIM-{teacher['nfe']} FID (one-step quality)",

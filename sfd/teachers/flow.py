@@ -369,10 +369,12 @@ class FlowTransformerDenoiser(FlowDenoiser):
 
     @classmethod
     def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
-        """The folder's pipeline class and scheduler (`check_flow_folder`) and the generator's
-        flow time t_init, before the transformer loads."""
-        path = str(settings["pretrained_model_name_or_path"])
-        check_flow_folder(cls, path, settings.get("revision"), cls.__name__)
+        """The folder's pipeline class and scheduler (`check_flow_folder`; only for a teacher read
+        from a folder, not one built from modules) and the generator's flow time t_init, before
+        the transformer loads."""
+        path = settings.get("pretrained_model_name_or_path")
+        if path is not None:
+            check_flow_folder(cls, str(path), settings.get("revision"), cls.__name__)
         if module.get("t_init") is not None:
             check_flow_time("t_init", module["t_init"])
 

@@ -113,8 +113,7 @@ class SFDLightningCLI(RunCLI):
         for entry in callback_entries(config):
             if class_at(str(entry.get("class_path", ""))) is UntilForgotten:
                 rule = entry.get("init_args") or {}
-                every_n, budget = rule.get("every_n", PROBE_EVERY), rule.get("budget")
-                check_rule_within(trainer.get("max_steps"), every_n, budget)
+                check_rule_within(trainer.get("max_steps"), rule.get("every_n", PROBE_EVERY))
         check_fsdp_config(config)
         budget_setting()  # a bad SFD_DEVICE_MEMORY_GIB is refused before the teacher loads
 

@@ -49,36 +49,26 @@ STALL_MARGIN = 0.02  # a plateau this close above the forgotten level never stal
 
 
 def check_rule_within(
-    max_steps: int | None,
-    every_n: int,
-    budget: int | None = None,
-    every_name: str = "UntilForgotten every_n",
-    budget_name: str = "UntilForgotten budget",
+    max_steps: int | None, every_n: int, every_name: str = "UntilForgotten every_n"
 ) -> None:
-    """Refuse a completion rule that cannot act within the run's `trainer.max_steps`: a probe
-    interval beyond it never probes (the run is a fixed one in disguise), and a budget beyond it is
-    never reached (max_steps stops the run first, and the record would not say "budget").
+    """Refuse a probe interval beyond the run's `trainer.max_steps`: the rule would probe only at
+    the start and at the last iteration, so it could never stop the run on forgetting (a fixed run
+    in disguise). A budget beyond max_steps is allowed: max_steps ends this leg (the record says
+    "max_steps"), and a resume with a larger max_steps goes on to the budget.
 
     Args:
         max_steps: the trainer's max_steps (None or negative: no limit, nothing to check).
         every_n: the rule's probe interval.
-        budget: the rule's budget (None: none).
         every_name: how the message names the probe interval (e.g. "--curve-every").
-        budget_name: how the message names the budget.
     """
     if max_steps is None or max_steps < 0:
         return
     if every_n > max_steps:
         raise SFDConfigError(
             f"{every_name}={every_n} exceeds trainer.max_steps={max_steps}: the completion rule "
-            f"would never probe, so the run could not stop on forgetting; give a probe interval "
-            f"of at most {max_steps} (or raise trainer.max_steps)"
-        )
-    if budget is not None and budget > max_steps:
-        raise SFDConfigError(
-            f"{budget_name}={budget} exceeds trainer.max_steps={max_steps}: max_steps would stop "
-            f"the run before the budget; give a budget of at most {max_steps} (or raise "
-            "trainer.max_steps to it)"
+            "would probe only at the start and at the last iteration, so it could not stop the "
+            f"run on forgetting; give a probe interval of at most {max_steps} (or raise "
+            "trainer.max_steps)"
         )
 
 

@@ -64,13 +64,16 @@ class RunCLI(LightningCLI):
             self._remove_new_paths()
             mistake = _user_mistake_inside(error)
             if mistake is None:
+                self._say_held_lines()  # a crash, not a refusal: what came before it is said
                 raise
             raise mistake from error
         except BaseException:
             # A failure before the first iteration leaves nothing behind; a crash later keeps
             # the run's checkpoints and logs.
             self._remove_new_paths()
+            self._say_held_lines()
             raise
+        self._say_held_lines()  # run=False: no `before_fit` says them
 
     # --- hooks for the concrete commands ----------------------------------------------------------
 
@@ -161,9 +164,7 @@ class RunCLI(LightningCLI):
             check_fits_model(checkpoint, self.model.state_dict(), path)
         self._checkpoint = None  # Lightning loads it again; do not hold two copies
         fit_config["weights_only"] = True  # never unpickle code, whatever torch's default
-        if self._seed_line:
-            rank_zero_info(self._seed_line)
-        self._held_lines.release()
+        self._say_held_lines()
         if requested == "last":
             announce_resume(fit_config["ckpt_path"])
         if self.trainer.is_global_zero:
@@ -181,6 +182,14 @@ class RunCLI(LightningCLI):
         if reason is not None:
             raise SFDConfigError(f"{what} {str(path)!r} {reason}")
         return checkpoint
+
+    def _say_held_lines(self) -> None:
+        """Say the seed line and the lines held back, once: when every check has passed, and
+        before a crash that is no refusal (its lines belong in front of the traceback)."""
+        if self._seed_line:
+            rank_zero_info(self._seed_line)
+            self._seed_line = ""
+        self._held_lines.release()
 
     def _subcommand_config(self) -> dict[str, Any]:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -127,3 +127,38 @@ def test_the_benchmarks_read_the_one_home() -> None:
     from sfd.apps.harness import targets
 
     assert (pairs.UA_TARGET, pairs.POINTS) == (targets.UA_TRAIN, targets.POINTS)
+
+
+def test_missing_numbers_read_not_measured_never_met() -> None:
+    """A FID the run did not measure (or a zero teacher FID, no ratio) is neither met nor missed."""
+    from sfd.apps.harness.targets import at_most_times
+
+    assert at_most_times(1.0, None, 1.2) == at_most_times(None, 2.0, 1.2) == (None, None)
+    assert at_most_times(1.0, 0.0, 1.2) == (None, None)
+    assert at_most_times(2.4, 2.0, 1.2) == (1.2, True)
+    for teacher_fid, sfd_fid in ((None, 1.0), (0.0, 1.0), (2.0, None)):
+        both = models()
+        both["teacher"]["fid_remain"], both["sfd"]["fid_remain"] = teacher_fid, sfd_fid
+        assert text_targets(both)["fid_at_most_1.2x_teacher"] == {"value": None, "met": None}
+
+
+def test_the_attack_suite_targets_read_the_one_home_and_say_not_measured() -> None:
+    """attack_suite's adversarial targets: the thresholds of sfd.apps.harness.targets, and a
+    teacher accuracy or plain SFD FID the record lacks reads "not measured" (no crash, no "yes")."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    suite = importlib.import_module("attack_suite")
+    scores = {"ua": 1.0, "ua_paraphrases": 0.96, "remain_accuracy": 0.9,
+              "neighbour_accuracy": 0.9, "fid_remain": 2.0, "training_seconds": None}  # fmt: skip
+    summary = {
+        "teacher": {**scores, "ua": 0.0, "neighbour_accuracy": None},
+        "sfd": {**scores, "fid_remain": None},
+        "adversarial_sfd": scores,
+    }
+    record = {"summary": summary, "models": {}, "run_folder": "runs/demo-text"}
+    table = suite.benchmark_sections(record, {"soft": "soft"})["Targets (adversarial SFD)"]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in table.splitlines()[2:]}
+    assert [c.strip() for c in rows["remain FID ≤ 1.1× plain SFD's"]] == ["not measured", "–"]
+    neighbour = "neighbour accuracy no more than 2 points below the teacher's"
+    assert [c.strip() for c in rows[neighbour]] == ["not measured", "–"]
+    assert [c.strip() for c in rows["UA (training prompts / class) ≥ 99 %"]][1] == "yes"
+    assert "idle" not in table

@@ -324,10 +324,7 @@ CASES: list[Case] = [
     ("fit-until-unknown-key",
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.frobnicate", "1"),
      "trainer.callbacks.init_args.frobnicate: unknown key (sfd.training.completion.UntilForgotten"),
-    ("fit-until-budget-beyond-max-steps",  # max_steps would stop the run before the budget
-     lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.callbacks.budget", "30", "--trainer.max_steps", "20"),
-     "UntilForgotten budget=30 exceeds trainer.max_steps=20"),
-    ("fit-until-interval-beyond-max-steps",  # the rule would never probe
+    ("fit-until-interval-beyond-max-steps",  # probes only at the start and the end: no early stop
      lambda w, o: fit(w, o, "-c", str(UNTIL), "--trainer.max_steps", "5"),
      "UntilForgotten every_n=10 exceeds trainer.max_steps=5"),
     ("fit-adversarial-share-nan",
@@ -825,6 +822,41 @@ def test_bad_input(
     assert not Path(str(out) + "-training").exists()
     assert listing(world.root) == before, "an input folder changed"
     assert not world.marker.exists(), "the planted payload ran"
+
+
+# --curve-every under the rule is checked against the runs the rule runs on only: `sfd demo`'s
+# stage 2 (max_steps 600, not the one-stage preset's 200), `sfd compare`'s chosen SFD methods.
+CURVE_EVERY_300 = [
+    ("demo", None, None),
+    ("compare-two-stage", ["sfd_two_stage", "esd"], None),
+    (
+        "compare-one-stage",
+        ["sfd", "sfd_two_stage"],
+        "--curve-every=300 exceeds trainer.max_steps=200",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "methods", "refusal"), CURVE_EVERY_300, ids=[c[0] for c in CURVE_EVERY_300]
+)
+def test_curve_every_is_checked_against_the_runs_the_rule_runs_on(name, methods, refusal) -> None:
+    from types import SimpleNamespace
+
+    from sfd.apps.compare.choices import CompareSettings
+    from sfd.apps.harness.settings import ClassRunSettings, check_settings
+
+    settings = (
+        ClassRunSettings(curve_every=300)
+        if methods is None
+        else CompareSettings(curve_every=300, methods=methods)
+    )
+    data = SimpleNamespace(num_classes=10)  # check_settings reads only the class count
+    if refusal is None:
+        assert check_settings(settings, data).trainer.max_steps == 200  # the one-stage preset
+    else:
+        with pytest.raises(SFDConfigError, match=refusal):
+            check_settings(settings, data)
 
 
 EXPORT_CASES = [case for case in CASES if case[0].startswith("export-")]

@@ -93,6 +93,30 @@ def test_no_seed_line_before_an_error(
     assert "Seed set to 0" in err and "GPU available" in err and "memory estimate" in err, err
 
 
+def test_held_lines_are_said_before_a_crash_and_when_only_built(
+    tiny_teacher_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A failure that is no refusal (here in the memory estimate) keeps the seed and device lines
+    in front of its traceback, and `sfd_lightning_cli(run=False)` says them too."""
+    from sfd.training import cli
+
+    def crash(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    argv = fit_args(tiny_teacher_dir, tmp_path / "run", "--trainer.max_steps", "1")
+    with lightning_logs_to_stderr():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cli, "check_run_memory", crash)
+            with pytest.raises(RuntimeError, match="boom"):
+                cli.sfd_lightning_cli(argv)
+        err = capfd.readouterr().err
+        assert "Seed set to 0" in err and "GPU available" in err, err
+        assert argv[0] == "fit"
+        cli.sfd_lightning_cli(argv[1:], run=False)
+        err = capfd.readouterr().err
+    assert "Seed set to 0" in err and "GPU available" in err, err
+
+
 def test_class_names_resolve_in_one_place() -> None:
     assert resolve_class("seven", DIGITS_VOCABULARY, "--forget") == 7
     assert resolve_class("7", DIGITS_VOCABULARY, "--forget") == 7

@@ -195,3 +195,12 @@ def test_flow_teachers_refuse_other_families_in_one_line(flow_dirs, sd_dirs) -> 
         FluxTeacher(str(sd_dirs["epsilon"]))
     with pytest.raises(SFDConfigError, match="'FluxPipeline' pipeline"):
         StableDiffusionTeacher(str(flow_dirs["flux"]))
+
+
+@pytest.mark.parametrize("family", [SD3Denoiser, FluxDenoiser], ids=["sd3", "flux"])
+def test_a_flow_teacher_built_from_modules_is_checked_without_a_folder(family) -> None:
+    """A teacher given its transformer (no `pretrained_model_name_or_path`) has no folder to read
+    before loading; its generator's flow time is still checked."""
+    family.check_before_loading({"transformer": {"class_path": "x"}}, {"t_init": 0.97})
+    with pytest.raises(SFDConfigError, match="t_init=1.0 must be a flow time"):
+        family.check_before_loading({"transformer": {"class_path": "x"}}, {"t_init": 1.0})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import quiet_trainer, save_tiny_teacher
+from conftest import CONFIGS, fit_args, quiet_trainer, save_tiny_teacher
 from gaussian import EmbeddedGaussian, GaussianClassNet
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -211,6 +211,34 @@ def test_drift_beyond_the_bound_stops_with_that_reason(tmp_path) -> None:
     trainer.fit(sfd)
     assert until.reason == "drift" and sfd.global_step == 2
     assert until.probes[-1]["drift"] > 1e-6
+
+
+def test_a_budget_beyond_max_steps_is_reached_by_a_resume_in_legs(tmp_path) -> None:
+    """Budget 6 with max_steps 4: the first leg ends at max_steps (so its record says), and the
+    resume with max_steps 6 goes on to the budget and stops there as "budget"."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    sfd, first = module(forgotten=False), rule(budget=6)
+    trainer = quiet_trainer(tmp_path, 4, callbacks=[first, checkpoints], enable_checkpointing=True)
+    trainer.fit(sfd)
+    assert sfd.global_step == 4 and first.reason == "max_steps"
+
+    resumed, second = module(forgotten=False), rule(budget=6)
+    later = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    trainer = quiet_trainer(tmp_path, 6, callbacks=[second, later], enable_checkpointing=True)
+    trainer.fit(resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.global_step == 6 and second.reason == "budget"
+    assert [p["iteration"] for p in second.probes] == [0, 2, 4, 6]
+
+
+def test_sfd_fit_takes_a_budget_beyond_max_steps(tiny_teacher_dir, tmp_path) -> None:
+    """The first leg of such a run: `sfd fit` builds it (it refused it once)."""
+    from sfd.training.cli import sfd_lightning_cli
+
+    argv = fit_args(tiny_teacher_dir, tmp_path / "run", "--trainer.max_steps", "20")
+    until = ["-c", str(CONFIGS / "until_forgotten.yaml"), "--trainer.callbacks.budget", "30"]
+    cli = sfd_lightning_cli([*argv[1:], *until], run=False)
+    assert cli.trainer.max_steps == 20
+    assert [c.budget for c in cli.trainer.callbacks if isinstance(c, UntilForgotten)] == [30]
 
 
 @pytest.mark.parametrize("floor", [False, True], ids=["bare-threshold", "override-floor"])

@@ -74,8 +74,9 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
         check_channels("--teacher-channels", tuple(settings.teacher_channels))
     check_number("heldout_fraction", settings.heldout_fraction, low=0, high=1, low_open=True,
                  high_open=True)  # fmt: skip
-    check_curve_every(settings.curve_every, settings.until_forgotten, (sfd, stage2))
-    check_average_after(settings.average_after, settings.until_forgotten, (sfd, stage2))
+    ruled = rule_configs(settings, sfd, stage2)
+    check_curve_every(settings.curve_every, settings.until_forgotten, ruled)
+    check_average_after(settings.average_after, settings.until_forgotten, ruled)
     if settings.baseline_iterations is not None and settings.baseline_iterations < 1:
         raise SFDConfigError(f"--baseline-iterations {settings.baseline_iterations} must be >= 1")
     if settings.output_dir.exists() and not settings.output_dir.is_dir():
@@ -83,14 +84,26 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     return sfd
 
 
+def rule_configs(settings: ClassRunSettings, sfd: Any, stage2: Any) -> tuple[Any, ...]:
+    """The parsed SFD configurations the completion rule runs on: `sfd demo` runs it on stage 2
+    only (SFD from the stage-1 generator); `sfd compare` on each SFD method it was asked for
+    ("sfd": from the teacher, "sfd_two_stage": stage 2)."""
+    methods = getattr(settings, "methods", None)  # `CompareSettings`; None: `sfd demo`
+    if methods is None:
+        return (stage2,)
+    return tuple(c for key, c in (("sfd", sfd), ("sfd_two_stage", stage2)) if key in methods)
+
+
 def check_curve_every(curve_every: int | None, until_forgotten: bool, configs: Any) -> None:
-    """Refuse a `--curve-every` below 1, and one beyond the max_steps of a run the completion rule
-    probes at that interval (it would never probe: `check_rule_within`).
+    """Refuse a `--curve-every` below 1, and, under the completion rule, one beyond the max_steps
+    of a run the rule runs on: the rule would probe only at the start and at the last iteration
+    (`check_rule_within`, as `sfd fit`). The default interval (None: `PROBE_EVERY`) is not
+    checked (docs/training.md, "Train until forgotten").
 
     Args:
         curve_every: the option's value (None: the default interval).
         until_forgotten: whether the completion rule runs (its probe interval is the curve's).
-        configs: the parsed SFD configurations the rule may run on.
+        configs: the parsed SFD configurations the rule runs on.
     """
     if curve_every is None:
         return
@@ -108,7 +121,7 @@ def check_average_after(average_after: int, until_forgotten: bool, configs: Any)
     Args:
         average_after: the option's value (0: off).
         until_forgotten: whether the completion rule runs (without it the option is unused).
-        configs: the parsed SFD configurations the rule may run on.
+        configs: the parsed SFD configurations the rule runs on.
     """
     if average_after < 0:
         raise SFDConfigError(f"--average-after {average_after} must be >= 0 (0: off)")

@@ -17,6 +17,10 @@ ATTACK_SHARE = 0.5  # soft-prompt attack success: at most this share of no forge
 # Remain FID over the teacher's own multi-step remain FID, per text teacher family: issue 24 item 3
 # (UNet text demos, the teacher's DDIM sampler) and issue 20 (the flow teacher, its Euler sampler).
 TEXT_FID_RATIO = {"unet": 1.2, "sd3": 1.5}
+ADV_FID_RATIO = 1.1  # adversarial SFD's remain FID at most this times plain SFD's
+CLASS_FID_RATIO = (
+    1.2  # the class demo's: shipped remain FID at most this times the teacher's (DDIM)
+)
 ONE_SIDED = (
     "The remain / neighbour accuracy targets are one-sided: met when SFD's accuracy is no more "
     "than the stated points below the teacher's, however far above it."
@@ -33,6 +37,16 @@ def not_below_teacher(model: float, teacher: float) -> bool:
     """Whether `model`'s accuracy is at most `POINTS` below `teacher`'s (rounded to 1e-9, so
     exactly 2 points below is met)."""
     return round(model - teacher, 9) >= -POINTS
+
+
+def at_most_times(
+    value: float | None, reference: float | None, ratio: float
+) -> tuple[float | None, bool | None]:
+    """(value / reference, whether value <= ratio · reference); (None, None), "not measured", when
+    either is missing or the reference is not positive (no ratio to judge)."""
+    if value is None or reference is None or not reference > 0:
+        return None, None
+    return value / reference, value <= ratio * reference
 
 
 def text_targets(
@@ -74,9 +88,8 @@ def text_targets(
         f"neighbour_accuracy_at_most_{100 * POINTS:.0f}_points_below_teacher": below(
             "neighbour_accuracy"
         ),
-        f"fid_at_most_{ratio:g}x_teacher": (
-            model["fid_remain"] / teacher["fid_remain"],
-            model["fid_remain"] <= ratio * teacher["fid_remain"],
+        f"fid_at_most_{ratio:g}x_teacher": at_most_times(
+            model.get("fid_remain"), teacher.get("fid_remain"), ratio
         ),
         "soft_attack_at_most_half_of_no_forgetting": (None, None)
         if attack is None or base is None
