@@ -280,8 +280,11 @@ def test_eval_text_refuses_before_training_the_attacker(digits_judges, tmp_path)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 seven\n".encode("latin-1"))
     cache = tmp_path / "cache"
+    model = tmp_path / "never-loaded"  # a text pipeline's index only: its weights are never read
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     settings = ConceptEvalSettings(
-        model=tmp_path / "never-loaded", classifier=digits_judges["text-classifier"],
+        model=model, classifier=digits_judges["text-classifier"],
         forget_prompts=latin1, remain_prompts=latin1, forget=7, override=1,
         output_dir=tmp_path / "out", attacks={"soft": AttackBudget(**SMALL)},
         attack_objective="transfer", cache=cache, progress=False,
