@@ -475,7 +475,7 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
             "revival as below. Stage-2 s: wall seconds of the SFD phase on the shared machine "
             "(see the load above); [adversarial_overhead](adversarial_overhead.md) times it in "
             "isolation. "
-            f"Adversarial SFD settings: {summary.get('adversarial_settings')}.\n\n"
+            f"Adversarial SFD settings: {settings_text(summary.get('adversarial_settings'))}.\n\n"
             + markdown_table(header, rows)
         )
     }
@@ -515,6 +515,14 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         )
     )
     return sections
+
+
+def settings_text(settings: dict[str, Any] | None) -> str:
+    """The adversarial run's `model.adversarial` overrides as the page names them: none given are
+    the defaults of configs/adversarial.yaml; a record without them says so."""
+    if settings is None:
+        return "not recorded"
+    return str(settings) if settings else "the defaults of `configs/adversarial.yaml`"
 
 
 def reuse_note(record: dict[str, Any]) -> str:

@@ -905,6 +905,7 @@ CASES = [
             "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – |",
             "| one-step, no forgetting | 1.0 % | 96.0 % | 99.0 % | 98.0 % | 6.000 | – | – | – | – |",
             "# Adversarial SFD: attack suite and revival test (text digits)",
+            "Adversarial SFD settings: {'steps': 2}.",
             "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |",
             "| adversarial SFD discrete success ≤ 5 % | 6.2 % | no |",
             "| UA (training prompts / class) ≥ 99 % | 99.5 % | yes |",
@@ -2000,3 +2001,12 @@ def test_no_page_calls_the_first_checkpoint_below_half_the_steps_it_took() -> No
         text = (REPO / "docs" / "results" / f"{name}.md").read_text()
         assert "| first checkpoint with UA < 50 % |" in text
         assert "UA is measured only after 0, N/4, N/2 and N steps" in text
+
+
+def test_adversarial_settings_name_the_preset_when_none_were_overridden():
+    """A demo run with `--adversarial` alone records no overrides ({}): the page names the preset,
+    and a record without the settings says so instead of printing None."""
+    attack_suite = importlib.import_module("attack_suite")
+    assert attack_suite.settings_text({}) == "the defaults of `configs/adversarial.yaml`"
+    assert attack_suite.settings_text(None) == "not recorded"
+    assert attack_suite.settings_text({"steps": 8}) == "{'steps': 8}"
