@@ -476,7 +476,7 @@ class AdversarialTraining:
         module: SFDModule,
         attacked: Attacked,
         terms: LossTerms,
-        losses: list[Tensor] | None = None,
+        losses: list[Tensor],
     ) -> LossTerms:
         """`terms` of SFD step `step` plus its adversarial term with weight `weight`: the fake
         score's DSM on the generator's samples under the attacked conditions ("fake"), or the
@@ -485,14 +485,11 @@ class AdversarialTraining:
 
         Args:
             losses: the per-row losses of `draws` (the module computes them in the plain forget
-                term's network calls); None: computed here, each term in its own calls.
+                term's network calls).
         """
         weight = module.hparams[STEP_WEIGHTS[step][0]]
         if weight == 0:
             return terms
-        if losses is None:
-            compute = module._fake_dsms if step == "fake" else module._generator_terms
-            losses = [compute([draw])[0] for draw in self.draws(step, module, attacked)]
         loss = losses[0]
         if step == "generator" and attacked.weights is not None:  # rows read as the concept
             loss = loss * attacked.weights
@@ -503,14 +500,6 @@ class AdversarialTraining:
         # towards the teacher at the remain prompt.
         anchor_weight = module.hparams[STEP_WEIGHTS[step][1]]
         return self._anchored(module, step, terms, losses[1], anchor_weight)
-
-    def fake_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
-        """`step_terms("fake", ...)`, each term in its own network calls."""
-        return self.step_terms("fake", module, attacked, terms)
-
-    def generator_terms(self, module: SFDModule, attacked: Attacked, terms: LossTerms) -> LossTerms:
-        """`step_terms("generator", ...)`, each term in its own network calls."""
-        return self.step_terms("generator", module, attacked, terms)
 
     def _added(
         self, module: SFDModule, name: str, terms: LossTerms, loss: Tensor, weight: float

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
@@ -416,6 +417,15 @@ def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single
         assert torch.equal(rival.prompt_embeds, cached["remain"][[prompt] * 6])
 
 
+def adversarial_terms(step: str, module: SFDModule, attacked: Any, terms: LossTerms) -> LossTerms:
+    """`terms` plus adversarial SFD's terms of SFD step `step` ("fake" or "generator") on
+    `attacked`, each term in its own network calls on the step's own stream."""
+    compute = module._fake_dsms if step == "fake" else module._generator_terms
+    draws = module.adversarial.draws(step, module, attacked)
+    losses = [compute([draw])[0] for draw in draws]
+    return module.adversarial.step_terms(step, module, attacked, terms, losses)
+
+
 def test_the_remain_anchor_leaves_the_adversarial_draws_and_adds_a_remain_term(
     text_setup, single_thread
 ) -> None:
@@ -427,7 +437,7 @@ def test_the_remain_anchor_leaves_the_adversarial_draws_and_adds_a_remain_term(
         module = text_module(text_setup, AdversarialSettings(steps=1, share=0.5, anchor=anchor))
         attacked = module.adversarial.attack(module)
         with torch.no_grad():
-            fake = module.adversarial.fake_terms(module, attacked, LossTerms(zero, zero, zero))
+            fake = adversarial_terms("fake", module, attacked, LossTerms(zero, zero, zero))
         results[anchor] = (module.adversarial.state, fake, attacked)
     (off_state, off, off_attacked), (on_state, on, on_attacked) = results[0.0], results[2.0]
     assert off_attacked.remain is None and on_attacked.remain is not None
@@ -457,7 +467,7 @@ def test_the_posterior_weight_is_the_teachers_reading_of_each_row(single_thread)
         per_row = module._generator_term(
             attacked.condition, attacked.override, module._stream(6), attacked.rows
         )
-        terms = attack.generator_terms(module, attacked, LossTerms(zero, zero, zero))
+        terms = adversarial_terms("generator", module, attacked, LossTerms(zero, zero, zero))
     torch.testing.assert_close(terms.forget, settings.weight * (per_row * expected).mean())
     unweighted = class_module(replace(settings, posterior_weight=False))
     plain = unweighted.adversarial.attack(unweighted)
@@ -488,7 +498,7 @@ def test_the_adversarial_term_reaches_the_generator_never_the_teacher(tmp_path, 
     teacher = copy.deepcopy(module.teacher.state_dict())
     attacked = module.adversarial.attack(module)
     zero = torch.zeros(())
-    terms = module.adversarial.generator_terms(module, attacked, LossTerms(zero, zero, zero))
+    terms = adversarial_terms("generator", module, attacked, LossTerms(zero, zero, zero))
     terms.total.backward()
     grads = [p.grad for p in module.generator.parameters() if p.grad is not None]
     assert grads and any(bool(g.abs().sum() > 0) for g in grads)
