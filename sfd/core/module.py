@@ -321,18 +321,10 @@ class SFDModule(LightningHooks, GeneratorEMA):
         x0_hat = self.fake_score.guided(x, sigma, fake_cond, self.hparams.fake_train_guidance)
         return list(fake_score_loss(x0_hat, x_g, sigma).split([len(d.z) for d in draws]))
 
-    def _generator_term(
-        self,
-        cond: Any,
-        teacher_cond: Any,
-        rng: torch.Generator,
-        rows: int | None = None,
-        guidance: float | None = None,
-    ) -> Tensor:
-        """The per-sample generator loss on `rows` samples under `cond`, the teacher at
-        `teacher_cond` guided at `guidance` (None: `teacher_guidance`)."""
-        draw = self._generator_draw(cond, teacher_cond, rng, rows, guidance)
-        return self._generator_terms([draw])[0]
+    def _generator_term(self, *draw: Any) -> Tensor:
+        """The per-sample generator loss of one term drawn by `_generator_draw(*draw)` (cond,
+        teacher_cond, rng[, rows[, guidance]])."""
+        return self._generator_terms([self._generator_draw(*draw)])[0]
 
     def _generator_draw(
         self,
