@@ -788,10 +788,6 @@ SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it ch
 # Cases refused only once a pipeline has loaded (its loading bars come first): known gaps.
 LOADS_BEFORE_REFUSING = {
     "fit-flow-adversarial-tokens",  # needs the sequence tokenizer and the conditions' prompts
-    # sfd export builds the pipeline (transformers' "Loading weights" bar) before these checks
-    "export-single-file-bert",
-    "export-single-file-flux-width",
-    "export-single-file-sd3-clip-widths",
 }
 
 
