@@ -197,7 +197,7 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
         "--curve-every",
         type=int,
         help="forgetting-curve interval (default: iterations/20; SFD under --until-forgotten: "
-        "the rule's probe interval, 10)",
+        "the rule's probe interval, 10, which must not exceed --trainer.max_steps)",
     )
     add(
         "--until-forgotten",

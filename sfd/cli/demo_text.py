@@ -78,7 +78,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
         "--curve-every",
         type=int,
         help="forgetting-curve interval (default: iterations/10; SFD under --until-forgotten: "
-        "the rule's 10)",
+        "the rule's 10, which must not exceed --trainer.max_steps)",
     )
     add(
         "--until-forgotten",

@@ -657,6 +657,13 @@ CASES: list[Case] = [
      lambda w, o: demo(w, o, "--curve-every", "100000", verb="demo-text"), "--curve-every=100000 exceeds trainer.max_steps="),
     ("demo-curve-every-beyond-max-steps",
      lambda w, o: demo(w, o, "--curve-every", "100000"), "--curve-every=100000 exceeds trainer.max_steps="),
+    # the rule's default interval (10) against a shorter run: refused as sfd fit refuses it
+    ("demo-default-curve-every-beyond-max-steps",
+     lambda w, o: demo(w, o, "--trainer.max_steps", "5"),
+     "the default --curve-every=10 exceeds trainer.max_steps=5"),
+    ("demo-text-default-curve-every-beyond-max-steps",
+     lambda w, o: demo(w, o, "--trainer.max_steps", "3", verb="demo-text"),
+     "the default --curve-every=10 exceeds trainer.max_steps=3"),
     ("demo-text-attack-tokens-negative",
      lambda w, o: demo(w, o, "--attack-tokens", "-4", verb="demo-text"), "attack num_tokens=-4"),
     ("demo-text-revival-negative", lambda w, o: demo(w, o, "--revival", "-2", verb="demo-text"), "revival steps=-2"),
