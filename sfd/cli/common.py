@@ -8,11 +8,20 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sfd.errors import SFDConfigError
 
 FIT_PREFIXES = ("--model.", "--trainer.")  # options the demos forward to the SFD configuration
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """The argparse parser of sfd's verbs: a mistake argparse finds itself (a value of the wrong
+    type, an unknown choice, a missing argument) is one `sfd: error:` line naming the option and
+    the value, exit status 2 (`SFDConfigError`), like every other refusal, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SFDConfigError(f"{message} (`{self.prog} --help` lists the options)")
 
 
 def is_option(token: str) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sfd.cli.common import (
     FIT_PREFIXES,
+    OneLineParser,
     add_class_attack_options,
     add_class_run_options,
     check_attack_suite_options,
@@ -24,7 +25,7 @@ def demo_parser() -> argparse.ArgumentParser:
     from sfd.apps.harness.class_run import ClassRunSettings
 
     defaults = ClassRunSettings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd demo",
         description="Train a digits teacher (or reuse the cached one), forget one class with SFD, "
         "compare with the teacher and a distilled-without-forgetting generator, attack all three "

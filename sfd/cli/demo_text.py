@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sfd.cli.common import (
     FIT_PREFIXES,
+    OneLineParser,
     add_average_after_option,
     check_attack_suite_options,
     is_option,
@@ -23,7 +24,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
     from sfd.cli.eval_text_concepts import ATTACK_NAMES, add_attack_options
 
     defaults = TextDemoSettings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd demo-text",
         description="Train a text-to-image teacher on captioned digits or Fashion-MNIST (or reuse "
         "the cached one), distil it into a one-step generator without forgetting (stage 1, "

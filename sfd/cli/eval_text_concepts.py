@@ -10,7 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sfd.cli.common import add_objective_option, check_attack_suite_options, run_quietly
+from sfd.cli.common import (
+    OneLineParser,
+    add_objective_option,
+    check_attack_suite_options,
+    run_quietly,
+)
 from sfd.errors import SFDConfigError
 
 ATTACK_NAMES = ("soft", "discrete")  # the `sfd.eval.attacks.ATTACKS` entries `--attack` runs
@@ -90,7 +95,7 @@ def revival_budget(options: argparse.Namespace, seed: int) -> Any:
 
 def concepts_parser() -> argparse.ArgumentParser:
     """Options of the concept mode (a classifier, prompt files, classes, real images, attack)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd eval-text MODEL --classifier DIR",
         description="Concept forgetting of an exported one-step text-to-image generator or a "
         "teacher folder (guided DDIM): UA on training forget prompts and held-out paraphrases, "

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfd.cli.common import (
+    OneLineParser,
     add_class_attack_options,
     check_attack_suite_options,
     class_embedding_budget,
@@ -35,7 +36,7 @@ CLASSIFIER_KEYS = {  # config.json of a saved classifier: key -> what it must be
 
 def run(args: list[str]) -> None:
     """`sfd eval MODEL --classifier DIR --data SRC --forget K --override J`."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd eval",
         description="Evaluate an exported one-step generator, or a DDPM teacher under DDIM, for "
         "class forgetting: UA, forget-label histogram, remain accuracy, remain FID/KID, images/s.",
