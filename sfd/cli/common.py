@@ -317,3 +317,37 @@ def class_embedding_budget(options: argparse.Namespace, seed: int) -> Any:
         "eval_samples": options.attack_eval_samples,
     }
     return ClassEmbeddingBudget(**{k: v for k, v in given.items() if v is not None}, seed=seed)
+
+
+def add_revival_options(parser: argparse.ArgumentParser) -> None:
+    """The revival test's options, `--revival STEPS` and its budget (`sfd eval`, `sfd eval-text`,
+    `sfd demo`, `sfd demo-text`); `revival_budget` reads them."""
+    from sfd.eval.attack_budget import RevivalBudget  # no torch
+
+    budget = RevivalBudget()
+    add = parser.add_argument
+    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy of each model "
+        "on real images of the forgotten class for STEPS steps; UA after 0, STEPS/4, STEPS/2, "
+        "STEPS (default: no revival test)")  # fmt: skip
+    add("--revival-images", type=int, default=budget.images,
+        help="k real held-out images of the forgotten class (default %(default)s)")  # fmt: skip
+    add("--revival-lr", type=float, default=budget.lr,
+        help="revival Adam learning rate (default %(default)s)")  # fmt: skip
+    add("--revival-batch", type=int, default=budget.batch_size,
+        help="revival images per step (default %(default)s)")  # fmt: skip
+
+
+def revival_budget(options: argparse.Namespace, seed: int) -> Any:
+    """The revival budget of `add_revival_options` (None without --revival; its values checked by
+    `RevivalBudget`: a negative or zero count, a learning rate outside (0, inf), one line)."""
+    from sfd.eval.attack_budget import RevivalBudget
+
+    if options.revival is None:
+        return None
+    return RevivalBudget(
+        steps=options.revival,
+        images=options.revival_images,
+        lr=options.revival_lr,
+        batch_size=options.revival_batch,
+        seed=seed,
+    )

@@ -13,6 +13,7 @@ from sfd.cli.common import (
     add_average_after_option,
     check_attack_suite_options,
     is_option,
+    revival_budget,
     run_quietly,
 )
 from sfd.errors import SFDConfigError
@@ -124,7 +125,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
 def run(args: list[str]) -> None:
     """`sfd demo-text`: parse, run, print the table and where the report is."""
     from sfd.apps.demo_text.settings import TextDemoSettings
-    from sfd.cli.eval_text_concepts import attack_budgets, revival_budget
+    from sfd.cli.eval_text_concepts import attack_budgets
 
     parser = demo_text_parser()
     options, sfd_args = parser.parse_known_args(args)  # --help answers before torch

@@ -282,7 +282,9 @@ class ExportJob:
     def source(self) -> SourceConfigs:
         """The config files of the generator's source pipeline."""
         denoiser = self.generator.denoiser
-        return SourceConfigs(getattr(denoiser, "pipeline", None), getattr(denoiser, "revision", None))
+        return SourceConfigs(
+            getattr(denoiser, "pipeline", None), getattr(denoiser, "revision", None)
+        )
 
 
 def _no_check(job: ExportJob, value: Any) -> None:
