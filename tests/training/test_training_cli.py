@@ -287,3 +287,7 @@ def test_every_number_setting_of_the_module_names_its_range_for_nan_inf_and_word
         shown = value if value != "lots" else repr(value)
         assert message.startswith(f"model.{name}={shown} must be "), message
         assert "\n" not in message and ("in [" in message or "in (" in message), message
+    with pytest.raises(SFDConfigError) as refused:  # YAML's own .nan is a float: the same line
+        parse_fit_config(["-c", str(default_sfd_config()), "--model.alpha", ".nan"],
+                         one_line_errors=True)  # fmt: skip
+    assert str(refused.value) == "model.alpha=nan must be a finite number in [0, inf)"
