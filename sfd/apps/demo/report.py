@@ -21,7 +21,7 @@ from sfd.apps.harness.report_folder import (
     printed_table,
     protocol_section,
     remain_table,
-    revival_lines,
+    revival_section,
     save_figure,
     show_grid,
     ua_ceiling_line,
@@ -164,8 +164,7 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
     ]
     if results.attacks:
         lines += ["", "## Class-embedding attack", "", *attack_table(results.attacks, titles)]
-    if results.revivals:
-        lines += ["", "## Revival", "", *revival_lines(results.revivals, titles)]
+    lines += revival_section(results.revivals, titles)
     lines += ["", "## Sampling throughput (measured)", "", "| sampler | NFE | images/s | timed |"]
     lines.append("|---|---|---|---|")
     for name, t in results.throughput.items():

@@ -23,7 +23,7 @@ from sfd.apps.harness.report_folder import (
     plot_forgetting_curve,
     protocol_section,
     remain_table,
-    revival_lines,
+    revival_section,
     save_figure,
     show_grid,
     ua_ceiling_line,
@@ -186,8 +186,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         *attack_lines(results.attacks["sfd"]),
         *teacher_attack_line(results.attacks.get("teacher", {})),
     ]
-    if results.revivals:
-        lines += ["", "## Revival", "", *revival_lines(results.revivals, titles)]
+    lines += revival_section(results.revivals, titles)
     lines += [
         "",
         "## Targets",

@@ -282,6 +282,13 @@ def revival_lines(
     return lines
 
 
+def revival_section(
+    revivals: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str]
+) -> list[str]:
+    """report.md's "Revival" section (`revival_lines` under its heading); none without a test."""
+    return ["", "## Revival", "", *revival_lines(revivals, titles)] if revivals else []
+
+
 def revival_summary(key: str, result: Mapping[str, Any]) -> str:
     """The line the demos say when a model's revival test is done (UA in % per checkpoint)."""
     return (
