@@ -375,6 +375,11 @@ class FlowTransformerDenoiser(FlowDenoiser):
         path = settings.get("pretrained_model_name_or_path")
         if path is not None:
             check_flow_folder(cls, str(path), settings.get("revision"), cls.__name__)
+        cls.check_module_settings(module)
+
+    @classmethod
+    def check_module_settings(cls, module: Mapping[str, Any]) -> None:
+        """The generator's flow time t_init, strictly inside (0, 1)."""
         if module.get("t_init") is not None:
             check_flow_time("t_init", module["t_init"])
 

@@ -202,6 +202,10 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
         guards.check_module_settings(AttributeDict(model))
     except SFDConfigError as error:  # named as typed, as `one_line` names a value it rejects
         raise SFDConfigError(f"model.{error}") from error
+    teacher = model.get("teacher")
+    family = class_at(str(teacher.get("class_path", ""))) if isinstance(teacher, Mapping) else None
+    if family is not None and issubclass(family, Denoiser):
+        family.check_module_settings(model)  # e.g. a flow teacher's t_init, before it exists
     check_adapter_settings(model.get("adapters"))
     adversarial = model.get("adversarial")
     if isinstance(adversarial, Mapping):
