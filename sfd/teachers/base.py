@@ -75,6 +75,18 @@ class Denoiser(nn.Module):
         """
 
     @classmethod
+    def prompt_tokenizer(cls, settings: Mapping[str, Any]) -> tuple[Any, int | None] | None:
+        """The tokenizer that a soft prompt's learned tokens enter, read from the teacher's folder
+        alone (no weights), with the padded length they must fit in (None: the tokenizer's
+        model_max_length); None where there is no such tokenizer or no folder to read it from.
+        `sfd fit` checks model.adversarial.tokens with it before the teacher loads.
+
+        Args:
+            settings: the teacher's init_args as configured.
+        """
+        return None
+
+    @classmethod
     def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
         """Refuse, in one line, what the teacher's settings and the files beside its weights
         (model_index.json, configs) already rule out, before a weight is read or the run is seeded

@@ -36,6 +36,7 @@ from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text pa
     encode_with,
     hidden_states,
     load_text_encoder,
+    load_tokenizer,
     masks_padding,
     model_index,
     pipeline_load_error,
@@ -145,6 +146,12 @@ class StableDiffusionDenoiser(VPDenoiser):
             "pipeline": self.pipeline,
             "revision": self.revision,
         }
+
+    @classmethod
+    def prompt_tokenizer(cls, settings: Mapping[str, Any]) -> tuple[Any, int | None] | None:
+        """The folder's (first) tokenizer, padding to its model_max_length."""
+        path = settings.get("pretrained_model_name_or_path")
+        return None if path is None else (load_tokenizer(str(path), settings.get("revision")), None)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> StableDiffusionDenoiser:
