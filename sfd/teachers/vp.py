@@ -8,6 +8,7 @@ UNets and Stable Diffusion UNets differ only in how the network is called (`VPDe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -138,6 +139,17 @@ class VPDenoiser(Denoiser):
         self.scheduler_config = dict(scheduler_config)
         alphas_cumprod = DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod
         self.register_buffer("sigmas", sigmas_from_alphas_cumprod(alphas_cumprod), persistent=False)
+
+    @classmethod
+    def check_module_settings(cls, module: Mapping[str, Any]) -> None:
+        """The generator's t_init, an integer timestep (its upper end, the schedule's length, is
+        checked once the schedule is known: `sigma_at_time`)."""
+        t_init = module.get("t_init")
+        if t_init is not None and (isinstance(t_init, bool) or not isinstance(t_init, int)):
+            raise SFDConfigError(
+                f"t_init={t_init!r} must be an integer timestep of the VP teacher's schedule "
+                "(0 up to its length, e.g. 625); a time in (0, 1) is a flow teacher's"
+            )
 
     @property
     def sigma_table(self) -> Tensor:

@@ -781,6 +781,9 @@ CASES: list[Case] = [
     ("demo-sigma-init-with-t-init",
      lambda w, o: demo(w, o, "--model.sigma_init", "2.5", "--model.t_init", "500"),
      "model.sigma_init=2.5 with t_init=500: give one, not both"),
+    ("demo-t-init-flow-time-on-vp-teacher",  # refused before the teacher trains
+     lambda w, o: demo(w, o, "--model.sigma_init", "null", "--model.t_init", "0.97"),
+     "t_init=0.97 must be an integer timestep of the VP teacher's schedule"),
     ("demo-text-sd3-t-init-beyond-one",  # refused before prompts/ and the teacher
      lambda w, o: demo(w, o, "--family", "sd3", "--model.t_init", "1.2", verb="demo-text"),
      "t_init=1.2 must be a flow time strictly between 0 and 1"),
