@@ -587,7 +587,7 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     sections["Targets (adversarial SFD)"] = (
         "The training-time overhead (target ≤ 2×) is timed apart by "
         "[adversarial_overhead](adversarial_overhead.md), in one process with its CPU time beside "
-        "the wall time (that page records the machine's load): the stage-2 wall seconds above "
+        "the wall time (that page records the machine's load): the training seconds above "
         "ran on a shared machine under different loads.\n\n"
         + markdown_table(
             ["target", "value", "met"],
