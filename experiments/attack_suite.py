@@ -612,26 +612,52 @@ def settings_text(settings: dict[str, Any] | None) -> str:
     return str(settings) if settings else "the defaults of `configs/adversarial.yaml`"
 
 
-def reuse_note(record: dict[str, Any]) -> str:
-    """The sentences naming the models a record took from an earlier one ("" when none), each
-    under the command that measured it: a reused record that itself reused models names theirs
-    (its "reused", kept in the reuse entry, else read from its record file when it is there)."""
+def measurers(record: dict[str, Any], file: str | None = None) -> dict[str, dict[str, Any]]:
+    """Model key -> the command that measured it in `record` ({command, date, record}): the
+    record's own `measured_by`, kept per model since it was written; for a record written before
+    that, rebuilt from its chain of `reused` entries (a model taken through a chained `--reuse`
+    under the command of the record that measured it). An entry that says what it reused, even
+    nothing, is taken as it says; only an entry written before it said so reads the earlier record
+    file, and that file's own `measured_by` where it has one.
+
+    Args:
+        record: a record of this script.
+        file: where it was read from (the models it measured itself name it).
+    """
+    if record.get("measured_by") is not None:
+        return record["measured_by"]
+    run = record.get("run") or {}
+    own = {"command": run.get("command"), "date": run.get("date"), "record": file}
+    found = {key: own for key in record.get("models", {})}
     reuse = record.get("reused")
-    if not reuse:
-        return ""
-    earlier = reuse.get("reused")
-    if earlier is None and Path(reuse["record"]).is_file():
-        earlier = read_record(reuse["record"]).get("reused")
-    taken = set(earlier["models"]) if earlier else set()
-    own = [key for key in reuse["models"] if key not in taken]
-    note = (
-        f" {', '.join(TITLES[key] for key in own)}: measured by `{reuse['command']}` "
-        f"({reuse['date']}, record `{reuse['record']}`, the same report folders and budgets) "
-        "and reused here."
-        if own
-        else ""
+    while reuse:
+        entry = {key: reuse[key] for key in ("command", "date", "record")}
+        found.update(dict.fromkeys(reuse["models"], entry))
+        if "reused" in reuse:
+            reuse = reuse["reused"]
+            continue
+        earlier = read_record(reuse["record"]) if Path(reuse["record"]).is_file() else {}
+        if earlier.get("measured_by") is not None:
+            taken = earlier["measured_by"]
+            found.update({key: taken[key] for key in reuse["models"] if key in taken})
+            break
+        reuse = earlier.get("reused")
+    return found
+
+
+def reuse_note(record: dict[str, Any]) -> str:
+    """The sentences naming the models a record took from earlier ones ("" when none), each
+    under the command that measured it (`measurers`)."""
+    run = record.get("run") or {}
+    groups: dict[tuple[Any, Any, Any], list[str]] = {}
+    for key, entry in measurers(record).items():
+        if (entry["command"], entry["date"]) != (run.get("command"), run.get("date")):
+            groups.setdefault((entry["command"], entry["date"], entry["record"]), []).append(key)
+    return "".join(
+        f" {', '.join(TITLES.get(key, key) for key in keys)}: measured by `{command}` ({date}, "
+        f"record `{file}`, the same report folders and budgets) and reused here."
+        for (command, date, file), keys in groups.items()
     )
-    return note + (reuse_note({"reused": earlier}) if earlier else "")
 
 
 def page_name(name: str, record: dict[str, Any]) -> str:
@@ -938,7 +964,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--adversarial-run {options.adversarial_run}: {reason}")
     if options.only and "adversarial_sfd" in options.only and not options.adversarial_run:
         parser.error("--only adversarial_sfd needs --adversarial-run")
-    options.reused_models, reuse = {}, None
+    options.reused_models, reuse, taken = {}, None, {}
     if options.reuse:
         reason = check_reuse(options)
         if reason:
@@ -948,12 +974,19 @@ def main(argv: list[str] | None = None) -> None:
         reuse = {"record": options.reuse, "command": old["run"]["command"],
                  "date": old["run"]["date"], "models": list(options.reused_models),
                  "reused": old.get("reused")}  # fmt: skip
+        taken = measurers(old, options.reuse)
     load_start = os.getloadavg()
     record = measure(options) if options.run else measure_class(options)
     record["settings"] = {name: getattr(options, name) for name in SAME_SETTINGS}
     record["reused"] = reuse
     record["page"] = options.page
     record["run"] = run_context(command_line(__file__, argv), load_start)
+    own = {"command": record["run"]["command"], "date": record["run"]["date"],
+           "record": options.json}  # fmt: skip
+    record["measured_by"] = {  # per model: kept in the record, as the page names it
+        key: taken[key] if key in options.reused_models and key in taken else own
+        for key in record["models"]
+    }
     save_record(record, options.json)
     if not options.no_page:
         record = with_included(record, options.include)

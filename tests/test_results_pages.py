@@ -1345,6 +1345,45 @@ def test_a_reused_model_names_the_command_that_measured_it() -> None:
     assert note.count("measured by") == 2
 
 
+def test_a_model_reused_through_a_chain_names_its_command_from_the_kept_record(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A kept record names each model under the command that measured it, whatever the files
+    of the earlier records now hold: C reused B, which reused A; A's file has since been
+    replaced by another measurement that itself reused a model (the page is rebuilt elsewhere,
+    from the kept records)."""
+    script = importlib.import_module("attack_suite")
+    monkeypatch.chdir(tmp_path)
+    a = {"record": "a.json", "command": "python a", "date": "d1", "models": ["adversarial_sfd"],
+         "reused": None}  # A measured its model itself  # fmt: skip
+    b = {"record": "b.json", "command": "python b", "date": "d2",
+         "models": ["sfd", "adversarial_sfd"], "reused": a}  # fmt: skip
+    later = {"run": run_section("python z-later"), "models": {"adversarial_sfd": {}},
+             "reused": {"record": "z.json", "command": "python z", "date": "d0",
+                        "models": ["adversarial_sfd"], "reused": None}}  # fmt: skip
+    results_page.save_record(later, "a.json")  # a.json now holds another measurement
+    # B as kept: it says A reused nothing, so a.json is not read again
+    kept_b = {"run": {"command": "python b", "date": "d2"}, "models": {"sfd": {}, "adversarial_sfd": {}},
+              "reused": {**a, "reused": None}}  # fmt: skip
+    note = script.reuse_note({**kept_b, "reused": a})
+    assert (
+        note.count("measured by") == 1
+        and " one-step adversarial SFD: measured by `python a`" in note
+    )
+    # C as written now: the command per model is in the record itself
+    c_run = {"command": "python c", "date": "d3"}
+    c = {"run": c_run, "models": {"sfd": {}, "adversarial_sfd": {}, "distilled_without_forgetting": {}},
+         "reused": b,
+         "measured_by": {"sfd": {"command": "python b", "date": "d2", "record": "b.json"},
+                         "adversarial_sfd": {"command": "python a", "date": "d1", "record": "a.json"},
+                         "distilled_without_forgetting": {**c_run, "record": "c.json"}}}  # fmt: skip
+    assert script.measurers(c) == c["measured_by"]
+    note = script.reuse_note(c)
+    assert " one-step SFD: measured by `python b` (d2, record `b.json`" in note
+    assert " one-step adversarial SFD: measured by `python a` (d1, record `a.json`" in note
+    assert "python z" not in note and "python c" not in note and note.count("measured by") == 2
+
+
 def test_run_context_is_taken_after_measuring(monkeypatch, tmp_path: Path) -> None:
     """The page's "at the end" load is read after the measurement, "at the start" before it."""
     measured: list[bool] = []
