@@ -42,7 +42,7 @@ from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text pa
     pipeline_load_error,
     tokenize,
 )
-from sfd.teachers.vp import VPDenoiser
+from sfd.teachers.vp import VPDenoiser, check_timestep
 
 ATTENTION_BACKENDS = ("sdpa", "eager")
 
@@ -286,7 +286,10 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
 
     @classmethod
     def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
-        check_pretrained_folder(*folder_settings(settings))
+        """The folder's files, and t_init against its scheduler's number of timesteps."""
+        scheduler_config = check_pretrained_folder(*folder_settings(settings))
+        if module.get("t_init") is not None:
+            check_timestep(module["t_init"], scheduler_config.get("num_train_timesteps", 1000))
 
 
 def folder_settings(settings: Mapping[str, Any]) -> tuple[str, str | None, str | None, str]:

@@ -122,6 +122,12 @@ def prediction_from_x0(x0: Tensor, x: Tensor, sigma: Tensor, prediction_type: st
     return x0  # "sample"
 
 
+def check_timestep(t_init: Any, length: int) -> None:
+    """Refuse a t_init that is no integer timestep of a VP schedule of `length` steps."""
+    if isinstance(t_init, bool) or not isinstance(t_init, int) or not 0 <= t_init < length:
+        raise SFDConfigError(f"t_init={t_init!r} must be an integer timestep in 0..{length - 1}")
+
+
 class VPDenoiser(Denoiser):
     """Base of the discrete-VP adapters: the σ table, t(σ) and the denoise body.
 
@@ -166,10 +172,7 @@ class VPDenoiser(Denoiser):
     def sigma_at_time(self, t_init: Any) -> float:
         """σ_init = σ_t of the integer timestep t_init (the reference's 440 / 625)."""
         table = self.sigmas
-        if isinstance(t_init, bool) or not isinstance(t_init, int) or not 0 <= t_init < len(table):
-            raise SFDConfigError(
-                f"t_init={t_init!r} must be an integer timestep in 0..{len(table) - 1}"
-            )
+        check_timestep(t_init, len(table))
         return float(table[t_init])
 
     def predict(self, x_t: Tensor, timestep: Tensor, cond: Any) -> Tensor:

@@ -367,6 +367,11 @@ CASES: list[Case] = [
                    "--model.adversarial.tokens", "100", "--trainer.accelerator", "cpu",
                    "--trainer.default_root_dir", str(o)],
      "model.adversarial.tokens=100: even the shortest prompt"),
+    ("fit-sd-t-init-beyond-schedule",  # against the folder's scheduler config, before loading
+     lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+                   "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.t_init", "5000", "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(o)],
+     "t_init=5000 must be an integer timestep in 0.."),
     ("fit-flow-ddpm-scheduler", lambda w, o: flow_fit(w, o, "sd3", "sd3_ddpm"),
      "a flow-matching teacher needs one of ('FlowMatchEulerDiscreteScheduler',)"),
     ("fit-flow-timestep-sampler",
