@@ -198,7 +198,10 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
     `model` group before anything is built (so a demo refuses them before training a teacher)."""
     if not model:
         return
-    guards.check_module_settings(AttributeDict(model))
+    try:
+        guards.check_module_settings(AttributeDict(model))
+    except SFDConfigError as error:  # named as typed, as `one_line` names a value it rejects
+        raise SFDConfigError(f"model.{error}") from error
     check_adapter_settings(model.get("adapters"))
     adversarial = model.get("adversarial")
     if isinstance(adversarial, Mapping):

@@ -373,7 +373,15 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "--model.conditions.init_args.forget", "abc"), "model.conditions.init_args.forget=abc: expected one of [int, list[int]]"),
     ("fit-bad-learning-rate",
      lambda w, o: fit(w, o, "--model.fake_optimizer.init_args.lr", "fast"), "model.fake_optimizer.init_args.lr=fast: expected one of [float"),
-    ("fit-bad-int", lambda w, o: fit(w, o, "--model.batch_size", "many"), "model.batch_size=many: expected int"),
+    ("fit-bad-int", lambda w, o: fit(w, o, "--model.batch_size", "many"), "model.batch_size='many' must be an integer of at least 1"),
+    # a module setting the parser takes for no number (nan, inf, a word): the module's own range
+    ("fit-alpha-nan", lambda w, o: fit(w, o, "--model.alpha", "nan"), "model.alpha=nan must be a finite number in [0, inf)"),
+    ("fit-cond-dropout-word",
+     lambda w, o: fit(w, o, "--model.cond_dropout", "often"), "model.cond_dropout='often' must be a finite number in [0, 1)"),
+    ("demo-lambda-forget-inf",
+     lambda w, o: demo(w, o, "--model.lambda_g_forget", "inf"), "model.lambda_g_forget=inf must be a finite number in [0, inf)"),
+    ("demo-text-ema-decay-nan",
+     lambda w, o: demo(w, o, "--model.ema_decay", "nan", verb="demo-text"), "model.ema_decay=nan must be a finite number in [0, 1)"),
     ("fit-unknown-option", lambda w, o: fit(w, o, "--model.frobnicate", "1"), "frobnicate"),
     ("fit-gradient-clip-val",
      lambda w, o: fit(w, o, "--trainer.gradient_clip_val", "1.0"), "set model.fake_grad_clip / model.generator_grad_clip instead"),
@@ -649,9 +657,28 @@ CASES: list[Case] = [
      lambda w, o: demo(w, o, "--curve-every", "100000", verb="demo-text"), "--curve-every=100000 exceeds trainer.max_steps="),
     ("demo-curve-every-beyond-max-steps",
      lambda w, o: demo(w, o, "--curve-every", "100000"), "--curve-every=100000 exceeds trainer.max_steps="),
+    # the rule's default interval (10) against a shorter run: refused as sfd fit refuses it
+    ("demo-default-curve-every-beyond-max-steps",
+     lambda w, o: demo(w, o, "--trainer.max_steps", "5"),
+     "the default --curve-every=10 exceeds trainer.max_steps=5"),
+    ("demo-text-default-curve-every-beyond-max-steps",
+     lambda w, o: demo(w, o, "--trainer.max_steps", "3", verb="demo-text"),
+     "the default --curve-every=10 exceeds trainer.max_steps=3"),
     ("demo-text-attack-tokens-negative",
      lambda w, o: demo(w, o, "--attack-tokens", "-4", verb="demo-text"), "attack num_tokens=-4"),
     ("demo-text-revival-negative", lambda w, o: demo(w, o, "--revival", "-2", verb="demo-text"), "revival steps=-2"),
+    ("demo-text-revival-not-integer",
+     lambda w, o: demo(w, o, "--revival", "2.5", verb="demo-text"), "argument --revival: invalid int value: '2.5'"),
+    # sfd demo's revival test (the class path), refused before the teacher trains
+    ("demo-revival-negative", lambda w, o: demo(w, o, "--revival", "-2"), "revival steps=-2"),
+    ("demo-revival-not-integer", lambda w, o: demo(w, o, "--revival", "2.5"), "argument --revival: invalid int value: '2.5'"),
+    ("demo-revival-lr-zero", lambda w, o: demo(w, o, "--revival", "4", "--revival-lr", "0"), "revival lr=0.0"),
+    ("demo-revival-images-without-revival",
+     lambda w, o: demo(w, o, "--revival-images", "3"), "--revival-images 3 is read only with --revival"),
+    ("demo-revival-too-few-images-of-class",
+     lambda w, o: demo(w, o, "--revival", "4", "--revival-images", "100000"),
+     "needs 100000 real images of the forgotten class 0"),
+    ("eval-revival-not-integer", lambda w, o: evaluate(w, o, "--revival", "ten"), "argument --revival: invalid int value: 'ten'"),
     ("demo-text-average-after-negative",
      lambda w, o: demo(w, o, "--average-after", "-3", verb="demo-text"), "--average-after -3 must be >= 0"),
     ("demo-text-average-after-without-ema",
@@ -780,10 +807,6 @@ SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it ch
 # Cases refused only once a pipeline has loaded (its loading bars come first): known gaps.
 LOADS_BEFORE_REFUSING = {
     "fit-flow-adversarial-tokens",  # needs the sequence tokenizer and the conditions' prompts
-    # sfd export builds the pipeline (transformers' "Loading weights" bar) before these checks
-    "export-single-file-bert",
-    "export-single-file-flux-width",
-    "export-single-file-sd3-clip-widths",
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sfd.apps.data.names import DIGITS
 from sfd.errors import SFDConfigError
-from sfd.eval.attack_budget import ClassEmbeddingBudget
+from sfd.eval.attack_budget import ClassEmbeddingBudget, RevivalBudget
 
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD from the teacher
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
@@ -116,6 +116,7 @@ class ClassRunSettings:
     time_full_schedule: bool = True
     grid_per_class: int = 10
     attack: ClassEmbeddingBudget | None = None  # `sfd demo`: the class-embedding attack
+    revival: RevivalBudget | None = None  # `sfd demo`: the revival test (None: not run)
     attack_ddim_steps: int = 4
     # `OBJECTIVE_CHOICES`: transfer (or both) trains the attacker classifier once (cached)
     attack_objective: str = "white-box"
