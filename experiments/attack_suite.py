@@ -10,7 +10,8 @@ and the revival test, writes the JSON record and docs/results/attacks.md. With `
 generators, into docs/results/attacks_class.md. `--adversarial-run` names the same demo's output
 folder run with `--adversarial` on the same teacher and stage 1 (checked: the two stage-1
 generators must be the same files); its generator joins the table, beside the two report folders'
-UA, remain and neighbour accuracy, FID and stage-2 training time, and the issue's targets.
+UA, remain and neighbour accuracy, FID and stage-2 training time and iterations (and why it
+stopped), and the issue's targets.
 
     python experiments/attack_suite.py --run demo-text-output --revival 40
     python experiments/attack_suite.py --run demo-text-output \
@@ -185,6 +186,8 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
         seconds = (
             metrics["protocol"].get("phase_seconds", {}).get("sfd") if stage2 is None else stage2
         )
+        two_stage = metrics["protocol"].get("two_stage", {})
+        completion = two_stage.get("stage2_completion") or {}
         return {
             "ua": ua,
             "ua_paraphrases": paraphrases,
@@ -192,7 +195,13 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
             "neighbour_accuracy": entry.get("neighbour_accuracy"),
             "fid_remain": entry.get("fid_remain"),
             "training_seconds": seconds if key == "sfd" else None,
-        }
+            # SFD models: stage 2's iterations, why it stopped (a completion-rule reason or
+            # max_steps) and its cap (`trainer.max_steps`)
+            **({"stage2_iterations": completion.get("iterations",
+                                                     two_stage.get("stage2_iterations")),
+                "stage2_stop": completion.get("stop_reason"),
+                "stage2_cap": two_stage.get("stage2_max_steps")} if key == "sfd" else {}),
+        }  # fmt: skip
 
     runs = {"plain": plain, "adversarial": adversarial}
     metrics = {run: json.loads((folder / "metrics.json").read_text())
@@ -205,6 +214,19 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
         settings = metrics["adversarial"]["protocol"].get("sfd_settings", {})
         summary["adversarial_settings"] = settings.get("model", {}).get("adversarial")
     return summary
+
+
+def preset_cap(metrics: dict[str, Any]) -> int | None:
+    """Stage 2's cap (`trainer.max_steps`) in the packaged `sfd demo-text` preset of a text
+    report's data set and teacher family (the completion rule stops stage 2 within it)."""
+    import yaml
+
+    from sfd.apps.demo_text.settings import default_sfd_config
+
+    protocol = metrics["protocol"]
+    family = protocol.get("teacher_settings", {}).get("family", "unet")
+    preset = default_sfd_config(str(protocol["data"]).split("/")[0], family=family)
+    return (yaml.safe_load(preset.read_text()).get("trainer") or {}).get("max_steps")
 
 
 # The options that must agree for a record's models to be reused (`--reuse`).
@@ -351,7 +373,8 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
             "class_names": metrics.get("class_names"), "models": reused(options, models),
             "budgets": {name: vars(b) for name, b in budgets.items()},
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "summary": run_summary(run, adversarial), "attack_objective": options.attack_objective,
+            "summary": {**run_summary(run, adversarial), "stage2_preset_cap": preset_cap(metrics)},
+            "attack_objective": options.attack_objective,
             "attacker_classifier": attacker_entry}  # fmt: skip
 
 
@@ -521,6 +544,8 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
              "remain_accuracy", "neighbour_accuracy")), fid(summary["teacher"]["fid_remain"]),
              *("–" for _ in attacks), "–", "–"]]  # fmt: skip
     variants = [k for k in summary if k.startswith(VARIANT)]
+    # stage 2's iterations and stop: a column only for records that kept them
+    stopped = any(isinstance(v, dict) and v.get("stage2_iterations") for v in summary.values())
     for key in [*(k for k in (*MODELS, *BASELINES) if k in summary), *variants]:
         scores, seconds = summary[key], summary[key]["training_seconds"]
         rows.append(
@@ -535,9 +560,13 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
                 revived_at(models[key]["revival"]) if key in models else "–",
                 "–" if seconds is None else f"{seconds:.0f}",
             ]
+            + ([stage2_stop(scores)] if stopped else [])
         )
     header = ["model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID",
               *attacks, f"revival: {revival_column()}", "training s"]  # fmt: skip
+    if stopped:
+        header.append("stage-2 iterations (stop)")
+        rows[0].append("–")
     folders = f"`{record['run_folder']}`" + (
         f" and `{record['adversarial_run_folder']}`" if record.get("adversarial_run_folder") else ""
     )
@@ -554,7 +583,7 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
             f"evaluation ({folders}; the same teacher, classifier and stage 1); attacks and "
             "revival as below. Training s: wall seconds of the SFD phase (stage 2) on the shared "
             "machine (see the load above); [adversarial_overhead](adversarial_overhead.md) times "
-            f"it in isolation.{compared} "
+            f"it in isolation.{compared}{STOP_NOTE if stopped else ''}{cap_note(summary, record)} "
             f"Adversarial SFD settings: {settings_text(summary.get('adversarial_settings'))}.\n\n"
             + markdown_table(header, rows)
         )
@@ -595,6 +624,44 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         )
     )
     return sections
+
+
+STOP_NOTE = (
+    " Stage-2 iterations (stop): the SFD phase's iterations and why it stopped: a reason of the "
+    "completion rule (docs/method.md §8: forgotten, stalled, drift, budget) or max_steps, its cap "
+    "(`trainer.max_steps`)."
+)
+
+
+def stage2_stop(scores: dict[str, Any]) -> str:
+    """A model's stage-2 cell: its iterations and why it stopped ("–" for the models without a
+    stage 2 and for records written before it was kept)."""
+    if scores.get("stage2_iterations") is None:
+        return "–"
+    return f"{scores['stage2_iterations']} ({scores.get('stage2_stop') or 'not recorded'})"
+
+
+def cap_note(summary: dict[str, Any], record: dict[str, Any]) -> str:
+    """The sentence naming the SFD models whose stage 2 stopped at a cap below the packaged
+    preset's (set on the demo's command line to shorten the run): they ended before the
+    completion rule judged the concept gone, so trained less than the preset would; "" when
+    none did."""
+    preset = summary.get("stage2_preset_cap")
+    capped = [
+        key for key in summary
+        if isinstance(summary[key], dict) and summary[key].get("stage2_stop") == "max_steps"
+        and preset is not None and (summary[key].get("stage2_cap") or preset) < preset
+    ]  # fmt: skip
+    if not capped:
+        return ""
+    caps = sorted({summary[key]["stage2_cap"] for key in capped})
+    return (
+        f" {', '.join(model_title(key, record) for key in capped)}: stage 2 capped at "
+        f"{' / '.join(map(str, caps))} iterations by `--trainer.max_steps` on the demo's command "
+        f"line to shorten the run (the packaged preset's cap is {preset}, within which the "
+        "completion rule stops it); stopped there, before the rule judged the concept gone, so "
+        "trained less than the preset would."
+    )
 
 
 def benchmark_models(summary: dict[str, Any]) -> list[str]:

@@ -1333,6 +1333,64 @@ def test_an_attack_not_run_shows_as_such(results_dir) -> None:
     assert "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |" in lines
 
 
+def test_a_stage_2_stopped_at_a_cap_below_the_preset_is_named(results_dir) -> None:
+    """Each SFD model's stage-2 iterations and stop reason are shown; a model stopped at a cap
+    below the preset's is named as such, and none is when both stopped by the completion rule."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_adversarial_record("python experiments/attack_suite.py --run runs/f")
+    results_page.save_record(record, "runs/old.json")  # written before stage 2's stop was kept
+    script.main(["--page-from", "runs/old.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "stage-2 iterations" not in text.lower() and "| not within 40 | 150 |\n" in text
+    summary = record["summary"]
+    summary["stage2_preset_cap"] = 600
+    summary["sfd"].update(stage2_iterations=250, stage2_stop="forgotten", stage2_cap=600)
+    summary["adversarial_sfd"].update(stage2_iterations=150, stage2_stop="max_steps",
+                                      stage2_cap=150)  # fmt: skip
+    results_page.save_record(record, "runs/capped.json")
+    script.main(["--page-from", "runs/capped.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "| not within 40 | 150 | 150 (max_steps) |" in text
+    assert "| 20 | 100 | 250 (forgotten) |" in text
+    assert "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – | – |" in text
+    assert (
+        " one-step adversarial SFD: stage 2 capped at 150 iterations by `--trainer.max_steps` "
+        "on the demo's command line to shorten the run (the packaged preset's cap is 600,"
+    ) in text
+    summary["adversarial_sfd"].update(stage2_iterations=260, stage2_stop="forgotten",
+                                      stage2_cap=600)  # fmt: skip
+    results_page.save_record(record, "runs/full.json")
+    script.main(["--page-from", "runs/full.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "| not within 40 | 150 | 260 (forgotten) |" in text and "capped at" not in text
+
+
+@pytest.mark.parametrize(("family", "preset"), [("unet", "sfd_text_fashion.yaml"),
+                                                 ("sd3", "sfd_text_fashion_sd3.yaml")])  # fmt: skip
+def test_the_stage_2_cap_is_read_from_the_reports_own_preset(tmp_path, family, preset) -> None:
+    """run_summary keeps a text report's stage-2 iterations, stop reason and cap; preset_cap is
+    the packaged preset of its data set and teacher family (read here from the file itself)."""
+    import yaml
+
+    script = importlib.import_module("attack_suite")
+    scores = {"ua": 0.9, "remain_accuracy": 0.8}
+    two_stage = {"stage2_max_steps": 150, "stage2_iterations": 150,
+                 "stage2_completion": {"stop_reason": "max_steps", "iterations": 150}}  # fmt: skip
+    metrics = {
+        "teacher": scores, "sfd": scores, "distilled_without_forgetting": scores,
+        "protocol": {"data": "fashion-mnist/sha256-0", "two_stage": two_stage,
+                     "teacher_settings": {"family": family}},
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    summary = script.run_summary(tmp_path, None)
+    assert summary["sfd"]["stage2_stop"] == "max_steps"
+    assert (summary["sfd"]["stage2_iterations"], summary["sfd"]["stage2_cap"]) == (150, 150)
+    assert "stage2_stop" not in summary["distilled_without_forgetting"]
+    packaged = REPO / "sfd" / "apps" / "demo_text" / preset
+    expected = yaml.safe_load(packaged.read_text())["trainer"]["max_steps"]
+    assert script.preset_cap(metrics) == expected
+
+
 def test_a_reused_model_names_the_command_that_measured_it() -> None:
     """A record that reused a record that itself reused names each model under its own command."""
     script = importlib.import_module("attack_suite")
