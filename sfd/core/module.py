@@ -9,9 +9,11 @@ the two bases of `SFDModule`.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, NamedTuple
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
@@ -224,6 +226,21 @@ class SFDModule(LightningHooks, GeneratorEMA):
         )
 
     # --- the algorithm (docs/method.md §4) --------------------------------------------------------
+
+    @classmethod
+    def check_setting(cls, name: str, value: Any) -> None:
+        """The module's own check of one setting given alone, the others at their defaults
+        (`guards.check_module_settings`): how a configuration error names the allowed range of a
+        value the parser rejects as no number ("nan", "inf", a word). A setting the module does
+        not check passes.
+
+        Raises:
+            SFDConfigError: `value` is outside the setting's range, naming both.
+        """
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+        if name in defaults:
+            guards.check_module_settings(AttributeDict({**defaults, name: value}))
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         fake_opt, generator_opt = self.optimizers()

@@ -21,6 +21,7 @@ from sfd.apps.harness.report_folder import (
     printed_table,
     protocol_section,
     remain_table,
+    revival_section,
     save_figure,
     show_grid,
     ua_ceiling_line,
@@ -51,6 +52,7 @@ class DemoResults:
         protocol: seeds, sample counts, samplers, settings, library versions.
         grids: uint8 sample grids per model key, (K·n, C, H, W), rows = classes.
         attacks: model key -> {"class_embedding": its result} (empty: not run).
+        revivals: model key -> its revival test (`RevivalResult.to_dict()`; empty: not run).
     """
 
     num_classes: int
@@ -64,6 +66,7 @@ class DemoResults:
     protocol: dict[str, Any]
     grids: dict[str, Tensor]
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revivals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def curve_summary(self) -> dict[str, Any]:
         """First iteration with UA >= 95 %, absolute and as a fraction of training."""
@@ -87,6 +90,7 @@ class DemoResults:
             forgetting_curve_summary=self.curve_summary(),
             throughput=self.throughput,
             attack=self.attacks,
+            revival=self.revivals,
             protocol=self.protocol,
         )
         return data
@@ -131,7 +135,9 @@ def plot_sample_grids(results: DemoResults, path: Path) -> None:
 
 
 def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
-    """report.md: the table, per-class accuracy, throughput, curve summary, figures and protocol."""
+    """report.md: the table, per-class accuracy, attack, revival, throughput, curve summary,
+    figures and protocol."""
+    titles = report_titles(results.protocol)
     lines = [
         f"# SFD class forgetting: class {results.forget} -> override {results.override}",
         "",
@@ -139,7 +145,7 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
             column_titles(REPORT_COLUMNS),
             {
                 title: row_cells(results.models[key], REPORT_COLUMNS)
-                for key, title in MODEL_TITLES.items()
+                for key, title in titles.items()
                 if key in results.models
             },
         ),
@@ -157,7 +163,8 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
         *remain_table(results.models, remain),
     ]
     if results.attacks:
-        lines += ["", "## Class-embedding attack", "", *attack_table(results.attacks)]
+        lines += ["", "## Class-embedding attack", "", *attack_table(results.attacks, titles)]
+    lines += revival_section(results.revivals, titles)
     lines += ["", "## Sampling throughput (measured)", "", "| sampler | NFE | images/s | timed |"]
     lines.append("|---|---|---|---|")
     for name, t in results.throughput.items():
@@ -194,7 +201,16 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
+def report_titles(protocol: dict[str, Any]) -> dict[str, str]:
+    """`MODEL_TITLES`, the SFD row named adversarial SFD where the run trained it (`--adversarial`:
+    the SFD settings in the protocol hold `adversarial`)."""
+    model = protocol.get("sfd_settings", {}).get("model") or {}
+    if model.get("adversarial") is None:
+        return dict(MODEL_TITLES)
+    return {**MODEL_TITLES, "sfd": "one-step adversarial SFD (forgetting)"}
+
+
+def attack_table(attacks: dict[str, dict[str, Any]], titles: dict[str, str]) -> list[str]:
     """The class-embedding attacks' success per model and objective (white-box, transfer), with
     the attacker classifier's agreement where it read the images; each attack's budget,
     objective and ASR definition."""
@@ -205,7 +221,7 @@ def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
     for key, entry in attacks.items():
         for name, result in entry.items():
             lines.append(
-                f"| {MODEL_TITLES.get(key, key)} | {name}"
+                f"| {titles.get(key, key)} | {name}"
                 f" | {format_value(result['success_rate'], 1, percent=True)}"
                 f" | {format_value(result['success_rate_without_attack'], 1, percent=True)}"
                 f" | {format_value(result.get('agreement'), 1, percent=True)}"

@@ -23,6 +23,7 @@ from sfd.apps.harness.report_folder import (
     plot_forgetting_curve,
     protocol_section,
     remain_table,
+    revival_section,
     save_figure,
     show_grid,
     ua_ceiling_line,
@@ -32,7 +33,6 @@ from sfd.apps.harness.targets import DIFFERENCE, ONE_SIDED, text_targets
 from sfd.eval.columns import format_value
 from sfd.eval.concepts import ConceptEvaluation
 from sfd.eval.forgetting_curve import first_iteration_reaching
-from sfd.eval.revival import REVIVAL_RESOLUTION, revival_column, revived_at
 
 MODEL_KEYS = tuple(MODEL_TITLES)  # table order: teacher, without forgetting, SFD
 
@@ -186,8 +186,7 @@ def markdown_report(results: TextDemoResults, files: dict[str, str]) -> str:
         *attack_lines(results.attacks["sfd"]),
         *teacher_attack_line(results.attacks.get("teacher", {})),
     ]
-    if results.revivals:
-        lines += ["", "## Revival", "", *revival_lines(results.revivals, titles)]
+    lines += revival_section(results.revivals, titles)
     lines += [
         "",
         "## Targets",
@@ -254,29 +253,6 @@ def teacher_attack_line(suite: dict[str, dict[str, Any]]) -> list[str]:
         f"- The teacher (a reference: it has forgotten nothing, no target reads its row) is "
         f"attacked with {', '.join(budgets)}, under its attack sampler."
     ]
-
-
-def revival_lines(revivals: dict[str, dict[str, Any]], titles: dict[str, str]) -> list[str]:
-    """The revival table: UA after each checkpoint and the first checkpoint with UA < 50 %, per
-    model (rows titled by `titles`, keys where a model has no title)."""
-    first = next(iter(revivals.values()))
-    header = " | ".join(f"UA after {s} steps" for s in first["steps"])
-    lines = [
-        f"| model | {header} | {revival_column(first['threshold'])} |",
-        "|---|" + "---|" * (len(first["steps"]) + 1),
-    ]
-    for key, result in revivals.items():
-        cells = " | ".join(format_value(u, 1, percent=True) for u in result["ua"])
-        lines.append(f"| {titles.get(key, key)} | {cells} | {revived_at(result)} |")
-    budget = first["budget"]
-    lines += [
-        "",
-        f"Fine-tune of a copy on {budget['images']} held-out real images of the forgotten class "
-        f"paired with {first['condition']}, {budget['steps']} Adam steps (lr {budget['lr']}, "
-        f"batch {budget['batch_size']}, seed {budget['seed']}). Loss: {first['objective']} "
-        f"(a teacher: multi-step loss and sampler). {REVIVAL_RESOLUTION}.",
-    ]
-    return lines
 
 
 def summary_table(metrics: dict) -> str:

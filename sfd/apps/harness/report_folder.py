@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from sfd.eval.columns import COLUMNS, format_value
+from sfd.eval.revival import REVIVAL_RESOLUTION, revival_column, revived_at
 from sfd.images import tile
 
 # Report keys of the models, in table order, with their display names.
@@ -253,3 +254,44 @@ def plot_forget_histogram(results: Any, path: Path) -> None:
     )
     axes.legend(fontsize=7)
     save_figure(figure, path)
+
+
+def revival_lines(
+    revivals: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str]
+) -> list[str]:
+    """The revival table of `sfd demo` and `sfd demo-text`: UA after each checkpoint and the
+    first checkpoint with UA < 50 %, per model (rows titled by `titles`, keys where a model has
+    no title), and the fine-tune's budget and loss."""
+    first = next(iter(revivals.values()))
+    header = " | ".join(f"UA after {s} steps" for s in first["steps"])
+    lines = [
+        f"| model | {header} | {revival_column(first['threshold'])} |",
+        "|---|" + "---|" * (len(first["steps"]) + 1),
+    ]
+    for key, result in revivals.items():
+        cells = " | ".join(format_value(u, 1, percent=True) for u in result["ua"])
+        lines.append(f"| {titles.get(key, key)} | {cells} | {revived_at(result)} |")
+    budget = first["budget"]
+    lines += [
+        "",
+        f"Fine-tune of a copy on {budget['images']} held-out real images of the forgotten class "
+        f"paired with {first['condition']}, {budget['steps']} Adam steps (lr {budget['lr']}, "
+        f"batch {budget['batch_size']}, seed {budget['seed']}). Loss: {first['objective']} "
+        f"(a teacher: multi-step loss and sampler). {REVIVAL_RESOLUTION}.",
+    ]
+    return lines
+
+
+def revival_section(
+    revivals: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str]
+) -> list[str]:
+    """report.md's "Revival" section (`revival_lines` under its heading); none without a test."""
+    return ["", "## Revival", "", *revival_lines(revivals, titles)] if revivals else []
+
+
+def revival_summary(key: str, result: Mapping[str, Any]) -> str:
+    """The line the demos say when a model's revival test is done (UA in % per checkpoint)."""
+    return (
+        f"revival of {key}: UA {[round(100 * u, 1) for u in result['ua']]} % after "
+        f"{result['steps']} steps"
+    )
