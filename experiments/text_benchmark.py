@@ -390,7 +390,10 @@ FLOW_TRIED = {
         "classifier on this teacher's sneaker and sandal samples, level by level, on "
         "[The judge, level by level](judge_levels.md); the classifier's UA ceiling for the "
         "Fashion-MNIST pairs (real override images it reads as the forget class) on "
-        "[Evaluation classifiers](classifier.md)"
+        "[Evaluation classifiers](classifier.md); what the classifier reads of this teacher's own "
+        "override samples at each guidance scale, and so the teacher's guidance on the override "
+        "in the unlearning term (`model.override_guidance`, 4.5 in the Fashion preset), on "
+        "[The teacher's own override samples, by guidance](override_guidance.md)"
     ),
     "ua_paraphrases_at_least_95": "as for ua_train_at_least_99",
     "fid_at_most_1.5x_teacher": (

@@ -591,6 +591,27 @@ def judge_levels_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "cases": [case]}
 
 
+def override_guidance_record(command: str) -> dict[str, Any]:
+    def row(guidance: float, forget: float, override: float) -> dict[str, Any]:
+        return {"guidance": guidance, "read_as_forget": forget, "read_as_override": override,
+                "histogram": [0] * 10}  # fmt: skip
+
+    case = {
+        "name": "Fashion-MNIST sneaker → sandal, flow (SD3) teacher",
+        "teacher": "cache/text-teacher-abc",
+        "teacher_given": "runs/p/fashion",
+        "classifier_given": "runs/p/fashion",
+        "family": "sd3",
+        "steps": 28,
+        "samples": 200,
+        "forget": "sneaker",
+        "override": "sandal",
+        "real_ceiling": 0.976,
+        "rows": [row(1.25, 0.115, 0.86), row(4.5, 0.0, 1.0)],
+    }
+    return {"run": run_section(command), "cases": [case]}
+
+
 def classifier_record(command: str) -> dict[str, Any]:
     def row(recipe: str, steps: int, accuracy: float, read: float, seconds: float | None) -> dict:
         return {
@@ -1089,6 +1110,22 @@ CASES = [
             "sneaker (the judge: 1.5 %).",
             "gets UA 89.5 % from the classifier",
             "and 98.5 % from the judge: 9.0 points apart, more than the 5 points issue 24 allows",
+        ],
+    ),
+    (
+        "override_guidance",
+        "override_guidance",
+        override_guidance_record,
+        "python experiments/override_guidance.py --case fashion runs/p/fashion runs/p/fashion "
+        "sneaker sandal",
+        [
+            "## Fashion-MNIST sneaker → sandal, flow (SD3) teacher",
+            "| guidance | read as sneaker | read as sandal "
+            "| UA of a generator that draws exactly these sandals |",
+            "| 1.25 | 11.5 % | 86.0 % | 88.5 % |",
+            "| 4.5 | 0.0 % | 100.0 % | 100.0 % |",
+            "On real sandal images the classifier's UA ceiling is 97.6 % (the run "
+            "`runs/p/fashion`'s metrics.json).",
         ],
     ),
     (

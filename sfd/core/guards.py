@@ -296,7 +296,8 @@ def check_module_settings(hp: Any) -> None:
     for name in ("lambda_sg_remain", "lambda_sg_forget", "lambda_g_remain", "lambda_g_forget"):
         check_number(name, hp[name], low=0)
     for name in GUIDANCE_SCALES:
-        check_guidance(name, hp[name])
+        if hp.get(name) is not None:  # override_guidance None: teacher_guidance's
+            check_guidance(name, hp[name])
     check_number("cond_dropout", hp.cond_dropout, low=0, high=1, high_open=True)
     if hp.ema_decay is not None:
         check_number("ema_decay", hp.ema_decay, low=0, high=1, high_open=True)

@@ -15,8 +15,14 @@ from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError
 
-# The module's classifier-free guidance scales (`SFDModule` settings), which a teacher may refuse.
-GUIDANCE_SCALES = ("teacher_guidance", "fake_train_guidance", "fake_eval_guidance")
+# The module's classifier-free guidance scales (`SFDModule` settings), which a teacher may refuse
+# (override_guidance may be None: teacher_guidance's).
+GUIDANCE_SCALES = (
+    "teacher_guidance",
+    "fake_train_guidance",
+    "fake_eval_guidance",
+    "override_guidance",
+)
 
 
 class PromptBatch(NamedTuple):

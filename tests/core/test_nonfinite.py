@@ -96,6 +96,7 @@ BAD_SETTINGS = [
     ({"lambda_g_forget": INF}, "lambda_g_forget=inf"),
     ({"lambda_sg_remain": -0.5}, "lambda_sg_remain=-0.5"),
     ({"teacher_guidance": NAN}, "teacher_guidance=nan"),
+    ({"override_guidance": -1.0}, "override_guidance=-1.0"),
     ({"cond_dropout": 1.0}, "cond_dropout=1.0"),
     ({"ema_decay": NAN}, "ema_decay=nan"),
     ({"generator_grad_clip": 0.0}, "generator_grad_clip=0.0"),

@@ -38,7 +38,7 @@ def teachers(flow_dirs) -> dict[str, object]:
     }
 
 
-def flow_module(teacher, guidance: float) -> SFDModule:
+def flow_module(teacher, guidance: float, **settings: float) -> SFDModule:
     return SFDModule(
         teacher,
         celebrity_conditions(),
@@ -56,6 +56,7 @@ def flow_module(teacher, guidance: float) -> SFDModule:
         fake_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
         generator_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
         steps_per_epoch=100,
+        **settings,
     )
 
 
@@ -125,6 +126,8 @@ def test_guidance_distilled_flux_refuses_cfg_before_training(flow_dirs) -> None:
     teacher = teachers(flow_dirs)["flux"]()
     with pytest.raises(SFDConfigError, match="teacher_guidance=4.5 is classifier-free guidance"):
         flow_module(teacher, 4.5)
+    with pytest.raises(SFDConfigError, match="override_guidance=3.0 is classifier-free guidance"):
+        flow_module(teacher, 1.0, override_guidance=3.0)
 
 
 # the tiny Flux folder records no sample size (Flux transformers do not): give its latent size
