@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from sfd.core import guards
 from sfd.core.adversarial import check_adversarial_settings
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR
+from sfd.core.conditions import ConditionSampler
 from sfd.core.module import SFDModule
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import SFDConfigError, check_integer
@@ -124,6 +125,9 @@ class SFDLightningCLI(RunCLI):
             cls = class_at(str(teacher.get("class_path", "")))
             if cls is not None and issubclass(cls, Denoiser):
                 cls.check_before_loading(teacher.get("init_args") or {}, model)
+                negative = negative_setting(model.get("conditions"))
+                if negative is not None:  # one guidance cannot use: refused before loading
+                    cls.check_negative_prompt(teacher.get("init_args") or {}, model, *negative)
             sampler = model.get("sigma_sampler")
             if cls is not None and issubclass(cls, FlowDenoiser) and isinstance(sampler, Mapping):
                 # a flow teacher has no discrete schedule: the sampler's own check, before loading
@@ -191,6 +195,17 @@ def fit_summary(trainer: Trainer) -> list[str]:
         f"checkpoint: {checkpoint} (iteration {trainer.global_step})",
         f"export it: sfd export {source} {output}",
     ]
+
+
+def negative_setting(conditions: Any) -> tuple[str, tuple[str, ...]] | None:
+    """The configured conditions' negative prompt (`ConditionSampler.negative_setting`): the
+    setting that gives it and the roles that see it; None without one."""
+    if not isinstance(conditions, Mapping):
+        return None
+    cls = class_at(str(conditions.get("class_path", "")))
+    if cls is None or not issubclass(cls, ConditionSampler):
+        return None
+    return cls.negative_setting(conditions.get("init_args") or {})
 
 
 def check_model_settings(model: Mapping[str, Any]) -> None:
