@@ -901,7 +901,7 @@ CASES = [
         [
             "| one-step adversarial SFD | 99.5 % | 96.0 % | 96.0 % | 98.0 % | 5.600 | 4.0 % "
             "| 6.2 % | not within 40 | 150 |",
-            "| soft success | discrete success | revival: first checkpoint with UA < 50 % | stage-2 s |",
+            "| soft success | discrete success | revival: first checkpoint with UA < 50 % | training s |",
             "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – |",
             "| one-step, no forgetting | 1.0 % | 96.0 % | 99.0 % | 98.0 % | 6.000 | – | – | – | – |",
             "# Adversarial SFD: attack suite and revival test (text digits)",
@@ -1331,6 +1331,64 @@ def test_an_attack_not_run_shows_as_such(results_dir) -> None:
     assert "| adversarial SFD discrete success ≤ 5 % | not measured | – |" in lines
     assert "| one-step SFD | 50.0 % | – | 50.0 % | 60 / – |" in lines
     assert "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |" in lines
+
+
+def test_a_stage_2_stopped_at_a_cap_below_the_preset_is_named(results_dir) -> None:
+    """Each SFD model's stage-2 iterations and stop reason are shown; a model stopped at a cap
+    below the preset's is named as such, and none is when both stopped by the completion rule."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_adversarial_record("python experiments/attack_suite.py --run runs/f")
+    results_page.save_record(record, "runs/old.json")  # written before stage 2's stop was kept
+    script.main(["--page-from", "runs/old.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "stage-2 iterations" not in text.lower() and "| not within 40 | 150 |\n" in text
+    summary = record["summary"]
+    summary["stage2_preset_cap"] = 600
+    summary["sfd"].update(stage2_iterations=250, stage2_stop="forgotten", stage2_cap=600)
+    summary["adversarial_sfd"].update(stage2_iterations=150, stage2_stop="max_steps",
+                                      stage2_cap=150)  # fmt: skip
+    results_page.save_record(record, "runs/capped.json")
+    script.main(["--page-from", "runs/capped.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "| not within 40 | 150 | 150 (max_steps) |" in text
+    assert "| 20 | 100 | 250 (forgotten) |" in text
+    assert "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – | – |" in text
+    assert (
+        " one-step adversarial SFD: stage 2 capped at 150 iterations by `--trainer.max_steps` "
+        "on the demo's command line to shorten the run (the packaged preset's cap is 600,"
+    ) in text
+    summary["adversarial_sfd"].update(stage2_iterations=260, stage2_stop="forgotten",
+                                      stage2_cap=600)  # fmt: skip
+    results_page.save_record(record, "runs/full.json")
+    script.main(["--page-from", "runs/full.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "| not within 40 | 150 | 260 (forgotten) |" in text and "capped at" not in text
+
+
+@pytest.mark.parametrize(("family", "preset"), [("unet", "sfd_text_fashion.yaml"),
+                                                 ("sd3", "sfd_text_fashion_sd3.yaml")])  # fmt: skip
+def test_the_stage_2_cap_is_read_from_the_reports_own_preset(tmp_path, family, preset) -> None:
+    """run_summary keeps a text report's stage-2 iterations, stop reason and cap; preset_cap is
+    the packaged preset of its data set and teacher family (read here from the file itself)."""
+    import yaml
+
+    script = importlib.import_module("attack_suite")
+    scores = {"ua": 0.9, "remain_accuracy": 0.8}
+    two_stage = {"stage2_max_steps": 150, "stage2_iterations": 150,
+                 "stage2_completion": {"stop_reason": "max_steps", "iterations": 150}}  # fmt: skip
+    metrics = {
+        "teacher": scores, "sfd": scores, "distilled_without_forgetting": scores,
+        "protocol": {"data": "fashion-mnist/sha256-0", "two_stage": two_stage,
+                     "teacher_settings": {"family": family}},
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    summary = script.run_summary(tmp_path, None)
+    assert summary["sfd"]["stage2_stop"] == "max_steps"
+    assert (summary["sfd"]["stage2_iterations"], summary["sfd"]["stage2_cap"]) == (150, 150)
+    assert "stage2_stop" not in summary["distilled_without_forgetting"]
+    packaged = REPO / "sfd" / "apps" / "demo_text" / preset
+    expected = yaml.safe_load(packaged.read_text())["trainer"]["max_steps"]
+    assert script.preset_cap(metrics) == expected
 
 
 def test_a_reused_model_names_the_command_that_measured_it() -> None:
@@ -2089,3 +2147,103 @@ def test_adversarial_settings_name_the_preset_when_none_were_overridden():
     assert attack_suite.settings_text({}) == "the defaults of `configs/adversarial.yaml`"
     assert attack_suite.settings_text(None) == "not recorded"
     assert attack_suite.settings_text({"steps": 8}) == "{'steps': 8}"
+
+
+def class_record_with_baselines(command: str) -> dict[str, Any]:
+    """A `--class-run` record of all five models: plain, adversarial, no forgetting, ESD, SalUn."""
+    record = attacks_class_record(command)
+    sfd = record["models"]["sfd"]
+
+    def attacked(rate: float, sampler: str) -> dict[str, Any]:
+        return {**sfd, "attack": {**sfd["attack"], "success_rate": rate, "sampler": sampler}}
+
+    one_step = "one-step generator (sigma_init=2.5)"
+    ddim = "DDIM 4 steps (eta=0, trailing spacing)"
+    record["models"] = {
+        "sfd": attacked(0.5, one_step),
+        "adversarial_sfd": attacked(0.25, one_step),
+        "distilled_without_forgetting": record["models"]["distilled_without_forgetting"],
+        "esd": {**attacked(0.75, ddim), "sampler": "DDIM 50 steps (eta=0, trailing spacing)"},
+        "salun": {**attacked(0.875, ddim), "sampler": "DDIM 50 steps (eta=0, trailing spacing)"},
+    }
+    record["adversarial_run_folder"] = "runs/adv"
+    record["baselines"] = "runs/compare/models"
+    record["ddim_steps"], record["attack_ddim_steps"] = 50, 4
+    scores = {"ua": 1.0, "ua_paraphrases": None, "remain_accuracy": 0.98,
+              "neighbour_accuracy": None, "fid_remain": 3.0, "training_seconds": 100.0}  # fmt: skip
+    record["summary"] = {
+        **{key: scores for key in ("teacher", "sfd", "adversarial_sfd", "esd", "salun")},
+        "distilled_without_forgetting": {**scores, "ua": 0.0},
+        "adversarial_settings": {},
+    }
+    record["summary"]["esd"] = {**scores, "remain_accuracy": 0.87, "fid_remain": 71.95}
+    return record
+
+
+def test_the_class_page_holds_all_five_models_on_the_page_it_names(results_dir) -> None:
+    """A class record with adversarial SFD and the baselines goes, whole, to the page `--page`
+    names (or the record names): every table holds all five models, the baselines' attack names
+    the DDIM sampler it went through, and their benchmark row is the compare's evaluation."""
+    script = importlib.import_module("attack_suite")
+    command = "python experiments/attack_suite.py --class-run runs/demo --page attacks_class"
+    record = class_record_with_baselines(command)
+    results_page.save_record(record, "all.json")
+    script.main(["--page-from", "all.json", "--page", "attacks_class"])
+    assert sorted(p.name for p in results_dir.iterdir()) == ["attacks_class.md"]
+    page = (results_dir / "attacks_class.md").read_text()
+    for title in ("one-step SFD", "one-step adversarial SFD", "one-step, no forgetting",
+                  "ESD (DDIM)", "SalUn (DDIM)"):  # fmt: skip
+        assert page.count(f"| {title} |") == 3, title  # benchmark, attack and revival tables
+    assert "## Benchmark (plain SFD, adversarial SFD, no forgetting, ESD, SalUn)" in page
+    assert "| ESD (DDIM) | 100.0 % | – | 87.0 % | – | 71.950 | 75.0 % | 2 | 100 |" in page
+    assert "| SalUn (DDIM) | 87.5 % | 0.0 % | 80 | DDIM 4 steps (eta=0, trailing spacing) |" in page
+    assert "| one-step SFD | 50.0 % | 0.0 % | 80 | one-step generator (sigma_init=2.5) |" in page
+    assert "| adversarial SFD class-embedding success ≤ 5 % | 25.0 % | no |" in page
+    (results_dir / "attacks_class.md").unlink()
+    results_page.save_record({**record, "page": "attacks_class"}, "named.json")
+    script.main(["--page-from", "named.json"])  # the page its measuring command named
+    assert sorted(p.name for p in results_dir.iterdir()) == ["attacks_class.md"]
+
+
+def compare_folder(root: Path, classifier: str = "classifier-aa", forget: int = 0) -> Path:
+    """An `sfd compare` report folder with what `attack_suite.check_baselines` reads."""
+    for key in ("esd", "salun"):
+        (root / "models" / key).mkdir(parents=True)
+    protocol = {
+        "teacher": {"folder": "/c/teacher-tt"},
+        "classifier": {"folder": f"/c/{classifier}"},
+    }
+    metrics = {"forget": forget, "override": 1, "methods": {"esd": {}, "salun": {}},
+               "protocol": protocol}  # fmt: skip
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    return root / "models"
+
+
+@pytest.mark.parametrize(
+    ("classifier", "forget", "message"),
+    [("classifier-bb", 0, "its classifier is 'classifier-bb', not 'classifier-aa'"),
+     ("classifier-aa", 3, "forget 3 there but 0")],
+)  # fmt: skip
+def test_baselines_of_another_teacher_classifier_or_pair_are_refused(
+    results_dir, tmp_path, capsys, classifier, forget, message
+) -> None:
+    """`--baselines` must come from a compare of the same pair, teacher and classifier (their
+    cache entries): else one line, exit 2, nothing written, before anything is measured."""
+    script = importlib.import_module("attack_suite")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    protocol = {"teacher": {"folder": "runs/cache/teacher-tt"},
+                "classifier": {"folder": "runs/cache/classifier-aa"}}  # fmt: skip
+    (demo / "metrics.json").write_text(
+        json.dumps({"forget": 0, "override": 1, "protocol": protocol})
+    )
+    same = compare_folder(tmp_path / "same")
+    assert script.check_baselines(demo, same) is None
+    other = compare_folder(tmp_path / "other", classifier, forget)
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--class-run", str(demo), "--baselines", str(other), "--json", "r.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--baselines" in error and message in error
+    assert not (tmp_path / "r.json").exists() and not results_dir.exists()
+    assert "no " in script.check_baselines(demo, tmp_path / "none" / "models")

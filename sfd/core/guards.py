@@ -263,6 +263,14 @@ class NonFiniteWatch:
         return iteration, f"every {what} gradient element is non-finite"
 
 
+def check_one_start(sigma_init: float | None, t_init: int | float | None) -> None:
+    """Refuse a generator given both σ_init and t_init (t_init fixes σ_init)."""
+    if sigma_init is not None and t_init is not None:
+        raise SFDConfigError(
+            f"sigma_init={sigma_init} with t_init={t_init}: give one, not both (t_init fixes σ_init)"
+        )
+
+
 def check_module_settings(hp: Any) -> None:
     """Every numeric setting of the module, finite and in range (one line naming the bad one).
 
@@ -273,6 +281,7 @@ def check_module_settings(hp: Any) -> None:
     if hp.get("sigma_init") is not None:
         check_number("sigma_init", hp.sigma_init, low=0, low_open=True)
     t_init = hp.get("t_init")
+    check_one_start(hp.get("sigma_init"), t_init)
     if t_init is not None and (
         isinstance(t_init, bool)
         or not isinstance(t_init, int | float)

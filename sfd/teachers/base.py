@@ -65,6 +65,28 @@ class Denoiser(nn.Module):
         """Refuse, in one line, classifier-free guidance scales this model cannot take (default: none)."""
 
     @classmethod
+    def check_module_settings(cls, module: Mapping[str, Any]) -> None:
+        """Refuse, in one line, module settings this family rules out whatever its weights (a flow
+        model's t_init outside (0, 1)), reading no file: `sfd fit` and the demos call it on the
+        parsed configuration, before any teacher exists (default: nothing to check).
+
+        Args:
+            module: the module's settings (t_init, the guidance scales, ...).
+        """
+
+    @classmethod
+    def prompt_tokenizer(cls, settings: Mapping[str, Any]) -> tuple[Any, int | None] | None:
+        """The tokenizer that a soft prompt's learned tokens enter, read from the teacher's folder
+        alone (no weights), with the padded length they must fit in (None: the tokenizer's
+        model_max_length); None where there is no such tokenizer or no folder to read it from.
+        `sfd fit` checks model.adversarial.tokens with it before the teacher loads.
+
+        Args:
+            settings: the teacher's init_args as configured.
+        """
+        return None
+
+    @classmethod
     def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
         """Refuse, in one line, what the teacher's settings and the files beside its weights
         (model_index.json, configs) already rule out, before a weight is read or the run is seeded

@@ -22,6 +22,19 @@ ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
 START_FROM = "--model.adapters.start_from"  # the demos' own: stage 2 from the stage-1 adapters
 
 
+def check_adversarial_options(args: list[str], adversarial: bool) -> None:
+    """Refuse `--model.adversarial.*` options without `--adversarial`: they refine adversarial
+    SFD, which the demo turns on only with that flag (its report names the method it ran)."""
+    at = next((i for i, arg in enumerate(args) if arg.startswith("--model.adversarial")), None)
+    if at is not None and not adversarial:
+        key, given, value = args[at].partition("=")
+        value = value if given else (args[at + 1] if at + 1 < len(args) else "")
+        raise SFDConfigError(
+            f"{key} {value}: a setting of adversarial SFD, which is off; add "
+            "--adversarial to train adversarial SFD, or leave the option out"
+        )
+
+
 def stage1_overrides(args: list[str]) -> list[str]:
     """The user's `sfd fit` overrides for stage 1: all but `--model.adversarial*` (with their
     values). Stage 1 does not forget, so they would change nothing there but its cache key.

@@ -13,6 +13,7 @@ from typing import Any
 from sfd.apps.harness.class_run import SFD_PRESET as SFD_PRESET
 from sfd.apps.harness.class_run import STAGE1_PRESET as STAGE1_PRESET
 from sfd.apps.harness.class_run import ClassRunSettings as ClassRunSettings
+from sfd.apps.harness.class_run import check_adversarial_options
 from sfd.apps.harness.class_run import default_sfd_config as default_sfd_config
 from sfd.apps.harness.class_run import default_stage1_config as default_stage1_config
 from sfd.apps.harness.class_run import default_stage2_config as default_stage2_config
@@ -30,6 +31,7 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     Returns:
         the parsed SFD configuration (jsonargparse namespace).
     """
+    check_adversarial_options(settings.sfd_args, settings.adversarial)
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
