@@ -515,14 +515,7 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         attacks: column title -> attack name in a text model's "attacks" ("" for the class
             attack of a class record).
     """
-    from sfd.apps.harness.targets import (
-        ADV_FID_RATIO,
-        UA_PARAPHRASES,
-        UA_TRAIN,
-        at_most_times,
-        not_below_teacher,
-        points_below,
-    )
+    from sfd.apps.harness.targets import adversarial_targets
     from sfd.eval.revival import revival_column, revived_at
 
     summary, models = record.get("summary"), record["models"]
@@ -591,28 +584,17 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     if "adversarial_sfd" not in summary:
         return sections
     adv, plain, teacher = summary["adversarial_sfd"], summary["sfd"], summary["teacher"]
+    found = adversarial_targets(
+        adv, teacher, plain.get("fid_remain"),
+        {title.removesuffix(" success"): rate("adversarial_sfd", n) for title, n in attacks.items()},
+    )  # fmt: skip
+    shown = {"share": percent, "points": lambda v: f"{100 * v:+.1f} points",
+             "ratio": lambda v: f"{v:.2f}×"}  # fmt: skip
     targets = [
-        (f"adversarial SFD {title} ≤ 5 %", "not measured" if value is None else percent(value),
-         None if value is None else value <= 0.05)
-        for title, value in ((t, rate("adversarial_sfd", n)) for t, n in attacks.items())
+        (entry["title"], "not measured" if entry["value"] is None
+         else shown[entry["unit"]](entry["value"]), entry["met"])
+        for entry in found.values()
     ]  # fmt: skip
-    targets.append((f"UA (training prompts / class) ≥ {100 * UA_TRAIN:.0f} %", percent(adv["ua"]),
-                    adv["ua"] >= UA_TRAIN))  # fmt: skip
-    if adv["ua_paraphrases"] is not None:
-        targets.append((f"UA paraphrases ≥ {100 * UA_PARAPHRASES:.0f} %",
-                        percent(adv["ua_paraphrases"]), adv["ua_paraphrases"] >= UA_PARAPHRASES))  # fmt: skip
-    for name, title in (("remain_accuracy", "remain"), ("neighbour_accuracy", "neighbour")):
-        if adv[name] is None:
-            continue
-        if teacher.get(name) is None:  # no teacher's number: no gap to judge
-            targets.append((points_below(title), "not measured", None))
-        else:
-            gap = 100 * (adv[name] - teacher[name])
-            targets.append((points_below(title), f"{gap:+.1f} points",
-                            not_below_teacher(adv[name], teacher[name])))  # fmt: skip
-    ratio, met = at_most_times(adv.get("fid_remain"), plain.get("fid_remain"), ADV_FID_RATIO)
-    shown = "not measured" if ratio is None else f"{ratio:.2f}×"
-    targets.append((f"remain FID ≤ {ADV_FID_RATIO:g}× plain SFD's", shown, met))
     sections["Targets (adversarial SFD)"] = (
         "The training-time overhead (target ≤ 2×) is timed apart by "
         "[adversarial_overhead](adversarial_overhead.md), in one process with its CPU time beside "

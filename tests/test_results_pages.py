@@ -1714,6 +1714,46 @@ def test_flow_page_opens_with_every_targets_verdict_and_what_was_tried(results_d
     assert "Issue 20's targets" not in (results_dir / "text.md").read_text()
 
 
+def test_a_fresh_run_is_shown_with_issue_20s_wall_time_target(results_dir) -> None:
+    """`--fresh`: a run with fresh caches joins the flow page in a section of its own under the
+    command and commit that measured it, its wall time judged against ≤ 25 minutes in the
+    targets summary (25 minutes exactly met, 25.1 missed); a run that reused a cache is refused."""
+    module = importlib.import_module("text_benchmark")
+    from sfd.apps.harness.targets import fresh_wall_target
+
+    name = "digits_fresh_wall_at_most_25_minutes"
+    assert fresh_wall_target("digits", 1500.0) == {name: {"value": 25.0, "met": True}}
+    assert not fresh_wall_target("digits", 1506.0)[name]["met"]
+    assert fresh_wall_target("fashion", 60.0) == {}
+    page = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    fresh = flow_text_record("python experiments/text_benchmark.py --family sd3 --fresh-run")
+    fresh["run"]["commit"] = {"hash": "d2eca7a", "dirty": False}
+    del fresh["setups"][0]["adversarial"], fresh["setups"][0]["models"]["adversarial_sfd"]
+    fresh["setups"][0].update(
+        teacher_cached=False, classifier_cached=False, stage1_cached=False, wall_seconds=830.9
+    )
+    results_page.save_record(page, "runs/a.json")
+    results_page.save_record(fresh, "runs/fresh.json")
+    module.main(["--page-from", "runs/a.json", "--fresh", "runs/fresh.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    summary = text[text.index("## Issue 20's targets") : text.index("## digits\n")]
+    header = next(line for line in summary.splitlines() if line.startswith("| set-up"))
+    assert header.endswith(f"| {name} |")
+    rows = [line for line in summary.splitlines() if line.startswith("| digits")]
+    assert rows[0].endswith("| – |") and rows[1].endswith("| – |")  # not fresh: not judged
+    assert rows[2].startswith("| digits, fresh caches | yes | sfd |")
+    assert rows[2].endswith("| yes (13.848) |")
+    section = text[text.index("## digits, fresh caches") :]
+    assert "--fresh-run` (" in section and "commit d2eca7a," in section
+    assert f"{name} 13.8 min: met." in section
+    fresh["setups"][0]["stage1_cached"] = True
+    results_page.save_record(fresh, "runs/cached.json")
+    with pytest.raises(SystemExit, match="reused the cached stage1"):
+        module.main(["--page-from", "runs/a.json", "--fresh", "runs/cached.json"])
+    with pytest.raises(SystemExit):
+        module.main(["--fresh", "runs/fresh.json", "--no-page"])
+
+
 def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
     """A long run records the commit its subprocesses started with, not the one at its end."""
     started = {"hash": "0123abc", "dirty": False}

@@ -7,7 +7,7 @@ stay inside the adapters in this package.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -102,6 +102,35 @@ class Denoiser(nn.Module):
             settings: the teacher's init_args as configured.
             module: the module's settings (t_init, the guidance scales, ...).
         """
+
+    @classmethod
+    def check_negative_prompt(
+        cls,
+        settings: Mapping[str, Any],
+        module: Mapping[str, Any],
+        setting: str,
+        roles: Sequence[str],
+    ) -> None:
+        """Refuse, in one line, a negative prompt that cannot act: one a guided network sees
+        under classifier-free guidance scale 1, where `guided` returns the conditional branch and
+        never evaluates the negative (`sfd fit` calls it before loading, as
+        `check_before_loading`).
+
+        Args:
+            settings: the teacher's init_args as configured.
+            module: the module's settings (the guidance scales).
+            setting: the conditions' setting that gives the negative prompt, as words.
+            roles: the guided networks (`GUIDED_ROLES` of the conditions) that see it.
+        """
+        for role in roles:
+            scale = module.get(f"{role}_guidance")
+            if scale is not None and float(scale) == 1.0:
+                raise SFDConfigError(
+                    f"conditions {setting} gives {role} a negative prompt, but "
+                    f"model.{role}_guidance is 1: at guidance 1 the negative prompt never acts; "
+                    f"set --model.{role}_guidance above 1, or drop {role!r} from "
+                    "--model.conditions.init_args.negative_for"
+                )
 
     def generator_input(self, z: Tensor, sigma: float) -> Tensor:
         """The σ-space input of the one-step generator for noise z ~ N(0, I): σ·z (SiD's)."""

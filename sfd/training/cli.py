@@ -22,7 +22,7 @@ from sfd.core import guards
 from sfd.core.adversarial import AdversarialSettings, check_adversarial_settings
 from sfd.core.attack_spaces import ROOM_KEY
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR
-from sfd.core.conditions import PromptConditions
+from sfd.core.conditions import ConditionSampler, PromptConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import SFDConfigError, check_integer
@@ -128,6 +128,9 @@ class SFDLightningCLI(RunCLI):
             cls = class_at(str(teacher.get("class_path", "")))
             if cls is not None and issubclass(cls, Denoiser):
                 cls.check_before_loading(teacher.get("init_args") or {}, model)
+                negative = negative_setting(model.get("conditions"))
+                if negative is not None:  # one guidance cannot use: refused before loading
+                    cls.check_negative_prompt(teacher.get("init_args") or {}, model, *negative)
                 check_adversarial_room(cls, teacher.get("init_args") or {}, model)
             sampler = model.get("sigma_sampler")
             if cls is not None and issubclass(cls, FlowDenoiser) and isinstance(sampler, Mapping):
@@ -196,6 +199,17 @@ def fit_summary(trainer: Trainer) -> list[str]:
         f"checkpoint: {checkpoint} (iteration {trainer.global_step})",
         f"export it: sfd export {source} {output}",
     ]
+
+
+def negative_setting(conditions: Any) -> tuple[str, tuple[str, ...]] | None:
+    """The configured conditions' negative prompt (`ConditionSampler.negative_setting`): the
+    setting that gives it and the roles that see it; None without one."""
+    if not isinstance(conditions, Mapping):
+        return None
+    cls = class_at(str(conditions.get("class_path", "")))
+    if cls is None or not issubclass(cls, ConditionSampler):
+        return None
+    return cls.negative_setting(conditions.get("init_args") or {})
 
 
 def check_model_settings(model: Mapping[str, Any]) -> None:

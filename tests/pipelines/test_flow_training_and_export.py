@@ -60,16 +60,21 @@ def flow_module(teacher, guidance: float, **settings: float) -> SFDModule:
     )
 
 
-def stock_latents(family: str, folder: Path, z: torch.Tensor, record: dict) -> torch.Tensor:
-    """The export sampled by the stock diffusers class, no sfd code: latents of one Euler step."""
+def stock_latents(
+    family: str, folder: Path, z: torch.Tensor, record: dict, output_type: str = "latent"
+) -> torch.Tensor:
+    """The export sampled by the stock diffusers class, no sfd code: latents of one Euler step
+    (or, with `output_type`, the stock pipeline's own output of that kind)."""
     call = record["stock_call"]
     if family == "sd3":
         pipe = StableDiffusion3Pipeline.from_pretrained(folder)
-        return pipe(PROMPTS, latents=z, output_type="latent", **call).images
+        return pipe(PROMPTS, latents=z, output_type=output_type, **call).images
     pipe = FluxPipeline.from_pretrained(folder)
     packed = pipe(
-        PROMPTS, latents=FluxPipeline._pack_latents(z, *z.shape), output_type="latent", **call
+        PROMPTS, latents=FluxPipeline._pack_latents(z, *z.shape), output_type=output_type, **call
     )
+    if output_type != "latent":
+        return packed.images
     return FluxPipeline._unpack_latents(packed.images, call["height"], call["width"], 1)
 
 
@@ -113,8 +118,13 @@ def test_flow_sfd_trains_exports_and_the_stock_pipeline_samples_it(
         stock = stock_latents(family, folder, z, record)
     torch.testing.assert_close(pipeline_latents, trained, rtol=0, atol=1e-5)
     torch.testing.assert_close(stock.float(), trained, rtol=0, atol=1e-5)
-    images = ours(PROMPTS, latents=z, output_type="pt").images
+    with torch.no_grad():
+        images = ours(PROMPTS, latents=z, output_type="pt").images
+        stock_images = stock_latents(family, folder, z, record, "pt")
     assert images.shape[:2] == (2, 3) and bool(torch.isfinite(images).all())
+    # output_type="pt" means what it means in the stock pipeline: the image processor's [0, 1]
+    assert images.min() >= 0 and images.max() <= 1
+    torch.testing.assert_close(images, stock_images.float(), rtol=0, atol=1e-4)
 
 
 def test_a_stock_flow_folder_is_not_an_export(flow_dirs) -> None:

@@ -21,6 +21,7 @@ from sfd.apps.harness.report_folder import (
     printed_table,
     protocol_section,
     remain_table,
+    report_titles,
     revival_section,
     save_figure,
     show_grid,
@@ -125,9 +126,10 @@ def plot_sample_grids(results: DemoResults, path: Path) -> None:
     aspect = (n // results.num_classes) * width / (results.num_classes * height)
     figure = Figure(figsize=(len(keys) * (1.2 + 3.6 * aspect), 4.6))
     labels = [class_label(results, c) for c in range(results.num_classes)]
+    titles = report_titles(results.protocol)
     for index, key in enumerate(keys):
         axes = figure.add_subplot(1, len(keys), index + 1)
-        show_grid(axes, results.grids[key], results.num_classes, MODEL_TITLES[key], 9, labels)
+        show_grid(axes, results.grids[key], results.num_classes, titles[key], 9, labels)
     figure.suptitle(
         f"rows = classes; forget {results.forget} -> override {results.override}", fontsize=10
     )
@@ -199,15 +201,6 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
         *protocol_section(results.protocol),
     ]
     return "\n".join(lines)
-
-
-def report_titles(protocol: dict[str, Any]) -> dict[str, str]:
-    """`MODEL_TITLES`, the SFD row named adversarial SFD where the run trained it (`--adversarial`:
-    the SFD settings in the protocol hold `adversarial`)."""
-    model = protocol.get("sfd_settings", {}).get("model") or {}
-    if model.get("adversarial") is None:
-        return dict(MODEL_TITLES)
-    return {**MODEL_TITLES, "sfd": "one-step adversarial SFD (forgetting)"}
 
 
 def attack_table(attacks: dict[str, dict[str, Any]], titles: dict[str, str]) -> list[str]:

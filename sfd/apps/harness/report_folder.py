@@ -38,12 +38,30 @@ def teacher_title(sampler: str) -> str:
     return f"teacher ({kind or sampler})"
 
 
-def model_titles(models: Mapping[str, Any]) -> dict[str, str]:
-    """`MODEL_TITLES` with the teacher's title naming its sampler (`teacher_title`), given the
-    evaluations (with a `sampler` name) per model key."""
-    if "teacher" not in models:
+ADVERSARIAL_TITLE = "one-step adversarial SFD (forgetting)"
+
+
+def trained_adversarial(protocol: Mapping[str, Any]) -> bool:
+    """Whether the run's SFD model is adversarial SFD (`--adversarial`: the SFD settings in the
+    protocol hold `adversarial`)."""
+    model = (protocol.get("sfd_settings") or {}).get("model") or {}
+    return model.get("adversarial") is not None
+
+
+def report_titles(protocol: Mapping[str, Any]) -> dict[str, str]:
+    """`MODEL_TITLES`, the SFD row named adversarial SFD where the run trained it."""
+    if not trained_adversarial(protocol):
         return dict(MODEL_TITLES)
-    return {**MODEL_TITLES, "teacher": teacher_title(models["teacher"].sampler)}
+    return {**MODEL_TITLES, "sfd": ADVERSARIAL_TITLE}
+
+
+def model_titles(models: Mapping[str, Any], protocol: Mapping[str, Any]) -> dict[str, str]:
+    """`report_titles` with the teacher's title naming its sampler (`teacher_title`), given the
+    evaluations (with a `sampler` name) per model key."""
+    titles = report_titles(protocol)
+    if "teacher" not in models:
+        return titles
+    return {**titles, "teacher": teacher_title(models["teacher"].sampler)}
 
 
 # The metric columns (names in `sfd.eval.columns.COLUMNS`) of the model tables in report.md of
