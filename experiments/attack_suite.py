@@ -24,8 +24,8 @@ teacher and evaluation classifier: checked against the two report folders' conte
 entries) adds ESD and SalUn to every table: the class-embedding attack through their DDIM sampler
 of `--attack-ddim-steps` (4, as `sfd eval` attacks a teacher), the revival test judged with DDIM
 `--ddim-steps` (50), and their UA, remain accuracy and FID from the compare's own metrics.json.
-`--page NAME` names the page of a class record too (default attacks_class, or
-attacks_class_adversarial with `--adversarial-run`), so all five models share one page:
+`--page NAME` names the page of a class record too (default attacks_class, with or without
+`--adversarial-run`), so all five models share one page:
 
     python experiments/attack_suite.py --class-run demo-output --adversarial-run demo-adversarial \
         --baselines compare-output/models --revival 40 --page attacks_class
@@ -710,9 +710,28 @@ def reuse_note(record: dict[str, Any]) -> str:
 
 
 def page_name(name: str, record: dict[str, Any]) -> str:
-    """`name`, or `name`_adversarial for a record with adversarial SFD (its own page, beside the
-    plain-SFD page of the same report folder)."""
+    """`name`, or `name`_adversarial for a text record with adversarial SFD (its own page, beside
+    the plain-SFD page of the same report folder); a class record's page is `name` with or without
+    adversarial SFD (all its models share one page)."""
+    if name == "attacks_class":
+        return name
     return f"{name}_adversarial" if record.get("adversarial_run_folder") else name
+
+
+def recorded_page(record: dict[str, Any]) -> str | None:
+    """The page the record's measuring command named: its `page` field, else (records written
+    before that field) the `--page` of its recorded command line; None when it named none."""
+    if record.get("page") is not None:
+        return record["page"]
+    import shlex
+
+    words = shlex.split((record.get("run") or {}).get("command") or "")
+    for i, word in enumerate(words):
+        if word == "--page" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--page="):
+            return word.split("=", 1)[1]
+    return None
 
 
 def revival_table(models: dict[str, Any], record: dict[str, Any] | None = None) -> str:
@@ -881,7 +900,7 @@ def write_results_page(
         page: the page's name (default: attacks, attacks_adversarial with adversarial SFD).
         page_command: the `--page-from` command that combined the pairs (shown with them).
     """
-    page = page or record.get("page")  # the page its measuring command named
+    page = page or recorded_page(record)  # the page its measuring command named
     if "budget" in record:  # a --class-run record
         return write_class_page(record, json_file, page)
     pairs = [(record, json_file), *included]
@@ -971,7 +990,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--page",
         help="the page's name under docs/results/ (default: attacks, or attacks_class with "
-        "--class-run; + _adversarial with --adversarial-run)",
+        "--class-run; attacks_adversarial with --run and --adversarial-run); --page-from writes "
+        "the page the record's command named",
     )
     parser.add_argument(
         "--attacks",

@@ -2284,3 +2284,36 @@ def test_baselines_of_another_teacher_classifier_or_pair_are_refused(
     assert "--baselines" in error and message in error
     assert not (tmp_path / "r.json").exists() and not results_dir.exists()
     assert "no " in script.check_baselines(demo, tmp_path / "none" / "models")
+
+
+def test_page_from_a_record_without_a_page_field_writes_the_page_its_command_named(
+    results_dir,
+) -> None:
+    """A record written before the `page` field was kept goes to the `--page` of its recorded
+    command line (either form), never to the default page (which it would overwrite); a record
+    whose command named no page goes to the default."""
+    script = importlib.import_module("attack_suite")
+    for form in (["--page", "attacks_adversarial_pairs"], ["--page=attacks_adversarial_pairs"]):
+        command = " ".join(["python experiments/attack_suite.py --run runs/f", *form])
+        record = attacks_adversarial_record(command)
+        record.pop("page", None)
+        results_page.save_record(record, "runs/f.json")
+        script.main(["--page-from", "runs/f.json"])
+        assert (results_dir / "attacks_adversarial_pairs.md").is_file()
+        assert not (results_dir / "attacks_adversarial.md").exists()
+        (results_dir / "attacks_adversarial_pairs.md").unlink()
+    record = attacks_adversarial_record("python experiments/attack_suite.py --run runs/f")
+    results_page.save_record(record, "runs/f.json")
+    script.main(["--page-from", "runs/f.json"])
+    assert (results_dir / "attacks_adversarial.md").is_file()
+
+
+def test_a_class_record_with_adversarial_sfd_defaults_to_the_class_page(results_dir) -> None:
+    """A class record with adversarial SFD and no page named goes to attacks_class (all the class
+    models share one page), not to a page of its own."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_class_record("python experiments/attack_suite.py --class-run runs/demo")
+    record["adversarial_run_folder"] = "runs/demo-adversarial"
+    results_page.save_record(record, "runs/c.json")
+    script.main(["--page-from", "runs/c.json"])
+    assert sorted(p.name for p in results_dir.glob("*.md")) == ["attacks_class.md"]
