@@ -188,6 +188,10 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
         )
         two_stage = metrics["protocol"].get("two_stage", {})
         completion = two_stage.get("stage2_completion") or {}
+        # no completion rule (`--no-until-forgotten`: its record kept as null beside the cap):
+        # stage 2 ran to its cap
+        no_rule = ("stage2_completion" in two_stage and two_stage["stage2_completion"] is None
+                   and two_stage.get("stage2_max_steps") is not None)  # fmt: skip
         return {
             "ua": ua,
             "ua_paraphrases": paraphrases,
@@ -199,7 +203,7 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
             # max_steps) and its cap (`trainer.max_steps`)
             **({"stage2_iterations": completion.get("iterations",
                                                      two_stage.get("stage2_iterations")),
-                "stage2_stop": completion.get("stop_reason"),
+                "stage2_stop": "max_steps" if no_rule else completion.get("stop_reason"),
                 "stage2_cap": two_stage.get("stage2_max_steps")} if key == "sfd" else {}),
         }  # fmt: skip
 
@@ -219,14 +223,27 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
 def preset_cap(metrics: dict[str, Any]) -> int | None:
     """Stage 2's cap (`trainer.max_steps`) in the packaged `sfd demo-text` preset of a text
     report's data set and teacher family (the completion rule stops stage 2 within it)."""
-    import yaml
-
     from sfd.apps.demo_text.settings import default_sfd_config
 
     protocol = metrics["protocol"]
     family = protocol.get("teacher_settings", {}).get("family", "unet")
-    preset = default_sfd_config(str(protocol["data"]).split("/")[0], family=family)
-    return (yaml.safe_load(preset.read_text()).get("trainer") or {}).get("max_steps")
+    return max_steps_of(default_sfd_config(str(protocol["data"]).split("/")[0], family=family))
+
+
+def class_preset_cap() -> int | None:
+    """Stage 2's cap (`trainer.max_steps`) in the packaged `sfd demo` presets: the SFD preset
+    with its stage-2 overlay composed after it (as the demo composes them)."""
+    from sfd.apps.harness.class_run import default_sfd_config, default_stage2_config
+
+    caps = [max_steps_of(preset) for preset in (default_sfd_config(), default_stage2_config())]
+    return next((cap for cap in reversed(caps) if cap is not None), None)
+
+
+def max_steps_of(preset: Path) -> int | None:
+    """`trainer.max_steps` of a packaged preset (None when it sets none)."""
+    import yaml
+
+    return ((yaml.safe_load(preset.read_text()) or {}).get("trainer") or {}).get("max_steps")
 
 
 # The options that must agree for a record's models to be reused (`--reuse`).
@@ -421,7 +438,7 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
         print(f"{key} revival UA: {outcome.ua}")
         models[key] = {"attack": suite["class_embedding"], "attacks": suite, "seconds": seconds,
                        "revival": outcome.to_dict()}  # fmt: skip
-    summary = run_summary(run, adversarial)
+    summary = {**run_summary(run, adversarial), "stage2_preset_cap": class_preset_cap()}
     if options.baselines:  # multi-step baselines: attacked through a short DDIM, judged with theirs
         from sfd.eval.evaluate import ddim_sampler
         from sfd.teachers.unet import PretrainedVPTeacher
@@ -625,7 +642,7 @@ def stage2_stop(scores: dict[str, Any]) -> str:
 
 def cap_note(summary: dict[str, Any], record: dict[str, Any]) -> str:
     """The sentence naming the SFD models whose stage 2 stopped at a cap below the packaged
-    preset's (set on the demo's command line to shorten the run): they ended before the
+    preset's (set in its configuration to shorten the run): they ended before the
     completion rule judged the concept gone, so trained less than the preset would; "" when
     none did."""
     preset = summary.get("stage2_preset_cap")
@@ -639,8 +656,8 @@ def cap_note(summary: dict[str, Any], record: dict[str, Any]) -> str:
     caps = sorted({summary[key]["stage2_cap"] for key in capped})
     return (
         f" {', '.join(model_title(key, record) for key in capped)}: stage 2 capped at "
-        f"{' / '.join(map(str, caps))} iterations by `--trainer.max_steps` on the demo's command "
-        f"line to shorten the run (the packaged preset's cap is {preset}, within which the "
+        f"{' / '.join(map(str, caps))} iterations by its configuration to shorten the run (the "
+        f"packaged preset's cap is {preset}, within which the "
         "completion rule stops it); stopped there, before the rule judged the concept gone, so "
         "trained less than the preset would."
     )

@@ -1391,8 +1391,8 @@ def test_a_stage_2_stopped_at_a_cap_below_the_preset_is_named(results_dir) -> No
     assert "| 20 | 100 | 250 (forgotten) |" in text
     assert "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – | – |" in text
     assert (
-        " one-step adversarial SFD: stage 2 capped at 150 iterations by `--trainer.max_steps` "
-        "on the demo's command line to shorten the run (the packaged preset's cap is 600,"
+        " one-step adversarial SFD: stage 2 capped at 150 iterations by its configuration to "
+        "shorten the run (the packaged preset's cap is 600,"
     ) in text
     summary["adversarial_sfd"].update(stage2_iterations=260, stage2_stop="forgotten",
                                       stage2_cap=600)  # fmt: skip
@@ -1402,20 +1402,25 @@ def test_a_stage_2_stopped_at_a_cap_below_the_preset_is_named(results_dir) -> No
     assert "| not within 40 | 150 | 260 (forgotten) |" in text and "capped at" not in text
 
 
-@pytest.mark.parametrize(("family", "preset"), [("unet", "sfd_text_fashion.yaml"),
-                                                 ("sd3", "sfd_text_fashion_sd3.yaml")])  # fmt: skip
-def test_the_stage_2_cap_is_read_from_the_reports_own_preset(tmp_path, family, preset) -> None:
+@pytest.mark.parametrize(
+    ("data", "family", "preset"),
+    [("fashion-mnist", "unet", "sfd_text_fashion.yaml"),
+     ("fashion-mnist", "sd3", "sfd_text_fashion_sd3.yaml"),
+     ("digits", "unet", "sfd_text_digits.yaml"), ("digits", "sd3", "sfd_text_digits_sd3.yaml")],
+)  # fmt: skip
+def test_the_stage_2_cap_is_read_from_the_reports_own_preset(
+    tmp_path, monkeypatch, data, family, preset
+) -> None:
     """run_summary keeps a text report's stage-2 iterations, stop reason and cap; preset_cap is
-    the packaged preset of its data set and teacher family (read here from the file itself)."""
-    import yaml
-
+    the packaged preset of its data set and teacher family: each preset is given its own cap here,
+    so the cap read names the file picked."""
     script = importlib.import_module("attack_suite")
     scores = {"ua": 0.9, "remain_accuracy": 0.8}
     two_stage = {"stage2_max_steps": 150, "stage2_iterations": 150,
                  "stage2_completion": {"stop_reason": "max_steps", "iterations": 150}}  # fmt: skip
     metrics = {
         "teacher": scores, "sfd": scores, "distilled_without_forgetting": scores,
-        "protocol": {"data": "fashion-mnist/sha256-0", "two_stage": two_stage,
+        "protocol": {"data": f"{data}/sha256-0", "two_stage": two_stage,
                      "teacher_settings": {"family": family}},
     }  # fmt: skip
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
@@ -1423,9 +1428,59 @@ def test_the_stage_2_cap_is_read_from_the_reports_own_preset(tmp_path, family, p
     assert summary["sfd"]["stage2_stop"] == "max_steps"
     assert (summary["sfd"]["stage2_iterations"], summary["sfd"]["stage2_cap"]) == (150, 150)
     assert "stage2_stop" not in summary["distilled_without_forgetting"]
-    packaged = REPO / "sfd" / "apps" / "demo_text" / preset
-    expected = yaml.safe_load(packaged.read_text())["trainer"]["max_steps"]
-    assert script.preset_cap(metrics) == expected
+    presets = ["sfd_text_fashion.yaml", "sfd_text_fashion_sd3.yaml", "sfd_text_digits.yaml",
+               "sfd_text_digits_sd3.yaml"]  # fmt: skip
+    caps = {name: 1000 + i for i, name in enumerate(presets)}
+    monkeypatch.setattr(script, "max_steps_of", lambda path: caps[Path(path).name])
+    assert script.preset_cap(metrics) == caps[preset]
+
+
+def test_max_steps_of_reads_the_presets_trainer_cap(tmp_path) -> None:
+    script = importlib.import_module("attack_suite")
+    (tmp_path / "a.yaml").write_text("trainer:\n  max_steps: 123\nmodel: {}\n")
+    (tmp_path / "b.yaml").write_text("model: {}\n")
+    assert script.max_steps_of(tmp_path / "a.yaml") == 123
+    assert script.max_steps_of(tmp_path / "b.yaml") is None
+
+
+def test_the_class_stage_2_cap_is_the_stage_2_overlays(monkeypatch) -> None:
+    """A class report's preset cap is the demo's stage-2 overlay's, composed after the SFD
+    preset (whose own cap counts only where the overlay sets none)."""
+    script = importlib.import_module("attack_suite")
+    caps = {"sfd_digits.yaml": 200, "sfd_digits_stage2.yaml": 700}
+    monkeypatch.setattr(script, "max_steps_of", lambda path: caps[Path(path).name])
+    assert script.class_preset_cap() == 700
+    caps["sfd_digits_stage2.yaml"] = None
+    assert script.class_preset_cap() == 200
+
+
+def test_a_stage_2_without_the_completion_rule_stopped_at_its_cap(results_dir) -> None:
+    """A report run without the completion rule (its record null beside the cap) stopped at
+    max_steps: the cell says so, and a cap below the preset's is named."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_adversarial_record("python experiments/attack_suite.py --run runs/f")
+    record["summary"]["stage2_preset_cap"] = 600
+    for key in ("sfd", "adversarial_sfd"):
+        record["summary"][key].update(stage2_iterations=150, stage2_stop="max_steps",
+                                      stage2_cap=150)  # fmt: skip
+    results_page.save_record(record, "runs/r.json")
+    script.main(["--page-from", "runs/r.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "150 (not recorded)" not in text and "150 (max_steps)" in text
+    assert "stage 2 capped at 150 iterations" in text
+
+
+def test_run_summary_reads_no_completion_rule_as_a_stop_at_the_cap(tmp_path) -> None:
+    script = importlib.import_module("attack_suite")
+    scores = {"ua": 0.9, "remain_accuracy": 0.8}
+    two_stage = {"stage2_max_steps": 150, "stage2_iterations": 150, "stage2_completion": None}
+    metrics = {"teacher": scores, "sfd": scores, "distilled_without_forgetting": scores,
+               "protocol": {"two_stage": two_stage}}  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert script.run_summary(tmp_path, None)["sfd"]["stage2_stop"] == "max_steps"
+    del two_stage["stage2_max_steps"]  # a record before the cap was kept: not known
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert script.run_summary(tmp_path, None)["sfd"]["stage2_stop"] is None
 
 
 def test_a_reused_model_names_the_command_that_measured_it() -> None:
