@@ -133,10 +133,24 @@ def cache_entry(protocol: dict[str, Any], name: str) -> str | None:
     return None if folder is None else Path(folder).name
 
 
-def check_baselines(class_run: Path, baselines: Path) -> str | None:
+# The protocol entries a compare and a demo must share where both record them: the sampling
+# seed, data set, samples per class and the split (its train and held-out image counts).
+SAME_PROTOCOL = ("seed", "data", "generated_per_class", "train_images", "heldout_images")
+
+
+def baselines_sampler(baselines: Path) -> str | None:
+    """The multi-step sampler the `sfd compare` report beside `baselines` evaluated ESD and
+    SalUn with (its protocol's samplers["multi-step"]), None when it records none."""
+    metrics = json.loads((baselines.parent / "metrics.json").read_text())
+    return (metrics.get("protocol", {}).get("samplers") or {}).get("multi-step")
+
+
+def check_baselines(class_run: Path, baselines: Path, ddim_steps: int = 50) -> str | None:
     """Why `baselines` (an `sfd compare` output's models/) does not compare with the `sfd demo`
     report folder `class_run` (None when it does): the compare's metrics.json must name the same
-    concept pair, teacher and evaluation classifier (their cache entries), and hold ESD and SalUn."""
+    concept pair, teacher and evaluation classifier (their cache entries), the protocol entries of
+    `SAME_PROTOCOL` both record, have evaluated with DDIM `ddim_steps` (this command's revival
+    sampler), and hold ESD and SalUn."""
     compare_metrics = baselines.parent / "metrics.json"
     if not compare_metrics.is_file():
         return f"no {compare_metrics} (the sfd compare report folder's models/ is expected)"
@@ -150,6 +164,19 @@ def check_baselines(class_run: Path, baselines: Path) -> str | None:
         ours, theirs = (cache_entry(m["protocol"], name) for m in (demo, compare))
         if ours is None or ours != theirs:
             return f"its {name} is {theirs!r}, not {ours!r} as in {class_run}"
+    ours, theirs = demo.get("protocol", {}), compare.get("protocol", {})
+    for name in SAME_PROTOCOL:
+        if name in ours and name in theirs and ours[name] != theirs[name]:
+            return f"its {name} is {theirs[name]!r}, not {ours[name]!r} as in {class_run}"
+    import re
+
+    sampler = baselines_sampler(baselines)
+    steps = re.match(r"DDIM (\d+) steps", sampler or "")
+    if steps is None or int(steps.group(1)) != ddim_steps:
+        return (
+            f"sfd compare evaluated them with {sampler or 'no recorded sampler'}, not DDIM "
+            f"{ddim_steps} steps (--ddim-steps {ddim_steps}); give its steps to --ddim-steps"
+        )
     missing = [key for key in BASELINES if key not in compare["methods"] or
                not (baselines / key).is_dir()]  # fmt: skip
     if missing:
@@ -467,6 +494,8 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
             "revival_budget": vars(revival), "ua_images": options.ua_images,
             "baselines": shown(options.baselines), "summary": summary,
             "ddim_steps": options.ddim_steps if options.baselines else None,
+            "baselines_sampler": baselines_sampler(Path(options.baselines))
+            if options.baselines else None,
             "attack_ddim_steps": options.attack_ddim_steps if options.baselines else None,
             "attack_objective": options.attack_objective,
             "attacker_classifier": attacker_entry}  # fmt: skip
@@ -582,8 +611,8 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     )
     compared = (
         f" ESD and SalUn: the evaluation of the `sfd compare` report of `{record['baselines']}` "
-        "(the same teacher, classifier and protocol; multi-step, DDIM "
-        f"{record.get('ddim_steps', 50)}); their training s is the wall time of their fine-tuning."
+        f"(the same {compared_protocol(record)}; multi-step, {compared_sampler(record)}); their "
+        "training s is the wall time of their fine-tuning (no completion rule, no probes)."
         if any(key in summary for key in BASELINES)
         else ""
     )
@@ -591,8 +620,9 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         f"Benchmark ({', '.join(benchmark_models(summary))})": (
             "UA, paraphrase UA, remain and neighbour accuracy and FID are the report folders' own "
             f"evaluation ({folders}; the same teacher, classifier and stage 1); attacks and "
-            "revival as below. Training s: wall seconds of the SFD phase (stage 2) on the shared "
-            "machine (see the load above); [adversarial_overhead](adversarial_overhead.md) times "
+            "revival as below. Training s: wall seconds of the SFD phase (stage 2), including the "
+            "completion rule's probes where it ran (docs/method.md §8), on the shared machine "
+            "(see the load above); [adversarial_overhead](adversarial_overhead.md) times "
             f"it in isolation.{compared}{STOP_NOTE if stopped else ''}{cap_note(summary, record)} "
             f"Adversarial SFD settings: {settings_text(summary.get('adversarial_settings'))}.\n\n"
             + markdown_table(header, rows)
@@ -661,6 +691,25 @@ def cap_note(summary: dict[str, Any], record: dict[str, Any]) -> str:
         "completion rule stops it); stopped there, before the rule judged the concept gone, so "
         "trained less than the preset would."
     )
+
+
+def compared_sampler(record: dict[str, Any]) -> str:
+    """The sampler the compare evaluated the baselines with: as recorded, else (records written
+    before it was kept) named as not recorded beside this command's own revival sampler."""
+    if record.get("baselines_sampler"):
+        return str(record["baselines_sampler"])
+    return (
+        f"the compare's sampler not recorded; this command's revival sampler DDIM "
+        f"{record.get('ddim_steps', 50)}"
+    )
+
+
+def compared_protocol(record: dict[str, Any]) -> str:
+    """What `check_baselines` checked the compare against: since the sampler was recorded, also
+    the seed, samples per class and split (where the compare records them)."""
+    if record.get("baselines_sampler"):
+        return "teacher, classifier, concept pair, seed, samples per class and split"
+    return "teacher, classifier and concept pair"
 
 
 def benchmark_models(summary: dict[str, Any]) -> list[str]:
@@ -1036,7 +1085,9 @@ def main(argv: list[str] | None = None) -> None:
     if options.baselines and not options.class_run:
         parser.error("--baselines needs --class-run")
     if options.baselines:
-        reason = check_baselines(Path(options.class_run), Path(options.baselines))
+        reason = check_baselines(
+            Path(options.class_run), Path(options.baselines), options.ddim_steps
+        )
         if reason:
             parser.error(f"--baselines {options.baselines}: {reason}")
     for name in ("ddim_steps", "attack_ddim_steps"):

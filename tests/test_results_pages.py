@@ -2178,7 +2178,7 @@ def test_included_class_runs_join_the_page_titled_by_their_settings(results_dir)
         adversarial("runs/adv-w1", {"steps": 2, "weight": 1.0}, 0.125), "b.json"
     )
     script.main(["--page-from", "a.json", "--include", "b.json"])
-    page = (results_dir / "attacks_class_adversarial.md").read_text()
+    page = (results_dir / "attacks_class.md").read_text()
     assert "| one-step adversarial SFD | 50.0 % | 0.0 % | 80 |" in page
     assert "| one-step adversarial SFD (weight 1.0) | 12.5 % | 0.0 % | 80 |" in page
     assert "| one-step adversarial SFD (weight 1.0) | 100.0 % | 60.0 % | 40.0 % | 2 |" in page
@@ -2304,6 +2304,7 @@ def compare_folder(root: Path, classifier: str = "classifier-aa", forget: int = 
     protocol = {
         "teacher": {"folder": "/c/teacher-tt"},
         "classifier": {"folder": f"/c/{classifier}"},
+        "samplers": {"multi-step": "DDIM 50 steps (eta=0, trailing spacing)"},
     }
     metrics = {"forget": forget, "override": 1, "methods": {"esd": {}, "salun": {}},
                "protocol": protocol}  # fmt: skip
@@ -2372,3 +2373,66 @@ def test_a_class_record_with_adversarial_sfd_defaults_to_the_class_page(results_
     results_page.save_record(record, "runs/c.json")
     script.main(["--page-from", "runs/c.json"])
     assert sorted(p.name for p in results_dir.glob("*.md")) == ["attacks_class.md"]
+
+
+def test_baselines_evaluated_with_another_sampler_or_protocol_are_refused(
+    results_dir, tmp_path, capsys
+) -> None:
+    """The compare's own sampler (its protocol's samplers["multi-step"]) must be DDIM of
+    `--ddim-steps`, and its seed, samples per class and split those of the demo where both record
+    them: else one line, exit 2, nothing written, before anything is measured."""
+    script = importlib.import_module("attack_suite")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    protocol = {"teacher": {"folder": "runs/cache/teacher-tt"},
+                "classifier": {"folder": "runs/cache/classifier-aa"}, "seed": 0,
+                "generated_per_class": 100, "train_images": 800}  # fmt: skip
+    (demo / "metrics.json").write_text(
+        json.dumps({"forget": 0, "override": 1, "protocol": protocol})
+    )
+    models = compare_folder(tmp_path / "c")
+    metrics = json.loads((models.parent / "metrics.json").read_text())
+
+    def compare(**entries: Any) -> None:
+        metrics["protocol"] = {**metrics["protocol"], **entries}
+        (models.parent / "metrics.json").write_text(json.dumps(metrics))
+
+    compare(samplers={"multi-step": "DDIM 25 steps (eta=0, trailing spacing)"})
+    assert script.check_baselines(demo, models, 25) is None
+    assert "DDIM 25 steps" in script.check_baselines(demo, models, 50)
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--class-run", str(demo), "--baselines", str(models), "--json", "r.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--baselines" in error and "not DDIM 50 steps (--ddim-steps 50)" in error
+    assert not (tmp_path / "r.json").exists() and not results_dir.exists()
+    for name, value in (("seed", 1), ("generated_per_class", 50), ("train_images", 900)):
+        compare(**{name: value})
+        assert f"its {name} is {value!r}" in script.check_baselines(demo, models, 25)
+        compare(**{name: protocol[name]})
+    metrics["protocol"].pop("samplers")
+    compare()
+    assert "no recorded sampler" in script.check_baselines(demo, models, 50)
+
+
+def test_the_class_page_names_the_compares_own_sampler_and_what_training_s_holds(
+    results_dir,
+) -> None:
+    """The baselines' benchmark rows name the sampler the compare evaluated them with (as
+    recorded; an older record says it was not), and the column description says the SFD rows'
+    training seconds hold the completion rule's probes, the baselines' none."""
+    script = importlib.import_module("attack_suite")
+    record = class_record_with_baselines("python experiments/attack_suite.py --class-run r")
+    record["baselines_sampler"] = "DDIM 25 steps (eta=0, trailing spacing)"
+    results_page.save_record(record, "all.json")
+    script.main(["--page-from", "all.json"])
+    page = (results_dir / "attacks_class.md").read_text()
+    assert "multi-step, DDIM 25 steps (eta=0, trailing spacing))" in page
+    assert "including the completion rule's probes where it ran" in page
+    assert "(no completion rule, no probes)" in page
+    del record["baselines_sampler"]
+    results_page.save_record(record, "all.json")
+    script.main(["--page-from", "all.json"])
+    page = (results_dir / "attacks_class.md").read_text()
+    assert "the compare's sampler not recorded; this command's revival sampler DDIM 50" in page
+    assert "and protocol" not in page
