@@ -275,7 +275,7 @@ def max_steps_of(preset: Path) -> int | None:
 
 # The options that must agree for a record's models to be reused (`--reuse`).
 SAME_SETTINGS = ("run", "class_run", "adversarial_run", "tokens", "steps", "discrete_steps",
-                 "restarts", "revival", "ua_images")  # fmt: skip
+                 "restarts", "revival", "ua_images", "attacks", "attack_objective")  # fmt: skip
 
 
 def to_measure(options: argparse.Namespace, run: Path, adversarial: Path | None) -> dict[str, Path]:
@@ -301,6 +301,8 @@ def check_reuse(options: argparse.Namespace) -> str | None:
     for name in SAME_SETTINGS:
         if name == "adversarial_run" and "adversarial_sfd" not in old["models"]:
             continue  # the reused models all come from --run (or --class-run)
+        if name not in old["settings"]:
+            return f"it names no {name} (written before it was kept); measure again"
         if old["settings"].get(name) != getattr(options, name):
             was, now = old["settings"].get(name), getattr(options, name)
             return f"it was measured with {name}={was!r}, not {now!r}"
@@ -993,6 +995,33 @@ def write_results_page(
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
+# The options that measure: `--page-from` (measure nothing) reads none of them.
+MEASURING = ("run", "class_run", "adversarial_run", "baselines", "reuse", "only", "ddim_steps",
+             "attack_ddim_steps")  # fmt: skip
+
+
+def unread_option(options: argparse.Namespace) -> str | None:
+    """Why an option given would be read by nothing in this command (None when every one is):
+    a measuring option with `--page-from`, the baselines' samplers without `--baselines`, `--only`
+    naming the baselines without `--baselines` or, with it, not naming both."""
+    flag = {name: f"--{name.replace('_', '-')}" for name in MEASURING}
+    given = [name for name in MEASURING if getattr(options, name) is not None]
+    if options.page_from and given:
+        return f"{flag[given[0]]}: a measuring option; --page-from measures nothing"
+    for name in ("ddim_steps", "attack_ddim_steps"):
+        if name in given and not options.baselines:
+            return f"{flag[name]}: the baselines' sampler, read only with --baselines"
+    only = set(options.only or ())
+    if not options.baselines and only & set(BASELINES):
+        return f"--only {' '.join(options.only)}: {' and '.join(BASELINES)} need --baselines"
+    if options.baselines and options.only and not set(BASELINES) <= only:
+        return (
+            f"--only {' '.join(options.only)} with --baselines: name both "
+            f"{' and '.join(BASELINES)} (measured together), or leave --baselines out"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1004,13 +1033,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--baselines", help="with --class-run: an sfd compare output's models/")
     parser.add_argument(
-        "--ddim-steps", type=int, default=50, help="the baselines' sampler (evaluation, revival)"
+        "--ddim-steps",
+        type=int,
+        help="with --baselines: their sampler in the revival test, the steps sfd compare "
+        "evaluated them with (default 50)",
     )
     parser.add_argument(
         "--attack-ddim-steps",
         type=int,
-        default=4,
-        help="the baselines' DDIM sampler in the class-embedding attack (gradient and judging)",
+        help="with --baselines: their DDIM sampler in the class-embedding attack (gradient and "
+        "judging; default 4)",
     )
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200, help="soft-prompt steps")
@@ -1029,7 +1061,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cache", help="where a trained attacker classifier is cached")
     parser.add_argument(
-        "--only", nargs="+", choices=list(MODELS), help="measure only these models (default: all)"
+        "--only",
+        nargs="+",
+        choices=[*MODELS, *BASELINES],
+        help="measure only these models (default: all); with --baselines it names both "
+        f"{' and '.join(BASELINES)} (measured together)",
     )
     parser.add_argument(
         "--reuse",
@@ -1073,6 +1109,13 @@ def main(argv: list[str] | None = None) -> None:
     for earlier, path in pairs:
         if "budget" in earlier:
             parser.error(f"--pair {path}: a --class-run record; only text records combine")
+    refusal = unread_option(options)
+    if refusal:
+        parser.error(refusal)
+    options.ddim_steps = 50 if options.ddim_steps is None else options.ddim_steps
+    options.attack_ddim_steps = (
+        4 if options.attack_ddim_steps is None else options.attack_ddim_steps
+    )
     if options.page_from:
         record = with_included(read_record(options.page_from), options.include)
         combined = command_line(__file__, argv) if pairs else None

@@ -2436,3 +2436,42 @@ def test_the_class_page_names_the_compares_own_sampler_and_what_training_s_holds
     page = (results_dir / "attacks_class.md").read_text()
     assert "the compare's sampler not recorded; this command's revival sampler DDIM 50" in page
     assert "and protocol" not in page
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--page-from", "r.json", "--baselines", "c/models"], "--baselines: a measuring option"),
+     (["--page-from", "r.json", "--reuse", "old.json"], "--reuse: a measuring option"),
+     (["--run", "d", "--ddim-steps", "25"], "--ddim-steps: the baselines' sampler, read only"),
+     (["--class-run", "d", "--attack-ddim-steps", "8"], "--attack-ddim-steps: the baselines'"),
+     (["--class-run", "d", "--only", "esd", "salun"], "esd and salun need --baselines"),
+     (["--class-run", "d", "--baselines", "c/models", "--only", "sfd"],
+      "--only sfd with --baselines: name both esd and salun")],
+)  # fmt: skip
+def test_options_nothing_reads_are_refused(results_dir, capsys, argv, message) -> None:
+    """An option this command would accept and ignore is refused in one line, exit 2, before
+    anything is read or measured, nothing written."""
+    script = importlib.import_module("attack_suite")
+    with pytest.raises(SystemExit) as stop:
+        script.main([*argv, "--json", "out.json"])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not Path("out.json").exists() and not results_dir.exists()
+
+
+@pytest.mark.parametrize(("name", "was", "now"), [("attacks", ["soft"], ["soft", "discrete"]),
+                                                   ("attack_objective", "both", "white-box")])  # fmt: skip
+def test_reuse_across_other_attacks_or_objective_is_refused(tmp_path, name, was, now) -> None:
+    """Models measured with other prompt attacks or another attack objective are not reused; a
+    record that names neither (written before they were kept) is not either."""
+    script = importlib.import_module("attack_suite")
+    settings = {key: None for key in script.SAME_SETTINGS}
+    settings.update(run="plain", attacks=["soft", "discrete"], attack_objective="white-box")
+    options = argparse.Namespace(**{**settings, name: now, "reuse": str(tmp_path / "old.json")})
+    record = {"run": run_section("python x"), "models": {"sfd": {}},
+              "settings": {**settings, name: was}}  # fmt: skip
+    results_page.save_record(record, options.reuse)
+    assert script.check_reuse(options) == f"it was measured with {name}={was!r}, not {now!r}"
+    del record["settings"][name]
+    results_page.save_record(record, options.reuse)
+    assert f"it names no {name}" in script.check_reuse(options)
