@@ -235,7 +235,9 @@ def test_cli_exit_statuses(teacher_dir, tmp_path, capsys) -> None:
     """A bad value: one line, exit 2, no run folder. A diverging run: one line, exit 1."""
     bad = fit_args(teacher_dir, tmp_path / "bad", "--model.alpha", ".nan")  # YAML NaN
     assert main(bad) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("sfd: error: model.alpha=nan")
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1].startswith("sfd: error: model.alpha=nan")
+    )
     lr = "--model.generator_optimizer.init_args.lr"
     diverging = fit_args(teacher_dir, tmp_path / "run", lr, "1e10", "--trainer.max_steps", "6")
     assert main(diverging) == 1
