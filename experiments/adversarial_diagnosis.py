@@ -145,7 +145,9 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
             learned.requires_grad_(True)
             if name in ("inner", "margin"):
                 rivals = inner_settings.rivals if name == "inner" else 0
-                adversarial.settings = replace(inner_settings, rivals=rivals)
+                adversarial.settings = replace(  # the weight is not the objective's
+                    inner_settings, rivals=rivals, posterior_weight=False
+                )
                 objective = adversarial.objective(module, state, learned, rng)
                 adversarial.settings = inner_settings
             elif name == "concepts":
