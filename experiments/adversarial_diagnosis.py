@@ -145,9 +145,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
             learned.requires_grad_(True)
             if name in ("inner", "margin"):
                 rivals = inner_settings.rivals if name == "inner" else 0
-                adversarial.settings = replace(  # the weight is not the objective's
-                    inner_settings, rivals=rivals, posterior_weight=False
-                )
+                adversarial.settings = replace(inner_settings, rivals=rivals)
                 objective = adversarial.objective(module, state, learned, rng)
                 adversarial.settings = inner_settings
             elif name == "concepts":

@@ -97,8 +97,7 @@ class AdversarialSettings:
         posterior_weight: weigh each attacked row's unlearning term (step 2) by the teacher's
             posterior p(forget | x) of its samples at the row's last inner step (detached), so
             that rows whose samples the teacher reads as another concept are not redirected to
-            the override (needs `rivals` ≥ 1 and `steps` ≥ 1; on by default, with `weight` 1).
-            False: every row weighs 1.
+            the override (needs `rivals` ≥ 1 and `steps` ≥ 1). False: every row weighs 1.
         remain_starts: share of the attacked rows (per device, rounded up like `share`) whose
             learned tokens go into a remain prompt instead of a forget prompt (soft prompts
             only): the inner attack then searches tokens that make the generator draw the
@@ -115,13 +114,13 @@ class AdversarialSettings:
     refresh_every: int = 100
     lr: float = 0.05
     noise_levels: int = 1
-    weight: float = 1.0
+    weight: float = 0.25
     anchor: float = 0.0
     pool: int = 1
     samples: int = 1
     rivals: int = 9
     sigmas: list[float] | None = field(default_factory=lambda: list(DEFAULT_SIGMAS))
-    posterior_weight: bool = True
+    posterior_weight: bool = False
     remain_starts: float = 0.0
     restart_share: float = 0.0
 
@@ -173,9 +172,7 @@ def check_adversarial_settings(settings: Mapping[str, Any], prefix: str = "adver
         raise SFDConfigError(
             f"{prefix}.posterior_weight=True needs {prefix}.rivals ≥ 1 and {prefix}.steps ≥ 1 "
             f"(got rivals {settings.get('rivals', 9)!r}, steps {settings.get('steps')!r}): the "
-            "weight is the teacher's posterior of the forget concept at the row's last inner "
-            f"step; to use rivals 0 or steps 0, also set {prefix}.posterior_weight false (it is "
-            "on by default)"
+            "weight is the teacher's posterior of the forget concept at the row's last inner step"
         )
     sigmas = settings.get("sigmas")
     if sigmas is None:

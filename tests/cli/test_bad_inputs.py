@@ -701,10 +701,6 @@ CASES: list[Case] = [
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.refresh_every", "0", verb="demo-text"), "model.adversarial.refresh_every=0"),
     ("demo-text-adversarial-posterior-without-rivals",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.posterior_weight", "true", "--model.adversarial.rivals", "0", verb="demo-text"), "model.adversarial.posterior_weight=True needs model.adversarial.rivals ≥ 1"),
-    ("demo-text-adversarial-rivals-zero-with-the-default-posterior-weight",  # it is on by default
-     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.rivals", "0", verb="demo-text"), "to use rivals 0 or steps 0, also set model.adversarial.posterior_weight false"),
-    ("fit-adversarial-preset-steps-zero",
-     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.steps", "0"), "also set model.adversarial.posterior_weight false"),
     ("fit-adversarial-posterior-not-bool",
      lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.posterior_weight", "often"), "posterior_weight"),
     ("demo-text-adversarial-remain-starts-above-one",

@@ -161,9 +161,7 @@ def line_module(rivals: int) -> SFDModule:
     forgotten = LINE.clone()
     forgotten[0] = forgotten[1]
     optimizer = lambda p: torch.optim.SGD(p, lr=1e-12)  # noqa: E731
-    attack = AdversarialSettings(  # the attack alone: its weight in the outer step is not read
-        steps=60, lr=0.2, share=1.0, samples=2, rivals=rivals, posterior_weight=False
-    )
+    attack = AdversarialSettings(steps=60, lr=0.2, share=1.0, samples=2, rivals=rivals)
     return SFDModule(
         EDMDenoiser(GaussianClassNet(LINE, 0.3), (1, 1, 1), num_classes=3),
         ClassConditions(0, 1),
@@ -292,9 +290,7 @@ def test_the_remain_anchor_is_the_remain_prompt_with_the_rows_tokens(text_setup,
     the remain prompt's own cached condition."""
     from sfd.teachers.text_encoder import encode_with, load_text_encoder
 
-    module = text_module(
-        text_setup, AdversarialSettings(steps=0, share=1.0, tokens=2, posterior_weight=False)
-    )
+    module = text_module(text_setup, AdversarialSettings(steps=0, share=1.0, tokens=2))
     space, attack = module.adversarial.space, module.adversarial
     attack.attack(module)  # iteration 0: fresh rows, each with a remain prompt
     state = attack.state
@@ -326,9 +322,7 @@ def test_remain_starts_put_the_last_rows_tokens_into_remain_prompts(text_setup, 
 
     states = {}
     for starts in (0.0, 0.5):
-        settings = AdversarialSettings(
-            steps=0, share=1.0, tokens=2, remain_starts=starts, posterior_weight=False
-        )
+        settings = AdversarialSettings(steps=0, share=1.0, tokens=2, remain_starts=starts)
         module = text_module(text_setup, settings)
         module.adversarial.attack(module)  # iteration 0: a pool of 4 fresh rows
         states[starts] = module.adversarial.state
@@ -394,9 +388,7 @@ def test_the_probe_conditions_cycle_the_pool_as_typed_prompts(text_setup, single
     conditions; nothing before the first attack."""
     from sfd.teachers.text_encoder import encode_with, load_text_encoder
 
-    module = text_module(
-        text_setup, AdversarialSettings(steps=0, share=1.0, tokens=2, posterior_weight=False)
-    )
+    module = text_module(text_setup, AdversarialSettings(steps=0, share=1.0, tokens=2))
     space, attack = module.adversarial.space, module.adversarial
     assert attack.probe_conditions(6, torch.device("cpu")) is None
     attack.attack(module)  # iteration 0: a pool of 4 fresh rows
@@ -642,9 +634,6 @@ def test_remain_starts_resume_bit_exact_and_checkpoint_their_rows(
             "adversarial.posterior_weight=True needs adversarial.rivals ≥ 1",
         ),
         ({"posterior_weight": True, "steps": 0}, "(got rivals 9, steps 0)"),
-        # The posterior weight is on by default: the margin or no inner steps say what to set.
-        ({"rivals": 0}, "to use rivals 0 or steps 0, also set adversarial.posterior_weight false"),
-        ({"steps": 0}, "(got rivals 9, steps 0)"),
         ({"remain_starts": 1.5}, "adversarial.remain_starts=1.5 must be a finite number in [0, 1]"),
         ({"remain_starts": -0.1}, "adversarial.remain_starts=-0.1"),
     ],

@@ -72,9 +72,7 @@ def adversarial_module(steps: int) -> SFDModule:
     forgotten = means()
     forgotten[0] = forgotten[1]
     optimizer = lambda p: torch.optim.SGD(p, lr=1e-12)  # noqa: E731
-    attack = AdversarialSettings(  # the weight has nothing to read without inner steps
-        steps=steps, lr=0.5, share=0.5, refresh_every=1000, posterior_weight=False
-    )
+    attack = AdversarialSettings(steps=steps, lr=0.5, share=0.5, refresh_every=1000)
     return SFDModule(
         gaussian(means()),
         ClassConditions(0, 1),
