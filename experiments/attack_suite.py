@@ -10,13 +10,25 @@ and the revival test, writes the JSON record and docs/results/attacks.md. With `
 generators, into docs/results/attacks_class.md. `--adversarial-run` names the same demo's output
 folder run with `--adversarial` on the same teacher and stage 1 (checked: the two stage-1
 generators must be the same files); its generator joins the table, beside the two report folders'
-UA, remain and neighbour accuracy, FID and stage-2 training time, and the issue's targets.
+UA, remain and neighbour accuracy, FID and stage-2 training time and iterations (and why it
+stopped), and the issue's targets.
 
     python experiments/attack_suite.py --run demo-text-output --revival 40
     python experiments/attack_suite.py --run demo-text-output \
         --adversarial-run demo-text-adversarial-output --revival 40
     python experiments/attack_suite.py --class-run demo-output --revival 40 \
         --json runs/attacks/attacks_class.json
+
+With `--class-run`, `--baselines MODELS` (an `sfd compare` output's models/, made on the same
+teacher and evaluation classifier: checked against the two report folders' content-hashed cache
+entries) adds ESD and SalUn to every table: the class-embedding attack through their DDIM sampler
+of `--attack-ddim-steps` (4, as `sfd eval` attacks a teacher), the revival test judged with DDIM
+`--ddim-steps` (50), and their UA, remain accuracy and FID from the compare's own metrics.json.
+`--page NAME` names the page of a class record too (default attacks_class, or
+attacks_class_adversarial with `--adversarial-run`), so all five models share one page:
+
+    python experiments/attack_suite.py --class-run demo-output --adversarial-run demo-adversarial \
+        --baselines compare-output/models --revival 40 --page attacks_class
 
 `--pair RECORD.json` (repeatable) adds earlier text records of this script, each another concept
 pair or teacher, to the page: each pair's tables under its name ("fashion-mnist sneaker → sandal")
@@ -114,6 +126,54 @@ def check_same_base(plain: Path, adversarial: Path) -> str | None:
     return None
 
 
+def cache_entry(protocol: dict[str, Any], name: str) -> str | None:
+    """The content-hashed cache entry (folder name, e.g. teacher-6b1410b7edee201c) of a report's
+    teacher or classifier, None when its protocol does not name one."""
+    folder = (protocol.get(name) or {}).get("folder")
+    return None if folder is None else Path(folder).name
+
+
+def check_baselines(class_run: Path, baselines: Path) -> str | None:
+    """Why `baselines` (an `sfd compare` output's models/) does not compare with the `sfd demo`
+    report folder `class_run` (None when it does): the compare's metrics.json must name the same
+    concept pair, teacher and evaluation classifier (their cache entries), and hold ESD and SalUn."""
+    compare_metrics = baselines.parent / "metrics.json"
+    if not compare_metrics.is_file():
+        return f"no {compare_metrics} (the sfd compare report folder's models/ is expected)"
+    demo, compare = (
+        json.loads(f.read_text()) for f in (class_run / "metrics.json", compare_metrics)
+    )
+    for name in ("forget", "override"):
+        if demo.get(name) != compare.get(name):
+            return f"{name} {compare.get(name)!r} there but {demo.get(name)!r} in {class_run}"
+    for name in ("teacher", "classifier"):
+        ours, theirs = (cache_entry(m["protocol"], name) for m in (demo, compare))
+        if ours is None or ours != theirs:
+            return f"its {name} is {theirs!r}, not {ours!r} as in {class_run}"
+    missing = [key for key in BASELINES if key not in compare["methods"] or
+               not (baselines / key).is_dir()]  # fmt: skip
+    if missing:
+        return f"it holds no {', '.join(missing)} (run sfd compare --methods esd,salun)"
+    return None
+
+
+def baseline_summary(baselines: Path) -> dict[str, Any]:
+    """ESD's and SalUn's own evaluation in the `sfd compare` report beside `baselines`, in the
+    fields of `run_summary` (training seconds: the wall time of their fine-tuning)."""
+    methods = json.loads((baselines.parent / "metrics.json").read_text())["methods"]
+    return {
+        key: {
+            "ua": methods[key]["ua"],
+            "ua_paraphrases": None,
+            "remain_accuracy": methods[key].get("remain_accuracy"),
+            "neighbour_accuracy": None,
+            "fid_remain": methods[key].get("fid_remain"),
+            "training_seconds": methods[key].get("train_seconds"),
+        }
+        for key in BASELINES
+    }
+
+
 def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
     """The report folders' own evaluation per model: UA (training prompts or class, paraphrases),
     remain and neighbour accuracy, FID, and the stage-2 wall seconds (SFD models)."""
@@ -126,6 +186,8 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
         seconds = (
             metrics["protocol"].get("phase_seconds", {}).get("sfd") if stage2 is None else stage2
         )
+        two_stage = metrics["protocol"].get("two_stage", {})
+        completion = two_stage.get("stage2_completion") or {}
         return {
             "ua": ua,
             "ua_paraphrases": paraphrases,
@@ -133,7 +195,13 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
             "neighbour_accuracy": entry.get("neighbour_accuracy"),
             "fid_remain": entry.get("fid_remain"),
             "training_seconds": seconds if key == "sfd" else None,
-        }
+            # SFD models: stage 2's iterations, why it stopped (a completion-rule reason or
+            # max_steps) and its cap (`trainer.max_steps`)
+            **({"stage2_iterations": completion.get("iterations",
+                                                     two_stage.get("stage2_iterations")),
+                "stage2_stop": completion.get("stop_reason"),
+                "stage2_cap": two_stage.get("stage2_max_steps")} if key == "sfd" else {}),
+        }  # fmt: skip
 
     runs = {"plain": plain, "adversarial": adversarial}
     metrics = {run: json.loads((folder / "metrics.json").read_text())
@@ -146,6 +214,19 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
         settings = metrics["adversarial"]["protocol"].get("sfd_settings", {})
         summary["adversarial_settings"] = settings.get("model", {}).get("adversarial")
     return summary
+
+
+def preset_cap(metrics: dict[str, Any]) -> int | None:
+    """Stage 2's cap (`trainer.max_steps`) in the packaged `sfd demo-text` preset of a text
+    report's data set and teacher family (the completion rule stops stage 2 within it)."""
+    import yaml
+
+    from sfd.apps.demo_text.settings import default_sfd_config
+
+    protocol = metrics["protocol"]
+    family = protocol.get("teacher_settings", {}).get("family", "unet")
+    preset = default_sfd_config(str(protocol["data"]).split("/")[0], family=family)
+    return (yaml.safe_load(preset.read_text()).get("trainer") or {}).get("max_steps")
 
 
 # The options that must agree for a record's models to be reused (`--reuse`).
@@ -292,7 +373,8 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
             "class_names": metrics.get("class_names"), "models": reused(options, models),
             "budgets": {name: vars(b) for name, b in budgets.items()},
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "summary": run_summary(run, adversarial), "attack_objective": options.attack_objective,
+            "summary": {**run_summary(run, adversarial), "stage2_preset_cap": preset_cap(metrics)},
+            "attack_objective": options.attack_objective,
             "attacker_classifier": attacker_entry}  # fmt: skip
 
 
@@ -339,22 +421,36 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
         print(f"{key} revival UA: {outcome.ua}")
         models[key] = {"attack": suite["class_embedding"], "attacks": suite, "seconds": seconds,
                        "revival": outcome.to_dict()}  # fmt: skip
-    if options.baselines:  # multi-step baselines: revival only, judged with their DDIM sampler
+    summary = run_summary(run, adversarial)
+    if options.baselines:  # multi-step baselines: attacked through a short DDIM, judged with theirs
         from sfd.eval.evaluate import ddim_sampler
         from sfd.teachers.unet import PretrainedVPTeacher
 
         for key in BASELINES:
-            sampler = ddim_sampler(
-                PretrainedVPTeacher(str(Path(options.baselines) / key)), options.ddim_steps
-            )
+            teacher = PretrainedVPTeacher(str(Path(options.baselines) / key))
+            start = time.perf_counter()
+            suite = class_embedding_suite(
+                ddim_sampler(teacher, options.attack_ddim_steps), classifier, forget, budget,
+                options.attack_ddim_steps, attacker=attacker,
+                objectives=attack_objectives(options.attack_objective),
+            )  # fmt: skip
+            seconds = round(time.perf_counter() - start, 1)
+            for name, result in suite.items():
+                print(f"{key} {name}: {100 * result['success_rate']:.1f} %")
+            sampler = ddim_sampler(teacher, options.ddim_steps)
             outcome = revive_class_sampler(sampler, classifier, forget, images, revival,
                                            options.ua_images)  # fmt: skip
             print(f"{key} revival UA: {outcome.ua}")
-            models[key] = {"revival": outcome.to_dict(), "sampler": sampler.name}
+            models[key] = {"attack": suite["class_embedding"], "attacks": suite,
+                           "seconds": seconds, "revival": outcome.to_dict(),
+                           "sampler": sampler.name}  # fmt: skip
+        summary.update(baseline_summary(Path(options.baselines)))
     return {"run_folder": shown_path(run), "adversarial_run_folder": shown(options.adversarial_run),
             "forget": forget, "models": reused(options, models), "budget": vars(budget),
             "revival_budget": vars(revival), "ua_images": options.ua_images,
-            "baselines": shown(options.baselines), "summary": run_summary(run, adversarial),
+            "baselines": shown(options.baselines), "summary": summary,
+            "ddim_steps": options.ddim_steps if options.baselines else None,
+            "attack_ddim_steps": options.attack_ddim_steps if options.baselines else None,
             "attack_objective": options.attack_objective,
             "attacker_classifier": attacker_entry}  # fmt: skip
 
@@ -419,14 +515,7 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         attacks: column title -> attack name in a text model's "attacks" ("" for the class
             attack of a class record).
     """
-    from sfd.apps.harness.targets import (
-        ADV_FID_RATIO,
-        UA_PARAPHRASES,
-        UA_TRAIN,
-        at_most_times,
-        not_below_teacher,
-        points_below,
-    )
+    from sfd.apps.harness.targets import adversarial_targets
     from sfd.eval.revival import revival_column, revived_at
 
     summary, models = record.get("summary"), record["models"]
@@ -448,7 +537,9 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
              "remain_accuracy", "neighbour_accuracy")), fid(summary["teacher"]["fid_remain"]),
              *("–" for _ in attacks), "–", "–"]]  # fmt: skip
     variants = [k for k in summary if k.startswith(VARIANT)]
-    for key in [*(k for k in MODELS if k in summary), *variants]:
+    # stage 2's iterations and stop: a column only for records that kept them
+    stopped = any(isinstance(v, dict) and v.get("stage2_iterations") for v in summary.values())
+    for key in [*(k for k in (*MODELS, *BASELINES) if k in summary), *variants]:
         scores, seconds = summary[key], summary[key]["training_seconds"]
         rows.append(
             [model_title(key, record)]
@@ -462,19 +553,30 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
                 revived_at(models[key]["revival"]) if key in models else "–",
                 "–" if seconds is None else f"{seconds:.0f}",
             ]
+            + ([stage2_stop(scores)] if stopped else [])
         )
     header = ["model", "UA", "UA paraphrases", "remain acc.", "neighbour acc.", "FID",
-              *attacks, f"revival: {revival_column()}", "stage-2 s"]  # fmt: skip
+              *attacks, f"revival: {revival_column()}", "training s"]  # fmt: skip
+    if stopped:
+        header.append("stage-2 iterations (stop)")
+        rows[0].append("–")
     folders = f"`{record['run_folder']}`" + (
         f" and `{record['adversarial_run_folder']}`" if record.get("adversarial_run_folder") else ""
     )
+    compared = (
+        f" ESD and SalUn: the evaluation of the `sfd compare` report of `{record['baselines']}` "
+        "(the same teacher, classifier and protocol; multi-step, DDIM "
+        f"{record.get('ddim_steps', 50)}); their training s is the wall time of their fine-tuning."
+        if any(key in summary for key in BASELINES)
+        else ""
+    )
     sections = {
-        "Benchmark (plain SFD, adversarial SFD, no forgetting)": (
+        f"Benchmark ({', '.join(benchmark_models(summary))})": (
             "UA, paraphrase UA, remain and neighbour accuracy and FID are the report folders' own "
             f"evaluation ({folders}; the same teacher, classifier and stage 1); attacks and "
-            "revival as below. Stage-2 s: wall seconds of the SFD phase on the shared machine "
-            "(see the load above); [adversarial_overhead](adversarial_overhead.md) times it in "
-            "isolation. "
+            "revival as below. Training s: wall seconds of the SFD phase (stage 2) on the shared "
+            "machine (see the load above); [adversarial_overhead](adversarial_overhead.md) times "
+            f"it in isolation.{compared}{STOP_NOTE if stopped else ''}{cap_note(summary, record)} "
             f"Adversarial SFD settings: {settings_text(summary.get('adversarial_settings'))}.\n\n"
             + markdown_table(header, rows)
         )
@@ -482,32 +584,21 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     if "adversarial_sfd" not in summary:
         return sections
     adv, plain, teacher = summary["adversarial_sfd"], summary["sfd"], summary["teacher"]
+    found = adversarial_targets(
+        adv, teacher, plain.get("fid_remain"),
+        {title.removesuffix(" success"): rate("adversarial_sfd", n) for title, n in attacks.items()},
+    )  # fmt: skip
+    shown = {"share": percent, "points": lambda v: f"{100 * v:+.1f} points",
+             "ratio": lambda v: f"{v:.2f}×"}  # fmt: skip
     targets = [
-        (f"adversarial SFD {title} ≤ 5 %", "not measured" if value is None else percent(value),
-         None if value is None else value <= 0.05)
-        for title, value in ((t, rate("adversarial_sfd", n)) for t, n in attacks.items())
+        (entry["title"], "not measured" if entry["value"] is None
+         else shown[entry["unit"]](entry["value"]), entry["met"])
+        for entry in found.values()
     ]  # fmt: skip
-    targets.append((f"UA (training prompts / class) ≥ {100 * UA_TRAIN:.0f} %", percent(adv["ua"]),
-                    adv["ua"] >= UA_TRAIN))  # fmt: skip
-    if adv["ua_paraphrases"] is not None:
-        targets.append((f"UA paraphrases ≥ {100 * UA_PARAPHRASES:.0f} %",
-                        percent(adv["ua_paraphrases"]), adv["ua_paraphrases"] >= UA_PARAPHRASES))  # fmt: skip
-    for name, title in (("remain_accuracy", "remain"), ("neighbour_accuracy", "neighbour")):
-        if adv[name] is None:
-            continue
-        if teacher.get(name) is None:  # no teacher's number: no gap to judge
-            targets.append((points_below(title), "not measured", None))
-        else:
-            gap = 100 * (adv[name] - teacher[name])
-            targets.append((points_below(title), f"{gap:+.1f} points",
-                            not_below_teacher(adv[name], teacher[name])))  # fmt: skip
-    ratio, met = at_most_times(adv.get("fid_remain"), plain.get("fid_remain"), ADV_FID_RATIO)
-    shown = "not measured" if ratio is None else f"{ratio:.2f}×"
-    targets.append((f"remain FID ≤ {ADV_FID_RATIO:g}× plain SFD's", shown, met))
     sections["Targets (adversarial SFD)"] = (
         "The training-time overhead (target ≤ 2×) is timed apart by "
         "[adversarial_overhead](adversarial_overhead.md), in one process with its CPU time beside "
-        "the wall time (that page records the machine's load): the stage-2 wall seconds above "
+        "the wall time (that page records the machine's load): the training seconds above "
         "ran on a shared machine under different loads.\n\n"
         + markdown_table(
             ["target", "value", "met"],
@@ -515,6 +606,51 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         )
     )
     return sections
+
+
+STOP_NOTE = (
+    " Stage-2 iterations (stop): the SFD phase's iterations and why it stopped: a reason of the "
+    "completion rule (docs/method.md §8: forgotten, stalled, drift, budget) or max_steps, its cap "
+    "(`trainer.max_steps`)."
+)
+
+
+def stage2_stop(scores: dict[str, Any]) -> str:
+    """A model's stage-2 cell: its iterations and why it stopped ("–" for the models without a
+    stage 2 and for records written before it was kept)."""
+    if scores.get("stage2_iterations") is None:
+        return "–"
+    return f"{scores['stage2_iterations']} ({scores.get('stage2_stop') or 'not recorded'})"
+
+
+def cap_note(summary: dict[str, Any], record: dict[str, Any]) -> str:
+    """The sentence naming the SFD models whose stage 2 stopped at a cap below the packaged
+    preset's (set on the demo's command line to shorten the run): they ended before the
+    completion rule judged the concept gone, so trained less than the preset would; "" when
+    none did."""
+    preset = summary.get("stage2_preset_cap")
+    capped = [
+        key for key in summary
+        if isinstance(summary[key], dict) and summary[key].get("stage2_stop") == "max_steps"
+        and preset is not None and (summary[key].get("stage2_cap") or preset) < preset
+    ]  # fmt: skip
+    if not capped:
+        return ""
+    caps = sorted({summary[key]["stage2_cap"] for key in capped})
+    return (
+        f" {', '.join(model_title(key, record) for key in capped)}: stage 2 capped at "
+        f"{' / '.join(map(str, caps))} iterations by `--trainer.max_steps` on the demo's command "
+        f"line to shorten the run (the packaged preset's cap is {preset}, within which the "
+        "completion rule stops it); stopped there, before the rule judged the concept gone, so "
+        "trained less than the preset would."
+    )
+
+
+def benchmark_models(summary: dict[str, Any]) -> list[str]:
+    """The short names of the models a benchmark table holds, in its order."""
+    names = {"sfd": "plain SFD", "adversarial_sfd": "adversarial SFD",
+             "distilled_without_forgetting": "no forgetting", "esd": "ESD", "salun": "SalUn"}  # fmt: skip
+    return [names[key] for key in names if key in summary]
 
 
 def settings_text(settings: dict[str, Any] | None) -> str:
@@ -525,26 +661,52 @@ def settings_text(settings: dict[str, Any] | None) -> str:
     return str(settings) if settings else "the defaults of `configs/adversarial.yaml`"
 
 
-def reuse_note(record: dict[str, Any]) -> str:
-    """The sentences naming the models a record took from an earlier one ("" when none), each
-    under the command that measured it: a reused record that itself reused models names theirs
-    (its "reused", kept in the reuse entry, else read from its record file when it is there)."""
+def measurers(record: dict[str, Any], file: str | None = None) -> dict[str, dict[str, Any]]:
+    """Model key -> the command that measured it in `record` ({command, date, record}): the
+    record's own `measured_by`, kept per model since it was written; for a record written before
+    that, rebuilt from its chain of `reused` entries (a model taken through a chained `--reuse`
+    under the command of the record that measured it). An entry that says what it reused, even
+    nothing, is taken as it says; only an entry written before it said so reads the earlier record
+    file, and that file's own `measured_by` where it has one.
+
+    Args:
+        record: a record of this script.
+        file: where it was read from (the models it measured itself name it).
+    """
+    if record.get("measured_by") is not None:
+        return record["measured_by"]
+    run = record.get("run") or {}
+    own = {"command": run.get("command"), "date": run.get("date"), "record": file}
+    found = {key: own for key in record.get("models", {})}
     reuse = record.get("reused")
-    if not reuse:
-        return ""
-    earlier = reuse.get("reused")
-    if earlier is None and Path(reuse["record"]).is_file():
-        earlier = read_record(reuse["record"]).get("reused")
-    taken = set(earlier["models"]) if earlier else set()
-    own = [key for key in reuse["models"] if key not in taken]
-    note = (
-        f" {', '.join(TITLES[key] for key in own)}: measured by `{reuse['command']}` "
-        f"({reuse['date']}, record `{reuse['record']}`, the same report folders and budgets) "
-        "and reused here."
-        if own
-        else ""
+    while reuse:
+        entry = {key: reuse[key] for key in ("command", "date", "record")}
+        found.update(dict.fromkeys(reuse["models"], entry))
+        if "reused" in reuse:
+            reuse = reuse["reused"]
+            continue
+        earlier = read_record(reuse["record"]) if Path(reuse["record"]).is_file() else {}
+        if earlier.get("measured_by") is not None:
+            taken = earlier["measured_by"]
+            found.update({key: taken[key] for key in reuse["models"] if key in taken})
+            break
+        reuse = earlier.get("reused")
+    return found
+
+
+def reuse_note(record: dict[str, Any]) -> str:
+    """The sentences naming the models a record took from earlier ones ("" when none), each
+    under the command that measured it (`measurers`)."""
+    run = record.get("run") or {}
+    groups: dict[tuple[Any, Any, Any], list[str]] = {}
+    for key, entry in measurers(record).items():
+        if (entry["command"], entry["date"]) != (run.get("command"), run.get("date")):
+            groups.setdefault((entry["command"], entry["date"], entry["record"]), []).append(key)
+    return "".join(
+        f" {', '.join(TITLES.get(key, key) for key in keys)}: measured by `{command}` ({date}, "
+        f"record `{file}`, the same report folders and budgets) and reused here."
+        for (command, date, file), keys in groups.items()
     )
-    return note + (reuse_note({"reused": earlier}) if earlier else "")
 
 
 def page_name(name: str, record: dict[str, Any]) -> str:
@@ -570,15 +732,20 @@ def revival_table(models: dict[str, Any], record: dict[str, Any] | None = None) 
     return markdown_table(header, rows) + f"\n\n{REVIVAL_RESOLUTION}."
 
 
-def write_class_page(record: dict[str, Any], json_file: str) -> Path:
-    """docs/results/attacks_class.md from a record of `--class-run`."""
+def write_class_page(record: dict[str, Any], json_file: str, page: str | None = None) -> Path:
+    """docs/results/attacks_class.md (or `page`) from a record of `--class-run`."""
     models = record["models"]
     first = next(iter(models.values()))
+    attacked = {key: m for key, m in models.items() if "attack" in m}
     rows = [
         [model_title(key, record), f"{100 * m['attack']['success_rate']:.1f} %",
          f"{100 * m['attack']['success_rate_without_attack']:.1f} %", f"{m['seconds']:.0f}"]
-        for key, m in models.items() if "attack" in m
+        + ([m["attack"].get("sampler", "–")] if any(k in BASELINES for k in attacked) else [])
+        for key, m in attacked.items()
     ]  # fmt: skip
+    header = ["model", "success", "without attack", "seconds"]
+    if any(key in BASELINES for key in attacked):
+        header.append("sampler attacked and judged")
     baselines = [m["sampler"] for m in models.values() if "sampler" in m]
     judged = (
         f" Baselines (ESD, SalUn of `{record.get('baselines')}`, teacher folders): the denoising "
@@ -586,13 +753,20 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
         if baselines
         else ""
     )
+    through = (
+        " ESD and SalUn are multi-step models: the attack's gradient runs through their DDIM "
+        "sampler of the steps in the last column (as `sfd eval --attack` attacks a teacher), and "
+        "its success is judged on that sampler's images."
+        if any(key in BASELINES for key in attacked)
+        else ""
+    )
     sections = {
         **benchmark_sections(record, {"class-embedding success": ""}),
         "Class-embedding attack": (
             f"Forget class {record['forget']} (report folder `{record['run_folder']}`). Budget: "
             f"{record['budget']}. Objective: {first['attack']['objective']}. Success (ASR): "
-            f"{first['attack']['asr_definition']}.{reuse_note(record)}\n\n"
-            + markdown_table(["model", "success", "without attack", "seconds"], rows)
+            f"{first['attack']['asr_definition']}.{through}{reuse_note(record)}\n\n"
+            + markdown_table(header, rows)
         ),
         "Revival (UA after fine-tuning a copy on real images of the class)": (
             f"Budget: {record['revival_budget']}; loss: {first['revival']['objective']}; images "
@@ -609,7 +783,7 @@ def write_class_page(record: dict[str, Any], json_file: str) -> Path:
     heading = "Class-embedding attack and revival test (digits)"
     if record.get("adversarial_run_folder"):
         heading = f"Adversarial SFD: {heading[0].lower()}{heading[1:]}"
-    return write_page(page_name("attacks_class", record), heading,
+    return write_page(page or page_name("attacks_class", record), heading,
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
@@ -707,8 +881,9 @@ def write_results_page(
         page: the page's name (default: attacks, attacks_adversarial with adversarial SFD).
         page_command: the `--page-from` command that combined the pairs (shown with them).
     """
+    page = page or record.get("page")  # the page its measuring command named
     if "budget" in record:  # a --class-run record
-        return write_class_page(record, json_file)
+        return write_class_page(record, json_file, page)
     pairs = [(record, json_file), *included]
     data = sorted({r.get("data", "digits") for r, _ in pairs})
     title = f"Attack suite and revival test (text {' and '.join(data)})"
@@ -743,7 +918,15 @@ def main(argv: list[str] | None = None) -> None:
         help="the same demo's output folder with --adversarial (same teacher and stage 1)",
     )
     parser.add_argument("--baselines", help="with --class-run: an sfd compare output's models/")
-    parser.add_argument("--ddim-steps", type=int, default=50, help="the baselines' sampler")
+    parser.add_argument(
+        "--ddim-steps", type=int, default=50, help="the baselines' sampler (evaluation, revival)"
+    )
+    parser.add_argument(
+        "--attack-ddim-steps",
+        type=int,
+        default=4,
+        help="the baselines' DDIM sampler in the class-embedding attack (gradient and judging)",
+    )
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200, help="soft-prompt steps")
     parser.add_argument("--discrete-steps", type=int, default=200)
@@ -787,8 +970,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--page",
-        help="the page's name under docs/results/ (default: attacks, attacks_adversarial with "
-        "--adversarial-run; text records only)",
+        help="the page's name under docs/results/ (default: attacks, or attacks_class with "
+        "--class-run; + _adversarial with --adversarial-run)",
     )
     parser.add_argument(
         "--attacks",
@@ -813,6 +996,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--include needs --class-run (or --page-from)")
     if bool(options.run) == bool(options.class_run):
         parser.error("give one of --run and --class-run (or --page-from)")
+    if options.baselines and not options.class_run:
+        parser.error("--baselines needs --class-run")
+    if options.baselines:
+        reason = check_baselines(Path(options.class_run), Path(options.baselines))
+        if reason:
+            parser.error(f"--baselines {options.baselines}: {reason}")
+    for name in ("ddim_steps", "attack_ddim_steps"):
+        if getattr(options, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(options, name)} must be at least 1")
     if options.adversarial_run:
         reason = check_same_base(
             Path(options.run or options.class_run), Path(options.adversarial_run)
@@ -821,7 +1013,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--adversarial-run {options.adversarial_run}: {reason}")
     if options.only and "adversarial_sfd" in options.only and not options.adversarial_run:
         parser.error("--only adversarial_sfd needs --adversarial-run")
-    options.reused_models, reuse = {}, None
+    options.reused_models, reuse, taken = {}, None, {}
     if options.reuse:
         reason = check_reuse(options)
         if reason:
@@ -831,11 +1023,19 @@ def main(argv: list[str] | None = None) -> None:
         reuse = {"record": options.reuse, "command": old["run"]["command"],
                  "date": old["run"]["date"], "models": list(options.reused_models),
                  "reused": old.get("reused")}  # fmt: skip
+        taken = measurers(old, options.reuse)
     load_start = os.getloadavg()
     record = measure(options) if options.run else measure_class(options)
     record["settings"] = {name: getattr(options, name) for name in SAME_SETTINGS}
     record["reused"] = reuse
+    record["page"] = options.page
     record["run"] = run_context(command_line(__file__, argv), load_start)
+    own = {"command": record["run"]["command"], "date": record["run"]["date"],
+           "record": options.json}  # fmt: skip
+    record["measured_by"] = {  # per model: kept in the record, as the page names it
+        key: taken[key] if key in options.reused_models and key in taken else own
+        for key in record["models"]
+    }
     save_record(record, options.json)
     if not options.no_page:
         record = with_included(record, options.include)

@@ -5,7 +5,10 @@ the flow-matching commands on CPU.
     python experiments/make_tiny_flow.py flux runs/tiny-flux [--schnell]
 
 The CLIP BPE vocabulary is taken from the open-clip-torch wheel (downloaded once with
-`pip download --no-deps`, never installed) and cached in ~/.cache/sfd-test. Latents are 4×8×8.
+`pip download --no-deps`, never installed) and cached in ~/.cache/sfd-test. Latents are 4×8×8. The
+SD3 folder's CLIP-L and CLIP-G have different widths and CLIP-L's text projection is the identity, as
+in the released SD3 models, so its exports can be written with `sfd export --single-file` (the tiny
+Flux transformer is narrower than FLUX.1's, which diffusers' single-file loader needs: refused).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def main() -> None:
     )
     options = parser.parse_args()
     if options.family == "sd3":
-        path = save_tiny_sd3_pipeline(Path(options.output_dir))
+        path = save_tiny_sd3_pipeline(Path(options.output_dir), as_released=True)
     else:
         path = save_tiny_flux_pipeline(
             Path(options.output_dir), guidance_embeds=not options.schnell

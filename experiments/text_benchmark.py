@@ -37,6 +37,14 @@ the command, date, commit and load of the run that measured it.
 
 `--replace` (with `--page-from`) puts the set-ups of newer records in the place of the same
 set-ups on the page (a set-up measured again), each under the command that measured it.
+
+    python experiments/text_benchmark.py --page-from runs/a/benchmark.json \
+        --fresh runs/flow-fresh/benchmark.json
+
+`--fresh` (with `--page-from`) adds the set-ups of records run with fresh caches (teacher,
+classifier and stage 1 trained in the run; a record that reused one is refused) in sections of
+their own ("digits, fresh caches"), each under the command that measured it, with their wall time
+judged against issue 20's fresh-run target (`FRESH_MINUTES`) in the flow page's targets summary.
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ from results_page import (
 )
 
 from sfd.apps.demo_text.prompts import shipped_paraphrases
-from sfd.apps.harness.targets import DIFFERENCE, ONE_SIDED, text_targets
+from sfd.apps.harness.targets import DIFFERENCE, ONE_SIDED, fresh_wall_target, text_targets
 
 SETUPS = {
     "digits": ("digits", "seven", "one", ""),
@@ -273,6 +281,25 @@ def merged_setups(
     return merged
 
 
+def fresh_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
+    """The set-ups of the records in `files` (`--fresh`), marked "fresh", each with its record's
+    run and file; SystemExit for another teacher family or a run that reused a cache."""
+    fresh = merged_setups({"run": record["run"], "setups": []}, files, "--fresh")
+    for r in fresh:
+        reused = [k for k in ("teacher", "classifier", "stage1") if r[f"{k}_cached"]]
+        if reused:
+            raise SystemExit(
+                f"--fresh {r['record']}: set-up {r['setup']!r} reused the cached {reused[0]}; "
+                "a fresh run trains teacher, classifier and stage 1 itself"
+            )
+    return [{**r, "fresh": True} for r in fresh]
+
+
+def section_title(r: dict[str, Any]) -> str:
+    """A set-up's section title: its name, "<name>, fresh caches" for a `--fresh` run."""
+    return f"{r['setup']}, fresh caches" if r.get("fresh") else r["setup"]
+
+
 def replaced_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
     """The record's set-ups with those of the records in `files` in their places (the same set-up
     measured again, shown under the command that measured it); SystemExit for another teacher
@@ -324,6 +351,11 @@ def setup_section(r: dict[str, Any], family: str = "unet") -> str:
     )  # fmt: skip
     lines = [*measured_by(r), *plain_from, *run_lines(r), "", models, "",
              targets_table(text_targets(r["models"], family))]  # fmt: skip
+    for name, t in (
+        fresh_wall_target(r["setup"], r["wall_seconds"]) if r.get("fresh") else {}
+    ).items():
+        lines += ["", f"Fresh caches (teacher, classifier and stage 1 trained in this run): "
+                  f"{name} {t['value']:.1f} min: {'met' if t['met'] else 'missed'}."]  # fmt: skip
     if "adversarial" in r:
         lines += [
             "",
@@ -390,7 +422,10 @@ FLOW_TRIED = {
         "classifier on this teacher's sneaker and sandal samples, level by level, on "
         "[The judge, level by level](judge_levels.md); the classifier's UA ceiling for the "
         "Fashion-MNIST pairs (real override images it reads as the forget class) on "
-        "[Evaluation classifiers](classifier.md)"
+        "[Evaluation classifiers](classifier.md); what the classifier reads of this teacher's own "
+        "override samples at each guidance scale, and so the teacher's guidance on the override "
+        "in the unlearning term (`model.override_guidance`, 4.5 in the Fashion preset), on "
+        "[The teacher's own override samples, by guidance](override_guidance.md)"
     ),
     "ua_paraphrases_at_least_95": "as for ua_train_at_least_99",
     "fid_at_most_1.5x_teacher": (
@@ -407,10 +442,13 @@ def targets_summary(setups: list[dict[str, Any]], family: str = "sd3") -> str:
     names = list(
         dict.fromkeys(n for r in setups for t in model_targets(r, family).values() for n in t)
     )
+    names += [n for r in setups if r.get("fresh") for n in fresh_wall_target(r["setup"], 0)]
     rows, missed = [], {}
     for r in setups:
         tuned = "no" if SETUPS[r["setup"]][3] else "yes"
         for model, targets in model_targets(r, family).items():
+            if r.get("fresh") and model == "sfd":  # the run's wall time (teacher to report)
+                targets = {**targets, **fresh_wall_target(r["setup"], r["wall_seconds"])}
             cells = []
             for name in names:
                 t = targets.get(name)
@@ -419,12 +457,13 @@ def targets_summary(setups: list[dict[str, Any]], family: str = "sd3") -> str:
                     continue
                 cells.append(f"{'yes' if t['met'] else '**no**'} ({t['value']:.3f})")
                 if not t["met"]:
-                    missed.setdefault(name, []).append(f"{r['setup']} ({model})")
-            rows.append((r["setup"], tuned, model, *cells))
+                    missed.setdefault(name, []).append(f"{section_title(r)} ({model})")
+            rows.append((section_title(r), tuned, model, *cells))
     lines = [
         "Each target of each set-up below, met or missed (value as in its section's table); "
         "'tuned on': whether the demo's settings were tuned on that concept pair and "
-        "paraphrase set.",
+        "paraphrase set; '–': a target that does not apply to that row (the wall time of a "
+        "fresh run, whose value is in minutes, applies to the runs with fresh caches only).",
         "",
         markdown_table(("set-up", "tuned on", "model", *names), rows),
     ]
@@ -460,7 +499,7 @@ def write_results_page(
     """docs/results/text.md (flow_text.md for the flow teacher) from a benchmark.json record."""
     family = record["run"].get("family", "unet")
     flow = family == "sd3"
-    sections = {r["setup"]: setup_section(r, family) for r in record["setups"]}
+    sections = {section_title(r): setup_section(r, family) for r in record["setups"]}
     if flow:
         sections = {"Issue 20's targets": targets_summary(record["setups"], family), **sections}
     if "page_command" in record:
@@ -529,15 +568,26 @@ def main(argv: list[str] | None = None) -> None:
         "was stopped before writing its record, and measure only the adversarial run (needs "
         "--adversarial or --adversarial-set)",
     )
+    parser.add_argument(
+        "--fresh",
+        nargs="+",
+        default=[],
+        metavar="FILE.json",
+        help="with --page-from: add the set-ups of these records, run with fresh caches, in "
+        "sections of their own with their wall time against issue 20's fresh-run target",
+    )
     add_page_arguments(parser)
     options, extra = parser.parse_known_args(argv)
     if options.replace and not options.page_from:
         parser.error("--replace rewrites a page's set-ups: use it with --page-from")
+    if options.fresh and not options.page_from:
+        parser.error("--fresh adds measured runs to a page: use it with --page-from")
     if options.page_from:
         record = read_record(options.page_from)
         record["setups"] = replaced_setups(record, options.replace)
         record["setups"] += merged_setups(record, options.merge)
-        if options.replace or options.merge:  # the page is no longer the record's alone
+        record["setups"] += fresh_setups(record, options.fresh)
+        if options.replace or options.merge or options.fresh:  # no longer the record's alone
             record["page_command"] = command_line(__file__, argv)
         print(write_results_page(record, options.page_from))
         return

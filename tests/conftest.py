@@ -23,6 +23,19 @@ CONFIGS = REPO / "configs"
 SCRIPTS = REPO / "tests" / "scripts"  # subprocess entry points and YAML-loadable test helpers
 
 
+def concept_presets() -> list[str]:
+    """The concept presets of configs/ (conditions, no teacher: composed with a family's base),
+    e.g. sd15_celebrity.yaml; the tests that compose every preset with every base read this."""
+    import yaml
+
+    presets = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+        if "conditions" in model and "teacher" not in model:
+            presets.append(path.name)
+    return presets
+
+
 def docs_block(page: str, marker: str) -> str:
     """The ```python block after `<!-- tested: marker -->` in a docs page, as a reader copies it."""
     text = (REPO / page).read_text()

@@ -591,6 +591,27 @@ def judge_levels_record(command: str) -> dict[str, Any]:
     return {"run": run_section(command), "cases": [case]}
 
 
+def override_guidance_record(command: str) -> dict[str, Any]:
+    def row(guidance: float, forget: float, override: float) -> dict[str, Any]:
+        return {"guidance": guidance, "read_as_forget": forget, "read_as_override": override,
+                "histogram": [0] * 10}  # fmt: skip
+
+    case = {
+        "name": "Fashion-MNIST sneaker → sandal, flow (SD3) teacher",
+        "teacher": "cache/text-teacher-abc",
+        "teacher_given": "runs/p/fashion",
+        "classifier_given": "runs/p/fashion",
+        "family": "sd3",
+        "steps": 28,
+        "samples": 200,
+        "forget": "sneaker",
+        "override": "sandal",
+        "real_ceiling": 0.976,
+        "rows": [row(1.25, 0.115, 0.86), row(4.5, 0.0, 1.0)],
+    }
+    return {"run": run_section(command), "cases": [case]}
+
+
 def classifier_record(command: str) -> dict[str, Any]:
     def row(recipe: str, steps: int, accuracy: float, read: float, seconds: float | None) -> dict:
         return {
@@ -901,7 +922,7 @@ CASES = [
         [
             "| one-step adversarial SFD | 99.5 % | 96.0 % | 96.0 % | 98.0 % | 5.600 | 4.0 % "
             "| 6.2 % | not within 40 | 150 |",
-            "| soft success | discrete success | revival: first checkpoint with UA < 50 % | stage-2 s |",
+            "| soft success | discrete success | revival: first checkpoint with UA < 50 % | training s |",
             "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – |",
             "| one-step, no forgetting | 1.0 % | 96.0 % | 99.0 % | 98.0 % | 6.000 | – | – | – | – |",
             "# Adversarial SFD: attack suite and revival test (text digits)",
@@ -1089,6 +1110,22 @@ CASES = [
             "sneaker (the judge: 1.5 %).",
             "gets UA 89.5 % from the classifier",
             "and 98.5 % from the judge: 9.0 points apart, more than the 5 points issue 24 allows",
+        ],
+    ),
+    (
+        "override_guidance",
+        "override_guidance",
+        override_guidance_record,
+        "python experiments/override_guidance.py --case fashion runs/p/fashion runs/p/fashion "
+        "sneaker sandal",
+        [
+            "## Fashion-MNIST sneaker → sandal, flow (SD3) teacher",
+            "| guidance | read as sneaker | read as sandal "
+            "| UA of a generator that draws exactly these sandals |",
+            "| 1.25 | 11.5 % | 86.0 % | 88.5 % |",
+            "| 4.5 | 0.0 % | 100.0 % | 100.0 % |",
+            "On real sandal images the classifier's UA ceiling is 97.6 % (the run "
+            "`runs/p/fashion`'s metrics.json).",
         ],
     ),
     (
@@ -1333,6 +1370,64 @@ def test_an_attack_not_run_shows_as_such(results_dir) -> None:
     assert "| adversarial SFD soft success ≤ 5 % | 4.0 % | yes |" in lines
 
 
+def test_a_stage_2_stopped_at_a_cap_below_the_preset_is_named(results_dir) -> None:
+    """Each SFD model's stage-2 iterations and stop reason are shown; a model stopped at a cap
+    below the preset's is named as such, and none is when both stopped by the completion rule."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_adversarial_record("python experiments/attack_suite.py --run runs/f")
+    results_page.save_record(record, "runs/old.json")  # written before stage 2's stop was kept
+    script.main(["--page-from", "runs/old.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "stage-2 iterations" not in text.lower() and "| not within 40 | 150 |\n" in text
+    summary = record["summary"]
+    summary["stage2_preset_cap"] = 600
+    summary["sfd"].update(stage2_iterations=250, stage2_stop="forgotten", stage2_cap=600)
+    summary["adversarial_sfd"].update(stage2_iterations=150, stage2_stop="max_steps",
+                                      stage2_cap=150)  # fmt: skip
+    results_page.save_record(record, "runs/capped.json")
+    script.main(["--page-from", "runs/capped.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "| not within 40 | 150 | 150 (max_steps) |" in text
+    assert "| 20 | 100 | 250 (forgotten) |" in text
+    assert "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – | – |" in text
+    assert (
+        " one-step adversarial SFD: stage 2 capped at 150 iterations by `--trainer.max_steps` "
+        "on the demo's command line to shorten the run (the packaged preset's cap is 600,"
+    ) in text
+    summary["adversarial_sfd"].update(stage2_iterations=260, stage2_stop="forgotten",
+                                      stage2_cap=600)  # fmt: skip
+    results_page.save_record(record, "runs/full.json")
+    script.main(["--page-from", "runs/full.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "| not within 40 | 150 | 260 (forgotten) |" in text and "capped at" not in text
+
+
+@pytest.mark.parametrize(("family", "preset"), [("unet", "sfd_text_fashion.yaml"),
+                                                 ("sd3", "sfd_text_fashion_sd3.yaml")])  # fmt: skip
+def test_the_stage_2_cap_is_read_from_the_reports_own_preset(tmp_path, family, preset) -> None:
+    """run_summary keeps a text report's stage-2 iterations, stop reason and cap; preset_cap is
+    the packaged preset of its data set and teacher family (read here from the file itself)."""
+    import yaml
+
+    script = importlib.import_module("attack_suite")
+    scores = {"ua": 0.9, "remain_accuracy": 0.8}
+    two_stage = {"stage2_max_steps": 150, "stage2_iterations": 150,
+                 "stage2_completion": {"stop_reason": "max_steps", "iterations": 150}}  # fmt: skip
+    metrics = {
+        "teacher": scores, "sfd": scores, "distilled_without_forgetting": scores,
+        "protocol": {"data": "fashion-mnist/sha256-0", "two_stage": two_stage,
+                     "teacher_settings": {"family": family}},
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    summary = script.run_summary(tmp_path, None)
+    assert summary["sfd"]["stage2_stop"] == "max_steps"
+    assert (summary["sfd"]["stage2_iterations"], summary["sfd"]["stage2_cap"]) == (150, 150)
+    assert "stage2_stop" not in summary["distilled_without_forgetting"]
+    packaged = REPO / "sfd" / "apps" / "demo_text" / preset
+    expected = yaml.safe_load(packaged.read_text())["trainer"]["max_steps"]
+    assert script.preset_cap(metrics) == expected
+
+
 def test_a_reused_model_names_the_command_that_measured_it() -> None:
     """A record that reused a record that itself reused names each model under its own command."""
     script = importlib.import_module("attack_suite")
@@ -1343,6 +1438,45 @@ def test_a_reused_model_names_the_command_that_measured_it() -> None:
     assert " one-step SFD: measured by `python b` (d2," in note
     assert " one-step adversarial SFD: measured by `python a` (d1," in note
     assert note.count("measured by") == 2
+
+
+def test_a_model_reused_through_a_chain_names_its_command_from_the_kept_record(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A kept record names each model under the command that measured it, whatever the files
+    of the earlier records now hold: C reused B, which reused A; A's file has since been
+    replaced by another measurement that itself reused a model (the page is rebuilt elsewhere,
+    from the kept records)."""
+    script = importlib.import_module("attack_suite")
+    monkeypatch.chdir(tmp_path)
+    a = {"record": "a.json", "command": "python a", "date": "d1", "models": ["adversarial_sfd"],
+         "reused": None}  # A measured its model itself  # fmt: skip
+    b = {"record": "b.json", "command": "python b", "date": "d2",
+         "models": ["sfd", "adversarial_sfd"], "reused": a}  # fmt: skip
+    later = {"run": run_section("python z-later"), "models": {"adversarial_sfd": {}},
+             "reused": {"record": "z.json", "command": "python z", "date": "d0",
+                        "models": ["adversarial_sfd"], "reused": None}}  # fmt: skip
+    results_page.save_record(later, "a.json")  # a.json now holds another measurement
+    # B as kept: it says A reused nothing, so a.json is not read again
+    kept_b = {"run": {"command": "python b", "date": "d2"}, "models": {"sfd": {}, "adversarial_sfd": {}},
+              "reused": {**a, "reused": None}}  # fmt: skip
+    note = script.reuse_note({**kept_b, "reused": a})
+    assert (
+        note.count("measured by") == 1
+        and " one-step adversarial SFD: measured by `python a`" in note
+    )
+    # C as written now: the command per model is in the record itself
+    c_run = {"command": "python c", "date": "d3"}
+    c = {"run": c_run, "models": {"sfd": {}, "adversarial_sfd": {}, "distilled_without_forgetting": {}},
+         "reused": b,
+         "measured_by": {"sfd": {"command": "python b", "date": "d2", "record": "b.json"},
+                         "adversarial_sfd": {"command": "python a", "date": "d1", "record": "a.json"},
+                         "distilled_without_forgetting": {**c_run, "record": "c.json"}}}  # fmt: skip
+    assert script.measurers(c) == c["measured_by"]
+    note = script.reuse_note(c)
+    assert " one-step SFD: measured by `python b` (d2, record `b.json`" in note
+    assert " one-step adversarial SFD: measured by `python a` (d1, record `a.json`" in note
+    assert "python z" not in note and "python c" not in note and note.count("measured by") == 2
 
 
 def test_run_context_is_taken_after_measuring(monkeypatch, tmp_path: Path) -> None:
@@ -1578,6 +1712,46 @@ def test_flow_page_opens_with_every_targets_verdict_and_what_was_tried(results_d
     results_page.save_record(text_record("python experiments/text_benchmark.py"), "runs/c.json")
     module.main(["--page-from", "runs/c.json"])
     assert "Issue 20's targets" not in (results_dir / "text.md").read_text()
+
+
+def test_a_fresh_run_is_shown_with_issue_20s_wall_time_target(results_dir) -> None:
+    """`--fresh`: a run with fresh caches joins the flow page in a section of its own under the
+    command and commit that measured it, its wall time judged against ≤ 25 minutes in the
+    targets summary (25 minutes exactly met, 25.1 missed); a run that reused a cache is refused."""
+    module = importlib.import_module("text_benchmark")
+    from sfd.apps.harness.targets import fresh_wall_target
+
+    name = "digits_fresh_wall_at_most_25_minutes"
+    assert fresh_wall_target("digits", 1500.0) == {name: {"value": 25.0, "met": True}}
+    assert not fresh_wall_target("digits", 1506.0)[name]["met"]
+    assert fresh_wall_target("fashion", 60.0) == {}
+    page = flow_text_record("python experiments/text_benchmark.py --family sd3 --only digits")
+    fresh = flow_text_record("python experiments/text_benchmark.py --family sd3 --fresh-run")
+    fresh["run"]["commit"] = {"hash": "d2eca7a", "dirty": False}
+    del fresh["setups"][0]["adversarial"], fresh["setups"][0]["models"]["adversarial_sfd"]
+    fresh["setups"][0].update(
+        teacher_cached=False, classifier_cached=False, stage1_cached=False, wall_seconds=830.9
+    )
+    results_page.save_record(page, "runs/a.json")
+    results_page.save_record(fresh, "runs/fresh.json")
+    module.main(["--page-from", "runs/a.json", "--fresh", "runs/fresh.json"])
+    text = (results_dir / "flow_text.md").read_text()
+    summary = text[text.index("## Issue 20's targets") : text.index("## digits\n")]
+    header = next(line for line in summary.splitlines() if line.startswith("| set-up"))
+    assert header.endswith(f"| {name} |")
+    rows = [line for line in summary.splitlines() if line.startswith("| digits")]
+    assert rows[0].endswith("| – |") and rows[1].endswith("| – |")  # not fresh: not judged
+    assert rows[2].startswith("| digits, fresh caches | yes | sfd |")
+    assert rows[2].endswith("| yes (13.848) |")
+    section = text[text.index("## digits, fresh caches") :]
+    assert "--fresh-run` (" in section and "commit d2eca7a," in section
+    assert f"{name} 13.8 min: met." in section
+    fresh["setups"][0]["stage1_cached"] = True
+    results_page.save_record(fresh, "runs/cached.json")
+    with pytest.raises(SystemExit, match="reused the cached stage1"):
+        module.main(["--page-from", "runs/a.json", "--fresh", "runs/cached.json"])
+    with pytest.raises(SystemExit):
+        module.main(["--fresh", "runs/fresh.json", "--no-page"])
 
 
 def test_run_context_keeps_the_commit_taken_before_measuring() -> None:
@@ -2010,3 +2184,103 @@ def test_adversarial_settings_name_the_preset_when_none_were_overridden():
     assert attack_suite.settings_text({}) == "the defaults of `configs/adversarial.yaml`"
     assert attack_suite.settings_text(None) == "not recorded"
     assert attack_suite.settings_text({"steps": 8}) == "{'steps': 8}"
+
+
+def class_record_with_baselines(command: str) -> dict[str, Any]:
+    """A `--class-run` record of all five models: plain, adversarial, no forgetting, ESD, SalUn."""
+    record = attacks_class_record(command)
+    sfd = record["models"]["sfd"]
+
+    def attacked(rate: float, sampler: str) -> dict[str, Any]:
+        return {**sfd, "attack": {**sfd["attack"], "success_rate": rate, "sampler": sampler}}
+
+    one_step = "one-step generator (sigma_init=2.5)"
+    ddim = "DDIM 4 steps (eta=0, trailing spacing)"
+    record["models"] = {
+        "sfd": attacked(0.5, one_step),
+        "adversarial_sfd": attacked(0.25, one_step),
+        "distilled_without_forgetting": record["models"]["distilled_without_forgetting"],
+        "esd": {**attacked(0.75, ddim), "sampler": "DDIM 50 steps (eta=0, trailing spacing)"},
+        "salun": {**attacked(0.875, ddim), "sampler": "DDIM 50 steps (eta=0, trailing spacing)"},
+    }
+    record["adversarial_run_folder"] = "runs/adv"
+    record["baselines"] = "runs/compare/models"
+    record["ddim_steps"], record["attack_ddim_steps"] = 50, 4
+    scores = {"ua": 1.0, "ua_paraphrases": None, "remain_accuracy": 0.98,
+              "neighbour_accuracy": None, "fid_remain": 3.0, "training_seconds": 100.0}  # fmt: skip
+    record["summary"] = {
+        **{key: scores for key in ("teacher", "sfd", "adversarial_sfd", "esd", "salun")},
+        "distilled_without_forgetting": {**scores, "ua": 0.0},
+        "adversarial_settings": {},
+    }
+    record["summary"]["esd"] = {**scores, "remain_accuracy": 0.87, "fid_remain": 71.95}
+    return record
+
+
+def test_the_class_page_holds_all_five_models_on_the_page_it_names(results_dir) -> None:
+    """A class record with adversarial SFD and the baselines goes, whole, to the page `--page`
+    names (or the record names): every table holds all five models, the baselines' attack names
+    the DDIM sampler it went through, and their benchmark row is the compare's evaluation."""
+    script = importlib.import_module("attack_suite")
+    command = "python experiments/attack_suite.py --class-run runs/demo --page attacks_class"
+    record = class_record_with_baselines(command)
+    results_page.save_record(record, "all.json")
+    script.main(["--page-from", "all.json", "--page", "attacks_class"])
+    assert sorted(p.name for p in results_dir.iterdir()) == ["attacks_class.md"]
+    page = (results_dir / "attacks_class.md").read_text()
+    for title in ("one-step SFD", "one-step adversarial SFD", "one-step, no forgetting",
+                  "ESD (DDIM)", "SalUn (DDIM)"):  # fmt: skip
+        assert page.count(f"| {title} |") == 3, title  # benchmark, attack and revival tables
+    assert "## Benchmark (plain SFD, adversarial SFD, no forgetting, ESD, SalUn)" in page
+    assert "| ESD (DDIM) | 100.0 % | – | 87.0 % | – | 71.950 | 75.0 % | 2 | 100 |" in page
+    assert "| SalUn (DDIM) | 87.5 % | 0.0 % | 80 | DDIM 4 steps (eta=0, trailing spacing) |" in page
+    assert "| one-step SFD | 50.0 % | 0.0 % | 80 | one-step generator (sigma_init=2.5) |" in page
+    assert "| adversarial SFD class-embedding success ≤ 5 % | 25.0 % | no |" in page
+    (results_dir / "attacks_class.md").unlink()
+    results_page.save_record({**record, "page": "attacks_class"}, "named.json")
+    script.main(["--page-from", "named.json"])  # the page its measuring command named
+    assert sorted(p.name for p in results_dir.iterdir()) == ["attacks_class.md"]
+
+
+def compare_folder(root: Path, classifier: str = "classifier-aa", forget: int = 0) -> Path:
+    """An `sfd compare` report folder with what `attack_suite.check_baselines` reads."""
+    for key in ("esd", "salun"):
+        (root / "models" / key).mkdir(parents=True)
+    protocol = {
+        "teacher": {"folder": "/c/teacher-tt"},
+        "classifier": {"folder": f"/c/{classifier}"},
+    }
+    metrics = {"forget": forget, "override": 1, "methods": {"esd": {}, "salun": {}},
+               "protocol": protocol}  # fmt: skip
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    return root / "models"
+
+
+@pytest.mark.parametrize(
+    ("classifier", "forget", "message"),
+    [("classifier-bb", 0, "its classifier is 'classifier-bb', not 'classifier-aa'"),
+     ("classifier-aa", 3, "forget 3 there but 0")],
+)  # fmt: skip
+def test_baselines_of_another_teacher_classifier_or_pair_are_refused(
+    results_dir, tmp_path, capsys, classifier, forget, message
+) -> None:
+    """`--baselines` must come from a compare of the same pair, teacher and classifier (their
+    cache entries): else one line, exit 2, nothing written, before anything is measured."""
+    script = importlib.import_module("attack_suite")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    protocol = {"teacher": {"folder": "runs/cache/teacher-tt"},
+                "classifier": {"folder": "runs/cache/classifier-aa"}}  # fmt: skip
+    (demo / "metrics.json").write_text(
+        json.dumps({"forget": 0, "override": 1, "protocol": protocol})
+    )
+    same = compare_folder(tmp_path / "same")
+    assert script.check_baselines(demo, same) is None
+    other = compare_folder(tmp_path / "other", classifier, forget)
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--class-run", str(demo), "--baselines", str(other), "--json", "r.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--baselines" in error and message in error
+    assert not (tmp_path / "r.json").exists() and not results_dir.exists()
+    assert "no " in script.check_baselines(demo, tmp_path / "none" / "models")

@@ -8,11 +8,20 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sfd.errors import SFDConfigError
 
 FIT_PREFIXES = ("--model.", "--trainer.")  # options the demos forward to the SFD configuration
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """The argparse parser of sfd's verbs: a mistake argparse finds itself (a value of the wrong
+    type, an unknown choice, a missing argument) is one `sfd: error:` line naming the option and
+    the value, exit status 2 (`SFDConfigError`), like every other refusal, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SFDConfigError(f"{message} (`{self.prog} --help` lists the options)")
 
 
 def is_option(token: str) -> bool:
@@ -197,7 +206,7 @@ def add_class_run_options(parser: argparse.ArgumentParser, defaults: Any) -> Non
         "--curve-every",
         type=int,
         help="forgetting-curve interval (default: iterations/20; SFD under --until-forgotten: "
-        "the rule's probe interval, 10)",
+        "the rule's probe interval, 10, which must not exceed --trainer.max_steps)",
     )
     add(
         "--until-forgotten",
@@ -308,3 +317,37 @@ def class_embedding_budget(options: argparse.Namespace, seed: int) -> Any:
         "eval_samples": options.attack_eval_samples,
     }
     return ClassEmbeddingBudget(**{k: v for k, v in given.items() if v is not None}, seed=seed)
+
+
+def add_revival_options(parser: argparse.ArgumentParser) -> None:
+    """The revival test's options, `--revival STEPS` and its budget (`sfd eval`, `sfd eval-text`,
+    `sfd demo`, `sfd demo-text`); `revival_budget` reads them."""
+    from sfd.eval.attack_budget import RevivalBudget  # no torch
+
+    budget = RevivalBudget()
+    add = parser.add_argument
+    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy of each model "
+        "on real images of the forgotten class for STEPS steps; UA after 0, STEPS/4, STEPS/2, "
+        "STEPS (default: no revival test)")  # fmt: skip
+    add("--revival-images", type=int, default=budget.images,
+        help="k real held-out images of the forgotten class (default %(default)s)")  # fmt: skip
+    add("--revival-lr", type=float, default=budget.lr,
+        help="revival Adam learning rate (default %(default)s)")  # fmt: skip
+    add("--revival-batch", type=int, default=budget.batch_size,
+        help="revival images per step (default %(default)s)")  # fmt: skip
+
+
+def revival_budget(options: argparse.Namespace, seed: int) -> Any:
+    """The revival budget of `add_revival_options` (None without --revival; its values checked by
+    `RevivalBudget`: a negative or zero count, a learning rate outside (0, inf), one line)."""
+    from sfd.eval.attack_budget import RevivalBudget
+
+    if options.revival is None:
+        return None
+    return RevivalBudget(
+        steps=options.revival,
+        images=options.revival_images,
+        lr=options.revival_lr,
+        batch_size=options.revival_batch,
+        seed=seed,
+    )

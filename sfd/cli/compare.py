@@ -7,7 +7,13 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from sfd.cli.common import FIT_PREFIXES, add_class_run_options, is_option, run_quietly
+from sfd.cli.common import (
+    FIT_PREFIXES,
+    OneLineParser,
+    add_class_run_options,
+    is_option,
+    run_quietly,
+)
 from sfd.errors import SFDConfigError
 
 
@@ -17,7 +23,7 @@ def compare_parser() -> argparse.ArgumentParser:
     from sfd.apps.compare.choices import METHOD_KEYS, CompareSettings
 
     defaults = CompareSettings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd compare",
         description="Run forgetting methods on one class-conditional teacher (trained or reused "
         "from the cache) and compare them with one classifier and protocol: UA, where forget "

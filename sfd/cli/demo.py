@@ -9,11 +9,14 @@ from pathlib import Path
 
 from sfd.cli.common import (
     FIT_PREFIXES,
+    OneLineParser,
     add_class_attack_options,
     add_class_run_options,
+    add_revival_options,
     check_attack_suite_options,
     class_embedding_budget,
     is_option,
+    revival_budget,
     run_quietly,
 )
 from sfd.errors import SFDConfigError
@@ -24,11 +27,11 @@ def demo_parser() -> argparse.ArgumentParser:
     from sfd.apps.harness.class_run import ClassRunSettings
 
     defaults = ClassRunSettings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd demo",
         description="Train a digits teacher (or reuse the cached one), forget one class with SFD, "
         "compare with the teacher and a distilled-without-forgetting generator, attack all three "
-        "with a learned class embedding, write a report. "
+        "with a learned class embedding, optionally test revival, write a report. "
         "SFD settings: the packaged preset sfd/apps/harness/sfd_digits.yaml (or --sfd-config), "
         "overridden by `sfd fit` options, e.g. --trainer.max_steps 600 --model.ema_decay 0.99 "
         "--model.fake_optimizer.init_args.lr 1e-4.",
@@ -50,6 +53,7 @@ def demo_parser() -> argparse.ArgumentParser:
     )
     add("--no-attack", action="store_true", help="skip the class-embedding attack")
     add_class_attack_options(parser)
+    add_revival_options(parser)
     return parser
 
 
@@ -69,10 +73,16 @@ def run(args: list[str]) -> None:
                                "by the attack, which --no-attack skips", "drop --no-attack")  # fmt: skip
     given = vars(options)
     attack = None if options.no_attack else class_embedding_budget(options, options.seed)
+    built = {"attack", "revival"}  # from the options below
     settings = ClassRunSettings(
-        **{f.name: given[f.name] for f in fields(ClassRunSettings) if f.name in given},
+        **{
+            f.name: given[f.name]
+            for f in fields(ClassRunSettings)
+            if f.name in given and f.name not in built
+        },
         sfd_args=sfd_args,
         attack=attack,
+        revival=revival_budget(options, options.seed),
         time_full_schedule=not options.skip_full_schedule_timing,
         progress=not options.no_progress,
     )

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from sfd.cli.common import (
     FIT_PREFIXES,
+    OneLineParser,
     add_average_after_option,
     check_attack_suite_options,
     is_option,
+    revival_budget,
     run_quietly,
 )
 from sfd.errors import SFDConfigError
@@ -23,7 +25,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
     from sfd.cli.eval_text_concepts import ATTACK_NAMES, add_attack_options
 
     defaults = TextDemoSettings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd demo-text",
         description="Train a text-to-image teacher on captioned digits or Fashion-MNIST (or reuse "
         "the cached one), distil it into a one-step generator without forgetting (stage 1, "
@@ -78,7 +80,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
         "--curve-every",
         type=int,
         help="forgetting-curve interval (default: iterations/10; SFD under --until-forgotten: "
-        "the rule's 10)",
+        "the rule's 10, which must not exceed --trainer.max_steps)",
     )
     add(
         "--until-forgotten",
@@ -123,7 +125,7 @@ def demo_text_parser() -> argparse.ArgumentParser:
 def run(args: list[str]) -> None:
     """`sfd demo-text`: parse, run, print the table and where the report is."""
     from sfd.apps.demo_text.settings import TextDemoSettings
-    from sfd.cli.eval_text_concepts import attack_budgets, revival_budget
+    from sfd.cli.eval_text_concepts import attack_budgets
 
     parser = demo_text_parser()
     options, sfd_args = parser.parse_known_args(args)  # --help answers before torch

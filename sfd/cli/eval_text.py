@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sfd.cli.common import run_quietly, usable_device
+from sfd.cli.common import OneLineParser, run_quietly, usable_device
 from sfd.errors import SFDConfigError, check_guidance, check_number
 from sfd.folders import check_writable_folder, text_model_index
 
@@ -20,7 +20,7 @@ def run(args: list[str]) -> None:
         from sfd.cli.eval_text_concepts import run as run_concepts
 
         return run_concepts(args)
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd eval-text",
         description="Generate one image set from a prompt file (per-prompt seeds) and score it.",
         epilog="Concept-forgetting mode: sfd eval-text MODEL --classifier DIR --help",

@@ -10,7 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sfd.cli.common import add_objective_option, check_attack_suite_options, run_quietly
+from sfd.cli.common import (
+    OneLineParser,
+    add_objective_option,
+    add_revival_options,
+    check_attack_suite_options,
+    revival_budget,
+    run_quietly,
+)
 from sfd.errors import SFDConfigError
 
 ATTACK_NAMES = ("soft", "discrete")  # the `sfd.eval.attacks.ATTACKS` entries `--attack` runs
@@ -28,9 +35,9 @@ BUDGET_FLAGS = {  # --attack-X -> budget field (None: each attack's own default)
 
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
     """The attack-suite and revival options shared by `sfd eval-text` and `sfd demo-text`."""
-    from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
+    from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget
 
-    soft, discrete, revival = AttackBudget(), DiscreteAttackBudget(), RevivalBudget()
+    soft, discrete = AttackBudget(), DiscreteAttackBudget()
     add = parser.add_argument
     add_objective_option(parser)
     add("--attack-tokens", type=int, help=f"tokens appended (default {soft.num_tokens})")
@@ -46,11 +53,7 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--attack-candidates", type=int,
         help=f"discrete: substitutions tried per step (default {discrete.candidates})")  # fmt: skip
-    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy on real "
-        "images of the forgotten class for STEPS steps; UA after 0, STEPS/4, STEPS/2, STEPS")  # fmt: skip
-    add("--revival-images", type=int, default=revival.images, help="k real images")
-    add("--revival-lr", type=float, default=revival.lr, help="revival Adam learning rate")
-    add("--revival-batch", type=int, default=revival.batch_size, help="revival images per step")
+    add_revival_options(parser)
 
 
 def attack_budgets(options: argparse.Namespace, names: list[str], seed: int) -> dict[str, Any]:
@@ -73,24 +76,9 @@ def attack_budgets(options: argparse.Namespace, names: list[str], seed: int) -> 
     return {name: attack_budget(name, **given, seed=seed) for name in names}
 
 
-def revival_budget(options: argparse.Namespace, seed: int) -> Any:
-    """The revival budget of --revival STEPS (None without it; checked here)."""
-    from sfd.eval.attack_budget import RevivalBudget
-
-    if options.revival is None:
-        return None
-    return RevivalBudget(
-        steps=options.revival,
-        images=options.revival_images,
-        lr=options.revival_lr,
-        batch_size=options.revival_batch,
-        seed=seed,
-    )
-
-
 def concepts_parser() -> argparse.ArgumentParser:
     """Options of the concept mode (a classifier, prompt files, classes, real images, attack)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd eval-text MODEL --classifier DIR",
         description="Concept forgetting of an exported one-step text-to-image generator or a "
         "teacher folder (guided DDIM): UA on training forget prompts and held-out paraphrases, "

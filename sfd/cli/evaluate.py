@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfd.cli.common import (
+    OneLineParser,
     add_class_attack_options,
+    add_revival_options,
     check_attack_suite_options,
     class_embedding_budget,
+    revival_budget,
     run_quietly,
 )
 from sfd.errors import SFDConfigError, check_integer, check_number
@@ -35,7 +38,7 @@ CLASSIFIER_KEYS = {  # config.json of a saved classifier: key -> what it must be
 
 def run(args: list[str]) -> None:
     """`sfd eval MODEL --classifier DIR --data SRC --forget K --override J`."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd eval",
         description="Evaluate an exported one-step generator, or a DDPM teacher under DDIM, for "
         "class forgetting: UA, forget-label histogram, remain accuracy, remain FID/KID, images/s.",
@@ -65,11 +68,7 @@ def run(args: list[str]) -> None:
         "(default: trained once, cached, from --classifier's recorded recipe with another seed)")  # fmt: skip
     add("--cache", type=Path, help="where that trained attacker classifier is cached "
         "(default ~/.cache/sfd)")  # fmt: skip
-    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy on real "
-        "images of the forget class for STEPS steps; UA after 0, STEPS/4, STEPS/2, STEPS")  # fmt: skip
-    add("--revival-images", type=int, default=8, help="k real images of the forget class")
-    add("--revival-lr", type=float, default=1e-4, help="revival Adam learning rate")
-    add("--revival-batch", type=int, default=4, help="revival images per step")
+    add_revival_options(parser)
     options = parser.parse_args(args)
     check_attack_suite_options(parser, args, options, attacking=options.attack is not None)
     model_kind, classifier_config, attack, revival = check_options(options)
@@ -216,8 +215,6 @@ def check_options(options: argparse.Namespace) -> tuple[str, dict[str, Any], Any
                  high_open=True)  # fmt: skip
     if options.output is not None:
         check_writable_file(options.output, "--output")
-    from sfd.cli.eval_text_concepts import revival_budget
-
     return model_kind, classifier_config, attack, revival_budget(options, options.seed)
 
 

@@ -10,13 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
+from sfd.cli.common import OneLineParser
 from sfd.errors import check_integer
 from sfd.folders import check_input_file, check_output_folder
 
 
 def run(args: list[str]) -> None:
     """Parse `sfd export`, check the paths (before importing torch), export the checkpoint."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd export", description="Export the (EMA) generator of an SFD checkpoint."
     )
     parser.add_argument(

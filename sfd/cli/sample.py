@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sfd.cli.common import run_quietly, usable_device
+from sfd.cli.common import OneLineParser, run_quietly, usable_device
 from sfd.errors import SFDConfigError, check_guidance
 from sfd.folders import check_writable_file, pipeline_class_name, write_file_atomically
 
@@ -26,7 +26,7 @@ TILE_FLOOR_PIXELS = (64 + 4) ** 2
 
 def sample_parser() -> argparse.ArgumentParser:
     """The options of `sfd sample`."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd sample", description="Sample an exported one-step generator into one grid image."
     )
     add = parser.add_argument

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sfd.cli.common import run_quietly
+from sfd.cli.common import OneLineParser, run_quietly
 
 
 def teacher_text_parser() -> argparse.ArgumentParser:
     """Options of `sfd teacher-text` (defaults per data set come from `TextTeacherSettings`)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sfd teacher-text",
         description="Train a UNet2DConditionModel (DDPM, --family unet, the default) or an "
         "SD3Transformer2DModel (rectified flow, --family sd3) on captioned images with a frozen "

@@ -460,12 +460,13 @@ class AdversarialTraining:
         then the remain anchor's, from the step's own stream: the plain draws are unchanged."""
         rng = module._stream(FAKE_PHASE if step == "fake" else GENERATOR_PHASE)
 
-        def draw(cond: Any, teacher_cond: Any) -> Draw:
+        def draw(cond: Any, teacher_cond: Any, guidance: float | None = None) -> Draw:
             if step == "fake":
                 return module._fake_draw(cond, rng, attacked.rows)
-            return module._generator_draw(cond, teacher_cond, rng, attacked.rows)
+            return module._generator_draw(cond, teacher_cond, rng, attacked.rows, guidance)
 
-        draws = [draw(attacked.condition, attacked.override)]
+        # The attacked rows are unlearning rows: the teacher at the override's guidance.
+        draws = [draw(attacked.condition, attacked.override, module.hparams.override_guidance)]
         if attacked.remain is not None:
             draws.append(draw(attacked.remain, attacked.remain_plain))
         return draws

@@ -30,6 +30,7 @@ from sfd.teachers.base import Denoiser
 from sfd.teachers.flow import FlowTransformerDenoiser
 from sfd.teachers.text_encoder import (
     check_token_embeddings,
+    check_token_room,
     hidden_states,
     insert_soft_tokens,
     load_text_encoder,
@@ -39,6 +40,8 @@ from sfd.teachers.text_encoder import (
 if TYPE_CHECKING:
     from sfd.core.adversarial import AdversarialSettings
     from sfd.core.generator import OneStepGenerator
+
+ROOM_KEY = "model.adversarial.tokens"  # the setting whose tokens must fit after a forget prompt
 
 START_KEY = "remain_start"  # pool entry (`remain_starts` > 0): the rows that start from remain
 
@@ -150,15 +153,11 @@ class SoftPromptSpace(AttackSpace):
         check_same_embeddings(self, encoded, conditions, type(teacher).__name__)
         check_token_embeddings(self.text_encoder, "the soft-prompt attack of model.adversarial")
         length = self.input_ids.shape[1]
+        check_token_room(
+            tokenizer, conditions.forget_prompts, tokens, self._room(), ROOM_KEY, shortest=True
+        )
         # Only prompts that leave room for the tokens are attacked, as in the evaluation attack.
         self.attackable = (self.used + tokens <= length).nonzero().flatten()  # (F',)
-        if len(self.attackable) == 0:
-            shortest = int(self.used.argmin())
-            raise SFDConfigError(
-                f"model.adversarial.tokens={tokens}: even the shortest forget prompt "
-                f"{conditions.forget_prompts[shortest]!r} has {int(self.used[shortest])} tokens, "
-                f"and {tokens} more exceed the {self.length_name}={length}"
-            )
         # The remain anchor takes the remain prompts with room for the tokens (none: no anchor).
         self.remain_attackable = (self.remain_used + tokens <= length).nonzero().flatten()  # (R',)
         self.sampler = conditions
@@ -254,6 +253,10 @@ class SoftPromptSpace(AttackSpace):
     def _tokenize(self, tokenizer: Any, prompts: list[str]) -> Any:
         return tokenize(tokenizer, prompts)
 
+    def _room(self) -> int | None:
+        """The padded length the tokens must fit in (None: the tokenizer's model_max_length)."""
+        return None
+
     def _plain_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The encoder's hidden states of tokenised prompts, as the teacher was bound with."""
         return hidden_states(self.text_encoder, input_ids, attention_mask)
@@ -287,6 +290,9 @@ class FlowSoftPromptSpace(SoftPromptSpace):
 
     def _tokenize(self, tokenizer: Any, prompts: list[str]) -> Any:
         return self.teacher.tokenize_sequence(tokenizer, prompts)
+
+    def _room(self) -> int | None:
+        return self.teacher.max_sequence_length
 
     def _plain_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.teacher.sequence_states(self.text_encoder, input_ids=input_ids)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from sfd.core.checkpoint_files import load_checkpoint_safely
+from sfd.core.guards import check_one_start
 from sfd.errors import SFDConfigError, check_number
 from sfd.teachers import denoiser_from_spec
 from sfd.teachers.adapter_io import denoiser_from_adapter_spec
@@ -75,10 +76,7 @@ def resolve_sigma_init(
     denoiser: Denoiser, sigma_init: float | None, t_init: int | float | None
 ) -> float:
     """σ_init from exactly one of `sigma_init` and `t_init` (default 2.5); see `OneStepGenerator`."""
-    if sigma_init is not None and t_init is not None:
-        raise SFDConfigError(
-            f"give sigma_init={sigma_init} or t_init={t_init}, not both (t_init fixes σ_init)"
-        )
+    check_one_start(sigma_init, t_init)
     if t_init is None:
         return check_number(
             "sigma_init", 2.5 if sigma_init is None else sigma_init, low=0, low_open=True

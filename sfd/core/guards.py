@@ -263,15 +263,41 @@ class NonFiniteWatch:
         return iteration, f"every {what} gradient element is non-finite"
 
 
+def check_one_start(sigma_init: float | None, t_init: int | float | None) -> None:
+    """Refuse a generator given both σ_init and t_init (t_init fixes σ_init)."""
+    if sigma_init is not None and t_init is not None:
+        raise SFDConfigError(
+            f"sigma_init={sigma_init} with t_init={t_init}: give one, not both (t_init fixes σ_init)"
+        )
+
+
 def check_module_settings(hp: Any) -> None:
-    """Every numeric setting of the module, finite and in range (one line naming the bad one)."""
+    """Every numeric setting of the module, finite and in range (one line naming the bad one).
+
+    `t_init` is checked here only as a time of some teacher (a VP timestep or a flow time, both
+    non-negative); its teacher's own range is checked where the teacher is known."""
     for name in ("batch_size", "steps_per_epoch"):
         check_count(name, hp[name])
+    if hp.get("sigma_init") is not None:
+        check_number("sigma_init", hp.sigma_init, low=0, low_open=True)
+    t_init = hp.get("t_init")
+    check_one_start(hp.get("sigma_init"), t_init)
+    if t_init is not None and (
+        isinstance(t_init, bool)
+        or not isinstance(t_init, int | float)
+        or not math.isfinite(t_init)
+        or t_init < 0
+    ):
+        raise SFDConfigError(
+            f"t_init={t_init!r} must be a teacher's time: a VP teacher's integer timestep "
+            "(0 up to its schedule's length) or a flow teacher's time in (0, 1)"
+        )
     check_number("alpha", hp.alpha, low=0)
     for name in ("lambda_sg_remain", "lambda_sg_forget", "lambda_g_remain", "lambda_g_forget"):
         check_number(name, hp[name], low=0)
     for name in GUIDANCE_SCALES:
-        check_guidance(name, hp[name])
+        if hp.get(name) is not None:  # override_guidance None: teacher_guidance's
+            check_guidance(name, hp[name])
     check_number("cond_dropout", hp.cond_dropout, low=0, high=1, high_open=True)
     if hp.ema_decay is not None:
         check_number("ema_decay", hp.ema_decay, low=0, high=1, high_open=True)

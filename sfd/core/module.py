@@ -9,9 +9,11 @@ the two bases of `SFDModule`.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, NamedTuple
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
@@ -36,13 +38,15 @@ __all__ = ["EMA_RESTART_KEY", "TEACHER_PREFIX", "SFDModule", "default_adam", "em
 
 class Draw(NamedTuple):
     """The draws of one loss term's rows: the condition the generator sees, the teacher's (the
-    generator loss; None for the fake score's DSM), z, σ and ε."""
+    generator loss; None for the fake score's DSM), z, σ, ε and the teacher's guidance scale on
+    these rows (None: `teacher_guidance`)."""
 
     cond: Any
     teacher_cond: Any
     z: Tensor
     sigma: Tensor
     eps: Tensor
+    guidance: float | None = None
 
 
 def joined(draws: list[Draw]) -> Draw:
@@ -95,6 +99,9 @@ class SFDModule(LightningHooks, GeneratorEMA):
         fake_train_guidance: guidance scale of the fake score in its own loss (1: none).
         fake_eval_guidance: guidance scale of the fake score inside the generator loss.
         teacher_guidance: guidance scale of the teacher inside the generator loss.
+        override_guidance: guidance scale of the teacher on the override condition in the
+            unlearning term (and adversarial SFD's attacked rows), where the generator is pulled
+            to the teacher's override concept (None: `teacher_guidance`, as the reference).
         cond_dropout: share of the fake-score step's conditions replaced by the null condition,
             before the generator samples, whenever the fake score is guided
             (fake_train_guidance != 1 or fake_eval_guidance != 1): its unconditional branch
@@ -135,6 +142,7 @@ class SFDModule(LightningHooks, GeneratorEMA):
         fake_train_guidance: float = 1.0,
         fake_eval_guidance: float = 1.0,
         teacher_guidance: float = 1.0,
+        override_guidance: float | None = None,
         cond_dropout: float = 0.1,
         generator: OneStepGenerator | None = None,
         fake_score: Denoiser | None = None,
@@ -172,7 +180,9 @@ class SFDModule(LightningHooks, GeneratorEMA):
         for name, network in (("generator", generator), ("fake_score", fake_score)):
             if network is not None:
                 guards.check_finite_weights(name, network)
-        teacher.check_guidance_scales({name: self.hparams[name] for name in GUIDANCE_SCALES})
+        teacher.check_guidance_scales(
+            {n: self.hparams[n] for n in GUIDANCE_SCALES if self.hparams.get(n) is not None}
+        )
         conditions.check(teacher.num_classes)
         conditions.bind(teacher)
         sigma_sampler.check(teacher.sigma_table)
@@ -216,6 +226,21 @@ class SFDModule(LightningHooks, GeneratorEMA):
         )
 
     # --- the algorithm (docs/method.md §4) --------------------------------------------------------
+
+    @classmethod
+    def check_setting(cls, name: str, value: Any) -> None:
+        """The module's own check of one setting given alone, the others at their defaults
+        (`guards.check_module_settings`): how a configuration error names the allowed range of a
+        value the parser rejects as no number ("nan", "inf", a word). A setting the module does
+        not check passes.
+
+        Raises:
+            SFDConfigError: `value` is outside the setting's range, naming both.
+        """
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+        if name in defaults:
+            guards.check_module_settings(AttributeDict({**defaults, name: value}))
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         fake_opt, generator_opt = self.optimizers()
@@ -274,7 +299,9 @@ class SFDModule(LightningHooks, GeneratorEMA):
                 remain, torch.zeros(1, device=self.device), hp.lambda_g_remain, 0
             )
         extra = [] if attacked is None else self.adversarial.draws("generator", self, attacked)
-        plain = self._generator_draw(conds.forget, conds.override, rng)
+        plain = self._generator_draw(
+            conds.forget, conds.override, rng, guidance=hp.override_guidance
+        )
         forget, *losses = self._generator_terms([plain, *extra])
         terms = LossTerms.combine(remain, forget, hp.lambda_g_remain, hp.lambda_g_forget)
         if attacked is None:
@@ -303,7 +330,7 @@ class SFDModule(LightningHooks, GeneratorEMA):
 
     def _fake_dsms(self, draws: list[Draw]) -> list[Tensor]:
         """The per-sample DSM of each of `draws`, in one call of each network (`joined`)."""
-        cond, _, z, sigma, eps = joined(draws)
+        cond, _, z, sigma, eps, _ = joined(draws)
         with torch.no_grad():
             x_g = self.generator(z, cond)  # (B, C, H, W)
         x = x_g + sigma.view(-1, 1, 1, 1) * eps
@@ -311,32 +338,57 @@ class SFDModule(LightningHooks, GeneratorEMA):
         x0_hat = self.fake_score.guided(x, sigma, fake_cond, self.hparams.fake_train_guidance)
         return list(fake_score_loss(x0_hat, x_g, sigma).split([len(d.z) for d in draws]))
 
-    def _generator_term(
-        self, cond: Any, teacher_cond: Any, rng: torch.Generator, rows: int | None = None
-    ) -> Tensor:
-        """The per-sample generator loss on `rows` samples under `cond`, the teacher at
-        `teacher_cond`."""
-        return self._generator_terms([self._generator_draw(cond, teacher_cond, rng, rows)])[0]
+    def _generator_term(self, *draw: Any) -> Tensor:
+        """The per-sample generator loss of one term drawn by `_generator_draw(*draw)` (cond,
+        teacher_cond, rng[, rows[, guidance]])."""
+        return self._generator_terms([self._generator_draw(*draw)])[0]
 
     def _generator_draw(
-        self, cond: Any, teacher_cond: Any, rng: torch.Generator, rows: int | None = None
+        self,
+        cond: Any,
+        teacher_cond: Any,
+        rng: torch.Generator,
+        rows: int | None = None,
+        guidance: float | None = None,
     ) -> Draw:
-        """The draws of one generator term (z, σ, ε), in the stream's order."""
+        """The draws of one generator term (z, σ, ε), in the stream's order; the teacher guided
+        at `guidance` on its rows (None: `teacher_guidance`)."""
         z = self._randn(rng, rows)
-        return Draw(cond, teacher_cond, z, self._sigma(rng, rows), self._randn(rng, rows))
+        sigma = self._sigma(rng, rows)
+        return Draw(cond, teacher_cond, z, sigma, self._randn(rng, rows), guidance)
 
     def _generator_terms(self, draws: list[Draw]) -> list[Tensor]:
         """The per-sample generator loss of each of `draws`, in one call of each network."""
         hp = self.hparams
-        cond, teacher_cond, z, sigma, eps = joined(draws)
+        cond, teacher_cond, z, sigma, eps, _ = joined(draws)
         x_g = self.generator(z, cond)  # (B, C, H, W), with grad
         x = x_g + sigma.view(-1, 1, 1, 1) * eps
-        teacher_cond = self.conditions.for_role(teacher_cond, "teacher")
         fake_cond = self.conditions.for_role(cond, "fake_eval")
-        x0_hat_teacher = self.teacher.guided(x, sigma, teacher_cond, hp.teacher_guidance)
+        x0_hat_teacher = self._teacher_x0(x, sigma, teacher_cond, draws)
         x0_hat_fake = self.fake_score.guided(x, sigma, fake_cond, hp.fake_eval_guidance)
         loss = generator_loss(x0_hat_teacher, x0_hat_fake, x_g, hp.alpha)
         return list(loss.split([len(d.z) for d in draws]))
+
+    def _teacher_x0(self, x: Tensor, sigma: Tensor, teacher_cond: Any, draws: list[Draw]) -> Tensor:
+        """The guided teacher on the joined rows of `draws` (its condition `teacher_cond`): one call
+        when they share a guidance scale, else one call per draw at its own scale."""
+        scales = [
+            self.hparams.teacher_guidance if d.guidance is None else d.guidance for d in draws
+        ]
+        if len(set(scales)) == 1:
+            return self.teacher.guided(
+                x, sigma, self.conditions.for_role(teacher_cond, "teacher"), scales[0]
+            )
+        sizes = [len(d.z) for d in draws]
+        parts = zip(draws, x.split(sizes), sigma.split(sizes), scales, strict=True)
+        return torch.cat(
+            [
+                self.teacher.guided(
+                    x_d, s_d, self.conditions.for_role(d.teacher_cond, "teacher"), g
+                )
+                for d, x_d, s_d, g in parts
+            ]
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle, a spawned process) gets networks nobody watches

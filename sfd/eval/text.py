@@ -118,13 +118,14 @@ def generate_eval_set(
                 for _, s in chunk
             ]
         )  # (b·k, C, h, w), prompt-major like the pipeline's output
-        images = pipeline(
+        x0 = pipeline(
             [p for p, _ in chunk],
             num_images_per_prompt=num_per_prompt,
             guidance_scale=guidance_scale,
             latents=z,
-            output_type="pt",
+            output_type="latent",
         ).images
+        images = pipeline.model_images(x0)  # [-1, 1], as to_pil reads them
         for j, image in enumerate(images):
             index = start + j // num_per_prompt
             name = f"{index:05d}_{j % num_per_prompt}.png"

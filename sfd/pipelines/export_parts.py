@@ -31,11 +31,16 @@ from sfd.pipelines.delta_lora import (
 from sfd.pipelines.one_step import SETTINGS_KEY, OneStepPipeline
 from sfd.pipelines.one_step_flow import FLOW_PIPELINES, OneStepFlowSampling
 from sfd.pipelines.one_step_sdxl import SDXL_SETTINGS, OneStepSDXLPipeline
-from sfd.pipelines.one_step_text import OneStepTextPipeline
+from sfd.pipelines.one_step_text import OneStepTextPipeline, has_vae
 from sfd.pipelines.single_file import SINGLE_FILE_NAME, write_sdxl_single_file, write_single_file
-from sfd.pipelines.single_file_flow import FLOW_SINGLE_FILE_WRITERS, check_flow_single_file
+from sfd.pipelines.single_file_flow import (
+    FLOW_SINGLE_FILE_WRITERS,
+    check_flow_projection,
+    check_flow_single_file,
+)
 from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers.flow import FlowTransformerDenoiser
+from sfd.teachers.text_encoder import model_index
 
 # --dtype name -> (torch dtype, diffusers variant name of the weight files)
 VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -208,24 +213,82 @@ def write_delta_lora(
 
 
 @dataclass
+class SourceConfigs:
+    """What the generator's source pipeline (the teacher folder or hub id its VAE and text
+    encoders come from) says of its parts in its config files alone: no weight is read, so the
+    export's checks come before any loading.
+
+    Attributes:
+        path: the folder or hub id (None: the generator records none).
+        revision: its hub revision.
+    """
+
+    path: str | None
+    revision: str | None = None
+
+    def component_class(self, name: str) -> str | None:
+        """The class `model_index.json` names for a component (e.g. "CLIPTextModel"), else its
+        config's first architecture; None for a component the pipeline has none of."""
+        if self.path is None:
+            return None
+        entry = model_index(self.path, self.revision).get(name)
+        if isinstance(entry, (list, tuple)) and len(entry) == 2:
+            return entry[1]
+        architectures = self.config(name).get("architectures") or [None]
+        return architectures[0]
+
+    def config(self, name: str) -> dict[str, Any]:
+        """A component's config.json ({} where it has none)."""
+        from transformers import PretrainedConfig
+
+        if self.path is None:
+            return {}
+        try:
+            config, _ = PretrainedConfig.get_config_dict(
+                self.path, subfolder=name, revision=self.revision
+            )
+        except (OSError, ValueError):
+            return {}
+        return config
+
+    def has_vae(self) -> bool:
+        return self.path is not None and has_vae(self.path, self.revision)
+
+
+@dataclass
 class ExportJob:
     """One export being written: what every optional part may read.
 
     Attributes:
-        pipeline: the export's pipeline (`OneStepPipeline` or `OneStepTextPipeline`).
+        pipeline_class: the export's pipeline class (`OneStepPipeline`, `OneStepTextPipeline`,
+            ...), known before the pipeline is built.
         generator: the generator being exported.
         parts: the parts asked for, name -> the user's value (e.g. {"variant": "fp16"}).
         training: the run's training record (its conditions name the forget prompts).
+        pipeline: the export's pipeline, once built (None while the parts are first checked).
     """
 
-    pipeline: Any
+    pipeline_class: type
     generator: OneStepGenerator
     parts: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] | None = None
+    pipeline: Any = None
 
     @property
     def text(self) -> bool:
-        return isinstance(self.pipeline, OneStepTextSampling)
+        return issubclass(self.pipeline_class, OneStepTextSampling)
+
+    @property
+    def source(self) -> SourceConfigs:
+        """The config files of the generator's source pipeline."""
+        denoiser = self.generator.denoiser
+        return SourceConfigs(
+            getattr(denoiser, "pipeline", None), getattr(denoiser, "revision", None)
+        )
+
+
+def _no_check(job: ExportJob, value: Any) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -234,13 +297,17 @@ class ExportPart:
 
     Attributes:
         check: `check(job, value)` raises `SFDConfigError` if the part cannot be written for
-            this generator; called for every asked part before anything is written.
+            this generator; called for every asked part before the pipeline is built (its VAE
+            and text encoders loaded) and before anything is written: it reads config files only.
         write: `write(job, staging, value)` writes the part into the staging folder and returns
             its entries of the export record (export.json, the model card).
+        check_loaded: what only the loaded weights tell (`check_loaded(job, value)`, with
+            `job.pipeline` built), before anything is written.
     """
 
     check: Callable[[ExportJob, Any], None]
     write: Callable[[ExportJob, Path, Any], dict[str, Any]]
+    check_loaded: Callable[[ExportJob, Any], None] = _no_check
 
 
 def _text_to_image_only(job: ExportJob) -> None:
@@ -268,21 +335,28 @@ def check_single_file(job: ExportJob, wanted: bool) -> None:
     if not wanted:
         return
     _text_to_image_only(job)
-    if job.pipeline.vae is None:
+    source = job.source
+    if not source.has_vae():
         raise SFDConfigError(
             "--single-file needs a VAE (the original checkpoint layouts hold the denoising "
             "network, VAE and text encoders); this pixel-space generator has none"
         )
-    if isinstance(job.pipeline, OneStepFlowSampling):
-        check_flow_single_file(job.pipeline, job.pipeline.stock_class.__name__)
+    if issubclass(job.pipeline_class, OneStepFlowSampling):
+        transformer = job.generator.denoiser.transformer.config
+        check_flow_single_file(source, transformer, job.pipeline_class.stock_class.__name__)
         return
-    encoder = type(job.pipeline.text_encoder).__name__
+    encoder = source.component_class("text_encoder")
     if encoder != "CLIPTextModel":
         raise SFDConfigError(
             "--single-file writes the original Stable Diffusion layout, whose text encoder is "
             f"CLIP; this generator's is a {encoder}, which it cannot hold (export without "
             "--single-file)"
         )
+
+
+def check_single_file_weights(job: ExportJob, wanted: bool) -> None:
+    if wanted and issubclass(job.pipeline_class, OneStepFlowSampling):
+        check_flow_projection(job.pipeline, job.pipeline_class.stock_class.__name__)
 
 
 def single_file_part(job: ExportJob, staging: Path, wanted: bool) -> dict[str, Any]:
@@ -307,6 +381,6 @@ def lora_part(job: ExportJob, staging: Path, rank: int) -> dict[str, Any]:
 # is also written in the variant's dtype).
 EXPORT_PARTS: dict[str, ExportPart] = {
     "variant": ExportPart(check_variant, variant_part),
-    "single_file": ExportPart(check_single_file, single_file_part),
+    "single_file": ExportPart(check_single_file, single_file_part, check_single_file_weights),
     "lora": ExportPart(check_lora, lora_part),
 }

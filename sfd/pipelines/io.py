@@ -57,15 +57,20 @@ PIPELINE_CLASSES = {
 }
 
 
-def pipeline_for(generator: OneStepGenerator) -> Any:
-    """The one-step pipeline that holds `generator` (its networks shared, not copied)."""
+def pipeline_class_for(generator: OneStepGenerator) -> type[DiffusionPipeline]:
+    """The one-step pipeline class that holds `generator` (`PIPELINE_FOR_KIND`)."""
     kind = generator.denoiser.kind
     if kind not in PIPELINE_FOR_KIND:
         raise SFDConfigError(
             f"cannot export a generator built on {type(generator.denoiser).__name__}; "
             f"exportable denoiser kinds: {sorted(PIPELINE_FOR_KIND)}"
         )
-    return PIPELINE_FOR_KIND[kind].from_generator(generator)
+    return PIPELINE_FOR_KIND[kind]
+
+
+def pipeline_for(generator: OneStepGenerator) -> Any:
+    """The one-step pipeline that holds `generator` (its networks shared, not copied)."""
+    return pipeline_class_for(generator).from_generator(generator)
 
 
 def standalone_generator(generator: OneStepGenerator) -> OneStepGenerator:
@@ -119,17 +124,22 @@ def save_generator(
     check_finite_weights("the generator", generator, trained=True)
     asked = {"variant": dtype, "single_file": single_file or None, "lora": lora_rank}
     asked |= dict(parts or {})
-    pipeline = pipeline_for(generator)
     job = ExportJob(
-        pipeline, generator, {k: v for k, v in asked.items() if v is not None}, training
+        pipeline_class_for(generator),
+        generator,
+        {k: v for k, v in asked.items() if v is not None},
+        training,
     )
     unknown = sorted(set(job.parts) - set(EXPORT_PARTS))
     if unknown:
         raise SFDConfigError(
             f"export part {unknown[0]!r} is unknown; parts: {sorted(EXPORT_PARTS)}"
         )
-    for name, value in job.parts.items():
+    for name, value in job.parts.items():  # from config files, before anything loads
         EXPORT_PARTS[name].check(job, value)
+    pipeline = job.pipeline = pipeline_for(generator)  # the VAE and text encoders load here
+    for name, value in job.parts.items():
+        EXPORT_PARTS[name].check_loaded(job, value)
     text = job.text
     record: dict[str, Any] = {
         "kind": "text" if text else "class",

@@ -25,6 +25,7 @@ CARD_SETTINGS = (  # training settings quoted on the card, when the checkpoint r
     "fake_train_guidance",
     "fake_eval_guidance",
     "teacher_guidance",
+    "override_guidance",
     "cond_dropout",
     "seed",
 )

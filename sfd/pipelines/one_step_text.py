@@ -56,7 +56,7 @@ def one_step_scheduler(scheduler_config: dict[str, Any], prediction_type: str) -
     )
 
 
-def _has_vae(pipeline: str, revision: str | None) -> bool:
+def has_vae(pipeline: str, revision: str | None) -> bool:
     """Whether a teacher folder has a VAE (its model_index names one; SD folders always do)."""
     entry = model_index(pipeline, revision).get("vae", ["diffusers", "AutoencoderKL"])
     return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
@@ -64,7 +64,7 @@ def _has_vae(pipeline: str, revision: str | None) -> bool:
 
 def load_vae(pipeline: str, revision: str | None) -> AutoencoderKL | None:
     """The VAE of a teacher folder (eval mode), or None for a pixel-space one."""
-    if not _has_vae(pipeline, revision):
+    if not has_vae(pipeline, revision):
         return None
     try:
         return AutoencoderKL.from_pretrained(pipeline, subfolder="vae", revision=revision).eval()

@@ -295,6 +295,7 @@ def write_flux_single_file(pipeline: Any, path: Path, dtype: torch.dtype | None 
 # --- what diffusers' single-file loader can read back ---------------------------------------------
 
 FLUX_WIDTH = 3072  # diffusers' Flux converter splits `linear1` at this width (FLUX.1's)
+TWO_CLIPS = ("text_encoder", "text_encoder_2")  # SD3's CLIP-L and CLIP-G
 TEXT_ENCODERS = {  # stock class -> (pipeline attribute, the class the original layout holds)
     "StableDiffusion3Pipeline": (
         ("text_encoder", "CLIPTextModelWithProjection"),
@@ -305,8 +306,10 @@ TEXT_ENCODERS = {  # stock class -> (pipeline attribute, the class the original 
 }
 
 
-def check_flow_single_file(pipeline: Any, stock_class: str) -> None:
-    """Refuse, in one line, a flow export whose single file diffusers would not read back as it is.
+def check_flow_single_file(source: Any, transformer_config: Any, stock_class: str) -> None:
+    """Refuse, in one line, a flow export whose single file diffusers would not read back as it is,
+    from the config files alone (before the VAE and text encoders load; `check_flow_projection`
+    checks their weights once loaded).
 
     diffusers' `from_single_file` tells SD3's CLIP-L from CLIP-G by their widths, gives CLIP-L an
     identity text projection, and splits
@@ -314,7 +317,9 @@ def check_flow_single_file(pipeline: Any, stock_class: str) -> None:
     other weights or not at all.
 
     Args:
-        pipeline: the export's pipeline.
+        source: the source pipeline's config files (`export_parts.SourceConfigs`: each
+            component's class and config).
+        transformer_config: the generator's transformer config.
         stock_class: "StableDiffusion3Pipeline" or "FluxPipeline"; another flow family's class
             is refused (no original layout is known for it).
     """
@@ -324,38 +329,43 @@ def check_flow_single_file(pipeline: Any, stock_class: str) -> None:
             f"(only {', '.join(FLOW_SINGLE_FILE_WRITERS)}); export without --single-file"
         )
     for name, expected in TEXT_ENCODERS[stock_class]:
-        encoder = getattr(pipeline, name)
-        if encoder is None and name == "text_encoder_3":
+        found = source.component_class(name)
+        if found is None and name == "text_encoder_3":
             continue  # SD3 without T5: the file holds none, the folder names none
-        found = type(encoder).__name__
         if found != expected:
             raise SFDConfigError(
                 f"--single-file writes the original {stock_class} layout, whose {name} is a "
                 f"{expected}; this generator's is a {found} (export without --single-file)"
             )
     if stock_class == "StableDiffusion3Pipeline":
-        clip_l, clip_g = pipeline.text_encoder, pipeline.text_encoder_2
-        if clip_l.config.hidden_size == clip_g.config.hidden_size:
+        clip_l, clip_g = (source.config(name).get("hidden_size") for name in TWO_CLIPS)
+        if clip_l == clip_g:
             raise SFDConfigError(
-                f"--single-file: both CLIP text encoders are {clip_l.config.hidden_size} wide; "
+                f"--single-file: both CLIP text encoders are {clip_l} wide; "
                 "diffusers' single-file loader tells CLIP-L from CLIP-G by width (768 / 1280) "
                 "and would load one in place of the other (export without --single-file)"
             )
-        projection = clip_l.text_projection.weight
-        if not torch.equal(projection, torch.eye(*projection.shape, dtype=projection.dtype)):
-            raise SFDConfigError(
-                "--single-file: the CLIP-L text projection is not the identity, which the "
-                "original SD3 layout assumes (diffusers' loader sets it to the identity); "
-                "export without --single-file"
-            )
     else:
-        config = pipeline.transformer.config
-        width = config.num_attention_heads * config.attention_head_dim
+        width = transformer_config.num_attention_heads * transformer_config.attention_head_dim
         if width != FLUX_WIDTH:
             raise SFDConfigError(
                 f"--single-file: this Flux transformer is {width} wide; diffusers' single-file "
                 f"loader reads FLUX.1's width ({FLUX_WIDTH}) only (export without --single-file)"
             )
+
+
+def check_flow_projection(pipeline: Any, stock_class: str) -> None:
+    """Refuse an SD3 export whose loaded CLIP-L text projection is not the identity, which the
+    original SD3 layout assumes (diffusers' loader sets it to the identity)."""
+    if stock_class != "StableDiffusion3Pipeline":
+        return
+    projection = pipeline.text_encoder.text_projection.weight
+    if not torch.equal(projection, torch.eye(*projection.shape, dtype=projection.dtype)):
+        raise SFDConfigError(
+            "--single-file: the CLIP-L text projection is not the identity, which the "
+            "original SD3 layout assumes (diffusers' loader sets it to the identity); "
+            "export without --single-file"
+        )
 
 
 FLOW_SINGLE_FILE_WRITERS = {

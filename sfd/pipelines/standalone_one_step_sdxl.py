@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
 
 ENCODE_BATCH = 32  # prompts per text-encoder call
 SETTINGS_KEY = "_one_step"  # model_index.json: this pipeline's settings, which stock pipelines skip
@@ -161,7 +162,8 @@ class OneStepSDXLPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance scale; 1 evaluates the generator as trained.
             generator: random stream for z (ignored when `latents` is given).
             latents: the noise z ~ N(0, I) itself, (B, 4, h, w).
-            output_type: "pil", "np" (B, H, W, 3 in [0, 1]), "pt" (B, 3, H, W in [-1, 1]) or
+            output_type: "pil", "np" (B, H, W, 3 in [0, 1]), "pt" (B, 3, H, W in [0, 1], as
+                diffusers' pipelines return it) or
                 "latent" (the x0 latents).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
 
@@ -203,8 +205,8 @@ class OneStepSDXLPipeline(DiffusionPipeline):
         else:
             scaling = self.vae.config.scaling_factor
             images = self.vae.decode((x0 / scaling).to(self.vae.dtype)).sample.float()
-            if output_type == "pt":
-                output = images
+            if output_type == "pt":  # diffusers' meaning: the image processor's [0, 1]
+                output = VaeImageProcessor.denormalize(images)
             else:
                 array = ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
                 output = array if output_type == "np" else self.numpy_to_pil(array)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from diffusers import ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
 from torch import Tensor
 
 from sfd.errors import SFDConfigError
@@ -43,8 +44,8 @@ class OneStepTextSampling:
                 generator as trained, in one evaluation.
             generator: random stream for z (ignored when `latents` is given).
             latents: the noise z ~ N(0, I) itself, (B, C, h, w).
-            output_type: "pil", "np" (B, H, W, 3 in [0, 1]), "pt" (B, 3, H, W in [-1, 1]) or
-                "latent" (the x0 latents).
+            output_type: "pil", "np" (B, H, W, 3 in [0, 1]), "pt" (B, 3, H, W in [0, 1], as
+                the stock pipelines return it) or "latent" (the x0 latents).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
 
         Returns:
@@ -85,10 +86,16 @@ class OneStepTextSampling:
         if output_type == "latent":
             output: Any = x0
         else:
-            images = x0.float() if getattr(self, "vae", None) is None else self.decode_latents(x0)
-            if output_type == "pt":
-                output = images
+            images = self.model_images(x0)
+            if output_type == "pt":  # diffusers' meaning: the image processor's [0, 1]
+                output = VaeImageProcessor.denormalize(images)
             else:
                 array = to_unit_numpy(images)
                 output = array if output_type == "np" else self.numpy_to_pil(array)
         return ImagePipelineOutput(images=output) if return_dict else (output,)
+
+    def model_images(self, x0: Tensor) -> Tensor:
+        """The images of `output_type="latent"`'s x0 in model space, [-1, 1] (B, C, H, W) float32:
+        VAE-decoded, or x0 itself for a pixel-space generator (no VAE). sfd's own evaluation
+        saves these (`output_type="pt"` is diffusers' [0, 1])."""
+        return x0.float() if getattr(self, "vae", None) is None else self.decode_latents(x0)

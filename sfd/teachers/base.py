@@ -7,7 +7,7 @@ stay inside the adapters in this package.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -15,8 +15,14 @@ from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError
 
-# The module's classifier-free guidance scales (`SFDModule` settings), which a teacher may refuse.
-GUIDANCE_SCALES = ("teacher_guidance", "fake_train_guidance", "fake_eval_guidance")
+# The module's classifier-free guidance scales (`SFDModule` settings), which a teacher may refuse
+# (override_guidance may be None: teacher_guidance's).
+GUIDANCE_SCALES = (
+    "teacher_guidance",
+    "fake_train_guidance",
+    "fake_eval_guidance",
+    "override_guidance",
+)
 
 
 class PromptBatch(NamedTuple):
@@ -65,6 +71,28 @@ class Denoiser(nn.Module):
         """Refuse, in one line, classifier-free guidance scales this model cannot take (default: none)."""
 
     @classmethod
+    def check_module_settings(cls, module: Mapping[str, Any]) -> None:
+        """Refuse, in one line, module settings this family rules out whatever its weights (a flow
+        model's t_init outside (0, 1)), reading no file: `sfd fit` and the demos call it on the
+        parsed configuration, before any teacher exists (default: nothing to check).
+
+        Args:
+            module: the module's settings (t_init, the guidance scales, ...).
+        """
+
+    @classmethod
+    def prompt_tokenizer(cls, settings: Mapping[str, Any]) -> tuple[Any, int | None] | None:
+        """The tokenizer that a soft prompt's learned tokens enter, read from the teacher's folder
+        alone (no weights), with the padded length they must fit in (None: the tokenizer's
+        model_max_length); None where there is no such tokenizer or no folder to read it from.
+        `sfd fit` checks model.adversarial.tokens with it before the teacher loads.
+
+        Args:
+            settings: the teacher's init_args as configured.
+        """
+        return None
+
+    @classmethod
     def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
         """Refuse, in one line, what the teacher's settings and the files beside its weights
         (model_index.json, configs) already rule out, before a weight is read or the run is seeded
@@ -74,6 +102,35 @@ class Denoiser(nn.Module):
             settings: the teacher's init_args as configured.
             module: the module's settings (t_init, the guidance scales, ...).
         """
+
+    @classmethod
+    def check_negative_prompt(
+        cls,
+        settings: Mapping[str, Any],
+        module: Mapping[str, Any],
+        setting: str,
+        roles: Sequence[str],
+    ) -> None:
+        """Refuse, in one line, a negative prompt that cannot act: one a guided network sees
+        under classifier-free guidance scale 1, where `guided` returns the conditional branch and
+        never evaluates the negative (`sfd fit` calls it before loading, as
+        `check_before_loading`).
+
+        Args:
+            settings: the teacher's init_args as configured.
+            module: the module's settings (the guidance scales).
+            setting: the conditions' setting that gives the negative prompt, as words.
+            roles: the guided networks (`GUIDED_ROLES` of the conditions) that see it.
+        """
+        for role in roles:
+            scale = module.get(f"{role}_guidance")
+            if scale is not None and float(scale) == 1.0:
+                raise SFDConfigError(
+                    f"conditions {setting} gives {role} a negative prompt, but "
+                    f"model.{role}_guidance is 1: at guidance 1 the negative prompt never acts; "
+                    f"set --model.{role}_guidance above 1, or drop {role!r} from "
+                    "--model.conditions.init_args.negative_for"
+                )
 
     def generator_input(self, z: Tensor, sigma: float) -> Tensor:
         """The σ-space input of the one-step generator for noise z ~ N(0, I): σ·z (SiD's)."""

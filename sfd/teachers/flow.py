@@ -31,6 +31,7 @@ from sfd.teachers.base import Denoiser
 from sfd.teachers.text_encoder import (
     learned_token_rows,
     load_text_encoder,
+    load_tokenizer,
     model_index,
     tokenize,
 )
@@ -375,6 +376,22 @@ class FlowTransformerDenoiser(FlowDenoiser):
         path = settings.get("pretrained_model_name_or_path")
         if path is not None:
             check_flow_folder(cls, str(path), settings.get("revision"), cls.__name__)
+        cls.check_module_settings(module)
+
+    @classmethod
+    def prompt_tokenizer(cls, settings: Mapping[str, Any]) -> tuple[Any, int | None] | None:
+        """The sequence encoder's tokenizer (SD3's T5 slot, Flux's T5), padding to the configured
+        max_sequence_length (default the family's)."""
+        path = settings.get("pretrained_model_name_or_path")
+        if path is None:
+            return None
+        tokenizer = load_tokenizer(str(path), settings.get("revision"), cls.sequence_encoder[0])
+        length = settings.get("max_sequence_length")
+        return tokenizer, cls.default_sequence_length if length is None else length
+
+    @classmethod
+    def check_module_settings(cls, module: Mapping[str, Any]) -> None:
+        """The generator's flow time t_init, strictly inside (0, 1)."""
         if module.get("t_init") is not None:
             check_flow_time("t_init", module["t_init"])
 

@@ -15,7 +15,7 @@ prompt, as the stock pipeline's `true_cfg_scale` does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -61,13 +61,27 @@ def resolve_guidance(guidance_embeds: bool, guidance: float | None) -> float | N
         if guidance is not None:
             raise SFDConfigError(
                 f"guidance={guidance} is an input of guidance-distilled Flux models only; this "
-                "transformer has no guidance embedding (guidance_embeds false): leave it unset "
-                "and use classifier-free guidance scales instead"
+                "transformer has no guidance embedding (guidance_embeds false, e.g. "
+                "FLUX.1-schnell): clear it with --model.teacher.init_args.guidance null "
+                "(configs/flux_base.yaml sets 3.5) and use classifier-free guidance scales instead"
             )
         return None
     return check_number(
         "guidance", DEFAULT_GUIDANCE if guidance is None else guidance, low=0, low_open=True
     )
+
+
+def flux_guidance_embeds(settings: Mapping[str, Any]) -> bool:
+    """Whether the configured Flux transformer is guidance-distilled (its config's
+    `guidance_embeds`), read from transformer/config.json without loading a weight."""
+    path, revision = str(settings["pretrained_model_name_or_path"]), settings.get("revision")
+    try:
+        config = FluxTransformer2DModel.load_config(
+            path, subfolder="transformer", revision=revision
+        )
+    except (OSError, ValueError) as error:
+        raise flow_load_error(path, "transformer config", error) from error
+    return bool(config.get("guidance_embeds"))
 
 
 def check_scales_without_cfg(scales: Mapping[str, float], guidance: float | None) -> None:
@@ -209,13 +223,29 @@ class FluxTeacher(FluxDenoiser):
         """Besides the folder and t_init: the embedded guidance against the transformer's config
         (guidance_embeds) and the module's classifier-free guidance scales."""
         super().check_before_loading(settings, module)
-        path, revision = str(settings["pretrained_model_name_or_path"]), settings.get("revision")
-        try:
-            config = FluxTransformer2DModel.load_config(
-                path, subfolder="transformer", revision=revision
-            )
-        except (OSError, ValueError) as error:
-            raise flow_load_error(path, "transformer config", error) from error
-        guidance = resolve_guidance(bool(config.get("guidance_embeds")), settings.get("guidance"))
+        guidance = resolve_guidance(flux_guidance_embeds(settings), settings.get("guidance"))
         scales = {name: module[name] for name in GUIDANCE_SCALES if module.get(name) is not None}
         check_scales_without_cfg(scales, guidance)
+
+    @classmethod
+    def check_negative_prompt(
+        cls,
+        settings: Mapping[str, Any],
+        module: Mapping[str, Any],
+        setting: str,
+        roles: Sequence[str],
+    ) -> None:
+        """A guidance-distilled model (Flux.1-dev: `guidance_embeds`) runs every guidance scale at
+        1, so no negative prompt can act on it: refused naming the setting to turn off; else the
+        scale-1 check of every teacher."""
+        if roles and flux_guidance_embeds(settings):
+            name = setting.split()[0]
+            off = "false" if name == "keywords_as_negative" else "null"
+            raise SFDConfigError(
+                f"conditions {setting} gives {', '.join(roles)} a negative prompt, which a "
+                "guidance-distilled Flux model (guidance_embeds true, e.g. FLUX.1-dev) never "
+                "uses: its guidance scales stay 1 (guidance is the embedded input); set "
+                f"--model.conditions.init_args.{name} {off}, or use a teacher with "
+                "classifier-free guidance (FLUX.1-schnell or SD3, guidance scales above 1)"
+            )
+        super().check_negative_prompt(settings, module, setting, roles)

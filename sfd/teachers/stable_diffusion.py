@@ -36,12 +36,13 @@ from sfd.teachers.text_encoder import (  # noqa: F401  (re-exported: the text pa
     encode_with,
     hidden_states,
     load_text_encoder,
+    load_tokenizer,
     masks_padding,
     model_index,
     pipeline_load_error,
     tokenize,
 )
-from sfd.teachers.vp import VPDenoiser
+from sfd.teachers.vp import VPDenoiser, check_timestep
 
 ATTENTION_BACKENDS = ("sdpa", "eager")
 
@@ -145,6 +146,12 @@ class StableDiffusionDenoiser(VPDenoiser):
             "pipeline": self.pipeline,
             "revision": self.revision,
         }
+
+    @classmethod
+    def prompt_tokenizer(cls, settings: Mapping[str, Any]) -> tuple[Any, int | None] | None:
+        """The folder's (first) tokenizer, padding to its model_max_length."""
+        path = settings.get("pretrained_model_name_or_path")
+        return None if path is None else (load_tokenizer(str(path), settings.get("revision")), None)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> StableDiffusionDenoiser:
@@ -279,7 +286,10 @@ class StableDiffusionTeacher(StableDiffusionDenoiser):
 
     @classmethod
     def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
-        check_pretrained_folder(*folder_settings(settings))
+        """The folder's files, and t_init against its scheduler's number of timesteps."""
+        scheduler_config = check_pretrained_folder(*folder_settings(settings))
+        if module.get("t_init") is not None:
+            check_timestep(module["t_init"], scheduler_config.get("num_train_timesteps", 1000))
 
 
 def folder_settings(settings: Mapping[str, Any]) -> tuple[str, str | None, str | None, str]:

@@ -85,6 +85,19 @@ def _component_class(index: dict[str, Any], name: str, auto: type) -> type:
     return found
 
 
+def load_tokenizer(path: str, revision: str | None = None, subfolder: str = "tokenizer") -> Any:
+    """A pipeline folder's (or hub id's) tokenizer alone, of the class `model_index.json` names
+    (default AutoTokenizer): what a check of the prompts' token room reads before any weight."""
+    from transformers import AutoTokenizer
+
+    check_hub_source(path, "text encoder pipeline")
+    tokenizer_class = _component_class(model_index(path, revision), subfolder, AutoTokenizer)
+    try:
+        return tokenizer_class.from_pretrained(path, subfolder=subfolder, revision=revision)
+    except (OSError, ValueError) as error:
+        raise pipeline_load_error(path, "tokenizer", error) from error
+
+
 def load_text_encoder(
     path: str | None, revision: str | None = None, suffix: str = ""
 ) -> tuple[Any, nn.Module]:
@@ -94,19 +107,16 @@ def load_text_encoder(
     BertTokenizer / BertModel); without an index, transformers' AutoTokenizer / AutoModel.
     `suffix` picks a second pair: "_2" loads `tokenizer_2/` and `text_encoder_2/` (SDXL).
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     if path is None:
         raise SFDConfigError("this denoiser has no pipeline path, so it cannot encode prompts")
     check_hub_source(path, "text encoder pipeline")
     index = model_index(path, revision)
     tokenizer_name, encoder_name = "tokenizer" + suffix, "text_encoder" + suffix
-    tokenizer_class = _component_class(index, tokenizer_name, AutoTokenizer)
+    tokenizer = load_tokenizer(path, revision, tokenizer_name)
     encoder_class = _component_class(index, encoder_name, AutoModel)
     try:
-        tokenizer = tokenizer_class.from_pretrained(
-            path, subfolder=tokenizer_name, revision=revision
-        )
         text_encoder = encoder_class.from_pretrained(
             path, subfolder=encoder_name, revision=revision
         )
@@ -142,19 +152,59 @@ def tokenize_with_room(
         num_tokens: the tokens to insert.
         max_length: the padded length (None: the tokenizer's `model_max_length`; a flow
             pipeline's sequence encoder: its `max_sequence_length`).
-        what: the setting that asks for the tokens, to start the message (e.g. "--attack-tokens").
+        what: the setting that asks for the tokens, to start the message (e.g. "--attack-tokens"
+            or "model.adversarial.tokens").
     """
     tokens = tokenize(tokenizer, [prompt], max_length)
     ids, mask = tokens.input_ids[0], tokens.attention_mask[0]  # (L,)
     length, used = len(ids), int(mask.sum())
     if used + num_tokens > length:
         limit = "model_max_length" if max_length is None else "max_sequence_length"
-        start = f"{what} {num_tokens}: " if what else ""
         raise SFDConfigError(
-            f"{start}prompt {prompt!r} has {used} tokens; {num_tokens} more exceed the "
+            f"{_asking(what, num_tokens)}prompt {prompt!r} has {used} tokens; {num_tokens} more exceed the "
             f"tokenizer's {limit}={length} (room for {max(length - used, 0)})"
         )
     return ids, mask
+
+
+def _asking(what: str, num_tokens: int) -> str:
+    """The start of a room refusal: "--attack-tokens 40: " (an option), "model.x=40: " (a key)."""
+    if not what:
+        return ""
+    return f"{what} {num_tokens}: " if what.startswith("-") else f"{what}={num_tokens}: "
+
+
+def check_token_room(
+    tokenizer: Any,
+    prompts: list[str],
+    num_tokens: int,
+    max_length: int | None = None,
+    what: str = "",
+    shortest: bool = False,
+) -> None:
+    """Refuse, in one line (`tokenize_with_room`'s), `num_tokens` inserted tokens that do not fit
+    after the prompts: after every one (an attack of each prompt), or with `shortest` after the
+    shortest one (adversarial SFD attacks the prompts with room, so one suffices). The check
+    needs the tokenizer alone: the demos, `sfd fit` and `sfd eval-text` run it before any weight
+    loads.
+
+    Args:
+        tokenizer: the model's tokenizer (`load_tokenizer`).
+        prompts: the prompts the tokens follow.
+        num_tokens: the tokens to insert.
+        max_length: the padded length (None: the tokenizer's `model_max_length`; a flow
+            pipeline's sequence encoder: its `max_sequence_length`).
+        what: the setting that asks for the tokens (e.g. "--attack-tokens").
+    """
+    if shortest and prompts:
+        used = tokenize(tokenizer, prompts, max_length).attention_mask.sum(1)  # (P,)
+        try:
+            tokenize_with_room(tokenizer, prompts[int(used.argmin())], num_tokens, max_length)
+        except SFDConfigError as error:
+            raise SFDConfigError(f"{_asking(what, num_tokens)}even the shortest {error}") from error
+        return
+    for prompt in prompts:
+        tokenize_with_room(tokenizer, prompt, num_tokens, max_length, what)
 
 
 def hidden_states(text_encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ UNets and Stable Diffusion UNets differ only in how the network is called (`VPDe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -121,6 +122,12 @@ def prediction_from_x0(x0: Tensor, x: Tensor, sigma: Tensor, prediction_type: st
     return x0  # "sample"
 
 
+def check_timestep(t_init: Any, length: int) -> None:
+    """Refuse a t_init that is no integer timestep of a VP schedule of `length` steps."""
+    if isinstance(t_init, bool) or not isinstance(t_init, int) or not 0 <= t_init < length:
+        raise SFDConfigError(f"t_init={t_init!r} must be an integer timestep in 0..{length - 1}")
+
+
 class VPDenoiser(Denoiser):
     """Base of the discrete-VP adapters: the σ table, t(σ) and the denoise body.
 
@@ -139,6 +146,17 @@ class VPDenoiser(Denoiser):
         alphas_cumprod = DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod
         self.register_buffer("sigmas", sigmas_from_alphas_cumprod(alphas_cumprod), persistent=False)
 
+    @classmethod
+    def check_module_settings(cls, module: Mapping[str, Any]) -> None:
+        """The generator's t_init, an integer timestep (its upper end, the schedule's length, is
+        checked once the schedule is known: `sigma_at_time`)."""
+        t_init = module.get("t_init")
+        if t_init is not None and (isinstance(t_init, bool) or not isinstance(t_init, int)):
+            raise SFDConfigError(
+                f"t_init={t_init!r} must be an integer timestep of the VP teacher's schedule "
+                "(0 up to its length, e.g. 625); a time in (0, 1) is a flow teacher's"
+            )
+
     @property
     def sigma_table(self) -> Tensor:
         return self.sigmas
@@ -154,10 +172,7 @@ class VPDenoiser(Denoiser):
     def sigma_at_time(self, t_init: Any) -> float:
         """σ_init = σ_t of the integer timestep t_init (the reference's 440 / 625)."""
         table = self.sigmas
-        if isinstance(t_init, bool) or not isinstance(t_init, int) or not 0 <= t_init < len(table):
-            raise SFDConfigError(
-                f"t_init={t_init!r} must be an integer timestep in 0..{len(table) - 1}"
-            )
+        check_timestep(t_init, len(table))
         return float(table[t_init])
 
     def predict(self, x_t: Tensor, timestep: Tensor, cond: Any) -> Tensor:

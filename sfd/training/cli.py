@@ -19,18 +19,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sfd.core import guards
-from sfd.core.adversarial import check_adversarial_settings
+from sfd.core.adversarial import AdversarialSettings, check_adversarial_settings
+from sfd.core.attack_spaces import ROOM_KEY
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR
+from sfd.core.conditions import ConditionSampler, PromptConditions
 from sfd.core.module import SFDModule
 from sfd.core.sigma import SigmaSampler
 from sfd.errors import SFDConfigError, check_integer
 from sfd.teachers.adapter_settings import check_adapter_settings
 from sfd.teachers.base import Denoiser
 from sfd.teachers.flow import FlowDenoiser
+from sfd.teachers.text_encoder import check_token_room
 from sfd.training.callbacks import LoggedSaveConfigCallback
 from sfd.training.completion import PROBE_EVERY, UntilForgotten, check_rule_within
 from sfd.training.config_errors import callback_entries, class_at
-from sfd.training.config_files import check_config_files
+from sfd.training.config_files import check_adversarial_switch, check_config_files
 from sfd.training.fsdp import check_fsdp_config
 from sfd.training.loggers import ResumableWandbLogger
 from sfd.training.memory import budget_setting, check_run_memory
@@ -53,6 +56,7 @@ def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
         the LightningCLI (its `.model`, `.trainer` and `.config`).
     """
     check_config_files(args)
+    check_adversarial_switch(args)
     with warnings.catch_warnings():
         # `args` is how the `sfd` console script hands over its command line, on purpose.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
@@ -124,6 +128,10 @@ class SFDLightningCLI(RunCLI):
             cls = class_at(str(teacher.get("class_path", "")))
             if cls is not None and issubclass(cls, Denoiser):
                 cls.check_before_loading(teacher.get("init_args") or {}, model)
+                negative = negative_setting(model.get("conditions"))
+                if negative is not None:  # one guidance cannot use: refused before loading
+                    cls.check_negative_prompt(teacher.get("init_args") or {}, model, *negative)
+                check_adversarial_room(cls, teacher.get("init_args") or {}, model)
             sampler = model.get("sigma_sampler")
             if cls is not None and issubclass(cls, FlowDenoiser) and isinstance(sampler, Mapping):
                 # a flow teacher has no discrete schedule: the sampler's own check, before loading
@@ -193,12 +201,30 @@ def fit_summary(trainer: Trainer) -> list[str]:
     ]
 
 
+def negative_setting(conditions: Any) -> tuple[str, tuple[str, ...]] | None:
+    """The configured conditions' negative prompt (`ConditionSampler.negative_setting`): the
+    setting that gives it and the roles that see it; None without one."""
+    if not isinstance(conditions, Mapping):
+        return None
+    cls = class_at(str(conditions.get("class_path", "")))
+    if cls is None or not issubclass(cls, ConditionSampler):
+        return None
+    return cls.negative_setting(conditions.get("init_args") or {})
+
+
 def check_model_settings(model: Mapping[str, Any]) -> None:
     """The checks `SFDModule` makes of its numbers and optimizer settings, run on the parsed
     `model` group before anything is built (so a demo refuses them before training a teacher)."""
     if not model:
         return
-    guards.check_module_settings(AttributeDict(model))
+    try:
+        guards.check_module_settings(AttributeDict(model))
+    except SFDConfigError as error:  # named as typed, as `one_line` names a value it rejects
+        raise SFDConfigError(f"model.{error}") from error
+    teacher = model.get("teacher")
+    family = class_at(str(teacher.get("class_path", ""))) if isinstance(teacher, Mapping) else None
+    if family is not None and issubclass(family, Denoiser):
+        family.check_module_settings(model)  # e.g. a flow teacher's t_init, before it exists
     check_adapter_settings(model.get("adapters"))
     adversarial = model.get("adversarial")
     if isinstance(adversarial, Mapping):
@@ -215,6 +241,26 @@ def check_model_settings(model: Mapping[str, Any]) -> None:
         )
         if rank is not None:
             check_integer(f"model.{name}.init_args.rank", rank, 1)
+
+
+def check_adversarial_room(
+    teacher: type[Denoiser], settings: Mapping[str, Any], model: Mapping[str, Any]
+) -> None:
+    """Refuse model.adversarial.tokens that fit after not one forget prompt of the prompt
+    conditions, with the teacher's tokenizer read alone (`Denoiser.prompt_tokenizer`), before the
+    teacher, its text encoders or the prompts' embeddings load."""
+    adversarial, conditions = model.get("adversarial"), model.get("conditions")
+    if not isinstance(adversarial, Mapping) or not isinstance(conditions, Mapping):
+        return
+    sampler = class_at(str(conditions.get("class_path", "")))
+    if sampler is None or not issubclass(sampler, PromptConditions):
+        return
+    found = teacher.prompt_tokenizer(settings)
+    if found is None:
+        return
+    prompts = sampler(**(conditions.get("init_args") or {})).forget_prompts  # reads files only
+    tokens = adversarial.get("tokens", AdversarialSettings.tokens)
+    check_token_room(found[0], prompts, tokens, found[1], ROOM_KEY, shortest=True)
 
 
 class _ParseOnlyCLI(SFDLightningCLI):
@@ -260,6 +306,7 @@ def build_from_fit_config(args: list[str]) -> tuple[SFDModule, dict[str, Any]]:
 def _parse_only(args: list[str], one_line_errors: bool) -> _ParseOnlyCLI:
     if one_line_errors:
         check_config_files(args)
+        check_adversarial_switch(args)
     kwargs: dict[str, Any] = {"parser_kwargs": {"exit_on_error": False}} if one_line_errors else {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")

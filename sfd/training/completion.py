@@ -49,7 +49,10 @@ STALL_MARGIN = 0.02  # a plateau this close above the forgotten level never stal
 
 
 def check_rule_within(
-    max_steps: int | None, every_n: int, every_name: str = "UntilForgotten every_n"
+    max_steps: int | None,
+    every_n: int,
+    every_name: str = "UntilForgotten every_n",
+    instead: str = "",
 ) -> None:
     """Refuse a probe interval beyond the run's `trainer.max_steps`: the rule would probe only at
     the start and at the last iteration, so it could never stop the run on forgetting (a fixed run
@@ -60,6 +63,7 @@ def check_rule_within(
         max_steps: the trainer's max_steps (None or negative: no limit, nothing to check).
         every_n: the rule's probe interval.
         every_name: how the message names the probe interval (e.g. "--curve-every").
+        instead: another way out for the message, e.g. ", or give --no-until-forgotten".
     """
     if max_steps is None or max_steps < 0:
         return
@@ -68,7 +72,7 @@ def check_rule_within(
             f"{every_name}={every_n} exceeds trainer.max_steps={max_steps}: the completion rule "
             "would probe only at the start and at the last iteration, so it could not stop the "
             f"run on forgetting; give a probe interval of at most {max_steps} (or raise "
-            "trainer.max_steps)"
+            f"trainer.max_steps{instead})"
         )
 
 

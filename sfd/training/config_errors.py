@@ -21,11 +21,17 @@ _CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
 _EXPECTED = re.compile(r"Expected a <class '(?:int|float)'>\. Got value: (.*)$")
 
 
-def one_line(error: Exception) -> str:
+def one_line(error: Exception, model_class: type | None = None) -> str:
     """jsonargparse's multi-line error as one line naming the key, the value and what is allowed.
 
     Nested keys of a class's arguments are joined the way they are typed on the command line
     (`model.conditions.init_args.forget`).
+
+    Args:
+        error: jsonargparse's error.
+        model_class: the class of the `model` group; where it has a `check_setting(name, value)`
+            (`SFDModule`), a `model.<name>` value the parser rejects as no number ("nan", "inf",
+            a word) is refused by that check, which names the allowed range.
     """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if not lines:
@@ -33,6 +39,9 @@ def one_line(error: Exception) -> str:
     keys = [match.group(1) for line in lines for match in _KEY.finditer(line)]
     if not keys:
         return _tidy(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[1]}")
+    refusal = _model_refusal(keys, lines, model_class)
+    if refusal is not None:
+        return refusal
     refusal = _class_refusal(lines)
     if refusal is not None:
         return refusal
@@ -53,6 +62,29 @@ def one_line(error: Exception) -> str:
     reason = _reason(rest)
     shown = f"{key}={value}" if value is not None else key
     return _tidy(f"{shown}: {reason}" if reason else shown)
+
+
+def _model_refusal(keys: list[str], lines: list[str], model_class: type | None) -> str | None:
+    """The model class's own refusal of a `model.<name>` value the parser rejected as no number
+    (`check_setting`), the key named as typed ("model.alpha=nan must be a finite number in
+    [0, inf)"); None when the class has no such check or lets the value pass."""
+    check = getattr(model_class, "check_setting", None)
+    given = next((m.group(1).strip() for line in lines if (m := _GIVEN.search(line))), None)
+    if check is None or given is None or len(set(keys)) != 1 or not keys[0].startswith("model."):
+        return None
+    name = keys[0].removeprefix("model.")
+    value: object = given
+    try:
+        value = float(given)
+    except ValueError:
+        pass
+    try:
+        check(name, value)
+    except SFDConfigError as refusal:
+        text = str(refusal)
+        if text.startswith(f"{name}=") and "\n" not in text:
+            return f"model.{text}"
+    return None
 
 
 def _first_class_path_only(lines: list[str]) -> list[str]:

@@ -56,3 +56,36 @@ def check_config_files(args: list[str]) -> None:
                 f"config file {name!r} holds a {type(content).__name__}, not a mapping of "
                 "settings (key: value lines such as 'trainer:' and 'model:')"
             )
+
+
+ADVERSARIAL_KEY = "--model.adversarial"
+
+
+def check_adversarial_switch(args: list[str]) -> None:
+    """Refuse a `--model.adversarial.<setting>` option that no earlier part of the command line
+    turns adversarial SFD on for: a config file with a `model.adversarial` block (such as
+    configs/adversarial.yaml) or `--model.adversarial` with a value. On its own, jsonargparse
+    would build the block from that one setting and the defaults, and a run meant as plain SFD
+    (or one whose later `-c configs/adversarial.yaml` resets the setting) would train otherwise.
+
+    Args:
+        args: a training command line (after the verb); the config files are checked already.
+    """
+    on = False
+    for index, token in enumerate(args):
+        key, given, value = token.partition("=")
+        following = args[index + 1] if index + 1 < len(args) else ""
+        if key in CONFIG_FLAGS:
+            model = yaml.safe_load(Path(value if given else following).read_text("utf-8")) or {}
+            model = model.get("model") if isinstance(model.get("model"), dict) else {}
+            if "adversarial" in model:
+                on = model["adversarial"] is not None
+        elif key == ADVERSARIAL_KEY:
+            on = (value if given else following).strip().lower() not in ("", "null", "none")
+        elif key.startswith(ADVERSARIAL_KEY + ".") and not on:
+            raise SFDConfigError(
+                f"{key} {value if given else following}: a setting of adversarial SFD, which "
+                "nothing before it turns on; give it "
+                "after -c configs/adversarial.yaml (or --model.adversarial '{}'), which turns "
+                "adversarial SFD on with its defaults"
+            )

@@ -195,7 +195,7 @@ def estimate_module(
     hp = module.hparams
     shape = StepShape(
         batch=hp.batch_size,
-        teacher_guided=hp.teacher_guidance != 1.0,
+        teacher_guided=hp.teacher_guidance != 1.0 or hp.get("override_guidance") not in (None, 1.0),
         fake_train_guided=hp.fake_train_guidance != 1.0,
         fake_eval_guided=hp.fake_eval_guidance != 1.0,
     )

@@ -59,7 +59,7 @@ class RunCLI(LightningCLI):
             super().__init__(*args, **kwargs)
         except ArgumentError as error:
             self._remove_new_paths()
-            raise SFDConfigError(one_line(error)) from error
+            raise SFDConfigError(one_line(error, getattr(self, "model_class", None))) from error
         except ValueError as error:
             self._remove_new_paths()
             mistake = _user_mistake_inside(error)

@@ -35,7 +35,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     output, cache = root / "out", root / "cache"
     args = ["demo", "--output-dir", str(output), "--teacher-cache", str(cache)]
     objective = ["--attack-objective", "both"]  # white-box and transfer attacks
-    assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO, *objective]) == 0
+    revival = ["--revival", "4", "--revival-images", "2", "--revival-batch", "2"]
+    assert main([*args, "--forget", "3", "--override", "5", *TINY_DEMO, *objective, *revival]) == 0
     return output, cache
 
 
@@ -71,6 +72,29 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
         assert 0.0 <= attack["success_rate"] <= 1.0 and attack["budget"]["steps"] == 2
     assert metrics["attack"]["teacher"]["class_embedding"]["sampler"].startswith("DDIM 1 steps")
     assert "## Class-embedding attack" in (output / "report.md").read_text()
+    for key in MODELS:  # the revival test on every model: UA after 0, N/4, N/2, N steps
+        revival = metrics["revival"][key]
+        assert revival["steps"] == [0, 1, 2, 4] and len(revival["losses"]) == 4
+        assert all(0.0 <= ua <= 1.0 for ua in revival["ua"])
+        assert revival["budget"] == {
+            "steps": 4,
+            "images": 2,
+            "lr": 1e-4,
+            "batch_size": 2,
+            "seed": 0,
+        }
+        assert revival["condition"] == "the class label 3"
+    revival_table = (output / "report.md").read_text().split("## Revival")[1]
+    assert (
+        "| model | UA after 0 steps | UA after 1 steps | UA after 2 steps | UA after 4 steps |"
+        in revival_table
+    )
+    for title in (
+        "teacher (DDIM)",
+        "one-step, distilled without forgetting",
+        "one-step SFD (forgetting)",
+    ):
+        assert f"\n| {title} | " in revival_table
     for key in MODELS:  # the transfer attack beside it; the attacker read the white-box images
         white, transfer = (metrics["attack"][key][f"class_embedding{s}"] for s in ("", "-transfer"))
         assert white["objective_classifier"] == "white-box"
@@ -318,7 +342,13 @@ def test_demo_and_compare_take_classes_by_index_or_name(tmp_path: Path) -> None:
 def test_demo_adversarial_trains_sfd_against_the_class_embedding_attack(tmp_path: Path) -> None:
     output = tmp_path / "out"
     args = ["demo", "--output-dir", str(output), "--teacher-cache", str(tmp_path / "cache")]
-    assert main([*args, *TINY_DEMO, "--adversarial", "--model.adversarial.steps", "1"]) == 0
+    revival = ["--revival", "2", "--revival-images", "2", "--revival-batch", "2"]
+    assert (
+        main([*args, *TINY_DEMO, "--adversarial", "--model.adversarial.steps", "1", *revival]) == 0
+    )
+    revival_table = (output / "report.md").read_text().split("## Revival")[1]
+    assert "\n| one-step adversarial SFD (forgetting) | " in revival_table  # the model it tested
+    assert "\n| one-step, distilled without forgetting | " in revival_table
     record = json.loads((output / "generator" / "sfd_export.json").read_text())
     assert record["training"]["hyperparameters"]["adversarial"]["steps"] == 1
     headers = [set(log.read_text().splitlines()[0].split(",")) for log in output.rglob("*.csv")]

@@ -31,6 +31,7 @@ def tiny_settings(root: Path, data: str, bert: Path) -> TextDemoSettings:
         text_encoder=str(bert),
         classifier_steps=2,
         sfd_args=TINY_SFD,
+        curve_every=1,  # under the rule: a probe interval within the 2 iterations
         curve_per_class=1,
         forget_images=4,
         remain_per_class=2,

@@ -171,6 +171,17 @@ def test_the_cache_key_records_how_the_ema_averaged(tiny_teacher_dir: Path) -> N
     assert shared["adapter_ema"] == ADAPTER_EMA
 
 
+def test_the_override_guidance_leaves_the_stage_one_key(tiny_teacher_dir: Path) -> None:
+    """Stage 1 has no unlearning term: the override's guidance is not in its cache key, so a
+    preset that sets it reuses the stage 1 cached before the setting existed."""
+    args = ClassRunSettings().sfd_command_line(str(tiny_teacher_dir), "stage1")
+    plain = stage_one_description("teacher-x", args)
+    guided = stage_one_description("teacher-x", [*args, "--model.override_guidance", "4.5"])
+    assert guided == plain
+    assert "override_guidance" not in plain["model"]
+    assert "teacher_guidance" in plain["model"]  # what stage 1 trains with stays in
+
+
 def test_a_cached_curve_is_kept_only_for_the_classifier_that_read_it(stage1, tmp_path) -> None:
     """The stage-1 cache key does not cover the evaluation classifier: a curve saved with one
     classifier's fingerprint comes back for that classifier, and is left out for another one or

@@ -162,3 +162,97 @@ def test_the_attack_suite_targets_read_the_one_home_and_say_not_measured() -> No
     assert [c.strip() for c in rows[neighbour]] == ["not measured", "–"]
     assert [c.strip() for c in rows["UA (training prompts / class) ≥ 99 %"]][1] == "yes"
     assert "idle" not in table
+
+
+ADV_PROTOCOL = {"sfd_settings": {"model": {"adversarial": {"steps": 2, "tokens": 16}}}}
+
+
+def adversarial_results(soft: float, discrete: float | None) -> TextDemoResults:
+    attacks = {"soft": {**ATTACK_ENTRY, "success_rate": soft}}
+    if discrete is not None:
+        attacks["discrete"] = {**ATTACK_ENTRY, "success_rate": discrete}
+    return TextDemoResults(
+        2, 1, 0, ["zero", "one"],
+        {"teacher": evaluation(0.0, 0.95, 0.9, 2.0),
+         "distilled_without_forgetting": evaluation(0.0, 0.95, 0.9, 2.0),
+         "sfd": evaluation(1.0, 0.94, 0.95, 2.6)},
+        {"sfd": attacks,
+         "distilled_without_forgetting": {"soft": {**ATTACK_ENTRY, "success_rate": 0.9}},
+         "teacher": {}},
+        [], [], 10, ADV_PROTOCOL, {}, [],
+    )  # fmt: skip
+
+
+def test_the_adversarial_targets_are_issue_22s() -> None:
+    """Hand-checked: each attack ≤ 5 % (5 % exactly met, 6 % missed, not run: not measured), UA
+    ≥ 99 % / 95 %, accuracy ≤ 2 points below the teacher's, remain FID ≤ 1.1× plain SFD's (2.2 /
+    2.0 met, 2.4 / 2.0 missed, no plain SFD: not measured); a class model (no paraphrases, no
+    neighbours) gets no row for those."""
+    from sfd.apps.harness.targets import adversarial_targets
+
+    model = {"ua": 0.99, "ua_paraphrases": 0.94, "remain_accuracy": 0.93,
+             "neighbour_accuracy": 0.925, "fid_remain": 2.2}  # fmt: skip
+    teacher = {"remain_accuracy": 0.95, "neighbour_accuracy": 0.95}
+    found = adversarial_targets(model, teacher, 2.0, {"soft": 0.05, "discrete": 0.06, "x": None})
+    assert met(found) == {
+        "soft_attack_success_at_most_5_percent": True,
+        "discrete_attack_success_at_most_5_percent": False,
+        "x_attack_success_at_most_5_percent": None,
+        UA: True, PARA: False, REMAIN: True, NEIGHBOUR: False,
+        "fid_at_most_1.1x_plain_sfd": True,
+    }  # fmt: skip
+    assert found["fid_at_most_1.1x_plain_sfd"]["value"] == pytest.approx(1.1)
+    assert found["soft_attack_success_at_most_5_percent"]["title"] == (
+        "adversarial SFD soft success ≤ 5 %"
+    )
+    assert not adversarial_targets({**model, "fid_remain": 2.4}, teacher, 2.0, {})[
+        "fid_at_most_1.1x_plain_sfd"
+    ]["met"]
+    unplain = adversarial_targets(model, teacher, None, {})["fid_at_most_1.1x_plain_sfd"]
+    assert (unplain["value"], unplain["met"]) == (None, None)
+    cls = {"ua": 1.0, "ua_paraphrases": None, "remain_accuracy": 0.95,
+           "neighbour_accuracy": None, "fid_remain": 2.0}  # fmt: skip
+    assert set(adversarial_targets(cls, teacher, 2.0, {})) == {
+        UA,
+        REMAIN,
+        "fid_at_most_1.1x_plain_sfd",
+    }
+
+
+def test_the_adversarial_text_demo_reports_issue_22s_targets() -> None:
+    """`sfd demo-text --adversarial`: the SFD row is titled adversarial SFD and its targets are
+    issue 22's (soft 3 % ≤ 5 % met, a soft share of half of no forgetting's is not the target;
+    discrete not run: not measured; FID against plain SFD: not measured, said why), not issue
+    24's "at most half of no forgetting's"."""
+    from sfd.apps.demo_text.report import PLAIN_NOTE, markdown_report
+
+    files = {name: f"{name}.png" for name in ("forgetting_curve", "forget_histogram", "samples")}
+    results = adversarial_results(0.03, None)
+    report = markdown_report(results, files)
+    assert "| one-step adversarial SFD (forgetting) | 1 |" in report
+    assert "| one-step SFD (forgetting) |" not in report
+    assert "| soft_attack_success_at_most_5_percent | 0.030 | yes |" in report
+    assert "| discrete_attack_success_at_most_5_percent | — | not measured |" in report
+    assert "| fid_at_most_1.1x_plain_sfd | — | not measured |" in report
+    assert ATTACK not in report and "fid_at_most_1.2x_teacher" not in report
+    assert PLAIN_NOTE in report
+    # 40 % soft success is under half of no forgetting's 90 % (issue 24's target) but misses 5 %
+    missed = adversarial_results(0.4, 0.02).targets()
+    assert missed["soft_attack_success_at_most_5_percent"]["met"] is False
+    assert missed["discrete_attack_success_at_most_5_percent"]["met"] is True
+    assert (
+        "plain SFD"
+        not in markdown_report(TextDemoResults(**{**vars(results), "protocol": {}}), files)
+        .split("## Targets")[1]
+        .split("## Remain")[0]
+    )
+
+
+def test_the_class_demo_titles_adversarial_sfd() -> None:
+    """The class demo's titles come from the same home as the text demo's."""
+    from sfd.apps.demo import report as demo_report
+    from sfd.apps.harness.report_folder import report_titles
+
+    assert demo_report.report_titles is report_titles
+    assert report_titles(ADV_PROTOCOL)["sfd"] == "one-step adversarial SFD (forgetting)"
+    assert report_titles({})["sfd"] == "one-step SFD (forgetting)"

@@ -356,7 +356,22 @@ CASES: list[Case] = [
      "holds a 'StableDiffusion3Pipeline' pipeline; StableDiffusionTeacher"),
     ("fit-flow-adversarial-tokens",
      lambda w, o: flow_fit(w, o, "sd3", "sd3", "-c", str(CONFIGS / "adversarial.yaml")),
-     "model.adversarial.tokens=16: even the shortest forget prompt"),
+     "model.adversarial.tokens=16: even the shortest prompt"),
+    ("fit-flux-adversarial-tokens",  # the T5 slot's tokenizer alone, before the transformer loads
+     lambda w, o: flow_fit(w, o, "flux", "flux", "-c", str(CONFIGS / "adversarial.yaml")),
+     "model.adversarial.tokens=16: even the shortest prompt"),
+    ("fit-sd-adversarial-tokens",  # the tokenizer alone, before the UNet and text encoder load
+     lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+                   "-c", str(CONFIGS / "adversarial.yaml"),
+                   "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.adversarial.tokens", "100", "--trainer.accelerator", "cpu",
+                   "--trainer.default_root_dir", str(o)],
+     "model.adversarial.tokens=100: even the shortest prompt"),
+    ("fit-sd-t-init-beyond-schedule",  # against the folder's scheduler config, before loading
+     lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
+                   "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "text_teacher"),
+                   "--model.t_init", "5000", "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(o)],
+     "t_init=5000 must be an integer timestep in 0.."),
     ("fit-flow-ddpm-scheduler", lambda w, o: flow_fit(w, o, "sd3", "sd3_ddpm"),
      "a flow-matching teacher needs one of ('FlowMatchEulerDiscreteScheduler',)"),
     ("fit-flow-timestep-sampler",
@@ -373,7 +388,15 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "--model.conditions.init_args.forget", "abc"), "model.conditions.init_args.forget=abc: expected one of [int, list[int]]"),
     ("fit-bad-learning-rate",
      lambda w, o: fit(w, o, "--model.fake_optimizer.init_args.lr", "fast"), "model.fake_optimizer.init_args.lr=fast: expected one of [float"),
-    ("fit-bad-int", lambda w, o: fit(w, o, "--model.batch_size", "many"), "model.batch_size=many: expected int"),
+    ("fit-bad-int", lambda w, o: fit(w, o, "--model.batch_size", "many"), "model.batch_size='many' must be an integer of at least 1"),
+    # a module setting the parser takes for no number (nan, inf, a word): the module's own range
+    ("fit-alpha-nan", lambda w, o: fit(w, o, "--model.alpha", "nan"), "model.alpha=nan must be a finite number in [0, inf)"),
+    ("fit-cond-dropout-word",
+     lambda w, o: fit(w, o, "--model.cond_dropout", "often"), "model.cond_dropout='often' must be a finite number in [0, 1)"),
+    ("demo-lambda-forget-inf",
+     lambda w, o: demo(w, o, "--model.lambda_g_forget", "inf"), "model.lambda_g_forget=inf must be a finite number in [0, inf)"),
+    ("demo-text-ema-decay-nan",
+     lambda w, o: demo(w, o, "--model.ema_decay", "nan", verb="demo-text"), "model.ema_decay=nan must be a finite number in [0, 1)"),
     ("fit-unknown-option", lambda w, o: fit(w, o, "--model.frobnicate", "1"), "frobnicate"),
     ("fit-gradient-clip-val",
      lambda w, o: fit(w, o, "--trainer.gradient_clip_val", "1.0"), "set model.fake_grad_clip / model.generator_grad_clip instead"),
@@ -645,13 +668,41 @@ CASES: list[Case] = [
     ("demo-text-attack-tokens-beyond-room",  # refused before prompts/ and the teacher
      lambda w, o: demo(w, o, "--attack-tokens", "1000", verb="demo-text"),
      "--attack-tokens 1000: prompt 'a handwritten digit seven' has"),
+    ("demo-text-adversarial-tokens-beyond-room",  # refused before prompts/ and the teacher
+     lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.tokens", "40", verb="demo-text"),
+     "model.adversarial.tokens=40: even the shortest prompt 'seven' has 3 tokens; 40 more exceed the tokenizer's model_max_length=24"),
+    ("demo-text-sd3-adversarial-tokens-beyond-room",  # before classifier/, prompts/, stage 1
+     lambda w, o: demo(w, o, "--family", "sd3", "--adversarial", "--model.adversarial.tokens", "30", verb="demo-text"),
+     "model.adversarial.tokens=30: even the shortest prompt 'seven' has 3 tokens; 30 more exceed the tokenizer's max_sequence_length=24"),
+    ("demo-text-sd3-attack-tokens-beyond-room",
+     lambda w, o: demo(w, o, "--family", "sd3", "--attack-tokens", "30", verb="demo-text"),
+     "--attack-tokens 30: prompt 'a handwritten digit seven' has 7 tokens; 30 more exceed the tokenizer's max_sequence_length=24"),
     ("demo-text-curve-every-beyond-max-steps",
      lambda w, o: demo(w, o, "--curve-every", "100000", verb="demo-text"), "--curve-every=100000 exceeds trainer.max_steps="),
     ("demo-curve-every-beyond-max-steps",
      lambda w, o: demo(w, o, "--curve-every", "100000"), "--curve-every=100000 exceeds trainer.max_steps="),
+    # the rule's default interval (10) against a shorter run: refused as sfd fit refuses it
+    ("demo-default-curve-every-beyond-max-steps",
+     lambda w, o: demo(w, o, "--trainer.max_steps", "5"),
+     "the default --curve-every=10 exceeds trainer.max_steps=5"),
+    ("demo-text-default-curve-every-beyond-max-steps",
+     lambda w, o: demo(w, o, "--trainer.max_steps", "3", verb="demo-text"),
+     "the default --curve-every=10 exceeds trainer.max_steps=3"),
     ("demo-text-attack-tokens-negative",
      lambda w, o: demo(w, o, "--attack-tokens", "-4", verb="demo-text"), "attack num_tokens=-4"),
     ("demo-text-revival-negative", lambda w, o: demo(w, o, "--revival", "-2", verb="demo-text"), "revival steps=-2"),
+    ("demo-text-revival-not-integer",
+     lambda w, o: demo(w, o, "--revival", "2.5", verb="demo-text"), "argument --revival: invalid int value: '2.5'"),
+    # sfd demo's revival test (the class path), refused before the teacher trains
+    ("demo-revival-negative", lambda w, o: demo(w, o, "--revival", "-2"), "revival steps=-2"),
+    ("demo-revival-not-integer", lambda w, o: demo(w, o, "--revival", "2.5"), "argument --revival: invalid int value: '2.5'"),
+    ("demo-revival-lr-zero", lambda w, o: demo(w, o, "--revival", "4", "--revival-lr", "0"), "revival lr=0.0"),
+    ("demo-revival-images-without-revival",
+     lambda w, o: demo(w, o, "--revival-images", "3"), "--revival-images 3 is read only with --revival"),
+    ("demo-revival-too-few-images-of-class",
+     lambda w, o: demo(w, o, "--revival", "4", "--revival-images", "100000"),
+     "needs 100000 real images of the forgotten class 0"),
+    ("eval-revival-not-integer", lambda w, o: evaluate(w, o, "--revival", "ten"), "argument --revival: invalid int value: 'ten'"),
     ("demo-text-average-after-negative",
      lambda w, o: demo(w, o, "--average-after", "-3", verb="demo-text"), "--average-after -3 must be >= 0"),
     ("demo-text-average-after-without-ema",
@@ -676,11 +727,11 @@ CASES: list[Case] = [
      lambda w, o: demo(w, o, "--teacher-steps", "0", verb="compare"), "--teacher-steps 0"),
     # --- adversarial SFD (issue 22): its settings, refused before anything is built ---
     ("fit-adversarial-steps-negative",
-     lambda w, o: fit(w, o, "--model.adversarial.steps", "-1"), "model.adversarial.steps=-1 must be an integer of at least 0"),
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.steps", "-1"), "model.adversarial.steps=-1 must be an integer of at least 0"),
     ("fit-adversarial-tokens-negative",
-     lambda w, o: fit(w, o, "--model.adversarial.tokens", "-4"), "model.adversarial.tokens=-4 must be an integer of at least 1"),
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.tokens", "-4"), "model.adversarial.tokens=-4 must be an integer of at least 1"),
     ("fit-adversarial-share-above-one",
-     lambda w, o: fit(w, o, "--model.adversarial.share", "1.5"), "model.adversarial.share=1.5 must be a finite number in [0, 1]"),
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.share", "1.5"), "model.adversarial.share=1.5 must be a finite number in [0, 1]"),
     ("fit-adversarial-preset-share-negative",
      lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.share", "-0.5"), "model.adversarial.share=-0.5"),
     ("demo-adversarial-share-above-one",
@@ -692,9 +743,9 @@ CASES: list[Case] = [
     ("fit-adversarial-pool-zero",
      lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.pool", "0"), "model.adversarial.pool=0 must be an integer of at least 1"),
     ("fit-adversarial-samples-zero",
-     lambda w, o: fit(w, o, "--model.adversarial.samples", "0"), "model.adversarial.samples=0 must be an integer of at least 1"),
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.samples", "0"), "model.adversarial.samples=0 must be an integer of at least 1"),
     ("fit-adversarial-sigmas-negative",
-     lambda w, o: fit(w, o, "--model.adversarial.sigmas", "[0.4, -1]"), "model.adversarial.sigmas=-1.0 must be a finite number in"),
+     lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.sigmas", "[0.4, -1]"), "model.adversarial.sigmas=-1.0 must be a finite number in"),
     ("demo-text-adversarial-restart-share-above-one",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.restart_share", "2", verb="demo-text"), "model.adversarial.restart_share=2.0 must be a finite number in [0, 1]"),
     ("demo-text-adversarial-refresh-zero",
@@ -713,6 +764,40 @@ CASES: list[Case] = [
      lambda w, o: fit(w, o, "-c", str(CONFIGS / "adversarial.yaml"), "--model.adversarial.remain_starts", "0.5"), "model.adversarial.remain_starts=0.5 needs prompt conditions"),
     ("demo-text-adversarial-anchor-text",
      lambda w, o: demo(w, o, "--adversarial", "--model.adversarial.anchor", "strong", verb="demo-text"), "adversarial.anchor='strong' must be a finite number in [0, inf)"),
+    # a lone --model.adversarial.* would switch adversarial SFD on with defaults: refused
+    ("fit-adversarial-setting-without-block",
+     lambda w, o: fit(w, o, "--model.adversarial.steps", "4"),
+     "--model.adversarial.steps 4: a setting of adversarial SFD, which nothing before it turns on"),
+    ("fit-adversarial-setting-before-preset",  # the later preset would reset it to its own value
+     lambda w, o: fit(w, o, "--model.adversarial.steps=4", "-c", str(CONFIGS / "adversarial.yaml")),
+     "--model.adversarial.steps 4: a setting of adversarial SFD, which nothing before it turns on"),
+    ("demo-adversarial-setting-without-flag",
+     lambda w, o: demo(w, o, "--model.adversarial.steps", "4"),
+     "--model.adversarial.steps 4: a setting of adversarial SFD, which is off; add --adversarial"),
+    ("demo-text-adversarial-setting-without-flag",
+     lambda w, o: demo(w, o, "--model.adversarial.steps=4", verb="demo-text"),
+     "--model.adversarial.steps 4: a setting of adversarial SFD, which is off; add --adversarial"),
+    # --- the generator's start: the module's own checks before the teacher loads or trains ---
+    ("fit-t-init-nan", lambda w, o: fit(w, o, "--model.t_init", "nan"),
+     "model.t_init=nan must be a teacher's time: a VP teacher's integer timestep"),
+    ("fit-sd3-sigma-init-with-t-init",  # the SD3 preset gives t_init: refused before loading
+     lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.sigma_init", "2.5"),
+     "model.sigma_init=2.5 with t_init=0.97: give one, not both"),
+    ("demo-sigma-init-with-t-init",
+     lambda w, o: demo(w, o, "--model.sigma_init", "2.5", "--model.t_init", "500"),
+     "model.sigma_init=2.5 with t_init=500: give one, not both"),
+    ("demo-t-init-flow-time-on-vp-teacher",  # refused before the teacher trains
+     lambda w, o: demo(w, o, "--model.sigma_init", "null", "--model.t_init", "0.97"),
+     "t_init=0.97 must be an integer timestep of the VP teacher's schedule"),
+    ("demo-text-sd3-t-init-beyond-one",  # refused before prompts/ and the teacher
+     lambda w, o: demo(w, o, "--family", "sd3", "--model.t_init", "1.2", verb="demo-text"),
+     "t_init=1.2 must be a flow time strictly between 0 and 1"),
+    ("demo-text-sd3-sigma-init-with-t-init",
+     lambda w, o: demo(w, o, "--family", "sd3", "--model.sigma_init", "2.5", verb="demo-text"),
+     "model.sigma_init=2.5 with t_init=0.7142857142857143: give one, not both"),
+    ("demo-text-sd3-t-init-nan",
+     lambda w, o: demo(w, o, "--family", "sd3", "--model.t_init", "nan", verb="demo-text"),
+     "model.t_init=nan must be a teacher's time"),
     # --- sfd demo-text: refused before any file is written or any teacher trained ---
     ("demo-text-guidance-absurd",
      lambda w, o: demo(w, o, "--model.teacher_guidance", "1000", verb="demo-text"), "teacher_guidance=1000.0"),
@@ -777,16 +862,6 @@ SETUP: dict[str, Callable[[pytest.MonkeyPatch], None]] = {  # case -> what it ch
 }
 
 
-# Cases refused only once a pipeline has loaded (its loading bars come first): known gaps.
-LOADS_BEFORE_REFUSING = {
-    "fit-flow-adversarial-tokens",  # needs the sequence tokenizer and the conditions' prompts
-    # sfd export builds the pipeline (transformers' "Loading weights" bar) before these checks
-    "export-single-file-bert",
-    "export-single-file-flux-width",
-    "export-single-file-sd3-clip-widths",
-}
-
-
 def listing(root: Path) -> dict[str, float]:
     return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
 
@@ -813,8 +888,7 @@ def test_bad_input(
         err = capfd.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("sfd: error:")]
     assert len(errors) == 1, err
-    if name not in LOADS_BEFORE_REFUSING:
-        assert [line for line in err.splitlines() if line.strip()] == errors, err  # nothing else
+    assert [line for line in err.splitlines() if line.strip()] == errors, err  # nothing else
     assert fragment in errors[0], errors[0]
     assert "Traceback" not in err
     assert "Seed set" not in err  # the seed line comes only once the settings are checked
@@ -965,3 +1039,29 @@ def test_a_class_s_own_refusal_inside_jsonargparse_is_one_line() -> None:
     except ValueError as wrapped:
         assert _user_mistake_inside(wrapped) is mistake
     assert _user_mistake_inside(ValueError("a library's own fault")) is None
+
+
+@pytest.mark.parametrize("folder", ["text_teacher", "sd3"])
+def test_eval_text_checks_attack_room_before_the_model_loads(
+    folder: str,
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """`--attack-tokens` beyond the room is refused from the tokenizer folder alone: the model
+    (UNet or transformer, text encoders, VAE) never loads."""
+    import sfd.apps.harness.concept_run as concept_run
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded before the room check")
+
+    monkeypatch.setattr(concept_run, "load_text_model", no_loading)
+    argv = digit_concepts(world, tmp_path / "out", world / folder, "--attack", "soft",
+                          "--attack-tokens", "500")  # fmt: skip
+    capfd.readouterr()
+    assert main(argv) == 2
+    [line] = capfd.readouterr().err.splitlines()
+    assert line.startswith("sfd: error: --attack-tokens 500: prompt 'a handwritten digit one'"), (
+        line
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, fit_args
+from conftest import CONFIGS, concept_presets, fit_args
 from diffusers import UNet2DModel
 from grids import assert_tiles
 from PIL import Image
@@ -229,7 +229,7 @@ FLOW_BASES = {
 }
 
 
-@pytest.mark.parametrize("concept", ["sd15_celebrity.yaml", "sd15_nudity.yaml"])
+@pytest.mark.parametrize("concept", concept_presets())
 @pytest.mark.parametrize("base", sorted(FLOW_BASES))
 def test_flow_presets_compose_with_the_concept_presets(base: str, concept: str) -> None:
     parsed = parse_fit_config(["-c", str(CONFIGS / base), "-c", str(CONFIGS / concept)])

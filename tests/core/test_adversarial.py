@@ -911,21 +911,27 @@ def test_a_pool_without_adam_moments_is_refused_in_one_line() -> None:
         attacker.load_state_dict(old, world_size=1)
 
 
-@pytest.mark.parametrize("path", ["class", "text"])
+@pytest.mark.parametrize("path", ["class", "text", "text-override-guidance"])
 def test_the_attacked_rows_in_the_forget_terms_calls_give_the_separate_calls_numbers(
     path, text_setup, single_thread
 ) -> None:
     """The training step computes the adversarial terms (and the remain anchor's) in the plain
     forget term's network calls; oracle: each term in its own calls on the same streams, as
     method §9 writes them (loss terms and the generator's gradients; float tolerance: one
-    batched call against several)."""
+    batched call against several). With an override guidance the unlearning rows (plain and
+    attacked) take the teacher at it and the remain anchor at teacher_guidance."""
     if path == "class":
         settings = AdversarialSettings(steps=1, share=0.5, rivals=3, posterior_weight=True)
         module = class_module(settings)
     else:
         settings = AdversarialSettings(steps=1, tokens=2, share=0.5, anchor=0.5)
-        module = text_module(text_setup, settings, lambda_sg_forget=1.0, lambda_g_forget=1.0)
+        guided = {"override_guidance": 2.5} if path == "text-override-guidance" else {}
+        module = text_module(
+            text_setup, settings, lambda_sg_forget=1.0, lambda_g_forget=1.0, **guided
+        )
+    path = path.split("-")[0]
     hp, attack = module.hparams, module.adversarial
+    override = hp.override_guidance  # None: teacher_guidance's
     module.generator.eval()
     attacked = attack.attack(module)
     assert (attacked.remain is not None) == (path == "text")
@@ -944,8 +950,11 @@ def test_the_attacked_rows_in_the_forget_terms_calls_give_the_separate_calls_num
         else:
             rng, own = module._stream(2), module._stream(6)
             remain = module._generator_term(conds.remain, conds.remain, rng).mean()
-            forget = module._generator_term(conds.forget, conds.override, rng).mean()
-            per_row = module._generator_term(attacked.condition, attacked.override, own, rows)
+            forget = module._generator_term(conds.forget, conds.override, rng, None, override)
+            forget = forget.mean()
+            per_row = module._generator_term(
+                attacked.condition, attacked.override, own, rows, override
+            )
             if attacked.weights is not None:
                 per_row = per_row * attacked.weights
             extra = per_row.mean()

@@ -96,6 +96,7 @@ BAD_SETTINGS = [
     ({"lambda_g_forget": INF}, "lambda_g_forget=inf"),
     ({"lambda_sg_remain": -0.5}, "lambda_sg_remain=-0.5"),
     ({"teacher_guidance": NAN}, "teacher_guidance=nan"),
+    ({"override_guidance": -1.0}, "override_guidance=-1.0"),
     ({"cond_dropout": 1.0}, "cond_dropout=1.0"),
     ({"ema_decay": NAN}, "ema_decay=nan"),
     ({"generator_grad_clip": 0.0}, "generator_grad_clip=0.0"),
@@ -234,7 +235,7 @@ def test_cli_exit_statuses(teacher_dir, tmp_path, capsys) -> None:
     """A bad value: one line, exit 2, no run folder. A diverging run: one line, exit 1."""
     bad = fit_args(teacher_dir, tmp_path / "bad", "--model.alpha", ".nan")  # YAML NaN
     assert main(bad) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("sfd: error: alpha=nan")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("sfd: error: model.alpha=nan")
     lr = "--model.generator_optimizer.init_args.lr"
     diverging = fit_args(teacher_dir, tmp_path / "run", lr, "1e10", "--trainer.max_steps", "6")
     assert main(diverging) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONFIGS
 from sd_fixtures import NEGATIVE, celebrity_conditions
 
 from sfd.core.conditions import (
@@ -91,6 +92,21 @@ def test_celebrity_default_prompts_are_the_shipped_list() -> None:
     assert (
         all("tom cruise" in p for p in no_list.forget_prompts) and len(no_list.forget_prompts) == 8
     )
+
+
+def test_the_style_preset_maps_each_van_gogh_painting_to_a_painting() -> None:
+    """configs/sd15_style.yaml's pair on the shipped list: the override is the forget prompt with
+    the artist removed (hand-written pairs), and no override names the artist."""
+    import yaml
+
+    preset = yaml.safe_load((CONFIGS / "sd15_style.yaml").read_text())
+    conds = PromptConditions(**preset["model"]["conditions"]["init_args"])
+    assert len(conds.forget_prompts) == 40
+    assert conds.forget_prompts[2] == "A Van Gogh painting of sunflowers in a vase."
+    assert conds.override_prompts[2] == "A painting of sunflowers in a vase."
+    assert conds.override_prompts[3] == "A painting of a cafe terrace at night."
+    assert not any("gogh" in p.lower() for p in conds.override_prompts)
+    assert all("van gogh painting" in p.lower() for p in conds.forget_prompts)
 
 
 def test_sampling_is_rank_sliced_and_uses_cached_embeddings(sd_teacher) -> None:

@@ -474,3 +474,21 @@ def test_the_docs_stock_snippet_runs_and_matches_sfd(text_export, tmp_path: Path
         error = np.abs(got[key].astype(np.float64) / 255 - expected)
         assert error.max() <= 0.5 / 255 + STOCK_ATOL, key
     assert got["lora"].shape == got["stock"].shape
+
+
+def test_text_pipelines_return_pt_images_as_diffusers_does(text_export) -> None:
+    """`output_type="pt"`: sfd's SD pipeline and the standalone file return the stock image
+    processor's [0, 1] images (as StableDiffusionPipeline does), the same tensors."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from sfd.pipelines.standalone_one_step_text import OneStepTextPipeline as Standalone
+
+    folder, _ = text_export
+    ours, standalone = load_pipeline(folder), Standalone.from_pretrained(folder)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(SEED))
+    with torch.no_grad():
+        latents = ours(PROMPTS, latents=z, output_type="latent").images
+        expected = VaeImageProcessor().postprocess(ours.model_images(latents), output_type="pt")
+        images = [p(PROMPTS, latents=z, output_type="pt").images for p in (ours, standalone)]
+    assert images[0].min() >= 0 and images[0].max() <= 1
+    assert torch.equal(images[0], expected) and torch.equal(images[1], expected)

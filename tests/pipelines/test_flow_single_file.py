@@ -134,7 +134,7 @@ def test_a_flow_family_without_a_known_layout_is_refused_in_one_line() -> None:
     with pytest.raises(SFDConfigError, match=r"^--single-file: no original single-file layout is "
                        r"known for QwenImagePipeline exports \(only StableDiffusion3Pipeline, "
                        r"FluxPipeline\); export without --single-file$"):  # fmt: skip
-        check_flow_single_file(None, "QwenImagePipeline")
+        check_flow_single_file(None, None, "QwenImagePipeline")
 
 
 def config_only(folder: Path, target: Path) -> Path:
@@ -268,11 +268,30 @@ def test_flow_single_file_refusals(flow_dirs, tmp_path) -> None:
     pipeline = pipeline_for(generator)
     with torch.no_grad():
         pipeline.text_encoder.text_projection.weight.mul_(2)  # shared with the export below
-    with pytest.raises(SFDConfigError, match="CLIP-L text projection is not the identity"):
-        from sfd.pipelines.export_parts import ExportJob, check_single_file
+    from sfd.pipelines.export_parts import EXPORT_PARTS, ExportJob
 
-        check_single_file(ExportJob(pipeline, generator), True)
+    job = ExportJob(type(pipeline), generator, pipeline=pipeline)
+    EXPORT_PARTS["single_file"].check(job, True)  # its config files are those of a release
+    with pytest.raises(SFDConfigError, match="CLIP-L text projection is not the identity"):
+        EXPORT_PARTS["single_file"].check_loaded(job, True)
     assert not any((tmp_path / name).exists() for name in ("a", "b"))
+
+
+def test_flow_single_file_refusals_come_before_any_loading(flow_dirs, tmp_path, monkeypatch):
+    """The refusals that the config files decide come before the VAE and text encoders load (no
+    loading bar before the one line): the pipeline is never built."""
+    import sfd.pipelines.io as io
+
+    def no_loading(generator):
+        raise AssertionError("the pipeline was built before the refusal")
+
+    monkeypatch.setattr(io, "pipeline_for", no_loading)
+    flux = FluxTeacher(str(flow_dirs["flux"]), sample_size=LATENT_SIZE, max_sequence_length=16)
+    with pytest.raises(SFDConfigError, match="this Flux transformer is 32 wide"):
+        save_generator(OneStepGenerator(flux, t_init=T_INIT), tmp_path / "a", single_file=True)
+    sd3 = SD3Teacher(str(flow_dirs["sd3"]), max_sequence_length=16)
+    with pytest.raises(SFDConfigError, match="both CLIP text encoders are 16 wide"):
+        save_generator(OneStepGenerator(sd3, t_init=T_INIT), tmp_path / "b", single_file=True)
 
 
 @pytest.mark.slow

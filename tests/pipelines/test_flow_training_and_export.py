@@ -38,7 +38,7 @@ def teachers(flow_dirs) -> dict[str, object]:
     }
 
 
-def flow_module(teacher, guidance: float) -> SFDModule:
+def flow_module(teacher, guidance: float, **settings: float) -> SFDModule:
     return SFDModule(
         teacher,
         celebrity_conditions(),
@@ -56,19 +56,25 @@ def flow_module(teacher, guidance: float) -> SFDModule:
         fake_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
         generator_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
         steps_per_epoch=100,
+        **settings,
     )
 
 
-def stock_latents(family: str, folder: Path, z: torch.Tensor, record: dict) -> torch.Tensor:
-    """The export sampled by the stock diffusers class, no sfd code: latents of one Euler step."""
+def stock_latents(
+    family: str, folder: Path, z: torch.Tensor, record: dict, output_type: str = "latent"
+) -> torch.Tensor:
+    """The export sampled by the stock diffusers class, no sfd code: latents of one Euler step
+    (or, with `output_type`, the stock pipeline's own output of that kind)."""
     call = record["stock_call"]
     if family == "sd3":
         pipe = StableDiffusion3Pipeline.from_pretrained(folder)
-        return pipe(PROMPTS, latents=z, output_type="latent", **call).images
+        return pipe(PROMPTS, latents=z, output_type=output_type, **call).images
     pipe = FluxPipeline.from_pretrained(folder)
     packed = pipe(
-        PROMPTS, latents=FluxPipeline._pack_latents(z, *z.shape), output_type="latent", **call
+        PROMPTS, latents=FluxPipeline._pack_latents(z, *z.shape), output_type=output_type, **call
     )
+    if output_type != "latent":
+        return packed.images
     return FluxPipeline._unpack_latents(packed.images, call["height"], call["width"], 1)
 
 
@@ -112,8 +118,13 @@ def test_flow_sfd_trains_exports_and_the_stock_pipeline_samples_it(
         stock = stock_latents(family, folder, z, record)
     torch.testing.assert_close(pipeline_latents, trained, rtol=0, atol=1e-5)
     torch.testing.assert_close(stock.float(), trained, rtol=0, atol=1e-5)
-    images = ours(PROMPTS, latents=z, output_type="pt").images
+    with torch.no_grad():
+        images = ours(PROMPTS, latents=z, output_type="pt").images
+        stock_images = stock_latents(family, folder, z, record, "pt")
     assert images.shape[:2] == (2, 3) and bool(torch.isfinite(images).all())
+    # output_type="pt" means what it means in the stock pipeline: the image processor's [0, 1]
+    assert images.min() >= 0 and images.max() <= 1
+    torch.testing.assert_close(images, stock_images.float(), rtol=0, atol=1e-4)
 
 
 def test_a_stock_flow_folder_is_not_an_export(flow_dirs) -> None:
@@ -125,6 +136,8 @@ def test_guidance_distilled_flux_refuses_cfg_before_training(flow_dirs) -> None:
     teacher = teachers(flow_dirs)["flux"]()
     with pytest.raises(SFDConfigError, match="teacher_guidance=4.5 is classifier-free guidance"):
         flow_module(teacher, 4.5)
+    with pytest.raises(SFDConfigError, match="override_guidance=3.0 is classifier-free guidance"):
+        flow_module(teacher, 1.0, override_guidance=3.0)
 
 
 # the tiny Flux folder records no sample size (Flux transformers do not): give its latent size

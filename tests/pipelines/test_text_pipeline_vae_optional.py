@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
 from sfd.core.generator import OneStepGenerator
@@ -50,10 +51,15 @@ def test_export_and_reload_bit_identical(teachers, space, tmp_path, single_threa
     if space == "pixels":
         assert images[0].shape == (2, 1, 8, 8)
         plain = reloaded(prompts, latents=z, output_type="pt").images
-        assert torch.equal(plain, latents)  # no VAE: x0 is the image
+        # no VAE: x0 is the image, in "pt" as diffusers' image processor returns it ([0, 1])
+        assert torch.equal(plain, VaeImageProcessor().postprocess(latents, output_type="pt"))
+        assert torch.equal(reloaded.model_images(latents), latents)
     else:
         assert images[0].shape == (2, 1, 16, 16)
         vae = reloaded.vae
         with torch.no_grad():  # the oracle: diffusers' own decode of latents / scaling_factor
             expected = vae.decode(latents / vae.config.scaling_factor).sample
-        torch.testing.assert_close(reloaded(prompts, latents=z, output_type="pt").images, expected)
+        torch.testing.assert_close(
+            reloaded(prompts, latents=z, output_type="pt").images,
+            VaeImageProcessor().postprocess(expected, output_type="pt"),
+        )

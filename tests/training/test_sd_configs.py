@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONFIGS
+from conftest import CONFIGS, concept_presets
 
 from sfd.cli import main
 
@@ -13,6 +13,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 SD_CONFIGS = {
     "sd15_celebrity.yaml": "epsilon",
     "sd15_nudity.yaml": "epsilon",
+    "sd15_style.yaml": "epsilon",
     "sd21_vpred.yaml": "v_prediction",
 }
 
@@ -108,7 +109,14 @@ def test_lora_fake_score_switch_parses() -> None:
     assert config.model.fake_score.init_args.rank == 16
 
 
-SDXL_CONCEPTS = ("sd15_celebrity.yaml", "sd15_nudity.yaml")
+SDXL_CONCEPTS = tuple(concept_presets())
+
+
+def test_every_concept_preset_composes_with_the_sd_base() -> None:
+    """A new concept preset in configs/ is parsed and trained with sd_base.yaml here, with
+    sdxl_base.yaml below and with the flow bases (tests/cli/test_fit_export_sample.py)."""
+    assert {"sd15_celebrity.yaml", "sd15_nudity.yaml", "sd15_style.yaml"} <= set(concept_presets())
+    assert set(concept_presets()) <= set(SD_CONFIGS)
 
 
 @pytest.mark.parametrize("name", SDXL_CONCEPTS)

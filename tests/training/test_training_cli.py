@@ -262,3 +262,32 @@ def test_docs_plain_trainer_snippet(
     exec(code, second)  # a restart of the same script
     assert second["trainer"].ckpt_path == str(last.resolve())
     assert second["trainer"].global_step == 20
+
+
+def test_every_number_setting_of_the_module_names_its_range_for_nan_inf_and_words() -> None:
+    """`--model.X nan` (or inf, or a word) on any float setting of `SFDModule`: one line naming the
+    setting, the value and the allowed range (the module's own check), not jsonargparse's bare
+    "expected float"."""
+    import inspect
+
+    from sfd.apps.harness.settings import default_sfd_config
+    from sfd.core.module import SFDModule
+    from sfd.training.cli import parse_fit_config
+
+    parameters = inspect.signature(SFDModule.__init__).parameters.values()
+    floats = [p.name for p in parameters if "float" in str(p.annotation)]
+    assert {"alpha", "ema_decay", "sigma_init", "t_init", "cond_dropout"} <= set(floats)
+    values = ["nan", "inf", "lots"]
+    for index, name in enumerate(floats):
+        value = values[index % len(values)]
+        with pytest.raises(SFDConfigError) as refused:
+            parse_fit_config(["-c", str(default_sfd_config()), f"--model.{name}", value],
+                             one_line_errors=True)  # fmt: skip
+        message = str(refused.value)
+        shown = value if value != "lots" else repr(value)
+        assert message.startswith(f"model.{name}={shown} must be "), message
+        assert "\n" not in message and ("in [" in message or "in (" in message), message
+    with pytest.raises(SFDConfigError) as refused:  # YAML's own .nan is a float: the same line
+        parse_fit_config(["-c", str(default_sfd_config()), "--model.alpha", ".nan"],
+                         one_line_errors=True)  # fmt: skip
+    assert str(refused.value) == "model.alpha=nan must be a finite number in [0, inf)"

@@ -21,6 +21,8 @@ from sfd.apps.harness.report_folder import (
     printed_table,
     protocol_section,
     remain_table,
+    report_titles,
+    revival_section,
     save_figure,
     show_grid,
     ua_ceiling_line,
@@ -51,6 +53,7 @@ class DemoResults:
         protocol: seeds, sample counts, samplers, settings, library versions.
         grids: uint8 sample grids per model key, (K·n, C, H, W), rows = classes.
         attacks: model key -> {"class_embedding": its result} (empty: not run).
+        revivals: model key -> its revival test (`RevivalResult.to_dict()`; empty: not run).
     """
 
     num_classes: int
@@ -64,6 +67,7 @@ class DemoResults:
     protocol: dict[str, Any]
     grids: dict[str, Tensor]
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revivals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def curve_summary(self) -> dict[str, Any]:
         """First iteration with UA >= 95 %, absolute and as a fraction of training."""
@@ -87,6 +91,7 @@ class DemoResults:
             forgetting_curve_summary=self.curve_summary(),
             throughput=self.throughput,
             attack=self.attacks,
+            revival=self.revivals,
             protocol=self.protocol,
         )
         return data
@@ -121,9 +126,10 @@ def plot_sample_grids(results: DemoResults, path: Path) -> None:
     aspect = (n // results.num_classes) * width / (results.num_classes * height)
     figure = Figure(figsize=(len(keys) * (1.2 + 3.6 * aspect), 4.6))
     labels = [class_label(results, c) for c in range(results.num_classes)]
+    titles = report_titles(results.protocol)
     for index, key in enumerate(keys):
         axes = figure.add_subplot(1, len(keys), index + 1)
-        show_grid(axes, results.grids[key], results.num_classes, MODEL_TITLES[key], 9, labels)
+        show_grid(axes, results.grids[key], results.num_classes, titles[key], 9, labels)
     figure.suptitle(
         f"rows = classes; forget {results.forget} -> override {results.override}", fontsize=10
     )
@@ -131,7 +137,9 @@ def plot_sample_grids(results: DemoResults, path: Path) -> None:
 
 
 def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
-    """report.md: the table, per-class accuracy, throughput, curve summary, figures and protocol."""
+    """report.md: the table, per-class accuracy, attack, revival, throughput, curve summary,
+    figures and protocol."""
+    titles = report_titles(results.protocol)
     lines = [
         f"# SFD class forgetting: class {results.forget} -> override {results.override}",
         "",
@@ -139,7 +147,7 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
             column_titles(REPORT_COLUMNS),
             {
                 title: row_cells(results.models[key], REPORT_COLUMNS)
-                for key, title in MODEL_TITLES.items()
+                for key, title in titles.items()
                 if key in results.models
             },
         ),
@@ -157,7 +165,8 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
         *remain_table(results.models, remain),
     ]
     if results.attacks:
-        lines += ["", "## Class-embedding attack", "", *attack_table(results.attacks)]
+        lines += ["", "## Class-embedding attack", "", *attack_table(results.attacks, titles)]
+    lines += revival_section(results.revivals, titles)
     lines += ["", "## Sampling throughput (measured)", "", "| sampler | NFE | images/s | timed |"]
     lines.append("|---|---|---|---|")
     for name, t in results.throughput.items():
@@ -194,7 +203,7 @@ def markdown_report(results: DemoResults, files: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
+def attack_table(attacks: dict[str, dict[str, Any]], titles: dict[str, str]) -> list[str]:
     """The class-embedding attacks' success per model and objective (white-box, transfer), with
     the attacker classifier's agreement where it read the images; each attack's budget,
     objective and ASR definition."""
@@ -205,7 +214,7 @@ def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
     for key, entry in attacks.items():
         for name, result in entry.items():
             lines.append(
-                f"| {MODEL_TITLES.get(key, key)} | {name}"
+                f"| {titles.get(key, key)} | {name}"
                 f" | {format_value(result['success_rate'], 1, percent=True)}"
                 f" | {format_value(result['success_rate_without_attack'], 1, percent=True)}"
                 f" | {format_value(result.get('agreement'), 1, percent=True)}"

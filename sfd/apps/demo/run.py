@@ -21,12 +21,14 @@ from sfd.apps.harness.evaluation import (
     FEATURES,
     SAME_NOISE,
     THROUGHPUT,
+    class_revival,
     evaluate_with_grid,
     protocol_head,
     real_floor,
 )
 from sfd.apps.harness.methods import DistillMethod, Fitted, Run, SFDMethod
 from sfd.apps.harness.phases import Phases
+from sfd.apps.harness.report_folder import revival_summary
 from sfd.apps.harness.settings import ClassRunSettings, check_settings, default_sfd_config
 from sfd.apps.harness.stages import stage_two_label
 from sfd.apps.harness.workspace import (
@@ -55,7 +57,7 @@ __all__ = ["ClassRunSettings", "check_settings", "default_sfd_config", "run_demo
 
 def run_demo(settings: ClassRunSettings) -> dict[str, Path]:
     """Run the whole demo; returns the report's artefact paths."""
-    phases = Phases(TOOL, 6)
+    phases = Phases(TOOL, 6 + (settings.revival is not None))
     workspace, sfd = start_run(settings)  # every check before anything is written
     output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
@@ -92,10 +94,29 @@ def run_demo(settings: ClassRunSettings) -> dict[str, Path]:
             metrics=results.models["sfd"].to_dict(),
             metrics_source=f"{TOOL} evaluation (metrics.json, models.sfd)",
         )
+    if settings.revival is not None:
+        with phases.phase("revival", "revival test"):
+            for key, sampler in model_samplers(settings, workspace, output).items():
+                results.revivals[key] = class_revival(sampler, settings, workspace)
+                phases.say(revival_summary(key, results.revivals[key]))
     results.protocol["phase_seconds"] = phases.finish()
 
     with phases.phase(None, "report"):
         return write_report(results, output)
+
+
+def model_samplers(
+    settings: ClassRunSettings, workspace: Workspace, output: Path
+) -> dict[str, Any]:
+    """The demo's three models as samplers: the teacher under DDIM (`ddim_steps`) and both
+    generators reloaded from their exports, by report key."""
+    return {
+        "teacher": ddim_sampler(workspace.teacher(), settings.ddim_steps),
+        "distilled_without_forgetting": one_step_sampler(
+            load_generator(output / "generator_without_forgetting")
+        ),
+        "sfd": one_step_sampler(load_generator(output / "generator")),
+    }
 
 
 def evaluate_all(
@@ -109,13 +130,7 @@ def evaluate_all(
     """Evaluate the teacher (DDIM) and both generators (reloaded from their exports)."""
     num_classes = workspace.data.num_classes
     teacher = workspace.teacher()
-    samplers = {
-        "teacher": ddim_sampler(teacher, settings.ddim_steps),
-        "distilled_without_forgetting": one_step_sampler(
-            load_generator(output / "generator_without_forgetting")
-        ),
-        "sfd": one_step_sampler(load_generator(output / "generator")),
-    }
+    samplers = model_samplers(settings, workspace, output)
     models: dict[str, ModelEvaluation] = {}
     grids = {}
     for key, sampler in samplers.items():

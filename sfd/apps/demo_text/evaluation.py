@@ -21,6 +21,7 @@ from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.demo_text.prompts import DemoPrompts
 from sfd.apps.demo_text.report import MODEL_KEYS, TextDemoResults
 from sfd.apps.demo_text.settings import TEACHER_ATTACKS
+from sfd.apps.harness.report_folder import revival_summary
 from sfd.apps.harness.text_evaluation import (
     ConceptProtocol,
     attack_suite,
@@ -168,8 +169,7 @@ class TextEvaluation:
                 self.settings.revival, self.settings.progress,
             ).to_dict()  # fmt: skip
             self.revivals[key] = result
-            say(f"revival of {key}: UA {[round(100 * u, 1) for u in result['ua']]} % after "
-                f"{result['steps']} steps")  # fmt: skip
+            say(revival_summary(key, result))
 
     def results(self) -> TextDemoResults:
         """The report's content, with the protocol of the evaluation."""

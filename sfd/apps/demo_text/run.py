@@ -37,6 +37,7 @@ from sfd.apps.demo_text.settings import STAGE1_PRESETS as STAGE1_PRESETS
 from sfd.apps.demo_text.settings import TextDemoSettings as TextDemoSettings
 from sfd.apps.demo_text.settings import default_sfd_config as default_sfd_config
 from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache_dir
+from sfd.apps.harness.class_run import check_adversarial_options
 from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
 from sfd.apps.harness.settings import check_average_after, check_curve_every
@@ -50,6 +51,7 @@ from sfd.apps.harness.workspace import (
 )
 from sfd.apps.teachers.text import MINILM_PACKAGE, default_text_encoder
 from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
+from sfd.core.attack_spaces import ROOM_KEY
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
 from sfd.errors import SFDConfigError
@@ -60,7 +62,7 @@ from sfd.eval.revival import revival_images
 from sfd.eval.text_models import vae_decoder
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
-from sfd.teachers.text_encoder import tokenize_with_room
+from sfd.teachers.text_encoder import check_token_room
 from sfd.training.cli import parse_fit_config
 from sfd.training.completion import PROBE_EVERY
 
@@ -95,6 +97,7 @@ def check_settings(
             raise SFDConfigError(
                 f"--neighbours {c} is not a remain class (0..{vocabulary.num_classes - 1})"
             )
+    check_adversarial_options(settings.sfd_args, settings.adversarial)
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     check_teacher_class(settings.family, sfd.model.teacher.class_path)
@@ -134,20 +137,30 @@ def check_settings(
 
 
 def check_attack_room(
-    settings: TextDemoSettings, teacher: TextTeacherSettings, forget_prompts: list[str]
+    settings: TextDemoSettings, teacher: TextTeacherSettings, forget_prompts: list[str], sfd: Any
 ) -> None:
-    """Refuse `--attack-tokens` that do not fit after an attacked forget prompt in the teacher's
-    tokenizer (the text encoder's, padded to the teacher's max_length), before anything is
-    written or trained: the attacks find out only at the end of the run."""
+    """Refuse soft-prompt tokens that do not fit after the forget prompts in the teacher's
+    tokenizer (the text encoder's, padded to the teacher's max_length: the UNet teacher's
+    model_max_length, the flow teacher's max_sequence_length) before anything is written or
+    trained: `--attack-tokens` after each attacked prompt (the attacks would find out only at the
+    end of the run), adversarial SFD's `model.adversarial.tokens` after the shortest (stage 2
+    would find out after the teacher, the classifier and stage 1)."""
     counts = {getattr(budget, "num_tokens", 0) for budget in settings.attacks.values()}
-    if not max(counts, default=0):
+    adversarial = getattr(sfd.model, "adversarial", None)
+    if not max(counts, default=0) and adversarial is None:
         return
     from transformers import AutoTokenizer
 
     encoder = teacher.text_encoder or default_text_encoder()
     tokenizer = AutoTokenizer.from_pretrained(encoder, model_max_length=teacher.max_length)
-    for prompt in forget_prompts[: settings.attack_prompts]:
-        tokenize_with_room(tokenizer, prompt, max(counts), what="--attack-tokens")
+    length = teacher.max_length if settings.family == "sd3" else None
+    if max(counts, default=0):
+        attacked = forget_prompts[: settings.attack_prompts]
+        check_token_room(tokenizer, attacked, max(counts), length, "--attack-tokens")
+    if adversarial is not None:
+        check_token_room(
+            tokenizer, forget_prompts, adversarial.tokens, length, ROOM_KEY, shortest=True
+        )
 
 
 TEACHER_CLASSES = {"unet": "StableDiffusionTeacher", "sd3": "SD3Teacher"}
@@ -200,7 +213,7 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     sfd, forget, override = check_settings(settings, vocabulary)
     teacher_config = teacher_settings(settings)
     teacher_config.check()
-    check_attack_room(settings, teacher_config, vocabulary.captions(forget))
+    check_attack_room(settings, teacher_config, vocabulary.captions(forget), sfd)
     encoder = encoder_identity(settings.text_encoder)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)

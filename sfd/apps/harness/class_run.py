@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sfd.apps.data.names import DIGITS
 from sfd.errors import SFDConfigError
-from sfd.eval.attack_budget import ClassEmbeddingBudget
+from sfd.eval.attack_budget import ClassEmbeddingBudget, RevivalBudget
 
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD from the teacher
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
@@ -20,6 +20,19 @@ STAGE2_SHARED_BASE_PRESET = "sfd_digits_stage2_shared_base.yaml"
 # (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
 START_FROM = "--model.adapters.start_from"  # the demos' own: stage 2 from the stage-1 adapters
+
+
+def check_adversarial_options(args: list[str], adversarial: bool) -> None:
+    """Refuse `--model.adversarial.*` options without `--adversarial`: they refine adversarial
+    SFD, which the demo turns on only with that flag (its report names the method it ran)."""
+    at = next((i for i, arg in enumerate(args) if arg.startswith("--model.adversarial")), None)
+    if at is not None and not adversarial:
+        key, given, value = args[at].partition("=")
+        value = value if given else (args[at + 1] if at + 1 < len(args) else "")
+        raise SFDConfigError(
+            f"{key} {value}: a setting of adversarial SFD, which is off; add "
+            "--adversarial to train adversarial SFD, or leave the option out"
+        )
 
 
 def stage1_overrides(args: list[str]) -> list[str]:
@@ -116,6 +129,7 @@ class ClassRunSettings:
     time_full_schedule: bool = True
     grid_per_class: int = 10
     attack: ClassEmbeddingBudget | None = None  # `sfd demo`: the class-embedding attack
+    revival: RevivalBudget | None = None  # `sfd demo`: the revival test (None: not run)
     attack_ddim_steps: int = 4
     # `OBJECTIVE_CHOICES`: transfer (or both) trains the attacker classifier once (cached)
     attack_objective: str = "white-box"

@@ -23,7 +23,11 @@ from sfd.apps.harness.text_evaluation import (
     revival_test,
     text_library_versions,
 )
-from sfd.apps.harness.text_folders import is_exported_generator, load_text_model
+from sfd.apps.harness.text_folders import (
+    is_exported_generator,
+    load_text_model,
+    prompt_tokenizer,
+)
 from sfd.errors import SFDConfigError, check_guidance, check_number
 from sfd.eval.attack_budget import RevivalBudget, attack_objectives, checked_objectives
 from sfd.eval.attacks import ATTACKS
@@ -31,7 +35,7 @@ from sfd.eval.concepts import PromptSet
 from sfd.eval.revival import revival_images
 from sfd.folders import check_writable_folder, text_model_index
 from sfd.images import LabelledImages
-from sfd.teachers.text_encoder import tokenize_with_room
+from sfd.teachers.text_encoder import check_token_room
 
 
 def folder_digest(folder: str | Path) -> str:
@@ -195,6 +199,12 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         remain_per_class=settings.remain_per_class,
         seed=settings.seed,
     )
+    counts = [getattr(budget, "num_tokens", 0) for budget in settings.attacks.values()]
+    if settings.attacks and max(counts):  # the tokenizer alone, before the model loads
+        found = prompt_tokenizer(settings.model)  # None: no text encoder (refused below)
+        attacked = protocol.forget_train.prompts[: settings.attack_prompts]
+        if found is not None:
+            check_token_room(found[0], attacked, max(counts), found[1], "--attack-tokens")
     model = load_text_model(settings.model, settings.ddim_steps, settings.guidance_scale)
     if settings.revival is not None:  # refused before the evaluation: too few class images
         revival_images(heldout.images, heldout.labels, settings.forget, settings.revival.images,
@@ -203,12 +213,6 @@ def run_concept_evaluation(settings: ConceptEvalSettings) -> dict[str, Any]:
         raise SFDConfigError(
             f"--attack needs a model with a text encoder; {settings.model} has none"
         )
-    counts = [getattr(budget, "num_tokens", 0) for budget in settings.attacks.values()]
-    if settings.attacks and max(counts):  # the attacks would find out after the evaluation
-        encoder = model.encoder
-        length = getattr(getattr(encoder, "denoiser", None), "max_sequence_length", None)
-        for prompt in protocol.forget_train.prompts[: settings.attack_prompts]:
-            tokenize_with_room(encoder.tokenizer, prompt, max(counts), length, "--attack-tokens")
     # the attacker classifier (trained for minutes) once every cheap check has passed
     attacker, attacker_entry = (
         concept_attacker(settings, classifier, train, heldout)

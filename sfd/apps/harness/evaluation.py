@@ -13,6 +13,7 @@ from sfd.apps.harness.settings import ClassRunSettings
 from sfd.apps.harness.workspace import Workspace
 from sfd.eval.evaluate import ModelEvaluation, evaluate_sampler, generate, ua_ceiling
 from sfd.eval.metrics import FeatureDistances, feature_distances
+from sfd.eval.revival import revival_images, revive_class_sampler
 from sfd.images import to_uint8
 
 # Protocol entries of every class-forgetting report.
@@ -72,3 +73,21 @@ def protocol_head(settings: ClassRunSettings, workspace: Workspace) -> dict[str,
             workspace.classifier, heldout.images, heldout.labels, settings.forget, settings.override
         ),
     }
+
+
+def class_revival(sampler: Any, settings: ClassRunSettings, workspace: Workspace) -> dict[str, Any]:
+    """The revival test (`sfd.eval.revival`, as `sfd eval --revival`) of one class model: a copy
+    fine-tuned on `settings.revival.images` held-out real images of the forget class, UA measured
+    on `eval_per_class` forget-class samples with the noise of the run's seed.
+
+    Returns:
+        the `RevivalResult` as JSON data.
+    """
+    assert workspace.classifier is not None and settings.revival is not None
+    heldout, budget = workspace.heldout, settings.revival
+    images = revival_images(heldout.images, heldout.labels, settings.forget, budget.images,
+                            budget.seed)  # fmt: skip
+    return revive_class_sampler(
+        sampler, workspace.classifier, settings.forget, images, budget,
+        settings.eval_per_class, settings.seed, progress=settings.progress,
+    ).to_dict()  # fmt: skip

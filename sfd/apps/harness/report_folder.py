@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from sfd.eval.columns import COLUMNS, format_value
+from sfd.eval.revival import REVIVAL_RESOLUTION, revival_column, revived_at
 from sfd.images import tile
 
 # Report keys of the models, in table order, with their display names.
@@ -37,12 +38,30 @@ def teacher_title(sampler: str) -> str:
     return f"teacher ({kind or sampler})"
 
 
-def model_titles(models: Mapping[str, Any]) -> dict[str, str]:
-    """`MODEL_TITLES` with the teacher's title naming its sampler (`teacher_title`), given the
-    evaluations (with a `sampler` name) per model key."""
-    if "teacher" not in models:
+ADVERSARIAL_TITLE = "one-step adversarial SFD (forgetting)"
+
+
+def trained_adversarial(protocol: Mapping[str, Any]) -> bool:
+    """Whether the run's SFD model is adversarial SFD (`--adversarial`: the SFD settings in the
+    protocol hold `adversarial`)."""
+    model = (protocol.get("sfd_settings") or {}).get("model") or {}
+    return model.get("adversarial") is not None
+
+
+def report_titles(protocol: Mapping[str, Any]) -> dict[str, str]:
+    """`MODEL_TITLES`, the SFD row named adversarial SFD where the run trained it."""
+    if not trained_adversarial(protocol):
         return dict(MODEL_TITLES)
-    return {**MODEL_TITLES, "teacher": teacher_title(models["teacher"].sampler)}
+    return {**MODEL_TITLES, "sfd": ADVERSARIAL_TITLE}
+
+
+def model_titles(models: Mapping[str, Any], protocol: Mapping[str, Any]) -> dict[str, str]:
+    """`report_titles` with the teacher's title naming its sampler (`teacher_title`), given the
+    evaluations (with a `sampler` name) per model key."""
+    titles = report_titles(protocol)
+    if "teacher" not in models:
+        return titles
+    return {**titles, "teacher": teacher_title(models["teacher"].sampler)}
 
 
 # The metric columns (names in `sfd.eval.columns.COLUMNS`) of the model tables in report.md of
@@ -253,3 +272,44 @@ def plot_forget_histogram(results: Any, path: Path) -> None:
     )
     axes.legend(fontsize=7)
     save_figure(figure, path)
+
+
+def revival_lines(
+    revivals: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str]
+) -> list[str]:
+    """The revival table of `sfd demo` and `sfd demo-text`: UA after each checkpoint and the
+    first checkpoint with UA < 50 %, per model (rows titled by `titles`, keys where a model has
+    no title), and the fine-tune's budget and loss."""
+    first = next(iter(revivals.values()))
+    header = " | ".join(f"UA after {s} steps" for s in first["steps"])
+    lines = [
+        f"| model | {header} | {revival_column(first['threshold'])} |",
+        "|---|" + "---|" * (len(first["steps"]) + 1),
+    ]
+    for key, result in revivals.items():
+        cells = " | ".join(format_value(u, 1, percent=True) for u in result["ua"])
+        lines.append(f"| {titles.get(key, key)} | {cells} | {revived_at(result)} |")
+    budget = first["budget"]
+    lines += [
+        "",
+        f"Fine-tune of a copy on {budget['images']} held-out real images of the forgotten class "
+        f"paired with {first['condition']}, {budget['steps']} Adam steps (lr {budget['lr']}, "
+        f"batch {budget['batch_size']}, seed {budget['seed']}). Loss: {first['objective']} "
+        f"(a teacher: multi-step loss and sampler). {REVIVAL_RESOLUTION}.",
+    ]
+    return lines
+
+
+def revival_section(
+    revivals: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str]
+) -> list[str]:
+    """report.md's "Revival" section (`revival_lines` under its heading); none without a test."""
+    return ["", "## Revival", "", *revival_lines(revivals, titles)] if revivals else []
+
+
+def revival_summary(key: str, result: Mapping[str, Any]) -> str:
+    """The line the demos say when a model's revival test is done (UA in % per checkpoint)."""
+    return (
+        f"revival of {key}: UA {[round(100 * u, 1) for u in result['ua']]} % after "
+        f"{result['steps']} steps"
+    )

@@ -13,6 +13,7 @@ from typing import Any
 from sfd.apps.harness.class_run import SFD_PRESET as SFD_PRESET
 from sfd.apps.harness.class_run import STAGE1_PRESET as STAGE1_PRESET
 from sfd.apps.harness.class_run import ClassRunSettings as ClassRunSettings
+from sfd.apps.harness.class_run import check_adversarial_options
 from sfd.apps.harness.class_run import default_sfd_config as default_sfd_config
 from sfd.apps.harness.class_run import default_stage1_config as default_stage1_config
 from sfd.apps.harness.class_run import default_stage2_config as default_stage2_config
@@ -21,7 +22,7 @@ from sfd.core.attack_spaces import check_class_attack
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
-from sfd.training.completion import check_rule_within
+from sfd.training.completion import PROBE_EVERY, check_rule_within
 
 
 def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
@@ -30,6 +31,7 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     Returns:
         the parsed SFD configuration (jsonargparse namespace).
     """
+    check_adversarial_options(settings.sfd_args, settings.adversarial)
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
@@ -95,23 +97,30 @@ def rule_configs(settings: ClassRunSettings, sfd: Any, stage2: Any) -> tuple[Any
 
 
 def check_curve_every(curve_every: int | None, until_forgotten: bool, configs: Any) -> None:
-    """Refuse a `--curve-every` below 1, and, under the completion rule, one beyond the max_steps
-    of a run the rule runs on: the rule would probe only at the start and at the last iteration
-    (`check_rule_within`, as `sfd fit`). The default interval (None: `PROBE_EVERY`) is not
-    checked (docs/training.md, "Train until forgotten").
+    """Refuse a `--curve-every` below 1, and, under the completion rule, a probe interval beyond
+    the max_steps of a run the rule runs on: the rule would probe only at the start and at the last
+    iteration, so it could not stop the run on forgetting (`check_rule_within`, as `sfd fit`,
+    which checks its default interval too). Without `--curve-every` the rule's default interval
+    (`PROBE_EVERY`) is checked, and the message says it is the default (docs/training.md, "Train
+    until forgotten").
 
     Args:
         curve_every: the option's value (None: the default interval).
         until_forgotten: whether the completion rule runs (its probe interval is the curve's).
         configs: the parsed SFD configurations the rule runs on.
     """
-    if curve_every is None:
-        return
-    if curve_every < 1:
+    if curve_every is not None and curve_every < 1:
         raise SFDConfigError(f"--curve-every {curve_every} must be >= 1")
-    if until_forgotten:
-        for config in configs:
-            check_rule_within(config.trainer.max_steps, curve_every, every_name="--curve-every")
+    if not until_forgotten:
+        return
+    name = "--curve-every" if curve_every is not None else "the default --curve-every"
+    for config in configs:
+        check_rule_within(
+            config.trainer.max_steps,
+            PROBE_EVERY if curve_every is None else curve_every,
+            every_name=name,
+            instead=", or give --no-until-forgotten for a fixed run",
+        )
 
 
 def check_average_after(average_after: int, until_forgotten: bool, configs: Any) -> None:

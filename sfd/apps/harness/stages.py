@@ -278,6 +278,9 @@ def stage_one_description(
     stage 1 cached while the EMA averaged each factor is not reused)."""
     config = parse_fit_config(args, one_line_errors=True)
     model = config.model.as_dict()
+    # Stage 1 has no unlearning term (forget weights 0): the override's guidance trains nothing
+    # there, and leaving it out keeps the keys of stage 1s cached before the setting existed.
+    model.pop("override_guidance", None)
     model["teacher"]["init_args"]["pretrained_model_name_or_path"] = teacher_key
     model["conditions"].setdefault("init_args", {}).update(conditions_key or {})
     description = {"teacher": teacher_key, "model": model, "iterations": config.trainer.max_steps}

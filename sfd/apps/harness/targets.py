@@ -96,3 +96,85 @@ def text_targets(
         else (attack / base if base > 0 else float("nan"), attack <= ATTACK_SHARE * base),
     }
     return {name: {"value": value, "met": met} for name, (value, met) in checks.items()}
+
+
+ADV_ATTACK = 0.05  # issue 22: adversarial SFD's success under each attack at most this
+
+
+def adversarial_targets(
+    model: Mapping[str, Any],
+    teacher: Mapping[str, Any],
+    plain_fid: float | None,
+    attacks: Mapping[str, float | None],
+) -> dict[str, dict[str, Any]]:
+    """Issue 22's targets for adversarial SFD: each attack's success at most `ADV_ATTACK`, UA on
+    training prompts and paraphrases, remain and neighbour accuracy at most `POINTS` below the
+    teacher's, remain FID at most `ADV_FID_RATIO` times plain SFD's.
+
+    Args:
+        model: adversarial SFD's numbers: "ua", "ua_paraphrases", "remain_accuracy",
+            "neighbour_accuracy", "fid_remain"; None (or absent) where not measured.
+        teacher: the teacher's numbers (the same keys).
+        plain_fid: plain SFD's remain FID; None where the run trained no plain SFD.
+        attacks: attack name ("soft", "discrete", "class-embedding") -> adversarial SFD's
+            success under it; None where not measured.
+
+    Returns:
+        target name -> {"title" (the words a page shows), "value", "met", "unit"}; value and met
+        None where not measured (an attack not run, no teacher's number, no plain SFD). The UA
+        on paraphrases and the accuracy targets are left out where the model has no such number
+        (a run without paraphrases; a class model has no neighbours). Units: "share" (a fraction), "points" (the model's accuracy
+        minus the teacher's, a fraction), "ratio" (the FID over plain SFD's).
+    """
+    found: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, title: str, value: float | None, met: bool | None, unit: str) -> None:
+        found[name] = {"title": title, "value": value, "met": met, "unit": unit}
+
+    for attack, success in attacks.items():
+        add(
+            f"{attack}_attack_success_at_most_{100 * ADV_ATTACK:.0f}_percent",
+            f"adversarial SFD {attack} success ≤ {100 * ADV_ATTACK:.0f} %",
+            success,
+            None if success is None else success <= ADV_ATTACK,
+            "share",
+        )
+    for key, bound, title in (
+        ("ua", UA_TRAIN, "UA (training prompts / class)"),
+        ("ua_paraphrases", UA_PARAPHRASES, "UA paraphrases"),
+    ):
+        value = model.get(key)
+        if value is None and key != "ua":  # no paraphrases in this run (a class model)
+            continue
+        name = f"{'ua_train' if key == 'ua' else key}_at_least_{100 * bound:.0f}"
+        add(name, f"{title} ≥ {100 * bound:.0f} %", value,
+            None if value is None else value >= bound, "share")  # fmt: skip
+    for key, word in (("remain_accuracy", "remain"), ("neighbour_accuracy", "neighbour")):
+        value, reference = model.get(key), teacher.get(key)
+        name = f"{key}_at_most_{100 * POINTS:.0f}_points_below_teacher"
+        if value is None:  # no such prompts in this run (a class model has no neighbours)
+            continue
+        if reference is None:
+            add(name, points_below(word), None, None, "points")
+        else:
+            add(name, points_below(word), value - reference,
+                not_below_teacher(value, reference), "points")  # fmt: skip
+    ratio, met = at_most_times(model.get("fid_remain"), plain_fid, ADV_FID_RATIO)
+    add(f"fid_at_most_{ADV_FID_RATIO:g}x_plain_sfd",
+        f"remain FID ≤ {ADV_FID_RATIO:g}× plain SFD's", ratio, met, "ratio")  # fmt: skip
+    return found
+
+
+# Issue 20: the digits set-up on the flow teacher with fresh caches (teacher, classifier and stage 1
+# trained in the run) in at most this many wall minutes on the 2-core machine.
+FRESH_MINUTES = {"digits": 25}
+
+
+def fresh_wall_target(setup: str, wall_seconds: float) -> dict[str, dict[str, Any]]:
+    """The wall-time target of a set-up run with fresh caches: name -> {"value" (minutes), "met"};
+    empty for a set-up without one."""
+    if setup not in FRESH_MINUTES:
+        return {}
+    minutes = wall_seconds / 60
+    name = f"{setup}_fresh_wall_at_most_{FRESH_MINUTES[setup]}_minutes"
+    return {name: {"value": minutes, "met": minutes <= FRESH_MINUTES[setup]}}

@@ -119,6 +119,29 @@ def exported_model(
     )  # fmt: skip
 
 
+def prompt_tokenizer(folder: str | Path) -> tuple[Any, int | None] | None:
+    """The tokenizer that a soft-prompt attack's tokens enter in a text model folder, read alone
+    (no weights), and the padded length they must fit in (None: its model_max_length): a flow
+    export's or SD3 teacher's sequence tokenizer at its max_sequence_length, else the folder's
+    tokenizer; None when model_index.json names no such tokenizer. `sfd eval-text` checks
+    --attack-tokens with it before the model loads."""
+    index = text_model_index(folder)
+    name = pipeline_class_name(index)
+    settings: dict[str, Any] = {"pretrained_model_name_or_path": str(folder)}
+    family: Any = StableDiffusionTeacher
+    if name in FLOW_PIPELINES and is_exported_generator(folder):
+        family = FLOW_PIPELINES[name].denoiser_class
+        settings["max_sequence_length"] = index[SETTINGS_KEY].get("max_sequence_length")
+    elif is_flow_folder(folder):
+        family = SD3Teacher
+        settings["max_sequence_length"] = flow_teacher_sequence_length(folder)
+    subfolder = family.sequence_encoder[0] if hasattr(family, "sequence_encoder") else "tokenizer"
+    entry = index.get(subfolder)
+    if not (isinstance(entry, (list, tuple)) and entry and entry[-1] is not None):
+        return None
+    return family.prompt_tokenizer(settings)
+
+
 def load_text_model(
     folder: str | Path, ddim_steps: int = 25, guidance_scale: float | None = None
 ) -> TextToImage:

@@ -42,6 +42,7 @@ from sfd.eval.classifier import (
     save_classifier,
     train_classifier,
 )
+from sfd.eval.revival import revival_images
 from sfd.images import LabelledImages
 from sfd.teachers.unet import PretrainedVPTeacher
 
@@ -139,7 +140,12 @@ def start_run(settings: Any) -> tuple[Workspace, Any]:
     classes = named_classes(settings.data, workspace.data)  # --forget seven, --forget 7
     settings.forget = resolve_class(settings.forget, classes, "--forget")
     settings.override = resolve_class(settings.override, classes, "--override")
-    return workspace, check_settings(settings, workspace.data)
+    sfd = check_settings(settings, workspace.data)
+    if settings.revival is not None:  # too few held-out images of the class: refused up front
+        heldout = workspace.heldout
+        revival_images(heldout.images, heldout.labels, settings.forget, settings.revival.images,
+                       settings.revival.seed)  # fmt: skip
+    return workspace, sfd
 
 
 def teacher_recipe(

@@ -7,6 +7,7 @@ many processes share it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,17 @@ class ConditionSampler:
     ) -> ConditionBatch:
         """Draw the global batch of world_size·batch_size and return rank's slice of batch_size."""
         raise NotImplementedError
+
+    @classmethod
+    def negative_setting(cls, settings: Mapping[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+        """The negative prompt the configured sampler will give guided networks, read from its
+        init_args before anything is built: (the setting that gives it, as `--model.conditions.
+        init_args.<name> <value>` words, the roles that see it); None: none (default).
+
+        `sfd fit` refuses, before loading, a negative prompt that a role's guidance cannot use
+        (`sfd.teachers.Denoiser.check_negative_prompt`).
+        """
+        return None
 
     def for_role(self, cond: Any, role: str) -> Any:
         """`cond` as the guided network `role` (one of `GUIDED_ROLES`) sees it; default: as is.

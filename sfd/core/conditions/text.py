@@ -14,6 +14,7 @@ the prompts they belong to (`TextCondition.pooled_embeds`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,13 @@ POOLED = "_pooled"  # cached pooled embeddings: "<set>_pooled" beside "<set>"
 def default_data_file(name: str) -> str:
     """Path of a prompt list shipped in `sfd/core/conditions/prompt_lists/`."""
     return str(resources.files("sfd.core.conditions") / PROMPT_LISTS / name)
+
+
+def negative_roles(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """The guided networks that see the negative prompt under these init_args (`negative_for`;
+    default the teacher only)."""
+    roles = settings.get("negative_for")
+    return ("teacher",) if roles is None else tuple(roles)
 
 
 def read_prompt_file(path: str) -> list[str]:
@@ -157,7 +165,7 @@ class PromptConditions(ConditionSampler):
         negative_for: list[str] | None,
         encode_batch_size: int,
     ) -> None:
-        roles = ["teacher"] if negative_for is None else list(negative_for)
+        roles = list(negative_roles({"negative_for": negative_for}))
         unknown = [role for role in roles if role not in GUIDED_ROLES]
         if unknown:
             raise SFDConfigError(
@@ -178,6 +186,13 @@ class PromptConditions(ConditionSampler):
         self._embeds_by_device: dict[torch.device, dict[str, Tensor]] = {}
 
     # --- the ConditionSampler interface ---------------------------------------------------------
+
+    @classmethod
+    def negative_setting(cls, settings: Mapping[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+        prompt = settings.get("negative_prompt")
+        if not prompt:
+            return None
+        return f"negative_prompt {prompt!r}", negative_roles(settings)
 
     def check(self, num_classes: int | None) -> None:
         if num_classes is not None:
@@ -380,6 +395,12 @@ class NudityConditions(PromptConditions):
             the reference's nudity run uses all three).
         encode_batch_size: prompts per text-encoder call when encoding the prompt sets.
     """
+
+    @classmethod
+    def negative_setting(cls, settings: Mapping[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+        if not settings.get("keywords_as_negative", True):
+            return None
+        return "keywords_as_negative true", negative_roles(settings)
 
     def __init__(
         self,
