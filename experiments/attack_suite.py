@@ -24,8 +24,8 @@ teacher and evaluation classifier: checked against the two report folders' conte
 entries) adds ESD and SalUn to every table: the class-embedding attack through their DDIM sampler
 of `--attack-ddim-steps` (4, as `sfd eval` attacks a teacher), the revival test judged with DDIM
 `--ddim-steps` (50), and their UA, remain accuracy and FID from the compare's own metrics.json.
-`--page NAME` names the page of a class record too (default attacks_class, or
-attacks_class_adversarial with `--adversarial-run`), so all five models share one page:
+`--page NAME` names the page of a class record too (default attacks_class, with or without
+`--adversarial-run`), so all five models share one page:
 
     python experiments/attack_suite.py --class-run demo-output --adversarial-run demo-adversarial \
         --baselines compare-output/models --revival 40 --page attacks_class
@@ -133,10 +133,24 @@ def cache_entry(protocol: dict[str, Any], name: str) -> str | None:
     return None if folder is None else Path(folder).name
 
 
-def check_baselines(class_run: Path, baselines: Path) -> str | None:
+# The protocol entries a compare and a demo must share where both record them: the sampling
+# seed, data set, samples per class and the split (its train and held-out image counts).
+SAME_PROTOCOL = ("seed", "data", "generated_per_class", "train_images", "heldout_images")
+
+
+def baselines_sampler(baselines: Path) -> str | None:
+    """The multi-step sampler the `sfd compare` report beside `baselines` evaluated ESD and
+    SalUn with (its protocol's samplers["multi-step"]), None when it records none."""
+    metrics = json.loads((baselines.parent / "metrics.json").read_text())
+    return (metrics.get("protocol", {}).get("samplers") or {}).get("multi-step")
+
+
+def check_baselines(class_run: Path, baselines: Path, ddim_steps: int = 50) -> str | None:
     """Why `baselines` (an `sfd compare` output's models/) does not compare with the `sfd demo`
     report folder `class_run` (None when it does): the compare's metrics.json must name the same
-    concept pair, teacher and evaluation classifier (their cache entries), and hold ESD and SalUn."""
+    concept pair, teacher and evaluation classifier (their cache entries), the protocol entries of
+    `SAME_PROTOCOL` both record, have evaluated with DDIM `ddim_steps` (this command's revival
+    sampler), and hold ESD and SalUn."""
     compare_metrics = baselines.parent / "metrics.json"
     if not compare_metrics.is_file():
         return f"no {compare_metrics} (the sfd compare report folder's models/ is expected)"
@@ -150,6 +164,19 @@ def check_baselines(class_run: Path, baselines: Path) -> str | None:
         ours, theirs = (cache_entry(m["protocol"], name) for m in (demo, compare))
         if ours is None or ours != theirs:
             return f"its {name} is {theirs!r}, not {ours!r} as in {class_run}"
+    ours, theirs = demo.get("protocol", {}), compare.get("protocol", {})
+    for name in SAME_PROTOCOL:
+        if name in ours and name in theirs and ours[name] != theirs[name]:
+            return f"its {name} is {theirs[name]!r}, not {ours[name]!r} as in {class_run}"
+    import re
+
+    sampler = baselines_sampler(baselines)
+    steps = re.match(r"DDIM (\d+) steps", sampler or "")
+    if steps is None or int(steps.group(1)) != ddim_steps:
+        return (
+            f"sfd compare evaluated them with {sampler or 'no recorded sampler'}, not DDIM "
+            f"{ddim_steps} steps (--ddim-steps {ddim_steps}); give its steps to --ddim-steps"
+        )
     missing = [key for key in BASELINES if key not in compare["methods"] or
                not (baselines / key).is_dir()]  # fmt: skip
     if missing:
@@ -188,6 +215,10 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
         )
         two_stage = metrics["protocol"].get("two_stage", {})
         completion = two_stage.get("stage2_completion") or {}
+        # no completion rule (`--no-until-forgotten`: its record kept as null beside the cap):
+        # stage 2 ran to its cap
+        no_rule = ("stage2_completion" in two_stage and two_stage["stage2_completion"] is None
+                   and two_stage.get("stage2_max_steps") is not None)  # fmt: skip
         return {
             "ua": ua,
             "ua_paraphrases": paraphrases,
@@ -199,7 +230,7 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
             # max_steps) and its cap (`trainer.max_steps`)
             **({"stage2_iterations": completion.get("iterations",
                                                      two_stage.get("stage2_iterations")),
-                "stage2_stop": completion.get("stop_reason"),
+                "stage2_stop": "max_steps" if no_rule else completion.get("stop_reason"),
                 "stage2_cap": two_stage.get("stage2_max_steps")} if key == "sfd" else {}),
         }  # fmt: skip
 
@@ -219,19 +250,32 @@ def run_summary(plain: Path, adversarial: Path | None) -> dict[str, Any]:
 def preset_cap(metrics: dict[str, Any]) -> int | None:
     """Stage 2's cap (`trainer.max_steps`) in the packaged `sfd demo-text` preset of a text
     report's data set and teacher family (the completion rule stops stage 2 within it)."""
-    import yaml
-
     from sfd.apps.demo_text.settings import default_sfd_config
 
     protocol = metrics["protocol"]
     family = protocol.get("teacher_settings", {}).get("family", "unet")
-    preset = default_sfd_config(str(protocol["data"]).split("/")[0], family=family)
-    return (yaml.safe_load(preset.read_text()).get("trainer") or {}).get("max_steps")
+    return max_steps_of(default_sfd_config(str(protocol["data"]).split("/")[0], family=family))
+
+
+def class_preset_cap() -> int | None:
+    """Stage 2's cap (`trainer.max_steps`) in the packaged `sfd demo` presets: the SFD preset
+    with its stage-2 overlay composed after it (as the demo composes them)."""
+    from sfd.apps.harness.class_run import default_sfd_config, default_stage2_config
+
+    caps = [max_steps_of(preset) for preset in (default_sfd_config(), default_stage2_config())]
+    return next((cap for cap in reversed(caps) if cap is not None), None)
+
+
+def max_steps_of(preset: Path) -> int | None:
+    """`trainer.max_steps` of a packaged preset (None when it sets none)."""
+    import yaml
+
+    return ((yaml.safe_load(preset.read_text()) or {}).get("trainer") or {}).get("max_steps")
 
 
 # The options that must agree for a record's models to be reused (`--reuse`).
 SAME_SETTINGS = ("run", "class_run", "adversarial_run", "tokens", "steps", "discrete_steps",
-                 "restarts", "revival", "ua_images")  # fmt: skip
+                 "restarts", "revival", "ua_images", "attacks", "attack_objective")  # fmt: skip
 
 
 def to_measure(options: argparse.Namespace, run: Path, adversarial: Path | None) -> dict[str, Path]:
@@ -257,6 +301,8 @@ def check_reuse(options: argparse.Namespace) -> str | None:
     for name in SAME_SETTINGS:
         if name == "adversarial_run" and "adversarial_sfd" not in old["models"]:
             continue  # the reused models all come from --run (or --class-run)
+        if name not in old["settings"]:
+            return f"it names no {name} (written before it was kept); measure again"
         if old["settings"].get(name) != getattr(options, name):
             was, now = old["settings"].get(name), getattr(options, name)
             return f"it was measured with {name}={was!r}, not {now!r}"
@@ -421,7 +467,7 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
         print(f"{key} revival UA: {outcome.ua}")
         models[key] = {"attack": suite["class_embedding"], "attacks": suite, "seconds": seconds,
                        "revival": outcome.to_dict()}  # fmt: skip
-    summary = run_summary(run, adversarial)
+    summary = {**run_summary(run, adversarial), "stage2_preset_cap": class_preset_cap()}
     if options.baselines:  # multi-step baselines: attacked through a short DDIM, judged with theirs
         from sfd.eval.evaluate import ddim_sampler
         from sfd.teachers.unet import PretrainedVPTeacher
@@ -450,6 +496,8 @@ def measure_class(options: argparse.Namespace) -> dict[str, Any]:
             "revival_budget": vars(revival), "ua_images": options.ua_images,
             "baselines": shown(options.baselines), "summary": summary,
             "ddim_steps": options.ddim_steps if options.baselines else None,
+            "baselines_sampler": baselines_sampler(Path(options.baselines))
+            if options.baselines else None,
             "attack_ddim_steps": options.attack_ddim_steps if options.baselines else None,
             "attack_objective": options.attack_objective,
             "attacker_classifier": attacker_entry}  # fmt: skip
@@ -565,8 +613,8 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
     )
     compared = (
         f" ESD and SalUn: the evaluation of the `sfd compare` report of `{record['baselines']}` "
-        "(the same teacher, classifier and protocol; multi-step, DDIM "
-        f"{record.get('ddim_steps', 50)}); their training s is the wall time of their fine-tuning."
+        f"(the same {compared_protocol(record)}; multi-step, {compared_sampler(record)}); their "
+        "training s is the wall time of their fine-tuning (no completion rule, no probes)."
         if any(key in summary for key in BASELINES)
         else ""
     )
@@ -574,8 +622,9 @@ def benchmark_sections(record: dict[str, Any], attacks: dict[str, str]) -> dict[
         f"Benchmark ({', '.join(benchmark_models(summary))})": (
             "UA, paraphrase UA, remain and neighbour accuracy and FID are the report folders' own "
             f"evaluation ({folders}; the same teacher, classifier and stage 1); attacks and "
-            "revival as below. Training s: wall seconds of the SFD phase (stage 2) on the shared "
-            "machine (see the load above); [adversarial_overhead](adversarial_overhead.md) times "
+            "revival as below. Training s: wall seconds of the SFD phase (stage 2), including the "
+            "completion rule's probes where it ran (docs/method.md §8), on the shared machine "
+            "(see the load above); [adversarial_overhead](adversarial_overhead.md) times "
             f"it in isolation.{compared}{STOP_NOTE if stopped else ''}{cap_note(summary, record)} "
             f"Adversarial SFD settings: {settings_text(summary.get('adversarial_settings'))}.\n\n"
             + markdown_table(header, rows)
@@ -625,7 +674,7 @@ def stage2_stop(scores: dict[str, Any]) -> str:
 
 def cap_note(summary: dict[str, Any], record: dict[str, Any]) -> str:
     """The sentence naming the SFD models whose stage 2 stopped at a cap below the packaged
-    preset's (set on the demo's command line to shorten the run): they ended before the
+    preset's (set in its configuration to shorten the run): they ended before the
     completion rule judged the concept gone, so trained less than the preset would; "" when
     none did."""
     preset = summary.get("stage2_preset_cap")
@@ -639,11 +688,30 @@ def cap_note(summary: dict[str, Any], record: dict[str, Any]) -> str:
     caps = sorted({summary[key]["stage2_cap"] for key in capped})
     return (
         f" {', '.join(model_title(key, record) for key in capped)}: stage 2 capped at "
-        f"{' / '.join(map(str, caps))} iterations by `--trainer.max_steps` on the demo's command "
-        f"line to shorten the run (the packaged preset's cap is {preset}, within which the "
+        f"{' / '.join(map(str, caps))} iterations by its configuration to shorten the run (the "
+        f"packaged preset's cap is {preset}, within which the "
         "completion rule stops it); stopped there, before the rule judged the concept gone, so "
         "trained less than the preset would."
     )
+
+
+def compared_sampler(record: dict[str, Any]) -> str:
+    """The sampler the compare evaluated the baselines with: as recorded, else (records written
+    before it was kept) named as not recorded beside this command's own revival sampler."""
+    if record.get("baselines_sampler"):
+        return str(record["baselines_sampler"])
+    return (
+        f"the compare's sampler not recorded; this command's revival sampler DDIM "
+        f"{record.get('ddim_steps', 50)}"
+    )
+
+
+def compared_protocol(record: dict[str, Any]) -> str:
+    """What `check_baselines` checked the compare against: since the sampler was recorded, also
+    the seed, samples per class and split (where the compare records them)."""
+    if record.get("baselines_sampler"):
+        return "teacher, classifier, concept pair, seed, samples per class and split"
+    return "teacher, classifier and concept pair"
 
 
 def benchmark_models(summary: dict[str, Any]) -> list[str]:
@@ -710,9 +778,28 @@ def reuse_note(record: dict[str, Any]) -> str:
 
 
 def page_name(name: str, record: dict[str, Any]) -> str:
-    """`name`, or `name`_adversarial for a record with adversarial SFD (its own page, beside the
-    plain-SFD page of the same report folder)."""
+    """`name`, or `name`_adversarial for a text record with adversarial SFD (its own page, beside
+    the plain-SFD page of the same report folder); a class record's page is `name` with or without
+    adversarial SFD (all its models share one page)."""
+    if name == "attacks_class":
+        return name
     return f"{name}_adversarial" if record.get("adversarial_run_folder") else name
+
+
+def recorded_page(record: dict[str, Any]) -> str | None:
+    """The page the record's measuring command named: its `page` field, else (records written
+    before that field) the `--page` of its recorded command line; None when it named none."""
+    if record.get("page") is not None:
+        return record["page"]
+    import shlex
+
+    words = shlex.split((record.get("run") or {}).get("command") or "")
+    for i, word in enumerate(words):
+        if word == "--page" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--page="):
+            return word.split("=", 1)[1]
+    return None
 
 
 def revival_table(models: dict[str, Any], record: dict[str, Any] | None = None) -> str:
@@ -881,7 +968,7 @@ def write_results_page(
         page: the page's name (default: attacks, attacks_adversarial with adversarial SFD).
         page_command: the `--page-from` command that combined the pairs (shown with them).
     """
-    page = page or record.get("page")  # the page its measuring command named
+    page = page or recorded_page(record)  # the page its measuring command named
     if "budget" in record:  # a --class-run record
         return write_class_page(record, json_file, page)
     pairs = [(record, json_file), *included]
@@ -908,6 +995,33 @@ def write_results_page(
                       record["run"]["command"], json_file, record, sections)  # fmt: skip
 
 
+# The options that measure: `--page-from` (measure nothing) reads none of them.
+MEASURING = ("run", "class_run", "adversarial_run", "baselines", "reuse", "only", "ddim_steps",
+             "attack_ddim_steps")  # fmt: skip
+
+
+def unread_option(options: argparse.Namespace) -> str | None:
+    """Why an option given would be read by nothing in this command (None when every one is):
+    a measuring option with `--page-from`, the baselines' samplers without `--baselines`, `--only`
+    naming the baselines without `--baselines` or, with it, not naming both."""
+    flag = {name: f"--{name.replace('_', '-')}" for name in MEASURING}
+    given = [name for name in MEASURING if getattr(options, name) is not None]
+    if options.page_from and given:
+        return f"{flag[given[0]]}: a measuring option; --page-from measures nothing"
+    for name in ("ddim_steps", "attack_ddim_steps"):
+        if name in given and not options.baselines:
+            return f"{flag[name]}: the baselines' sampler, read only with --baselines"
+    only = set(options.only or ())
+    if not options.baselines and only & set(BASELINES):
+        return f"--only {' '.join(options.only)}: {' and '.join(BASELINES)} need --baselines"
+    if options.baselines and options.only and not set(BASELINES) <= only:
+        return (
+            f"--only {' '.join(options.only)} with --baselines: name both "
+            f"{' and '.join(BASELINES)} (measured together), or leave --baselines out"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -919,13 +1033,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--baselines", help="with --class-run: an sfd compare output's models/")
     parser.add_argument(
-        "--ddim-steps", type=int, default=50, help="the baselines' sampler (evaluation, revival)"
+        "--ddim-steps",
+        type=int,
+        help="with --baselines: their sampler in the revival test, the steps sfd compare "
+        "evaluated them with (default 50)",
     )
     parser.add_argument(
         "--attack-ddim-steps",
         type=int,
-        default=4,
-        help="the baselines' DDIM sampler in the class-embedding attack (gradient and judging)",
+        help="with --baselines: their DDIM sampler in the class-embedding attack (gradient and "
+        "judging; default 4)",
     )
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200, help="soft-prompt steps")
@@ -944,7 +1061,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cache", help="where a trained attacker classifier is cached")
     parser.add_argument(
-        "--only", nargs="+", choices=list(MODELS), help="measure only these models (default: all)"
+        "--only",
+        nargs="+",
+        choices=[*MODELS, *BASELINES],
+        help="measure only these models (default: all); with --baselines it names both "
+        f"{' and '.join(BASELINES)} (measured together)",
     )
     parser.add_argument(
         "--reuse",
@@ -971,7 +1092,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--page",
         help="the page's name under docs/results/ (default: attacks, or attacks_class with "
-        "--class-run; + _adversarial with --adversarial-run)",
+        "--class-run; attacks_adversarial with --run and --adversarial-run); --page-from writes "
+        "the page the record's command named",
     )
     parser.add_argument(
         "--attacks",
@@ -987,6 +1109,13 @@ def main(argv: list[str] | None = None) -> None:
     for earlier, path in pairs:
         if "budget" in earlier:
             parser.error(f"--pair {path}: a --class-run record; only text records combine")
+    refusal = unread_option(options)
+    if refusal:
+        parser.error(refusal)
+    options.ddim_steps = 50 if options.ddim_steps is None else options.ddim_steps
+    options.attack_ddim_steps = (
+        4 if options.attack_ddim_steps is None else options.attack_ddim_steps
+    )
     if options.page_from:
         record = with_included(read_record(options.page_from), options.include)
         combined = command_line(__file__, argv) if pairs else None
@@ -999,7 +1128,9 @@ def main(argv: list[str] | None = None) -> None:
     if options.baselines and not options.class_run:
         parser.error("--baselines needs --class-run")
     if options.baselines:
-        reason = check_baselines(Path(options.class_run), Path(options.baselines))
+        reason = check_baselines(
+            Path(options.class_run), Path(options.baselines), options.ddim_steps
+        )
         if reason:
             parser.error(f"--baselines {options.baselines}: {reason}")
     for name in ("ddim_steps", "attack_ddim_steps"):

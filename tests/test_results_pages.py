@@ -1391,8 +1391,8 @@ def test_a_stage_2_stopped_at_a_cap_below_the_preset_is_named(results_dir) -> No
     assert "| 20 | 100 | 250 (forgotten) |" in text
     assert "| teacher | 0.0 % | 96.0 % | 99.0 % | 98.0 % | 4.000 | – | – | – | – | – |" in text
     assert (
-        " one-step adversarial SFD: stage 2 capped at 150 iterations by `--trainer.max_steps` "
-        "on the demo's command line to shorten the run (the packaged preset's cap is 600,"
+        " one-step adversarial SFD: stage 2 capped at 150 iterations by its configuration to "
+        "shorten the run (the packaged preset's cap is 600,"
     ) in text
     summary["adversarial_sfd"].update(stage2_iterations=260, stage2_stop="forgotten",
                                       stage2_cap=600)  # fmt: skip
@@ -1402,20 +1402,25 @@ def test_a_stage_2_stopped_at_a_cap_below_the_preset_is_named(results_dir) -> No
     assert "| not within 40 | 150 | 260 (forgotten) |" in text and "capped at" not in text
 
 
-@pytest.mark.parametrize(("family", "preset"), [("unet", "sfd_text_fashion.yaml"),
-                                                 ("sd3", "sfd_text_fashion_sd3.yaml")])  # fmt: skip
-def test_the_stage_2_cap_is_read_from_the_reports_own_preset(tmp_path, family, preset) -> None:
+@pytest.mark.parametrize(
+    ("data", "family", "preset"),
+    [("fashion-mnist", "unet", "sfd_text_fashion.yaml"),
+     ("fashion-mnist", "sd3", "sfd_text_fashion_sd3.yaml"),
+     ("digits", "unet", "sfd_text_digits.yaml"), ("digits", "sd3", "sfd_text_digits_sd3.yaml")],
+)  # fmt: skip
+def test_the_stage_2_cap_is_read_from_the_reports_own_preset(
+    tmp_path, monkeypatch, data, family, preset
+) -> None:
     """run_summary keeps a text report's stage-2 iterations, stop reason and cap; preset_cap is
-    the packaged preset of its data set and teacher family (read here from the file itself)."""
-    import yaml
-
+    the packaged preset of its data set and teacher family: each preset is given its own cap here,
+    so the cap read names the file picked."""
     script = importlib.import_module("attack_suite")
     scores = {"ua": 0.9, "remain_accuracy": 0.8}
     two_stage = {"stage2_max_steps": 150, "stage2_iterations": 150,
                  "stage2_completion": {"stop_reason": "max_steps", "iterations": 150}}  # fmt: skip
     metrics = {
         "teacher": scores, "sfd": scores, "distilled_without_forgetting": scores,
-        "protocol": {"data": "fashion-mnist/sha256-0", "two_stage": two_stage,
+        "protocol": {"data": f"{data}/sha256-0", "two_stage": two_stage,
                      "teacher_settings": {"family": family}},
     }  # fmt: skip
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
@@ -1423,9 +1428,59 @@ def test_the_stage_2_cap_is_read_from_the_reports_own_preset(tmp_path, family, p
     assert summary["sfd"]["stage2_stop"] == "max_steps"
     assert (summary["sfd"]["stage2_iterations"], summary["sfd"]["stage2_cap"]) == (150, 150)
     assert "stage2_stop" not in summary["distilled_without_forgetting"]
-    packaged = REPO / "sfd" / "apps" / "demo_text" / preset
-    expected = yaml.safe_load(packaged.read_text())["trainer"]["max_steps"]
-    assert script.preset_cap(metrics) == expected
+    presets = ["sfd_text_fashion.yaml", "sfd_text_fashion_sd3.yaml", "sfd_text_digits.yaml",
+               "sfd_text_digits_sd3.yaml"]  # fmt: skip
+    caps = {name: 1000 + i for i, name in enumerate(presets)}
+    monkeypatch.setattr(script, "max_steps_of", lambda path: caps[Path(path).name])
+    assert script.preset_cap(metrics) == caps[preset]
+
+
+def test_max_steps_of_reads_the_presets_trainer_cap(tmp_path) -> None:
+    script = importlib.import_module("attack_suite")
+    (tmp_path / "a.yaml").write_text("trainer:\n  max_steps: 123\nmodel: {}\n")
+    (tmp_path / "b.yaml").write_text("model: {}\n")
+    assert script.max_steps_of(tmp_path / "a.yaml") == 123
+    assert script.max_steps_of(tmp_path / "b.yaml") is None
+
+
+def test_the_class_stage_2_cap_is_the_stage_2_overlays(monkeypatch) -> None:
+    """A class report's preset cap is the demo's stage-2 overlay's, composed after the SFD
+    preset (whose own cap counts only where the overlay sets none)."""
+    script = importlib.import_module("attack_suite")
+    caps = {"sfd_digits.yaml": 200, "sfd_digits_stage2.yaml": 700}
+    monkeypatch.setattr(script, "max_steps_of", lambda path: caps[Path(path).name])
+    assert script.class_preset_cap() == 700
+    caps["sfd_digits_stage2.yaml"] = None
+    assert script.class_preset_cap() == 200
+
+
+def test_a_stage_2_without_the_completion_rule_stopped_at_its_cap(results_dir) -> None:
+    """A report run without the completion rule (its record null beside the cap) stopped at
+    max_steps: the cell says so, and a cap below the preset's is named."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_adversarial_record("python experiments/attack_suite.py --run runs/f")
+    record["summary"]["stage2_preset_cap"] = 600
+    for key in ("sfd", "adversarial_sfd"):
+        record["summary"][key].update(stage2_iterations=150, stage2_stop="max_steps",
+                                      stage2_cap=150)  # fmt: skip
+    results_page.save_record(record, "runs/r.json")
+    script.main(["--page-from", "runs/r.json"])
+    text = (results_dir / "attacks_adversarial.md").read_text()
+    assert "150 (not recorded)" not in text and "150 (max_steps)" in text
+    assert "stage 2 capped at 150 iterations" in text
+
+
+def test_run_summary_reads_no_completion_rule_as_a_stop_at_the_cap(tmp_path) -> None:
+    script = importlib.import_module("attack_suite")
+    scores = {"ua": 0.9, "remain_accuracy": 0.8}
+    two_stage = {"stage2_max_steps": 150, "stage2_iterations": 150, "stage2_completion": None}
+    metrics = {"teacher": scores, "sfd": scores, "distilled_without_forgetting": scores,
+               "protocol": {"two_stage": two_stage}}  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert script.run_summary(tmp_path, None)["sfd"]["stage2_stop"] == "max_steps"
+    del two_stage["stage2_max_steps"]  # a record before the cap was kept: not known
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert script.run_summary(tmp_path, None)["sfd"]["stage2_stop"] is None
 
 
 def test_a_reused_model_names_the_command_that_measured_it() -> None:
@@ -2123,7 +2178,7 @@ def test_included_class_runs_join_the_page_titled_by_their_settings(results_dir)
         adversarial("runs/adv-w1", {"steps": 2, "weight": 1.0}, 0.125), "b.json"
     )
     script.main(["--page-from", "a.json", "--include", "b.json"])
-    page = (results_dir / "attacks_class_adversarial.md").read_text()
+    page = (results_dir / "attacks_class.md").read_text()
     assert "| one-step adversarial SFD | 50.0 % | 0.0 % | 80 |" in page
     assert "| one-step adversarial SFD (weight 1.0) | 12.5 % | 0.0 % | 80 |" in page
     assert "| one-step adversarial SFD (weight 1.0) | 100.0 % | 60.0 % | 40.0 % | 2 |" in page
@@ -2249,6 +2304,7 @@ def compare_folder(root: Path, classifier: str = "classifier-aa", forget: int = 
     protocol = {
         "teacher": {"folder": "/c/teacher-tt"},
         "classifier": {"folder": f"/c/{classifier}"},
+        "samplers": {"multi-step": "DDIM 50 steps (eta=0, trailing spacing)"},
     }
     metrics = {"forget": forget, "override": 1, "methods": {"esd": {}, "salun": {}},
                "protocol": protocol}  # fmt: skip
@@ -2284,3 +2340,138 @@ def test_baselines_of_another_teacher_classifier_or_pair_are_refused(
     assert "--baselines" in error and message in error
     assert not (tmp_path / "r.json").exists() and not results_dir.exists()
     assert "no " in script.check_baselines(demo, tmp_path / "none" / "models")
+
+
+def test_page_from_a_record_without_a_page_field_writes_the_page_its_command_named(
+    results_dir,
+) -> None:
+    """A record written before the `page` field was kept goes to the `--page` of its recorded
+    command line (either form), never to the default page (which it would overwrite); a record
+    whose command named no page goes to the default."""
+    script = importlib.import_module("attack_suite")
+    for form in (["--page", "attacks_adversarial_pairs"], ["--page=attacks_adversarial_pairs"]):
+        command = " ".join(["python experiments/attack_suite.py --run runs/f", *form])
+        record = attacks_adversarial_record(command)
+        record.pop("page", None)
+        results_page.save_record(record, "runs/f.json")
+        script.main(["--page-from", "runs/f.json"])
+        assert (results_dir / "attacks_adversarial_pairs.md").is_file()
+        assert not (results_dir / "attacks_adversarial.md").exists()
+        (results_dir / "attacks_adversarial_pairs.md").unlink()
+    record = attacks_adversarial_record("python experiments/attack_suite.py --run runs/f")
+    results_page.save_record(record, "runs/f.json")
+    script.main(["--page-from", "runs/f.json"])
+    assert (results_dir / "attacks_adversarial.md").is_file()
+
+
+def test_a_class_record_with_adversarial_sfd_defaults_to_the_class_page(results_dir) -> None:
+    """A class record with adversarial SFD and no page named goes to attacks_class (all the class
+    models share one page), not to a page of its own."""
+    script = importlib.import_module("attack_suite")
+    record = attacks_class_record("python experiments/attack_suite.py --class-run runs/demo")
+    record["adversarial_run_folder"] = "runs/demo-adversarial"
+    results_page.save_record(record, "runs/c.json")
+    script.main(["--page-from", "runs/c.json"])
+    assert sorted(p.name for p in results_dir.glob("*.md")) == ["attacks_class.md"]
+
+
+def test_baselines_evaluated_with_another_sampler_or_protocol_are_refused(
+    results_dir, tmp_path, capsys
+) -> None:
+    """The compare's own sampler (its protocol's samplers["multi-step"]) must be DDIM of
+    `--ddim-steps`, and its seed, samples per class and split those of the demo where both record
+    them: else one line, exit 2, nothing written, before anything is measured."""
+    script = importlib.import_module("attack_suite")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    protocol = {"teacher": {"folder": "runs/cache/teacher-tt"},
+                "classifier": {"folder": "runs/cache/classifier-aa"}, "seed": 0,
+                "generated_per_class": 100, "train_images": 800}  # fmt: skip
+    (demo / "metrics.json").write_text(
+        json.dumps({"forget": 0, "override": 1, "protocol": protocol})
+    )
+    models = compare_folder(tmp_path / "c")
+    metrics = json.loads((models.parent / "metrics.json").read_text())
+
+    def compare(**entries: Any) -> None:
+        metrics["protocol"] = {**metrics["protocol"], **entries}
+        (models.parent / "metrics.json").write_text(json.dumps(metrics))
+
+    compare(samplers={"multi-step": "DDIM 25 steps (eta=0, trailing spacing)"})
+    assert script.check_baselines(demo, models, 25) is None
+    assert "DDIM 25 steps" in script.check_baselines(demo, models, 50)
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--class-run", str(demo), "--baselines", str(models), "--json", "r.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--baselines" in error and "not DDIM 50 steps (--ddim-steps 50)" in error
+    assert not (tmp_path / "r.json").exists() and not results_dir.exists()
+    for name, value in (("seed", 1), ("generated_per_class", 50), ("train_images", 900)):
+        compare(**{name: value})
+        assert f"its {name} is {value!r}" in script.check_baselines(demo, models, 25)
+        compare(**{name: protocol[name]})
+    metrics["protocol"].pop("samplers")
+    compare()
+    assert "no recorded sampler" in script.check_baselines(demo, models, 50)
+
+
+def test_the_class_page_names_the_compares_own_sampler_and_what_training_s_holds(
+    results_dir,
+) -> None:
+    """The baselines' benchmark rows name the sampler the compare evaluated them with (as
+    recorded; an older record says it was not), and the column description says the SFD rows'
+    training seconds hold the completion rule's probes, the baselines' none."""
+    script = importlib.import_module("attack_suite")
+    record = class_record_with_baselines("python experiments/attack_suite.py --class-run r")
+    record["baselines_sampler"] = "DDIM 25 steps (eta=0, trailing spacing)"
+    results_page.save_record(record, "all.json")
+    script.main(["--page-from", "all.json"])
+    page = (results_dir / "attacks_class.md").read_text()
+    assert "multi-step, DDIM 25 steps (eta=0, trailing spacing))" in page
+    assert "including the completion rule's probes where it ran" in page
+    assert "(no completion rule, no probes)" in page
+    del record["baselines_sampler"]
+    results_page.save_record(record, "all.json")
+    script.main(["--page-from", "all.json"])
+    page = (results_dir / "attacks_class.md").read_text()
+    assert "the compare's sampler not recorded; this command's revival sampler DDIM 50" in page
+    assert "and protocol" not in page
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--page-from", "r.json", "--baselines", "c/models"], "--baselines: a measuring option"),
+     (["--page-from", "r.json", "--reuse", "old.json"], "--reuse: a measuring option"),
+     (["--run", "d", "--ddim-steps", "25"], "--ddim-steps: the baselines' sampler, read only"),
+     (["--class-run", "d", "--attack-ddim-steps", "8"], "--attack-ddim-steps: the baselines'"),
+     (["--class-run", "d", "--only", "esd", "salun"], "esd and salun need --baselines"),
+     (["--class-run", "d", "--baselines", "c/models", "--only", "sfd"],
+      "--only sfd with --baselines: name both esd and salun")],
+)  # fmt: skip
+def test_options_nothing_reads_are_refused(results_dir, capsys, argv, message) -> None:
+    """An option this command would accept and ignore is refused in one line, exit 2, before
+    anything is read or measured, nothing written."""
+    script = importlib.import_module("attack_suite")
+    with pytest.raises(SystemExit) as stop:
+        script.main([*argv, "--json", "out.json"])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not Path("out.json").exists() and not results_dir.exists()
+
+
+@pytest.mark.parametrize(("name", "was", "now"), [("attacks", ["soft"], ["soft", "discrete"]),
+                                                   ("attack_objective", "both", "white-box")])  # fmt: skip
+def test_reuse_across_other_attacks_or_objective_is_refused(tmp_path, name, was, now) -> None:
+    """Models measured with other prompt attacks or another attack objective are not reused; a
+    record that names neither (written before they were kept) is not either."""
+    script = importlib.import_module("attack_suite")
+    settings = {key: None for key in script.SAME_SETTINGS}
+    settings.update(run="plain", attacks=["soft", "discrete"], attack_objective="white-box")
+    options = argparse.Namespace(**{**settings, name: now, "reuse": str(tmp_path / "old.json")})
+    record = {"run": run_section("python x"), "models": {"sfd": {}},
+              "settings": {**settings, name: was}}  # fmt: skip
+    results_page.save_record(record, options.reuse)
+    assert script.check_reuse(options) == f"it was measured with {name}={was!r}, not {now!r}"
+    del record["settings"][name]
+    results_page.save_record(record, options.reuse)
+    assert f"it names no {name}" in script.check_reuse(options)

@@ -326,9 +326,9 @@ def add_revival_options(parser: argparse.ArgumentParser) -> None:
 
     budget = RevivalBudget()
     add = parser.add_argument
-    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy of each model "
-        "on real images of the forgotten class for STEPS steps; UA after 0, STEPS/4, STEPS/2, "
-        "STEPS (default: no revival test)")  # fmt: skip
+    add("--revival", type=int, metavar="STEPS", help="revival test: fine-tune a copy of the "
+        "model (the demos: of each model) on real images of the forgotten class for STEPS steps; "
+        "UA after 0, STEPS/4, STEPS/2, STEPS (default: no revival test)")  # fmt: skip
     add("--revival-images", type=int, default=budget.images,
         help="k real held-out images of the forgotten class (default %(default)s)")  # fmt: skip
     add("--revival-lr", type=float, default=budget.lr,

@@ -16,7 +16,8 @@ from sfd.folders import check_writable_folder, text_model_index
 
 def run(args: list[str]) -> None:
     """`sfd eval-text`: generate an evaluation set from a prompt file, then CLIP score / NudeNet."""
-    if "--classifier" in args:  # concept-forgetting mode (UA, paraphrases, FID, attack)
+    # concept-forgetting mode (UA, paraphrases, FID, attack), `--classifier DIR` or `--classifier=DIR`
+    if any(arg == "--classifier" or arg.startswith("--classifier=") for arg in args):
         from sfd.cli.eval_text_concepts import run as run_concepts
 
         return run_concepts(args)

@@ -114,6 +114,7 @@ def test_demo_writes_every_artefact_with_valid_metrics(demo_run: tuple[Path, Pat
     assert protocol["sfd_settings"]["iterations"] == 3
     two_stage = protocol["two_stage"]  # stage 1 = the no-forgetting baseline, then SFD from it
     assert two_stage["stage1_iterations"] == 3 and two_stage["stage2_iterations"] == 3
+    assert two_stage["stage2_max_steps"] == 3  # its cap (the attack suite's pages name it)
     assert not two_stage["stage1_reused_from_cache"]
     assert [p["iteration"] for p in metrics["forgetting_curve_without_forgetting"]] == [0, 1, 2, 3]
     assert 0 <= protocol["classifier_heldout_accuracy"] <= 1
@@ -195,6 +196,7 @@ def test_shared_base_demo_trains_both_stages_as_adapters_and_exports_full_genera
     assert json.loads((stage1 / DONE_MARKER).read_text())["model"]["adapters"]["rank"] == 4
     assert sorted(p.name for p in stage1.iterdir()) == ["adapters", DONE_MARKER, "run.json"]
     assert protocol["two_stage"]["stage2_completion"] is None
+    assert protocol["two_stage"]["stage2_max_steps"] == protocol["two_stage"]["stage2_iterations"]
     assert protocol["sfd_settings"]["model"]["adapters"]["rank"] == 4
     # stage 2 ran, and records, the shared base's overlay: the fake score's lr twice full copies'
     assert protocol["sfd_settings"]["model"]["fake_optimizer"]["init_args"]["lr"] == 2.4e-3

@@ -126,9 +126,10 @@ def test_class_names_resolve_in_one_place() -> None:
         resolve_class("eleven", DIGITS_VOCABULARY, "--override")
 
 
-def test_eval_text_takes_class_names(monkeypatch) -> None:
-    """`sfd eval-text ... --classifier` hands --forget / --override on as given (resolved later
-    against the --real data set's class names, as `sfd demo-text` does)."""
+@pytest.mark.parametrize("classifier", [["--classifier", "c"], ["--classifier=c"]])
+def test_eval_text_takes_class_names(monkeypatch, classifier) -> None:
+    """`sfd eval-text ... --classifier` (either form) hands --forget / --override on as given
+    (resolved later against the --real data set's class names, as `sfd demo-text` does)."""
     from sfd.apps.harness import concept_run
 
     seen = {}
@@ -138,7 +139,7 @@ def test_eval_text_takes_class_names(monkeypatch) -> None:
         raise SFDConfigError("stop")
 
     monkeypatch.setattr(concept_run, "run_concept_evaluation", fake_run)
-    argv = ["eval-text", "m", "--classifier", "c", "--forget-prompts", "f", "--remain-prompts",
+    argv = ["eval-text", "m", *classifier, "--forget-prompts", "f", "--remain-prompts",
             "r", "--forget", "seven", "--override", "1", "--output-dir", "o"]  # fmt: skip
     assert main(argv) == 2
     assert seen == {"forget": "seven", "override": "1"}

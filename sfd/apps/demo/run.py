@@ -186,6 +186,7 @@ def evaluate_all(
             "stage1_reused_from_cache": stage1["stage1_cached"],
             "stage1_folder": stage1["stage1_folder"],
             "stage2_iterations": forgetting.iterations,
+            "stage2_max_steps": stage2.trainer.max_steps,  # its cap (the completion rule's too)
             "stage2_completion": forgetting.extra.get("completion"),
             "stage2_training_seconds": forgetting.train_seconds,
             "teacher": "the original teacher, frozen, in both stages",
