@@ -2495,7 +2495,9 @@ def test_reuse_of_a_record_before_attacks_were_kept(tmp_path, top, models, now, 
     settings = {key: None for key in script.SAME_SETTINGS}
     settings.update(run="plain", attacks=["soft", "discrete"], attack_objective="white-box")
     options = argparse.Namespace(**{**settings, **now, "reuse": str(tmp_path / "old.json")})
-    old = {key: value for key, value in settings.items() if key not in ("attacks", "attack_objective")}
+    old = {
+        key: value for key, value in settings.items() if key not in ("attacks", "attack_objective")
+    }
     record = {"run": run_section("python x"), "models": models, "settings": old, **top}
     results_page.save_record(record, options.reuse)
     found = script.check_reuse(options)
