@@ -62,10 +62,7 @@ class Denoiser(nn.Module):
         Discrete-schedule (VP) models take an integer timestep, flow models a time in (0, 1);
         σ-space (EDM) models have no time of their own and take σ_init directly.
         """
-        raise SFDConfigError(
-            f"t_init={t_init!r} needs a teacher with its own time variable (a discrete VP "
-            f"schedule or a flow time); {type(self).__name__} has none (give sigma_init instead)"
-        )
+        raise no_time_variable(type(self), t_init)
 
     def check_guidance_scales(self, scales: dict[str, float]) -> None:
         """Refuse, in one line, classifier-free guidance scales this model cannot take (default: none)."""
@@ -79,6 +76,9 @@ class Denoiser(nn.Module):
         Args:
             module: the module's settings (t_init, the guidance scales, ...).
         """
+        t_init = module.get("t_init")
+        if t_init is not None and cls.sigma_at_time is Denoiser.sigma_at_time:
+            raise no_time_variable(cls, t_init)  # a σ-space (EDM) model: refused before it exists
 
     @classmethod
     def prompt_tokenizer(cls, settings: Mapping[str, Any]) -> tuple[Any, int | None] | None:
@@ -124,6 +124,9 @@ class Denoiser(nn.Module):
         """
         for role in roles:
             scale = module.get(f"{role}_guidance")
+            override = module.get("override_guidance") if role == "teacher" else None
+            if override is not None and float(override) != 1.0:
+                continue  # the teacher's override is guided in the unlearning term: it acts there
             if scale is not None and float(scale) == 1.0:
                 raise SFDConfigError(
                     f"conditions {setting} gives {role} a negative prompt, but "
@@ -248,3 +251,11 @@ def pretrained_source(cls: type, arguments: dict[str, Any]) -> dict[str, Any]:
     """
     init_args = {k: v for k, v in arguments.items() if k not in ("self", "__class__")}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def no_time_variable(family: type, t_init: Any) -> SFDConfigError:
+    """The refusal of a t_init for a model with no time variable of its own (σ-space, EDM)."""
+    return SFDConfigError(
+        f"t_init={t_init!r} needs a teacher with its own time variable (a discrete VP "
+        f"schedule or a flow time); {family.__name__} has none (give sigma_init instead)"
+    )

@@ -36,6 +36,7 @@ from sfd.teachers.stable_diffusion import (
     prepare_teacher_unet,
 )
 from sfd.teachers.text_encoder import load_text_encoder, model_index, tokenize
+from sfd.teachers.vp import check_timestep
 
 TIME_ID_FIELDS = ("original_height", "original_width", "crop_top", "crop_left", "height", "width")
 
@@ -298,7 +299,10 @@ class StableDiffusionXLTeacher(StableDiffusionXLDenoiser):
 
     @classmethod
     def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
-        _check_sdxl_folder(settings)
+        """The folder's files, and t_init against its scheduler's number of timesteps."""
+        scheduler_config, _ = _check_sdxl_folder(settings)
+        if module.get("t_init") is not None:
+            check_timestep(module["t_init"], scheduler_config.get("num_train_timesteps", 1000))
 
 
 def _check_sdxl_folder(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -75,6 +75,15 @@ def test_a_negative_prompt_that_acts_is_allowed(flow_dirs) -> None:
     SD3Teacher.check_negative_prompt({}, {**scales, "fake_train_guidance": 1.0}, *nudity)
     with pytest.raises(SFDConfigError, match="fake_eval_guidance is 1"):
         SD3Teacher.check_negative_prompt({}, {**scales, "fake_eval_guidance": 1.0}, *nudity)
+    # the teacher unguided but its override guided (override_guidance): the teacher's negative
+    # acts in the unlearning term, so it is allowed; with the override at 1 too it never acts
+    unguided = {**scales, "teacher_guidance": 1.0}
+    SD3Teacher.check_negative_prompt({}, {**unguided, "override_guidance": 4.5}, *nudity)
+    for override in (None, 1.0):
+        with pytest.raises(SFDConfigError, match="teacher_guidance is 1"):
+            SD3Teacher.check_negative_prompt(
+                {}, {**unguided, "override_guidance": override}, *nudity
+            )
 
 
 def test_flux_schnell_is_told_the_override_that_clears_the_presets_guidance(
