@@ -292,19 +292,38 @@ def reused(options: argparse.Namespace, measured: dict[str, Any]) -> dict[str, A
     return {key: models[key] for key in [*MODELS, *models] if key in models}
 
 
+PROMPT_ATTACKS = ("soft", "discrete")  # `--attacks`' choices; a record before it ran both
+
+
+def kept_settings(old: dict[str, Any]) -> dict[str, Any]:
+    """The record's `settings`, with those written before they were kept there read from the
+    record: `attack_objective` from its top level, `attacks` from the prompt attacks its models
+    ran (both where none did: a class record, or every record before `--attacks`)."""
+    settings = dict(old["settings"])
+    if "attack_objective" not in settings and "attack_objective" in old:
+        settings["attack_objective"] = old["attack_objective"]
+    if "attacks" not in settings:
+        ran = {name for model in old["models"].values() for name in model.get("attacks") or {}}
+        settings["attacks"] = [name for name in PROMPT_ATTACKS if name in ran] or list(
+            PROMPT_ATTACKS
+        )
+    return settings
+
+
 def check_reuse(options: argparse.Namespace) -> str | None:
     """Why the `--reuse` record cannot be reused by this command (None when it can): it must come
-    from the same report folders and budgets."""
+    from the same report folders and budgets (`kept_settings`)."""
     old = read_record(options.reuse)
     if old.get("settings") is None:
         return "it names no settings (written before --reuse existed); measure again"
+    settings = kept_settings(old)
     for name in SAME_SETTINGS:
         if name == "adversarial_run" and "adversarial_sfd" not in old["models"]:
             continue  # the reused models all come from --run (or --class-run)
-        if name not in old["settings"]:
+        if name not in settings:
             return f"it names no {name} (written before it was kept); measure again"
-        if old["settings"].get(name) != getattr(options, name):
-            was, now = old["settings"].get(name), getattr(options, name)
+        if settings.get(name) != getattr(options, name):
+            was, now = settings.get(name), getattr(options, name)
             return f"it was measured with {name}={was!r}, not {now!r}"
     return None
 
@@ -1098,8 +1117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--attacks",
         nargs="+",
-        default=["soft", "discrete"],
-        choices=("soft", "discrete"),
+        default=list(PROMPT_ATTACKS),
+        choices=PROMPT_ATTACKS,
         help="the prompt attacks run on text models (default: both); the page shows – for the "
         "others",
     )

@@ -2463,8 +2463,7 @@ def test_options_nothing_reads_are_refused(results_dir, capsys, argv, message) -
 @pytest.mark.parametrize(("name", "was", "now"), [("attacks", ["soft"], ["soft", "discrete"]),
                                                    ("attack_objective", "both", "white-box")])  # fmt: skip
 def test_reuse_across_other_attacks_or_objective_is_refused(tmp_path, name, was, now) -> None:
-    """Models measured with other prompt attacks or another attack objective are not reused; a
-    record that names neither (written before they were kept) is not either."""
+    """Models measured with other prompt attacks or another attack objective are not reused."""
     script = importlib.import_module("attack_suite")
     settings = {key: None for key in script.SAME_SETTINGS}
     settings.update(run="plain", attacks=["soft", "discrete"], attack_objective="white-box")
@@ -2473,6 +2472,33 @@ def test_reuse_across_other_attacks_or_objective_is_refused(tmp_path, name, was,
               "settings": {**settings, name: was}}  # fmt: skip
     results_page.save_record(record, options.reuse)
     assert script.check_reuse(options) == f"it was measured with {name}={was!r}, not {now!r}"
-    del record["settings"][name]
+
+
+@pytest.mark.parametrize(
+    ("top", "models", "now", "reason"),
+    [({"attack_objective": "white-box"}, {"sfd": {}}, {}, None),
+     ({"attack_objective": "both"}, {"sfd": {}}, {},
+      "it was measured with attack_objective='both', not 'white-box'"),
+     ({}, {"sfd": {}}, {}, "it names no attack_objective (written before it was kept)"),
+     ({"attack_objective": "white-box"}, {"sfd": {"attacks": {"soft": {}, "discrete": {},
+                                                             "paraphrases": {}}}}, {}, None),
+     ({"attack_objective": "white-box"}, {"sfd": {"attacks": {"soft": {}, "paraphrases": {}}}},
+      {}, "it was measured with attacks=['soft'], not ['soft', 'discrete']"),
+     ({"attack_objective": "white-box"}, {"sfd": {}}, {"attacks": ["soft"]},
+      "it was measured with attacks=['soft', 'discrete'], not ['soft']")],
+)  # fmt: skip
+def test_reuse_of_a_record_before_attacks_were_kept(tmp_path, top, models, now, reason) -> None:
+    """A record written before `settings` kept `attacks` and `attack_objective` is reused when
+    they match: the objective read from the record's top level (refused where it has none),
+    the attacks from those its models ran, both where none ran (before `--attacks`)."""
+    script = importlib.import_module("attack_suite")
+    settings = {key: None for key in script.SAME_SETTINGS}
+    settings.update(run="plain", attacks=["soft", "discrete"], attack_objective="white-box")
+    options = argparse.Namespace(**{**settings, **now, "reuse": str(tmp_path / "old.json")})
+    old = {
+        key: value for key, value in settings.items() if key not in ("attacks", "attack_objective")
+    }
+    record = {"run": run_section("python x"), "models": models, "settings": old, **top}
     results_page.save_record(record, options.reuse)
-    assert f"it names no {name}" in script.check_reuse(options)
+    found = script.check_reuse(options)
+    assert found == reason if reason is None or reason.startswith("it was") else reason in found

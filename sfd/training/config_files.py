@@ -59,33 +59,64 @@ def check_config_files(args: list[str]) -> None:
 
 
 ADVERSARIAL_KEY = "--model.adversarial"
+MODEL_KEY = "--model"  # `--model FILE.yaml`, `--model '{json}'`: the whole model block
+
+
+def model_value(value: str) -> dict:
+    """The settings `--model VALUE` gives: VALUE a YAML/JSON file or an inline YAML/JSON
+    mapping ({} when it is neither; jsonargparse reports that itself)."""
+    try:
+        text = Path(value).read_text("utf-8") if Path(value).is_file() else value
+        content = yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def lone_adversarial_setting(args: list[str], on: bool = False) -> str | None:
+    """The first `--model.adversarial.<setting> VALUE` (as "key value") that no earlier part of
+    the command line turns adversarial SFD on for, None when there is none. Adversarial SFD is
+    on after a config file or `--model VALUE` with a `model.adversarial` (`adversarial`) block
+    that is not null, or `--model.adversarial` with a value other than null; off after such a
+    null.
+
+    Args:
+        args: a training command line (after the verb); the config files are checked already.
+        on: whether adversarial SFD is on before `args`.
+    """
+    for index, token in enumerate(args):
+        key, given, value = token.partition("=")
+        value = value if given else (args[index + 1] if index + 1 < len(args) else "")
+        block = None
+        if key in CONFIG_FLAGS:
+            content = yaml.safe_load(Path(value).read_text("utf-8")) or {}
+            block = content.get("model") if isinstance(content.get("model"), dict) else {}
+        elif key == MODEL_KEY:
+            block = model_value(value)
+        elif key == ADVERSARIAL_KEY:
+            on = value.strip().lower() not in ("", "null", "none")
+        elif key.startswith(ADVERSARIAL_KEY + ".") and not on:
+            return f"{key} {value}"
+        if block is not None and "adversarial" in block:
+            on = block["adversarial"] is not None
+    return None
 
 
 def check_adversarial_switch(args: list[str]) -> None:
     """Refuse a `--model.adversarial.<setting>` option that no earlier part of the command line
-    turns adversarial SFD on for: a config file with a `model.adversarial` block (such as
-    configs/adversarial.yaml) or `--model.adversarial` with a value. On its own, jsonargparse
-    would build the block from that one setting and the defaults, and a run meant as plain SFD
-    (or one whose later `-c configs/adversarial.yaml` resets the setting) would train otherwise.
+    turns adversarial SFD on for (`lone_adversarial_setting`): a config file with a
+    `model.adversarial` block (such as configs/adversarial.yaml), `--model` with an
+    `adversarial` block, or `--model.adversarial` with a value. On its own, jsonargparse would
+    build the block from that one setting and the defaults, and a run meant as plain SFD (or one
+    whose later `-c configs/adversarial.yaml` resets the setting) would train otherwise.
 
     Args:
         args: a training command line (after the verb); the config files are checked already.
     """
-    on = False
-    for index, token in enumerate(args):
-        key, given, value = token.partition("=")
-        following = args[index + 1] if index + 1 < len(args) else ""
-        if key in CONFIG_FLAGS:
-            model = yaml.safe_load(Path(value if given else following).read_text("utf-8")) or {}
-            model = model.get("model") if isinstance(model.get("model"), dict) else {}
-            if "adversarial" in model:
-                on = model["adversarial"] is not None
-        elif key == ADVERSARIAL_KEY:
-            on = (value if given else following).strip().lower() not in ("", "null", "none")
-        elif key.startswith(ADVERSARIAL_KEY + ".") and not on:
-            raise SFDConfigError(
-                f"{key} {value if given else following}: a setting of adversarial SFD, which "
-                "nothing before it turns on; give it "
-                "after -c configs/adversarial.yaml (or --model.adversarial '{}'), which turns "
-                "adversarial SFD on with its defaults"
-            )
+    lone = lone_adversarial_setting(args)
+    if lone is not None:
+        raise SFDConfigError(
+            f"{lone}: a setting of adversarial SFD, which nothing before it turns on; give it "
+            "after -c configs/adversarial.yaml (or --model.adversarial '{}'), which turns "
+            "adversarial SFD on with its defaults"
+        )

@@ -430,3 +430,59 @@ def test_stage_two_is_capped_at_three_times_the_preset_and_probed_every_ten() ->
     assert curve_every(settings, 600, under_rule=True) == 10
     assert curve_every(settings, 600) == 30  # stage 1, the baselines, SFD without the rule
     assert curve_every(replace(settings, curve_every=4), 600, under_rule=True) == 4
+
+
+def user_sfd_config(tmp_path: Path, adversarial: object) -> Path:
+    """The packaged preset with the user's `model.adversarial` block, as `--sfd-config` gives it."""
+    import yaml
+
+    from sfd.apps.harness.settings import default_sfd_config
+
+    preset = yaml.safe_load(default_sfd_config().read_text())
+    preset.setdefault("model", {})["adversarial"] = adversarial
+    path = tmp_path / "user.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def test_an_sfd_config_with_an_adversarial_block_takes_its_settings(tmp_path: Path) -> None:
+    """`sfd demo --sfd-config user.yaml` (a `model.adversarial` block, no `--adversarial`) trains
+    adversarial SFD: `--model.adversarial.steps 4` refines it, and the report names the model
+    adversarial SFD (from the parsed settings, as the demo's protocol keeps them)."""
+    from sfd.apps.harness.class_run import check_adversarial_options
+    from sfd.apps.harness.report_folder import ADVERSARIAL_TITLE, report_titles
+
+    config = user_sfd_config(tmp_path, {"steps": 3})
+    args = ["--model.adversarial.steps", "4"]
+    check_adversarial_options(args, adversarial=False, sfd_config=config)
+    settings = ClassRunSettings(sfd_config=config, sfd_args=args)
+    stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
+    assert stage2.model.adversarial.steps == 4
+    protocol = {"sfd_settings": {"model": stage2.model.as_dict()}}
+    assert report_titles(protocol)["sfd"] == ADVERSARIAL_TITLE
+
+
+def test_adversarial_null_is_no_setting_and_a_null_block_leaves_it_off(tmp_path: Path) -> None:
+    """`--model.adversarial null` (off, as it is) is accepted without `--adversarial`; a setting
+    after an `--sfd-config` whose block is null is refused: adversarial SFD is off."""
+    from sfd.apps.harness.class_run import check_adversarial_options
+    from sfd.errors import SFDConfigError
+
+    check_adversarial_options(["--model.adversarial", "null"], adversarial=False)
+    with pytest.raises(SFDConfigError, match="steps 4: a setting of adversarial SFD, which is off"):
+        check_adversarial_options(["--model.adversarial.steps", "4"], False,
+                                  user_sfd_config(tmp_path, None))  # fmt: skip
+
+
+def test_stage_one_leaves_out_the_sfd_configs_adversarial_block(tmp_path: Path) -> None:
+    """Stage 1 does not forget: adversarial SFD from the user's `--sfd-config` stays off there, so
+    its cache key is plain stage 1's (the same config without the block)."""
+    from sfd.apps.harness.stages import stage_one_description
+
+    def description(adversarial: object) -> dict:
+        config = user_sfd_config(tmp_path, adversarial)
+        args = ClassRunSettings(sfd_config=config).sfd_command_line(stage="stage1")
+        assert parse_fit_config(args, one_line_errors=True).model.adversarial is None
+        return stage_one_description("teacher", args)
+
+    assert description({"steps": 3}) == description(None)

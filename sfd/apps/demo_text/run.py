@@ -97,7 +97,7 @@ def check_settings(
             raise SFDConfigError(
                 f"--neighbours {c} is not a remain class (0..{vocabulary.num_classes - 1})"
             )
-    check_adversarial_options(settings.sfd_args, settings.adversarial)
+    check_adversarial_options(settings.sfd_args, settings.adversarial, settings.sfd_config)
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     check_teacher_class(settings.family, sfd.model.teacher.class_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfd.apps.data.names import DIGITS, FASHION
-from sfd.apps.harness.class_run import ADVERSARIAL_ARGS, stage1_overrides
+from sfd.apps.harness.class_run import ADVERSARIAL_ARGS, STAGE1_ARGS, stage1_overrides
 from sfd.eval.attack_budget import AttackBudget, DiscreteAttackBudget, RevivalBudget
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class TextDemoSettings:
         `stage="sfd"` is SFD itself (also stage 2 of the two-stage path, which adds the stage-1
         networks). `stage="stage1"` is distillation without forgetting: the packaged preset
         plus its stage-1 overlay (or the user's `sfd_config` alone), the user's overrides, every
-        class's captions as the prompts to keep, both forget weights 0 and
+        class's captions as the prompts to keep, both forget weights 0, no adversarial SFD and
         `baseline_iterations` if given.
         """
         if stage not in ("sfd", "stage1"):
@@ -130,7 +130,7 @@ class TextDemoSettings:
         # The demo seeds every phase itself (`pl.seed_everything(seed, verbose=False)`).
         args += ["--model.seed", str(self.seed), "--seed_everything", "false"]
         if stage == "stage1":
-            args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
+            args += STAGE1_ARGS
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args

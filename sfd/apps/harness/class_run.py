@@ -10,6 +10,7 @@ from pathlib import Path
 from sfd.apps.data.names import DIGITS
 from sfd.errors import SFDConfigError
 from sfd.eval.attack_budget import ClassEmbeddingBudget, RevivalBudget
+from sfd.training.config_files import check_config_files, lone_adversarial_setting
 
 SFD_PRESET = "sfd_digits.yaml"  # beside this module (demo and compare): SFD from the teacher
 STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (distillation)
@@ -19,18 +20,27 @@ STAGE2_SHARED_BASE_PRESET = "sfd_digits_stage2_shared_base.yaml"
 # `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
 # (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
+# stage 1 does not forget: both forget weights 0 and no adversarial SFD, even where the user's
+# --sfd-config holds a `model.adversarial` block (its cache key stays plain stage 1's)
+STAGE1_ARGS = ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
+STAGE1_ARGS += ["--model.adversarial", "null"]
 START_FROM = "--model.adapters.start_from"  # the demos' own: stage 2 from the stage-1 adapters
 
 
-def check_adversarial_options(args: list[str], adversarial: bool) -> None:
-    """Refuse `--model.adversarial.*` options without `--adversarial`: they refine adversarial
-    SFD, which the demo turns on only with that flag (its report names the method it ran)."""
-    at = next((i for i, arg in enumerate(args) if arg.startswith("--model.adversarial")), None)
-    if at is not None and not adversarial:
-        key, given, value = args[at].partition("=")
-        value = value if given else (args[at + 1] if at + 1 < len(args) else "")
+def check_adversarial_options(
+    args: list[str], adversarial: bool, sfd_config: Path | None = None
+) -> None:
+    """Refuse `--model.adversarial.*` options while adversarial SFD is off: they refine it, and
+    the demo turns it on only with `--adversarial` or a user's `--sfd-config` (or an earlier
+    option) with a `model.adversarial` block that is not null (`lone_adversarial_setting`; its
+    report names the method the parsed settings ran). `--model.adversarial null` is no setting.
+    """
+    before = [] if sfd_config is None else ["-c", str(sfd_config)]
+    check_config_files(before + args)
+    lone = lone_adversarial_setting(before + args, on=adversarial)
+    if lone is not None:
         raise SFDConfigError(
-            f"{key} {value}: a setting of adversarial SFD, which is off; add "
+            f"{lone}: a setting of adversarial SFD, which is off; add "
             "--adversarial to train adversarial SFD, or leave the option out"
         )
 
@@ -144,7 +154,7 @@ class ClassRunSettings:
         The demo owns the teacher, the forget/override classes and the seed. `stage="sfd"` is
         SFD itself, from the teacher. `stage="stage1"` is distillation without forgetting, the
         first stage of the two-stage path: the packaged preset plus its stage-1 overlay (or the
-        user's `sfd_config` alone), then the user's overrides, both forget weights 0 and
+        user's `sfd_config` alone), then the user's overrides, both forget weights 0, no adversarial SFD and
         `baseline_iterations` if given; it trains what stage 2 trains: full copies, or with
         `--model.adapters.*` adapters of the frozen teacher. `stage="stage2"` is SFD from the
         stage-1 networks or adapters (the caller adds them): the packaged preset plus its stage-2
@@ -180,7 +190,7 @@ class ClassRunSettings:
         # LightningCLI seed would also print "Seed set to ..." beside a one-line error.
         args += ["--seed_everything", "false"]
         if stage == "stage1":
-            args += ["--model.lambda_sg_forget", "0", "--model.lambda_g_forget", "0"]
+            args += STAGE1_ARGS
             if self.baseline_iterations is not None:
                 args += ["--trainer.max_steps", str(self.baseline_iterations)]
         return args

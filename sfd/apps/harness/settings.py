@@ -31,7 +31,7 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     Returns:
         the parsed SFD configuration (jsonargparse namespace).
     """
-    check_adversarial_options(settings.sfd_args, settings.adversarial)
+    check_adversarial_options(settings.sfd_args, settings.adversarial, settings.sfd_config)
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
