@@ -58,7 +58,7 @@ def check_config_files(args: list[str]) -> None:
             )
 
 
-ADVERSARIAL_KEY = "--model.adversarial"
+ADVERSARIAL_OPTION = "--model.adversarial"
 MODEL_KEY = "--model"  # `--model FILE.yaml`, `--model '{json}'`: the whole model block
 
 
@@ -93,9 +93,9 @@ def lone_adversarial_setting(args: list[str], on: bool = False) -> str | None:
             block = content.get("model") if isinstance(content.get("model"), dict) else {}
         elif key == MODEL_KEY:
             block = model_value(value)
-        elif key == ADVERSARIAL_KEY:
+        elif key == ADVERSARIAL_OPTION:
             on = value.strip().lower() not in ("", "null", "none")
-        elif key.startswith(ADVERSARIAL_KEY + ".") and not on:
+        elif key.startswith(ADVERSARIAL_OPTION + ".") and not on:
             return f"{key} {value}"
         if block is not None and "adversarial" in block:
             on = block["adversarial"] is not None
