@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from judge_levels import captions, class_index, model_folder
+from judge_levels import captions, class_index, model_folder, percent
 from results_page import (
     add_page_arguments,
     command_line,
@@ -99,10 +99,6 @@ def measure_case(spec: list[str], scales: list[float], samples: int, seed: int) 
         "real_ceiling": real_ceiling(classifier_given),
         "rows": rows,
     }
-
-
-def percent(value: float) -> str:
-    return f"{100 * value:.1f} %"
 
 
 def case_section(case: dict[str, Any]) -> str:
