@@ -41,7 +41,7 @@ each with the command that measured it. `--page` picks the results page (default
 adversarial_settings; adversarial_budget: the inner attack's budget; adversarial_refresh: how often
 the pool is drawn afresh; flow_robust: the flow-matching teacher, `--family sd3`, with the remain FID
 over the teacher's multi-step FID and the same run's no-forgetting generator's attack success beside
-each row), kept in the record so that
+each row; flow_robust_long: the same with a longer stage 2), kept in the record so that
 `--page-from` rewrites the same page.
 """
 
@@ -74,6 +74,17 @@ PAGES = {  # results page -> its heading
     "adversarial_budget": "Adversarial SFD: the inner attack's budget on the text digits demo",
     "adversarial_refresh": "Adversarial SFD: refreshing the inner attack's pool on the text digits demo",
     "flow_robust": "Adversarial SFD on the flow-matching text teacher: the attack from any prompt",
+    "flow_robust_long": "Adversarial SFD on the flow-matching text teacher: longer stage 2",
+}
+FLOW_PAGES = {  # the flow teacher's pages (`--family sd3`, flow_table) -> their "Earlier rows"
+    "flow_robust": "Plain SFD and adversarial SFD at the defaults on the same teacher, "
+    "pair and attack budget (stage 2 under the completion rule, capped at 200): "
+    "[the flow-matching text demo](flow_text.md); why the attack reaches the concept from "
+    "any prompt: [where the attack starts](attack_reach.md) and docs/method.md §5.",
+    "flow_robust_long": "Adversarial SFD's settings on the same teacher, pair and attack budget "
+    "with stage 2 capped at 60 iterations: [attacks from any prompt](flow_robust.md); plain SFD "
+    "and adversarial SFD at the defaults capped at 200: [the flow-matching text "
+    "demo](flow_text.md).",
 }
 
 
@@ -239,15 +250,9 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
         "Remain accuracy per class": per_class,
         "Commands": commands,
     }
-    if name == "flow_robust":
+    if name in FLOW_PAGES:
         sections["Results"] = flow_table(rows)
-        sections = {
-            **sections,
-            "Earlier rows": "Plain SFD and adversarial SFD at the defaults on the same teacher, "
-            "pair and attack budget (stage 2 under the completion rule, capped at 200): "
-            "[the flow-matching text demo](flow_text.md); why the attack reaches the concept from "
-            "any prompt: [where the attack starts](attack_reach.md) and docs/method.md §5.",
-        }
+        sections = {**sections, "Earlier rows": FLOW_PAGES[name]}
     page = write_page(
         name,
         PAGES[name],
@@ -293,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.page_from:
         print(write_results_page(read_record(args.page_from), args.page_from))
         return
-    if args.page == "flow_robust" and args.family != "sd3":
-        parser.error(f"--page flow_robust is the flow teacher's: --family sd3 (got {args.family})")
+    if args.page in FLOW_PAGES and args.family != "sd3":
+        parser.error(f"--page {args.page} is the flow teacher's: --family sd3 (got {args.family})")
     json_file = args.json or str(Path(args.output_root) / "adversarial_settings.json")
     load_start, commit = os.getloadavg(), git_commit()
     rows = measure(args)
