@@ -345,6 +345,10 @@ def flow_robust_record(command: str) -> dict[str, Any]:
     return record  # the included row has no teacher FID (an older record)
 
 
+def flow_robust_long_record(command: str) -> dict[str, Any]:
+    return {**flow_robust_record(command), "page": "flow_robust_long"}
+
+
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     def point(step: int, classifier: float, judged: float, labels: list[int], among=None):
         values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
@@ -809,6 +813,18 @@ CASES = [
         ],
     ),
     (
+        "adversarial_settings",
+        "flow_robust_long",
+        flow_robust_long_record,
+        "python experiments/adversarial_settings.py --page flow_robust_long --family sd3 b:",
+        [
+            "# Adversarial SFD on the flow-matching text teacher: longer stage 2",
+            "| three → eight | b | weight 1.0 | 60 | 100.0 % | 99.0 % | 97.8 % (99.4 %) "
+            "| 1.70× (8.50) | 25.0 % | 100.0 % | 600 |",
+            "capped at 60 iterations: [attacks from any prompt](flow_robust.md)",
+        ],
+    ),
+    (
         "adversarial_diagnosis",
         "adversarial_diagnosis",
         adversarial_diagnosis_record,
@@ -1202,6 +1218,21 @@ def test_text_quality_writes_the_page_its_record_names(results_dir) -> None:
     results_page.save_record(plain, "runs/q/plain.json")
     text_quality.main(["--page-from", "runs/q/plain.json"])
     assert (results_dir / "text_quality.md").is_file()
+
+
+@pytest.mark.parametrize("page", ["flow_robust", "flow_robust_long"])
+def test_a_flow_teachers_page_refuses_the_unet_teacher(results_dir, tmp_path, capsys, page) -> None:
+    """The flow pages' rows are the flow teacher's: `--family unet` is refused in one line, exit
+    status 2, before any run and with nothing written."""
+    import adversarial_settings
+
+    with pytest.raises(SystemExit) as stop:
+        adversarial_settings.main(["--page", page, "--output-root", "runs/f", "a:"])
+    assert stop.value.code == 2
+    assert (
+        f"--page {page} is the flow teacher's: --family sd3 (got unet)" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "runs").exists() and not results_dir.exists()
 
 
 @pytest.mark.parametrize(("script", "page", "build", "command", "expected"), CASES)
