@@ -23,6 +23,9 @@
     python experiments/adversarial_settings.py --page flow_robust --family sd3 \
         --output-root runs/flow-robust --teacher-cache ~/.cache/sfd --stage2-steps 60 \
         "b-remain0.5:refresh_every=5,steps=4,share=0.5,remain_starts=0.5,posterior_weight=true"
+    python experiments/adversarial_settings.py --page flow_robust_long --family sd3 \
+        --output-root runs/flow-long --teacher-cache ~/.cache/sfd --stage2-steps 600 \
+        "r600-remain0.5-postw:remain_starts=0.5,posterior_weight=true" "r600-default:"
 
 Each variant is `name:key=value,...` over `model.adversarial` (empty: the defaults of
 configs/adversarial.yaml; `plain` as the name: plain SFD, no `--adversarial`). It runs
