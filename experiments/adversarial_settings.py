@@ -37,8 +37,11 @@ run again, when the command kept beside it (command.txt) is this one; otherwise 
 (folders measured before command.txt was kept: `--page-from` their record). The table: UA on the training prompts and
 the held-out paraphrases, remain accuracy against the teacher's, remain FID, the soft-prompt
 attack's success (the demo's default budget: 16 tokens, 200 steps, 3 restarts, 64 held-out
-samples, judged by the evaluation classifier) and stage 2's wall seconds. Variants can be run one
-call at a time: a later call naming them all reads the finished folders and writes the whole page.
+samples, judged by the evaluation classifier) and stage 2's wall seconds (--stage2-steps is a cap:
+the completion rule may stop stage 2 before it; the flow pages give its reason, e.g. "stalled":
+the judged forget rate, attacked pool included, stopped falling, docs/method.md §8). Variants can
+be run one call at a time: a later call naming them all reads the finished folders and writes the
+whole page.
 `--include` adds the rows of earlier records of this script (another concept pair) to the page,
 each with the command that measured it. `--page` picks the results page (default
 adversarial_settings; adversarial_budget: the inner attack's budget; adversarial_refresh: how often
@@ -130,6 +133,8 @@ def row_of(name: str, pairs: list[tuple[str, str]], command: list[str], folder: 
     metrics = json.loads((folder / "metrics.json").read_text())
     sfd, teacher = metrics["sfd"], metrics["teacher"]
     phases = metrics["protocol"]["phase_seconds"]
+    # the completion rule's summary (None: the rule was off; runs before it was recorded: absent)
+    completion = metrics["protocol"].get("two_stage", {}).get("stage2_completion")
     return {
         "pair": f"{metrics['class_names'][metrics['forget']]} → "
         f"{metrics['class_names'][metrics['override']]}",
@@ -137,6 +142,7 @@ def row_of(name: str, pairs: list[tuple[str, str]], command: list[str], folder: 
         "settings": dict(pairs),
         "command": shlex.join(command),
         "iterations": metrics["iterations"],
+        "stop_reason": None if completion is None else completion["stop_reason"],
         "ua": sfd["forget_train"]["ua"],
         "ua_paraphrases": sfd["forget_paraphrases"]["ua"],
         "remain": sfd["remain_accuracy"],
@@ -170,10 +176,11 @@ def percent(value: float) -> str:
 
 
 def flow_table(rows: list[dict[str, Any]]) -> str:
-    """The flow_robust page's table: the targets' quantities beside each variant (FID over the
-    teacher's multi-step FID, the no-forgetting generator's attack success of the same run)."""
+    """The flow pages' table: the targets' quantities beside each variant (FID over the teacher's
+    multi-step FID, the no-forgetting generator's attack success of the same run), and why stage 2
+    stopped where the record says (the completion rule's reason, e.g. "stalled" before the cap)."""
     header = [
-        "pair", "variant", "model.adversarial", "iterations", "UA", "UA paraphrases",
+        "pair", "variant", "model.adversarial", "iterations (stop)", "UA", "UA paraphrases",
         "remain (teacher)", "FID ÷ teacher", "soft attack", "no forgetting: soft attack",
         "stage 2 s",
     ]  # fmt: skip
@@ -184,7 +191,9 @@ def flow_table(rows: list[dict[str, Any]]) -> str:
                 row["pair"],
                 row["name"],
                 ", ".join(f"{k} {v}" for k, v in row["settings"].items()) or "defaults",
-                row["iterations"],
+                f"{row['iterations']} ({row['stop_reason']})"
+                if row.get("stop_reason")
+                else row["iterations"],
                 percent(row["ua"]),
                 percent(row["ua_paraphrases"]),
                 f"{percent(row['remain'])} ({percent(row['remain_teacher'])})",

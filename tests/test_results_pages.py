@@ -346,7 +346,11 @@ def flow_robust_record(command: str) -> dict[str, Any]:
 
 
 def flow_robust_long_record(command: str) -> dict[str, Any]:
-    return {**flow_robust_record(command), "page": "flow_robust_long"}
+    record = {**flow_robust_record(command), "page": "flow_robust_long"}
+    record["rows"] = [
+        {**row, "iterations": 390, "stop_reason": "stalled"} for row in record["rows"]
+    ]
+    return record  # the included row has no stop reason (an older record): its count alone
 
 
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
@@ -819,8 +823,10 @@ CASES = [
         "python experiments/adversarial_settings.py --page flow_robust_long --family sd3 b:",
         [
             "# Adversarial SFD on the flow-matching text teacher: longer stage 2",
-            "| three → eight | b | weight 1.0 | 60 | 100.0 % | 99.0 % | 97.8 % (99.4 %) "
+            "| three → eight | b | weight 1.0 | 390 (stalled) | 100.0 % | 99.0 % | 97.8 % (99.4 %) "
             "| 1.70× (8.50) | 25.0 % | 100.0 % | 600 |",
+            "| seven → one | a | defaults | 60 | 100.0 % | 99.0 % | 96.7 % (99.4 %) "
+            "| – (8.50) | 43.8 % | 100.0 % | 600 |",
             "capped at 60 iterations: [attacks from any prompt](flow_robust.md)",
         ],
     ),
@@ -1218,6 +1224,43 @@ def test_text_quality_writes_the_page_its_record_names(results_dir) -> None:
     results_page.save_record(plain, "runs/q/plain.json")
     text_quality.main(["--page-from", "runs/q/plain.json"])
     assert (results_dir / "text_quality.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("two_stage", "reason"),
+    [
+        ({"stage2_completion": {"stop_reason": "stalled", "iterations": 390}}, "stalled"),
+        ({"stage2_completion": None}, None),  # the rule off: the fixed cap
+        (None, None),  # a run from before metrics.json recorded the rule
+    ],
+)
+def test_a_row_says_why_stage_2_stopped(tmp_path, two_stage, reason) -> None:
+    """A variant's row carries the completion rule's stop reason from its metrics.json."""
+    import adversarial_settings
+
+    def scores(ua: float) -> dict[str, Any]:
+        return {
+            "forget_train": {"ua": ua},
+            "forget_paraphrases": {"ua": ua},
+            "remain_accuracy": 0.97,
+            "remain_per_class": {"0": 0.97},
+            "fid_remain": 5.0,
+        }
+
+    protocol = {"phase_seconds": {"sfd": 10.0, "total": 20.0}}
+    if two_stage is not None:
+        protocol["two_stage"] = two_stage
+    metrics = {
+        "class_names": ["zero", "one", "seven"], "forget": 2, "override": 1, "iterations": 390,
+        "sfd": scores(1.0), "teacher": scores(0.0), "protocol": protocol,
+        "attack": {"sfd": {"soft": {"success_rate": 0.98}},
+                   "distilled_without_forgetting": {"soft": {"success_rate": 1.0}}},
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    row = adversarial_settings.row_of("a", [], ["sfd", "demo-text"], tmp_path)
+    assert row["stop_reason"] == reason and row["iterations"] == 390
+    cells = adversarial_settings.flow_table([row]).splitlines()[-1].split(" | ")
+    assert cells[3] == ("390 (stalled)" if reason else "390")
 
 
 @pytest.mark.parametrize("page", ["flow_robust", "flow_robust_long"])
