@@ -28,6 +28,7 @@ from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 from sfd.training.config_errors import callback_entries, checking_class, one_line
+from sfd.training.config_files import attach_signed_values
 from sfd.training.progress import IterationProgressBar
 from sfd.training.resume import (
     RunConfigStamp,
@@ -89,6 +90,11 @@ class RunCLI(LightningCLI):
         return None
 
     # --- LightningCLI stages ------------------------------------------------------------------
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        # `--model.alpha -inf` as `--model.alpha=-inf`: the value reaches the setting's check
+        attached = attach_signed_values(args) if isinstance(args, list) else args
+        super().parse_arguments(parser, attached)
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads an explicit checkpoint here to take its hyperparameters; read it

@@ -291,3 +291,20 @@ def test_every_number_setting_of_the_module_names_its_range_for_nan_inf_and_word
         parse_fit_config(["-c", str(default_sfd_config()), "--model.alpha", ".nan"],
                          one_line_errors=True)  # fmt: skip
     assert str(refused.value) == "model.alpha=nan must be a finite number in [0, inf)"
+
+
+def test_a_signed_value_argparse_takes_for_an_option_is_attached_to_its_option() -> None:
+    """-inf, -nan and -1e3 after an option become its value (`--x=-inf`); what argparse already
+    takes for a number (-1, -.5), option names, `=` forms and tokens after `--` stay as they are."""
+    from sfd.training.config_files import attach_signed_values
+
+    args = ["-c", "a.yaml", "--model.alpha", "-inf", "--model.t_init", "-1e3", "--x", "-nan"]
+    assert attach_signed_values(args) == [
+        "-c", "a.yaml", "--model.alpha=-inf", "--model.t_init=-1e3", "--x=-nan",
+    ]  # fmt: skip
+    kept = ["--a", "-1", "--b", "-.5", "--c", "--d", "--e=-inf", "--f", "-infinite", "-g", "-inf"]
+    assert attach_signed_values(kept) == kept
+    assert attach_signed_values(["--", "--a", "-inf"]) == ["--", "--a", "-inf"]
+    assert attach_signed_values(["--a", "-inf", "--", "--b", "-inf"]) == [
+        "--a=-inf", "--", "--b", "-inf",
+    ]  # fmt: skip
