@@ -293,6 +293,43 @@ def test_every_number_setting_of_the_module_names_its_range_for_nan_inf_and_word
     assert str(refused.value) == "model.alpha=nan must be a finite number in [0, inf)"
 
 
+@pytest.mark.parametrize("optimizer", ["fake_optimizer", "generator_optimizer"])
+def test_every_optimizer_setting_names_its_range_for_nan_inf_and_words(optimizer, tmp_path) -> None:
+    """`--model.<optimizer>.init_args.lr nan` (inf, -inf, a word; eps, weight_decay, betas; on the
+    command line, in a config file or as the setting's JSON): one line naming the option, the
+    value and the allowed range (`guards.check_optimizer_setting`), not "expected float"."""
+    from sfd.apps.harness.settings import default_sfd_config
+    from sfd.training.cli import parse_fit_config
+
+    key = f"model.{optimizer}.init_args"
+    cases = [
+        ("lr", "nan", "lr=nan must be a finite number in (0, inf)"),
+        ("lr", "inf", "lr=inf must be a finite number in (0, inf)"),
+        ("lr", "-inf", "lr=-inf must be a finite number in (0, inf)"),
+        ("lr", "fast", "lr='fast' must be a finite number in (0, inf)"),
+        ("eps", "nan", "eps=nan must be a finite number in [0, inf)"),
+        ("weight_decay", "inf", "weight_decay=inf must be a finite number in [0, inf)"),
+        ("betas", "[0.9, nan]", "betas[1]=nan must be a finite number in [0, 1)"),
+        ("betas", "[inf, 0.9]", "betas[0]=inf must be a finite number in [0, 1)"),
+    ]
+    preset = ["-c", str(default_sfd_config())]
+    for setting, value, expected in cases:
+        with pytest.raises(SFDConfigError) as refused:
+            parse_fit_config([*preset, f"--{key}.{setting}", value], one_line_errors=True)
+        assert str(refused.value) == f"{key}.{expected}"
+    config = tmp_path / "optimizer.yaml"
+    config.write_text(f"model:\n  {optimizer}:\n    class_path: torch.optim.Adam\n"
+                      "    init_args:\n      lr: nan\n")  # fmt: skip
+    inline = '{"class_path": "torch.optim.Adam", "init_args": {"lr": "inf"}}'
+    for args, expected in (
+        (["-c", str(config)], "lr=nan must be a finite number in (0, inf)"),
+        ([f"--model.{optimizer}", inline], "lr=inf must be a finite number in (0, inf)"),
+    ):
+        with pytest.raises(SFDConfigError) as refused:
+            parse_fit_config([*preset, *args], one_line_errors=True)
+        assert str(refused.value) == f"{key}.{expected}"
+
+
 def test_a_signed_value_argparse_takes_for_an_option_is_attached_to_its_option() -> None:
     """-inf, -nan and -1e3 after an option become its value (`--x=-inf`); what argparse already
     takes for a number (-1, -.5), option names, `=` forms and tokens after `--` stay as they are."""
