@@ -91,6 +91,50 @@ def test_last_refuses_a_checkpoint_of_another_configuration(
     assert explicit.trainer.global_step == 3
 
 
+def test_a_resume_under_other_adversarial_settings_is_refused_naming_them(
+    tiny_teacher_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint carries the attack pool, and Lightning resumes a checkpoint file with the
+    file's hyperparameters over the command line's: a resume whose model.adversarial differs (a
+    setting, or adversarial SFD switched on or off) is refused in one line naming every
+    differing key, exit status 2, before anything is written; the same settings resume."""
+    from conftest import CONFIGS
+
+    from sfd.cli import main
+
+    adversarial = ["-c", str(CONFIGS / "adversarial.yaml")]
+    fit(tiny_teacher_dir, tmp_path / "adv", *adversarial, "--trainer.max_steps", "2")
+    fit(tiny_teacher_dir, tmp_path / "plain", "--trainer.max_steps", "2")
+    [adv_ckpt] = (tmp_path / "adv").rglob("last.ckpt")
+    [plain_ckpt] = (tmp_path / "plain").rglob("last.ckpt")
+    before = sorted(tmp_path.rglob("*"))
+    cases = [
+        ([], adv_ckpt, "was written by adversarial SFD (it carries the attack pool) and this "
+         "run has model.adversarial null"),
+        (adversarial, plain_ckpt, "was written by plain SFD (model.adversarial null) and this "
+         "run turns adversarial SFD on"),
+        ([*adversarial, "--model.adversarial.steps", "3", "--model.adversarial.share", "0.5"],
+         adv_ckpt, "other model.adversarial settings (steps: 2 there, 3 now; share: 0.25 there, "
+         "0.5 now)"),
+    ]  # fmt: skip
+    for extra, ckpt, fragment in cases:
+        args = ["--trainer.max_steps", "3", "--ckpt_path", str(ckpt)]
+        with pytest.raises(SFDConfigError) as error:
+            fit(tiny_teacher_dir, tmp_path / "new", *extra, *args)
+        assert fragment in str(error.value) and "\n" not in str(error.value)
+    # `--ckpt_path last`: the same line, naming every differing key, before the run-identity check
+    capsys.readouterr()
+    argv = fit_args(tiny_teacher_dir, tmp_path / "adv", *adversarial, "--model.adversarial.lr",
+                    "0.1", "--trainer.max_steps", "3", "--ckpt_path", "last")  # fmt: skip
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("sfd: error: --ckpt_path ") and "(lr: 0.05 there, 0.1 now)" in line
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written by the refused runs
+    resumed = fit(tiny_teacher_dir, tmp_path / "new", *adversarial, "--trainer.max_steps", "3",
+                  "--ckpt_path", str(adv_ckpt))  # fmt: skip
+    assert resumed.trainer.global_step == 3
+
+
 def test_a_restart_removes_the_stale_temporary_files_of_its_run(
     tiny_teacher_dir: Path, tmp_path: Path
 ) -> None:
