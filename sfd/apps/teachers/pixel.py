@@ -34,9 +34,14 @@ from sfd.training.progress import IterationProgressBar
 
 DEFAULT_BLOCK_OUT_CHANNELS = (32, 64)
 
+# T of the DDPM schedule the teachers sfd trains have unless told otherwise: the schedule of the
+# demos' teachers (`train_teacher`, the text teachers' `make_text_scheduler`), which the demos
+# check t_init against up front
+DEFAULT_TIMESTEPS = 1000
+
 
 def make_scheduler(
-    num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    num_train_timesteps: int = DEFAULT_TIMESTEPS, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> DDPMScheduler:
     """The DDPM noise schedule of the teachers: linear β, ε-prediction."""
     return DDPMScheduler(
@@ -100,7 +105,7 @@ class DDPMTeacherModule(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         ema_decay: float | None = 0.999,
-        num_train_timesteps: int = 1000,
+        num_train_timesteps: int = DEFAULT_TIMESTEPS,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
     ) -> None:
