@@ -456,7 +456,7 @@ CASES: list[Case] = [
      lambda w, o: teacher(w, o, "--data.source", str(w / "objects.npz")), "holds an object array"),
     ("teacher-npz-missing", lambda w, o: teacher(w, o, "--data.source", str(w / "none.npz")), "data source"),
     ("teacher-config-list", lambda w, o: teacher(w, o, "-c", str(w / "list.yaml")), "holds a list"),
-    ("teacher-bad-value", lambda w, o: teacher(w, o, "--model.lr", "quick"), "model.lr=quick"),
+    ("teacher-bad-value", lambda w, o: teacher(w, o, "--model.lr", "quick"), "model.lr='quick' must be a finite number in (0, inf)"),
     ("teacher-ckpt-random",
      lambda w, o: teacher(w, o, "--ckpt_path", str(w / "random.ckpt")), "not a readable torch checkpoint"),
     ("teacher-ckpt-of-sfd", lambda w, o: teacher(w, o, "--ckpt_path", str(w.ckpt)), "holds no unet weights"),
