@@ -285,6 +285,17 @@ def test_full_rank_delta_lora_is_exact_without_norm_changes(sd_dirs, tmp_path) -
     folder = save_generator(generator, tmp_path / "export", lora_rank=10_000)
     fit = json.loads((folder / "sfd_export.json").read_text())["lora"]
     assert fit["uncovered_parameters"] == [] and fit["weight_relative_error"] < 1e-6
+    # no layer of the tiny UNet is 10 000 wide: the record and the card give the rank that ran
+    ranks = [
+        v.shape[0]
+        for k, v in load_file(folder / "lora" / "pytorch_lora_weights.safetensors").items()
+        if "lora_A" in k
+    ]
+    assert fit["largest_rank"] == max(ranks) < 10_000
+    assert (
+        f"rank {max(ranks)} (every layer at its full rank; 10000 requested)"
+        in (folder / "README.md").read_text()
+    )
     assert fit["output_max_abs_error"] < 1e-4
     got = load_in_subprocess("stock-lora", folder, tmp_path, sd_dirs["epsilon"])
     full = sfd_text_samples(folder)["latents"]

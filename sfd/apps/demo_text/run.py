@@ -49,7 +49,7 @@ from sfd.apps.harness.workspace import (
     check_not_the_judge,
     source_fingerprint,
 )
-from sfd.apps.teachers.text import MINILM_PACKAGE, default_text_encoder
+from sfd.apps.teachers.text_encoders import MINILM_PACKAGE, default_text_encoder
 from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teacher
 from sfd.core.attack_spaces import ROOM_KEY
 from sfd.core.conditions import TextCondition
