@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
+    Refusal,
     add_page_arguments,
     command_line,
     git_commit,
@@ -98,12 +99,12 @@ def parse_variant(spec: str) -> tuple[str, list[tuple[str, str]]]:
     """`name:key=value,...` -> (name, [(key, value), ...])."""
     name, _, rest = spec.partition(":")
     if not name:
-        raise SystemExit(f"variant {spec!r}: expected name:key=value,...")
+        raise Refusal(f"variant {spec!r}: expected name:key=value,...")
     pairs = []
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"variant {spec!r}: {item!r} is not key=value")
+            raise Refusal(f"variant {spec!r}: {item!r} is not key=value")
         pairs.append((key, value))
     return name, pairs
 

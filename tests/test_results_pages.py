@@ -2576,3 +2576,52 @@ def test_reuse_of_a_record_before_attacks_were_kept(tmp_path, top, models, now, 
     results_page.save_record(record, options.reuse)
     found = script.check_reuse(options)
     assert found == reason if reason is None or reason.startswith("it was") else reason in found
+
+
+@pytest.mark.parametrize("script", ["override_guidance", "text_benchmark", "attack_suite"])
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "no such file"), ("not json {", "not a JSON record")]
+)
+def test_page_from_a_missing_or_unreadable_record_is_refused_in_one_line(
+    results_dir, tmp_path, capsys, script, content, message
+) -> None:
+    if content is not None:
+        (tmp_path / "r.json").write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main(["--page-from", "r.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--page-from r.json" in error[0] and message in error[0]
+    assert not results_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("override_guidance", ["--case", "a", "b", "c", "d"], "expected NAME TEACHER"),
+        ("override_guidance", ["--case", "x", "nowhere", "c", "7", "1"], "not a text teacher"),
+        ("override_guidance", ["--case", "x", "t", "c", "7", "1", "--guidance", "nan"], "--guidance nan"),
+        ("override_guidance", ["--case", "x", "t", "c", "7", "1", "--guidance", "0.5"], "at least 1"),
+        ("judge_levels", ["--case", "x", "t", "nowhere", "7", "1"], "not a saved classifier"),
+        ("judge_levels", ["--case", "x", "t", "c", "7", "1", "nowhere"], "not an exported pipeline"),
+        ("judge_levels", ["--case", "x", "t", "c", "7", "eleven"], "'eleven' is not one of"),
+        ("judge_levels", ["--case", "x", "t", "c", "12", "1"], "'12' is not one of"),
+        ("judge_levels", ["--case", "x", "t", "c", "7", "1", "--threads", "0"], "--threads 0"),
+    ],
+)  # fmt: skip
+def test_case_options_are_checked_before_anything_loads(
+    results_dir, tmp_path, capsys, script, argv, message
+) -> None:
+    """A teacher folder with only its sfd.json and a classifier folder with only its config: every
+    refusal comes from the checks, not from loading (nothing here would load)."""
+    (tmp_path / "t").mkdir()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    (tmp_path / "t" / "sfd.json").write_text(json.dumps({"class_names": names}))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main([*argv, "--json", "out.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error
+    assert not (tmp_path / "out.json").exists() and not results_dir.exists()

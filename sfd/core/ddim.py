@@ -32,7 +32,8 @@ from torch import Tensor
 
 from sfd.errors import SFDConfigError
 from sfd.teachers.base import Denoiser
-from sfd.teachers.flow import FlowDenoiser, flow_euler_sigmas
+from sfd.teachers.flow import FlowDenoiser
+from sfd.teachers.flow_time import flow_euler_sigmas
 
 
 def ddim_sigmas(sigma_table: Tensor | None, num_steps: int) -> Tensor:
@@ -64,7 +65,7 @@ def sampler_sigmas(denoiser: Denoiser, num_steps: int) -> Tensor:
     """The σ levels of the model's own n-step deterministic sampler.
 
     A flow-matching model: the flow Euler grid t_i = 1 − i/n under its scheduler's static shift
-    (`sfd.teachers.flow.flow_euler_sigmas`, FluxPipeline's and SD3's grid); a VP model: DDIM
+    (`sfd.teachers.flow_time.flow_euler_sigmas`, FluxPipeline's and SD3's grid); a VP model: DDIM
     with trailing spacing (`ddim_sigmas`).
     """
     if isinstance(denoiser, FlowDenoiser):

@@ -27,7 +27,8 @@ from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
 from sfd.pipelines.one_step import lift_settings
 from sfd.pipelines.text_call import OneStepTextSampling
-from sfd.teachers.flow import FlowTransformerDenoiser, flow_time
+from sfd.teachers.flow import FlowTransformerDenoiser
+from sfd.teachers.flow_time import flow_time
 from sfd.teachers.flux import FluxDenoiser
 from sfd.teachers.sd3 import SD3Denoiser
 from sfd.teachers.text_encoder import model_index

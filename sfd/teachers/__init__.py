@@ -12,7 +12,8 @@ from typing import Any
 from sfd.errors import SFDConfigError
 from sfd.teachers.base import Denoiser
 from sfd.teachers.edm import EDMDenoiser
-from sfd.teachers.flow import FlowDenoiser, FlowTransformerDenoiser, flow_sigma, flow_time
+from sfd.teachers.flow import FlowDenoiser, FlowTransformerDenoiser
+from sfd.teachers.flow_time import flow_sigma, flow_time
 from sfd.teachers.flux import FluxDenoiser, FluxTeacher
 from sfd.teachers.sd3 import SD3Denoiser, SD3Teacher
 from sfd.teachers.sdxl import StableDiffusionXLDenoiser, StableDiffusionXLTeacher

@@ -5,9 +5,9 @@ v(x_t, t, c) ≈ ε − x0. Dividing by (1 − t) gives σ-space (docs/method.md
 
     x_σ = x_t / (1 − t) = x0 + σ·ε,   σ = t / (1 − t),   t = σ / (1 + σ),   x_t = x_σ / (1 + σ),
 
-so a velocity model is the denoiser D(x_σ, σ, c) = x_t − t·v(x_t, t, c). Losses, the generator and
-the trainer see only D; t, the velocity and the network's call convention stay in this module and
-in the family adapters (`sfd.teachers.sd3`, `sfd.teachers.flux`), which implement `predict`.
+so a velocity model is the denoiser D(x_σ, σ, c) = x_t − t·v(x_t, t, c) (the maps between t and σ:
+`sfd.teachers.flow_time`). Losses, the generator and the trainer see only D; t, the velocity and the
+network's call convention stay in this module and in the family adapters (`sfd.teachers.sd3`, `sfd.teachers.flux`), which implement `predict`.
 
 A scheduler's shift (static, or resolution-dependent as Flux's) changes which t a *sampler* visits,
 never the map from (x_t, t) to v, so it does not enter the denoiser. The one-step generator starts
@@ -17,7 +17,6 @@ Euler step from t_init to 0: x0 = z − t_init·v(z, t_init) (`FlowDenoiser.gene
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from sfd.errors import SFDConfigError
 from sfd.hub import check_hub_source
 from sfd.teachers.base import Denoiser
+from sfd.teachers.flow_time import check_flow_time, flow_sigma, flow_time, x0_from_velocity
 from sfd.teachers.text_encoder import (
     learned_token_rows,
     load_text_encoder,
@@ -35,77 +35,6 @@ from sfd.teachers.text_encoder import (
     model_index,
     tokenize,
 )
-
-
-def flow_time(sigma: Tensor) -> Tensor:
-    """t = σ / (1 + σ): the flow time of σ-space noise level σ (any shape)."""
-    return sigma / (1 + sigma)
-
-
-def flow_sigma(t: Tensor | float) -> Tensor | float:
-    """σ = t / (1 − t): the σ-space noise level of flow time t ∈ [0, 1) (inverse of `flow_time`)."""
-    return t / (1 - t)
-
-
-def check_flow_time(name: str, t: float) -> float:
-    """Return `t` if it is a number strictly inside (0, 1), else raise `SFDConfigError`."""
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
-        raise SFDConfigError(f"{name}={t!r} must be a flow time strictly between 0 and 1")
-    return float(t)
-
-
-def x0_from_velocity(velocity: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-    """x0_hat = x_t − t·v: the clean sample a velocity points to (v = ε − x0).
-
-    Args:
-        velocity: the network's output v, (B, C, H, W).
-        x_t: the flow-space input (1 − t)·x0 + t·ε, (B, C, H, W).
-        t: flow times, broadcastable to x_t, e.g. (B, 1, 1, 1).
-
-    Returns:
-        x0_hat, (B, C, H, W).
-    """
-    return x_t - t * velocity
-
-
-def velocity_from_x0(x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-    """v = (x_t − x0) / t: the velocity `x0_from_velocity` maps to `x0` (its exact inverse)."""
-    return (x_t - x0) / t
-
-
-def shifted_time(t: Tensor, shift: float) -> Tensor:
-    """The time a flow sampler with static shift s visits instead of t: s·t / (1 + (s − 1)·t).
-
-    diffusers' `FlowMatchEulerDiscreteScheduler` applies it to its step grid (SD3: s = 3); in
-    σ-space it is simply σ → s·σ. Resolution-dependent shifting (Flux) picks s = exp(μ).
-    """
-    return shift * t / (1 + (shift - 1) * t)
-
-
-def flow_euler_sigmas(num_steps: int, shift: float = 1.0, t_max: float = 1.0 - 1e-4) -> Tensor:
-    """σ-levels of an n-step flow Euler run on the grid t_i = 1 − i/n (shifted), then 0.
-
-    The grid is FluxPipeline's default; diffusers' scheduler applies the shift to it as here.
-
-    In σ-space the flow Euler step x_t' = x_t + (t' − t)·v is exactly the DDIM step
-    x' = x0_hat + σ'/σ·(x − x0_hat), so `sfd.core.ddim.ddim_trajectory` samples flow teachers
-    with these levels. t = 1 is σ = ∞: the first level is capped at `t_max`.
-
-    Args:
-        num_steps: number of velocity evaluations n >= 1.
-        shift: the sampler's static shift (1: none).
-        t_max: the largest flow time used for the first level.
-
-    Returns:
-        σ schedule, (n + 1,), decreasing, last entry 0.
-    """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise SFDConfigError(f"num_steps={num_steps!r} must be a positive integer")
-    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
-        raise SFDConfigError(f"shift={shift!r} must be a positive number")
-    grid = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
-    t = shifted_time(grid, float(shift)).clamp(max=t_max)
-    return torch.cat([flow_sigma(t), t.new_zeros(1)]).float()
 
 
 class FlowDenoiser(Denoiser):

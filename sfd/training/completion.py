@@ -39,13 +39,19 @@ from lightning.pytorch.utilities import rank_zero_info
 from sfd.core import judge
 from sfd.errors import SFDConfigError, check_count, check_number
 
-REASONS = ("forgotten", "drift", "stalled", "budget", "max_steps")
+RULE_REASONS = ("forgotten", "drift", "stalled", "budget")  # the rule's own stops
+REASONS = (*RULE_REASONS, "max_steps")  # every recorded reason ("max_steps": the trainer's limit)
 PROBE_EVERY = 10  # the default probe interval (iterations)
 MAX_FLOOR = 0.5  # the highest override floor (`UntilForgotten.forgotten`)
 STALL_LATEST = 3  # the newest probes whose mean must also have stopped falling (`stalled`)
 STALL_WINDOW = 15  # probes per window of the "stalled" test (150 iterations at PROBE_EVERY)
 STALL_DROP = 0.1  # the least relative drop of the mean judged forget rate from window to window
 STALL_MARGIN = 0.02  # a plateau this close above the forgotten level never stalls
+SETTINGS = (  # the rule's settings as the training record shows them (`UntilForgotten.summary`)
+    "every_n", "threshold", "patience", "budget", "max_drift", "num_samples", "sigmas", "draws",
+    "seed", "average_after", "average_power", "override_floor", "stall_window", "stall_drop",
+    "stall_margin",
+)  # fmt: skip
 
 
 def check_rule_within(
@@ -319,12 +325,7 @@ class UntilForgotten(Callback):
     # --- Lightning hooks ------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if self.reason in (
-            "forgotten",
-            "drift",
-            "stalled",
-            "budget",
-        ):  # resumed after the rule stopped it
+        if self.reason in RULE_REASONS:  # resumed after the rule itself stopped it
             rank_zero_info(
                 f"UntilForgotten: this run already stopped at iteration {self.stopped_at} "
                 f"({self.reason}); nothing to do"
@@ -413,23 +414,8 @@ class UntilForgotten(Callback):
             "probes": len(self.probes),
             "probe_seconds": self.probe_seconds,
             "averaged_from": self.averaged_from,
-            "settings": {
-                "every_n": self.every_n,
-                "threshold": self.threshold,
-                "patience": self.patience,
-                "budget": self.budget,
-                "max_drift": self.max_drift,
-                "num_samples": self.num_samples,
-                "sigmas": list(self.sigmas),
-                "draws": self.draws,
-                "seed": self.seed,
-                "average_after": self.average_after,
-                "average_power": self.average_power,
-                "override_floor": self.override_floor,
-                "stall_window": self.stall_window,
-                "stall_drop": self.stall_drop,
-                "stall_margin": self.stall_margin,
-            },
+            "settings": {name: getattr(self, name) for name in SETTINGS}
+            | {"sigmas": list(self.sigmas)},
         }
 
     # --- resume ---------------------------------------------------------------------------------

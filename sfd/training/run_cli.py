@@ -28,6 +28,7 @@ from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 from sfd.training.config_errors import callback_entries, checking_class, one_line
+from sfd.training.config_files import attach_signed_values
 from sfd.training.progress import IterationProgressBar
 from sfd.training.resume import (
     RunConfigStamp,
@@ -88,7 +89,20 @@ class RunCLI(LightningCLI):
         """Why `checkpoint` is not one of this command's checkpoints, or None if it is."""
         return None
 
+    def check_resume(
+        self, checkpoint: Mapping[str, Any], config: Mapping[str, Any], path: str
+    ) -> None:
+        """Refuse resuming `checkpoint` (the file `path`) under the configuration `config` where
+        it cannot continue as configured (raise `SFDConfigError`): called before Lightning takes
+        a checkpoint file's hyperparameters over the command line's, and before `--ckpt_path
+        last`'s run-identity check."""
+
     # --- LightningCLI stages ------------------------------------------------------------------
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        # `--model.alpha -inf` as `--model.alpha=-inf`: the value reaches the setting's check
+        attached = attach_signed_values(args) if isinstance(args, list) else args
+        super().parse_arguments(parser, attached)
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads an explicit checkpoint here to take its hyperparameters; read it
@@ -97,6 +111,7 @@ class RunCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and str(path) not in LIGHTNING_CKPT_NAMES:
             self._checkpoint = (str(path), self._read_checkpoint(path, "--ckpt_path"))
+            self.check_resume(self._checkpoint[1], self.config[subcommand].as_dict(), str(path))
         super()._parse_ckpt_path()
 
     def _set_seed(self) -> None:
@@ -156,6 +171,7 @@ class RunCLI(LightningCLI):
             path = find_resume_checkpoint(self.trainer, announce=False)
             if path is not None:
                 checkpoint = self._read_checkpoint(path, "--ckpt_path last found")
+                self.check_resume(checkpoint, self._subcommand_config(), path)
                 check_same_run(checkpoint, self._identity, path)
                 self._checkpoint = (path, checkpoint)
             fit_config["ckpt_path"] = path

@@ -27,7 +27,7 @@ from sfd.core.conditions import TextCondition
 from sfd.core.ddim import ddim_trajectory, sampler_sigmas
 from sfd.eval.soft_prompt import FlowSoftPrompt
 from sfd.teachers import SD3Teacher
-from sfd.teachers.flow import flow_time
+from sfd.teachers.flow_time import flow_time
 
 LENGTH = 16
 

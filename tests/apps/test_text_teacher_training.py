@@ -13,11 +13,11 @@ from sfd.apps.data.captions import DIGITS_VOCABULARY, load_fashion_mnist
 from sfd.apps.data.images import load_digits
 from sfd.apps.teachers.text import (
     TextTeacherModule,
-    load_encoder_folder,
     make_text_scheduler,
     make_text_unet,
     train_text_teacher,
 )
+from sfd.apps.teachers.text_encoders import load_encoder_folder
 from sfd.apps.teachers.vae import latent_std, train_vae
 from sfd.cli import main
 from sfd.teachers import StableDiffusionTeacher

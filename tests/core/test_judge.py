@@ -26,7 +26,7 @@ from sfd.core.judge import (
 )
 from sfd.errors import SFDConfigError
 from sfd.teachers import EDMDenoiser
-from sfd.teachers.flow import flow_euler_sigmas
+from sfd.teachers.flow_time import flow_euler_sigmas
 
 SHAPE = (1, 2, 2)
 STD = 0.3

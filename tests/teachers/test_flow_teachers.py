@@ -24,12 +24,11 @@ from sfd.teachers import (
     StableDiffusionTeacher,
     denoiser_from_spec,
 )
-from sfd.teachers.flow import (
+from sfd.teachers.flow import pack_pooled, unpack_pooled
+from sfd.teachers.flow_time import (
     flow_euler_sigmas,
     flow_sigma,
     flow_time,
-    pack_pooled,
-    unpack_pooled,
     velocity_from_x0,
     x0_from_velocity,
 )

