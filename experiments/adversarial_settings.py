@@ -39,9 +39,10 @@ the held-out paraphrases, remain accuracy against the teacher's, remain FID, the
 attack's success (the demo's default budget: 16 tokens, 200 steps, 3 restarts, 64 held-out
 samples, judged by the evaluation classifier) and stage 2's wall seconds (--stage2-steps is a cap:
 the completion rule may stop stage 2 before it; the flow pages give its reason, e.g. "stalled":
-the judged forget rate, attacked pool included, stopped falling, docs/method.md §8). Variants can
-be run one call at a time: a later call naming them all reads the finished folders and writes the
-whole page.
+the judged forget rate, attacked pool included, stopped falling, docs/method.md §8;
+--no-until-forgotten runs the whole cap, e.g. in a call of its own that --include brings in).
+Variants can be run one call at a time: a later call naming them all reads the finished folders
+and writes the whole page.
 `--include` adds the rows of earlier records of this script (another concept pair) to the page,
 each with the command that measured it. `--page` picks the results page (default
 adversarial_settings; adversarial_budget: the inner attack's budget; adversarial_refresh: how often
@@ -123,6 +124,8 @@ def demo_command(args: argparse.Namespace, name: str, pairs: list[tuple[str, str
         command.append("--adversarial")
     for key, value in pairs:
         command += [f"--model.adversarial.{key}", value]
+    if not args.until_forgotten:
+        command.append("--no-until-forgotten")  # stage 2 runs the whole cap
     if args.stage2_steps is not None:
         command += ["--trainer.max_steps", str(args.stage2_steps)]
         command += ["--stage1-steps", str(STAGE1_STEPS)]
@@ -289,6 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--teacher-cache", default="/tmp/benchcache/sfd")
     parser.add_argument("--stage2-steps", type=int, default=None)
+    parser.add_argument(
+        "--until-forgotten",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stage 2 under the completion rule, --stage2-steps a cap (default); "
+        "--no-until-forgotten: every variant runs the whole --stage2-steps",
+    )
     parser.add_argument(
         "--family",
         choices=("unet", "sd3"),
