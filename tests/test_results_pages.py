@@ -1263,6 +1263,26 @@ def test_a_row_says_why_stage_2_stopped(tmp_path, two_stage, reason) -> None:
     assert cells[3] == ("390 (stalled)" if reason else "390")
 
 
+@pytest.mark.parametrize(("flag", "whole_cap"), [([], False), (["--no-until-forgotten"], True)])
+def test_no_until_forgotten_runs_the_whole_cap(monkeypatch, flag, whole_cap) -> None:
+    """`--no-until-forgotten` reaches each variant's `sfd demo-text` command (the rule off, stage 2
+    runs all of --stage2-steps); by default the rule is on and the cap only a cap."""
+    import adversarial_settings
+
+    commands = []
+
+    def measure(args: argparse.Namespace) -> list:
+        commands.append(adversarial_settings.demo_command(args, "a", []))
+        raise SystemExit("measured")
+
+    monkeypatch.setattr(adversarial_settings, "measure", measure)
+    with pytest.raises(SystemExit, match="measured"):
+        adversarial_settings.main(["--stage2-steps", "600", *flag, "a:"])
+    (command,) = commands
+    assert ("--no-until-forgotten" in command) == whole_cap
+    assert command[command.index("--trainer.max_steps") + 1] == "600"
+
+
 @pytest.mark.parametrize("page", ["flow_robust", "flow_robust_long"])
 def test_a_flow_teachers_page_refuses_the_unet_teacher(results_dir, tmp_path, capsys, page) -> None:
     """The flow pages' rows are the flow teacher's: `--family unet` is refused in one line, exit
