@@ -140,50 +140,6 @@ class AdversarialSettings:
         return cls(**value) if isinstance(value, Mapping) else value
 
 
-def check_resumed_adversarial(
-    stored: Mapping[str, Any] | None, given: Mapping[str, Any] | None, path: str
-) -> None:
-    """Refuse resuming a checkpoint under adversarial settings other than its own.
-
-    The checkpoint carries the pool (`ADVERSARIAL_KEY`: rows, learned vectors, Adam moments)
-    that its settings built, and Lightning resumes a checkpoint file with the file's
-    hyperparameters, not the command line's: a resume under other settings, or with adversarial
-    SFD switched on or off, would train otherwise than its configuration (and saved config.yaml)
-    says. No setting is exempt: each one would be replaced by the checkpoint's.
-
-    Args:
-        stored: the checkpoint's `model.adversarial` (its hyperparameters; None: plain SFD).
-        given: the run's `model.adversarial` (None: plain SFD).
-        path: the checkpoint file, for the message.
-
-    Raises:
-        SFDConfigError: naming every differing setting, with both values.
-    """
-    start = f"--ckpt_path {path!r}"
-    if stored is None and given is None:
-        return
-    if given is None:
-        raise SFDConfigError(
-            f"{start} was written by adversarial SFD (it carries the attack pool) and this run "
-            "has model.adversarial null; resume it with the checkpoint's model.adversarial "
-            "settings (-c configs/adversarial.yaml and the overrides it was trained with), or "
-            "start a new run"
-        )
-    if stored is None:
-        raise SFDConfigError(
-            f"{start} was written by plain SFD (model.adversarial null) and this run turns "
-            "adversarial SFD on; resume it without model.adversarial, or start a new run"
-        )
-    old, new = AdversarialSettings(**stored).as_dict(), AdversarialSettings(**given).as_dict()
-    differing = [key for key in old if old[key] != new[key]]
-    if differing:
-        changes = "; ".join(f"{key}: {old[key]!r} there, {new[key]!r} now" for key in differing)
-        raise SFDConfigError(
-            f"{start} holds an attack pool of other model.adversarial settings ({changes}); "
-            "resume it with the checkpoint's settings, or start a new run"
-        )
-
-
 def adversarial_rows(share: float, batch_size: int) -> int:
     """Adversarial samples per device: ⌈share·batch_size⌉ (a positive share attacks a row)."""
     return math.ceil(round(share * batch_size, 6))  # 0.1·30 is 3, not 3.0000000000000004
