@@ -18,7 +18,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from sfd.core import guards
-from sfd.core.adversarial import AdversarialSettings, AdversarialTraining, concatenated
+from sfd.core.adversarial import AdversarialTraining, concatenated
+from sfd.core.adversarial_settings import AdversarialSettings
 from sfd.core.attack_spaces import Attacked
 from sfd.core.conditions import ConditionBatch, ConditionSampler
 from sfd.core.ema import EMA_RESTART_KEY, GeneratorEMA, ema_decay_at

@@ -19,11 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sfd.core import guards
-from sfd.core.adversarial import (
-    AdversarialSettings,
-    check_adversarial_settings,
-    check_resumed_adversarial,
-)
+from sfd.core.adversarial_settings import AdversarialSettings, check_adversarial_settings
 from sfd.core.attack_spaces import ROOM_KEY
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR
 from sfd.core.conditions import ConditionSampler, PromptConditions
@@ -154,12 +150,6 @@ class SFDLightningCLI(RunCLI):
         if not any(key.startswith("generator.") for key in checkpoint["state_dict"]):
             return "is not an SFD training checkpoint (it holds no generator weights)"
         return None
-
-    def check_resume(
-        self, checkpoint: Mapping[str, Any], config: Mapping[str, Any], path: str
-    ) -> None:
-        stored = (checkpoint.get("hyper_parameters") or {}).get("adversarial")
-        check_resumed_adversarial(stored, (config.get("model") or {}).get("adversarial"), path)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})

@@ -33,6 +33,7 @@ from sfd.training.progress import IterationProgressBar
 from sfd.training.resume import (
     RunConfigStamp,
     announce_resume,
+    check_same_model,
     check_same_run,
     find_resume_checkpoint,
     run_folders,
@@ -89,14 +90,6 @@ class RunCLI(LightningCLI):
         """Why `checkpoint` is not one of this command's checkpoints, or None if it is."""
         return None
 
-    def check_resume(
-        self, checkpoint: Mapping[str, Any], config: Mapping[str, Any], path: str
-    ) -> None:
-        """Refuse resuming `checkpoint` (the file `path`) under the configuration `config` where
-        it cannot continue as configured (raise `SFDConfigError`): called before Lightning takes
-        a checkpoint file's hyperparameters over the command line's, and before `--ckpt_path
-        last`'s run-identity check."""
-
     # --- LightningCLI stages ------------------------------------------------------------------
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
@@ -109,10 +102,15 @@ class RunCLI(LightningCLI):
         # first, safely, so that a bad file is one clear error rather than a traceback.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and str(path) not in LIGHTNING_CKPT_NAMES:
-            self._checkpoint = (str(path), self._read_checkpoint(path, "--ckpt_path"))
-            self.check_resume(self._checkpoint[1], self.config[subcommand].as_dict(), str(path))
-        super()._parse_ckpt_path()
+        if not path or str(path) in LIGHTNING_CKPT_NAMES:
+            super()._parse_ckpt_path()
+            return
+        self._checkpoint = (str(path), self._read_checkpoint(path, "--ckpt_path"))
+        given = self.config[subcommand].get("model")
+        given = given.as_dict() if hasattr(given, "as_dict") else given
+        super()._parse_ckpt_path()  # the checkpoint's hyperparameters over the command line's
+        kept = self.config[subcommand].get("model")
+        check_same_model(given, kept.as_dict() if hasattr(kept, "as_dict") else kept, str(path))
 
     def _set_seed(self) -> None:
         # Lightning seeds right after parsing and logs "Seed set to N"; sfd seeds once the
@@ -171,7 +169,6 @@ class RunCLI(LightningCLI):
             path = find_resume_checkpoint(self.trainer, announce=False)
             if path is not None:
                 checkpoint = self._read_checkpoint(path, "--ckpt_path last found")
-                self.check_resume(checkpoint, self._subcommand_config(), path)
                 check_same_run(checkpoint, self._identity, path)
                 self._checkpoint = (path, checkpoint)
             fit_config["ckpt_path"] = path

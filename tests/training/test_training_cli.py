@@ -85,9 +85,17 @@ def test_last_refuses_a_checkpoint_of_another_configuration(
     resumed = fit(tiny_teacher_dir, tmp_path, "--trainer.max_steps", "3",
                   "--trainer.log_every_n_steps", "2", "--ckpt_path", "last")  # fmt: skip
     assert resumed.trainer.global_step == 3
-    # The file named explicitly is the user's choice, whatever its run.
+    # The file named explicitly is the user's choice, whatever its run folder, but it resumes
+    # with its own model settings (Lightning puts them over the command line's): one that
+    # differs would be dropped silently, so it is refused, naming it; the same settings resume.
+    with pytest.raises(
+        SFDConfigError, match=r"other model settings \(model\.seed: 0 there, 7 now\)"
+    ):
+        fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3", "--model.seed", "7",
+            "--ckpt_path", str(last))  # fmt: skip
+    assert not (tmp_path / "c").exists()
     explicit = fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3",
-                   "--model.seed", "7", "--ckpt_path", str(last))  # fmt: skip
+                   "--ckpt_path", str(last))  # fmt: skip
     assert explicit.trainer.global_step == 3
 
 
@@ -109,26 +117,30 @@ def test_a_resume_under_other_adversarial_settings_is_refused_naming_them(
     [plain_ckpt] = (tmp_path / "plain").rglob("last.ckpt")
     before = sorted(tmp_path.rglob("*"))
     cases = [
-        ([], adv_ckpt, "was written by adversarial SFD (it carries the attack pool) and this "
-         "run has model.adversarial null"),
-        (adversarial, plain_ckpt, "was written by plain SFD (model.adversarial null) and this "
-         "run turns adversarial SFD on"),
+        ([], adv_ckpt, "(model.adversarial: {"),
+        (adversarial, plain_ckpt, "(model.adversarial: None there, {"),
         ([*adversarial, "--model.adversarial.steps", "3", "--model.adversarial.share", "0.5"],
-         adv_ckpt, "other model.adversarial settings (steps: 2 there, 3 now; share: 0.25 there, "
-         "0.5 now)"),
+         adv_ckpt, "(model.adversarial.share: 0.25 there, 0.5 now; model.adversarial.steps: 2 "
+         "there, 3 now)"),
     ]  # fmt: skip
     for extra, ckpt, fragment in cases:
         args = ["--trainer.max_steps", "3", "--ckpt_path", str(ckpt)]
         with pytest.raises(SFDConfigError) as error:
             fit(tiny_teacher_dir, tmp_path / "new", *extra, *args)
-        assert fragment in str(error.value) and "\n" not in str(error.value)
-    # `--ckpt_path last`: the same line, naming every differing key, before the run-identity check
+        message = str(error.value)
+        assert "other model settings " + fragment in message and "\n" not in message, message
+    # `--ckpt_path last`: the run-identity check names every differing key, in one line
     capsys.readouterr()
     argv = fit_args(tiny_teacher_dir, tmp_path / "adv", *adversarial, "--model.adversarial.lr",
-                    "0.1", "--trainer.max_steps", "3", "--ckpt_path", "last")  # fmt: skip
+                    "0.1", "--model.adversarial.steps", "3", "--trainer.max_steps", "3",
+                    "--ckpt_path", "last")  # fmt: skip
     assert main(argv) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("sfd: error: --ckpt_path ") and "(lr: 0.05 there, 0.1 now)" in line
+    assert line.startswith("sfd: error: --ckpt_path last found ")
+    assert (
+        "(model.adversarial.lr: 0.05 there, 0.1 now; model.adversarial.steps: 2 there, 3 now;"
+        in line
+    )
     assert sorted(tmp_path.rglob("*")) == before  # nothing written by the refused runs
     resumed = fit(tiny_teacher_dir, tmp_path / "new", *adversarial, "--trainer.max_steps", "3",
                   "--ckpt_path", str(adv_ckpt))  # fmt: skip
