@@ -345,6 +345,14 @@ def flow_robust_record(command: str) -> dict[str, Any]:
     return record  # the included row has no teacher FID (an older record)
 
 
+def flow_robust_long_record(command: str) -> dict[str, Any]:
+    record = {**flow_robust_record(command), "page": "flow_robust_long"}
+    record["rows"] = [
+        {**row, "iterations": 390, "stop_reason": "stalled"} for row in record["rows"]
+    ]
+    return record  # the included row has no stop reason (an older record): its count alone
+
+
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     def point(step: int, classifier: float, judged: float, labels: list[int], among=None):
         values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
@@ -809,6 +817,20 @@ CASES = [
         ],
     ),
     (
+        "adversarial_settings",
+        "flow_robust_long",
+        flow_robust_long_record,
+        "python experiments/adversarial_settings.py --page flow_robust_long --family sd3 b:",
+        [
+            "# Adversarial SFD on the flow-matching text teacher: longer stage 2",
+            "| three → eight | b | weight 1.0 | 390 (stalled) | 100.0 % | 99.0 % | 97.8 % (99.4 %) "
+            "| 1.70× (8.50) | 25.0 % | 100.0 % | 600 |",
+            "| seven → one | a | defaults | 60 | 100.0 % | 99.0 % | 96.7 % (99.4 %) "
+            "| – (8.50) | 43.8 % | 100.0 % | 600 |",
+            "capped at 60 iterations: [attacks from any prompt](flow_robust.md)",
+        ],
+    ),
+    (
         "adversarial_diagnosis",
         "adversarial_diagnosis",
         adversarial_diagnosis_record,
@@ -1202,6 +1224,78 @@ def test_text_quality_writes_the_page_its_record_names(results_dir) -> None:
     results_page.save_record(plain, "runs/q/plain.json")
     text_quality.main(["--page-from", "runs/q/plain.json"])
     assert (results_dir / "text_quality.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("two_stage", "reason"),
+    [
+        ({"stage2_completion": {"stop_reason": "stalled", "iterations": 390}}, "stalled"),
+        ({"stage2_completion": None}, None),  # the rule off: the fixed cap
+        (None, None),  # a run from before metrics.json recorded the rule
+    ],
+)
+def test_a_row_says_why_stage_2_stopped(tmp_path, two_stage, reason) -> None:
+    """A variant's row carries the completion rule's stop reason from its metrics.json."""
+    import adversarial_settings
+
+    def scores(ua: float) -> dict[str, Any]:
+        return {
+            "forget_train": {"ua": ua},
+            "forget_paraphrases": {"ua": ua},
+            "remain_accuracy": 0.97,
+            "remain_per_class": {"0": 0.97},
+            "fid_remain": 5.0,
+        }
+
+    protocol = {"phase_seconds": {"sfd": 10.0, "total": 20.0}}
+    if two_stage is not None:
+        protocol["two_stage"] = two_stage
+    metrics = {
+        "class_names": ["zero", "one", "seven"], "forget": 2, "override": 1, "iterations": 390,
+        "sfd": scores(1.0), "teacher": scores(0.0), "protocol": protocol,
+        "attack": {"sfd": {"soft": {"success_rate": 0.98}},
+                   "distilled_without_forgetting": {"soft": {"success_rate": 1.0}}},
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    row = adversarial_settings.row_of("a", [], ["sfd", "demo-text"], tmp_path)
+    assert row["stop_reason"] == reason and row["iterations"] == 390
+    cells = adversarial_settings.flow_table([row]).splitlines()[-1].split(" | ")
+    assert cells[3] == ("390 (stalled)" if reason else "390")
+
+
+@pytest.mark.parametrize(("flag", "whole_cap"), [([], False), (["--no-until-forgotten"], True)])
+def test_no_until_forgotten_runs_the_whole_cap(monkeypatch, flag, whole_cap) -> None:
+    """`--no-until-forgotten` reaches each variant's `sfd demo-text` command (the rule off, stage 2
+    runs all of --stage2-steps); by default the rule is on and the cap only a cap."""
+    import adversarial_settings
+
+    commands = []
+
+    def measure(args: argparse.Namespace) -> list:
+        commands.append(adversarial_settings.demo_command(args, "a", []))
+        raise SystemExit("measured")
+
+    monkeypatch.setattr(adversarial_settings, "measure", measure)
+    with pytest.raises(SystemExit, match="measured"):
+        adversarial_settings.main(["--stage2-steps", "600", *flag, "a:"])
+    (command,) = commands
+    assert ("--no-until-forgotten" in command) == whole_cap
+    assert command[command.index("--trainer.max_steps") + 1] == "600"
+
+
+@pytest.mark.parametrize("page", ["flow_robust", "flow_robust_long"])
+def test_a_flow_teachers_page_refuses_the_unet_teacher(results_dir, tmp_path, capsys, page) -> None:
+    """The flow pages' rows are the flow teacher's: `--family unet` is refused in one line, exit
+    status 2, before any run and with nothing written."""
+    import adversarial_settings
+
+    with pytest.raises(SystemExit) as stop:
+        adversarial_settings.main(["--page", page, "--output-root", "runs/f", "a:"])
+    assert stop.value.code == 2
+    assert (
+        f"--page {page} is the flow teacher's: --family sd3 (got unet)" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "runs").exists() and not results_dir.exists()
 
 
 @pytest.mark.parametrize(("script", "page", "build", "command", "expected"), CASES)
