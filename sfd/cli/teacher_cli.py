@@ -44,13 +44,15 @@ def run_folder_for(output_dir: str) -> str:
 class TeacherCLI(RunCLI):
     """`RunCLI` with the data → model links and the final export of the teacher folder."""
 
+    LINKED_MODEL_KEYS = ("num_classes", "image_shape")
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--output_dir", type=str, default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP
         )
         parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        for key in self.LINKED_MODEL_KEYS:
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
     def _output_dir(self) -> str:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -123,6 +123,10 @@ def check_optimizer_setting(key: str, value: Any) -> None:
     if setting == "lr":
         check_number(key, value, low=0, low_open=True)
     elif setting == "betas":
+        if not isinstance(value, (list, tuple)):
+            raise SFDConfigError(
+                f"{key}={value!r} must be two numbers in [0, 1), e.g. [0.0, 0.999]"
+            )
         for i, beta in enumerate(value):
             check_number(f"{key}[{i}]", beta, low=0, high=1, high_open=True)
     elif setting in ("eps", "weight_decay", "momentum", "dampening"):

@@ -132,23 +132,42 @@ def check_same_run(checkpoint: Mapping[str, Any], identity: Mapping[str, Any], p
     )
 
 
-def check_same_model(given: Any, resumed: Any, path: str) -> None:
+def resumed_model_settings(checkpoint: Mapping[str, Any], merged: Mapping[str, Any]) -> Any:
+    """The model settings a resume from `checkpoint` trains with: `merged` (the run's settings with
+    the checkpoint's hyperparameters put over them, as Lightning does), and, for the settings
+    that are no hyperparameters (the optimizers, whose state the checkpoint restores, learning
+    rates included; adapters), the values of the run that wrote it (`RUN_CONFIG_KEY`, when it
+    records them)."""
+    resumed = dict(_plain(merged))
+    recorded = ((checkpoint.get(RUN_CONFIG_KEY) or {}).get("config") or {}).get("model")
+    saved = checkpoint.get("hyper_parameters") or {}
+    if isinstance(recorded, Mapping):
+        resumed |= {key: value for key, value in recorded.items() if key not in saved}
+    return resumed
+
+
+def check_same_model(given: Any, resumed: Any, path: str, linked: tuple[str, ...] = ()) -> None:
     """Refuse resuming the checkpoint file `path` under other model settings than its own.
 
     Lightning resumes a checkpoint file with the model settings saved in it (its
-    hyperparameters, put over the command line's), so a `--model.*` setting that differs from the
-    checkpoint's would be dropped without a word, and the run would train otherwise than its
-    command says (adversarial SFD's attack pool, too, is the checkpoint's settings').
+    hyperparameters, put over the command line's) and with its optimizer states, so a
+    `--model.*` setting that differs from the checkpoint's would be dropped without a word, and
+    the run would train otherwise than its command says (adversarial SFD's attack pool, too, is
+    the checkpoint's settings').
 
     Args:
         given: the run's model settings before the checkpoint's were put over them.
-        resumed: the model settings after (what Lightning would train).
+        resumed: the model settings it would train with (`resumed_model_settings`).
         path: the checkpoint file, for the message.
+        linked: settings the command fills in from its data (not the user's to give).
 
     Raises:
         SFDConfigError: naming every differing setting, with both values.
     """
     given, resumed = _plain(given), _plain(resumed)
+    for key in linked:
+        given.pop(key, None)
+        resumed.pop(key, None)
     if given == resumed:
         return
     changes = differences(resumed, given, "model.")

@@ -36,6 +36,7 @@ from sfd.training.resume import (
     check_same_model,
     check_same_run,
     find_resume_checkpoint,
+    resumed_model_settings,
     run_folders,
     run_identity,
 )
@@ -49,6 +50,9 @@ ONE_LINE_PARSER = {"exit_on_error": False, "fit": {"exit_on_error": False}}
 
 class RunCLI(LightningCLI):
     """LightningCLI with the behaviour every sfd training command shares (see the module doc)."""
+
+    # model settings the command fills in from its data at instantiation (`link_arguments`)
+    LINKED_MODEL_KEYS: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._new_paths = NewPaths()
@@ -106,11 +110,12 @@ class RunCLI(LightningCLI):
             super()._parse_ckpt_path()
             return
         self._checkpoint = (str(path), self._read_checkpoint(path, "--ckpt_path"))
-        given = self.config[subcommand].get("model")
-        given = given.as_dict() if hasattr(given, "as_dict") else given
+        given = _plain_dict(self.config[subcommand].get("model"))
         super()._parse_ckpt_path()  # the checkpoint's hyperparameters over the command line's
-        kept = self.config[subcommand].get("model")
-        check_same_model(given, kept.as_dict() if hasattr(kept, "as_dict") else kept, str(path))
+        resumed = resumed_model_settings(
+            self._checkpoint[1], _plain_dict(self.config[subcommand].get("model"))
+        )
+        check_same_model(given, resumed, str(path), self.LINKED_MODEL_KEYS)
 
     def _set_seed(self) -> None:
         # Lightning seeds right after parsing and logs "Seed set to N"; sfd seeds once the
@@ -324,3 +329,8 @@ def _user_mistake_inside(error: BaseException) -> SFDConfigError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def _plain_dict(settings: Any) -> Any:
+    """A jsonargparse namespace as a dict (anything else unchanged)."""
+    return settings.as_dict() if hasattr(settings, "as_dict") else settings

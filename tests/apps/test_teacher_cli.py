@@ -40,6 +40,28 @@ def test_logs_and_checkpoints_go_beside_the_output_folder(
     assert (output / "model_index.json").is_file()
 
 
+def test_a_named_checkpoint_resumes_and_a_changed_setting_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model settings linked from the data (classes, image shape) are the checkpoint's as
+    much as the run's: an unchanged configuration resumes from the file; a changed learning rate
+    (restored with the optimizer state) is refused in one line naming it, exit 2."""
+    base = ["teacher", "-c", str(CONFIGS / "teacher_digits.yaml"), *SMALL]
+    assert main([*base, "--trainer.max_steps", "2", "--output_dir", str(tmp_path / "a")]) == 0
+    [last] = (tmp_path / "a-training").rglob("last.ckpt")
+    capsys.readouterr()
+    changed = [*base, "--model.lr", "0.01", "--trainer.max_steps", "3",
+               "--output_dir", str(tmp_path / "b"), "--ckpt_path", str(last)]  # fmt: skip
+    assert main(changed) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "other model settings (model.lr: " in line and "0.01 now)" in line
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b-training").exists()
+    same = [*base, "--trainer.max_steps", "3", "--output_dir", str(tmp_path / "b"),
+            "--ckpt_path", str(last)]  # fmt: skip
+    assert main(same) == 0
+    assert (tmp_path / "b" / "model_index.json").is_file()
+
+
 def test_a_one_class_data_set_is_warned_about(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "one.npz", images=rng.integers(0, 255, (32, 8, 8), dtype=np.uint8),

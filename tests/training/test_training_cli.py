@@ -94,6 +94,12 @@ def test_last_refuses_a_checkpoint_of_another_configuration(
         fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3", "--model.seed", "7",
             "--ckpt_path", str(last))  # fmt: skip
     assert not (tmp_path / "c").exists()
+    # An optimizer setting is no hyperparameter, but the optimizer state (its learning rate
+    # included) comes back from the checkpoint: refused the same way.
+    lr = "--model.generator_optimizer.init_args.lr"
+    with pytest.raises(SFDConfigError, match=r"\(model\.generator_optimizer\.init_args\.lr: "):
+        fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3", lr, "0.01",
+            "--ckpt_path", str(last))  # fmt: skip
     explicit = fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3",
                    "--ckpt_path", str(last))  # fmt: skip
     assert explicit.trainer.global_step == 3
