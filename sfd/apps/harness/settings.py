@@ -19,7 +19,7 @@ from sfd.apps.harness.class_run import default_stage1_config as default_stage1_c
 from sfd.apps.harness.class_run import default_stage2_config as default_stage2_config
 from sfd.apps.teachers.checks import check_channels
 from sfd.core.attack_spaces import check_class_attack
-from sfd.errors import SFDConfigError, check_number
+from sfd.errors import SFDConfigError, check_at_least, check_number
 from sfd.images import LabelledImages
 from sfd.training.cli import parse_fit_config
 from sfd.training.completion import PROBE_EVERY, check_rule_within
@@ -61,8 +61,7 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
         "--grid-per-class": settings.grid_per_class,
     }
     for flag, value in positive.items():
-        if value < 1:
-            raise SFDConfigError(f"{flag} is too small (got {value}; need at least 1)")
+        check_at_least(flag, value)
     for flag, steps in (
         ("--teacher-steps", settings.teacher_steps),
         ("--classifier-steps", settings.classifier_steps),
