@@ -37,7 +37,7 @@ from conftest import save_tiny_teacher  # noqa: E402
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher  # noqa: E402
 
 from sfd.apps.data.captions import DIGITS_VOCABULARY  # noqa: E402
-from sfd.core.adversarial import AdversarialSettings, adversarial_rows  # noqa: E402
+from sfd.core.adversarial_settings import AdversarialSettings, adversarial_rows  # noqa: E402
 from sfd.core.conditions import ClassConditions, ConditionSampler, PromptConditions  # noqa: E402
 from sfd.core.module import SFDModule  # noqa: E402
 from sfd.core.sigma import UniformTimestepSigma  # noqa: E402

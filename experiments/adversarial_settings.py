@@ -23,6 +23,9 @@
     python experiments/adversarial_settings.py --page flow_robust --family sd3 \
         --output-root runs/flow-robust --teacher-cache ~/.cache/sfd --stage2-steps 60 \
         "b-remain0.5:refresh_every=5,steps=4,share=0.5,remain_starts=0.5,posterior_weight=true"
+    python experiments/adversarial_settings.py --page flow_robust_long --family sd3 \
+        --output-root runs/flow-long --teacher-cache ~/.cache/sfd --stage2-steps 600 \
+        "r600-remain0.5-postw:remain_starts=0.5,posterior_weight=true" "r600-default:"
 
 Each variant is `name:key=value,...` over `model.adversarial` (empty: the defaults of
 configs/adversarial.yaml; `plain` as the name: plain SFD, no `--adversarial`). It runs
@@ -34,14 +37,18 @@ run again, when the command kept beside it (command.txt) is this one; otherwise 
 (folders measured before command.txt was kept: `--page-from` their record). The table: UA on the training prompts and
 the held-out paraphrases, remain accuracy against the teacher's, remain FID, the soft-prompt
 attack's success (the demo's default budget: 16 tokens, 200 steps, 3 restarts, 64 held-out
-samples, judged by the evaluation classifier) and stage 2's wall seconds. Variants can be run one
-call at a time: a later call naming them all reads the finished folders and writes the whole page.
+samples, judged by the evaluation classifier) and stage 2's wall seconds (--stage2-steps is a cap:
+the completion rule may stop stage 2 before it; the flow pages give its reason, e.g. "stalled":
+the judged forget rate, attacked pool included, stopped falling, docs/method.md §8;
+--no-until-forgotten runs the whole cap, e.g. in a call of its own that --include brings in).
+Variants can be run one call at a time: a later call naming them all reads the finished folders
+and writes the whole page.
 `--include` adds the rows of earlier records of this script (another concept pair) to the page,
 each with the command that measured it. `--page` picks the results page (default
 adversarial_settings; adversarial_budget: the inner attack's budget; adversarial_refresh: how often
 the pool is drawn afresh; flow_robust: the flow-matching teacher, `--family sd3`, with the remain FID
 over the teacher's multi-step FID and the same run's no-forgetting generator's attack success beside
-each row), kept in the record so that
+each row; flow_robust_long: the same with a longer stage 2), kept in the record so that
 `--page-from` rewrites the same page.
 """
 
@@ -56,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
+    Refusal,
     add_page_arguments,
     command_line,
     git_commit,
@@ -74,6 +82,17 @@ PAGES = {  # results page -> its heading
     "adversarial_budget": "Adversarial SFD: the inner attack's budget on the text digits demo",
     "adversarial_refresh": "Adversarial SFD: refreshing the inner attack's pool on the text digits demo",
     "flow_robust": "Adversarial SFD on the flow-matching text teacher: the attack from any prompt",
+    "flow_robust_long": "Adversarial SFD on the flow-matching text teacher: longer stage 2",
+}
+FLOW_PAGES = {  # the flow teacher's pages (`--family sd3`, flow_table) -> their "Earlier rows"
+    "flow_robust": "Plain SFD and adversarial SFD at the defaults on the same teacher, "
+    "pair and attack budget (stage 2 under the completion rule, capped at 200): "
+    "[the flow-matching text demo](flow_text.md); why the attack reaches the concept from "
+    "any prompt: [where the attack starts](attack_reach.md) and docs/method.md §5.",
+    "flow_robust_long": "Adversarial SFD's settings on the same teacher, pair and attack budget "
+    "with stage 2 capped at 60 iterations: [attacks from any prompt](flow_robust.md); plain SFD "
+    "and adversarial SFD at the defaults capped at 200: [the flow-matching text "
+    "demo](flow_text.md).",
 }
 
 
@@ -81,12 +100,12 @@ def parse_variant(spec: str) -> tuple[str, list[tuple[str, str]]]:
     """`name:key=value,...` -> (name, [(key, value), ...])."""
     name, _, rest = spec.partition(":")
     if not name:
-        raise SystemExit(f"variant {spec!r}: expected name:key=value,...")
+        raise Refusal(f"variant {spec!r}: expected name:key=value,...")
     pairs = []
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"variant {spec!r}: {item!r} is not key=value")
+            raise Refusal(f"variant {spec!r}: {item!r} is not key=value")
         pairs.append((key, value))
     return name, pairs
 
@@ -105,6 +124,8 @@ def demo_command(args: argparse.Namespace, name: str, pairs: list[tuple[str, str
         command.append("--adversarial")
     for key, value in pairs:
         command += [f"--model.adversarial.{key}", value]
+    if not args.until_forgotten:
+        command.append("--no-until-forgotten")  # stage 2 runs the whole cap
     if args.stage2_steps is not None:
         command += ["--trainer.max_steps", str(args.stage2_steps)]
         command += ["--stage1-steps", str(STAGE1_STEPS)]
@@ -116,6 +137,8 @@ def row_of(name: str, pairs: list[tuple[str, str]], command: list[str], folder: 
     metrics = json.loads((folder / "metrics.json").read_text())
     sfd, teacher = metrics["sfd"], metrics["teacher"]
     phases = metrics["protocol"]["phase_seconds"]
+    # the completion rule's summary (None: the rule was off; runs before it was recorded: absent)
+    completion = metrics["protocol"].get("two_stage", {}).get("stage2_completion")
     return {
         "pair": f"{metrics['class_names'][metrics['forget']]} → "
         f"{metrics['class_names'][metrics['override']]}",
@@ -123,6 +146,7 @@ def row_of(name: str, pairs: list[tuple[str, str]], command: list[str], folder: 
         "settings": dict(pairs),
         "command": shlex.join(command),
         "iterations": metrics["iterations"],
+        "stop_reason": None if completion is None else completion["stop_reason"],
         "ua": sfd["forget_train"]["ua"],
         "ua_paraphrases": sfd["forget_paraphrases"]["ua"],
         "remain": sfd["remain_accuracy"],
@@ -156,10 +180,11 @@ def percent(value: float) -> str:
 
 
 def flow_table(rows: list[dict[str, Any]]) -> str:
-    """The flow_robust page's table: the targets' quantities beside each variant (FID over the
-    teacher's multi-step FID, the no-forgetting generator's attack success of the same run)."""
+    """The flow pages' table: the targets' quantities beside each variant (FID over the teacher's
+    multi-step FID, the no-forgetting generator's attack success of the same run), and why stage 2
+    stopped where the record says (the completion rule's reason, e.g. "stalled" before the cap)."""
     header = [
-        "pair", "variant", "model.adversarial", "iterations", "UA", "UA paraphrases",
+        "pair", "variant", "model.adversarial", "iterations (stop)", "UA", "UA paraphrases",
         "remain (teacher)", "FID ÷ teacher", "soft attack", "no forgetting: soft attack",
         "stage 2 s",
     ]  # fmt: skip
@@ -170,7 +195,9 @@ def flow_table(rows: list[dict[str, Any]]) -> str:
                 row["pair"],
                 row["name"],
                 ", ".join(f"{k} {v}" for k, v in row["settings"].items()) or "defaults",
-                row["iterations"],
+                f"{row['iterations']} ({row['stop_reason']})"
+                if row.get("stop_reason")
+                else row["iterations"],
                 percent(row["ua"]),
                 percent(row["ua_paraphrases"]),
                 f"{percent(row['remain'])} ({percent(row['remain_teacher'])})",
@@ -239,15 +266,9 @@ def write_results_page(record: dict[str, Any], json_file: str) -> str:
         "Remain accuracy per class": per_class,
         "Commands": commands,
     }
-    if name == "flow_robust":
+    if name in FLOW_PAGES:
         sections["Results"] = flow_table(rows)
-        sections = {
-            **sections,
-            "Earlier rows": "Plain SFD and adversarial SFD at the defaults on the same teacher, "
-            "pair and attack budget (stage 2 under the completion rule, capped at 200): "
-            "[the flow-matching text demo](flow_text.md); why the attack reaches the concept from "
-            "any prompt: [where the attack starts](attack_reach.md) and docs/method.md §5.",
-        }
+        sections = {**sections, "Earlier rows": FLOW_PAGES[name]}
     page = write_page(
         name,
         PAGES[name],
@@ -272,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-cache", default="/tmp/benchcache/sfd")
     parser.add_argument("--stage2-steps", type=int, default=None)
     parser.add_argument(
+        "--until-forgotten",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stage 2 under the completion rule, --stage2-steps a cap (default); "
+        "--no-until-forgotten: every variant runs the whole --stage2-steps",
+    )
+    parser.add_argument(
         "--family",
         choices=("unet", "sd3"),
         default="unet",
@@ -293,8 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.page_from:
         print(write_results_page(read_record(args.page_from), args.page_from))
         return
-    if args.page == "flow_robust" and args.family != "sd3":
-        parser.error(f"--page flow_robust is the flow teacher's: --family sd3 (got {args.family})")
+    if args.page in FLOW_PAGES and args.family != "sd3":
+        parser.error(f"--page {args.page} is the flow teacher's: --family sd3 (got {args.family})")
     json_file = args.json or str(Path(args.output_root) / "adversarial_settings.json")
     load_start, commit = os.getloadavg(), git_commit()
     rows = measure(args)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
+    Refusal,
     add_page_arguments,
     command_line,
     git_commit,
@@ -64,7 +65,7 @@ def parse_model(spec: str) -> tuple[str, str]:
     """`name=folder` -> (name, folder)."""
     name, sep, folder = spec.partition("=")
     if not sep or not name or not folder:
-        raise SystemExit(f"model {spec!r}: expected name=folder")
+        raise Refusal(f"model {spec!r}: expected name=folder")
     return name, folder
 
 

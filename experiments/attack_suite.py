@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
+    Refusal,
     add_page_arguments,
     command_line,
     markdown_table,
@@ -338,7 +339,7 @@ def split_of(run: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     fraction = protocol.get("heldout_fraction", recorded.get("heldout_fraction"))
     seed = protocol.get("split_seed", recorded.get("split_seed", protocol.get("seed")))
     if fraction is None or seed is None:
-        raise SystemExit(f"attack_suite.py: {run} records no split (heldout_fraction, seed)")
+        raise Refusal(f"attack_suite.py: {run} records no split (heldout_fraction, seed)")
     return {"heldout_fraction": fraction, "split_seed": seed}
 
 
@@ -544,7 +545,7 @@ def with_included(record: dict[str, Any], files: list[str]) -> dict[str, Any]:
     if not files:
         return record
     if record.get("summary") is None or "budget" not in record:
-        raise SystemExit(
+        raise Refusal(
             "--include: the page's own record must be a --class-run record with a summary"
         )
     record = json.loads(json.dumps(record))
@@ -553,11 +554,11 @@ def with_included(record: dict[str, Any], files: list[str]) -> dict[str, Any]:
         other = read_record(file, "--include")
         for name in ("run_folder", "budget", "revival_budget", "ua_images"):
             if other.get(name) != record.get(name):
-                raise SystemExit(
+                raise Refusal(
                     f"--include {file}: its {name} is {other.get(name)!r}, not {record.get(name)!r}"
                 )
         if "adversarial_sfd" not in other["models"]:
-            raise SystemExit(f"--include {file}: it measured no adversarial SFD")
+            raise Refusal(f"--include {file}: it measured no adversarial SFD")
         key = VARIANT + str(other["adversarial_run_folder"])
         record["models"][key] = other["models"]["adversarial_sfd"]
         summary[key] = other["summary"]["adversarial_sfd"]

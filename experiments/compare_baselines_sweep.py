@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import torch
+from results_page import Refusal
 
 from sfd.apps.compare.settings import CompareSettings, parse_baselines
 from sfd.apps.harness.curve import first_reaching, sampler_for
@@ -36,7 +37,7 @@ def parse(spec: str) -> tuple[str, str, list[str]]:
         method = method or key.split(".")[0]
         args += [f"--{key}", value]
     if method is None:
-        raise SystemExit(f"{spec!r} sets nothing; write name:esd.key=value,...")
+        raise Refusal(f"{spec!r} sets nothing; write name:esd.key=value,...")
     return name, method, args
 
 

@@ -35,12 +35,14 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from pairs_benchmark import AGREEMENT
 from results_page import (
+    Refusal,
     add_page_arguments,
     command_line,
     markdown_table,
@@ -53,6 +55,7 @@ from results_page import (
 from sfd.apps.harness.text_folders import load_text_model
 from sfd.core import judge
 from sfd.core.conditions.base import ConditionBatch
+from sfd.eval.classifier import CONFIG_NAME as CLASSIFIER_CONFIG
 from sfd.eval.classifier import load_classifier, predict_labels
 
 GUIDANCE = 1.25  # the text presets' teacher guidance, the evaluation's too
@@ -60,12 +63,61 @@ GUIDANCE = 1.25  # the text presets' teacher guidance, the evaluation's too
 
 def class_index(value: str, class_names: list[str]) -> int:
     """A class given by index or by its name in the teacher's sfd.json."""
-    if value.isdigit():
+    if value.isdigit() and int(value) < len(class_names):
         return int(value)
     lowered = [n.lower() for n in class_names]
     if value.lower() not in lowered:
-        raise SystemExit(f"class {value!r} is not one of {', '.join(class_names)}")
+        raise Refusal(f"class {value!r} is not one of {', '.join(class_names)}")
     return lowered.index(value.lower())
+
+
+@dataclass(frozen=True)
+class Case:
+    """One `--case NAME TEACHER CLASSIFIER FORGET OVERRIDE [GENERATOR ...]`, checked before
+    anything loads (`check_case`): the folders resolved, the classes as indices."""
+
+    name: str
+    teacher_given: str
+    teacher: str
+    classifier_given: str
+    classifier: str
+    forget: int
+    override: int
+    meta: dict[str, Any]
+    generators: tuple[str, ...] = ()
+
+
+def check_case(spec: list[str], generators: bool) -> Case:
+    """The case of a `--case` option, or `Refusal` (one line, exit 2) for a wrong count of
+    arguments, a folder that is not a text teacher / classifier / generator, or an unknown class.
+
+    Args:
+        spec: the option's arguments.
+        generators: whether generator folders may follow the classes (judge_levels.py).
+    """
+    usage = "NAME TEACHER CLASSIFIER FORGET OVERRIDE" + (" [GENERATOR ...]" if generators else "")
+    if len(spec) < 5 or (len(spec) > 5 and not generators):
+        raise Refusal(f"--case {' '.join(spec)}: expected {usage}")
+    name, teacher_given, classifier_given, forget_name, override_name, *folders = spec
+    teacher = model_folder(teacher_given, "teacher")
+    classifier = model_folder(classifier_given, "classifier")
+    if not (Path(teacher) / "sfd.json").is_file():
+        raise Refusal(
+            f"--case {name}: {teacher_given!r} is not a text teacher folder (no sfd.json)"
+        )
+    if not (Path(classifier) / CLASSIFIER_CONFIG).is_file():
+        raise Refusal(
+            f"--case {name}: {classifier_given!r} is not a saved classifier (no {CLASSIFIER_CONFIG})"
+        )
+    for folder in folders:
+        if not (Path(folder) / "model_index.json").is_file():
+            raise Refusal(f"--case {name}: generator {folder!r} is not an exported pipeline folder")
+    meta = json.loads((Path(teacher) / "sfd.json").read_text())
+    forget, override = (class_index(v, meta["class_names"]) for v in (forget_name, override_name))
+    return Case(
+        name, teacher_given, teacher, classifier_given, classifier, forget, override, meta,
+        tuple(folders),
+    )  # fmt: skip
 
 
 def captions(meta: dict[str, Any], label: int, n: int) -> list[str]:
@@ -73,6 +125,14 @@ def captions(meta: dict[str, Any], label: int, n: int) -> list[str]:
     names, templates = meta["names"][label], meta["templates"]
     every = [t.format(name=name) for name in names for t in templates]
     return [every[i % len(every)] for i in range(n)]
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's CPU threads (None: its default); `Refusal` below 1."""
+    if threads is not None and threads < 1:
+        raise Refusal(f"--threads {threads} must be at least 1")
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def model_folder(folder: str, key: str) -> str:
@@ -128,15 +188,10 @@ def readings(
     }
 
 
-def measure_case(spec: list[str], samples: int, seed: int) -> dict[str, Any]:
-    if len(spec) < 5:
-        raise SystemExit("--case needs NAME TEACHER CLASSIFIER FORGET OVERRIDE [GENERATOR ...]")
-    name, teacher_given, classifier_given, forget_name, override_name, *generators = spec
-    teacher_dir = model_folder(teacher_given, "teacher")
-    classifier_dir = model_folder(classifier_given, "classifier")
-    meta = json.loads((Path(teacher_dir) / "sfd.json").read_text())
-    forget = class_index(forget_name, meta["class_names"])
-    override = class_index(override_name, meta["class_names"])
+def measure_case(case: Case, samples: int, seed: int) -> dict[str, Any]:
+    name, teacher_given, teacher_dir = case.name, case.teacher_given, case.teacher
+    classifier_given, classifier_dir = case.classifier_given, case.classifier
+    meta, forget, override, generators = case.meta, case.forget, case.override, case.generators
     teacher_steps = 28 if meta.get("family") == "sd3" else 25
     teacher_model = load_text_model(teacher_dir, teacher_steps, GUIDANCE)
     teacher = teacher_model.network
@@ -281,10 +336,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give at least one --case")
     if args.samples < 1:
         parser.error(f"--samples {args.samples} must be at least 1")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    checked = [check_case(spec, generators=True) for spec in args.case]
+    set_threads(args.threads)
     load_start = os.getloadavg()
-    cases = [measure_case(spec, args.samples, args.seed) for spec in args.case]
+    cases = [measure_case(case, args.samples, args.seed) for case in checked]
     record = {"run": run_context(command_line(__file__, argv), load_start), "cases": cases}
     save_record(record, args.json)
     for case in cases:

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from judge_levels import captions, class_index, model_folder, percent
+from judge_levels import Case, captions, check_case, percent, set_threads
 from results_page import (
+    Refusal,
     add_page_arguments,
     command_line,
     markdown_table,
@@ -56,15 +58,11 @@ def real_ceiling(folder: str) -> float | None:
     return json.loads(metrics.read_text())["protocol"].get("ua_ceiling")
 
 
-def measure_case(spec: list[str], scales: list[float], samples: int, seed: int) -> dict[str, Any]:
-    if len(spec) != 5:
-        raise SystemExit("--case needs NAME TEACHER CLASSIFIER FORGET OVERRIDE")
-    name, teacher_given, classifier_given, forget_name, override_name = spec
-    teacher_dir = model_folder(teacher_given, "teacher")
-    classifier = load_classifier(model_folder(classifier_given, "classifier"))
-    meta = json.loads((Path(teacher_dir) / "sfd.json").read_text())
-    forget = class_index(forget_name, meta["class_names"])
-    override = class_index(override_name, meta["class_names"])
+def measure_case(case: Case, scales: list[float], samples: int, seed: int) -> dict[str, Any]:
+    name, teacher_dir, meta = case.name, case.teacher, case.meta
+    teacher_given, classifier_given = case.teacher_given, case.classifier_given
+    forget, override = case.forget, case.override
+    classifier = load_classifier(case.classifier)
     steps = 28 if meta.get("family") == "sd3" else 25
     rows = []
     for scale in scales:
@@ -165,10 +163,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give at least one --case")
     if args.samples < 1:
         parser.error(f"--samples {args.samples} must be at least 1")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    for scale in args.guidance:
+        if not (math.isfinite(scale) and scale >= 1):
+            raise Refusal(f"--guidance {scale}: a guidance scale is a finite number of at least 1")
+    checked = [check_case(spec, generators=False) for spec in args.case]
+    set_threads(args.threads)
     load_start = os.getloadavg()
-    cases = [measure_case(spec, args.guidance, args.samples, args.seed) for spec in args.case]
+    cases = [measure_case(case, args.guidance, args.samples, args.seed) for case in checked]
     record = {"run": run_context(command_line(__file__, argv), load_start), "cases": cases}
     save_record(record, args.json)
     for case in cases:

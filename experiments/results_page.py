@@ -32,6 +32,22 @@ LIBRARIES = (
 )  # fmt: skip
 
 
+class Refusal(SystemExit):
+    """Bad input to a benchmark script: its one-line message on stderr, exit status 2.
+
+    Raised before anything is measured or written. The message is printed when the refusal is
+    made (a `SystemExit` with an integer code prints nothing), and `str()` of it is the message.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = " ".join(message.split())  # one line
+        print(f"{Path(sys.argv[0]).name}: error: {self.message}", file=sys.stderr)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def add_page_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--page-from FILE.json` and `--no-page` (one or the other) to a script's parser."""
     group = parser.add_mutually_exclusive_group()
@@ -171,7 +187,7 @@ def reused_command(file: Path, command: Sequence[str]) -> None:
     saved = file.parent / COMMAND_FILE
     recorded = saved.read_text().strip() if saved.is_file() else None
     if recorded != shlex.join(command):
-        raise SystemExit(
+        raise Refusal(
             f"{file} was written by "
             + (f"`{recorded}`" if recorded else "a command it does not record")
             + f", not `{shlex.join(command)}`; remove {file.parent} to measure it again"
@@ -212,10 +228,13 @@ def read_record(path: str | os.PathLike[str], flag: str = "--page-from") -> dict
     """A record written by `save_record`; one clear error, naming the option `flag` that gave
     it, if it is missing or has no "run"."""
     if not Path(path).is_file():
-        raise SystemExit(f"{flag} {path}: no such file")
-    record = json.loads(Path(path).read_text())
+        raise Refusal(f"{flag} {path}: no such file")
+    try:
+        record = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Refusal(f"{flag} {path}: not a JSON record ({error})") from error
     if not isinstance(record, dict) or "run" not in record:
-        raise SystemExit(
+        raise Refusal(
             f"{path} has no 'run' section (command, date, commit, machine): it was written before "
             "results pages existed; run the benchmark again"
         )

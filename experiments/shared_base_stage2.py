@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from results_page import command_line, markdown_table, run_context, write_page
+from results_page import Refusal, command_line, markdown_table, run_context, write_page
 from safetensors.torch import load_file, save_file
 from shared_base_benchmark import demo_row
 from shared_base_stage1 import in_cache
@@ -62,13 +62,13 @@ def parse_run(spec: str) -> tuple[str, list[str], list[str], dict[str, float]]:
     for item in filter(None, assignments.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"{spec!r}: {item!r} is not key=value")
+            raise Refusal(f"{spec!r}: {item!r} is not key=value")
         if key.startswith("demo."):  # an empty value: a flag without one
             demo += [f"--{key[5:]}", value] if value else [f"--{key[5:]}"]
         elif key in ("start.alpha", "start.balance"):
             start[key[6:]] = float(value)
         elif key.startswith("start."):
-            raise SystemExit(f"{spec!r}: unknown {key!r}; start.alpha or start.balance")
+            raise Refusal(f"{spec!r}: unknown {key!r}; start.alpha or start.balance")
         else:
             fit += [f"--{key}", value]
     return name, fit, demo, start
@@ -83,7 +83,7 @@ def rewritten_start(source: Path, target: Path, start: dict[str, float]) -> Path
     shutil.copytree(source, target)
     record = json.loads((target / "adapters.json").read_text())
     if record["settings"]["kind"] != "lora":
-        raise SystemExit(f"start.* rewrites LoRA adapters only, not {record['settings']['kind']}")
+        raise Refusal(f"start.* rewrites LoRA adapters only, not {record['settings']['kind']}")
     old_alpha = float(record["settings"]["alpha"])
     alpha = start.get("alpha", old_alpha)
     balance = start.get("balance", 1.0)
@@ -121,7 +121,7 @@ def stage_two_only(fit: list[str], start: dict[str, float], folder: Path) -> Ite
         if not start:
             return arguments_of(self)
         if not self.adapters:
-            raise SystemExit("start.* needs a shared-base stage 1 (adapters)")
+            raise Refusal("start.* needs a shared-base stage 1 (adapters)")
         rewritten = rewritten_start(self.adapters_dir, folder / "stage2_start", start)
         return ["--model.adapters.start_from", str(rewritten)]
 

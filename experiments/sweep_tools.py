@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from results_page import command_line, markdown_table, number, run_context, write_page
+from results_page import Refusal, command_line, markdown_table, number, run_context, write_page
 
 PAGE = "one_step_quality"
 
@@ -139,7 +139,7 @@ def write_quality_page(files: Sequence[Path], script: str, argv: Sequence[str]) 
     (FID / teacher's of the shipped EMA generator and the extra EMA decays per iteration)."""
     rows = [json.loads(line) for file in files for line in Path(file).read_text().splitlines()]
     if not rows:
-        raise SystemExit(f"{', '.join(map(str, files))}: no runs")
+        raise Refusal(f"{', '.join(map(str, files))}: no runs")
     by_command: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_command.setdefault(row["command"], []).append(row)

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from results_page import (
+    Refusal,
     add_page_arguments,
     command_line,
     git_commit,
@@ -211,7 +212,7 @@ def plain_run(
     file: str, name: str, output: Path, extra: list[str], family: str = "unet"
 ) -> dict[str, Any]:
     """Set-up `name`'s plain run from the benchmark record `file` (`--plain-from`), without its
-    adversarial run; SystemExit unless that record ran it with this command's `sfd demo-text`
+    adversarial run; `Refusal` unless that record ran it with this command's `sfd demo-text`
     options (the output folder aside)."""
     options = ["--family", family, *extra] if family != "unet" else extra
     wanted = " ".join(command(name, output, options)[1:]).replace("-m sfd.cli", "sfd")
@@ -220,9 +221,9 @@ def plain_run(
     record = read_record(file, "--plain-from")
     found = [r for r in record["setups"] if r["setup"] == name and "record" not in r]
     if not found:
-        raise SystemExit(f"--plain-from {file}: no set-up {name!r} measured by that record")
+        raise Refusal(f"--plain-from {file}: no set-up {name!r} measured by that record")
     if without_output_dir(found[0]["command"]) != without_output_dir(wanted):
-        raise SystemExit(
+        raise Refusal(
             f"--plain-from {file}: set-up {name!r} ran `{found[0]['command']}`, not this "
             f"command's `{wanted}` (the output folder aside)"
         )
@@ -238,14 +239,14 @@ def finished_plain_run(output: Path, name: str, options: list[str], family: str)
     wall and CPU time are the run's own phase totals, the load the one at its start."""
     folder = output / name
     if not (folder / "metrics.json").is_file():
-        raise SystemExit(f"--plain-from {output}: no finished run in {folder} (no metrics.json)")
+        raise Refusal(f"--plain-from {output}: no finished run in {folder} (no metrics.json)")
     metrics = json.loads((folder / "metrics.json").read_text())
     protocol, names = metrics["protocol"], metrics["class_names"]
     data, forget, override, _ = SETUPS[name]
     ran = (protocol["data"], names[metrics["forget"]], names[metrics["override"]],
            protocol["teacher_settings"].get("family", "unet"))  # fmt: skip
     if ran != (data, forget, override, family):
-        raise SystemExit(f"--plain-from {output}: {folder} ran {ran}, not set-up {name!r}")
+        raise Refusal(f"--plain-from {output}: {folder} ran {ran}, not set-up {name!r}")
     load = protocol["environment"]["load_average_1_5_15_min"]
     timing = {
         "wall_seconds": protocol["phase_seconds"]["total"],
@@ -261,7 +262,7 @@ def merged_setups(
     record: dict[str, Any], files: list[str], flag: str = "--merge"
 ) -> list[dict[str, Any]]:
     """The set-ups of the records in `files` (given by option `flag`), each carrying its record's
-    "run" (command, date, commit, machine) and file; SystemExit for another teacher family or a
+    "run" (command, date, commit, machine) and file; `Refusal` for another teacher family or a
     set-up twice."""
     family = record["run"].get("family", "unet")
     seen = {r["setup"] for r in record["setups"]}
@@ -269,13 +270,13 @@ def merged_setups(
     for file in files:
         other = read_record(file, flag)
         if other["run"].get("family", "unet") != family:
-            raise SystemExit(
+            raise Refusal(
                 f"{flag} {file}: a --family {other['run'].get('family', 'unet')} record; this "
                 f"page is --family {family}'s"
             )
         for r in other["setups"]:
             if r["setup"] in seen:
-                raise SystemExit(f"{flag} {file}: set-up {r['setup']!r} is already on the page")
+                raise Refusal(f"{flag} {file}: set-up {r['setup']!r} is already on the page")
             seen.add(r["setup"])
             merged.append({**r, "run": r.get("run", other["run"]), "record": r.get("record", file)})
     return merged
@@ -283,12 +284,12 @@ def merged_setups(
 
 def fresh_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
     """The set-ups of the records in `files` (`--fresh`), marked "fresh", each with its record's
-    run and file; SystemExit for another teacher family or a run that reused a cache."""
+    run and file; `Refusal` for another teacher family or a run that reused a cache."""
     fresh = merged_setups({"run": record["run"], "setups": []}, files, "--fresh")
     for r in fresh:
         reused = [k for k in ("teacher", "classifier", "stage1") if r[f"{k}_cached"]]
         if reused:
-            raise SystemExit(
+            raise Refusal(
                 f"--fresh {r['record']}: set-up {r['setup']!r} reused the cached {reused[0]}; "
                 "a fresh run trains teacher, classifier and stage 1 itself"
             )
@@ -302,14 +303,14 @@ def section_title(r: dict[str, Any]) -> str:
 
 def replaced_setups(record: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
     """The record's set-ups with those of the records in `files` in their places (the same set-up
-    measured again, shown under the command that measured it); SystemExit for another teacher
+    measured again, shown under the command that measured it); `Refusal` for another teacher
     family, a set-up twice in `files` or one that is not in the record (`--merge` adds those)."""
     newer = merged_setups({"run": record["run"], "setups": []}, files, "--replace")
     missing = [
         r["setup"] for r in newer if r["setup"] not in {s["setup"] for s in record["setups"]}
     ]
     if missing:
-        raise SystemExit(f"--replace: set-up {missing[0]!r} is not on the page; --merge adds it")
+        raise Refusal(f"--replace: set-up {missing[0]!r} is not on the page; --merge adds it")
     by_name = {r["setup"]: r for r in newer}
     return [by_name.get(r["setup"], r) for r in record["setups"]]
 

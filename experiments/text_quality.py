@@ -38,6 +38,7 @@ from typing import Any
 
 import text_benchmark
 from results_page import (
+    Refusal,
     add_page_arguments,
     command_line,
     git_commit,
@@ -58,10 +59,10 @@ PAGES = {  # --page: the results page a record is written to, and its title
 
 
 def parse_named(value: str, flag: str) -> tuple[str, str]:
-    """`NAME=REST` -> (NAME, REST); SystemExit naming the flag when there is no name."""
+    """`NAME=REST` -> (NAME, REST); `Refusal` naming the flag when there is no name."""
     name, sep, rest = value.partition("=")
     if not sep or not name or "/" in name:
-        raise SystemExit(f"{flag} {value!r}: expected NAME=..., NAME without '/'")
+        raise Refusal(f"{flag} {value!r}: expected NAME=..., NAME without '/'")
     return name, rest
 
 
@@ -259,11 +260,11 @@ def write_quality_page(record: dict[str, Any], json_file: str, page: str = PAGE)
 
 def sweep_rows(files: list[Path], stage: str, flag: str) -> list[dict[str, Any]]:
     """The runs of `experiments/text_sfd_sweep.py --stage STAGE` results files (JSON lines);
-    SystemExit naming `flag` for a run of another stage."""
+    `Refusal` naming `flag` for a run of another stage."""
     rows = [json.loads(line) for file in files for line in file.read_text().splitlines()]
     wrong = [r["name"] for r in rows if r.get("stage") != stage]
     if wrong:
-        raise SystemExit(f"{flag}: {', '.join(wrong)} are not --stage {stage} runs")
+        raise Refusal(f"{flag}: {', '.join(wrong)} are not --stage {stage} runs")
     return rows
 
 
@@ -634,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for _, folder in additions:
         if not (Path(folder) / "pair.json").is_file():
-            raise SystemExit(f"--add {folder}: no pair.json (not a pairs-benchmark run folder)")
+            raise Refusal(f"--add {folder}: no pair.json (not a pairs-benchmark run folder)")
     json_file = options.output_dir / "text_quality.json"
     earlier = read_record(json_file) if json_file.is_file() else {}
     rows = earlier.get("rows", [])

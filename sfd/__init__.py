@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     # the method
     "SFDModule": "sfd.core.module",
-    "AdversarialSettings": "sfd.core.adversarial",
+    "AdversarialSettings": "sfd.core.adversarial_settings",
     "ClassConditions": "sfd.core.conditions",
     "PromptConditions": "sfd.core.conditions",
     "NudityConditions": "sfd.core.conditions",

@@ -345,6 +345,14 @@ def flow_robust_record(command: str) -> dict[str, Any]:
     return record  # the included row has no teacher FID (an older record)
 
 
+def flow_robust_long_record(command: str) -> dict[str, Any]:
+    record = {**flow_robust_record(command), "page": "flow_robust_long"}
+    record["rows"] = [
+        {**row, "iterations": 390, "stop_reason": "stalled"} for row in record["rows"]
+    ]
+    return record  # the included row has no stop reason (an older record): its count alone
+
+
 def adversarial_diagnosis_record(command: str) -> dict[str, Any]:
     def point(step: int, classifier: float, judged: float, labels: list[int], among=None):
         values = {"step": step, "classifier_forget": classifier, "judged_forget": judged}
@@ -809,6 +817,20 @@ CASES = [
         ],
     ),
     (
+        "adversarial_settings",
+        "flow_robust_long",
+        flow_robust_long_record,
+        "python experiments/adversarial_settings.py --page flow_robust_long --family sd3 b:",
+        [
+            "# Adversarial SFD on the flow-matching text teacher: longer stage 2",
+            "| three → eight | b | weight 1.0 | 390 (stalled) | 100.0 % | 99.0 % | 97.8 % (99.4 %) "
+            "| 1.70× (8.50) | 25.0 % | 100.0 % | 600 |",
+            "| seven → one | a | defaults | 60 | 100.0 % | 99.0 % | 96.7 % (99.4 %) "
+            "| – (8.50) | 43.8 % | 100.0 % | 600 |",
+            "capped at 60 iterations: [attacks from any prompt](flow_robust.md)",
+        ],
+    ),
+    (
         "adversarial_diagnosis",
         "adversarial_diagnosis",
         adversarial_diagnosis_record,
@@ -1202,6 +1224,78 @@ def test_text_quality_writes_the_page_its_record_names(results_dir) -> None:
     results_page.save_record(plain, "runs/q/plain.json")
     text_quality.main(["--page-from", "runs/q/plain.json"])
     assert (results_dir / "text_quality.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("two_stage", "reason"),
+    [
+        ({"stage2_completion": {"stop_reason": "stalled", "iterations": 390}}, "stalled"),
+        ({"stage2_completion": None}, None),  # the rule off: the fixed cap
+        (None, None),  # a run from before metrics.json recorded the rule
+    ],
+)
+def test_a_row_says_why_stage_2_stopped(tmp_path, two_stage, reason) -> None:
+    """A variant's row carries the completion rule's stop reason from its metrics.json."""
+    import adversarial_settings
+
+    def scores(ua: float) -> dict[str, Any]:
+        return {
+            "forget_train": {"ua": ua},
+            "forget_paraphrases": {"ua": ua},
+            "remain_accuracy": 0.97,
+            "remain_per_class": {"0": 0.97},
+            "fid_remain": 5.0,
+        }
+
+    protocol = {"phase_seconds": {"sfd": 10.0, "total": 20.0}}
+    if two_stage is not None:
+        protocol["two_stage"] = two_stage
+    metrics = {
+        "class_names": ["zero", "one", "seven"], "forget": 2, "override": 1, "iterations": 390,
+        "sfd": scores(1.0), "teacher": scores(0.0), "protocol": protocol,
+        "attack": {"sfd": {"soft": {"success_rate": 0.98}},
+                   "distilled_without_forgetting": {"soft": {"success_rate": 1.0}}},
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    row = adversarial_settings.row_of("a", [], ["sfd", "demo-text"], tmp_path)
+    assert row["stop_reason"] == reason and row["iterations"] == 390
+    cells = adversarial_settings.flow_table([row]).splitlines()[-1].split(" | ")
+    assert cells[3] == ("390 (stalled)" if reason else "390")
+
+
+@pytest.mark.parametrize(("flag", "whole_cap"), [([], False), (["--no-until-forgotten"], True)])
+def test_no_until_forgotten_runs_the_whole_cap(monkeypatch, flag, whole_cap) -> None:
+    """`--no-until-forgotten` reaches each variant's `sfd demo-text` command (the rule off, stage 2
+    runs all of --stage2-steps); by default the rule is on and the cap only a cap."""
+    import adversarial_settings
+
+    commands = []
+
+    def measure(args: argparse.Namespace) -> list:
+        commands.append(adversarial_settings.demo_command(args, "a", []))
+        raise SystemExit("measured")
+
+    monkeypatch.setattr(adversarial_settings, "measure", measure)
+    with pytest.raises(SystemExit, match="measured"):
+        adversarial_settings.main(["--stage2-steps", "600", *flag, "a:"])
+    (command,) = commands
+    assert ("--no-until-forgotten" in command) == whole_cap
+    assert command[command.index("--trainer.max_steps") + 1] == "600"
+
+
+@pytest.mark.parametrize("page", ["flow_robust", "flow_robust_long"])
+def test_a_flow_teachers_page_refuses_the_unet_teacher(results_dir, tmp_path, capsys, page) -> None:
+    """The flow pages' rows are the flow teacher's: `--family unet` is refused in one line, exit
+    status 2, before any run and with nothing written."""
+    import adversarial_settings
+
+    with pytest.raises(SystemExit) as stop:
+        adversarial_settings.main(["--page", page, "--output-root", "runs/f", "a:"])
+    assert stop.value.code == 2
+    assert (
+        f"--page {page} is the flow teacher's: --family sd3 (got unet)" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "runs").exists() and not results_dir.exists()
 
 
 @pytest.mark.parametrize(("script", "page", "build", "command", "expected"), CASES)
@@ -2502,3 +2596,52 @@ def test_reuse_of_a_record_before_attacks_were_kept(tmp_path, top, models, now, 
     results_page.save_record(record, options.reuse)
     found = script.check_reuse(options)
     assert found == reason if reason is None or reason.startswith("it was") else reason in found
+
+
+@pytest.mark.parametrize("script", ["override_guidance", "text_benchmark", "attack_suite"])
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "no such file"), ("not json {", "not a JSON record")]
+)
+def test_page_from_a_missing_or_unreadable_record_is_refused_in_one_line(
+    results_dir, tmp_path, capsys, script, content, message
+) -> None:
+    if content is not None:
+        (tmp_path / "r.json").write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main(["--page-from", "r.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--page-from r.json" in error[0] and message in error[0]
+    assert not results_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("override_guidance", ["--case", "a", "b", "c", "d"], "expected NAME TEACHER"),
+        ("override_guidance", ["--case", "x", "nowhere", "c", "7", "1"], "not a text teacher"),
+        ("override_guidance", ["--case", "x", "t", "c", "7", "1", "--guidance", "nan"], "--guidance nan"),
+        ("override_guidance", ["--case", "x", "t", "c", "7", "1", "--guidance", "0.5"], "at least 1"),
+        ("judge_levels", ["--case", "x", "t", "nowhere", "7", "1"], "not a saved classifier"),
+        ("judge_levels", ["--case", "x", "t", "c", "7", "1", "nowhere"], "not an exported pipeline"),
+        ("judge_levels", ["--case", "x", "t", "c", "7", "eleven"], "'eleven' is not one of"),
+        ("judge_levels", ["--case", "x", "t", "c", "12", "1"], "'12' is not one of"),
+        ("judge_levels", ["--case", "x", "t", "c", "7", "1", "--threads", "0"], "--threads 0"),
+    ],
+)  # fmt: skip
+def test_case_options_are_checked_before_anything_loads(
+    results_dir, tmp_path, capsys, script, argv, message
+) -> None:
+    """A teacher folder with only its sfd.json and a classifier folder with only its config: every
+    refusal comes from the checks, not from loading (nothing here would load)."""
+    (tmp_path / "t").mkdir()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    (tmp_path / "t" / "sfd.json").write_text(json.dumps({"class_names": names}))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main([*argv, "--json", "out.json"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error
+    assert not (tmp_path / "out.json").exists() and not results_dir.exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sfd.errors import SFDConfigError
+from sfd.training.config_files import attach_signed_values
 
 FIT_PREFIXES = ("--model.", "--trainer.")  # options the demos forward to the SFD configuration
 
@@ -19,6 +20,11 @@ class OneLineParser(argparse.ArgumentParser):
     """The argparse parser of sfd's verbs: a mistake argparse finds itself (a value of the wrong
     type, an unknown choice, a missing argument) is one `sfd: error:` line naming the option and
     the value, exit status 2 (`SFDConfigError`), like every other refusal, not a usage block."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # `--seed -inf` as `--seed=-inf`: argparse names the value then, not "expected one argument"
+        attached = attach_signed_values(list(args)) if args is not None else None
+        return super().parse_known_args(attached, namespace)
 
     def error(self, message: str) -> NoReturn:
         raise SFDConfigError(f"{message} (`{self.prog} --help` lists the options)")

@@ -38,7 +38,7 @@ from sfd.teachers.text_encoder import (
 )
 
 if TYPE_CHECKING:
-    from sfd.core.adversarial import AdversarialSettings
+    from sfd.core.adversarial_settings import AdversarialSettings
     from sfd.core.generator import OneStepGenerator
 
 ROOM_KEY = "model.adversarial.tokens"  # the setting whose tokens must fit after a forget prompt

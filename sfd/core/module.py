@@ -18,7 +18,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from sfd.core import guards
-from sfd.core.adversarial import AdversarialSettings, AdversarialTraining, concatenated
+from sfd.core.adversarial import AdversarialTraining, concatenated
+from sfd.core.adversarial_settings import AdversarialSettings
 from sfd.core.attack_spaces import Attacked
 from sfd.core.conditions import ConditionBatch, ConditionSampler
 from sfd.core.ema import EMA_RESTART_KEY, GeneratorEMA, ema_decay_at
@@ -231,12 +232,17 @@ class SFDModule(LightningHooks, GeneratorEMA):
     def check_setting(cls, name: str, value: Any) -> None:
         """The module's own check of one setting given alone, the others at their defaults
         (`guards.check_module_settings`): how a configuration error names the allowed range of a
-        value the parser rejects as no number ("nan", "inf", a word). A setting the module does
-        not check passes.
+        value the parser rejects as no number ("nan", "inf", a word). An optimizer's setting is
+        named `fake_optimizer.init_args.lr` (`guards.check_optimizer_setting`). A setting the
+        module does not check passes.
 
         Raises:
             SFDConfigError: `value` is outside the setting's range, naming both.
         """
+        optimizer, nested, _ = name.partition(".init_args.")
+        if nested and optimizer in ("fake_optimizer", "generator_optimizer"):
+            guards.check_optimizer_setting(name, value)
+            return
         parameters = inspect.signature(cls.__init__).parameters.values()
         defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
         if name in defaults:

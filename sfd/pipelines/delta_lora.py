@@ -30,6 +30,7 @@ class LoRAFit:
 
     Attributes:
         rank: the requested rank r (layers narrower than r get their full rank).
+        largest_rank: the largest rank a layer got (below `rank` when every layer is narrower).
         adapted_layers: linear / convolution layers with a LoRA.
         parameters: number of LoRA parameters.
         weight_relative_error: ‖ΔW − B·A‖_F / ‖ΔW‖_F over all adapted weights.
@@ -42,6 +43,7 @@ class LoRAFit:
     """
 
     rank: int
+    largest_rank: int
     adapted_layers: int
     parameters: int
     weight_relative_error: float
@@ -133,6 +135,7 @@ def delta_lora(
             size_sq += float(teacher_params[name].double().square().sum())
     fit = LoRAFit(
         rank=rank,
+        largest_rank=max(v.shape[0] for k, v in state.items() if k.endswith(".lora_A.weight")),
         adapted_layers=len({key.rsplit(".lora_", 1)[0] for key in state}),
         parameters=sum(v.numel() for v in state.values()),
         weight_relative_error=math.sqrt(residual_sq / delta_sq) if delta_sq else 0.0,

@@ -100,6 +100,37 @@ def stock_pipeline(record: dict[str, Any]) -> tuple[str, str, list[str]]:
     return "StableDiffusionXLPipeline", "add_watermarker=False", sizes if len(ids) == 6 else []
 
 
+FAMILY_TAGS = {  # the hub's family tags of a text export, by its pipeline class
+    "OneStepSDXLPipeline": ["stable-diffusion", "stable-diffusion-xl"],
+    "OneStepSD3Pipeline": ["stable-diffusion", "stable-diffusion-3", "sd3"],
+    "OneStepFluxPipeline": ["flux"],
+}
+
+
+def generator_formula(record: dict[str, Any]) -> str:
+    """What the generator computes, with this export's values: a flow generator's one Euler step
+    from t_init (its σ-space input is (1 + σ_init)·z, `FlowDenoiser.generator_input`), a VP
+    generator's D(σ_init·z, σ_init, c)."""
+    sigma, timestep = shown(record["sigma_init"]), shown(record["timestep"])
+    if "stock_call" in record:
+        t_init = shown(record["stock_call"]["sigmas"][0])
+        return (
+            f"x0 = z − t_init·v(z, t_init, c) with t_init = {t_init}, one Euler step of the "
+            f"velocity from t_init to 0 (in σ-space x0 = D((1 + σ_init)·z, σ_init, c), σ_init = "
+            f"{sigma}; network timestep {timestep})"
+        )
+    return f"x0 = D(σ_init·z, σ_init, c) with σ_init = {sigma} (network timestep {timestep})"
+
+
+def lora_rank_text(fit: dict[str, Any]) -> str:
+    """The rank a delta LoRA was fit at: the requested one, or the largest any layer could take
+    when every layer is narrower than that (`LoRAFit.largest_rank`)."""
+    largest = fit.get("largest_rank", fit["rank"])
+    if largest < fit["rank"]:
+        return f"rank {largest} (every layer at its full rank; {fit['rank']} requested)"
+    return f"rank {fit['rank']}"
+
+
 def flow_snippets(record: dict[str, Any]) -> str:
     """ "How to sample" for a flow export: the folder is a stock one, sampled by the stock class."""
     stock = record["stock_class"]
@@ -240,12 +271,10 @@ def model_card(record: dict[str, Any]) -> str:
     text = record["kind"] == "text"
     tags = ["diffusers", "sfd", "score-forgetting-distillation", "machine-unlearning", "one-step"]
     tags += (
-        ["stable-diffusion", "text-to-image"]
+        [*FAMILY_TAGS.get(record.get("pipeline_class"), ["stable-diffusion"]), "text-to-image"]
         if text
         else ["class-conditional", "class-conditional-image-generation"]
     )
-    if record.get("pipeline_class") == "OneStepSDXLPipeline":
-        tags.append("stable-diffusion-xl")
     meta = ["---", "library_name: diffusers"]
     meta.append(f"pipeline_tag: {'text-to-image' if text else 'unconditional-image-generation'}")
     if base:
@@ -255,8 +284,7 @@ def model_card(record: dict[str, Any]) -> str:
         "# One-step generator distilled with Score Forgetting Distillation (SFD)",
         "",
         f"A one-step {'text-to-image' if text else 'class-conditional'} generator: "
-        f"x0 = D(σ_init·z, σ_init, c) with σ_init = {shown(record['sigma_init'])} "
-        f"(network timestep {shown(record['timestep'])}), one network evaluation per image"
+        f"{generator_formula(record)}, one network evaluation per image"
         + ("." if text else ", c a class label (`class_labels=[...]`)."),
         "",
         f"- Base model (teacher): {f'`{source}`' if source else 'not recorded'}",
@@ -382,7 +410,7 @@ def _file_sections(record: dict[str, Any]) -> list[str]:
             "",
             "## LoRA of the difference from the teacher",
             "",
-            f"`{LORA_FOLDER}/pytorch_lora_weights.safetensors`: rank {fit['rank']} fit of every "
+            f"`{LORA_FOLDER}/pytorch_lora_weights.safetensors`: {lora_rank_text(fit)} fit of every "
             f"linear / convolution weight difference ({fit['adapted_layers']} layers, "
             f"{fit['parameters']:,} parameters), for the teacher's pipeline: "
             f'`pipe.load_lora_weights("{LORA_FOLDER}")`, then sample as above with this folder\'s '

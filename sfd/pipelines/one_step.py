@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.image_processor import VaeImageProcessor
 from torch import Tensor
 
 from sfd.core.generator import OneStepGenerator
@@ -173,7 +174,8 @@ class OneStepPipeline(DiffusionPipeline):
             class_labels: labels, (B,).
             generator: random stream for z (ignored when `latents` is given).
             latents: the noise z ~ N(0, I) itself, (B, C, H, W).
-            output_type: "pil", "np" (B, H, W, C in [0, 1]) or "pt" (B, C, H, W in [-1, 1]).
+            output_type: "pil", "np" (B, H, W, C in [0, 1]) or "pt" (B, C, H, W in [0, 1]), as
+                the stock pipelines (diffusers' image processor's `postprocess`).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
 
         Returns:
@@ -192,8 +194,8 @@ class OneStepPipeline(DiffusionPipeline):
                 shape, generator=generator, device=generator.device if generator else device
             )
         images = one_step(latents.to(device), labels)  # (B, C, H, W) in [-1, 1]
-        if output_type == "pt":
-            output: Any = images
+        if output_type == "pt":  # diffusers' meaning: the image processor's [0, 1]
+            output: Any = VaeImageProcessor.denormalize(images)
         else:
             array = to_unit_numpy(images)
             output = array if output_type == "np" else self.numpy_to_pil(array)

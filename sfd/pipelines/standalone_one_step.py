@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.image_processor import VaeImageProcessor
 
 
 class OneStepPipeline(DiffusionPipeline):
@@ -118,7 +119,8 @@ class OneStepPipeline(DiffusionPipeline):
             class_labels: labels, (B,).
             generator: random stream for z (ignored when `latents` is given).
             latents: the noise z ~ N(0, I) itself, (B, C, H, W).
-            output_type: "pil", "np" (B, H, W, C in [0, 1]) or "pt" (B, C, H, W in [-1, 1]).
+            output_type: "pil", "np" (B, H, W, C in [0, 1]) or "pt" (B, C, H, W in [0, 1]), as
+                the stock pipelines (diffusers' image processor's `postprocess`).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
 
         Returns:
@@ -139,8 +141,8 @@ class OneStepPipeline(DiffusionPipeline):
         x = self.config.sigma_init * latents.to(device)
         unet_labels = None if self.unet.config.num_class_embeds is None else labels
         images = self._x0(x, unet_labels).float()  # (B, C, H, W) in [-1, 1]
-        if output_type == "pt":
-            output: Any = images
+        if output_type == "pt":  # diffusers' meaning: the image processor's [0, 1]
+            output: Any = VaeImageProcessor.denormalize(images)
         else:
             array = ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
             output = array if output_type == "np" else self.numpy_to_pil(array)

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sfd.core import guards
-from sfd.core.adversarial import AdversarialSettings, check_adversarial_settings
+from sfd.core.adversarial_settings import AdversarialSettings, check_adversarial_settings
 from sfd.core.attack_spaces import ROOM_KEY
 from sfd.core.checkpoint_files import DEFAULT_ROOT_DIR
 from sfd.core.conditions import ConditionSampler, PromptConditions

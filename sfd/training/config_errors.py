@@ -3,6 +3,7 @@ allowed (`sfd fit`, the demos' SFD options, `sfd compare`'s baseline settings)."
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import re
@@ -19,6 +20,9 @@ _CLASS = re.compile(r"<class '([^']+)'>")
 _UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")
 _CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
 _EXPECTED = re.compile(r"Expected a <class '(?:int|float)'>\. Got value: (.*)$")
+# the last line of a class argument's error: the argument and the whole value given, e.g.
+# "Given value: NestedArg(key='betas', val=[0.9, 'nan'])"
+_NESTED = re.compile(r"Given value: NestedArg\(key='([^']+)', val=(.*)\)$")
 
 
 def one_line(error: Exception, model_class: type | None = None) -> str:
@@ -67,24 +71,70 @@ def one_line(error: Exception, model_class: type | None = None) -> str:
 def _model_refusal(keys: list[str], lines: list[str], model_class: type | None) -> str | None:
     """The model class's own refusal of a `model.<name>` value the parser rejected as no number
     (`check_setting`), the key named as typed ("model.alpha=nan must be a finite number in
-    [0, inf)"); None when the class has no such check or lets the value pass."""
+    [0, inf)"; an argument of a class setting as "model.fake_optimizer.init_args.lr=nan ...");
+    None when the class has no such check or lets the value pass."""
     check = getattr(model_class, "check_setting", None)
     given = next((m.group(1).strip() for line in lines if (m := _GIVEN.search(line))), None)
-    if check is None or given is None or len(set(keys)) != 1 or not keys[0].startswith("model."):
+    if check is None or given is None or not keys[0].startswith("model."):
         return None
     name = keys[0].removeprefix("model.")
-    value: object = given
-    try:
-        value = float(given)
-    except ValueError:
-        pass
+    value: object = _as_number(given)
+    if len(set(keys)) == 2:  # an argument of a class setting: model.fake_optimizer, then lr
+        name = f"{name}.init_args.{keys[1]}"
+        value = _argument_value(lines, keys[1], value)
+    elif len(set(keys)) != 1:
+        return None
     try:
         check(name, value)
     except SFDConfigError as refusal:
         text = str(refusal)
-        if text.startswith(f"{name}=") and "\n" not in text:
+        if "\n" in text:
+            return None
+        if text.startswith((f"{name}=", f"{name}[")):
             return f"model.{text}"
+        if text.startswith((f"model.{name}=", f"model.{name}[")):
+            return text
     return None
+
+
+def _argument_value(lines: list[str], argument: str, inner: object) -> object:
+    """The whole value of a class setting's `argument` as given (a list such as betas whole, not
+    the element jsonargparse rejected), read from the error's last "Given value:" line: a
+    `NestedArg` (`--model.fake_optimizer.init_args.lr nan`) or the class setting's mapping (a
+    config file, `--model.fake_optimizer '{...}'`); `inner`, the rejected value, otherwise."""
+    shown = next((line for line in reversed(lines) if line.startswith("Given value: ")), "")
+    shown = shown.removeprefix("Given value: ")
+    nested = _NESTED.search(f"Given value: {shown}")
+    if nested is not None:
+        return _literal(nested.group(2)) if nested.group(1) == argument else inner
+    try:
+        setting = ast.literal_eval(shown)
+    except (ValueError, SyntaxError):
+        return inner
+    init_args = setting.get("init_args") if isinstance(setting, dict) else None
+    if isinstance(init_args, dict) and argument in init_args:
+        return _literal(repr(init_args[argument]))
+    return inner
+
+
+def _as_number(given: str) -> object:
+    """`given` as a float where it is one ("nan", "inf", "1e-3"), else itself."""
+    try:
+        return float(given)
+    except ValueError:
+        return given
+
+
+def _literal(shown: str) -> object:
+    """A value as jsonargparse shows it (a Python literal: 'nan', [0.9, 'nan']) with its strings
+    read as numbers where they are ones; the text itself when it is no literal."""
+    try:
+        value = ast.literal_eval(shown)
+    except (ValueError, SyntaxError):
+        return _as_number(shown)
+    if isinstance(value, list | tuple):
+        return [_as_number(v) if isinstance(v, str) else v for v in value]
+    return _as_number(value) if isinstance(value, str) else value
 
 
 def _first_class_path_only(lines: list[str]) -> list[str]:

@@ -1,11 +1,13 @@
 """Configuration files named on a training command line, checked before anything heavy is imported.
 
 jsonargparse reports a YAML file that does not parse, or that holds a list instead of settings,
-without naming the file; this names it, in one line, before torch or Lightning are imported.
+without naming the file; this names it, in one line, before torch or Lightning are imported. Also
+here: `attach_signed_values`, which every sfd command line passes through before it is parsed.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -13,6 +15,55 @@ import yaml
 from sfd.errors import SFDConfigError
 
 CONFIG_FLAGS = ("-c", "--config")
+# what argparse itself takes for a negative number rather than an option (Python 3.11's
+# `_negative_number_matcher`): -1, -.5, -0.5, but not -inf, -nan or -1e3
+ARGPARSE_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def attach_signed_values(args: list[str]) -> list[str]:
+    """`args` with each `--option VALUE` whose VALUE is a number argparse would take for an
+    option (-inf, -nan, -1e3) written `--option=VALUE`.
+
+    argparse reads a token that begins with "-" as an option unless it looks like -1 or -.5, so
+    `--model.alpha -inf` would end in "expected one argument", a message without the value;
+    attached, the value reaches the option's own check, which names it and the allowed range.
+    Tokens after a bare `--` are left as they are.
+
+    Args:
+        args: a command line (after the verb).
+
+    Returns:
+        the command line, a new list.
+    """
+    attached: list[str] = []
+    index = 0
+    while index < len(args):
+        token = args[index]
+        if token == "--":
+            return attached + list(args[index:])
+        value = args[index + 1] if index + 1 < len(args) else None
+        if (
+            token.startswith("--")
+            and "=" not in token
+            and value is not None
+            and value.startswith("-")
+            and not ARGPARSE_NEGATIVE_NUMBER.match(value)
+            and _is_number(value)
+        ):
+            attached.append(f"{token}={value}")
+            index += 2
+        else:
+            attached.append(token)
+            index += 1
+    return attached
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def config_files(args: list[str]) -> list[str]:

@@ -125,19 +125,58 @@ def check_same_run(checkpoint: Mapping[str, Any], identity: Mapping[str, Any], p
         )
     if stored["hash"] == identity["hash"]:
         return
-    key, old, new = _first_difference(stored.get("config", {}), identity["config"])
+    changes = differences(stored.get("config", {}), identity["config"])
     raise SFDConfigError(
         f"--ckpt_path last found {path!r}, written by a run with another configuration "
-        f"({key}: {old!r} there, {new!r} now; only the step budget may change on resume); {advice}"
+        f"({changes}; only the step budget may change on resume); {advice}"
     )
 
 
-def _first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, Any, Any]:
+def check_same_model(given: Any, resumed: Any, path: str) -> None:
+    """Refuse resuming the checkpoint file `path` under other model settings than its own.
+
+    Lightning resumes a checkpoint file with the model settings saved in it (its
+    hyperparameters, put over the command line's), so a `--model.*` setting that differs from the
+    checkpoint's would be dropped without a word, and the run would train otherwise than its
+    command says (adversarial SFD's attack pool, too, is the checkpoint's settings').
+
+    Args:
+        given: the run's model settings before the checkpoint's were put over them.
+        resumed: the model settings after (what Lightning would train).
+        path: the checkpoint file, for the message.
+
+    Raises:
+        SFDConfigError: naming every differing setting, with both values.
+    """
+    given, resumed = _plain(given), _plain(resumed)
+    if given == resumed:
+        return
+    changes = differences(resumed, given, "model.")
+    raise SFDConfigError(
+        f"--ckpt_path {path!r} was trained with other model settings ({changes}); a checkpoint "
+        "resumes with its own, so give the checkpoint's settings, or start a new run"
+    )
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> str:
+    """Every setting that differs between two configurations, as "key: old there, new now; ..."
+    (nested keys dotted)."""
+    return "; ".join(f"{key}: {a!r} there, {b!r} now" for key, a, b in _differing(old, new, prefix))
+
+
+def _differing(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
     if isinstance(old, Mapping) and isinstance(new, Mapping):
-        for key in sorted(set(old) | set(new)):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
             if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
-    return prefix.rstrip(".") or "config", old, new
+                found += _differing(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [(prefix.rstrip(".") or "config", old, new)]
+
+
+def _plain(config: Any) -> Any:
+    """A configuration as JSON values (tuples as lists, paths and classes as strings)."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
 class RunConfigStamp(Callback):

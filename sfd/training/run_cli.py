@@ -28,10 +28,12 @@ from sfd.errors import SFDConfigError
 from sfd.folders import NewPaths, check_writable_folder
 from sfd.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 from sfd.training.config_errors import callback_entries, checking_class, one_line
+from sfd.training.config_files import attach_signed_values
 from sfd.training.progress import IterationProgressBar
 from sfd.training.resume import (
     RunConfigStamp,
     announce_resume,
+    check_same_model,
     check_same_run,
     find_resume_checkpoint,
     run_folders,
@@ -90,14 +92,25 @@ class RunCLI(LightningCLI):
 
     # --- LightningCLI stages ------------------------------------------------------------------
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        # `--model.alpha -inf` as `--model.alpha=-inf`: the value reaches the setting's check
+        attached = attach_signed_values(args) if isinstance(args, list) else args
+        super().parse_arguments(parser, attached)
+
     def _parse_ckpt_path(self) -> None:
         # Lightning reads an explicit checkpoint here to take its hyperparameters; read it
         # first, safely, so that a bad file is one clear error rather than a traceback.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and str(path) not in LIGHTNING_CKPT_NAMES:
-            self._checkpoint = (str(path), self._read_checkpoint(path, "--ckpt_path"))
-        super()._parse_ckpt_path()
+        if not path or str(path) in LIGHTNING_CKPT_NAMES:
+            super()._parse_ckpt_path()
+            return
+        self._checkpoint = (str(path), self._read_checkpoint(path, "--ckpt_path"))
+        given = self.config[subcommand].get("model")
+        given = given.as_dict() if hasattr(given, "as_dict") else given
+        super()._parse_ckpt_path()  # the checkpoint's hyperparameters over the command line's
+        kept = self.config[subcommand].get("model")
+        check_same_model(given, kept.as_dict() if hasattr(kept, "as_dict") else kept, str(path))
 
     def _set_seed(self) -> None:
         # Lightning seeds right after parsing and logs "Seed set to N"; sfd seeds once the

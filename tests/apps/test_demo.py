@@ -297,6 +297,30 @@ def test_demo_bad_input_exits_2_and_writes_nothing(
     assert not output.exists() and not cache.exists()
 
 
+@pytest.mark.parametrize("verb", ["demo", "compare", "demo-text"])
+def test_a_t_init_beyond_the_teachers_schedule_is_refused_before_the_teacher_trains(
+    verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demos' teachers have a 1000-step schedule (`make_scheduler`'s default, which the
+    teacher saves): t_init 1000 is refused up front, in one line, before any teacher,
+    classifier or output is written (not at stage 1, after the teacher trained)."""
+    from sfd.apps.teachers.pixel import make_scheduler
+
+    assert make_scheduler().config.num_train_timesteps == 1000
+    output, cache = tmp_path / "out", tmp_path / "cache"
+    args = [verb, "--output-dir", str(output), "--teacher-cache", str(cache), "--no-progress",
+            "--teacher-steps", "1", "--classifier-steps", "1", "--threads", "1",
+            "--model.sigma_init", "null", "--model.t_init", "1000"]  # fmt: skip
+    assert main(args) == 2
+    [error] = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("sfd: error: model.t_init=1000 must be an integer timestep in 0..999")
+    assert not output.exists() and not cache.exists()
+    from sfd.apps.harness.settings import check_t_init
+
+    args[-1] = "999"  # the schedule's last timestep passes
+    check_t_init([parse_fit_config(ClassRunSettings(sfd_args=args[-4:]).sfd_command_line())])
+
+
 @pytest.mark.slow
 def test_full_demo_default_settings(tmp_path: Path) -> None:
     """The README's demo with its default settings (trains teacher and stage 1: ~15 minutes)."""

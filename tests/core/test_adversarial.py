@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from text_fixtures import save_tiny_bert, save_tiny_text_teacher
 
 from sfd.apps.data.captions import DIGITS_VOCABULARY
-from sfd.core.adversarial import ADVERSARIAL_KEY, AdversarialSettings, check_adversarial_settings
+from sfd.core.adversarial import ADVERSARIAL_KEY
+from sfd.core.adversarial_settings import AdversarialSettings, check_adversarial_settings
 from sfd.core.attack_spaces import START_KEY, spread
 from sfd.core.conditions import ClassConditions, PromptConditions
 from sfd.core.generator import OneStepGenerator

@@ -285,6 +285,17 @@ def test_full_rank_delta_lora_is_exact_without_norm_changes(sd_dirs, tmp_path) -
     folder = save_generator(generator, tmp_path / "export", lora_rank=10_000)
     fit = json.loads((folder / "sfd_export.json").read_text())["lora"]
     assert fit["uncovered_parameters"] == [] and fit["weight_relative_error"] < 1e-6
+    # no layer of the tiny UNet is 10 000 wide: the record and the card give the rank that ran
+    ranks = [
+        v.shape[0]
+        for k, v in load_file(folder / "lora" / "pytorch_lora_weights.safetensors").items()
+        if "lora_A" in k
+    ]
+    assert fit["largest_rank"] == max(ranks) < 10_000
+    assert (
+        f"rank {max(ranks)} (every layer at its full rank; 10000 requested)"
+        in (folder / "README.md").read_text()
+    )
     assert fit["output_max_abs_error"] < 1e-4
     got = load_in_subprocess("stock-lora", folder, tmp_path, sd_dirs["epsilon"])
     full = sfd_text_samples(folder)["latents"]
@@ -398,6 +409,38 @@ def test_standalone_class_pipeline_matches_sfd_for_every_parameterisation(kind, 
     ]
     assert torch.equal(images[0], images[1])
     assert images[0].abs().max() > 0.01
+
+
+def test_class_pipeline_output_types_are_diffusers_postprocess(tmp_path: Path) -> None:
+    """`output_type="pt"` and `"np"` of sfd's class pipeline and of the standalone file are what
+    diffusers' image processor makes of the generator's [-1, 1] images: [0, 1], as the stock and
+    the text pipelines return."""
+    from conftest import tiny_unet
+    from diffusers.image_processor import VaeImageProcessor
+
+    from sfd.core.generator import OneStepGenerator
+    from sfd.pipelines.io import save_generator
+    from sfd.pipelines.standalone_one_step import OneStepPipeline as Standalone
+    from sfd.teachers import EDMUNetDenoiser
+
+    unet = tiny_unet()
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(20)  # images past [-1, 1], so that the clamp is exercised
+    generator = OneStepGenerator(EDMUNetDenoiser(unet, sigma_data=0.5), sigma_init=3.0)
+    folder = save_generator(generator.eval(), tmp_path / "gen")
+    z = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(SEED))
+    with torch.no_grad():
+        x0 = generator(z, torch.tensor(LABELS))  # (B, C, H, W) in model space
+    assert x0.min() < -1 and x0.max() > 1
+    processor = VaeImageProcessor()
+    for pipe in (load_pipeline(folder), Standalone.from_pretrained(folder)):
+        for output in ("pt", "np"):
+            images = pipe(LABELS, latents=z, output_type=output).images
+            expected = processor.postprocess(x0, output_type=output)
+            assert type(images) is type(expected)
+            assert images.shape == expected.shape
+            assert (images == expected).all(), (type(pipe).__module__, output)
+            assert images.min() >= 0 and images.max() <= 1
 
 
 def test_a_new_export_part_is_one_registry_entry(tmp_path: Path, monkeypatch) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import quiet_trainer
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
 from flow_fixtures import LATENT_SIZE
@@ -21,6 +22,7 @@ from sfd.core.module import SFDModule
 from sfd.core.sigma import LogitNormalTime
 from sfd.errors import SFDConfigError
 from sfd.pipelines.io import load_pipeline, save_generator
+from sfd.pipelines.model_card import shown
 from sfd.pipelines.one_step_flow import OneStepFluxPipeline, OneStepSD3Pipeline
 from sfd.teachers import FluxTeacher, SD3Teacher
 
@@ -104,7 +106,14 @@ def test_flow_sfd_trains_exports_and_the_stock_pipeline_samples_it(
     stock = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}[family]
     assert index["_class_name"] == stock and index["_one_step"]["t_init"] == pytest.approx(T_INIT)
     assert record["stock_call"]["sigmas"] == [pytest.approx(T_INIT)]
-    assert "num_inference_steps=1" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "num_inference_steps=1" in card
+    # the card states the flow generator's own formula (not the VP one's σ_init·z input)
+    assert f"x0 = z − t_init·v(z, t_init, c) with t_init = {shown(T_INIT)}" in card
+    assert "D((1 + σ_init)·z, σ_init, c)" in card and "D(σ_init·z" not in card
+    tags = set(yaml.safe_load(card.split("---\n")[1])["tags"])
+    family_tag = {"sd3": "stable-diffusion-3", "flux": "flux"}[family]
+    assert family_tag in tags and ("stable-diffusion" in tags) == (family == "sd3")
 
     z = torch.randn(
         len(PROMPTS), *generator.sample_shape, generator=torch.Generator().manual_seed(3)

@@ -9,7 +9,7 @@ from conftest import CONFIGS, fit_args, quiet_trainer, save_tiny_teacher
 from gaussian import EmbeddedGaussian, GaussianClassNet
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from sfd.core.adversarial import AdversarialSettings
+from sfd.core.adversarial_settings import AdversarialSettings
 from sfd.core.checkpoint_files import load_checkpoint_safely
 from sfd.core.conditions import ClassConditions
 from sfd.core.generator import GENERATOR_SPEC_KEY, OneStepGenerator, training_record

@@ -85,10 +85,66 @@ def test_last_refuses_a_checkpoint_of_another_configuration(
     resumed = fit(tiny_teacher_dir, tmp_path, "--trainer.max_steps", "3",
                   "--trainer.log_every_n_steps", "2", "--ckpt_path", "last")  # fmt: skip
     assert resumed.trainer.global_step == 3
-    # The file named explicitly is the user's choice, whatever its run.
+    # The file named explicitly is the user's choice, whatever its run folder, but it resumes
+    # with its own model settings (Lightning puts them over the command line's): one that
+    # differs would be dropped silently, so it is refused, naming it; the same settings resume.
+    with pytest.raises(
+        SFDConfigError, match=r"other model settings \(model\.seed: 0 there, 7 now\)"
+    ):
+        fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3", "--model.seed", "7",
+            "--ckpt_path", str(last))  # fmt: skip
+    assert not (tmp_path / "c").exists()
     explicit = fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3",
-                   "--model.seed", "7", "--ckpt_path", str(last))  # fmt: skip
+                   "--ckpt_path", str(last))  # fmt: skip
     assert explicit.trainer.global_step == 3
+
+
+def test_a_resume_under_other_adversarial_settings_is_refused_naming_them(
+    tiny_teacher_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint carries the attack pool, and Lightning resumes a checkpoint file with the
+    file's hyperparameters over the command line's: a resume whose model.adversarial differs (a
+    setting, or adversarial SFD switched on or off) is refused in one line naming every
+    differing key, exit status 2, before anything is written; the same settings resume."""
+    from conftest import CONFIGS
+
+    from sfd.cli import main
+
+    adversarial = ["-c", str(CONFIGS / "adversarial.yaml")]
+    fit(tiny_teacher_dir, tmp_path / "adv", *adversarial, "--trainer.max_steps", "2")
+    fit(tiny_teacher_dir, tmp_path / "plain", "--trainer.max_steps", "2")
+    [adv_ckpt] = (tmp_path / "adv").rglob("last.ckpt")
+    [plain_ckpt] = (tmp_path / "plain").rglob("last.ckpt")
+    before = sorted(tmp_path.rglob("*"))
+    cases = [
+        ([], adv_ckpt, "(model.adversarial: {"),
+        (adversarial, plain_ckpt, "(model.adversarial: None there, {"),
+        ([*adversarial, "--model.adversarial.steps", "3", "--model.adversarial.share", "0.5"],
+         adv_ckpt, "(model.adversarial.share: 0.25 there, 0.5 now; model.adversarial.steps: 2 "
+         "there, 3 now)"),
+    ]  # fmt: skip
+    for extra, ckpt, fragment in cases:
+        args = ["--trainer.max_steps", "3", "--ckpt_path", str(ckpt)]
+        with pytest.raises(SFDConfigError) as error:
+            fit(tiny_teacher_dir, tmp_path / "new", *extra, *args)
+        message = str(error.value)
+        assert "other model settings " + fragment in message and "\n" not in message, message
+    # `--ckpt_path last`: the run-identity check names every differing key, in one line
+    capsys.readouterr()
+    argv = fit_args(tiny_teacher_dir, tmp_path / "adv", *adversarial, "--model.adversarial.lr",
+                    "0.1", "--model.adversarial.steps", "3", "--trainer.max_steps", "3",
+                    "--ckpt_path", "last")  # fmt: skip
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("sfd: error: --ckpt_path last found ")
+    assert (
+        "(model.adversarial.lr: 0.05 there, 0.1 now; model.adversarial.steps: 2 there, 3 now;"
+        in line
+    )
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written by the refused runs
+    resumed = fit(tiny_teacher_dir, tmp_path / "new", *adversarial, "--trainer.max_steps", "3",
+                  "--ckpt_path", str(adv_ckpt))  # fmt: skip
+    assert resumed.trainer.global_step == 3
 
 
 def test_a_restart_removes_the_stale_temporary_files_of_its_run(
@@ -291,3 +347,57 @@ def test_every_number_setting_of_the_module_names_its_range_for_nan_inf_and_word
         parse_fit_config(["-c", str(default_sfd_config()), "--model.alpha", ".nan"],
                          one_line_errors=True)  # fmt: skip
     assert str(refused.value) == "model.alpha=nan must be a finite number in [0, inf)"
+
+
+@pytest.mark.parametrize("optimizer", ["fake_optimizer", "generator_optimizer"])
+def test_every_optimizer_setting_names_its_range_for_nan_inf_and_words(optimizer, tmp_path) -> None:
+    """`--model.<optimizer>.init_args.lr nan` (inf, -inf, a word; eps, weight_decay, betas; on the
+    command line, in a config file or as the setting's JSON): one line naming the option, the
+    value and the allowed range (`guards.check_optimizer_setting`), not "expected float"."""
+    from sfd.apps.harness.settings import default_sfd_config
+    from sfd.training.cli import parse_fit_config
+
+    key = f"model.{optimizer}.init_args"
+    cases = [
+        ("lr", "nan", "lr=nan must be a finite number in (0, inf)"),
+        ("lr", "inf", "lr=inf must be a finite number in (0, inf)"),
+        ("lr", "-inf", "lr=-inf must be a finite number in (0, inf)"),
+        ("lr", "fast", "lr='fast' must be a finite number in (0, inf)"),
+        ("eps", "nan", "eps=nan must be a finite number in [0, inf)"),
+        ("weight_decay", "inf", "weight_decay=inf must be a finite number in [0, inf)"),
+        ("betas", "[0.9, nan]", "betas[1]=nan must be a finite number in [0, 1)"),
+        ("betas", "[inf, 0.9]", "betas[0]=inf must be a finite number in [0, 1)"),
+    ]
+    preset = ["-c", str(default_sfd_config())]
+    for setting, value, expected in cases:
+        with pytest.raises(SFDConfigError) as refused:
+            parse_fit_config([*preset, f"--{key}.{setting}", value], one_line_errors=True)
+        assert str(refused.value) == f"{key}.{expected}"
+    config = tmp_path / "optimizer.yaml"
+    config.write_text(f"model:\n  {optimizer}:\n    class_path: torch.optim.Adam\n"
+                      "    init_args:\n      lr: nan\n")  # fmt: skip
+    inline = '{"class_path": "torch.optim.Adam", "init_args": {"lr": "inf"}}'
+    for args, expected in (
+        (["-c", str(config)], "lr=nan must be a finite number in (0, inf)"),
+        ([f"--model.{optimizer}", inline], "lr=inf must be a finite number in (0, inf)"),
+    ):
+        with pytest.raises(SFDConfigError) as refused:
+            parse_fit_config([*preset, *args], one_line_errors=True)
+        assert str(refused.value) == f"{key}.{expected}"
+
+
+def test_a_signed_value_argparse_takes_for_an_option_is_attached_to_its_option() -> None:
+    """-inf, -nan and -1e3 after an option become its value (`--x=-inf`); what argparse already
+    takes for a number (-1, -.5), option names, `=` forms and tokens after `--` stay as they are."""
+    from sfd.training.config_files import attach_signed_values
+
+    args = ["-c", "a.yaml", "--model.alpha", "-inf", "--model.t_init", "-1e3", "--x", "-nan"]
+    assert attach_signed_values(args) == [
+        "-c", "a.yaml", "--model.alpha=-inf", "--model.t_init=-1e3", "--x=-nan",
+    ]  # fmt: skip
+    kept = ["--a", "-1", "--b", "-.5", "--c", "--d", "--e=-inf", "--f", "-infinite", "-g", "-inf"]
+    assert attach_signed_values(kept) == kept
+    assert attach_signed_values(["--", "--a", "-inf"]) == ["--", "--a", "-inf"]
+    assert attach_signed_values(["--a", "-inf", "--", "--b", "-inf"]) == [
+        "--a=-inf", "--", "--b", "-inf",
+    ]  # fmt: skip

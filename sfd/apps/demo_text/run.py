@@ -40,7 +40,7 @@ from sfd.apps.harness.cache import cached_build, data_fingerprint, default_cache
 from sfd.apps.harness.class_run import check_adversarial_options
 from sfd.apps.harness.curve import until_forgotten
 from sfd.apps.harness.phases import Phases
-from sfd.apps.harness.settings import check_average_after, check_curve_every
+from sfd.apps.harness.settings import check_average_after, check_curve_every, check_t_init
 from sfd.apps.harness.stages import stage_one, stage_two_label, train_sfd
 from sfd.apps.harness.text_folders import teacher_encoder, teacher_vae
 from sfd.apps.harness.workspace import (
@@ -102,6 +102,7 @@ def check_settings(
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     check_teacher_class(settings.family, sfd.model.teacher.class_path)
+    check_t_init((sfd, stage1))
     check_average_after(settings.average_after, settings.until_forgotten, (sfd,))
     if settings.remain_per_class < 2:
         raise SFDConfigError(

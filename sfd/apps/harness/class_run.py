@@ -17,7 +17,7 @@ STAGE1_PRESET = "sfd_digits_stage1.yaml"  # composed after it for stage 1 (disti
 STAGE2_PRESET = "sfd_digits_stage2.yaml"  # composed after it for stage 2 (forgetting)
 # composed after the stage-2 overlay when the options turn the shared base on (`shared_base_on`)
 STAGE2_SHARED_BASE_PRESET = "sfd_digits_stage2_shared_base.yaml"
-# `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial.AdversarialSettings`
+# `--adversarial`: adversarial SFD with the defaults of `sfd.core.adversarial_settings.AdversarialSettings`
 # (SFD itself only; stage 1 does not forget). `--model.adversarial.*` options refine it.
 ADVERSARIAL_ARGS = ["--model.adversarial", "{}"]
 # stage 1 does not forget: both forget weights 0 and no adversarial SFD, even where the user's

@@ -18,11 +18,14 @@ from sfd.apps.harness.class_run import default_sfd_config as default_sfd_config
 from sfd.apps.harness.class_run import default_stage1_config as default_stage1_config
 from sfd.apps.harness.class_run import default_stage2_config as default_stage2_config
 from sfd.apps.teachers.checks import check_channels
+from sfd.apps.teachers.pixel import DEFAULT_TIMESTEPS
 from sfd.core.attack_spaces import check_class_attack
 from sfd.errors import SFDConfigError, check_at_least, check_number
 from sfd.images import LabelledImages
+from sfd.teachers.vp import VPDenoiser, check_timestep
 from sfd.training.cli import parse_fit_config
 from sfd.training.completion import PROBE_EVERY, check_rule_within
+from sfd.training.config_errors import class_at
 
 
 def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
@@ -35,6 +38,7 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     sfd = parse_fit_config(settings.sfd_command_line(), one_line_errors=True)
     stage1 = parse_fit_config(settings.sfd_command_line(stage="stage1"), one_line_errors=True)
     stage2 = parse_fit_config(settings.sfd_command_line(stage="stage2"), one_line_errors=True)
+    check_t_init((sfd, stage1, stage2))
     adversarial = getattr(stage2.model, "adversarial", None)  # class runs: the class attack
     if adversarial is not None:
         check_class_attack(getattr(adversarial, "remain_starts", 0.0))
@@ -83,6 +87,29 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
     if settings.output_dir.exists() and not settings.output_dir.is_dir():
         raise SFDConfigError(f"--output-dir {str(settings.output_dir)!r} is a file, not a folder")
     return sfd
+
+
+def check_t_init(configs: Any, length: int = DEFAULT_TIMESTEPS) -> None:
+    """Refuse a `model.t_init` beyond the schedule of the VP teacher a demo trains (or reuses,
+    built by the same recipe) before anything is trained; `sfd fit` checks it against the teacher
+    it loads, which here exists only after the teacher phase. A flow teacher's t_init (a time in
+    (0, 1)) is checked when the settings are parsed.
+
+    Args:
+        configs: the parsed SFD configurations of the run's stages.
+        length: the number of timesteps of the teacher's schedule.
+    """
+    for config in configs:
+        teacher = class_at(str(config.model.teacher.class_path))
+        t_init = config.model.t_init
+        if t_init is None or teacher is None or not issubclass(teacher, VPDenoiser):
+            continue
+        try:
+            check_timestep(t_init, length)
+        except SFDConfigError as error:
+            raise SFDConfigError(
+                f"model.{error} (the {length}-step schedule of the demo's teacher)"
+            ) from error
 
 
 def rule_configs(settings: ClassRunSettings, sfd: Any, stage2: Any) -> tuple[Any, ...]:

@@ -9,6 +9,7 @@ The teacher is a diffusers `UNet2DModel` with ε-prediction on the linear-β sch
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from sfd.apps.data.images import DIGITS, load_images, train_heldout_split
-from sfd.apps.teachers.checks import check_output_dir
+from sfd.apps.teachers.checks import check_output_dir, check_teacher_settings
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
 from sfd.images import LabelledImages, from_uint8
@@ -33,9 +34,14 @@ from sfd.training.progress import IterationProgressBar
 
 DEFAULT_BLOCK_OUT_CHANNELS = (32, 64)
 
+# T of the DDPM schedule the teachers sfd trains have unless told otherwise: the schedule of the
+# demos' teachers (`train_teacher`, the text teachers' `make_text_scheduler`), which the demos
+# check t_init against up front
+DEFAULT_TIMESTEPS = 1000
+
 
 def make_scheduler(
-    num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    num_train_timesteps: int = DEFAULT_TIMESTEPS, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> DDPMScheduler:
     """The DDPM noise schedule of the teachers: linear β, ε-prediction."""
     return DDPMScheduler(
@@ -71,6 +77,20 @@ class DDPMTeacherModule(pl.LightningModule):
         beta_end: β_T of the linear schedule.
     """
 
+    @classmethod
+    def check_setting(cls, name: str, value: Any) -> None:
+        """An optimizer setting (lr, weight_decay) checked alone, the others at their defaults
+        (`check_teacher_settings`): how a configuration error names the allowed range of a value
+        the parser rejects as no number ("nan", "inf", a word). Other settings pass.
+
+        Raises:
+            SFDConfigError: `value` is outside the setting's range, naming both.
+        """
+        if name in ("lr", "weight_decay"):
+            parameters = inspect.signature(cls.__init__).parameters.values()
+            defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+            check_teacher_settings({**defaults, name: value}, {})
+
     def __init__(
         self,
         num_classes: int,
@@ -85,7 +105,7 @@ class DDPMTeacherModule(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         ema_decay: float | None = 0.999,
-        num_train_timesteps: int = 1000,
+        num_train_timesteps: int = DEFAULT_TIMESTEPS,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
     ) -> None:

@@ -28,7 +28,12 @@ from torch import Tensor
 
 from sfd.apps.data.captions import CaptionVocabulary
 from sfd.apps.teachers.checks import check_output_dir
-from sfd.apps.teachers.pixel import DDPMTeacherModule, TeacherDataModule, one_device_trainer
+from sfd.apps.teachers.pixel import (
+    DEFAULT_TIMESTEPS,
+    DDPMTeacherModule,
+    TeacherDataModule,
+    one_device_trainer,
+)
 from sfd.apps.teachers.text_encoders import teacher_text_encoder
 from sfd.errors import SFDConfigError
 from sfd.folders import write_folder_atomically
@@ -80,7 +85,7 @@ def make_text_scheduler(latent: bool) -> DDPMScheduler:
     """Stable Diffusion's scaled-linear schedule on latents; the linear DDPM schedule on pixels."""
     if latent:
         return DDPMScheduler(
-            num_train_timesteps=1000,
+            num_train_timesteps=DEFAULT_TIMESTEPS,
             beta_start=0.00085,
             beta_end=0.012,
             beta_schedule="scaled_linear",
@@ -88,7 +93,7 @@ def make_text_scheduler(latent: bool) -> DDPMScheduler:
             clip_sample=False,
         )
     return DDPMScheduler(
-        num_train_timesteps=1000,
+        num_train_timesteps=DEFAULT_TIMESTEPS,
         beta_start=1e-4,
         beta_end=0.02,
         beta_schedule="linear",
