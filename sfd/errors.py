@@ -75,6 +75,26 @@ def check_count(name: str, value: int, low: int = 1, low_name: str | None = None
     return value
 
 
+def check_at_least(flag: str, value: Any, low: int = 1, note: str = "") -> int:
+    """Return `value` if it is an integer (not a bool) of at least `low`, else raise
+    `SFDConfigError` saying it is too small (the demos' and `sfd fit`'s counts of iterations and
+    images).
+
+    Args:
+        flag: the option, as the user types it (e.g. "--trainer.max_steps").
+        value: its value.
+        low: the smallest allowed value.
+        note: what else is allowed, said after `low` (e.g. "or -1: no limit").
+
+    Returns:
+        the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = f"{low}, {note}" if note else f"{low}"
+        raise SFDConfigError(f"{flag} is too small (got {value}; need at least {allowed})")
+    return value
+
+
 def check_guidance(name: str, value: float) -> float:
     """Return a classifier-free guidance scale if it is finite and in [0, `MAX_GUIDANCE`].
 

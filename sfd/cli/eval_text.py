@@ -69,12 +69,14 @@ def _evaluate_prompts(options: argparse.Namespace) -> None:
         read_eval_prompts,
         read_manifest,
     )
-    from sfd.pipelines.io import load_pipeline
+    from sfd.pipelines.io import export_index, load_pipeline
+    from sfd.pipelines.one_step_flow import check_export_guidance
     from sfd.pipelines.text_call import OneStepTextSampling
     from sfd.progress import ProgressBar
 
     device = usable_device(options.device)
     pairs = read_eval_prompts(options.prompts, options.seed, options.seed_column)
+    check_export_guidance(export_index(options.generator)[0], options.guidance_scale)
     pipeline = load_pipeline(options.generator)
     if not isinstance(pipeline, OneStepTextSampling):
         raise SFDConfigError(f"{options.generator!r} is not a text-to-image generator")

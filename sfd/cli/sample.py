@@ -59,20 +59,21 @@ def _sample(options: argparse.Namespace) -> None:
 
     from sfd.core.guards import check_finite_weights
     from sfd.images import Grid, unit_to_uint8
-    from sfd.pipelines.io import load_pipeline
-    from sfd.pipelines.text_call import OneStepTextSampling
+    from sfd.pipelines.io import export_index, load_pipeline
+    from sfd.pipelines.one_step_flow import check_export_guidance
+    from sfd.pipelines.text_call import OneStepTextSampling, check_negative_prompt
     from sfd.progress import ProgressBar
 
     device = usable_device(options.device)
+    # What the folder's model_index.json rules out, refused before a weight loads.
+    index, pipeline_class = export_index(options.generator)
+    text = issubclass(pipeline_class, OneStepTextSampling)
+    _check_conditions(options, text)
+    if text:
+        check_negative_prompt(options.negative_prompt, options.guidance_scale)
+        check_export_guidance(index, options.guidance_scale)
     pipeline = load_pipeline(options.generator).to(device)
     check_finite_weights(f"generator {options.generator!r}", pipeline.generator, trained=True)
-    text = isinstance(pipeline, OneStepTextSampling)
-    if text and not options.prompt:
-        raise SFDConfigError(f"{options.generator!r} is a text-to-image generator; pass --prompt")
-    if not text and options.prompt:
-        raise SFDConfigError(
-            f"{options.generator!r} is a class-conditional generator; use --labels"
-        )
     rows = _rows(options, pipeline, text)
     per_row = options.num_per_label
     _check_pixels(len(rows) * per_row * TILE_FLOOR_PIXELS, len(rows), per_row)
@@ -136,6 +137,17 @@ def _check_options(options: argparse.Namespace) -> str | None:
     per_row = options.num_per_label
     _check_pixels(known_rows * per_row * TILE_FLOOR_PIXELS, known_rows, per_row)
     return kind
+
+
+def _check_conditions(options: argparse.Namespace, text: bool) -> None:
+    """Refuse labels for a text-to-image generator (no prompt) and prompts or labels for a class
+    one the other way round."""
+    if text and not options.prompt:
+        raise SFDConfigError(f"{options.generator!r} is a text-to-image generator; pass --prompt")
+    if not text and options.prompt:
+        raise SFDConfigError(
+            f"{options.generator!r} is a class-conditional generator; use --labels"
+        )
 
 
 def forgotten_rows(folder: Path, rows: list[Any]) -> list[bool]:

@@ -275,6 +275,24 @@ def check_one_start(sigma_init: float | None, t_init: int | float | None) -> Non
         )
 
 
+FAKE_SCORE_GUIDANCE = ("fake_train_guidance", "fake_eval_guidance")
+
+
+def check_fake_score_null_branch(hp: Any) -> None:
+    """Refuse a guided fake score without condition dropout: its unconditional branch learns
+    the generator's unconditional samples only from the dropped conditions (docs/method.md §4),
+    so with cond_dropout 0 the guided fake score's D_ψ(x, ∅) stays the teacher's."""
+    guided = {name: hp[name] for name in FAKE_SCORE_GUIDANCE if hp[name] != 1.0}
+    if guided and hp.cond_dropout == 0:
+        name, scale = next(iter(guided.items()))
+        raise SFDConfigError(
+            f"{name}={scale} guides the fake score, whose unconditional branch learns the "
+            "generator's samples only through condition dropout, which cond_dropout=0.0 turns "
+            "off; give cond_dropout above 0 (e.g. 0.1, as the Stable Diffusion presets) or keep "
+            "fake_train_guidance and fake_eval_guidance at 1"
+        )
+
+
 def check_module_settings(hp: Any) -> None:
     """Every numeric setting of the module, finite and in range (one line naming the bad one).
 
@@ -303,6 +321,7 @@ def check_module_settings(hp: Any) -> None:
         if hp.get(name) is not None:  # override_guidance None: teacher_guidance's
             check_guidance(name, hp[name])
     check_number("cond_dropout", hp.cond_dropout, low=0, high=1, high_open=True)
+    check_fake_score_null_branch(hp)
     if hp.ema_decay is not None:
         check_number("ema_decay", hp.ema_decay, low=0, high=1, high_open=True)
     if hp.get("ema_power") is not None:

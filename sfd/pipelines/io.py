@@ -24,6 +24,7 @@ from sfd.folders import (
     check_input_file,
     check_output_folder,
     pipeline_class_name,
+    read_json_file,
     write_folder_atomically,
 )
 from sfd.pipelines.export_parts import EXPORT_PARTS, ExportJob, write_standalone_pipeline
@@ -170,15 +171,24 @@ def save_generator(
     return write_folder_atomically(output_dir, write)
 
 
-def load_pipeline(path: str | Path) -> Any:
-    """Load an exported one-step pipeline folder (class-conditional or text-to-image)."""
+def export_index(path: str | Path) -> tuple[dict[str, Any], type[DiffusionPipeline]]:
+    """The model_index.json of an exported one-step pipeline folder and sfd's class for it,
+    checked as `load_pipeline` needs them, with no weight read (so a call the folder cannot take
+    is refused before it loads).
+
+    Args:
+        path: the exported folder.
+
+    Returns:
+        (the model_index.json content, the pipeline class that loads the folder).
+    """
     path = Path(path)
     index = path / "model_index.json"
     if not index.is_file():
         raise SFDConfigError(
             f"{str(path)!r} is not an exported generator folder (no model_index.json)"
         )
-    config = json.loads(index.read_text())
+    config = read_json_file(index)
     class_name = pipeline_class_name(config)
     if class_name not in PIPELINE_CLASSES:
         raise SFDConfigError(
@@ -189,7 +199,13 @@ def load_pipeline(path: str | Path) -> Any:
             f"{str(path)!r} is a stock {class_name} folder, not an sfd export (its "
             "model_index.json has no one-step settings); a teacher folder is trained with sfd fit"
         )
-    pipeline = PIPELINE_CLASSES[class_name].from_pretrained(str(path))
+    return config, PIPELINE_CLASSES[class_name]
+
+
+def load_pipeline(path: str | Path) -> Any:
+    """Load an exported one-step pipeline folder (class-conditional or text-to-image)."""
+    _, pipeline_class = export_index(path)
+    pipeline = pipeline_class.from_pretrained(str(path))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

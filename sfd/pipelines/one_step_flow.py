@@ -16,6 +16,7 @@ training used, which is what the stock-pipeline equality test holds against diff
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -25,11 +26,12 @@ from torch import Tensor
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import OneStepGenerator
 from sfd.errors import SFDConfigError
-from sfd.pipelines.one_step import lift_settings
+from sfd.folders import pipeline_class_name
+from sfd.pipelines.one_step import SETTINGS_KEY, lift_settings
 from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers.flow import FlowTransformerDenoiser
 from sfd.teachers.flow_time import flow_time
-from sfd.teachers.flux import FluxDenoiser
+from sfd.teachers.flux import FluxDenoiser, check_scales_without_cfg
 from sfd.teachers.sd3 import SD3Denoiser
 from sfd.teachers.text_encoder import model_index
 
@@ -242,6 +244,23 @@ class OneStepFluxPipeline(OneStepFlowSampling, FluxPipeline):
             "height": size,
             "width": size,
         }
+
+
+def check_export_guidance(
+    index: Mapping[str, Any], guidance_scale: float, flag: str = "--guidance-scale"
+) -> None:
+    """Refuse, from an export's model_index.json alone (before a weight loads), a classifier-free
+    guidance scale its generator does not take: any but 1 on a guidance-distilled Flux export (its
+    one-step `guidance` set), the rule `FluxDenoiser.guided` applies once loaded.
+
+    Args:
+        index: the folder's model_index.json content.
+        guidance_scale: the scale asked for.
+        flag: how the message names the scale.
+    """
+    if pipeline_class_name(dict(index)) == OneStepFluxPipeline.stock_class.__name__:
+        guidance = (index.get(SETTINGS_KEY) or {}).get("guidance")
+        check_scales_without_cfg({flag: guidance_scale}, guidance)
 
 
 # The stock class name a flow export's model_index.json holds -> sfd's class for that folder.

@@ -18,6 +18,17 @@ from sfd.errors import SFDConfigError
 from sfd.images import to_unit_numpy
 
 
+def check_negative_prompt(negative_prompt: Any, guidance_scale: float) -> None:
+    """Refuse a negative prompt at classifier-free guidance scale 1, where the guided output is
+    the conditional branch alone and the negative prompt never acts (`sfd sample` asks before the
+    generator loads)."""
+    if negative_prompt is not None and guidance_scale == 1.0:
+        raise SFDConfigError(
+            "negative_prompt has no effect at guidance_scale 1.0; "
+            "give a guidance_scale != 1 or no negative prompt"
+        )
+
+
 class OneStepTextSampling:
     """`__call__` of a one-step text-to-image pipeline (a mixin before the diffusers class)."""
 
@@ -56,11 +67,7 @@ class OneStepTextSampling:
             raise SFDConfigError("no prompt given")
         if num_images_per_prompt < 1:
             raise SFDConfigError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
-        if negative_prompt is not None and guidance_scale == 1.0:
-            raise SFDConfigError(
-                "negative_prompt has no effect at guidance_scale 1.0; "
-                "give a guidance_scale != 1 or no negative prompt"
-            )
+        check_negative_prompt(negative_prompt, guidance_scale)
         negatives = [negative_prompt or ""] * len(prompts)
         if isinstance(negative_prompt, list):
             if len(negative_prompt) != len(prompts):

@@ -64,8 +64,16 @@ class Denoiser(nn.Module):
         """
         raise no_time_variable(type(self), t_init)
 
+    @property
+    def has_null_condition(self) -> bool:
+        """Whether the model has a null condition (`null_condition`), which classifier-free
+        guidance and condition dropout need."""
+        return type(self).null_condition is not Denoiser.null_condition
+
     def check_guidance_scales(self, scales: dict[str, float]) -> None:
-        """Refuse, in one line, classifier-free guidance scales this model cannot take (default: none)."""
+        """Refuse, in one line, classifier-free guidance scales this model cannot take (default:
+        any scale other than 1 on a model without a null condition)."""
+        check_scales_need_null(scales, type(self).__name__, self.has_null_condition)
 
     @classmethod
     def check_module_settings(cls, module: Mapping[str, Any]) -> None:
@@ -188,7 +196,7 @@ class Denoiser(nn.Module):
 
     def null_condition(self, cond: Any) -> Any:
         """The unconditional (or negative-prompt) condition matching `cond`, for guidance."""
-        raise ValueError(
+        raise SFDConfigError(
             f"{type(self).__name__} has no null condition, so classifier-free guidance and "
             "condition dropout are unavailable; use guidance scale 1.0 and cond_dropout 0.0"
         )
@@ -251,6 +259,26 @@ def pretrained_source(cls: type, arguments: dict[str, Any]) -> dict[str, Any]:
     """
     init_args = {k: v for k, v in arguments.items() if k not in ("self", "__class__")}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def check_scales_need_null(scales: Mapping[str, float], family: str, has_null: bool) -> None:
+    """Refuse classifier-free guidance scales != 1 on a model without a null condition (a class
+    model trained without a null label), in one line: a guided call evaluates D(x, ∅).
+
+    Args:
+        scales: the guidance scales by setting name (e.g. {"override_guidance": 2.0}).
+        family: the model's class name, as the message names it.
+        has_null: whether the model has a null condition.
+    """
+    given = {name: scale for name, scale in scales.items() if scale != 1.0}
+    if given and not has_null:
+        name, scale = next(iter(given.items()))
+        raise SFDConfigError(
+            f"{name}={scale} is classifier-free guidance, which needs a null condition that "
+            f"{family} does not have (no null class label); keep every guidance scale at 1, or "
+            "use a teacher trained with a null class (null_class in its sfd.json or "
+            "--model.teacher.init_args.null_class)"
+        )
 
 
 def no_time_variable(family: type, t_init: Any) -> SFDConfigError:

@@ -33,6 +33,10 @@ class EDMDenoiser(Denoiser):
     def denoise(self, x: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
         return self.net(x, sigma, cond)
 
+    @property
+    def has_null_condition(self) -> bool:
+        return self.null_class is not None
+
     def null_condition(self, cond: Tensor) -> Tensor:
         if self.null_class is None:
             return super().null_condition(cond)

@@ -35,6 +35,7 @@ from sfd.teachers.text_encoder import (
     model_index,
     tokenize,
 )
+from sfd.teachers.unet import SFD_CONFIG_NAME, read_sfd_config
 
 
 class FlowDenoiser(Denoiser):
@@ -301,11 +302,38 @@ class FlowTransformerDenoiser(FlowDenoiser):
     def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
         """The folder's pipeline class and scheduler (`check_flow_folder`; only for a teacher read
         from a folder, not one built from modules) and the generator's flow time t_init, before
-        the transformer loads."""
+        the transformer loads; for a folder that records the sequence length its teacher was
+        trained with (sfd.json's max_length, as sfd's text teachers write it), the configured
+        max_sequence_length against it."""
         path = settings.get("pretrained_model_name_or_path")
         if path is not None:
             check_flow_folder(cls, str(path), settings.get("revision"), cls.__name__)
+            cls.check_trained_length(
+                settings.get("max_sequence_length"),
+                trained_sequence_length(str(path)),
+                f"the teacher in {str(path)!r} (its {SFD_CONFIG_NAME})",
+            )
         cls.check_module_settings(module)
+
+    @classmethod
+    def check_trained_length(cls, length: int | None, trained: int | None, teacher: str) -> None:
+        """Refuse a max_sequence_length other than the one the teacher was trained with: the
+        sequence encoder's rows enter without an attention mask, so the padded length changes
+        every prompt's embedding.
+
+        Args:
+            length: the configured max_sequence_length (None: the family's default).
+            trained: the teacher's own (None: not known, nothing to check).
+            teacher: how the message names the teacher and where its length is recorded.
+        """
+        length = cls.default_sequence_length if length is None else length
+        if trained is not None and length != trained:
+            raise SFDConfigError(
+                f"model.teacher.init_args.max_sequence_length={length} differs from the "
+                f"{trained} tokens per prompt of {teacher}: without an attention mask the padded "
+                "length changes every prompt's embedding; set "
+                f"--model.teacher.init_args.max_sequence_length {trained}"
+            )
 
     @classmethod
     def prompt_tokenizer(cls, settings: Mapping[str, Any]) -> tuple[Any, int | None] | None:
@@ -412,3 +440,11 @@ def load_flow_parts(
     except (OSError, ValueError) as error:
         raise flow_load_error(path, family.transformer_class.__name__, error) from error
     return transformer.eval(), config
+
+
+def trained_sequence_length(folder: str) -> int | None:
+    """The sequence length (tokens per prompt) a flow teacher folder records as trained with:
+    its sfd.json's max_length, which sfd's own flow text teachers write; None where it records
+    none (a stock pipeline folder, a hub id)."""
+    value = read_sfd_config(folder).get("max_length")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -159,11 +159,7 @@ class FluxDenoiser(FlowTransformerDenoiser):
         return unpack_latents(velocity, height, width)
 
     def guided(self, x: Tensor, sigma: Tensor | float, cond: Any, scale: float) -> Tensor:
-        if scale != 1.0 and self.guidance_distilled:
-            raise SFDConfigError(
-                f"classifier-free guidance scale {scale} on a guidance-distilled Flux model; its "
-                f"guidance is the embedded input (guidance={self.guidance}): keep the scales at 1"
-            )
+        check_scales_without_cfg({"guidance_scale": scale}, self.guidance)
         return Denoiser.guided_in_one_batch(self, x, sigma, cond, scale)
 
     def check_guidance_scales(self, scales: dict[str, float]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,12 @@ from torch import Tensor, nn
 
 from sfd.errors import SFDConfigError, check_number
 from sfd.hub import check_hub_source
-from sfd.teachers.base import Denoiser, pretrained_source
+from sfd.teachers.base import (
+    GUIDANCE_SCALES,
+    Denoiser,
+    check_scales_need_null,
+    pretrained_source,
+)
 from sfd.teachers.vp import VPDenoiser
 
 SFD_CONFIG_NAME = (
@@ -43,6 +49,24 @@ class ClassConditionalUNet(Denoiser):
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         self.sample_shape = (self.unet.config.in_channels, height, width)
+
+    @property
+    def has_null_condition(self) -> bool:
+        return self.null_class is not None
+
+    @classmethod
+    def check_before_loading(cls, settings: Mapping[str, Any], module: Mapping[str, Any]) -> None:
+        """A local folder's null class (the teacher's null_class, else its sfd.json's) against the
+        module's guidance scales: without one, a scale other than 1 is refused before loading."""
+        super().check_before_loading(settings, module)
+        path = settings.get("pretrained_model_name_or_path")
+        if path is None or not Path(str(path)).is_dir():
+            return  # a hub id (or a network given as an object): checked once the model exists
+        null_class = settings.get("null_class")
+        if null_class is None:
+            null_class = read_sfd_config(str(path)).get("null_class")
+        scales = {name: module[name] for name in GUIDANCE_SCALES if module.get(name) is not None}
+        check_scales_need_null(scales, cls.__name__, null_class is not None)
 
     def null_condition(self, cond: Any) -> Tensor:
         if self.null_class is None:

@@ -41,6 +41,7 @@ from sfd.training.progress import quiet_design_warnings
 from sfd.training.resume import CHECKPOINT_FOLDER, find_resume_checkpoint
 from sfd.training.run_cli import ONE_LINE_PARSER, RunCLI
 from sfd.training.strategies import AlternatingDDPStrategy
+from sfd.training.trainer_settings import check_trainer_settings
 
 __all__ = ["AlternatingDDPStrategy", "RunCLI", "SFDLightningCLI", "sfd_lightning_cli"]
 
@@ -94,25 +95,7 @@ class SFDLightningCLI(RunCLI):
 
     def check_config(self, config: Mapping[str, Any]) -> None:
         trainer = config.get("trainer") or {}
-        if trainer.get("gradient_clip_val") is not None:
-            raise SFDConfigError(
-                f"trainer.gradient_clip_val={trainer['gradient_clip_val']} cannot work: SFD "
-                "optimises manually (two optimizers per iteration) and Lightning clips only "
-                "automatic optimisation; set model.fake_grad_clip / model.generator_grad_clip instead "
-                "(each network's gradient elements clipped to ±value; null: no clipping)"
-            )
-        if trainer.get("gradient_clip_algorithm") is not None:
-            raise SFDConfigError(
-                f"trainer.gradient_clip_algorithm={trainer['gradient_clip_algorithm']!r} cannot "
-                "work with SFD's manual optimisation; model.fake_grad_clip / model.generator_grad_clip "
-                "clip by value"
-            )
-        accumulate = trainer.get("accumulate_grad_batches")
-        if accumulate not in (None, 1):
-            raise SFDConfigError(
-                f"trainer.accumulate_grad_batches={accumulate} cannot work with SFD's manual "
-                "optimisation; raise model.batch_size (or trainer.devices) instead"
-            )
+        check_trainer_settings(trainer)
         check_model_settings(config.get("model") or {})
         for entry in callback_entries(config):
             if class_at(str(entry.get("class_path", ""))) is UntilForgotten:

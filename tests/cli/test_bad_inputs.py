@@ -192,6 +192,18 @@ def world(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> W
     (w / "sd3_ddpm" / "scheduler" / "scheduler_config.json").write_text(
         json.dumps({"_class_name": "DDPMScheduler", "num_train_timesteps": 1000})
     )
+    # an SD3 teacher folder that records its training sequence length, as sfd's text teachers do
+    shutil.copytree(w / "sd3", w / "sd3_trained_24")
+    (w / "sd3_trained_24" / "sfd.json").write_text(json.dumps({"max_length": 24}))
+    # flow exports' model_index.json alone: what is refused from it must be refused before loading
+    one_step = {"t_init": 0.97, "max_sequence_length": 8, "timestep": 0.97}
+    for name, index in {
+        "flux_export": {"_class_name": "FluxPipeline",
+                        "_one_step": {**one_step, "guidance": 3.5, "sample_size": 8}},
+        "sd3_export": {"_class_name": "StableDiffusion3Pipeline", "_one_step": one_step},
+    }.items():  # fmt: skip
+        (w / name).mkdir()
+        (w / name / "model_index.json").write_text(json.dumps(index))
     # flow generators whose single file diffusers would not read back: a Flux transformer
     # narrower than FLUX.1's, an SD3 with CLIP-L and CLIP-G of one width
     flow_teachers = {
@@ -332,6 +344,32 @@ CASES: list[Case] = [
      "adversarial.share=nan must be a finite number in [0, 1]"),
     # --- sfd fit / sfd demo: the power-function EMA (issue 24 item 2) ---
     ("fit-ema-power-negative", lambda w, o: fit(w, o, "--model.ema_power", "-1"), "ema_power=-1.0 must be"),
+    # --- sfd fit: guidance on a class teacher without a null class (the folder's config) ---
+    ("fit-override-guidance-without-null-class",
+     lambda w, o: fit(w, o, "--model.override_guidance", "2"),
+     "override_guidance=2.0 is classifier-free guidance, which needs a null condition"),
+    ("fit-teacher-guidance-without-null-class",
+     lambda w, o: fit(w, o, "--model.teacher_guidance", "3"),
+     "teacher_guidance=3.0 is classifier-free guidance, which needs a null condition"),
+    # --- sfd fit and the demos: trainer settings, before anything loads ---
+    ("fit-max-steps-negative", lambda w, o: fit(w, o, "--trainer.max_steps", "-5"),
+     "--trainer.max_steps is too small (got -5; need at least 1, or -1: no limit)"),
+    ("fit-flow-max-steps-negative", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--trainer.max_steps", "-5"),
+     "--trainer.max_steps is too small (got -5"),
+    ("fit-flow-devices-zero", lambda w, o: flow_fit(w, o, "sd3", "sd3", "--trainer.devices", "0"),
+     "trainer.devices='0' must be a number of devices of at least 1"),
+    ("fit-devices-empty", lambda w, o: fit(w, o, "--trainer.devices", "[]"), "trainer.devices=[]"),
+    ("fit-num-nodes-zero", lambda w, o: fit(w, o, "--trainer.num_nodes", "0"),
+     "trainer.num_nodes=0 must be an integer of at least 1"),
+    ("fit-log-every-zero", lambda w, o: fit(w, o, "--trainer.log_every_n_steps", "0"),
+     "trainer.log_every_n_steps=0 must be an integer of at least 1"),
+    ("fit-max-epochs-negative", lambda w, o: fit(w, o, "--trainer.max_epochs", "-3"),
+     "--trainer.max_epochs is too small (got -3"),
+    ("fit-true-half-precision", lambda w, o: fit(w, o, "--trainer.precision", "bf16-true"),
+     "keeps the weights in half precision"),
+    ("demo-devices-zero", lambda w, o: demo(w, o, "--trainer.devices", "0"), "trainer.devices='0'"),
+    ("demo-text-devices-zero", lambda w, o: demo(w, o, "--trainer.devices", "0", verb="demo-text"),
+     "trainer.devices='0'"),
     ("fit-ema-power-without-ema",
      lambda w, o: fit(w, o, "--model.ema_power", "7", "--model.ema_decay", "null"), "ema_decay=null turns off"),
     ("demo-ema-power-nan", lambda w, o: demo(w, o, "--model.ema_power", "nan"), "ema_power=nan"),
@@ -372,6 +410,16 @@ CASES: list[Case] = [
                    "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "text_teacher"),
                    "--model.t_init", "5000", "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(o)],
      "t_init=5000 must be an integer timestep in 0.."),
+    ("fit-flow-sequence-length-not-the-teacher-s",  # against the folder's sfd.json, before loading
+     lambda w, o: flow_fit(w, o, "sd3", "sd3_trained_24"),
+     "max_sequence_length=8 differs from the 24 tokens per prompt"),
+    ("demo-text-sequence-length-not-the-teacher-s",
+     lambda w, o: demo(w, o, "--family", "sd3", "--model.teacher.init_args.max_sequence_length", "8",
+                       verb="demo-text"),
+     "max_sequence_length=8 differs from the 24 tokens per prompt of the demo's text teacher"),
+    ("fit-guided-fake-score-without-dropout",  # its unconditional branch would never learn
+     lambda w, o: flow_fit(w, o, "sd3", "sd3", "--model.cond_dropout", "0"),
+     "fake_train_guidance=4.5 guides the fake score"),
     ("fit-flow-ddpm-scheduler", lambda w, o: flow_fit(w, o, "sd3", "sd3_ddpm"),
      "a flow-matching teacher needs one of ('FlowMatchEulerDiscreteScheduler',)"),
     ("fit-flow-timestep-sampler",
@@ -596,6 +644,26 @@ CASES: list[Case] = [
      lambda w, o: concepts(w, o, "--override", "1"), "--override 1 equals --forget"),
     ("eval-text-concepts-guidance-negative",
      lambda w, o: concepts(w, o, "--guidance-scale", "-1"), "--guidance-scale=-1.0"),
+    # --- what an export's model_index.json rules out, refused before its weights load (the folders
+    # hold model_index.json alone: a refusal after loading would fail to load instead) ---
+    ("sample-labels-for-text-export",
+     lambda w, o: ["sample", str(w / "sd3_export"), "--labels", "1", "--output", str(o / "g.png")],
+     "is a text-to-image generator; pass --prompt"),
+    ("sample-cfg-on-guidance-distilled-export",
+     lambda w, o: ["sample", str(w / "flux_export"), "--prompt", "x", "--guidance-scale", "2",
+                   "--output", str(o / "g.png")],
+     "--guidance-scale=2.0 is classifier-free guidance, which a guidance-distilled Flux model"),
+    ("sample-negative-prompt-at-guidance-one",
+     lambda w, o: ["sample", str(w / "sd3_export"), "--prompt", "x", "--negative-prompt", "dog",
+                   "--output", str(o / "g.png")],
+     "negative_prompt has no effect at guidance_scale 1.0"),
+    ("eval-text-cfg-on-guidance-distilled-export",
+     lambda w, o: ["eval-text", str(w / "flux_export"), "--prompts", str(w / "digit_prompts.txt"),
+                   "--output-dir", str(o), "--guidance-scale", "2"],
+     "--guidance-scale=2.0 is classifier-free guidance, which a guidance-distilled Flux model"),
+    ("eval-text-concepts-cfg-on-guidance-distilled-export",
+     lambda w, o: digit_concepts(w, o, w / "flux_export", "--guidance-scale", "2"),
+     "--guidance-scale=2.0 is classifier-free guidance, which a guidance-distilled Flux model"),
     ("fit-lora-rank-zero",
      lambda w, o: ["fit", "-c", str(CONFIGS / "sd_base.yaml"), "-c", str(CONFIGS / "sd15_celebrity.yaml"),
                    "--model.teacher.init_args.pretrained_model_name_or_path", str(w / "text_teacher"),

@@ -98,6 +98,12 @@ BAD_SETTINGS = [
     ({"teacher_guidance": NAN}, "teacher_guidance=nan"),
     ({"override_guidance": -1.0}, "override_guidance=-1.0"),
     ({"cond_dropout": 1.0}, "cond_dropout=1.0"),
+    # a guided fake score learns its unconditional branch only from dropped conditions
+    ({"fake_train_guidance": 2.0, "cond_dropout": 0.0}, "fake_train_guidance=2.0 guides the fake"),
+    ({"fake_eval_guidance": 0.5, "cond_dropout": 0.0}, "fake_eval_guidance=0.5 guides the fake"),
+    # the teacher folder has no null class: no classifier-free guidance at all
+    ({"override_guidance": 2.0}, "override_guidance=2.0 is classifier-free guidance, which needs"),
+    ({"teacher_guidance": 0.0}, "teacher_guidance=0.0 is classifier-free guidance, which needs"),
     ({"ema_decay": NAN}, "ema_decay=nan"),
     ({"generator_grad_clip": 0.0}, "generator_grad_clip=0.0"),
     ({"fake_grad_clip": NAN}, "fake_grad_clip=nan"),

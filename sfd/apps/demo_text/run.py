@@ -54,7 +54,7 @@ from sfd.apps.teachers.text_teacher import TextTeacherSettings, build_text_teach
 from sfd.core.attack_spaces import ROOM_KEY
 from sfd.core.conditions import TextCondition
 from sfd.core.generator import training_record
-from sfd.errors import SFDConfigError
+from sfd.errors import SFDConfigError, check_at_least
 from sfd.eval.attack_budget import attack_objectives
 from sfd.eval.evaluate import ua_ceiling
 from sfd.eval.forgetting_curve import ForgettingCurve
@@ -62,6 +62,7 @@ from sfd.eval.revival import revival_images
 from sfd.eval.text_models import vae_decoder
 from sfd.folders import check_writable_folder
 from sfd.pipelines.io import save_generator
+from sfd.teachers import SD3Teacher
 from sfd.teachers.text_encoder import check_token_room
 from sfd.training.cli import parse_fit_config
 from sfd.training.completion import PROBE_EVERY
@@ -120,8 +121,7 @@ def check_settings(
         "teacher_attack_restarts": settings.teacher_attack_restarts,
     }
     for flag, value in positive.items():
-        if value < 1:
-            raise SFDConfigError(f"{flag} is too small (got {value}; need at least 1)")
+        check_at_least(flag, value)
     check_curve_every(settings.curve_every, settings.until_forgotten, (sfd,))
     if settings.baseline_iterations is not None and settings.baseline_iterations < 1:
         raise SFDConfigError(f"--baseline-iterations {settings.baseline_iterations} must be >= 1")
@@ -214,6 +214,12 @@ def run_text_demo(settings: TextDemoSettings) -> dict[str, Path]:
     sfd, forget, override = check_settings(settings, vocabulary)
     teacher_config = teacher_settings(settings)
     teacher_config.check()
+    if settings.family == "sd3":  # the SFD run's sequence length: the teacher's own
+        SD3Teacher.check_trained_length(
+            getattr(sfd.model.teacher.init_args, "max_sequence_length", None),
+            teacher_config.max_length,
+            "the demo's text teacher",
+        )
     check_attack_room(settings, teacher_config, vocabulary.captions(forget), sfd)
     encoder = encoder_identity(settings.text_encoder)
     if settings.threads is not None:

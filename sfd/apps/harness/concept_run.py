@@ -125,7 +125,11 @@ class ConceptEvalSettings:
                 f"--attacker-classifier {str(self.attacker_classifier)!r} is not a saved "
                 "classifier (no config.json)"
             )
-        text_model_index(self.model)
+        index = text_model_index(self.model)
+        if self.guidance_scale is not None:  # a guidance-distilled Flux export: 1 only
+            from sfd.pipelines.one_step_flow import check_export_guidance
+
+            check_export_guidance(index, self.guidance_scale)
         check_writable_folder(self.output_dir, "--output-dir")
 
     def needs_attacker(self) -> bool:

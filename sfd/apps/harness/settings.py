@@ -20,7 +20,7 @@ from sfd.apps.harness.class_run import default_stage2_config as default_stage2_c
 from sfd.apps.teachers.checks import check_channels
 from sfd.apps.teachers.pixel import DEFAULT_TIMESTEPS
 from sfd.core.attack_spaces import check_class_attack
-from sfd.errors import SFDConfigError, check_number
+from sfd.errors import SFDConfigError, check_at_least, check_number
 from sfd.images import LabelledImages
 from sfd.teachers.vp import VPDenoiser, check_timestep
 from sfd.training.cli import parse_fit_config
@@ -65,8 +65,7 @@ def check_settings(settings: ClassRunSettings, data: LabelledImages) -> Any:
         "--grid-per-class": settings.grid_per_class,
     }
     for flag, value in positive.items():
-        if value < 1:
-            raise SFDConfigError(f"{flag} is too small (got {value}; need at least 1)")
+        check_at_least(flag, value)
     for flag, steps in (
         ("--teacher-steps", settings.teacher_steps),
         ("--classifier-steps", settings.classifier_steps),

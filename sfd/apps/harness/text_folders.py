@@ -15,7 +15,7 @@ from typing import Any
 
 from diffusers import AutoencoderKL
 
-from sfd.apps.teachers.flow_text import flow_teacher_sequence_length, quiet_clip_truncation
+from sfd.apps.teachers.flow_text import quiet_clip_truncation
 from sfd.errors import SFDConfigError
 from sfd.eval.text_models import (
     FlowPromptEncoder,
@@ -33,6 +33,7 @@ from sfd.pipelines.one_step_flow import FLOW_PIPELINES, OneStepFlowSampling
 from sfd.pipelines.one_step_text import OneStepTextPipeline
 from sfd.pipelines.text_call import OneStepTextSampling
 from sfd.teachers import SD3Teacher
+from sfd.teachers.flow import trained_sequence_length
 from sfd.teachers.stable_diffusion import StableDiffusionTeacher, load_text_encoder, model_index
 
 TEACHER_GUIDANCE = 1.25  # the teacher_guidance of sfd/apps/demo_text/sfd_text_*.yaml
@@ -59,7 +60,7 @@ def is_flow_folder(folder: str | Path) -> bool:
 def flow_teacher(folder: str | Path) -> SD3Teacher:
     """An SD3 teacher folder as `SD3Teacher`, at the MiniLM sequence length its sfd.json records
     (a text-demo teacher) or the stock default."""
-    return SD3Teacher(str(folder), max_sequence_length=flow_teacher_sequence_length(folder))
+    return SD3Teacher(str(folder), max_sequence_length=trained_sequence_length(str(folder)))
 
 
 def flow_prompt_encoder(folder: str | Path, denoiser: Any) -> FlowPromptEncoder:
@@ -134,7 +135,7 @@ def prompt_tokenizer(folder: str | Path) -> tuple[Any, int | None] | None:
         settings["max_sequence_length"] = index[SETTINGS_KEY].get("max_sequence_length")
     elif is_flow_folder(folder):
         family = SD3Teacher
-        settings["max_sequence_length"] = flow_teacher_sequence_length(folder)
+        settings["max_sequence_length"] = trained_sequence_length(str(folder))
     subfolder = family.sequence_encoder[0] if hasattr(family, "sequence_encoder") else "tokenizer"
     entry = index.get(subfolder)
     if not (isinstance(entry, (list, tuple)) and entry and entry[-1] is not None):

@@ -326,12 +326,3 @@ def train_flow_text_teacher(
         diffusers=diffusers.__version__,
     )  # fmt: skip
     return save_flow_teacher(output_dir, pipeline, extra)
-
-
-def flow_teacher_sequence_length(folder: str | Path) -> int | None:
-    """The MiniLM sequence length a flow text teacher folder records (None: not one of ours)."""
-    config = Path(folder) / SFD_CONFIG_NAME
-    if not config.is_file():
-        return None
-    value = json.loads(config.read_text()).get("max_length")
-    return value if isinstance(value, int) else None
