@@ -78,6 +78,8 @@ def sfd_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
 class SFDLightningCLI(RunCLI):
     """`sfd fit`: `RunCLI` over `SFDModule`, with no `--data` group (SFD uses no data)."""
 
+    RESTORED_MODEL_KEYS = ("fake_optimizer", "generator_optimizer")  # their state: the checkpoint's
+
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         defaults = {f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"}

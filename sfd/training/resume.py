@@ -132,17 +132,19 @@ def check_same_run(checkpoint: Mapping[str, Any], identity: Mapping[str, Any], p
     )
 
 
-def resumed_model_settings(checkpoint: Mapping[str, Any], merged: Mapping[str, Any]) -> Any:
+def resumed_model_settings(
+    checkpoint: Mapping[str, Any], merged: Mapping[str, Any], restored: tuple[str, ...] = ()
+) -> Any:
     """The model settings a resume from `checkpoint` trains with: `merged` (the run's settings with
-    the checkpoint's hyperparameters put over them, as Lightning does), and, for the settings
-    that are no hyperparameters (the optimizers, whose state the checkpoint restores, learning
-    rates included; adapters), the values of the run that wrote it (`RUN_CONFIG_KEY`, when it
-    records them)."""
+    the checkpoint's hyperparameters put over them, as Lightning does) and, for `restored` (model
+    settings that are no hyperparameters but whose state the checkpoint brings back, e.g. the
+    optimizers, learning rates included), the values of the run that wrote it
+    (`RUN_CONFIG_KEY`, when it records them). Every other setting (the teacher, conditions, σ
+    sampler: nothing of them is checkpointed) trains as the command gives it."""
     resumed = dict(_plain(merged))
     recorded = ((checkpoint.get(RUN_CONFIG_KEY) or {}).get("config") or {}).get("model")
-    saved = checkpoint.get("hyper_parameters") or {}
     if isinstance(recorded, Mapping):
-        resumed |= {key: value for key, value in recorded.items() if key not in saved}
+        resumed |= {key: recorded[key] for key in restored if key in recorded}
     return resumed
 
 

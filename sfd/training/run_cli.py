@@ -53,6 +53,8 @@ class RunCLI(LightningCLI):
 
     # model settings the command fills in from its data at instantiation (`link_arguments`)
     LINKED_MODEL_KEYS: tuple[str, ...] = ()
+    # model settings that are no hyperparameters but whose state a checkpoint restores
+    RESTORED_MODEL_KEYS: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._new_paths = NewPaths()
@@ -113,7 +115,9 @@ class RunCLI(LightningCLI):
         given = _plain_dict(self.config[subcommand].get("model"))
         super()._parse_ckpt_path()  # the checkpoint's hyperparameters over the command line's
         resumed = resumed_model_settings(
-            self._checkpoint[1], _plain_dict(self.config[subcommand].get("model"))
+            self._checkpoint[1],
+            _plain_dict(self.config[subcommand].get("model")),
+            self.RESTORED_MODEL_KEYS,
         )
         check_same_model(given, resumed, str(path), self.LINKED_MODEL_KEYS)
 

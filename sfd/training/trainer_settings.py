@@ -32,9 +32,10 @@ def check_trainer_settings(trainer: Mapping[str, Any]) -> None:
         if value is not None and value != NO_LIMIT:
             check_at_least(f"--trainer.{name}", value, note=f"or {NO_LIMIT}: no limit")
     check_devices(trainer.get("devices"))
-    for name in ("num_nodes", "log_every_n_steps"):
-        if trainer.get(name) is not None:
-            check_count(f"trainer.{name}", trainer[name])
+    if trainer.get("num_nodes") is not None:
+        check_count("trainer.num_nodes", trainer["num_nodes"])
+    if trainer.get("log_every_n_steps") is not None:  # 0: no logging (Lightning's meaning)
+        check_count("trainer.log_every_n_steps", trainer["log_every_n_steps"], 0)
     if trainer.get("precision") is not None:
         guards.check_precision(trainer["precision"])
     if trainer.get("gradient_clip_val") is not None:

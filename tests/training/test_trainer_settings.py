@@ -24,6 +24,7 @@ ACCEPTED = [
     {"devices": [0]},
     {"num_nodes": 1},
     {"log_every_n_steps": 1},
+    {"log_every_n_steps": 0},  # no logging
     {"precision": "bf16-mixed"},
 ]
 REFUSED = [
@@ -38,7 +39,7 @@ REFUSED = [
     ({"devices": "many"}, "trainer.devices='many'"),
     ({"devices": True}, "trainer.devices=True"),
     ({"num_nodes": 0}, "trainer.num_nodes=0 must be an integer of at least 1"),
-    ({"log_every_n_steps": 0}, "trainer.log_every_n_steps=0 must be an integer of at least 1"),
+    ({"log_every_n_steps": -1}, "trainer.log_every_n_steps=-1 must be an integer of at least 0"),
     ({"precision": "bf16-true"}, "keeps the weights in half precision"),
     ({"accumulate_grad_batches": 2}, "trainer.accumulate_grad_batches=2 cannot work"),
     ({"gradient_clip_val": 1.0}, "trainer.gradient_clip_val=1.0 cannot work"),

@@ -103,6 +103,11 @@ def test_last_refuses_a_checkpoint_of_another_configuration(
     explicit = fit(tiny_teacher_dir, tmp_path / "c", "--trainer.max_steps", "3",
                    "--ckpt_path", str(last))  # fmt: skip
     assert explicit.trainer.global_step == 3
+    # Nothing of the teacher is in a checkpoint: the same teacher from another folder resumes.
+    moved = tmp_path / "moved-teacher"
+    shutil.copytree(tiny_teacher_dir, moved)
+    elsewhere = fit(moved, tmp_path / "d", "--trainer.max_steps", "3", "--ckpt_path", str(last))
+    assert elsewhere.trainer.global_step == 3
 
 
 def test_a_resume_under_other_adversarial_settings_is_refused_naming_them(
