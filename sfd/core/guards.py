@@ -278,11 +278,16 @@ def check_one_start(sigma_init: float | None, t_init: int | float | None) -> Non
 FAKE_SCORE_GUIDANCE = ("fake_train_guidance", "fake_eval_guidance")
 
 
+def guided_fake_score(hp: Any) -> dict[str, float]:
+    """The fake score's classifier-free guidance scales other than 1 (empty: it is unguided)."""
+    return {name: hp[name] for name in FAKE_SCORE_GUIDANCE if hp[name] != 1.0}
+
+
 def check_fake_score_null_branch(hp: Any) -> None:
     """Refuse a guided fake score without condition dropout: its unconditional branch learns
     the generator's unconditional samples only from the dropped conditions (docs/method.md §4),
     so with cond_dropout 0 the guided fake score's D_ψ(x, ∅) stays the teacher's."""
-    guided = {name: hp[name] for name in FAKE_SCORE_GUIDANCE if hp[name] != 1.0}
+    guided = guided_fake_score(hp)
     if guided and hp.cond_dropout == 0:
         name, scale = next(iter(guided.items()))
         raise SFDConfigError(

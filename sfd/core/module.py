@@ -317,9 +317,7 @@ class SFDModule(LightningHooks, GeneratorEMA):
     @property
     def drops_conditions(self) -> bool:
         """Condition dropout is on when the fake score is guided in its loss or the generator's."""
-        hp = self.hparams
-        guided = hp.fake_train_guidance != 1.0 or hp.fake_eval_guidance != 1.0
-        return guided and hp.cond_dropout > 0
+        return bool(guards.guided_fake_score(self.hparams)) and self.hparams.cond_dropout > 0
 
     def _fake_dsm(self, cond: Any, rng: torch.Generator, rows: int | None = None) -> Tensor:
         """The fake score's per-sample DSM on `rows` fresh generator samples under `cond`."""
